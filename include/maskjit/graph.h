@@ -1,0 +1,96 @@
+/* maskjit/graph.h — tracing a module into an IR graph, and what to do with it.
+ *
+ * mj_trace_module runs a forward call eagerly on an example input and
+ * records every tensor op (torch.jit.trace). Parameters and buffers become
+ * named `param` nodes bound to the module's live tensors; a tensor the trace
+ * did not see created (made in C during forward) becomes a `const`.
+ * The input's leading dimension is symbolic (B): the graph runs at any batch.
+ *
+ * The text form is documented in docs/IR.md; print and parse round-trip.
+ */
+#ifndef MASKJIT_GRAPH_H
+#define MASKJIT_GRAPH_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "maskjit/module.h"
+#include "maskjit/status.h"
+#include "maskjit/tensor.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct mj_graph mj_graph;
+
+/* ---- tracing ------------------------------------------------------------ */
+mj_status mj_trace_module(mj_module *m, const mj_tensor *example, mj_graph **out);
+
+/* TracerWarnings recorded while tracing (reading traced data into C, ...). */
+int mj_graph_warning_count(const mj_graph *g);
+const char *mj_graph_warning(const mj_graph *g, int i);
+
+/* check_inputs: runs the graph (interpreter) and the module (eager) on each
+ * input; per input the max abs / rel error. MJ_ERR_MISMATCH if any output is
+ * not bit-identical (exact) / not within float32 tolerance. */
+typedef struct mj_check_result {
+    double max_abs;
+    double max_rel;
+    bool bit_identical;
+} mj_check_result;
+mj_status mj_graph_check(mj_graph *g, mj_module *m, int n_inputs,
+                         const mj_tensor *const *inputs, mj_check_result *results);
+
+/* ---- inspection --------------------------------------------------------- */
+int mj_graph_node_count(const mj_graph *g);
+int mj_graph_input_count(const mj_graph *g);
+int mj_graph_output_count(const mj_graph *g);
+/* Input i's feature shape (the shape without the batch dim) */
+int mj_graph_input_rank(const mj_graph *g, int i);
+int64_t mj_graph_input_dim(const mj_graph *g, int i, int d); /* -1 = batch */
+int mj_graph_output_rank(const mj_graph *g, int i);
+int64_t mj_graph_output_dim(const mj_graph *g, int i, int d);
+
+/* ---- text form, verification, DOT -------------------------------------- */
+mj_status mj_graph_print(const mj_graph *g, FILE *f);
+/* Malloc'd text; caller frees. NULL on allocation failure. */
+char *mj_graph_to_string(const mj_graph *g);
+/* Errors: MJ_ERR_FORMAT with "line:col: message". Constants whose data is
+ * not inline and params are left unbound (see mj_graph_bind). */
+mj_status mj_graph_parse(const char *text, mj_graph **out);
+mj_status mj_graph_verify(const mj_graph *g);
+mj_status mj_graph_write_dot(const mj_graph *g, FILE *f);
+mj_status mj_graph_clone(const mj_graph *g, mj_graph **out);
+void mj_graph_free(mj_graph *g);
+
+/* Binds param and const nodes to tensors by name (retained); a name the
+ * graph needs and d lacks, or a wrong shape, is an error; extra keys are
+ * ignored. */
+mj_status mj_graph_bind(mj_graph *g, const mj_tensor_dict *d);
+
+/* ---- transformation ----------------------------------------------------- */
+/* torch.jit.freeze: every param becomes a const holding a copy of its
+ * current value. */
+mj_status mj_graph_freeze(mj_graph *g);
+/* Runs passes by name, comma separated, in order: "dce", "cse", "fold",
+ * "simplify", "fuse"; NULL or "default" = "simplify,fold,simplify,cse,fuse,dce".
+ * The graph is verified after each pass. */
+mj_status mj_graph_optimize(mj_graph *g, const char *passes);
+
+/* ---- interpreter -------------------------------------------------------- */
+/* Replays the graph with the eager kernels (bit-identical to eager).
+ * Single input, single output. */
+mj_status mj_graph_run(mj_graph *g, const mj_tensor *input, mj_tensor **output);
+
+/* ---- save / load (torch.jit.save / load) -------------------------------- */
+/* One safetensors file: the params and consts under their names, and the IR
+ * text in __metadata__["maskjit.ir"]. Atomic. */
+mj_status mj_graph_save(const mj_graph *g, const char *path);
+mj_status mj_graph_load(const char *path, mj_graph **out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

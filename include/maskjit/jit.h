@@ -1,0 +1,80 @@
+/* maskjit/jit.h — compile a graph to native code with LLVM (ORC LLJIT).
+ *
+ * One mj_jit serves many compiled graphs; each mj_compiled owns its code and
+ * frees it when released. Compiled functions are reentrant.
+ *
+ * Modes:
+ *  - exact (default): the same float operations in the same order as eager,
+ *    no FMA contraction or reassociation: bit-identical to eager.
+ *  - fast: FMA and reassociation allowed; within float32 tolerances.
+ *  - live (default): parameters are read at call time; derived layouts (mask
+ *    applied, transposed) are refreshed when a parameter's version changes.
+ *  - frozen: parameters are baked in as constants, masks fold away and the
+ *    code is specialised to the mask pattern.
+ */
+#ifndef MASKJIT_JIT_H
+#define MASKJIT_JIT_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "maskjit/graph.h"
+#include "maskjit/status.h"
+#include "maskjit/tensor.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum mj_numeric_mode { MJ_NUMERIC_EXACT = 0, MJ_NUMERIC_FAST } mj_numeric_mode;
+
+typedef struct mj_compile_options {
+    mj_numeric_mode numeric; /* default exact                                  */
+    bool frozen;             /* default false (live)                           */
+    int threads;             /* 0 = available cores; 1 = single thread         */
+    bool use_cache;          /* default true                                   */
+    const char *cache_dir;   /* NULL = $MASKJIT_CACHE_DIR or XDG cache         */
+} mj_compile_options;
+
+void mj_compile_options_init(mj_compile_options *o);
+
+typedef struct mj_compile_stats {
+    double ir_ms;       /* building LLVM IR                 */
+    double optimize_ms; /* default<O3>                      */
+    double codegen_ms;  /* ORC: machine code + linking      */
+    bool cache_hit;
+} mj_compile_stats;
+
+typedef struct mj_jit mj_jit;
+typedef struct mj_compiled mj_compiled;
+
+mj_status mj_jit_new(mj_jit **out);
+/* Frees the JIT; every mj_compiled from it must be freed first. */
+void mj_jit_free(mj_jit *jit);
+/* Host CPU name and features as LLVM sees them (e.g. "znver5"). */
+const char *mj_jit_cpu_name(const mj_jit *jit);
+
+/* The graph is copied: later changes to g do not affect the compiled code
+ * (in live mode the param tensors stay shared). */
+mj_status mj_jit_compile(mj_jit *jit, const mj_graph *g, const mj_compile_options *o,
+                         mj_compiled **out);
+const mj_compile_stats *mj_compiled_stats(const mj_compiled *c);
+
+/* y = f(x). x's shape must match the graph input (any batch >= 1). */
+mj_status mj_compiled_run(mj_compiled *c, const mj_tensor *x, mj_tensor **y);
+/* Raw buffers: x is [batch, features...], y has room for the output. */
+mj_status mj_compiled_run_raw(mj_compiled *c, const float *x, int64_t batch, float *y,
+                              int64_t y_numel);
+void mj_compiled_free(mj_compiled *c);
+
+/* Optimised LLVM IR (what="ir") or host assembly (what="asm"). */
+mj_status mj_compiled_dump(mj_compiled *c, const char *what, FILE *f);
+
+/* Call at process exit to release LLVM's static state (for leak checkers). */
+void mj_llvm_shutdown(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,42 @@
+/* maskjit/models.h — ready-made models named by a spec string (used by the
+ * CLI, the benchmarks and the tests).
+ *
+ *   "mut"          the seed's ModelUnderTest with bias: linear -> seq.0 -> seq.1,
+ *                  all Linear(16, 16); weights 1, 2, 3 and biases 10, 20, 30
+ *   "mut-nobias"   the same without biases
+ *   "mlp:IN,H1,...,OUT[:act=relu|gelu|gelu_tanh|sigmoid|tanh|none][:bias=0|1]"
+ *                  nn.Sequential of Linear layers with the activation between
+ *                  them (none after the last), named like PyTorch: "0.weight",
+ *                  "2.weight", ... (default act=relu, bias=1; seeded init)
+ */
+#ifndef MASKJIT_MODELS_H
+#define MASKJIT_MODELS_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "maskjit/module.h"
+#include "maskjit/status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* The seed's ModelUnderTest (forward: linear, then seq), fixed weights. */
+mj_status mj_model_under_test_new(mj_module **out, bool bias);
+
+/* Builds the model a spec names; weights from rng (seeded default init) for
+ * "mlp:", fixed for "mut". MJ_ERR_FORMAT with a message on a bad spec. */
+mj_status mj_model_from_spec(const char *spec, mj_rng *rng, mj_module **out);
+
+/* Registers a FakeSparsity mask on every Linear's weight of the tree: masks
+ * from `masks` by key "<mod>.parametrizations.weight.0.mask" when present,
+ * else (density < 1) random unstructured masks of that density from rng,
+ * else nothing. */
+mj_status mj_model_apply_masks(mj_module *m, const mj_tensor_dict *masks, double density,
+                               mj_rng *rng);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,84 @@
+/* Internal to libmaskjit: tensor layout, error helpers, checked arithmetic. */
+#ifndef MJ_INTERNAL_H
+#define MJ_INTERNAL_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "maskjit.h"
+
+struct mj_tensor {
+    int rank;
+    int64_t shape[MJ_MAX_RANK];
+    int64_t numel;
+    float *data;
+    bool owns_data;
+    _Atomic int refcount;
+    _Atomic uint64_t version;
+    uint64_t uid;
+};
+
+/* ---- errors -------------------------------------------------------------
+ * User errors: set the thread-local message and return the status.
+ * Internal invariants: MJ_ASSERT, always on, prints file:line and aborts. */
+mj_status mj_fail(mj_status s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Prefix the current message: "loading x.safetensors: <old message>". */
+mj_status mj_fail_prefix(mj_status s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+#define MJ_ASSERT(cond)                                                              \
+    do {                                                                             \
+        if (!(cond)) mj_assert_fail(#cond, __FILE__, __LINE__);                      \
+    } while (0)
+_Noreturn void mj_assert_fail(const char *what, const char *file, int line);
+
+/* Propagate a failing status. */
+#define MJ_TRY(expr)                                                                 \
+    do {                                                                             \
+        mj_status mj_try_s_ = (expr);                                                \
+        if (mj_try_s_ != MJ_OK) return mj_try_s_;                                    \
+    } while (0)
+
+/* ---- allocation (NULL on failure, message set) --------------------------- */
+void *mj_alloc(size_t size);             /* zeroed */
+void *mj_alloc_array(size_t n, size_t elem); /* zeroed, overflow checked */
+char *mj_strdup(const char *s);
+/* Grows *ptr (array of elem-size items, capacity *cap) to hold need items. */
+mj_status mj_grow(void **ptr, int32_t *cap, int32_t need, size_t elem);
+
+/* ---- checked size arithmetic -------------------------------------------- */
+static inline bool mj_mul_overflow_i64(int64_t a, int64_t b, int64_t *out) {
+    return __builtin_mul_overflow(a, b, out);
+}
+/* Validates rank and dims (each >= 0 ... > 0 when !allow_zero) and
+ * computes numel <= MJ_MAX_NUMEL; MJ_ERR_INVALID / MJ_ERR_LIMIT otherwise. */
+mj_status mj_shape_numel(int rank, const int64_t *shape, int64_t *numel);
+
+/* A tensor with uninitialised data (internal: ops overwrite all of it). */
+mj_status mj_tensor_new_uninit(mj_tensor **out, int rank, const int64_t *shape);
+bool mj_shape_equal(int ra, const int64_t *a, int rb, const int64_t *b);
+
+/* Tracing hooks (src/tracer.c). An eager op calls mj_trace_active() and,
+ * when a trace is recording on this thread, mj_trace_record() after it
+ * computed its output. */
+struct mj_tracer;
+struct mj_tracer *mj_trace_active(void);
+/* ir op + act attribute; returns an error if the op cannot be recorded
+ * (e.g. it would not generalise over the batch). */
+mj_status mj_trace_record(int op, int n_in, const mj_tensor *const *in, mj_act act,
+                          const mj_tensor *out);
+void mj_trace_note_data_read(const mj_tensor *t);
+
+/* Internal access to a parametrization's buffers (for module.c / state dicts) */
+int mj_parametrization_buffer_count(const mj_parametrization *p);
+const char *mj_parametrization_buffer_name(const mj_parametrization *p, int i);
+mj_tensor *mj_parametrization_buffer_at(const mj_parametrization *p, int i);
+bool mj_parametrization_buffer_persistent(const mj_parametrization *p, int i);
+
+/* Monotonic clock in seconds (for stats). */
+double mj_now_seconds(void);
+
+#endif
