@@ -243,7 +243,7 @@ static void print_row(FILE *f, const float *row, int64_t n) {
     fputc('[', f);
     for (int64_t j = 0; j < n; j++) {
         if (n > 8 && j == 4) {
-            fputs("..., ", f);
+            fputs(", ...", f); /* long rows: first four, last four */
             j = n - 4;
         }
         fprintf(f, "%s%.4f", j ? ", " : "", (double)row[j]);

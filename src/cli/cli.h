@@ -1,0 +1,92 @@
+/* Shared pieces of the maskjit command-line tool. */
+#ifndef MJ_CLI_H
+#define MJ_CLI_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "maskjit.h"
+
+/* Exit codes: 0 success, 1 a check failed or the model could not run, 2 bad usage. */
+enum { CLI_OK = 0, CLI_FAIL = 1, CLI_USAGE = 2, CLI_HELP = -1 };
+
+/* ---- options --------------------------------------------------------------- */
+typedef enum { OPT_FLAG, OPT_STRING, OPT_INT } cli_opt_kind;
+typedef struct cli_opt {
+    const char *name; /* "--weights" */
+    cli_opt_kind kind;
+    void *dest;       /* bool*, const char**, int64_t* */
+    const char *help; /* one line for --help */
+} cli_opt;
+
+typedef struct cli_command {
+    const char *name;
+    const char *synopsis; /* "MODEL [options]" */
+    const char *summary;  /* one line */
+    int (*run)(int argc, char **argv);
+} cli_command;
+
+/* Parses argv[1..] (argv[0] is the subcommand). Positional arguments go to
+ * pos (at most max_pos). Returns CLI_OK, CLI_HELP (usage printed to stdout)
+ * or CLI_USAGE (message printed to stderr). */
+int cli_parse(const cli_command *cmd, int argc, char **argv, const cli_opt *opts, int n_opts,
+              const char **pos, int max_pos, int *n_pos, const char *details);
+void cli_print_usage(FILE *f, const cli_command *cmd, const cli_opt *opts, int n_opts,
+                     const char *details);
+
+/* "maskjit CMD: message" on stderr; returns code. */
+int cli_error(const char *cmd, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* The same with mj_last_error() appended. */
+int cli_mj_error(const char *cmd, const char *what);
+
+/* Colour only on a terminal and without NO_COLOR. */
+bool cli_use_color(FILE *f);
+
+/* ---- models ---------------------------------------------------------------- */
+typedef struct cli_model {
+    mj_module *module;    /* NULL when MODEL is a saved trace              */
+    mj_graph *graph;      /* the trace (loaded, or made by cli_model_trace) */
+    mj_tensor_dict *file; /* --weights file (may hold input/expected)       */
+    int64_t in_features;
+    const char *name;     /* as given */
+} cli_model;
+
+/* MODEL is a saved trace file (an existing path) or a spec (see models.h).
+ * weights may be NULL (seeded default init). Prints errors itself. */
+int cli_model_load(const char *cmd, const char *model, const char *weights, uint64_t seed,
+                   cli_model *out);
+/* Traces the module on ones(batch, in_features); no-op for a loaded trace. */
+int cli_model_trace(const char *cmd, cli_model *cm);
+void cli_model_free(cli_model *cm);
+
+/* Reads tensor `name` from a safetensors file (dict kept in *file_out when
+ * not NULL, else freed). */
+int cli_load_input(const char *cmd, const char *path, const char *name, mj_tensor **x,
+                   mj_tensor_dict **file_out);
+/* Seeded randn [batch, in]. */
+int cli_random_input(const char *cmd, int64_t batch, int64_t in_features, uint64_t seed,
+                     mj_tensor **x);
+
+/* Parses "eager|traced|compiled" etc.; numeric/frozen flags into options. */
+typedef enum { MODE_EAGER, MODE_TRACED, MODE_COMPILED } cli_mode;
+int cli_parse_mode(const char *cmd, const char *text, cli_mode *mode);
+
+/* Runs one forward in the given mode (compiling when needed; jit may be
+ * NULL for eager/traced). */
+int cli_forward(const char *cmd, cli_model *cm, cli_mode mode, mj_jit *jit,
+                const mj_compile_options *o, const mj_tensor *x, mj_tensor **y);
+
+/* ---- subcommands ----------------------------------------------------------- */
+int cmd_demo(int argc, char **argv);
+int cmd_run(int argc, char **argv);
+int cmd_ir(int argc, char **argv);
+int cmd_trace(int argc, char **argv);
+int cmd_asm(int argc, char **argv);
+int cmd_check(int argc, char **argv);
+int cmd_bench(int argc, char **argv);
+
+/* Median wall time in ns of fn(ctx) over rounds (each round sized ~min_ms). */
+double cli_time_ns(int (*fn)(void *), void *ctx, int rounds, double min_ms);
+
+#endif

@@ -1,0 +1,91 @@
+/* maskjit run: one forward call of a model in a chosen mode. */
+#include <string.h>
+
+#include "cli.h"
+
+static const char RUN_DETAILS[] =
+    "MODEL is a saved trace file (maskjit trace -o FILE) or a spec:\n"
+    "  mut | mut-nobias | mlp:IN,H1,...,OUT[:act=relu|gelu|gelu_tanh|sigmoid|tanh|none][:bias=0|1]\n"
+    "Weights load from plain (linear.weight) or parametrized\n"
+    "(linear.parametrizations.weight.original) keys; masks under\n"
+    "<mod>.parametrizations.weight.0.mask are registered as FakeSparsity. Other\n"
+    "tensors in the file (input, expected, ...) are ignored. Without --weights the\n"
+    "seeded default init is used; without --input a seeded randn [batch, in] input.\n"
+    "The output is written as tensor 'output' (--out) or summarised on stdout.\n";
+
+int cli_parse_mode(const char *cmd, const char *text, cli_mode *mode) {
+    if (strcmp(text, "eager") == 0) *mode = MODE_EAGER;
+    else if (strcmp(text, "traced") == 0) *mode = MODE_TRACED;
+    else if (strcmp(text, "compiled") == 0) *mode = MODE_COMPILED;
+    else return cli_error(cmd, CLI_USAGE, "--mode must be eager, traced or compiled, got '%s'", text);
+    return CLI_OK;
+}
+
+int cmd_run(int argc, char **argv) {
+    static const cli_command cmd = {"run", "MODEL [options]",
+                                    "Run one forward call and print or save the output.", NULL};
+    const char *weights = NULL, *input = NULL, *input_name = "input", *mode_text = "eager",
+               *out_path = NULL;
+    bool exact = false, fast = false, frozen = false;
+    int64_t batch = 3, seed = 0, threads = 1;
+    const cli_opt opts[] = {
+        {"--weights", OPT_STRING, &weights, "safetensors file with the model's tensors"},
+        {"--input", OPT_STRING, &input, "safetensors file holding the input tensor"},
+        {"--input-name", OPT_STRING, &input_name, "name of the input tensor (default input)"},
+        {"--mode", OPT_STRING, &mode_text, "eager | traced | compiled (default eager)"},
+        {"--exact", OPT_FLAG, &exact, "compiled: bit-identical to eager (default)"},
+        {"--fast", OPT_FLAG, &fast, "compiled: allow FMA and reassociation"},
+        {"--frozen", OPT_FLAG, &frozen, "compiled: bake parameters in as constants"},
+        {"--threads", OPT_INT, &threads, "compiled: threads (0 = all cores; default 1)"},
+        {"--out", OPT_STRING, &out_path, "write the output as tensor 'output' to this file"},
+        {"--batch", OPT_INT, &batch, "batch of the random input (default 3)"},
+        {"--seed", OPT_INT, &seed, "seed of default init and random input (default 0)"},
+    };
+    const char *pos[1];
+    int n_pos;
+    int rc = cli_parse(&cmd, argc, argv, opts, (int)(sizeof opts / sizeof opts[0]), pos, 1, &n_pos,
+                       RUN_DETAILS);
+    if (rc != CLI_OK) return rc == CLI_HELP ? CLI_OK : rc;
+    if (n_pos != 1) return cli_error("run", CLI_USAGE, "missing MODEL (see maskjit run --help)");
+    if (exact && fast) return cli_error("run", CLI_USAGE, "--exact and --fast exclude each other");
+    if (batch < 1) return cli_error("run", CLI_USAGE, "--batch must be at least 1");
+    cli_mode mode;
+    if ((rc = cli_parse_mode("run", mode_text, &mode)) != CLI_OK) return rc;
+    if (mode != MODE_COMPILED && (fast || frozen || exact))
+        return cli_error("run", CLI_USAGE, "--exact/--fast/--frozen apply to --mode compiled");
+
+    cli_model cm;
+    if ((rc = cli_model_load("run", pos[0], weights, (uint64_t)seed, &cm)) != CLI_OK) return rc;
+    mj_tensor *x = NULL, *y = NULL;
+    mj_jit *jit = NULL;
+    rc = input ? cli_load_input("run", input, input_name, &x, NULL)
+               : cli_random_input("run", batch, cm.in_features, (uint64_t)seed + 1, &x);
+    if (rc != CLI_OK) goto done;
+    mj_compile_options o;
+    mj_compile_options_init(&o);
+    o.numeric = fast ? MJ_NUMERIC_FAST : MJ_NUMERIC_EXACT;
+    o.frozen = frozen;
+    o.threads = (int)threads;
+    if (mode == MODE_COMPILED && mj_jit_new(&jit) != MJ_OK) {
+        rc = cli_mj_error("run", "starting the JIT");
+        goto done;
+    }
+    if ((rc = cli_forward("run", &cm, mode, jit, &o, x, &y)) != CLI_OK) goto done;
+    if (out_path) {
+        mj_tensor_dict *d;
+        if (mj_tensor_dict_new(&d) != MJ_OK || mj_tensor_dict_set(d, "output", y) != MJ_OK ||
+            mj_tensor_dict_set_meta(d, "maskjit.mode", mode_text) != MJ_OK ||
+            mj_safetensors_save(out_path, d) != MJ_OK) {
+            rc = cli_mj_error("run", "--out");
+        }
+        mj_tensor_dict_free(d);
+    } else {
+        mj_tensor_print(stdout, y, "output");
+    }
+done:
+    mj_tensor_release(x);
+    mj_tensor_release(y);
+    cli_model_free(&cm);
+    mj_jit_free(jit);
+    return rc;
+}

@@ -1,0 +1,207 @@
+/* Loading what the subcommands work on: a model (spec or saved trace) with
+ * its weights and masks, and input tensors. */
+#include <string.h>
+#include <sys/stat.h>
+
+#include "cli.h"
+
+static const char ORIG_SUFFIX[] = ".parametrizations.weight.original";
+static const char MASK_SUFFIX[] = ".parametrizations.weight.0.mask";
+
+static bool ends_with(const char *s, const char *suffix) {
+    size_t n = strlen(s), m = strlen(suffix);
+    return n >= m && strcmp(s + n - m, suffix) == 0;
+}
+
+static bool is_regular_file(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+static int first_linear_in(const char *path, mj_module *m, void *ctx) {
+    (void)path;
+    int64_t *in = ctx;
+    if (*in == 0 && mj_linear_in_features(m) > 0) *in = mj_linear_in_features(m);
+    return 0;
+}
+
+/* The other spelling of a weight key: "a.parametrizations.weight.original"
+ * <-> "a.weight". Returns false when there is none. */
+static bool alternate_key(const char *key, char *buf, size_t size) {
+    size_t n = strlen(key);
+    if (ends_with(key, ORIG_SUFFIX)) {
+        size_t stem = n - (sizeof ORIG_SUFFIX - 1);
+        return (size_t)snprintf(buf, size, "%.*s.weight", (int)stem, key) < size;
+    }
+    if (ends_with(key, ".weight") || strcmp(key, "weight") == 0) {
+        size_t stem = n - strlen("weight");
+        return (size_t)snprintf(buf, size, "%.*s%s", (int)stem, key, ORIG_SUFFIX + 1) < size;
+    }
+    return false;
+}
+
+/* Registers masks found in the file, then loads every model tensor from it
+ * under its parametrized or plain key. All model tensors must be present;
+ * anything else in the file is ignored. */
+static int load_weights(const char *cmd, cli_model *cm, mj_rng *rng) {
+    mj_module *m = cm->module;
+    if (mj_model_apply_masks(m, cm->file, 1.0, rng) != MJ_OK)
+        return cli_mj_error(cmd, "registering masks from the weights file");
+    mj_tensor_dict *want = NULL, *load = NULL;
+    int rc = CLI_FAIL;
+    if (mj_module_state_dict(m, true, &want) != MJ_OK || mj_tensor_dict_new(&load) != MJ_OK) {
+        cli_mj_error(cmd, "weights");
+        goto done;
+    }
+    for (int i = 0; i < mj_tensor_dict_size(want); i++) {
+        const char *key = mj_tensor_dict_key(want, i);
+        mj_tensor *t = mj_tensor_dict_get(cm->file, key);
+        char alt[512];
+        if (!t && alternate_key(key, alt, sizeof alt)) t = mj_tensor_dict_get(cm->file, alt);
+        if (!t && ends_with(key, MASK_SUFFIX)) t = mj_tensor_dict_value(want, i); /* keep the model's */
+        if (!t) {
+            cli_error(cmd, CLI_FAIL, "the weights file has no tensor '%s'%s%s%s", key,
+                      alternate_key(key, alt, sizeof alt) ? " (nor '" : "",
+                      alternate_key(key, alt, sizeof alt) ? alt : "",
+                      alternate_key(key, alt, sizeof alt) ? "')" : "");
+            goto done;
+        }
+        if (mj_tensor_dict_set(load, key, t) != MJ_OK) {
+            cli_mj_error(cmd, "weights");
+            goto done;
+        }
+    }
+    if (mj_module_load_state_dict(m, load, true, NULL) != MJ_OK) {
+        cli_mj_error(cmd, "loading weights");
+        goto done;
+    }
+    rc = CLI_OK;
+done:
+    mj_tensor_dict_free(want);
+    mj_tensor_dict_free(load);
+    return rc;
+}
+
+int cli_model_load(const char *cmd, const char *model, const char *weights, uint64_t seed,
+                   cli_model *out) {
+    memset(out, 0, sizeof *out);
+    out->name = model;
+    if (is_regular_file(model)) {
+        /* A saved trace: no model code, just the graph and its tensors. */
+        if (weights)
+            return cli_error(cmd, CLI_USAGE,
+                             "%s is a saved trace; it carries its own weights (drop --weights)",
+                             model);
+        if (mj_graph_load(model, &out->graph) != MJ_OK) return cli_mj_error(cmd, "loading trace");
+        if (mj_graph_input_count(out->graph) != 1 || mj_graph_input_rank(out->graph, 0) != 2) {
+            cli_model_free(out);
+            return cli_error(cmd, CLI_FAIL, "%s: the CLI runs traces with one [batch, features] input",
+                             model);
+        }
+        out->in_features = mj_graph_input_dim(out->graph, 0, 1);
+        return CLI_OK;
+    }
+    mj_rng rng;
+    mj_rng_seed(&rng, seed);
+    if (mj_model_from_spec(model, &rng, &out->module) != MJ_OK)
+        return cli_error(cmd, CLI_USAGE, "MODEL '%s' is neither a file nor a model spec: %s", model,
+                         mj_last_error());
+    mj_module_walk(out->module, first_linear_in, &out->in_features);
+    if (weights) {
+        if (mj_safetensors_load(weights, &out->file) != MJ_OK) {
+            cli_model_free(out);
+            return cli_mj_error(cmd, "--weights");
+        }
+        int rc = load_weights(cmd, out, &rng);
+        if (rc != CLI_OK) {
+            cli_model_free(out);
+            return rc;
+        }
+    }
+    return CLI_OK;
+}
+
+int cli_model_trace(const char *cmd, cli_model *cm) {
+    if (cm->graph) return CLI_OK;
+    /* As in the seed test: trace on ones(3, in); the batch stays symbolic. */
+    int64_t shape[2] = {3, cm->in_features};
+    mj_tensor *example;
+    if (mj_tensor_ones(&example, 2, shape) != MJ_OK) return cli_mj_error(cmd, "tracing");
+    mj_status s = mj_trace_module(cm->module, example, &cm->graph);
+    mj_tensor_release(example);
+    if (s != MJ_OK) return cli_mj_error(cmd, "tracing");
+    return CLI_OK;
+}
+
+void cli_model_free(cli_model *cm) {
+    mj_graph_free(cm->graph);
+    mj_module_free(cm->module);
+    mj_tensor_dict_free(cm->file);
+    memset(cm, 0, sizeof *cm);
+}
+
+int cli_load_input(const char *cmd, const char *path, const char *name, mj_tensor **x,
+                   mj_tensor_dict **file_out) {
+    mj_tensor_dict *d;
+    if (mj_safetensors_load(path, &d) != MJ_OK) return cli_mj_error(cmd, "--input");
+    mj_tensor *t = mj_tensor_dict_get(d, name);
+    if (!t) {
+        char have[512] = "";
+        size_t used = 0;
+        for (int i = 0; i < mj_tensor_dict_size(d) && used < sizeof have - 1; i++) {
+            int n = snprintf(have + used, sizeof have - used, "%s'%s'", i ? ", " : "",
+                             mj_tensor_dict_key(d, i));
+            if (n < 0) break;
+            used += (size_t)n;
+        }
+        mj_tensor_dict_free(d);
+        return cli_error(cmd, CLI_FAIL, "%s has no tensor '%s' (it has %s; choose with --input-name)",
+                         path, name, used ? have : "none");
+    }
+    *x = mj_tensor_retain(t);
+    if (file_out)
+        *file_out = d;
+    else
+        mj_tensor_dict_free(d);
+    return CLI_OK;
+}
+
+int cli_random_input(const char *cmd, int64_t batch, int64_t in_features, uint64_t seed,
+                     mj_tensor **x) {
+    mj_rng rng;
+    mj_rng_seed(&rng, seed);
+    int64_t shape[2] = {batch, in_features};
+    if (mj_tensor_randn(x, 2, shape, &rng) != MJ_OK) return cli_mj_error(cmd, "input");
+    return CLI_OK;
+}
+
+int cli_forward(const char *cmd, cli_model *cm, cli_mode mode, mj_jit *jit,
+                const mj_compile_options *o, const mj_tensor *x, mj_tensor **y) {
+    switch (mode) {
+    case MODE_EAGER:
+        if (!cm->module)
+            return cli_error(cmd, CLI_USAGE,
+                             "%s is a saved trace: eager mode needs the model's code (use --mode "
+                             "traced or compiled)",
+                             cm->name);
+        if (mj_module_forward(cm->module, x, y) != MJ_OK) return cli_mj_error(cmd, "eager forward");
+        return CLI_OK;
+    case MODE_TRACED: {
+        int rc = cli_model_trace(cmd, cm);
+        if (rc != CLI_OK) return rc;
+        if (mj_graph_run(cm->graph, x, y) != MJ_OK) return cli_mj_error(cmd, "traced forward");
+        return CLI_OK;
+    }
+    case MODE_COMPILED: {
+        int rc = cli_model_trace(cmd, cm);
+        if (rc != CLI_OK) return rc;
+        mj_compiled *c;
+        if (mj_jit_compile(jit, cm->graph, o, &c) != MJ_OK) return cli_mj_error(cmd, "compiling");
+        mj_status s = mj_compiled_run(c, x, y);
+        mj_compiled_free(c);
+        if (s != MJ_OK) return cli_mj_error(cmd, "compiled forward");
+        return CLI_OK;
+    }
+    }
+    return CLI_USAGE;
+}
