@@ -1,0 +1,102 @@
+/* bench/bench.h — the benchmark harness behind `maskjit bench` and the
+ * `maskjit-bench` program.
+ *
+ * A workload is a model (a spec for mj_model_from_spec plus masks), a batch
+ * and a thread count. For each workload the harness builds every variant
+ * (eager, interpreter, the compiled modes and the optional BLAS peers),
+ * checks each variant's output against eager, then times them interleaved in
+ * rounds and reports the median time per forward call. bench/README.md
+ * describes the program and its columns.
+ */
+#ifndef MJ_BENCH_H
+#define MJ_BENCH_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "maskjit.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* The program: argv[0] is the program name, options follow (see --help).
+ * Exit code: 0 ok, 1 a variant failed (build, compile, mismatch), 2 bad
+ * arguments. Tables/JSON/CSV go to stdout, progress to stderr. */
+int mj_bench_main(int argc, char **argv);
+/* The same with explicit streams (tests capture them). */
+int mj_bench_run(int argc, char **argv, FILE *out, FILE *err);
+
+/* ---- workloads ----------------------------------------------------------- */
+typedef enum mj_bench_mask {
+    MJ_BENCH_MASK_NONE = 0,  /* plain Linear layers, no parametrization          */
+    MJ_BENCH_MASK_ONES,      /* FakeSparsity with an all-ones mask (density 1)   */
+    MJ_BENCH_MASK_IDENTITY,  /* FakeSparsity(eye(n)), the seed's masks           */
+    MJ_BENCH_MASK_RANDOM,    /* unstructured, mj_model_apply_masks(density)      */
+    MJ_BENCH_MASK_BLOCK4,    /* 1x4 blocks: 4 consecutive inputs of a row kept
+                                together with probability density               */
+} mj_bench_mask;
+
+typedef struct mj_bench_workload {
+    char id[16];           /* "W1" ...                                           */
+    char description[160];
+    char spec[128];        /* mj_model_from_spec: "mut", "mlp:256,256,256,256"  */
+    int64_t batch;
+    mj_bench_mask mask;
+    double density;        /* for RANDOM and BLOCK4                              */
+    int threads;           /* compiled variants and OpenBLAS; >= 1              */
+    uint64_t seed;         /* weights, masks, input                              */
+} mj_bench_workload;
+
+/* ---- one workload, built ------------------------------------------------- */
+typedef struct mj_bench_setup mj_bench_setup;
+
+/* Builds the model, masks, input, trace, compiled variants (no compile cache,
+ * so compile times are real) and peers. jit is borrowed and must outlive s. */
+mj_status mj_bench_setup_new(const mj_bench_workload *w, mj_jit *jit, mj_bench_setup **out);
+/* A new input (and peers) at another batch; the compiled code is reused. */
+mj_status mj_bench_setup_set_batch(mj_bench_setup *s, int64_t batch);
+void mj_bench_setup_free(mj_bench_setup *s);
+
+mj_module *mj_bench_setup_model(mj_bench_setup *s);     /* borrowed */
+const mj_tensor *mj_bench_setup_input(const mj_bench_setup *s); /* borrowed */
+/* 2 * batch * sum(in*out) over the Linear layers (dense count). */
+double mj_bench_setup_flops(const mj_bench_setup *s);
+
+int mj_bench_variant_count(const mj_bench_setup *s);
+const char *mj_bench_variant_name(const mj_bench_setup *s, int i);
+/* True when the variant must be bit-identical to eager. */
+bool mj_bench_variant_exact(const mj_bench_setup *s, int i);
+bool mj_bench_variant_is_peer(const mj_bench_setup *s, int i);
+/* Compile time in ms (mj_compiled_stats: IR + optimise + codegen); -1 when
+ * the variant is not compiled. */
+double mj_bench_variant_compile_ms(const mj_bench_setup *s, int i);
+/* One forward call of variant i on the setup's input; the output in *out. */
+mj_status mj_bench_variant_output(mj_bench_setup *s, int i, mj_tensor **out);
+
+/* The tolerances used for the non-exact variants (fast mode, peers):
+ * |a - e| <= rtol*|e| + atol*max(1, max|e|), with
+ * rtol = MJ_RTOL_F32*sqrt(K), atol = MJ_ATOL_F32*sqrt(K), K the longest sum. */
+void mj_bench_tolerance(const mj_bench_setup *s, double *rtol, double *atol);
+
+/* Runs every variant once and compares with eager (exact ones bit for bit).
+ * MJ_ERR_MISMATCH naming every failing variant. */
+mj_status mj_bench_check(mj_bench_setup *s);
+
+typedef struct mj_bench_result {
+    double median_ns;   /* per forward call, median over rounds              */
+    double min_ns;
+    int64_t iters;      /* forward calls per round                           */
+    double gflops;      /* dense FLOP count / median                         */
+    double compile_ms;  /* -1 if not compiled                                */
+} mj_bench_result;
+
+/* Times the variants interleaved: reps rounds, each running every variant
+ * for iters calls sized to about min_ms. results has one entry per variant. */
+mj_status mj_bench_measure(mj_bench_setup *s, int reps, double min_ms, mj_bench_result *results);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

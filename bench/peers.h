@@ -1,0 +1,42 @@
+/* bench/peers.h — what users would pick instead: the same chain of Linear
+ * layers run through OpenBLAS (cblas_sgemm) or LIBXSMM (JIT small GEMMs) on
+ * the already-masked dense weights, followed by a bias + activation loop.
+ * Each peer is compiled in only when its library was found at build time
+ * (MJ_HAVE_OPENBLAS, MJ_HAVE_LIBXSMM). */
+#ifndef MJ_BENCH_PEERS_H
+#define MJ_BENCH_PEERS_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "maskjit.h"
+
+typedef enum mj_peer_kind { MJ_PEER_OPENBLAS = 0, MJ_PEER_LIBXSMM, MJ_PEER_COUNT } mj_peer_kind;
+
+/* One layer, y = act(x · wᵀ + b): w [out][in] row-major (masked, dense), b
+ * [out] or NULL. The peer copies both. */
+typedef struct mj_peer_layer {
+    int64_t in, out;
+    const float *w;
+    const float *b;
+    mj_act act;
+} mj_peer_layer;
+
+typedef struct mj_peer mj_peer;
+
+const char *mj_peer_name(mj_peer_kind k);      /* "openblas", "libxsmm" */
+bool mj_peer_built(mj_peer_kind k);             /* compiled in?          */
+/* A line about the peer's configuration ("OpenBLAS 0.3.21 ... core Haswell"),
+ * or "not built". Static storage. */
+const char *mj_peer_info(mj_peer_kind k);
+
+/* MJ_ERR_UNSUPPORTED when the peer is not built or cannot run this shape /
+ * thread count (the message says why; callers skip the peer). */
+mj_status mj_peer_new(mj_peer_kind k, int n_layers, const mj_peer_layer *layers, int64_t batch,
+                      int threads, mj_peer **out);
+/* x is [batch][layers[0].in]; returns the peer's own output buffer
+ * [batch][layers[n-1].out], valid until the next run or free. */
+const float *mj_peer_run(mj_peer *p, const float *x);
+void mj_peer_free(mj_peer *p);
+
+#endif

@@ -1,0 +1,306 @@
+/* Suite "bench": a smoke test of the benchmark harness (bench/). Every
+ * variant's output is compared with eager computed here, masks with a loop
+ * over the weights, the FLOP count with the formula, and the program's
+ * output formats and argument errors end to end. */
+#include <criterion/criterion.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bench/bench.h"
+#include "bench/peers.h"
+
+static mj_jit *jit;
+
+static void setup_jit(void) { cr_assert_eq(mj_jit_new(&jit), MJ_OK, "%s", mj_last_error()); }
+static void teardown_jit(void) { mj_jit_free(jit); }
+
+static mj_bench_workload small_workload(const char *spec, int64_t batch, mj_bench_mask mask,
+                                        double density) {
+    mj_bench_workload w;
+    memset(&w, 0, sizeof w);
+    snprintf(w.id, sizeof w.id, "T");
+    snprintf(w.description, sizeof w.description, "test %s", spec);
+    snprintf(w.spec, sizeof w.spec, "%s", spec);
+    w.batch = batch;
+    w.mask = mask;
+    w.density = density;
+    w.threads = 1;
+    w.seed = 7;
+    return w;
+}
+
+static bool is_exact_name(const char *n) {
+    return !strcmp(n, "eager") || !strcmp(n, "interp") || !strcmp(n, "compiled-exact") ||
+           !strcmp(n, "compiled-frozen");
+}
+
+/* Every variant against eager run here, at several batches. */
+static void check_all_variants(const char *spec, mj_bench_mask mask, double density) {
+    mj_bench_workload w = small_workload(spec, 3, mask, density);
+    mj_bench_setup *s = NULL;
+    cr_assert_eq(mj_bench_setup_new(&w, jit, &s), MJ_OK, "%s", mj_last_error());
+    int expected = 5;
+    for (int k = 0; k < MJ_PEER_COUNT; k++) expected += mj_peer_built((mj_peer_kind)k);
+    cr_assert_eq(mj_bench_variant_count(s), expected, "%s: %d variants, expected %d", spec,
+                 mj_bench_variant_count(s), expected);
+    const int64_t batches[] = {3, 1, 17};
+    for (int b = 0; b < 3; b++) {
+        if (b > 0) cr_assert_eq(mj_bench_setup_set_batch(s, batches[b]), MJ_OK, "%s", mj_last_error());
+        mj_tensor *ref = NULL;
+        cr_assert_eq(mj_module_forward(mj_bench_setup_model(s), mj_bench_setup_input(s), &ref), MJ_OK);
+        cr_assert_eq(mj_tensor_dim(ref, 0), batches[b]);
+        for (int i = 0; i < mj_bench_variant_count(s); i++) {
+            const char *name = mj_bench_variant_name(s, i);
+            mj_tensor *y = NULL;
+            cr_assert_eq(mj_bench_variant_output(s, i, &y), MJ_OK, "%s: %s: %s", spec, name,
+                         mj_last_error());
+            cr_assert_eq(mj_bench_variant_exact(s, i), is_exact_name(name), "%s", name);
+            if (is_exact_name(name)) {
+                cr_expect(mj_tensor_equal(y, ref), "%s batch %lld: %s not bit-identical to eager",
+                          spec, (long long)batches[b], name);
+            } else {
+                /* K-long sums in another order: generous absolute bound */
+                mj_compare c = mj_tensor_compare(y, ref, 1e-4, 1e-4);
+                cr_expect(c.close, "%s batch %lld: %s max abs err %g", spec, (long long)batches[b],
+                          name, c.max_abs);
+            }
+            mj_tensor_release(y);
+        }
+        mj_tensor_release(ref);
+        cr_expect_eq(mj_bench_check(s), MJ_OK, "%s", mj_last_error());
+    }
+    mj_bench_setup_free(s);
+}
+
+Test(bench, variants_match_eager_relu_mlp, .init = setup_jit, .fini = teardown_jit) {
+    check_all_variants("mlp:8,12,12,5:act=relu:bias=1", MJ_BENCH_MASK_RANDOM, 0.5);
+}
+
+Test(bench, variants_match_eager_seed_model, .init = setup_jit, .fini = teardown_jit) {
+    check_all_variants("mut", MJ_BENCH_MASK_IDENTITY, 1);
+}
+
+Test(bench, variants_match_eager_tanh_block, .init = setup_jit, .fini = teardown_jit) {
+    check_all_variants("mlp:16,8,4:act=tanh:bias=0", MJ_BENCH_MASK_BLOCK4, 0.5);
+}
+
+/* The bench builds 1x4 block masks itself: each group of 4 inputs of a row is
+ * either all kept (weight = original) or all zero, and density is roughly met. */
+Test(bench, block_masks_are_blocks, .init = setup_jit, .fini = teardown_jit) {
+    mj_bench_workload w = small_workload("mlp:64,32:bias=1", 2, MJ_BENCH_MASK_BLOCK4, 0.25);
+    mj_bench_setup *s = NULL;
+    cr_assert_eq(mj_bench_setup_new(&w, jit, &s), MJ_OK, "%s", mj_last_error());
+    mj_module *lin = mj_module_find(mj_bench_setup_model(s), "0");
+    cr_assert_not_null(lin);
+    cr_assert(mj_is_parametrized(lin, "weight"));
+    mj_tensor *wt = NULL;
+    cr_assert_eq(mj_module_get(lin, "weight", &wt), MJ_OK);
+    const float *wd = mj_tensor_data(wt);
+    const float *od = mj_tensor_data(mj_module_original(lin, "weight"));
+    int kept = 0, groups = 0;
+    for (int o = 0; o < 32; o++)
+        for (int g = 0; g < 64; g += 4) {
+            int nz = 0;
+            for (int q = g; q < g + 4; q++) {
+                float v = wd[o * 64 + q];
+                cr_assert(v == 0.0f || v == od[o * 64 + q]);
+                nz += v == od[o * 64 + q];
+            }
+            cr_assert(nz == 0 || nz == 4, "row %d group %d partially kept (%d of 4)", o, g, nz);
+            kept += nz == 4;
+            groups++;
+        }
+    cr_expect(kept > groups / 8 && kept < groups / 2, "kept %d of %d groups at density 0.25", kept,
+              groups);
+    mj_tensor_release(wt);
+    mj_bench_setup_free(s);
+}
+
+Test(bench, measure_reports_consistent_numbers, .init = setup_jit, .fini = teardown_jit) {
+    mj_bench_workload w = small_workload("mlp:16,24,8:act=relu:bias=1", 5, MJ_BENCH_MASK_RANDOM, 0.5);
+    mj_bench_setup *s = NULL;
+    cr_assert_eq(mj_bench_setup_new(&w, jit, &s), MJ_OK, "%s", mj_last_error());
+    double flops = 2.0 * 5 * (16 * 24 + 24 * 8);
+    cr_assert_float_eq(mj_bench_setup_flops(s), flops, 1e-9);
+    mj_bench_result r[16];
+    cr_assert_eq(mj_bench_measure(s, 3, 0.5, r), MJ_OK, "%s", mj_last_error());
+    for (int i = 0; i < mj_bench_variant_count(s); i++) {
+        const char *name = mj_bench_variant_name(s, i);
+        cr_expect(r[i].median_ns > 0 && r[i].min_ns > 0 && r[i].min_ns <= r[i].median_ns, "%s", name);
+        cr_expect(r[i].iters >= 1, "%s", name);
+        cr_expect(fabs(r[i].gflops - flops / r[i].median_ns) <= 1e-9 * r[i].gflops, "%s", name);
+        bool compiled = !strncmp(name, "compiled-", 9);
+        cr_expect(compiled ? r[i].compile_ms > 0 : r[i].compile_ms < 0, "%s compile_ms %g", name,
+                  r[i].compile_ms);
+    }
+    cr_expect_eq(mj_bench_measure(s, 0, 1, r), MJ_ERR_INVALID);
+    cr_expect(strstr(mj_last_error(), "reps 0"), "%s", mj_last_error());
+    mj_bench_setup_free(s);
+}
+
+/* Changing the live weights after setup: interp and live compiled code
+ * follow, the frozen code and the peers (copies) do not; the check must
+ * name them. */
+Test(bench, check_names_stale_variants, .init = setup_jit, .fini = teardown_jit) {
+    mj_bench_workload w = small_workload("mlp:8,8,8:act=relu:bias=1", 4, MJ_BENCH_MASK_RANDOM, 0.5);
+    mj_bench_setup *s = NULL;
+    cr_assert_eq(mj_bench_setup_new(&w, jit, &s), MJ_OK, "%s", mj_last_error());
+    cr_assert_eq(mj_bench_check(s), MJ_OK, "%s", mj_last_error());
+    mj_module *lin = mj_module_find(mj_bench_setup_model(s), "0");
+    cr_assert_not_null(lin);
+    float *wd = mj_tensor_data_mut(mj_module_original(lin, "weight"));
+    for (int i = 0; i < 64; i++) wd[i] = wd[i] * 2.0f + 0.5f;
+    cr_assert_eq(mj_bench_check(s), MJ_ERR_MISMATCH);
+    const char *msg = mj_last_error();
+    cr_expect(strstr(msg, "compiled-frozen is not bit-identical to eager"), "%s", msg);
+    cr_expect(!strstr(msg, "interp is not"), "%s", msg);
+    if (mj_peer_built(MJ_PEER_OPENBLAS)) cr_expect(strstr(msg, "openblas is not close"), "%s", msg);
+    mj_bench_setup_free(s);
+}
+
+Test(bench, setup_rejects_bad_workloads, .init = setup_jit, .fini = teardown_jit) {
+    mj_bench_setup *s = NULL;
+    mj_bench_workload w = small_workload("mlp:8,8", 0, MJ_BENCH_MASK_NONE, 1);
+    cr_expect_eq(mj_bench_setup_new(&w, jit, &s), MJ_ERR_INVALID);
+    cr_expect(strstr(mj_last_error(), "batch 0"), "%s", mj_last_error());
+    w = small_workload("mlp:8,8", 2, MJ_BENCH_MASK_RANDOM, 1.5);
+    cr_expect_eq(mj_bench_setup_new(&w, jit, &s), MJ_ERR_INVALID);
+    cr_expect(strstr(mj_last_error(), "density 1.5"), "%s", mj_last_error());
+    w = small_workload("mlp:", 2, MJ_BENCH_MASK_NONE, 1);
+    cr_expect_neq(mj_bench_setup_new(&w, jit, &s), MJ_OK);
+    cr_expect_null(s);
+}
+
+/* ---- the program ---------------------------------------------------------- */
+
+typedef struct run_out {
+    int rc;
+    char *out, *err;
+} run_out;
+
+static char *slurp(FILE *f) {
+    fflush(f);
+    long n = ftell(f);
+    rewind(f);
+    char *buf = calloc((size_t)n + 1, 1);
+    cr_assert_not_null(buf);
+    if (n > 0) cr_assert_eq(fread(buf, 1, (size_t)n, f), (size_t)n);
+    fclose(f);
+    return buf;
+}
+
+static run_out run_bench(int argc, const char **argv) {
+    FILE *out = tmpfile(), *err = tmpfile();
+    cr_assert(out && err);
+    run_out r;
+    r.rc = mj_bench_run(argc, (char **)argv, out, err);
+    r.out = slurp(out);
+    r.err = slurp(err);
+    return r;
+}
+
+static void run_free(run_out *r) {
+    free(r->out);
+    free(r->err);
+}
+
+Test(bench, program_json_w1) {
+    const char *argv[] = {"maskjit-bench", "--workloads", "w1", "--reps", "2", "--min-ms", "0.5",
+                          "--json"};
+    run_out r = run_bench(8, argv);
+    cr_assert_eq(r.rc, 0, "rc %d, stderr: %s", r.rc, r.err);
+    json_error_t je;
+    json_t *root = json_loads(r.out, 0, &je);
+    cr_assert_not_null(root, "not JSON (%s): %s", je.text, r.out);
+    cr_expect(json_is_string(json_object_get(root, "cpu")));
+    json_t *wls = json_object_get(root, "workloads");
+    cr_assert_eq(json_array_size(wls), 1);
+    json_t *w = json_array_get(wls, 0);
+    cr_expect_str_eq(json_string_value(json_object_get(w, "id")), "W1");
+    cr_expect(json_is_string(json_object_get(w, "description")));
+    cr_expect(json_integer_value(json_object_get(w, "peak_rss_kb")) > 0);
+    json_t *rs = json_object_get(w, "results");
+    const char *want[] = {"eager", "interp", "compiled-exact", "compiled-fast", "compiled-frozen",
+                          "openblas", "libxsmm"};
+    const double flops = 2.0 * 3 * 3 * 16 * 16; /* the seed model: 4608 FLOP */
+    int npeers = 0;
+    for (int k = 0; k < 7; k++) {
+        bool need = k < 5 || mj_peer_built(k == 5 ? MJ_PEER_OPENBLAS : MJ_PEER_LIBXSMM);
+        npeers += k >= 5 && need;
+        json_t *found = NULL;
+        for (size_t i = 0; i < json_array_size(rs); i++) {
+            json_t *e = json_array_get(rs, i);
+            if (!strcmp(json_string_value(json_object_get(e, "variant")), want[k])) found = e;
+        }
+        if (!need) continue;
+        cr_assert_not_null(found, "variant %s missing", want[k]);
+        double med = json_real_value(json_object_get(found, "median_ns"));
+        double gf = json_real_value(json_object_get(found, "gflops"));
+        cr_expect(med > 0, "%s", want[k]);
+        cr_expect(fabs(gf - flops / med) <= 1e-6 * gf, "%s: gflops %g vs %g", want[k], gf, flops / med);
+        json_t *ratio = json_object_get(found, "ratio_to_best_peer");
+        if (npeers > 0 || k >= 5) cr_expect(json_is_real(ratio), "%s", want[k]);
+    }
+    json_decref(root);
+    run_free(&r);
+}
+
+Test(bench, program_csv_and_table) {
+    const char *argv[] = {"maskjit-bench", "--workloads", "W1", "--reps", "1", "--min-ms", "0.2",
+                          "--csv"};
+    run_out r = run_bench(8, argv);
+    cr_assert_eq(r.rc, 0, "%s", r.err);
+    cr_expect(!strncmp(r.out, "workload,batch,threads,variant,median_ns", 40), "%s", r.out);
+    cr_expect(strstr(r.out, "\nW1,3,1,compiled-frozen,"), "%s", r.out);
+    cr_expect(strstr(r.err, "checking"), "progress goes to stderr: %s", r.err);
+    run_free(&r);
+    const char *argv2[] = {"maskjit-bench", "--workloads", "W1", "--reps", "1", "--min-ms", "0.2",
+                           "--plot", "/nonexistent/x.svg"};
+    r = run_bench(9, argv2);
+    cr_assert_eq(r.rc, 0, "%s", r.err);
+    cr_expect(strstr(r.out, "W1  seed model"), "%s", r.out);
+    cr_expect(strstr(r.out, "compiled-exact"), "%s", r.out);
+    cr_expect(strstr(r.err, "W6 (batch scaling) was not run"), "%s", r.err);
+    run_free(&r);
+}
+
+Test(bench, program_bad_arguments) {
+    struct {
+        int argc;
+        const char *argv[4];
+        const char *msg;
+    } cases[] = {
+        {2, {"b", "--bogus"}, "unknown argument '--bogus'"},
+        {3, {"b", "--reps", "0"}, "--reps wants an integer in 1..1000, got '0'"},
+        {3, {"b", "--reps", "3x"}, "got '3x'"},
+        {3, {"b", "--min-ms", "-1"}, "--min-ms wants a number"},
+        {3, {"b", "--min-ms", "nan"}, "got 'nan'"},
+        {3, {"b", "--workloads", "W9"}, "unknown workload 'W9'"},
+        {3, {"b", "--workloads", ","}, "empty list"},
+        {3, {"b", "--threads", "0"}, "--threads wants counts"},
+        {2, {"b", "--reps"}, "--reps needs a value"},
+        {3, {"b", "--json", "--csv"}, "exclusive"},
+        {3, {"b", "--plot", "a'b.svg"}, "without quotes"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        run_out r = run_bench(cases[i].argc, cases[i].argv);
+        cr_expect_eq(r.rc, 2, "case %zu: rc %d", i, r.rc);
+        cr_expect(strstr(r.err, cases[i].msg), "case %zu: stderr '%s' lacks '%s'", i, r.err,
+                  cases[i].msg);
+        cr_expect_eq(r.out[0], '\0', "case %zu wrote to stdout", i);
+        run_free(&r);
+    }
+    const char *help[] = {"b", "--help"};
+    run_out r = run_bench(2, help);
+    cr_expect_eq(r.rc, 0);
+    cr_expect(strstr(r.out, "--workloads LIST"));
+    run_free(&r);
+    const char *list[] = {"b", "--list", "--smoke"};
+    r = run_bench(3, list);
+    cr_expect_eq(r.rc, 0);
+    cr_expect(strstr(r.out, "W5  3 Linear(256,256)+bias"), "%s", r.out);
+    run_free(&r);
+}
