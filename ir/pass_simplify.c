@@ -1,0 +1,120 @@
+/* Algebraic simplification, limited to rewrites that keep the results
+ * bit for bit (the JIT's exact mode and the tests rely on it):
+ *
+ *  - mul(x, c) / mul(c, x), c a const of all 1.0f, type(result) == type(x)
+ *      -> x. x * 1.0f == x exactly (an all-ones mask costs nothing).
+ *  - mul(x, c) / mul(c, x), c a const of all zeros (+0 or -0), result
+ *      without B -> a const of +0.0f of the result type. Exact when x is
+ *      finite, up to the sign of zero; a zero weight feeds linear/matmul,
+ *      whose sums start at +0.0f and so come out the same either way.
+ *  - linear / linear_act / matmul whose weight is a const of all zeros
+ *      -> expand(x[, b]) (then the activation for linear_act). Each sum is
+ *      +0.0f + x[k]*0 ... = +0.0f when every x[k] is finite (an inf or NaN
+ *      input would make it NaN), then + b: what expand computes.
+ *
+ * Rewrites look at the rewritten operands, so a zero mask that turns the
+ * weight into a zero const also turns its linear into an expand in the same
+ * pass. The graph is rebuilt (a linear_act becomes two nodes); values left
+ * without uses are for dce.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "ir.h"
+
+static bool const_all_bits(const mj_node *n, uint32_t mask, uint32_t want) {
+    if (n->op != MJ_OP_CONST || !n->tensor) return false;
+    const float *d = n->tensor->data;
+    for (int64_t i = 0; i < n->tensor->numel; i++) {
+        uint32_t b;
+        memcpy(&b, &d[i], sizeof b);
+        if ((b & mask) != want) return false;
+    }
+    return true;
+}
+static bool is_ones(const mj_node *n) { return const_all_bits(n, 0xffffffffu, 0x3f800000u); }
+static bool is_zeros(const mj_node *n) { return const_all_bits(n, 0x7fffffffu, 0); }
+
+static bool name_taken(const mj_graph *a, const mj_graph *b, const char *name) {
+    for (int k = 0; k < 2; k++) {
+        const mj_graph *g = k ? b : a;
+        if (mj_graph_find_leaf(g, MJ_OP_CONST, name) >= 0 ||
+            mj_graph_find_leaf(g, MJ_OP_PARAM, name) >= 0 ||
+            mj_graph_find_leaf(g, MJ_OP_INPUT, name) >= 0)
+            return true;
+    }
+    return false;
+}
+
+/* Emits old node i into ng with rewrites; *to receives its new value. */
+static mj_status emit(const mj_graph *g, mj_graph *ng, int32_t i, const int32_t *map,
+                      int32_t *to, bool *changed) {
+    const mj_node *n = &g->nodes[i];
+    if (mj_op_table[n->op].flags & MJ_OPF_LEAF)
+        return mj_graph_add_leaf(ng, n->op, n->name, &n->type, n->tensor, to);
+
+    int32_t ops[MJ_MAX_OPERANDS];
+    for (int k = 0; k < n->n_operands; k++) ops[k] = map[n->operands[k]];
+
+    if (n->op == MJ_OP_MUL) {
+        for (int k = 0; k < 2; k++) {
+            int32_t x = ops[1 - k], c = ops[k];
+            if (is_ones(&ng->nodes[c]) && mj_type_equal(&n->type, &ng->nodes[x].type)) {
+                *to = x;
+                *changed = true;
+                return MJ_OK;
+            }
+        }
+        if (!mj_type_has_batch(&n->type) && (is_zeros(&ng->nodes[ops[0]]) || is_zeros(&ng->nodes[ops[1]]))) {
+            char name[48];
+            snprintf(name, sizeof name, "zeros.%d", (int)i);
+            for (int suffix = 1; name_taken(g, ng, name); suffix++)
+                snprintf(name, sizeof name, "zeros.%d.%d", (int)i, suffix);
+            int64_t shape[MJ_MAX_RANK];
+            mj_type_shape(&n->type, 1, shape);
+            mj_tensor *z = NULL;
+            MJ_TRY(mj_tensor_zeros(&z, n->type.rank, shape));
+            mj_status s = mj_graph_add_leaf(ng, MJ_OP_CONST, name, &n->type, z, to);
+            mj_tensor_release(z);
+            *changed = true;
+            return s;
+        }
+    }
+    if ((n->op == MJ_OP_LINEAR || n->op == MJ_OP_LINEAR_ACT || n->op == MJ_OP_MATMUL) &&
+        is_zeros(&ng->nodes[ops[1]])) {
+        int32_t e, args[2] = {ops[0], n->n_operands == 3 ? ops[2] : -1};
+        /* Without a bias the width comes from the declared type: the old
+         * node's (an activation keeps the type). */
+        MJ_TRY(mj_graph_add_op(ng, MJ_OP_EXPAND, n->n_operands == 3 ? 2 : 1, args, MJ_ACT_NONE,
+                               n->n_operands == 3 ? NULL : &n->type, &e));
+        *changed = true;
+        if (n->op != MJ_OP_LINEAR_ACT) {
+            *to = e;
+            return MJ_OK;
+        }
+        return mj_graph_add_op(ng, mj_op_for_act(n->act), 1, &e, MJ_ACT_NONE, &n->type, to);
+    }
+    return mj_graph_add_op(ng, n->op, n->n_operands, ops, n->act, &n->type, to);
+}
+
+mj_status mj_pass_simplify(mj_graph *g) {
+    mj_graph *ng = NULL;
+    int32_t *map = mj_alloc_array((size_t)g->n_nodes + 1, sizeof *map);
+    if (!map) return MJ_ERR_NOMEM;
+    mj_status s = mj_graph_new(&ng);
+    bool changed = false;
+    for (int32_t i = 0; i < g->n_nodes && s == MJ_OK; i++) s = emit(g, ng, i, map, &map[i], &changed);
+    for (int32_t i = 0; i < g->n_outputs && s == MJ_OK; i++) s = mj_graph_add_output(ng, map[g->outputs[i]]);
+    for (int32_t i = 0; i < g->n_warnings && s == MJ_OK; i++) s = mj_graph_add_warning(ng, "%s", g->warnings[i]);
+    free(map);
+    if (s != MJ_OK || !changed) {
+        mj_graph_free(ng);
+        return s;
+    }
+    /* Swap contents: g takes the rebuilt graph, ng's shell frees the old one. */
+    mj_graph old = *g;
+    *g = *ng;
+    *ng = old;
+    mj_graph_free(ng);
+    return MJ_OK;
+}

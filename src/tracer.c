@@ -1,0 +1,367 @@
+/* The tracer: torch.jit.trace for maskjit modules.
+ *
+ * mj_trace_module installs a tracer for the calling thread and runs the
+ * module's forward on the example. Every eager op (src/ops.c) reports itself
+ * through mj_trace_record once it has computed its output; the tracer maps
+ * tensor uids to graph values:
+ *   - the example is the `input` node, its dim 0 the symbolic batch B;
+ *   - a parameter or buffer of the module tree becomes a `param` node named
+ *     as in PyTorch, created on first use and bound to the live tensor;
+ *   - any other tensor the trace did not produce becomes a `const` holding a
+ *     copy of its data (what torch.jit.trace does with untraced tensors).
+ * Uids are never reused, so a uid of an intermediate freed during forward
+ * can never be confused with a later tensor.
+ */
+#include <math.h>
+#include <stdarg.h>
+#include <string.h>
+
+#include "../ir/ir.h"
+#include "internal.h"
+
+/* ---- uid -> int32 map (open addressing, linear probing) ----------------- */
+typedef struct uid_map {
+    uint64_t *keys;
+    int32_t *vals;
+    uint8_t *used;
+    size_t cap, n;
+} uid_map;
+
+static size_t uid_hash(uint64_t k, size_t cap) {
+    k ^= k >> 33;
+    k *= UINT64_C(0xff51afd7ed558ccd);
+    k ^= k >> 33;
+    return (size_t)k & (cap - 1);
+}
+
+static void uid_map_free(uid_map *m) {
+    free(m->keys);
+    free(m->vals);
+    free(m->used);
+    memset(m, 0, sizeof *m);
+}
+
+static bool uid_map_get(const uid_map *m, uint64_t k, int32_t *v) {
+    if (!m->cap) return false;
+    for (size_t i = uid_hash(k, m->cap);; i = (i + 1) & (m->cap - 1)) {
+        if (!m->used[i]) return false;
+        if (m->keys[i] == k) {
+            *v = m->vals[i];
+            return true;
+        }
+    }
+}
+
+static mj_status uid_map_put(uid_map *m, uint64_t k, int32_t v);
+
+static mj_status uid_map_grow(uid_map *m) {
+    uid_map bigger = {0};
+    bigger.cap = m->cap ? m->cap * 2 : 64;
+    bigger.keys = mj_alloc_array(bigger.cap, sizeof *bigger.keys);
+    bigger.vals = mj_alloc_array(bigger.cap, sizeof *bigger.vals);
+    bigger.used = mj_alloc_array(bigger.cap, 1);
+    if (!bigger.keys || !bigger.vals || !bigger.used) {
+        uid_map_free(&bigger);
+        return MJ_ERR_NOMEM;
+    }
+    for (size_t i = 0; i < m->cap; i++)
+        if (m->used[i]) (void)uid_map_put(&bigger, m->keys[i], m->vals[i]);
+    uid_map_free(m);
+    *m = bigger;
+    return MJ_OK;
+}
+
+/* Inserts or overwrites. */
+static mj_status uid_map_put(uid_map *m, uint64_t k, int32_t v) {
+    if ((m->n + 1) * 2 > m->cap) MJ_TRY(uid_map_grow(m));
+    size_t i = uid_hash(k, m->cap);
+    while (m->used[i] && m->keys[i] != k) i = (i + 1) & (m->cap - 1);
+    if (!m->used[i]) {
+        m->used[i] = 1;
+        m->keys[i] = k;
+        m->n++;
+    }
+    m->vals[i] = v;
+    return MJ_OK;
+}
+
+/* ---- the tracer --------------------------------------------------------- */
+struct mj_tracer {
+    mj_graph *g;
+    int64_t batch;         /* the example's dim 0: becomes B              */
+    uid_map values;        /* tensor uid -> graph value                   */
+    uid_map params;        /* tensor uid -> index in the dicts below      */
+    mj_tensor_dict *named; /* parameters then buffers, PyTorch's names    */
+    uint8_t *warned;       /* per value: TracerWarning already recorded   */
+    int32_t cap_warned;
+    int n_consts;
+    bool busy;             /* inside the tracer: ignore nested reports   */
+    mj_status error;       /* first recording error (sticky)              */
+    char error_msg[1024];
+};
+
+/* The one justified piece of mutable static state: the trace recording on
+ * this thread (eager ops have no other way to find it). */
+static _Thread_local struct mj_tracer *tls_tracer;
+
+struct mj_tracer *mj_trace_active(void) { return tls_tracer; }
+
+static mj_status tracer_fail(struct mj_tracer *t, mj_status s) {
+    if (t->error == MJ_OK) {
+        t->error = s;
+        snprintf(t->error_msg, sizeof t->error_msg, "%s", mj_last_error());
+    }
+    return s;
+}
+
+static const char *shape_of(char *buf, size_t size, const mj_tensor *x) {
+    return mj_shape_str(buf, size, x->rank, x->shape);
+}
+
+/* The graph value of tensor x: mapped, else a param (created now), else a
+ * new const holding a copy of x. */
+static mj_status tracer_value(struct mj_tracer *t, const mj_tensor *x, int32_t *id) {
+    if (uid_map_get(&t->values, x->uid, id)) return MJ_OK;
+    mj_type ty = {.rank = x->rank};
+    memcpy(ty.dims, x->shape, sizeof(int64_t) * (size_t)x->rank);
+    int32_t pi;
+    if (uid_map_get(&t->params, x->uid, &pi)) {
+        MJ_TRY(mj_graph_add_leaf(t->g, MJ_OP_PARAM, mj_tensor_dict_key(t->named, pi), &ty,
+                                 mj_tensor_dict_value(t->named, pi), id));
+    } else {
+        char name[32];
+        snprintf(name, sizeof name, "const.%d", t->n_consts);
+        mj_tensor *copy = NULL;
+        MJ_TRY(mj_tensor_clone(&copy, x));
+        mj_status s = mj_graph_add_leaf(t->g, MJ_OP_CONST, name, &ty, copy, id);
+        mj_tensor_release(copy); /* the graph holds its own reference */
+        if (s != MJ_OK) return s;
+        t->n_consts++;
+    }
+    return uid_map_put(&t->values, x->uid, *id);
+}
+
+static bool is_op_value(const struct mj_tracer *t, int32_t id) {
+    return !(mj_op_table[t->g->nodes[id].op].flags & MJ_OPF_LEAF);
+}
+
+static mj_status record(struct mj_tracer *t, int op, int n_in, const mj_tensor *const *in,
+                        mj_act act, const mj_tensor *out) {
+    MJ_ASSERT(op == -1 || (op >= 0 && op < MJ_OP_COUNT));
+    MJ_ASSERT(n_in >= 1 && n_in <= MJ_MAX_OPERANDS && in && out);
+    int32_t ids[MJ_MAX_OPERANDS];
+    for (int i = 0; i < n_in; i++) {
+        MJ_ASSERT(in[i]);
+        MJ_TRY(tracer_value(t, in[i], &ids[i]));
+    }
+    if (op == -1) /* out is an alias or copy of in[0] */
+        return uid_map_put(&t->values, out->uid, ids[0]);
+
+    const char *opname = mj_op_table[op].name;
+    char b1[64], b2[64];
+    mj_type declared = {.rank = out->rank};
+    const mj_type *decl = NULL;
+    if (op == MJ_OP_RESHAPE) {
+        memcpy(declared.dims, out->shape, sizeof(int64_t) * (size_t)out->rank);
+        if (mj_type_has_batch(&t->g->nodes[ids[0]].type)) {
+            if (out->shape[0] != t->batch)
+                return mj_fail(MJ_ERR_SHAPE,
+                               "reshape would not generalise over the batch: %s -> %s moves "
+                               "the batch dim (traced batch %lld)",
+                               mj_type_str(b1, sizeof b1, &t->g->nodes[ids[0]].type),
+                               shape_of(b2, sizeof b2, out), (long long)t->batch);
+            declared.dims[0] = MJ_DIM_BATCH;
+        }
+        decl = &declared;
+    }
+    int32_t id;
+    mj_status s = mj_graph_add_op(t->g, (mj_op)op, n_in, ids, act, decl, &id);
+    if (s == MJ_ERR_SHAPE || s == MJ_ERR_INVALID)
+        return mj_fail_prefix(s, "%s: the trace would not generalise over the batch dim B "
+                                 "(traced at batch %lld)",
+                              opname, (long long)t->batch);
+    if (s != MJ_OK) return s;
+
+    /* The inferred type at the traced batch must be what eager computed. */
+    int64_t shape[MJ_MAX_RANK];
+    const mj_type *ty = &t->g->nodes[id].type;
+    mj_type_shape(ty, t->batch, shape);
+    if (!mj_shape_equal(ty->rank, shape, out->rank, out->shape))
+        return mj_fail(MJ_ERR_SHAPE,
+                       "%s: the graph type %s does not match the eager result %s at the traced "
+                       "batch %lld: the trace would not generalise over the batch dim",
+                       opname, mj_type_str(b1, sizeof b1, ty), shape_of(b2, sizeof b2, out),
+                       (long long)t->batch);
+    return uid_map_put(&t->values, out->uid, id);
+}
+
+mj_status mj_trace_record(int op, int n_in, const mj_tensor *const *in, mj_act act,
+                          const mj_tensor *out) {
+    struct mj_tracer *t = tls_tracer;
+    if (!t || t->busy) return MJ_OK;
+    if (t->error != MJ_OK) return mj_fail(t->error, "%s", t->error_msg);
+    t->busy = true;
+    mj_status s = record(t, op, n_in, in, act, out);
+    t->busy = false;
+    if (s != MJ_OK) tracer_fail(t, s);
+    return s;
+}
+
+void mj_trace_note_data_read(const mj_tensor *x) {
+    struct mj_tracer *t = tls_tracer;
+    int32_t id;
+    if (!t || t->busy || !x || t->error != MJ_OK) return;
+    if (!uid_map_get(&t->values, x->uid, &id) || !is_op_value(t, id)) return;
+    t->busy = true;
+    mj_status s = mj_grow((void **)&t->warned, &t->cap_warned, id + 1, 1);
+    if (s == MJ_OK && !t->warned[id]) {
+        t->warned[id] = 1;
+        s = mj_graph_add_warning(t->g,
+                                 "TracerWarning: reading the data of traced value %%%d into "
+                                 "C: the trace might not generalize to other inputs",
+                                 (int)id);
+    }
+    t->busy = false;
+    if (s != MJ_OK) tracer_fail(t, s);
+}
+
+/* ---- mj_trace_module ---------------------------------------------------- */
+static int visit_cached(const char *path, mj_module *m, void *ctx) {
+    if (!mj_parametrize_is_cached(m)) return 0;
+    *(const char **)ctx = path;
+    return 1;
+}
+
+static void tracer_free(struct mj_tracer *t) {
+    uid_map_free(&t->values);
+    uid_map_free(&t->params);
+    mj_tensor_dict_free(t->named);
+    free(t->warned);
+}
+
+/* Binds parameters then buffers by uid; the first name of a shared tensor wins. */
+static mj_status collect_named(struct mj_tracer *t, mj_module *m) {
+    mj_tensor_dict *params = NULL, *buffers = NULL;
+    mj_status s = mj_tensor_dict_new(&t->named);
+    if (s == MJ_OK) s = mj_module_named_parameters(m, &params);
+    if (s == MJ_OK) s = mj_module_named_buffers(m, &buffers);
+    mj_tensor_dict *both[2] = {params, buffers};
+    for (int d = 0; d < 2 && s == MJ_OK; d++) {
+        for (int i = 0; i < mj_tensor_dict_size(both[d]) && s == MJ_OK; i++) {
+            mj_tensor *x = mj_tensor_dict_value(both[d], i);
+            int32_t dummy;
+            if (uid_map_get(&t->params, x->uid, &dummy)) continue;
+            const char *key = mj_tensor_dict_key(both[d], i);
+            if (mj_tensor_dict_get(t->named, key)) continue; /* a name clash: first wins */
+            int32_t idx = mj_tensor_dict_size(t->named);
+            s = mj_tensor_dict_set(t->named, key, x);
+            if (s == MJ_OK) s = uid_map_put(&t->params, x->uid, idx);
+        }
+    }
+    mj_tensor_dict_free(params);
+    mj_tensor_dict_free(buffers);
+    return s;
+}
+
+static mj_status trace_run(struct mj_tracer *t, mj_module *m, const mj_tensor *example) {
+    MJ_TRY(collect_named(t, m));
+    MJ_TRY(mj_graph_new(&t->g));
+    mj_type ty = {.rank = example->rank};
+    memcpy(ty.dims, example->shape, sizeof(int64_t) * (size_t)example->rank);
+    ty.dims[0] = MJ_DIM_BATCH;
+    int32_t in_id;
+    MJ_TRY(mj_graph_add_leaf(t->g, MJ_OP_INPUT, "input", &ty, NULL, &in_id));
+    MJ_TRY(uid_map_put(&t->values, example->uid, in_id));
+
+    mj_tensor *y = NULL;
+    tls_tracer = t;
+    mj_status s = mj_module_forward(m, example, &y);
+    tls_tracer = NULL;
+    if (s == MJ_OK && t->error != MJ_OK) /* an op swallowed a recording error */
+        s = mj_fail(t->error, "%s", t->error_msg);
+    if (s == MJ_OK && !y) s = mj_fail(MJ_ERR_STATE, "forward returned no tensor");
+    int32_t out_id = -1;
+    t->busy = true;
+    if (s == MJ_OK) s = tracer_value(t, y, &out_id);
+    if (s == MJ_OK) s = mj_graph_add_output(t->g, out_id);
+    mj_tensor_release(y);
+    return s;
+}
+
+mj_status mj_trace_module(mj_module *m, const mj_tensor *example, mj_graph **out) {
+    if (!m || !example || !out)
+        return mj_fail(MJ_ERR_INVALID, "tracing: module, example and out must not be NULL");
+    if (tls_tracer)
+        return mj_fail(MJ_ERR_STATE,
+                       "tracing: a trace is already recording on this thread (nested tracing)");
+    if (example->rank < 2) {
+        char b[64];
+        return mj_fail(MJ_ERR_SHAPE,
+                       "tracing: the example input has shape %s; it needs rank >= 2 (dim 0 "
+                       "is the batch)",
+                       shape_of(b, sizeof b, example));
+    }
+    if (example->shape[0] < 1)
+        return mj_fail(MJ_ERR_SHAPE, "tracing: the example input has batch 0; it needs >= 1");
+    const char *cached_path = NULL;
+    mj_module_walk(m, visit_cached, &cached_path);
+    if (cached_path)
+        return mj_fail(MJ_ERR_STATE,
+                       "tracing: cannot trace while parametrizations are cached (as in "
+                       "PyTorch): module '%s' is inside parametrize cached()",
+                       cached_path);
+
+    struct mj_tracer t = {.batch = example->shape[0]};
+    mj_status s = trace_run(&t, m, example);
+    tls_tracer = NULL;
+    if (s != MJ_OK) {
+        mj_graph_free(t.g);
+        tracer_free(&t);
+        if (strncmp(mj_last_error(), "tracing", 7) == 0) return s;
+        return mj_fail_prefix(s, "tracing");
+    }
+    tracer_free(&t);
+    *out = t.g;
+    return MJ_OK;
+}
+
+/* ---- check_inputs ------------------------------------------------------- */
+mj_status mj_graph_check(mj_graph *g, mj_module *m, int n_inputs,
+                         const mj_tensor *const *inputs, mj_check_result *results) {
+    if (!g || !m || n_inputs < 0 || (n_inputs > 0 && !inputs))
+        return mj_fail(MJ_ERR_INVALID, "check: graph, module and inputs must not be NULL");
+    if (tls_tracer)
+        return mj_fail(MJ_ERR_STATE, "check: cannot check while a trace is recording");
+    for (int i = 0; i < n_inputs; i++)
+        if (!inputs[i]) return mj_fail(MJ_ERR_INVALID, "check: input %d is NULL", i);
+
+    int bad = -1;
+    mj_check_result bad_r = {0};
+    for (int i = 0; i < n_inputs; i++) {
+        mj_tensor *eager = NULL, *traced = NULL;
+        mj_status s = mj_module_forward(m, inputs[i], &eager);
+        if (s != MJ_OK) return mj_fail_prefix(s, "check: input %d: eager forward", i);
+        s = mj_graph_run(g, inputs[i], &traced);
+        if (s != MJ_OK) {
+            mj_tensor_release(eager);
+            return mj_fail_prefix(s, "check: input %d: traced graph", i);
+        }
+        mj_compare c = mj_tensor_compare(traced, eager, MJ_RTOL_F32, MJ_ATOL_F32);
+        mj_check_result r = {.max_abs = c.max_abs, .max_rel = c.max_rel,
+                             .bit_identical = c.bit_identical};
+        if (!c.same_shape) r.max_abs = r.max_rel = INFINITY;
+        if (results) results[i] = r;
+        if (!r.bit_identical && bad < 0) {
+            bad = i;
+            bad_r = r;
+        }
+        mj_tensor_release(eager);
+        mj_tensor_release(traced);
+    }
+    if (bad >= 0)
+        return mj_fail(MJ_ERR_MISMATCH,
+                       "check: input %d: the traced graph is not bit-identical to eager "
+                       "(max abs error %g, max rel error %g)",
+                       bad, bad_r.max_abs, bad_r.max_rel);
+    return MJ_OK;
+}
