@@ -47,12 +47,15 @@ bool cli_use_color(FILE *f);
 typedef struct cli_model {
     mj_module *module;    /* NULL when MODEL is a saved trace              */
     mj_graph *graph;      /* the trace (loaded, or made by cli_model_trace) */
-    mj_tensor_dict *file; /* --weights file (may hold input/expected)       */
+    mj_tensor_dict *file; /* --weights file or export (may hold input/expected) */
+    bool exported;        /* MODEL was an export: file holds input/expected   */
     int64_t in_features;
     const char *name;     /* as given */
 } cli_model;
 
-/* MODEL is a saved trace file (an existing path) or a spec (see models.h).
+/* MODEL is a saved trace file, an export from tools/export_torch.py (its
+ * metadata names the spec; weights, masks, input and expected are inside),
+ * or a spec (see models.h).
  * weights may be NULL (seeded default init). Prints errors itself. */
 int cli_model_load(const char *cmd, const char *model, const char *weights, uint64_t seed,
                    cli_model *out);

@@ -65,8 +65,6 @@ int cmd_check(int argc, char **argv) {
     if (atol_s && (sscanf(atol_s, "%lf", &atol) != 1 || !(atol >= 0)))
         return cli_error("check", CLI_USAGE, "--atol needs a non-negative number, got '%s'", atol_s);
     if (n_random > 1000) return cli_error("check", CLI_USAGE, "--inputs is at most 1000");
-    if (!input && n_random == 0)
-        return cli_error("check", CLI_USAGE, "nothing to check: give --input or --inputs N > 0");
 
     cli_model cm;
     if ((rc = cli_model_load("check", pos[0], weights, (uint64_t)seed, &cm)) != CLI_OK) return rc;
@@ -82,8 +80,17 @@ int cmd_check(int argc, char **argv) {
             goto done;
         expected = mj_tensor_dict_get(input_file, "expected");
         if (batch == 0 && mj_tensor_rank(given) >= 1) batch = mj_tensor_dim(given, 0);
+    } else if (cm.exported && mj_tensor_dict_get(cm.file, input_name)) {
+        /* An export carries its input and PyTorch's expected output. */
+        given = mj_tensor_retain(mj_tensor_dict_get(cm.file, input_name));
+        expected = mj_tensor_dict_get(cm.file, "expected");
+        if (batch == 0 && mj_tensor_rank(given) >= 1) batch = mj_tensor_dim(given, 0);
     }
     if (batch == 0) batch = 3;
+    if (!given && n_random == 0) {
+        rc = cli_error("check", CLI_USAGE, "nothing to check: give --input or --inputs N > 0");
+        goto done;
+    }
     if ((rc = cli_model_trace("check", &cm)) != CLI_OK) goto done;
     if (mj_jit_new(&jit) != MJ_OK) {
         rc = cli_mj_error("check", "starting the JIT");

@@ -58,8 +58,12 @@ int cmd_run(int argc, char **argv) {
     if ((rc = cli_model_load("run", pos[0], weights, (uint64_t)seed, &cm)) != CLI_OK) return rc;
     mj_tensor *x = NULL, *y = NULL;
     mj_jit *jit = NULL;
-    rc = input ? cli_load_input("run", input, input_name, &x, NULL)
-               : cli_random_input("run", batch, cm.in_features, (uint64_t)seed + 1, &x);
+    if (input)
+        rc = cli_load_input("run", input, input_name, &x, NULL);
+    else if (cm.exported && mj_tensor_dict_get(cm.file, input_name))
+        x = mj_tensor_retain(mj_tensor_dict_get(cm.file, input_name)); /* the export's input */
+    else
+        rc = cli_random_input("run", batch, cm.in_features, (uint64_t)seed + 1, &x);
     if (rc != CLI_OK) goto done;
     mj_compile_options o;
     mj_compile_options_init(&o);

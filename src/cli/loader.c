@@ -82,11 +82,54 @@ done:
     return rc;
 }
 
+static int model_from_spec(const char *cmd, const char *spec, uint64_t seed, cli_model *out) {
+    mj_rng rng;
+    mj_rng_seed(&rng, seed);
+    if (mj_model_from_spec(spec, &rng, &out->module) != MJ_OK)
+        return cli_error(cmd, CLI_USAGE, "MODEL '%s' is neither a file nor a model spec: %s", spec,
+                         mj_last_error());
+    mj_module_walk(out->module, first_linear_in, &out->in_features);
+    return CLI_OK;
+}
+
 int cli_model_load(const char *cmd, const char *model, const char *weights, uint64_t seed,
                    cli_model *out) {
     memset(out, 0, sizeof *out);
     out->name = model;
     if (is_regular_file(model)) {
+        /* An export from tools/export_torch.py names its spec in the metadata
+         * and carries weights, masks, input and expected output. */
+        mj_tensor_dict *d;
+        if (mj_safetensors_load(model, &d) != MJ_OK) return cli_mj_error(cmd, "MODEL");
+        const char *spec = mj_tensor_dict_get_meta(d, "maskjit.model");
+        bool is_trace = mj_tensor_dict_get_meta(d, "maskjit.ir") != NULL;
+        if (!is_trace && spec) {
+            int rc = CLI_OK;
+            if (weights) {
+                rc = cli_error(cmd, CLI_USAGE, "%s is an export with its own weights (drop --weights)",
+                               model);
+            } else {
+                rc = model_from_spec(cmd, spec, seed, out);
+                out->name = model;
+                if (rc == CLI_OK) {
+                    out->file = d;
+                    out->exported = true;
+                    d = NULL;
+                    mj_rng rng;
+                    mj_rng_seed(&rng, seed);
+                    rc = load_weights(cmd, out, &rng);
+                    if (rc != CLI_OK) cli_model_free(out);
+                }
+            }
+            mj_tensor_dict_free(d);
+            return rc;
+        }
+        mj_tensor_dict_free(d);
+        if (!is_trace)
+            return cli_error(cmd, CLI_USAGE,
+                             "%s is neither a saved trace (maskjit trace) nor an export naming its "
+                             "model (tools/export_torch.py): no maskjit.ir or maskjit.model metadata",
+                             model);
         /* A saved trace: no model code, just the graph and its tensors. */
         if (weights)
             return cli_error(cmd, CLI_USAGE,
@@ -101,18 +144,16 @@ int cli_model_load(const char *cmd, const char *model, const char *weights, uint
         out->in_features = mj_graph_input_dim(out->graph, 0, 1);
         return CLI_OK;
     }
+    int rc = model_from_spec(cmd, model, seed, out);
+    if (rc != CLI_OK) return rc;
     mj_rng rng;
     mj_rng_seed(&rng, seed);
-    if (mj_model_from_spec(model, &rng, &out->module) != MJ_OK)
-        return cli_error(cmd, CLI_USAGE, "MODEL '%s' is neither a file nor a model spec: %s", model,
-                         mj_last_error());
-    mj_module_walk(out->module, first_linear_in, &out->in_features);
     if (weights) {
         if (mj_safetensors_load(weights, &out->file) != MJ_OK) {
             cli_model_free(out);
             return cli_mj_error(cmd, "--weights");
         }
-        int rc = load_weights(cmd, out, &rng);
+        rc = load_weights(cmd, out, &rng);
         if (rc != CLI_OK) {
             cli_model_free(out);
             return rc;
