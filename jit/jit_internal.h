@@ -1,0 +1,89 @@
+/* Internal to the LLVM backend (jit/): the JIT instance, the lowering plan
+ * shared by lower.c (IR -> LLVM IR) and compiled.c (runtime), and the
+ * compiled object. */
+#ifndef MJ_JIT_INTERNAL_H
+#define MJ_JIT_INTERNAL_H
+
+#include <pthread.h>
+#include <stdint.h>
+
+#include <llvm-c/Core.h>
+#include <llvm-c/LLJIT.h>
+#include <llvm-c/Orc.h>
+#include <llvm-c/TargetMachine.h>
+
+#include "../ir/ir.h"
+#include "maskjit/jit.h"
+
+struct mj_jit {
+    LLVMOrcLLJITRef lljit;
+    /* A second target machine for the host, ours (LLJIT owns the one it got):
+     * the O3 pipeline and "asm" dumps use it; guarded by mu. */
+    LLVMTargetMachineRef tm;
+    char *cpu;      /* LLVMGetHostCPUName, disposed with LLVMDisposeMessage */
+    char *features; /* LLVMGetHostCPUFeatures */
+    char *triple;
+    pthread_mutex_t mu; /* serialises compiles, dumps and code removal */
+    uint64_t next_id;   /* unique symbol names: mj_body_<id> */
+};
+
+/* One buffer the body reads that no input influences: a prologue value,
+ * either as it is or (packed) as the transpose of a linear weight [out,in],
+ * laid out [in][out] so the j loop reads contiguous rows. */
+typedef struct mj_leaf {
+    int32_t node;
+    bool packed;
+} mj_leaf;
+
+/* What lower.c needs to know about the split graph. */
+typedef struct mj_body_plan {
+    const mj_graph *g;
+    const bool *input_free;    /* per node: depends on no input (prologue)    */
+    int32_t *leaf_plain;       /* per node: leaf index of the value, or -1     */
+    int32_t *leaf_packed;      /* per node: leaf index of its transpose, or -1 */
+    mj_leaf *leaves;
+    int32_t n_leaves;
+    bool *has_slot;            /* per node: owns a scratch slice               */
+    int32_t out_node;          /* the graph's output                           */
+    int32_t out_root;          /* node whose slice is y itself, or -1 (copy)   */
+} mj_body_plan;
+
+/* Builds the plan for a graph whose input_free flags are known (allocates
+ * the arrays; mj_body_plan_free releases them). */
+mj_status mj_body_plan_build(const mj_graph *g, const bool *input_free, mj_body_plan *p);
+void mj_body_plan_free(mj_body_plan *p);
+/* Floats of scratch the body needs at this batch (slices rounded up to 16
+ * floats so each starts 64-byte aligned). MJ_ERR_LIMIT on overflow. */
+mj_status mj_body_scratch_floats(const mj_body_plan *p, int64_t batch, int64_t *out);
+
+typedef struct mj_lower_options {
+    mj_numeric_mode numeric;
+    const char *fname;
+    /* Frozen: leaf data baked into the module as private constants
+     * (n_leaves entries, numel floats each); NULL in live mode. */
+    const float *const *baked;
+    const int64_t *baked_numel;
+} mj_lower_options;
+
+/* Emits `void fname(const float *const *leaves, const float *x, float *y,
+ * int64_t batch, float *scratch)` into m (in context ctx). */
+mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan *p,
+                        const mj_lower_options *o);
+
+typedef void (*mj_body_fn)(const float *const *leaves, const float *x, float *y, int64_t batch,
+                           float *scratch);
+
+/* jit.c: optimise (default<O3>), keep the IR text, add the module to the
+ * JIT under a fresh resource tracker, look the body up. Takes ownership of
+ * tsc and m (m lives in tsc's context) whatever happens. */
+mj_status mj_jit_add_module(mj_jit *jit, LLVMOrcThreadSafeContextRef tsc, LLVMModuleRef m,
+                            const char *fname, LLVMOrcResourceTrackerRef *rt, mj_body_fn *fn,
+                            char **ir_text, mj_compile_stats *stats);
+/* Frees a compiled module's code. */
+void mj_jit_remove(mj_jit *jit, LLVMOrcResourceTrackerRef rt);
+/* Host assembly of an IR text. */
+mj_status mj_jit_emit_asm(mj_jit *jit, const char *ir_text, FILE *f);
+/* Turns an LLVMErrorRef into MJ_ERR_BACKEND with "what: <LLVM's message>". */
+mj_status mj_jit_llvm_error(LLVMErrorRef err, const char *what);
+
+#endif

@@ -1,0 +1,668 @@
+/* The LLVM backend against the interpreter (eager kernels) and eager models:
+ * exact mode bit for bit, fast mode within float32 tolerances; live
+ * parameters, shape guards, leaks, threads, dumps.
+ *
+ * MJ_JIT_TEST_SCALE (default 1.0) scales the loop counts down for slow
+ * runs (valgrind): e.g. 0.05. */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <pthread.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "../ir/ir.h"
+#include "maskjit.h"
+#include "model_gen.h"
+
+static mj_jit *jit;
+
+static void setup(void) { cr_assert_eq(mj_jit_new(&jit), MJ_OK, "%s", mj_last_error()); }
+static void teardown(void) {
+    mj_jit_free(jit);
+    jit = NULL;
+    mj_llvm_shutdown(); /* each test runs in its own process */
+}
+
+TestSuite(jit, .init = setup, .fini = teardown, .timeout = 600);
+
+static int scaled(int n) {
+    const char *s = getenv("MJ_JIT_TEST_SCALE");
+    double f = s ? atof(s) : 1.0;
+    int r = (int)(n * f);
+    return r < 1 ? 1 : r;
+}
+
+/* ---- graph building helpers ---------------------------------------------- */
+
+static mj_type ty(int rank, int64_t d0, int64_t d1, int64_t d2) {
+    mj_type t;
+    memset(&t, 0, sizeof t);
+    t.rank = rank;
+    t.dims[0] = d0;
+    t.dims[1] = d1;
+    t.dims[2] = d2;
+    return t;
+}
+#define B MJ_DIM_BATCH
+
+static int32_t input(mj_graph *g, mj_type t) {
+    int32_t id;
+    cr_assert_eq(mj_graph_add_leaf(g, MJ_OP_INPUT, "x", &t, NULL, &id), MJ_OK, "%s", mj_last_error());
+    return id;
+}
+
+/* A param (or const) leaf holding a fresh randn tensor of type t. */
+static int32_t leaf(mj_graph *g, mj_op op, const char *name, mj_type t, mj_rng *rng) {
+    mj_tensor *v;
+    cr_assert_eq(mj_tensor_randn(&v, t.rank, t.dims, rng), MJ_OK);
+    int32_t id;
+    cr_assert_eq(mj_graph_add_leaf(g, op, name, &t, v, &id), MJ_OK, "%s", mj_last_error());
+    mj_tensor_release(v);
+    return id;
+}
+
+static int32_t op(mj_graph *g, mj_op o, int n, int32_t a, int32_t b, int32_t c, mj_act act,
+                  const mj_type *declared) {
+    int32_t ops[3] = {a, b, c}, id;
+    cr_assert_eq(mj_graph_add_op(g, o, n, ops, act, declared, &id), MJ_OK, "%s", mj_last_error());
+    return id;
+}
+
+static mj_tensor *randn_input(const mj_graph *g, int64_t batch, mj_rng *rng) {
+    const mj_node *in = NULL;
+    for (int32_t i = 0; i < g->n_nodes; i++)
+        if (g->nodes[i].op == MJ_OP_INPUT) in = &g->nodes[i];
+    cr_assert(in);
+    int64_t shape[MJ_MAX_RANK];
+    mj_type_shape(&in->type, batch, shape);
+    mj_tensor *x;
+    cr_assert_eq(mj_tensor_randn(&x, in->type.rank, shape, rng), MJ_OK);
+    return x;
+}
+
+typedef struct mode {
+    mj_numeric_mode numeric;
+    bool frozen;
+    const char *name;
+} mode;
+static const mode modes[4] = {
+    {MJ_NUMERIC_EXACT, false, "exact live"},
+    {MJ_NUMERIC_EXACT, true, "exact frozen"},
+    {MJ_NUMERIC_FAST, false, "fast live"},
+    {MJ_NUMERIC_FAST, true, "fast frozen"},
+};
+
+static mj_compiled *compile(const mj_graph *g, mode m) {
+    mj_compile_options o;
+    mj_compile_options_init(&o);
+    o.numeric = m.numeric;
+    o.frozen = m.frozen;
+    mj_compiled *c = NULL;
+    mj_status s = mj_jit_compile(jit, g, &o, &c);
+    cr_assert_eq(s, MJ_OK, "compile (%s): %s: %s", m.name, mj_status_name(s), mj_last_error());
+    return c;
+}
+
+/* Compares actual with expected: bitwise in exact mode, within float32
+ * tolerance in fast mode; returns the max abs error. */
+static double check_result(const mj_tensor *got, const mj_tensor *want, mode m, const char *what) {
+    mj_compare cmp = mj_tensor_compare(got, want, MJ_RTOL_F32, MJ_ATOL_F32);
+    char desc[256];
+    mj_compare_describe(&cmp, got, want, desc, sizeof desc);
+    cr_assert(cmp.same_shape, "%s (%s): shapes differ: %s", what, m.name, desc);
+    if (m.numeric == MJ_NUMERIC_EXACT)
+        cr_assert(mj_tensor_equal(got, want), "%s (%s): not bit-identical: %s", what, m.name, desc);
+    else
+        cr_assert(cmp.close, "%s (%s): not close: %s", what, m.name, desc);
+    return cmp.max_abs;
+}
+
+/* The graph compiled in every mode against the interpreter at several batch
+ * sizes. Takes ownership of g. */
+static void check_graph_all_modes(mj_graph *g, const char *what, mj_rng *rng) {
+    static const int64_t batches[] = {1, 3, 17};
+    for (int mi = 0; mi < 4; mi++) {
+        mj_compiled *c = compile(g, modes[mi]);
+        double max_err = 0;
+        for (size_t bi = 0; bi < sizeof batches / sizeof *batches; bi++) {
+            mj_tensor *x = randn_input(g, batches[bi], rng), *want, *got;
+            cr_assert_eq(mj_graph_run(g, x, &want), MJ_OK, "%s: interpreter: %s", what, mj_last_error());
+            mj_status s = mj_compiled_run(c, x, &got);
+            cr_assert_eq(s, MJ_OK, "%s (%s): run: %s", what, modes[mi].name, mj_last_error());
+            double e = check_result(got, want, modes[mi], what);
+            if (e > max_err) max_err = e;
+            mj_tensor_release(x);
+            mj_tensor_release(want);
+            mj_tensor_release(got);
+        }
+        if (modes[mi].numeric == MJ_NUMERIC_FAST)
+            cr_log_info("%s (%s): max abs error %.3g", what, modes[mi].name, max_err);
+        mj_compiled_free(c);
+    }
+    mj_graph_free(g);
+}
+
+static mj_graph *new_graph(void) {
+    mj_graph *g;
+    cr_assert_eq(mj_graph_new(&g), MJ_OK);
+    return g;
+}
+
+static void out(mj_graph *g, int32_t id) { cr_assert_eq(mj_graph_add_output(g, id), MJ_OK, "%s", mj_last_error()); }
+
+/* ---- per op ------------------------------------------------------------- */
+
+Test(jit, op_linear_with_and_without_bias) {
+    mj_rng rng;
+    mj_rng_seed(&rng, 1);
+    for (int bias = 0; bias < 2; bias++) {
+        mj_graph *g = new_graph();
+        int32_t x = input(g, ty(2, B, 16, 0));
+        int32_t w = leaf(g, MJ_OP_PARAM, "w", ty(2, 8, 16, 0), &rng);
+        int32_t b = bias ? leaf(g, MJ_OP_PARAM, "b", ty(1, 8, 0, 0), &rng) : -1;
+        out(g, op(g, MJ_OP_LINEAR, bias ? 3 : 2, x, w, b, MJ_ACT_NONE, NULL));
+        check_graph_all_modes(g, bias ? "linear+bias" : "linear", &rng);
+    }
+}
+
+Test(jit, op_linear_rank3_input_and_wide_layer) {
+    mj_rng rng;
+    mj_rng_seed(&rng, 2);
+    mj_graph *g = new_graph();
+    int32_t x = input(g, ty(3, B, 5, 70));
+    int32_t w = leaf(g, MJ_OP_PARAM, "w", ty(2, 133, 70, 0), &rng);
+    int32_t b = leaf(g, MJ_OP_CONST, "b", ty(1, 133, 0, 0), &rng);
+    out(g, op(g, MJ_OP_LINEAR, 3, x, w, b, MJ_ACT_NONE, NULL));
+    check_graph_all_modes(g, "linear rank 3", &rng);
+}
+
+Test(jit, op_linear_act_every_activation) {
+    mj_rng rng;
+    mj_rng_seed(&rng, 3);
+    for (mj_act a = MJ_ACT_RELU; a < MJ_ACT_COUNT; a++) {
+        mj_graph *g = new_graph();
+        int32_t x = input(g, ty(2, B, 24, 0));
+        int32_t w = leaf(g, MJ_OP_PARAM, "w", ty(2, 20, 24, 0), &rng);
+        int32_t b = leaf(g, MJ_OP_PARAM, "b", ty(1, 20, 0, 0), &rng);
+        out(g, op(g, MJ_OP_LINEAR_ACT, 3, x, w, b, a, NULL));
+        check_graph_all_modes(g, mj_act_name(a), &rng);
+    }
+}
+
+/* A weight computed from the input is read in place ([out][in]). */
+Test(jit, op_linear_with_input_dependent_weight) {
+    mj_rng rng;
+    mj_rng_seed(&rng, 4);
+    mj_graph *g = new_graph();
+    int32_t x = input(g, ty(2, B, 16, 0));
+    int32_t r = op(g, MJ_OP_RELU, 1, x, -1, -1, MJ_ACT_NONE, NULL);
+    out(g, op(g, MJ_OP_LINEAR, 2, x, r, -1, MJ_ACT_NONE, NULL)); /* [B, B] */
+    check_graph_all_modes(g, "linear x r^T", &rng);
+}
+
+Test(jit, op_matmul_param_and_batch_inner_dim) {
+    mj_rng rng;
+    mj_rng_seed(&rng, 5);
+    mj_graph *g = new_graph();
+    int32_t x = input(g, ty(2, B, 16, 0));
+    int32_t w = leaf(g, MJ_OP_PARAM, "w", ty(2, 16, 9, 0), &rng);
+    out(g, op(g, MJ_OP_MATMUL, 2, x, w, -1, MJ_ACT_NONE, NULL));
+    check_graph_all_modes(g, "matmul x w", &rng);
+
+    /* x^T @ x: the inner dim is the batch */
+    g = new_graph();
+    x = input(g, ty(2, B, 7, 0));
+    int32_t t = op(g, MJ_OP_TRANSPOSE, 1, x, -1, -1, MJ_ACT_NONE, NULL);
+    out(g, op(g, MJ_OP_MATMUL, 2, t, x, -1, MJ_ACT_NONE, NULL));
+    check_graph_all_modes(g, "matmul x^T x", &rng);
+}
+
+Test(jit, op_elementwise_with_broadcasting) {
+    mj_rng rng;
+    mj_rng_seed(&rng, 6);
+    const mj_op ops_[3] = {MJ_OP_ADD, MJ_OP_SUB, MJ_OP_MUL};
+    for (int i = 0; i < 3; i++) {
+        /* same shape, a row vector, a [4,1] column against [B,4,5], and a param on the left */
+        mj_graph *g = new_graph();
+        int32_t x = input(g, ty(3, B, 4, 5));
+        int32_t col = leaf(g, MJ_OP_PARAM, "col", ty(2, 4, 1, 0), &rng);
+        int32_t row = leaf(g, MJ_OP_PARAM, "row", ty(1, 5, 0, 0), &rng);
+        int32_t a = op(g, ops_[i], 2, x, x, -1, MJ_ACT_NONE, NULL);
+        int32_t b = op(g, ops_[i], 2, a, col, -1, MJ_ACT_NONE, NULL);
+        int32_t c = op(g, ops_[i], 2, row, b, -1, MJ_ACT_NONE, NULL);
+        out(g, c);
+        check_graph_all_modes(g, mj_op_table[ops_[i]].name, &rng);
+    }
+}
+
+Test(jit, op_activations) {
+    mj_rng rng;
+    mj_rng_seed(&rng, 7);
+    const mj_op acts[5] = {MJ_OP_RELU, MJ_OP_GELU, MJ_OP_GELU_TANH, MJ_OP_SIGMOID, MJ_OP_TANH};
+    for (int i = 0; i < 5; i++) {
+        mj_graph *g = new_graph();
+        int32_t x = input(g, ty(2, B, 37, 0));
+        out(g, op(g, acts[i], 1, x, -1, -1, MJ_ACT_NONE, NULL));
+        check_graph_all_modes(g, mj_op_table[acts[i]].name, &rng);
+    }
+}
+
+/* Zeros, signed zeros, infinities, NaN, huge and tiny values through every
+ * activation and through linear_act: the same bits as eager. */
+Test(jit, activations_special_values_bitwise) {
+    const float vals[] = {0.0f, -0.0f, INFINITY, -INFINITY, NAN, -NAN, 1e30f, -1e30f, 1e-40f, -1e-40f,
+                          88.7f, -88.7f, 9.0f, -9.0f, 0.5f, -3.25f};
+    int64_t n = sizeof vals / sizeof *vals, shape[2] = {1, n};
+    mj_tensor *x;
+    cr_assert_eq(mj_tensor_from_data(&x, 2, shape, vals), MJ_OK);
+    const mj_op acts[5] = {MJ_OP_RELU, MJ_OP_GELU, MJ_OP_GELU_TANH, MJ_OP_SIGMOID, MJ_OP_TANH};
+    for (int i = 0; i < 5; i++) {
+        mj_graph *g = new_graph();
+        int32_t in = input(g, ty(2, B, n, 0));
+        out(g, op(g, acts[i], 1, in, -1, -1, MJ_ACT_NONE, NULL));
+        mj_compiled *c = compile(g, modes[0]);
+        mj_tensor *got, *want;
+        cr_assert_eq(mj_compiled_run(c, x, &got), MJ_OK);
+        cr_assert_eq(mj_activation(&want, mj_op_table[acts[i]].act, x), MJ_OK);
+        check_result(got, want, modes[0], mj_op_table[acts[i]].name);
+        mj_tensor_release(got);
+        mj_tensor_release(want);
+        mj_compiled_free(c);
+        mj_graph_free(g);
+    }
+    mj_tensor_release(x);
+}
+
+Test(jit, op_transpose_reshape_expand) {
+    mj_rng rng;
+    mj_rng_seed(&rng, 8);
+    mj_graph *g = new_graph();
+    int32_t x = input(g, ty(2, B, 8, 0));
+    out(g, op(g, MJ_OP_TRANSPOSE, 1, x, -1, -1, MJ_ACT_NONE, NULL));
+    check_graph_all_modes(g, "transpose", &rng);
+
+    /* reshape as an alias in the middle and as the output */
+    mj_type flat = ty(2, B, 16, 0), cube = ty(3, B, 4, 4);
+    g = new_graph();
+    x = input(g, cube);
+    int32_t r = op(g, MJ_OP_RESHAPE, 1, x, -1, -1, MJ_ACT_NONE, &flat);
+    int32_t t = op(g, MJ_OP_TANH, 1, r, -1, -1, MJ_ACT_NONE, NULL);
+    out(g, op(g, MJ_OP_RESHAPE, 1, t, -1, -1, MJ_ACT_NONE, &cube));
+    check_graph_all_modes(g, "reshape tanh reshape", &rng);
+
+    /* expand with a bias, and without (declared width) */
+    g = new_graph();
+    x = input(g, ty(2, B, 8, 0));
+    int32_t b = leaf(g, MJ_OP_PARAM, "b", ty(1, 5, 0, 0), &rng);
+    int32_t e = op(g, MJ_OP_EXPAND, 2, x, b, -1, MJ_ACT_NONE, NULL);
+    mj_type w3 = ty(2, B, 5, 0);
+    int32_t z = op(g, MJ_OP_EXPAND, 1, x, -1, -1, MJ_ACT_NONE, &w3);
+    out(g, op(g, MJ_OP_SUB, 2, e, z, -1, MJ_ACT_NONE, NULL));
+    check_graph_all_modes(g, "expand", &rng);
+
+    /* the output is the input itself: a copy */
+    g = new_graph();
+    x = input(g, ty(2, B, 3, 0));
+    out(g, x);
+    check_graph_all_modes(g, "identity", &rng);
+}
+
+/* ---- traced models -------------------------------------------------------- */
+
+static mj_tensor *eye16(void) {
+    mj_tensor *t;
+    cr_assert_eq(mj_tensor_eye(&t, 16), MJ_OK);
+    return t;
+}
+
+static mj_module *seed_model(bool bias) {
+    mj_module *m;
+    cr_assert_eq(mj_model_under_test_new(&m, bias), MJ_OK, "%s", mj_last_error());
+    const char *paths[3] = {"linear", "seq.0", "seq.1"};
+    for (int i = 0; i < 3; i++) {
+        mj_tensor *mask = eye16();
+        mj_parametrization *p;
+        cr_assert_eq(mj_fake_sparsity_new(&p, mask), MJ_OK);
+        mj_tensor_release(mask);
+        cr_assert_eq(mj_register_parametrization(mj_module_find(m, paths[i]), "weight", p), MJ_OK, "%s",
+                     mj_last_error());
+    }
+    return m;
+}
+
+static mj_graph *trace(mj_module *m, int rank, const int64_t *shape) {
+    mj_tensor *ex;
+    cr_assert_eq(mj_tensor_ones(&ex, rank, shape), MJ_OK);
+    mj_graph *g;
+    mj_status s = mj_trace_module(m, ex, &g);
+    cr_assert_eq(s, MJ_OK, "trace: %s", mj_last_error());
+    mj_tensor_release(ex);
+    return g;
+}
+
+/* compiled(x) against eager forward(x) */
+static double check_model(mj_compiled *c, mj_module *m, const mj_tensor *x, mode md, const char *what) {
+    mj_tensor *want, *got;
+    cr_assert_eq(mj_module_forward(m, x, &want), MJ_OK, "%s", mj_last_error());
+    cr_assert_eq(mj_compiled_run(c, x, &got), MJ_OK, "%s (%s): %s", what, md.name, mj_last_error());
+    double e = check_result(got, want, md, what);
+    mj_tensor_release(want);
+    mj_tensor_release(got);
+    return e;
+}
+
+/* The seed's test_jit_trace, through the compiled path. */
+Test(jit, seed_model_trace_compiled_equals_eager) {
+    mj_rng rng;
+    mj_rng_seed(&rng, 9);
+    int64_t ex[2] = {3, 16};
+    for (int bias = 0; bias < 2; bias++) {
+        mj_module *m = seed_model(bias);
+        mj_graph *g = trace(m, 2, ex);
+        for (int mi = 0; mi < 4; mi++) {
+            mj_compiled *c = compile(g, modes[mi]);
+            const mj_compile_stats *st = mj_compiled_stats(c);
+            cr_log_info("seed model%s (%s): ir %.2f ms, O3 %.2f ms, codegen %.2f ms", bias ? " +bias" : "",
+                        modes[mi].name, st->ir_ms, st->optimize_ms, st->codegen_ms);
+            mj_tensor *x;
+            cr_assert_eq(mj_tensor_randn(&x, 2, ex, &rng), MJ_OK);
+            check_model(c, m, x, modes[mi], bias ? "seed model with bias" : "seed model");
+            mj_tensor_release(x);
+            mj_compiled_free(c);
+        }
+        mj_graph_free(g);
+        mj_module_free(m);
+    }
+}
+
+Test(jit, random_models_equal_eager) {
+    mj_rng rng;
+    mj_rng_seed(&rng, 2024);
+    int n_models = scaled(60);
+    static const int64_t batches[] = {1, 4, 33};
+    double max_fast = 0;
+    for (int i = 0; i < n_models; i++) {
+        mjt_model_spec spec;
+        mjt_random_spec(&rng, 300, &spec);
+        mj_module *m;
+        cr_assert_eq(mjt_build_model(&spec, &rng, &m), MJ_OK, "%s: %s", spec.text, mj_last_error());
+        mj_tensor *ex;
+        cr_assert_eq(mjt_random_input(&spec, 2, &rng, &ex), MJ_OK);
+        mj_graph *g;
+        cr_assert_eq(mj_trace_module(m, ex, &g), MJ_OK, "%s: trace: %s", spec.text, mj_last_error());
+        mj_tensor_release(ex);
+        /* every model exact live; modes rotate for the rest to keep the time sane */
+        int extra = 1 + i % 3;
+        for (int k = 0; k < 2; k++) {
+            mode md = modes[k == 0 ? 0 : extra];
+            mj_compiled *c = compile(g, md);
+            for (size_t b = 0; b < sizeof batches / sizeof *batches; b++) {
+                mj_tensor *x;
+                cr_assert_eq(mjt_random_input(&spec, batches[b], &rng, &x), MJ_OK);
+                char what[200];
+                snprintf(what, sizeof what, "model %d %s batch %lld", i, spec.text, (long long)batches[b]);
+                double e = check_model(c, m, x, md, what);
+                if (md.numeric == MJ_NUMERIC_FAST && e > max_fast) max_fast = e;
+                mj_tensor_release(x);
+            }
+            mj_compiled_free(c);
+        }
+        mj_graph_free(g);
+        mj_module_free(m);
+    }
+    cr_log_info("random models: %d, fast mode max abs error %.3g", n_models, max_fast);
+}
+
+/* Live: a weight and a mask changed after compiling are honoured; frozen
+ * keeps the values it was compiled with. */
+Test(jit, live_mode_sees_weight_and_mask_changes_frozen_does_not) {
+    mj_rng rng;
+    mj_rng_seed(&rng, 10);
+    int64_t ex[2] = {3, 16};
+    mj_module *m = seed_model(true);
+    mj_graph *g = trace(m, 2, ex);
+    mj_compiled *live = compile(g, modes[0]), *frozen = compile(g, modes[1]);
+    mj_tensor *x, *before;
+    cr_assert_eq(mj_tensor_randn(&x, 2, ex, &rng), MJ_OK);
+    cr_assert_eq(mj_module_forward(m, x, &before), MJ_OK);
+    check_model(live, m, x, modes[0], "live before");
+
+    /* a weight */
+    mj_module *lin = mj_module_find(m, "seq.0");
+    float *w = mj_tensor_data_mut(mj_module_original(lin, "weight"));
+    for (int i = 0; i < 256; i++) w[i] = mj_rng_normal(&rng);
+    check_model(live, m, x, modes[0], "live after a weight change");
+    /* a mask: all ones */
+    mj_tensor *mask = mj_parametrization_buffer(mj_module_parametrization(lin, "weight", 0), "mask");
+    float *md = mj_tensor_data_mut(mask);
+    for (int i = 0; i < 256; i++) md[i] = 1.0f;
+    check_model(live, m, x, modes[0], "live after a mask change");
+    /* a bias: read in place by the body */
+    mj_tensor_dict *params;
+    cr_assert_eq(mj_module_named_parameters(m, &params), MJ_OK);
+    mj_tensor *bias = mj_tensor_dict_get(params, "seq.1.bias");
+    cr_assert(bias);
+    mj_tensor_data_mut(bias)[3] = -7.5f;
+    mj_tensor_dict_free(params);
+    check_model(live, m, x, modes[0], "live after a bias change");
+
+    mj_tensor *now;
+    cr_assert_eq(mj_module_forward(m, x, &now), MJ_OK);
+    cr_assert(!mj_tensor_equal(now, before), "the changes must change the output");
+    mj_tensor *fz;
+    cr_assert_eq(mj_compiled_run(frozen, x, &fz), MJ_OK);
+    cr_assert(mj_tensor_equal(fz, before), "frozen must keep the compiled-in values");
+    mj_tensor_release(fz);
+    mj_tensor_release(now);
+    mj_tensor_release(before);
+    mj_tensor_release(x);
+    mj_compiled_free(live);
+    mj_compiled_free(frozen);
+    mj_graph_free(g);
+    mj_module_free(m);
+}
+
+/* ---- guards ---------------------------------------------------------------- */
+
+Test(jit, shape_guards_reject_bad_calls_with_messages) {
+    mj_rng rng;
+    mj_rng_seed(&rng, 11);
+    mj_graph *g = new_graph();
+    int32_t x = input(g, ty(2, B, 16, 0));
+    int32_t w = leaf(g, MJ_OP_PARAM, "w", ty(2, 8, 16, 0), &rng);
+    out(g, op(g, MJ_OP_LINEAR, 2, x, w, -1, MJ_ACT_NONE, NULL));
+    mj_compiled *c = compile(g, modes[0]);
+
+    mj_tensor *bad, *y = NULL;
+    int64_t s1[2] = {3, 15};
+    cr_assert_eq(mj_tensor_zeros(&bad, 2, s1), MJ_OK);
+    cr_assert_eq(mj_compiled_run(c, bad, &y), MJ_ERR_SHAPE);
+    cr_assert(strstr(mj_last_error(), "[3, 15]") && strstr(mj_last_error(), "f32[B,16]"), "%s", mj_last_error());
+    cr_assert_null(y);
+    mj_tensor_release(bad);
+
+    int64_t s0[2] = {0, 16};
+    cr_assert_eq(mj_tensor_zeros(&bad, 2, s0), MJ_OK);
+    cr_assert_eq(mj_compiled_run(c, bad, &y), MJ_ERR_SHAPE);
+    cr_assert(strstr(mj_last_error(), "must be >= 1"), "%s", mj_last_error());
+    mj_tensor_release(bad);
+
+    float xb[32] = {0}, yb[16];
+    for (int i = 0; i < 16; i++) yb[i] = 42.0f;
+    cr_assert_eq(mj_compiled_run_raw(c, xb, 0, yb, 16), MJ_ERR_SHAPE);
+    cr_assert(strstr(mj_last_error(), "batch is 0"), "%s", mj_last_error());
+    cr_assert_eq(mj_compiled_run_raw(c, NULL, 1, yb, 16), MJ_ERR_INVALID);
+    cr_assert(strstr(mj_last_error(), "x is NULL"), "%s", mj_last_error());
+    cr_assert_eq(mj_compiled_run_raw(c, xb, 1, NULL, 16), MJ_ERR_INVALID);
+    cr_assert(strstr(mj_last_error(), "y is NULL"), "%s", mj_last_error());
+    cr_assert_eq(mj_compiled_run(c, NULL, &y), MJ_ERR_INVALID);
+    /* y too small: batch 2 needs 16 floats */
+    cr_assert_eq(mj_compiled_run_raw(c, xb, 2, yb, 15), MJ_ERR_SHAPE);
+    cr_assert(strstr(mj_last_error(), "room for 15") && strstr(mj_last_error(), "[2, 8]"), "%s", mj_last_error());
+    for (int i = 0; i < 16; i++) cr_assert_eq(yb[i], 42.0f, "nothing may be written on error");
+    /* overlap */
+    cr_assert_eq(mj_compiled_run_raw(c, xb, 1, xb + 8, 8), MJ_ERR_INVALID);
+    cr_assert(strstr(mj_last_error(), "overlap"), "%s", mj_last_error());
+    /* the good call still works */
+    cr_assert_eq(mj_compiled_run_raw(c, xb, 2, yb, 16), MJ_OK, "%s", mj_last_error());
+
+    cr_assert_eq(mj_compiled_dump(c, "bitcode", stdout), MJ_ERR_INVALID);
+    cr_assert(strstr(mj_last_error(), "bitcode"), "%s", mj_last_error());
+    mj_compiled_free(c);
+    mj_graph_free(g);
+}
+
+Test(jit, compile_rejects_bad_graphs_and_options) {
+    mj_compiled *c = NULL;
+    cr_assert_eq(mj_jit_compile(jit, NULL, NULL, &c), MJ_ERR_INVALID);
+    cr_assert(strstr(mj_last_error(), "NULL"), "%s", mj_last_error());
+    /* an unbound param */
+    mj_graph *g = new_graph();
+    int32_t x = input(g, ty(2, B, 4, 0));
+    mj_type wt = ty(2, 4, 4, 0);
+    int32_t w;
+    cr_assert_eq(mj_graph_add_leaf(g, MJ_OP_PARAM, "lonely.weight", &wt, NULL, &w), MJ_OK);
+    out(g, op(g, MJ_OP_LINEAR, 2, x, w, -1, MJ_ACT_NONE, NULL));
+    mj_status s = mj_jit_compile(jit, g, NULL, &c);
+    cr_assert_neq(s, MJ_OK);
+    cr_assert(strstr(mj_last_error(), "lonely.weight"), "%s", mj_last_error());
+    cr_assert_null(c);
+    mj_graph_free(g);
+    /* bad options */
+    mj_rng rng;
+    mj_rng_seed(&rng, 1);
+    g = new_graph();
+    x = input(g, ty(2, B, 4, 0));
+    out(g, op(g, MJ_OP_RELU, 1, x, -1, -1, MJ_ACT_NONE, NULL));
+    mj_compile_options o;
+    mj_compile_options_init(&o);
+    o.threads = -2;
+    cr_assert_eq(mj_jit_compile(jit, g, &o, &c), MJ_ERR_INVALID);
+    cr_assert(strstr(mj_last_error(), "threads is -2"), "%s", mj_last_error());
+    mj_graph_free(g);
+}
+
+/* ---- leaks, threads, dumps ------------------------------------------------- */
+
+static long rss_kb(void) {
+    FILE *f = fopen("/proc/self/statm", "r");
+    cr_assert(f);
+    long size, res;
+    cr_assert_eq(fscanf(f, "%ld %ld", &size, &res), 2);
+    fclose(f);
+    return res * (sysconf(_SC_PAGESIZE) / 1024);
+}
+
+Test(jit, compile_and_free_many_graphs_does_not_grow) {
+    mj_rng rng;
+    mj_rng_seed(&rng, 12);
+    int n = scaled(1000), half = n / 2;
+    long after_first = 0;
+    for (int i = 0; i < n; i++) {
+        mj_graph *g = new_graph();
+        int32_t x = input(g, ty(2, B, 8, 0));
+        int32_t w = leaf(g, MJ_OP_PARAM, "w", ty(2, 8, 8, 0), &rng);
+        int32_t b = leaf(g, MJ_OP_PARAM, "b", ty(1, 8, 0, 0), &rng);
+        out(g, op(g, MJ_OP_LINEAR_ACT, 3, x, w, b, MJ_ACT_RELU, NULL));
+        mj_compiled *c = compile(g, modes[i % 4]);
+        float xb[16] = {1, 2, 3}, yb[16];
+        cr_assert_eq(mj_compiled_run_raw(c, xb, 2, yb, 16), MJ_OK);
+        mj_compiled_free(c);
+        mj_graph_free(g);
+        if (i + 1 == half) after_first = rss_kb();
+    }
+    long after_all = rss_kb();
+    cr_log_info("RSS after %d compiles: %ld KB, after %d: %ld KB", half, after_first, n, after_all);
+    cr_assert_lt(after_all - after_first, 4096, "RSS grew by %ld KB over the last %d compiles",
+                 after_all - after_first, n - half);
+}
+
+typedef struct thread_arg {
+    mj_compiled *c;
+    const mj_tensor *x, *want;
+    int iters;
+    int bad;
+} thread_arg;
+
+static void *thread_main(void *p) {
+    thread_arg *a = p;
+    for (int i = 0; i < a->iters; i++) {
+        mj_tensor *y;
+        if (mj_compiled_run(a->c, a->x, &y) != MJ_OK) {
+            a->bad++;
+            continue;
+        }
+        if (!mj_tensor_equal(y, a->want)) a->bad++;
+        mj_tensor_release(y);
+    }
+    return NULL;
+}
+
+Test(jit, eight_threads_share_one_compiled_model) {
+    mj_rng rng;
+    mj_rng_seed(&rng, 13);
+    mj_module *m;
+    cr_assert_eq(mj_model_from_spec("mlp:64,96,96,10:act=gelu", &rng, &m), MJ_OK, "%s", mj_last_error());
+    cr_assert_eq(mj_model_apply_masks(m, NULL, 0.5, &rng), MJ_OK, "%s", mj_last_error());
+    int64_t ex[2] = {2, 64}, xs[2] = {7, 64};
+    mj_graph *g = trace(m, 2, ex);
+    mj_compiled *c = compile(g, modes[0]);
+    mj_tensor *x, *want;
+    cr_assert_eq(mj_tensor_randn(&x, 2, xs, &rng), MJ_OK);
+    cr_assert_eq(mj_compiled_run(c, x, &want), MJ_OK); /* single-threaded reference */
+    check_model(c, m, x, modes[0], "mlp");
+    pthread_t th[8];
+    thread_arg args[8];
+    for (int i = 0; i < 8; i++) {
+        args[i] = (thread_arg){.c = c, .x = x, .want = want, .iters = scaled(500)};
+        cr_assert_eq(pthread_create(&th[i], NULL, thread_main, &args[i]), 0);
+    }
+    for (int i = 0; i < 8; i++) {
+        pthread_join(th[i], NULL);
+        cr_assert_eq(args[i].bad, 0, "thread %d: %d bad results", i, args[i].bad);
+    }
+    mj_tensor_release(x);
+    mj_tensor_release(want);
+    mj_compiled_free(c);
+    mj_graph_free(g);
+    mj_module_free(m);
+}
+
+static char *dump(mj_compiled *c, const char *what) {
+    char *buf = NULL;
+    size_t size = 0;
+    FILE *f = open_memstream(&buf, &size);
+    cr_assert(f);
+    mj_status s = mj_compiled_dump(c, what, f);
+    fclose(f);
+    cr_assert_eq(s, MJ_OK, "%s", mj_last_error());
+    return buf;
+}
+
+Test(jit, dump_ir_and_asm) {
+    mj_rng rng;
+    mj_rng_seed(&rng, 14);
+    mj_graph *g = new_graph();
+    int32_t x = input(g, ty(2, B, 16, 0));
+    int32_t w = leaf(g, MJ_OP_PARAM, "w", ty(2, 16, 16, 0), &rng);
+    out(g, op(g, MJ_OP_LINEAR_ACT, 2, x, w, -1, MJ_ACT_SIGMOID, NULL));
+    mj_compiled *c = compile(g, modes[0]);
+    char *ir = dump(c, "ir");
+    cr_assert(strstr(ir, "define") && strstr(ir, "mj_body_"), "%.300s", ir);
+    cr_assert(strstr(ir, "expf"), "the sigmoid calls libm's expf");
+    cr_assert(strstr(ir, "fmul") && !strstr(ir, "fmuladd") && !strstr(ir, "contract"),
+              "exact mode has no contraction");
+    char *as = dump(c, "asm");
+    cr_assert(strstr(as, "mj_body_") && strstr(as, "ret"), "%.300s", as);
+    cr_assert(strstr(as, "mulps") || strstr(as, "mulss"), "expected SSE/AVX multiplies");
+    free(ir);
+    free(as);
+    mj_compiled_free(c);
+    /* fast mode may contract */
+    c = compile(g, modes[2]);
+    ir = dump(c, "ir");
+    cr_assert(strstr(ir, "contract") || strstr(ir, "fast"), "fast-math flags expected");
+    free(ir);
+    mj_compiled_free(c);
+    mj_graph_free(g);
+}
