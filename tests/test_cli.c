@@ -1,0 +1,186 @@
+/* The maskjit CLI, run as a user runs it. Outputs are compared with what the
+ * library computes in the test (eager forward), or with PyTorch's fixtures. */
+#include <criterion/criterion.h>
+#include <jansson.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "maskjit.h"
+
+static const char *const BIN = MJ_BUILD_ROOT "/maskjit";
+static const char *const FIXTURES = MJ_SOURCE_ROOT "/tests/fixtures";
+
+/* Runs `maskjit ARGS` through the shell; returns its exit status and its
+ * stdout (malloc'd) in *out when out is not NULL. */
+static int run(char **out, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int run(char **out, const char *fmt, ...) {
+    char args[2048], cmd[2400];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(args, sizeof args, fmt, ap);
+    va_end(ap);
+    snprintf(cmd, sizeof cmd, "NO_COLOR=1 %s %s 2>/dev/null", BIN, args);
+    FILE *p = popen(cmd, "r");
+    cr_assert_not_null(p);
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *mem = open_memstream(&buf, &len);
+    char chunk[4096];
+    size_t n;
+    while ((n = fread(chunk, 1, sizeof chunk, p)) > 0) fwrite(chunk, 1, n, mem);
+    fclose(mem);
+    int status = pclose(p);
+    if (out) *out = buf;
+    else free(buf);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128;
+}
+
+static char *tmp_path(const char *name) {
+    char *p = malloc(512);
+    snprintf(p, 512, "/tmp/maskjit-cli-%d-%s", (int)getpid(), name);
+    return p;
+}
+
+static mj_tensor *load_tensor(const char *path, const char *key) {
+    mj_tensor_dict *d;
+    cr_assert_eq(mj_safetensors_load(path, &d), MJ_OK, "%s", mj_last_error());
+    mj_tensor *t = mj_tensor_dict_get(d, key);
+    cr_assert_not_null(t, "%s has no %s", path, key);
+    mj_tensor_retain(t);
+    mj_tensor_dict_free(d);
+    return t;
+}
+
+/* run --out writes what eager computes for the same weights and input. */
+Test(cli, run_modes_write_eager_output, .timeout = 60) {
+    char *in = tmp_path("in.safetensors"), *out = tmp_path("out.safetensors");
+    mj_rng rng;
+    mj_rng_seed(&rng, 11);
+    mj_tensor *x;
+    mj_tensor_randn(&x, 2, (int64_t[]){4, 16}, &rng);
+    mj_tensor_dict *d;
+    mj_tensor_dict_new(&d);
+    mj_tensor_dict_set(d, "x", x);
+    cr_assert_eq(mj_safetensors_save(in, d), MJ_OK);
+    mj_tensor_dict_free(d);
+    /* Reference: the same model built by the library (spec + seed 5). */
+    mj_module *m;
+    mj_rng init;
+    mj_rng_seed(&init, 5);
+    cr_assert_eq(mj_model_from_spec("mlp:16,24,8:act=tanh", &init, &m), MJ_OK);
+    mj_tensor *want;
+    cr_assert_eq(mj_module_forward(m, x, &want), MJ_OK);
+    const char *modes[] = {"--mode eager", "--mode traced", "--mode compiled",
+                           "--mode compiled --frozen", "--mode compiled --exact"};
+    for (int i = 0; i < 5; i++) {
+        cr_assert_eq(run(NULL, "run mlp:16,24,8:act=tanh --seed 5 --input %s --input-name x %s --out %s",
+                         in, modes[i], out),
+                     0, "%s", modes[i]);
+        mj_tensor *got = load_tensor(out, "output");
+        cr_assert(mj_tensor_equal(got, want), "%s differs from eager", modes[i]);
+        mj_tensor_release(got);
+    }
+    cr_assert_eq(run(NULL, "run mlp:16,24,8:act=tanh --seed 5 --input %s --input-name x --mode "
+                           "compiled --fast --out %s", in, out), 0);
+    mj_tensor *fast = load_tensor(out, "output");
+    cr_assert(mj_tensor_allclose(fast, want, MJ_RTOL_F32, MJ_ATOL_F32));
+    mj_tensor_release(fast);
+    mj_tensor_release(want);
+    mj_tensor_release(x);
+    mj_module_free(m);
+    unlink(in);
+    unlink(out);
+    free(in);
+    free(out);
+}
+
+/* A saved trace replays without model code, and equals the model's eager output. */
+Test(cli, trace_then_replay_matches_fixture, .timeout = 60) {
+    char fixture[512], *trace = tmp_path("trace.safetensors"), *out = tmp_path("y.safetensors");
+    snprintf(fixture, sizeof fixture, "%s/mut.safetensors", FIXTURES);
+    cr_assert_eq(run(NULL, "trace mut --weights %s -o %s", fixture, trace), 0);
+    char *text;
+    cr_assert_eq(run(&text, "ir %s", trace), 0);
+    cr_assert(strstr(text, "maskjit-ir 1") && strstr(text, "linear"), "%s", text);
+    free(text);
+    for (int compiled = 0; compiled < 2; compiled++) {
+        cr_assert_eq(run(NULL, "run %s --input %s --mode %s --out %s", trace, fixture,
+                         compiled ? "compiled" : "traced", out),
+                     0);
+        mj_tensor *y = load_tensor(out, "output"), *expected = load_tensor(fixture, "expected");
+        mj_compare c = mj_tensor_compare(y, expected, MJ_RTOL_F32, MJ_ATOL_F32);
+        char msg[256];
+        mj_compare_describe(&c, y, expected, msg, sizeof msg);
+        cr_assert(c.close, "replay vs PyTorch: %s", msg);
+        mj_tensor_release(y);
+        mj_tensor_release(expected);
+    }
+    /* Eager needs model code: refused for a trace, with exit 2. */
+    cr_assert_eq(run(NULL, "run %s --mode eager", trace), 2);
+    unlink(trace);
+    unlink(out);
+    free(trace);
+    free(out);
+}
+
+/* check passes on PyTorch's exports and fails (exit 1) when expected is wrong. */
+Test(cli, check_passes_on_fixtures_and_fails_on_tampered_expected, .timeout = 120) {
+    const char *names[] = {"mut", "mut_nobias", "mlp_relu", "mlp_gelu", "mlp_sparse"};
+    for (int i = 0; i < 5; i++) {
+        char *json;
+        cr_assert_eq(run(&json, "check %s/%s.safetensors --inputs 2 --json", FIXTURES, names[i]), 0,
+                     "%s", names[i]);
+        json_error_t err;
+        json_t *root = json_loads(json, 0, &err);
+        cr_assert_not_null(root, "check --json is JSON: %s", err.text);
+        cr_assert(json_is_true(json_object_get(root, "pass")));
+        cr_assert_eq(json_array_size(json_object_get(root, "paths")), 5);
+        json_t *p0 = json_array_get(json_object_get(root, "paths"), 0);
+        cr_assert_not_null(json_object_get(p0, "vs_expected"), "fixture has expected");
+        json_decref(root);
+        free(json);
+    }
+    /* Tamper with expected: every path now disagrees with "PyTorch". */
+    char fixture[512], *bad = tmp_path("bad.safetensors");
+    snprintf(fixture, sizeof fixture, "%s/mlp_relu.safetensors", FIXTURES);
+    mj_tensor_dict *d;
+    cr_assert_eq(mj_safetensors_load(fixture, &d), MJ_OK);
+    mj_tensor_data_mut(mj_tensor_dict_get(d, "expected"))[3] += 0.5f;
+    cr_assert_eq(mj_safetensors_save(bad, d), MJ_OK);
+    mj_tensor_dict_free(d);
+    char *text;
+    cr_assert_eq(run(&text, "check %s --inputs 1", bad), 1);
+    cr_assert(strstr(text, "FAIL"), "%s", text);
+    cr_assert(strstr(text, "MISMATCH"), "%s", text);
+    free(text);
+    unlink(bad);
+    free(bad);
+}
+
+Test(cli, help_lists_every_command) {
+    char *text;
+    cr_assert_eq(run(&text, "--help"), 0);
+    const char *cmds[] = {"demo", "run", "check", "ir", "trace", "asm", "bench"};
+    for (int i = 0; i < 7; i++) {
+        cr_assert(strstr(text, cmds[i]), "%s missing", cmds[i]);
+        char *sub;
+        cr_assert_eq(run(&sub, "%s --help", cmds[i]), 0, "%s --help", cmds[i]);
+        cr_assert(strlen(sub) > 40, "%s --help says something", cmds[i]);
+        free(sub);
+    }
+    free(text);
+}
+
+Test(cli, demo_output_is_the_seed_models, .timeout = 60) {
+    char *text;
+    cr_assert_eq(run(&text, "demo --no-timing"), 0);
+    /* Identity masks: y = 3*(2*(x + 10) + 20) + 30 = 6x + 150; x[0][0] = -1. */
+    cr_assert(strstr(text, "[144.0000, 144.7500"), "%s", text);
+    cr_assert(strstr(text, "linear.parametrizations.weight.original"), "%s", text);
+    cr_assert(strstr(text, "%3 = mul"), "traced IR shows the mask multiply");
+    cr_assert(strstr(text, "compiled vs eager: max abs diff 0 (bit-identical)"), "%s", text);
+    free(text);
+}
