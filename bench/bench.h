@@ -92,6 +92,10 @@ typedef struct mj_bench_result {
     double compile_ms;  /* -1 if not compiled                                */
 } mj_bench_result;
 
+/* Timing clock of this thread's measurements: wall (default) or process CPU
+ * time (robust on an oversubscribed machine; meaningful at 1 thread only). */
+void mj_bench_use_cpu_clock(bool cpu);
+
 /* Times the variants interleaved: reps rounds, each running every variant
  * for iters calls sized to about min_ms. results has one entry per variant. */
 mj_status mj_bench_measure(mj_bench_setup *s, int reps, double min_ms, mj_bench_result *results);

@@ -33,6 +33,7 @@ struct mj_peer {
     int64_t batch;
     int threads;
     float *buf[2]; /* [batch][max width] each */
+    bool vzeroupper; /* the CPU has AVX: clear upper halves after foreign kernels */
 };
 
 const char *mj_peer_name(mj_peer_kind k) {
@@ -144,6 +145,7 @@ mj_status mj_peer_new(mj_peer_kind k, int n_layers, const mj_peer_layer *layers,
         return mj_fail(MJ_ERR_NOMEM, "peer: out of memory");
     }
     p->n = n_layers;
+    p->vzeroupper = __builtin_cpu_supports("avx");
     p->buf[0] = alloc_floats(bufn);
     p->buf[1] = alloc_floats(bufn);
     if (!p->buf[0] || !p->buf[1]) goto nomem;
@@ -193,7 +195,10 @@ nomem:
     return mj_fail(MJ_ERR_NOMEM, "peer %s: out of memory", mj_peer_name(k));
 }
 
-/* The epilogue every peer runs after its GEMM: y = act(y + b). */
+/* The epilogue every peer runs after its GEMM: y = act(y + b). Cloned per
+ * ISA so it is vectorised as a user building with -march=native would get
+ * (and so its stores match the width of the next GEMM's loads). */
+__attribute__((target_clones("avx512f", "avx2", "default"), noinline))
 static void bias_act(float *y, int64_t m, int64_t n, const float *b, mj_act act) {
     for (int64_t i = 0; i < m; i++) {
         float *row = y + i * n;
@@ -235,11 +240,16 @@ const float *mj_peer_run(mj_peer *p, const float *x) {
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)p->batch, (int)l->out,
                         (int)l->in, 1.0f, in, (int)l->in, l->w, (int)l->in, 0.0f, outb,
                         (int)l->out);
+            if (p->vzeroupper) __asm__ volatile("vzeroupper" ::: "memory");
             break;
 #endif
 #ifdef MJ_HAVE_LIBXSMM
         case MJ_PEER_LIBXSMM:
             l->kernel(l->w, in, outb);
+            /* LIBXSMM's AVX-512 kernels return with dirty upper registers;
+             * without this the SSE-encoded epilogue below runs several
+             * times slower (AVX-SSE transition), which is not LIBXSMM's cost */
+            if (p->vzeroupper) __asm__ volatile("vzeroupper" ::: "memory");
             break;
 #endif
         default: MJ_ASSERT(!"peer kind not built");
