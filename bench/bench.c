@@ -552,12 +552,14 @@ mj_status mj_bench_measure(mj_bench_setup *s, int reps, double min_ms, mj_bench_
         return mj_fail(MJ_ERR_INVALID, "bench: reps %d must be >= 1 and min_ms %g > 0", reps, min_ms);
     double target = min_ms * 1e6;
     int64_t iters[V_COUNT];
+    int vreps[V_COUNT];
     /* calibrate: grow the call count until a batch takes a fifth of the target */
     for (int i = 0; i < s->nv; i++) {
         variant *v = &s->v[i];
         results[i] = (mj_bench_result){.median_ns = NAN, .min_ns = NAN, .iters = 0,
                                        .gflops = NAN, .compile_ms = v->compile_ms};
         iters[i] = 0;
+        vreps[i] = 0;
         if (!v->timed) continue;
         MJ_TRY(run_once(s, v)); /* warm-up */
         int64_t n = 1;
@@ -570,6 +572,9 @@ mj_status mj_bench_measure(mj_bench_setup *s, int reps, double min_ms, mj_bench_
         }
         double it = ceil((double)n * target / (el > 0 ? el : 1));
         iters[i] = it < 1 ? 1 : it > 1e9 ? (int64_t)1e9 : (int64_t)it;
+        /* a call of over a second (eager at batch 1024) is its own average:
+         * three rounds are enough and keep the full run short */
+        vreps[i] = el / (double)n > 1e9 && reps > 3 ? 3 : reps;
     }
     double *samples = calloc((size_t)reps * (size_t)s->nv, sizeof *samples);
     if (!samples) return mj_fail(MJ_ERR_NOMEM, "bench: out of memory");
@@ -578,7 +583,7 @@ mj_status mj_bench_measure(mj_bench_setup *s, int reps, double min_ms, mj_bench_
     for (int r = 0; r < reps; r++) {
         for (int j = 0; j < s->nv; j++) {
             int i = (j + r) % s->nv;
-            if (!s->v[i].timed) continue;
+            if (!s->v[i].timed || r >= vreps[i]) continue;
             double el;
             mj_status st = time_runs(s, &s->v[i], iters[i], &el);
             if (st != MJ_OK) {
@@ -592,8 +597,10 @@ mj_status mj_bench_measure(mj_bench_setup *s, int reps, double min_ms, mj_bench_
     for (int i = 0; i < s->nv; i++) {
         if (!s->v[i].timed) continue;
         double *x = samples + i * reps;
-        qsort(x, (size_t)reps, sizeof *x, cmp_double);
-        double med = reps % 2 ? x[reps / 2] : 0.5 * (x[reps / 2 - 1] + x[reps / 2]);
+        int nr = vreps[i];
+        qsort(x, (size_t)nr, sizeof *x, cmp_double);
+        double med = nr % 2 ? x[nr / 2] : 0.5 * (x[nr / 2 - 1] + x[nr / 2]);
+        results[i].reps = nr;
         results[i].median_ns = med;
         results[i].min_ns = x[0];
         results[i].iters = iters[i];
@@ -992,6 +999,7 @@ static void write_json(FILE *out, const wl_result *res, int n, const options *o,
             json_object_set_new(jr, "median_ns", json_real(r->r.median_ns));
             json_object_set_new(jr, "min_ns", json_real(r->r.min_ns));
             json_object_set_new(jr, "iters", json_integer(r->r.iters));
+            json_object_set_new(jr, "rounds", json_integer(r->r.reps));
             json_object_set_new(jr, "gflops", num_or_null(r->r.gflops));
             json_object_set_new(jr, "ratio_to_best_peer", num_or_null(r->ratio));
             json_object_set_new(jr, "compile_ms",

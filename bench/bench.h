@@ -88,6 +88,7 @@ typedef struct mj_bench_result {
     double median_ns;   /* per forward call, median over rounds              */
     double min_ns;
     int64_t iters;      /* forward calls per round                           */
+    int reps;           /* rounds taken (3 for variants slower than 1 s/call) */
     double gflops;      /* dense FLOP count / median                         */
     double compile_ms;  /* -1 if not compiled                                */
 } mj_bench_result;
