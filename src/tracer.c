@@ -308,8 +308,9 @@ mj_status mj_trace_module(mj_module *m, const mj_tensor *example, mj_graph **out
     if (cached_path)
         return mj_fail(MJ_ERR_STATE,
                        "tracing: cannot trace while parametrizations are cached (as in "
-                       "PyTorch): module '%s' is inside parametrize cached()",
-                       cached_path);
+                       "PyTorch): %s%s%s is inside mj_parametrize_cache_begin/end",
+                       cached_path[0] ? "module '" : "the root module", cached_path,
+                       cached_path[0] ? "'" : "");
 
     struct mj_tracer t = {.batch = example->shape[0]};
     mj_status s = trace_run(&t, m, example);
