@@ -152,7 +152,16 @@ static uint32_t check_graph_text(const char *text) {
 /* ---- per-op graphs ----------------------------------------------------------------- */
 
 static const char *const op_graphs[] = {
-    /* the docs/IR.md example */
+    /* the example of docs/IR.md, verbatim */
+    "maskjit-ir 1\n"
+    "%0 = input \"input\" : f32[B,2]\n"
+    "%1 = param \"linear.parametrizations.weight.original\" : f32[2,2]\n"
+    "%2 = param \"linear.parametrizations.weight.0.mask\" : f32[2,2]\n"
+    "%3 = mul %2, %1 : f32[2,2]\n"
+    "%4 = const \"c4\" : f32[2] = [0x1p+0, -0x1.8p+1]\n"
+    "%5 = linear_act %0, %3, %4 {act=relu} : f32[B,2]\n"
+    "return %5\n",
+    /* a 16-wide masked linear layer */
     "maskjit-ir 1\n"
     "%0 = input \"input\" : f32[B,16]\n"
     "%1 = param \"linear.parametrizations.weight.original\" : f32[16,16]\n"
@@ -369,7 +378,7 @@ Test(ir, malformed_texts_are_rejected_with_line_col) {
 Test(ir, parser_survives_truncations_and_bytes) {
     /* Every prefix of a valid text and single-byte corruptions: no crash,
      * either OK or a "line:col:" message. */
-    const char *src = op_graphs[0];
+    const char *src = op_graphs[1];
     size_t n = strlen(src);
     char *buf = malloc(n + 1);
     for (size_t cut = 0; cut <= n; cut++) {
@@ -632,7 +641,7 @@ Test(ir, bind_freeze_clone) {
 }
 
 Test(ir, inspection_and_warnings) {
-    mj_graph *g = parse_ok(op_graphs[1]);
+    mj_graph *g = parse_ok(op_graphs[2]);
     cr_assert_eq(mj_graph_node_count(g), 4);
     cr_assert_eq(mj_graph_input_count(g), 1);
     cr_assert_eq(mj_graph_output_count(g), 2);
@@ -660,7 +669,7 @@ Test(ir, inspection_and_warnings) {
 /* ---- DOT -------------------------------------------------------------------------------------------- */
 
 Test(ir, dot_output_has_nodes_and_edges) {
-    mj_graph *g = parse_ok(op_graphs[0]);
+    mj_graph *g = parse_ok(op_graphs[1]);
     char *buf = NULL;
     size_t len = 0;
     FILE *f = open_memstream(&buf, &len);
@@ -733,7 +742,7 @@ Test(ir, save_load_round_trip) {
     cr_assert(strstr(mj_last_error(), "\"big\""), "%s", mj_last_error());
     cr_assert_null(l2);
     /* saving an unbound graph is refused */
-    mj_graph *u = parse_ok(op_graphs[0]);
+    mj_graph *u = parse_ok(op_graphs[1]);
     cr_assert_eq(mj_graph_save(u, path), MJ_ERR_STATE);
     cr_assert(strstr(mj_last_error(), "not bound"), "%s", mj_last_error());
     mj_graph_free(u);
