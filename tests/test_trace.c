@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <pthread.h>
 #include <unistd.h>
 
 #include "ir/ir.h"
@@ -646,4 +647,74 @@ Test(trace, random_models, .timeout = 120) {
     cr_assert_eq(n_mask_gone, n_models);
     unlink(path);
     rmdir(dir);
+}
+
+Test(trace, check_argument_errors) {
+    mj_module *model = seed_model();
+    mj_graph *g = trace_at(model, 3, 16);
+    mj_tensor *x = full2(2, 16, 1.0f);
+    const mj_tensor *ins[1] = {x};
+    cr_assert_eq(mj_graph_check(NULL, model, 1, ins, NULL), MJ_ERR_INVALID);
+    cr_assert_eq(mj_graph_check(g, NULL, 1, ins, NULL), MJ_ERR_INVALID);
+    cr_assert_eq(mj_graph_check(g, model, 1, NULL, NULL), MJ_ERR_INVALID);
+    cr_assert(strstr(mj_last_error(), "check"), "message: %s", mj_last_error());
+    const mj_tensor *none[1] = {NULL};
+    cr_assert_eq(mj_graph_check(g, model, 1, none, NULL), MJ_ERR_INVALID);
+    cr_assert(strstr(mj_last_error(), "input 0 is NULL"), "message: %s", mj_last_error());
+    OK(mj_graph_check(g, model, 1, ins, NULL)); /* results may be NULL */
+    mj_tensor *bad = full2(2, 15, 1.0f);
+    const mj_tensor *ins2[2] = {x, bad};
+    mj_status s = mj_graph_check(g, model, 2, ins2, NULL);
+    cr_assert_eq(s, MJ_ERR_SHAPE, "%s", mj_status_name(s));
+    cr_assert(strstr(mj_last_error(), "input 1"), "message: %s", mj_last_error());
+    mj_tensor_release(bad);
+    mj_tensor_release(x);
+    mj_graph_free(g);
+    mj_module_free(model);
+}
+
+/* The active tracer is per thread: concurrent traces do not see each
+ * other's ops. */
+typedef struct trace_job {
+    uint64_t seed;
+    mj_status status;
+    bool same;
+} trace_job;
+
+static void *trace_thread(void *arg) {
+    trace_job *job = arg;
+    mj_rng rng;
+    mj_rng_seed(&rng, job->seed);
+    for (int k = 0; k < 20; k++) {
+        mjt_model_spec spec;
+        mjt_random_spec(&rng, 32, &spec);
+        mj_module *m = NULL;
+        mj_tensor *x = NULL, *y = NULL, *y_hat = NULL;
+        mj_graph *g = NULL;
+        job->status = mjt_build_model(&spec, &rng, &m);
+        if (job->status == MJ_OK) job->status = mjt_random_input(&spec, 3, &rng, &x);
+        if (job->status == MJ_OK) job->status = mj_trace_module(m, x, &g);
+        if (job->status == MJ_OK) job->status = mj_module_forward(m, x, &y);
+        if (job->status == MJ_OK) job->status = mj_graph_run(g, x, &y_hat);
+        job->same = job->status == MJ_OK && mj_tensor_equal(y, y_hat);
+        mj_tensor_release(x);
+        mj_tensor_release(y);
+        mj_tensor_release(y_hat);
+        mj_graph_free(g);
+        mj_module_free(m);
+        if (!job->same) break;
+    }
+    return NULL;
+}
+
+Test(trace, concurrent_traces_on_threads) {
+    pthread_t th[4];
+    trace_job jobs[4];
+    for (int i = 0; i < 4; i++) {
+        jobs[i] = (trace_job){.seed = 100 + (uint64_t)i};
+        cr_assert_eq(pthread_create(&th[i], NULL, trace_thread, &jobs[i]), 0);
+    }
+    for (int i = 0; i < 4; i++) pthread_join(th[i], NULL);
+    for (int i = 0; i < 4; i++)
+        cr_assert(jobs[i].same, "thread %d: %s", i, mj_status_name(jobs[i].status));
 }
