@@ -15,7 +15,8 @@ struct mj_compiled {
     mj_compile_stats stats;
     LLVMOrcResourceTrackerRef rt;
     mj_body_fn fn;
-    char *ir_text;
+    char *bitcode; /* the optimised module, for dumps */
+    size_t bitcode_size;
     mj_type in_type, out_type;
 
     /* Live state, under lock: readers call the body, a refresh writes. */
@@ -157,7 +158,7 @@ void mj_compiled_free(mj_compiled *c) {
     free(c->needed);
     free(c->params);
     free(c->versions);
-    free(c->ir_text);
+    free(c->bitcode);
     mj_graph_free(c->g);
     pthread_rwlock_destroy(&c->lock);
     free(c);
@@ -224,7 +225,7 @@ static mj_status build_and_add(mj_compiled *c, prologue *pr) {
         LLVMOrcDisposeThreadSafeContext(tsc);
         return s;
     }
-    return mj_jit_add_module(c->jit, tsc, m, fname, &c->rt, &c->fn, &c->ir_text, &c->stats);
+    return mj_jit_add_module(c->jit, tsc, m, fname, &c->rt, &c->fn, &c->bitcode, &c->bitcode_size, &c->stats);
 }
 
 mj_status mj_jit_compile(mj_jit *jit, const mj_graph *g, const mj_compile_options *o,
@@ -386,10 +387,7 @@ mj_status mj_compiled_run(mj_compiled *c, const mj_tensor *x, mj_tensor **y) {
 
 mj_status mj_compiled_dump(mj_compiled *c, const char *what, FILE *f) {
     if (!c || !what || !f) return mj_fail(MJ_ERR_INVALID, "mj_compiled_dump: NULL argument");
-    if (strcmp(what, "ir") == 0) {
-        if (fputs(c->ir_text, f) < 0) return mj_fail(MJ_ERR_IO, "mj_compiled_dump: writing the IR failed");
-        return MJ_OK;
-    }
-    if (strcmp(what, "asm") == 0) return mj_jit_emit_asm(c->jit, c->ir_text, f);
+    if (strcmp(what, "ir") == 0 || strcmp(what, "asm") == 0)
+        return mj_jit_dump(c->jit, c->bitcode, c->bitcode_size, what, f);
     return mj_fail(MJ_ERR_INVALID, "mj_compiled_dump: unknown dump \"%s\" (use \"ir\" or \"asm\")", what);
 }

@@ -4,7 +4,8 @@
 #include <string.h>
 
 #include <llvm-c/Error.h>
-#include <llvm-c/IRReader.h>
+#include <llvm-c/BitReader.h>
+#include <llvm-c/BitWriter.h>
 #include <llvm-c/Target.h>
 #include <llvm-c/Transforms/PassBuilder.h>
 
@@ -12,6 +13,8 @@
 
 static pthread_once_t llvm_once = PTHREAD_ONCE_INIT;
 static bool llvm_init_ok;
+/* LLVMShutdown cannot be undone: later JITs are refused, not crashed. */
+static _Atomic bool llvm_down;
 
 /* LLVM's target registry is global: initialise it once per process. */
 static void llvm_init(void) {
@@ -55,6 +58,7 @@ void mj_compile_options_init(mj_compile_options *o) {
 
 mj_status mj_jit_new(mj_jit **out) {
     if (!out) return mj_fail(MJ_ERR_INVALID, "mj_jit_new: output pointer is NULL");
+    if (llvm_down) return mj_fail(MJ_ERR_STATE, "mj_jit_new: LLVM was shut down (mj_llvm_shutdown)");
     pthread_once(&llvm_once, llvm_init);
     if (!llvm_init_ok) return mj_fail(MJ_ERR_BACKEND, "LLVM has no native target for this host");
     mj_jit *jit = mj_alloc(sizeof *jit);
@@ -117,16 +121,20 @@ void mj_jit_free(mj_jit *jit) {
 
 const char *mj_jit_cpu_name(const mj_jit *jit) { return jit ? jit->cpu : ""; }
 
-void mj_llvm_shutdown(void) { LLVMShutdown(); }
+void mj_llvm_shutdown(void) {
+    llvm_down = true;
+    LLVMShutdown();
+}
 
 static double ms_since(double t0) { return (mj_now_seconds() - t0) * 1e3; }
 
 mj_status mj_jit_add_module(mj_jit *jit, LLVMOrcThreadSafeContextRef tsc, LLVMModuleRef m,
                             const char *fname, LLVMOrcResourceTrackerRef *rt_out, mj_body_fn *fn,
-                            char **ir_text, mj_compile_stats *stats) {
+                            char **bitcode, size_t *bitcode_size, mj_compile_stats *stats) {
     mj_status s = MJ_OK;
     LLVMOrcResourceTrackerRef rt = NULL;
-    *ir_text = NULL;
+    *bitcode = NULL;
+    *bitcode_size = 0;
     *fn = NULL;
     pthread_mutex_lock(&jit->mu);
     char *triple = LLVMGetTargetMachineTriple(jit->tm);
@@ -147,10 +155,15 @@ mj_status mj_jit_add_module(mj_jit *jit, LLVMOrcThreadSafeContextRef tsc, LLVMMo
         LLVMOrcDisposeThreadSafeContext(tsc);
         goto out;
     }
-    char *text = LLVMPrintModuleToString(m);
-    *ir_text = mj_strdup(text);
-    LLVMDisposeMessage(text);
-    if (!*ir_text) {
+    LLVMMemoryBufferRef bc = LLVMWriteBitcodeToMemoryBuffer(m);
+    size_t bc_size = bc ? LLVMGetBufferSize(bc) : 0;
+    *bitcode = bc ? mj_alloc(bc_size) : NULL;
+    if (*bitcode) {
+        memcpy(*bitcode, LLVMGetBufferStart(bc), bc_size);
+        *bitcode_size = bc_size;
+    }
+    if (bc) LLVMDisposeMemoryBuffer(bc);
+    if (!*bitcode) {
         s = MJ_ERR_NOMEM;
         LLVMDisposeModule(m);
         LLVMOrcDisposeThreadSafeContext(tsc);
@@ -184,9 +197,10 @@ out:
         LLVMOrcReleaseResourceTracker(rt);
         rt = NULL;
     }
-    if (s != MJ_OK && *ir_text) {
-        free(*ir_text);
-        *ir_text = NULL;
+    if (s != MJ_OK && *bitcode) {
+        free(*bitcode);
+        *bitcode = NULL;
+        *bitcode_size = 0;
     }
     pthread_mutex_unlock(&jit->mu);
     *rt_out = rt;
@@ -202,31 +216,35 @@ void mj_jit_remove(mj_jit *jit, LLVMOrcResourceTrackerRef rt) {
     pthread_mutex_unlock(&jit->mu);
 }
 
-mj_status mj_jit_emit_asm(mj_jit *jit, const char *ir_text, FILE *f) {
+mj_status mj_jit_dump(mj_jit *jit, const char *bitcode, size_t size, const char *what, FILE *f) {
     mj_status s = MJ_OK;
     LLVMContextRef ctx = LLVMContextCreate();
-    LLVMMemoryBufferRef buf =
-        LLVMCreateMemoryBufferWithMemoryRangeCopy(ir_text, strlen(ir_text), "maskjit");
+    LLVMMemoryBufferRef buf = LLVMCreateMemoryBufferWithMemoryRange(bitcode, size, "maskjit", 0);
     LLVMModuleRef m = NULL;
-    char *msg = NULL;
-    if (LLVMParseIRInContext(ctx, buf, &m, &msg)) { /* consumes buf */
-        s = mj_fail(MJ_ERR_BACKEND, "re-parsing the IR: %s", msg ? msg : "");
-        LLVMDisposeMessage(msg);
+    if (LLVMParseBitcodeInContext2(ctx, buf, &m)) {
+        LLVMDisposeMemoryBuffer(buf);
         LLVMContextDispose(ctx);
-        return s;
+        return mj_fail(MJ_ERR_BACKEND, "re-reading the compiled module's bitcode failed");
     }
-    LLVMMemoryBufferRef out = NULL;
-    pthread_mutex_lock(&jit->mu);
-    LLVMBool failed = LLVMTargetMachineEmitToMemoryBuffer(jit->tm, m, LLVMAssemblyFile, &msg, &out);
-    pthread_mutex_unlock(&jit->mu);
-    if (failed) {
-        s = mj_fail(MJ_ERR_BACKEND, "emitting assembly: %s", msg ? msg : "");
-        LLVMDisposeMessage(msg);
+    LLVMDisposeMemoryBuffer(buf);
+    if (strcmp(what, "ir") == 0) {
+        char *text = LLVMPrintModuleToString(m);
+        if (fputs(text, f) < 0) s = mj_fail(MJ_ERR_IO, "writing the LLVM IR failed");
+        LLVMDisposeMessage(text);
     } else {
-        size_t n = LLVMGetBufferSize(out);
-        if (fwrite(LLVMGetBufferStart(out), 1, n, f) != n)
-            s = mj_fail(MJ_ERR_IO, "writing the assembly failed");
-        LLVMDisposeMemoryBuffer(out);
+        char *msg = NULL;
+        LLVMMemoryBufferRef out = NULL;
+        pthread_mutex_lock(&jit->mu);
+        LLVMBool failed = LLVMTargetMachineEmitToMemoryBuffer(jit->tm, m, LLVMAssemblyFile, &msg, &out);
+        pthread_mutex_unlock(&jit->mu);
+        if (failed) {
+            s = mj_fail(MJ_ERR_BACKEND, "emitting assembly: %s", msg ? msg : "");
+            LLVMDisposeMessage(msg);
+        } else {
+            size_t n = LLVMGetBufferSize(out);
+            if (fwrite(LLVMGetBufferStart(out), 1, n, f) != n) s = mj_fail(MJ_ERR_IO, "writing the assembly failed");
+            LLVMDisposeMemoryBuffer(out);
+        }
     }
     LLVMDisposeModule(m);
     LLVMContextDispose(ctx);

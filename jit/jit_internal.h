@@ -73,16 +73,17 @@ mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan 
 typedef void (*mj_body_fn)(const float *const *leaves, const float *x, float *y, int64_t batch,
                            float *scratch);
 
-/* jit.c: optimise (default<O3>), keep the IR text, add the module to the
- * JIT under a fresh resource tracker, look the body up. Takes ownership of
- * tsc and m (m lives in tsc's context) whatever happens. */
+/* jit.c: optimise (default<O3>), keep the optimised module as bitcode (for
+ * dumps; compact even with baked weights, unlike IR text), add the module to
+ * the JIT under a fresh resource tracker, look the body up. Takes ownership
+ * of tsc and m (m lives in tsc's context) whatever happens. */
 mj_status mj_jit_add_module(mj_jit *jit, LLVMOrcThreadSafeContextRef tsc, LLVMModuleRef m,
                             const char *fname, LLVMOrcResourceTrackerRef *rt, mj_body_fn *fn,
-                            char **ir_text, mj_compile_stats *stats);
+                            char **bitcode, size_t *bitcode_size, mj_compile_stats *stats);
 /* Frees a compiled module's code. */
 void mj_jit_remove(mj_jit *jit, LLVMOrcResourceTrackerRef rt);
-/* Host assembly of an IR text. */
-mj_status mj_jit_emit_asm(mj_jit *jit, const char *ir_text, FILE *f);
+/* The kept bitcode as LLVM IR text (what="ir") or host assembly ("asm"). */
+mj_status mj_jit_dump(mj_jit *jit, const char *bitcode, size_t size, const char *what, FILE *f);
 /* Turns an LLVMErrorRef into MJ_ERR_BACKEND with "what: <LLVM's message>". */
 mj_status mj_jit_llvm_error(LLVMErrorRef err, const char *what);
 
