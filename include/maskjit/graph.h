@@ -47,7 +47,7 @@ mj_status mj_graph_check(mj_graph *g, mj_module *m, int n_inputs,
 int mj_graph_node_count(const mj_graph *g);
 int mj_graph_input_count(const mj_graph *g);
 int mj_graph_output_count(const mj_graph *g);
-/* Input i's feature shape (the shape without the batch dim) */
+/* Rank and dims of input/output i; dim 0 is the batch and reads as -1 (B). */
 int mj_graph_input_rank(const mj_graph *g, int i);
 int64_t mj_graph_input_dim(const mj_graph *g, int i, int d); /* -1 = batch */
 int mj_graph_output_rank(const mj_graph *g, int i);
