@@ -1,0 +1,336 @@
+/* Ready-made models: the seed's ModelUnderTest, "mlp:" specs, and masks. */
+#include <math.h>
+#include <string.h>
+
+#include "module_impl.h"
+
+/* ---- ModelUnderTest ------------------------------------------------------ */
+
+static mj_status mut_forward(mj_module *self, const mj_tensor *x, mj_tensor **y) {
+    mj_tensor *h;
+    MJ_TRY(mj_module_forward(mj_module_child(self, "linear"), x, &h));
+    mj_status s = mj_module_forward(mj_module_child(self, "seq"), h, y);
+    mj_tensor_release(h);
+    return s;
+}
+
+/* Sets every element of m's parameter `name` to v. */
+static void fill_param(mj_module *m, const char *name, float v) {
+    mj_named_tensor *nt = mj_module_find_param(m, name, NULL);
+    MJ_ASSERT(nt);
+    float *d = mj_tensor_data_mut(nt->t);
+    for (int64_t i = 0; i < mj_tensor_numel(nt->t); i++) d[i] = v;
+}
+
+mj_status mj_model_under_test_new(mj_module **out, bool bias) {
+    if (!out) return mj_fail(MJ_ERR_INVALID, "mj_model_under_test_new: out is NULL");
+    /* The values are overwritten below; the rng only feeds mj_linear_new. */
+    mj_rng rng;
+    mj_rng_seed(&rng, 0);
+    mj_module *lin[3] = {NULL, NULL, NULL}, *seq = NULL, *root = NULL;
+    mj_status s = MJ_OK;
+    for (int i = 0; i < 3 && s == MJ_OK; i++) s = mj_linear_new(&lin[i], 16, 16, bias, &rng);
+    if (s == MJ_OK) {
+        /* What the seed meant (its bias branch assigns the wrong attributes). */
+        for (int i = 0; i < 3; i++) {
+            fill_param(lin[i], "weight", (float)(i + 1));
+            if (bias) fill_param(lin[i], "bias", 10.0f * (float)(i + 1));
+        }
+        s = mj_sequential_new(&seq, 2, &lin[1]);
+    }
+    if (s == MJ_OK) {
+        lin[1] = lin[2] = NULL; /* owned by seq */
+        s = mj_module_new(&root, "ModelUnderTest", mut_forward, NULL, NULL);
+    }
+    if (s == MJ_OK) s = mj_module_add_child(root, "linear", lin[0]);
+    if (s == MJ_OK) {
+        lin[0] = NULL;
+        s = mj_module_add_child(root, "seq", seq);
+    }
+    if (s == MJ_OK) seq = NULL;
+    for (int i = 0; i < 3; i++) mj_module_free(lin[i]);
+    mj_module_free(seq);
+    if (s != MJ_OK) {
+        mj_module_free(root);
+        return s;
+    }
+    *out = root;
+    return MJ_OK;
+}
+
+/* ---- specs --------------------------------------------------------------- */
+
+#define MJ_SPEC_MAX_WIDTH 65536
+#define MJ_SPEC_MAX_LAYERS 1024
+
+static const struct {
+    const char *name;
+    mj_act act;
+} act_names[] = {
+    {"relu", MJ_ACT_RELU},       {"gelu", MJ_ACT_GELU}, {"gelu_tanh", MJ_ACT_GELU_TANH},
+    {"sigmoid", MJ_ACT_SIGMOID}, {"tanh", MJ_ACT_TANH}, {"none", MJ_ACT_NONE},
+};
+
+/* Copies [p, p+len) into buf for messages. */
+static const char *part(char *buf, size_t size, const char *p, size_t len) {
+    snprintf(buf, size, "%.*s", (int)(len < size - 1 ? len : size - 1), p);
+    return buf;
+}
+
+static mj_status parse_width(const char *spec, const char *p, size_t len, int64_t *out) {
+    char tok[64];
+    if (len == 0)
+        return mj_fail(MJ_ERR_FORMAT, "model spec '%s': empty width", spec);
+    int64_t v = 0;
+    for (size_t i = 0; i < len; i++) {
+        if (p[i] < '0' || p[i] > '9')
+            return mj_fail(MJ_ERR_FORMAT, "model spec '%s': width '%s' is not a positive integer",
+                           spec, part(tok, sizeof tok, p, len));
+        if (v <= MJ_SPEC_MAX_WIDTH) v = v * 10 + (p[i] - '0'); /* stops growing once too big */
+    }
+    if (v < 1 || v > MJ_SPEC_MAX_WIDTH)
+        return mj_fail(MJ_ERR_FORMAT, "model spec '%s': width '%s' must be between 1 and %d", spec,
+                       part(tok, sizeof tok, p, len), MJ_SPEC_MAX_WIDTH);
+    *out = v;
+    return MJ_OK;
+}
+
+typedef struct mlp_spec {
+    int64_t widths[MJ_SPEC_MAX_LAYERS + 1];
+    int n_widths;
+    mj_act act;
+    bool bias;
+} mlp_spec;
+
+static mj_status parse_mlp(const char *spec, const char *body, mlp_spec *ms) {
+    char tok[128];
+    ms->n_widths = 0;
+    ms->act = MJ_ACT_RELU;
+    ms->bias = true;
+    const char *colon = strchr(body, ':');
+    size_t wlen = colon ? (size_t)(colon - body) : strlen(body);
+    for (const char *p = body; p <= body + wlen;) {
+        const char *comma = memchr(p, ',', (size_t)(body + wlen - p));
+        size_t len = comma ? (size_t)(comma - p) : (size_t)(body + wlen - p);
+        if (ms->n_widths > MJ_SPEC_MAX_LAYERS)
+            return mj_fail(MJ_ERR_FORMAT, "model spec '%s': more than %d layers", spec,
+                           MJ_SPEC_MAX_LAYERS);
+        MJ_TRY(parse_width(spec, p, len, &ms->widths[ms->n_widths]));
+        ms->n_widths++;
+        if (!comma) break;
+        p = comma + 1;
+    }
+    if (ms->n_widths < 2)
+        return mj_fail(MJ_ERR_FORMAT,
+                       "model spec '%s': an mlp needs at least 2 widths (IN,...,OUT), got %d",
+                       spec, ms->n_widths);
+    bool seen_act = false, seen_bias = false;
+    while (colon) {
+        const char *opt = colon + 1;
+        colon = strchr(opt, ':');
+        size_t len = colon ? (size_t)(colon - opt) : strlen(opt);
+        const char *eq = memchr(opt, '=', len);
+        part(tok, sizeof tok, opt, len);
+        if (!eq)
+            return mj_fail(MJ_ERR_FORMAT,
+                           "model spec '%s': option '%s' is not key=value (expected act= or bias=)",
+                           spec, tok);
+        size_t klen = (size_t)(eq - opt);
+        const char *val = eq + 1;
+        size_t vlen = len - klen - 1;
+        if (klen == 3 && memcmp(opt, "act", 3) == 0) {
+            if (seen_act)
+                return mj_fail(MJ_ERR_FORMAT, "model spec '%s': option act given twice", spec);
+            seen_act = true;
+            bool found = false;
+            for (size_t i = 0; i < sizeof act_names / sizeof act_names[0]; i++)
+                if (strlen(act_names[i].name) == vlen && memcmp(act_names[i].name, val, vlen) == 0) {
+                    ms->act = act_names[i].act;
+                    found = true;
+                }
+            if (!found)
+                return mj_fail(MJ_ERR_FORMAT,
+                               "model spec '%s': unknown activation in '%s' (expected relu, gelu, "
+                               "gelu_tanh, sigmoid, tanh or none)",
+                               spec, tok);
+        } else if (klen == 4 && memcmp(opt, "bias", 4) == 0) {
+            if (seen_bias)
+                return mj_fail(MJ_ERR_FORMAT, "model spec '%s': option bias given twice", spec);
+            seen_bias = true;
+            if (vlen != 1 || (val[0] != '0' && val[0] != '1'))
+                return mj_fail(MJ_ERR_FORMAT, "model spec '%s': '%s' must be bias=0 or bias=1",
+                               spec, tok);
+            ms->bias = val[0] == '1';
+        } else {
+            return mj_fail(MJ_ERR_FORMAT,
+                           "model spec '%s': unknown option '%s' (expected act= or bias=)", spec,
+                           tok);
+        }
+    }
+    return MJ_OK;
+}
+
+static mj_status build_mlp(const mlp_spec *ms, mj_rng *rng, mj_module **out) {
+    int n_layers = ms->n_widths - 1;
+    int n_mods = 2 * n_layers - 1; /* Linear, act, Linear, ..., Linear */
+    mj_module **mods = mj_alloc_array((size_t)n_mods, sizeof *mods);
+    if (!mods) return MJ_ERR_NOMEM;
+    mj_status s = MJ_OK;
+    for (int i = 0; i < n_mods && s == MJ_OK; i++) {
+        if (i % 2 == 0)
+            s = mj_linear_new(&mods[i], ms->widths[i / 2], ms->widths[i / 2 + 1], ms->bias, rng);
+        else
+            s = mj_activation_module_new(&mods[i], ms->act);
+    }
+    mj_module *seq = NULL;
+    if (s == MJ_OK) s = mj_sequential_new(&seq, n_mods, mods);
+    if (s != MJ_OK)
+        for (int i = 0; i < n_mods; i++) mj_module_free(mods[i]);
+    free(mods);
+    if (s == MJ_OK) *out = seq;
+    return s;
+}
+
+mj_status mj_model_from_spec(const char *spec, mj_rng *rng, mj_module **out) {
+    if (!spec || !out)
+        return mj_fail(MJ_ERR_INVALID, "mj_model_from_spec: %s is NULL", !spec ? "spec" : "out");
+    if (strcmp(spec, "mut") == 0) return mj_model_under_test_new(out, true);
+    if (strcmp(spec, "mut-nobias") == 0) return mj_model_under_test_new(out, false);
+    if (strncmp(spec, "mlp:", 4) == 0) {
+        mlp_spec *ms = mj_alloc(sizeof *ms);
+        if (!ms) return MJ_ERR_NOMEM;
+        mj_status s = parse_mlp(spec, spec + 4, ms);
+        if (s == MJ_OK && !rng)
+            s = mj_fail(MJ_ERR_INVALID, "model spec '%s': an mlp needs an rng for its weights",
+                        spec);
+        if (s == MJ_OK) s = build_mlp(ms, rng, out);
+        free(ms);
+        return s;
+    }
+    char tok[64];
+    const char *colon = strchr(spec, ':');
+    return mj_fail(MJ_ERR_FORMAT,
+                   "unknown model '%s' in spec '%s' (expected mut, mut-nobias or "
+                   "mlp:IN,...,OUT[:act=...][:bias=0|1])",
+                   part(tok, sizeof tok, spec, colon ? (size_t)(colon - spec) : strlen(spec)),
+                   spec);
+}
+
+/* ---- masks --------------------------------------------------------------- */
+
+typedef struct linear_list {
+    mj_module **mods;
+    char **keys; /* mask key for each: "<path>.parametrizations.weight.<i>.mask" */
+    int32_t n, cap, cap_keys;
+    mj_status status;
+} linear_list;
+
+static int collect_linear(const char *path, mj_module *m, void *ctx) {
+    linear_list *l = ctx;
+    if (m->kind != MJ_KIND_LINEAR) return 0;
+    l->status = mj_grow((void **)&l->mods, &l->cap, l->n + 1, sizeof *l->mods);
+    if (l->status == MJ_OK)
+        l->status = mj_grow((void **)&l->keys, &l->cap_keys, l->n + 1, sizeof *l->keys);
+    if (l->status != MJ_OK) return 1;
+    /* The buffer lands at index count of the chain (0 for a fresh weight). */
+    char tail[64];
+    snprintf(tail, sizeof tail, "parametrizations.weight.%d.mask",
+             mj_parametrization_count(m, "weight"));
+    size_t len = strlen(path) + strlen(tail) + 2;
+    char *key = mj_alloc(len);
+    if (!key) {
+        l->status = MJ_ERR_NOMEM;
+        return 1;
+    }
+    snprintf(key, len, "%s%s%s", path, path[0] ? "." : "", tail);
+    l->mods[l->n] = m;
+    l->keys[l->n] = key;
+    l->n++;
+    return 0;
+}
+
+static bool ends_with(const char *s, const char *suffix) {
+    size_t a = strlen(s), b = strlen(suffix);
+    return a >= b && strcmp(s + a - b, suffix) == 0;
+}
+
+mj_status mj_model_apply_masks(mj_module *m, const mj_tensor_dict *masks, double density,
+                               mj_rng *rng) {
+    if (!m) return mj_fail(MJ_ERR_INVALID, "mj_model_apply_masks: module is NULL");
+    if (!(density >= 0.0 && density <= 1.0))
+        return mj_fail(MJ_ERR_INVALID, "mask density %g is outside [0, 1]", density);
+    linear_list l = {0};
+    mj_module_walk(m, collect_linear, &l);
+    mj_status s = l.status;
+    mj_parametrization **ps = NULL;
+    if (s == MJ_OK && l.n > 0) {
+        ps = mj_alloc_array((size_t)l.n, sizeof *ps);
+        if (!ps) s = MJ_ERR_NOMEM;
+    }
+    /* A mask key that names no Linear is almost certainly a mistake (a
+     * renamed layer, a mask file for another model): refuse it. */
+    for (int i = 0; s == MJ_OK && i < mj_tensor_dict_size(masks); i++) {
+        const char *key = mj_tensor_dict_key(masks, i);
+        if (!ends_with(key, ".mask") || !strstr(key, "parametrizations.weight.")) continue;
+        bool used = false;
+        for (int32_t j = 0; j < l.n && !used; j++) used = strcmp(l.keys[j], key) == 0;
+        if (!used)
+            s = mj_fail(MJ_ERR_KEY, "mask '%s' matches no Linear weight of the model", key);
+    }
+    /* Build every mask before registering any, so a bad one changes nothing. */
+    for (int32_t i = 0; s == MJ_OK && i < l.n; i++) {
+        mj_module *lin = l.mods[i];
+        const int64_t wshape[2] = {lin->out_features, lin->in_features};
+        mj_tensor *mask = masks ? mj_tensor_dict_get(masks, l.keys[i]) : NULL;
+        if (mask) {
+            if (!mj_shape_equal(mj_tensor_rank(mask), mj_tensor_shape(mask), 2, wshape)) {
+                char ms[96], ws[64];
+                s = mj_fail(MJ_ERR_SHAPE, "mask '%s' has shape %s but the weight has shape %s",
+                            l.keys[i],
+                            mj_shape_str(ms, sizeof ms, mj_tensor_rank(mask), mj_tensor_shape(mask)),
+                            mj_shape_str(ws, sizeof ws, 2, wshape));
+                break;
+            }
+            mj_tensor_retain(mask);
+        } else if (density < 1.0) {
+            if (!rng) {
+                s = mj_fail(MJ_ERR_INVALID, "random masks of density %g need an rng", density);
+                break;
+            }
+            s = mj_tensor_zeros(&mask, 2, wshape);
+            if (s != MJ_OK) break;
+            float *d = mj_tensor_data_mut(mask);
+            for (int64_t k = 0; k < mj_tensor_numel(mask); k++)
+                d[k] = mj_rng_uniform(rng) < density ? 1.0f : 0.0f;
+        } else {
+            continue;
+        }
+        s = mj_fake_sparsity_new(&ps[i], mask);
+        mj_tensor_release(mask);
+    }
+    bool *reg = NULL;
+    if (s == MJ_OK && l.n > 0) {
+        reg = mj_alloc_array((size_t)l.n, sizeof *reg);
+        if (!reg) s = MJ_ERR_NOMEM;
+    }
+    for (int32_t i = 0; s == MJ_OK && i < l.n; i++) {
+        if (!ps[i]) continue;
+        s = mj_register_parametrization(l.mods[i], "weight", ps[i]);
+        if (s == MJ_OK) {
+            ps[i] = NULL; /* owned by the module now */
+            reg[i] = true;
+        }
+    }
+    if (s != MJ_OK && reg) /* undo the registrations that succeeded, newest first */
+        for (int32_t i = l.n - 1; i >= 0; i--)
+            if (reg[i]) mj_parametrization_pop_last(l.mods[i], "weight");
+    free(reg);
+    for (int32_t i = 0; i < l.n; i++) {
+        if (ps) mj_parametrization_free(ps[i]);
+        free(l.keys[i]);
+    }
+    free(ps);
+    free(l.mods);
+    free(l.keys);
+    return s;
+}

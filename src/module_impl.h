@@ -1,0 +1,105 @@
+/* Private layout of modules and parametrizations, shared by module.c,
+ * builtin_modules.c, parametrize.c, state_dict.c and models.c. */
+#ifndef MJ_MODULE_IMPL_H
+#define MJ_MODULE_IMPL_H
+
+#include "internal.h"
+
+typedef struct mj_named_tensor {
+    char *name;
+    mj_tensor *t; /* one reference */
+    bool persistent;
+} mj_named_tensor;
+
+typedef struct mj_named_child {
+    char *name;
+    mj_module *m; /* owned */
+} mj_named_child;
+
+struct mj_parametrization {
+    const mj_parametrization_ops *ops;
+    void *user;
+    mj_named_tensor *bufs;
+    int32_t n_bufs, cap_bufs;
+    bool registered; /* owned by a module: mj_parametrization_free ignores it */
+};
+
+/* One "parametrizations.<name>" entry (PyTorch's ParametrizationList). */
+typedef struct mj_param_entry {
+    char *name;
+    mj_tensor *original; /* the tensor object that was registered (identity kept) */
+    bool is_buffer;      /* the parametrized tensor was a buffer, not a parameter */
+    bool persistent;     /* for buffers */
+    int32_t orig_pos;    /* index it had in params/buffers (exact rollback) */
+    mj_parametrization **chain;
+    int32_t n_chain, cap_chain;
+    mj_tensor *cached; /* value while cached mode is on, else NULL */
+} mj_param_entry;
+
+typedef enum mj_module_kind {
+    MJ_KIND_USER = 0,
+    MJ_KIND_LINEAR,
+    MJ_KIND_SEQUENTIAL,
+    MJ_KIND_ACTIVATION,
+} mj_module_kind;
+
+struct mj_module {
+    char *type_name;
+    mj_module_kind kind;
+    mj_forward_fn forward;
+    void *user;
+    void (*free_user)(void *);
+    mj_module *parent; /* set while owned by another module */
+
+    mj_named_tensor *params;
+    int32_t n_params, cap_params;
+    mj_named_tensor *buffers;
+    int32_t n_buffers, cap_buffers;
+    mj_named_child *children;
+    int32_t n_children, cap_children;
+
+    mj_param_entry *entries; /* registration order of the names */
+    int32_t n_entries, cap_entries;
+    /* PyTorch adds the "parametrizations" ModuleDict as a child at the first
+     * registration, so it sits after the children that existed then. */
+    int32_t entries_pos;
+
+    int32_t cache_depth; /* > 0: parametrize.cached() active on this module */
+
+    /* built-in modules */
+    int64_t in_features, out_features;
+    mj_act act;
+};
+
+/* Allocates an empty module (no validation of the name). */
+mj_status mj_module_alloc(mj_module **out, const char *type_name, mj_module_kind kind,
+                          mj_forward_fn forward);
+
+mj_param_entry *mj_module_entry(const mj_module *m, const char *name);
+mj_named_tensor *mj_module_find_param(const mj_module *m, const char *name, int32_t *index);
+mj_named_tensor *mj_module_find_buffer(const mj_module *m, const char *name, int32_t *index);
+
+/* Applies the chain of e to its original (no caching): a new reference. */
+mj_status mj_param_entry_compute(mj_param_entry *e, mj_tensor **out);
+void mj_param_entry_drop_cache(mj_param_entry *e);
+void mj_param_entry_clear(mj_param_entry *e); /* frees the chain and name, releases tensors */
+/* Drops every cached parametrized value in the tree (after a load). */
+void mj_module_drop_caches(mj_module *m);
+
+/* Undo the last mj_register_parametrization on (m, name) exactly, restoring
+ * the tensor's position (used to roll back a failing batch). */
+void mj_parametrization_pop_last(mj_module *m, const char *name);
+
+/* Tree traversal collecting named tensors with PyTorch's names and order. */
+typedef enum mj_collect_what {
+    MJ_COLLECT_PARAMS,  /* named_parameters */
+    MJ_COLLECT_BUFFERS, /* named_buffers (persistent or not) */
+    MJ_COLLECT_STATE,   /* state_dict: params, then persistent buffers, per module */
+} mj_collect_what;
+mj_status mj_module_collect(mj_module *m, mj_collect_what what, bool include_masks,
+                            mj_tensor_dict *d);
+
+/* A valid local name: non-empty, no '.'. what = "child", "parameter", ... */
+mj_status mj_check_local_name(const char *name, const char *what);
+
+#endif
