@@ -62,6 +62,9 @@ mj_status mj_model_under_test_new(mj_module **out, bool bias) {
 
 #define MJ_SPEC_MAX_WIDTH 65536
 #define MJ_SPEC_MAX_LAYERS 1024
+/* Total parameters a spec may ask for (1 GiB of float32): a typo such as
+ * "mlp:65536,65536" must fail fast, not fill 16 GiB. */
+#define MJ_SPEC_MAX_PARAMS (INT64_C(1) << 28)
 
 static const struct {
     const char *name;
@@ -167,6 +170,15 @@ static mj_status parse_mlp(const char *spec, const char *body, mlp_spec *ms) {
                            tok);
         }
     }
+    /* At most 1025 widths of at most 65536: the sum fits int64 easily. */
+    int64_t total = 0;
+    for (int i = 0; i + 1 < ms->n_widths; i++)
+        total += ms->widths[i] * ms->widths[i + 1] + (ms->bias ? ms->widths[i + 1] : 0);
+    if (total > MJ_SPEC_MAX_PARAMS)
+        return mj_fail(MJ_ERR_LIMIT,
+                       "model spec '%s': %lld parameters exceed the limit of %lld (1 GiB of "
+                       "float32)",
+                       spec, (long long)total, (long long)MJ_SPEC_MAX_PARAMS);
     return MJ_OK;
 }
 

@@ -444,6 +444,9 @@ Test(modules, bad_specs_are_format_errors_quoting_the_bad_part) {
     }
     mj_module *m;
     FAILS(mj_model_from_spec("mlp:4,4", NULL, &m), MJ_ERR_INVALID, "rng");
+    /* 65536 * 65536 weights (16 GiB) fail before allocating anything */
+    FAILS(mj_model_from_spec("mlp:65536,65536", &rng, &m), MJ_ERR_LIMIT, "4295032832 parameters");
+    FAILS(mj_model_from_spec("mlp:16384,16384,2:bias=0", &rng, &m), MJ_ERR_LIMIT, "268468224");
 }
 
 /* ---- masks -------------------------------------------------------------- */
