@@ -979,6 +979,7 @@ static void *own_main(void *p) {
     mj_module *m = NULL;
     mj_graph *g = NULL;
     mj_compiled *c = NULL;
+    mj_jit *own_jit = NULL;
     mj_tensor *x = NULL, *want = NULL, *got = NULL, *traced = NULL;
     mj_compile_options o;
     mj_compile_options_init(&o);
@@ -991,7 +992,9 @@ static void *own_main(void *p) {
     step = "trace";
     if (!(g = trace_of(m, in))) goto out;
     step = "compile";
-    if (mj_jit_compile(a->jit, g, &o, &c) != MJ_OK) goto out;
+    /* every fourth thread makes its own JIT: concurrent mj_jit_new too */
+    if (a->index % 4 == 3 && mj_jit_new(&own_jit) != MJ_OK) goto out;
+    if (mj_jit_compile(own_jit ? own_jit : a->jit, g, &o, &c) != MJ_OK) goto out;
     step = "run";
     if (mj_tensor_randn(&x, 2, xs, &rng) != MJ_OK || mj_module_forward(m, x, &want) != MJ_OK ||
         mj_compiled_run(c, x, &got) != MJ_OK || mj_graph_run(g, x, &traced) != MJ_OK)
@@ -1011,6 +1014,7 @@ done:
     mj_tensor_release(got);
     mj_tensor_release(traced);
     mj_compiled_free(c);
+    mj_jit_free(own_jit);
     mj_graph_free(g);
     mj_module_free(m);
     return NULL;
@@ -1029,6 +1033,55 @@ Test(reliability, eight_threads_trace_and_compile_their_own_models, .timeout = 1
     for (int i = 0; i < T; i++) pthread_join(th[i], NULL);
     for (int i = 0; i < T; i++) cr_assert(args[i].ok, "thread %d: %s", i, args[i].err);
     mj_jit_free(jit);
+}
+
+typedef struct read_arg {
+    mj_module *m;
+    mj_graph *g;
+    mj_tensor *x, *want;
+    int bad;
+} read_arg;
+
+static void *read_main(void *p) {
+    read_arg *a = p;
+    for (int i = 0; i < 100; i++) {
+        mj_tensor *y = NULL;
+        mj_status s = (i & 1) ? mj_graph_run(a->g, a->x, &y) : mj_module_forward(a->m, a->x, &y);
+        if (s != MJ_OK || !mj_tensor_equal(y, a->want)) a->bad++;
+        mj_tensor_release(y);
+    }
+    return NULL;
+}
+
+/* Read-only sharing (docs/threads.md): eager forward of one masked module
+ * (no parametrize cache active) and the interpreter on one graph, from 8
+ * threads at once, against single-threaded results. */
+Test(reliability, eight_threads_read_one_module_and_graph) {
+    mj_rng rng;
+    mj_rng_seed(&rng, 41);
+    mj_module *m;
+    cr_assert_eq(mj_model_from_spec("mlp:12,20,6:act=sigmoid", &rng, &m), MJ_OK);
+    cr_assert_eq(mj_model_apply_masks(m, NULL, 0.5, &rng), MJ_OK);
+    mj_graph *g = trace_of(m, 12);
+    cr_assert_not_null(g, "%s", mj_last_error());
+    enum { T = 8 };
+    pthread_t th[T];
+    read_arg args[T];
+    for (int i = 0; i < T; i++) {
+        int64_t xs[2] = {2 + i, 12};
+        args[i] = (read_arg){.m = m, .g = g};
+        cr_assert_eq(mj_tensor_randn(&args[i].x, 2, xs, &rng), MJ_OK);
+        cr_assert_eq(mj_module_forward(m, args[i].x, &args[i].want), MJ_OK);
+    }
+    for (int i = 0; i < T; i++) cr_assert_eq(pthread_create(&th[i], NULL, read_main, &args[i]), 0);
+    for (int i = 0; i < T; i++) pthread_join(th[i], NULL);
+    for (int i = 0; i < T; i++) {
+        cr_assert_eq(args[i].bad, 0, "thread %d: %d bad results", i, args[i].bad);
+        mj_tensor_release(args[i].x);
+        mj_tensor_release(args[i].want);
+    }
+    mj_graph_free(g);
+    mj_module_free(m);
 }
 
 typedef struct err_arg {
