@@ -294,13 +294,21 @@ mj_status mj_model_apply_masks(mj_module *m, const mj_tensor_dict *masks, double
         mj_module *lin = l.mods[i];
         const int64_t wshape[2] = {lin->out_features, lin->in_features};
         mj_tensor *mask = masks ? mj_tensor_dict_get(masks, l.keys[i]) : NULL;
-        if (mask) {
+        bool rows = false;
+        if (mask && mj_tensor_rank(mask) == 1 && mj_tensor_dim(mask, 0) == wshape[0]) {
+            /* One flag per output row: FakeStructuredSparsity, stored as
+             * its [out] vector (tools/export_torch.py). */
+            rows = true;
+            mj_tensor_retain(mask);
+        } else if (mask) {
             if (!mj_shape_equal(mj_tensor_rank(mask), mj_tensor_shape(mask), 2, wshape)) {
                 char ms[96], ws[64];
-                s = mj_fail(MJ_ERR_SHAPE, "mask '%s' has shape %s but the weight has shape %s",
+                s = mj_fail(MJ_ERR_SHAPE,
+                            "mask '%s' has shape %s but the weight has shape %s (a row mask "
+                            "would be [%lld])",
                             l.keys[i],
                             mj_shape_str(ms, sizeof ms, mj_tensor_rank(mask), mj_tensor_shape(mask)),
-                            mj_shape_str(ws, sizeof ws, 2, wshape));
+                            mj_shape_str(ws, sizeof ws, 2, wshape), (long long)wshape[0]);
                 break;
             }
             mj_tensor_retain(mask);
@@ -317,7 +325,7 @@ mj_status mj_model_apply_masks(mj_module *m, const mj_tensor_dict *masks, double
         } else {
             continue;
         }
-        s = mj_fake_sparsity_new(&ps[i], mask);
+        s = rows ? mj_fake_structured_sparsity_new(&ps[i], mask) : mj_fake_sparsity_new(&ps[i], mask);
         mj_tensor_release(mask);
     }
     bool *reg = NULL;

@@ -128,8 +128,9 @@ Test(cli, trace_then_replay_matches_fixture, .timeout = 60) {
 
 /* check passes on PyTorch's exports and fails (exit 1) when expected is wrong. */
 Test(cli, check_passes_on_fixtures_and_fails_on_tampered_expected, .timeout = 120) {
-    const char *names[] = {"mut", "mut_nobias", "mlp_relu", "mlp_gelu", "mlp_sparse"};
-    for (int i = 0; i < 5; i++) {
+    const char *names[] = {"mut", "mut_nobias", "mlp_relu", "mlp_gelu", "mlp_sparse",
+                           "mlp_structured"};
+    for (int i = 0; i < 6; i++) {
         char *json;
         cr_assert_eq(run(&json, "check %s/%s.safetensors --inputs 2 --json", FIXTURES, names[i]), 0,
                      "%s", names[i]);

@@ -32,7 +32,8 @@ mj_status mj_model_from_spec(const char *spec, mj_rng *rng, mj_module **out);
 /* Registers a FakeSparsity mask on every Linear's weight of the tree: masks
  * from `masks` by key "<mod>.parametrizations.weight.0.mask" when present,
  * else (density < 1) random unstructured masks of that density from rng,
- * else nothing. */
+ * else nothing. A mask of shape [out] (one flag per output row) registers
+ * FakeStructuredSparsity; one of the weight's shape registers FakeSparsity. */
 mj_status mj_model_apply_masks(mj_module *m, const mj_tensor_dict *masks, double density,
                                mj_rng *rng);
 
