@@ -1,0 +1,49 @@
+/* Mask-specialised frozen linear layers: code generated for one fixed weight
+ * whose zeros (from a pruning mask) are skipped entirely.
+ *
+ * The weight's nonzero values and their k indices are packed (CSR by output
+ * row, ascending k) into private constant globals of the module; the
+ * function vectorises across the batch (a chunk of rows of x is transposed
+ * into scratch, each output row keeps vector accumulators over the chunk).
+ *
+ * Exact (fast=false): per output element acc = +0.0f, then acc + x[k]*w[k]
+ * for the NONZERO w in ascending k, then + b, then the activation with the
+ * float operations and libm calls of mj_act_apply: bit-identical to eager
+ * mj_linear + mj_activation for finite inputs (skipping a zero weight is
+ * exact there: acc is never -0.0f and adding a signed zero leaves it
+ * unchanged; with an inf or NaN input eager gives NaN where x*0 was skipped).
+ * Fast (fast=true) may contract to FMA.
+ *
+ * Used by the lowering (jit/lower.c) for frozen linear layers when
+ * mj_sparse_profitable says so. */
+#ifndef MJ_JIT_SPARSE_H
+#define MJ_JIT_SPARSE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <llvm-c/Core.h>
+
+#include "maskjit/tensor.h"
+
+/* True when the sparse kernel is expected to beat the dense compiled kernel
+ * for weight w[out][in] (density below the measured crossover, or rows
+ * worth dropping). */
+bool mj_sparse_profitable(const float *w, int64_t out, int64_t in);
+
+/* Floats of scratch the emitted function needs for this batch (>= 0; the
+ * caller passes a 64-byte aligned buffer of at least that many floats). */
+int64_t mj_sparse_scratch_floats(int64_t in, int64_t out, int64_t batch);
+
+/* Emits into M (in M's context):
+ *   void name(const float *x, float *y, int64_t batch, float *scratch)
+ * x row-major [batch][in], y [batch][out], any batch >= 1, x and y do not
+ * overlap; y = act(x . w^T + b). w is [out][in] row-major, b is [out] or
+ * NULL. The data of w and b is copied into the module. Returns the function,
+ * or NULL if out of memory. The vector width comes from M's target (its data
+ * layout/triple and the host's features) — LLVM legalises generic vectors. */
+LLVMValueRef mj_sparse_emit_linear(LLVMModuleRef M, const char *name, const float *w,
+                                   const float *b /* NULL = no bias */, int64_t out, int64_t in,
+                                   mj_act act, bool fast);
+
+#endif
