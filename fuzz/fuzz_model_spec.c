@@ -4,11 +4,11 @@
  *
  * Building the weights costs sum(w[i] * w[i+1]) random draws: a valid spec
  * such as "mlp:16,6516,6551" (43M weights) takes seconds under ASan, and
- * "mlp:65536,65536" wants 16 GiB. That is the size the user asked for, not
+ * "mlp:65536,65536" would want 16 GiB (now refused). That is the size the user asked for, not
  * a parser bug, so specs whose widths (as far as a crude scan can tell) ask
  * for more than MAX_WEIGHTS are skipped; invalid widths (> 65536, overflow)
  * still reach the parser, which rejects them before allocating anything.
- * The missing total-size limit itself is tested in tests/test_reliability.c. */
+ * The total-size limit (2^28, src/models.c) is tested in tests/test_reliability.c. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
