@@ -48,13 +48,12 @@ static void prologue_free(const mj_compiled *c, prologue *pr) {
     memset(pr, 0, sizeof *pr);
 }
 
-/* W[N][K] -> Wt[K][N] */
-static float *pack_transposed(const mj_tensor *w) {
+/* W[N][K] -> the panels the linear kernels stream (mj_pack_panels) */
+static float *pack_transposed(const mj_compiled *c, const mj_tensor *w) {
     int64_t N = w->shape[0], K = w->shape[1];
     float *t = mj_alloc_array((size_t)(N * K) + 1, sizeof *t);
     if (!t) return NULL;
-    for (int64_t j = 0; j < N; j++)
-        for (int64_t k = 0; k < K; k++) t[k * N + j] = w->data[j * K + k];
+    mj_pack_panels(w->data, N, K, c->plan.panel, t);
     return t;
 }
 
@@ -91,7 +90,7 @@ static mj_status prologue_compute(const mj_compiled *c, prologue *pr) {
         const mj_leaf *lf = &c->plan.leaves[i];
         const mj_tensor *v = pr->vals[lf->node];
         if (lf->packed) {
-            if (!(pr->packed[i] = pack_transposed(v))) {
+            if (!(pr->packed[i] = pack_transposed(c, v))) {
                 s = MJ_ERR_NOMEM;
                 goto fail;
             }
@@ -269,7 +268,10 @@ mj_status mj_jit_compile(mj_jit *jit, const mj_graph *g, const mj_compile_option
         s = MJ_ERR_NOMEM;
         goto fail;
     }
-    if ((s = mj_body_plan_build(c->g, c->input_free, &c->plan)) != MJ_OK) goto fail;
+    if ((s = mj_body_plan_build(c->g, c->input_free, opts.frozen, &c->plan)) != MJ_OK) goto fail;
+    c->plan.vw = mj_features_vector_width(jit->features);
+    c->plan.nr = c->plan.vw == 16 ? 4 : 2;
+    c->plan.panel = (int64_t)c->plan.nr * c->plan.vw;
     c->needed = mj_alloc_array((size_t)c->g->n_nodes + 1, sizeof *c->needed);
     c->params = mj_alloc_array((size_t)c->g->n_nodes + 1, sizeof *c->params);
     if (!c->needed || !c->params) {

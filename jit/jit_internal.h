@@ -15,6 +15,13 @@
 #include "../ir/ir.h"
 #include "maskjit/jit.h"
 
+#if __has_include("sparse.h")
+#include "sparse.h"
+#define MJ_HAVE_SPARSE 1
+#else
+#define MJ_HAVE_SPARSE 0
+#endif
+
 struct mj_jit {
     LLVMOrcLLJITRef lljit;
     /* A second target machine for the host, ours (LLJIT owns the one it got):
@@ -46,11 +53,24 @@ typedef struct mj_body_plan {
     bool *has_slot;            /* per node: owns a scratch slice               */
     int32_t out_node;          /* the graph's output                           */
     int32_t out_root;          /* node whose slice is y itself, or -1 (copy)   */
+    /* Code shape, set by the compiler from the JIT's target before lowering:
+     * vw floats per vector (16 AVX-512, 8 AVX2, 4 otherwise), packed linear
+     * weights in panels of panel = nr*vw output columns (see mj_pack_panels). */
+    int vw, nr;
+    int64_t panel;
+    bool *sparse;              /* per linear node: emitted by jit/sparse.c     */
 } mj_body_plan;
+
+/* Packs W[N][K] into column panels of width P: panel p (columns
+ * j0 = p*P .. min(N, j0+P), width pw) is [K][pw] at offset K*j0. With P >= N
+ * this is the plain transpose Wt[K][N]. K*N floats. */
+void mj_pack_panels(const float *w, int64_t N, int64_t K, int64_t P, float *out);
+/* Vector width in floats for a feature string (the JIT's). */
+int mj_features_vector_width(const char *features);
 
 /* Builds the plan for a graph whose input_free flags are known (allocates
  * the arrays; mj_body_plan_free releases them). */
-mj_status mj_body_plan_build(const mj_graph *g, const bool *input_free, mj_body_plan *p);
+mj_status mj_body_plan_build(const mj_graph *g, const bool *input_free, bool frozen, mj_body_plan *p);
 void mj_body_plan_free(mj_body_plan *p);
 /* Floats of scratch the body needs at this batch (slices rounded up to 16
  * floats so each starts 64-byte aligned). MJ_ERR_LIMIT on overflow. */

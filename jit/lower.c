@@ -23,7 +23,38 @@ static int32_t alias_root(const mj_graph *g, const bool *input_free, int32_t v) 
     return v;
 }
 
-mj_status mj_body_plan_build(const mj_graph *g, const bool *input_free, mj_body_plan *p) {
+int mj_features_vector_width(const char *features) {
+    if (features && strstr(features, "+avx512f")) return 16;
+    if (features && strstr(features, "+avx")) return 8;
+    return 4;
+}
+
+void mj_pack_panels(const float *w, int64_t N, int64_t K, int64_t P, float *out) {
+    for (int64_t j0 = 0; j0 < N; j0 += P) {
+        int64_t pw = N - j0 < P ? N - j0 : P;
+        float *panel = out + K * j0;
+        for (int64_t jj = 0; jj < pw; jj++)
+            for (int64_t k = 0; k < K; k++) panel[k * pw + jj] = w[(j0 + jj) * K + k];
+    }
+}
+
+/* A frozen linear layer whose weight (and bias) are constants, sparse enough
+ * for jit/sparse.c to beat the dense kernel. */
+static bool use_sparse(const mj_graph *g, const bool *input_free, const mj_node *n, bool frozen) {
+#if MJ_HAVE_SPARSE
+    if (!frozen || (n->op != MJ_OP_LINEAR && n->op != MJ_OP_LINEAR_ACT) || input_free[n - g->nodes]) return false;
+    const mj_node *w = &g->nodes[n->operands[1]];
+    if (w->op != MJ_OP_CONST || !w->tensor || w->type.rank != 2) return false;
+    if (n->n_operands == 3 && (g->nodes[n->operands[2]].op != MJ_OP_CONST || !g->nodes[n->operands[2]].tensor))
+        return false;
+    return mj_sparse_profitable(w->tensor->data, w->type.dims[0], w->type.dims[1]);
+#else
+    (void)g, (void)input_free, (void)n, (void)frozen;
+    return false;
+#endif
+}
+
+mj_status mj_body_plan_build(const mj_graph *g, const bool *input_free, bool frozen, mj_body_plan *p) {
     memset(p, 0, sizeof *p);
     p->g = g;
     p->input_free = input_free;
@@ -32,18 +63,26 @@ mj_status mj_body_plan_build(const mj_graph *g, const bool *input_free, mj_body_
     p->leaf_packed = mj_alloc_array(n, sizeof *p->leaf_packed);
     p->leaves = mj_alloc_array(2 * n, sizeof *p->leaves);
     p->has_slot = mj_alloc_array(n, sizeof *p->has_slot);
-    if (!p->leaf_plain || !p->leaf_packed || !p->leaves || !p->has_slot) {
+    p->sparse = mj_alloc_array(n, sizeof *p->sparse);
+    if (!p->leaf_plain || !p->leaf_packed || !p->leaves || !p->has_slot || !p->sparse) {
         mj_body_plan_free(p);
         return MJ_ERR_NOMEM;
     }
-    for (int32_t i = 0; i < g->n_nodes; i++) p->leaf_plain[i] = p->leaf_packed[i] = -1;
+    for (int32_t i = 0; i < g->n_nodes; i++) {
+        p->leaf_plain[i] = p->leaf_packed[i] = -1;
+        p->sparse[i] = use_sparse(g, input_free, &g->nodes[i], frozen);
+    }
     p->out_node = g->outputs[0];
+    p->vw = 16;
+    p->nr = 4;
+    p->panel = 64;
 
     /* Leaves: prologue values that a body node (or the output) reads. */
     for (int32_t i = 0; i <= g->n_nodes; i++) {
         bool is_out = i == g->n_nodes;
         if (!is_out && input_free[i]) continue;
         int n_ops = is_out ? 1 : g->nodes[i].n_operands;
+        if (!is_out && p->sparse[i]) n_ops = 1; /* weight and bias live in the sparse kernel */
         for (int k = 0; k < n_ops; k++) {
             int32_t a = is_out ? p->out_node : g->nodes[i].operands[k];
             if (!input_free[a]) continue;
@@ -72,6 +111,7 @@ void mj_body_plan_free(mj_body_plan *p) {
     free(p->leaf_packed);
     free(p->leaves);
     free(p->has_slot);
+    free(p->sparse);
     memset(p, 0, sizeof *p);
 }
 
@@ -89,6 +129,18 @@ mj_status mj_body_scratch_floats(const mj_body_plan *p, int64_t batch, int64_t *
             return mj_fail(MJ_ERR_LIMIT, "batch %lld: the intermediate values need more than 2^40 floats",
                            (long long)batch);
     }
+#if MJ_HAVE_SPARSE
+    /* one region shared by the sparse layers (they run one after another) */
+    int64_t sp = 0;
+    for (int32_t i = 0; i < p->g->n_nodes; i++) {
+        if (!p->sparse[i]) continue;
+        const mj_type *wt = &p->g->nodes[p->g->nodes[i].operands[1]].type;
+        int64_t f = mj_sparse_scratch_floats(wt->dims[1], wt->dims[0], batch);
+        if (f > sp) sp = f;
+    }
+    if (sp > MJ_MAX_NUMEL || __builtin_add_overflow(total, round16(sp), &total) || total > MJ_MAX_NUMEL)
+        return mj_fail(MJ_ERR_LIMIT, "batch %lld: the sparse kernels' scratch is too large", (long long)batch);
+#endif
     *out = total;
     return MJ_OK;
 }
@@ -107,6 +159,7 @@ typedef struct lw {
     const mj_body_plan *p;
     const mj_lower_options *o;
     bool fast;
+    int n_kernels; /* micro-kernel functions emitted so far (names) */
 } lw;
 
 static LLVMValueRef ci(lw *w, int64_t v) { return LLVMConstInt(w->i64, (unsigned long long)v, 1); }
@@ -344,6 +397,9 @@ static void emit_dot(lw *w, LLVMValueRef y, LLVMValueRef x, LLVMValueRef W, LLVM
     loop_end(w, &li);
 }
 
+static void emit_gemm(lw *w, LLVMValueRef y, LLVMValueRef x, LLVMValueRef Wp, LLVMValueRef M, int64_t K,
+                      int64_t N, LLVMValueRef bias, mj_act act);
+
 static void emit_linear(lw *w, int32_t id) {
     const mj_graph *g = w->p->g;
     const mj_node *n = &g->nodes[id];
@@ -359,7 +415,9 @@ static void emit_linear(lw *w, int32_t id) {
         MJ_ASSERT(packed >= 0);
         Wp = w->buf[(size_t)g->n_nodes + 1 + (size_t)packed];
     }
-    if (Wp)
+    if (Wp && wt->dims[0] >= 1 && wt->dims[1] >= 1)
+        emit_gemm(w, w->buf[id], w->buf[n->operands[0]], Wp, M, wt->dims[1], wt->dims[0], bias, act);
+    else if (Wp)
         emit_dot(w, w->buf[id], w->buf[n->operands[0]], Wp, M, K, N, N, ci(w, 1), true, bias, act);
     else /* a weight computed from the input: read it in place, [out][in] */
         emit_dot(w, w->buf[id], w->buf[n->operands[0]], w->buf[n->operands[1]], M, K, N, ci(w, 1), K, false,
@@ -392,6 +450,374 @@ static void emit_copy(lw *w, LLVMValueRef dst, LLVMValueRef src, LLVMValueRef n)
     loop l = loop_begin(w, n);
     store(w, load(w, src, l.iv), dst, l.iv);
     loop_end(w, &l);
+}
+
+/* ---- vector kernels for linear layers with a packed weight ----------------
+ *
+ * The packed weight is in column panels (mj_pack_panels): panel p holds
+ * columns j0 = p*P .. j0+pw as [K][pw]. A micro-kernel keeps rows x vectors
+ * accumulators in registers across a block of k and streams the panel: per k
+ * it loads the panel's vectors once, broadcasts x[i][k] per row and does
+ * acc = acc + x*w (exact: fmul then fadd, k ascending per element, so every
+ * element sees eager's operations in eager's order; fast: fmuladd). Partial
+ * vectors (pw not a multiple of the width) use masked loads and stores. */
+
+#define MK_MAX_ROWS 6
+#define MK_MAX_VECS 8
+
+static LLVMTypeRef vty(lw *w) { return LLVMVectorType(w->f32, (unsigned)w->p->vw); }
+
+static LLVMValueRef vsplat(lw *w, LLVMValueRef s) {
+    LLVMTypeRef vt = vty(w);
+    LLVMValueRef v = LLVMBuildInsertElement(w->b, LLVMGetPoison(vt), s, ci(w, 0), "");
+    LLVMValueRef mask = LLVMConstNull(LLVMVectorType(LLVMInt32TypeInContext(w->ctx), (unsigned)w->p->vw));
+    return LLVMBuildShuffleVector(w->b, v, LLVMGetPoison(vt), mask, "");
+}
+
+static LLVMValueRef lane_mask(lw *w, int lanes) {
+    LLVMValueRef bits[64];
+    LLVMTypeRef i1 = LLVMInt1TypeInContext(w->ctx);
+    for (int l = 0; l < w->p->vw; l++) bits[l] = LLVMConstInt(i1, l < lanes, 0);
+    return LLVMConstVector(bits, (unsigned)w->p->vw);
+}
+
+static LLVMValueRef intrinsic(lw *w, const char *name, LLVMTypeRef *tys, size_t n, LLVMTypeRef *fty) {
+    unsigned id = LLVMLookupIntrinsicID(name, strlen(name));
+    MJ_ASSERT(id != 0);
+    *fty = LLVMIntrinsicGetType(w->ctx, id, tys, n);
+    return LLVMGetIntrinsicDeclaration(w->m, id, tys, n);
+}
+
+/* lanes floats from ptr (4-byte aligned) into a vector, zeros past them */
+static LLVMValueRef vload(lw *w, LLVMValueRef ptr, int lanes) {
+    if (lanes == w->p->vw) {
+        LLVMValueRef v = LLVMBuildLoad2(w->b, vty(w), ptr, "");
+        LLVMSetAlignment(v, 4);
+        return v;
+    }
+    LLVMTypeRef tys[2] = {vty(w), w->ptr}, fty;
+    LLVMValueRef fn = intrinsic(w, "llvm.masked.load", tys, 2, &fty);
+    LLVMValueRef args[4] = {ptr, LLVMConstInt(LLVMInt32TypeInContext(w->ctx), 4, 0), lane_mask(w, lanes),
+                            LLVMConstNull(vty(w))};
+    return LLVMBuildCall2(w->b, fty, fn, args, 4, "");
+}
+
+static void vstore(lw *w, LLVMValueRef v, LLVMValueRef ptr, int lanes) {
+    if (lanes == w->p->vw) {
+        LLVMSetAlignment(LLVMBuildStore(w->b, v, ptr), 4);
+        return;
+    }
+    LLVMTypeRef tys[2] = {vty(w), w->ptr}, fty;
+    LLVMValueRef fn = intrinsic(w, "llvm.masked.store", tys, 2, &fty);
+    LLVMValueRef args[4] = {v, ptr, LLVMConstInt(LLVMInt32TypeInContext(w->ctx), 4, 0), lane_mask(w, lanes)};
+    LLVMBuildCall2(w->b, fty, fn, args, 4, "");
+}
+
+/* acc + a*b: exact fmul then fadd; fast fmuladd (FMA where the host has it) */
+static LLVMValueRef vmuladd(lw *w, LLVMValueRef acc, LLVMValueRef a, LLVMValueRef b) {
+    if (!w->fast) return fadd(w, acc, fmul(w, a, b));
+    LLVMTypeRef t = LLVMTypeOf(acc), fty;
+    LLVMValueRef fn = intrinsic(w, "llvm.fmuladd", &t, 1, &fty);
+    LLVMValueRef args[3] = {a, b, acc};
+    return fpflags(w, LLVMBuildCall2(w->b, fty, fn, args, 3, ""));
+}
+
+/* The activation on the first `lanes` lanes of v (others are don't-care). */
+static LLVMValueRef emit_act_vec(lw *w, mj_act act, LLVMValueRef v, int lanes) {
+    if (act == MJ_ACT_NONE) return v;
+    if (act == MJ_ACT_RELU) { /* x < 0.0f ? 0.0f : x, lane by lane */
+        LLVMValueRef z = LLVMConstNull(vty(w));
+        return LLVMBuildSelect(w->b, LLVMBuildFCmp(w->b, LLVMRealOLT, v, z, ""), z, v, "");
+    }
+    for (int l = 0; l < lanes; l++) { /* libm per lane, as eager */
+        LLVMValueRef e = emit_act(w, act, LLVMBuildExtractElement(w->b, v, ci(w, l), ""));
+        v = LLVMBuildInsertElement(w->b, v, e, ci(w, l), "");
+    }
+    return v;
+}
+
+static LLVMValueRef add_attr(lw *w, LLVMValueRef fn, unsigned idx, const char *name) {
+    unsigned kind = LLVMGetEnumAttributeKindForName(name, strlen(name));
+    LLVMAddAttributeAtIndex(fn, idx, LLVMCreateEnumAttribute(w->ctx, kind, 0));
+    return fn;
+}
+
+/* void mk(const float *x, int64 xs, const float *wp, float *y, int64 ys,
+ *         int64 kc, i1 first, i1 last, const float *bias)
+ * rows rows of x (stride xs) times the panel block wp ([kc][pw]) into
+ * y (stride ys): first -> start from +0.0f, else from y; last -> + bias and
+ * the activation. */
+static LLVMValueRef emit_microkernel(lw *w, int rows, int pw, bool has_bias, mj_act act) {
+    static const char *const pnames[9] = {"x", "xs", "wp", "y", "ys", "kc", "first", "last", "bias"};
+    LLVMTypeRef i1 = LLVMInt1TypeInContext(w->ctx);
+    LLVMTypeRef pt[9] = {w->ptr, w->i64, w->ptr, w->ptr, w->i64, w->i64, i1, i1, w->ptr};
+    LLVMTypeRef fty = LLVMFunctionType(LLVMVoidTypeInContext(w->ctx), pt, 9, 0);
+    char name[96];
+    snprintf(name, sizeof name, "%s.mk%d", w->o->fname, w->n_kernels++);
+    LLVMValueRef fn = LLVMAddFunction(w->m, name, fty);
+    LLVMSetLinkage(fn, LLVMInternalLinkage);
+    add_attr(w, fn, LLVMAttributeFunctionIndex, "nounwind");
+    add_attr(w, fn, LLVMAttributeFunctionIndex, "noinline");
+    add_attr(w, fn, 4, "noalias"); /* y */
+    LLVMValueRef P[9];
+    for (int i = 0; i < 9; i++) {
+        P[i] = LLVMGetParam(fn, (unsigned)i);
+        LLVMSetValueName2(P[i], pnames[i], strlen(pnames[i]));
+    }
+    LLVMBasicBlockRef saved = LLVMGetInsertBlock(w->b);
+    LLVMValueRef saved_fn = w->fn;
+    w->fn = fn;
+
+    int vw = w->p->vw, nv = (pw + vw - 1) / vw;
+    int lanes[MK_MAX_VECS];
+    for (int v = 0; v < nv; v++) lanes[v] = pw - v * vw < vw ? pw - v * vw : vw;
+    LLVMBasicBlockRef entry = LLVMAppendBasicBlockInContext(w->ctx, fn, "entry");
+    LLVMBasicBlockRef bload = LLVMAppendBasicBlockInContext(w->ctx, fn, "load");
+    LLVMBasicBlockRef pre = LLVMAppendBasicBlockInContext(w->ctx, fn, "pre");
+    LLVMBasicBlockRef body = LLVMAppendBasicBlockInContext(w->ctx, fn, "k");
+    LLVMBasicBlockRef exit = LLVMAppendBasicBlockInContext(w->ctx, fn, "exit");
+    LLVMBasicBlockRef epi = LLVMAppendBasicBlockInContext(w->ctx, fn, "epilogue");
+    LLVMBasicBlockRef plain = LLVMAppendBasicBlockInContext(w->ctx, fn, "store");
+
+    LLVMPositionBuilderAtEnd(w->b, entry);
+    LLVMValueRef yrow[MK_MAX_ROWS], xrow[MK_MAX_ROWS];
+    for (int r = 0; r < rows; r++) {
+        yrow[r] = at(w, P[3], mul(w, ci(w, r), P[4]));
+        xrow[r] = at(w, P[0], mul(w, ci(w, r), P[1]));
+    }
+    LLVMBuildCondBr(w->b, P[6], pre, bload);
+    LLVMPositionBuilderAtEnd(w->b, bload);
+    LLVMValueRef loaded[MK_MAX_ROWS][MK_MAX_VECS];
+    for (int r = 0; r < rows; r++)
+        for (int v = 0; v < nv; v++) loaded[r][v] = vload(w, at(w, yrow[r], ci(w, v * vw)), lanes[v]);
+    LLVMBuildBr(w->b, pre);
+
+    LLVMPositionBuilderAtEnd(w->b, pre);
+    LLVMValueRef init[MK_MAX_ROWS][MK_MAX_VECS];
+    LLVMBasicBlockRef from[2] = {entry, bload};
+    for (int r = 0; r < rows; r++)
+        for (int v = 0; v < nv; v++) {
+            init[r][v] = LLVMBuildPhi(w->b, vty(w), "");
+            LLVMValueRef in[2] = {LLVMConstNull(vty(w)), loaded[r][v]};
+            LLVMAddIncoming(init[r][v], in, from, 2);
+        }
+    LLVMBuildBr(w->b, body);
+
+    /* do { ... } while (++k < kc): kc >= 1 */
+    LLVMPositionBuilderAtEnd(w->b, body);
+    LLVMValueRef k = LLVMBuildPhi(w->b, w->i64, "k");
+    LLVMValueRef acc[MK_MAX_ROWS][MK_MAX_VECS], nacc[MK_MAX_ROWS][MK_MAX_VECS];
+    for (int r = 0; r < rows; r++)
+        for (int v = 0; v < nv; v++) acc[r][v] = LLVMBuildPhi(w->b, vty(w), "acc");
+    LLVMValueRef wrow = at(w, P[2], mul(w, k, ci(w, pw)));
+    LLVMValueRef wv[MK_MAX_VECS];
+    for (int v = 0; v < nv; v++) wv[v] = vload(w, at(w, wrow, ci(w, v * vw)), lanes[v]);
+    for (int r = 0; r < rows; r++) {
+        LLVMValueRef xb = vsplat(w, load(w, xrow[r], k));
+        for (int v = 0; v < nv; v++) nacc[r][v] = vmuladd(w, acc[r][v], xb, wv[v]);
+    }
+    LLVMValueRef k1 = LLVMBuildNSWAdd(w->b, k, ci(w, 1), "");
+    LLVMBuildCondBr(w->b, LLVMBuildICmp(w->b, LLVMIntSLT, k1, P[5], ""), body, exit);
+    LLVMValueRef zero = ci(w, 0);
+    LLVMAddIncoming(k, &zero, &pre, 1);
+    LLVMAddIncoming(k, &k1, &body, 1);
+    for (int r = 0; r < rows; r++)
+        for (int v = 0; v < nv; v++) {
+            LLVMAddIncoming(acc[r][v], &init[r][v], &pre, 1);
+            LLVMAddIncoming(acc[r][v], &nacc[r][v], &body, 1);
+        }
+
+    LLVMPositionBuilderAtEnd(w->b, exit);
+    LLVMBuildCondBr(w->b, P[7], epi, plain);
+    LLVMPositionBuilderAtEnd(w->b, epi);
+    LLVMValueRef bv[MK_MAX_VECS];
+    if (has_bias)
+        for (int v = 0; v < nv; v++) bv[v] = vload(w, at(w, P[8], ci(w, v * vw)), lanes[v]);
+    for (int r = 0; r < rows; r++)
+        for (int v = 0; v < nv; v++) {
+            LLVMValueRef e = nacc[r][v];
+            if (has_bias) e = fadd(w, e, bv[v]);
+            vstore(w, emit_act_vec(w, act, e, lanes[v]), at(w, yrow[r], ci(w, v * vw)), lanes[v]);
+        }
+    LLVMBuildRetVoid(w->b);
+    LLVMPositionBuilderAtEnd(w->b, plain);
+    for (int r = 0; r < rows; r++)
+        for (int v = 0; v < nv; v++) vstore(w, nacc[r][v], at(w, yrow[r], ci(w, v * vw)), lanes[v]);
+    LLVMBuildRetVoid(w->b);
+
+    w->fn = saved_fn;
+    LLVMPositionBuilderAtEnd(w->b, saved);
+    return fn;
+}
+
+/* if (cond) { ... } */
+static LLVMBasicBlockRef if_begin(lw *w, LLVMValueRef cond) {
+    LLVMBasicBlockRef then = LLVMAppendBasicBlockInContext(w->ctx, w->fn, "then");
+    LLVMBasicBlockRef done = LLVMAppendBasicBlockInContext(w->ctx, w->fn, "endif");
+    LLVMBuildCondBr(w->b, cond, then, done);
+    LLVMPositionBuilderAtEnd(w->b, then);
+    return done;
+}
+static void if_end(lw *w, LLVMBasicBlockRef done) {
+    LLVMBuildBr(w->b, done);
+    LLVMPositionBuilderAtEnd(w->b, done);
+}
+
+static const int mk_rows[4] = {6, 4, 2, 1};
+
+/* Rows [0, M) of one panel block: 6 at a time, then 4, 2, 1 for the rest. */
+static void emit_rows(lw *w, LLVMValueRef const mk[4], LLVMValueRef x, int64_t K, LLVMValueRef wp, LLVMValueRef y,
+                      int64_t N, LLVMValueRef M, LLVMValueRef kc, LLVMValueRef first, LLVMValueRef last,
+                      LLVMValueRef bias) {
+    LLVMTypeRef i1 = LLVMInt1TypeInContext(w->ctx);
+    LLVMTypeRef pt[9] = {w->ptr, w->i64, w->ptr, w->ptr, w->i64, w->i64, i1, i1, w->ptr};
+    LLVMTypeRef fty = LLVMFunctionType(LLVMVoidTypeInContext(w->ctx), pt, 9, 0);
+    LLVMValueRef bp = bias ? bias : LLVMConstNull(w->ptr);
+    LLVMValueRef blocks = LLVMBuildSDiv(w->b, M, ci(w, 6), "");
+    loop lb = loop_begin(w, blocks);
+    LLVMValueRef i0 = mul(w, lb.iv, ci(w, 6));
+    LLVMValueRef args[9] = {at(w, x, mul(w, i0, ci(w, K))), ci(w, K), wp, at(w, y, mul(w, i0, ci(w, N))),
+                            ci(w, N), kc, first, last, bp};
+    LLVMBuildCall2(w->b, fty, mk[0], args, 9, "");
+    loop_end(w, &lb);
+    LLVMValueRef done = mul(w, blocks, ci(w, 6));
+    LLVMValueRef rem = LLVMBuildSub(w->b, M, done, "");
+    for (int t = 1; t < 4; t++) {
+        int r = mk_rows[t];
+        LLVMBasicBlockRef end = if_begin(w, LLVMBuildICmp(w->b, LLVMIntNE, LLVMBuildAnd(w->b, rem, ci(w, r), ""),
+                                                          ci(w, 0), ""));
+        /* rows before this piece: done + (rem & bigger pieces) */
+        LLVMValueRef row = add(w, done, LLVMBuildAnd(w->b, rem, ci(w, ~(int64_t)(2 * r - 1)), ""));
+        LLVMValueRef a[9] = {at(w, x, mul(w, row, ci(w, K))), ci(w, K), wp, at(w, y, mul(w, row, ci(w, N))),
+                             ci(w, N), kc, first, last, bp};
+        LLVMBuildCall2(w->b, fty, mk[t], a, 9, "");
+        if_end(w, end);
+    }
+}
+
+/* y[M][N] = act(x[M][K] . W^T + b) over the packed panels Wp. */
+static void emit_gemm(lw *w, LLVMValueRef y, LLVMValueRef x, LLVMValueRef Wp, LLVMValueRef M, int64_t K,
+                      int64_t N, LLVMValueRef bias, mj_act act) {
+    int64_t P = w->p->panel;
+    /* k blocks keep the panel block in L1 (~32 KB) */
+    int64_t KC = 32768 / (P * 4);
+    if (KC < 16) KC = 16;
+    if (K <= KC + KC / 2) KC = K;
+    int64_t nkb = (K + KC - 1) / KC;
+    int64_t nfull = N / P, tail = N % P;
+    for (int part = 0; part < 2; part++) {
+        int64_t np = part == 0 ? nfull : (tail ? 1 : 0);
+        if (np == 0) continue;
+        int pw = (int)(part == 0 ? P : tail);
+        LLVMValueRef mk[4];
+        for (int t = 0; t < 4; t++) mk[t] = emit_microkernel(w, mk_rows[t], pw, bias != NULL, act);
+        loop lp = loop_begin(w, ci(w, np));
+        LLVMValueRef j0 = add(w, mul(w, lp.iv, ci(w, P)), ci(w, part == 0 ? 0 : nfull * P));
+        LLVMValueRef panel = at(w, Wp, mul(w, j0, ci(w, K)));
+        LLVMValueRef ycol = at(w, y, j0);
+        LLVMValueRef bcol = bias ? at(w, bias, j0) : NULL;
+        loop lk = loop_begin(w, ci(w, nkb));
+        LLVMValueRef k0 = mul(w, lk.iv, ci(w, KC));
+        LLVMValueRef last = LLVMBuildICmp(w->b, LLVMIntEQ, lk.iv, ci(w, nkb - 1), "");
+        LLVMValueRef kc = LLVMBuildSelect(w->b, last, ci(w, K - (nkb - 1) * KC), ci(w, KC), "");
+        LLVMValueRef first = LLVMBuildICmp(w->b, LLVMIntEQ, lk.iv, ci(w, 0), "");
+        emit_rows(w, mk, at(w, x, k0), K, at(w, panel, mul(w, k0, ci(w, pw))), ycol, N, M, kc, first, last, bcol);
+        loop_end(w, &lk);
+        loop_end(w, &lp);
+    }
+}
+
+/* ---- small layers: one straight-line kernel per group of rows -------------
+ *
+ * A chain of small linear layers (each feeding only the next) runs per group
+ * of rows with every intermediate activation in vector registers: no stores,
+ * no loops over k or j. Per element the operations are still +0.0f, then
+ * acc + x*w for k ascending, + b, the activation. */
+
+#define SMALL_MAX_K 64
+#define SMALL_MAX_N 64
+#define SMALL_ROWS 4
+
+static bool small_linear(const mj_body_plan *p, int32_t id) {
+    const mj_node *n = &p->g->nodes[id];
+    if ((n->op != MJ_OP_LINEAR && n->op != MJ_OP_LINEAR_ACT) || p->input_free[id] || p->sparse[id]) return false;
+    if (!p->input_free[n->operands[1]] || (n->n_operands == 3 && !p->input_free[n->operands[2]])) return false;
+    const mj_type *wt = &p->g->nodes[n->operands[1]].type;
+    int64_t N = wt->dims[0], K = wt->dims[1];
+    return K >= 1 && N >= 1 && K <= SMALL_MAX_K && N <= SMALL_MAX_N && N <= (int64_t)MK_MAX_VECS * p->vw;
+}
+
+/* One layer for `rows` rows: in[r][k] from memory (xrow) or from the vectors
+ * of the previous layer; returns the output vectors in out[r][v]. */
+static void small_layer(lw *w, int32_t id, int rows, LLVMValueRef const *xrow,
+                        LLVMValueRef in[SMALL_ROWS][MK_MAX_VECS], LLVMValueRef out[SMALL_ROWS][MK_MAX_VECS]) {
+    const mj_graph *g = w->p->g;
+    const mj_node *n = &g->nodes[id];
+    const mj_type *wt = &g->nodes[n->operands[1]].type;
+    int64_t N = wt->dims[0], K = wt->dims[1], P = w->p->panel;
+    int vw = w->p->vw, nv = (int)((N + vw - 1) / vw);
+    LLVMValueRef Wp = w->buf[(size_t)g->n_nodes + 1 + (size_t)w->p->leaf_packed[n->operands[1]]];
+    LLVMValueRef bias = n->n_operands == 3 ? w->buf[n->operands[2]] : NULL;
+    mj_act act = n->op == MJ_OP_LINEAR_ACT ? n->act : MJ_ACT_NONE;
+    int lanes[MK_MAX_VECS];
+    int64_t woff[MK_MAX_VECS], wstride[MK_MAX_VECS];
+    for (int v = 0; v < nv; v++) {
+        int64_t j0 = (int64_t)v * vw, p0 = j0 / P * P, pw = N - p0 < P ? N - p0 : P;
+        lanes[v] = (int)(N - j0 < vw ? N - j0 : vw);
+        woff[v] = K * p0 + (j0 - p0);
+        wstride[v] = pw;
+    }
+    for (int r = 0; r < rows; r++)
+        for (int v = 0; v < nv; v++) out[r][v] = LLVMConstNull(vty(w));
+    for (int64_t k = 0; k < K; k++) {
+        LLVMValueRef wv[MK_MAX_VECS];
+        for (int v = 0; v < nv; v++) wv[v] = vload(w, at(w, Wp, ci(w, woff[v] + k * wstride[v])), lanes[v]);
+        for (int r = 0; r < rows; r++) {
+            LLVMValueRef s = xrow ? load(w, xrow[r], ci(w, k))
+                                  : LLVMBuildExtractElement(w->b, in[r][k / vw], ci(w, k % vw), "");
+            LLVMValueRef xb = vsplat(w, s);
+            for (int v = 0; v < nv; v++) out[r][v] = vmuladd(w, out[r][v], xb, wv[v]);
+        }
+    }
+    for (int v = 0; v < nv; v++) {
+        LLVMValueRef bv = bias ? vload(w, at(w, bias, ci(w, (int64_t)v * vw)), lanes[v]) : NULL;
+        for (int r = 0; r < rows; r++) {
+            if (bv) out[r][v] = fadd(w, out[r][v], bv);
+            out[r][v] = emit_act_vec(w, act, out[r][v], lanes[v]);
+        }
+    }
+}
+
+static void emit_small_chain(lw *w, const int32_t *ids, int n_ids) {
+    const mj_graph *g = w->p->g;
+    const mj_node *first = &g->nodes[ids[0]], *lastn = &g->nodes[ids[n_ids - 1]];
+    const mj_type *xt = &g->nodes[first->operands[0]].type;
+    int64_t K0 = g->nodes[first->operands[1]].type.dims[1];
+    int64_t NL = g->nodes[lastn->operands[1]].type.dims[0];
+    LLVMValueRef M = dims_product(w, xt, 0, xt->rank - 1);
+    LLVMValueRef x = w->buf[first->operands[0]], y = w->buf[ids[n_ids - 1]];
+    int vw = w->p->vw, nvl = (int)((NL + vw - 1) / vw);
+    LLVMValueRef groups = LLVMBuildSDiv(w->b, M, ci(w, SMALL_ROWS), "");
+    for (int pass = 0; pass < 2; pass++) {
+        int rows = pass == 0 ? SMALL_ROWS : 1;
+        LLVMValueRef start = pass == 0 ? ci(w, 0) : mul(w, groups, ci(w, SMALL_ROWS));
+        loop l = loop_begin(w, pass == 0 ? groups : LLVMBuildSub(w->b, M, start, ""));
+        LLVMValueRef i0 = add(w, start, pass == 0 ? mul(w, l.iv, ci(w, SMALL_ROWS)) : l.iv);
+        LLVMValueRef xrow[SMALL_ROWS];
+        for (int r = 0; r < rows; r++) xrow[r] = at(w, x, mul(w, add(w, i0, ci(w, r)), ci(w, K0)));
+        LLVMValueRef a[SMALL_ROWS][MK_MAX_VECS] = {{0}}, b[SMALL_ROWS][MK_MAX_VECS] = {{0}};
+        for (int t = 0; t < n_ids; t++) {
+            small_layer(w, ids[t], rows, t == 0 ? xrow : NULL, a, b);
+            memcpy(a, b, sizeof a);
+        }
+        for (int r = 0; r < rows; r++) {
+            LLVMValueRef yrow = at(w, y, mul(w, add(w, i0, ci(w, r)), ci(w, NL)));
+            for (int v = 0; v < nvl; v++)
+                vstore(w, a[r][v], at(w, yrow, ci(w, (int64_t)v * vw)),
+                       (int)(NL - (int64_t)v * vw < vw ? NL - (int64_t)v * vw : vw));
+        }
+        loop_end(w, &l);
+    }
 }
 
 /* Pointer to leaf i: a baked constant (frozen) or leaves[i] (live). */
@@ -469,10 +895,57 @@ mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan 
             off = add(&w, off, LLVMBuildAnd(w.b, add(&w, sz, ci(&w, 15)), ci(&w, ~INT64_C(15)), ""));
         }
     }
-    mj_status s = MJ_OK;
+    LLVMValueRef sparse_scratch = at(&w, w.scratch, off);
+    /* users per node, to find chains of small layers */
+    int32_t *users = mj_alloc_array((size_t)g->n_nodes + 1, sizeof *users);
+    int32_t *chain = mj_alloc_array((size_t)g->n_nodes + 1, sizeof *chain);
+    bool *done = mj_alloc_array((size_t)g->n_nodes + 1, sizeof *done);
+    mj_status s = users && chain && done ? MJ_OK : MJ_ERR_NOMEM;
+    for (int32_t i = 0; i < g->n_nodes && s == MJ_OK; i++)
+        if (!p->input_free[i])
+            for (int k = 0; k < g->nodes[i].n_operands; k++) users[g->nodes[i].operands[k]]++;
+    if (s == MJ_OK) users[p->out_node]++;
     for (int32_t i = 0; i < g->n_nodes && s == MJ_OK; i++) {
         const mj_node *n = &g->nodes[i];
-        if (p->input_free[i] || n->op == MJ_OP_INPUT) continue;
+        if (p->input_free[i] || n->op == MJ_OP_INPUT || done[i]) continue;
+        if (small_linear(p, i)) {
+            int nc = 0;
+            chain[nc++] = i;
+            for (;;) { /* extend while the last layer's one user is a small layer reading it as x */
+                int32_t last = chain[nc - 1], next = -1;
+                if (users[last] != 1 || last == p->out_root || last == p->out_node) break;
+                for (int32_t u = last + 1; u < g->n_nodes && next < 0; u++)
+                    for (int k = 0; k < g->nodes[u].n_operands; k++)
+                        if (g->nodes[u].operands[k] == last && !p->input_free[u]) next = k == 0 ? u : INT32_MAX;
+                if (next < 0 || next == INT32_MAX || !small_linear(p, next)) break;
+                chain[nc++] = next;
+            }
+            for (int c = 0; c < nc; c++) done[chain[c]] = true;
+            emit_small_chain(&w, chain, nc);
+            continue;
+        }
+#if MJ_HAVE_SPARSE
+        if (p->sparse[i]) {
+            const mj_node *wn = &g->nodes[n->operands[1]];
+            const float *bd = n->n_operands == 3 ? g->nodes[n->operands[2]].tensor->data : NULL;
+            char name[96];
+            snprintf(name, sizeof name, "%s.sparse%d", o->fname, (int)i);
+            LLVMValueRef sf = mj_sparse_emit_linear(m, name, wn->tensor->data, bd, wn->type.dims[0], wn->type.dims[1],
+                                                    n->op == MJ_OP_LINEAR_ACT ? n->act : MJ_ACT_NONE, w.fast);
+            if (!sf) {
+                s = MJ_ERR_NOMEM;
+                break;
+            }
+            const mj_type *xt = &g->nodes[n->operands[0]].type;
+            LLVMTypeRef spt[4] = {w.ptr, w.ptr, w.i64, w.ptr};
+            LLVMValueRef args[4] = {w.buf[n->operands[0]], w.buf[i], dims_product(&w, xt, 0, xt->rank - 1),
+                                    sparse_scratch};
+            LLVMBuildCall2(w.b, LLVMFunctionType(LLVMVoidTypeInContext(ctx), spt, 4, 0), sf, args, 4, "");
+            continue;
+        }
+#else
+        (void)sparse_scratch;
+#endif
         switch (n->op) {
         case MJ_OP_MATMUL: emit_matmul(&w, i); break;
         case MJ_OP_LINEAR:
@@ -492,6 +965,9 @@ mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan 
     if (s == MJ_OK) LLVMBuildRetVoid(w.b);
     LLVMDisposeBuilder(w.b);
     free(w.buf);
+    free(users);
+    free(chain);
+    free(done);
     if (s != MJ_OK) return s;
     char *msg = NULL;
     if (LLVMVerifyModule(m, LLVMReturnStatusAction, &msg)) {
