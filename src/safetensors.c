@@ -20,6 +20,9 @@
 
 #define ST_HEADER_LIMIT (UINT64_C(100) * 1000 * 1000) /* 100 MB, as the reference loader */
 #define ST_CHUNK 65536                                /* conversion buffer, bytes */
+/* Far above any real model (thousands of tensors); bounds the work a
+ * hostile header of tiny entries can cause in the name -> tensor dict. */
+#define ST_MAX_TENSORS 65536
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
 #define ST_BIG_ENDIAN 1
@@ -337,6 +340,12 @@ static mj_status st_load_from(st_source *src, uint64_t header_len, uint64_t data
     if (s != MJ_OK) goto done;
 
     size_t cap = json_object_size(root);
+    size_t n_tensors = cap - (json_object_get(root, "__metadata__") != NULL);
+    if (n_tensors > ST_MAX_TENSORS) {
+        s = mj_fail(MJ_ERR_LIMIT, "the header lists %zu tensors; maskjit loads at most %d",
+                    n_tensors, ST_MAX_TENSORS);
+        goto done;
+    }
     entries = mj_alloc_array(cap ? cap : 1, sizeof *entries);
     sorted = mj_alloc_array(cap ? cap : 1, sizeof *sorted);
     chunk = mj_alloc(ST_CHUNK);
