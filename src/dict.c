@@ -1,6 +1,7 @@
 /* Ordered name -> tensor map with string metadata (named_parameters, state
- * dicts, safetensors). Lookups are linear: dicts hold one entry per
- * parameter, and keeping insertion order is what matters. */
+ * dicts, safetensors). Entries stay in insertion order; a hash index over
+ * the keys keeps lookups O(1), so a file with many tensors (a hostile
+ * safetensors header) does not make loading quadratic. */
 #include <string.h>
 
 #include "internal.h"
@@ -15,12 +16,66 @@ typedef struct meta_item {
     char *value;
 } meta_item;
 
+/* Open addressing with linear probing: slots hold entry index + 1, 0 is
+ * empty; at most half full. Rebuilt on growth and removal. */
+typedef struct key_index {
+    int32_t *slots;
+    int32_t n_slots; /* power of two, or 0 */
+} key_index;
+
 struct mj_tensor_dict {
     dict_item *items;
     int32_t n, cap;
+    key_index items_ix;
     meta_item *meta;
     int32_t n_meta, cap_meta;
+    key_index meta_ix;
 };
+
+static uint64_t hash_key(const char *s) {
+    uint64_t h = 0xcbf29ce484222325ULL; /* FNV-1a */
+    for (; *s; s++) h = (h ^ (unsigned char)*s) * 0x100000001b3ULL;
+    return h;
+}
+
+/* Entry i's key; entries are dict_item or meta_item,
+ * both starting with `char *key`, so a stride and the array suffice. */
+static const char *key_at(const void *arr, size_t stride, int32_t i) {
+    return *(char *const *)((const char *)arr + (size_t)i * stride);
+}
+
+static int32_t index_find(const key_index *ix, const void *arr, size_t stride, const char *key) {
+    if (ix->n_slots == 0) return -1;
+    uint32_t mask = (uint32_t)ix->n_slots - 1;
+    for (uint32_t h = (uint32_t)hash_key(key) & mask;; h = (h + 1) & mask) {
+        int32_t e = ix->slots[h];
+        if (e == 0) return -1;
+        if (strcmp(key_at(arr, stride, e - 1), key) == 0) return e - 1;
+    }
+}
+
+static void index_put(key_index *ix, const char *key, int32_t i) {
+    uint32_t mask = (uint32_t)ix->n_slots - 1;
+    uint32_t h = (uint32_t)hash_key(key) & mask;
+    while (ix->slots[h] != 0) h = (h + 1) & mask;
+    ix->slots[h] = i + 1;
+}
+
+/* Makes room for n entries (rebuilding from arr[0..n_now)). */
+static mj_status index_reserve(key_index *ix, const void *arr, size_t stride, int32_t n_now,
+                               int32_t n) {
+    if ((int64_t)n * 2 <= ix->n_slots) return MJ_OK;
+    int64_t want = 16;
+    while (want < (int64_t)n * 2) want *= 2;
+    if (want > INT32_MAX / 2) return mj_fail(MJ_ERR_LIMIT, "tensor dict too large");
+    int32_t *slots = calloc((size_t)want, sizeof *slots);
+    if (!slots) return mj_fail(MJ_ERR_NOMEM, "out of memory growing a tensor dict");
+    free(ix->slots);
+    ix->slots = slots;
+    ix->n_slots = (int32_t)want;
+    for (int32_t i = 0; i < n_now; i++) index_put(ix, key_at(arr, stride, i), i);
+    return MJ_OK;
+}
 
 mj_status mj_tensor_dict_new(mj_tensor_dict **out) {
     if (!out) return mj_fail(MJ_ERR_INVALID, "mj_tensor_dict_new: out is NULL");
@@ -42,19 +97,17 @@ void mj_tensor_dict_free(mj_tensor_dict *d) {
     }
     free(d->items);
     free(d->meta);
+    free(d->items_ix.slots);
+    free(d->meta_ix.slots);
     free(d);
 }
 
 static int32_t find_key(const mj_tensor_dict *d, const char *key) {
-    for (int32_t i = 0; i < d->n; i++)
-        if (strcmp(d->items[i].key, key) == 0) return i;
-    return -1;
+    return index_find(&d->items_ix, d->items, sizeof *d->items, key);
 }
 
 static int32_t find_meta(const mj_tensor_dict *d, const char *key) {
-    for (int32_t i = 0; i < d->n_meta; i++)
-        if (strcmp(d->meta[i].key, key) == 0) return i;
-    return -1;
+    return index_find(&d->meta_ix, d->meta, sizeof *d->meta, key);
 }
 
 mj_status mj_tensor_dict_set(mj_tensor_dict *d, const char *key, mj_tensor *t) {
@@ -69,10 +122,12 @@ mj_status mj_tensor_dict_set(mj_tensor_dict *d, const char *key, mj_tensor *t) {
         return MJ_OK;
     }
     MJ_TRY(mj_grow((void **)&d->items, &d->cap, d->n + 1, sizeof *d->items));
+    MJ_TRY(index_reserve(&d->items_ix, d->items, sizeof *d->items, d->n, d->n + 1));
     char *k = mj_strdup(key);
     if (!k) return MJ_ERR_NOMEM;
     d->items[d->n].key = k;
     d->items[d->n].t = mj_tensor_retain(t);
+    index_put(&d->items_ix, k, d->n);
     d->n++;
     return MJ_OK;
 }
@@ -92,6 +147,10 @@ mj_status mj_tensor_dict_remove(mj_tensor_dict *d, const char *key) {
     mj_tensor_release(d->items[i].t);
     memmove(&d->items[i], &d->items[i + 1], (size_t)(d->n - i - 1) * sizeof *d->items);
     d->n--;
+    /* Entries after i moved: rebuild the index (removal is rare). Cannot
+     * fail for lack of memory: the old slot array is reused when it fits. */
+    memset(d->items_ix.slots, 0, (size_t)d->items_ix.n_slots * sizeof *d->items_ix.slots);
+    for (int32_t j = 0; j < d->n; j++) index_put(&d->items_ix, d->items[j].key, j);
     return MJ_OK;
 }
 
@@ -122,6 +181,8 @@ mj_status mj_tensor_dict_set_meta(mj_tensor_dict *d, const char *key, const char
     char *k = mj_strdup(key);
     mj_status s = k ? mj_grow((void **)&d->meta, &d->cap_meta, d->n_meta + 1, sizeof *d->meta)
                     : MJ_ERR_NOMEM;
+    if (s == MJ_OK)
+        s = index_reserve(&d->meta_ix, d->meta, sizeof *d->meta, d->n_meta, d->n_meta + 1);
     if (s != MJ_OK) {
         free(k);
         free(v);
@@ -129,6 +190,7 @@ mj_status mj_tensor_dict_set_meta(mj_tensor_dict *d, const char *key, const char
     }
     d->meta[d->n_meta].key = k;
     d->meta[d->n_meta].value = v;
+    index_put(&d->meta_ix, k, d->n_meta);
     d->n_meta++;
     return MJ_OK;
 }

@@ -267,3 +267,51 @@ Test(state_dict, load_refreshes_cached_values) {
     mj_tensor_dict_free(sd);
     mj_module_free(m);
 }
+
+/* The key index against a naive reference: many keys, replacement keeps the
+ * position, removal keeps the order of the rest, lookups stay right. */
+Test(state_dict, dict_index_matches_naive_reference) {
+    enum { N = 20000 };
+    mj_tensor_dict *d;
+    cr_assert_eq(mj_tensor_dict_new(&d), MJ_OK);
+    mj_tensor *a, *b;
+    int64_t one = 1;
+    mj_tensor_zeros(&a, 1, &one);
+    mj_tensor_ones(&b, 1, &one);
+    char key[32];
+    for (int i = 0; i < N; i++) {
+        snprintf(key, sizeof key, "layer.%d.weight", i);
+        cr_assert_eq(mj_tensor_dict_set(d, key, a), MJ_OK);
+    }
+    for (int i = 0; i < N; i += 7) { /* replace in place */
+        snprintf(key, sizeof key, "layer.%d.weight", i);
+        cr_assert_eq(mj_tensor_dict_set(d, key, b), MJ_OK);
+    }
+    for (int i = 0; i < N; i += 1000) {
+        snprintf(key, sizeof key, "layer.%d.weight", i);
+        cr_assert_eq(mj_tensor_dict_remove(d, key), MJ_OK);
+    }
+    cr_assert_eq(mj_tensor_dict_size(d), N - N / 1000);
+    int pos = 0;
+    for (int i = 0; i < N; i++) {
+        snprintf(key, sizeof key, "layer.%d.weight", i);
+        mj_tensor *t = mj_tensor_dict_get(d, key);
+        if (i % 1000 == 0) {
+            cr_assert_null(t, "%s was removed", key);
+            continue;
+        }
+        cr_assert_eq(t, i % 7 == 0 ? b : a, "%s", key);
+        cr_assert_str_eq(mj_tensor_dict_key(d, pos), key, "insertion order kept");
+        pos++;
+    }
+    cr_assert_null(mj_tensor_dict_get(d, "layer.-1.weight"));
+    for (int i = 0; i < 3000; i++) {
+        snprintf(key, sizeof key, "m%d", i);
+        cr_assert_eq(mj_tensor_dict_set_meta(d, key, key + 1), MJ_OK);
+    }
+    cr_assert_str_eq(mj_tensor_dict_get_meta(d, "m2999"), "2999");
+    cr_assert_str_eq(mj_tensor_dict_meta_key(d, 5), "m5");
+    mj_tensor_dict_free(d);
+    mj_tensor_release(a);
+    mj_tensor_release(b);
+}
