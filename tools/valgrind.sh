@@ -44,7 +44,7 @@ for f in "${filters[@]}"; do
         --errors-for-leak-kinds=definite,indirect --show-leak-kinds=definite,indirect \
         --suppressions="$root/valgrind/maskjit.supp" --error-exitcode=99 \
         --log-file="$logs/vg.%p.log" \
-        "$out/tests/maskjit-tests" --filter "$f" --jobs 2 --timeout 900 2>&1 | grep -a "Synthesis\|FAIL\|CRASH\|Assertion"
+        "$out/tests/maskjit-tests" --filter "$f" --jobs 2 --timeout 900 2>&1 | grep -a -A4 "Synthesis\|FAIL\|CRASH\|Assertion"
     rc=${PIPESTATUS[0]}
     [ "$rc" -eq 0 ] || { echo "valgrind: the suite exited $rc"; failed=1; }
 done
