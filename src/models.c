@@ -83,16 +83,16 @@ static const char *part(char *buf, size_t size, const char *p, size_t len) {
 static mj_status parse_width(const char *spec, const char *p, size_t len, int64_t *out) {
     char tok[64];
     if (len == 0)
-        return mj_fail(MJ_ERR_FORMAT, "model spec '%s': empty width", spec);
+        return mj_fail(MJ_ERR_FORMAT, "model spec '%.160s': empty width", spec);
     int64_t v = 0;
     for (size_t i = 0; i < len; i++) {
         if (p[i] < '0' || p[i] > '9')
-            return mj_fail(MJ_ERR_FORMAT, "model spec '%s': width '%s' is not a positive integer",
+            return mj_fail(MJ_ERR_FORMAT, "model spec '%.160s': width '%s' is not a positive integer",
                            spec, part(tok, sizeof tok, p, len));
         if (v <= MJ_SPEC_MAX_WIDTH) v = v * 10 + (p[i] - '0'); /* stops growing once too big */
     }
     if (v < 1 || v > MJ_SPEC_MAX_WIDTH)
-        return mj_fail(MJ_ERR_FORMAT, "model spec '%s': width '%s' must be between 1 and %d", spec,
+        return mj_fail(MJ_ERR_FORMAT, "model spec '%.160s': width '%s' must be between 1 and %d", spec,
                        part(tok, sizeof tok, p, len), MJ_SPEC_MAX_WIDTH);
     *out = v;
     return MJ_OK;
@@ -116,7 +116,7 @@ static mj_status parse_mlp(const char *spec, const char *body, mlp_spec *ms) {
         const char *comma = memchr(p, ',', (size_t)(body + wlen - p));
         size_t len = comma ? (size_t)(comma - p) : (size_t)(body + wlen - p);
         if (ms->n_widths > MJ_SPEC_MAX_LAYERS)
-            return mj_fail(MJ_ERR_FORMAT, "model spec '%s': more than %d layers", spec,
+            return mj_fail(MJ_ERR_FORMAT, "model spec '%.160s': more than %d layers", spec,
                            MJ_SPEC_MAX_LAYERS);
         MJ_TRY(parse_width(spec, p, len, &ms->widths[ms->n_widths]));
         ms->n_widths++;
@@ -125,7 +125,7 @@ static mj_status parse_mlp(const char *spec, const char *body, mlp_spec *ms) {
     }
     if (ms->n_widths < 2)
         return mj_fail(MJ_ERR_FORMAT,
-                       "model spec '%s': an mlp needs at least 2 widths (IN,...,OUT), got %d",
+                       "model spec '%.160s': an mlp needs at least 2 widths (IN,...,OUT), got %d",
                        spec, ms->n_widths);
     bool seen_act = false, seen_bias = false;
     while (colon) {
@@ -136,14 +136,14 @@ static mj_status parse_mlp(const char *spec, const char *body, mlp_spec *ms) {
         part(tok, sizeof tok, opt, len);
         if (!eq)
             return mj_fail(MJ_ERR_FORMAT,
-                           "model spec '%s': option '%s' is not key=value (expected act= or bias=)",
+                           "model spec '%.160s': option '%s' is not key=value (expected act= or bias=)",
                            spec, tok);
         size_t klen = (size_t)(eq - opt);
         const char *val = eq + 1;
         size_t vlen = len - klen - 1;
         if (klen == 3 && memcmp(opt, "act", 3) == 0) {
             if (seen_act)
-                return mj_fail(MJ_ERR_FORMAT, "model spec '%s': option act given twice", spec);
+                return mj_fail(MJ_ERR_FORMAT, "model spec '%.160s': option act given twice", spec);
             seen_act = true;
             bool found = false;
             for (size_t i = 0; i < sizeof act_names / sizeof act_names[0]; i++)
@@ -153,20 +153,20 @@ static mj_status parse_mlp(const char *spec, const char *body, mlp_spec *ms) {
                 }
             if (!found)
                 return mj_fail(MJ_ERR_FORMAT,
-                               "model spec '%s': unknown activation in '%s' (expected relu, gelu, "
+                               "model spec '%.160s': unknown activation in '%s' (expected relu, gelu, "
                                "gelu_tanh, sigmoid, tanh or none)",
                                spec, tok);
         } else if (klen == 4 && memcmp(opt, "bias", 4) == 0) {
             if (seen_bias)
-                return mj_fail(MJ_ERR_FORMAT, "model spec '%s': option bias given twice", spec);
+                return mj_fail(MJ_ERR_FORMAT, "model spec '%.160s': option bias given twice", spec);
             seen_bias = true;
             if (vlen != 1 || (val[0] != '0' && val[0] != '1'))
-                return mj_fail(MJ_ERR_FORMAT, "model spec '%s': '%s' must be bias=0 or bias=1",
+                return mj_fail(MJ_ERR_FORMAT, "model spec '%.160s': '%s' must be bias=0 or bias=1",
                                spec, tok);
             ms->bias = val[0] == '1';
         } else {
             return mj_fail(MJ_ERR_FORMAT,
-                           "model spec '%s': unknown option '%s' (expected act= or bias=)", spec,
+                           "model spec '%.160s': unknown option '%s' (expected act= or bias=)", spec,
                            tok);
         }
     }
@@ -176,7 +176,7 @@ static mj_status parse_mlp(const char *spec, const char *body, mlp_spec *ms) {
         total += ms->widths[i] * ms->widths[i + 1] + (ms->bias ? ms->widths[i + 1] : 0);
     if (total > MJ_SPEC_MAX_PARAMS)
         return mj_fail(MJ_ERR_LIMIT,
-                       "model spec '%s': %lld parameters exceed the limit of %lld (1 GiB of "
+                       "model spec '%.160s': %lld parameters exceed the limit of %lld (1 GiB of "
                        "float32)",
                        spec, (long long)total, (long long)MJ_SPEC_MAX_PARAMS);
     return MJ_OK;
@@ -213,7 +213,7 @@ mj_status mj_model_from_spec(const char *spec, mj_rng *rng, mj_module **out) {
         if (!ms) return MJ_ERR_NOMEM;
         mj_status s = parse_mlp(spec, spec + 4, ms);
         if (s == MJ_OK && !rng)
-            s = mj_fail(MJ_ERR_INVALID, "model spec '%s': an mlp needs an rng for its weights",
+            s = mj_fail(MJ_ERR_INVALID, "model spec '%.160s': an mlp needs an rng for its weights",
                         spec);
         if (s == MJ_OK) s = build_mlp(ms, rng, out);
         free(ms);
@@ -222,7 +222,7 @@ mj_status mj_model_from_spec(const char *spec, mj_rng *rng, mj_module **out) {
     char tok[64];
     const char *colon = strchr(spec, ':');
     return mj_fail(MJ_ERR_FORMAT,
-                   "unknown model '%s' in spec '%s' (expected mut, mut-nobias or "
+                   "unknown model '%s' in spec '%.160s' (expected mut, mut-nobias or "
                    "mlp:IN,...,OUT[:act=...][:bias=0|1])",
                    part(tok, sizeof tok, spec, colon ? (size_t)(colon - spec) : strlen(spec)),
                    spec);

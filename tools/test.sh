@@ -55,6 +55,7 @@ if [ "${MASKJIT_TEST_QUICK:-0}" != 1 ]; then
     fi
     if ninja -C build-asan tests/maskjit-tests; then
         ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+        LSAN_OPTIONS=suppressions="$root/tools/lsan.supp":print_suppressions=0 \
         UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
         MASKJIT_CACHE_DIR="$root/build-asan/test-cache" \
             run_criterion build-asan/tests/maskjit-tests || failed_steps+=("asan")
