@@ -1,9 +1,14 @@
 /* A compiled graph: the compile pipeline (clone, optimise, split off the
  * input-free prologue, lower the body, JIT it) and the runtime (shape
  * guards, live-parameter refresh, scratch, the call). */
+#include <stdatomic.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "jit_internal.h"
+
+typedef struct prologue prologue;
+typedef struct pool pool;
 
 struct mj_compiled {
     mj_jit *jit;
@@ -19,23 +24,39 @@ struct mj_compiled {
     size_t bitcode_size;
     mj_type in_type, out_type;
 
-    /* Live state, under lock: readers call the body, a refresh writes. */
-    pthread_rwlock_t lock;
-    mj_tensor **pro_vals;    /* per node: prologue value kept for a plain leaf */
-    float **packed;          /* per leaf: transposed copy, or NULL */
-    const float **leaf_data; /* per leaf: what the body reads */
-    int32_t *params;         /* param nodes the prologue reads */
+    /* Live state (see "run" below): calls read the current prologue
+     * snapshot without locks; a refresh publishes a new one and retires the
+     * old, freed once no call is running. */
+    _Atomic(prologue *) cur;
+    atomic_long readers;       /* calls between enter and leave */
+    atomic_bool has_retired;
+    pthread_mutex_t refresh_mu; /* refreshes; the retired list */
+    prologue *retired;
+    int32_t *params;            /* param nodes the prologue reads */
     int32_t n_params;
-    uint64_t *versions;      /* their versions at the last refresh */
+
+    /* Shapes precomputed for the call path (batch_linear: the input, the
+     * output and every scratch slice are B x a fixed row). */
+    bool batch_linear;
+    int64_t in_row, out_row, scratch_row, scratch_fixed;
+    bool has_sparse;
+    _Atomic(float *) spare; /* a cached scratch buffer, size in spare[-16] */
+    /* Threads: rows split over a pool when every row is independent. */
+    bool row_independent;
+    int threads;
+    double row_flops;
+    pool *pool;
 };
 
 /* ---- prologue ------------------------------------------------------------ */
 
-typedef struct prologue {
+struct prologue {
     mj_tensor **vals;
     float **packed;
     const float **leaf_data;
-} prologue;
+    uint64_t *versions; /* of c->params when computed */
+    prologue *next;     /* retired list */
+};
 
 static void prologue_free(const mj_compiled *c, prologue *pr) {
     if (pr->vals)
@@ -45,6 +66,7 @@ static void prologue_free(const mj_compiled *c, prologue *pr) {
     free(pr->vals);
     free(pr->packed);
     free(pr->leaf_data);
+    free(pr->versions);
     memset(pr, 0, sizeof *pr);
 }
 
@@ -112,32 +134,169 @@ fail:
     return s;
 }
 
-static bool stale(const mj_compiled *c) {
+static bool stale(const mj_compiled *c, const prologue *pr) {
     for (int32_t i = 0; i < c->n_params; i++)
-        if (mj_tensor_version(c->g->nodes[c->params[i]].tensor) != c->versions[i]) return true;
+        if (mj_tensor_version(c->g->nodes[c->params[i]].tensor) != pr->versions[i]) return true;
     return false;
 }
 
-/* Live mode, write lock held: recompute the prologue and the packed weights. */
+static void snapshot_free(const mj_compiled *c, prologue *pr) {
+    if (!pr) return;
+    prologue_free(c, pr);
+    free(pr);
+}
+
+/* Frees the retired snapshots if no call is running; refresh_mu held. A call
+ * that starts after the check loads c->cur, which is never retired. */
+static void reclaim(mj_compiled *c) {
+    if (!c->retired || atomic_load(&c->readers) != 0) return;
+    while (c->retired) {
+        prologue *n = c->retired->next;
+        snapshot_free(c, c->retired);
+        c->retired = n;
+    }
+    atomic_store(&c->has_retired, false);
+}
+
+/* Live mode: recompute the prologue and the packed weights into a new
+ * snapshot and publish it, unless another thread already did. */
 static mj_status refresh(mj_compiled *c) {
+    pthread_mutex_lock(&c->refresh_mu);
+    prologue *old = atomic_load(&c->cur);
+    mj_status s = MJ_OK;
+    if (old && !stale(c, old)) goto out;
+    prologue *pr = mj_alloc(sizeof *pr);
     /* Versions first: a write racing with the recompute shows up as stale
      * again on the next call. */
     uint64_t *v = mj_alloc_array((size_t)c->n_params + 1, sizeof *v);
-    if (!v) return MJ_ERR_NOMEM;
-    for (int32_t i = 0; i < c->n_params; i++) v[i] = mj_tensor_version(c->g->nodes[c->params[i]].tensor);
-    prologue pr;
-    mj_status s = prologue_compute(c, &pr);
-    if (s != MJ_OK) {
+    if (!pr || !v) {
+        free(pr);
         free(v);
-        return s;
+        s = MJ_ERR_NOMEM;
+        goto out;
     }
-    prologue old = {c->pro_vals, c->packed, c->leaf_data};
-    prologue_free(c, &old);
-    c->pro_vals = pr.vals;
-    c->packed = pr.packed;
-    c->leaf_data = pr.leaf_data;
-    free(c->versions);
-    c->versions = v;
+    for (int32_t i = 0; i < c->n_params; i++) v[i] = mj_tensor_version(c->g->nodes[c->params[i]].tensor);
+    if ((s = prologue_compute(c, pr)) != MJ_OK) {
+        free(pr);
+        free(v);
+        goto out;
+    }
+    pr->versions = v;
+    atomic_store(&c->cur, pr);
+    if (old) {
+        old->next = c->retired;
+        c->retired = old;
+        atomic_store(&c->has_retired, true);
+    }
+    reclaim(c);
+out:
+    pthread_mutex_unlock(&c->refresh_mu);
+    return s;
+}
+
+/* ---- threads ------------------------------------------------------------- */
+
+/* A persistent pool per compiled graph: the caller runs part 0 of a call,
+ * workers 1..n-1 the other parts (consecutive row ranges). One call uses the
+ * pool at a time (busy); a concurrent call runs on its own thread instead. */
+typedef struct part {
+    const float *x;
+    float *y;
+    int64_t rows;
+    float *scratch; /* the pool's, per part */
+    int64_t cap;    /* floats */
+} part;
+
+struct pool {
+    mj_compiled *c;
+    int n; /* parts = threads */
+    pthread_t *th;
+    pthread_mutex_t busy; /* one call at a time */
+    pthread_mutex_t mu;
+    pthread_cond_t work, done;
+    uint64_t gen;    /* bumped per call */
+    int pending;     /* workers still running this call */
+    bool quit;
+    int n_parts;     /* this call */
+    const float *const *leaves;
+    part *parts;
+    int started;     /* workers created */
+};
+
+typedef struct worker_arg {
+    pool *p;
+    int idx;
+} worker_arg;
+
+static void *worker_main(void *arg) {
+    pool *p = ((worker_arg *)arg)->p;
+    int idx = ((worker_arg *)arg)->idx;
+    free(arg);
+    uint64_t seen = 0;
+    pthread_mutex_lock(&p->mu);
+    for (;;) {
+        while (!p->quit && p->gen == seen) pthread_cond_wait(&p->work, &p->mu);
+        if (p->quit) break;
+        seen = p->gen;
+        bool mine = idx < p->n_parts;
+        part pt = mine ? p->parts[idx] : (part){0};
+        const float *const *leaves = p->leaves;
+        pthread_mutex_unlock(&p->mu);
+        if (mine) p->c->fn(leaves, pt.x, pt.y, pt.rows, pt.scratch);
+        pthread_mutex_lock(&p->mu);
+        if (mine && --p->pending == 0) pthread_cond_signal(&p->done);
+    }
+    pthread_mutex_unlock(&p->mu);
+    return NULL;
+}
+
+static void pool_free(pool *p) {
+    if (!p) return;
+    pthread_mutex_lock(&p->mu);
+    p->quit = true;
+    pthread_cond_broadcast(&p->work);
+    pthread_mutex_unlock(&p->mu);
+    for (int i = 0; i < p->started; i++) pthread_join(p->th[i], NULL);
+    if (p->parts)
+        for (int i = 0; i < p->n; i++) free(p->parts[i].scratch);
+    free(p->parts);
+    free(p->th);
+    pthread_mutex_destroy(&p->busy);
+    pthread_mutex_destroy(&p->mu);
+    pthread_cond_destroy(&p->work);
+    pthread_cond_destroy(&p->done);
+    free(p);
+}
+
+static mj_status pool_new(mj_compiled *c, int n, pool **out) {
+    pool *p = mj_alloc(sizeof *p);
+    if (!p) return MJ_ERR_NOMEM;
+    p->c = c;
+    p->n = n;
+    p->th = mj_alloc_array((size_t)n, sizeof *p->th);
+    p->parts = mj_alloc_array((size_t)n, sizeof *p->parts);
+    if (!p->th || !p->parts || pthread_mutex_init(&p->busy, NULL) || pthread_mutex_init(&p->mu, NULL) ||
+        pthread_cond_init(&p->work, NULL) || pthread_cond_init(&p->done, NULL)) {
+        free(p->th);
+        free(p->parts);
+        free(p);
+        return mj_fail(MJ_ERR_NOMEM, "jit: cannot create a thread pool of %d threads", n);
+    }
+    for (int i = 1; i < n; i++) {
+        worker_arg *a = mj_alloc(sizeof *a);
+        if (!a) break;
+        *a = (worker_arg){p, i};
+        if (pthread_create(&p->th[p->started], NULL, worker_main, a) != 0) {
+            free(a);
+            break;
+        }
+        p->started++;
+    }
+    if (p->started != n - 1) {
+        pool_free(p);
+        return mj_fail(MJ_ERR_NOMEM, "jit: cannot start %d worker threads", n - 1);
+    }
+    *out = p;
     return MJ_OK;
 }
 
@@ -147,21 +306,29 @@ const mj_compile_stats *mj_compiled_stats(const mj_compiled *c) { return c ? &c-
 
 void mj_compiled_free(mj_compiled *c) {
     if (!c) return;
+    pool_free(c->pool);
     if (c->rt) mj_jit_remove(c->jit, c->rt);
     if (c->g) {
-        prologue old = {c->pro_vals, c->packed, c->leaf_data};
-        prologue_free(c, &old);
+        snapshot_free(c, atomic_load(&c->cur));
+        while (c->retired) {
+            prologue *n = c->retired->next;
+            snapshot_free(c, c->retired);
+            c->retired = n;
+        }
     }
+    float *sp = atomic_load(&c->spare);
+    if (sp) free(sp - 16);
     mj_body_plan_free(&c->plan);
     free(c->input_free);
     free(c->needed);
     free(c->params);
-    free(c->versions);
     free(c->bitcode);
     mj_graph_free(c->g);
-    pthread_rwlock_destroy(&c->lock);
+    pthread_mutex_destroy(&c->refresh_mu);
     free(c);
 }
+
+static mj_status runtime_init(mj_compiled *c);
 
 static mj_status check_graph(const mj_graph *g) {
     if (g->n_outputs != 1 || mj_graph_input_count(g) != 1)
@@ -247,7 +414,7 @@ mj_status mj_jit_compile(mj_jit *jit, const mj_graph *g, const mj_compile_option
     c->jit = jit;
     c->opts = opts;
     c->opts.cache_dir = NULL; /* not ours to keep */
-    if (pthread_rwlock_init(&c->lock, NULL) != 0) {
+    if (pthread_mutex_init(&c->refresh_mu, NULL) != 0) {
         free(c);
         return mj_fail(MJ_ERR_NOMEM, "jit: cannot create a lock");
     }
@@ -294,6 +461,7 @@ mj_status mj_jit_compile(mj_jit *jit, const mj_graph *g, const mj_compile_option
         if ((s = refresh(c)) != MJ_OK) goto fail;
         if ((s = build_and_add(c, NULL)) != MJ_OK) goto fail;
     }
+    if ((s = runtime_init(c)) != MJ_OK) goto fail;
     *out = c;
     return MJ_OK;
 fail:
@@ -304,22 +472,177 @@ fail:
 
 /* ---- run ----------------------------------------------------------------- */
 
+/* Work (FLOP) below which a call stays on the caller's thread: waking the
+ * pool costs tens of microseconds. */
+#define PAR_MIN_FLOPS 4e6
+
+static bool b_at_dim0_only(const mj_type *t) {
+    if (t->rank < 1 || t->dims[0] != MJ_DIM_BATCH) return false;
+    for (int d = 1; d < t->rank; d++)
+        if (t->dims[d] == MJ_DIM_BATCH) return false;
+    return true;
+}
+
+static int64_t type_row(const mj_type *t) {
+    int64_t shape[MJ_MAX_RANK], n;
+    mj_type_shape(t, 1, shape);
+    return mj_shape_numel(t->rank, shape, &n) == MJ_OK ? n : -1;
+}
+
+static int64_t sparse_floats(const mj_compiled *c, int64_t rows) {
+    int64_t sp = 0;
+#if MJ_HAVE_SPARSE
+    for (int32_t i = 0; i < c->g->n_nodes; i++) {
+        if (!c->plan.sparse[i]) continue;
+        const mj_type *wt = &c->g->nodes[c->g->nodes[i].operands[1]].type;
+        int64_t f = mj_sparse_scratch_floats(wt->dims[1], wt->dims[0], rows);
+        if (f > sp) sp = f;
+    }
+#else
+    (void)c, (void)rows;
+#endif
+    return sp ? sp + 16 : 0;
+}
+
+/* What the call path needs, computed once. */
+static mj_status runtime_init(mj_compiled *c) {
+    const mj_graph *g = c->g;
+    c->batch_linear = b_at_dim0_only(&c->in_type) && b_at_dim0_only(&c->out_type);
+    c->row_independent = c->batch_linear;
+    c->in_row = type_row(&c->in_type);
+    c->out_row = type_row(&c->out_type);
+    for (int32_t i = 0; i < g->n_nodes; i++) {
+        const mj_node *n = &g->nodes[i];
+        if (c->input_free[i] || n->op == MJ_OP_INPUT) continue;
+        bool rows_ok = b_at_dim0_only(&n->type);
+        if (n->op == MJ_OP_TRANSPOSE) rows_ok = false;
+        if (n->op == MJ_OP_MATMUL || n->op == MJ_OP_LINEAR || n->op == MJ_OP_LINEAR_ACT) {
+            for (int k = 1; k < n->n_operands; k++) rows_ok = rows_ok && c->input_free[n->operands[k]];
+            int64_t xr = type_row(&g->nodes[n->operands[0]].type);
+            int64_t K = g->nodes[n->operands[0]].type.dims[g->nodes[n->operands[0]].type.rank - 1];
+            int64_t N = n->type.dims[n->type.rank - 1];
+            if (xr > 0 && K > 0 && N > 0) c->row_flops += 2.0 * (double)xr * (double)N;
+        }
+        c->row_independent = c->row_independent && rows_ok;
+        if (!c->plan.has_slot[i]) continue;
+        if (b_at_dim0_only(&n->type)) {
+            c->scratch_row += type_row(&n->type);
+            c->scratch_fixed += 16;
+        } else {
+            c->batch_linear = c->row_independent = false;
+        }
+    }
+    c->has_sparse = false;
+    for (int32_t i = 0; i < g->n_nodes; i++) c->has_sparse = c->has_sparse || c->plan.sparse[i];
+    int threads = c->opts.threads;
+    if (threads == 0) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        threads = n < 1 ? 1 : n > 64 ? 64 : (int)n;
+    }
+    c->threads = threads;
+    if (threads > 1 && c->row_independent) MJ_TRY(pool_new(c, threads, &c->pool));
+    return MJ_OK;
+}
+
+static void leave(mj_compiled *c) {
+    if (atomic_fetch_sub(&c->readers, 1) == 1 && atomic_load(&c->has_retired) &&
+        pthread_mutex_trylock(&c->refresh_mu) == 0) {
+        reclaim(c);
+        pthread_mutex_unlock(&c->refresh_mu);
+    }
+}
+
+static int64_t scratch_for(const mj_compiled *c, int64_t rows) {
+    return rows * c->scratch_row + c->scratch_fixed + (c->has_sparse ? sparse_floats(c, rows) : 0);
+}
+
+/* A 64-byte aligned buffer of at least n floats; its capacity in buf[-16]. */
+static float *scratch_alloc(int64_t n) {
+    size_t bytes = ((size_t)(n + 16) * sizeof(float) + 63) & ~(size_t)63;
+    float *b = aligned_alloc(64, bytes);
+    if (!b) return NULL;
+    memcpy(b, &n, sizeof n);
+    return b + 16;
+}
+static int64_t scratch_cap(const float *b) {
+    int64_t n;
+    memcpy(&n, b - 16, sizeof n);
+    return n;
+}
+
+/* Splits the rows over the pool; false if the pool is busy or out of
+ * memory (the caller then runs the call itself). */
+static bool run_parallel(mj_compiled *c, const float *const *leaves, const float *x, int64_t batch, float *y) {
+    pool *p = c->pool;
+    if (pthread_mutex_trylock(&p->busy) != 0) return false;
+    int np = batch < p->n ? (int)batch : p->n;
+    for (int t = 0; t < np; t++) {
+        int64_t r0 = batch * t / np, r1 = batch * (t + 1) / np;
+        part *pt = &p->parts[t];
+        int64_t need = scratch_for(c, r1 - r0);
+        if (!pt->scratch || pt->cap < need) {
+            free(pt->scratch ? pt->scratch - 16 : NULL);
+            pt->scratch = scratch_alloc(need);
+            pt->cap = pt->scratch ? need : 0;
+            if (!pt->scratch) {
+                pthread_mutex_unlock(&p->busy);
+                return false;
+            }
+        }
+        pt->x = x + r0 * c->in_row;
+        pt->y = y + r0 * c->out_row;
+        pt->rows = r1 - r0;
+    }
+    pthread_mutex_lock(&p->mu);
+    p->n_parts = np;
+    p->leaves = leaves;
+    p->pending = np - 1;
+    p->gen++;
+    pthread_cond_broadcast(&p->work);
+    pthread_mutex_unlock(&p->mu);
+    c->fn(leaves, p->parts[0].x, p->parts[0].y, p->parts[0].rows, p->parts[0].scratch);
+    pthread_mutex_lock(&p->mu);
+    while (p->pending > 0) pthread_cond_wait(&p->done, &p->mu);
+    pthread_mutex_unlock(&p->mu);
+    pthread_mutex_unlock(&p->busy);
+    return true;
+}
+
+/* Sizes the slow way (any graph), with the errors for too large a batch. */
+static mj_status sizes_general(const mj_compiled *c, int64_t batch, int64_t *in_numel, int64_t *out_numel,
+                               int64_t *scratch_n) {
+    int64_t in_shape[MJ_MAX_RANK], out_shape[MJ_MAX_RANK];
+    mj_type_shape(&c->in_type, batch, in_shape);
+    mj_type_shape(&c->out_type, batch, out_shape);
+    if (mj_shape_numel(c->in_type.rank, in_shape, in_numel) != MJ_OK ||
+        mj_shape_numel(c->out_type.rank, out_shape, out_numel) != MJ_OK)
+        return mj_fail(MJ_ERR_LIMIT, "compiled graph: batch %lld is too large", (long long)batch);
+    return mj_body_scratch_floats(&c->plan, batch, scratch_n);
+}
+
 mj_status mj_compiled_run_raw(mj_compiled *c, const float *x, int64_t batch, float *y, int64_t y_numel) {
     if (!c || !x || !y)
         return mj_fail(MJ_ERR_INVALID, "mj_compiled_run_raw: %s is NULL", !c ? "the compiled graph" : !x ? "x" : "y");
-    char ts[96];
-    if (batch < 1)
+    if (batch < 1) {
+        char ts[96];
         return mj_fail(MJ_ERR_SHAPE, "compiled graph: batch is %lld but must be >= 1 (input %s)", (long long)batch,
                        mj_type_str(ts, sizeof ts, &c->in_type));
-    int64_t in_shape[MJ_MAX_RANK], out_shape[MJ_MAX_RANK], in_numel, out_numel, scratch_n;
-    mj_type_shape(&c->in_type, batch, in_shape);
-    mj_type_shape(&c->out_type, batch, out_shape);
-    if (mj_shape_numel(c->in_type.rank, in_shape, &in_numel) != MJ_OK ||
-        mj_shape_numel(c->out_type.rank, out_shape, &out_numel) != MJ_OK)
-        return mj_fail(MJ_ERR_LIMIT, "compiled graph: batch %lld is too large", (long long)batch);
-    MJ_TRY(mj_body_scratch_floats(&c->plan, batch, &scratch_n));
+    }
+    int64_t in_numel, out_numel, scratch_n;
+    /* fast path: B x fixed rows, small enough that nothing overflows */
+    if (c->batch_linear && batch <= (INT64_C(1) << 20)) {
+        in_numel = batch * c->in_row;
+        out_numel = batch * c->out_row;
+        scratch_n = scratch_for(c, batch);
+        if (in_numel > MJ_MAX_NUMEL || out_numel > MJ_MAX_NUMEL || scratch_n > MJ_MAX_NUMEL)
+            MJ_TRY(sizes_general(c, batch, &in_numel, &out_numel, &scratch_n));
+    } else {
+        MJ_TRY(sizes_general(c, batch, &in_numel, &out_numel, &scratch_n));
+    }
     if (y_numel < out_numel) {
         char os[96];
+        int64_t out_shape[MJ_MAX_RANK];
+        mj_type_shape(&c->out_type, batch, out_shape);
         return mj_fail(MJ_ERR_SHAPE, "compiled graph: y has room for %lld floats but the output %s needs %lld",
                        (long long)y_numel, mj_shape_str(os, sizeof os, c->out_type.rank, out_shape),
                        (long long)out_numel);
@@ -329,33 +652,48 @@ mj_status mj_compiled_run_raw(mj_compiled *c, const float *x, int64_t batch, flo
         ya < xa + (uintptr_t)in_numel * sizeof(float))
         return mj_fail(MJ_ERR_INVALID, "compiled graph: x and y overlap");
 
-    /* Scratch per call (reentrant): on the stack when small. */
+    /* Live: enter, then check the snapshot's versions; a stale snapshot is
+     * replaced (refresh) and the call retries. Frozen: nothing to check. */
+    prologue *pr = NULL;
+    if (!c->opts.frozen) {
+        for (;;) {
+            atomic_fetch_add(&c->readers, 1);
+            pr = atomic_load(&c->cur);
+            if (!stale(c, pr)) break;
+            leave(c);
+            MJ_TRY(refresh(c));
+        }
+    }
+    const float *const *leaves = pr ? pr->leaf_data : NULL;
+    if (c->pool && batch >= 2 && (double)batch * c->row_flops >= PAR_MIN_FLOPS &&
+        run_parallel(c, leaves, x, batch, y)) {
+        if (pr) leave(c);
+        return MJ_OK;
+    }
+    /* Scratch (reentrant): on the stack when small, else the cached buffer
+     * if no other call holds it, else a fresh one. */
     _Alignas(64) float stack_buf[2048];
     float *scratch = stack_buf, *heap = NULL;
     if (scratch_n > (int64_t)(sizeof stack_buf / sizeof *stack_buf)) {
-        size_t bytes = ((size_t)scratch_n * sizeof(float) + 63) & ~(size_t)63;
-        heap = aligned_alloc(64, bytes);
-        if (!heap) return mj_fail(MJ_ERR_NOMEM, "compiled graph: out of memory for %lld floats of scratch",
-                                  (long long)scratch_n);
+        heap = atomic_exchange(&c->spare, NULL);
+        if (heap && scratch_cap(heap) < scratch_n) {
+            free(heap - 16);
+            heap = NULL;
+        }
+        if (!heap && !(heap = scratch_alloc(scratch_n))) {
+            if (pr) leave(c);
+            return mj_fail(MJ_ERR_NOMEM, "compiled graph: out of memory for %lld floats of scratch",
+                           (long long)scratch_n);
+        }
         scratch = heap;
     }
-    mj_status s = MJ_OK;
-    for (;;) {
-        pthread_rwlock_rdlock(&c->lock);
-        if (!c->opts.frozen && stale(c)) {
-            pthread_rwlock_unlock(&c->lock);
-            pthread_rwlock_wrlock(&c->lock);
-            if (stale(c)) s = refresh(c); /* another thread may have done it */
-            pthread_rwlock_unlock(&c->lock);
-            if (s != MJ_OK) break;
-            continue;
-        }
-        c->fn(c->leaf_data, x, y, batch, scratch);
-        pthread_rwlock_unlock(&c->lock);
-        break;
+    c->fn(leaves, x, y, batch, scratch);
+    if (pr) leave(c);
+    if (heap) {
+        float *old = atomic_exchange(&c->spare, heap);
+        if (old) free(old - 16);
     }
-    free(heap);
-    return s;
+    return MJ_OK;
 }
 
 mj_status mj_compiled_run(mj_compiled *c, const mj_tensor *x, mj_tensor **y) {

@@ -1,6 +1,7 @@
 /* The JIT instance: one ORC LLJIT for the host CPU, shared by every graph
  * compiled with it. Each compiled graph lives under its own ResourceTracker
  * so freeing it frees its code. */
+#include <stdlib.h>
 #include <string.h>
 
 #include <llvm-c/Error.h>
@@ -51,7 +52,7 @@ void mj_compile_options_init(mj_compile_options *o) {
     memset(o, 0, sizeof *o);
     o->numeric = MJ_NUMERIC_EXACT;
     o->frozen = false;
-    o->threads = 0;
+    o->threads = 1; /* 0 asks for every core: opt in (shared machines) */
     o->use_cache = true;
     o->cache_dir = NULL;
 }
@@ -63,8 +64,20 @@ mj_status mj_jit_new(mj_jit **out) {
     if (!llvm_init_ok) return mj_fail(MJ_ERR_BACKEND, "LLVM has no native target for this host");
     mj_jit *jit = mj_alloc(sizeof *jit);
     if (!jit) return MJ_ERR_NOMEM;
-    jit->cpu = LLVMGetHostCPUName();
-    jit->features = LLVMGetHostCPUFeatures();
+    /* Test hook: MASKJIT_JIT_FEATURES replaces the host's feature string
+     * (e.g. "-avx512f" variants to emit AVX2 code on an AVX-512 host, as
+     * under valgrind); the CPU becomes a generic one so that its own
+     * features do not come back. */
+    const char *forced = getenv("MASKJIT_JIT_FEATURES");
+    if (forced && *forced) {
+        jit->cpu = LLVMCreateMessage(strstr(forced, "+avx512f") ? "skylake-avx512"
+                                     : strstr(forced, "+avx2")  ? "haswell"
+                                                                : "x86-64");
+        jit->features = LLVMCreateMessage(forced);
+    } else {
+        jit->cpu = LLVMGetHostCPUName();
+        jit->features = LLVMGetHostCPUFeatures();
+    }
     jit->triple = LLVMGetDefaultTargetTriple();
     mj_status s;
     LLVMTargetMachineRef jtm = NULL;
@@ -126,6 +139,16 @@ void mj_llvm_shutdown(void) {
     LLVMShutdown();
 }
 
+const char *mj_jit_pipeline(LLVMModuleRef m) {
+    const char *env = getenv("MASKJIT_JIT_PASSES"); /* for measuring pipelines */
+    if (env && *env) return env;
+    /* Explicit vector kernels only: they need clean-up, not loop
+     * optimisation (O2/O3 cost 3-10x more here and change nothing). */
+    if (LLVMGetModuleFlag(m, MJ_FLAG_EXPLICIT, strlen(MJ_FLAG_EXPLICIT)))
+        return "function(early-cse,instcombine<no-verify-fixpoint>,simplifycfg)";
+    return "default<O2>"; /* scalar loops for the loop and SLP vectorisers */
+}
+
 static double ms_since(double t0) { return (mj_now_seconds() - t0) * 1e3; }
 
 mj_status mj_jit_add_module(mj_jit *jit, LLVMOrcThreadSafeContextRef tsc, LLVMModuleRef m,
@@ -146,7 +169,7 @@ mj_status mj_jit_add_module(mj_jit *jit, LLVMOrcThreadSafeContextRef tsc, LLVMMo
 
     double t0 = mj_now_seconds();
     LLVMPassBuilderOptionsRef po = LLVMCreatePassBuilderOptions();
-    LLVMErrorRef err = LLVMRunPasses(m, "default<O3>", jit->tm, po);
+    LLVMErrorRef err = LLVMRunPasses(m, mj_jit_pipeline(m), jit->tm, po);
     LLVMDisposePassBuilderOptions(po);
     stats->optimize_ms = ms_since(t0);
     if (err) {

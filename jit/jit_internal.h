@@ -100,6 +100,11 @@ typedef void (*mj_body_fn)(const float *const *leaves, const float *x, float *y,
 mj_status mj_jit_add_module(mj_jit *jit, LLVMOrcThreadSafeContextRef tsc, LLVMModuleRef m,
                             const char *fname, LLVMOrcResourceTrackerRef *rt, mj_body_fn *fn,
                             char **bitcode, size_t *bitcode_size, mj_compile_stats *stats);
+/* The new-PM pipeline for a lowered module: a cheap clean-up when the body
+ * is explicit vector code (module flag MJ_FLAG_EXPLICIT), else default<O2>.
+ * MASKJIT_JIT_PASSES overrides (measurements). */
+#define MJ_FLAG_EXPLICIT "maskjit.explicit"
+const char *mj_jit_pipeline(LLVMModuleRef m);
 /* Frees a compiled module's code. */
 void mj_jit_remove(mj_jit *jit, LLVMOrcResourceTrackerRef rt);
 /* The kept bitcode as LLVM IR text (what="ir") or host assembly ("asm"). */

@@ -160,6 +160,7 @@ typedef struct lw {
     const mj_lower_options *o;
     bool fast;
     int n_kernels; /* micro-kernel functions emitted so far (names) */
+    bool loops;    /* emitted scalar loops that want the loop vectoriser */
 } lw;
 
 static LLVMValueRef ci(lw *w, int64_t v) { return LLVMConstInt(w->i64, (unsigned long long)v, 1); }
@@ -293,6 +294,7 @@ static LLVMValueRef elementwise_op(lw *w, const mj_node *n, const LLVMValueRef *
  * equal to the output dim (concrete or B) -> its contiguous stride, else
  * (a stretched 1) stride 0. */
 static void emit_elementwise(lw *w, int32_t id) {
+    w->loops = true;
     const mj_graph *g = w->p->g;
     const mj_node *n = &g->nodes[id];
     const mj_type *ot = &n->type;
@@ -340,6 +342,7 @@ static void emit_elementwise(lw *w, int32_t id) {
 /* expand: x[..., k] b[n]? -> [..., n], every element 0.0f + b[j] (or +0.0f),
  * as ir/interp.c defines it. */
 static void emit_expand(lw *w, int32_t id) {
+    w->loops = true;
     const mj_node *n = &w->p->g->nodes[id];
     const mj_type *t = &n->type;
     LLVMValueRef cols = dimv(w, t->dims[t->rank - 1]);
@@ -360,6 +363,7 @@ static void emit_expand(lw *w, int32_t id) {
 static void emit_dot(lw *w, LLVMValueRef y, LLVMValueRef x, LLVMValueRef W, LLVMValueRef M,
                      LLVMValueRef K, LLVMValueRef N, LLVMValueRef wsk, LLVMValueRef wsj, bool j_contig,
                      LLVMValueRef bias, mj_act act) {
+    w->loops = true;
     loop li = loop_begin(w, M);
     LLVMValueRef yrow = at(w, y, mul(w, li.iv, N));
     LLVMValueRef xrow = at(w, x, mul(w, li.iv, K));
@@ -434,6 +438,7 @@ static void emit_matmul(lw *w, int32_t id) {
 }
 
 static void emit_transpose(lw *w, int32_t id) {
+    w->loops = true;
     const mj_graph *g = w->p->g;
     const mj_node *n = &g->nodes[id];
     const mj_type *t = &g->nodes[n->operands[0]].type;
@@ -447,6 +452,7 @@ static void emit_transpose(lw *w, int32_t id) {
 }
 
 static void emit_copy(lw *w, LLVMValueRef dst, LLVMValueRef src, LLVMValueRef n) {
+    w->loops = true;
     loop l = loop_begin(w, n);
     store(w, load(w, src, l.iv), dst, l.iv);
     loop_end(w, &l);
@@ -736,7 +742,7 @@ static void emit_gemm(lw *w, LLVMValueRef y, LLVMValueRef x, LLVMValueRef Wp, LL
 
 #define SMALL_MAX_K 64
 #define SMALL_MAX_N 64
-#define SMALL_ROWS 4
+#define SMALL_ROWS 2
 
 static bool small_linear(const mj_body_plan *p, int32_t id) {
     const mj_node *n = &p->g->nodes[id];
@@ -963,6 +969,9 @@ mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan 
         emit_copy(&w, w.y, w.buf[p->out_node], dims_product(&w, t, 0, t->rank));
     }
     if (s == MJ_OK) LLVMBuildRetVoid(w.b);
+    if (s == MJ_OK && !w.loops)
+        LLVMAddModuleFlag(m, LLVMModuleFlagBehaviorOverride, MJ_FLAG_EXPLICIT, strlen(MJ_FLAG_EXPLICIT),
+                          LLVMValueAsMetadata(LLVMConstInt(LLVMInt32TypeInContext(ctx), 1, 0)));
     LLVMDisposeBuilder(w.b);
     free(w.buf);
     free(users);
