@@ -1,0 +1,698 @@
+/* Mask-specialised frozen linear layers (see sparse.h).
+ *
+ * Layout of the generated code, for a chunk of C rows of x (C = 4 vector
+ * widths, then 1 vector width for the rest of the batch):
+ *   1. transpose the chunk into scratch: xT[kc][c] for the columns any
+ *      nonzero uses (kc compact), rows past the batch zero-padded;
+ *   2. for each group of (up to) two output rows j: vector accumulators over
+ *      the chunk, +0.0f, then acc + xT[k]*w for the row's nonzeros in
+ *      ascending k (two rows at once hide the add latency; the longer row's
+ *      extra nonzeros follow on their own), then + b[j], then the activation,
+ *      stored to yT[j][c];
+ *   3. transpose yT back into y.
+ * Each output element therefore sees exactly eager's operations in eager's
+ * order minus the products with zero weights. The nonzeros, indices, group
+ * table and bias are private constant globals of the module. */
+#include "sparse.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <llvm-c/DebugInfo.h>
+#include <llvm-c/TargetMachine.h>
+
+#include "../src/internal.h"
+
+/* Chunks are at most this many rows (4 x 16 lanes): the scratch size does
+ * not depend on the vector width. */
+#define MAX_CHUNK 64
+
+/* Below this density the sparse kernel beats the dense compiled kernel (and
+ * OpenBLAS) at batch 64, widths 256 and 1024: see docs/numerics.md. */
+#define SPARSE_CROSSOVER_DENSITY 0.5
+
+/* Host vector width in floats: the JIT compiles for the host's CPU and
+ * features (under valgrind: AVX2 only), so ask the same source. */
+static int host_vector_width(void) {
+    static _Atomic int cached;
+    int vw = cached;
+    if (vw) return vw;
+    char *f = LLVMGetHostCPUFeatures();
+    vw = 4;
+    if (f && strstr(f, "+avx512f")) vw = 16;
+    else if (f && strstr(f, "+avx")) vw = 8;
+    LLVMDisposeMessage(f);
+    cached = vw;
+    return vw;
+}
+
+bool mj_sparse_profitable(const float *w, int64_t out, int64_t in) {
+    if (!w || out <= 0 || in <= 0 || out > INT32_MAX || in > INT32_MAX) return false;
+    int64_t nnz = 0, empty_rows = 0;
+    for (int64_t j = 0; j < out; j++) {
+        int64_t r = 0;
+        for (int64_t k = 0; k < in; k++) r += w[j * in + k] != 0.0f;
+        nnz += r;
+        empty_rows += r == 0;
+    }
+    double density = (double)nnz / ((double)out * (double)in);
+    /* dropped rows (row masks) save their whole dot products */
+    return density < SPARSE_CROSSOVER_DENSITY || empty_rows * 4 >= out;
+}
+
+int64_t mj_sparse_scratch_floats(int64_t in, int64_t out, int64_t batch) {
+    (void)batch; /* chunks are fixed-size: the scratch does not grow with it */
+    if (in < 0 || out < 0) return 0;
+    /* xT [in][C], then yT [out rounded up to even][C] at a 16-float boundary */
+    return (in + out + 1) * MAX_CHUNK + 16;
+}
+
+/* ---- the weight, preprocessed -------------------------------------------- */
+
+typedef struct plan {
+    int64_t out, in;
+    int32_t ncols;   /* columns some nonzero uses */
+    int32_t *colmap; /* compact column -> k */
+    bool identity;   /* colmap is k -> k (no column dropped) */
+    int32_t n_groups; /* row pairs (2g, 2g+1); an odd last row pairs with a dummy */
+    int32_t kb;       /* compact columns per k-block */
+    int32_t n_kblocks;
+    /* per k-block, per group: pair start, pair end, tail-a start, end,
+     * tail-b start, end */
+    int32_t *meta;
+    int32_t *pidx; /* pairs: compact columns of rows 2g and 2g+1, interleaved */
+    float *pw;
+    int64_t n_pairs;
+    int32_t *tidx; /* a row's nonzeros of the block beyond its partner's count */
+    float *tw;
+    int64_t n_tail;
+} plan;
+
+static void plan_free(plan *p) {
+    free(p->colmap);
+    free(p->meta);
+    free(p->pidx);
+    free(p->pw);
+    free(p->tidx);
+    free(p->tw);
+}
+
+/* Compact columns per k-block: the chunk's slice of xT (kb rows of C1
+ * floats) stays in half of L2 while every row's nonzeros in it are
+ * consumed; the accumulators go back to yT between blocks. (L1-sized
+ * blocks, 32 KiB, measured no faster at 1024 wide, batch 64: the
+ * per-block accumulator traffic ate the gain.) */
+static int32_t kblock_cols(int vw) { return (int32_t)(512 * 1024 / (4 * (4 * vw))); }
+
+static bool plan_build(plan *p, const float *w, int64_t out, int64_t in, int vw) {
+    memset(p, 0, sizeof *p);
+    p->out = out;
+    p->in = in;
+    int32_t *kc = mj_alloc_array((size_t)in + 1, sizeof *kc);
+    int64_t nnz = 0;
+    bool ok = kc != NULL;
+    if (!ok) goto done;
+    for (int64_t k = 0; k < in; k++) kc[k] = -1;
+    for (int64_t j = 0; j < out; j++)
+        for (int64_t k = 0; k < in; k++)
+            if (w[j * in + k] != 0.0f) {
+                kc[k] = 0;
+                nnz++;
+            }
+    int32_t nc = 0;
+    for (int64_t k = 0; k < in; k++) nc += kc[k] == 0;
+    /* Drop unused columns only when it saves a real share of the transpose:
+     * the identity layout takes the fast tiled transpose. */
+    p->identity = (int64_t)nc * 4 > in * 3;
+    if (p->identity) {
+        nc = (int32_t)in;
+        for (int64_t k = 0; k < in; k++) kc[k] = (int32_t)k;
+    } else {
+        p->colmap = mj_alloc_array((size_t)nc + 1, sizeof *p->colmap);
+        if (!(ok = p->colmap != NULL)) goto done;
+        int32_t c = 0;
+        for (int64_t k = 0; k < in; k++)
+            if (kc[k] == 0) {
+                p->colmap[c] = (int32_t)k;
+                kc[k] = c++;
+            }
+    }
+    p->ncols = nc;
+    p->kb = kblock_cols(vw);
+    p->n_kblocks = nc ? (nc + p->kb - 1) / p->kb : 1;
+    p->n_groups = (int32_t)((out + 1) / 2);
+    p->meta = mj_alloc_array((size_t)p->n_kblocks * (size_t)p->n_groups * 6 + 1, sizeof *p->meta);
+    p->pidx = mj_alloc_array((size_t)nnz + 1, sizeof *p->pidx);
+    p->pw = mj_alloc_array((size_t)nnz + 1, sizeof *p->pw);
+    p->tidx = mj_alloc_array((size_t)nnz + 1, sizeof *p->tidx);
+    p->tw = mj_alloc_array((size_t)nnz + 1, sizeof *p->tw);
+    if (!(ok = p->meta && p->pidx && p->pw && p->tidx && p->tw)) goto done;
+    /* compact column c of row j: the nonzeros in ascending k (kc is
+     * increasing in k) */
+    for (int32_t blk = 0; blk < p->n_kblocks; blk++) {
+        int32_t c0 = blk * p->kb, c1 = c0 + p->kb < nc ? c0 + p->kb : nc;
+        for (int32_t g = 0; g < p->n_groups; g++) {
+            int64_t ja = 2 * (int64_t)g, jb = ja + 1;
+            const float *wa = w + ja * in, *wb = jb < out ? w + jb * in : NULL;
+            /* this block's nonzeros of each row, as compact columns */
+            int32_t *m = &p->meta[((size_t)blk * (size_t)p->n_groups + (size_t)g) * 6];
+            int64_t na = 0, nb = 0;
+            for (int32_t c = c0; c < c1; c++) {
+                int64_t k = p->identity ? c : p->colmap[c];
+                na += wa[k] != 0.0f;
+                nb += wb && wb[k] != 0.0f;
+            }
+            int64_t np = na < nb ? na : nb;
+            m[0] = (int32_t)(p->n_pairs / 2);
+            int32_t a = c0, b = c0;
+            for (int64_t i = 0; i < np; i++) {
+                while (wa[p->identity ? a : p->colmap[a]] == 0.0f) a++;
+                while (wb[p->identity ? b : p->colmap[b]] == 0.0f) b++;
+                p->pidx[p->n_pairs] = a;
+                p->pw[p->n_pairs++] = wa[p->identity ? a : p->colmap[a]];
+                p->pidx[p->n_pairs] = b;
+                p->pw[p->n_pairs++] = wb[p->identity ? b : p->colmap[b]];
+                a++;
+                b++;
+            }
+            m[1] = (int32_t)(p->n_pairs / 2);
+            for (int r = 0; r < 2; r++) {
+                const float *wr = r ? wb : wa;
+                int32_t c = r ? b : a;
+                m[2 + 2 * r] = (int32_t)p->n_tail;
+                for (int64_t i = np; i < (r ? nb : na); i++) {
+                    while (wr[p->identity ? c : p->colmap[c]] == 0.0f) c++;
+                    p->tidx[p->n_tail] = c;
+                    p->tw[p->n_tail++] = wr[p->identity ? c : p->colmap[c]];
+                    c++;
+                }
+                m[3 + 2 * r] = (int32_t)p->n_tail;
+            }
+        }
+    }
+    MJ_ASSERT(p->n_pairs + p->n_tail == nnz);
+done:
+    free(kc);
+    if (!ok) plan_free(p);
+    return ok;
+}
+
+/* ---- IR helpers ------------------------------------------------------------ */
+
+typedef struct sb {
+    LLVMContextRef ctx;
+    LLVMModuleRef m;
+    LLVMBuilderRef b;
+    LLVMValueRef fn;
+    LLVMTypeRef f32, i32, i64, ptr, vt, unary_ty;
+    int vw;
+    bool fast;
+    mj_act act;
+    const plan *p;
+    LLVMValueRef x, y, batch, xT, yT;
+    LLVMValueRef g_meta, g_pidx, g_pw, g_tidx, g_tw, g_bias, g_colmap;
+    LLVMValueRef acc[2][4]; /* allocas: per group row, per vector of the chunk */
+    LLVMValueRef tile;      /* the vw x vw transpose */
+} sb;
+
+static LLVMValueRef ci(sb *s, int64_t v) { return LLVMConstInt(s->i64, (unsigned long long)v, 1); }
+static LLVMValueRef cf(sb *s, float v) { return LLVMConstReal(s->f32, (double)v); }
+static LLVMValueRef mul(sb *s, LLVMValueRef a, LLVMValueRef b) { return LLVMBuildNSWMul(s->b, a, b, ""); }
+static LLVMValueRef add(sb *s, LLVMValueRef a, LLVMValueRef b) { return LLVMBuildNSWAdd(s->b, a, b, ""); }
+static LLVMValueRef at(sb *s, LLVMTypeRef t, LLVMValueRef base, LLVMValueRef idx) {
+    return LLVMBuildInBoundsGEP2(s->b, t, base, &idx, 1, "");
+}
+static LLVMValueRef ld(sb *s, LLVMTypeRef t, LLVMValueRef base, LLVMValueRef idx) {
+    return LLVMBuildLoad2(s->b, t, at(s, t, base, idx), "");
+}
+static void st(sb *s, LLVMValueRef v, LLVMValueRef base, LLVMValueRef idx) {
+    LLVMBuildStore(s->b, v, at(s, s->f32, base, idx));
+}
+/* A vector of floats at base + idx floats; align in bytes. */
+static LLVMValueRef vld(sb *s, LLVMValueRef base, LLVMValueRef idx, unsigned align) {
+    LLVMValueRef v = LLVMBuildLoad2(s->b, s->vt, at(s, s->f32, base, idx), "");
+    LLVMSetAlignment(v, align);
+    return v;
+}
+static void vst(sb *s, LLVMValueRef v, LLVMValueRef base, LLVMValueRef idx, unsigned align) {
+    LLVMValueRef i = LLVMBuildStore(s->b, v, at(s, s->f32, base, idx));
+    LLVMSetAlignment(i, align);
+}
+static LLVMValueRef splat(sb *s, LLVMValueRef scalar) {
+    LLVMValueRef undef = LLVMGetUndef(s->vt);
+    LLVMValueRef v = LLVMBuildInsertElement(s->b, undef, scalar, LLVMConstInt(s->i32, 0, 0), "");
+    LLVMValueRef zeros = LLVMConstNull(LLVMVectorType(s->i32, (unsigned)s->vw));
+    return LLVMBuildShuffleVector(s->b, v, undef, zeros, "");
+}
+
+/* Fast mode: the same flags as jit/lower.c (contraction to FMA, reassociation;
+ * NaN and Inf keep their meaning). */
+static LLVMValueRef fpflags(sb *s, LLVMValueRef v) {
+    if (s->fast && LLVMIsAInstruction(v))
+        LLVMSetFastMathFlags(v, LLVMFastMathAllowContract | LLVMFastMathAllowReassoc |
+                                    LLVMFastMathNoSignedZeros | LLVMFastMathAllowReciprocal);
+    return v;
+}
+static LLVMValueRef fadd(sb *s, LLVMValueRef a, LLVMValueRef b) { return fpflags(s, LLVMBuildFAdd(s->b, a, b, "")); }
+static LLVMValueRef fmul(sb *s, LLVMValueRef a, LLVMValueRef b) { return fpflags(s, LLVMBuildFMul(s->b, a, b, "")); }
+static LLVMValueRef fdiv(sb *s, LLVMValueRef a, LLVMValueRef b) { return fpflags(s, LLVMBuildFDiv(s->b, a, b, "")); }
+
+typedef struct loop {
+    LLVMBasicBlockRef header, exit;
+    LLVMValueRef iv, step;
+} loop;
+
+/* for (iv = from; iv < to; iv += step) */
+static loop loop_begin(sb *s, LLVMValueRef from, LLVMValueRef to, int64_t step) {
+    loop l;
+    LLVMBasicBlockRef pre = LLVMGetInsertBlock(s->b);
+    l.header = LLVMAppendBasicBlockInContext(s->ctx, s->fn, "loop");
+    LLVMBasicBlockRef body = LLVMAppendBasicBlockInContext(s->ctx, s->fn, "body");
+    l.exit = LLVMAppendBasicBlockInContext(s->ctx, s->fn, "done");
+    l.step = ci(s, step);
+    LLVMBuildBr(s->b, l.header);
+    LLVMPositionBuilderAtEnd(s->b, l.header);
+    l.iv = LLVMBuildPhi(s->b, LLVMTypeOf(from), "i");
+    LLVMAddIncoming(l.iv, &from, &pre, 1);
+    LLVMBuildCondBr(s->b, LLVMBuildICmp(s->b, LLVMIntSLT, l.iv, to, ""), body, l.exit);
+    LLVMPositionBuilderAtEnd(s->b, body);
+    return l;
+}
+
+/* !{self, !{"llvm.loop.unroll.disable"}, !{"llvm.loop.vectorize.enable", false}}:
+ * the code is vectorised by hand; unrolling or vectorising the short edge
+ * loops (constant trip counts) again only makes compiles slow. */
+static LLVMValueRef loop_md(sb *s) {
+    LLVMMetadataRef tmp = LLVMTemporaryMDNode(s->ctx, NULL, 0);
+    LLVMMetadataRef u = LLVMMDStringInContext2(s->ctx, "llvm.loop.unroll.disable", 24);
+    LLVMMetadataRef v[2] = {LLVMMDStringInContext2(s->ctx, "llvm.loop.vectorize.enable", 26),
+                            LLVMValueAsMetadata(LLVMConstInt(LLVMInt1TypeInContext(s->ctx), 0, 0))};
+    LLVMMetadataRef ops[3] = {tmp, LLVMMDNodeInContext2(s->ctx, &u, 1), LLVMMDNodeInContext2(s->ctx, v, 2)};
+    LLVMMetadataRef node = LLVMMDNodeInContext2(s->ctx, ops, 3);
+    LLVMMetadataReplaceAllUsesWith(tmp, node); /* also disposes tmp */
+    return LLVMMetadataAsValue(s->ctx, node);
+}
+
+static void loop_end(sb *s, loop *l) {
+    LLVMBasicBlockRef latch = LLVMGetInsertBlock(s->b);
+    LLVMValueRef next = LLVMBuildNSWAdd(s->b, l->iv, l->step, "");
+    LLVMValueRef br = LLVMBuildBr(s->b, l->header);
+    LLVMSetMetadata(br, LLVMGetMDKindIDInContext(s->ctx, "llvm.loop", 9), loop_md(s));
+    LLVMAddIncoming(l->iv, &next, &latch, 1);
+    LLVMPositionBuilderAtEnd(s->b, l->exit);
+}
+
+/* if (cond) { then } else { else }: returns the else block; the caller
+ * fills `then` first, calls if_else, fills else, then if_end. */
+typedef struct ifb {
+    LLVMBasicBlockRef els, end;
+} ifb;
+static ifb if_begin(sb *s, LLVMValueRef cond) {
+    ifb f;
+    LLVMBasicBlockRef then = LLVMAppendBasicBlockInContext(s->ctx, s->fn, "then");
+    f.els = LLVMAppendBasicBlockInContext(s->ctx, s->fn, "else");
+    f.end = LLVMAppendBasicBlockInContext(s->ctx, s->fn, "endif");
+    LLVMBuildCondBr(s->b, cond, then, f.els);
+    LLVMPositionBuilderAtEnd(s->b, then);
+    return f;
+}
+static void if_else(sb *s, ifb *f) {
+    LLVMBuildBr(s->b, f->end);
+    LLVMPositionBuilderAtEnd(s->b, f->els);
+}
+static void if_end(sb *s, ifb *f) {
+    LLVMBuildBr(s->b, f->end);
+    LLVMPositionBuilderAtEnd(s->b, f->end);
+}
+
+static LLVMValueRef libm_fn(sb *s, const char *name) {
+    LLVMValueRef f = LLVMGetNamedFunction(s->m, name);
+    return f ? f : LLVMAddFunction(s->m, name, s->unary_ty);
+}
+
+/* Copied from jit/lower.c's call_libm (static there): exact mode marks the
+ * call nobuiltin so LLVM never folds or replaces it; the process's libm
+ * computes it, as in eager. */
+static LLVMValueRef call_libm(sb *s, const char *name, LLVMValueRef x) {
+    LLVMValueRef c = LLVMBuildCall2(s->b, s->unary_ty, libm_fn(s, name), &x, 1, "");
+    if (!s->fast) {
+        unsigned kind = LLVMGetEnumAttributeKindForName("nobuiltin", 9);
+        LLVMAddCallSiteAttribute(c, LLVMAttributeFunctionIndex, LLVMCreateEnumAttribute(s->ctx, kind, 0));
+    }
+    return c;
+}
+
+/* mj_act_apply (src/ops.c) on one float, operation for operation; copied
+ * from jit/lower.c's emit_act (static there). */
+static LLVMValueRef act_scalar(sb *s, LLVMValueRef x) {
+    switch (s->act) {
+    case MJ_ACT_NONE: return x;
+    case MJ_ACT_RELU:
+        return LLVMBuildSelect(s->b, LLVMBuildFCmp(s->b, LLVMRealOLT, x, cf(s, 0.0f), ""), cf(s, 0.0f), x, "");
+    case MJ_ACT_GELU:
+        return fmul(s, fmul(s, cf(s, 0.5f), x),
+                    fadd(s, cf(s, 1.0f), call_libm(s, "erff", fmul(s, x, cf(s, 0.70710678118654752440f)))));
+    case MJ_ACT_GELU_TANH: {
+        LLVMValueRef cube = fmul(s, fmul(s, fmul(s, cf(s, 0.044715f), x), x), x);
+        LLVMValueRef inner = fmul(s, cf(s, 0.79788456080286535588f), fadd(s, x, cube));
+        return fmul(s, fmul(s, cf(s, 0.5f), x), fadd(s, cf(s, 1.0f), call_libm(s, "tanhf", inner)));
+    }
+    case MJ_ACT_SIGMOID:
+        return fdiv(s, cf(s, 1.0f),
+                    fadd(s, cf(s, 1.0f), call_libm(s, "expf", fpflags(s, LLVMBuildFNeg(s->b, x, "")))));
+    case MJ_ACT_TANH: return call_libm(s, "tanhf", x);
+    case MJ_ACT_COUNT: break;
+    }
+    MJ_ASSERT(!"unknown activation");
+}
+
+/* relu on a vector: the same compare and select per lane. The libm
+ * activations run afterwards, one element at a time (emit_act_pass). */
+static LLVMValueRef act_vector(sb *s, LLVMValueRef v) {
+    if (s->act != MJ_ACT_RELU) return v;
+    LLVMValueRef z = LLVMConstNull(s->vt);
+    return LLVMBuildSelect(s->b, LLVMBuildFCmp(s->b, LLVMRealOLT, v, z, ""), z, v, "");
+}
+
+static bool act_is_vector(mj_act a) { return a == MJ_ACT_NONE || a == MJ_ACT_RELU; }
+
+/* A vw x vw tile: row t of the source (vw floats at src + t*sstride) becomes
+ * column t of the destination (row t at dst + t*dstride). log2(vw) stages;
+ * stage h swaps the off-diagonal h x h blocks of every 2h x 2h block. */
+static LLVMValueRef tile_fn(sb *s, const char *name) {
+    char fname[256];
+    snprintf(fname, sizeof fname, "%s.tile", name);
+    LLVMTypeRef params[4] = {s->ptr, s->i64, s->ptr, s->i64};
+    LLVMValueRef fn = LLVMAddFunction(s->m, fname, LLVMFunctionType(LLVMVoidTypeInContext(s->ctx), params, 4, 0));
+    LLVMSetLinkage(fn, LLVMPrivateLinkage);
+    /* one copy, called per tile: inlining 10 copies of 64 shuffles only
+     * costs compile time */
+    const char *attrs[] = {"noinline", "nounwind"};
+    for (int i = 0; i < 2; i++)
+        LLVMAddAttributeAtIndex(fn, LLVMAttributeFunctionIndex,
+                                LLVMCreateEnumAttribute(s->ctx, LLVMGetEnumAttributeKindForName(attrs[i], strlen(attrs[i])), 0));
+    char width[16];
+    snprintf(width, sizeof width, "%d", s->vw * 32);
+    LLVMAddAttributeAtIndex(fn, LLVMAttributeFunctionIndex,
+                            LLVMCreateStringAttribute(s->ctx, "min-legal-vector-width", 22, width, (unsigned)strlen(width)));
+    LLVMBuilderRef saved = s->b;
+    s->b = LLVMCreateBuilderInContext(s->ctx);
+    LLVMPositionBuilderAtEnd(s->b, LLVMAppendBasicBlockInContext(s->ctx, fn, "entry"));
+    LLVMValueRef src = LLVMGetParam(fn, 0), ss = LLVMGetParam(fn, 1), dst = LLVMGetParam(fn, 2),
+                 ds = LLVMGetParam(fn, 3);
+    /* row t of the source (vw floats at src + t*ss) becomes column t of the
+     * destination (row t at dst + t*ds). log2(vw) stages; stage h swaps the
+     * off-diagonal h x h blocks of every 2h x 2h block. */
+    int n = s->vw;
+    LLVMValueRef r[16];
+    for (int t = 0; t < n; t++) r[t] = vld(s, src, mul(s, ci(s, t), ss), 4);
+    for (int h = 1; h < n; h *= 2) {
+        LLVMValueRef ma[16], mb[16];
+        for (int c = 0; c < n; c++) {
+            /* new[i][c]   = c&h ? r[i+h][c-h] : r[i][c]
+             * new[i+h][c] = c&h ? r[i+h][c]   : r[i][c+h] */
+            ma[c] = LLVMConstInt(s->i32, (unsigned long long)((c & h) ? n + c - h : c), 0);
+            mb[c] = LLVMConstInt(s->i32, (unsigned long long)((c & h) ? n + c : c + h), 0);
+        }
+        LLVMValueRef MA = LLVMConstVector(ma, (unsigned)n), MB = LLVMConstVector(mb, (unsigned)n);
+        for (int i = 0; i < n; i++) {
+            if (i & h) continue;
+            LLVMValueRef a = LLVMBuildShuffleVector(s->b, r[i], r[i + h], MA, "");
+            LLVMValueRef b = LLVMBuildShuffleVector(s->b, r[i], r[i + h], MB, "");
+            r[i] = a;
+            r[i + h] = b;
+        }
+    }
+    for (int t = 0; t < n; t++) vst(s, r[t], dst, mul(s, ci(s, t), ds), 4);
+    LLVMBuildRetVoid(s->b);
+    LLVMDisposeBuilder(s->b);
+    s->b = saved;
+    return fn;
+}
+
+static void tile_transpose(sb *s, LLVMValueRef src, LLVMValueRef sstride, LLVMValueRef dst, LLVMValueRef dstride) {
+    LLVMTypeRef params[4] = {s->ptr, s->i64, s->ptr, s->i64};
+    LLVMValueRef args[4] = {src, sstride, dst, dstride};
+    LLVMBuildCall2(s->b, LLVMFunctionType(LLVMVoidTypeInContext(s->ctx), params, 4, 0), s->tile, args, 4, "");
+}
+
+static LLVMValueRef const_array(sb *s, const char *name, const char *suffix, LLVMTypeRef elt, const void *data,
+                                int64_t n) {
+    char gname[256];
+    snprintf(gname, sizeof gname, "%s.%s", name, suffix);
+    (void)elt; /* every table holds 4-byte elements (float or int32) */
+    LLVMValueRef init = LLVMConstStringInContext2(s->ctx, n ? (const char *)data : "", (size_t)n * 4, 1);
+    LLVMValueRef gv = LLVMAddGlobal(s->m, LLVMTypeOf(init), gname);
+    LLVMSetInitializer(gv, init);
+    LLVMSetGlobalConstant(gv, 1);
+    LLVMSetLinkage(gv, LLVMPrivateLinkage);
+    LLVMSetUnnamedAddress(gv, LLVMGlobalUnnamedAddr);
+    LLVMSetAlignment(gv, 64);
+    return gv;
+}
+
+/* ---- the chunk ------------------------------------------------------------ */
+
+/* xT[kc][c] = x[i0 + c][colmap[kc]] for c < valid, 0 beyond. */
+static void emit_transpose_in(sb *s, int C, LLVMValueRef i0, LLVMValueRef valid, bool full) {
+    const plan *p = s->p;
+    LLVMValueRef in = ci(s, p->in), Cv = ci(s, C);
+    ifb f = {0};
+    if (p->identity) {
+        if (!full) f = if_begin(s, LLVMBuildICmp(s->b, LLVMIntEQ, valid, Cv, ""));
+        /* the whole chunk: vw x vw tiles, then the columns left over */
+        int64_t kfull = p->in / s->vw * s->vw;
+        loop lk = loop_begin(s, ci(s, 0), ci(s, kfull), s->vw);
+        for (int c0 = 0; c0 < C; c0 += s->vw) {
+            LLVMValueRef src = at(s, s->f32, s->x, add(s, mul(s, add(s, i0, ci(s, c0)), in), lk.iv));
+            LLVMValueRef dst = at(s, s->f32, s->xT, add(s, mul(s, lk.iv, Cv), ci(s, c0)));
+            tile_transpose(s, src, in, dst, Cv);
+        }
+        loop_end(s, &lk);
+        if (kfull < p->in) {
+            loop lr = loop_begin(s, ci(s, kfull), in, 1);
+            loop lc = loop_begin(s, ci(s, 0), Cv, 1);
+            LLVMValueRef v = ld(s, s->f32, s->x, add(s, mul(s, add(s, i0, lc.iv), in), lr.iv));
+            st(s, v, s->xT, add(s, mul(s, lr.iv, Cv), lc.iv));
+            loop_end(s, &lc);
+            loop_end(s, &lr);
+        }
+        if (full) return;
+        if_else(s, &f);
+    }
+    /* rows one by one (a partial chunk, or a gather of the used columns) */
+    LLVMValueRef nc = ci(s, p->ncols);
+    loop lc = loop_begin(s, ci(s, 0), valid, 1);
+    LLVMValueRef xrow = at(s, s->f32, s->x, mul(s, add(s, i0, lc.iv), in));
+    loop lk = loop_begin(s, ci(s, 0), nc, 1);
+    LLVMValueRef k = p->identity ? lk.iv : LLVMBuildSExt(s->b, ld(s, s->i32, s->g_colmap, lk.iv), s->i64, "");
+    st(s, ld(s, s->f32, xrow, k), s->xT, add(s, mul(s, lk.iv, Cv), lc.iv));
+    loop_end(s, &lk);
+    loop_end(s, &lc);
+    /* padding rows: zeros, so the lanes past the batch compute harmless values */
+    lc = loop_begin(s, valid, Cv, 1);
+    lk = loop_begin(s, ci(s, 0), nc, 1);
+    st(s, cf(s, 0.0f), s->xT, add(s, mul(s, lk.iv, Cv), lc.iv));
+    loop_end(s, &lk);
+    loop_end(s, &lc);
+    if (p->identity) if_end(s, &f);
+}
+
+/* y[i0 + c][j] = yT[j][c] for c < valid. */
+static void emit_transpose_out(sb *s, int C, LLVMValueRef i0, LLVMValueRef valid, bool full) {
+    const plan *p = s->p;
+    LLVMValueRef out = ci(s, p->out), Cv = ci(s, C);
+    ifb f = {0};
+    if (!full) f = if_begin(s, LLVMBuildICmp(s->b, LLVMIntEQ, valid, Cv, ""));
+    int64_t jfull = p->out / s->vw * s->vw;
+    loop lj = loop_begin(s, ci(s, 0), ci(s, jfull), s->vw);
+    for (int c0 = 0; c0 < C; c0 += s->vw) {
+        LLVMValueRef src = at(s, s->f32, s->yT, add(s, mul(s, lj.iv, Cv), ci(s, c0)));
+        LLVMValueRef dst = at(s, s->f32, s->y, add(s, mul(s, add(s, i0, ci(s, c0)), out), lj.iv));
+        tile_transpose(s, src, Cv, dst, out);
+    }
+    loop_end(s, &lj);
+    if (jfull < p->out) {
+        loop lr = loop_begin(s, ci(s, jfull), out, 1);
+        loop lc = loop_begin(s, ci(s, 0), Cv, 1);
+        LLVMValueRef v = ld(s, s->f32, s->yT, add(s, mul(s, lr.iv, Cv), lc.iv));
+        st(s, v, s->y, add(s, mul(s, add(s, i0, lc.iv), out), lr.iv));
+        loop_end(s, &lc);
+        loop_end(s, &lr);
+    }
+    if (full) return;
+    if_else(s, &f);
+    loop lc = loop_begin(s, ci(s, 0), valid, 1);
+    LLVMValueRef yrow = at(s, s->f32, s->y, mul(s, add(s, i0, lc.iv), out));
+    loop lr = loop_begin(s, ci(s, 0), out, 1);
+    st(s, ld(s, s->f32, s->yT, add(s, mul(s, lr.iv, Cv), lc.iv)), yrow, lr.iv);
+    loop_end(s, &lr);
+    loop_end(s, &lc);
+    if_end(s, &f);
+}
+
+/* acc[r][v] = acc[r][v] + xT[k][v*vw ..] * w  for one nonzero */
+static void emit_term(sb *s, int r, int nv, int C, LLVMValueRef kc, LLVMValueRef w) {
+    LLVMValueRef row = at(s, s->f32, s->xT, mul(s, kc, ci(s, C)));
+    LLVMValueRef wv = splat(s, w);
+    for (int v = 0; v < nv; v++) {
+        LLVMValueRef a = LLVMBuildLoad2(s->b, s->vt, s->acc[r][v], "");
+        LLVMValueRef xv = vld(s, row, ci(s, (int64_t)v * s->vw), (unsigned)s->vw * 4);
+        LLVMBuildStore(s->b, fadd(s, a, fmul(s, xv, wv)), s->acc[r][v]);
+    }
+}
+
+/* acc[r] <-> yT row j */
+static void emit_acc_move(sb *s, int r, int nv, int C, LLVMValueRef j, bool load) {
+    LLVMValueRef row = at(s, s->f32, s->yT, mul(s, j, ci(s, C)));
+    for (int v = 0; v < nv; v++) {
+        LLVMValueRef idx = ci(s, (int64_t)v * s->vw);
+        if (load) LLVMBuildStore(s->b, vld(s, row, idx, (unsigned)s->vw * 4), s->acc[r][v]);
+        else vst(s, LLVMBuildLoad2(s->b, s->vt, s->acc[r][v], ""), row, idx, (unsigned)s->vw * 4);
+    }
+}
+
+static LLVMValueRef meta(sb *s, LLVMValueRef base, int field) {
+    LLVMValueRef v = ld(s, s->i32, s->g_meta, add(s, base, ci(s, field)));
+    return LLVMBuildSExt(s->b, v, s->i64, "");
+}
+
+static LLVMValueRef kidx(sb *s, LLVMValueRef table, LLVMValueRef i) {
+    return LLVMBuildSExt(s->b, ld(s, s->i32, table, i), s->i64, "");
+}
+
+static void emit_chunk(sb *s, int C, LLVMValueRef i0, LLVMValueRef valid, bool full) {
+    const plan *p = s->p;
+    int nv = C / s->vw;
+    int64_t rows = 2 * (int64_t)p->n_groups; /* yT rows: out rounded up to even */
+    unsigned va = (unsigned)s->vw * 4;
+    emit_transpose_in(s, C, i0, valid, full);
+    /* yT = +0.0f: every accumulator starts there, as acc = 0.0f in eager */
+    loop lz = loop_begin(s, ci(s, 0), ci(s, rows * C), s->vw);
+    vst(s, LLVMConstNull(s->vt), s->yT, lz.iv, va);
+    loop_end(s, &lz);
+
+    loop lb = loop_begin(s, ci(s, 0), ci(s, p->n_kblocks), 1);
+    loop lg = loop_begin(s, ci(s, 0), ci(s, p->n_groups), 1);
+    LLVMValueRef mb = mul(s, add(s, mul(s, lb.iv, ci(s, p->n_groups)), lg.iv), ci(s, 6));
+    LLVMValueRef ps = meta(s, mb, 0), pe = meta(s, mb, 1), as = meta(s, mb, 2), ae = meta(s, mb, 3),
+                 bs = meta(s, mb, 4), be = meta(s, mb, 5);
+    /* nothing of these two rows in this block (dropped rows, sparse blocks): skip */
+    LLVMValueRef none = LLVMBuildAnd(
+        s->b, LLVMBuildICmp(s->b, LLVMIntEQ, ps, pe, ""),
+        LLVMBuildAnd(s->b, LLVMBuildICmp(s->b, LLVMIntEQ, as, ae, ""), LLVMBuildICmp(s->b, LLVMIntEQ, bs, be, ""), ""),
+        "");
+    ifb f = if_begin(s, none);
+    if_else(s, &f);
+    LLVMValueRef ja = mul(s, lg.iv, ci(s, 2)), jb = add(s, ja, ci(s, 1));
+    emit_acc_move(s, 0, nv, C, ja, true);
+    emit_acc_move(s, 1, nv, C, jb, true);
+    loop lp = loop_begin(s, ps, pe, 1);
+    LLVMValueRef i2 = mul(s, lp.iv, ci(s, 2)), i2b = add(s, i2, ci(s, 1));
+    emit_term(s, 0, nv, C, kidx(s, s->g_pidx, i2), ld(s, s->f32, s->g_pw, i2));
+    emit_term(s, 1, nv, C, kidx(s, s->g_pidx, i2b), ld(s, s->f32, s->g_pw, i2b));
+    loop_end(s, &lp);
+    loop lt = loop_begin(s, as, ae, 1);
+    emit_term(s, 0, nv, C, kidx(s, s->g_tidx, lt.iv), ld(s, s->f32, s->g_tw, lt.iv));
+    loop_end(s, &lt);
+    lt = loop_begin(s, bs, be, 1);
+    emit_term(s, 1, nv, C, kidx(s, s->g_tidx, lt.iv), ld(s, s->f32, s->g_tw, lt.iv));
+    loop_end(s, &lt);
+    emit_acc_move(s, 0, nv, C, ja, false);
+    emit_acc_move(s, 1, nv, C, jb, false);
+    if_end(s, &f);
+    loop_end(s, &lg);
+    loop_end(s, &lb);
+
+    /* + b[j], then the activation: relu in vectors, the libm ones one
+     * element at a time */
+    if (s->g_bias || s->act == MJ_ACT_RELU) {
+        loop lj = loop_begin(s, ci(s, 0), ci(s, p->out), 1);
+        LLVMValueRef row = at(s, s->f32, s->yT, mul(s, lj.iv, ci(s, C)));
+        LLVMValueRef bv = s->g_bias ? splat(s, ld(s, s->f32, s->g_bias, lj.iv)) : NULL;
+        for (int v = 0; v < nv; v++) {
+            LLVMValueRef idx = ci(s, (int64_t)v * s->vw);
+            LLVMValueRef a = vld(s, row, idx, va);
+            if (bv) a = fadd(s, a, bv);
+            vst(s, act_vector(s, a), row, idx, va);
+        }
+        loop_end(s, &lj);
+    }
+    if (!act_is_vector(s->act)) {
+        loop le = loop_begin(s, ci(s, 0), ci(s, p->out * C), 1);
+        st(s, act_scalar(s, ld(s, s->f32, s->yT, le.iv)), s->yT, le.iv);
+        loop_end(s, &le);
+    }
+    emit_transpose_out(s, C, i0, valid, full);
+}
+
+LLVMValueRef mj_sparse_emit_linear(LLVMModuleRef M, const char *name, const float *w, const float *b,
+                                   int64_t out, int64_t in, mj_act act, bool fast) {
+    if (!M || !name || !w || out <= 0 || in <= 0 || out > INT32_MAX || in > INT32_MAX ||
+        (unsigned)act >= MJ_ACT_COUNT)
+        return NULL;
+    plan p;
+    int vw = host_vector_width();
+    if (!plan_build(&p, w, out, in, vw)) return NULL;
+    sb s = {.m = M, .ctx = LLVMGetModuleContext(M), .vw = vw, .fast = fast, .act = act, .p = &p};
+    s.f32 = LLVMFloatTypeInContext(s.ctx);
+    s.i32 = LLVMInt32TypeInContext(s.ctx);
+    s.i64 = LLVMInt64TypeInContext(s.ctx);
+    s.ptr = LLVMPointerTypeInContext(s.ctx, 0);
+    s.vt = LLVMVectorType(s.f32, (unsigned)s.vw);
+    s.unary_ty = LLVMFunctionType(s.f32, &s.f32, 1, 0);
+    LLVMTypeRef params[4] = {s.ptr, s.ptr, s.i64, s.ptr};
+    s.fn = LLVMAddFunction(M, name, LLVMFunctionType(LLVMVoidTypeInContext(s.ctx), params, 4, 0));
+    unsigned noalias = LLVMGetEnumAttributeKindForName("noalias", 7);
+    LLVMAddAttributeAtIndex(s.fn, 2, LLVMCreateEnumAttribute(s.ctx, noalias, 0)); /* y */
+    LLVMAddAttributeAtIndex(s.fn, 4, LLVMCreateEnumAttribute(s.ctx, noalias, 0)); /* scratch */
+    unsigned nounwind = LLVMGetEnumAttributeKindForName("nounwind", 8);
+    LLVMAddAttributeAtIndex(s.fn, LLVMAttributeFunctionIndex, LLVMCreateEnumAttribute(s.ctx, nounwind, 0));
+    /* Keep our explicit vw-wide vectors whole even where the CPU's tuning
+     * prefers narrower ones for auto-vectorised code. */
+    char width[16];
+    snprintf(width, sizeof width, "%d", s.vw * 32);
+    LLVMAddAttributeAtIndex(s.fn, LLVMAttributeFunctionIndex,
+                            LLVMCreateStringAttribute(s.ctx, "min-legal-vector-width", 22, width,
+                                                      (unsigned)strlen(width)));
+
+    s.g_meta = const_array(&s, name, "meta", s.i32, p.meta, (int64_t)p.n_kblocks * p.n_groups * 6);
+    s.g_pidx = const_array(&s, name, "pidx", s.i32, p.pidx, p.n_pairs);
+    s.g_pw = const_array(&s, name, "pw", s.f32, p.pw, p.n_pairs);
+    s.g_tidx = const_array(&s, name, "tidx", s.i32, p.tidx, p.n_tail);
+    s.g_tw = const_array(&s, name, "tw", s.f32, p.tw, p.n_tail);
+    s.g_bias = b ? const_array(&s, name, "bias", s.f32, b, out) : NULL;
+    s.g_colmap = p.identity ? NULL : const_array(&s, name, "colmap", s.i32, p.colmap, p.ncols);
+
+    s.tile = tile_fn(&s, name);
+    s.b = LLVMCreateBuilderInContext(s.ctx);
+    LLVMPositionBuilderAtEnd(s.b, LLVMAppendBasicBlockInContext(s.ctx, s.fn, "entry"));
+    for (int r = 0; r < 2; r++)
+        for (int v = 0; v < 4; v++) s.acc[r][v] = LLVMBuildAlloca(s.b, s.vt, "acc");
+    s.x = LLVMGetParam(s.fn, 0);
+    s.y = LLVMGetParam(s.fn, 1);
+    s.batch = LLVMGetParam(s.fn, 2);
+    LLVMValueRef scratch = LLVMGetParam(s.fn, 3);
+    int C1 = 4 * s.vw;
+    MJ_ASSERT(C1 <= MAX_CHUNK);
+    s.xT = scratch;
+    s.yT = at(&s, s.f32, scratch, ci(&s, ((int64_t)p.ncols * C1 + 15) & ~INT64_C(15)));
+
+    /* whole chunks of 4 vectors, then one vector at a time (the last one
+     * partial) */
+    LLVMValueRef nfull = mul(&s, LLVMBuildSDiv(s.b, s.batch, ci(&s, C1), ""), ci(&s, C1));
+    loop l1 = loop_begin(&s, ci(&s, 0), nfull, C1);
+    emit_chunk(&s, C1, l1.iv, ci(&s, C1), true);
+    loop_end(&s, &l1);
+    loop l2 = loop_begin(&s, nfull, s.batch, s.vw);
+    LLVMValueRef left = LLVMBuildNSWSub(s.b, s.batch, l2.iv, "");
+    LLVMValueRef valid = LLVMBuildSelect(s.b, LLVMBuildICmp(s.b, LLVMIntSLT, left, ci(&s, s.vw), ""), left,
+                                         ci(&s, s.vw), "");
+    emit_chunk(&s, s.vw, l2.iv, valid, false);
+    loop_end(&s, &l2);
+    LLVMBuildRetVoid(s.b);
+    LLVMDisposeBuilder(s.b);
+    plan_free(&p);
+    return s.fn;
+}
