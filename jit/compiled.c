@@ -5,6 +5,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "cache.h"
 #include "jit_internal.h"
 
 typedef struct prologue prologue;
@@ -135,8 +136,10 @@ fail:
 }
 
 static bool stale(const mj_compiled *c, const prologue *pr) {
-    for (int32_t i = 0; i < c->n_params; i++)
-        if (mj_tensor_version(c->g->nodes[c->params[i]].tensor) != pr->versions[i]) return true;
+    for (int32_t i = 0; i < c->n_params; i++) /* mj_tensor_version, inline: this is every call */
+        if (atomic_load_explicit(&c->g->nodes[c->params[i]].tensor->version, memory_order_acquire) !=
+            pr->versions[i])
+            return true;
     return false;
 }
 
@@ -352,27 +355,57 @@ static mj_status check_graph(const mj_graph *g) {
     return MJ_OK;
 }
 
+/* Lower, optimise, emit an object file, link it, with the compile cache
+ * (jit/cache.c, docs/cache.md) in front: a hit skips IR, optimisation and
+ * codegen. Each compiled graph links into its own JITDylib, so the body
+ * keeps one fixed name and one cached object can be loaded any number of
+ * times in a process. */
 static mj_status build_and_add(mj_compiled *c, prologue *pr) {
-    char fname[64];
-    pthread_mutex_lock(&c->jit->mu);
-    uint64_t id = c->jit->next_id++;
-    pthread_mutex_unlock(&c->jit->mu);
-    snprintf(fname, sizeof fname, "mj_body_%llu", (unsigned long long)id);
+    const char *fname = "mj_body";
+    LLVMOrcJITDylibRef jd;
+    MJ_TRY(mj_cache_dylib(c->jit, &jd));
+    char key[65];
+    char *dir = mj_cache_dir(&c->opts);
+    mj_cache_target tg = {.cpu = c->jit->cpu, .features = c->jit->features};
+    if (dir && mj_cache_key(c->g, &c->opts, &tg, key) != MJ_OK) {
+        free(dir); /* no key, no cache: compile as usual */
+        dir = NULL;
+    }
+    uint64_t addr = 0;
+    mj_status s;
+    LLVMMemoryBufferRef obj = NULL;
+    if (dir) {
+        double t0 = mj_now_seconds();
+        if (mj_cache_load(dir, key, &obj)) {
+            s = mj_cache_link(c->jit, jd, obj, fname, &c->rt, &addr);
+            if (s == MJ_OK) {
+                c->stats.cache_hit = true;
+                c->stats.codegen_ms = (mj_now_seconds() - t0) * 1e3;
+                goto done;
+            }
+            /* corrupt or truncated: drop it and compile; the store repairs it */
+            mj_cache_remove(dir, key);
+            snprintf(c->stats.warning, sizeof c->stats.warning, "cache: dropped a bad entry %.16s...: %s", key,
+                     mj_last_error());
+        }
+    }
 
     int64_t *numel = NULL;
     mj_lower_options lo = {.numeric = c->opts.numeric, .fname = fname};
     if (c->opts.frozen) {
         numel = mj_alloc_array((size_t)c->plan.n_leaves + 1, sizeof *numel);
-        if (!numel) return MJ_ERR_NOMEM;
+        if (!numel) {
+            s = MJ_ERR_NOMEM;
+            goto done;
+        }
         for (int32_t i = 0; i < c->plan.n_leaves; i++) {
             /* prologue values have no batch dim: input-free */
             const mj_type *t = &c->g->nodes[c->plan.leaves[i].node].type;
             int64_t shape[MJ_MAX_RANK];
             mj_type_shape(t, 1, shape);
-            mj_status s = mj_shape_numel(t->rank, shape, &numel[i]);
-            if (s != MJ_OK) {
+            if ((s = mj_shape_numel(t->rank, shape, &numel[i])) != MJ_OK) {
                 free(numel);
-                return s;
+                goto done;
             }
         }
         lo.baked = pr->leaf_data;
@@ -383,15 +416,32 @@ static mj_status build_and_add(mj_compiled *c, prologue *pr) {
     LLVMOrcThreadSafeContextRef tsc = LLVMOrcCreateNewThreadSafeContext();
     LLVMContextRef ctx = LLVMOrcThreadSafeContextGetContext(tsc);
     LLVMModuleRef m = LLVMModuleCreateWithNameInContext("maskjit", ctx);
-    mj_status s = mj_lower_body(ctx, m, &c->plan, &lo);
+    s = mj_lower_body(ctx, m, &c->plan, &lo);
     free(numel);
     c->stats.ir_ms = (mj_now_seconds() - t0) * 1e3;
     if (s != MJ_OK) {
         LLVMDisposeModule(m);
         LLVMOrcDisposeThreadSafeContext(tsc);
-        return s;
+        goto done;
     }
-    return mj_jit_add_module(c->jit, tsc, m, fname, &c->rt, &c->fn, &c->bitcode, &c->bitcode_size, &c->stats);
+    /* takes tsc and m */
+    if ((s = mj_cache_codegen(c->jit, tsc, m, &obj, &c->bitcode, &c->bitcode_size, &c->stats)) != MJ_OK) goto done;
+    if (dir) {
+        if (mj_cache_store(dir, key, LLVMGetBufferStart(obj), LLVMGetBufferSize(obj)) != MJ_OK)
+            /* not fatal: the code is compiled, only the cache missed out */
+            snprintf(c->stats.warning, sizeof c->stats.warning, "%s", mj_last_error());
+    }
+    t0 = mj_now_seconds();
+    s = mj_cache_link(c->jit, jd, obj, fname, &c->rt, &addr); /* takes obj */
+    c->stats.codegen_ms += (mj_now_seconds() - t0) * 1e3;
+done:
+    free(dir);
+    if (s == MJ_OK) {
+        /* ORC hands back an address; converting it to a function pointer is
+         * the documented way to call JIT'd code. */
+        c->fn = (mj_body_fn)(uintptr_t)addr;
+    }
+    return s;
 }
 
 mj_status mj_jit_compile(mj_jit *jit, const mj_graph *g, const mj_compile_options *o,
@@ -413,7 +463,7 @@ mj_status mj_jit_compile(mj_jit *jit, const mj_graph *g, const mj_compile_option
     if (!c) return MJ_ERR_NOMEM;
     c->jit = jit;
     c->opts = opts;
-    c->opts.cache_dir = NULL; /* not ours to keep */
+    c->opts.cache_dir = opts.cache_dir; /* borrowed while compiling (build_and_add); cleared below */
     if (pthread_mutex_init(&c->refresh_mu, NULL) != 0) {
         free(c);
         return mj_fail(MJ_ERR_NOMEM, "jit: cannot create a lock");
@@ -462,6 +512,7 @@ mj_status mj_jit_compile(mj_jit *jit, const mj_graph *g, const mj_compile_option
         if ((s = build_and_add(c, NULL)) != MJ_OK) goto fail;
     }
     if ((s = runtime_init(c)) != MJ_OK) goto fail;
+    c->opts.cache_dir = NULL; /* the caller's string: not ours to keep */
     *out = c;
     return MJ_OK;
 fail:

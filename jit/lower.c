@@ -45,6 +45,9 @@ static bool use_sparse(const mj_graph *g, const bool *input_free, const mj_node 
     if (!frozen || (n->op != MJ_OP_LINEAR && n->op != MJ_OP_LINEAR_ACT) || input_free[n - g->nodes]) return false;
     const mj_node *w = &g->nodes[n->operands[1]];
     if (w->op != MJ_OP_CONST || !w->tensor || w->type.rank != 2) return false;
+    /* small layers: the fused straight-line kernels are faster than any
+     * sparse bookkeeping (transposes, index tables) */
+    if (w->type.dims[0] <= 64 && w->type.dims[1] <= 64) return false;
     if (n->n_operands == 3 && (g->nodes[n->operands[2]].op != MJ_OP_CONST || !g->nodes[n->operands[2]].tensor))
         return false;
     return mj_sparse_profitable(w->tensor->data, w->type.dims[0], w->type.dims[1]);
@@ -742,7 +745,7 @@ static void emit_gemm(lw *w, LLVMValueRef y, LLVMValueRef x, LLVMValueRef Wp, LL
 
 #define SMALL_MAX_K 64
 #define SMALL_MAX_N 64
-#define SMALL_ROWS 2
+#define SMALL_ROWS 3
 
 static bool small_linear(const mj_body_plan *p, int32_t id) {
     const mj_node *n = &p->g->nodes[id];
@@ -753,10 +756,10 @@ static bool small_linear(const mj_body_plan *p, int32_t id) {
     return K >= 1 && N >= 1 && K <= SMALL_MAX_K && N <= SMALL_MAX_N && N <= (int64_t)MK_MAX_VECS * p->vw;
 }
 
-/* One layer for `rows` rows: in[r][k] from memory (xrow) or from the vectors
- * of the previous layer; returns the output vectors in out[r][v]. */
+/* One layer for `rows` rows reading x[r][k] from the rows xrow[r]; the
+ * output vectors (bias and activation applied) in out[r][v]. */
 static void small_layer(lw *w, int32_t id, int rows, LLVMValueRef const *xrow,
-                        LLVMValueRef in[SMALL_ROWS][MK_MAX_VECS], LLVMValueRef out[SMALL_ROWS][MK_MAX_VECS]) {
+                        LLVMValueRef out[SMALL_ROWS][MK_MAX_VECS]) {
     const mj_graph *g = w->p->g;
     const mj_node *n = &g->nodes[id];
     const mj_type *wt = &g->nodes[n->operands[1]].type;
@@ -779,9 +782,7 @@ static void small_layer(lw *w, int32_t id, int rows, LLVMValueRef const *xrow,
         LLVMValueRef wv[MK_MAX_VECS];
         for (int v = 0; v < nv; v++) wv[v] = vload(w, at(w, Wp, ci(w, woff[v] + k * wstride[v])), lanes[v]);
         for (int r = 0; r < rows; r++) {
-            LLVMValueRef s = xrow ? load(w, xrow[r], ci(w, k))
-                                  : LLVMBuildExtractElement(w->b, in[r][k / vw], ci(w, k % vw), "");
-            LLVMValueRef xb = vsplat(w, s);
+            LLVMValueRef xb = vsplat(w, load(w, xrow[r], ci(w, k)));
             for (int v = 0; v < nv; v++) out[r][v] = vmuladd(w, out[r][v], xb, wv[v]);
         }
     }
@@ -794,6 +795,11 @@ static void small_layer(lw *w, int32_t id, int rows, LLVMValueRef const *xrow,
     }
 }
 
+/* Rows in groups of SMALL_ROWS, all of them in flight together (the exact
+ * sums are latency-bound chains; independent rows hide each other's
+ * latency). The last group clamps its row indices to M-1: the extra rows
+ * recompute and rewrite the last row with the same values, so one body of
+ * code serves every batch. */
 static void emit_small_chain(lw *w, const int32_t *ids, int n_ids) {
     const mj_graph *g = w->p->g;
     const mj_node *first = &g->nodes[ids[0]], *lastn = &g->nodes[ids[n_ids - 1]];
@@ -803,27 +809,35 @@ static void emit_small_chain(lw *w, const int32_t *ids, int n_ids) {
     LLVMValueRef M = dims_product(w, xt, 0, xt->rank - 1);
     LLVMValueRef x = w->buf[first->operands[0]], y = w->buf[ids[n_ids - 1]];
     int vw = w->p->vw, nvl = (int)((NL + vw - 1) / vw);
-    LLVMValueRef groups = LLVMBuildSDiv(w->b, M, ci(w, SMALL_ROWS), "");
-    for (int pass = 0; pass < 2; pass++) {
-        int rows = pass == 0 ? SMALL_ROWS : 1;
-        LLVMValueRef start = pass == 0 ? ci(w, 0) : mul(w, groups, ci(w, SMALL_ROWS));
-        loop l = loop_begin(w, pass == 0 ? groups : LLVMBuildSub(w->b, M, start, ""));
-        LLVMValueRef i0 = add(w, start, pass == 0 ? mul(w, l.iv, ci(w, SMALL_ROWS)) : l.iv);
-        LLVMValueRef xrow[SMALL_ROWS];
-        for (int r = 0; r < rows; r++) xrow[r] = at(w, x, mul(w, add(w, i0, ci(w, r)), ci(w, K0)));
-        LLVMValueRef a[SMALL_ROWS][MK_MAX_VECS] = {{0}}, b[SMALL_ROWS][MK_MAX_VECS] = {{0}};
-        for (int t = 0; t < n_ids; t++) {
-            small_layer(w, ids[t], rows, t == 0 ? xrow : NULL, a, b);
-            memcpy(a, b, sizeof a);
-        }
-        for (int r = 0; r < rows; r++) {
-            LLVMValueRef yrow = at(w, y, mul(w, add(w, i0, ci(w, r)), ci(w, NL)));
-            for (int v = 0; v < nvl; v++)
-                vstore(w, a[r][v], at(w, yrow, ci(w, (int64_t)v * vw)),
-                       (int)(NL - (int64_t)v * vw < vw ? NL - (int64_t)v * vw : vw));
-        }
-        loop_end(w, &l);
+    LLVMValueRef groups = LLVMBuildSDiv(w->b, add(w, M, ci(w, SMALL_ROWS - 1)), ci(w, SMALL_ROWS), "");
+    LLVMValueRef maxrow = LLVMBuildSub(w->b, M, ci(w, 1), "");
+    loop l = loop_begin(w, groups);
+    LLVMValueRef i0 = mul(w, l.iv, ci(w, SMALL_ROWS));
+    LLVMValueRef row[SMALL_ROWS], xrow[SMALL_ROWS];
+    for (int r = 0; r < SMALL_ROWS; r++) {
+        LLVMValueRef i = add(w, i0, ci(w, r));
+        row[r] = LLVMBuildSelect(w->b, LLVMBuildICmp(w->b, LLVMIntSLT, i, M, ""), i, maxrow, "");
+        xrow[r] = at(w, x, mul(w, row[r], ci(w, K0)));
     }
+    LLVMValueRef a[SMALL_ROWS][MK_MAX_VECS] = {{0}};
+    for (int t = 0; t < n_ids; t++) {
+        small_layer(w, ids[t], SMALL_ROWS, xrow, a);
+        /* Each layer's rows go to its slice (the last one's is y) and the
+         * next layer broadcasts from there: broadcast loads run on the load
+         * ports, register shuffles would compete with the multiplies. */
+        const mj_node *n = &g->nodes[ids[t]];
+        int64_t N = g->nodes[n->operands[1]].type.dims[0];
+        int nv = (int)((N + vw - 1) / vw);
+        for (int r = 0; r < SMALL_ROWS; r++) {
+            LLVMValueRef orow = at(w, t == n_ids - 1 ? y : w->buf[ids[t]], mul(w, row[r], ci(w, N)));
+            for (int v = 0; v < nv; v++)
+                vstore(w, a[r][v], at(w, orow, ci(w, (int64_t)v * vw)),
+                       (int)(N - (int64_t)v * vw < vw ? N - (int64_t)v * vw : vw));
+            xrow[r] = orow;
+        }
+    }
+    (void)nvl;
+    loop_end(w, &l);
 }
 
 /* Pointer to leaf i: a baked constant (frozen) or leaves[i] (live). */
