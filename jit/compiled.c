@@ -361,9 +361,7 @@ static mj_status check_graph(const mj_graph *g) {
  * keeps one fixed name and one cached object can be loaded any number of
  * times in a process. */
 static mj_status build_and_add(mj_compiled *c, prologue *pr) {
-    const char *fname = "mj_body";
-    LLVMOrcJITDylibRef jd;
-    MJ_TRY(mj_cache_dylib(c->jit, &jd));
+    const char *fname = "mj_body_main";
     char key[65];
     char *dir = mj_cache_dir(&c->opts);
     mj_cache_target tg = {.cpu = c->jit->cpu, .features = c->jit->features};
@@ -377,9 +375,11 @@ static mj_status build_and_add(mj_compiled *c, prologue *pr) {
     if (dir) {
         double t0 = mj_now_seconds();
         if (mj_cache_load(dir, key, &obj)) {
-            s = mj_cache_link(c->jit, jd, obj, fname, &c->rt, &addr);
+            s = mj_cache_link(c->jit, obj, fname, &c->rt, &addr);
             if (s == MJ_OK) {
                 c->stats.cache_hit = true;
+                /* for dumps; without it the code still runs */
+                mj_cache_load_bitcode(dir, key, &c->bitcode, &c->bitcode_size);
                 c->stats.codegen_ms = (mj_now_seconds() - t0) * 1e3;
                 goto done;
             }
@@ -427,12 +427,13 @@ static mj_status build_and_add(mj_compiled *c, prologue *pr) {
     /* takes tsc and m */
     if ((s = mj_cache_codegen(c->jit, tsc, m, &obj, &c->bitcode, &c->bitcode_size, &c->stats)) != MJ_OK) goto done;
     if (dir) {
-        if (mj_cache_store(dir, key, LLVMGetBufferStart(obj), LLVMGetBufferSize(obj)) != MJ_OK)
+        if (mj_cache_store_bitcode(dir, key, c->bitcode, c->bitcode_size) != MJ_OK ||
+            mj_cache_store(dir, key, LLVMGetBufferStart(obj), LLVMGetBufferSize(obj)) != MJ_OK)
             /* not fatal: the code is compiled, only the cache missed out */
             snprintf(c->stats.warning, sizeof c->stats.warning, "%s", mj_last_error());
     }
     t0 = mj_now_seconds();
-    s = mj_cache_link(c->jit, jd, obj, fname, &c->rt, &addr); /* takes obj */
+    s = mj_cache_link(c->jit, obj, fname, &c->rt, &addr); /* takes obj */
     c->stats.codegen_ms += (mj_now_seconds() - t0) * 1e3;
 done:
     free(dir);

@@ -44,6 +44,9 @@ typedef struct mj_compile_stats {
     double optimize_ms; /* default<O3>                      */
     double codegen_ms;  /* ORC: machine code + linking      */
     bool cache_hit;
+    /* Non-fatal trouble, e.g. "cache: cannot create a file in DIR: ..."
+     * (the compile succeeded); empty when none. */
+    char warning[160];
 } mj_compile_stats;
 
 typedef struct mj_jit mj_jit;
