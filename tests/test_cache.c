@@ -1,0 +1,424 @@
+/* jit/cache.c: SHA-256 against FIPS 180-2 vectors, the key's inputs, entry
+ * round trips, and the cache through mj_jit_compile (hits bit-identical to
+ * the interpreter, corrupt entries repaired, off switches, racing
+ * processes, an unwritable directory). */
+#include <criterion/criterion.h>
+#include <dirent.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "jit/cache.h"
+#include "maskjit.h"
+
+static void hex_of(const char *msg, size_t n, char hex[65]) {
+    mj_sha256 s;
+    uint8_t d[32];
+    mj_sha256_init(&s);
+    mj_sha256_update(&s, msg, n);
+    mj_sha256_final(&s, d);
+    mj_sha256_hex(d, hex);
+}
+
+Test(cache, sha256_fips_180_2_vectors) {
+    char hex[65];
+    hex_of("abc", 3, hex);
+    cr_assert_str_eq(hex, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    const char *m448 = "abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq";
+    hex_of(m448, strlen(m448), hex);
+    cr_assert_str_eq(hex, "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1");
+    hex_of("", 0, hex);
+    cr_assert_str_eq(hex, "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+    /* FIPS 180-2 appendix B.3: one million 'a', fed in uneven pieces */
+    mj_sha256 s;
+    uint8_t d[32];
+    char a[997];
+    memset(a, 'a', sizeof a);
+    mj_sha256_init(&s);
+    size_t left = 1000000;
+    for (size_t i = 1; left > 0; i = i % 997 + 1) {
+        size_t n = i < left ? i : left;
+        mj_sha256_update(&s, a, n);
+        left -= n;
+    }
+    mj_sha256_final(&s, d);
+    mj_sha256_hex(d, hex);
+    cr_assert_str_eq(hex, "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0");
+}
+
+/* ---- graphs ----------------------------------------------------------------- */
+
+/* input [B,8] -> linear_act(w [8,8] const, b [8] const) {act} */
+static mj_graph *small_graph(const char *act, float w0) {
+    char text[4096];
+    int n = snprintf(text, sizeof text,
+                     "maskjit-ir 1\n%%0 = input \"x\" : f32[B,8]\n%%1 = const \"w\" : f32[8,8] = [");
+    for (int i = 0; i < 64; i++)
+        n += snprintf(text + n, sizeof text - (size_t)n, "%s%a", i ? ", " : "",
+                      i == 0 ? (double)w0 : (double)((float)((i * 37) % 17 - 8) / 8.0f));
+    n += snprintf(text + n, sizeof text - (size_t)n, "]\n%%2 = const \"b\" : f32[8] = [");
+    for (int i = 0; i < 8; i++) n += snprintf(text + n, sizeof text - (size_t)n, "%s%a", i ? ", " : "", (double)i / 4);
+    snprintf(text + n, sizeof text - (size_t)n, "]\n%%3 = linear_act %%0, %%1, %%2 {act=%s} : f32[B,8]\nreturn %%3\n",
+             act);
+    mj_graph *g;
+    cr_assert_eq(mj_graph_parse(text, &g), MJ_OK, "%s", mj_last_error());
+    return g;
+}
+
+static void key_of(const mj_graph *g, mj_numeric_mode mode, bool frozen, const char *cpu, char hex[65]) {
+    mj_compile_options o;
+    mj_compile_options_init(&o);
+    o.numeric = mode;
+    o.frozen = frozen;
+    mj_cache_target t = {.cpu = cpu, .features = "+avx2,+fma"};
+    cr_assert_eq(mj_cache_key(g, &o, &t, hex), MJ_OK, "%s", mj_last_error());
+    cr_assert_eq(strlen(hex), 64);
+}
+
+Test(cache, key_changes_with_each_component) {
+    mj_graph *g = small_graph("relu", 0.5f), *same = small_graph("relu", 0.5f);
+    mj_graph *other_ir = small_graph("tanh", 0.5f), *other_w = small_graph("relu", 0.25f);
+    char k[65], k2[65];
+    key_of(g, MJ_NUMERIC_EXACT, false, "znver5", k);
+    key_of(same, MJ_NUMERIC_EXACT, false, "znver5", k2);
+    cr_assert_str_eq(k, k2, "the same inputs give the same key");
+    key_of(other_ir, MJ_NUMERIC_EXACT, false, "znver5", k2);
+    cr_assert_str_neq(k, k2, "IR");
+    key_of(other_w, MJ_NUMERIC_EXACT, false, "znver5", k2);
+    cr_assert_str_neq(k, k2, "one weight");
+    key_of(g, MJ_NUMERIC_FAST, false, "znver5", k2);
+    cr_assert_str_neq(k, k2, "numeric mode");
+    key_of(g, MJ_NUMERIC_EXACT, true, "znver5", k2);
+    cr_assert_str_neq(k, k2, "frozen");
+    key_of(g, MJ_NUMERIC_EXACT, false, "haswell", k2);
+    cr_assert_str_neq(k, k2, "CPU");
+    mj_graph_free(g);
+    mj_graph_free(same);
+    mj_graph_free(other_ir);
+    mj_graph_free(other_w);
+}
+
+/* a fresh empty directory */
+static char *temp_dir(void) {
+    char *d = strdup("/tmp/maskjit-cache-test-XXXXXX");
+    cr_assert(mkdtemp(d));
+    return d;
+}
+
+static void rm_rf(const char *dir) {
+    DIR *d = opendir(dir);
+    if (d) {
+        struct dirent *e;
+        while ((e = readdir(d))) {
+            if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+            char p[512];
+            snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+            struct stat st;
+            if (lstat(p, &st) == 0 && S_ISDIR(st.st_mode)) rm_rf(p);
+            else unlink(p);
+        }
+        closedir(d);
+    }
+    rmdir(dir);
+}
+
+static int count_entries(const char *dir, const char *ext) {
+    DIR *d = opendir(dir);
+    if (!d) return 0;
+    int n = 0;
+    struct dirent *e;
+    size_t el = strlen(ext);
+    while ((e = readdir(d))) {
+        size_t l = strlen(e->d_name);
+        if (l > el && !strcmp(e->d_name + l - el, ext)) n++;
+    }
+    closedir(d);
+    return n;
+}
+
+Test(cache, store_and_load_round_trip) {
+    char *dir = temp_dir();
+    char sub[512];
+    snprintf(sub, sizeof sub, "%s/a/b", dir); /* created on demand */
+    const char *hex = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+    char data[3000];
+    for (size_t i = 0; i < sizeof data; i++) data[i] = (char)(i * 7);
+    LLVMMemoryBufferRef buf;
+    cr_assert(!mj_cache_load(sub, hex, &buf), "empty cache: a miss");
+    cr_assert_eq(mj_cache_store(sub, hex, data, sizeof data), MJ_OK, "%s", mj_last_error());
+    cr_assert(mj_cache_load(sub, hex, &buf));
+    cr_assert_eq(LLVMGetBufferSize(buf), sizeof data);
+    cr_assert(memcmp(LLVMGetBufferStart(buf), data, sizeof data) == 0);
+    LLVMDisposeMemoryBuffer(buf);
+    cr_assert_eq(count_entries(sub, ".o"), 1);
+    cr_assert_eq(count_entries(sub, ""), 3, "no temp files left (., .., the entry)");
+    mj_cache_remove(sub, hex);
+    cr_assert(!mj_cache_load(sub, hex, &buf));
+    rm_rf(dir);
+    free(dir);
+}
+
+Test(cache, directory_choice_and_off_switches) {
+    mj_compile_options o;
+    mj_compile_options_init(&o);
+    setenv("MASKJIT_CACHE_DIR", "/tmp/from-env", 1);
+    unsetenv("MASKJIT_CACHE");
+    char *d = mj_cache_dir(&o);
+    cr_assert_str_eq(d, "/tmp/from-env");
+    free(d);
+    o.cache_dir = "/tmp/from-options";
+    d = mj_cache_dir(&o);
+    cr_assert_str_eq(d, "/tmp/from-options");
+    free(d);
+    o.cache_dir = NULL;
+    unsetenv("MASKJIT_CACHE_DIR");
+    setenv("XDG_CACHE_HOME", "/tmp/xdg", 1);
+    d = mj_cache_dir(&o);
+    cr_assert_str_eq(d, "/tmp/xdg/maskjit");
+    free(d);
+    unsetenv("XDG_CACHE_HOME");
+    setenv("HOME", "/tmp/home", 1);
+    d = mj_cache_dir(&o);
+    cr_assert_str_eq(d, "/tmp/home/.cache/maskjit");
+    free(d);
+    setenv("MASKJIT_CACHE", "0", 1);
+    cr_assert_null(mj_cache_dir(&o));
+    unsetenv("MASKJIT_CACHE");
+    o.use_cache = false;
+    cr_assert_null(mj_cache_dir(&o));
+}
+
+/* ---- through mj_jit_compile ----------------------------------------------------- */
+
+static mj_tensor *input(int64_t batch) {
+    mj_rng rng;
+    mj_rng_seed(&rng, 42);
+    int64_t shape[2] = {batch, 8};
+    mj_tensor *x;
+    cr_assert_eq(mj_tensor_randn(&x, 2, shape, &rng), MJ_OK);
+    return x;
+}
+
+/* compiles g with the cache in dir, runs it, checks the output against the
+ * interpreter bit for bit; returns the stats */
+static mj_compile_stats compile_run(mj_jit *jit, mj_graph *g, const char *dir, bool use, bool frozen,
+                                    mj_tensor **y_out) {
+    mj_compile_options o;
+    mj_compile_options_init(&o);
+    o.cache_dir = dir;
+    o.use_cache = use;
+    o.frozen = frozen;
+    mj_compiled *c;
+    cr_assert_eq(mj_jit_compile(jit, g, &o, &c), MJ_OK, "%s", mj_last_error());
+    mj_tensor *x = input(5), *y, *want;
+    cr_assert_eq(mj_compiled_run(c, x, &y), MJ_OK, "%s", mj_last_error());
+    cr_assert_eq(mj_graph_run(g, x, &want), MJ_OK, "%s", mj_last_error());
+    cr_assert(mj_tensor_equal(y, want), "compiled output differs from the interpreter");
+    mj_compile_stats st = *mj_compiled_stats(c);
+    mj_compiled_free(c);
+    mj_tensor_release(x);
+    mj_tensor_release(want);
+    if (y_out) *y_out = y;
+    else mj_tensor_release(y);
+    return st;
+}
+
+Test(cache, hit_is_bit_identical_and_skips_the_compile) {
+    char *dir = temp_dir();
+    mj_jit *jit;
+    cr_assert_eq(mj_jit_new(&jit), MJ_OK);
+    for (int frozen = 0; frozen < 2; frozen++) {
+        mj_graph *g = small_graph("gelu", 0.75f);
+        mj_tensor *y1, *y2, *y3;
+        mj_compile_stats a = compile_run(jit, g, dir, true, frozen, &y1);
+        cr_assert(!a.cache_hit);
+        cr_assert_eq(a.warning[0], '\0', "%s", a.warning);
+        mj_compile_stats b = compile_run(jit, g, dir, true, frozen, &y2);
+        cr_assert(b.cache_hit, "the second compile hits");
+        cr_assert_eq(b.ir_ms, 0.0);
+        cr_assert_eq(b.optimize_ms, 0.0);
+        cr_assert(mj_tensor_equal(y1, y2));
+        /* the same object twice in one process, both alive */
+        mj_compile_options o;
+        mj_compile_options_init(&o);
+        o.cache_dir = dir;
+        o.frozen = frozen;
+        mj_compiled *c1, *c2;
+        cr_assert_eq(mj_jit_compile(jit, g, &o, &c1), MJ_OK, "%s", mj_last_error());
+        cr_assert_eq(mj_jit_compile(jit, g, &o, &c2), MJ_OK, "%s", mj_last_error());
+        cr_assert(mj_compiled_stats(c1)->cache_hit && mj_compiled_stats(c2)->cache_hit);
+        mj_tensor *x = input(3);
+        cr_assert_eq(mj_compiled_run(c1, x, &y3), MJ_OK);
+        mj_tensor *y4;
+        cr_assert_eq(mj_compiled_run(c2, x, &y4), MJ_OK);
+        cr_assert(mj_tensor_equal(y3, y4));
+        /* dumps work from a hit too (the bitcode is kept next to the object) */
+        char *buf = NULL;
+        size_t len = 0;
+        FILE *f = open_memstream(&buf, &len);
+        cr_assert_eq(mj_compiled_dump(c2, "ir", f), MJ_OK, "%s", mj_last_error());
+        fclose(f);
+        cr_assert(strstr(buf, "define"), "%.200s", buf);
+        free(buf);
+        mj_compiled_free(c1);
+        mj_compiled_free(c2);
+        mj_tensor_release(x);
+        mj_tensor_release(y1);
+        mj_tensor_release(y2);
+        mj_tensor_release(y3);
+        mj_tensor_release(y4);
+        mj_graph_free(g);
+    }
+    cr_assert_eq(count_entries(dir, ".o"), 2, "live and frozen: two entries");
+    mj_jit_free(jit);
+    rm_rf(dir);
+    free(dir);
+}
+
+static char *only_entry(const char *dir) {
+    DIR *d = opendir(dir);
+    cr_assert(d);
+    struct dirent *e;
+    char *p = NULL;
+    while ((e = readdir(d))) {
+        size_t l = strlen(e->d_name);
+        if (l > 2 && !strcmp(e->d_name + l - 2, ".o")) {
+            p = malloc(strlen(dir) + l + 2);
+            sprintf(p, "%s/%s", dir, e->d_name);
+        }
+    }
+    closedir(d);
+    cr_assert(p);
+    return p;
+}
+
+Test(cache, corrupt_entry_falls_back_and_repairs) {
+    char *dir = temp_dir();
+    mj_jit *jit;
+    cr_assert_eq(mj_jit_new(&jit), MJ_OK);
+    mj_graph *g = small_graph("sigmoid", 1.5f);
+    compile_run(jit, g, dir, true, true, NULL);
+    char *path = only_entry(dir);
+    struct stat st;
+    cr_assert_eq(stat(path, &st), 0);
+    off_t full = st.st_size;
+    cr_assert_eq(truncate(path, full / 3), 0);
+    mj_compile_stats s = compile_run(jit, g, dir, true, true, NULL);
+    cr_assert(!s.cache_hit, "a truncated entry is no hit");
+    cr_assert(strstr(s.warning, "bad entry"), "%s", s.warning);
+    cr_assert_eq(stat(path, &st), 0);
+    cr_assert_eq(st.st_size, full, "repaired");
+    /* garbage of the right size */
+    FILE *f = fopen(path, "r+b");
+    for (off_t i = 0; i < full; i++) fputc((int)(i * 131 % 251), f);
+    fclose(f);
+    s = compile_run(jit, g, dir, true, true, NULL);
+    cr_assert(!s.cache_hit);
+    s = compile_run(jit, g, dir, true, true, NULL);
+    cr_assert(s.cache_hit, "hits again after the repair");
+    free(path);
+    mj_graph_free(g);
+    mj_jit_free(jit);
+    rm_rf(dir);
+    free(dir);
+}
+
+Test(cache, off_switch_writes_nothing) {
+    char *dir = temp_dir();
+    mj_jit *jit;
+    cr_assert_eq(mj_jit_new(&jit), MJ_OK);
+    mj_graph *g = small_graph("relu", 2.0f);
+    mj_compile_stats s = compile_run(jit, g, dir, false, false, NULL);
+    cr_assert(!s.cache_hit);
+    cr_assert_eq(count_entries(dir, ".o"), 0);
+    setenv("MASKJIT_CACHE", "0", 1);
+    compile_run(jit, g, dir, true, false, NULL);
+    compile_run(jit, g, dir, true, false, NULL);
+    cr_assert_eq(count_entries(dir, ".o"), 0);
+    unsetenv("MASKJIT_CACHE");
+    compile_run(jit, g, dir, true, false, NULL);
+    cr_assert_eq(count_entries(dir, ".o"), 1);
+    mj_graph_free(g);
+    mj_jit_free(jit);
+    rm_rf(dir);
+    free(dir);
+}
+
+Test(cache, unwritable_directory_compiles_anyway) {
+    char *dir = temp_dir();
+    char file[512], under[600];
+    snprintf(file, sizeof file, "%s/a-file", dir);
+    FILE *f = fopen(file, "w");
+    fclose(f);
+    snprintf(under, sizeof under, "%s/sub", file); /* a directory can't live under a file, even for root */
+    mj_jit *jit;
+    cr_assert_eq(mj_jit_new(&jit), MJ_OK);
+    mj_graph *g = small_graph("tanh", 2.0f);
+    mj_compile_stats s = compile_run(jit, g, under, true, true, NULL);
+    cr_assert(!s.cache_hit);
+    cr_assert(strstr(s.warning, "cache") && strstr(s.warning, under), "%s", s.warning);
+    mj_graph_free(g);
+    mj_jit_free(jit);
+    rm_rf(dir);
+    free(dir);
+}
+
+Test(cache, two_processes_race_on_one_entry) {
+    char *dir = temp_dir();
+    mj_graph *g = small_graph("gelu_tanh", -1.0f);
+    int fds[2][2];
+    pid_t pid[2];
+    for (int k = 0; k < 2; k++) {
+        cr_assert_eq(pipe(fds[k]), 0);
+        pid[k] = fork();
+        cr_assert(pid[k] >= 0);
+        if (pid[k] == 0) {
+            /* child: compile into the shared empty directory, send the output */
+            mj_jit *jit;
+            int rc = 1;
+            if (mj_jit_new(&jit) == MJ_OK) {
+                mj_compile_options o;
+                mj_compile_options_init(&o);
+                o.cache_dir = dir;
+                o.frozen = true;
+                mj_compiled *c;
+                mj_tensor *x = input(4), *y;
+                if (mj_jit_compile(jit, g, &o, &c) == MJ_OK && mj_compiled_run(c, x, &y) == MJ_OK) {
+                    size_t n = (size_t)mj_tensor_numel(y) * sizeof(float);
+                    rc = write(fds[k][1], mj_tensor_data(y), n) == (ssize_t)n ? 0 : 1;
+                }
+            }
+            _exit(rc);
+        }
+        close(fds[k][1]);
+    }
+    float out[2][32];
+    for (int k = 0; k < 2; k++) {
+        size_t got = 0;
+        while (got < sizeof out[k]) {
+            ssize_t r = read(fds[k][0], (char *)out[k] + got, sizeof out[k] - got);
+            if (r <= 0) break;
+            got += (size_t)r;
+        }
+        close(fds[k][0]);
+        int st;
+        cr_assert_eq(waitpid(pid[k], &st, 0), pid[k]);
+        cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child %d failed", k);
+        cr_assert_eq(got, sizeof out[k]);
+    }
+    cr_assert(memcmp(out[0], out[1], sizeof out[0]) == 0, "identical outputs");
+    cr_assert_eq(count_entries(dir, ".o"), 1);
+    cr_assert_eq(count_entries(dir, ""), 4, "one .o, one .bc, no temp files");
+    /* and the entry is whole: this process hits it */
+    mj_jit *jit;
+    cr_assert_eq(mj_jit_new(&jit), MJ_OK);
+    mj_compile_stats s = compile_run(jit, g, dir, true, true, NULL);
+    cr_assert(s.cache_hit);
+    mj_jit_free(jit);
+    mj_graph_free(g);
+    rm_rf(dir);
+    free(dir);
+}
