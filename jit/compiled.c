@@ -261,7 +261,8 @@ static void pool_free(pool *p) {
     pthread_mutex_unlock(&p->mu);
     for (int i = 0; i < p->started; i++) pthread_join(p->th[i], NULL);
     if (p->parts)
-        for (int i = 0; i < p->n; i++) free(p->parts[i].scratch);
+        for (int i = 0; i < p->n; i++)
+            if (p->parts[i].scratch) free(p->parts[i].scratch - 16);
     free(p->parts);
     free(p->th);
     pthread_mutex_destroy(&p->busy);

@@ -666,3 +666,217 @@ Test(jit, dump_ir_and_asm) {
     mj_compiled_free(c);
     mj_graph_free(g);
 }
+
+/* ---- vector kernels: tile edges, threads, AVX2 ------------------------------ */
+
+/* linear(+bias, act) of every (N, K) against the interpreter at batches that
+ * are not multiples of any tile: the fused small kernels (<= 64 wide), the
+ * GEMM micro-kernels with partial panels and vectors, and k blocking
+ * (K = 1000). */
+Test(jit, kernels_tile_edges_against_interpreter) {
+    mj_rng rng;
+    mj_rng_seed(&rng, 15);
+    static const int64_t shapes[][2] = {{1, 1}, {15, 17}, {33, 15}, {16, 64}, {17, 300}, {1000, 33}, {65, 1000}, {130, 129}};
+    static const int64_t batches[] = {1, 15, 17, 33, 1000};
+    int n_shapes = (int)(sizeof shapes / sizeof *shapes);
+    for (int si = 0; si < n_shapes; si++) {
+        int64_t N = shapes[si][0], K = shapes[si][1];
+        mj_graph *g = new_graph();
+        int32_t x = input(g, ty(2, B, K, 0));
+        int32_t w = leaf(g, MJ_OP_PARAM, "w", ty(2, N, K, 0), &rng);
+        int32_t b = leaf(g, MJ_OP_PARAM, "b", ty(1, N, 0, 0), &rng);
+        mj_act act = si % 2 ? MJ_ACT_RELU : (si % 4 == 0 ? MJ_ACT_SIGMOID : MJ_ACT_NONE);
+        out(g, op(g, act == MJ_ACT_NONE ? MJ_OP_LINEAR : MJ_OP_LINEAR_ACT, 3, x, w, b, act, NULL));
+        for (int mi = 0; mi < 4; mi++) {
+            mj_compiled *c = compile(g, modes[mi]);
+            for (size_t bi = 0; bi < sizeof batches / sizeof *batches; bi++) {
+                if (batches[bi] * N * K > scaled(70000000)) continue;
+                mj_tensor *xin = randn_input(g, batches[bi], &rng), *want, *got;
+                cr_assert_eq(mj_graph_run(g, xin, &want), MJ_OK, "%s", mj_last_error());
+                cr_assert_eq(mj_compiled_run(c, xin, &got), MJ_OK, "%s", mj_last_error());
+                char what[96];
+                snprintf(what, sizeof what, "linear %lldx%lld batch %lld", (long long)N, (long long)K,
+                         (long long)batches[bi]);
+                if (modes[mi].numeric == MJ_NUMERIC_EXACT) {
+                    check_result(got, want, modes[mi], what);
+                } else { /* K-term sums reordered and fused: error grows like sqrt(K) */
+                    double f = sqrt((double)K);
+                    mj_compare cmp = mj_tensor_compare(got, want, MJ_RTOL_F32 * f, MJ_ATOL_F32 * f);
+                    char desc[256];
+                    mj_compare_describe(&cmp, got, want, desc, sizeof desc);
+                    cr_assert(cmp.close, "%s (%s): not close: %s", what, modes[mi].name, desc);
+                }
+                mj_tensor_release(xin);
+                mj_tensor_release(want);
+                mj_tensor_release(got);
+            }
+            mj_compiled_free(c);
+        }
+        mj_graph_free(g);
+    }
+}
+
+/* A chain of small layers (one fused kernel) and a chain mixing small and
+ * wide layers, traced from a model, at odd batches. */
+Test(jit, kernels_fused_chains_equal_eager) {
+    mj_rng rng;
+    mj_rng_seed(&rng, 16);
+    static const char *specs[] = {"mlp:16,16,16,16", "mlp:7,33,9,64,5:act=gelu", "mlp:20,100,20,70:act=relu"};
+    static const int64_t batches[] = {1, 2, 3, 4, 17, 33};
+    for (int si = 0; si < 3; si++) {
+        mj_module *m;
+        cr_assert_eq(mj_model_from_spec(specs[si], &rng, &m), MJ_OK, "%s", mj_last_error());
+        cr_assert_eq(mj_model_apply_masks(m, NULL, 0.5, &rng), MJ_OK, "%s", mj_last_error());
+        int64_t in = atoi(specs[si] + 4), ex[2] = {3, in};
+        mj_graph *g = trace(m, 2, ex);
+        for (int mi = 0; mi < 4; mi++) {
+            mj_compiled *c = compile(g, modes[mi]);
+            for (size_t bi = 0; bi < sizeof batches / sizeof *batches; bi++) {
+                int64_t xs[2] = {batches[bi], in};
+                mj_tensor *x;
+                cr_assert_eq(mj_tensor_randn(&x, 2, xs, &rng), MJ_OK);
+                check_model(c, m, x, modes[mi], specs[si]);
+                mj_tensor_release(x);
+            }
+            mj_compiled_free(c);
+        }
+        mj_graph_free(g);
+        mj_module_free(m);
+    }
+}
+
+static mj_compiled *compile_threads(mj_jit *j, const mj_graph *g, mode m, int threads) {
+    mj_compile_options o;
+    mj_compile_options_init(&o);
+    o.numeric = m.numeric;
+    o.frozen = m.frozen;
+    o.threads = threads;
+    mj_compiled *c = NULL;
+    cr_assert_eq(mj_jit_compile(j, g, &o, &c), MJ_OK, "threads %d: %s", threads, mj_last_error());
+    return c;
+}
+
+/* Rows split over 2 and 4 threads give the bits of 1 thread (and of the
+ * interpreter in exact mode), at batches around the split points; a live
+ * weight change is seen by the pooled calls too. */
+Test(jit, threads_are_bit_identical_to_one_thread) {
+    mj_rng rng;
+    mj_rng_seed(&rng, 17);
+    mj_module *m;
+    cr_assert_eq(mj_model_from_spec("mlp:256,300,256:act=relu", &rng, &m), MJ_OK, "%s", mj_last_error());
+    cr_assert_eq(mj_model_apply_masks(m, NULL, 0.5, &rng), MJ_OK, "%s", mj_last_error());
+    int64_t ex[2] = {2, 256};
+    mj_graph *g = trace(m, 2, ex);
+    static const int64_t batches[] = {1, 2, 3, 64, 65, 333};
+    for (int mi = 0; mi < 4; mi++) {
+        mj_compiled *c1 = compile_threads(jit, g, modes[mi], 1);
+        mj_compiled *c2 = compile_threads(jit, g, modes[mi], 2);
+        mj_compiled *c4 = compile_threads(jit, g, modes[mi], 4);
+        for (size_t bi = 0; bi < sizeof batches / sizeof *batches; bi++) {
+            int64_t xs[2] = {batches[bi], 256};
+            mj_tensor *x, *y1, *y2, *y4;
+            cr_assert_eq(mj_tensor_randn(&x, 2, xs, &rng), MJ_OK);
+            cr_assert_eq(mj_compiled_run(c1, x, &y1), MJ_OK, "%s", mj_last_error());
+            cr_assert_eq(mj_compiled_run(c2, x, &y2), MJ_OK, "%s", mj_last_error());
+            cr_assert_eq(mj_compiled_run(c4, x, &y4), MJ_OK, "%s", mj_last_error());
+            cr_assert(mj_tensor_equal(y1, y2), "%s batch %lld: 2 threads differ", modes[mi].name, (long long)xs[0]);
+            cr_assert(mj_tensor_equal(y1, y4), "%s batch %lld: 4 threads differ", modes[mi].name, (long long)xs[0]);
+            if (!modes[mi].frozen) check_model(c4, m, x, modes[mi], "4 threads");
+            mj_tensor_release(x);
+            mj_tensor_release(y1);
+            mj_tensor_release(y2);
+            mj_tensor_release(y4);
+        }
+        if (mi == 0) { /* live: change a weight, the pooled call sees it */
+            mj_module *lin = mj_module_find(m, "0");
+            cr_assert(lin && mj_module_original(lin, "weight"));
+            float *w = mj_tensor_data_mut(mj_module_original(lin, "weight"));
+            for (int i = 0; i < 300; i++) w[i] = mj_rng_normal(&rng);
+            int64_t xs[2] = {200, 256};
+            mj_tensor *x;
+            cr_assert_eq(mj_tensor_randn(&x, 2, xs, &rng), MJ_OK);
+            check_model(c4, m, x, modes[0], "4 threads after a weight change");
+            check_model(c1, m, x, modes[0], "1 thread after a weight change");
+            mj_tensor_release(x);
+        }
+        mj_compiled_free(c1);
+        mj_compiled_free(c2);
+        mj_compiled_free(c4);
+    }
+    /* threads = 0: every core */
+    mj_compiled *c0 = compile_threads(jit, g, modes[0], 0);
+    int64_t xs[2] = {100, 256};
+    mj_tensor *x;
+    cr_assert_eq(mj_tensor_randn(&x, 2, xs, &rng), MJ_OK);
+    check_model(c0, m, x, modes[0], "threads 0");
+    mj_tensor_release(x);
+    mj_compiled_free(c0);
+    mj_graph_free(g);
+    mj_module_free(m);
+}
+
+/* Many callers on one pooled compiled model: one uses the pool, the others
+ * run on their own threads; every result is right. */
+Test(jit, threads_pool_shared_by_concurrent_callers) {
+    mj_rng rng;
+    mj_rng_seed(&rng, 18);
+    mj_module *m;
+    cr_assert_eq(mj_model_from_spec("mlp:128,128,128:act=tanh", &rng, &m), MJ_OK, "%s", mj_last_error());
+    int64_t ex[2] = {2, 128}, xs[2] = {150, 128};
+    mj_graph *g = trace(m, 2, ex);
+    mj_compiled *c = compile_threads(jit, g, modes[0], 2);
+    mj_tensor *x, *want;
+    cr_assert_eq(mj_tensor_randn(&x, 2, xs, &rng), MJ_OK);
+    cr_assert_eq(mj_module_forward(m, x, &want), MJ_OK);
+    pthread_t th[4];
+    thread_arg args[4];
+    for (int i = 0; i < 4; i++) {
+        args[i] = (thread_arg){.c = c, .x = x, .want = want, .iters = scaled(100)};
+        cr_assert_eq(pthread_create(&th[i], NULL, thread_main, &args[i]), 0);
+    }
+    for (int i = 0; i < 4; i++) {
+        pthread_join(th[i], NULL);
+        cr_assert_eq(args[i].bad, 0, "thread %d: %d bad results", i, args[i].bad);
+    }
+    mj_tensor_release(x);
+    mj_tensor_release(want);
+    mj_compiled_free(c);
+    mj_graph_free(g);
+    mj_module_free(m);
+}
+
+/* MASKJIT_JIT_FEATURES forces AVX2 code (as under valgrind): 256-bit
+ * vectors only, and the same bits as eager. */
+Test(jit, avx2_code_path_via_forced_features) {
+    cr_assert_eq(setenv("MASKJIT_JIT_FEATURES", "+avx,+avx2,+fma,+f16c,+bmi,+bmi2,+popcnt,+sse4.2,-avx512f", 1), 0);
+    mj_jit *j2;
+    cr_assert_eq(mj_jit_new(&j2), MJ_OK, "%s", mj_last_error());
+    mj_rng rng;
+    mj_rng_seed(&rng, 19);
+    static const char *specs[] = {"mlp:16,16,16,16", "mlp:100,130,33:act=gelu"};
+    for (int si = 0; si < 2; si++) {
+        mj_module *m;
+        cr_assert_eq(mj_model_from_spec(specs[si], &rng, &m), MJ_OK, "%s", mj_last_error());
+        int64_t in = atoi(specs[si] + 4), ex[2] = {3, in};
+        mj_graph *g = trace(m, 2, ex);
+        for (int mi = 0; mi < 4; mi++) {
+            mj_compiled *c = compile_threads(j2, g, modes[mi], 1);
+            char *as = dump(c, "asm");
+            cr_assert(strstr(as, "ymm"), "%s (%s): expected AVX2 ymm code", specs[si], modes[mi].name);
+            cr_assert(!strstr(as, "zmm"), "%s (%s): AVX-512 code although avx512f is off", specs[si], modes[mi].name);
+            free(as);
+            static const int64_t batches[] = {1, 7, 40};
+            for (int bi = 0; bi < 3; bi++) {
+                int64_t xs[2] = {batches[bi], in};
+                mj_tensor *x;
+                cr_assert_eq(mj_tensor_randn(&x, 2, xs, &rng), MJ_OK);
+                check_model(c, m, x, modes[mi], specs[si]);
+                mj_tensor_release(x);
+            }
+            mj_compiled_free(c);
+        }
+        mj_graph_free(g);
+        mj_module_free(m);
+    }
+    mj_jit_free(j2);
+}
