@@ -2,8 +2,9 @@
  * tools/make_fixtures.py with PyTorch's weights, masks, an input and
  * PyTorch's output. Each test rebuilds the model from the file's spec,
  * registers the masks (mj_model_apply_masks), loads the state dict (non-strict: "input" and
- * "expected" are unexpected keys), runs eager forward and compares with
- * PyTorch's output at torch.testing.assert_close's float32 tolerances. */
+ * "expected" are unexpected keys), runs eager, traced (interpreter), compiled
+ * exact, frozen and fast, and compares each with PyTorch's output at
+ * torch.testing.assert_close's float32 tolerances. */
 #include <criterion/criterion.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -61,6 +62,45 @@ static int check_mask_kinds(mj_module *m, const mj_tensor_dict *file) {
     return n_structured;
 }
 
+/* The same fixture through the trace (made at batch 3, the fixtures' input
+ * has batch 5) and the compiled paths: every path within PyTorch's
+ * tolerance, exact ones bit-identical to eager. */
+static void check_traced_and_compiled(const char *name, mj_module *m, const mj_tensor *x,
+                                      const mj_tensor *expected, const mj_tensor *eager) {
+    cr_assert_neq(mj_tensor_dim(x, 0), 3, "the fixture batch must differ from the traced one");
+    mj_tensor *example;
+    cr_assert_eq(mj_tensor_ones(&example, 2, (int64_t[]){3, mj_tensor_dim(x, 1)}), MJ_OK);
+    mj_graph *g;
+    cr_assert_eq(mj_trace_module(m, example, &g), MJ_OK, "%s: %s", name, mj_last_error());
+    mj_tensor_release(example);
+    mj_jit *jit;
+    cr_assert_eq(mj_jit_new(&jit), MJ_OK, "%s", mj_last_error());
+    static const char *const paths[] = {"traced", "compiled-exact", "compiled-frozen",
+                                        "compiled-fast"};
+    for (int p = 0; p < 4; p++) {
+        mj_tensor *y = NULL;
+        mj_compiled *c = NULL;
+        if (p == 0) {
+            cr_assert_eq(mj_graph_run(g, x, &y), MJ_OK, "%s: %s", name, mj_last_error());
+        } else {
+            mj_compile_options o;
+            mj_compile_options_init(&o);
+            o.frozen = p == 2;
+            o.numeric = p == 3 ? MJ_NUMERIC_FAST : MJ_NUMERIC_EXACT;
+            cr_assert_eq(mj_jit_compile(jit, g, &o, &c), MJ_OK, "%s: %s", name, mj_last_error());
+            cr_assert_eq(mj_compiled_run(c, x, &y), MJ_OK, "%s: %s", name, mj_last_error());
+        }
+        mj_compare vs_torch = mj_tensor_compare(y, expected, MJ_RTOL_F32, MJ_ATOL_F32);
+        cr_assert(vs_torch.close, "%s %s vs PyTorch: max abs %g, max rel %g", name, paths[p],
+                  vs_torch.max_abs, vs_torch.max_rel);
+        if (p < 3) cr_assert(mj_tensor_equal(y, eager), "%s %s not bit-identical to eager", name, paths[p]);
+        mj_tensor_release(y);
+        mj_compiled_free(c);
+    }
+    mj_jit_free(jit);
+    mj_graph_free(g);
+}
+
 /* Loads fixture `name`, runs it, compares; returns the file for extra checks
  * (the caller frees it). */
 static mj_tensor_dict *check_fixture(const char *name, const char *want_spec, int want_structured) {
@@ -105,6 +145,7 @@ static mj_tensor_dict *check_fixture(const char *name, const char *want_spec, in
     cr_assert(c.same_shape && c.close, "%s (%s) vs PyTorch: max abs %g, max rel %g: %s", name, spec,
               c.max_abs, c.max_rel, desc);
 
+    check_traced_and_compiled(name, m, x, expected, y);
     mj_tensor_release(y);
     mj_module_free(m);
     return file;
