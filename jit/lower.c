@@ -5,10 +5,14 @@
  *             int64_t batch, float *scratch)
  *
  * Exact mode emits, per output element, the float operations of the eager
- * kernels (src/ops.c) in the same order; only the loops around them differ
- * (linear runs i, k, j over the packed weight so O3 vectorises across output
- * columns, never across k). Fast mode sets fast-math flags on every float
- * operation so LLVM may contract to FMA and reassociate. */
+ * kernels (src/ops.c) in the same order; only the loops around them differ.
+ * Linear layers with a prologue weight are explicit vector code over the
+ * panel-packed weight (vectors across output columns and rows, never across
+ * k): chains of small layers become one straight-line kernel per group of
+ * rows, wider layers register-tiled micro-kernels (see "vector kernels").
+ * Other ops are scalar loops left to LLVM's vectorisers (default<O2>). Fast
+ * mode sets fast-math flags on every float operation so LLVM may contract to
+ * FMA and reassociate. */
 #include <string.h>
 
 #include <llvm-c/Analysis.h>
