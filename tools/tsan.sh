@@ -7,7 +7,8 @@
 # shadow memory: "Could not initialize inheritable arena", Snaipe/Criterion
 # #274), so the threaded tests are mirrored in tools/tsan_stress.c, a plain
 # program linked against the TSan-built libmaskjit.a:
-#   - 8 threads call one compiled model (live, then frozen)   = reliability/eight_threads_call_one_compiled_model,
+#   - 8 threads call one compiled model (live, then frozen,
+#     then live with a 4-thread pool splitting each call)     = reliability/eight_threads_call_one_compiled_model,
 #                                                               jit/eight_threads_share_one_compiled_model
 #   - 8 threads: eager forward of one module + interpreter    = reliability/eight_threads_read_one_module_and_graph
 #   - 8 threads trace + compile their own models on one JIT   = reliability/eight_threads_trace_and_compile_their_own_models,

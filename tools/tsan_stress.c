@@ -75,12 +75,13 @@ static void *call_main(void *p) {
     return NULL;
 }
 
-static void shared_calls(mj_jit *jit, bool frozen, int mode, const char *name) {
+static void shared_calls(mj_jit *jit, bool frozen, int mode, int pool, const char *name) {
     mj_module *m = model("mlp:32,48,8:act=gelu", 31, 0.5);
     mj_graph *g = m ? trace(m, 32) : NULL;
     mj_compile_options o;
     mj_compile_options_init(&o);
     o.frozen = frozen;
+    o.threads = pool; /* > 1: the model's own pool splits each call's rows */
     mj_compiled *c = NULL;
     if (!g || (mode == 0 && mj_jit_compile(jit, g, &o, &c) != MJ_OK)) {
         fail(name, mj_last_error());
@@ -91,7 +92,8 @@ static void shared_calls(mj_jit *jit, bool frozen, int mode, const char *name) {
     pthread_t th[T];
     call_arg args[T];
     for (int i = 0; i < T; i++) {
-        args[i] = (call_arg){.c = c, .m = m, .g = g, .mode = mode, .x = randn(1 + i, 32, 50 + (uint64_t)i)};
+        int64_t batch = pool > 1 ? 24 + 16 * i : 1 + i;
+        args[i] = (call_arg){.c = c, .m = m, .g = g, .mode = mode, .x = randn(batch, 32, 50 + (uint64_t)i)};
         mj_module_forward(m, args[i].x, &args[i].want);
     }
     for (int i = 0; i < T; i++) pthread_create(&th[i], NULL, call_main, &args[i]);
@@ -189,13 +191,15 @@ int main(void) {
         {"8 threads: eager forward of one module + interpreter on one graph", 2},
         {"8 threads trace and compile their own models (shared JIT, 2 own JITs)", 3},
         {"8 threads: thread-local error messages", 4},
+        {"8 threads call one compiled model with a 4-thread pool (live)", 5},
     };
     for (size_t i = 0; i < sizeof scenarios / sizeof scenarios[0]; i++) {
         int before = failures;
         switch (scenarios[i].id) {
-        case 0: shared_calls(jit, false, 0, scenarios[i].name); break;
-        case 1: shared_calls(jit, true, 0, scenarios[i].name); break;
-        case 2: shared_calls(jit, false, 1, scenarios[i].name); break;
+        case 0: shared_calls(jit, false, 0, 1, scenarios[i].name); break;
+        case 1: shared_calls(jit, true, 0, 1, scenarios[i].name); break;
+        case 2: shared_calls(jit, false, 1, 1, scenarios[i].name); break;
+        case 5: shared_calls(jit, false, 0, 4, scenarios[i].name); break;
         case 3: own_models(jit); break;
         case 4: error_messages(); break;
         }
