@@ -473,9 +473,7 @@ mj_status mj_cache_link(mj_jit *jit, LLVMMemoryBufferRef obj, const char *fname,
     else if (!*addr) s = mj_fail(MJ_ERR_BACKEND, "linking the object file: %s has no address", fname);
 out:
     if (s != MJ_OK && rt) {
-        LLVMErrorRef e2 = LLVMOrcResourceTrackerRemove(rt);
-        if (e2) LLVMConsumeError(e2);
-        LLVMOrcReleaseResourceTracker(rt);
+        mj_rt_discard(rt);
         rt = NULL;
     }
     pthread_mutex_unlock(&jit->mu);

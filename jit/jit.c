@@ -215,9 +215,7 @@ mj_status mj_jit_add_module(mj_jit *jit, LLVMOrcThreadSafeContextRef tsc, LLVMMo
     *fn = (mj_body_fn)(uintptr_t)addr;
 out:
     if (s != MJ_OK && rt) {
-        LLVMErrorRef e2 = LLVMOrcResourceTrackerRemove(rt);
-        if (e2) LLVMConsumeError(e2);
-        LLVMOrcReleaseResourceTracker(rt);
+        mj_rt_discard(rt);
         rt = NULL;
     }
     if (s != MJ_OK && *bitcode) {
@@ -230,13 +228,30 @@ out:
     return s;
 }
 
-void mj_jit_remove(mj_jit *jit, LLVMOrcResourceTrackerRef rt) {
+void mj_rt_discard(LLVMOrcResourceTrackerRef rt) {
     if (!rt) return;
-    pthread_mutex_lock(&jit->mu);
     LLVMErrorRef err = LLVMOrcResourceTrackerRemove(rt);
     if (err) LLVMConsumeError(err);
     LLVMOrcReleaseResourceTracker(rt);
+}
+
+void mj_jit_remove(mj_jit *jit, LLVMOrcResourceTrackerRef rt) {
+    if (!rt) return;
+    pthread_mutex_lock(&jit->mu);
+    mj_rt_discard(rt);
     pthread_mutex_unlock(&jit->mu);
+}
+
+LLVMValueRef mj_llvm_const_bytes(LLVMModuleRef m, LLVMContextRef ctx, const char *name,
+                                 const void *data, size_t bytes) {
+    LLVMValueRef init = LLVMConstStringInContext2(ctx, bytes ? (const char *)data : "", bytes, 1);
+    LLVMValueRef gv = LLVMAddGlobal(m, LLVMTypeOf(init), name);
+    LLVMSetInitializer(gv, init);
+    LLVMSetGlobalConstant(gv, 1);
+    LLVMSetLinkage(gv, LLVMPrivateLinkage);
+    LLVMSetUnnamedAddress(gv, LLVMGlobalUnnamedAddr);
+    LLVMSetAlignment(gv, 64);
+    return gv;
 }
 
 mj_status mj_jit_dump(mj_jit *jit, const char *bitcode, size_t size, const char *what, FILE *f) {

@@ -107,6 +107,12 @@ mj_status mj_jit_add_module(mj_jit *jit, LLVMOrcThreadSafeContextRef tsc, LLVMMo
 const char *mj_jit_pipeline(LLVMModuleRef m);
 /* Frees a compiled module's code. */
 void mj_jit_remove(mj_jit *jit, LLVMOrcResourceTrackerRef rt);
+/* Removes a tracker's code and releases it (caller holds the JIT mutex or
+ * owns the tracker alone); NULL is ignored. */
+void mj_rt_discard(LLVMOrcResourceTrackerRef rt);
+/* A private, unnamed_addr, 64-byte aligned constant global holding bytes. */
+LLVMValueRef mj_llvm_const_bytes(LLVMModuleRef m, LLVMContextRef ctx, const char *name,
+                                 const void *data, size_t bytes);
 /* The kept bitcode as LLVM IR text (what="ir") or host assembly ("asm"). */
 mj_status mj_jit_dump(mj_jit *jit, const char *bitcode, size_t size, const char *what, FILE *f);
 /* Turns an LLVMErrorRef into MJ_ERR_BACKEND with "what: <LLVM's message>". */

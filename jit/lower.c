@@ -851,14 +851,7 @@ static LLVMValueRef leaf_ptr(lw *w, int32_t i) {
         char name[64];
         snprintf(name, sizeof name, "%s.leaf%d%s", w->o->fname, (int)i, lf->packed ? ".t" : "");
         int64_t bytes = w->o->baked_numel[i] * (int64_t)sizeof(float);
-        LLVMValueRef init = LLVMConstStringInContext2(w->ctx, (const char *)w->o->baked[i], (size_t)bytes, 1);
-        LLVMValueRef gv = LLVMAddGlobal(w->m, LLVMTypeOf(init), name);
-        LLVMSetInitializer(gv, init);
-        LLVMSetGlobalConstant(gv, 1);
-        LLVMSetLinkage(gv, LLVMPrivateLinkage);
-        LLVMSetUnnamedAddress(gv, LLVMGlobalUnnamedAddr);
-        LLVMSetAlignment(gv, 64);
-        return gv;
+        return mj_llvm_const_bytes(w->m, w->ctx, name, w->o->baked[i], (size_t)bytes);
     }
     LLVMValueRef idx = ci(w, i);
     LLVMValueRef slot = LLVMBuildInBoundsGEP2(w->b, w->ptr, w->leaves, &idx, 1, "");

@@ -14,6 +14,7 @@
  * order minus the products with zero weights. The nonzeros, indices, group
  * table and bias are private constant globals of the module. */
 #include "sparse.h"
+#include "jit_internal.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -442,14 +443,7 @@ static LLVMValueRef const_array(sb *s, const char *name, const char *suffix, LLV
     char gname[256];
     snprintf(gname, sizeof gname, "%s.%s", name, suffix);
     (void)elt; /* every table holds 4-byte elements (float or int32) */
-    LLVMValueRef init = LLVMConstStringInContext2(s->ctx, n ? (const char *)data : "", (size_t)n * 4, 1);
-    LLVMValueRef gv = LLVMAddGlobal(s->m, LLVMTypeOf(init), gname);
-    LLVMSetInitializer(gv, init);
-    LLVMSetGlobalConstant(gv, 1);
-    LLVMSetLinkage(gv, LLVMPrivateLinkage);
-    LLVMSetUnnamedAddress(gv, LLVMGlobalUnnamedAddr);
-    LLVMSetAlignment(gv, 64);
-    return gv;
+    return mj_llvm_const_bytes(s->m, s->ctx, gname, data, (size_t)n * 4);
 }
 
 /* ---- the chunk ------------------------------------------------------------ */
