@@ -5,19 +5,7 @@
 
 #include "maskjit.h"
 
-#define OK(expr)                                                                           \
-    do {                                                                                   \
-        mj_status s_ = (expr);                                                             \
-        cr_assert_eq(s_, MJ_OK, "%s -> %s: %s", #expr, mj_status_name(s_), mj_last_error()); \
-    } while (0)
-
-#define FAILS(expr, status, needle)                                                        \
-    do {                                                                                   \
-        mj_status s_ = (expr);                                                             \
-        cr_assert_eq(s_, status, "%s -> %s (%s)", #expr, mj_status_name(s_), mj_last_error()); \
-        cr_assert(strstr(mj_last_error(), needle), "message '%s' lacks '%s'", mj_last_error(), \
-                  needle);                                                                 \
-    } while (0)
+#include "test_util.h"
 
 static mj_tensor *full1(int64_t n, float v) {
     mj_tensor *t;
