@@ -2,6 +2,7 @@
  * the object-file compile path (codegen to an object, link it into a
  * per-graph JITDylib). See docs/cache.md. */
 #include "cache.h"
+#include "code_id.h" /* MJ_CODE_ID, generated at build time */
 
 #include <errno.h>
 #include <fcntl.h>
@@ -127,6 +128,7 @@ mj_status mj_cache_key(const mj_graph *g, const mj_compile_options *o, const mj_
     part_str(&s, "maskjit-cache");
     part_i64(&s, MJ_CACHE_FORMAT);
     part_str(&s, MJ_VERSION_STRING);
+    part_str(&s, MJ_CODE_ID);
     unsigned maj, min, patch;
     LLVMGetVersion(&maj, &min, &patch);
     part_i64(&s, (int64_t)maj * 1000000 + (int64_t)min * 1000 + patch);
