@@ -59,6 +59,7 @@ typedef struct mj_body_plan {
     int vw, nr;
     int64_t panel;
     bool *sparse;              /* per linear node: emitted by jit/sparse.c     */
+    bool frozen;               /* constant weights may shape the code          */
 } mj_body_plan;
 
 /* Packs W[N][K] into column panels of width P: panel p (columns

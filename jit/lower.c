@@ -65,6 +65,7 @@ mj_status mj_body_plan_build(const mj_graph *g, const bool *input_free, bool fro
     memset(p, 0, sizeof *p);
     p->g = g;
     p->input_free = input_free;
+    p->frozen = frozen;
     size_t n = (size_t)g->n_nodes + 1;
     p->leaf_plain = mj_alloc_array(n, sizeof *p->leaf_plain);
     p->leaf_packed = mj_alloc_array(n, sizeof *p->leaf_packed);
@@ -760,6 +761,57 @@ static bool small_linear(const mj_body_plan *p, int32_t id) {
     return K >= 1 && N >= 1 && K <= SMALL_MAX_K && N <= SMALL_MAX_N && N <= (int64_t)MK_MAX_VECS * p->vw;
 }
 
+/* Frozen small layers skip zero weights lane by lane. Step t adds, in lane
+ * j, x[k]*w[j][k] for row j's t-th nonzero k (ascending), the x values
+ * gathered from the row's vectors by a constant shuffle; a lane whose row
+ * has run out adds x[0]*0. Per lane that is eager's sequence minus products
+ * with zero weights, exact for finite inputs as in jit/sparse.c (see
+ * docs/numerics.md), and it takes max-nonzeros-per-row steps instead of K:
+ * the seed's identity masks need one step per layer instead of 16. */
+#define LANE_MAX_STEPS 32 /* K <= 2 vectors of at most 16 lanes */
+
+/* Steps for W[N][K] if the per-lane form applies and saves steps, else -1;
+ * idx[t][j] and wv[t][j] filled for j < N. */
+static int lane_sparse_plan(const lw *w, const mj_node *wn, int64_t N, int64_t K,
+                            int8_t idx[LANE_MAX_STEPS][SMALL_MAX_N], float wv[LANE_MAX_STEPS][SMALL_MAX_N]) {
+    if (!w->p->frozen || wn->op != MJ_OP_CONST || !wn->tensor || K > 2 * (int64_t)w->p->vw) return -1;
+    const float *W = wn->tensor->data;
+    int steps = 0;
+    for (int64_t j = 0; j < N; j++) {
+        int t = 0;
+        for (int64_t k = 0; k < K; k++) t += W[j * K + k] != 0.0f;
+        if (t > steps) steps = t;
+    }
+    if (steps >= K) return -1; /* nothing to skip: the broadcast form is cheaper */
+    for (int64_t j = 0; j < N; j++) {
+        int t = 0;
+        for (int64_t k = 0; k < K; k++)
+            if (W[j * K + k] != 0.0f) {
+                idx[t][j] = (int8_t)k;
+                wv[t][j] = W[j * K + k];
+                t++;
+            }
+        for (; t < steps; t++) {
+            idx[t][j] = 0;
+            wv[t][j] = 0.0f;
+        }
+    }
+    return steps;
+}
+
+static LLVMValueRef const_vec(lw *w, const float *v, int lanes) {
+    LLVMValueRef e[64];
+    for (int l = 0; l < w->p->vw; l++) e[l] = cf(w, l < lanes ? v[l] : 0.0f);
+    return LLVMConstVector(e, (unsigned)w->p->vw);
+}
+
+static LLVMValueRef shuffle_mask(lw *w, const int8_t *k, int lanes) {
+    LLVMValueRef e[64];
+    LLVMTypeRef i32 = LLVMInt32TypeInContext(w->ctx);
+    for (int l = 0; l < w->p->vw; l++) e[l] = LLVMConstInt(i32, l < lanes ? (unsigned)k[l] : 0, 0);
+    return LLVMConstVector(e, (unsigned)w->p->vw);
+}
+
 /* One layer for `rows` rows reading x[r][k] from the rows xrow[r]; the
  * output vectors (bias and activation applied) in out[r][v]. */
 static void small_layer(lw *w, int32_t id, int rows, LLVMValueRef const *xrow,
@@ -782,7 +834,21 @@ static void small_layer(lw *w, int32_t id, int rows, LLVMValueRef const *xrow,
     }
     for (int r = 0; r < rows; r++)
         for (int v = 0; v < nv; v++) out[r][v] = LLVMConstNull(vty(w));
-    for (int64_t k = 0; k < K; k++) {
+    int8_t lidx[LANE_MAX_STEPS][SMALL_MAX_N];
+    float wsteps[LANE_MAX_STEPS][SMALL_MAX_N];
+    int steps = lane_sparse_plan(w, &g->nodes[n->operands[1]], N, K, lidx, wsteps);
+    for (int r = 0; r < rows && steps >= 0; r++) {
+        LLVMValueRef xv[2] = {NULL, LLVMGetPoison(vty(w))};
+        for (int64_t i = 0; i * vw < K; i++)
+            xv[i] = vload(w, at(w, xrow[r], ci(w, i * vw)), (int)(K - i * vw < vw ? K - i * vw : vw));
+        for (int t = 0; t < steps; t++)
+            for (int v = 0; v < nv; v++) {
+                LLVMValueRef xs = LLVMBuildShuffleVector(w->b, xv[0], xv[1],
+                                                         shuffle_mask(w, &lidx[t][v * vw], lanes[v]), "lanes");
+                out[r][v] = vmuladd(w, out[r][v], xs, const_vec(w, &wsteps[t][v * vw], lanes[v]));
+            }
+    }
+    for (int64_t k = 0; k < K && steps < 0; k++) {
         LLVMValueRef wv[MK_MAX_VECS];
         for (int v = 0; v < nv; v++) wv[v] = vload(w, at(w, Wp, ci(w, woff[v] + k * wstride[v])), lanes[v]);
         for (int r = 0; r < rows; r++) {

@@ -745,6 +745,51 @@ Test(jit, kernels_fused_chains_equal_eager) {
     }
 }
 
+/* Frozen small layers with sparse masks take the per-lane form (one
+ * shuffle per step, steps = most nonzeros in a row) and stay bit-identical:
+ * K of 12 (one vector), 20 and 32 (two), rows left with no weight at all
+ * (density 0.1 at K = 12), the seed's identity masks. */
+Test(jit, frozen_small_layers_skip_zero_weights_per_lane) {
+    mj_rng rng;
+    mj_rng_seed(&rng, 21);
+    static const struct {
+        const char *spec;
+        double density;
+    } cases[] = {{"mlp:12,16,12:act=relu", 0.1}, {"mlp:20,40,20,3:act=tanh", 0.3}, {"mlp:32,64,32", 0.5}};
+    static const int64_t batches[] = {1, 3, 17};
+    for (size_t ci = 0; ci < sizeof cases / sizeof *cases; ci++) {
+        mj_module *m;
+        cr_assert_eq(mj_model_from_spec(cases[ci].spec, &rng, &m), MJ_OK, "%s", mj_last_error());
+        cr_assert_eq(mj_model_apply_masks(m, NULL, cases[ci].density, &rng), MJ_OK, "%s", mj_last_error());
+        int64_t in = atoi(cases[ci].spec + 4), ex[2] = {3, in};
+        mj_graph *g = trace(m, 2, ex);
+        mj_compiled *c = compile(g, modes[1]);
+        char *ir = NULL;
+        size_t ir_len = 0;
+        FILE *f = open_memstream(&ir, &ir_len);
+        cr_assert(f);
+        cr_assert_eq(mj_compiled_dump(c, "ir", f), MJ_OK, "%s", mj_last_error());
+        fclose(f);
+        /* the steps' shuffles are named "lanes" (jit/lower.c); the form
+         * takes K up to two vectors: 32 with AVX-512, 16 with AVX2 */
+        int vw = strstr(ir, "<16 x float>") ? 16 : strstr(ir, "<8 x float>") ? 8 : 4;
+        bool want = in <= 2 * vw;
+        cr_assert_eq(strstr(ir, "%lanes") != NULL, want, "%s: per-lane steps %s in the frozen kernel",
+                     cases[ci].spec, want ? "missing" : "unexpected");
+        free(ir);
+        for (size_t bi = 0; bi < sizeof batches / sizeof *batches; bi++) {
+            int64_t xs[2] = {batches[bi], in};
+            mj_tensor *x;
+            cr_assert_eq(mj_tensor_randn(&x, 2, xs, &rng), MJ_OK);
+            check_model(c, m, x, modes[1], cases[ci].spec);
+            mj_tensor_release(x);
+        }
+        mj_compiled_free(c);
+        mj_graph_free(g);
+        mj_module_free(m);
+    }
+}
+
 static mj_compiled *compile_threads(mj_jit *j, const mj_graph *g, mode m, int threads) {
     mj_compile_options o;
     mj_compile_options_init(&o);
