@@ -5,6 +5,8 @@
 #include <string.h>
 
 #include <llvm-c/Error.h>
+#include <llvm-c/ExecutionEngine.h>
+#include <llvm-c/OrcEE.h>
 #include <llvm-c/BitReader.h>
 #include <llvm-c/BitWriter.h>
 #include <llvm-c/Target.h>
@@ -45,6 +47,19 @@ static mj_status host_tm(const mj_jit *jit, LLVMTargetMachineRef *out) {
     if (!tm) return mj_fail(MJ_ERR_BACKEND, "cannot create a target machine for %s (%s)", jit->triple, jit->cpu);
     *out = tm;
     return MJ_OK;
+}
+
+/* MASKJIT_PERF=1: link JIT code through RTDyld with LLVM's perf listener,
+ * which writes a jitdump (~/.debug/jit or $JITDUMPDIR) that `perf inject
+ * --jit` turns into symbols and annotated code: tools/perf_jit.sh. */
+static LLVMOrcObjectLayerRef perf_object_layer(void *ctx, LLVMOrcExecutionSessionRef es,
+                                               const char *triple) {
+    (void)ctx;
+    (void)triple;
+    LLVMOrcObjectLayerRef layer = LLVMOrcCreateRTDyldObjectLinkingLayerWithSectionMemoryManager(es);
+    LLVMJITEventListenerRef perf = LLVMCreatePerfJITEventListener(); /* LLVM's singleton */
+    if (layer && perf) LLVMOrcRTDyldObjectLinkingLayerRegisterJITEventListener(layer, perf);
+    return layer;
 }
 
 void mj_compile_options_init(mj_compile_options *o) {
@@ -88,6 +103,9 @@ mj_status mj_jit_new(mj_jit **out) {
     LLVMOrcLLJITBuilderSetJITTargetMachineBuilder(
         builder, LLVMOrcJITTargetMachineBuilderCreateFromTargetMachine(jtm));
     jtm = NULL;
+    const char *perf = getenv("MASKJIT_PERF");
+    if (perf && !strcmp(perf, "1"))
+        LLVMOrcLLJITBuilderSetObjectLinkingLayerCreator(builder, perf_object_layer, NULL);
     LLVMErrorRef err = LLVMOrcCreateLLJIT(&jit->lljit, builder); /* consumes builder */
     if (err) {
         jit->lljit = NULL;

@@ -375,6 +375,47 @@ Test(jit, seed_model_trace_compiled_equals_eager) {
     }
 }
 
+/* MASKJIT_PERF=1 (tools/perf_jit.sh) links through RTDyld with LLVM's perf
+ * listener instead of the default layer: the code must be the same, and
+ * the listener must write its jitdump where JITDUMPDIR says. */
+Test(jit, perf_profiling_layer_runs_the_same_code) {
+    char dir[] = "/tmp/mj-perf-XXXXXX";
+    cr_assert(mkdtemp(dir));
+    setenv("MASKJIT_PERF", "1", 1);
+    setenv("JITDUMPDIR", dir, 1);
+    mj_jit *pj = NULL;
+    mj_status s = mj_jit_new(&pj);
+    unsetenv("MASKJIT_PERF");
+    cr_assert_eq(s, MJ_OK, "%s", mj_last_error());
+    mj_rng rng;
+    mj_rng_seed(&rng, 30);
+    int64_t ex[2] = {3, 16};
+    mj_module *m = seed_model(1);
+    mj_graph *g = trace(m, 2, ex);
+    for (int mi = 0; mi < 2; mi++) {
+        mj_compile_options o;
+        mj_compile_options_init(&o);
+        o.frozen = modes[mi].frozen;
+        o.use_cache = false; /* a cache hit would skip the listener */
+        mj_compiled *c = NULL;
+        cr_assert_eq(mj_jit_compile(pj, g, &o, &c), MJ_OK, "%s", mj_last_error());
+        mj_tensor *x;
+        cr_assert_eq(mj_tensor_randn(&x, 2, ex, &rng), MJ_OK);
+        check_model(c, m, x, modes[mi], "seed model through the perf layer");
+        mj_tensor_release(x);
+        mj_compiled_free(c);
+    }
+    mj_graph_free(g);
+    mj_module_free(m);
+    mj_jit_free(pj);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "find %s -name 'jit-*.dump' | grep -q .", dir);
+    cr_expect_eq(system(cmd), 0, "no jitdump under %s", dir);
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    cr_assert_eq(system(cmd), 0);
+    unsetenv("JITDUMPDIR");
+}
+
 Test(jit, random_models_equal_eager) {
     mj_rng rng;
     mj_rng_seed(&rng, 2024);
