@@ -254,6 +254,7 @@ const float *mj_peer_run(mj_peer *p, const float *x) {
 #endif
         default: MJ_ASSERT(!"peer kind not built");
         }
+        (void)in; /* read only by the peers this build has */
         bias_act(outb, p->batch, l->out, l->b, l->act);
         in = outb;
     }
