@@ -402,7 +402,7 @@ static mj_status parse_op(parser *p, mj_op op, int op_line, int op_col) {
     skip_blanks(p);
     if (peek(p) == '%') {
         for (;;) {
-            int32_t v;
+            int32_t v = -1;
             skip_blanks(p);
             int l = p->line, c = p->col;
             MJ_TRY(parse_ref(p, &v));
@@ -511,7 +511,7 @@ static mj_status parse_all(parser *p) {
     int rl = p->line, rc = p->col;
     for (int k = 0; k < 6; k++) advance(p);
     for (;;) {
-        int32_t v;
+        int32_t v = -1;
         MJ_TRY(parse_ref(p, &v));
         MJ_TRY(mj_graph_add_output(p->g, v));
         skip_blanks(p);

@@ -39,7 +39,7 @@ static bool node_equal(const mj_node *a, const mj_node *b) {
     if (!mj_type_equal(&a->type, &b->type)) return false;
     if (mj_op_table[a->op].flags & MJ_OPF_LEAF)
         return a->name && b->name && strcmp(a->name, b->name) == 0 && a->tensor == b->tensor;
-    int32_t x[MJ_MAX_OPERANDS], y[MJ_MAX_OPERANDS];
+    int32_t x[MJ_MAX_OPERANDS] = {0}, y[MJ_MAX_OPERANDS] = {0};
     canonical_operands(a, x);
     canonical_operands(b, y);
     for (int k = 0; k < a->n_operands; k++)

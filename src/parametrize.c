@@ -189,7 +189,7 @@ static mj_status run_inverse(mj_parametrization *p, const mj_tensor *y, mj_tenso
 mj_status mj_param_entry_compute(mj_param_entry *e, mj_tensor **out) {
     mj_tensor *cur = mj_tensor_retain(e->original);
     for (int32_t i = 0; i < e->n_chain; i++) {
-        mj_tensor *next;
+        mj_tensor *next = NULL;
         mj_status s = run_forward(e->chain[i], cur, &next);
         mj_tensor_release(cur);
         if (s != MJ_OK)
@@ -263,7 +263,7 @@ mj_status mj_module_set(mj_module *m, const char *name, const mj_tensor *value) 
                            m->type_name, name, (int)i, e->chain[i]->ops->type_name);
     mj_tensor *cur = mj_tensor_retain((mj_tensor *)value);
     for (int32_t i = e->n_chain - 1; i >= 0; i--) {
-        mj_tensor *prev;
+        mj_tensor *prev = NULL;
         mj_status s = run_inverse(e->chain[i], cur, &prev);
         mj_tensor_release(cur);
         if (s != MJ_OK)

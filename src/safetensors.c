@@ -426,7 +426,7 @@ mj_status mj_safetensors_parse(const void *bytes, size_t size, mj_tensor_dict **
     if (size < 8) {
         s = mj_fail(MJ_ERR_FORMAT, "%zu bytes are too few for the 8-byte header length", size);
     } else {
-        uint64_t hl, dl;
+        uint64_t hl = 0, dl = 0;
         s = st_check_prefix(bytes, size, &hl, &dl);
         if (s == MJ_OK) {
             st_source src = {.f = NULL, .mem = bytes, .pos = 8, .size = size};

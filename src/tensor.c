@@ -87,7 +87,7 @@ mj_status mj_tensor_zeros(mj_tensor **out, int rank, const int64_t *shape) {
 }
 
 mj_status mj_tensor_full(mj_tensor **out, int rank, const int64_t *shape, float value) {
-    mj_tensor *t;
+    mj_tensor *t = NULL;
     MJ_TRY(tensor_alloc(&t, rank, shape, NULL, false));
     for (int64_t i = 0; i < t->numel; i++) t->data[i] = value;
     *out = t;
@@ -100,7 +100,7 @@ mj_status mj_tensor_ones(mj_tensor **out, int rank, const int64_t *shape) {
 
 mj_status mj_tensor_eye(mj_tensor **out, int64_t n) {
     int64_t shape[2] = {n, n};
-    mj_tensor *t;
+    mj_tensor *t = NULL;
     MJ_TRY(tensor_alloc(&t, 2, shape, NULL, true));
     for (int64_t i = 0; i < n; i++) t->data[i * n + i] = 1.0f;
     *out = t;
@@ -108,7 +108,7 @@ mj_status mj_tensor_eye(mj_tensor **out, int64_t n) {
 }
 
 mj_status mj_tensor_arange(mj_tensor **out, int64_t n) {
-    mj_tensor *t;
+    mj_tensor *t = NULL;
     MJ_TRY(tensor_alloc(&t, 1, &n, NULL, false));
     for (int64_t i = 0; i < n; i++) t->data[i] = (float)i;
     *out = t;
@@ -135,7 +135,7 @@ mj_status mj_tensor_randn(mj_tensor **out, int rank, const int64_t *shape, mj_rn
 
 mj_status mj_tensor_from_data(mj_tensor **out, int rank, const int64_t *shape, const float *data) {
     if (!data) return mj_fail(MJ_ERR_INVALID, "from_data: data is NULL");
-    mj_tensor *t;
+    mj_tensor *t = NULL;
     MJ_TRY(tensor_alloc(&t, rank, shape, NULL, false));
     memcpy(t->data, data, (size_t)t->numel * sizeof(float));
     *out = t;
