@@ -67,7 +67,7 @@ void mj_compile_options_init(mj_compile_options *o) {
     memset(o, 0, sizeof *o);
     o->numeric = MJ_NUMERIC_EXACT;
     o->frozen = false;
-    o->threads = 1; /* 0 asks for every core: opt in (shared machines) */
+    o->threads = 0; /* every core; a call smaller than PAR_MIN_FLOPS stays on one */
     o->use_cache = true;
     o->cache_dir = NULL;
 }

@@ -32,7 +32,7 @@ typedef enum mj_numeric_mode { MJ_NUMERIC_EXACT = 0, MJ_NUMERIC_FAST } mj_numeri
 typedef struct mj_compile_options {
     mj_numeric_mode numeric; /* default exact                                  */
     bool frozen;             /* default false (live)                           */
-    int threads;             /* 0 = available cores; 1 = single thread         */
+    int threads;             /* default 0 = available cores; 1 = one thread    */
     bool use_cache;          /* default true                                   */
     const char *cache_dir;   /* NULL = $MASKJIT_CACHE_DIR or XDG cache         */
 } mj_compile_options;

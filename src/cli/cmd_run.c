@@ -27,7 +27,7 @@ int cmd_run(int argc, char **argv) {
     const char *weights = NULL, *input = NULL, *input_name = "input", *mode_text = "eager",
                *out_path = NULL;
     bool exact = false, fast = false, frozen = false;
-    int64_t batch = 3, seed = 0, threads = 1;
+    int64_t batch = 3, seed = 0, threads = 0;
     const cli_opt opts[] = {
         {"--weights", OPT_STRING, &weights, "safetensors file with the model's tensors"},
         {"--input", OPT_STRING, &input, "safetensors file holding the input tensor"},
@@ -36,7 +36,7 @@ int cmd_run(int argc, char **argv) {
         {"--exact", OPT_FLAG, &exact, "compiled: bit-identical to eager (default)"},
         {"--fast", OPT_FLAG, &fast, "compiled: allow FMA and reassociation"},
         {"--frozen", OPT_FLAG, &frozen, "compiled: bake parameters in as constants"},
-        {"--threads", OPT_INT, &threads, "compiled: threads (0 = all cores; default 1)"},
+        {"--threads", OPT_INT, &threads, "compiled: threads (default 0 = all cores)"},
         {"--out", OPT_STRING, &out_path, "write the output as tensor 'output' to this file"},
         {"--batch", OPT_INT, &batch, "batch of the random input (default 3)"},
         {"--seed", OPT_INT, &seed, "seed of default init and random input (default 0)"},
