@@ -41,8 +41,11 @@ void mj_compile_options_init(mj_compile_options *o);
 
 typedef struct mj_compile_stats {
     double ir_ms;       /* building LLVM IR                 */
-    double optimize_ms; /* default<O3>                      */
+    double optimize_ms; /* the LLVM pass pipeline           */
     double codegen_ms;  /* ORC: machine code + linking      */
+    double total_ms;    /* all of mj_jit_compile: the above,
+                           graph passes, prologue, constants,
+                           sparse plans, cache lookup        */
     bool cache_hit;
     /* Non-fatal trouble, e.g. "cache: cannot create a file in DIR: ..."
      * (the compile succeeded); empty when none. */

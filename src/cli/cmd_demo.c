@@ -130,8 +130,8 @@ int cmd_demo(int argc, char **argv) {
            ct.bit_identical ? "bit-identical" : "DIFFERENT");
     printf("compiled vs eager: max abs diff %g (%s)\n", cc.max_abs,
            cc.bit_identical ? "bit-identical" : "DIFFERENT");
-    printf("compile: IR %.2f ms, optimise %.2f ms, codegen %.2f ms%s\n", cs->ir_ms, cs->optimize_ms,
-           cs->codegen_ms, cs->cache_hit ? " (cache hit)" : "");
+    printf("compile: %.2f ms (IR %.2f ms, optimise %.2f ms, codegen %.2f ms)%s\n", cs->total_ms, cs->ir_ms,
+           cs->optimize_ms, cs->codegen_ms, cs->cache_hit ? " (cache hit)" : "");
     if (!no_timing) {
         timing_ctx t = {m, c, x};
         double te = cli_time_ns(time_eager, &t, 9, 20);
