@@ -751,6 +751,7 @@ static void emit_gemm(lw *w, LLVMValueRef y, LLVMValueRef x, LLVMValueRef Wp, LL
 #define SMALL_MAX_K 64
 #define SMALL_MAX_N 64
 #define SMALL_ROWS 3
+#define FAST_SPLIT 4
 
 static bool small_linear(const mj_body_plan *p, int32_t id) {
     const mj_node *n = &p->g->nodes[id];
@@ -848,14 +849,32 @@ static void small_layer(lw *w, int32_t id, int rows, LLVMValueRef const *xrow,
                 out[r][v] = vmuladd(w, out[r][v], xs, const_vec(w, &wsteps[t][v * vw], lanes[v]));
             }
     }
+    /* Fast mode may reassociate: the sum over k runs in FAST_SPLIT chains
+     * (k mod FAST_SPLIT) added pairwise at the end, so the FMA latency of
+     * one long chain no longer bounds a small layer. */
+    int split = w->fast && K >= 2 * FAST_SPLIT ? FAST_SPLIT : 1;
+    LLVMValueRef part[FAST_SPLIT][SMALL_ROWS][MK_MAX_VECS];
+    for (int i = 0; i < split; i++)
+        for (int r = 0; r < rows; r++)
+            for (int v = 0; v < nv; v++) part[i][r][v] = out[r][v];
     for (int64_t k = 0; k < K && steps < 0; k++) {
         LLVMValueRef wv[MK_MAX_VECS];
+        int i = (int)(k % split);
         for (int v = 0; v < nv; v++) wv[v] = vload(w, at(w, Wp, ci(w, woff[v] + k * wstride[v])), lanes[v]);
         for (int r = 0; r < rows; r++) {
             LLVMValueRef xb = vsplat(w, load(w, xrow[r], ci(w, k)));
-            for (int v = 0; v < nv; v++) out[r][v] = vmuladd(w, out[r][v], xb, wv[v]);
+            for (int v = 0; v < nv; v++) part[i][r][v] = vmuladd(w, part[i][r][v], xb, wv[v]);
         }
     }
+    for (int r = 0; r < rows && steps < 0; r++)
+        for (int v = 0; v < nv; v++) {
+            for (int width = 1; width < split; width *= 2)
+                for (int i = 0; i + width < split; i += 2 * width)
+                    /* no fast-math flags here: with them LLVM folds the
+                     * chains back into one */
+                    part[i][r][v] = LLVMBuildFAdd(w->b, part[i][r][v], part[i + width][r][v], "");
+            out[r][v] = part[0][r][v];
+        }
     for (int v = 0; v < nv; v++) {
         LLVMValueRef bv = bias ? vload(w, at(w, bias, ci(w, (int64_t)v * vw)), lanes[v]) : NULL;
         for (int r = 0; r < rows; r++) {
