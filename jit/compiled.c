@@ -35,6 +35,10 @@ struct mj_compiled {
     prologue *retired;
     int32_t *params;            /* param nodes the prologue reads */
     int32_t n_params;
+    /* their tensors' version counters, gathered once: the staleness check
+     * runs on every live call, and chasing graph -> node -> tensor for each
+     * parameter cost W1 ~15 ns per call (bench, Zen 5) */
+    _Atomic uint64_t **param_versions;
 
     /* Shapes precomputed for the call path (batch_linear: the input, the
      * output and every scratch slice are B x a fixed row). */
@@ -137,9 +141,7 @@ fail:
 
 static bool stale(const mj_compiled *c, const prologue *pr) {
     for (int32_t i = 0; i < c->n_params; i++) /* mj_tensor_version, inline: this is every call */
-        if (atomic_load_explicit(&c->g->nodes[c->params[i]].tensor->version, memory_order_acquire) !=
-            pr->versions[i])
-            return true;
+        if (atomic_load_explicit(c->param_versions[i], memory_order_acquire) != pr->versions[i]) return true;
     return false;
 }
 
@@ -326,6 +328,7 @@ void mj_compiled_free(mj_compiled *c) {
     free(c->input_free);
     free(c->needed);
     free(c->params);
+    free(c->param_versions);
     free(c->bitcode);
     mj_graph_free(c->g);
     pthread_mutex_destroy(&c->refresh_mu);
@@ -502,6 +505,12 @@ mj_status mj_jit_compile(mj_jit *jit, const mj_graph *g, const mj_compile_option
         for (int k = 0; k < n->n_operands; k++) c->needed[n->operands[k]] = true;
         if (n->op == MJ_OP_PARAM) c->params[c->n_params++] = i;
     }
+    c->param_versions = mj_alloc_array((size_t)c->n_params + 1, sizeof *c->param_versions);
+    if (!c->param_versions) {
+        s = MJ_ERR_NOMEM;
+        goto fail;
+    }
+    for (int32_t i = 0; i < c->n_params; i++) c->param_versions[i] = &c->g->nodes[c->params[i]].tensor->version;
     if (opts.frozen) {
         if ((s = prologue_compute(c, &pr)) != MJ_OK) goto fail;
         if ((s = build_and_add(c, &pr)) != MJ_OK) goto fail;
