@@ -12,7 +12,9 @@
  *   3. transpose yT back into y.
  * Each output element therefore sees exactly eager's operations in eager's
  * order minus the products with zero weights. The nonzeros, indices, group
- * table and bias are private constant globals of the module. */
+ * table and bias are private constant globals of the module. Weights pruned
+ * in aligned 1x4 blocks are stored as runs of 4 columns (one index, four
+ * weights), which cuts the index loads and loop trips by four. */
 #include "sparse.h"
 #include "jit_internal.h"
 
@@ -77,13 +79,17 @@ typedef struct plan {
     int32_t ncols;   /* columns some nonzero uses */
     int32_t *colmap; /* compact column -> k */
     bool identity;   /* colmap is k -> k (no column dropped) */
+    /* Entries are runs of `run` consecutive columns (1, or 4 for weights
+     * pruned in aligned 1x4 blocks): pidx/tidx hold a run's first column,
+     * pw/tw its `run` weights. */
+    int run;
     int32_t n_groups; /* row pairs (2g, 2g+1); an odd last row pairs with a dummy */
     int32_t kb;       /* compact columns per k-block */
     int32_t n_kblocks;
     /* per k-block, per group: pair start, pair end, tail-a start, end,
      * tail-b start, end */
     int32_t *meta;
-    int32_t *pidx; /* pairs: compact columns of rows 2g and 2g+1, interleaved */
+    int32_t *pidx; /* pairs: first compact columns of rows 2g and 2g+1's runs, interleaved */
     float *pw;
     int64_t n_pairs;
     int32_t *tidx; /* a row's nonzeros of the block beyond its partner's count */
@@ -111,6 +117,33 @@ static int32_t kblock_cols(int vw) {
     return (int32_t)(l1 / (4 * (4 * vw)));
 }
 
+/* Run size for W: 4 when the nonzeros sit in aligned groups of 4 columns
+ * (1x4 block masks) so that covering whole groups adds few zero weights,
+ * else 1. A zero inside a kept group costs a product with a zero weight,
+ * which eager computes too (exact for finite inputs, docs/numerics.md). */
+static int choose_run(const float *w, int64_t out, int64_t in, int64_t nnz) {
+    if (in % 4 != 0 || nnz == 0) return 1;
+    int64_t covered = 0;
+    for (int64_t j = 0; j < out; j++)
+        for (int64_t k = 0; k < in; k += 4) {
+            const float *g = w + j * in + k;
+            covered += 4 * (g[0] != 0.0f || g[1] != 0.0f || g[2] != 0.0f || g[3] != 0.0f);
+        }
+    return covered * 4 <= nnz * 5 ? 4 : 1; /* at most 25% padding */
+}
+
+/* Does row wr have a nonzero in the run starting at compact column c? */
+static bool run_used(const plan *p, const float *wr, int32_t c) {
+    for (int q = 0; q < p->run; q++)
+        if (wr[p->identity ? c + q : p->colmap[c + q]] != 0.0f) return true;
+    return false;
+}
+
+static void put_run(const plan *p, const float *wr, int32_t c, int32_t *idx, float *wv) {
+    *idx = c;
+    for (int q = 0; q < p->run; q++) wv[q] = wr[p->identity ? c + q : p->colmap[c + q]];
+}
+
 static bool plan_build(plan *p, const float *w, int64_t out, int64_t in, int vw) {
     memset(p, 0, sizeof *p);
     p->out = out;
@@ -126,11 +159,12 @@ static bool plan_build(plan *p, const float *w, int64_t out, int64_t in, int vw)
                 kc[k] = 0;
                 nnz++;
             }
+    p->run = choose_run(w, out, in, nnz);
     int32_t nc = 0;
     for (int64_t k = 0; k < in; k++) nc += kc[k] == 0;
     /* Drop unused columns only when it saves a real share of the transpose:
-     * the identity layout takes the fast tiled transpose. */
-    p->identity = (int64_t)nc * 4 > in * 3;
+     * the identity layout takes the fast tiled transpose. Runs need it. */
+    p->identity = p->run > 1 || (int64_t)nc * 4 > in * 3;
     if (p->identity) {
         nc = (int32_t)in;
         for (int64_t k = 0; k < in; k++) kc[k] = (int32_t)k;
@@ -145,42 +179,43 @@ static bool plan_build(plan *p, const float *w, int64_t out, int64_t in, int vw)
             }
     }
     p->ncols = nc;
-    p->kb = kblock_cols(vw);
+    p->kb = kblock_cols(vw) / 4 * 4; /* whole runs per block */
     p->n_kblocks = nc ? (nc + p->kb - 1) / p->kb : 1;
     p->n_groups = (int32_t)((out + 1) / 2);
+    /* entries: at most one per nonzero, or per used run */
+    size_t cap = (size_t)nnz + 1; /* every used run holds a nonzero */
     p->meta = mj_alloc_array((size_t)p->n_kblocks * (size_t)p->n_groups * 6 + 1, sizeof *p->meta);
-    p->pidx = mj_alloc_array((size_t)nnz + 1, sizeof *p->pidx);
-    p->pw = mj_alloc_array((size_t)nnz + 1, sizeof *p->pw);
-    p->tidx = mj_alloc_array((size_t)nnz + 1, sizeof *p->tidx);
-    p->tw = mj_alloc_array((size_t)nnz + 1, sizeof *p->tw);
+    p->pidx = mj_alloc_array(cap, sizeof *p->pidx);
+    p->pw = mj_alloc_array(cap * (size_t)p->run, sizeof *p->pw);
+    p->tidx = mj_alloc_array(cap, sizeof *p->tidx);
+    p->tw = mj_alloc_array(cap * (size_t)p->run, sizeof *p->tw);
     if (!(ok = p->meta && p->pidx && p->pw && p->tidx && p->tw)) goto done;
-    /* compact column c of row j: the nonzeros in ascending k (kc is
-     * increasing in k) */
+    /* a row's runs of the block, in ascending k (kc is increasing in k) */
+    int R = p->run;
+    int64_t entries = 0;
     for (int32_t blk = 0; blk < p->n_kblocks; blk++) {
         int32_t c0 = blk * p->kb, c1 = c0 + p->kb < nc ? c0 + p->kb : nc;
         for (int32_t g = 0; g < p->n_groups; g++) {
             int64_t ja = 2 * (int64_t)g, jb = ja + 1;
             const float *wa = w + ja * in, *wb = jb < out ? w + jb * in : NULL;
-            /* this block's nonzeros of each row, as compact columns */
             int32_t *m = &p->meta[((size_t)blk * (size_t)p->n_groups + (size_t)g) * 6];
             int64_t na = 0, nb = 0;
-            for (int32_t c = c0; c < c1; c++) {
-                int64_t k = p->identity ? c : p->colmap[c];
-                na += wa[k] != 0.0f;
-                nb += wb && wb[k] != 0.0f;
+            for (int32_t c = c0; c < c1; c += R) {
+                na += run_used(p, wa, c);
+                nb += wb && run_used(p, wb, c);
             }
             int64_t np = na < nb ? na : nb;
             m[0] = (int32_t)(p->n_pairs / 2);
             int32_t a = c0, b = c0;
             for (int64_t i = 0; i < np; i++) {
-                while (wa[p->identity ? a : p->colmap[a]] == 0.0f) a++;
-                while (wb[p->identity ? b : p->colmap[b]] == 0.0f) b++;
-                p->pidx[p->n_pairs] = a;
-                p->pw[p->n_pairs++] = wa[p->identity ? a : p->colmap[a]];
-                p->pidx[p->n_pairs] = b;
-                p->pw[p->n_pairs++] = wb[p->identity ? b : p->colmap[b]];
-                a++;
-                b++;
+                while (!run_used(p, wa, a)) a += R;
+                while (!run_used(p, wb, b)) b += R;
+                put_run(p, wa, a, &p->pidx[p->n_pairs], &p->pw[p->n_pairs * R]);
+                p->n_pairs++;
+                put_run(p, wb, b, &p->pidx[p->n_pairs], &p->pw[p->n_pairs * R]);
+                p->n_pairs++;
+                a += R;
+                b += R;
             }
             m[1] = (int32_t)(p->n_pairs / 2);
             for (int r = 0; r < 2; r++) {
@@ -188,16 +223,17 @@ static bool plan_build(plan *p, const float *w, int64_t out, int64_t in, int vw)
                 int32_t c = r ? b : a;
                 m[2 + 2 * r] = (int32_t)p->n_tail;
                 for (int64_t i = np; i < (r ? nb : na); i++) {
-                    while (wr[p->identity ? c : p->colmap[c]] == 0.0f) c++;
-                    p->tidx[p->n_tail] = c;
-                    p->tw[p->n_tail++] = wr[p->identity ? c : p->colmap[c]];
-                    c++;
+                    while (!run_used(p, wr, c)) c += R;
+                    put_run(p, wr, c, &p->tidx[p->n_tail], &p->tw[p->n_tail * R]);
+                    p->n_tail++;
+                    c += R;
                 }
                 m[3 + 2 * r] = (int32_t)p->n_tail;
             }
+            entries += na + nb;
         }
     }
-    MJ_ASSERT(p->n_pairs + p->n_tail == nnz);
+    MJ_ASSERT(p->n_pairs + p->n_tail == entries && entries <= nnz && (R > 1 || entries == nnz));
 done:
     free(kc);
     if (!ok) plan_free(p);
@@ -542,6 +578,17 @@ static void emit_term(sb *s, int r, int nv, int C, LLVMValueRef kc, LLVMValueRef
     }
 }
 
+static LLVMValueRef kidx(sb *s, LLVMValueRef table, LLVMValueRef i);
+
+/* The terms of entry i of an index/weight table pair: its run of columns
+ * kc, kc+1, ... in ascending order. */
+static void emit_run(sb *s, int r, int nv, int C, LLVMValueRef idx_table, LLVMValueRef w_table, LLVMValueRef i) {
+    LLVMValueRef kc = kidx(s, idx_table, i);
+    LLVMValueRef w0 = mul(s, i, ci(s, s->p->run));
+    for (int q = 0; q < s->p->run; q++)
+        emit_term(s, r, nv, C, add(s, kc, ci(s, q)), ld(s, s->f32, w_table, add(s, w0, ci(s, q))));
+}
+
 /* acc[r] <-> yT row j */
 static void emit_acc_move(sb *s, int r, int nv, int C, LLVMValueRef j, bool load) {
     LLVMValueRef row = at(s, s->f32, s->yT, mul(s, j, ci(s, C)));
@@ -589,14 +636,14 @@ static void emit_chunk(sb *s, int C, LLVMValueRef i0, LLVMValueRef valid, bool f
     emit_acc_move(s, 1, nv, C, jb, true);
     loop lp = loop_begin(s, ps, pe, 1);
     LLVMValueRef i2 = mul(s, lp.iv, ci(s, 2)), i2b = add(s, i2, ci(s, 1));
-    emit_term(s, 0, nv, C, kidx(s, s->g_pidx, i2), ld(s, s->f32, s->g_pw, i2));
-    emit_term(s, 1, nv, C, kidx(s, s->g_pidx, i2b), ld(s, s->f32, s->g_pw, i2b));
+    emit_run(s, 0, nv, C, s->g_pidx, s->g_pw, i2);
+    emit_run(s, 1, nv, C, s->g_pidx, s->g_pw, i2b);
     loop_end(s, &lp);
     loop lt = loop_begin(s, as, ae, 1);
-    emit_term(s, 0, nv, C, kidx(s, s->g_tidx, lt.iv), ld(s, s->f32, s->g_tw, lt.iv));
+    emit_run(s, 0, nv, C, s->g_tidx, s->g_tw, lt.iv);
     loop_end(s, &lt);
     lt = loop_begin(s, bs, be, 1);
-    emit_term(s, 1, nv, C, kidx(s, s->g_tidx, lt.iv), ld(s, s->f32, s->g_tw, lt.iv));
+    emit_run(s, 1, nv, C, s->g_tidx, s->g_tw, lt.iv);
     loop_end(s, &lt);
     emit_acc_move(s, 0, nv, C, ja, false);
     emit_acc_move(s, 1, nv, C, jb, false);
@@ -658,9 +705,9 @@ LLVMValueRef mj_sparse_emit_linear(LLVMModuleRef M, const char *name, const floa
 
     s.g_meta = const_array(&s, name, "meta", s.i32, p.meta, (int64_t)p.n_kblocks * p.n_groups * 6);
     s.g_pidx = const_array(&s, name, "pidx", s.i32, p.pidx, p.n_pairs);
-    s.g_pw = const_array(&s, name, "pw", s.f32, p.pw, p.n_pairs);
+    s.g_pw = const_array(&s, name, "pw", s.f32, p.pw, p.n_pairs * p.run);
     s.g_tidx = const_array(&s, name, "tidx", s.i32, p.tidx, p.n_tail);
-    s.g_tw = const_array(&s, name, "tw", s.f32, p.tw, p.n_tail);
+    s.g_tw = const_array(&s, name, "tw", s.f32, p.tw, p.n_tail * p.run);
     s.g_bias = b ? const_array(&s, name, "bias", s.f32, b, out) : NULL;
     s.g_colmap = p.identity ? NULL : const_array(&s, name, "colmap", s.i32, p.colmap, p.ncols);
 

@@ -142,7 +142,7 @@ static mj_tensor *harness_run(const harness *h, const mj_tensor *x) {
     return t;
 }
 
-typedef enum { MASK_RANDOM, MASK_ROWS, MASK_BLOCK4, MASK_COLS } mask_kind;
+typedef enum { MASK_RANDOM, MASK_ROWS, MASK_BLOCK4, MASK_COLS, MASK_BLOCK4_HOLES } mask_kind;
 
 /* randn weight times a 0/1 mask of the given density (the eager masked
  * weight, as FakeSparsity computes it: w * mask) */
@@ -163,6 +163,10 @@ static mj_tensor *masked_weight(int64_t out, int64_t in, double density, mask_ki
             case MASK_BLOCK4:
                 if (k % 4 == 0) row_on = mj_rng_uniform(&rng) < density;
                 on = row_on;
+                break;
+            case MASK_BLOCK4_HOLES: /* 1x4 blocks, one in 8 kept ones missing a weight */
+                if (k % 4 == 0) row_on = mj_rng_uniform(&rng) < density;
+                on = row_on && !(k % 4 == 2 && mj_rng_uniform(&rng) < 0.125);
                 break;
             case MASK_COLS: on = k % 3 == 0 && mj_rng_uniform(&rng) < density; break;
             default: on = mj_rng_uniform(&rng) < density;
@@ -278,6 +282,10 @@ Test(sparse, row_masks_block_masks_dropped_columns) {
         check_case(64, 48, 0.1, MASK_ROWS, bias, MJ_ACT_GELU, false, b, 4);
         check_case(256, 256, 0.1, MASK_BLOCK4, bias, MJ_ACT_RELU, false, b, 4);
         check_case(256, 258, 0.1, MASK_BLOCK4, bias, MJ_ACT_NONE, false, b, 4);
+        /* runs of 4 columns (jit/sparse.c), some with a zero weight inside,
+         * over several k-blocks */
+        check_case(96, 1024, 0.1, MASK_BLOCK4_HOLES, bias, MJ_ACT_TANH, false, b, 4);
+        check_case(96, 1024, 0.2, MASK_BLOCK4_HOLES, bias, MJ_ACT_RELU, true, b, 4);
         check_case(256, 256, 0.3, MASK_COLS, bias, MJ_ACT_RELU, false, b, 4);
         check_case(33, 100, 0.3, MASK_COLS, bias, MJ_ACT_SIGMOID, false, b, 4);
     }
