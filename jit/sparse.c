@@ -182,8 +182,7 @@ static bool plan_build(plan *p, const float *w, int64_t out, int64_t in, int vw)
     p->kb = kblock_cols(vw) / 4 * 4; /* whole runs per block */
     p->n_kblocks = nc ? (nc + p->kb - 1) / p->kb : 1;
     p->n_groups = (int32_t)((out + 1) / 2);
-    /* entries: at most one per nonzero, or per used run */
-    size_t cap = (size_t)nnz + 1; /* every used run holds a nonzero */
+    size_t cap = (size_t)nnz + 1; /* entries: every used run holds a nonzero */
     p->meta = mj_alloc_array((size_t)p->n_kblocks * (size_t)p->n_groups * 6 + 1, sizeof *p->meta);
     p->pidx = mj_alloc_array(cap, sizeof *p->pidx);
     p->pw = mj_alloc_array(cap * (size_t)p->run, sizeof *p->pw);
