@@ -50,6 +50,7 @@ struct mj_compiled {
     bool row_independent;
     int threads;
     double row_flops;
+    int64_t col_panels; /* full column panels of the widest packed linear layer */
     pool *pool;
 };
 
@@ -210,6 +211,8 @@ typedef struct part {
     int64_t rows;
     float *scratch; /* the pool's, per part */
     int64_t cap;    /* floats */
+    float *use;     /* this call's scratch: its own (rows) or part 0's (columns) */
+    int64_t tid, nth;
 } part;
 
 struct pool {
@@ -226,6 +229,7 @@ struct pool {
     const float *const *leaves;
     part *parts;
     int started;     /* workers created */
+    mj_body_sync sync; /* column mode's barrier */
 };
 
 typedef struct worker_arg {
@@ -247,12 +251,33 @@ static void *worker_main(void *arg) {
         part pt = mine ? p->parts[idx] : (part){0};
         const float *const *leaves = p->leaves;
         pthread_mutex_unlock(&p->mu);
-        if (mine) p->c->fn(leaves, pt.x, pt.y, pt.rows, pt.scratch);
+        if (mine) p->c->fn(leaves, pt.x, pt.y, pt.rows, pt.use, pt.tid, pt.nth, &p->sync);
         pthread_mutex_lock(&p->mu);
         if (mine && --p->pending == 0) pthread_cond_signal(&p->done);
     }
     pthread_mutex_unlock(&p->mu);
     return NULL;
+}
+
+/* The column-mode barrier (mj_body_sync): the last thread to arrive
+ * starts the next phase; the others spin on it, yielding now and then (a
+ * VM may have descheduled the thread they wait for). acq_rel on arrival
+ * and release/acquire on the phase make each op's writes visible to the
+ * next op on every thread. */
+static void sync_wait(mj_body_sync *s, void *y, void *scratch) {
+    (void)y, (void)scratch;
+    unsigned phase = atomic_load_explicit(&s->phase, memory_order_acquire);
+    if (atomic_fetch_add_explicit(&s->arrived, 1, memory_order_acq_rel) == s->n - 1) {
+        atomic_store_explicit(&s->arrived, 0, memory_order_relaxed);
+        atomic_store_explicit(&s->phase, phase + 1, memory_order_release);
+        return;
+    }
+    for (unsigned i = 1; atomic_load_explicit(&s->phase, memory_order_acquire) == phase; i++) {
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+        if (i % 1024 == 0) sched_yield();
+    }
 }
 
 static void pool_free(pool *p) {
@@ -279,6 +304,7 @@ static mj_status pool_new(mj_compiled *c, int n, pool **out) {
     if (!p) return MJ_ERR_NOMEM;
     p->c = c;
     p->n = n;
+    p->sync.wait = sync_wait;
     p->th = mj_alloc_array((size_t)n, sizeof *p->th);
     p->parts = mj_alloc_array((size_t)n, sizeof *p->parts);
     if (!p->th || !p->parts || pthread_mutex_init(&p->busy, NULL) || pthread_mutex_init(&p->mu, NULL) ||
@@ -536,6 +562,7 @@ fail:
 /* Work (FLOP) below which a call stays on the caller's thread: waking the
  * pool costs tens of microseconds. */
 #define PAR_MIN_FLOPS 4e6
+#define COL_MAX_ROWS 6
 
 static bool b_at_dim0_only(const mj_type *t) {
     if (t->rank < 1 || t->dims[0] != MJ_DIM_BATCH) return false;
@@ -594,7 +621,16 @@ static mj_status runtime_init(mj_compiled *c) {
         }
     }
     c->has_sparse = false;
-    for (int32_t i = 0; i < g->n_nodes; i++) c->has_sparse = c->has_sparse || c->plan.sparse[i];
+    for (int32_t i = 0; i < g->n_nodes; i++) {
+        const mj_node *n = &g->nodes[i];
+        c->has_sparse = c->has_sparse || c->plan.sparse[i];
+        /* layers that split their columns in column mode (jit/lower.c) */
+        if ((n->op == MJ_OP_LINEAR || n->op == MJ_OP_LINEAR_ACT) && !c->input_free[i] && !c->plan.sparse[i] &&
+            c->input_free[n->operands[1]]) {
+            int64_t panels = g->nodes[n->operands[1]].type.dims[0] / c->plan.panel;
+            if (panels > c->col_panels) c->col_panels = panels;
+        }
+    }
     int threads = c->opts.threads;
     if (threads == 0) {
         long n = sysconf(_SC_NPROCESSORS_ONLN);
@@ -631,17 +667,20 @@ static int64_t scratch_cap(const float *b) {
     return n;
 }
 
-/* Splits the rows over the pool; false if the pool is busy or out of
- * memory (the caller then runs the call itself). */
-static bool run_parallel(mj_compiled *c, const float *const *leaves, const float *x, int64_t batch, float *y) {
+/* Splits the call over the pool: the rows between the threads, or, in
+ * column mode (few rows, wide layers), every thread the whole batch with
+ * its share of each wide layer's output columns (mj_lower_body). False if
+ * the pool is busy or out of memory (the caller then runs the call itself). */
+static bool run_parallel(mj_compiled *c, const float *const *leaves, const float *x, int64_t batch, float *y,
+                         bool columns) {
     pool *p = c->pool;
     if (pthread_mutex_trylock(&p->busy) != 0) return false;
-    int np = batch < p->n ? (int)batch : p->n;
+    int np = columns || batch >= p->n ? p->n : (int)batch;
     for (int t = 0; t < np; t++) {
-        int64_t r0 = batch * t / np, r1 = batch * (t + 1) / np;
+        int64_t r0 = columns ? 0 : batch * t / np, r1 = columns ? batch : batch * (t + 1) / np;
         part *pt = &p->parts[t];
-        int64_t need = scratch_for(c, r1 - r0);
-        if (!pt->scratch || pt->cap < need) {
+        int64_t need = columns && t > 0 ? 0 : scratch_for(c, r1 - r0);
+        if (need > 0 && (!pt->scratch || pt->cap < need)) {
             free(pt->scratch ? pt->scratch - 16 : NULL);
             pt->scratch = scratch_alloc(need);
             pt->cap = pt->scratch ? need : 0;
@@ -653,7 +692,11 @@ static bool run_parallel(mj_compiled *c, const float *const *leaves, const float
         pt->x = x + r0 * c->in_row;
         pt->y = y + r0 * c->out_row;
         pt->rows = r1 - r0;
+        pt->use = columns ? p->parts[0].scratch : pt->scratch;
+        pt->tid = columns ? t : 0;
+        pt->nth = columns ? np : 1;
     }
+    p->sync.n = np;
     pthread_mutex_lock(&p->mu);
     p->n_parts = np;
     p->leaves = leaves;
@@ -661,7 +704,8 @@ static bool run_parallel(mj_compiled *c, const float *const *leaves, const float
     p->gen++;
     pthread_cond_broadcast(&p->work);
     pthread_mutex_unlock(&p->mu);
-    c->fn(leaves, p->parts[0].x, p->parts[0].y, p->parts[0].rows, p->parts[0].scratch);
+    const part *p0 = &p->parts[0];
+    c->fn(leaves, p0->x, p0->y, p0->rows, p0->use, p0->tid, p0->nth, &p->sync);
     pthread_mutex_lock(&p->mu);
     while (p->pending > 0) pthread_cond_wait(&p->done, &p->mu);
     pthread_mutex_unlock(&p->mu);
@@ -726,10 +770,14 @@ mj_status mj_compiled_run_raw(mj_compiled *c, const float *x, int64_t batch, flo
         }
     }
     const float *const *leaves = pr ? pr->leaf_data : NULL;
-    if (c->pool && batch >= 2 && (double)batch * c->row_flops >= PAR_MIN_FLOPS &&
-        run_parallel(c, leaves, x, batch, y)) {
-        if (pr) leave(c);
-        return MJ_OK;
+    if (c->pool && (double)batch * c->row_flops >= PAR_MIN_FLOPS) {
+        /* Fewer rows per thread than a micro-kernel's 6 and a layer with a
+         * panel of columns per thread: split the columns instead of rows. */
+        bool columns = batch < COL_MAX_ROWS * c->pool->n && c->col_panels >= c->pool->n;
+        if ((columns || batch >= 2) && run_parallel(c, leaves, x, batch, y, columns)) {
+            if (pr) leave(c);
+            return MJ_OK;
+        }
     }
     /* Scratch (reentrant): on the stack when small, else the cached buffer
      * if no other call holds it, else a fresh one. */
@@ -748,7 +796,7 @@ mj_status mj_compiled_run_raw(mj_compiled *c, const float *x, int64_t batch, flo
         }
         scratch = heap;
     }
-    c->fn(leaves, x, y, batch, scratch);
+    c->fn(leaves, x, y, batch, scratch, 0, 1, NULL);
     if (pr) leave(c);
     if (heap) {
         float *old = atomic_exchange(&c->spare, heap);

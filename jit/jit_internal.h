@@ -5,6 +5,7 @@
 #define MJ_JIT_INTERNAL_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 
 #include <llvm-c/Core.h>
@@ -87,12 +88,29 @@ typedef struct mj_lower_options {
 } mj_lower_options;
 
 /* Emits `void fname(const float *const *leaves, const float *x, float *y,
- * int64_t batch, float *scratch)` into m (in context ctx). */
+ * int64_t batch, float *scratch, int64_t tid, int64_t nth, mj_body_sync
+ * *sync)` into m (in context ctx). With nth = 1 (tid 0, sync unused) one
+ * call computes everything. With nth > 1, nth threads make the same call
+ * on the same buffers with tid 0..nth-1 (column mode): each packed linear
+ * layer's panels of output columns are split between them, every other op
+ * runs on thread 0, and all meet at sync->wait after each op. Every output
+ * element is still computed by one thread in the same order. */
 mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan *p,
                         const mj_lower_options *o);
 
+typedef struct mj_body_sync mj_body_sync;
+struct mj_body_sync {
+    /* first member: the generated code loads and calls it as
+     * wait(sync, y, scratch); passing y and scratch tells LLVM the call may
+     * write them (they are noalias arguments of the body) */
+    void (*wait)(mj_body_sync *sync, void *y, void *scratch);
+    atomic_int arrived;
+    atomic_uint phase;
+    int n;
+};
+
 typedef void (*mj_body_fn)(const float *const *leaves, const float *x, float *y, int64_t batch,
-                           float *scratch);
+                           float *scratch, int64_t tid, int64_t nth, mj_body_sync *sync);
 
 /* jit.c: optimise (default<O3>), keep the optimised module as bitcode (for
  * dumps; compact even with baked weights, unlike IR text), add the module to

@@ -162,6 +162,7 @@ typedef struct lw {
     LLVMValueRef fn;
     LLVMTypeRef f32, i64, ptr, unary_ty;
     LLVMValueRef leaves, x, y, batch, scratch;
+    LLVMValueRef tid, nth, sync; /* column mode (see mj_lower_body) */
     LLVMValueRef *buf; /* per node: pointer to its float storage */
     LLVMValueRef erff_fn, expf_fn, tanhf_fn;
     const mj_body_plan *p;
@@ -725,8 +726,19 @@ static void emit_gemm(lw *w, LLVMValueRef y, LLVMValueRef x, LLVMValueRef Wp, LL
         int pw = (int)(part == 0 ? P : tail);
         LLVMValueRef mk[4];
         for (int t = 0; t < 4; t++) mk[t] = emit_microkernel(w, mk_rows[t], pw, bias != NULL, act);
-        loop lp = loop_begin(w, ci(w, np));
-        LLVMValueRef j0 = add(w, mul(w, lp.iv, ci(w, P)), ci(w, part == 0 ? 0 : nfull * P));
+        /* column mode: thread tid takes full panels [np*tid/nth, np*(tid+1)/nth),
+         * the last thread the narrow tail panel */
+        LLVMValueRef lo = ci(w, 0), cnt;
+        if (part == 0) {
+            lo = LLVMBuildSDiv(w->b, mul(w, ci(w, np), w->tid), w->nth, "");
+            LLVMValueRef hi = LLVMBuildSDiv(w->b, mul(w, ci(w, np), add(w, w->tid, ci(w, 1))), w->nth, "");
+            cnt = LLVMBuildSub(w->b, hi, lo, "");
+        } else {
+            LLVMValueRef last_thread = LLVMBuildICmp(w->b, LLVMIntEQ, w->tid, LLVMBuildSub(w->b, w->nth, ci(w, 1), ""), "");
+            cnt = LLVMBuildSelect(w->b, last_thread, ci(w, 1), ci(w, 0), "");
+        }
+        loop lp = loop_begin(w, cnt);
+        LLVMValueRef j0 = add(w, mul(w, add(w, lo, lp.iv), ci(w, P)), ci(w, part == 0 ? 0 : nfull * P));
         LLVMValueRef panel = at(w, Wp, mul(w, j0, ci(w, K)));
         LLVMValueRef ycol = at(w, y, j0);
         LLVMValueRef bcol = bias ? at(w, bias, j0) : NULL;
@@ -929,6 +941,26 @@ static void emit_small_chain(lw *w, const int32_t *ids, int n_ids) {
     loop_end(w, &l);
 }
 
+/* Does node i go through emit_gemm (and so split its columns in column
+ * mode)? The same conditions as emit_linear, after small chains and sparse
+ * layers have taken theirs. */
+static bool splits_columns(const mj_body_plan *p, int32_t i) {
+    const mj_node *n = &p->g->nodes[i];
+    if ((n->op != MJ_OP_LINEAR && n->op != MJ_OP_LINEAR_ACT) || small_linear(p, i) || p->sparse[i]) return false;
+    const mj_type *wt = &p->g->nodes[n->operands[1]].type;
+    return p->input_free[n->operands[1]] && wt->dims[0] >= 1 && wt->dims[1] >= 1;
+}
+
+/* if (nth > 1) sync->wait(sync, y, scratch) */
+static void emit_barrier(lw *w) {
+    LLVMBasicBlockRef end = if_begin(w, LLVMBuildICmp(w->b, LLVMIntSGT, w->nth, ci(w, 1), ""));
+    LLVMValueRef fp = LLVMBuildLoad2(w->b, w->ptr, w->sync, "wait");
+    LLVMTypeRef pt[3] = {w->ptr, w->ptr, w->ptr};
+    LLVMValueRef args[3] = {w->sync, w->y, w->scratch};
+    LLVMBuildCall2(w->b, LLVMFunctionType(LLVMVoidTypeInContext(w->ctx), pt, 3, 0), fp, args, 3, "");
+    if_end(w, end);
+}
+
 /* Pointer to leaf i: a baked constant (frozen) or leaves[i] (live). */
 static LLVMValueRef leaf_ptr(lw *w, int32_t i) {
     if (w->o->baked) {
@@ -951,8 +983,8 @@ mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan 
     w.f32 = LLVMFloatTypeInContext(ctx);
     w.i64 = LLVMInt64TypeInContext(ctx);
     w.ptr = LLVMPointerTypeInContext(ctx, 0);
-    LLVMTypeRef params[5] = {w.ptr, w.ptr, w.ptr, w.i64, w.ptr};
-    LLVMTypeRef fty = LLVMFunctionType(LLVMVoidTypeInContext(ctx), params, 5, 0);
+    LLVMTypeRef params[8] = {w.ptr, w.ptr, w.ptr, w.i64, w.ptr, w.i64, w.i64, w.ptr};
+    LLVMTypeRef fty = LLVMFunctionType(LLVMVoidTypeInContext(ctx), params, 8, 0);
     w.fn = LLVMAddFunction(m, o->fname, fty);
     w.unary_ty = LLVMFunctionType(w.f32, &w.f32, 1, 0);
     w.erff_fn = LLVMAddFunction(m, "erff", w.unary_ty);
@@ -971,6 +1003,9 @@ mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan 
     w.y = LLVMGetParam(w.fn, 2);
     w.batch = LLVMGetParam(w.fn, 3);
     w.scratch = LLVMGetParam(w.fn, 4);
+    w.tid = LLVMGetParam(w.fn, 5);
+    w.nth = LLVMGetParam(w.fn, 6);
+    w.sync = LLVMGetParam(w.fn, 7);
     w.b = LLVMCreateBuilderInContext(ctx);
     LLVMPositionBuilderAtEnd(w.b, LLVMAppendBasicBlockInContext(ctx, w.fn, "entry"));
 
@@ -1010,6 +1045,14 @@ mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan 
     for (int32_t i = 0; i < g->n_nodes && s == MJ_OK; i++) {
         const mj_node *n = &g->nodes[i];
         if (p->input_free[i] || n->op == MJ_OP_INPUT || done[i]) continue;
+        if (n->op == MJ_OP_RESHAPE) { /* an alias: no code */
+            w.buf[i] = w.buf[n->operands[0]];
+            continue;
+        }
+        /* column mode: packed linear layers split their columns, anything
+         * else runs on thread 0; everyone meets after each op */
+        LLVMBasicBlockRef first_only = NULL;
+        if (!splits_columns(p, i)) first_only = if_begin(&w, LLVMBuildICmp(w.b, LLVMIntEQ, w.tid, ci(&w, 0), ""));
         if (small_linear(p, i)) {
             int nc = 0;
             chain[nc++] = i;
@@ -1024,6 +1067,8 @@ mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan 
             }
             for (int c = 0; c < nc; c++) done[chain[c]] = true;
             emit_small_chain(&w, chain, nc);
+            if_end(&w, first_only);
+            emit_barrier(&w);
             continue;
         }
 #if MJ_HAVE_SPARSE
@@ -1043,6 +1088,8 @@ mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan 
             LLVMValueRef args[4] = {w.buf[n->operands[0]], w.buf[i], dims_product(&w, xt, 0, xt->rank - 1),
                                     sparse_scratch};
             LLVMBuildCall2(w.b, LLVMFunctionType(LLVMVoidTypeInContext(ctx), spt, 4, 0), sf, args, 4, "");
+            if_end(&w, first_only);
+            emit_barrier(&w);
             continue;
         }
 #else
@@ -1054,15 +1101,18 @@ mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan 
         case MJ_OP_LINEAR_ACT: emit_linear(&w, i); break;
         case MJ_OP_EXPAND: emit_expand(&w, i); break;
         case MJ_OP_TRANSPOSE: emit_transpose(&w, i); break;
-        case MJ_OP_RESHAPE: w.buf[i] = w.buf[n->operands[0]]; break;
         default:
             if (mj_op_table[n->op].flags & MJ_OPF_ELEMENTWISE) emit_elementwise(&w, i);
             else s = mj_fail(MJ_ERR_UNSUPPORTED, "jit: no lowering for op %s", mj_op_table[n->op].name);
         }
+        if (first_only) if_end(&w, first_only);
+        emit_barrier(&w);
     }
     if (s == MJ_OK && p->out_root < 0) { /* the output is an input, a leaf or an alias of one */
         const mj_type *t = &g->nodes[p->out_node].type;
+        LLVMBasicBlockRef first_only = if_begin(&w, LLVMBuildICmp(w.b, LLVMIntEQ, w.tid, ci(&w, 0), ""));
         emit_copy(&w, w.y, w.buf[p->out_node], dims_product(&w, t, 0, t->rank));
+        if_end(&w, first_only);
     }
     if (s == MJ_OK) LLVMBuildRetVoid(w.b);
     if (s == MJ_OK && !w.loops)

@@ -8,8 +8,9 @@
 # #274), so the threaded tests are mirrored in tools/tsan_stress.c, a plain
 # program linked against the TSan-built libmaskjit.a:
 #   - 8 threads call one compiled model (live, then frozen,
-#     then live with a 4-thread pool splitting each call)     = reliability/eight_threads_call_one_compiled_model,
-#                                                               jit/eight_threads_share_one_compiled_model
+#     then with a 4-thread pool splitting each call's rows,   = reliability/eight_threads_call_one_compiled_model,
+#     then its columns, live and frozen)                        jit/eight_threads_share_one_compiled_model,
+#                                                               jit/column_split_threads_are_bit_identical
 #   - 8 threads: eager forward of one module + interpreter    = reliability/eight_threads_read_one_module_and_graph
 #   - 8 threads trace + compile their own models on one JIT   = reliability/eight_threads_trace_and_compile_their_own_models,
 #     (two of them on their own JIT)                            trace/concurrent_traces_on_threads
@@ -18,6 +19,9 @@
 #
 # LLVM itself is not instrumented: its locks are pthread mutexes, which TSan
 # intercepts, so the happens-before edges through them are still seen.
+# Neither is the JIT-compiled code: TSan sees the pool and the column-mode
+# barrier (jit/compiled.c), while a missing barrier in the generated code
+# would show as a result that differs from eager.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)

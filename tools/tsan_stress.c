@@ -75,13 +75,17 @@ static void *call_main(void *p) {
     return NULL;
 }
 
-static void shared_calls(mj_jit *jit, bool frozen, int mode, int pool, const char *name) {
-    mj_module *m = model("mlp:32,48,8:act=gelu", 31, 0.5);
-    mj_graph *g = m ? trace(m, 32) : NULL;
+/* pool > 1: the model's own pool splits the calls of a model wide enough to
+ * pass PAR_MIN_FLOPS (jit/compiled.c): by rows at 24+ rows (6 per thread),
+ * by output columns (threads meeting at a barrier after each op) below. */
+static void shared_calls(mj_jit *jit, bool frozen, int mode, int pool, bool columns, const char *name) {
+    int64_t in = pool > 1 ? 256 : 32;
+    mj_module *m = model(pool > 1 ? "mlp:256,1024,256:act=gelu" : "mlp:32,48,8:act=gelu", 31, 0.5);
+    mj_graph *g = m ? trace(m, in) : NULL;
     mj_compile_options o;
     mj_compile_options_init(&o);
     o.frozen = frozen;
-    o.threads = pool; /* > 1: the model's own pool splits each call's rows */
+    o.threads = pool;
     mj_compiled *c = NULL;
     if (!g || (mode == 0 && mj_jit_compile(jit, g, &o, &c) != MJ_OK)) {
         fail(name, mj_last_error());
@@ -92,8 +96,8 @@ static void shared_calls(mj_jit *jit, bool frozen, int mode, int pool, const cha
     pthread_t th[T];
     call_arg args[T];
     for (int i = 0; i < T; i++) {
-        int64_t batch = pool > 1 ? 24 + 16 * i : 1 + i;
-        args[i] = (call_arg){.c = c, .m = m, .g = g, .mode = mode, .x = randn(batch, 32, 50 + (uint64_t)i)};
+        int64_t batch = pool == 1 ? 1 + i : columns ? 4 + 2 * i : 24 + 16 * i;
+        args[i] = (call_arg){.c = c, .m = m, .g = g, .mode = mode, .x = randn(batch, in, 50 + (uint64_t)i)};
         mj_module_forward(m, args[i].x, &args[i].want);
     }
     for (int i = 0; i < T; i++) pthread_create(&th[i], NULL, call_main, &args[i]);
@@ -191,15 +195,19 @@ int main(void) {
         {"8 threads: eager forward of one module + interpreter on one graph", 2},
         {"8 threads trace and compile their own models (shared JIT, 2 own JITs)", 3},
         {"8 threads: thread-local error messages", 4},
-        {"8 threads call one compiled model with a 4-thread pool (live)", 5},
+        {"8 threads call one compiled model with a 4-thread pool splitting rows (live)", 5},
+        {"8 threads call one compiled model with a 4-thread pool splitting columns (live)", 6},
+        {"8 threads call one compiled model with a 4-thread pool splitting columns (frozen)", 7},
     };
     for (size_t i = 0; i < sizeof scenarios / sizeof scenarios[0]; i++) {
         int before = failures;
         switch (scenarios[i].id) {
-        case 0: shared_calls(jit, false, 0, 1, scenarios[i].name); break;
-        case 1: shared_calls(jit, true, 0, 1, scenarios[i].name); break;
-        case 2: shared_calls(jit, false, 1, 1, scenarios[i].name); break;
-        case 5: shared_calls(jit, false, 0, 4, scenarios[i].name); break;
+        case 0: shared_calls(jit, false, 0, 1, false, scenarios[i].name); break;
+        case 1: shared_calls(jit, true, 0, 1, false, scenarios[i].name); break;
+        case 2: shared_calls(jit, false, 1, 1, false, scenarios[i].name); break;
+        case 5: shared_calls(jit, false, 0, 4, false, scenarios[i].name); break;
+        case 6: shared_calls(jit, false, 0, 4, true, scenarios[i].name); break;
+        case 7: shared_calls(jit, true, 0, 4, true, scenarios[i].name); break;
         case 3: own_models(jit); break;
         case 4: error_messages(); break;
         }
