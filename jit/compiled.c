@@ -33,12 +33,12 @@ struct mj_compiled {
     atomic_bool has_retired;
     pthread_mutex_t refresh_mu; /* refreshes; the retired list */
     prologue *retired;
-    int32_t *params;            /* param nodes the prologue reads */
-    int32_t n_params;
-    /* their tensors' version counters, gathered once: the staleness check
-     * runs on every live call, and chasing graph -> node -> tensor for each
-     * parameter cost W1 ~15 ns per call (bench, Zen 5) */
+    /* The version counters of the param tensors the prologue reads,
+     * gathered once: the staleness check runs on every live call, and
+     * chasing graph -> node -> tensor for each parameter cost W1 ~15 ns per
+     * call (bench, Zen 5). */
     _Atomic uint64_t **param_versions;
+    int32_t n_params;
 
     /* Shapes precomputed for the call path (batch_linear: the input, the
      * output and every scratch slice are B x a fixed row). */
@@ -60,7 +60,7 @@ struct prologue {
     mj_tensor **vals;
     float **packed;
     const float **leaf_data;
-    uint64_t *versions; /* of c->params when computed */
+    uint64_t *versions; /* of c->param_versions when computed */
     prologue *next;     /* retired list */
 };
 
@@ -181,7 +181,7 @@ static mj_status refresh(mj_compiled *c) {
         s = MJ_ERR_NOMEM;
         goto out;
     }
-    for (int32_t i = 0; i < c->n_params; i++) v[i] = mj_tensor_version(c->g->nodes[c->params[i]].tensor);
+    for (int32_t i = 0; i < c->n_params; i++) v[i] = atomic_load_explicit(c->param_versions[i], memory_order_acquire);
     if ((s = prologue_compute(c, pr)) != MJ_OK) {
         free(pr);
         free(v);
@@ -353,7 +353,6 @@ void mj_compiled_free(mj_compiled *c) {
     mj_body_plan_free(&c->plan);
     free(c->input_free);
     free(c->needed);
-    free(c->params);
     free(c->param_versions);
     free(c->bitcode);
     mj_graph_free(c->g);
@@ -519,8 +518,8 @@ mj_status mj_jit_compile(mj_jit *jit, const mj_graph *g, const mj_compile_option
     c->plan.nr = c->plan.vw == 16 ? 4 : 2;
     c->plan.panel = (int64_t)c->plan.nr * c->plan.vw;
     c->needed = mj_alloc_array((size_t)c->g->n_nodes + 1, sizeof *c->needed);
-    c->params = mj_alloc_array((size_t)c->g->n_nodes + 1, sizeof *c->params);
-    if (!c->needed || !c->params) {
+    c->param_versions = mj_alloc_array((size_t)c->g->n_nodes + 1, sizeof *c->param_versions);
+    if (!c->needed || !c->param_versions) {
         s = MJ_ERR_NOMEM;
         goto fail;
     }
@@ -529,14 +528,8 @@ mj_status mj_jit_compile(mj_jit *jit, const mj_graph *g, const mj_compile_option
         if (!c->needed[i]) continue;
         const mj_node *n = &c->g->nodes[i];
         for (int k = 0; k < n->n_operands; k++) c->needed[n->operands[k]] = true;
-        if (n->op == MJ_OP_PARAM) c->params[c->n_params++] = i;
+        if (n->op == MJ_OP_PARAM) c->param_versions[c->n_params++] = &n->tensor->version;
     }
-    c->param_versions = mj_alloc_array((size_t)c->n_params + 1, sizeof *c->param_versions);
-    if (!c->param_versions) {
-        s = MJ_ERR_NOMEM;
-        goto fail;
-    }
-    for (int32_t i = 0; i < c->n_params; i++) c->param_versions[i] = &c->g->nodes[c->params[i]].tensor->version;
     if (opts.frozen) {
         if ((s = prologue_compute(c, &pr)) != MJ_OK) goto fail;
         if ((s = build_and_add(c, &pr)) != MJ_OK) goto fail;
@@ -624,9 +617,7 @@ static mj_status runtime_init(mj_compiled *c) {
     for (int32_t i = 0; i < g->n_nodes; i++) {
         const mj_node *n = &g->nodes[i];
         c->has_sparse = c->has_sparse || c->plan.sparse[i];
-        /* layers that split their columns in column mode (jit/lower.c) */
-        if ((n->op == MJ_OP_LINEAR || n->op == MJ_OP_LINEAR_ACT) && !c->input_free[i] && !c->plan.sparse[i] &&
-            c->input_free[n->operands[1]]) {
+        if (!c->input_free[i] && mj_body_splits_columns(&c->plan, i)) {
             int64_t panels = g->nodes[n->operands[1]].type.dims[0] / c->plan.panel;
             if (panels > c->col_panels) c->col_panels = panels;
         }

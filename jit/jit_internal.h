@@ -97,6 +97,9 @@ typedef struct mj_lower_options {
  * element is still computed by one thread in the same order. */
 mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan *p,
                         const mj_lower_options *o);
+/* Does node i split its output columns in column mode (a packed linear
+ * layer that is neither a small chain's nor a sparse one)? */
+bool mj_body_splits_columns(const mj_body_plan *p, int32_t i);
 
 typedef struct mj_body_sync mj_body_sync;
 struct mj_body_sync {

@@ -850,43 +850,46 @@ static void small_layer(lw *w, int32_t id, int rows, LLVMValueRef const *xrow,
     int8_t lidx[LANE_MAX_STEPS][SMALL_MAX_N];
     float wsteps[LANE_MAX_STEPS][SMALL_MAX_N];
     int steps = lane_sparse_plan(w, &g->nodes[n->operands[1]], N, K, lidx, wsteps);
-    for (int r = 0; r < rows && steps >= 0; r++) {
-        LLVMValueRef xv[2] = {NULL, LLVMGetPoison(vty(w))};
-        for (int64_t i = 0; i * vw < K; i++)
-            xv[i] = vload(w, at(w, xrow[r], ci(w, i * vw)), (int)(K - i * vw < vw ? K - i * vw : vw));
-        for (int t = 0; t < steps; t++)
+    if (steps >= 0) {
+        for (int r = 0; r < rows; r++) {
+            LLVMValueRef xv[2] = {NULL, LLVMGetPoison(vty(w))};
+            for (int64_t i = 0; i * vw < K; i++)
+                xv[i] = vload(w, at(w, xrow[r], ci(w, i * vw)), (int)(K - i * vw < vw ? K - i * vw : vw));
+            for (int t = 0; t < steps; t++)
+                for (int v = 0; v < nv; v++) {
+                    LLVMValueRef xs = LLVMBuildShuffleVector(w->b, xv[0], xv[1],
+                                                             shuffle_mask(w, &lidx[t][v * vw], lanes[v]), "lanes");
+                    out[r][v] = vmuladd(w, out[r][v], xs, const_vec(w, &wsteps[t][v * vw], lanes[v]));
+                }
+        }
+    } else {
+        /* Fast mode may reassociate: the sum over k runs in FAST_SPLIT chains
+         * (k mod FAST_SPLIT) added pairwise at the end, so the FMA latency of
+         * one long chain no longer bounds a small layer. */
+        int split = w->fast && K >= 2 * FAST_SPLIT ? FAST_SPLIT : 1;
+        LLVMValueRef part[FAST_SPLIT][SMALL_ROWS][MK_MAX_VECS];
+        for (int i = 0; i < split; i++)
+            for (int r = 0; r < rows; r++)
+                for (int v = 0; v < nv; v++) part[i][r][v] = out[r][v];
+        for (int64_t k = 0; k < K; k++) {
+            LLVMValueRef wv[MK_MAX_VECS];
+            int i = (int)(k % split);
+            for (int v = 0; v < nv; v++) wv[v] = vload(w, at(w, Wp, ci(w, woff[v] + k * wstride[v])), lanes[v]);
+            for (int r = 0; r < rows; r++) {
+                LLVMValueRef xb = vsplat(w, load(w, xrow[r], ci(w, k)));
+                for (int v = 0; v < nv; v++) part[i][r][v] = vmuladd(w, part[i][r][v], xb, wv[v]);
+            }
+        }
+        for (int r = 0; r < rows; r++)
             for (int v = 0; v < nv; v++) {
-                LLVMValueRef xs = LLVMBuildShuffleVector(w->b, xv[0], xv[1],
-                                                         shuffle_mask(w, &lidx[t][v * vw], lanes[v]), "lanes");
-                out[r][v] = vmuladd(w, out[r][v], xs, const_vec(w, &wsteps[t][v * vw], lanes[v]));
+                for (int width = 1; width < split; width *= 2)
+                    for (int i = 0; i + width < split; i += 2 * width)
+                        /* no fast-math flags here: with them LLVM folds the
+                         * chains back into one */
+                        part[i][r][v] = LLVMBuildFAdd(w->b, part[i][r][v], part[i + width][r][v], "");
+                out[r][v] = part[0][r][v];
             }
     }
-    /* Fast mode may reassociate: the sum over k runs in FAST_SPLIT chains
-     * (k mod FAST_SPLIT) added pairwise at the end, so the FMA latency of
-     * one long chain no longer bounds a small layer. */
-    int split = w->fast && K >= 2 * FAST_SPLIT ? FAST_SPLIT : 1;
-    LLVMValueRef part[FAST_SPLIT][SMALL_ROWS][MK_MAX_VECS];
-    for (int i = 0; i < split; i++)
-        for (int r = 0; r < rows; r++)
-            for (int v = 0; v < nv; v++) part[i][r][v] = out[r][v];
-    for (int64_t k = 0; k < K && steps < 0; k++) {
-        LLVMValueRef wv[MK_MAX_VECS];
-        int i = (int)(k % split);
-        for (int v = 0; v < nv; v++) wv[v] = vload(w, at(w, Wp, ci(w, woff[v] + k * wstride[v])), lanes[v]);
-        for (int r = 0; r < rows; r++) {
-            LLVMValueRef xb = vsplat(w, load(w, xrow[r], ci(w, k)));
-            for (int v = 0; v < nv; v++) part[i][r][v] = vmuladd(w, part[i][r][v], xb, wv[v]);
-        }
-    }
-    for (int r = 0; r < rows && steps < 0; r++)
-        for (int v = 0; v < nv; v++) {
-            for (int width = 1; width < split; width *= 2)
-                for (int i = 0; i + width < split; i += 2 * width)
-                    /* no fast-math flags here: with them LLVM folds the
-                     * chains back into one */
-                    part[i][r][v] = LLVMBuildFAdd(w->b, part[i][r][v], part[i + width][r][v], "");
-            out[r][v] = part[0][r][v];
-        }
     for (int v = 0; v < nv; v++) {
         LLVMValueRef bv = bias ? vload(w, at(w, bias, ci(w, (int64_t)v * vw)), lanes[v]) : NULL;
         for (int r = 0; r < rows; r++) {
@@ -944,11 +947,16 @@ static void emit_small_chain(lw *w, const int32_t *ids, int n_ids) {
 /* Does node i go through emit_gemm (and so split its columns in column
  * mode)? The same conditions as emit_linear, after small chains and sparse
  * layers have taken theirs. */
-static bool splits_columns(const mj_body_plan *p, int32_t i) {
+bool mj_body_splits_columns(const mj_body_plan *p, int32_t i) {
     const mj_node *n = &p->g->nodes[i];
     if ((n->op != MJ_OP_LINEAR && n->op != MJ_OP_LINEAR_ACT) || small_linear(p, i) || p->sparse[i]) return false;
     const mj_type *wt = &p->g->nodes[n->operands[1]].type;
     return p->input_free[n->operands[1]] && wt->dims[0] >= 1 && wt->dims[1] >= 1;
+}
+
+/* if (tid == 0) { ... } (if_end closes it) */
+static LLVMBasicBlockRef if_first_thread(lw *w) {
+    return if_begin(w, LLVMBuildICmp(w->b, LLVMIntEQ, w->tid, ci(w, 0), ""));
 }
 
 /* if (nth > 1) sync->wait(sync, y, scratch) */
@@ -1052,7 +1060,7 @@ mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan 
         /* column mode: packed linear layers split their columns, anything
          * else runs on thread 0; everyone meets after each op */
         LLVMBasicBlockRef first_only = NULL;
-        if (!splits_columns(p, i)) first_only = if_begin(&w, LLVMBuildICmp(w.b, LLVMIntEQ, w.tid, ci(&w, 0), ""));
+        if (!mj_body_splits_columns(p, i)) first_only = if_first_thread(&w);
         if (small_linear(p, i)) {
             int nc = 0;
             chain[nc++] = i;
@@ -1110,7 +1118,7 @@ mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan 
     }
     if (s == MJ_OK && p->out_root < 0) { /* the output is an input, a leaf or an alias of one */
         const mj_type *t = &g->nodes[p->out_node].type;
-        LLVMBasicBlockRef first_only = if_begin(&w, LLVMBuildICmp(w.b, LLVMIntEQ, w.tid, ci(&w, 0), ""));
+        LLVMBasicBlockRef first_only = if_first_thread(&w);
         emit_copy(&w, w.y, w.buf[p->out_node], dims_product(&w, t, 0, t->rank));
         if_end(&w, first_only);
     }
