@@ -28,14 +28,15 @@ enum {
     V_EXACT,
     V_FAST,
     V_FROZEN,
-    V_OPENBLAS,
-    V_LIBXSMM,
-    V_COUNT
+    V_PEER0, /* V_PEER0 + k: peer k (mj_peer_kind) */
+    V_COUNT = V_PEER0 + MJ_PEER_COUNT
 };
 
 static const char *const variant_names[V_COUNT] = {
-    "eager", "interp", "compiled-exact", "compiled-fast", "compiled-frozen", "openblas", "libxsmm",
+    "eager", "interp", "compiled-exact", "compiled-fast", "compiled-frozen",
+    "openblas", "libxsmm", "onednn", "xnnpack",
 };
+_Static_assert(MJ_PEER_COUNT == 4, "a new peer needs its name in variant_names");
 
 typedef struct variant {
     int kind;
@@ -332,7 +333,7 @@ static mj_status make_input(mj_bench_setup *s, int64_t batch) {
  * skipped with a note, not an error. */
 static void build_peers(mj_bench_setup *s) {
     for (int k = 0; k < MJ_PEER_COUNT; k++) {
-        int kind = k == MJ_PEER_OPENBLAS ? V_OPENBLAS : V_LIBXSMM;
+        int kind = V_PEER0 + k;
         int idx = -1;
         for (int i = 0; i < s->nv; i++)
             if (s->v[i].kind == kind) idx = i;
@@ -651,8 +652,9 @@ typedef struct options {
 static void usage(FILE *f, const char *prog) {
     fprintf(f,
             "usage: %s [options]\n"
-            "Times eager, the interpreter, the compiled modes and the BLAS peers on the\n"
-            "workloads of issue 5; every variant is checked against eager first.\n"
+            "Times eager, the interpreter, the compiled modes and the peers (OpenBLAS,\n"
+            "LIBXSMM, oneDNN, XNNPACK: those found at build time) on masked MLP workloads\n"
+            "(--list shows them); every variant is checked against eager first.\n"
             "  --workloads LIST  comma-separated ids (default W1,W2,W3,W4,W5,W6)\n"
             "  --reps N          timing rounds, median reported (default 7; --smoke 3)\n"
             "  --min-ms X        time per variant per round in ms (default 25; --smoke 2)\n"

@@ -8,6 +8,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "bench/bench.h"
 #include "bench/peers.h"
@@ -224,11 +229,12 @@ Test(bench, program_json_w1) {
     cr_expect(json_integer_value(json_object_get(w, "peak_rss_kb")) > 0);
     json_t *rs = json_object_get(w, "results");
     const char *want[] = {"eager", "interp", "compiled-exact", "compiled-fast", "compiled-frozen",
-                          "openblas", "libxsmm"};
+                          "openblas", "libxsmm", "onednn", "xnnpack"};
+    _Static_assert(MJ_PEER_COUNT == 4, "list the new peer in want[]");
     const double flops = 2.0 * 3 * 3 * 16 * 16; /* the seed model: 4608 FLOP */
     int npeers = 0;
-    for (int k = 0; k < 7; k++) {
-        bool need = k < 5 || mj_peer_built(k == 5 ? MJ_PEER_OPENBLAS : MJ_PEER_LIBXSMM);
+    for (int k = 0; k < 5 + MJ_PEER_COUNT; k++) {
+        bool need = k < 5 || mj_peer_built((mj_peer_kind)(k - 5));
         npeers += k >= 5 && need;
         json_t *found = NULL;
         for (size_t i = 0; i < json_array_size(rs); i++) {
@@ -303,4 +309,77 @@ Test(bench, program_bad_arguments) {
     cr_expect_eq(r.rc, 0);
     cr_expect(strstr(r.out, "W5  3 Linear(256,256)+bias"), "%s", r.out);
     run_free(&r);
+}
+
+/* Runs argv with a time limit and an address-space limit (0: none), stdout to
+ * /dev/null and stderr to errpath; returns the exit status, or -signal, or
+ * -1000 on the time limit. */
+static int run_limited(char *const argv[], const char *const envp_extra[], long as_kb, int seconds,
+                       const char *errpath) {
+    pid_t pid = fork();
+    cr_assert(pid >= 0);
+    if (pid == 0) {
+        if (as_kb > 0) {
+            struct rlimit rl = {(rlim_t)as_kb * 1024, (rlim_t)as_kb * 1024};
+            setrlimit(RLIMIT_AS, &rl);
+        }
+        int null = open("/dev/null", O_WRONLY), err = open(errpath, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+        dup2(null, 1);
+        dup2(err, 2);
+        for (int i = 0; envp_extra && envp_extra[i]; i++) putenv((char *)envp_extra[i]);
+        execv(argv[0], argv);
+        _exit(127);
+    }
+    for (int waited = 0; waited < seconds * 10; waited++) {
+        int status;
+        if (waitpid(pid, &status, WNOHANG) == pid)
+            return WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
+        usleep(100000);
+    }
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    return -1000;
+}
+
+static char *slurp_file(const char *path) {
+    FILE *f = fopen(path, "rb");
+    cr_assert_not_null(f);
+    static char buf[1 << 20];
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    buf[n] = '\0';
+    fclose(f);
+    return buf;
+}
+
+/* The maskjit binary loads no peer library (OpenBLAS starts threads at load
+ * time, which hung the CLI's exit under an address-space limit): only
+ * maskjit-bench links them, and `maskjit bench` runs that program. */
+Test(bench, cli_loads_no_peer_library) {
+    char err[] = "/tmp/mj-bench-ld-XXXXXX";
+    int fd = mkstemp(err);
+    cr_assert(fd >= 0);
+    close(fd);
+    char *version[] = {MJ_BUILD_ROOT "/maskjit", "--version", NULL};
+    const char *ld_debug[] = {"LD_DEBUG=libs", NULL};
+    cr_assert_eq(run_limited(version, ld_debug, 0, 60, err), 0);
+    const char *log = slurp_file(err);
+    cr_assert(strstr(log, "calling init"), "LD_DEBUG printed nothing: %.200s", log);
+    const char *peers[] = {"libopenblas", "libxsmm", "libdnnl", "libXNNPACK", "libgomp", "libpthreadpool"};
+    for (size_t i = 0; i < sizeof peers / sizeof peers[0]; i++)
+        cr_expect(!strstr(log, peers[i]), "maskjit loads %s", peers[i]);
+
+    /* under an address-space limit a command still runs and exits */
+    char *run[] = {MJ_BUILD_ROOT "/maskjit", "run", "mut", NULL};
+    int rc = run_limited(run, NULL, 300000, 60, err);
+    cr_expect_eq(rc, 0, "maskjit run mut under ulimit -v 300000: %s (%s)",
+                 rc == -1000 ? "hung" : "failed", slurp_file(err));
+
+    /* `maskjit bench` is maskjit-bench, peers included */
+    char *list[] = {MJ_BUILD_ROOT "/maskjit", "bench", "--list", "--smoke", NULL};
+    const char *ld_files[] = {"LD_DEBUG=libs", NULL};
+    cr_assert_eq(run_limited(list, ld_files, 0, 60, err), 0);
+    log = slurp_file(err);
+    if (mj_peer_built(MJ_PEER_OPENBLAS)) cr_expect(strstr(log, "libopenblas"), "maskjit bench ran without peers");
+    cr_expect(!strstr(log, "running without peer libraries"));
+    unlink(err);
 }
