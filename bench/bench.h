@@ -64,6 +64,18 @@ const mj_tensor *mj_bench_setup_input(const mj_bench_setup *s); /* borrowed */
 /* 2 * batch * sum(in*out) over the Linear layers (dense count). */
 double mj_bench_setup_flops(const mj_bench_setup *s);
 
+const mj_bench_workload *mj_bench_setup_workload(const mj_bench_setup *s);
+int64_t mj_bench_setup_batch(const mj_bench_setup *s);
+/* ms to trace the model (once per workload) */
+double mj_bench_setup_trace_ms(const mj_bench_setup *s);
+/* Variants that were not built (a peer that cannot run this model), with why. */
+int mj_bench_setup_skipped_count(const mj_bench_setup *s);
+const char *mj_bench_setup_skipped(const mj_bench_setup *s, int i);
+/* Does mj_compile_options.threads > 1 make compiled code use more cores? */
+bool mj_bench_jit_threads(void);
+
+/* At most this many variants per setup. */
+#define MJ_BENCH_MAX_VARIANTS 16
 int mj_bench_variant_count(const mj_bench_setup *s);
 const char *mj_bench_variant_name(const mj_bench_setup *s, int i);
 /* True when the variant must be bit-identical to eager. */
