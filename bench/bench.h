@@ -55,6 +55,12 @@ typedef struct mj_bench_setup mj_bench_setup;
 /* Builds the model, masks, input, trace, compiled variants (no compile cache,
  * so compile times are real) and peers. jit is borrowed and must outlive s. */
 mj_status mj_bench_setup_new(const mj_bench_workload *w, mj_jit *jit, mj_bench_setup **out);
+/* A user's model: a graph (a saved trace) with its params bound. Variants:
+ * the interpreter (the reference), compiled exact, fast and frozen; no
+ * peers. The input is seeded randn of the graph's input shape at batch. */
+mj_status mj_bench_setup_from_graph(const char *id, const char *description, const mj_graph *g,
+                                    int64_t batch, int threads, uint64_t seed, mj_jit *jit,
+                                    mj_bench_setup **out);
 /* A new input (and peers) at another batch; the compiled code is reused. */
 mj_status mj_bench_setup_set_batch(mj_bench_setup *s, int64_t batch);
 void mj_bench_setup_free(mj_bench_setup *s);

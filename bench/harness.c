@@ -15,6 +15,7 @@
 #include <jansson.h>
 
 #include "bench/peers.h"
+#include "ir/ir.h"
 #include "src/internal.h"
 
 /* Whether mj_compile_options.threads > 1 makes the compiled code use more
@@ -57,12 +58,15 @@ struct mj_bench_setup {
     mj_tensor *x;
     int64_t batch;
     int64_t in_features, out_features;
+    /* the input's and output's shapes, MJ_DIM_BATCH for the batch dim */
+    int x_rank, y_rank;
+    int64_t x_dims[MJ_MAX_RANK], y_dims[MJ_MAX_RANK];
     int n_layers;
     mj_peer_layer *layers;      /* masked dense weights for the peers (owned copies) */
     mj_tensor **layer_tensors;  /* the tensors behind layers[].w / .b                 */
     bool peers_expressible;
     char peer_note[256];        /* why peers were skipped, if they were              */
-    double sum_in_out;          /* sum of in*out over Linear layers                  */
+    double sum_in_out;          /* multiply-adds per batch row over Linear layers    */
     int64_t sum_k;              /* sum of in_features (tolerance scale)              */
     float *ybuf;
     int64_t y_numel;
@@ -253,6 +257,10 @@ static mj_status build_layers(mj_bench_setup *s, const leaf_list *leaves) {
     }
     s->in_features = s->layers[0].in;
     s->out_features = s->layers[n_lin - 1].out;
+    s->x_rank = s->y_rank = 2;
+    s->x_dims[0] = s->y_dims[0] = MJ_DIM_BATCH;
+    s->x_dims[1] = s->in_features;
+    s->y_dims[1] = s->out_features;
     return MJ_OK;
 }
 
@@ -301,18 +309,27 @@ static mj_status compile_variant(mj_bench_setup *s, const mj_graph *g, int kind)
     return MJ_OK;
 }
 
+/* A shape at this batch; false when its element count overflows. */
+static bool shape_at(int rank, const int64_t *dims, int64_t batch, int64_t *shape, int64_t *numel) {
+    int64_t n = 1;
+    for (int d = 0; d < rank; d++) {
+        shape[d] = dims[d] == MJ_DIM_BATCH ? batch : dims[d];
+        if (__builtin_mul_overflow(n, shape[d], &n)) return false;
+    }
+    *numel = n;
+    return true;
+}
+
 static mj_status make_input(mj_bench_setup *s, int64_t batch) {
     mj_rng rng;
     mj_rng_seed(&rng, s->w.seed ^ (0x9e3779b97f4a7c15ull * (uint64_t)batch));
-    int64_t shape[2] = {batch, s->in_features};
-    mj_tensor *x = NULL;
-    MJ_TRY(mj_tensor_randn(&x, 2, shape, &rng));
-    int64_t yn;
-    if (__builtin_mul_overflow(batch, s->out_features, &yn)) {
-        mj_tensor_release(x);
+    int64_t shape[MJ_MAX_RANK], yshape[MJ_MAX_RANK], xn, yn;
+    if (!shape_at(s->x_rank, s->x_dims, batch, shape, &xn) ||
+        !shape_at(s->y_rank, s->y_dims, batch, yshape, &yn))
         return mj_fail(MJ_ERR_LIMIT, "bench: batch %lld too large", (long long)batch);
-    }
-    float *y = malloc((size_t)yn * sizeof *y);
+    mj_tensor *x = NULL;
+    MJ_TRY(mj_tensor_randn(&x, s->x_rank, shape, &rng));
+    float *y = malloc((size_t)(yn > 0 ? yn : 1) * sizeof *y);
     if (!y) {
         mj_tensor_release(x);
         return mj_fail(MJ_ERR_NOMEM, "bench: out of memory for the output");
@@ -418,6 +435,70 @@ fail:
     return st;
 }
 
+/* Multiply-adds per batch row and the summed reduction lengths of the
+ * graph's linear layers and matmuls (the FLOP count and tolerance scale). */
+static void count_graph_work(const mj_graph *g, double *macs, int64_t *sum_k) {
+    *macs = 0;
+    *sum_k = 0;
+    for (int32_t i = 0; i < g->n_nodes; i++) {
+        const mj_node *n = &g->nodes[i];
+        if (n->op != MJ_OP_LINEAR && n->op != MJ_OP_LINEAR_ACT && n->op != MJ_OP_MATMUL) continue;
+        const mj_type *a = &g->nodes[n->operands[0]].type, *y = &n->type;
+        int64_t k = a->dims[a->rank - 1];
+        double rows_out = 1; /* output elements per batch row */
+        for (int d = 0; d < y->rank; d++)
+            if (y->dims[d] != MJ_DIM_BATCH) rows_out *= (double)y->dims[d];
+        *macs += rows_out * (double)k;
+        *sum_k += k;
+    }
+}
+
+mj_status mj_bench_setup_from_graph(const char *id, const char *description, const mj_graph *g,
+                                    int64_t batch, int threads, uint64_t seed, mj_jit *jit,
+                                    mj_bench_setup **out) {
+    if (!id || !g || !jit || !out) return mj_fail(MJ_ERR_INVALID, "bench: NULL id, graph, jit or out");
+    if (batch < 1 || threads < 1)
+        return mj_fail(MJ_ERR_INVALID, "bench: %s: batch %lld and threads %d must be >= 1", id,
+                       (long long)batch, threads);
+    if (mj_graph_input_count(g) != 1 || mj_graph_output_count(g) != 1)
+        return mj_fail(MJ_ERR_UNSUPPORTED, "bench: %s: the graph has %d inputs and %d outputs; "
+                       "the benchmark runs graphs with one of each", id,
+                       mj_graph_input_count(g), mj_graph_output_count(g));
+    mj_bench_setup *s = calloc(1, sizeof *s);
+    if (!s) return mj_fail(MJ_ERR_NOMEM, "bench: out of memory");
+    snprintf(s->w.id, sizeof s->w.id, "%s", id);
+    snprintf(s->w.description, sizeof s->w.description, "%s (%d nodes)",
+             description ? description : id, mj_graph_node_count(g));
+    s->w.batch = batch;
+    s->w.threads = threads;
+    s->w.seed = seed;
+    s->jit = jit;
+    s->x_rank = mj_graph_input_rank(g, 0);
+    s->y_rank = mj_graph_output_rank(g, 0);
+    for (int d = 0; d < s->x_rank; d++) s->x_dims[d] = mj_graph_input_dim(g, 0, d);
+    for (int d = 0; d < s->y_rank; d++) s->y_dims[d] = mj_graph_output_dim(g, 0, d);
+    s->peers_expressible = false;
+    snprintf(s->peer_note, sizeof s->peer_note, "a user model has no peer");
+    count_graph_work(g, &s->sum_in_out, &s->sum_k);
+    mj_status st;
+    double t0 = mj_now_seconds();
+    if ((st = mj_graph_clone(g, &s->trace)) != MJ_OK) goto fail;
+    s->trace_ms = (mj_now_seconds() - t0) * 1e3;
+    if ((st = make_input(s, batch)) != MJ_OK) goto fail;
+    variant *v = &s->v[s->nv++];
+    v->kind = V_INTERP; /* the reference; single-threaded, so timed at 1 thread only */
+    v->exact = true;
+    v->timed = threads == 1;
+    v->compile_ms = -1;
+    for (int k = V_EXACT; k <= V_FROZEN; k++)
+        if ((st = compile_variant(s, s->trace, k)) != MJ_OK) goto fail;
+    *out = s;
+    return MJ_OK;
+fail:
+    mj_bench_setup_free(s);
+    return st;
+}
+
 /* Changes the batch: new input, output buffer and peers (whose kernels are
  * shaped per batch). The compiled code runs at any batch. */
 mj_status mj_bench_setup_set_batch(mj_bench_setup *s, int64_t batch) {
@@ -425,7 +506,7 @@ mj_status mj_bench_setup_set_batch(mj_bench_setup *s, int64_t batch) {
         return mj_fail(MJ_ERR_INVALID, "bench: batch %lld must be >= 1", (long long)batch);
     MJ_TRY(make_input(s, batch));
     s->w.batch = batch;
-    build_peers(s);
+    if (s->model) build_peers(s);
     return MJ_OK;
 }
 
@@ -481,7 +562,8 @@ mj_status mj_bench_variant_output(mj_bench_setup *s, int i, mj_tensor **out) {
     if (!s || !out || i < 0 || i >= s->nv)
         return mj_fail(MJ_ERR_INVALID, "bench: no variant %d (have %d)", i, s ? s->nv : 0);
     variant *v = &s->v[i];
-    int64_t shape[2] = {s->batch, s->out_features};
+    int64_t shape[MJ_MAX_RANK], yn;
+    MJ_ASSERT(shape_at(s->y_rank, s->y_dims, s->batch, shape, &yn) && yn == s->y_numel);
     mj_status st;
     switch (v->kind) {
     case V_EAGER: st = mj_module_forward(s->model, s->x, out); break;
@@ -491,9 +573,9 @@ mj_status mj_bench_variant_output(mj_bench_setup *s, int i, mj_tensor **out) {
     case V_FROZEN:
         memset(s->ybuf, 0xff, (size_t)s->y_numel * sizeof(float)); /* NaNs: catch unwritten output */
         st = mj_compiled_run_raw(v->compiled, mj_tensor_data(s->x), s->batch, s->ybuf, s->y_numel);
-        if (st == MJ_OK) st = mj_tensor_from_data(out, 2, shape, s->ybuf);
+        if (st == MJ_OK) st = mj_tensor_from_data(out, s->y_rank, shape, s->ybuf);
         break;
-    default: st = mj_tensor_from_data(out, 2, shape, mj_peer_run(v->peer, mj_tensor_data(s->x))); break;
+    default: st = mj_tensor_from_data(out, s->y_rank, shape, mj_peer_run(v->peer, mj_tensor_data(s->x))); break;
     }
     if (st != MJ_OK) return mj_fail_prefix(st, "%s: %s", s->w.id, variant_names[v->kind]);
     return MJ_OK;
@@ -508,8 +590,8 @@ void mj_bench_tolerance(const mj_bench_setup *s, double *rtol, double *atol) {
 mj_status mj_bench_check(mj_bench_setup *s) {
     if (!s) return mj_fail(MJ_ERR_INVALID, "bench: NULL setup");
     mj_tensor *ref = NULL;
-    MJ_TRY(mj_bench_variant_output(s, 0, &ref)); /* variant 0 is eager */
-    MJ_ASSERT(s->v[0].kind == V_EAGER);
+    MJ_TRY(mj_bench_variant_output(s, 0, &ref)); /* the reference: eager, or the interpreter */
+    MJ_ASSERT(s->v[0].kind == V_EAGER || s->v[0].kind == V_INTERP);
     double rtol, atol;
     mj_bench_tolerance(s, &rtol, &atol);
     double maxabs = 0;
@@ -534,9 +616,10 @@ mj_status mj_bench_check(mj_bench_setup *s) {
         if (!ok) {
             char d[512];
             mj_compare_describe(&c, y, ref, d, sizeof d);
-            int n = snprintf(msg + used, sizeof msg - used, "%s%s %s eager (%s)",
+            int n = snprintf(msg + used, sizeof msg - used, "%s%s %s %s (%s)",
                              n_bad ? "; " : "", variant_names[s->v[i].kind],
-                             s->v[i].exact ? "is not bit-identical to" : "is not close to", d);
+                             s->v[i].exact ? "is not bit-identical to" : "is not close to",
+                             variant_names[s->v[0].kind], d);
             if (n > 0) used += (size_t)n < sizeof msg - used ? (size_t)n : sizeof msg - used - 1;
             n_bad++;
             result = MJ_ERR_MISMATCH;

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <jansson.h>
@@ -40,6 +41,7 @@ typedef struct wl_result {
     row rows[MJ_BENCH_MAX_VARIANTS];
     int n_skipped;
     char skipped[MJ_BENCH_MAX_VARIANTS][256];
+    bool vs_reference; /* ratio is against the reference (variant 0), not a peer */
 } wl_result;
 
 typedef struct options {
@@ -52,18 +54,27 @@ typedef struct options {
     int threads[MAX_THREADS_LIST];
     int n_threads;
     uint64_t seed;
+    const char *model;  /* a user's model: saved trace file or spec (MODEL argument) */
+    int64_t batches[MAX_THREADS_LIST];
+    int n_batches;
 } options;
 
 static void usage(FILE *f, const char *prog) {
     fprintf(f,
-            "usage: %s [options]\n"
+            "usage: %s [options]          the built-in workloads\n"
+            "       %s MODEL [options]    your model\n"
             "Times eager, the interpreter, the compiled modes and the peers (OpenBLAS,\n"
             "LIBXSMM, oneDNN, XNNPACK: those found at build time) on masked MLP workloads\n"
             "(--list shows them); every variant is checked against eager first.\n"
+            "With MODEL (a saved trace, e.g. from `maskjit trace` or tools/export_torch.py,\n"
+            "or a model spec) it times that model instead: the interpreter and the compiled\n"
+            "modes (exact, fast, frozen), each checked against the interpreter first, at\n"
+            "every --batch and --threads; ratios are against the interpreter.\n"
+            "  --batch LIST      batches for MODEL (default 1,8,64)\n"
             "  --workloads LIST  comma-separated ids (default W1,W2,W3,W4,W5,W6)\n"
             "  --reps N          timing rounds, median reported (default 7; --smoke 3)\n"
             "  --min-ms X        time per variant per round in ms (default 25; --smoke 2)\n"
-            "  --threads LIST    thread counts for W6 (default 1%s)\n"
+            "  --threads LIST    thread counts for W6 and MODEL (default 1%s)\n"
             "  --seed N          weights, masks and inputs (default 0)\n"
             "  --clock wall|cpu  wall time (default) or process CPU time (for loaded machines;\n"
             "                    single-thread runs only)\n"
@@ -72,7 +83,7 @@ static void usage(FILE *f, const char *prog) {
             "  --plot FILE.svg   GFLOP/s against batch for W6 (needs gnuplot)\n"
             "  --list            list the workloads and exit\n"
             "  --help            this text\n",
-            prog, mj_bench_jit_threads() ? ",2" : " (the JIT is single-threaded)");
+            prog, prog, mj_bench_jit_threads() ? ",2" : " (the JIT is single-threaded)");
 }
 
 static bool parse_i64(const char *s, int64_t lo, int64_t hi, int64_t *out) {
@@ -95,7 +106,7 @@ static int parse_args(int argc, char **argv, options *o, FILE *err) {
         const char *val = NULL;
         bool takes = !strcmp(a, "--workloads") || !strcmp(a, "--reps") || !strcmp(a, "--min-ms") ||
                      !strcmp(a, "--plot") || !strcmp(a, "--threads") || !strcmp(a, "--seed") ||
-                     !strcmp(a, "--clock");
+                     !strcmp(a, "--clock") || !strcmp(a, "--batch");
         if (takes) {
             if (i + 1 >= argc) {
                 fprintf(err, "%s: %s needs a value\n", prog, a);
@@ -182,6 +193,32 @@ static int parse_args(int argc, char **argv, options *o, FILE *err) {
                 fprintf(err, "%s: %s: empty list '%s'\n", prog, a, val);
                 return 2;
             }
+        } else if (!strcmp(a, "--batch")) {
+            char buf[256];
+            if (strlen(val) >= sizeof buf || !*val) {
+                fprintf(err, "%s: --batch: list '%s' is empty or too long\n", prog, val);
+                return 2;
+            }
+            strcpy(buf, val);
+            char *save = NULL;
+            for (char *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+                int64_t v;
+                if (!parse_i64(t, 1, 1 << 20, &v)) {
+                    fprintf(err, "%s: --batch wants batches in 1..1048576, got '%s'\n", prog, t);
+                    return 2;
+                }
+                if (o->n_batches >= MAX_THREADS_LIST) {
+                    fprintf(err, "%s: --batch takes at most %d batches\n", prog, MAX_THREADS_LIST);
+                    return 2;
+                }
+                o->batches[o->n_batches++] = v;
+            }
+            if (o->n_batches == 0) {
+                fprintf(err, "%s: --batch: empty list '%s'\n", prog, val);
+                return 2;
+            }
+        } else if (a[0] != '-' && !o->model) {
+            o->model = a;
         } else {
             fprintf(err, "%s: unknown argument '%s' (try --help)\n", prog, a);
             return 2;
@@ -190,6 +227,14 @@ static int parse_args(int argc, char **argv, options *o, FILE *err) {
     if (o->json && o->csv) {
         fprintf(err, "%s: --json and --csv are exclusive\n", prog);
         return 2;
+    }
+    if (o->n_batches && !o->model) {
+        fprintf(err, "%s: --batch goes with a MODEL (the workloads have their own batches)\n", prog);
+        return 2;
+    }
+    if (o->model && o->n_batches == 0) {
+        static const int64_t dflt[] = {1, 8, 64};
+        for (int i = 0; i < 3; i++) o->batches[o->n_batches++] = dflt[i];
     }
     bool any = false;
     for (int i = 1; i <= 6; i++) any |= o->want[i];
@@ -315,7 +360,7 @@ static void print_table_block(FILE *out, const wl_result *wr) {
             (long long)wr->w.batch, wr->w.threads, wr->w.threads > 1 ? "s" : "", wr->flops / 1e6,
             wr->rss_kb / 1024.0);
     fprintf(out, "    %-16s %12s %10s %12s %12s %10s\n", "variant", "median", "GFLOP/s",
-            "vs best peer", "compile ms", "calls/round");
+            wr->vs_reference ? "vs interp" : "vs best peer", "compile ms", "calls/round");
     for (int i = 0; i < wr->n_rows; i++) {
         const row *r = &wr->rows[i];
         if (!isfinite(r->r.median_ns)) continue;
@@ -401,6 +446,7 @@ static void write_json(FILE *out, const wl_result *res, int n, const options *o,
         json_object_set_new(w, "density", json_real(wr->w.density));
         json_object_set_new(w, "flops", json_real(wr->flops));
         json_object_set_new(w, "peak_rss_kb", json_integer(wr->rss_kb));
+        json_object_set_new(w, "ratio_against", json_string(wr->vs_reference ? "interp" : "best peer"));
         json_t *rs = json_array();
         for (int j = 0; j < wr->n_rows; j++) {
             const row *r = &wr->rows[j];
@@ -531,6 +577,7 @@ static int write_plot(const char *file, const wl_result *res, int n, FILE *err) 
 
 static void fill_result(wl_result *wr, mj_bench_setup *s, const mj_bench_result *r) {
     int nv = mj_bench_variant_count(s);
+    wr->vs_reference = mj_bench_setup_model(s) == NULL;
     wr->w = *mj_bench_setup_workload(s);
     wr->flops = mj_bench_setup_flops(s);
     wr->rss_kb = peak_rss_kb();
@@ -547,6 +594,9 @@ static void fill_result(wl_result *wr, mj_bench_setup *s, const mj_bench_result 
         rw->r = r[i];
         rw->ratio = isfinite(best_peer) && r[i].median_ns > 0 ? best_peer / r[i].median_ns : NAN;
     }
+    if (wr->vs_reference) /* a user's model: speed-up over the interpreter */
+        for (int i = 0; i < nv; i++)
+            wr->rows[i].ratio = r[i].median_ns > 0 ? r[0].median_ns / r[i].median_ns : NAN;
     wr->n_skipped = mj_bench_setup_skipped_count(s);
     for (int i = 0; i < wr->n_skipped; i++)
         snprintf(wr->skipped[i], sizeof wr->skipped[i], "%s", mj_bench_setup_skipped(s, i));
@@ -558,8 +608,8 @@ static int run_one(mj_bench_setup *s, const options *o, wl_result *res, int *n_r
     if (*n_res >= MAX_WORKLOADS * 2) return 0;
     const mj_bench_workload *w = mj_bench_setup_workload(s);
     int nv = mj_bench_variant_count(s);
-    fprintf(err, "[%s] batch %lld, %d thread(s): checking %d variants against eager\n", w->id,
-            (long long)mj_bench_setup_batch(s), w->threads, nv);
+    fprintf(err, "[%s] batch %lld, %d thread(s): checking %d variants against %s\n", w->id,
+            (long long)mj_bench_setup_batch(s), w->threads, nv, mj_bench_variant_name(s, 0));
     if (mj_bench_check(s) != MJ_OK) {
         fprintf(err, "maskjit-bench: %s\n", mj_last_error());
         return 1;
@@ -580,6 +630,113 @@ static int run_one(mj_bench_setup *s, const options *o, wl_result *res, int *n_r
     return 0;
 }
 
+static int first_linear_in(const char *path, mj_module *m, void *ctx) {
+    (void)path;
+    int64_t *in = ctx;
+    if (*in == 0 && mj_linear_in_features(m) > 0) *in = mj_linear_in_features(m);
+    return 0;
+}
+
+/* The graph of a user's MODEL: a saved trace, or a spec traced on ones. */
+static mj_status load_model_graph(const char *model, uint64_t seed, mj_graph **g) {
+    struct stat st;
+    if (stat(model, &st) == 0) {
+        if (!S_ISREG(st.st_mode)) return mj_fail(MJ_ERR_INVALID, "%s is not a regular file", model);
+        return mj_graph_load(model, g);
+    }
+    mj_rng rng;
+    mj_rng_seed(&rng, seed);
+    mj_module *m = NULL;
+    mj_status s = mj_model_from_spec(model, &rng, &m);
+    if (s != MJ_OK)
+        return mj_fail_prefix(s, "'%s' is neither a file nor a model spec", model);
+    int64_t in = 0;
+    mj_module_walk(m, first_linear_in, &in);
+    mj_tensor *x = NULL;
+    s = mj_tensor_ones(&x, 2, (int64_t[]){1, in > 0 ? in : 1});
+    if (s == MJ_OK) s = mj_trace_module(m, x, g);
+    mj_tensor_release(x);
+    mj_module_free(m);
+    return s;
+}
+
+/* `maskjit bench MODEL`: every batch x thread count, checked, timed, reported. */
+static int run_model(const options *o, const char *prog, FILE *out, FILE *err) {
+    mj_graph *g = NULL;
+    if (load_model_graph(o->model, o->seed, &g) != MJ_OK) {
+        fprintf(err, "%s: %s\n", prog, mj_last_error());
+        return 1;
+    }
+    int n_max = o->n_batches * o->n_threads;
+    wl_result *res = calloc((size_t)n_max, sizeof *res);
+    mj_jit *jit = NULL;
+    int rc = 1;
+    if (!res) {
+        fprintf(err, "%s: out of memory\n", prog);
+        goto done;
+    }
+    if (mj_jit_new(&jit) != MJ_OK) {
+        fprintf(err, "%s: cannot start the JIT: %s\n", prog, mj_last_error());
+        goto done;
+    }
+    const char *base = strrchr(o->model, '/');
+    base = base ? base + 1 : o->model;
+    char cpu[256];
+    cpu_name(cpu, sizeof cpu);
+    const char *llvm_cpu = mj_jit_cpu_name(jit);
+    if (!o->json && !o->csv)
+        fprintf(out, "maskjit bench %s — CPU: %s (LLVM: %s), %d rounds, ~%g ms per variant per "
+                     "round, median reported\n", o->model, cpu, llvm_cpu ? llvm_cpu : "?", o->reps,
+                o->min_ms);
+    int n_res = 0;
+    rc = 0;
+    for (int t = 0; t < o->n_threads && rc == 0; t++) {
+        mj_bench_setup *s = NULL;
+        fprintf(err, "[%s] compiling for %d thread(s)\n", base, o->threads[t]);
+        if (mj_bench_setup_from_graph(base, o->model, g, o->batches[0], o->threads[t], o->seed, jit,
+                                      &s) != MJ_OK) {
+            fprintf(err, "%s: %s\n", prog, mj_last_error());
+            rc = 1;
+            break;
+        }
+        for (int v = 0; v < mj_bench_variant_count(s); v++)
+            if (mj_bench_variant_compile_ms(s, v) >= 0)
+                fprintf(err, "[%s] %s compiled in %.1f ms\n", base, mj_bench_variant_name(s, v),
+                        mj_bench_variant_compile_ms(s, v));
+        for (int b = 0; b < o->n_batches && rc == 0; b++) {
+            if (b > 0 && mj_bench_setup_set_batch(s, o->batches[b]) != MJ_OK) {
+                fprintf(err, "%s: %s\n", prog, mj_last_error());
+                rc = 1;
+                break;
+            }
+            rc = run_one(s, o, res, &n_res, out, err);
+        }
+        mj_bench_setup_free(s);
+    }
+    /* at threads > 1 the interpreter is not timed: compare with its time at
+     * the same batch on one thread */
+    for (int i = 0; i < n_res; i++)
+        for (int j = 0; j < n_res && res[i].w.threads > 1; j++)
+            if (res[j].w.threads == 1 && res[j].w.batch == res[i].w.batch && res[j].n_rows > 0 &&
+                isfinite(res[j].rows[0].r.median_ns))
+                for (int v = 0; v < res[i].n_rows; v++)
+                    res[i].rows[v].ratio = res[j].rows[0].r.median_ns / res[i].rows[v].r.median_ns;
+    if (rc == 0) {
+        if (o->json) write_json(out, res, n_res, o, cpu, llvm_cpu ? llvm_cpu : "?", MJ_RTOL_F32, MJ_ATOL_F32);
+        else if (o->csv) write_csv(out, res, n_res);
+        else
+            fprintf(out, "\ncorrectness: every variant checked against the interpreter before "
+                         "timing; compiled-exact/compiled-frozen bit-identical, compiled-fast within "
+                         "rtol %.3g*sqrt(K), atol %.3g*sqrt(K)*max(1,max|y|), K = summed reduction "
+                         "lengths\n", MJ_RTOL_F32, MJ_ATOL_F32);
+    }
+done:
+    free(res);
+    mj_jit_free(jit);
+    mj_graph_free(g);
+    return rc;
+}
+
 int mj_bench_run(int argc, char **argv, FILE *out, FILE *err) {
     options o;
     int rc = parse_args(argc, argv, &o, err);
@@ -590,6 +747,7 @@ int mj_bench_run(int argc, char **argv, FILE *out, FILE *err) {
         return 0;
     }
     mj_bench_use_cpu_clock(o.cpu_clock);
+    if (o.model) return run_model(&o, prog, out, err);
     mj_bench_workload ws[MAX_WORKLOADS];
     int nw = build_workloads(&o, ws);
     if (o.list) {
