@@ -298,6 +298,18 @@ static LLVMValueRef fpflags(sb *s, LLVMValueRef v) {
 static LLVMValueRef fadd(sb *s, LLVMValueRef a, LLVMValueRef b) { return fpflags(s, LLVMBuildFAdd(s->b, a, b, "")); }
 static LLVMValueRef fmul(sb *s, LLVMValueRef a, LLVMValueRef b) { return fpflags(s, LLVMBuildFMul(s->b, a, b, "")); }
 static LLVMValueRef fdiv(sb *s, LLVMValueRef a, LLVMValueRef b) { return fpflags(s, LLVMBuildFDiv(s->b, a, b, "")); }
+/* acc + a*b as eager computes it: fmaf(a, b, acc) in exact mode (llvm.fma),
+ * fmuladd with fast-math flags in fast mode. */
+static LLVMValueRef madd(sb *s, LLVMValueRef acc, LLVMValueRef a, LLVMValueRef b) {
+    const char *name = s->fast ? "llvm.fmuladd" : "llvm.fma";
+    LLVMTypeRef t = LLVMTypeOf(acc);
+    unsigned id = LLVMLookupIntrinsicID(name, strlen(name));
+    MJ_ASSERT(id != 0);
+    LLVMTypeRef fty = LLVMIntrinsicGetType(LLVMGetTypeContext(t), id, &t, 1);
+    LLVMValueRef fn = LLVMGetIntrinsicDeclaration(s->m, id, &t, 1);
+    LLVMValueRef args[3] = {a, b, acc};
+    return fpflags(s, LLVMBuildCall2(s->b, fty, fn, args, 3, ""));
+}
 
 typedef struct loop {
     LLVMBasicBlockRef header, exit;
@@ -573,7 +585,7 @@ static void emit_term(sb *s, int r, int nv, int C, LLVMValueRef kc, LLVMValueRef
     for (int v = 0; v < nv; v++) {
         LLVMValueRef a = LLVMBuildLoad2(s->b, s->vt, s->acc[r][v], "");
         LLVMValueRef xv = vld(s, row, ci(s, (int64_t)v * s->vw), (unsigned)s->vw * 4);
-        LLVMBuildStore(s->b, fadd(s, a, fmul(s, xv, wv)), s->acc[r][v]);
+        LLVMBuildStore(s->b, madd(s, a, xv, wv), s->acc[r][v]);
     }
 }
 

@@ -695,11 +695,14 @@ Test(jit, dump_ir_and_asm) {
     char *ir = dump(c, "ir");
     cr_assert(strstr(ir, "define") && strstr(ir, "mj_body_"), "%.300s", ir);
     cr_assert(strstr(ir, "expf"), "the sigmoid calls libm's expf");
-    cr_assert(strstr(ir, "fmul") && !strstr(ir, "fmuladd") && !strstr(ir, "contract"),
-              "exact mode has no contraction");
+    /* exact: eager's fmaf chain as llvm.fma, never the contractable fmuladd
+     * or fast-math flags (which would let LLVM reassociate) */
+    cr_assert(strstr(ir, "llvm.fma.") && !strstr(ir, "fmuladd") && !strstr(ir, "contract") &&
+                  !strstr(ir, "reassoc"),
+              "exact mode: llvm.fma, no fast-math flags");
     char *as = dump(c, "asm");
     cr_assert(strstr(as, "mj_body_") && strstr(as, "ret"), "%.300s", as);
-    cr_assert(strstr(as, "mulps") || strstr(as, "mulss"), "expected SSE/AVX multiplies");
+    cr_assert(strstr(as, "vfmadd") || strstr(as, "fmaf"), "expected FMA instructions or libm's fmaf");
     free(ir);
     free(as);
     mj_compiled_free(c);

@@ -313,7 +313,7 @@ Test(sparse, all_zero_rows_are_bias_only) {
     for (int64_t i = 0; i < 5; i++)
         for (int64_t j = 0; j < out; j++) {
             float acc = 0.0f;
-            if (j % 4 == 1) acc = acc + X[i * in + j % in] * 1.5f;
+            if (j % 4 == 1) acc = fmaf(X[i * in + j % in], 1.5f, acc);
             float want = mj_act_apply(MJ_ACT_SIGMOID, acc + b[j]);
             float got = Y[i * out + j];
             cr_assert(memcmp(&got, &want, 4) == 0, "[%lld][%lld]: %a vs %a", (long long)i, (long long)j, got, want);
