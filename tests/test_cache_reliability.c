@@ -26,6 +26,8 @@
 
 static const char *const BIN = MJ_BUILD_ROOT "/maskjit";
 
+static int run(char **out, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
 /* ---- files ------------------------------------------------------------------ */
 
 static char *temp_dir(void) {
@@ -341,6 +343,25 @@ Test(cache_rel, fifo_at_the_entry_name_does_not_hang, .timeout = 120) {
     cr_assert_eq(lstat(path, &sb), 0);
     cr_assert(S_ISREG(sb.st_mode), "the FIFO was replaced by the entry");
     cr_assert(compile_check(jit, &md, dir, true).cache_hit);
+    /* a FIFO as the cache directory: a warning, no hang, for compiles and
+     * for maskjit cache */
+    char fifo_dir[600];
+    snprintf(fifo_dir, sizeof fifo_dir, "%s/fifo-dir", dir);
+    cr_assert_eq(mkfifo(fifo_dir, 0600), 0);
+    alarm(60);
+    t0 = now_s();
+    st = compile_check(jit, &md, fifo_dir, true);
+    cr_assert(!st.cache_hit);
+    cr_assert(strstr(st.warning, "cache") && strstr(st.warning, fifo_dir), "%s", st.warning);
+    char *out;
+    const char *subs[] = {"stats", "clear", "prune --max-mb 1"};
+    for (int i = 0; i < 3; i++) {
+        cr_assert_eq(run(&out, "cache %s --dir %s", subs[i], fifo_dir), 1, "%s: %s", subs[i], out);
+        cr_assert(strstr(out, "Not a directory"), "%s", out);
+        free(out);
+    }
+    alarm(0);
+    cr_assert(now_s() - t0 < 40, "took %.1f s", now_s() - t0);
     free(path);
     model_free(&md);
     mj_jit_free(jit);
