@@ -390,11 +390,11 @@ static void warn(mj_compiled *c, const char *fmt, ...) __attribute__((format(pri
 static void warn(mj_compiled *c, const char *fmt, ...) {
     char *w = c->stats.warning;
     size_t n = strlen(w), cap = sizeof c->stats.warning;
-    if (n && n + 2 < cap) {
+    if (n) {
+        if (n + 3 >= cap) return; /* full: the first messages matter most */
         memcpy(w + n, "; ", 3);
         n += 2;
     }
-    if (n + 1 >= cap) return;
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(w + n, cap - n, fmt, ap);
