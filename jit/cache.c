@@ -517,15 +517,32 @@ static void scan_free(scan *sc) {
     free(sc->items);
 }
 
-/* The regular files in dir that are maskjit's; a missing directory is an
- * empty one. Never opens a file: lstat only. */
-static mj_status scan_dir(const char *dir, scan *sc) {
+static void count(mj_cache_usage *u, name_kind k, uint64_t size) {
+    if (k == NAME_TEMP) {
+        u->temp_files++;
+        u->temp_bytes += size;
+        return;
+    }
+    u->entries++;
+    u->bytes += size;
+    if (k == NAME_OLD_ENTRY) u->old_entries++;
+}
+
+/* Lists the regular files in dir that are maskjit's (a missing directory is
+ * an empty one) into *u, with the number of abandoned temp files in *stale.
+ * With collect, sc->items lists them: only eviction needs that, so a store
+ * under the cap allocates nothing. Never opens a file: lstat only. */
+static mj_status scan_dir(const char *dir, bool collect, scan *sc, mj_cache_usage *u, int64_t *stale) {
     memset(sc, 0, sizeof *sc);
+    memset(u, 0, sizeof *u);
+    *stale = 0;
     sc->d = opendir(dir); /* O_DIRECTORY: a FIFO at dir's name fails, no hang */
     if (!sc->d) {
         if (errno == ENOENT) return MJ_OK;
         return mj_fail(MJ_ERR_IO, "cache: cannot read the directory %s: %s", dir, strerror(errno));
     }
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
     int dfd = dirfd(sc->d);
     struct dirent *e;
     while ((e = readdir(sc->d))) {
@@ -534,6 +551,9 @@ static mj_status scan_dir(const char *dir, scan *sc) {
         /* vanished under us, or not a regular file: not ours to count */
         if (k == NAME_OTHER || fstatat(dfd, e->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(st.st_mode))
             continue;
+        count(u, k, (uint64_t)st.st_size);
+        if (k == NAME_TEMP && now.tv_sec - st.st_mtim.tv_sec >= MJ_CACHE_TEMP_STALE_S) ++*stale;
+        if (!collect) continue;
         if (sc->n == sc->cap) {
             size_t cap = sc->cap ? sc->cap * 2 : 64;
             scan_item *p = realloc(sc->items, cap * sizeof *p);
@@ -556,24 +576,12 @@ static mj_status scan_dir(const char *dir, scan *sc) {
     return MJ_OK;
 }
 
-static void count(mj_cache_usage *u, const scan_item *it) {
-    if (it->kind == NAME_TEMP) {
-        u->temp_files++;
-        u->temp_bytes += it->size;
-        return;
-    }
-    u->entries++;
-    u->bytes += it->size;
-    if (it->kind == NAME_OLD_ENTRY) u->old_entries++;
-}
-
 mj_status mj_cache_usage_of(const char *dir, mj_cache_usage *u) {
-    memset(u, 0, sizeof *u);
     scan sc;
-    MJ_TRY(scan_dir(dir, &sc));
-    for (size_t i = 0; i < sc.n; i++) count(u, &sc.items[i]);
+    int64_t stale;
+    mj_status s = scan_dir(dir, false, &sc, u, &stale);
     scan_free(&sc);
-    return MJ_OK;
+    return s;
 }
 
 static int by_mtime(const void *a, const void *b) {
@@ -588,15 +596,18 @@ static bool same_time(struct timespec a, struct timespec b) { return a.tv_sec ==
 mj_status mj_cache_prune(const char *dir, uint64_t max_bytes, mj_cache_usage *removed) {
     memset(removed, 0, sizeof *removed);
     scan sc;
-    MJ_TRY(scan_dir(dir, &sc));
+    mj_cache_usage u;
+    int64_t stale;
+    MJ_TRY(scan_dir(dir, false, &sc, &u, &stale));
+    scan_free(&sc);
+    if (u.bytes <= max_bytes && stale == 0) return MJ_OK; /* the common case after a store */
+    MJ_TRY(scan_dir(dir, true, &sc, &u, &stale));
     if (!sc.d) return MJ_OK;
     qsort(sc.items, sc.n, sizeof *sc.items, by_mtime);
     int dfd = dirfd(sc.d);
     struct timespec now;
     clock_gettime(CLOCK_REALTIME, &now);
-    uint64_t total = 0;
-    for (size_t i = 0; i < sc.n; i++)
-        if (sc.items[i].kind != NAME_TEMP) total += sc.items[i].size;
+    uint64_t total = u.bytes;
     mj_status s = MJ_OK;
     for (size_t i = 0; i < sc.n; i++) {
         const scan_item *it = &sc.items[i];
@@ -620,7 +631,7 @@ mj_status mj_cache_prune(const char *dir, uint64_t max_bytes, mj_cache_usage *re
             }
             continue;
         }
-        count(removed, it);
+        count(removed, it->kind, it->size);
         if (it->kind != NAME_TEMP) total -= it->size;
     }
     scan_free(&sc);
