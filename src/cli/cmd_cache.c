@@ -75,8 +75,11 @@ static int sub_stats(int argc, char **argv) {
     printf("bytes: %llu (%s)\n", (unsigned long long)u.bytes, human(u.bytes, h));
     const char *env = getenv("MASKJIT_CACHE_MAX_MB");
     if (!cap) printf("cap: none (MASKJIT_CACHE_MAX_MB=0)\n");
-    else printf("cap: %llu MiB (%s)\n", (unsigned long long)(cap >> 20), env && *env ? "MASKJIT_CACHE_MAX_MB" : "default");
-    if (u.old_entries) printf("older format: %lld of the entries (never read by this version)\n", (long long)u.old_entries);
+    else
+        printf("cap: %llu MiB (%s)\n", (unsigned long long)(cap >> 20),
+               env && *env ? "MASKJIT_CACHE_MAX_MB" : "default");
+    if (u.old_entries)
+        printf("older format: %lld of the entries (never read by this version)\n", (long long)u.old_entries);
     if (u.temp_files)
         printf("temp files: %lld (%llu bytes)\n", (long long)u.temp_files, (unsigned long long)u.temp_bytes);
     const char *off = getenv("MASKJIT_CACHE");
