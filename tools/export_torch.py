@@ -355,6 +355,7 @@ class _Builder:
         self.origins = {}           # "%id" -> module path
         self.origin_of = origin_of  # () -> module path of the node being emitted
         self.node = None            # the torch node being emitted (for messages)
+        self.on_input = set()       # ids of values that depend on an input
 
     def _add(self, text, shape, data=None):
         vid = len(self.lines)
@@ -366,8 +367,11 @@ class _Builder:
                               f"rank 1-{MAX_RANK}")
         self.lines.append(f"%{vid} = {text} : {_shape_str(shape)}" +
                           (f" = [{data}]" if data is not None else ""))
-        origin = self.origin_of(text)
-        if origin:
+        refs = [int(r) for r in re.findall(r"%(\d+)", text)]
+        if text.startswith("input ") or any(r in self.on_input for r in refs):
+            self.on_input.add(vid)
+        origin = self.origin_of(text, vid in self.on_input)
+        if origin is not None:
             self.origins[f"%{vid}"] = origin
         return _T(vid, shape)
 
@@ -759,17 +763,17 @@ def _translate(model, traced, inputs, input_names, state):
     order = {n: i for i, n in enumerate(nodes)}
     current = [None]
 
-    def origin(text):
-        """The module a new IR value comes from: the node's scope; for a param
-        its owner; for an op outside any module's forward (prune's hook) the
-        module of its first operand that has one."""
+    def origin(text, on_input):
+        """The module a new IR value comes from ("" = the root's forward): the
+        node's scope; for a param its owner; for a weight computed outside
+        any forward (prune's pre-hook) the module of its operands."""
         node = current[0]
         if node is None:
             return None
         if node.kind() == "prim::GetAttr":
             return bld.param_key.rsplit(".", 1)[0] if "." in bld.param_key else ""
         path = _module_path(node)
-        if not path:
+        if not path and not on_input:
             for ref in re.findall(r"%(\d+)", text):
                 path = bld.origins.get(f"%{ref}", "")
                 if path:
@@ -1075,10 +1079,12 @@ def _trace(model, inputs, check_sets):
         except Exception as e:  # noqa: BLE001 - any failure of tracing is the reason
             raise ExportError(f"torch.jit.trace failed: {type(e).__name__}: {e}") from None
     for w in caught:
-        # PyTorch's own code warns on shape asserts of params (FakeSparsity);
-        # what it cannot see in the user's code is the real risk.
+        # PyTorch's own code (and FakeStructuredSparsity here) warns on shape
+        # asserts of params; what it cannot see in the user's code is the
+        # real risk, and retracing at other batch sizes checks the rest.
+        where = os.path.abspath(w.filename)
         if issubclass(w.category, torch.jit.TracerWarning) and \
-                not os.path.abspath(w.filename).startswith(_TORCH_DIR + os.sep):
+                not where.startswith(_TORCH_DIR + os.sep) and where != os.path.abspath(__file__):
             raise ExportError(f"the trace may not generalise to other inputs: "
                               f"{os.path.basename(w.filename)}:{w.lineno}: {w.message}")
     return traced
