@@ -1065,17 +1065,20 @@ def _names(base, n):
     return [base] if n == 1 else [f"{base}.{i}" for i in range(n)]
 
 
-def _trace(model, inputs, check_sets):
-    """torch.jit.trace, retraced at the other batch sizes; refuses a graph
-    torch says may not generalise."""
+def _trace(model, inputs, check_sets=None):
+    """torch.jit.trace. Without check_sets: refuses a trace torch warns may
+    not generalise. With them: retraces at those inputs (torch's check_inputs)
+    and refuses a graph that changes with them."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            traced = torch.jit.trace(model, inputs, check_inputs=check_sets)
+            if check_sets:
+                return torch.jit.trace(model, inputs, check_inputs=check_sets)
+            traced = torch.jit.trace(model, inputs, check_trace=False)
         except torch.jit.TracingCheckError as e:
-            first = str(e).strip().split("\n")
-            raise ExportError("the traced graph changes with the batch size (torch.jit.trace's "
-                              "check at the other batch sizes): " + " ".join(first[:6])) from None
+            first = [l.strip() for l in str(e).strip().split("\n") if l.strip()]
+            raise ExportError("the traced graph changes with the input (torch.jit.trace's check "
+                              "at the other batch sizes): " + " ".join(first[:6])) from None
         except Exception as e:  # noqa: BLE001 - any failure of tracing is the reason
             raise ExportError(f"torch.jit.trace failed: {type(e).__name__}: {e}") from None
     for w in caught:
@@ -1115,11 +1118,18 @@ def export(model, example_inputs, path, spec=None, batches=(1, 5), seed=0,
     model.eval()
     try:
         with torch.no_grad():
-            expected = [_outputs(model(*xs)) for xs, _ in sets]
-            traced = _trace(model, inputs, [xs for xs, _ in sets[1:]])
-        state = {k: v for k, v in model.state_dict().items()}
-        text, graph_tensors, origins, out_shapes = _translate(
-            model, traced, inputs, _names("input", len(inputs)), state)
+            expected = [_outputs(model(*inputs))]
+            traced = _trace(model, inputs)
+            state = {k: v for k, v in model.state_dict().items()}
+            text, graph_tensors, origins, out_shapes = _translate(
+                model, traced, inputs, _names("input", len(inputs)), state)
+            for xs, b in sets[1:]:
+                try:
+                    expected.append(_outputs(model(*xs)))
+                except Exception as e:  # noqa: BLE001 - the model's own failure is the reason
+                    raise ExportError(f"the model fails on a random input at batch {b}: "
+                                      f"{type(e).__name__}: {e}") from None
+            _trace(model, inputs, [xs for xs, _ in sets[1:]])
     finally:
         model.train(was_training)
     if len(out_shapes) != len(expected[0]):
