@@ -111,6 +111,20 @@ Test(export, fakesparsity_runs_in_every_mode, .timeout = 60) {
     check_fixture("export_fakesparsity");
 }
 
+/* x.view(b, s, 2, 4) on a [b, s, 8] input: the view sizes are B-relative,
+ * so the graph runs at batches 1 and 6 too. */
+Test(export, batch_relative_views_run_at_every_batch, .timeout = 60) {
+    char *path = fixture_path("export_heads");
+    mj_tensor_dict *d;
+    OK(mj_safetensors_load(path, &d));
+    const char *ir = mj_tensor_dict_get_meta(d, "maskjit.ir");
+    cr_assert(strstr(ir, "input \"input\" : f32[B,3,8]"), "%s", ir);
+    cr_assert(strstr(ir, "reshape") && strstr(ir, ": f32[B,3,2,4]"), "%s", ir);
+    mj_tensor_dict_free(d);
+    free(path);
+    check_fixture("export_heads");
+}
+
 /* The masks are params of their own, multiplied in by the IR: a prune'd layer
  * as weight_orig * weight_mask, a FakeSparsity one as original * 0.mask. */
 Test(export, masks_are_separate_params) {

@@ -116,8 +116,25 @@ class ResidualMLP(nn.Module):
         return torch.tanh(self.head(h))
 
 
+class SplitHeads(nn.Module):
+    """Hugging Face-style: unpacks the shape of a [batch, seq, features] input
+    and views the features as heads; every view size comes from x.shape."""
+
+    def __init__(self):
+        super().__init__()
+        self.query = nn.Linear(8, 8)
+        self.out = nn.Linear(8, 6)
+
+    def forward(self, x):
+        b, s, _ = x.shape
+        h = self.query(x).view(b, s, 2, 4)
+        return self.out(torch.nn.functional.gelu(h).reshape(b, s, 8))
+
+
 def trace_fixtures():
-    """(name, model, example input) for export_torch.export without a spec."""
+    """(name, model, example input, checked by the CLI?) for export_torch.export
+    without a spec. The CLI runs [batch, features] inputs only; a rank-3 input
+    is checked against PyTorch here and by tests/test_export.c through the library."""
     out = []
     # nn.Sequential with Flatten, Dropout, a bias-free layer pruned with
     # torch.nn.utils.prune, and a final Sigmoid (ReLU stands in for LeakyReLU,
@@ -127,14 +144,14 @@ def trace_fixtures():
     seq = nn.Sequential(nn.Flatten(), nn.Linear(16, 32), nn.Dropout(0.25), nn.ReLU(),
                         nn.Linear(32, 16, bias=False), nn.ReLU(), nn.Linear(16, 8), nn.Sigmoid())
     prune.l1_unstructured(seq[4], "weight", amount=0.6)
-    out.append(("export_sequential_prune", seq, torch.randn(BATCH, 16, generator=gen)))
+    out.append(("export_sequential_prune", seq, torch.randn(BATCH, 16, generator=gen), True))
 
     torch.manual_seed(31)
     gen = torch.Generator().manual_seed(31)
     res = ResidualMLP()
     prune.random_unstructured(res.fc2, "weight", amount=0.5)
     export_torch.prune_random(nn.Sequential(res.fc1, res.head), 0.5, gen)
-    out.append(("export_residual", res, torch.randn(BATCH, 16, generator=gen)))
+    out.append(("export_residual", res, torch.randn(BATCH, 16, generator=gen), True))
 
     # torch.ao pruning: WeightNormSparsifier's FakeSparsity masks, and a
     # FakeStructuredSparsity row mask on the last layer.
@@ -146,7 +163,13 @@ def trace_fixtures():
     row_mask = export_torch.random_mask((8,), 0.5, gen)
     parametrize.register_parametrization(mlp[4], "weight",
                                          export_torch.FakeStructuredSparsity(row_mask))
-    out.append(("export_fakesparsity", mlp, torch.randn(BATCH, 16, generator=gen)))
+    out.append(("export_fakesparsity", mlp, torch.randn(BATCH, 16, generator=gen), True))
+
+    torch.manual_seed(33)
+    gen = torch.Generator().manual_seed(33)
+    heads = SplitHeads()
+    export_torch.prune_random(nn.Sequential(heads.query), 0.5, gen)
+    out.append(("export_heads", heads, torch.randn(BATCH, 3, 8, generator=gen), False))
     return out
 
 
@@ -179,10 +202,10 @@ def main(argv=None):
         path = os.path.join(args.out, name + ".safetensors")
         export_torch.export(model, x, path, spec=spec, generator=GENERATOR, maskjit=args.maskjit)
         print(f"{path}: {spec}, {os.path.getsize(path)} bytes")
-    for name, model, x in trace_fixtures():
+    for name, model, x, by_cli in trace_fixtures():
         path = os.path.join(args.out, name + ".safetensors")
         export_torch.export(model, x, path, batches=(1, 6), generator=GENERATOR,
-                            maskjit=args.maskjit)
+                            maskjit=args.maskjit if by_cli else None)
         print(f"{path}: maskjit trace, {os.path.getsize(path)} bytes")
     path = os.path.join(args.out, "dtypes.safetensors")
     safetensors_io.save(path, dtype_tensors(),
