@@ -1312,8 +1312,9 @@ def main(argv=None):
         if args.module:
             if not args.inputs:
                 ap.error("--module needs --inputs SHAPE [SHAPE ...]")
+            shapes = [parse_shape(s) for s in args.inputs]  # before running the user's file
             model = load_factory(args.module)
-            xs = tuple(torch.randn(parse_shape(s), generator=gen) for s in args.inputs)
+            xs = tuple(torch.randn(shape, generator=gen) for shape in shapes)
             tensors = export(model, xs, args.output, batches=batches, seed=args.seed,
                              maskjit=maskjit)
             print(f"wrote {args.output}: {len(tensors)} tensors, a maskjit trace of {args.module}")
