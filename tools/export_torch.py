@@ -353,11 +353,11 @@ class _Builder:
         self.consts = 0
         self.tensors = {}           # name -> float32 tensor for params and large consts
         self.origins = {}           # "%id" -> module path
-        self.origin_of = origin_of  # () -> module path of the node being emitted
+        self.origin_of = origin_of  # (operand ids, on_input) -> module path of the node
         self.node = None            # the torch node being emitted (for messages)
         self.on_input = set()       # ids of values that depend on an input
 
-    def _add(self, text, shape, data=None):
+    def _add(self, text, shape, data=None, operands=(), origin=None):
         vid = len(self.lines)
         for d in shape:
             if d != B and d < 0:
@@ -367,10 +367,10 @@ class _Builder:
                               f"rank 1-{MAX_RANK}")
         self.lines.append(f"%{vid} = {text} : {_shape_str(shape)}" +
                           (f" = [{data}]" if data is not None else ""))
-        refs = [int(r) for r in re.findall(r"%(\d+)", text)]
-        if text.startswith("input ") or any(r in self.on_input for r in refs):
+        if text.startswith("input ") or any(o.id in self.on_input for o in operands):
             self.on_input.add(vid)
-        origin = self.origin_of(text, vid in self.on_input)
+        if origin is None:
+            origin = self.origin_of([o.id for o in operands], vid in self.on_input)
         if origin is not None:
             self.origins[f"%{vid}"] = origin
         return _T(vid, shape)
@@ -383,10 +383,10 @@ class _Builder:
 
     def param(self, key, tensor):
         if key not in self.params:
-            self.param_key = key
             t = _as_f32(tensor, key)
             shape = tuple(t.shape) if t.dim() > 0 else (1,)
-            self.params[key] = self._add(f"param {_ir_name(key)}", shape)
+            owner = key.rsplit(".", 1)[0] if "." in key else ""
+            self.params[key] = self._add(f"param {_ir_name(key)}", shape, origin=owner)
             self.tensors[key] = t.reshape(shape)
         return self.params[key]
 
@@ -409,7 +409,7 @@ class _Builder:
         text = name + " " + ", ".join(f"%{o.id}" for o in operands)
         if act:
             text += " {act=" + act + "}"
-        return self._add(text, shape)
+        return self._add(text, shape, operands=operands)
 
     def text(self, outputs):
         return "maskjit-ir 1\n" + "".join(l + "\n" for l in self.lines) + \
@@ -763,18 +763,16 @@ def _translate(model, traced, inputs, input_names, state):
     order = {n: i for i, n in enumerate(nodes)}
     current = [None]
 
-    def origin(text, on_input):
+    def origin(operand_ids, on_input):
         """The module a new IR value comes from ("" = the root's forward): the
         node's scope; for a param its owner; for a weight computed outside
         any forward (prune's pre-hook) the module of its operands."""
         node = current[0]
         if node is None:
             return None
-        if node.kind() == "prim::GetAttr":
-            return bld.param_key.rsplit(".", 1)[0] if "." in bld.param_key else ""
         path = _module_path(node)
         if not path and not on_input:
-            for ref in re.findall(r"%(\d+)", text):
+            for ref in operand_ids:
                 path = bld.origins.get(f"%{ref}", "")
                 if path:
                     break
