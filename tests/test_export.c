@@ -206,10 +206,10 @@ Test(export, live_mode_sees_mask_edits_frozen_does_not, .timeout = 60) {
     free(path);
 }
 
-/* Runs `maskjit check FILE`; returns the exit status, stdout in *out. */
+/* Runs `maskjit check FILE --inputs 4`; returns the exit status, output in *out. */
 static int run_check(char **out, const char *file) {
     char cmd[1200];
-    snprintf(cmd, sizeof cmd, "NO_COLOR=1 %s check %s 2>&1", BIN, file);
+    snprintf(cmd, sizeof cmd, "NO_COLOR=1 %s check %s --inputs 4 2>&1", BIN, file);
     FILE *p = popen(cmd, "r");
     cr_assert_not_null(p);
     char *buf = NULL;
