@@ -1089,7 +1089,8 @@ mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan 
             char name[96];
             snprintf(name, sizeof name, "%s.sparse%d", o->fname, (int)i);
             LLVMValueRef sf = mj_sparse_emit_linear(m, name, wn->tensor->data, bd, wn->type.dims[0], wn->type.dims[1],
-                                                    n->op == MJ_OP_LINEAR_ACT ? n->act : MJ_ACT_NONE, w.fast);
+                                                    n->op == MJ_OP_LINEAR_ACT ? n->act : MJ_ACT_NONE, w.fast,
+                                                    p->vw);
             if (!sf) {
                 s = MJ_ERR_NOMEM;
                 break;

@@ -36,21 +36,6 @@
  * OpenBLAS) at batch 64, widths 256 and 1024: see docs/numerics.md. */
 #define SPARSE_CROSSOVER_DENSITY 0.5
 
-/* Host vector width in floats: the JIT compiles for the host's CPU and
- * features (under valgrind: AVX2 only), so ask the same source. */
-static int host_vector_width(void) {
-    static _Atomic int cached;
-    int vw = cached;
-    if (vw) return vw;
-    char *f = LLVMGetHostCPUFeatures();
-    vw = 4;
-    if (f && strstr(f, "+avx512f")) vw = 16;
-    else if (f && strstr(f, "+avx")) vw = 8;
-    LLVMDisposeMessage(f);
-    cached = vw;
-    return vw;
-}
-
 bool mj_sparse_profitable(const float *w, int64_t out, int64_t in) {
     if (!w || out <= 0 || in <= 0 || out > INT32_MAX || in > INT32_MAX) return false;
     int64_t nnz = 0, empty_rows = 0;
@@ -685,12 +670,11 @@ static void emit_chunk(sb *s, int C, LLVMValueRef i0, LLVMValueRef valid, bool f
 }
 
 LLVMValueRef mj_sparse_emit_linear(LLVMModuleRef M, const char *name, const float *w, const float *b,
-                                   int64_t out, int64_t in, mj_act act, bool fast) {
+                                   int64_t out, int64_t in, mj_act act, bool fast, int vw) {
     if (!M || !name || !w || out <= 0 || in <= 0 || out > INT32_MAX || in > INT32_MAX ||
-        (unsigned)act >= MJ_ACT_COUNT)
+        (unsigned)act >= MJ_ACT_COUNT || (vw != 4 && vw != 8 && vw != 16))
         return NULL;
     plan p;
-    int vw = host_vector_width();
     if (!plan_build(&p, w, out, in, vw)) return NULL;
     sb s = {.m = M, .ctx = LLVMGetModuleContext(M), .vw = vw, .fast = fast, .act = act, .p = &p};
     s.f32 = LLVMFloatTypeInContext(s.ctx);
