@@ -582,7 +582,6 @@ fail:
 /* Work (FLOP) below which a call stays on the caller's thread: waking the
  * pool costs tens of microseconds. */
 #define PAR_MIN_FLOPS 4e6
-#define COL_MAX_ROWS 6
 
 static bool b_at_dim0_only(const mj_type *t) {
     if (t->rank < 1 || t->dims[0] != MJ_DIM_BATCH) return false;
@@ -599,16 +598,12 @@ static int64_t type_row(const mj_type *t) {
 
 static int64_t sparse_floats(const mj_compiled *c, int64_t rows) {
     int64_t sp = 0;
-#if MJ_HAVE_SPARSE
     for (int32_t i = 0; i < c->g->n_nodes; i++) {
         if (!c->plan.sparse[i]) continue;
         const mj_type *wt = &c->g->nodes[c->g->nodes[i].operands[1]].type;
         int64_t f = mj_sparse_scratch_floats(wt->dims[1], wt->dims[0], rows);
         if (f > sp) sp = f;
     }
-#else
-    (void)c, (void)rows;
-#endif
     return sp ? sp + 16 : 0;
 }
 
@@ -791,7 +786,7 @@ mj_status mj_compiled_run_raw(mj_compiled *c, const float *x, int64_t batch, flo
     if (c->pool && (double)batch * c->row_flops >= PAR_MIN_FLOPS) {
         /* Fewer rows per thread than a micro-kernel's 6 and a layer with a
          * panel of columns per thread: split the columns instead of rows. */
-        bool columns = batch < COL_MAX_ROWS * c->pool->n && c->col_panels >= c->pool->n;
+        bool columns = batch < MJ_MK_MAX_ROWS * c->pool->n && c->col_panels >= c->pool->n;
         if ((columns || batch >= 2) && run_parallel(c, leaves, x, batch, y, columns)) {
             if (pr) leave(c);
             return MJ_OK;

@@ -33,7 +33,8 @@ mj_status mj_jit_llvm_error(LLVMErrorRef err, const char *what) {
 
 /* A host target machine: CPU and features as detected (never hard-coded:
  * under valgrind the host has no AVX-512), O3 code generation, JIT code model. */
-static mj_status host_tm(const mj_jit *jit, LLVMTargetMachineRef *out) {
+mj_status mj_jit_target_machine(const mj_jit *jit, LLVMRelocMode reloc, LLVMCodeModel model,
+                                LLVMTargetMachineRef *out) {
     LLVMTargetRef target;
     char *err = NULL;
     if (LLVMGetTargetFromTriple(jit->triple, &target, &err)) {
@@ -42,11 +43,14 @@ static mj_status host_tm(const mj_jit *jit, LLVMTargetMachineRef *out) {
         return s;
     }
     LLVMTargetMachineRef tm = LLVMCreateTargetMachine(target, jit->triple, jit->cpu, jit->features,
-                                                      LLVMCodeGenLevelAggressive, LLVMRelocDefault,
-                                                      LLVMCodeModelJITDefault);
+                                                      LLVMCodeGenLevelAggressive, reloc, model);
     if (!tm) return mj_fail(MJ_ERR_BACKEND, "cannot create a target machine for %s (%s)", jit->triple, jit->cpu);
     *out = tm;
     return MJ_OK;
+}
+
+static mj_status host_tm(const mj_jit *jit, LLVMTargetMachineRef *out) {
+    return mj_jit_target_machine(jit, LLVMRelocDefault, LLVMCodeModelJITDefault, out);
 }
 
 /* MASKJIT_PERF=1: link JIT code through RTDyld with LLVM's perf listener,
@@ -165,85 +169,6 @@ const char *mj_jit_pipeline(LLVMModuleRef m) {
     if (LLVMGetModuleFlag(m, MJ_FLAG_EXPLICIT, strlen(MJ_FLAG_EXPLICIT)))
         return "function(sroa,early-cse,instcombine<no-verify-fixpoint>,simplifycfg)";
     return "default<O2>"; /* scalar loops for the loop and SLP vectorisers */
-}
-
-static double ms_since(double t0) { return (mj_now_seconds() - t0) * 1e3; }
-
-mj_status mj_jit_add_module(mj_jit *jit, LLVMOrcThreadSafeContextRef tsc, LLVMModuleRef m,
-                            const char *fname, LLVMOrcResourceTrackerRef *rt_out, mj_body_fn *fn,
-                            char **bitcode, size_t *bitcode_size, mj_compile_stats *stats) {
-    mj_status s = MJ_OK;
-    LLVMOrcResourceTrackerRef rt = NULL;
-    *bitcode = NULL;
-    *bitcode_size = 0;
-    *fn = NULL;
-    pthread_mutex_lock(&jit->mu);
-    char *triple = LLVMGetTargetMachineTriple(jit->tm);
-    LLVMSetTarget(m, triple);
-    LLVMDisposeMessage(triple);
-    LLVMTargetDataRef td = LLVMCreateTargetDataLayout(jit->tm);
-    LLVMSetModuleDataLayout(m, td);
-    LLVMDisposeTargetData(td);
-
-    double t0 = mj_now_seconds();
-    LLVMPassBuilderOptionsRef po = LLVMCreatePassBuilderOptions();
-    LLVMErrorRef err = LLVMRunPasses(m, mj_jit_pipeline(m), jit->tm, po);
-    LLVMDisposePassBuilderOptions(po);
-    stats->optimize_ms = ms_since(t0);
-    if (err) {
-        s = mj_jit_llvm_error(err, "optimising");
-        LLVMDisposeModule(m);
-        LLVMOrcDisposeThreadSafeContext(tsc);
-        goto out;
-    }
-    LLVMMemoryBufferRef bc = LLVMWriteBitcodeToMemoryBuffer(m);
-    size_t bc_size = bc ? LLVMGetBufferSize(bc) : 0;
-    *bitcode = bc ? mj_alloc(bc_size) : NULL;
-    if (*bitcode) {
-        memcpy(*bitcode, LLVMGetBufferStart(bc), bc_size);
-        *bitcode_size = bc_size;
-    }
-    if (bc) LLVMDisposeMemoryBuffer(bc);
-    if (!*bitcode) {
-        s = MJ_ERR_NOMEM;
-        LLVMDisposeModule(m);
-        LLVMOrcDisposeThreadSafeContext(tsc);
-        goto out;
-    }
-
-    t0 = mj_now_seconds();
-    LLVMOrcThreadSafeModuleRef tsm = LLVMOrcCreateNewThreadSafeModule(m, tsc);
-    LLVMOrcDisposeThreadSafeContext(tsc); /* the module keeps the context alive */
-    rt = LLVMOrcJITDylibCreateResourceTracker(LLVMOrcLLJITGetMainJITDylib(jit->lljit));
-    err = LLVMOrcLLJITAddLLVMIRModuleWithRT(jit->lljit, rt, tsm); /* consumes tsm */
-    if (err) {
-        s = mj_jit_llvm_error(err, "adding the module to the JIT");
-        goto out;
-    }
-    LLVMOrcExecutorAddress addr = 0;
-    err = LLVMOrcLLJITLookup(jit->lljit, &addr, fname); /* compiles and links */
-    stats->codegen_ms = ms_since(t0);
-    if (err) {
-        s = mj_jit_llvm_error(err, "generating code");
-        goto out;
-    }
-    MJ_ASSERT(addr != 0);
-    /* ORC hands back an address; converting it to a function pointer is the
-     * documented way to call JIT'd code. */
-    *fn = (mj_body_fn)(uintptr_t)addr;
-out:
-    if (s != MJ_OK && rt) {
-        mj_rt_discard(rt);
-        rt = NULL;
-    }
-    if (s != MJ_OK && *bitcode) {
-        free(*bitcode);
-        *bitcode = NULL;
-        *bitcode_size = 0;
-    }
-    pthread_mutex_unlock(&jit->mu);
-    *rt_out = rt;
-    return s;
 }
 
 void mj_rt_discard(LLVMOrcResourceTrackerRef rt) {
