@@ -14,13 +14,7 @@
 #include "ir/ir.h"
 #include "maskjit.h"
 #include "model_gen.h"
-
-#define OK(expr)                                                                             \
-    do {                                                                                     \
-        mj_status s_ = (expr);                                                               \
-        cr_assert_eq(s_, MJ_OK, "%s failed: %s: %s", #expr, mj_status_name(s_),             \
-                     mj_last_error());                                                       \
-    } while (0)
+#include "test_util.h"
 
 static mj_tensor *randn2(mj_rng *rng, int64_t rows, int64_t cols) {
     int64_t shape[2] = {rows, cols};
