@@ -719,6 +719,12 @@ static mj_status sizes_general(const mj_compiled *c, int64_t batch, int64_t *in_
 mj_status mj_compiled_run_raw(mj_compiled *c, const float *x, int64_t batch, float *y, int64_t y_numel) {
     if (!c || !x || !y)
         return mj_fail(MJ_ERR_INVALID, "mj_compiled_run_raw: %s is NULL", !c ? "the compiled graph" : !x ? "x" : "y");
+    /* The trace cannot see into native code: its output would become a const
+     * of this one call's values. Refused rather than recorded wrongly. */
+    if (mj_trace_active())
+        return mj_fail(MJ_ERR_STATE, "cannot run a compiled graph inside a trace: the trace cannot record "
+                                     "what the native code computes, so its output would become a constant; "
+                                     "call the module's forward inside the trace instead");
     if (batch < 1) {
         char ts[96];
         return mj_fail(MJ_ERR_SHAPE, "compiled graph: batch is %lld but must be >= 1 (input %s)", (long long)batch,
