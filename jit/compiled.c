@@ -486,6 +486,7 @@ mj_status mj_jit_compile(mj_jit *jit, const mj_graph *g, const mj_compile_option
         return mj_fail(MJ_ERR_INVALID, "mj_jit_compile: threads is %d (must be >= 0)", opts.threads);
     double t_start = mj_now_seconds();
     MJ_TRY(check_graph(g));
+    MJ_TRY(mj_jit_check_memory(g, opts.frozen)); /* before LLVM can run out */
 
     mj_compiled *c = mj_alloc(sizeof *c);
     if (!c) return MJ_ERR_NOMEM;
