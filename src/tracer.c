@@ -92,6 +92,7 @@ struct mj_tracer {
     uid_map values;        /* tensor uid -> graph value                   */
     uid_map params;        /* tensor uid -> index in the dicts below      */
     mj_tensor_dict *named; /* parameters then buffers, PyTorch's names    */
+    int32_t n_named_params; /* named[0, n) are parameters, the rest buffers */
     uid_map warned;        /* graph value, or param index | PARAM_KEY: warned */
     int n_consts;
     bool busy;             /* inside the tracer: ignore nested reports   */
@@ -223,20 +224,21 @@ void mj_trace_note_data_access(const mj_tensor *x, bool write) {
     int32_t seen;
     if (uid_map_get(&t->warned, key, &seen)) return;
     t->busy = true;
-    const char *verb = write ? "writing the data of" : "reading the data of";
-    const char *tail = "into C: the trace might not generalize to other inputs";
+    char what[300];
+    if (pi >= 0)
+        snprintf(what, sizeof what, "%s '%s'", pi < t->n_named_params ? "parameter" : "buffer",
+                 mj_tensor_dict_key(t->named, pi));
+    else if (t->g->nodes[id].op == MJ_OP_INPUT)
+        snprintf(what, sizeof what, "the input (%%%d)", (int)id);
+    else
+        snprintf(what, sizeof what, "traced value %%%d", (int)id);
     mj_status s = uid_map_put(&t->warned, key, 1);
-    if (s == MJ_OK) {
-        if (pi >= 0)
-            s = mj_graph_add_warning(t->g, "TracerWarning: %s parameter '%s' %s or parameter values",
-                                     verb, mj_tensor_dict_key(t->named, pi), tail);
-        else if (t->g->nodes[id].op == MJ_OP_INPUT)
-            s = mj_graph_add_warning(t->g, "TracerWarning: %s the input (%%%d) %s", verb, (int)id,
-                                     tail);
-        else
-            s = mj_graph_add_warning(t->g, "TracerWarning: %s traced value %%%d %s", verb, (int)id,
-                                     tail);
-    }
+    if (s == MJ_OK)
+        s = mj_graph_add_warning(t->g, "TracerWarning: %s %s %s: the trace might not generalize to "
+                                       "other inputs%s",
+                                 write ? "writing to the data of" : "reading the data of", what,
+                                 write ? "from C (the trace does not see the write)" : "into C",
+                                 pi >= 0 ? " or parameter values" : "");
     t->busy = false;
     if (s != MJ_OK) tracer_fail(t, s);
 }
@@ -263,6 +265,7 @@ static mj_status collect_named(struct mj_tracer *t, mj_module *m) {
     if (s == MJ_OK) s = mj_module_named_buffers(m, &buffers);
     mj_tensor_dict *both[2] = {params, buffers};
     for (int d = 0; d < 2 && s == MJ_OK; d++) {
+        if (d == 1) t->n_named_params = mj_tensor_dict_size(t->named);
         for (int i = 0; i < mj_tensor_dict_size(both[d]) && s == MJ_OK; i++) {
             mj_tensor *x = mj_tensor_dict_value(both[d], i);
             int32_t dummy;

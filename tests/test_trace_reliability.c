@@ -117,6 +117,34 @@ Test(trace_rel, reads_of_input_param_and_intermediate_warn_once_each) {
     mj_module_free(m);
 }
 
+/* Writes into its buffer from C: the trace does not see the write. */
+static mj_status writes_buffer(mj_module *self, const mj_tensor *x, mj_tensor **y) {
+    mj_tensor *scale = NULL;
+    mj_status s = mj_module_get(self, "scale", &scale);
+    if (s != MJ_OK) return s;
+    mj_tensor_data_mut(scale)[0] = 2.0f;
+    s = mj_mul(y, x, scale);
+    mj_tensor_release(scale);
+    return s;
+}
+
+Test(trace_rel, writing_a_buffer_from_c_warns) {
+    mj_module *m = user_module("WritesBuffer", writes_buffer, NULL);
+    mj_tensor *scale = NULL;
+    OK(mj_tensor_ones(&scale, 1, (int64_t[]){4}));
+    OK(mj_module_add_buffer(m, "scale", scale, true));
+    mj_tensor *x = full2(2, 4, 1.0f);
+    mj_graph *g = NULL;
+    OK(mj_trace_module(m, x, &g));
+    dump_warnings(g);
+    cr_assert_eq(mj_graph_warning_count(g), 1);
+    cr_assert(has_warning(g, "writing to the data of buffer 'scale'", "does not see the write"));
+    mj_graph_free(g);
+    mj_tensor_release(x);
+    mj_tensor_release(scale);
+    mj_module_free(m);
+}
+
 /* The library's own reads (eager kernels, parametrizations, the tracer's
  * consts, a module built inside forward) record nothing. */
 static mj_status builds_inside(mj_module *self, const mj_tensor *x, mj_tensor **y) {
