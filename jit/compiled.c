@@ -513,6 +513,7 @@ mj_status mj_jit_compile(mj_jit *jit, const mj_graph *g, const mj_compile_option
         return mj_fail(MJ_ERR_INVALID, "mj_jit_compile: threads is %d (must be >= 0)", opts.threads);
     double t_start = mj_now_seconds();
     MJ_TRY(check_graph(g));
+    MJ_TRY(mj_jit_check_memory(g, opts.frozen)); /* before LLVM can run out */
 
     mj_compiled *c = mj_alloc(sizeof *c);
     if (!c) return MJ_ERR_NOMEM;
@@ -741,6 +742,12 @@ static mj_status sizes_general(const mj_compiled *c, int64_t batch, int64_t *in_
 mj_status mj_compiled_run_raw(mj_compiled *c, const float *x, int64_t batch, float *y, int64_t y_numel) {
     if (!c || !x || !y)
         return mj_fail(MJ_ERR_INVALID, "mj_compiled_run_raw: %s is NULL", !c ? "the compiled graph" : !x ? "x" : "y");
+    /* The trace cannot see into native code: its output would become a const
+     * of this one call's values. Refused rather than recorded wrongly. */
+    if (mj_trace_active())
+        return mj_fail(MJ_ERR_STATE, "cannot run a compiled graph inside a trace: the trace cannot record "
+                                     "what the native code computes, so its output would become a constant; "
+                                     "call the module's forward inside the trace instead");
     if (batch < 1) {
         char ts[96];
         return mj_fail(MJ_ERR_SHAPE, "compiled graph: batch is %lld but must be >= 1 (input %s)", (long long)batch,

@@ -3,8 +3,11 @@
  * so freeing it frees its code. */
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 #include <llvm-c/Error.h>
+#include <llvm-c/ErrorHandling.h>
 #include <llvm-c/ExecutionEngine.h>
 #include <llvm-c/OrcEE.h>
 #include <llvm-c/BitReader.h>
@@ -19,9 +22,100 @@ static bool llvm_init_ok;
 /* LLVMShutdown cannot be undone: later JITs are refused, not crashed. */
 static _Atomic bool llvm_down;
 
-/* LLVM's target registry is global: initialise it once per process. */
+/* ---- when LLVM itself gives up ---------------------------------------------
+ * LLVM reports out-of-memory and internal errors by ending the process; its
+ * handlers may print but must not return (LLVM exits or aborts after them),
+ * and unwinding out of them would leave its locks and state broken. So they
+ * cannot become a status: mj_jit_check_memory refuses compiles that would
+ * not fit first, and these handlers make the end say what happened. */
+
+/* The bad-alloc handler has no C binding: this is
+ * llvm::install_bad_alloc_error_handler(fatal_error_handler_t, void *) of
+ * llvm/Support/ErrorHandling.h, by its symbol in libLLVM-19. */
+typedef void (*mj_llvm_handler_fn)(void *user, const char *reason, bool gen_crash_diag);
+extern void mj_llvm_install_bad_alloc_handler(mj_llvm_handler_fn fn, void *user) __asm__(
+    "_ZN4llvm31install_bad_alloc_error_handlerEPFvPvPKcbES0_");
+
+static void say(const char *s) { (void)!write(STDERR_FILENO, s, strlen(s)); } /* no malloc */
+
+static void on_llvm_bad_alloc(void *user, const char *reason, bool gen_crash_diag) {
+    (void)user;
+    (void)gen_crash_diag;
+    say("maskjit: LLVM ran out of memory while compiling (");
+    say(reason ? reason : "no reason given");
+    say("); LLVM cannot continue after that, so the process exits with status 1. "
+        "Allow more memory (ulimit -v), or compile in live mode, which bakes no "
+        "parameters into the code\n");
+    _exit(EXIT_FAILURE);
+}
+
+static void on_llvm_fatal(const char *reason) {
+    say("maskjit: LLVM fatal error: ");
+    say(reason ? reason : "no reason given");
+    say("\n"); /* LLVM ends the process when this returns */
+}
+
+/* LLVM's target registry and error handlers are global: set up once per
+ * process. */
 static void llvm_init(void) {
+    LLVMInstallFatalErrorHandler(on_llvm_fatal);
+    mj_llvm_install_bad_alloc_handler(on_llvm_bad_alloc, NULL);
     llvm_init_ok = LLVMInitializeNativeTarget() == 0 && LLVMInitializeNativeAsmPrinter() == 0;
+}
+
+/* Address space a compile is expected to need, from measurements of
+ * mlp:256,1024,1024,10 and smaller (docs/design.md, "Memory"): a base for
+ * LLVM's working set, plus per byte of parameters ~11x in frozen mode (the
+ * constants are copied into LLVM IR, bitcode, the object file and the linked
+ * image) and ~1.5x in live mode (the packed layouts). Rounded up. */
+#define COMPILE_BASE_BYTES (UINT64_C(8) << 20)
+#define FROZEN_BYTES_PER_PARAM_BYTE 12
+#define LIVE_BYTES_PER_PARAM_BYTE 2
+
+/* Fields of /proc/self/statm in bytes: 0 total size, 5 data + stack. */
+static bool statm_bytes(int field, uint64_t *out) {
+    FILE *f = fopen("/proc/self/statm", "r");
+    if (!f) return false;
+    unsigned long long v[6];
+    bool ok = fscanf(f, "%llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3], &v[4], &v[5]) == 6;
+    fclose(f);
+    long page = sysconf(_SC_PAGESIZE);
+    if (ok && page > 0) *out = (uint64_t)v[field] * (uint64_t)page;
+    return ok && page > 0;
+}
+
+mj_status mj_jit_check_memory(const mj_graph *g, bool frozen) {
+    uint64_t param_bytes = 0;
+    for (int32_t i = 0; i < g->n_nodes; i++) {
+        const mj_node *n = &g->nodes[i];
+        if ((n->op == MJ_OP_PARAM || n->op == MJ_OP_CONST) && n->tensor)
+            param_bytes += (uint64_t)n->tensor->numel * sizeof(float);
+    }
+    uint64_t need = COMPILE_BASE_BYTES +
+                    param_bytes * (frozen ? FROZEN_BYTES_PER_PARAM_BYTE : LIVE_BYTES_PER_PARAM_BYTE);
+    static const struct {
+        int resource, statm_field;
+        const char *name;
+    } limits[2] = {{RLIMIT_AS, 0, "RLIMIT_AS, ulimit -v"}, {RLIMIT_DATA, 5, "RLIMIT_DATA, ulimit -d"}};
+    for (int k = 0; k < 2; k++) {
+        struct rlimit lim;
+        uint64_t used;
+        if (getrlimit(limits[k].resource, &lim) != 0 || lim.rlim_cur == RLIM_INFINITY ||
+            !statm_bytes(limits[k].statm_field, &used))
+            continue; /* no limit, or nothing to measure against */
+        uint64_t left = (uint64_t)lim.rlim_cur > used ? (uint64_t)lim.rlim_cur - used : 0;
+        if (need <= left) continue;
+        const double mib = 1024.0 * 1024.0;
+        return mj_fail(MJ_ERR_LIMIT,
+                       "jit: a %s compile with %.1f MiB of parameters needs about %.0f MiB of "
+                       "address space, but only %.0f MiB are left under the process's limit "
+                       "(%s: %.0f MiB, %.0f MiB in use); LLVM cannot recover from running out "
+                       "of memory, so the compile is refused: raise the limit%s",
+                       frozen ? "frozen" : "live", (double)param_bytes / mib, (double)need / mib,
+                       (double)left / mib, limits[k].name, (double)lim.rlim_cur / mib,
+                       (double)used / mib, frozen ? " or compile in live mode" : "");
+    }
+    return MJ_OK;
 }
 
 mj_status mj_jit_llvm_error(LLVMErrorRef err, const char *what) {

@@ -137,5 +137,8 @@ LLVMValueRef mj_llvm_const_bytes(LLVMModuleRef m, LLVMContextRef ctx, const char
 mj_status mj_jit_dump(mj_jit *jit, const char *bitcode, size_t size, const char *what, FILE *f);
 /* Turns an LLVMErrorRef into MJ_ERR_BACKEND with "what: <LLVM's message>". */
 mj_status mj_jit_llvm_error(LLVMErrorRef err, const char *what);
+/* MJ_ERR_LIMIT when compiling g would likely exhaust the process's address
+ * space limit (LLVM aborts on out of memory instead of failing): jit.c. */
+mj_status mj_jit_check_memory(const mj_graph *g, bool frozen);
 
 #endif
