@@ -103,29 +103,7 @@ Test(cache, key_changes_with_each_component) {
     mj_graph_free(other_w);
 }
 
-/* a fresh empty directory */
-static char *temp_dir(void) {
-    char *d = strdup("/tmp/maskjit-cache-test-XXXXXX");
-    cr_assert(mkdtemp(d));
-    return d;
-}
 
-static void rm_rf(const char *dir) {
-    DIR *d = opendir(dir);
-    if (d) {
-        struct dirent *e;
-        while ((e = readdir(d))) {
-            if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
-            char p[512];
-            snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
-            struct stat st;
-            if (lstat(p, &st) == 0 && S_ISDIR(st.st_mode)) rm_rf(p);
-            else unlink(p);
-        }
-        closedir(d);
-    }
-    rmdir(dir);
-}
 
 static int count_entries(const char *dir, const char *ext) {
     DIR *d = opendir(dir);
@@ -142,7 +120,7 @@ static int count_entries(const char *dir, const char *ext) {
 }
 
 Test(cache, store_and_load_round_trip) {
-    char *dir = temp_dir();
+    char *dir = mjt_temp_dir("maskjit-cache-test");
     char sub[512];
     snprintf(sub, sizeof sub, "%s/a/b", dir); /* created on demand */
     const char *hex = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
@@ -171,7 +149,7 @@ Test(cache, store_and_load_round_trip) {
     cr_assert(strstr(why, "another key"), "%s", why);
     mj_cache_remove(sub, hex);
     cr_assert_eq(mj_cache_load(sub, hex, &e, why, sizeof why), MJ_CACHE_MISS);
-    rm_rf(dir);
+    mjt_rm_rf(dir);
     free(dir);
 }
 
@@ -241,7 +219,7 @@ static mj_compile_stats compile_run(mj_jit *jit, mj_graph *g, const char *dir, b
 }
 
 Test(cache, hit_is_bit_identical_and_skips_the_compile) {
-    char *dir = temp_dir();
+    char *dir = mjt_temp_dir("maskjit-cache-test");
     mj_jit *jit;
     OK(mj_jit_new(&jit));
     for (int frozen = 0; frozen < 2; frozen++) {
@@ -288,7 +266,7 @@ Test(cache, hit_is_bit_identical_and_skips_the_compile) {
     }
     cr_assert_eq(count_entries(dir, ".mjc"), 2, "live and frozen: two entries");
     mj_jit_free(jit);
-    rm_rf(dir);
+    mjt_rm_rf(dir);
     free(dir);
 }
 
@@ -310,7 +288,7 @@ static char *only_entry(const char *dir) {
 }
 
 Test(cache, corrupt_entry_falls_back_and_repairs) {
-    char *dir = temp_dir();
+    char *dir = mjt_temp_dir("maskjit-cache-test");
     mj_jit *jit;
     OK(mj_jit_new(&jit));
     mj_graph *g = small_graph("sigmoid", 1.5f);
@@ -336,12 +314,12 @@ Test(cache, corrupt_entry_falls_back_and_repairs) {
     free(path);
     mj_graph_free(g);
     mj_jit_free(jit);
-    rm_rf(dir);
+    mjt_rm_rf(dir);
     free(dir);
 }
 
 Test(cache, off_switch_writes_nothing) {
-    char *dir = temp_dir();
+    char *dir = mjt_temp_dir("maskjit-cache-test");
     mj_jit *jit;
     OK(mj_jit_new(&jit));
     mj_graph *g = small_graph("relu", 2.0f);
@@ -357,12 +335,12 @@ Test(cache, off_switch_writes_nothing) {
     cr_assert_eq(count_entries(dir, ".mjc"), 1);
     mj_graph_free(g);
     mj_jit_free(jit);
-    rm_rf(dir);
+    mjt_rm_rf(dir);
     free(dir);
 }
 
 Test(cache, unwritable_directory_compiles_anyway) {
-    char *dir = temp_dir();
+    char *dir = mjt_temp_dir("maskjit-cache-test");
     char file[512], under[600];
     snprintf(file, sizeof file, "%s/a-file", dir);
     FILE *f = fopen(file, "w");
@@ -376,12 +354,12 @@ Test(cache, unwritable_directory_compiles_anyway) {
     cr_assert(strstr(s.warning, "cache") && strstr(s.warning, under), "%s", s.warning);
     mj_graph_free(g);
     mj_jit_free(jit);
-    rm_rf(dir);
+    mjt_rm_rf(dir);
     free(dir);
 }
 
 Test(cache, two_processes_race_on_one_entry) {
-    char *dir = temp_dir();
+    char *dir = mjt_temp_dir("maskjit-cache-test");
     mj_graph *g = small_graph("gelu_tanh", -1.0f);
     int fds[2][2];
     pid_t pid[2];
@@ -433,6 +411,6 @@ Test(cache, two_processes_race_on_one_entry) {
     cr_assert(s.cache_hit);
     mj_jit_free(jit);
     mj_graph_free(g);
-    rm_rf(dir);
+    mjt_rm_rf(dir);
     free(dir);
 }

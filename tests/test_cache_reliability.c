@@ -24,34 +24,13 @@
 #include "maskjit.h"
 #include "test_util.h"
 
-static const char *const BIN = MJ_BUILD_ROOT "/maskjit";
+#define run_maskjit(out, ...) mjt_maskjit(out, true, __VA_ARGS__)
 
-static int run(char **out, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
 
 /* ---- files ------------------------------------------------------------------ */
 
-static char *temp_dir(void) {
-    char *d = strdup("/tmp/maskjit-cache-rel-XXXXXX");
-    cr_assert(mkdtemp(d));
-    return d;
-}
 
-static void rm_rf(const char *dir) {
-    DIR *d = opendir(dir);
-    if (d) {
-        struct dirent *e;
-        while ((e = readdir(d))) {
-            if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
-            char p[1024];
-            snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
-            struct stat st;
-            if (lstat(p, &st) == 0 && S_ISDIR(st.st_mode)) rm_rf(p);
-            else unlink(p);
-        }
-        closedir(d);
-    }
-    rmdir(dir);
-}
 
 static bool all_hex(const char *s, size_t n) {
     for (size_t i = 0; i < n; i++)
@@ -226,12 +205,12 @@ static mj_graph *big_const_graph(int k, int n, uint32_t seed, int64_t tweak_at) 
 /* ---- entries are verified ------------------------------------------------------ */
 
 Test(cache_rel, bit_flips_anywhere_are_caught_and_rebuilt, .timeout = 600) {
-    char *dir = temp_dir();
+    char *dir = mjt_temp_dir("maskjit-cache-rel");
     mj_jit *jit;
     OK(mj_jit_new(&jit));
     model md = model_new("mlp:16,24,8:act=gelu", 3);
     for (int frozen = 1; frozen >= 0; frozen--) {
-        rm_rf(dir);
+        mjt_rm_rf(dir);
         cr_assert_eq(mkdir(dir, 0700), 0);
         mj_compile_stats st = compile_check(jit, &md, dir, frozen);
         cr_assert(!st.cache_hit);
@@ -269,7 +248,7 @@ Test(cache_rel, bit_flips_anywhere_are_caught_and_rebuilt, .timeout = 600) {
     }
     model_free(&md);
     mj_jit_free(jit);
-    rm_rf(dir);
+    mjt_rm_rf(dir);
     free(dir);
 }
 
@@ -283,7 +262,7 @@ Test(cache_rel, another_graphs_entry_is_not_linked, .timeout = 300) {
                                {"mlp:16,24,8:act=relu", "mlp:16,40,12,8:act=sigmoid"}};
     for (int k = 0; k < 2; k++) {
         bool frozen = k == 0;
-        char *da = temp_dir(), *db = temp_dir();
+        char *da = mjt_temp_dir("maskjit-cache-rel"), *db = mjt_temp_dir("maskjit-cache-rel");
         model a = model_new(specs[k][0], 10), b = model_new(specs[k][1], 20);
         compile_check(jit, &a, da, frozen);
         compile_check(jit, &b, db, frozen);
@@ -306,8 +285,8 @@ Test(cache_rel, another_graphs_entry_is_not_linked, .timeout = 300) {
         free(pb);
         model_free(&a);
         model_free(&b);
-        rm_rf(da);
-        rm_rf(db);
+        mjt_rm_rf(da);
+        mjt_rm_rf(db);
         free(da);
         free(db);
     }
@@ -323,7 +302,7 @@ static double now_s(void) {
 }
 
 Test(cache_rel, fifo_at_the_entry_name_does_not_hang, .timeout = 120) {
-    char *dir = temp_dir();
+    char *dir = mjt_temp_dir("maskjit-cache-rel");
     mj_jit *jit;
     OK(mj_jit_new(&jit));
     model md = model_new("mlp:16,8:act=relu", 5);
@@ -356,7 +335,7 @@ Test(cache_rel, fifo_at_the_entry_name_does_not_hang, .timeout = 120) {
     char *out;
     const char *subs[] = {"stats", "clear", "prune --max-mb 1"};
     for (int i = 0; i < 3; i++) {
-        cr_assert_eq(run(&out, "cache %s --dir %s", subs[i], fifo_dir), 1, "%s: %s", subs[i], out);
+        cr_assert_eq(run_maskjit(&out, "cache %s --dir %s", subs[i], fifo_dir), 1, "%s: %s", subs[i], out);
         cr_assert(strstr(out, "Not a directory"), "%s", out);
         free(out);
     }
@@ -365,12 +344,12 @@ Test(cache_rel, fifo_at_the_entry_name_does_not_hang, .timeout = 120) {
     free(path);
     model_free(&md);
     mj_jit_free(jit);
-    rm_rf(dir);
+    mjt_rm_rf(dir);
     free(dir);
 }
 
 Test(cache_rel, symlink_at_the_entry_name_is_not_followed, .timeout = 120) {
-    char *dir = temp_dir(), *other = temp_dir();
+    char *dir = mjt_temp_dir("maskjit-cache-rel"), *other = mjt_temp_dir("maskjit-cache-rel");
     mj_jit *jit;
     OK(mj_jit_new(&jit));
     model a = model_new("mlp:16,8:act=tanh", 6), b = model_new("mlp:16,8:act=tanh", 7);
@@ -397,8 +376,8 @@ Test(cache_rel, symlink_at_the_entry_name_is_not_followed, .timeout = 120) {
     model_free(&a);
     model_free(&b);
     mj_jit_free(jit);
-    rm_rf(dir);
-    rm_rf(other);
+    mjt_rm_rf(dir);
+    mjt_rm_rf(other);
     free(dir);
     free(other);
 }
@@ -406,7 +385,7 @@ Test(cache_rel, symlink_at_the_entry_name_is_not_followed, .timeout = 120) {
 /* ---- a private directory -------------------------------------------------------- */
 
 Test(cache_rel, directory_is_created_private_and_entries_are_not_shared, .timeout = 120) {
-    char *top = temp_dir();
+    char *top = mjt_temp_dir("maskjit-cache-rel");
     char dir[600], mid[600];
     snprintf(mid, sizeof mid, "%s/new", top);
     snprintf(dir, sizeof dir, "%s/new/cache", top);
@@ -437,7 +416,7 @@ Test(cache_rel, directory_is_created_private_and_entries_are_not_shared, .timeou
     free(path);
     model_free(&md);
     mj_jit_free(jit);
-    rm_rf(top);
+    mjt_rm_rf(top);
     free(top);
 }
 
@@ -468,7 +447,7 @@ static mj_compile_stats compile_graph(mj_jit *jit, mj_graph *g, const char *dir)
 }
 
 Test(cache_rel, small_cap_evicts_least_recently_used, .timeout = 600) {
-    char *dir = temp_dir();
+    char *dir = mjt_temp_dir("maskjit-cache-rel");
     setenv("MASKJIT_CACHE_MAX_MB", "1", 1);
     const uint64_t cap = 1u << 20;
     mj_jit *jit;
@@ -520,19 +499,19 @@ Test(cache_rel, small_cap_evicts_least_recently_used, .timeout = 600) {
     }
     mj_jit_free(jit);
     unsetenv("MASKJIT_CACHE_MAX_MB");
-    rm_rf(dir);
+    mjt_rm_rf(dir);
     free(dir);
 }
 
 Test(cache_rel, bad_max_mb_falls_back_with_a_warning, .timeout = 120) {
-    char *dir = temp_dir();
+    char *dir = mjt_temp_dir("maskjit-cache-rel");
     mj_jit *jit;
     OK(mj_jit_new(&jit));
     model md = model_new("mlp:16,8:act=relu", 9);
     const char *bad[] = {"abc", "-1", "1.5", "12MB", " 7", "99999999999999999999999999"};
     for (int i = 0; i < 6; i++) {
         /* the cap is read when an entry is stored: a miss each time */
-        rm_rf(dir);
+        mjt_rm_rf(dir);
         setenv("MASKJIT_CACHE_MAX_MB", bad[i], 1);
         mj_compile_stats st = compile_check(jit, &md, dir, true);
         cr_assert(!st.cache_hit);
@@ -556,7 +535,7 @@ Test(cache_rel, bad_max_mb_falls_back_with_a_warning, .timeout = 120) {
     unsetenv("MASKJIT_CACHE_MAX_MB");
     model_free(&md);
     mj_jit_free(jit);
-    rm_rf(dir);
+    mjt_rm_rf(dir);
     free(dir);
 }
 
@@ -587,30 +566,6 @@ Test(cache_rel, key_covers_bytes_of_large_consts) {
 
 /* ---- maskjit cache ------------------------------------------------------------------ */
 
-/* Runs `maskjit ARGS` through the shell with stderr joined to stdout; the
- * exit status, and the output (malloc'd) in *out when out is not NULL. */
-static int run(char **out, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static int run(char **out, const char *fmt, ...) {
-    char args[2048], cmd[2400];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(args, sizeof args, fmt, ap);
-    va_end(ap);
-    snprintf(cmd, sizeof cmd, "NO_COLOR=1 %s %s 2>&1", BIN, args);
-    FILE *p = popen(cmd, "r");
-    cr_assert_not_null(p);
-    char *buf = NULL;
-    size_t len = 0;
-    FILE *mem = open_memstream(&buf, &len);
-    char chunk[4096];
-    size_t n;
-    while ((n = fread(chunk, 1, sizeof chunk, p)) > 0) fwrite(chunk, 1, n, mem);
-    fclose(mem);
-    int status = pclose(p);
-    if (out) *out = buf;
-    else free(buf);
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 128;
-}
 
 /* the number after "KEY:" in text, or -1 */
 static long long field(const char *text, const char *key) {
@@ -649,15 +604,15 @@ static bool exists(const char *dir, const char *name) {
 
 Test(cache_rel, cli_help_and_bad_arguments) {
     char *out;
-    cr_assert_eq(run(&out, "--help"), 0);
+    cr_assert_eq(run_maskjit(&out, "--help"), 0);
     cr_assert(strstr(out, "cache"), "%s", out);
     free(out);
-    cr_assert_eq(run(&out, "cache --help"), 0);
+    cr_assert_eq(run_maskjit(&out, "cache --help"), 0);
     cr_assert(strstr(out, "stats") && strstr(out, "clear") && strstr(out, "prune"), "%s", out);
     free(out);
     const char *subs[] = {"stats", "clear", "prune"};
     for (int i = 0; i < 3; i++) {
-        cr_assert_eq(run(&out, "cache %s --help", subs[i]), 0, "%s --help", subs[i]);
+        cr_assert_eq(run_maskjit(&out, "cache %s --help", subs[i]), 0, "%s --help", subs[i]);
         cr_assert(strstr(out, "usage: maskjit cache") && strstr(out, "--dir"), "%s", out);
         free(out);
     }
@@ -665,17 +620,17 @@ Test(cache_rel, cli_help_and_bad_arguments) {
                          "cache prune --max-mb", "cache prune --max-mb abc", "cache prune --max-mb -3",
                          "cache clear --dir", "cache prune --max-mb 1x"};
     for (int i = 0; i < 9; i++) {
-        cr_assert_eq(run(&out, "%s", bad[i]), 2, "'%s' exits 2: %s", bad[i], out);
+        cr_assert_eq(run_maskjit(&out, "%s", bad[i]), 2, "'%s' exits 2: %s", bad[i], out);
         cr_assert(strstr(out, "maskjit"), "'%s' says why: %s", bad[i], out);
         free(out);
     }
-    cr_assert_eq(run(&out, "cache bogus"), 2);
+    cr_assert_eq(run_maskjit(&out, "cache bogus"), 2);
     cr_assert(strstr(out, "bogus"), "%s", out);
     free(out);
 }
 
 Test(cache_rel, cli_stats_and_clear_count_only_maskjit_files, .timeout = 300) {
-    char *dir = temp_dir();
+    char *dir = mjt_temp_dir("maskjit-cache-rel");
     mj_jit *jit;
     OK(mj_jit_new(&jit));
     model a = model_new("mlp:16,8:act=relu", 1), b = model_new("mlp:16,12,8:act=gelu", 2);
@@ -691,7 +646,7 @@ Test(cache_rel, cli_stats_and_clear_count_only_maskjit_files, .timeout = 300) {
     snprintf(p, sizeof p, "%s/sub", dir);
     cr_assert_eq(mkdir(p, 0700), 0);
     char *out;
-    cr_assert_eq(run(&out, "cache stats --dir %s", dir), 0, "%s", out);
+    cr_assert_eq(run_maskjit(&out, "cache stats --dir %s", dir), 0, "%s", out);
     cr_assert_eq(field(out, "entries"), 2, "%s", out);
     cr_assert_eq(field(out, "bytes"), (long long)bytes, "%s", out);
     cr_assert(strstr(out, dir), "names the directory: %s", out);
@@ -699,11 +654,11 @@ Test(cache_rel, cli_stats_and_clear_count_only_maskjit_files, .timeout = 300) {
     /* MASKJIT_CACHE_DIR names the directory too; MASKJIT_CACHE=0 does not hide it */
     setenv("MASKJIT_CACHE_DIR", dir, 1);
     setenv("MASKJIT_CACHE", "0", 1);
-    cr_assert_eq(run(&out, "cache stats"), 0, "%s", out);
+    cr_assert_eq(run_maskjit(&out, "cache stats"), 0, "%s", out);
     cr_assert_eq(field(out, "entries"), 2, "%s", out);
     free(out);
     unsetenv("MASKJIT_CACHE");
-    cr_assert_eq(run(&out, "cache clear"), 0, "%s", out);
+    cr_assert_eq(run_maskjit(&out, "cache clear"), 0, "%s", out);
     free(out);
     int n;
     free_entries(entries(dir, &n));
@@ -713,21 +668,21 @@ Test(cache_rel, cli_stats_and_clear_count_only_maskjit_files, .timeout = 300) {
     char fifo[200];
     snprintf(fifo, sizeof fifo, "%s.mjc", HEX64);
     cr_assert(exists(dir, fifo), "a FIFO with an entry's name is not maskjit's");
-    cr_assert_eq(run(&out, "cache stats --dir %s", dir), 0);
+    cr_assert_eq(run_maskjit(&out, "cache stats --dir %s", dir), 0);
     cr_assert_eq(field(out, "entries"), 0, "%s", out);
     free(out);
     /* a directory that does not exist: empty, and not created */
     char missing[700];
     snprintf(missing, sizeof missing, "%s/not-there", dir);
-    cr_assert_eq(run(&out, "cache stats --dir %s", missing), 0, "%s", out);
+    cr_assert_eq(run_maskjit(&out, "cache stats --dir %s", missing), 0, "%s", out);
     cr_assert_eq(field(out, "entries"), 0, "%s", out);
     free(out);
-    cr_assert_eq(run(&out, "cache clear --dir %s", missing), 0, "%s", out);
+    cr_assert_eq(run_maskjit(&out, "cache clear --dir %s", missing), 0, "%s", out);
     free(out);
     cr_assert(!exists(dir, "not-there"));
     /* a bad cap is a usage error for stats */
     setenv("MASKJIT_CACHE_MAX_MB", "lots", 1);
-    cr_assert_eq(run(&out, "cache stats --dir %s", dir), 2, "%s", out);
+    cr_assert_eq(run_maskjit(&out, "cache stats --dir %s", dir), 2, "%s", out);
     cr_assert(strstr(out, "MASKJIT_CACHE_MAX_MB") && strstr(out, "lots"), "%s", out);
     free(out);
     unsetenv("MASKJIT_CACHE_MAX_MB");
@@ -735,12 +690,12 @@ Test(cache_rel, cli_stats_and_clear_count_only_maskjit_files, .timeout = 300) {
     model_free(&a);
     model_free(&b);
     mj_jit_free(jit);
-    rm_rf(dir);
+    mjt_rm_rf(dir);
     free(dir);
 }
 
 Test(cache_rel, cli_prune_keeps_the_newest_under_the_cap) {
-    char *dir = temp_dir();
+    char *dir = mjt_temp_dir("maskjit-cache-rel");
     /* ten 300 KB entries, entry i last used 100 - i minutes ago */
     char names[10][80];
     for (int i = 0; i < 10; i++) {
@@ -751,23 +706,23 @@ Test(cache_rel, cli_prune_keeps_the_newest_under_the_cap) {
     fake_file(dir, ".0123456789abcdef.Ab12Cd", 1000, 7200); /* a writer's temp file, abandoned */
     fake_file(dir, ".0123456789abcdef.Xy34Zw", 1000, 0);    /* one being written now */
     char *out;
-    cr_assert_eq(run(&out, "cache prune --dir %s --max-mb 1", dir), 0, "%s", out);
+    cr_assert_eq(run_maskjit(&out, "cache prune --dir %s --max-mb 1", dir), 0, "%s", out);
     free(out);
     for (int i = 0; i < 10; i++)
         cr_assert_eq(exists(dir, names[i]), i >= 7, "entry %d (the three newest fit in 1 MiB)", i);
     cr_assert(exists(dir, "big-user-file.o"));
     cr_assert(!exists(dir, ".0123456789abcdef.Ab12Cd"), "an abandoned temp file goes");
     cr_assert(exists(dir, ".0123456789abcdef.Xy34Zw"), "a fresh one stays");
-    cr_assert_eq(run(&out, "cache stats --dir %s", dir), 0);
+    cr_assert_eq(run_maskjit(&out, "cache stats --dir %s", dir), 0);
     cr_assert_eq(field(out, "entries"), 3, "%s", out);
     cr_assert_eq(field(out, "bytes"), 3 * 300 * 1024, "%s", out);
     free(out);
-    cr_assert_eq(run(&out, "cache prune --dir %s --max-mb 0", dir), 0, "%s", out);
+    cr_assert_eq(run_maskjit(&out, "cache prune --dir %s --max-mb 0", dir), 0, "%s", out);
     free(out);
     int n;
     free_entries(entries(dir, &n));
     cr_assert_eq(n, 0, "--max-mb 0 keeps nothing");
     cr_assert(exists(dir, "big-user-file.o"));
-    rm_rf(dir);
+    mjt_rm_rf(dir);
     free(dir);
 }

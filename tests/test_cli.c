@@ -11,33 +11,10 @@
 #include "maskjit.h"
 #include "test_util.h"
 
-static const char *const BIN = MJ_BUILD_ROOT "/maskjit";
+#define run_maskjit(out, ...) mjt_maskjit(out, false, __VA_ARGS__)
+
 static const char *const FIXTURES = MJ_SOURCE_ROOT "/tests/fixtures";
 
-/* Runs `maskjit ARGS` through the shell; returns its exit status and its
- * stdout (malloc'd) in *out when out is not NULL. */
-static int run(char **out, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static int run(char **out, const char *fmt, ...) {
-    char args[2048], cmd[2400];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(args, sizeof args, fmt, ap);
-    va_end(ap);
-    snprintf(cmd, sizeof cmd, "NO_COLOR=1 %s %s 2>/dev/null", BIN, args);
-    FILE *p = popen(cmd, "r");
-    cr_assert_not_null(p);
-    char *buf = NULL;
-    size_t len = 0;
-    FILE *mem = open_memstream(&buf, &len);
-    char chunk[4096];
-    size_t n;
-    while ((n = fread(chunk, 1, sizeof chunk, p)) > 0) fwrite(chunk, 1, n, mem);
-    fclose(mem);
-    int status = pclose(p);
-    if (out) *out = buf;
-    else free(buf);
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 128;
-}
 
 static char *tmp_path(const char *name) {
     char *p = malloc(512);
@@ -77,14 +54,14 @@ Test(cli, run_modes_write_eager_output, .timeout = 60) {
     const char *modes[] = {"--mode eager", "--mode traced", "--mode compiled",
                            "--mode compiled --frozen", "--mode compiled --exact"};
     for (int i = 0; i < 5; i++) {
-        cr_assert_eq(run(NULL, "run mlp:16,24,8:act=tanh --seed 5 --input %s --input-name x %s --out %s",
+        cr_assert_eq(run_maskjit(NULL, "run mlp:16,24,8:act=tanh --seed 5 --input %s --input-name x %s --out %s",
                          in, modes[i], out),
                      0, "%s", modes[i]);
         mj_tensor *got = load_tensor(out, "output");
         cr_assert(mj_tensor_equal(got, want), "%s differs from eager", modes[i]);
         mj_tensor_release(got);
     }
-    cr_assert_eq(run(NULL, "run mlp:16,24,8:act=tanh --seed 5 --input %s --input-name x --mode "
+    cr_assert_eq(run_maskjit(NULL, "run mlp:16,24,8:act=tanh --seed 5 --input %s --input-name x --mode "
                            "compiled --fast --out %s", in, out), 0);
     mj_tensor *fast = load_tensor(out, "output");
     cr_assert(mj_tensor_allclose(fast, want, MJ_RTOL_F32, MJ_ATOL_F32));
@@ -102,13 +79,13 @@ Test(cli, run_modes_write_eager_output, .timeout = 60) {
 Test(cli, trace_then_replay_matches_fixture, .timeout = 60) {
     char fixture[512], *trace = tmp_path("trace.safetensors"), *out = tmp_path("y.safetensors");
     snprintf(fixture, sizeof fixture, "%s/mut.safetensors", FIXTURES);
-    cr_assert_eq(run(NULL, "trace mut --weights %s -o %s", fixture, trace), 0);
+    cr_assert_eq(run_maskjit(NULL, "trace mut --weights %s -o %s", fixture, trace), 0);
     char *text;
-    cr_assert_eq(run(&text, "ir %s", trace), 0);
+    cr_assert_eq(run_maskjit(&text, "ir %s", trace), 0);
     cr_assert(strstr(text, "maskjit-ir 1") && strstr(text, "linear"), "%s", text);
     free(text);
     for (int compiled = 0; compiled < 2; compiled++) {
-        cr_assert_eq(run(NULL, "run %s --input %s --mode %s --out %s", trace, fixture,
+        cr_assert_eq(run_maskjit(NULL, "run %s --input %s --mode %s --out %s", trace, fixture,
                          compiled ? "compiled" : "traced", out),
                      0);
         mj_tensor *y = load_tensor(out, "output"), *expected = load_tensor(fixture, "expected");
@@ -120,7 +97,7 @@ Test(cli, trace_then_replay_matches_fixture, .timeout = 60) {
         mj_tensor_release(expected);
     }
     /* Eager needs model code: refused for a trace, with exit 2. */
-    cr_assert_eq(run(NULL, "run %s --mode eager", trace), 2);
+    cr_assert_eq(run_maskjit(NULL, "run %s --mode eager", trace), 2);
     unlink(trace);
     unlink(out);
     free(trace);
@@ -133,7 +110,7 @@ Test(cli, check_passes_on_fixtures_and_fails_on_tampered_expected, .timeout = 12
                            "mlp_structured"};
     for (int i = 0; i < 6; i++) {
         char *json;
-        cr_assert_eq(run(&json, "check %s/%s.safetensors --inputs 2 --json", FIXTURES, names[i]), 0,
+        cr_assert_eq(run_maskjit(&json, "check %s/%s.safetensors --inputs 2 --json", FIXTURES, names[i]), 0,
                      "%s", names[i]);
         json_error_t err;
         json_t *root = json_loads(json, 0, &err);
@@ -154,7 +131,7 @@ Test(cli, check_passes_on_fixtures_and_fails_on_tampered_expected, .timeout = 12
     OK(mj_safetensors_save(bad, d));
     mj_tensor_dict_free(d);
     char *text;
-    cr_assert_eq(run(&text, "check %s --inputs 1", bad), 1);
+    cr_assert_eq(run_maskjit(&text, "check %s --inputs 1", bad), 1);
     cr_assert(strstr(text, "FAIL"), "%s", text);
     cr_assert(strstr(text, "MISMATCH"), "%s", text);
     free(text);
@@ -164,12 +141,12 @@ Test(cli, check_passes_on_fixtures_and_fails_on_tampered_expected, .timeout = 12
 
 Test(cli, help_lists_every_command) {
     char *text;
-    cr_assert_eq(run(&text, "--help"), 0);
+    cr_assert_eq(run_maskjit(&text, "--help"), 0);
     const char *cmds[] = {"demo", "run", "check", "ir", "trace", "asm", "bench"};
     for (int i = 0; i < 7; i++) {
         cr_assert(strstr(text, cmds[i]), "%s missing", cmds[i]);
         char *sub;
-        cr_assert_eq(run(&sub, "%s --help", cmds[i]), 0, "%s --help", cmds[i]);
+        cr_assert_eq(run_maskjit(&sub, "%s --help", cmds[i]), 0, "%s --help", cmds[i]);
         cr_assert(strlen(sub) > 40, "%s --help says something", cmds[i]);
         free(sub);
     }
@@ -178,7 +155,7 @@ Test(cli, help_lists_every_command) {
 
 Test(cli, demo_output_is_the_seed_models, .timeout = 60) {
     char *text;
-    cr_assert_eq(run(&text, "demo --no-timing"), 0);
+    cr_assert_eq(run_maskjit(&text, "demo --no-timing"), 0);
     /* Identity masks: y = 3*(2*(x + 10) + 20) + 30 = 6x + 150; x[0][0] = -1. */
     cr_assert(strstr(text, "[144.0000, 144.7500"), "%s", text);
     cr_assert(strstr(text, "linear.parametrizations.weight.original"), "%s", text);

@@ -17,7 +17,6 @@
 #include "test_util.h"
 
 #define FIXTURES MJ_SOURCE_ROOT "/tests/fixtures"
-static const char *const BIN = MJ_BUILD_ROOT "/maskjit";
 
 static char *fixture_path(const char *name) {
     char *p = malloc(512);
@@ -208,20 +207,7 @@ Test(export, live_mode_sees_mask_edits_frozen_does_not, .timeout = 60) {
 
 /* Runs `maskjit check FILE --inputs 4`; returns the exit status, output in *out. */
 static int run_check(char **out, const char *file) {
-    char cmd[1200];
-    snprintf(cmd, sizeof cmd, "NO_COLOR=1 %s check %s --inputs 4 2>&1", BIN, file);
-    FILE *p = popen(cmd, "r");
-    cr_assert_not_null(p);
-    char *buf = NULL;
-    size_t len = 0;
-    FILE *mem = open_memstream(&buf, &len);
-    char chunk[4096];
-    size_t n;
-    while ((n = fread(chunk, 1, sizeof chunk, p)) > 0) fwrite(chunk, 1, n, mem);
-    fclose(mem);
-    int status = pclose(p);
-    *out = buf;
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 128;
+    return mjt_maskjit(out, true, "check %s --inputs 4", file);
 }
 
 /* check compares every path with PyTorch's stored outputs at each stored

@@ -3,7 +3,15 @@
 #define MJT_TEST_UTIL_H
 
 #include <criterion/criterion.h>
+#include <dirent.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "maskjit.h"
 
@@ -22,5 +30,70 @@
         cr_assert(strstr(mj_last_error(), needle), "message '%s' lacks '%s'", mj_last_error(), \
                   needle);                                                                 \
     } while (0)
+
+/* ---- files and processes ------------------------------------------------ */
+
+/* A fresh empty directory /tmp/<prefix>-XXXXXX (malloc'd). */
+static inline char *mjt_temp_dir(const char *prefix) {
+    char *d = malloc(strlen(prefix) + 16);
+    cr_assert_not_null(d);
+    sprintf(d, "/tmp/%s-XXXXXX", prefix);
+    cr_assert_not_null(mkdtemp(d), "mkdtemp %s", d);
+    return d;
+}
+
+/* Removes dir and everything below it (links are removed, not followed). */
+static inline void mjt_rm_rf(const char *dir) {
+    DIR *d = opendir(dir);
+    if (d) {
+        struct dirent *e;
+        while ((e = readdir(d))) {
+            if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+            char p[4096];
+            if (snprintf(p, sizeof p, "%s/%s", dir, e->d_name) >= (int)sizeof p) continue;
+            struct stat st;
+            if (lstat(p, &st) == 0 && S_ISDIR(st.st_mode)) mjt_rm_rf(p);
+            else unlink(p);
+        }
+        closedir(d);
+    }
+    rmdir(dir);
+}
+
+/* Runs a shell command line; returns its exit status (128 if it did not
+ * exit) and its stdout (malloc'd) in *out when out is not NULL. */
+static inline int mjt_shell(char **out, const char *cmd) {
+    FILE *p = popen(cmd, "r");
+    cr_assert_not_null(p, "popen %s", cmd);
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *mem = open_memstream(&buf, &len);
+    char chunk[4096];
+    size_t n;
+    while ((n = fread(chunk, 1, sizeof chunk, p)) > 0) fwrite(chunk, 1, n, mem);
+    fclose(mem);
+    int status = pclose(p);
+    if (out) *out = buf;
+    else free(buf);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128;
+}
+
+#ifdef MJ_BUILD_ROOT
+#define MJT_MASKJIT MJ_BUILD_ROOT "/maskjit"
+/* Runs `maskjit ARGS` (NO_COLOR=1) through the shell, stderr joined to
+ * stdout or dropped; the exit status, and the output in *out (malloc'd)
+ * when out is not NULL. */
+static inline int mjt_maskjit(char **out, bool with_stderr, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static inline int mjt_maskjit(char **out, bool with_stderr, const char *fmt, ...) {
+    char args[2048], cmd[2400];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(args, sizeof args, fmt, ap);
+    va_end(ap);
+    snprintf(cmd, sizeof cmd, "NO_COLOR=1 %s %s %s", MJT_MASKJIT, args, with_stderr ? "2>&1" : "2>/dev/null");
+    return mjt_shell(out, cmd);
+}
+#endif
 
 #endif
