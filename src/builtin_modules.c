@@ -142,6 +142,7 @@ mj_status mj_activation_module_new(mj_module **out, mj_act act) {
     case MJ_ACT_GELU_TANH: name = "GELU"; break;
     case MJ_ACT_SIGMOID: name = "Sigmoid"; break;
     case MJ_ACT_TANH: name = "Tanh"; break;
+    case MJ_ACT_SILU: name = "SiLU"; break;
     default:
         return mj_fail(MJ_ERR_INVALID, "unknown activation %d", (int)act);
     }

@@ -70,6 +70,11 @@ struct mj_tracer *mj_trace_active(void);
  * (e.g. it would not generalise over the batch). */
 mj_status mj_trace_record(int op, int n_in, const mj_tensor *const *in, mj_act act,
                           const mj_tensor *out);
+/* The same with the op's attributes (struct mj_attrs of ir/ir.h; NULL =
+ * the op's defaults). */
+struct mj_attrs;
+mj_status mj_trace_record_attrs(int op, int n_in, const mj_tensor *const *in, mj_act act,
+                                const struct mj_attrs *attrs, const mj_tensor *out);
 void mj_trace_note_data_read(const mj_tensor *t);
 
 /* Internal access to a parametrization's buffers (for module.c / state dicts) */

@@ -55,7 +55,7 @@ mj_status mj_linear_new(mj_module **out, int64_t in_features, int64_t out_featur
 /* torch.nn.Sequential: children named "0", "1", ...; takes ownership of the
  * children on success only. */
 mj_status mj_sequential_new(mj_module **out, int n, mj_module *const *children);
-/* ReLU, GELU, GELU(approximate='tanh'), Sigmoid, Tanh, Identity (MJ_ACT_NONE). */
+/* ReLU, GELU, GELU(approximate='tanh'), Sigmoid, Tanh, SiLU, Identity (MJ_ACT_NONE). */
 mj_status mj_activation_module_new(mj_module **out, mj_act act);
 /* A user module: forward is called with the module itself; user is freed
  * with free_user (may be NULL) when the module is freed. */
