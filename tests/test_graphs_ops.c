@@ -959,3 +959,64 @@ Test(graphs_ops, live_mode_sees_new_layer_norm_weights) {
     mj_graph_free(g);
     mj_module_free(ln);
 }
+
+Test(graphs_ops, silu_models_from_specs_fuse_into_linear_act) {
+    mj_rng rng;
+    mj_rng_seed(&rng, 24);
+    mj_module *m = NULL;
+    OK(mj_model_from_spec("mlp:12,100,12:act=silu", &rng, &m));
+    int64_t s[2] = {2, 12};
+    mj_tensor *x = randn(2, s, &rng);
+    mj_graph *g = NULL;
+    OK(mj_trace_module(m, x, &g));
+    OK(mj_graph_optimize(g, "default"));
+    char *p = mj_graph_to_string(g);
+    cr_assert(strstr(p, "{act=silu}"), "%s", p);
+    free(p);
+    mj_graph_free(g);
+    mj_tensor_release(x);
+    check_model(m, 12, false, "mlp act=silu", &rng);
+    mj_module_free(m);
+    FAILS(mj_model_from_spec("mlp:4,4:act=swish", &rng, &m), MJ_ERR_FORMAT, "tanh, silu or none");
+}
+
+/* fold evaluates the new ops with the eager kernels; cse tells attributes
+ * apart; simplify keeps them. */
+Test(graphs_ops, passes_know_the_attributes) {
+    mj_rng rng;
+    mj_rng_seed(&rng, 25);
+    mj_graph *g = new_graph();
+    int32_t x = input(g, ty(2, B, 6, 0));
+    int32_t c = leaf(g, MJ_OP_CONST, "c", ty(2, 4, 6, 0), &rng);
+    mj_attrs d0 = attrs_of(MJ_OP_SOFTMAX, 0, false, 0, 0), d1 = attrs_of(MJ_OP_SOFTMAX, 1, false, 0, 0);
+    int32_t s0 = node(g, MJ_OP_SOFTMAX, 1, c, -1, -1, &d0);
+    int32_t s1 = node(g, MJ_OP_SOFTMAX, 1, c, -1, -1, &d1);
+    mj_attrs m0 = attrs_of(MJ_OP_MEAN, 0, true, 0, 0);
+    int32_t mean = node(g, MJ_OP_MEAN, 1, node(g, MJ_OP_ADD, 2, s0, s1, -1, NULL), -1, -1, &m0); /* [1,6] */
+    int32_t y = node(g, MJ_OP_ADD, 2, x, mean, -1, NULL);
+    mj_attrs l1 = attrs_of(MJ_OP_LEAKY_RELU, 0, false, 0.1f, 0), l2 = attrs_of(MJ_OP_LEAKY_RELU, 0, false, 0.2f, 0);
+    int32_t a = node(g, MJ_OP_LEAKY_RELU, 1, y, -1, -1, &l1), a2 = node(g, MJ_OP_LEAKY_RELU, 1, y, -1, -1, &l1);
+    int32_t b = node(g, MJ_OP_LEAKY_RELU, 1, y, -1, -1, &l2);
+    OK(mj_graph_add_output(g, node(g, MJ_OP_SUB, 2, node(g, MJ_OP_ADD, 2, a, a2, -1, NULL), b, -1, NULL)));
+    mj_graph *orig = NULL;
+    OK(mj_graph_clone(g, &orig));
+    OK(mj_graph_optimize(g, "default"));
+    char *p = mj_graph_to_string(g);
+    /* the softmaxes and the mean folded into one const; the two slope-0.1
+     * leaky_relus merged, the slope-0.2 one kept */
+    cr_assert(strstr(p, "%1 = const \"fold.5\" : f32[1,6] = [") && !strstr(p, "softmax") && !strstr(p, "mean"), "%s", p);
+    cr_assert(strstr(p, "%3 = leaky_relu %2 {slope=0.1} : f32[B,6]\n%4 = leaky_relu %2 {slope=0.2} : f32[B,6]\n"
+                        "%5 = add %3, %3 : f32[B,6]\n"),
+              "%s", p);
+    free(p);
+    int64_t s[2] = {5, 6};
+    mj_tensor *in = randn(2, s, &rng), *want = NULL, *got = NULL;
+    OK(mj_graph_run(orig, in, &want));
+    OK(mj_graph_run(g, in, &got));
+    assert_bits(got, want, "optimised graph");
+    mj_tensor_release(in);
+    mj_tensor_release(want);
+    mj_tensor_release(got);
+    mj_graph_free(orig);
+    mj_graph_free(g);
+}
