@@ -1020,3 +1020,53 @@ Test(graphs_ops, passes_know_the_attributes) {
     mj_graph_free(orig);
     mj_graph_free(g);
 }
+
+/* With threads, rows split between the pool (many rows) or wide layers'
+ * columns (few rows; the other ops on one thread between barriers): still
+ * eager's bits. */
+Test(graphs_ops, threads_keep_the_bits) {
+    mj_rng rng;
+    mj_rng_seed(&rng, 26);
+    mj_module *m = llama_mlp(256, 1024, 0.6f, &rng);
+    int64_t es[2] = {3, 256};
+    mj_tensor *ex = randn(2, es, &rng);
+    mj_graph *g = NULL;
+    OK(mj_trace_module(m, ex, &g));
+    mj_tensor_release(ex);
+    mj_compile_options o;
+    mj_compile_options_init(&o);
+    o.threads = 2;
+    mj_compiled *c = NULL;
+    OK(mj_jit_compile(jit, g, &o, &c));
+    static const int64_t batches[] = {1, 3, 64};
+    for (int bi = 0; bi < 3; bi++) {
+        int64_t s[2] = {batches[bi], 256};
+        mj_tensor *x = randn(2, s, &rng), *want = NULL, *got = NULL;
+        OK(mj_module_forward(m, x, &want));
+        OK(mj_compiled_run(c, x, &got));
+        assert_bits(got, want, "LLaMA MLP on 2 threads");
+        mj_tensor_release(x);
+        mj_tensor_release(want);
+        mj_tensor_release(got);
+    }
+    mj_compiled_free(c);
+    /* a softmax over the batch dim: rows meet, so they stay on one thread */
+    mj_graph *g2 = new_graph();
+    int32_t x = input(g2, ty(2, B, 700, 0));
+    int32_t w = leaf(g2, MJ_OP_PARAM, "w", ty(2, 700, 700, 0), &rng);
+    mj_attrs a = attrs_of(MJ_OP_SOFTMAX, 0, false, 0, 0);
+    OK(mj_graph_add_output(g2, node(g2, MJ_OP_SOFTMAX, 1, node(g2, MJ_OP_LINEAR, 2, x, w, -1, NULL), -1, -1, &a)));
+    OK(mj_jit_compile(jit, g2, &o, &c));
+    int64_t s[2] = {40, 700};
+    mj_tensor *xin = randn(2, s, &rng), *want = NULL, *got = NULL;
+    OK(mj_graph_run(g2, xin, &want));
+    OK(mj_compiled_run(c, xin, &got));
+    assert_bits(got, want, "softmax over the batch on 2 threads");
+    mj_tensor_release(xin);
+    mj_tensor_release(want);
+    mj_tensor_release(got);
+    mj_compiled_free(c);
+    mj_graph_free(g2);
+    mj_graph_free(g);
+    mj_module_free(m);
+}
