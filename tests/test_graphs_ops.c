@@ -1070,3 +1070,106 @@ Test(graphs_ops, threads_keep_the_bits) {
     mj_graph_free(g);
     mj_module_free(m);
 }
+
+/* ---- against PyTorch (tests/fixtures/ops.safetensors, tools/make_ops_fixtures.py) */
+
+static mj_tensor *fx(const mj_tensor_dict *d, const char *name) {
+    mj_tensor *t = mj_tensor_dict_get(d, name);
+    cr_assert_not_null(t, "fixture has no \"%s\"", name);
+    return t;
+}
+
+static void close_to_torch(mj_tensor *got, const mj_tensor_dict *d, const char *name) {
+    const mj_tensor *want = fx(d, name);
+    mj_compare c = mj_tensor_compare(got, want, 1e-5, 1e-6);
+    char desc[256];
+    mj_compare_describe(&c, got, want, desc, sizeof desc);
+    cr_assert(c.close, "%s vs PyTorch: %s", name, desc);
+    mj_tensor_release(got);
+}
+
+Test(graphs_ops, eager_ops_match_pytorch) {
+    mj_tensor_dict *d = NULL;
+    OK(mj_safetensors_load(MJ_SOURCE_ROOT "/tests/fixtures/ops.safetensors", &d));
+    mj_tensor *x = fx(d, "x"), *y = fx(d, "y"), *w = fx(d, "ln.weight"), *b = fx(d, "ln.bias"), *a = NULL;
+    /* a = |x| + 0.1 as the script makes it */
+    mj_tensor *nx = NULL, *ax = NULL;
+    OK(mj_neg(&nx, x));
+    OK(mj_maximum(&ax, x, nx));
+    OK(mj_add_scalar(&a, ax, 0.1f));
+    mj_tensor_release(nx);
+    mj_tensor_release(ax);
+#define R(name, expr)                                                                                                  \
+    do {                                                                                                               \
+        mj_tensor *r_ = NULL;                                                                                          \
+        OK(expr);                                                                                                      \
+        close_to_torch(r_, d, name);                                                                                   \
+    } while (0)
+    R("div", mj_div(&r_, x, y));
+    R("div_scalar", mj_div_scalar(&r_, x, 8.0f));
+    R("maximum", mj_maximum(&r_, x, y));
+    R("minimum", mj_minimum(&r_, x, y));
+    R("neg", mj_neg(&r_, x));
+    R("exp", mj_exp(&r_, x));
+    R("log", mj_log(&r_, a));
+    R("sqrt", mj_sqrt(&r_, a));
+    R("rsqrt", mj_rsqrt(&r_, a));
+    R("pow2", mj_pow_scalar(&r_, x, 2.0f));
+    R("pow3", mj_pow_scalar(&r_, x, 3.0f));
+    R("pow0.5", mj_pow_scalar(&r_, a, 0.5f));
+    R("pow1.5", mj_pow_scalar(&r_, a, 1.5f));
+    R("pow-1", mj_pow_scalar(&r_, a, -1.0f));
+    R("silu", mj_silu(&r_, x));
+    R("leaky_relu", mj_leaky_relu(&r_, x, 0.01f));
+    R("leaky_relu0.2", mj_leaky_relu(&r_, x, 0.2f));
+    R("elu", mj_elu(&r_, x, 1.0f));
+    R("elu0.5", mj_elu(&r_, x, 0.5f));
+    R("hardtanh", mj_hardtanh(&r_, x, -1.0f, 1.0f));
+    mj_tensor *x4 = NULL, *x10 = NULL;
+    OK(mj_mul_scalar(&x4, x, 4.0f));
+    OK(mj_mul_scalar(&x10, x, 10.0f));
+    R("relu6", mj_relu6(&r_, x4));
+    R("softplus", mj_softplus(&r_, x10, 1.0f, 20.0f));
+    R("softplus2.5", mj_softplus(&r_, x, 2.0f, 5.0f));
+    mj_tensor_release(x4);
+    mj_tensor_release(x10);
+    R("layer_norm", mj_layer_norm(&r_, x, NULL, NULL, 1e-5f));
+    R("layer_norm.affine", mj_layer_norm(&r_, x, w, b, 1e-5f));
+    for (int dim = 0; dim < 3; dim++) {
+        char n1[32], n2[32], n3[32], n4[32];
+        snprintf(n1, sizeof n1, "sum.dim%d", dim);
+        snprintf(n2, sizeof n2, "mean.dim%d", dim);
+        snprintf(n3, sizeof n3, "softmax.dim%d", dim);
+        snprintf(n4, sizeof n4, "log_softmax.dim%d", dim);
+        R(n1, mj_sum(&r_, x, dim, false));
+        R(n2, mj_mean(&r_, x, dim, true));
+        R(n3, mj_softmax(&r_, x, dim));
+        R(n4, mj_log_softmax(&r_, x, dim));
+    }
+    /* RMSNorm as LLaMA writes it */
+    mj_tensor *p2 = NULL, *ms = NULL, *eps = NULL, *rs = NULL, *xn = NULL;
+    OK(mj_pow_scalar(&p2, x, 2.0f));
+    OK(mj_mean(&ms, p2, -1, true));
+    OK(mj_add_scalar(&eps, ms, 1e-6f));
+    OK(mj_rsqrt(&rs, eps));
+    OK(mj_mul(&xn, x, rs));
+    R("rmsnorm", mj_mul(&r_, xn, w));
+#undef R
+    mj_tensor *tensors[5] = {p2, ms, eps, rs, xn};
+    for (int i = 0; i < 5; i++) mj_tensor_release(tensors[i]);
+    /* the LayerNorm module loads PyTorch's state dict keys */
+    mj_module *ln = NULL;
+    OK(mj_layer_norm_new(&ln, 16, 1e-5f, true, true));
+    mj_tensor_dict *sd = NULL;
+    OK(mj_tensor_dict_new(&sd));
+    OK(mj_tensor_dict_set(sd, "weight", w));
+    OK(mj_tensor_dict_set(sd, "bias", b));
+    OK(mj_module_load_state_dict(ln, sd, true, NULL));
+    mj_tensor *r = NULL;
+    OK(mj_module_forward(ln, x, &r));
+    close_to_torch(r, d, "layer_norm.affine");
+    mj_tensor_dict_free(sd);
+    mj_module_free(ln);
+    mj_tensor_release(a);
+    mj_tensor_dict_free(d);
+}
