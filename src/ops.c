@@ -182,12 +182,7 @@ float mj_binary_apply(mj_op op, float a, float b) {
     MJ_ASSERT(!"not a binary elementwise op");
 }
 
-typedef mj_op bin_kind;
-#define BIN_ADD MJ_OP_ADD
-#define BIN_SUB MJ_OP_SUB
-#define BIN_MUL MJ_OP_MUL
-
-static mj_status binary(mj_tensor **out, const mj_tensor *a, const mj_tensor *b, bin_kind kind) {
+static mj_status binary(mj_tensor **out, const mj_tensor *a, const mj_tensor *b, mj_op kind) {
     const char *opname = mj_op_table[kind].name;
     MJ_TRY(check_args(opname, out, a, b));
     /* NumPy broadcasting: align right, a dim of 1 stretches. */
@@ -215,8 +210,11 @@ static mj_status binary(mj_tensor **out, const mj_tensor *a, const mj_tensor *b,
     bool same = mj_shape_equal(a->rank, a->shape, b->rank, b->shape);
     if (same) {
         for (int64_t i = 0; i < y->numel; i++) {
-            Y[i] = kind == BIN_ADD ? A[i] + B[i] : kind == BIN_SUB ? A[i] - B[i] : kind == BIN_MUL ? A[i] * B[i]
-                                                                                   : mj_binary_apply(kind, A[i], B[i]);
+            /* add/sub/mul inline: the eager hot path */
+            Y[i] = kind == MJ_OP_ADD   ? A[i] + B[i]
+                   : kind == MJ_OP_SUB ? A[i] - B[i]
+                   : kind == MJ_OP_MUL ? A[i] * B[i]
+                                       : mj_binary_apply(kind, A[i], B[i]);
         }
     } else {
         /* Pad to rank 4 and walk the output in order. */
@@ -233,8 +231,10 @@ static mj_status binary(mj_tensor **out, const mj_tensor *a, const mj_tensor *b,
                     for (int64_t i3 = 0; i3 < n[3]; i3++, o++) {
                         float p = A[i0 * xa[0] + i1 * xa[1] + i2 * xa[2] + i3 * xa[3]];
                         float q = B[i0 * xb[0] + i1 * xb[1] + i2 * xb[2] + i3 * xb[3]];
-                        Y[o] = kind == BIN_ADD ? p + q : kind == BIN_SUB ? p - q : kind == BIN_MUL ? p * q
-                                                                                     : mj_binary_apply(kind, p, q);
+                        Y[o] = kind == MJ_OP_ADD   ? p + q
+                               : kind == MJ_OP_SUB ? p - q
+                               : kind == MJ_OP_MUL ? p * q
+                                                   : mj_binary_apply(kind, p, q);
                     }
     }
     const mj_tensor *in[2] = {a, b};
@@ -242,13 +242,13 @@ static mj_status binary(mj_tensor **out, const mj_tensor *a, const mj_tensor *b,
 }
 
 mj_status mj_add(mj_tensor **out, const mj_tensor *a, const mj_tensor *b) {
-    return binary(out, a, b, BIN_ADD);
+    return binary(out, a, b, MJ_OP_ADD);
 }
 mj_status mj_sub(mj_tensor **out, const mj_tensor *a, const mj_tensor *b) {
-    return binary(out, a, b, BIN_SUB);
+    return binary(out, a, b, MJ_OP_SUB);
 }
 mj_status mj_mul(mj_tensor **out, const mj_tensor *a, const mj_tensor *b) {
-    return binary(out, a, b, BIN_MUL);
+    return binary(out, a, b, MJ_OP_MUL);
 }
 
 /* ---- layout ------------------------------------------------------------- */
@@ -313,7 +313,7 @@ mj_status mj_minimum(mj_tensor **out, const mj_tensor *a, const mj_tensor *b) {
 }
 
 /* x op s with s as a one-element tensor: traced, it is a const f32[1]. */
-static mj_status with_scalar(mj_tensor **out, const mj_tensor *x, float s, bin_kind kind) {
+static mj_status with_scalar(mj_tensor **out, const mj_tensor *x, float s, mj_op kind) {
     if (!out || !x) return mj_fail(MJ_ERR_INVALID, "%s: NULL argument", mj_op_table[kind].name);
     const int64_t one = 1;
     mj_tensor *c;
