@@ -194,8 +194,6 @@ static mj_status layer_norm_forward(mj_module *self, const mj_tensor *x, mj_tens
 mj_status mj_layer_norm_new(mj_module **out, int64_t n, float eps, bool elementwise_affine, bool bias) {
     if (n < 1 || n > MJ_MAX_NUMEL)
         return mj_fail(MJ_ERR_INVALID, "LayerNorm: normalized_shape %lld must be >= 1", (long long)n);
-    if (bias && !elementwise_affine)
-        return mj_fail(MJ_ERR_INVALID, "LayerNorm: a bias needs elementwise_affine (as maskjit's layer_norm takes a bias only with a weight)");
     mj_module *m;
     MJ_TRY(math_alloc(out, &m, "LayerNorm", layer_norm_forward));
     m->in_features = m->out_features = n;
@@ -206,7 +204,7 @@ mj_status mj_layer_norm_new(mj_module **out, int64_t n, float eps, bool elementw
              elementwise_affine ? "True" : "False");
     mj_tensor *w = NULL, *b = NULL;
     mj_status s = MJ_OK;
-    if (elementwise_affine) { /* reset_parameters: ones and zeros */
+    if (elementwise_affine) { /* reset_parameters: ones and zeros; bias only matters with affine */
         s = mj_tensor_ones(&w, 1, &n);
         if (s == MJ_OK) s = mj_module_add_parameter(m, "weight", w);
         if (s == MJ_OK && bias) s = mj_tensor_zeros(&b, 1, &n);

@@ -712,6 +712,12 @@ Test(graphs_ops, modules_mirror_torch_nn) {
         cr_assert_eq(mj_tensor_data(mj_tensor_dict_value(sd, 1))[j], 0.0f);
     }
     mj_tensor_dict_free(sd);
+    mj_module *plain = NULL; /* nn.LayerNorm(8, elementwise_affine=False): no parameters */
+    OK(mj_layer_norm_new(&plain, 8, 1e-5f, false, true));
+    OK(mj_module_state_dict(plain, false, &sd));
+    cr_assert_eq(mj_tensor_dict_size(sd), 0);
+    mj_tensor_dict_free(sd);
+    mj_module_free(plain);
     mj_module *children[7] = {fl, ln, lr, dr, si, id, sm};
     mj_module *seq = NULL;
     OK(mj_sequential_new(&seq, 7, children));

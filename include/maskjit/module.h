@@ -60,7 +60,8 @@ mj_status mj_activation_module_new(mj_module **out, mj_act act);
 /* torch.nn modules of transformer blocks (eval mode), PyTorch's names,
  * defaults and state-dict keys:
  *  - LayerNorm(n, eps, elementwise_affine, bias): over the last dim (size
- *    n); "weight" ones and "bias" zeros (when affine; bias only with it).
+ *    n); with elementwise_affine a "weight" of ones and (bias) a "bias" of
+ *    zeros; without it no parameters, whatever bias says (as PyTorch).
  *  - Softmax(dim), LogSoftmax(dim).
  *  - Dropout(p): in eval mode the identity (traces to nothing).
  *  - LeakyReLU(negative_slope), ELU(alpha), Hardtanh(min, max), ReLU6,
