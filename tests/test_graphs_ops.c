@@ -772,6 +772,13 @@ Test(graphs_ops, modules_mirror_torch_nn) {
     mj_tensor *x7 = randn(2, s2, &rng);
     FAILS(mj_module_forward(ln, x7, &y), MJ_ERR_SHAPE, "LayerNorm: x has shape [2, 7] but normalized_shape is (8,)");
     mj_tensor_release(x7);
+    /* flattening into the batch dim would not generalise: refused */
+    mj_module *fl0 = NULL;
+    OK(mj_flatten_new(&fl0, 0, -1));
+    g = NULL;
+    FAILS(mj_trace_module(fl0, x, &g), MJ_ERR_SHAPE, "would not generalise over the batch");
+    cr_assert_null(g);
+    mj_module_free(fl0);
     mj_tensor_release(x);
     mj_module_free(seq);
 }
