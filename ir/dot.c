@@ -21,6 +21,11 @@ mj_status mj_graph_write_dot(const mj_graph *g, FILE *f) {
         const char *opn = (unsigned)n->op < MJ_OP_COUNT ? mj_op_table[n->op].name : "?";
         fprintf(f, "  n%d [label=\"%%%d = %s", (int)i, (int)i, opn);
         if (n->act != MJ_ACT_NONE) fprintf(f, " {act=%s}", mj_act_name(n->act));
+        if ((unsigned)n->op < MJ_OP_COUNT) {
+            char attrs[256];
+            mj_attrs_format(n->op, &n->attrs, attrs, sizeof attrs);
+            fputs(attrs, f);
+        }
         if (n->name) {
             fputs("\\n\\\"", f);
             dot_str(f, n->name);

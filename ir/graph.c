@@ -72,8 +72,50 @@ static mj_status infer_linear(mj_op op, int n, const mj_type *const *t, mj_type 
     return MJ_OK;
 }
 
+/* The attributes must fit the op: zero for ops without, a valid dim, sane
+ * float values. */
+static mj_status check_attrs(mj_op op, const mj_attrs *a, const mj_type *x) {
+    const char *name = mj_op_table[op].name;
+    int na;
+    const mj_attr_spec *spec = mj_op_attrs(op, &na);
+    mj_attrs zero;
+    memset(&zero, 0, sizeof zero);
+    if (na == 0) {
+        if (!mj_attrs_equal(a, &zero)) return mj_fail(MJ_ERR_INVALID, "%s takes no attributes", name);
+        return MJ_OK;
+    }
+    bool has_dim = false, has_keepdim = false;
+    for (int i = 0; i < na; i++) {
+        has_dim = has_dim || spec[i].kind == MJ_ATTR_DIM;
+        has_keepdim = has_keepdim || spec[i].kind == MJ_ATTR_KEEPDIM;
+    }
+    if (!has_dim && a->dim != 0) return mj_fail(MJ_ERR_INVALID, "%s takes no dim attribute", name);
+    if (!has_keepdim && a->keepdim) return mj_fail(MJ_ERR_INVALID, "%s takes no keepdim attribute", name);
+    if (has_dim && mj_attr_dim(a, x->rank) < 0) {
+        char ts[96];
+        return mj_fail(MJ_ERR_SHAPE, "%s: dim %d is out of range for %s (expected %d..%d)", name, (int)a->dim,
+                       mj_type_str(ts, sizeof ts, x), -x->rank, x->rank - 1);
+    }
+    for (int k = 0; k < MJ_MAX_FATTRS; k++) {
+        bool used = false;
+        for (int i = 0; i < na; i++) used = used || (spec[i].kind == MJ_ATTR_FLOAT && spec[i].slot == k);
+        if (!used && a->f[k] != 0.0f) return mj_fail(MJ_ERR_INVALID, "%s: stray float attribute %d", name, k);
+    }
+    if (op == MJ_OP_HARDTANH && !(a->f[0] <= a->f[1]))
+        return mj_fail(MJ_ERR_INVALID, "hardtanh: min %g must not be greater than max %g", (double)a->f[0],
+                       (double)a->f[1]);
+    return MJ_OK;
+}
+
 mj_status mj_infer_type(const mj_graph *g, mj_op op, int n, const int32_t *operands, mj_act act,
                         const mj_type *declared, mj_type *out) {
+    mj_attrs a;
+    memset(&a, 0, sizeof a);
+    return mj_infer_type_attrs(g, op, n, operands, act, &a, declared, out);
+}
+
+mj_status mj_infer_type_attrs(const mj_graph *g, mj_op op, int n, const int32_t *operands, mj_act act,
+                              const mj_attrs *attrs, const mj_type *declared, mj_type *out) {
     if ((unsigned)op >= MJ_OP_COUNT) return mj_fail(MJ_ERR_INVALID, "unknown op %d", (int)op);
     const mj_op_info *info = &mj_op_table[op];
     if (info->flags & MJ_OPF_LEAF) {
@@ -106,6 +148,7 @@ mj_status mj_infer_type(const mj_graph *g, mj_op op, int n, const int32_t *opera
         return mj_fail(MJ_ERR_INVALID, "%s takes no activation attribute", info->name);
     }
     if (declared) MJ_TRY(mj_type_check(declared, true, "declared type"));
+    MJ_TRY(check_attrs(op, attrs, t[0]));
 
     mj_type r;
     memset(&r, 0, sizeof r);
@@ -160,6 +203,33 @@ mj_status mj_infer_type(const mj_graph *g, mj_op op, int n, const int32_t *opera
         if (pa != pb || ba != bb) return shape_err(op, "element counts differ:", t[0], declared);
         r = *declared;
         declared_is_source = true;
+        break;
+    }
+    case MJ_OP_SUM:
+    case MJ_OP_MEAN: {
+        int d = mj_attr_dim(attrs, t[0]->rank);
+        r = *t[0];
+        if (attrs->keepdim) {
+            r.dims[d] = 1;
+        } else {
+            if (t[0]->rank == 1) return shape_err(op, "without keepdim would make a rank-0 value from", t[0], NULL);
+            for (int i = d; i < r.rank - 1; i++) r.dims[i] = r.dims[i + 1];
+            r.dims[--r.rank] = 0;
+        }
+        break;
+    }
+    case MJ_OP_SOFTMAX:
+    case MJ_OP_LOG_SOFTMAX:
+        r = *t[0];
+        break;
+    case MJ_OP_LAYER_NORM: {
+        int64_t last = t[0]->dims[t[0]->rank - 1];
+        if (last == MJ_DIM_BATCH) return shape_err(op, "normalises the last dim, which must be concrete, got", t[0], NULL);
+        for (int k = 1; k < n; k++)
+            if (t[k]->rank != 1 || t[k]->dims[0] != last)
+                return shape_err(op, k == 1 ? "weight does not fit the last dim: weight" : "bias does not fit the last dim: bias",
+                                 t[k], t[0]);
+        r = *t[0];
         break;
     }
     default:
@@ -243,11 +313,17 @@ mj_status mj_graph_add_leaf(mj_graph *g, mj_op op, const char *name, const mj_ty
 
 mj_status mj_graph_add_op(mj_graph *g, mj_op op, int n, const int32_t *operands, mj_act act,
                           const mj_type *declared, int32_t *id) {
+    return mj_graph_add_op_attrs(g, op, n, operands, act, NULL, declared, id);
+}
+
+mj_status mj_graph_add_op_attrs(mj_graph *g, mj_op op, int n, const int32_t *operands, mj_act act,
+                                const mj_attrs *attrs, const mj_type *declared, int32_t *id) {
     if (!g || (n > 0 && !operands)) return mj_fail(MJ_ERR_INVALID, "mj_graph_add_op: NULL argument");
     if ((unsigned)op >= MJ_OP_COUNT || (mj_op_table[op].flags & MJ_OPF_LEAF))
         return mj_fail(MJ_ERR_INVALID, "mj_graph_add_op: op %d is not an operation", (int)op);
+    mj_attrs a = attrs ? *attrs : mj_attrs_default(op);
     mj_type t;
-    MJ_TRY(mj_infer_type(g, op, n, operands, act, declared, &t));
+    MJ_TRY(mj_infer_type_attrs(g, op, n, operands, act, &a, declared, &t));
     if (g->n_nodes >= MJ_MAX_NODES)
         return mj_fail(MJ_ERR_LIMIT, "graph has more than %d nodes", MJ_MAX_NODES);
     MJ_TRY(mj_grow((void **)&g->nodes, &g->cap_nodes, g->n_nodes + 1, sizeof *g->nodes));
@@ -258,6 +334,7 @@ mj_status mj_graph_add_op(mj_graph *g, mj_op op, int n, const int32_t *operands,
     for (int i = 0; i < n; i++) nd->operands[i] = operands[i];
     nd->type = t;
     nd->act = act;
+    nd->attrs = a;
     if (id) *id = g->n_nodes;
     g->n_nodes++;
     return MJ_OK;

@@ -68,6 +68,44 @@ static mj_status eval_node(const mj_node *n, const mj_tensor *const *v, int64_t 
         mj_type_shape(&n->type, batch, shape);
         return mj_reshape(out, v[0], n->type.rank, shape);
     }
+    /* the math of transformers */
+    case MJ_OP_DIV:
+        return mj_div(out, v[0], v[1]);
+    case MJ_OP_MAXIMUM:
+        return mj_maximum(out, v[0], v[1]);
+    case MJ_OP_MINIMUM:
+        return mj_minimum(out, v[0], v[1]);
+    case MJ_OP_NEG:
+        return mj_neg(out, v[0]);
+    case MJ_OP_EXP:
+        return mj_exp(out, v[0]);
+    case MJ_OP_LOG:
+        return mj_log(out, v[0]);
+    case MJ_OP_SQRT:
+        return mj_sqrt(out, v[0]);
+    case MJ_OP_RSQRT:
+        return mj_rsqrt(out, v[0]);
+    case MJ_OP_POW:
+        return mj_pow_scalar(out, v[0], n->attrs.f[0]);
+    case MJ_OP_LEAKY_RELU:
+        return mj_leaky_relu(out, v[0], n->attrs.f[0]);
+    case MJ_OP_ELU:
+        return mj_elu(out, v[0], n->attrs.f[0]);
+    case MJ_OP_HARDTANH:
+        return mj_hardtanh(out, v[0], n->attrs.f[0], n->attrs.f[1]);
+    case MJ_OP_SOFTPLUS:
+        return mj_softplus(out, v[0], n->attrs.f[0], n->attrs.f[1]);
+    case MJ_OP_SUM:
+        return mj_sum(out, v[0], n->attrs.dim, n->attrs.keepdim);
+    case MJ_OP_MEAN:
+        return mj_mean(out, v[0], n->attrs.dim, n->attrs.keepdim);
+    case MJ_OP_SOFTMAX:
+        return mj_softmax(out, v[0], n->attrs.dim);
+    case MJ_OP_LOG_SOFTMAX:
+        return mj_log_softmax(out, v[0], n->attrs.dim);
+    case MJ_OP_LAYER_NORM:
+        return mj_layer_norm(out, v[0], n->n_operands >= 2 ? v[1] : NULL, n->n_operands == 3 ? v[2] : NULL,
+                             n->attrs.f[0]);
     default:
         if (info->flags & MJ_OPF_ACTIVATION) return mj_activation(out, info->act, v[0]);
         return mj_fail(MJ_ERR_UNSUPPORTED, "interpreter: no kernel for op %s", info->name);

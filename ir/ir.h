@@ -28,6 +28,7 @@ enum {
     MJ_OPF_COMMUTATIVE = 1 << 2, /* bitwise commutative (CSE may swap)  */
     MJ_OPF_ACTIVATION = 1 << 3,  /* unary, mj_op_info.act is its act    */
     MJ_OPF_ACT_ATTR = 1 << 4,    /* carries an {act=...} attribute      */
+    MJ_OPF_REDUCE = 1 << 5,      /* works along attrs.dim: rows of that dim interact */
 };
 
 typedef enum mj_op {
@@ -62,12 +63,25 @@ const char *mj_type_str(char *buf, size_t size, const mj_type *t);
 /* Concrete shape for a given batch size. */
 void mj_type_shape(const mj_type *t, int64_t batch, int64_t *shape);
 
+/* Attributes of the math ops (ir/attrs.c has each op's names, kinds and
+ * defaults; the text form is `{name=value, ...}` in that order). dim is
+ * as written (-rank..rank-1; mj_attr_dim normalises it); f holds the op's
+ * float attributes in its schema order. Ops without attributes keep all
+ * zero. */
+#define MJ_MAX_FATTRS 2
+typedef struct mj_attrs {
+    int32_t dim;
+    bool keepdim;
+    float f[MJ_MAX_FATTRS];
+} mj_attrs;
+
 typedef struct mj_node {
     mj_op op;
     int n_operands;
     int32_t operands[MJ_MAX_OPERANDS];
     mj_type type;
     mj_act act;         /* LINEAR_ACT only                                       */
+    mj_attrs attrs;     /* the ops of ir/attrs.c; zero otherwise                 */
     char *name;         /* INPUT, PARAM, CONST                                    */
     mj_tensor *tensor;  /* PARAM: bound tensor (NULL = unbound); CONST: its data */
 } mj_node;
@@ -90,6 +104,9 @@ mj_status mj_graph_add_leaf(mj_graph *g, mj_op op, const char *name, const mj_ty
  * otherwise checked against the inference when not NULL). */
 mj_status mj_graph_add_op(mj_graph *g, mj_op op, int n, const int32_t *operands, mj_act act,
                           const mj_type *declared, int32_t *id);
+/* The same with attributes (attrs NULL = the op's defaults). */
+mj_status mj_graph_add_op_attrs(mj_graph *g, mj_op op, int n, const int32_t *operands, mj_act act,
+                                const mj_attrs *attrs, const mj_type *declared, int32_t *id);
 mj_status mj_graph_add_output(mj_graph *g, int32_t id);
 mj_status mj_graph_add_warning(mj_graph *g, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
@@ -99,6 +116,39 @@ int32_t mj_graph_find_leaf(const mj_graph *g, mj_op op, const char *name);
 /* Shape rules, shared by builder, parser, verifier and tracer. */
 mj_status mj_infer_type(const mj_graph *g, mj_op op, int n, const int32_t *operands,
                         mj_act act, const mj_type *declared, mj_type *out);
+
+mj_status mj_infer_type_attrs(const mj_graph *g, mj_op op, int n, const int32_t *operands,
+                              mj_act act, const mj_attrs *attrs, const mj_type *declared,
+                              mj_type *out);
+
+/* ---- attributes (ir/attrs.c) --------------------------------------------- */
+typedef enum mj_attr_kind { MJ_ATTR_DIM, MJ_ATTR_KEEPDIM, MJ_ATTR_FLOAT } mj_attr_kind;
+typedef struct mj_attr_spec {
+    const char *name;
+    mj_attr_kind kind;
+    int slot;        /* MJ_ATTR_FLOAT: index in mj_attrs.f                    */
+    bool required;   /* no default: the text form must give it                */
+    float def;       /* default (keepdim: 0 or 1)                             */
+} mj_attr_spec;
+/* The op's attributes in text order; *n = 0 for ops without. */
+const mj_attr_spec *mj_op_attrs(mj_op op, int *n);
+/* The op's default attributes (all zero for ops without). */
+mj_attrs mj_attrs_default(mj_op op);
+bool mj_attrs_equal(const mj_attrs *a, const mj_attrs *b); /* bitwise floats */
+/* attrs.dim normalised to 0..rank-1, or -1 if outside -rank..rank-1. */
+int mj_attr_dim(const mj_attrs *a, int rank);
+/* The dim an MJ_OPF_REDUCE node works along, for an operand of this rank
+ * (layer_norm: the last). */
+int mj_reduce_dim(const mj_node *n, int rank);
+/* " {dim=-1, keepdim=true}" for the op's attributes ("" without); floats
+ * in the shortest form that reads back to the same float. */
+void mj_attrs_format(mj_op op, const mj_attrs *a, char *buf, size_t size);
+
+/* Scalar definitions shared by the eager kernels, the interpreter and the
+ * JIT's reference (src/ops.c): a unary elementwise op (not an activation
+ * of mj_act) with its attributes, and a binary one. */
+float mj_unary_apply(mj_op op, const mj_attrs *a, float x);
+float mj_binary_apply(mj_op op, float a, float b);
 
 /* Drops nodes with keep[i] == false and renumbers operands and outputs
  * (keep must include every operand of every kept node and every output). */

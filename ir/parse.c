@@ -395,6 +395,113 @@ out:
     return s;
 }
 
+/* A token of an attribute value: letters, digits and . + - _ */
+static size_t value_token(parser *p, char *tok, size_t size) {
+    skip_blanks(p);
+    size_t start = p->pos;
+    while (isalnum((unsigned char)peek(p)) || peek(p) == '.' || peek(p) == '+' || peek(p) == '-' || peek(p) == '_')
+        advance(p);
+    size_t len = p->pos - start;
+    size_t k = len < size - 1 ? len : size - 1;
+    memcpy(tok, p->s + start, k);
+    tok[k] = '\0';
+    return len;
+}
+
+/* ["{" name "=" value ("," name "=" value)* "}"]: {act=...} on the ops that
+ * take it, the op's attributes of ir/attrs.c otherwise (each at most once,
+ * the required ones present, the others defaulting to PyTorch's). */
+static mj_status parse_attrs(parser *p, mj_op op, mj_act *act, mj_attrs *attrs) {
+    const mj_op_info *info = &mj_op_table[op];
+    int na;
+    const mj_attr_spec *spec = mj_op_attrs(op, &na);
+    bool seen_act = false, seen[8] = {false};
+    skip_blanks(p);
+    int al = p->line, ac = p->col;
+    if (peek(p) == '{') {
+        if (!(info->flags & MJ_OPF_ACT_ATTR) && na == 0)
+            return err_at(p, al, ac, "%s takes no {act=...} or other attributes, found '{'", info->name);
+        advance(p);
+        for (;;) {
+            size_t st, len;
+            skip_blanks(p);
+            int nl = p->line, nc = p->col;
+            parse_ident(p, &st, &len);
+            if (len == 0) return expected(p, "an attribute name");
+            char name[32];
+            size_t k = len < sizeof name - 1 ? len : sizeof name - 1;
+            memcpy(name, p->s + st, k);
+            name[k] = '\0';
+            int which = -1;
+            for (int i = 0; i < na; i++)
+                if (strlen(spec[i].name) == len && memcmp(spec[i].name, p->s + st, len) == 0) which = i;
+            bool is_act = (info->flags & MJ_OPF_ACT_ATTR) && len == 3 && memcmp(p->s + st, "act", 3) == 0;
+            if (which < 0 && !is_act) {
+                char names[160] = "";
+                size_t o = 0;
+                if (info->flags & MJ_OPF_ACT_ATTR) o += (size_t)snprintf(names + o, sizeof names - o, "act");
+                for (int i = 0; i < na && o < sizeof names; i++)
+                    o += (size_t)snprintf(names + o, sizeof names - o, "%s%s", o ? ", " : "", spec[i].name);
+                return err_at(p, nl, nc, "%s has no attribute '%s%s' (its attributes: %s)", info->name, name,
+                              len > k ? "..." : "", names);
+            }
+            if (is_act ? seen_act : seen[which]) return err_at(p, nl, nc, "attribute '%s' is given twice", name);
+            MJ_TRY(expect_char(p, '=', "'='"));
+            skip_blanks(p);
+            int vl = p->line, vc = p->col;
+            char tok[64];
+            size_t vlen = value_token(p, tok, sizeof tok);
+            if (vlen == 0) return expected(p, "an attribute value");
+            if (vlen >= sizeof tok) return err_at(p, vl, vc, "attribute value is longer than %zu characters", sizeof tok - 1);
+            if (is_act) {
+                seen_act = true;
+                if (mj_act_parse(tok, act) != MJ_OK || *act == MJ_ACT_NONE)
+                    return err_at(p, vl, vc, "expected an activation (relu, gelu, gelu_tanh, sigmoid, tanh, silu), found '%s'",
+                                  tok);
+            } else {
+                seen[which] = true;
+                char *end = NULL;
+                switch (spec[which].kind) {
+                case MJ_ATTR_DIM: {
+                    long v = strtol(tok, &end, 10);
+                    if (end != tok + vlen || v < -MJ_MAX_RANK || v >= MJ_MAX_RANK)
+                        return err_at(p, vl, vc, "expected a dim (an integer from %d to %d), found '%s'", -MJ_MAX_RANK,
+                                      MJ_MAX_RANK - 1, tok);
+                    attrs->dim = (int32_t)v;
+                    break;
+                }
+                case MJ_ATTR_KEEPDIM:
+                    if (strcmp(tok, "true") != 0 && strcmp(tok, "false") != 0)
+                        return err_at(p, vl, vc, "expected true or false, found '%s'", tok);
+                    attrs->keepdim = tok[0] == 't';
+                    break;
+                case MJ_ATTR_FLOAT: {
+                    float f = strtof_l(tok, &end, p->c_loc);
+                    if (end != tok + vlen) return err_at(p, vl, vc, "expected a number, found '%s'", tok);
+                    attrs->f[spec[which].slot] = f;
+                    break;
+                }
+                }
+            }
+            skip_blanks(p);
+            if (peek(p) == '}') {
+                advance(p);
+                break;
+            }
+            if (peek(p) != ',') return expected(p, "',' or '}' in attributes");
+            advance(p);
+        }
+    }
+    if ((info->flags & MJ_OPF_ACT_ATTR) && !seen_act) return expected(p, "an {act=...} attribute");
+    for (int i = 0; i < na; i++)
+        if (spec[i].required && !seen[i]) {
+            if (peek(p) == ':' || peek(p) == '{')
+                return err_at(p, al, ac, "%s needs the attribute {%s=...}", info->name, spec[i].name);
+            return err_at(p, p->line, p->col, "%s needs the attribute {%s=...}", info->name, spec[i].name);
+        }
+    return MJ_OK;
+}
+
 static mj_status parse_op(parser *p, mj_op op, int op_line, int op_col) {
     const mj_op_info *info = &mj_op_table[op];
     int32_t operands[MJ_MAX_OPERANDS];
@@ -420,39 +527,15 @@ static mj_status parse_op(parser *p, mj_op op, int op_line, int op_col) {
                       info->min_operands, n, found(p, buf, sizeof buf));
     }
     mj_act act = MJ_ACT_NONE;
-    skip_blanks(p);
-    if (peek(p) == '{') {
-        int al = p->line, ac = p->col;
-        if (!(info->flags & MJ_OPF_ACT_ATTR))
-            return err_at(p, al, ac, "%s takes no {act=...} attribute, found '{'", info->name);
-        advance(p);
-        size_t st, len;
-        skip_blanks(p);
-        if (strncmp(p->s + p->pos, "act", 3) != 0) return expected(p, "'act'");
-        parse_ident(p, &st, &len);
-        if (len != 3) return err_at(p, al, ac, "expected '{act=NAME}'");
-        MJ_TRY(expect_char(p, '=', "'='"));
-        skip_blanks(p);
-        int nl = p->line, nc = p->col;
-        parse_ident(p, &st, &len);
-        char an[32];
-        if (len == 0) return expected(p, "an activation name");
-        if (len >= sizeof an) len = sizeof an - 1;
-        memcpy(an, p->s + st, len);
-        an[len] = '\0';
-        if (mj_act_parse(an, &act) != MJ_OK || act == MJ_ACT_NONE)
-            return err_at(p, nl, nc, "expected an activation (relu, gelu, gelu_tanh, sigmoid, tanh), found '%s'", an);
-        MJ_TRY(expect_char(p, '}', "'}'"));
-    } else if (info->flags & MJ_OPF_ACT_ATTR) {
-        return expected(p, "an {act=...} attribute");
-    }
+    mj_attrs attrs = mj_attrs_default(op);
+    MJ_TRY(parse_attrs(p, op, &act, &attrs));
     MJ_TRY(expect_char(p, ':', "':' and a type"));
     skip_blanks(p);
     int tl = p->line, tc = p->col;
     mj_type type;
     MJ_TRY(parse_type(p, &type, true));
     MJ_TRY(expect_eol(p));
-    mj_status s = mj_graph_add_op(p->g, op, n, operands, act, &type, NULL);
+    mj_status s = mj_graph_add_op_attrs(p->g, op, n, operands, act, &attrs, &type, NULL);
     if (s != MJ_OK) {
         (void)op_line;
         (void)op_col;

@@ -1,5 +1,5 @@
 /* Common subexpression elimination: a node equal to an earlier one (same
- * op, act, type and operands) is replaced by it. Commutative ops (the op
+ * op, act, attributes, type and operands) is replaced by it. Commutative ops (the op
  * table's MJ_OPF_COMMUTATIVE: bitwise commutative) compare their operands
  * in canonical (sorted) order, so mul(a, b) and mul(b, a) merge. Leaves
  * merge only when op, name and bound tensor agree; inputs never merge (each
@@ -24,6 +24,7 @@ static uint64_t mix(uint64_t h, uint64_t v) {
 
 static uint64_t node_hash(const mj_node *n) {
     uint64_t h = mix((uint64_t)n->op, (uint64_t)n->act);
+    h = mix(h, (uint64_t)(uint32_t)n->attrs.dim ^ ((uint64_t)n->attrs.keepdim << 32));
     if (n->name)
         for (const char *p = n->name; *p; p++) h = mix(h, (unsigned char)*p);
     h = mix(h, (uint64_t)n->type.rank);
@@ -36,6 +37,7 @@ static uint64_t node_hash(const mj_node *n) {
 
 static bool node_equal(const mj_node *a, const mj_node *b) {
     if (a->op != b->op || a->act != b->act || a->n_operands != b->n_operands) return false;
+    if (!mj_attrs_equal(&a->attrs, &b->attrs)) return false;
     if (!mj_type_equal(&a->type, &b->type)) return false;
     if (mj_op_table[a->op].flags & MJ_OPF_LEAF)
         return a->name && b->name && strcmp(a->name, b->name) == 0 && a->tensor == b->tensor;

@@ -49,6 +49,7 @@ mj_status mj_pass_fold(mj_graph *g) {
         n->op = MJ_OP_CONST;
         n->n_operands = 0;
         n->act = MJ_ACT_NONE;
+        memset(&n->attrs, 0, sizeof n->attrs);
         n->name = copy;
         n->tensor = v;
     }

@@ -94,7 +94,7 @@ static mj_status emit(const mj_graph *g, mj_graph *ng, int32_t i, const int32_t 
         }
         return mj_graph_add_op(ng, mj_op_for_act(n->act), 1, &e, MJ_ACT_NONE, &n->type, to);
     }
-    return mj_graph_add_op(ng, n->op, n->n_operands, ops, n->act, &n->type, to);
+    return mj_graph_add_op_attrs(ng, n->op, n->n_operands, ops, n->act, &n->attrs, &n->type, to);
 }
 
 mj_status mj_pass_simplify(mj_graph *g) {

@@ -93,6 +93,9 @@ static void sb_node(strbuf *b, const mj_graph *g, int32_t i) {
         sb_printf(b, "%s%%%d", k ? ", " : " ", (int)n->operands[k]);
     if ((info->flags & MJ_OPF_ACT_ATTR) || n->act != MJ_ACT_NONE)
         sb_printf(b, " {act=%s}", mj_act_name(n->act));
+    char attrs[256];
+    mj_attrs_format(n->op, &n->attrs, attrs, sizeof attrs);
+    sb_puts(b, attrs);
     sb_printf(b, " : %s", mj_type_str(ts, sizeof ts, &n->type));
     if (n->op == MJ_OP_CONST && n->tensor && n->tensor->numel <= MJ_IR_INLINE_MAX) {
         sb_puts(b, " = [");

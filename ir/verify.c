@@ -72,7 +72,7 @@ static mj_status verify_node(const mj_graph *g, int32_t i) {
     if (n->name) return node_err(i, n, MJ_ERR_INVALID, "an op node has a name", NULL, NULL);
     if (n->tensor) return node_err(i, n, MJ_ERR_INVALID, "an op node has a tensor", NULL, NULL);
     mj_type t;
-    mj_status s = mj_infer_type(g, n->op, n->n_operands, n->operands, n->act, &n->type, &t);
+    mj_status s = mj_infer_type_attrs(g, n->op, n->n_operands, n->operands, n->act, &n->attrs, &n->type, &t);
     if (s != MJ_OK) return mj_fail_prefix(s, "%%%d (%s)", (int)i, info->name);
     if (!mj_type_equal(&t, &n->type))
         return node_err(i, n, MJ_ERR_SHAPE, "type %s differs from the inferred %s",

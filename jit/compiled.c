@@ -620,6 +620,10 @@ static mj_status runtime_init(mj_compiled *c) {
         if (c->input_free[i] || n->op == MJ_OP_INPUT) continue;
         bool rows_ok = b_at_dim0_only(&n->type);
         if (n->op == MJ_OP_TRANSPOSE) rows_ok = false;
+        if (mj_op_table[n->op].flags & MJ_OPF_REDUCE) { /* along the batch dim, rows meet */
+            const mj_type *xt = &g->nodes[n->operands[0]].type;
+            if (xt->dims[mj_reduce_dim(n, xt->rank)] == MJ_DIM_BATCH) rows_ok = false;
+        }
         if (n->op == MJ_OP_MATMUL || n->op == MJ_OP_LINEAR || n->op == MJ_OP_LINEAR_ACT) {
             for (int k = 1; k < n->n_operands; k++) rows_ok = rows_ok && c->input_free[n->operands[k]];
             int64_t xr = type_row(&g->nodes[n->operands[0]].type);

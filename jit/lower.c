@@ -277,9 +277,88 @@ static LLVMValueRef emit_act(lw *w, mj_act act, LLVMValueRef x) {
         return fdiv(w, cf(w, 1.0f),
                     fadd(w, cf(w, 1.0f), call_libm(w, w->expf_fn, fpflags(w, LLVMBuildFNeg(w->b, x, "")))));
     case MJ_ACT_TANH: return call_libm(w, w->tanhf_fn, x);
+    case MJ_ACT_SILU: /* x / (1.0f + expf(-x)) */
+        return fdiv(w, x, fadd(w, cf(w, 1.0f), call_libm(w, w->expf_fn, fpflags(w, LLVMBuildFNeg(w->b, x, "")))));
     case MJ_ACT_COUNT: break;
     }
     MJ_ASSERT(!"unknown activation");
+}
+
+/* ---- the math of transformers: scalar definitions (src/ops.c) ------------ */
+
+/* A libm function of the process by name (declared once per module). */
+static LLVMValueRef libm(lw *w, const char *name, int arity) {
+    LLVMValueRef f = LLVMGetNamedFunction(w->m, name);
+    if (f) return f;
+    LLVMTypeRef two[2] = {w->f32, w->f32};
+    return LLVMAddFunction(w->m, name, arity == 1 ? w->unary_ty : LLVMFunctionType(w->f32, two, 2, 0));
+}
+
+static LLVMValueRef call_libm2(lw *w, const char *name, LLVMValueRef x, LLVMValueRef y) {
+    LLVMValueRef args[2] = {x, y};
+    LLVMTypeRef two[2] = {w->f32, w->f32};
+    LLVMValueRef c = LLVMBuildCall2(w->b, LLVMFunctionType(w->f32, two, 2, 0), libm(w, name, 2), args, 2, "");
+    if (!w->fast) { /* as call_libm */
+        unsigned kind = LLVMGetEnumAttributeKindForName("nobuiltin", 9);
+        LLVMAddCallSiteAttribute(c, LLVMAttributeFunctionIndex, LLVMCreateEnumAttribute(w->ctx, kind, 0));
+    }
+    return c;
+}
+
+static LLVMValueRef sel(lw *w, LLVMRealPredicate p, LLVMValueRef a, LLVMValueRef b, LLVMValueRef t, LLVMValueRef f) {
+    return LLVMBuildSelect(w->b, LLVMBuildFCmp(w->b, p, a, b, ""), t, f, "");
+}
+
+/* mj_unary_apply, operation for operation (both sides of a ?: are
+ * computed and one selected: the same value). */
+static LLVMValueRef emit_unary(lw *w, const mj_node *n, LLVMValueRef x) {
+    const mj_attrs *a = &n->attrs;
+    LLVMValueRef one = cf(w, 1.0f), zero = cf(w, 0.0f);
+    switch (n->op) {
+    case MJ_OP_NEG: return fpflags(w, LLVMBuildFNeg(w->b, x, ""));
+    case MJ_OP_EXP: return call_libm(w, libm(w, "expf", 1), x);
+    case MJ_OP_LOG: return call_libm(w, libm(w, "logf", 1), x);
+    case MJ_OP_SQRT: return call_libm(w, libm(w, "sqrtf", 1), x);
+    case MJ_OP_RSQRT: return fdiv(w, one, call_libm(w, libm(w, "sqrtf", 1), x));
+    case MJ_OP_POW: {
+        float e = a->f[0];
+        if (e == 2.0f) return fmul(w, x, x);
+        if (e == 3.0f) return fmul(w, fmul(w, x, x), x);
+        if (e == 0.5f) return call_libm(w, libm(w, "sqrtf", 1), x);
+        if (e == -0.5f) return fdiv(w, one, call_libm(w, libm(w, "sqrtf", 1), x));
+        if (e == -1.0f) return fdiv(w, one, x);
+        if (e == -2.0f) return fdiv(w, one, fmul(w, x, x));
+        if (e == 1.0f) return x;
+        return call_libm2(w, "powf", x, cf(w, e));
+    }
+    case MJ_OP_LEAKY_RELU: /* x > 0.0f ? x : x * slope */
+        return sel(w, LLVMRealOGT, x, zero, x, fmul(w, x, cf(w, a->f[0])));
+    case MJ_OP_ELU: /* x > 0.0f ? x : expm1f(x) * alpha */
+        return sel(w, LLVMRealOGT, x, zero, x, fmul(w, call_libm(w, libm(w, "expm1f", 1), x), cf(w, a->f[0])));
+    case MJ_OP_HARDTANH: /* x < min ? min : x > max ? max : x */
+        return sel(w, LLVMRealOLT, x, cf(w, a->f[0]), cf(w, a->f[0]),
+                   sel(w, LLVMRealOGT, x, cf(w, a->f[1]), cf(w, a->f[1]), x));
+    case MJ_OP_SOFTPLUS: { /* x * beta > threshold ? x : log1pf(expf(x * beta)) / beta */
+        LLVMValueRef t = fmul(w, x, cf(w, a->f[0]));
+        LLVMValueRef soft = fdiv(w, call_libm(w, libm(w, "log1pf", 1), call_libm(w, w->expf_fn, t)), cf(w, a->f[0]));
+        return sel(w, LLVMRealOGT, t, cf(w, a->f[1]), x, soft);
+    }
+    default: return emit_act(w, mj_op_table[n->op].act, x);
+    }
+}
+
+static LLVMValueRef signbit_of(lw *w, LLVMValueRef x) {
+    LLVMTypeRef i32 = LLVMInt32TypeInContext(w->ctx);
+    return LLVMBuildICmp(w->b, LLVMIntSLT, LLVMBuildBitCast(w->b, x, i32, ""), LLVMConstInt(i32, 0, 0), "");
+}
+
+/* mj_binary_apply: maximum / minimum as selects, NaN first. */
+static LLVMValueRef emit_minmax(lw *w, bool max, LLVMValueRef a, LLVMValueRef b) {
+    LLVMValueRef tie = LLVMBuildSelect(w->b, signbit_of(w, a), max ? b : a, max ? a : b, "");
+    LLVMValueRef v = sel(w, max ? LLVMRealOLT : LLVMRealOGT, a, b, b, tie);
+    v = sel(w, max ? LLVMRealOGT : LLVMRealOLT, a, b, a, v);
+    v = sel(w, LLVMRealUNO, b, b, b, v);
+    return sel(w, LLVMRealUNO, a, a, a, v);
 }
 
 /* ---- ops ----------------------------------------------------------------- */
@@ -289,7 +368,10 @@ static LLVMValueRef elementwise_op(lw *w, const mj_node *n, const LLVMValueRef *
     case MJ_OP_ADD: return fadd(w, v[0], v[1]);
     case MJ_OP_SUB: return fsub(w, v[0], v[1]);
     case MJ_OP_MUL: return fmul(w, v[0], v[1]);
-    default: return emit_act(w, mj_op_table[n->op].act, v[0]);
+    case MJ_OP_DIV: return fdiv(w, v[0], v[1]);
+    case MJ_OP_MAXIMUM: return emit_minmax(w, true, v[0], v[1]);
+    case MJ_OP_MINIMUM: return emit_minmax(w, false, v[0], v[1]);
+    default: return emit_unary(w, n, v[0]);
     }
 }
 
@@ -461,6 +543,120 @@ static void emit_copy(lw *w, LLVMValueRef dst, LLVMValueRef src, LLVMValueRef n)
     loop l = loop_begin(w, n);
     store(w, load(w, src, l.iv), dst, l.iv);
     loop_end(w, &l);
+}
+
+/* ---- reductions and normalisations ----------------------------------------
+ * Plain loops, one line (or row) at a time, each doing the float operations
+ * of its eager kernel (src/ops.c) in the same order; accumulators live in
+ * entry-block allocas that LLVM promotes to registers. Fast mode's flags let
+ * LLVM vectorise the sums. */
+
+static LLVMValueRef entry_alloca(lw *w) {
+    LLVMBuilderRef b = LLVMCreateBuilderInContext(w->ctx);
+    LLVMBasicBlockRef entry = LLVMGetEntryBasicBlock(w->fn);
+    LLVMValueRef first = LLVMGetFirstInstruction(entry);
+    if (first) LLVMPositionBuilderBefore(b, first);
+    else LLVMPositionBuilderAtEnd(b, entry);
+    LLVMValueRef a = LLVMBuildAlloca(b, w->f32, "acc");
+    LLVMDisposeBuilder(b);
+    return a;
+}
+
+static LLVMValueRef ld_acc(lw *w, LLVMValueRef a) { return LLVMBuildLoad2(w->b, w->f32, a, ""); }
+static void st_acc(lw *w, LLVMValueRef a, LLVMValueRef v) { LLVMBuildStore(w->b, v, a); }
+
+/* (float)n for an i64 count, as C converts it */
+static LLVMValueRef count_f(lw *w, LLVMValueRef n) { return LLVMBuildSIToFP(w->b, n, w->f32, ""); }
+
+/* sum / mean / softmax / log_softmax along dim d of x: lines [outer][n][inner] */
+static void emit_along(lw *w, int32_t id) {
+    w->loops = true;
+    const mj_graph *g = w->p->g;
+    const mj_node *n = &g->nodes[id];
+    const mj_type *xt = &g->nodes[n->operands[0]].type;
+    int d = mj_reduce_dim(n, xt->rank);
+    if (xt->dims[d] == 0 && (n->op == MJ_OP_SOFTMAX || n->op == MJ_OP_LOG_SOFTMAX)) return; /* no elements */
+    LLVMValueRef outer = dims_product(w, xt, 0, d), N = dimv(w, xt->dims[d]);
+    LLVMValueRef inner = dims_product(w, xt, d + 1, xt->rank);
+    LLVMValueRef x = w->buf[n->operands[0]], y = w->buf[id];
+    LLVMValueRef acc = entry_alloca(w), mx = entry_alloca(w);
+    loop lo = loop_begin(w, outer);
+    loop lj = loop_begin(w, inner);
+    LLVMValueRef base = add(w, mul(w, mul(w, lo.iv, N), inner), lj.iv);
+#define LINE_AT(iv) add(w, base, mul(w, (iv), inner))
+    if (n->op == MJ_OP_SUM || n->op == MJ_OP_MEAN) {
+        st_acc(w, acc, cf(w, 0.0f));
+        loop li = loop_begin(w, N);
+        st_acc(w, acc, fadd(w, ld_acc(w, acc), load(w, x, LINE_AT(li.iv))));
+        loop_end(w, &li);
+        LLVMValueRef v = ld_acc(w, acc);
+        if (n->op == MJ_OP_MEAN) v = fdiv(w, v, count_f(w, N));
+        store(w, v, y, add(w, mul(w, lo.iv, inner), lj.iv));
+    } else {
+        /* m = x[0]; m = x[i] > m ? x[i] : m (x[0] > x[0] is false: the loop may start at 0) */
+        st_acc(w, mx, load(w, x, base));
+        loop li = loop_begin(w, N);
+        LLVMValueRef v = load(w, x, LINE_AT(li.iv)), m0 = ld_acc(w, mx);
+        st_acc(w, mx, sel(w, LLVMRealOGT, v, m0, v, m0));
+        loop_end(w, &li);
+        LLVMValueRef m = ld_acc(w, mx);
+        st_acc(w, acc, cf(w, 0.0f));
+        li = loop_begin(w, N);
+        LLVMValueRef e = call_libm(w, w->expf_fn, fsub(w, load(w, x, LINE_AT(li.iv)), m));
+        if (n->op == MJ_OP_SOFTMAX) store(w, e, y, LINE_AT(li.iv));
+        st_acc(w, acc, fadd(w, ld_acc(w, acc), e));
+        loop_end(w, &li);
+        LLVMValueRef sum = ld_acc(w, acc);
+        if (n->op == MJ_OP_SOFTMAX) { /* y[i] / sum: a division, as eager */
+            li = loop_begin(w, N);
+            store(w, fdiv(w, load(w, y, LINE_AT(li.iv)), sum), y, LINE_AT(li.iv));
+            loop_end(w, &li);
+        } else { /* (x[i] - m) - logf(sum) */
+            LLVMValueRef ls = call_libm(w, libm(w, "logf", 1), sum);
+            li = loop_begin(w, N);
+            store(w, fsub(w, fsub(w, load(w, x, LINE_AT(li.iv)), m), ls), y, LINE_AT(li.iv));
+            loop_end(w, &li);
+        }
+    }
+#undef LINE_AT
+    loop_end(w, &lj);
+    loop_end(w, &lo);
+}
+
+/* layer_norm over the last dim: mean, biased variance, rstd = 1/sqrtf(var + eps),
+ * (x - mean) * rstd [* w] [+ b] */
+static void emit_layer_norm(lw *w, int32_t id) {
+    w->loops = true;
+    const mj_graph *g = w->p->g;
+    const mj_node *n = &g->nodes[id];
+    const mj_type *xt = &g->nodes[n->operands[0]].type;
+    LLVMValueRef rows = dims_product(w, xt, 0, xt->rank - 1), N = dimv(w, xt->dims[xt->rank - 1]);
+    LLVMValueRef x = w->buf[n->operands[0]], y = w->buf[id];
+    LLVMValueRef wt = n->n_operands >= 2 ? w->buf[n->operands[1]] : NULL;
+    LLVMValueRef bs = n->n_operands == 3 ? w->buf[n->operands[2]] : NULL;
+    LLVMValueRef acc = entry_alloca(w), sq = entry_alloca(w);
+    loop lr = loop_begin(w, rows);
+    LLVMValueRef xr = at(w, x, mul(w, lr.iv, N)), yr = at(w, y, mul(w, lr.iv, N));
+    st_acc(w, acc, cf(w, 0.0f));
+    loop lj = loop_begin(w, N);
+    st_acc(w, acc, fadd(w, ld_acc(w, acc), load(w, xr, lj.iv)));
+    loop_end(w, &lj);
+    LLVMValueRef nf = count_f(w, N);
+    LLVMValueRef mean = fdiv(w, ld_acc(w, acc), nf);
+    st_acc(w, sq, cf(w, 0.0f));
+    lj = loop_begin(w, N);
+    LLVMValueRef dv = fsub(w, load(w, xr, lj.iv), mean);
+    st_acc(w, sq, fadd(w, ld_acc(w, sq), fmul(w, dv, dv)));
+    loop_end(w, &lj);
+    LLVMValueRef var_eps = fadd(w, fdiv(w, ld_acc(w, sq), nf), cf(w, n->attrs.f[0]));
+    LLVMValueRef rstd = fdiv(w, cf(w, 1.0f), call_libm(w, libm(w, "sqrtf", 1), var_eps));
+    lj = loop_begin(w, N);
+    LLVMValueRef v = fmul(w, fsub(w, load(w, xr, lj.iv), mean), rstd);
+    if (wt) v = fmul(w, v, load(w, wt, lj.iv));
+    if (bs) v = fadd(w, v, load(w, bs, lj.iv));
+    store(w, v, yr, lj.iv);
+    loop_end(w, &lj);
+    loop_end(w, &lr);
 }
 
 /* ---- vector kernels for linear layers with a packed weight ----------------
@@ -1103,6 +1299,11 @@ mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan 
         case MJ_OP_LINEAR_ACT: emit_linear(&w, i); break;
         case MJ_OP_EXPAND: emit_expand(&w, i); break;
         case MJ_OP_TRANSPOSE: emit_transpose(&w, i); break;
+        case MJ_OP_SUM:
+        case MJ_OP_MEAN:
+        case MJ_OP_SOFTMAX:
+        case MJ_OP_LOG_SOFTMAX: emit_along(&w, i); break;
+        case MJ_OP_LAYER_NORM: emit_layer_norm(&w, i); break;
         default:
             if (mj_op_table[n->op].flags & MJ_OPF_ELEMENTWISE) emit_elementwise(&w, i);
             else s = mj_fail(MJ_ERR_UNSUPPORTED, "jit: no lowering for op %s", mj_op_table[n->op].name);

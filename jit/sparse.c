@@ -400,6 +400,8 @@ static LLVMValueRef act_scalar(sb *s, LLVMValueRef x) {
         return fdiv(s, cf(s, 1.0f),
                     fadd(s, cf(s, 1.0f), call_libm(s, "expf", fpflags(s, LLVMBuildFNeg(s->b, x, "")))));
     case MJ_ACT_TANH: return call_libm(s, "tanhf", x);
+    case MJ_ACT_SILU: /* x / (1.0f + expf(-x)) */
+        return fdiv(s, x, fadd(s, cf(s, 1.0f), call_libm(s, "expf", fpflags(s, LLVMBuildFNeg(s->b, x, "")))));
     case MJ_ACT_COUNT: break;
     }
     MJ_ASSERT(!"unknown activation");

@@ -1,4 +1,5 @@
-/* Built-in modules: Linear, Sequential and the activations (torch.nn). */
+/* Built-in modules: Linear, Sequential, the activations and the modules of
+ * transformer blocks (torch.nn). */
 #include <math.h>
 #include <string.h>
 
@@ -142,12 +143,195 @@ mj_status mj_activation_module_new(mj_module **out, mj_act act) {
     case MJ_ACT_GELU_TANH: name = "GELU"; break;
     case MJ_ACT_SIGMOID: name = "Sigmoid"; break;
     case MJ_ACT_TANH: name = "Tanh"; break;
+    case MJ_ACT_SILU: name = "SiLU"; break;
     default:
         return mj_fail(MJ_ERR_INVALID, "unknown activation %d", (int)act);
     }
     mj_module *m;
     MJ_TRY(mj_module_alloc(&m, name, MJ_KIND_ACTIVATION, activation_forward));
     m->act = act;
+    *out = m;
+    return MJ_OK;
+}
+
+/* ---- the modules of transformer blocks ----------------------------------- */
+
+/* "1e-05" / "0.01" as Python prints these floats (shortest round trip). */
+static void py_float(char *buf, size_t size, float v) {
+    for (int prec = 1; prec <= 9; prec++) {
+        snprintf(buf, size, "%.*g", prec, (double)v);
+        if (strtof(buf, NULL) == v) break;
+    }
+    if (!strpbrk(buf, ".eninf")) { /* Python shows 1.0, not 1 */
+        size_t n = strlen(buf);
+        if (n + 2 < size) memcpy(buf + n, ".0", 3);
+    }
+}
+
+static mj_status math_alloc(mj_module **out, mj_module **m, const char *name, mj_forward_fn forward) {
+    if (!out) return mj_fail(MJ_ERR_INVALID, "%s: out is NULL", name);
+    return mj_module_alloc(m, name, MJ_KIND_MATH, forward);
+}
+
+static mj_status layer_norm_forward(mj_module *self, const mj_tensor *x, mj_tensor **y) {
+    int64_t n = self->in_features;
+    if (mj_tensor_rank(x) < 1 || mj_tensor_dim(x, -1) != n) {
+        char xs[96];
+        return mj_fail(MJ_ERR_SHAPE, "LayerNorm: x has shape %s but normalized_shape is (%lld,)",
+                       mj_shape_str(xs, sizeof xs, mj_tensor_rank(x), mj_tensor_shape(x)), (long long)n);
+    }
+    mj_tensor *w = NULL, *b = NULL;
+    bool has_w = mj_module_find_param(self, "weight", NULL) || mj_module_entry(self, "weight");
+    bool has_b = mj_module_find_param(self, "bias", NULL) || mj_module_entry(self, "bias");
+    mj_status s = has_w ? mj_module_get(self, "weight", &w) : MJ_OK;
+    if (s == MJ_OK && has_b) s = mj_module_get(self, "bias", &b);
+    if (s == MJ_OK) s = mj_layer_norm(y, x, w, b, self->fp[0]);
+    mj_tensor_release(w);
+    mj_tensor_release(b);
+    return s;
+}
+
+mj_status mj_layer_norm_new(mj_module **out, int64_t n, float eps, bool elementwise_affine, bool bias) {
+    if (n < 1 || n > MJ_MAX_NUMEL)
+        return mj_fail(MJ_ERR_INVALID, "LayerNorm: normalized_shape %lld must be >= 1", (long long)n);
+    mj_module *m;
+    MJ_TRY(math_alloc(out, &m, "LayerNorm", layer_norm_forward));
+    m->in_features = m->out_features = n;
+    m->fp[0] = eps;
+    char e[32];
+    py_float(e, sizeof e, eps);
+    snprintf(m->extra_repr, sizeof m->extra_repr, "(%lld,), eps=%s, elementwise_affine=%s", (long long)n, e,
+             elementwise_affine ? "True" : "False");
+    mj_tensor *w = NULL, *b = NULL;
+    mj_status s = MJ_OK;
+    if (elementwise_affine) { /* reset_parameters: ones and zeros; bias only matters with affine */
+        s = mj_tensor_ones(&w, 1, &n);
+        if (s == MJ_OK) s = mj_module_add_parameter(m, "weight", w);
+        if (s == MJ_OK && bias) s = mj_tensor_zeros(&b, 1, &n);
+        if (s == MJ_OK && bias) s = mj_module_add_parameter(m, "bias", b);
+    }
+    mj_tensor_release(w);
+    mj_tensor_release(b);
+    if (s != MJ_OK) {
+        mj_module_free(m);
+        return s;
+    }
+    *out = m;
+    return MJ_OK;
+}
+
+static mj_status softmax_forward(mj_module *self, const mj_tensor *x, mj_tensor **y) {
+    return self->ip[1] ? mj_log_softmax(y, x, self->ip[0]) : mj_softmax(y, x, self->ip[0]);
+}
+
+static mj_status softmax_new(mj_module **out, int dim, bool log) {
+    mj_module *m;
+    MJ_TRY(math_alloc(out, &m, log ? "LogSoftmax" : "Softmax", softmax_forward));
+    m->ip[0] = dim;
+    m->ip[1] = log;
+    snprintf(m->extra_repr, sizeof m->extra_repr, "dim=%d", dim);
+    *out = m;
+    return MJ_OK;
+}
+mj_status mj_softmax_new(mj_module **out, int dim) { return softmax_new(out, dim, false); }
+mj_status mj_log_softmax_new(mj_module **out, int dim) { return softmax_new(out, dim, true); }
+
+static mj_status dropout_forward(mj_module *self, const mj_tensor *x, mj_tensor **y) {
+    (void)self; /* eval mode: the identity, recorded as an alias */
+    return mj_activation(y, MJ_ACT_NONE, x);
+}
+
+mj_status mj_dropout_new(mj_module **out, float p) {
+    if (!(p >= 0.0f && p <= 1.0f))
+        return mj_fail(MJ_ERR_INVALID, "Dropout: probability has to be between 0 and 1, but got %g", (double)p);
+    mj_module *m;
+    MJ_TRY(math_alloc(out, &m, "Dropout", dropout_forward));
+    m->fp[0] = p;
+    char ps[32];
+    py_float(ps, sizeof ps, p);
+    snprintf(m->extra_repr, sizeof m->extra_repr, "p=%s, inplace=False", ps);
+    *out = m;
+    return MJ_OK;
+}
+
+/* One unary op with up to two float attributes; which in ip[0]. */
+enum { P_LEAKY, P_ELU, P_HARDTANH, P_SOFTPLUS };
+
+static mj_status param_act_forward(mj_module *self, const mj_tensor *x, mj_tensor **y) {
+    switch (self->ip[0]) {
+    case P_LEAKY: return mj_leaky_relu(y, x, self->fp[0]);
+    case P_ELU: return mj_elu(y, x, self->fp[0]);
+    case P_HARDTANH: return mj_hardtanh(y, x, self->fp[0], self->fp[1]);
+    default: return mj_softplus(y, x, self->fp[0], self->fp[1]);
+    }
+}
+
+static mj_status param_act_new(mj_module **out, const char *name, int which, float a, float b) {
+    mj_module *m;
+    MJ_TRY(math_alloc(out, &m, name, param_act_forward));
+    m->ip[0] = which;
+    m->fp[0] = a;
+    m->fp[1] = b;
+    char sa[32], sb[32];
+    py_float(sa, sizeof sa, a);
+    py_float(sb, sizeof sb, b);
+    switch (which) {
+    case P_LEAKY: snprintf(m->extra_repr, sizeof m->extra_repr, "negative_slope=%s", sa); break;
+    case P_ELU: snprintf(m->extra_repr, sizeof m->extra_repr, "alpha=%s", sa); break;
+    case P_HARDTANH:
+        if (strcmp(name, "ReLU6") != 0)
+            snprintf(m->extra_repr, sizeof m->extra_repr, "min_val=%s, max_val=%s", sa, sb);
+        break;
+    default: snprintf(m->extra_repr, sizeof m->extra_repr, "beta=%s, threshold=%s", sa, sb); break;
+    }
+    *out = m;
+    return MJ_OK;
+}
+
+mj_status mj_leaky_relu_new(mj_module **out, float negative_slope) {
+    return param_act_new(out, "LeakyReLU", P_LEAKY, negative_slope, 0.0f);
+}
+mj_status mj_elu_new(mj_module **out, float alpha) { return param_act_new(out, "ELU", P_ELU, alpha, 0.0f); }
+mj_status mj_hardtanh_new(mj_module **out, float min_val, float max_val) {
+    if (!(min_val <= max_val))
+        return mj_fail(MJ_ERR_INVALID, "Hardtanh: min_val %g must not be greater than max_val %g", (double)min_val,
+                       (double)max_val);
+    return param_act_new(out, "Hardtanh", P_HARDTANH, min_val, max_val);
+}
+mj_status mj_relu6_new(mj_module **out) { return param_act_new(out, "ReLU6", P_HARDTANH, 0.0f, 6.0f); }
+mj_status mj_softplus_new(mj_module **out, float beta, float threshold) {
+    return param_act_new(out, "Softplus", P_SOFTPLUS, beta, threshold);
+}
+
+static mj_status flatten_forward(mj_module *self, const mj_tensor *x, mj_tensor **y) {
+    int rank = mj_tensor_rank(x);
+    int s = self->ip[0] < 0 ? self->ip[0] + rank : self->ip[0];
+    int e = self->ip[1] < 0 ? self->ip[1] + rank : self->ip[1];
+    if (s < 0 || s >= rank || e < 0 || e >= rank || s > e) {
+        char xs[96];
+        return mj_fail(MJ_ERR_SHAPE, "Flatten: start_dim %d and end_dim %d do not fit x of shape %s", self->ip[0],
+                       self->ip[1], mj_shape_str(xs, sizeof xs, rank, mj_tensor_shape(x)));
+    }
+    const int64_t *xs = mj_tensor_shape(x);
+    int64_t shape[MJ_MAX_RANK];
+    int r = 0;
+    for (int i = 0; i < s; i++) shape[r++] = xs[i];
+    int64_t p = 1;
+    for (int i = s; i <= e; i++) p *= xs[i]; /* <= numel: no overflow */
+    shape[r++] = p;
+    for (int i = e + 1; i < rank; i++) shape[r++] = xs[i];
+    return mj_reshape(y, x, r, shape);
+}
+
+mj_status mj_flatten_new(mj_module **out, int start_dim, int end_dim) {
+    if (start_dim < -MJ_MAX_RANK || start_dim >= MJ_MAX_RANK || end_dim < -MJ_MAX_RANK || end_dim >= MJ_MAX_RANK)
+        return mj_fail(MJ_ERR_INVALID, "Flatten: start_dim %d / end_dim %d outside -%d..%d", start_dim, end_dim,
+                       MJ_MAX_RANK, MJ_MAX_RANK - 1);
+    mj_module *m;
+    MJ_TRY(math_alloc(out, &m, "Flatten", flatten_forward));
+    m->ip[0] = start_dim;
+    m->ip[1] = end_dim;
+    snprintf(m->extra_repr, sizeof m->extra_repr, "start_dim=%d, end_dim=%d", start_dim, end_dim);
     *out = m;
     return MJ_OK;
 }

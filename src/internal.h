@@ -88,6 +88,11 @@ mj_status mj_trace_record(int op, int n_in, const mj_tensor *const *in, mj_act a
  * value by user code: the tracer records a TracerWarning. Library code reads
  * t->data directly, so only user code triggers it. */
 void mj_trace_note_data_access(const mj_tensor *t, bool write);
+/* The same with the op's attributes (struct mj_attrs of ir/ir.h; NULL =
+ * the op's defaults). */
+struct mj_attrs;
+mj_status mj_trace_record_attrs(int op, int n_in, const mj_tensor *const *in, mj_act act,
+                                const struct mj_attrs *attrs, const mj_tensor *out);
 
 /* Internal access to a parametrization's buffers (for module.c / state dicts) */
 int mj_parametrization_buffer_count(const mj_parametrization *p);

@@ -71,7 +71,7 @@ static const struct {
     mj_act act;
 } act_names[] = {
     {"relu", MJ_ACT_RELU},       {"gelu", MJ_ACT_GELU}, {"gelu_tanh", MJ_ACT_GELU_TANH},
-    {"sigmoid", MJ_ACT_SIGMOID}, {"tanh", MJ_ACT_TANH}, {"none", MJ_ACT_NONE},
+    {"sigmoid", MJ_ACT_SIGMOID}, {"tanh", MJ_ACT_TANH}, {"silu", MJ_ACT_SILU}, {"none", MJ_ACT_NONE},
 };
 
 /* Copies [p, p+len) into buf for messages. */
@@ -154,7 +154,7 @@ static mj_status parse_mlp(const char *spec, const char *body, mlp_spec *ms) {
             if (!found)
                 return mj_fail(MJ_ERR_FORMAT,
                                "model spec '%.160s': unknown activation in '%s' (expected relu, gelu, "
-                               "gelu_tanh, sigmoid, tanh or none)",
+                               "gelu_tanh, sigmoid, tanh, silu or none)",
                                spec, tok);
         } else if (klen == 4 && memcmp(opt, "bias", 4) == 0) {
             if (seen_bias)

@@ -41,6 +41,7 @@ typedef enum mj_module_kind {
     MJ_KIND_LINEAR,
     MJ_KIND_SEQUENTIAL,
     MJ_KIND_ACTIVATION,
+    MJ_KIND_MATH, /* LayerNorm, Softmax, Dropout, LeakyReLU, ...: fp/ip, extra_repr */
 } mj_module_kind;
 
 struct mj_module {
@@ -69,6 +70,9 @@ struct mj_module {
     /* built-in modules */
     int64_t in_features, out_features;
     mj_act act;
+    float fp[2];          /* MJ_KIND_MATH: eps, slope, alpha, min/max, beta/threshold, p */
+    int ip[2];            /* MJ_KIND_MATH: dim, start_dim/end_dim                        */
+    char extra_repr[96];  /* MJ_KIND_MATH: what PyTorch's extra_repr prints              */
 };
 
 /* Allocates an empty module (no validation of the name). */

@@ -17,11 +17,12 @@
 
 #define SHAPE(buf, t) mj_shape_str(buf, sizeof buf, (t)->rank, (t)->shape)
 
-/* Hands `out` to the caller after the tracer (if any) has recorded it. */
-static mj_status finish(mj_tensor **out, mj_tensor *y, int op, int n, const mj_tensor *const *in,
-                        mj_act act) {
+/* Hands `out` to the caller after the tracer (if any) has recorded it
+ * (with the op's attributes; NULL: none). */
+static mj_status finish_attrs(mj_tensor **out, mj_tensor *y, int op, int n, const mj_tensor *const *in,
+                              mj_act act, const mj_attrs *attrs) {
     if (mj_trace_active()) {
-        mj_status s = mj_trace_record(op, n, in, act, y);
+        mj_status s = mj_trace_record_attrs(op, n, in, act, attrs, y);
         if (s != MJ_OK) {
             mj_tensor_release(y);
             return s;
@@ -29,6 +30,11 @@ static mj_status finish(mj_tensor **out, mj_tensor *y, int op, int n, const mj_t
     }
     *out = y;
     return MJ_OK;
+}
+
+static mj_status finish(mj_tensor **out, mj_tensor *y, int op, int n, const mj_tensor *const *in,
+                        mj_act act) {
+    return finish_attrs(out, y, op, n, in, act, NULL);
 }
 
 static mj_status check_args(const char *op, mj_tensor **out, const mj_tensor *a,
@@ -42,8 +48,9 @@ static mj_status check_args(const char *op, mj_tensor **out, const mj_tensor *a,
 static const char *const act_names[MJ_ACT_COUNT] = {
     [MJ_ACT_NONE] = "none",       [MJ_ACT_RELU] = "relu",       [MJ_ACT_GELU] = "gelu",
     [MJ_ACT_GELU_TANH] = "gelu_tanh", [MJ_ACT_SIGMOID] = "sigmoid", [MJ_ACT_TANH] = "tanh",
+    [MJ_ACT_SILU] = "silu",
 };
-_Static_assert(MJ_ACT_COUNT == 6, "update act_names");
+_Static_assert(MJ_ACT_COUNT == 7, "update act_names, mj_act_apply and jit/lower.c's emit_act");
 
 const char *mj_act_name(mj_act act) {
     return (unsigned)act < MJ_ACT_COUNT ? act_names[act] : "?";
@@ -58,7 +65,7 @@ mj_status mj_act_parse(const char *name, mj_act *out) {
         }
     }
     return mj_fail(MJ_ERR_INVALID,
-                   "unknown activation '%s' (expected none, relu, gelu, gelu_tanh, sigmoid, tanh)",
+                   "unknown activation '%s' (expected none, relu, gelu, gelu_tanh, sigmoid, tanh, silu)",
                    name);
 }
 
@@ -73,6 +80,7 @@ float mj_act_apply(mj_act act, float x) {
         return 0.5f * x * (1.0f + tanhf(0.79788456080286535588f * (x + 0.044715f * x * x * x)));
     case MJ_ACT_SIGMOID: return 1.0f / (1.0f + expf(-x));
     case MJ_ACT_TANH: return tanhf(x);
+    case MJ_ACT_SILU: return x / (1.0f + expf(-x));
     case MJ_ACT_COUNT: break;
     }
     MJ_ASSERT(!"unknown activation");
@@ -99,6 +107,7 @@ mj_status mj_sigmoid(mj_tensor **out, const mj_tensor *x) {
     return mj_activation(out, MJ_ACT_SIGMOID, x);
 }
 mj_status mj_tanh(mj_tensor **out, const mj_tensor *x) { return mj_activation(out, MJ_ACT_TANH, x); }
+mj_status mj_silu(mj_tensor **out, const mj_tensor *x) { return mj_activation(out, MJ_ACT_SILU, x); }
 
 /* ---- matmul / linear ---------------------------------------------------- */
 
@@ -169,12 +178,27 @@ mj_status mj_linear(mj_tensor **out, const mj_tensor *x, const mj_tensor *w, con
 }
 
 /* ---- broadcasting elementwise ------------------------------------------- */
-typedef enum { BIN_ADD, BIN_SUB, BIN_MUL } bin_kind;
+/* The one definition of each binary elementwise op. maximum / minimum as
+ * torch.maximum / torch.minimum: a NaN operand wins (the first one if
+ * both), and -0 orders below +0. */
+float mj_binary_apply(mj_op op, float a, float b) {
+    switch (op) {
+    case MJ_OP_ADD: return a + b;
+    case MJ_OP_SUB: return a - b;
+    case MJ_OP_MUL: return a * b;
+    case MJ_OP_DIV: return a / b;
+    case MJ_OP_MAXIMUM:
+        return a != a ? a : b != b ? b : a > b ? a : a < b ? b : signbit(a) ? b : a;
+    case MJ_OP_MINIMUM:
+        return a != a ? a : b != b ? b : a < b ? a : a > b ? b : signbit(a) ? a : b;
+    default: break;
+    }
+    MJ_ASSERT(!"not a binary elementwise op");
+}
 
-static mj_status binary(mj_tensor **out, const mj_tensor *a, const mj_tensor *b, bin_kind kind) {
-    static const char *const names[] = {"add", "sub", "mul"};
-    static const int ops[] = {MJ_OP_ADD, MJ_OP_SUB, MJ_OP_MUL};
-    MJ_TRY(check_args(names[kind], out, a, b));
+static mj_status binary(mj_tensor **out, const mj_tensor *a, const mj_tensor *b, mj_op kind) {
+    const char *opname = mj_op_table[kind].name;
+    MJ_TRY(check_args(opname, out, a, b));
     /* NumPy broadcasting: align right, a dim of 1 stretches. */
     int rank = a->rank > b->rank ? a->rank : b->rank;
     int64_t shape[MJ_MAX_RANK], sa[MJ_MAX_RANK], sb[MJ_MAX_RANK];
@@ -185,7 +209,7 @@ static mj_status binary(mj_tensor **out, const mj_tensor *a, const mj_tensor *b,
         if (na != nb && na != 1 && nb != 1) {
             char s1[64], s2[64];
             return mj_fail(MJ_ERR_SHAPE, "%s: shapes %s and %s cannot be broadcast together",
-                           names[kind], SHAPE(s1, a), SHAPE(s2, b));
+                           opname, SHAPE(s1, a), SHAPE(s2, b));
         }
         shape[d] = na == 1 ? nb : na;
         sa[d] = na == 1 ? 0 : stride_a;
@@ -200,7 +224,11 @@ static mj_status binary(mj_tensor **out, const mj_tensor *a, const mj_tensor *b,
     bool same = mj_shape_equal(a->rank, a->shape, b->rank, b->shape);
     if (same) {
         for (int64_t i = 0; i < y->numel; i++) {
-            Y[i] = kind == BIN_ADD ? A[i] + B[i] : kind == BIN_SUB ? A[i] - B[i] : A[i] * B[i];
+            /* add/sub/mul inline: the eager hot path */
+            Y[i] = kind == MJ_OP_ADD   ? A[i] + B[i]
+                   : kind == MJ_OP_SUB ? A[i] - B[i]
+                   : kind == MJ_OP_MUL ? A[i] * B[i]
+                                       : mj_binary_apply(kind, A[i], B[i]);
         }
     } else {
         /* Pad to rank 4 and walk the output in order. */
@@ -217,21 +245,24 @@ static mj_status binary(mj_tensor **out, const mj_tensor *a, const mj_tensor *b,
                     for (int64_t i3 = 0; i3 < n[3]; i3++, o++) {
                         float p = A[i0 * xa[0] + i1 * xa[1] + i2 * xa[2] + i3 * xa[3]];
                         float q = B[i0 * xb[0] + i1 * xb[1] + i2 * xb[2] + i3 * xb[3]];
-                        Y[o] = kind == BIN_ADD ? p + q : kind == BIN_SUB ? p - q : p * q;
+                        Y[o] = kind == MJ_OP_ADD   ? p + q
+                               : kind == MJ_OP_SUB ? p - q
+                               : kind == MJ_OP_MUL ? p * q
+                                                   : mj_binary_apply(kind, p, q);
                     }
     }
     const mj_tensor *in[2] = {a, b};
-    return finish(out, y, ops[kind], 2, in, MJ_ACT_NONE);
+    return finish(out, y, (int)kind, 2, in, MJ_ACT_NONE);
 }
 
 mj_status mj_add(mj_tensor **out, const mj_tensor *a, const mj_tensor *b) {
-    return binary(out, a, b, BIN_ADD);
+    return binary(out, a, b, MJ_OP_ADD);
 }
 mj_status mj_sub(mj_tensor **out, const mj_tensor *a, const mj_tensor *b) {
-    return binary(out, a, b, BIN_SUB);
+    return binary(out, a, b, MJ_OP_SUB);
 }
 mj_status mj_mul(mj_tensor **out, const mj_tensor *a, const mj_tensor *b) {
-    return binary(out, a, b, BIN_MUL);
+    return binary(out, a, b, MJ_OP_MUL);
 }
 
 /* ---- layout ------------------------------------------------------------- */
@@ -279,4 +310,241 @@ mj_status mj_reshape(mj_tensor **out, const mj_tensor *x, int rank, const int64_
     mj_tensor *y;
     MJ_TRY(mj_tensor_from_data(&y, rank, target, x->data));
     return finish(out, y, MJ_OP_RESHAPE, 1, &x, MJ_ACT_NONE);
+}
+
+/* ---- the math of transformers -------------------------------------------
+ * Each kernel's order of operations is written in docs/numerics.md; the
+ * JIT's exact mode emits the same sequence (jit/lower.c). */
+
+mj_status mj_div(mj_tensor **out, const mj_tensor *a, const mj_tensor *b) {
+    return binary(out, a, b, MJ_OP_DIV);
+}
+mj_status mj_maximum(mj_tensor **out, const mj_tensor *a, const mj_tensor *b) {
+    return binary(out, a, b, MJ_OP_MAXIMUM);
+}
+mj_status mj_minimum(mj_tensor **out, const mj_tensor *a, const mj_tensor *b) {
+    return binary(out, a, b, MJ_OP_MINIMUM);
+}
+
+/* x op s with s as a one-element tensor: traced, it is a const f32[1]. */
+static mj_status with_scalar(mj_tensor **out, const mj_tensor *x, float s, mj_op kind) {
+    if (!out || !x) return mj_fail(MJ_ERR_INVALID, "%s: NULL argument", mj_op_table[kind].name);
+    const int64_t one = 1;
+    mj_tensor *c;
+    MJ_TRY(mj_tensor_full(&c, 1, &one, s));
+    mj_status st = binary(out, x, c, kind);
+    mj_tensor_release(c);
+    return st;
+}
+mj_status mj_add_scalar(mj_tensor **out, const mj_tensor *x, float s) { return with_scalar(out, x, s, MJ_OP_ADD); }
+mj_status mj_sub_scalar(mj_tensor **out, const mj_tensor *x, float s) { return with_scalar(out, x, s, MJ_OP_SUB); }
+mj_status mj_mul_scalar(mj_tensor **out, const mj_tensor *x, float s) { return with_scalar(out, x, s, MJ_OP_MUL); }
+mj_status mj_div_scalar(mj_tensor **out, const mj_tensor *x, float s) { return with_scalar(out, x, s, MJ_OP_DIV); }
+
+/* The one definition of each unary elementwise op that has attributes or
+ * is not an activation of mj_act (those are mj_act_apply). */
+float mj_unary_apply(mj_op op, const mj_attrs *a, float x) {
+    switch (op) {
+    case MJ_OP_NEG: return -x;
+    case MJ_OP_EXP: return expf(x);
+    case MJ_OP_LOG: return logf(x);
+    case MJ_OP_SQRT: return sqrtf(x);
+    case MJ_OP_RSQRT: return 1.0f / sqrtf(x);
+    case MJ_OP_POW: {
+        float e = a->f[0];
+        if (e == 2.0f) return x * x;
+        if (e == 3.0f) return x * x * x;
+        if (e == 0.5f) return sqrtf(x);
+        if (e == -0.5f) return 1.0f / sqrtf(x);
+        if (e == -1.0f) return 1.0f / x;
+        if (e == -2.0f) return 1.0f / (x * x);
+        if (e == 1.0f) return x;
+        return powf(x, e);
+    }
+    case MJ_OP_LEAKY_RELU: return x > 0.0f ? x : x * a->f[0];
+    case MJ_OP_ELU: return x > 0.0f ? x : expm1f(x) * a->f[0];
+    case MJ_OP_HARDTANH: return x < a->f[0] ? a->f[0] : x > a->f[1] ? a->f[1] : x;
+    case MJ_OP_SOFTPLUS: return x * a->f[0] > a->f[1] ? x : log1pf(expf(x * a->f[0])) / a->f[0];
+    default:
+        if (mj_op_table[op].flags & MJ_OPF_ACTIVATION) return mj_act_apply(mj_op_table[op].act, x);
+        break;
+    }
+    MJ_ASSERT(!"not a unary elementwise op");
+}
+
+static mj_status unary(mj_tensor **out, const mj_tensor *x, mj_op op, const mj_attrs *a) {
+    if (!out || !x) return mj_fail(MJ_ERR_INVALID, "%s: NULL argument", mj_op_table[op].name);
+    mj_tensor *y;
+    MJ_TRY(mj_tensor_new_uninit(&y, x->rank, x->shape));
+    for (int64_t i = 0; i < x->numel; i++) y->data[i] = mj_unary_apply(op, a, x->data[i]);
+    return finish_attrs(out, y, (int)op, 1, &x, MJ_ACT_NONE, a);
+}
+
+static mj_status unary1(mj_tensor **out, const mj_tensor *x, mj_op op, float f0, float f1) {
+    mj_attrs a = mj_attrs_default(op);
+    a.f[0] = f0;
+    a.f[1] = f1;
+    return unary(out, x, op, &a);
+}
+
+mj_status mj_neg(mj_tensor **out, const mj_tensor *x) { return unary1(out, x, MJ_OP_NEG, 0, 0); }
+mj_status mj_exp(mj_tensor **out, const mj_tensor *x) { return unary1(out, x, MJ_OP_EXP, 0, 0); }
+mj_status mj_log(mj_tensor **out, const mj_tensor *x) { return unary1(out, x, MJ_OP_LOG, 0, 0); }
+mj_status mj_sqrt(mj_tensor **out, const mj_tensor *x) { return unary1(out, x, MJ_OP_SQRT, 0, 0); }
+mj_status mj_rsqrt(mj_tensor **out, const mj_tensor *x) { return unary1(out, x, MJ_OP_RSQRT, 0, 0); }
+mj_status mj_pow_scalar(mj_tensor **out, const mj_tensor *x, float exponent) {
+    return unary1(out, x, MJ_OP_POW, exponent, 0);
+}
+mj_status mj_leaky_relu(mj_tensor **out, const mj_tensor *x, float negative_slope) {
+    return unary1(out, x, MJ_OP_LEAKY_RELU, negative_slope, 0);
+}
+mj_status mj_elu(mj_tensor **out, const mj_tensor *x, float alpha) { return unary1(out, x, MJ_OP_ELU, alpha, 0); }
+mj_status mj_hardtanh(mj_tensor **out, const mj_tensor *x, float min_val, float max_val) {
+    if (!(min_val <= max_val))
+        return mj_fail(MJ_ERR_INVALID, "hardtanh: min_val %g must not be greater than max_val %g", (double)min_val,
+                       (double)max_val);
+    return unary1(out, x, MJ_OP_HARDTANH, min_val, max_val);
+}
+mj_status mj_relu6(mj_tensor **out, const mj_tensor *x) { return mj_hardtanh(out, x, 0.0f, 6.0f); }
+mj_status mj_softplus(mj_tensor **out, const mj_tensor *x, float beta, float threshold) {
+    return unary1(out, x, MJ_OP_SOFTPLUS, beta, threshold);
+}
+
+/* x viewed as [outer, n, inner] around dim d. */
+typedef struct lines {
+    int64_t outer, n, inner;
+} lines;
+
+static mj_status dim_lines(const char *op, const mj_tensor *x, int dim, int *d, lines *l) {
+    char sx[64];
+    if (dim < -x->rank || dim >= x->rank)
+        return mj_fail(MJ_ERR_SHAPE, "%s: dim %d is out of range for shape %s (expected %d..%d)", op, dim,
+                       SHAPE(sx, x), -x->rank, x->rank - 1);
+    *d = dim < 0 ? dim + x->rank : dim;
+    l->outer = l->inner = 1;
+    for (int i = 0; i < *d; i++) l->outer *= x->shape[i];
+    for (int i = *d + 1; i < x->rank; i++) l->inner *= x->shape[i];
+    l->n = x->shape[*d];
+    return MJ_OK;
+}
+
+static mj_status reduce(mj_tensor **out, const mj_tensor *x, int dim, bool keepdim, mj_op op) {
+    const char *name = mj_op_table[op].name;
+    if (!out || !x) return mj_fail(MJ_ERR_INVALID, "%s: NULL argument", name);
+    int d;
+    lines l;
+    MJ_TRY(dim_lines(name, x, dim, &d, &l));
+    int64_t shape[MJ_MAX_RANK];
+    int rank = x->rank;
+    memcpy(shape, x->shape, sizeof shape);
+    if (keepdim) {
+        shape[d] = 1;
+    } else {
+        char sx[64];
+        if (rank == 1)
+            return mj_fail(MJ_ERR_SHAPE, "%s: reducing %s over dim %d without keepdim would give a rank-0 tensor",
+                           name, SHAPE(sx, x), dim);
+        for (int i = d; i < rank - 1; i++) shape[i] = shape[i + 1];
+        rank--;
+    }
+    mj_tensor *y;
+    MJ_TRY(mj_tensor_new_uninit(&y, rank, shape));
+    const float *X = x->data;
+    for (int64_t o = 0; o < l.outer; o++)
+        for (int64_t j = 0; j < l.inner; j++) {
+            const float *line = X + o * l.n * l.inner + j;
+            float acc = 0.0f;
+            for (int64_t i = 0; i < l.n; i++) acc = acc + line[i * l.inner];
+            y->data[o * l.inner + j] = op == MJ_OP_MEAN ? acc / (float)l.n : acc;
+        }
+    mj_attrs a = mj_attrs_default(op);
+    a.dim = dim;
+    a.keepdim = keepdim;
+    return finish_attrs(out, y, (int)op, 1, &x, MJ_ACT_NONE, &a);
+}
+
+mj_status mj_sum(mj_tensor **out, const mj_tensor *x, int dim, bool keepdim) {
+    return reduce(out, x, dim, keepdim, MJ_OP_SUM);
+}
+mj_status mj_mean(mj_tensor **out, const mj_tensor *x, int dim, bool keepdim) {
+    return reduce(out, x, dim, keepdim, MJ_OP_MEAN);
+}
+
+static mj_status softmax_any(mj_tensor **out, const mj_tensor *x, int dim, mj_op op) {
+    const char *name = mj_op_table[op].name;
+    if (!out || !x) return mj_fail(MJ_ERR_INVALID, "%s: NULL argument", name);
+    int d;
+    lines l;
+    MJ_TRY(dim_lines(name, x, dim, &d, &l));
+    mj_tensor *y;
+    MJ_TRY(mj_tensor_new_uninit(&y, x->rank, x->shape));
+    for (int64_t o = 0; o < l.outer; o++)
+        for (int64_t j = 0; j < l.inner && l.n > 0; j++) {
+            int64_t base = o * l.n * l.inner + j, st = l.inner;
+            const float *in = x->data + base;
+            float *yo = y->data + base;
+            float m = in[0];
+            for (int64_t i = 1; i < l.n; i++) m = in[i * st] > m ? in[i * st] : m;
+            float sum = 0.0f;
+            if (op == MJ_OP_SOFTMAX) {
+                for (int64_t i = 0; i < l.n; i++) {
+                    float e = expf(in[i * st] - m);
+                    yo[i * st] = e;
+                    sum = sum + e;
+                }
+                for (int64_t i = 0; i < l.n; i++) yo[i * st] = yo[i * st] / sum;
+            } else {
+                for (int64_t i = 0; i < l.n; i++) sum = sum + expf(in[i * st] - m);
+                float ls = logf(sum);
+                for (int64_t i = 0; i < l.n; i++) yo[i * st] = (in[i * st] - m) - ls;
+            }
+        }
+    mj_attrs a = mj_attrs_default(op);
+    a.dim = dim;
+    return finish_attrs(out, y, (int)op, 1, &x, MJ_ACT_NONE, &a);
+}
+
+mj_status mj_softmax(mj_tensor **out, const mj_tensor *x, int dim) {
+    return softmax_any(out, x, dim, MJ_OP_SOFTMAX);
+}
+mj_status mj_log_softmax(mj_tensor **out, const mj_tensor *x, int dim) {
+    return softmax_any(out, x, dim, MJ_OP_LOG_SOFTMAX);
+}
+
+mj_status mj_layer_norm(mj_tensor **out, const mj_tensor *x, const mj_tensor *w, const mj_tensor *b, float eps) {
+    if (!out || !x) return mj_fail(MJ_ERR_INVALID, "layer_norm: NULL argument");
+    char sx[64], sw[64];
+    int64_t n = x->shape[x->rank - 1];
+    if (b && !w) return mj_fail(MJ_ERR_INVALID, "layer_norm: a bias needs a weight (pass a weight of ones)");
+    const mj_tensor *wb[2] = {w, b};
+    for (int k = 0; k < 2; k++)
+        if (wb[k] && (wb[k]->rank != 1 || wb[k]->shape[0] != n))
+            return mj_fail(MJ_ERR_SHAPE, "layer_norm: %s has shape %s but x has shape %s (need [%lld])",
+                           k ? "bias" : "weight", SHAPE(sw, wb[k]), SHAPE(sx, x), (long long)n);
+    mj_tensor *y;
+    MJ_TRY(mj_tensor_new_uninit(&y, x->rank, x->shape));
+    int64_t rows = n ? x->numel / n : 0;
+    for (int64_t r = 0; r < rows; r++) {
+        const float *in = x->data + r * n;
+        float *yo = y->data + r * n;
+        float sum = 0.0f;
+        for (int64_t j = 0; j < n; j++) sum = sum + in[j];
+        float mean = sum / (float)n;
+        float sq = 0.0f;
+        for (int64_t j = 0; j < n; j++) {
+            float dv = in[j] - mean;
+            sq = sq + dv * dv;
+        }
+        float rstd = 1.0f / sqrtf(sq / (float)n + eps);
+        for (int64_t j = 0; j < n; j++) {
+            float v = (in[j] - mean) * rstd;
+            if (w) v = v * w->data[j];
+            if (b) v = v + b->data[j];
+            yo[j] = v;
+        }
+    }
+    mj_attrs a = mj_attrs_default(MJ_OP_LAYER_NORM);
+    a.f[0] = eps;
+    const mj_tensor *in[3] = {x, w, b};
+    return finish_attrs(out, y, MJ_OP_LAYER_NORM, b ? 3 : w ? 2 : 1, in, MJ_ACT_NONE, &a);
 }

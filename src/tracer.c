@@ -142,7 +142,7 @@ static mj_status tracer_value(struct mj_tracer *t, const mj_tensor *x, int32_t *
 }
 
 static mj_status record(struct mj_tracer *t, int op, int n_in, const mj_tensor *const *in,
-                        mj_act act, const mj_tensor *out) {
+                        mj_act act, const mj_attrs *attrs, const mj_tensor *out) {
     MJ_ASSERT(op == -1 || (op >= 0 && op < MJ_OP_COUNT));
     MJ_ASSERT(n_in >= 1 && n_in <= MJ_MAX_OPERANDS && in && out);
     int32_t ids[MJ_MAX_OPERANDS];
@@ -171,7 +171,7 @@ static mj_status record(struct mj_tracer *t, int op, int n_in, const mj_tensor *
         decl = &declared;
     }
     int32_t id;
-    mj_status s = mj_graph_add_op(t->g, (mj_op)op, n_in, ids, act, decl, &id);
+    mj_status s = mj_graph_add_op_attrs(t->g, (mj_op)op, n_in, ids, act, attrs, decl, &id);
     if (s == MJ_ERR_SHAPE || s == MJ_ERR_INVALID)
         return mj_fail_prefix(s, "%s: the trace would not generalise over the batch dim B "
                                  "(traced at batch %lld)",
@@ -193,11 +193,16 @@ static mj_status record(struct mj_tracer *t, int op, int n_in, const mj_tensor *
 
 mj_status mj_trace_record(int op, int n_in, const mj_tensor *const *in, mj_act act,
                           const mj_tensor *out) {
+    return mj_trace_record_attrs(op, n_in, in, act, NULL, out);
+}
+
+mj_status mj_trace_record_attrs(int op, int n_in, const mj_tensor *const *in, mj_act act,
+                                const mj_attrs *attrs, const mj_tensor *out) {
     struct mj_tracer *t = tls_tracer;
     if (!t || t->busy) return MJ_OK;
     if (t->error != MJ_OK) return mj_fail(t->error, "%s", t->error_msg);
     t->busy = true;
-    mj_status s = record(t, op, n_in, in, act, out);
+    mj_status s = record(t, op, n_in, in, act, attrs, out);
     t->busy = false;
     if (s != MJ_OK) tracer_fail(t, s);
     return s;

@@ -97,6 +97,25 @@ static mj_tensor *eager(const mj_node *n, mj_tensor **v, int64_t batch) {
         s = mj_reshape(&y, a, n->type.rank, shape);
         break;
     }
+    case MJ_OP_DIV: s = mj_div(&y, a, b); break;
+    case MJ_OP_MAXIMUM: s = mj_maximum(&y, a, b); break;
+    case MJ_OP_MINIMUM: s = mj_minimum(&y, a, b); break;
+    case MJ_OP_NEG: s = mj_neg(&y, a); break;
+    case MJ_OP_EXP: s = mj_exp(&y, a); break;
+    case MJ_OP_LOG: s = mj_log(&y, a); break;
+    case MJ_OP_SQRT: s = mj_sqrt(&y, a); break;
+    case MJ_OP_RSQRT: s = mj_rsqrt(&y, a); break;
+    case MJ_OP_POW: s = mj_pow_scalar(&y, a, n->attrs.f[0]); break;
+    case MJ_OP_SILU: s = mj_silu(&y, a); break;
+    case MJ_OP_LEAKY_RELU: s = mj_leaky_relu(&y, a, n->attrs.f[0]); break;
+    case MJ_OP_ELU: s = mj_elu(&y, a, n->attrs.f[0]); break;
+    case MJ_OP_HARDTANH: s = mj_hardtanh(&y, a, n->attrs.f[0], n->attrs.f[1]); break;
+    case MJ_OP_SOFTPLUS: s = mj_softplus(&y, a, n->attrs.f[0], n->attrs.f[1]); break;
+    case MJ_OP_SUM: s = mj_sum(&y, a, n->attrs.dim, n->attrs.keepdim); break;
+    case MJ_OP_MEAN: s = mj_mean(&y, a, n->attrs.dim, n->attrs.keepdim); break;
+    case MJ_OP_SOFTMAX: s = mj_softmax(&y, a, n->attrs.dim); break;
+    case MJ_OP_LOG_SOFTMAX: s = mj_log_softmax(&y, a, n->attrs.dim); break;
+    case MJ_OP_LAYER_NORM: s = mj_layer_norm(&y, a, b, c, n->attrs.f[0]); break;
     default: cr_assert_fail("no reference for op %d", (int)n->op); return NULL;
     }
     cr_assert_eq(s, MJ_OK, "eager: %s", mj_last_error());
@@ -105,7 +124,7 @@ static mj_tensor *eager(const mj_node *n, mj_tensor **v, int64_t batch) {
 
 /* Round trip + interpreter vs eager at several batches. Returns the set of
  * ops the text used (bit per op). */
-static uint32_t check_graph_text(const char *text) {
+static uint64_t check_graph_text(const char *text) {
     mj_graph *g = parse_ok(text);
     char *p1 = mj_graph_to_string(g);
     cr_assert_not_null(p1);
@@ -118,7 +137,7 @@ static uint32_t check_graph_text(const char *text) {
     mj_graph_free(g2);
     OK(mj_graph_verify(g));
 
-    uint32_t used = 0;
+    uint64_t used = 0;
     const int64_t batches[3] = {1, 5, 64};
     for (int bi = 0; bi < 3; bi++) {
         int64_t batch = batches[bi];
@@ -128,7 +147,7 @@ static uint32_t check_graph_text(const char *text) {
         /* eager reference, node by node */
         mj_tensor **owned = calloc((size_t)g->n_nodes, sizeof *owned);
         for (int32_t i = 0; i < g->n_nodes; i++) {
-            used |= 1u << g->nodes[i].op;
+            used |= UINT64_C(1) << g->nodes[i].op;
             if (mj_op_table[g->nodes[i].op].flags & MJ_OPF_LEAF) continue;
             owned[i] = vals[i] = eager(&g->nodes[i], vals, batch);
         }
@@ -231,13 +250,43 @@ static const char *const op_graphs[] = {
     "%3 = mul %0, %2 : f32[B,2]\n"
     "%4 = add %3, %1 : f32[B,2]\n"
     "return %4\n",
+    /* the math of transformers: attributes in their canonical text form */
+    "maskjit-ir 1\n"
+    "%0 = input \"x\" : f32[B,3,8]\n"
+    "%1 = const \"c\" : f32[1] = [0x1p+3]\n"
+    "%2 = div %0, %1 : f32[B,3,8]\n"
+    "%3 = maximum %2, %0 : f32[B,3,8]\n"
+    "%4 = minimum %3, %1 : f32[B,3,8]\n"
+    "%5 = neg %4 : f32[B,3,8]\n"
+    "%6 = exp %5 : f32[B,3,8]\n"
+    "%7 = log %6 : f32[B,3,8]\n"
+    "%8 = pow %7 {exponent=2} : f32[B,3,8]\n"
+    "%9 = sqrt %8 : f32[B,3,8]\n"
+    "%10 = rsqrt %6 : f32[B,3,8]\n"
+    "%11 = silu %10 : f32[B,3,8]\n"
+    "%12 = leaky_relu %11 {slope=0.01} : f32[B,3,8]\n"
+    "%13 = elu %12 {alpha=1.5} : f32[B,3,8]\n"
+    "%14 = hardtanh %13 {min=0, max=6} : f32[B,3,8]\n"
+    "%15 = softplus %14 {beta=1, threshold=20} : f32[B,3,8]\n"
+    "%16 = sum %15 {dim=0, keepdim=false} : f32[3,8]\n"
+    "%17 = mean %15 {dim=-1, keepdim=true} : f32[B,3,1]\n"
+    "%18 = softmax %15 {dim=-1} : f32[B,3,8]\n"
+    "%19 = log_softmax %18 {dim=0} : f32[B,3,8]\n"
+    "%20 = param \"ln.weight\" : f32[8]\n"
+    "%21 = param \"ln.bias\" : f32[8]\n"
+    "%22 = layer_norm %19, %20, %21 {eps=1e-05} : f32[B,3,8]\n"
+    "%23 = layer_norm %22 {eps=0.001} : f32[B,3,8]\n"
+    "%24 = sub %23, %17 : f32[B,3,8]\n"
+    "%25 = add %24, %16 : f32[B,3,8]\n"
+    "%26 = pow %25 {exponent=0.5} : f32[B,3,8]\n"
+    "return %26\n",
 };
 
 Test(ir, every_op_round_trips_and_matches_eager) {
-    uint32_t used = 0;
+    uint64_t used = 0;
     for (size_t i = 0; i < sizeof op_graphs / sizeof *op_graphs; i++) used |= check_graph_text(op_graphs[i]);
     for (int op = 0; op < MJ_OP_COUNT; op++)
-        cr_expect(used & (1u << op), "op %s is not covered by a test graph", mj_op_table[op].name);
+        cr_expect(used & (UINT64_C(1) << op), "op %s is not covered by a test graph", mj_op_table[op].name);
 }
 
 Test(ir, const_data_inline_exact) {

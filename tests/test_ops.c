@@ -162,6 +162,7 @@ Test(ops, activations_match_double_precision_formulas) {
                 ref = 0.5 * v * (1 + tanh(sqrt(2 / M_PI) * (v + 0.044715 * v * v * v)));
                 break;
             case MJ_ACT_SIGMOID: ref = 1 / (1 + exp(-v)); break;
+            case MJ_ACT_SILU: ref = v / (1 + exp(-v)); break;
             default: ref = tanh(v); break;
             }
             double got = mj_tensor_data(y)[i];

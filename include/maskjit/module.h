@@ -73,8 +73,29 @@ mj_status mj_linear_new(mj_module **out, int64_t in_features, int64_t out_featur
 /* torch.nn.Sequential: children named "0", "1", ...; takes ownership of the
  * children on success only. */
 mj_status mj_sequential_new(mj_module **out, int n, mj_module *const *children);
-/* ReLU, GELU, GELU(approximate='tanh'), Sigmoid, Tanh, Identity (MJ_ACT_NONE). */
+/* ReLU, GELU, GELU(approximate='tanh'), Sigmoid, Tanh, SiLU, Identity (MJ_ACT_NONE). */
 mj_status mj_activation_module_new(mj_module **out, mj_act act);
+/* torch.nn modules of transformer blocks (eval mode), PyTorch's names,
+ * defaults and state-dict keys:
+ *  - LayerNorm(n, eps, elementwise_affine, bias): over the last dim (size
+ *    n); with elementwise_affine a "weight" of ones and (bias) a "bias" of
+ *    zeros; without it no parameters, whatever bias says (as PyTorch).
+ *  - Softmax(dim), LogSoftmax(dim).
+ *  - Dropout(p): in eval mode the identity (traces to nothing).
+ *  - LeakyReLU(negative_slope), ELU(alpha), Hardtanh(min, max), ReLU6,
+ *    Softplus(beta, threshold).
+ *  - Flatten(start_dim, end_dim): a reshape; flattening into the batch dim
+ *    does not trace (the graph would not generalise). */
+mj_status mj_layer_norm_new(mj_module **out, int64_t n, float eps, bool elementwise_affine, bool bias);
+mj_status mj_softmax_new(mj_module **out, int dim);
+mj_status mj_log_softmax_new(mj_module **out, int dim);
+mj_status mj_dropout_new(mj_module **out, float p);
+mj_status mj_leaky_relu_new(mj_module **out, float negative_slope);
+mj_status mj_elu_new(mj_module **out, float alpha);
+mj_status mj_hardtanh_new(mj_module **out, float min_val, float max_val);
+mj_status mj_relu6_new(mj_module **out);
+mj_status mj_softplus_new(mj_module **out, float beta, float threshold);
+mj_status mj_flatten_new(mj_module **out, int start_dim, int end_dim);
 /* A user module: forward is called with the module itself; user is freed
  * with free_user (may be NULL) when the module is freed. */
 mj_status mj_module_new(mj_module **out, const char *type_name, mj_forward_fn forward,

@@ -122,10 +122,11 @@ typedef enum mj_act {
     MJ_ACT_GELU_TANH, /* 0.5f*x * (1 + tanhf(0.79788456f*(x + 0.044715f*x*x*x))) */
     MJ_ACT_SIGMOID,   /* 1 / (1 + expf(-x))                                 */
     MJ_ACT_TANH,      /* tanhf(x)                                           */
+    MJ_ACT_SILU,      /* x / (1 + expf(-x))                                 */
     MJ_ACT_COUNT
 } mj_act;
 
-const char *mj_act_name(mj_act act); /* "none", "relu", "gelu", "gelu_tanh", "sigmoid", "tanh" */
+const char *mj_act_name(mj_act act); /* "none", "relu", "gelu", "gelu_tanh", "sigmoid", "tanh", "silu" */
 mj_status mj_act_parse(const char *name, mj_act *out);
 /* The scalar function every path uses: eager, interpreter, JIT reference. */
 float mj_act_apply(mj_act act, float x);
@@ -144,6 +145,47 @@ mj_status mj_gelu(mj_tensor **out, const mj_tensor *x);
 mj_status mj_gelu_tanh(mj_tensor **out, const mj_tensor *x);
 mj_status mj_sigmoid(mj_tensor **out, const mj_tensor *x);
 mj_status mj_tanh(mj_tensor **out, const mj_tensor *x);
+mj_status mj_silu(mj_tensor **out, const mj_tensor *x);
+
+/* ---- the math of transformers (docs/numerics.md defines each) ----------- */
+/* Elementwise, NumPy broadcasting: a / b; maximum and minimum propagate NaN
+ * and order -0 below +0 (torch.maximum / torch.minimum). */
+mj_status mj_div(mj_tensor **out, const mj_tensor *a, const mj_tensor *b);
+mj_status mj_maximum(mj_tensor **out, const mj_tensor *a, const mj_tensor *b);
+mj_status mj_minimum(mj_tensor **out, const mj_tensor *a, const mj_tensor *b);
+/* With a scalar: the scalar becomes a one-element tensor (a const [1] when
+ * traced), as torch.jit.trace records `x / 8.0`. */
+mj_status mj_add_scalar(mj_tensor **out, const mj_tensor *x, float s);
+mj_status mj_sub_scalar(mj_tensor **out, const mj_tensor *x, float s);
+mj_status mj_mul_scalar(mj_tensor **out, const mj_tensor *x, float s);
+mj_status mj_div_scalar(mj_tensor **out, const mj_tensor *x, float s);
+/* Unary: -x, expf, logf, sqrtf, 1/sqrtf. */
+mj_status mj_neg(mj_tensor **out, const mj_tensor *x);
+mj_status mj_exp(mj_tensor **out, const mj_tensor *x);
+mj_status mj_log(mj_tensor **out, const mj_tensor *x);
+mj_status mj_sqrt(mj_tensor **out, const mj_tensor *x);
+mj_status mj_rsqrt(mj_tensor **out, const mj_tensor *x);
+/* x ** exponent: 2 -> x*x, 3 -> x*x*x, 0.5 -> sqrtf, -0.5 -> 1/sqrtf,
+ * -1 -> 1/x, -2 -> 1/(x*x), 1 -> x, else powf (as PyTorch's CPU kernel). */
+mj_status mj_pow_scalar(mj_tensor **out, const mj_tensor *x, float exponent);
+/* Parametrized activations (torch.nn.functional's definitions). */
+mj_status mj_leaky_relu(mj_tensor **out, const mj_tensor *x, float negative_slope);
+mj_status mj_elu(mj_tensor **out, const mj_tensor *x, float alpha);
+mj_status mj_hardtanh(mj_tensor **out, const mj_tensor *x, float min_val, float max_val);
+mj_status mj_relu6(mj_tensor **out, const mj_tensor *x); /* hardtanh(0, 6) */
+mj_status mj_softplus(mj_tensor **out, const mj_tensor *x, float beta, float threshold);
+/* Reductions over one dim (-rank..rank-1); keepdim keeps it as size 1. A
+ * rank-1 x without keepdim is an error (tensors have rank >= 1). */
+mj_status mj_sum(mj_tensor **out, const mj_tensor *x, int dim, bool keepdim);
+mj_status mj_mean(mj_tensor **out, const mj_tensor *x, int dim, bool keepdim);
+/* softmax / log_softmax over dim, max-subtracted. */
+mj_status mj_softmax(mj_tensor **out, const mj_tensor *x, int dim);
+mj_status mj_log_softmax(mj_tensor **out, const mj_tensor *x, int dim);
+/* torch.nn.functional.layer_norm over the last dim (biased variance);
+ * weight and bias [last dim] may be NULL (bias only with a weight). */
+mj_status mj_layer_norm(mj_tensor **out, const mj_tensor *x, const mj_tensor *weight,
+                        const mj_tensor *bias, float eps);
+
 /* 2-D transpose. */
 mj_status mj_transpose(mj_tensor **out, const mj_tensor *x);
 /* New shape with the same element count; one entry may be -1 (inferred). */

@@ -5,7 +5,7 @@
 
 static const char RUN_DETAILS[] =
     "MODEL is a saved trace file (maskjit trace -o FILE) or a spec:\n"
-    "  mut | mut-nobias | mlp:IN,H1,...,OUT[:act=relu|gelu|gelu_tanh|sigmoid|tanh|none][:bias=0|1]\n"
+    "  mut | mut-nobias | mlp:IN,H1,...,OUT[:act=relu|gelu|gelu_tanh|sigmoid|tanh|silu|none][:bias=0|1]\n"
     "Weights load from plain (linear.weight) or parametrized\n"
     "(linear.parametrizations.weight.original) keys; masks under\n"
     "<mod>.parametrizations.weight.0.mask are registered as FakeSparsity. Other\n"

@@ -1,0 +1,99 @@
+/* The attributes of the math ops: names, kinds, defaults (PyTorch's), and
+ * their text form. One table; the parser, printer, verifier and CSE ask it
+ * instead of switching on ops. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ir.h"
+
+#define DIM_REQ {"dim", MJ_ATTR_DIM, 0, true, 0.0f}
+#define KEEPDIM {"keepdim", MJ_ATTR_KEEPDIM, 0, false, 0.0f}
+
+static const mj_attr_spec a_pow[] = {{"exponent", MJ_ATTR_FLOAT, 0, true, 0.0f}};
+static const mj_attr_spec a_leaky[] = {{"slope", MJ_ATTR_FLOAT, 0, false, 0.01f}};
+static const mj_attr_spec a_elu[] = {{"alpha", MJ_ATTR_FLOAT, 0, false, 1.0f}};
+static const mj_attr_spec a_hardtanh[] = {{"min", MJ_ATTR_FLOAT, 0, false, -1.0f},
+                                          {"max", MJ_ATTR_FLOAT, 1, false, 1.0f}};
+static const mj_attr_spec a_softplus[] = {{"beta", MJ_ATTR_FLOAT, 0, false, 1.0f},
+                                          {"threshold", MJ_ATTR_FLOAT, 1, false, 20.0f}};
+static const mj_attr_spec a_reduce[] = {DIM_REQ, KEEPDIM};
+static const mj_attr_spec a_softmax[] = {DIM_REQ};
+static const mj_attr_spec a_layer_norm[] = {{"eps", MJ_ATTR_FLOAT, 0, false, 1e-5f}};
+
+#define N(a) (int)(sizeof a / sizeof a[0])
+
+const mj_attr_spec *mj_op_attrs(mj_op op, int *n) {
+    switch (op) {
+    case MJ_OP_POW: *n = N(a_pow); return a_pow;
+    case MJ_OP_LEAKY_RELU: *n = N(a_leaky); return a_leaky;
+    case MJ_OP_ELU: *n = N(a_elu); return a_elu;
+    case MJ_OP_HARDTANH: *n = N(a_hardtanh); return a_hardtanh;
+    case MJ_OP_SOFTPLUS: *n = N(a_softplus); return a_softplus;
+    case MJ_OP_SUM:
+    case MJ_OP_MEAN: *n = N(a_reduce); return a_reduce;
+    case MJ_OP_SOFTMAX:
+    case MJ_OP_LOG_SOFTMAX: *n = N(a_softmax); return a_softmax;
+    case MJ_OP_LAYER_NORM: *n = N(a_layer_norm); return a_layer_norm;
+    default: *n = 0; return NULL;
+    }
+}
+
+mj_attrs mj_attrs_default(mj_op op) {
+    mj_attrs a;
+    memset(&a, 0, sizeof a);
+    int n;
+    const mj_attr_spec *s = mj_op_attrs(op, &n);
+    for (int i = 0; i < n; i++) {
+        if (s[i].kind == MJ_ATTR_FLOAT) a.f[s[i].slot] = s[i].def;
+        else if (s[i].kind == MJ_ATTR_KEEPDIM) a.keepdim = s[i].def != 0.0f;
+    }
+    return a;
+}
+
+bool mj_attrs_equal(const mj_attrs *a, const mj_attrs *b) {
+    if (a->dim != b->dim || a->keepdim != b->keepdim) return false;
+    return memcmp(a->f, b->f, sizeof a->f) == 0;
+}
+
+int mj_attr_dim(const mj_attrs *a, int rank) {
+    if (a->dim < -rank || a->dim >= rank) return -1;
+    return a->dim < 0 ? a->dim + rank : a->dim;
+}
+
+/* The shortest "%.*g" that strtof reads back to the same float ("20",
+ * not "2e+01"; "1e-05"). */
+static void format_float(char *buf, size_t size, float v) {
+    if (v == 0.0f && signbit(v)) {
+        snprintf(buf, size, "-0");
+        return;
+    }
+    char best[48] = "";
+    for (int prec = 1; prec <= 9; prec++) {
+        char t[48];
+        snprintf(t, sizeof t, "%.*g", prec, (double)v);
+        if ((isnan(v) || strtof(t, NULL) == v) && (!best[0] || strlen(t) < strlen(best))) snprintf(best, sizeof best, "%s", t);
+    }
+    snprintf(buf, size, "%s", best);
+}
+
+void mj_attrs_format(mj_op op, const mj_attrs *a, char *buf, size_t size) {
+    int n;
+    const mj_attr_spec *s = mj_op_attrs(op, &n);
+    size_t pos = 0;
+    buf[0] = '\0';
+    for (int i = 0; i < n && pos < size; i++) {
+        char v[48];
+        switch (s[i].kind) {
+        case MJ_ATTR_DIM: snprintf(v, sizeof v, "%d", (int)a->dim); break;
+        case MJ_ATTR_KEEPDIM: snprintf(v, sizeof v, "%s", a->keepdim ? "true" : "false"); break;
+        case MJ_ATTR_FLOAT: format_float(v, sizeof v, a->f[s[i].slot]); break;
+        }
+        int k = snprintf(buf + pos, size - pos, "%s%s=%s%s", i ? ", " : " {", s[i].name, v, i == n - 1 ? "}" : "");
+        if (k > 0) pos += (size_t)k;
+    }
+}
+
+int mj_reduce_dim(const mj_node *n, int rank) {
+    return n->op == MJ_OP_LAYER_NORM ? rank - 1 : mj_attr_dim(&n->attrs, rank);
+}
