@@ -177,8 +177,13 @@ mj_status mj_module_load_state_dict(mj_module *m, const mj_tensor_dict *sd, bool
  * an error. Header capped at 100 MB. */
 mj_status mj_safetensors_load(const char *path, mj_tensor_dict **out);
 mj_status mj_safetensors_parse(const void *bytes, size_t size, mj_tensor_dict **out);
-/* Writes F32, keys in dict order, metadata as "__metadata__". Atomic: a
- * temporary file in the same directory, fsync, rename. */
+/* Writes F32, keys in dict order, metadata as "__metadata__".
+ * A regular file or a new name is written atomically: a temporary file in
+ * the same directory, fsync, rename. A symlink is followed (the target is
+ * replaced, the link stays). A replaced file keeps its permission bits; a
+ * new file gets 0666 & ~umask. A FIFO or character device (/dev/stdout,
+ * /dev/null) is written through, never replaced; a FIFO without a reader
+ * is an error at once. A directory, socket or block device is refused. */
 mj_status mj_safetensors_save(const char *path, const mj_tensor_dict *d);
 
 #ifdef __cplusplus

@@ -1,0 +1,459 @@
+/* Files and inputs: what --out / -o and mj_safetensors_save do to symlinks,
+ * devices, FIFOs, sockets and file modes; the limits of numeric CLI flags;
+ * mask keys on any Linear parameter; one tensor under two keys; state dicts
+ * of parametrized buffers. References: the bytes and tensors the test wrote
+ * itself, stat(2) of the paths, naive loops, and PyTorch's key rules
+ * (register_buffer makes a parametrized buffer's original persistent). */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "maskjit.h"
+#include "test_util.h"
+
+static const char *const BIN = MJ_BUILD_ROOT "/maskjit";
+
+/* ---- helpers ---------------------------------------------------------------- */
+
+/* A fresh directory for one test; removed by rm_dir. */
+static char *make_dir(void) {
+    char *d = malloc(64);
+    snprintf(d, 64, "/tmp/mj-files-XXXXXX");
+    cr_assert_not_null(mkdtemp(d), "mkdtemp: %s", strerror(errno));
+    return d;
+}
+
+static void rm_dir(char *d) {
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", d);
+    cr_assert_eq(system(cmd), 0);
+    free(d);
+}
+
+static char *join(const char *dir, const char *name) {
+    char *p = malloc(strlen(dir) + strlen(name) + 2);
+    sprintf(p, "%s/%s", dir, name);
+    return p;
+}
+
+/* Runs a shell command line; returns its exit status, its stdout in *out
+ * (malloc'd, length in *len when not NULL). */
+static int sh(char **out, size_t *len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int sh(char **out, size_t *len, const char *fmt, ...) {
+    char cmd[4096];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof cmd, fmt, ap);
+    va_end(ap);
+    FILE *p = popen(cmd, "r");
+    cr_assert_not_null(p);
+    char *buf = NULL;
+    size_t n = 0;
+    FILE *mem = open_memstream(&buf, &n);
+    char chunk[4096];
+    size_t k;
+    while ((k = fread(chunk, 1, sizeof chunk, p)) > 0) fwrite(chunk, 1, k, mem);
+    fclose(mem);
+    int status = pclose(p);
+    if (len) *len = n;
+    if (out) *out = buf;
+    else free(buf);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+}
+
+/* `maskjit ARGS` with stderr folded into *out; a 20 s timeout so a hang
+ * shows as a failure, not a stuck suite. */
+static int cli(char **out, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int cli(char **out, const char *fmt, ...) {
+    char args[3000];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(args, sizeof args, fmt, ap);
+    va_end(ap);
+    return sh(out, NULL, "NO_COLOR=1 timeout 20 %s %s 2>&1", BIN, args);
+}
+
+static mj_tensor_dict *dict_of(int64_t n, float base) {
+    mj_tensor_dict *d;
+    OK(mj_tensor_dict_new(&d));
+    mj_tensor *t;
+    OK(mj_tensor_zeros(&t, 1, &n));
+    float *p = mj_tensor_data_mut(t);
+    for (int64_t i = 0; i < n; i++) p[i] = base + (float)i;
+    OK(mj_tensor_dict_set(d, "w", t));
+    mj_tensor_release(t);
+    return d;
+}
+
+static bool file_holds(const char *path, const mj_tensor_dict *want) {
+    mj_tensor_dict *d;
+    if (mj_safetensors_load(path, &d) != MJ_OK) return false;
+    bool same = mj_tensor_equal(mj_tensor_dict_get(d, "w"), mj_tensor_dict_get(want, "w"));
+    mj_tensor_dict_free(d);
+    return same;
+}
+
+/* Entries of dir whose name contains ".tmp." (leftover temporary files). */
+static int count_tmp(const char *dir) {
+    char *out;
+    sh(&out, NULL, "ls -a '%s' | grep -c '\\.tmp\\.'", dir);
+    int n = atoi(out);
+    free(out);
+    return n;
+}
+
+static mode_t mode_of(const char *path) {
+    struct stat st;
+    cr_assert_eq(stat(path, &st), 0, "stat %s: %s", path, strerror(errno));
+    return st.st_mode & 07777;
+}
+
+/* ---- symlinks ------------------------------------------------------------- */
+
+/* The link stays a link to the same name; the target gets the new content. */
+Test(files, out_through_a_symlink_replaces_the_target, .timeout = 60) {
+    char *dir = make_dir(), *target = join(dir, "target.safetensors"),
+         *link = join(dir, "link.safetensors");
+    mj_tensor_dict *a = dict_of(4, 1.0f), *b = dict_of(4, 100.0f);
+    OK(mj_safetensors_save(target, a));
+    cr_assert_eq(symlink("target.safetensors", link), 0);
+    OK(mj_safetensors_save(link, b));
+    struct stat st;
+    cr_assert_eq(lstat(link, &st), 0);
+    cr_assert(S_ISLNK(st.st_mode), "the symlink was replaced by a regular file");
+    char buf[256];
+    ssize_t n = readlink(link, buf, sizeof buf - 1);
+    cr_assert_gt(n, 0);
+    buf[n] = '\0';
+    cr_assert_str_eq(buf, "target.safetensors");
+    cr_assert(file_holds(target, b), "the target did not get the new content");
+    cr_assert_eq(count_tmp(dir), 0);
+
+    /* The CLI's --out and -o go the same way. */
+    char *out;
+    cr_assert_eq(cli(&out, "run mlp:4,3 --out %s", link), 0, "%s", out);
+    free(out);
+    cr_assert_eq(lstat(link, &st), 0);
+    cr_assert(S_ISLNK(st.st_mode));
+    mj_tensor_dict *d;
+    OK(mj_safetensors_load(target, &d));
+    cr_assert_not_null(mj_tensor_dict_get(d, "output"));
+    mj_tensor_dict_free(d);
+    cr_assert_eq(cli(&out, "trace mlp:4,3 -o %s", link), 0, "%s", out);
+    free(out);
+    cr_assert_eq(lstat(link, &st), 0);
+    cr_assert(S_ISLNK(st.st_mode));
+    mj_graph *g;
+    OK(mj_graph_load(target, &g));
+    mj_graph_free(g);
+
+    /* A link whose target does not exist yet: the target is created. */
+    char *sub = join(dir, "sub"), *dangling = join(dir, "dangling"),
+         *made = join(dir, "sub/made.safetensors");
+    cr_assert_eq(mkdir(sub, 0755), 0);
+    cr_assert_eq(symlink("sub/made.safetensors", dangling), 0);
+    OK(mj_safetensors_save(dangling, a));
+    cr_assert_eq(lstat(dangling, &st), 0);
+    cr_assert(S_ISLNK(st.st_mode));
+    cr_assert(file_holds(made, a));
+    cr_assert_eq(count_tmp(dir), 0);
+    cr_assert_eq(count_tmp(sub), 0);
+
+    /* A chain of links, the last one absolute. */
+    char *l2 = join(dir, "l2"), *l3 = join(dir, "l3");
+    cr_assert_eq(symlink(target, l2), 0);
+    cr_assert_eq(symlink("l2", l3), 0);
+    OK(mj_safetensors_save(l3, a));
+    cr_assert(file_holds(target, a));
+    cr_assert_eq(lstat(l2, &st), 0);
+    cr_assert(S_ISLNK(st.st_mode));
+    cr_assert_eq(lstat(l3, &st), 0);
+    cr_assert(S_ISLNK(st.st_mode));
+
+    /* A loop is an error that names the path, and changes nothing. */
+    char *loop1 = join(dir, "loop1"), *loop2 = join(dir, "loop2");
+    cr_assert_eq(symlink("loop2", loop1), 0);
+    cr_assert_eq(symlink("loop1", loop2), 0);
+    FAILS(mj_safetensors_save(loop1, a), MJ_ERR_IO, loop1);
+    cr_assert_eq(lstat(loop1, &st), 0);
+    cr_assert(S_ISLNK(st.st_mode));
+    cr_assert_eq(count_tmp(dir), 0);
+
+    free(loop1), free(loop2), free(l2), free(l3), free(sub), free(dangling), free(made);
+    mj_tensor_dict_free(a);
+    mj_tensor_dict_free(b);
+    free(target);
+    free(link);
+    rm_dir(dir);
+}
+
+/* ---- FIFOs, devices, sockets, directories ------------------------------------ */
+
+/* No reader: an error at once (O_NONBLOCK open), never a hang; the FIFO stays. */
+Test(files, out_to_a_fifo_without_reader_fails_promptly, .timeout = 30) {
+    char *dir = make_dir(), *fifo = join(dir, "pipe");
+    cr_assert_eq(mkfifo(fifo, 0644), 0);
+    mj_tensor_dict *a = dict_of(4, 1.0f);
+    FAILS(mj_safetensors_save(fifo, a), MJ_ERR_IO, "no reader");
+    cr_assert(strstr(mj_last_error(), fifo), "%s", mj_last_error());
+    struct stat st;
+    cr_assert_eq(lstat(fifo, &st), 0);
+    cr_assert(S_ISFIFO(st.st_mode), "the FIFO was replaced");
+    cr_assert_eq(count_tmp(dir), 0);
+
+    char *out;
+    cr_assert_eq(cli(&out, "run mlp:4,3 --out %s", fifo), 1, "%s", out);
+    cr_assert(strstr(out, "no reader"), "%s", out);
+    free(out);
+    cr_assert_eq(cli(&out, "trace mlp:4,3 -o %s", fifo), 1, "%s", out);
+    cr_assert(strstr(out, "no reader"), "%s", out);
+    free(out);
+    cr_assert_eq(lstat(fifo, &st), 0);
+    cr_assert(S_ISFIFO(st.st_mode));
+    mj_tensor_dict_free(a);
+    free(fifo);
+    rm_dir(dir);
+}
+
+/* With a reader, the bytes go through the FIFO and parse back. */
+Test(files, out_to_a_fifo_with_reader_writes_through, .timeout = 30) {
+    char *dir = make_dir(), *fifo = join(dir, "pipe");
+    cr_assert_eq(mkfifo(fifo, 0600), 0);
+    int rfd = open(fifo, O_RDONLY | O_NONBLOCK);
+    cr_assert_geq(rfd, 0);
+    mj_tensor_dict *a = dict_of(64, 3.0f); /* well below the pipe's buffer */
+    OK(mj_safetensors_save(fifo, a));
+    unsigned char buf[8192];
+    ssize_t n = read(rfd, buf, sizeof buf);
+    cr_assert_gt(n, 0);
+    close(rfd);
+    mj_tensor_dict *back;
+    OK(mj_safetensors_parse(buf, (size_t)n, &back));
+    cr_assert(mj_tensor_equal(mj_tensor_dict_get(back, "w"), mj_tensor_dict_get(a, "w")));
+    mj_tensor_dict_free(back);
+    struct stat st;
+    cr_assert_eq(lstat(fifo, &st), 0);
+    cr_assert(S_ISFIFO(st.st_mode));
+    cr_assert_eq(count_tmp(dir), 0);
+    mj_tensor_dict_free(a);
+    free(fifo);
+    rm_dir(dir);
+}
+
+static void *close_later(void *arg) {
+    usleep(100 * 1000);
+    close(*(int *)arg);
+    return NULL;
+}
+
+/* A reader that goes away mid-write: an error, not a SIGPIPE that kills the
+ * process (the test runs in its own process: a signal would show as a crash). */
+Test(files, out_to_a_fifo_whose_reader_leaves, .timeout = 30) {
+    char *dir = make_dir(), *fifo = join(dir, "pipe");
+    cr_assert_eq(mkfifo(fifo, 0600), 0);
+    int rfd = open(fifo, O_RDONLY | O_NONBLOCK);
+    cr_assert_geq(rfd, 0);
+    mj_tensor_dict *big = dict_of(1 << 20, 0.0f); /* 4 MiB: fills the pipe, then blocks */
+    pthread_t th;
+    cr_assert_eq(pthread_create(&th, NULL, close_later, &rfd), 0);
+    FAILS(mj_safetensors_save(fifo, big), MJ_ERR_IO, "reader went away");
+    pthread_join(th, NULL);
+    struct stat st;
+    cr_assert_eq(lstat(fifo, &st), 0);
+    cr_assert(S_ISFIFO(st.st_mode));
+    mj_tensor_dict_free(big);
+    free(fifo);
+    rm_dir(dir);
+}
+
+/* --out /dev/stdout: the safetensors bytes on stdout, whether stdout is a
+ * pipe (written through) or a regular file (replaced atomically). The test
+ * uses its own link to /proc/self/fd/1 (what /dev/stdout is), so a broken
+ * save can only replace that link, never the system's /dev/stdout. */
+Test(files, out_to_dev_stdout, .timeout = 60) {
+    char *dir = make_dir(), *stdout_link = join(dir, "stdout");
+    cr_assert_eq(symlink("/proc/self/fd/1", stdout_link), 0);
+    char *out;
+    size_t len;
+    cr_assert_eq(sh(&out, &len, "NO_COLOR=1 %s run mlp:4,3 --seed 2 --out %s 2>/dev/null", BIN,
+                    stdout_link),
+                 0);
+    mj_tensor_dict *piped;
+    OK(mj_safetensors_parse(out, len, &piped));
+    free(out);
+    mj_tensor *want = NULL;
+    {
+        mj_module *m;
+        mj_rng r;
+        mj_rng_seed(&r, 2);
+        OK(mj_model_from_spec("mlp:4,3", &r, &m));
+        mj_rng_seed(&r, 3); /* the CLI's random input: seed + 1 */
+        mj_tensor *x;
+        OK(mj_tensor_randn(&x, 2, (int64_t[]){3, 4}, &r));
+        OK(mj_module_forward(m, x, &want));
+        mj_tensor_release(x);
+        mj_module_free(m);
+    }
+    cr_assert(mj_tensor_equal(mj_tensor_dict_get(piped, "output"), want));
+    mj_tensor_dict_free(piped);
+    struct stat st;
+    cr_assert_eq(lstat(stdout_link, &st), 0);
+    cr_assert(S_ISLNK(st.st_mode));
+
+    char *file = join(dir, "stdout.safetensors");
+    cr_assert_eq(sh(NULL, NULL, "NO_COLOR=1 %s run mlp:4,3 --seed 2 --out %s > %s", BIN, stdout_link,
+                    file),
+                 0);
+    mj_tensor_dict *d;
+    OK(mj_safetensors_load(file, &d));
+    cr_assert(mj_tensor_equal(mj_tensor_dict_get(d, "output"), want));
+    mj_tensor_dict_free(d);
+    cr_assert_eq(lstat(stdout_link, &st), 0);
+    cr_assert(S_ISLNK(st.st_mode));
+    cr_assert_eq(count_tmp(dir), 0);
+    mj_tensor_release(want);
+    free(file);
+    free(stdout_link);
+    rm_dir(dir);
+}
+
+/* A character device is written through and stays a device. Uses a null
+ * device made in a temporary directory (root only), never the real /dev/null. */
+Test(files, out_to_a_char_device_writes_through, .timeout = 60) {
+    char *dir = make_dir(), *null = join(dir, "null");
+    if (mknod(null, S_IFCHR | 0666, makedev(1, 3)) != 0) {
+        cr_log_warn("mknod: %s; skipping the device part", strerror(errno));
+        free(null);
+        rm_dir(dir);
+        return;
+    }
+    mj_tensor_dict *a = dict_of(4, 1.0f);
+    OK(mj_safetensors_save(null, a));
+    struct stat st;
+    cr_assert_eq(lstat(null, &st), 0);
+    cr_assert(S_ISCHR(st.st_mode), "the device was replaced by a regular file");
+    cr_assert_eq(st.st_rdev, makedev(1, 3));
+    char *out;
+    cr_assert_eq(cli(&out, "run mlp:4,3 --out %s", null), 0, "%s", out);
+    free(out);
+    cr_assert_eq(cli(&out, "trace mlp:4,3 -o %s", null), 0, "%s", out);
+    free(out);
+    /* and through a symlink to it */
+    char *link = join(dir, "nul-link");
+    cr_assert_eq(symlink(null, link), 0);
+    cr_assert_eq(cli(&out, "run mlp:4,3 --out %s", link), 0, "%s", out);
+    free(out);
+    cr_assert_eq(lstat(null, &st), 0);
+    cr_assert(S_ISCHR(st.st_mode));
+    cr_assert_eq(lstat(link, &st), 0);
+    cr_assert(S_ISLNK(st.st_mode));
+    cr_assert_eq(count_tmp(dir), 0);
+    mj_tensor_dict_free(a);
+    free(link);
+    free(null);
+    rm_dir(dir);
+}
+
+Test(files, out_to_a_directory_or_socket_is_refused, .timeout = 30) {
+    char *dir = make_dir(), *sub = join(dir, "sub"), *sock = join(dir, "sock");
+    cr_assert_eq(mkdir(sub, 0755), 0);
+    mj_tensor_dict *a = dict_of(4, 1.0f);
+    FAILS(mj_safetensors_save(sub, a), MJ_ERR_IO, "is a directory");
+    cr_assert(strstr(mj_last_error(), sub), "%s", mj_last_error());
+    struct stat st;
+    cr_assert_eq(lstat(sub, &st), 0);
+    cr_assert(S_ISDIR(st.st_mode));
+
+    int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    cr_assert_geq(fd, 0);
+    struct sockaddr_un addr = {.sun_family = AF_UNIX};
+    snprintf(addr.sun_path, sizeof addr.sun_path, "%s", sock);
+    cr_assert_eq(bind(fd, (struct sockaddr *)&addr, sizeof addr), 0, "%s", strerror(errno));
+    FAILS(mj_safetensors_save(sock, a), MJ_ERR_IO, "socket");
+    cr_assert_eq(lstat(sock, &st), 0);
+    cr_assert(S_ISSOCK(st.st_mode), "the socket was replaced");
+    close(fd);
+
+    char *out;
+    cr_assert_eq(cli(&out, "run mlp:4,3 --out %s", sub), 1, "%s", out);
+    cr_assert(strstr(out, "is a directory"), "%s", out);
+    free(out);
+    cr_assert_eq(count_tmp(dir), 0);
+    cr_assert_eq(count_tmp(sub), 0);
+    mj_tensor_dict_free(a);
+    free(sub);
+    free(sock);
+    rm_dir(dir);
+}
+
+/* ---- file modes ------------------------------------------------------------ */
+
+Test(files, replaced_file_keeps_its_mode, .timeout = 60) {
+    char *dir = make_dir(), *path = join(dir, "m.safetensors");
+    mj_tensor_dict *a = dict_of(4, 1.0f), *b = dict_of(4, 2.0f);
+    const mode_t modes[] = {0600, 0640, 0604, 0755};
+    for (int i = 0; i < 4; i++) {
+        OK(mj_safetensors_save(path, a));
+        cr_assert_eq(chmod(path, modes[i]), 0);
+        OK(mj_safetensors_save(path, b));
+        cr_assert_eq(mode_of(path), modes[i], "mode %o became %o", (unsigned)modes[i],
+                     (unsigned)mode_of(path));
+        cr_assert(file_holds(path, b));
+    }
+    /* the CLI too */
+    cr_assert_eq(chmod(path, 0600), 0);
+    char *out;
+    cr_assert_eq(cli(&out, "run mlp:4,3 --out %s", path), 0, "%s", out);
+    free(out);
+    cr_assert_eq(mode_of(path), 0600);
+    cr_assert_eq(cli(&out, "trace mlp:4,3 -o %s", path), 0, "%s", out);
+    free(out);
+    cr_assert_eq(mode_of(path), 0600);
+    mj_tensor_dict_free(a);
+    mj_tensor_dict_free(b);
+    free(path);
+    rm_dir(dir);
+}
+
+/* A new file gets 0666 & ~umask, like any file a program creates. */
+Test(files, new_file_follows_the_umask, .timeout = 60) {
+    char *dir = make_dir();
+    mj_tensor_dict *a = dict_of(4, 1.0f);
+    const mode_t masks[] = {077, 022, 027, 002};
+    mode_t old = umask(022);
+    for (int i = 0; i < 4; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "new%d.safetensors", i);
+        char *path = join(dir, name);
+        umask(masks[i]);
+        OK(mj_safetensors_save(path, a));
+        umask(022);
+        cr_assert_eq(mode_of(path), 0666 & ~masks[i], "umask %03o: mode %o", (unsigned)masks[i],
+                     (unsigned)mode_of(path));
+        free(path);
+    }
+    umask(old);
+    char *out, *t = join(dir, "trace.safetensors"), *r = join(dir, "run.safetensors");
+    cr_assert_eq(sh(&out, NULL, "umask 077 && %s trace mlp:4,3 -o %s 2>&1", BIN, t), 0, "%s", out);
+    free(out);
+    cr_assert_eq(mode_of(t), 0600);
+    cr_assert_eq(sh(&out, NULL, "umask 022 && %s run mlp:4,3 --out %s 2>&1", BIN, r), 0, "%s", out);
+    free(out);
+    cr_assert_eq(mode_of(r), 0644);
+    mj_tensor_dict_free(a);
+    free(t);
+    free(r);
+    rm_dir(dir);
+}
