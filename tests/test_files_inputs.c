@@ -457,3 +457,59 @@ Test(files, new_file_follows_the_umask, .timeout = 60) {
     free(r);
     rm_dir(dir);
 }
+
+/* ---- numeric flags ----------------------------------------------------------- */
+
+/* Each bad value: exit 2 and a message naming the flag. */
+static void expect_usage(const char *flag, const char *cmd_fmt, const char *value) {
+    char args[512], *out;
+    snprintf(args, sizeof args, cmd_fmt, flag, value);
+    int rc = cli(&out, "%s", args);
+    cr_assert_eq(rc, 2, "maskjit %s -> %d: %s", args, rc, out);
+    cr_assert(strstr(out, flag), "maskjit %s: message lacks %s: %s", args, flag, out);
+    free(out);
+}
+
+Test(files, threads_out_of_range_is_a_usage_error, .timeout = 120) {
+    const char *bad[] = {"4294967297", "2147483648", "-1", "0", "1025", "4x",
+                         "",           " 3",         "+3", "0x4", "99999999999999999999999"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        expect_usage("--threads", "run mlp:4,3 --mode compiled %s '%s'", bad[i]);
+    }
+    expect_usage("--threads", "run mlp:4,3 --mode compiled %s=%s", "4294967297");
+    char *out;
+    cr_assert_eq(cli(&out, "run mlp:4,3 --mode compiled --threads 2"), 0, "%s", out);
+    free(out);
+}
+
+Test(files, every_numeric_flag_has_limits, .timeout = 300) {
+    const char *huge = "4294967297", *wrap = "18446744073709551617";
+    /* run */
+    const char *run_batch[] = {"0", "-1", "4x", huge, wrap};
+    for (int i = 0; i < 5; i++) expect_usage("--batch", "run mlp:4,3 %s '%s'", run_batch[i]);
+    const char *seeds[] = {"-1", "4x", wrap, "9223372036854775808"};
+    for (int i = 0; i < 4; i++) {
+        expect_usage("--seed", "run mlp:4,3 %s '%s'", seeds[i]);
+        expect_usage("--seed", "ir mlp:4,3 %s '%s'", seeds[i]);
+        expect_usage("--seed", "trace mlp:4,3 -o /nonexistent/x %s '%s'", seeds[i]);
+        expect_usage("--seed", "asm mlp:4,3 %s '%s'", seeds[i]);
+        expect_usage("--seed", "check mlp:4,3 %s '%s'", seeds[i]);
+    }
+    /* check */
+    const char *inputs[] = {"-1", "1001", huge, "4x"};
+    for (int i = 0; i < 4; i++) expect_usage("--inputs", "check mlp:4,3 %s '%s'", inputs[i]);
+    const char *check_batch[] = {"0", "-1", huge, "4x"};
+    for (int i = 0; i < 4; i++) expect_usage("--batch", "check mlp:4,3 %s '%s'", check_batch[i]);
+    const char *tols[] = {"-1", "4x", "1e-5x", "nan", "inf", "", "1e999"};
+    for (int i = 0; i < 7; i++) {
+        expect_usage("--rtol", "check mlp:4,3 %s '%s'", tols[i]);
+        expect_usage("--atol", "check mlp:4,3 %s '%s'", tols[i]);
+    }
+    /* the largest accepted values still work */
+    char *out;
+    cr_assert_eq(cli(&out, "run mlp:4,3 --seed 9223372036854775807 --batch 2"), 0, "%s", out);
+    free(out);
+    cr_assert_eq(cli(&out, "check mlp:4,3 --inputs 2 --rtol 0.5 --atol 1e-3 --batch 5"), 0, "%s",
+                 out);
+    free(out);
+}
