@@ -513,3 +513,268 @@ Test(files, every_numeric_flag_has_limits, .timeout = 300) {
                  out);
     free(out);
 }
+
+/* ---- mask keys ----------------------------------------------------------------- */
+
+static mj_tensor *vec(int64_t n, const float *v) {
+    mj_tensor *t;
+    OK(mj_tensor_from_data(&t, 1, &n, v));
+    return t;
+}
+
+static mj_tensor *mat(int64_t r, int64_t c, const float *v) {
+    mj_tensor *t;
+    OK(mj_tensor_from_data(&t, 2, (int64_t[]){r, c}, v));
+    return t;
+}
+
+static void put(mj_tensor_dict *d, const char *key, mj_tensor *t) {
+    OK(mj_tensor_dict_set(d, key, t));
+    mj_tensor_release(t);
+}
+
+/* mlp:4,3 with act none: y = x W^T + mask_b * b, as a naive loop. */
+static const float W[12] = {0.5f, -1.0f, 2.0f, 0.25f, 1.5f, 0.75f, -0.5f, 3.0f,
+                            -2.0f, 1.0f, 0.125f, -0.75f};
+static const float B[3] = {10.0f, -20.0f, 30.0f};
+static const float BMASK[3] = {1.0f, 0.0f, 1.0f};
+static const float X[8] = {1.0f, 2.0f, -1.0f, 0.5f, -3.0f, 0.25f, 4.0f, 1.0f};
+
+static void naive(const float *wmask, const float *bmask, float y[6]) {
+    for (int i = 0; i < 2; i++)
+        for (int o = 0; o < 3; o++) {
+            float acc = +0.0f;
+            for (int k = 0; k < 4; k++)
+                acc = acc + X[i * 4 + k] * (W[o * 4 + k] * (wmask ? wmask[o * 4 + k] : 1.0f));
+            y[i * 3 + o] = acc + B[o] * (bmask ? bmask[o] : 1.0f);
+        }
+}
+
+static void assert_output(const char *path, const float want[6]) {
+    mj_tensor_dict *d;
+    OK(mj_safetensors_load(path, &d));
+    mj_tensor *y = mj_tensor_dict_get(d, "output");
+    cr_assert_not_null(y);
+    mj_tensor *w = mat(2, 3, want);
+    cr_assert(mj_tensor_equal(y, w), "%s: output differs from the naive loop", path);
+    mj_tensor_release(w);
+    mj_tensor_dict_free(d);
+}
+
+/* A bias mask in a weights file is applied in every CLI mode. */
+Test(files, bias_mask_is_applied_by_the_cli, .timeout = 120) {
+    char *dir = make_dir(), *wf = join(dir, "w.safetensors"), *in = join(dir, "in.safetensors"),
+         *out_path = join(dir, "out.safetensors"), *wf2 = join(dir, "w2.safetensors");
+    mj_tensor_dict *d;
+    OK(mj_tensor_dict_new(&d));
+    put(d, "0.weight", mat(3, 4, W));
+    put(d, "0.bias", vec(3, B));
+    put(d, "0.parametrizations.bias.0.mask", vec(3, BMASK));
+    OK(mj_safetensors_save(wf, d));
+    mj_tensor_dict_free(d);
+    /* the same with the bias under its parametrized key */
+    OK(mj_tensor_dict_new(&d));
+    put(d, "0.weight", mat(3, 4, W));
+    put(d, "0.parametrizations.bias.original", vec(3, B));
+    put(d, "0.parametrizations.bias.0.mask", vec(3, BMASK));
+    OK(mj_safetensors_save(wf2, d));
+    mj_tensor_dict_free(d);
+    OK(mj_tensor_dict_new(&d));
+    put(d, "input", mat(2, 4, X));
+    OK(mj_safetensors_save(in, d));
+    mj_tensor_dict_free(d);
+
+    float want[6];
+    naive(NULL, BMASK, want);
+    const char *modes[] = {"eager", "traced", "compiled", "compiled --frozen", "compiled --fast"};
+    const char *files[] = {wf, wf2};
+    for (int f = 0; f < 2; f++)
+        for (int i = 0; i < 5; i++) {
+            char *out;
+            int rc = cli(&out, "run mlp:4,3:act=none --weights %s --input %s --mode %s --out %s",
+                         files[f], in, modes[i], out_path);
+            cr_assert_eq(rc, 0, "%s: %s", modes[i], out);
+            free(out);
+            assert_output(out_path, want);
+        }
+    char *out;
+    cr_assert_eq(cli(&out, "check mlp:4,3:act=none --weights %s --input %s", wf, in), 0, "%s", out);
+    free(out);
+    free(wf), free(wf2), free(in), free(out_path);
+    rm_dir(dir);
+}
+
+/* Library: a bias mask registers FakeSparsity on the bias; eager, traced,
+ * compiled live and frozen agree with the naive loop, and live mode sees a
+ * later change of the mask and of the bias. */
+Test(files, bias_mask_in_live_and_frozen_modes, .timeout = 120) {
+    mj_module *m;
+    mj_rng r;
+    mj_rng_seed(&r, 0);
+    OK(mj_model_from_spec("mlp:4,3:act=none", &r, &m));
+    mj_tensor_dict *sd;
+    OK(mj_tensor_dict_new(&sd));
+    put(sd, "0.weight", mat(3, 4, W));
+    put(sd, "0.bias", vec(3, B));
+    OK(mj_module_load_state_dict(m, sd, true, NULL));
+    mj_tensor_dict_free(sd);
+    const float WMASK[12] = {1, 0, 1, 1, 0, 1, 1, 0, 1, 1, 0, 1};
+    mj_tensor_dict *masks;
+    OK(mj_tensor_dict_new(&masks));
+    put(masks, "0.parametrizations.bias.0.mask", vec(3, BMASK));
+    put(masks, "0.parametrizations.weight.0.mask", mat(3, 4, WMASK));
+    OK(mj_model_apply_masks(m, masks, 1.0, NULL));
+    mj_tensor_dict_free(masks);
+    mj_module *lin = mj_module_find(m, "0");
+    cr_assert(mj_is_parametrized(lin, "bias"));
+    cr_assert(mj_is_parametrized(lin, "weight"));
+
+    float want[6];
+    naive(WMASK, BMASK, want);
+    mj_tensor *x = mat(2, 4, X), *wt = mat(2, 3, want), *y;
+    OK(mj_module_forward(m, x, &y));
+    cr_assert(mj_tensor_equal(y, wt), "eager");
+    mj_tensor_release(y);
+    mj_graph *g;
+    mj_tensor *ex;
+    OK(mj_tensor_ones(&ex, 2, (int64_t[]){3, 4}));
+    OK(mj_trace_module(m, ex, &g));
+    mj_tensor_release(ex);
+    OK(mj_graph_run(g, x, &y));
+    cr_assert(mj_tensor_equal(y, wt), "traced");
+    mj_tensor_release(y);
+    mj_jit *jit;
+    OK(mj_jit_new(&jit));
+    mj_compiled *live, *frozen;
+    mj_compile_options o;
+    mj_compile_options_init(&o);
+    o.use_cache = false;
+    o.threads = 1;
+    OK(mj_jit_compile(jit, g, &o, &live));
+    o.frozen = true;
+    OK(mj_jit_compile(jit, g, &o, &frozen));
+    OK(mj_compiled_run(live, x, &y));
+    cr_assert(mj_tensor_equal(y, wt), "compiled live");
+    mj_tensor_release(y);
+    OK(mj_compiled_run(frozen, x, &y));
+    cr_assert(mj_tensor_equal(y, wt), "compiled frozen");
+    mj_tensor_release(y);
+
+    /* Live mode follows a new bias mask; frozen keeps the old numbers. */
+    mj_parametrization *bp = mj_module_parametrization(lin, "bias", 0);
+    cr_assert_not_null(bp);
+    float *bm = mj_tensor_data_mut(mj_parametrization_buffer(bp, "mask"));
+    const float BMASK2[3] = {0.0f, 1.0f, 1.0f};
+    memcpy(bm, BMASK2, sizeof BMASK2);
+    float want2[6];
+    naive(WMASK, BMASK2, want2);
+    mj_tensor *wt2 = mat(2, 3, want2);
+    OK(mj_module_forward(m, x, &y));
+    cr_assert(mj_tensor_equal(y, wt2), "eager after the mask change");
+    mj_tensor_release(y);
+    OK(mj_compiled_run(live, x, &y));
+    cr_assert(mj_tensor_equal(y, wt2), "live mode missed the new bias mask");
+    mj_tensor_release(y);
+    OK(mj_compiled_run(frozen, x, &y));
+    cr_assert(mj_tensor_equal(y, wt), "frozen mode changed");
+    mj_tensor_release(y);
+
+    mj_compiled_free(live);
+    mj_compiled_free(frozen);
+    mj_jit_free(jit);
+    mj_graph_free(g);
+    mj_tensor_release(x);
+    mj_tensor_release(wt);
+    mj_tensor_release(wt2);
+    mj_module_free(m);
+}
+
+/* Mask keys that fit no Linear parameter are refused by name, and change nothing. */
+Test(files, unusable_mask_keys_are_refused_by_name) {
+    const char *bad[] = {
+        "0.parametrizations.weight.1.mask", /* index past the chain */
+        "0.parametrizations.bias.1.mask",
+        "5.parametrizations.weight.0.mask", /* no such layer */
+        "1.parametrizations.bias.0.mask",   /* the activation has no bias */
+        "0.parametrizations.scale.0.mask",  /* no such parameter */
+        "parametrizations.weight.0.mask",   /* the root is no Linear */
+        "0.parametrizations.weight.x.mask",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        mj_module *m;
+        mj_rng r;
+        mj_rng_seed(&r, 0);
+        OK(mj_model_from_spec("mlp:4,3,2", &r, &m));
+        mj_tensor_dict *masks;
+        OK(mj_tensor_dict_new(&masks));
+        const float ones[12] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
+        put(masks, "0.parametrizations.weight.0.mask", mat(3, 4, ones));
+        put(masks, bad[i], vec(3, ones));
+        FAILS(mj_model_apply_masks(m, masks, 1.0, NULL), MJ_ERR_KEY, bad[i]);
+        cr_assert(!mj_is_parametrized(mj_module_find(m, "0"), NULL), "%s: a mask was registered",
+                  bad[i]);
+        mj_tensor_dict_free(masks);
+        mj_module_free(m);
+    }
+    /* a bias mask of the wrong shape: a shape error naming it, nothing registered */
+    {
+        mj_module *m;
+        mj_rng r;
+        mj_rng_seed(&r, 0);
+        OK(mj_model_from_spec("mlp:4,3", &r, &m));
+        mj_tensor_dict *masks;
+        OK(mj_tensor_dict_new(&masks));
+        const float ones[12] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
+        put(masks, "0.parametrizations.weight.0.mask", mat(3, 4, ones));
+        put(masks, "0.parametrizations.bias.0.mask", vec(4, ones));
+        FAILS(mj_model_apply_masks(m, masks, 1.0, NULL), MJ_ERR_SHAPE,
+              "'0.parametrizations.bias.0.mask' has shape [4]");
+        cr_assert(!mj_is_parametrized(mj_module_find(m, "0"), NULL));
+        mj_tensor_dict_free(masks);
+        mj_module_free(m);
+    }
+    /* a bias mask on a model without biases */
+    mj_module *m;
+    mj_rng r;
+    mj_rng_seed(&r, 0);
+    OK(mj_model_from_spec("mlp:4,3:bias=0", &r, &m));
+    mj_tensor_dict *masks;
+    OK(mj_tensor_dict_new(&masks));
+    put(masks, "0.parametrizations.bias.0.mask", vec(3, BMASK));
+    FAILS(mj_model_apply_masks(m, masks, 1.0, NULL), MJ_ERR_KEY, "0.parametrizations.bias.0.mask");
+    mj_tensor_dict_free(masks);
+    mj_module_free(m);
+}
+
+/* One tensor under two keys: an error naming both. */
+Test(files, two_keys_for_one_tensor_are_refused, .timeout = 60) {
+    char *dir = make_dir(), *wf = join(dir, "w.safetensors");
+    struct {
+        const char *a, *b;
+        bool bias_mask;
+    } cases[] = {
+        {"0.weight", "0.parametrizations.weight.original", false},
+        {"0.bias", "0.parametrizations.bias.original", false},
+        {"0.bias", "0.parametrizations.bias.original", true},
+    };
+    for (int c = 0; c < 3; c++) {
+        mj_tensor_dict *d;
+        OK(mj_tensor_dict_new(&d));
+        put(d, "0.weight", mat(3, 4, W));
+        put(d, "0.bias", vec(3, B));
+        if (strcmp(cases[c].b, "0.parametrizations.weight.original") == 0)
+            put(d, cases[c].b, mat(3, 4, W));
+        else
+            put(d, cases[c].b, vec(3, B));
+        if (cases[c].bias_mask) put(d, "0.parametrizations.bias.0.mask", vec(3, BMASK));
+        OK(mj_safetensors_save(wf, d));
+        mj_tensor_dict_free(d);
+        char *out;
+        int rc = cli(&out, "run mlp:4,3 --weights %s", wf);
+        cr_assert_eq(rc, 1, "case %d -> %d: %s", c, rc, out);
+        cr_assert(strstr(out, cases[c].a) && strstr(out, cases[c].b), "case %d: %s", c, out);
+        free(out);
+    }
+    free(wf);
+    rm_dir(dir);
+}

@@ -7,10 +7,12 @@ static const char RUN_DETAILS[] =
     "MODEL is a saved trace file (maskjit trace -o FILE) or a spec:\n"
     "  mut | mut-nobias | mlp:IN,H1,...,OUT[:act=relu|gelu|gelu_tanh|sigmoid|tanh|none][:bias=0|1]\n"
     "Weights load from plain (linear.weight) or parametrized\n"
-    "(linear.parametrizations.weight.original) keys; masks under\n"
-    "<mod>.parametrizations.weight.0.mask are registered as FakeSparsity. Other\n"
-    "tensors in the file (input, expected, ...) are ignored. Without --weights the\n"
-    "seeded default init is used; without --input a seeded randn [batch, in] input.\n"
+    "(linear.parametrizations.weight.original) keys, not both; masks under\n"
+    "<mod>.parametrizations.weight.0.mask or <mod>.parametrizations.bias.0.mask are\n"
+    "registered as FakeSparsity (a mask key that fits no Linear weight or bias is\n"
+    "an error). Other tensors in the file (input, expected, ...) are ignored.\n"
+    "Without --weights the seeded default init is used; without --input a seeded\n"
+    "randn [batch, in] input.\n"
     "The output is written as tensor 'output' (--out) or summarised on stdout.\n";
 
 int cli_parse_mode(const char *cmd, const char *text, cli_mode *mode) {
