@@ -778,3 +778,98 @@ Test(files, two_keys_for_one_tensor_are_refused, .timeout = 60) {
     free(wf);
     rm_dir(dir);
 }
+
+/* ---- state dicts of parametrized buffers ------------------------------------------ */
+
+static mj_status fwd_identity(mj_module *self, const mj_tensor *x, mj_tensor **y) {
+    (void)self;
+    *y = mj_tensor_retain((mj_tensor *)x);
+    return MJ_OK;
+}
+
+static mj_module *module_with_buffers(void) {
+    mj_module *m;
+    OK(mj_module_new(&m, "Buffers", fwd_identity, NULL, NULL));
+    mj_tensor *a = vec(3, B), *b = vec(3, BMASK);
+    OK(mj_module_add_buffer(m, "kept", a, true));
+    OK(mj_module_add_buffer(m, "scratch", b, false));
+    mj_tensor_release(a);
+    mj_tensor_release(b);
+    return m;
+}
+
+static void mask_buffer(mj_module *m, const char *name) {
+    mj_tensor *mask = vec(3, BMASK);
+    mj_parametrization *p;
+    OK(mj_fake_sparsity_new(&p, mask));
+    mj_tensor_release(mask);
+    OK(mj_register_parametrization(m, name, p));
+}
+
+static void assert_keys(mj_tensor_dict *d, const char *const *keys, int n, const char *what) {
+    char got[1024] = "";
+    for (int i = 0; i < mj_tensor_dict_size(d); i++) {
+        strcat(got, mj_tensor_dict_key(d, i));
+        strcat(got, " ");
+    }
+    cr_assert_eq(mj_tensor_dict_size(d), n, "%s: %s", what, got);
+    for (int i = 0; i < n; i++)
+        cr_assert_str_eq(mj_tensor_dict_key(d, i), keys[i], "%s: %s", what, got);
+}
+
+/* PyTorch registers `original` with register_buffer (persistent), so a
+ * parametrized buffer's original is in the state dict whether the buffer
+ * was persistent or not; the FakeSparsity masks only with include_masks. */
+Test(files, state_dict_of_parametrized_buffers) {
+    mj_module *m = module_with_buffers();
+    mj_tensor *kept = NULL, *scratch = NULL;
+    OK(mj_module_get(m, "kept", &kept));
+    OK(mj_module_get(m, "scratch", &scratch));
+    mask_buffer(m, "kept");
+    mask_buffer(m, "scratch");
+    mj_tensor_dict *sd;
+    OK(mj_module_state_dict(m, false, &sd));
+    const char *want[] = {"parametrizations.kept.original", "parametrizations.scratch.original"};
+    assert_keys(sd, want, 2, "state_dict");
+    cr_assert_eq(mj_tensor_dict_get(sd, "parametrizations.kept.original"), kept);
+    cr_assert_eq(mj_tensor_dict_get(sd, "parametrizations.scratch.original"), scratch);
+    mj_tensor_dict_free(sd);
+    OK(mj_module_state_dict(m, true, &sd));
+    const char *with_masks[] = {"parametrizations.kept.original", "parametrizations.kept.0.mask",
+                                "parametrizations.scratch.original",
+                                "parametrizations.scratch.0.mask"};
+    assert_keys(sd, with_masks, 4, "state_dict with masks");
+    mj_tensor_dict_free(sd);
+    OK(mj_module_named_buffers(m, &sd));
+    const char *buffers[] = {"parametrizations.kept.original", "parametrizations.kept.0.mask",
+                             "parametrizations.scratch.original",
+                             "parametrizations.scratch.0.mask"};
+    assert_keys(sd, buffers, 4, "named_buffers");
+    mj_tensor_dict_free(sd);
+
+    /* load_state_dict expects both originals and fills them. */
+    mj_tensor_dict *in;
+    OK(mj_tensor_dict_new(&in));
+    const float v[3] = {7, 8, 9};
+    put(in, "parametrizations.kept.original", vec(3, v));
+    FAILS(mj_module_load_state_dict(m, in, true, NULL), MJ_ERR_KEY,
+          "parametrizations.scratch.original");
+    put(in, "parametrizations.scratch.original", vec(3, v));
+    OK(mj_module_load_state_dict(m, in, false, NULL));
+    mj_tensor *w = vec(3, v);
+    cr_assert(mj_tensor_equal(kept, w));
+    cr_assert(mj_tensor_equal(scratch, w));
+    mj_tensor_release(w);
+    mj_tensor_dict_free(in);
+
+    /* remove_parametrizations re-registers with register_buffer: persistent. */
+    OK(mj_remove_parametrizations(m, "scratch", false));
+    OK(mj_remove_parametrizations(m, "kept", true));
+    OK(mj_module_state_dict(m, false, &sd));
+    const char *after[] = {"scratch", "kept"};
+    assert_keys(sd, after, 2, "state_dict after remove");
+    mj_tensor_dict_free(sd);
+    mj_tensor_release(kept);
+    mj_tensor_release(scratch);
+    mj_module_free(m);
+}

@@ -152,8 +152,11 @@ bool mj_parametrize_is_cached(const mj_module *m);
 /* ---- state dicts -------------------------------------------------------- */
 /* Persistent parameters and buffers under PyTorch's keys. include_masks adds
  * the non-persistent parametrization buffers (FakeSparsity masks under
- * "<mod>.parametrizations.weight.0.mask"). The dict shares the module's
- * tensors (no copy). */
+ * "<mod>.parametrizations.weight.0.mask"). A parametrized buffer's
+ * "<mod>.parametrizations.<name>.original" is always included, persistent
+ * or not: PyTorch registers it with register_buffer (and so does
+ * remove_parametrizations when it puts the buffer back). The dict shares
+ * the module's tensors (no copy). */
 mj_status mj_module_state_dict(mj_module *m, bool include_masks, mj_tensor_dict **out);
 
 typedef struct mj_load_report {
