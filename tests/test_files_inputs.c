@@ -412,6 +412,15 @@ Test(files, replaced_file_keeps_its_mode, .timeout = 60) {
                      (unsigned)mode_of(path));
         cr_assert(file_holds(path, b));
     }
+    /* Owner and group stay too, where the process may set them (root). */
+    if (geteuid() == 0) {
+        cr_assert_eq(chown(path, 4321, 4322), 0);
+        OK(mj_safetensors_save(path, a));
+        struct stat st;
+        cr_assert_eq(stat(path, &st), 0);
+        cr_assert_eq(st.st_uid, 4321);
+        cr_assert_eq(st.st_gid, 4322);
+    }
     /* the CLI too */
     cr_assert_eq(chmod(path, 0600), 0);
     char *out;
