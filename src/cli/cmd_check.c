@@ -47,11 +47,12 @@ int cmd_check(int argc, char **argv) {
         {"--weights", OPT_STRING, &weights, "safetensors file with the model's tensors"},
         {"--input", OPT_STRING, &input, "safetensors file with `input` (and `expected`)"},
         {"--input-name", OPT_STRING, &input_name, "name of the input tensor (default input)"},
-        {"--inputs", OPT_INT, &inputs, "number of extra random inputs, 0..1000 (default 4)"},
-        {"--batch", OPT_INT, &batch_opt, "batch of random inputs (default: the input's, else 3)"},
+        {"--inputs", OPT_RANGED, &inputs, "number of extra random inputs, 0..1000 (default 4)"},
+        {"--batch", OPT_RANGED, &batch_opt,
+         "batch of random inputs (default: the input's, else 3)"},
         {"--rtol", OPT_REAL, &rtol, "relative tolerance (default 1.3e-6)"},
         {"--atol", OPT_REAL, &atol, "absolute tolerance (default 1e-5)"},
-        {"--seed", OPT_INT, &seed, "seed of default init and random inputs (default 0)"},
+        {"--seed", OPT_RANGED, &seed, "seed of default init and random inputs (default 0)"},
         {"--json", OPT_FLAG, &json, "print one JSON object instead of the table"},
     };
     const char *pos[1];

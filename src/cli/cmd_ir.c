@@ -44,7 +44,7 @@ int cmd_ir(int argc, char **argv) {
         {"--passes", OPT_STRING, &a.passes,
          "run passes: default, or a list of dce,cse,fold,simplify,fuse"},
         {"--dot", OPT_FLAG, &dot, "print Graphviz DOT instead of the text form"},
-        {"--seed", OPT_INT, &a.seed, "seed of the default init (default 0)"},
+        {"--seed", OPT_RANGED, &a.seed, "seed of the default init (default 0)"},
     };
     const char *pos[1];
     int n_pos;
@@ -74,7 +74,7 @@ int cmd_trace(int argc, char **argv) {
         {"--weights", OPT_STRING, &a.weights, "safetensors file with the model's tensors"},
         {"--frozen", OPT_FLAG, &a.frozen, "save parameters as constants"},
         {"--passes", OPT_STRING, &a.passes, "run passes before saving (default or a list)"},
-        {"--seed", OPT_INT, &a.seed, "seed of the default init (default 0)"},
+        {"--seed", OPT_RANGED, &a.seed, "seed of the default init (default 0)"},
     };
     const char *pos[1];
     int n_pos;
@@ -106,7 +106,7 @@ int cmd_asm(int argc, char **argv) {
         {"--fast", OPT_FLAG, &fast, "fast numeric mode (FMA, reassociation)"},
         {"--ir", OPT_FLAG, &ir_only, "only the LLVM IR"},
         {"--asm", OPT_FLAG, &asm_only, "only the assembly"},
-        {"--seed", OPT_INT, &a.seed, "seed of the default init (default 0)"},
+        {"--seed", OPT_RANGED, &a.seed, "seed of the default init (default 0)"},
     };
     const char *pos[1];
     int n_pos;

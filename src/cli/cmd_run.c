@@ -40,10 +40,10 @@ int cmd_run(int argc, char **argv) {
         {"--exact", OPT_FLAG, &exact, "compiled: bit-identical to eager (default)"},
         {"--fast", OPT_FLAG, &fast, "compiled: allow FMA and reassociation"},
         {"--frozen", OPT_FLAG, &frozen, "compiled: bake parameters in as constants"},
-        {"--threads", OPT_INT, &threads, "compiled: threads, 1..1024 (default: all cores)"},
+        {"--threads", OPT_RANGED, &threads, "compiled: threads, 1..1024 (default: all cores)"},
         {"--out", OPT_STRING, &out_path, "write the output as tensor 'output' to this file"},
-        {"--batch", OPT_INT, &batch, "batch of the random input (default 3)"},
-        {"--seed", OPT_INT, &seed, "seed of default init and random input (default 0)"},
+        {"--batch", OPT_RANGED, &batch, "batch of the random input (default 3)"},
+        {"--seed", OPT_RANGED, &seed, "seed of default init and random input (default 0)"},
     };
     const char *pos[1];
     int n_pos;

@@ -17,6 +17,7 @@ void cli_print_usage(FILE *f, const cli_command *cmd, const cli_opt *opts, int n
     for (int i = 0; i < n_opts; i++) {
         const char *arg = opts[i].kind == OPT_FLAG     ? ""
                           : opts[i].kind == OPT_INT    ? " N"
+                          : opts[i].kind == OPT_RANGED ? " N"
                           : opts[i].kind == OPT_REAL   ? " X"
                                                        : " VALUE";
         char left[48];
@@ -78,6 +79,11 @@ int cli_parse(const cli_command *cmd, int argc, char **argv, const cli_opt *opts
             if (o->kind == OPT_STRING) {
                 *(const char **)o->dest = val;
             } else if (o->kind == OPT_INT) {
+                if (!parse_int(val, 0, INT64_C(1) << 40, (int64_t *)o->dest))
+                    return cli_error(cmd->name, CLI_USAGE,
+                                     "option %s needs a non-negative integer, got '%s'", o->name,
+                                     val);
+            } else if (o->kind == OPT_RANGED) {
                 cli_int *v = o->dest;
                 if (!parse_int(val, v->min, v->max, &v->value))
                     return cli_error(cmd->name, CLI_USAGE,
