@@ -1,6 +1,7 @@
 /* A compiled graph: the compile pipeline (clone, optimise, split off the
  * input-free prologue, lower the body, JIT it) and the runtime (shape
  * guards, live-parameter refresh, scratch, the call). */
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <string.h>
 #include <unistd.h>
@@ -384,6 +385,22 @@ static mj_status check_graph(const mj_graph *g) {
     return MJ_OK;
 }
 
+/* Appends to stats.warning ("; " between messages), cut to its size. */
+static void warn(mj_compiled *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void warn(mj_compiled *c, const char *fmt, ...) {
+    char *w = c->stats.warning;
+    size_t n = strlen(w), cap = sizeof c->stats.warning;
+    if (n) {
+        if (n + 3 >= cap) return; /* full: the first messages matter most */
+        memcpy(w + n, "; ", 3);
+        n += 2;
+    }
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(w + n, cap - n, fmt, ap);
+    va_end(ap);
+}
+
 /* Lower, optimise, emit an object file, link it, with the compile cache
  * (jit/cache.c, docs/cache.md) in front: a hit skips IR, optimisation and
  * codegen. Each compiled graph links into its own JITDylib, so the body
@@ -403,19 +420,27 @@ static mj_status build_and_add(mj_compiled *c, prologue *pr) {
     LLVMMemoryBufferRef obj = NULL;
     if (dir) {
         double t0 = mj_now_seconds();
-        if (mj_cache_load(dir, key, &obj)) {
-            s = mj_cache_link(c->jit, obj, fname, &c->rt, &addr);
+        mj_cache_entry e;
+        char why[96];
+        mj_cache_lookup r = mj_cache_load(dir, key, &e, why, sizeof why);
+        if (r == MJ_CACHE_FOUND) {
+            s = mj_cache_link(c->jit, e.obj, fname, &c->rt, &addr); /* takes obj */
+            e.obj = NULL;
             if (s == MJ_OK) {
                 c->stats.cache_hit = true;
-                /* for dumps; without it the code still runs */
-                mj_cache_load_bitcode(dir, key, &c->bitcode, &c->bitcode_size);
+                c->bitcode = e.bitcode; /* for dumps */
+                c->bitcode_size = e.bitcode_size;
                 c->stats.codegen_ms = (mj_now_seconds() - t0) * 1e3;
                 goto done;
             }
-            /* corrupt or truncated: drop it and compile; the store repairs it */
+            mj_cache_entry_dispose(&e);
+            snprintf(why, sizeof why, "%s", mj_last_error());
+        }
+        if (r != MJ_CACHE_MISS) {
+            /* unusable (corrupt, another key's, not a file): drop it and
+             * compile; the store replaces it */
             mj_cache_remove(dir, key);
-            snprintf(c->stats.warning, sizeof c->stats.warning, "cache: dropped a bad entry %.16s...: %s", key,
-                     mj_last_error());
+            warn(c, "cache: dropped a bad entry %.16s...: %s", key, why);
         }
     }
 
@@ -456,10 +481,12 @@ static mj_status build_and_add(mj_compiled *c, prologue *pr) {
     /* takes tsc and m */
     if ((s = mj_cache_codegen(c->jit, tsc, m, &obj, &c->bitcode, &c->bitcode_size, &c->stats)) != MJ_OK) goto done;
     if (dir) {
-        if (mj_cache_store_bitcode(dir, key, c->bitcode, c->bitcode_size) != MJ_OK ||
-            mj_cache_store(dir, key, LLVMGetBufferStart(obj), LLVMGetBufferSize(obj)) != MJ_OK)
-            /* not fatal: the code is compiled, only the cache missed out */
-            snprintf(c->stats.warning, sizeof c->stats.warning, "%s", mj_last_error());
+        /* not fatal: the code is compiled, only the cache misses out */
+        uint64_t cap;
+        if (mj_cache_max_bytes(&cap) != MJ_OK) warn(c, "%s; using %d", mj_last_error(), MJ_CACHE_DEFAULT_MAX_MB);
+        if (mj_cache_store(dir, key, LLVMGetBufferStart(obj), LLVMGetBufferSize(obj), c->bitcode, c->bitcode_size,
+                           cap) != MJ_OK)
+            warn(c, "%s", mj_last_error());
     }
     t0 = mj_now_seconds();
     s = mj_cache_link(c->jit, obj, fname, &c->rt, &addr); /* takes obj */
@@ -486,6 +513,7 @@ mj_status mj_jit_compile(mj_jit *jit, const mj_graph *g, const mj_compile_option
         return mj_fail(MJ_ERR_INVALID, "mj_jit_compile: threads is %d (must be >= 0)", opts.threads);
     double t_start = mj_now_seconds();
     MJ_TRY(check_graph(g));
+    MJ_TRY(mj_jit_check_memory(g, opts.frozen)); /* before LLVM can run out */
 
     mj_compiled *c = mj_alloc(sizeof *c);
     if (!c) return MJ_ERR_NOMEM;
@@ -555,7 +583,6 @@ fail:
 /* Work (FLOP) below which a call stays on the caller's thread: waking the
  * pool costs tens of microseconds. */
 #define PAR_MIN_FLOPS 4e6
-#define COL_MAX_ROWS 6
 
 static bool b_at_dim0_only(const mj_type *t) {
     if (t->rank < 1 || t->dims[0] != MJ_DIM_BATCH) return false;
@@ -572,16 +599,12 @@ static int64_t type_row(const mj_type *t) {
 
 static int64_t sparse_floats(const mj_compiled *c, int64_t rows) {
     int64_t sp = 0;
-#if MJ_HAVE_SPARSE
     for (int32_t i = 0; i < c->g->n_nodes; i++) {
         if (!c->plan.sparse[i]) continue;
         const mj_type *wt = &c->g->nodes[c->g->nodes[i].operands[1]].type;
         int64_t f = mj_sparse_scratch_floats(wt->dims[1], wt->dims[0], rows);
         if (f > sp) sp = f;
     }
-#else
-    (void)c, (void)rows;
-#endif
     return sp ? sp + 16 : 0;
 }
 
@@ -719,6 +742,12 @@ static mj_status sizes_general(const mj_compiled *c, int64_t batch, int64_t *in_
 mj_status mj_compiled_run_raw(mj_compiled *c, const float *x, int64_t batch, float *y, int64_t y_numel) {
     if (!c || !x || !y)
         return mj_fail(MJ_ERR_INVALID, "mj_compiled_run_raw: %s is NULL", !c ? "the compiled graph" : !x ? "x" : "y");
+    /* The trace cannot see into native code: its output would become a const
+     * of this one call's values. Refused rather than recorded wrongly. */
+    if (mj_trace_active())
+        return mj_fail(MJ_ERR_STATE, "cannot run a compiled graph inside a trace: the trace cannot record "
+                                     "what the native code computes, so its output would become a constant; "
+                                     "call the module's forward inside the trace instead");
     if (batch < 1) {
         char ts[96];
         return mj_fail(MJ_ERR_SHAPE, "compiled graph: batch is %lld but must be >= 1 (input %s)", (long long)batch,
@@ -764,7 +793,7 @@ mj_status mj_compiled_run_raw(mj_compiled *c, const float *x, int64_t batch, flo
     if (c->pool && (double)batch * c->row_flops >= PAR_MIN_FLOPS) {
         /* Fewer rows per thread than a micro-kernel's 6 and a layer with a
          * panel of columns per thread: split the columns instead of rows. */
-        bool columns = batch < COL_MAX_ROWS * c->pool->n && c->col_panels >= c->pool->n;
+        bool columns = batch < MJ_MK_MAX_ROWS * c->pool->n && c->col_panels >= c->pool->n;
         if ((columns || batch >= 2) && run_parallel(c, leaves, x, batch, y, columns)) {
             if (pr) leave(c);
             return MJ_OK;

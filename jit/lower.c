@@ -2,7 +2,8 @@
  * blocks, typed builders only.
  *
  *   void body(const float *const *leaves, const float *x, float *y,
- *             int64_t batch, float *scratch)
+ *             int64_t batch, float *scratch, int64_t tid, int64_t nth,
+ *             mj_body_sync *sync)        (jit_internal.h: mj_lower_body)
  *
  * Exact mode emits, per output element, the float operations of the eager
  * kernels (src/ops.c) in the same order; only the loops around them differ.
@@ -45,7 +46,6 @@ void mj_pack_panels(const float *w, int64_t N, int64_t K, int64_t P, float *out)
 /* A frozen linear layer whose weight (and bias) are constants, sparse enough
  * for jit/sparse.c to beat the dense kernel. */
 static bool use_sparse(const mj_graph *g, const bool *input_free, const mj_node *n, bool frozen) {
-#if MJ_HAVE_SPARSE
     if (!frozen || (n->op != MJ_OP_LINEAR && n->op != MJ_OP_LINEAR_ACT) || input_free[n - g->nodes]) return false;
     const mj_node *w = &g->nodes[n->operands[1]];
     if (w->op != MJ_OP_CONST || !w->tensor || w->type.rank != 2) return false;
@@ -55,10 +55,6 @@ static bool use_sparse(const mj_graph *g, const bool *input_free, const mj_node 
     if (n->n_operands == 3 && (g->nodes[n->operands[2]].op != MJ_OP_CONST || !g->nodes[n->operands[2]].tensor))
         return false;
     return mj_sparse_profitable(w->tensor->data, w->type.dims[0], w->type.dims[1]);
-#else
-    (void)g, (void)input_free, (void)n, (void)frozen;
-    return false;
-#endif
 }
 
 mj_status mj_body_plan_build(const mj_graph *g, const bool *input_free, bool frozen, mj_body_plan *p) {
@@ -137,7 +133,6 @@ mj_status mj_body_scratch_floats(const mj_body_plan *p, int64_t batch, int64_t *
             return mj_fail(MJ_ERR_LIMIT, "batch %lld: the intermediate values need more than 2^40 floats",
                            (long long)batch);
     }
-#if MJ_HAVE_SPARSE
     /* one region shared by the sparse layers (they run one after another) */
     int64_t sp = 0;
     for (int32_t i = 0; i < p->g->n_nodes; i++) {
@@ -148,7 +143,6 @@ mj_status mj_body_scratch_floats(const mj_body_plan *p, int64_t batch, int64_t *
     }
     if (sp > MJ_MAX_NUMEL || __builtin_add_overflow(total, round16(sp), &total) || total > MJ_MAX_NUMEL)
         return mj_fail(MJ_ERR_LIMIT, "batch %lld: the sparse kernels' scratch is too large", (long long)batch);
-#endif
     *out = total;
     return MJ_OK;
 }
@@ -365,6 +359,8 @@ static void emit_expand(lw *w, int32_t id) {
     loop_end(w, &li);
 }
 
+static LLVMValueRef vmuladd(lw *w, LLVMValueRef acc, LLVMValueRef a, LLVMValueRef b);
+
 /* y[M,N] = x[M,K] . W  with W[k][j] at W + k*wsk + j*wsj; then + b[j], then
  * act. Each y element: +0.0f, then y + x*w for k ascending, then + b: the
  * order of mj_linear / mj_matmul. With a contiguous j (wsj == 1) the loops
@@ -384,7 +380,7 @@ static void emit_dot(lw *w, LLVMValueRef y, LLVMValueRef x, LLVMValueRef W, LLVM
         LLVMValueRef xv = load(w, xrow, lk.iv);
         LLVMValueRef wrow = at(w, W, mul(w, lk.iv, wsk));
         lj = loop_begin(w, N);
-        store(w, fadd(w, load(w, yrow, lj.iv), fmul(w, xv, load(w, wrow, lj.iv))), yrow, lj.iv);
+        store(w, vmuladd(w, load(w, yrow, lj.iv), xv, load(w, wrow, lj.iv)), yrow, lj.iv);
         loop_end(w, &lj);
         loop_end(w, &lk);
         if (bias || act != MJ_ACT_NONE) {
@@ -399,8 +395,8 @@ static void emit_dot(lw *w, LLVMValueRef y, LLVMValueRef x, LLVMValueRef W, LLVM
         LLVMValueRef wcol = at(w, W, mul(w, lj.iv, wsj));
         store(w, cf(w, 0.0f), yrow, lj.iv);
         loop lk = loop_begin(w, K);
-        LLVMValueRef prod = fmul(w, load(w, xrow, lk.iv), load(w, wcol, mul(w, lk.iv, wsk)));
-        store(w, fadd(w, load(w, yrow, lj.iv), prod), yrow, lj.iv);
+        store(w, vmuladd(w, load(w, yrow, lj.iv), load(w, xrow, lk.iv), load(w, wcol, mul(w, lk.iv, wsk))),
+              yrow, lj.iv);
         loop_end(w, &lk);
         LLVMValueRef v = load(w, yrow, lj.iv);
         if (bias) v = fadd(w, v, load(w, bias, lj.iv));
@@ -473,11 +469,11 @@ static void emit_copy(lw *w, LLVMValueRef dst, LLVMValueRef src, LLVMValueRef n)
  * columns j0 = p*P .. j0+pw as [K][pw]. A micro-kernel keeps rows x vectors
  * accumulators in registers across a block of k and streams the panel: per k
  * it loads the panel's vectors once, broadcasts x[i][k] per row and does
- * acc = acc + x*w (exact: fmul then fadd, k ascending per element, so every
- * element sees eager's operations in eager's order; fast: fmuladd). Partial
+ * acc = fma(x, w, acc) (exact: k ascending per element, so every element
+ * sees eager's fmaf chain in eager's order; fast: fmuladd). Partial
  * vectors (pw not a multiple of the width) use masked loads and stores. */
 
-#define MK_MAX_ROWS 6
+#define MK_MAX_ROWS MJ_MK_MAX_ROWS
 #define MK_MAX_VECS 8
 
 static LLVMTypeRef vty(lw *w) { return LLVMVectorType(w->f32, (unsigned)w->p->vw); }
@@ -528,11 +524,12 @@ static void vstore(lw *w, LLVMValueRef v, LLVMValueRef ptr, int lanes) {
     LLVMBuildCall2(w->b, fty, fn, args, 4, "");
 }
 
-/* acc + a*b: exact fmul then fadd; fast fmuladd (FMA where the host has it) */
+/* acc + a*b, scalar or vector: exact is eager's fmaf(a, b, acc) (llvm.fma:
+ * one rounding, an FMA instruction where the target has one, libm's fmaf
+ * elsewhere); fast is fmuladd with fast-math flags (LLVM may reassociate). */
 static LLVMValueRef vmuladd(lw *w, LLVMValueRef acc, LLVMValueRef a, LLVMValueRef b) {
-    if (!w->fast) return fadd(w, acc, fmul(w, a, b));
     LLVMTypeRef t = LLVMTypeOf(acc), fty;
-    LLVMValueRef fn = intrinsic(w, "llvm.fmuladd", &t, 1, &fty);
+    LLVMValueRef fn = intrinsic(w, w->fast ? "llvm.fmuladd" : "llvm.fma", &t, 1, &fty);
     LLVMValueRef args[3] = {a, b, acc};
     return fpflags(w, LLVMBuildCall2(w->b, fty, fn, args, 3, ""));
 }
@@ -1079,14 +1076,14 @@ mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan 
             emit_barrier(&w);
             continue;
         }
-#if MJ_HAVE_SPARSE
         if (p->sparse[i]) {
             const mj_node *wn = &g->nodes[n->operands[1]];
             const float *bd = n->n_operands == 3 ? g->nodes[n->operands[2]].tensor->data : NULL;
             char name[96];
             snprintf(name, sizeof name, "%s.sparse%d", o->fname, (int)i);
             LLVMValueRef sf = mj_sparse_emit_linear(m, name, wn->tensor->data, bd, wn->type.dims[0], wn->type.dims[1],
-                                                    n->op == MJ_OP_LINEAR_ACT ? n->act : MJ_ACT_NONE, w.fast);
+                                                    n->op == MJ_OP_LINEAR_ACT ? n->act : MJ_ACT_NONE, w.fast,
+                                                    p->vw);
             if (!sf) {
                 s = MJ_ERR_NOMEM;
                 break;
@@ -1100,9 +1097,6 @@ mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan 
             emit_barrier(&w);
             continue;
         }
-#else
-        (void)sparse_scratch;
-#endif
         switch (n->op) {
         case MJ_OP_MATMUL: emit_matmul(&w, i); break;
         case MJ_OP_LINEAR:

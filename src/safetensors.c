@@ -540,7 +540,7 @@ fail:
 }
 
 static mj_status st_write_tensor(mj_outfile *o, const mj_tensor *t) {
-    const float *data = mj_tensor_data(t);
+    const float *data = t->data; /* not the public accessor: no TracerWarning */
     size_t n = (size_t)mj_tensor_numel(t);
 #if ST_BIG_ENDIAN
     unsigned char buf[ST_CHUNK];

@@ -2,15 +2,11 @@
  * /work/shared/seed/test_parametrization.py): same steps, same assertions.
  * test_jit_trace is ported with the tracer's tests. */
 #include <criterion/criterion.h>
+#include <math.h>
 #include <string.h>
 
 #include "maskjit.h"
-
-#define OK(expr)                                                                           \
-    do {                                                                                   \
-        mj_status s_ = (expr);                                                             \
-        cr_assert_eq(s_, MJ_OK, "%s -> %s: %s", #expr, mj_status_name(s_), mj_last_error()); \
-    } while (0)
+#include "test_util.h"
 
 static mj_tensor *eye16(void) {
     mj_tensor *t;
@@ -160,7 +156,7 @@ Test(seed, bias_model_with_identity_masks) {
         for (int i = 0; i < 3; i++)
             for (int o = 0; o < 16; o++) {
                 float acc = 0.0f;
-                for (int k = 0; k < 16; k++) acc += h[i][k] * ((o == k ? 1.0f : 0.0f) * w);
+                for (int k = 0; k < 16; k++) acc = fmaf(h[i][k], (o == k ? 1.0f : 0.0f) * w, acc);
                 next[i][o] = acc + b;
             }
         memcpy(h, next, sizeof h);

@@ -12,7 +12,8 @@ static const cli_command commands[] = {
     {"ir", "MODEL [options]", "print the traced IR (--frozen, --passes, --dot)", cmd_ir},
     {"trace", "MODEL -o FILE", "save a trace to replay without the model's code", cmd_trace},
     {"asm", "MODEL [options]", "print the optimised LLVM IR and host assembly", cmd_asm},
-    {"bench", "[options]", "eager vs compiled vs OpenBLAS/LIBXSMM benchmarks", cmd_bench},
+    {"bench", "[options]", "benchmarks: eager vs compiled vs OpenBLAS, LIBXSMM, oneDNN, XNNPACK", cmd_bench},
+    {"cache", "stats|clear|prune [options]", "the compile cache: its size, clear it, prune it", cmd_cache},
 };
 enum { N_COMMANDS = sizeof commands / sizeof commands[0] };
 
