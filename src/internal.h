@@ -100,6 +100,25 @@ const char *mj_parametrization_buffer_name(const mj_parametrization *p, int i);
 mj_tensor *mj_parametrization_buffer_at(const mj_parametrization *p, int i);
 bool mj_parametrization_buffer_persistent(const mj_parametrization *p, int i);
 
+/* ---- files the user names (src/outfile.c) ---------------------------------
+ * open, write..., then commit (or abort). A regular file or a new name is
+ * written to a temporary file next to it and renamed over it (symlinks
+ * followed; a replaced file keeps its permission bits, a new one gets
+ * 0666 & ~umask); a FIFO or character device is written through; a
+ * directory, socket or block device is refused. Commit and abort free o. */
+typedef struct mj_outfile {
+    const char *path; /* as the caller named it (borrowed) */
+    char *final;      /* the file that is replaced (links followed) */
+    char *tmp;        /* temporary file; NULL when writing through */
+    char *dir;        /* final's directory, fsync'd after the rename */
+    int fd;
+    bool through;     /* FIFO or character device */
+} mj_outfile;
+mj_status mj_outfile_open(mj_outfile *o, const char *path);
+mj_status mj_outfile_write(mj_outfile *o, const void *buf, size_t n);
+mj_status mj_outfile_commit(mj_outfile *o);
+void mj_outfile_abort(mj_outfile *o);
+
 /* Monotonic clock in seconds (for stats). */
 double mj_now_seconds(void);
 

@@ -230,10 +230,14 @@ mj_status mj_model_from_spec(const char *spec, mj_rng *rng, mj_module **out) {
 
 /* ---- masks --------------------------------------------------------------- */
 
+/* The tensors of a Linear that can carry a mask. */
+static const char *const mask_targets[] = {"weight", "bias"};
+enum { N_MASK_TARGETS = 2 };
+
 typedef struct linear_list {
     mj_module **mods;
-    char **keys; /* mask key for each: "<path>.parametrizations.weight.<i>.mask" */
-    int32_t n, cap, cap_keys;
+    char **paths;
+    int32_t n, cap, cap_paths;
     mj_status status;
 } linear_list;
 
@@ -242,28 +246,118 @@ static int collect_linear(const char *path, mj_module *m, void *ctx) {
     if (m->kind != MJ_KIND_LINEAR) return 0;
     l->status = mj_grow((void **)&l->mods, &l->cap, l->n + 1, sizeof *l->mods);
     if (l->status == MJ_OK)
-        l->status = mj_grow((void **)&l->keys, &l->cap_keys, l->n + 1, sizeof *l->keys);
-    if (l->status != MJ_OK) return 1;
-    /* The buffer lands at index count of the chain (0 for a fresh weight). */
-    char tail[64];
-    snprintf(tail, sizeof tail, "parametrizations.weight.%d.mask",
-             mj_parametrization_count(m, "weight"));
-    size_t len = strlen(path) + strlen(tail) + 2;
-    char *key = mj_alloc(len);
-    if (!key) {
-        l->status = MJ_ERR_NOMEM;
+        l->status = mj_grow((void **)&l->paths, &l->cap_paths, l->n + 1, sizeof *l->paths);
+    char *p = l->status == MJ_OK ? mj_strdup(path) : NULL;
+    if (!p) {
+        if (l->status == MJ_OK) l->status = MJ_ERR_NOMEM;
         return 1;
     }
-    snprintf(key, len, "%s%s%s", path, path[0] ? "." : "", tail);
     l->mods[l->n] = m;
-    l->keys[l->n] = key;
+    l->paths[l->n] = p;
     l->n++;
     return 0;
 }
 
-static bool ends_with(const char *s, const char *suffix) {
-    size_t a = strlen(s), b = strlen(suffix);
-    return a >= b && strcmp(s + a - b, suffix) == 0;
+static bool has_tensor(const mj_module *m, const char *name) {
+    return mj_module_find_param(m, name, NULL) || mj_module_find_buffer(m, name, NULL) ||
+           mj_module_entry(m, name);
+}
+
+/* "<path>.parametrizations.<name>.<i>.mask" for the next mask on name. */
+static void mask_key(char *buf, size_t size, const char *path, const mj_module *lin,
+                     const char *name) {
+    snprintf(buf, size, "%s%sparametrizations.%s.%d.mask", path, path[0] ? "." : "", name,
+             mj_parametrization_count(lin, name));
+}
+
+/* A key of the form "[<path>.]parametrizations.<name>.<rest>.mask": where
+ * PyTorch keeps a parametrization's mask buffer. */
+static bool is_mask_key(const char *key, size_t *path_len, const char **name, size_t *name_len) {
+    static const char seg[] = "parametrizations.";
+    size_t n = strlen(key);
+    if (n < 5 || strcmp(key + n - 5, ".mask") != 0) return false;
+    for (const char *p = strstr(key, seg); p; p = strstr(p + 1, seg)) {
+        if (p != key && p[-1] != '.') continue;
+        const char *nm = p + sizeof seg - 1, *dot = strchr(nm, '.');
+        if (!dot || dot == nm || dot >= key + n - 5) return false;
+        *path_len = p == key ? 0 : (size_t)(p - key - 1);
+        *name = nm;
+        *name_len = (size_t)(dot - nm);
+        return true;
+    }
+    return false;
+}
+
+/* Why a mask key fits no tensor of the model: an error naming it. */
+static mj_status refuse_mask_key(const char *key, const linear_list *l) {
+    size_t plen, nlen;
+    const char *name;
+    bool is_mask = is_mask_key(key, &plen, &name, &nlen);
+    MJ_ASSERT(is_mask);
+    const mj_module *lin = NULL;
+    const char *path = "";
+    for (int32_t j = 0; j < l->n && !lin; j++)
+        if (strlen(l->paths[j]) == plen && strncmp(l->paths[j], key, plen) == 0) {
+            lin = l->mods[j];
+            path = l->paths[j];
+        }
+    if (!lin)
+        return mj_fail(MJ_ERR_KEY, "mask '%s' matches no Linear of the model", key);
+    bool target = false;
+    for (int t = 0; t < N_MASK_TARGETS; t++)
+        target = target ||
+                 (strlen(mask_targets[t]) == nlen && strncmp(mask_targets[t], name, nlen) == 0);
+    char tname[64];
+    snprintf(tname, sizeof tname, "%.*s", (int)(nlen < 63 ? nlen : 63), name);
+    if (!target || !has_tensor(lin, tname))
+        return mj_fail(MJ_ERR_KEY,
+                       "mask '%s': the Linear '%s' has no %s to mask (masks go on weight and bias)",
+                       key, path[0] ? path : "(root)", tname);
+    char want[512];
+    mask_key(want, sizeof want, path, lin, tname);
+    return mj_fail(MJ_ERR_KEY, "mask '%s': the next mask of this %s is '%s'", key, tname, want);
+}
+
+/* The mask for `name` of a Linear: a file's (checked against the tensor's
+ * shape) or a random one for the weight; NULL with MJ_OK when none. */
+static mj_status make_mask(mj_module *lin, const char *name, const char *key,
+                           const mj_tensor_dict *masks, double density, mj_rng *rng,
+                           mj_parametrization **out) {
+    *out = NULL;
+    bool is_weight = strcmp(name, "weight") == 0;
+    const int64_t wshape[2] = {lin->out_features, lin->in_features};
+    const int64_t *shape = wshape; /* the bias: rank 1, [out] */
+    int rank = is_weight ? 2 : 1;
+    mj_tensor *mask = masks ? mj_tensor_dict_get(masks, key) : NULL;
+    mj_status s = MJ_OK;
+    bool rows = false;
+    if (mask && is_weight && mj_tensor_rank(mask) == 1 && mj_tensor_dim(mask, 0) == wshape[0]) {
+        /* One flag per output row: FakeStructuredSparsity, stored as its
+         * [out] vector (tools/export_torch.py). */
+        rows = true;
+        mj_tensor_retain(mask);
+    } else if (mask) {
+        if (!mj_shape_equal(mj_tensor_rank(mask), mj_tensor_shape(mask), rank, shape)) {
+            char ms[96], ws[64];
+            return mj_fail(MJ_ERR_SHAPE, "mask '%s' has shape %s but the %s has shape %s%s", key,
+                           mj_shape_str(ms, sizeof ms, mj_tensor_rank(mask), mj_tensor_shape(mask)),
+                           name, mj_shape_str(ws, sizeof ws, rank, shape),
+                           is_weight ? " (a row mask would be [out])" : "");
+        }
+        mj_tensor_retain(mask);
+    } else if (is_weight && density < 1.0) {
+        if (!rng)
+            return mj_fail(MJ_ERR_INVALID, "random masks of density %g need an rng", density);
+        MJ_TRY(mj_tensor_zeros(&mask, 2, wshape));
+        float *d = mj_tensor_data_mut(mask);
+        for (int64_t k = 0; k < mj_tensor_numel(mask); k++)
+            d[k] = mj_rng_uniform(rng) < density ? 1.0f : 0.0f;
+    } else {
+        return MJ_OK;
+    }
+    s = rows ? mj_fake_structured_sparsity_new(out, mask) : mj_fake_sparsity_new(out, mask);
+    mj_tensor_release(mask);
+    return s;
 }
 
 mj_status mj_model_apply_masks(mj_module *m, const mj_tensor_dict *masks, double density,
@@ -274,83 +368,61 @@ mj_status mj_model_apply_masks(mj_module *m, const mj_tensor_dict *masks, double
     linear_list l = {0};
     mj_module_walk(m, collect_linear, &l);
     mj_status s = l.status;
+    /* One job per (Linear, weight|bias), in walk order. */
+    int32_t n_jobs = l.n * N_MASK_TARGETS;
     mj_parametrization **ps = NULL;
-    if (s == MJ_OK && l.n > 0) {
-        ps = mj_alloc_array((size_t)l.n, sizeof *ps);
-        if (!ps) s = MJ_ERR_NOMEM;
+    bool *reg = NULL;
+    if (s == MJ_OK && n_jobs > 0) {
+        ps = mj_alloc_array((size_t)n_jobs, sizeof *ps);
+        reg = mj_alloc_array((size_t)n_jobs, sizeof *reg);
+        if (!ps || !reg) s = MJ_ERR_NOMEM;
     }
-    /* A mask key that names no Linear is almost certainly a mistake (a
-     * renamed layer, a mask file for another model): refuse it. */
+    /* Every mask key must fit a weight or bias of a Linear, at the index
+     * its registration gets: a renamed layer, a mask file for another model
+     * or a mask for a tensor maskjit cannot mask is refused by name, not
+     * dropped. */
+    char key[512];
     for (int i = 0; s == MJ_OK && i < mj_tensor_dict_size(masks); i++) {
-        const char *key = mj_tensor_dict_key(masks, i);
-        if (!ends_with(key, ".mask") || !strstr(key, "parametrizations.weight.")) continue;
+        const char *k = mj_tensor_dict_key(masks, i);
+        size_t plen, nlen;
+        const char *nm;
+        if (!is_mask_key(k, &plen, &nm, &nlen)) continue;
         bool used = false;
-        for (int32_t j = 0; j < l.n && !used; j++) used = strcmp(l.keys[j], key) == 0;
-        if (!used)
-            s = mj_fail(MJ_ERR_KEY, "mask '%s' matches no Linear weight of the model", key);
+        for (int32_t j = 0; j < l.n && !used; j++)
+            for (int t = 0; t < N_MASK_TARGETS && !used; t++) {
+                if (!has_tensor(l.mods[j], mask_targets[t])) continue;
+                mask_key(key, sizeof key, l.paths[j], l.mods[j], mask_targets[t]);
+                used = strcmp(key, k) == 0;
+            }
+        if (!used) s = refuse_mask_key(k, &l);
     }
     /* Build every mask before registering any, so a bad one changes nothing. */
-    for (int32_t i = 0; s == MJ_OK && i < l.n; i++) {
-        mj_module *lin = l.mods[i];
-        const int64_t wshape[2] = {lin->out_features, lin->in_features};
-        mj_tensor *mask = masks ? mj_tensor_dict_get(masks, l.keys[i]) : NULL;
-        bool rows = false;
-        if (mask && mj_tensor_rank(mask) == 1 && mj_tensor_dim(mask, 0) == wshape[0]) {
-            /* One flag per output row: FakeStructuredSparsity, stored as
-             * its [out] vector (tools/export_torch.py). */
-            rows = true;
-            mj_tensor_retain(mask);
-        } else if (mask) {
-            if (!mj_shape_equal(mj_tensor_rank(mask), mj_tensor_shape(mask), 2, wshape)) {
-                char ms[96], ws[64];
-                s = mj_fail(MJ_ERR_SHAPE,
-                            "mask '%s' has shape %s but the weight has shape %s (a row mask "
-                            "would be [%lld])",
-                            l.keys[i],
-                            mj_shape_str(ms, sizeof ms, mj_tensor_rank(mask), mj_tensor_shape(mask)),
-                            mj_shape_str(ws, sizeof ws, 2, wshape), (long long)wshape[0]);
-                break;
-            }
-            mj_tensor_retain(mask);
-        } else if (density < 1.0) {
-            if (!rng) {
-                s = mj_fail(MJ_ERR_INVALID, "random masks of density %g need an rng", density);
-                break;
-            }
-            s = mj_tensor_zeros(&mask, 2, wshape);
-            if (s != MJ_OK) break;
-            float *d = mj_tensor_data_mut(mask);
-            for (int64_t k = 0; k < mj_tensor_numel(mask); k++)
-                d[k] = mj_rng_uniform(rng) < density ? 1.0f : 0.0f;
-        } else {
-            continue;
-        }
-        s = rows ? mj_fake_structured_sparsity_new(&ps[i], mask) : mj_fake_sparsity_new(&ps[i], mask);
-        mj_tensor_release(mask);
+    for (int32_t i = 0; s == MJ_OK && i < n_jobs; i++) {
+        mj_module *lin = l.mods[i / N_MASK_TARGETS];
+        const char *name = mask_targets[i % N_MASK_TARGETS];
+        if (!has_tensor(lin, name)) continue;
+        mask_key(key, sizeof key, l.paths[i / N_MASK_TARGETS], lin, name);
+        s = make_mask(lin, name, key, masks, density, rng, &ps[i]);
     }
-    bool *reg = NULL;
-    if (s == MJ_OK && l.n > 0) {
-        reg = mj_alloc_array((size_t)l.n, sizeof *reg);
-        if (!reg) s = MJ_ERR_NOMEM;
-    }
-    for (int32_t i = 0; s == MJ_OK && i < l.n; i++) {
+    for (int32_t i = 0; s == MJ_OK && i < n_jobs; i++) {
         if (!ps[i]) continue;
-        s = mj_register_parametrization(l.mods[i], "weight", ps[i]);
+        s = mj_register_parametrization(l.mods[i / N_MASK_TARGETS],
+                                        mask_targets[i % N_MASK_TARGETS], ps[i]);
         if (s == MJ_OK) {
             ps[i] = NULL; /* owned by the module now */
             reg[i] = true;
         }
     }
     if (s != MJ_OK && reg) /* undo the registrations that succeeded, newest first */
-        for (int32_t i = l.n - 1; i >= 0; i--)
-            if (reg[i]) mj_parametrization_pop_last(l.mods[i], "weight");
+        for (int32_t i = n_jobs - 1; i >= 0; i--)
+            if (reg[i])
+                mj_parametrization_pop_last(l.mods[i / N_MASK_TARGETS],
+                                            mask_targets[i % N_MASK_TARGETS]);
+    for (int32_t i = 0; ps && i < n_jobs; i++) mj_parametrization_free(ps[i]);
+    for (int32_t i = 0; i < l.n; i++) free(l.paths[i]);
     free(reg);
-    for (int32_t i = 0; i < l.n; i++) {
-        if (ps) mj_parametrization_free(ps[i]);
-        free(l.keys[i]);
-    }
     free(ps);
     free(l.mods);
-    free(l.keys);
+    free(l.paths);
     return s;
 }

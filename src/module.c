@@ -319,9 +319,11 @@ static mj_status collect_entries(mj_module *m, const char *prefix, mj_collect_wh
         free(p1);
         if (!base) return MJ_ERR_NOMEM;
         mj_status s = MJ_OK;
+        /* PyTorch registers `original` with register_buffer (persistent)
+         * even when the buffer it replaces was not: always in state dicts. */
         bool want_orig = what == MJ_COLLECT_PARAMS    ? !e->is_buffer
                          : what == MJ_COLLECT_BUFFERS ? e->is_buffer
-                                                      : (!e->is_buffer || e->persistent);
+                                                      : true;
         if (want_orig) s = put(d, what, base, "original", e->original);
         for (int32_t i = 0; s == MJ_OK && i < e->n_chain; i++) {
             mj_parametrization *p = e->chain[i];

@@ -29,7 +29,8 @@ typedef struct mj_param_entry {
     char *name;
     mj_tensor *original; /* the tensor object that was registered (identity kept) */
     bool is_buffer;      /* the parametrized tensor was a buffer, not a parameter */
-    bool persistent;     /* for buffers */
+    bool persistent;     /* for buffers: as before registration (for an exact rollback);
+                          * `original` itself is always persistent, as in PyTorch */
     int32_t orig_pos;    /* index it had in params/buffers (exact rollback) */
     mj_parametrization **chain;
     int32_t n_chain, cap_chain;

@@ -483,7 +483,9 @@ mj_status mj_remove_parametrizations(mj_module *m, const char *name, bool leave_
         }
         mj_tensor_release(v);
     }
-    /* PyTorch re-registers the tensor, so it goes to the end of the list. */
+    /* PyTorch re-registers the tensor (register_buffer: persistent), so it
+     * goes to the end of the list. */
+    e->persistent = true;
     unregister_entry(m, (int32_t)(e - m->entries), INT32_MAX);
     return MJ_OK;
 }

@@ -7,7 +7,8 @@
  *
  * Loading streams the data section straight into the tensors (F32) or
  * through a small conversion buffer (F16, BF16, F64): a large file is never
- * held twice in memory. Saving is atomic: temp file, fsync, rename. */
+ * held twice in memory. Saving goes through src/outfile.c: atomic (temp
+ * file, fsync, rename) for files, written through for FIFOs and devices. */
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
@@ -538,23 +539,7 @@ fail:
     return s;
 }
 
-static mj_status st_write_all(int fd, const void *buf, size_t n, const char *tmp) {
-    const char *p = buf;
-    while (n > 0) {
-        size_t step = n > (size_t)1 << 30 ? (size_t)1 << 30 : n;
-        ssize_t w = write(fd, p, step);
-        if (w < 0) {
-            if (errno == EINTR) continue;
-            return mj_fail(MJ_ERR_IO, "writing '%s': %s", tmp, strerror(errno));
-        }
-        if (w == 0) return mj_fail(MJ_ERR_IO, "writing '%s': no progress", tmp);
-        p += w;
-        n -= (size_t)w;
-    }
-    return MJ_OK;
-}
-
-static mj_status st_write_tensor(int fd, const mj_tensor *t, const char *tmp) {
+static mj_status st_write_tensor(mj_outfile *o, const mj_tensor *t) {
     const float *data = t->data; /* not the public accessor: no TracerWarning */
     size_t n = (size_t)mj_tensor_numel(t);
 #if ST_BIG_ENDIAN
@@ -566,97 +551,37 @@ static mj_status st_write_tensor(int fd, const mj_tensor *t, const char *tmp) {
             memcpy(&u, &data[done + i], 4);
             for (int b = 0; b < 4; b++) buf[4 * i + b] = (unsigned char)(u >> (8 * b));
         }
-        MJ_TRY(st_write_all(fd, buf, k * 4, tmp));
+        MJ_TRY(mj_outfile_write(o, buf, k * 4));
         done += k;
     }
     return MJ_OK;
 #else
-    return st_write_all(fd, data, n * sizeof(float), tmp);
+    return mj_outfile_write(o, data, n * sizeof(float));
 #endif
-}
-
-/* Directory of path ("." when it has no '/'), for the fsync after rename. */
-static char *st_dirname(const char *path) {
-    const char *slash = strrchr(path, '/');
-    if (!slash) return mj_strdup(".");
-    if (slash == path) return mj_strdup("/");
-    size_t n = (size_t)(slash - path);
-    char *d = mj_alloc(n + 1);
-    if (d) memcpy(d, path, n);
-    return d;
 }
 
 mj_status mj_safetensors_save(const char *path, const mj_tensor_dict *d) {
     if (!path || !d) return mj_fail(MJ_ERR_INVALID, "safetensors_save: path or dict is NULL");
     if (path[0] == '\0') return mj_fail(MJ_ERR_INVALID, "safetensors_save: empty path");
 
-    char *hdr = NULL, *tmp = NULL, *dir = NULL;
+    char *hdr = NULL;
     size_t padded = 0;
-    int fd = -1;
-    bool tmp_exists = false;
     mj_status s = st_build_header(d, &hdr, &padded);
-    if (s != MJ_OK) goto done;
-
-    size_t plen = strlen(path);
-    tmp = mj_alloc(plen + sizeof ".tmp.XXXXXX");
-    dir = st_dirname(path);
-    if (!tmp || !dir) {
-        s = MJ_ERR_NOMEM;
-        goto done;
+    mj_outfile o;
+    if (s == MJ_OK) s = mj_outfile_open(&o, path);
+    if (s == MJ_OK) {
+        unsigned char lenb[8];
+        for (int b = 0; b < 8; b++) lenb[b] = (unsigned char)((uint64_t)padded >> (8 * b));
+        s = mj_outfile_write(&o, lenb, 8);
+        if (s == MJ_OK) s = mj_outfile_write(&o, hdr, padded);
+        for (int i = 0; s == MJ_OK && i < mj_tensor_dict_size(d); i++)
+            s = st_write_tensor(&o, mj_tensor_dict_value(d, i));
+        if (s == MJ_OK)
+            s = mj_outfile_commit(&o);
+        else
+            mj_outfile_abort(&o);
     }
-    memcpy(tmp, path, plen);
-    memcpy(tmp + plen, ".tmp.XXXXXX", sizeof ".tmp.XXXXXX");
-    fd = mkstemp(tmp);
-    if (fd < 0) {
-        s = mj_fail(MJ_ERR_IO, "cannot create a temporary file '%s': %s", tmp, strerror(errno));
-        goto done;
-    }
-    tmp_exists = true;
-    /* mkstemp makes 0600; a model file is ordinary data */
-    if (fchmod(fd, 0644) != 0) {
-        s = mj_fail(MJ_ERR_IO, "chmod '%s': %s", tmp, strerror(errno));
-        goto done;
-    }
-
-    unsigned char lenb[8];
-    for (int b = 0; b < 8; b++) lenb[b] = (unsigned char)((uint64_t)padded >> (8 * b));
-    s = st_write_all(fd, lenb, 8, tmp);
-    if (s == MJ_OK) s = st_write_all(fd, hdr, padded, tmp);
-    for (int i = 0; s == MJ_OK && i < mj_tensor_dict_size(d); i++)
-        s = st_write_tensor(fd, mj_tensor_dict_value(d, i), tmp);
-    if (s != MJ_OK) goto done;
-    if (fsync(fd) != 0) {
-        s = mj_fail(MJ_ERR_IO, "fsync '%s': %s", tmp, strerror(errno));
-        goto done;
-    }
-    int rc = close(fd);
-    fd = -1;
-    if (rc != 0) {
-        s = mj_fail(MJ_ERR_IO, "closing '%s': %s", tmp, strerror(errno));
-        goto done;
-    }
-    if (rename(tmp, path) != 0) {
-        s = mj_fail(MJ_ERR_IO, "renaming '%s' to '%s': %s", tmp, path, strerror(errno));
-        goto done;
-    }
-    tmp_exists = false;
-    /* make the rename itself durable; file systems that cannot fsync a
-     * directory (EINVAL) give no stronger guarantee to ask for */
-    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd < 0) {
-        s = mj_fail(MJ_ERR_IO, "opening directory '%s' to fsync it: %s", dir, strerror(errno));
-        goto done;
-    }
-    if (fsync(dfd) != 0 && errno != EINVAL)
-        s = mj_fail(MJ_ERR_IO, "fsync of directory '%s': %s", dir, strerror(errno));
-    close(dfd);
-
-done:
-    if (fd >= 0) close(fd);
-    if (tmp_exists) unlink(tmp);
     free(hdr);
-    free(tmp);
-    free(dir);
     if (s != MJ_OK) return mj_fail_prefix(s, "saving '%s'", path);
     return MJ_OK;
 }

@@ -1219,13 +1219,13 @@ Test(reliability, cli_bad_arguments_exit_2_with_a_message) {
     CLI_EXPECT(2, "unknown option '-x'", "check", "mut", "-x");
     CLI_EXPECT(2, "option --batch needs a value", "run", "mut", "--batch");
     CLI_EXPECT(2, "option --weights needs a value", "run", "mut", "--weights");
-    CLI_EXPECT(2, "needs a non-negative integer, got 'abc'", "run", "mut", "--batch", "abc");
-    CLI_EXPECT(2, "needs a non-negative integer, got '12x'", "run", "mut", "--batch", "12x");
-    CLI_EXPECT(2, "needs a non-negative integer, got '-5'", "run", "mut", "--batch", "-5");
-    CLI_EXPECT(2, "needs a non-negative integer, got '99999999999999999999'", "run", "mut", "--batch",
-               "99999999999999999999");
-    CLI_EXPECT(2, "needs a non-negative integer, got ''", "run", "mut", "--batch=");
-    CLI_EXPECT(2, "--batch must be at least 1", "run", "mut", "--batch", "0");
+    CLI_EXPECT(2, "--batch needs an integer in 1..1048576, got 'abc'", "run", "mut", "--batch", "abc");
+    CLI_EXPECT(2, "--batch needs an integer in 1..1048576, got '12x'", "run", "mut", "--batch", "12x");
+    CLI_EXPECT(2, "--batch needs an integer in 1..1048576, got '-5'", "run", "mut", "--batch", "-5");
+    CLI_EXPECT(2, "--batch needs an integer in 1..1048576, got '99999999999999999999'", "run", "mut",
+               "--batch", "99999999999999999999");
+    CLI_EXPECT(2, "--batch needs an integer in 1..1048576, got ''", "run", "mut", "--batch=");
+    CLI_EXPECT(2, "--batch needs an integer in 1..1048576, got '0'", "run", "mut", "--batch", "0");
     CLI_EXPECT(2, "--mode must be eager, traced or compiled, got 'nonsense'", "run", "mut", "--mode",
                "nonsense");
     CLI_EXPECT(2, "option --frozen takes no value", "run", "mut", "--frozen=1");

@@ -29,11 +29,15 @@ mj_status mj_model_under_test_new(mj_module **out, bool bias);
  * "mlp:", fixed for "mut". MJ_ERR_FORMAT with a message on a bad spec. */
 mj_status mj_model_from_spec(const char *spec, mj_rng *rng, mj_module **out);
 
-/* Registers a FakeSparsity mask on every Linear's weight of the tree: masks
- * from `masks` by key "<mod>.parametrizations.weight.0.mask" when present,
- * else (density < 1) random unstructured masks of that density from rng,
- * else nothing. A mask of shape [out] (one flag per output row) registers
- * FakeStructuredSparsity; one of the weight's shape registers FakeSparsity. */
+/* Registers FakeSparsity masks on the Linear layers of the tree: from
+ * `masks` by key "<mod>.parametrizations.weight.0.mask" (and
+ * "...bias.0.mask" for a bias, as torch.ao.pruning can make) when present,
+ * else (density < 1) random unstructured weight masks of that density from
+ * rng, else nothing. A weight mask of shape [out] (one flag per output row)
+ * registers FakeStructuredSparsity; one of the tensor's shape FakeSparsity.
+ * A key of the form "<path>.parametrizations.<name>.<i>.mask" that fits no
+ * weight or bias of a Linear at the next free index <i> is MJ_ERR_KEY
+ * naming it. All or nothing: on error the model is unchanged. */
 mj_status mj_model_apply_masks(mj_module *m, const mj_tensor_dict *masks, double density,
                                mj_rng *rng);
 

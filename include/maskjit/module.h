@@ -195,8 +195,11 @@ bool mj_parametrize_is_cached(const mj_module *m);
 /* ---- state dicts -------------------------------------------------------- */
 /* Persistent parameters and buffers under PyTorch's keys. include_masks adds
  * the non-persistent parametrization buffers (FakeSparsity masks under
- * "<mod>.parametrizations.weight.0.mask"). The dict shares the module's
- * tensors (no copy). */
+ * "<mod>.parametrizations.weight.0.mask"). A parametrized buffer's
+ * "<mod>.parametrizations.<name>.original" is always included, persistent
+ * or not: PyTorch registers it with register_buffer (and so does
+ * remove_parametrizations when it puts the buffer back). The dict shares
+ * the module's tensors (no copy). */
 mj_status mj_module_state_dict(mj_module *m, bool include_masks, mj_tensor_dict **out);
 
 typedef struct mj_load_report {
@@ -220,8 +223,13 @@ mj_status mj_module_load_state_dict(mj_module *m, const mj_tensor_dict *sd, bool
  * an error. Header capped at 100 MB. */
 mj_status mj_safetensors_load(const char *path, mj_tensor_dict **out);
 mj_status mj_safetensors_parse(const void *bytes, size_t size, mj_tensor_dict **out);
-/* Writes F32, keys in dict order, metadata as "__metadata__". Atomic: a
- * temporary file in the same directory, fsync, rename. */
+/* Writes F32, keys in dict order, metadata as "__metadata__".
+ * A regular file or a new name is written atomically: a temporary file in
+ * the same directory, fsync, rename. A symlink is followed (the target is
+ * replaced, the link stays). A replaced file keeps its permission bits; a
+ * new file gets 0666 & ~umask. A FIFO or character device (/dev/stdout,
+ * /dev/null) is written through, never replaced; a FIFO without a reader
+ * is an error at once. A directory, socket or block device is refused. */
 mj_status mj_safetensors_save(const char *path, const mj_tensor_dict *d);
 
 #ifdef __cplusplus

@@ -12,13 +12,28 @@
 enum { CLI_OK = 0, CLI_FAIL = 1, CLI_USAGE = 2, CLI_HELP = -1 };
 
 /* ---- options --------------------------------------------------------------- */
-typedef enum { OPT_FLAG, OPT_STRING, OPT_INT } cli_opt_kind;
+/* OPT_RANGED: a decimal integer within its cli_int's [min, max] (use it for
+ * every new numeric option); OPT_INT: a decimal integer in 0..2^40 into an
+ * int64_t; OPT_REAL: a finite number >= 0. Anything else (overflow,
+ * trailing text, out of range) is a usage error naming the option. */
+typedef enum { OPT_FLAG, OPT_STRING, OPT_INT, OPT_RANGED, OPT_REAL } cli_opt_kind;
 typedef struct cli_opt {
     const char *name; /* "--weights" */
     cli_opt_kind kind;
-    void *dest;       /* bool*, const char**, int64_t* */
+    void *dest;       /* bool*, const char**, int64_t*, cli_int*, double* */
     const char *help; /* one line for --help */
 } cli_opt;
+
+/* An integer option's value (the default until given) and its range. */
+typedef struct cli_int {
+    int64_t value, min, max;
+} cli_int;
+
+/* Limits of the numeric options. Threads: more than the cores only adds
+ * contention; batch: the random input is batch x in_features floats. */
+#define CLI_MAX_THREADS 1024
+#define CLI_MAX_BATCH (INT64_C(1) << 20)
+#define CLI_MAX_SEED INT64_MAX
 
 typedef struct cli_command {
     const char *name;

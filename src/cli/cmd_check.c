@@ -61,19 +61,21 @@ int cmd_check(int argc, char **argv) {
         "input file holding `expected` (e.g. from tools/export_torch.py) every path\n"
         "must also be within rtol/atol of it, and so for each `input.batchN` with its\n"
         "`expected.batchN` stored beside them. Exit 0 on PASS, 1 on FAIL, 2 on bad usage.", NULL};
-    const char *weights = NULL, *input = NULL, *input_name = "input", *rtol_s = NULL,
-               *atol_s = NULL;
-    int64_t n_random = 4, batch = 0, seed = 0;
+    const char *weights = NULL, *input = NULL, *input_name = "input";
+    double rtol = MJ_RTOL_F32, atol = MJ_ATOL_F32;
+    /* batch 0: not given (the input's batch, else 3) */
+    cli_int inputs = {4, 0, 1000}, batch_opt = {0, 1, CLI_MAX_BATCH}, seed = {0, 0, CLI_MAX_SEED};
     bool json = false;
     const cli_opt opts[] = {
         {"--weights", OPT_STRING, &weights, "safetensors file with the model's tensors"},
         {"--input", OPT_STRING, &input, "safetensors file with `input` (and `expected`)"},
         {"--input-name", OPT_STRING, &input_name, "name of the input tensor (default input)"},
-        {"--inputs", OPT_INT, &n_random, "number of extra random inputs (default 4)"},
-        {"--batch", OPT_INT, &batch, "batch of random inputs (default: the input's, else 3)"},
-        {"--rtol", OPT_STRING, &rtol_s, "relative tolerance (default 1.3e-6)"},
-        {"--atol", OPT_STRING, &atol_s, "absolute tolerance (default 1e-5)"},
-        {"--seed", OPT_INT, &seed, "seed of default init and random inputs (default 0)"},
+        {"--inputs", OPT_RANGED, &inputs, "number of extra random inputs, 0..1000 (default 4)"},
+        {"--batch", OPT_RANGED, &batch_opt,
+         "batch of random inputs (default: the input's, else 3)"},
+        {"--rtol", OPT_REAL, &rtol, "relative tolerance (default 1.3e-6)"},
+        {"--atol", OPT_REAL, &atol, "absolute tolerance (default 1e-5)"},
+        {"--seed", OPT_RANGED, &seed, "seed of default init and random inputs (default 0)"},
         {"--json", OPT_FLAG, &json, "print one JSON object instead of the table"},
     };
     const char *pos[1];
@@ -82,15 +84,11 @@ int cmd_check(int argc, char **argv) {
                        NULL);
     if (rc != CLI_OK) return rc == CLI_HELP ? CLI_OK : rc;
     if (n_pos != 1) return cli_error("check", CLI_USAGE, "missing MODEL (see maskjit check --help)");
-    double rtol = MJ_RTOL_F32, atol = MJ_ATOL_F32;
-    if (rtol_s && (sscanf(rtol_s, "%lf", &rtol) != 1 || !(rtol >= 0)))
-        return cli_error("check", CLI_USAGE, "--rtol needs a non-negative number, got '%s'", rtol_s);
-    if (atol_s && (sscanf(atol_s, "%lf", &atol) != 1 || !(atol >= 0)))
-        return cli_error("check", CLI_USAGE, "--atol needs a non-negative number, got '%s'", atol_s);
-    if (n_random > 1000) return cli_error("check", CLI_USAGE, "--inputs is at most 1000");
+    int64_t n_random = inputs.value, batch = batch_opt.value;
 
     cli_model cm;
-    if ((rc = cli_model_load("check", pos[0], weights, (uint64_t)seed, &cm)) != CLI_OK) return rc;
+    if ((rc = cli_model_load("check", pos[0], weights, (uint64_t)seed.value, &cm)) != CLI_OK)
+        return rc;
     mj_tensor *given = NULL, *expected = NULL;
     mj_tensor_dict *input_file = NULL;
     mj_jit *jit = NULL;
@@ -152,8 +150,8 @@ int cmd_check(int argc, char **argv) {
         const mj_tensor *want = k < 0 ? stored_y[k + n_stored] : NULL;
         if (k < 0) {
             x = mj_tensor_retain(stored_x[k + n_stored]);
-        } else if ((rc = cli_random_input("check", batch, cm.in_features, (uint64_t)seed + 100 + k,
-                                          &x)) != CLI_OK) {
+        } else if ((rc = cli_random_input("check", batch, cm.in_features,
+                                          (uint64_t)seed.value + 100 + k, &x)) != CLI_OK) {
             goto done;
         }
         n_inputs++;

@@ -12,12 +12,12 @@ static const char MODEL_DETAILS[] =
 typedef struct graph_args {
     const char *weights, *passes;
     bool frozen;
-    int64_t seed;
+    cli_int seed;
 } graph_args;
 
 /* Loads MODEL, traces it, then freezes and/or optimises as asked. */
 static int prepare_graph(const char *cmd, const char *model, const graph_args *a, cli_model *cm) {
-    int rc = cli_model_load(cmd, model, a->weights, (uint64_t)a->seed, cm);
+    int rc = cli_model_load(cmd, model, a->weights, (uint64_t)a->seed.value, cm);
     if (rc != CLI_OK) return rc;
     if ((rc = cli_model_trace(cmd, cm)) != CLI_OK) goto fail;
     if (a->frozen && mj_graph_freeze(cm->graph) != MJ_OK) {
@@ -36,7 +36,7 @@ fail:
 
 int cmd_ir(int argc, char **argv) {
     static const cli_command cmd = {"ir", "MODEL [options]", "Print the traced IR of a model.", NULL};
-    graph_args a = {0};
+    graph_args a = {.seed = {0, 0, CLI_MAX_SEED}};
     bool dot = false;
     const cli_opt opts[] = {
         {"--weights", OPT_STRING, &a.weights, "safetensors file with the model's tensors"},
@@ -44,7 +44,7 @@ int cmd_ir(int argc, char **argv) {
         {"--passes", OPT_STRING, &a.passes,
          "run passes: default, or a list of dce,cse,fold,simplify,fuse"},
         {"--dot", OPT_FLAG, &dot, "print Graphviz DOT instead of the text form"},
-        {"--seed", OPT_INT, &a.seed, "seed of the default init (default 0)"},
+        {"--seed", OPT_RANGED, &a.seed, "seed of the default init (default 0)"},
     };
     const char *pos[1];
     int n_pos;
@@ -67,14 +67,14 @@ int cmd_trace(int argc, char **argv) {
         "trace", "MODEL -o FILE [options]",
         "Trace a model and save the trace (IR + tensors in one safetensors file);\n"
         "`maskjit run FILE` replays it without the model's code.", NULL};
-    graph_args a = {0};
+    graph_args a = {.seed = {0, 0, CLI_MAX_SEED}};
     const char *out = NULL;
     const cli_opt opts[] = {
         {"-o", OPT_STRING, &out, "output file"},
         {"--weights", OPT_STRING, &a.weights, "safetensors file with the model's tensors"},
         {"--frozen", OPT_FLAG, &a.frozen, "save parameters as constants"},
         {"--passes", OPT_STRING, &a.passes, "run passes before saving (default or a list)"},
-        {"--seed", OPT_INT, &a.seed, "seed of the default init (default 0)"},
+        {"--seed", OPT_RANGED, &a.seed, "seed of the default init (default 0)"},
     };
     const char *pos[1];
     int n_pos;
@@ -98,7 +98,7 @@ int cmd_asm(int argc, char **argv) {
     static const cli_command cmd = {"asm", "MODEL [options]",
                                     "Print the optimised LLVM IR and the host assembly of a "
                                     "compiled model.", NULL};
-    graph_args a = {0};
+    graph_args a = {.seed = {0, 0, CLI_MAX_SEED}};
     bool fast = false, ir_only = false, asm_only = false;
     const cli_opt opts[] = {
         {"--weights", OPT_STRING, &a.weights, "safetensors file with the model's tensors"},
@@ -106,7 +106,7 @@ int cmd_asm(int argc, char **argv) {
         {"--fast", OPT_FLAG, &fast, "fast numeric mode (FMA, reassociation)"},
         {"--ir", OPT_FLAG, &ir_only, "only the LLVM IR"},
         {"--asm", OPT_FLAG, &asm_only, "only the assembly"},
-        {"--seed", OPT_INT, &a.seed, "seed of the default init (default 0)"},
+        {"--seed", OPT_RANGED, &a.seed, "seed of the default init (default 0)"},
     };
     const char *pos[1];
     int n_pos;

@@ -7,10 +7,12 @@ static const char RUN_DETAILS[] =
     "MODEL is a saved trace file (maskjit trace -o FILE) or a spec:\n"
     "  mut | mut-nobias | mlp:IN,H1,...,OUT[:act=relu|gelu|gelu_tanh|sigmoid|tanh|silu|none][:bias=0|1]\n"
     "Weights load from plain (linear.weight) or parametrized\n"
-    "(linear.parametrizations.weight.original) keys; masks under\n"
-    "<mod>.parametrizations.weight.0.mask are registered as FakeSparsity. Other\n"
-    "tensors in the file (input, expected, ...) are ignored. Without --weights the\n"
-    "seeded default init is used; without --input a seeded randn [batch, in] input.\n"
+    "(linear.parametrizations.weight.original) keys, not both; masks under\n"
+    "<mod>.parametrizations.weight.0.mask or <mod>.parametrizations.bias.0.mask are\n"
+    "registered as FakeSparsity (a mask key that fits no Linear weight or bias is\n"
+    "an error). Other tensors in the file (input, expected, ...) are ignored.\n"
+    "Without --weights the seeded default init is used; without --input a seeded\n"
+    "randn [batch, in] input.\n"
     "The output is written as tensor 'output' (--out) or summarised on stdout.\n";
 
 int cli_parse_mode(const char *cmd, const char *text, cli_mode *mode) {
@@ -27,7 +29,9 @@ int cmd_run(int argc, char **argv) {
     const char *weights = NULL, *input = NULL, *input_name = "input", *mode_text = "eager",
                *out_path = NULL;
     bool exact = false, fast = false, frozen = false;
-    int64_t batch = 3, seed = 0, threads = 0;
+    /* threads 0: not given (all cores) */
+    cli_int batch = {3, 1, CLI_MAX_BATCH}, seed = {0, 0, CLI_MAX_SEED},
+            threads = {0, 1, CLI_MAX_THREADS};
     const cli_opt opts[] = {
         {"--weights", OPT_STRING, &weights, "safetensors file with the model's tensors"},
         {"--input", OPT_STRING, &input, "safetensors file holding the input tensor"},
@@ -36,10 +40,10 @@ int cmd_run(int argc, char **argv) {
         {"--exact", OPT_FLAG, &exact, "compiled: bit-identical to eager (default)"},
         {"--fast", OPT_FLAG, &fast, "compiled: allow FMA and reassociation"},
         {"--frozen", OPT_FLAG, &frozen, "compiled: bake parameters in as constants"},
-        {"--threads", OPT_INT, &threads, "compiled: threads (default 0 = all cores)"},
+        {"--threads", OPT_RANGED, &threads, "compiled: threads, 1..1024 (default: all cores)"},
         {"--out", OPT_STRING, &out_path, "write the output as tensor 'output' to this file"},
-        {"--batch", OPT_INT, &batch, "batch of the random input (default 3)"},
-        {"--seed", OPT_INT, &seed, "seed of default init and random input (default 0)"},
+        {"--batch", OPT_RANGED, &batch, "batch of the random input (default 3)"},
+        {"--seed", OPT_RANGED, &seed, "seed of default init and random input (default 0)"},
     };
     const char *pos[1];
     int n_pos;
@@ -48,14 +52,14 @@ int cmd_run(int argc, char **argv) {
     if (rc != CLI_OK) return rc == CLI_HELP ? CLI_OK : rc;
     if (n_pos != 1) return cli_error("run", CLI_USAGE, "missing MODEL (see maskjit run --help)");
     if (exact && fast) return cli_error("run", CLI_USAGE, "--exact and --fast exclude each other");
-    if (batch < 1) return cli_error("run", CLI_USAGE, "--batch must be at least 1");
     cli_mode mode;
     if ((rc = cli_parse_mode("run", mode_text, &mode)) != CLI_OK) return rc;
     if (mode != MODE_COMPILED && (fast || frozen || exact))
         return cli_error("run", CLI_USAGE, "--exact/--fast/--frozen apply to --mode compiled");
 
     cli_model cm;
-    if ((rc = cli_model_load("run", pos[0], weights, (uint64_t)seed, &cm)) != CLI_OK) return rc;
+    if ((rc = cli_model_load("run", pos[0], weights, (uint64_t)seed.value, &cm)) != CLI_OK)
+        return rc;
     mj_tensor *x = NULL, *y = NULL;
     mj_jit *jit = NULL;
     if (input)
@@ -63,13 +67,13 @@ int cmd_run(int argc, char **argv) {
     else if (cm.exported && mj_tensor_dict_get(cm.file, input_name))
         x = mj_tensor_retain(mj_tensor_dict_get(cm.file, input_name)); /* the export's input */
     else
-        rc = cli_random_input("run", batch, cm.in_features, (uint64_t)seed + 1, &x);
+        rc = cli_random_input("run", batch.value, cm.in_features, (uint64_t)seed.value + 1, &x);
     if (rc != CLI_OK) goto done;
     mj_compile_options o;
     mj_compile_options_init(&o);
     o.numeric = fast ? MJ_NUMERIC_FAST : MJ_NUMERIC_EXACT;
     o.frozen = frozen;
-    o.threads = (int)threads;
+    o.threads = (int)threads.value; /* 0 or 1..CLI_MAX_THREADS: fits an int */
     if (mode == MODE_COMPILED && mj_jit_new(&jit) != MJ_OK) {
         rc = cli_mj_error("run", "starting the JIT");
         goto done;

@@ -5,12 +5,19 @@
 
 #include "cli.h"
 
-static const char ORIG_SUFFIX[] = ".parametrizations.weight.original";
-static const char MASK_SUFFIX[] = ".parametrizations.weight.0.mask";
+static const char PARAM_SEG[] = "parametrizations.";
+static const char ORIG_SUFFIX[] = ".original";
 
 static bool ends_with(const char *s, const char *suffix) {
     size_t n = strlen(s), m = strlen(suffix);
     return n >= m && strcmp(s + n - m, suffix) == 0;
+}
+
+/* Where "parametrizations." starts a segment of key, or NULL. */
+static const char *param_segment(const char *key) {
+    for (const char *p = strstr(key, PARAM_SEG); p; p = strstr(p + 1, PARAM_SEG))
+        if (p == key || p[-1] == '.') return p;
+    return NULL;
 }
 
 static bool is_regular_file(const char *path) {
@@ -25,19 +32,27 @@ static int first_linear_in(const char *path, mj_module *m, void *ctx) {
     return 0;
 }
 
-/* The other spelling of a weight key: "a.parametrizations.weight.original"
- * <-> "a.weight". Returns false when there is none. */
+/* The other spelling of a parameter key: "a.parametrizations.NAME.original"
+ * <-> "a.NAME" (any NAME: weights and biases can both be masked). Returns
+ * false when there is none. */
 static bool alternate_key(const char *key, char *buf, size_t size) {
-    size_t n = strlen(key);
-    if (ends_with(key, ORIG_SUFFIX)) {
-        size_t stem = n - (sizeof ORIG_SUFFIX - 1);
-        return (size_t)snprintf(buf, size, "%.*s.weight", (int)stem, key) < size;
+    const char *seg = param_segment(key);
+    if (seg) {
+        const char *name = seg + sizeof PARAM_SEG - 1;
+        size_t n = strlen(name), o = sizeof ORIG_SUFFIX - 1;
+        if (n <= o || !ends_with(name, ORIG_SUFFIX) || memchr(name, '.', n - o)) return false;
+        return (size_t)snprintf(buf, size, "%.*s%.*s", (int)(seg - key), key, (int)(n - o), name) <
+               size;
     }
-    if (ends_with(key, ".weight") || strcmp(key, "weight") == 0) {
-        size_t stem = n - strlen("weight");
-        return (size_t)snprintf(buf, size, "%.*s%s", (int)stem, key, ORIG_SUFFIX + 1) < size;
-    }
-    return false;
+    const char *dot = strrchr(key, '.');
+    size_t stem = dot ? (size_t)(dot + 1 - key) : 0;
+    return (size_t)snprintf(buf, size, "%.*s%s%s%s", (int)stem, key, PARAM_SEG, key + stem,
+                            ORIG_SUFFIX) < size;
+}
+
+/* A parametrization's own buffer ("a.parametrizations.weight.0.mask"). */
+static bool is_parametrization_buffer(const char *key) {
+    return param_segment(key) && !ends_with(key, ORIG_SUFFIX);
 }
 
 /* Registers masks found in the file, then loads every model tensor from it
@@ -57,13 +72,21 @@ static int load_weights(const char *cmd, cli_model *cm, mj_rng *rng) {
         const char *key = mj_tensor_dict_key(want, i);
         mj_tensor *t = mj_tensor_dict_get(cm->file, key);
         char alt[512];
-        if (!t && alternate_key(key, alt, sizeof alt)) t = mj_tensor_dict_get(cm->file, alt);
-        if (!t && ends_with(key, MASK_SUFFIX)) t = mj_tensor_dict_value(want, i); /* keep the model's */
+        bool has_alt = !is_parametrization_buffer(key) && alternate_key(key, alt, sizeof alt);
+        mj_tensor *t_alt = has_alt ? mj_tensor_dict_get(cm->file, alt) : NULL;
+        if (t && t_alt) {
+            /* Which one is meant cannot be known: refuse rather than pick. */
+            bool parametrized = param_segment(key) != NULL;
+            cli_error(cmd, CLI_FAIL,
+                      "the weights file holds one tensor under two keys, '%s' and '%s'; keep one",
+                      parametrized ? alt : key, parametrized ? key : alt);
+            goto done;
+        }
+        if (!t) t = t_alt;
+        if (!t && is_parametrization_buffer(key)) t = mj_tensor_dict_value(want, i); /* the model's */
         if (!t) {
             cli_error(cmd, CLI_FAIL, "the weights file has no tensor '%s'%s%s%s", key,
-                      alternate_key(key, alt, sizeof alt) ? " (nor '" : "",
-                      alternate_key(key, alt, sizeof alt) ? alt : "",
-                      alternate_key(key, alt, sizeof alt) ? "')" : "");
+                      has_alt ? " (nor '" : "", has_alt ? alt : "", has_alt ? "')" : "");
             goto done;
         }
         if (mj_tensor_dict_set(load, key, t) != MJ_OK) {

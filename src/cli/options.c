@@ -1,5 +1,6 @@
 /* Option parsing, error reporting and timing shared by the subcommands. */
 #include <errno.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,12 +15,39 @@ void cli_print_usage(FILE *f, const cli_command *cmd, const cli_opt *opts, int n
     if (details) fprintf(f, "\n%s", details);
     fprintf(f, "\noptions:\n");
     for (int i = 0; i < n_opts; i++) {
-        const char *arg = opts[i].kind == OPT_FLAG ? "" : opts[i].kind == OPT_INT ? " N" : " VALUE";
+        const char *arg = opts[i].kind == OPT_FLAG     ? ""
+                          : opts[i].kind == OPT_INT    ? " N"
+                          : opts[i].kind == OPT_RANGED ? " N"
+                          : opts[i].kind == OPT_REAL   ? " X"
+                                                       : " VALUE";
         char left[48];
         snprintf(left, sizeof left, "%s%s", opts[i].name, arg);
         fprintf(f, "  %-24s %s\n", left, opts[i].help);
     }
     fprintf(f, "  %-24s %s\n", "--help", "show this help");
+}
+
+/* Decimal digits only (a '-' first when lo < 0): no blanks, '+', hex or
+ * trailing text, and no silent wrap or truncation of large values. */
+static bool parse_int(const char *s, int64_t lo, int64_t hi, int64_t *out) {
+    if (!((s[0] >= '0' && s[0] <= '9') || (s[0] == '-' && lo < 0 && s[1] >= '0' && s[1] <= '9')))
+        return false;
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (errno || *end || v < lo || v > hi) return false;
+    *out = v;
+    return true;
+}
+
+static bool parse_real(const char *s, double *out) {
+    if (!((s[0] >= '0' && s[0] <= '9') || s[0] == '.')) return false;
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || *end || !isfinite(v) || v < 0) return false;
+    *out = v;
+    return true;
 }
 
 int cli_parse(const cli_command *cmd, int argc, char **argv, const cli_opt *opts, int n_opts,
@@ -50,15 +78,22 @@ int cli_parse(const cli_command *cmd, int argc, char **argv, const cli_opt *opts
             if (!val) return cli_error(cmd->name, CLI_USAGE, "option %s needs a value", o->name);
             if (o->kind == OPT_STRING) {
                 *(const char **)o->dest = val;
-            } else {
-                char *end;
-                errno = 0;
-                long long v = strtoll(val, &end, 10);
-                if (errno || end == val || *end || v < 0 || v > (1LL << 40))
+            } else if (o->kind == OPT_INT) {
+                if (!parse_int(val, 0, INT64_C(1) << 40, (int64_t *)o->dest))
                     return cli_error(cmd->name, CLI_USAGE,
                                      "option %s needs a non-negative integer, got '%s'", o->name,
                                      val);
-                *(int64_t *)o->dest = v;
+            } else if (o->kind == OPT_RANGED) {
+                cli_int *v = o->dest;
+                if (!parse_int(val, v->min, v->max, &v->value))
+                    return cli_error(cmd->name, CLI_USAGE,
+                                     "option %s needs an integer in %lld..%lld, got '%s'", o->name,
+                                     (long long)v->min, (long long)v->max, val);
+            } else {
+                if (!parse_real(val, (double *)o->dest))
+                    return cli_error(cmd->name, CLI_USAGE,
+                                     "option %s needs a finite number >= 0, got '%s'", o->name,
+                                     val);
             }
             continue;
         }
