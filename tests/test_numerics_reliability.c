@@ -249,6 +249,72 @@ Test(numerics_rel, zero_mask_over_nan_and_inf_in_every_kernel) {
     check_planted("mlp:100,80:act=none", 1, (int64_t[]){100, 80}, 0.8);
     check_planted("mlp:100,3:act=none", 1, (int64_t[]){100, 3}, 0.1);
 }
+/* ---- live mode follows every parameter ---------------------------------- */
+
+/* Changes every tensor of the model in turn (each layer's original weight
+ * or plain weight, mask and bias) through mj_tensor_data_mut; after each
+ * change the live compiled output must equal eager's again, and differ from
+ * the output before the change (so the change was seen). */
+static void follow_every_param(const char *spec, int64_t in, double density, bool fast) {
+    mj_rng rng;
+    mj_rng_seed(&rng, 11);
+    mj_module *m = NULL;
+    OK(mj_model_from_spec(spec, &rng, &m));
+    if (density < 1) OK(mj_model_apply_masks(m, NULL, density, &rng));
+    mj_graph *g = trace(m, in);
+    mj_compiled *c = compile(g, false, fast ? MJ_NUMERIC_FAST : MJ_NUMERIC_EXACT);
+    mj_tensor *x = NULL;
+    OK(mj_tensor_randn(&x, 2, (int64_t[]){3, in}, &rng));
+    mj_tensor *before = NULL;
+    OK(mj_compiled_run(c, x, &before));
+
+    mj_tensor_dict *all[2] = {0};
+    OK(mj_module_named_parameters(m, &all[0]));
+    OK(mj_module_named_buffers(m, &all[1]));
+    int changed = 0;
+    for (int d = 0; d < 2; d++)
+        for (int i = 0; i < mj_tensor_dict_size(all[d]); i++) {
+            const char *key = mj_tensor_dict_key(all[d], i);
+            mj_tensor *t = mj_tensor_dict_get(all[d], key);
+            float *v = mj_tensor_data_mut(t);
+            bool is_mask = strstr(key, ".mask") != NULL;
+            for (int64_t k = 0; k < mj_tensor_numel(t); k++) v[k] = is_mask ? 1.0f - v[k] : v[k] * 0.5f + 0.25f;
+            mj_tensor *want = NULL, *got = NULL;
+            OK(mj_module_forward(m, x, &want));
+            OK(mj_compiled_run(c, x, &got));
+            cr_assert(!mj_tensor_equal(want, before), "%s: changing %s changed nothing in eager", spec, key);
+            if (fast) {
+                mj_compare cmp = mj_tensor_compare(got, want, MJ_RTOL_F32, MJ_ATOL_F32);
+                char buf[256];
+                mj_compare_describe(&cmp, got, want, buf, sizeof buf);
+                cr_assert(cmp.close, "%s (fast): after changing %s: %s", spec, key, buf);
+            } else {
+                int64_t bad = first_exact_mismatch(got, want);
+                cr_assert_eq(bad, -1, "%s: after changing %s, element %lld is %g, eager %g", spec, key, (long long)bad,
+                             mj_tensor_data(got)[bad < 0 ? 0 : bad], mj_tensor_data(want)[bad < 0 ? 0 : bad]);
+            }
+            mj_tensor_release(got);
+            mj_tensor_release(before);
+            before = want;
+            changed++;
+        }
+    cr_assert_geq(changed, 3, "%s: only %d tensors", spec, changed);
+    mj_tensor_dict_free(all[0]);
+    mj_tensor_dict_free(all[1]);
+    mj_tensor_release(before);
+    mj_tensor_release(x);
+    mj_compiled_free(c);
+    mj_graph_free(g);
+    mj_module_free(m);
+}
+
+Test(numerics_rel, live_follows_a_change_to_every_parameter) {
+    follow_every_param("mlp:6,5,4,3:act=tanh", 6, 0.6, false); /* masked: original, mask, bias */
+    follow_every_param("mlp:6,5,4,3:act=relu", 6, 1.0, false); /* plain weights */
+    follow_every_param("mlp:70,80,3:act=gelu", 70, 0.6, false); /* the wide kernel's packing */
+    follow_every_param("mlp:6,5,4,3:act=tanh", 6, 0.6, true);
+}
+
 /* ---- 2. exact mode's NaN rule, and `maskjit check` ------------------------ */
 
 static mj_tensor *vec(int64_t n, const uint32_t *bits) {
