@@ -19,6 +19,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "ir/ir.h"
 #include "maskjit.h"
 #include "src/cli/check_verdict.h"
 #include "test_util.h"
@@ -313,6 +314,82 @@ Test(numerics_rel, live_follows_a_change_to_every_parameter) {
     follow_every_param("mlp:6,5,4,3:act=relu", 6, 1.0, false); /* plain weights */
     follow_every_param("mlp:70,80,3:act=gelu", 70, 0.6, false); /* the wide kernel's packing */
     follow_every_param("mlp:6,5,4,3:act=tanh", 6, 0.6, true);
+}
+
+/* ---- cse on random graphs with sub ------------------------------------- */
+
+/* A random graph over input x [B, 4] and params p, q [4]: 14 ops from add,
+ * sub, mul, tanh, relu on random earlier values, and about one in three a
+ * copy of an earlier binary op with its operands swapped (sub(b, a) beside
+ * sub(a, b)) or kept (a real duplicate). The last four values are the
+ * outputs. */
+static mj_graph *random_graph(mj_rng *rng, int *n_swapped_subs) {
+    mj_graph *g = NULL;
+    OK(mj_graph_new(&g));
+    mj_type tx = {.rank = 2, .dims = {MJ_DIM_BATCH, 4}}, tp = {.rank = 1, .dims = {4}};
+    int32_t ids[64], n = 0, binaries[64], nb = 0;
+    OK(mj_graph_add_leaf(g, MJ_OP_INPUT, "x", &tx, NULL, &ids[n++]));
+    for (int i = 0; i < 2; i++) {
+        mj_tensor *t = NULL;
+        OK(mj_tensor_randn(&t, 1, (int64_t[]){4}, rng));
+        OK(mj_graph_add_leaf(g, MJ_OP_PARAM, i ? "q" : "p", &tp, t, &ids[n++]));
+        mj_tensor_release(t);
+    }
+    static const mj_op ops[] = {MJ_OP_ADD, MJ_OP_SUB, MJ_OP_SUB, MJ_OP_MUL, MJ_OP_TANH, MJ_OP_RELU};
+    for (int k = 0; k < 14; k++) {
+        int32_t id;
+        if (nb > 0 && mj_rng_next(rng) % 3 == 0) { /* a copy of an earlier binary op */
+            const mj_node *o = &g->nodes[binaries[mj_rng_next(rng) % (uint64_t)nb]];
+            bool swap = mj_rng_next(rng) % 4 != 0;
+            int32_t a[2] = {o->operands[swap], o->operands[!swap]};
+            mj_op op = o->op;
+            *n_swapped_subs += swap && op == MJ_OP_SUB && a[0] != a[1];
+            OK(mj_graph_add_op(g, op, 2, a, MJ_ACT_NONE, NULL, &id));
+        } else {
+            mj_op op = ops[mj_rng_next(rng) % (sizeof ops / sizeof ops[0])];
+            int ar = mj_op_table[op].min_operands;
+            int32_t a[2] = {ids[mj_rng_next(rng) % (uint64_t)n], ids[mj_rng_next(rng) % (uint64_t)n]};
+            OK(mj_graph_add_op(g, op, ar, a, MJ_ACT_NONE, NULL, &id));
+        }
+        if (g->nodes[id].n_operands == 2) binaries[nb++] = id;
+        ids[n++] = id;
+    }
+    for (int k = n - 4; k < n; k++) OK(mj_graph_add_output(g, ids[k]));
+    return g;
+}
+
+/* cse must leave every output bitwise as the interpreter computed it
+ * before, on random graphs where sub(a, b) and sub(b, a) sit side by side. */
+Test(numerics_rel, cse_on_random_graphs_with_sub_keeps_the_outputs) {
+    mj_rng rng;
+    mj_rng_seed(&rng, 0xc5e);
+    int swapped = 0, merged = 0;
+    for (int trial = 0; trial < 200; trial++) {
+        mj_graph *g = random_graph(&rng, &swapped), *ref = NULL;
+        OK(mj_graph_clone(g, &ref));
+        OK(mj_graph_optimize(g, "cse"));
+        merged += g->n_nodes < ref->n_nodes;
+        mj_tensor *x = NULL;
+        OK(mj_tensor_randn(&x, 2, (int64_t[]){3, 4}, &rng));
+        mj_tensor *a[4] = {0}, *b[4] = {0};
+        OK(mj_interp_run(ref, 1, (const mj_tensor *const[]){x}, 4, a));
+        OK(mj_interp_run(g, 1, (const mj_tensor *const[]){x}, 4, b));
+        for (int o = 0; o < 4; o++) {
+            if (first_exact_mismatch(b[o], a[o]) >= 0) {
+                char *before = mj_graph_to_string(ref), *after = mj_graph_to_string(g);
+                cr_assert(false, "trial %d, output %d changed by cse:\n--- before\n%s--- after\n%s", trial, o,
+                          before, after);
+            }
+            mj_tensor_release(a[o]);
+            mj_tensor_release(b[o]);
+        }
+        mj_tensor_release(x);
+        mj_graph_free(ref);
+        mj_graph_free(g);
+    }
+    /* the generator did make the cases that matter */
+    cr_assert_gt(swapped, 50, "only %d swapped subs", swapped);
+    cr_assert_gt(merged, 50, "cse merged something in only %d graphs", merged);
 }
 
 /* ---- 2. exact mode's NaN rule, and `maskjit check` ------------------------ */
