@@ -485,7 +485,7 @@ Test(numerics_rel, check_verdict_needs_every_path_and_exact_bits) {
 /* +NaN inputs times -NaN weights (and the reverse) in the small fused, the
  * dense wide and the sparse kernels: every exact path gives NaN exactly
  * where eager does and eager's bits everywhere else; which NaN is not
- * asked (measured: the fused kernel returns the weight's). */
+ * asked. */
 static void check_two_nans(const char *spec, int64_t in, int64_t out, double density) {
     mj_rng rng;
     mj_rng_seed(&rng, 3);
@@ -629,47 +629,61 @@ static void save_tensors(const char *path, int n, const char *const *keys, const
     mj_tensor_dict_free(d);
 }
 
-/* mlp:2,2:act=none with the given original weight and mask, bias [.5,
- * .25], checked on the one input x (no random inputs). */
-static int check_cli(const float *w, const float *mask, const float *x, char **text, const char *extra) {
+/* `maskjit check` of the one-layer mlp:IN,OUT:act=none with the given
+ * original weight and mask ([OUT, IN]), bias 0.5, 0.25, ... and the one
+ * input x ([1, IN]; no random inputs). */
+static int check_cli(int64_t in, int64_t out, const float *w, const float *mask, const float *x, char **text,
+                     const char *extra) {
     char *wpath = tmp_file("w.safetensors"), *xpath = tmp_file("x.safetensors");
-    const float bias[2] = {0.5f, 0.25f};
-    const int64_t s22[2] = {2, 2}, s2[1] = {2}, s12[2] = {1, 2};
+    float *bias = malloc((size_t)out * sizeof *bias);
+    for (int64_t j = 0; j < out; j++) bias[j] = 0.5f / (float)(j + 1);
+    const int64_t sw[2] = {out, in}, sb[1] = {out}, sx[2] = {1, in};
     save_tensors(wpath, 3,
                  (const char *const[]){"0.parametrizations.weight.original", "0.parametrizations.weight.0.mask",
                                        "0.bias"},
-                 (const int64_t *const[]){s22, s22, s2}, (const int[]){2, 2, 1},
+                 (const int64_t *const[]){sw, sw, sb}, (const int[]){2, 2, 1},
                  (const float *const[]){w, mask, bias});
-    save_tensors(xpath, 1, (const char *const[]){"input"}, (const int64_t *const[]){s12}, (const int[]){2},
+    save_tensors(xpath, 1, (const char *const[]){"input"}, (const int64_t *const[]){sx}, (const int[]){2},
                  (const float *const[]){x});
-    int rc = run_cli(text, "check mlp:2,2:act=none --weights %s --input %s --inputs 0 %s", wpath, xpath, extra);
+    int rc = run_cli(text, "check mlp:%lld,%lld:act=none --weights %s --input %s --inputs 0 %s", (long long)in,
+                     (long long)out, wpath, xpath, extra);
     unlink(wpath);
     unlink(xpath);
     free(wpath);
     free(xpath);
+    free(bias);
     return rc;
 }
 
-/* The reported case through the CLI: every path, frozen included, gives
- * NaN for 0 * nan, so check passes. */
+/* The reported case through the CLI: mlp:2,2:act=none, original weight
+ * [[nan, 1], [2, 3]], all-zero mask, input [1, 2]. Every path, frozen
+ * included, gives NaN for 0 * nan, so check passes. */
 Test(numerics_rel, check_passes_zero_mask_over_nan_weight) {
     char *text;
     const float w[4] = {NAN, 1, 2, 3}, mask[4] = {0}, x[2] = {1, 2};
-    int rc = check_cli(w, mask, x, &text, "");
+    int rc = check_cli(2, 2, w, mask, x, &text, "");
     cr_assert_eq(rc, 0, "exit %d:\n%s", rc, text);
     cr_assert(strstr(text, "PASS"), "%s", text);
     free(text);
 }
 
-/* +NaN input times a -NaN weight: which NaN comes out is up to the
- * backend's operand order (measured: eager 7fc00000, the small fused
- * kernel ffc00000). Exact mode does not promise NaN bits, so check passes,
- * and reports the paths whose bytes differ. */
+/* A +NaN input times a -NaN weight: which NaN comes out is up to the
+ * operand order the code generator picks (measured on mlp:100,80: eager
+ * ffc00000, the wide compiled kernels 7fc00000). Exact mode does not
+ * promise NaN bits, so check passes, and still reports the paths whose
+ * bytes differ. */
 Test(numerics_rel, check_treats_any_nan_as_equal_for_exact_paths) {
+    enum { IN = 100, OUT = 80 };
+    float *w = malloc(IN * OUT * sizeof *w), *mask = malloc(IN * OUT * sizeof *mask), x[IN];
+    for (int i = 0; i < IN * OUT; i++) {
+        w[i] = (float)(i % 7) * 0.125f - 0.25f;
+        mask[i] = 1.0f;
+    }
+    for (int j = 0; j < OUT; j++) w[j * IN] = bits_f(0xffc00000u);
+    for (int k = 0; k < IN; k++) x[k] = 1.0f;
+    x[0] = bits_f(0x7fc00000u);
     char *text;
-    const float w[4] = {bits_f(0xffc00000u), 1, 2, 3}, mask[4] = {1, 1, 1, 1},
-                x[2] = {bits_f(0x7fc00000u), 2};
-    int rc = check_cli(w, mask, x, &text, "--json");
+    int rc = check_cli(IN, OUT, w, mask, x, &text, "--json");
     json_t *root = parse_json(text);
     int differ = 0;
     static const char *const exact_paths[] = {"traced", "compiled-exact", "frozen"};
@@ -686,4 +700,6 @@ Test(numerics_rel, check_treats_any_nan_as_equal_for_exact_paths) {
     if (differ == 0) cr_log_warn("no exact path changed the NaN's bits here: the NaN rule went untested");
     json_decref(root);
     free(text);
+    free(w);
+    free(mask);
 }
