@@ -7,7 +7,10 @@
  * - Exact mode's NaN rule: every result that is not NaN has eager's 32 bits
  *   (so -0 and +0 differ); a NaN result is a NaN, sign and payload not
  *   promised. `maskjit check` judges exact paths by that rule, and fails
- *   when any one path fails. */
+ *   when any one path fails (its verdict unit-tested, and through the
+ *   binary).
+ * - Live mode follows a change to every parameter; cse on random graphs
+ *   with sub keeps the interpreter's bits. */
 #include <criterion/criterion.h>
 #include <jansson.h>
 #include <math.h>
