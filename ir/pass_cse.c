@@ -1,7 +1,9 @@
 /* Common subexpression elimination: a node equal to an earlier one (same
  * op, act, attributes, type and operands) is replaced by it. Commutative ops (the op
- * table's MJ_OPF_COMMUTATIVE: bitwise commutative) compare their operands
- * in canonical (sorted) order, so mul(a, b) and mul(b, a) merge. Leaves
+ * table's MJ_OPF_COMMUTATIVE: the same bits either way, except which NaN
+ * wins when both operands are NaN, which exact mode does not promise;
+ * docs/numerics.md) compare their operands in canonical (sorted) order, so
+ * mul(a, b) and mul(b, a) merge; sub(a, b) and sub(b, a) never do. Leaves
  * merge only when op, name and bound tensor agree; inputs never merge (each
  * one is part of the signature). */
 #include <string.h>

@@ -3,14 +3,16 @@
  *
  *  - mul(x, c) / mul(c, x), c a const of all 1.0f, type(result) == type(x)
  *      -> x. x * 1.0f == x exactly (an all-ones mask costs nothing).
- *  - mul(x, c) / mul(c, x), c a const of all zeros (+0 or -0), result
- *      without B -> a const of +0.0f of the result type. Exact when x is
- *      finite, up to the sign of zero; a zero weight feeds linear/matmul,
- *      whose sums start at +0.0f and so come out the same either way.
+ *  - mul(x, c) / mul(c, x), c a const of all zeros (+0 or -0) and x a
+ *      const of finite values -> a const of the product, computed now with
+ *      the eager kernel (so each zero has the product's sign). Only then:
+ *      0 * nan and 0 * inf are NaN, and a param (or a value made from one)
+ *      may hold either, so a zero mask over it keeps its mul.
  *  - linear / linear_act / matmul whose weight is a const of all zeros
  *      -> expand(x[, b]) (then the activation for linear_act). Each sum is
  *      +0.0f + x[k]*0 ... = +0.0f when every x[k] is finite (an inf or NaN
- *      input would make it NaN), then + b: what expand computes.
+ *      input would make it NaN: the one documented exception, see
+ *      docs/numerics.md), then + b: what expand computes.
  *
  * Rewrites look at the rewritten operands, so a zero mask that turns the
  * weight into a zero const also turns its linear into an expand in the same
@@ -34,6 +36,17 @@ static bool const_all_bits(const mj_node *n, uint32_t mask, uint32_t want) {
 }
 static bool is_ones(const mj_node *n) { return const_all_bits(n, 0xffffffffu, 0x3f800000u); }
 static bool is_zeros(const mj_node *n) { return const_all_bits(n, 0x7fffffffu, 0); }
+/* No NaN and no inf: every exponent field below all ones. */
+static bool is_finite(const mj_node *n) {
+    if (n->op != MJ_OP_CONST || !n->tensor) return false;
+    const float *d = n->tensor->data;
+    for (int64_t i = 0; i < n->tensor->numel; i++) {
+        uint32_t b;
+        memcpy(&b, &d[i], sizeof b);
+        if ((b & 0x7f800000u) == 0x7f800000u) return false;
+    }
+    return true;
+}
 
 static bool name_taken(const mj_graph *a, const mj_graph *b, const char *name) {
     for (int k = 0; k < 2; k++) {
@@ -65,15 +78,16 @@ static mj_status emit(const mj_graph *g, mj_graph *ng, int32_t i, const int32_t 
                 return MJ_OK;
             }
         }
-        if (!mj_type_has_batch(&n->type) && (is_zeros(&ng->nodes[ops[0]]) || is_zeros(&ng->nodes[ops[1]]))) {
+        const mj_node *a = &ng->nodes[ops[0]], *b = &ng->nodes[ops[1]];
+        if ((is_zeros(a) && is_finite(b)) || (is_zeros(b) && is_finite(a))) {
             char name[48];
             snprintf(name, sizeof name, "zeros.%d", (int)i);
             for (int suffix = 1; name_taken(g, ng, name); suffix++)
                 snprintf(name, sizeof name, "zeros.%d.%d", (int)i, suffix);
-            int64_t shape[MJ_MAX_RANK];
-            mj_type_shape(&n->type, 1, shape);
+            MJ_ASSERT(!mj_type_has_batch(&n->type)); /* both operands are consts */
+            const mj_tensor *vals[2] = {a->tensor, b->tensor};
             mj_tensor *z = NULL;
-            MJ_TRY(mj_tensor_zeros(&z, n->type.rank, shape));
+            MJ_TRY(mj_interp_node(g, n, vals, &z));
             mj_status s = mj_graph_add_leaf(ng, MJ_OP_CONST, name, &n->type, z, to);
             mj_tensor_release(z);
             *changed = true;

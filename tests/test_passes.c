@@ -144,6 +144,9 @@ GOLDEN(fold_name_clash)
 GOLDEN(fold_noop)
 GOLDEN(simplify_ones_mask)
 GOLDEN(simplify_zero_mask)
+GOLDEN(simplify_zero_mask_nan)
+GOLDEN(simplify_zero_mask_signs)
+GOLDEN(simplify_minus_one_mask)
 GOLDEN(simplify_zero_linear_act)
 GOLDEN(simplify_zero_matmul)
 GOLDEN(simplify_noop)
@@ -159,7 +162,8 @@ Test(passes, every_golden_file_is_listed) {
         "fold_mask", "fold_chain", "fold_name_clash", "fold_noop", "simplify_ones_mask",
         "simplify_zero_mask", "simplify_zero_linear_act", "simplify_zero_matmul",
         "simplify_noop", "fuse_linear_act", "fuse_chain", "fuse_two_uses",
-        "default_masked_mlp"};
+        "default_masked_mlp", "simplify_zero_mask_nan", "simplify_zero_mask_signs",
+        "simplify_minus_one_mask"};
     char cmd[600];
     snprintf(cmd, sizeof cmd, "ls %s/tests/ir/ | grep -c '\\.before\\.mjir$'", MJ_SOURCE_ROOT);
     FILE *p = popen(cmd, "r");

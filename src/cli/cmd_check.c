@@ -5,30 +5,44 @@
 #include <math.h>
 #include <string.h>
 
+#include "check_verdict.h"
 #include "cli.h"
 
 enum { PATH_EAGER, PATH_TRACED, PATH_EXACT, PATH_FAST, PATH_FROZEN, N_PATHS };
 static const char *const path_names[N_PATHS] = {"eager", "traced", "compiled-exact",
                                                 "compiled-fast", "frozen"};
-/* Paths that promise bit-identical output to eager (for finite inputs). */
+/* Paths that promise eager's bits (exact mode's rule: any NaN matches any
+ * NaN; for finite inputs on frozen, see docs/numerics.md). */
 static const bool path_exact[N_PATHS] = {true, true, true, false, true};
 
 typedef struct path_result {
-    bool ran;
+    check_tally t;                 /* what the verdict looks at */
     double max_abs, max_rel;       /* vs the reference (eager, or traced for a saved trace) */
-    bool bit_identical, close;
-    bool has_expected;
+    bool bit_identical;            /* every byte the same, NaNs included */
     double exp_abs, exp_rel;       /* vs `expected` from the input file */
-    bool exp_close;
     char detail[256];              /* first mismatch, when any */
 } path_result;
 
 static void merge(path_result *r, const mj_compare *c, const mj_tensor *y, const mj_tensor *ref) {
     if (c->max_abs > r->max_abs) r->max_abs = c->max_abs;
     if (c->max_rel > r->max_rel) r->max_rel = c->max_rel;
+    int64_t first;
+    bool exact = check_exact_equal(y, ref, &first);
     r->bit_identical = r->bit_identical && c->bit_identical;
-    r->close = r->close && c->close;
-    if (!c->close && !r->detail[0]) mj_compare_describe(c, y, ref, r->detail, sizeof r->detail);
+    r->t.exact = r->t.exact && exact;
+    r->t.close = r->t.close && c->close;
+    if (r->detail[0]) return;
+    if (!c->close) {
+        mj_compare_describe(c, y, ref, r->detail, sizeof r->detail);
+    } else if (r->t.must_be_exact && first >= 0) { /* close, but not the same bits */
+        float a = mj_tensor_data(y)[first], b = mj_tensor_data(ref)[first];
+        uint32_t ab, bb;
+        memcpy(&ab, &a, sizeof ab);
+        memcpy(&bb, &b, sizeof bb);
+        snprintf(r->detail, sizeof r->detail,
+                 "not bit-identical: element %lld is %a (0x%08x), the reference %a (0x%08x)",
+                 (long long)first, (double)a, (unsigned)ab, (double)b, (unsigned)bb);
+    }
 }
 
 /* Further stored checks: "<input>.batchN" with "expected.batchN" (PyTorch's
@@ -57,7 +71,8 @@ int cmd_check(int argc, char **argv) {
     static const cli_command cmd = {
         "check", "MODEL [options]",
         "Check that traced, compiled (exact, fast) and frozen outputs equal eager's.\n"
-        "Exact paths must be bit-identical to eager, fast within rtol/atol; with an\n"
+        "Exact paths must be bit-identical to eager (a NaN matches any NaN: exact\n"
+        "mode does not promise NaN sign or payload), fast within rtol/atol; with an\n"
         "input file holding `expected` (e.g. from tools/export_torch.py) every path\n"
         "must also be within rtol/atol of it, and so for each `input.batchN` with its\n"
         "`expected.batchN` stored beside them. Exit 0 on PASS, 1 on FAIL, 2 on bad usage.", NULL};
@@ -139,8 +154,9 @@ int cmd_check(int argc, char **argv) {
         }
     }
     for (int p = 0; p < N_PATHS; p++) {
-        res[p].bit_identical = res[p].close = res[p].exp_close = true;
-        res[p].ran = p != PATH_EAGER || cm.module != NULL;
+        res[p].bit_identical = res[p].t.exact = res[p].t.close = res[p].t.exp_close = true;
+        res[p].t.must_be_exact = path_exact[p];
+        res[p].t.ran = p != PATH_EAGER || cm.module != NULL;
     }
     /* The reference is eager; a saved trace has no model code, so its
      * interpreter replay is the reference instead. */
@@ -156,7 +172,7 @@ int cmd_check(int argc, char **argv) {
         }
         n_inputs++;
         for (int p = 0; p < N_PATHS && rc == CLI_OK; p++) {
-            if (!res[p].ran) continue;
+            if (!res[p].t.ran) continue;
             mj_status s = MJ_OK;
             if (p == PATH_EAGER) s = mj_module_forward(cm.module, x, &ys[p]);
             else if (p == PATH_TRACED) s = mj_graph_run(cm.graph, x, &ys[p]);
@@ -164,15 +180,15 @@ int cmd_check(int argc, char **argv) {
             if (s != MJ_OK) rc = cli_mj_error("check", path_names[p]);
         }
         for (int p = 0; p < N_PATHS && rc == CLI_OK; p++) {
-            if (!res[p].ran) continue;
+            if (!res[p].t.ran) continue;
             mj_compare c = mj_tensor_compare(ys[p], ys[ref_path], rtol, atol);
             merge(&res[p], &c, ys[p], ys[ref_path]);
             if (want) {
                 mj_compare e = mj_tensor_compare(ys[p], want, rtol, atol);
-                res[p].has_expected = true;
+                res[p].t.has_expected = true;
                 res[p].exp_abs = fmax(res[p].exp_abs, e.max_abs);
                 res[p].exp_rel = fmax(res[p].exp_rel, e.max_rel);
-                res[p].exp_close = res[p].exp_close && e.close;
+                res[p].t.exp_close = res[p].t.exp_close && e.close;
                 if (!e.close && !res[p].detail[0]) {
                     char d[200];
                     mj_compare_describe(&e, ys[p], want, d, sizeof d);
@@ -185,26 +201,23 @@ int cmd_check(int argc, char **argv) {
         if (rc != CLI_OK) goto done;
     }
 
-    bool pass = true;
+    check_tally tally[N_PATHS];
+    for (int p = 0; p < N_PATHS; p++) tally[p] = res[p].t;
     bool ok[N_PATHS];
-    for (int p = 0; p < N_PATHS; p++) {
-        ok[p] = !res[p].ran || ((path_exact[p] ? res[p].bit_identical : res[p].close) &&
-                                (!res[p].has_expected || res[p].exp_close));
-        pass = pass && ok[p];
-    }
+    bool pass = check_verdict(tally, N_PATHS, ok);
     if (json) {
         json_t *paths = json_array();
         for (int p = 0; p < N_PATHS; p++) {
-            if (!res[p].ran) continue;
-            json_t *o = json_pack("{s:s, s:f, s:f, s:b, s:b, s:b}", "path", path_names[p],
+            if (!res[p].t.ran) continue;
+            json_t *o = json_pack("{s:s, s:f, s:f, s:b, s:b, s:b, s:b}", "path", path_names[p],
                                   "max_abs", res[p].max_abs, "max_rel", res[p].max_rel,
-                                  "bit_identical", res[p].bit_identical, "must_be_bit_identical",
-                                  path_exact[p], "ok", ok[p]);
-            if (res[p].has_expected)
+                                  "bit_identical", res[p].bit_identical, "exact", res[p].t.exact,
+                                  "must_be_bit_identical", path_exact[p], "ok", ok[p]);
+            if (res[p].t.has_expected)
                 json_object_set_new(o, "vs_expected",
                                     json_pack("{s:f, s:f, s:b}", "max_abs", res[p].exp_abs,
                                               "max_rel", res[p].exp_rel, "close",
-                                              res[p].exp_close));
+                                              res[p].t.exp_close));
             if (res[p].detail[0]) json_object_set_new(o, "detail", json_string(res[p].detail));
             json_array_append_new(paths, o);
         }
@@ -222,20 +235,21 @@ int cmd_check(int argc, char **argv) {
         printf("%-15s %-12s %-12s %-15s %-12s %-12s %s\n", "path", "max abs", "max rel",
                "bit-identical", "exp abs", "exp rel", "result");
         for (int p = 0; p < N_PATHS; p++) {
-            if (!res[p].ran) continue;
+            if (!res[p].t.ran) continue;
             char ea[32] = "-", er[32] = "-";
-            if (res[p].has_expected) {
+            if (res[p].t.has_expected) {
                 snprintf(ea, sizeof ea, "%.3g", res[p].exp_abs);
                 snprintf(er, sizeof er, "%.3g", res[p].exp_rel);
             }
             printf("%-15s %-12.3g %-12.3g %-15s %-12s %-12s %s%s%s\n", path_names[p],
-                   res[p].max_abs, res[p].max_rel, res[p].bit_identical ? "yes" : "no", ea, er,
+                   res[p].max_abs, res[p].max_rel, res[p].bit_identical ? "yes" : res[p].t.exact ? "NaN bits" : "no", ea, er,
                    color ? (ok[p] ? "\033[32m" : "\033[31m") : "", ok[p] ? "ok" : "MISMATCH",
                    color ? "\033[0m" : "");
             if (!ok[p] && res[p].detail[0]) printf("  %s\n", res[p].detail);
         }
         printf("%s: %s\n", pass ? "PASS" : "FAIL",
-               pass ? "exact paths bit-identical to the reference, fast within tolerance"
+               pass ? "exact paths bit-identical to the reference (NaN matching any NaN), fast "
+                      "within tolerance"
                     : "at least one path differs (see above)");
     }
     rc = pass ? CLI_OK : CLI_FAIL;

@@ -1,0 +1,36 @@
+/* The verdict of `maskjit check` (see check_verdict.h). */
+#include "check_verdict.h"
+
+#include <math.h>
+#include <string.h>
+
+bool check_exact_equal(const mj_tensor *got, const mj_tensor *want, int64_t *first) {
+    if (first) *first = -1;
+    if (!got || !want || mj_tensor_rank(got) != mj_tensor_rank(want)) return false;
+    for (int d = 0; d < mj_tensor_rank(got); d++)
+        if (mj_tensor_dim(got, d) != mj_tensor_dim(want, d)) return false;
+    const float *a = mj_tensor_data(got), *b = mj_tensor_data(want);
+    for (int64_t i = 0; i < mj_tensor_numel(got); i++) {
+        if (isnan(a[i]) && isnan(b[i])) continue;
+        if (memcmp(&a[i], &b[i], sizeof a[i]) != 0) {
+            if (first) *first = i;
+            return false;
+        }
+    }
+    return true;
+}
+
+bool check_path_ok(const check_tally *t) {
+    if (!t->ran) return true;
+    bool own = t->must_be_exact ? t->exact : t->close;
+    return own && (!t->has_expected || t->exp_close);
+}
+
+bool check_verdict(const check_tally *t, int n, bool *ok) {
+    bool pass = true;
+    for (int p = 0; p < n; p++) {
+        ok[p] = check_path_ok(&t[p]);
+        pass = pass && ok[p];
+    }
+    return pass;
+}
