@@ -458,3 +458,42 @@ Test(aot, cli_writes_object_header_and_shared_library) {
     mj_module_free(mod);
     rm_rf(dir);
 }
+
+/* examples/aot (built by meson: maskjit trace, maskjit aot, cc): its
+ * printed outputs are `maskjit run --mode compiled`'s on the same input,
+ * bit for bit (%.9g gives the floats back exactly). */
+Test(aot, example_program_matches_maskjit_run) {
+    const char *exe = MJ_BUILD_ROOT "/examples/aot/aot-example";
+    const char *trace = MJ_BUILD_ROOT "/examples/aot/seed.trace";
+    assert_no_llvm(exe);
+    char dir[1024];
+    temp_dir(dir, sizeof dir);
+    const int64_t batches[] = {1, 3, 17};
+    for (int bi = 0; bi < 3; bi++) {
+        char cmd[4400], in[1100], outp[1100];
+        static char printed[65536];
+        snprintf(in, sizeof in, "%s/in.safetensors", dir);
+        snprintf(outp, sizeof outp, "%s/out.safetensors", dir);
+        snprintf(cmd, sizeof cmd, "'%s' %lld --write-input '%s'", exe, (long long)batches[bi], in);
+        cr_assert_eq(run(cmd, printed, sizeof printed), 0, "%s", cmd);
+        snprintf(cmd, sizeof cmd, "'%s' run '%s' --mode compiled --input '%s' --out '%s' 2>&1", BIN, trace, in, outp);
+        char msg[4096];
+        cr_assert_eq(run(cmd, msg, sizeof msg), 0, "%s: %s", cmd, msg);
+        mj_tensor_dict *d;
+        OK(mj_safetensors_load(outp, &d));
+        const mj_tensor *y = mj_tensor_dict_get(d, "output");
+        cr_assert(y);
+        cr_assert_eq(mj_tensor_shape(y)[0], batches[bi]);
+        char *p = printed;
+        for (int64_t i = 0; i < mj_tensor_numel(y); i++) {
+            char *end;
+            float v = strtof(p, &end);
+            cr_assert(end != p, "the example printed fewer than %lld numbers", (long long)mj_tensor_numel(y));
+            cr_assert(memcmp(&v, &mj_tensor_data(y)[i], 4) == 0, "batch %lld y[%lld]: example %a, maskjit run %a",
+                      (long long)batches[bi], (long long)i, (double)v, (double)mj_tensor_data(y)[i]);
+            p = end;
+        }
+        mj_tensor_dict_free(d);
+    }
+    rm_rf(dir);
+}
