@@ -913,11 +913,9 @@ static char *header_text(const aot *a, const target *t, const char *need, size_t
 
 /* ---- files ------------------------------------------------------------------ */
 
-/* Writes dir/name atomically: a temporary file in dir, then rename. */
-static mj_status write_atomic(const char *dir, const char *name, const void *data, size_t n) {
-    char path[4096], tmp[4096];
-    if ((size_t)snprintf(path, sizeof path, "%s/%s", dir, name) >= sizeof path ||
-        (size_t)snprintf(tmp, sizeof tmp, "%s/.%s.XXXXXX", dir, name) >= sizeof tmp)
+/* Writes data to a new temporary file dir/.name.XXXXXX (path in tmp). */
+static mj_status write_temp(const char *dir, const char *name, const void *data, size_t n, char tmp[4096]) {
+    if ((size_t)snprintf(tmp, 4096, "%s/.%s.XXXXXX", dir, name) >= 4096)
         return mj_fail(MJ_ERR_INVALID, "aot: the output path %s/%s is too long", dir, name);
     int fd = mkstemp(tmp);
     if (fd < 0) return mj_fail(MJ_ERR_IO, "aot: cannot create a file in %s: %s", dir, strerror(errno));
@@ -930,7 +928,7 @@ static mj_status write_atomic(const char *dir, const char *name, const void *dat
             int e = errno;
             close(fd);
             unlink(tmp);
-            return mj_fail(MJ_ERR_IO, "aot: writing %s failed: %s", path, strerror(e));
+            return mj_fail(MJ_ERR_IO, "aot: writing %s/%s failed: %s", dir, name, strerror(e));
         }
         p += w;
         left -= (size_t)w;
@@ -941,21 +939,46 @@ static mj_status write_atomic(const char *dir, const char *name, const void *dat
     if (fchmod(fd, 0666 & ~um) != 0 || close(fd) != 0) {
         int e = errno;
         unlink(tmp);
-        return mj_fail(MJ_ERR_IO, "aot: writing %s failed: %s", path, strerror(e));
-    }
-    if (rename(tmp, path) != 0) {
-        int e = errno;
-        unlink(tmp);
-        return mj_fail(MJ_ERR_IO, "aot: cannot write %s: %s", path, strerror(e));
+        return mj_fail(MJ_ERR_IO, "aot: writing %s/%s failed: %s", dir, name, strerror(e));
     }
     return MJ_OK;
 }
 
-/* cc -shared -o dir/.NAME.so.tmp dir/NAME.o -lm, then rename: no shell. */
+/* Writes dir/NAME.o and dir/NAME.h: both to temporary files first, then
+ * renamed, so a failure leaves no partial file and (short of a failing
+ * rename) no new object next to an old header. */
+static mj_status write_outputs(const char *dir, const char *name, const void *obj, size_t obj_n, const char *hdr,
+                               size_t hdr_n) {
+    char fo[96], fh[96], to[4096], th[4096], po[4200], ph[4200];
+    snprintf(fo, sizeof fo, "%s.o", name);
+    snprintf(fh, sizeof fh, "%s.h", name);
+    MJ_TRY(write_temp(dir, fo, obj, obj_n, to));
+    mj_status s = write_temp(dir, fh, hdr, hdr_n, th);
+    if (s != MJ_OK) {
+        unlink(to);
+        return s;
+    }
+    snprintf(po, sizeof po, "%s/%s", dir, fo);
+    snprintf(ph, sizeof ph, "%s/%s", dir, fh);
+    if (rename(to, po) != 0) {
+        s = mj_fail(MJ_ERR_IO, "aot: cannot write %s: %s", po, strerror(errno));
+        unlink(to);
+        unlink(th);
+        return s;
+    }
+    if (rename(th, ph) != 0) {
+        s = mj_fail(MJ_ERR_IO, "aot: cannot write %s: %s", ph, strerror(errno));
+        unlink(th);
+        return s;
+    }
+    return MJ_OK;
+}
+
+/* cc -shared -o dir/.NAME.so.PID.tmp dir/NAME.o -lm, then rename: no shell. */
 static mj_status link_shared(const char *dir, const char *name) {
     char obj[4096], tmp[4096], so[4096];
     if ((size_t)snprintf(obj, sizeof obj, "%s/%s.o", dir, name) >= sizeof obj ||
-        (size_t)snprintf(tmp, sizeof tmp, "%s/.%s.so.tmp", dir, name) >= sizeof tmp ||
+        (size_t)snprintf(tmp, sizeof tmp, "%s/.%s.so.%ld.tmp", dir, name, (long)getpid()) >= sizeof tmp ||
         (size_t)snprintf(so, sizeof so, "%s/%s.so", dir, name) >= sizeof so)
         return mj_fail(MJ_ERR_INVALID, "aot: the output path in %s is too long", dir);
     char *argv[] = {"cc", "-shared", "-o", tmp, obj, "-lm", NULL};
@@ -1043,11 +1066,8 @@ mj_status mj_aot_compile(const mj_graph *g, const mj_aot_options *opts, const ch
         goto out;
     }
     if ((s = ensure_dir(dir)) != MJ_OK) goto out;
-    char fn[96];
-    snprintf(fn, sizeof fn, "%s.o", o.name);
-    if ((s = write_atomic(dir, fn, LLVMGetBufferStart(obj), LLVMGetBufferSize(obj))) != MJ_OK) goto out;
-    snprintf(fn, sizeof fn, "%s.h", o.name);
-    if ((s = write_atomic(dir, fn, hdr, hdr_len)) != MJ_OK) goto out;
+    if ((s = write_outputs(dir, o.name, LLVMGetBufferStart(obj), LLVMGetBufferSize(obj), hdr, hdr_len)) != MJ_OK)
+        goto out;
     if (o.shared) s = link_shared(dir, o.name);
 out:
     if (obj) LLVMDisposeMemoryBuffer(obj);

@@ -179,7 +179,8 @@ static mj_graph *trace_model(const char *spec, double density, mj_module **mod) 
 }
 
 /* AOT (target cpu, features) vs the JIT exact frozen at batches 1, 3, 17. */
-static void check_model(const char *spec, double density, const char *cpu, const char *features) {
+static void check_model_mode(const char *spec, double density, const char *cpu, const char *features,
+                             mj_numeric_mode mode) {
     mj_module *mod;
     mj_graph *g = trace_model(spec, density, &mod);
     int64_t in = in_width(g);
@@ -191,6 +192,7 @@ static void check_model(const char *spec, double density, const char *cpu, const
     o.target_cpu = cpu;
     o.features = features;
     o.description = spec;
+    o.numeric = mode;
     OK(mj_aot_compile(g, &o, dir));
     char obj[1100], exe[1100];
     snprintf(obj, sizeof obj, "%s/m.o", dir);
@@ -204,7 +206,7 @@ static void check_model(const char *spec, double density, const char *cpu, const
     mj_compile_options co;
     mj_compile_options_init(&co);
     co.frozen = true;
-    co.numeric = MJ_NUMERIC_EXACT;
+    co.numeric = mode;
     co.use_cache = false;
     mj_compiled *c;
     OK(mj_jit_compile(jit, g, &co, &c));
@@ -233,6 +235,10 @@ static void check_model(const char *spec, double density, const char *cpu, const
     rm_rf(dir);
 }
 
+static void check_model(const char *spec, double density, const char *cpu, const char *features) {
+    check_model_mode(spec, density, cpu, features, MJ_NUMERIC_EXACT);
+}
+
 Test(aot, seed_model_matches_jit_bit_for_bit) { check_model("mut", 1, NULL, NULL); }
 
 Test(aot, masked_mlp_matches_jit_bit_for_bit) { check_model("mlp:16,32,8:act=relu", 0.5, NULL, NULL); }
@@ -245,6 +251,11 @@ Test(aot, wide_sparse_mlp_matches_jit_bit_for_bit) { check_model("mlp:96,160,40:
 Test(aot, psabi_levels_match_jit_bit_for_bit) {
     check_model("mlp:16,32,8:act=tanh", 0.5, "x86-64", NULL);
     check_model("mlp:16,32,8:act=sigmoid", 0.5, "x86-64-v3", NULL);
+}
+
+/* Fast mode on the host target is the JIT's fast code: the same bits too. */
+Test(aot, fast_mode_matches_jit_fast_on_the_host) {
+    check_model_mode("mlp:16,32,8:act=gelu_tanh", 0.5, NULL, NULL, MJ_NUMERIC_FAST);
 }
 
 static bool host_has_flag(const char *flag) {
