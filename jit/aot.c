@@ -1,5 +1,5 @@
-/* Ahead-of-time compilation: the JIT's frozen compile path (the same graph
- * passes, plan, prologue and lowering as jit/compiled.c, so the code is the
+/* Ahead-of-time compilation: the JIT's compile path (the same graph passes,
+ * plan, prologue and lowering as jit/compiled.c, so frozen code is the
  * JIT's), written to an object file for a chosen target instead of linked
  * into this process, plus a public wrapper emitted into the same module:
  *
@@ -9,8 +9,12 @@
  * batch, allocates the scratch (on its stack when small, else aligned_alloc)
  * and calls the body on one thread. The wrapper and the check are compiled
  * for the baseline x86-64 whatever the target, so that a CPU without the
- * target's features reaches the check instead of a SIGILL. Only libc and
- * libm symbols stay undefined. See docs/aot.md. */
+ * target's features reaches the check instead of a SIGILL.
+ *
+ * Live (not frozen): only params and consts are leaves; the body computes
+ * the rest of the prologue (mask products) on every call, the wrapper packs
+ * param weights into the scratch, and NAME_bind / NAME_run_with supply the
+ * params. Only libc and libm symbols stay undefined. See docs/aot.md. */
 #include "aot.h"
 
 #include <errno.h>
@@ -247,7 +251,7 @@ static char *need_list(const target *t) {
     return s;
 }
 
-/* ---- the graph: the JIT's frozen pipeline ----------------------------------- */
+/* ---- the graph: the JIT's pipeline ------------------------------------------ */
 
 typedef struct aot {
     const mj_aot_options *o;
@@ -265,6 +269,15 @@ typedef struct aot {
     int64_t *slot_coef;
     int *slot_pow;
     int64_t scratch_fixed;
+    /* Live: the params, in node order (leaves read them at run time), and
+     * per leaf its param index (-1: a const, baked) and, for a packed
+     * param, its offset in the wrapper's pack area of pack_floats. */
+    bool live;
+    int32_t n_params;
+    int32_t *param_node;
+    int32_t *leaf_param;
+    int64_t *pack_off;
+    int64_t pack_floats;
 } aot;
 
 static void aot_free(aot *a) {
@@ -280,6 +293,9 @@ static void aot_free(aot *a) {
     free(a->numel);
     free(a->slot_coef);
     free(a->slot_pow);
+    free(a->param_node);
+    free(a->leaf_param);
+    free(a->pack_off);
     mj_body_plan_free(&a->plan);
     free(a->input_free);
     mj_graph_free(a->g);
@@ -345,11 +361,12 @@ static bool batch_fits(const aot *a, int64_t b) {
     type_poly(&a->g->nodes[a->in_node].type, &in_c, &in_p);
     type_poly(&a->g->nodes[a->out_node].type, &out_c, &out_p);
     if (poly_at(in_c, in_p, b) < 0 || poly_at(out_c, out_p, b) < 0) return false;
-    return mj_body_scratch_floats(&a->plan, b, &n) == MJ_OK;
+    return mj_body_scratch_floats(&a->plan, b, &n) == MJ_OK && n + a->pack_floats <= MJ_MAX_NUMEL;
 }
 
 /* Interprets the prologue (the kernels eager uses) and packs the leaves, as
- * jit/compiled.c does for a frozen compile. */
+ * jit/compiled.c does for a frozen compile. Live, the leaves are params
+ * (read at run time: data NULL here) and consts (baked). */
 static mj_status prologue(aot *a) {
     const mj_graph *g = a->g;
     bool *needed = mj_alloc_array((size_t)g->n_nodes + 1, sizeof *needed);
@@ -384,7 +401,9 @@ static mj_status prologue(aot *a) {
         const mj_leaf *lf = &a->plan.leaves[i];
         const mj_tensor *v = a->vals[lf->node];
         a->numel[i] = v->numel;
-        if (lf->packed) {
+        if (a->g->nodes[lf->node].op == MJ_OP_PARAM && a->live) {
+            a->leaf_data[i] = NULL;
+        } else if (lf->packed) {
             int64_t N = v->shape[0], K = v->shape[1];
             if (!(a->packed[i] = mj_alloc_array((size_t)(N * K) + 1, sizeof(float)))) {
                 s = MJ_ERR_NOMEM;
@@ -406,8 +425,13 @@ static mj_status prepare(const mj_graph *g0, const mj_aot_options *o, const targ
     a->o = o;
     MJ_TRY(check_graph(g0));
     MJ_TRY(mj_graph_clone(g0, &a->g));
-    MJ_TRY(mj_graph_freeze(a->g));
-    MJ_TRY(mj_graph_optimize(a->g, "default"));
+    a->live = !o->frozen;
+    if (o->frozen) { /* as mj_jit_compile */
+        MJ_TRY(mj_graph_freeze(a->g));
+        MJ_TRY(mj_graph_optimize(a->g, "default"));
+    } else {
+        MJ_TRY(mj_graph_optimize(a->g, "cse,fuse,dce"));
+    }
     MJ_TRY(check_graph(a->g));
     for (int32_t i = 0; i < a->g->n_nodes; i++)
         if (a->g->nodes[i].op == MJ_OP_INPUT) a->in_node = i;
@@ -417,12 +441,41 @@ static mj_status prepare(const mj_graph *g0, const mj_aot_options *o, const targ
             return mj_fail(MJ_ERR_UNSUPPORTED, "aot: value %%%d has rank %d; the header describes ranks up to 4",
                            (int)i, a->g->nodes[i].type.rank);
     }
-    if (!(a->input_free = mj_graph_input_free(a->g))) return MJ_ERR_NOMEM;
-    MJ_TRY(mj_body_plan_build(a->g, a->input_free, true, &a->plan));
+    if (a->live) {
+        /* The body computes the prologue too (mask products, ...), on every
+         * call: only params and consts are leaves. */
+        if (!(a->input_free = mj_alloc_array((size_t)a->g->n_nodes + 1, sizeof *a->input_free))) return MJ_ERR_NOMEM;
+        for (int32_t i = 0; i < a->g->n_nodes; i++)
+            a->input_free[i] = a->g->nodes[i].op == MJ_OP_PARAM || a->g->nodes[i].op == MJ_OP_CONST;
+    } else if (!(a->input_free = mj_graph_input_free(a->g))) {
+        return MJ_ERR_NOMEM;
+    }
+    MJ_TRY(mj_body_plan_build(a->g, a->input_free, !a->live, &a->plan));
     a->plan.vw = mj_features_vector_width(t->features);
     a->plan.nr = a->plan.vw == 16 ? 4 : 2;
     a->plan.panel = (int64_t)a->plan.nr * a->plan.vw;
     MJ_TRY(prologue(a));
+    if (a->live) {
+        a->param_node = mj_alloc_array((size_t)a->plan.n_leaves + 1, sizeof *a->param_node);
+        a->leaf_param = mj_alloc_array((size_t)a->plan.n_leaves + 1, sizeof *a->leaf_param);
+        a->pack_off = mj_alloc_array((size_t)a->plan.n_leaves + 1, sizeof *a->pack_off);
+        if (!a->param_node || !a->leaf_param || !a->pack_off) return MJ_ERR_NOMEM;
+        for (int32_t i = 0; i < a->g->n_nodes; i++) {
+            bool leaf = a->plan.leaf_plain[i] >= 0 || a->plan.leaf_packed[i] >= 0;
+            if (leaf && a->g->nodes[i].op == MJ_OP_PARAM) a->param_node[a->n_params++] = i;
+        }
+        for (int32_t l = 0; l < a->plan.n_leaves; l++) {
+            a->leaf_param[l] = -1;
+            for (int32_t k = 0; k < a->n_params; k++)
+                if (a->param_node[k] == a->plan.leaves[l].node) a->leaf_param[l] = k;
+            if (a->leaf_param[l] >= 0 && a->plan.leaves[l].packed) {
+                a->pack_off[l] = a->pack_floats;
+                a->pack_floats += round16(a->numel[l]);
+                if (a->pack_floats > MJ_MAX_NUMEL)
+                    return mj_fail(MJ_ERR_LIMIT, "aot: the weights need more than 2^40 floats");
+            }
+        }
+    }
 
     /* The scratch as a formula of B for the wrapper, checked against the
      * lowering's own count (mj_body_scratch_floats). */
@@ -610,15 +663,79 @@ static void fail_if(emit *e, LLVMValueRef fn, LLVMValueRef cond, int code) {
 
 #define STACK_FLOATS 2048 /* scratch up to 8 KiB lives on the wrapper's stack */
 
-static void emit_run(emit *e, LLVMValueRef body, LLVMValueRef check) {
+/* for (iv = 0; iv < n; iv++) { caller's code } */
+typedef struct eloop {
+    LLVMValueRef iv;
+    LLVMBasicBlockRef head, exit;
+} eloop;
+
+static eloop loop_open(emit *e, LLVMValueRef fn, LLVMValueRef n) {
+    eloop l;
+    LLVMBasicBlockRef pre = LLVMGetInsertBlock(e->b);
+    l.head = LLVMAppendBasicBlockInContext(e->ctx, fn, "loop");
+    LLVMBasicBlockRef body = LLVMAppendBasicBlockInContext(e->ctx, fn, "body");
+    l.exit = LLVMAppendBasicBlockInContext(e->ctx, fn, "done");
+    LLVMBuildBr(e->b, l.head);
+    LLVMPositionBuilderAtEnd(e->b, l.head);
+    l.iv = LLVMBuildPhi(e->b, e->i64, "i");
+    LLVMValueRef zero = c64(e, 0);
+    LLVMAddIncoming(l.iv, &zero, &pre, 1);
+    LLVMBuildCondBr(e->b, LLVMBuildICmp(e->b, LLVMIntSLT, l.iv, n, ""), body, l.exit);
+    LLVMPositionBuilderAtEnd(e->b, body);
+    return l;
+}
+
+static void loop_close(emit *e, eloop *l) {
+    LLVMValueRef next = LLVMBuildAdd(e->b, l->iv, c64(e, 1), "");
+    LLVMBasicBlockRef latch = LLVMGetInsertBlock(e->b);
+    LLVMBuildBr(e->b, l->head);
+    LLVMAddIncoming(l->iv, &next, &latch, 1);
+    LLVMPositionBuilderAtEnd(e->b, l->exit);
+}
+
+static LLVMValueRef fptr(emit *e, LLVMValueRef base, LLVMValueRef idx) {
+    return LLVMBuildInBoundsGEP2(e->b, LLVMFloatTypeInContext(e->ctx), base, &idx, 1, "");
+}
+
+/* out = W[N][K] packed in panels of P columns (mj_pack_panels), at run time. */
+static void emit_pack(emit *e, LLVMValueRef fn, LLVMValueRef w, LLVMValueRef out, int64_t N, int64_t K, int64_t P) {
+    LLVMTypeRef f32 = LLVMFloatTypeInContext(e->ctx);
+    eloop lp = loop_open(e, fn, c64(e, (N + P - 1) / P));
+    LLVMValueRef j0 = LLVMBuildMul(e->b, lp.iv, c64(e, P), "j0");
+    LLVMValueRef rest = LLVMBuildSub(e->b, c64(e, N), j0, "");
+    LLVMValueRef pw = LLVMBuildSelect(e->b, LLVMBuildICmp(e->b, LLVMIntSLT, rest, c64(e, P), ""), rest, c64(e, P), "pw");
+    LLVMValueRef panel = fptr(e, out, LLVMBuildMul(e->b, c64(e, K), j0, ""));
+    eloop lj = loop_open(e, fn, pw);
+    LLVMValueRef wrow = fptr(e, w, LLVMBuildMul(e->b, LLVMBuildAdd(e->b, j0, lj.iv, ""), c64(e, K), ""));
+    eloop lk = loop_open(e, fn, c64(e, K));
+    LLVMValueRef v = LLVMBuildLoad2(e->b, f32, fptr(e, wrow, lk.iv), "");
+    LLVMBuildStore(e->b, v, fptr(e, panel, LLVMBuildAdd(e->b, LLVMBuildMul(e->b, lk.iv, pw, ""), lj.iv, "")));
+    loop_close(e, &lk);
+    loop_close(e, &lj);
+    loop_close(e, &lp);
+}
+
+static LLVMValueRef libc_fn(emit *e, const char *name, LLVMTypeRef ty) {
+    LLVMValueRef f = LLVMGetNamedFunction(e->m, name);
+    return f ? f : LLVMAddFunction(e->m, name, ty);
+}
+
+/* int core(const float *const params[], int64_t batch, const float *const
+ * inputs[], float *const outputs[]): the checks, the scratch, the leaves
+ * (live: params as bound, packed ones packed into the scratch), the body. */
+static LLVMValueRef emit_core(emit *e, LLVMValueRef body, LLVMValueRef check, LLVMValueRef consts) {
     const aot *a = e->a;
-    LLVMTypeRef pt[3] = {e->i64, e->ptr, e->ptr};
-    LLVMValueRef fn = add_fn(e, "_run", e->i32, pt, 3, true);
-    LLVMValueRef batch = LLVMGetParam(fn, 0), inputs = LLVMGetParam(fn, 1), outputs = LLVMGetParam(fn, 2);
+    LLVMTypeRef pt[4] = {e->ptr, e->i64, e->ptr, e->ptr};
+    LLVMValueRef fn = a->live ? add_fn(e, ".core", e->i32, pt, 4, false) : add_fn(e, "_run", e->i32, pt + 1, 3, true);
+    unsigned o = a->live ? 1 : 0;
+    LLVMValueRef params = a->live ? LLVMGetParam(fn, 0) : NULL;
+    LLVMValueRef batch = LLVMGetParam(fn, o), inputs = LLVMGetParam(fn, o + 1), outputs = LLVMGetParam(fn, o + 2);
     LLVMPositionBuilderAtEnd(e->b, LLVMAppendBasicBlockInContext(e->ctx, fn, "entry"));
-    LLVMTypeRef stack_ty = LLVMArrayType2(LLVMFloatTypeInContext(e->ctx), STACK_FLOATS);
-    LLVMValueRef stack = LLVMBuildAlloca(e->b, stack_ty, "stack");
+    LLVMTypeRef f32 = LLVMFloatTypeInContext(e->ctx);
+    LLVMValueRef stack = LLVMBuildAlloca(e->b, LLVMArrayType2(f32, STACK_FLOATS), "stack");
     LLVMSetAlignment(stack, 64);
+    int32_t nl = a->plan.n_leaves;
+    LLVMValueRef leaves = a->live && nl > 0 ? LLVMBuildAlloca(e->b, LLVMArrayType2(e->ptr, (uint64_t)nl), "leaves") : NULL;
     LLVMValueRef cpu = LLVMBuildCall2(e->b, LLVMGlobalGetValueType(check), check, NULL, 0, "cpu");
     fail_if(e, fn, LLVMBuildICmp(e->b, LLVMIntNE, cpu, c32(e, 0), ""), MJ_AOT_ERR_CPU);
     LLVMValueRef null = LLVMConstPointerNull(e->ptr);
@@ -649,8 +766,22 @@ static void emit_run(emit *e, LLVMValueRef body, LLVMValueRef check) {
     LLVMValueRef nonempty = LLVMBuildAnd(e->b, LLVMBuildICmp(e->b, LLVMIntNE, in_bytes, c64(e, 0), ""),
                                          LLVMBuildICmp(e->b, LLVMIntNE, out_bytes, c64(e, 0), ""), "");
     fail_if(e, fn, LLVMBuildAnd(e->b, ov, nonempty, ""), MJ_AOT_ERR_OVERLAP);
+    /* live: every param bound */
+    LLVMValueRef *pv = NULL;
+    if (a->live && a->n_params > 0) {
+        pv = mj_alloc_array((size_t)a->n_params, sizeof *pv);
+        MJ_ASSERT(pv); /* a few pointers */
+        LLVMValueRef any_null = LLVMConstInt(e->i1, 0, 0);
+        for (int32_t k = 0; k < a->n_params; k++) {
+            LLVMValueRef idx = c64(e, k);
+            pv[k] = LLVMBuildLoad2(e->b, e->ptr, LLVMBuildInBoundsGEP2(e->b, e->ptr, params, &idx, 1, ""), "param");
+            any_null = LLVMBuildOr(e->b, any_null, LLVMBuildICmp(e->b, LLVMIntEQ, pv[k], null, ""), "");
+        }
+        fail_if(e, fn, any_null, MJ_AOT_ERR_UNBOUND);
+    }
 
-    LLVMValueRef n = c64(e, a->scratch_fixed);
+    /* scratch floats: [pack area][body's slices] */
+    LLVMValueRef n = c64(e, a->pack_floats + a->scratch_fixed);
     for (int32_t i = 0; i < a->n_slots; i++) {
         LLVMValueRef v = poly(e, a->slot_coef[i], a->slot_pow[i], batch);
         v = LLVMBuildAnd(e->b, LLVMBuildAdd(e->b, v, c64(e, 15), ""), c64(e, ~INT64_C(15)), "");
@@ -658,32 +789,161 @@ static void emit_run(emit *e, LLVMValueRef body, LLVMValueRef check) {
     }
     LLVMBasicBlockRef on_stack = LLVMAppendBasicBlockInContext(e->ctx, fn, "on_stack");
     LLVMBasicBlockRef on_heap = LLVMAppendBasicBlockInContext(e->ctx, fn, "on_heap");
+    LLVMBasicBlockRef join = LLVMAppendBasicBlockInContext(e->ctx, fn, "join");
     LLVMBuildCondBr(e->b, LLVMBuildICmp(e->b, LLVMIntSLE, n, c64(e, STACK_FLOATS), ""), on_stack, on_heap);
-
-    LLVMTypeRef bt = LLVMGlobalGetValueType(body);
     LLVMPositionBuilderAtEnd(e->b, on_stack);
-    LLVMValueRef args[8] = {null, x, y, batch, stack, c64(e, 0), c64(e, 1), null};
-    LLVMBuildCall2(e->b, bt, body, args, 8, "");
-    LLVMBuildRet(e->b, c32(e, MJ_AOT_OK));
+    LLVMBuildBr(e->b, join);
 
     LLVMPositionBuilderAtEnd(e->b, on_heap);
     LLVMTypeRef aat[2] = {e->i64, e->i64};
     LLVMTypeRef aa_ty = LLVMFunctionType(e->ptr, aat, 2, 0);
-    LLVMValueRef aa = LLVMGetNamedFunction(e->m, "aligned_alloc");
-    if (!aa) aa = LLVMAddFunction(e->m, "aligned_alloc", aa_ty);
     LLVMTypeRef free_ty = LLVMFunctionType(LLVMVoidTypeInContext(e->ctx), &e->ptr, 1, 0);
-    LLVMValueRef fr = LLVMGetNamedFunction(e->m, "free");
-    if (!fr) fr = LLVMAddFunction(e->m, "free", free_ty);
     /* aligned_alloc wants a multiple of the alignment */
     LLVMValueRef bytes = LLVMBuildAnd(e->b, LLVMBuildAdd(e->b, LLVMBuildMul(e->b, n, c64(e, 4), ""), c64(e, 63), ""),
                                       c64(e, ~INT64_C(63)), "");
     LLVMValueRef aargs[2] = {c64(e, 64), bytes};
-    LLVMValueRef buf = LLVMBuildCall2(e->b, aa_ty, aa, aargs, 2, "scratch");
+    LLVMValueRef buf = LLVMBuildCall2(e->b, aa_ty, libc_fn(e, "aligned_alloc", aa_ty), aargs, 2, "scratch");
     fail_if(e, fn, LLVMBuildICmp(e->b, LLVMIntEQ, buf, null, ""), MJ_AOT_ERR_NOMEM);
-    args[4] = buf;
-    LLVMBuildCall2(e->b, bt, body, args, 8, "");
-    LLVMBuildCall2(e->b, free_ty, fr, &buf, 1, "");
+    LLVMBasicBlockRef heap_ok = LLVMGetInsertBlock(e->b);
+    LLVMBuildBr(e->b, join);
+
+    LLVMPositionBuilderAtEnd(e->b, join);
+    LLVMValueRef base = LLVMBuildPhi(e->b, e->ptr, "base");
+    LLVMValueRef bases[2] = {stack, buf};
+    LLVMBasicBlockRef froms[2] = {on_stack, heap_ok};
+    LLVMAddIncoming(base, bases, froms, 2);
+    LLVMValueRef leaves_arg = null;
+    if (leaves) {
+        for (int32_t l = 0; l < nl; l++) {
+            int32_t k = a->leaf_param[l];
+            LLVMValueRef v;
+            if (k < 0) {
+                LLVMValueRef idx[2] = {c64(e, 0), c64(e, l)};
+                v = LLVMBuildLoad2(e->b, e->ptr, LLVMBuildInBoundsGEP2(e->b, LLVMGlobalGetValueType(consts), consts, idx, 2, ""), "");
+            } else if (a->plan.leaves[l].packed) {
+                const mj_type *t = &a->g->nodes[a->plan.leaves[l].node].type;
+                v = fptr(e, base, c64(e, a->pack_off[l]));
+                emit_pack(e, fn, pv[k], v, t->dims[0], t->dims[1], a->plan.panel);
+            } else {
+                v = pv[k];
+            }
+            LLVMValueRef idx = c64(e, l);
+            LLVMBuildStore(e->b, v, LLVMBuildInBoundsGEP2(e->b, e->ptr, leaves, &idx, 1, ""));
+        }
+        leaves_arg = leaves;
+    }
+    free(pv);
+    LLVMValueRef args[8] = {leaves_arg, x, y, batch, fptr(e, base, c64(e, a->pack_floats)), c64(e, 0), c64(e, 1), null};
+    LLVMBuildCall2(e->b, LLVMGlobalGetValueType(body), body, args, 8, "");
+    LLVMBasicBlockRef do_free = LLVMAppendBasicBlockInContext(e->ctx, fn, "free");
+    LLVMBasicBlockRef done = LLVMAppendBasicBlockInContext(e->ctx, fn, "done");
+    LLVMBuildCondBr(e->b, LLVMBuildICmp(e->b, LLVMIntEQ, base, stack, ""), done, do_free);
+    LLVMPositionBuilderAtEnd(e->b, do_free);
+    LLVMBuildCall2(e->b, free_ty, libc_fn(e, "free", free_ty), &base, 1, "");
+    LLVMBuildBr(e->b, done);
+    LLVMPositionBuilderAtEnd(e->b, done);
     LLVMBuildRet(e->b, c32(e, MJ_AOT_OK));
+    return fn;
+}
+
+/* A private constant C string. */
+static LLVMValueRef cstr(emit *e, const char *suffix, const char *text);
+
+/* Live: the param table (names, shapes), NAME_bind into a table of bound
+ * pointers (atomic, so a bind racing with a call is defined: the call sees
+ * the old or the new pointer), NAME_run over that table, NAME_run_with. */
+static void emit_live_api(emit *e, LLVMValueRef core) {
+    const aot *a = e->a;
+    int32_t np = a->n_params;
+    char nm[160];
+    LLVMValueRef *names = mj_alloc_array((size_t)np + 1, sizeof *names);
+    LLVMValueRef *ranks = mj_alloc_array((size_t)np + 1, sizeof *ranks);
+    LLVMValueRef *dims = mj_alloc_array((size_t)np + 1, sizeof *dims);
+    MJ_ASSERT(names && ranks && dims);
+    LLVMTypeRef row_ty = LLVMArrayType2(e->i64, 4);
+    for (int32_t k = 0; k < np; k++) {
+        const mj_node *n = &a->g->nodes[a->param_node[k]];
+        char sfx[32];
+        snprintf(sfx, sizeof sfx, ".param%d", (int)k);
+        names[k] = cstr(e, sfx, n->name);
+        ranks[k] = c32(e, (uint32_t)n->type.rank);
+        LLVMValueRef d[4];
+        for (int i = 0; i < 4; i++) d[i] = c64(e, i < n->type.rank ? n->type.dims[i] : 0);
+        dims[k] = LLVMConstArray2(e->i64, d, 4);
+    }
+    struct {
+        const char *sfx;
+        LLVMTypeRef ty;
+        LLVMValueRef *v;
+    } tables[3] = {{"_param_names", e->ptr, names}, {"_param_rank", e->i32, ranks}, {"_param_dims", row_ty, dims}};
+    LLVMValueRef names_gv = NULL;
+    for (int t = 0; t < 3; t++) {
+        snprintf(nm, sizeof nm, "%s%s", e->name, tables[t].sfx);
+        LLVMValueRef init = LLVMConstArray2(tables[t].ty, tables[t].v, (uint64_t)np);
+        LLVMValueRef gv = LLVMAddGlobal(e->m, LLVMTypeOf(init), nm);
+        LLVMSetInitializer(gv, init);
+        LLVMSetGlobalConstant(gv, 1);
+        if (t == 0) names_gv = gv;
+    }
+    snprintf(nm, sizeof nm, "%s.bound", e->name);
+    LLVMTypeRef bound_ty = LLVMArrayType2(e->ptr, (uint64_t)np);
+    LLVMValueRef bound = LLVMAddGlobal(e->m, bound_ty, nm);
+    LLVMSetInitializer(bound, LLVMConstNull(bound_ty));
+    LLVMSetLinkage(bound, LLVMInternalLinkage);
+    LLVMSetAlignment(bound, 8);
+    LLVMValueRef null = LLVMConstPointerNull(e->ptr);
+
+    /* int NAME_bind(const char *name, const float *data) */
+    LLVMTypeRef bt[2] = {e->ptr, e->ptr};
+    LLVMValueRef fn = add_fn(e, "_bind", e->i32, bt, 2, true);
+    LLVMPositionBuilderAtEnd(e->b, LLVMAppendBasicBlockInContext(e->ctx, fn, "entry"));
+    LLVMValueRef name = LLVMGetParam(fn, 0), data = LLVMGetParam(fn, 1);
+    fail_if(e, fn, LLVMBuildICmp(e->b, LLVMIntEQ, name, null, ""), MJ_AOT_ERR_NULL);
+    LLVMTypeRef sc_ty = LLVMFunctionType(e->i32, bt, 2, 0);
+    LLVMValueRef strcmp_fn = libc_fn(e, "strcmp", sc_ty);
+    for (int32_t k = 0; k < np; k++) {
+        LLVMValueRef args[2] = {name, names[k]};
+        LLVMValueRef r = LLVMBuildCall2(e->b, sc_ty, strcmp_fn, args, 2, "");
+        LLVMBasicBlockRef hit = LLVMAppendBasicBlockInContext(e->ctx, fn, "hit");
+        LLVMBasicBlockRef miss = LLVMAppendBasicBlockInContext(e->ctx, fn, "miss");
+        LLVMBuildCondBr(e->b, LLVMBuildICmp(e->b, LLVMIntEQ, r, c32(e, 0), ""), hit, miss);
+        LLVMPositionBuilderAtEnd(e->b, hit);
+        LLVMValueRef idx[2] = {c64(e, 0), c64(e, k)};
+        LLVMValueRef st = LLVMBuildStore(e->b, data, LLVMBuildInBoundsGEP2(e->b, bound_ty, bound, idx, 2, ""));
+        LLVMSetOrdering(st, LLVMAtomicOrderingRelease);
+        LLVMSetAlignment(st, 8);
+        LLVMBuildRet(e->b, c32(e, MJ_AOT_OK));
+        LLVMPositionBuilderAtEnd(e->b, miss);
+    }
+    LLVMBuildRet(e->b, c32(e, MJ_AOT_ERR_KEY));
+
+    /* int NAME_run(batch, inputs, outputs): over the bound table */
+    LLVMTypeRef rt[3] = {e->i64, e->ptr, e->ptr};
+    fn = add_fn(e, "_run", e->i32, rt, 3, true);
+    LLVMPositionBuilderAtEnd(e->b, LLVMAppendBasicBlockInContext(e->ctx, fn, "entry"));
+    LLVMValueRef local = LLVMBuildAlloca(e->b, LLVMArrayType2(e->ptr, (uint64_t)(np > 0 ? np : 1)), "params");
+    for (int32_t k = 0; k < np; k++) {
+        LLVMValueRef idx[2] = {c64(e, 0), c64(e, k)};
+        LLVMValueRef ld = LLVMBuildLoad2(e->b, e->ptr, LLVMBuildInBoundsGEP2(e->b, bound_ty, bound, idx, 2, ""), "");
+        LLVMSetOrdering(ld, LLVMAtomicOrderingAcquire);
+        LLVMSetAlignment(ld, 8);
+        LLVMValueRef li = c64(e, k);
+        LLVMBuildStore(e->b, ld, LLVMBuildInBoundsGEP2(e->b, e->ptr, local, &li, 1, ""));
+    }
+    LLVMValueRef cargs[4] = {local, LLVMGetParam(fn, 0), LLVMGetParam(fn, 1), LLVMGetParam(fn, 2)};
+    LLVMBuildRet(e->b, LLVMBuildCall2(e->b, LLVMGlobalGetValueType(core), core, cargs, 4, ""));
+
+    /* int NAME_run_with(params, batch, inputs, outputs): no shared state */
+    LLVMTypeRef wt[4] = {e->ptr, e->i64, e->ptr, e->ptr};
+    fn = add_fn(e, "_run_with", e->i32, wt, 4, true);
+    LLVMPositionBuilderAtEnd(e->b, LLVMAppendBasicBlockInContext(e->ctx, fn, "entry"));
+    if (np > 0) fail_if(e, fn, LLVMBuildICmp(e->b, LLVMIntEQ, LLVMGetParam(fn, 0), null, ""), MJ_AOT_ERR_NULL);
+    LLVMValueRef wargs[4] = {LLVMGetParam(fn, 0), LLVMGetParam(fn, 1), LLVMGetParam(fn, 2), LLVMGetParam(fn, 3)};
+    LLVMBuildRet(e->b, LLVMBuildCall2(e->b, LLVMGlobalGetValueType(core), core, wargs, 4, ""));
+    (void)names_gv;
+    free(names);
+    free(ranks);
+    free(dims);
 }
 
 static LLVMValueRef cstr(emit *e, const char *suffix, const char *text) {
@@ -710,7 +970,9 @@ static mj_status emit_strerror(emit *e, const char *need) {
     char batch_msg[160];
     snprintf(batch_msg, sizeof batch_msg, "%s: batch must be between 1 and %lld", e->name,
              (long long)e->a->max_batch);
-    char null_msg[160], ov_msg[160], mem_msg[160], ok_msg[160], unk_msg[160];
+    char null_msg[160], ov_msg[160], mem_msg[160], ok_msg[160], unk_msg[160], key_msg[160], unb_msg[160];
+    snprintf(key_msg, sizeof key_msg, "%s: no parameter of that name (see %s_param_names)", e->name, e->name);
+    snprintf(unb_msg, sizeof unb_msg, "%s: a parameter is not bound (%s_bind) or is NULL", e->name, e->name);
     snprintf(ok_msg, sizeof ok_msg, "%s: success", e->name);
     snprintf(null_msg, sizeof null_msg, "%s: inputs, outputs or one of their buffers is NULL", e->name);
     snprintf(ov_msg, sizeof ov_msg, "%s: an input buffer overlaps an output buffer", e->name);
@@ -721,7 +983,8 @@ static mj_status emit_strerror(emit *e, const char *need) {
         const char *sfx, *text;
     } msgs[] = {{MJ_AOT_OK, ".ok", ok_msg},          {MJ_AOT_ERR_CPU, ".cpu", cpu_msg},
                 {MJ_AOT_ERR_NULL, ".null", null_msg}, {MJ_AOT_ERR_BATCH, ".batch", batch_msg},
-                {MJ_AOT_ERR_OVERLAP, ".overlap", ov_msg}, {MJ_AOT_ERR_NOMEM, ".nomem", mem_msg}};
+                {MJ_AOT_ERR_OVERLAP, ".overlap", ov_msg}, {MJ_AOT_ERR_NOMEM, ".nomem", mem_msg},
+                {MJ_AOT_ERR_KEY, ".key", key_msg}, {MJ_AOT_ERR_UNBOUND, ".unbound", unb_msg}};
     int n = (int)(sizeof msgs / sizeof msgs[0]);
     LLVMPositionBuilderAtEnd(e->b, entry);
     LLVMValueRef sw = LLVMBuildSwitch(e->b, LLVMGetParam(fn, 0), dflt, (unsigned)n);
@@ -788,7 +1051,11 @@ static mj_status build_object(const aot *a, const target *t, const char *need, L
 
     char fname[128];
     snprintf(fname, sizeof fname, "%s.body", e.name);
-    mj_lower_options lo = {.numeric = a->o->numeric, .fname = fname, .baked = a->leaf_data, .baked_numel = a->numel};
+    mj_lower_options lo = {.numeric = a->o->numeric, .fname = fname};
+    if (!a->live) {
+        lo.baked = a->leaf_data;
+        lo.baked_numel = a->numel;
+    }
     if ((s = mj_lower_body(e.ctx, e.m, &a->plan, &lo)) != MJ_OK) goto out;
     LLVMPassBuilderOptionsRef po = LLVMCreatePassBuilderOptions();
     LLVMErrorRef err = LLVMRunPasses(e.m, mj_jit_pipeline(e.m), tm, po);
@@ -809,7 +1076,34 @@ static mj_status build_object(const aot *a, const target *t, const char *need, L
     LLVMValueRef body = LLVMGetNamedFunction(e.m, fname);
     MJ_ASSERT(body);
     LLVMValueRef check = emit_cpu_check(&e);
-    emit_run(&e, body, check);
+    LLVMValueRef consts = NULL;
+    if (a->live && a->plan.n_leaves > 0) {
+        /* the consts' data (plain or packed, as the body reads them) */
+        int32_t nl = a->plan.n_leaves;
+        LLVMValueRef *ptrs = mj_alloc_array((size_t)nl, sizeof *ptrs);
+        if (!ptrs) {
+            LLVMDisposeBuilder(e.b);
+            s = MJ_ERR_NOMEM;
+            goto out;
+        }
+        for (int32_t l = 0; l < nl; l++) {
+            char cn[160];
+            snprintf(cn, sizeof cn, "%s.const%d", e.name, (int)l);
+            ptrs[l] = a->leaf_param[l] >= 0 ? LLVMConstPointerNull(e.ptr)
+                                             : mj_llvm_const_bytes(e.m, e.ctx, cn, a->leaf_data[l],
+                                                                   (size_t)a->numel[l] * sizeof(float));
+        }
+        LLVMValueRef init = LLVMConstArray2(e.ptr, ptrs, (uint64_t)nl);
+        free(ptrs);
+        char cn[160];
+        snprintf(cn, sizeof cn, "%s.consts", e.name);
+        consts = LLVMAddGlobal(e.m, LLVMTypeOf(init), cn);
+        LLVMSetInitializer(consts, init);
+        LLVMSetGlobalConstant(consts, 1);
+        LLVMSetLinkage(consts, LLVMInternalLinkage);
+    }
+    LLVMValueRef core = emit_core(&e, body, check, consts);
+    if (a->live) emit_live_api(&e, core);
     emit_strerror(&e, need);
     emit_shape_tables(&e, "input", &a->g->nodes[a->in_node].type);
     emit_shape_tables(&e, "output", &a->g->nodes[a->out_node].type);
@@ -871,7 +1165,12 @@ static char *header_text(const aot *a, const target *t, const char *need, size_t
     fprintf(f, "\n *   output 0: float ");
     print_dims(f, ot);
     fprintf(f, "\n *   B = batch, 1 .. %s_MAX_BATCH; row-major, contiguous.\n", N);
-    fprintf(f, " * Mode: frozen (weights are read-only data in the object), %s.\n",
+    if (a->live)
+        fprintf(f, " * Mode: live (the weights are read at every call from %s_bind's table or\n"
+                   " * %s_run_with's argument; masks applied and weights packed on every call), ", N, N);
+    else
+        fprintf(f, " * Mode: frozen (the weights are read-only data in the object), ");
+    fprintf(f, "%s.\n",
             a->o->numeric == MJ_NUMERIC_EXACT ? "exact (bit-identical to maskjit's eager and JIT exact mode)"
                                               : "fast (FMA and reassociation; float32 tolerances)");
     fprintf(f, " * Target: %s, CPU %s. %s_run checks these CPU features once and returns\n"
@@ -892,9 +1191,11 @@ static char *header_text(const aot *a, const target *t, const char *need, size_t
             "    %s_ERR_NULL = %d,    /* a NULL array or buffer */\n"
             "    %s_ERR_BATCH = %d,   /* batch < 1 or > %s_MAX_BATCH */\n"
             "    %s_ERR_OVERLAP = %d, /* an input overlaps an output */\n"
-            "    %s_ERR_NOMEM = %d    /* no memory for intermediate values */\n};\n\n",
+            "    %s_ERR_NOMEM = %d,   /* no memory for intermediate values */\n"
+            "    %s_ERR_KEY = %d,     /* %s_bind: no parameter of that name */\n"
+            "    %s_ERR_UNBOUND = %d  /* live: a parameter is not bound or NULL */\n};\n\n",
             N, MJ_AOT_OK, N, MJ_AOT_ERR_CPU, N, MJ_AOT_ERR_NULL, N, MJ_AOT_ERR_BATCH, N, N, MJ_AOT_ERR_OVERLAP,
-            N, MJ_AOT_ERR_NOMEM);
+            N, MJ_AOT_ERR_NOMEM, N, MJ_AOT_ERR_KEY, N, N, MJ_AOT_ERR_UNBOUND);
     fprintf(f, "/* Shapes: rank, then dims (-1 = B, 0 past the rank). */\n");
     fprintf(f, "extern const int %s_input_rank[], %s_output_rank[];\n", N, N);
     fprintf(f, "extern const int64_t %s_input_dims[][4], %s_output_dims[][4];\n\n", N, N);
@@ -903,6 +1204,30 @@ static char *header_text(const aot *a, const target *t, const char *need, size_t
                " * no global state but a cached CPU check; one thread per call. */\n", N);
     fprintf(f, "int %s_run(int64_t batch, const float *const inputs[], float *const outputs[]);\n", N);
     fprintf(f, "const char *%s_strerror(int code);\n\n", N);
+    if (a->live) {
+        fprintf(f, "/* Live parameters, by their PyTorch state-dict names:\n");
+        for (int32_t k = 0; k < a->n_params; k++) {
+            const mj_node *pn = &a->g->nodes[a->param_node[k]];
+            fprintf(f, " *   %d \"", (int)k);
+            print_safe(f, pn->name);
+            fprintf(f, "\": float ");
+            print_dims(f, &pn->type);
+            fputc('\n', f);
+        }
+        fprintf(f, " * The data is read (not copied) at every call: keep it alive and\n"
+                   " * unchanged while a call runs. */\n");
+        fprintf(f, "enum { %s_NUM_PARAMS = %d };\n", N, (int)a->n_params);
+        fprintf(f, "extern const char *const %s_param_names[];\n", N);
+        fprintf(f, "extern const int %s_param_rank[];\n", N);
+        fprintf(f, "extern const int64_t %s_param_dims[][4];\n", N);
+        fprintf(f, "/* Binds a parameter for %s_run (a process-wide table; NULL unbinds).\n"
+                   " * Returns 0 or %s_ERR_KEY. */\n", N, N);
+        fprintf(f, "int %s_bind(const char *name, const float *data);\n", N);
+        fprintf(f, "/* %s_run with params[i] for %s_param_names[i] instead of the bound ones:\n"
+                   " * no shared state. */\n", N, N);
+        fprintf(f, "int %s_run_with(const float *const params[], int64_t batch, const float *const inputs[], "
+                   "float *const outputs[]);\n\n", N);
+    }
     fprintf(f, "#ifdef __cplusplus\n}\n#endif\n#endif\n");
     if (fclose(f) != 0) {
         free(buf);
@@ -1040,10 +1365,6 @@ mj_status mj_aot_compile(const mj_graph *g, const mj_aot_options *opts, const ch
         return mj_fail(MJ_ERR_INVALID, "aot: name \"%.80s\" is not a C identifier of at most 64 characters", o.name);
     if ((unsigned)o.numeric > MJ_NUMERIC_FAST)
         return mj_fail(MJ_ERR_INVALID, "aot: unknown numeric mode %d", (int)o.numeric);
-    if (!o.frozen)
-        return mj_fail(MJ_ERR_UNSUPPORTED,
-                       "aot: only frozen graphs can be compiled ahead of time for now (the weights become "
-                       "read-only data in the object); use --frozen");
     if (!*dir) return mj_fail(MJ_ERR_INVALID, "aot: the output directory is empty");
     pthread_once(&llvm_once, llvm_init);
     if (!llvm_ok) return mj_fail(MJ_ERR_BACKEND, "LLVM has no native target for this host");

@@ -12,7 +12,9 @@
 typedef struct mj_aot_options {
     const char *name;        /* C identifier prefix of every symbol; default "model" */
     mj_numeric_mode numeric; /* exact (default) or fast                            */
-    bool frozen;             /* required for now: weights become read-only data    */
+    /* true (default): weights become read-only data in the object; false
+     * (live): NAME_bind / NAME_run_with supply them at run time. */
+    bool frozen;
     /* NULL or "host": this machine's CPU and features (the default);
      * "x86-64", "x86-64-v2", "x86-64-v3" (AVX2, FMA), "x86-64-v4" (AVX-512):
      * the psABI levels, to ship to other machines. */
@@ -41,6 +43,8 @@ enum {
     MJ_AOT_ERR_BATCH = 3,    /* batch < 1 or > NAME_MAX_BATCH                     */
     MJ_AOT_ERR_OVERLAP = 4,  /* an input and an output buffer overlap             */
     MJ_AOT_ERR_NOMEM = 5,    /* no memory for the intermediate values             */
+    MJ_AOT_ERR_KEY = 6,      /* NAME_bind: no parameter of that name              */
+    MJ_AOT_ERR_UNBOUND = 7,  /* live: a parameter is not bound (or NULL)          */
 };
 
 #endif

@@ -63,7 +63,25 @@ static const char DRIVER[] =
     "               %1$s_run(%1$s_MAX_BATCH + 1, in, out));\n"
     "        printf(\"%%s|%%s|%%s\\n\", %1$s_strerror(%1$s_ERR_BATCH), %1$s_strerror(%1$s_ERR_OVERLAP), %1$s_strerror(99));\n"
     "        free(x); free(y);\n        return 0;\n    }\n"
+    "#ifdef LIVE\n"
+    "    if (argc == 2 && !strcmp(argv[1], \"names\")) {\n"
+    "        for (int k = 0; k < %1$s_NUM_PARAMS; k++) printf(\"%%s\\n\", %1$s_param_names[k]);\n"
+    "        return 0;\n    }\n"
+    "    if (argc != 5) return 100;\n"
+    "    const float *params[%1$s_NUM_PARAMS + 1];\n"
+    "    FILE *pf = fopen(argv[4], \"rb\");\n"
+    "    if (!pf) return 104;\n"
+    "    for (int k = 0; k < %1$s_NUM_PARAMS; k++) {\n"
+    "        int64_t n = numel(%1$s_param_dims[k], %1$s_param_rank[k], 1);\n"
+    "        float *p = malloc((size_t)n * 4);\n"
+    "        if (!p || fread(p, 4, (size_t)n, pf) != (size_t)n) return 105;\n"
+    "        params[k] = p;\n"
+    "        if (%1$s_bind(%1$s_param_names[k], p) != 0) return 106;\n"
+    "    }\n    fclose(pf);\n"
+    "    if (%1$s_bind(\"no such parameter\", params[0]) != %1$s_ERR_KEY) return 107;\n"
+    "#else\n"
     "    if (argc != 4) return 100;\n"
+    "#endif\n"
     "    int64_t b = atoll(argv[1]);\n"
     "    int64_t ni = numel(%1$s_input_dims[0], %1$s_input_rank[0], b);\n"
     "    int64_t no = numel(%1$s_output_dims[0], %1$s_output_rank[0], b);\n"
@@ -73,24 +91,34 @@ static const char DRIVER[] =
     "    const float *const in[%1$s_NUM_INPUTS] = {x};\n    float *const out[%1$s_NUM_OUTPUTS] = {y};\n"
     "    int rc = %1$s_run(b, in, out);\n"
     "    if (rc) { printf(\"%%s\\n\", %1$s_strerror(rc)); return rc; }\n"
+    "#ifdef LIVE\n"
+    "    float *y2 = malloc((size_t)no * 4);\n"
+    "    float *const out2[1] = {y2};\n"
+    "    if (%1$s_run_with(params, b, in, out2) != 0 || memcmp(y, y2, (size_t)no * 4)) return 108;\n"
+    "    %1$s_bind(%1$s_param_names[0], NULL);\n"
+    "    if (%1$s_run(b, in, out2) != %1$s_ERR_UNBOUND) return 109;\n"
+    "    for (int k = 0; k < %1$s_NUM_PARAMS; k++) free((void *)params[k]);\n    free(y2);\n"
+    "#endif\n"
     "    f = fopen(argv[3], \"wb\");\n"
     "    if (!f || fwrite(y, 4, (size_t)no, f) != (size_t)no) return 102;\n    fclose(f);\n"
     "    free(x); free(y);\n    return 0;\n}\n";
 
 /* dir/drv from the driver, dir/NAME.h and dir/NAME.o: plain cc, -lm only. */
-static void build_driver(const char *dir, const char *name) {
+static void build_driver_opt(const char *dir, const char *name, const char *cflags) {
     char path[1100], cmd[9000];
     snprintf(path, sizeof path, "%s/drv.c", dir);
     FILE *f = fopen(path, "w");
     cr_assert(f);
     fprintf(f, DRIVER, name);
     fclose(f);
-    snprintf(cmd, sizeof cmd, "cc -std=c17 -Wall -Wextra -Werror -o '%s/drv' '%s/drv.c' '%s/%s.o' -lm 2>&1", dir, dir,
-             dir, name);
+    snprintf(cmd, sizeof cmd, "cc -std=c17 -Wall -Wextra -Werror %s -o '%s/drv' '%s/drv.c' '%s/%s.o' -lm 2>&1", cflags,
+             dir, dir, dir, name);
     char out[8192];
     int rc = run(cmd, out, sizeof out);
     cr_assert_eq(rc, 0, "%s:\n%s", cmd, out);
 }
+
+static void build_driver(const char *dir, const char *name) { build_driver_opt(dir, name, ""); }
 
 /* Runs dir/drv on x (batch rows) and returns its exit code; y filled on 0. */
 static int run_driver(const char *dir, const mj_tensor *x, float *y, size_t y_numel, char *msg, size_t msg_n) {
@@ -101,7 +129,13 @@ static int run_driver(const char *dir, const mj_tensor *x, float *y, size_t y_nu
     cr_assert(f);
     cr_assert_eq(fwrite(mj_tensor_data(x), 4, (size_t)mj_tensor_numel(x), f), (size_t)mj_tensor_numel(x));
     fclose(f);
-    snprintf(cmd, sizeof cmd, "'%s/drv' %lld '%s' '%s'", dir, (long long)mj_tensor_shape(x)[0], in, outp);
+    char params[1100];
+    snprintf(params, sizeof params, "%s/params.bin", dir);
+    if (access(params, R_OK) == 0) /* live */
+        snprintf(cmd, sizeof cmd, "'%s/drv' %lld '%s' '%s' '%s'", dir, (long long)mj_tensor_shape(x)[0], in, outp,
+                 params);
+    else
+        snprintf(cmd, sizeof cmd, "'%s/drv' %lld '%s' '%s'", dir, (long long)mj_tensor_shape(x)[0], in, outp);
     int rc = run(cmd, msg, msg_n);
     if (rc == 0) {
         f = fopen(outp, "rb");
@@ -115,7 +149,7 @@ static int run_driver(const char *dir, const mj_tensor *x, float *y, size_t y_nu
 /* nm -u: only C library and libm symbols may stay undefined. */
 static void assert_only_libc(const char *path) {
     static const char *const allowed[] = {"aligned_alloc", "free", "malloc", "memcpy", "memset", "memmove",
-                                          "expf", "erff", "tanhf", "logf", "sqrtf", "exp2f", "fmaf"};
+                                          "expf", "erff", "tanhf", "logf", "sqrtf", "exp2f", "fmaf", "strcmp"};
     char cmd[4400], out[8192];
     snprintf(cmd, sizeof cmd, "nm -u '%s'", path);
     cr_assert_eq(run(cmd, out, sizeof out), 0, "%s", cmd);
@@ -397,9 +431,6 @@ Test(aot, bad_arguments_fail_and_write_nothing) {
     o.name = "../evil";
     FAILS(mj_aot_compile(g, &o, dir), MJ_ERR_INVALID, "not a C identifier");
     o.name = "m";
-    o.frozen = false;
-    FAILS(mj_aot_compile(g, &o, dir), MJ_ERR_UNSUPPORTED, "use --frozen");
-    o.frozen = true;
     o.target_cpu = "pentium";
     FAILS(mj_aot_compile(g, &o, dir), MJ_ERR_INVALID, "unknown target CPU \"pentium\"");
     o.target_cpu = "x86-64-v3";
@@ -424,14 +455,14 @@ Test(aot, bad_arguments_fail_and_write_nothing) {
     rm_rf(dir);
 }
 
-/* The CLI: --frozen required, files written, --shared gives a loadable .so
+/* The CLI: errors, files written, --shared gives a loadable .so
  * whose NAME_run agrees with the .o's. */
 Test(aot, cli_writes_object_header_and_shared_library) {
     char dir[1024], cmd[9000], out[8192];
     temp_dir(dir, sizeof dir);
-    snprintf(cmd, sizeof cmd, "'%s' aot mut -o '%s/o' --name mut 2>&1", BIN, dir);
-    cr_assert_eq(run(cmd, out, sizeof out), 2, "%s", out);
-    cr_assert(strstr(out, "add --frozen"), "%s", out);
+    snprintf(cmd, sizeof cmd, "'%s' aot mut -o '%s/o' --name mut --target-cpu 486 2>&1", BIN, dir);
+    cr_assert_eq(run(cmd, out, sizeof out), 1, "%s", out);
+    cr_assert(strstr(out, "unknown target CPU \"486\""), "%s", out);
     snprintf(cmd, sizeof cmd, "'%s' aot mut -o '%s/o' --frozen --name mut --shared 2>&1", BIN, dir);
     cr_assert_eq(run(cmd, out, sizeof out), 0, "%s", out);
     char path[1100];
@@ -506,5 +537,124 @@ Test(aot, example_program_matches_maskjit_run) {
         }
         mj_tensor_dict_free(d);
     }
+    rm_rf(dir);
+}
+
+/* dir/params.bin: the module's state-dict tensors in the order the driver
+ * names (NAME_param_names). */
+static void write_params(const char *dir, mj_module *mod) {
+    char cmd[4400], names[8192], path[1100];
+    snprintf(cmd, sizeof cmd, "'%s/drv' names", dir);
+    cr_assert_eq(run(cmd, names, sizeof names), 0);
+    mj_tensor_dict *sd;
+    OK(mj_module_state_dict(mod, true, &sd));
+    snprintf(path, sizeof path, "%s/params.bin", dir);
+    FILE *f = fopen(path, "wb");
+    cr_assert(f);
+    int n = 0;
+    for (char *line = strtok(names, "\n"); line; line = strtok(NULL, "\n"), n++) {
+        const mj_tensor *t = mj_tensor_dict_get(sd, line);
+        cr_assert(t, "the object names a parameter \"%s\" the state dict lacks", line);
+        cr_assert_eq(fwrite(mj_tensor_data(t), 4, (size_t)mj_tensor_numel(t), f), (size_t)mj_tensor_numel(t));
+    }
+    cr_assert_gt(n, 0);
+    fclose(f);
+    mj_tensor_dict_free(sd);
+}
+
+/* y of the JIT, live exact, for the graph g at x. */
+static mj_tensor *jit_live(const mj_graph *g, const mj_tensor *x) {
+    mj_jit *jit;
+    OK(mj_jit_new(&jit));
+    mj_compile_options co;
+    mj_compile_options_init(&co);
+    co.use_cache = false;
+    mj_compiled *c;
+    OK(mj_jit_compile(jit, g, &co, &c));
+    mj_tensor *y;
+    OK(mj_compiled_run(c, x, &y));
+    mj_compiled_free(c);
+    mj_jit_free(jit);
+    return y;
+}
+
+static void compare_live(const char *dir, const mj_graph *g, int64_t in, const char *what) {
+    const int64_t batches[] = {1, 3, 17};
+    for (int bi = 0; bi < 3; bi++) {
+        mj_tensor *x = randn(batches[bi], in, 200 + (uint64_t)bi);
+        mj_tensor *y = jit_live(g, x);
+        size_t n = (size_t)mj_tensor_numel(y);
+        float *got = calloc(n, sizeof *got);
+        char msg[1024];
+        int rc = run_driver(dir, x, got, n, msg, sizeof msg);
+        cr_assert_eq(rc, 0, "%s batch %lld: driver exit %d: %s", what, (long long)batches[bi], rc, msg);
+        for (size_t i = 0; i < n; i++)
+            cr_assert(memcmp(&got[i], &mj_tensor_data(y)[i], 4) == 0, "%s batch %lld: y[%zu] AOT %a, JIT %a", what,
+                      (long long)batches[bi], i, (double)got[i], (double)mj_tensor_data(y)[i]);
+        free(got);
+        mj_tensor_release(x);
+        mj_tensor_release(y);
+    }
+}
+
+/* Live: weights and masks bound by name at run time (NAME_bind and
+ * NAME_run_with agree; an unbound parameter is refused), outputs the JIT
+ * live's bit for bit; other weights bound to the same object give the
+ * other model's outputs, so nothing was baked in. */
+Test(aot, live_masked_mlp_binds_weights_by_name) {
+    const char *spec = "mlp:16,48,8:act=gelu";
+    mj_module *m1, *m2;
+    mj_graph *g1 = trace_model(spec, 0.5, &m1);
+    char dir[1024];
+    temp_dir(dir, sizeof dir);
+    mj_aot_options o;
+    mj_aot_options_init(&o);
+    o.name = "m";
+    o.frozen = false;
+    OK(mj_aot_compile(g1, &o, dir));
+    char obj[1100];
+    snprintf(obj, sizeof obj, "%s/m.o", dir);
+    assert_only_libc(obj);
+    build_driver_opt(dir, "m", "-DLIVE");
+    write_params(dir, m1);
+    compare_live(dir, g1, 16, "live, first weights");
+
+    mj_rng rng;
+    mj_rng_seed(&rng, 99);
+    OK(mj_model_from_spec(spec, &rng, &m2));
+    OK(mj_model_apply_masks(m2, NULL, 0.3, &rng));
+    int64_t shape[2] = {3, 16};
+    mj_tensor *ex;
+    OK(mj_tensor_ones(&ex, 2, shape));
+    mj_graph *g2;
+    OK(mj_trace_module(m2, ex, &g2));
+    mj_tensor_release(ex);
+    write_params(dir, m2);
+    compare_live(dir, g2, 16, "live, other weights");
+    mj_graph_free(g1);
+    mj_graph_free(g2);
+    mj_module_free(m1);
+    mj_module_free(m2);
+    rm_rf(dir);
+}
+
+/* Live on an unmasked model (weights packed at run time) and on a
+ * shipping target. */
+Test(aot, live_plain_mlp_on_x86_64_v3) {
+    mj_module *m;
+    mj_graph *g = trace_model("mlp:24,40,40,6:act=tanh", 1, &m);
+    char dir[1024];
+    temp_dir(dir, sizeof dir);
+    mj_aot_options o;
+    mj_aot_options_init(&o);
+    o.name = "m";
+    o.frozen = false;
+    o.target_cpu = "x86-64-v3";
+    OK(mj_aot_compile(g, &o, dir));
+    build_driver_opt(dir, "m", "-DLIVE");
+    write_params(dir, m);
+    compare_live(dir, g, 24, "live plain");
+    mj_graph_free(g);
+    mj_module_free(m);
     rm_rf(dir);
 }

@@ -12,7 +12,9 @@ static const char AOT_DETAILS[] =
     "  int NAME_run(int64_t batch, const float *const inputs[], float *const outputs[]);\n"
     "  const char *NAME_strerror(int code);\n"
     "and the input/output shapes. Link: cc app.c DIR/NAME.o -lm.\n"
-    "--frozen is required for now: the weights become read-only data in the object.\n"
+    "--frozen: the weights become read-only data in the object. Without it (live)\n"
+    "the header also declares NAME_bind(name, data) and NAME_run_with(params, ...):\n"
+    "the weights, by their state-dict names, are read at every call.\n"
     "--target-cpu: host (default), x86-64, x86-64-v2, x86-64-v3 (AVX2) or x86-64-v4\n"
     "(AVX-512). NAME_run returns NAME_ERR_CPU on a CPU without the target's features.\n"
     "The same input and options give the same bytes. See docs/aot.md.\n";
@@ -28,7 +30,7 @@ int cmd_aot(int argc, char **argv) {
         {"--name", OPT_STRING, &name, "C prefix of the symbols and file names (default model)"},
         {"--exact", OPT_FLAG, &exact, "bit-identical to eager (default)"},
         {"--fast", OPT_FLAG, &fast, "allow FMA and reassociation"},
-        {"--frozen", OPT_FLAG, &frozen, "bake the parameters in as read-only data (required)"},
+        {"--frozen", OPT_FLAG, &frozen, "bake the parameters in as read-only data (else live)"},
         {"--target-cpu", OPT_STRING, &cpu, "host | x86-64 | x86-64-v2 | x86-64-v3 | x86-64-v4"},
         {"--features", OPT_STRING, &features, "extra LLVM features, e.g. +avx512vnni,-fma"},
         {"--shared", OPT_FLAG, &shared, "also link DIR/NAME.so (runs cc -shared)"},
@@ -42,15 +44,11 @@ int cmd_aot(int argc, char **argv) {
     if (n_pos != 1) return cli_error("aot", CLI_USAGE, "missing MODEL (see maskjit aot --help)");
     if (!out) return cli_error("aot", CLI_USAGE, "missing -o DIR (the output directory)");
     if (exact && fast) return cli_error("aot", CLI_USAGE, "--exact and --fast exclude each other");
-    if (!frozen)
-        return cli_error("aot", CLI_USAGE,
-                         "only frozen models can be compiled ahead of time for now; add --frozen "
-                         "(the weights become read-only data in the object)");
     mj_aot_options o;
     mj_aot_options_init(&o);
     o.name = name;
     o.numeric = fast ? MJ_NUMERIC_FAST : MJ_NUMERIC_EXACT;
-    o.frozen = true;
+    o.frozen = frozen;
     o.target_cpu = cpu;
     o.features = features;
     o.shared = shared;
