@@ -55,6 +55,12 @@ typedef struct mj_bench_setup mj_bench_setup;
 /* Builds the model, masks, input, trace, compiled variants (no compile cache,
  * so compile times are real) and peers. jit is borrowed and must outlive s. */
 mj_status mj_bench_setup_new(const mj_bench_workload *w, mj_jit *jit, mj_bench_setup **out);
+/* A user's model: a graph (a saved trace) with its params bound. Variants:
+ * the interpreter (the reference), compiled exact, fast and frozen; no
+ * peers. The input is seeded randn of the graph's input shape at batch. */
+mj_status mj_bench_setup_from_graph(const char *id, const char *description, const mj_graph *g,
+                                    int64_t batch, int threads, uint64_t seed, mj_jit *jit,
+                                    mj_bench_setup **out);
 /* A new input (and peers) at another batch; the compiled code is reused. */
 mj_status mj_bench_setup_set_batch(mj_bench_setup *s, int64_t batch);
 void mj_bench_setup_free(mj_bench_setup *s);
@@ -64,6 +70,18 @@ const mj_tensor *mj_bench_setup_input(const mj_bench_setup *s); /* borrowed */
 /* 2 * batch * sum(in*out) over the Linear layers (dense count). */
 double mj_bench_setup_flops(const mj_bench_setup *s);
 
+const mj_bench_workload *mj_bench_setup_workload(const mj_bench_setup *s);
+int64_t mj_bench_setup_batch(const mj_bench_setup *s);
+/* ms to trace the model (once per workload) */
+double mj_bench_setup_trace_ms(const mj_bench_setup *s);
+/* Variants that were not built (a peer that cannot run this model), with why. */
+int mj_bench_setup_skipped_count(const mj_bench_setup *s);
+const char *mj_bench_setup_skipped(const mj_bench_setup *s, int i);
+/* Does mj_compile_options.threads > 1 make compiled code use more cores? */
+bool mj_bench_jit_threads(void);
+
+/* At most this many variants per setup. */
+#define MJ_BENCH_MAX_VARIANTS 16
 int mj_bench_variant_count(const mj_bench_setup *s);
 const char *mj_bench_variant_name(const mj_bench_setup *s, int i);
 /* True when the variant must be bit-identical to eager. */

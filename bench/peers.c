@@ -1,8 +1,12 @@
-/* The BLAS peers of the benchmark (see peers.h and shared notes on running
- * them fairly): dense GEMMs on the masked weights, beta = 0, then one pass of
- * bias + activation per layer, chained through two ping-pong buffers. */
+/* The peers of the benchmark (see peers.h and bench/README.md on running
+ * them fairly): dense layers on the masked weights, chained through two
+ * ping-pong buffers. The BLAS peers run a GEMM with beta = 0 and then one
+ * pass of bias + activation; oneDNN and XNNPACK fuse what they can (bias
+ * always, the activation where they have it) and leave the rest to the same
+ * epilogue. */
 #include "bench/peers.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,14 +19,32 @@
 #ifdef MJ_HAVE_LIBXSMM
 #include <libxsmm.h>
 #endif
+#ifdef MJ_HAVE_ONEDNN
+#include <oneapi/dnnl/dnnl.h>
+/* Debian's oneDNN runs on OpenMP (libgomp): its thread count is OpenMP's. */
+void omp_set_num_threads(int n);
+#endif
+#ifdef MJ_HAVE_XNNPACK
+#include <pthreadpool.h>
+#include <xnnpack.h>
+#endif
 
 typedef struct peer_layer {
     int64_t in, out;
     float *w;  /* OpenBLAS: [out][in] as given; LIBXSMM: transposed [in][out] */
     float *b;  /* [out] or NULL */
     mj_act act;
+    bool act_fused; /* the peer applies act itself; the epilogue skips it */
 #ifdef MJ_HAVE_LIBXSMM
     libxsmm_smmfunction kernel;
+#endif
+#ifdef MJ_HAVE_ONEDNN
+    dnnl_primitive_t ip;
+    dnnl_memory_t src, wei, bias, dst;
+#endif
+#ifdef MJ_HAVE_XNNPACK
+    xnn_operator_t fc;
+    const float *setup_in; /* the input pointer the operator was set up with */
 #endif
 } peer_layer;
 
@@ -34,12 +56,21 @@ struct mj_peer {
     int threads;
     float *buf[2]; /* [batch][max width] each */
     bool vzeroupper; /* the CPU has AVX: clear upper halves after foreign kernels */
+#ifdef MJ_HAVE_ONEDNN
+    dnnl_engine_t engine;
+    dnnl_stream_t stream;
+#endif
+#ifdef MJ_HAVE_XNNPACK
+    pthreadpool_t pool; /* NULL: one thread */
+#endif
 };
 
 const char *mj_peer_name(mj_peer_kind k) {
     switch (k) {
     case MJ_PEER_OPENBLAS: return "openblas";
     case MJ_PEER_LIBXSMM: return "libxsmm";
+    case MJ_PEER_ONEDNN: return "onednn";
+    case MJ_PEER_XNNPACK: return "xnnpack";
     default: return "?";
     }
 }
@@ -51,6 +82,12 @@ bool mj_peer_built(mj_peer_kind k) {
 #endif
 #ifdef MJ_HAVE_LIBXSMM
     case MJ_PEER_LIBXSMM: return true;
+#endif
+#ifdef MJ_HAVE_ONEDNN
+    case MJ_PEER_ONEDNN: return true;
+#endif
+#ifdef MJ_HAVE_XNNPACK
+    case MJ_PEER_XNNPACK: return true;
 #endif
     default: return false;
     }
@@ -74,6 +111,19 @@ const char *mj_peer_info(mj_peer_kind k) {
                  libxsmm_get_target_arch());
         break;
 #endif
+#ifdef MJ_HAVE_ONEDNN
+    case MJ_PEER_ONEDNN: {
+        const dnnl_version_t *v = dnnl_version();
+        snprintf(info[k], sizeof info[k], "oneDNN %d.%d.%d; effective ISA 0x%x; OpenMP runtime",
+                 v->major, v->minor, v->patch, (unsigned)dnnl_get_effective_cpu_isa());
+        break;
+    }
+#endif
+#ifdef MJ_HAVE_XNNPACK
+    case MJ_PEER_XNNPACK:
+        snprintf(info[k], sizeof info[k], "XNNPACK (Debian libxnnpack); fully_connected_nc_f32");
+        break;
+#endif
     default: break;
     }
     return info[k];
@@ -91,15 +141,156 @@ static float *alloc_floats(int64_t n) {
 
 void mj_peer_free(mj_peer *p) {
     if (!p) return;
-    for (int i = 0; i < p->n; i++) {
-        free(p->layers[i].w);
-        free(p->layers[i].b);
+    for (int i = 0; p->layers && i < p->n; i++) {
+        peer_layer *l = &p->layers[i];
+#ifdef MJ_HAVE_ONEDNN
+        if (l->ip) dnnl_primitive_destroy(l->ip);
+        if (l->src) dnnl_memory_destroy(l->src);
+        if (l->wei) dnnl_memory_destroy(l->wei);
+        if (l->bias) dnnl_memory_destroy(l->bias);
+        if (l->dst) dnnl_memory_destroy(l->dst);
+#endif
+#ifdef MJ_HAVE_XNNPACK
+        if (l->fc) xnn_delete_operator(l->fc);
+#endif
+        free(l->w);
+        free(l->b);
     }
+#ifdef MJ_HAVE_ONEDNN
+    if (p->stream) dnnl_stream_destroy(p->stream);
+    if (p->engine) dnnl_engine_destroy(p->engine);
+#endif
+#ifdef MJ_HAVE_XNNPACK
+    if (p->pool) pthreadpool_destroy(p->pool);
+#endif
     free(p->layers);
     free(p->buf[0]);
     free(p->buf[1]);
     free(p);
 }
+
+#ifdef MJ_HAVE_ONEDNN
+/* The activation as a oneDNN eltwise post-op, or false (the epilogue does it). */
+static bool onednn_act(mj_act act, dnnl_alg_kind_t *alg) {
+    switch (act) {
+    case MJ_ACT_RELU: *alg = dnnl_eltwise_relu; return true;
+    case MJ_ACT_GELU: *alg = dnnl_eltwise_gelu_erf; return true;
+    case MJ_ACT_GELU_TANH: *alg = dnnl_eltwise_gelu_tanh; return true;
+    case MJ_ACT_SIGMOID: *alg = dnnl_eltwise_logistic; return true;
+    case MJ_ACT_TANH: *alg = dnnl_eltwise_tanh; return true;
+    default: return false;
+    }
+}
+
+#define DNNL_TRY(call)                                                                      \
+    do {                                                                                    \
+        dnnl_status_t ds_ = (call);                                                         \
+        if (ds_ != dnnl_success) {                                                          \
+            st = mj_fail(MJ_ERR_UNSUPPORTED, "peer onednn: %s failed (status %d)", #call,   \
+                         (int)ds_);                                                         \
+            goto done;                                                                      \
+        }                                                                                   \
+    } while (0)
+
+/* One inner-product primitive per layer, y = act(x · wᵀ + b), with the
+ * weights reordered once (here, outside any timing) into the layout the
+ * primitive prefers, as a user of oneDNN would. */
+static mj_status onednn_layer(mj_peer *p, peer_layer *l) {
+    mj_status st = MJ_OK;
+    dnnl_memory_desc_t src_md, wei_any, wei_user, bias_md, dst_md;
+    dnnl_inner_product_desc_t ipd;
+    dnnl_post_ops_t po = NULL;
+    dnnl_primitive_attr_t attr = NULL;
+    dnnl_primitive_desc_t pd = NULL, rpd = NULL;
+    dnnl_primitive_t reorder = NULL;
+    dnnl_memory_t user_w = NULL;
+    const dnnl_dims_t src_dims = {p->batch, l->in}, wei_dims = {l->out, l->in},
+                      bias_dims = {l->out}, dst_dims = {p->batch, l->out};
+    DNNL_TRY(dnnl_memory_desc_init_by_tag(&src_md, 2, src_dims, dnnl_f32, dnnl_ab));
+    DNNL_TRY(dnnl_memory_desc_init_by_tag(&wei_any, 2, wei_dims, dnnl_f32, dnnl_format_tag_any));
+    DNNL_TRY(dnnl_memory_desc_init_by_tag(&wei_user, 2, wei_dims, dnnl_f32, dnnl_ab));
+    DNNL_TRY(dnnl_memory_desc_init_by_tag(&bias_md, 1, bias_dims, dnnl_f32, dnnl_a));
+    DNNL_TRY(dnnl_memory_desc_init_by_tag(&dst_md, 2, dst_dims, dnnl_f32, dnnl_ab));
+    DNNL_TRY(dnnl_inner_product_forward_desc_init(&ipd, dnnl_forward_inference, &src_md, &wei_any,
+                                                  l->b ? &bias_md : NULL, &dst_md));
+    DNNL_TRY(dnnl_primitive_attr_create(&attr));
+    dnnl_alg_kind_t alg;
+    if (onednn_act(l->act, &alg)) {
+        DNNL_TRY(dnnl_post_ops_create(&po));
+        DNNL_TRY(dnnl_post_ops_append_eltwise(po, 1.0f, alg, 0.0f, 0.0f));
+        DNNL_TRY(dnnl_primitive_attr_set_post_ops(attr, po));
+        l->act_fused = true;
+    }
+    DNNL_TRY(dnnl_primitive_desc_create(&pd, &ipd, attr, p->engine, NULL));
+    const dnnl_memory_desc_t *wei_md = dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
+    DNNL_TRY(dnnl_memory_create(&l->wei, wei_md, p->engine, DNNL_MEMORY_ALLOCATE));
+    DNNL_TRY(dnnl_memory_create(&user_w, &wei_user, p->engine, l->w));
+    DNNL_TRY(dnnl_reorder_primitive_desc_create(&rpd, &wei_user, p->engine, wei_md, p->engine, NULL));
+    DNNL_TRY(dnnl_primitive_create(&reorder, rpd));
+    dnnl_exec_arg_t rargs[2] = {{DNNL_ARG_FROM, user_w}, {DNNL_ARG_TO, l->wei}};
+    DNNL_TRY(dnnl_primitive_execute(reorder, p->stream, 2, rargs));
+    DNNL_TRY(dnnl_stream_wait(p->stream));
+    if (l->b) DNNL_TRY(dnnl_memory_create(&l->bias, &bias_md, p->engine, l->b));
+    /* src and dst point at the ping-pong buffers; run() sets the handles */
+    DNNL_TRY(dnnl_memory_create(&l->src, &src_md, p->engine, DNNL_MEMORY_NONE));
+    DNNL_TRY(dnnl_memory_create(&l->dst, &dst_md, p->engine, DNNL_MEMORY_NONE));
+    DNNL_TRY(dnnl_primitive_create(&l->ip, pd));
+done:
+    if (reorder) dnnl_primitive_destroy(reorder);
+    if (rpd) dnnl_primitive_desc_destroy(rpd);
+    if (user_w) dnnl_memory_destroy(user_w);
+    if (pd) dnnl_primitive_desc_destroy(pd);
+    if (attr) dnnl_primitive_attr_destroy(attr);
+    if (po) dnnl_post_ops_destroy(po);
+    return st;
+}
+
+static mj_status onednn_init(mj_peer *p) {
+    mj_status st = MJ_OK;
+    DNNL_TRY(dnnl_engine_create(&p->engine, dnnl_cpu, 0));
+    DNNL_TRY(dnnl_stream_create(&p->stream, p->engine, dnnl_stream_default_flags));
+    for (int i = 0; i < p->n && st == MJ_OK; i++) st = onednn_layer(p, &p->layers[i]);
+done:
+    return st;
+}
+#undef DNNL_TRY
+#endif
+
+#ifdef MJ_HAVE_XNNPACK
+/* One fully-connected operator per layer; ReLU (and no activation) is its
+ * output clamp, anything else runs in the epilogue. The operators of layers
+ * after the first read fixed buffers, so they are set up once here; the
+ * first layer's is set up again only when the caller's input moves. */
+static mj_status xnnpack_init(mj_peer *p) {
+    if (xnn_initialize(NULL) != xnn_status_success)
+        return mj_fail(MJ_ERR_UNSUPPORTED, "peer xnnpack: xnn_initialize failed (CPU not supported?)");
+    if (p->threads > 1) {
+        p->pool = pthreadpool_create((size_t)p->threads);
+        if (!p->pool) return mj_fail(MJ_ERR_NOMEM, "peer xnnpack: cannot create %d threads", p->threads);
+    }
+    for (int i = 0; i < p->n; i++) {
+        peer_layer *l = &p->layers[i];
+        float lo = -INFINITY, hi = INFINITY;
+        if (l->act == MJ_ACT_RELU || l->act == MJ_ACT_NONE) {
+            if (l->act == MJ_ACT_RELU) lo = 0.0f;
+            l->act_fused = true;
+        }
+        if (xnn_create_fully_connected_nc_f32((size_t)l->in, (size_t)l->out, (size_t)l->in,
+                                              (size_t)l->out, l->w, l->b, lo, hi, 0,
+                                              &l->fc) != xnn_status_success)
+            return mj_fail(MJ_ERR_UNSUPPORTED, "peer xnnpack: cannot create layer %d [%lld, %lld]", i,
+                           (long long)l->out, (long long)l->in);
+        if (i > 0) {
+            const float *in = p->buf[(i - 1) & 1];
+            if (xnn_setup_fully_connected_nc_f32(l->fc, (size_t)p->batch, in, p->buf[i & 1],
+                                                 p->pool) != xnn_status_success)
+                return mj_fail(MJ_ERR_UNSUPPORTED, "peer xnnpack: cannot set up layer %d", i);
+            l->setup_in = in;
+        }
+    }
+    return MJ_OK;
+}
+#endif
 
 mj_status mj_peer_new(mj_peer_kind k, int n_layers, const mj_peer_layer *layers, int64_t batch,
                       int threads, mj_peer **out) {
@@ -188,6 +379,17 @@ mj_status mj_peer_new(mj_peer_kind k, int n_layers, const mj_peer_layer *layers,
         }
 #endif
     }
+    mj_status st = MJ_OK;
+#ifdef MJ_HAVE_ONEDNN
+    if (k == MJ_PEER_ONEDNN) st = onednn_init(p);
+#endif
+#ifdef MJ_HAVE_XNNPACK
+    if (k == MJ_PEER_XNNPACK) st = xnnpack_init(p);
+#endif
+    if (st != MJ_OK) {
+        mj_peer_free(p);
+        return st;
+    }
     *out = p;
     return MJ_OK;
 nomem:
@@ -216,8 +418,12 @@ static void bias_act(float *y, int64_t m, int64_t n, const float *b, mj_act act)
     }
 }
 
+/* The libraries' thread counts are process-wide: set them only on change. */
 #ifdef MJ_HAVE_OPENBLAS
 static int openblas_threads_set = 0;
+#endif
+#ifdef MJ_HAVE_ONEDNN
+static int omp_threads_set = 0;
 #endif
 
 const float *mj_peer_run(mj_peer *p, const float *x) {
@@ -228,6 +434,12 @@ const float *mj_peer_run(mj_peer *p, const float *x) {
     if (p->kind == MJ_PEER_OPENBLAS && openblas_threads_set != p->threads) {
         openblas_set_num_threads(p->threads);
         openblas_threads_set = p->threads;
+    }
+#endif
+#ifdef MJ_HAVE_ONEDNN
+    if (p->kind == MJ_PEER_ONEDNN && omp_threads_set != p->threads) {
+        omp_set_num_threads(p->threads);
+        omp_threads_set = p->threads;
     }
 #endif
     for (int i = 0; i < p->n; i++) {
@@ -252,10 +464,42 @@ const float *mj_peer_run(mj_peer *p, const float *x) {
             if (p->vzeroupper) __asm__ volatile("vzeroupper" ::: "memory");
             break;
 #endif
+#ifdef MJ_HAVE_ONEDNN
+        case MJ_PEER_ONEDNN: {
+            dnnl_memory_set_data_handle(l->src, (void *)in);
+            dnnl_memory_set_data_handle(l->dst, outb);
+            dnnl_exec_arg_t args[4] = {{DNNL_ARG_SRC, l->src},
+                                       {DNNL_ARG_WEIGHTS, l->wei},
+                                       {DNNL_ARG_DST, l->dst},
+                                       {DNNL_ARG_BIAS, l->bias}};
+            dnnl_status_t ds = dnnl_primitive_execute(l->ip, p->stream, l->bias ? 4 : 3, args);
+            MJ_ASSERT(ds == dnnl_success);
+            ds = dnnl_stream_wait(p->stream);
+            MJ_ASSERT(ds == dnnl_success);
+            if (p->vzeroupper) __asm__ volatile("vzeroupper" ::: "memory");
+            break;
+        }
+#endif
+#ifdef MJ_HAVE_XNNPACK
+        case MJ_PEER_XNNPACK: {
+            if (l->setup_in != in) {
+                enum xnn_status xs = xnn_setup_fully_connected_nc_f32(l->fc, (size_t)p->batch, in,
+                                                                      outb, p->pool);
+                MJ_ASSERT(xs == xnn_status_success);
+                l->setup_in = in;
+            }
+            enum xnn_status xs = xnn_run_operator(l->fc, p->pool);
+            MJ_ASSERT(xs == xnn_status_success);
+            if (p->vzeroupper) __asm__ volatile("vzeroupper" ::: "memory");
+            break;
+        }
+#endif
         default: MJ_ASSERT(!"peer kind not built");
         }
         (void)in; /* read only by the peers this build has */
-        bias_act(outb, p->batch, l->out, l->b, l->act);
+        bool bias_done = p->kind == MJ_PEER_ONEDNN || p->kind == MJ_PEER_XNNPACK;
+        if (!(bias_done && l->act_fused))
+            bias_act(outb, p->batch, l->out, bias_done ? NULL : l->b, l->act_fused ? MJ_ACT_NONE : l->act);
         in = outb;
     }
     return outb;

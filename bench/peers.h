@@ -1,8 +1,11 @@
 /* bench/peers.h — what users would pick instead: the same chain of Linear
- * layers run through OpenBLAS (cblas_sgemm) or LIBXSMM (JIT small GEMMs) on
- * the already-masked dense weights, followed by a bias + activation loop.
- * Each peer is compiled in only when its library was found at build time
- * (MJ_HAVE_OPENBLAS, MJ_HAVE_LIBXSMM). */
+ * layers on the already-masked dense weights, run through OpenBLAS
+ * (cblas_sgemm) or LIBXSMM (JIT small GEMMs) followed by a bias + activation
+ * loop, or through oneDNN (inner product with the activation as a post-op,
+ * weights reordered once to its preferred layout) or XNNPACK (fully
+ * connected operator, ReLU as its output clamp). Each peer is compiled in
+ * only when its library was found at build time (MJ_HAVE_OPENBLAS,
+ * MJ_HAVE_LIBXSMM, MJ_HAVE_ONEDNN, MJ_HAVE_XNNPACK). */
 #ifndef MJ_BENCH_PEERS_H
 #define MJ_BENCH_PEERS_H
 
@@ -11,7 +14,13 @@
 
 #include "maskjit.h"
 
-typedef enum mj_peer_kind { MJ_PEER_OPENBLAS = 0, MJ_PEER_LIBXSMM, MJ_PEER_COUNT } mj_peer_kind;
+typedef enum mj_peer_kind {
+    MJ_PEER_OPENBLAS = 0,
+    MJ_PEER_LIBXSMM,
+    MJ_PEER_ONEDNN,
+    MJ_PEER_XNNPACK,
+    MJ_PEER_COUNT
+} mj_peer_kind;
 
 /* One layer, y = act(x · wᵀ + b): w [out][in] row-major (masked, dense), b
  * [out] or NULL. The peer copies both. */
@@ -24,7 +33,7 @@ typedef struct mj_peer_layer {
 
 typedef struct mj_peer mj_peer;
 
-const char *mj_peer_name(mj_peer_kind k);      /* "openblas", "libxsmm" */
+const char *mj_peer_name(mj_peer_kind k);      /* "openblas", "libxsmm", "onednn", "xnnpack" */
 bool mj_peer_built(mj_peer_kind k);             /* compiled in?          */
 /* A line about the peer's configuration ("OpenBLAS 0.3.21 ... core Haswell"),
  * or "not built". Static storage. */

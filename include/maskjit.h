@@ -1,6 +1,6 @@
 /* maskjit — a trace-and-replay JIT for parametrized (masked) neural models.
  *
- * A short tour (full example: examples/seed_model.c):
+ * A short tour (full example: examples/quickstart.c):
  *
  *   mj_rng rng; mj_rng_seed(&rng, 0);
  *   mj_module *lin; mj_linear_new(&lin, 16, 16, true, &rng);
@@ -27,6 +27,7 @@
 #include "maskjit/graph.h"
 #include "maskjit/jit.h"
 #include "maskjit/models.h"
+#include "maskjit/cnn.h"
 
 #define MJ_VERSION_STRING "0.1.0"
 

@@ -4,12 +4,15 @@
 #include "cache.h"
 #include "code_id.h" /* MJ_CODE_ID, generated at build time */
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <llvm-c/BitWriter.h>
@@ -161,11 +164,7 @@ static char *join(const char *a, const char *b) {
     return p;
 }
 
-char *mj_cache_dir(const mj_compile_options *o) {
-    if (o && !o->use_cache) return NULL;
-    const char *off = getenv("MASKJIT_CACHE");
-    if (off && strcmp(off, "0") == 0) return NULL;
-    if (o && o->cache_dir && *o->cache_dir) return strdup(o->cache_dir);
+char *mj_cache_default_dir(void) {
     const char *e = getenv("MASKJIT_CACHE_DIR");
     if (e && *e) return strdup(e);
     e = getenv("XDG_CACHE_HOME");
@@ -175,61 +174,225 @@ char *mj_cache_dir(const mj_compile_options *o) {
     return NULL;
 }
 
-static char *entry_path(const char *dir, const char *hex, const char *ext) {
+char *mj_cache_dir(const mj_compile_options *o) {
+    if (o && !o->use_cache) return NULL;
+    const char *off = getenv("MASKJIT_CACHE");
+    if (off && strcmp(off, "0") == 0) return NULL;
+    if (o && o->cache_dir && *o->cache_dir) return strdup(o->cache_dir);
+    return mj_cache_default_dir();
+}
+
+mj_status mj_cache_max_bytes(uint64_t *bytes) {
+    *bytes = (uint64_t)MJ_CACHE_DEFAULT_MAX_MB << 20;
+    const char *e = getenv("MASKJIT_CACHE_MAX_MB");
+    if (!e || !*e) return MJ_OK;
+    uint64_t mb = 0;
+    for (const char *p = e; *p; p++) {
+        /* digits only: no sign, space, unit or fraction slips through */
+        if (*p < '0' || *p > '9' || mb > (MJ_CACHE_MAX_MB_LIMIT - (uint64_t)(*p - '0')) / 10)
+            return mj_fail(MJ_ERR_INVALID,
+                           "cache: MASKJIT_CACHE_MAX_MB is '%.40s', not a whole number of MiB up to %llu "
+                           "(0 = no limit)",
+                           e, (unsigned long long)MJ_CACHE_MAX_MB_LIMIT);
+        mb = mb * 10 + (uint64_t)(*p - '0');
+    }
+    *bytes = mb << 20;
+    return MJ_OK;
+}
+
+/* ---- entry files ------------------------------------------------------------------ */
+
+/* The header of an entry (docs/cache.md), little-endian:
+ *   0  magic "MJCACHE\0"      8  format (u32)     12  zero (u32)
+ *  16  key digest (32)       48  object bytes (u64)  56  bitcode bytes (u64)
+ *  64  SHA-256 of header bytes 0..63, the object, then the bitcode
+ *  96  the object, then the bitcode */
+enum { HDR = 96, HDR_SUM = 64 };
+static const char MAGIC[8] = {'M', 'J', 'C', 'A', 'C', 'H', 'E', '\0'};
+
+static void put_u32(uint8_t *p, uint32_t v) {
+    for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i));
+}
+static void put_u64(uint8_t *p, uint64_t v) {
+    for (int i = 0; i < 8; i++) p[i] = (uint8_t)(v >> (8 * i));
+}
+static uint32_t get_u32(const uint8_t *p) {
+    uint32_t v = 0;
+    for (int i = 0; i < 4; i++) v |= (uint32_t)p[i] << (8 * i);
+    return v;
+}
+static uint64_t get_u64(const uint8_t *p) {
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++) v |= (uint64_t)p[i] << (8 * i);
+    return v;
+}
+
+static int hex_digit(char c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    return -1;
+}
+static bool all_hex(const char *s, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (hex_digit(s[i]) < 0) return false;
+    return true;
+}
+
+/* hex is always a key from mj_cache_key */
+static void key_bytes(const char *hex, uint8_t key[32]) {
+    MJ_ASSERT(strlen(hex) == 64 && all_hex(hex, 64));
+    for (int i = 0; i < 32; i++) key[i] = (uint8_t)(hex_digit(hex[2 * i]) << 4 | hex_digit(hex[2 * i + 1]));
+}
+
+static char *entry_path(const char *dir, const char *hex) {
     size_t n = strlen(dir) + 64 + 8;
     char *p = malloc(n);
-    if (p) snprintf(p, n, "%s/%s.%s", dir, hex, ext);
+    if (p) snprintf(p, n, "%s/%s.mjc", dir, hex);
     return p;
 }
 
-/* The whole file, malloc'd; false when absent, empty or unreadable. Read
- * through one descriptor: a racing writer's rename replaces the name, never
- * the bytes of the file already open. */
-static bool read_file(const char *path, char **data, size_t *size) {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return false;
-    struct stat st;
-    bool ok = false;
-    if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size > 0) {
-        size_t n = (size_t)st.st_size, got = 0;
-        char *buf = malloc(n);
-        while (buf && got < n) {
-            ssize_t r = read(fd, buf + got, n - got);
-            if (r < 0 && errno == EINTR) continue;
-            if (r <= 0) break;
-            got += (size_t)r;
-        }
-        if (buf && got == n) {
-            *data = buf;
-            *size = n;
-            ok = true;
-        } else {
-            free(buf);
-        }
+/* What a name in the cache directory is. Only these names are ever
+ * deleted by eviction, prune and clear. */
+typedef enum { NAME_OTHER, NAME_ENTRY, NAME_OLD_ENTRY, NAME_TEMP } name_kind;
+
+static name_kind classify(const char *name) {
+    size_t l = strlen(name);
+    if (l > 65 && all_hex(name, 64) && name[64] == '.') {
+        if (strcmp(name + 65, "mjc") == 0) return NAME_ENTRY;
+        /* the object and bitcode files of the first format */
+        if (strcmp(name + 65, "o") == 0 || strcmp(name + 65, "bc") == 0) return NAME_OLD_ENTRY;
+        return NAME_OTHER;
     }
-    close(fd);
-    return ok;
+    /* store's mkstemp names: "." 16 hex "." and 6 letters or digits */
+    if (l == 24 && name[0] == '.' && all_hex(name + 1, 16) && name[17] == '.') {
+        for (size_t i = 18; i < 24; i++)
+            if (!((name[i] >= '0' && name[i] <= '9') || (name[i] >= 'a' && name[i] <= 'z') ||
+                  (name[i] >= 'A' && name[i] <= 'Z')))
+                return NAME_OTHER;
+        return NAME_TEMP;
+    }
+    return NAME_OTHER;
 }
 
-bool mj_cache_load(const char *dir, const char *hex, LLVMMemoryBufferRef *out) {
-    char *path = entry_path(dir, hex, "o"), *data = NULL;
-    size_t n = 0;
-    bool ok = path && read_file(path, &data, &n);
+/* n bytes from fd; false on a short read or an error */
+static bool read_full(int fd, void *buf, size_t n) {
+    size_t got = 0;
+    while (got < n) {
+        ssize_t r = read(fd, (char *)buf + got, n - got);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) return false;
+        got += (size_t)r;
+    }
+    return true;
+}
+
+static mj_cache_lookup bad(char *why, size_t why_size, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static mj_cache_lookup bad(char *why, size_t why_size, const char *fmt, ...) {
+    if (why && why_size) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(why, why_size, fmt, ap);
+        va_end(ap);
+    }
+    return MJ_CACHE_BAD;
+}
+
+mj_cache_lookup mj_cache_load(const char *dir, const char *hex, mj_cache_entry *out, char *why, size_t why_size) {
+    memset(out, 0, sizeof *out);
+    if (why && why_size) why[0] = '\0';
+    uint8_t key[32];
+    key_bytes(hex, key);
+    char *path = entry_path(dir, hex);
+    if (!path) return MJ_CACHE_MISS;
+    /* Never open anything but a regular file: opening a FIFO blocks until
+     * a writer comes, a device may act on open. O_NONBLOCK and O_NOFOLLOW
+     * cover a name swapped between the lstat and the open. */
+    struct stat st;
+    int fd = -1;
+    if (lstat(path, &st) != 0) {
+        free(path);
+        return MJ_CACHE_MISS;
+    }
+    mj_cache_lookup r = MJ_CACHE_BAD;
+    uint8_t h[HDR];
+    char *payload = NULL;
+    if (!S_ISREG(st.st_mode)) {
+        bad(why, why_size, "not a regular file");
+        goto out;
+    }
+    fd = open(path, O_RDONLY | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) {
+        bad(why, why_size, "cannot open it: %s", strerror(errno));
+        goto out;
+    }
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        bad(why, why_size, "not a regular file");
+        goto out;
+    }
+    if (st.st_size < HDR || !read_full(fd, h, HDR)) {
+        bad(why, why_size, "truncated (%lld bytes)", (long long)st.st_size);
+        goto out;
+    }
+    if (memcmp(h, MAGIC, sizeof MAGIC) != 0) {
+        bad(why, why_size, "not a maskjit cache entry");
+        goto out;
+    }
+    if (get_u32(h + 8) != MJ_CACHE_FORMAT || get_u32(h + 12) != 0) {
+        bad(why, why_size, "format %u, expected %d", (unsigned)get_u32(h + 8), MJ_CACHE_FORMAT);
+        goto out;
+    }
+    if (memcmp(h + 16, key, 32) != 0) {
+        bad(why, why_size, "written for another key");
+        goto out;
+    }
+    uint64_t on = get_u64(h + 48), bn = get_u64(h + 56), want;
+    if (on == 0 || on > (uint64_t)SIZE_MAX / 2 || bn > (uint64_t)SIZE_MAX / 2 ||
+        __builtin_add_overflow(on + bn, (uint64_t)HDR, &want) || want != (uint64_t)st.st_size) {
+        bad(why, why_size, "%lld bytes, but the header says %llu + %llu + %d", (long long)st.st_size,
+            (unsigned long long)on, (unsigned long long)bn, HDR);
+        goto out;
+    }
+    payload = malloc((size_t)(on + bn));
+    if (!payload || !read_full(fd, payload, (size_t)(on + bn))) {
+        bad(why, why_size, payload ? "truncated while reading" : "out of memory");
+        goto out;
+    }
+    mj_sha256 s;
+    uint8_t sum[32];
+    mj_sha256_init(&s);
+    mj_sha256_update(&s, h, HDR_SUM);
+    mj_sha256_update(&s, payload, (size_t)(on + bn));
+    mj_sha256_final(&s, sum);
+    if (memcmp(sum, h + HDR_SUM, 32) != 0) {
+        bad(why, why_size, "checksum mismatch");
+        goto out;
+    }
+    /* a hit is a use: the eviction order is by modification time */
+    (void)futimens(fd, NULL);
+    out->obj = LLVMCreateMemoryBufferWithMemoryRangeCopy(payload, (size_t)on, "maskjit-cache");
+    if (!out->obj) {
+        bad(why, why_size, "out of memory");
+        goto out;
+    }
+    memmove(payload, payload + on, (size_t)bn);
+    out->bitcode = payload;
+    out->bitcode_size = (size_t)bn;
+    payload = NULL;
+    r = MJ_CACHE_FOUND;
+out:
+    free(payload);
+    if (fd >= 0) close(fd);
     free(path);
-    if (!ok) return false;
-    *out = LLVMCreateMemoryBufferWithMemoryRangeCopy(data, n, hex);
-    free(data);
-    return *out != NULL;
+    return r;
 }
 
-bool mj_cache_load_bitcode(const char *dir, const char *hex, char **data, size_t *n) {
-    char *path = entry_path(dir, hex, "bc");
-    bool ok = path && read_file(path, data, n);
-    free(path);
-    return ok;
+void mj_cache_entry_dispose(mj_cache_entry *e) {
+    if (e->obj) LLVMDisposeMemoryBuffer(e->obj);
+    free(e->bitcode);
+    memset(e, 0, sizeof *e);
 }
 
-/* mkdir -p */
+/* mkdir -p, private: the entries of frozen graphs hold the weights */
 static bool make_dirs(const char *dir) {
     char *p = strdup(dir);
     if (!p) return false;
@@ -238,7 +401,7 @@ static bool make_dirs(const char *dir) {
         if (*q != '/' && *q != '\0') continue;
         char c = *q;
         *q = '\0';
-        if (mkdir(p, 0755) != 0 && errno != EEXIST) ok = false;
+        if (mkdir(p, 0700) != 0 && errno != EEXIST) ok = false;
         *q = c;
         if (c == '\0') break;
     }
@@ -246,66 +409,236 @@ static bool make_dirs(const char *dir) {
     return ok;
 }
 
-static mj_status store(const char *dir, const char *hex, const char *ext, const void *data, size_t n) {
+static bool write_full(int fd, const void *data, size_t n) {
+    const char *p = data;
+    while (n > 0) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) {
+            if (w == 0) errno = EIO;
+            return false;
+        }
+        p += w;
+        n -= (size_t)w;
+    }
+    return true;
+}
+
+static double mib(uint64_t bytes) { return (double)bytes / (1024.0 * 1024.0); }
+
+mj_status mj_cache_store(const char *dir, const char *hex, const void *obj, size_t obj_size, const void *bitcode,
+                         size_t bitcode_size, uint64_t max_bytes) {
+    MJ_ASSERT(obj && obj_size > 0 && (bitcode || bitcode_size == 0));
+    uint64_t total = (uint64_t)HDR + obj_size + bitcode_size;
+    if (max_bytes && total > max_bytes)
+        return mj_fail(MJ_ERR_LIMIT, "cache: not stored: the entry (%.1f MiB) is over the cap of %.1f MiB "
+                                     "(MASKJIT_CACHE_MAX_MB)",
+                       mib(total), mib(max_bytes));
+    uint8_t h[HDR] = {0};
+    memcpy(h, MAGIC, sizeof MAGIC);
+    put_u32(h + 8, MJ_CACHE_FORMAT);
+    key_bytes(hex, h + 16);
+    put_u64(h + 48, obj_size);
+    put_u64(h + 56, bitcode_size);
+    mj_sha256 s;
+    mj_sha256_init(&s);
+    mj_sha256_update(&s, h, HDR_SUM);
+    mj_sha256_update(&s, obj, obj_size);
+    if (bitcode_size) mj_sha256_update(&s, bitcode, bitcode_size);
+    mj_sha256_final(&s, h + HDR_SUM);
+
     if (!make_dirs(dir))
         return mj_fail(MJ_ERR_IO, "cache: cannot create the directory %s: %s", dir, strerror(errno));
-    char *path = entry_path(dir, hex, ext);
-    size_t tn = strlen(dir) + 96;
+    char *path = entry_path(dir, hex);
+    size_t tn = strlen(dir) + 32;
     char *tmp = malloc(tn);
     if (!path || !tmp) {
         free(path);
         free(tmp);
-        return MJ_ERR_NOMEM;
+        return mj_fail(MJ_ERR_NOMEM, "cache: out of memory");
     }
     /* A unique temp name in the same directory: rename is atomic there, and
-     * racing writers never share a temp file. */
+     * racing writers never share a temp file. mkstemp makes it 0600, which
+     * entries keep: the cache is private to its user. */
     snprintf(tmp, tn, "%s/.%.16s.XXXXXX", dir, hex);
-    mj_status s = MJ_OK;
+    mj_status st = MJ_OK;
     int fd = mkstemp(tmp);
     if (fd < 0) {
-        s = mj_fail(MJ_ERR_IO, "cache: cannot create a file in %s: %s", dir, strerror(errno));
+        st = mj_fail(MJ_ERR_IO, "cache: cannot create a file in %s: %s", dir, strerror(errno));
         goto out;
     }
-    (void)fchmod(fd, 0644); /* mkstemp makes 0600; entries are shared like any cache file */
-    const char *p = data;
-    size_t left = n;
-    while (left > 0) {
-        ssize_t w = write(fd, p, left);
-        if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) break;
-        p += w;
-        left -= (size_t)w;
-    }
-    int err = left ? errno : 0;
-    if (!left && fsync(fd) != 0) err = errno, left = 1;
-    if (close(fd) != 0 && !left) err = errno, left = 1;
-    if (left || rename(tmp, path) != 0) {
-        if (!err) err = errno;
+    bool ok = write_full(fd, h, HDR) && write_full(fd, obj, obj_size) &&
+              (!bitcode_size || write_full(fd, bitcode, bitcode_size)) && fsync(fd) == 0;
+    int err = ok ? 0 : errno;
+    if (close(fd) != 0 && ok) ok = false, err = errno;
+    /* rename replaces whatever is at the entry's name (a bad entry, a FIFO,
+     * a symlink) without opening it */
+    if (ok && rename(tmp, path) != 0) ok = false, err = errno;
+    if (!ok) {
         unlink(tmp);
-        s = mj_fail(MJ_ERR_IO, "cache: cannot write %s: %s", path, strerror(err ? err : EIO));
+        st = mj_fail(MJ_ERR_IO, "cache: cannot write %s: %s", path, strerror(err ? err : EIO));
+        goto out;
+    }
+    if (max_bytes) {
+        mj_cache_usage removed;
+        st = mj_cache_prune(dir, max_bytes, &removed);
     }
 out:
     free(path);
     free(tmp);
-    return s;
-}
-
-mj_status mj_cache_store(const char *dir, const char *hex, const void *data, size_t n) {
-    return store(dir, hex, "o", data, n);
-}
-
-mj_status mj_cache_store_bitcode(const char *dir, const char *hex, const void *data, size_t n) {
-    return store(dir, hex, "bc", data, n);
+    return st;
 }
 
 void mj_cache_remove(const char *dir, const char *hex) {
-    const char *ext[2] = {"o", "bc"};
-    for (int i = 0; i < 2; i++) {
-        char *path = entry_path(dir, hex, ext[i]);
-        if (path) unlink(path);
-        free(path);
-    }
+    char *path = entry_path(dir, hex);
+    if (path) unlink(path);
+    free(path);
 }
+
+/* ---- usage, eviction ------------------------------------------------------------ */
+
+typedef struct scan_item {
+    char name[72];
+    name_kind kind;
+    uint64_t size;
+    struct timespec mtime;
+    dev_t dev;
+    ino_t ino;
+} scan_item;
+
+typedef struct scan {
+    DIR *d; /* NULL: no directory (yet) */
+    scan_item *items;
+    size_t n, cap;
+} scan;
+
+static void scan_free(scan *sc) {
+    if (sc->d) closedir(sc->d);
+    free(sc->items);
+}
+
+static void count(mj_cache_usage *u, name_kind k, uint64_t size) {
+    if (k == NAME_TEMP) {
+        u->temp_files++;
+        u->temp_bytes += size;
+        return;
+    }
+    u->entries++;
+    u->bytes += size;
+    if (k == NAME_OLD_ENTRY) u->old_entries++;
+}
+
+/* Lists the regular files in dir that are maskjit's (a missing directory is
+ * an empty one) into *u, with the number of abandoned temp files in *stale.
+ * With collect, sc->items lists them: only eviction needs that, so a store
+ * under the cap allocates nothing. Never opens a file: lstat only. */
+static mj_status scan_dir(const char *dir, bool collect, scan *sc, mj_cache_usage *u, int64_t *stale) {
+    memset(sc, 0, sizeof *sc);
+    memset(u, 0, sizeof *u);
+    *stale = 0;
+    sc->d = opendir(dir); /* O_DIRECTORY: a FIFO at dir's name fails, no hang */
+    if (!sc->d) {
+        if (errno == ENOENT) return MJ_OK;
+        return mj_fail(MJ_ERR_IO, "cache: cannot read the directory %s: %s", dir, strerror(errno));
+    }
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    int dfd = dirfd(sc->d);
+    struct dirent *e;
+    while ((e = readdir(sc->d))) {
+        name_kind k = classify(e->d_name);
+        struct stat st;
+        /* vanished under us, or not a regular file: not ours to count */
+        if (k == NAME_OTHER || fstatat(dfd, e->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(st.st_mode))
+            continue;
+        count(u, k, (uint64_t)st.st_size);
+        if (k == NAME_TEMP && now.tv_sec - st.st_mtim.tv_sec >= MJ_CACHE_TEMP_STALE_S) ++*stale;
+        if (!collect) continue;
+        if (sc->n == sc->cap) {
+            size_t cap = sc->cap ? sc->cap * 2 : 64;
+            scan_item *p = realloc(sc->items, cap * sizeof *p);
+            if (!p) {
+                scan_free(sc);
+                memset(sc, 0, sizeof *sc);
+                return mj_fail(MJ_ERR_NOMEM, "cache: out of memory listing %s", dir);
+            }
+            sc->items = p;
+            sc->cap = cap;
+        }
+        scan_item *it = &sc->items[sc->n++];
+        snprintf(it->name, sizeof it->name, "%s", e->d_name);
+        it->kind = k;
+        it->size = (uint64_t)st.st_size;
+        it->mtime = st.st_mtim;
+        it->dev = st.st_dev;
+        it->ino = st.st_ino;
+    }
+    return MJ_OK;
+}
+
+mj_status mj_cache_usage_of(const char *dir, mj_cache_usage *u) {
+    scan sc;
+    int64_t stale;
+    mj_status s = scan_dir(dir, false, &sc, u, &stale);
+    scan_free(&sc);
+    return s;
+}
+
+static int by_mtime(const void *a, const void *b) {
+    const scan_item *x = a, *y = b;
+    if (x->mtime.tv_sec != y->mtime.tv_sec) return x->mtime.tv_sec < y->mtime.tv_sec ? -1 : 1;
+    if (x->mtime.tv_nsec != y->mtime.tv_nsec) return x->mtime.tv_nsec < y->mtime.tv_nsec ? -1 : 1;
+    return strcmp(x->name, y->name);
+}
+
+static bool same_time(struct timespec a, struct timespec b) { return a.tv_sec == b.tv_sec && a.tv_nsec == b.tv_nsec; }
+
+mj_status mj_cache_prune(const char *dir, uint64_t max_bytes, mj_cache_usage *removed) {
+    memset(removed, 0, sizeof *removed);
+    scan sc;
+    mj_cache_usage u;
+    int64_t stale;
+    MJ_TRY(scan_dir(dir, false, &sc, &u, &stale));
+    scan_free(&sc);
+    if (u.bytes <= max_bytes && stale == 0) return MJ_OK; /* the common case after a store */
+    MJ_TRY(scan_dir(dir, true, &sc, &u, &stale));
+    if (!sc.d) return MJ_OK;
+    qsort(sc.items, sc.n, sizeof *sc.items, by_mtime);
+    int dfd = dirfd(sc.d);
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    uint64_t total = u.bytes;
+    mj_status s = MJ_OK;
+    for (size_t i = 0; i < sc.n; i++) {
+        const scan_item *it = &sc.items[i];
+        if (it->kind == NAME_TEMP ? now.tv_sec - it->mtime.tv_sec < MJ_CACHE_TEMP_STALE_S : total <= max_bytes)
+            continue;
+        /* Other processes share the directory: a file that changed since
+         * the scan was used (a hit touches it) or replaced, so it stays;
+         * one that is gone is no longer counted. */
+        struct stat st;
+        if (fstatat(dfd, it->name, &st, AT_SYMLINK_NOFOLLOW) != 0) {
+            if (it->kind != NAME_TEMP) total -= it->size;
+            continue;
+        }
+        if (!S_ISREG(st.st_mode) || st.st_dev != it->dev || st.st_ino != it->ino || !same_time(st.st_mtim, it->mtime))
+            continue;
+        if (unlinkat(dfd, it->name, 0) != 0) {
+            if (errno == ENOENT) {
+                if (it->kind != NAME_TEMP) total -= it->size;
+            } else if (s == MJ_OK) {
+                s = mj_fail(MJ_ERR_IO, "cache: cannot remove %s/%s: %s", dir, it->name, strerror(errno));
+            }
+            continue;
+        }
+        count(removed, it->kind, it->size);
+        if (it->kind != NAME_TEMP) total -= it->size;
+    }
+    scan_free(&sc);
+    return s;
+}
+
+mj_status mj_cache_clear(const char *dir, mj_cache_usage *removed) { return mj_cache_prune(dir, 0, removed); }
 
 /* ---- object code -------------------------------------------------------------- */
 

@@ -1,6 +1,8 @@
 /* The compile cache (docs/cache.md): object files keyed by a SHA-256 of
- * everything that decides the generated code, stored as <dir>/<hex>.o with
- * atomic writes, so processes can share one directory. */
+ * everything that decides the generated code, stored as <dir>/<hex>.mjc
+ * (a header with the key and a checksum, the object, the bitcode) with
+ * atomic writes, so processes can share one directory; a size cap evicts
+ * the least recently used entries. */
 #ifndef MJ_JIT_CACHE_H
 #define MJ_JIT_CACHE_H
 
@@ -16,7 +18,14 @@
 
 /* Bump when the key's inputs or the lowering's calling convention change in
  * a way the other key parts do not capture. */
-#define MJ_CACHE_FORMAT 1
+#define MJ_CACHE_FORMAT 2
+
+/* The size cap when MASKJIT_CACHE_MAX_MB is unset: 1 GiB. */
+#define MJ_CACHE_DEFAULT_MAX_MB 1024
+/* The largest MASKJIT_CACHE_MAX_MB (1 EiB): MiB to bytes cannot overflow. */
+#define MJ_CACHE_MAX_MB_LIMIT ((uint64_t)1 << 40)
+/* A writer's temp file this old (seconds) was abandoned (a crash). */
+#define MJ_CACHE_TEMP_STALE_S 3600
 
 /* ---- SHA-256 (FIPS 180-2) ------------------------------------------------- */
 
@@ -52,23 +61,69 @@ mj_status mj_cache_key(const mj_graph *g, const mj_compile_options *o, const mj_
 
 /* The directory to use (malloc'd), or NULL when the cache is off
  * (o->use_cache false or MASKJIT_CACHE=0) or no directory can be named:
- * o->cache_dir, else $MASKJIT_CACHE_DIR, else $XDG_CACHE_HOME/maskjit, else
- * $HOME/.cache/maskjit. */
+ * o->cache_dir, else mj_cache_default_dir(). */
 char *mj_cache_dir(const mj_compile_options *o);
+/* $MASKJIT_CACHE_DIR, else $XDG_CACHE_HOME/maskjit, else
+ * $HOME/.cache/maskjit (malloc'd), or NULL; ignores the off switches. */
+char *mj_cache_default_dir(void);
+/* The size cap in bytes from MASKJIT_CACHE_MAX_MB (MiB, digits only;
+ * 0 = no limit; unset or empty = MJ_CACHE_DEFAULT_MAX_MB). A bad value is
+ * MJ_ERR_INVALID naming it, with *bytes set to the default. */
+mj_status mj_cache_max_bytes(uint64_t *bytes);
 
-/* <dir>/<hex>.o as a memory buffer (caller disposes). False when absent or
- * unreadable (a miss). */
-bool mj_cache_load(const char *dir, const char *hex, LLVMMemoryBufferRef *out);
-/* Writes <dir>/<hex>.o atomically: a temp file in dir, fsync, rename.
- * Creates dir (and missing parents). Never leaves a partial entry. */
-mj_status mj_cache_store(const char *dir, const char *hex, const void *data, size_t n);
-/* Deletes <dir>/<hex>.o and .bc (a corrupt entry). */
+/* ---- entries ------------------------------------------------------------------ */
+
+typedef enum mj_cache_lookup {
+    MJ_CACHE_MISS,  /* nothing at the entry's name */
+    MJ_CACHE_FOUND, /* a verified entry for this key */
+    MJ_CACHE_BAD    /* something else is there: why says what */
+} mj_cache_lookup;
+
+typedef struct mj_cache_entry {
+    LLVMMemoryBufferRef obj; /* the object file */
+    char *bitcode;           /* malloc'd, for dumps */
+    size_t bitcode_size;
+} mj_cache_entry;
+
+/* Reads <dir>/<hex>.mjc and verifies it (magic, format, this key, sizes,
+ * the SHA-256 of header and payload) before anything uses it. Only a
+ * regular file is opened, never blocking and never through a symlink. A
+ * hit sets the file's times to now (the eviction order). */
+mj_cache_lookup mj_cache_load(const char *dir, const char *hex, mj_cache_entry *out, char *why, size_t why_size);
+void mj_cache_entry_dispose(mj_cache_entry *e);
+/* Writes <dir>/<hex>.mjc atomically (a 0600 temp file in dir, fsync,
+ * rename over the name), creating dir and missing parents 0700. Then, when
+ * max_bytes is not 0, evicts least-recently-used entries until the entries
+ * total at most max_bytes; an entry larger than max_bytes is not stored
+ * (MJ_ERR_LIMIT). Never leaves a partial entry. */
+mj_status mj_cache_store(const char *dir, const char *hex, const void *obj, size_t obj_size, const void *bitcode,
+                         size_t bitcode_size, uint64_t max_bytes);
+/* Deletes <dir>/<hex>.mjc (a bad entry). */
 void mj_cache_remove(const char *dir, const char *hex);
-/* The optimised module's bitcode, kept next to the object for dumps:
- * <dir>/<hex>.bc, written before the .o so a reader that sees the object
- * finds it. Load returns a malloc'd copy, or false. */
-mj_status mj_cache_store_bitcode(const char *dir, const char *hex, const void *data, size_t n);
-bool mj_cache_load_bitcode(const char *dir, const char *hex, char **data, size_t *n);
+
+/* ---- usage, eviction (maskjit cache) ------------------------------------------ */
+
+/* Only regular files whose names are maskjit's count and are ever removed:
+ * entries <hex>.mjc, the first format's <hex>.o and <hex>.bc (entries of an
+ * older format: never read, evicted like the others), and writers' temp
+ * files .<16 hex>.<6 letters/digits>. */
+typedef struct mj_cache_usage {
+    int64_t entries;     /* entry files, older formats included */
+    uint64_t bytes;      /* their total size (what the cap bounds) */
+    int64_t old_entries; /* of entries: an older format's files */
+    int64_t temp_files;  /* writers' temp files (not under the cap) */
+    uint64_t temp_bytes;
+} mj_cache_usage;
+
+/* What is in dir; a missing directory is empty. */
+mj_status mj_cache_usage_of(const char *dir, mj_cache_usage *u);
+/* Removes entries, least recently used (oldest mtime) first, until they
+ * total at most max_bytes (0 keeps none), and temp files older than
+ * MJ_CACHE_TEMP_STALE_S. Safe while other processes use dir: a file that
+ * vanished is skipped, one touched since the scan stays. removed: what went. */
+mj_status mj_cache_prune(const char *dir, uint64_t max_bytes, mj_cache_usage *removed);
+/* mj_cache_prune(dir, 0, removed): every entry and abandoned temp file. */
+mj_status mj_cache_clear(const char *dir, mj_cache_usage *removed);
 
 /* ---- object code (the compile path the cache needs) ------------------------ */
 

@@ -1,6 +1,7 @@
 /* A compiled graph: the compile pipeline (clone, optimise, split off the
  * input-free prologue, lower the body, JIT it) and the runtime (shape
  * guards, live-parameter refresh, scratch, the call). */
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <string.h>
 #include <unistd.h>
@@ -384,6 +385,22 @@ static mj_status check_graph(const mj_graph *g) {
     return MJ_OK;
 }
 
+/* Appends to stats.warning ("; " between messages), cut to its size. */
+static void warn(mj_compiled *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void warn(mj_compiled *c, const char *fmt, ...) {
+    char *w = c->stats.warning;
+    size_t n = strlen(w), cap = sizeof c->stats.warning;
+    if (n) {
+        if (n + 3 >= cap) return; /* full: the first messages matter most */
+        memcpy(w + n, "; ", 3);
+        n += 2;
+    }
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(w + n, cap - n, fmt, ap);
+    va_end(ap);
+}
+
 /* Lower, optimise, emit an object file, link it, with the compile cache
  * (jit/cache.c, docs/cache.md) in front: a hit skips IR, optimisation and
  * codegen. Each compiled graph links into its own JITDylib, so the body
@@ -403,19 +420,27 @@ static mj_status build_and_add(mj_compiled *c, prologue *pr) {
     LLVMMemoryBufferRef obj = NULL;
     if (dir) {
         double t0 = mj_now_seconds();
-        if (mj_cache_load(dir, key, &obj)) {
-            s = mj_cache_link(c->jit, obj, fname, &c->rt, &addr);
+        mj_cache_entry e;
+        char why[96];
+        mj_cache_lookup r = mj_cache_load(dir, key, &e, why, sizeof why);
+        if (r == MJ_CACHE_FOUND) {
+            s = mj_cache_link(c->jit, e.obj, fname, &c->rt, &addr); /* takes obj */
+            e.obj = NULL;
             if (s == MJ_OK) {
                 c->stats.cache_hit = true;
-                /* for dumps; without it the code still runs */
-                mj_cache_load_bitcode(dir, key, &c->bitcode, &c->bitcode_size);
+                c->bitcode = e.bitcode; /* for dumps */
+                c->bitcode_size = e.bitcode_size;
                 c->stats.codegen_ms = (mj_now_seconds() - t0) * 1e3;
                 goto done;
             }
-            /* corrupt or truncated: drop it and compile; the store repairs it */
+            mj_cache_entry_dispose(&e);
+            snprintf(why, sizeof why, "%s", mj_last_error());
+        }
+        if (r != MJ_CACHE_MISS) {
+            /* unusable (corrupt, another key's, not a file): drop it and
+             * compile; the store replaces it */
             mj_cache_remove(dir, key);
-            snprintf(c->stats.warning, sizeof c->stats.warning, "cache: dropped a bad entry %.16s...: %s", key,
-                     mj_last_error());
+            warn(c, "cache: dropped a bad entry %.16s...: %s", key, why);
         }
     }
 
@@ -456,10 +481,12 @@ static mj_status build_and_add(mj_compiled *c, prologue *pr) {
     /* takes tsc and m */
     if ((s = mj_cache_codegen(c->jit, tsc, m, &obj, &c->bitcode, &c->bitcode_size, &c->stats)) != MJ_OK) goto done;
     if (dir) {
-        if (mj_cache_store_bitcode(dir, key, c->bitcode, c->bitcode_size) != MJ_OK ||
-            mj_cache_store(dir, key, LLVMGetBufferStart(obj), LLVMGetBufferSize(obj)) != MJ_OK)
-            /* not fatal: the code is compiled, only the cache missed out */
-            snprintf(c->stats.warning, sizeof c->stats.warning, "%s", mj_last_error());
+        /* not fatal: the code is compiled, only the cache misses out */
+        uint64_t cap;
+        if (mj_cache_max_bytes(&cap) != MJ_OK) warn(c, "%s; using %d", mj_last_error(), MJ_CACHE_DEFAULT_MAX_MB);
+        if (mj_cache_store(dir, key, LLVMGetBufferStart(obj), LLVMGetBufferSize(obj), c->bitcode, c->bitcode_size,
+                           cap) != MJ_OK)
+            warn(c, "%s", mj_last_error());
     }
     t0 = mj_now_seconds();
     s = mj_cache_link(c->jit, obj, fname, &c->rt, &addr); /* takes obj */

@@ -365,6 +365,8 @@ static void emit_expand(lw *w, int32_t id) {
     loop_end(w, &li);
 }
 
+static LLVMValueRef vmuladd(lw *w, LLVMValueRef acc, LLVMValueRef a, LLVMValueRef b);
+
 /* y[M,N] = x[M,K] . W  with W[k][j] at W + k*wsk + j*wsj; then + b[j], then
  * act. Each y element: +0.0f, then y + x*w for k ascending, then + b: the
  * order of mj_linear / mj_matmul. With a contiguous j (wsj == 1) the loops
@@ -384,7 +386,7 @@ static void emit_dot(lw *w, LLVMValueRef y, LLVMValueRef x, LLVMValueRef W, LLVM
         LLVMValueRef xv = load(w, xrow, lk.iv);
         LLVMValueRef wrow = at(w, W, mul(w, lk.iv, wsk));
         lj = loop_begin(w, N);
-        store(w, fadd(w, load(w, yrow, lj.iv), fmul(w, xv, load(w, wrow, lj.iv))), yrow, lj.iv);
+        store(w, vmuladd(w, load(w, yrow, lj.iv), xv, load(w, wrow, lj.iv)), yrow, lj.iv);
         loop_end(w, &lj);
         loop_end(w, &lk);
         if (bias || act != MJ_ACT_NONE) {
@@ -399,8 +401,8 @@ static void emit_dot(lw *w, LLVMValueRef y, LLVMValueRef x, LLVMValueRef W, LLVM
         LLVMValueRef wcol = at(w, W, mul(w, lj.iv, wsj));
         store(w, cf(w, 0.0f), yrow, lj.iv);
         loop lk = loop_begin(w, K);
-        LLVMValueRef prod = fmul(w, load(w, xrow, lk.iv), load(w, wcol, mul(w, lk.iv, wsk)));
-        store(w, fadd(w, load(w, yrow, lj.iv), prod), yrow, lj.iv);
+        store(w, vmuladd(w, load(w, yrow, lj.iv), load(w, xrow, lk.iv), load(w, wcol, mul(w, lk.iv, wsk))),
+              yrow, lj.iv);
         loop_end(w, &lk);
         LLVMValueRef v = load(w, yrow, lj.iv);
         if (bias) v = fadd(w, v, load(w, bias, lj.iv));
@@ -473,8 +475,8 @@ static void emit_copy(lw *w, LLVMValueRef dst, LLVMValueRef src, LLVMValueRef n)
  * columns j0 = p*P .. j0+pw as [K][pw]. A micro-kernel keeps rows x vectors
  * accumulators in registers across a block of k and streams the panel: per k
  * it loads the panel's vectors once, broadcasts x[i][k] per row and does
- * acc = acc + x*w (exact: fmul then fadd, k ascending per element, so every
- * element sees eager's operations in eager's order; fast: fmuladd). Partial
+ * acc = fma(x, w, acc) (exact: k ascending per element, so every element
+ * sees eager's fmaf chain in eager's order; fast: fmuladd). Partial
  * vectors (pw not a multiple of the width) use masked loads and stores. */
 
 #define MK_MAX_ROWS 6
@@ -528,11 +530,12 @@ static void vstore(lw *w, LLVMValueRef v, LLVMValueRef ptr, int lanes) {
     LLVMBuildCall2(w->b, fty, fn, args, 4, "");
 }
 
-/* acc + a*b: exact fmul then fadd; fast fmuladd (FMA where the host has it) */
+/* acc + a*b, scalar or vector: exact is eager's fmaf(a, b, acc) (llvm.fma:
+ * one rounding, an FMA instruction where the target has one, libm's fmaf
+ * elsewhere); fast is fmuladd with fast-math flags (LLVM may reassociate). */
 static LLVMValueRef vmuladd(lw *w, LLVMValueRef acc, LLVMValueRef a, LLVMValueRef b) {
-    if (!w->fast) return fadd(w, acc, fmul(w, a, b));
     LLVMTypeRef t = LLVMTypeOf(acc), fty;
-    LLVMValueRef fn = intrinsic(w, "llvm.fmuladd", &t, 1, &fty);
+    LLVMValueRef fn = intrinsic(w, w->fast ? "llvm.fmuladd" : "llvm.fma", &t, 1, &fty);
     LLVMValueRef args[3] = {a, b, acc};
     return fpflags(w, LLVMBuildCall2(w->b, fty, fn, args, 3, ""));
 }
@@ -1086,7 +1089,8 @@ mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan 
             char name[96];
             snprintf(name, sizeof name, "%s.sparse%d", o->fname, (int)i);
             LLVMValueRef sf = mj_sparse_emit_linear(m, name, wn->tensor->data, bd, wn->type.dims[0], wn->type.dims[1],
-                                                    n->op == MJ_OP_LINEAR_ACT ? n->act : MJ_ACT_NONE, w.fast);
+                                                    n->op == MJ_OP_LINEAR_ACT ? n->act : MJ_ACT_NONE, w.fast,
+                                                    p->vw);
             if (!sf) {
                 s = MJ_ERR_NOMEM;
                 break;

@@ -36,21 +36,6 @@
  * OpenBLAS) at batch 64, widths 256 and 1024: see docs/numerics.md. */
 #define SPARSE_CROSSOVER_DENSITY 0.5
 
-/* Host vector width in floats: the JIT compiles for the host's CPU and
- * features (under valgrind: AVX2 only), so ask the same source. */
-static int host_vector_width(void) {
-    static _Atomic int cached;
-    int vw = cached;
-    if (vw) return vw;
-    char *f = LLVMGetHostCPUFeatures();
-    vw = 4;
-    if (f && strstr(f, "+avx512f")) vw = 16;
-    else if (f && strstr(f, "+avx")) vw = 8;
-    LLVMDisposeMessage(f);
-    cached = vw;
-    return vw;
-}
-
 bool mj_sparse_profitable(const float *w, int64_t out, int64_t in) {
     if (!w || out <= 0 || in <= 0 || out > INT32_MAX || in > INT32_MAX) return false;
     int64_t nnz = 0, empty_rows = 0;
@@ -298,6 +283,18 @@ static LLVMValueRef fpflags(sb *s, LLVMValueRef v) {
 static LLVMValueRef fadd(sb *s, LLVMValueRef a, LLVMValueRef b) { return fpflags(s, LLVMBuildFAdd(s->b, a, b, "")); }
 static LLVMValueRef fmul(sb *s, LLVMValueRef a, LLVMValueRef b) { return fpflags(s, LLVMBuildFMul(s->b, a, b, "")); }
 static LLVMValueRef fdiv(sb *s, LLVMValueRef a, LLVMValueRef b) { return fpflags(s, LLVMBuildFDiv(s->b, a, b, "")); }
+/* acc + a*b as eager computes it: fmaf(a, b, acc) in exact mode (llvm.fma),
+ * fmuladd with fast-math flags in fast mode. */
+static LLVMValueRef madd(sb *s, LLVMValueRef acc, LLVMValueRef a, LLVMValueRef b) {
+    const char *name = s->fast ? "llvm.fmuladd" : "llvm.fma";
+    LLVMTypeRef t = LLVMTypeOf(acc);
+    unsigned id = LLVMLookupIntrinsicID(name, strlen(name));
+    MJ_ASSERT(id != 0);
+    LLVMTypeRef fty = LLVMIntrinsicGetType(LLVMGetTypeContext(t), id, &t, 1);
+    LLVMValueRef fn = LLVMGetIntrinsicDeclaration(s->m, id, &t, 1);
+    LLVMValueRef args[3] = {a, b, acc};
+    return fpflags(s, LLVMBuildCall2(s->b, fty, fn, args, 3, ""));
+}
 
 typedef struct loop {
     LLVMBasicBlockRef header, exit;
@@ -573,7 +570,7 @@ static void emit_term(sb *s, int r, int nv, int C, LLVMValueRef kc, LLVMValueRef
     for (int v = 0; v < nv; v++) {
         LLVMValueRef a = LLVMBuildLoad2(s->b, s->vt, s->acc[r][v], "");
         LLVMValueRef xv = vld(s, row, ci(s, (int64_t)v * s->vw), (unsigned)s->vw * 4);
-        LLVMBuildStore(s->b, fadd(s, a, fmul(s, xv, wv)), s->acc[r][v]);
+        LLVMBuildStore(s->b, madd(s, a, xv, wv), s->acc[r][v]);
     }
 }
 
@@ -673,12 +670,11 @@ static void emit_chunk(sb *s, int C, LLVMValueRef i0, LLVMValueRef valid, bool f
 }
 
 LLVMValueRef mj_sparse_emit_linear(LLVMModuleRef M, const char *name, const float *w, const float *b,
-                                   int64_t out, int64_t in, mj_act act, bool fast) {
+                                   int64_t out, int64_t in, mj_act act, bool fast, int vw) {
     if (!M || !name || !w || out <= 0 || in <= 0 || out > INT32_MAX || in > INT32_MAX ||
-        (unsigned)act >= MJ_ACT_COUNT)
+        (unsigned)act >= MJ_ACT_COUNT || (vw != 4 && vw != 8 && vw != 16))
         return NULL;
     plan p;
-    int vw = host_vector_width();
     if (!plan_build(&p, w, out, in, vw)) return NULL;
     sb s = {.m = M, .ctx = LLVMGetModuleContext(M), .vw = vw, .fast = fast, .act = act, .p = &p};
     s.f32 = LLVMFloatTypeInContext(s.ctx);

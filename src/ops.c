@@ -101,6 +101,34 @@ mj_status mj_sigmoid(mj_tensor **out, const mj_tensor *x) {
 mj_status mj_tanh(mj_tensor **out, const mj_tensor *x) { return mj_activation(out, MJ_ACT_TANH, x); }
 
 /* ---- matmul / linear ---------------------------------------------------- */
+
+/* The reference dot product (docs/numerics.md): acc = +0.0f, then for k
+ * ascending acc = fmaf(x[k], w[k], acc), one rounding per term, so compiled
+ * code reproduces it bit for bit with FMA instructions at full speed. The
+ * clones only choose how fmaf is computed (the instruction, or libm's exact
+ * software fmaf on CPUs without FMA): the results are the same. */
+__attribute__((target_clones("fma", "default")))
+static void linear_kernel(const float *X, const float *W, const float *B, float *Y, int64_t rows,
+                          int64_t in_f, int64_t out_f) {
+    for (int64_t i = 0; i < rows; i++) {
+        for (int64_t j = 0; j < out_f; j++) {
+            float acc = 0.0f;
+            for (int64_t k = 0; k < in_f; k++) acc = fmaf(X[i * in_f + k], W[j * in_f + k], acc);
+            Y[i * out_f + j] = B ? acc + B[j] : acc;
+        }
+    }
+}
+
+__attribute__((target_clones("fma", "default")))
+static void matmul_kernel(const float *A, const float *B, float *Y, int64_t m, int64_t k, int64_t n) {
+    for (int64_t i = 0; i < m; i++) {
+        for (int64_t j = 0; j < n; j++) {
+            float acc = 0.0f;
+            for (int64_t p = 0; p < k; p++) acc = fmaf(A[i * k + p], B[p * n + j], acc);
+            Y[i * n + j] = acc;
+        }
+    }
+}
 mj_status mj_matmul(mj_tensor **out, const mj_tensor *a, const mj_tensor *b) {
     MJ_TRY(check_args("matmul", out, a, b));
     char sa[64], sb[64];
@@ -111,14 +139,7 @@ mj_status mj_matmul(mj_tensor **out, const mj_tensor *a, const mj_tensor *b) {
     int64_t shape[2] = {m, n};
     mj_tensor *y;
     MJ_TRY(mj_tensor_new_uninit(&y, 2, shape));
-    const float *A = a->data, *B = b->data;
-    for (int64_t i = 0; i < m; i++) {
-        for (int64_t j = 0; j < n; j++) {
-            float acc = 0.0f;
-            for (int64_t p = 0; p < k; p++) acc = acc + A[i * k + p] * B[p * n + j];
-            y->data[i * n + j] = acc;
-        }
-    }
+    matmul_kernel(a->data, b->data, y->data, m, k, n);
     const mj_tensor *in[2] = {a, b};
     return finish(out, y, MJ_OP_MATMUL, 2, in, MJ_ACT_NONE);
 }
@@ -142,14 +163,7 @@ mj_status mj_linear(mj_tensor **out, const mj_tensor *x, const mj_tensor *w, con
     mj_tensor *y;
     MJ_TRY(mj_tensor_new_uninit(&y, x->rank, shape));
     int64_t rows = in_f ? x->numel / in_f : (out_f ? y->numel / out_f : 0);
-    const float *X = x->data, *W = w->data;
-    for (int64_t i = 0; i < rows; i++) {
-        for (int64_t j = 0; j < out_f; j++) {
-            float acc = 0.0f;
-            for (int64_t k = 0; k < in_f; k++) acc = acc + X[i * in_f + k] * W[j * in_f + k];
-            y->data[i * out_f + j] = b ? acc + b->data[j] : acc;
-        }
-    }
+    linear_kernel(x->data, w->data, b ? b->data : NULL, y->data, rows, in_f, out_f);
     const mj_tensor *in[3] = {x, w, b};
     return finish(out, y, MJ_OP_LINEAR, b ? 3 : 2, in, MJ_ACT_NONE);
 }

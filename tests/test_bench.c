@@ -8,6 +8,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "bench/bench.h"
 #include "bench/peers.h"
@@ -224,11 +229,12 @@ Test(bench, program_json_w1) {
     cr_expect(json_integer_value(json_object_get(w, "peak_rss_kb")) > 0);
     json_t *rs = json_object_get(w, "results");
     const char *want[] = {"eager", "interp", "compiled-exact", "compiled-fast", "compiled-frozen",
-                          "openblas", "libxsmm"};
+                          "openblas", "libxsmm", "onednn", "xnnpack"};
+    _Static_assert(MJ_PEER_COUNT == 4, "list the new peer in want[]");
     const double flops = 2.0 * 3 * 3 * 16 * 16; /* the seed model: 4608 FLOP */
     int npeers = 0;
-    for (int k = 0; k < 7; k++) {
-        bool need = k < 5 || mj_peer_built(k == 5 ? MJ_PEER_OPENBLAS : MJ_PEER_LIBXSMM);
+    for (int k = 0; k < 5 + MJ_PEER_COUNT; k++) {
+        bool need = k < 5 || mj_peer_built((mj_peer_kind)(k - 5));
         npeers += k >= 5 && need;
         json_t *found = NULL;
         for (size_t i = 0; i < json_array_size(rs); i++) {
@@ -302,5 +308,178 @@ Test(bench, program_bad_arguments) {
     r = run_bench(3, list);
     cr_expect_eq(r.rc, 0);
     cr_expect(strstr(r.out, "W5  3 Linear(256,256)+bias"), "%s", r.out);
+    run_free(&r);
+}
+
+/* Runs argv with a time limit and an address-space limit (0: none), stdout to
+ * /dev/null and stderr to errpath; returns the exit status, or -signal, or
+ * -1000 on the time limit. */
+static int run_limited(char *const argv[], const char *const envp_extra[], long as_kb, int seconds,
+                       const char *errpath) {
+    pid_t pid = fork();
+    cr_assert(pid >= 0);
+    if (pid == 0) {
+        if (as_kb > 0) {
+            struct rlimit rl = {(rlim_t)as_kb * 1024, (rlim_t)as_kb * 1024};
+            setrlimit(RLIMIT_AS, &rl);
+        }
+        int null = open("/dev/null", O_WRONLY), err = open(errpath, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+        dup2(null, 1);
+        dup2(err, 2);
+        for (int i = 0; envp_extra && envp_extra[i]; i++) putenv((char *)envp_extra[i]);
+        execv(argv[0], argv);
+        _exit(127);
+    }
+    for (int waited = 0; waited < seconds * 10; waited++) {
+        int status;
+        if (waitpid(pid, &status, WNOHANG) == pid)
+            return WIFEXITED(status) ? WEXITSTATUS(status) : -WTERMSIG(status);
+        usleep(100000);
+    }
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    return -1000;
+}
+
+static char *slurp_file(const char *path) {
+    FILE *f = fopen(path, "rb");
+    cr_assert_not_null(f);
+    static char buf[1 << 20];
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    buf[n] = '\0';
+    fclose(f);
+    return buf;
+}
+
+/* The maskjit binary loads no peer library (OpenBLAS starts threads at load
+ * time, which hung the CLI's exit under an address-space limit): only
+ * maskjit-bench links them, and `maskjit bench` runs that program. */
+Test(bench, cli_loads_no_peer_library) {
+    char err[] = "/tmp/mj-bench-ld-XXXXXX";
+    int fd = mkstemp(err);
+    cr_assert(fd >= 0);
+    close(fd);
+    char *version[] = {MJ_BUILD_ROOT "/maskjit", "--version", NULL};
+    const char *ld_debug[] = {"LD_DEBUG=libs", NULL};
+    cr_assert_eq(run_limited(version, ld_debug, 0, 60, err), 0);
+    const char *log = slurp_file(err);
+    cr_assert(strstr(log, "calling init"), "LD_DEBUG printed nothing: %.200s", log);
+    const char *peers[] = {"libopenblas", "libxsmm", "libdnnl", "libXNNPACK", "libgomp", "libpthreadpool"};
+    for (size_t i = 0; i < sizeof peers / sizeof peers[0]; i++)
+        cr_expect(!strstr(log, peers[i]), "maskjit loads %s", peers[i]);
+
+    /* under an address-space limit a command still runs and exits */
+    char *run[] = {MJ_BUILD_ROOT "/maskjit", "run", "mut", NULL};
+    int rc = run_limited(run, NULL, 300000, 60, err);
+    cr_expect_eq(rc, 0, "maskjit run mut under ulimit -v 300000: %s (%s)",
+                 rc == -1000 ? "hung" : "failed", slurp_file(err));
+
+    /* `maskjit bench` is maskjit-bench, peers included */
+    char *list[] = {MJ_BUILD_ROOT "/maskjit", "bench", "--list", "--smoke", NULL};
+    const char *ld_files[] = {"LD_DEBUG=libs", NULL};
+    cr_assert_eq(run_limited(list, ld_files, 0, 60, err), 0);
+    log = slurp_file(err);
+    if (mj_peer_built(MJ_PEER_OPENBLAS)) cr_expect(strstr(log, "libopenblas"), "maskjit bench ran without peers");
+    cr_expect(!strstr(log, "running without peer libraries"));
+    unlink(err);
+}
+
+/* A user's model as a saved trace: the setup's variants against the model's
+ * own eager forward on the setup's input (exact ones bit for bit), at the
+ * traced batch and at others. */
+Test(bench, user_model_setup_matches_eager, .init = setup_jit, .fini = teardown_jit) {
+    mj_rng rng;
+    mj_rng_seed(&rng, 3);
+    mj_module *m = NULL;
+    cr_assert_eq(mj_model_from_spec("mlp:8,16,4:act=relu", &rng, &m), MJ_OK, "%s", mj_last_error());
+    cr_assert_eq(mj_model_apply_masks(m, NULL, 0.5, &rng), MJ_OK, "%s", mj_last_error());
+    mj_tensor *ones = NULL;
+    cr_assert_eq(mj_tensor_ones(&ones, 2, (int64_t[]){2, 8}), MJ_OK);
+    mj_graph *g = NULL;
+    cr_assert_eq(mj_trace_module(m, ones, &g), MJ_OK, "%s", mj_last_error());
+    mj_bench_setup *s = NULL;
+    cr_assert_eq(mj_bench_setup_from_graph("T", "test", g, 3, 1, 5, jit, &s), MJ_OK, "%s", mj_last_error());
+    cr_expect_null(mj_bench_setup_model(s));
+    const char *want[] = {"interp", "compiled-exact", "compiled-fast", "compiled-frozen"};
+    cr_assert_eq(mj_bench_variant_count(s), 4);
+    for (int64_t batch = 3; batch <= 17; batch += 14) {
+        if (batch != 3) cr_assert_eq(mj_bench_setup_set_batch(s, batch), MJ_OK, "%s", mj_last_error());
+        mj_tensor *ref = NULL;
+        cr_assert_eq(mj_module_forward(m, mj_bench_setup_input(s), &ref), MJ_OK);
+        for (int i = 0; i < 4; i++) {
+            cr_expect_str_eq(mj_bench_variant_name(s, i), want[i]);
+            mj_tensor *y = NULL;
+            cr_assert_eq(mj_bench_variant_output(s, i, &y), MJ_OK, "%s", mj_last_error());
+            mj_compare c = mj_tensor_compare(y, ref, 1e-5, 1e-5);
+            cr_expect(mj_bench_variant_exact(s, i) ? c.bit_identical : c.close, "%s at batch %lld",
+                      want[i], (long long)batch);
+            mj_tensor_release(y);
+        }
+        mj_tensor_release(ref);
+        cr_expect_eq(mj_bench_check(s), MJ_OK, "%s", mj_last_error());
+        cr_expect(fabs(mj_bench_setup_flops(s) - 2.0 * (double)batch * (8 * 16 + 16 * 4)) < 1e-9);
+    }
+    mj_bench_setup_free(s);
+    mj_graph_free(g);
+    mj_tensor_release(ones);
+    mj_module_free(m);
+}
+
+/* `maskjit bench MODEL`: a saved trace at two batches, as JSON. */
+Test(bench, program_times_a_saved_trace) {
+    char path[] = "/tmp/mj-bench-model-XXXXXX";
+    int fd = mkstemp(path);
+    cr_assert(fd >= 0);
+    close(fd);
+    mj_rng rng;
+    mj_rng_seed(&rng, 4);
+    mj_module *m = NULL;
+    cr_assert_eq(mj_model_from_spec("mlp:8,16,4:act=relu", &rng, &m), MJ_OK);
+    mj_tensor *ones = NULL;
+    cr_assert_eq(mj_tensor_ones(&ones, 2, (int64_t[]){1, 8}), MJ_OK);
+    mj_graph *g = NULL;
+    cr_assert_eq(mj_trace_module(m, ones, &g), MJ_OK);
+    cr_assert_eq(mj_graph_save(g, path), MJ_OK, "%s", mj_last_error());
+    const char *argv[] = {"maskjit-bench", path, "--batch", "1,3", "--threads", "1", "--reps", "1",
+                          "--min-ms", "0.5", "--json"};
+    run_out r = run_bench(11, argv);
+    cr_assert_eq(r.rc, 0, "rc %d, stderr: %s", r.rc, r.err);
+    cr_expect(strstr(r.err, "checking 4 variants against interp"), "%s", r.err);
+    json_error_t je;
+    json_t *root = json_loads(r.out, 0, &je);
+    cr_assert_not_null(root, "not JSON (%s): %s", je.text, r.out);
+    json_t *wls = json_object_get(root, "workloads");
+    cr_assert_eq(json_array_size(wls), 2);
+    for (size_t i = 0; i < 2; i++) {
+        json_t *w = json_array_get(wls, i);
+        cr_expect_eq(json_integer_value(json_object_get(w, "batch")), i == 0 ? 1 : 3);
+        cr_expect_str_eq(json_string_value(json_object_get(w, "ratio_against")), "interp");
+        json_t *rs = json_object_get(w, "results");
+        cr_assert_eq(json_array_size(rs), 4);
+        for (size_t k = 0; k < 4; k++)
+            cr_expect(json_real_value(json_object_get(json_array_get(rs, k), "median_ns")) > 0);
+    }
+    json_decref(root);
+    run_free(&r);
+    unlink(path);
+    mj_graph_free(g);
+    mj_tensor_release(ones);
+    mj_module_free(m);
+
+    /* errors: a bad MODEL fails with the reason; --batch needs a MODEL */
+    const char *missing[] = {"b", "/nonexistent/model.mjt"};
+    r = run_bench(2, missing);
+    cr_expect_eq(r.rc, 1);
+    cr_expect(strstr(r.err, "neither a file nor a model spec"), "%s", r.err);
+    run_free(&r);
+    const char *nomodel[] = {"b", "--batch", "4"};
+    r = run_bench(3, nomodel);
+    cr_expect_eq(r.rc, 2);
+    cr_expect(strstr(r.err, "--batch goes with a MODEL"), "%s", r.err);
+    run_free(&r);
+    const char *badbatch[] = {"b", "mut", "--batch", "0"};
+    r = run_bench(4, badbatch);
+    cr_expect_eq(r.rc, 2);
+    cr_expect(strstr(r.err, "--batch wants batches"), "%s", r.err);
     run_free(&r);
 }

@@ -1,7 +1,8 @@
 /* jit/cache.c: SHA-256 against FIPS 180-2 vectors, the key's inputs, entry
  * round trips, and the cache through mj_jit_compile (hits bit-identical to
  * the interpreter, corrupt entries repaired, off switches, racing
- * processes, an unwritable directory). */
+ * processes, an unwritable directory). Hostile entries, the size cap and
+ * `maskjit cache`: tests/test_cache_reliability.c. */
 #include <criterion/criterion.h>
 #include <dirent.h>
 #include <stdio.h>
@@ -144,19 +145,31 @@ Test(cache, store_and_load_round_trip) {
     char sub[512];
     snprintf(sub, sizeof sub, "%s/a/b", dir); /* created on demand */
     const char *hex = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
-    char data[3000];
+    char data[3000], bc[700];
     for (size_t i = 0; i < sizeof data; i++) data[i] = (char)(i * 7);
-    LLVMMemoryBufferRef buf;
-    cr_assert(!mj_cache_load(sub, hex, &buf), "empty cache: a miss");
-    cr_assert_eq(mj_cache_store(sub, hex, data, sizeof data), MJ_OK, "%s", mj_last_error());
-    cr_assert(mj_cache_load(sub, hex, &buf));
-    cr_assert_eq(LLVMGetBufferSize(buf), sizeof data);
-    cr_assert(memcmp(LLVMGetBufferStart(buf), data, sizeof data) == 0);
-    LLVMDisposeMemoryBuffer(buf);
-    cr_assert_eq(count_entries(sub, ".o"), 1);
+    for (size_t i = 0; i < sizeof bc; i++) bc[i] = (char)(i * 11 + 1);
+    mj_cache_entry e;
+    char why[96];
+    cr_assert_eq(mj_cache_load(sub, hex, &e, why, sizeof why), MJ_CACHE_MISS, "empty cache: a miss");
+    cr_assert_eq(mj_cache_store(sub, hex, data, sizeof data, bc, sizeof bc, 0), MJ_OK, "%s", mj_last_error());
+    cr_assert_eq(mj_cache_load(sub, hex, &e, why, sizeof why), MJ_CACHE_FOUND, "%s", why);
+    cr_assert_eq(LLVMGetBufferSize(e.obj), sizeof data);
+    cr_assert(memcmp(LLVMGetBufferStart(e.obj), data, sizeof data) == 0);
+    cr_assert_eq(e.bitcode_size, sizeof bc);
+    cr_assert(memcmp(e.bitcode, bc, sizeof bc) == 0);
+    mj_cache_entry_dispose(&e);
+    cr_assert_eq(count_entries(sub, ".mjc"), 1);
     cr_assert_eq(count_entries(sub, ""), 3, "no temp files left (., .., the entry)");
+    /* the same bytes are no entry for another key */
+    const char *other = "ff112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+    char a[600], b[600];
+    snprintf(a, sizeof a, "%s/%s.mjc", sub, hex);
+    snprintf(b, sizeof b, "%s/%s.mjc", sub, other);
+    cr_assert_eq(link(a, b), 0);
+    cr_assert_eq(mj_cache_load(sub, other, &e, why, sizeof why), MJ_CACHE_BAD);
+    cr_assert(strstr(why, "another key"), "%s", why);
     mj_cache_remove(sub, hex);
-    cr_assert(!mj_cache_load(sub, hex, &buf));
+    cr_assert_eq(mj_cache_load(sub, hex, &e, why, sizeof why), MJ_CACHE_MISS);
     rm_rf(dir);
     free(dir);
 }
@@ -272,7 +285,7 @@ Test(cache, hit_is_bit_identical_and_skips_the_compile) {
         mj_tensor_release(y4);
         mj_graph_free(g);
     }
-    cr_assert_eq(count_entries(dir, ".o"), 2, "live and frozen: two entries");
+    cr_assert_eq(count_entries(dir, ".mjc"), 2, "live and frozen: two entries");
     mj_jit_free(jit);
     rm_rf(dir);
     free(dir);
@@ -285,7 +298,7 @@ static char *only_entry(const char *dir) {
     char *p = NULL;
     while ((e = readdir(d))) {
         size_t l = strlen(e->d_name);
-        if (l > 2 && !strcmp(e->d_name + l - 2, ".o")) {
+        if (l > 4 && !strcmp(e->d_name + l - 4, ".mjc")) {
             p = malloc(strlen(dir) + l + 2);
             sprintf(p, "%s/%s", dir, e->d_name);
         }
@@ -333,14 +346,14 @@ Test(cache, off_switch_writes_nothing) {
     mj_graph *g = small_graph("relu", 2.0f);
     mj_compile_stats s = compile_run(jit, g, dir, false, false, NULL);
     cr_assert(!s.cache_hit);
-    cr_assert_eq(count_entries(dir, ".o"), 0);
+    cr_assert_eq(count_entries(dir, ".mjc"), 0);
     setenv("MASKJIT_CACHE", "0", 1);
     compile_run(jit, g, dir, true, false, NULL);
     compile_run(jit, g, dir, true, false, NULL);
-    cr_assert_eq(count_entries(dir, ".o"), 0);
+    cr_assert_eq(count_entries(dir, ".mjc"), 0);
     unsetenv("MASKJIT_CACHE");
     compile_run(jit, g, dir, true, false, NULL);
-    cr_assert_eq(count_entries(dir, ".o"), 1);
+    cr_assert_eq(count_entries(dir, ".mjc"), 1);
     mj_graph_free(g);
     mj_jit_free(jit);
     rm_rf(dir);
@@ -410,8 +423,8 @@ Test(cache, two_processes_race_on_one_entry) {
         cr_assert_eq(got, sizeof out[k]);
     }
     cr_assert(memcmp(out[0], out[1], sizeof out[0]) == 0, "identical outputs");
-    cr_assert_eq(count_entries(dir, ".o"), 1);
-    cr_assert_eq(count_entries(dir, ""), 4, "one .o, one .bc, no temp files");
+    cr_assert_eq(count_entries(dir, ".mjc"), 1);
+    cr_assert_eq(count_entries(dir, ""), 3, "one entry, no temp files");
     /* and the entry is whole: this process hits it */
     mj_jit *jit;
     cr_assert_eq(mj_jit_new(&jit), MJ_OK);

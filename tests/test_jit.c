@@ -695,11 +695,14 @@ Test(jit, dump_ir_and_asm) {
     char *ir = dump(c, "ir");
     cr_assert(strstr(ir, "define") && strstr(ir, "mj_body_"), "%.300s", ir);
     cr_assert(strstr(ir, "expf"), "the sigmoid calls libm's expf");
-    cr_assert(strstr(ir, "fmul") && !strstr(ir, "fmuladd") && !strstr(ir, "contract"),
-              "exact mode has no contraction");
+    /* exact: eager's fmaf chain as llvm.fma, never the contractable fmuladd
+     * or fast-math flags (which would let LLVM reassociate) */
+    cr_assert(strstr(ir, "llvm.fma.") && !strstr(ir, "fmuladd") && !strstr(ir, "contract") &&
+                  !strstr(ir, "reassoc"),
+              "exact mode: llvm.fma, no fast-math flags");
     char *as = dump(c, "asm");
     cr_assert(strstr(as, "mj_body_") && strstr(as, "ret"), "%.300s", as);
-    cr_assert(strstr(as, "mulps") || strstr(as, "mulss"), "expected SSE/AVX multiplies");
+    cr_assert(strstr(as, "vfmadd") || strstr(as, "fmaf"), "expected FMA instructions or libm's fmaf");
     free(ir);
     free(as);
     mj_compiled_free(c);
@@ -992,10 +995,13 @@ Test(jit, avx2_code_path_via_forced_features) {
     cr_assert_eq(mj_jit_new(&j2), MJ_OK, "%s", mj_last_error());
     mj_rng rng;
     mj_rng_seed(&rng, 19);
-    static const char *specs[] = {"mlp:16,16,16,16", "mlp:100,130,33:act=gelu"};
-    for (int si = 0; si < 2; si++) {
+    /* the third is masked at 10%: its frozen layers go to the sparse kernel,
+     * which must follow the JIT's target too */
+    static const char *specs[] = {"mlp:16,16,16,16", "mlp:100,130,33:act=gelu", "mlp:128,160,96:act=relu"};
+    for (int si = 0; si < 3; si++) {
         mj_module *m;
         cr_assert_eq(mj_model_from_spec(specs[si], &rng, &m), MJ_OK, "%s", mj_last_error());
+        if (si == 2) cr_assert_eq(mj_model_apply_masks(m, NULL, 0.1, &rng), MJ_OK, "%s", mj_last_error());
         int64_t in = atoi(specs[si] + 4), ex[2] = {3, in};
         mj_graph *g = trace(m, 2, ex);
         for (int mi = 0; mi < 4; mi++) {
@@ -1004,6 +1010,12 @@ Test(jit, avx2_code_path_via_forced_features) {
             cr_assert(strstr(as, "ymm"), "%s (%s): expected AVX2 ymm code", specs[si], modes[mi].name);
             cr_assert(!strstr(as, "zmm"), "%s (%s): AVX-512 code although avx512f is off", specs[si], modes[mi].name);
             free(as);
+            char *ir = dump(c, "ir");
+            cr_assert(!strstr(ir, "<16 x float>"), "%s (%s): 16-wide vectors for an 8-wide target",
+                      specs[si], modes[mi].name);
+            if (si == 2 && modes[mi].frozen)
+                cr_assert(strstr(ir, ".sparse"), "%s (%s): expected the sparse kernel", specs[si], modes[mi].name);
+            free(ir);
             static const int64_t batches[] = {1, 7, 40};
             for (int bi = 0; bi < 3; bi++) {
                 int64_t xs[2] = {batches[bi], in};

@@ -33,13 +33,14 @@ static mj_tensor *randn2(int64_t r, int64_t c, mj_rng *rng) {
     return t;
 }
 
-/* y[i][o] = sum_k x[i][k] * w[o][k] + b[o], ascending k from +0 (naive). */
+/* y[i][o] = sum_k x[i][k] * w[o][k] + b[o], ascending k from +0 with one
+ * rounding per term (fmaf), as docs/numerics.md defines (naive). */
 static void naive_linear(const float *x, const float *w, const float *b, float *y, int n,
                          int in, int out) {
     for (int i = 0; i < n; i++)
         for (int o = 0; o < out; o++) {
             float acc = 0.0f;
-            for (int k = 0; k < in; k++) acc = acc + x[i * in + k] * w[o * in + k];
+            for (int k = 0; k < in; k++) acc = fmaf(x[i * in + k], w[o * in + k], acc);
             y[i * out + o] = b ? acc + b[o] : acc;
         }
 }

@@ -2,6 +2,7 @@
  * /work/shared/seed/test_parametrization.py): same steps, same assertions.
  * test_jit_trace is ported with the tracer's tests. */
 #include <criterion/criterion.h>
+#include <math.h>
 #include <string.h>
 
 #include "maskjit.h"
@@ -160,7 +161,7 @@ Test(seed, bias_model_with_identity_masks) {
         for (int i = 0; i < 3; i++)
             for (int o = 0; o < 16; o++) {
                 float acc = 0.0f;
-                for (int k = 0; k < 16; k++) acc += h[i][k] * ((o == k ? 1.0f : 0.0f) * w);
+                for (int k = 0; k < 16; k++) acc = fmaf(h[i][k], (o == k ? 1.0f : 0.0f) * w, acc);
                 next[i][o] = acc + b;
             }
         memcpy(h, next, sizeof h);

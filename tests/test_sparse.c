@@ -16,6 +16,7 @@
 #include <llvm-c/TargetMachine.h>
 #include <llvm-c/Transforms/PassBuilder.h>
 
+#include "jit/jit_internal.h"
 #include "jit/sparse.h"
 #include "maskjit.h"
 
@@ -67,7 +68,10 @@ static void harness_init(harness *h, const float *w, const float *b, int64_t out
     LLVMModuleRef m = LLVMModuleCreateWithNameInContext("sparse_test", ctx);
     char name[32];
     snprintf(name, sizeof name, "sparse_lin%d", g_count++);
-    LLVMValueRef f = mj_sparse_emit_linear(m, name, w, b, out, in, act, fast);
+    char *feat = LLVMGetHostCPUFeatures(); /* the harness compiles for the host */
+    int vw = mj_features_vector_width(feat);
+    LLVMDisposeMessage(feat);
+    LLVMValueRef f = mj_sparse_emit_linear(m, name, w, b, out, in, act, fast, vw);
     cr_assert(f != NULL, "emit failed");
     char *msg = NULL;
     cr_assert(!LLVMVerifyModule(m, LLVMReturnStatusAction, &msg), "invalid IR: %s", msg);
@@ -313,7 +317,7 @@ Test(sparse, all_zero_rows_are_bias_only) {
     for (int64_t i = 0; i < 5; i++)
         for (int64_t j = 0; j < out; j++) {
             float acc = 0.0f;
-            if (j % 4 == 1) acc = acc + X[i * in + j % in] * 1.5f;
+            if (j % 4 == 1) acc = fmaf(X[i * in + j % in], 1.5f, acc);
             float want = mj_act_apply(MJ_ACT_SIGMOID, acc + b[j]);
             float got = Y[i * out + j];
             cr_assert(memcmp(&got, &want, 4) == 0, "[%lld][%lld]: %a vs %a", (long long)i, (long long)j, got, want);
@@ -349,9 +353,10 @@ Test(sparse, emit_rejects_bad_arguments) {
     LLVMContextRef ctx = LLVMContextCreate();
     LLVMModuleRef m = LLVMModuleCreateWithNameInContext("bad", ctx);
     float w[4] = {1, 0, 0, 1};
-    cr_assert_null(mj_sparse_emit_linear(m, "f", w, NULL, 0, 2, MJ_ACT_NONE, false));
-    cr_assert_null(mj_sparse_emit_linear(m, "f", NULL, NULL, 2, 2, MJ_ACT_NONE, false));
-    cr_assert_null(mj_sparse_emit_linear(m, "f", w, NULL, 2, 2, MJ_ACT_COUNT, false));
+    cr_assert_null(mj_sparse_emit_linear(m, "f", w, NULL, 0, 2, MJ_ACT_NONE, false, 8));
+    cr_assert_null(mj_sparse_emit_linear(m, "f", NULL, NULL, 2, 2, MJ_ACT_NONE, false, 8));
+    cr_assert_null(mj_sparse_emit_linear(m, "f", w, NULL, 2, 2, MJ_ACT_COUNT, false, 8));
+    cr_assert_null(mj_sparse_emit_linear(m, "f", w, NULL, 2, 2, MJ_ACT_NONE, false, 5));
     cr_assert_null(LLVMGetNamedFunction(m, "f"));
     LLVMDisposeModule(m);
     LLVMContextDispose(ctx);

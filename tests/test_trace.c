@@ -4,6 +4,7 @@
  * optimisation and freezing). The reference is always eager mode (or a
  * naive loop written here). */
 #include <criterion/criterion.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -165,7 +166,7 @@ Test(trace, live_parameters) {
             float acc = 0.0f;
             for (int k = 0; k < 16; k++) {
                 float wk = (j == k) ? 2.0f : (j == 0 && k == 1) ? 5.0f : 0.0f;
-                acc = acc + h[k] * wk;
+                acc = fmaf(h[k], wk, acc);
             }
             h2[j] = acc;
         }

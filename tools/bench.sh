@@ -2,10 +2,16 @@
 # Runs the benchmark against the peers' best kernels: this workplace pins
 # OpenBLAS to its Haswell (AVX2) kernels through OPENBLAS_CORETYPE and
 # OPENBLAS_L2_SIZE; unsetting both for this one command lets it pick its
-# AVX-512 kernel (shared notes: peers.md). Single-threaded OpenBLAS unless a
-# workload asks for more. Never use these settings in tests or CI.
+# AVX-512 kernel (shared notes: peers.md). Single-threaded OpenBLAS and oneDNN
+# unless a workload asks for more. Never use these settings in tests or CI.
 #
 #   tools/bench.sh [--json|--csv] [--workloads W1,W3] [--smoke] [--plot w6.svg] ...
+#   tools/bench.sh --torch [--workloads W1,W3] [--rounds N] [--min-ms X]
+#
+# --torch adds PyTorch (tools/bench_torch.py, /usr/bin/python3 with torch) as a
+# peer measured in the same run: N rounds (default 5) alternate one round of
+# maskjit-bench with one round of PyTorch per workload, and the table gives
+# each variant's median over the rounds and its ratio to the best peer.
 #
 # BUILD_DIR picks the build directory (default: build).
 set -eu
@@ -17,4 +23,41 @@ if [ ! -x "$exe" ]; then
     echo "tools/bench.sh: $exe not found; build first (meson setup $build && ninja -C $build)" >&2
     exit 2
 fi
-exec env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE OPENBLAS_NUM_THREADS=1 "$exe" "$@"
+peer_env() { env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 "$@"; }
+
+if [ "${1:-}" != --torch ]; then
+    peer_env "$exe" "$@"
+    exit $?
+fi
+shift
+workloads=W1,W2,W3,W4,W5
+rounds=5
+min_ms=25
+while [ $# -gt 0 ]; do
+    case $1 in
+    --workloads) workloads=${2:?--workloads needs a value}; shift 2 ;;
+    --rounds) rounds=${2:?--rounds needs a value}; shift 2 ;;
+    --min-ms) min_ms=${2:?--min-ms needs a value}; shift 2 ;;
+    *) echo "tools/bench.sh --torch: unknown argument '$1' (--workloads, --rounds, --min-ms)" >&2; exit 2 ;;
+    esac
+done
+case $rounds in ''|*[!0-9]*|0) echo "tools/bench.sh: --rounds wants a count >= 1, got '$rounds'" >&2; exit 2 ;; esac
+py=/usr/bin/python3
+if ! $py -c 'import torch' 2>/dev/null; then
+    echo "tools/bench.sh --torch: $py cannot import torch (apt-get install python3-torch)" >&2
+    exit 2
+fi
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+compact() { $py -c 'import json,sys; print(json.dumps(json.load(sys.stdin)))'; }
+r=1
+while [ "$r" -le "$rounds" ]; do
+    for w in $(echo "$workloads" | tr ',' ' '); do
+        echo "round $r/$rounds: $w" >&2
+        peer_env "$exe" --workloads "$w" --reps 1 --min-ms "$min_ms" --json 2>/dev/null | compact >>"$log"
+        peer_env $py "$root/tools/bench_torch.py" --workloads "$w" --reps 1 --min-ms "$min_ms" --json \
+            2>/dev/null | compact >>"$log"
+    done
+    r=$((r + 1))
+done
+$py "$root/tools/bench_torch.py" --merge "$log"

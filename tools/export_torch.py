@@ -1,39 +1,61 @@
 #!/usr/bin/python3
-"""Export a pruned PyTorch model to a safetensors file that maskjit loads.
+"""Export a PyTorch model to a file that maskjit loads, checked at export time.
 
-Library use (any nn.Module built from nn.Linear / nn.Sequential / activations,
-with FakeSparsity or FakeStructuredSparsity parametrizations on Linear weights):
+Any nn.Module (library use):
 
     import export_torch
-    export_torch.export(model, example_input, "model.safetensors", spec="mlp:16,32,8:act=relu")
+    export_torch.export(model, example_inputs, "model.safetensors")
 
-The file holds, under PyTorch's own key names:
-  * the model's state_dict ("0.parametrizations.weight.original", "0.bias", ...),
-  * every mask under "<mod>.parametrizations.weight.0.mask" (FakeSparsity hides its
-    mask from state_dict; maskjit wants it). A FakeStructuredSparsity row mask is
-    stored as its [out] vector under the same key and listed in the metadata
-    "maskjit.structured" (comma-separated keys),
-  * "input" (the example input) and "expected" (the model's output on it,
-    computed under torch.no_grad()), all float32,
-  * __metadata__ {"maskjit.model": spec, "maskjit.generator": ..., "torch.version": ...}.
+records the model with torch.jit.trace and writes a maskjit trace file (the
+format of `maskjit trace -o`: the IR text in the metadata "maskjit.ir",
+tensors under PyTorch's state-dict names). It holds:
+  * every parameter and buffer under its state_dict key; masks stay separate
+    params multiplied in by the IR: FakeSparsity / FakeStructuredSparsity
+    parametrizations as `mul(<mod>.parametrizations.weight.0.mask,
+    <mod>.parametrizations.weight.original)`, torch.nn.utils.prune as
+    `mul(<mod>.weight_mask, <mod>.weight_orig)`; so live mode sees mask edits
+    and frozen mode specialises on them,
+  * "input" and PyTorch's "expected" output (several inputs/outputs: "input.0",
+    "expected.0", ...), and the same for random inputs at two other batch
+    sizes under "input.batchN" / "expected.batchN" (`batches=(1, 5)`),
+  * metadata: "maskjit.generator", "torch.version", "maskjit.batches" and
+    "maskjit.origins" (JSON: IR value "%5" -> module path "encoder.attn.query").
+The batch (dim 0 of every input) becomes B; sizes read from x.shape stay
+B-relative. An op maskjit lacks, or a graph that cannot work at any batch,
+is refused with the reason, the op, the module path and the source line.
 
-maskjit rebuilds the architecture from the spec string (include/maskjit/models.h):
-"mut", "mut-nobias", "mlp:IN,H1,...,OUT[:act=relu|gelu|gelu_tanh|sigmoid|tanh|none][:bias=0|1]".
-When spec is None and the model is an nn.Sequential of Linear layers with one
-activation between them, the spec is inferred.
+With spec= (e.g. "mlp:16,32,8:act=relu"), the file is instead a spec file
+that maskjit rebuilds from the spec string (include/maskjit/models.h), with
+the state_dict, the masks under "<mod>.parametrizations.weight.0.mask" (a
+FakeStructuredSparsity row mask as its [out] vector, listed in
+"maskjit.structured"; a prune'd weight as weight_orig -> "...original"),
+"input", "expected" and metadata "maskjit.model".
 
-Command line (builds the model a spec names, prunes it, exports it):
+Both kinds are read back and compared with the model (at the example's batch
+and at the other batch sizes) before they replace `path`, then run through
+`maskjit check` when the binary is found (build/maskjit, $MASKJIT or PATH).
 
+Command line:
+
+    /usr/bin/python3 tools/export_torch.py --module model.py:make_model --inputs 4x16 -o out.safetensors
     /usr/bin/python3 tools/export_torch.py --spec mlp:16,32,8:act=relu --density 0.5 \
         --batch 4 --seed 0 -o out.safetensors
     # --sparsifier: masks from torch's WeightNormSparsifier, sparse_block_shape (1, 4)
     # --structured: FakeStructuredSparsity row masks instead of unstructured masks
 """
 import argparse
+import importlib.util
+import json
 import os
+import re
+import shutil
+import subprocess
 import sys
+import tempfile
+import warnings
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
@@ -136,44 +158,6 @@ def build_model(spec):
     return nn.Sequential(*layers)
 
 
-def infer_spec(model):
-    """'mlp:...' for an nn.Sequential of Linear layers with one activation between them."""
-    if not isinstance(model, nn.Sequential):
-        return None
-    mods = list(model)
-    linears = mods[0::2]
-    acts = mods[1::2]
-    if not mods or len(mods) % 2 != 1 or not all(isinstance(m, nn.Linear) for m in linears):
-        return None
-    names = []
-    for a in acts:
-        if isinstance(a, nn.ReLU):
-            names.append("relu")
-        elif isinstance(a, nn.GELU):
-            names.append("gelu_tanh" if a.approximate == "tanh" else "gelu")
-        elif isinstance(a, nn.Sigmoid):
-            names.append("sigmoid")
-        elif isinstance(a, nn.Tanh):
-            names.append("tanh")
-        elif isinstance(a, nn.Identity):
-            names.append("none")
-        else:
-            return None
-    if len(set(names)) > 1:
-        return None
-    biases = {lin.bias is not None for lin in linears}
-    if len(biases) != 1:
-        return None
-    widths = [linears[0].in_features] + [lin.out_features for lin in linears]
-    for a, b in zip(linears, linears[1:]):
-        if a.out_features != b.in_features:
-            return None
-    spec = "mlp:" + ",".join(str(w) for w in widths)
-    spec += ":act=" + (names[0] if names else "relu")
-    spec += ":bias=" + ("1" if biases.pop() else "0")
-    return spec
-
-
 def collect_masks(model):
     """{mask key: (mask tensor, structured?)} for every parametrized weight.
     Raises ValueError for a parametrization maskjit cannot rebuild."""
@@ -207,19 +191,17 @@ def collect_masks(model):
     return masks
 
 
-def export(model, example_input, path, spec=None, generator="tools/export_torch.py",
-           extra_metadata=None):
-    """Writes model + masks + input + expected output to `path` (safetensors).
-    Returns the dict of tensors written."""
-    if spec is None:
-        spec = infer_spec(model)
-        if spec is None:
-            raise ValueError("cannot infer a maskjit spec for this model: pass spec=")
+def _spec_tensors(model, example_input, spec, generator, extra_metadata):
+    """The tensors and metadata of a spec export: model + masks + input +
+    expected output. Prune'd layers are stored as maskjit's parametrized keys."""
     masks = collect_masks(model)
+    masks.update(_prune_masks(model))
     tensors = {}
+    renamed = _prune_renames(model)
     for key, value in model.state_dict().items():
-        if key.endswith(MASK_SUFFIX):
-            continue  # a mask leaking into state_dict: written below, once
+        if key.endswith(MASK_SUFFIX) or renamed.get(key) == "":
+            continue  # a mask leaking into state_dict, or a prune mask: written below, once
+        key = renamed.get(key, key)
         if not value.is_floating_point():
             raise ValueError(f"state_dict entry {key} has dtype {value.dtype}; maskjit reads float tensors")
         tensors[key] = value.detach().to(torch.float32).contiguous()
@@ -242,8 +224,8 @@ def export(model, example_input, path, spec=None, generator="tools/export_torch.
         metadata["maskjit.structured"] = ",".join(structured)
     if extra_metadata:
         metadata.update(extra_metadata)
-    safetensors_io.save(path, tensors, metadata)
-    return tensors
+    return tensors, metadata
+
 
 
 def linear_modules(model):
@@ -286,37 +268,1078 @@ def prune_weight_norm(model, density):
     return sparsifier
 
 
+# ---------------------------------------------------------------------------
+# Any nn.Module -> a maskjit trace file (the format of `maskjit trace -o`).
+#
+# Why torch.jit.trace and not torch.fx.symbolic_trace: fx runs forward on
+# Proxy objects, so Hugging Face-style code that unpacks shapes
+# (`b, s, _ = x.shape`), loops over them or calls non-torch helpers fails
+# to trace; torch.jit.trace runs forward on real tensors and records every
+# aten op with its module scope and source line, and records shape reads
+# (aten::size) so sizes derived from the batch stay symbolic. What it cannot
+# see (Python control flow on values) is caught by retracing at other batch
+# sizes (check_inputs) and by comparing the written file with the model there.
+# ---------------------------------------------------------------------------
+
+
+class ExportError(ValueError):
+    """The model cannot be exported to a checked maskjit file; the message says why."""
+
+
+_TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__))
+_FLOAT32 = 6  # torch's ScalarType code for float32 in traced graphs
+MJ_RTOL, MJ_ATOL = 1.3e-6, 1e-5  # torch.testing.assert_close's float32 tolerances
+MAX_RANK = 4
+B = "B"  # the symbolic batch dim in shapes
+
+
+class _T:
+    """A tensor value of the IR being built: its id and shape (ints and B)."""
+
+    def __init__(self, vid, shape):
+        self.id, self.shape = vid, tuple(shape)
+
+
+class _Sym:
+    """An int the trace read from a shape: coef * B (or a plain int: use int)."""
+
+    def __init__(self, coef):
+        self.coef = coef
+
+    def __repr__(self):
+        return "B" if self.coef == 1 else f"{self.coef}*B"
+
+
+class _Mod:
+    """A module (or a parametrization container) reached by prim::GetAttr."""
+
+    def __init__(self, path, obj):
+        self.path, self.obj = path, obj
+
+
+def _shape_str(shape):
+    return "f32[" + ",".join(str(d) for d in shape) + "]"
+
+
+def _ir_name(name):
+    if not name or len(name) > 1024 or any(not 32 <= ord(c) < 127 for c in name):
+        raise ExportError(f"tensor name {name!r} is not 1-1024 printable ASCII characters")
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _broadcast(a, b, what):
+    """NumPy broadcast of two IR shapes, as docs/IR.md defines it with B."""
+    out = []
+    for i in range(1, max(len(a), len(b)) + 1):
+        x = a[-i] if i <= len(a) else 1
+        y = b[-i] if i <= len(b) else 1
+        if x == y or y == 1:
+            out.append(x)
+        elif x == 1:
+            out.append(y)
+        else:
+            raise ExportError(f"{what}: cannot broadcast {_shape_str(a)} with {_shape_str(b)}")
+    return tuple(reversed(out))
+
+
+class _Builder:
+    """Emits maskjit IR text (docs/IR.md) and the tensors the file needs."""
+
+    def __init__(self, model, state, origin_of):
+        self.model = model
+        self.state = state          # key -> tensor: every param/buffer to store
+        self.lines = []
+        self.params = {}            # key -> _T
+        self.consts = 0
+        self.tensors = {}           # name -> float32 tensor for params and large consts
+        self.origins = {}           # "%id" -> module path
+        self.origin_of = origin_of  # (operand ids, on_input) -> module path of the node
+        self.node = None            # the torch node being emitted (for messages)
+        self.on_input = set()       # ids of values that depend on an input
+
+    def _add(self, text, shape, data=None, operands=(), origin=None):
+        vid = len(self.lines)
+        for d in shape:
+            if d != B and d < 0:
+                raise ExportError(f"{self.where()}: negative size in {_shape_str(shape)}")
+        if not 1 <= len(shape) <= MAX_RANK:
+            raise ExportError(f"{self.where()}: a value of rank {len(shape)}; maskjit tensors have "
+                              f"rank 1-{MAX_RANK}")
+        self.lines.append(f"%{vid} = {text} : {_shape_str(shape)}" +
+                          (f" = [{data}]" if data is not None else ""))
+        if text.startswith("input ") or any(o.id in self.on_input for o in operands):
+            self.on_input.add(vid)
+        if origin is None:
+            origin = self.origin_of([o.id for o in operands], vid in self.on_input)
+        if origin is not None:
+            self.origins[f"%{vid}"] = origin
+        return _T(vid, shape)
+
+    def where(self):
+        return _describe(self.model, self.node) if self.node is not None else "export"
+
+    def input(self, name, shape):
+        return self._add(f"input {_ir_name(name)}", shape)
+
+    def param(self, key, tensor):
+        if key not in self.params:
+            t = _as_f32(tensor, key)
+            shape = tuple(t.shape) if t.dim() > 0 else (1,)
+            owner = key.rsplit(".", 1)[0] if "." in key else ""
+            self.params[key] = self._add(f"param {_ir_name(key)}", shape, origin=owner)
+            self.tensors[key] = t.reshape(shape)
+        return self.params[key]
+
+    def const(self, tensor):
+        """A tensor the trace captured (or a Python scalar) as an IR const."""
+        t = tensor.detach().to(torch.float32).contiguous()
+        shape = tuple(t.shape) if t.dim() > 0 else (1,)
+        t = t.reshape(shape)
+        self.consts += 1
+        name = f"maskjit.const.{self.consts}"
+        if name in self.state:
+            raise ExportError(f"the model has a tensor named {name!r}, which the exporter uses")
+        if t.numel() <= 64:  # small consts inline, as maskjit's printer does
+            data = ", ".join(float(v).hex() for v in t.flatten().tolist())
+            return self._add(f"const {_ir_name(name)}", shape, data)
+        self.tensors[name] = t
+        return self._add(f"const {_ir_name(name)}", shape)
+
+    def op(self, name, operands, shape, act=None):
+        text = name + " " + ", ".join(f"%{o.id}" for o in operands)
+        if act:
+            text += " {act=" + act + "}"
+        return self._add(text, shape, operands=operands)
+
+    def text(self, outputs):
+        return "maskjit-ir 1\n" + "".join(l + "\n" for l in self.lines) + \
+            "return " + ", ".join(f"%{o.id}" for o in outputs) + "\n"
+
+
+def _as_f32(t, what):
+    if not t.is_floating_point():
+        raise ExportError(f"{what} has dtype {t.dtype}; maskjit computes in float32")
+    return t.detach().to(torch.float32).contiguous()
+
+
+def _module_path(node):
+    """'encoder.attn.query' from the node's scope '__module.encoder/__module.encoder.attn.query'."""
+    scope = node.scopeName()
+    if not scope:
+        return ""
+    last = scope.split("/")[-1]
+    return last[len("__module."):] if last.startswith("__module.") else last
+
+
+def _source_line(node):
+    """'model.py:41': the first frame of the node's stack outside PyTorch itself."""
+    try:
+        text = node.sourceRange()
+    except RuntimeError:
+        return None
+    frames = []
+    for f in str(text).splitlines():
+        m = re.match(r"(.*)\((\d+)\): ", f)
+        if m and os.path.abspath(m.group(1)) == os.path.join(_TORCH_DIR, "jit", "_trace.py"):
+            break  # what follows called torch.jit.trace: not the model's code
+        if m:
+            frames.append(m)
+    for m in frames:
+        where = os.path.abspath(m.group(1))
+        if not where.startswith(_TORCH_DIR + os.sep) and where != os.path.abspath(__file__):
+            return f"{os.path.basename(m.group(1))}:{m.group(2)}"
+    # No frame in the user's code (an nn.Sequential calls the layer): PyTorch's own.
+    return f"{os.path.basename(frames[0].group(1))}:{frames[0].group(2)}" if frames else None
+
+
+def _describe(model, node):
+    """'aten::leaky_relu at encoder.act (LeakyReLU), model.py:41'."""
+    path = _module_path(node)
+    try:
+        cls = type(model.get_submodule(path)).__name__ if path else type(model).__name__
+    except AttributeError:
+        cls = "?"
+    text = f"{node.kind()} at {path or '<root>'} ({cls})"
+    src = _source_line(node)
+    return text + (f", {src}" if src else "")
+
+
+# ---- the op table: aten op -> emitter ------------------------------------
+# An emitter gets (ctx, node, ins) with ins the node's inputs resolved to _T
+# (tensor), _Sym/int/float/bool/None/list (trace-time values) or _Mod, and
+# returns the node's outputs as a list. Adding an op is one entry here.
+
+def _tensor(cx, v, what="operand"):
+    if isinstance(v, _T):
+        return v
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        if isinstance(v, _Sym):
+            raise ExportError(f"{cx.b.where()}: uses the batch size as a tensor value; maskjit's "
+                              "IR has no such op")
+        raise ExportError(f"{cx.b.where()}: {what} is {v!r}, not a tensor")
+    return cx.b.const(torch.tensor(float(v)))
+
+
+def _const_arg(cx, v, what, allowed=None):
+    if isinstance(v, (_T, _Sym, _Mod)):
+        raise ExportError(f"{cx.b.where()}: {what} must be a constant of the trace")
+    if allowed is not None and v not in allowed:
+        raise ExportError(f"{cx.b.where()}: {what} = {v!r} (maskjit supports {allowed})")
+    return v
+
+
+def _identity(cx, node, ins):
+    return [ins[0]]
+
+
+def _to(cx, node, ins):
+    # aten::to(self, dtype, ...), to(self, device, dtype, ...), to(self, other, ...)
+    for v in ins[1:3]:
+        if isinstance(v, int) and not isinstance(v, bool) and v != _FLOAT32:
+            raise ExportError(f"{cx.b.where()}: converts to dtype code {v}; maskjit computes "
+                              "in float32 only")
+        if isinstance(v, _T):
+            break
+    return [_tensor(cx, ins[0])]
+
+
+def _dropout(cx, node, ins):
+    if _const_arg(cx, ins[2], "train") is not False:
+        raise ExportError(f"{cx.b.where()}: dropout in training mode (call model.eval())")
+    return [ins[0]]
+
+
+def _linear(cx, node, ins):
+    x, w = _tensor(cx, ins[0]), _tensor(cx, ins[1], "weight")
+    bias = ins[2] if len(ins) > 2 else None
+    if len(w.shape) != 2 or B in w.shape:
+        raise ExportError(f"{cx.b.where()}: weight {_shape_str(w.shape)} is not [out, in]")
+    if x.shape[-1] != w.shape[1]:
+        raise ExportError(f"{cx.b.where()}: input {_shape_str(x.shape)} vs weight {_shape_str(w.shape)}")
+    ops = [x, w]
+    if bias is not None:
+        b = _tensor(cx, bias, "bias")
+        if b.shape != (w.shape[0],):
+            raise ExportError(f"{cx.b.where()}: bias {_shape_str(b.shape)} is not [{w.shape[0]}]")
+        ops.append(b)
+    return [cx.b.op("linear", ops, x.shape[:-1] + (w.shape[0],))]
+
+
+def _matmul(cx, node, ins):
+    a, b = _tensor(cx, ins[0]), _tensor(cx, ins[1])
+    if len(a.shape) != 2 or len(b.shape) != 2:
+        raise ExportError(f"unsupported: {cx.b.where()}: matmul of {_shape_str(a.shape)} and "
+                          f"{_shape_str(b.shape)}; maskjit's matmul is rank 2 only")
+    if a.shape[1] != b.shape[0] or a.shape[1] == B:
+        raise ExportError(f"{cx.b.where()}: matmul {_shape_str(a.shape)} x {_shape_str(b.shape)}")
+    return [cx.b.op("matmul", [a, b], (a.shape[0], b.shape[1]))]
+
+
+def _transpose2(cx, x):
+    if len(x.shape) != 2:
+        raise ExportError(f"unsupported: {cx.b.where()}: transpose of rank {len(x.shape)}; "
+                          "maskjit's transpose is rank 2 only")
+    return [cx.b.op("transpose", [x], (x.shape[1], x.shape[0]))]
+
+
+def _t(cx, node, ins):
+    x = _tensor(cx, ins[0])
+    return [x] if len(x.shape) < 2 else _transpose2(cx, x)
+
+
+def _transpose(cx, node, ins):
+    x = _tensor(cx, ins[0])
+    d0, d1 = (_const_arg(cx, d, "dim") % len(x.shape) for d in ins[1:3])
+    return [x] if d0 == d1 else _transpose2(cx, x)
+
+
+def _permute(cx, node, ins):
+    x = _tensor(cx, ins[0])
+    dims = [_const_arg(cx, d, "dim") % len(x.shape) for d in ins[1]]
+    if dims == list(range(len(x.shape))):
+        return [x]
+    if dims == [1, 0]:
+        return _transpose2(cx, x)
+    raise ExportError(f"unsupported: {cx.b.where()}: permute {dims}; maskjit has rank-2 transpose only")
+
+
+def _binary(opname, reverse=False):
+    def emit(cx, node, ins):
+        a, b = ins[0], ins[1]
+        if not isinstance(a, _T) and not isinstance(b, _T):
+            return [_sym_arith(cx, node.kind(), a, b)]
+        if len(ins) > 2 and _const_arg(cx, ins[2], "alpha") != 1:
+            raise ExportError(f"unsupported: {cx.b.where()}: alpha = {ins[2]!r}")
+        a, b = _tensor(cx, a), _tensor(cx, b)
+        if reverse:
+            a, b = b, a
+        return [cx.b.op(opname, [a, b], _broadcast(a.shape, b.shape, cx.b.where()))]
+    return emit
+
+
+def _unary(opname):
+    def emit(cx, node, ins):
+        x = _tensor(cx, ins[0])
+        return [cx.b.op(opname, [x], x.shape)]
+    return emit
+
+
+def _gelu(cx, node, ins):
+    approx = _const_arg(cx, ins[1] if len(ins) > 1 else "none", "approximate", ("none", "tanh"))
+    x = _tensor(cx, ins[0])
+    return [cx.b.op("gelu" if approx == "none" else "gelu_tanh", [x], x.shape)]
+
+
+def _numel(shape):
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def _reshape_to(cx, x, sizes):
+    """x reshaped to sizes (ints, B as _Sym(1), -1): the batch must stay a whole dim."""
+    out, infer = [], None
+    for i, s in enumerate(sizes):
+        if isinstance(s, _Sym):
+            if s.coef != 1:
+                raise ExportError(
+                    f"{cx.b.where()}: size {s!r} at dim {i} mixes the batch with other dims; "
+                    "maskjit types have B only as a whole dim")
+            out.append(B)
+        elif s == -1 and infer is None:
+            infer = i
+            out.append(-1)
+        elif isinstance(s, int) and not isinstance(s, bool) and s >= 0:
+            out.append(s)
+        else:
+            raise ExportError(f"{cx.b.where()}: size {s!r} at dim {i}")
+    n_in, c_in = x.shape.count(B), _numel([d for d in x.shape if d != B])
+    n_out, c_out = out.count(B), _numel([d for d in out if d not in (B, -1)])
+    if infer is not None:
+        if n_in == n_out + 1 and c_out == c_in:
+            out[infer] = B  # -1 stands for exactly the batch
+        elif n_in == n_out and c_out and c_in % c_out == 0:
+            out[infer] = c_in // c_out
+        else:
+            raise ExportError(
+                f"{cx.b.where()}: -1 in {sizes} would be a multiple of the batch "
+                f"(input {_shape_str(x.shape)}); maskjit types have B only as a whole dim")
+    if n_in != out.count(B):
+        raise ExportError(
+            f"{cx.b.where()}: reshapes {_shape_str(x.shape)} to {_shape_str(out)}: the batch "
+            f"size was baked into the trace as a constant (trace-time batch {cx.batch}); take "
+            "sizes from x.shape or use -1 so the graph works at any batch")
+    if _numel([d for d in out if d != B]) != c_in:
+        raise ExportError(f"{cx.b.where()}: reshape {_shape_str(x.shape)} to {_shape_str(out)}")
+    out = tuple(out)
+    return x if out == x.shape else cx.b.op("reshape", [x], out)
+
+
+def _view(cx, node, ins):
+    sizes = ins[1]
+    if not isinstance(sizes, list):
+        raise ExportError(f"{cx.b.where()}: size argument {sizes!r}")
+    return [_reshape_to(cx, _tensor(cx, ins[0]), sizes)]
+
+
+def _flatten(cx, node, ins):
+    x = _tensor(cx, ins[0])
+    r = len(x.shape)
+    s, e = (_const_arg(cx, d, "dim") % max(r, 1) for d in ins[1:3])
+    merged = x.shape[s:e + 1]
+    if B in merged and len([d for d in merged if d != 1]) > 1:
+        raise ExportError(f"{cx.b.where()}: flattens the batch with other dims "
+                          f"({_shape_str(x.shape)}, dims {s}..{e}); maskjit types have B only as "
+                          "a whole dim")
+    mid = B if B in merged else _numel(merged)
+    sizes = [_Sym(1) if d == B else d for d in x.shape[:s]] + [_Sym(1) if mid == B else mid] + \
+        [_Sym(1) if d == B else d for d in x.shape[e + 1:]]
+    return [_reshape_to(cx, x, sizes)]
+
+
+def _unsqueeze(cx, node, ins):
+    x = _tensor(cx, ins[0])
+    d = _const_arg(cx, ins[1], "dim") % (len(x.shape) + 1)
+    sizes = [_Sym(1) if v == B else v for v in x.shape]
+    sizes.insert(d, 1)
+    return [_reshape_to(cx, x, sizes)]
+
+
+def _size(cx, node, ins):
+    x = _tensor(cx, ins[0])
+    dims = [_Sym(1) if d == B else d for d in x.shape]
+    if len(ins) == 1:
+        return [dims]
+    return [dims[_const_arg(cx, ins[1], "dim") % len(dims)]]
+
+
+def _sym_arith(cx, kind, a, b):
+    """Trace-time int arithmetic on sizes: the result must stay c or c*B."""
+    op = kind.split("::")[1].rstrip("_")
+    ca, cb = (v.coef if isinstance(v, _Sym) else v for v in (a, b))
+    sa, sb = isinstance(a, _Sym), isinstance(b, _Sym)
+    if not sa and not sb:
+        return {"mul": lambda: a * b, "add": lambda: a + b, "sub": lambda: a - b,
+                "floor_divide": lambda: a // b, "div": lambda: a / b}[op]()
+    if op == "mul" and not (sa and sb):
+        return _Sym(ca * cb)
+    if op in ("floor_divide", "div") and sa and not sb and cb and ca % cb == 0:
+        return _Sym(ca // cb)
+    raise ExportError(f"{cx.b.where()}: size arithmetic {a!r} {op} {b!r} does not give a whole "
+                      "batch dim; maskjit types have B only as a whole dim")
+
+
+def _div_sizes(cx, node, ins):
+    if isinstance(ins[0], _T) or isinstance(ins[1], _T):
+        raise ExportError(f"unsupported: {cx.b.where()}")
+    return [_sym_arith(cx, node.kind(), ins[0], ins[1])]
+
+
+OPS = {
+    "aten::linear": _linear,
+    "aten::matmul": _matmul,
+    "aten::mm": _matmul,
+    "aten::t": _t,
+    "aten::transpose": _transpose,
+    "aten::permute": _permute,
+    "aten::add": _binary("add"),
+    "aten::sub": _binary("sub"),
+    "aten::rsub": _binary("sub", reverse=True),
+    "aten::mul": _binary("mul"),
+    "aten::relu": _unary("relu"),
+    "aten::sigmoid": _unary("sigmoid"),
+    "aten::tanh": _unary("tanh"),
+    "aten::gelu": _gelu,
+    "aten::dropout": _dropout,
+    "aten::feature_dropout": _dropout,
+    "aten::alpha_dropout": _dropout,
+    "aten::feature_alpha_dropout": _dropout,
+    "aten::contiguous": _identity,
+    "aten::detach": _identity,
+    "aten::clone": _identity,
+    "aten::alias": _identity,
+    "aten::to": _to,
+    "aten::view": _view,
+    "aten::reshape": _view,
+    "aten::flatten": _flatten,
+    "aten::unsqueeze": _unsqueeze,
+    "aten::size": _size,
+    "aten::floor_divide": _div_sizes,
+    "aten::div": _div_sizes,
+    "prim::NumToTensor": _identity,
+    "aten::Int": _identity,
+    "aten::ScalarImplicit": _identity,
+}
+# In-place forms: the same op; the mutated tensor is rebound to the result.
+INPLACE = {k + "_": v for k, v in OPS.items()
+           if k in ("aten::add", "aten::sub", "aten::mul", "aten::relu", "aten::sigmoid",
+                    "aten::tanh", "aten::dropout")}
+# Ops whose result shares storage with their first input (for in-place checks).
+_ALIASING = {"aten::view", "aten::reshape", "aten::flatten", "aten::unsqueeze", "aten::t",
+             "aten::transpose", "aten::permute", "aten::contiguous", "aten::detach",
+             "aten::alias", "aten::to", "aten::dropout", "aten::feature_dropout",
+             "aten::alpha_dropout", "aten::feature_alpha_dropout"}
+
+
+class _Ctx:
+    def __init__(self, builder, batch):
+        self.b, self.batch = builder, batch
+
+
+def _resolve_attr(mod, name):
+    """prim::GetAttr on a module: a submodule or a tensor attribute."""
+    obj = mod.obj
+    if isinstance(obj, nn.Module) and name in obj._modules:
+        return obj._modules[name]
+    return getattr(obj, name)
+
+
+def _translate(model, traced, inputs, input_names, state):
+    """torch.jit.trace's graph -> (IR text, tensors, origins)."""
+    graph = traced.inlined_graph
+    torch._C._jit_pass_dce(graph)
+    nodes = list(graph.nodes())
+    order = {n: i for i, n in enumerate(nodes)}
+    current = [None]
+
+    def origin(operand_ids, on_input):
+        """The module a new IR value comes from ("" = the root's forward): the
+        node's scope; for a param its owner; for a weight computed outside
+        any forward (prune's pre-hook) the module of its operands."""
+        node = current[0]
+        if node is None:
+            return None
+        path = _module_path(node)
+        if not path and not on_input:
+            for ref in operand_ids:
+                path = bld.origins.get(f"%{ref}", "")
+                if path:
+                    break
+        return path
+
+    bld = _Builder(model, state, origin)
+    cx = _Ctx(bld, inputs[0].shape[0])
+    env = {}
+    alias_root = {}  # value -> the value whose storage it shares (views, detach, ...)
+    values = {v.unique(): v for n in nodes for v in n.outputs()}
+    values.update({v.unique(): v for v in graph.inputs()})
+    g_inputs = list(graph.inputs())
+    env[g_inputs[0].unique()] = _Mod("", model)
+    if len(g_inputs) - 1 != len(inputs):
+        raise ExportError(f"the traced graph takes {len(g_inputs) - 1} inputs, "
+                          f"{len(inputs)} example inputs were given")
+    for v, x, name in zip(g_inputs[1:], inputs, input_names):
+        env[v.unique()] = bld.input(name, (B,) + tuple(x.shape[1:]))
+    for node in nodes:
+        current[0] = node
+        bld.node = node
+        kind = node.kind()
+        if kind == "prim::Constant":
+            val = node.output().toIValue() if node.hasAttributes() else None
+            if isinstance(val, torch.Tensor):
+                if val.dim() > 0 and val.dtype != torch.float32:
+                    raise ExportError(f"{bld.where()}: a captured {val.dtype} tensor; maskjit "
+                                      "computes in float32")
+                val = bld.const(val) if val.dim() > 0 else val.item()
+            env[node.output().unique()] = val
+            continue
+        ins = [env[v.unique()] for v in node.inputs()]
+        if kind == "prim::GetAttr":
+            mod = ins[0]
+            name = node.s("name")
+            path = f"{mod.path}.{name}" if mod.path else name
+            obj = _resolve_attr(mod, name)
+            if isinstance(obj, torch.Tensor):
+                env[node.output().unique()] = bld.param(path, obj)
+            else:
+                env[node.output().unique()] = _Mod(path, obj)
+            continue
+        if kind == "prim::ListConstruct" or kind == "prim::TupleConstruct":
+            env[node.output().unique()] = list(ins)
+            continue
+        if kind in ("prim::ListUnpack", "prim::TupleUnpack"):
+            for o, v in zip(node.outputs(), ins[0]):
+                env[o.unique()] = v
+            continue
+        emit = OPS.get(kind) or INPLACE.get(kind)
+        if emit is None:
+            raise ExportError(f"unsupported: {_describe(model, node)}")
+        outs = emit(cx, node, ins)
+        if kind in INPLACE:
+            _check_inplace(bld, node, env, alias_root, values, order)
+            env[node.inputsAt(0).unique()] = outs[0]
+        for o, v in zip(node.outputs(), outs):
+            env[o.unique()] = v
+            if kind in _ALIASING:
+                src = node.inputsAt(0).unique()
+                alias_root[o.unique()] = alias_root.get(src, src)
+    current[0] = None
+    bld.node = None
+    rets = list(graph.outputs())
+    outs = []
+    for r in rets:
+        v = env[r.unique()]
+        for item in (v if isinstance(v, list) else [v]):
+            if not isinstance(item, _T):
+                raise ExportError(f"the model returns {item!r}; maskjit graphs return tensors")
+            outs.append(item)
+    return bld.text(outs), bld.tensors, bld.origins, [o.shape for o in outs]
+
+
+def _check_inplace(bld, node, env, alias_root, values, order):
+    """An in-place op is rebound functionally: refused when another name for
+    the same storage (a view of it, or what it views) is read after it."""
+    first = node.inputsAt(0).unique()
+    if any(env[first] is p for p in bld.params.values()):
+        raise ExportError(f"{bld.where()}: modifies a parameter in place")
+    root = alias_root.get(first, first)
+    group = {v for v, r in alias_root.items() if r == root} | {root}
+    for other in group - {first}:
+        if any(order.get(u.user, -1) > order[node] for u in values[other].uses()):
+            raise ExportError(f"{bld.where()}: an in-place op on a tensor that shares storage "
+                              "with another one read later; maskjit's IR has no aliasing")
+
+
+# ---- reading back what was written ----------------------------------------
+
+_LINE = re.compile(r'%(\d+) = (\w+)(.*?) : f32\[([^\]]*)\](?: = \[(.*)\])?$')
+_NAME = re.compile(r'"((?:[^"\\]|\\.)*)"')
+_REF_OPS = {
+    "linear": lambda a: F.linear(a[0], a[1], a[2] if len(a) > 2 else None),
+    "matmul": lambda a: torch.mm(a[0], a[1]),
+    "add": lambda a: a[0] + a[1],
+    "sub": lambda a: a[0] - a[1],
+    "mul": lambda a: a[0] * a[1],
+    "relu": lambda a: torch.relu(a[0]),
+    "gelu": lambda a: F.gelu(a[0]),
+    "gelu_tanh": lambda a: F.gelu(a[0], approximate="tanh"),
+    "sigmoid": lambda a: torch.sigmoid(a[0]),
+    "tanh": lambda a: torch.tanh(a[0]),
+    "transpose": lambda a: a[0].t(),
+}
+
+
+def reference_run(text, tensors, inputs):
+    """Evaluates maskjit IR text (docs/IR.md) with PyTorch ops on `inputs`:
+    an independent reading of a written file, used to validate it."""
+    lines = [l for l in text.split("\n") if l.strip()]
+    if not lines or lines[0] != "maskjit-ir 1" or not lines[-1].startswith("return "):
+        raise ExportError("the IR text has no 'maskjit-ir 1' header or no return line")
+    batch = inputs[0].shape[0]
+    vals, n_in = [], 0
+    for line in lines[1:-1]:
+        m = _LINE.match(line)
+        if not m or int(m.group(1)) != len(vals):
+            raise ExportError(f"IR line not understood: {line}")
+        op, rest, data = m.group(2), m.group(3), m.group(5)
+        shape = [batch if d == B else int(d) for d in m.group(4).split(",")]
+        if op in ("input", "param", "const"):
+            name = _NAME.search(rest).group(1).replace('\\"', '"').replace("\\\\", "\\")
+            if op == "input":
+                v, n_in = inputs[n_in], n_in + 1
+            elif data is not None:
+                v = torch.tensor([float.fromhex(x) for x in data.split(", ")],
+                                 dtype=torch.float32).reshape(shape)
+            else:
+                v = tensors[name]
+        elif op == "reshape":
+            v = vals[int(re.search(r"%(\d+)", rest).group(1))].reshape(shape)
+        elif op in _REF_OPS:
+            v = _REF_OPS[op]([vals[int(i)] for i in re.findall(r"%(\d+)", rest)])
+        else:
+            raise ExportError(f"IR op {op} has no reference here")
+        if list(v.shape) != shape:
+            raise ExportError(f"IR line {line}: PyTorch gives shape {list(v.shape)} at batch {batch}")
+        vals.append(v)
+    return [vals[int(i)] for i in re.findall(r"%(\d+)", lines[-1])]
+
+
+def _max_abs(a, b):
+    return float((a - b).abs().max()) if a.numel() else 0.0
+
+
+def _compare(got, want, what):
+    """Raises ExportError unless every output is within maskjit's float32 tolerances."""
+    if len(got) != len(want):
+        raise ExportError(f"{what}: {len(got)} outputs, the model gives {len(want)}")
+    for i, (g, w) in enumerate(zip(got, want)):
+        if tuple(g.shape) != tuple(w.shape):
+            raise ExportError(f"{what}: output {i} has shape {list(g.shape)}, the model's "
+                              f"{list(w.shape)}")
+        if not torch.allclose(g, w, rtol=MJ_RTOL, atol=MJ_ATOL, equal_nan=True):
+            raise ExportError(f"{what}: output {i} differs from the model's by up to "
+                              f"{_max_abs(g, w):.3g} (rtol {MJ_RTOL}, atol {MJ_ATOL})")
+
+
+def find_maskjit():
+    """The maskjit binary: $MASKJIT, this checkout's build/maskjit, or maskjit on PATH."""
+    env = os.environ.get("MASKJIT")
+    if env:
+        return env
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    local = os.path.join(root, "build", "maskjit")
+    if os.access(local, os.X_OK):
+        return local
+    return shutil.which("maskjit")
+
+
+def _maskjit_check(path, maskjit, log):
+    """Runs `maskjit check` on the written file; raises ExportError if it fails.
+    maskjit: "auto" (find_maskjit), a path, or None/False to skip."""
+    binary = find_maskjit() if maskjit == "auto" else maskjit
+    if not binary:
+        if maskjit == "auto":
+            log("maskjit binary not found (set MASKJIT=PATH): the file was checked against "
+                "PyTorch only")
+        return
+    try:
+        proc = subprocess.run([binary, "check", path], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, timeout=600)
+    except OSError as e:
+        raise ExportError(f"cannot run {binary}: {e}") from None
+    if proc.returncode != 0 and maskjit == "auto" and "the CLI runs traces with one" in proc.stdout:
+        # A limit of this maskjit's command line, not of the file: say so.
+        log(f"not checked by {binary} check (its CLI runs traces with one [batch, features] "
+            "input): the file was checked against PyTorch only")
+        return
+    if proc.returncode != 0:
+        raise ExportError(f"`maskjit check` refuses the file (exit {proc.returncode}):\n"
+                          f"{proc.stdout.rstrip()}")
+    log(f"checked with {binary} check: PASS")
+
+
+def _write_checked(path, tensors, metadata, validate, maskjit, log):
+    """Writes to a temporary file beside path, validates it, then renames it
+    into place: a refused export leaves no file and an existing one untouched."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".export.", suffix=".safetensors",
+                               dir=directory)
+    os.close(fd)
+    try:
+        safetensors_io.save(tmp, tensors, metadata)
+        validate(*safetensors_io.load(tmp))
+        _maskjit_check(tmp, maskjit, log)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+# ---- prune'd layers (torch.nn.utils.prune) ---------------------------------
+
+def _pruned_layers(model):
+    """[(path, module, name)] for every `name_orig` * `name_mask` reparametrization."""
+    out = []
+    for path, mod in model.named_modules():
+        for key in list(mod._parameters):
+            if key.endswith("_orig") and key[:-5] + "_mask" in mod._buffers:
+                out.append((path, mod, key[:-5]))
+    return out
+
+
+def _prune_renames(model):
+    """Spec files spell a prune'd weight as maskjit's parametrized keys:
+    {"a.weight_orig": "a.parametrizations.weight.original", "a.weight_mask": ""}."""
+    out = {}
+    for path, mod, name in _pruned_layers(model):
+        prefix = path + "." if path else ""
+        if name != "weight" or not isinstance(mod, nn.Linear):
+            raise ExportError(f"{prefix}{name}: pruned {type(mod).__name__}.{name}; a spec export "
+                              "holds Linear weight masks only (export without spec=)")
+        out[prefix + "weight_orig"] = prefix + "parametrizations.weight.original"
+        out[prefix + "weight_mask"] = ""
+    return out
+
+
+def _prune_masks(model):
+    out = {}
+    _prune_renames(model)  # refuses what a spec file cannot hold
+    for path, mod, _ in _pruned_layers(model):
+        key = (path + "." if path else "") + "parametrizations.weight.0.mask"
+        out[key] = (mod.weight_mask.detach().to(torch.float32).contiguous(), False)
+    return out
+
+
+# ---- export ------------------------------------------------------------------
+
+def _other_batches(batch, batches):
+    """The extra batch sizes, each distinct from the example's and each other."""
+    out = []
+    for b in batches:
+        if int(b) < 1:
+            raise ExportError(f"batch size {b} must be >= 1")
+        b = int(b)
+        while b == batch or b in out:
+            b += 1
+        out.append(b)
+    return out
+
+
+def _as_tuple(example_inputs):
+    xs = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+    if not xs:
+        raise ExportError("no example input")
+    out = []
+    for i, x in enumerate(xs):
+        if not isinstance(x, torch.Tensor):
+            raise ExportError(f"example input {i} is a {type(x).__name__}, not a tensor")
+        if x.dtype != torch.float32:
+            raise ExportError(f"example input {i} has dtype {x.dtype}; maskjit runs float32")
+        if not 1 <= x.dim() <= MAX_RANK:
+            raise ExportError(f"example input {i} has rank {x.dim()}; maskjit inputs have rank "
+                              f"1-{MAX_RANK} with the batch first")
+        if x.shape[0] != xs[0].shape[0]:
+            raise ExportError(f"example inputs have batch sizes {xs[0].shape[0]} and {x.shape[0]}; "
+                              "dim 0 of every input is the batch")
+        out.append(x.detach().contiguous())
+    return tuple(out)
+
+
+def _outputs(y):
+    ys = list(y) if isinstance(y, (tuple, list)) else [y]
+    for i, t in enumerate(ys):
+        if not isinstance(t, torch.Tensor):
+            raise ExportError(f"the model's output {i} is a {type(t).__name__}, not a tensor")
+    return [t.detach().to(torch.float32).contiguous() for t in ys]
+
+
+def _names(base, n):
+    return [base] if n == 1 else [f"{base}.{i}" for i in range(n)]
+
+
+def _trace(model, inputs, check_sets=None):
+    """torch.jit.trace. Without check_sets: refuses a trace torch warns may
+    not generalise. With them: retraces at those inputs (torch's check_inputs)
+    and refuses a graph that changes with them."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            if check_sets:
+                return torch.jit.trace(model, inputs, check_inputs=check_sets)
+            traced = torch.jit.trace(model, inputs, check_trace=False)
+        except torch.jit.TracingCheckError as e:
+            first = [l.strip() for l in str(e).strip().split("\n") if l.strip()]
+            raise ExportError("the traced graph changes with the input (torch.jit.trace's check "
+                              "at the other batch sizes): " + " ".join(first[:6])) from None
+        except Exception as e:  # noqa: BLE001 - any failure of tracing is the reason
+            raise ExportError(f"torch.jit.trace failed: {type(e).__name__}: {e}") from None
+    for w in caught:
+        # PyTorch's own code (and FakeStructuredSparsity here) warns on shape
+        # asserts of params; what it cannot see in the user's code is the
+        # real risk, and retracing at other batch sizes checks the rest.
+        where = os.path.abspath(w.filename)
+        if issubclass(w.category, torch.jit.TracerWarning) and \
+                not where.startswith(_TORCH_DIR + os.sep) and where != os.path.abspath(__file__):
+            raise ExportError(f"the trace may not generalise to other inputs: "
+                              f"{os.path.basename(w.filename)}:{w.lineno}: {w.message}")
+    return traced
+
+
+def export(model, example_inputs, path, spec=None, batches=(1, 5), seed=0,
+           generator="tools/export_torch.py", maskjit="auto", extra_metadata=None, log=print):
+    """Exports `model` (any nn.Module; run in eval mode) to `path` and checks it.
+
+    Without spec: a maskjit trace file (`maskjit trace -o` format) recorded
+    with torch.jit.trace. With spec: the spec file `maskjit` rebuilds from the
+    spec string. Either way the written file is read back and compared with
+    the model at the example's batch and at `batches`, then run through
+    `maskjit check` when the binary is found (maskjit="auto", a path, or
+    None to skip); a file that fails is not written. Raises ExportError with
+    the reason. Returns the dict of tensors written."""
+    if spec is not None:
+        x = example_inputs[0] if isinstance(example_inputs, (tuple, list)) else example_inputs
+        return _export_spec(model, _as_tuple(x)[0], path, spec, batches, seed, generator,
+                            maskjit, extra_metadata, log)
+    inputs = _as_tuple(example_inputs)
+    batch = inputs[0].shape[0]
+    gen = torch.Generator().manual_seed(seed)
+    sets = [(inputs, batch)] + [
+        (tuple(torch.randn((b,) + tuple(x.shape[1:]), generator=gen) for x in inputs), b)
+        for b in _other_batches(batch, batches)]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            expected = [_outputs(model(*inputs))]
+            traced = _trace(model, inputs)
+            state = {k: v for k, v in model.state_dict().items()}
+            text, graph_tensors, origins, out_shapes = _translate(
+                model, traced, inputs, _names("input", len(inputs)), state)
+            for xs, b in sets[1:]:
+                try:
+                    expected.append(_outputs(model(*xs)))
+                except Exception as e:  # noqa: BLE001 - the model's own failure is the reason
+                    raise ExportError(f"the model fails on a random input at batch {b}: "
+                                      f"{type(e).__name__}: {e}") from None
+            _trace(model, inputs, [xs for xs, _ in sets[1:]])
+    finally:
+        model.train(was_training)
+    if len(out_shapes) != len(expected[0]):
+        raise ExportError(f"the graph returns {len(out_shapes)} tensors, the model "
+                          f"{len(expected[0])}")
+    tensors, skipped = {}, []
+    for key, value in state.items():
+        if value.is_floating_point():
+            tensors[key] = value.detach().to(torch.float32).contiguous()
+        else:
+            skipped.append(key)  # maskjit reads float tensors; the graph does not use these
+    tensors.update(graph_tensors)
+    in_names, out_names = _names("input", len(inputs)), _names("expected", len(expected[0]))
+    for (xs, b), ys in zip(sets, expected):
+        suffix = "" if b == batch else f".batch{b}"
+        for name, t in list(zip(in_names, xs)) + list(zip(out_names, ys)):
+            if name + suffix in tensors:
+                raise ExportError(f"the model has a tensor named {name + suffix!r}, which the "
+                                  "file uses for its checks")
+            tensors[name + suffix] = t.to(torch.float32).contiguous()
+    metadata = {"maskjit.format": "trace-v1", "maskjit.ir": text, "maskjit.generator": generator,
+                "torch.version": torch.__version__,
+                "maskjit.batches": ",".join(str(b) for _, b in sets),
+                "maskjit.origins": json.dumps(origins, separators=(",", ":"))}
+    if skipped:
+        metadata["maskjit.skipped"] = ",".join(skipped)
+    if extra_metadata:
+        metadata.update(extra_metadata)
+
+    def validate(file_tensors, file_meta):
+        for xs, b in sets:
+            suffix = "" if b == batch else f".batch{b}"
+            got = reference_run(file_meta["maskjit.ir"], file_tensors,
+                                [file_tensors[n + suffix] for n in in_names])
+            _compare(got, [file_tensors[n + suffix] for n in out_names],
+                     f"the written graph at batch {b}")
+
+    _write_checked(path, tensors, metadata, validate, maskjit, log)
+    return tensors
+
+
+def _export_spec(model, x, path, spec, batches, seed, generator, maskjit, extra_metadata, log):
+    """A spec file, validated by rebuilding the spec's model in PyTorch from
+    the file and comparing it with `model`: a wrong spec is refused here."""
+    try:
+        tensors, metadata = _spec_tensors(model, x, spec, generator, extra_metadata)
+        build_model(spec)
+    except ExportError:
+        raise
+    except ValueError as e:
+        raise ExportError(str(e)) from None
+    gen = torch.Generator().manual_seed(seed)
+    extra = [torch.randn((b,) + tuple(x.shape[1:]), generator=gen)
+             for b in _other_batches(x.shape[0], batches)]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            want = [_outputs(model(xb)) for xb in extra]
+    finally:
+        model.train(was_training)
+
+    def validate(file_tensors, file_meta):
+        rebuilt = _rebuild_spec(file_meta["maskjit.model"], file_tensors, file_meta)
+        with torch.no_grad():
+            for xb, yb in [(file_tensors["input"], [file_tensors["expected"]])] + \
+                    list(zip(extra, want)):
+                _compare(_outputs(rebuilt(xb)), yb,
+                         f"spec {spec!r} rebuilt from the file, at batch {xb.shape[0]}")
+
+    _write_checked(path, tensors, metadata, validate, maskjit, log)
+    return tensors
+
+
+def _rebuild_spec(spec, tensors, metadata):
+    """The PyTorch model maskjit would build from a spec file: the spec's
+    layers, the file's masks as parametrizations, its tensors loaded strictly."""
+    model = build_model(spec)
+    structured = set(filter(None, metadata.get("maskjit.structured", "").split(",")))
+    weights = {}
+    for key, t in tensors.items():
+        if key in ("input", "expected"):
+            continue
+        if not key.endswith(MASK_SUFFIX):
+            weights[key] = t
+            continue
+        path = key[:-len(MASK_SUFFIX)]
+        try:
+            lin = model.get_submodule(path)
+        except AttributeError:
+            raise ExportError(f"spec {spec!r} has no layer '{path}' (the model's mask {key})") from None
+        if not isinstance(lin, nn.Linear):
+            raise ExportError(f"spec {spec!r}: '{path}' is a {type(lin).__name__}, not a Linear")
+        want = (lin.out_features,) if key in structured else tuple(lin.weight.shape)
+        if tuple(t.shape) != want:
+            raise ExportError(f"spec {spec!r}: mask {key} has shape {list(t.shape)}, the spec's "
+                              f"layer needs {list(want)}")
+        p = FakeStructuredSparsity(t.clone()) if key in structured else FakeSparsity(t.clone())
+        parametrize.register_parametrization(lin, "weight", p)
+    have = set(k for k in model.state_dict() if not k.endswith(MASK_SUFFIX))
+    missing = sorted(have - set(weights))
+    unexpected = sorted(set(weights) - have)
+    if missing or unexpected:
+        raise ExportError(f"spec {spec!r} does not describe this model: " + "; ".join(
+            ([f"the spec needs {', '.join(missing)}, which the model lacks"] if missing else []) +
+            ([f"the model has {', '.join(unexpected)}, which the spec lacks"] if unexpected else [])))
+    try:
+        model.load_state_dict(weights, strict=False)
+    except RuntimeError as e:
+        raise ExportError(f"spec {spec!r} does not describe this model: {e}") from None
+    return model.eval()
+
+
+def load_factory(spec):
+    """'FILE.py:FACTORY' -> the module FACTORY() returns (FILE's directory on sys.path)."""
+    path, sep, name = spec.rpartition(":")
+    if not sep or not path or not name:
+        raise ExportError(f"--module {spec!r}: expected FILE.py:FACTORY")
+    if not os.path.isfile(path):
+        raise ExportError(f"--module {spec!r}: no file {path}")
+    sys.path.insert(0, os.path.dirname(os.path.abspath(path)))
+    mspec = importlib.util.spec_from_file_location("maskjit_user_model", path)
+    mod = importlib.util.module_from_spec(mspec)
+    mspec.loader.exec_module(mod)
+    factory = getattr(mod, name, None)
+    if not callable(factory):
+        raise ExportError(f"--module {spec!r}: {path} has no callable {name}")
+    model = factory()
+    if not isinstance(model, nn.Module):
+        raise ExportError(f"--module {spec!r}: {name}() returned a {type(model).__name__}, "
+                          "not an nn.Module")
+    return model
+
+
+def parse_shape(text):
+    """'4x16' or '4,16' -> (4, 16)."""
+    try:
+        dims = tuple(int(d) for d in re.split(r"[x,]", text))
+    except ValueError:
+        dims = ()
+    if not dims or min(dims) < 1:
+        raise ExportError(f"--inputs {text!r}: expected positive sizes like 4x16")
+    return dims
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--spec", required=True, help="mut | mut-nobias | mlp:IN,...,OUT[:act=..][:bias=0|1]")
-    ap.add_argument("--density", type=float, default=0.5, help="fraction of weights kept (0..1)")
-    ap.add_argument("--batch", type=int, default=4)
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--module", metavar="FILE.py:FACTORY",
+                     help="export the nn.Module FACTORY() returns, as a trace file")
+    src.add_argument("--spec", help="mut | mut-nobias | mlp:IN,...,OUT[:act=..][:bias=0|1]: "
+                     "build, prune and export that model as a spec file")
+    ap.add_argument("--inputs", nargs="+", metavar="SHAPE",
+                    help="with --module: shape of each example input, batch first (4x16)")
+    ap.add_argument("--batches", default="1,5",
+                    help="other batch sizes whose outputs the file stores (default 1,5)")
+    ap.add_argument("--density", type=float, default=0.5, help="--spec: fraction of weights kept (0..1)")
+    ap.add_argument("--batch", type=int, default=4, help="--spec: batch of the example input")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--sparsifier", action="store_true", help="WeightNormSparsifier masks, (1,4) blocks")
-    ap.add_argument("--structured", action="store_true", help="FakeStructuredSparsity row masks")
+    ap.add_argument("--sparsifier", action="store_true", help="--spec: WeightNormSparsifier masks, (1,4) blocks")
+    ap.add_argument("--structured", action="store_true", help="--spec: FakeStructuredSparsity row masks")
+    ap.add_argument("--maskjit", metavar="PATH", help="maskjit binary for the check (default: found)")
+    ap.add_argument("--no-maskjit-check", action="store_true",
+                    help="check against PyTorch only, not with `maskjit check`")
     ap.add_argument("-o", "--output", required=True)
     args = ap.parse_args(argv)
-    if not 0.0 <= args.density <= 1.0:
-        ap.error(f"--density {args.density} is outside [0, 1]")
-    if args.batch < 1:
-        ap.error(f"--batch {args.batch} must be >= 1")
-    if args.sparsifier and args.structured:
-        ap.error("--sparsifier and --structured exclude each other")
+    maskjit = None if args.no_maskjit_check else (args.maskjit or "auto")
+    try:
+        batches = [int(b) for b in args.batches.split(",") if b]
+    except ValueError:
+        ap.error(f"--batches {args.batches!r}: expected sizes like 1,5")
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
     try:
-        model = build_model(args.spec)
-    except ValueError as e:
-        ap.error(str(e))
-    if args.sparsifier:
-        prune_weight_norm(model, args.density)
-    else:
-        prune_random(model, args.density, gen, structured=args.structured)
-    in_features = linear_modules(model)[0][1].in_features
-    x = torch.randn(args.batch, in_features, generator=gen)
-    tensors = export(model, x, args.output, spec=args.spec)
-    print(f"wrote {args.output}: {len(tensors)} tensors, spec {args.spec}")
-    return 0
+        if args.module:
+            if not args.inputs:
+                ap.error("--module needs --inputs SHAPE [SHAPE ...]")
+            shapes = [parse_shape(s) for s in args.inputs]  # before running the user's file
+            model = load_factory(args.module)
+            xs = tuple(torch.randn(shape, generator=gen) for shape in shapes)
+            tensors = export(model, xs, args.output, batches=batches, seed=args.seed,
+                             maskjit=maskjit)
+            print(f"wrote {args.output}: {len(tensors)} tensors, a maskjit trace of {args.module}")
+            return 0
+        if not 0.0 <= args.density <= 1.0:
+            ap.error(f"--density {args.density} is outside [0, 1]")
+        if args.batch < 1:
+            ap.error(f"--batch {args.batch} must be >= 1")
+        if args.sparsifier and args.structured:
+            ap.error("--sparsifier and --structured exclude each other")
+        try:
+            model = build_model(args.spec)
+        except ValueError as e:
+            ap.error(str(e))
+        if args.sparsifier:
+            prune_weight_norm(model, args.density)
+        else:
+            prune_random(model, args.density, gen, structured=args.structured)
+        in_features = linear_modules(model)[0][1].in_features
+        x = torch.randn(args.batch, in_features, generator=gen)
+        tensors = export(model, x, args.output, spec=args.spec, batches=batches, seed=args.seed,
+                         maskjit=maskjit)
+        print(f"wrote {args.output}: {len(tensors)} tensors, spec {args.spec}")
+        return 0
+    except ExportError as e:
+        print(f"export_torch.py: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

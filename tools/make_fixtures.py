@@ -17,6 +17,13 @@ and PyTorch's "expected" output (torch.no_grad, float32), and __metadata__
 "torch.version": ...}. tests/test_torch_fixtures.c rebuilds each model from the
 spec, loads the file and compares maskjit's forward with "expected".
 
+Trace fixtures (export_*.safetensors): maskjit trace files written by
+export_torch.export() from models no spec can describe: the IR in the
+metadata, every param and buffer under its state_dict key, masks as separate
+params, "input"/"expected" at batch 5 and "input.batchN"/"expected.batchN" at
+batches 1 and 6 (PyTorch's outputs). tests/test_export.c loads each and runs
+every mode and `maskjit check` on them.
+
 dtypes.safetensors: one tensor each in F16, BF16, F64 and F32 (plus a rank-0
 F64 scalar) holding values that are exact in their dtype, for the loader's
 conversion test (tests/test_safetensors.c writes the expected floats itself).
@@ -27,7 +34,8 @@ import os
 import sys
 
 import torch
-from torch.nn.utils import parametrize
+from torch import nn
+from torch.nn.utils import parametrize, prune
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import export_torch  # noqa: E402
@@ -90,6 +98,81 @@ def model_fixtures():
     return out
 
 
+class ResidualMLP(nn.Module):
+    """A residual block and shape-unpacking code (`b, f = x.shape`) whose
+    view/flatten sizes depend on the batch."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(16, 16)
+        self.fc2 = nn.Linear(16, 16)
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x):
+        b, f = x.shape
+        h = torch.relu(self.fc1(x))
+        h = self.fc2(h) + x
+        h = h.view(b, 2, f // 2).flatten(1)
+        return torch.tanh(self.head(h))
+
+
+class SplitHeads(nn.Module):
+    """Hugging Face-style: unpacks the shape of a [batch, seq, features] input
+    and views the features as heads; every view size comes from x.shape."""
+
+    def __init__(self):
+        super().__init__()
+        self.query = nn.Linear(8, 8)
+        self.out = nn.Linear(8, 6)
+
+    def forward(self, x):
+        b, s, _ = x.shape
+        h = self.query(x).view(b, s, 2, 4)
+        return self.out(torch.nn.functional.gelu(h).reshape(b, s, 8))
+
+
+def trace_fixtures():
+    """(name, model, example input, checked by the CLI?) for export_torch.export
+    without a spec. The CLI runs [batch, features] inputs only; a rank-3 input
+    is checked against PyTorch here and by tests/test_export.c through the library."""
+    out = []
+    # nn.Sequential with Flatten, Dropout, a bias-free layer pruned with
+    # torch.nn.utils.prune, and a final Sigmoid (ReLU stands in for LeakyReLU,
+    # which maskjit's IR lacks so far).
+    torch.manual_seed(30)
+    gen = torch.Generator().manual_seed(30)
+    seq = nn.Sequential(nn.Flatten(), nn.Linear(16, 32), nn.Dropout(0.25), nn.ReLU(),
+                        nn.Linear(32, 16, bias=False), nn.ReLU(), nn.Linear(16, 8), nn.Sigmoid())
+    prune.l1_unstructured(seq[4], "weight", amount=0.6)
+    out.append(("export_sequential_prune", seq, torch.randn(BATCH, 16, generator=gen), True))
+
+    torch.manual_seed(31)
+    gen = torch.Generator().manual_seed(31)
+    res = ResidualMLP()
+    prune.random_unstructured(res.fc2, "weight", amount=0.5)
+    export_torch.prune_random(nn.Sequential(res.fc1, res.head), 0.5, gen)
+    out.append(("export_residual", res, torch.randn(BATCH, 16, generator=gen), True))
+
+    # torch.ao pruning: WeightNormSparsifier's FakeSparsity masks, and a
+    # FakeStructuredSparsity row mask on the last layer.
+    torch.manual_seed(32)
+    gen = torch.Generator().manual_seed(32)
+    mlp = nn.Sequential(nn.Linear(16, 32), nn.GELU(), nn.Linear(32, 32), nn.Tanh(),
+                        nn.Linear(32, 8))
+    export_torch.prune_weight_norm(nn.Sequential(mlp[0], mlp[2]), 0.5)
+    row_mask = export_torch.random_mask((8,), 0.5, gen)
+    parametrize.register_parametrization(mlp[4], "weight",
+                                         export_torch.FakeStructuredSparsity(row_mask))
+    out.append(("export_fakesparsity", mlp, torch.randn(BATCH, 16, generator=gen), True))
+
+    torch.manual_seed(33)
+    gen = torch.Generator().manual_seed(33)
+    heads = SplitHeads()
+    export_torch.prune_random(nn.Sequential(heads.query), 0.5, gen)
+    out.append(("export_heads", heads, torch.randn(BATCH, 3, 8, generator=gen), False))
+    return out
+
+
 def dtype_tensors():
     """Values exact in each dtype; test_safetensors.c lists the same floats."""
     inf, nan = math.inf, math.nan
@@ -111,12 +194,19 @@ def main(argv=None):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ap = argparse.ArgumentParser(description="Write maskjit's PyTorch fixtures")
     ap.add_argument("--out", default=os.path.join(root, "tests", "fixtures"))
+    ap.add_argument("--no-maskjit-check", dest="maskjit", action="store_const", const=None,
+                    default="auto", help="check the files against PyTorch only")
     args = ap.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     for name, model, x, spec in model_fixtures():
         path = os.path.join(args.out, name + ".safetensors")
-        export_torch.export(model, x, path, spec=spec, generator=GENERATOR)
+        export_torch.export(model, x, path, spec=spec, generator=GENERATOR, maskjit=args.maskjit)
         print(f"{path}: {spec}, {os.path.getsize(path)} bytes")
+    for name, model, x, by_cli in trace_fixtures():
+        path = os.path.join(args.out, name + ".safetensors")
+        export_torch.export(model, x, path, batches=(1, 6), generator=GENERATOR,
+                            maskjit=args.maskjit if by_cli else None)
+        print(f"{path}: maskjit trace, {os.path.getsize(path)} bytes")
     path = os.path.join(args.out, "dtypes.safetensors")
     safetensors_io.save(path, dtype_tensors(),
                         {"maskjit.generator": GENERATOR, "torch.version": torch.__version__})

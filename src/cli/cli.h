@@ -48,7 +48,8 @@ typedef struct cli_model {
     mj_module *module;    /* NULL when MODEL is a saved trace              */
     mj_graph *graph;      /* the trace (loaded, or made by cli_model_trace) */
     mj_tensor_dict *file; /* --weights file or export (may hold input/expected) */
-    bool exported;        /* MODEL was an export: file holds input/expected   */
+    bool exported;        /* MODEL was an export or a saved trace: file may   */
+                          /* hold input/expected (and .batchN sets)           */
     int64_t in_features;
     const char *name;     /* as given */
 } cli_model;
@@ -88,6 +89,7 @@ int cmd_trace(int argc, char **argv);
 int cmd_asm(int argc, char **argv);
 int cmd_check(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
+int cmd_cache(int argc, char **argv);
 int cmd_aot(int argc, char **argv);
 
 /* Median wall time in ns of fn(ctx) over rounds (each round sized ~min_ms). */

@@ -31,13 +31,36 @@ static void merge(path_result *r, const mj_compare *c, const mj_tensor *y, const
     if (!c->close && !r->detail[0]) mj_compare_describe(c, y, ref, r->detail, sizeof r->detail);
 }
 
+/* Further stored checks: "<input>.batchN" with "expected.batchN" (PyTorch's
+ * output at another batch size, from tools/export_torch.py). Returns how many
+ * pairs it put in xs/ys (borrowed), at most cap. */
+static int stored_batches(const mj_tensor_dict *d, const char *input_name, mj_tensor **xs,
+                          mj_tensor **ys, int cap) {
+    int n = 0;
+    size_t len = strlen(input_name);
+    for (int i = 0; i < mj_tensor_dict_size(d) && n < cap; i++) {
+        const char *key = mj_tensor_dict_key(d, i);
+        if (strncmp(key, input_name, len) != 0 || strncmp(key + len, ".batch", 6) != 0) continue;
+        const char *digits = key + len + 6;
+        if (!*digits || strspn(digits, "0123456789") != strlen(digits)) continue;
+        char name[64];
+        if ((size_t)snprintf(name, sizeof name, "expected.batch%s", digits) >= sizeof name) continue;
+        mj_tensor *y = mj_tensor_dict_get(d, name);
+        if (!y) continue;
+        xs[n] = mj_tensor_dict_value(d, i);
+        ys[n++] = y;
+    }
+    return n;
+}
+
 int cmd_check(int argc, char **argv) {
     static const cli_command cmd = {
         "check", "MODEL [options]",
         "Check that traced, compiled (exact, fast) and frozen outputs equal eager's.\n"
         "Exact paths must be bit-identical to eager, fast within rtol/atol; with an\n"
         "input file holding `expected` (e.g. from tools/export_torch.py) every path\n"
-        "must also be within rtol/atol of it. Exit 0 on PASS, 1 on FAIL, 2 on bad usage.", NULL};
+        "must also be within rtol/atol of it, and so for each `input.batchN` with its\n"
+        "`expected.batchN` stored beside them. Exit 0 on PASS, 1 on FAIL, 2 on bad usage.", NULL};
     const char *weights = NULL, *input = NULL, *input_name = "input", *rtol_s = NULL,
                *atol_s = NULL;
     int64_t n_random = 4, batch = 0, seed = 0;
@@ -86,6 +109,16 @@ int cmd_check(int argc, char **argv) {
         expected = mj_tensor_dict_get(cm.file, "expected");
         if (batch == 0 && mj_tensor_rank(given) >= 1) batch = mj_tensor_dim(given, 0);
     }
+    enum { MAX_STORED = 16 };
+    mj_tensor *stored_x[MAX_STORED], *stored_y[MAX_STORED];
+    int n_stored = 0;
+    if (given) {
+        stored_x[0] = given;
+        stored_y[0] = expected;
+        n_stored = 1;
+        const mj_tensor_dict *src = input ? input_file : cm.file;
+        n_stored += stored_batches(src, input_name, stored_x + 1, stored_y + 1, MAX_STORED - 1);
+    }
     if (batch == 0) batch = 3;
     if (!given && n_random == 0) {
         rc = cli_error("check", CLI_USAGE, "nothing to check: give --input or --inputs N > 0");
@@ -114,11 +147,11 @@ int cmd_check(int argc, char **argv) {
     /* The reference is eager; a saved trace has no model code, so its
      * interpreter replay is the reference instead. */
     int ref_path = cm.module ? PATH_EAGER : PATH_TRACED;
-    for (int64_t k = -1; k < n_random; k++) {
+    for (int64_t k = -n_stored; k < n_random; k++) {
         mj_tensor *x = NULL, *ys[N_PATHS] = {0};
+        const mj_tensor *want = k < 0 ? stored_y[k + n_stored] : NULL;
         if (k < 0) {
-            if (!given) continue;
-            x = mj_tensor_retain(given);
+            x = mj_tensor_retain(stored_x[k + n_stored]);
         } else if ((rc = cli_random_input("check", batch, cm.in_features, (uint64_t)seed + 100 + k,
                                           &x)) != CLI_OK) {
             goto done;
@@ -136,15 +169,15 @@ int cmd_check(int argc, char **argv) {
             if (!res[p].ran) continue;
             mj_compare c = mj_tensor_compare(ys[p], ys[ref_path], rtol, atol);
             merge(&res[p], &c, ys[p], ys[ref_path]);
-            if (k < 0 && expected) {
-                mj_compare e = mj_tensor_compare(ys[p], expected, rtol, atol);
+            if (want) {
+                mj_compare e = mj_tensor_compare(ys[p], want, rtol, atol);
                 res[p].has_expected = true;
                 res[p].exp_abs = fmax(res[p].exp_abs, e.max_abs);
                 res[p].exp_rel = fmax(res[p].exp_rel, e.max_rel);
-                res[p].exp_close = e.close;
+                res[p].exp_close = res[p].exp_close && e.close;
                 if (!e.close && !res[p].detail[0]) {
                     char d[200];
-                    mj_compare_describe(&e, ys[p], expected, d, sizeof d);
+                    mj_compare_describe(&e, ys[p], want, d, sizeof d);
                     snprintf(res[p].detail, sizeof res[p].detail, "vs expected: %s", d);
                 }
             }

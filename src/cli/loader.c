@@ -124,18 +124,28 @@ int cli_model_load(const char *cmd, const char *model, const char *weights, uint
             mj_tensor_dict_free(d);
             return rc;
         }
-        mj_tensor_dict_free(d);
-        if (!is_trace)
+        if (!is_trace) {
+            mj_tensor_dict_free(d);
             return cli_error(cmd, CLI_USAGE,
                              "%s is neither a saved trace (maskjit trace) nor an export naming its "
                              "model (tools/export_torch.py): no maskjit.ir or maskjit.model metadata",
                              model);
+        }
         /* A saved trace: no model code, just the graph and its tensors. */
-        if (weights)
+        if (weights) {
+            mj_tensor_dict_free(d);
             return cli_error(cmd, CLI_USAGE,
                              "%s is a saved trace; it carries its own weights (drop --weights)",
                              model);
-        if (mj_graph_load(model, &out->graph) != MJ_OK) return cli_mj_error(cmd, "loading trace");
+        }
+        /* A trace from tools/export_torch.py also holds inputs and PyTorch's
+         * outputs: keep the file's tensors for check and run. */
+        out->file = d;
+        out->exported = true;
+        if (mj_graph_load(model, &out->graph) != MJ_OK) {
+            cli_model_free(out);
+            return cli_mj_error(cmd, "loading trace");
+        }
         if (mj_graph_input_count(out->graph) != 1 || mj_graph_input_rank(out->graph, 0) != 2) {
             cli_model_free(out);
             return cli_error(cmd, CLI_FAIL, "%s: the CLI runs traces with one [batch, features] input",

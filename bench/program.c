@@ -1,5 +1,6 @@
-/* The benchmark harness (bench.h): builds each workload, checks every
- * variant against eager, times the variants interleaved and reports. */
+/* The maskjit-bench program (also `maskjit bench`): options, the workloads
+ * W1-W6, and the reports (table, JSON, CSV, plot) over the harness of
+ * bench/harness.c. bench/README.md describes it. */
 #include "bench/bench.h"
 
 #include <ctype.h>
@@ -8,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
-#include <time.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <jansson.h>
@@ -16,604 +17,10 @@
 #include "bench/peers.h"
 #include "src/internal.h"
 
-/* Whether mj_compile_options.threads > 1 makes the compiled code use more
- * threads (it does: a per-model pool splits the batch), so W6 runs 1 and 2. */
-#ifndef MJ_BENCH_JIT_THREADS
-#define MJ_BENCH_JIT_THREADS 1
-#endif
-
-enum {
-    V_EAGER = 0,
-    V_INTERP,
-    V_EXACT,
-    V_FAST,
-    V_FROZEN,
-    V_OPENBLAS,
-    V_LIBXSMM,
-    V_COUNT
-};
-
-static const char *const variant_names[V_COUNT] = {
-    "eager", "interp", "compiled-exact", "compiled-fast", "compiled-frozen", "openblas", "libxsmm",
-};
-
-typedef struct variant {
-    int kind;
-    bool exact;   /* must be bit-identical to eager */
-    bool timed;   /* false: built for checking only (single-threaded refs at threads > 1) */
-    mj_compiled *compiled;
-    double compile_ms;
-    mj_peer *peer;
-} variant;
-
-struct mj_bench_setup {
-    mj_bench_workload w;
-    mj_jit *jit;
-    mj_module *model;
-    mj_graph *trace;
-    mj_tensor *x;
-    int64_t batch;
-    int64_t in_features, out_features;
-    int n_layers;
-    mj_peer_layer *layers;      /* masked dense weights for the peers (owned copies) */
-    mj_tensor **layer_tensors;  /* the tensors behind layers[].w / .b                 */
-    bool peers_expressible;
-    char peer_note[256];        /* why peers were skipped, if they were              */
-    double sum_in_out;          /* sum of in*out over Linear layers                  */
-    int64_t sum_k;              /* sum of in_features (tolerance scale)              */
-    float *ybuf;
-    int64_t y_numel;
-    variant v[V_COUNT];
-    int nv;
-    char skipped[V_COUNT][256];
-    int n_skipped;
-    double trace_ms; /* mj_trace_module of the model, once per workload */
-};
-
-/* ---- small helpers ----------------------------------------------------- */
-
-/* Wall clock by default; process CPU time on request (robust when the
- * machine is oversubscribed, meaningful for single-threaded runs only). */
-static _Thread_local clockid_t bench_clock = CLOCK_MONOTONIC;
-
-void mj_bench_use_cpu_clock(bool cpu) {
-    bench_clock = cpu ? CLOCK_PROCESS_CPUTIME_ID : CLOCK_MONOTONIC;
-}
-
-static double now_ns(void) {
-    struct timespec ts;
-    clock_gettime(bench_clock, &ts);
-    return (double)ts.tv_sec * 1e9 + (double)ts.tv_nsec;
-}
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 static long peak_rss_kb(void) {
     struct rusage ru;
-    if (getrusage(RUSAGE_SELF, &ru) != 0) return -1;
-    return ru.ru_maxrss; /* kilobytes on Linux */
+    return getrusage(RUSAGE_SELF, &ru) == 0 ? ru.ru_maxrss : -1;
 }
-
-/* ---- model structure --------------------------------------------------- */
-
-/* Leaves of the module tree in child order: for the models the bench builds
- * (Sequential chains and the seed's linear -> seq) this is forward order. */
-typedef struct leaf_list {
-    mj_module **m;
-    int n, cap;
-} leaf_list;
-
-static mj_status collect_leaves(mj_module *m, leaf_list *l) {
-    int n = mj_module_child_count(m);
-    if (n == 0 || strcmp(mj_module_type(m), "Linear") == 0) {
-        if (l->n == l->cap) {
-            int cap = l->cap ? l->cap * 2 : 16;
-            mj_module **p = realloc(l->m, (size_t)cap * sizeof *p);
-            if (!p) return mj_fail(MJ_ERR_NOMEM, "bench: out of memory");
-            l->m = p;
-            l->cap = cap;
-        }
-        l->m[l->n++] = m;
-        return MJ_OK;
-    }
-    for (int i = 0; i < n; i++) {
-        const char *name = NULL;
-        MJ_TRY(collect_leaves(mj_module_child_at(m, i, &name), l));
-    }
-    return MJ_OK;
-}
-
-/* Which mj_act an activation module computes, found by running it on probe
- * values (type names cannot tell GELU from GELU(tanh)). */
-static bool identify_act(mj_module *m, mj_act *out) {
-    static const float probe[8] = {-3.0f, -1.25f, -0.5f, -0.0f, 0.25f, 0.75f, 1.5f, 4.0f};
-    int64_t shape[2] = {1, 8};
-    mj_tensor *x = NULL, *y = NULL;
-    if (mj_tensor_from_data(&x, 2, shape, probe) != MJ_OK) return false;
-    bool found = false;
-    if (mj_module_forward(m, x, &y) == MJ_OK && mj_tensor_numel(y) == 8) {
-        const float *yd = mj_tensor_data(y);
-        for (int a = 0; a < MJ_ACT_COUNT && !found; a++) {
-            bool same = true;
-            for (int i = 0; i < 8 && same; i++) {
-                float e = mj_act_apply((mj_act)a, probe[i]);
-                same = memcmp(&e, &yd[i], sizeof e) == 0;
-            }
-            if (same) {
-                *out = (mj_act)a;
-                found = true;
-            }
-        }
-    }
-    mj_tensor_release(x);
-    mj_tensor_release(y);
-    mj_clear_error();
-    return found;
-}
-
-static mj_status register_mask(mj_module *lin, const float *mask) {
-    int64_t shape[2] = {mj_linear_out_features(lin), mj_linear_in_features(lin)};
-    mj_tensor *t = NULL;
-    MJ_TRY(mj_tensor_from_data(&t, 2, shape, mask));
-    mj_parametrization *p = NULL;
-    mj_status s = mj_fake_sparsity_new(&p, t);
-    mj_tensor_release(t);
-    if (s != MJ_OK) return s;
-    s = mj_register_parametrization(lin, "weight", p);
-    if (s != MJ_OK) mj_parametrization_free(p);
-    return s;
-}
-
-static mj_status apply_masks(mj_module *model, const leaf_list *leaves, const mj_bench_workload *w,
-                             mj_rng *rng) {
-    if (w->mask == MJ_BENCH_MASK_NONE) return MJ_OK;
-    if (w->mask == MJ_BENCH_MASK_RANDOM) return mj_model_apply_masks(model, NULL, w->density, rng);
-    for (int i = 0; i < leaves->n; i++) {
-        mj_module *lin = leaves->m[i];
-        if (strcmp(mj_module_type(lin), "Linear") != 0) continue;
-        int64_t out = mj_linear_out_features(lin), in = mj_linear_in_features(lin);
-        float *mask = calloc((size_t)(out * in), sizeof *mask);
-        if (!mask) return mj_fail(MJ_ERR_NOMEM, "bench: out of memory for a [%lld, %lld] mask",
-                                  (long long)out, (long long)in);
-        for (int64_t o = 0; o < out; o++) {
-            switch (w->mask) {
-            case MJ_BENCH_MASK_ONES:
-                for (int64_t j = 0; j < in; j++) mask[o * in + j] = 1.0f;
-                break;
-            case MJ_BENCH_MASK_IDENTITY:
-                if (o < in) mask[o * in + o] = 1.0f;
-                break;
-            case MJ_BENCH_MASK_BLOCK4:
-                /* each group of 4 consecutive inputs of a row lives or dies together */
-                for (int64_t j = 0; j < in; j += 4) {
-                    if (mj_rng_uniform(rng) >= w->density) continue;
-                    for (int64_t q = j; q < j + 4 && q < in; q++) mask[o * in + q] = 1.0f;
-                }
-                break;
-            default: break;
-            }
-        }
-        mj_status s = register_mask(lin, mask);
-        free(mask);
-        MJ_TRY(s);
-    }
-    return MJ_OK;
-}
-
-/* Reads the chain Linear [act] Linear [act] ... for the peers, with the
- * masked weights as the model computes them. */
-static mj_status build_layers(mj_bench_setup *s, const leaf_list *leaves) {
-    int n_lin = 0;
-    for (int i = 0; i < leaves->n; i++)
-        if (strcmp(mj_module_type(leaves->m[i]), "Linear") == 0) n_lin++;
-    if (n_lin == 0) return mj_fail(MJ_ERR_INVALID, "bench: model '%s' has no Linear layer", s->w.spec);
-    s->layers = calloc((size_t)n_lin, sizeof *s->layers);
-    s->layer_tensors = calloc((size_t)(2 * n_lin), sizeof *s->layer_tensors);
-    if (!s->layers || !s->layer_tensors) return mj_fail(MJ_ERR_NOMEM, "bench: out of memory");
-    s->n_layers = n_lin;
-    s->peers_expressible = true;
-    int li = -1;
-    for (int i = 0; i < leaves->n; i++) {
-        mj_module *m = leaves->m[i];
-        if (strcmp(mj_module_type(m), "Linear") == 0) {
-            li++;
-            mj_peer_layer *l = &s->layers[li];
-            l->in = mj_linear_in_features(m);
-            l->out = mj_linear_out_features(m);
-            l->act = MJ_ACT_NONE;
-            mj_tensor *w = NULL, *b = NULL;
-            MJ_TRY(mj_module_get(m, "weight", &w));
-            s->layer_tensors[2 * li] = w;
-            l->w = mj_tensor_data(w);
-            if (mj_module_get(m, "bias", &b) == MJ_OK && b) {
-                s->layer_tensors[2 * li + 1] = b;
-                l->b = mj_tensor_data(b);
-            }
-            mj_clear_error();
-            s->sum_in_out += (double)l->in * (double)l->out;
-            s->sum_k += l->in;
-            continue;
-        }
-        mj_act act;
-        if (!identify_act(m, &act)) {
-            s->peers_expressible = false;
-            snprintf(s->peer_note, sizeof s->peer_note,
-                     "peers skipped: module '%s' is not a Linear or a known activation",
-                     mj_module_type(m));
-        } else if (act == MJ_ACT_NONE) {
-            /* Identity: nothing to do */
-        } else if (li < 0 || s->layers[li].act != MJ_ACT_NONE) {
-            s->peers_expressible = false;
-            snprintf(s->peer_note, sizeof s->peer_note,
-                     "peers skipped: activation %s does not follow a Linear layer", mj_act_name(act));
-        } else {
-            s->layers[li].act = act;
-        }
-    }
-    s->in_features = s->layers[0].in;
-    s->out_features = s->layers[n_lin - 1].out;
-    return MJ_OK;
-}
-
-/* ---- setup -------------------------------------------------------------- */
-
-void mj_bench_setup_free(mj_bench_setup *s) {
-    if (!s) return;
-    for (int i = 0; i < s->nv; i++) {
-        mj_compiled_free(s->v[i].compiled);
-        mj_peer_free(s->v[i].peer);
-    }
-    if (s->layer_tensors)
-        for (int i = 0; i < 2 * s->n_layers; i++) mj_tensor_release(s->layer_tensors[i]);
-    free(s->layer_tensors);
-    free(s->layers);
-    free(s->ybuf);
-    mj_tensor_release(s->x);
-    mj_graph_free(s->trace);
-    mj_module_free(s->model);
-    free(s);
-}
-
-static void note_skip(mj_bench_setup *s, const char *fmt, const char *a, const char *b) {
-    if (s->n_skipped >= V_COUNT) return;
-    snprintf(s->skipped[s->n_skipped++], sizeof s->skipped[0], fmt, a, b);
-}
-
-static mj_status compile_variant(mj_bench_setup *s, const mj_graph *g, int kind) {
-    mj_compile_options o;
-    mj_compile_options_init(&o);
-    o.numeric = kind == V_FAST ? MJ_NUMERIC_FAST : MJ_NUMERIC_EXACT;
-    o.frozen = kind == V_FROZEN;
-    o.threads = s->w.threads;
-    o.use_cache = false; /* compile times must be real compiles */
-    variant *v = &s->v[s->nv];
-    memset(v, 0, sizeof *v);
-    v->kind = kind;
-    v->exact = kind != V_FAST;
-    v->timed = true;
-    mj_status st = mj_jit_compile(s->jit, g, &o, &v->compiled);
-    if (st != MJ_OK)
-        return mj_fail_prefix(st, "%s: %s: compiling", s->w.id, variant_names[kind]);
-    const mj_compile_stats *cs = mj_compiled_stats(v->compiled);
-    v->compile_ms = cs ? cs->total_ms : -1;
-    s->nv++;
-    return MJ_OK;
-}
-
-static mj_status make_input(mj_bench_setup *s, int64_t batch) {
-    mj_rng rng;
-    mj_rng_seed(&rng, s->w.seed ^ (0x9e3779b97f4a7c15ull * (uint64_t)batch));
-    int64_t shape[2] = {batch, s->in_features};
-    mj_tensor *x = NULL;
-    MJ_TRY(mj_tensor_randn(&x, 2, shape, &rng));
-    int64_t yn;
-    if (__builtin_mul_overflow(batch, s->out_features, &yn)) {
-        mj_tensor_release(x);
-        return mj_fail(MJ_ERR_LIMIT, "bench: batch %lld too large", (long long)batch);
-    }
-    float *y = malloc((size_t)yn * sizeof *y);
-    if (!y) {
-        mj_tensor_release(x);
-        return mj_fail(MJ_ERR_NOMEM, "bench: out of memory for the output");
-    }
-    mj_tensor_release(s->x);
-    free(s->ybuf);
-    s->x = x;
-    s->ybuf = y;
-    s->y_numel = yn;
-    s->batch = batch;
-    return MJ_OK;
-}
-
-/* (Re)builds the peers for the current batch; a peer that cannot run is
- * skipped with a note, not an error. */
-static void build_peers(mj_bench_setup *s) {
-    for (int k = 0; k < MJ_PEER_COUNT; k++) {
-        int kind = k == MJ_PEER_OPENBLAS ? V_OPENBLAS : V_LIBXSMM;
-        int idx = -1;
-        for (int i = 0; i < s->nv; i++)
-            if (s->v[i].kind == kind) idx = i;
-        if (idx >= 0) {
-            mj_peer_free(s->v[idx].peer);
-            s->v[idx].peer = NULL;
-        }
-        if (!mj_peer_built((mj_peer_kind)k)) continue;
-        mj_peer *p = NULL;
-        if (!s->peers_expressible) {
-            if (idx < 0) note_skip(s, "%s: %.200s", mj_peer_name((mj_peer_kind)k), s->peer_note);
-        } else if (mj_peer_new((mj_peer_kind)k, s->n_layers, s->layers, s->batch, s->w.threads,
-                               &p) != MJ_OK) {
-            if (idx < 0) note_skip(s, "%s: %.200s", mj_peer_name((mj_peer_kind)k), mj_last_error());
-            mj_clear_error();
-        }
-        if (idx >= 0) {
-            if (p) {
-                s->v[idx].peer = p;
-            } else {
-                /* drop the variant: shift the rest down */
-                memmove(&s->v[idx], &s->v[idx + 1], (size_t)(s->nv - idx - 1) * sizeof s->v[0]);
-                s->nv--;
-            }
-        } else if (p) {
-            variant *v = &s->v[s->nv++];
-            memset(v, 0, sizeof *v);
-            v->kind = kind;
-            v->timed = true;
-            v->compile_ms = -1;
-            v->peer = p;
-        }
-    }
-}
-
-mj_status mj_bench_setup_new(const mj_bench_workload *w, mj_jit *jit, mj_bench_setup **out) {
-    if (!w || !jit || !out) return mj_fail(MJ_ERR_INVALID, "bench: NULL workload, jit or out");
-    if (w->batch < 1 || w->threads < 1)
-        return mj_fail(MJ_ERR_INVALID, "bench: %s: batch %lld and threads %d must be >= 1", w->id,
-                       (long long)w->batch, w->threads);
-    if ((w->mask == MJ_BENCH_MASK_RANDOM || w->mask == MJ_BENCH_MASK_BLOCK4) &&
-        !(w->density >= 0.0 && w->density <= 1.0))
-        return mj_fail(MJ_ERR_INVALID, "bench: %s: density %g is not in [0, 1]", w->id, w->density);
-    mj_bench_setup *s = calloc(1, sizeof *s);
-    if (!s) return mj_fail(MJ_ERR_NOMEM, "bench: out of memory");
-    s->w = *w;
-    s->jit = jit;
-    leaf_list leaves = {0};
-    mj_rng rng;
-    mj_rng_seed(&rng, w->seed);
-    mj_status st = mj_model_from_spec(w->spec, &rng, &s->model);
-    if (st != MJ_OK) goto fail;
-    if ((st = collect_leaves(s->model, &leaves)) != MJ_OK) goto fail;
-    if ((st = apply_masks(s->model, &leaves, w, &rng)) != MJ_OK) goto fail;
-    if ((st = build_layers(s, &leaves)) != MJ_OK) goto fail;
-    if ((st = make_input(s, w->batch)) != MJ_OK) goto fail;
-
-    /* eager and the interpreter are single-threaded: at threads > 1 they
-     * are kept for the correctness check only */
-    for (int k = V_EAGER; k <= V_INTERP; k++) {
-        variant *v = &s->v[s->nv++];
-        v->kind = k;
-        v->exact = true;
-        v->timed = w->threads == 1;
-        v->compile_ms = -1;
-    }
-    double t_trace = mj_now_seconds();
-    st = mj_trace_module(s->model, s->x, &s->trace);
-    s->trace_ms = (mj_now_seconds() - t_trace) * 1e3;
-    if (st != MJ_OK) {
-        mj_fail_prefix(st, "%s: tracing", w->id);
-        goto fail;
-    }
-    /* the trace as the CLI compiles it: the JIT runs its own passes, and
-     * their cost is part of the compile time reported */
-    for (int k = V_EXACT; k <= V_FROZEN; k++)
-        if ((st = compile_variant(s, s->trace, k)) != MJ_OK) goto fail;
-    build_peers(s);
-    free(leaves.m);
-    *out = s;
-    return MJ_OK;
-fail:
-    free(leaves.m);
-    mj_bench_setup_free(s);
-    return st;
-}
-
-/* Changes the batch: new input, output buffer and peers (whose kernels are
- * shaped per batch). The compiled code runs at any batch. */
-mj_status mj_bench_setup_set_batch(mj_bench_setup *s, int64_t batch) {
-    if (!s || batch < 1)
-        return mj_fail(MJ_ERR_INVALID, "bench: batch %lld must be >= 1", (long long)batch);
-    MJ_TRY(make_input(s, batch));
-    s->w.batch = batch;
-    build_peers(s);
-    return MJ_OK;
-}
-
-mj_module *mj_bench_setup_model(mj_bench_setup *s) { return s->model; }
-const mj_tensor *mj_bench_setup_input(const mj_bench_setup *s) { return s->x; }
-double mj_bench_setup_flops(const mj_bench_setup *s) {
-    return 2.0 * (double)s->batch * s->sum_in_out;
-}
-int mj_bench_variant_count(const mj_bench_setup *s) { return s->nv; }
-const char *mj_bench_variant_name(const mj_bench_setup *s, int i) {
-    return i >= 0 && i < s->nv ? variant_names[s->v[i].kind] : NULL;
-}
-bool mj_bench_variant_exact(const mj_bench_setup *s, int i) {
-    return i >= 0 && i < s->nv && s->v[i].exact;
-}
-bool mj_bench_variant_is_peer(const mj_bench_setup *s, int i) {
-    return i >= 0 && i < s->nv && s->v[i].peer != NULL;
-}
-double mj_bench_variant_compile_ms(const mj_bench_setup *s, int i) {
-    return i >= 0 && i < s->nv ? s->v[i].compile_ms : -1;
-}
-
-/* ---- running ------------------------------------------------------------ */
-
-/* One forward call; the output is dropped (eager and interp allocate it,
- * as PyTorch does; compiled and peers write into buffers). */
-static mj_status run_once(mj_bench_setup *s, variant *v) {
-    mj_tensor *y = NULL;
-    mj_status st = MJ_OK;
-    switch (v->kind) {
-    case V_EAGER: st = mj_module_forward(s->model, s->x, &y); break;
-    case V_INTERP: st = mj_graph_run(s->trace, s->x, &y); break;
-    case V_EXACT:
-    case V_FAST:
-    case V_FROZEN:
-        st = mj_compiled_run_raw(v->compiled, mj_tensor_data(s->x), s->batch, s->ybuf, s->y_numel);
-        break;
-    default: (void)mj_peer_run(v->peer, mj_tensor_data(s->x)); break;
-    }
-    mj_tensor_release(y);
-    return st;
-}
-
-mj_status mj_bench_variant_output(mj_bench_setup *s, int i, mj_tensor **out) {
-    if (!s || !out || i < 0 || i >= s->nv)
-        return mj_fail(MJ_ERR_INVALID, "bench: no variant %d (have %d)", i, s ? s->nv : 0);
-    variant *v = &s->v[i];
-    int64_t shape[2] = {s->batch, s->out_features};
-    mj_status st;
-    switch (v->kind) {
-    case V_EAGER: st = mj_module_forward(s->model, s->x, out); break;
-    case V_INTERP: st = mj_graph_run(s->trace, s->x, out); break;
-    case V_EXACT:
-    case V_FAST:
-    case V_FROZEN:
-        memset(s->ybuf, 0xff, (size_t)s->y_numel * sizeof(float)); /* NaNs: catch unwritten output */
-        st = mj_compiled_run_raw(v->compiled, mj_tensor_data(s->x), s->batch, s->ybuf, s->y_numel);
-        if (st == MJ_OK) st = mj_tensor_from_data(out, 2, shape, s->ybuf);
-        break;
-    default: st = mj_tensor_from_data(out, 2, shape, mj_peer_run(v->peer, mj_tensor_data(s->x))); break;
-    }
-    if (st != MJ_OK) return mj_fail_prefix(st, "%s: %s", s->w.id, variant_names[v->kind]);
-    return MJ_OK;
-}
-
-void mj_bench_tolerance(const mj_bench_setup *s, double *rtol, double *atol) {
-    double k = sqrt((double)(s->sum_k > 0 ? s->sum_k : 1));
-    if (rtol) *rtol = MJ_RTOL_F32 * k;
-    if (atol) *atol = MJ_ATOL_F32 * k;
-}
-
-mj_status mj_bench_check(mj_bench_setup *s) {
-    if (!s) return mj_fail(MJ_ERR_INVALID, "bench: NULL setup");
-    mj_tensor *ref = NULL;
-    MJ_TRY(mj_bench_variant_output(s, 0, &ref)); /* variant 0 is eager */
-    MJ_ASSERT(s->v[0].kind == V_EAGER);
-    double rtol, atol;
-    mj_bench_tolerance(s, &rtol, &atol);
-    double maxabs = 0;
-    const float *rd = mj_tensor_data(ref);
-    for (int64_t i = 0; i < mj_tensor_numel(ref); i++)
-        if (fabs(rd[i]) > maxabs) maxabs = fabs(rd[i]);
-    double atol_eff = atol * (maxabs > 1 ? maxabs : 1);
-
-    char msg[2048] = "";
-    size_t used = 0;
-    int n_bad = 0;
-    mj_status result = MJ_OK;
-    for (int i = 1; i < s->nv; i++) {
-        mj_tensor *y = NULL;
-        mj_status st = mj_bench_variant_output(s, i, &y);
-        if (st != MJ_OK) {
-            mj_tensor_release(ref);
-            return st;
-        }
-        mj_compare c = mj_tensor_compare(y, ref, rtol, atol_eff);
-        bool ok = s->v[i].exact ? c.bit_identical : (c.same_shape && c.close);
-        if (!ok) {
-            char d[512];
-            mj_compare_describe(&c, y, ref, d, sizeof d);
-            int n = snprintf(msg + used, sizeof msg - used, "%s%s %s eager (%s)",
-                             n_bad ? "; " : "", variant_names[s->v[i].kind],
-                             s->v[i].exact ? "is not bit-identical to" : "is not close to", d);
-            if (n > 0) used += (size_t)n < sizeof msg - used ? (size_t)n : sizeof msg - used - 1;
-            n_bad++;
-            result = MJ_ERR_MISMATCH;
-        }
-        mj_tensor_release(y);
-    }
-    mj_tensor_release(ref);
-    if (result != MJ_OK)
-        return mj_fail(result, "%s: %s (tolerance for non-exact variants: rtol %.3g, atol %.3g)",
-                       s->w.id, msg, rtol, atol_eff);
-    return MJ_OK;
-}
-
-static mj_status time_runs(mj_bench_setup *s, variant *v, int64_t n, double *ns) {
-    double t0 = now_ns();
-    for (int64_t i = 0; i < n; i++) MJ_TRY(run_once(s, v));
-    *ns = now_ns() - t0;
-    return MJ_OK;
-}
-
-mj_status mj_bench_measure(mj_bench_setup *s, int reps, double min_ms, mj_bench_result *results) {
-    if (!s || !results || reps < 1 || !(min_ms > 0))
-        return mj_fail(MJ_ERR_INVALID, "bench: reps %d must be >= 1 and min_ms %g > 0", reps, min_ms);
-    double target = min_ms * 1e6;
-    int64_t iters[V_COUNT];
-    int vreps[V_COUNT];
-    /* calibrate: grow the call count until a batch takes a fifth of the target */
-    for (int i = 0; i < s->nv; i++) {
-        variant *v = &s->v[i];
-        results[i] = (mj_bench_result){.median_ns = NAN, .min_ns = NAN, .iters = 0,
-                                       .gflops = NAN, .compile_ms = v->compile_ms};
-        iters[i] = 0;
-        vreps[i] = 0;
-        if (!v->timed) continue;
-        MJ_TRY(run_once(s, v)); /* warm-up */
-        int64_t n = 1;
-        double el = 0;
-        for (;;) {
-            MJ_TRY(time_runs(s, v, n, &el));
-            if (el >= target * 0.2 || n >= (INT64_C(1) << 26)) break;
-            int64_t grow = el > 0 ? (int64_t)(target * 0.25 / el) + 1 : 100;
-            n *= grow < 2 ? 2 : grow > 100 ? 100 : grow;
-        }
-        double it = ceil((double)n * target / (el > 0 ? el : 1));
-        iters[i] = it < 1 ? 1 : it > 1e9 ? (int64_t)1e9 : (int64_t)it;
-        /* a call of over a second (eager at batch 1024) is its own average:
-         * three rounds are enough and keep the full run short */
-        vreps[i] = el / (double)n > 1e9 && reps > 3 ? 3 : reps;
-    }
-    double *samples = calloc((size_t)reps * (size_t)s->nv, sizeof *samples);
-    if (!samples) return mj_fail(MJ_ERR_NOMEM, "bench: out of memory");
-    /* rounds: every variant once per round, start rotating, so drift in the
-     * machine's speed hits all variants alike */
-    for (int r = 0; r < reps; r++) {
-        for (int j = 0; j < s->nv; j++) {
-            int i = (j + r) % s->nv;
-            if (!s->v[i].timed || r >= vreps[i]) continue;
-            double el;
-            mj_status st = time_runs(s, &s->v[i], iters[i], &el);
-            if (st != MJ_OK) {
-                free(samples);
-                return st;
-            }
-            samples[i * reps + r] = el / (double)iters[i];
-        }
-    }
-    double flops = mj_bench_setup_flops(s);
-    for (int i = 0; i < s->nv; i++) {
-        if (!s->v[i].timed) continue;
-        double *x = samples + i * reps;
-        int nr = vreps[i];
-        qsort(x, (size_t)nr, sizeof *x, cmp_double);
-        double med = nr % 2 ? x[nr / 2] : 0.5 * (x[nr / 2 - 1] + x[nr / 2]);
-        results[i].reps = nr;
-        results[i].median_ns = med;
-        results[i].min_ns = x[0];
-        results[i].iters = iters[i];
-        results[i].gflops = med > 0 ? flops / med : NAN;
-    }
-    free(samples);
-    return MJ_OK;
-}
-
 /* ---- the program ---------------------------------------------------------- */
 
 #define MAX_WORKLOADS 64
@@ -631,9 +38,10 @@ typedef struct wl_result {
     double flops;
     long rss_kb;
     int n_rows;
-    row rows[V_COUNT];
+    row rows[MJ_BENCH_MAX_VARIANTS];
     int n_skipped;
-    char skipped[V_COUNT][256];
+    char skipped[MJ_BENCH_MAX_VARIANTS][256];
+    bool vs_reference; /* ratio is against the reference (variant 0), not a peer */
 } wl_result;
 
 typedef struct options {
@@ -646,17 +54,27 @@ typedef struct options {
     int threads[MAX_THREADS_LIST];
     int n_threads;
     uint64_t seed;
+    const char *model;  /* a user's model: saved trace file or spec (MODEL argument) */
+    int64_t batches[MAX_THREADS_LIST];
+    int n_batches;
 } options;
 
 static void usage(FILE *f, const char *prog) {
     fprintf(f,
-            "usage: %s [options]\n"
-            "Times eager, the interpreter, the compiled modes and the BLAS peers on the\n"
-            "workloads of issue 5; every variant is checked against eager first.\n"
+            "usage: %s [options]          the built-in workloads\n"
+            "       %s MODEL [options]    your model\n"
+            "Times eager, the interpreter, the compiled modes and the peers (OpenBLAS,\n"
+            "LIBXSMM, oneDNN, XNNPACK: those found at build time) on masked MLP workloads\n"
+            "(--list shows them); every variant is checked against eager first.\n"
+            "With MODEL (a saved trace, e.g. from `maskjit trace` or tools/export_torch.py,\n"
+            "or a model spec) it times that model instead: the interpreter and the compiled\n"
+            "modes (exact, fast, frozen), each checked against the interpreter first, at\n"
+            "every --batch and --threads; ratios are against the interpreter.\n"
+            "  --batch LIST      batches for MODEL (default 1,8,64)\n"
             "  --workloads LIST  comma-separated ids (default W1,W2,W3,W4,W5,W6)\n"
             "  --reps N          timing rounds, median reported (default 7; --smoke 3)\n"
             "  --min-ms X        time per variant per round in ms (default 25; --smoke 2)\n"
-            "  --threads LIST    thread counts for W6 (default 1%s)\n"
+            "  --threads LIST    thread counts for W6 and MODEL (default 1%s)\n"
             "  --seed N          weights, masks and inputs (default 0)\n"
             "  --clock wall|cpu  wall time (default) or process CPU time (for loaded machines;\n"
             "                    single-thread runs only)\n"
@@ -665,7 +83,7 @@ static void usage(FILE *f, const char *prog) {
             "  --plot FILE.svg   GFLOP/s against batch for W6 (needs gnuplot)\n"
             "  --list            list the workloads and exit\n"
             "  --help            this text\n",
-            prog, MJ_BENCH_JIT_THREADS ? ",2" : " (the JIT is single-threaded)");
+            prog, prog, mj_bench_jit_threads() ? ",2" : " (the JIT is single-threaded)");
 }
 
 static bool parse_i64(const char *s, int64_t lo, int64_t hi, int64_t *out) {
@@ -688,7 +106,7 @@ static int parse_args(int argc, char **argv, options *o, FILE *err) {
         const char *val = NULL;
         bool takes = !strcmp(a, "--workloads") || !strcmp(a, "--reps") || !strcmp(a, "--min-ms") ||
                      !strcmp(a, "--plot") || !strcmp(a, "--threads") || !strcmp(a, "--seed") ||
-                     !strcmp(a, "--clock");
+                     !strcmp(a, "--clock") || !strcmp(a, "--batch");
         if (takes) {
             if (i + 1 >= argc) {
                 fprintf(err, "%s: %s needs a value\n", prog, a);
@@ -775,6 +193,32 @@ static int parse_args(int argc, char **argv, options *o, FILE *err) {
                 fprintf(err, "%s: %s: empty list '%s'\n", prog, a, val);
                 return 2;
             }
+        } else if (!strcmp(a, "--batch")) {
+            char buf[256];
+            if (strlen(val) >= sizeof buf || !*val) {
+                fprintf(err, "%s: --batch: list '%s' is empty or too long\n", prog, val);
+                return 2;
+            }
+            strcpy(buf, val);
+            char *save = NULL;
+            for (char *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+                int64_t v;
+                if (!parse_i64(t, 1, 1 << 20, &v)) {
+                    fprintf(err, "%s: --batch wants batches in 1..1048576, got '%s'\n", prog, t);
+                    return 2;
+                }
+                if (o->n_batches >= MAX_THREADS_LIST) {
+                    fprintf(err, "%s: --batch takes at most %d batches\n", prog, MAX_THREADS_LIST);
+                    return 2;
+                }
+                o->batches[o->n_batches++] = v;
+            }
+            if (o->n_batches == 0) {
+                fprintf(err, "%s: --batch: empty list '%s'\n", prog, val);
+                return 2;
+            }
+        } else if (a[0] != '-' && !o->model) {
+            o->model = a;
         } else {
             fprintf(err, "%s: unknown argument '%s' (try --help)\n", prog, a);
             return 2;
@@ -784,6 +228,14 @@ static int parse_args(int argc, char **argv, options *o, FILE *err) {
         fprintf(err, "%s: --json and --csv are exclusive\n", prog);
         return 2;
     }
+    if (o->n_batches && !o->model) {
+        fprintf(err, "%s: --batch goes with a MODEL (the workloads have their own batches)\n", prog);
+        return 2;
+    }
+    if (o->model && o->n_batches == 0) {
+        static const int64_t dflt[] = {1, 8, 64};
+        for (int i = 0; i < 3; i++) o->batches[o->n_batches++] = dflt[i];
+    }
     bool any = false;
     for (int i = 1; i <= 6; i++) any |= o->want[i];
     if (!any)
@@ -792,7 +244,7 @@ static int parse_args(int argc, char **argv, options *o, FILE *err) {
     if (o->min_ms < 0) o->min_ms = o->smoke ? 2 : 25;
     if (o->n_threads == 0) {
         o->threads[o->n_threads++] = 1;
-        if (MJ_BENCH_JIT_THREADS) o->threads[o->n_threads++] = 2;
+        if (mj_bench_jit_threads()) o->threads[o->n_threads++] = 2;
     }
     return 0;
 }
@@ -908,7 +360,7 @@ static void print_table_block(FILE *out, const wl_result *wr) {
             (long long)wr->w.batch, wr->w.threads, wr->w.threads > 1 ? "s" : "", wr->flops / 1e6,
             wr->rss_kb / 1024.0);
     fprintf(out, "    %-16s %12s %10s %12s %12s %10s\n", "variant", "median", "GFLOP/s",
-            "vs best peer", "compile ms", "calls/round");
+            wr->vs_reference ? "vs interp" : "vs best peer", "compile ms", "calls/round");
     for (int i = 0; i < wr->n_rows; i++) {
         const row *r = &wr->rows[i];
         if (!isfinite(r->r.median_ns)) continue;
@@ -926,14 +378,14 @@ static void print_table_block(FILE *out, const wl_result *wr) {
 
 /* W6 again as one matrix: GFLOP/s per batch and variant. */
 static void print_w6_matrix(FILE *out, const wl_result *res, int n) {
-    const char *names[V_COUNT];
+    const char *names[MJ_BENCH_MAX_VARIANTS];
     int nn = 0;
     for (int i = 0; i < n; i++) {
         if (strcmp(res[i].w.id, "W6")) continue;
         for (int j = 0; j < res[i].n_rows; j++) {
             bool seen = false;
             for (int k = 0; k < nn; k++) seen |= !strcmp(names[k], res[i].rows[j].variant);
-            if (!seen && nn < V_COUNT) names[nn++] = res[i].rows[j].variant;
+            if (!seen && nn < MJ_BENCH_MAX_VARIANTS) names[nn++] = res[i].rows[j].variant;
         }
     }
     if (nn == 0) return;
@@ -969,7 +421,7 @@ static void write_json(FILE *out, const wl_result *res, int n, const options *o,
     json_object_set_new(root, "min_ms", json_real(o->min_ms));
     json_object_set_new(root, "smoke", json_boolean(o->smoke));
     json_object_set_new(root, "clock", json_string(o->cpu_clock ? "cpu" : "wall"));
-    json_object_set_new(root, "jit_threads_supported", json_boolean(MJ_BENCH_JIT_THREADS));
+    json_object_set_new(root, "jit_threads_supported", json_boolean(mj_bench_jit_threads()));
     json_t *peers = json_object();
     for (int k = 0; k < MJ_PEER_COUNT; k++)
         json_object_set_new(peers, mj_peer_name((mj_peer_kind)k),
@@ -994,6 +446,7 @@ static void write_json(FILE *out, const wl_result *res, int n, const options *o,
         json_object_set_new(w, "density", json_real(wr->w.density));
         json_object_set_new(w, "flops", json_real(wr->flops));
         json_object_set_new(w, "peak_rss_kb", json_integer(wr->rss_kb));
+        json_object_set_new(w, "ratio_against", json_string(wr->vs_reference ? "interp" : "best peer"));
         json_t *rs = json_array();
         for (int j = 0; j < wr->n_rows; j++) {
             const row *r = &wr->rows[j];
@@ -1123,50 +576,165 @@ static int write_plot(const char *file, const wl_result *res, int n, FILE *err) 
 }
 
 static void fill_result(wl_result *wr, mj_bench_setup *s, const mj_bench_result *r) {
-    wr->w = s->w;
+    int nv = mj_bench_variant_count(s);
+    wr->vs_reference = mj_bench_setup_model(s) == NULL;
+    wr->w = *mj_bench_setup_workload(s);
     wr->flops = mj_bench_setup_flops(s);
     wr->rss_kb = peak_rss_kb();
-    wr->n_rows = s->nv;
+    wr->n_rows = nv;
     double best_peer = NAN;
-    for (int i = 0; i < s->nv; i++)
-        if (s->v[i].peer && isfinite(r[i].median_ns) &&
+    for (int i = 0; i < nv; i++)
+        if (mj_bench_variant_is_peer(s, i) && isfinite(r[i].median_ns) &&
             (!isfinite(best_peer) || r[i].median_ns < best_peer))
             best_peer = r[i].median_ns;
-    for (int i = 0; i < s->nv; i++) {
+    for (int i = 0; i < nv; i++) {
         row *rw = &wr->rows[i];
-        snprintf(rw->variant, sizeof rw->variant, "%s", variant_names[s->v[i].kind]);
-        rw->peer = s->v[i].peer != NULL;
+        snprintf(rw->variant, sizeof rw->variant, "%s", mj_bench_variant_name(s, i));
+        rw->peer = mj_bench_variant_is_peer(s, i);
         rw->r = r[i];
         rw->ratio = isfinite(best_peer) && r[i].median_ns > 0 ? best_peer / r[i].median_ns : NAN;
     }
-    wr->n_skipped = s->n_skipped;
-    for (int i = 0; i < s->n_skipped; i++) snprintf(wr->skipped[i], sizeof wr->skipped[i], "%s", s->skipped[i]);
+    if (wr->vs_reference) /* a user's model: speed-up over the interpreter */
+        for (int i = 0; i < nv; i++)
+            wr->rows[i].ratio = r[i].median_ns > 0 ? r[0].median_ns / r[i].median_ns : NAN;
+    wr->n_skipped = mj_bench_setup_skipped_count(s);
+    for (int i = 0; i < wr->n_skipped; i++)
+        snprintf(wr->skipped[i], sizeof wr->skipped[i], "%s", mj_bench_setup_skipped(s, i));
 }
 
 /* Check + measure the setup at its current batch; appends to res. */
 static int run_one(mj_bench_setup *s, const options *o, wl_result *res, int *n_res, FILE *out,
                    FILE *err) {
     if (*n_res >= MAX_WORKLOADS * 2) return 0;
-    fprintf(err, "[%s] batch %lld, %d thread(s): checking %d variants against eager\n", s->w.id,
-            (long long)s->batch, s->w.threads, s->nv);
+    const mj_bench_workload *w = mj_bench_setup_workload(s);
+    int nv = mj_bench_variant_count(s);
+    fprintf(err, "[%s] batch %lld, %d thread(s): checking %d variants against %s\n", w->id,
+            (long long)mj_bench_setup_batch(s), w->threads, nv, mj_bench_variant_name(s, 0));
     if (mj_bench_check(s) != MJ_OK) {
         fprintf(err, "maskjit-bench: %s\n", mj_last_error());
         return 1;
     }
-    fprintf(err, "[%s] timing: %d rounds x %d variants, ~%g ms each\n", s->w.id, o->reps, s->nv,
+    fprintf(err, "[%s] timing: %d rounds x %d variants, ~%g ms each\n", w->id, o->reps, nv,
             o->min_ms);
-    mj_bench_result r[V_COUNT];
+    mj_bench_result r[MJ_BENCH_MAX_VARIANTS];
     if (mj_bench_measure(s, o->reps, o->min_ms, r) != MJ_OK) {
-        fprintf(err, "maskjit-bench: %s: timing: %s\n", s->w.id, mj_last_error());
+        fprintf(err, "maskjit-bench: %s: timing: %s\n", w->id, mj_last_error());
         return 1;
     }
     wl_result *wr = &res[(*n_res)++];
     fill_result(wr, s, r);
-    if (!o->json && !o->csv && strcmp(s->w.id, "W6") != 0) {
+    if (!o->json && !o->csv && strcmp(w->id, "W6") != 0) {
         print_table_block(out, wr);
         fflush(out);
     }
     return 0;
+}
+
+static int first_linear_in(const char *path, mj_module *m, void *ctx) {
+    (void)path;
+    int64_t *in = ctx;
+    if (*in == 0 && mj_linear_in_features(m) > 0) *in = mj_linear_in_features(m);
+    return 0;
+}
+
+/* The graph of a user's MODEL: a saved trace, or a spec traced on ones. */
+static mj_status load_model_graph(const char *model, uint64_t seed, mj_graph **g) {
+    struct stat st;
+    if (stat(model, &st) == 0) {
+        if (!S_ISREG(st.st_mode)) return mj_fail(MJ_ERR_INVALID, "%s is not a regular file", model);
+        return mj_graph_load(model, g);
+    }
+    mj_rng rng;
+    mj_rng_seed(&rng, seed);
+    mj_module *m = NULL;
+    mj_status s = mj_model_from_spec(model, &rng, &m);
+    if (s != MJ_OK)
+        return mj_fail_prefix(s, "'%s' is neither a file nor a model spec", model);
+    int64_t in = 0;
+    mj_module_walk(m, first_linear_in, &in);
+    mj_tensor *x = NULL;
+    s = mj_tensor_ones(&x, 2, (int64_t[]){1, in > 0 ? in : 1});
+    if (s == MJ_OK) s = mj_trace_module(m, x, g);
+    mj_tensor_release(x);
+    mj_module_free(m);
+    return s;
+}
+
+/* `maskjit bench MODEL`: every batch x thread count, checked, timed, reported. */
+static int run_model(const options *o, const char *prog, FILE *out, FILE *err) {
+    mj_graph *g = NULL;
+    if (load_model_graph(o->model, o->seed, &g) != MJ_OK) {
+        fprintf(err, "%s: %s\n", prog, mj_last_error());
+        return 1;
+    }
+    int n_max = o->n_batches * o->n_threads;
+    wl_result *res = calloc((size_t)n_max, sizeof *res);
+    mj_jit *jit = NULL;
+    int rc = 1;
+    if (!res) {
+        fprintf(err, "%s: out of memory\n", prog);
+        goto done;
+    }
+    if (mj_jit_new(&jit) != MJ_OK) {
+        fprintf(err, "%s: cannot start the JIT: %s\n", prog, mj_last_error());
+        goto done;
+    }
+    const char *base = strrchr(o->model, '/');
+    base = base ? base + 1 : o->model;
+    char cpu[256];
+    cpu_name(cpu, sizeof cpu);
+    const char *llvm_cpu = mj_jit_cpu_name(jit);
+    if (!o->json && !o->csv)
+        fprintf(out, "maskjit bench %s — CPU: %s (LLVM: %s), %d rounds, ~%g ms per variant per "
+                     "round, median reported\n", o->model, cpu, llvm_cpu ? llvm_cpu : "?", o->reps,
+                o->min_ms);
+    int n_res = 0;
+    rc = 0;
+    for (int t = 0; t < o->n_threads && rc == 0; t++) {
+        mj_bench_setup *s = NULL;
+        fprintf(err, "[%s] compiling for %d thread(s)\n", base, o->threads[t]);
+        if (mj_bench_setup_from_graph(base, o->model, g, o->batches[0], o->threads[t], o->seed, jit,
+                                      &s) != MJ_OK) {
+            fprintf(err, "%s: %s\n", prog, mj_last_error());
+            rc = 1;
+            break;
+        }
+        for (int v = 0; v < mj_bench_variant_count(s); v++)
+            if (mj_bench_variant_compile_ms(s, v) >= 0)
+                fprintf(err, "[%s] %s compiled in %.1f ms\n", base, mj_bench_variant_name(s, v),
+                        mj_bench_variant_compile_ms(s, v));
+        for (int b = 0; b < o->n_batches && rc == 0; b++) {
+            if (b > 0 && mj_bench_setup_set_batch(s, o->batches[b]) != MJ_OK) {
+                fprintf(err, "%s: %s\n", prog, mj_last_error());
+                rc = 1;
+                break;
+            }
+            rc = run_one(s, o, res, &n_res, out, err);
+        }
+        mj_bench_setup_free(s);
+    }
+    /* at threads > 1 the interpreter is not timed: compare with its time at
+     * the same batch on one thread */
+    for (int i = 0; i < n_res; i++)
+        for (int j = 0; j < n_res && res[i].w.threads > 1; j++)
+            if (res[j].w.threads == 1 && res[j].w.batch == res[i].w.batch && res[j].n_rows > 0 &&
+                isfinite(res[j].rows[0].r.median_ns))
+                for (int v = 0; v < res[i].n_rows; v++)
+                    res[i].rows[v].ratio = res[j].rows[0].r.median_ns / res[i].rows[v].r.median_ns;
+    if (rc == 0) {
+        if (o->json) write_json(out, res, n_res, o, cpu, llvm_cpu ? llvm_cpu : "?", MJ_RTOL_F32, MJ_ATOL_F32);
+        else if (o->csv) write_csv(out, res, n_res);
+        else
+            fprintf(out, "\ncorrectness: every variant checked against the interpreter before "
+                         "timing; compiled-exact/compiled-frozen bit-identical, compiled-fast within "
+                         "rtol %.3g*sqrt(K), atol %.3g*sqrt(K)*max(1,max|y|), K = summed reduction "
+                         "lengths\n", MJ_RTOL_F32, MJ_ATOL_F32);
+    }
+done:
+    free(res);
+    mj_jit_free(jit);
+    mj_graph_free(g);
+    return rc;
 }
 
 int mj_bench_run(int argc, char **argv, FILE *out, FILE *err) {
@@ -1179,6 +747,7 @@ int mj_bench_run(int argc, char **argv, FILE *out, FILE *err) {
         return 0;
     }
     mj_bench_use_cpu_clock(o.cpu_clock);
+    if (o.model) return run_model(&o, prog, out, err);
     mj_bench_workload ws[MAX_WORKLOADS];
     int nw = build_workloads(&o, ws);
     if (o.list) {
@@ -1209,7 +778,7 @@ int mj_bench_run(int argc, char **argv, FILE *out, FILE *err) {
                 o.reps, o.min_ms, o.cpu_clock ? "process CPU" : "wall",
                 o.smoke ? " (--smoke: reduced sizes)" : "");
         fprintf(out, "  ratio = best peer time / variant time (> 1: faster than the best peer)\n");
-        if (!MJ_BENCH_JIT_THREADS)
+        if (!mj_bench_jit_threads())
             fprintf(out, "  threads: the JIT's threads option is not parallel yet; 1 thread only\n");
         fflush(out);
     }
@@ -1225,12 +794,16 @@ int mj_bench_run(int argc, char **argv, FILE *out, FILE *err) {
             rc = 1;
             break;
         }
-        fprintf(err, "[%s] traced in %.2f ms\n", ws[i].id, s->trace_ms);
-        for (int v = 0; v < s->nv; v++)
-            if (s->v[v].compile_ms >= 0)
+        double trace_ms = mj_bench_setup_trace_ms(s);
+        fprintf(err, "[%s] traced in %.2f ms\n", ws[i].id, trace_ms);
+        for (int v = 0; v < mj_bench_variant_count(s); v++) {
+            double cms = mj_bench_variant_compile_ms(s, v);
+            if (cms >= 0)
                 fprintf(err, "[%s] %s compiled in %.1f ms (trace + compile %.1f ms)\n", ws[i].id,
-                        variant_names[s->v[v].kind], s->v[v].compile_ms, s->trace_ms + s->v[v].compile_ms);
-        for (int k = 0; k < s->n_skipped; k++) fprintf(err, "[%s] skipped %s\n", ws[i].id, s->skipped[k]);
+                        mj_bench_variant_name(s, v), cms, trace_ms + cms);
+        }
+        for (int k = 0; k < mj_bench_setup_skipped_count(s); k++)
+            fprintf(err, "[%s] skipped %s\n", ws[i].id, mj_bench_setup_skipped(s, k));
         if (!strcmp(ws[i].id, "W6")) {
             for (int b = 0; b < nb && rc == 0; b++) {
                 if (mj_bench_setup_set_batch(s, batches[b]) != MJ_OK) {

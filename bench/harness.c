@@ -1,0 +1,705 @@
+/* The benchmark harness (bench.h): builds a workload's variants, checks
+ * each against the reference, times them interleaved. The program (options,
+ * workload list, reports) is bench/program.c. */
+#include "bench/bench.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "bench/peers.h"
+#include "ir/ir.h"
+#include "src/internal.h"
+
+/* Whether mj_compile_options.threads > 1 makes the compiled code use more
+ * threads (it does: a per-model pool splits the batch), so W6 runs 1 and 2. */
+#ifndef MJ_BENCH_JIT_THREADS
+#define MJ_BENCH_JIT_THREADS 1
+#endif
+
+enum {
+    V_EAGER = 0,
+    V_INTERP,
+    V_EXACT,
+    V_FAST,
+    V_FROZEN,
+    V_PEER0, /* V_PEER0 + k: peer k (mj_peer_kind) */
+    V_COUNT = V_PEER0 + MJ_PEER_COUNT
+};
+
+static const char *const variant_names[V_COUNT] = {
+    "eager", "interp", "compiled-exact", "compiled-fast", "compiled-frozen",
+    "openblas", "libxsmm", "onednn", "xnnpack",
+};
+_Static_assert(MJ_PEER_COUNT == 4, "a new peer needs its name in variant_names");
+_Static_assert(V_COUNT <= MJ_BENCH_MAX_VARIANTS, "raise MJ_BENCH_MAX_VARIANTS");
+
+typedef struct variant {
+    int kind;
+    bool exact;   /* must be bit-identical to eager */
+    bool timed;   /* false: built for checking only (single-threaded refs at threads > 1) */
+    mj_compiled *compiled;
+    double compile_ms;
+    mj_peer *peer;
+} variant;
+
+struct mj_bench_setup {
+    mj_bench_workload w;
+    mj_jit *jit;
+    mj_module *model;
+    mj_graph *trace;
+    mj_tensor *x;
+    int64_t batch;
+    int64_t in_features, out_features;
+    /* the input's and output's shapes, MJ_DIM_BATCH for the batch dim */
+    int x_rank, y_rank;
+    int64_t x_dims[MJ_MAX_RANK], y_dims[MJ_MAX_RANK];
+    int n_layers;
+    mj_peer_layer *layers;      /* masked dense weights for the peers (owned copies) */
+    mj_tensor **layer_tensors;  /* the tensors behind layers[].w / .b                 */
+    bool peers_expressible;
+    char peer_note[256];        /* why peers were skipped, if they were              */
+    double sum_in_out;          /* multiply-adds per batch row over Linear layers    */
+    int64_t sum_k;              /* sum of in_features (tolerance scale)              */
+    float *ybuf;
+    int64_t y_numel;
+    variant v[V_COUNT];
+    int nv;
+    char skipped[V_COUNT][256];
+    int n_skipped;
+    double trace_ms; /* mj_trace_module of the model, once per workload */
+};
+
+/* ---- small helpers ----------------------------------------------------- */
+
+/* Wall clock by default; process CPU time on request (robust when the
+ * machine is oversubscribed, meaningful for single-threaded runs only). */
+static _Thread_local clockid_t bench_clock = CLOCK_MONOTONIC;
+
+void mj_bench_use_cpu_clock(bool cpu) {
+    bench_clock = cpu ? CLOCK_PROCESS_CPUTIME_ID : CLOCK_MONOTONIC;
+}
+
+static double now_ns(void) {
+    struct timespec ts;
+    clock_gettime(bench_clock, &ts);
+    return (double)ts.tv_sec * 1e9 + (double)ts.tv_nsec;
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+
+/* ---- model structure --------------------------------------------------- */
+
+/* Leaves of the module tree in child order: for the models the bench builds
+ * (Sequential chains and the seed's linear -> seq) this is forward order. */
+typedef struct leaf_list {
+    mj_module **m;
+    int n, cap;
+} leaf_list;
+
+static mj_status collect_leaves(mj_module *m, leaf_list *l) {
+    int n = mj_module_child_count(m);
+    if (n == 0 || strcmp(mj_module_type(m), "Linear") == 0) {
+        if (l->n == l->cap) {
+            int cap = l->cap ? l->cap * 2 : 16;
+            mj_module **p = realloc(l->m, (size_t)cap * sizeof *p);
+            if (!p) return mj_fail(MJ_ERR_NOMEM, "bench: out of memory");
+            l->m = p;
+            l->cap = cap;
+        }
+        l->m[l->n++] = m;
+        return MJ_OK;
+    }
+    for (int i = 0; i < n; i++) {
+        const char *name = NULL;
+        MJ_TRY(collect_leaves(mj_module_child_at(m, i, &name), l));
+    }
+    return MJ_OK;
+}
+
+/* Which mj_act an activation module computes, found by running it on probe
+ * values (type names cannot tell GELU from GELU(tanh)). */
+static bool identify_act(mj_module *m, mj_act *out) {
+    static const float probe[8] = {-3.0f, -1.25f, -0.5f, -0.0f, 0.25f, 0.75f, 1.5f, 4.0f};
+    int64_t shape[2] = {1, 8};
+    mj_tensor *x = NULL, *y = NULL;
+    if (mj_tensor_from_data(&x, 2, shape, probe) != MJ_OK) return false;
+    bool found = false;
+    if (mj_module_forward(m, x, &y) == MJ_OK && mj_tensor_numel(y) == 8) {
+        const float *yd = mj_tensor_data(y);
+        for (int a = 0; a < MJ_ACT_COUNT && !found; a++) {
+            bool same = true;
+            for (int i = 0; i < 8 && same; i++) {
+                float e = mj_act_apply((mj_act)a, probe[i]);
+                same = memcmp(&e, &yd[i], sizeof e) == 0;
+            }
+            if (same) {
+                *out = (mj_act)a;
+                found = true;
+            }
+        }
+    }
+    mj_tensor_release(x);
+    mj_tensor_release(y);
+    mj_clear_error();
+    return found;
+}
+
+static mj_status register_mask(mj_module *lin, const float *mask) {
+    int64_t shape[2] = {mj_linear_out_features(lin), mj_linear_in_features(lin)};
+    mj_tensor *t = NULL;
+    MJ_TRY(mj_tensor_from_data(&t, 2, shape, mask));
+    mj_parametrization *p = NULL;
+    mj_status s = mj_fake_sparsity_new(&p, t);
+    mj_tensor_release(t);
+    if (s != MJ_OK) return s;
+    s = mj_register_parametrization(lin, "weight", p);
+    if (s != MJ_OK) mj_parametrization_free(p);
+    return s;
+}
+
+static mj_status apply_masks(mj_module *model, const leaf_list *leaves, const mj_bench_workload *w,
+                             mj_rng *rng) {
+    if (w->mask == MJ_BENCH_MASK_NONE) return MJ_OK;
+    if (w->mask == MJ_BENCH_MASK_RANDOM) return mj_model_apply_masks(model, NULL, w->density, rng);
+    for (int i = 0; i < leaves->n; i++) {
+        mj_module *lin = leaves->m[i];
+        if (strcmp(mj_module_type(lin), "Linear") != 0) continue;
+        int64_t out = mj_linear_out_features(lin), in = mj_linear_in_features(lin);
+        float *mask = calloc((size_t)(out * in), sizeof *mask);
+        if (!mask) return mj_fail(MJ_ERR_NOMEM, "bench: out of memory for a [%lld, %lld] mask",
+                                  (long long)out, (long long)in);
+        for (int64_t o = 0; o < out; o++) {
+            switch (w->mask) {
+            case MJ_BENCH_MASK_ONES:
+                for (int64_t j = 0; j < in; j++) mask[o * in + j] = 1.0f;
+                break;
+            case MJ_BENCH_MASK_IDENTITY:
+                if (o < in) mask[o * in + o] = 1.0f;
+                break;
+            case MJ_BENCH_MASK_BLOCK4:
+                /* each group of 4 consecutive inputs of a row lives or dies together */
+                for (int64_t j = 0; j < in; j += 4) {
+                    if (mj_rng_uniform(rng) >= w->density) continue;
+                    for (int64_t q = j; q < j + 4 && q < in; q++) mask[o * in + q] = 1.0f;
+                }
+                break;
+            default: break;
+            }
+        }
+        mj_status s = register_mask(lin, mask);
+        free(mask);
+        MJ_TRY(s);
+    }
+    return MJ_OK;
+}
+
+/* Reads the chain Linear [act] Linear [act] ... for the peers, with the
+ * masked weights as the model computes them. */
+static mj_status build_layers(mj_bench_setup *s, const leaf_list *leaves) {
+    int n_lin = 0;
+    for (int i = 0; i < leaves->n; i++)
+        if (strcmp(mj_module_type(leaves->m[i]), "Linear") == 0) n_lin++;
+    if (n_lin == 0) return mj_fail(MJ_ERR_INVALID, "bench: model '%s' has no Linear layer", s->w.spec);
+    s->layers = calloc((size_t)n_lin, sizeof *s->layers);
+    s->layer_tensors = calloc((size_t)(2 * n_lin), sizeof *s->layer_tensors);
+    if (!s->layers || !s->layer_tensors) return mj_fail(MJ_ERR_NOMEM, "bench: out of memory");
+    s->n_layers = n_lin;
+    s->peers_expressible = true;
+    int li = -1;
+    for (int i = 0; i < leaves->n; i++) {
+        mj_module *m = leaves->m[i];
+        if (strcmp(mj_module_type(m), "Linear") == 0) {
+            li++;
+            mj_peer_layer *l = &s->layers[li];
+            l->in = mj_linear_in_features(m);
+            l->out = mj_linear_out_features(m);
+            l->act = MJ_ACT_NONE;
+            mj_tensor *w = NULL, *b = NULL;
+            MJ_TRY(mj_module_get(m, "weight", &w));
+            s->layer_tensors[2 * li] = w;
+            l->w = mj_tensor_data(w);
+            if (mj_module_get(m, "bias", &b) == MJ_OK && b) {
+                s->layer_tensors[2 * li + 1] = b;
+                l->b = mj_tensor_data(b);
+            }
+            mj_clear_error();
+            s->sum_in_out += (double)l->in * (double)l->out;
+            s->sum_k += l->in;
+            continue;
+        }
+        mj_act act;
+        if (!identify_act(m, &act)) {
+            s->peers_expressible = false;
+            snprintf(s->peer_note, sizeof s->peer_note,
+                     "peers skipped: module '%s' is not a Linear or a known activation",
+                     mj_module_type(m));
+        } else if (act == MJ_ACT_NONE) {
+            /* Identity: nothing to do */
+        } else if (li < 0 || s->layers[li].act != MJ_ACT_NONE) {
+            s->peers_expressible = false;
+            snprintf(s->peer_note, sizeof s->peer_note,
+                     "peers skipped: activation %s does not follow a Linear layer", mj_act_name(act));
+        } else {
+            s->layers[li].act = act;
+        }
+    }
+    s->in_features = s->layers[0].in;
+    s->out_features = s->layers[n_lin - 1].out;
+    s->x_rank = s->y_rank = 2;
+    s->x_dims[0] = s->y_dims[0] = MJ_DIM_BATCH;
+    s->x_dims[1] = s->in_features;
+    s->y_dims[1] = s->out_features;
+    return MJ_OK;
+}
+
+/* ---- setup -------------------------------------------------------------- */
+
+void mj_bench_setup_free(mj_bench_setup *s) {
+    if (!s) return;
+    for (int i = 0; i < s->nv; i++) {
+        mj_compiled_free(s->v[i].compiled);
+        mj_peer_free(s->v[i].peer);
+    }
+    if (s->layer_tensors)
+        for (int i = 0; i < 2 * s->n_layers; i++) mj_tensor_release(s->layer_tensors[i]);
+    free(s->layer_tensors);
+    free(s->layers);
+    free(s->ybuf);
+    mj_tensor_release(s->x);
+    mj_graph_free(s->trace);
+    mj_module_free(s->model);
+    free(s);
+}
+
+static void note_skip(mj_bench_setup *s, const char *fmt, const char *a, const char *b) {
+    if (s->n_skipped >= V_COUNT) return;
+    snprintf(s->skipped[s->n_skipped++], sizeof s->skipped[0], fmt, a, b);
+}
+
+static mj_status compile_variant(mj_bench_setup *s, const mj_graph *g, int kind) {
+    mj_compile_options o;
+    mj_compile_options_init(&o);
+    o.numeric = kind == V_FAST ? MJ_NUMERIC_FAST : MJ_NUMERIC_EXACT;
+    o.frozen = kind == V_FROZEN;
+    o.threads = s->w.threads;
+    o.use_cache = false; /* compile times must be real compiles */
+    variant *v = &s->v[s->nv];
+    memset(v, 0, sizeof *v);
+    v->kind = kind;
+    v->exact = kind != V_FAST;
+    v->timed = true;
+    mj_status st = mj_jit_compile(s->jit, g, &o, &v->compiled);
+    if (st != MJ_OK)
+        return mj_fail_prefix(st, "%s: %s: compiling", s->w.id, variant_names[kind]);
+    const mj_compile_stats *cs = mj_compiled_stats(v->compiled);
+    v->compile_ms = cs ? cs->total_ms : -1;
+    s->nv++;
+    return MJ_OK;
+}
+
+/* A shape at this batch; false when its element count overflows. */
+static bool shape_at(int rank, const int64_t *dims, int64_t batch, int64_t *shape, int64_t *numel) {
+    int64_t n = 1;
+    for (int d = 0; d < rank; d++) {
+        shape[d] = dims[d] == MJ_DIM_BATCH ? batch : dims[d];
+        if (__builtin_mul_overflow(n, shape[d], &n)) return false;
+    }
+    *numel = n;
+    return true;
+}
+
+static mj_status make_input(mj_bench_setup *s, int64_t batch) {
+    mj_rng rng;
+    mj_rng_seed(&rng, s->w.seed ^ (0x9e3779b97f4a7c15ull * (uint64_t)batch));
+    int64_t shape[MJ_MAX_RANK], yshape[MJ_MAX_RANK], xn, yn;
+    if (!shape_at(s->x_rank, s->x_dims, batch, shape, &xn) ||
+        !shape_at(s->y_rank, s->y_dims, batch, yshape, &yn))
+        return mj_fail(MJ_ERR_LIMIT, "bench: batch %lld too large", (long long)batch);
+    mj_tensor *x = NULL;
+    MJ_TRY(mj_tensor_randn(&x, s->x_rank, shape, &rng));
+    float *y = malloc((size_t)(yn > 0 ? yn : 1) * sizeof *y);
+    if (!y) {
+        mj_tensor_release(x);
+        return mj_fail(MJ_ERR_NOMEM, "bench: out of memory for the output");
+    }
+    mj_tensor_release(s->x);
+    free(s->ybuf);
+    s->x = x;
+    s->ybuf = y;
+    s->y_numel = yn;
+    s->batch = batch;
+    return MJ_OK;
+}
+
+/* (Re)builds the peers for the current batch; a peer that cannot run is
+ * skipped with a note, not an error. */
+static void build_peers(mj_bench_setup *s) {
+    for (int k = 0; k < MJ_PEER_COUNT; k++) {
+        int kind = V_PEER0 + k;
+        int idx = -1;
+        for (int i = 0; i < s->nv; i++)
+            if (s->v[i].kind == kind) idx = i;
+        if (idx >= 0) {
+            mj_peer_free(s->v[idx].peer);
+            s->v[idx].peer = NULL;
+        }
+        if (!mj_peer_built((mj_peer_kind)k)) continue;
+        mj_peer *p = NULL;
+        if (!s->peers_expressible) {
+            if (idx < 0) note_skip(s, "%s: %.200s", mj_peer_name((mj_peer_kind)k), s->peer_note);
+        } else if (mj_peer_new((mj_peer_kind)k, s->n_layers, s->layers, s->batch, s->w.threads,
+                               &p) != MJ_OK) {
+            if (idx < 0) note_skip(s, "%s: %.200s", mj_peer_name((mj_peer_kind)k), mj_last_error());
+            mj_clear_error();
+        }
+        if (idx >= 0) {
+            if (p) {
+                s->v[idx].peer = p;
+            } else {
+                /* drop the variant: shift the rest down */
+                memmove(&s->v[idx], &s->v[idx + 1], (size_t)(s->nv - idx - 1) * sizeof s->v[0]);
+                s->nv--;
+            }
+        } else if (p) {
+            variant *v = &s->v[s->nv++];
+            memset(v, 0, sizeof *v);
+            v->kind = kind;
+            v->timed = true;
+            v->compile_ms = -1;
+            v->peer = p;
+        }
+    }
+}
+
+mj_status mj_bench_setup_new(const mj_bench_workload *w, mj_jit *jit, mj_bench_setup **out) {
+    if (!w || !jit || !out) return mj_fail(MJ_ERR_INVALID, "bench: NULL workload, jit or out");
+    if (w->batch < 1 || w->threads < 1)
+        return mj_fail(MJ_ERR_INVALID, "bench: %s: batch %lld and threads %d must be >= 1", w->id,
+                       (long long)w->batch, w->threads);
+    if ((w->mask == MJ_BENCH_MASK_RANDOM || w->mask == MJ_BENCH_MASK_BLOCK4) &&
+        !(w->density >= 0.0 && w->density <= 1.0))
+        return mj_fail(MJ_ERR_INVALID, "bench: %s: density %g is not in [0, 1]", w->id, w->density);
+    mj_bench_setup *s = calloc(1, sizeof *s);
+    if (!s) return mj_fail(MJ_ERR_NOMEM, "bench: out of memory");
+    s->w = *w;
+    s->jit = jit;
+    leaf_list leaves = {0};
+    mj_rng rng;
+    mj_rng_seed(&rng, w->seed);
+    mj_status st = mj_model_from_spec(w->spec, &rng, &s->model);
+    if (st != MJ_OK) goto fail;
+    if ((st = collect_leaves(s->model, &leaves)) != MJ_OK) goto fail;
+    if ((st = apply_masks(s->model, &leaves, w, &rng)) != MJ_OK) goto fail;
+    if ((st = build_layers(s, &leaves)) != MJ_OK) goto fail;
+    if ((st = make_input(s, w->batch)) != MJ_OK) goto fail;
+
+    /* eager and the interpreter are single-threaded: at threads > 1 they
+     * are kept for the correctness check only */
+    for (int k = V_EAGER; k <= V_INTERP; k++) {
+        variant *v = &s->v[s->nv++];
+        v->kind = k;
+        v->exact = true;
+        v->timed = w->threads == 1;
+        v->compile_ms = -1;
+    }
+    double t_trace = mj_now_seconds();
+    st = mj_trace_module(s->model, s->x, &s->trace);
+    s->trace_ms = (mj_now_seconds() - t_trace) * 1e3;
+    if (st != MJ_OK) {
+        mj_fail_prefix(st, "%s: tracing", w->id);
+        goto fail;
+    }
+    /* the trace as the CLI compiles it: the JIT runs its own passes, and
+     * their cost is part of the compile time reported */
+    for (int k = V_EXACT; k <= V_FROZEN; k++)
+        if ((st = compile_variant(s, s->trace, k)) != MJ_OK) goto fail;
+    build_peers(s);
+    free(leaves.m);
+    *out = s;
+    return MJ_OK;
+fail:
+    free(leaves.m);
+    mj_bench_setup_free(s);
+    return st;
+}
+
+/* Multiply-adds per batch row and the summed reduction lengths of the
+ * graph's linear layers and matmuls (the FLOP count and tolerance scale). */
+static void count_graph_work(const mj_graph *g, double *macs, int64_t *sum_k) {
+    *macs = 0;
+    *sum_k = 0;
+    for (int32_t i = 0; i < g->n_nodes; i++) {
+        const mj_node *n = &g->nodes[i];
+        if (n->op != MJ_OP_LINEAR && n->op != MJ_OP_LINEAR_ACT && n->op != MJ_OP_MATMUL) continue;
+        const mj_type *a = &g->nodes[n->operands[0]].type, *y = &n->type;
+        int64_t k = a->dims[a->rank - 1];
+        double rows_out = 1; /* output elements per batch row */
+        for (int d = 0; d < y->rank; d++)
+            if (y->dims[d] != MJ_DIM_BATCH) rows_out *= (double)y->dims[d];
+        *macs += rows_out * (double)k;
+        *sum_k += k;
+    }
+}
+
+mj_status mj_bench_setup_from_graph(const char *id, const char *description, const mj_graph *g,
+                                    int64_t batch, int threads, uint64_t seed, mj_jit *jit,
+                                    mj_bench_setup **out) {
+    if (!id || !g || !jit || !out) return mj_fail(MJ_ERR_INVALID, "bench: NULL id, graph, jit or out");
+    if (batch < 1 || threads < 1)
+        return mj_fail(MJ_ERR_INVALID, "bench: %s: batch %lld and threads %d must be >= 1", id,
+                       (long long)batch, threads);
+    if (mj_graph_input_count(g) != 1 || mj_graph_output_count(g) != 1)
+        return mj_fail(MJ_ERR_UNSUPPORTED, "bench: %s: the graph has %d inputs and %d outputs; "
+                       "the benchmark runs graphs with one of each", id,
+                       mj_graph_input_count(g), mj_graph_output_count(g));
+    mj_bench_setup *s = calloc(1, sizeof *s);
+    if (!s) return mj_fail(MJ_ERR_NOMEM, "bench: out of memory");
+    snprintf(s->w.id, sizeof s->w.id, "%s", id);
+    snprintf(s->w.description, sizeof s->w.description, "%s (%d nodes)",
+             description ? description : id, mj_graph_node_count(g));
+    s->w.batch = batch;
+    s->w.threads = threads;
+    s->w.seed = seed;
+    s->jit = jit;
+    s->x_rank = mj_graph_input_rank(g, 0);
+    s->y_rank = mj_graph_output_rank(g, 0);
+    for (int d = 0; d < s->x_rank; d++) s->x_dims[d] = mj_graph_input_dim(g, 0, d);
+    for (int d = 0; d < s->y_rank; d++) s->y_dims[d] = mj_graph_output_dim(g, 0, d);
+    s->peers_expressible = false;
+    snprintf(s->peer_note, sizeof s->peer_note, "a user model has no peer");
+    count_graph_work(g, &s->sum_in_out, &s->sum_k);
+    mj_status st;
+    double t0 = mj_now_seconds();
+    if ((st = mj_graph_clone(g, &s->trace)) != MJ_OK) goto fail;
+    s->trace_ms = (mj_now_seconds() - t0) * 1e3;
+    if ((st = make_input(s, batch)) != MJ_OK) goto fail;
+    variant *v = &s->v[s->nv++];
+    v->kind = V_INTERP; /* the reference; single-threaded, so timed at 1 thread only */
+    v->exact = true;
+    v->timed = threads == 1;
+    v->compile_ms = -1;
+    for (int k = V_EXACT; k <= V_FROZEN; k++)
+        if ((st = compile_variant(s, s->trace, k)) != MJ_OK) goto fail;
+    *out = s;
+    return MJ_OK;
+fail:
+    mj_bench_setup_free(s);
+    return st;
+}
+
+/* Changes the batch: new input, output buffer and peers (whose kernels are
+ * shaped per batch). The compiled code runs at any batch. */
+mj_status mj_bench_setup_set_batch(mj_bench_setup *s, int64_t batch) {
+    if (!s || batch < 1)
+        return mj_fail(MJ_ERR_INVALID, "bench: batch %lld must be >= 1", (long long)batch);
+    MJ_TRY(make_input(s, batch));
+    s->w.batch = batch;
+    if (s->model) build_peers(s);
+    return MJ_OK;
+}
+
+mj_module *mj_bench_setup_model(mj_bench_setup *s) { return s->model; }
+const mj_tensor *mj_bench_setup_input(const mj_bench_setup *s) { return s->x; }
+double mj_bench_setup_flops(const mj_bench_setup *s) {
+    return 2.0 * (double)s->batch * s->sum_in_out;
+}
+int mj_bench_variant_count(const mj_bench_setup *s) { return s->nv; }
+const char *mj_bench_variant_name(const mj_bench_setup *s, int i) {
+    return i >= 0 && i < s->nv ? variant_names[s->v[i].kind] : NULL;
+}
+bool mj_bench_variant_exact(const mj_bench_setup *s, int i) {
+    return i >= 0 && i < s->nv && s->v[i].exact;
+}
+bool mj_bench_variant_is_peer(const mj_bench_setup *s, int i) {
+    return i >= 0 && i < s->nv && s->v[i].peer != NULL;
+}
+bool mj_bench_jit_threads(void) { return MJ_BENCH_JIT_THREADS; }
+const mj_bench_workload *mj_bench_setup_workload(const mj_bench_setup *s) { return &s->w; }
+int64_t mj_bench_setup_batch(const mj_bench_setup *s) { return s->batch; }
+double mj_bench_setup_trace_ms(const mj_bench_setup *s) { return s->trace_ms; }
+int mj_bench_setup_skipped_count(const mj_bench_setup *s) { return s->n_skipped; }
+const char *mj_bench_setup_skipped(const mj_bench_setup *s, int i) {
+    return i >= 0 && i < s->n_skipped ? s->skipped[i] : NULL;
+}
+double mj_bench_variant_compile_ms(const mj_bench_setup *s, int i) {
+    return i >= 0 && i < s->nv ? s->v[i].compile_ms : -1;
+}
+
+/* ---- running ------------------------------------------------------------ */
+
+/* One forward call; the output is dropped (eager and interp allocate it,
+ * as PyTorch does; compiled and peers write into buffers). */
+static mj_status run_once(mj_bench_setup *s, variant *v) {
+    mj_tensor *y = NULL;
+    mj_status st = MJ_OK;
+    switch (v->kind) {
+    case V_EAGER: st = mj_module_forward(s->model, s->x, &y); break;
+    case V_INTERP: st = mj_graph_run(s->trace, s->x, &y); break;
+    case V_EXACT:
+    case V_FAST:
+    case V_FROZEN:
+        st = mj_compiled_run_raw(v->compiled, mj_tensor_data(s->x), s->batch, s->ybuf, s->y_numel);
+        break;
+    default: (void)mj_peer_run(v->peer, mj_tensor_data(s->x)); break;
+    }
+    mj_tensor_release(y);
+    return st;
+}
+
+mj_status mj_bench_variant_output(mj_bench_setup *s, int i, mj_tensor **out) {
+    if (!s || !out || i < 0 || i >= s->nv)
+        return mj_fail(MJ_ERR_INVALID, "bench: no variant %d (have %d)", i, s ? s->nv : 0);
+    variant *v = &s->v[i];
+    int64_t shape[MJ_MAX_RANK], yn;
+    MJ_ASSERT(shape_at(s->y_rank, s->y_dims, s->batch, shape, &yn) && yn == s->y_numel);
+    mj_status st;
+    switch (v->kind) {
+    case V_EAGER: st = mj_module_forward(s->model, s->x, out); break;
+    case V_INTERP: st = mj_graph_run(s->trace, s->x, out); break;
+    case V_EXACT:
+    case V_FAST:
+    case V_FROZEN:
+        memset(s->ybuf, 0xff, (size_t)s->y_numel * sizeof(float)); /* NaNs: catch unwritten output */
+        st = mj_compiled_run_raw(v->compiled, mj_tensor_data(s->x), s->batch, s->ybuf, s->y_numel);
+        if (st == MJ_OK) st = mj_tensor_from_data(out, s->y_rank, shape, s->ybuf);
+        break;
+    default: st = mj_tensor_from_data(out, s->y_rank, shape, mj_peer_run(v->peer, mj_tensor_data(s->x))); break;
+    }
+    if (st != MJ_OK) return mj_fail_prefix(st, "%s: %s", s->w.id, variant_names[v->kind]);
+    return MJ_OK;
+}
+
+void mj_bench_tolerance(const mj_bench_setup *s, double *rtol, double *atol) {
+    double k = sqrt((double)(s->sum_k > 0 ? s->sum_k : 1));
+    if (rtol) *rtol = MJ_RTOL_F32 * k;
+    if (atol) *atol = MJ_ATOL_F32 * k;
+}
+
+mj_status mj_bench_check(mj_bench_setup *s) {
+    if (!s) return mj_fail(MJ_ERR_INVALID, "bench: NULL setup");
+    mj_tensor *ref = NULL;
+    MJ_TRY(mj_bench_variant_output(s, 0, &ref)); /* the reference: eager, or the interpreter */
+    MJ_ASSERT(s->v[0].kind == V_EAGER || s->v[0].kind == V_INTERP);
+    double rtol, atol;
+    mj_bench_tolerance(s, &rtol, &atol);
+    double maxabs = 0;
+    const float *rd = mj_tensor_data(ref);
+    for (int64_t i = 0; i < mj_tensor_numel(ref); i++)
+        if (fabs(rd[i]) > maxabs) maxabs = fabs(rd[i]);
+    double atol_eff = atol * (maxabs > 1 ? maxabs : 1);
+
+    char msg[2048] = "";
+    size_t used = 0;
+    int n_bad = 0;
+    mj_status result = MJ_OK;
+    for (int i = 1; i < s->nv; i++) {
+        mj_tensor *y = NULL;
+        mj_status st = mj_bench_variant_output(s, i, &y);
+        if (st != MJ_OK) {
+            mj_tensor_release(ref);
+            return st;
+        }
+        mj_compare c = mj_tensor_compare(y, ref, rtol, atol_eff);
+        bool ok = s->v[i].exact ? c.bit_identical : (c.same_shape && c.close);
+        if (!ok) {
+            char d[512];
+            mj_compare_describe(&c, y, ref, d, sizeof d);
+            int n = snprintf(msg + used, sizeof msg - used, "%s%s %s %s (%s)",
+                             n_bad ? "; " : "", variant_names[s->v[i].kind],
+                             s->v[i].exact ? "is not bit-identical to" : "is not close to",
+                             variant_names[s->v[0].kind], d);
+            if (n > 0) used += (size_t)n < sizeof msg - used ? (size_t)n : sizeof msg - used - 1;
+            n_bad++;
+            result = MJ_ERR_MISMATCH;
+        }
+        mj_tensor_release(y);
+    }
+    mj_tensor_release(ref);
+    if (result != MJ_OK)
+        return mj_fail(result, "%s: %s (tolerance for non-exact variants: rtol %.3g, atol %.3g)",
+                       s->w.id, msg, rtol, atol_eff);
+    return MJ_OK;
+}
+
+static mj_status time_runs(mj_bench_setup *s, variant *v, int64_t n, double *ns) {
+    double t0 = now_ns();
+    for (int64_t i = 0; i < n; i++) MJ_TRY(run_once(s, v));
+    *ns = now_ns() - t0;
+    return MJ_OK;
+}
+
+mj_status mj_bench_measure(mj_bench_setup *s, int reps, double min_ms, mj_bench_result *results) {
+    if (!s || !results || reps < 1 || !(min_ms > 0))
+        return mj_fail(MJ_ERR_INVALID, "bench: reps %d must be >= 1 and min_ms %g > 0", reps, min_ms);
+    double target = min_ms * 1e6;
+    int64_t iters[V_COUNT];
+    int vreps[V_COUNT];
+    /* calibrate: grow the call count until a batch takes a fifth of the target */
+    for (int i = 0; i < s->nv; i++) {
+        variant *v = &s->v[i];
+        results[i] = (mj_bench_result){.median_ns = NAN, .min_ns = NAN, .iters = 0,
+                                       .gflops = NAN, .compile_ms = v->compile_ms};
+        iters[i] = 0;
+        vreps[i] = 0;
+        if (!v->timed) continue;
+        MJ_TRY(run_once(s, v)); /* warm-up */
+        int64_t n = 1;
+        double el = 0;
+        for (;;) {
+            MJ_TRY(time_runs(s, v, n, &el));
+            if (el >= target * 0.2 || n >= (INT64_C(1) << 26)) break;
+            int64_t grow = el > 0 ? (int64_t)(target * 0.25 / el) + 1 : 100;
+            n *= grow < 2 ? 2 : grow > 100 ? 100 : grow;
+        }
+        double it = ceil((double)n * target / (el > 0 ? el : 1));
+        iters[i] = it < 1 ? 1 : it > 1e9 ? (int64_t)1e9 : (int64_t)it;
+        /* a call of over a second (eager at batch 1024) is its own average:
+         * three rounds are enough and keep the full run short */
+        vreps[i] = el / (double)n > 1e9 && reps > 3 ? 3 : reps;
+    }
+    double *samples = calloc((size_t)reps * (size_t)s->nv, sizeof *samples);
+    if (!samples) return mj_fail(MJ_ERR_NOMEM, "bench: out of memory");
+    /* rounds: every variant once per round, start rotating, so drift in the
+     * machine's speed hits all variants alike */
+    for (int r = 0; r < reps; r++) {
+        for (int j = 0; j < s->nv; j++) {
+            int i = (j + r) % s->nv;
+            if (!s->v[i].timed || r >= vreps[i]) continue;
+            double el;
+            mj_status st = time_runs(s, &s->v[i], iters[i], &el);
+            if (st != MJ_OK) {
+                free(samples);
+                return st;
+            }
+            samples[i * reps + r] = el / (double)iters[i];
+        }
+    }
+    double flops = mj_bench_setup_flops(s);
+    for (int i = 0; i < s->nv; i++) {
+        if (!s->v[i].timed) continue;
+        double *x = samples + i * reps;
+        int nr = vreps[i];
+        qsort(x, (size_t)nr, sizeof *x, cmp_double);
+        double med = nr % 2 ? x[nr / 2] : 0.5 * (x[nr / 2 - 1] + x[nr / 2]);
+        results[i].reps = nr;
+        results[i].median_ns = med;
+        results[i].min_ns = x[0];
+        results[i].iters = iters[i];
+        results[i].gflops = med > 0 ? flops / med : NAN;
+    }
+    free(samples);
+    return MJ_OK;
+}
+

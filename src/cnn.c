@@ -1,0 +1,444 @@
+/* The layers of CNNs in eager C (maskjit/cnn.h): the reference kernels of
+ * conv2d, eval batch norm and pooling, and their torch.nn modules. The
+ * orders of operations are the reference (docs/numerics.md, "CNN layers").
+ * The IR does not know these ops yet: inside a trace they refuse with a
+ * message rather than record a graph that would miss them. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "maskjit/cnn.h"
+#include "module_impl.h"
+
+#define SHAPE(buf, t) mj_shape_str(buf, sizeof buf, (t)->rank, (t)->shape)
+
+static mj_status refuse_in_trace(const char *op) {
+    return mj_fail(MJ_ERR_UNSUPPORTED,
+                   "%s: CNN layers run eagerly but cannot be traced or compiled yet", op);
+}
+
+void mj_conv2d_params_init(mj_conv2d_params *p) {
+    if (!p) return;
+    for (int i = 0; i < 2; i++) {
+        p->stride[i] = 1;
+        p->padding[i] = 0;
+        p->dilation[i] = 1;
+    }
+    p->groups = 1;
+}
+
+/* Output length of a window sweep; < 1 when the window does not fit. */
+static int64_t window_out(int64_t in, int64_t k, int64_t s, int64_t p, int64_t d) {
+    return (in + 2 * p - d * (k - 1) - 1) / s + 1;
+}
+
+/* Each output element: acc = +0.0f, then for c, kh, kw ascending
+ * acc = fmaf(x, w, acc) with x = 0.0f where the window reads padding (as
+ * im2col does: a NaN or inf weight there still gives NaN), then acc + b.
+ * Cloned like the linear kernel: fmaf is the instruction or libm's. */
+__attribute__((target_clones("fma", "default")))
+static void conv2d_kernel(const float *X, const float *W, const float *B, float *Y, int64_t N,
+                          int64_t C, int64_t H, int64_t Wd, int64_t O, int64_t KH, int64_t KW,
+                          int64_t OH, int64_t OW, const mj_conv2d_params *p) {
+    int64_t cg = C / p->groups, og = O / p->groups;
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t o = 0; o < O; o++) {
+            int64_t g = o / og;
+            const float *wo = W + o * cg * KH * KW;
+            for (int64_t oh = 0; oh < OH; oh++)
+                for (int64_t ow = 0; ow < OW; ow++) {
+                    float acc = 0.0f;
+                    for (int64_t c = 0; c < cg; c++) {
+                        const float *xc = X + ((n * C) + g * cg + c) * H * Wd;
+                        for (int64_t kh = 0; kh < KH; kh++) {
+                            int64_t ih = oh * p->stride[0] - p->padding[0] + kh * p->dilation[0];
+                            for (int64_t kw = 0; kw < KW; kw++) {
+                                int64_t iw = ow * p->stride[1] - p->padding[1] + kw * p->dilation[1];
+                                float xv = ih >= 0 && ih < H && iw >= 0 && iw < Wd ? xc[ih * Wd + iw] : 0.0f;
+                                acc = fmaf(xv, wo[(c * KH + kh) * KW + kw], acc);
+                            }
+                        }
+                    }
+                    Y[((n * O + o) * OH + oh) * OW + ow] = B ? acc + B[o] : acc;
+                }
+        }
+}
+
+mj_status mj_conv2d(mj_tensor **out, const mj_tensor *x, const mj_tensor *w, const mj_tensor *b,
+                    const mj_conv2d_params *p) {
+    if (!out || !x || !w) return mj_fail(MJ_ERR_INVALID, "conv2d: NULL output, input or weight");
+    mj_conv2d_params dflt;
+    if (!p) {
+        mj_conv2d_params_init(&dflt);
+        p = &dflt;
+    }
+    char sx[64], sw[64], sb[64];
+    for (int i = 0; i < 2; i++)
+        if (p->stride[i] < 1 || p->dilation[i] < 1 || p->padding[i] < 0 || p->stride[i] > (1 << 20) ||
+            p->dilation[i] > (1 << 20) || p->padding[i] > (1 << 20))
+            return mj_fail(MJ_ERR_INVALID, "conv2d: stride %lld, dilation %lld must be >= 1 and "
+                           "padding %lld >= 0 (and each at most 2^20)", (long long)p->stride[i],
+                           (long long)p->dilation[i], (long long)p->padding[i]);
+    if (x->rank != 4 || w->rank != 4)
+        return mj_fail(MJ_ERR_SHAPE, "conv2d: input %s and weight %s must be 4-D "
+                       "([N, C, H, W] and [out, in/groups, kh, kw])", SHAPE(sx, x), SHAPE(sw, w));
+    int64_t N = x->shape[0], C = x->shape[1], H = x->shape[2], Wd = x->shape[3];
+    int64_t O = w->shape[0], KH = w->shape[2], KW = w->shape[3], G = p->groups;
+    if (G < 1 || C % G || O % G || w->shape[1] * G != C)
+        return mj_fail(MJ_ERR_SHAPE, "conv2d: input %s, weight %s and groups %lld do not fit "
+                       "(need in channels = weight dim 1 * groups, both channel counts divisible "
+                       "by groups)", SHAPE(sx, x), SHAPE(sw, w), (long long)G);
+    if (b && (b->rank != 1 || b->shape[0] != O))
+        return mj_fail(MJ_ERR_SHAPE, "conv2d: bias %s does not match weight %s (need [%lld])",
+                       SHAPE(sb, b), SHAPE(sw, w), (long long)O);
+    int64_t OH = window_out(H, KH, p->stride[0], p->padding[0], p->dilation[0]);
+    int64_t OW = window_out(Wd, KW, p->stride[1], p->padding[1], p->dilation[1]);
+    if (OH < 1 || OW < 1 || KH < 1 || KW < 1)
+        return mj_fail(MJ_ERR_SHAPE, "conv2d: kernel %lldx%lld (dilation %lldx%lld) does not fit "
+                       "input %s with padding %lldx%lld", (long long)KH, (long long)KW,
+                       (long long)p->dilation[0], (long long)p->dilation[1], SHAPE(sx, x),
+                       (long long)p->padding[0], (long long)p->padding[1]);
+    if (mj_trace_active()) return refuse_in_trace("conv2d");
+    const int64_t shape[4] = {N, O, OH, OW};
+    mj_tensor *y;
+    MJ_TRY(mj_tensor_new_uninit(&y, 4, shape));
+    conv2d_kernel(x->data, w->data, b ? b->data : NULL, y->data, N, C, H, Wd, O, KH, KW, OH, OW, p);
+    *out = y;
+    return MJ_OK;
+}
+
+static bool is_channel_vector(const mj_tensor *t, int64_t c) {
+    return !t || (t->rank == 1 && t->shape[0] == c);
+}
+
+mj_status mj_batch_norm(mj_tensor **out, const mj_tensor *x, const mj_tensor *mean,
+                        const mj_tensor *var, const mj_tensor *weight, const mj_tensor *bias,
+                        float eps) {
+    if (!out || !x || !mean || !var)
+        return mj_fail(MJ_ERR_INVALID, "batch_norm: NULL output, input, mean or variance");
+    char sx[64];
+    if (x->rank < 2)
+        return mj_fail(MJ_ERR_SHAPE, "batch_norm: input %s needs a channel dim (rank >= 2)", SHAPE(sx, x));
+    int64_t C = x->shape[1];
+    if (!is_channel_vector(mean, C) || !is_channel_vector(var, C) || !is_channel_vector(weight, C) ||
+        !is_channel_vector(bias, C))
+        return mj_fail(MJ_ERR_SHAPE, "batch_norm: input %s has %lld channels; mean, var, weight "
+                       "and bias must be [%lld]", SHAPE(sx, x), (long long)C, (long long)C);
+    if (!(eps >= 0.0f)) return mj_fail(MJ_ERR_INVALID, "batch_norm: eps %g must be >= 0", (double)eps);
+    if (mj_trace_active()) return refuse_in_trace("batch_norm");
+    mj_tensor *y;
+    MJ_TRY(mj_tensor_new_uninit(&y, x->rank, x->shape));
+    int64_t inner = 1;
+    for (int d = 2; d < x->rank; d++) inner *= x->shape[d];
+    int64_t outer = x->shape[0];
+    for (int64_t c = 0; c < C; c++) {
+        float alpha = (weight ? weight->data[c] : 1.0f) / sqrtf(var->data[c] + eps);
+        float beta = (bias ? bias->data[c] : 0.0f) - mean->data[c] * alpha;
+        for (int64_t n = 0; n < outer; n++) {
+            const float *xs = x->data + (n * C + c) * inner;
+            float *ys = y->data + (n * C + c) * inner;
+            for (int64_t i = 0; i < inner; i++) ys[i] = fmaf(xs[i], alpha, beta);
+        }
+    }
+    *out = y;
+    return MJ_OK;
+}
+
+/* Validates a pooling window; fills OH, OW. */
+static mj_status pool_geometry(const char *op, const mj_tensor *x, const int64_t k[2],
+                               const int64_t s[2], const int64_t p[2], int64_t *oh, int64_t *ow) {
+    char sx[64];
+    if (!x || x->rank != 4)
+        return mj_fail(MJ_ERR_SHAPE, "%s: input %s must be 4-D [N, C, H, W]", op,
+                       x ? SHAPE(sx, x) : "NULL");
+    for (int i = 0; i < 2; i++) {
+        if (k[i] < 1 || s[i] < 1 || p[i] < 0 || k[i] > (1 << 20) || s[i] > (1 << 20))
+            return mj_fail(MJ_ERR_INVALID, "%s: kernel %lld and stride %lld must be >= 1, padding "
+                           "%lld >= 0", op, (long long)k[i], (long long)s[i], (long long)p[i]);
+        if (2 * p[i] > k[i])
+            return mj_fail(MJ_ERR_INVALID, "%s: padding %lld must be at most half the kernel %lld "
+                           "(as in PyTorch)", op, (long long)p[i], (long long)k[i]);
+    }
+    *oh = window_out(x->shape[2], k[0], s[0], p[0], 1);
+    *ow = window_out(x->shape[3], k[1], s[1], p[1], 1);
+    if (*oh < 1 || *ow < 1)
+        return mj_fail(MJ_ERR_SHAPE, "%s: window %lldx%lld does not fit input %s", op,
+                       (long long)k[0], (long long)k[1], SHAPE(sx, x));
+    return MJ_OK;
+}
+
+mj_status mj_max_pool2d(mj_tensor **out, const mj_tensor *x, const int64_t kernel[2],
+                        const int64_t stride[2], const int64_t padding[2]) {
+    if (!out || !kernel || !stride || !padding)
+        return mj_fail(MJ_ERR_INVALID, "max_pool2d: NULL output or window");
+    int64_t OH, OW;
+    MJ_TRY(pool_geometry("max_pool2d", x, kernel, stride, padding, &OH, &OW));
+    if (mj_trace_active()) return refuse_in_trace("max_pool2d");
+    int64_t NC = x->shape[0] * x->shape[1], H = x->shape[2], W = x->shape[3];
+    const int64_t shape[4] = {x->shape[0], x->shape[1], OH, OW};
+    mj_tensor *y;
+    MJ_TRY(mj_tensor_new_uninit(&y, 4, shape));
+    for (int64_t nc = 0; nc < NC; nc++) {
+        const float *xs = x->data + nc * H * W;
+        for (int64_t oh = 0; oh < OH; oh++)
+            for (int64_t ow = 0; ow < OW; ow++) {
+                float m = -INFINITY;
+                for (int64_t kh = 0; kh < kernel[0]; kh++) {
+                    int64_t ih = oh * stride[0] - padding[0] + kh;
+                    if (ih < 0 || ih >= H) continue;
+                    for (int64_t kw = 0; kw < kernel[1]; kw++) {
+                        int64_t iw = ow * stride[1] - padding[1] + kw;
+                        if (iw < 0 || iw >= W) continue;
+                        float v = xs[ih * W + iw];
+                        if (v > m || isnan(v)) m = v;
+                        if (isnan(m)) break;
+                    }
+                    if (isnan(m)) break;
+                }
+                y->data[(nc * OH + oh) * OW + ow] = m;
+            }
+    }
+    *out = y;
+    return MJ_OK;
+}
+
+mj_status mj_avg_pool2d(mj_tensor **out, const mj_tensor *x, const int64_t kernel[2],
+                        const int64_t stride[2], const int64_t padding[2], bool count_include_pad) {
+    if (!out || !kernel || !stride || !padding)
+        return mj_fail(MJ_ERR_INVALID, "avg_pool2d: NULL output or window");
+    int64_t OH, OW;
+    MJ_TRY(pool_geometry("avg_pool2d", x, kernel, stride, padding, &OH, &OW));
+    if (mj_trace_active()) return refuse_in_trace("avg_pool2d");
+    int64_t NC = x->shape[0] * x->shape[1], H = x->shape[2], W = x->shape[3];
+    const int64_t shape[4] = {x->shape[0], x->shape[1], OH, OW};
+    mj_tensor *y;
+    MJ_TRY(mj_tensor_new_uninit(&y, 4, shape));
+    for (int64_t nc = 0; nc < NC; nc++) {
+        const float *xs = x->data + nc * H * W;
+        for (int64_t oh = 0; oh < OH; oh++)
+            for (int64_t ow = 0; ow < OW; ow++) {
+                /* PyTorch's avg_pool2d: the window clipped to the padded
+                 * input gives the divisor with padding, clipped to the
+                 * input the one without */
+                int64_t h0 = oh * stride[0] - padding[0], w0 = ow * stride[1] - padding[1];
+                int64_t h1 = h0 + kernel[0] < H + padding[0] ? h0 + kernel[0] : H + padding[0];
+                int64_t w1 = w0 + kernel[1] < W + padding[1] ? w0 + kernel[1] : W + padding[1];
+                int64_t pool = (h1 - h0) * (w1 - w0);
+                if (h0 < 0) h0 = 0;
+                if (w0 < 0) w0 = 0;
+                if (h1 > H) h1 = H;
+                if (w1 > W) w1 = W;
+                float sum = 0.0f;
+                for (int64_t ih = h0; ih < h1; ih++)
+                    for (int64_t iw = w0; iw < w1; iw++) sum = sum + xs[ih * W + iw];
+                int64_t div = count_include_pad ? pool : (h1 - h0) * (w1 - w0);
+                y->data[(nc * OH + oh) * OW + ow] = sum / (float)div;
+            }
+    }
+    *out = y;
+    return MJ_OK;
+}
+
+mj_status mj_adaptive_avg_pool2d(mj_tensor **out, const mj_tensor *x, int64_t oh_n, int64_t ow_n) {
+    char sx[64];
+    if (!out) return mj_fail(MJ_ERR_INVALID, "adaptive_avg_pool2d: NULL output");
+    if (!x || x->rank != 4)
+        return mj_fail(MJ_ERR_SHAPE, "adaptive_avg_pool2d: input %s must be 4-D [N, C, H, W]",
+                       x ? SHAPE(sx, x) : "NULL");
+    if (oh_n < 1 || ow_n < 1 || oh_n > (1 << 20) || ow_n > (1 << 20))
+        return mj_fail(MJ_ERR_INVALID, "adaptive_avg_pool2d: output size %lldx%lld must be >= 1",
+                       (long long)oh_n, (long long)ow_n);
+    int64_t NC = x->shape[0] * x->shape[1], H = x->shape[2], W = x->shape[3];
+    if (H < 1 || W < 1)
+        return mj_fail(MJ_ERR_SHAPE, "adaptive_avg_pool2d: input %s is empty", SHAPE(sx, x));
+    if (mj_trace_active()) return refuse_in_trace("adaptive_avg_pool2d");
+    const int64_t shape[4] = {x->shape[0], x->shape[1], oh_n, ow_n};
+    mj_tensor *y;
+    MJ_TRY(mj_tensor_new_uninit(&y, 4, shape));
+    for (int64_t nc = 0; nc < NC; nc++) {
+        const float *xs = x->data + nc * H * W;
+        for (int64_t oh = 0; oh < oh_n; oh++) {
+            int64_t h0 = oh * H / oh_n, h1 = ((oh + 1) * H + oh_n - 1) / oh_n;
+            for (int64_t ow = 0; ow < ow_n; ow++) {
+                int64_t w0 = ow * W / ow_n, w1 = ((ow + 1) * W + ow_n - 1) / ow_n;
+                float sum = 0.0f;
+                for (int64_t ih = h0; ih < h1; ih++)
+                    for (int64_t iw = w0; iw < w1; iw++) sum = sum + xs[ih * W + iw];
+                y->data[(nc * oh_n + oh) * ow_n + ow] = sum / (float)((h1 - h0) * (w1 - w0));
+            }
+        }
+    }
+    *out = y;
+    return MJ_OK;
+}
+
+/* ---- modules ------------------------------------------------------------- */
+
+typedef struct cnn_cfg {
+    mj_conv2d_params conv;
+    int64_t kernel[2], stride[2], padding[2];
+    int64_t out_hw[2];
+    bool count_include_pad;
+    float eps;
+} cnn_cfg;
+
+static mj_status new_module(mj_module **out, const char *type, mj_forward_fn fwd, const cnn_cfg *cfg) {
+    cnn_cfg *c = malloc(sizeof *c);
+    if (!c) return mj_fail(MJ_ERR_NOMEM, "%s: out of memory", type);
+    *c = *cfg;
+    mj_status s = mj_module_new(out, type, fwd, c, free);
+    if (s != MJ_OK) free(c);
+    return s;
+}
+
+static mj_status conv_forward(mj_module *self, const mj_tensor *x, mj_tensor **y) {
+    const cnn_cfg *c = mj_module_user(self);
+    mj_tensor *w = NULL, *b = NULL;
+    MJ_TRY(mj_module_get(self, "weight", &w)); /* mask * original when parametrized */
+    bool has_bias = mj_module_find_param(self, "bias", NULL) || mj_module_entry(self, "bias");
+    mj_status s = has_bias ? mj_module_get(self, "bias", &b) : MJ_OK;
+    if (s == MJ_OK) s = mj_conv2d(y, x, w, b, &c->conv);
+    mj_tensor_release(w);
+    mj_tensor_release(b);
+    return s;
+}
+
+static mj_status uniform(int rank, const int64_t *shape, float bound, mj_rng *rng, mj_tensor **out) {
+    MJ_TRY(mj_tensor_zeros(out, rank, shape));
+    float *d = mj_tensor_data_mut(*out);
+    for (int64_t i = 0; i < mj_tensor_numel(*out); i++) d[i] = (2.0f * mj_rng_uniform(rng) - 1.0f) * bound;
+    return MJ_OK;
+}
+
+mj_status mj_conv2d_new(mj_module **out, int64_t in_ch, int64_t out_ch, const int64_t kernel[2],
+                        const mj_conv2d_params *p, bool bias, mj_rng *rng) {
+    if (!out || !kernel || !rng) return mj_fail(MJ_ERR_INVALID, "Conv2d: NULL out, kernel or rng");
+    cnn_cfg cfg = {0};
+    if (p) cfg.conv = *p;
+    else mj_conv2d_params_init(&cfg.conv);
+    int64_t G = cfg.conv.groups;
+    if (in_ch < 1 || out_ch < 1 || G < 1 || in_ch % G || out_ch % G || kernel[0] < 1 || kernel[1] < 1 ||
+        kernel[0] > 4096 || kernel[1] > 4096)
+        return mj_fail(MJ_ERR_INVALID, "Conv2d: in_channels %lld and out_channels %lld must be "
+                       "positive multiples of groups %lld, kernel %lldx%lld >= 1", (long long)in_ch,
+                       (long long)out_ch, (long long)G, (long long)kernel[0], (long long)kernel[1]);
+    for (int i = 0; i < 2; i++)
+        if (cfg.conv.stride[i] < 1 || cfg.conv.dilation[i] < 1 || cfg.conv.padding[i] < 0)
+            return mj_fail(MJ_ERR_INVALID, "Conv2d: stride and dilation must be >= 1, padding >= 0");
+    const int64_t wshape[4] = {out_ch, in_ch / G, kernel[0], kernel[1]};
+    int64_t numel;
+    MJ_TRY(mj_shape_numel(4, wshape, &numel));
+    float bound = (float)(1.0 / sqrt((double)(in_ch / G * kernel[0] * kernel[1])));
+    mj_module *m = NULL;
+    mj_tensor *w = NULL, *b = NULL;
+    mj_status s = new_module(&m, "Conv2d", conv_forward, &cfg);
+    if (s == MJ_OK) s = uniform(4, wshape, bound, rng, &w);
+    if (s == MJ_OK) s = mj_module_add_parameter(m, "weight", w);
+    if (s == MJ_OK && bias) s = uniform(1, &out_ch, bound, rng, &b);
+    if (s == MJ_OK && bias) s = mj_module_add_parameter(m, "bias", b);
+    mj_tensor_release(w);
+    mj_tensor_release(b);
+    if (s != MJ_OK) {
+        mj_module_free(m);
+        return s;
+    }
+    *out = m;
+    return MJ_OK;
+}
+
+static mj_status bn_forward(mj_module *self, const mj_tensor *x, mj_tensor **y) {
+    const cnn_cfg *c = mj_module_user(self);
+    mj_tensor *w = NULL, *b = NULL, *mean = NULL, *var = NULL;
+    mj_status s = mj_module_get(self, "weight", &w);
+    if (s == MJ_OK) s = mj_module_get(self, "bias", &b);
+    if (s == MJ_OK) s = mj_module_get(self, "running_mean", &mean);
+    if (s == MJ_OK) s = mj_module_get(self, "running_var", &var);
+    if (s == MJ_OK) s = mj_batch_norm(y, x, mean, var, w, b, c->eps);
+    mj_tensor_release(w);
+    mj_tensor_release(b);
+    mj_tensor_release(mean);
+    mj_tensor_release(var);
+    return s;
+}
+
+mj_status mj_batch_norm2d_new(mj_module **out, int64_t num_features, float eps) {
+    if (!out) return mj_fail(MJ_ERR_INVALID, "BatchNorm2d: out is NULL");
+    if (num_features < 1 || num_features > (INT64_C(1) << 32) || !(eps >= 0.0f))
+        return mj_fail(MJ_ERR_INVALID, "BatchNorm2d: num_features %lld must be >= 1 and eps %g >= 0",
+                       (long long)num_features, (double)eps);
+    cnn_cfg cfg = {.eps = eps};
+    mj_module *m = NULL;
+    mj_tensor *t[4] = {NULL};
+    mj_status s = new_module(&m, "BatchNorm2d", bn_forward, &cfg);
+    if (s == MJ_OK) s = mj_tensor_ones(&t[0], 1, &num_features);
+    if (s == MJ_OK) s = mj_tensor_zeros(&t[1], 1, &num_features);
+    if (s == MJ_OK) s = mj_tensor_zeros(&t[2], 1, &num_features);
+    if (s == MJ_OK) s = mj_tensor_ones(&t[3], 1, &num_features);
+    if (s == MJ_OK) s = mj_module_add_parameter(m, "weight", t[0]);
+    if (s == MJ_OK) s = mj_module_add_parameter(m, "bias", t[1]);
+    if (s == MJ_OK) s = mj_module_add_buffer(m, "running_mean", t[2], true);
+    if (s == MJ_OK) s = mj_module_add_buffer(m, "running_var", t[3], true);
+    for (int i = 0; i < 4; i++) mj_tensor_release(t[i]);
+    if (s != MJ_OK) {
+        mj_module_free(m);
+        return s;
+    }
+    *out = m;
+    return MJ_OK;
+}
+
+static mj_status maxpool_forward(mj_module *self, const mj_tensor *x, mj_tensor **y) {
+    const cnn_cfg *c = mj_module_user(self);
+    return mj_max_pool2d(y, x, c->kernel, c->stride, c->padding);
+}
+
+static mj_status avgpool_forward(mj_module *self, const mj_tensor *x, mj_tensor **y) {
+    const cnn_cfg *c = mj_module_user(self);
+    return mj_avg_pool2d(y, x, c->kernel, c->stride, c->padding, c->count_include_pad);
+}
+
+static mj_status adaptive_forward(mj_module *self, const mj_tensor *x, mj_tensor **y) {
+    const cnn_cfg *c = mj_module_user(self);
+    return mj_adaptive_avg_pool2d(y, x, c->out_hw[0], c->out_hw[1]);
+}
+
+static mj_status pool_cfg(const char *type, const int64_t kernel[2], const int64_t stride[2],
+                          const int64_t padding[2], cnn_cfg *cfg) {
+    if (!kernel) return mj_fail(MJ_ERR_INVALID, "%s: kernel is NULL", type);
+    for (int i = 0; i < 2; i++) {
+        cfg->kernel[i] = kernel[i];
+        cfg->stride[i] = stride ? stride[i] : kernel[i];
+        cfg->padding[i] = padding ? padding[i] : 0;
+        if (cfg->kernel[i] < 1 || cfg->stride[i] < 1 || cfg->padding[i] < 0 ||
+            2 * cfg->padding[i] > cfg->kernel[i])
+            return mj_fail(MJ_ERR_INVALID, "%s: kernel %lld and stride %lld must be >= 1, padding "
+                           "%lld between 0 and half the kernel", type, (long long)cfg->kernel[i],
+                           (long long)cfg->stride[i], (long long)cfg->padding[i]);
+    }
+    return MJ_OK;
+}
+
+mj_status mj_max_pool2d_new(mj_module **out, const int64_t kernel[2], const int64_t stride[2],
+                            const int64_t padding[2]) {
+    if (!out) return mj_fail(MJ_ERR_INVALID, "MaxPool2d: out is NULL");
+    cnn_cfg cfg = {0};
+    MJ_TRY(pool_cfg("MaxPool2d", kernel, stride, padding, &cfg));
+    return new_module(out, "MaxPool2d", maxpool_forward, &cfg);
+}
+
+mj_status mj_avg_pool2d_new(mj_module **out, const int64_t kernel[2], const int64_t stride[2],
+                            const int64_t padding[2], bool count_include_pad) {
+    if (!out) return mj_fail(MJ_ERR_INVALID, "AvgPool2d: out is NULL");
+    cnn_cfg cfg = {.count_include_pad = count_include_pad};
+    MJ_TRY(pool_cfg("AvgPool2d", kernel, stride, padding, &cfg));
+    return new_module(out, "AvgPool2d", avgpool_forward, &cfg);
+}
+
+mj_status mj_adaptive_avg_pool2d_new(mj_module **out, int64_t oh, int64_t ow) {
+    if (!out) return mj_fail(MJ_ERR_INVALID, "AdaptiveAvgPool2d: out is NULL");
+    if (oh < 1 || ow < 1 || oh > (1 << 20) || ow > (1 << 20))
+        return mj_fail(MJ_ERR_INVALID, "AdaptiveAvgPool2d: output size %lldx%lld must be >= 1",
+                       (long long)oh, (long long)ow);
+    cnn_cfg cfg = {.out_hw = {oh, ow}};
+    return new_module(out, "AdaptiveAvgPool2d", adaptive_forward, &cfg);
+}

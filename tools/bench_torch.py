@@ -1,0 +1,164 @@
+#!/usr/bin/python3
+"""PyTorch 1.13 as a benchmark peer of maskjit-bench, on the same workloads.
+
+    /usr/bin/python3 tools/bench_torch.py --workloads W1,W3 [--reps 1] [--min-ms 25] [--json]
+    /usr/bin/python3 tools/bench_torch.py --merge ROUNDS.jsonl   # what tools/bench.sh --torch prints
+
+Each workload is the MLP that maskjit-bench builds (bench/README.md): the same
+shapes, batch and mask density and kind, with PyTorch's own random weights
+(timings do not depend on the values). One thread (torch.set_num_threads(1)),
+under torch.no_grad(). Variants:
+  torch-eager   the model as users run it: Linear layers with FakeSparsity
+                parametrizations, the mask multiplied in on every call
+  torch-frozen  torch.jit.freeze(torch.jit.trace(model)): PyTorch's best
+                inference path here (the masked weights fold to constants)
+Both are checked against each other before timing. Time per call is the
+median over rounds of (round time / calls), as maskjit-bench reports it.
+"""
+import argparse
+import json
+import statistics
+import sys
+import time
+
+WORKLOADS = {
+    # id: (widths, activation between layers, mask kind, density, batch)
+    "W1": ([16, 16, 16, 16], None, "identity", 1.0, 3),
+    "W2": ([256] * 4, "relu", "random", 0.1, 64),
+    "W3": ([1024] * 4, "relu", "ones", 1.0, 64),
+    "W4": ([1024] * 4, "relu", "random", 0.1, 64),
+    "W5": ([1024] * 4, "relu", "block1x4", 0.1, 64),
+}
+
+
+def build(wid):
+    import torch
+    from torch import nn
+    from torch.nn.utils import parametrize
+    try:
+        from torch.ao.pruning.sparsifier.utils import FakeSparsity
+    except ImportError:  # torch 1.13 names it torch.ao.sparsity
+        from torch.ao.sparsity.sparsifier.utils import FakeSparsity
+    widths, act, kind, density, batch = WORKLOADS[wid]
+    gen = torch.Generator().manual_seed(0)
+    layers = []
+    for i in range(len(widths) - 1):
+        lin = nn.Linear(widths[i], widths[i + 1])
+        shape = lin.weight.shape
+        if kind == "identity":
+            mask = torch.eye(shape[0], shape[1])
+        elif kind == "ones":
+            mask = torch.ones(shape)
+        elif kind == "random":
+            mask = (torch.rand(shape, generator=gen) < density).float()
+        else:  # 1x4 blocks along the input dim
+            blocks = (torch.rand(shape[0], shape[1] // 4, generator=gen) < density).float()
+            mask = blocks.repeat_interleave(4, dim=1)
+        parametrize.register_parametrization(lin, "weight", FakeSparsity(mask))
+        layers.append(lin)
+        if act == "relu" and i < len(widths) - 2:
+            layers.append(nn.ReLU())
+    model = nn.Sequential(*layers).eval()
+    x = torch.randn(batch, widths[0], generator=gen)
+    return model, x, batch
+
+
+def time_calls(fn, x, min_ms):
+    """Calls per round sized so a round lasts about min_ms; returns ns per call."""
+    fn(x)
+    n, t0 = 1, time.perf_counter()
+    fn(x)
+    one = max(time.perf_counter() - t0, 1e-7)
+    n = max(1, int(min_ms * 1e-3 / one))
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn(x)
+    return (time.perf_counter() - t0) / n * 1e9
+
+
+def run(args):
+    import torch
+    torch.set_num_threads(1)
+    out = {"peer": "pytorch", "torch": torch.__version__, "threads": 1, "workloads": []}
+    for wid in args.workloads.split(","):
+        if wid not in WORKLOADS:
+            print(f"bench_torch.py: unknown workload '{wid}' (known: {', '.join(WORKLOADS)})",
+                  file=sys.stderr)
+            return 2
+        model, x, batch = build(wid)
+        with torch.no_grad():
+            frozen = torch.jit.freeze(torch.jit.trace(model, x))
+            ref = model(x)
+            got = frozen(x)
+            if not torch.allclose(ref, got, rtol=1e-4, atol=1e-5):
+                print(f"bench_torch.py: {wid}: frozen differs from eager", file=sys.stderr)
+                return 1
+            res = []
+            for name, fn in (("torch-eager", model), ("torch-frozen", frozen)):
+                times = [time_calls(fn, x, args.min_ms) for _ in range(args.reps)]
+                res.append({"variant": name, "median_ns": statistics.median(times)})
+        out["workloads"].append({"id": wid, "batch": batch, "results": res})
+        print(f"[{wid}] pytorch: " + ", ".join(f"{r['variant']} {r['median_ns'] / 1e3:.1f} us"
+                                               for r in res), file=sys.stderr)
+    if args.json:
+        json.dump(out, sys.stdout)
+        print()
+    else:
+        for w in out["workloads"]:
+            for r in w["results"]:
+                print(f"{w['id']:4} batch {w['batch']:4}  {r['variant']:14} {r['median_ns']:12.0f} ns")
+    return 0
+
+
+PEERS = {"openblas", "libxsmm", "onednn", "xnnpack", "torch-eager", "torch-frozen"}
+
+
+def merge(path):
+    """Medians over interleaved rounds of maskjit-bench --json and this script --json
+    (one JSON document a line), and each variant's ratio to the best peer."""
+    times = {}   # (wid, batch, threads) -> variant -> [ns]
+    order = []
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if not line.startswith("{"):
+                continue
+            doc = json.loads(line)
+            for w in doc["workloads"]:
+                key = (w["id"], w["batch"], w.get("threads", 1))
+                if key not in times:
+                    times[key] = {}
+                    order.append(key)
+                for r in w["results"]:
+                    if r.get("median_ns") is not None:
+                        times[key].setdefault(r["variant"], []).append(r["median_ns"])
+    print("median ns per call over interleaved rounds; ratio = best peer / variant (> 1: faster)")
+    for key in order:
+        med = {v: statistics.median(ts) for v, ts in times[key].items()}
+        peers = {v: t for v, t in med.items() if v in PEERS}
+        best = min(peers, key=peers.get) if peers else None
+        print(f"\n{key[0]} batch {key[1]} threads {key[2]}"
+              + (f"  (best peer: {best}, {peers[best]:.0f} ns)" if best else ""))
+        for v, t in med.items():
+            ratio = f"{peers[best] / t:6.2f}x" if best else "     -"
+            print(f"  {v:16} {t:14.0f} ns  {ratio}  ({len(times[key][v])} rounds)")
+    return 0
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--workloads", default="W1,W2,W3,W4,W5")
+    ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--min-ms", type=float, default=25.0)
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--merge", metavar="ROUNDS.jsonl")
+    args = ap.parse_args(argv)
+    if args.merge:
+        return merge(args.merge)
+    if args.reps < 1 or not args.min_ms > 0:
+        ap.error("--reps wants >= 1 and --min-ms > 0")
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

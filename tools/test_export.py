@@ -1,0 +1,266 @@
+#!/usr/bin/python3
+"""Tests of tools/export_torch.py (needs PyTorch: run with /usr/bin/python3).
+
+    /usr/bin/python3 tools/test_export.py        # after `ninja -C build` for the maskjit checks
+
+Prints a skip line and exits 0 when PyTorch is absent. Without build/maskjit
+(or $MASKJIT) the files are checked against PyTorch only, and the tests that
+need `maskjit check` say they skipped it. Last line: "export: N passed, M failed".
+"""
+import inspect
+import io
+import os
+import sys
+import tempfile
+import unittest
+
+try:
+    import torch
+    from torch import nn
+    from torch.nn.utils import parametrize, prune
+except ImportError:
+    print("skip: tools/test_export.py needs PyTorch (/usr/bin/python3 -c 'import torch' fails)")
+    sys.exit(0)
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import export_torch as et  # noqa: E402
+import safetensors_io  # noqa: E402
+
+MASKJIT = et.find_maskjit()
+if MASKJIT and not os.access(MASKJIT, os.X_OK):
+    MASKJIT = None
+
+
+def line_of(fn, text):
+    """Line number of the first line of fn's source containing text."""
+    lines, start = inspect.getsourcelines(fn)
+    for i, line in enumerate(lines):
+        if text in line:
+            return start + i
+    raise AssertionError(f"{text!r} not in {fn}")
+
+
+class Encoder(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+        self.act = nn.LeakyReLU()
+
+    def forward(self, x):
+        return self.act(self.fc(x))  # the unsupported op's call site
+
+
+class WithEncoder(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.encoder = Encoder()
+
+    def forward(self, x):
+        return self.encoder(x)
+
+
+class Heads(nn.Module):
+    """HF-style: unpacks the shape and splits the last dim into heads."""
+
+    def __init__(self, bake_batch=False, merge_batch=False):
+        super().__init__()
+        self.q = nn.Linear(8, 8)
+        self.out = nn.Linear(8, 8)
+        self.bake_batch, self.merge_batch = bake_batch, merge_batch
+
+    def forward(self, x):
+        b, s, _ = x.shape
+        h = self.q(x)
+        if self.bake_batch:
+            h = h.view(3, s, 2, 4)  # a hard-coded batch: only the example's works
+        elif self.merge_batch:
+            h = h.reshape(b * s, 8)
+        else:
+            h = h.view(b, s, 2, 4)
+        return self.out(torch.relu(h).reshape(b, s, 8))
+
+
+class DataDependent(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        if x.sum() > 0:  # Python control flow on a value: the trace freezes one branch
+            return self.fc(x)
+        return -self.fc(x)
+
+
+def pruned_mlp():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Flatten(), nn.Linear(16, 32), nn.Dropout(0.5), nn.ReLU(),
+                      nn.Linear(32, 8, bias=False), nn.Sigmoid())
+    prune.l1_unstructured(m[1], "weight", amount=0.5)
+    prune.l1_unstructured(m[4], "weight", amount=0.7)
+    return m.eval()
+
+
+class ExportTest(unittest.TestCase):
+    def setUp(self):
+        self.dir = tempfile.TemporaryDirectory()
+        self.log = io.StringIO()
+
+    def tearDown(self):
+        self.dir.cleanup()
+
+    def path(self, name="out.safetensors"):
+        return os.path.join(self.dir.name, name)
+
+    def export(self, model, x, name="out.safetensors", **kw):
+        kw.setdefault("log", lambda msg: print(msg, file=self.log))
+        return et.export(model, x, self.path(name), **kw)
+
+    def assert_refused(self, model, x, *needles, **kw):
+        with self.assertRaises(et.ExportError) as cm:
+            self.export(model, x, **kw)
+        for needle in needles:
+            self.assertIn(needle, str(cm.exception))
+        self.assertFalse(os.path.exists(self.path()), "a refused export left a file")
+        return str(cm.exception)
+
+    def assert_maskjit_passed(self):
+        if MASKJIT:
+            self.assertIn("check: PASS", self.log.getvalue())
+
+    # ---- spec= ------------------------------------------------------------
+    def test_wrong_spec_is_refused_with_the_reason(self):
+        torch.manual_seed(1)
+        model = et.build_model("mlp:16,32,8:act=relu")
+        x = torch.randn(4, 16)
+        self.assert_refused(model, x, "spec 'mlp:16,32,8:act=gelu'", "differs from the model's",
+                            spec="mlp:16,32,8:act=gelu")
+        self.assert_refused(model, x, "does not describe this model", "0.bias",
+                            spec="mlp:16,32,8:act=relu:bias=0")
+        self.assert_refused(model, x, "size mismatch", spec="mlp:16,32,4")
+        self.assert_refused(model, x, "not an mlp spec", spec="nonsense")
+
+    def test_refused_export_leaves_an_existing_file_alone(self):
+        with open(self.path(), "wb") as f:
+            f.write(b"precious")
+        model = et.build_model("mlp:16,8")
+        with self.assertRaises(et.ExportError):
+            self.export(model, torch.randn(2, 16), spec="mlp:16,4")
+        with open(self.path(), "rb") as f:
+            self.assertEqual(f.read(), b"precious")
+
+    def test_right_spec_with_prune_exports_and_checks(self):
+        torch.manual_seed(2)
+        model = et.build_model("mlp:16,32,8:act=tanh")
+        prune.l1_unstructured(model[0], "weight", amount=0.5)
+        tensors = self.export(model, torch.randn(3, 16), spec="mlp:16,32,8:act=tanh")
+        self.assertIn("0.parametrizations.weight.original", tensors)
+        self.assertIn("0.parametrizations.weight.0.mask", tensors)
+        self.assertNotIn("0.weight_orig", tensors)
+        self.assert_maskjit_passed()
+
+    # ---- trace files --------------------------------------------------------
+    def test_unsupported_op_names_op_module_and_source_line(self):
+        line = line_of(Encoder.forward, "the unsupported op's call site")
+        self.assert_refused(WithEncoder().eval(), torch.randn(3, 8),
+                            "unsupported: aten::leaky_relu at encoder.act (LeakyReLU), "
+                            f"test_export.py:{line}")
+
+    def test_unsupported_functional_op_at_the_root(self):
+        class Root(nn.Module):
+            def forward(self, x):
+                return torch.nn.functional.elu(x)
+        line = line_of(Root.forward, "elu(")
+        self.assert_refused(Root(), torch.randn(2, 4),
+                            f"unsupported: aten::elu at <root> (Root), test_export.py:{line}")
+
+    def test_pruned_models_export_and_check(self):
+        model = pruned_mlp()
+        tensors = self.export(model, torch.randn(4, 16))
+        d, meta = safetensors_io.load(self.path())
+        ir = meta["maskjit.ir"]
+        for key in ("1.weight_orig", "1.weight_mask", "4.weight_orig", "4.weight_mask"):
+            self.assertIn(f'param "{key}"', ir)
+            self.assertIn(key, d)
+        self.assertEqual(meta["maskjit.format"], "trace-v1")
+        self.assertEqual(meta["torch.version"], torch.__version__)
+        self.assertEqual(meta["maskjit.batches"], "4,1,5")
+        for key in ("input", "expected", "input.batch1", "expected.batch1", "input.batch5",
+                    "expected.batch5"):
+            self.assertIn(key, tensors)
+        self.assertEqual(list(d["expected.batch5"].shape), [5, 8])
+        with torch.no_grad():
+            self.assertTrue(torch.equal(model(d["input.batch5"]), d["expected.batch5"]))
+        self.assert_maskjit_passed()
+
+    def test_fakesparsity_and_prune_together(self):
+        model = pruned_mlp()
+        mask = (torch.rand(32, 16, generator=torch.Generator().manual_seed(3)) > 0.5).float()
+        prune.remove(model[1], "weight")
+        parametrize.register_parametrization(model[1], "weight", et.FakeSparsity(mask))
+        self.export(model, torch.randn(2, 16))
+        _, meta = safetensors_io.load(self.path())
+        self.assertIn('param "1.parametrizations.weight.0.mask"', meta["maskjit.ir"])
+        self.assertIn('param "4.weight_mask"', meta["maskjit.ir"])
+        self.assert_maskjit_passed()
+
+    def test_batch_dependent_view_sizes_become_B(self):
+        torch.manual_seed(4)
+        self.export(Heads().eval(), torch.randn(3, 5, 8))
+        _, meta = safetensors_io.load(self.path())
+        if MASKJIT:  # checked by maskjit, or told why not (its CLI's input limit)
+            self.assertRegex(self.log.getvalue(), "check: PASS|not checked by .*one \\[batch")
+        self.assertIn(": f32[B,5,2,4]", meta["maskjit.ir"])
+        self.assertIn('input "input" : f32[B,5,8]', meta["maskjit.ir"])
+
+    def test_batch_baked_into_a_size_is_refused(self):
+        self.assert_refused(Heads(bake_batch=True).eval(), torch.randn(3, 5, 8),
+                            "aten::view at <root> (Heads)", "baked into the trace", maskjit=None)
+
+    def test_batch_merged_with_another_dim_is_refused(self):
+        self.assert_refused(Heads(merge_batch=True).eval(), torch.randn(3, 5, 8),
+                            "mixes the batch with other dims", maskjit=None)
+
+    def test_value_dependent_control_flow_is_refused(self):
+        line = line_of(DataDependent.forward, "x.sum() > 0")
+        self.assert_refused(DataDependent(), torch.ones(2, 4), "may not generalise",
+                            f"test_export.py:{line}")
+
+    def test_the_written_graph_is_checked_at_other_batches(self):
+        # reference_run is what validates files: it must see a wrong graph.
+        model = pruned_mlp()
+        self.export(model, torch.randn(4, 16))
+        d, meta = safetensors_io.load(self.path())
+        ir = meta["maskjit.ir"].replace("sigmoid", "tanh")
+        got = et.reference_run(ir, d, [d["input.batch1"]])
+        with self.assertRaises(et.ExportError):
+            et._compare(got, [d["expected.batch1"]], "tampered")
+
+    def test_module_command_line(self):
+        src = os.path.join(self.dir.name, "mymodel.py")
+        with open(src, "w") as f:
+            f.write("import torch\nfrom torch import nn\nfrom torch.nn.utils import prune\n"
+                    "def make():\n"
+                    "    m = nn.Sequential(nn.Linear(6, 6), nn.GELU(), nn.Linear(6, 2))\n"
+                    "    prune.random_unstructured(m[0], 'weight', amount=0.5)\n"
+                    "    return m\n"
+                    "def bad():\n"
+                    "    return nn.Sequential(nn.Linear(6, 6), nn.Hardtanh())\n")
+        out = self.path("cli.safetensors")
+        extra = [] if MASKJIT else ["--no-maskjit-check"]
+        self.assertEqual(et.main(["--module", f"{src}:make", "--inputs", "3x6", "-o", out] + extra), 0)
+        _, meta = safetensors_io.load(out)
+        self.assertIn('param "0.weight_mask"', meta["maskjit.ir"])
+        bad = self.path("bad.safetensors")
+        self.assertEqual(et.main(["--module", f"{src}:bad", "--inputs", "3x6", "-o", bad] + extra), 1)
+        self.assertFalse(os.path.exists(bad))
+        self.assertEqual(et.main(["--module", f"{src}:nope", "--inputs", "3x6", "-o", bad]), 1)
+
+
+if __name__ == "__main__":
+    if not MASKJIT:
+        print("note: no maskjit binary (build it, or set MASKJIT=PATH): files are checked "
+              "against PyTorch only")
+    result = unittest.main(exit=False, verbosity=2).result
+    failed = len(result.failures) + len(result.errors)
+    print(f"export: {result.testsRun - failed} passed, {failed} failed")
+    sys.exit(1 if failed else 0)
