@@ -120,6 +120,12 @@ static mj_status check_input(const mj_node *n, int idx, const mj_tensor *v, int6
 mj_status mj_interp_run(const mj_graph *g, int n_in, const mj_tensor *const *in, int n_out,
                         mj_tensor **out) {
     if (!g || !out || (n_in > 0 && !in)) return mj_fail(MJ_ERR_INVALID, "mj_interp_run: NULL argument");
+    /* Some kernels (expand) are not eager ops the tracer records, so the
+     * trace would hold part of the result as a const: refused instead. */
+    if (mj_trace_active())
+        return mj_fail(MJ_ERR_STATE, "cannot run a graph inside a trace: the interpreter's result would be "
+                                     "recorded partly as constants; call the module's forward inside the "
+                                     "trace instead");
     int want_in = mj_graph_input_count(g);
     if (n_in != want_in || n_out != g->n_outputs)
         return mj_fail(MJ_ERR_INVALID, "interpreter: the graph takes %d inputs and gives %d outputs, called with %d and %d",

@@ -642,30 +642,17 @@ mj_status mj_cache_clear(const char *dir, mj_cache_usage *removed) { return mj_c
 
 /* ---- object code -------------------------------------------------------------- */
 
-static double ms_since(double t0) { return (mj_now_seconds() - t0) * 1e3; }
-
 mj_status mj_cache_codegen(mj_jit *jit, LLVMOrcThreadSafeContextRef tsc, LLVMModuleRef m, LLVMMemoryBufferRef *obj,
                            char **bitcode, size_t *bitcode_size, mj_compile_stats *stats) {
     *obj = NULL;
     *bitcode = NULL;
     *bitcode_size = 0;
     mj_status s = MJ_OK;
-    LLVMTargetRef target;
     char *msg = NULL;
     LLVMTargetMachineRef tm = NULL;
-    if (LLVMGetTargetFromTriple(jit->triple, &target, &msg)) {
-        s = mj_fail(MJ_ERR_BACKEND, "no LLVM target for %s: %s", jit->triple, msg ? msg : "");
-        LLVMDisposeMessage(msg);
-        goto out;
-    }
     /* Our own machine (per compile, so no lock): PIC and the small code
      * model, as LLJIT configures its own for its JITLink linker. */
-    tm = LLVMCreateTargetMachine(target, jit->triple, jit->cpu, jit->features, LLVMCodeGenLevelAggressive,
-                                 LLVMRelocPIC, LLVMCodeModelSmall);
-    if (!tm) {
-        s = mj_fail(MJ_ERR_BACKEND, "cannot create a target machine for %s (%s)", jit->triple, jit->cpu);
-        goto out;
-    }
+    if ((s = mj_jit_target_machine(jit, LLVMRelocPIC, LLVMCodeModelSmall, &tm)) != MJ_OK) goto out;
     char *triple = LLVMGetTargetMachineTriple(tm);
     LLVMSetTarget(m, triple);
     LLVMDisposeMessage(triple);
@@ -677,7 +664,7 @@ mj_status mj_cache_codegen(mj_jit *jit, LLVMOrcThreadSafeContextRef tsc, LLVMMod
     LLVMPassBuilderOptionsRef po = LLVMCreatePassBuilderOptions();
     LLVMErrorRef err = LLVMRunPasses(m, mj_jit_pipeline(m), tm, po);
     LLVMDisposePassBuilderOptions(po);
-    stats->optimize_ms = ms_since(t0);
+    stats->optimize_ms = mj_ms_since(t0);
     if (err) {
         s = mj_jit_llvm_error(err, "optimising");
         goto out;
@@ -701,7 +688,7 @@ mj_status mj_cache_codegen(mj_jit *jit, LLVMOrcThreadSafeContextRef tsc, LLVMMod
         LLVMDisposeMessage(msg);
         *obj = NULL;
     }
-    stats->codegen_ms = ms_since(t0);
+    stats->codegen_ms = mj_ms_since(t0);
 out:
     if (s != MJ_OK) {
         free(*bitcode);

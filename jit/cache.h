@@ -129,7 +129,7 @@ mj_status mj_cache_clear(const char *dir, mj_cache_usage *removed);
 
 typedef struct mj_jit mj_jit;
 
-/* Optimises m (default<O3>) for the host, keeps it as bitcode (for dumps)
+/* Optimises m (mj_jit_pipeline) for the JIT's target, keeps it as bitcode (for dumps)
  * and emits an object file (position independent, small code model: what
  * the JIT's linker expects). Takes ownership of tsc and m. */
 mj_status mj_cache_codegen(mj_jit *jit, LLVMOrcThreadSafeContextRef tsc, LLVMModuleRef m, LLVMMemoryBufferRef *obj,

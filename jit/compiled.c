@@ -513,6 +513,7 @@ mj_status mj_jit_compile(mj_jit *jit, const mj_graph *g, const mj_compile_option
         return mj_fail(MJ_ERR_INVALID, "mj_jit_compile: threads is %d (must be >= 0)", opts.threads);
     double t_start = mj_now_seconds();
     MJ_TRY(check_graph(g));
+    MJ_TRY(mj_jit_check_memory(g, opts.frozen)); /* before LLVM can run out */
 
     mj_compiled *c = mj_alloc(sizeof *c);
     if (!c) return MJ_ERR_NOMEM;
@@ -582,7 +583,6 @@ fail:
 /* Work (FLOP) below which a call stays on the caller's thread: waking the
  * pool costs tens of microseconds. */
 #define PAR_MIN_FLOPS 4e6
-#define COL_MAX_ROWS 6
 
 static bool b_at_dim0_only(const mj_type *t) {
     if (t->rank < 1 || t->dims[0] != MJ_DIM_BATCH) return false;
@@ -599,16 +599,12 @@ static int64_t type_row(const mj_type *t) {
 
 static int64_t sparse_floats(const mj_compiled *c, int64_t rows) {
     int64_t sp = 0;
-#if MJ_HAVE_SPARSE
     for (int32_t i = 0; i < c->g->n_nodes; i++) {
         if (!c->plan.sparse[i]) continue;
         const mj_type *wt = &c->g->nodes[c->g->nodes[i].operands[1]].type;
         int64_t f = mj_sparse_scratch_floats(wt->dims[1], wt->dims[0], rows);
         if (f > sp) sp = f;
     }
-#else
-    (void)c, (void)rows;
-#endif
     return sp ? sp + 16 : 0;
 }
 
@@ -746,6 +742,12 @@ static mj_status sizes_general(const mj_compiled *c, int64_t batch, int64_t *in_
 mj_status mj_compiled_run_raw(mj_compiled *c, const float *x, int64_t batch, float *y, int64_t y_numel) {
     if (!c || !x || !y)
         return mj_fail(MJ_ERR_INVALID, "mj_compiled_run_raw: %s is NULL", !c ? "the compiled graph" : !x ? "x" : "y");
+    /* The trace cannot see into native code: its output would become a const
+     * of this one call's values. Refused rather than recorded wrongly. */
+    if (mj_trace_active())
+        return mj_fail(MJ_ERR_STATE, "cannot run a compiled graph inside a trace: the trace cannot record "
+                                     "what the native code computes, so its output would become a constant; "
+                                     "call the module's forward inside the trace instead");
     if (batch < 1) {
         char ts[96];
         return mj_fail(MJ_ERR_SHAPE, "compiled graph: batch is %lld but must be >= 1 (input %s)", (long long)batch,
@@ -791,7 +793,7 @@ mj_status mj_compiled_run_raw(mj_compiled *c, const float *x, int64_t batch, flo
     if (c->pool && (double)batch * c->row_flops >= PAR_MIN_FLOPS) {
         /* Fewer rows per thread than a micro-kernel's 6 and a layer with a
          * panel of columns per thread: split the columns instead of rows. */
-        bool columns = batch < COL_MAX_ROWS * c->pool->n && c->col_panels >= c->pool->n;
+        bool columns = batch < MJ_MK_MAX_ROWS * c->pool->n && c->col_panels >= c->pool->n;
         if ((columns || batch >= 2) && run_parallel(c, leaves, x, batch, y, columns)) {
             if (pr) leave(c);
             return MJ_OK;

@@ -3,8 +3,11 @@
  * so freeing it frees its code. */
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 #include <llvm-c/Error.h>
+#include <llvm-c/ErrorHandling.h>
 #include <llvm-c/ExecutionEngine.h>
 #include <llvm-c/OrcEE.h>
 #include <llvm-c/BitReader.h>
@@ -19,9 +22,100 @@ static bool llvm_init_ok;
 /* LLVMShutdown cannot be undone: later JITs are refused, not crashed. */
 static _Atomic bool llvm_down;
 
-/* LLVM's target registry is global: initialise it once per process. */
+/* ---- when LLVM itself gives up ---------------------------------------------
+ * LLVM reports out-of-memory and internal errors by ending the process; its
+ * handlers may print but must not return (LLVM exits or aborts after them),
+ * and unwinding out of them would leave its locks and state broken. So they
+ * cannot become a status: mj_jit_check_memory refuses compiles that would
+ * not fit first, and these handlers make the end say what happened. */
+
+/* The bad-alloc handler has no C binding: this is
+ * llvm::install_bad_alloc_error_handler(fatal_error_handler_t, void *) of
+ * llvm/Support/ErrorHandling.h, by its symbol in libLLVM-19. */
+typedef void (*mj_llvm_handler_fn)(void *user, const char *reason, bool gen_crash_diag);
+extern void mj_llvm_install_bad_alloc_handler(mj_llvm_handler_fn fn, void *user) __asm__(
+    "_ZN4llvm31install_bad_alloc_error_handlerEPFvPvPKcbES0_");
+
+static void say(const char *s) { (void)!write(STDERR_FILENO, s, strlen(s)); } /* no malloc */
+
+static void on_llvm_bad_alloc(void *user, const char *reason, bool gen_crash_diag) {
+    (void)user;
+    (void)gen_crash_diag;
+    say("maskjit: LLVM ran out of memory while compiling (");
+    say(reason ? reason : "no reason given");
+    say("); LLVM cannot continue after that, so the process exits with status 1. "
+        "Allow more memory (ulimit -v), or compile in live mode, which bakes no "
+        "parameters into the code\n");
+    _exit(EXIT_FAILURE);
+}
+
+static void on_llvm_fatal(const char *reason) {
+    say("maskjit: LLVM fatal error: ");
+    say(reason ? reason : "no reason given");
+    say("\n"); /* LLVM ends the process when this returns */
+}
+
+/* LLVM's target registry and error handlers are global: set up once per
+ * process. */
 static void llvm_init(void) {
+    LLVMInstallFatalErrorHandler(on_llvm_fatal);
+    mj_llvm_install_bad_alloc_handler(on_llvm_bad_alloc, NULL);
     llvm_init_ok = LLVMInitializeNativeTarget() == 0 && LLVMInitializeNativeAsmPrinter() == 0;
+}
+
+/* Address space a compile is expected to need, from measurements of
+ * mlp:256,1024,1024,10 and smaller (docs/design.md, "Memory"): a base for
+ * LLVM's working set, plus per byte of parameters ~11x in frozen mode (the
+ * constants are copied into LLVM IR, bitcode, the object file and the linked
+ * image) and ~1.5x in live mode (the packed layouts). Rounded up. */
+#define COMPILE_BASE_BYTES (UINT64_C(8) << 20)
+#define FROZEN_BYTES_PER_PARAM_BYTE 12
+#define LIVE_BYTES_PER_PARAM_BYTE 2
+
+/* Fields of /proc/self/statm in bytes: 0 total size, 5 data + stack. */
+static bool statm_bytes(int field, uint64_t *out) {
+    FILE *f = fopen("/proc/self/statm", "r");
+    if (!f) return false;
+    unsigned long long v[6];
+    bool ok = fscanf(f, "%llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3], &v[4], &v[5]) == 6;
+    fclose(f);
+    long page = sysconf(_SC_PAGESIZE);
+    if (ok && page > 0) *out = (uint64_t)v[field] * (uint64_t)page;
+    return ok && page > 0;
+}
+
+mj_status mj_jit_check_memory(const mj_graph *g, bool frozen) {
+    uint64_t param_bytes = 0;
+    for (int32_t i = 0; i < g->n_nodes; i++) {
+        const mj_node *n = &g->nodes[i];
+        if ((n->op == MJ_OP_PARAM || n->op == MJ_OP_CONST) && n->tensor)
+            param_bytes += (uint64_t)n->tensor->numel * sizeof(float);
+    }
+    uint64_t need = COMPILE_BASE_BYTES +
+                    param_bytes * (frozen ? FROZEN_BYTES_PER_PARAM_BYTE : LIVE_BYTES_PER_PARAM_BYTE);
+    static const struct {
+        int resource, statm_field;
+        const char *name;
+    } limits[2] = {{RLIMIT_AS, 0, "RLIMIT_AS, ulimit -v"}, {RLIMIT_DATA, 5, "RLIMIT_DATA, ulimit -d"}};
+    for (int k = 0; k < 2; k++) {
+        struct rlimit lim;
+        uint64_t used;
+        if (getrlimit(limits[k].resource, &lim) != 0 || lim.rlim_cur == RLIM_INFINITY ||
+            !statm_bytes(limits[k].statm_field, &used))
+            continue; /* no limit, or nothing to measure against */
+        uint64_t left = (uint64_t)lim.rlim_cur > used ? (uint64_t)lim.rlim_cur - used : 0;
+        if (need <= left) continue;
+        const double mib = 1024.0 * 1024.0;
+        return mj_fail(MJ_ERR_LIMIT,
+                       "jit: a %s compile with %.1f MiB of parameters needs about %.0f MiB of "
+                       "address space, but only %.0f MiB are left under the process's limit "
+                       "(%s: %.0f MiB, %.0f MiB in use); LLVM cannot recover from running out "
+                       "of memory, so the compile is refused: raise the limit%s",
+                       frozen ? "frozen" : "live", (double)param_bytes / mib, (double)need / mib,
+                       (double)left / mib, limits[k].name, (double)lim.rlim_cur / mib,
+                       (double)used / mib, frozen ? " or compile in live mode" : "");
+    }
+    return MJ_OK;
 }
 
 mj_status mj_jit_llvm_error(LLVMErrorRef err, const char *what) {
@@ -33,7 +127,8 @@ mj_status mj_jit_llvm_error(LLVMErrorRef err, const char *what) {
 
 /* A host target machine: CPU and features as detected (never hard-coded:
  * under valgrind the host has no AVX-512), O3 code generation, JIT code model. */
-static mj_status host_tm(const mj_jit *jit, LLVMTargetMachineRef *out) {
+mj_status mj_jit_target_machine(const mj_jit *jit, LLVMRelocMode reloc, LLVMCodeModel model,
+                                LLVMTargetMachineRef *out) {
     LLVMTargetRef target;
     char *err = NULL;
     if (LLVMGetTargetFromTriple(jit->triple, &target, &err)) {
@@ -42,11 +137,14 @@ static mj_status host_tm(const mj_jit *jit, LLVMTargetMachineRef *out) {
         return s;
     }
     LLVMTargetMachineRef tm = LLVMCreateTargetMachine(target, jit->triple, jit->cpu, jit->features,
-                                                      LLVMCodeGenLevelAggressive, LLVMRelocDefault,
-                                                      LLVMCodeModelJITDefault);
+                                                      LLVMCodeGenLevelAggressive, reloc, model);
     if (!tm) return mj_fail(MJ_ERR_BACKEND, "cannot create a target machine for %s (%s)", jit->triple, jit->cpu);
     *out = tm;
     return MJ_OK;
+}
+
+static mj_status host_tm(const mj_jit *jit, LLVMTargetMachineRef *out) {
+    return mj_jit_target_machine(jit, LLVMRelocDefault, LLVMCodeModelJITDefault, out);
 }
 
 /* MASKJIT_PERF=1: link JIT code through RTDyld with LLVM's perf listener,
@@ -165,85 +263,6 @@ const char *mj_jit_pipeline(LLVMModuleRef m) {
     if (LLVMGetModuleFlag(m, MJ_FLAG_EXPLICIT, strlen(MJ_FLAG_EXPLICIT)))
         return "function(sroa,early-cse,instcombine<no-verify-fixpoint>,simplifycfg)";
     return "default<O2>"; /* scalar loops for the loop and SLP vectorisers */
-}
-
-static double ms_since(double t0) { return (mj_now_seconds() - t0) * 1e3; }
-
-mj_status mj_jit_add_module(mj_jit *jit, LLVMOrcThreadSafeContextRef tsc, LLVMModuleRef m,
-                            const char *fname, LLVMOrcResourceTrackerRef *rt_out, mj_body_fn *fn,
-                            char **bitcode, size_t *bitcode_size, mj_compile_stats *stats) {
-    mj_status s = MJ_OK;
-    LLVMOrcResourceTrackerRef rt = NULL;
-    *bitcode = NULL;
-    *bitcode_size = 0;
-    *fn = NULL;
-    pthread_mutex_lock(&jit->mu);
-    char *triple = LLVMGetTargetMachineTriple(jit->tm);
-    LLVMSetTarget(m, triple);
-    LLVMDisposeMessage(triple);
-    LLVMTargetDataRef td = LLVMCreateTargetDataLayout(jit->tm);
-    LLVMSetModuleDataLayout(m, td);
-    LLVMDisposeTargetData(td);
-
-    double t0 = mj_now_seconds();
-    LLVMPassBuilderOptionsRef po = LLVMCreatePassBuilderOptions();
-    LLVMErrorRef err = LLVMRunPasses(m, mj_jit_pipeline(m), jit->tm, po);
-    LLVMDisposePassBuilderOptions(po);
-    stats->optimize_ms = ms_since(t0);
-    if (err) {
-        s = mj_jit_llvm_error(err, "optimising");
-        LLVMDisposeModule(m);
-        LLVMOrcDisposeThreadSafeContext(tsc);
-        goto out;
-    }
-    LLVMMemoryBufferRef bc = LLVMWriteBitcodeToMemoryBuffer(m);
-    size_t bc_size = bc ? LLVMGetBufferSize(bc) : 0;
-    *bitcode = bc ? mj_alloc(bc_size) : NULL;
-    if (*bitcode) {
-        memcpy(*bitcode, LLVMGetBufferStart(bc), bc_size);
-        *bitcode_size = bc_size;
-    }
-    if (bc) LLVMDisposeMemoryBuffer(bc);
-    if (!*bitcode) {
-        s = MJ_ERR_NOMEM;
-        LLVMDisposeModule(m);
-        LLVMOrcDisposeThreadSafeContext(tsc);
-        goto out;
-    }
-
-    t0 = mj_now_seconds();
-    LLVMOrcThreadSafeModuleRef tsm = LLVMOrcCreateNewThreadSafeModule(m, tsc);
-    LLVMOrcDisposeThreadSafeContext(tsc); /* the module keeps the context alive */
-    rt = LLVMOrcJITDylibCreateResourceTracker(LLVMOrcLLJITGetMainJITDylib(jit->lljit));
-    err = LLVMOrcLLJITAddLLVMIRModuleWithRT(jit->lljit, rt, tsm); /* consumes tsm */
-    if (err) {
-        s = mj_jit_llvm_error(err, "adding the module to the JIT");
-        goto out;
-    }
-    LLVMOrcExecutorAddress addr = 0;
-    err = LLVMOrcLLJITLookup(jit->lljit, &addr, fname); /* compiles and links */
-    stats->codegen_ms = ms_since(t0);
-    if (err) {
-        s = mj_jit_llvm_error(err, "generating code");
-        goto out;
-    }
-    MJ_ASSERT(addr != 0);
-    /* ORC hands back an address; converting it to a function pointer is the
-     * documented way to call JIT'd code. */
-    *fn = (mj_body_fn)(uintptr_t)addr;
-out:
-    if (s != MJ_OK && rt) {
-        mj_rt_discard(rt);
-        rt = NULL;
-    }
-    if (s != MJ_OK && *bitcode) {
-        free(*bitcode);
-        *bitcode = NULL;
-        *bitcode_size = 0;
-    }
-    pthread_mutex_unlock(&jit->mu);
-    *rt_out = rt;
-    return s;
 }
 
 void mj_rt_discard(LLVMOrcResourceTrackerRef rt) {

@@ -16,12 +16,7 @@
 #include "../ir/ir.h"
 #include "maskjit/jit.h"
 
-#if __has_include("sparse.h")
 #include "sparse.h"
-#define MJ_HAVE_SPARSE 1
-#else
-#define MJ_HAVE_SPARSE 0
-#endif
 
 struct mj_jit {
     LLVMOrcLLJITRef lljit;
@@ -115,13 +110,16 @@ struct mj_body_sync {
 typedef void (*mj_body_fn)(const float *const *leaves, const float *x, float *y, int64_t batch,
                            float *scratch, int64_t tid, int64_t nth, mj_body_sync *sync);
 
-/* jit.c: optimise (default<O3>), keep the optimised module as bitcode (for
- * dumps; compact even with baked weights, unlike IR text), add the module to
- * the JIT under a fresh resource tracker, look the body up. Takes ownership
- * of tsc and m (m lives in tsc's context) whatever happens. */
-mj_status mj_jit_add_module(mj_jit *jit, LLVMOrcThreadSafeContextRef tsc, LLVMModuleRef m,
-                            const char *fname, LLVMOrcResourceTrackerRef *rt, mj_body_fn *fn,
-                            char **bitcode, size_t *bitcode_size, mj_compile_stats *stats);
+/* A target machine for the JIT's triple, CPU and features (forced ones
+ * included), O3 code generation, with this relocation model and code model. */
+mj_status mj_jit_target_machine(const mj_jit *jit, LLVMRelocMode reloc, LLVMCodeModel model,
+                                LLVMTargetMachineRef *out);
+/* Rows per micro-kernel call of the GEMM (lower.c). The runtime splits the
+ * output columns between threads instead of the rows when each thread would
+ * get fewer rows than this (compiled.c): one constant, so they agree. */
+#define MJ_MK_MAX_ROWS 6
+static inline double mj_ms_since(double t0) { return (mj_now_seconds() - t0) * 1e3; }
+
 /* The new-PM pipeline for a lowered module: a cheap clean-up when the body
  * is explicit vector code (module flag MJ_FLAG_EXPLICIT), else default<O2>.
  * MASKJIT_JIT_PASSES overrides (measurements). */
@@ -139,5 +137,8 @@ LLVMValueRef mj_llvm_const_bytes(LLVMModuleRef m, LLVMContextRef ctx, const char
 mj_status mj_jit_dump(mj_jit *jit, const char *bitcode, size_t size, const char *what, FILE *f);
 /* Turns an LLVMErrorRef into MJ_ERR_BACKEND with "what: <LLVM's message>". */
 mj_status mj_jit_llvm_error(LLVMErrorRef err, const char *what);
+/* MJ_ERR_LIMIT when compiling g would likely exhaust the process's address
+ * space limit (LLVM aborts on out of memory instead of failing): jit.c. */
+mj_status mj_jit_check_memory(const mj_graph *g, bool frozen);
 
 #endif

@@ -2,7 +2,8 @@
  * blocks, typed builders only.
  *
  *   void body(const float *const *leaves, const float *x, float *y,
- *             int64_t batch, float *scratch)
+ *             int64_t batch, float *scratch, int64_t tid, int64_t nth,
+ *             mj_body_sync *sync)        (jit_internal.h: mj_lower_body)
  *
  * Exact mode emits, per output element, the float operations of the eager
  * kernels (src/ops.c) in the same order; only the loops around them differ.
@@ -45,7 +46,6 @@ void mj_pack_panels(const float *w, int64_t N, int64_t K, int64_t P, float *out)
 /* A frozen linear layer whose weight (and bias) are constants, sparse enough
  * for jit/sparse.c to beat the dense kernel. */
 static bool use_sparse(const mj_graph *g, const bool *input_free, const mj_node *n, bool frozen) {
-#if MJ_HAVE_SPARSE
     if (!frozen || (n->op != MJ_OP_LINEAR && n->op != MJ_OP_LINEAR_ACT) || input_free[n - g->nodes]) return false;
     const mj_node *w = &g->nodes[n->operands[1]];
     if (w->op != MJ_OP_CONST || !w->tensor || w->type.rank != 2) return false;
@@ -55,10 +55,6 @@ static bool use_sparse(const mj_graph *g, const bool *input_free, const mj_node 
     if (n->n_operands == 3 && (g->nodes[n->operands[2]].op != MJ_OP_CONST || !g->nodes[n->operands[2]].tensor))
         return false;
     return mj_sparse_profitable(w->tensor->data, w->type.dims[0], w->type.dims[1]);
-#else
-    (void)g, (void)input_free, (void)n, (void)frozen;
-    return false;
-#endif
 }
 
 mj_status mj_body_plan_build(const mj_graph *g, const bool *input_free, bool frozen, mj_body_plan *p) {
@@ -137,7 +133,6 @@ mj_status mj_body_scratch_floats(const mj_body_plan *p, int64_t batch, int64_t *
             return mj_fail(MJ_ERR_LIMIT, "batch %lld: the intermediate values need more than 2^40 floats",
                            (long long)batch);
     }
-#if MJ_HAVE_SPARSE
     /* one region shared by the sparse layers (they run one after another) */
     int64_t sp = 0;
     for (int32_t i = 0; i < p->g->n_nodes; i++) {
@@ -148,7 +143,6 @@ mj_status mj_body_scratch_floats(const mj_body_plan *p, int64_t batch, int64_t *
     }
     if (sp > MJ_MAX_NUMEL || __builtin_add_overflow(total, round16(sp), &total) || total > MJ_MAX_NUMEL)
         return mj_fail(MJ_ERR_LIMIT, "batch %lld: the sparse kernels' scratch is too large", (long long)batch);
-#endif
     *out = total;
     return MJ_OK;
 }
@@ -479,7 +473,7 @@ static void emit_copy(lw *w, LLVMValueRef dst, LLVMValueRef src, LLVMValueRef n)
  * sees eager's fmaf chain in eager's order; fast: fmuladd). Partial
  * vectors (pw not a multiple of the width) use masked loads and stores. */
 
-#define MK_MAX_ROWS 6
+#define MK_MAX_ROWS MJ_MK_MAX_ROWS
 #define MK_MAX_VECS 8
 
 static LLVMTypeRef vty(lw *w) { return LLVMVectorType(w->f32, (unsigned)w->p->vw); }
@@ -1082,7 +1076,6 @@ mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan 
             emit_barrier(&w);
             continue;
         }
-#if MJ_HAVE_SPARSE
         if (p->sparse[i]) {
             const mj_node *wn = &g->nodes[n->operands[1]];
             const float *bd = n->n_operands == 3 ? g->nodes[n->operands[2]].tensor->data : NULL;
@@ -1104,9 +1097,6 @@ mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan 
             emit_barrier(&w);
             continue;
         }
-#else
-        (void)sparse_scratch;
-#endif
         switch (n->op) {
         case MJ_OP_MATMUL: emit_matmul(&w, i); break;
         case MJ_OP_LINEAR:

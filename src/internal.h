@@ -57,6 +57,20 @@ static inline bool mj_mul_overflow_i64(int64_t a, int64_t b, int64_t *out) {
  * computes numel <= MJ_MAX_NUMEL; MJ_ERR_INVALID / MJ_ERR_LIMIT otherwise. */
 mj_status mj_shape_numel(int rank, const int64_t *shape, int64_t *numel);
 
+/* Callbacks (module and parametrization forwards, right_inverse) hand over
+ * a new reference in *y. One that returns its argument without retaining it
+ * (`*y = (mj_tensor *)x`, the habit of `return X`) would make the caller
+ * free a tensor it does not own. The count tells the two apart: if r is x
+ * and x's count did not move during the call, take the reference the
+ * callback did not. */
+static inline int mj_tensor_refs(const mj_tensor *t) {
+    return atomic_load(&((mj_tensor *)t)->refcount);
+}
+static inline mj_tensor *mj_own_result(const mj_tensor *x, int refs_before, mj_tensor *r) {
+    if (r && r == x && mj_tensor_refs(x) == refs_before) atomic_fetch_add(&r->refcount, 1);
+    return r;
+}
+
 /* A tensor with uninitialised data (internal: ops overwrite all of it). */
 mj_status mj_tensor_new_uninit(mj_tensor **out, int rank, const int64_t *shape);
 bool mj_shape_equal(int ra, const int64_t *a, int rb, const int64_t *b);
@@ -70,7 +84,10 @@ struct mj_tracer *mj_trace_active(void);
  * (e.g. it would not generalise over the batch). */
 mj_status mj_trace_record(int op, int n_in, const mj_tensor *const *in, mj_act act,
                           const mj_tensor *out);
-void mj_trace_note_data_read(const mj_tensor *t);
+/* The public data accessors report a read (or a mutable access) of a traced
+ * value by user code: the tracer records a TracerWarning. Library code reads
+ * t->data directly, so only user code triggers it. */
+void mj_trace_note_data_access(const mj_tensor *t, bool write);
 
 /* Internal access to a parametrization's buffers (for module.c / state dicts) */
 int mj_parametrization_buffer_count(const mj_parametrization *p);

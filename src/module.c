@@ -241,7 +241,9 @@ mj_status mj_module_forward(mj_module *m, const mj_tensor *x, mj_tensor **y) {
     if (!m->forward)
         return mj_fail(MJ_ERR_UNSUPPORTED, "module %s has no forward function", m->type_name);
     mj_tensor *r = NULL;
+    int refs = mj_tensor_refs(x);
     MJ_TRY(m->forward(m, x, &r));
+    r = mj_own_result(x, refs, r); /* `return X` works */
     if (!r)
         return mj_fail(MJ_ERR_INVALID, "forward of module %s returned MJ_OK but no tensor",
                        m->type_name);

@@ -167,7 +167,9 @@ static bool same_shape(const mj_tensor *a, const mj_tensor *b) {
 /* p(x) with the result's presence checked; a new reference in *y. */
 static mj_status run_forward(mj_parametrization *p, const mj_tensor *x, mj_tensor **y) {
     mj_tensor *r = NULL;
+    int refs = mj_tensor_refs(x);
     MJ_TRY(p->ops->forward(p, x, &r));
+    r = mj_own_result(x, refs, r);
     if (!r)
         return mj_fail(MJ_ERR_INVALID, "parametrization %s returned MJ_OK but no tensor",
                        p->ops->type_name);
@@ -177,7 +179,9 @@ static mj_status run_forward(mj_parametrization *p, const mj_tensor *x, mj_tenso
 
 static mj_status run_inverse(mj_parametrization *p, const mj_tensor *y, mj_tensor **x) {
     mj_tensor *r = NULL;
+    int refs = mj_tensor_refs(y);
     MJ_TRY(p->ops->right_inverse(p, y, &r));
+    r = mj_own_result(y, refs, r);
     if (!r)
         return mj_fail(MJ_ERR_INVALID,
                        "right_inverse of parametrization %s returned MJ_OK but no tensor",

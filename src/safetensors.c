@@ -555,7 +555,7 @@ static mj_status st_write_all(int fd, const void *buf, size_t n, const char *tmp
 }
 
 static mj_status st_write_tensor(int fd, const mj_tensor *t, const char *tmp) {
-    const float *data = mj_tensor_data(t);
+    const float *data = t->data; /* not the public accessor: no TracerWarning */
     size_t n = (size_t)mj_tensor_numel(t);
 #if ST_BIG_ENDIAN
     unsigned char buf[ST_CHUNK];

@@ -193,15 +193,17 @@ int64_t mj_tensor_dim(const mj_tensor *t, int i) {
 const int64_t *mj_tensor_shape(const mj_tensor *t) { return t ? t->shape : NULL; }
 int64_t mj_tensor_numel(const mj_tensor *t) { return t ? t->numel : 0; }
 
+/* The public accessors are how user code sees data, so they are where a
+ * trace notices it (library code reads t->data and never warns). */
 const float *mj_tensor_data(const mj_tensor *t) {
     if (!t) return NULL;
-    if (mj_trace_active()) mj_trace_note_data_read(t);
+    if (mj_trace_active()) mj_trace_note_data_access(t, false);
     return t->data;
 }
 
 float *mj_tensor_data_mut(mj_tensor *t) {
     if (!t) return NULL;
-    if (mj_trace_active()) mj_trace_note_data_read(t);
+    if (mj_trace_active()) mj_trace_note_data_access(t, true);
     mj_tensor_touch(t);
     return t->data;
 }
@@ -259,6 +261,7 @@ void mj_tensor_print(FILE *f, const mj_tensor *t, const char *name) {
     }
     char shape[96];
     mj_shape_str(shape, sizeof shape, t->rank, t->shape);
+    if (mj_trace_active()) mj_trace_note_data_access(t, false);
     fprintf(f, "%s%stensor(shape=%s\n", name ? name : "", name ? " = " : "", shape);
     int64_t cols = t->shape[t->rank - 1];
     int64_t rows = cols ? t->numel / cols : 0;
@@ -275,12 +278,21 @@ void mj_tensor_print(FILE *f, const mj_tensor *t, const char *name) {
 }
 
 /* ---- comparison -------------------------------------------------------- */
+/* A comparison hands C a decision about the data: inside a trace it is a
+ * read like mj_tensor_data. */
+static void note_reads(const mj_tensor *a, const mj_tensor *b) {
+    if (!mj_trace_active()) return;
+    mj_trace_note_data_access(a, false);
+    mj_trace_note_data_access(b, false);
+}
+
 mj_compare mj_tensor_compare(const mj_tensor *actual, const mj_tensor *expected, double rtol,
                              double atol) {
     mj_compare c = {.first_mismatch = -1};
     if (!actual || !expected) return c;
     c.same_shape = mj_shape_equal(actual->rank, actual->shape, expected->rank, expected->shape);
     if (!c.same_shape) return c;
+    note_reads(actual, expected);
     c.bit_identical = memcmp(actual->data, expected->data,
                              (size_t)actual->numel * sizeof(float)) == 0;
     for (int64_t i = 0; i < actual->numel; i++) {
@@ -311,6 +323,7 @@ bool mj_tensor_allclose(const mj_tensor *actual, const mj_tensor *expected, doub
 }
 
 bool mj_tensor_equal(const mj_tensor *a, const mj_tensor *b) {
+    if (a && b) note_reads(a, b);
     return a && b && mj_shape_equal(a->rank, a->shape, b->rank, b->shape) &&
            memcmp(a->data, b->data, (size_t)a->numel * sizeof(float)) == 0;
 }

@@ -92,8 +92,8 @@ struct mj_tracer {
     uid_map values;        /* tensor uid -> graph value                   */
     uid_map params;        /* tensor uid -> index in the dicts below      */
     mj_tensor_dict *named; /* parameters then buffers, PyTorch's names    */
-    uint8_t *warned;       /* per value: TracerWarning already recorded   */
-    int32_t cap_warned;
+    int32_t n_named_params; /* named[0, n) are parameters, the rest buffers */
+    uid_map warned;        /* graph value, or param index | PARAM_KEY: warned */
     int n_consts;
     bool busy;             /* inside the tracer: ignore nested reports   */
     mj_status error;       /* first recording error (sticky)              */
@@ -139,10 +139,6 @@ static mj_status tracer_value(struct mj_tracer *t, const mj_tensor *x, int32_t *
         t->n_consts++;
     }
     return uid_map_put(&t->values, x->uid, *id);
-}
-
-static bool is_op_value(const struct mj_tracer *t, int32_t id) {
-    return !(mj_op_table[t->g->nodes[id].op].flags & MJ_OPF_LEAF);
 }
 
 static mj_status record(struct mj_tracer *t, int op, int n_in, const mj_tensor *const *in,
@@ -207,20 +203,42 @@ mj_status mj_trace_record(int op, int n_in, const mj_tensor *const *in, mj_act a
     return s;
 }
 
-void mj_trace_note_data_read(const mj_tensor *x) {
+/* Keys of t->warned for parameters (by their index in t->named, whether or
+ * not forward used them yet); other values are keyed by graph value id. */
+#define PARAM_KEY (UINT64_C(1) << 40)
+
+void mj_trace_note_data_access(const mj_tensor *x, bool write) {
     struct mj_tracer *t = tls_tracer;
-    int32_t id;
     if (!t || t->busy || !x || t->error != MJ_OK) return;
-    if (!uid_map_get(&t->values, x->uid, &id) || !is_op_value(t, id)) return;
-    t->busy = true;
-    mj_status s = mj_grow((void **)&t->warned, &t->cap_warned, id + 1, 1);
-    if (s == MJ_OK && !t->warned[id]) {
-        t->warned[id] = 1;
-        s = mj_graph_add_warning(t->g,
-                                 "TracerWarning: reading the data of traced value %%%d into "
-                                 "C: the trace might not generalize to other inputs",
-                                 (int)id);
+    int32_t id = -1, pi = -1;
+    uint64_t key;
+    if (uid_map_get(&t->params, x->uid, &pi)) {
+        key = PARAM_KEY | (uint64_t)pi;
+    } else if (uid_map_get(&t->values, x->uid, &id)) {
+        /* a const holds a copy of an untraced tensor: reading it is harmless */
+        if (t->g->nodes[id].op == MJ_OP_CONST) return;
+        key = (uint64_t)id;
+    } else {
+        return; /* not traced: a tensor forward made itself */
     }
+    int32_t seen;
+    if (uid_map_get(&t->warned, key, &seen)) return;
+    t->busy = true;
+    char what[300];
+    if (pi >= 0)
+        snprintf(what, sizeof what, "%s '%s'", pi < t->n_named_params ? "parameter" : "buffer",
+                 mj_tensor_dict_key(t->named, pi));
+    else if (t->g->nodes[id].op == MJ_OP_INPUT)
+        snprintf(what, sizeof what, "the input (%%%d)", (int)id);
+    else
+        snprintf(what, sizeof what, "traced value %%%d", (int)id);
+    mj_status s = uid_map_put(&t->warned, key, 1);
+    if (s == MJ_OK)
+        s = mj_graph_add_warning(t->g, "TracerWarning: %s %s %s: the trace might not generalize to "
+                                       "other inputs%s",
+                                 write ? "writing to the data of" : "reading the data of", what,
+                                 write ? "from C (the trace does not see the write)" : "into C",
+                                 pi >= 0 ? " or parameter values" : "");
     t->busy = false;
     if (s != MJ_OK) tracer_fail(t, s);
 }
@@ -236,7 +254,7 @@ static void tracer_free(struct mj_tracer *t) {
     uid_map_free(&t->values);
     uid_map_free(&t->params);
     mj_tensor_dict_free(t->named);
-    free(t->warned);
+    uid_map_free(&t->warned);
 }
 
 /* Binds parameters then buffers by uid; the first name of a shared tensor wins. */
@@ -247,6 +265,7 @@ static mj_status collect_named(struct mj_tracer *t, mj_module *m) {
     if (s == MJ_OK) s = mj_module_named_buffers(m, &buffers);
     mj_tensor_dict *both[2] = {params, buffers};
     for (int d = 0; d < 2 && s == MJ_OK; d++) {
+        if (d == 1) t->n_named_params = mj_tensor_dict_size(t->named);
         for (int i = 0; i < mj_tensor_dict_size(both[d]) && s == MJ_OK; i++) {
             mj_tensor *x = mj_tensor_dict_value(both[d], i);
             int32_t dummy;

@@ -16,6 +16,7 @@
 
 #include "bench/bench.h"
 #include "bench/peers.h"
+#include "test_util.h"
 
 static mj_jit *jit;
 
@@ -46,7 +47,7 @@ static bool is_exact_name(const char *n) {
 static void check_all_variants(const char *spec, mj_bench_mask mask, double density) {
     mj_bench_workload w = small_workload(spec, 3, mask, density);
     mj_bench_setup *s = NULL;
-    cr_assert_eq(mj_bench_setup_new(&w, jit, &s), MJ_OK, "%s", mj_last_error());
+    OK(mj_bench_setup_new(&w, jit, &s));
     int expected = 5;
     for (int k = 0; k < MJ_PEER_COUNT; k++) expected += mj_peer_built((mj_peer_kind)k);
     cr_assert_eq(mj_bench_variant_count(s), expected, "%s: %d variants, expected %d", spec,
@@ -55,7 +56,7 @@ static void check_all_variants(const char *spec, mj_bench_mask mask, double dens
     for (int b = 0; b < 3; b++) {
         if (b > 0) cr_assert_eq(mj_bench_setup_set_batch(s, batches[b]), MJ_OK, "%s", mj_last_error());
         mj_tensor *ref = NULL;
-        cr_assert_eq(mj_module_forward(mj_bench_setup_model(s), mj_bench_setup_input(s), &ref), MJ_OK);
+        OK(mj_module_forward(mj_bench_setup_model(s), mj_bench_setup_input(s), &ref));
         cr_assert_eq(mj_tensor_dim(ref, 0), batches[b]);
         for (int i = 0; i < mj_bench_variant_count(s); i++) {
             const char *name = mj_bench_variant_name(s, i);
@@ -97,12 +98,12 @@ Test(bench, variants_match_eager_tanh_block, .init = setup_jit, .fini = teardown
 Test(bench, block_masks_are_blocks, .init = setup_jit, .fini = teardown_jit) {
     mj_bench_workload w = small_workload("mlp:64,32:bias=1", 2, MJ_BENCH_MASK_BLOCK4, 0.25);
     mj_bench_setup *s = NULL;
-    cr_assert_eq(mj_bench_setup_new(&w, jit, &s), MJ_OK, "%s", mj_last_error());
+    OK(mj_bench_setup_new(&w, jit, &s));
     mj_module *lin = mj_module_find(mj_bench_setup_model(s), "0");
     cr_assert_not_null(lin);
     cr_assert(mj_is_parametrized(lin, "weight"));
     mj_tensor *wt = NULL;
-    cr_assert_eq(mj_module_get(lin, "weight", &wt), MJ_OK);
+    OK(mj_module_get(lin, "weight", &wt));
     const float *wd = mj_tensor_data(wt);
     const float *od = mj_tensor_data(mj_module_original(lin, "weight"));
     int kept = 0, groups = 0;
@@ -127,11 +128,11 @@ Test(bench, block_masks_are_blocks, .init = setup_jit, .fini = teardown_jit) {
 Test(bench, measure_reports_consistent_numbers, .init = setup_jit, .fini = teardown_jit) {
     mj_bench_workload w = small_workload("mlp:16,24,8:act=relu:bias=1", 5, MJ_BENCH_MASK_RANDOM, 0.5);
     mj_bench_setup *s = NULL;
-    cr_assert_eq(mj_bench_setup_new(&w, jit, &s), MJ_OK, "%s", mj_last_error());
+    OK(mj_bench_setup_new(&w, jit, &s));
     double flops = 2.0 * 5 * (16 * 24 + 24 * 8);
     cr_assert_float_eq(mj_bench_setup_flops(s), flops, 1e-9);
     mj_bench_result r[16];
-    cr_assert_eq(mj_bench_measure(s, 3, 0.5, r), MJ_OK, "%s", mj_last_error());
+    OK(mj_bench_measure(s, 3, 0.5, r));
     for (int i = 0; i < mj_bench_variant_count(s); i++) {
         const char *name = mj_bench_variant_name(s, i);
         cr_expect(r[i].median_ns > 0 && r[i].min_ns > 0 && r[i].min_ns <= r[i].median_ns, "%s", name);
@@ -152,8 +153,8 @@ Test(bench, measure_reports_consistent_numbers, .init = setup_jit, .fini = teard
 Test(bench, check_names_stale_variants, .init = setup_jit, .fini = teardown_jit) {
     mj_bench_workload w = small_workload("mlp:8,8,8:act=relu:bias=1", 4, MJ_BENCH_MASK_RANDOM, 0.5);
     mj_bench_setup *s = NULL;
-    cr_assert_eq(mj_bench_setup_new(&w, jit, &s), MJ_OK, "%s", mj_last_error());
-    cr_assert_eq(mj_bench_check(s), MJ_OK, "%s", mj_last_error());
+    OK(mj_bench_setup_new(&w, jit, &s));
+    OK(mj_bench_check(s));
     mj_module *lin = mj_module_find(mj_bench_setup_model(s), "0");
     cr_assert_not_null(lin);
     float *wd = mj_tensor_data_mut(mj_module_original(lin, "weight"));
@@ -368,11 +369,14 @@ Test(bench, cli_loads_no_peer_library) {
     for (size_t i = 0; i < sizeof peers / sizeof peers[0]; i++)
         cr_expect(!strstr(log, peers[i]), "maskjit loads %s", peers[i]);
 
-    /* under an address-space limit a command still runs and exits */
+    /* under an address-space limit a command still runs and exits (not
+     * under ASan, whose shadow memory alone is larger than the limit) */
+#ifndef __SANITIZE_ADDRESS__
     char *run[] = {MJ_BUILD_ROOT "/maskjit", "run", "mut", NULL};
     int rc = run_limited(run, NULL, 300000, 60, err);
     cr_expect_eq(rc, 0, "maskjit run mut under ulimit -v 300000: %s (%s)",
                  rc == -1000 ? "hung" : "failed", slurp_file(err));
+#endif
 
     /* `maskjit bench` is maskjit-bench, peers included */
     char *list[] = {MJ_BUILD_ROOT "/maskjit", "bench", "--list", "--smoke", NULL};
@@ -391,25 +395,25 @@ Test(bench, user_model_setup_matches_eager, .init = setup_jit, .fini = teardown_
     mj_rng rng;
     mj_rng_seed(&rng, 3);
     mj_module *m = NULL;
-    cr_assert_eq(mj_model_from_spec("mlp:8,16,4:act=relu", &rng, &m), MJ_OK, "%s", mj_last_error());
-    cr_assert_eq(mj_model_apply_masks(m, NULL, 0.5, &rng), MJ_OK, "%s", mj_last_error());
+    OK(mj_model_from_spec("mlp:8,16,4:act=relu", &rng, &m));
+    OK(mj_model_apply_masks(m, NULL, 0.5, &rng));
     mj_tensor *ones = NULL;
-    cr_assert_eq(mj_tensor_ones(&ones, 2, (int64_t[]){2, 8}), MJ_OK);
+    OK(mj_tensor_ones(&ones, 2, (int64_t[]){2, 8}));
     mj_graph *g = NULL;
-    cr_assert_eq(mj_trace_module(m, ones, &g), MJ_OK, "%s", mj_last_error());
+    OK(mj_trace_module(m, ones, &g));
     mj_bench_setup *s = NULL;
-    cr_assert_eq(mj_bench_setup_from_graph("T", "test", g, 3, 1, 5, jit, &s), MJ_OK, "%s", mj_last_error());
+    OK(mj_bench_setup_from_graph("T", "test", g, 3, 1, 5, jit, &s));
     cr_expect_null(mj_bench_setup_model(s));
     const char *want[] = {"interp", "compiled-exact", "compiled-fast", "compiled-frozen"};
     cr_assert_eq(mj_bench_variant_count(s), 4);
     for (int64_t batch = 3; batch <= 17; batch += 14) {
         if (batch != 3) cr_assert_eq(mj_bench_setup_set_batch(s, batch), MJ_OK, "%s", mj_last_error());
         mj_tensor *ref = NULL;
-        cr_assert_eq(mj_module_forward(m, mj_bench_setup_input(s), &ref), MJ_OK);
+        OK(mj_module_forward(m, mj_bench_setup_input(s), &ref));
         for (int i = 0; i < 4; i++) {
             cr_expect_str_eq(mj_bench_variant_name(s, i), want[i]);
             mj_tensor *y = NULL;
-            cr_assert_eq(mj_bench_variant_output(s, i, &y), MJ_OK, "%s", mj_last_error());
+            OK(mj_bench_variant_output(s, i, &y));
             mj_compare c = mj_tensor_compare(y, ref, 1e-5, 1e-5);
             cr_expect(mj_bench_variant_exact(s, i) ? c.bit_identical : c.close, "%s at batch %lld",
                       want[i], (long long)batch);
@@ -434,12 +438,12 @@ Test(bench, program_times_a_saved_trace) {
     mj_rng rng;
     mj_rng_seed(&rng, 4);
     mj_module *m = NULL;
-    cr_assert_eq(mj_model_from_spec("mlp:8,16,4:act=relu", &rng, &m), MJ_OK);
+    OK(mj_model_from_spec("mlp:8,16,4:act=relu", &rng, &m));
     mj_tensor *ones = NULL;
-    cr_assert_eq(mj_tensor_ones(&ones, 2, (int64_t[]){1, 8}), MJ_OK);
+    OK(mj_tensor_ones(&ones, 2, (int64_t[]){1, 8}));
     mj_graph *g = NULL;
-    cr_assert_eq(mj_trace_module(m, ones, &g), MJ_OK);
-    cr_assert_eq(mj_graph_save(g, path), MJ_OK, "%s", mj_last_error());
+    OK(mj_trace_module(m, ones, &g));
+    OK(mj_graph_save(g, path));
     const char *argv[] = {"maskjit-bench", path, "--batch", "1,3", "--threads", "1", "--reps", "1",
                           "--min-ms", "0.5", "--json"};
     run_out r = run_bench(11, argv);

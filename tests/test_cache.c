@@ -14,6 +14,7 @@
 
 #include "jit/cache.h"
 #include "maskjit.h"
+#include "test_util.h"
 
 static void hex_of(const char *msg, size_t n, char hex[65]) {
     mj_sha256 s;
@@ -65,7 +66,7 @@ static mj_graph *small_graph(const char *act, float w0) {
     snprintf(text + n, sizeof text - (size_t)n, "]\n%%3 = linear_act %%0, %%1, %%2 {act=%s} : f32[B,8]\nreturn %%3\n",
              act);
     mj_graph *g;
-    cr_assert_eq(mj_graph_parse(text, &g), MJ_OK, "%s", mj_last_error());
+    OK(mj_graph_parse(text, &g));
     return g;
 }
 
@@ -75,7 +76,7 @@ static void key_of(const mj_graph *g, mj_numeric_mode mode, bool frozen, const c
     o.numeric = mode;
     o.frozen = frozen;
     mj_cache_target t = {.cpu = cpu, .features = "+avx2,+fma"};
-    cr_assert_eq(mj_cache_key(g, &o, &t, hex), MJ_OK, "%s", mj_last_error());
+    OK(mj_cache_key(g, &o, &t, hex));
     cr_assert_eq(strlen(hex), 64);
 }
 
@@ -151,7 +152,7 @@ Test(cache, store_and_load_round_trip) {
     mj_cache_entry e;
     char why[96];
     cr_assert_eq(mj_cache_load(sub, hex, &e, why, sizeof why), MJ_CACHE_MISS, "empty cache: a miss");
-    cr_assert_eq(mj_cache_store(sub, hex, data, sizeof data, bc, sizeof bc, 0), MJ_OK, "%s", mj_last_error());
+    OK(mj_cache_store(sub, hex, data, sizeof data, bc, sizeof bc, 0));
     cr_assert_eq(mj_cache_load(sub, hex, &e, why, sizeof why), MJ_CACHE_FOUND, "%s", why);
     cr_assert_eq(LLVMGetBufferSize(e.obj), sizeof data);
     cr_assert(memcmp(LLVMGetBufferStart(e.obj), data, sizeof data) == 0);
@@ -211,7 +212,7 @@ static mj_tensor *input(int64_t batch) {
     mj_rng_seed(&rng, 42);
     int64_t shape[2] = {batch, 8};
     mj_tensor *x;
-    cr_assert_eq(mj_tensor_randn(&x, 2, shape, &rng), MJ_OK);
+    OK(mj_tensor_randn(&x, 2, shape, &rng));
     return x;
 }
 
@@ -225,10 +226,10 @@ static mj_compile_stats compile_run(mj_jit *jit, mj_graph *g, const char *dir, b
     o.use_cache = use;
     o.frozen = frozen;
     mj_compiled *c;
-    cr_assert_eq(mj_jit_compile(jit, g, &o, &c), MJ_OK, "%s", mj_last_error());
+    OK(mj_jit_compile(jit, g, &o, &c));
     mj_tensor *x = input(5), *y, *want;
-    cr_assert_eq(mj_compiled_run(c, x, &y), MJ_OK, "%s", mj_last_error());
-    cr_assert_eq(mj_graph_run(g, x, &want), MJ_OK, "%s", mj_last_error());
+    OK(mj_compiled_run(c, x, &y));
+    OK(mj_graph_run(g, x, &want));
     cr_assert(mj_tensor_equal(y, want), "compiled output differs from the interpreter");
     mj_compile_stats st = *mj_compiled_stats(c);
     mj_compiled_free(c);
@@ -242,7 +243,7 @@ static mj_compile_stats compile_run(mj_jit *jit, mj_graph *g, const char *dir, b
 Test(cache, hit_is_bit_identical_and_skips_the_compile) {
     char *dir = temp_dir();
     mj_jit *jit;
-    cr_assert_eq(mj_jit_new(&jit), MJ_OK);
+    OK(mj_jit_new(&jit));
     for (int frozen = 0; frozen < 2; frozen++) {
         mj_graph *g = small_graph("gelu", 0.75f);
         mj_tensor *y1, *y2, *y3;
@@ -260,19 +261,19 @@ Test(cache, hit_is_bit_identical_and_skips_the_compile) {
         o.cache_dir = dir;
         o.frozen = frozen;
         mj_compiled *c1, *c2;
-        cr_assert_eq(mj_jit_compile(jit, g, &o, &c1), MJ_OK, "%s", mj_last_error());
-        cr_assert_eq(mj_jit_compile(jit, g, &o, &c2), MJ_OK, "%s", mj_last_error());
+        OK(mj_jit_compile(jit, g, &o, &c1));
+        OK(mj_jit_compile(jit, g, &o, &c2));
         cr_assert(mj_compiled_stats(c1)->cache_hit && mj_compiled_stats(c2)->cache_hit);
         mj_tensor *x = input(3);
-        cr_assert_eq(mj_compiled_run(c1, x, &y3), MJ_OK);
+        OK(mj_compiled_run(c1, x, &y3));
         mj_tensor *y4;
-        cr_assert_eq(mj_compiled_run(c2, x, &y4), MJ_OK);
+        OK(mj_compiled_run(c2, x, &y4));
         cr_assert(mj_tensor_equal(y3, y4));
         /* dumps work from a hit too (the bitcode is kept next to the object) */
         char *buf = NULL;
         size_t len = 0;
         FILE *f = open_memstream(&buf, &len);
-        cr_assert_eq(mj_compiled_dump(c2, "ir", f), MJ_OK, "%s", mj_last_error());
+        OK(mj_compiled_dump(c2, "ir", f));
         fclose(f);
         cr_assert(strstr(buf, "define"), "%.200s", buf);
         free(buf);
@@ -311,7 +312,7 @@ static char *only_entry(const char *dir) {
 Test(cache, corrupt_entry_falls_back_and_repairs) {
     char *dir = temp_dir();
     mj_jit *jit;
-    cr_assert_eq(mj_jit_new(&jit), MJ_OK);
+    OK(mj_jit_new(&jit));
     mj_graph *g = small_graph("sigmoid", 1.5f);
     compile_run(jit, g, dir, true, true, NULL);
     char *path = only_entry(dir);
@@ -342,7 +343,7 @@ Test(cache, corrupt_entry_falls_back_and_repairs) {
 Test(cache, off_switch_writes_nothing) {
     char *dir = temp_dir();
     mj_jit *jit;
-    cr_assert_eq(mj_jit_new(&jit), MJ_OK);
+    OK(mj_jit_new(&jit));
     mj_graph *g = small_graph("relu", 2.0f);
     mj_compile_stats s = compile_run(jit, g, dir, false, false, NULL);
     cr_assert(!s.cache_hit);
@@ -368,7 +369,7 @@ Test(cache, unwritable_directory_compiles_anyway) {
     fclose(f);
     snprintf(under, sizeof under, "%s/sub", file); /* a directory can't live under a file, even for root */
     mj_jit *jit;
-    cr_assert_eq(mj_jit_new(&jit), MJ_OK);
+    OK(mj_jit_new(&jit));
     mj_graph *g = small_graph("tanh", 2.0f);
     mj_compile_stats s = compile_run(jit, g, under, true, true, NULL);
     cr_assert(!s.cache_hit);
@@ -427,7 +428,7 @@ Test(cache, two_processes_race_on_one_entry) {
     cr_assert_eq(count_entries(dir, ""), 3, "one entry, no temp files");
     /* and the entry is whole: this process hits it */
     mj_jit *jit;
-    cr_assert_eq(mj_jit_new(&jit), MJ_OK);
+    OK(mj_jit_new(&jit));
     mj_compile_stats s = compile_run(jit, g, dir, true, true, NULL);
     cr_assert(s.cache_hit);
     mj_jit_free(jit);

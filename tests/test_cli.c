@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "maskjit.h"
+#include "test_util.h"
 
 static const char *const BIN = MJ_BUILD_ROOT "/maskjit";
 static const char *const FIXTURES = MJ_SOURCE_ROOT "/tests/fixtures";
@@ -46,7 +47,7 @@ static char *tmp_path(const char *name) {
 
 static mj_tensor *load_tensor(const char *path, const char *key) {
     mj_tensor_dict *d;
-    cr_assert_eq(mj_safetensors_load(path, &d), MJ_OK, "%s", mj_last_error());
+    OK(mj_safetensors_load(path, &d));
     mj_tensor *t = mj_tensor_dict_get(d, key);
     cr_assert_not_null(t, "%s has no %s", path, key);
     mj_tensor_retain(t);
@@ -64,15 +65,15 @@ Test(cli, run_modes_write_eager_output, .timeout = 60) {
     mj_tensor_dict *d;
     mj_tensor_dict_new(&d);
     mj_tensor_dict_set(d, "x", x);
-    cr_assert_eq(mj_safetensors_save(in, d), MJ_OK);
+    OK(mj_safetensors_save(in, d));
     mj_tensor_dict_free(d);
     /* Reference: the same model built by the library (spec + seed 5). */
     mj_module *m;
     mj_rng init;
     mj_rng_seed(&init, 5);
-    cr_assert_eq(mj_model_from_spec("mlp:16,24,8:act=tanh", &init, &m), MJ_OK);
+    OK(mj_model_from_spec("mlp:16,24,8:act=tanh", &init, &m));
     mj_tensor *want;
-    cr_assert_eq(mj_module_forward(m, x, &want), MJ_OK);
+    OK(mj_module_forward(m, x, &want));
     const char *modes[] = {"--mode eager", "--mode traced", "--mode compiled",
                            "--mode compiled --frozen", "--mode compiled --exact"};
     for (int i = 0; i < 5; i++) {
@@ -148,9 +149,9 @@ Test(cli, check_passes_on_fixtures_and_fails_on_tampered_expected, .timeout = 12
     char fixture[512], *bad = tmp_path("bad.safetensors");
     snprintf(fixture, sizeof fixture, "%s/mlp_relu.safetensors", FIXTURES);
     mj_tensor_dict *d;
-    cr_assert_eq(mj_safetensors_load(fixture, &d), MJ_OK);
+    OK(mj_safetensors_load(fixture, &d));
     mj_tensor_data_mut(mj_tensor_dict_get(d, "expected"))[3] += 0.5f;
-    cr_assert_eq(mj_safetensors_save(bad, d), MJ_OK);
+    OK(mj_safetensors_save(bad, d));
     mj_tensor_dict_free(d);
     char *text;
     cr_assert_eq(run(&text, "check %s --inputs 1", bad), 1);

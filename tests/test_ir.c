@@ -9,6 +9,7 @@
 
 #include "ir/ir.h"
 #include "maskjit.h"
+#include "test_util.h"
 
 /* ---- helpers ----------------------------------------------------------------- */
 
@@ -23,7 +24,7 @@ static mj_tensor *randn(int rank, const int64_t *shape, uint64_t seed) {
     mj_rng rng;
     mj_rng_seed(&rng, seed);
     mj_tensor *t;
-    cr_assert_eq(mj_tensor_randn(&t, rank, shape, &rng), MJ_OK);
+    OK(mj_tensor_randn(&t, rank, shape, &rng));
     return t;
 }
 
@@ -33,7 +34,7 @@ static mj_tensor *randn(int rank, const int64_t *shape, uint64_t seed) {
 static void make_leaves(mj_graph *g, int64_t batch, uint64_t seed, mj_tensor **ins, int *n_in,
                         mj_tensor **vals) {
     mj_tensor_dict *d;
-    cr_assert_eq(mj_tensor_dict_new(&d), MJ_OK);
+    OK(mj_tensor_dict_new(&d));
     *n_in = 0;
     for (int32_t i = 0; i < g->n_nodes; i++) {
         const mj_node *n = &g->nodes[i];
@@ -43,11 +44,11 @@ static void make_leaves(mj_graph *g, int64_t batch, uint64_t seed, mj_tensor **i
             ins[(*n_in)++] = randn(n->type.rank, shape, seed + 1000u * (uint64_t)i);
         } else if (n->op == MJ_OP_PARAM || (n->op == MJ_OP_CONST && !n->tensor)) {
             mj_tensor *t = randn(n->type.rank, shape, seed + 77u * (uint64_t)i + 5u);
-            cr_assert_eq(mj_tensor_dict_set(d, n->name, t), MJ_OK);
+            OK(mj_tensor_dict_set(d, n->name, t));
             mj_tensor_release(t);
         }
     }
-    cr_assert_eq(mj_graph_bind(g, d), MJ_OK, "%s", mj_last_error());
+    OK(mj_graph_bind(g, d));
     mj_tensor_dict_free(d);
     int k = 0;
     for (int32_t i = 0; i < g->n_nodes; i++) {
@@ -68,7 +69,7 @@ static mj_tensor *eager(const mj_node *n, mj_tensor **v, int64_t batch) {
     case MJ_OP_LINEAR: s = mj_linear(&y, a, b, c); break;
     case MJ_OP_LINEAR_ACT:
         s = mj_linear(&t, a, b, c);
-        cr_assert_eq(s, MJ_OK);
+        OK(s);
         s = mj_activation(&y, n->act, t);
         mj_tensor_release(t);
         break;
@@ -76,7 +77,7 @@ static mj_tensor *eager(const mj_node *n, mj_tensor **v, int64_t batch) {
         /* expand = linear with an all-zero weight */
         int64_t ws[2] = {n->type.dims[n->type.rank - 1], mj_tensor_dim(a, -1)};
         mj_tensor *w;
-        cr_assert_eq(mj_tensor_zeros(&w, 2, ws), MJ_OK);
+        OK(mj_tensor_zeros(&w, 2, ws));
         s = mj_linear(&y, a, w, b);
         mj_tensor_release(w);
         break;
@@ -115,7 +116,7 @@ static uint32_t check_graph_text(const char *text) {
     free(p1);
     free(p2);
     mj_graph_free(g2);
-    cr_assert_eq(mj_graph_verify(g), MJ_OK, "%s", mj_last_error());
+    OK(mj_graph_verify(g));
 
     uint32_t used = 0;
     const int64_t batches[3] = {1, 5, 64};
@@ -244,16 +245,16 @@ Test(ir, const_data_inline_exact) {
     float vals[6] = {INFINITY, -INFINITY, NAN, -0.0f, 1e-45f, 1.0f / 3.0f};
     int64_t n = 6;
     mj_tensor *t;
-    cr_assert_eq(mj_tensor_from_data(&t, 1, &n, vals), MJ_OK);
+    OK(mj_tensor_from_data(&t, 1, &n, vals));
     mj_graph *g;
-    cr_assert_eq(mj_graph_new(&g), MJ_OK);
+    OK(mj_graph_new(&g));
     mj_type ti = {.rank = 2, .dims = {MJ_DIM_BATCH, 6}}, tc = {.rank = 1, .dims = {6}};
     int32_t x, c, y;
-    cr_assert_eq(mj_graph_add_leaf(g, MJ_OP_INPUT, "x", &ti, NULL, &x), MJ_OK);
-    cr_assert_eq(mj_graph_add_leaf(g, MJ_OP_CONST, "we\"ird\\name", &tc, t, &c), MJ_OK);
+    OK(mj_graph_add_leaf(g, MJ_OP_INPUT, "x", &ti, NULL, &x));
+    OK(mj_graph_add_leaf(g, MJ_OP_CONST, "we\"ird\\name", &tc, t, &c));
     int32_t ops[2] = {x, c};
-    cr_assert_eq(mj_graph_add_op(g, MJ_OP_ADD, 2, ops, MJ_ACT_NONE, NULL, &y), MJ_OK);
-    cr_assert_eq(mj_graph_add_output(g, y), MJ_OK);
+    OK(mj_graph_add_op(g, MJ_OP_ADD, 2, ops, MJ_ACT_NONE, NULL, &y));
+    OK(mj_graph_add_output(g, y));
     char *text = mj_graph_to_string(g);
     cr_assert(strstr(text, "const \"we\\\"ird\\\\name\" : f32[6] = [inf, -inf, "), "%s", text);
     mj_graph *g2 = parse_ok(text);
@@ -293,14 +294,14 @@ Test(ir, big_const_not_inline_and_comments) {
     int64_t n = 65;
     mj_tensor *b = randn(1, &n, 2);
     mj_tensor_dict *d;
-    cr_assert_eq(mj_tensor_dict_new(&d), MJ_OK);
-    cr_assert_eq(mj_tensor_dict_set(d, "big", b), MJ_OK);
-    cr_assert_eq(mj_graph_bind(g, d), MJ_OK);
+    OK(mj_tensor_dict_new(&d));
+    OK(mj_tensor_dict_set(d, "big", b));
+    OK(mj_graph_bind(g, d));
     char *p = mj_graph_to_string(g);
     cr_assert(strstr(p, "%1 = const \"big\" : f32[65]\n"), "%s", p);
-    cr_assert_eq(mj_graph_run(g, x, &y), MJ_OK, "%s", mj_last_error());
+    OK(mj_graph_run(g, x, &y));
     mj_tensor *ref;
-    cr_assert_eq(mj_add(&ref, x, b), MJ_OK);
+    OK(mj_add(&ref, x, b));
     cr_assert(mj_tensor_equal(y, ref));
     free(p);
     mj_tensor_release(ref);
@@ -406,25 +407,25 @@ Test(ir, parser_survives_truncations_and_bytes) {
 
 Test(ir, builder_shape_errors) {
     mj_graph *g;
-    cr_assert_eq(mj_graph_new(&g), MJ_OK);
+    OK(mj_graph_new(&g));
     mj_type tb = {.rank = 2, .dims = {MJ_DIM_BATCH, 16}}, t3 = {.rank = 2, .dims = {3, 16}};
     int32_t x, p, y;
-    cr_assert_eq(mj_graph_add_leaf(g, MJ_OP_INPUT, "x", &tb, NULL, &x), MJ_OK);
-    cr_assert_eq(mj_graph_add_leaf(g, MJ_OP_PARAM, "p", &t3, NULL, &p), MJ_OK);
+    OK(mj_graph_add_leaf(g, MJ_OP_INPUT, "x", &tb, NULL, &x));
+    OK(mj_graph_add_leaf(g, MJ_OP_PARAM, "p", &t3, NULL, &p));
     int32_t ops[2] = {x, p};
     cr_assert_eq(mj_graph_add_op(g, MJ_OP_ADD, 2, ops, MJ_ACT_NONE, NULL, &y), MJ_ERR_SHAPE);
     cr_assert(strstr(mj_last_error(), "add: cannot broadcast f32[B,16] with f32[3,16]"), "%s", mj_last_error());
     cr_assert_eq(g->n_nodes, 2, "a failed add_op changed the graph");
     /* B vs 1 -> B */
     mj_type t1 = {.rank = 2, .dims = {1, 16}};
-    cr_assert_eq(mj_graph_add_leaf(g, MJ_OP_PARAM, "one", &t1, NULL, &p), MJ_OK);
+    OK(mj_graph_add_leaf(g, MJ_OP_PARAM, "one", &t1, NULL, &p));
     ops[1] = p;
-    cr_assert_eq(mj_graph_add_op(g, MJ_OP_SUB, 2, ops, MJ_ACT_NONE, NULL, &y), MJ_OK);
+    OK(mj_graph_add_op(g, MJ_OP_SUB, 2, ops, MJ_ACT_NONE, NULL, &y));
     cr_assert(mj_type_equal(&g->nodes[y].type, &tb));
     /* linear: in_features mismatch names both types */
     mj_type tw = {.rank = 2, .dims = {8, 15}};
     int32_t w;
-    cr_assert_eq(mj_graph_add_leaf(g, MJ_OP_PARAM, "w", &tw, NULL, &w), MJ_OK);
+    OK(mj_graph_add_leaf(g, MJ_OP_PARAM, "w", &tw, NULL, &w));
     ops[1] = w;
     cr_assert_eq(mj_graph_add_op(g, MJ_OP_LINEAR, 2, ops, MJ_ACT_NONE, NULL, &y), MJ_ERR_SHAPE);
     cr_assert(strstr(mj_last_error(), "linear:") && strstr(mj_last_error(), "f32[B,16]") &&
@@ -439,14 +440,14 @@ Test(ir, builder_shape_errors) {
     /* transpose rank 2 only, matmul rank 2 only */
     mj_type r3 = {.rank = 3, .dims = {MJ_DIM_BATCH, 2, 8}};
     int32_t z;
-    cr_assert_eq(mj_graph_add_leaf(g, MJ_OP_INPUT, "z", &r3, NULL, &z), MJ_OK);
+    OK(mj_graph_add_leaf(g, MJ_OP_INPUT, "z", &r3, NULL, &z));
     cr_assert_eq(mj_graph_add_op(g, MJ_OP_TRANSPOSE, 1, &z, MJ_ACT_NONE, NULL, &y), MJ_ERR_SHAPE);
     cr_assert(strstr(mj_last_error(), "transpose") && strstr(mj_last_error(), "f32[B,2,8]"), "%s", mj_last_error());
     /* a param type may not hold B; a bound tensor must fit the type */
     cr_assert_neq(mj_graph_add_leaf(g, MJ_OP_PARAM, "bad", &tb, NULL, &y), MJ_OK);
     int64_t s5 = 5;
     mj_tensor *t;
-    cr_assert_eq(mj_tensor_zeros(&t, 1, &s5), MJ_OK);
+    OK(mj_tensor_zeros(&t, 1, &s5));
     cr_assert_eq(mj_graph_add_leaf(g, MJ_OP_PARAM, "bad", &t3, t, &y), MJ_ERR_SHAPE);
     cr_assert(strstr(mj_last_error(), "f32[5]") && strstr(mj_last_error(), "f32[3,16]"), "%s", mj_last_error());
     mj_tensor_release(t);
@@ -480,7 +481,7 @@ Test(ir, compact_replace_use_counts_input_free) {
     bool bad[7] = {true, false, true, true, false, true, false};
     cr_assert_eq(mj_graph_compact(g, bad), MJ_ERR_INVALID);
     cr_assert_eq(g->n_nodes, 7, "a failed compact changed the graph");
-    cr_assert_eq(mj_graph_compact(g, keep), MJ_OK);
+    OK(mj_graph_compact(g, keep));
     char *p = mj_graph_to_string(g);
     cr_assert_str_eq(p, "maskjit-ir 1\n"
                         "%0 = input \"x\" : f32[B,4]\n"
@@ -490,7 +491,7 @@ Test(ir, compact_replace_use_counts_input_free) {
                         "%4 = add %0, %3 : f32[B,4]\n"
                         "return %4, %3\n");
     free(p);
-    cr_assert_eq(mj_graph_verify(g), MJ_OK);
+    OK(mj_graph_verify(g));
     mj_graph_free(g);
 }
 
@@ -534,7 +535,7 @@ Test(ir, verifier_catches_corruption) {
     g = small_graph();
     int64_t sh[2] = {4, 3};
     mj_tensor *t;
-    cr_assert_eq(mj_tensor_zeros(&t, 2, sh), MJ_OK);
+    OK(mj_tensor_zeros(&t, 2, sh));
     g->nodes[2].tensor = t;
     cr_assert_eq(mj_graph_verify(g), MJ_ERR_SHAPE);
     cr_assert(strstr(mj_last_error(), "%2 (param): bound tensor is f32[4,3] but the type is f32[4,4]"), "%s",
@@ -553,9 +554,9 @@ Test(ir, interpreter_input_errors) {
     mj_tensor *y = NULL;
     int64_t bad[2] = {3, 5}, zero[2] = {0, 4}, r1 = 4;
     mj_tensor *xb, *x0, *x1;
-    cr_assert_eq(mj_tensor_zeros(&xb, 2, bad), MJ_OK);
-    cr_assert_eq(mj_tensor_zeros(&x0, 2, zero), MJ_OK);
-    cr_assert_eq(mj_tensor_zeros(&x1, 1, &r1), MJ_OK);
+    OK(mj_tensor_zeros(&xb, 2, bad));
+    OK(mj_tensor_zeros(&x0, 2, zero));
+    OK(mj_tensor_zeros(&x1, 1, &r1));
     cr_assert_eq(mj_graph_run(g, xb, &y), MJ_ERR_SHAPE);
     cr_assert(strstr(mj_last_error(), "expected f32[B,4]") && strstr(mj_last_error(), "[3, 5]"), "%s",
               mj_last_error());
@@ -566,7 +567,7 @@ Test(ir, interpreter_input_errors) {
     cr_assert_neq(mj_graph_run(g, NULL, &y), MJ_OK);
     cr_assert(strstr(mj_last_error(), "expected f32[B,4], got NULL"), "%s", mj_last_error());
     cr_assert_null(y);
-    cr_assert_eq(mj_graph_run(g, ins[0], &y), MJ_OK);
+    OK(mj_graph_run(g, ins[0], &y));
     mj_tensor_release(y);
     mj_tensor_release(xb);
     mj_tensor_release(x0);
@@ -581,24 +582,24 @@ Test(ir, bind_freeze_clone) {
     cr_assert_eq(mj_graph_freeze(g), MJ_ERR_STATE);
     cr_assert(strstr(mj_last_error(), "\"w\""), "%s", mj_last_error());
     mj_tensor_dict *d;
-    cr_assert_eq(mj_tensor_dict_new(&d), MJ_OK);
+    OK(mj_tensor_dict_new(&d));
     int64_t s44[2] = {4, 4}, s43[2] = {4, 3};
     mj_tensor *w = randn(2, s44, 1), *v = randn(2, s44, 2), *bad = randn(2, s43, 3);
-    cr_assert_eq(mj_tensor_dict_set(d, "w", w), MJ_OK);
+    OK(mj_tensor_dict_set(d, "w", w));
     /* missing "v" */
     cr_assert_eq(mj_graph_bind(g, d), MJ_ERR_KEY);
     cr_assert(strstr(mj_last_error(), "\"v\""), "%s", mj_last_error());
     cr_assert_null(g->nodes[1].tensor, "a failed bind changed the graph");
-    cr_assert_eq(mj_tensor_dict_set(d, "v", bad), MJ_OK);
+    OK(mj_tensor_dict_set(d, "v", bad));
     cr_assert_eq(mj_graph_bind(g, d), MJ_ERR_SHAPE);
     cr_assert(strstr(mj_last_error(), "f32[4,3]") && strstr(mj_last_error(), "f32[4,4]"), "%s", mj_last_error());
-    cr_assert_eq(mj_tensor_dict_set(d, "v", v), MJ_OK);
-    cr_assert_eq(mj_tensor_dict_set(d, "extra", bad), MJ_OK);
-    cr_assert_eq(mj_graph_bind(g, d), MJ_OK, "%s", mj_last_error());
+    OK(mj_tensor_dict_set(d, "v", v));
+    OK(mj_tensor_dict_set(d, "extra", bad));
+    OK(mj_graph_bind(g, d));
     cr_assert_eq(g->nodes[1].tensor, w);
 
     mj_graph *c;
-    cr_assert_eq(mj_graph_clone(g, &c), MJ_OK);
+    OK(mj_graph_clone(g, &c));
     char *p1 = mj_graph_to_string(g), *p2 = mj_graph_to_string(c);
     cr_assert_str_eq(p1, p2);
     free(p1);
@@ -606,15 +607,15 @@ Test(ir, bind_freeze_clone) {
 
     int64_t xs[2] = {5, 4};
     mj_tensor *x = randn(2, xs, 4), *y0, *y1, *y2;
-    cr_assert_eq(mj_graph_run(g, x, &y0), MJ_OK);
-    cr_assert_eq(mj_graph_freeze(c), MJ_OK);
+    OK(mj_graph_run(g, x, &y0));
+    OK(mj_graph_freeze(c));
     cr_assert_eq(c->nodes[1].op, MJ_OP_CONST);
     cr_assert_neq(c->nodes[1].tensor, w, "freeze must copy");
-    cr_assert_eq(mj_graph_verify(c), MJ_OK, "%s", mj_last_error());
+    OK(mj_graph_verify(c));
     /* live graph sees a weight update, the frozen one does not */
     mj_tensor_data_mut(w)[0] += 1.0f;
-    cr_assert_eq(mj_graph_run(g, x, &y1), MJ_OK);
-    cr_assert_eq(mj_graph_run(c, x, &y2), MJ_OK);
+    OK(mj_graph_run(g, x, &y1));
+    OK(mj_graph_run(c, x, &y2));
     cr_assert(mj_tensor_equal(y0, y2));
     cr_assert(!mj_tensor_equal(y0, y1));
     /* frozen graph: 4x4 consts (16 <= 64) are printed inline and parse back */
@@ -622,7 +623,7 @@ Test(ir, bind_freeze_clone) {
     cr_assert(strstr(fp, "%1 = const \"w\" : f32[4,4] = ["), "%s", fp);
     mj_graph *c2 = parse_ok(fp);
     mj_tensor *y3;
-    cr_assert_eq(mj_graph_run(c2, x, &y3), MJ_OK);
+    OK(mj_graph_run(c2, x, &y3));
     cr_assert(mj_tensor_equal(y3, y2));
     free(fp);
     mj_tensor_release(y3);
@@ -653,7 +654,7 @@ Test(ir, inspection_and_warnings) {
     cr_assert_eq(mj_graph_output_dim(g, 0, 1), -1);
     cr_assert_eq(mj_graph_output_dim(g, 1, 1), 5);
     cr_assert_eq(mj_graph_warning_count(g), 0);
-    cr_assert_eq(mj_graph_add_warning(g, "read %d values", 3), MJ_OK);
+    OK(mj_graph_add_warning(g, "read %d values", 3));
     cr_assert_eq(mj_graph_warning_count(g), 1);
     cr_assert_str_eq(mj_graph_warning(g, 0), "read 3 values");
     cr_assert_null(mj_graph_warning(g, 1));
@@ -673,7 +674,7 @@ Test(ir, dot_output_has_nodes_and_edges) {
     char *buf = NULL;
     size_t len = 0;
     FILE *f = open_memstream(&buf, &len);
-    cr_assert_eq(mj_graph_write_dot(g, f), MJ_OK);
+    OK(mj_graph_write_dot(g, f));
     fclose(f);
     cr_assert(strncmp(buf, "digraph", 7) == 0);
     for (int i = 0; i < 6; i++) {
@@ -709,16 +710,16 @@ Test(ir, save_load_round_trip) {
     int fd = mkstemp(path);
     cr_assert_geq(fd, 0);
     close(fd);
-    cr_assert_eq(mj_graph_save(g, path), MJ_OK, "%s", mj_last_error());
+    OK(mj_graph_save(g, path));
     mj_graph *l = NULL;
-    cr_assert_eq(mj_graph_load(path, &l), MJ_OK, "%s", mj_last_error());
+    OK(mj_graph_load(path, &l));
     char *a = mj_graph_to_string(g), *b = mj_graph_to_string(l);
     cr_assert_str_eq(a, b);
     free(a);
     free(b);
     mj_tensor *o1[3], *o2[3];
-    cr_assert_eq(mj_interp_run(g, 1, (const mj_tensor *const *)ins, 3, o1), MJ_OK);
-    cr_assert_eq(mj_interp_run(l, 1, (const mj_tensor *const *)ins, 3, o2), MJ_OK, "%s", mj_last_error());
+    OK(mj_interp_run(g, 1, (const mj_tensor *const *)ins, 3, o1));
+    OK(mj_interp_run(l, 1, (const mj_tensor *const *)ins, 3, o2));
     for (int i = 0; i < 3; i++) {
         cr_assert(mj_tensor_equal(o1[i], o2[i]), "output %d", i);
         mj_tensor_release(o1[i]);
@@ -726,18 +727,18 @@ Test(ir, save_load_round_trip) {
     }
     /* a plain safetensors file without the IR is refused clearly */
     mj_tensor_dict *d;
-    cr_assert_eq(mj_tensor_dict_new(&d), MJ_OK);
-    cr_assert_eq(mj_tensor_dict_set(d, "w", vals[1]), MJ_OK);
-    cr_assert_eq(mj_safetensors_save(path, d), MJ_OK, "%s", mj_last_error());
+    OK(mj_tensor_dict_new(&d));
+    OK(mj_tensor_dict_set(d, "w", vals[1]));
+    OK(mj_safetensors_save(path, d));
     mj_graph *l2 = NULL;
     cr_assert_eq(mj_graph_load(path, &l2), MJ_ERR_FORMAT);
     cr_assert(strstr(mj_last_error(), "maskjit.format"), "%s", mj_last_error());
     /* IR present but a tensor missing */
-    cr_assert_eq(mj_tensor_dict_set_meta(d, "maskjit.format", "trace-v1"), MJ_OK);
+    OK(mj_tensor_dict_set_meta(d, "maskjit.format", "trace-v1"));
     char *text = mj_graph_to_string(g);
-    cr_assert_eq(mj_tensor_dict_set_meta(d, "maskjit.ir", text), MJ_OK);
+    OK(mj_tensor_dict_set_meta(d, "maskjit.ir", text));
     free(text);
-    cr_assert_eq(mj_safetensors_save(path, d), MJ_OK, "%s", mj_last_error());
+    OK(mj_safetensors_save(path, d));
     cr_assert_eq(mj_graph_load(path, &l2), MJ_ERR_KEY);
     cr_assert(strstr(mj_last_error(), "\"big\""), "%s", mj_last_error());
     cr_assert_null(l2);

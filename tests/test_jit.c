@@ -13,6 +13,7 @@
 #include "../ir/ir.h"
 #include "maskjit.h"
 #include "model_gen.h"
+#include "test_util.h"
 
 static mj_jit *jit;
 
@@ -47,16 +48,16 @@ static mj_type ty(int rank, int64_t d0, int64_t d1, int64_t d2) {
 
 static int32_t input(mj_graph *g, mj_type t) {
     int32_t id;
-    cr_assert_eq(mj_graph_add_leaf(g, MJ_OP_INPUT, "x", &t, NULL, &id), MJ_OK, "%s", mj_last_error());
+    OK(mj_graph_add_leaf(g, MJ_OP_INPUT, "x", &t, NULL, &id));
     return id;
 }
 
 /* A param (or const) leaf holding a fresh randn tensor of type t. */
 static int32_t leaf(mj_graph *g, mj_op op, const char *name, mj_type t, mj_rng *rng) {
     mj_tensor *v;
-    cr_assert_eq(mj_tensor_randn(&v, t.rank, t.dims, rng), MJ_OK);
+    OK(mj_tensor_randn(&v, t.rank, t.dims, rng));
     int32_t id;
-    cr_assert_eq(mj_graph_add_leaf(g, op, name, &t, v, &id), MJ_OK, "%s", mj_last_error());
+    OK(mj_graph_add_leaf(g, op, name, &t, v, &id));
     mj_tensor_release(v);
     return id;
 }
@@ -64,7 +65,7 @@ static int32_t leaf(mj_graph *g, mj_op op, const char *name, mj_type t, mj_rng *
 static int32_t op(mj_graph *g, mj_op o, int n, int32_t a, int32_t b, int32_t c, mj_act act,
                   const mj_type *declared) {
     int32_t ops[3] = {a, b, c}, id;
-    cr_assert_eq(mj_graph_add_op(g, o, n, ops, act, declared, &id), MJ_OK, "%s", mj_last_error());
+    OK(mj_graph_add_op(g, o, n, ops, act, declared, &id));
     return id;
 }
 
@@ -76,7 +77,7 @@ static mj_tensor *randn_input(const mj_graph *g, int64_t batch, mj_rng *rng) {
     int64_t shape[MJ_MAX_RANK];
     mj_type_shape(&in->type, batch, shape);
     mj_tensor *x;
-    cr_assert_eq(mj_tensor_randn(&x, in->type.rank, shape, rng), MJ_OK);
+    OK(mj_tensor_randn(&x, in->type.rank, shape, rng));
     return x;
 }
 
@@ -144,7 +145,7 @@ static void check_graph_all_modes(mj_graph *g, const char *what, mj_rng *rng) {
 
 static mj_graph *new_graph(void) {
     mj_graph *g;
-    cr_assert_eq(mj_graph_new(&g), MJ_OK);
+    OK(mj_graph_new(&g));
     return g;
 }
 
@@ -254,7 +255,7 @@ Test(jit, activations_special_values_bitwise) {
                           88.7f, -88.7f, 9.0f, -9.0f, 0.5f, -3.25f};
     int64_t n = sizeof vals / sizeof *vals, shape[2] = {1, n};
     mj_tensor *x;
-    cr_assert_eq(mj_tensor_from_data(&x, 2, shape, vals), MJ_OK);
+    OK(mj_tensor_from_data(&x, 2, shape, vals));
     const mj_op acts[5] = {MJ_OP_RELU, MJ_OP_GELU, MJ_OP_GELU_TANH, MJ_OP_SIGMOID, MJ_OP_TANH};
     for (int i = 0; i < 5; i++) {
         mj_graph *g = new_graph();
@@ -262,8 +263,8 @@ Test(jit, activations_special_values_bitwise) {
         out(g, op(g, acts[i], 1, in, -1, -1, MJ_ACT_NONE, NULL));
         mj_compiled *c = compile(g, modes[0]);
         mj_tensor *got, *want;
-        cr_assert_eq(mj_compiled_run(c, x, &got), MJ_OK);
-        cr_assert_eq(mj_activation(&want, mj_op_table[acts[i]].act, x), MJ_OK);
+        OK(mj_compiled_run(c, x, &got));
+        OK(mj_activation(&want, mj_op_table[acts[i]].act, x));
         check_result(got, want, modes[0], mj_op_table[acts[i]].name);
         mj_tensor_release(got);
         mj_tensor_release(want);
@@ -311,18 +312,18 @@ Test(jit, op_transpose_reshape_expand) {
 
 static mj_tensor *eye16(void) {
     mj_tensor *t;
-    cr_assert_eq(mj_tensor_eye(&t, 16), MJ_OK);
+    OK(mj_tensor_eye(&t, 16));
     return t;
 }
 
 static mj_module *seed_model(bool bias) {
     mj_module *m;
-    cr_assert_eq(mj_model_under_test_new(&m, bias), MJ_OK, "%s", mj_last_error());
+    OK(mj_model_under_test_new(&m, bias));
     const char *paths[3] = {"linear", "seq.0", "seq.1"};
     for (int i = 0; i < 3; i++) {
         mj_tensor *mask = eye16();
         mj_parametrization *p;
-        cr_assert_eq(mj_fake_sparsity_new(&p, mask), MJ_OK);
+        OK(mj_fake_sparsity_new(&p, mask));
         mj_tensor_release(mask);
         cr_assert_eq(mj_register_parametrization(mj_module_find(m, paths[i]), "weight", p), MJ_OK, "%s",
                      mj_last_error());
@@ -332,7 +333,7 @@ static mj_module *seed_model(bool bias) {
 
 static mj_graph *trace(mj_module *m, int rank, const int64_t *shape) {
     mj_tensor *ex;
-    cr_assert_eq(mj_tensor_ones(&ex, rank, shape), MJ_OK);
+    OK(mj_tensor_ones(&ex, rank, shape));
     mj_graph *g;
     mj_status s = mj_trace_module(m, ex, &g);
     cr_assert_eq(s, MJ_OK, "trace: %s", mj_last_error());
@@ -343,7 +344,7 @@ static mj_graph *trace(mj_module *m, int rank, const int64_t *shape) {
 /* compiled(x) against eager forward(x) */
 static double check_model(mj_compiled *c, mj_module *m, const mj_tensor *x, mode md, const char *what) {
     mj_tensor *want, *got;
-    cr_assert_eq(mj_module_forward(m, x, &want), MJ_OK, "%s", mj_last_error());
+    OK(mj_module_forward(m, x, &want));
     cr_assert_eq(mj_compiled_run(c, x, &got), MJ_OK, "%s (%s): %s", what, md.name, mj_last_error());
     double e = check_result(got, want, md, what);
     mj_tensor_release(want);
@@ -369,7 +370,7 @@ Test(jit, seed_model_trace_compiled_equals_eager) {
             cr_assert(st->total_ms > 0 && st->total_ms >= st->ir_ms + st->optimize_ms + st->codegen_ms,
                       "total %.3f ms < parts", st->total_ms);
             mj_tensor *x;
-            cr_assert_eq(mj_tensor_randn(&x, 2, ex, &rng), MJ_OK);
+            OK(mj_tensor_randn(&x, 2, ex, &rng));
             check_model(c, m, x, modes[mi], bias ? "seed model with bias" : "seed model");
             mj_tensor_release(x);
             mj_compiled_free(c);
@@ -390,7 +391,7 @@ Test(jit, perf_profiling_layer_runs_the_same_code) {
     mj_jit *pj = NULL;
     mj_status s = mj_jit_new(&pj);
     unsetenv("MASKJIT_PERF");
-    cr_assert_eq(s, MJ_OK, "%s", mj_last_error());
+    OK(s);
     mj_rng rng;
     mj_rng_seed(&rng, 30);
     int64_t ex[2] = {3, 16};
@@ -402,9 +403,9 @@ Test(jit, perf_profiling_layer_runs_the_same_code) {
         o.frozen = modes[mi].frozen;
         o.use_cache = false; /* a cache hit would skip the listener */
         mj_compiled *c = NULL;
-        cr_assert_eq(mj_jit_compile(pj, g, &o, &c), MJ_OK, "%s", mj_last_error());
+        OK(mj_jit_compile(pj, g, &o, &c));
         mj_tensor *x;
-        cr_assert_eq(mj_tensor_randn(&x, 2, ex, &rng), MJ_OK);
+        OK(mj_tensor_randn(&x, 2, ex, &rng));
         check_model(c, m, x, modes[mi], "seed model through the perf layer");
         mj_tensor_release(x);
         mj_compiled_free(c);
@@ -432,7 +433,7 @@ Test(jit, random_models_equal_eager) {
         mj_module *m;
         cr_assert_eq(mjt_build_model(&spec, &rng, &m), MJ_OK, "%s: %s", spec.text, mj_last_error());
         mj_tensor *ex;
-        cr_assert_eq(mjt_random_input(&spec, 2, &rng, &ex), MJ_OK);
+        OK(mjt_random_input(&spec, 2, &rng, &ex));
         mj_graph *g;
         cr_assert_eq(mj_trace_module(m, ex, &g), MJ_OK, "%s: trace: %s", spec.text, mj_last_error());
         mj_tensor_release(ex);
@@ -443,7 +444,7 @@ Test(jit, random_models_equal_eager) {
             mj_compiled *c = compile(g, md);
             for (size_t b = 0; b < sizeof batches / sizeof *batches; b++) {
                 mj_tensor *x;
-                cr_assert_eq(mjt_random_input(&spec, batches[b], &rng, &x), MJ_OK);
+                OK(mjt_random_input(&spec, batches[b], &rng, &x));
                 char what[200];
                 snprintf(what, sizeof what, "model %d %s batch %lld", i, spec.text, (long long)batches[b]);
                 double e = check_model(c, m, x, md, what);
@@ -468,8 +469,8 @@ Test(jit, live_mode_sees_weight_and_mask_changes_frozen_does_not) {
     mj_graph *g = trace(m, 2, ex);
     mj_compiled *live = compile(g, modes[0]), *frozen = compile(g, modes[1]);
     mj_tensor *x, *before;
-    cr_assert_eq(mj_tensor_randn(&x, 2, ex, &rng), MJ_OK);
-    cr_assert_eq(mj_module_forward(m, x, &before), MJ_OK);
+    OK(mj_tensor_randn(&x, 2, ex, &rng));
+    OK(mj_module_forward(m, x, &before));
     check_model(live, m, x, modes[0], "live before");
 
     /* a weight */
@@ -484,7 +485,7 @@ Test(jit, live_mode_sees_weight_and_mask_changes_frozen_does_not) {
     check_model(live, m, x, modes[0], "live after a mask change");
     /* a bias: read in place by the body */
     mj_tensor_dict *params;
-    cr_assert_eq(mj_module_named_parameters(m, &params), MJ_OK);
+    OK(mj_module_named_parameters(m, &params));
     mj_tensor *bias = mj_tensor_dict_get(params, "seq.1.bias");
     cr_assert(bias);
     mj_tensor_data_mut(bias)[3] = -7.5f;
@@ -492,10 +493,10 @@ Test(jit, live_mode_sees_weight_and_mask_changes_frozen_does_not) {
     check_model(live, m, x, modes[0], "live after a bias change");
 
     mj_tensor *now;
-    cr_assert_eq(mj_module_forward(m, x, &now), MJ_OK);
+    OK(mj_module_forward(m, x, &now));
     cr_assert(!mj_tensor_equal(now, before), "the changes must change the output");
     mj_tensor *fz;
-    cr_assert_eq(mj_compiled_run(frozen, x, &fz), MJ_OK);
+    OK(mj_compiled_run(frozen, x, &fz));
     cr_assert(mj_tensor_equal(fz, before), "frozen must keep the compiled-in values");
     mj_tensor_release(fz);
     mj_tensor_release(now);
@@ -520,14 +521,14 @@ Test(jit, shape_guards_reject_bad_calls_with_messages) {
 
     mj_tensor *bad, *y = NULL;
     int64_t s1[2] = {3, 15};
-    cr_assert_eq(mj_tensor_zeros(&bad, 2, s1), MJ_OK);
+    OK(mj_tensor_zeros(&bad, 2, s1));
     cr_assert_eq(mj_compiled_run(c, bad, &y), MJ_ERR_SHAPE);
     cr_assert(strstr(mj_last_error(), "[3, 15]") && strstr(mj_last_error(), "f32[B,16]"), "%s", mj_last_error());
     cr_assert_null(y);
     mj_tensor_release(bad);
 
     int64_t s0[2] = {0, 16};
-    cr_assert_eq(mj_tensor_zeros(&bad, 2, s0), MJ_OK);
+    OK(mj_tensor_zeros(&bad, 2, s0));
     cr_assert_eq(mj_compiled_run(c, bad, &y), MJ_ERR_SHAPE);
     cr_assert(strstr(mj_last_error(), "must be >= 1"), "%s", mj_last_error());
     mj_tensor_release(bad);
@@ -549,7 +550,7 @@ Test(jit, shape_guards_reject_bad_calls_with_messages) {
     cr_assert_eq(mj_compiled_run_raw(c, xb, 1, xb + 8, 8), MJ_ERR_INVALID);
     cr_assert(strstr(mj_last_error(), "overlap"), "%s", mj_last_error());
     /* the good call still works */
-    cr_assert_eq(mj_compiled_run_raw(c, xb, 2, yb, 16), MJ_OK, "%s", mj_last_error());
+    OK(mj_compiled_run_raw(c, xb, 2, yb, 16));
 
     cr_assert_eq(mj_compiled_dump(c, "bitcode", stdout), MJ_ERR_INVALID);
     cr_assert(strstr(mj_last_error(), "bitcode"), "%s", mj_last_error());
@@ -566,7 +567,7 @@ Test(jit, compile_rejects_bad_graphs_and_options) {
     int32_t x = input(g, ty(2, B, 4, 0));
     mj_type wt = ty(2, 4, 4, 0);
     int32_t w;
-    cr_assert_eq(mj_graph_add_leaf(g, MJ_OP_PARAM, "lonely.weight", &wt, NULL, &w), MJ_OK);
+    OK(mj_graph_add_leaf(g, MJ_OP_PARAM, "lonely.weight", &wt, NULL, &w));
     out(g, op(g, MJ_OP_LINEAR, 2, x, w, -1, MJ_ACT_NONE, NULL));
     mj_status s = mj_jit_compile(jit, g, NULL, &c);
     cr_assert_neq(s, MJ_OK);
@@ -611,7 +612,7 @@ Test(jit, compile_and_free_many_graphs_does_not_grow) {
         out(g, op(g, MJ_OP_LINEAR_ACT, 3, x, w, b, MJ_ACT_RELU, NULL));
         mj_compiled *c = compile(g, modes[i % 4]);
         float xb[16] = {1, 2, 3}, yb[16];
-        cr_assert_eq(mj_compiled_run_raw(c, xb, 2, yb, 16), MJ_OK);
+        OK(mj_compiled_run_raw(c, xb, 2, yb, 16));
         mj_compiled_free(c);
         mj_graph_free(g);
         if (i + 1 == half) after_first = rss_kb();
@@ -647,13 +648,13 @@ Test(jit, eight_threads_share_one_compiled_model) {
     mj_rng rng;
     mj_rng_seed(&rng, 13);
     mj_module *m;
-    cr_assert_eq(mj_model_from_spec("mlp:64,96,96,10:act=gelu", &rng, &m), MJ_OK, "%s", mj_last_error());
-    cr_assert_eq(mj_model_apply_masks(m, NULL, 0.5, &rng), MJ_OK, "%s", mj_last_error());
+    OK(mj_model_from_spec("mlp:64,96,96,10:act=gelu", &rng, &m));
+    OK(mj_model_apply_masks(m, NULL, 0.5, &rng));
     int64_t ex[2] = {2, 64}, xs[2] = {7, 64};
     mj_graph *g = trace(m, 2, ex);
     mj_compiled *c = compile(g, modes[0]);
     mj_tensor *x, *want;
-    cr_assert_eq(mj_tensor_randn(&x, 2, xs, &rng), MJ_OK);
+    OK(mj_tensor_randn(&x, 2, xs, &rng));
     cr_assert_eq(mj_compiled_run(c, x, &want), MJ_OK); /* single-threaded reference */
     check_model(c, m, x, modes[0], "mlp");
     pthread_t th[8];
@@ -680,7 +681,7 @@ static char *dump(mj_compiled *c, const char *what) {
     cr_assert(f);
     mj_status s = mj_compiled_dump(c, what, f);
     fclose(f);
-    cr_assert_eq(s, MJ_OK, "%s", mj_last_error());
+    OK(s);
     return buf;
 }
 
@@ -740,8 +741,8 @@ Test(jit, kernels_tile_edges_against_interpreter) {
             for (size_t bi = 0; bi < sizeof batches / sizeof *batches; bi++) {
                 if (batches[bi] * N * K > scaled(70000000)) continue;
                 mj_tensor *xin = randn_input(g, batches[bi], &rng), *want, *got;
-                cr_assert_eq(mj_graph_run(g, xin, &want), MJ_OK, "%s", mj_last_error());
-                cr_assert_eq(mj_compiled_run(c, xin, &got), MJ_OK, "%s", mj_last_error());
+                OK(mj_graph_run(g, xin, &want));
+                OK(mj_compiled_run(c, xin, &got));
                 char what[96];
                 snprintf(what, sizeof what, "linear %lldx%lld batch %lld", (long long)N, (long long)K,
                          (long long)batches[bi]);
@@ -773,8 +774,8 @@ Test(jit, kernels_fused_chains_equal_eager) {
     static const int64_t batches[] = {1, 2, 3, 4, 17, 33};
     for (int si = 0; si < 3; si++) {
         mj_module *m;
-        cr_assert_eq(mj_model_from_spec(specs[si], &rng, &m), MJ_OK, "%s", mj_last_error());
-        cr_assert_eq(mj_model_apply_masks(m, NULL, 0.5, &rng), MJ_OK, "%s", mj_last_error());
+        OK(mj_model_from_spec(specs[si], &rng, &m));
+        OK(mj_model_apply_masks(m, NULL, 0.5, &rng));
         int64_t in = atoi(specs[si] + 4), ex[2] = {3, in};
         mj_graph *g = trace(m, 2, ex);
         for (int mi = 0; mi < 4; mi++) {
@@ -782,7 +783,7 @@ Test(jit, kernels_fused_chains_equal_eager) {
             for (size_t bi = 0; bi < sizeof batches / sizeof *batches; bi++) {
                 int64_t xs[2] = {batches[bi], in};
                 mj_tensor *x;
-                cr_assert_eq(mj_tensor_randn(&x, 2, xs, &rng), MJ_OK);
+                OK(mj_tensor_randn(&x, 2, xs, &rng));
                 check_model(c, m, x, modes[mi], specs[si]);
                 mj_tensor_release(x);
             }
@@ -807,8 +808,8 @@ Test(jit, frozen_small_layers_skip_zero_weights_per_lane) {
     static const int64_t batches[] = {1, 3, 17};
     for (size_t ci = 0; ci < sizeof cases / sizeof *cases; ci++) {
         mj_module *m;
-        cr_assert_eq(mj_model_from_spec(cases[ci].spec, &rng, &m), MJ_OK, "%s", mj_last_error());
-        cr_assert_eq(mj_model_apply_masks(m, NULL, cases[ci].density, &rng), MJ_OK, "%s", mj_last_error());
+        OK(mj_model_from_spec(cases[ci].spec, &rng, &m));
+        OK(mj_model_apply_masks(m, NULL, cases[ci].density, &rng));
         int64_t in = atoi(cases[ci].spec + 4), ex[2] = {3, in};
         mj_graph *g = trace(m, 2, ex);
         mj_compiled *c = compile(g, modes[1]);
@@ -816,7 +817,7 @@ Test(jit, frozen_small_layers_skip_zero_weights_per_lane) {
         size_t ir_len = 0;
         FILE *f = open_memstream(&ir, &ir_len);
         cr_assert(f);
-        cr_assert_eq(mj_compiled_dump(c, "ir", f), MJ_OK, "%s", mj_last_error());
+        OK(mj_compiled_dump(c, "ir", f));
         fclose(f);
         /* the steps' shuffles are named "lanes" (jit/lower.c); the form
          * takes K up to two vectors: 32 with AVX-512, 16 with AVX2 */
@@ -828,7 +829,7 @@ Test(jit, frozen_small_layers_skip_zero_weights_per_lane) {
         for (size_t bi = 0; bi < sizeof batches / sizeof *batches; bi++) {
             int64_t xs[2] = {batches[bi], in};
             mj_tensor *x;
-            cr_assert_eq(mj_tensor_randn(&x, 2, xs, &rng), MJ_OK);
+            OK(mj_tensor_randn(&x, 2, xs, &rng));
             check_model(c, m, x, modes[1], cases[ci].spec);
             mj_tensor_release(x);
         }
@@ -863,9 +864,9 @@ Test(jit, column_split_threads_are_bit_identical, .timeout = 120) {
     static const int64_t batches[] = {1, 2, 5, 11};
     for (size_t mi_ = 0; mi_ < sizeof models / sizeof *models; mi_++) {
         mj_module *m;
-        cr_assert_eq(mj_model_from_spec(models[mi_].spec, &rng, &m), MJ_OK, "%s", mj_last_error());
+        OK(mj_model_from_spec(models[mi_].spec, &rng, &m));
         if (models[mi_].density < 1)
-            cr_assert_eq(mj_model_apply_masks(m, NULL, models[mi_].density, &rng), MJ_OK, "%s", mj_last_error());
+            OK(mj_model_apply_masks(m, NULL, models[mi_].density, &rng));
         int64_t in = atoi(models[mi_].spec + 4), ex[2] = {2, in};
         mj_graph *g = trace(m, 2, ex);
         for (int mi = 0; mi < 4; mi++) {
@@ -875,10 +876,10 @@ Test(jit, column_split_threads_are_bit_identical, .timeout = 120) {
             for (size_t bi = 0; bi < sizeof batches / sizeof *batches; bi++) {
                 int64_t xs[2] = {batches[bi], in};
                 mj_tensor *x, *y1, *y2, *y4;
-                cr_assert_eq(mj_tensor_randn(&x, 2, xs, &rng), MJ_OK);
-                cr_assert_eq(mj_compiled_run(c1, x, &y1), MJ_OK, "%s", mj_last_error());
-                cr_assert_eq(mj_compiled_run(c2, x, &y2), MJ_OK, "%s", mj_last_error());
-                cr_assert_eq(mj_compiled_run(c4, x, &y4), MJ_OK, "%s", mj_last_error());
+                OK(mj_tensor_randn(&x, 2, xs, &rng));
+                OK(mj_compiled_run(c1, x, &y1));
+                OK(mj_compiled_run(c2, x, &y2));
+                OK(mj_compiled_run(c4, x, &y4));
                 cr_assert(mj_tensor_equal(y1, y2), "%s %s batch %lld: 2 threads differ", models[mi_].spec,
                           modes[mi].name, (long long)xs[0]);
                 cr_assert(mj_tensor_equal(y1, y4), "%s %s batch %lld: 4 threads differ", models[mi_].spec,
@@ -905,8 +906,8 @@ Test(jit, threads_are_bit_identical_to_one_thread) {
     mj_rng rng;
     mj_rng_seed(&rng, 17);
     mj_module *m;
-    cr_assert_eq(mj_model_from_spec("mlp:256,300,256:act=relu", &rng, &m), MJ_OK, "%s", mj_last_error());
-    cr_assert_eq(mj_model_apply_masks(m, NULL, 0.5, &rng), MJ_OK, "%s", mj_last_error());
+    OK(mj_model_from_spec("mlp:256,300,256:act=relu", &rng, &m));
+    OK(mj_model_apply_masks(m, NULL, 0.5, &rng));
     int64_t ex[2] = {2, 256};
     mj_graph *g = trace(m, 2, ex);
     static const int64_t batches[] = {1, 2, 3, 64, 65, 333};
@@ -917,10 +918,10 @@ Test(jit, threads_are_bit_identical_to_one_thread) {
         for (size_t bi = 0; bi < sizeof batches / sizeof *batches; bi++) {
             int64_t xs[2] = {batches[bi], 256};
             mj_tensor *x, *y1, *y2, *y4;
-            cr_assert_eq(mj_tensor_randn(&x, 2, xs, &rng), MJ_OK);
-            cr_assert_eq(mj_compiled_run(c1, x, &y1), MJ_OK, "%s", mj_last_error());
-            cr_assert_eq(mj_compiled_run(c2, x, &y2), MJ_OK, "%s", mj_last_error());
-            cr_assert_eq(mj_compiled_run(c4, x, &y4), MJ_OK, "%s", mj_last_error());
+            OK(mj_tensor_randn(&x, 2, xs, &rng));
+            OK(mj_compiled_run(c1, x, &y1));
+            OK(mj_compiled_run(c2, x, &y2));
+            OK(mj_compiled_run(c4, x, &y4));
             cr_assert(mj_tensor_equal(y1, y2), "%s batch %lld: 2 threads differ", modes[mi].name, (long long)xs[0]);
             cr_assert(mj_tensor_equal(y1, y4), "%s batch %lld: 4 threads differ", modes[mi].name, (long long)xs[0]);
             if (!modes[mi].frozen) check_model(c4, m, x, modes[mi], "4 threads");
@@ -936,7 +937,7 @@ Test(jit, threads_are_bit_identical_to_one_thread) {
             for (int i = 0; i < 300; i++) w[i] = mj_rng_normal(&rng);
             int64_t xs[2] = {200, 256};
             mj_tensor *x;
-            cr_assert_eq(mj_tensor_randn(&x, 2, xs, &rng), MJ_OK);
+            OK(mj_tensor_randn(&x, 2, xs, &rng));
             check_model(c4, m, x, modes[0], "4 threads after a weight change");
             check_model(c1, m, x, modes[0], "1 thread after a weight change");
             mj_tensor_release(x);
@@ -949,7 +950,7 @@ Test(jit, threads_are_bit_identical_to_one_thread) {
     mj_compiled *c0 = compile_threads(jit, g, modes[0], 0);
     int64_t xs[2] = {100, 256};
     mj_tensor *x;
-    cr_assert_eq(mj_tensor_randn(&x, 2, xs, &rng), MJ_OK);
+    OK(mj_tensor_randn(&x, 2, xs, &rng));
     check_model(c0, m, x, modes[0], "threads 0");
     mj_tensor_release(x);
     mj_compiled_free(c0);
@@ -963,13 +964,13 @@ Test(jit, threads_pool_shared_by_concurrent_callers) {
     mj_rng rng;
     mj_rng_seed(&rng, 18);
     mj_module *m;
-    cr_assert_eq(mj_model_from_spec("mlp:128,128,128:act=tanh", &rng, &m), MJ_OK, "%s", mj_last_error());
+    OK(mj_model_from_spec("mlp:128,128,128:act=tanh", &rng, &m));
     int64_t ex[2] = {2, 128}, xs[2] = {150, 128};
     mj_graph *g = trace(m, 2, ex);
     mj_compiled *c = compile_threads(jit, g, modes[0], 2);
     mj_tensor *x, *want;
-    cr_assert_eq(mj_tensor_randn(&x, 2, xs, &rng), MJ_OK);
-    cr_assert_eq(mj_module_forward(m, x, &want), MJ_OK);
+    OK(mj_tensor_randn(&x, 2, xs, &rng));
+    OK(mj_module_forward(m, x, &want));
     pthread_t th[4];
     thread_arg args[4];
     for (int i = 0; i < 4; i++) {
@@ -992,7 +993,7 @@ Test(jit, threads_pool_shared_by_concurrent_callers) {
 Test(jit, avx2_code_path_via_forced_features) {
     cr_assert_eq(setenv("MASKJIT_JIT_FEATURES", "+avx,+avx2,+fma,+f16c,+bmi,+bmi2,+popcnt,+sse4.2,-avx512f", 1), 0);
     mj_jit *j2;
-    cr_assert_eq(mj_jit_new(&j2), MJ_OK, "%s", mj_last_error());
+    OK(mj_jit_new(&j2));
     mj_rng rng;
     mj_rng_seed(&rng, 19);
     /* the third is masked at 10%: its frozen layers go to the sparse kernel,
@@ -1000,7 +1001,7 @@ Test(jit, avx2_code_path_via_forced_features) {
     static const char *specs[] = {"mlp:16,16,16,16", "mlp:100,130,33:act=gelu", "mlp:128,160,96:act=relu"};
     for (int si = 0; si < 3; si++) {
         mj_module *m;
-        cr_assert_eq(mj_model_from_spec(specs[si], &rng, &m), MJ_OK, "%s", mj_last_error());
+        OK(mj_model_from_spec(specs[si], &rng, &m));
         if (si == 2) cr_assert_eq(mj_model_apply_masks(m, NULL, 0.1, &rng), MJ_OK, "%s", mj_last_error());
         int64_t in = atoi(specs[si] + 4), ex[2] = {3, in};
         mj_graph *g = trace(m, 2, ex);
@@ -1020,7 +1021,7 @@ Test(jit, avx2_code_path_via_forced_features) {
             for (int bi = 0; bi < 3; bi++) {
                 int64_t xs[2] = {batches[bi], in};
                 mj_tensor *x;
-                cr_assert_eq(mj_tensor_randn(&x, 2, xs, &rng), MJ_OK);
+                OK(mj_tensor_randn(&x, 2, xs, &rng));
                 check_model(c, m, x, modes[mi], specs[si]);
                 mj_tensor_release(x);
             }

@@ -5,17 +5,18 @@
 #include <string.h>
 
 #include "maskjit.h"
+#include "test_util.h"
 
 static mj_tensor *tensor2(int64_t r, int64_t c, const float *data) {
     int64_t shape[2] = {r, c};
     mj_tensor *t;
-    cr_assert_eq(mj_tensor_from_data(&t, 2, shape, data), MJ_OK);
+    OK(mj_tensor_from_data(&t, 2, shape, data));
     return t;
 }
 
 static mj_tensor *tensor1(int64_t n, const float *data) {
     mj_tensor *t;
-    cr_assert_eq(mj_tensor_from_data(&t, 1, &n, data), MJ_OK);
+    OK(mj_tensor_from_data(&t, 1, &n, data));
     return t;
 }
 
@@ -23,18 +24,18 @@ Test(ops, matmul_and_linear_hand_worked) {
     /* [[1,2],[3,4]] @ [[5,6],[7,8]] = [[19,22],[43,50]] */
     float a[4] = {1, 2, 3, 4}, b[4] = {5, 6, 7, 8};
     mj_tensor *A = tensor2(2, 2, a), *B = tensor2(2, 2, b), *Y;
-    cr_assert_eq(mj_matmul(&Y, A, B), MJ_OK);
+    OK(mj_matmul(&Y, A, B));
     const float want[4] = {19, 22, 43, 50};
     cr_assert_arr_eq(mj_tensor_data(Y), want, sizeof want);
     mj_tensor_release(Y);
     /* linear: x @ W^T + b with W = B: [[1*5+2*6, 1*7+2*8], ...] + [1, -1] */
     float bias[2] = {1, -1};
     mj_tensor *bb = tensor1(2, bias);
-    cr_assert_eq(mj_linear(&Y, A, B, bb), MJ_OK);
+    OK(mj_linear(&Y, A, B, bb));
     const float want2[4] = {18, 22, 40, 52};
     cr_assert_arr_eq(mj_tensor_data(Y), want2, sizeof want2);
     mj_tensor_release(Y);
-    cr_assert_eq(mj_linear(&Y, A, B, NULL), MJ_OK);
+    OK(mj_linear(&Y, A, B, NULL));
     const float want3[4] = {17, 23, 39, 53};
     cr_assert_arr_eq(mj_tensor_data(Y), want3, sizeof want3);
     mj_tensor_release(Y);
@@ -56,7 +57,7 @@ Test(ops, linear_follows_documented_summation_order) {
     mj_tensor_randn(&x, 3, xs, &rng);
     mj_tensor_randn(&w, 2, ws, &rng);
     mj_tensor_randn(&b, 1, bs, &rng);
-    cr_assert_eq(mj_linear(&y, x, w, b), MJ_OK);
+    OK(mj_linear(&y, x, w, b));
     cr_assert_eq(mj_tensor_rank(y), 3);
     cr_assert_eq(mj_tensor_dim(y, 2), 19);
     const float *X = mj_tensor_data(x), *W = mj_tensor_data(w), *B = mj_tensor_data(b);
@@ -117,16 +118,16 @@ Test(ops, broadcasting_like_numpy) {
     /* [2,3] * [3] (row), [2,3] + [2,1] (column), [1,3] - [2,1] -> [2,3] */
     float m[6] = {1, 2, 3, 4, 5, 6}, row[3] = {10, 20, 30}, col[2] = {100, 200};
     mj_tensor *M = tensor2(2, 3, m), *R = tensor1(3, row), *C = tensor2(2, 1, col), *Y;
-    cr_assert_eq(mj_mul(&Y, M, R), MJ_OK);
+    OK(mj_mul(&Y, M, R));
     const float w1[6] = {10, 40, 90, 40, 100, 180};
     cr_assert_arr_eq(mj_tensor_data(Y), w1, sizeof w1);
     mj_tensor_release(Y);
-    cr_assert_eq(mj_add(&Y, M, C), MJ_OK);
+    OK(mj_add(&Y, M, C));
     const float w2[6] = {101, 102, 103, 204, 205, 206};
     cr_assert_arr_eq(mj_tensor_data(Y), w2, sizeof w2);
     mj_tensor_release(Y);
     mj_tensor *R2 = tensor2(1, 3, row);
-    cr_assert_eq(mj_sub(&Y, R2, C), MJ_OK);
+    OK(mj_sub(&Y, R2, C));
     cr_assert_eq(mj_tensor_dim(Y, 0), 2);
     const float w3[6] = {-90, -80, -70, -190, -180, -170};
     cr_assert_arr_eq(mj_tensor_data(Y), w3, sizeof w3);
@@ -150,7 +151,7 @@ Test(ops, activations_match_double_precision_formulas) {
     X[3] = -8.0f;
     for (int a = MJ_ACT_NONE; a < MJ_ACT_COUNT; a++) {
         mj_tensor *y;
-        cr_assert_eq(mj_activation(&y, (mj_act)a, x), MJ_OK);
+        OK(mj_activation(&y, (mj_act)a, x));
         for (int i = 0; i < 257; i++) {
             double v = X[i], ref;
             switch (a) {
@@ -171,13 +172,13 @@ Test(ops, activations_match_double_precision_formulas) {
     }
     float nan_in[1] = {NAN};
     mj_tensor *t = tensor1(1, nan_in), *r;
-    cr_assert_eq(mj_relu(&r, t), MJ_OK);
+    OK(mj_relu(&r, t));
     cr_assert(isnan(mj_tensor_data(r)[0]), "relu propagates NaN like torch");
     mj_tensor_release(r);
     mj_tensor_release(t);
     mj_tensor_release(x);
     mj_act parsed;
-    cr_assert_eq(mj_act_parse("gelu_tanh", &parsed), MJ_OK);
+    OK(mj_act_parse("gelu_tanh", &parsed));
     cr_assert_eq(parsed, MJ_ACT_GELU_TANH);
     cr_assert_eq(mj_act_parse("swish", &parsed), MJ_ERR_INVALID);
     cr_assert(strstr(mj_last_error(), "'swish'"), "%s", mj_last_error());
@@ -186,12 +187,12 @@ Test(ops, activations_match_double_precision_formulas) {
 Test(ops, transpose_and_reshape) {
     float m[6] = {1, 2, 3, 4, 5, 6};
     mj_tensor *M = tensor2(2, 3, m), *T, *R;
-    cr_assert_eq(mj_transpose(&T, M), MJ_OK);
+    OK(mj_transpose(&T, M));
     const float wt[6] = {1, 4, 2, 5, 3, 6};
     cr_assert_eq(mj_tensor_dim(T, 0), 3);
     cr_assert_arr_eq(mj_tensor_data(T), wt, sizeof wt);
     int64_t s[3] = {3, -1, 1};
-    cr_assert_eq(mj_reshape(&R, M, 3, s), MJ_OK);
+    OK(mj_reshape(&R, M, 3, s));
     cr_assert_eq(mj_tensor_dim(R, 1), 2);
     cr_assert_arr_eq(mj_tensor_data(R), m, sizeof m);
     mj_tensor_release(M);

@@ -16,17 +16,11 @@
 #include "ir/ir.h"
 #include "maskjit.h"
 #include "model_gen.h"
+#include "test_util.h"
 
 #ifndef MJ_SOURCE_ROOT
 #define MJ_SOURCE_ROOT "."
 #endif
-
-#define OK(expr)                                                                             \
-    do {                                                                                     \
-        mj_status s_ = (expr);                                                               \
-        cr_assert_eq(s_, MJ_OK, "%s failed: %s: %s", #expr, mj_status_name(s_),             \
-                     mj_last_error());                                                       \
-    } while (0)
 
 static char *read_text(const char *path) {
     FILE *f = fopen(path, "rb");

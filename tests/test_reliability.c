@@ -32,6 +32,7 @@
 #include <unistd.h>
 
 #include "maskjit.h"
+#include "test_util.h"
 
 extern char **environ;
 
@@ -120,10 +121,10 @@ static void assert_error(mj_status got, mj_status want, const char *needle) {
 
 static mj_tensor_dict *dict1(const char *key, int64_t n, float v) {
     mj_tensor *t;
-    cr_assert_eq(mj_tensor_full(&t, 1, &n, v), MJ_OK);
+    OK(mj_tensor_full(&t, 1, &n, v));
     mj_tensor_dict *d;
-    cr_assert_eq(mj_tensor_dict_new(&d), MJ_OK);
-    cr_assert_eq(mj_tensor_dict_set(d, key, t), MJ_OK);
+    OK(mj_tensor_dict_new(&d));
+    OK(mj_tensor_dict_set(d, key, t));
     mj_tensor_release(t);
     return d;
 }
@@ -216,9 +217,9 @@ Test(reliability, fuzz_spec_large_widths_build_what_they_name) {
     mj_rng rng;
     mj_rng_seed(&rng, 1);
     mj_module *m;
-    cr_assert_eq(mj_model_from_spec("mlp:16,651,655", &rng, &m), MJ_OK, "%s", mj_last_error());
+    OK(mj_model_from_spec("mlp:16,651,655", &rng, &m));
     mj_tensor_dict *p;
-    cr_assert_eq(mj_module_named_parameters(m, &p), MJ_OK);
+    OK(mj_module_named_parameters(m, &p));
     cr_assert_eq(mj_tensor_dim(mj_tensor_dict_get(p, "0.weight"), 0), 651);
     cr_assert_eq(mj_tensor_dim(mj_tensor_dict_get(p, "0.weight"), 1), 16);
     cr_assert_eq(mj_tensor_dim(mj_tensor_dict_get(p, "2.weight"), 0), 655);
@@ -268,7 +269,7 @@ Test(reliability, tensor_shape_overflow_and_rank) {
 
     mj_tensor *x;
     int64_t four = 4;
-    cr_assert_eq(mj_tensor_zeros(&x, 1, &four), MJ_OK);
+    OK(mj_tensor_zeros(&x, 1, &four));
     int64_t big[2] = {INT64_MAX, 3};
     assert_error(mj_reshape(&t, x, 2, big), MJ_ERR_LIMIT, "overflows");
     int64_t inf0[2] = {-1, 0};
@@ -445,7 +446,7 @@ static mj_status save_graph(const char *path, void *g) { return mj_graph_save(g,
 Test(reliability, safetensors_save_failing_midway_in_child_keeps_old_file) {
     char *path = tmp_path("st.safetensors");
     mj_tensor_dict *old = dict1("w", 1000, 1.0f), *big = dict1("w", 200000, 2.0f); /* 800 KB */
-    cr_assert_eq(mj_safetensors_save(path, old), MJ_OK, "%s", mj_last_error());
+    OK(mj_safetensors_save(path, old));
     size_t n0, n1;
     unsigned char *before = read_all(path, &n0);
     int rc = save_in_limited_child(save_dict, path, big);
@@ -456,7 +457,7 @@ Test(reliability, safetensors_save_failing_midway_in_child_keeps_old_file) {
     cr_assert_eq(count_prefixed("st.safetensors.tmp"), 0, "a temporary file was left behind");
     /* still loads, to the old values */
     mj_tensor_dict *back;
-    cr_assert_eq(mj_safetensors_load(path, &back), MJ_OK, "%s", mj_last_error());
+    OK(mj_safetensors_load(path, &back));
     cr_assert(mj_tensor_equal(mj_tensor_dict_get(back, "w"), mj_tensor_dict_get(old, "w")));
     mj_tensor_dict_free(back);
     free(before);
@@ -473,9 +474,9 @@ static mj_graph *graph_with_weight(int64_t n, float v) {
              "%%2 = mul %%0, %%1 : f32[B,%lld]\nreturn %%2\n",
              (long long)n, (long long)n, (long long)n);
     mj_graph *g;
-    cr_assert_eq(mj_graph_parse(text, &g), MJ_OK, "%s", mj_last_error());
+    OK(mj_graph_parse(text, &g));
     mj_tensor_dict *d = dict1("w", n, v);
-    cr_assert_eq(mj_graph_bind(g, d), MJ_OK, "%s", mj_last_error());
+    OK(mj_graph_bind(g, d));
     mj_tensor_dict_free(d);
     return g;
 }
@@ -483,7 +484,7 @@ static mj_graph *graph_with_weight(int64_t n, float v) {
 Test(reliability, graph_save_failing_midway_in_child_keeps_old_file) {
     char *path = tmp_path("g.mjtrace");
     mj_graph *old = graph_with_weight(100, 1.0f), *big = graph_with_weight(200000, 3.0f);
-    cr_assert_eq(mj_graph_save(old, path), MJ_OK, "%s", mj_last_error());
+    OK(mj_graph_save(old, path));
     size_t n0, n1;
     unsigned char *before = read_all(path, &n0);
     int rc = save_in_limited_child(save_graph, path, big);
@@ -493,7 +494,7 @@ Test(reliability, graph_save_failing_midway_in_child_keeps_old_file) {
     cr_assert_eq(memcmp(before, after, n0), 0, "the previous file changed");
     cr_assert_eq(count_prefixed("g.mjtrace.tmp"), 0, "a temporary file was left behind");
     mj_graph *back;
-    cr_assert_eq(mj_graph_load(path, &back), MJ_OK, "%s", mj_last_error());
+    OK(mj_graph_load(path, &back));
     cr_assert_eq(mj_graph_input_dim(back, 0, 1), 100);
     mj_graph_free(back);
     free(before);
@@ -512,12 +513,12 @@ Test(reliability, save_killed_by_sigkill_never_tears_the_file) {
     char *path = tmp_path("kill.safetensors");
     mj_tensor_dict *a = dict1("w", 262144, 1.0f), *b = dict1("w", 262144, 2.0f);
     char *pa = tmp_path("a.safetensors"), *pb = tmp_path("b.safetensors");
-    cr_assert_eq(mj_safetensors_save(pa, a), MJ_OK);
-    cr_assert_eq(mj_safetensors_save(pb, b), MJ_OK);
+    OK(mj_safetensors_save(pa, a));
+    OK(mj_safetensors_save(pb, b));
     size_t na, nb;
     unsigned char *ba = read_all(pa, &na), *bb = read_all(pb, &nb);
     cr_assert_eq(na, nb);
-    cr_assert_eq(mj_safetensors_save(path, a), MJ_OK);
+    OK(mj_safetensors_save(path, a));
     struct timespec seed_ts;
     clock_gettime(CLOCK_MONOTONIC, &seed_ts);
     srand((unsigned)seed_ts.tv_nsec);
@@ -594,21 +595,21 @@ static void add_all(snapshot *s, mj_tensor_dict *from, const char *tag) {
         char key[512];
         snprintf(key, sizeof key, "%s:%s", tag, mj_tensor_dict_key(from, i));
         mj_tensor *t = mj_tensor_dict_value(from, i), *c;
-        cr_assert_eq(mj_tensor_clone(&c, t), MJ_OK);
-        cr_assert_eq(mj_tensor_dict_set(s->live, key, t), MJ_OK);
-        cr_assert_eq(mj_tensor_dict_set(s->copy, key, c), MJ_OK);
+        OK(mj_tensor_clone(&c, t));
+        OK(mj_tensor_dict_set(s->live, key, t));
+        OK(mj_tensor_dict_set(s->copy, key, c));
         mj_tensor_release(c);
     }
 }
 
 static snapshot take(mj_module *m) {
     snapshot s = {0};
-    cr_assert_eq(mj_tensor_dict_new(&s.live), MJ_OK);
-    cr_assert_eq(mj_tensor_dict_new(&s.copy), MJ_OK);
+    OK(mj_tensor_dict_new(&s.live));
+    OK(mj_tensor_dict_new(&s.copy));
     mj_tensor_dict *p, *b, *sd;
-    cr_assert_eq(mj_module_named_parameters(m, &p), MJ_OK);
-    cr_assert_eq(mj_module_named_buffers(m, &b), MJ_OK);
-    cr_assert_eq(mj_module_state_dict(m, true, &sd), MJ_OK);
+    OK(mj_module_named_parameters(m, &p));
+    OK(mj_module_named_buffers(m, &b));
+    OK(mj_module_state_dict(m, true, &sd));
     add_all(&s, p, "param");
     add_all(&s, b, "buffer");
     add_all(&s, sd, "state");
@@ -651,8 +652,8 @@ static mj_module *masked_mlp(void) {
     mj_rng rng;
     mj_rng_seed(&rng, 21);
     mj_module *m;
-    cr_assert_eq(mj_model_from_spec("mlp:4,3,2:act=tanh", &rng, &m), MJ_OK, "%s", mj_last_error());
-    cr_assert_eq(mj_model_apply_masks(m, NULL, 0.5, &rng), MJ_OK, "%s", mj_last_error());
+    OK(mj_model_from_spec("mlp:4,3,2:act=tanh", &rng, &m));
+    OK(mj_model_apply_masks(m, NULL, 0.5, &rng));
     return m;
 }
 
@@ -701,21 +702,21 @@ static const mj_parametrization_ops knob_ops = {
 
 static mj_parametrization *new_knob(knob *k) {
     mj_parametrization *p;
-    cr_assert_eq(mj_parametrization_new(&p, &knob_ops, k), MJ_OK, "%s", mj_last_error());
+    OK(mj_parametrization_new(&p, &knob_ops, k));
     return p;
 }
 
 Test(reliability, load_state_dict_failures_change_nothing) {
     mj_module *m = masked_mlp();
     mj_tensor_dict *sd;
-    cr_assert_eq(mj_module_state_dict(m, true, &sd), MJ_OK);
+    OK(mj_module_state_dict(m, true, &sd));
     /* a full, valid dict with other values */
     mj_tensor_dict *good;
-    cr_assert_eq(mj_tensor_dict_new(&good), MJ_OK);
+    OK(mj_tensor_dict_new(&good));
     for (int i = 0; i < mj_tensor_dict_size(sd); i++) {
         mj_tensor *t = mj_tensor_dict_value(sd, i), *c;
-        cr_assert_eq(mj_tensor_full(&c, mj_tensor_rank(t), mj_tensor_shape(t), 7.0f + (float)i), MJ_OK);
-        cr_assert_eq(mj_tensor_dict_set(good, mj_tensor_dict_key(sd, i), c), MJ_OK);
+        OK(mj_tensor_full(&c, mj_tensor_rank(t), mj_tensor_shape(t), 7.0f + (float)i));
+        OK(mj_tensor_dict_set(good, mj_tensor_dict_key(sd, i), c));
         mj_tensor_release(c);
     }
     int n = mj_tensor_dict_size(good);
@@ -726,9 +727,9 @@ Test(reliability, load_state_dict_failures_change_nothing) {
     /* 1. the last key has the wrong shape: nothing before it may be copied */
     mj_tensor *wrong;
     int64_t ws[2] = {5, 5};
-    cr_assert_eq(mj_tensor_zeros(&wrong, 2, ws), MJ_OK);
+    OK(mj_tensor_zeros(&wrong, 2, ws));
     mj_tensor *keep = mj_tensor_retain(mj_tensor_dict_get(good, last));
-    cr_assert_eq(mj_tensor_dict_set(good, last, wrong), MJ_OK);
+    OK(mj_tensor_dict_set(good, last, wrong));
     mj_load_report r;
     assert_error(mj_module_load_state_dict(m, good, true, &r), MJ_ERR_SHAPE, last);
     cr_assert_not_null(strstr(mj_last_error(), "[5, 5]"), "%s", mj_last_error());
@@ -736,30 +737,30 @@ Test(reliability, load_state_dict_failures_change_nothing) {
     assert_unchanged(m, &s, "shape mismatch (strict)");
     assert_error(mj_module_load_state_dict(m, good, false, NULL), MJ_ERR_SHAPE, last);
     assert_unchanged(m, &s, "shape mismatch (non-strict)");
-    cr_assert_eq(mj_tensor_dict_set(good, last, keep), MJ_OK);
+    OK(mj_tensor_dict_set(good, last, keep));
     mj_tensor_release(keep);
     mj_tensor_release(wrong);
 
     /* 2. strict and a key missing */
     mj_tensor *b0 = mj_tensor_retain(mj_tensor_dict_get(good, "2.bias"));
-    cr_assert_eq(mj_tensor_dict_remove(good, "2.bias"), MJ_OK);
+    OK(mj_tensor_dict_remove(good, "2.bias"));
     assert_error(mj_module_load_state_dict(m, good, true, NULL), MJ_ERR_KEY, "'2.bias'");
     assert_unchanged(m, &s, "missing key");
-    cr_assert_eq(mj_tensor_dict_set(good, "2.bias", b0), MJ_OK);
+    OK(mj_tensor_dict_set(good, "2.bias", b0));
     mj_tensor_release(b0);
 
     /* 3. strict and an unexpected key */
     mj_tensor *extra;
-    cr_assert_eq(mj_tensor_zeros(&extra, 2, ws), MJ_OK);
-    cr_assert_eq(mj_tensor_dict_set(good, "5.weight", extra), MJ_OK);
+    OK(mj_tensor_zeros(&extra, 2, ws));
+    OK(mj_tensor_dict_set(good, "5.weight", extra));
     assert_error(mj_module_load_state_dict(m, good, true, NULL), MJ_ERR_KEY, "'5.weight'");
     assert_unchanged(m, &s, "unexpected key");
     mj_tensor_release(extra);
 
     /* and the same dict, non-strict, loads every value (the test can fail) */
-    cr_assert_eq(mj_module_load_state_dict(m, good, false, NULL), MJ_OK, "%s", mj_last_error());
+    OK(mj_module_load_state_dict(m, good, false, NULL));
     mj_tensor_dict *after;
-    cr_assert_eq(mj_module_state_dict(m, true, &after), MJ_OK);
+    OK(mj_module_state_dict(m, true, &after));
     for (int i = 0; i < mj_tensor_dict_size(after); i++)
         cr_assert(mj_tensor_equal(mj_tensor_dict_value(after, i),
                                   mj_tensor_dict_get(good, mj_tensor_dict_key(after, i))));
@@ -803,13 +804,13 @@ Test(reliability, register_parametrization_failures_change_nothing) {
     /* a parametrization registered once cannot be registered again */
     k = (knob){0};
     mj_parametrization *p = new_knob(&k);
-    cr_assert_eq(mj_register_parametrization(l2, "bias", p), MJ_OK, "%s", mj_last_error());
+    OK(mj_register_parametrization(l2, "bias", p));
     snapshot s2 = take(m);
     assert_error(mj_register_parametrization(l0, "bias", p), MJ_ERR_STATE, "already registered");
     assert_unchanged(m, &s2, "double registration");
     /* the successful one did what it says: bias reads 2 * original */
     mj_tensor *v, *orig = mj_module_original(l2, "bias");
-    cr_assert_eq(mj_module_get(l2, "bias", &v), MJ_OK);
+    OK(mj_module_get(l2, "bias", &v));
     for (int64_t i = 0; i < mj_tensor_numel(v); i++)
         cr_assert_eq(mj_tensor_data(v)[i], mj_tensor_data(orig)[i] + mj_tensor_data(orig)[i]);
     mj_tensor_release(v);
@@ -824,12 +825,12 @@ Test(reliability, remove_and_set_failures_change_nothing) {
     static knob k1, k2;
     k1 = k2 = (knob){0};
     /* 2.weight: FakeSparsity, then two knobs */
-    cr_assert_eq(mj_register_parametrization(l2, "weight", new_knob(&k1)), MJ_OK, "%s", mj_last_error());
-    cr_assert_eq(mj_register_parametrization(l2, "weight", new_knob(&k2)), MJ_OK, "%s", mj_last_error());
+    OK(mj_register_parametrization(l2, "weight", new_knob(&k1)));
+    OK(mj_register_parametrization(l2, "weight", new_knob(&k2)));
     /* 0.bias: one knob only (has right_inverse) */
     static knob kb;
     kb = (knob){0};
-    cr_assert_eq(mj_register_parametrization(l0, "bias", new_knob(&kb)), MJ_OK, "%s", mj_last_error());
+    OK(mj_register_parametrization(l0, "bias", new_knob(&kb)));
     snapshot s = take(m);
 
     /* remove with leave_parametrized: the chain fails midway */
@@ -842,7 +843,7 @@ Test(reliability, remove_and_set_failures_change_nothing) {
 
     /* set through a chain with a link lacking right_inverse (FakeSparsity) */
     mj_tensor *v;
-    cr_assert_eq(mj_module_get(l2, "weight", &v), MJ_OK);
+    OK(mj_module_get(l2, "weight", &v));
     assert_error(mj_module_set(l2, "weight", v), MJ_ERR_UNSUPPORTED, "FakeSparsity");
     assert_unchanged(m, &s, "set, no right_inverse");
     mj_tensor_release(v);
@@ -850,13 +851,13 @@ Test(reliability, remove_and_set_failures_change_nothing) {
     /* 0.bias: the inverse fails / the value has the wrong shape */
     mj_tensor *b;
     int64_t three = 3, four = 4;
-    cr_assert_eq(mj_tensor_full(&b, 1, &three, 4.0f), MJ_OK);
+    OK(mj_tensor_full(&b, 1, &three, 4.0f));
     kb.fail_inverse = true;
     assert_error(mj_module_set(l0, "bias", b), MJ_ERR_INVALID, "knob-inverse-refuses");
     assert_unchanged(m, &s, "set, inverse fails");
     kb.fail_inverse = false;
     mj_tensor *b4;
-    cr_assert_eq(mj_tensor_full(&b4, 1, &four, 4.0f), MJ_OK);
+    OK(mj_tensor_full(&b4, 1, &four, 4.0f));
     assert_error(mj_module_set(l0, "bias", b4), MJ_ERR_SHAPE, "[4]");
     assert_unchanged(m, &s, "set, wrong shape through the chain");
     /* plain parameter, wrong shape; unknown name */
@@ -866,7 +867,7 @@ Test(reliability, remove_and_set_failures_change_nothing) {
     assert_unchanged(m, &s, "set, unknown name");
 
     /* and a set that may succeed does: original = value * 0.5 */
-    cr_assert_eq(mj_module_set(l0, "bias", b), MJ_OK, "%s", mj_last_error());
+    OK(mj_module_set(l0, "bias", b));
     const float *o = mj_tensor_data(mj_module_original(l0, "bias"));
     for (int i = 0; i < 3; i++) cr_assert_eq(o[i], 2.0f);
     mj_tensor_release(b);
@@ -879,17 +880,17 @@ Test(reliability, apply_masks_failure_registers_nothing) {
     mj_rng rng;
     mj_rng_seed(&rng, 3);
     mj_module *m;
-    cr_assert_eq(mj_model_from_spec("mlp:4,3,2", &rng, &m), MJ_OK);
+    OK(mj_model_from_spec("mlp:4,3,2", &rng, &m));
     snapshot s = take(m);
     /* the first mask is fine, the second has the wrong shape */
     mj_tensor_dict *masks;
-    cr_assert_eq(mj_tensor_dict_new(&masks), MJ_OK);
+    OK(mj_tensor_dict_new(&masks));
     mj_tensor *m0, *m2;
     int64_t s0[2] = {3, 4}, s2[2] = {3, 2};
-    cr_assert_eq(mj_tensor_ones(&m0, 2, s0), MJ_OK);
-    cr_assert_eq(mj_tensor_ones(&m2, 2, s2), MJ_OK);
-    cr_assert_eq(mj_tensor_dict_set(masks, "0.parametrizations.weight.0.mask", m0), MJ_OK);
-    cr_assert_eq(mj_tensor_dict_set(masks, "2.parametrizations.weight.0.mask", m2), MJ_OK);
+    OK(mj_tensor_ones(&m0, 2, s0));
+    OK(mj_tensor_ones(&m2, 2, s2));
+    OK(mj_tensor_dict_set(masks, "0.parametrizations.weight.0.mask", m0));
+    OK(mj_tensor_dict_set(masks, "2.parametrizations.weight.0.mask", m2));
     assert_error(mj_model_apply_masks(m, masks, 1.0, &rng), MJ_ERR_SHAPE, "[3, 2]");
     assert_unchanged(m, &s, "apply_masks");
     cr_assert(!mj_is_parametrized(mj_module_find(m, "0"), NULL));
@@ -940,21 +941,21 @@ Test(reliability, eight_threads_call_one_compiled_model) {
     mj_rng rng;
     mj_rng_seed(&rng, 31);
     mj_module *m;
-    cr_assert_eq(mj_model_from_spec("mlp:32,48,8:act=gelu", &rng, &m), MJ_OK);
-    cr_assert_eq(mj_model_apply_masks(m, NULL, 0.5, &rng), MJ_OK);
+    OK(mj_model_from_spec("mlp:32,48,8:act=gelu", &rng, &m));
+    OK(mj_model_apply_masks(m, NULL, 0.5, &rng));
     mj_graph *g = trace_of(m, 32);
     cr_assert_not_null(g, "%s", mj_last_error());
     mj_jit *jit;
-    cr_assert_eq(mj_jit_new(&jit), MJ_OK, "%s", mj_last_error());
+    OK(mj_jit_new(&jit));
     mj_compiled *c;
-    cr_assert_eq(mj_jit_compile(jit, g, NULL, &c), MJ_OK, "%s", mj_last_error());
+    OK(mj_jit_compile(jit, g, NULL, &c));
     enum { T = 8 };
     pthread_t th[T];
     run_arg args[T];
     for (int i = 0; i < T; i++) {
         int64_t xs[2] = {1 + i, 32};
         args[i] = (run_arg){.c = c, .iters = 200};
-        cr_assert_eq(mj_tensor_randn(&args[i].x, 2, xs, &rng), MJ_OK);
+        OK(mj_tensor_randn(&args[i].x, 2, xs, &rng));
         cr_assert_eq(mj_module_forward(m, args[i].x, &args[i].want), MJ_OK); /* eager reference */
     }
     for (int i = 0; i < T; i++) cr_assert_eq(pthread_create(&th[i], NULL, run_main, &args[i]), 0);
@@ -1034,7 +1035,7 @@ done:
 
 Test(reliability, eight_threads_trace_and_compile_their_own_models) {
     mj_jit *jit;
-    cr_assert_eq(mj_jit_new(&jit), MJ_OK, "%s", mj_last_error());
+    OK(mj_jit_new(&jit));
     enum { T = 8 };
     pthread_t th[T];
     own_arg args[T];
@@ -1072,8 +1073,8 @@ Test(reliability, eight_threads_read_one_module_and_graph) {
     mj_rng rng;
     mj_rng_seed(&rng, 41);
     mj_module *m;
-    cr_assert_eq(mj_model_from_spec("mlp:12,20,6:act=sigmoid", &rng, &m), MJ_OK);
-    cr_assert_eq(mj_model_apply_masks(m, NULL, 0.5, &rng), MJ_OK);
+    OK(mj_model_from_spec("mlp:12,20,6:act=sigmoid", &rng, &m));
+    OK(mj_model_apply_masks(m, NULL, 0.5, &rng));
     mj_graph *g = trace_of(m, 12);
     cr_assert_not_null(g, "%s", mj_last_error());
     enum { T = 8 };
@@ -1082,8 +1083,8 @@ Test(reliability, eight_threads_read_one_module_and_graph) {
     for (int i = 0; i < T; i++) {
         int64_t xs[2] = {2 + i, 12};
         args[i] = (read_arg){.m = m, .g = g};
-        cr_assert_eq(mj_tensor_randn(&args[i].x, 2, xs, &rng), MJ_OK);
-        cr_assert_eq(mj_module_forward(m, args[i].x, &args[i].want), MJ_OK);
+        OK(mj_tensor_randn(&args[i].x, 2, xs, &rng));
+        OK(mj_module_forward(m, args[i].x, &args[i].want));
     }
     for (int i = 0; i < T; i++) cr_assert_eq(pthread_create(&th[i], NULL, read_main, &args[i]), 0);
     for (int i = 0; i < T; i++) pthread_join(th[i], NULL);
@@ -1132,9 +1133,9 @@ Test(reliability, error_messages_are_per_thread) {
 Test(reliability, compiled_batch_overflow_is_a_limit_error) {
     mj_graph *g = graph_with_weight(16, 1.0f);
     mj_jit *jit;
-    cr_assert_eq(mj_jit_new(&jit), MJ_OK, "%s", mj_last_error());
+    OK(mj_jit_new(&jit));
     mj_compiled *c;
-    cr_assert_eq(mj_jit_compile(jit, g, NULL, &c), MJ_OK, "%s", mj_last_error());
+    OK(mj_jit_compile(jit, g, NULL, &c));
     float x[4] = {0}, y[4];
     /* batch * 16 overflows int64 / exceeds 2^40: refused before any access */
     assert_error(mj_compiled_run_raw(c, x, INT64_MAX / 2, y, 4), MJ_ERR_LIMIT, "too large");
@@ -1250,19 +1251,19 @@ Test(reliability, cli_bad_files_fail_with_a_message) {
     write_all(empty, "", 0);
     /* the seed model's weights, minus one tensor / with one of the wrong shape */
     mj_module *m;
-    cr_assert_eq(mj_model_under_test_new(&m, true), MJ_OK);
+    OK(mj_model_under_test_new(&m, true));
     mj_tensor_dict *sd;
-    cr_assert_eq(mj_module_state_dict(m, false, &sd), MJ_OK);
+    OK(mj_module_state_dict(m, false, &sd));
     cr_assert_not_null(mj_tensor_dict_get(sd, "seq.1.bias"));
     mj_tensor *keep = mj_tensor_retain(mj_tensor_dict_get(sd, "seq.1.bias"));
-    cr_assert_eq(mj_tensor_dict_remove(sd, "seq.1.bias"), MJ_OK);
-    cr_assert_eq(mj_safetensors_save(partial, sd), MJ_OK, "%s", mj_last_error());
-    cr_assert_eq(mj_tensor_dict_set(sd, "seq.1.bias", keep), MJ_OK);
+    OK(mj_tensor_dict_remove(sd, "seq.1.bias"));
+    OK(mj_safetensors_save(partial, sd));
+    OK(mj_tensor_dict_set(sd, "seq.1.bias", keep));
     mj_tensor *wrong;
     int64_t ws[2] = {16, 15};
-    cr_assert_eq(mj_tensor_zeros(&wrong, 2, ws), MJ_OK);
-    cr_assert_eq(mj_tensor_dict_set(sd, "seq.0.weight", wrong), MJ_OK);
-    cr_assert_eq(mj_safetensors_save(shaped, sd), MJ_OK, "%s", mj_last_error());
+    OK(mj_tensor_zeros(&wrong, 2, ws));
+    OK(mj_tensor_dict_set(sd, "seq.0.weight", wrong));
+    OK(mj_safetensors_save(shaped, sd));
 
     CLI_EXPECT(1, "cannot open", "run", "mut", "--weights", "/nonexistent/w.safetensors");
     CLI_EXPECT(1, "exceeds the limit", "run", "mut", "--weights", corrupt);

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "maskjit.h"
+#include "test_util.h"
 
 #define FIXTURES MJ_SOURCE_ROOT "/tests/fixtures"
 
@@ -142,7 +143,7 @@ static float bits_f32(uint32_t u) {
 /* ---- round trip ------------------------------------------------------------- */
 static mj_tensor *filled(int rank, const int64_t *shape, uint32_t seed) {
     mj_tensor *t;
-    cr_assert_eq(mj_tensor_zeros(&t, rank, shape), MJ_OK);
+    OK(mj_tensor_zeros(&t, rank, shape));
     float *p = mj_tensor_data_mut(t);
     uint32_t x = seed;
     for (int64_t i = 0; i < mj_tensor_numel(t); i++) {
@@ -165,13 +166,13 @@ Test(safetensors, round_trip_shapes_metadata_order_bits) {
     mj_tensor *ts[] = {filled(1, s1, 1), filled(2, s2, 2), filled(3, s3, 3), filled(4, s4, 4),
                        filled(1, s0, 5)};
     mj_tensor_dict *d;
-    cr_assert_eq(mj_tensor_dict_new(&d), MJ_OK);
+    OK(mj_tensor_dict_new(&d));
     for (int i = 0; i < 5; i++) cr_assert_eq(mj_tensor_dict_set(d, keys[i], ts[i]), MJ_OK);
-    cr_assert_eq(mj_tensor_dict_set_meta(d, "maskjit.model", "mlp:2,3"), MJ_OK);
-    cr_assert_eq(mj_tensor_dict_set_meta(d, "note", "caf\xc3\xa9 \"quoted\" \\"), MJ_OK);
+    OK(mj_tensor_dict_set_meta(d, "maskjit.model", "mlp:2,3"));
+    OK(mj_tensor_dict_set_meta(d, "note", "caf\xc3\xa9 \"quoted\" \\"));
 
     const char *path = tmp_path("rt.safetensors");
-    cr_assert_eq(mj_safetensors_save(path, d), MJ_OK, "%s", mj_last_error());
+    OK(mj_safetensors_save(path, d));
 
     /* the bytes follow the format independently of our loader: 8-aligned
      * header, then the tensors' raw little-endian floats in dict order */
@@ -191,9 +192,9 @@ Test(safetensors, round_trip_shapes_metadata_order_bits) {
     cr_assert_eq(at, n);
 
     mj_tensor_dict *back;
-    cr_assert_eq(mj_safetensors_load(path, &back), MJ_OK, "%s", mj_last_error());
+    OK(mj_safetensors_load(path, &back));
     mj_tensor_dict *parsed;
-    cr_assert_eq(mj_safetensors_parse(raw, n, &parsed), MJ_OK, "%s", mj_last_error());
+    OK(mj_safetensors_parse(raw, n, &parsed));
     mj_tensor_dict *both[] = {back, parsed};
     for (int b = 0; b < 2; b++) {
         mj_tensor_dict *r = both[b];
@@ -221,10 +222,10 @@ Test(safetensors, round_trip_shapes_metadata_order_bits) {
 
 Test(safetensors, empty_dict_round_trip) {
     mj_tensor_dict *d, *back;
-    cr_assert_eq(mj_tensor_dict_new(&d), MJ_OK);
+    OK(mj_tensor_dict_new(&d));
     const char *path = tmp_path("empty.safetensors");
-    cr_assert_eq(mj_safetensors_save(path, d), MJ_OK, "%s", mj_last_error());
-    cr_assert_eq(mj_safetensors_load(path, &back), MJ_OK, "%s", mj_last_error());
+    OK(mj_safetensors_save(path, d));
+    OK(mj_safetensors_load(path, &back));
     cr_assert_eq(mj_tensor_dict_size(back), 0);
     cr_assert_eq(mj_tensor_dict_meta_size(back), 0);
     mj_tensor_dict_free(back);
@@ -536,7 +537,7 @@ Test(safetensors, f16_all_65536_patterns_streamed) {
     const char *path = tmp_path("f16.safetensors");
     write_file(path, b, size);
     mj_tensor_dict *d;
-    cr_assert_eq(mj_safetensors_load(path, &d), MJ_OK, "%s", mj_last_error());
+    OK(mj_safetensors_load(path, &d));
     const float *got = mj_tensor_data(mj_tensor_dict_get(d, "h"));
     size_t bad = 0, first = 0;
     for (size_t i = 0; i < n; i++) {
@@ -633,12 +634,12 @@ Test(safetensors, pytorch_dtype_fixture) {
 /* ---- save ------------------------------------------------------------------- */
 static mj_tensor_dict *dict_of(int64_t n, float base) {
     mj_tensor *t;
-    cr_assert_eq(mj_tensor_zeros(&t, 1, &n), MJ_OK);
+    OK(mj_tensor_zeros(&t, 1, &n));
     float *p = mj_tensor_data_mut(t);
     for (int64_t i = 0; i < n; i++) p[i] = base + (float)i;
     mj_tensor_dict *d;
-    cr_assert_eq(mj_tensor_dict_new(&d), MJ_OK);
-    cr_assert_eq(mj_tensor_dict_set(d, "w", t), MJ_OK);
+    OK(mj_tensor_dict_new(&d));
+    OK(mj_tensor_dict_set(d, "w", t));
     mj_tensor_release(t);
     return d;
 }
@@ -670,7 +671,7 @@ Test(safetensors, save_into_missing_directory) {
 Test(safetensors, save_failing_midway_keeps_old_file) {
     const char *path = tmp_path("keep.safetensors");
     mj_tensor_dict *old = dict_of(1000, 1.0f), *big = dict_of(100000, 7.0f);
-    cr_assert_eq(mj_safetensors_save(path, old), MJ_OK, "%s", mj_last_error());
+    OK(mj_safetensors_save(path, old));
     size_t n0;
     unsigned char *before = read_file(path, &n0);
 
@@ -699,9 +700,9 @@ Test(safetensors, save_failing_midway_keeps_old_file) {
     cr_assert_eq(count_tmp_files(), 0, "a temporary file was left behind");
 
     /* and once the limit is gone the same save replaces the file */
-    cr_assert_eq(mj_safetensors_save(path, big), MJ_OK, "%s", mj_last_error());
+    OK(mj_safetensors_save(path, big));
     mj_tensor_dict *back;
-    cr_assert_eq(mj_safetensors_load(path, &back), MJ_OK, "%s", mj_last_error());
+    OK(mj_safetensors_load(path, &back));
     cr_assert(mj_tensor_equal(mj_tensor_dict_get(back, "w"), mj_tensor_dict_get(big, "w")));
     cr_assert_eq(count_tmp_files(), 0);
     struct stat st;
@@ -716,7 +717,7 @@ Test(safetensors, save_failing_midway_keeps_old_file) {
 
 Test(safetensors, save_refuses_metadata_name) {
     mj_tensor_dict *d = dict_of(2, 0.0f);
-    cr_assert_eq(mj_tensor_dict_set(d, "__metadata__", mj_tensor_dict_get(d, "w")), MJ_OK);
+    OK(mj_tensor_dict_set(d, "__metadata__", mj_tensor_dict_get(d, "w")));
     const char *path = tmp_path("meta.safetensors");
     cr_assert_eq(mj_safetensors_save(path, d), MJ_ERR_INVALID);
     cr_assert_not_null(strstr(mj_last_error(), "may not be named \"__metadata__\""), "%s",

@@ -6,12 +6,7 @@
 #include <string.h>
 
 #include "maskjit.h"
-
-#define OK(expr)                                                                           \
-    do {                                                                                   \
-        mj_status s_ = (expr);                                                             \
-        cr_assert_eq(s_, MJ_OK, "%s -> %s: %s", #expr, mj_status_name(s_), mj_last_error()); \
-    } while (0)
+#include "test_util.h"
 
 static mj_tensor *eye16(void) {
     mj_tensor *t;

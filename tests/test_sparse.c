@@ -19,6 +19,7 @@
 #include "jit/jit_internal.h"
 #include "jit/sparse.h"
 #include "maskjit.h"
+#include "test_util.h"
 
 typedef void (*sparse_fn)(const float *x, float *y, int64_t batch, float *scratch);
 
@@ -140,7 +141,7 @@ static mj_tensor *harness_run(const harness *h, const mj_tensor *x) {
     for (int64_t i = batch * h->out; i < batch * h->out + 16; i++) cr_assert_eq(yc[i], CANARY, "y overrun");
     mj_tensor *t;
     int64_t shape[2] = {batch, h->out};
-    cr_assert_eq(mj_tensor_from_data(&t, 2, shape, y), MJ_OK);
+    OK(mj_tensor_from_data(&t, 2, shape, y));
     free(y);
     free(scratch);
     return t;
@@ -155,8 +156,8 @@ static mj_tensor *masked_weight(int64_t out, int64_t in, double density, mask_ki
     mj_rng_seed(&rng, seed);
     int64_t shape[2] = {out, in};
     mj_tensor *w, *mask, *wm;
-    cr_assert_eq(mj_tensor_randn(&w, 2, shape, &rng), MJ_OK);
-    cr_assert_eq(mj_tensor_zeros(&mask, 2, shape), MJ_OK);
+    OK(mj_tensor_randn(&w, 2, shape, &rng));
+    OK(mj_tensor_zeros(&mask, 2, shape));
     float *md = mj_tensor_data_mut(mask);
     for (int64_t j = 0; j < out; j++) {
         bool row_on = mj_rng_uniform(&rng) < density;
@@ -178,7 +179,7 @@ static mj_tensor *masked_weight(int64_t out, int64_t in, double density, mask_ki
             md[j * in + k] = on ? 1.0f : 0.0f;
         }
     }
-    cr_assert_eq(mj_mul(&wm, w, mask), MJ_OK);
+    OK(mj_mul(&wm, w, mask));
     mj_tensor_release(w);
     mj_tensor_release(mask);
     return wm;
@@ -186,8 +187,8 @@ static mj_tensor *masked_weight(int64_t out, int64_t in, double density, mask_ki
 
 static mj_tensor *reference(const mj_tensor *x, const mj_tensor *w, const mj_tensor *b, mj_act act) {
     mj_tensor *lin, *y;
-    cr_assert_eq(mj_linear(&lin, x, w, b), MJ_OK);
-    cr_assert_eq(mj_activation(&y, act, lin), MJ_OK);
+    OK(mj_linear(&lin, x, w, b));
+    OK(mj_activation(&y, act, lin));
     mj_tensor_release(lin);
     return y;
 }
@@ -199,7 +200,7 @@ static mj_tensor *rand_input(int64_t batch, int64_t in, uint64_t seed, bool huge
     mj_rng_seed(&rng, seed);
     int64_t shape[2] = {batch, in};
     mj_tensor *x;
-    cr_assert_eq(mj_tensor_randn(&x, 2, shape, &rng), MJ_OK);
+    OK(mj_tensor_randn(&x, 2, shape, &rng));
     /* a few special finite values: signed zeros, denormals, large values */
     float *d = mj_tensor_data_mut(x);
     static const float special[] = {0.0f, -0.0f, 1e-40f, -1e-40f, 3e38f, -3e38f, 1e20f, 88.0f, -88.0f, 10.0f};
@@ -218,7 +219,7 @@ static void check_case(int64_t out, int64_t in, double density, mask_kind kind, 
         mj_rng rng;
         mj_rng_seed(&rng, seed + 1);
         int64_t bs[1] = {out};
-        cr_assert_eq(mj_tensor_randn(&b, 1, bs, &rng), MJ_OK);
+        OK(mj_tensor_randn(&b, 1, bs, &rng));
     }
     harness h;
     harness_init(&h, mj_tensor_data(w), b ? mj_tensor_data(b) : NULL, out, in, act, fast);
@@ -311,7 +312,7 @@ Test(sparse, all_zero_rows_are_bias_only) {
     mj_rng_seed(&rng, 5);
     int64_t xs[2] = {5, in};
     mj_tensor *x;
-    cr_assert_eq(mj_tensor_randn(&x, 2, xs, &rng), MJ_OK);
+    OK(mj_tensor_randn(&x, 2, xs, &rng));
     mj_tensor *y = harness_run(&h, x);
     const float *X = mj_tensor_data(x), *Y = mj_tensor_data(y);
     for (int64_t i = 0; i < 5; i++)

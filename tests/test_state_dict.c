@@ -261,7 +261,7 @@ Test(state_dict, load_refreshes_cached_values) {
 Test(state_dict, dict_index_matches_naive_reference) {
     enum { N = 20000 };
     mj_tensor_dict *d;
-    cr_assert_eq(mj_tensor_dict_new(&d), MJ_OK);
+    OK(mj_tensor_dict_new(&d));
     mj_tensor *a, *b;
     int64_t one = 1;
     mj_tensor_zeros(&a, 1, &one);
@@ -269,15 +269,15 @@ Test(state_dict, dict_index_matches_naive_reference) {
     char key[32];
     for (int i = 0; i < N; i++) {
         snprintf(key, sizeof key, "layer.%d.weight", i);
-        cr_assert_eq(mj_tensor_dict_set(d, key, a), MJ_OK);
+        OK(mj_tensor_dict_set(d, key, a));
     }
     for (int i = 0; i < N; i += 7) { /* replace in place */
         snprintf(key, sizeof key, "layer.%d.weight", i);
-        cr_assert_eq(mj_tensor_dict_set(d, key, b), MJ_OK);
+        OK(mj_tensor_dict_set(d, key, b));
     }
     for (int i = 0; i < N; i += 1000) {
         snprintf(key, sizeof key, "layer.%d.weight", i);
-        cr_assert_eq(mj_tensor_dict_remove(d, key), MJ_OK);
+        OK(mj_tensor_dict_remove(d, key));
     }
     cr_assert_eq(mj_tensor_dict_size(d), N - N / 1000);
     int pos = 0;
@@ -295,7 +295,7 @@ Test(state_dict, dict_index_matches_naive_reference) {
     cr_assert_null(mj_tensor_dict_get(d, "layer.-1.weight"));
     for (int i = 0; i < 3000; i++) {
         snprintf(key, sizeof key, "m%d", i);
-        cr_assert_eq(mj_tensor_dict_set_meta(d, key, key + 1), MJ_OK);
+        OK(mj_tensor_dict_set_meta(d, key, key + 1));
     }
     cr_assert_str_eq(mj_tensor_dict_get_meta(d, "m2999"), "2999");
     cr_assert_str_eq(mj_tensor_dict_meta_key(d, 5), "m5");

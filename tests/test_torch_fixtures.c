@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "maskjit.h"
+#include "test_util.h"
 
 #define FIXTURES MJ_SOURCE_ROOT "/tests/fixtures"
 #define MASK_SUFFIX ".parametrizations.weight.0.mask"
@@ -69,12 +70,12 @@ static void check_traced_and_compiled(const char *name, mj_module *m, const mj_t
                                       const mj_tensor *expected, const mj_tensor *eager) {
     cr_assert_neq(mj_tensor_dim(x, 0), 3, "the fixture batch must differ from the traced one");
     mj_tensor *example;
-    cr_assert_eq(mj_tensor_ones(&example, 2, (int64_t[]){3, mj_tensor_dim(x, 1)}), MJ_OK);
+    OK(mj_tensor_ones(&example, 2, (int64_t[]){3, mj_tensor_dim(x, 1)}));
     mj_graph *g;
     cr_assert_eq(mj_trace_module(m, example, &g), MJ_OK, "%s: %s", name, mj_last_error());
     mj_tensor_release(example);
     mj_jit *jit;
-    cr_assert_eq(mj_jit_new(&jit), MJ_OK, "%s", mj_last_error());
+    OK(mj_jit_new(&jit));
     static const char *const paths[] = {"traced", "compiled-exact", "compiled-frozen",
                                         "compiled-fast"};
     for (int p = 0; p < 4; p++) {
@@ -107,7 +108,7 @@ static mj_tensor_dict *check_fixture(const char *name, const char *want_spec, in
     char path[512];
     snprintf(path, sizeof path, "%s/%s.safetensors", FIXTURES, name);
     mj_tensor_dict *file;
-    cr_assert_eq(mj_safetensors_load(path, &file), MJ_OK, "%s", mj_last_error());
+    OK(mj_safetensors_load(path, &file));
     const char *spec = mj_tensor_dict_get_meta(file, "maskjit.model");
     cr_assert_not_null(spec, "%s: no maskjit.model metadata", name);
     cr_assert_str_eq(spec, want_spec);
@@ -119,11 +120,11 @@ static mj_tensor_dict *check_fixture(const char *name, const char *want_spec, in
     mj_module *m;
     cr_assert_eq(mj_model_from_spec(spec, &rng, &m), MJ_OK, "%s: %s", spec, mj_last_error());
     /* the file's mask keys register the masks; its other keys are ignored */
-    cr_assert_eq(mj_model_apply_masks(m, file, 1.0, &rng), MJ_OK, "%s", mj_last_error());
+    OK(mj_model_apply_masks(m, file, 1.0, &rng));
     cr_assert_eq(check_mask_kinds(m, file), want_structured);
 
     mj_load_report rep = {0};
-    cr_assert_eq(mj_module_load_state_dict(m, file, false, &rep), MJ_OK, "%s", mj_last_error());
+    OK(mj_module_load_state_dict(m, file, false, &rep));
     cr_assert_eq(rep.n_missing, 0, "%s: %d missing keys, first '%s'", name, rep.n_missing,
                  rep.n_missing ? rep.missing[0] : "");
     cr_assert_eq(rep.n_unexpected, 2, "%s: %d unexpected keys", name, rep.n_unexpected);
@@ -138,7 +139,7 @@ static mj_tensor_dict *check_fixture(const char *name, const char *want_spec, in
     cr_assert_not_null(x);
     cr_assert_not_null(expected);
     mj_tensor *y;
-    cr_assert_eq(mj_module_forward(m, x, &y), MJ_OK, "%s", mj_last_error());
+    OK(mj_module_forward(m, x, &y));
     mj_compare c = mj_tensor_compare(y, expected, MJ_RTOL_F32, MJ_ATOL_F32);
     char desc[512];
     mj_compare_describe(&c, y, expected, desc, sizeof desc);

@@ -47,6 +47,15 @@ else
     failed_steps+=("build")
 fi
 
+# The exporter's own tests need PyTorch (python3-torch), which the library
+# never needs: they run where it is installed and say so where it is not.
+step "PyTorch exporter (tools/test_export.py)"
+if /usr/bin/python3 -c 'import torch' 2>/dev/null; then
+    /usr/bin/python3 tools/test_export.py || failed_steps+=("export")
+else
+    echo "skip: tools/test_export.py (no PyTorch for /usr/bin/python3; apt-get install python3-torch)"
+fi
+
 if [ "${MASKJIT_TEST_QUICK:-0}" != 1 ]; then
     step "2/5 Criterion suite under AddressSanitizer + UBSan"
     if [ ! -d build-asan ]; then

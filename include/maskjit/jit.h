@@ -62,12 +62,24 @@ void mj_jit_free(mj_jit *jit);
 const char *mj_jit_cpu_name(const mj_jit *jit);
 
 /* The graph is copied: later changes to g do not affect the compiled code
- * (in live mode the param tensors stay shared). */
+ * (in live mode the param tensors stay shared).
+ * Memory: LLVM cannot fail an allocation gracefully, it ends the process. So
+ * under an address-space or data limit (RLIMIT_AS / RLIMIT_DATA, ulimit -v /
+ * -d) a compile first estimates what it needs (about 8 MiB plus 12x the
+ * parameter bytes frozen, 2x live) and returns MJ_ERR_LIMIT with the numbers
+ * if that exceeds what is left. Without a limit no check is made. If LLVM
+ * still runs out of memory, maskjit's handler prints "maskjit: LLVM ran out
+ * of memory ..." and the process exits with status 1 (not a signal); other
+ * LLVM fatal errors print "maskjit: LLVM fatal error: ..." before LLVM ends
+ * the process. The handlers are installed once per process by mj_jit_new and
+ * replace any an application installed before. */
 mj_status mj_jit_compile(mj_jit *jit, const mj_graph *g, const mj_compile_options *o,
                          mj_compiled **out);
 const mj_compile_stats *mj_compiled_stats(const mj_compiled *c);
 
-/* y = f(x). x's shape must match the graph input (any batch >= 1). */
+/* y = f(x). x's shape must match the graph input (any batch >= 1).
+ * Inside a trace (from a module's forward) both run calls fail with
+ * MJ_ERR_STATE: the trace cannot see into native code. */
 mj_status mj_compiled_run(mj_compiled *c, const mj_tensor *x, mj_tensor **y);
 /* Raw buffers: x is [batch, features...], y has room for the output. */
 mj_status mj_compiled_run_raw(mj_compiled *c, const float *x, int64_t batch, float *y,

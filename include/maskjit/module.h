@@ -46,6 +46,24 @@ const char *mj_tensor_dict_meta_value(const mj_tensor_dict *d, int i);
 
 /* ---- modules ------------------------------------------------------------ */
 typedef struct mj_module mj_module;
+/* A forward writes its result to *y as a new reference (the caller releases
+ * it). Returning the input itself is allowed either way: `*y =
+ * mj_tensor_retain((mj_tensor *)x)`, or PyTorch's `return X` habit `*y =
+ * (mj_tensor *)x`, which takes no reference: the library notices that *y is
+ * x and that x's reference count did not move during the call, and takes the
+ * reference itself (so the caller's release does not free x). The count is
+ * read around the call, so a forward that returns x without retaining it
+ * must not run while another thread retains or releases that same x.
+ *
+ * Inside mj_trace_module (see maskjit/graph.h) a forward must compute with
+ * maskjit's tensor ops. Reading the data of a traced tensor (the input, a
+ * parameter or buffer, anything computed from them) with mj_tensor_data,
+ * mj_tensor_data_mut, the comparisons or mj_tensor_print records a
+ * TracerWarning (mj_graph_warning), once per tensor: a branch on it is baked
+ * into the trace. Running a compiled graph (mj_compiled_run, _raw) or a graph
+ * in the interpreter (mj_graph_run) inside a trace fails with MJ_ERR_STATE:
+ * the trace cannot record what they compute, and a constant in its place
+ * would be wrong for every other input. */
 typedef mj_status (*mj_forward_fn)(mj_module *self, const mj_tensor *x, mj_tensor **y);
 
 /* torch.nn.Linear: weight [out,in] and bias [out] drawn from U(-1/sqrt(in), 1/sqrt(in)),
@@ -105,9 +123,13 @@ void mj_module_print(FILE *f, const mj_module *m);
 typedef struct mj_parametrization mj_parametrization;
 typedef struct mj_parametrization_ops {
     const char *type_name; /* "FakeSparsity", ... */
-    /* y = p(x), written with maskjit tensor ops so the tracer records it. */
+    /* y = p(x), written with maskjit tensor ops so the tracer records it.
+     * *y is a new reference; an identity may return x itself, retained or
+     * not (as for mj_forward_fn: `*y = (mj_tensor *)x` does not free the
+     * weight when the library releases the result). */
     mj_status (*forward)(mj_parametrization *self, const mj_tensor *x, mj_tensor **y);
-    /* Optional: x such that forward(x) == y. NULL: assignment is refused. */
+    /* Optional: x such that forward(x) == y. NULL: assignment is refused.
+     * Same ownership as forward (returning y itself is allowed). */
     mj_status (*right_inverse)(mj_parametrization *self, const mj_tensor *y, mj_tensor **x);
     void (*free_user)(void *user); /* optional */
 } mj_parametrization_ops;

@@ -68,9 +68,13 @@ int mj_tensor_rank(const mj_tensor *t);
 int64_t mj_tensor_dim(const mj_tensor *t, int i); /* i may be negative */
 const int64_t *mj_tensor_shape(const mj_tensor *t);
 int64_t mj_tensor_numel(const mj_tensor *t);
-/* Read access. While a trace is recording and t is a traced value, reading
- * its data into C records a TracerWarning on the trace (the graph may not
- * generalise). */
+/* Read access. While a trace is recording on this thread and t is a traced
+ * value (the input, a parameter or buffer of the traced module, or a result
+ * of a recorded op), reading its data into C records a TracerWarning on the
+ * trace, once per value: what C decides from the data is baked into the
+ * graph, which may then not generalise. mj_tensor_data_mut,
+ * mj_tensor_compare / _allclose / _equal and mj_tensor_print count as reads
+ * too. maskjit's own code never warns. */
 const float *mj_tensor_data(const mj_tensor *t);
 /* Write access: bumps the version counter, which compiled models in live
  * mode use to notice that a parameter changed. Call it again (or
