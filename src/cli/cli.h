@@ -105,6 +105,7 @@ int cmd_asm(int argc, char **argv);
 int cmd_check(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int cmd_cache(int argc, char **argv);
+int cmd_aot(int argc, char **argv);
 
 /* Median wall time in ns of fn(ctx) over rounds (each round sized ~min_ms). */
 double cli_time_ns(int (*fn)(void *), void *ctx, int rounds, double min_ms);

@@ -14,6 +14,7 @@ static const cli_command commands[] = {
     {"asm", "MODEL [options]", "print the optimised LLVM IR and host assembly", cmd_asm},
     {"bench", "[options]", "benchmarks: eager vs compiled vs OpenBLAS, LIBXSMM, oneDNN, XNNPACK", cmd_bench},
     {"cache", "stats|clear|prune [options]", "the compile cache: its size, clear it, prune it", cmd_cache},
+    {"aot", "MODEL -o DIR", "compile ahead of time: an object file and a C header, no LLVM", cmd_aot},
 };
 enum { N_COMMANDS = sizeof commands / sizeof commands[0] };
 
