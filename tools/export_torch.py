@@ -405,10 +405,13 @@ class _Builder:
         self.tensors[name] = t
         return self._add(f"const {_ir_name(name)}", shape)
 
-    def op(self, name, operands, shape, act=None):
+    def op(self, name, operands, shape, act=None, attrs=None):
+        """attrs: (name, value) pairs written as {name=value, ...} (docs/IR.md)."""
         text = name + " " + ", ".join(f"%{o.id}" for o in operands)
         if act:
             text += " {act=" + act + "}"
+        if attrs:
+            text += " {" + ", ".join(f"{k}={_attr_text(v)}" for k, v in attrs) + "}"
         return self._add(text, shape, operands=operands)
 
     def text(self, outputs):
@@ -692,8 +695,95 @@ def _sym_arith(cx, kind, a, b):
 
 def _div_sizes(cx, node, ins):
     if isinstance(ins[0], _T) or isinstance(ins[1], _T):
-        raise ExportError(f"unsupported: {cx.b.where()}")
+        if len(ins) > 2 and ins[2] is not None:
+            raise ExportError(f"unsupported: {cx.b.where()}: division with rounding_mode={ins[2]!r}")
+        return _binary("div")(cx, node, ins[:2])
     return [_sym_arith(cx, node.kind(), ins[0], ins[1])]
+
+
+def _attr_text(v):
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    return repr(float(v))
+
+
+def _attr_unary(opname, names, defaults=None):
+    """x, then the op's scalar arguments in aten's order, as attributes."""
+    def emit(cx, node, ins):
+        x = _tensor(cx, ins[0])
+        args = list(ins[1:1 + len(names)]) + list((defaults or [])[len(ins) - 1:])
+        attrs = [(n, float(_const_arg(cx, a, n))) for n, a in zip(names, args)]
+        return [cx.b.op(opname, [x], x.shape, attrs=attrs)]
+    return emit
+
+
+def _elu(cx, node, ins):
+    # aten::elu(x, alpha, scale, input_scale): maskjit's elu has scale 1
+    if len(ins) > 2 and (_const_arg(cx, ins[2], "scale") != 1 or _const_arg(cx, ins[3], "input_scale") != 1):
+        raise ExportError(f"unsupported: {cx.b.where()}: elu with scale {ins[2]!r}, input_scale {ins[3]!r}")
+    return _attr_unary("elu", ["alpha"])(cx, node, ins[:2])
+
+
+def _pow(cx, node, ins):
+    x, e = ins[0], ins[1]
+    if not isinstance(x, _T) or isinstance(e, _T):
+        raise ExportError(f"unsupported: {cx.b.where()}: pow with a tensor exponent; maskjit's pow "
+                          "takes a constant exponent")
+    return [cx.b.op("pow", [x], x.shape, attrs=[("exponent", float(_const_arg(cx, e, "exponent")))])]
+
+
+def _reduce(opname):
+    def emit(cx, node, ins):
+        # aten::sum/mean(x, dims, keepdim, dtype)
+        x = _tensor(cx, ins[0])
+        dims = ins[1] if len(ins) > 1 else None
+        if dims is None or (isinstance(dims, list) and len(dims) != 1):
+            raise ExportError(f"unsupported: {cx.b.where()}: {opname} over dims {dims!r}; maskjit "
+                              "reduces one dim at a time")
+        d = _const_arg(cx, dims[0] if isinstance(dims, list) else dims, "dim")
+        keep = bool(_const_arg(cx, ins[2], "keepdim")) if len(ins) > 2 else False
+        if len(ins) > 3 and ins[3] is not None and ins[3] != _FLOAT32:
+            raise ExportError(f"{cx.b.where()}: {opname} to dtype code {ins[3]}")
+        r = len(x.shape)
+        dd = d % r
+        shape = list(x.shape)
+        if keep:
+            shape[dd] = 1
+        else:
+            if r < 2:
+                raise ExportError(f"unsupported: {cx.b.where()}: {opname} of a rank-1 value to a scalar")
+            del shape[dd]
+        return [cx.b.op(opname, [x], tuple(shape), attrs=[("dim", d), ("keepdim", keep)])]
+    return emit
+
+
+def _softmax(opname):
+    def emit(cx, node, ins):
+        x = _tensor(cx, ins[0])
+        if len(ins) > 2 and ins[2] is not None and ins[2] != _FLOAT32:
+            raise ExportError(f"{cx.b.where()}: {opname} to dtype code {ins[2]}")
+        return [cx.b.op(opname, [x], x.shape, attrs=[("dim", _const_arg(cx, ins[1], "dim"))])]
+    return emit
+
+
+def _layer_norm(cx, node, ins):
+    # aten::layer_norm(x, normalized_shape, weight, bias, eps, cudnn_enable)
+    x = _tensor(cx, ins[0])
+    ns = _const_arg(cx, ins[1], "normalized_shape")
+    if not isinstance(ns, list) or len(ns) != 1 or ns[0] != x.shape[-1]:
+        raise ExportError(f"unsupported: {cx.b.where()}: layer_norm over {ns!r} of "
+                          f"{_shape_str(x.shape)}; maskjit normalises the last dim only")
+    ops = [x]
+    w, b = ins[2], ins[3]
+    if w is not None:
+        ops.append(_tensor(cx, w, "weight"))
+        if b is not None:
+            ops.append(_tensor(cx, b, "bias"))
+    elif b is not None:
+        raise ExportError(f"unsupported: {cx.b.where()}: layer_norm with a bias but no weight")
+    return [cx.b.op("layer_norm", ops, x.shape, attrs=[("eps", float(_const_arg(cx, ins[4], "eps")))])]
 
 
 OPS = {
@@ -711,6 +801,24 @@ OPS = {
     "aten::sigmoid": _unary("sigmoid"),
     "aten::tanh": _unary("tanh"),
     "aten::gelu": _gelu,
+    "aten::silu": _unary("silu"),
+    "aten::neg": _unary("neg"),
+    "aten::exp": _unary("exp"),
+    "aten::log": _unary("log"),
+    "aten::sqrt": _unary("sqrt"),
+    "aten::rsqrt": _unary("rsqrt"),
+    "aten::maximum": _binary("maximum"),
+    "aten::minimum": _binary("minimum"),
+    "aten::pow": _pow,
+    "aten::leaky_relu": _attr_unary("leaky_relu", ["slope"], [0.01]),
+    "aten::elu": _elu,
+    "aten::hardtanh": _attr_unary("hardtanh", ["min", "max"], [-1.0, 1.0]),
+    "aten::softplus": _attr_unary("softplus", ["beta", "threshold"], [1.0, 20.0]),
+    "aten::sum": _reduce("sum"),
+    "aten::mean": _reduce("mean"),
+    "aten::softmax": _softmax("softmax"),
+    "aten::log_softmax": _softmax("log_softmax"),
+    "aten::layer_norm": _layer_norm,
     "aten::dropout": _dropout,
     "aten::feature_dropout": _dropout,
     "aten::alpha_dropout": _dropout,
@@ -877,7 +985,47 @@ _REF_OPS = {
     "sigmoid": lambda a: torch.sigmoid(a[0]),
     "tanh": lambda a: torch.tanh(a[0]),
     "transpose": lambda a: a[0].t(),
+    "silu": lambda a: F.silu(a[0]),
+    "neg": lambda a: -a[0],
+    "exp": lambda a: torch.exp(a[0]),
+    "log": lambda a: torch.log(a[0]),
+    "sqrt": lambda a: torch.sqrt(a[0]),
+    "rsqrt": lambda a: torch.rsqrt(a[0]),
+    "div": lambda a: a[0] / a[1],
+    "maximum": lambda a: torch.maximum(a[0], a[1]),
+    "minimum": lambda a: torch.minimum(a[0], a[1]),
 }
+
+# ops with attributes: (operands, attribute dict) -> tensor
+_REF_ATTR_OPS = {
+    "pow": lambda a, t: a[0] ** t["exponent"],
+    "leaky_relu": lambda a, t: F.leaky_relu(a[0], t.get("slope", 0.01)),
+    "elu": lambda a, t: F.elu(a[0], t.get("alpha", 1.0)),
+    "hardtanh": lambda a, t: F.hardtanh(a[0], t.get("min", -1.0), t.get("max", 1.0)),
+    "softplus": lambda a, t: F.softplus(a[0], t.get("beta", 1.0), t.get("threshold", 20.0)),
+    "sum": lambda a, t: a[0].sum(int(t["dim"]), keepdim=bool(t.get("keepdim", False))),
+    "mean": lambda a, t: a[0].mean(int(t["dim"]), keepdim=bool(t.get("keepdim", False))),
+    "softmax": lambda a, t: torch.softmax(a[0], int(t["dim"])),
+    "log_softmax": lambda a, t: torch.log_softmax(a[0], int(t["dim"])),
+    "layer_norm": lambda a, t: F.layer_norm(a[0], a[0].shape[-1:], a[1] if len(a) > 1 else None,
+                                            a[2] if len(a) > 2 else None, t.get("eps", 1e-5)),
+}
+
+
+def _parse_attrs(rest):
+    m = re.search(r"\{([^}]*)\}\s*$", rest)
+    out = {}
+    if m:
+        for part in m.group(1).split(","):
+            if "=" in part:
+                k, v = (x.strip() for x in part.split("=", 1))
+                out[k] = {"true": True, "false": False}.get(v, None)
+                if out[k] is None:
+                    try:
+                        out[k] = float.fromhex(v) if v.startswith(("0x", "-0x")) else float(v)
+                    except ValueError:
+                        out[k] = v
+    return out
 
 
 def reference_run(text, tensors, inputs):
@@ -907,6 +1055,9 @@ def reference_run(text, tensors, inputs):
             v = vals[int(re.search(r"%(\d+)", rest).group(1))].reshape(shape)
         elif op in _REF_OPS:
             v = _REF_OPS[op]([vals[int(i)] for i in re.findall(r"%(\d+)", rest)])
+        elif op in _REF_ATTR_OPS:
+            operands = [vals[int(i)] for i in re.findall(r"%(\d+)", rest.split("{")[0])]
+            v = _REF_ATTR_OPS[op](operands, _parse_attrs(rest))
         else:
             raise ExportError(f"IR op {op} has no reference here")
         if list(v.shape) != shape:

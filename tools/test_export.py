@@ -44,7 +44,7 @@ class Encoder(nn.Module):
     def __init__(self):
         super().__init__()
         self.fc = nn.Linear(8, 8)
-        self.act = nn.LeakyReLU()
+        self.act = nn.Hardswish()  # not in maskjit's op set
 
     def forward(self, x):
         return self.act(self.fc(x))  # the unsupported op's call site
@@ -91,6 +91,50 @@ class DataDependent(nn.Module):
         return -self.fc(x)
 
 
+class RMSNorm(nn.Module):
+    def __init__(self, d, eps=1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.rand(d) + 0.5)
+
+    def forward(self, x):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+class LlamaMLP(nn.Module):
+    """LLaMA's MLP block: RMSNorm, SiLU-gated up projection, down projection, residual."""
+
+    def __init__(self, d=32, h=64):
+        super().__init__()
+        self.norm = RMSNorm(d)
+        self.gate = nn.Linear(d, h, bias=False)
+        self.up = nn.Linear(d, h, bias=False)
+        self.down = nn.Linear(h, d, bias=False)
+
+    def forward(self, x):
+        y = self.norm(x)
+        return x + self.down(nn.functional.silu(self.gate(y)) * self.up(y))
+
+
+class ResidualLayerNorm(nn.Module):
+    """Post-norm residual MLP with LeakyReLU, then a softmax over the features."""
+
+    def __init__(self, d=24):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(d, 48), nn.Linear(48, d)
+        self.act, self.ln = nn.LeakyReLU(0.1), nn.LayerNorm(d)
+
+    def forward(self, x):
+        return self.ln(x + self.fc2(self.act(self.fc1(x)))).softmax(-1) / 0.5
+
+
+def pruned(model, amount=0.7):
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            prune.l1_unstructured(m, "weight", amount=amount)
+    return model.eval()
+
+
 def pruned_mlp():
     torch.manual_seed(0)
     m = nn.Sequential(nn.Flatten(), nn.Linear(16, 32), nn.Dropout(0.5), nn.ReLU(),
@@ -127,6 +171,23 @@ class ExportTest(unittest.TestCase):
         if MASKJIT:
             self.assertIn("check: PASS", self.log.getvalue())
 
+    # ---- transformer-era blocks -------------------------------------------
+    def test_llama_mlp_with_rmsnorm_and_silu_gate_exports_and_checks(self):
+        torch.manual_seed(1)
+        self.export(pruned(LlamaMLP()), torch.randn(4, 32))
+        _, meta = safetensors_io.load(self.path())
+        for op in ("rsqrt", "mean", "pow", "silu", 'param "gate.weight_mask"'):
+            self.assertIn(op, meta["maskjit.ir"])
+        self.assert_maskjit_passed()
+
+    def test_residual_layer_norm_mlp_exports_and_checks(self):
+        torch.manual_seed(2)
+        self.export(pruned(ResidualLayerNorm()), torch.randn(4, 24))
+        _, meta = safetensors_io.load(self.path())
+        for op in ("layer_norm", "leaky_relu", "softmax", "div"):
+            self.assertIn(op, meta["maskjit.ir"])
+        self.assert_maskjit_passed()
+
     # ---- spec= ------------------------------------------------------------
     def test_wrong_spec_is_refused_with_the_reason(self):
         torch.manual_seed(1)
@@ -162,16 +223,16 @@ class ExportTest(unittest.TestCase):
     def test_unsupported_op_names_op_module_and_source_line(self):
         line = line_of(Encoder.forward, "the unsupported op's call site")
         self.assert_refused(WithEncoder().eval(), torch.randn(3, 8),
-                            "unsupported: aten::leaky_relu at encoder.act (LeakyReLU), "
+                            "unsupported: aten::hardswish at encoder.act (Hardswish), "
                             f"test_export.py:{line}")
 
     def test_unsupported_functional_op_at_the_root(self):
         class Root(nn.Module):
             def forward(self, x):
-                return torch.nn.functional.elu(x)
-        line = line_of(Root.forward, "elu(")
+                return torch.nn.functional.hardswish(x)
+        line = line_of(Root.forward, "hardswish(")
         self.assert_refused(Root(), torch.randn(2, 4),
-                            f"unsupported: aten::elu at <root> (Root), test_export.py:{line}")
+                            f"unsupported: aten::hardswish at <root> (Root), test_export.py:{line}")
 
     def test_pruned_models_export_and_check(self):
         model = pruned_mlp()
@@ -244,7 +305,7 @@ class ExportTest(unittest.TestCase):
                     "    prune.random_unstructured(m[0], 'weight', amount=0.5)\n"
                     "    return m\n"
                     "def bad():\n"
-                    "    return nn.Sequential(nn.Linear(6, 6), nn.Hardtanh())\n")
+                    "    return nn.Sequential(nn.Linear(6, 6), nn.Hardswish())\n")
         out = self.path("cli.safetensors")
         extra = [] if MASKJIT else ["--no-maskjit-check"]
         self.assertEqual(et.main(["--module", f"{src}:make", "--inputs", "3x6", "-o", out] + extra), 0)
