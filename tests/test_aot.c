@@ -717,4 +717,6 @@ Test(aot, pytorch_exported_traces_match_jit_bit_for_bit) {
     check_fixture("export_sequential_prune");
     check_fixture("export_residual");
     check_fixture("export_fakesparsity");
+    check_fixture("export_llama_mlp");          /* RMSNorm, SiLU gate */
+    check_fixture("export_residual_layernorm"); /* LayerNorm, LeakyReLU, softmax */
 }

@@ -106,6 +106,14 @@ Test(export, residual_runs_in_every_mode, .timeout = 60) {
     check_fixture("export_residual");
 }
 
+Test(export, llama_mlp_with_rmsnorm_and_silu_gate_runs_in_every_mode, .timeout = 60) {
+    check_fixture("export_llama_mlp");
+}
+
+Test(export, residual_layernorm_mlp_runs_in_every_mode, .timeout = 60) {
+    check_fixture("export_residual_layernorm");
+}
+
 Test(export, fakesparsity_runs_in_every_mode, .timeout = 60) {
     check_fixture("export_fakesparsity");
 }
@@ -214,8 +222,9 @@ static int run_check(char **out, const char *file) {
  * batch (5, 1 and 6) plus 4 random inputs. */
 Test(export, cli_check_passes_on_every_fixture, .timeout = 120) {
     static const char *const names[] = {"export_sequential_prune", "export_residual",
-                                        "export_fakesparsity"};
-    for (int i = 0; i < 3; i++) {
+                                        "export_fakesparsity", "export_llama_mlp",
+                                        "export_residual_layernorm"};
+    for (int i = 0; i < 5; i++) {
         char *path = fixture_path(names[i]), *out;
         int rc = run_check(&out, path);
         cr_assert_eq(rc, 0, "maskjit check %s -> %d:\n%s", names[i], rc, out);

@@ -131,6 +131,43 @@ class SplitHeads(nn.Module):
         return self.out(torch.nn.functional.gelu(h).reshape(b, s, 8))
 
 
+class RMSNorm(nn.Module):
+    def __init__(self, d, eps=1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.rand(d) + 0.5)
+
+    def forward(self, x):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+class LlamaMLP(nn.Module):
+    """LLaMA's MLP block: RMSNorm, SiLU-gated up projection, down projection, residual."""
+
+    def __init__(self, d=16, h=32):
+        super().__init__()
+        self.norm = RMSNorm(d)
+        self.gate = nn.Linear(d, h, bias=False)
+        self.up = nn.Linear(d, h, bias=False)
+        self.down = nn.Linear(h, d, bias=False)
+
+    def forward(self, x):
+        y = self.norm(x)
+        return x + self.down(nn.functional.silu(self.gate(y)) * self.up(y))
+
+
+class ResidualLayerNorm(nn.Module):
+    """Post-norm residual MLP with LeakyReLU, then a softmax over the features."""
+
+    def __init__(self, d=16):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(d, 32), nn.Linear(32, d)
+        self.act, self.ln = nn.LeakyReLU(0.1), nn.LayerNorm(d)
+
+    def forward(self, x):
+        return self.ln(x + self.fc2(self.act(self.fc1(x)))).softmax(-1)
+
+
 def trace_fixtures():
     """(name, model, example input, checked by the CLI?) for export_torch.export
     without a spec. The CLI runs [batch, features] inputs only; a rank-3 input
@@ -170,6 +207,21 @@ def trace_fixtures():
     heads = SplitHeads()
     export_torch.prune_random(nn.Sequential(heads.query), 0.5, gen)
     out.append(("export_heads", heads, torch.randn(BATCH, 3, 8, generator=gen), False))
+
+    # transformer-era blocks, pruned with torch.nn.utils.prune
+    torch.manual_seed(34)
+    gen = torch.Generator().manual_seed(34)
+    llama = LlamaMLP()
+    for lin in (llama.gate, llama.up, llama.down):
+        prune.l1_unstructured(lin, "weight", amount=0.7)
+    out.append(("export_llama_mlp", llama, torch.randn(BATCH, 16, generator=gen), True))
+
+    torch.manual_seed(35)
+    gen = torch.Generator().manual_seed(35)
+    rln = ResidualLayerNorm()
+    for lin in (rln.fc1, rln.fc2):
+        prune.l1_unstructured(lin, "weight", amount=0.6)
+    out.append(("export_residual_layernorm", rln, torch.randn(BATCH, 16, generator=gen), True))
     return out
 
 
