@@ -28,8 +28,7 @@ static mj_status linear_forward(mj_module *self, const mj_tensor *x, mj_tensor *
     return s;
 }
 
-static mj_status fill_uniform(int rank, const int64_t *shape, float bound, mj_rng *rng,
-                              mj_tensor **out) {
+mj_status mj_fill_uniform(int rank, const int64_t *shape, float bound, mj_rng *rng, mj_tensor **out) {
     mj_tensor *t;
     MJ_TRY(mj_tensor_zeros(&t, rank, shape));
     float *d = mj_tensor_data_mut(t);
@@ -59,9 +58,9 @@ mj_status mj_linear_new(mj_module **out, int64_t in_features, int64_t out_featur
      * weight and the bias both reduce to U(-1/sqrt(in), 1/sqrt(in)). */
     float bound = (float)(1.0 / sqrt((double)in_features));
     mj_tensor *w = NULL, *b = NULL;
-    mj_status s = fill_uniform(2, wshape, bound, rng, &w);
+    mj_status s = mj_fill_uniform(2, wshape, bound, rng, &w);
     if (s == MJ_OK) s = mj_module_add_parameter(m, "weight", w);
-    if (s == MJ_OK && bias) s = fill_uniform(1, &out_features, bound, rng, &b);
+    if (s == MJ_OK && bias) s = mj_fill_uniform(1, &out_features, bound, rng, &b);
     if (s == MJ_OK && bias) s = mj_module_add_parameter(m, "bias", b);
     mj_tensor_release(w);
     mj_tensor_release(b);

@@ -167,17 +167,23 @@ static mj_status pool_geometry(const char *op, const mj_tensor *x, const int64_t
     return MJ_OK;
 }
 
+/* Checks a pooling call and allocates its output [N, C, OH, OW]. */
+static mj_status pool_begin(const char *op, mj_tensor **out, const mj_tensor *x, const int64_t k[2],
+                            const int64_t s[2], const int64_t p[2], int64_t *oh, int64_t *ow,
+                            mj_tensor **y) {
+    if (!out || !k || !s || !p) return mj_fail(MJ_ERR_INVALID, "%s: NULL output or window", op);
+    MJ_TRY(pool_geometry(op, x, k, s, p, oh, ow));
+    if (mj_trace_active()) return refuse_in_trace(op);
+    const int64_t shape[4] = {x->shape[0], x->shape[1], *oh, *ow};
+    return mj_tensor_new_uninit(y, 4, shape);
+}
+
 mj_status mj_max_pool2d(mj_tensor **out, const mj_tensor *x, const int64_t kernel[2],
                         const int64_t stride[2], const int64_t padding[2]) {
-    if (!out || !kernel || !stride || !padding)
-        return mj_fail(MJ_ERR_INVALID, "max_pool2d: NULL output or window");
     int64_t OH, OW;
-    MJ_TRY(pool_geometry("max_pool2d", x, kernel, stride, padding, &OH, &OW));
-    if (mj_trace_active()) return refuse_in_trace("max_pool2d");
-    int64_t NC = x->shape[0] * x->shape[1], H = x->shape[2], W = x->shape[3];
-    const int64_t shape[4] = {x->shape[0], x->shape[1], OH, OW};
     mj_tensor *y;
-    MJ_TRY(mj_tensor_new_uninit(&y, 4, shape));
+    MJ_TRY(pool_begin("max_pool2d", out, x, kernel, stride, padding, &OH, &OW, &y));
+    int64_t NC = x->shape[0] * x->shape[1], H = x->shape[2], W = x->shape[3];
     for (int64_t nc = 0; nc < NC; nc++) {
         const float *xs = x->data + nc * H * W;
         for (int64_t oh = 0; oh < OH; oh++)
@@ -204,15 +210,10 @@ mj_status mj_max_pool2d(mj_tensor **out, const mj_tensor *x, const int64_t kerne
 
 mj_status mj_avg_pool2d(mj_tensor **out, const mj_tensor *x, const int64_t kernel[2],
                         const int64_t stride[2], const int64_t padding[2], bool count_include_pad) {
-    if (!out || !kernel || !stride || !padding)
-        return mj_fail(MJ_ERR_INVALID, "avg_pool2d: NULL output or window");
     int64_t OH, OW;
-    MJ_TRY(pool_geometry("avg_pool2d", x, kernel, stride, padding, &OH, &OW));
-    if (mj_trace_active()) return refuse_in_trace("avg_pool2d");
-    int64_t NC = x->shape[0] * x->shape[1], H = x->shape[2], W = x->shape[3];
-    const int64_t shape[4] = {x->shape[0], x->shape[1], OH, OW};
     mj_tensor *y;
-    MJ_TRY(mj_tensor_new_uninit(&y, 4, shape));
+    MJ_TRY(pool_begin("avg_pool2d", out, x, kernel, stride, padding, &OH, &OW, &y));
+    int64_t NC = x->shape[0] * x->shape[1], H = x->shape[2], W = x->shape[3];
     for (int64_t nc = 0; nc < NC; nc++) {
         const float *xs = x->data + nc * H * W;
         for (int64_t oh = 0; oh < OH; oh++)
@@ -303,13 +304,6 @@ static mj_status conv_forward(mj_module *self, const mj_tensor *x, mj_tensor **y
     return s;
 }
 
-static mj_status uniform(int rank, const int64_t *shape, float bound, mj_rng *rng, mj_tensor **out) {
-    MJ_TRY(mj_tensor_zeros(out, rank, shape));
-    float *d = mj_tensor_data_mut(*out);
-    for (int64_t i = 0; i < mj_tensor_numel(*out); i++) d[i] = (2.0f * mj_rng_uniform(rng) - 1.0f) * bound;
-    return MJ_OK;
-}
-
 mj_status mj_conv2d_new(mj_module **out, int64_t in_ch, int64_t out_ch, const int64_t kernel[2],
                         const mj_conv2d_params *p, bool bias, mj_rng *rng) {
     if (!out || !kernel || !rng) return mj_fail(MJ_ERR_INVALID, "Conv2d: NULL out, kernel or rng");
@@ -332,9 +326,9 @@ mj_status mj_conv2d_new(mj_module **out, int64_t in_ch, int64_t out_ch, const in
     mj_module *m = NULL;
     mj_tensor *w = NULL, *b = NULL;
     mj_status s = new_module(&m, "Conv2d", conv_forward, &cfg);
-    if (s == MJ_OK) s = uniform(4, wshape, bound, rng, &w);
+    if (s == MJ_OK) s = mj_fill_uniform(4, wshape, bound, rng, &w);
     if (s == MJ_OK) s = mj_module_add_parameter(m, "weight", w);
-    if (s == MJ_OK && bias) s = uniform(1, &out_ch, bound, rng, &b);
+    if (s == MJ_OK && bias) s = mj_fill_uniform(1, &out_ch, bound, rng, &b);
     if (s == MJ_OK && bias) s = mj_module_add_parameter(m, "bias", b);
     mj_tensor_release(w);
     mj_tensor_release(b);

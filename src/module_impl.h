@@ -76,6 +76,10 @@ struct mj_module {
     char extra_repr[96];  /* MJ_KIND_MATH: what PyTorch's extra_repr prints              */
 };
 
+/* A new tensor of U(-bound, bound) draws in order (torch's init of Linear
+ * and Conv2d weights and biases). */
+mj_status mj_fill_uniform(int rank, const int64_t *shape, float bound, mj_rng *rng, mj_tensor **out);
+
 /* Allocates an empty module (no validation of the name). */
 mj_status mj_module_alloc(mj_module **out, const char *type_name, mj_module_kind kind,
                           mj_forward_fn forward);

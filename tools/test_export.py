@@ -24,6 +24,7 @@ except ImportError:
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import export_torch as et  # noqa: E402
+from make_fixtures import LlamaMLP, ResidualLayerNorm  # noqa: E402
 import safetensors_io  # noqa: E402
 
 MASKJIT = et.find_maskjit()
@@ -91,43 +92,6 @@ class DataDependent(nn.Module):
         return -self.fc(x)
 
 
-class RMSNorm(nn.Module):
-    def __init__(self, d, eps=1e-6):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.rand(d) + 0.5)
-
-    def forward(self, x):
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
-
-
-class LlamaMLP(nn.Module):
-    """LLaMA's MLP block: RMSNorm, SiLU-gated up projection, down projection, residual."""
-
-    def __init__(self, d=32, h=64):
-        super().__init__()
-        self.norm = RMSNorm(d)
-        self.gate = nn.Linear(d, h, bias=False)
-        self.up = nn.Linear(d, h, bias=False)
-        self.down = nn.Linear(h, d, bias=False)
-
-    def forward(self, x):
-        y = self.norm(x)
-        return x + self.down(nn.functional.silu(self.gate(y)) * self.up(y))
-
-
-class ResidualLayerNorm(nn.Module):
-    """Post-norm residual MLP with LeakyReLU, then a softmax over the features."""
-
-    def __init__(self, d=24):
-        super().__init__()
-        self.fc1, self.fc2 = nn.Linear(d, 48), nn.Linear(48, d)
-        self.act, self.ln = nn.LeakyReLU(0.1), nn.LayerNorm(d)
-
-    def forward(self, x):
-        return self.ln(x + self.fc2(self.act(self.fc1(x)))).softmax(-1) / 0.5
-
-
 def pruned(model, amount=0.7):
     for m in model.modules():
         if isinstance(m, nn.Linear):
@@ -174,7 +138,7 @@ class ExportTest(unittest.TestCase):
     # ---- transformer-era blocks -------------------------------------------
     def test_llama_mlp_with_rmsnorm_and_silu_gate_exports_and_checks(self):
         torch.manual_seed(1)
-        self.export(pruned(LlamaMLP()), torch.randn(4, 32))
+        self.export(pruned(LlamaMLP()), torch.randn(4, 16))
         _, meta = safetensors_io.load(self.path())
         for op in ("rsqrt", "mean", "pow", "silu", 'param "gate.weight_mask"'):
             self.assertIn(op, meta["maskjit.ir"])
@@ -182,9 +146,9 @@ class ExportTest(unittest.TestCase):
 
     def test_residual_layer_norm_mlp_exports_and_checks(self):
         torch.manual_seed(2)
-        self.export(pruned(ResidualLayerNorm()), torch.randn(4, 24))
+        self.export(pruned(ResidualLayerNorm()), torch.randn(4, 16) / 0.5)
         _, meta = safetensors_io.load(self.path())
-        for op in ("layer_norm", "leaky_relu", "softmax", "div"):
+        for op in ("layer_norm", "leaky_relu", "softmax"):
             self.assertIn(op, meta["maskjit.ir"])
         self.assert_maskjit_passed()
 
