@@ -510,6 +510,11 @@ static const mj_node *input_node(const mj_graph *g, int i) {
     return NULL;
 }
 
+const char *mj_graph_input_name(const mj_graph *g, int i) {
+    const mj_node *n = input_node(g, i);
+    return n ? n->name : NULL;
+}
+
 int mj_graph_input_count(const mj_graph *g) {
     int k = 0;
     if (g)
@@ -557,4 +562,9 @@ mj_status mj_graph_run(mj_graph *g, const mj_tensor *input, mj_tensor **output) 
         return mj_fail(MJ_ERR_INVALID, "mj_graph_run: the graph has %d inputs and %d outputs (needs 1 and 1); use the interpreter API",
                        mj_graph_input_count(g), (int)g->n_outputs);
     return mj_interp_run(g, 1, &input, 1, output);
+}
+
+mj_status mj_graph_run_n(mj_graph *g, int n_in, const mj_tensor *const *in, int n_out, mj_tensor **out) {
+    if (!g) return mj_fail(MJ_ERR_INVALID, "mj_graph_run_n: graph is NULL");
+    return mj_interp_run(g, n_in, in, n_out, out);
 }

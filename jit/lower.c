@@ -1,8 +1,12 @@
 /* IR -> LLVM IR: the body of a compiled graph, op by op, loops as basic
  * blocks, typed builders only.
  *
- *   void body(const float *const *leaves, const float *x, float *y,
- *             int64_t batch, float *scratch)
+ *   void body(const float *const *leaves, const float *const *x,
+ *             float *const *y, int64_t batch, float *scratch, ...)
+ *
+ * loads the input and output pointers and calls the inner function that
+ * takes each of them as an argument (outputs noalias), so one output and
+ * several compile to the same code.
  *
  * Exact mode emits, per output element, the float operations of the eager
  * kernels (src/ops.c) in the same order; only the loops around them differ.
@@ -67,32 +71,41 @@ mj_status mj_body_plan_build(const mj_graph *g, const bool *input_free, bool fro
     p->input_free = input_free;
     p->frozen = frozen;
     size_t n = (size_t)g->n_nodes + 1;
+    p->n_in = mj_graph_input_count(g);
+    p->n_out = g->n_outputs;
     p->leaf_plain = mj_alloc_array(n, sizeof *p->leaf_plain);
     p->leaf_packed = mj_alloc_array(n, sizeof *p->leaf_packed);
-    p->leaves = mj_alloc_array(2 * n, sizeof *p->leaves);
+    p->leaves = mj_alloc_array(2 * n + (size_t)p->n_out, sizeof *p->leaves);
     p->has_slot = mj_alloc_array(n, sizeof *p->has_slot);
     p->sparse = mj_alloc_array(n, sizeof *p->sparse);
-    if (!p->leaf_plain || !p->leaf_packed || !p->leaves || !p->has_slot || !p->sparse) {
+    p->in_nodes = mj_alloc_array((size_t)p->n_in + 1, sizeof *p->in_nodes);
+    p->out_nodes = mj_alloc_array((size_t)p->n_out + 1, sizeof *p->out_nodes);
+    p->out_root = mj_alloc_array((size_t)p->n_out + 1, sizeof *p->out_root);
+    p->root_of = mj_alloc_array(n, sizeof *p->root_of);
+    if (!p->leaf_plain || !p->leaf_packed || !p->leaves || !p->has_slot || !p->sparse || !p->in_nodes ||
+        !p->out_nodes || !p->out_root || !p->root_of) {
         mj_body_plan_free(p);
         return MJ_ERR_NOMEM;
     }
+    int32_t k_in = 0;
     for (int32_t i = 0; i < g->n_nodes; i++) {
-        p->leaf_plain[i] = p->leaf_packed[i] = -1;
+        p->leaf_plain[i] = p->leaf_packed[i] = p->root_of[i] = -1;
         p->sparse[i] = use_sparse(g, input_free, &g->nodes[i], frozen);
+        if (g->nodes[i].op == MJ_OP_INPUT) p->in_nodes[k_in++] = i;
     }
-    p->out_node = g->outputs[0];
+    for (int32_t j = 0; j < p->n_out; j++) p->out_nodes[j] = g->outputs[j];
     p->vw = 16;
     p->nr = 4;
     p->panel = 64;
 
-    /* Leaves: prologue values that a body node (or the output) reads. */
-    for (int32_t i = 0; i <= g->n_nodes; i++) {
-        bool is_out = i == g->n_nodes;
+    /* Leaves: prologue values that a body node (or an output) reads. */
+    for (int32_t i = 0; i < g->n_nodes + p->n_out; i++) {
+        bool is_out = i >= g->n_nodes;
         if (!is_out && input_free[i]) continue;
         int n_ops = is_out ? 1 : g->nodes[i].n_operands;
         if (!is_out && p->sparse[i]) n_ops = 1; /* weight and bias live in the sparse kernel */
         for (int k = 0; k < n_ops; k++) {
-            int32_t a = is_out ? p->out_node : g->nodes[i].operands[k];
+            int32_t a = is_out ? p->out_nodes[i - g->n_nodes] : g->nodes[i].operands[k];
             if (!input_free[a]) continue;
             mj_op op = is_out ? MJ_OP_COUNT : g->nodes[i].op;
             bool packed = (op == MJ_OP_LINEAR || op == MJ_OP_LINEAR_ACT) && k == 1;
@@ -102,14 +115,18 @@ mj_status mj_body_plan_build(const mj_graph *g, const bool *input_free, bool fro
             p->leaves[p->n_leaves++] = (mj_leaf){.node = a, .packed = packed};
         }
     }
-    /* Storage: every computing body node gets a scratch slice, except the one
-     * the output aliases, which writes y directly. */
-    int32_t root = alias_root(g, input_free, p->out_node);
-    p->out_root = (!input_free[root] && g->nodes[root].op != MJ_OP_INPUT) ? root : -1;
+    /* Storage: every computing body node gets a scratch slice, except those
+     * an output aliases, which write y[j] directly (one output per node: a
+     * value returned twice is copied the second time). */
+    for (int32_t j = 0; j < p->n_out; j++) {
+        int32_t root = alias_root(g, input_free, p->out_nodes[j]);
+        bool direct = !input_free[root] && g->nodes[root].op != MJ_OP_INPUT && p->root_of[root] < 0;
+        p->out_root[j] = direct ? root : -1;
+        if (direct) p->root_of[root] = j;
+    }
     for (int32_t i = 0; i < g->n_nodes; i++) {
         const mj_node *nd = &g->nodes[i];
-        p->has_slot[i] = !input_free[i] && nd->op != MJ_OP_INPUT && nd->op != MJ_OP_RESHAPE &&
-                         i != p->out_root;
+        p->has_slot[i] = !input_free[i] && nd->op != MJ_OP_INPUT && nd->op != MJ_OP_RESHAPE && p->root_of[i] < 0;
     }
     return MJ_OK;
 }
@@ -120,6 +137,10 @@ void mj_body_plan_free(mj_body_plan *p) {
     free(p->leaves);
     free(p->has_slot);
     free(p->sparse);
+    free(p->in_nodes);
+    free(p->out_nodes);
+    free(p->out_root);
+    free(p->root_of);
     memset(p, 0, sizeof *p);
 }
 
@@ -161,7 +182,9 @@ typedef struct lw {
     LLVMBuilderRef b;
     LLVMValueRef fn;
     LLVMTypeRef f32, i64, ptr, unary_ty;
-    LLVMValueRef leaves, x, y, batch, scratch;
+    LLVMValueRef leaves, batch, scratch;
+    LLVMValueRef *x, *y;  /* per input / output: its pointer (arguments)      */
+    LLVMValueRef y_sync; /* what the barrier passes as y (see emit_barrier) */
     LLVMValueRef tid, nth, sync; /* column mode (see mj_lower_body) */
     LLVMValueRef *buf; /* per node: pointer to its float storage */
     LLVMValueRef erff_fn, expf_fn, tanhf_fn;
@@ -954,17 +977,24 @@ bool mj_body_splits_columns(const mj_body_plan *p, int32_t i) {
     return p->input_free[n->operands[1]] && wt->dims[0] >= 1 && wt->dims[1] >= 1;
 }
 
+static bool is_output(const mj_body_plan *p, int32_t id) {
+    for (int32_t j = 0; j < p->n_out; j++)
+        if (p->out_nodes[j] == id) return true;
+    return false;
+}
+
 /* if (tid == 0) { ... } (if_end closes it) */
 static LLVMBasicBlockRef if_first_thread(lw *w) {
     return if_begin(w, LLVMBuildICmp(w->b, LLVMIntEQ, w->tid, ci(w, 0), ""));
 }
 
-/* if (nth > 1) sync->wait(sync, y, scratch) */
+/* if (nth > 1) sync->wait(sync, y, scratch): y is the output, or with
+ * several the array of their pointers */
 static void emit_barrier(lw *w) {
     LLVMBasicBlockRef end = if_begin(w, LLVMBuildICmp(w->b, LLVMIntSGT, w->nth, ci(w, 1), ""));
     LLVMValueRef fp = LLVMBuildLoad2(w->b, w->ptr, w->sync, "wait");
     LLVMTypeRef pt[3] = {w->ptr, w->ptr, w->ptr};
-    LLVMValueRef args[3] = {w->sync, w->y, w->scratch};
+    LLVMValueRef args[3] = {w->sync, w->y_sync, w->scratch};
     LLVMBuildCall2(w->b, LLVMFunctionType(LLVMVoidTypeInContext(w->ctx), pt, 3, 0), fp, args, 3, "");
     if_end(w, end);
 }
@@ -991,38 +1021,100 @@ mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan 
     w.f32 = LLVMFloatTypeInContext(ctx);
     w.i64 = LLVMInt64TypeInContext(ctx);
     w.ptr = LLVMPointerTypeInContext(ctx, 0);
-    LLVMTypeRef params[8] = {w.ptr, w.ptr, w.ptr, w.i64, w.ptr, w.i64, w.i64, w.ptr};
-    LLVMTypeRef fty = LLVMFunctionType(LLVMVoidTypeInContext(ctx), params, 8, 0);
-    w.fn = LLVMAddFunction(m, o->fname, fty);
+    /* the inner function: (leaves, x_0..x_{n_in-1}, y_0..y_{n_out-1}, batch,
+     * scratch, tid, nth, sync) */
+    int n_args = 6 + p->n_in + p->n_out, ai = 0;
+    LLVMTypeRef *params = mj_alloc_array((size_t)n_args, sizeof *params);
+    w.x = mj_alloc_array((size_t)p->n_in + 1, sizeof *w.x);
+    w.y = mj_alloc_array((size_t)p->n_out + 1, sizeof *w.y);
+    if (!params || !w.x || !w.y) {
+        free(params);
+        free(w.x);
+        free(w.y);
+        return MJ_ERR_NOMEM;
+    }
+    for (int i = 0; i < n_args; i++) params[i] = w.ptr;
+    params[1 + p->n_in + p->n_out] = params[3 + p->n_in + p->n_out] = params[4 + p->n_in + p->n_out] = w.i64;
+    char iname[96];
+    snprintf(iname, sizeof iname, "%s.inner", o->fname);
+    LLVMTypeRef fty = LLVMFunctionType(LLVMVoidTypeInContext(ctx), params, (unsigned)n_args, 0);
+    w.fn = LLVMAddFunction(m, iname, fty);
+    LLVMSetLinkage(w.fn, LLVMInternalLinkage);
     w.unary_ty = LLVMFunctionType(w.f32, &w.f32, 1, 0);
     w.erff_fn = LLVMAddFunction(m, "erff", w.unary_ty);
     w.expf_fn = LLVMAddFunction(m, "expf", w.unary_ty);
     w.tanhf_fn = LLVMAddFunction(m, "tanhf", w.unary_ty);
-    /* y and scratch are written only through themselves; x and the leaves
-     * are read only. The caller guarantees x and y do not overlap. */
+    /* The outputs and scratch are written only through themselves; inputs
+     * and the leaves are read only. The caller guarantees that no output
+     * overlaps an input or another output. */
     unsigned noalias = LLVMGetEnumAttributeKindForName("noalias", 7);
-    LLVMAddAttributeAtIndex(w.fn, 3, LLVMCreateEnumAttribute(ctx, noalias, 0)); /* y */
-    LLVMAddAttributeAtIndex(w.fn, 5, LLVMCreateEnumAttribute(ctx, noalias, 0)); /* scratch */
+    for (int j = 0; j < p->n_out; j++)
+        LLVMAddAttributeAtIndex(w.fn, (unsigned)(2 + p->n_in + j), LLVMCreateEnumAttribute(ctx, noalias, 0));
+    LLVMAddAttributeAtIndex(w.fn, (unsigned)(3 + p->n_in + p->n_out), LLVMCreateEnumAttribute(ctx, noalias, 0));
     unsigned nounwind = LLVMGetEnumAttributeKindForName("nounwind", 8);
     LLVMAddAttributeAtIndex(w.fn, LLVMAttributeFunctionIndex, LLVMCreateEnumAttribute(ctx, nounwind, 0));
 
-    w.leaves = LLVMGetParam(w.fn, 0);
-    w.x = LLVMGetParam(w.fn, 1);
-    w.y = LLVMGetParam(w.fn, 2);
-    w.batch = LLVMGetParam(w.fn, 3);
-    w.scratch = LLVMGetParam(w.fn, 4);
-    w.tid = LLVMGetParam(w.fn, 5);
-    w.nth = LLVMGetParam(w.fn, 6);
-    w.sync = LLVMGetParam(w.fn, 7);
+    w.leaves = LLVMGetParam(w.fn, (unsigned)ai++);
+    for (int i = 0; i < p->n_in; i++) w.x[i] = LLVMGetParam(w.fn, (unsigned)ai++);
+    for (int j = 0; j < p->n_out; j++) w.y[j] = LLVMGetParam(w.fn, (unsigned)ai++);
+    w.batch = LLVMGetParam(w.fn, (unsigned)ai++);
+    w.scratch = LLVMGetParam(w.fn, (unsigned)ai++);
+    w.tid = LLVMGetParam(w.fn, (unsigned)ai++);
+    w.nth = LLVMGetParam(w.fn, (unsigned)ai++);
+    w.sync = LLVMGetParam(w.fn, (unsigned)ai++);
     w.b = LLVMCreateBuilderInContext(ctx);
+
+    /* the entry point: load the pointers, call the inner function */
+    {
+        LLVMTypeRef opt[8] = {w.ptr, w.ptr, w.ptr, w.i64, w.ptr, w.i64, w.i64, w.ptr};
+        LLVMValueRef outer = LLVMAddFunction(m, o->fname, LLVMFunctionType(LLVMVoidTypeInContext(ctx), opt, 8, 0));
+        LLVMAddAttributeAtIndex(outer, LLVMAttributeFunctionIndex, LLVMCreateEnumAttribute(ctx, nounwind, 0));
+        LLVMPositionBuilderAtEnd(w.b, LLVMAppendBasicBlockInContext(ctx, outer, "entry"));
+        LLVMValueRef *args = mj_alloc_array((size_t)n_args, sizeof *args);
+        if (!args) {
+            LLVMDisposeBuilder(w.b);
+            free(params);
+            free(w.x);
+            free(w.y);
+            return MJ_ERR_NOMEM;
+        }
+        int k = 0;
+        args[k++] = LLVMGetParam(outer, 0);
+        for (int side = 0; side < 2; side++) {
+            int cnt = side == 0 ? p->n_in : p->n_out;
+            for (int i = 0; i < cnt; i++) {
+                LLVMValueRef idx = LLVMConstInt(w.i64, (unsigned long long)i, 0);
+                LLVMValueRef slot = LLVMBuildInBoundsGEP2(w.b, w.ptr, LLVMGetParam(outer, (unsigned)(1 + side)), &idx, 1, "");
+                args[k++] = LLVMBuildLoad2(w.b, w.ptr, slot, side == 0 ? "x" : "y");
+            }
+        }
+        for (unsigned i = 3; i < 8; i++) args[k++] = LLVMGetParam(outer, i);
+        LLVMBuildCall2(w.b, fty, w.fn, args, (unsigned)n_args, "");
+        LLVMBuildRetVoid(w.b);
+        free(args);
+    }
+    free(params);
     LLVMPositionBuilderAtEnd(w.b, LLVMAppendBasicBlockInContext(ctx, w.fn, "entry"));
+    if (p->n_out == 1) {
+        w.y_sync = w.y[0];
+    } else { /* the barrier gets every output pointer (see emit_barrier) */
+        LLVMTypeRef arr = LLVMArrayType2(w.ptr, (uint64_t)p->n_out);
+        w.y_sync = LLVMBuildAlloca(w.b, arr, "ys");
+        for (int j = 0; j < p->n_out; j++) {
+            LLVMValueRef idx = LLVMConstInt(w.i64, (unsigned long long)j, 0);
+            LLVMBuildStore(w.b, w.y[j], LLVMBuildInBoundsGEP2(w.b, w.ptr, w.y_sync, &idx, 1, ""));
+        }
+    }
 
     /* buf[0 .. n_nodes) per node; buf[n_nodes + 1 + i] packed leaf i */
     w.buf = mj_alloc_array((size_t)g->n_nodes + 2 + (size_t)p->n_leaves, sizeof *w.buf);
     if (!w.buf) {
         LLVMDisposeBuilder(w.b);
+        free(w.x);
+        free(w.y);
         return MJ_ERR_NOMEM;
     }
+    for (int32_t i = 0; i < p->n_in; i++) w.buf[p->in_nodes[i]] = w.x[i];
     for (int32_t i = 0; i < p->n_leaves; i++) {
         LLVMValueRef ptr = leaf_ptr(&w, i);
         if (p->leaves[i].packed) w.buf[(size_t)g->n_nodes + 1 + (size_t)i] = ptr;
@@ -1032,8 +1124,8 @@ mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan 
     LLVMValueRef off = ci(&w, 0);
     for (int32_t i = 0; i < g->n_nodes; i++) {
         const mj_node *n = &g->nodes[i];
-        if (n->op == MJ_OP_INPUT) w.buf[i] = w.x;
-        else if (i == p->out_root) w.buf[i] = w.y;
+        if (n->op == MJ_OP_INPUT) continue;
+        else if (p->root_of[i] >= 0) w.buf[i] = w.y[p->root_of[i]];
         else if (p->has_slot[i]) {
             w.buf[i] = at(&w, w.scratch, off);
             LLVMValueRef sz = dims_product(&w, &n->type, 0, n->type.rank);
@@ -1049,7 +1141,7 @@ mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan 
     for (int32_t i = 0; i < g->n_nodes && s == MJ_OK; i++)
         if (!p->input_free[i])
             for (int k = 0; k < g->nodes[i].n_operands; k++) users[g->nodes[i].operands[k]]++;
-    if (s == MJ_OK) users[p->out_node]++;
+    for (int32_t j = 0; j < p->n_out && s == MJ_OK; j++) users[p->out_nodes[j]]++;
     for (int32_t i = 0; i < g->n_nodes && s == MJ_OK; i++) {
         const mj_node *n = &g->nodes[i];
         if (p->input_free[i] || n->op == MJ_OP_INPUT || done[i]) continue;
@@ -1066,7 +1158,7 @@ mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan 
             chain[nc++] = i;
             for (;;) { /* extend while the last layer's one user is a small layer reading it as x */
                 int32_t last = chain[nc - 1], next = -1;
-                if (users[last] != 1 || last == p->out_root || last == p->out_node) break;
+                if (users[last] != 1 || p->root_of[last] >= 0 || is_output(p, last)) break;
                 for (int32_t u = last + 1; u < g->n_nodes && next < 0; u++)
                     for (int k = 0; k < g->nodes[u].n_operands; k++)
                         if (g->nodes[u].operands[k] == last && !p->input_free[u]) next = k == 0 ? u : INT32_MAX;
@@ -1116,10 +1208,12 @@ mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan 
         if (first_only) if_end(&w, first_only);
         emit_barrier(&w);
     }
-    if (s == MJ_OK && p->out_root < 0) { /* the output is an input, a leaf or an alias of one */
-        const mj_type *t = &g->nodes[p->out_node].type;
+    for (int32_t j = 0; j < p->n_out && s == MJ_OK; j++) {
+        if (p->out_root[j] >= 0) continue;
+        /* an input, a leaf, an alias of one, or a value another output writes */
+        const mj_type *t = &g->nodes[p->out_nodes[j]].type;
         LLVMBasicBlockRef first_only = if_first_thread(&w);
-        emit_copy(&w, w.y, w.buf[p->out_node], dims_product(&w, t, 0, t->rank));
+        emit_copy(&w, w.y[j], w.buf[p->out_nodes[j]], dims_product(&w, t, 0, t->rank));
         if_end(&w, first_only);
     }
     if (s == MJ_OK) LLVMBuildRetVoid(w.b);
@@ -1128,6 +1222,8 @@ mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan 
                           LLVMValueAsMetadata(LLVMConstInt(LLVMInt32TypeInContext(ctx), 1, 0)));
     LLVMDisposeBuilder(w.b);
     free(w.buf);
+    free(w.x);
+    free(w.y);
     free(users);
     free(chain);
     free(done);

@@ -69,6 +69,11 @@ struct mj_module {
     /* built-in modules */
     int64_t in_features, out_features;
     mj_act act;
+
+    /* user modules with several inputs/outputs (mj_module_new_n); forward
+     * is NULL for them */
+    mj_forward_n_fn forward_n;
+    int n_in, n_out;
 };
 
 /* Allocates an empty module (no validation of the name). */

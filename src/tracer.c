@@ -16,7 +16,7 @@
 #include <stdarg.h>
 #include <string.h>
 
-#include "../ir/ir.h"
+#include "../ir/ir_core.h"
 #include "internal.h"
 
 /* ---- uid -> int32 map (open addressing, linear probing) ----------------- */
@@ -263,46 +263,72 @@ static mj_status collect_named(struct mj_tracer *t, mj_module *m) {
     return s;
 }
 
-static mj_status trace_run(struct mj_tracer *t, mj_module *m, const mj_tensor *example) {
+static mj_status trace_run(struct mj_tracer *t, mj_module *m, int n_in, const mj_tensor *const *examples,
+                           const char *const *names) {
     MJ_TRY(collect_named(t, m));
     MJ_TRY(mj_graph_new(&t->g));
-    mj_type ty = {.rank = example->rank};
-    memcpy(ty.dims, example->shape, sizeof(int64_t) * (size_t)example->rank);
-    ty.dims[0] = MJ_DIM_BATCH;
-    int32_t in_id;
-    MJ_TRY(mj_graph_add_leaf(t->g, MJ_OP_INPUT, "input", &ty, NULL, &in_id));
-    MJ_TRY(uid_map_put(&t->values, example->uid, in_id));
+    for (int i = 0; i < n_in; i++) {
+        const mj_tensor *ex = examples[i];
+        mj_type ty = {.rank = ex->rank};
+        memcpy(ty.dims, ex->shape, sizeof(int64_t) * (size_t)ex->rank);
+        ty.dims[0] = MJ_DIM_BATCH;
+        char name[32];
+        if (!names || !names[i]) snprintf(name, sizeof name, n_in == 1 ? "input" : "input.%d", i);
+        int32_t in_id, seen;
+        if (uid_map_get(&t->values, ex->uid, &seen))
+            return mj_fail(MJ_ERR_INVALID, "tracing: inputs %d and %d are the same tensor; pass distinct tensors",
+                           (int)seen, i);
+        MJ_TRY(mj_graph_add_leaf(t->g, MJ_OP_INPUT, names && names[i] ? names[i] : name, &ty, NULL, &in_id));
+        MJ_TRY(uid_map_put(&t->values, ex->uid, in_id));
+    }
+    if (n_in > 1 && mj_graph_verify(t->g) == MJ_ERR_KEY) /* duplicate input names */
+        return mj_fail_prefix(MJ_ERR_KEY, "tracing: input names");
 
-    mj_tensor *y = NULL;
+    int n_out = mj_module_output_count(m);
+    mj_tensor *y[MJ_MODULE_MAX_IO] = {0};
     tls_tracer = t;
-    mj_status s = mj_module_forward(m, example, &y);
+    mj_status s = mj_module_forward_n(m, n_in, examples, n_out, y);
     tls_tracer = NULL;
     if (s == MJ_OK && t->error != MJ_OK) /* an op swallowed a recording error */
         s = mj_fail(t->error, "%s", t->error_msg);
-    if (s == MJ_OK && !y) s = mj_fail(MJ_ERR_STATE, "forward returned no tensor");
-    int32_t out_id = -1;
     t->busy = true;
-    if (s == MJ_OK) s = tracer_value(t, y, &out_id);
-    if (s == MJ_OK) s = mj_graph_add_output(t->g, out_id);
-    mj_tensor_release(y);
+    for (int j = 0; j < n_out && s == MJ_OK; j++) {
+        int32_t out_id = -1;
+        if (!y[j]) s = mj_fail(MJ_ERR_STATE, "forward returned no tensor for output %d", j);
+        if (s == MJ_OK) s = tracer_value(t, y[j], &out_id);
+        if (s == MJ_OK) s = mj_graph_add_output(t->g, out_id);
+    }
+    for (int j = 0; j < n_out; j++) mj_tensor_release(y[j]);
     return s;
 }
 
-mj_status mj_trace_module(mj_module *m, const mj_tensor *example, mj_graph **out) {
-    if (!m || !example || !out)
-        return mj_fail(MJ_ERR_INVALID, "tracing: module, example and out must not be NULL");
+mj_status mj_trace_module_n(mj_module *m, int n_in, const mj_tensor *const *examples, const char *const *names,
+                            mj_graph **out) {
+    if (!m || !examples || !out || n_in < 1)
+        return mj_fail(MJ_ERR_INVALID, "tracing: module, examples and out must not be NULL (and n_in >= 1)");
     if (tls_tracer)
         return mj_fail(MJ_ERR_STATE,
                        "tracing: a trace is already recording on this thread (nested tracing)");
-    if (example->rank < 2) {
-        char b[64];
-        return mj_fail(MJ_ERR_SHAPE,
-                       "tracing: the example input has shape %s; it needs rank >= 2 (dim 0 "
-                       "is the batch)",
-                       shape_of(b, sizeof b, example));
+    if (n_in != mj_module_input_count(m))
+        return mj_fail(MJ_ERR_INVALID, "tracing: module %s takes %d inputs, got %d examples", mj_module_type(m),
+                       mj_module_input_count(m), n_in);
+    char b[64];
+    for (int i = 0; i < n_in; i++) {
+        const mj_tensor *ex = examples[i];
+        char what[32];
+        snprintf(what, sizeof what, n_in == 1 ? "the example input" : "example input %d", i);
+        if (!ex) return mj_fail(MJ_ERR_INVALID, "tracing: %s is NULL", what);
+        if (ex->shape[0] < 1)
+            return mj_fail(MJ_ERR_SHAPE, "tracing: %s has batch 0; it needs >= 1", what);
+        if (ex->shape[0] != examples[0]->shape[0])
+            return mj_fail(MJ_ERR_SHAPE,
+                           "tracing: example input %d has shape %s but input 0 has batch %lld (dim 0 is the "
+                           "batch B, shared by every input)",
+                           i, shape_of(b, sizeof b, ex), (long long)examples[0]->shape[0]);
+        if (names && names[i] && !mj_ir_name_ok(names[i]))
+            return mj_fail(MJ_ERR_INVALID, "tracing: input name %d must be 1..%d printable ASCII characters", i,
+                           MJ_IR_MAX_NAME);
     }
-    if (example->shape[0] < 1)
-        return mj_fail(MJ_ERR_SHAPE, "tracing: the example input has batch 0; it needs >= 1");
     const char *cached_path = NULL;
     mj_module_walk(m, visit_cached, &cached_path);
     if (cached_path)
@@ -312,8 +338,8 @@ mj_status mj_trace_module(mj_module *m, const mj_tensor *example, mj_graph **out
                        cached_path[0] ? "module '" : "the root module", cached_path,
                        cached_path[0] ? "'" : "");
 
-    struct mj_tracer t = {.batch = example->shape[0]};
-    mj_status s = trace_run(&t, m, example);
+    struct mj_tracer t = {.batch = examples[0]->shape[0]};
+    mj_status s = trace_run(&t, m, n_in, examples, names);
     tls_tracer = NULL;
     if (s != MJ_OK) {
         mj_graph_free(t.g);
@@ -324,6 +350,12 @@ mj_status mj_trace_module(mj_module *m, const mj_tensor *example, mj_graph **out
     tracer_free(&t);
     *out = t.g;
     return MJ_OK;
+}
+
+mj_status mj_trace_module(mj_module *m, const mj_tensor *example, mj_graph **out) {
+    if (!m || !example || !out)
+        return mj_fail(MJ_ERR_INVALID, "tracing: module, example and out must not be NULL");
+    return mj_trace_module_n(m, 1, &example, NULL, out);
 }
 
 /* ---- check_inputs ------------------------------------------------------- */
