@@ -9,7 +9,9 @@
  * against naive loops written here. */
 #include <criterion/criterion.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
+#include <sys/wait.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -339,4 +341,160 @@ Test(graphs_io, compiled_outputs_alias_inputs_and_each_other) {
         mj_compiled_free(c);
     }
     mj_graph_free(g);
+}
+
+/* ---- the CLI -------------------------------------------------------------------- */
+
+static const char *const BIN = MJ_BUILD_ROOT "/maskjit";
+
+/* Runs `maskjit ARGS`; returns the exit status, stdout in *out (malloc'd)
+ * when out is not NULL. */
+static int run_cli(char **out, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int run_cli(char **out, const char *fmt, ...) {
+    char args[2048], cmd[2400];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(args, sizeof args, fmt, ap);
+    va_end(ap);
+    snprintf(cmd, sizeof cmd, "NO_COLOR=1 %s %s 2>&1", BIN, args);
+    FILE *p = popen(cmd, "r");
+    cr_assert_not_null(p);
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *mem = open_memstream(&buf, &len);
+    char chunk[4096];
+    size_t n;
+    while ((n = fread(chunk, 1, sizeof chunk, p)) > 0) fwrite(chunk, 1, n, mem);
+    fclose(mem);
+    int status = pclose(p);
+    if (out) *out = buf;
+    else free(buf);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128;
+}
+
+static mj_tensor *file_tensor(const char *path, const char *key) {
+    mj_tensor_dict *d;
+    OK(mj_safetensors_load(path, &d));
+    mj_tensor *t = mj_tensor_dict_get(d, key);
+    cr_assert_not_null(t, "%s has no %s", path, key);
+    mj_tensor_retain(t);
+    mj_tensor_dict_free(d);
+    return t;
+}
+
+static void save_tensors(const char *path, int n, const char *const *names, mj_tensor *const *t) {
+    mj_tensor_dict *d;
+    OK(mj_tensor_dict_new(&d));
+    for (int i = 0; i < n; i++) OK(mj_tensor_dict_set(d, names[i], t[i]));
+    OK(mj_safetensors_save(path, d));
+    mj_tensor_dict_free(d);
+}
+
+Test(graphs_io, cli_runs_two_input_two_output_traces, .timeout = 120) {
+    mj_rng rng;
+    mj_rng_seed(&rng, 5);
+    mj_module *m = two_io_model(&rng);
+    mj_tensor *ex[2] = {randn(&rng, 2, 3, 512, 0, 0), randn(&rng, 2, 3, 24, 0, 0)};
+    mj_graph *g = NULL;
+    OK(mj_trace_module_n(m, 2, (const mj_tensor *const *)ex, NULL, &g));
+    char trace[128], in[128], in2[128], out[128];
+    snprintf(trace, sizeof trace, "/tmp/mj-gio-%d-trace.safetensors", (int)getpid());
+    snprintf(in, sizeof in, "/tmp/mj-gio-%d-in.safetensors", (int)getpid());
+    snprintf(in2, sizeof in2, "/tmp/mj-gio-%d-in2.safetensors", (int)getpid());
+    snprintf(out, sizeof out, "/tmp/mj-gio-%d-out.safetensors", (int)getpid());
+    OK(mj_graph_save(g, trace));
+    mj_tensor *x[2] = {randn(&rng, 2, 4, 512, 0, 0), randn(&rng, 2, 4, 24, 0, 0)}, *want[2];
+    OK(mj_module_forward_n(m, 2, (const mj_tensor *const *)x, 2, want));
+    save_tensors(in, 2, (const char *const[]){"input.0", "input.1"}, x);
+    save_tensors(in2, 2, (const char *const[]){"a", "b"}, x);
+    const char *modes[] = {"--mode traced", "--mode compiled", "--mode compiled --frozen",
+                           "--mode compiled --threads 2"};
+    for (size_t k = 0; k < sizeof modes / sizeof modes[0]; k++) {
+        for (int named = 0; named < 2; named++) {
+            char *text = NULL;
+            int rc = run_cli(&text, "run %s --input %s %s %s --out %s", trace, named ? in2 : in,
+                             named ? "--input-name a --input-name b" : "", modes[k], out);
+            cr_assert_eq(rc, 0, "%s: %s", modes[k], text);
+            free(text);
+            for (int j = 0; j < 2; j++) {
+                char key[32];
+                snprintf(key, sizeof key, "output.%d", j);
+                mj_tensor *y = file_tensor(out, key);
+                expect_same(y, want[j], true, modes[k], j, 4);
+                mj_tensor_release(y);
+            }
+        }
+    }
+    char *text = NULL;
+    cr_assert_eq(run_cli(&text, "run %s --input %s --input-name a", trace, in2), 2);
+    cr_assert(strstr(text, "takes 2 inputs but --input-name is given 1 time"), "%s", text);
+    free(text);
+    cr_assert_eq(run_cli(&text, "run %s --mode compiled --batch 5", trace), 0, "random inputs");
+    cr_assert(strstr(text, "output.0") && strstr(text, "output.1"), "%s", text);
+    free(text);
+    cr_assert_eq(run_cli(&text, "check %s --input %s --inputs 2", trace, in), 0);
+    cr_assert(strstr(text, "PASS"), "%s", text);
+    free(text);
+    cr_assert_eq(run_cli(&text, "ir %s", trace), 0);
+    cr_assert(strstr(text, "%0 = input \"input.0\"") && strstr(text, "input \"input.1\""), "%s", text);
+    free(text);
+    cr_assert_eq(run_cli(&text, "asm %s --ir", trace), 0);
+    free(text);
+    cr_assert_eq(run_cli(&text, "trace %s -o %s", trace, out), 0, "re-saving a trace");
+    free(text);
+    unlink(trace);
+    unlink(in);
+    unlink(in2);
+    unlink(out);
+    release_all(x, 2);
+    release_all(want, 2);
+    release_all(ex, 2);
+    mj_graph_free(g);
+    mj_module_free(m);
+}
+
+/* A token-wise MLP on [B, seq, d]: the CLI takes rank-3 inputs. */
+static mj_status tokens_forward(mj_module *self, const mj_tensor *x, mj_tensor **y) {
+    mj_tensor *h = fwd(self, "fc1", x), *r;
+    OK(mj_gelu(&r, h));
+    *y = fwd(self, "fc2", r);
+    mj_tensor_release(h);
+    mj_tensor_release(r);
+    return MJ_OK;
+}
+
+Test(graphs_io, token_mlp_rank3_every_mode_and_cli, .timeout = 120) {
+    mj_rng rng;
+    mj_rng_seed(&rng, 6);
+    mj_module *m;
+    OK(mj_module_new(&m, "TokenMLP", tokens_forward, NULL, NULL));
+    OK(mj_module_add_child(m, "fc1", masked_linear(32, 96, true, 0.4, &rng)));
+    OK(mj_module_add_child(m, "fc2", masked_linear(96, 32, true, 0.4, &rng)));
+    mj_tensor *ex = randn(&rng, 3, 2, 7, 32, 0);
+    mj_graph *g = check_everywhere(m, 1, &ex, 6);
+    cr_assert_eq(mj_graph_input_rank(g, 0), 3);
+    char trace[128], in[128], out[128];
+    snprintf(trace, sizeof trace, "/tmp/mj-gio-%d-tok.safetensors", (int)getpid());
+    snprintf(in, sizeof in, "/tmp/mj-gio-%d-tokin.safetensors", (int)getpid());
+    snprintf(out, sizeof out, "/tmp/mj-gio-%d-tokout.safetensors", (int)getpid());
+    OK(mj_graph_save(g, trace));
+    mj_tensor *x = randn(&rng, 3, 5, 7, 32, 0), *want;
+    OK(mj_module_forward(m, x, &want));
+    save_tensors(in, 1, (const char *const[]){"input"}, &x);
+    char *text = NULL;
+    cr_assert_eq(run_cli(&text, "run %s --input %s --mode compiled --out %s", trace, in, out), 0, "%s", text);
+    free(text);
+    mj_tensor *y = file_tensor(out, "output");
+    expect_same(y, want, true, "cli rank 3", 0, 5);
+    mj_tensor_release(y);
+    cr_assert_eq(run_cli(&text, "check %s --inputs 2", trace), 0, "%s", text);
+    free(text);
+    unlink(trace);
+    unlink(in);
+    unlink(out);
+    mj_tensor_release(x);
+    mj_tensor_release(want);
+    mj_tensor_release(ex);
+    mj_graph_free(g);
+    mj_module_free(m);
 }

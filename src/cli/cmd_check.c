@@ -38,14 +38,15 @@ int cmd_check(int argc, char **argv) {
         "Exact paths must be bit-identical to eager, fast within rtol/atol; with an\n"
         "input file holding `expected` (e.g. from tools/export_torch.py) every path\n"
         "must also be within rtol/atol of it. Exit 0 on PASS, 1 on FAIL, 2 on bad usage.", NULL};
-    const char *weights = NULL, *input = NULL, *input_name = "input", *rtol_s = NULL,
-               *atol_s = NULL;
+    const char *weights = NULL, *input = NULL, *rtol_s = NULL, *atol_s = NULL;
+    cli_strings input_names = {0};
     int64_t n_random = 4, batch = 0, seed = 0;
     bool json = false;
     const cli_opt opts[] = {
         {"--weights", OPT_STRING, &weights, "safetensors file with the model's tensors"},
         {"--input", OPT_STRING, &input, "safetensors file with `input` (and `expected`)"},
-        {"--input-name", OPT_STRING, &input_name, "name of the input tensor (default input)"},
+        {"--input-name", OPT_STRINGS, &input_names,
+         "name of the input tensor (default: the model's input name); once per input"},
         {"--inputs", OPT_INT, &n_random, "number of extra random inputs (default 4)"},
         {"--batch", OPT_INT, &batch, "batch of random inputs (default: the input's, else 3)"},
         {"--rtol", OPT_STRING, &rtol_s, "relative tolerance (default 1.3e-6)"},
@@ -68,26 +69,39 @@ int cmd_check(int argc, char **argv) {
 
     cli_model cm;
     if ((rc = cli_model_load("check", pos[0], weights, (uint64_t)seed, &cm)) != CLI_OK) return rc;
-    mj_tensor *given = NULL, *expected = NULL;
+    mj_tensor *given[CLI_MAX_STRINGS] = {0}, *expected[CLI_MAX_STRINGS] = {0};
+    bool has_given = false;
     mj_tensor_dict *input_file = NULL;
+    int n_in = cli_model_input_count(&cm), n_out = cli_model_output_count(&cm);
     mj_jit *jit = NULL;
     mj_compiled *compiled[N_PATHS] = {0};
     path_result res[N_PATHS];
     memset(res, 0, sizeof res);
     int n_inputs = 0;
-    if (input) {
-        if ((rc = cli_load_input("check", input, input_name, &given, &input_file)) != CLI_OK)
+    if (n_in > CLI_MAX_STRINGS || n_out > CLI_MAX_STRINGS) {
+        rc = cli_error("check", CLI_FAIL, "%s has %d inputs and %d outputs; the CLI handles at most %d each",
+                       pos[0], n_in, n_out, CLI_MAX_STRINGS);
+        n_in = 0;
+        goto done;
+    }
+    if (input || (cm.exported && n_in == 1 &&
+                  mj_tensor_dict_get(cm.file, input_names.n ? input_names.v[0] : "input"))) {
+        /* a file's inputs (an export carries its input and PyTorch's expected output) */
+        if ((rc = cli_model_inputs("check", &cm, input, &input_names, 1, 0, given, &input_file)) != CLI_OK) {
+            n_in = 0;
             goto done;
-        expected = mj_tensor_dict_get(input_file, "expected");
-        if (batch == 0 && mj_tensor_rank(given) >= 1) batch = mj_tensor_dim(given, 0);
-    } else if (cm.exported && mj_tensor_dict_get(cm.file, input_name)) {
-        /* An export carries its input and PyTorch's expected output. */
-        given = mj_tensor_retain(mj_tensor_dict_get(cm.file, input_name));
-        expected = mj_tensor_dict_get(cm.file, "expected");
-        if (batch == 0 && mj_tensor_rank(given) >= 1) batch = mj_tensor_dim(given, 0);
+        }
+        has_given = true;
+        const mj_tensor_dict *ef = input ? input_file : cm.file;
+        for (int j = 0; j < n_out; j++) {
+            char nb[32];
+            snprintf(nb, sizeof nb, n_out == 1 ? "expected" : "expected.%d", j);
+            expected[j] = mj_tensor_dict_get(ef, nb);
+        }
+        if (batch == 0 && mj_tensor_rank(given[0]) >= 1) batch = mj_tensor_dim(given[0], 0);
     }
     if (batch == 0) batch = 3;
-    if (!given && n_random == 0) {
+    if (!has_given && n_random == 0) {
         rc = cli_error("check", CLI_USAGE, "nothing to check: give --input or --inputs N > 0");
         goto done;
     }
@@ -115,42 +129,46 @@ int cmd_check(int argc, char **argv) {
      * interpreter replay is the reference instead. */
     int ref_path = cm.module ? PATH_EAGER : PATH_TRACED;
     for (int64_t k = -1; k < n_random; k++) {
-        mj_tensor *x = NULL, *ys[N_PATHS] = {0};
+        mj_tensor *x[CLI_MAX_STRINGS] = {0}, *ys[N_PATHS][CLI_MAX_STRINGS] = {{0}};
         if (k < 0) {
-            if (!given) continue;
-            x = mj_tensor_retain(given);
-        } else if ((rc = cli_random_input("check", batch, cm.in_features, (uint64_t)seed + 100 + k,
-                                          &x)) != CLI_OK) {
+            if (!has_given) continue;
+            for (int i = 0; i < n_in; i++) x[i] = mj_tensor_retain(given[i]);
+        } else if ((rc = cli_model_inputs("check", &cm, NULL, NULL, batch, (uint64_t)seed + 100 + k, x, NULL)) !=
+                   CLI_OK) {
             goto done;
         }
         n_inputs++;
+        const mj_tensor *const *xc = (const mj_tensor *const *)x;
         for (int p = 0; p < N_PATHS && rc == CLI_OK; p++) {
             if (!res[p].ran) continue;
             mj_status s = MJ_OK;
-            if (p == PATH_EAGER) s = mj_module_forward(cm.module, x, &ys[p]);
-            else if (p == PATH_TRACED) s = mj_graph_run(cm.graph, x, &ys[p]);
-            else s = mj_compiled_run(compiled[p], x, &ys[p]);
+            if (p == PATH_EAGER) s = mj_module_forward_n(cm.module, n_in, xc, n_out, ys[p]);
+            else if (p == PATH_TRACED) s = mj_graph_run_n(cm.graph, n_in, xc, n_out, ys[p]);
+            else s = mj_compiled_run_n(compiled[p], n_in, xc, n_out, ys[p]);
             if (s != MJ_OK) rc = cli_mj_error("check", path_names[p]);
         }
         for (int p = 0; p < N_PATHS && rc == CLI_OK; p++) {
             if (!res[p].ran) continue;
-            mj_compare c = mj_tensor_compare(ys[p], ys[ref_path], rtol, atol);
-            merge(&res[p], &c, ys[p], ys[ref_path]);
-            if (k < 0 && expected) {
-                mj_compare e = mj_tensor_compare(ys[p], expected, rtol, atol);
-                res[p].has_expected = true;
-                res[p].exp_abs = fmax(res[p].exp_abs, e.max_abs);
-                res[p].exp_rel = fmax(res[p].exp_rel, e.max_rel);
-                res[p].exp_close = e.close;
-                if (!e.close && !res[p].detail[0]) {
-                    char d[200];
-                    mj_compare_describe(&e, ys[p], expected, d, sizeof d);
-                    snprintf(res[p].detail, sizeof res[p].detail, "vs expected: %s", d);
+            for (int j = 0; j < n_out; j++) {
+                mj_compare c = mj_tensor_compare(ys[p][j], ys[ref_path][j], rtol, atol);
+                merge(&res[p], &c, ys[p][j], ys[ref_path][j]);
+                if (k < 0 && expected[j]) {
+                    mj_compare e = mj_tensor_compare(ys[p][j], expected[j], rtol, atol);
+                    res[p].has_expected = true;
+                    res[p].exp_abs = fmax(res[p].exp_abs, e.max_abs);
+                    res[p].exp_rel = fmax(res[p].exp_rel, e.max_rel);
+                    res[p].exp_close = res[p].exp_close && e.close;
+                    if (!e.close && !res[p].detail[0]) {
+                        char d[200];
+                        mj_compare_describe(&e, ys[p][j], expected[j], d, sizeof d);
+                        snprintf(res[p].detail, sizeof res[p].detail, "vs expected: %s", d);
+                    }
                 }
             }
         }
-        for (int p = 0; p < N_PATHS; p++) mj_tensor_release(ys[p]);
-        mj_tensor_release(x);
+        for (int p = 0; p < N_PATHS; p++)
+            for (int j = 0; j < n_out; j++) mj_tensor_release(ys[p][j]);
+        for (int i = 0; i < n_in; i++) mj_tensor_release(x[i]);
         if (rc != CLI_OK) goto done;
     }
 
@@ -211,7 +229,7 @@ int cmd_check(int argc, char **argv) {
 done:
     for (int p = 0; p < N_PATHS; p++) mj_compiled_free(compiled[p]);
     mj_jit_free(jit);
-    mj_tensor_release(given);
+    for (int i = 0; i < n_in; i++) mj_tensor_release(given[i]);
     mj_tensor_dict_free(input_file);
     cli_model_free(&cm);
     return rc;
