@@ -395,6 +395,94 @@ out:
     return s;
 }
 
+/* ---- shape attributes: {perm=[...]}, {dim0=, dim1=}, {dim=, start=, end=} ---- */
+
+enum { SA_PERM = 1, SA_DIM0 = 2, SA_DIM1 = 4, SA_DIM = 8, SA_START = 16, SA_END = 32 };
+
+static mj_status parse_int(parser *p, int64_t lo, int64_t hi, const char *what, int64_t *out) {
+    int l = p->line, c = p->col;
+    bool neg = peek(p) == '-';
+    if (neg) advance(p);
+    int64_t v;
+    MJ_TRY(parse_uint(p, INT64_MAX / 2, what, &v));
+    if (neg) v = -v;
+    if (v < lo || v > hi)
+        return err_at(p, l, c, "%s is %lld, outside %lld..%lld", what, (long long)v, (long long)lo, (long long)hi);
+    *out = v;
+    return MJ_OK;
+}
+
+static mj_status parse_shape_attr(parser *p, mj_op op, const char *key, int kl, int kc, mj_shape_attrs *sa,
+                                  unsigned *seen) {
+    static const struct {
+        const char *key;
+        unsigned bit;
+        unsigned ops; /* bit per op that takes it */
+    } keys[] = {
+        {"perm", SA_PERM, 1u << MJ_OP_PERMUTE},
+        {"dim0", SA_DIM0, 1u << MJ_OP_TRANSPOSE},
+        {"dim1", SA_DIM1, 1u << MJ_OP_TRANSPOSE},
+        {"dim", SA_DIM, 1u << MJ_OP_SLICE | 1u << MJ_OP_CAT},
+        {"start", SA_START, 1u << MJ_OP_SLICE},
+        {"end", SA_END, 1u << MJ_OP_SLICE},
+    };
+    _Static_assert(MJ_OP_COUNT <= 32, "op bit sets");
+    unsigned bit = 0;
+    for (size_t k = 0; k < sizeof keys / sizeof keys[0]; k++)
+        if (strcmp(key, keys[k].key) == 0 && (keys[k].ops >> op & 1u)) bit = keys[k].bit;
+    if (!bit) return err_at(p, kl, kc, "%s takes no attribute '%s'", mj_op_table[op].name, key);
+    if (*seen & bit) return err_at(p, kl, kc, "attribute '%s' given twice", key);
+    *seen |= bit;
+    int64_t v;
+    switch (bit) {
+    case SA_PERM: {
+        MJ_TRY(expect_char(p, '[', "'[' starting the perm list"));
+        for (int d = 0;; d++) {
+            skip_blanks(p);
+            if (d == MJ_MAX_RANK) return expected(p, "']' (a perm has at most 4 entries)");
+            MJ_TRY(parse_int(p, -MJ_MAX_RANK, MJ_MAX_RANK - 1, "a perm entry", &v));
+            sa->perm[d] = (int8_t)v;
+            skip_blanks(p);
+            if (peek(p) == ',') {
+                advance(p);
+                continue;
+            }
+            MJ_TRY(expect_char(p, ']', "',' or ']' in the perm list"));
+            return MJ_OK;
+        }
+    }
+    case SA_DIM0:
+    case SA_DIM1:
+    case SA_DIM:
+        MJ_TRY(parse_int(p, -MJ_MAX_RANK, MJ_MAX_RANK - 1, key, &v));
+        *(bit == SA_DIM0 ? &sa->dim0 : bit == SA_DIM1 ? &sa->dim1 : &sa->dim) = (int8_t)v;
+        return MJ_OK;
+    default:
+        MJ_TRY(parse_int(p, 0, MJ_MAX_NUMEL, key, &v));
+        *(bit == SA_START ? &sa->start : &sa->end) = v;
+        return MJ_OK;
+    }
+}
+
+/* Required attributes present; a transpose names both dims or neither. */
+static mj_status check_shape_attrs(parser *p, mj_op op, unsigned seen, mj_shape_attrs *sa) {
+    unsigned need = op == MJ_OP_PERMUTE ? SA_PERM
+                    : op == MJ_OP_SLICE ? SA_DIM | SA_START | SA_END
+                    : op == MJ_OP_CAT   ? SA_DIM
+                                        : 0;
+    if (op == MJ_OP_TRANSPOSE && seen) need = SA_DIM0 | SA_DIM1;
+    if ((seen & need) != need) {
+        const char *what = op == MJ_OP_PERMUTE ? "{perm=[...]}"
+                           : op == MJ_OP_SLICE ? "{dim=D, start=S, end=E}"
+                           : op == MJ_OP_CAT   ? "{dim=D}"
+                                               : "both dim0 and dim1";
+        return expected(p, what);
+    }
+    if (op == MJ_OP_TRANSPOSE && seen && sa->dim0 == sa->dim1)
+        return expected(p, "two different dims in {dim0=, dim1=}");
+    return MJ_OK;
+}
+
 static mj_status parse_op(parser *p, mj_op op, int op_line, int op_col) {
     const mj_op_info *info = &mj_op_table[op];
     int32_t operands[MJ_MAX_OPERANDS];
@@ -420,39 +508,61 @@ static mj_status parse_op(parser *p, mj_op op, int op_line, int op_col) {
                       info->min_operands, n, found(p, buf, sizeof buf));
     }
     mj_act act = MJ_ACT_NONE;
+    mj_shape_attrs sa;
+    memset(&sa, 0, sizeof sa);
+    bool has_act = false;
+    unsigned seen = 0; /* shape attributes given, bit per key */
     skip_blanks(p);
     if (peek(p) == '{') {
-        int al = p->line, ac = p->col;
-        if (!(info->flags & MJ_OPF_ACT_ATTR))
-            return err_at(p, al, ac, "%s takes no {act=...} attribute, found '{'", info->name);
+        int bl = p->line, bc = p->col;
         advance(p);
-        size_t st, len;
-        skip_blanks(p);
-        if (strncmp(p->s + p->pos, "act", 3) != 0) return expected(p, "'act'");
-        parse_ident(p, &st, &len);
-        if (len != 3) return err_at(p, al, ac, "expected '{act=NAME}'");
-        MJ_TRY(expect_char(p, '=', "'='"));
-        skip_blanks(p);
-        int nl = p->line, nc = p->col;
-        parse_ident(p, &st, &len);
-        char an[32];
-        if (len == 0) return expected(p, "an activation name");
-        if (len >= sizeof an) len = sizeof an - 1;
-        memcpy(an, p->s + st, len);
-        an[len] = '\0';
-        if (mj_act_parse(an, &act) != MJ_OK || act == MJ_ACT_NONE)
-            return err_at(p, nl, nc, "expected an activation (relu, gelu, gelu_tanh, sigmoid, tanh), found '%s'", an);
-        MJ_TRY(expect_char(p, '}', "'}'"));
-    } else if (info->flags & MJ_OPF_ACT_ATTR) {
-        return expected(p, "an {act=...} attribute");
+        for (;;) {
+            size_t st, len;
+            skip_blanks(p);
+            int kl = p->line, kc = p->col;
+            parse_ident(p, &st, &len);
+            if (len == 0) return expected(p, "an attribute name");
+            char key[16];
+            if (len >= sizeof key) len = sizeof key - 1;
+            memcpy(key, p->s + st, len);
+            key[len] = '\0';
+            MJ_TRY(expect_char(p, '=', "'='"));
+            skip_blanks(p);
+            if (strcmp(key, "act") == 0) {
+                if (!(info->flags & MJ_OPF_ACT_ATTR))
+                    return err_at(p, bl, bc, "%s takes no {act=...} attribute, found '{'", info->name);
+                if (has_act) return err_at(p, kl, kc, "attribute 'act' given twice");
+                has_act = true;
+                int nl = p->line, nc = p->col;
+                parse_ident(p, &st, &len);
+                char an[32];
+                if (len == 0) return expected(p, "an activation name");
+                if (len >= sizeof an) len = sizeof an - 1;
+                memcpy(an, p->s + st, len);
+                an[len] = '\0';
+                if (mj_act_parse(an, &act) != MJ_OK || act == MJ_ACT_NONE)
+                    return err_at(p, nl, nc, "expected an activation (relu, gelu, gelu_tanh, sigmoid, tanh), found '%s'", an);
+            } else {
+                MJ_TRY(parse_shape_attr(p, op, key, kl, kc, &sa, &seen));
+            }
+            skip_blanks(p);
+            if (peek(p) == ',') {
+                advance(p);
+                continue;
+            }
+            MJ_TRY(expect_char(p, '}', "',' or '}'"));
+            break;
+        }
     }
+    if ((info->flags & MJ_OPF_ACT_ATTR) && !has_act) return expected(p, "an {act=...} attribute");
+    MJ_TRY(check_shape_attrs(p, op, seen, &sa));
     MJ_TRY(expect_char(p, ':', "':' and a type"));
     skip_blanks(p);
     int tl = p->line, tc = p->col;
     mj_type type;
     MJ_TRY(parse_type(p, &type, true));
     MJ_TRY(expect_eol(p));
-    mj_status s = mj_graph_add_op(p->g, op, n, operands, act, &type, NULL);
+    mj_status s = mj_graph_add_op_sa(p->g, op, n, operands, act, &sa, &type, NULL);
     if (s != MJ_OK) {
         (void)op_line;
         (void)op_col;

@@ -1,5 +1,5 @@
 /* Common subexpression elimination: a node equal to an earlier one (same
- * op, act, type and operands) is replaced by it. Commutative ops (the op
+ * op, act, shape attributes, type and operands) is replaced by it. Commutative ops (the op
  * table's MJ_OPF_COMMUTATIVE: bitwise commutative) compare their operands
  * in canonical (sorted) order, so mul(a, b) and mul(b, a) merge. Leaves
  * merge only when op, name and bound tensor agree; inputs never merge (each
@@ -31,12 +31,14 @@ static uint64_t node_hash(const mj_node *n) {
     int32_t ops[MJ_MAX_OPERANDS];
     canonical_operands(n, ops);
     for (int k = 0; k < n->n_operands; k++) h = mix(h, (uint64_t)ops[k]);
+    h = mix(h, (uint64_t)n->sa.start ^ ((uint64_t)n->sa.end << 20) ^ ((uint64_t)(uint8_t)n->sa.dim << 56));
     return h;
 }
 
 static bool node_equal(const mj_node *a, const mj_node *b) {
     if (a->op != b->op || a->act != b->act || a->n_operands != b->n_operands) return false;
     if (!mj_type_equal(&a->type, &b->type)) return false;
+    if (memcmp(&a->sa, &b->sa, sizeof a->sa) != 0) return false; /* slices of one value differ */
     if (mj_op_table[a->op].flags & MJ_OPF_LEAF)
         return a->name && b->name && strcmp(a->name, b->name) == 0 && a->tensor == b->tensor;
     int32_t x[MJ_MAX_OPERANDS] = {0}, y[MJ_MAX_OPERANDS] = {0};

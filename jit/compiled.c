@@ -630,8 +630,25 @@ static mj_status runtime_init(mj_compiled *c) {
         const mj_node *n = &g->nodes[i];
         if (c->input_free[i] || n->op == MJ_OP_INPUT) continue;
         bool rows_ok = b_at_dim0_only(&n->type);
-        if (n->op == MJ_OP_TRANSPOSE) rows_ok = false;
-        if (n->op == MJ_OP_MATMUL || n->op == MJ_OP_LINEAR || n->op == MJ_OP_LINEAR_ACT) {
+        /* shape ops keep rows apart when dim 0 (the batch) stays put and
+         * every operand that depends on the input has B there too */
+        if (n->op == MJ_OP_TRANSPOSE) rows_ok = rows_ok && n->sa.dim0 != 0;
+        if (n->op == MJ_OP_PERMUTE) rows_ok = rows_ok && n->sa.perm[0] == 0;
+        if (n->op == MJ_OP_SLICE || n->op == MJ_OP_CAT) rows_ok = rows_ok && n->sa.dim != 0;
+        if (n->op == MJ_OP_MATMUL) { /* batched: b[B, ...] with the same rank, or input-free */
+            for (int k = 0; k < 2; k++) {
+                const mj_type *t = &g->nodes[n->operands[k]].type;
+                rows_ok = rows_ok && (c->input_free[n->operands[k]] || (t->rank == n->type.rank && b_at_dim0_only(t)));
+            }
+            rows_ok = rows_ok && n->type.rank > 2;
+            const mj_type *ta = &g->nodes[n->operands[0]].type;
+            int64_t yr = type_row(&n->type), K = ta->dims[ta->rank - 1];
+            if (n->type.rank > 2 && yr > 0 && K > 0) c->row_flops += 2.0 * (double)yr * (double)K;
+        }
+        if (n->op == MJ_OP_SLICE || n->op == MJ_OP_CAT || n->op == MJ_OP_TRANSPOSE || n->op == MJ_OP_PERMUTE)
+            for (int k = 0; k < n->n_operands; k++)
+                rows_ok = rows_ok && b_at_dim0_only(&g->nodes[n->operands[k]].type);
+        if (n->op == MJ_OP_LINEAR || n->op == MJ_OP_LINEAR_ACT || (n->op == MJ_OP_MATMUL && n->type.rank == 2)) {
             for (int k = 1; k < n->n_operands; k++) rows_ok = rows_ok && c->input_free[n->operands[k]];
             int64_t xr = type_row(&g->nodes[n->operands[0]].type);
             int64_t K = g->nodes[n->operands[0]].type.dims[g->nodes[n->operands[0]].type.rank - 1];

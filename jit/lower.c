@@ -460,27 +460,113 @@ static void emit_linear(lw *w, int32_t id) {
                  bias, act);
 }
 
+/* matmul a[..., M, K] @ b[..., K, N]: per matrix of the (broadcast) batch
+ * dims, emit_dot's i, k, j order, each element +0.0f then + a*b for k
+ * ascending, as mj_matmul. */
 static void emit_matmul(lw *w, int32_t id) {
-    const mj_graph *g = w->p->g;
-    const mj_node *n = &g->nodes[id];
-    const mj_type *at_ = &g->nodes[n->operands[0]].type, *bt = &g->nodes[n->operands[1]].type;
-    LLVMValueRef M = dimv(w, at_->dims[0]), K = dimv(w, at_->dims[1]), N = dimv(w, bt->dims[1]);
-    emit_dot(w, w->buf[id], w->buf[n->operands[0]], w->buf[n->operands[1]], M, K, N, N, ci(w, 1), true, NULL,
-             MJ_ACT_NONE);
-}
-
-static void emit_transpose(lw *w, int32_t id) {
     w->loops = true;
     const mj_graph *g = w->p->g;
     const mj_node *n = &g->nodes[id];
-    const mj_type *t = &g->nodes[n->operands[0]].type;
-    LLVMValueRef R = dimv(w, t->dims[0]), C = dimv(w, t->dims[1]);
-    loop lr = loop_begin(w, R);
-    loop lc = loop_begin(w, C);
-    LLVMValueRef v = load(w, w->buf[n->operands[0]], add(w, mul(w, lr.iv, C), lc.iv));
-    store(w, v, w->buf[id], add(w, mul(w, lc.iv, R), lr.iv));
-    loop_end(w, &lc);
-    loop_end(w, &lr);
+    const mj_type *ta = &g->nodes[n->operands[0]].type, *tb = &g->nodes[n->operands[1]].type, *to = &n->type;
+    LLVMValueRef M = dimv(w, ta->dims[ta->rank - 2]), K = dimv(w, ta->dims[ta->rank - 1]);
+    LLVMValueRef N = dimv(w, tb->dims[tb->rank - 1]);
+    int nb = to->rank - 2;
+    /* per output batch dim: strides of a, b (0 where broadcast) and y */
+    LLVMValueRef sa[2], sb[2], sy[2], ea = mul(w, M, K), eb = mul(w, K, N), ey = mul(w, M, N);
+    for (int d = nb - 1; d >= 0; d--) {
+        int da = d - (nb - (ta->rank - 2)), db = d - (nb - (tb->rank - 2));
+        sy[d] = ey;
+        ey = mul(w, ey, dimv(w, to->dims[d]));
+        sa[d] = da >= 0 && ta->dims[da] == to->dims[d] ? ea : ci(w, 0);
+        if (da >= 0) ea = mul(w, ea, dimv(w, ta->dims[da]));
+        sb[d] = db >= 0 && tb->dims[db] == to->dims[d] ? eb : ci(w, 0);
+        if (db >= 0) eb = mul(w, eb, dimv(w, tb->dims[db]));
+    }
+    loop lb[2];
+    LLVMValueRef oa = ci(w, 0), ob = ci(w, 0), oy = ci(w, 0);
+    for (int d = 0; d < nb; d++) {
+        lb[d] = loop_begin(w, dimv(w, to->dims[d]));
+        oa = add(w, oa, mul(w, lb[d].iv, sa[d]));
+        ob = add(w, ob, mul(w, lb[d].iv, sb[d]));
+        oy = add(w, oy, mul(w, lb[d].iv, sy[d]));
+    }
+    emit_dot(w, at(w, w->buf[id], oy), at(w, w->buf[n->operands[0]], oa), at(w, w->buf[n->operands[1]], ob), M, K,
+             N, N, ci(w, 1), true, NULL, MJ_ACT_NONE);
+    for (int d = nb - 1; d >= 0; d--) loop_end(w, &lb[d]);
+}
+
+/* transpose / permute: output dim d walks operand dim perm[d]. */
+static void emit_permute(lw *w, int32_t id) {
+    w->loops = true;
+    const mj_graph *g = w->p->g;
+    const mj_node *n = &g->nodes[id];
+    const mj_type *t = &g->nodes[n->operands[0]].type, *to = &n->type;
+    int perm[MJ_MAX_RANK];
+    for (int d = 0; d < t->rank; d++) perm[d] = n->op == MJ_OP_PERMUTE ? n->sa.perm[d] : d;
+    if (n->op == MJ_OP_TRANSPOSE) {
+        perm[n->sa.dim0] = n->sa.dim1;
+        perm[n->sa.dim1] = n->sa.dim0;
+    }
+    LLVMValueRef xs[MJ_MAX_RANK], s = ci(w, 1);
+    for (int d = t->rank - 1; d >= 0; d--) {
+        xs[d] = s;
+        s = mul(w, s, dimv(w, t->dims[d]));
+    }
+    loop l[MJ_MAX_RANK];
+    LLVMValueRef src = ci(w, 0), dst = ci(w, 0);
+    for (int d = 0; d < to->rank; d++) {
+        l[d] = loop_begin(w, dimv(w, to->dims[d]));
+        src = add(w, src, mul(w, l[d].iv, xs[perm[d]]));
+        dst = add(w, mul(w, dst, dimv(w, to->dims[d])), l[d].iv);
+    }
+    store(w, load(w, w->buf[n->operands[0]], src), w->buf[id], dst);
+    for (int d = to->rank - 1; d >= 0; d--) loop_end(w, &l[d]);
+}
+
+/* dims [0, dim) and (dim, rank) of t as two products */
+static void outer_inner(lw *w, const mj_type *t, int dim, LLVMValueRef *outer, LLVMValueRef *inner) {
+    *outer = dims_product(w, t, 0, dim);
+    *inner = dims_product(w, t, dim + 1, t->rank);
+}
+
+/* slice: per outer index, (end - start) * inner floats from start * inner. */
+static void emit_slice(lw *w, int32_t id) {
+    w->loops = true;
+    const mj_node *n = &w->p->g->nodes[id];
+    const mj_type *t = &w->p->g->nodes[n->operands[0]].type;
+    LLVMValueRef outer, inner;
+    outer_inner(w, t, n->sa.dim, &outer, &inner);
+    LLVMValueRef size = ci(w, t->dims[n->sa.dim]); /* concrete: the verifier refuses slicing B */
+    LLVMValueRef len = mul(w, ci(w, n->sa.end - n->sa.start), inner);
+    loop lo = loop_begin(w, outer);
+    LLVMValueRef src = at(w, w->buf[n->operands[0]], mul(w, add(w, mul(w, lo.iv, size), ci(w, n->sa.start)), inner));
+    LLVMValueRef dst = at(w, w->buf[id], mul(w, lo.iv, len));
+    loop li = loop_begin(w, len);
+    store(w, load(w, src, li.iv), dst, li.iv);
+    loop_end(w, &li);
+    loop_end(w, &lo);
+}
+
+/* cat: operand k's rows go to columns [at_k, at_k + len_k) of each output row. */
+static void emit_cat(lw *w, int32_t id) {
+    w->loops = true;
+    const mj_node *n = &w->p->g->nodes[id];
+    LLVMValueRef outer, inner;
+    outer_inner(w, &n->type, n->sa.dim, &outer, &inner);
+    LLVMValueRef row = mul(w, ci(w, n->type.dims[n->sa.dim]), inner);
+    int64_t at0 = 0;
+    for (int k = 0; k < n->n_operands; k++) {
+        int64_t dk = w->p->g->nodes[n->operands[k]].type.dims[n->sa.dim];
+        LLVMValueRef len = mul(w, ci(w, dk), inner);
+        loop lo = loop_begin(w, outer);
+        LLVMValueRef src = at(w, w->buf[n->operands[k]], mul(w, lo.iv, len));
+        LLVMValueRef dst = at(w, w->buf[id], add(w, mul(w, lo.iv, row), mul(w, ci(w, at0), inner)));
+        loop li = loop_begin(w, len);
+        store(w, load(w, src, li.iv), dst, li.iv);
+        loop_end(w, &li);
+        loop_end(w, &lo);
+        at0 += dk;
+    }
 }
 
 static void emit_copy(lw *w, LLVMValueRef dst, LLVMValueRef src, LLVMValueRef n) {
@@ -1200,7 +1286,10 @@ mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan 
         case MJ_OP_LINEAR:
         case MJ_OP_LINEAR_ACT: emit_linear(&w, i); break;
         case MJ_OP_EXPAND: emit_expand(&w, i); break;
-        case MJ_OP_TRANSPOSE: emit_transpose(&w, i); break;
+        case MJ_OP_TRANSPOSE:
+        case MJ_OP_PERMUTE: emit_permute(&w, i); break;
+        case MJ_OP_SLICE: emit_slice(&w, i); break;
+        case MJ_OP_CAT: emit_cat(&w, i); break;
         default:
             if (mj_op_table[n->op].flags & MJ_OPF_ELEMENTWISE) emit_elementwise(&w, i);
             else s = mj_fail(MJ_ERR_UNSUPPORTED, "jit: no lowering for op %s", mj_op_table[n->op].name);

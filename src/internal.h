@@ -71,6 +71,10 @@ struct mj_tracer *mj_trace_active(void);
 mj_status mj_trace_record(int op, int n_in, const mj_tensor *const *in, mj_act act,
                           const mj_tensor *out);
 void mj_trace_note_data_read(const mj_tensor *t);
+/* The same for ops with shape attributes (ir/ir.h mj_shape_attrs). */
+struct mj_shape_attrs;
+mj_status mj_trace_record_sa(int op, int n_in, const mj_tensor *const *in, mj_act act,
+                             const struct mj_shape_attrs *sa, const mj_tensor *out);
 
 /* Internal access to a parametrization's buffers (for module.c / state dicts) */
 int mj_parametrization_buffer_count(const mj_parametrization *p);

@@ -145,8 +145,22 @@ static bool is_op_value(const struct mj_tracer *t, int32_t id) {
     return !(mj_op_table[t->g->nodes[id].op].flags & MJ_OPF_LEAF);
 }
 
+/* Where the batch B goes in a reshape's result: the dim (of size batch)
+ * whose elements before it are the operand's before its B, as PyTorch
+ * keeps the batch in a view that does not merge or split it; -1 if none. */
+static int reshape_batch_dim(const mj_type *in, const mj_tensor *out, int64_t batch) {
+    int64_t before = 1;
+    for (int d = 0; d < in->rank && in->dims[d] != MJ_DIM_BATCH; d++) before *= in->dims[d];
+    int64_t acc = 1;
+    for (int d = 0; d < out->rank; d++) {
+        if (acc == before && out->shape[d] == batch) return d;
+        acc *= out->shape[d];
+    }
+    return -1;
+}
+
 static mj_status record(struct mj_tracer *t, int op, int n_in, const mj_tensor *const *in,
-                        mj_act act, const mj_tensor *out) {
+                        mj_act act, const mj_shape_attrs *sa, const mj_tensor *out) {
     MJ_ASSERT(op == -1 || (op >= 0 && op < MJ_OP_COUNT));
     MJ_ASSERT(n_in >= 1 && n_in <= MJ_MAX_OPERANDS && in && out);
     int32_t ids[MJ_MAX_OPERANDS];
@@ -164,18 +178,19 @@ static mj_status record(struct mj_tracer *t, int op, int n_in, const mj_tensor *
     if (op == MJ_OP_RESHAPE) {
         memcpy(declared.dims, out->shape, sizeof(int64_t) * (size_t)out->rank);
         if (mj_type_has_batch(&t->g->nodes[ids[0]].type)) {
-            if (out->shape[0] != t->batch)
+            int bd = reshape_batch_dim(&t->g->nodes[ids[0]].type, out, t->batch);
+            if (bd < 0)
                 return mj_fail(MJ_ERR_SHAPE,
-                               "reshape would not generalise over the batch: %s -> %s moves "
-                               "the batch dim (traced batch %lld)",
+                               "reshape would not generalise over the batch: %s -> %s merges or "
+                               "splits the batch dim (traced batch %lld)",
                                mj_type_str(b1, sizeof b1, &t->g->nodes[ids[0]].type),
                                shape_of(b2, sizeof b2, out), (long long)t->batch);
-            declared.dims[0] = MJ_DIM_BATCH;
+            declared.dims[bd] = MJ_DIM_BATCH;
         }
         decl = &declared;
     }
     int32_t id;
-    mj_status s = mj_graph_add_op(t->g, (mj_op)op, n_in, ids, act, decl, &id);
+    mj_status s = mj_graph_add_op_sa(t->g, (mj_op)op, n_in, ids, act, sa, decl, &id);
     if (s == MJ_ERR_SHAPE || s == MJ_ERR_INVALID)
         return mj_fail_prefix(s, "%s: the trace would not generalise over the batch dim B "
                                  "(traced at batch %lld)",
@@ -197,11 +212,16 @@ static mj_status record(struct mj_tracer *t, int op, int n_in, const mj_tensor *
 
 mj_status mj_trace_record(int op, int n_in, const mj_tensor *const *in, mj_act act,
                           const mj_tensor *out) {
+    return mj_trace_record_sa(op, n_in, in, act, NULL, out);
+}
+
+mj_status mj_trace_record_sa(int op, int n_in, const mj_tensor *const *in, mj_act act, const mj_shape_attrs *sa,
+                             const mj_tensor *out) {
     struct mj_tracer *t = tls_tracer;
     if (!t || t->busy) return MJ_OK;
     if (t->error != MJ_OK) return mj_fail(t->error, "%s", t->error_msg);
     t->busy = true;
-    mj_status s = record(t, op, n_in, in, act, out);
+    mj_status s = record(t, op, n_in, in, act, sa, out);
     t->busy = false;
     if (s != MJ_OK) tracer_fail(t, s);
     return s;

@@ -498,3 +498,296 @@ Test(graphs_io, token_mlp_rank3_every_mode_and_cli, .timeout = 120) {
     mj_graph_free(g);
     mj_module_free(m);
 }
+
+/* ---- eager shape kernels against naive loops --------------------------------------- */
+
+/* flat index of idx in a contiguous shape */
+static int64_t flat(int rank, const int64_t *shape, const int64_t *idx) {
+    int64_t f = 0;
+    for (int d = 0; d < rank; d++) f = f * shape[d] + idx[d];
+    return f;
+}
+
+/* next multi-index in row-major order; false after the last */
+static bool next_index(int rank, const int64_t *shape, int64_t *idx) {
+    for (int d = rank - 1; d >= 0; d--) {
+        if (++idx[d] < shape[d]) return true;
+        idx[d] = 0;
+    }
+    return false;
+}
+
+static void check_matmul_naive(mj_rng *rng, int ra, const int64_t *sa, int rb, const int64_t *sb) {
+    mj_tensor *a, *b, *y;
+    OK(mj_tensor_randn(&a, ra, sa, rng));
+    OK(mj_tensor_randn(&b, rb, sb, rng));
+    OK(mj_matmul(&y, a, b));
+    int ry = mj_tensor_rank(y);
+    const int64_t *sy = mj_tensor_shape(y);
+    int64_t M = sa[ra - 2], K = sa[ra - 1], N = sb[rb - 1];
+    cr_assert_eq(sy[ry - 2], M);
+    cr_assert_eq(sy[ry - 1], N);
+    int64_t idx[4] = {0};
+    do {
+        /* batch index of a and b: right-aligned, 0 where their dim is 1 */
+        int64_t ia[4] = {0}, ib[4] = {0};
+        for (int d = 0; d < ra - 2; d++) ia[d] = sa[d] == 1 ? 0 : idx[d + (ry - ra)];
+        for (int d = 0; d < rb - 2; d++) ib[d] = sb[d] == 1 ? 0 : idx[d + (ry - rb)];
+        float acc = 0.0f;
+        for (int64_t k = 0; k < K; k++) {
+            ia[ra - 2] = idx[ry - 2];
+            ia[ra - 1] = k;
+            ib[rb - 2] = k;
+            ib[rb - 1] = idx[ry - 1];
+            acc = acc + mj_tensor_data(a)[flat(ra, sa, ia)] * mj_tensor_data(b)[flat(rb, sb, ib)];
+        }
+        float got = mj_tensor_data(y)[flat(ry, sy, idx)];
+        cr_assert(memcmp(&acc, &got, 4) == 0, "matmul element differs: %g vs %g", (double)got, (double)acc);
+    } while (next_index(ry, sy, idx));
+    mj_tensor_release(a);
+    mj_tensor_release(b);
+    mj_tensor_release(y);
+}
+
+Test(graphs_io, eager_shape_ops_match_naive_loops) {
+    mj_rng rng;
+    mj_rng_seed(&rng, 7);
+    check_matmul_naive(&rng, 4, (int64_t[]){2, 3, 4, 5}, 4, (int64_t[]){2, 3, 5, 6});
+    check_matmul_naive(&rng, 4, (int64_t[]){2, 3, 4, 5}, 3, (int64_t[]){3, 5, 2});
+    check_matmul_naive(&rng, 3, (int64_t[]){3, 4, 5}, 2, (int64_t[]){5, 7});
+    check_matmul_naive(&rng, 2, (int64_t[]){4, 5}, 4, (int64_t[]){2, 1, 5, 3});
+    check_matmul_naive(&rng, 4, (int64_t[]){2, 1, 4, 5}, 3, (int64_t[]){3, 5, 2});
+    check_matmul_naive(&rng, 2, (int64_t[]){3, 0}, 2, (int64_t[]){0, 2}); /* empty sum: +0 */
+
+    mj_tensor *x = randn(&rng, 4, 2, 3, 4, 5), *y;
+    const int64_t *sx = mj_tensor_shape(x);
+    /* permute: y[i0,i1,i2,i3] = x[i at perm] */
+    int perm[4] = {2, 0, 3, 1};
+    OK(mj_permute(&y, x, 4, perm));
+    int64_t idx[4] = {0};
+    do {
+        int64_t src[4];
+        for (int d = 0; d < 4; d++) src[perm[d]] = idx[d];
+        cr_assert_eq(mj_tensor_data(y)[flat(4, mj_tensor_shape(y), idx)], mj_tensor_data(x)[flat(4, sx, src)]);
+    } while (next_index(4, mj_tensor_shape(y), idx));
+    mj_tensor_release(y);
+    /* transpose(1, -1) swaps dims 1 and 3 */
+    OK(mj_transpose_dims(&y, x, 1, -1));
+    cr_assert_eq(mj_tensor_dim(y, 1), 5);
+    cr_assert_eq(mj_tensor_dim(y, 3), 3);
+    do {
+        int64_t src[4] = {idx[0], idx[3], idx[2], idx[1]};
+        cr_assert_eq(mj_tensor_data(y)[flat(4, mj_tensor_shape(y), idx)], mj_tensor_data(x)[flat(4, sx, src)]);
+    } while (next_index(4, mj_tensor_shape(y), idx));
+    mj_tensor_release(y);
+    /* slice with Python's negative and clamped bounds: x[:, :, -3:100] */
+    OK(mj_slice(&y, x, 2, -3, 100));
+    cr_assert_eq(mj_tensor_dim(y, 2), 3);
+    do {
+        int64_t src[4] = {idx[0], idx[1], idx[2] + 1, idx[3]};
+        cr_assert_eq(mj_tensor_data(y)[flat(4, mj_tensor_shape(y), idx)], mj_tensor_data(x)[flat(4, sx, src)]);
+    } while (next_index(4, mj_tensor_shape(y), idx));
+    /* cat of the pieces of chunk and split gives x back, bit for bit */
+    mj_tensor *parts[8];
+    int n = 0;
+    OK(mj_chunk(parts, &n, x, 3, -1)); /* 5 in chunks of 2: sizes 2, 2, 1 */
+    cr_assert_eq(n, 3);
+    cr_assert_eq(mj_tensor_dim(parts[2], 3), 1);
+    mj_tensor *back;
+    OK(mj_cat(&back, n, (const mj_tensor *const *)parts, 3));
+    cr_assert(mj_tensor_equal(back, x));
+    mj_tensor_release(back);
+    release_all(parts, n);
+    OK(mj_split(parts, 8, &n, x, 2, 1)); /* 3 in pieces of 2: 2, 1 */
+    cr_assert_eq(n, 2);
+    OK(mj_cat(&back, n, (const mj_tensor *const *)parts, -3));
+    cr_assert(mj_tensor_equal(back, x));
+    mj_tensor_release(back);
+    release_all(parts, n);
+    OK(mj_split_sizes(parts, x, 3, (int64_t[]){1, 0, 3}, 2));
+    cr_assert_eq(mj_tensor_dim(parts[1], 2), 0);
+    OK(mj_cat(&back, 3, (const mj_tensor *const *)parts, 2));
+    cr_assert(mj_tensor_equal(back, x));
+    mj_tensor_release(back);
+    release_all(parts, 3);
+    /* errors name the values */
+    FAILS(mj_split_sizes(parts, x, 2, (int64_t[]){1, 2}, 2), MJ_ERR_SHAPE, "add up to 3 but dim 2");
+    FAILS(mj_permute(&y, x, 4, (int[]){0, 1, 1, 2}), MJ_ERR_SHAPE, "not a permutation");
+    FAILS(mj_transpose_dims(&y, x, 0, 4), MJ_ERR_SHAPE, "dims 0 and 4");
+    FAILS(mj_cat(&y, 2, (const mj_tensor *const[]){x, y = mj_tensor_retain(x)}, 4), MJ_ERR_SHAPE, "dim 4");
+    mj_tensor_release(y);
+    mj_tensor *z = randn(&rng, 2, 3, 4, 0, 0);
+    FAILS(mj_matmul(&y, x, z), MJ_ERR_SHAPE, "[2, 3, 4, 5] by [3, 4]");
+    mj_tensor_release(z);
+    mj_tensor_release(x);
+}
+
+/* ---- each shape op traced and compiled ------------------------------------------- */
+
+/* x[B,4,6,8]: q @ k^T with k = transpose(x, -1, -2); batched matmul with a
+ * rank-2 and a rank-3 weight (broadcast over B and heads). */
+static mj_status bmm_forward(mj_module *self, const mj_tensor *x, mj_tensor **y) {
+    mj_tensor *kt, *s, *w2, *w3, *p, *q, *r;
+    OK(mj_transpose_dims(&kt, x, -1, -2));
+    OK(mj_matmul(&s, x, kt));                        /* [B,4,6,6]  */
+    OK(mj_module_get(self, "w2", &w2));              /* [6,5]      */
+    OK(mj_module_get(self, "w3", &w3));              /* [4,5,3]    */
+    OK(mj_matmul(&p, s, w2));                        /* [B,4,6,5]  */
+    OK(mj_matmul(&q, p, w3));                        /* [B,4,6,3]  */
+    OK(mj_tanh(&r, q));
+    OK(mj_matmul(y, kt, r));                          /* [B,4,8,3] */
+    mj_tensor *tmp[] = {kt, s, w2, w3, p, q, r};
+    release_all(tmp, 7);
+    return MJ_OK;
+}
+
+/* permute, transpose that moves the batch, reshape with B inside */
+static mj_status permute_forward(mj_module *self, int n_in, const mj_tensor *const *x, int n_out, mj_tensor **y) {
+    (void)self, (void)n_in, (void)n_out;
+    mj_tensor *a, *b, *c, *d;
+    OK(mj_permute(&a, x[0], 4, (int[]){0, 2, 1, 3}));   /* [B,s,h,d] -> [B,h,s,d] */
+    OK(mj_permute(&y[0], a, 4, (int[]){0, 3, 1, 2}));   /* [B,d,h,s] */
+    OK(mj_transpose_dims(&b, x[1], 0, 1));              /* [B,5,7] -> [5,B,7] */
+    int64_t shape[4] = {5, mj_tensor_dim(x[1], 0), 7, 1};
+    OK(mj_reshape(&c, b, 4, shape));                    /* [5,B,7,1] */
+    OK(mj_transpose_dims(&d, c, 0, -1));                /* [1,B,7,5] */
+    int64_t s2[3] = {mj_tensor_dim(x[1], 0), 7, 5};
+    OK(mj_reshape(&y[1], d, 3, s2));                    /* [B,7,5] */
+    OK(mj_transpose_dims(&y[2], b, 1, 0));              /* back to [B,5,7] */
+    mj_tensor *tmp[] = {a, b, c, d};
+    release_all(tmp, 4);
+    return MJ_OK;
+}
+
+/* fused-qkv style: chunk, split, slice and cat along the last and middle dims */
+static mj_status split_forward(mj_module *self, const mj_tensor *x, mj_tensor **y) {
+    (void)self;
+    mj_tensor *qkv[3], *sp[3], *mid, *t;
+    int n;
+    OK(mj_chunk(qkv, &n, x, 3, -1));                    /* [B,5,12] -> 3 x [B,5,4] */
+    OK(mj_split_sizes(sp, qkv[1], 3, (int64_t[]){1, 2, 1}, 2));
+    OK(mj_slice(&mid, x, 1, 1, -1));                    /* [B,3,12] */
+    OK(mj_cat(&t, 5, (const mj_tensor *const[]){qkv[2], sp[2], sp[0], qkv[0], sp[1]}, 2)); /* [B,5,12] */
+    mj_tensor *u;
+    OK(mj_cat(&u, 2, (const mj_tensor *const[]){t, mid}, 1)); /* [B,8,12] */
+    OK(mj_relu(y, u));
+    release_all(qkv, 3);
+    release_all(sp, 3);
+    mj_tensor *tmp[] = {mid, t, u};
+    release_all(tmp, 3);
+    return MJ_OK;
+}
+
+Test(graphs_io, batched_matmul_and_transpose_every_mode) {
+    mj_rng rng;
+    mj_rng_seed(&rng, 8);
+    mj_module *m;
+    OK(mj_module_new(&m, "Bmm", bmm_forward, NULL, NULL));
+    mj_tensor *w2 = randn(&rng, 2, 6, 5, 0, 0), *w3 = randn(&rng, 3, 4, 5, 3, 0);
+    OK(mj_module_add_parameter(m, "w2", w2));
+    OK(mj_module_add_parameter(m, "w3", w3));
+    mj_tensor *ex = randn(&rng, 4, 3, 4, 6, 8);
+    mj_graph *g = check_everywhere(m, 1, &ex, 8);
+    char *text = mj_graph_to_string(g);
+    cr_assert(strstr(text, "= transpose %0 : f32[B,4,8,6]") && strstr(text, "matmul"), "%s", text);
+    free(text);
+    mj_graph_free(g);
+    mj_tensor_release(ex);
+    mj_tensor_release(w2);
+    mj_tensor_release(w3);
+    mj_module_free(m);
+}
+
+Test(graphs_io, permute_transpose_reshape_every_mode) {
+    mj_rng rng;
+    mj_rng_seed(&rng, 9);
+    mj_module *m;
+    OK(mj_module_new_n(&m, "Permute", 2, 3, permute_forward, NULL, NULL));
+    mj_tensor *ex[2] = {randn(&rng, 4, 3, 6, 2, 4), randn(&rng, 3, 3, 5, 7, 0)};
+    mj_graph *g = check_everywhere(m, 2, ex, 9);
+    char *text = mj_graph_to_string(g);
+    cr_assert(strstr(text, "permute %0 {perm=[0,2,1,3]} : f32[B,2,6,4]"), "%s", text);
+    cr_assert(strstr(text, "{dim0=0, dim1=1} : f32[5,B,7]"), "%s", text);
+    cr_assert(strstr(text, "reshape %") && strstr(text, ": f32[5,B,7,1]"), "%s", text);
+    free(text);
+    mj_graph_free(g);
+    release_all(ex, 2);
+    mj_module_free(m);
+}
+
+Test(graphs_io, chunk_split_slice_cat_every_mode) {
+    mj_rng rng;
+    mj_rng_seed(&rng, 10);
+    mj_module *m;
+    OK(mj_module_new(&m, "Split", split_forward, NULL, NULL));
+    mj_tensor *ex = randn(&rng, 3, 3, 5, 12, 0);
+    mj_graph *g = check_everywhere(m, 1, &ex, 10);
+    char *text = mj_graph_to_string(g);
+    cr_assert(strstr(text, "slice %0 {dim=2, start=4, end=8} : f32[B,5,4]"), "%s", text);
+    cr_assert(strstr(text, "{dim=2} : f32[B,5,12]") && strstr(text, "{dim=1} : f32[B,8,12]"), "%s", text);
+    free(text);
+    mj_graph_free(g);
+    mj_tensor_release(ex);
+    mj_module_free(m);
+}
+
+/* ---- a self-attention block (no softmax) from masked projections ---------------
+ * x[B,s,96] -> qkv = Linear(96, 288) (masked) -> chunk 3 -> [B,s,4,24] ->
+ * permute [B,4,s,24] -> scores = q @ k^T * scale -> tanh -> @ v -> permute
+ * back -> [B,s,96] -> Linear(96, 96) (masked) + x. */
+
+typedef struct attn_cfg {
+    int64_t heads, dh;
+} attn_cfg;
+
+static mj_status attn_forward(mj_module *self, const mj_tensor *x, mj_tensor **y) {
+    const attn_cfg *cfg = mj_module_user(self);
+    int64_t B = mj_tensor_dim(x, 0), S = mj_tensor_dim(x, 1), H = cfg->heads, D = cfg->dh;
+    mj_tensor *qkv = fwd(self, "qkv", x), *parts[3], *heads[3], *kt, *sc, *scale, *ss, *p, *o, *ot, *flat, *proj;
+    int n;
+    OK(mj_chunk(parts, &n, qkv, 3, -1));
+    cr_assert_eq(n, 3);
+    for (int i = 0; i < 3; i++) {
+        mj_tensor *r;
+        OK(mj_reshape(&r, parts[i], 4, (int64_t[]){B, S, H, D}));
+        OK(mj_permute(&heads[i], r, 4, (int[]){0, 2, 1, 3}));
+        mj_tensor_release(r);
+    }
+    OK(mj_transpose_dims(&kt, heads[1], -2, -1));
+    OK(mj_matmul(&sc, heads[0], kt));
+    OK(mj_tensor_full(&scale, 1, (int64_t[]){1}, 1.0f / sqrtf((float)D))); /* becomes a const */
+    OK(mj_mul(&ss, sc, scale));
+    OK(mj_tanh(&p, ss));
+    OK(mj_matmul(&o, p, heads[2]));
+    OK(mj_permute(&ot, o, 4, (int[]){0, 2, 1, 3}));
+    OK(mj_reshape(&flat, ot, 3, (int64_t[]){B, S, H * D}));
+    proj = fwd(self, "out", flat);
+    OK(mj_add(y, proj, x));
+    release_all(parts, 3);
+    release_all(heads, 3);
+    mj_tensor *tmp[] = {qkv, kt, sc, scale, ss, p, o, ot, flat, proj};
+    release_all(tmp, 10);
+    return MJ_OK;
+}
+
+Test(graphs_io, self_attention_masked_projections_every_mode) {
+    mj_rng rng;
+    mj_rng_seed(&rng, 11);
+    static attn_cfg cfg = {4, 24};
+    mj_module *m;
+    OK(mj_module_new(&m, "SelfAttention", attn_forward, &cfg, NULL));
+    OK(mj_module_add_child(m, "qkv", masked_linear(96, 288, true, 0.3, &rng)));
+    OK(mj_module_add_child(m, "out", masked_linear(96, 96, true, 0.3, &rng)));
+    mj_tensor *ex = randn(&rng, 3, 3, 7, 96, 0);
+    mj_graph *g = check_everywhere(m, 1, &ex, 11);
+    cr_assert_eq(mj_graph_warning_count(g), 0);
+    cr_assert(frozen_uses_sparse(g), "the masked projections should run on the sparse kernel when frozen");
+    char *text = mj_graph_to_string(g);
+    cr_assert(strstr(text, "permute") && strstr(text, "slice") && strstr(text, "matmul") &&
+                  strstr(text, "linear") && strstr(text, "parametrizations.weight.0.mask"),
+              "%s", text);
+    free(text);
+    mj_graph_free(g);
+    mj_tensor_release(ex);
+    mj_module_free(m);
+}
