@@ -791,3 +791,99 @@ Test(graphs_io, self_attention_masked_projections_every_mode) {
     mj_tensor_release(ex);
     mj_module_free(m);
 }
+
+/* ---- text form, verifier, passes and tracer errors for the shape ops ---------- */
+
+#define HDR "maskjit-ir 1\n%0 = input \"x\" : f32[B,4,6]\n"
+
+Test(graphs_io, shape_attribute_errors_name_line_and_values) {
+    static const struct {
+        const char *text, *needle;
+    } cases[] = {
+        {HDR "%1 = permute %0 : f32[B,4,6]\nreturn %1\n", "3:17: expected {perm=[...]}"},
+        {HDR "%1 = slice %0 {dim=1, start=0} : f32[B,0,6]\nreturn %1\n", "expected {dim=D, start=S, end=E}"},
+        {HDR "%1 = cat %0 {perm=[0,1,2]} : f32[B,4,6]\nreturn %1\n", "3:14: cat takes no attribute 'perm'"},
+        {HDR "%1 = relu %0 {dim=1} : f32[B,4,6]\nreturn %1\n", "relu takes no attribute 'dim'"},
+        {HDR "%1 = slice %0 {dim=0, start=0, end=1} : f32[1,4,6]\nreturn %1\n",
+         "cannot slice f32[B,4,6] along dim 0, the batch B"},
+        {HDR "%1 = slice %0 {dim=-2, start=2, end=9} : f32[B,7,6]\nreturn %1\n",
+         "start=2, end=9 do not fit dim 1 of f32[B,4,6]"},
+        {HDR "%1 = permute %0 {perm=[0,2,2]} : f32[B,6,6]\nreturn %1\n", "perm names dim 2 twice"},
+        {HDR "%1 = permute %0 {perm=[0,1,2,3,0]} : f32[B,4,6]\nreturn %1\n", "at most 4 entries"},
+        {HDR "%1 = transpose %0 {dim0=1} : f32[B,6,4]\nreturn %1\n", "both dim0 and dim1"},
+        {HDR "%1 = transpose %0 {dim0=1, dim1=-2} : f32[B,4,6]\nreturn %1\n", "dim0 and dim1 are both 1 (they must differ)"},
+        {HDR "%1 = transpose %0 {dim0=0, dim1=3} : f32[B,4,6]\nreturn %1\n", "dim1=3 is out of range for rank 3"},
+        {HDR "%1 = cat %0, %0 {dim=0} : f32[B,4,6]\nreturn %1\n", "cannot concatenate along dim 0, the batch B"},
+        {HDR "%1 = cat %0 {dim=1, dim=2} : f32[B,4,6]\nreturn %1\n", "attribute 'dim' given twice"},
+        {HDR "%1 = const \"w\" : f32[3,6,2]\n%2 = matmul %0, %1 : f32[B,4,2]\nreturn %2\n",
+         "cannot broadcast the batch dims of f32[B,4,6] with f32[3,6,2]"},
+        {HDR "%1 = slice %0 {dim=1, start=1, end=3} : f32[B,2,5]\nreturn %1\n", "declared type differs"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        mj_graph *g = NULL;
+        mj_status s = mj_graph_parse(cases[i].text, &g);
+        cr_assert_eq(s, MJ_ERR_FORMAT, "case %zu parsed: %s", i, cases[i].text);
+        cr_assert(strstr(mj_last_error(), cases[i].needle), "case %zu: '%s' lacks '%s'", i, mj_last_error(),
+                  cases[i].needle);
+        cr_assert_null(g);
+    }
+}
+
+Test(graphs_io, cse_keeps_different_slices_and_merges_equal_ones) {
+    mj_graph *g = NULL;
+    OK(mj_graph_parse(HDR "%1 = slice %0 {dim=2, start=0, end=3} : f32[B,4,3]\n"
+                          "%2 = slice %0 {dim=2, start=3, end=6} : f32[B,4,3]\n"
+                          "%3 = slice %0 {dim=2, start=0, end=3} : f32[B,4,3]\n"
+                          "%4 = permute %1 {perm=[0,2,1]} : f32[B,3,4]\n"
+                          "%5 = transpose %2 : f32[B,3,4]\n"
+                          "%6 = permute %3 {perm=[0,2,1]} : f32[B,3,4]\n"
+                          "%7 = cat %4, %5, %6 {dim=1} : f32[B,9,4]\n"
+                          "return %7\n",
+                      &g));
+    mj_rng rng;
+    mj_rng_seed(&rng, 12);
+    mj_tensor *x[1], *want[1], *got[1];
+    graph_inputs(g, 3, &rng, x);
+    OK(mj_graph_run_n(g, 1, (const mj_tensor *const *)x, 1, want));
+    OK(mj_graph_optimize(g, "cse,dce"));
+    /* %3 merges into %1 and %6 into %4; the other slice and the transpose stay */
+    cr_assert_eq(mj_graph_node_count(g), 6, "%s", mj_graph_to_string(g));
+    OK(mj_graph_run_n(g, 1, (const mj_tensor *const *)x, 1, got));
+    cr_assert(mj_tensor_equal(got[0], want[0]));
+    release_all(x, 1);
+    release_all(want, 1);
+    release_all(got, 1);
+    mj_graph_free(g);
+}
+
+static mj_status merge_batch_forward(mj_module *self, const mj_tensor *x, mj_tensor **y) {
+    (void)self;
+    return mj_reshape(y, x, 2, (int64_t[]){mj_tensor_dim(x, 0) * 4, 6});
+}
+
+static mj_status chunk_batch_forward(mj_module *self, const mj_tensor *x, mj_tensor **y) {
+    (void)self;
+    mj_tensor *p[2];
+    int n;
+    MJ_TRY(mj_chunk(p, &n, x, 2, 0));
+    release_all(p + 1, n - 1);
+    *y = p[0];
+    return MJ_OK;
+}
+
+Test(graphs_io, tracing_refuses_ops_that_do_not_generalise_over_the_batch) {
+    mj_rng rng;
+    mj_rng_seed(&rng, 13);
+    mj_tensor *ex = randn(&rng, 3, 4, 4, 6, 0);
+    mj_module *m;
+    mj_graph *g = NULL;
+    OK(mj_module_new(&m, "MergeBatch", merge_batch_forward, NULL, NULL));
+    FAILS(mj_trace_module(m, ex, &g), MJ_ERR_SHAPE, "merges or splits the batch dim");
+    cr_assert_null(g);
+    mj_module_free(m);
+    OK(mj_module_new(&m, "ChunkBatch", chunk_batch_forward, NULL, NULL));
+    FAILS(mj_trace_module(m, ex, &g), MJ_ERR_SHAPE, "the batch B");
+    cr_assert_null(g);
+    mj_module_free(m);
+    mj_tensor_release(ex);
+}
