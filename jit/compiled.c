@@ -776,7 +776,7 @@ static bool overlap(const void *a, int64_t na, const void *b, int64_t nb) {
 /* Sizes of up to this many inputs and outputs live on the stack of a call. */
 #define IO_STACK 16
 
-static mj_status run_checked(mj_compiled *c, const float *const *x, int64_t batch, float *const *y,
+static inline mj_status run_checked(mj_compiled *c, const float *const *x, int64_t batch, float *const *y,
                              const int64_t *y_numel, int64_t *in_numel, int64_t *out_numel) {
     int64_t scratch_n;
     /* fast path: B x fixed rows, small enough that nothing overflows */
@@ -894,7 +894,15 @@ mj_status mj_compiled_run_raw(mj_compiled *c, const float *x, int64_t batch, flo
         return mj_fail(MJ_ERR_INVALID,
                        "mj_compiled_run_raw: the graph has %d inputs and %d outputs; use mj_compiled_run_raw_n",
                        c->n_in, c->n_out);
-    return mj_compiled_run_raw_n(c, 1, &x, batch, 1, &y, &y_numel);
+    if (batch < 1) {
+        char ts[96];
+        return mj_fail(MJ_ERR_SHAPE, "compiled graph: batch is %lld but must be >= 1 (input %s)", (long long)batch,
+                       mj_type_str(ts, sizeof ts, &c->in_types[0]));
+    }
+    /* straight to the call: this is the path of small models, where every
+     * nanosecond of the wrapper shows */
+    int64_t in_numel, out_numel;
+    return run_checked(c, &x, batch, &y, &y_numel, &in_numel, &out_numel);
 }
 
 mj_status mj_compiled_run_n(mj_compiled *c, int n_in, const mj_tensor *const *x, int n_out, mj_tensor **y) {

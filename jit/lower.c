@@ -1139,6 +1139,9 @@ mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan 
     LLVMAddAttributeAtIndex(w.fn, (unsigned)(3 + p->n_in + p->n_out), LLVMCreateEnumAttribute(ctx, noalias, 0));
     unsigned nounwind = LLVMGetEnumAttributeKindForName("nounwind", 8);
     LLVMAddAttributeAtIndex(w.fn, LLVMAttributeFunctionIndex, LLVMCreateEnumAttribute(ctx, nounwind, 0));
+    /* inlined into the entry point (noalias becomes scoped metadata) */
+    unsigned inl = LLVMGetEnumAttributeKindForName("alwaysinline", 12);
+    LLVMAddAttributeAtIndex(w.fn, LLVMAttributeFunctionIndex, LLVMCreateEnumAttribute(ctx, inl, 0));
 
     w.leaves = LLVMGetParam(w.fn, (unsigned)ai++);
     for (int i = 0; i < p->n_in; i++) w.x[i] = LLVMGetParam(w.fn, (unsigned)ai++);

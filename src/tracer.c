@@ -301,8 +301,6 @@ static mj_status trace_run(struct mj_tracer *t, mj_module *m, int n_in, const mj
         MJ_TRY(mj_graph_add_leaf(t->g, MJ_OP_INPUT, names && names[i] ? names[i] : name, &ty, NULL, &in_id));
         MJ_TRY(uid_map_put(&t->values, ex->uid, in_id));
     }
-    if (n_in > 1 && mj_graph_verify(t->g) == MJ_ERR_KEY) /* duplicate input names */
-        return mj_fail_prefix(MJ_ERR_KEY, "tracing: input names");
 
     int n_out = mj_module_output_count(m);
     mj_tensor *y[MJ_MODULE_MAX_IO] = {0};
@@ -348,6 +346,9 @@ mj_status mj_trace_module_n(mj_module *m, int n_in, const mj_tensor *const *exam
         if (names && names[i] && !mj_ir_name_ok(names[i]))
             return mj_fail(MJ_ERR_INVALID, "tracing: input name %d must be 1..%d printable ASCII characters", i,
                            MJ_IR_MAX_NAME);
+        for (int k = 0; names && names[i] && k < i; k++)
+            if (names[k] && strcmp(names[k], names[i]) == 0)
+                return mj_fail(MJ_ERR_KEY, "tracing: inputs %d and %d are both named \"%s\"", k, i, names[i]);
     }
     const char *cached_path = NULL;
     mj_module_walk(m, visit_cached, &cached_path);

@@ -302,6 +302,16 @@ Test(graphs_io, run_n_argument_errors) {
     FAILS(mj_module_forward(m, ex[0], &y1), MJ_ERR_INVALID, "mj_module_forward_n");
     FAILS(mj_graph_run(g, ex[0], &y1), MJ_ERR_INVALID, "2 inputs");
     FAILS(mj_trace_module(m, ex[0], &g), MJ_ERR_INVALID, "takes 2 inputs, got 1 examples");
+    mj_graph *named = NULL;
+    FAILS(mj_trace_module_n(m, 2, (const mj_tensor *const *)ex, (const char *const[]){"q", "q"}, &named),
+          MJ_ERR_KEY, "inputs 0 and 1 are both named \"q\"");
+    FAILS(mj_trace_module_n(m, 2, (const mj_tensor *const[]){ex[0], ex[0]}, NULL, &named), MJ_ERR_INVALID,
+          "inputs 0 and 1 are the same tensor");
+    cr_assert_null(named);
+    OK(mj_trace_module_n(m, 2, (const mj_tensor *const *)ex, (const char *const[]){"tokens", NULL}, &named));
+    cr_assert_str_eq(mj_graph_input_name(named, 0), "tokens");
+    cr_assert_str_eq(mj_graph_input_name(named, 1), "input.1");
+    mj_graph_free(named);
     mj_compiled_free(c);
     release_all(ex, 2);
     mj_graph_free(g);
