@@ -21,6 +21,13 @@ mj_status mj_graph_write_dot(const mj_graph *g, FILE *f) {
         const char *opn = (unsigned)n->op < MJ_OP_COUNT ? mj_op_table[n->op].name : "?";
         fprintf(f, "  n%d [label=\"%%%d = %s", (int)i, (int)i, opn);
         if (n->act != MJ_ACT_NONE) fprintf(f, " {act=%s}", mj_act_name(n->act));
+        if (n->op == MJ_OP_TRANSPOSE) fprintf(f, " {dim0=%d, dim1=%d}", (int)n->sa.dim0, (int)n->sa.dim1);
+        if (n->op == MJ_OP_PERMUTE)
+            for (int d = 0; d < n->type.rank; d++) fprintf(f, "%s%d%s", d ? "," : " {perm=[", (int)n->sa.perm[d],
+                                                          d == n->type.rank - 1 ? "]}" : "");
+        if (n->op == MJ_OP_SLICE)
+            fprintf(f, " {dim=%d, start=%lld, end=%lld}", (int)n->sa.dim, (long long)n->sa.start, (long long)n->sa.end);
+        if (n->op == MJ_OP_CAT) fprintf(f, " {dim=%d}", (int)n->sa.dim);
         if (n->name) {
             fputs("\\n\\\"", f);
             dot_str(f, n->name);

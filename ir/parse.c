@@ -413,7 +413,7 @@ static mj_status parse_int(parser *p, int64_t lo, int64_t hi, const char *what, 
 }
 
 static mj_status parse_shape_attr(parser *p, mj_op op, const char *key, int kl, int kc, mj_shape_attrs *sa,
-                                  unsigned *seen) {
+                                  unsigned *seen, int *n_perm) {
     static const struct {
         const char *key;
         unsigned bit;
@@ -442,6 +442,7 @@ static mj_status parse_shape_attr(parser *p, mj_op op, const char *key, int kl, 
             if (d == MJ_MAX_RANK) return expected(p, "']' (a perm has at most 4 entries)");
             MJ_TRY(parse_int(p, -MJ_MAX_RANK, MJ_MAX_RANK - 1, "a perm entry", &v));
             sa->perm[d] = (int8_t)v;
+            *n_perm = d + 1;
             skip_blanks(p);
             if (peek(p) == ',') {
                 advance(p);
@@ -512,9 +513,12 @@ static mj_status parse_op(parser *p, mj_op op, int op_line, int op_col) {
     memset(&sa, 0, sizeof sa);
     bool has_act = false;
     unsigned seen = 0; /* shape attributes given, bit per key */
+    int n_perm = 0, al = 0, ac = 0;
     skip_blanks(p);
     if (peek(p) == '{') {
         int bl = p->line, bc = p->col;
+        al = bl;
+        ac = bc;
         advance(p);
         for (;;) {
             size_t st, len;
@@ -543,7 +547,7 @@ static mj_status parse_op(parser *p, mj_op op, int op_line, int op_col) {
                 if (mj_act_parse(an, &act) != MJ_OK || act == MJ_ACT_NONE)
                     return err_at(p, nl, nc, "expected an activation (relu, gelu, gelu_tanh, sigmoid, tanh), found '%s'", an);
             } else {
-                MJ_TRY(parse_shape_attr(p, op, key, kl, kc, &sa, &seen));
+                MJ_TRY(parse_shape_attr(p, op, key, kl, kc, &sa, &seen, &n_perm));
             }
             skip_blanks(p);
             if (peek(p) == ',') {
@@ -556,6 +560,9 @@ static mj_status parse_op(parser *p, mj_op op, int op_line, int op_col) {
     }
     if ((info->flags & MJ_OPF_ACT_ATTR) && !has_act) return expected(p, "an {act=...} attribute");
     MJ_TRY(check_shape_attrs(p, op, seen, &sa));
+    if (op == MJ_OP_PERMUTE && n > 0 && n_perm != p->g->nodes[operands[0]].type.rank)
+        return err_at(p, al, ac, "permute: perm has %d entries but %%%d has rank %d", n_perm, (int)operands[0],
+                      p->g->nodes[operands[0]].type.rank);
     MJ_TRY(expect_char(p, ':', "':' and a type"));
     skip_blanks(p);
     int tl = p->line, tc = p->col;

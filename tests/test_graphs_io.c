@@ -820,6 +820,8 @@ Test(graphs_io, shape_attribute_errors_name_line_and_values) {
          "start=2, end=9 do not fit dim 1 of f32[B,4,6]"},
         {HDR "%1 = permute %0 {perm=[0,2,2]} : f32[B,6,6]\nreturn %1\n", "perm names dim 2 twice"},
         {HDR "%1 = permute %0 {perm=[0,1,2,3,0]} : f32[B,4,6]\nreturn %1\n", "at most 4 entries"},
+        {HDR "%1 = permute %0 {perm=[0,1,2,0]} : f32[B,4,6]\nreturn %1\n", "3:17: permute: perm has 4 entries but %0 has rank 3"},
+        {HDR "%1 = permute %0 {perm=[0,1]} : f32[B,4,6]\nreturn %1\n", "perm has 2 entries"},
         {HDR "%1 = transpose %0 {dim0=1} : f32[B,6,4]\nreturn %1\n", "both dim0 and dim1"},
         {HDR "%1 = transpose %0 {dim0=1, dim1=-2} : f32[B,4,6]\nreturn %1\n", "dim0 and dim1 are both 1 (they must differ)"},
         {HDR "%1 = transpose %0 {dim0=0, dim1=3} : f32[B,4,6]\nreturn %1\n", "dim1=3 is out of range for rank 3"},
