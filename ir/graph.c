@@ -690,7 +690,7 @@ const char *mj_graph_warning(const mj_graph *g, int i) {
 mj_status mj_graph_run(mj_graph *g, const mj_tensor *input, mj_tensor **output) {
     if (!g || !output) return mj_fail(MJ_ERR_INVALID, "mj_graph_run: NULL argument");
     if (mj_graph_input_count(g) != 1 || g->n_outputs != 1)
-        return mj_fail(MJ_ERR_INVALID, "mj_graph_run: the graph has %d inputs and %d outputs (needs 1 and 1); use the interpreter API",
+        return mj_fail(MJ_ERR_INVALID, "mj_graph_run: the graph has %d inputs and %d outputs (needs 1 and 1); use mj_graph_run_n",
                        mj_graph_input_count(g), (int)g->n_outputs);
     return mj_interp_run(g, 1, &input, 1, output);
 }
