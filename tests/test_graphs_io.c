@@ -948,3 +948,28 @@ Test(graphs_io, cache_keys_several_outputs) {
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     cr_assert_eq(system(cmd), 0);
 }
+
+/* A rank-1 input [B] (a per-sample scale) next to a rank-2 one. */
+static mj_status scale_forward(mj_module *self, int n_in, const mj_tensor *const *x, int n_out, mj_tensor **y) {
+    (void)n_in, (void)n_out;
+    mj_tensor *s, *h = fwd(self, "fc", x[0]);
+    OK(mj_reshape(&s, x[1], 2, (int64_t[]){mj_tensor_dim(x[1], 0), 1}));
+    OK(mj_mul(&y[0], h, s));
+    mj_tensor_release(s);
+    mj_tensor_release(h);
+    return MJ_OK;
+}
+
+Test(graphs_io, rank1_input_every_mode) {
+    mj_rng rng;
+    mj_rng_seed(&rng, 15);
+    mj_module *m;
+    OK(mj_module_new_n(&m, "Scale", 2, 1, scale_forward, NULL, NULL));
+    OK(mj_module_add_child(m, "fc", masked_linear(8, 5, true, 0.5, &rng)));
+    mj_tensor *ex[2] = {randn(&rng, 2, 3, 8, 0, 0), randn(&rng, 1, 3, 0, 0, 0)};
+    mj_graph *g = check_everywhere(m, 2, ex, 15);
+    cr_assert_eq(mj_graph_input_rank(g, 1), 1);
+    mj_graph_free(g);
+    release_all(ex, 2);
+    mj_module_free(m);
+}
