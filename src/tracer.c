@@ -419,3 +419,52 @@ mj_status mj_graph_check(mj_graph *g, mj_module *m, int n_inputs,
                        bad, bad_r.max_abs, bad_r.max_rel);
     return MJ_OK;
 }
+
+/* check_inputs for several inputs and outputs: set s is inputs[s*n_in ..
+ * s*n_in + n_in); its result is the worst over the outputs. */
+mj_status mj_graph_check_n(mj_graph *g, mj_module *m, int n_sets, int n_in, const mj_tensor *const *inputs,
+                           mj_check_result *results) {
+    if (!g || !m || n_sets < 0 || n_in < 1 || (n_sets > 0 && !inputs))
+        return mj_fail(MJ_ERR_INVALID, "check: graph, module and inputs must not be NULL");
+    if (tls_tracer) return mj_fail(MJ_ERR_STATE, "check: cannot check while a trace is recording");
+    int n_out = mj_graph_output_count(g);
+    if (n_in != mj_graph_input_count(g) || n_in != mj_module_input_count(m) || n_out != mj_module_output_count(m))
+        return mj_fail(MJ_ERR_INVALID,
+                       "check: the graph takes %d inputs and gives %d outputs, the module %d and %d, called with %d "
+                       "inputs per set",
+                       mj_graph_input_count(g), n_out, mj_module_input_count(m), mj_module_output_count(m), n_in);
+    int bad = -1;
+    mj_check_result bad_r = {0};
+    for (int s = 0; s < n_sets; s++) {
+        const mj_tensor *const *x = inputs + (size_t)s * (size_t)n_in;
+        mj_tensor *eager[MJ_MODULE_MAX_IO] = {0}, *traced[MJ_MODULE_MAX_IO] = {0};
+        mj_status st = mj_module_forward_n(m, n_in, x, n_out, eager);
+        if (st != MJ_OK) return mj_fail_prefix(st, "check: input set %d: eager forward", s);
+        st = mj_graph_run_n(g, n_in, x, n_out, traced);
+        if (st != MJ_OK) {
+            for (int j = 0; j < n_out; j++) mj_tensor_release(eager[j]);
+            return mj_fail_prefix(st, "check: input set %d: traced graph", s);
+        }
+        mj_check_result r = {.bit_identical = true};
+        for (int j = 0; j < n_out; j++) {
+            mj_compare c = mj_tensor_compare(traced[j], eager[j], MJ_RTOL_F32, MJ_ATOL_F32);
+            if (!c.same_shape) c.max_abs = c.max_rel = INFINITY;
+            r.max_abs = fmax(r.max_abs, c.max_abs);
+            r.max_rel = fmax(r.max_rel, c.max_rel);
+            r.bit_identical = r.bit_identical && c.bit_identical;
+            mj_tensor_release(eager[j]);
+            mj_tensor_release(traced[j]);
+        }
+        if (results) results[s] = r;
+        if (!r.bit_identical && bad < 0) {
+            bad = s;
+            bad_r = r;
+        }
+    }
+    if (bad >= 0)
+        return mj_fail(MJ_ERR_MISMATCH,
+                       "check: input set %d: the traced graph is not bit-identical to eager "
+                       "(max abs error %g, max rel error %g)",
+                       bad, bad_r.max_abs, bad_r.max_rel);
+    return MJ_OK;
+}

@@ -219,6 +219,21 @@ Test(graphs_io, two_inputs_two_outputs_every_mode) {
     cr_assert_str_eq(mj_graph_input_name(g, 0), "input.0");
     cr_assert_str_eq(mj_graph_input_name(g, 1), "input.1");
     cr_assert(frozen_uses_sparse(g), "the masked 512x512 layer should run on the sparse kernel when frozen");
+    {   /* check_inputs: two sets of two inputs */
+        mj_tensor *sets[4] = {randn(&rng, 2, 2, 512, 0, 0), randn(&rng, 2, 2, 24, 0, 0),
+                              randn(&rng, 2, 6, 512, 0, 0), randn(&rng, 2, 6, 24, 0, 0)};
+        mj_check_result r[2];
+        OK(mj_graph_check_n(g, m, 2, 2, (const mj_tensor *const *)sets, r));
+        cr_assert(r[0].bit_identical && r[1].bit_identical);
+        FAILS(mj_graph_check_n(g, m, 1, 1, (const mj_tensor *const *)sets, r), MJ_ERR_INVALID,
+              "called with 1 inputs per set");
+        mj_module *other = two_io_model(&rng); /* same shapes, other weights */
+        FAILS(mj_graph_check_n(g, other, 2, 2, (const mj_tensor *const *)sets, r), MJ_ERR_MISMATCH,
+              "input set 0: the traced graph is not bit-identical");
+        cr_assert(!r[1].bit_identical && r[1].max_abs > 0);
+        mj_module_free(other);
+        release_all(sets, 4);
+    }
 
     /* the text form and a saved trace keep both inputs and outputs */
     char *text = mj_graph_to_string(g);

@@ -50,6 +50,11 @@ typedef struct mj_check_result {
 } mj_check_result;
 mj_status mj_graph_check(mj_graph *g, mj_module *m, int n_inputs,
                          const mj_tensor *const *inputs, mj_check_result *results);
+/* The same for models with several inputs and outputs: n_sets sets of n_in
+ * tensors, set s at inputs[s*n_in .. s*n_in + n_in); results[s] is the
+ * worst over the outputs. */
+mj_status mj_graph_check_n(mj_graph *g, mj_module *m, int n_sets, int n_in,
+                           const mj_tensor *const *inputs, mj_check_result *results);
 
 /* ---- inspection --------------------------------------------------------- */
 int mj_graph_node_count(const mj_graph *g);
