@@ -26,6 +26,13 @@ mj_status mj_graph_write_dot(const mj_graph *g, FILE *f) {
             mj_attrs_format(n->op, &n->attrs, attrs, sizeof attrs);
             fputs(attrs, f);
         }
+        if (n->op == MJ_OP_TRANSPOSE) fprintf(f, " {dim0=%d, dim1=%d}", (int)n->sa.dim0, (int)n->sa.dim1);
+        if (n->op == MJ_OP_PERMUTE)
+            for (int d = 0; d < n->type.rank; d++) fprintf(f, "%s%d%s", d ? "," : " {perm=[", (int)n->sa.perm[d],
+                                                          d == n->type.rank - 1 ? "]}" : "");
+        if (n->op == MJ_OP_SLICE)
+            fprintf(f, " {dim=%d, start=%lld, end=%lld}", (int)n->sa.dim, (long long)n->sa.start, (long long)n->sa.end);
+        if (n->op == MJ_OP_CAT) fprintf(f, " {dim=%d}", (int)n->sa.dim);
         if (n->name) {
             fputs("\\n\\\"", f);
             dot_str(f, n->name);

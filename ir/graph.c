@@ -107,15 +107,147 @@ static mj_status check_attrs(mj_op op, const mj_attrs *a, const mj_type *x) {
     return MJ_OK;
 }
 
+/* Broadcasts dims a[0..na) with b[0..nb) aligned on the right into r
+ * (NumPy rules; B with B or 1 gives B). */
+static bool broadcast_dims(const int64_t *a, int na, const int64_t *b, int nb, int64_t *r, int *nr) {
+    *nr = na > nb ? na : nb;
+    for (int i = 0; i < *nr; i++) {
+        int ia = na - *nr + i, ib = nb - *nr + i;
+        int64_t da = ia >= 0 ? a[ia] : 1, db = ib >= 0 ? b[ib] : 1;
+        if (da == db) r[i] = da;
+        else if (da == 1) r[i] = db;
+        else if (db == 1) r[i] = da;
+        else return false;
+    }
+    return true;
+}
+
+/* A dim attribute d of a rank-r operand, -r <= d < r, made non-negative. */
+static mj_status norm_dim(mj_op op, const char *what, int r, int8_t *d) {
+    if (*d < -r || *d >= r)
+        return mj_fail(MJ_ERR_SHAPE, "%s: %s=%d is out of range for rank %d (-%d..%d)", mj_op_table[op].name, what,
+                       (int)*d, r, r, r - 1);
+    if (*d < 0) *d = (int8_t)(*d + r);
+    return MJ_OK;
+}
+
+/* The shape ops: matmul (batched), transpose, permute, slice, cat. */
+static mj_status infer_shape_op(mj_op op, int n, const mj_type *const *t, mj_shape_attrs *sa, mj_type *r) {
+    const mj_type *x = t[0];
+    char b1[96];
+    switch (op) {
+    case MJ_OP_MATMUL: {
+        const mj_type *a = t[0], *b = t[1];
+        if (a->rank < 2 || b->rank < 2) return shape_err(op, "needs operands of rank 2 to 4, got", a, b);
+        if (!dim_match(a->dims[a->rank - 1], b->dims[b->rank - 2])) return shape_err(op, "inner dims differ:", a, b);
+        if (!broadcast_dims(a->dims, a->rank - 2, b->dims, b->rank - 2, r->dims, &r->rank))
+            return shape_err(op, "cannot broadcast the batch dims of", a, b);
+        r->dims[r->rank] = a->dims[a->rank - 2];
+        r->dims[r->rank + 1] = b->dims[b->rank - 1];
+        r->rank += 2;
+        return MJ_OK;
+    }
+    case MJ_OP_TRANSPOSE:
+        if (x->rank < 2) return shape_err(op, "needs an operand of rank 2 to 4, got", x, NULL);
+        if (sa->dim0 == sa->dim1) { /* the default: the last two dims */
+            sa->dim0 = (int8_t)(x->rank - 2);
+            sa->dim1 = (int8_t)(x->rank - 1);
+        }
+        MJ_TRY(norm_dim(op, "dim0", x->rank, &sa->dim0));
+        MJ_TRY(norm_dim(op, "dim1", x->rank, &sa->dim1));
+        if (sa->dim0 == sa->dim1)
+            return mj_fail(MJ_ERR_SHAPE, "transpose: dim0 and dim1 are both %d (they must differ)", (int)sa->dim0);
+        if (sa->dim0 > sa->dim1) {
+            int8_t tmp = sa->dim0;
+            sa->dim0 = sa->dim1;
+            sa->dim1 = tmp;
+        }
+        *r = *x;
+        r->dims[sa->dim0] = x->dims[sa->dim1];
+        r->dims[sa->dim1] = x->dims[sa->dim0];
+        return MJ_OK;
+    case MJ_OP_PERMUTE: {
+        bool seen[MJ_MAX_RANK] = {0};
+        for (int d = 0; d < MJ_MAX_RANK; d++) {
+            if (d >= x->rank) {
+                if (sa->perm[d] != 0) return shape_err(op, "perm has more entries than the rank of", x, NULL);
+                continue;
+            }
+            MJ_TRY(norm_dim(op, "a perm entry", x->rank, &sa->perm[d]));
+            if (seen[sa->perm[d]])
+                return mj_fail(MJ_ERR_SHAPE, "permute: perm names dim %d twice (it must be a permutation of 0..%d)",
+                               (int)sa->perm[d], x->rank - 1);
+            seen[sa->perm[d]] = true;
+        }
+        *r = *x;
+        for (int d = 0; d < x->rank; d++) r->dims[d] = x->dims[sa->perm[d]];
+        return MJ_OK;
+    }
+    case MJ_OP_SLICE: {
+        MJ_TRY(norm_dim(op, "dim", x->rank, &sa->dim));
+        int64_t size = x->dims[sa->dim];
+        if (size == MJ_DIM_BATCH)
+            return mj_fail(MJ_ERR_SHAPE, "slice: cannot slice %s along dim %d, the batch B",
+                           mj_type_str(b1, sizeof b1, x), (int)sa->dim);
+        if (sa->start < 0 || sa->start > sa->end || sa->end > size)
+            return mj_fail(MJ_ERR_SHAPE, "slice: start=%lld, end=%lld do not fit dim %d of %s (need 0 <= start <= end <= %lld)",
+                           (long long)sa->start, (long long)sa->end, (int)sa->dim, mj_type_str(b1, sizeof b1, x),
+                           (long long)size);
+        *r = *x;
+        r->dims[sa->dim] = sa->end - sa->start;
+        return MJ_OK;
+    }
+    case MJ_OP_CAT: {
+        MJ_TRY(norm_dim(op, "dim", x->rank, &sa->dim));
+        *r = *x;
+        int64_t sum = 0;
+        for (int k = 0; k < n; k++) {
+            if (t[k]->rank != x->rank) return shape_err(op, "operands differ in rank:", x, t[k]);
+            for (int d = 0; d < x->rank; d++)
+                if (d != sa->dim && t[k]->dims[d] != x->dims[d]) return shape_err(op, "operands differ outside dim:", x, t[k]);
+            int64_t dk = t[k]->dims[sa->dim];
+            if (dk == MJ_DIM_BATCH)
+                return mj_fail(MJ_ERR_SHAPE, "cat: cannot concatenate along dim %d, the batch B of %s", (int)sa->dim,
+                               mj_type_str(b1, sizeof b1, t[k]));
+            if (__builtin_add_overflow(sum, dk, &sum)) return mj_fail(MJ_ERR_LIMIT, "cat: size overflow");
+        }
+        r->dims[sa->dim] = sum;
+        return MJ_OK;
+    }
+    default: break;
+    }
+    MJ_ASSERT(!"not a shape op");
+}
+
+static bool has_shape_attrs(mj_op op) {
+    return op == MJ_OP_TRANSPOSE || op == MJ_OP_PERMUTE || op == MJ_OP_SLICE || op == MJ_OP_CAT;
+}
+
 mj_status mj_infer_type(const mj_graph *g, mj_op op, int n, const int32_t *operands, mj_act act,
                         const mj_type *declared, mj_type *out) {
     mj_attrs a;
     memset(&a, 0, sizeof a);
-    return mj_infer_type_attrs(g, op, n, operands, act, &a, declared, out);
+    mj_shape_attrs sa;
+    memset(&sa, 0, sizeof sa);
+    return mj_infer_type_full(g, op, n, operands, act, &a, &sa, declared, out);
 }
 
 mj_status mj_infer_type_attrs(const mj_graph *g, mj_op op, int n, const int32_t *operands, mj_act act,
                               const mj_attrs *attrs, const mj_type *declared, mj_type *out) {
+    mj_shape_attrs sa;
+    memset(&sa, 0, sizeof sa);
+    return mj_infer_type_full(g, op, n, operands, act, attrs, &sa, declared, out);
+}
+
+mj_status mj_infer_type_sa(const mj_graph *g, mj_op op, int n, const int32_t *operands, mj_act act,
+                           mj_shape_attrs *sa, const mj_type *declared, mj_type *out) {
+    mj_attrs a;
+    memset(&a, 0, sizeof a);
+    return mj_infer_type_full(g, op, n, operands, act, &a, sa, declared, out);
+}
+
+mj_status mj_infer_type_full(const mj_graph *g, mj_op op, int n, const int32_t *operands, mj_act act,
+                             const mj_attrs *attrs, mj_shape_attrs *sa, const mj_type *declared, mj_type *out) {
     if ((unsigned)op >= MJ_OP_COUNT) return mj_fail(MJ_ERR_INVALID, "unknown op %d", (int)op);
     const mj_op_info *info = &mj_op_table[op];
     if (info->flags & MJ_OPF_LEAF) {
@@ -149,17 +281,22 @@ mj_status mj_infer_type_attrs(const mj_graph *g, mj_op op, int n, const int32_t 
     }
     if (declared) MJ_TRY(mj_type_check(declared, true, "declared type"));
     MJ_TRY(check_attrs(op, attrs, t[0]));
+    if (!has_shape_attrs(op)) {
+        static const mj_shape_attrs zero;
+        if (memcmp(sa, &zero, sizeof zero) != 0)
+            return mj_fail(MJ_ERR_INVALID, "%s takes no shape attributes", info->name);
+    }
 
     mj_type r;
     memset(&r, 0, sizeof r);
     bool declared_is_source = false;
     switch (op) {
     case MJ_OP_MATMUL:
-        if (t[0]->rank != 2 || t[1]->rank != 2) return shape_err(op, "needs rank-2 operands, got", t[0], t[1]);
-        if (!dim_match(t[0]->dims[1], t[1]->dims[0])) return shape_err(op, "inner dims differ:", t[0], t[1]);
-        r.rank = 2;
-        r.dims[0] = t[0]->dims[0];
-        r.dims[1] = t[1]->dims[1];
+    case MJ_OP_TRANSPOSE:
+    case MJ_OP_PERMUTE:
+    case MJ_OP_SLICE:
+    case MJ_OP_CAT:
+        MJ_TRY(infer_shape_op(op, n, t, sa, &r));
         break;
     case MJ_OP_LINEAR:
     case MJ_OP_LINEAR_ACT:
@@ -181,12 +318,6 @@ mj_status mj_infer_type_attrs(const mj_graph *g, mj_op op, int n, const int32_t 
             r.dims[r.rank - 1] = declared->dims[r.rank - 1];
             declared_is_source = true;
         }
-        break;
-    case MJ_OP_TRANSPOSE:
-        if (t[0]->rank != 2) return shape_err(op, "needs a rank-2 operand, got", t[0], NULL);
-        r.rank = 2;
-        r.dims[0] = t[0]->dims[1];
-        r.dims[1] = t[0]->dims[0];
         break;
     case MJ_OP_RESHAPE: {
         if (!declared) return mj_fail(MJ_ERR_SHAPE, "reshape: the target type must be declared");
@@ -313,17 +444,31 @@ mj_status mj_graph_add_leaf(mj_graph *g, mj_op op, const char *name, const mj_ty
 
 mj_status mj_graph_add_op(mj_graph *g, mj_op op, int n, const int32_t *operands, mj_act act,
                           const mj_type *declared, int32_t *id) {
-    return mj_graph_add_op_attrs(g, op, n, operands, act, NULL, declared, id);
+    return mj_graph_add_op_full(g, op, n, operands, act, NULL, NULL, declared, id);
 }
 
 mj_status mj_graph_add_op_attrs(mj_graph *g, mj_op op, int n, const int32_t *operands, mj_act act,
                                 const mj_attrs *attrs, const mj_type *declared, int32_t *id) {
+    return mj_graph_add_op_full(g, op, n, operands, act, attrs, NULL, declared, id);
+}
+
+mj_status mj_graph_add_op_sa(mj_graph *g, mj_op op, int n, const int32_t *operands, mj_act act,
+                             const mj_shape_attrs *sa, const mj_type *declared, int32_t *id) {
+    return mj_graph_add_op_full(g, op, n, operands, act, NULL, sa, declared, id);
+}
+
+mj_status mj_graph_add_op_full(mj_graph *g, mj_op op, int n, const int32_t *operands, mj_act act,
+                               const mj_attrs *attrs, const mj_shape_attrs *shape_attrs, const mj_type *declared,
+                               int32_t *id) {
     if (!g || (n > 0 && !operands)) return mj_fail(MJ_ERR_INVALID, "mj_graph_add_op: NULL argument");
     if ((unsigned)op >= MJ_OP_COUNT || (mj_op_table[op].flags & MJ_OPF_LEAF))
         return mj_fail(MJ_ERR_INVALID, "mj_graph_add_op: op %d is not an operation", (int)op);
     mj_attrs a = attrs ? *attrs : mj_attrs_default(op);
     mj_type t;
-    MJ_TRY(mj_infer_type_attrs(g, op, n, operands, act, &a, declared, &t));
+    mj_shape_attrs sa;
+    if (shape_attrs) sa = *shape_attrs;
+    else memset(&sa, 0, sizeof sa);
+    MJ_TRY(mj_infer_type_full(g, op, n, operands, act, &a, &sa, declared, &t));
     if (g->n_nodes >= MJ_MAX_NODES)
         return mj_fail(MJ_ERR_LIMIT, "graph has more than %d nodes", MJ_MAX_NODES);
     MJ_TRY(mj_grow((void **)&g->nodes, &g->cap_nodes, g->n_nodes + 1, sizeof *g->nodes));
@@ -335,6 +480,7 @@ mj_status mj_graph_add_op_attrs(mj_graph *g, mj_op op, int n, const int32_t *ope
     nd->type = t;
     nd->act = act;
     nd->attrs = a;
+    nd->sa = sa;
     if (id) *id = g->n_nodes;
     g->n_nodes++;
     return MJ_OK;
@@ -587,6 +733,11 @@ static const mj_node *input_node(const mj_graph *g, int i) {
     return NULL;
 }
 
+const char *mj_graph_input_name(const mj_graph *g, int i) {
+    const mj_node *n = input_node(g, i);
+    return n ? n->name : NULL;
+}
+
 int mj_graph_input_count(const mj_graph *g) {
     int k = 0;
     if (g)
@@ -631,7 +782,12 @@ const char *mj_graph_warning(const mj_graph *g, int i) {
 mj_status mj_graph_run(mj_graph *g, const mj_tensor *input, mj_tensor **output) {
     if (!g || !output) return mj_fail(MJ_ERR_INVALID, "mj_graph_run: NULL argument");
     if (mj_graph_input_count(g) != 1 || g->n_outputs != 1)
-        return mj_fail(MJ_ERR_INVALID, "mj_graph_run: the graph has %d inputs and %d outputs (needs 1 and 1); use the interpreter API",
+        return mj_fail(MJ_ERR_INVALID, "mj_graph_run: the graph has %d inputs and %d outputs (needs 1 and 1); use mj_graph_run_n",
                        mj_graph_input_count(g), (int)g->n_outputs);
     return mj_interp_run(g, 1, &input, 1, output);
+}
+
+mj_status mj_graph_run_n(mj_graph *g, int n_in, const mj_tensor *const *in, int n_out, mj_tensor **out) {
+    if (!g) return mj_fail(MJ_ERR_INVALID, "mj_graph_run_n: graph is NULL");
+    return mj_interp_run(g, n_in, in, n_out, out);
 }

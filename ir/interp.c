@@ -62,7 +62,16 @@ static mj_status eval_node(const mj_node *n, const mj_tensor *const *v, int64_t 
     case MJ_OP_MUL:
         return mj_mul(out, v[0], v[1]);
     case MJ_OP_TRANSPOSE:
-        return mj_transpose(out, v[0]);
+        return mj_transpose_dims(out, v[0], n->sa.dim0, n->sa.dim1);
+    case MJ_OP_PERMUTE: {
+        int perm[MJ_MAX_RANK];
+        for (int d = 0; d < MJ_MAX_RANK; d++) perm[d] = n->sa.perm[d];
+        return mj_permute(out, v[0], v[0]->rank, perm);
+    }
+    case MJ_OP_SLICE:
+        return mj_slice(out, v[0], n->sa.dim, n->sa.start, n->sa.end);
+    case MJ_OP_CAT:
+        return mj_cat(out, n->n_operands, v, n->sa.dim);
     case MJ_OP_RESHAPE: {
         int64_t shape[MJ_MAX_RANK];
         mj_type_shape(&n->type, batch, shape);

@@ -18,7 +18,8 @@
 #include "../src/internal.h"
 
 #define MJ_DIM_BATCH INT64_C(-1)
-#define MJ_MAX_OPERANDS 3
+/* cat takes up to 8 operands; every other op at most 3 */
+#define MJ_MAX_OPERANDS 8
 /* Graph size limit: a guard against hostile IR files. */
 #define MJ_MAX_NODES 1000000
 
@@ -74,6 +75,15 @@ typedef struct mj_attrs {
     bool keepdim;
     float f[MJ_MAX_FATTRS];
 } mj_attrs;
+/* Attributes of the shape ops (docs/IR.md), stored normalised (dims
+ * non-negative); all zero for every other op, so nodes compare bytewise. */
+typedef struct mj_shape_attrs {
+    int8_t perm[MJ_MAX_RANK]; /* PERMUTE: output dim d is operand dim perm[d]   */
+    int8_t dim0, dim1;        /* TRANSPOSE: the dims swapped, dim0 < dim1       */
+    int8_t dim;               /* SLICE, CAT: along this dim                      */
+    int8_t zero_;             /* always 0: no padding, so memcmp compares nodes  */
+    int64_t start, end;       /* SLICE: [start, end), 0 <= start <= end <= size  */
+} mj_shape_attrs;
 
 typedef struct mj_node {
     mj_op op;
@@ -82,6 +92,7 @@ typedef struct mj_node {
     mj_type type;
     mj_act act;         /* LINEAR_ACT only                                       */
     mj_attrs attrs;     /* the ops of ir/attrs.c; zero otherwise                 */
+    mj_shape_attrs sa;  /* PERMUTE, TRANSPOSE, SLICE, CAT                         */
     char *name;         /* INPUT, PARAM, CONST                                    */
     mj_tensor *tensor;  /* PARAM: bound tensor (NULL = unbound); CONST: its data */
 } mj_node;
@@ -107,6 +118,15 @@ mj_status mj_graph_add_op(mj_graph *g, mj_op op, int n, const int32_t *operands,
 /* The same with attributes (attrs NULL = the op's defaults). */
 mj_status mj_graph_add_op_attrs(mj_graph *g, mj_op op, int n, const int32_t *operands, mj_act act,
                                 const mj_attrs *attrs, const mj_type *declared, int32_t *id);
+/* The same for ops with shape attributes (sa may be NULL: all zero; a
+ * TRANSPOSE with dim0 == dim1 swaps the last two dims). */
+mj_status mj_graph_add_op_sa(mj_graph *g, mj_op op, int n, const int32_t *operands, mj_act act,
+                             const mj_shape_attrs *sa, const mj_type *declared, int32_t *id);
+/* Both kinds of attributes (attrs NULL = the op's defaults, sa NULL = all
+ * zero); the two calls above are this one with the other kind defaulted. */
+mj_status mj_graph_add_op_full(mj_graph *g, mj_op op, int n, const int32_t *operands, mj_act act,
+                               const mj_attrs *attrs, const mj_shape_attrs *sa, const mj_type *declared,
+                               int32_t *id);
 mj_status mj_graph_add_output(mj_graph *g, int32_t id);
 mj_status mj_graph_add_warning(mj_graph *g, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
@@ -116,10 +136,17 @@ int32_t mj_graph_find_leaf(const mj_graph *g, mj_op op, const char *name);
 /* Shape rules, shared by builder, parser, verifier and tracer. */
 mj_status mj_infer_type(const mj_graph *g, mj_op op, int n, const int32_t *operands,
                         mj_act act, const mj_type *declared, mj_type *out);
+/* With shape attributes: sa is read and normalised in place (negative dims
+ * counted from the end, the default transpose made explicit). */
+mj_status mj_infer_type_sa(const mj_graph *g, mj_op op, int n, const int32_t *operands, mj_act act,
+                           mj_shape_attrs *sa, const mj_type *declared, mj_type *out);
 
 mj_status mj_infer_type_attrs(const mj_graph *g, mj_op op, int n, const int32_t *operands,
                               mj_act act, const mj_attrs *attrs, const mj_type *declared,
                               mj_type *out);
+/* Both kinds (sa read and normalised in place as for mj_infer_type_sa). */
+mj_status mj_infer_type_full(const mj_graph *g, mj_op op, int n, const int32_t *operands, mj_act act,
+                             const mj_attrs *attrs, mj_shape_attrs *sa, const mj_type *declared, mj_type *out);
 
 /* ---- attributes (ir/attrs.c) --------------------------------------------- */
 typedef enum mj_attr_kind { MJ_ATTR_DIM, MJ_ATTR_KEEPDIM, MJ_ATTR_FLOAT } mj_attr_kind;

@@ -502,6 +502,99 @@ static mj_status parse_attrs(parser *p, mj_op op, mj_act *act, mj_attrs *attrs) 
     return MJ_OK;
 }
 
+static bool is_shape_attr_op(mj_op op) {
+    return op == MJ_OP_TRANSPOSE || op == MJ_OP_PERMUTE || op == MJ_OP_SLICE || op == MJ_OP_CAT;
+}
+
+/* ---- shape attributes: {perm=[...]}, {dim0=, dim1=}, {dim=, start=, end=} ---- */
+
+enum { SA_PERM = 1, SA_DIM0 = 2, SA_DIM1 = 4, SA_DIM = 8, SA_START = 16, SA_END = 32 };
+
+static mj_status parse_int(parser *p, int64_t lo, int64_t hi, const char *what, int64_t *out) {
+    int l = p->line, c = p->col;
+    bool neg = peek(p) == '-';
+    if (neg) advance(p);
+    int64_t v;
+    MJ_TRY(parse_uint(p, INT64_MAX / 2, what, &v));
+    if (neg) v = -v;
+    if (v < lo || v > hi)
+        return err_at(p, l, c, "%s is %lld, outside %lld..%lld", what, (long long)v, (long long)lo, (long long)hi);
+    *out = v;
+    return MJ_OK;
+}
+
+static mj_status parse_shape_attr(parser *p, mj_op op, const char *key, int kl, int kc, mj_shape_attrs *sa,
+                                  unsigned *seen, int *n_perm) {
+    static const struct {
+        const char *key;
+        unsigned bit;
+        uint64_t ops; /* bit per op that takes it */
+    } keys[] = {
+        {"perm", SA_PERM, UINT64_C(1) << MJ_OP_PERMUTE},
+        {"dim0", SA_DIM0, UINT64_C(1) << MJ_OP_TRANSPOSE},
+        {"dim1", SA_DIM1, UINT64_C(1) << MJ_OP_TRANSPOSE},
+        {"dim", SA_DIM, UINT64_C(1) << MJ_OP_SLICE | UINT64_C(1) << MJ_OP_CAT},
+        {"start", SA_START, UINT64_C(1) << MJ_OP_SLICE},
+        {"end", SA_END, UINT64_C(1) << MJ_OP_SLICE},
+    };
+    _Static_assert(MJ_OP_COUNT <= 64, "op bit sets");
+    unsigned bit = 0;
+    for (size_t k = 0; k < sizeof keys / sizeof keys[0]; k++)
+        if (strcmp(key, keys[k].key) == 0 && (keys[k].ops >> op & 1u)) bit = keys[k].bit;
+    if (!bit) return err_at(p, kl, kc, "%s takes no attribute '%s'", mj_op_table[op].name, key);
+    if (*seen & bit) return err_at(p, kl, kc, "attribute '%s' given twice", key);
+    *seen |= bit;
+    int64_t v;
+    switch (bit) {
+    case SA_PERM: {
+        MJ_TRY(expect_char(p, '[', "'[' starting the perm list"));
+        for (int d = 0;; d++) {
+            skip_blanks(p);
+            if (d == MJ_MAX_RANK) return expected(p, "']' (a perm has at most 4 entries)");
+            MJ_TRY(parse_int(p, -MJ_MAX_RANK, MJ_MAX_RANK - 1, "a perm entry", &v));
+            sa->perm[d] = (int8_t)v;
+            *n_perm = d + 1;
+            skip_blanks(p);
+            if (peek(p) == ',') {
+                advance(p);
+                continue;
+            }
+            MJ_TRY(expect_char(p, ']', "',' or ']' in the perm list"));
+            return MJ_OK;
+        }
+    }
+    case SA_DIM0:
+    case SA_DIM1:
+    case SA_DIM:
+        MJ_TRY(parse_int(p, -MJ_MAX_RANK, MJ_MAX_RANK - 1, key, &v));
+        *(bit == SA_DIM0 ? &sa->dim0 : bit == SA_DIM1 ? &sa->dim1 : &sa->dim) = (int8_t)v;
+        return MJ_OK;
+    default:
+        MJ_TRY(parse_int(p, 0, MJ_MAX_NUMEL, key, &v));
+        *(bit == SA_START ? &sa->start : &sa->end) = v;
+        return MJ_OK;
+    }
+}
+
+/* Required attributes present; a transpose names both dims or neither. */
+static mj_status check_shape_attrs(parser *p, mj_op op, unsigned seen, mj_shape_attrs *sa) {
+    unsigned need = op == MJ_OP_PERMUTE ? SA_PERM
+                    : op == MJ_OP_SLICE ? SA_DIM | SA_START | SA_END
+                    : op == MJ_OP_CAT   ? SA_DIM
+                                        : 0;
+    if (op == MJ_OP_TRANSPOSE && seen) need = SA_DIM0 | SA_DIM1;
+    if ((seen & need) != need) {
+        const char *what = op == MJ_OP_PERMUTE ? "{perm=[...]}"
+                           : op == MJ_OP_SLICE ? "{dim=D, start=S, end=E}"
+                           : op == MJ_OP_CAT   ? "{dim=D}"
+                                               : "both dim0 and dim1";
+        return expected(p, what);
+    }
+    if (op == MJ_OP_TRANSPOSE && seen && sa->dim0 == sa->dim1)
+        return expected(p, "two different dims in {dim0=, dim1=}");
+    return MJ_OK;
+}
+
 static mj_status parse_op(parser *p, mj_op op, int op_line, int op_col) {
     const mj_op_info *info = &mj_op_table[op];
     int32_t operands[MJ_MAX_OPERANDS];
@@ -528,14 +621,73 @@ static mj_status parse_op(parser *p, mj_op op, int op_line, int op_col) {
     }
     mj_act act = MJ_ACT_NONE;
     mj_attrs attrs = mj_attrs_default(op);
-    MJ_TRY(parse_attrs(p, op, &act, &attrs));
+    mj_shape_attrs sa;
+    memset(&sa, 0, sizeof sa);
+    /* Each op parses its own attributes: the shape ops theirs (mj_node.sa),
+     * every other op {act=...} and those of ir/attrs.c (mj_node.attrs). */
+    if (is_shape_attr_op(op)) {
+        bool has_act = false;
+        unsigned seen = 0; /* shape attributes given, bit per key */
+        int n_perm = 0, al = 0, ac = 0;
+        skip_blanks(p);
+        if (peek(p) == '{') {
+            int bl = p->line, bc = p->col;
+            al = bl;
+            ac = bc;
+            advance(p);
+            for (;;) {
+                size_t st, len;
+                skip_blanks(p);
+                int kl = p->line, kc = p->col;
+                parse_ident(p, &st, &len);
+                if (len == 0) return expected(p, "an attribute name");
+                char key[16];
+                if (len >= sizeof key) len = sizeof key - 1;
+                memcpy(key, p->s + st, len);
+                key[len] = '\0';
+                MJ_TRY(expect_char(p, '=', "'='"));
+                skip_blanks(p);
+                if (strcmp(key, "act") == 0) {
+                    if (!(info->flags & MJ_OPF_ACT_ATTR))
+                        return err_at(p, bl, bc, "%s takes no {act=...} attribute, found '{'", info->name);
+                    if (has_act) return err_at(p, kl, kc, "attribute 'act' given twice");
+                    has_act = true;
+                    int nl = p->line, nc = p->col;
+                    parse_ident(p, &st, &len);
+                    char an[32];
+                    if (len == 0) return expected(p, "an activation name");
+                    if (len >= sizeof an) len = sizeof an - 1;
+                    memcpy(an, p->s + st, len);
+                    an[len] = '\0';
+                    if (mj_act_parse(an, &act) != MJ_OK || act == MJ_ACT_NONE)
+                        return err_at(p, nl, nc, "expected an activation (relu, gelu, gelu_tanh, sigmoid, tanh), found '%s'", an);
+                } else {
+                    MJ_TRY(parse_shape_attr(p, op, key, kl, kc, &sa, &seen, &n_perm));
+                }
+                skip_blanks(p);
+                if (peek(p) == ',') {
+                    advance(p);
+                    continue;
+                }
+                MJ_TRY(expect_char(p, '}', "',' or '}'"));
+                break;
+            }
+        }
+        if ((info->flags & MJ_OPF_ACT_ATTR) && !has_act) return expected(p, "an {act=...} attribute");
+        MJ_TRY(check_shape_attrs(p, op, seen, &sa));
+        if (op == MJ_OP_PERMUTE && n > 0 && n_perm != p->g->nodes[operands[0]].type.rank)
+            return err_at(p, al, ac, "permute: perm has %d entries but %%%d has rank %d", n_perm, (int)operands[0],
+                          p->g->nodes[operands[0]].type.rank);
+    } else {
+        MJ_TRY(parse_attrs(p, op, &act, &attrs));
+    }
     MJ_TRY(expect_char(p, ':', "':' and a type"));
     skip_blanks(p);
     int tl = p->line, tc = p->col;
     mj_type type;
     MJ_TRY(parse_type(p, &type, true));
     MJ_TRY(expect_eol(p));
-    mj_status s = mj_graph_add_op_attrs(p->g, op, n, operands, act, &attrs, &type, NULL);
+    mj_status s = mj_graph_add_op_full(p->g, op, n, operands, act, &attrs, &sa, &type, NULL);
     if (s != MJ_OK) {
         (void)op_line;
         (void)op_col;

@@ -34,6 +34,7 @@ static uint64_t node_hash(const mj_node *n) {
     int32_t ops[MJ_MAX_OPERANDS];
     canonical_operands(n, ops);
     for (int k = 0; k < n->n_operands; k++) h = mix(h, (uint64_t)ops[k]);
+    h = mix(h, (uint64_t)n->sa.start ^ ((uint64_t)n->sa.end << 20) ^ ((uint64_t)(uint8_t)n->sa.dim << 56));
     return h;
 }
 
@@ -41,6 +42,7 @@ static bool node_equal(const mj_node *a, const mj_node *b) {
     if (a->op != b->op || a->act != b->act || a->n_operands != b->n_operands) return false;
     if (!mj_attrs_equal(&a->attrs, &b->attrs)) return false;
     if (!mj_type_equal(&a->type, &b->type)) return false;
+    if (memcmp(&a->sa, &b->sa, sizeof a->sa) != 0) return false; /* slices of one value differ */
     if (mj_op_table[a->op].flags & MJ_OPF_LEAF)
         return a->name && b->name && strcmp(a->name, b->name) == 0 && a->tensor == b->tensor;
     int32_t x[MJ_MAX_OPERANDS] = {0}, y[MJ_MAX_OPERANDS] = {0};

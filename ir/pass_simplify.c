@@ -94,7 +94,8 @@ static mj_status emit(const mj_graph *g, mj_graph *ng, int32_t i, const int32_t 
             return s;
         }
     }
-    if ((n->op == MJ_OP_LINEAR || n->op == MJ_OP_LINEAR_ACT || n->op == MJ_OP_MATMUL) &&
+    if ((n->op == MJ_OP_LINEAR || n->op == MJ_OP_LINEAR_ACT ||
+         (n->op == MJ_OP_MATMUL && ng->nodes[ops[1]].type.rank == 2)) && /* not batched */
         is_zeros(&ng->nodes[ops[1]])) {
         int32_t e, args[2] = {ops[0], n->n_operands == 3 ? ops[2] : -1};
         /* Without a bias the width comes from the declared type: the old
@@ -108,7 +109,7 @@ static mj_status emit(const mj_graph *g, mj_graph *ng, int32_t i, const int32_t 
         }
         return mj_graph_add_op(ng, mj_op_for_act(n->act), 1, &e, MJ_ACT_NONE, &n->type, to);
     }
-    return mj_graph_add_op_attrs(ng, n->op, n->n_operands, ops, n->act, &n->attrs, &n->type, to);
+    return mj_graph_add_op_full(ng, n->op, n->n_operands, ops, n->act, &n->attrs, &n->sa, &n->type, to);
 }
 
 mj_status mj_pass_simplify(mj_graph *g) {

@@ -76,6 +76,28 @@ static void sb_name(strbuf *b, const char *name) {
     sb_putn(b, "\"", 1);
 }
 
+/* The shape ops' attributes; a transpose of the last two dims prints none
+ * (the form of files that predate the attributes). */
+static void sb_shape_attrs(strbuf *b, const mj_node *n) {
+    const mj_shape_attrs *sa = &n->sa;
+    switch (n->op) {
+    case MJ_OP_TRANSPOSE:
+        if (sa->dim0 != n->type.rank - 2 || sa->dim1 != n->type.rank - 1)
+            sb_printf(b, " {dim0=%d, dim1=%d}", (int)sa->dim0, (int)sa->dim1);
+        break;
+    case MJ_OP_PERMUTE:
+        sb_puts(b, " {perm=[");
+        for (int d = 0; d < n->type.rank; d++) sb_printf(b, "%s%d", d ? "," : "", (int)sa->perm[d]);
+        sb_puts(b, "]}");
+        break;
+    case MJ_OP_SLICE:
+        sb_printf(b, " {dim=%d, start=%lld, end=%lld}", (int)sa->dim, (long long)sa->start, (long long)sa->end);
+        break;
+    case MJ_OP_CAT: sb_printf(b, " {dim=%d}", (int)sa->dim); break;
+    default: break;
+    }
+}
+
 static void sb_node(strbuf *b, const mj_graph *g, int32_t i) {
     const mj_node *n = &g->nodes[i];
     char ts[96];
@@ -96,6 +118,7 @@ static void sb_node(strbuf *b, const mj_graph *g, int32_t i) {
     char attrs[256];
     mj_attrs_format(n->op, &n->attrs, attrs, sizeof attrs);
     sb_puts(b, attrs);
+    sb_shape_attrs(b, n);
     sb_printf(b, " : %s", mj_type_str(ts, sizeof ts, &n->type));
     if (n->op == MJ_OP_CONST && n->tensor && n->tensor->numel <= MJ_IR_INLINE_MAX) {
         sb_puts(b, " = [");

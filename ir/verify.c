@@ -72,8 +72,12 @@ static mj_status verify_node(const mj_graph *g, int32_t i) {
     if (n->name) return node_err(i, n, MJ_ERR_INVALID, "an op node has a name", NULL, NULL);
     if (n->tensor) return node_err(i, n, MJ_ERR_INVALID, "an op node has a tensor", NULL, NULL);
     mj_type t;
-    mj_status s = mj_infer_type_attrs(g, n->op, n->n_operands, n->operands, n->act, &n->attrs, &n->type, &t);
+    mj_shape_attrs sa = n->sa;
+    mj_status s = mj_infer_type_full(g, n->op, n->n_operands, n->operands, n->act, &n->attrs, &sa, &n->type, &t);
     if (s != MJ_OK) return mj_fail_prefix(s, "%%%d (%s)", (int)i, info->name);
+    if (memcmp(&sa, &n->sa, sizeof sa) != 0)
+        return node_err(i, n, MJ_ERR_INVALID, "shape attributes are not in normal form (dims >= 0, dim0 < dim1)",
+                        NULL, NULL);
     if (!mj_type_equal(&t, &n->type))
         return node_err(i, n, MJ_ERR_SHAPE, "type %s differs from the inferred %s",
                         mj_type_str(buf2, sizeof buf2, &n->type), mj_type_str(buf3, sizeof buf3, &t));

@@ -833,7 +833,9 @@ static LLVMValueRef emit_core(emit *e, LLVMValueRef body, LLVMValueRef check, LL
         leaves_arg = leaves;
     }
     free(pv);
-    LLVMValueRef args[8] = {leaves_arg, x, y, batch, fptr(e, base, c64(e, a->pack_floats)), c64(e, 0), c64(e, 1), null};
+    /* the body takes arrays of input and output pointers (one of each here:
+     * check_graph); the caller's arrays are those, checked above */
+    LLVMValueRef args[8] = {leaves_arg, inputs, outputs, batch, fptr(e, base, c64(e, a->pack_floats)), c64(e, 0), c64(e, 1), null};
     LLVMBuildCall2(e->b, LLVMGlobalGetValueType(body), body, args, 8, "");
     LLVMBasicBlockRef do_free = LLVMAppendBasicBlockInContext(e->ctx, fn, "free");
     LLVMBasicBlockRef done = LLVMAppendBasicBlockInContext(e->ctx, fn, "done");

@@ -24,7 +24,8 @@ struct mj_compiled {
     mj_body_fn fn;
     char *bitcode; /* the optimised module, for dumps */
     size_t bitcode_size;
-    mj_type in_type, out_type;
+    int n_in, n_out;
+    mj_type *in_types, *out_types; /* per input / output */
 
     /* Live state (see "run" below): calls read the current prologue
      * snapshot without locks; a refresh publishes a new one and retires the
@@ -41,10 +42,11 @@ struct mj_compiled {
     _Atomic uint64_t **param_versions;
     int32_t n_params;
 
-    /* Shapes precomputed for the call path (batch_linear: the input, the
-     * output and every scratch slice are B x a fixed row). */
+    /* Shapes precomputed for the call path (batch_linear: the inputs, the
+     * outputs and every scratch slice are B x a fixed row). */
     bool batch_linear;
-    int64_t in_row, out_row, scratch_row, scratch_fixed;
+    int64_t *in_rows, *out_rows; /* per input / output: floats per row */
+    int64_t scratch_row, scratch_fixed;
     bool has_sparse;
     _Atomic(float *) spare; /* a cached scratch buffer, size in spare[-16] */
     /* Threads: rows split over a pool when every row is independent. */
@@ -207,8 +209,8 @@ out:
  * workers 1..n-1 the other parts (consecutive row ranges). One call uses the
  * pool at a time (busy); a concurrent call runs on its own thread instead. */
 typedef struct part {
-    const float *x;
-    float *y;
+    const float **x; /* per input: this part's rows */
+    float **y;       /* per output */
     int64_t rows;
     float *scratch; /* the pool's, per part */
     int64_t cap;    /* floats */
@@ -252,7 +254,7 @@ static void *worker_main(void *arg) {
         part pt = mine ? p->parts[idx] : (part){0};
         const float *const *leaves = p->leaves;
         pthread_mutex_unlock(&p->mu);
-        if (mine) p->c->fn(leaves, pt.x, pt.y, pt.rows, pt.use, pt.tid, pt.nth, &p->sync);
+        if (mine) p->c->fn(leaves, (const float *const *)pt.x, pt.y, pt.rows, pt.use, pt.tid, pt.nth, &p->sync);
         pthread_mutex_lock(&p->mu);
         if (mine && --p->pending == 0) pthread_cond_signal(&p->done);
     }
@@ -289,8 +291,11 @@ static void pool_free(pool *p) {
     pthread_mutex_unlock(&p->mu);
     for (int i = 0; i < p->started; i++) pthread_join(p->th[i], NULL);
     if (p->parts)
-        for (int i = 0; i < p->n; i++)
+        for (int i = 0; i < p->n; i++) {
             if (p->parts[i].scratch) free(p->parts[i].scratch - 16);
+            free(p->parts[i].x);
+            free(p->parts[i].y);
+        }
     free(p->parts);
     free(p->th);
     pthread_mutex_destroy(&p->busy);
@@ -308,8 +313,19 @@ static mj_status pool_new(mj_compiled *c, int n, pool **out) {
     p->sync.wait = sync_wait;
     p->th = mj_alloc_array((size_t)n, sizeof *p->th);
     p->parts = mj_alloc_array((size_t)n, sizeof *p->parts);
-    if (!p->th || !p->parts || pthread_mutex_init(&p->busy, NULL) || pthread_mutex_init(&p->mu, NULL) ||
+    bool ok = p->th && p->parts;
+    for (int i = 0; ok && i < n; i++) {
+        p->parts[i].x = mj_alloc_array((size_t)c->n_in, sizeof *p->parts[i].x);
+        p->parts[i].y = mj_alloc_array((size_t)c->n_out, sizeof *p->parts[i].y);
+        ok = p->parts[i].x && p->parts[i].y;
+    }
+    if (!ok || pthread_mutex_init(&p->busy, NULL) || pthread_mutex_init(&p->mu, NULL) ||
         pthread_cond_init(&p->work, NULL) || pthread_cond_init(&p->done, NULL)) {
+        if (p->parts)
+            for (int i = 0; i < n; i++) {
+                free(p->parts[i].x);
+                free(p->parts[i].y);
+            }
         free(p->th);
         free(p->parts);
         free(p);
@@ -355,6 +371,10 @@ void mj_compiled_free(mj_compiled *c) {
     free(c->input_free);
     free(c->needed);
     free(c->param_versions);
+    free(c->in_types);
+    free(c->out_types);
+    free(c->in_rows);
+    free(c->out_rows);
     free(c->bitcode);
     mj_graph_free(c->g);
     pthread_mutex_destroy(&c->refresh_mu);
@@ -364,9 +384,7 @@ void mj_compiled_free(mj_compiled *c) {
 static mj_status runtime_init(mj_compiled *c);
 
 static mj_status check_graph(const mj_graph *g) {
-    if (g->n_outputs != 1 || mj_graph_input_count(g) != 1)
-        return mj_fail(MJ_ERR_UNSUPPORTED, "jit: the graph has %d inputs and %d outputs; only 1 and 1 are supported",
-                       mj_graph_input_count(g), (int)g->n_outputs);
+    MJ_TRY(mj_graph_verify(g));
     for (int32_t i = 0; i < g->n_nodes; i++) {
         const mj_node *n = &g->nodes[i];
         if (n->op == MJ_OP_INPUT) {
@@ -533,9 +551,19 @@ mj_status mj_jit_compile(mj_jit *jit, const mj_graph *g, const mj_compile_option
         if ((s = mj_graph_optimize(c->g, "cse,fuse,dce")) != MJ_OK) goto fail;
     }
     if ((s = check_graph(c->g)) != MJ_OK) goto fail;
-    for (int32_t i = 0; i < c->g->n_nodes; i++)
-        if (c->g->nodes[i].op == MJ_OP_INPUT) c->in_type = c->g->nodes[i].type;
-    c->out_type = c->g->nodes[c->g->outputs[0]].type;
+    c->n_in = mj_graph_input_count(c->g);
+    c->n_out = c->g->n_outputs;
+    c->in_types = mj_alloc_array((size_t)c->n_in, sizeof *c->in_types);
+    c->out_types = mj_alloc_array((size_t)c->n_out, sizeof *c->out_types);
+    c->in_rows = mj_alloc_array((size_t)c->n_in, sizeof *c->in_rows);
+    c->out_rows = mj_alloc_array((size_t)c->n_out, sizeof *c->out_rows);
+    if (!c->in_types || !c->out_types || !c->in_rows || !c->out_rows) {
+        s = MJ_ERR_NOMEM;
+        goto fail;
+    }
+    for (int32_t i = 0, k = 0; i < c->g->n_nodes; i++)
+        if (c->g->nodes[i].op == MJ_OP_INPUT) c->in_types[k++] = c->g->nodes[i].type;
+    for (int j = 0; j < c->n_out; j++) c->out_types[j] = c->g->nodes[c->g->outputs[j]].type;
 
     if (!(c->input_free = mj_graph_input_free(c->g))) {
         s = MJ_ERR_NOMEM;
@@ -611,20 +639,43 @@ static int64_t sparse_floats(const mj_compiled *c, int64_t rows) {
 /* What the call path needs, computed once. */
 static mj_status runtime_init(mj_compiled *c) {
     const mj_graph *g = c->g;
-    c->batch_linear = b_at_dim0_only(&c->in_type) && b_at_dim0_only(&c->out_type);
+    c->batch_linear = true;
+    for (int i = 0; i < c->n_in; i++) {
+        c->batch_linear = c->batch_linear && b_at_dim0_only(&c->in_types[i]);
+        c->in_rows[i] = type_row(&c->in_types[i]);
+    }
+    for (int j = 0; j < c->n_out; j++) {
+        c->batch_linear = c->batch_linear && b_at_dim0_only(&c->out_types[j]);
+        c->out_rows[j] = type_row(&c->out_types[j]);
+    }
     c->row_independent = c->batch_linear;
-    c->in_row = type_row(&c->in_type);
-    c->out_row = type_row(&c->out_type);
     for (int32_t i = 0; i < g->n_nodes; i++) {
         const mj_node *n = &g->nodes[i];
         if (c->input_free[i] || n->op == MJ_OP_INPUT) continue;
         bool rows_ok = b_at_dim0_only(&n->type);
-        if (n->op == MJ_OP_TRANSPOSE) rows_ok = false;
         if (mj_op_table[n->op].flags & MJ_OPF_REDUCE) { /* along the batch dim, rows meet */
             const mj_type *xt = &g->nodes[n->operands[0]].type;
             if (xt->dims[mj_reduce_dim(n, xt->rank)] == MJ_DIM_BATCH) rows_ok = false;
         }
-        if (n->op == MJ_OP_MATMUL || n->op == MJ_OP_LINEAR || n->op == MJ_OP_LINEAR_ACT) {
+        /* shape ops keep rows apart when dim 0 (the batch) stays put and
+         * every operand that depends on the input has B there too */
+        if (n->op == MJ_OP_TRANSPOSE) rows_ok = rows_ok && n->sa.dim0 != 0;
+        if (n->op == MJ_OP_PERMUTE) rows_ok = rows_ok && n->sa.perm[0] == 0;
+        if (n->op == MJ_OP_SLICE || n->op == MJ_OP_CAT) rows_ok = rows_ok && n->sa.dim != 0;
+        if (n->op == MJ_OP_MATMUL) { /* batched: b[B, ...] with the same rank, or input-free */
+            for (int k = 0; k < 2; k++) {
+                const mj_type *t = &g->nodes[n->operands[k]].type;
+                rows_ok = rows_ok && (c->input_free[n->operands[k]] || (t->rank == n->type.rank && b_at_dim0_only(t)));
+            }
+            rows_ok = rows_ok && n->type.rank > 2;
+            const mj_type *ta = &g->nodes[n->operands[0]].type;
+            int64_t yr = type_row(&n->type), K = ta->dims[ta->rank - 1];
+            if (n->type.rank > 2 && yr > 0 && K > 0) c->row_flops += 2.0 * (double)yr * (double)K;
+        }
+        if (n->op == MJ_OP_SLICE || n->op == MJ_OP_CAT || n->op == MJ_OP_TRANSPOSE || n->op == MJ_OP_PERMUTE)
+            for (int k = 0; k < n->n_operands; k++)
+                rows_ok = rows_ok && b_at_dim0_only(&g->nodes[n->operands[k]].type);
+        if (n->op == MJ_OP_LINEAR || n->op == MJ_OP_LINEAR_ACT || (n->op == MJ_OP_MATMUL && n->type.rank == 2)) {
             for (int k = 1; k < n->n_operands; k++) rows_ok = rows_ok && c->input_free[n->operands[k]];
             int64_t xr = type_row(&g->nodes[n->operands[0]].type);
             int64_t K = g->nodes[n->operands[0]].type.dims[g->nodes[n->operands[0]].type.rank - 1];
@@ -689,8 +740,8 @@ static int64_t scratch_cap(const float *b) {
  * column mode (few rows, wide layers), every thread the whole batch with
  * its share of each wide layer's output columns (mj_lower_body). False if
  * the pool is busy or out of memory (the caller then runs the call itself). */
-static bool run_parallel(mj_compiled *c, const float *const *leaves, const float *x, int64_t batch, float *y,
-                         bool columns) {
+static bool run_parallel(mj_compiled *c, const float *const *leaves, const float *const *x, int64_t batch,
+                         float *const *y, bool columns) {
     pool *p = c->pool;
     if (pthread_mutex_trylock(&p->busy) != 0) return false;
     int np = columns || batch >= p->n ? p->n : (int)batch;
@@ -707,8 +758,8 @@ static bool run_parallel(mj_compiled *c, const float *const *leaves, const float
                 return false;
             }
         }
-        pt->x = x + r0 * c->in_row;
-        pt->y = y + r0 * c->out_row;
+        for (int i = 0; i < c->n_in; i++) pt->x[i] = x[i] + r0 * c->in_rows[i];
+        for (int j = 0; j < c->n_out; j++) pt->y[j] = y[j] + r0 * c->out_rows[j];
         pt->rows = r1 - r0;
         pt->use = columns ? p->parts[0].scratch : pt->scratch;
         pt->tid = columns ? t : 0;
@@ -723,7 +774,7 @@ static bool run_parallel(mj_compiled *c, const float *const *leaves, const float
     pthread_cond_broadcast(&p->work);
     pthread_mutex_unlock(&p->mu);
     const part *p0 = &p->parts[0];
-    c->fn(leaves, p0->x, p0->y, p0->rows, p0->use, p0->tid, p0->nth, &p->sync);
+    c->fn(leaves, (const float *const *)p0->x, p0->y, p0->rows, p0->use, p0->tid, p0->nth, &p->sync);
     pthread_mutex_lock(&p->mu);
     while (p->pending > 0) pthread_cond_wait(&p->done, &p->mu);
     pthread_mutex_unlock(&p->mu);
@@ -734,52 +785,59 @@ static bool run_parallel(mj_compiled *c, const float *const *leaves, const float
 /* Sizes the slow way (any graph), with the errors for too large a batch. */
 static mj_status sizes_general(const mj_compiled *c, int64_t batch, int64_t *in_numel, int64_t *out_numel,
                                int64_t *scratch_n) {
-    int64_t in_shape[MJ_MAX_RANK], out_shape[MJ_MAX_RANK];
-    mj_type_shape(&c->in_type, batch, in_shape);
-    mj_type_shape(&c->out_type, batch, out_shape);
-    if (mj_shape_numel(c->in_type.rank, in_shape, in_numel) != MJ_OK ||
-        mj_shape_numel(c->out_type.rank, out_shape, out_numel) != MJ_OK)
-        return mj_fail(MJ_ERR_LIMIT, "compiled graph: batch %lld is too large", (long long)batch);
+    for (int k = 0; k < c->n_in + c->n_out; k++) {
+        const mj_type *t = k < c->n_in ? &c->in_types[k] : &c->out_types[k - c->n_in];
+        int64_t shape[MJ_MAX_RANK];
+        mj_type_shape(t, batch, shape);
+        if (mj_shape_numel(t->rank, shape, k < c->n_in ? &in_numel[k] : &out_numel[k - c->n_in]) != MJ_OK)
+            return mj_fail(MJ_ERR_LIMIT, "compiled graph: batch %lld is too large", (long long)batch);
+    }
     return mj_body_scratch_floats(&c->plan, batch, scratch_n);
 }
 
-mj_status mj_compiled_run_raw(mj_compiled *c, const float *x, int64_t batch, float *y, int64_t y_numel) {
-    if (!c || !x || !y)
-        return mj_fail(MJ_ERR_INVALID, "mj_compiled_run_raw: %s is NULL", !c ? "the compiled graph" : !x ? "x" : "y");
-    /* The trace cannot see into native code: its output would become a const
-     * of this one call's values. Refused rather than recorded wrongly. */
-    if (mj_trace_active())
-        return mj_fail(MJ_ERR_STATE, "cannot run a compiled graph inside a trace: the trace cannot record "
-                                     "what the native code computes, so its output would become a constant; "
-                                     "call the module's forward inside the trace instead");
-    if (batch < 1) {
-        char ts[96];
-        return mj_fail(MJ_ERR_SHAPE, "compiled graph: batch is %lld but must be >= 1 (input %s)", (long long)batch,
-                       mj_type_str(ts, sizeof ts, &c->in_type));
-    }
-    int64_t in_numel, out_numel, scratch_n;
+static bool overlap(const void *a, int64_t na, const void *b, int64_t nb) {
+    uintptr_t x = (uintptr_t)a, y = (uintptr_t)b;
+    return na > 0 && nb > 0 && x < y + (uintptr_t)nb * sizeof(float) && y < x + (uintptr_t)na * sizeof(float);
+}
+
+/* Sizes of up to this many inputs and outputs live on the stack of a call. */
+#define IO_STACK 16
+
+static inline mj_status run_checked(mj_compiled *c, const float *const *x, int64_t batch, float *const *y,
+                             const int64_t *y_numel, int64_t *in_numel, int64_t *out_numel) {
+    int64_t scratch_n;
     /* fast path: B x fixed rows, small enough that nothing overflows */
-    if (c->batch_linear && batch <= (INT64_C(1) << 20)) {
-        in_numel = batch * c->in_row;
-        out_numel = batch * c->out_row;
+    bool fast = c->batch_linear && batch <= (INT64_C(1) << 20);
+    if (fast) {
+        for (int i = 0; i < c->n_in; i++) fast = fast && (in_numel[i] = batch * c->in_rows[i]) <= MJ_MAX_NUMEL;
+        for (int j = 0; j < c->n_out; j++) fast = fast && (out_numel[j] = batch * c->out_rows[j]) <= MJ_MAX_NUMEL;
         scratch_n = scratch_for(c, batch);
-        if (in_numel > MJ_MAX_NUMEL || out_numel > MJ_MAX_NUMEL || scratch_n > MJ_MAX_NUMEL)
-            MJ_TRY(sizes_general(c, batch, &in_numel, &out_numel, &scratch_n));
-    } else {
-        MJ_TRY(sizes_general(c, batch, &in_numel, &out_numel, &scratch_n));
+        fast = fast && scratch_n <= MJ_MAX_NUMEL;
     }
-    if (y_numel < out_numel) {
+    if (!fast) MJ_TRY(sizes_general(c, batch, in_numel, out_numel, &scratch_n));
+    for (int j = 0; j < c->n_out; j++) {
+        if (y_numel[j] >= out_numel[j]) continue;
         char os[96];
         int64_t out_shape[MJ_MAX_RANK];
-        mj_type_shape(&c->out_type, batch, out_shape);
-        return mj_fail(MJ_ERR_SHAPE, "compiled graph: y has room for %lld floats but the output %s needs %lld",
-                       (long long)y_numel, mj_shape_str(os, sizeof os, c->out_type.rank, out_shape),
-                       (long long)out_numel);
+        mj_type_shape(&c->out_types[j], batch, out_shape);
+        if (c->n_out == 1)
+            return mj_fail(MJ_ERR_SHAPE, "compiled graph: y has room for %lld floats but the output %s needs %lld",
+                           (long long)y_numel[j], mj_shape_str(os, sizeof os, c->out_types[j].rank, out_shape),
+                           (long long)out_numel[j]);
+        return mj_fail(MJ_ERR_SHAPE, "compiled graph: y[%d] has room for %lld floats but output %d %s needs %lld", j,
+                       (long long)y_numel[j], j, mj_shape_str(os, sizeof os, c->out_types[j].rank, out_shape),
+                       (long long)out_numel[j]);
     }
-    uintptr_t xa = (uintptr_t)x, ya = (uintptr_t)y;
-    if (in_numel > 0 && out_numel > 0 && xa < ya + (uintptr_t)out_numel * sizeof(float) &&
-        ya < xa + (uintptr_t)in_numel * sizeof(float))
-        return mj_fail(MJ_ERR_INVALID, "compiled graph: x and y overlap");
+    for (int j = 0; j < c->n_out; j++) {
+        for (int i = 0; i < c->n_in; i++)
+            if (overlap(x[i], in_numel[i], y[j], out_numel[j])) {
+                if (c->n_in == 1 && c->n_out == 1) return mj_fail(MJ_ERR_INVALID, "compiled graph: x and y overlap");
+                return mj_fail(MJ_ERR_INVALID, "compiled graph: input %d and output %d overlap", i, j);
+            }
+        for (int k = 0; k < j; k++)
+            if (overlap(y[k], out_numel[k], y[j], out_numel[j]))
+                return mj_fail(MJ_ERR_INVALID, "compiled graph: outputs %d and %d overlap", k, j);
+    }
 
     /* Live: enter, then check the snapshot's versions; a stale snapshot is
      * replaced (refresh) and the call retries. Frozen: nothing to check. */
@@ -829,34 +887,144 @@ mj_status mj_compiled_run_raw(mj_compiled *c, const float *x, int64_t batch, flo
     return MJ_OK;
 }
 
+/* The trace cannot see into native code: its output would become a const
+ * of this one call's values. Refused rather than recorded wrongly. */
+static mj_status refuse_in_trace(void) {
+    return mj_fail(MJ_ERR_STATE, "cannot run a compiled graph inside a trace: the trace cannot record "
+                                 "what the native code computes, so its output would become a constant; "
+                                 "call the module's forward inside the trace instead");
+}
+
+mj_status mj_compiled_run_raw_n(mj_compiled *c, int n_in, const float *const *x, int64_t batch, int n_out,
+                                float *const *y, const int64_t *y_numel) {
+    if (!c || (n_in > 0 && !x) || (n_out > 0 && (!y || !y_numel)))
+        return mj_fail(MJ_ERR_INVALID, "mj_compiled_run_raw_n: %s is NULL",
+                       !c ? "the compiled graph" : (n_in > 0 && !x) ? "x" : !y ? "y" : "y_numel");
+    if (n_in != c->n_in || n_out != c->n_out)
+        return mj_fail(MJ_ERR_INVALID, "compiled graph: it takes %d inputs and gives %d outputs, called with %d and %d",
+                       c->n_in, c->n_out, n_in, n_out);
+    for (int i = 0; i < n_in; i++)
+        if (!x[i]) return mj_fail(MJ_ERR_INVALID, "compiled graph: input %d is NULL", i);
+    for (int j = 0; j < n_out; j++)
+        if (!y[j]) return mj_fail(MJ_ERR_INVALID, "compiled graph: output %d is NULL", j);
+    if (mj_trace_active()) return refuse_in_trace();
+    if (batch < 1) {
+        char ts[96];
+        return mj_fail(MJ_ERR_SHAPE, "compiled graph: batch is %lld but must be >= 1 (input %s)", (long long)batch,
+                       mj_type_str(ts, sizeof ts, &c->in_types[0]));
+    }
+    int64_t stack[2 * IO_STACK], *numel = stack;
+    if (n_in > IO_STACK || n_out > IO_STACK) {
+        numel = mj_alloc_array((size_t)n_in + (size_t)n_out, sizeof *numel);
+        if (!numel) return MJ_ERR_NOMEM;
+    }
+    mj_status s = run_checked(c, x, batch, y, y_numel, numel, numel + n_in);
+    if (numel != stack) free(numel);
+    return s;
+}
+
+mj_status mj_compiled_run_raw(mj_compiled *c, const float *x, int64_t batch, float *y, int64_t y_numel) {
+    if (!c || !x || !y)
+        return mj_fail(MJ_ERR_INVALID, "mj_compiled_run_raw: %s is NULL", !c ? "the compiled graph" : !x ? "x" : "y");
+    if (c->n_in != 1 || c->n_out != 1)
+        return mj_fail(MJ_ERR_INVALID,
+                       "mj_compiled_run_raw: the graph has %d inputs and %d outputs; use mj_compiled_run_raw_n",
+                       c->n_in, c->n_out);
+    if (mj_trace_active()) return refuse_in_trace();
+    if (batch < 1) {
+        char ts[96];
+        return mj_fail(MJ_ERR_SHAPE, "compiled graph: batch is %lld but must be >= 1 (input %s)", (long long)batch,
+                       mj_type_str(ts, sizeof ts, &c->in_types[0]));
+    }
+    /* straight to the call: this is the path of small models, where every
+     * nanosecond of the wrapper shows */
+    int64_t in_numel, out_numel;
+    return run_checked(c, &x, batch, &y, &y_numel, &in_numel, &out_numel);
+}
+
+mj_status mj_compiled_run_n(mj_compiled *c, int n_in, const mj_tensor *const *x, int n_out, mj_tensor **y) {
+    if (!c || (n_in > 0 && !x) || (n_out > 0 && !y))
+        return mj_fail(MJ_ERR_INVALID, "mj_compiled_run_n: %s is NULL",
+                       !c ? "the compiled graph" : (n_in > 0 && !x) ? "x" : "the output array");
+    if (mj_trace_active()) return refuse_in_trace();
+    if (n_in != c->n_in || n_out != c->n_out)
+        return mj_fail(MJ_ERR_INVALID, "compiled graph: it takes %d inputs and gives %d outputs, called with %d and %d",
+                       c->n_in, c->n_out, n_in, n_out);
+    char want[96], got[96];
+    int64_t batch = -1;
+    for (int i = 0; i < n_in; i++) {
+        const mj_tensor *t = x[i];
+        const mj_type *ty = &c->in_types[i];
+        if (!t) return mj_fail(MJ_ERR_INVALID, "compiled graph: input %d is NULL", i);
+        bool ok = t->rank == ty->rank;
+        for (int d = 1; ok && d < t->rank; d++) ok = t->shape[d] == ty->dims[d];
+        if (!ok) {
+            if (n_in == 1)
+                return mj_fail(MJ_ERR_SHAPE, "compiled graph: x has shape %s but the graph takes %s",
+                               mj_shape_str(got, sizeof got, t->rank, t->shape), mj_type_str(want, sizeof want, ty));
+            return mj_fail(MJ_ERR_SHAPE, "compiled graph: input %d has shape %s but the graph takes %s", i,
+                           mj_shape_str(got, sizeof got, t->rank, t->shape), mj_type_str(want, sizeof want, ty));
+        }
+        if (t->shape[0] < 1 && n_in == 1)
+            return mj_fail(MJ_ERR_SHAPE, "compiled graph: x has shape %s; the batch (dim 0) must be >= 1 for %s",
+                           mj_shape_str(got, sizeof got, t->rank, t->shape), mj_type_str(want, sizeof want, ty));
+        if (t->shape[0] < 1)
+            return mj_fail(MJ_ERR_SHAPE, "compiled graph: input %d has shape %s; the batch (dim 0) must be >= 1 for %s",
+                           i, mj_shape_str(got, sizeof got, t->rank, t->shape), mj_type_str(want, sizeof want, ty));
+        if (batch >= 0 && t->shape[0] != batch)
+            return mj_fail(MJ_ERR_SHAPE,
+                           "compiled graph: input %d has shape %s but input 0 has batch %lld (inputs share the batch B)",
+                           i, mj_shape_str(got, sizeof got, t->rank, t->shape), (long long)batch);
+        batch = t->shape[0];
+    }
+    mj_tensor *stack_t[IO_STACK], **outs = stack_t;
+    const float *stack_x[IO_STACK], **xd = stack_x;
+    float *stack_y[IO_STACK], **yd = stack_y;
+    int64_t stack_n[IO_STACK], *yn = stack_n;
+    bool heap = n_in > IO_STACK || n_out > IO_STACK;
+    if (heap) {
+        outs = mj_alloc_array((size_t)n_out + 1, sizeof *outs);
+        xd = mj_alloc_array((size_t)n_in + 1, sizeof *xd);
+        yd = mj_alloc_array((size_t)n_out + 1, sizeof *yd);
+        yn = mj_alloc_array((size_t)n_out + 1, sizeof *yn);
+    }
+    mj_status s = outs && xd && yd && yn ? MJ_OK : MJ_ERR_NOMEM;
+    int made = 0;
+    for (int j = 0; j < n_out && s == MJ_OK; j++) {
+        int64_t shape[MJ_MAX_RANK];
+        mj_type_shape(&c->out_types[j], batch, shape);
+        if ((s = mj_tensor_new_uninit(&outs[j], c->out_types[j].rank, shape)) != MJ_OK) break;
+        made++;
+        yd[j] = outs[j]->data;
+        yn[j] = outs[j]->numel;
+    }
+    for (int i = 0; i < n_in && s == MJ_OK; i++) xd[i] = x[i]->data;
+    if (s == MJ_OK) s = mj_compiled_run_raw_n(c, n_in, xd, batch, n_out, yd, yn);
+    for (int j = 0; j < made; j++) {
+        if (s == MJ_OK) y[j] = outs[j];
+        else mj_tensor_release(outs[j]);
+    }
+    if (heap) {
+        free(outs);
+        free(xd);
+        free(yd);
+        free(yn);
+    }
+    return s;
+}
+
 mj_status mj_compiled_run(mj_compiled *c, const mj_tensor *x, mj_tensor **y) {
     if (!c || !x || !y)
         return mj_fail(MJ_ERR_INVALID, "mj_compiled_run: %s is NULL",
                        !c ? "the compiled graph" : !x ? "x" : "the output pointer");
-    bool ok = x->rank == c->in_type.rank;
-    for (int d = 1; ok && d < x->rank; d++) ok = x->shape[d] == c->in_type.dims[d];
-    char want[96], got[96];
-    if (!ok)
-        return mj_fail(MJ_ERR_SHAPE, "compiled graph: x has shape %s but the graph takes %s",
-                       mj_shape_str(got, sizeof got, x->rank, x->shape),
-                       mj_type_str(want, sizeof want, &c->in_type));
-    int64_t batch = x->shape[0];
-    if (batch < 1)
-        return mj_fail(MJ_ERR_SHAPE, "compiled graph: x has shape %s; the batch (dim 0) must be >= 1 for %s",
-                       mj_shape_str(got, sizeof got, x->rank, x->shape),
-                       mj_type_str(want, sizeof want, &c->in_type));
-    int64_t shape[MJ_MAX_RANK];
-    mj_type_shape(&c->out_type, batch, shape);
-    mj_tensor *t;
-    MJ_TRY(mj_tensor_new_uninit(&t, c->out_type.rank, shape));
-    mj_status s = mj_compiled_run_raw(c, x->data, batch, t->data, t->numel);
-    if (s != MJ_OK) {
-        mj_tensor_release(t);
-        return s;
-    }
-    *y = t;
-    return MJ_OK;
+    if (c->n_in != 1 || c->n_out != 1)
+        return mj_fail(MJ_ERR_INVALID, "mj_compiled_run: the graph has %d inputs and %d outputs; use mj_compiled_run_n",
+                       c->n_in, c->n_out);
+    return mj_compiled_run_n(c, 1, &x, 1, y);
 }
+
+int mj_compiled_input_count(const mj_compiled *c) { return c ? c->n_in : 0; }
+int mj_compiled_output_count(const mj_compiled *c) { return c ? c->n_out : 0; }
 
 mj_status mj_compiled_dump(mj_compiled *c, const char *what, FILE *f) {
     if (!c || !what || !f) return mj_fail(MJ_ERR_INVALID, "mj_compiled_dump: NULL argument");

@@ -261,7 +261,7 @@ const char *mj_jit_pipeline(LLVMModuleRef m) {
     /* Explicit vector kernels only: they need clean-up, not loop
      * optimisation (O2/O3 cost 3-10x more here and change nothing). */
     if (LLVMGetModuleFlag(m, MJ_FLAG_EXPLICIT, strlen(MJ_FLAG_EXPLICIT)))
-        return "function(sroa,early-cse,instcombine<no-verify-fixpoint>,simplifycfg)";
+        return "always-inline,function(sroa,early-cse,instcombine<no-verify-fixpoint>,simplifycfg)";
     return "default<O2>"; /* scalar loops for the loop and SLP vectorisers */
 }
 

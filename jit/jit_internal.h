@@ -47,8 +47,12 @@ typedef struct mj_body_plan {
     mj_leaf *leaves;
     int32_t n_leaves;
     bool *has_slot;            /* per node: owns a scratch slice               */
-    int32_t out_node;          /* the graph's output                           */
-    int32_t out_root;          /* node whose slice is y itself, or -1 (copy)   */
+    int32_t n_in, n_out;       /* the graph's inputs and outputs               */
+    int32_t *in_nodes;         /* per input: its node (graph order)            */
+    int32_t *out_nodes;        /* per output: the graph's output value         */
+    int32_t *out_root;         /* per output: node whose slice is y[j] itself,
+                                  or -1 (copied at the end)                    */
+    int32_t *root_of;          /* per node: the output it writes, or -1        */
     /* Code shape, set by the compiler from the JIT's target before lowering:
      * vw floats per vector (16 AVX-512, 8 AVX2, 4 otherwise), packed linear
      * weights in panels of panel = nr*vw output columns (see mj_pack_panels). */
@@ -82,9 +86,11 @@ typedef struct mj_lower_options {
     const int64_t *baked_numel;
 } mj_lower_options;
 
-/* Emits `void fname(const float *const *leaves, const float *x, float *y,
- * int64_t batch, float *scratch, int64_t tid, int64_t nth, mj_body_sync
- * *sync)` into m (in context ctx). With nth = 1 (tid 0, sync unused) one
+/* Emits `void fname(const float *const *leaves, const float *const *x,
+ * float *const *y, int64_t batch, float *scratch, int64_t tid, int64_t nth,
+ * mj_body_sync *sync)` into m (in context ctx): x[i] is input i, y[j]
+ * output j (no output overlaps an input or another output). With nth = 1
+ * (tid 0, sync unused) one
  * call computes everything. With nth > 1, nth threads make the same call
  * on the same buffers with tid 0..nth-1 (column mode): each packed linear
  * layer's panels of output columns are split between them, every other op
@@ -99,15 +105,16 @@ bool mj_body_splits_columns(const mj_body_plan *p, int32_t i);
 typedef struct mj_body_sync mj_body_sync;
 struct mj_body_sync {
     /* first member: the generated code loads and calls it as
-     * wait(sync, y, scratch); passing y and scratch tells LLVM the call may
-     * write them (they are noalias arguments of the body) */
+     * wait(sync, y, scratch); passing y (the output, or with several an
+     * array of their pointers) and scratch tells LLVM the call may write
+     * them (they are noalias arguments of the body) */
     void (*wait)(mj_body_sync *sync, void *y, void *scratch);
     atomic_int arrived;
     atomic_uint phase;
     int n;
 };
 
-typedef void (*mj_body_fn)(const float *const *leaves, const float *x, float *y, int64_t batch,
+typedef void (*mj_body_fn)(const float *const *leaves, const float *const *x, float *const *y, int64_t batch,
                            float *scratch, int64_t tid, int64_t nth, mj_body_sync *sync);
 
 /* A target machine for the JIT's triple, CPU and features (forced ones

@@ -1,9 +1,13 @@
 /* IR -> LLVM IR: the body of a compiled graph, op by op, loops as basic
  * blocks, typed builders only.
  *
- *   void body(const float *const *leaves, const float *x, float *y,
- *             int64_t batch, float *scratch, int64_t tid, int64_t nth,
- *             mj_body_sync *sync)        (jit_internal.h: mj_lower_body)
+ *   void body(const float *const *leaves, const float *const *x,
+ *             float *const *y, int64_t batch, float *scratch, int64_t tid,
+ *             int64_t nth, mj_body_sync *sync)   (jit_internal.h: mj_lower_body)
+ *
+ * loads the input and output pointers and calls the inner function that
+ * takes each of them as an argument (outputs noalias), so one output and
+ * several compile to the same code.
  *
  * Exact mode emits, per output element, the float operations of the eager
  * kernels (src/ops.c) in the same order; only the loops around them differ.
@@ -63,32 +67,41 @@ mj_status mj_body_plan_build(const mj_graph *g, const bool *input_free, bool fro
     p->input_free = input_free;
     p->frozen = frozen;
     size_t n = (size_t)g->n_nodes + 1;
+    p->n_in = mj_graph_input_count(g);
+    p->n_out = g->n_outputs;
     p->leaf_plain = mj_alloc_array(n, sizeof *p->leaf_plain);
     p->leaf_packed = mj_alloc_array(n, sizeof *p->leaf_packed);
-    p->leaves = mj_alloc_array(2 * n, sizeof *p->leaves);
+    p->leaves = mj_alloc_array(2 * n + (size_t)p->n_out, sizeof *p->leaves);
     p->has_slot = mj_alloc_array(n, sizeof *p->has_slot);
     p->sparse = mj_alloc_array(n, sizeof *p->sparse);
-    if (!p->leaf_plain || !p->leaf_packed || !p->leaves || !p->has_slot || !p->sparse) {
+    p->in_nodes = mj_alloc_array((size_t)p->n_in + 1, sizeof *p->in_nodes);
+    p->out_nodes = mj_alloc_array((size_t)p->n_out + 1, sizeof *p->out_nodes);
+    p->out_root = mj_alloc_array((size_t)p->n_out + 1, sizeof *p->out_root);
+    p->root_of = mj_alloc_array(n, sizeof *p->root_of);
+    if (!p->leaf_plain || !p->leaf_packed || !p->leaves || !p->has_slot || !p->sparse || !p->in_nodes ||
+        !p->out_nodes || !p->out_root || !p->root_of) {
         mj_body_plan_free(p);
         return MJ_ERR_NOMEM;
     }
+    int32_t k_in = 0;
     for (int32_t i = 0; i < g->n_nodes; i++) {
-        p->leaf_plain[i] = p->leaf_packed[i] = -1;
+        p->leaf_plain[i] = p->leaf_packed[i] = p->root_of[i] = -1;
         p->sparse[i] = use_sparse(g, input_free, &g->nodes[i], frozen);
+        if (g->nodes[i].op == MJ_OP_INPUT) p->in_nodes[k_in++] = i;
     }
-    p->out_node = g->outputs[0];
+    for (int32_t j = 0; j < p->n_out; j++) p->out_nodes[j] = g->outputs[j];
     p->vw = 16;
     p->nr = 4;
     p->panel = 64;
 
-    /* Leaves: prologue values that a body node (or the output) reads. */
-    for (int32_t i = 0; i <= g->n_nodes; i++) {
-        bool is_out = i == g->n_nodes;
+    /* Leaves: prologue values that a body node (or an output) reads. */
+    for (int32_t i = 0; i < g->n_nodes + p->n_out; i++) {
+        bool is_out = i >= g->n_nodes;
         if (!is_out && input_free[i]) continue;
         int n_ops = is_out ? 1 : g->nodes[i].n_operands;
         if (!is_out && p->sparse[i]) n_ops = 1; /* weight and bias live in the sparse kernel */
         for (int k = 0; k < n_ops; k++) {
-            int32_t a = is_out ? p->out_node : g->nodes[i].operands[k];
+            int32_t a = is_out ? p->out_nodes[i - g->n_nodes] : g->nodes[i].operands[k];
             if (!input_free[a]) continue;
             mj_op op = is_out ? MJ_OP_COUNT : g->nodes[i].op;
             bool packed = (op == MJ_OP_LINEAR || op == MJ_OP_LINEAR_ACT) && k == 1;
@@ -98,14 +111,18 @@ mj_status mj_body_plan_build(const mj_graph *g, const bool *input_free, bool fro
             p->leaves[p->n_leaves++] = (mj_leaf){.node = a, .packed = packed};
         }
     }
-    /* Storage: every computing body node gets a scratch slice, except the one
-     * the output aliases, which writes y directly. */
-    int32_t root = alias_root(g, input_free, p->out_node);
-    p->out_root = (!input_free[root] && g->nodes[root].op != MJ_OP_INPUT) ? root : -1;
+    /* Storage: every computing body node gets a scratch slice, except those
+     * an output aliases, which write y[j] directly (one output per node: a
+     * value returned twice is copied the second time). */
+    for (int32_t j = 0; j < p->n_out; j++) {
+        int32_t root = alias_root(g, input_free, p->out_nodes[j]);
+        bool direct = !input_free[root] && g->nodes[root].op != MJ_OP_INPUT && p->root_of[root] < 0;
+        p->out_root[j] = direct ? root : -1;
+        if (direct) p->root_of[root] = j;
+    }
     for (int32_t i = 0; i < g->n_nodes; i++) {
         const mj_node *nd = &g->nodes[i];
-        p->has_slot[i] = !input_free[i] && nd->op != MJ_OP_INPUT && nd->op != MJ_OP_RESHAPE &&
-                         i != p->out_root;
+        p->has_slot[i] = !input_free[i] && nd->op != MJ_OP_INPUT && nd->op != MJ_OP_RESHAPE && p->root_of[i] < 0;
     }
     return MJ_OK;
 }
@@ -116,6 +133,10 @@ void mj_body_plan_free(mj_body_plan *p) {
     free(p->leaves);
     free(p->has_slot);
     free(p->sparse);
+    free(p->in_nodes);
+    free(p->out_nodes);
+    free(p->out_root);
+    free(p->root_of);
     memset(p, 0, sizeof *p);
 }
 
@@ -155,7 +176,9 @@ typedef struct lw {
     LLVMBuilderRef b;
     LLVMValueRef fn;
     LLVMTypeRef f32, i64, ptr, unary_ty;
-    LLVMValueRef leaves, x, y, batch, scratch;
+    LLVMValueRef leaves, batch, scratch;
+    LLVMValueRef *x, *y;  /* per input / output: its pointer (arguments)      */
+    LLVMValueRef y_sync; /* what the barrier passes as y (see emit_barrier) */
     LLVMValueRef tid, nth, sync; /* column mode (see mj_lower_body) */
     LLVMValueRef *buf; /* per node: pointer to its float storage */
     LLVMValueRef erff_fn, expf_fn, tanhf_fn;
@@ -444,8 +467,8 @@ static void emit_expand(lw *w, int32_t id) {
 static LLVMValueRef vmuladd(lw *w, LLVMValueRef acc, LLVMValueRef a, LLVMValueRef b);
 
 /* y[M,N] = x[M,K] . W  with W[k][j] at W + k*wsk + j*wsj; then + b[j], then
- * act. Each y element: +0.0f, then y + x*w for k ascending, then + b: the
- * order of mj_linear / mj_matmul. With a contiguous j (wsj == 1) the loops
+ * act. Each y element: +0.0f, then y = fmaf(x, w, y) for k ascending (vmuladd),
+ * then + b: the order of mj_linear / mj_matmul (batched: per matrix). With a contiguous j (wsj == 1) the loops
  * run i, k, j with the output row as accumulator; otherwise i, j, k. */
 static void emit_dot(lw *w, LLVMValueRef y, LLVMValueRef x, LLVMValueRef W, LLVMValueRef M,
                      LLVMValueRef K, LLVMValueRef N, LLVMValueRef wsk, LLVMValueRef wsj, bool j_contig,
@@ -515,27 +538,113 @@ static void emit_linear(lw *w, int32_t id) {
                  bias, act);
 }
 
+/* matmul a[..., M, K] @ b[..., K, N]: per matrix of the (broadcast) batch
+ * dims, emit_dot's i, k, j order, each element +0.0f then + a*b for k
+ * ascending, as mj_matmul. */
 static void emit_matmul(lw *w, int32_t id) {
-    const mj_graph *g = w->p->g;
-    const mj_node *n = &g->nodes[id];
-    const mj_type *at_ = &g->nodes[n->operands[0]].type, *bt = &g->nodes[n->operands[1]].type;
-    LLVMValueRef M = dimv(w, at_->dims[0]), K = dimv(w, at_->dims[1]), N = dimv(w, bt->dims[1]);
-    emit_dot(w, w->buf[id], w->buf[n->operands[0]], w->buf[n->operands[1]], M, K, N, N, ci(w, 1), true, NULL,
-             MJ_ACT_NONE);
-}
-
-static void emit_transpose(lw *w, int32_t id) {
     w->loops = true;
     const mj_graph *g = w->p->g;
     const mj_node *n = &g->nodes[id];
-    const mj_type *t = &g->nodes[n->operands[0]].type;
-    LLVMValueRef R = dimv(w, t->dims[0]), C = dimv(w, t->dims[1]);
-    loop lr = loop_begin(w, R);
-    loop lc = loop_begin(w, C);
-    LLVMValueRef v = load(w, w->buf[n->operands[0]], add(w, mul(w, lr.iv, C), lc.iv));
-    store(w, v, w->buf[id], add(w, mul(w, lc.iv, R), lr.iv));
-    loop_end(w, &lc);
-    loop_end(w, &lr);
+    const mj_type *ta = &g->nodes[n->operands[0]].type, *tb = &g->nodes[n->operands[1]].type, *to = &n->type;
+    LLVMValueRef M = dimv(w, ta->dims[ta->rank - 2]), K = dimv(w, ta->dims[ta->rank - 1]);
+    LLVMValueRef N = dimv(w, tb->dims[tb->rank - 1]);
+    int nb = to->rank - 2;
+    /* per output batch dim: strides of a, b (0 where broadcast) and y */
+    LLVMValueRef sa[2], sb[2], sy[2], ea = mul(w, M, K), eb = mul(w, K, N), ey = mul(w, M, N);
+    for (int d = nb - 1; d >= 0; d--) {
+        int da = d - (nb - (ta->rank - 2)), db = d - (nb - (tb->rank - 2));
+        sy[d] = ey;
+        ey = mul(w, ey, dimv(w, to->dims[d]));
+        sa[d] = da >= 0 && ta->dims[da] == to->dims[d] ? ea : ci(w, 0);
+        if (da >= 0) ea = mul(w, ea, dimv(w, ta->dims[da]));
+        sb[d] = db >= 0 && tb->dims[db] == to->dims[d] ? eb : ci(w, 0);
+        if (db >= 0) eb = mul(w, eb, dimv(w, tb->dims[db]));
+    }
+    loop lb[2];
+    LLVMValueRef oa = ci(w, 0), ob = ci(w, 0), oy = ci(w, 0);
+    for (int d = 0; d < nb; d++) {
+        lb[d] = loop_begin(w, dimv(w, to->dims[d]));
+        oa = add(w, oa, mul(w, lb[d].iv, sa[d]));
+        ob = add(w, ob, mul(w, lb[d].iv, sb[d]));
+        oy = add(w, oy, mul(w, lb[d].iv, sy[d]));
+    }
+    emit_dot(w, at(w, w->buf[id], oy), at(w, w->buf[n->operands[0]], oa), at(w, w->buf[n->operands[1]], ob), M, K,
+             N, N, ci(w, 1), true, NULL, MJ_ACT_NONE);
+    for (int d = nb - 1; d >= 0; d--) loop_end(w, &lb[d]);
+}
+
+/* transpose / permute: output dim d walks operand dim perm[d]. */
+static void emit_permute(lw *w, int32_t id) {
+    w->loops = true;
+    const mj_graph *g = w->p->g;
+    const mj_node *n = &g->nodes[id];
+    const mj_type *t = &g->nodes[n->operands[0]].type, *to = &n->type;
+    int perm[MJ_MAX_RANK];
+    for (int d = 0; d < t->rank; d++) perm[d] = n->op == MJ_OP_PERMUTE ? n->sa.perm[d] : d;
+    if (n->op == MJ_OP_TRANSPOSE) {
+        perm[n->sa.dim0] = n->sa.dim1;
+        perm[n->sa.dim1] = n->sa.dim0;
+    }
+    LLVMValueRef xs[MJ_MAX_RANK], s = ci(w, 1);
+    for (int d = t->rank - 1; d >= 0; d--) {
+        xs[d] = s;
+        s = mul(w, s, dimv(w, t->dims[d]));
+    }
+    loop l[MJ_MAX_RANK];
+    LLVMValueRef src = ci(w, 0), dst = ci(w, 0);
+    for (int d = 0; d < to->rank; d++) {
+        l[d] = loop_begin(w, dimv(w, to->dims[d]));
+        src = add(w, src, mul(w, l[d].iv, xs[perm[d]]));
+        dst = add(w, mul(w, dst, dimv(w, to->dims[d])), l[d].iv);
+    }
+    store(w, load(w, w->buf[n->operands[0]], src), w->buf[id], dst);
+    for (int d = to->rank - 1; d >= 0; d--) loop_end(w, &l[d]);
+}
+
+/* dims [0, dim) and (dim, rank) of t as two products */
+static void outer_inner(lw *w, const mj_type *t, int dim, LLVMValueRef *outer, LLVMValueRef *inner) {
+    *outer = dims_product(w, t, 0, dim);
+    *inner = dims_product(w, t, dim + 1, t->rank);
+}
+
+/* slice: per outer index, (end - start) * inner floats from start * inner. */
+static void emit_slice(lw *w, int32_t id) {
+    w->loops = true;
+    const mj_node *n = &w->p->g->nodes[id];
+    const mj_type *t = &w->p->g->nodes[n->operands[0]].type;
+    LLVMValueRef outer, inner;
+    outer_inner(w, t, n->sa.dim, &outer, &inner);
+    LLVMValueRef size = ci(w, t->dims[n->sa.dim]); /* concrete: the verifier refuses slicing B */
+    LLVMValueRef len = mul(w, ci(w, n->sa.end - n->sa.start), inner);
+    loop lo = loop_begin(w, outer);
+    LLVMValueRef src = at(w, w->buf[n->operands[0]], mul(w, add(w, mul(w, lo.iv, size), ci(w, n->sa.start)), inner));
+    LLVMValueRef dst = at(w, w->buf[id], mul(w, lo.iv, len));
+    loop li = loop_begin(w, len);
+    store(w, load(w, src, li.iv), dst, li.iv);
+    loop_end(w, &li);
+    loop_end(w, &lo);
+}
+
+/* cat: operand k's rows go to columns [at_k, at_k + len_k) of each output row. */
+static void emit_cat(lw *w, int32_t id) {
+    w->loops = true;
+    const mj_node *n = &w->p->g->nodes[id];
+    LLVMValueRef outer, inner;
+    outer_inner(w, &n->type, n->sa.dim, &outer, &inner);
+    LLVMValueRef row = mul(w, ci(w, n->type.dims[n->sa.dim]), inner);
+    int64_t at0 = 0;
+    for (int k = 0; k < n->n_operands; k++) {
+        int64_t dk = w->p->g->nodes[n->operands[k]].type.dims[n->sa.dim];
+        LLVMValueRef len = mul(w, ci(w, dk), inner);
+        loop lo = loop_begin(w, outer);
+        LLVMValueRef src = at(w, w->buf[n->operands[k]], mul(w, lo.iv, len));
+        LLVMValueRef dst = at(w, w->buf[id], add(w, mul(w, lo.iv, row), mul(w, ci(w, at0), inner)));
+        loop li = loop_begin(w, len);
+        store(w, load(w, src, li.iv), dst, li.iv);
+        loop_end(w, &li);
+        loop_end(w, &lo);
+        at0 += dk;
+    }
 }
 
 static void emit_copy(lw *w, LLVMValueRef dst, LLVMValueRef src, LLVMValueRef n) {
@@ -1147,17 +1256,24 @@ bool mj_body_splits_columns(const mj_body_plan *p, int32_t i) {
     return p->input_free[n->operands[1]] && wt->dims[0] >= 1 && wt->dims[1] >= 1;
 }
 
+static bool is_output(const mj_body_plan *p, int32_t id) {
+    for (int32_t j = 0; j < p->n_out; j++)
+        if (p->out_nodes[j] == id) return true;
+    return false;
+}
+
 /* if (tid == 0) { ... } (if_end closes it) */
 static LLVMBasicBlockRef if_first_thread(lw *w) {
     return if_begin(w, LLVMBuildICmp(w->b, LLVMIntEQ, w->tid, ci(w, 0), ""));
 }
 
-/* if (nth > 1) sync->wait(sync, y, scratch) */
+/* if (nth > 1) sync->wait(sync, y, scratch): y is the output, or with
+ * several the array of their pointers */
 static void emit_barrier(lw *w) {
     LLVMBasicBlockRef end = if_begin(w, LLVMBuildICmp(w->b, LLVMIntSGT, w->nth, ci(w, 1), ""));
     LLVMValueRef fp = LLVMBuildLoad2(w->b, w->ptr, w->sync, "wait");
     LLVMTypeRef pt[3] = {w->ptr, w->ptr, w->ptr};
-    LLVMValueRef args[3] = {w->sync, w->y, w->scratch};
+    LLVMValueRef args[3] = {w->sync, w->y_sync, w->scratch};
     LLVMBuildCall2(w->b, LLVMFunctionType(LLVMVoidTypeInContext(w->ctx), pt, 3, 0), fp, args, 3, "");
     if_end(w, end);
 }
@@ -1184,38 +1300,103 @@ mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan 
     w.f32 = LLVMFloatTypeInContext(ctx);
     w.i64 = LLVMInt64TypeInContext(ctx);
     w.ptr = LLVMPointerTypeInContext(ctx, 0);
-    LLVMTypeRef params[8] = {w.ptr, w.ptr, w.ptr, w.i64, w.ptr, w.i64, w.i64, w.ptr};
-    LLVMTypeRef fty = LLVMFunctionType(LLVMVoidTypeInContext(ctx), params, 8, 0);
-    w.fn = LLVMAddFunction(m, o->fname, fty);
+    /* the inner function: (leaves, x_0..x_{n_in-1}, y_0..y_{n_out-1}, batch,
+     * scratch, tid, nth, sync) */
+    int n_args = 6 + p->n_in + p->n_out, ai = 0;
+    LLVMTypeRef *params = mj_alloc_array((size_t)n_args, sizeof *params);
+    w.x = mj_alloc_array((size_t)p->n_in + 1, sizeof *w.x);
+    w.y = mj_alloc_array((size_t)p->n_out + 1, sizeof *w.y);
+    if (!params || !w.x || !w.y) {
+        free(params);
+        free(w.x);
+        free(w.y);
+        return MJ_ERR_NOMEM;
+    }
+    for (int i = 0; i < n_args; i++) params[i] = w.ptr;
+    params[1 + p->n_in + p->n_out] = params[3 + p->n_in + p->n_out] = params[4 + p->n_in + p->n_out] = w.i64;
+    char iname[96];
+    snprintf(iname, sizeof iname, "%s.inner", o->fname);
+    LLVMTypeRef fty = LLVMFunctionType(LLVMVoidTypeInContext(ctx), params, (unsigned)n_args, 0);
+    w.fn = LLVMAddFunction(m, iname, fty);
+    LLVMSetLinkage(w.fn, LLVMInternalLinkage);
     w.unary_ty = LLVMFunctionType(w.f32, &w.f32, 1, 0);
     w.erff_fn = LLVMAddFunction(m, "erff", w.unary_ty);
     w.expf_fn = LLVMAddFunction(m, "expf", w.unary_ty);
     w.tanhf_fn = LLVMAddFunction(m, "tanhf", w.unary_ty);
-    /* y and scratch are written only through themselves; x and the leaves
-     * are read only. The caller guarantees x and y do not overlap. */
+    /* The outputs and scratch are written only through themselves; inputs
+     * and the leaves are read only. The caller guarantees that no output
+     * overlaps an input or another output. */
     unsigned noalias = LLVMGetEnumAttributeKindForName("noalias", 7);
-    LLVMAddAttributeAtIndex(w.fn, 3, LLVMCreateEnumAttribute(ctx, noalias, 0)); /* y */
-    LLVMAddAttributeAtIndex(w.fn, 5, LLVMCreateEnumAttribute(ctx, noalias, 0)); /* scratch */
+    for (int j = 0; j < p->n_out; j++)
+        LLVMAddAttributeAtIndex(w.fn, (unsigned)(2 + p->n_in + j), LLVMCreateEnumAttribute(ctx, noalias, 0));
+    LLVMAddAttributeAtIndex(w.fn, (unsigned)(3 + p->n_in + p->n_out), LLVMCreateEnumAttribute(ctx, noalias, 0));
     unsigned nounwind = LLVMGetEnumAttributeKindForName("nounwind", 8);
     LLVMAddAttributeAtIndex(w.fn, LLVMAttributeFunctionIndex, LLVMCreateEnumAttribute(ctx, nounwind, 0));
+    /* inlined into the entry point (noalias becomes scoped metadata) */
+    unsigned inl = LLVMGetEnumAttributeKindForName("alwaysinline", 12);
+    LLVMAddAttributeAtIndex(w.fn, LLVMAttributeFunctionIndex, LLVMCreateEnumAttribute(ctx, inl, 0));
 
-    w.leaves = LLVMGetParam(w.fn, 0);
-    w.x = LLVMGetParam(w.fn, 1);
-    w.y = LLVMGetParam(w.fn, 2);
-    w.batch = LLVMGetParam(w.fn, 3);
-    w.scratch = LLVMGetParam(w.fn, 4);
-    w.tid = LLVMGetParam(w.fn, 5);
-    w.nth = LLVMGetParam(w.fn, 6);
-    w.sync = LLVMGetParam(w.fn, 7);
+    w.leaves = LLVMGetParam(w.fn, (unsigned)ai++);
+    for (int i = 0; i < p->n_in; i++) w.x[i] = LLVMGetParam(w.fn, (unsigned)ai++);
+    for (int j = 0; j < p->n_out; j++) w.y[j] = LLVMGetParam(w.fn, (unsigned)ai++);
+    w.batch = LLVMGetParam(w.fn, (unsigned)ai++);
+    w.scratch = LLVMGetParam(w.fn, (unsigned)ai++);
+    w.tid = LLVMGetParam(w.fn, (unsigned)ai++);
+    w.nth = LLVMGetParam(w.fn, (unsigned)ai++);
+    w.sync = LLVMGetParam(w.fn, (unsigned)ai++);
     w.b = LLVMCreateBuilderInContext(ctx);
+
+    /* the entry point: load the pointers, call the inner function */
+    {
+        LLVMTypeRef opt[8] = {w.ptr, w.ptr, w.ptr, w.i64, w.ptr, w.i64, w.i64, w.ptr};
+        LLVMValueRef outer = LLVMAddFunction(m, o->fname, LLVMFunctionType(LLVMVoidTypeInContext(ctx), opt, 8, 0));
+        LLVMAddAttributeAtIndex(outer, LLVMAttributeFunctionIndex, LLVMCreateEnumAttribute(ctx, nounwind, 0));
+        LLVMPositionBuilderAtEnd(w.b, LLVMAppendBasicBlockInContext(ctx, outer, "entry"));
+        LLVMValueRef *args = mj_alloc_array((size_t)n_args, sizeof *args);
+        if (!args) {
+            LLVMDisposeBuilder(w.b);
+            free(params);
+            free(w.x);
+            free(w.y);
+            return MJ_ERR_NOMEM;
+        }
+        int k = 0;
+        args[k++] = LLVMGetParam(outer, 0);
+        for (int side = 0; side < 2; side++) {
+            int cnt = side == 0 ? p->n_in : p->n_out;
+            for (int i = 0; i < cnt; i++) {
+                LLVMValueRef idx = LLVMConstInt(w.i64, (unsigned long long)i, 0);
+                LLVMValueRef slot = LLVMBuildInBoundsGEP2(w.b, w.ptr, LLVMGetParam(outer, (unsigned)(1 + side)), &idx, 1, "");
+                args[k++] = LLVMBuildLoad2(w.b, w.ptr, slot, side == 0 ? "x" : "y");
+            }
+        }
+        for (unsigned i = 3; i < 8; i++) args[k++] = LLVMGetParam(outer, i);
+        LLVMBuildCall2(w.b, fty, w.fn, args, (unsigned)n_args, "");
+        LLVMBuildRetVoid(w.b);
+        free(args);
+    }
+    free(params);
     LLVMPositionBuilderAtEnd(w.b, LLVMAppendBasicBlockInContext(ctx, w.fn, "entry"));
+    if (p->n_out == 1) {
+        w.y_sync = w.y[0];
+    } else { /* the barrier gets every output pointer (see emit_barrier) */
+        LLVMTypeRef arr = LLVMArrayType2(w.ptr, (uint64_t)p->n_out);
+        w.y_sync = LLVMBuildAlloca(w.b, arr, "ys");
+        for (int j = 0; j < p->n_out; j++) {
+            LLVMValueRef idx = LLVMConstInt(w.i64, (unsigned long long)j, 0);
+            LLVMBuildStore(w.b, w.y[j], LLVMBuildInBoundsGEP2(w.b, w.ptr, w.y_sync, &idx, 1, ""));
+        }
+    }
 
     /* buf[0 .. n_nodes) per node; buf[n_nodes + 1 + i] packed leaf i */
     w.buf = mj_alloc_array((size_t)g->n_nodes + 2 + (size_t)p->n_leaves, sizeof *w.buf);
     if (!w.buf) {
         LLVMDisposeBuilder(w.b);
+        free(w.x);
+        free(w.y);
         return MJ_ERR_NOMEM;
     }
+    for (int32_t i = 0; i < p->n_in; i++) w.buf[p->in_nodes[i]] = w.x[i];
     for (int32_t i = 0; i < p->n_leaves; i++) {
         LLVMValueRef ptr = leaf_ptr(&w, i);
         if (p->leaves[i].packed) w.buf[(size_t)g->n_nodes + 1 + (size_t)i] = ptr;
@@ -1225,8 +1406,8 @@ mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan 
     LLVMValueRef off = ci(&w, 0);
     for (int32_t i = 0; i < g->n_nodes; i++) {
         const mj_node *n = &g->nodes[i];
-        if (n->op == MJ_OP_INPUT) w.buf[i] = w.x;
-        else if (i == p->out_root) w.buf[i] = w.y;
+        if (n->op == MJ_OP_INPUT) continue;
+        else if (p->root_of[i] >= 0) w.buf[i] = w.y[p->root_of[i]];
         else if (p->has_slot[i]) {
             w.buf[i] = at(&w, w.scratch, off);
             LLVMValueRef sz = dims_product(&w, &n->type, 0, n->type.rank);
@@ -1242,7 +1423,7 @@ mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan 
     for (int32_t i = 0; i < g->n_nodes && s == MJ_OK; i++)
         if (!p->input_free[i])
             for (int k = 0; k < g->nodes[i].n_operands; k++) users[g->nodes[i].operands[k]]++;
-    if (s == MJ_OK) users[p->out_node]++;
+    for (int32_t j = 0; j < p->n_out && s == MJ_OK; j++) users[p->out_nodes[j]]++;
     for (int32_t i = 0; i < g->n_nodes && s == MJ_OK; i++) {
         const mj_node *n = &g->nodes[i];
         if (p->input_free[i] || n->op == MJ_OP_INPUT || done[i]) continue;
@@ -1259,7 +1440,7 @@ mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan 
             chain[nc++] = i;
             for (;;) { /* extend while the last layer's one user is a small layer reading it as x */
                 int32_t last = chain[nc - 1], next = -1;
-                if (users[last] != 1 || last == p->out_root || last == p->out_node) break;
+                if (users[last] != 1 || p->root_of[last] >= 0 || is_output(p, last)) break;
                 for (int32_t u = last + 1; u < g->n_nodes && next < 0; u++)
                     for (int k = 0; k < g->nodes[u].n_operands; k++)
                         if (g->nodes[u].operands[k] == last && !p->input_free[u]) next = k == 0 ? u : INT32_MAX;
@@ -1298,7 +1479,10 @@ mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan 
         case MJ_OP_LINEAR:
         case MJ_OP_LINEAR_ACT: emit_linear(&w, i); break;
         case MJ_OP_EXPAND: emit_expand(&w, i); break;
-        case MJ_OP_TRANSPOSE: emit_transpose(&w, i); break;
+        case MJ_OP_TRANSPOSE:
+        case MJ_OP_PERMUTE: emit_permute(&w, i); break;
+        case MJ_OP_SLICE: emit_slice(&w, i); break;
+        case MJ_OP_CAT: emit_cat(&w, i); break;
         case MJ_OP_SUM:
         case MJ_OP_MEAN:
         case MJ_OP_SOFTMAX:
@@ -1311,10 +1495,12 @@ mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan 
         if (first_only) if_end(&w, first_only);
         emit_barrier(&w);
     }
-    if (s == MJ_OK && p->out_root < 0) { /* the output is an input, a leaf or an alias of one */
-        const mj_type *t = &g->nodes[p->out_node].type;
+    for (int32_t j = 0; j < p->n_out && s == MJ_OK; j++) {
+        if (p->out_root[j] >= 0) continue;
+        /* an input, a leaf, an alias of one, or a value another output writes */
+        const mj_type *t = &g->nodes[p->out_nodes[j]].type;
         LLVMBasicBlockRef first_only = if_first_thread(&w);
-        emit_copy(&w, w.y, w.buf[p->out_node], dims_product(&w, t, 0, t->rank));
+        emit_copy(&w, w.y[j], w.buf[p->out_nodes[j]], dims_product(&w, t, 0, t->rank));
         if_end(&w, first_only);
     }
     if (s == MJ_OK) LLVMBuildRetVoid(w.b);
@@ -1323,6 +1509,8 @@ mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan 
                           LLVMValueAsMetadata(LLVMConstInt(LLVMInt32TypeInContext(ctx), 1, 0)));
     LLVMDisposeBuilder(w.b);
     free(w.buf);
+    free(w.x);
+    free(w.y);
     free(users);
     free(chain);
     free(done);

@@ -93,6 +93,14 @@ void mj_trace_note_data_access(const mj_tensor *t, bool write);
 struct mj_attrs;
 mj_status mj_trace_record_attrs(int op, int n_in, const mj_tensor *const *in, mj_act act,
                                 const struct mj_attrs *attrs, const mj_tensor *out);
+/* The same for ops with shape attributes (ir/ir.h mj_shape_attrs). */
+struct mj_shape_attrs;
+mj_status mj_trace_record_sa(int op, int n_in, const mj_tensor *const *in, mj_act act,
+                             const struct mj_shape_attrs *sa, const mj_tensor *out);
+/* Both kinds (either may be NULL: the defaults). */
+mj_status mj_trace_record_full(int op, int n_in, const mj_tensor *const *in, mj_act act,
+                               const struct mj_attrs *attrs, const struct mj_shape_attrs *sa,
+                               const mj_tensor *out);
 
 /* Internal access to a parametrization's buffers (for module.c / state dicts) */
 int mj_parametrization_buffer_count(const mj_parametrization *p);

@@ -45,6 +45,26 @@ mj_status mj_module_new(mj_module **out, const char *type_name, mj_forward_fn fo
     return MJ_OK;
 }
 
+mj_status mj_module_new_n(mj_module **out, const char *type_name, int n_in, int n_out, mj_forward_n_fn forward,
+                          void *user, void (*free_user)(void *)) {
+    if (!out) return mj_fail(MJ_ERR_INVALID, "mj_module_new_n: out is NULL");
+    if (!type_name || !type_name[0])
+        return mj_fail(MJ_ERR_INVALID, "mj_module_new_n: type name is NULL or empty");
+    if (!forward) return mj_fail(MJ_ERR_INVALID, "mj_module_new_n: forward is NULL");
+    if (n_in < 1 || n_in > MJ_MODULE_MAX_IO || n_out < 1 || n_out > MJ_MODULE_MAX_IO)
+        return mj_fail(MJ_ERR_INVALID, "mj_module_new_n: %d inputs and %d outputs (each must be 1..%d)", n_in,
+                       n_out, MJ_MODULE_MAX_IO);
+    mj_module *m;
+    MJ_TRY(mj_module_alloc(&m, type_name, MJ_KIND_USER, NULL));
+    m->forward_n = forward;
+    m->n_in = n_in;
+    m->n_out = n_out;
+    m->user = user;
+    m->free_user = free_user;
+    *out = m;
+    return MJ_OK;
+}
+
 void mj_param_entry_drop_cache(mj_param_entry *e) {
     mj_tensor_release(e->cached);
     e->cached = NULL;
@@ -234,10 +254,44 @@ int64_t mj_linear_out_features(const mj_module *m) {
     return m && m->kind == MJ_KIND_LINEAR ? m->out_features : 0;
 }
 
+int mj_module_input_count(const mj_module *m) { return !m ? 0 : m->forward_n ? m->n_in : 1; }
+int mj_module_output_count(const mj_module *m) { return !m ? 0 : m->forward_n ? m->n_out : 1; }
+
+mj_status mj_module_forward_n(mj_module *m, int n_in, const mj_tensor *const *x, int n_out, mj_tensor **y) {
+    if (!m || (n_in > 0 && !x) || (n_out > 0 && !y))
+        return mj_fail(MJ_ERR_INVALID, "mj_module_forward_n: %s is NULL",
+                       !m ? "module" : (n_in > 0 && !x) ? "the input array" : "the output array");
+    if (n_in != mj_module_input_count(m) || n_out != mj_module_output_count(m))
+        return mj_fail(MJ_ERR_INVALID, "module %s takes %d inputs and gives %d outputs, called with %d and %d",
+                       m->type_name, mj_module_input_count(m), mj_module_output_count(m), n_in, n_out);
+    for (int i = 0; i < n_in; i++)
+        if (!x[i]) return mj_fail(MJ_ERR_INVALID, "module %s: input %d is NULL", m->type_name, i);
+    if (!m->forward_n) return mj_module_forward(m, x[0], y);
+    mj_tensor *r[MJ_MODULE_MAX_IO] = {0};
+    mj_status s = m->forward_n(m, n_in, x, n_out, r);
+    for (int j = 0; j < n_out && s == MJ_OK; j++)
+        if (!r[j])
+            s = mj_fail(MJ_ERR_INVALID, "forward of module %s returned MJ_OK but no tensor for output %d",
+                        m->type_name, j);
+    if (s != MJ_OK) {
+        for (int j = 0; j < n_out; j++) mj_tensor_release(r[j]);
+        return s;
+    }
+    for (int j = 0; j < n_out; j++) y[j] = r[j];
+    return MJ_OK;
+}
+
 mj_status mj_module_forward(mj_module *m, const mj_tensor *x, mj_tensor **y) {
     if (!m || !x || !y)
         return mj_fail(MJ_ERR_INVALID, "mj_module_forward: %s is NULL",
                        !m ? "module" : !x ? "input" : "output");
+    if (m->forward_n) {
+        if (m->n_in != 1 || m->n_out != 1)
+            return mj_fail(MJ_ERR_INVALID,
+                           "module %s takes %d inputs and gives %d outputs; call it with mj_module_forward_n",
+                           m->type_name, m->n_in, m->n_out);
+        return mj_module_forward_n(m, 1, &x, 1, y);
+    }
     if (!m->forward)
         return mj_fail(MJ_ERR_UNSUPPORTED, "module %s has no forward function", m->type_name);
     mj_tensor *r = NULL;

@@ -74,6 +74,11 @@ struct mj_module {
     float fp[2];          /* MJ_KIND_MATH: eps, slope, alpha, min/max, beta/threshold, p */
     int ip[2];            /* MJ_KIND_MATH: dim, start_dim/end_dim                        */
     char extra_repr[96];  /* MJ_KIND_MATH: what PyTorch's extra_repr prints              */
+
+    /* user modules with several inputs/outputs (mj_module_new_n); forward
+     * is NULL for them */
+    mj_forward_n_fn forward_n;
+    int n_in, n_out;
 };
 
 /* A new tensor of U(-bound, bound) draws in order (torch's init of Linear

@@ -17,6 +17,20 @@
 
 #define SHAPE(buf, t) mj_shape_str(buf, sizeof buf, (t)->rank, (t)->shape)
 
+/* finish() for an op with shape attributes. */
+static mj_status finish_sa(mj_tensor **out, mj_tensor *y, int op, int n, const mj_tensor *const *in,
+                           const mj_shape_attrs *sa) {
+    if (mj_trace_active()) {
+        mj_status s = mj_trace_record_sa(op, n, in, MJ_ACT_NONE, sa, y);
+        if (s != MJ_OK) {
+            mj_tensor_release(y);
+            return s;
+        }
+    }
+    *out = y;
+    return MJ_OK;
+}
+
 /* Hands `out` to the caller after the tracer (if any) has recorded it
  * (with the op's attributes; NULL: none). */
 static mj_status finish_attrs(mj_tensor **out, mj_tensor *y, int op, int n, const mj_tensor *const *in,
@@ -138,17 +152,46 @@ static void matmul_kernel(const float *A, const float *B, float *Y, int64_t m, i
         }
     }
 }
+
+/* a[..., m, k] @ b[..., k, n]: the leading (batch) dims broadcast; each
+ * matrix product is matmul_kernel's, the reference dot product (acc = +0.0f,
+ * then acc = fmaf(a, b, acc) for k ascending). */
 mj_status mj_matmul(mj_tensor **out, const mj_tensor *a, const mj_tensor *b) {
     MJ_TRY(check_args("matmul", out, a, b));
     char sa[64], sb[64];
-    if (a->rank != 2 || b->rank != 2 || a->shape[1] != b->shape[0])
-        return mj_fail(MJ_ERR_SHAPE, "matmul: cannot multiply %s by %s (need [m, k] @ [k, n])",
+    if (a->rank < 2 || b->rank < 2 || a->shape[a->rank - 1] != b->shape[b->rank - 2])
+        return mj_fail(MJ_ERR_SHAPE, "matmul: cannot multiply %s by %s (need [..., m, k] @ [..., k, n])",
                        SHAPE(sa, a), SHAPE(sb, b));
-    int64_t m = a->shape[0], k = a->shape[1], n = b->shape[1];
-    int64_t shape[2] = {m, n};
+    int64_t m = a->shape[a->rank - 2], k = a->shape[a->rank - 1], n = b->shape[b->rank - 1];
+    /* batch dims, right-aligned, padded to 2 (rank <= 4) */
+    int nb = (a->rank > b->rank ? a->rank : b->rank) - 2;
+    int64_t shape[MJ_MAX_RANK], bs[2] = {1, 1}, as_[2] = {0, 0}, bst[2] = {0, 0};
+    int64_t astride = m * k, bstride = k * n;
+    for (int d = nb - 1; d >= 0; d--) {
+        int da = d - (nb - (a->rank - 2)), db = d - (nb - (b->rank - 2));
+        int64_t na = da >= 0 ? a->shape[da] : 1, nbd = db >= 0 ? b->shape[db] : 1;
+        if (na != nbd && na != 1 && nbd != 1)
+            return mj_fail(MJ_ERR_SHAPE, "matmul: the batch dims of %s and %s cannot be broadcast together",
+                           SHAPE(sa, a), SHAPE(sb, b));
+        shape[d] = na == 1 ? nbd : na;
+        int slot = 2 - nb + d;
+        bs[slot] = shape[d];
+        as_[slot] = na == 1 ? 0 : astride;
+        bst[slot] = nbd == 1 ? 0 : bstride;
+        astride *= na;
+        bstride *= nbd;
+    }
+    shape[nb] = m;
+    shape[nb + 1] = n;
     mj_tensor *y;
-    MJ_TRY(mj_tensor_new_uninit(&y, 2, shape));
-    matmul_kernel(a->data, b->data, y->data, m, k, n);
+    MJ_TRY(mj_tensor_new_uninit(&y, nb + 2, shape));
+    float *Y = y->data;
+    for (int64_t b0 = 0; b0 < bs[0]; b0++)
+        for (int64_t b1 = 0; b1 < bs[1]; b1++) {
+            const float *A = a->data + b0 * as_[0] + b1 * as_[1], *B = b->data + b0 * bst[0] + b1 * bst[1];
+            matmul_kernel(A, B, Y, m, k, n);
+            Y += m * n;
+        }
     const mj_tensor *in[2] = {a, b};
     return finish(out, y, MJ_OP_MATMUL, 2, in, MJ_ACT_NONE);
 }
@@ -547,4 +590,217 @@ mj_status mj_layer_norm(mj_tensor **out, const mj_tensor *x, const mj_tensor *w,
     a.f[0] = eps;
     const mj_tensor *in[3] = {x, w, b};
     return finish_attrs(out, y, MJ_OP_LAYER_NORM, b ? 3 : w ? 2 : 1, in, MJ_ACT_NONE, &a);
+}
+
+/* ---- shape ops of attention ----------------------------------------------
+ * Pure data movement (no float arithmetic): every path gives the same bits. */
+
+/* dim d of a rank-r tensor, -r <= d < r, as 0..r-1; -1 if out of range. */
+static int norm_dim(int d, int r) {
+    if (d < -r || d >= r) return -1;
+    return d < 0 ? d + r : d;
+}
+
+/* y[o] = x[perm-mapped index]: output dim d walks input dim perm[d]. */
+static mj_status permute_impl(mj_tensor **out, const mj_tensor *x, const int *perm, int op,
+                              const mj_shape_attrs *sa) {
+    int r = x->rank;
+    int64_t shape[MJ_MAX_RANK], xs[MJ_MAX_RANK], stride = 1;
+    for (int d = r - 1; d >= 0; d--) {
+        xs[d] = stride;
+        stride *= x->shape[d];
+    }
+    int64_t n[4] = {1, 1, 1, 1}, st[4] = {0, 0, 0, 0};
+    for (int d = 0; d < r; d++) {
+        shape[d] = x->shape[perm[d]];
+        n[4 - r + d] = shape[d];
+        st[4 - r + d] = xs[perm[d]];
+    }
+    mj_tensor *y;
+    MJ_TRY(mj_tensor_new_uninit(&y, r, shape));
+    float *Y = y->data;
+    for (int64_t i0 = 0; i0 < n[0]; i0++)
+        for (int64_t i1 = 0; i1 < n[1]; i1++)
+            for (int64_t i2 = 0; i2 < n[2]; i2++)
+                for (int64_t i3 = 0; i3 < n[3]; i3++)
+                    *Y++ = x->data[i0 * st[0] + i1 * st[1] + i2 * st[2] + i3 * st[3]];
+    return finish_sa(out, y, op, 1, &x, sa);
+}
+
+mj_status mj_transpose_dims(mj_tensor **out, const mj_tensor *x, int dim0, int dim1) {
+    if (!out || !x) return mj_fail(MJ_ERR_INVALID, "transpose: NULL argument");
+    char sx[64];
+    int d0 = norm_dim(dim0, x->rank), d1 = norm_dim(dim1, x->rank);
+    if (d0 < 0 || d1 < 0)
+        return mj_fail(MJ_ERR_SHAPE, "transpose: dims %d and %d do not both fit %s (rank %d)", dim0, dim1,
+                       SHAPE(sx, x), x->rank);
+    if (d0 == d1) { /* nothing moves: a copy, recorded as an alias of x */
+        mj_tensor *y;
+        MJ_TRY(mj_tensor_clone(&y, x));
+        return finish(out, y, -1, 1, &x, MJ_ACT_NONE);
+    }
+    int perm[MJ_MAX_RANK] = {0, 1, 2, 3};
+    perm[d0] = d1;
+    perm[d1] = d0;
+    mj_shape_attrs sa;
+    memset(&sa, 0, sizeof sa);
+    sa.dim0 = (int8_t)(d0 < d1 ? d0 : d1);
+    sa.dim1 = (int8_t)(d0 < d1 ? d1 : d0);
+    return permute_impl(out, x, perm, MJ_OP_TRANSPOSE, &sa);
+}
+
+mj_status mj_permute(mj_tensor **out, const mj_tensor *x, int n, const int *perm) {
+    if (!out || !x || !perm) return mj_fail(MJ_ERR_INVALID, "permute: NULL argument");
+    char sx[64];
+    if (n != x->rank)
+        return mj_fail(MJ_ERR_SHAPE, "permute: %d dims given for %s (rank %d)", n, SHAPE(sx, x), x->rank);
+    int p[MJ_MAX_RANK];
+    bool seen[MJ_MAX_RANK] = {0};
+    mj_shape_attrs sa;
+    memset(&sa, 0, sizeof sa);
+    for (int d = 0; d < n; d++) {
+        p[d] = norm_dim(perm[d], n);
+        if (p[d] < 0 || seen[p[d]])
+            return mj_fail(MJ_ERR_SHAPE, "permute: entry %d (%d) makes the list not a permutation of the %d dims of %s",
+                           d, perm[d], n, SHAPE(sx, x));
+        seen[p[d]] = true;
+        sa.perm[d] = (int8_t)p[d];
+    }
+    return permute_impl(out, x, p, MJ_OP_PERMUTE, &sa);
+}
+
+/* x viewed as [outer, size, inner] around dim. */
+static void around(const mj_tensor *x, int dim, int64_t *outer, int64_t *inner) {
+    *outer = *inner = 1;
+    for (int d = 0; d < dim; d++) *outer *= x->shape[d];
+    for (int d = dim + 1; d < x->rank; d++) *inner *= x->shape[d];
+}
+
+/* Python slicing x[start:end] along dim (negative counts from the end,
+ * clamped to the size), step 1. */
+mj_status mj_slice(mj_tensor **out, const mj_tensor *x, int dim, int64_t start, int64_t end) {
+    if (!out || !x) return mj_fail(MJ_ERR_INVALID, "slice: NULL argument");
+    char sx[64];
+    int d = norm_dim(dim, x->rank);
+    if (d < 0) return mj_fail(MJ_ERR_SHAPE, "slice: dim %d does not fit %s (rank %d)", dim, SHAPE(sx, x), x->rank);
+    int64_t size = x->shape[d];
+    if (start < 0) start += size;
+    if (end < 0) end += size;
+    start = start < 0 ? 0 : start > size ? size : start;
+    end = end < start ? start : end > size ? size : end;
+    int64_t shape[MJ_MAX_RANK], outer, inner;
+    memcpy(shape, x->shape, sizeof shape);
+    shape[d] = end - start;
+    around(x, d, &outer, &inner);
+    mj_tensor *y;
+    MJ_TRY(mj_tensor_new_uninit(&y, x->rank, shape));
+    int64_t len = (end - start) * inner;
+    for (int64_t o = 0; o < outer; o++)
+        if (len) memcpy(y->data + o * len, x->data + (o * size + start) * inner, (size_t)len * sizeof(float));
+    mj_shape_attrs sa;
+    memset(&sa, 0, sizeof sa);
+    sa.dim = (int8_t)d;
+    sa.start = start;
+    sa.end = end;
+    return finish_sa(out, y, MJ_OP_SLICE, 1, &x, &sa);
+}
+
+/* n consecutive slices of the given sizes along dim; all or nothing. */
+static mj_status split_into(mj_tensor **out, const mj_tensor *x, int n, const int64_t *sizes, int dim) {
+    mj_tensor *tmp[64];
+    MJ_ASSERT(n <= 64);
+    int64_t at = 0;
+    for (int i = 0; i < n; i++) {
+        mj_status s = mj_slice(&tmp[i], x, dim, at, at + sizes[i]);
+        if (s != MJ_OK) {
+            for (int k = 0; k < i; k++) mj_tensor_release(tmp[k]);
+            return s;
+        }
+        at += sizes[i];
+    }
+    for (int i = 0; i < n; i++) out[i] = tmp[i];
+    return MJ_OK;
+}
+
+mj_status mj_split_sizes(mj_tensor **out, const mj_tensor *x, int n, const int64_t *sizes, int dim) {
+    if (!out || !x || !sizes) return mj_fail(MJ_ERR_INVALID, "split: NULL argument");
+    char sx[64];
+    int d = norm_dim(dim, x->rank);
+    if (d < 0) return mj_fail(MJ_ERR_SHAPE, "split: dim %d does not fit %s (rank %d)", dim, SHAPE(sx, x), x->rank);
+    if (n < 1 || n > 64) return mj_fail(MJ_ERR_INVALID, "split: %d sizes (must be 1..64)", n);
+    int64_t sum = 0;
+    for (int i = 0; i < n; i++) {
+        if (sizes[i] < 0) return mj_fail(MJ_ERR_SHAPE, "split: size %d is negative (%lld)", i, (long long)sizes[i]);
+        sum += sizes[i] > x->shape[d] ? x->shape[d] + 1 : sizes[i];
+    }
+    if (sum != x->shape[d])
+        return mj_fail(MJ_ERR_SHAPE, "split: the sizes add up to %lld but dim %d of %s is %lld", (long long)sum, d,
+                       SHAPE(sx, x), (long long)x->shape[d]);
+    return split_into(out, x, n, sizes, d);
+}
+
+/* torch.split(x, split_size, dim): pieces of split_size, the last smaller. */
+mj_status mj_split(mj_tensor **out, int max_out, int *n_out, const mj_tensor *x, int64_t split_size, int dim) {
+    if (!out || !n_out || !x) return mj_fail(MJ_ERR_INVALID, "split: NULL argument");
+    char sx[64];
+    int d = norm_dim(dim, x->rank);
+    if (d < 0) return mj_fail(MJ_ERR_SHAPE, "split: dim %d does not fit %s (rank %d)", dim, SHAPE(sx, x), x->rank);
+    if (split_size < 1) return mj_fail(MJ_ERR_INVALID, "split: split_size is %lld (must be >= 1)", (long long)split_size);
+    int64_t size = x->shape[d], n = size == 0 ? 1 : (size + split_size - 1) / split_size;
+    if (n > max_out || n > 64)
+        return mj_fail(MJ_ERR_INVALID, "split: %s in pieces of %lld along dim %d gives %lld tensors; room for %d",
+                       SHAPE(sx, x), (long long)split_size, d, (long long)n, max_out < 64 ? max_out : 64);
+    int64_t sizes[64];
+    for (int64_t i = 0; i < n; i++) sizes[i] = size - i * split_size < split_size ? size - i * split_size : split_size;
+    MJ_TRY(split_into(out, x, (int)n, sizes, d));
+    *n_out = (int)n;
+    return MJ_OK;
+}
+
+/* torch.chunk(x, chunks, dim): pieces of ceil(size / chunks); there may be
+ * fewer than chunks. out has room for chunks tensors. */
+mj_status mj_chunk(mj_tensor **out, int *n_out, const mj_tensor *x, int chunks, int dim) {
+    if (!out || !n_out || !x) return mj_fail(MJ_ERR_INVALID, "chunk: NULL argument");
+    if (chunks < 1 || chunks > 64) return mj_fail(MJ_ERR_INVALID, "chunk: chunks is %d (must be 1..64)", chunks);
+    char sx[64];
+    int d = norm_dim(dim, x->rank);
+    if (d < 0) return mj_fail(MJ_ERR_SHAPE, "chunk: dim %d does not fit %s (rank %d)", dim, SHAPE(sx, x), x->rank);
+    int64_t size = x->shape[d], piece = (size + chunks - 1) / chunks;
+    return mj_split(out, chunks, n_out, x, piece < 1 ? 1 : piece, d);
+}
+
+mj_status mj_cat(mj_tensor **out, int n, const mj_tensor *const *xs, int dim) {
+    if (!out || !xs || n < 1) return mj_fail(MJ_ERR_INVALID, "cat: NULL argument or no tensors");
+    if (n > 8) return mj_fail(MJ_ERR_LIMIT, "cat: %d tensors (at most 8; concatenate in steps)", n);
+    for (int i = 0; i < n; i++)
+        if (!xs[i]) return mj_fail(MJ_ERR_INVALID, "cat: tensor %d is NULL", i);
+    const mj_tensor *x = xs[0];
+    char s1[64], s2[64];
+    int d = norm_dim(dim, x->rank);
+    if (d < 0) return mj_fail(MJ_ERR_SHAPE, "cat: dim %d does not fit %s (rank %d)", dim, SHAPE(s1, x), x->rank);
+    int64_t shape[MJ_MAX_RANK];
+    memcpy(shape, x->shape, sizeof shape);
+    shape[d] = 0;
+    for (int i = 0; i < n; i++) {
+        bool ok = xs[i]->rank == x->rank;
+        for (int k = 0; ok && k < x->rank; k++) ok = k == d || xs[i]->shape[k] == x->shape[k];
+        if (!ok)
+            return mj_fail(MJ_ERR_SHAPE, "cat: %s and %s differ outside dim %d", SHAPE(s1, x), SHAPE(s2, xs[i]), d);
+        shape[d] += xs[i]->shape[d];
+    }
+    mj_tensor *y;
+    MJ_TRY(mj_tensor_new_uninit(&y, x->rank, shape));
+    int64_t outer, inner;
+    around(y, d, &outer, &inner);
+    int64_t row = shape[d] * inner, at = 0;
+    for (int i = 0; i < n; i++) {
+        int64_t len = xs[i]->shape[d] * inner;
+        for (int64_t o = 0; o < outer; o++)
+            if (len) memcpy(y->data + o * row + at, xs[i]->data + o * len, (size_t)len * sizeof(float));
+        at += len;
+    }
+    mj_shape_attrs sa;
+    memset(&sa, 0, sizeof sa);
+    sa.dim = (int8_t)d;
+    return finish_sa(out, y, MJ_OP_CAT, n, xs, &sa);
 }

@@ -16,7 +16,7 @@
 #include <stdarg.h>
 #include <string.h>
 
-#include "../ir/ir.h"
+#include "../ir/ir_core.h"
 #include "internal.h"
 
 /* ---- uid -> int32 map (open addressing, linear probing) ----------------- */
@@ -141,8 +141,22 @@ static mj_status tracer_value(struct mj_tracer *t, const mj_tensor *x, int32_t *
     return uid_map_put(&t->values, x->uid, *id);
 }
 
+/* Where the batch B goes in a reshape's result: the dim (of size batch)
+ * whose elements before it are the operand's before its B, as PyTorch
+ * keeps the batch in a view that does not merge or split it; -1 if none. */
+static int reshape_batch_dim(const mj_type *in, const mj_tensor *out, int64_t batch) {
+    int64_t before = 1;
+    for (int d = 0; d < in->rank && in->dims[d] != MJ_DIM_BATCH; d++) before *= in->dims[d];
+    int64_t acc = 1;
+    for (int d = 0; d < out->rank; d++) {
+        if (acc == before && out->shape[d] == batch) return d;
+        acc *= out->shape[d];
+    }
+    return -1;
+}
+
 static mj_status record(struct mj_tracer *t, int op, int n_in, const mj_tensor *const *in,
-                        mj_act act, const mj_attrs *attrs, const mj_tensor *out) {
+                        mj_act act, const mj_attrs *attrs, const mj_shape_attrs *sa, const mj_tensor *out) {
     MJ_ASSERT(op == -1 || (op >= 0 && op < MJ_OP_COUNT));
     MJ_ASSERT(n_in >= 1 && n_in <= MJ_MAX_OPERANDS && in && out);
     int32_t ids[MJ_MAX_OPERANDS];
@@ -160,18 +174,19 @@ static mj_status record(struct mj_tracer *t, int op, int n_in, const mj_tensor *
     if (op == MJ_OP_RESHAPE) {
         memcpy(declared.dims, out->shape, sizeof(int64_t) * (size_t)out->rank);
         if (mj_type_has_batch(&t->g->nodes[ids[0]].type)) {
-            if (out->shape[0] != t->batch)
+            int bd = reshape_batch_dim(&t->g->nodes[ids[0]].type, out, t->batch);
+            if (bd < 0)
                 return mj_fail(MJ_ERR_SHAPE,
-                               "reshape would not generalise over the batch: %s -> %s moves "
-                               "the batch dim (traced batch %lld)",
+                               "reshape would not generalise over the batch: %s -> %s merges or "
+                               "splits the batch dim (traced batch %lld)",
                                mj_type_str(b1, sizeof b1, &t->g->nodes[ids[0]].type),
                                shape_of(b2, sizeof b2, out), (long long)t->batch);
-            declared.dims[0] = MJ_DIM_BATCH;
+            declared.dims[bd] = MJ_DIM_BATCH;
         }
         decl = &declared;
     }
     int32_t id;
-    mj_status s = mj_graph_add_op_attrs(t->g, (mj_op)op, n_in, ids, act, attrs, decl, &id);
+    mj_status s = mj_graph_add_op_full(t->g, (mj_op)op, n_in, ids, act, attrs, sa, decl, &id);
     if (s == MJ_ERR_SHAPE || s == MJ_ERR_INVALID)
         return mj_fail_prefix(s, "%s: the trace would not generalise over the batch dim B "
                                  "(traced at batch %lld)",
@@ -193,16 +208,26 @@ static mj_status record(struct mj_tracer *t, int op, int n_in, const mj_tensor *
 
 mj_status mj_trace_record(int op, int n_in, const mj_tensor *const *in, mj_act act,
                           const mj_tensor *out) {
-    return mj_trace_record_attrs(op, n_in, in, act, NULL, out);
+    return mj_trace_record_full(op, n_in, in, act, NULL, NULL, out);
 }
 
 mj_status mj_trace_record_attrs(int op, int n_in, const mj_tensor *const *in, mj_act act,
                                 const mj_attrs *attrs, const mj_tensor *out) {
+    return mj_trace_record_full(op, n_in, in, act, attrs, NULL, out);
+}
+
+mj_status mj_trace_record_sa(int op, int n_in, const mj_tensor *const *in, mj_act act, const mj_shape_attrs *sa,
+                             const mj_tensor *out) {
+    return mj_trace_record_full(op, n_in, in, act, NULL, sa, out);
+}
+
+mj_status mj_trace_record_full(int op, int n_in, const mj_tensor *const *in, mj_act act, const mj_attrs *attrs,
+                               const mj_shape_attrs *sa, const mj_tensor *out) {
     struct mj_tracer *t = tls_tracer;
     if (!t || t->busy) return MJ_OK;
     if (t->error != MJ_OK) return mj_fail(t->error, "%s", t->error_msg);
     t->busy = true;
-    mj_status s = record(t, op, n_in, in, act, attrs, out);
+    mj_status s = record(t, op, n_in, in, act, attrs, sa, out);
     t->busy = false;
     if (s != MJ_OK) tracer_fail(t, s);
     return s;
@@ -287,46 +312,73 @@ static mj_status collect_named(struct mj_tracer *t, mj_module *m) {
     return s;
 }
 
-static mj_status trace_run(struct mj_tracer *t, mj_module *m, const mj_tensor *example) {
+static mj_status trace_run(struct mj_tracer *t, mj_module *m, int n_in, const mj_tensor *const *examples,
+                           const char *const *names) {
     MJ_TRY(collect_named(t, m));
     MJ_TRY(mj_graph_new(&t->g));
-    mj_type ty = {.rank = example->rank};
-    memcpy(ty.dims, example->shape, sizeof(int64_t) * (size_t)example->rank);
-    ty.dims[0] = MJ_DIM_BATCH;
-    int32_t in_id;
-    MJ_TRY(mj_graph_add_leaf(t->g, MJ_OP_INPUT, "input", &ty, NULL, &in_id));
-    MJ_TRY(uid_map_put(&t->values, example->uid, in_id));
+    for (int i = 0; i < n_in; i++) {
+        const mj_tensor *ex = examples[i];
+        mj_type ty = {.rank = ex->rank};
+        memcpy(ty.dims, ex->shape, sizeof(int64_t) * (size_t)ex->rank);
+        ty.dims[0] = MJ_DIM_BATCH;
+        char name[32];
+        if (!names || !names[i]) snprintf(name, sizeof name, n_in == 1 ? "input" : "input.%d", i);
+        int32_t in_id, seen;
+        if (uid_map_get(&t->values, ex->uid, &seen))
+            return mj_fail(MJ_ERR_INVALID, "tracing: inputs %d and %d are the same tensor; pass distinct tensors",
+                           (int)seen, i);
+        MJ_TRY(mj_graph_add_leaf(t->g, MJ_OP_INPUT, names && names[i] ? names[i] : name, &ty, NULL, &in_id));
+        MJ_TRY(uid_map_put(&t->values, ex->uid, in_id));
+    }
 
-    mj_tensor *y = NULL;
+    int n_out = mj_module_output_count(m);
+    mj_tensor *y[MJ_MODULE_MAX_IO] = {0};
     tls_tracer = t;
-    mj_status s = mj_module_forward(m, example, &y);
+    mj_status s = mj_module_forward_n(m, n_in, examples, n_out, y);
     tls_tracer = NULL;
     if (s == MJ_OK && t->error != MJ_OK) /* an op swallowed a recording error */
         s = mj_fail(t->error, "%s", t->error_msg);
-    if (s == MJ_OK && !y) s = mj_fail(MJ_ERR_STATE, "forward returned no tensor");
-    int32_t out_id = -1;
     t->busy = true;
-    if (s == MJ_OK) s = tracer_value(t, y, &out_id);
-    if (s == MJ_OK) s = mj_graph_add_output(t->g, out_id);
-    mj_tensor_release(y);
+    for (int j = 0; j < n_out && s == MJ_OK; j++) {
+        int32_t out_id = -1;
+        if (!y[j]) s = mj_fail(MJ_ERR_STATE, "forward returned no tensor for output %d", j);
+        if (s == MJ_OK) s = tracer_value(t, y[j], &out_id);
+        if (s == MJ_OK) s = mj_graph_add_output(t->g, out_id);
+    }
+    for (int j = 0; j < n_out; j++) mj_tensor_release(y[j]);
     return s;
 }
 
-mj_status mj_trace_module(mj_module *m, const mj_tensor *example, mj_graph **out) {
-    if (!m || !example || !out)
-        return mj_fail(MJ_ERR_INVALID, "tracing: module, example and out must not be NULL");
+mj_status mj_trace_module_n(mj_module *m, int n_in, const mj_tensor *const *examples, const char *const *names,
+                            mj_graph **out) {
+    if (!m || !examples || !out || n_in < 1)
+        return mj_fail(MJ_ERR_INVALID, "tracing: module, examples and out must not be NULL (and n_in >= 1)");
     if (tls_tracer)
         return mj_fail(MJ_ERR_STATE,
                        "tracing: a trace is already recording on this thread (nested tracing)");
-    if (example->rank < 2) {
-        char b[64];
-        return mj_fail(MJ_ERR_SHAPE,
-                       "tracing: the example input has shape %s; it needs rank >= 2 (dim 0 "
-                       "is the batch)",
-                       shape_of(b, sizeof b, example));
+    if (n_in != mj_module_input_count(m))
+        return mj_fail(MJ_ERR_INVALID, "tracing: module %s takes %d inputs, got %d examples", mj_module_type(m),
+                       mj_module_input_count(m), n_in);
+    char b[64];
+    for (int i = 0; i < n_in; i++) {
+        const mj_tensor *ex = examples[i];
+        char what[32];
+        snprintf(what, sizeof what, n_in == 1 ? "the example input" : "example input %d", i);
+        if (!ex) return mj_fail(MJ_ERR_INVALID, "tracing: %s is NULL", what);
+        if (ex->shape[0] < 1)
+            return mj_fail(MJ_ERR_SHAPE, "tracing: %s has batch 0; it needs >= 1", what);
+        if (ex->shape[0] != examples[0]->shape[0])
+            return mj_fail(MJ_ERR_SHAPE,
+                           "tracing: example input %d has shape %s but input 0 has batch %lld (dim 0 is the "
+                           "batch B, shared by every input)",
+                           i, shape_of(b, sizeof b, ex), (long long)examples[0]->shape[0]);
+        if (names && names[i] && !mj_ir_name_ok(names[i]))
+            return mj_fail(MJ_ERR_INVALID, "tracing: input name %d must be 1..%d printable ASCII characters", i,
+                           MJ_IR_MAX_NAME);
+        for (int k = 0; names && names[i] && k < i; k++)
+            if (names[k] && strcmp(names[k], names[i]) == 0)
+                return mj_fail(MJ_ERR_KEY, "tracing: inputs %d and %d are both named \"%s\"", k, i, names[i]);
     }
-    if (example->shape[0] < 1)
-        return mj_fail(MJ_ERR_SHAPE, "tracing: the example input has batch 0; it needs >= 1");
     const char *cached_path = NULL;
     mj_module_walk(m, visit_cached, &cached_path);
     if (cached_path)
@@ -336,8 +388,8 @@ mj_status mj_trace_module(mj_module *m, const mj_tensor *example, mj_graph **out
                        cached_path[0] ? "module '" : "the root module", cached_path,
                        cached_path[0] ? "'" : "");
 
-    struct mj_tracer t = {.batch = example->shape[0]};
-    mj_status s = trace_run(&t, m, example);
+    struct mj_tracer t = {.batch = examples[0]->shape[0]};
+    mj_status s = trace_run(&t, m, n_in, examples, names);
     tls_tracer = NULL;
     if (s != MJ_OK) {
         mj_graph_free(t.g);
@@ -348,6 +400,12 @@ mj_status mj_trace_module(mj_module *m, const mj_tensor *example, mj_graph **out
     tracer_free(&t);
     *out = t.g;
     return MJ_OK;
+}
+
+mj_status mj_trace_module(mj_module *m, const mj_tensor *example, mj_graph **out) {
+    if (!m || !example || !out)
+        return mj_fail(MJ_ERR_INVALID, "tracing: module, example and out must not be NULL");
+    return mj_trace_module_n(m, 1, &example, NULL, out);
 }
 
 /* ---- check_inputs ------------------------------------------------------- */
@@ -386,6 +444,55 @@ mj_status mj_graph_check(mj_graph *g, mj_module *m, int n_inputs,
     if (bad >= 0)
         return mj_fail(MJ_ERR_MISMATCH,
                        "check: input %d: the traced graph is not bit-identical to eager "
+                       "(max abs error %g, max rel error %g)",
+                       bad, bad_r.max_abs, bad_r.max_rel);
+    return MJ_OK;
+}
+
+/* check_inputs for several inputs and outputs: set s is inputs[s*n_in ..
+ * s*n_in + n_in); its result is the worst over the outputs. */
+mj_status mj_graph_check_n(mj_graph *g, mj_module *m, int n_sets, int n_in, const mj_tensor *const *inputs,
+                           mj_check_result *results) {
+    if (!g || !m || n_sets < 0 || n_in < 1 || (n_sets > 0 && !inputs))
+        return mj_fail(MJ_ERR_INVALID, "check: graph, module and inputs must not be NULL");
+    if (tls_tracer) return mj_fail(MJ_ERR_STATE, "check: cannot check while a trace is recording");
+    int n_out = mj_graph_output_count(g);
+    if (n_in != mj_graph_input_count(g) || n_in != mj_module_input_count(m) || n_out != mj_module_output_count(m))
+        return mj_fail(MJ_ERR_INVALID,
+                       "check: the graph takes %d inputs and gives %d outputs, the module %d and %d, called with %d "
+                       "inputs per set",
+                       mj_graph_input_count(g), n_out, mj_module_input_count(m), mj_module_output_count(m), n_in);
+    int bad = -1;
+    mj_check_result bad_r = {0};
+    for (int s = 0; s < n_sets; s++) {
+        const mj_tensor *const *x = inputs + (size_t)s * (size_t)n_in;
+        mj_tensor *eager[MJ_MODULE_MAX_IO] = {0}, *traced[MJ_MODULE_MAX_IO] = {0};
+        mj_status st = mj_module_forward_n(m, n_in, x, n_out, eager);
+        if (st != MJ_OK) return mj_fail_prefix(st, "check: input set %d: eager forward", s);
+        st = mj_graph_run_n(g, n_in, x, n_out, traced);
+        if (st != MJ_OK) {
+            for (int j = 0; j < n_out; j++) mj_tensor_release(eager[j]);
+            return mj_fail_prefix(st, "check: input set %d: traced graph", s);
+        }
+        mj_check_result r = {.bit_identical = true};
+        for (int j = 0; j < n_out; j++) {
+            mj_compare c = mj_tensor_compare(traced[j], eager[j], MJ_RTOL_F32, MJ_ATOL_F32);
+            if (!c.same_shape) c.max_abs = c.max_rel = INFINITY;
+            r.max_abs = fmax(r.max_abs, c.max_abs);
+            r.max_rel = fmax(r.max_rel, c.max_rel);
+            r.bit_identical = r.bit_identical && c.bit_identical;
+            mj_tensor_release(eager[j]);
+            mj_tensor_release(traced[j]);
+        }
+        if (results) results[s] = r;
+        if (!r.bit_identical && bad < 0) {
+            bad = s;
+            bad_r = r;
+        }
+    }
+    if (bad >= 0)
+        return mj_fail(MJ_ERR_MISMATCH,
+                       "check: input set %d: the traced graph is not bit-identical to eager "
                        "(max abs error %g, max rel error %g)",
                        bad, bad_r.max_abs, bad_r.max_rel);
     return MJ_OK;

@@ -27,6 +27,14 @@ typedef struct mj_graph mj_graph;
 
 /* ---- tracing ------------------------------------------------------------ */
 mj_status mj_trace_module(mj_module *m, const mj_tensor *example, mj_graph **out);
+/* Several inputs (a module of mj_module_new_n; n_in must be its count):
+ * examples[i] becomes input i, rank 1-4, its dim 0 the batch B shared by
+ * every input (all examples need the same dim 0). names[i] names input i
+ * in the graph (NULL, or a NULL entry: "input" for one input, "input.<i>"
+ * for several). Every output of the forward becomes a graph output, in
+ * order. */
+mj_status mj_trace_module_n(mj_module *m, int n_in, const mj_tensor *const *examples,
+                            const char *const *names, mj_graph **out);
 
 /* TracerWarnings recorded while tracing (reading traced data into C, ...). */
 int mj_graph_warning_count(const mj_graph *g);
@@ -42,11 +50,18 @@ typedef struct mj_check_result {
 } mj_check_result;
 mj_status mj_graph_check(mj_graph *g, mj_module *m, int n_inputs,
                          const mj_tensor *const *inputs, mj_check_result *results);
+/* The same for models with several inputs and outputs: n_sets sets of n_in
+ * tensors, set s at inputs[s*n_in .. s*n_in + n_in); results[s] is the
+ * worst over the outputs. */
+mj_status mj_graph_check_n(mj_graph *g, mj_module *m, int n_sets, int n_in,
+                           const mj_tensor *const *inputs, mj_check_result *results);
 
 /* ---- inspection --------------------------------------------------------- */
 int mj_graph_node_count(const mj_graph *g);
 int mj_graph_input_count(const mj_graph *g);
 int mj_graph_output_count(const mj_graph *g);
+/* Name of input i ("input" in a single-input trace); NULL if none. */
+const char *mj_graph_input_name(const mj_graph *g, int i);
 /* Rank and dims of input/output i; dim 0 is the batch and reads as -1 (B). */
 int mj_graph_input_rank(const mj_graph *g, int i);
 int64_t mj_graph_input_dim(const mj_graph *g, int i, int d); /* -1 = batch */
@@ -83,6 +98,11 @@ mj_status mj_graph_optimize(mj_graph *g, const char *passes);
 /* Replays the graph with the eager kernels (bit-identical to eager).
  * Single input, single output. */
 mj_status mj_graph_run(mj_graph *g, const mj_tensor *input, mj_tensor **output);
+/* Any number of inputs and outputs: in[i] is input i (graph order), out[j]
+ * receives output j (a new reference); n_in and n_out must be the graph's
+ * counts. */
+mj_status mj_graph_run_n(mj_graph *g, int n_in, const mj_tensor *const *in, int n_out,
+                         mj_tensor **out);
 
 /* ---- save / load (torch.jit.save / load) -------------------------------- */
 /* One safetensors file: the params and consts under their names, and the IR

@@ -77,8 +77,26 @@ mj_status mj_jit_compile(mj_jit *jit, const mj_graph *g, const mj_compile_option
                          mj_compiled **out);
 const mj_compile_stats *mj_compiled_stats(const mj_compiled *c);
 
-/* y = f(x). x's shape must match the graph input (any batch >= 1).
- * Inside a trace (from a module's forward) both run calls fail with
+/* Several inputs and outputs: x[i] is the graph's input i (inputs in the
+ * order they appear in the graph), y[j] receives output j as a new tensor.
+ * Every input has the batch B as dim 0 and all share its value (>= 1); the
+ * other dims must match the graph's types. n_in and n_out must be the
+ * graph's counts (mj_compiled_input_count / mj_compiled_output_count). On
+ * error nothing is written to y. */
+mj_status mj_compiled_run_n(mj_compiled *c, int n_in, const mj_tensor *const *x, int n_out,
+                            mj_tensor **y);
+/* Raw buffers: x[i] holds input i at this batch (row-major), y[j] has room
+ * for y_numel[j] floats of output j. No output may overlap an input or
+ * another output. */
+mj_status mj_compiled_run_raw_n(mj_compiled *c, int n_in, const float *const *x, int64_t batch,
+                                int n_out, float *const *y, const int64_t *y_numel);
+int mj_compiled_input_count(const mj_compiled *c);
+int mj_compiled_output_count(const mj_compiled *c);
+
+/* One input, one output (wrappers of the _n calls; a graph with other
+ * counts is MJ_ERR_INVALID).
+ * y = f(x). x's shape must match the graph input (any batch >= 1).
+ * Inside a trace (from a module's forward) the run calls fail with
  * MJ_ERR_STATE: the trace cannot see into native code. */
 mj_status mj_compiled_run(mj_compiled *c, const mj_tensor *x, mj_tensor **y);
 /* Raw buffers: x is [batch, features...], y has room for the output. */

@@ -100,6 +100,14 @@ mj_status mj_flatten_new(mj_module **out, int start_dim, int end_dim);
  * with free_user (may be NULL) when the module is freed. */
 mj_status mj_module_new(mj_module **out, const char *type_name, mj_forward_fn forward,
                         void *user, void (*free_user)(void *));
+/* A user module with n_in inputs and n_out outputs (each 1..MJ_MODULE_MAX_IO):
+ * forward gets the inputs x[0..n_in) and must set every y[0..n_out) to a new
+ * reference when it returns MJ_OK (on error, the ones it set are released). */
+#define MJ_MODULE_MAX_IO 64
+typedef mj_status (*mj_forward_n_fn)(mj_module *self, int n_in, const mj_tensor *const *x, int n_out,
+                                     mj_tensor **y);
+mj_status mj_module_new_n(mj_module **out, const char *type_name, int n_in, int n_out,
+                          mj_forward_n_fn forward, void *user, void (*free_user)(void *));
 /* Takes ownership of child on success. Names must be unique, non-empty, no '.'. */
 mj_status mj_module_add_child(mj_module *m, const char *name, mj_module *child);
 mj_status mj_module_add_parameter(mj_module *m, const char *name, mj_tensor *t); /* retains */
@@ -117,7 +125,15 @@ mj_module *mj_module_child_at(const mj_module *m, int i, const char **name);
 int64_t mj_linear_in_features(const mj_module *m);
 int64_t mj_linear_out_features(const mj_module *m);
 
+/* One input, one output (a module made by mj_module_new_n works here when
+ * it has 1 and 1). */
 mj_status mj_module_forward(mj_module *m, const mj_tensor *x, mj_tensor **y);
+/* Any module: n_in and n_out must be its counts (1 and 1 for every module
+ * but those of mj_module_new_n). y[j] receive new references. */
+mj_status mj_module_forward_n(mj_module *m, int n_in, const mj_tensor *const *x, int n_out,
+                              mj_tensor **y);
+int mj_module_input_count(const mj_module *m);
+int mj_module_output_count(const mj_module *m);
 
 /* Value of a parameter or buffer by local name, parametrizations applied:
  * a new reference in *out. */

@@ -131,7 +131,8 @@ mj_status mj_act_parse(const char *name, mj_act *out);
 /* The scalar function every path uses: eager, interpreter, JIT reference. */
 float mj_act_apply(mj_act act, float x);
 
-/* a[m,k] @ b[k,n] -> [m,n] */
+/* a[..., m,k] @ b[..., k,n] -> [..., m,n]: ranks 2-4, the leading (batch)
+ * dims broadcast like NumPy ([B,h,s,d] @ [B,h,d,s], [B,s,k] @ [k,n]). */
 mj_status mj_matmul(mj_tensor **out, const mj_tensor *a, const mj_tensor *b);
 /* x[..., in] @ w[out,in]^T + b[out] -> [..., out]; b may be NULL. */
 mj_status mj_linear(mj_tensor **out, const mj_tensor *x, const mj_tensor *w, const mj_tensor *b);
@@ -188,8 +189,28 @@ mj_status mj_layer_norm(mj_tensor **out, const mj_tensor *x, const mj_tensor *we
 
 /* 2-D transpose. */
 mj_status mj_transpose(mj_tensor **out, const mj_tensor *x);
-/* New shape with the same element count; one entry may be -1 (inferred). */
+/* New shape with the same element count; one entry may be -1 (inferred).
+ * Traced, the batch B may end up at any dim that keeps it whole. */
 mj_status mj_reshape(mj_tensor **out, const mj_tensor *x, int rank, const int64_t *shape);
+
+/* ---- shape ops of attention (data movement: exact on every path) -------
+ * Dims may be negative (counted from the end), as in PyTorch. */
+/* torch.transpose(x, dim0, dim1) */
+mj_status mj_transpose_dims(mj_tensor **out, const mj_tensor *x, int dim0, int dim1);
+/* x.permute(perm): output dim d is x's dim perm[d]; n must be x's rank. */
+mj_status mj_permute(mj_tensor **out, const mj_tensor *x, int n, const int *perm);
+/* x[start:end] along dim (Python slicing: negative from the end, clamped). */
+mj_status mj_slice(mj_tensor **out, const mj_tensor *x, int dim, int64_t start, int64_t end);
+/* torch.chunk: pieces of ceil(size/chunks) along dim, *n_out <= chunks of
+ * them in out (room for chunks; chunks 1..64). */
+mj_status mj_chunk(mj_tensor **out, int *n_out, const mj_tensor *x, int chunks, int dim);
+/* torch.split(x, split_size, dim): *n_out pieces (at most max_out, 64). */
+mj_status mj_split(mj_tensor **out, int max_out, int *n_out, const mj_tensor *x, int64_t split_size,
+                   int dim);
+/* torch.split(x, [sizes], dim): n pieces (1..64) whose sizes add up to the dim. */
+mj_status mj_split_sizes(mj_tensor **out, const mj_tensor *x, int n, const int64_t *sizes, int dim);
+/* torch.cat(xs, dim): 1..8 tensors equal outside dim. */
+mj_status mj_cat(mj_tensor **out, int n, const mj_tensor *const *xs, int dim);
 
 #ifdef __cplusplus
 }

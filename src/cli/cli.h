@@ -15,12 +15,18 @@ enum { CLI_OK = 0, CLI_FAIL = 1, CLI_USAGE = 2, CLI_HELP = -1 };
 /* OPT_RANGED: a decimal integer within its cli_int's [min, max] (use it for
  * every new numeric option); OPT_INT: a decimal integer in 0..2^40 into an
  * int64_t; OPT_REAL: a finite number >= 0. Anything else (overflow,
- * trailing text, out of range) is a usage error naming the option. */
-typedef enum { OPT_FLAG, OPT_STRING, OPT_INT, OPT_RANGED, OPT_REAL } cli_opt_kind;
+ * trailing text, out of range) is a usage error naming the option.
+ * OPT_STRINGS: a repeatable string option, its values in order. */
+typedef enum { OPT_FLAG, OPT_STRING, OPT_INT, OPT_RANGED, OPT_REAL, OPT_STRINGS } cli_opt_kind;
+#define CLI_MAX_STRINGS 64
+typedef struct cli_strings {
+    const char *v[CLI_MAX_STRINGS];
+    int n;
+} cli_strings;
 typedef struct cli_opt {
     const char *name; /* "--weights" */
     cli_opt_kind kind;
-    void *dest;       /* bool*, const char**, int64_t*, cli_int*, double* */
+    void *dest;       /* bool*, const char**, int64_t*, cli_int*, double*, cli_strings* */
     const char *help; /* one line for --help */
 } cli_opt;
 
@@ -79,6 +85,23 @@ int cli_model_load(const char *cmd, const char *model, const char *weights, uint
 int cli_model_trace(const char *cmd, cli_model *cm);
 void cli_model_free(cli_model *cm);
 
+/* The model's inputs and outputs: a saved trace's, else the module's
+ * (after tracing, the graph's). Input i is named like the graph's input
+ * ("input" when there is one). */
+int cli_model_input_count(const cli_model *cm);
+int cli_model_output_count(const cli_model *cm);
+const char *cli_model_input_name(const cli_model *cm, int i, char *buf, size_t size);
+
+/* The model's inputs, x[0..cli_model_input_count): from the safetensors
+ * file `path` (tensors named by `names`, one per input, else by the
+ * model's input names; dict kept in *file_out when not NULL), else from an
+ * export's file, else seeded randn at `batch` (input 0 from seed, input i
+ * from seed + i * 1000003). Prints errors itself; on error x is empty. */
+int cli_model_inputs(const char *cmd, cli_model *cm, const char *path, const cli_strings *names,
+                     int64_t batch, uint64_t seed, mj_tensor **x, mj_tensor_dict **file_out);
+/* Name of output j in files: "output" when there is one, else "output.<j>". */
+const char *cli_output_name(int n_out, int j, char *buf, size_t size);
+
 /* Reads tensor `name` from a safetensors file (dict kept in *file_out when
  * not NULL, else freed). */
 int cli_load_input(const char *cmd, const char *path, const char *name, mj_tensor **x,
@@ -95,6 +118,10 @@ int cli_parse_mode(const char *cmd, const char *text, cli_mode *mode);
  * NULL for eager/traced). */
 int cli_forward(const char *cmd, cli_model *cm, cli_mode mode, mj_jit *jit,
                 const mj_compile_options *o, const mj_tensor *x, mj_tensor **y);
+/* The same with the model's n_in inputs and n_out outputs. */
+int cli_forward_n(const char *cmd, cli_model *cm, cli_mode mode, mj_jit *jit,
+                  const mj_compile_options *o, int n_in, const mj_tensor *const *x, int n_out,
+                  mj_tensor **y);
 
 /* ---- subcommands ----------------------------------------------------------- */
 int cmd_demo(int argc, char **argv);

@@ -74,9 +74,12 @@ int cmd_check(int argc, char **argv) {
         "Exact paths must be bit-identical to eager (a NaN matches any NaN: exact\n"
         "mode does not promise NaN sign or payload), fast within rtol/atol; with an\n"
         "input file holding `expected` (e.g. from tools/export_torch.py) every path\n"
-        "must also be within rtol/atol of it, and so for each `input.batchN` with its\n"
-        "`expected.batchN` stored beside them. Exit 0 on PASS, 1 on FAIL, 2 on bad usage.", NULL};
-    const char *weights = NULL, *input = NULL, *input_name = "input";
+        "must also be within rtol/atol of it (several outputs: `expected.0`,\n"
+        "`expected.1`, ...), and so, for one input and one output, for each\n"
+        "`input.batchN` with its `expected.batchN` stored beside them.\n"
+        "Exit 0 on PASS, 1 on FAIL, 2 on bad usage.", NULL};
+    const char *weights = NULL, *input = NULL;
+    cli_strings input_names = {0};
     double rtol = MJ_RTOL_F32, atol = MJ_ATOL_F32;
     /* batch 0: not given (the input's batch, else 3) */
     cli_int inputs = {4, 0, 1000}, batch_opt = {0, 1, CLI_MAX_BATCH}, seed = {0, 0, CLI_MAX_SEED};
@@ -84,7 +87,8 @@ int cmd_check(int argc, char **argv) {
     const cli_opt opts[] = {
         {"--weights", OPT_STRING, &weights, "safetensors file with the model's tensors"},
         {"--input", OPT_STRING, &input, "safetensors file with `input` (and `expected`)"},
-        {"--input-name", OPT_STRING, &input_name, "name of the input tensor (default input)"},
+        {"--input-name", OPT_STRINGS, &input_names,
+         "name of the input tensor (default: the model's input name); once per input"},
         {"--inputs", OPT_RANGED, &inputs, "number of extra random inputs, 0..1000 (default 4)"},
         {"--batch", OPT_RANGED, &batch_opt,
          "batch of random inputs (default: the input's, else 3)"},
@@ -104,36 +108,53 @@ int cmd_check(int argc, char **argv) {
     cli_model cm;
     if ((rc = cli_model_load("check", pos[0], weights, (uint64_t)seed.value, &cm)) != CLI_OK)
         return rc;
-    mj_tensor *given = NULL, *expected = NULL;
+    mj_tensor *given[CLI_MAX_STRINGS] = {0}, *expected[CLI_MAX_STRINGS] = {0};
+    bool has_given = false;
     mj_tensor_dict *input_file = NULL;
+    int n_in = cli_model_input_count(&cm), n_out = cli_model_output_count(&cm);
     mj_jit *jit = NULL;
     mj_compiled *compiled[N_PATHS] = {0};
     path_result res[N_PATHS];
     memset(res, 0, sizeof res);
     int n_inputs = 0;
-    if (input) {
-        if ((rc = cli_load_input("check", input, input_name, &given, &input_file)) != CLI_OK)
-            goto done;
-        expected = mj_tensor_dict_get(input_file, "expected");
-        if (batch == 0 && mj_tensor_rank(given) >= 1) batch = mj_tensor_dim(given, 0);
-    } else if (cm.exported && mj_tensor_dict_get(cm.file, input_name)) {
-        /* An export carries its input and PyTorch's expected output. */
-        given = mj_tensor_retain(mj_tensor_dict_get(cm.file, input_name));
-        expected = mj_tensor_dict_get(cm.file, "expected");
-        if (batch == 0 && mj_tensor_rank(given) >= 1) batch = mj_tensor_dim(given, 0);
+    if (n_in > CLI_MAX_STRINGS || n_out > CLI_MAX_STRINGS) {
+        rc = cli_error("check", CLI_FAIL, "%s has %d inputs and %d outputs; the CLI handles at most %d each",
+                       pos[0], n_in, n_out, CLI_MAX_STRINGS);
+        n_in = 0;
+        goto done;
     }
+    if (input || (cm.exported && n_in == 1 &&
+                  mj_tensor_dict_get(cm.file, input_names.n ? input_names.v[0] : "input"))) {
+        /* a file's inputs (an export carries its input and PyTorch's expected output) */
+        if ((rc = cli_model_inputs("check", &cm, input, &input_names, 1, 0, given, &input_file)) != CLI_OK) {
+            n_in = 0;
+            goto done;
+        }
+        has_given = true;
+        const mj_tensor_dict *ef = input ? input_file : cm.file;
+        for (int j = 0; j < n_out; j++) {
+            char nb[32];
+            snprintf(nb, sizeof nb, n_out == 1 ? "expected" : "expected.%d", j);
+            expected[j] = mj_tensor_dict_get(ef, nb);
+        }
+        if (batch == 0 && mj_tensor_rank(given[0]) >= 1) batch = mj_tensor_dim(given[0], 0);
+    }
+    /* Further stored sets (one input, one output): "<input>.batchN" with
+     * "expected.batchN", borrowed from the file. */
     enum { MAX_STORED = 16 };
     mj_tensor *stored_x[MAX_STORED], *stored_y[MAX_STORED];
     int n_stored = 0;
-    if (given) {
-        stored_x[0] = given;
-        stored_y[0] = expected;
+    if (has_given) {
         n_stored = 1;
-        const mj_tensor_dict *src = input ? input_file : cm.file;
-        n_stored += stored_batches(src, input_name, stored_x + 1, stored_y + 1, MAX_STORED - 1);
+        if (n_in == 1 && n_out == 1) {
+            char nb[128];
+            const char *in_name = input_names.n ? input_names.v[0] : cli_model_input_name(&cm, 0, nb, sizeof nb);
+            const mj_tensor_dict *src = input ? input_file : cm.file;
+            n_stored += stored_batches(src, in_name, stored_x, stored_y, MAX_STORED);
+        }
     }
     if (batch == 0) batch = 3;
-    if (!given && n_random == 0) {
+    if (!has_given && n_random == 0) {
         rc = cli_error("check", CLI_USAGE, "nothing to check: give --input or --inputs N > 0");
         goto done;
     }
@@ -162,42 +183,53 @@ int cmd_check(int argc, char **argv) {
      * interpreter replay is the reference instead. */
     int ref_path = cm.module ? PATH_EAGER : PATH_TRACED;
     for (int64_t k = -n_stored; k < n_random; k++) {
-        mj_tensor *x = NULL, *ys[N_PATHS] = {0};
-        const mj_tensor *want = k < 0 ? stored_y[k + n_stored] : NULL;
+        mj_tensor *x[CLI_MAX_STRINGS] = {0}, *ys[N_PATHS][CLI_MAX_STRINGS] = {{0}};
+        const mj_tensor *want[CLI_MAX_STRINGS] = {0};
         if (k < 0) {
-            x = mj_tensor_retain(stored_x[k + n_stored]);
-        } else if ((rc = cli_random_input("check", batch, cm.in_features,
-                                          (uint64_t)seed.value + 100 + k, &x)) != CLI_OK) {
+            int si = (int)(k + n_stored);
+            if (si == 0) {
+                for (int i = 0; i < n_in; i++) x[i] = mj_tensor_retain(given[i]);
+                for (int j = 0; j < n_out; j++) want[j] = expected[j];
+            } else {
+                x[0] = mj_tensor_retain(stored_x[si - 1]);
+                want[0] = stored_y[si - 1];
+            }
+        } else if ((rc = cli_model_inputs("check", &cm, NULL, NULL, batch, (uint64_t)seed.value + 100 + k, x,
+                                          NULL)) != CLI_OK) {
             goto done;
         }
         n_inputs++;
+        const mj_tensor *const *xc = (const mj_tensor *const *)x;
         for (int p = 0; p < N_PATHS && rc == CLI_OK; p++) {
             if (!res[p].t.ran) continue;
             mj_status s = MJ_OK;
-            if (p == PATH_EAGER) s = mj_module_forward(cm.module, x, &ys[p]);
-            else if (p == PATH_TRACED) s = mj_graph_run(cm.graph, x, &ys[p]);
-            else s = mj_compiled_run(compiled[p], x, &ys[p]);
+            if (p == PATH_EAGER) s = mj_module_forward_n(cm.module, n_in, xc, n_out, ys[p]);
+            else if (p == PATH_TRACED) s = mj_graph_run_n(cm.graph, n_in, xc, n_out, ys[p]);
+            else s = mj_compiled_run_n(compiled[p], n_in, xc, n_out, ys[p]);
             if (s != MJ_OK) rc = cli_mj_error("check", path_names[p]);
         }
         for (int p = 0; p < N_PATHS && rc == CLI_OK; p++) {
             if (!res[p].t.ran) continue;
-            mj_compare c = mj_tensor_compare(ys[p], ys[ref_path], rtol, atol);
-            merge(&res[p], &c, ys[p], ys[ref_path]);
-            if (want) {
-                mj_compare e = mj_tensor_compare(ys[p], want, rtol, atol);
-                res[p].t.has_expected = true;
-                res[p].exp_abs = fmax(res[p].exp_abs, e.max_abs);
-                res[p].exp_rel = fmax(res[p].exp_rel, e.max_rel);
-                res[p].t.exp_close = res[p].t.exp_close && e.close;
-                if (!e.close && !res[p].detail[0]) {
-                    char d[200];
-                    mj_compare_describe(&e, ys[p], want, d, sizeof d);
-                    snprintf(res[p].detail, sizeof res[p].detail, "vs expected: %s", d);
+            for (int j = 0; j < n_out; j++) {
+                mj_compare c = mj_tensor_compare(ys[p][j], ys[ref_path][j], rtol, atol);
+                merge(&res[p], &c, ys[p][j], ys[ref_path][j]);
+                if (want[j]) {
+                    mj_compare e = mj_tensor_compare(ys[p][j], want[j], rtol, atol);
+                    res[p].t.has_expected = true;
+                    res[p].exp_abs = fmax(res[p].exp_abs, e.max_abs);
+                    res[p].exp_rel = fmax(res[p].exp_rel, e.max_rel);
+                    res[p].t.exp_close = res[p].t.exp_close && e.close;
+                    if (!e.close && !res[p].detail[0]) {
+                        char d[200];
+                        mj_compare_describe(&e, ys[p][j], want[j], d, sizeof d);
+                        snprintf(res[p].detail, sizeof res[p].detail, "vs expected: %s", d);
+                    }
                 }
             }
         }
-        for (int p = 0; p < N_PATHS; p++) mj_tensor_release(ys[p]);
-        mj_tensor_release(x);
+        for (int p = 0; p < N_PATHS; p++)
+            for (int j = 0; j < n_out; j++) mj_tensor_release(ys[p][j]);
+        for (int i = 0; i < n_in; i++) mj_tensor_release(x[i]);
         if (rc != CLI_OK) goto done;
     }
 
@@ -256,7 +288,7 @@ int cmd_check(int argc, char **argv) {
 done:
     for (int p = 0; p < N_PATHS; p++) mj_compiled_free(compiled[p]);
     mj_jit_free(jit);
-    mj_tensor_release(given);
+    for (int i = 0; i < n_in; i++) mj_tensor_release(given[i]);
     mj_tensor_dict_free(input_file);
     cli_model_free(&cm);
     return rc;

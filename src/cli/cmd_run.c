@@ -13,7 +13,11 @@ static const char RUN_DETAILS[] =
     "an error). Other tensors in the file (input, expected, ...) are ignored.\n"
     "Without --weights the seeded default init is used; without --input a seeded\n"
     "randn [batch, in] input.\n"
-    "The output is written as tensor 'output' (--out) or summarised on stdout.\n";
+    "A saved trace may have several inputs of rank 1-4 (batch first): --input\n"
+    "reads them by their names in the trace (`maskjit ir` shows them), or by the\n"
+    "names given with --input-name, once per input in order; random inputs take\n"
+    "their shapes from the trace. The output is written as tensor 'output'\n"
+    "(several: 'output.0', 'output.1', ...) with --out, or summarised on stdout.\n";
 
 int cli_parse_mode(const char *cmd, const char *text, cli_mode *mode) {
     if (strcmp(text, "eager") == 0) *mode = MODE_EAGER;
@@ -26,8 +30,8 @@ int cli_parse_mode(const char *cmd, const char *text, cli_mode *mode) {
 int cmd_run(int argc, char **argv) {
     static const cli_command cmd = {"run", "MODEL [options]",
                                     "Run one forward call and print or save the output.", NULL};
-    const char *weights = NULL, *input = NULL, *input_name = "input", *mode_text = "eager",
-               *out_path = NULL;
+    const char *weights = NULL, *input = NULL, *mode_text = "eager", *out_path = NULL;
+    cli_strings input_names = {0};
     bool exact = false, fast = false, frozen = false;
     /* threads 0: not given (all cores) */
     cli_int batch = {3, 1, CLI_MAX_BATCH}, seed = {0, 0, CLI_MAX_SEED},
@@ -35,7 +39,8 @@ int cmd_run(int argc, char **argv) {
     const cli_opt opts[] = {
         {"--weights", OPT_STRING, &weights, "safetensors file with the model's tensors"},
         {"--input", OPT_STRING, &input, "safetensors file holding the input tensor"},
-        {"--input-name", OPT_STRING, &input_name, "name of the input tensor (default input)"},
+        {"--input-name", OPT_STRINGS, &input_names,
+         "name of the input tensor (default: the model's input name, e.g. input); once per input"},
         {"--mode", OPT_STRING, &mode_text, "eager | traced | compiled (default eager)"},
         {"--exact", OPT_FLAG, &exact, "compiled: bit-identical to eager (default)"},
         {"--fast", OPT_FLAG, &fast, "compiled: allow FMA and reassociation"},
@@ -58,17 +63,18 @@ int cmd_run(int argc, char **argv) {
         return cli_error("run", CLI_USAGE, "--exact/--fast/--frozen apply to --mode compiled");
 
     cli_model cm;
-    if ((rc = cli_model_load("run", pos[0], weights, (uint64_t)seed.value, &cm)) != CLI_OK)
-        return rc;
-    mj_tensor *x = NULL, *y = NULL;
+    if ((rc = cli_model_load("run", pos[0], weights, (uint64_t)seed.value, &cm)) != CLI_OK) return rc;
+    mj_tensor *x[CLI_MAX_STRINGS] = {0}, *y[CLI_MAX_STRINGS] = {0};
+    int n_in = cli_model_input_count(&cm), n_out = cli_model_output_count(&cm);
     mj_jit *jit = NULL;
-    if (input)
-        rc = cli_load_input("run", input, input_name, &x, NULL);
-    else if (cm.exported && mj_tensor_dict_get(cm.file, input_name))
-        x = mj_tensor_retain(mj_tensor_dict_get(cm.file, input_name)); /* the export's input */
-    else
-        rc = cli_random_input("run", batch.value, cm.in_features, (uint64_t)seed.value + 1, &x);
-    if (rc != CLI_OK) goto done;
+    if (n_in > CLI_MAX_STRINGS || n_out > CLI_MAX_STRINGS) {
+        rc = cli_error("run", CLI_FAIL, "%s has %d inputs and %d outputs; the CLI handles at most %d each", pos[0],
+                       n_in, n_out, CLI_MAX_STRINGS);
+        n_in = n_out = 0;
+        goto done;
+    }
+    if ((rc = cli_model_inputs("run", &cm, input, &input_names, batch.value, (uint64_t)seed.value + 1, x, NULL)) != CLI_OK)
+        goto done;
     mj_compile_options o;
     mj_compile_options_init(&o);
     o.numeric = fast ? MJ_NUMERIC_FAST : MJ_NUMERIC_EXACT;
@@ -78,21 +84,29 @@ int cmd_run(int argc, char **argv) {
         rc = cli_mj_error("run", "starting the JIT");
         goto done;
     }
-    if ((rc = cli_forward("run", &cm, mode, jit, &o, x, &y)) != CLI_OK) goto done;
+    if ((rc = cli_forward_n("run", &cm, mode, jit, &o, n_in, (const mj_tensor *const *)x, n_out, y)) != CLI_OK)
+        goto done;
     if (out_path) {
-        mj_tensor_dict *d;
-        if (mj_tensor_dict_new(&d) != MJ_OK || mj_tensor_dict_set(d, "output", y) != MJ_OK ||
-            mj_tensor_dict_set_meta(d, "maskjit.mode", mode_text) != MJ_OK ||
+        mj_tensor_dict *d = NULL;
+        mj_status s = mj_tensor_dict_new(&d);
+        for (int j = 0; j < n_out && s == MJ_OK; j++) {
+            char nb[32];
+            s = mj_tensor_dict_set(d, cli_output_name(n_out, j, nb, sizeof nb), y[j]);
+        }
+        if (s != MJ_OK || mj_tensor_dict_set_meta(d, "maskjit.mode", mode_text) != MJ_OK ||
             mj_safetensors_save(out_path, d) != MJ_OK) {
             rc = cli_mj_error("run", "--out");
         }
         mj_tensor_dict_free(d);
     } else {
-        mj_tensor_print(stdout, y, "output");
+        for (int j = 0; j < n_out; j++) {
+            char nb[32];
+            mj_tensor_print(stdout, y[j], cli_output_name(n_out, j, nb, sizeof nb));
+        }
     }
 done:
-    mj_tensor_release(x);
-    mj_tensor_release(y);
+    for (int i = 0; i < n_in; i++) mj_tensor_release(x[i]);
+    for (int j = 0; j < n_out; j++) mj_tensor_release(y[j]);
     cli_model_free(&cm);
     mj_jit_free(jit);
     return rc;

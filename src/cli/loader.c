@@ -169,12 +169,18 @@ int cli_model_load(const char *cmd, const char *model, const char *weights, uint
             cli_model_free(out);
             return cli_mj_error(cmd, "loading trace");
         }
-        if (mj_graph_input_count(out->graph) != 1 || mj_graph_input_rank(out->graph, 0) != 2) {
-            cli_model_free(out);
-            return cli_error(cmd, CLI_FAIL, "%s: the CLI runs traces with one [batch, features] input",
-                             model);
+        for (int i = 0; i < mj_graph_input_count(out->graph); i++) {
+            bool ok = mj_graph_input_dim(out->graph, i, 0) == -1;
+            for (int k = 1; k < mj_graph_input_rank(out->graph, i); k++)
+                ok = ok && mj_graph_input_dim(out->graph, i, k) != -1;
+            if (!ok) {
+                int rc = cli_error(cmd, CLI_FAIL, "%s: input %d (\"%s\") must have the batch B as its first dim and only there",
+                                   model, i, mj_graph_input_name(out->graph, i));
+                cli_model_free(out);
+                return rc;
+            }
         }
-        out->in_features = mj_graph_input_dim(out->graph, 0, 1);
+        if (mj_graph_input_rank(out->graph, 0) >= 2) out->in_features = mj_graph_input_dim(out->graph, 0, 1);
         return CLI_OK;
     }
     int rc = model_from_spec(cmd, model, seed, out);
@@ -249,8 +255,86 @@ int cli_random_input(const char *cmd, int64_t batch, int64_t in_features, uint64
     return CLI_OK;
 }
 
+int cli_model_input_count(const cli_model *cm) {
+    return cm->graph ? mj_graph_input_count(cm->graph) : mj_module_input_count(cm->module);
+}
+
+int cli_model_output_count(const cli_model *cm) {
+    return cm->graph ? mj_graph_output_count(cm->graph) : mj_module_output_count(cm->module);
+}
+
+const char *cli_model_input_name(const cli_model *cm, int i, char *buf, size_t size) {
+    if (cm->graph) return mj_graph_input_name(cm->graph, i);
+    if (cli_model_input_count(cm) == 1) return "input";
+    snprintf(buf, size, "input.%d", i);
+    return buf;
+}
+
+const char *cli_output_name(int n_out, int j, char *buf, size_t size) {
+    if (n_out == 1) return "output";
+    snprintf(buf, size, "output.%d", j);
+    return buf;
+}
+
+/* Seeded randn of input i's type (B = batch), or [batch, in] for a spec. */
+static int random_input_i(const char *cmd, const cli_model *cm, int i, int64_t batch, uint64_t seed, mj_tensor **x) {
+    if (!cm->graph) return cli_random_input(cmd, batch, cm->in_features, seed, x);
+    int rank = mj_graph_input_rank(cm->graph, i);
+    int64_t shape[4] = {0};
+    for (int d = 0; d < rank && d < 4; d++) {
+        int64_t v = mj_graph_input_dim(cm->graph, i, d);
+        shape[d] = v == -1 ? batch : v;
+    }
+    mj_rng rng;
+    mj_rng_seed(&rng, seed);
+    if (mj_tensor_randn(x, rank, shape, &rng) != MJ_OK) return cli_mj_error(cmd, "input");
+    return CLI_OK;
+}
+
+int cli_model_inputs(const char *cmd, cli_model *cm, const char *path, const cli_strings *names,
+                     int64_t batch, uint64_t seed, mj_tensor **x, mj_tensor_dict **file_out) {
+    int n = cli_model_input_count(cm);
+    if (names && names->n > 0 && names->n != n)
+        return cli_error(cmd, CLI_USAGE, "%s takes %d input%s but --input-name is given %d time%s", cm->name, n,
+                         n == 1 ? "" : "s", names->n, names->n == 1 ? "" : "s");
+    mj_tensor_dict *file = NULL;
+    int rc = CLI_OK;
+    int i = 0;
+    for (; i < n && rc == CLI_OK; i++) {
+        char buf[32];
+        const char *name = names && names->n > 0 ? names->v[i] : cli_model_input_name(cm, i, buf, sizeof buf);
+        if (path) {
+            mj_tensor_dict *d = NULL;
+            rc = cli_load_input(cmd, path, name, &x[i], &d);
+            if (rc == CLI_OK && !file) file = d;
+            else mj_tensor_dict_free(d);
+        } else if (cm->exported && mj_tensor_dict_get(cm->file, name)) {
+            x[i] = mj_tensor_retain(mj_tensor_dict_get(cm->file, name)); /* the export's input */
+        } else {
+            rc = random_input_i(cmd, cm, i, batch, seed + (uint64_t)i * 1000003u, &x[i]);
+        }
+    }
+    if (rc != CLI_OK) {
+        for (int k = 0; k < i; k++) {
+            mj_tensor_release(x[k]);
+            x[k] = NULL;
+        }
+        mj_tensor_dict_free(file);
+        return rc;
+    }
+    if (file_out) *file_out = file;
+    else mj_tensor_dict_free(file);
+    return CLI_OK;
+}
+
 int cli_forward(const char *cmd, cli_model *cm, cli_mode mode, mj_jit *jit,
                 const mj_compile_options *o, const mj_tensor *x, mj_tensor **y) {
+    return cli_forward_n(cmd, cm, mode, jit, o, 1, &x, 1, y);
+}
+
+int cli_forward_n(const char *cmd, cli_model *cm, cli_mode mode, mj_jit *jit,
+                  const mj_compile_options *o, int n_in, const mj_tensor *const *x, int n_out,
+                  mj_tensor **y) {
     switch (mode) {
     case MODE_EAGER:
         if (!cm->module)
@@ -258,12 +342,12 @@ int cli_forward(const char *cmd, cli_model *cm, cli_mode mode, mj_jit *jit,
                              "%s is a saved trace: eager mode needs the model's code (use --mode "
                              "traced or compiled)",
                              cm->name);
-        if (mj_module_forward(cm->module, x, y) != MJ_OK) return cli_mj_error(cmd, "eager forward");
+        if (mj_module_forward_n(cm->module, n_in, x, n_out, y) != MJ_OK) return cli_mj_error(cmd, "eager forward");
         return CLI_OK;
     case MODE_TRACED: {
         int rc = cli_model_trace(cmd, cm);
         if (rc != CLI_OK) return rc;
-        if (mj_graph_run(cm->graph, x, y) != MJ_OK) return cli_mj_error(cmd, "traced forward");
+        if (mj_graph_run_n(cm->graph, n_in, x, n_out, y) != MJ_OK) return cli_mj_error(cmd, "traced forward");
         return CLI_OK;
     }
     case MODE_COMPILED: {
@@ -271,7 +355,7 @@ int cli_forward(const char *cmd, cli_model *cm, cli_mode mode, mj_jit *jit,
         if (rc != CLI_OK) return rc;
         mj_compiled *c;
         if (mj_jit_compile(jit, cm->graph, o, &c) != MJ_OK) return cli_mj_error(cmd, "compiling");
-        mj_status s = mj_compiled_run(c, x, y);
+        mj_status s = mj_compiled_run_n(c, n_in, x, n_out, y);
         mj_compiled_free(c);
         if (s != MJ_OK) return cli_mj_error(cmd, "compiled forward");
         return CLI_OK;

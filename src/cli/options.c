@@ -78,6 +78,12 @@ int cli_parse(const cli_command *cmd, int argc, char **argv, const cli_opt *opts
             if (!val) return cli_error(cmd->name, CLI_USAGE, "option %s needs a value", o->name);
             if (o->kind == OPT_STRING) {
                 *(const char **)o->dest = val;
+            } else if (o->kind == OPT_STRINGS) {
+                cli_strings *l = o->dest;
+                if (l->n >= CLI_MAX_STRINGS)
+                    return cli_error(cmd->name, CLI_USAGE, "option %s is given more than %d times", o->name,
+                                     CLI_MAX_STRINGS);
+                l->v[l->n++] = val;
             } else if (o->kind == OPT_INT) {
                 if (!parse_int(val, 0, INT64_C(1) << 40, (int64_t *)o->dest))
                     return cli_error(cmd->name, CLI_USAGE,
