@@ -264,3 +264,88 @@ Test(export, cli_check_fails_on_a_wrong_expected, .timeout = 60) {
 Test(export, cli_check_fails_on_a_wrong_output_at_another_batch, .timeout = 60) {
     check_detects_wrong("expected.batch6");
 }
+
+/* Transformer layers exported from PyTorch: a Hugging Face-style BERT layer
+ * (heads by view/permute, / sqrt(d), an additive attention mask as a second
+ * input, softmax, dropout, LayerNorm, GELU) and a pre-norm ViT block whose
+ * fused qkv projection is split by chunk; every Linear pruned at 80% with
+ * torch.nn.utils.prune. At each stored batch (5, 1, 6): the interpreter and
+ * compiled exact, frozen and fast within PyTorch's tolerance of PyTorch's
+ * output, exact and frozen bit-identical to the interpreter; frozen code
+ * uses the mask-specialised kernel for the layers wider than 64. */
+static void check_multi_input_fixture(const char *name, bool expect_sparse) {
+    char *path = fixture_path(name);
+    mj_tensor_dict *file;
+    OK(mj_safetensors_load(path, &file));
+    mj_graph *g;
+    OK(mj_graph_load(path, &g));
+    int n_in = mj_graph_input_count(g);
+    cr_assert(n_in >= 1 && n_in <= 4);
+    cr_assert_eq(mj_graph_output_count(g), 1);
+    mj_jit *jit;
+    OK(mj_jit_new(&jit));
+    mj_compiled *c[3];
+    for (int p = 0; p < 3; p++) {
+        mj_compile_options o;
+        mj_compile_options_init(&o);
+        o.frozen = p == 1;
+        o.numeric = p == 2 ? MJ_NUMERIC_FAST : MJ_NUMERIC_EXACT;
+        OK(mj_jit_compile(jit, g, &o, &c[p]));
+    }
+    static const char *const suffixes[] = {"", ".batch1", ".batch6"};
+    static const char *const paths[] = {"compiled-exact", "frozen", "compiled-fast"};
+    for (int si = 0; si < 3; si++) {
+        const mj_tensor *xs[4];
+        char key[64];
+        for (int i = 0; i < n_in; i++) {
+            if (n_in == 1) snprintf(key, sizeof key, "input%s", suffixes[si]);
+            else snprintf(key, sizeof key, "input.%d%s", i, suffixes[si]);
+            xs[i] = mj_tensor_dict_get(file, key);
+            cr_assert_not_null(xs[i], "%s lacks %s", name, key);
+        }
+        snprintf(key, sizeof key, "expected%s", suffixes[si]);
+        const mj_tensor *want = mj_tensor_dict_get(file, key);
+        cr_assert_not_null(want, "%s lacks %s", name, key);
+        mj_tensor *ref = NULL;
+        OK(mj_graph_run_n(g, n_in, xs, 1, &ref));
+        mj_compare vs = mj_tensor_compare(ref, want, MJ_RTOL_F32, MJ_ATOL_F32);
+        cr_assert(vs.same_shape && vs.close, "%s interpreter%s vs PyTorch: max abs %g", name,
+                  suffixes[si], vs.max_abs);
+        for (int p = 0; p < 3; p++) {
+            mj_tensor *y = NULL;
+            OK(mj_compiled_run_n(c[p], n_in, xs, 1, &y));
+            mj_compare e = mj_tensor_compare(y, want, MJ_RTOL_F32, MJ_ATOL_F32);
+            cr_assert(e.same_shape && e.close, "%s %s%s vs PyTorch: max abs %g", name, paths[p],
+                      suffixes[si], e.max_abs);
+            if (p < 2)
+                cr_assert(mj_tensor_equal(y, ref), "%s %s%s: not bit-identical to the interpreter",
+                          name, paths[p], suffixes[si]);
+            mj_tensor_release(y);
+        }
+        mj_tensor_release(ref);
+    }
+    FILE *ir = tmpfile();
+    cr_assert_not_null(ir);
+    OK(mj_compiled_dump(c[1], "ir", ir));
+    long size = ftell(ir);
+    rewind(ir);
+    char *text = calloc((size_t)size + 1, 1);
+    cr_assert_eq(fread(text, 1, (size_t)size, ir), (size_t)size);
+    fclose(ir);
+    if (expect_sparse) /* layers wider than 64 (narrower ones skip zeros lane by lane) */
+        cr_expect(strstr(text, ".sparse"), "%s: frozen code has no mask-specialised layer", name);
+    free(text);
+    for (int p = 0; p < 3; p++) mj_compiled_free(c[p]);
+    mj_jit_free(jit);
+    mj_graph_free(g);
+    mj_tensor_dict_free(file);
+    free(path);
+}
+
+Test(export, bert_layer_with_attention_mask_input_runs_in_every_mode, .timeout = 120) {
+    check_multi_input_fixture("export_bert_layer", false); /* 32-wide layers */
+}
+
+Test(export, vit_block_with_fused_qkv_chunk_runs_in_every_mode, .timeout = 120) {
+    check_multi_input_fixture("export_vit_block", true); /* qkv 32 -> 96, fc1 32 -> 128 */
+}

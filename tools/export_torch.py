@@ -528,32 +528,50 @@ def _linear(cx, node, ins):
     return [cx.b.op("linear", ops, x.shape[:-1] + (w.shape[0],))]
 
 
+def _bcast_batch(a, b, where):
+    """Broadcast of leading (batch) dims, as NumPy (B only with B or 1)."""
+    out = []
+    for i in range(max(len(a), len(b))):
+        x = a[len(a) - 1 - i] if i < len(a) else 1
+        y = b[len(b) - 1 - i] if i < len(b) else 1
+        if x == y or y == 1:
+            out.append(x)
+        elif x == 1:
+            out.append(y)
+        else:
+            raise ExportError(f"{where}: cannot broadcast batch dims {_shape_str(a)} and {_shape_str(b)}")
+    return tuple(reversed(out))
+
+
 def _matmul(cx, node, ins):
     a, b = _tensor(cx, ins[0]), _tensor(cx, ins[1])
-    if len(a.shape) != 2 or len(b.shape) != 2:
+    if not (2 <= len(a.shape) <= MAX_RANK and 2 <= len(b.shape) <= MAX_RANK):
         raise ExportError(f"unsupported: {cx.b.where()}: matmul of {_shape_str(a.shape)} and "
-                          f"{_shape_str(b.shape)}; maskjit's matmul is rank 2 only")
-    if a.shape[1] != b.shape[0] or a.shape[1] == B:
+                          f"{_shape_str(b.shape)}; maskjit's matmul takes ranks 2-4")
+    if a.shape[-1] != b.shape[-2] or a.shape[-1] == B or b.shape[-1] == B:
         raise ExportError(f"{cx.b.where()}: matmul {_shape_str(a.shape)} x {_shape_str(b.shape)}")
-    return [cx.b.op("matmul", [a, b], (a.shape[0], b.shape[1]))]
+    lead = _bcast_batch(a.shape[:-2], b.shape[:-2], cx.b.where())
+    return [cx.b.op("matmul", [a, b], lead + (a.shape[-2], b.shape[-1]))]
 
 
-def _transpose2(cx, x):
-    if len(x.shape) != 2:
-        raise ExportError(f"unsupported: {cx.b.where()}: transpose of rank {len(x.shape)}; "
-                          "maskjit's transpose is rank 2 only")
-    return [cx.b.op("transpose", [x], (x.shape[1], x.shape[0]))]
+def _transpose_dims(cx, x, d0, d1):
+    r = len(x.shape)
+    d0, d1 = sorted((d0 % r, d1 % r))
+    if d0 == d1:
+        return [x]
+    shape = list(x.shape)
+    shape[d0], shape[d1] = shape[d1], shape[d0]
+    return [cx.b.op("transpose", [x], tuple(shape), attrs=[("dim0", d0), ("dim1", d1)])]
 
 
 def _t(cx, node, ins):
     x = _tensor(cx, ins[0])
-    return [x] if len(x.shape) < 2 else _transpose2(cx, x)
+    return [x] if len(x.shape) < 2 else _transpose_dims(cx, x, 0, 1)
 
 
 def _transpose(cx, node, ins):
     x = _tensor(cx, ins[0])
-    d0, d1 = (_const_arg(cx, d, "dim") % len(x.shape) for d in ins[1:3])
-    return [x] if d0 == d1 else _transpose2(cx, x)
+    return _transpose_dims(cx, x, _const_arg(cx, ins[1], "dim"), _const_arg(cx, ins[2], "dim"))
 
 
 def _permute(cx, node, ins):
@@ -561,9 +579,82 @@ def _permute(cx, node, ins):
     dims = [_const_arg(cx, d, "dim") % len(x.shape) for d in ins[1]]
     if dims == list(range(len(x.shape))):
         return [x]
-    if dims == [1, 0]:
-        return _transpose2(cx, x)
-    raise ExportError(f"unsupported: {cx.b.where()}: permute {dims}; maskjit has rank-2 transpose only")
+    shape = tuple(x.shape[d] for d in dims)
+    return [cx.b.op("permute", [x], shape, attrs=[("perm", dims)])]
+
+
+def _slices(cx, x, dim, sizes):
+    """Consecutive slices of x along dim with the given sizes."""
+    r = len(x.shape)
+    d = dim % r
+    if x.shape[d] == B:
+        raise ExportError(f"unsupported: {cx.b.where()}: splits the batch dim; maskjit slices "
+                          "concrete dims only")
+    out, start = [], 0
+    for n in sizes:
+        shape = list(x.shape)
+        shape[d] = n
+        out.append(x if n == x.shape[d] else
+                   cx.b.op("slice", [x], tuple(shape), attrs=[("dim", d), ("start", start),
+                                                              ("end", start + n)]))
+        start += n
+    return out
+
+
+def _chunk(cx, node, ins):
+    x = _tensor(cx, ins[0])
+    n, dim = _const_arg(cx, ins[1], "chunks"), _const_arg(cx, ins[2], "dim")
+    size = x.shape[dim % len(x.shape)]
+    if size == B:
+        raise ExportError(f"unsupported: {cx.b.where()}: chunks the batch dim")
+    step = -(-size // n)
+    sizes = [min(step, size - i) for i in range(0, size, step)]
+    return [_slices(cx, x, dim, sizes)]
+
+
+def _split(cx, node, ins):
+    x = _tensor(cx, ins[0])
+    arg, dim = _const_arg(cx, ins[1], "split_size"), _const_arg(cx, ins[2], "dim")
+    size = x.shape[dim % len(x.shape)]
+    if size == B:
+        raise ExportError(f"unsupported: {cx.b.where()}: splits the batch dim")
+    sizes = list(arg) if isinstance(arg, list) else [min(arg, size - i) for i in range(0, size, arg)]
+    return [_slices(cx, x, dim, sizes)]
+
+
+def _slice(cx, node, ins):
+    # aten::slice(x, dim, start, end, step)
+    x = _tensor(cx, ins[0])
+    d = _const_arg(cx, ins[1], "dim") % len(x.shape)
+    size = x.shape[d]
+    step = _const_arg(cx, ins[4], "step")
+    start, end = ins[2], ins[3]
+    if size == B:
+        if (start in (None, 0)) and (end is None or (isinstance(end, int) and end >= 2 ** 62)) and step == 1:
+            return [x]
+        raise ExportError(f"unsupported: {cx.b.where()}: slices the batch dim")
+    start = 0 if start is None else _const_arg(cx, start, "start")
+    end = size if end is None else min(_const_arg(cx, end, "end"), size)
+    start, end = (v + size if v < 0 else v for v in (start, end))
+    if step != 1:
+        raise ExportError(f"unsupported: {cx.b.where()}: slice with step {step}")
+    if start == 0 and end == size:
+        return [x]
+    shape = list(x.shape)
+    shape[d] = end - start
+    return [cx.b.op("slice", [x], tuple(shape), attrs=[("dim", d), ("start", start), ("end", end)])]
+
+
+def _cat(cx, node, ins):
+    xs = [_tensor(cx, v) for v in ins[0]]
+    d = _const_arg(cx, ins[1], "dim") % len(xs[0].shape)
+    if len(xs) == 1:
+        return [xs[0]]
+    if len(xs) > 8 or any(x.shape[d] == B for x in xs):
+        raise ExportError(f"unsupported: {cx.b.where()}: cat of {len(xs)} tensors along dim {d}")
+    shape = list(xs[0].shape)
+    shape[d] = sum(x.shape[d] for x in xs)
+    return [cx.b.op("cat", xs, tuple(shape), attrs=[("dim", d)])]
 
 
 def _binary(opname, reverse=False):
@@ -702,6 +793,8 @@ def _div_sizes(cx, node, ins):
 
 
 def _attr_text(v):
+    if isinstance(v, list):
+        return "[" + ",".join(str(int(x)) for x in v) + "]"
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, int):
@@ -793,6 +886,12 @@ OPS = {
     "aten::t": _t,
     "aten::transpose": _transpose,
     "aten::permute": _permute,
+    "aten::bmm": _matmul,
+    "aten::chunk": _chunk,
+    "aten::split": _split,
+    "aten::split_with_sizes": _split,
+    "aten::slice": _slice,
+    "aten::cat": _cat,
     "aten::add": _binary("add"),
     "aten::sub": _binary("sub"),
     "aten::rsub": _binary("sub", reverse=True),
@@ -975,7 +1074,7 @@ _LINE = re.compile(r'%(\d+) = (\w+)(.*?) : f32\[([^\]]*)\](?: = \[(.*)\])?$')
 _NAME = re.compile(r'"((?:[^"\\]|\\.)*)"')
 _REF_OPS = {
     "linear": lambda a: F.linear(a[0], a[1], a[2] if len(a) > 2 else None),
-    "matmul": lambda a: torch.mm(a[0], a[1]),
+    "matmul": lambda a: torch.matmul(a[0], a[1]),
     "add": lambda a: a[0] + a[1],
     "sub": lambda a: a[0] - a[1],
     "mul": lambda a: a[0] * a[1],
@@ -984,7 +1083,6 @@ _REF_OPS = {
     "gelu_tanh": lambda a: F.gelu(a[0], approximate="tanh"),
     "sigmoid": lambda a: torch.sigmoid(a[0]),
     "tanh": lambda a: torch.tanh(a[0]),
-    "transpose": lambda a: a[0].t(),
     "silu": lambda a: F.silu(a[0]),
     "neg": lambda a: -a[0],
     "exp": lambda a: torch.exp(a[0]),
@@ -998,6 +1096,10 @@ _REF_OPS = {
 
 # ops with attributes: (operands, attribute dict) -> tensor
 _REF_ATTR_OPS = {
+    "transpose": lambda a, t: a[0].transpose(int(t.get("dim0", -2)), int(t.get("dim1", -1))),
+    "permute": lambda a, t: a[0].permute(*t["perm"]),
+    "slice": lambda a, t: a[0].narrow(int(t["dim"]), int(t["start"]), int(t["end"]) - int(t["start"])),
+    "cat": lambda a, t: torch.cat(a, int(t["dim"])),
     "pow": lambda a, t: a[0] ** t["exponent"],
     "leaky_relu": lambda a, t: F.leaky_relu(a[0], t.get("slope", 0.01)),
     "elu": lambda a, t: F.elu(a[0], t.get("alpha", 1.0)),
@@ -1016,7 +1118,11 @@ def _parse_attrs(rest):
     m = re.search(r"\{([^}]*)\}\s*$", rest)
     out = {}
     if m:
-        for part in m.group(1).split(","):
+        body = m.group(1)
+        for lm in re.finditer(r"(\w+)=\[([^\]]*)\]", body):
+            out[lm.group(1)] = [int(v) for v in lm.group(2).split(",") if v.strip()]
+        body = re.sub(r"\w+=\[[^\]]*\]", "", body)
+        for part in body.split(","):
             if "=" in part:
                 k, v = (x.strip() for x in part.split("=", 1))
                 out[k] = {"true": True, "false": False}.get(v, None)

@@ -168,6 +168,51 @@ class ResidualLayerNorm(nn.Module):
         return self.ln(x + self.fc2(self.act(self.fc1(x)))).softmax(-1)
 
 
+class BertLayer(nn.Module):
+    """Hugging Face BertLayer-style post-norm encoder layer: heads by
+    view/permute, scores / sqrt(d) plus an additive attention mask (a second
+    input), softmax, dropout, LayerNorm(eps=1e-12), GELU feed-forward."""
+
+    def __init__(self, d=32, heads=4, ffn=64):
+        super().__init__()
+        self.h, self.dh = heads, d // heads
+        self.query, self.key, self.value = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
+        self.attn_out, self.ln1 = nn.Linear(d, d), nn.LayerNorm(d, eps=1e-12)
+        self.inter, self.out, self.ln2 = nn.Linear(d, ffn), nn.Linear(ffn, d), nn.LayerNorm(d, eps=1e-12)
+        self.drop = nn.Dropout(0.1)
+
+    def heads(self, x):
+        b, s, _ = x.shape
+        return x.view(b, s, self.h, self.dh).permute(0, 2, 1, 3)
+
+    def forward(self, x, mask):
+        q, k, v = self.heads(self.query(x)), self.heads(self.key(x)), self.heads(self.value(x))
+        scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.dh) + mask
+        ctx = torch.matmul(self.drop(scores.softmax(-1)), v).permute(0, 2, 1, 3)
+        b, s, _, _ = ctx.shape
+        ctx = ctx.reshape(b, s, self.h * self.dh)
+        h = self.ln1(x + self.drop(self.attn_out(ctx)))
+        return self.ln2(h + self.drop(self.out(nn.functional.gelu(self.inter(h)))))
+
+
+class ViTBlock(nn.Module):
+    """Pre-norm ViT block with a fused qkv projection split by chunk."""
+
+    def __init__(self, d=32, heads=4):
+        super().__init__()
+        self.h, self.dh = heads, d // heads
+        self.n1, self.qkv, self.proj = nn.LayerNorm(d), nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.n2, self.fc1, self.fc2 = nn.LayerNorm(d), nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
+
+    def forward(self, x):
+        b, s, d = x.shape
+        q, k, v = self.qkv(self.n1(x)).chunk(3, dim=-1)
+        q, k, v = (t.reshape(b, s, self.h, self.dh).transpose(1, 2) for t in (q, k, v))
+        a = (q @ k.transpose(-2, -1) * self.dh ** -0.5).softmax(dim=-1)
+        x = x + self.proj((a @ v).transpose(1, 2).reshape(b, s, d))
+        return x + self.fc2(nn.functional.gelu(self.fc1(self.n2(x))))
+
+
 def trace_fixtures():
     """(name, model, example input, checked by the CLI?) for export_torch.export
     without a spec. The CLI runs [batch, features] inputs only; a rank-3 input
@@ -222,6 +267,22 @@ def trace_fixtures():
     for lin in (rln.fc1, rln.fc2):
         prune.l1_unstructured(lin, "weight", amount=0.6)
     out.append(("export_residual_layernorm", rln, torch.randn(BATCH, 16, generator=gen), True))
+
+    torch.manual_seed(36)
+    gen = torch.Generator().manual_seed(36)
+    bert = BertLayer()
+    for lin in (bert.query, bert.key, bert.value, bert.attn_out, bert.inter, bert.out):
+        prune.l1_unstructured(lin, "weight", amount=0.8)
+    mask = torch.zeros(BATCH, 1, 1, 6).masked_fill(torch.rand(BATCH, 1, 1, 6, generator=gen) < 0.3,
+                                                   -10000.0)
+    out.append(("export_bert_layer", bert, (torch.randn(BATCH, 6, 32, generator=gen), mask), True))
+
+    torch.manual_seed(37)
+    gen = torch.Generator().manual_seed(37)
+    vit = ViTBlock()
+    for lin in (vit.qkv, vit.proj, vit.fc1, vit.fc2):
+        prune.l1_unstructured(lin, "weight", amount=0.8)
+    out.append(("export_vit_block", vit, torch.randn(BATCH, 6, 32, generator=gen), True))
     return out
 
 

@@ -24,7 +24,7 @@ except ImportError:
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import export_torch as et  # noqa: E402
-from make_fixtures import LlamaMLP, ResidualLayerNorm  # noqa: E402
+from make_fixtures import BertLayer, LlamaMLP, ResidualLayerNorm, ViTBlock  # noqa: E402
 import safetensors_io  # noqa: E402
 
 MASKJIT = et.find_maskjit()
@@ -149,6 +149,24 @@ class ExportTest(unittest.TestCase):
         self.export(pruned(ResidualLayerNorm()), torch.randn(4, 16) / 0.5)
         _, meta = safetensors_io.load(self.path())
         for op in ("layer_norm", "leaky_relu", "softmax"):
+            self.assertIn(op, meta["maskjit.ir"])
+        self.assert_maskjit_passed()
+
+    def test_bert_layer_with_a_mask_input_exports_and_checks(self):
+        torch.manual_seed(3)
+        mask = torch.zeros(2, 1, 1, 5)
+        mask[:, :, :, -1] = -10000.0
+        self.export(pruned(BertLayer(), 0.8), (torch.randn(2, 5, 32), mask))
+        _, meta = safetensors_io.load(self.path())
+        for op in ("permute", "matmul", "softmax", "layer_norm", 'input "input.1"'):
+            self.assertIn(op, meta["maskjit.ir"])
+        self.assert_maskjit_passed()
+
+    def test_vit_block_with_fused_qkv_chunk_exports_and_checks(self):
+        torch.manual_seed(4)
+        self.export(pruned(ViTBlock(), 0.8), torch.randn(2, 5, 32))
+        _, meta = safetensors_io.load(self.path())
+        for op in ("slice", "transpose", "matmul", "softmax"):
             self.assertIn(op, meta["maskjit.ir"])
         self.assert_maskjit_passed()
 
