@@ -261,7 +261,7 @@ static void set_wl(mj_bench_workload *w, const char *id, const char *spec, int64
     w->seed = seed;
 }
 
-/* The issue 5 table. W6 is listed once per thread count (the batch sweep
+/* The built-in workloads W1-W6. W6 is listed once per thread count (the batch sweep
  * reuses one setup). */
 static int build_workloads(const options *o, mj_bench_workload *ws) {
     int n = 0;
