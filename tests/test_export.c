@@ -43,6 +43,18 @@ static int stored_sets(const mj_tensor_dict *d, const mj_tensor **xs, const mj_t
     return n;
 }
 
+/* The compiled paths the fixtures run: exact live, exact frozen, fast live. */
+static const char *const paths[] = {"compiled-exact", "frozen", "compiled-fast"};
+static void compile_paths(mj_jit *jit, const mj_graph *g, mj_compiled *c[3]) {
+    for (int p = 0; p < 3; p++) {
+        mj_compile_options o;
+        mj_compile_options_init(&o);
+        o.frozen = p == 1;
+        o.numeric = p == 2 ? MJ_NUMERIC_FAST : MJ_NUMERIC_EXACT;
+        OK(mj_jit_compile(jit, g, &o, &c[p]));
+    }
+}
+
 /* Loads the fixture as a saved trace and runs the interpreter, compiled
  * exact, frozen and fast at every stored batch: each within PyTorch's
  * tolerance of PyTorch's output, exact paths bit-identical to the interpreter. */
@@ -63,14 +75,7 @@ static void check_fixture(const char *name) {
     mj_jit *jit;
     OK(mj_jit_new(&jit));
     mj_compiled *c[3];
-    for (int p = 0; p < 3; p++) {
-        mj_compile_options o;
-        mj_compile_options_init(&o);
-        o.frozen = p == 1;
-        o.numeric = p == 2 ? MJ_NUMERIC_FAST : MJ_NUMERIC_EXACT;
-        OK(mj_jit_compile(jit, g, &o, &c[p]));
-    }
-    static const char *const paths[] = {"compiled-exact", "frozen", "compiled-fast"};
+    compile_paths(jit, g, c);
     for (int i = 0; i < n; i++) {
         int64_t batch = mj_tensor_dim(xs[i], 0);
         mj_tensor *ref;
@@ -285,15 +290,8 @@ static void check_multi_input_fixture(const char *name, bool expect_sparse) {
     mj_jit *jit;
     OK(mj_jit_new(&jit));
     mj_compiled *c[3];
-    for (int p = 0; p < 3; p++) {
-        mj_compile_options o;
-        mj_compile_options_init(&o);
-        o.frozen = p == 1;
-        o.numeric = p == 2 ? MJ_NUMERIC_FAST : MJ_NUMERIC_EXACT;
-        OK(mj_jit_compile(jit, g, &o, &c[p]));
-    }
+    compile_paths(jit, g, c);
     static const char *const suffixes[] = {"", ".batch1", ".batch6"};
-    static const char *const paths[] = {"compiled-exact", "frozen", "compiled-fast"};
     for (int si = 0; si < 3; si++) {
         const mj_tensor *xs[4];
         char key[64];

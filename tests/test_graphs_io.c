@@ -370,32 +370,9 @@ Test(graphs_io, compiled_outputs_alias_inputs_and_each_other) {
 
 /* ---- the CLI -------------------------------------------------------------------- */
 
-static const char *const BIN = MJ_BUILD_ROOT "/maskjit";
 
-/* Runs `maskjit ARGS`; returns the exit status, stdout in *out (malloc'd)
- * when out is not NULL. */
-static int run_cli(char **out, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static int run_cli(char **out, const char *fmt, ...) {
-    char args[2048], cmd[2400];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(args, sizeof args, fmt, ap);
-    va_end(ap);
-    snprintf(cmd, sizeof cmd, "NO_COLOR=1 %s %s 2>&1", BIN, args);
-    FILE *p = popen(cmd, "r");
-    cr_assert_not_null(p);
-    char *buf = NULL;
-    size_t len = 0;
-    FILE *mem = open_memstream(&buf, &len);
-    char chunk[4096];
-    size_t n;
-    while ((n = fread(chunk, 1, sizeof chunk, p)) > 0) fwrite(chunk, 1, n, mem);
-    fclose(mem);
-    int status = pclose(p);
-    if (out) *out = buf;
-    else free(buf);
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 128;
-}
+/* `maskjit ARGS` with stderr joined to stdout (test_util.h) */
+#define run_cli(out, ...) mjt_maskjit(out, true, __VA_ARGS__)
 
 static mj_tensor *file_tensor(const char *path, const char *key) {
     mj_tensor_dict *d;

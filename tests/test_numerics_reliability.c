@@ -539,30 +539,9 @@ Test(numerics_rel, two_nans_give_a_nan_on_every_exact_path) {
 
 /* ---- the maskjit binary ---- */
 
-static const char *const BIN = MJ_BUILD_ROOT "/maskjit";
 
-/* Runs `maskjit ARGS` through the shell: exit status, stdout in *out. */
-static int run_cli(char **out, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static int run_cli(char **out, const char *fmt, ...) {
-    char args[2048], cmd[2400];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(args, sizeof args, fmt, ap);
-    va_end(ap);
-    snprintf(cmd, sizeof cmd, "NO_COLOR=1 %s %s 2>&1", BIN, args);
-    FILE *p = popen(cmd, "r");
-    cr_assert_not_null(p);
-    char *buf = NULL;
-    size_t len = 0;
-    FILE *mem = open_memstream(&buf, &len);
-    char chunk[4096];
-    size_t n;
-    while ((n = fread(chunk, 1, sizeof chunk, p)) > 0) fwrite(chunk, 1, n, mem);
-    fclose(mem);
-    int status = pclose(p);
-    *out = buf;
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 128;
-}
+/* `maskjit ARGS` with stderr joined to stdout (test_util.h) */
+#define run_cli(out, ...) mjt_maskjit(out, true, __VA_ARGS__)
 
 static char *tmp_file(const char *name) {
     char *p = malloc(512);
