@@ -308,22 +308,7 @@ static mj_status check_graph(const mj_graph *g) {
     if (g->n_outputs != 1 || mj_graph_input_count(g) != 1)
         return mj_fail(MJ_ERR_UNSUPPORTED, "aot: the graph has %d inputs and %d outputs; only 1 and 1 are supported",
                        mj_graph_input_count(g), (int)g->n_outputs);
-    for (int32_t i = 0; i < g->n_nodes; i++) {
-        const mj_node *n = &g->nodes[i];
-        if (n->op == MJ_OP_INPUT) {
-            char ts[96];
-            bool ok = n->type.dims[0] == MJ_DIM_BATCH;
-            for (int d = 1; d < n->type.rank; d++) ok = ok && n->type.dims[d] != MJ_DIM_BATCH;
-            if (!ok)
-                return mj_fail(MJ_ERR_UNSUPPORTED,
-                               "aot: input \"%s\" has type %s; the batch B must be its first dim and only there",
-                               n->name, mj_type_str(ts, sizeof ts, &n->type));
-        } else if ((n->op == MJ_OP_PARAM || n->op == MJ_OP_CONST) && !n->tensor) {
-            return mj_fail(MJ_ERR_STATE, "aot: %s \"%s\" (%%%d) is not bound to a tensor (see mj_graph_bind)",
-                           mj_op_table[n->op].name, n->name, (int)i);
-        }
-    }
-    return MJ_OK;
+    return mj_jit_check_nodes(g, "aot");
 }
 
 /* coef * B^pow for a type (coef: the concrete dims' product). */

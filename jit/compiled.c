@@ -383,8 +383,7 @@ void mj_compiled_free(mj_compiled *c) {
 
 static mj_status runtime_init(mj_compiled *c);
 
-static mj_status check_graph(const mj_graph *g) {
-    MJ_TRY(mj_graph_verify(g));
+mj_status mj_jit_check_nodes(const mj_graph *g, const char *who) {
     for (int32_t i = 0; i < g->n_nodes; i++) {
         const mj_node *n = &g->nodes[i];
         if (n->op == MJ_OP_INPUT) {
@@ -393,14 +392,19 @@ static mj_status check_graph(const mj_graph *g) {
             for (int d = 1; d < n->type.rank; d++) ok = ok && n->type.dims[d] != MJ_DIM_BATCH;
             if (!ok)
                 return mj_fail(MJ_ERR_UNSUPPORTED,
-                               "jit: input \"%s\" has type %s; the batch B must be its first dim and only there",
-                               n->name, mj_type_str(ts, sizeof ts, &n->type));
+                               "%s: input \"%s\" has type %s; the batch B must be its first dim and only there",
+                               who, n->name, mj_type_str(ts, sizeof ts, &n->type));
         } else if ((n->op == MJ_OP_PARAM || n->op == MJ_OP_CONST) && !n->tensor) {
-            return mj_fail(MJ_ERR_STATE, "jit: %s \"%s\" (%%%d) is not bound to a tensor (see mj_graph_bind)",
-                           mj_op_table[n->op].name, n->name, (int)i);
+            return mj_fail(MJ_ERR_STATE, "%s: %s \"%s\" (%%%d) is not bound to a tensor (see mj_graph_bind)",
+                           who, mj_op_table[n->op].name, n->name, (int)i);
         }
     }
     return MJ_OK;
+}
+
+static mj_status check_graph(const mj_graph *g) {
+    MJ_TRY(mj_graph_verify(g));
+    return mj_jit_check_nodes(g, "jit");
 }
 
 /* Appends to stats.warning ("; " between messages), cut to its size. */

@@ -117,6 +117,11 @@ struct mj_body_sync {
 typedef void (*mj_body_fn)(const float *const *leaves, const float *const *x, float *const *y, int64_t batch,
                            float *scratch, int64_t tid, int64_t nth, mj_body_sync *sync);
 
+/* What compiled bodies need of a graph's nodes: every input has the batch
+ * B as its first dim and only there; every param and const is bound.
+ * Messages start with who ("jit", "aot"). */
+mj_status mj_jit_check_nodes(const mj_graph *g, const char *who);
+
 /* A target machine for the JIT's triple, CPU and features (forced ones
  * included), O3 code generation, with this relocation model and code model. */
 mj_status mj_jit_target_machine(const mj_jit *jit, LLVMRelocMode reloc, LLVMCodeModel model,
