@@ -23,6 +23,7 @@
 #include <llvm-c/Analysis.h>
 
 #include "jit_internal.h"
+#include "emit.h"
 
 /* ---- the plan ------------------------------------------------------------ */
 
@@ -168,39 +169,22 @@ mj_status mj_body_scratch_floats(const mj_body_plan *p, int64_t batch, int64_t *
     return MJ_OK;
 }
 
-/* ---- builder helpers ----------------------------------------------------- */
+/* ---- the lowering's state -------------------------------------------------- */
 
 typedef struct lw {
-    LLVMContextRef ctx;
-    LLVMModuleRef m;
-    LLVMBuilderRef b;
-    LLVMValueRef fn;
-    LLVMTypeRef f32, i64, ptr, unary_ty;
+    mj_emit e; /* builder, types, mode (emit.h); e.fn is the inner function */
     LLVMValueRef leaves, batch, scratch;
     LLVMValueRef *x, *y;  /* per input / output: its pointer (arguments)      */
     LLVMValueRef y_sync; /* what the barrier passes as y (see emit_barrier) */
     LLVMValueRef tid, nth, sync; /* column mode (see mj_lower_body) */
     LLVMValueRef *buf; /* per node: pointer to its float storage */
-    LLVMValueRef erff_fn, expf_fn, tanhf_fn;
     const mj_body_plan *p;
     const mj_lower_options *o;
-    bool fast;
     int n_kernels; /* micro-kernel functions emitted so far (names) */
     bool loops;    /* emitted scalar loops that want the loop vectoriser */
 } lw;
 
-static LLVMValueRef ci(lw *w, int64_t v) { return LLVMConstInt(w->i64, (unsigned long long)v, 1); }
-static LLVMValueRef cf(lw *w, float v) { return LLVMConstReal(w->f32, (double)v); }
-
 static LLVMValueRef dimv(lw *w, int64_t d) { return d == MJ_DIM_BATCH ? w->batch : ci(w, d); }
-
-/* Sizes are checked against MJ_MAX_NUMEL before the call: no wrap. */
-static LLVMValueRef mul(lw *w, LLVMValueRef a, LLVMValueRef b) {
-    return LLVMBuildNSWMul(w->b, a, b, "");
-}
-static LLVMValueRef add(lw *w, LLVMValueRef a, LLVMValueRef b) {
-    return LLVMBuildNSWAdd(w->b, a, b, "");
-}
 
 /* numel of type t dims [from, to) */
 static LLVMValueRef dims_product(lw *w, const mj_type *t, int from, int to) {
@@ -209,128 +193,7 @@ static LLVMValueRef dims_product(lw *w, const mj_type *t, int from, int to) {
     return n;
 }
 
-static LLVMValueRef at(lw *w, LLVMValueRef base, LLVMValueRef idx) {
-    return LLVMBuildInBoundsGEP2(w->b, w->f32, base, &idx, 1, "");
-}
-static LLVMValueRef load(lw *w, LLVMValueRef base, LLVMValueRef idx) {
-    return LLVMBuildLoad2(w->b, w->f32, at(w, base, idx), "");
-}
-static void store(lw *w, LLVMValueRef v, LLVMValueRef base, LLVMValueRef idx) {
-    LLVMBuildStore(w->b, v, at(w, base, idx));
-}
-
-/* Fast mode: let LLVM contract and reassociate. NaN and Inf keep their
- * meaning (no nnan/ninf): fast changes rounding, not semantics. */
-static LLVMValueRef fpflags(lw *w, LLVMValueRef v) {
-    if (w->fast && LLVMIsAInstruction(v))
-        LLVMSetFastMathFlags(v, LLVMFastMathAllowContract | LLVMFastMathAllowReassoc |
-                                    LLVMFastMathNoSignedZeros | LLVMFastMathAllowReciprocal);
-    return v;
-}
-static LLVMValueRef fadd(lw *w, LLVMValueRef a, LLVMValueRef b) {
-    return fpflags(w, LLVMBuildFAdd(w->b, a, b, ""));
-}
-static LLVMValueRef fsub(lw *w, LLVMValueRef a, LLVMValueRef b) {
-    return fpflags(w, LLVMBuildFSub(w->b, a, b, ""));
-}
-static LLVMValueRef fmul(lw *w, LLVMValueRef a, LLVMValueRef b) {
-    return fpflags(w, LLVMBuildFMul(w->b, a, b, ""));
-}
-static LLVMValueRef fdiv(lw *w, LLVMValueRef a, LLVMValueRef b) {
-    return fpflags(w, LLVMBuildFDiv(w->b, a, b, ""));
-}
-
-/* A counted loop: `for (iv = 0; iv < n; iv++)`. */
-typedef struct loop {
-    LLVMBasicBlockRef header, exit;
-    LLVMValueRef iv;
-} loop;
-
-static loop loop_begin(lw *w, LLVMValueRef n) {
-    loop l;
-    LLVMBasicBlockRef pre = LLVMGetInsertBlock(w->b);
-    l.header = LLVMAppendBasicBlockInContext(w->ctx, w->fn, "loop");
-    LLVMBasicBlockRef body = LLVMAppendBasicBlockInContext(w->ctx, w->fn, "body");
-    l.exit = LLVMAppendBasicBlockInContext(w->ctx, w->fn, "done");
-    LLVMBuildBr(w->b, l.header);
-    LLVMPositionBuilderAtEnd(w->b, l.header);
-    l.iv = LLVMBuildPhi(w->b, w->i64, "i");
-    LLVMValueRef zero = ci(w, 0);
-    LLVMAddIncoming(l.iv, &zero, &pre, 1);
-    LLVMBuildCondBr(w->b, LLVMBuildICmp(w->b, LLVMIntSLT, l.iv, n, ""), body, l.exit);
-    LLVMPositionBuilderAtEnd(w->b, body);
-    return l;
-}
-
-static void loop_end(lw *w, loop *l) {
-    LLVMBasicBlockRef latch = LLVMGetInsertBlock(w->b);
-    LLVMValueRef next = LLVMBuildNSWAdd(w->b, l->iv, ci(w, 1), "");
-    LLVMBuildBr(w->b, l->header);
-    LLVMAddIncoming(l->iv, &next, &latch, 1);
-    LLVMPositionBuilderAtEnd(w->b, l->exit);
-}
-
-static LLVMValueRef call_libm(lw *w, LLVMValueRef fn, LLVMValueRef x) {
-    LLVMValueRef c = LLVMBuildCall2(w->b, w->unary_ty, fn, &x, 1, "");
-    if (!w->fast) {
-        /* Exact: never let LLVM fold or replace the call with its own
-         * approximation; the process's libm computes it, as in eager. */
-        unsigned kind = LLVMGetEnumAttributeKindForName("nobuiltin", 9);
-        LLVMAddCallSiteAttribute(c, LLVMAttributeFunctionIndex, LLVMCreateEnumAttribute(w->ctx, kind, 0));
-    }
-    return c;
-}
-
-/* mj_act_apply (src/ops.c), operation for operation. */
-static LLVMValueRef emit_act(lw *w, mj_act act, LLVMValueRef x) {
-    switch (act) {
-    case MJ_ACT_NONE: return x;
-    case MJ_ACT_RELU: /* x < 0.0f ? 0.0f : x */
-        return LLVMBuildSelect(w->b, LLVMBuildFCmp(w->b, LLVMRealOLT, x, cf(w, 0.0f), ""), cf(w, 0.0f), x, "");
-    case MJ_ACT_GELU: /* 0.5f * x * (1.0f + erff(x * 0.70710678118654752440f)) */
-        return fmul(w, fmul(w, cf(w, 0.5f), x),
-                    fadd(w, cf(w, 1.0f), call_libm(w, w->erff_fn, fmul(w, x, cf(w, 0.70710678118654752440f)))));
-    case MJ_ACT_GELU_TANH: {
-        /* 0.5f * x * (1.0f + tanhf(0.79788456080286535588f * (x + 0.044715f * x * x * x))) */
-        LLVMValueRef cube = fmul(w, fmul(w, fmul(w, cf(w, 0.044715f), x), x), x);
-        LLVMValueRef inner = fmul(w, cf(w, 0.79788456080286535588f), fadd(w, x, cube));
-        return fmul(w, fmul(w, cf(w, 0.5f), x), fadd(w, cf(w, 1.0f), call_libm(w, w->tanhf_fn, inner)));
-    }
-    case MJ_ACT_SIGMOID: /* 1.0f / (1.0f + expf(-x)) */
-        return fdiv(w, cf(w, 1.0f),
-                    fadd(w, cf(w, 1.0f), call_libm(w, w->expf_fn, fpflags(w, LLVMBuildFNeg(w->b, x, "")))));
-    case MJ_ACT_TANH: return call_libm(w, w->tanhf_fn, x);
-    case MJ_ACT_SILU: /* x / (1.0f + expf(-x)) */
-        return fdiv(w, x, fadd(w, cf(w, 1.0f), call_libm(w, w->expf_fn, fpflags(w, LLVMBuildFNeg(w->b, x, "")))));
-    case MJ_ACT_COUNT: break;
-    }
-    MJ_ASSERT(!"unknown activation");
-}
-
 /* ---- the math of transformers: scalar definitions (src/ops.c) ------------ */
-
-/* A libm function of the process by name (declared once per module). */
-static LLVMValueRef libm(lw *w, const char *name, int arity) {
-    LLVMValueRef f = LLVMGetNamedFunction(w->m, name);
-    if (f) return f;
-    LLVMTypeRef two[2] = {w->f32, w->f32};
-    return LLVMAddFunction(w->m, name, arity == 1 ? w->unary_ty : LLVMFunctionType(w->f32, two, 2, 0));
-}
-
-static LLVMValueRef call_libm2(lw *w, const char *name, LLVMValueRef x, LLVMValueRef y) {
-    LLVMValueRef args[2] = {x, y};
-    LLVMTypeRef two[2] = {w->f32, w->f32};
-    LLVMValueRef c = LLVMBuildCall2(w->b, LLVMFunctionType(w->f32, two, 2, 0), libm(w, name, 2), args, 2, "");
-    if (!w->fast) { /* as call_libm */
-        unsigned kind = LLVMGetEnumAttributeKindForName("nobuiltin", 9);
-        LLVMAddCallSiteAttribute(c, LLVMAttributeFunctionIndex, LLVMCreateEnumAttribute(w->ctx, kind, 0));
-    }
-    return c;
-}
-
-static LLVMValueRef sel(lw *w, LLVMRealPredicate p, LLVMValueRef a, LLVMValueRef b, LLVMValueRef t, LLVMValueRef f) {
-    return LLVMBuildSelect(w->b, LLVMBuildFCmp(w->b, p, a, b, ""), t, f, "");
-}
 
 /* mj_unary_apply, operation for operation (both sides of a ?: are
  * computed and one selected: the same value). */
@@ -338,17 +201,17 @@ static LLVMValueRef emit_unary(lw *w, const mj_node *n, LLVMValueRef x) {
     const mj_attrs *a = &n->attrs;
     LLVMValueRef one = cf(w, 1.0f), zero = cf(w, 0.0f);
     switch (n->op) {
-    case MJ_OP_NEG: return fpflags(w, LLVMBuildFNeg(w->b, x, ""));
-    case MJ_OP_EXP: return call_libm(w, libm(w, "expf", 1), x);
-    case MJ_OP_LOG: return call_libm(w, libm(w, "logf", 1), x);
-    case MJ_OP_SQRT: return call_libm(w, libm(w, "sqrtf", 1), x);
-    case MJ_OP_RSQRT: return fdiv(w, one, call_libm(w, libm(w, "sqrtf", 1), x));
+    case MJ_OP_NEG: return fpflags(w, LLVMBuildFNeg(w->e.b, x, ""));
+    case MJ_OP_EXP: return call_libm(w, "expf", x);
+    case MJ_OP_LOG: return call_libm(w, "logf", x);
+    case MJ_OP_SQRT: return call_libm(w, "sqrtf", x);
+    case MJ_OP_RSQRT: return fdiv(w, one, call_libm(w, "sqrtf", x));
     case MJ_OP_POW: {
         float e = a->f[0];
         if (e == 2.0f) return fmul(w, x, x);
         if (e == 3.0f) return fmul(w, fmul(w, x, x), x);
-        if (e == 0.5f) return call_libm(w, libm(w, "sqrtf", 1), x);
-        if (e == -0.5f) return fdiv(w, one, call_libm(w, libm(w, "sqrtf", 1), x));
+        if (e == 0.5f) return call_libm(w, "sqrtf", x);
+        if (e == -0.5f) return fdiv(w, one, call_libm(w, "sqrtf", x));
         if (e == -1.0f) return fdiv(w, one, x);
         if (e == -2.0f) return fdiv(w, one, fmul(w, x, x));
         if (e == 1.0f) return x;
@@ -357,13 +220,13 @@ static LLVMValueRef emit_unary(lw *w, const mj_node *n, LLVMValueRef x) {
     case MJ_OP_LEAKY_RELU: /* x > 0.0f ? x : x * slope */
         return sel(w, LLVMRealOGT, x, zero, x, fmul(w, x, cf(w, a->f[0])));
     case MJ_OP_ELU: /* x > 0.0f ? x : expm1f(x) * alpha */
-        return sel(w, LLVMRealOGT, x, zero, x, fmul(w, call_libm(w, libm(w, "expm1f", 1), x), cf(w, a->f[0])));
+        return sel(w, LLVMRealOGT, x, zero, x, fmul(w, call_libm(w, "expm1f", x), cf(w, a->f[0])));
     case MJ_OP_HARDTANH: /* x < min ? min : x > max ? max : x */
         return sel(w, LLVMRealOLT, x, cf(w, a->f[0]), cf(w, a->f[0]),
                    sel(w, LLVMRealOGT, x, cf(w, a->f[1]), cf(w, a->f[1]), x));
     case MJ_OP_SOFTPLUS: { /* x * beta > threshold ? x : log1pf(expf(x * beta)) / beta */
         LLVMValueRef t = fmul(w, x, cf(w, a->f[0]));
-        LLVMValueRef soft = fdiv(w, call_libm(w, libm(w, "log1pf", 1), call_libm(w, w->expf_fn, t)), cf(w, a->f[0]));
+        LLVMValueRef soft = fdiv(w, call_libm(w, "log1pf", call_libm(w, "expf", t)), cf(w, a->f[0]));
         return sel(w, LLVMRealOGT, t, cf(w, a->f[1]), x, soft);
     }
     default: return emit_act(w, mj_op_table[n->op].act, x);
@@ -371,13 +234,13 @@ static LLVMValueRef emit_unary(lw *w, const mj_node *n, LLVMValueRef x) {
 }
 
 static LLVMValueRef signbit_of(lw *w, LLVMValueRef x) {
-    LLVMTypeRef i32 = LLVMInt32TypeInContext(w->ctx);
-    return LLVMBuildICmp(w->b, LLVMIntSLT, LLVMBuildBitCast(w->b, x, i32, ""), LLVMConstInt(i32, 0, 0), "");
+    LLVMTypeRef i32 = LLVMInt32TypeInContext(w->e.ctx);
+    return LLVMBuildICmp(w->e.b, LLVMIntSLT, LLVMBuildBitCast(w->e.b, x, i32, ""), LLVMConstInt(i32, 0, 0), "");
 }
 
 /* mj_binary_apply: maximum / minimum as selects, NaN first. */
 static LLVMValueRef emit_minmax(lw *w, bool max, LLVMValueRef a, LLVMValueRef b) {
-    LLVMValueRef tie = LLVMBuildSelect(w->b, signbit_of(w, a), max ? b : a, max ? a : b, "");
+    LLVMValueRef tie = LLVMBuildSelect(w->e.b, signbit_of(w, a), max ? b : a, max ? a : b, "");
     LLVMValueRef v = sel(w, max ? LLVMRealOLT : LLVMRealOGT, a, b, b, tie);
     v = sel(w, max ? LLVMRealOGT : LLVMRealOLT, a, b, a, v);
     v = sel(w, LLVMRealUNO, b, b, b, v);
@@ -464,7 +327,6 @@ static void emit_expand(lw *w, int32_t id) {
     loop_end(w, &li);
 }
 
-static LLVMValueRef vmuladd(lw *w, LLVMValueRef acc, LLVMValueRef a, LLVMValueRef b);
 
 /* y[M,N] = x[M,K] . W  with W[k][j] at W + k*wsk + j*wsj; then + b[j], then
  * act. Each y element: +0.0f, then y = fmaf(x, w, y) for k ascending (vmuladd),
@@ -661,21 +523,21 @@ static void emit_copy(lw *w, LLVMValueRef dst, LLVMValueRef src, LLVMValueRef n)
  * LLVM vectorise the sums. */
 
 static LLVMValueRef entry_alloca(lw *w) {
-    LLVMBuilderRef b = LLVMCreateBuilderInContext(w->ctx);
-    LLVMBasicBlockRef entry = LLVMGetEntryBasicBlock(w->fn);
+    LLVMBuilderRef b = LLVMCreateBuilderInContext(w->e.ctx);
+    LLVMBasicBlockRef entry = LLVMGetEntryBasicBlock(w->e.fn);
     LLVMValueRef first = LLVMGetFirstInstruction(entry);
     if (first) LLVMPositionBuilderBefore(b, first);
     else LLVMPositionBuilderAtEnd(b, entry);
-    LLVMValueRef a = LLVMBuildAlloca(b, w->f32, "acc");
+    LLVMValueRef a = LLVMBuildAlloca(b, w->e.f32, "acc");
     LLVMDisposeBuilder(b);
     return a;
 }
 
-static LLVMValueRef ld_acc(lw *w, LLVMValueRef a) { return LLVMBuildLoad2(w->b, w->f32, a, ""); }
-static void st_acc(lw *w, LLVMValueRef a, LLVMValueRef v) { LLVMBuildStore(w->b, v, a); }
+static LLVMValueRef ld_acc(lw *w, LLVMValueRef a) { return LLVMBuildLoad2(w->e.b, w->e.f32, a, ""); }
+static void st_acc(lw *w, LLVMValueRef a, LLVMValueRef v) { LLVMBuildStore(w->e.b, v, a); }
 
 /* (float)n for an i64 count, as C converts it */
-static LLVMValueRef count_f(lw *w, LLVMValueRef n) { return LLVMBuildSIToFP(w->b, n, w->f32, ""); }
+static LLVMValueRef count_f(lw *w, LLVMValueRef n) { return LLVMBuildSIToFP(w->e.b, n, w->e.f32, ""); }
 
 /* sum / mean / softmax / log_softmax along dim d of x: lines [outer][n][inner] */
 static void emit_along(lw *w, int32_t id) {
@@ -711,7 +573,7 @@ static void emit_along(lw *w, int32_t id) {
         LLVMValueRef m = ld_acc(w, mx);
         st_acc(w, acc, cf(w, 0.0f));
         li = loop_begin(w, N);
-        LLVMValueRef e = call_libm(w, w->expf_fn, fsub(w, load(w, x, LINE_AT(li.iv)), m));
+        LLVMValueRef e = call_libm(w, "expf", fsub(w, load(w, x, LINE_AT(li.iv)), m));
         if (n->op == MJ_OP_SOFTMAX) store(w, e, y, LINE_AT(li.iv));
         st_acc(w, acc, fadd(w, ld_acc(w, acc), e));
         loop_end(w, &li);
@@ -721,7 +583,7 @@ static void emit_along(lw *w, int32_t id) {
             store(w, fdiv(w, load(w, y, LINE_AT(li.iv)), sum), y, LINE_AT(li.iv));
             loop_end(w, &li);
         } else { /* (x[i] - m) - logf(sum) */
-            LLVMValueRef ls = call_libm(w, libm(w, "logf", 1), sum);
+            LLVMValueRef ls = call_libm(w, "logf", sum);
             li = loop_begin(w, N);
             store(w, fsub(w, fsub(w, load(w, x, LINE_AT(li.iv)), m), ls), y, LINE_AT(li.iv));
             loop_end(w, &li);
@@ -758,7 +620,7 @@ static void emit_layer_norm(lw *w, int32_t id) {
     st_acc(w, sq, fadd(w, ld_acc(w, sq), fmul(w, dv, dv)));
     loop_end(w, &lj);
     LLVMValueRef var_eps = fadd(w, fdiv(w, ld_acc(w, sq), nf), cf(w, n->attrs.f[0]));
-    LLVMValueRef rstd = fdiv(w, cf(w, 1.0f), call_libm(w, libm(w, "sqrtf", 1), var_eps));
+    LLVMValueRef rstd = fdiv(w, cf(w, 1.0f), call_libm(w, "sqrtf", var_eps));
     lj = loop_begin(w, N);
     LLVMValueRef v = fmul(w, fsub(w, load(w, xr, lj.iv), mean), rstd);
     if (wt) v = fmul(w, v, load(w, wt, lj.iv));
@@ -781,84 +643,6 @@ static void emit_layer_norm(lw *w, int32_t id) {
 #define MK_MAX_ROWS MJ_MK_MAX_ROWS
 #define MK_MAX_VECS 8
 
-static LLVMTypeRef vty(lw *w) { return LLVMVectorType(w->f32, (unsigned)w->p->vw); }
-
-static LLVMValueRef vsplat(lw *w, LLVMValueRef s) {
-    LLVMTypeRef vt = vty(w);
-    LLVMValueRef v = LLVMBuildInsertElement(w->b, LLVMGetPoison(vt), s, ci(w, 0), "");
-    LLVMValueRef mask = LLVMConstNull(LLVMVectorType(LLVMInt32TypeInContext(w->ctx), (unsigned)w->p->vw));
-    return LLVMBuildShuffleVector(w->b, v, LLVMGetPoison(vt), mask, "");
-}
-
-static LLVMValueRef lane_mask(lw *w, int lanes) {
-    LLVMValueRef bits[64];
-    LLVMTypeRef i1 = LLVMInt1TypeInContext(w->ctx);
-    for (int l = 0; l < w->p->vw; l++) bits[l] = LLVMConstInt(i1, l < lanes, 0);
-    return LLVMConstVector(bits, (unsigned)w->p->vw);
-}
-
-static LLVMValueRef intrinsic(lw *w, const char *name, LLVMTypeRef *tys, size_t n, LLVMTypeRef *fty) {
-    unsigned id = LLVMLookupIntrinsicID(name, strlen(name));
-    MJ_ASSERT(id != 0);
-    *fty = LLVMIntrinsicGetType(w->ctx, id, tys, n);
-    return LLVMGetIntrinsicDeclaration(w->m, id, tys, n);
-}
-
-/* lanes floats from ptr (4-byte aligned) into a vector, zeros past them */
-static LLVMValueRef vload(lw *w, LLVMValueRef ptr, int lanes) {
-    if (lanes == w->p->vw) {
-        LLVMValueRef v = LLVMBuildLoad2(w->b, vty(w), ptr, "");
-        LLVMSetAlignment(v, 4);
-        return v;
-    }
-    LLVMTypeRef tys[2] = {vty(w), w->ptr}, fty;
-    LLVMValueRef fn = intrinsic(w, "llvm.masked.load", tys, 2, &fty);
-    LLVMValueRef args[4] = {ptr, LLVMConstInt(LLVMInt32TypeInContext(w->ctx), 4, 0), lane_mask(w, lanes),
-                            LLVMConstNull(vty(w))};
-    return LLVMBuildCall2(w->b, fty, fn, args, 4, "");
-}
-
-static void vstore(lw *w, LLVMValueRef v, LLVMValueRef ptr, int lanes) {
-    if (lanes == w->p->vw) {
-        LLVMSetAlignment(LLVMBuildStore(w->b, v, ptr), 4);
-        return;
-    }
-    LLVMTypeRef tys[2] = {vty(w), w->ptr}, fty;
-    LLVMValueRef fn = intrinsic(w, "llvm.masked.store", tys, 2, &fty);
-    LLVMValueRef args[4] = {v, ptr, LLVMConstInt(LLVMInt32TypeInContext(w->ctx), 4, 0), lane_mask(w, lanes)};
-    LLVMBuildCall2(w->b, fty, fn, args, 4, "");
-}
-
-/* acc + a*b, scalar or vector: exact is eager's fmaf(a, b, acc) (llvm.fma:
- * one rounding, an FMA instruction where the target has one, libm's fmaf
- * elsewhere); fast is fmuladd with fast-math flags (LLVM may reassociate). */
-static LLVMValueRef vmuladd(lw *w, LLVMValueRef acc, LLVMValueRef a, LLVMValueRef b) {
-    LLVMTypeRef t = LLVMTypeOf(acc), fty;
-    LLVMValueRef fn = intrinsic(w, w->fast ? "llvm.fmuladd" : "llvm.fma", &t, 1, &fty);
-    LLVMValueRef args[3] = {a, b, acc};
-    return fpflags(w, LLVMBuildCall2(w->b, fty, fn, args, 3, ""));
-}
-
-/* The activation on the first `lanes` lanes of v (others are don't-care). */
-static LLVMValueRef emit_act_vec(lw *w, mj_act act, LLVMValueRef v, int lanes) {
-    if (act == MJ_ACT_NONE) return v;
-    if (act == MJ_ACT_RELU) { /* x < 0.0f ? 0.0f : x, lane by lane */
-        LLVMValueRef z = LLVMConstNull(vty(w));
-        return LLVMBuildSelect(w->b, LLVMBuildFCmp(w->b, LLVMRealOLT, v, z, ""), z, v, "");
-    }
-    for (int l = 0; l < lanes; l++) { /* libm per lane, as eager */
-        LLVMValueRef e = emit_act(w, act, LLVMBuildExtractElement(w->b, v, ci(w, l), ""));
-        v = LLVMBuildInsertElement(w->b, v, e, ci(w, l), "");
-    }
-    return v;
-}
-
-static LLVMValueRef add_attr(lw *w, LLVMValueRef fn, unsigned idx, const char *name) {
-    unsigned kind = LLVMGetEnumAttributeKindForName(name, strlen(name));
-    LLVMAddAttributeAtIndex(fn, idx, LLVMCreateEnumAttribute(w->ctx, kind, 0));
-    return fn;
-}
-
 /* void mk(const float *x, int64 xs, const float *wp, float *y, int64 ys,
  *         int64 kc, i1 first, i1 last, const float *bias)
  * rows rows of x (stride xs) times the panel block wp ([kc][pw]) into
@@ -866,12 +650,12 @@ static LLVMValueRef add_attr(lw *w, LLVMValueRef fn, unsigned idx, const char *n
  * the activation. */
 static LLVMValueRef emit_microkernel(lw *w, int rows, int pw, bool has_bias, mj_act act) {
     static const char *const pnames[9] = {"x", "xs", "wp", "y", "ys", "kc", "first", "last", "bias"};
-    LLVMTypeRef i1 = LLVMInt1TypeInContext(w->ctx);
-    LLVMTypeRef pt[9] = {w->ptr, w->i64, w->ptr, w->ptr, w->i64, w->i64, i1, i1, w->ptr};
-    LLVMTypeRef fty = LLVMFunctionType(LLVMVoidTypeInContext(w->ctx), pt, 9, 0);
+    LLVMTypeRef i1 = LLVMInt1TypeInContext(w->e.ctx);
+    LLVMTypeRef pt[9] = {w->e.ptr, w->e.i64, w->e.ptr, w->e.ptr, w->e.i64, w->e.i64, i1, i1, w->e.ptr};
+    LLVMTypeRef fty = LLVMFunctionType(LLVMVoidTypeInContext(w->e.ctx), pt, 9, 0);
     char name[96];
     snprintf(name, sizeof name, "%s.mk%d", w->o->fname, w->n_kernels++);
-    LLVMValueRef fn = LLVMAddFunction(w->m, name, fty);
+    LLVMValueRef fn = LLVMAddFunction(w->e.m, name, fty);
     LLVMSetLinkage(fn, LLVMInternalLinkage);
     add_attr(w, fn, LLVMAttributeFunctionIndex, "nounwind");
     add_attr(w, fn, LLVMAttributeFunctionIndex, "noinline");
@@ -881,51 +665,51 @@ static LLVMValueRef emit_microkernel(lw *w, int rows, int pw, bool has_bias, mj_
         P[i] = LLVMGetParam(fn, (unsigned)i);
         LLVMSetValueName2(P[i], pnames[i], strlen(pnames[i]));
     }
-    LLVMBasicBlockRef saved = LLVMGetInsertBlock(w->b);
-    LLVMValueRef saved_fn = w->fn;
-    w->fn = fn;
+    LLVMBasicBlockRef saved = LLVMGetInsertBlock(w->e.b);
+    LLVMValueRef saved_fn = w->e.fn;
+    w->e.fn = fn;
 
     int vw = w->p->vw, nv = (pw + vw - 1) / vw;
     int lanes[MK_MAX_VECS];
     for (int v = 0; v < nv; v++) lanes[v] = pw - v * vw < vw ? pw - v * vw : vw;
-    LLVMBasicBlockRef entry = LLVMAppendBasicBlockInContext(w->ctx, fn, "entry");
-    LLVMBasicBlockRef bload = LLVMAppendBasicBlockInContext(w->ctx, fn, "load");
-    LLVMBasicBlockRef pre = LLVMAppendBasicBlockInContext(w->ctx, fn, "pre");
-    LLVMBasicBlockRef body = LLVMAppendBasicBlockInContext(w->ctx, fn, "k");
-    LLVMBasicBlockRef exit = LLVMAppendBasicBlockInContext(w->ctx, fn, "exit");
-    LLVMBasicBlockRef epi = LLVMAppendBasicBlockInContext(w->ctx, fn, "epilogue");
-    LLVMBasicBlockRef plain = LLVMAppendBasicBlockInContext(w->ctx, fn, "store");
+    LLVMBasicBlockRef entry = LLVMAppendBasicBlockInContext(w->e.ctx, fn, "entry");
+    LLVMBasicBlockRef bload = LLVMAppendBasicBlockInContext(w->e.ctx, fn, "load");
+    LLVMBasicBlockRef pre = LLVMAppendBasicBlockInContext(w->e.ctx, fn, "pre");
+    LLVMBasicBlockRef body = LLVMAppendBasicBlockInContext(w->e.ctx, fn, "k");
+    LLVMBasicBlockRef exit = LLVMAppendBasicBlockInContext(w->e.ctx, fn, "exit");
+    LLVMBasicBlockRef epi = LLVMAppendBasicBlockInContext(w->e.ctx, fn, "epilogue");
+    LLVMBasicBlockRef plain = LLVMAppendBasicBlockInContext(w->e.ctx, fn, "store");
 
-    LLVMPositionBuilderAtEnd(w->b, entry);
+    LLVMPositionBuilderAtEnd(w->e.b, entry);
     LLVMValueRef yrow[MK_MAX_ROWS], xrow[MK_MAX_ROWS];
     for (int r = 0; r < rows; r++) {
         yrow[r] = at(w, P[3], mul(w, ci(w, r), P[4]));
         xrow[r] = at(w, P[0], mul(w, ci(w, r), P[1]));
     }
-    LLVMBuildCondBr(w->b, P[6], pre, bload);
-    LLVMPositionBuilderAtEnd(w->b, bload);
+    LLVMBuildCondBr(w->e.b, P[6], pre, bload);
+    LLVMPositionBuilderAtEnd(w->e.b, bload);
     LLVMValueRef loaded[MK_MAX_ROWS][MK_MAX_VECS];
     for (int r = 0; r < rows; r++)
         for (int v = 0; v < nv; v++) loaded[r][v] = vload(w, at(w, yrow[r], ci(w, v * vw)), lanes[v]);
-    LLVMBuildBr(w->b, pre);
+    LLVMBuildBr(w->e.b, pre);
 
-    LLVMPositionBuilderAtEnd(w->b, pre);
+    LLVMPositionBuilderAtEnd(w->e.b, pre);
     LLVMValueRef init[MK_MAX_ROWS][MK_MAX_VECS];
     LLVMBasicBlockRef from[2] = {entry, bload};
     for (int r = 0; r < rows; r++)
         for (int v = 0; v < nv; v++) {
-            init[r][v] = LLVMBuildPhi(w->b, vty(w), "");
-            LLVMValueRef in[2] = {LLVMConstNull(vty(w)), loaded[r][v]};
+            init[r][v] = LLVMBuildPhi(w->e.b, w->e.vt, "");
+            LLVMValueRef in[2] = {LLVMConstNull(w->e.vt), loaded[r][v]};
             LLVMAddIncoming(init[r][v], in, from, 2);
         }
-    LLVMBuildBr(w->b, body);
+    LLVMBuildBr(w->e.b, body);
 
     /* do { ... } while (++k < kc): kc >= 1 */
-    LLVMPositionBuilderAtEnd(w->b, body);
-    LLVMValueRef k = LLVMBuildPhi(w->b, w->i64, "k");
+    LLVMPositionBuilderAtEnd(w->e.b, body);
+    LLVMValueRef k = LLVMBuildPhi(w->e.b, w->e.i64, "k");
     LLVMValueRef acc[MK_MAX_ROWS][MK_MAX_VECS], nacc[MK_MAX_ROWS][MK_MAX_VECS];
     for (int r = 0; r < rows; r++)
-        for (int v = 0; v < nv; v++) acc[r][v] = LLVMBuildPhi(w->b, vty(w), "acc");
+        for (int v = 0; v < nv; v++) acc[r][v] = LLVMBuildPhi(w->e.b, w->e.vt, "acc");
     LLVMValueRef wrow = at(w, P[2], mul(w, k, ci(w, pw)));
     LLVMValueRef wv[MK_MAX_VECS];
     for (int v = 0; v < nv; v++) wv[v] = vload(w, at(w, wrow, ci(w, v * vw)), lanes[v]);
@@ -933,8 +717,8 @@ static LLVMValueRef emit_microkernel(lw *w, int rows, int pw, bool has_bias, mj_
         LLVMValueRef xb = vsplat(w, load(w, xrow[r], k));
         for (int v = 0; v < nv; v++) nacc[r][v] = vmuladd(w, acc[r][v], xb, wv[v]);
     }
-    LLVMValueRef k1 = LLVMBuildNSWAdd(w->b, k, ci(w, 1), "");
-    LLVMBuildCondBr(w->b, LLVMBuildICmp(w->b, LLVMIntSLT, k1, P[5], ""), body, exit);
+    LLVMValueRef k1 = LLVMBuildNSWAdd(w->e.b, k, ci(w, 1), "");
+    LLVMBuildCondBr(w->e.b, LLVMBuildICmp(w->e.b, LLVMIntSLT, k1, P[5], ""), body, exit);
     LLVMValueRef zero = ci(w, 0);
     LLVMAddIncoming(k, &zero, &pre, 1);
     LLVMAddIncoming(k, &k1, &body, 1);
@@ -944,9 +728,9 @@ static LLVMValueRef emit_microkernel(lw *w, int rows, int pw, bool has_bias, mj_
             LLVMAddIncoming(acc[r][v], &nacc[r][v], &body, 1);
         }
 
-    LLVMPositionBuilderAtEnd(w->b, exit);
-    LLVMBuildCondBr(w->b, P[7], epi, plain);
-    LLVMPositionBuilderAtEnd(w->b, epi);
+    LLVMPositionBuilderAtEnd(w->e.b, exit);
+    LLVMBuildCondBr(w->e.b, P[7], epi, plain);
+    LLVMPositionBuilderAtEnd(w->e.b, epi);
     LLVMValueRef bv[MK_MAX_VECS];
     if (has_bias)
         for (int v = 0; v < nv; v++) bv[v] = vload(w, at(w, P[8], ci(w, v * vw)), lanes[v]);
@@ -956,28 +740,15 @@ static LLVMValueRef emit_microkernel(lw *w, int rows, int pw, bool has_bias, mj_
             if (has_bias) e = fadd(w, e, bv[v]);
             vstore(w, emit_act_vec(w, act, e, lanes[v]), at(w, yrow[r], ci(w, v * vw)), lanes[v]);
         }
-    LLVMBuildRetVoid(w->b);
-    LLVMPositionBuilderAtEnd(w->b, plain);
+    LLVMBuildRetVoid(w->e.b);
+    LLVMPositionBuilderAtEnd(w->e.b, plain);
     for (int r = 0; r < rows; r++)
         for (int v = 0; v < nv; v++) vstore(w, nacc[r][v], at(w, yrow[r], ci(w, v * vw)), lanes[v]);
-    LLVMBuildRetVoid(w->b);
+    LLVMBuildRetVoid(w->e.b);
 
-    w->fn = saved_fn;
-    LLVMPositionBuilderAtEnd(w->b, saved);
+    w->e.fn = saved_fn;
+    LLVMPositionBuilderAtEnd(w->e.b, saved);
     return fn;
-}
-
-/* if (cond) { ... } */
-static LLVMBasicBlockRef if_begin(lw *w, LLVMValueRef cond) {
-    LLVMBasicBlockRef then = LLVMAppendBasicBlockInContext(w->ctx, w->fn, "then");
-    LLVMBasicBlockRef done = LLVMAppendBasicBlockInContext(w->ctx, w->fn, "endif");
-    LLVMBuildCondBr(w->b, cond, then, done);
-    LLVMPositionBuilderAtEnd(w->b, then);
-    return done;
-}
-static void if_end(lw *w, LLVMBasicBlockRef done) {
-    LLVMBuildBr(w->b, done);
-    LLVMPositionBuilderAtEnd(w->b, done);
 }
 
 static const int mk_rows[4] = {6, 4, 2, 1};
@@ -986,28 +757,28 @@ static const int mk_rows[4] = {6, 4, 2, 1};
 static void emit_rows(lw *w, LLVMValueRef const mk[4], LLVMValueRef x, int64_t K, LLVMValueRef wp, LLVMValueRef y,
                       int64_t N, LLVMValueRef M, LLVMValueRef kc, LLVMValueRef first, LLVMValueRef last,
                       LLVMValueRef bias) {
-    LLVMTypeRef i1 = LLVMInt1TypeInContext(w->ctx);
-    LLVMTypeRef pt[9] = {w->ptr, w->i64, w->ptr, w->ptr, w->i64, w->i64, i1, i1, w->ptr};
-    LLVMTypeRef fty = LLVMFunctionType(LLVMVoidTypeInContext(w->ctx), pt, 9, 0);
-    LLVMValueRef bp = bias ? bias : LLVMConstNull(w->ptr);
-    LLVMValueRef blocks = LLVMBuildSDiv(w->b, M, ci(w, 6), "");
+    LLVMTypeRef i1 = LLVMInt1TypeInContext(w->e.ctx);
+    LLVMTypeRef pt[9] = {w->e.ptr, w->e.i64, w->e.ptr, w->e.ptr, w->e.i64, w->e.i64, i1, i1, w->e.ptr};
+    LLVMTypeRef fty = LLVMFunctionType(LLVMVoidTypeInContext(w->e.ctx), pt, 9, 0);
+    LLVMValueRef bp = bias ? bias : LLVMConstNull(w->e.ptr);
+    LLVMValueRef blocks = LLVMBuildSDiv(w->e.b, M, ci(w, 6), "");
     loop lb = loop_begin(w, blocks);
     LLVMValueRef i0 = mul(w, lb.iv, ci(w, 6));
     LLVMValueRef args[9] = {at(w, x, mul(w, i0, ci(w, K))), ci(w, K), wp, at(w, y, mul(w, i0, ci(w, N))),
                             ci(w, N), kc, first, last, bp};
-    LLVMBuildCall2(w->b, fty, mk[0], args, 9, "");
+    LLVMBuildCall2(w->e.b, fty, mk[0], args, 9, "");
     loop_end(w, &lb);
     LLVMValueRef done = mul(w, blocks, ci(w, 6));
-    LLVMValueRef rem = LLVMBuildSub(w->b, M, done, "");
+    LLVMValueRef rem = LLVMBuildSub(w->e.b, M, done, "");
     for (int t = 1; t < 4; t++) {
         int r = mk_rows[t];
-        LLVMBasicBlockRef end = if_begin(w, LLVMBuildICmp(w->b, LLVMIntNE, LLVMBuildAnd(w->b, rem, ci(w, r), ""),
+        LLVMBasicBlockRef end = if_begin(w, LLVMBuildICmp(w->e.b, LLVMIntNE, LLVMBuildAnd(w->e.b, rem, ci(w, r), ""),
                                                           ci(w, 0), ""));
         /* rows before this piece: done + (rem & bigger pieces) */
-        LLVMValueRef row = add(w, done, LLVMBuildAnd(w->b, rem, ci(w, ~(int64_t)(2 * r - 1)), ""));
+        LLVMValueRef row = add(w, done, LLVMBuildAnd(w->e.b, rem, ci(w, ~(int64_t)(2 * r - 1)), ""));
         LLVMValueRef a[9] = {at(w, x, mul(w, row, ci(w, K))), ci(w, K), wp, at(w, y, mul(w, row, ci(w, N))),
                              ci(w, N), kc, first, last, bp};
-        LLVMBuildCall2(w->b, fty, mk[t], a, 9, "");
+        LLVMBuildCall2(w->e.b, fty, mk[t], a, 9, "");
         if_end(w, end);
     }
 }
@@ -1032,12 +803,12 @@ static void emit_gemm(lw *w, LLVMValueRef y, LLVMValueRef x, LLVMValueRef Wp, LL
          * the last thread the narrow tail panel */
         LLVMValueRef lo = ci(w, 0), cnt;
         if (part == 0) {
-            lo = LLVMBuildSDiv(w->b, mul(w, ci(w, np), w->tid), w->nth, "");
-            LLVMValueRef hi = LLVMBuildSDiv(w->b, mul(w, ci(w, np), add(w, w->tid, ci(w, 1))), w->nth, "");
-            cnt = LLVMBuildSub(w->b, hi, lo, "");
+            lo = LLVMBuildSDiv(w->e.b, mul(w, ci(w, np), w->tid), w->nth, "");
+            LLVMValueRef hi = LLVMBuildSDiv(w->e.b, mul(w, ci(w, np), add(w, w->tid, ci(w, 1))), w->nth, "");
+            cnt = LLVMBuildSub(w->e.b, hi, lo, "");
         } else {
-            LLVMValueRef last_thread = LLVMBuildICmp(w->b, LLVMIntEQ, w->tid, LLVMBuildSub(w->b, w->nth, ci(w, 1), ""), "");
-            cnt = LLVMBuildSelect(w->b, last_thread, ci(w, 1), ci(w, 0), "");
+            LLVMValueRef last_thread = LLVMBuildICmp(w->e.b, LLVMIntEQ, w->tid, LLVMBuildSub(w->e.b, w->nth, ci(w, 1), ""), "");
+            cnt = LLVMBuildSelect(w->e.b, last_thread, ci(w, 1), ci(w, 0), "");
         }
         loop lp = loop_begin(w, cnt);
         LLVMValueRef j0 = add(w, mul(w, add(w, lo, lp.iv), ci(w, P)), ci(w, part == 0 ? 0 : nfull * P));
@@ -1046,9 +817,9 @@ static void emit_gemm(lw *w, LLVMValueRef y, LLVMValueRef x, LLVMValueRef Wp, LL
         LLVMValueRef bcol = bias ? at(w, bias, j0) : NULL;
         loop lk = loop_begin(w, ci(w, nkb));
         LLVMValueRef k0 = mul(w, lk.iv, ci(w, KC));
-        LLVMValueRef last = LLVMBuildICmp(w->b, LLVMIntEQ, lk.iv, ci(w, nkb - 1), "");
-        LLVMValueRef kc = LLVMBuildSelect(w->b, last, ci(w, K - (nkb - 1) * KC), ci(w, KC), "");
-        LLVMValueRef first = LLVMBuildICmp(w->b, LLVMIntEQ, lk.iv, ci(w, 0), "");
+        LLVMValueRef last = LLVMBuildICmp(w->e.b, LLVMIntEQ, lk.iv, ci(w, nkb - 1), "");
+        LLVMValueRef kc = LLVMBuildSelect(w->e.b, last, ci(w, K - (nkb - 1) * KC), ci(w, KC), "");
+        LLVMValueRef first = LLVMBuildICmp(w->e.b, LLVMIntEQ, lk.iv, ci(w, 0), "");
         emit_rows(w, mk, at(w, x, k0), K, at(w, panel, mul(w, k0, ci(w, pw))), ycol, N, M, kc, first, last, bcol);
         loop_end(w, &lk);
         loop_end(w, &lp);
@@ -1122,7 +893,7 @@ static LLVMValueRef const_vec(lw *w, const float *v, int lanes) {
 
 static LLVMValueRef shuffle_mask(lw *w, const int8_t *k, int lanes) {
     LLVMValueRef e[64];
-    LLVMTypeRef i32 = LLVMInt32TypeInContext(w->ctx);
+    LLVMTypeRef i32 = LLVMInt32TypeInContext(w->e.ctx);
     for (int l = 0; l < w->p->vw; l++) e[l] = LLVMConstInt(i32, l < lanes ? (unsigned)k[l] : 0, 0);
     return LLVMConstVector(e, (unsigned)w->p->vw);
 }
@@ -1148,18 +919,18 @@ static void small_layer(lw *w, int32_t id, int rows, LLVMValueRef const *xrow,
         wstride[v] = pw;
     }
     for (int r = 0; r < rows; r++)
-        for (int v = 0; v < nv; v++) out[r][v] = LLVMConstNull(vty(w));
+        for (int v = 0; v < nv; v++) out[r][v] = LLVMConstNull(w->e.vt);
     int8_t lidx[LANE_MAX_STEPS][SMALL_MAX_N];
     float wsteps[LANE_MAX_STEPS][SMALL_MAX_N];
     int steps = lane_sparse_plan(w, &g->nodes[n->operands[1]], N, K, lidx, wsteps);
     if (steps >= 0) {
         for (int r = 0; r < rows; r++) {
-            LLVMValueRef xv[2] = {NULL, LLVMGetPoison(vty(w))};
+            LLVMValueRef xv[2] = {NULL, LLVMGetPoison(w->e.vt)};
             for (int64_t i = 0; i * vw < K; i++)
                 xv[i] = vload(w, at(w, xrow[r], ci(w, i * vw)), (int)(K - i * vw < vw ? K - i * vw : vw));
             for (int t = 0; t < steps; t++)
                 for (int v = 0; v < nv; v++) {
-                    LLVMValueRef xs = LLVMBuildShuffleVector(w->b, xv[0], xv[1],
+                    LLVMValueRef xs = LLVMBuildShuffleVector(w->e.b, xv[0], xv[1],
                                                              shuffle_mask(w, &lidx[t][v * vw], lanes[v]), "lanes");
                     out[r][v] = vmuladd(w, out[r][v], xs, const_vec(w, &wsteps[t][v * vw], lanes[v]));
                 }
@@ -1168,7 +939,7 @@ static void small_layer(lw *w, int32_t id, int rows, LLVMValueRef const *xrow,
         /* Fast mode may reassociate: the sum over k runs in FAST_SPLIT chains
          * (k mod FAST_SPLIT) added pairwise at the end, so the FMA latency of
          * one long chain no longer bounds a small layer. */
-        int split = w->fast && K >= 2 * FAST_SPLIT ? FAST_SPLIT : 1;
+        int split = w->e.fast && K >= 2 * FAST_SPLIT ? FAST_SPLIT : 1;
         LLVMValueRef part[FAST_SPLIT][SMALL_ROWS][MK_MAX_VECS];
         for (int i = 0; i < split; i++)
             for (int r = 0; r < rows; r++)
@@ -1188,7 +959,7 @@ static void small_layer(lw *w, int32_t id, int rows, LLVMValueRef const *xrow,
                     for (int i = 0; i + width < split; i += 2 * width)
                         /* no fast-math flags here: with them LLVM folds the
                          * chains back into one */
-                        part[i][r][v] = LLVMBuildFAdd(w->b, part[i][r][v], part[i + width][r][v], "");
+                        part[i][r][v] = LLVMBuildFAdd(w->e.b, part[i][r][v], part[i + width][r][v], "");
                 out[r][v] = part[0][r][v];
             }
     }
@@ -1215,14 +986,14 @@ static void emit_small_chain(lw *w, const int32_t *ids, int n_ids) {
     LLVMValueRef M = dims_product(w, xt, 0, xt->rank - 1);
     LLVMValueRef x = w->buf[first->operands[0]], y = w->buf[ids[n_ids - 1]];
     int vw = w->p->vw, nvl = (int)((NL + vw - 1) / vw);
-    LLVMValueRef groups = LLVMBuildSDiv(w->b, add(w, M, ci(w, SMALL_ROWS - 1)), ci(w, SMALL_ROWS), "");
-    LLVMValueRef maxrow = LLVMBuildSub(w->b, M, ci(w, 1), "");
+    LLVMValueRef groups = LLVMBuildSDiv(w->e.b, add(w, M, ci(w, SMALL_ROWS - 1)), ci(w, SMALL_ROWS), "");
+    LLVMValueRef maxrow = LLVMBuildSub(w->e.b, M, ci(w, 1), "");
     loop l = loop_begin(w, groups);
     LLVMValueRef i0 = mul(w, l.iv, ci(w, SMALL_ROWS));
     LLVMValueRef row[SMALL_ROWS], xrow[SMALL_ROWS];
     for (int r = 0; r < SMALL_ROWS; r++) {
         LLVMValueRef i = add(w, i0, ci(w, r));
-        row[r] = LLVMBuildSelect(w->b, LLVMBuildICmp(w->b, LLVMIntSLT, i, M, ""), i, maxrow, "");
+        row[r] = LLVMBuildSelect(w->e.b, LLVMBuildICmp(w->e.b, LLVMIntSLT, i, M, ""), i, maxrow, "");
         xrow[r] = at(w, x, mul(w, row[r], ci(w, K0)));
     }
     LLVMValueRef a[SMALL_ROWS][MK_MAX_VECS] = {{0}};
@@ -1264,17 +1035,17 @@ static bool is_output(const mj_body_plan *p, int32_t id) {
 
 /* if (tid == 0) { ... } (if_end closes it) */
 static LLVMBasicBlockRef if_first_thread(lw *w) {
-    return if_begin(w, LLVMBuildICmp(w->b, LLVMIntEQ, w->tid, ci(w, 0), ""));
+    return if_begin(w, LLVMBuildICmp(w->e.b, LLVMIntEQ, w->tid, ci(w, 0), ""));
 }
 
 /* if (nth > 1) sync->wait(sync, y, scratch): y is the output, or with
  * several the array of their pointers */
 static void emit_barrier(lw *w) {
-    LLVMBasicBlockRef end = if_begin(w, LLVMBuildICmp(w->b, LLVMIntSGT, w->nth, ci(w, 1), ""));
-    LLVMValueRef fp = LLVMBuildLoad2(w->b, w->ptr, w->sync, "wait");
-    LLVMTypeRef pt[3] = {w->ptr, w->ptr, w->ptr};
+    LLVMBasicBlockRef end = if_begin(w, LLVMBuildICmp(w->e.b, LLVMIntSGT, w->nth, ci(w, 1), ""));
+    LLVMValueRef fp = LLVMBuildLoad2(w->e.b, w->e.ptr, w->sync, "wait");
+    LLVMTypeRef pt[3] = {w->e.ptr, w->e.ptr, w->e.ptr};
     LLVMValueRef args[3] = {w->sync, w->y_sync, w->scratch};
-    LLVMBuildCall2(w->b, LLVMFunctionType(LLVMVoidTypeInContext(w->ctx), pt, 3, 0), fp, args, 3, "");
+    LLVMBuildCall2(w->e.b, LLVMFunctionType(LLVMVoidTypeInContext(w->e.ctx), pt, 3, 0), fp, args, 3, "");
     if_end(w, end);
 }
 
@@ -1285,21 +1056,20 @@ static LLVMValueRef leaf_ptr(lw *w, int32_t i) {
         char name[64];
         snprintf(name, sizeof name, "%s.leaf%d%s", w->o->fname, (int)i, lf->packed ? ".t" : "");
         int64_t bytes = w->o->baked_numel[i] * (int64_t)sizeof(float);
-        return mj_llvm_const_bytes(w->m, w->ctx, name, w->o->baked[i], (size_t)bytes);
+        return mj_llvm_const_bytes(w->e.m, w->e.ctx, name, w->o->baked[i], (size_t)bytes);
     }
     LLVMValueRef idx = ci(w, i);
-    LLVMValueRef slot = LLVMBuildInBoundsGEP2(w->b, w->ptr, w->leaves, &idx, 1, "");
-    LLVMValueRef v = LLVMBuildLoad2(w->b, w->ptr, slot, "leaf");
+    LLVMValueRef slot = LLVMBuildInBoundsGEP2(w->e.b, w->e.ptr, w->leaves, &idx, 1, "");
+    LLVMValueRef v = LLVMBuildLoad2(w->e.b, w->e.ptr, slot, "leaf");
     return v;
 }
 
 mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan *p,
                         const mj_lower_options *o) {
     const mj_graph *g = p->g;
-    lw w = {.ctx = ctx, .m = m, .p = p, .o = o, .fast = o->numeric == MJ_NUMERIC_FAST};
-    w.f32 = LLVMFloatTypeInContext(ctx);
-    w.i64 = LLVMInt64TypeInContext(ctx);
-    w.ptr = LLVMPointerTypeInContext(ctx, 0);
+    lw w = {.p = p, .o = o};
+    mj_emit_init(&w.e, m, o->numeric == MJ_NUMERIC_FAST, p->vw, false);
+    MJ_ASSERT(w.e.ctx == ctx);
     /* the inner function: (leaves, x_0..x_{n_in-1}, y_0..y_{n_out-1}, batch,
      * scratch, tid, nth, sync) */
     int n_args = 6 + p->n_in + p->n_out, ai = 0;
@@ -1312,49 +1082,49 @@ mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan 
         free(w.y);
         return MJ_ERR_NOMEM;
     }
-    for (int i = 0; i < n_args; i++) params[i] = w.ptr;
-    params[1 + p->n_in + p->n_out] = params[3 + p->n_in + p->n_out] = params[4 + p->n_in + p->n_out] = w.i64;
+    for (int i = 0; i < n_args; i++) params[i] = w.e.ptr;
+    params[1 + p->n_in + p->n_out] = params[3 + p->n_in + p->n_out] = params[4 + p->n_in + p->n_out] = w.e.i64;
     char iname[96];
     snprintf(iname, sizeof iname, "%s.inner", o->fname);
     LLVMTypeRef fty = LLVMFunctionType(LLVMVoidTypeInContext(ctx), params, (unsigned)n_args, 0);
-    w.fn = LLVMAddFunction(m, iname, fty);
-    LLVMSetLinkage(w.fn, LLVMInternalLinkage);
-    w.unary_ty = LLVMFunctionType(w.f32, &w.f32, 1, 0);
-    w.erff_fn = LLVMAddFunction(m, "erff", w.unary_ty);
-    w.expf_fn = LLVMAddFunction(m, "expf", w.unary_ty);
-    w.tanhf_fn = LLVMAddFunction(m, "tanhf", w.unary_ty);
+    w.e.fn = LLVMAddFunction(m, iname, fty);
+    LLVMSetLinkage(w.e.fn, LLVMInternalLinkage);
+    /* the activations' libm functions, declared first as they always were */
+    libm(&w, "erff", 1);
+    libm(&w, "expf", 1);
+    libm(&w, "tanhf", 1);
     /* The outputs and scratch are written only through themselves; inputs
      * and the leaves are read only. The caller guarantees that no output
      * overlaps an input or another output. */
     unsigned noalias = LLVMGetEnumAttributeKindForName("noalias", 7);
     for (int j = 0; j < p->n_out; j++)
-        LLVMAddAttributeAtIndex(w.fn, (unsigned)(2 + p->n_in + j), LLVMCreateEnumAttribute(ctx, noalias, 0));
-    LLVMAddAttributeAtIndex(w.fn, (unsigned)(3 + p->n_in + p->n_out), LLVMCreateEnumAttribute(ctx, noalias, 0));
+        LLVMAddAttributeAtIndex(w.e.fn, (unsigned)(2 + p->n_in + j), LLVMCreateEnumAttribute(ctx, noalias, 0));
+    LLVMAddAttributeAtIndex(w.e.fn, (unsigned)(3 + p->n_in + p->n_out), LLVMCreateEnumAttribute(ctx, noalias, 0));
     unsigned nounwind = LLVMGetEnumAttributeKindForName("nounwind", 8);
-    LLVMAddAttributeAtIndex(w.fn, LLVMAttributeFunctionIndex, LLVMCreateEnumAttribute(ctx, nounwind, 0));
+    LLVMAddAttributeAtIndex(w.e.fn, LLVMAttributeFunctionIndex, LLVMCreateEnumAttribute(ctx, nounwind, 0));
     /* inlined into the entry point (noalias becomes scoped metadata) */
     unsigned inl = LLVMGetEnumAttributeKindForName("alwaysinline", 12);
-    LLVMAddAttributeAtIndex(w.fn, LLVMAttributeFunctionIndex, LLVMCreateEnumAttribute(ctx, inl, 0));
+    LLVMAddAttributeAtIndex(w.e.fn, LLVMAttributeFunctionIndex, LLVMCreateEnumAttribute(ctx, inl, 0));
 
-    w.leaves = LLVMGetParam(w.fn, (unsigned)ai++);
-    for (int i = 0; i < p->n_in; i++) w.x[i] = LLVMGetParam(w.fn, (unsigned)ai++);
-    for (int j = 0; j < p->n_out; j++) w.y[j] = LLVMGetParam(w.fn, (unsigned)ai++);
-    w.batch = LLVMGetParam(w.fn, (unsigned)ai++);
-    w.scratch = LLVMGetParam(w.fn, (unsigned)ai++);
-    w.tid = LLVMGetParam(w.fn, (unsigned)ai++);
-    w.nth = LLVMGetParam(w.fn, (unsigned)ai++);
-    w.sync = LLVMGetParam(w.fn, (unsigned)ai++);
-    w.b = LLVMCreateBuilderInContext(ctx);
+    w.leaves = LLVMGetParam(w.e.fn, (unsigned)ai++);
+    for (int i = 0; i < p->n_in; i++) w.x[i] = LLVMGetParam(w.e.fn, (unsigned)ai++);
+    for (int j = 0; j < p->n_out; j++) w.y[j] = LLVMGetParam(w.e.fn, (unsigned)ai++);
+    w.batch = LLVMGetParam(w.e.fn, (unsigned)ai++);
+    w.scratch = LLVMGetParam(w.e.fn, (unsigned)ai++);
+    w.tid = LLVMGetParam(w.e.fn, (unsigned)ai++);
+    w.nth = LLVMGetParam(w.e.fn, (unsigned)ai++);
+    w.sync = LLVMGetParam(w.e.fn, (unsigned)ai++);
+    w.e.b = LLVMCreateBuilderInContext(ctx);
 
     /* the entry point: load the pointers, call the inner function */
     {
-        LLVMTypeRef opt[8] = {w.ptr, w.ptr, w.ptr, w.i64, w.ptr, w.i64, w.i64, w.ptr};
+        LLVMTypeRef opt[8] = {w.e.ptr, w.e.ptr, w.e.ptr, w.e.i64, w.e.ptr, w.e.i64, w.e.i64, w.e.ptr};
         LLVMValueRef outer = LLVMAddFunction(m, o->fname, LLVMFunctionType(LLVMVoidTypeInContext(ctx), opt, 8, 0));
         LLVMAddAttributeAtIndex(outer, LLVMAttributeFunctionIndex, LLVMCreateEnumAttribute(ctx, nounwind, 0));
-        LLVMPositionBuilderAtEnd(w.b, LLVMAppendBasicBlockInContext(ctx, outer, "entry"));
+        LLVMPositionBuilderAtEnd(w.e.b, LLVMAppendBasicBlockInContext(ctx, outer, "entry"));
         LLVMValueRef *args = mj_alloc_array((size_t)n_args, sizeof *args);
         if (!args) {
-            LLVMDisposeBuilder(w.b);
+            LLVMDisposeBuilder(w.e.b);
             free(params);
             free(w.x);
             free(w.y);
@@ -1365,33 +1135,33 @@ mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan 
         for (int side = 0; side < 2; side++) {
             int cnt = side == 0 ? p->n_in : p->n_out;
             for (int i = 0; i < cnt; i++) {
-                LLVMValueRef idx = LLVMConstInt(w.i64, (unsigned long long)i, 0);
-                LLVMValueRef slot = LLVMBuildInBoundsGEP2(w.b, w.ptr, LLVMGetParam(outer, (unsigned)(1 + side)), &idx, 1, "");
-                args[k++] = LLVMBuildLoad2(w.b, w.ptr, slot, side == 0 ? "x" : "y");
+                LLVMValueRef idx = LLVMConstInt(w.e.i64, (unsigned long long)i, 0);
+                LLVMValueRef slot = LLVMBuildInBoundsGEP2(w.e.b, w.e.ptr, LLVMGetParam(outer, (unsigned)(1 + side)), &idx, 1, "");
+                args[k++] = LLVMBuildLoad2(w.e.b, w.e.ptr, slot, side == 0 ? "x" : "y");
             }
         }
         for (unsigned i = 3; i < 8; i++) args[k++] = LLVMGetParam(outer, i);
-        LLVMBuildCall2(w.b, fty, w.fn, args, (unsigned)n_args, "");
-        LLVMBuildRetVoid(w.b);
+        LLVMBuildCall2(w.e.b, fty, w.e.fn, args, (unsigned)n_args, "");
+        LLVMBuildRetVoid(w.e.b);
         free(args);
     }
     free(params);
-    LLVMPositionBuilderAtEnd(w.b, LLVMAppendBasicBlockInContext(ctx, w.fn, "entry"));
+    LLVMPositionBuilderAtEnd(w.e.b, LLVMAppendBasicBlockInContext(ctx, w.e.fn, "entry"));
     if (p->n_out == 1) {
         w.y_sync = w.y[0];
     } else { /* the barrier gets every output pointer (see emit_barrier) */
-        LLVMTypeRef arr = LLVMArrayType2(w.ptr, (uint64_t)p->n_out);
-        w.y_sync = LLVMBuildAlloca(w.b, arr, "ys");
+        LLVMTypeRef arr = LLVMArrayType2(w.e.ptr, (uint64_t)p->n_out);
+        w.y_sync = LLVMBuildAlloca(w.e.b, arr, "ys");
         for (int j = 0; j < p->n_out; j++) {
-            LLVMValueRef idx = LLVMConstInt(w.i64, (unsigned long long)j, 0);
-            LLVMBuildStore(w.b, w.y[j], LLVMBuildInBoundsGEP2(w.b, w.ptr, w.y_sync, &idx, 1, ""));
+            LLVMValueRef idx = LLVMConstInt(w.e.i64, (unsigned long long)j, 0);
+            LLVMBuildStore(w.e.b, w.y[j], LLVMBuildInBoundsGEP2(w.e.b, w.e.ptr, w.y_sync, &idx, 1, ""));
         }
     }
 
     /* buf[0 .. n_nodes) per node; buf[n_nodes + 1 + i] packed leaf i */
     w.buf = mj_alloc_array((size_t)g->n_nodes + 2 + (size_t)p->n_leaves, sizeof *w.buf);
     if (!w.buf) {
-        LLVMDisposeBuilder(w.b);
+        LLVMDisposeBuilder(w.e.b);
         free(w.x);
         free(w.y);
         return MJ_ERR_NOMEM;
@@ -1411,7 +1181,7 @@ mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan 
         else if (p->has_slot[i]) {
             w.buf[i] = at(&w, w.scratch, off);
             LLVMValueRef sz = dims_product(&w, &n->type, 0, n->type.rank);
-            off = add(&w, off, LLVMBuildAnd(w.b, add(&w, sz, ci(&w, 15)), ci(&w, ~INT64_C(15)), ""));
+            off = add(&w, off, LLVMBuildAnd(w.e.b, add(&w, sz, ci(&w, 15)), ci(&w, ~INT64_C(15)), ""));
         }
     }
     LLVMValueRef sparse_scratch = at(&w, w.scratch, off);
@@ -1459,17 +1229,17 @@ mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan 
             char name[96];
             snprintf(name, sizeof name, "%s.sparse%d", o->fname, (int)i);
             LLVMValueRef sf = mj_sparse_emit_linear(m, name, wn->tensor->data, bd, wn->type.dims[0], wn->type.dims[1],
-                                                    n->op == MJ_OP_LINEAR_ACT ? n->act : MJ_ACT_NONE, w.fast,
+                                                    n->op == MJ_OP_LINEAR_ACT ? n->act : MJ_ACT_NONE, w.e.fast,
                                                     p->vw);
             if (!sf) {
                 s = MJ_ERR_NOMEM;
                 break;
             }
             const mj_type *xt = &g->nodes[n->operands[0]].type;
-            LLVMTypeRef spt[4] = {w.ptr, w.ptr, w.i64, w.ptr};
+            LLVMTypeRef spt[4] = {w.e.ptr, w.e.ptr, w.e.i64, w.e.ptr};
             LLVMValueRef args[4] = {w.buf[n->operands[0]], w.buf[i], dims_product(&w, xt, 0, xt->rank - 1),
                                     sparse_scratch};
-            LLVMBuildCall2(w.b, LLVMFunctionType(LLVMVoidTypeInContext(ctx), spt, 4, 0), sf, args, 4, "");
+            LLVMBuildCall2(w.e.b, LLVMFunctionType(LLVMVoidTypeInContext(ctx), spt, 4, 0), sf, args, 4, "");
             if_end(&w, first_only);
             emit_barrier(&w);
             continue;
@@ -1503,11 +1273,11 @@ mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan 
         emit_copy(&w, w.y[j], w.buf[p->out_nodes[j]], dims_product(&w, t, 0, t->rank));
         if_end(&w, first_only);
     }
-    if (s == MJ_OK) LLVMBuildRetVoid(w.b);
+    if (s == MJ_OK) LLVMBuildRetVoid(w.e.b);
     if (s == MJ_OK && !w.loops)
         LLVMAddModuleFlag(m, LLVMModuleFlagBehaviorOverride, MJ_FLAG_EXPLICIT, strlen(MJ_FLAG_EXPLICIT),
                           LLVMValueAsMetadata(LLVMConstInt(LLVMInt32TypeInContext(ctx), 1, 0)));
-    LLVMDisposeBuilder(w.b);
+    LLVMDisposeBuilder(w.e.b);
     free(w.buf);
     free(w.x);
     free(w.y);

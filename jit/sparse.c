@@ -23,10 +23,10 @@
 #include <string.h>
 #include <unistd.h>
 
-#include <llvm-c/DebugInfo.h>
 #include <llvm-c/TargetMachine.h>
 
 #include "../src/internal.h"
+#include "emit.h"
 
 /* Chunks are at most this many rows (4 x 16 lanes): the scratch size does
  * not depend on the vector width. */
@@ -224,16 +224,10 @@ done:
     return ok;
 }
 
-/* ---- IR helpers ------------------------------------------------------------ */
+/* ---- the emitter's state --------------------------------------------------- */
 
 typedef struct sb {
-    LLVMContextRef ctx;
-    LLVMModuleRef m;
-    LLVMBuilderRef b;
-    LLVMValueRef fn;
-    LLVMTypeRef f32, i32, i64, ptr, vt, unary_ty;
-    int vw;
-    bool fast;
+    mj_emit e; /* builder, types, mode, vector width (emit.h) */
     mj_act act;
     const plan *p;
     LLVMValueRef x, y, batch, xT, yT;
@@ -242,179 +236,8 @@ typedef struct sb {
     LLVMValueRef tile;      /* the vw x vw transpose */
 } sb;
 
-static LLVMValueRef ci(sb *s, int64_t v) { return LLVMConstInt(s->i64, (unsigned long long)v, 1); }
-static LLVMValueRef cf(sb *s, float v) { return LLVMConstReal(s->f32, (double)v); }
-static LLVMValueRef mul(sb *s, LLVMValueRef a, LLVMValueRef b) { return LLVMBuildNSWMul(s->b, a, b, ""); }
-static LLVMValueRef add(sb *s, LLVMValueRef a, LLVMValueRef b) { return LLVMBuildNSWAdd(s->b, a, b, ""); }
-static LLVMValueRef at(sb *s, LLVMTypeRef t, LLVMValueRef base, LLVMValueRef idx) {
-    return LLVMBuildInBoundsGEP2(s->b, t, base, &idx, 1, "");
-}
-static LLVMValueRef ld(sb *s, LLVMTypeRef t, LLVMValueRef base, LLVMValueRef idx) {
-    return LLVMBuildLoad2(s->b, t, at(s, t, base, idx), "");
-}
-static void st(sb *s, LLVMValueRef v, LLVMValueRef base, LLVMValueRef idx) {
-    LLVMBuildStore(s->b, v, at(s, s->f32, base, idx));
-}
-/* A vector of floats at base + idx floats; align in bytes. */
-static LLVMValueRef vld(sb *s, LLVMValueRef base, LLVMValueRef idx, unsigned align) {
-    LLVMValueRef v = LLVMBuildLoad2(s->b, s->vt, at(s, s->f32, base, idx), "");
-    LLVMSetAlignment(v, align);
-    return v;
-}
-static void vst(sb *s, LLVMValueRef v, LLVMValueRef base, LLVMValueRef idx, unsigned align) {
-    LLVMValueRef i = LLVMBuildStore(s->b, v, at(s, s->f32, base, idx));
-    LLVMSetAlignment(i, align);
-}
-static LLVMValueRef splat(sb *s, LLVMValueRef scalar) {
-    LLVMValueRef undef = LLVMGetUndef(s->vt);
-    LLVMValueRef v = LLVMBuildInsertElement(s->b, undef, scalar, LLVMConstInt(s->i32, 0, 0), "");
-    LLVMValueRef zeros = LLVMConstNull(LLVMVectorType(s->i32, (unsigned)s->vw));
-    return LLVMBuildShuffleVector(s->b, v, undef, zeros, "");
-}
-
-/* Fast mode: the same flags as jit/lower.c (contraction to FMA, reassociation;
- * NaN and Inf keep their meaning). */
-static LLVMValueRef fpflags(sb *s, LLVMValueRef v) {
-    if (s->fast && LLVMIsAInstruction(v))
-        LLVMSetFastMathFlags(v, LLVMFastMathAllowContract | LLVMFastMathAllowReassoc |
-                                    LLVMFastMathNoSignedZeros | LLVMFastMathAllowReciprocal);
-    return v;
-}
-static LLVMValueRef fadd(sb *s, LLVMValueRef a, LLVMValueRef b) { return fpflags(s, LLVMBuildFAdd(s->b, a, b, "")); }
-static LLVMValueRef fmul(sb *s, LLVMValueRef a, LLVMValueRef b) { return fpflags(s, LLVMBuildFMul(s->b, a, b, "")); }
-static LLVMValueRef fdiv(sb *s, LLVMValueRef a, LLVMValueRef b) { return fpflags(s, LLVMBuildFDiv(s->b, a, b, "")); }
-/* acc + a*b as eager computes it: fmaf(a, b, acc) in exact mode (llvm.fma),
- * fmuladd with fast-math flags in fast mode. */
-static LLVMValueRef madd(sb *s, LLVMValueRef acc, LLVMValueRef a, LLVMValueRef b) {
-    const char *name = s->fast ? "llvm.fmuladd" : "llvm.fma";
-    LLVMTypeRef t = LLVMTypeOf(acc);
-    unsigned id = LLVMLookupIntrinsicID(name, strlen(name));
-    MJ_ASSERT(id != 0);
-    LLVMTypeRef fty = LLVMIntrinsicGetType(LLVMGetTypeContext(t), id, &t, 1);
-    LLVMValueRef fn = LLVMGetIntrinsicDeclaration(s->m, id, &t, 1);
-    LLVMValueRef args[3] = {a, b, acc};
-    return fpflags(s, LLVMBuildCall2(s->b, fty, fn, args, 3, ""));
-}
-
-typedef struct loop {
-    LLVMBasicBlockRef header, exit;
-    LLVMValueRef iv, step;
-} loop;
-
-/* for (iv = from; iv < to; iv += step) */
-static loop loop_begin(sb *s, LLVMValueRef from, LLVMValueRef to, int64_t step) {
-    loop l;
-    LLVMBasicBlockRef pre = LLVMGetInsertBlock(s->b);
-    l.header = LLVMAppendBasicBlockInContext(s->ctx, s->fn, "loop");
-    LLVMBasicBlockRef body = LLVMAppendBasicBlockInContext(s->ctx, s->fn, "body");
-    l.exit = LLVMAppendBasicBlockInContext(s->ctx, s->fn, "done");
-    l.step = ci(s, step);
-    LLVMBuildBr(s->b, l.header);
-    LLVMPositionBuilderAtEnd(s->b, l.header);
-    l.iv = LLVMBuildPhi(s->b, LLVMTypeOf(from), "i");
-    LLVMAddIncoming(l.iv, &from, &pre, 1);
-    LLVMBuildCondBr(s->b, LLVMBuildICmp(s->b, LLVMIntSLT, l.iv, to, ""), body, l.exit);
-    LLVMPositionBuilderAtEnd(s->b, body);
-    return l;
-}
-
-/* !{self, !{"llvm.loop.unroll.disable"}, !{"llvm.loop.vectorize.enable", false}}:
- * the code is vectorised by hand; unrolling or vectorising the short edge
- * loops (constant trip counts) again only makes compiles slow. */
-static LLVMValueRef loop_md(sb *s) {
-    LLVMMetadataRef tmp = LLVMTemporaryMDNode(s->ctx, NULL, 0);
-    LLVMMetadataRef u = LLVMMDStringInContext2(s->ctx, "llvm.loop.unroll.disable", 24);
-    LLVMMetadataRef v[2] = {LLVMMDStringInContext2(s->ctx, "llvm.loop.vectorize.enable", 26),
-                            LLVMValueAsMetadata(LLVMConstInt(LLVMInt1TypeInContext(s->ctx), 0, 0))};
-    LLVMMetadataRef ops[3] = {tmp, LLVMMDNodeInContext2(s->ctx, &u, 1), LLVMMDNodeInContext2(s->ctx, v, 2)};
-    LLVMMetadataRef node = LLVMMDNodeInContext2(s->ctx, ops, 3);
-    LLVMMetadataReplaceAllUsesWith(tmp, node); /* also disposes tmp */
-    return LLVMMetadataAsValue(s->ctx, node);
-}
-
-static void loop_end(sb *s, loop *l) {
-    LLVMBasicBlockRef latch = LLVMGetInsertBlock(s->b);
-    LLVMValueRef next = LLVMBuildNSWAdd(s->b, l->iv, l->step, "");
-    LLVMValueRef br = LLVMBuildBr(s->b, l->header);
-    LLVMSetMetadata(br, LLVMGetMDKindIDInContext(s->ctx, "llvm.loop", 9), loop_md(s));
-    LLVMAddIncoming(l->iv, &next, &latch, 1);
-    LLVMPositionBuilderAtEnd(s->b, l->exit);
-}
-
-/* if (cond) { then } else { else }: returns the else block; the caller
- * fills `then` first, calls if_else, fills else, then if_end. */
-typedef struct ifb {
-    LLVMBasicBlockRef els, end;
-} ifb;
-static ifb if_begin(sb *s, LLVMValueRef cond) {
-    ifb f;
-    LLVMBasicBlockRef then = LLVMAppendBasicBlockInContext(s->ctx, s->fn, "then");
-    f.els = LLVMAppendBasicBlockInContext(s->ctx, s->fn, "else");
-    f.end = LLVMAppendBasicBlockInContext(s->ctx, s->fn, "endif");
-    LLVMBuildCondBr(s->b, cond, then, f.els);
-    LLVMPositionBuilderAtEnd(s->b, then);
-    return f;
-}
-static void if_else(sb *s, ifb *f) {
-    LLVMBuildBr(s->b, f->end);
-    LLVMPositionBuilderAtEnd(s->b, f->els);
-}
-static void if_end(sb *s, ifb *f) {
-    LLVMBuildBr(s->b, f->end);
-    LLVMPositionBuilderAtEnd(s->b, f->end);
-}
-
-static LLVMValueRef libm_fn(sb *s, const char *name) {
-    LLVMValueRef f = LLVMGetNamedFunction(s->m, name);
-    return f ? f : LLVMAddFunction(s->m, name, s->unary_ty);
-}
-
-/* Copied from jit/lower.c's call_libm (static there): exact mode marks the
- * call nobuiltin so LLVM never folds or replaces it; the process's libm
- * computes it, as in eager. */
-static LLVMValueRef call_libm(sb *s, const char *name, LLVMValueRef x) {
-    LLVMValueRef c = LLVMBuildCall2(s->b, s->unary_ty, libm_fn(s, name), &x, 1, "");
-    if (!s->fast) {
-        unsigned kind = LLVMGetEnumAttributeKindForName("nobuiltin", 9);
-        LLVMAddCallSiteAttribute(c, LLVMAttributeFunctionIndex, LLVMCreateEnumAttribute(s->ctx, kind, 0));
-    }
-    return c;
-}
-
-/* mj_act_apply (src/ops.c) on one float, operation for operation; copied
- * from jit/lower.c's emit_act (static there). */
-static LLVMValueRef act_scalar(sb *s, LLVMValueRef x) {
-    switch (s->act) {
-    case MJ_ACT_NONE: return x;
-    case MJ_ACT_RELU:
-        return LLVMBuildSelect(s->b, LLVMBuildFCmp(s->b, LLVMRealOLT, x, cf(s, 0.0f), ""), cf(s, 0.0f), x, "");
-    case MJ_ACT_GELU:
-        return fmul(s, fmul(s, cf(s, 0.5f), x),
-                    fadd(s, cf(s, 1.0f), call_libm(s, "erff", fmul(s, x, cf(s, 0.70710678118654752440f)))));
-    case MJ_ACT_GELU_TANH: {
-        LLVMValueRef cube = fmul(s, fmul(s, fmul(s, cf(s, 0.044715f), x), x), x);
-        LLVMValueRef inner = fmul(s, cf(s, 0.79788456080286535588f), fadd(s, x, cube));
-        return fmul(s, fmul(s, cf(s, 0.5f), x), fadd(s, cf(s, 1.0f), call_libm(s, "tanhf", inner)));
-    }
-    case MJ_ACT_SIGMOID:
-        return fdiv(s, cf(s, 1.0f),
-                    fadd(s, cf(s, 1.0f), call_libm(s, "expf", fpflags(s, LLVMBuildFNeg(s->b, x, "")))));
-    case MJ_ACT_TANH: return call_libm(s, "tanhf", x);
-    case MJ_ACT_SILU: /* x / (1.0f + expf(-x)) */
-        return fdiv(s, x, fadd(s, cf(s, 1.0f), call_libm(s, "expf", fpflags(s, LLVMBuildFNeg(s->b, x, "")))));
-    case MJ_ACT_COUNT: break;
-    }
-    MJ_ASSERT(!"unknown activation");
-}
-
-/* relu on a vector: the same compare and select per lane. The libm
- * activations run afterwards, one element at a time (emit_act_pass). */
-static LLVMValueRef act_vector(sb *s, LLVMValueRef v) {
-    if (s->act != MJ_ACT_RELU) return v;
-    LLVMValueRef z = LLVMConstNull(s->vt);
-    return LLVMBuildSelect(s->b, LLVMBuildFCmp(s->b, LLVMRealOLT, v, z, ""), z, v, "");
-}
-
+/* relu and none run on whole vectors; the libm activations afterwards, one
+ * element at a time (see emit_chunk). */
 static bool act_is_vector(mj_act a) { return a == MJ_ACT_NONE || a == MJ_ACT_RELU; }
 
 /* A vw x vw tile: row t of the source (vw floats at src + t*sstride) becomes
@@ -423,28 +246,28 @@ static bool act_is_vector(mj_act a) { return a == MJ_ACT_NONE || a == MJ_ACT_REL
 static LLVMValueRef tile_fn(sb *s, const char *name) {
     char fname[256];
     snprintf(fname, sizeof fname, "%s.tile", name);
-    LLVMTypeRef params[4] = {s->ptr, s->i64, s->ptr, s->i64};
-    LLVMValueRef fn = LLVMAddFunction(s->m, fname, LLVMFunctionType(LLVMVoidTypeInContext(s->ctx), params, 4, 0));
+    LLVMTypeRef params[4] = {s->e.ptr, s->e.i64, s->e.ptr, s->e.i64};
+    LLVMValueRef fn = LLVMAddFunction(s->e.m, fname, LLVMFunctionType(LLVMVoidTypeInContext(s->e.ctx), params, 4, 0));
     LLVMSetLinkage(fn, LLVMPrivateLinkage);
     /* one copy, called per tile: inlining 10 copies of 64 shuffles only
      * costs compile time */
     const char *attrs[] = {"noinline", "nounwind"};
     for (int i = 0; i < 2; i++)
         LLVMAddAttributeAtIndex(fn, LLVMAttributeFunctionIndex,
-                                LLVMCreateEnumAttribute(s->ctx, LLVMGetEnumAttributeKindForName(attrs[i], strlen(attrs[i])), 0));
+                                LLVMCreateEnumAttribute(s->e.ctx, LLVMGetEnumAttributeKindForName(attrs[i], strlen(attrs[i])), 0));
     char width[16];
-    snprintf(width, sizeof width, "%d", s->vw * 32);
+    snprintf(width, sizeof width, "%d", s->e.vw * 32);
     LLVMAddAttributeAtIndex(fn, LLVMAttributeFunctionIndex,
-                            LLVMCreateStringAttribute(s->ctx, "min-legal-vector-width", 22, width, (unsigned)strlen(width)));
-    LLVMBuilderRef saved = s->b;
-    s->b = LLVMCreateBuilderInContext(s->ctx);
-    LLVMPositionBuilderAtEnd(s->b, LLVMAppendBasicBlockInContext(s->ctx, fn, "entry"));
+                            LLVMCreateStringAttribute(s->e.ctx, "min-legal-vector-width", 22, width, (unsigned)strlen(width)));
+    LLVMBuilderRef saved = s->e.b;
+    s->e.b = LLVMCreateBuilderInContext(s->e.ctx);
+    LLVMPositionBuilderAtEnd(s->e.b, LLVMAppendBasicBlockInContext(s->e.ctx, fn, "entry"));
     LLVMValueRef src = LLVMGetParam(fn, 0), ss = LLVMGetParam(fn, 1), dst = LLVMGetParam(fn, 2),
                  ds = LLVMGetParam(fn, 3);
     /* row t of the source (vw floats at src + t*ss) becomes column t of the
      * destination (row t at dst + t*ds). log2(vw) stages; stage h swaps the
      * off-diagonal h x h blocks of every 2h x 2h block. */
-    int n = s->vw;
+    int n = s->e.vw;
     LLVMValueRef r[16];
     for (int t = 0; t < n; t++) r[t] = vld(s, src, mul(s, ci(s, t), ss), 4);
     for (int h = 1; h < n; h *= 2) {
@@ -452,29 +275,29 @@ static LLVMValueRef tile_fn(sb *s, const char *name) {
         for (int c = 0; c < n; c++) {
             /* new[i][c]   = c&h ? r[i+h][c-h] : r[i][c]
              * new[i+h][c] = c&h ? r[i+h][c]   : r[i][c+h] */
-            ma[c] = LLVMConstInt(s->i32, (unsigned long long)((c & h) ? n + c - h : c), 0);
-            mb[c] = LLVMConstInt(s->i32, (unsigned long long)((c & h) ? n + c : c + h), 0);
+            ma[c] = LLVMConstInt(s->e.i32, (unsigned long long)((c & h) ? n + c - h : c), 0);
+            mb[c] = LLVMConstInt(s->e.i32, (unsigned long long)((c & h) ? n + c : c + h), 0);
         }
         LLVMValueRef MA = LLVMConstVector(ma, (unsigned)n), MB = LLVMConstVector(mb, (unsigned)n);
         for (int i = 0; i < n; i++) {
             if (i & h) continue;
-            LLVMValueRef a = LLVMBuildShuffleVector(s->b, r[i], r[i + h], MA, "");
-            LLVMValueRef b = LLVMBuildShuffleVector(s->b, r[i], r[i + h], MB, "");
+            LLVMValueRef a = LLVMBuildShuffleVector(s->e.b, r[i], r[i + h], MA, "");
+            LLVMValueRef b = LLVMBuildShuffleVector(s->e.b, r[i], r[i + h], MB, "");
             r[i] = a;
             r[i + h] = b;
         }
     }
     for (int t = 0; t < n; t++) vst(s, r[t], dst, mul(s, ci(s, t), ds), 4);
-    LLVMBuildRetVoid(s->b);
-    LLVMDisposeBuilder(s->b);
-    s->b = saved;
+    LLVMBuildRetVoid(s->e.b);
+    LLVMDisposeBuilder(s->e.b);
+    s->e.b = saved;
     return fn;
 }
 
 static void tile_transpose(sb *s, LLVMValueRef src, LLVMValueRef sstride, LLVMValueRef dst, LLVMValueRef dstride) {
-    LLVMTypeRef params[4] = {s->ptr, s->i64, s->ptr, s->i64};
+    LLVMTypeRef params[4] = {s->e.ptr, s->e.i64, s->e.ptr, s->e.i64};
     LLVMValueRef args[4] = {src, sstride, dst, dstride};
-    LLVMBuildCall2(s->b, LLVMFunctionType(LLVMVoidTypeInContext(s->ctx), params, 4, 0), s->tile, args, 4, "");
+    LLVMBuildCall2(s->e.b, LLVMFunctionType(LLVMVoidTypeInContext(s->e.ctx), params, 4, 0), s->tile, args, 4, "");
 }
 
 static LLVMValueRef const_array(sb *s, const char *name, const char *suffix, LLVMTypeRef elt, const void *data,
@@ -482,7 +305,7 @@ static LLVMValueRef const_array(sb *s, const char *name, const char *suffix, LLV
     char gname[256];
     snprintf(gname, sizeof gname, "%s.%s", name, suffix);
     (void)elt; /* every table holds 4-byte elements (float or int32) */
-    return mj_llvm_const_bytes(s->m, s->ctx, gname, data, (size_t)n * 4);
+    return mj_llvm_const_bytes(s->e.m, s->e.ctx, gname, data, (size_t)n * 4);
 }
 
 /* ---- the chunk ------------------------------------------------------------ */
@@ -493,21 +316,21 @@ static void emit_transpose_in(sb *s, int C, LLVMValueRef i0, LLVMValueRef valid,
     LLVMValueRef in = ci(s, p->in), Cv = ci(s, C);
     ifb f = {0};
     if (p->identity) {
-        if (!full) f = if_begin(s, LLVMBuildICmp(s->b, LLVMIntEQ, valid, Cv, ""));
+        if (!full) f = ifelse_begin(s, LLVMBuildICmp(s->e.b, LLVMIntEQ, valid, Cv, ""));
         /* the whole chunk: vw x vw tiles, then the columns left over */
-        int64_t kfull = p->in / s->vw * s->vw;
-        loop lk = loop_begin(s, ci(s, 0), ci(s, kfull), s->vw);
-        for (int c0 = 0; c0 < C; c0 += s->vw) {
-            LLVMValueRef src = at(s, s->f32, s->x, add(s, mul(s, add(s, i0, ci(s, c0)), in), lk.iv));
-            LLVMValueRef dst = at(s, s->f32, s->xT, add(s, mul(s, lk.iv, Cv), ci(s, c0)));
+        int64_t kfull = p->in / s->e.vw * s->e.vw;
+        loop lk = loop_range(s, ci(s, 0), ci(s, kfull), s->e.vw);
+        for (int c0 = 0; c0 < C; c0 += s->e.vw) {
+            LLVMValueRef src = at(s, s->x, add(s, mul(s, add(s, i0, ci(s, c0)), in), lk.iv));
+            LLVMValueRef dst = at(s, s->xT, add(s, mul(s, lk.iv, Cv), ci(s, c0)));
             tile_transpose(s, src, in, dst, Cv);
         }
         loop_end(s, &lk);
         if (kfull < p->in) {
-            loop lr = loop_begin(s, ci(s, kfull), in, 1);
-            loop lc = loop_begin(s, ci(s, 0), Cv, 1);
-            LLVMValueRef v = ld(s, s->f32, s->x, add(s, mul(s, add(s, i0, lc.iv), in), lr.iv));
-            st(s, v, s->xT, add(s, mul(s, lr.iv, Cv), lc.iv));
+            loop lr = loop_range(s, ci(s, kfull), in, 1);
+            loop lc = loop_range(s, ci(s, 0), Cv, 1);
+            LLVMValueRef v = ld(s, s->e.f32, s->x, add(s, mul(s, add(s, i0, lc.iv), in), lr.iv));
+            store(s, v, s->xT, add(s, mul(s, lr.iv, Cv), lc.iv));
             loop_end(s, &lc);
             loop_end(s, &lr);
         }
@@ -516,20 +339,20 @@ static void emit_transpose_in(sb *s, int C, LLVMValueRef i0, LLVMValueRef valid,
     }
     /* rows one by one (a partial chunk, or a gather of the used columns) */
     LLVMValueRef nc = ci(s, p->ncols);
-    loop lc = loop_begin(s, ci(s, 0), valid, 1);
-    LLVMValueRef xrow = at(s, s->f32, s->x, mul(s, add(s, i0, lc.iv), in));
-    loop lk = loop_begin(s, ci(s, 0), nc, 1);
-    LLVMValueRef k = p->identity ? lk.iv : LLVMBuildSExt(s->b, ld(s, s->i32, s->g_colmap, lk.iv), s->i64, "");
-    st(s, ld(s, s->f32, xrow, k), s->xT, add(s, mul(s, lk.iv, Cv), lc.iv));
+    loop lc = loop_range(s, ci(s, 0), valid, 1);
+    LLVMValueRef xrow = at(s, s->x, mul(s, add(s, i0, lc.iv), in));
+    loop lk = loop_range(s, ci(s, 0), nc, 1);
+    LLVMValueRef k = p->identity ? lk.iv : LLVMBuildSExt(s->e.b, ld(s, s->e.i32, s->g_colmap, lk.iv), s->e.i64, "");
+    store(s, ld(s, s->e.f32, xrow, k), s->xT, add(s, mul(s, lk.iv, Cv), lc.iv));
     loop_end(s, &lk);
     loop_end(s, &lc);
     /* padding rows: zeros, so the lanes past the batch compute harmless values */
-    lc = loop_begin(s, valid, Cv, 1);
-    lk = loop_begin(s, ci(s, 0), nc, 1);
-    st(s, cf(s, 0.0f), s->xT, add(s, mul(s, lk.iv, Cv), lc.iv));
+    lc = loop_range(s, valid, Cv, 1);
+    lk = loop_range(s, ci(s, 0), nc, 1);
+    store(s, cf(s, 0.0f), s->xT, add(s, mul(s, lk.iv, Cv), lc.iv));
     loop_end(s, &lk);
     loop_end(s, &lc);
-    if (p->identity) if_end(s, &f);
+    if (p->identity) if_end(s, f.end);
 }
 
 /* y[i0 + c][j] = yT[j][c] for c < valid. */
@@ -537,42 +360,42 @@ static void emit_transpose_out(sb *s, int C, LLVMValueRef i0, LLVMValueRef valid
     const plan *p = s->p;
     LLVMValueRef out = ci(s, p->out), Cv = ci(s, C);
     ifb f = {0};
-    if (!full) f = if_begin(s, LLVMBuildICmp(s->b, LLVMIntEQ, valid, Cv, ""));
-    int64_t jfull = p->out / s->vw * s->vw;
-    loop lj = loop_begin(s, ci(s, 0), ci(s, jfull), s->vw);
-    for (int c0 = 0; c0 < C; c0 += s->vw) {
-        LLVMValueRef src = at(s, s->f32, s->yT, add(s, mul(s, lj.iv, Cv), ci(s, c0)));
-        LLVMValueRef dst = at(s, s->f32, s->y, add(s, mul(s, add(s, i0, ci(s, c0)), out), lj.iv));
+    if (!full) f = ifelse_begin(s, LLVMBuildICmp(s->e.b, LLVMIntEQ, valid, Cv, ""));
+    int64_t jfull = p->out / s->e.vw * s->e.vw;
+    loop lj = loop_range(s, ci(s, 0), ci(s, jfull), s->e.vw);
+    for (int c0 = 0; c0 < C; c0 += s->e.vw) {
+        LLVMValueRef src = at(s, s->yT, add(s, mul(s, lj.iv, Cv), ci(s, c0)));
+        LLVMValueRef dst = at(s, s->y, add(s, mul(s, add(s, i0, ci(s, c0)), out), lj.iv));
         tile_transpose(s, src, Cv, dst, out);
     }
     loop_end(s, &lj);
     if (jfull < p->out) {
-        loop lr = loop_begin(s, ci(s, jfull), out, 1);
-        loop lc = loop_begin(s, ci(s, 0), Cv, 1);
-        LLVMValueRef v = ld(s, s->f32, s->yT, add(s, mul(s, lr.iv, Cv), lc.iv));
-        st(s, v, s->y, add(s, mul(s, add(s, i0, lc.iv), out), lr.iv));
+        loop lr = loop_range(s, ci(s, jfull), out, 1);
+        loop lc = loop_range(s, ci(s, 0), Cv, 1);
+        LLVMValueRef v = ld(s, s->e.f32, s->yT, add(s, mul(s, lr.iv, Cv), lc.iv));
+        store(s, v, s->y, add(s, mul(s, add(s, i0, lc.iv), out), lr.iv));
         loop_end(s, &lc);
         loop_end(s, &lr);
     }
     if (full) return;
     if_else(s, &f);
-    loop lc = loop_begin(s, ci(s, 0), valid, 1);
-    LLVMValueRef yrow = at(s, s->f32, s->y, mul(s, add(s, i0, lc.iv), out));
-    loop lr = loop_begin(s, ci(s, 0), out, 1);
-    st(s, ld(s, s->f32, s->yT, add(s, mul(s, lr.iv, Cv), lc.iv)), yrow, lr.iv);
+    loop lc = loop_range(s, ci(s, 0), valid, 1);
+    LLVMValueRef yrow = at(s, s->y, mul(s, add(s, i0, lc.iv), out));
+    loop lr = loop_range(s, ci(s, 0), out, 1);
+    store(s, ld(s, s->e.f32, s->yT, add(s, mul(s, lr.iv, Cv), lc.iv)), yrow, lr.iv);
     loop_end(s, &lr);
     loop_end(s, &lc);
-    if_end(s, &f);
+    if_end(s, f.end);
 }
 
 /* acc[r][v] = acc[r][v] + xT[k][v*vw ..] * w  for one nonzero */
 static void emit_term(sb *s, int r, int nv, int C, LLVMValueRef kc, LLVMValueRef w) {
-    LLVMValueRef row = at(s, s->f32, s->xT, mul(s, kc, ci(s, C)));
-    LLVMValueRef wv = splat(s, w);
+    LLVMValueRef row = at(s, s->xT, mul(s, kc, ci(s, C)));
+    LLVMValueRef wv = vsplat(s, w);
     for (int v = 0; v < nv; v++) {
-        LLVMValueRef a = LLVMBuildLoad2(s->b, s->vt, s->acc[r][v], "");
-        LLVMValueRef xv = vld(s, row, ci(s, (int64_t)v * s->vw), (unsigned)s->vw * 4);
-        LLVMBuildStore(s->b, madd(s, a, xv, wv), s->acc[r][v]);
+        LLVMValueRef a = LLVMBuildLoad2(s->e.b, s->e.vt, s->acc[r][v], "");
+        LLVMValueRef xv = vld(s, row, ci(s, (int64_t)v * s->e.vw), (unsigned)s->e.vw * 4);
+        LLVMBuildStore(s->e.b, vmuladd(s, a, xv, wv), s->acc[r][v]);
     }
 }
 
@@ -584,88 +407,88 @@ static void emit_run(sb *s, int r, int nv, int C, LLVMValueRef idx_table, LLVMVa
     LLVMValueRef kc = kidx(s, idx_table, i);
     LLVMValueRef w0 = mul(s, i, ci(s, s->p->run));
     for (int q = 0; q < s->p->run; q++)
-        emit_term(s, r, nv, C, add(s, kc, ci(s, q)), ld(s, s->f32, w_table, add(s, w0, ci(s, q))));
+        emit_term(s, r, nv, C, add(s, kc, ci(s, q)), ld(s, s->e.f32, w_table, add(s, w0, ci(s, q))));
 }
 
 /* acc[r] <-> yT row j */
 static void emit_acc_move(sb *s, int r, int nv, int C, LLVMValueRef j, bool load) {
-    LLVMValueRef row = at(s, s->f32, s->yT, mul(s, j, ci(s, C)));
+    LLVMValueRef row = at(s, s->yT, mul(s, j, ci(s, C)));
     for (int v = 0; v < nv; v++) {
-        LLVMValueRef idx = ci(s, (int64_t)v * s->vw);
-        if (load) LLVMBuildStore(s->b, vld(s, row, idx, (unsigned)s->vw * 4), s->acc[r][v]);
-        else vst(s, LLVMBuildLoad2(s->b, s->vt, s->acc[r][v], ""), row, idx, (unsigned)s->vw * 4);
+        LLVMValueRef idx = ci(s, (int64_t)v * s->e.vw);
+        if (load) LLVMBuildStore(s->e.b, vld(s, row, idx, (unsigned)s->e.vw * 4), s->acc[r][v]);
+        else vst(s, LLVMBuildLoad2(s->e.b, s->e.vt, s->acc[r][v], ""), row, idx, (unsigned)s->e.vw * 4);
     }
 }
 
 static LLVMValueRef meta(sb *s, LLVMValueRef base, int field) {
-    LLVMValueRef v = ld(s, s->i32, s->g_meta, add(s, base, ci(s, field)));
-    return LLVMBuildSExt(s->b, v, s->i64, "");
+    LLVMValueRef v = ld(s, s->e.i32, s->g_meta, add(s, base, ci(s, field)));
+    return LLVMBuildSExt(s->e.b, v, s->e.i64, "");
 }
 
 static LLVMValueRef kidx(sb *s, LLVMValueRef table, LLVMValueRef i) {
-    return LLVMBuildSExt(s->b, ld(s, s->i32, table, i), s->i64, "");
+    return LLVMBuildSExt(s->e.b, ld(s, s->e.i32, table, i), s->e.i64, "");
 }
 
 static void emit_chunk(sb *s, int C, LLVMValueRef i0, LLVMValueRef valid, bool full) {
     const plan *p = s->p;
-    int nv = C / s->vw;
+    int nv = C / s->e.vw;
     int64_t rows = 2 * (int64_t)p->n_groups; /* yT rows: out rounded up to even */
-    unsigned va = (unsigned)s->vw * 4;
+    unsigned va = (unsigned)s->e.vw * 4;
     emit_transpose_in(s, C, i0, valid, full);
     /* yT = +0.0f: every accumulator starts there, as acc = 0.0f in eager */
-    loop lz = loop_begin(s, ci(s, 0), ci(s, rows * C), s->vw);
-    vst(s, LLVMConstNull(s->vt), s->yT, lz.iv, va);
+    loop lz = loop_range(s, ci(s, 0), ci(s, rows * C), s->e.vw);
+    vst(s, LLVMConstNull(s->e.vt), s->yT, lz.iv, va);
     loop_end(s, &lz);
 
-    loop lb = loop_begin(s, ci(s, 0), ci(s, p->n_kblocks), 1);
-    loop lg = loop_begin(s, ci(s, 0), ci(s, p->n_groups), 1);
+    loop lb = loop_range(s, ci(s, 0), ci(s, p->n_kblocks), 1);
+    loop lg = loop_range(s, ci(s, 0), ci(s, p->n_groups), 1);
     LLVMValueRef mb = mul(s, add(s, mul(s, lb.iv, ci(s, p->n_groups)), lg.iv), ci(s, 6));
     LLVMValueRef ps = meta(s, mb, 0), pe = meta(s, mb, 1), as = meta(s, mb, 2), ae = meta(s, mb, 3),
                  bs = meta(s, mb, 4), be = meta(s, mb, 5);
     /* nothing of these two rows in this block (dropped rows, sparse blocks): skip */
     LLVMValueRef none = LLVMBuildAnd(
-        s->b, LLVMBuildICmp(s->b, LLVMIntEQ, ps, pe, ""),
-        LLVMBuildAnd(s->b, LLVMBuildICmp(s->b, LLVMIntEQ, as, ae, ""), LLVMBuildICmp(s->b, LLVMIntEQ, bs, be, ""), ""),
+        s->e.b, LLVMBuildICmp(s->e.b, LLVMIntEQ, ps, pe, ""),
+        LLVMBuildAnd(s->e.b, LLVMBuildICmp(s->e.b, LLVMIntEQ, as, ae, ""), LLVMBuildICmp(s->e.b, LLVMIntEQ, bs, be, ""), ""),
         "");
-    ifb f = if_begin(s, none);
+    ifb f = ifelse_begin(s, none);
     if_else(s, &f);
     LLVMValueRef ja = mul(s, lg.iv, ci(s, 2)), jb = add(s, ja, ci(s, 1));
     emit_acc_move(s, 0, nv, C, ja, true);
     emit_acc_move(s, 1, nv, C, jb, true);
-    loop lp = loop_begin(s, ps, pe, 1);
+    loop lp = loop_range(s, ps, pe, 1);
     LLVMValueRef i2 = mul(s, lp.iv, ci(s, 2)), i2b = add(s, i2, ci(s, 1));
     emit_run(s, 0, nv, C, s->g_pidx, s->g_pw, i2);
     emit_run(s, 1, nv, C, s->g_pidx, s->g_pw, i2b);
     loop_end(s, &lp);
-    loop lt = loop_begin(s, as, ae, 1);
+    loop lt = loop_range(s, as, ae, 1);
     emit_run(s, 0, nv, C, s->g_tidx, s->g_tw, lt.iv);
     loop_end(s, &lt);
-    lt = loop_begin(s, bs, be, 1);
+    lt = loop_range(s, bs, be, 1);
     emit_run(s, 1, nv, C, s->g_tidx, s->g_tw, lt.iv);
     loop_end(s, &lt);
     emit_acc_move(s, 0, nv, C, ja, false);
     emit_acc_move(s, 1, nv, C, jb, false);
-    if_end(s, &f);
+    if_end(s, f.end);
     loop_end(s, &lg);
     loop_end(s, &lb);
 
     /* + b[j], then the activation: relu in vectors, the libm ones one
      * element at a time */
     if (s->g_bias || s->act == MJ_ACT_RELU) {
-        loop lj = loop_begin(s, ci(s, 0), ci(s, p->out), 1);
-        LLVMValueRef row = at(s, s->f32, s->yT, mul(s, lj.iv, ci(s, C)));
-        LLVMValueRef bv = s->g_bias ? splat(s, ld(s, s->f32, s->g_bias, lj.iv)) : NULL;
+        loop lj = loop_range(s, ci(s, 0), ci(s, p->out), 1);
+        LLVMValueRef row = at(s, s->yT, mul(s, lj.iv, ci(s, C)));
+        LLVMValueRef bv = s->g_bias ? vsplat(s, ld(s, s->e.f32, s->g_bias, lj.iv)) : NULL;
         for (int v = 0; v < nv; v++) {
-            LLVMValueRef idx = ci(s, (int64_t)v * s->vw);
+            LLVMValueRef idx = ci(s, (int64_t)v * s->e.vw);
             LLVMValueRef a = vld(s, row, idx, va);
             if (bv) a = fadd(s, a, bv);
-            vst(s, act_vector(s, a), row, idx, va);
+            vst(s, act_is_vector(s->act) ? emit_act_vec(s, s->act, a, s->e.vw) : a, row, idx, va);
         }
         loop_end(s, &lj);
     }
     if (!act_is_vector(s->act)) {
-        loop le = loop_begin(s, ci(s, 0), ci(s, p->out * C), 1);
-        st(s, act_scalar(s, ld(s, s->f32, s->yT, le.iv)), s->yT, le.iv);
+        loop le = loop_range(s, ci(s, 0), ci(s, p->out * C), 1);
+        store(s, emit_act(s, s->act, ld(s, s->e.f32, s->yT, le.iv)), s->yT, le.iv);
         loop_end(s, &le);
     }
     emit_transpose_out(s, C, i0, valid, full);
@@ -678,64 +501,59 @@ LLVMValueRef mj_sparse_emit_linear(LLVMModuleRef M, const char *name, const floa
         return NULL;
     plan p;
     if (!plan_build(&p, w, out, in, vw)) return NULL;
-    sb s = {.m = M, .ctx = LLVMGetModuleContext(M), .vw = vw, .fast = fast, .act = act, .p = &p};
-    s.f32 = LLVMFloatTypeInContext(s.ctx);
-    s.i32 = LLVMInt32TypeInContext(s.ctx);
-    s.i64 = LLVMInt64TypeInContext(s.ctx);
-    s.ptr = LLVMPointerTypeInContext(s.ctx, 0);
-    s.vt = LLVMVectorType(s.f32, (unsigned)s.vw);
-    s.unary_ty = LLVMFunctionType(s.f32, &s.f32, 1, 0);
-    LLVMTypeRef params[4] = {s.ptr, s.ptr, s.i64, s.ptr};
-    s.fn = LLVMAddFunction(M, name, LLVMFunctionType(LLVMVoidTypeInContext(s.ctx), params, 4, 0));
+    sb s = {.act = act, .p = &p};
+    mj_emit_init(&s.e, M, fast, vw, true);
+    LLVMTypeRef params[4] = {s.e.ptr, s.e.ptr, s.e.i64, s.e.ptr};
+    s.e.fn = LLVMAddFunction(M, name, LLVMFunctionType(LLVMVoidTypeInContext(s.e.ctx), params, 4, 0));
     unsigned noalias = LLVMGetEnumAttributeKindForName("noalias", 7);
-    LLVMAddAttributeAtIndex(s.fn, 2, LLVMCreateEnumAttribute(s.ctx, noalias, 0)); /* y */
-    LLVMAddAttributeAtIndex(s.fn, 4, LLVMCreateEnumAttribute(s.ctx, noalias, 0)); /* scratch */
+    LLVMAddAttributeAtIndex(s.e.fn, 2, LLVMCreateEnumAttribute(s.e.ctx, noalias, 0)); /* y */
+    LLVMAddAttributeAtIndex(s.e.fn, 4, LLVMCreateEnumAttribute(s.e.ctx, noalias, 0)); /* scratch */
     unsigned nounwind = LLVMGetEnumAttributeKindForName("nounwind", 8);
-    LLVMAddAttributeAtIndex(s.fn, LLVMAttributeFunctionIndex, LLVMCreateEnumAttribute(s.ctx, nounwind, 0));
+    LLVMAddAttributeAtIndex(s.e.fn, LLVMAttributeFunctionIndex, LLVMCreateEnumAttribute(s.e.ctx, nounwind, 0));
     /* Keep our explicit vw-wide vectors whole even where the CPU's tuning
      * prefers narrower ones for auto-vectorised code. */
     char width[16];
-    snprintf(width, sizeof width, "%d", s.vw * 32);
-    LLVMAddAttributeAtIndex(s.fn, LLVMAttributeFunctionIndex,
-                            LLVMCreateStringAttribute(s.ctx, "min-legal-vector-width", 22, width,
+    snprintf(width, sizeof width, "%d", s.e.vw * 32);
+    LLVMAddAttributeAtIndex(s.e.fn, LLVMAttributeFunctionIndex,
+                            LLVMCreateStringAttribute(s.e.ctx, "min-legal-vector-width", 22, width,
                                                       (unsigned)strlen(width)));
 
-    s.g_meta = const_array(&s, name, "meta", s.i32, p.meta, (int64_t)p.n_kblocks * p.n_groups * 6);
-    s.g_pidx = const_array(&s, name, "pidx", s.i32, p.pidx, p.n_pairs);
-    s.g_pw = const_array(&s, name, "pw", s.f32, p.pw, p.n_pairs * p.run);
-    s.g_tidx = const_array(&s, name, "tidx", s.i32, p.tidx, p.n_tail);
-    s.g_tw = const_array(&s, name, "tw", s.f32, p.tw, p.n_tail * p.run);
-    s.g_bias = b ? const_array(&s, name, "bias", s.f32, b, out) : NULL;
-    s.g_colmap = p.identity ? NULL : const_array(&s, name, "colmap", s.i32, p.colmap, p.ncols);
+    s.g_meta = const_array(&s, name, "meta", s.e.i32, p.meta, (int64_t)p.n_kblocks * p.n_groups * 6);
+    s.g_pidx = const_array(&s, name, "pidx", s.e.i32, p.pidx, p.n_pairs);
+    s.g_pw = const_array(&s, name, "pw", s.e.f32, p.pw, p.n_pairs * p.run);
+    s.g_tidx = const_array(&s, name, "tidx", s.e.i32, p.tidx, p.n_tail);
+    s.g_tw = const_array(&s, name, "tw", s.e.f32, p.tw, p.n_tail * p.run);
+    s.g_bias = b ? const_array(&s, name, "bias", s.e.f32, b, out) : NULL;
+    s.g_colmap = p.identity ? NULL : const_array(&s, name, "colmap", s.e.i32, p.colmap, p.ncols);
 
     s.tile = tile_fn(&s, name);
-    s.b = LLVMCreateBuilderInContext(s.ctx);
-    LLVMPositionBuilderAtEnd(s.b, LLVMAppendBasicBlockInContext(s.ctx, s.fn, "entry"));
+    s.e.b = LLVMCreateBuilderInContext(s.e.ctx);
+    LLVMPositionBuilderAtEnd(s.e.b, LLVMAppendBasicBlockInContext(s.e.ctx, s.e.fn, "entry"));
     for (int r = 0; r < 2; r++)
-        for (int v = 0; v < 4; v++) s.acc[r][v] = LLVMBuildAlloca(s.b, s.vt, "acc");
-    s.x = LLVMGetParam(s.fn, 0);
-    s.y = LLVMGetParam(s.fn, 1);
-    s.batch = LLVMGetParam(s.fn, 2);
-    LLVMValueRef scratch = LLVMGetParam(s.fn, 3);
-    int C1 = 4 * s.vw;
+        for (int v = 0; v < 4; v++) s.acc[r][v] = LLVMBuildAlloca(s.e.b, s.e.vt, "acc");
+    s.x = LLVMGetParam(s.e.fn, 0);
+    s.y = LLVMGetParam(s.e.fn, 1);
+    s.batch = LLVMGetParam(s.e.fn, 2);
+    LLVMValueRef scratch = LLVMGetParam(s.e.fn, 3);
+    int C1 = 4 * s.e.vw;
     MJ_ASSERT(C1 <= MAX_CHUNK);
     s.xT = scratch;
-    s.yT = at(&s, s.f32, scratch, ci(&s, ((int64_t)p.ncols * C1 + 15) & ~INT64_C(15)));
+    s.yT = at(&s, scratch, ci(&s, ((int64_t)p.ncols * C1 + 15) & ~INT64_C(15)));
 
     /* whole chunks of 4 vectors, then one vector at a time (the last one
      * partial) */
-    LLVMValueRef nfull = mul(&s, LLVMBuildSDiv(s.b, s.batch, ci(&s, C1), ""), ci(&s, C1));
-    loop l1 = loop_begin(&s, ci(&s, 0), nfull, C1);
+    LLVMValueRef nfull = mul(&s, LLVMBuildSDiv(s.e.b, s.batch, ci(&s, C1), ""), ci(&s, C1));
+    loop l1 = loop_range(&s, ci(&s, 0), nfull, C1);
     emit_chunk(&s, C1, l1.iv, ci(&s, C1), true);
     loop_end(&s, &l1);
-    loop l2 = loop_begin(&s, nfull, s.batch, s.vw);
-    LLVMValueRef left = LLVMBuildNSWSub(s.b, s.batch, l2.iv, "");
-    LLVMValueRef valid = LLVMBuildSelect(s.b, LLVMBuildICmp(s.b, LLVMIntSLT, left, ci(&s, s.vw), ""), left,
-                                         ci(&s, s.vw), "");
-    emit_chunk(&s, s.vw, l2.iv, valid, false);
+    loop l2 = loop_range(&s, nfull, s.batch, s.e.vw);
+    LLVMValueRef left = LLVMBuildNSWSub(s.e.b, s.batch, l2.iv, "");
+    LLVMValueRef valid = LLVMBuildSelect(s.e.b, LLVMBuildICmp(s.e.b, LLVMIntSLT, left, ci(&s, s.e.vw), ""), left,
+                                         ci(&s, s.e.vw), "");
+    emit_chunk(&s, s.e.vw, l2.iv, valid, false);
     loop_end(&s, &l2);
-    LLVMBuildRetVoid(s.b);
-    LLVMDisposeBuilder(s.b);
+    LLVMBuildRetVoid(s.e.b);
+    LLVMDisposeBuilder(s.e.b);
     plan_free(&p);
-    return s.fn;
+    return s.e.fn;
 }

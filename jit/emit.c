@@ -1,0 +1,278 @@
+/* The shared LLVM builder helpers (see emit.h for the exact-mode contract). */
+#include <string.h>
+
+#include <llvm-c/DebugInfo.h>
+
+#define MJ_EMIT_CTX(c) (c) /* the short forms, on the mj_emit itself */
+#include "emit.h"
+
+#include "../src/internal.h"
+
+void mj_emit_init(mj_emit *e, LLVMModuleRef m, bool fast, int vw, bool loop_hints) {
+    memset(e, 0, sizeof *e);
+    e->m = m;
+    e->ctx = LLVMGetModuleContext(m);
+    e->fast = fast;
+    e->vw = vw;
+    e->loop_hints = loop_hints;
+    e->f32 = LLVMFloatTypeInContext(e->ctx);
+    e->i32 = LLVMInt32TypeInContext(e->ctx);
+    e->i64 = LLVMInt64TypeInContext(e->ctx);
+    e->ptr = LLVMPointerTypeInContext(e->ctx, 0);
+    e->vt = LLVMVectorType(e->f32, (unsigned)vw);
+    e->unary_ty = LLVMFunctionType(e->f32, &e->f32, 1, 0);
+}
+
+/* ---- constants, indices, memory ------------------------------------------ */
+
+LLVMValueRef mj_emit_ci(mj_emit *e, int64_t v) { return LLVMConstInt(e->i64, (unsigned long long)v, 1); }
+LLVMValueRef mj_emit_cf(mj_emit *e, float v) { return LLVMConstReal(e->f32, (double)v); }
+LLVMValueRef mj_emit_mul(mj_emit *e, LLVMValueRef a, LLVMValueRef b) { return LLVMBuildNSWMul(e->b, a, b, ""); }
+LLVMValueRef mj_emit_add(mj_emit *e, LLVMValueRef a, LLVMValueRef b) { return LLVMBuildNSWAdd(e->b, a, b, ""); }
+
+LLVMValueRef mj_emit_at(mj_emit *e, LLVMTypeRef t, LLVMValueRef base, LLVMValueRef idx) {
+    return LLVMBuildInBoundsGEP2(e->b, t, base, &idx, 1, "");
+}
+LLVMValueRef mj_emit_load(mj_emit *e, LLVMTypeRef t, LLVMValueRef base, LLVMValueRef idx) {
+    return LLVMBuildLoad2(e->b, t, mj_emit_at(e, t, base, idx), "");
+}
+void mj_emit_store(mj_emit *e, LLVMValueRef v, LLVMValueRef base, LLVMValueRef idx) {
+    LLVMBuildStore(e->b, v, at(e, base, idx));
+}
+
+LLVMValueRef mj_emit_intrinsic(mj_emit *e, const char *name, LLVMTypeRef *tys, size_t n, LLVMTypeRef *fty) {
+    unsigned id = LLVMLookupIntrinsicID(name, strlen(name));
+    MJ_ASSERT(id != 0);
+    *fty = LLVMIntrinsicGetType(e->ctx, id, tys, n);
+    return LLVMGetIntrinsicDeclaration(e->m, id, tys, n);
+}
+
+LLVMValueRef mj_emit_add_attr(mj_emit *e, LLVMValueRef fn, unsigned idx, const char *name) {
+    unsigned kind = LLVMGetEnumAttributeKindForName(name, strlen(name));
+    LLVMAddAttributeAtIndex(fn, idx, LLVMCreateEnumAttribute(e->ctx, kind, 0));
+    return fn;
+}
+
+/* ---- float arithmetic in the mode ------------------------------------------ */
+
+/* Fast mode: let LLVM contract and reassociate. NaN and Inf keep their
+ * meaning (no nnan/ninf): fast changes rounding, not semantics. */
+LLVMValueRef mj_emit_fpflags(mj_emit *e, LLVMValueRef v) {
+    if (e->fast && LLVMIsAInstruction(v))
+        LLVMSetFastMathFlags(v, LLVMFastMathAllowContract | LLVMFastMathAllowReassoc |
+                                    LLVMFastMathNoSignedZeros | LLVMFastMathAllowReciprocal);
+    return v;
+}
+LLVMValueRef mj_emit_fadd(mj_emit *e, LLVMValueRef a, LLVMValueRef b) {
+    return fpflags(e, LLVMBuildFAdd(e->b, a, b, ""));
+}
+LLVMValueRef mj_emit_fsub(mj_emit *e, LLVMValueRef a, LLVMValueRef b) {
+    return fpflags(e, LLVMBuildFSub(e->b, a, b, ""));
+}
+LLVMValueRef mj_emit_fmul(mj_emit *e, LLVMValueRef a, LLVMValueRef b) {
+    return fpflags(e, LLVMBuildFMul(e->b, a, b, ""));
+}
+LLVMValueRef mj_emit_fdiv(mj_emit *e, LLVMValueRef a, LLVMValueRef b) {
+    return fpflags(e, LLVMBuildFDiv(e->b, a, b, ""));
+}
+
+LLVMValueRef mj_emit_sel(mj_emit *e, LLVMRealPredicate p, LLVMValueRef a, LLVMValueRef b, LLVMValueRef t,
+                         LLVMValueRef f) {
+    return LLVMBuildSelect(e->b, LLVMBuildFCmp(e->b, p, a, b, ""), t, f, "");
+}
+
+/* acc + a*b, scalar or vector: exact is eager's fmaf(a, b, acc) (llvm.fma:
+ * one rounding, an FMA instruction where the target has one, libm's fmaf
+ * elsewhere); fast is fmuladd with fast-math flags (LLVM may reassociate). */
+LLVMValueRef mj_emit_muladd(mj_emit *e, LLVMValueRef acc, LLVMValueRef a, LLVMValueRef b) {
+    LLVMTypeRef t = LLVMTypeOf(acc), fty;
+    LLVMValueRef fn = intrinsic(e, e->fast ? "llvm.fmuladd" : "llvm.fma", &t, 1, &fty);
+    LLVMValueRef args[3] = {a, b, acc};
+    return fpflags(e, LLVMBuildCall2(e->b, fty, fn, args, 3, ""));
+}
+
+/* ---- control flow ---------------------------------------------------------- */
+
+mj_loop mj_emit_loop_begin(mj_emit *e, LLVMValueRef from, LLVMValueRef to, int64_t step) {
+    mj_loop l;
+    LLVMBasicBlockRef pre = LLVMGetInsertBlock(e->b);
+    l.header = LLVMAppendBasicBlockInContext(e->ctx, e->fn, "loop");
+    LLVMBasicBlockRef body = LLVMAppendBasicBlockInContext(e->ctx, e->fn, "body");
+    l.exit = LLVMAppendBasicBlockInContext(e->ctx, e->fn, "done");
+    l.step = ci(e, step);
+    LLVMBuildBr(e->b, l.header);
+    LLVMPositionBuilderAtEnd(e->b, l.header);
+    l.iv = LLVMBuildPhi(e->b, LLVMTypeOf(from), "i");
+    LLVMAddIncoming(l.iv, &from, &pre, 1);
+    LLVMBuildCondBr(e->b, LLVMBuildICmp(e->b, LLVMIntSLT, l.iv, to, ""), body, l.exit);
+    LLVMPositionBuilderAtEnd(e->b, body);
+    return l;
+}
+
+/* !{self, !{"llvm.loop.unroll.disable"}, !{"llvm.loop.vectorize.enable", false}}:
+ * the code is vectorised by hand; unrolling or vectorising the short edge
+ * loops (constant trip counts) again only makes compiles slow. */
+static LLVMValueRef loop_md(mj_emit *e) {
+    LLVMMetadataRef tmp = LLVMTemporaryMDNode(e->ctx, NULL, 0);
+    LLVMMetadataRef u = LLVMMDStringInContext2(e->ctx, "llvm.loop.unroll.disable", 24);
+    LLVMMetadataRef v[2] = {LLVMMDStringInContext2(e->ctx, "llvm.loop.vectorize.enable", 26),
+                            LLVMValueAsMetadata(LLVMConstInt(LLVMInt1TypeInContext(e->ctx), 0, 0))};
+    LLVMMetadataRef ops[3] = {tmp, LLVMMDNodeInContext2(e->ctx, &u, 1), LLVMMDNodeInContext2(e->ctx, v, 2)};
+    LLVMMetadataRef node = LLVMMDNodeInContext2(e->ctx, ops, 3);
+    LLVMMetadataReplaceAllUsesWith(tmp, node); /* also disposes tmp */
+    return LLVMMetadataAsValue(e->ctx, node);
+}
+
+void mj_emit_loop_end(mj_emit *e, mj_loop *l) {
+    LLVMBasicBlockRef latch = LLVMGetInsertBlock(e->b);
+    LLVMValueRef next = LLVMBuildNSWAdd(e->b, l->iv, l->step, "");
+    LLVMValueRef br = LLVMBuildBr(e->b, l->header);
+    if (e->loop_hints) LLVMSetMetadata(br, LLVMGetMDKindIDInContext(e->ctx, "llvm.loop", 9), loop_md(e));
+    LLVMAddIncoming(l->iv, &next, &latch, 1);
+    LLVMPositionBuilderAtEnd(e->b, l->exit);
+}
+
+LLVMBasicBlockRef mj_emit_if_begin(mj_emit *e, LLVMValueRef cond) {
+    LLVMBasicBlockRef then = LLVMAppendBasicBlockInContext(e->ctx, e->fn, "then");
+    LLVMBasicBlockRef done = LLVMAppendBasicBlockInContext(e->ctx, e->fn, "endif");
+    LLVMBuildCondBr(e->b, cond, then, done);
+    LLVMPositionBuilderAtEnd(e->b, then);
+    return done;
+}
+void mj_emit_if_end(mj_emit *e, LLVMBasicBlockRef end) {
+    LLVMBuildBr(e->b, end);
+    LLVMPositionBuilderAtEnd(e->b, end);
+}
+
+mj_ifelse mj_emit_ifelse_begin(mj_emit *e, LLVMValueRef cond) {
+    mj_ifelse f;
+    LLVMBasicBlockRef then = LLVMAppendBasicBlockInContext(e->ctx, e->fn, "then");
+    f.els = LLVMAppendBasicBlockInContext(e->ctx, e->fn, "else");
+    f.end = LLVMAppendBasicBlockInContext(e->ctx, e->fn, "endif");
+    LLVMBuildCondBr(e->b, cond, then, f.els);
+    LLVMPositionBuilderAtEnd(e->b, then);
+    return f;
+}
+void mj_emit_else(mj_emit *e, const mj_ifelse *f) {
+    LLVMBuildBr(e->b, f->end);
+    LLVMPositionBuilderAtEnd(e->b, f->els);
+}
+
+/* ---- libm and the activations ---------------------------------------------- */
+
+LLVMValueRef mj_emit_libm(mj_emit *e, const char *name, int arity) {
+    LLVMValueRef f = LLVMGetNamedFunction(e->m, name);
+    if (f) return f;
+    LLVMTypeRef two[2] = {e->f32, e->f32};
+    return LLVMAddFunction(e->m, name, arity == 1 ? e->unary_ty : LLVMFunctionType(e->f32, two, 2, 0));
+}
+
+/* Exact: never let LLVM fold or replace the call with its own approximation;
+ * the process's libm computes it, as in eager. */
+static LLVMValueRef libm_call(mj_emit *e, LLVMTypeRef fty, LLVMValueRef fn, LLVMValueRef *args, unsigned n) {
+    LLVMValueRef c = LLVMBuildCall2(e->b, fty, fn, args, n, "");
+    if (!e->fast) {
+        unsigned kind = LLVMGetEnumAttributeKindForName("nobuiltin", 9);
+        LLVMAddCallSiteAttribute(c, LLVMAttributeFunctionIndex, LLVMCreateEnumAttribute(e->ctx, kind, 0));
+    }
+    return c;
+}
+
+LLVMValueRef mj_emit_call_libm(mj_emit *e, const char *name, LLVMValueRef x) {
+    return libm_call(e, e->unary_ty, libm(e, name, 1), &x, 1);
+}
+
+LLVMValueRef mj_emit_call_libm2(mj_emit *e, const char *name, LLVMValueRef x, LLVMValueRef y) {
+    LLVMValueRef args[2] = {x, y};
+    LLVMTypeRef two[2] = {e->f32, e->f32};
+    return libm_call(e, LLVMFunctionType(e->f32, two, 2, 0), libm(e, name, 2), args, 2);
+}
+
+/* mj_act_apply (src/ops.c), operation for operation. */
+LLVMValueRef mj_emit_act(mj_emit *e, mj_act act, LLVMValueRef x) {
+    switch (act) {
+    case MJ_ACT_NONE: return x;
+    case MJ_ACT_RELU: /* x < 0.0f ? 0.0f : x */
+        return LLVMBuildSelect(e->b, LLVMBuildFCmp(e->b, LLVMRealOLT, x, cf(e, 0.0f), ""), cf(e, 0.0f), x, "");
+    case MJ_ACT_GELU: /* 0.5f * x * (1.0f + erff(x * 0.70710678118654752440f)) */
+        return fmul(e, fmul(e, cf(e, 0.5f), x),
+                    fadd(e, cf(e, 1.0f), call_libm(e, "erff", fmul(e, x, cf(e, 0.70710678118654752440f)))));
+    case MJ_ACT_GELU_TANH: {
+        /* 0.5f * x * (1.0f + tanhf(0.79788456080286535588f * (x + 0.044715f * x * x * x))) */
+        LLVMValueRef cube = fmul(e, fmul(e, fmul(e, cf(e, 0.044715f), x), x), x);
+        LLVMValueRef inner = fmul(e, cf(e, 0.79788456080286535588f), fadd(e, x, cube));
+        return fmul(e, fmul(e, cf(e, 0.5f), x), fadd(e, cf(e, 1.0f), call_libm(e, "tanhf", inner)));
+    }
+    case MJ_ACT_SIGMOID: /* 1.0f / (1.0f + expf(-x)) */
+        return fdiv(e, cf(e, 1.0f),
+                    fadd(e, cf(e, 1.0f), call_libm(e, "expf", fpflags(e, LLVMBuildFNeg(e->b, x, "")))));
+    case MJ_ACT_TANH: return call_libm(e, "tanhf", x);
+    case MJ_ACT_SILU: /* x / (1.0f + expf(-x)) */
+        return fdiv(e, x, fadd(e, cf(e, 1.0f), call_libm(e, "expf", fpflags(e, LLVMBuildFNeg(e->b, x, "")))));
+    case MJ_ACT_COUNT: break;
+    }
+    MJ_ASSERT(!"unknown activation");
+}
+
+/* The activation on the first `lanes` lanes of v (others are don't-care). */
+LLVMValueRef mj_emit_act_vec(mj_emit *e, mj_act act, LLVMValueRef v, int lanes) {
+    if (act == MJ_ACT_NONE) return v;
+    if (act == MJ_ACT_RELU) { /* x < 0.0f ? 0.0f : x, lane by lane */
+        LLVMValueRef z = LLVMConstNull(e->vt);
+        return LLVMBuildSelect(e->b, LLVMBuildFCmp(e->b, LLVMRealOLT, v, z, ""), z, v, "");
+    }
+    for (int l = 0; l < lanes; l++) { /* libm per lane, as eager */
+        LLVMValueRef x = mj_emit_act(e, act, LLVMBuildExtractElement(e->b, v, ci(e, l), ""));
+        v = LLVMBuildInsertElement(e->b, v, x, ci(e, l), "");
+    }
+    return v;
+}
+
+/* ---- vectors of vw floats -------------------------------------------------- */
+
+LLVMValueRef mj_emit_splat(mj_emit *e, LLVMValueRef s) {
+    LLVMValueRef v = LLVMBuildInsertElement(e->b, LLVMGetPoison(e->vt), s, ci(e, 0), "");
+    LLVMValueRef mask = LLVMConstNull(LLVMVectorType(e->i32, (unsigned)e->vw));
+    return LLVMBuildShuffleVector(e->b, v, LLVMGetPoison(e->vt), mask, "");
+}
+
+LLVMValueRef mj_emit_lane_mask(mj_emit *e, int lanes) {
+    LLVMValueRef bits[64];
+    LLVMTypeRef i1 = LLVMInt1TypeInContext(e->ctx);
+    for (int l = 0; l < e->vw; l++) bits[l] = LLVMConstInt(i1, l < lanes, 0);
+    return LLVMConstVector(bits, (unsigned)e->vw);
+}
+
+/* lanes floats from ptr (4-byte aligned) into a vector, zeros past them */
+LLVMValueRef mj_emit_vload(mj_emit *e, LLVMValueRef ptr, int lanes) {
+    if (lanes == e->vw) {
+        LLVMValueRef v = LLVMBuildLoad2(e->b, e->vt, ptr, "");
+        LLVMSetAlignment(v, 4);
+        return v;
+    }
+    LLVMTypeRef tys[2] = {e->vt, e->ptr}, fty;
+    LLVMValueRef fn = intrinsic(e, "llvm.masked.load", tys, 2, &fty);
+    LLVMValueRef args[4] = {ptr, LLVMConstInt(e->i32, 4, 0), lane_mask(e, lanes), LLVMConstNull(e->vt)};
+    return LLVMBuildCall2(e->b, fty, fn, args, 4, "");
+}
+
+void mj_emit_vstore(mj_emit *e, LLVMValueRef v, LLVMValueRef ptr, int lanes) {
+    if (lanes == e->vw) {
+        LLVMSetAlignment(LLVMBuildStore(e->b, v, ptr), 4);
+        return;
+    }
+    LLVMTypeRef tys[2] = {e->vt, e->ptr}, fty;
+    LLVMValueRef fn = intrinsic(e, "llvm.masked.store", tys, 2, &fty);
+    LLVMValueRef args[4] = {v, ptr, LLVMConstInt(e->i32, 4, 0), lane_mask(e, lanes)};
+    LLVMBuildCall2(e->b, fty, fn, args, 4, "");
+}
+
+/* A whole vector at base + idx floats; align in bytes. */
+LLVMValueRef mj_emit_vld(mj_emit *e, LLVMValueRef base, LLVMValueRef idx, unsigned align) {
+    LLVMValueRef v = LLVMBuildLoad2(e->b, e->vt, at(e, base, idx), "");
+    LLVMSetAlignment(v, align);
+    return v;
+}
+void mj_emit_vst(mj_emit *e, LLVMValueRef v, LLVMValueRef base, LLVMValueRef idx, unsigned align) {
+    LLVMSetAlignment(LLVMBuildStore(e->b, v, at(e, base, idx)), align);
+}

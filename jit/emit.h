@@ -1,0 +1,141 @@
+/* The LLVM builder helpers that every lowering shares (jit/lower.c for
+ * graph bodies, jit/sparse.c for mask-specialised linear layers): types,
+ * constants, index arithmetic, loads and stores, float arithmetic with the
+ * mode's flags, loops, ifs, libm calls, the activations (scalar and vector).
+ *
+ * The exact-mode contract, written once here and kept by every function:
+ *   - float operations carry no fast-math flags in exact mode, so LLVM never
+ *     contracts a*b+c into an FMA nor reassociates; an fmaf of eager's is
+ *     llvm.fma (one rounding), never fmuladd. Fast mode sets contract,
+ *     reassoc, nsz and arcp (not nnan/ninf: NaN and Inf keep their meaning);
+ *   - libm functions (erff, expf, tanhf, logf, ...) are the process's: exact
+ *     calls are marked nobuiltin so LLVM neither folds them nor substitutes
+ *     its own approximation; the activation formulas are mj_act_apply's
+ *     (src/ops.c) operation for operation;
+ *   - lanes whose value does not matter are poison (never undef).
+ *
+ * A lowering keeps its own state struct with an `mj_emit e` member; the short
+ * forms below (ci(w, 3), fadd(w, a, b), loop_begin(w, n), ...) take a pointer
+ * to that struct. */
+#ifndef MJ_JIT_EMIT_H
+#define MJ_JIT_EMIT_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <llvm-c/Core.h>
+
+#include "maskjit/tensor.h"
+
+typedef struct mj_emit {
+    LLVMContextRef ctx;
+    LLVMModuleRef m;
+    LLVMBuilderRef b;
+    LLVMValueRef fn; /* the function being filled: loops and ifs add blocks to it */
+    LLVMTypeRef f32, i32, i64, ptr, unary_ty;
+    LLVMTypeRef vt; /* <vw x float> */
+    int vw;         /* the target's vector width in floats */
+    bool fast;      /* fast numeric mode (see above) */
+    bool loop_hints; /* loops say "no unroll, no vectorise" (hand-vectorised code) */
+} mj_emit;
+
+/* Types of the module's context; no builder and no function yet. */
+void mj_emit_init(mj_emit *e, LLVMModuleRef m, bool fast, int vw, bool loop_hints);
+
+/* for (iv = from; iv < to; iv += step) */
+typedef struct mj_loop {
+    LLVMBasicBlockRef header, exit;
+    LLVMValueRef iv, step;
+} mj_loop;
+
+/* if (cond) { then } else { else }: fill then, mj_emit_else, fill else,
+ * mj_emit_if_end(e, f.end). */
+typedef struct mj_ifelse {
+    LLVMBasicBlockRef els, end;
+} mj_ifelse;
+
+LLVMValueRef mj_emit_ci(mj_emit *e, int64_t v);
+LLVMValueRef mj_emit_cf(mj_emit *e, float v);
+LLVMValueRef mj_emit_mul(mj_emit *e, LLVMValueRef a, LLVMValueRef b);
+LLVMValueRef mj_emit_add(mj_emit *e, LLVMValueRef a, LLVMValueRef b);
+LLVMValueRef mj_emit_at(mj_emit *e, LLVMTypeRef t, LLVMValueRef base, LLVMValueRef idx);
+LLVMValueRef mj_emit_load(mj_emit *e, LLVMTypeRef t, LLVMValueRef base, LLVMValueRef idx);
+void mj_emit_store(mj_emit *e, LLVMValueRef v, LLVMValueRef base, LLVMValueRef idx);
+LLVMValueRef mj_emit_fpflags(mj_emit *e, LLVMValueRef v);
+LLVMValueRef mj_emit_fadd(mj_emit *e, LLVMValueRef a, LLVMValueRef b);
+LLVMValueRef mj_emit_fsub(mj_emit *e, LLVMValueRef a, LLVMValueRef b);
+LLVMValueRef mj_emit_fmul(mj_emit *e, LLVMValueRef a, LLVMValueRef b);
+LLVMValueRef mj_emit_fdiv(mj_emit *e, LLVMValueRef a, LLVMValueRef b);
+LLVMValueRef mj_emit_sel(mj_emit *e, LLVMRealPredicate p, LLVMValueRef a, LLVMValueRef b, LLVMValueRef t,
+                         LLVMValueRef f);
+LLVMValueRef mj_emit_muladd(mj_emit *e, LLVMValueRef acc, LLVMValueRef a, LLVMValueRef b);
+LLVMValueRef mj_emit_intrinsic(mj_emit *e, const char *name, LLVMTypeRef *tys, size_t n, LLVMTypeRef *fty);
+LLVMValueRef mj_emit_add_attr(mj_emit *e, LLVMValueRef fn, unsigned idx, const char *name);
+
+mj_loop mj_emit_loop_begin(mj_emit *e, LLVMValueRef from, LLVMValueRef to, int64_t step);
+void mj_emit_loop_end(mj_emit *e, mj_loop *l);
+LLVMBasicBlockRef mj_emit_if_begin(mj_emit *e, LLVMValueRef cond); /* if (cond) { ...: the join block */
+void mj_emit_if_end(mj_emit *e, LLVMBasicBlockRef end);
+mj_ifelse mj_emit_ifelse_begin(mj_emit *e, LLVMValueRef cond);
+void mj_emit_else(mj_emit *e, const mj_ifelse *f);
+
+LLVMValueRef mj_emit_libm(mj_emit *e, const char *name, int arity); /* declared once per module */
+LLVMValueRef mj_emit_call_libm(mj_emit *e, const char *name, LLVMValueRef x);
+LLVMValueRef mj_emit_call_libm2(mj_emit *e, const char *name, LLVMValueRef x, LLVMValueRef y);
+LLVMValueRef mj_emit_act(mj_emit *e, mj_act act, LLVMValueRef x);
+LLVMValueRef mj_emit_act_vec(mj_emit *e, mj_act act, LLVMValueRef v, int lanes);
+
+LLVMValueRef mj_emit_splat(mj_emit *e, LLVMValueRef s);
+LLVMValueRef mj_emit_lane_mask(mj_emit *e, int lanes);
+LLVMValueRef mj_emit_vload(mj_emit *e, LLVMValueRef ptr, int lanes);
+void mj_emit_vstore(mj_emit *e, LLVMValueRef v, LLVMValueRef ptr, int lanes);
+LLVMValueRef mj_emit_vld(mj_emit *e, LLVMValueRef base, LLVMValueRef idx, unsigned align);
+void mj_emit_vst(mj_emit *e, LLVMValueRef v, LLVMValueRef base, LLVMValueRef idx, unsigned align);
+
+/* ---- short forms, on a lowering's state `c` that has an `mj_emit e` ------ */
+#ifndef MJ_EMIT_CTX
+#define MJ_EMIT_CTX(c) (&(c)->e)
+#endif
+typedef mj_loop loop;
+typedef mj_ifelse ifb;
+#define ci(c, v) mj_emit_ci(MJ_EMIT_CTX(c), (v))
+#define cf(c, v) mj_emit_cf(MJ_EMIT_CTX(c), (v))
+/* Sizes are checked against MJ_MAX_NUMEL before the call: nsw, no wrap. */
+#define mul(c, a, b) mj_emit_mul(MJ_EMIT_CTX(c), (a), (b))
+#define add(c, a, b) mj_emit_add(MJ_EMIT_CTX(c), (a), (b))
+/* float element idx of base; its value; v stored there */
+#define at(c, base, idx) mj_emit_at(MJ_EMIT_CTX(c), MJ_EMIT_CTX(c)->f32, (base), (idx))
+#define load(c, base, idx) mj_emit_load(MJ_EMIT_CTX(c), MJ_EMIT_CTX(c)->f32, (base), (idx))
+#define store(c, v, base, idx) mj_emit_store(MJ_EMIT_CTX(c), (v), (base), (idx))
+/* element idx of type t */
+#define ld(c, t, base, idx) mj_emit_load(MJ_EMIT_CTX(c), (t), (base), (idx))
+#define fpflags(c, v) mj_emit_fpflags(MJ_EMIT_CTX(c), (v))
+#define fadd(c, a, b) mj_emit_fadd(MJ_EMIT_CTX(c), (a), (b))
+#define fsub(c, a, b) mj_emit_fsub(MJ_EMIT_CTX(c), (a), (b))
+#define fmul(c, a, b) mj_emit_fmul(MJ_EMIT_CTX(c), (a), (b))
+#define fdiv(c, a, b) mj_emit_fdiv(MJ_EMIT_CTX(c), (a), (b))
+#define sel(c, p, a, b, t, f) mj_emit_sel(MJ_EMIT_CTX(c), (p), (a), (b), (t), (f))
+#define vmuladd(c, acc, a, b) mj_emit_muladd(MJ_EMIT_CTX(c), (acc), (a), (b))
+#define intrinsic(c, name, tys, n, fty) mj_emit_intrinsic(MJ_EMIT_CTX(c), (name), (tys), (n), (fty))
+#define add_attr(c, fn, idx, name) mj_emit_add_attr(MJ_EMIT_CTX(c), (fn), (idx), (name))
+/* for (iv = 0; iv < n; iv++) */
+#define loop_begin(c, n) mj_emit_loop_begin(MJ_EMIT_CTX(c), mj_emit_ci(MJ_EMIT_CTX(c), 0), (n), 1)
+#define loop_range(c, from, to, step) mj_emit_loop_begin(MJ_EMIT_CTX(c), (from), (to), (step))
+#define loop_end(c, l) mj_emit_loop_end(MJ_EMIT_CTX(c), (l))
+#define if_begin(c, cond) mj_emit_if_begin(MJ_EMIT_CTX(c), (cond))
+#define if_end(c, end) mj_emit_if_end(MJ_EMIT_CTX(c), (end))
+#define ifelse_begin(c, cond) mj_emit_ifelse_begin(MJ_EMIT_CTX(c), (cond))
+#define if_else(c, f) mj_emit_else(MJ_EMIT_CTX(c), (f))
+#define libm(c, name, arity) mj_emit_libm(MJ_EMIT_CTX(c), (name), (arity))
+#define call_libm(c, name, x) mj_emit_call_libm(MJ_EMIT_CTX(c), (name), (x))
+#define call_libm2(c, name, x, y) mj_emit_call_libm2(MJ_EMIT_CTX(c), (name), (x), (y))
+#define emit_act(c, act, x) mj_emit_act(MJ_EMIT_CTX(c), (act), (x))
+#define emit_act_vec(c, act, v, lanes) mj_emit_act_vec(MJ_EMIT_CTX(c), (act), (v), (lanes))
+#define vsplat(c, s) mj_emit_splat(MJ_EMIT_CTX(c), (s))
+#define lane_mask(c, lanes) mj_emit_lane_mask(MJ_EMIT_CTX(c), (lanes))
+#define vload(c, ptr, lanes) mj_emit_vload(MJ_EMIT_CTX(c), (ptr), (lanes))
+#define vstore(c, v, ptr, lanes) mj_emit_vstore(MJ_EMIT_CTX(c), (v), (ptr), (lanes))
+#define vld(c, base, idx, align) mj_emit_vld(MJ_EMIT_CTX(c), (base), (idx), (align))
+#define vst(c, v, base, idx, align) mj_emit_vst(MJ_EMIT_CTX(c), (v), (base), (idx), (align))
+
+#endif
