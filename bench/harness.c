@@ -128,34 +128,6 @@ static mj_status collect_leaves(mj_module *m, leaf_list *l) {
     return MJ_OK;
 }
 
-/* Which mj_act an activation module computes, found by running it on probe
- * values (type names cannot tell GELU from GELU(tanh)). */
-static bool identify_act(mj_module *m, mj_act *out) {
-    static const float probe[8] = {-3.0f, -1.25f, -0.5f, -0.0f, 0.25f, 0.75f, 1.5f, 4.0f};
-    int64_t shape[2] = {1, 8};
-    mj_tensor *x = NULL, *y = NULL;
-    if (mj_tensor_from_data(&x, 2, shape, probe) != MJ_OK) return false;
-    bool found = false;
-    if (mj_module_forward(m, x, &y) == MJ_OK && mj_tensor_numel(y) == 8) {
-        const float *yd = mj_tensor_data(y);
-        for (int a = 0; a < MJ_ACT_COUNT && !found; a++) {
-            bool same = true;
-            for (int i = 0; i < 8 && same; i++) {
-                float e = mj_act_apply((mj_act)a, probe[i]);
-                same = memcmp(&e, &yd[i], sizeof e) == 0;
-            }
-            if (same) {
-                *out = (mj_act)a;
-                found = true;
-            }
-        }
-    }
-    mj_tensor_release(x);
-    mj_tensor_release(y);
-    mj_clear_error();
-    return found;
-}
-
 static mj_status register_mask(mj_module *lin, const float *mask) {
     int64_t shape[2] = {mj_linear_out_features(lin), mj_linear_in_features(lin)};
     mj_tensor *t = NULL;
@@ -240,7 +212,7 @@ static mj_status build_layers(mj_bench_setup *s, const leaf_list *leaves) {
             continue;
         }
         mj_act act;
-        if (!identify_act(m, &act)) {
+        if (!mj_activation_module_act(m, &act)) {
             s->peers_expressible = false;
             snprintf(s->peer_note, sizeof s->peer_note,
                      "peers skipped: module '%s' is not a Linear or a known activation",

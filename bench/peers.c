@@ -178,8 +178,11 @@ static bool onednn_act(mj_act act, dnnl_alg_kind_t *alg) {
     case MJ_ACT_GELU_TANH: *alg = dnnl_eltwise_gelu_tanh; return true;
     case MJ_ACT_SIGMOID: *alg = dnnl_eltwise_logistic; return true;
     case MJ_ACT_TANH: *alg = dnnl_eltwise_tanh; return true;
-    default: return false;
+    case MJ_ACT_NONE:
+    case MJ_ACT_SILU:
+    case MJ_ACT_COUNT: break;
     }
+    return false;
 }
 
 #define DNNL_TRY(call)                                                                      \
@@ -411,7 +414,7 @@ static void bias_act(float *y, int64_t m, int64_t n, const float *b, mj_act act)
         case MJ_ACT_RELU:
             for (int64_t j = 0; j < n; j++) row[j] = row[j] < 0.0f ? 0.0f : row[j];
             break;
-        default:
+        default: /* the libm activations, each through the one scalar definition */
             for (int64_t j = 0; j < n; j++) row[j] = mj_act_apply(act, row[j]);
             break;
         }

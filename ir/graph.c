@@ -141,7 +141,7 @@ static mj_status infer_shape_op(mj_op op, int n, const mj_type *const *t, mj_sha
         if (a->rank < 2 || b->rank < 2) return shape_err(op, "needs operands of rank 2 to 4, got", a, b);
         if (!dim_match(a->dims[a->rank - 1], b->dims[b->rank - 2])) return shape_err(op, "inner dims differ:", a, b);
         if (!broadcast_dims(a->dims, a->rank - 2, b->dims, b->rank - 2, r->dims, &r->rank))
-            return shape_err(op, "cannot broadcast the batch dims of", a, b);
+        return shape_err(op, "cannot broadcast the batch dims of", a, b);
         r->dims[r->rank] = a->dims[a->rank - 2];
         r->dims[r->rank + 1] = b->dims[b->rank - 1];
         r->rank += 2;
@@ -214,7 +214,7 @@ static mj_status infer_shape_op(mj_op op, int n, const mj_type *const *t, mj_sha
         r->dims[sa->dim] = sum;
         return MJ_OK;
     }
-    default: break;
+    default: break; /* a subset: mj_infer_type_full passes only these ops */
     }
     MJ_ASSERT(!"not a shape op");
 }
@@ -363,25 +363,25 @@ mj_status mj_infer_type_full(const mj_graph *g, mj_op op, int n, const int32_t *
         r = *t[0];
         break;
     }
-    default:
-        if (info->flags & MJ_OPF_ELEMENTWISE) {
-            if (n == 1) {
-                r = *t[0];
-                break;
-            }
-            const mj_type *a = t[0], *b = t[1];
-            r.rank = a->rank > b->rank ? a->rank : b->rank;
-            for (int i = 0; i < r.rank; i++) {
-                int ia = a->rank - r.rank + i, ib = b->rank - r.rank + i;
-                int64_t da = ia >= 0 ? a->dims[ia] : 1, db = ib >= 0 ? b->dims[ib] : 1;
-                if (da == db) r.dims[i] = da;
-                else if (da == 1) r.dims[i] = db;
-                else if (db == 1) r.dims[i] = da;
-                else return shape_err(op, "cannot broadcast", a, b);
-            }
-            break;
+    MJ_CASE_UNARY_MATH_OPS:
+    MJ_CASE_ACT_OPS:
+        r = *t[0];
+        break;
+    MJ_CASE_BINARY_OPS: {
+        const mj_type *a = t[0], *b = t[1];
+        r.rank = a->rank > b->rank ? a->rank : b->rank;
+        for (int i = 0; i < r.rank; i++) {
+            int ia = a->rank - r.rank + i, ib = b->rank - r.rank + i;
+            int64_t da = ia >= 0 ? a->dims[ia] : 1, db = ib >= 0 ? b->dims[ib] : 1;
+            if (da == db) r.dims[i] = da;
+            else if (da == 1) r.dims[i] = db;
+            else if (db == 1) r.dims[i] = da;
+            else return shape_err(op, "cannot broadcast", a, b);
         }
-        return mj_fail(MJ_ERR_UNSUPPORTED, "%s: no shape rule", info->name);
+        break;
+    }
+    MJ_CASE_LEAF_OPS:
+    case MJ_OP_COUNT: MJ_ASSERT(!"leaves are typed and unknown ops rejected above");
     }
     if (declared && !declared_is_source && !mj_type_equal(declared, &r))
         return shape_err(op, "declared type differs from the inferred one: declared", declared, &r);

@@ -115,10 +115,10 @@ static mj_status eval_node(const mj_node *n, const mj_tensor *const *v, int64_t 
     case MJ_OP_LAYER_NORM:
         return mj_layer_norm(out, v[0], n->n_operands >= 2 ? v[1] : NULL, n->n_operands == 3 ? v[2] : NULL,
                              n->attrs.f[0]);
-    default:
-        if (info->flags & MJ_OPF_ACTIVATION) return mj_activation(out, info->act, v[0]);
-        return mj_fail(MJ_ERR_UNSUPPORTED, "interpreter: no kernel for op %s", info->name);
+    MJ_CASE_ACT_OPS: return mj_activation(out, info->act, v[0]);
+    case MJ_OP_COUNT: break;
     }
+    MJ_ASSERT(!"not an op (the graph is verified)");
 }
 
 mj_status mj_interp_node(const mj_graph *g, const mj_node *n, const mj_tensor *const *operands,

@@ -47,6 +47,27 @@ typedef struct mj_op_info {
 } mj_op_info;
 
 extern const mj_op_info mj_op_table[MJ_OP_COUNT];
+
+/* Case labels of the op families that switches treat alike. Switches over
+ * mj_op list every op (these families and the rest) with no default, so a
+ * new row of ops.def fails to build (-Wswitch) until each switch places it;
+ * mj_op_families_agree checks these lists against the table's flags. */
+#define MJ_CASE_ACT_OPS                                                                              \
+    case MJ_OP_RELU: case MJ_OP_GELU: case MJ_OP_GELU_TANH: case MJ_OP_SIGMOID: case MJ_OP_TANH:    \
+    case MJ_OP_SILU
+#define MJ_CASE_UNARY_MATH_OPS /* unary elementwise, not an mj_act */                               \
+    case MJ_OP_NEG: case MJ_OP_EXP: case MJ_OP_LOG: case MJ_OP_SQRT: case MJ_OP_RSQRT: case MJ_OP_POW: \
+    case MJ_OP_LEAKY_RELU: case MJ_OP_ELU: case MJ_OP_HARDTANH: case MJ_OP_SOFTPLUS
+#define MJ_CASE_BINARY_OPS /* binary elementwise with broadcasting */                               \
+    case MJ_OP_ADD: case MJ_OP_SUB: case MJ_OP_MUL: case MJ_OP_DIV: case MJ_OP_MAXIMUM: case MJ_OP_MINIMUM
+#define MJ_CASE_LEAF_OPS case MJ_OP_INPUT: case MJ_OP_PARAM: case MJ_OP_CONST
+#define MJ_CASE_OTHER_OPS /* neither leaf nor elementwise: each its own lowering */                 \
+    case MJ_OP_MATMUL: case MJ_OP_LINEAR: case MJ_OP_LINEAR_ACT: case MJ_OP_EXPAND: case MJ_OP_TRANSPOSE: \
+    case MJ_OP_RESHAPE: case MJ_OP_SUM: case MJ_OP_MEAN: case MJ_OP_SOFTMAX: case MJ_OP_LOG_SOFTMAX:       \
+    case MJ_OP_LAYER_NORM: case MJ_OP_PERMUTE: case MJ_OP_SLICE: case MJ_OP_CAT
+/* Whether the families above match ops.def's flags (ELEMENTWISE, ACTIVATION,
+ * LEAF): a test calls it. */
+bool mj_op_families_agree(void);
 /* MJ_OP_COUNT if no such op. */
 mj_op mj_op_from_name(const char *name, size_t len);
 /* The unary op of an activation (MJ_OP_COUNT for MJ_ACT_NONE). */

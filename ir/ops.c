@@ -18,11 +18,37 @@ mj_op mj_op_from_name(const char *name, size_t len) {
     return MJ_OP_COUNT;
 }
 
+bool mj_op_families_agree(void) {
+    for (int i = 0; i < MJ_OP_COUNT; i++) {
+        const mj_op_info *info = &mj_op_table[i];
+        uint32_t want = 0;
+        int arity = -1; /* operands of an elementwise family */
+        switch ((mj_op)i) {
+        MJ_CASE_ACT_OPS: want = MJ_OPF_ELEMENTWISE | MJ_OPF_ACTIVATION, arity = 1; break;
+        MJ_CASE_UNARY_MATH_OPS: want = MJ_OPF_ELEMENTWISE, arity = 1; break;
+        MJ_CASE_BINARY_OPS: want = MJ_OPF_ELEMENTWISE, arity = 2; break;
+        MJ_CASE_LEAF_OPS: want = MJ_OPF_LEAF; break;
+        MJ_CASE_OTHER_OPS:
+        case MJ_OP_COUNT: break;
+        }
+        if ((info->flags & (MJ_OPF_ELEMENTWISE | MJ_OPF_ACTIVATION | MJ_OPF_LEAF)) != want) return false;
+        if (arity >= 0 && (info->min_operands != arity || info->max_operands != arity)) return false;
+        if ((want & MJ_OPF_ACTIVATION) && mj_op_for_act(info->act) != (mj_op)i) return false;
+    }
+    return true;
+}
+
 mj_op mj_op_for_act(mj_act act) {
-    if (act == MJ_ACT_NONE) return MJ_OP_COUNT;
-    for (int i = 0; i < MJ_OP_COUNT; i++)
-        if ((mj_op_table[i].flags & MJ_OPF_ACTIVATION) && mj_op_table[i].act == act) return (mj_op)i;
-    return MJ_OP_COUNT;
+    static const mj_op op_of[MJ_ACT_COUNT] = {
+#define MJ_ACT(id, name, torch_class, ir_op) [MJ_ACT_##id] = MJ_OP_##ir_op,
+#include "maskjit/acts.def"
+#undef MJ_ACT
+    };
+    if ((unsigned)act >= MJ_ACT_COUNT) return MJ_OP_COUNT;
+    mj_op op = op_of[act];
+    /* ops.def names the activation of each activation op: the tables agree */
+    MJ_ASSERT(op == MJ_OP_COUNT || ((mj_op_table[op].flags & MJ_OPF_ACTIVATION) && mj_op_table[op].act == act));
+    return op;
 }
 
 bool mj_type_equal(const mj_type *a, const mj_type *b) {

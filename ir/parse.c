@@ -72,6 +72,13 @@ static mj_status expected(const parser *p, const char *what) {
     return err_at(p, p->line, p->col, "expected %s, found %s", what, found(p, buf, sizeof buf));
 }
 
+/* an activation name that mj_act_parse rejects, or none where one is needed */
+static mj_status bad_act(const parser *p, int line, int col, const char *name) {
+    char list[MJ_ACT_LIST_MAX];
+    mj_act_list(list, sizeof list);
+    return err_at(p, line, col, "expected an activation (%s), found '%s'", list, name);
+}
+
 static mj_status expect_char(parser *p, char c, const char *what) {
     skip_blanks(p);
     if (peek(p) != c) return expected(p, what);
@@ -456,8 +463,7 @@ static mj_status parse_attrs(parser *p, mj_op op, mj_act *act, mj_attrs *attrs) 
             if (is_act) {
                 seen_act = true;
                 if (mj_act_parse(tok, act) != MJ_OK || *act == MJ_ACT_NONE)
-                    return err_at(p, vl, vc, "expected an activation (relu, gelu, gelu_tanh, sigmoid, tanh, silu), found '%s'",
-                                  tok);
+                    return bad_act(p, vl, vc, tok);
             } else {
                 seen[which] = true;
                 char *end = NULL;
@@ -660,7 +666,7 @@ static mj_status parse_op(parser *p, mj_op op, int op_line, int op_col) {
                     memcpy(an, p->s + st, len);
                     an[len] = '\0';
                     if (mj_act_parse(an, &act) != MJ_OK || act == MJ_ACT_NONE)
-                        return err_at(p, nl, nc, "expected an activation (relu, gelu, gelu_tanh, sigmoid, tanh), found '%s'", an);
+                        return bad_act(p, nl, nc, an);
                 } else {
                     MJ_TRY(parse_shape_attr(p, op, key, kl, kc, &sa, &seen, &n_perm));
                 }

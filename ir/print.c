@@ -94,7 +94,7 @@ static void sb_shape_attrs(strbuf *b, const mj_node *n) {
         sb_printf(b, " {dim=%d, start=%lld, end=%lld}", (int)sa->dim, (long long)sa->start, (long long)sa->end);
         break;
     case MJ_OP_CAT: sb_printf(b, " {dim=%d}", (int)sa->dim); break;
-    default: break;
+    default: break; /* a subset: the other ops have no shape attributes */
     }
 }
 

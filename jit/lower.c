@@ -229,8 +229,14 @@ static LLVMValueRef emit_unary(lw *w, const mj_node *n, LLVMValueRef x) {
         LLVMValueRef soft = fdiv(w, call_libm(w, "log1pf", call_libm(w, "expf", t)), cf(w, a->f[0]));
         return sel(w, LLVMRealOGT, t, cf(w, a->f[1]), x, soft);
     }
-    default: return emit_act(w, mj_op_table[n->op].act, x);
+    MJ_CASE_ACT_OPS: return emit_act(w, mj_op_table[n->op].act, x);
+    /* not unary elementwise: emit_elementwise never passes these */
+    MJ_CASE_LEAF_OPS:
+    MJ_CASE_BINARY_OPS:
+    MJ_CASE_OTHER_OPS:
+    case MJ_OP_COUNT: break;
     }
+    MJ_ASSERT(!"not a unary elementwise op");
 }
 
 static LLVMValueRef signbit_of(lw *w, LLVMValueRef x) {
@@ -257,7 +263,7 @@ static LLVMValueRef elementwise_op(lw *w, const mj_node *n, const LLVMValueRef *
     case MJ_OP_DIV: return fdiv(w, v[0], v[1]);
     case MJ_OP_MAXIMUM: return emit_minmax(w, true, v[0], v[1]);
     case MJ_OP_MINIMUM: return emit_minmax(w, false, v[0], v[1]);
-    default: return emit_unary(w, n, v[0]);
+    default: return emit_unary(w, n, v[0]); /* which names every other op */
     }
 }
 
@@ -1258,9 +1264,15 @@ mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan 
         case MJ_OP_SOFTMAX:
         case MJ_OP_LOG_SOFTMAX: emit_along(&w, i); break;
         case MJ_OP_LAYER_NORM: emit_layer_norm(&w, i); break;
-        default:
-            if (mj_op_table[n->op].flags & MJ_OPF_ELEMENTWISE) emit_elementwise(&w, i);
-            else s = mj_fail(MJ_ERR_UNSUPPORTED, "jit: no lowering for op %s", mj_op_table[n->op].name);
+        MJ_CASE_BINARY_OPS:
+        MJ_CASE_UNARY_MATH_OPS:
+        MJ_CASE_ACT_OPS: emit_elementwise(&w, i); break;
+        /* leaves and aliases never get here (skipped above) */
+        MJ_CASE_LEAF_OPS:
+        case MJ_OP_RESHAPE:
+            s = mj_fail(MJ_ERR_UNSUPPORTED, "jit: no lowering for op %s", mj_op_table[n->op].name);
+            break;
+        case MJ_OP_COUNT: MJ_ASSERT(!"not an op (the graph is verified)");
         }
         if (first_only) if_end(&w, first_only);
         emit_barrier(&w);

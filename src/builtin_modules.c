@@ -134,23 +134,23 @@ static mj_status activation_forward(mj_module *self, const mj_tensor *x, mj_tens
 
 mj_status mj_activation_module_new(mj_module **out, mj_act act) {
     if (!out) return mj_fail(MJ_ERR_INVALID, "mj_activation_module_new: out is NULL");
-    const char *name;
-    switch (act) {
-    case MJ_ACT_NONE: name = "Identity"; break;
-    case MJ_ACT_RELU: name = "ReLU"; break;
-    case MJ_ACT_GELU:
-    case MJ_ACT_GELU_TANH: name = "GELU"; break;
-    case MJ_ACT_SIGMOID: name = "Sigmoid"; break;
-    case MJ_ACT_TANH: name = "Tanh"; break;
-    case MJ_ACT_SILU: name = "SiLU"; break;
-    default:
-        return mj_fail(MJ_ERR_INVALID, "unknown activation %d", (int)act);
-    }
+    static const char *const torch_class[MJ_ACT_COUNT] = {
+#define MJ_ACT(id, name, torch_class, ir_op) [MJ_ACT_##id] = torch_class,
+#include "maskjit/acts.def"
+#undef MJ_ACT
+    };
+    if ((unsigned)act >= MJ_ACT_COUNT) return mj_fail(MJ_ERR_INVALID, "unknown activation %d", (int)act);
     mj_module *m;
-    MJ_TRY(mj_module_alloc(&m, name, MJ_KIND_ACTIVATION, activation_forward));
+    MJ_TRY(mj_module_alloc(&m, torch_class[act], MJ_KIND_ACTIVATION, activation_forward));
     m->act = act;
     *out = m;
     return MJ_OK;
+}
+
+bool mj_activation_module_act(const mj_module *m, mj_act *out) {
+    if (!m || m->kind != MJ_KIND_ACTIVATION) return false;
+    if (out) *out = m->act;
+    return true;
 }
 
 /* ---- the modules of transformer blocks ----------------------------------- */

@@ -78,6 +78,11 @@ bool mj_shape_equal(int ra, const int64_t *a, int rb, const int64_t *b);
 /* Tracing hooks (src/tracer.c). An eager op calls mj_trace_active() and,
  * when a trace is recording on this thread, mj_trace_record() after it
  * computed its output. */
+/* The activations but none, in maskjit/acts.def's order ("relu, gelu, ...,
+ * silu"): the one list that error messages print. */
+#define MJ_ACT_LIST_MAX 128
+void mj_act_list(char *buf, size_t size);
+
 struct mj_tracer;
 struct mj_tracer *mj_trace_active(void);
 /* ir op + act attribute; returns an error if the op cannot be recorded

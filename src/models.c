@@ -66,14 +66,6 @@ mj_status mj_model_under_test_new(mj_module **out, bool bias) {
  * "mlp:65536,65536" must fail fast, not fill 16 GiB. */
 #define MJ_SPEC_MAX_PARAMS (INT64_C(1) << 28)
 
-static const struct {
-    const char *name;
-    mj_act act;
-} act_names[] = {
-    {"relu", MJ_ACT_RELU},       {"gelu", MJ_ACT_GELU}, {"gelu_tanh", MJ_ACT_GELU_TANH},
-    {"sigmoid", MJ_ACT_SIGMOID}, {"tanh", MJ_ACT_TANH}, {"silu", MJ_ACT_SILU}, {"none", MJ_ACT_NONE},
-};
-
 /* Copies [p, p+len) into buf for messages. */
 static const char *part(char *buf, size_t size, const char *p, size_t len) {
     snprintf(buf, size, "%.*s", (int)(len < size - 1 ? len : size - 1), p);
@@ -146,16 +138,17 @@ static mj_status parse_mlp(const char *spec, const char *body, mlp_spec *ms) {
                 return mj_fail(MJ_ERR_FORMAT, "model spec '%.160s': option act given twice", spec);
             seen_act = true;
             bool found = false;
-            for (size_t i = 0; i < sizeof act_names / sizeof act_names[0]; i++)
-                if (strlen(act_names[i].name) == vlen && memcmp(act_names[i].name, val, vlen) == 0) {
-                    ms->act = act_names[i].act;
+            for (int a = 0; a < MJ_ACT_COUNT; a++)
+                if (strlen(mj_act_name((mj_act)a)) == vlen && memcmp(mj_act_name((mj_act)a), val, vlen) == 0) {
+                    ms->act = (mj_act)a;
                     found = true;
                 }
-            if (!found)
-                return mj_fail(MJ_ERR_FORMAT,
-                               "model spec '%.160s': unknown activation in '%s' (expected relu, gelu, "
-                               "gelu_tanh, sigmoid, tanh, silu or none)",
-                               spec, tok);
+            if (!found) {
+                char list[MJ_ACT_LIST_MAX];
+                mj_act_list(list, sizeof list);
+                return mj_fail(MJ_ERR_FORMAT, "model spec '%.160s': unknown activation in '%s' (expected %s or none)",
+                               spec, tok, list);
+            }
         } else if (klen == 4 && memcmp(opt, "bias", 4) == 0) {
             if (seen_bias)
                 return mj_fail(MJ_ERR_FORMAT, "model spec '%.160s': option bias given twice", spec);

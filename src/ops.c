@@ -60,14 +60,23 @@ static mj_status check_args(const char *op, mj_tensor **out, const mj_tensor *a,
 
 /* ---- activations -------------------------------------------------------- */
 static const char *const act_names[MJ_ACT_COUNT] = {
-    [MJ_ACT_NONE] = "none",       [MJ_ACT_RELU] = "relu",       [MJ_ACT_GELU] = "gelu",
-    [MJ_ACT_GELU_TANH] = "gelu_tanh", [MJ_ACT_SIGMOID] = "sigmoid", [MJ_ACT_TANH] = "tanh",
-    [MJ_ACT_SILU] = "silu",
+#define MJ_ACT(id, name, torch_class, ir_op) [MJ_ACT_##id] = name,
+#include "maskjit/acts.def"
+#undef MJ_ACT
 };
-_Static_assert(MJ_ACT_COUNT == 7, "update act_names, mj_act_apply and jit/lower.c's emit_act");
 
 const char *mj_act_name(mj_act act) {
     return (unsigned)act < MJ_ACT_COUNT ? act_names[act] : "?";
+}
+
+void mj_act_list(char *buf, size_t size) {
+    size_t at = 0;
+    buf[0] = '\0';
+    for (int a = 1; a < MJ_ACT_COUNT && at < size; a++) {
+        int n = snprintf(buf + at, size - at, "%s%s", a > 1 ? ", " : "", act_names[a]);
+        if (n < 0) break;
+        at += (size_t)n;
+    }
 }
 
 mj_status mj_act_parse(const char *name, mj_act *out) {
@@ -78,9 +87,9 @@ mj_status mj_act_parse(const char *name, mj_act *out) {
             return MJ_OK;
         }
     }
-    return mj_fail(MJ_ERR_INVALID,
-                   "unknown activation '%s' (expected none, relu, gelu, gelu_tanh, sigmoid, tanh, silu)",
-                   name);
+    char list[MJ_ACT_LIST_MAX];
+    mj_act_list(list, sizeof list);
+    return mj_fail(MJ_ERR_INVALID, "unknown activation '%s' (expected none, %s)", name, list);
 }
 
 /* The one definition of each activation. The JIT emits exactly these
@@ -234,7 +243,11 @@ float mj_binary_apply(mj_op op, float a, float b) {
         return a != a ? a : b != b ? b : a > b ? a : a < b ? b : signbit(a) ? b : a;
     case MJ_OP_MINIMUM:
         return a != a ? a : b != b ? b : a < b ? a : a > b ? b : signbit(a) ? a : b;
-    default: break;
+    MJ_CASE_LEAF_OPS:
+    MJ_CASE_UNARY_MATH_OPS:
+    MJ_CASE_ACT_OPS:
+    MJ_CASE_OTHER_OPS:
+    case MJ_OP_COUNT: break;
     }
     MJ_ASSERT(!"not a binary elementwise op");
 }
@@ -408,9 +421,11 @@ float mj_unary_apply(mj_op op, const mj_attrs *a, float x) {
     case MJ_OP_ELU: return x > 0.0f ? x : expm1f(x) * a->f[0];
     case MJ_OP_HARDTANH: return x < a->f[0] ? a->f[0] : x > a->f[1] ? a->f[1] : x;
     case MJ_OP_SOFTPLUS: return x * a->f[0] > a->f[1] ? x : log1pf(expf(x * a->f[0])) / a->f[0];
-    default:
-        if (mj_op_table[op].flags & MJ_OPF_ACTIVATION) return mj_act_apply(mj_op_table[op].act, x);
-        break;
+    MJ_CASE_ACT_OPS: return mj_act_apply(mj_op_table[op].act, x);
+    MJ_CASE_LEAF_OPS:
+    MJ_CASE_BINARY_OPS:
+    MJ_CASE_OTHER_OPS:
+    case MJ_OP_COUNT: break;
     }
     MJ_ASSERT(!"not a unary elementwise op");
 }

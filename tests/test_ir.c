@@ -317,6 +317,19 @@ Test(ir, every_op_round_trips_and_matches_eager) {
         cr_expect(used & (UINT64_C(1) << op), "op %s is not covered by a test graph", mj_op_table[op].name);
 }
 
+/* The families that switches over mj_op use (ir.h) agree with ops.def's
+ * flags, and each activation's op is the one acts.def names. */
+Test(ir, op_families_and_activation_ops_agree_with_the_tables) {
+    cr_assert(mj_op_families_agree());
+    cr_assert_eq(mj_op_for_act(MJ_ACT_NONE), MJ_OP_COUNT);
+    for (int a = 1; a < MJ_ACT_COUNT; a++) {
+        mj_op op = mj_op_for_act((mj_act)a);
+        cr_assert_lt(op, MJ_OP_COUNT, "%s has no op", mj_act_name((mj_act)a));
+        cr_assert_eq(mj_op_table[op].act, (mj_act)a);
+        cr_assert_str_eq(mj_op_table[op].name, mj_act_name((mj_act)a));
+    }
+}
+
 Test(ir, const_data_inline_exact) {
     /* inf, nan, -0, denormal and 1/3 survive print -> parse bit for bit */
     float vals[6] = {INFINITY, -INFINITY, NAN, -0.0f, 1e-45f, 1.0f / 3.0f};
@@ -415,6 +428,8 @@ static const bad_case bad_cases[] = {
     {HDR X "%1 = relu %0 {act=relu} : f32[B,4]\nreturn %1\n", "3:14:", "takes no {act=...}"},
     {HDR X "%1 = param \"w\" : f32[4,4]\n%2 = linear_act %0, %1 {act=swish} : f32[B,4]\nreturn %2\n", "4:29:",
      "found 'swish'"},                                                                       /* bad act name */
+    {HDR X "%1 = param \"w\" : f32[4,4]\n%2 = linear_act %0, %1 {act=none} : f32[B,4]\nreturn %2\n", "4:29:",
+     "(relu, gelu, gelu_tanh, sigmoid, tanh, silu), found 'none'"}, /* the list is maskjit/acts.def's */
     {HDR X "%1 = param \"w\" : f32[4,4]\n%2 = linear_act %0, %1 : f32[B,4]\nreturn %2\n", "4:24:",
      "an {act=...} attribute"},
     {HDR X "%1 = param \"w\" : f32[4]\n%2 = param \"w\" : f32[4]\nreturn %0\n", "4:12:", "duplicate param name \"w\""},

@@ -168,8 +168,10 @@ Test(modules, activations_match_pytorch_repr_and_kernel) {
         {MJ_ACT_GELU_TANH, "GELU", "GELU(approximate='tanh')\n"},
         {MJ_ACT_TANH, "Tanh", "Tanh()\n"},
         {MJ_ACT_SIGMOID, "Sigmoid", "Sigmoid()\n"},
+        {MJ_ACT_SILU, "SiLU", "SiLU()\n"},
         {MJ_ACT_NONE, "Identity", "Identity()\n"},
     };
+    cr_assert_eq(sizeof cases / sizeof cases[0], MJ_ACT_COUNT, "a case per activation");
     mj_rng rng;
     mj_rng_seed(&rng, 3);
     mj_tensor *x = randn2(2, 5, &rng);
@@ -177,6 +179,9 @@ Test(modules, activations_match_pytorch_repr_and_kernel) {
         mj_module *m;
         OK(mj_activation_module_new(&m, cases[c].act));
         cr_assert_str_eq(mj_module_type(m), cases[c].type);
+        mj_act got = MJ_ACT_COUNT;
+        cr_assert(mj_activation_module_act(m, &got));
+        cr_assert_eq(got, cases[c].act, "GELU and GELU(tanh) share a type name, not an act");
         char *r = print_to_string(m);
         cr_assert_str_eq(r, cases[c].repr);
         free(r);
@@ -189,6 +194,11 @@ Test(modules, activations_match_pytorch_repr_and_kernel) {
     }
     mj_module *m;
     FAILS(mj_activation_module_new(&m, MJ_ACT_COUNT), MJ_ERR_INVALID, "activation");
+    OK(mj_linear_new(&m, 2, 2, true, &rng));
+    mj_act got = MJ_ACT_RELU;
+    cr_assert_not(mj_activation_module_act(m, &got), "a Linear is no activation module");
+    cr_assert_eq(got, MJ_ACT_RELU, "and *out stays as it was");
+    mj_module_free(m);
     mj_tensor_release(x);
 }
 

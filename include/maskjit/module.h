@@ -75,6 +75,9 @@ mj_status mj_linear_new(mj_module **out, int64_t in_features, int64_t out_featur
 mj_status mj_sequential_new(mj_module **out, int n, mj_module *const *children);
 /* ReLU, GELU, GELU(approximate='tanh'), Sigmoid, Tanh, SiLU, Identity (MJ_ACT_NONE). */
 mj_status mj_activation_module_new(mj_module **out, mj_act act);
+/* Whether m is such an activation module, and then its activation in *out
+ * (GELU and GELU(approximate='tanh') share a type name, not an mj_act). */
+bool mj_activation_module_act(const mj_module *m, mj_act *out);
 /* torch.nn modules of transformer blocks (eval mode), PyTorch's names,
  * defaults and state-dict keys:
  *  - LayerNorm(n, eps, elementwise_affine, bias): over the last dim (size

@@ -115,14 +115,11 @@ void mj_compare_describe(const mj_compare *c, const mj_tensor *actual,
                          const mj_tensor *expected, char *buf, size_t size);
 
 /* ---- eager ops (reference semantics) ----------------------------------- */
+/* MJ_ACT_NONE (0), RELU, GELU, GELU_TANH, SIGMOID, TANH, SILU: see maskjit/acts.def. */
 typedef enum mj_act {
-    MJ_ACT_NONE = 0,
-    MJ_ACT_RELU,      /* x < 0 ? 0 : x                                      */
-    MJ_ACT_GELU,      /* 0.5f*x * (1 + erff(x * M_SQRT1_2))                 */
-    MJ_ACT_GELU_TANH, /* 0.5f*x * (1 + tanhf(0.79788456f*(x + 0.044715f*x*x*x))) */
-    MJ_ACT_SIGMOID,   /* 1 / (1 + expf(-x))                                 */
-    MJ_ACT_TANH,      /* tanhf(x)                                           */
-    MJ_ACT_SILU,      /* x / (1 + expf(-x))                                 */
+#define MJ_ACT(id, name, torch_class, ir_op) MJ_ACT_##id,
+#include "maskjit/acts.def"
+#undef MJ_ACT
     MJ_ACT_COUNT
 } mj_act;
 
