@@ -22,16 +22,6 @@ static char *tmp_path(const char *name) {
     return p;
 }
 
-static mj_tensor *load_tensor(const char *path, const char *key) {
-    mj_tensor_dict *d;
-    OK(mj_safetensors_load(path, &d));
-    mj_tensor *t = mj_tensor_dict_get(d, key);
-    cr_assert_not_null(t, "%s has no %s", path, key);
-    mj_tensor_retain(t);
-    mj_tensor_dict_free(d);
-    return t;
-}
-
 /* run --out writes what eager computes for the same weights and input. */
 Test(cli, run_modes_write_eager_output, .timeout = 60) {
     char *in = tmp_path("in.safetensors"), *out = tmp_path("out.safetensors");
@@ -57,13 +47,13 @@ Test(cli, run_modes_write_eager_output, .timeout = 60) {
         cr_assert_eq(run_maskjit(NULL, "run mlp:16,24,8:act=tanh --seed 5 --input %s --input-name x %s --out %s",
                          in, modes[i], out),
                      0, "%s", modes[i]);
-        mj_tensor *got = load_tensor(out, "output");
+        mj_tensor *got = mjt_load_tensor(out, "output");
         cr_assert(mj_tensor_equal(got, want), "%s differs from eager", modes[i]);
         mj_tensor_release(got);
     }
     cr_assert_eq(run_maskjit(NULL, "run mlp:16,24,8:act=tanh --seed 5 --input %s --input-name x --mode "
                            "compiled --fast --out %s", in, out), 0);
-    mj_tensor *fast = load_tensor(out, "output");
+    mj_tensor *fast = mjt_load_tensor(out, "output");
     cr_assert(mj_tensor_allclose(fast, want, MJ_RTOL_F32, MJ_ATOL_F32));
     mj_tensor_release(fast);
     mj_tensor_release(want);
@@ -88,7 +78,7 @@ Test(cli, trace_then_replay_matches_fixture, .timeout = 60) {
         cr_assert_eq(run_maskjit(NULL, "run %s --input %s --mode %s --out %s", trace, fixture,
                          compiled ? "compiled" : "traced", out),
                      0);
-        mj_tensor *y = load_tensor(out, "output"), *expected = load_tensor(fixture, "expected");
+        mj_tensor *y = mjt_load_tensor(out, "output"), *expected = mjt_load_tensor(fixture, "expected");
         mj_compare c = mj_tensor_compare(y, expected, MJ_RTOL_F32, MJ_ATOL_F32);
         char msg[256];
         mj_compare_describe(&c, y, expected, msg, sizeof msg);

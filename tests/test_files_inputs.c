@@ -57,20 +57,7 @@ static int sh(char **out, size_t *len, const char *fmt, ...) {
     va_start(ap, fmt);
     vsnprintf(cmd, sizeof cmd, fmt, ap);
     va_end(ap);
-    FILE *p = popen(cmd, "r");
-    cr_assert_not_null(p);
-    char *buf = NULL;
-    size_t n = 0;
-    FILE *mem = open_memstream(&buf, &n);
-    char chunk[4096];
-    size_t k;
-    while ((k = fread(chunk, 1, sizeof chunk, p)) > 0) fwrite(chunk, 1, k, mem);
-    fclose(mem);
-    int status = pclose(p);
-    if (len) *len = n;
-    if (out) *out = buf;
-    else free(buf);
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+    return mjt_shell_len(out, len, cmd);
 }
 
 /* `maskjit ARGS` with stderr folded into *out; a 20 s timeout so a hang

@@ -19,14 +19,7 @@
 #include "maskjit.h"
 #include "test_util.h"
 
-static mj_jit *jit;
-
-static void setup(void) { OK(mj_jit_new(&jit)); }
-static void teardown(void) {
-    mj_jit_free(jit);
-    jit = NULL;
-    mj_llvm_shutdown();
-}
+MJT_JIT_FIXTURE
 
 TestSuite(graphs_io, .init = setup, .fini = teardown, .timeout = 600);
 
@@ -374,16 +367,6 @@ Test(graphs_io, compiled_outputs_alias_inputs_and_each_other) {
 /* `maskjit ARGS` with stderr joined to stdout (test_util.h) */
 #define run_cli(out, ...) mjt_maskjit(out, true, __VA_ARGS__)
 
-static mj_tensor *file_tensor(const char *path, const char *key) {
-    mj_tensor_dict *d;
-    OK(mj_safetensors_load(path, &d));
-    mj_tensor *t = mj_tensor_dict_get(d, key);
-    cr_assert_not_null(t, "%s has no %s", path, key);
-    mj_tensor_retain(t);
-    mj_tensor_dict_free(d);
-    return t;
-}
-
 static void save_tensors(const char *path, int n, const char *const *names, mj_tensor *const *t) {
     mj_tensor_dict *d;
     OK(mj_tensor_dict_new(&d));
@@ -421,7 +404,7 @@ Test(graphs_io, cli_runs_two_input_two_output_traces, .timeout = 120) {
             for (int j = 0; j < 2; j++) {
                 char key[32];
                 snprintf(key, sizeof key, "output.%d", j);
-                mj_tensor *y = file_tensor(out, key);
+                mj_tensor *y = mjt_load_tensor(out, key);
                 expect_same(y, want[j], true, modes[k], j, 4);
                 mj_tensor_release(y);
             }
@@ -486,7 +469,7 @@ Test(graphs_io, token_mlp_rank3_every_mode_and_cli, .timeout = 120) {
     char *text = NULL;
     cr_assert_eq(run_cli(&text, "run %s --input %s --mode compiled --out %s", trace, in, out), 0, "%s", text);
     free(text);
-    mj_tensor *y = file_tensor(out, "output");
+    mj_tensor *y = mjt_load_tensor(out, "output");
     expect_same(y, want, true, "cli rank 3", 0, 5);
     mj_tensor_release(y);
     cr_assert_eq(run_cli(&text, "check %s --inputs 2", trace), 0, "%s", text);

@@ -20,14 +20,7 @@
 #include "maskjit.h"
 #include "test_util.h"
 
-static mj_jit *jit;
-
-static void setup(void) { OK(mj_jit_new(&jit)); }
-static void teardown(void) {
-    mj_jit_free(jit);
-    jit = NULL;
-    mj_llvm_shutdown();
-}
+MJT_JIT_FIXTURE
 
 TestSuite(graphs_ops, .init = setup, .fini = teardown, .timeout = 600);
 
@@ -404,29 +397,6 @@ Test(graphs_ops, eager_layer_norm_is_pytorchs) {
 
 /* ---- every op through the interpreter and the JIT -------------------------- */
 
-typedef struct mode {
-    mj_numeric_mode numeric;
-    bool frozen;
-    const char *name;
-} mode;
-static const mode modes[4] = {
-    {MJ_NUMERIC_EXACT, false, "exact live"},
-    {MJ_NUMERIC_EXACT, true, "exact frozen"},
-    {MJ_NUMERIC_FAST, false, "fast live"},
-    {MJ_NUMERIC_FAST, true, "fast frozen"},
-};
-
-static mj_compiled *compile(const mj_graph *g, mode m) {
-    mj_compile_options o;
-    mj_compile_options_init(&o);
-    o.numeric = m.numeric;
-    o.frozen = m.frozen;
-    mj_compiled *c = NULL;
-    mj_status s = mj_jit_compile(jit, g, &o, &c);
-    cr_assert_eq(s, MJ_OK, "compile (%s): %s: %s", m.name, mj_status_name(s), mj_last_error());
-    return c;
-}
-
 static mj_tensor *input_for(const mj_graph *g, int64_t batch, mj_rng *rng, bool special) {
     const mj_node *in = NULL;
     for (int32_t i = 0; i < g->n_nodes && !in; i++)
@@ -446,17 +416,17 @@ static void check_all_modes(mj_graph *g, const char *what, int64_t sum_len, mj_r
     static const int64_t batches[] = {1, 3, 17};
     OK(mj_graph_verify(g));
     for (int mi = 0; mi < 4; mi++) {
-        mj_compiled *c = compile(g, modes[mi]);
-        bool exact = modes[mi].numeric == MJ_NUMERIC_EXACT;
+        mj_compiled *c = mjt_compile(jit, g, mjt_modes[mi]);
+        bool exact = mjt_modes[mi].numeric == MJ_NUMERIC_EXACT;
         double max_err = 0;
         for (int special = 0; special < (exact ? 2 : 1); special++)
             for (size_t bi = 0; bi < 3; bi++) {
                 mj_tensor *x = input_for(g, batches[bi], rng, special), *want = NULL, *got = NULL;
                 OK(mj_graph_run(g, x, &want));
                 mj_status s = mj_compiled_run(c, x, &got);
-                cr_assert_eq(s, MJ_OK, "%s (%s): %s", what, modes[mi].name, mj_last_error());
+                cr_assert_eq(s, MJ_OK, "%s (%s): %s", what, mjt_modes[mi].name, mj_last_error());
                 char label[160];
-                snprintf(label, sizeof label, "%s (%s, batch %lld%s)", what, modes[mi].name, (long long)batches[bi],
+                snprintf(label, sizeof label, "%s (%s, batch %lld%s)", what, mjt_modes[mi].name, (long long)batches[bi],
                          special ? ", special values" : "");
                 if (exact && special) {
                     assert_bits_any_nan(got, want, label);
@@ -474,7 +444,7 @@ static void check_all_modes(mj_graph *g, const char *what, int64_t sum_len, mj_r
                 mj_tensor_release(want);
                 mj_tensor_release(got);
             }
-        if (!exact) cr_log_info("%s (%s): max abs error %.3g", what, modes[mi].name, max_err);
+        if (!exact) cr_log_info("%s (%s): max abs error %.3g", what, mjt_modes[mi].name, max_err);
         mj_compiled_free(c);
     }
     mj_graph_free(g);
@@ -892,10 +862,10 @@ static void check_model(mj_module *m, int64_t d, bool expect_sparse, const char 
     mj_tensor_release(ex);
     static const int64_t batches[] = {1, 3, 17};
     for (int mi = 0; mi < 4; mi++) {
-        mj_compiled *c = compile(g, modes[mi]);
-        if (modes[mi].frozen && expect_sparse)
+        mj_compiled *c = mjt_compile(jit, g, mjt_modes[mi]);
+        if (mjt_modes[mi].frozen && expect_sparse)
             cr_assert(uses_sparse_kernel(c), "%s (%s): the masked layers do not use the sparse kernel", what,
-                      modes[mi].name);
+                      mjt_modes[mi].name);
         for (int bi = 0; bi < 3; bi++) {
             int64_t s[2] = {batches[bi], d};
             mj_tensor *x = randn(2, s, rng), *want = NULL, *got = NULL, *interp = NULL;
@@ -904,8 +874,8 @@ static void check_model(mj_module *m, int64_t d, bool expect_sparse, const char 
             assert_bits(interp, want, "interpreter vs eager");
             OK(mj_compiled_run(c, x, &got));
             char label[128];
-            snprintf(label, sizeof label, "%s (%s, batch %lld)", what, modes[mi].name, (long long)batches[bi]);
-            if (modes[mi].numeric == MJ_NUMERIC_EXACT) {
+            snprintf(label, sizeof label, "%s (%s, batch %lld)", what, mjt_modes[mi].name, (long long)batches[bi]);
+            if (mjt_modes[mi].numeric == MJ_NUMERIC_EXACT) {
                 assert_bits(got, want, label);
             } else {
                 mj_compare cmp = mj_tensor_compare(got, want, 1e-4, 1e-4);
@@ -956,7 +926,7 @@ Test(graphs_ops, live_mode_sees_new_layer_norm_weights) {
     mj_tensor *x = randn(2, s, &rng);
     mj_graph *g = NULL;
     OK(mj_trace_module(ln, x, &g));
-    mj_compiled *c = compile(g, modes[0]);
+    mj_compiled *c = mjt_compile(jit, g, mjt_modes[0]);
     mj_tensor *w = NULL;
     OK(mj_module_get(ln, "weight", &w));
     mj_tensor_data_mut(w)[3] = 2.5f;

@@ -15,14 +15,7 @@
 #include "model_gen.h"
 #include "test_util.h"
 
-static mj_jit *jit;
-
-static void setup(void) { cr_assert_eq(mj_jit_new(&jit), MJ_OK, "%s", mj_last_error()); }
-static void teardown(void) {
-    mj_jit_free(jit);
-    jit = NULL;
-    mj_llvm_shutdown(); /* each test runs in its own process */
-}
+MJT_JIT_FIXTURE
 
 TestSuite(jit, .init = setup, .fini = teardown, .timeout = 600);
 
@@ -81,32 +74,9 @@ static mj_tensor *randn_input(const mj_graph *g, int64_t batch, mj_rng *rng) {
     return x;
 }
 
-typedef struct mode {
-    mj_numeric_mode numeric;
-    bool frozen;
-    const char *name;
-} mode;
-static const mode modes[4] = {
-    {MJ_NUMERIC_EXACT, false, "exact live"},
-    {MJ_NUMERIC_EXACT, true, "exact frozen"},
-    {MJ_NUMERIC_FAST, false, "fast live"},
-    {MJ_NUMERIC_FAST, true, "fast frozen"},
-};
-
-static mj_compiled *compile(const mj_graph *g, mode m) {
-    mj_compile_options o;
-    mj_compile_options_init(&o);
-    o.numeric = m.numeric;
-    o.frozen = m.frozen;
-    mj_compiled *c = NULL;
-    mj_status s = mj_jit_compile(jit, g, &o, &c);
-    cr_assert_eq(s, MJ_OK, "compile (%s): %s: %s", m.name, mj_status_name(s), mj_last_error());
-    return c;
-}
-
 /* Compares actual with expected: bitwise in exact mode, within float32
  * tolerance in fast mode; returns the max abs error. */
-static double check_result(const mj_tensor *got, const mj_tensor *want, mode m, const char *what) {
+static double check_result(const mj_tensor *got, const mj_tensor *want, mjt_mode m, const char *what) {
     mj_compare cmp = mj_tensor_compare(got, want, MJ_RTOL_F32, MJ_ATOL_F32);
     char desc[256];
     mj_compare_describe(&cmp, got, want, desc, sizeof desc);
@@ -123,21 +93,21 @@ static double check_result(const mj_tensor *got, const mj_tensor *want, mode m, 
 static void check_graph_all_modes(mj_graph *g, const char *what, mj_rng *rng) {
     static const int64_t batches[] = {1, 3, 17};
     for (int mi = 0; mi < 4; mi++) {
-        mj_compiled *c = compile(g, modes[mi]);
+        mj_compiled *c = mjt_compile(jit, g, mjt_modes[mi]);
         double max_err = 0;
         for (size_t bi = 0; bi < sizeof batches / sizeof *batches; bi++) {
             mj_tensor *x = randn_input(g, batches[bi], rng), *want, *got;
             cr_assert_eq(mj_graph_run(g, x, &want), MJ_OK, "%s: interpreter: %s", what, mj_last_error());
             mj_status s = mj_compiled_run(c, x, &got);
-            cr_assert_eq(s, MJ_OK, "%s (%s): run: %s", what, modes[mi].name, mj_last_error());
-            double e = check_result(got, want, modes[mi], what);
+            cr_assert_eq(s, MJ_OK, "%s (%s): run: %s", what, mjt_modes[mi].name, mj_last_error());
+            double e = check_result(got, want, mjt_modes[mi], what);
             if (e > max_err) max_err = e;
             mj_tensor_release(x);
             mj_tensor_release(want);
             mj_tensor_release(got);
         }
-        if (modes[mi].numeric == MJ_NUMERIC_FAST)
-            cr_log_info("%s (%s): max abs error %.3g", what, modes[mi].name, max_err);
+        if (mjt_modes[mi].numeric == MJ_NUMERIC_FAST)
+            cr_log_info("%s (%s): max abs error %.3g", what, mjt_modes[mi].name, max_err);
         mj_compiled_free(c);
     }
     mj_graph_free(g);
@@ -261,11 +231,11 @@ Test(jit, activations_special_values_bitwise) {
         mj_graph *g = new_graph();
         int32_t in = input(g, ty(2, B, n, 0));
         out(g, op(g, acts[i], 1, in, -1, -1, MJ_ACT_NONE, NULL));
-        mj_compiled *c = compile(g, modes[0]);
+        mj_compiled *c = mjt_compile(jit, g, mjt_modes[0]);
         mj_tensor *got, *want;
         OK(mj_compiled_run(c, x, &got));
         OK(mj_activation(&want, mj_op_table[acts[i]].act, x));
-        check_result(got, want, modes[0], mj_op_table[acts[i]].name);
+        check_result(got, want, mjt_modes[0], mj_op_table[acts[i]].name);
         mj_tensor_release(got);
         mj_tensor_release(want);
         mj_compiled_free(c);
@@ -342,7 +312,7 @@ static mj_graph *trace(mj_module *m, int rank, const int64_t *shape) {
 }
 
 /* compiled(x) against eager forward(x) */
-static double check_model(mj_compiled *c, mj_module *m, const mj_tensor *x, mode md, const char *what) {
+static double check_model(mj_compiled *c, mj_module *m, const mj_tensor *x, mjt_mode md, const char *what) {
     mj_tensor *want, *got;
     OK(mj_module_forward(m, x, &want));
     cr_assert_eq(mj_compiled_run(c, x, &got), MJ_OK, "%s (%s): %s", what, md.name, mj_last_error());
@@ -361,17 +331,17 @@ Test(jit, seed_model_trace_compiled_equals_eager) {
         mj_module *m = seed_model(bias);
         mj_graph *g = trace(m, 2, ex);
         for (int mi = 0; mi < 4; mi++) {
-            mj_compiled *c = compile(g, modes[mi]);
+            mj_compiled *c = mjt_compile(jit, g, mjt_modes[mi]);
             const mj_compile_stats *st = mj_compiled_stats(c);
             cr_log_info("seed model%s (%s): total %.2f ms: ir %.2f ms, passes %.2f ms, codegen %.2f ms",
-                        bias ? " +bias" : "", modes[mi].name, st->total_ms, st->ir_ms, st->optimize_ms,
+                        bias ? " +bias" : "", mjt_modes[mi].name, st->total_ms, st->ir_ms, st->optimize_ms,
                         st->codegen_ms);
             /* the total covers the parts (and a cache hit's lookup) */
             cr_assert(st->total_ms > 0 && st->total_ms >= st->ir_ms + st->optimize_ms + st->codegen_ms,
                       "total %.3f ms < parts", st->total_ms);
             mj_tensor *x;
             OK(mj_tensor_randn(&x, 2, ex, &rng));
-            check_model(c, m, x, modes[mi], bias ? "seed model with bias" : "seed model");
+            check_model(c, m, x, mjt_modes[mi], bias ? "seed model with bias" : "seed model");
             mj_tensor_release(x);
             mj_compiled_free(c);
         }
@@ -400,13 +370,13 @@ Test(jit, perf_profiling_layer_runs_the_same_code) {
     for (int mi = 0; mi < 2; mi++) {
         mj_compile_options o;
         mj_compile_options_init(&o);
-        o.frozen = modes[mi].frozen;
+        o.frozen = mjt_modes[mi].frozen;
         o.use_cache = false; /* a cache hit would skip the listener */
         mj_compiled *c = NULL;
         OK(mj_jit_compile(pj, g, &o, &c));
         mj_tensor *x;
         OK(mj_tensor_randn(&x, 2, ex, &rng));
-        check_model(c, m, x, modes[mi], "seed model through the perf layer");
+        check_model(c, m, x, mjt_modes[mi], "seed model through the perf layer");
         mj_tensor_release(x);
         mj_compiled_free(c);
     }
@@ -440,8 +410,8 @@ Test(jit, random_models_equal_eager) {
         /* every model exact live; modes rotate for the rest to keep the time sane */
         int extra = 1 + i % 3;
         for (int k = 0; k < 2; k++) {
-            mode md = modes[k == 0 ? 0 : extra];
-            mj_compiled *c = compile(g, md);
+            mjt_mode md = mjt_modes[k == 0 ? 0 : extra];
+            mj_compiled *c = mjt_compile(jit, g, md);
             for (size_t b = 0; b < sizeof batches / sizeof *batches; b++) {
                 mj_tensor *x;
                 OK(mjt_random_input(&spec, batches[b], &rng, &x));
@@ -467,22 +437,22 @@ Test(jit, live_mode_sees_weight_and_mask_changes_frozen_does_not) {
     int64_t ex[2] = {3, 16};
     mj_module *m = seed_model(true);
     mj_graph *g = trace(m, 2, ex);
-    mj_compiled *live = compile(g, modes[0]), *frozen = compile(g, modes[1]);
+    mj_compiled *live = mjt_compile(jit, g, mjt_modes[0]), *frozen = mjt_compile(jit, g, mjt_modes[1]);
     mj_tensor *x, *before;
     OK(mj_tensor_randn(&x, 2, ex, &rng));
     OK(mj_module_forward(m, x, &before));
-    check_model(live, m, x, modes[0], "live before");
+    check_model(live, m, x, mjt_modes[0], "live before");
 
     /* a weight */
     mj_module *lin = mj_module_find(m, "seq.0");
     float *w = mj_tensor_data_mut(mj_module_original(lin, "weight"));
     for (int i = 0; i < 256; i++) w[i] = mj_rng_normal(&rng);
-    check_model(live, m, x, modes[0], "live after a weight change");
+    check_model(live, m, x, mjt_modes[0], "live after a weight change");
     /* a mask: all ones */
     mj_tensor *mask = mj_parametrization_buffer(mj_module_parametrization(lin, "weight", 0), "mask");
     float *md = mj_tensor_data_mut(mask);
     for (int i = 0; i < 256; i++) md[i] = 1.0f;
-    check_model(live, m, x, modes[0], "live after a mask change");
+    check_model(live, m, x, mjt_modes[0], "live after a mask change");
     /* a bias: read in place by the body */
     mj_tensor_dict *params;
     OK(mj_module_named_parameters(m, &params));
@@ -490,7 +460,7 @@ Test(jit, live_mode_sees_weight_and_mask_changes_frozen_does_not) {
     cr_assert(bias);
     mj_tensor_data_mut(bias)[3] = -7.5f;
     mj_tensor_dict_free(params);
-    check_model(live, m, x, modes[0], "live after a bias change");
+    check_model(live, m, x, mjt_modes[0], "live after a bias change");
 
     mj_tensor *now;
     OK(mj_module_forward(m, x, &now));
@@ -517,7 +487,7 @@ Test(jit, shape_guards_reject_bad_calls_with_messages) {
     int32_t x = input(g, ty(2, B, 16, 0));
     int32_t w = leaf(g, MJ_OP_PARAM, "w", ty(2, 8, 16, 0), &rng);
     out(g, op(g, MJ_OP_LINEAR, 2, x, w, -1, MJ_ACT_NONE, NULL));
-    mj_compiled *c = compile(g, modes[0]);
+    mj_compiled *c = mjt_compile(jit, g, mjt_modes[0]);
 
     mj_tensor *bad, *y = NULL;
     int64_t s1[2] = {3, 15};
@@ -610,7 +580,7 @@ Test(jit, compile_and_free_many_graphs_does_not_grow) {
         int32_t w = leaf(g, MJ_OP_PARAM, "w", ty(2, 8, 8, 0), &rng);
         int32_t b = leaf(g, MJ_OP_PARAM, "b", ty(1, 8, 0, 0), &rng);
         out(g, op(g, MJ_OP_LINEAR_ACT, 3, x, w, b, MJ_ACT_RELU, NULL));
-        mj_compiled *c = compile(g, modes[i % 4]);
+        mj_compiled *c = mjt_compile(jit, g, mjt_modes[i % 4]);
         float xb[16] = {1, 2, 3}, yb[16];
         OK(mj_compiled_run_raw(c, xb, 2, yb, 16));
         mj_compiled_free(c);
@@ -652,11 +622,11 @@ Test(jit, eight_threads_share_one_compiled_model) {
     OK(mj_model_apply_masks(m, NULL, 0.5, &rng));
     int64_t ex[2] = {2, 64}, xs[2] = {7, 64};
     mj_graph *g = trace(m, 2, ex);
-    mj_compiled *c = compile(g, modes[0]);
+    mj_compiled *c = mjt_compile(jit, g, mjt_modes[0]);
     mj_tensor *x, *want;
     OK(mj_tensor_randn(&x, 2, xs, &rng));
     cr_assert_eq(mj_compiled_run(c, x, &want), MJ_OK); /* single-threaded reference */
-    check_model(c, m, x, modes[0], "mlp");
+    check_model(c, m, x, mjt_modes[0], "mlp");
     pthread_t th[8];
     thread_arg args[8];
     for (int i = 0; i < 8; i++) {
@@ -692,7 +662,7 @@ Test(jit, dump_ir_and_asm) {
     int32_t x = input(g, ty(2, B, 16, 0));
     int32_t w = leaf(g, MJ_OP_PARAM, "w", ty(2, 16, 16, 0), &rng);
     out(g, op(g, MJ_OP_LINEAR_ACT, 2, x, w, -1, MJ_ACT_SIGMOID, NULL));
-    mj_compiled *c = compile(g, modes[0]);
+    mj_compiled *c = mjt_compile(jit, g, mjt_modes[0]);
     char *ir = dump(c, "ir");
     cr_assert(strstr(ir, "define") && strstr(ir, "mj_body_"), "%.300s", ir);
     cr_assert(strstr(ir, "expf"), "the sigmoid calls libm's expf");
@@ -708,7 +678,7 @@ Test(jit, dump_ir_and_asm) {
     free(as);
     mj_compiled_free(c);
     /* fast mode may contract */
-    c = compile(g, modes[2]);
+    c = mjt_compile(jit, g, mjt_modes[2]);
     ir = dump(c, "ir");
     cr_assert(strstr(ir, "contract") || strstr(ir, "fast"), "fast-math flags expected");
     free(ir);
@@ -737,7 +707,7 @@ Test(jit, kernels_tile_edges_against_interpreter) {
         mj_act act = si % 2 ? MJ_ACT_RELU : (si % 4 == 0 ? MJ_ACT_SIGMOID : MJ_ACT_NONE);
         out(g, op(g, act == MJ_ACT_NONE ? MJ_OP_LINEAR : MJ_OP_LINEAR_ACT, 3, x, w, b, act, NULL));
         for (int mi = 0; mi < 4; mi++) {
-            mj_compiled *c = compile(g, modes[mi]);
+            mj_compiled *c = mjt_compile(jit, g, mjt_modes[mi]);
             for (size_t bi = 0; bi < sizeof batches / sizeof *batches; bi++) {
                 if (batches[bi] * N * K > scaled(70000000)) continue;
                 mj_tensor *xin = randn_input(g, batches[bi], &rng), *want, *got;
@@ -746,14 +716,14 @@ Test(jit, kernels_tile_edges_against_interpreter) {
                 char what[96];
                 snprintf(what, sizeof what, "linear %lldx%lld batch %lld", (long long)N, (long long)K,
                          (long long)batches[bi]);
-                if (modes[mi].numeric == MJ_NUMERIC_EXACT) {
-                    check_result(got, want, modes[mi], what);
+                if (mjt_modes[mi].numeric == MJ_NUMERIC_EXACT) {
+                    check_result(got, want, mjt_modes[mi], what);
                 } else { /* K-term sums reordered and fused: error grows like sqrt(K) */
                     double f = sqrt((double)K);
                     mj_compare cmp = mj_tensor_compare(got, want, MJ_RTOL_F32 * f, MJ_ATOL_F32 * f);
                     char desc[256];
                     mj_compare_describe(&cmp, got, want, desc, sizeof desc);
-                    cr_assert(cmp.close, "%s (%s): not close: %s", what, modes[mi].name, desc);
+                    cr_assert(cmp.close, "%s (%s): not close: %s", what, mjt_modes[mi].name, desc);
                 }
                 mj_tensor_release(xin);
                 mj_tensor_release(want);
@@ -779,12 +749,12 @@ Test(jit, kernels_fused_chains_equal_eager) {
         int64_t in = atoi(specs[si] + 4), ex[2] = {3, in};
         mj_graph *g = trace(m, 2, ex);
         for (int mi = 0; mi < 4; mi++) {
-            mj_compiled *c = compile(g, modes[mi]);
+            mj_compiled *c = mjt_compile(jit, g, mjt_modes[mi]);
             for (size_t bi = 0; bi < sizeof batches / sizeof *batches; bi++) {
                 int64_t xs[2] = {batches[bi], in};
                 mj_tensor *x;
                 OK(mj_tensor_randn(&x, 2, xs, &rng));
-                check_model(c, m, x, modes[mi], specs[si]);
+                check_model(c, m, x, mjt_modes[mi], specs[si]);
                 mj_tensor_release(x);
             }
             mj_compiled_free(c);
@@ -812,7 +782,7 @@ Test(jit, frozen_small_layers_skip_zero_weights_per_lane) {
         OK(mj_model_apply_masks(m, NULL, cases[ci].density, &rng));
         int64_t in = atoi(cases[ci].spec + 4), ex[2] = {3, in};
         mj_graph *g = trace(m, 2, ex);
-        mj_compiled *c = compile(g, modes[1]);
+        mj_compiled *c = mjt_compile(jit, g, mjt_modes[1]);
         char *ir = NULL;
         size_t ir_len = 0;
         FILE *f = open_memstream(&ir, &ir_len);
@@ -830,7 +800,7 @@ Test(jit, frozen_small_layers_skip_zero_weights_per_lane) {
             int64_t xs[2] = {batches[bi], in};
             mj_tensor *x;
             OK(mj_tensor_randn(&x, 2, xs, &rng));
-            check_model(c, m, x, modes[1], cases[ci].spec);
+            check_model(c, m, x, mjt_modes[1], cases[ci].spec);
             mj_tensor_release(x);
         }
         mj_compiled_free(c);
@@ -839,7 +809,7 @@ Test(jit, frozen_small_layers_skip_zero_weights_per_lane) {
     }
 }
 
-static mj_compiled *compile_threads(mj_jit *j, const mj_graph *g, mode m, int threads) {
+static mj_compiled *compile_threads(mj_jit *j, const mj_graph *g, mjt_mode m, int threads) {
     mj_compile_options o;
     mj_compile_options_init(&o);
     o.numeric = m.numeric;
@@ -870,9 +840,9 @@ Test(jit, column_split_threads_are_bit_identical, .timeout = 120) {
         int64_t in = atoi(models[mi_].spec + 4), ex[2] = {2, in};
         mj_graph *g = trace(m, 2, ex);
         for (int mi = 0; mi < 4; mi++) {
-            mj_compiled *c1 = compile_threads(jit, g, modes[mi], 1);
-            mj_compiled *c2 = compile_threads(jit, g, modes[mi], 2);
-            mj_compiled *c4 = compile_threads(jit, g, modes[mi], 4);
+            mj_compiled *c1 = compile_threads(jit, g, mjt_modes[mi], 1);
+            mj_compiled *c2 = compile_threads(jit, g, mjt_modes[mi], 2);
+            mj_compiled *c4 = compile_threads(jit, g, mjt_modes[mi], 4);
             for (size_t bi = 0; bi < sizeof batches / sizeof *batches; bi++) {
                 int64_t xs[2] = {batches[bi], in};
                 mj_tensor *x, *y1, *y2, *y4;
@@ -881,10 +851,10 @@ Test(jit, column_split_threads_are_bit_identical, .timeout = 120) {
                 OK(mj_compiled_run(c2, x, &y2));
                 OK(mj_compiled_run(c4, x, &y4));
                 cr_assert(mj_tensor_equal(y1, y2), "%s %s batch %lld: 2 threads differ", models[mi_].spec,
-                          modes[mi].name, (long long)xs[0]);
+                          mjt_modes[mi].name, (long long)xs[0]);
                 cr_assert(mj_tensor_equal(y1, y4), "%s %s batch %lld: 4 threads differ", models[mi_].spec,
-                          modes[mi].name, (long long)xs[0]);
-                if (!modes[mi].frozen) check_model(c4, m, x, modes[mi], models[mi_].spec);
+                          mjt_modes[mi].name, (long long)xs[0]);
+                if (!mjt_modes[mi].frozen) check_model(c4, m, x, mjt_modes[mi], models[mi_].spec);
                 mj_tensor_release(x);
                 mj_tensor_release(y1);
                 mj_tensor_release(y2);
@@ -912,9 +882,9 @@ Test(jit, threads_are_bit_identical_to_one_thread) {
     mj_graph *g = trace(m, 2, ex);
     static const int64_t batches[] = {1, 2, 3, 64, 65, 333};
     for (int mi = 0; mi < 4; mi++) {
-        mj_compiled *c1 = compile_threads(jit, g, modes[mi], 1);
-        mj_compiled *c2 = compile_threads(jit, g, modes[mi], 2);
-        mj_compiled *c4 = compile_threads(jit, g, modes[mi], 4);
+        mj_compiled *c1 = compile_threads(jit, g, mjt_modes[mi], 1);
+        mj_compiled *c2 = compile_threads(jit, g, mjt_modes[mi], 2);
+        mj_compiled *c4 = compile_threads(jit, g, mjt_modes[mi], 4);
         for (size_t bi = 0; bi < sizeof batches / sizeof *batches; bi++) {
             int64_t xs[2] = {batches[bi], 256};
             mj_tensor *x, *y1, *y2, *y4;
@@ -922,9 +892,9 @@ Test(jit, threads_are_bit_identical_to_one_thread) {
             OK(mj_compiled_run(c1, x, &y1));
             OK(mj_compiled_run(c2, x, &y2));
             OK(mj_compiled_run(c4, x, &y4));
-            cr_assert(mj_tensor_equal(y1, y2), "%s batch %lld: 2 threads differ", modes[mi].name, (long long)xs[0]);
-            cr_assert(mj_tensor_equal(y1, y4), "%s batch %lld: 4 threads differ", modes[mi].name, (long long)xs[0]);
-            if (!modes[mi].frozen) check_model(c4, m, x, modes[mi], "4 threads");
+            cr_assert(mj_tensor_equal(y1, y2), "%s batch %lld: 2 threads differ", mjt_modes[mi].name, (long long)xs[0]);
+            cr_assert(mj_tensor_equal(y1, y4), "%s batch %lld: 4 threads differ", mjt_modes[mi].name, (long long)xs[0]);
+            if (!mjt_modes[mi].frozen) check_model(c4, m, x, mjt_modes[mi], "4 threads");
             mj_tensor_release(x);
             mj_tensor_release(y1);
             mj_tensor_release(y2);
@@ -938,8 +908,8 @@ Test(jit, threads_are_bit_identical_to_one_thread) {
             int64_t xs[2] = {200, 256};
             mj_tensor *x;
             OK(mj_tensor_randn(&x, 2, xs, &rng));
-            check_model(c4, m, x, modes[0], "4 threads after a weight change");
-            check_model(c1, m, x, modes[0], "1 thread after a weight change");
+            check_model(c4, m, x, mjt_modes[0], "4 threads after a weight change");
+            check_model(c1, m, x, mjt_modes[0], "1 thread after a weight change");
             mj_tensor_release(x);
         }
         mj_compiled_free(c1);
@@ -947,11 +917,11 @@ Test(jit, threads_are_bit_identical_to_one_thread) {
         mj_compiled_free(c4);
     }
     /* threads = 0: every core */
-    mj_compiled *c0 = compile_threads(jit, g, modes[0], 0);
+    mj_compiled *c0 = compile_threads(jit, g, mjt_modes[0], 0);
     int64_t xs[2] = {100, 256};
     mj_tensor *x;
     OK(mj_tensor_randn(&x, 2, xs, &rng));
-    check_model(c0, m, x, modes[0], "threads 0");
+    check_model(c0, m, x, mjt_modes[0], "threads 0");
     mj_tensor_release(x);
     mj_compiled_free(c0);
     mj_graph_free(g);
@@ -967,7 +937,7 @@ Test(jit, threads_pool_shared_by_concurrent_callers) {
     OK(mj_model_from_spec("mlp:128,128,128:act=tanh", &rng, &m));
     int64_t ex[2] = {2, 128}, xs[2] = {150, 128};
     mj_graph *g = trace(m, 2, ex);
-    mj_compiled *c = compile_threads(jit, g, modes[0], 2);
+    mj_compiled *c = compile_threads(jit, g, mjt_modes[0], 2);
     mj_tensor *x, *want;
     OK(mj_tensor_randn(&x, 2, xs, &rng));
     OK(mj_module_forward(m, x, &want));
@@ -1006,23 +976,23 @@ Test(jit, avx2_code_path_via_forced_features) {
         int64_t in = atoi(specs[si] + 4), ex[2] = {3, in};
         mj_graph *g = trace(m, 2, ex);
         for (int mi = 0; mi < 4; mi++) {
-            mj_compiled *c = compile_threads(j2, g, modes[mi], 1);
+            mj_compiled *c = compile_threads(j2, g, mjt_modes[mi], 1);
             char *as = dump(c, "asm");
-            cr_assert(strstr(as, "ymm"), "%s (%s): expected AVX2 ymm code", specs[si], modes[mi].name);
-            cr_assert(!strstr(as, "zmm"), "%s (%s): AVX-512 code although avx512f is off", specs[si], modes[mi].name);
+            cr_assert(strstr(as, "ymm"), "%s (%s): expected AVX2 ymm code", specs[si], mjt_modes[mi].name);
+            cr_assert(!strstr(as, "zmm"), "%s (%s): AVX-512 code although avx512f is off", specs[si], mjt_modes[mi].name);
             free(as);
             char *ir = dump(c, "ir");
             cr_assert(!strstr(ir, "<16 x float>"), "%s (%s): 16-wide vectors for an 8-wide target",
-                      specs[si], modes[mi].name);
-            if (si == 2 && modes[mi].frozen)
-                cr_assert(strstr(ir, ".sparse"), "%s (%s): expected the sparse kernel", specs[si], modes[mi].name);
+                      specs[si], mjt_modes[mi].name);
+            if (si == 2 && mjt_modes[mi].frozen)
+                cr_assert(strstr(ir, ".sparse"), "%s (%s): expected the sparse kernel", specs[si], mjt_modes[mi].name);
             free(ir);
             static const int64_t batches[] = {1, 7, 40};
             for (int bi = 0; bi < 3; bi++) {
                 int64_t xs[2] = {batches[bi], in};
                 mj_tensor *x;
                 OK(mj_tensor_randn(&x, 2, xs, &rng));
-                check_model(c, m, x, modes[mi], specs[si]);
+                check_model(c, m, x, mjt_modes[mi], specs[si]);
                 mj_tensor_release(x);
             }
             mj_compiled_free(c);

@@ -10,16 +10,6 @@
 
 #include "test_util.h"
 
-static char *print_to_string(const mj_module *m) {
-    char *buf = NULL;
-    size_t len = 0;
-    FILE *f = open_memstream(&buf, &len);
-    cr_assert_not_null(f);
-    mj_module_print(f, m);
-    fclose(f);
-    return buf;
-}
-
 static mj_tensor *get(mj_module *m, const char *name) {
     mj_tensor *t;
     OK(mj_module_get(m, name, &t));
@@ -182,7 +172,7 @@ Test(modules, activations_match_pytorch_repr_and_kernel) {
         mj_act got = MJ_ACT_COUNT;
         cr_assert(mj_activation_module_act(m, &got));
         cr_assert_eq(got, cases[c].act, "GELU and GELU(tanh) share a type name, not an act");
-        char *r = print_to_string(m);
+        char *r = mjt_module_str(m);
         cr_assert_str_eq(r, cases[c].repr);
         free(r);
         mj_tensor *y;
@@ -268,7 +258,7 @@ Test(modules, user_module_names_and_errors) {
     mj_tensor_release(y);
     mj_tensor_release(t);
 
-    char *r = print_to_string(u);
+    char *r = mjt_module_str(u);
     cr_assert_str_eq(r, "MyNet(\n"
                         "  (enc): Linear(in_features=2, out_features=2, bias=True)\n"
                         "  (dec): Linear(in_features=2, out_features=2, bias=True)\n"
@@ -368,7 +358,7 @@ Test(modules, mlp_spec_builds_pytorch_names_and_shapes) {
         if (want[i].rank == 2) cr_assert_eq(mj_tensor_dim(t, 1), want[i].d1, "%s", want[i].key);
     }
     mj_tensor_dict_free(d);
-    char *r = print_to_string(m);
+    char *r = mjt_module_str(m);
     cr_assert_str_eq(r, "Sequential(\n"
                         "  (0): Linear(in_features=4, out_features=8, bias=True)\n"
                         "  (1): ReLU()\n"
@@ -388,7 +378,7 @@ Test(modules, mlp_spec_builds_pytorch_names_and_shapes) {
     cr_assert_eq(mj_tensor_dict_size(d), 3, "bias=0: weights only");
     cr_assert_str_eq(mj_tensor_dict_key(d, 2), "4.weight");
     mj_tensor_dict_free(d);
-    r = print_to_string(m);
+    r = mjt_module_str(m);
     cr_assert(strstr(r, "(1): GELU(approximate='tanh')\n"), "%s", r);
     cr_assert(strstr(r, "(4): Linear(in_features=5, out_features=1, bias=False)\n"), "%s", r);
     free(r);

@@ -27,14 +27,7 @@
 #include "src/cli/check_verdict.h"
 #include "test_util.h"
 
-static mj_jit *jit;
-
-static void setup(void) { OK(mj_jit_new(&jit)); }
-static void teardown(void) {
-    mj_jit_free(jit);
-    jit = NULL;
-    mj_llvm_shutdown(); /* each test runs in its own process */
-}
+MJT_JIT_FIXTURE
 
 TestSuite(numerics_rel, .init = setup, .fini = teardown, .timeout = 300);
 

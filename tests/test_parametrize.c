@@ -89,16 +89,6 @@ static void assert_keys(const mj_tensor_dict *d, const char *const *keys, int n)
         cr_assert_str_eq(mj_tensor_dict_key(d, i), keys[i], "key %d", i);
 }
 
-static char *print_to_string(const mj_module *m) {
-    char *buf = NULL;
-    size_t len = 0;
-    FILE *f = open_memstream(&buf, &len);
-    cr_assert_not_null(f);
-    mj_module_print(f, m);
-    fclose(f);
-    return buf;
-}
-
 static mj_module *linear(int64_t in, int64_t out, bool bias, uint64_t seed) {
     mj_rng rng;
     mj_rng_seed(&rng, seed);
@@ -201,7 +191,7 @@ Test(parametrize, remove_leave_parametrized_bakes_value_into_original_object) {
     const char *keys[] = {"bias", "weight"};
     assert_keys(d, keys, 2);
     mj_tensor_dict_free(d);
-    char *repr = print_to_string(lin);
+    char *repr = mjt_module_str(lin);
     cr_assert_str_eq(repr, "Linear(in_features=4, out_features=3, bias=True)\n");
     free(repr);
 
@@ -418,7 +408,7 @@ Test(parametrize, seed_model_names_match_pytorch) {
 
 Test(parametrize, seed_model_repr_matches_pytorch) {
     mj_module *m = seed_model_with_masks(true);
-    char *s = print_to_string(m);
+    char *s = mjt_module_str(m);
     const char *torch_repr =
         "ModelUnderTest(\n"
         "  (linear): ParametrizedLinear(\n"
@@ -459,7 +449,7 @@ Test(parametrize, seed_model_repr_matches_pytorch) {
     OK(mj_tensor_ones(&ones, 2, shape));
     OK(mj_register_parametrization(lin, "weight", new_mask(ones)));
     OK(mj_register_parametrization(lin, "weight", new_param(&scale_ops, NULL)));
-    s = print_to_string(lin);
+    s = mjt_module_str(lin);
     cr_assert_str_eq(s, "ParametrizedLinear(\n"
                         "  in_features=4, out_features=3, bias=True\n"
                         "  (parametrizations): ModuleDict(\n"
@@ -501,7 +491,7 @@ Test(parametrize, parametrizations_sit_among_children_like_pytorch) {
                         "sub2.weight", "sub2.bias"};
     assert_keys(d, sd, 6);
     mj_tensor_dict_free(d);
-    char *r = print_to_string(u);
+    char *r = mjt_module_str(u);
     cr_assert_str_eq(r, "ParametrizedU(\n"
                         "  (sub): Linear(in_features=2, out_features=2, bias=True)\n"
                         "  (parametrizations): ModuleDict(\n"

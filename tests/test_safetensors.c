@@ -20,25 +20,13 @@
 #define FIXTURES MJ_SOURCE_ROOT "/tests/fixtures"
 
 /* ---- helpers ---------------------------------------------------------------- */
-static char tmpdir[64];
+static char *tmpdir; /* the suite's scratch directory */
 
-static void make_tmpdir(void) {
-    strcpy(tmpdir, "/tmp/mj-st-XXXXXX");
-    cr_assert_not_null(mkdtemp(tmpdir));
-}
+static void make_tmpdir(void) { tmpdir = mjt_temp_dir("mj-st"); }
 
 static void remove_tmpdir(void) {
-    DIR *dir = opendir(tmpdir);
-    if (!dir) return;
-    struct dirent *e;
-    char p[512];
-    while ((e = readdir(dir))) {
-        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
-        snprintf(p, sizeof p, "%s/%s", tmpdir, e->d_name);
-        unlink(p);
-    }
-    closedir(dir);
-    rmdir(tmpdir);
+    mjt_rm_rf(tmpdir);
+    free(tmpdir);
 }
 
 TestSuite(safetensors, .init = make_tmpdir, .fini = remove_tmpdir);

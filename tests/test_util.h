@@ -31,6 +31,64 @@
                   needle);                                                                 \
     } while (0)
 
+/* At file scope: the `jit` of a suite whose tests compile, with the setup
+ * and teardown to pass to TestSuite (one JIT per test process). */
+#define MJT_JIT_FIXTURE                                                                    \
+    static mj_jit *jit;                                                                    \
+    static void setup(void) { OK(mj_jit_new(&jit)); }                                      \
+    static void teardown(void) {                                                           \
+        mj_jit_free(jit);                                                                  \
+        jit = NULL;                                                                        \
+        mj_llvm_shutdown(); /* each test runs in its own process */                        \
+    }
+
+/* The four ways to compile a graph (numeric mode x live/frozen). */
+typedef struct mjt_mode {
+    mj_numeric_mode numeric;
+    bool frozen;
+    const char *name;
+} mjt_mode;
+__attribute__((unused)) static const mjt_mode mjt_modes[4] = {
+    {MJ_NUMERIC_EXACT, false, "exact live"},
+    {MJ_NUMERIC_EXACT, true, "exact frozen"},
+    {MJ_NUMERIC_FAST, false, "fast live"},
+    {MJ_NUMERIC_FAST, true, "fast frozen"},
+};
+
+/* g compiled in mode m (without the cache's options); must succeed. */
+static inline mj_compiled *mjt_compile(mj_jit *jit, const mj_graph *g, mjt_mode m) {
+    mj_compile_options o;
+    mj_compile_options_init(&o);
+    o.numeric = m.numeric;
+    o.frozen = m.frozen;
+    mj_compiled *c = NULL;
+    mj_status s = mj_jit_compile(jit, g, &o, &c);
+    cr_assert_eq(s, MJ_OK, "compile (%s): %s: %s", m.name, mj_status_name(s), mj_last_error());
+    return c;
+}
+
+/* A module's print (mj_module_print) as a malloc'd string. */
+static inline char *mjt_module_str(const mj_module *m) {
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    cr_assert_not_null(f);
+    mj_module_print(f, m);
+    fclose(f);
+    return buf;
+}
+
+/* Tensor key of the safetensors file path (a reference the caller releases). */
+static inline mj_tensor *mjt_load_tensor(const char *path, const char *key) {
+    mj_tensor_dict *d;
+    OK(mj_safetensors_load(path, &d));
+    mj_tensor *t = mj_tensor_dict_get(d, key);
+    cr_assert_not_null(t, "%s has no %s", path, key);
+    mj_tensor_retain(t);
+    mj_tensor_dict_free(d);
+    return t;
+}
+
 /* ---- files and processes ------------------------------------------------ */
 
 /* A fresh empty directory /tmp/<prefix>-XXXXXX (malloc'd). */
@@ -60,23 +118,26 @@ static inline void mjt_rm_rf(const char *dir) {
     rmdir(dir);
 }
 
-/* Runs a shell command line; returns its exit status (128 if it did not
- * exit) and its stdout (malloc'd) in *out when out is not NULL. */
-static inline int mjt_shell(char **out, const char *cmd) {
+/* Runs a shell command line; returns its exit status (128 + the signal if
+ * it did not exit) and its stdout (malloc'd) in *out when out is not NULL,
+ * its length in *len when len is not NULL. */
+static inline int mjt_shell_len(char **out, size_t *len, const char *cmd) {
     FILE *p = popen(cmd, "r");
     cr_assert_not_null(p, "popen %s", cmd);
     char *buf = NULL;
-    size_t len = 0;
-    FILE *mem = open_memstream(&buf, &len);
+    size_t size = 0;
+    FILE *mem = open_memstream(&buf, &size);
     char chunk[4096];
     size_t n;
     while ((n = fread(chunk, 1, sizeof chunk, p)) > 0) fwrite(chunk, 1, n, mem);
     fclose(mem);
     int status = pclose(p);
+    if (len) *len = size;
     if (out) *out = buf;
     else free(buf);
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 128;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
 }
+static inline int mjt_shell(char **out, const char *cmd) { return mjt_shell_len(out, NULL, cmd); }
 
 #ifdef MJ_BUILD_ROOT
 #define MJT_MASKJIT MJ_BUILD_ROOT "/maskjit"
