@@ -18,13 +18,13 @@
 
 #include "../ir/ir.h"
 #include "maskjit.h"
+#include "test_graph_util.h"
 #include "test_util.h"
 
 MJT_JIT_FIXTURE
 
 TestSuite(graphs_ops, .init = setup, .fini = teardown, .timeout = 600);
 
-#define B MJ_DIM_BATCH
 
 static const float specials[] = {0.0f, -0.0f, INFINITY, -INFINITY, NAN, 1e-40f, -1e-40f, 1e-45f,
                                  88.5f, -88.5f, 3e38f, -3e38f, 1.0f, -1.0f, 0.5f, 20.0f};
@@ -454,30 +454,6 @@ static mj_graph *new_graph(void) {
     mj_graph *g = NULL;
     OK(mj_graph_new(&g));
     return g;
-}
-
-static mj_type ty(int rank, int64_t d0, int64_t d1, int64_t d2) {
-    mj_type t;
-    memset(&t, 0, sizeof t);
-    t.rank = rank;
-    t.dims[0] = d0;
-    t.dims[1] = d1;
-    t.dims[2] = d2;
-    return t;
-}
-
-static int32_t input(mj_graph *g, mj_type t) {
-    int32_t id;
-    OK(mj_graph_add_leaf(g, MJ_OP_INPUT, "x", &t, NULL, &id));
-    return id;
-}
-
-static int32_t leaf(mj_graph *g, mj_op op, const char *name, mj_type t, mj_rng *rng) {
-    mj_tensor *v = randn(t.rank, t.dims, rng);
-    int32_t id;
-    OK(mj_graph_add_leaf(g, op, name, &t, v, &id));
-    mj_tensor_release(v);
-    return id;
 }
 
 static int32_t node(mj_graph *g, mj_op o, int n, int32_t a, int32_t b, int32_t c, const mj_attrs *attrs) {

@@ -13,6 +13,7 @@
 #include "../ir/ir.h"
 #include "maskjit.h"
 #include "model_gen.h"
+#include "test_graph_util.h"
 #include "test_util.h"
 
 MJT_JIT_FIXTURE
@@ -26,34 +27,7 @@ static int scaled(int n) {
     return r < 1 ? 1 : r;
 }
 
-/* ---- graph building helpers ---------------------------------------------- */
-
-static mj_type ty(int rank, int64_t d0, int64_t d1, int64_t d2) {
-    mj_type t;
-    memset(&t, 0, sizeof t);
-    t.rank = rank;
-    t.dims[0] = d0;
-    t.dims[1] = d1;
-    t.dims[2] = d2;
-    return t;
-}
-#define B MJ_DIM_BATCH
-
-static int32_t input(mj_graph *g, mj_type t) {
-    int32_t id;
-    OK(mj_graph_add_leaf(g, MJ_OP_INPUT, "x", &t, NULL, &id));
-    return id;
-}
-
-/* A param (or const) leaf holding a fresh randn tensor of type t. */
-static int32_t leaf(mj_graph *g, mj_op op, const char *name, mj_type t, mj_rng *rng) {
-    mj_tensor *v;
-    OK(mj_tensor_randn(&v, t.rank, t.dims, rng));
-    int32_t id;
-    OK(mj_graph_add_leaf(g, op, name, &t, v, &id));
-    mj_tensor_release(v);
-    return id;
-}
+/* ---- graph building helpers (and test_graph_util.h) ----------------------- */
 
 static int32_t op(mj_graph *g, mj_op o, int n, int32_t a, int32_t b, int32_t c, mj_act act,
                   const mj_type *declared) {
