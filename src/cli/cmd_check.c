@@ -155,8 +155,11 @@ int cmd_check(int argc, char **argv) {
         "mode does not promise NaN sign or payload), fast within rtol/atol; with an\n"
         "input file holding `expected` (e.g. from tools/export_torch.py) every path\n"
         "must also be within rtol/atol of it (several outputs: `expected.0`,\n"
-        "`expected.1`, ...), and so, for one input and one output, for each\n"
+        "`expected.1`, ...), and so for each\n"
         "`input.batchN` with its `expected.batchN` stored beside them.\n"
+        "A failing path names its first diverging node: against the interpreter\n"
+        "for a compiled path, else against PyTorch's node values when the file\n"
+        "holds them (tools/export_torch.py --intermediates).\n"
         "Exit 0 on PASS, 1 on FAIL, 2 on bad usage.", NULL};
     const char *weights = NULL, *input = NULL;
     cli_strings input_names = {0};
