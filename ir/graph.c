@@ -641,6 +641,25 @@ fail:
     return s;
 }
 
+mj_status mj_graph_expose(const mj_graph *g, int n, const int *ids, mj_graph **out) {
+    if (!g || !out || n < 1 || !ids) return mj_fail(MJ_ERR_INVALID, "mj_graph_expose: no graph or no values");
+    for (int i = 0; i < n; i++)
+        if (ids[i] < 0 || ids[i] >= g->n_nodes)
+            return mj_fail(MJ_ERR_INVALID, "mj_graph_expose: %%%d is not a value of the graph (%d nodes)", ids[i],
+                           (int)g->n_nodes);
+    mj_graph *c;
+    MJ_TRY(mj_graph_clone(g, &c));
+    c->n_outputs = 0;
+    mj_status s = MJ_OK;
+    for (int i = 0; i < n && s == MJ_OK; i++) s = mj_graph_add_output(c, ids[i]);
+    if (s != MJ_OK) {
+        mj_graph_free(c);
+        return s;
+    }
+    *out = c;
+    return MJ_OK;
+}
+
 /* ---- bind / freeze ------------------------------------------------------------- */
 
 static bool wants_binding(const mj_node *n) {

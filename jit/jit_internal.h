@@ -98,6 +98,12 @@ typedef struct mj_lower_options {
  * element is still computed by one thread in the same order. */
 mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan *p,
                         const mj_lower_options *o);
+/* Test-only fault injection: MASKJIT_TEST_FAULT=<op name> (e.g.
+ * layer_norm) makes compiled code add 0.5 to every element each node of
+ * that op computes (in the general lowering: not sparse or small-chain
+ * linear layers), so the tests can see `maskjit check` name the node.
+ * MJ_OP_COUNT when unset. Such compiles bypass the compile cache. */
+mj_op mj_test_fault_op(void);
 /* Does node i split its output columns in column mode (a packed linear
  * layer that is neither a small chain's nor a sparse one)? */
 bool mj_body_splits_columns(const mj_body_plan *p, int32_t i);

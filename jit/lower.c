@@ -18,6 +18,7 @@
  * Other ops are scalar loops left to LLVM's vectorisers (default<O2>). Fast
  * mode sets fast-math flags on every float operation so LLVM may contract to
  * FMA and reassociate. */
+#include <stdlib.h>
 #include <string.h>
 
 #include <llvm-c/Analysis.h>
@@ -1070,8 +1071,22 @@ static LLVMValueRef leaf_ptr(lw *w, int32_t i) {
     return v;
 }
 
+mj_op mj_test_fault_op(void) {
+    const char *e = getenv("MASKJIT_TEST_FAULT");
+    return e && *e ? mj_op_from_name(e, strlen(e)) : MJ_OP_COUNT;
+}
+
+/* The fault of mj_test_fault_op: node i's value + 0.5, element by element. */
+static void emit_fault(lw *w, int32_t i) {
+    const mj_type *t = &w->p->g->nodes[i].type;
+    loop l = loop_begin(w, dims_product(w, t, 0, t->rank));
+    store(w, LLVMBuildFAdd(w->b, load(w, w->buf[i], l.iv), cf(w, 0.5f), ""), w->buf[i], l.iv);
+    loop_end(w, &l);
+}
+
 mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan *p,
                         const mj_lower_options *o) {
+    const mj_op fault = mj_test_fault_op();
     const mj_graph *g = p->g;
     lw w = {.p = p, .o = o};
     mj_emit_init(&w.e, m, o->numeric == MJ_NUMERIC_FAST, p->vw, false);
@@ -1274,6 +1289,7 @@ mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan 
             break;
         case MJ_OP_COUNT: MJ_ASSERT(!"not an op (the graph is verified)");
         }
+        if (s == MJ_OK && n->op == fault) emit_fault(&w, i);
         if (first_only) if_end(&w, first_only);
         emit_barrier(&w);
     }

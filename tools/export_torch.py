@@ -19,7 +19,12 @@ tensors under PyTorch's state-dict names). It holds:
     "expected.0", ...), and the same for random inputs at two other batch
     sizes under "input.batchN" / "expected.batchN" (`batches=(1, 5)`),
   * metadata: "maskjit.generator", "torch.version", "maskjit.batches" and
-    "maskjit.origins" (JSON: IR value "%5" -> module path "encoder.attn.query").
+    "maskjit.origins" (JSON: IR value "%5" -> module path "encoder.attn.query"),
+  * with intermediates=True (--intermediates): PyTorch's value of every op
+    node for each stored input, "maskjit.node.<id>" and
+    "maskjit.node.<id>.batchN", and "maskjit.sources" (JSON: "%5" ->
+    "model.py:41"), so that `maskjit check` names the first node that
+    diverges (see export()).
 The batch (dim 0 of every input) becomes B; sizes read from x.shape stay
 B-relative. An op maskjit lacks, or a graph that cannot work at any batch,
 is refused with the reason, the op, the module path and the source line.
@@ -38,6 +43,7 @@ and at the other batch sizes) before they replace `path`, then run through
 Command line:
 
     /usr/bin/python3 tools/export_torch.py --module model.py:make_model --inputs 4x16 -o out.safetensors
+    # --intermediates: store every node's PyTorch value, for `maskjit check` to say where
     /usr/bin/python3 tools/export_torch.py --spec mlp:16,32,8:act=relu --density 0.5 \
         --batch 4 --seed 0 -o out.safetensors
     # --sparsifier: masks from torch's WeightNormSparsifier, sparse_block_shape (1, 4)
@@ -353,6 +359,7 @@ class _Builder:
         self.consts = 0
         self.tensors = {}           # name -> float32 tensor for params and large consts
         self.origins = {}           # "%id" -> module path
+        self.sources = {}           # "%id" -> "model.py:52", the model's line that made it
         self.origin_of = origin_of  # (operand ids, on_input) -> module path of the node
         self.node = None            # the torch node being emitted (for messages)
         self.on_input = set()       # ids of values that depend on an input
@@ -373,6 +380,10 @@ class _Builder:
             origin = self.origin_of([o.id for o in operands], vid in self.on_input)
         if origin is not None:
             self.origins[f"%{vid}"] = origin
+        if self.node is not None and not text.startswith(("input ", "param ", "const ")):
+            src = _source_line(self.node)
+            if src:
+                self.sources[f"%{vid}"] = src
         return _T(vid, shape)
 
     def where(self):
@@ -1051,7 +1062,7 @@ def _translate(model, traced, inputs, input_names, state):
             if not isinstance(item, _T):
                 raise ExportError(f"the model returns {item!r}; maskjit graphs return tensors")
             outs.append(item)
-    return bld.text(outs), bld.tensors, bld.origins, [o.shape for o in outs]
+    return bld.text(outs), bld.tensors, (bld.origins, bld.sources), [o.shape for o in outs]
 
 
 def _check_inplace(bld, node, env, alias_root, values, order):
@@ -1134,9 +1145,10 @@ def _parse_attrs(rest):
     return out
 
 
-def reference_run(text, tensors, inputs):
+def reference_run(text, tensors, inputs, every_value=False):
     """Evaluates maskjit IR text (docs/IR.md) with PyTorch ops on `inputs`:
-    an independent reading of a written file, used to validate it."""
+    an independent reading of a written file, used to validate it. Returns
+    the outputs; with every_value, the value of every node, by id."""
     lines = [l for l in text.split("\n") if l.strip()]
     if not lines or lines[0] != "maskjit-ir 1" or not lines[-1].startswith("return "):
         raise ExportError("the IR text has no 'maskjit-ir 1' header or no return line")
@@ -1169,7 +1181,21 @@ def reference_run(text, tensors, inputs):
         if list(v.shape) != shape:
             raise ExportError(f"IR line {line}: PyTorch gives shape {list(v.shape)} at batch {batch}")
         vals.append(v)
+    if every_value:
+        return vals
     return [vals[int(i)] for i in re.findall(r"%(\d+)", lines[-1])]
+
+
+NODE_PREFIX = "maskjit.node."  # PyTorch's node values: "maskjit.node.<id><suffix>"
+
+
+def _node_values(text, tensors, inputs, suffix):
+    """{"maskjit.node.<id><suffix>": value} for every op node of the IR (not
+    inputs, params or consts), as PyTorch's ops compute the graph."""
+    ops = {int(m.group(1)) for m in map(_LINE.match, text.split("\n")[1:])
+           if m and m.group(2) not in ("input", "param", "const")}
+    vals = reference_run(text, tensors, inputs, every_value=True)
+    return {f"{NODE_PREFIX}{i}{suffix}": vals[i].to(torch.float32).contiguous() for i in sorted(ops)}
 
 
 def _max_abs(a, b):
@@ -1354,7 +1380,8 @@ def _trace(model, inputs, check_sets=None):
 
 
 def export(model, example_inputs, path, spec=None, batches=(1, 5), seed=0,
-           generator="tools/export_torch.py", maskjit="auto", extra_metadata=None, log=print):
+           generator="tools/export_torch.py", maskjit="auto", extra_metadata=None, log=print,
+           intermediates=False):
     """Exports `model` (any nn.Module; run in eval mode) to `path` and checks it.
 
     Without spec: a maskjit trace file (`maskjit trace -o` format) recorded
@@ -1363,8 +1390,18 @@ def export(model, example_inputs, path, spec=None, batches=(1, 5), seed=0,
     the model at the example's batch and at `batches`, then run through
     `maskjit check` when the binary is found (maskjit="auto", a path, or
     None to skip); a file that fails is not written. Raises ExportError with
-    the reason. Returns the dict of tensors written."""
+    the reason. Returns the dict of tensors written.
+
+    intermediates=True (trace files only) also stores PyTorch's value of every
+    op node of the graph for each stored input, so that `maskjit check` can
+    name the first node where maskjit parts from PyTorch: node %17's value on
+    "input<suffix>" (suffix "" or ".batchN") is "maskjit.node.17<suffix>",
+    computed by PyTorch's ops evaluating the exported graph (the evaluation
+    that validates the file against the model's outputs); the metadata gains
+    "maskjit.sources" (JSON: "%17" -> "model.py:52")."""
     if spec is not None:
+        if intermediates:
+            raise ExportError("intermediates=True needs a trace export (without spec=)")
         x = example_inputs[0] if isinstance(example_inputs, (tuple, list)) else example_inputs
         return _export_spec(model, _as_tuple(x)[0], path, spec, batches, seed, generator,
                             maskjit, extra_metadata, log)
@@ -1381,7 +1418,7 @@ def export(model, example_inputs, path, spec=None, batches=(1, 5), seed=0,
             expected = [_outputs(model(*inputs))]
             traced = _trace(model, inputs)
             state = {k: v for k, v in model.state_dict().items()}
-            text, graph_tensors, origins, out_shapes = _translate(
+            text, graph_tensors, (origins, sources), out_shapes = _translate(
                 model, traced, inputs, _names("input", len(inputs)), state)
             for xs, b in sets[1:]:
                 try:
@@ -1410,12 +1447,21 @@ def export(model, example_inputs, path, spec=None, batches=(1, 5), seed=0,
                 raise ExportError(f"the model has a tensor named {name + suffix!r}, which the "
                                   "file uses for its checks")
             tensors[name + suffix] = t.to(torch.float32).contiguous()
+    if intermediates:
+        if any(k.startswith(NODE_PREFIX) for k in tensors):
+            raise ExportError(f"the model has a tensor named {NODE_PREFIX}*, which the file uses "
+                              "for node values")
+        for xs, b in sets:
+            tensors.update(_node_values(text, tensors, list(xs),
+                                        "" if b == batch else f".batch{b}"))
     metadata = {"maskjit.format": "trace-v1", "maskjit.ir": text, "maskjit.generator": generator,
                 "torch.version": torch.__version__,
                 "maskjit.batches": ",".join(str(b) for _, b in sets),
                 "maskjit.origins": json.dumps(origins, separators=(",", ":"))}
     if skipped:
         metadata["maskjit.skipped"] = ",".join(skipped)
+    if intermediates:
+        metadata["maskjit.sources"] = json.dumps(sources, separators=(",", ":"))
     if extra_metadata:
         metadata.update(extra_metadata)
 
@@ -1546,6 +1592,9 @@ def main(argv=None):
                     help="with --module: shape of each example input, batch first (4x16)")
     ap.add_argument("--batches", default="1,5",
                     help="other batch sizes whose outputs the file stores (default 1,5)")
+    ap.add_argument("--intermediates", action="store_true",
+                    help="--module: also store PyTorch's value of every graph node, so that "
+                    "`maskjit check` names the first node that diverges")
     ap.add_argument("--density", type=float, default=0.5, help="--spec: fraction of weights kept (0..1)")
     ap.add_argument("--batch", type=int, default=4, help="--spec: batch of the example input")
     ap.add_argument("--seed", type=int, default=0)
@@ -1563,6 +1612,8 @@ def main(argv=None):
         ap.error(f"--batches {args.batches!r}: expected sizes like 1,5")
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
+    if args.intermediates and args.spec:
+        ap.error("--intermediates needs --module")
     try:
         if args.module:
             if not args.inputs:
@@ -1571,7 +1622,7 @@ def main(argv=None):
             model = load_factory(args.module)
             xs = tuple(torch.randn(shape, generator=gen) for shape in shapes)
             tensors = export(model, xs, args.output, batches=batches, seed=args.seed,
-                             maskjit=maskjit)
+                             maskjit=maskjit, intermediates=args.intermediates)
             print(f"wrote {args.output}: {len(tensors)} tensors, a maskjit trace of {args.module}")
             return 0
         if not 0.0 <= args.density <= 1.0:

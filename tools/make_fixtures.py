@@ -21,7 +21,10 @@ Trace fixtures (export_*.safetensors): maskjit trace files written by
 export_torch.export() from models no spec can describe: the IR in the
 metadata, every param and buffer under its state_dict key, masks as separate
 params, "input"/"expected" at batch 5 and "input.batchN"/"expected.batchN" at
-batches 1 and 6 (PyTorch's outputs). tests/test_export.c loads each and runs
+batches 1 and 6 (PyTorch's outputs); the transformer-era ones (LLaMA MLP,
+residual LayerNorm, BERT layer, ViT block) at batch 3, 1 and 17.
+export_sequential_prune also holds PyTorch's value of every node
+("maskjit.node.<id>[.batchN]", export(intermediates=True)). tests/test_export.c loads each and runs
 every mode and `maskjit check` on them.
 
 dtypes.safetensors: one tensor each in F16, BF16, F64 and F32 (plus a rank-0
@@ -213,27 +216,46 @@ class ViTBlock(nn.Module):
         return x + self.fc2(nn.functional.gelu(self.fc1(self.n2(x))))
 
 
+class TwoInTwoOut(nn.Module):
+    """Two inputs of different widths, two outputs, each reading both inputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.fx, self.fz = nn.Linear(12, 16), nn.Linear(6, 16)
+        self.head_a, self.head_b = nn.Linear(16, 4), nn.Linear(16, 3, bias=False)
+
+    def forward(self, x, z):
+        h = torch.relu(self.fx(x)) * torch.sigmoid(self.fz(z))
+        return self.head_a(h).softmax(-1), torch.tanh(self.head_b(h + x.mean(-1, keepdim=True)))
+
+
+# The transformer-era fixtures are checked at batches 3 (the example), 1 and 17.
+T_BATCH, T_OPTIONS = 3, dict(batches=(1, 17))
+
+
 def trace_fixtures():
-    """(name, model, example input, checked by the CLI?) for export_torch.export
-    without a spec. The CLI runs [batch, features] inputs only; a rank-3 input
-    is checked against PyTorch here and by tests/test_export.c through the library."""
+    """(name, model, example inputs, checked by the CLI while writing?, export
+    options) for export_torch.export without a spec; options default to
+    batches (1, 6) beside the example's batch 5."""
     out = []
-    # nn.Sequential with Flatten, Dropout, a bias-free layer pruned with
-    # torch.nn.utils.prune, and a final Sigmoid (ReLU stands in for LeakyReLU,
-    # which maskjit's IR lacks so far).
+    # nn.Sequential with Flatten (of a [batch, 4, 4] input), Dropout, LeakyReLU,
+    # a bias-free layer pruned with torch.nn.utils.prune.l1_unstructured and a
+    # final Sigmoid; it stores PyTorch's value of every node (intermediates).
     torch.manual_seed(30)
     gen = torch.Generator().manual_seed(30)
-    seq = nn.Sequential(nn.Flatten(), nn.Linear(16, 32), nn.Dropout(0.25), nn.ReLU(),
-                        nn.Linear(32, 16, bias=False), nn.ReLU(), nn.Linear(16, 8), nn.Sigmoid())
+    seq = nn.Sequential(nn.Flatten(), nn.Linear(16, 32), nn.Dropout(0.25), nn.LeakyReLU(0.1),
+                        nn.Linear(32, 16, bias=False), nn.LeakyReLU(0.2), nn.Linear(16, 8),
+                        nn.Sigmoid())
     prune.l1_unstructured(seq[4], "weight", amount=0.6)
-    out.append(("export_sequential_prune", seq, torch.randn(BATCH, 16, generator=gen), True))
+    out.append(("export_sequential_prune", seq, torch.randn(BATCH, 4, 4, generator=gen), True,
+                dict(intermediates=True)))
 
     torch.manual_seed(31)
     gen = torch.Generator().manual_seed(31)
     res = ResidualMLP()
     prune.random_unstructured(res.fc2, "weight", amount=0.5)
     export_torch.prune_random(nn.Sequential(res.fc1, res.head), 0.5, gen)
-    out.append(("export_residual", res, torch.randn(BATCH, 16, generator=gen), True))
+    out.append(("export_residual", res, torch.randn(BATCH, 16, generator=gen), True, {}))
 
     # torch.ao pruning: WeightNormSparsifier's FakeSparsity masks, and a
     # FakeStructuredSparsity row mask on the last layer.
@@ -245,13 +267,22 @@ def trace_fixtures():
     row_mask = export_torch.random_mask((8,), 0.5, gen)
     parametrize.register_parametrization(mlp[4], "weight",
                                          export_torch.FakeStructuredSparsity(row_mask))
-    out.append(("export_fakesparsity", mlp, torch.randn(BATCH, 16, generator=gen), True))
+    out.append(("export_fakesparsity", mlp, torch.randn(BATCH, 16, generator=gen), True, {}))
 
     torch.manual_seed(33)
     gen = torch.Generator().manual_seed(33)
     heads = SplitHeads()
     export_torch.prune_random(nn.Sequential(heads.query), 0.5, gen)
-    out.append(("export_heads", heads, torch.randn(BATCH, 3, 8, generator=gen), False))
+    out.append(("export_heads", heads, torch.randn(BATCH, 3, 8, generator=gen), False, {}))
+
+    # Two inputs, two outputs, each output reading both inputs.
+    torch.manual_seed(38)
+    gen = torch.Generator().manual_seed(38)
+    two = TwoInTwoOut()
+    for lin in (two.fx, two.fz, two.head_a):
+        prune.l1_unstructured(lin, "weight", amount=0.5)
+    out.append(("export_two_in_two_out", two, (torch.randn(BATCH, 12, generator=gen),
+                                               torch.randn(BATCH, 6, generator=gen)), True, {}))
 
     # transformer-era blocks, pruned with torch.nn.utils.prune
     torch.manual_seed(34)
@@ -259,30 +290,34 @@ def trace_fixtures():
     llama = LlamaMLP()
     for lin in (llama.gate, llama.up, llama.down):
         prune.l1_unstructured(lin, "weight", amount=0.7)
-    out.append(("export_llama_mlp", llama, torch.randn(BATCH, 16, generator=gen), True))
+    out.append(("export_llama_mlp", llama, torch.randn(T_BATCH, 16, generator=gen), True,
+                T_OPTIONS))
 
     torch.manual_seed(35)
     gen = torch.Generator().manual_seed(35)
     rln = ResidualLayerNorm()
     for lin in (rln.fc1, rln.fc2):
         prune.l1_unstructured(lin, "weight", amount=0.6)
-    out.append(("export_residual_layernorm", rln, torch.randn(BATCH, 16, generator=gen), True))
+    out.append(("export_residual_layernorm", rln, torch.randn(T_BATCH, 16, generator=gen), True,
+                T_OPTIONS))
 
     torch.manual_seed(36)
     gen = torch.Generator().manual_seed(36)
     bert = BertLayer()
     for lin in (bert.query, bert.key, bert.value, bert.attn_out, bert.inter, bert.out):
         prune.l1_unstructured(lin, "weight", amount=0.8)
-    mask = torch.zeros(BATCH, 1, 1, 6).masked_fill(torch.rand(BATCH, 1, 1, 6, generator=gen) < 0.3,
-                                                   -10000.0)
-    out.append(("export_bert_layer", bert, (torch.randn(BATCH, 6, 32, generator=gen), mask), True))
+    mask = torch.zeros(T_BATCH, 1, 1, 6).masked_fill(
+        torch.rand(T_BATCH, 1, 1, 6, generator=gen) < 0.3, -10000.0)
+    out.append(("export_bert_layer", bert, (torch.randn(T_BATCH, 6, 32, generator=gen), mask), True,
+                T_OPTIONS))
 
     torch.manual_seed(37)
     gen = torch.Generator().manual_seed(37)
     vit = ViTBlock()
     for lin in (vit.qkv, vit.proj, vit.fc1, vit.fc2):
         prune.l1_unstructured(lin, "weight", amount=0.8)
-    out.append(("export_vit_block", vit, torch.randn(BATCH, 6, 32, generator=gen), True))
+    out.append(("export_vit_block", vit, torch.randn(T_BATCH, 6, 32, generator=gen), True,
+                T_OPTIONS))
     return out
 
 
@@ -315,10 +350,11 @@ def main(argv=None):
         path = os.path.join(args.out, name + ".safetensors")
         export_torch.export(model, x, path, spec=spec, generator=GENERATOR, maskjit=args.maskjit)
         print(f"{path}: {spec}, {os.path.getsize(path)} bytes")
-    for name, model, x, by_cli in trace_fixtures():
+    for name, model, x, by_cli, options in trace_fixtures():
         path = os.path.join(args.out, name + ".safetensors")
-        export_torch.export(model, x, path, batches=(1, 6), generator=GENERATOR,
-                            maskjit=args.maskjit if by_cli else None)
+        options = dict(dict(batches=(1, 6)), **options)
+        export_torch.export(model, x, path, generator=GENERATOR,
+                            maskjit=args.maskjit if by_cli else None, **options)
         print(f"{path}: maskjit trace, {os.path.getsize(path)} bytes")
     path = os.path.join(args.out, "dtypes.safetensors")
     safetensors_io.save(path, dtype_tensors(),

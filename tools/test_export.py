@@ -278,6 +278,37 @@ class ExportTest(unittest.TestCase):
         with self.assertRaises(et.ExportError):
             et._compare(got, [d["expected.batch1"]], "tampered")
 
+    def test_intermediates_store_pytorch_value_of_every_node(self):
+        torch.manual_seed(4)
+        model = pruned(nn.Sequential(nn.Linear(6, 8), nn.LeakyReLU(0.1), nn.Linear(8, 3)), 0.5)
+        seen = []
+        model[1].register_forward_hook(lambda m, i, o: seen.append(o.detach().clone()))
+        x = torch.randn(4, 6)
+        d = self.export(model, x, intermediates=True, batches=(1, 6))
+        _, meta = safetensors_io.load(self.path())
+        ops = {int(m.group(1)): m.group(2) for m in map(et._LINE.match, meta["maskjit.ir"].split("\n"))
+               if m and m.group(2) not in ("input", "param", "const")}
+        for suffix in ("", ".batch1", ".batch6"):
+            self.assertEqual({k for k in d if k.startswith("maskjit.node.") and k.endswith(suffix)
+                              and k[len("maskjit.node."):-len(suffix) or None].isdigit()},
+                             {f"maskjit.node.{i}{suffix}" for i in ops})
+            last = max(ops)
+            torch.testing.assert_close(d[f"maskjit.node.{last}{suffix}"], d["expected" + suffix],
+                                       rtol=et.MJ_RTOL, atol=et.MJ_ATOL)
+        # the LeakyReLU node's stored value is the module's output (the first forward's)
+        leaky = [i for i, op in ops.items() if op == "leaky_relu"]
+        self.assertEqual(len(leaky), 1)
+        torch.testing.assert_close(d[f"maskjit.node.{leaky[0]}"], seen[0], rtol=et.MJ_RTOL,
+                                   atol=et.MJ_ATOL)
+        self.assertIn(f'"%{leaky[0]}":', meta["maskjit.sources"])
+        self.assert_maskjit_passed()
+        # without intermediates the file is as before: no node values, no sources
+        plain = self.export(model, x, name="plain.safetensors", batches=(1, 6))
+        self.assertFalse([k for k in plain if k.startswith("maskjit.node.")])
+        self.assertNotIn("maskjit.sources", safetensors_io.load(self.path("plain.safetensors"))[1])
+        with self.assertRaises(et.ExportError):
+            self.export(model, x, name="spec.safetensors", spec="mlp:6,8,3", intermediates=True)
+
     def test_module_command_line(self):
         src = os.path.join(self.dir.name, "mymodel.py")
         with open(src, "w") as f:
@@ -293,6 +324,11 @@ class ExportTest(unittest.TestCase):
         self.assertEqual(et.main(["--module", f"{src}:make", "--inputs", "3x6", "-o", out] + extra), 0)
         _, meta = safetensors_io.load(out)
         self.assertIn('param "0.weight_mask"', meta["maskjit.ir"])
+        self.assertNotIn("maskjit.sources", meta)
+        inter = self.path("inter.safetensors")
+        self.assertEqual(et.main(["--module", f"{src}:make", "--inputs", "3x6", "--intermediates",
+                                  "-o", inter] + extra), 0)
+        self.assertTrue([k for k in safetensors_io.load(inter)[0] if k.startswith("maskjit.node.")])
         bad = self.path("bad.safetensors")
         self.assertEqual(et.main(["--module", f"{src}:bad", "--inputs", "3x6", "-o", bad] + extra), 1)
         self.assertFalse(os.path.exists(bad))

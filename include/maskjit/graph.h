@@ -78,6 +78,10 @@ mj_status mj_graph_parse(const char *text, mj_graph **out);
 mj_status mj_graph_verify(const mj_graph *g);
 mj_status mj_graph_write_dot(const mj_graph *g, FILE *f);
 mj_status mj_graph_clone(const mj_graph *g, mj_graph **out);
+/* A clone of g (params and consts bound to the same tensors) that returns
+ * the values %ids[0..n) instead of g's outputs: any node's value from the
+ * interpreter or a compiled path, to find where two of them part. */
+mj_status mj_graph_expose(const mj_graph *g, int n, const int *ids, mj_graph **out);
 void mj_graph_free(mj_graph *g);
 
 /* Binds param and const nodes to tensors by name (retained); a name the

@@ -5,6 +5,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "check_locate.h"
 #include "check_verdict.h"
 #include "cli.h"
 
@@ -21,7 +22,65 @@ typedef struct path_result {
     bool bit_identical;            /* every byte the same, NaNs included */
     double exp_abs, exp_rel;       /* vs `expected` from the input file */
     char detail[256];              /* first mismatch, when any */
+    bool located;                  /* the first failing input was looked into: */
+    int where_input;               /* which one (0-based, stored sets first)   */
+    int64_t where_batch;
+    check_where where;             /* its first diverging node                 */
 } path_result;
+
+static void path_options(int p, mj_compile_options *o) {
+    mj_compile_options_init(o);
+    o->numeric = p == PATH_FAST ? MJ_NUMERIC_FAST : MJ_NUMERIC_EXACT;
+    o->frozen = p == PATH_FROZEN;
+    o->threads = 1;
+}
+
+/* --json's "first_divergence": the input, and the node or why none. */
+static json_t *where_json(const path_result *r) {
+    const check_where *w = &r->where;
+    json_t *o = json_pack("{s:i, s:I, s:s}", "input", r->where_input, "batch",
+                          (json_int_t)r->where_batch, "against", w->against ? w->against : "");
+    if (!w->found) {
+        json_object_set_new(o, "note", json_string(w->note));
+        return o;
+    }
+    json_object_set_new(o, "node", json_integer(w->node));
+    json_object_set_new(o, "ir", json_string(w->line));
+    if (w->origin[0]) json_object_set_new(o, "origin", json_string(w->origin));
+    json_object_set_new(o, "max_abs", isfinite(w->max_abs) ? json_real(w->max_abs) : json_null());
+    json_object_set_new(o, "tolerance", json_real(w->tol));
+    json_object_set_new(o, "within_tolerance_but_not_bit_identical", json_boolean(w->bits));
+    return o;
+}
+
+/* Path p just failed on x: name its first diverging node. A compiled path
+ * that parts from the interpreter is compared with it node by node; a path
+ * that only misses PyTorch's output, with PyTorch's node values when the
+ * file holds them for this input. */
+static mj_status locate(path_result *r, int p, check_locator *l, mj_jit *jit, int n_in,
+                        const mj_tensor *const *x, const char *suffix, double rtol, double atol) {
+    bool own_ok = r->t.must_be_exact ? r->t.exact : r->t.close;
+    if (!own_ok && p >= PATH_EXACT) {
+        mj_compile_options o;
+        path_options(p, &o);
+        return check_locate(l, jit, &o, n_in, x, NULL, path_exact[p], rtol, atol, &r->where);
+    }
+    r->where.against = own_ok ? "PyTorch" : path_names[PATH_EAGER];
+    if (p == PATH_EAGER || !own_ok) {
+        snprintf(r->where.note, sizeof r->where.note, "not localised: eager runs no graph nodes");
+        return MJ_OK;
+    }
+    if (!suffix || !check_locator_has_pytorch(l, suffix)) {
+        snprintf(r->where.note, sizeof r->where.note,
+                 "not localised: the file holds no PyTorch node values for this input (export "
+                 "with --intermediates)");
+        return MJ_OK;
+    }
+    mj_compile_options o;
+    path_options(p, &o);
+    return check_locate(l, jit, p == PATH_TRACED ? NULL : &o, n_in, x, suffix, false, rtol, atol,
+                        &r->where);
+}
 
 static void merge(path_result *r, const mj_compare *c, const mj_tensor *y, const mj_tensor *ref) {
     if (c->max_abs > r->max_abs) r->max_abs = c->max_abs;
@@ -45,24 +104,45 @@ static void merge(path_result *r, const mj_compare *c, const mj_tensor *y, const
     }
 }
 
-/* Further stored checks: "<input>.batchN" with "expected.batchN" (PyTorch's
- * output at another batch size, from tools/export_torch.py). Returns how many
- * pairs it put in xs/ys (borrowed), at most cap. */
-static int stored_batches(const mj_tensor_dict *d, const char *input_name, mj_tensor **xs,
-                          mj_tensor **ys, int cap) {
+/* A stored check: the inputs and PyTorch's outputs (from
+ * tools/export_torch.py) under "<input><suffix>" and "expected[.j]<suffix>",
+ * suffix "" or ".batchN"; borrowed from the file. */
+typedef struct stored_set {
+    mj_tensor *x[CLI_MAX_STRINGS];
+    const mj_tensor *y[CLI_MAX_STRINGS];
+    char suffix[32];
+} stored_set;
+
+/* "expected<suffix>" for one output, else "expected.<j><suffix>". */
+static void expected_name(char *buf, size_t size, int n_out, int j, const char *suffix) {
+    if (n_out == 1) snprintf(buf, size, "expected%s", suffix);
+    else snprintf(buf, size, "expected.%d%s", j, suffix);
+}
+
+/* The ".batchN" sets beside the first input's name in d, each with every
+ * input and every expected output; returns how many it put in sets. */
+static int stored_batches(const mj_tensor_dict *d, const char *const *in_names, int n_in, int n_out,
+                          stored_set *sets, int cap) {
     int n = 0;
-    size_t len = strlen(input_name);
+    size_t len = strlen(in_names[0]);
     for (int i = 0; i < mj_tensor_dict_size(d) && n < cap; i++) {
         const char *key = mj_tensor_dict_key(d, i);
-        if (strncmp(key, input_name, len) != 0 || strncmp(key + len, ".batch", 6) != 0) continue;
+        if (strncmp(key, in_names[0], len) != 0 || strncmp(key + len, ".batch", 6) != 0) continue;
         const char *digits = key + len + 6;
-        if (!*digits || strspn(digits, "0123456789") != strlen(digits)) continue;
-        char name[64];
-        if ((size_t)snprintf(name, sizeof name, "expected.batch%s", digits) >= sizeof name) continue;
-        mj_tensor *y = mj_tensor_dict_get(d, name);
-        if (!y) continue;
-        xs[n] = mj_tensor_dict_value(d, i);
-        ys[n++] = y;
+        if (!*digits || strspn(digits, "0123456789") != strlen(digits) || strlen(digits) > 20) continue;
+        stored_set *st = &sets[n];
+        snprintf(st->suffix, sizeof st->suffix, ".batch%s", digits);
+        bool all = true;
+        for (int k = 0; k < n_in + n_out && all; k++) {
+            char name[192];
+            if (k < n_in) snprintf(name, sizeof name, "%s%s", in_names[k], st->suffix);
+            else expected_name(name, sizeof name, n_out, k - n_in, st->suffix);
+            mj_tensor *t = mj_tensor_dict_get(d, name);
+            if (!t) all = false;
+            else if (k < n_in) st->x[k] = t;
+            else st->y[k - n_in] = t;
+        }
+        if (all) n++;
     }
     return n;
 }
@@ -75,8 +155,11 @@ int cmd_check(int argc, char **argv) {
         "mode does not promise NaN sign or payload), fast within rtol/atol; with an\n"
         "input file holding `expected` (e.g. from tools/export_torch.py) every path\n"
         "must also be within rtol/atol of it (several outputs: `expected.0`,\n"
-        "`expected.1`, ...), and so, for one input and one output, for each\n"
+        "`expected.1`, ...), and so for each\n"
         "`input.batchN` with its `expected.batchN` stored beside them.\n"
+        "A failing path names its first diverging node: against the interpreter\n"
+        "for a compiled path, else against PyTorch's node values when the file\n"
+        "holds them (tools/export_torch.py --intermediates).\n"
         "Exit 0 on PASS, 1 on FAIL, 2 on bad usage.", NULL};
     const char *weights = NULL, *input = NULL;
     cli_strings input_names = {0};
@@ -116,6 +199,7 @@ int cmd_check(int argc, char **argv) {
     mj_compiled *compiled[N_PATHS] = {0};
     path_result res[N_PATHS];
     memset(res, 0, sizeof res);
+    check_locator *locator = NULL;
     int n_inputs = 0;
     if (n_in > CLI_MAX_STRINGS || n_out > CLI_MAX_STRINGS) {
         rc = cli_error("check", CLI_FAIL, "%s has %d inputs and %d outputs; the CLI handles at most %d each",
@@ -123,9 +207,15 @@ int cmd_check(int argc, char **argv) {
         n_in = 0;
         goto done;
     }
-    if (input || (cm.exported && n_in == 1 &&
-                  mj_tensor_dict_get(cm.file, input_names.n ? input_names.v[0] : "input"))) {
-        /* a file's inputs (an export carries its input and PyTorch's expected output) */
+    char in_buf[CLI_MAX_STRINGS][32];
+    const char *in_names[CLI_MAX_STRINGS];
+    bool file_has_inputs = cm.exported;
+    for (int i = 0; i < n_in; i++) {
+        in_names[i] = input_names.n ? input_names.v[i] : cli_model_input_name(&cm, i, in_buf[i], sizeof in_buf[i]);
+        file_has_inputs = file_has_inputs && in_names[i] && mj_tensor_dict_get(cm.file, in_names[i]);
+    }
+    if (input || (n_in >= 1 && input_names.n <= n_in && file_has_inputs)) {
+        /* a file's inputs (an export carries its inputs and PyTorch's expected outputs) */
         if ((rc = cli_model_inputs("check", &cm, input, &input_names, 1, 0, given, &input_file)) != CLI_OK) {
             n_in = 0;
             goto done;
@@ -134,24 +224,23 @@ int cmd_check(int argc, char **argv) {
         const mj_tensor_dict *ef = input ? input_file : cm.file;
         for (int j = 0; j < n_out; j++) {
             char nb[32];
-            snprintf(nb, sizeof nb, n_out == 1 ? "expected" : "expected.%d", j);
+            expected_name(nb, sizeof nb, n_out, j, "");
             expected[j] = mj_tensor_dict_get(ef, nb);
         }
         if (batch == 0 && mj_tensor_rank(given[0]) >= 1) batch = mj_tensor_dim(given[0], 0);
     }
-    /* Further stored sets (one input, one output): "<input>.batchN" with
-     * "expected.batchN", borrowed from the file. */
+    /* The stored sets: the given inputs, then each "<input>.batchN" with its
+     * "expected[.j].batchN", borrowed from the file. */
     enum { MAX_STORED = 16 };
-    mj_tensor *stored_x[MAX_STORED], *stored_y[MAX_STORED];
+    stored_set stored[MAX_STORED];
+    memset(stored, 0, sizeof stored);
     int n_stored = 0;
     if (has_given) {
         n_stored = 1;
-        if (n_in == 1 && n_out == 1) {
-            char nb[128];
-            const char *in_name = input_names.n ? input_names.v[0] : cli_model_input_name(&cm, 0, nb, sizeof nb);
-            const mj_tensor_dict *src = input ? input_file : cm.file;
-            n_stored += stored_batches(src, in_name, stored_x, stored_y, MAX_STORED);
-        }
+        for (int i = 0; i < n_in; i++) stored[0].x[i] = given[i];
+        for (int j = 0; j < n_out; j++) stored[0].y[j] = expected[j];
+        n_stored += stored_batches(input ? input_file : cm.file, in_names, n_in, n_out, stored + 1,
+                                   MAX_STORED - 1);
     }
     if (batch == 0) batch = 3;
     if (!has_given && n_random == 0) {
@@ -165,14 +254,15 @@ int cmd_check(int argc, char **argv) {
     }
     for (int p = PATH_EXACT; p <= PATH_FROZEN; p++) {
         mj_compile_options o;
-        mj_compile_options_init(&o);
-        o.numeric = p == PATH_FAST ? MJ_NUMERIC_FAST : MJ_NUMERIC_EXACT;
-        o.frozen = p == PATH_FROZEN;
-        o.threads = 1;
+        path_options(p, &o);
         if (mj_jit_compile(jit, cm.graph, &o, &compiled[p]) != MJ_OK) {
             rc = cli_mj_error("check", path_names[p]);
             goto done;
         }
+    }
+    if (!(locator = check_locator_new(cm.graph, cm.exported && !input ? cm.file : NULL))) {
+        rc = cli_error("check", CLI_FAIL, "out of memory");
+        goto done;
     }
     for (int p = 0; p < N_PATHS; p++) {
         res[p].bit_identical = res[p].t.exact = res[p].t.close = res[p].t.exp_close = true;
@@ -185,15 +275,12 @@ int cmd_check(int argc, char **argv) {
     for (int64_t k = -n_stored; k < n_random; k++) {
         mj_tensor *x[CLI_MAX_STRINGS] = {0}, *ys[N_PATHS][CLI_MAX_STRINGS] = {{0}};
         const mj_tensor *want[CLI_MAX_STRINGS] = {0};
+        const char *suffix = NULL; /* of a stored set */
         if (k < 0) {
-            int si = (int)(k + n_stored);
-            if (si == 0) {
-                for (int i = 0; i < n_in; i++) x[i] = mj_tensor_retain(given[i]);
-                for (int j = 0; j < n_out; j++) want[j] = expected[j];
-            } else {
-                x[0] = mj_tensor_retain(stored_x[si - 1]);
-                want[0] = stored_y[si - 1];
-            }
+            const stored_set *st = &stored[k + n_stored];
+            for (int i = 0; i < n_in; i++) x[i] = mj_tensor_retain(st->x[i]);
+            for (int j = 0; j < n_out; j++) want[j] = st->y[j];
+            suffix = st->suffix;
         } else if ((rc = cli_model_inputs("check", &cm, NULL, NULL, batch, (uint64_t)seed.value + 100 + k, x,
                                           NULL)) != CLI_OK) {
             goto done;
@@ -226,6 +313,13 @@ int cmd_check(int argc, char **argv) {
                     }
                 }
             }
+            if (!res[p].located && !check_path_ok(&res[p].t)) { /* its first failing input */
+                res[p].located = true;
+                res[p].where_input = n_inputs - 1;
+                res[p].where_batch = mj_tensor_rank(x[0]) >= 1 ? mj_tensor_dim(x[0], 0) : 1;
+                if (locate(&res[p], p, locator, jit, n_in, xc, suffix, rtol, atol) != MJ_OK)
+                    rc = cli_mj_error("check", "finding the first diverging node");
+            }
         }
         for (int p = 0; p < N_PATHS; p++)
             for (int j = 0; j < n_out; j++) mj_tensor_release(ys[p][j]);
@@ -251,6 +345,7 @@ int cmd_check(int argc, char **argv) {
                                               "max_rel", res[p].exp_rel, "close",
                                               res[p].t.exp_close));
             if (res[p].detail[0]) json_object_set_new(o, "detail", json_string(res[p].detail));
+            if (res[p].located) json_object_set_new(o, "first_divergence", where_json(&res[p]));
             json_array_append_new(paths, o);
         }
         json_t *root = json_pack("{s:s, s:s, s:i, s:I, s:f, s:f, s:o, s:b}", "model", pos[0],
@@ -278,6 +373,12 @@ int cmd_check(int argc, char **argv) {
                    color ? (ok[p] ? "\033[32m" : "\033[31m") : "", ok[p] ? "ok" : "MISMATCH",
                    color ? "\033[0m" : "");
             if (!ok[p] && res[p].detail[0]) printf("  %s\n", res[p].detail);
+            if (!ok[p] && res[p].located) {
+                char w[600];
+                check_where_describe(&res[p].where, w, sizeof w);
+                printf("  input %d (batch %lld): %s\n", res[p].where_input + 1,
+                       (long long)res[p].where_batch, w);
+            }
         }
         printf("%s: %s\n", pass ? "PASS" : "FAIL",
                pass ? "exact paths bit-identical to the reference (NaN matching any NaN), fast "
@@ -287,6 +388,7 @@ int cmd_check(int argc, char **argv) {
     rc = pass ? CLI_OK : CLI_FAIL;
 done:
     for (int p = 0; p < N_PATHS; p++) mj_compiled_free(compiled[p]);
+    check_locator_free(locator);
     mj_jit_free(jit);
     for (int i = 0; i < n_in; i++) mj_tensor_release(given[i]);
     mj_tensor_dict_free(input_file);
