@@ -197,7 +197,7 @@ static const int64_t widths[] = {1, 2, 3, 4, 5, 7, 8, 16, 17, 33, 64, 65, 96};
 static bool gen_binary(gen *G, int32_t x) {
     static const mj_op ops[] = {MJ_OP_ADD, MJ_OP_SUB, MJ_OP_MUL, MJ_OP_DIV, MJ_OP_MAXIMUM, MJ_OP_MINIMUM};
     mj_op op = ops[take(G, 6)];
-    const mj_type *tx = ty(G, x);
+    const mj_type txv = *ty(G, x), *tx = &txv; /* a copy: adding nodes moves them */
     int32_t y = -1;
     switch (take(G, 4)) {
     case 0: { /* a scalar operand, as the tracer records `x / 8.0` */
@@ -295,7 +295,7 @@ static void gen_unary(gen *G, int32_t x) {
 }
 
 static bool gen_reduce(gen *G, int32_t x, int kind) {
-    const mj_type *t = ty(G, x);
+    const mj_type tv = *ty(G, x), *t = &tv; /* a copy: adding nodes moves them */
     mj_op op = kind == 0 ? (take(G, 2) ? MJ_OP_SUM : MJ_OP_MEAN)
                          : (take(G, 2) ? MJ_OP_SOFTMAX : MJ_OP_LOG_SOFTMAX);
     mj_attrs a = mj_attrs_default(op);
@@ -306,7 +306,7 @@ static bool gen_reduce(gen *G, int32_t x, int kind) {
 }
 
 static bool gen_layer_norm(gen *G, int32_t x) {
-    const mj_type *t = ty(G, x);
+    const mj_type tv = *ty(G, x), *t = &tv; /* a copy: adding nodes moves them */
     int64_t last = t->dims[t->rank - 1];
     if (last == MJ_DIM_BATCH) return false;
     static const float eps[] = {1e-5f, 1e-3f, 0.5f, 1e-12f};
@@ -323,7 +323,7 @@ static bool gen_layer_norm(gen *G, int32_t x) {
 /* linear / linear_act, the weight a param or `mul(weight, mask)` as the
  * tracer records a pruned layer, with or without a bias. */
 static bool gen_linear(gen *G, int32_t x) {
-    const mj_type *t = ty(G, x);
+    const mj_type tv = *ty(G, x), *t = &tv; /* a copy: adding nodes moves them */
     int64_t k = t->dims[t->rank - 1];
     if (k == MJ_DIM_BATCH) return false;
     int64_t n = widths[take(G, sizeof widths / sizeof widths[0])];
@@ -349,7 +349,7 @@ static bool gen_linear(gen *G, int32_t x) {
 }
 
 static bool gen_transpose(gen *G, int32_t x, int32_t *out) {
-    const mj_type *t = ty(G, x);
+    const mj_type tv = *ty(G, x), *t = &tv; /* a copy: adding nodes moves them */
     if (t->rank < 2) return false;
     mj_shape_attrs sa;
     memset(&sa, 0, sizeof sa);
@@ -368,7 +368,7 @@ static bool gen_transpose(gen *G, int32_t x, int32_t *out) {
 }
 
 static bool gen_matmul(gen *G, int32_t x) {
-    const mj_type *t = ty(G, x);
+    const mj_type tv = *ty(G, x), *t = &tv; /* a copy: adding nodes moves them */
     if (t->rank < 2) return false;
     int64_t k = t->dims[t->rank - 1];
     int32_t b = -1;
@@ -414,7 +414,7 @@ static bool gen_matmul(gen *G, int32_t x) {
 }
 
 static bool gen_permute(gen *G, int32_t x) {
-    const mj_type *t = ty(G, x);
+    const mj_type tv = *ty(G, x), *t = &tv; /* a copy: adding nodes moves them */
     mj_shape_attrs sa;
     memset(&sa, 0, sizeof sa);
     for (int d = 0; d < t->rank; d++) sa.perm[d] = (int8_t)d;
@@ -429,7 +429,7 @@ static bool gen_permute(gen *G, int32_t x) {
 }
 
 static bool gen_reshape(gen *G, int32_t x) {
-    const mj_type *t = ty(G, x);
+    const mj_type tv = *ty(G, x), *t = &tv; /* a copy: adding nodes moves them */
     int64_t p = 1;
     int nb = 0;
     for (int d = 0; d < t->rank; d++) {
@@ -458,7 +458,7 @@ static bool gen_reshape(gen *G, int32_t x) {
 }
 
 static bool gen_slice_or_cat(gen *G, int32_t x, bool cat) {
-    const mj_type *t = ty(G, x);
+    const mj_type tv = *ty(G, x), *t = &tv; /* a copy: adding nodes moves them */
     int which[MJ_MAX_RANK];
     int nc = concrete_dims(t, which);
     if (nc == 0) return false;
@@ -491,7 +491,7 @@ static bool gen_slice_or_cat(gen *G, int32_t x, bool cat) {
 }
 
 static bool gen_expand(gen *G, int32_t x) {
-    const mj_type *t = ty(G, x);
+    const mj_type tv = *ty(G, x), *t = &tv; /* a copy: adding nodes moves them */
     int64_t n = widths[take(G, 8)];
     mj_type r = *t;
     r.dims[r.rank - 1] = n;
