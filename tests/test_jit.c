@@ -864,7 +864,8 @@ Test(jit, column_split_threads_are_bit_identical, .timeout = 120) {
         const char *spec;
         double density;
     } models[] = {{"mlp:1024,1024,1024:act=gelu", 1.0}, {"mlp:512,2048,520,16,8:act=relu", 0.2}};
-    static const int64_t batches[] = {1, 2, 5, 11};
+    /* 40: columns too when every op splits them (below 24 rows per thread) */
+    static const int64_t batches[] = {1, 2, 5, 11, 40};
     for (size_t mi_ = 0; mi_ < sizeof models / sizeof *models; mi_++) {
         mj_module *m;
         OK(mj_model_from_spec(models[mi_].spec, &rng, &m));
