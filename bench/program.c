@@ -70,7 +70,7 @@ static void usage(FILE *f, const char *prog) {
             "or a model spec) it times that model instead: the interpreter and the compiled\n"
             "modes (exact, fast, frozen), each checked against the interpreter first, at\n"
             "every --batch and --threads; ratios are against the interpreter.\n"
-            "  --batch LIST      batches for MODEL (default 1,8,64)\n"
+            "  --batch LIST      batches for MODEL (default 1,8,64) and for W6 (default 1,2,4,..,1024)\n"
             "  --workloads LIST  comma-separated ids (default W1,W2,W3,W4,W5,W6)\n"
             "  --reps N          timing rounds, median reported (default 7; --smoke 3)\n"
             "  --min-ms X        time per variant per round in ms (default 25; --smoke 2)\n"
@@ -228,10 +228,6 @@ static int parse_args(int argc, char **argv, options *o, FILE *err) {
         fprintf(err, "%s: --json and --csv are exclusive\n", prog);
         return 2;
     }
-    if (o->n_batches && !o->model) {
-        fprintf(err, "%s: --batch goes with a MODEL (the workloads have their own batches)\n", prog);
-        return 2;
-    }
     if (o->model && o->n_batches == 0) {
         static const int64_t dflt[] = {1, 8, 64};
         for (int i = 0; i < 3; i++) o->batches[o->n_batches++] = dflt[i];
@@ -240,6 +236,10 @@ static int parse_args(int argc, char **argv, options *o, FILE *err) {
     for (int i = 1; i <= 6; i++) any |= o->want[i];
     if (!any)
         for (int i = 1; i <= 6; i++) o->want[i] = true;
+    if (o->n_batches && !o->model && !o->want[6]) {
+        fprintf(err, "%s: --batch goes with a MODEL or W6 (the other workloads have their own batches)\n", prog);
+        return 2;
+    }
     if (o->reps < 0) o->reps = o->smoke ? 3 : 7;
     if (o->min_ms < 0) o->min_ms = o->smoke ? 2 : 25;
     if (o->n_threads == 0) {
@@ -307,6 +307,10 @@ static int build_workloads(const options *o, mj_bench_workload *ws) {
 
 static int w6_batches(const options *o, int64_t *b) {
     int n = 0;
+    if (o->n_batches > 0) { /* --batch: the user's sweep */
+        for (int i = 0; i < o->n_batches; i++) b[n++] = o->batches[i];
+        return n;
+    }
     if (o->smoke) {
         b[n++] = 1;
         b[n++] = 8;

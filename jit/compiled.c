@@ -54,6 +54,7 @@ struct mj_compiled {
     int threads;
     double row_flops;
     int64_t col_panels; /* full column panels of the widest packed linear layer */
+    bool all_columns;   /* every op of the body splits its columns (an MLP of wide layers) */
     pool *pool;
 };
 
@@ -696,9 +697,12 @@ static mj_status runtime_init(mj_compiled *c) {
         }
     }
     c->has_sparse = false;
+    c->all_columns = true;
     for (int32_t i = 0; i < g->n_nodes; i++) {
         const mj_node *n = &g->nodes[i];
         c->has_sparse = c->has_sparse || c->plan.sparse[i];
+        if (!c->input_free[i] && n->op != MJ_OP_INPUT && n->op != MJ_OP_RESHAPE)
+            c->all_columns = c->all_columns && mj_body_splits_columns(&c->plan, i);
         if (!c->input_free[i] && mj_body_splits_columns(&c->plan, i)) {
             int64_t panels = g->nodes[n->operands[1]].type.dims[0] / c->plan.panel;
             if (panels > c->col_panels) c->col_panels = panels;
@@ -857,9 +861,17 @@ static inline mj_status run_checked(mj_compiled *c, const float *const *x, int64
     }
     const float *const *leaves = pr ? pr->leaf_data : NULL;
     if (c->pool && (double)batch * c->row_flops >= PAR_MIN_FLOPS) {
-        /* Fewer rows per thread than a micro-kernel's 6 and a layer with a
-         * panel of columns per thread: split the columns instead of rows. */
-        bool columns = batch < MJ_MK_MAX_ROWS * c->pool->n && c->col_panels >= c->pool->n;
+        /* Few rows per thread and a layer with a panel of columns per
+         * thread: split the columns instead of rows. Split by rows, every
+         * thread streams all of each weight for its few rows (narrow
+         * micro-kernels, weight traffic per FLOP ~ 1/rows); split by
+         * columns, each streams its share of the weights for every row, at
+         * the price of a barrier per op, while the other ops run on thread 0.
+         * So: below 6 rows per thread always; below 4 full micro-kernels
+         * per thread when every op splits its columns (nothing waits on
+         * thread 0). */
+        int64_t per_thread = c->all_columns ? 4 * MJ_MK_MAX_ROWS : MJ_MK_MAX_ROWS;
+        bool columns = batch < per_thread * c->pool->n && c->col_panels >= c->pool->n;
         if ((columns || batch >= 2) && run_parallel(c, leaves, x, batch, y, columns)) {
             if (pr) leave(c);
             return MJ_OK;

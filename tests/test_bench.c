@@ -470,14 +470,14 @@ Test(bench, program_times_a_saved_trace) {
     mj_tensor_release(ones);
     mj_module_free(m);
 
-    /* errors: a bad MODEL fails with the reason; --batch needs a MODEL */
+    /* errors: a bad MODEL fails with the reason; --batch needs a MODEL or W6 */
     const char *missing[] = {"b", "/nonexistent/model.mjt"};
     r = run_bench(2, missing);
     cr_expect_eq(r.rc, 1);
     cr_expect(strstr(r.err, "neither a file nor a model spec"), "%s", r.err);
     run_free(&r);
-    const char *nomodel[] = {"b", "--batch", "4"};
-    r = run_bench(3, nomodel);
+    const char *nomodel[] = {"b", "--workloads", "W1,W2", "--batch", "4"};
+    r = run_bench(5, nomodel);
     cr_expect_eq(r.rc, 2);
     cr_expect(strstr(r.err, "--batch goes with a MODEL"), "%s", r.err);
     run_free(&r);

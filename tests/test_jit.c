@@ -669,7 +669,10 @@ Test(jit, dump_ir_and_asm) {
 Test(jit, kernels_tile_edges_against_interpreter) {
     mj_rng rng;
     mj_rng_seed(&rng, 15);
-    static const int64_t shapes[][2] = {{1, 1}, {15, 17}, {33, 15}, {16, 64}, {17, 300}, {1000, 33}, {65, 1000}, {130, 129}};
+    /* {20, 9000}: x rows so long that batch 33 spans two of the GEMM's
+     * row blocks (sized from the L2 cache) on any L2 up to 3 MiB */
+    static const int64_t shapes[][2] = {{1, 1},      {15, 17},    {33, 15},    {16, 64},  {17, 300},
+                                        {1000, 33}, {65, 1000}, {130, 129}, {20, 9000}};
     static const int64_t batches[] = {1, 15, 17, 33, 1000};
     int n_shapes = (int)(sizeof shapes / sizeof *shapes);
     for (int si = 0; si < n_shapes; si++) {
@@ -805,7 +808,8 @@ Test(jit, column_split_threads_are_bit_identical, .timeout = 120) {
         const char *spec;
         double density;
     } models[] = {{"mlp:1024,1024,1024:act=gelu", 1.0}, {"mlp:512,2048,520,16,8:act=relu", 0.2}};
-    static const int64_t batches[] = {1, 2, 5, 11};
+    /* 40: columns too when every op splits them (below 24 rows per thread) */
+    static const int64_t batches[] = {1, 2, 5, 11, 40};
     for (size_t mi_ = 0; mi_ < sizeof models / sizeof *models; mi_++) {
         mj_module *m;
         OK(mj_model_from_spec(models[mi_].spec, &rng, &m));
