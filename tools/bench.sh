@@ -13,6 +13,15 @@
 # maskjit-bench with one round of PyTorch per workload, and the table gives
 # each variant's median over the rounds and its ratio to the best peer.
 #
+# W7 (a pruned BERT-base encoder layer, 90% unstructured masks) and W7b4 (the
+# same with 1x4 block masks) run only with --torch, at batch 1 and 8:
+#   tools/bench.sh --torch --workloads W7,W7b4 --rounds 3
+# Their trace files are written once into $BUILD_DIR/w7/ by
+# tools/bench_torch.py --export-w7 (seeded: the PyTorch side builds the same
+# weights and masks), and maskjit-bench times them as user models: the
+# interpreter (the reference, timed in the first round only: it is slow) and
+# compiled exact, fast (live, dense) and frozen.
+#
 # BUILD_DIR picks the build directory (default: build).
 set -eu
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -47,6 +56,15 @@ if ! $py -c 'import torch' 2>/dev/null; then
     echo "tools/bench.sh --torch: $py cannot import torch (apt-get install python3-torch)" >&2
     exit 2
 fi
+for w in $(echo "$workloads" | tr ',' ' '); do
+    case $w in
+    W7|W7b4)
+        if [ ! -f "$build/w7/$w.safetensors" ]; then
+            echo "writing the W7 trace files into $build/w7 (once; a few minutes)" >&2
+            $py "$root/tools/bench_torch.py" --export-w7 "$build/w7" --maskjit "$build/maskjit" >&2
+        fi ;;
+    esac
+done
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 compact() { $py -c 'import json,sys; print(json.dumps(json.load(sys.stdin)))'; }
@@ -54,7 +72,13 @@ r=1
 while [ "$r" -le "$rounds" ]; do
     for w in $(echo "$workloads" | tr ',' ' '); do
         echo "round $r/$rounds: $w" >&2
-        peer_env "$exe" --workloads "$w" --reps 1 --min-ms "$min_ms" --json 2>/dev/null | compact >>"$log"
+        case $w in
+        W7|W7b4)
+            ref=; [ "$r" -gt 1 ] && ref=--untimed-ref
+            peer_env "$exe" "$build/w7/$w.safetensors" --id "$w" --batch 1,8 --threads 1 $ref \
+                --reps 1 --min-ms "$min_ms" --json 2>/dev/null | compact >>"$log" ;;
+        *) peer_env "$exe" --workloads "$w" --reps 1 --min-ms "$min_ms" --json 2>/dev/null | compact >>"$log" ;;
+        esac
         peer_env $py "$root/tools/bench_torch.py" --workloads "$w" --reps 1 --min-ms "$min_ms" --json \
             2>/dev/null | compact >>"$log"
     done
