@@ -73,6 +73,8 @@ void mj_bench_setup_time_reference(mj_bench_setup *s, bool timed);
 
 mj_module *mj_bench_setup_model(mj_bench_setup *s);     /* borrowed */
 const mj_tensor *mj_bench_setup_input(const mj_bench_setup *s); /* input 0, borrowed */
+int mj_bench_setup_input_count(const mj_bench_setup *s);
+const mj_tensor *mj_bench_setup_input_at(const mj_bench_setup *s, int i); /* borrowed; NULL if none */
 /* 2 * batch * sum(in*out) over the Linear layers (dense count). */
 double mj_bench_setup_flops(const mj_bench_setup *s);
 

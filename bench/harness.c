@@ -531,6 +531,10 @@ void mj_bench_setup_time_reference(mj_bench_setup *s, bool timed) {
 
 mj_module *mj_bench_setup_model(mj_bench_setup *s) { return s->model; }
 const mj_tensor *mj_bench_setup_input(const mj_bench_setup *s) { return s->x[0]; }
+int mj_bench_setup_input_count(const mj_bench_setup *s) { return s->n_in; }
+const mj_tensor *mj_bench_setup_input_at(const mj_bench_setup *s, int i) {
+    return i >= 0 && i < s->n_in ? s->x[i] : NULL;
+}
 double mj_bench_setup_flops(const mj_bench_setup *s) {
     return 2.0 * (double)s->batch * s->sum_in_out;
 }
