@@ -55,18 +55,26 @@ typedef struct mj_bench_setup mj_bench_setup;
 /* Builds the model, masks, input, trace, compiled variants (no compile cache,
  * so compile times are real) and peers. jit is borrowed and must outlive s. */
 mj_status mj_bench_setup_new(const mj_bench_workload *w, mj_jit *jit, mj_bench_setup **out);
-/* A user's model: a graph (a saved trace) with its params bound. Variants:
- * the interpreter (the reference), compiled exact, fast and frozen; no
- * peers. The input is seeded randn of the graph's input shape at batch. */
+/* A user's model: a graph (a saved trace) with its params bound, with 1 to
+ * MJ_BENCH_MAX_INPUTS inputs and one output. Variants: the interpreter (the
+ * reference), compiled exact, fast and frozen; no peers. Each input is seeded
+ * randn of the graph's input shape at batch. */
+#define MJ_BENCH_MAX_INPUTS 8
 mj_status mj_bench_setup_from_graph(const char *id, const char *description, const mj_graph *g,
                                     int64_t batch, int threads, uint64_t seed, mj_jit *jit,
                                     mj_bench_setup **out);
 /* A new input (and peers) at another batch; the compiled code is reused. */
 mj_status mj_bench_setup_set_batch(mj_bench_setup *s, int64_t batch);
 void mj_bench_setup_free(mj_bench_setup *s);
+/* Whether the reference (variant 0: eager or the interpreter) is timed, or
+ * only checks the others (a slow interpreter on a large model); timed by
+ * default at one thread. */
+void mj_bench_setup_time_reference(mj_bench_setup *s, bool timed);
 
 mj_module *mj_bench_setup_model(mj_bench_setup *s);     /* borrowed */
-const mj_tensor *mj_bench_setup_input(const mj_bench_setup *s); /* borrowed */
+const mj_tensor *mj_bench_setup_input(const mj_bench_setup *s); /* input 0, borrowed */
+int mj_bench_setup_input_count(const mj_bench_setup *s);
+const mj_tensor *mj_bench_setup_input_at(const mj_bench_setup *s, int i); /* borrowed; NULL if none */
 /* 2 * batch * sum(in*out) over the Linear layers (dense count). */
 double mj_bench_setup_flops(const mj_bench_setup *s);
 

@@ -55,12 +55,15 @@ struct mj_bench_setup {
     mj_jit *jit;
     mj_module *model;
     mj_graph *trace;
-    mj_tensor *x;
+    /* the inputs (a model from the workloads has one; a user's graph, e.g. a
+     * transformer layer with its attention mask, may have several) */
+    int n_in;
+    mj_tensor *x[MJ_BENCH_MAX_INPUTS];
     int64_t batch;
     int64_t in_features, out_features;
-    /* the input's and output's shapes, MJ_DIM_BATCH for the batch dim */
-    int x_rank, y_rank;
-    int64_t x_dims[MJ_MAX_RANK], y_dims[MJ_MAX_RANK];
+    /* the inputs' and output's shapes, MJ_DIM_BATCH for the batch dim */
+    int x_rank[MJ_BENCH_MAX_INPUTS], y_rank;
+    int64_t x_dims[MJ_BENCH_MAX_INPUTS][MJ_MAX_RANK], y_dims[MJ_MAX_RANK];
     int n_layers;
     mj_peer_layer *layers;      /* masked dense weights for the peers (owned copies) */
     mj_tensor **layer_tensors;  /* the tensors behind layers[].w / .b                 */
@@ -229,9 +232,10 @@ static mj_status build_layers(mj_bench_setup *s, const leaf_list *leaves) {
     }
     s->in_features = s->layers[0].in;
     s->out_features = s->layers[n_lin - 1].out;
-    s->x_rank = s->y_rank = 2;
-    s->x_dims[0] = s->y_dims[0] = MJ_DIM_BATCH;
-    s->x_dims[1] = s->in_features;
+    s->n_in = 1;
+    s->x_rank[0] = s->y_rank = 2;
+    s->x_dims[0][0] = s->y_dims[0] = MJ_DIM_BATCH;
+    s->x_dims[0][1] = s->in_features;
     s->y_dims[1] = s->out_features;
     return MJ_OK;
 }
@@ -249,7 +253,7 @@ void mj_bench_setup_free(mj_bench_setup *s) {
     free(s->layer_tensors);
     free(s->layers);
     free(s->ybuf);
-    mj_tensor_release(s->x);
+    for (int i = 0; i < s->n_in; i++) mj_tensor_release(s->x[i]);
     mj_graph_free(s->trace);
     mj_module_free(s->model);
     free(s);
@@ -295,20 +299,27 @@ static bool shape_at(int rank, const int64_t *dims, int64_t batch, int64_t *shap
 static mj_status make_input(mj_bench_setup *s, int64_t batch) {
     mj_rng rng;
     mj_rng_seed(&rng, s->w.seed ^ (0x9e3779b97f4a7c15ull * (uint64_t)batch));
-    int64_t shape[MJ_MAX_RANK], yshape[MJ_MAX_RANK], xn, yn;
-    if (!shape_at(s->x_rank, s->x_dims, batch, shape, &xn) ||
-        !shape_at(s->y_rank, s->y_dims, batch, yshape, &yn))
-        return mj_fail(MJ_ERR_LIMIT, "bench: batch %lld too large", (long long)batch);
-    mj_tensor *x = NULL;
-    MJ_TRY(mj_tensor_randn(&x, s->x_rank, shape, &rng));
+    int64_t shape[MJ_MAX_RANK], yshape[MJ_MAX_RANK], xn = 0, yn = 0;
+    bool fits = shape_at(s->y_rank, s->y_dims, batch, yshape, &yn);
+    for (int i = 0; i < s->n_in; i++) fits = fits && shape_at(s->x_rank[i], s->x_dims[i], batch, shape, &xn);
+    if (!fits) return mj_fail(MJ_ERR_LIMIT, "bench: batch %lld too large", (long long)batch);
+    mj_tensor *x[MJ_BENCH_MAX_INPUTS] = {0};
     float *y = malloc((size_t)(yn > 0 ? yn : 1) * sizeof *y);
-    if (!y) {
-        mj_tensor_release(x);
-        return mj_fail(MJ_ERR_NOMEM, "bench: out of memory for the output");
+    mj_status st = y ? MJ_OK : mj_fail(MJ_ERR_NOMEM, "bench: out of memory for the output");
+    for (int i = 0; i < s->n_in && st == MJ_OK; i++) {
+        (void)shape_at(s->x_rank[i], s->x_dims[i], batch, shape, &xn);
+        st = mj_tensor_randn(&x[i], s->x_rank[i], shape, &rng);
     }
-    mj_tensor_release(s->x);
+    if (st != MJ_OK) {
+        for (int i = 0; i < s->n_in; i++) mj_tensor_release(x[i]);
+        free(y);
+        return st;
+    }
+    for (int i = 0; i < s->n_in; i++) {
+        mj_tensor_release(s->x[i]);
+        s->x[i] = x[i];
+    }
     free(s->ybuf);
-    s->x = x;
     s->ybuf = y;
     s->y_numel = yn;
     s->batch = batch;
@@ -387,7 +398,7 @@ mj_status mj_bench_setup_new(const mj_bench_workload *w, mj_jit *jit, mj_bench_s
         v->compile_ms = -1;
     }
     double t_trace = mj_now_seconds();
-    st = mj_trace_module(s->model, s->x, &s->trace);
+    st = mj_trace_module(s->model, s->x[0], &s->trace);
     s->trace_ms = (mj_now_seconds() - t_trace) * 1e3;
     if (st != MJ_OK) {
         mj_fail_prefix(st, "%s: tracing", w->id);
@@ -432,10 +443,11 @@ mj_status mj_bench_setup_from_graph(const char *id, const char *description, con
     if (batch < 1 || threads < 1)
         return mj_fail(MJ_ERR_INVALID, "bench: %s: batch %lld and threads %d must be >= 1", id,
                        (long long)batch, threads);
-    if (mj_graph_input_count(g) != 1 || mj_graph_output_count(g) != 1)
+    if (mj_graph_input_count(g) < 1 || mj_graph_input_count(g) > MJ_BENCH_MAX_INPUTS ||
+        mj_graph_output_count(g) != 1)
         return mj_fail(MJ_ERR_UNSUPPORTED, "bench: %s: the graph has %d inputs and %d outputs; "
-                       "the benchmark runs graphs with one of each", id,
-                       mj_graph_input_count(g), mj_graph_output_count(g));
+                       "the benchmark runs graphs with 1 to %d inputs and one output", id,
+                       mj_graph_input_count(g), mj_graph_output_count(g), MJ_BENCH_MAX_INPUTS);
     mj_bench_setup *s = calloc(1, sizeof *s);
     if (!s) return mj_fail(MJ_ERR_NOMEM, "bench: out of memory");
     snprintf(s->w.id, sizeof s->w.id, "%s", id);
@@ -445,9 +457,12 @@ mj_status mj_bench_setup_from_graph(const char *id, const char *description, con
     s->w.threads = threads;
     s->w.seed = seed;
     s->jit = jit;
-    s->x_rank = mj_graph_input_rank(g, 0);
+    s->n_in = mj_graph_input_count(g);
+    for (int i = 0; i < s->n_in; i++) {
+        s->x_rank[i] = mj_graph_input_rank(g, i);
+        for (int d = 0; d < s->x_rank[i]; d++) s->x_dims[i][d] = mj_graph_input_dim(g, i, d);
+    }
     s->y_rank = mj_graph_output_rank(g, 0);
-    for (int d = 0; d < s->x_rank; d++) s->x_dims[d] = mj_graph_input_dim(g, 0, d);
     for (int d = 0; d < s->y_rank; d++) s->y_dims[d] = mj_graph_output_dim(g, 0, d);
     s->peers_expressible = false;
     snprintf(s->peer_note, sizeof s->peer_note, "a user model has no peer");
@@ -482,8 +497,16 @@ mj_status mj_bench_setup_set_batch(mj_bench_setup *s, int64_t batch) {
     return MJ_OK;
 }
 
+void mj_bench_setup_time_reference(mj_bench_setup *s, bool timed) {
+    if (s && s->nv > 0) s->v[0].timed = timed && s->w.threads == 1;
+}
+
 mj_module *mj_bench_setup_model(mj_bench_setup *s) { return s->model; }
-const mj_tensor *mj_bench_setup_input(const mj_bench_setup *s) { return s->x; }
+const mj_tensor *mj_bench_setup_input(const mj_bench_setup *s) { return s->x[0]; }
+int mj_bench_setup_input_count(const mj_bench_setup *s) { return s->n_in; }
+const mj_tensor *mj_bench_setup_input_at(const mj_bench_setup *s, int i) {
+    return i >= 0 && i < s->n_in ? s->x[i] : NULL;
+}
 double mj_bench_setup_flops(const mj_bench_setup *s) {
     return 2.0 * (double)s->batch * s->sum_in_out;
 }
@@ -511,20 +534,28 @@ double mj_bench_variant_compile_ms(const mj_bench_setup *s, int i) {
 
 /* ---- running ------------------------------------------------------------ */
 
+/* The compiled variant's call on the setup's inputs, into ybuf. */
+static mj_status run_compiled(mj_bench_setup *s, variant *v) {
+    const float *xd[MJ_BENCH_MAX_INPUTS];
+    for (int i = 0; i < s->n_in; i++) xd[i] = mj_tensor_data(s->x[i]);
+    float *y[1] = {s->ybuf};
+    return mj_compiled_run_raw_n(v->compiled, s->n_in, xd, s->batch, 1, y, &s->y_numel);
+}
+
 /* One forward call; the output is dropped (eager and interp allocate it,
  * as PyTorch does; compiled and peers write into buffers). */
 static mj_status run_once(mj_bench_setup *s, variant *v) {
     mj_tensor *y = NULL;
     mj_status st = MJ_OK;
     switch (v->kind) {
-    case V_EAGER: st = mj_module_forward(s->model, s->x, &y); break;
-    case V_INTERP: st = mj_graph_run(s->trace, s->x, &y); break;
+    case V_EAGER: st = mj_module_forward(s->model, s->x[0], &y); break;
+    case V_INTERP:
+        st = mj_graph_run_n(s->trace, s->n_in, (const mj_tensor *const *)s->x, 1, &y);
+        break;
     case V_EXACT:
     case V_FAST:
-    case V_FROZEN:
-        st = mj_compiled_run_raw(v->compiled, mj_tensor_data(s->x), s->batch, s->ybuf, s->y_numel);
-        break;
-    default: (void)mj_peer_run(v->peer, mj_tensor_data(s->x)); break;
+    case V_FROZEN: st = run_compiled(s, v); break;
+    default: (void)mj_peer_run(v->peer, mj_tensor_data(s->x[0])); break;
     }
     mj_tensor_release(y);
     return st;
@@ -538,16 +569,16 @@ mj_status mj_bench_variant_output(mj_bench_setup *s, int i, mj_tensor **out) {
     MJ_ASSERT(shape_at(s->y_rank, s->y_dims, s->batch, shape, &yn) && yn == s->y_numel);
     mj_status st;
     switch (v->kind) {
-    case V_EAGER: st = mj_module_forward(s->model, s->x, out); break;
-    case V_INTERP: st = mj_graph_run(s->trace, s->x, out); break;
+    case V_EAGER: st = mj_module_forward(s->model, s->x[0], out); break;
+    case V_INTERP: st = mj_graph_run_n(s->trace, s->n_in, (const mj_tensor *const *)s->x, 1, out); break;
     case V_EXACT:
     case V_FAST:
     case V_FROZEN:
         memset(s->ybuf, 0xff, (size_t)s->y_numel * sizeof(float)); /* NaNs: catch unwritten output */
-        st = mj_compiled_run_raw(v->compiled, mj_tensor_data(s->x), s->batch, s->ybuf, s->y_numel);
+        st = run_compiled(s, v);
         if (st == MJ_OK) st = mj_tensor_from_data(out, s->y_rank, shape, s->ybuf);
         break;
-    default: st = mj_tensor_from_data(out, s->y_rank, shape, mj_peer_run(v->peer, mj_tensor_data(s->x))); break;
+    default: st = mj_tensor_from_data(out, s->y_rank, shape, mj_peer_run(v->peer, mj_tensor_data(s->x[0]))); break;
     }
     if (st != MJ_OK) return mj_fail_prefix(st, "%s: %s", s->w.id, variant_names[v->kind]);
     return MJ_OK;

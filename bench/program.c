@@ -57,6 +57,8 @@ typedef struct options {
     const char *model;  /* a user's model: saved trace file or spec (MODEL argument) */
     int64_t batches[MAX_THREADS_LIST];
     int n_batches;
+    const char *id;     /* MODEL's name in the tables and JSON (default: its file name) */
+    bool untimed_ref;   /* MODEL: the interpreter checks the others but is not timed */
 } options;
 
 static void usage(FILE *f, const char *prog) {
@@ -71,6 +73,8 @@ static void usage(FILE *f, const char *prog) {
             "modes (exact, fast, frozen), each checked against the interpreter first, at\n"
             "every --batch and --threads; ratios are against the interpreter.\n"
             "  --batch LIST      batches for MODEL (default 1,8,64) and for W6 (default 1,2,4,..,1024)\n"
+            "  --id NAME         MODEL's name in the tables and JSON (default: its file name)\n"
+            "  --untimed-ref     MODEL: check against the interpreter but do not time it\n"
             "  --workloads LIST  comma-separated ids (default W1,W2,W3,W4,W5,W6)\n"
             "  --reps N          timing rounds, median reported (default 7; --smoke 3)\n"
             "  --min-ms X        time per variant per round in ms (default 25; --smoke 2)\n"
@@ -106,7 +110,7 @@ static int parse_args(int argc, char **argv, options *o, FILE *err) {
         const char *val = NULL;
         bool takes = !strcmp(a, "--workloads") || !strcmp(a, "--reps") || !strcmp(a, "--min-ms") ||
                      !strcmp(a, "--plot") || !strcmp(a, "--threads") || !strcmp(a, "--seed") ||
-                     !strcmp(a, "--clock") || !strcmp(a, "--batch");
+                     !strcmp(a, "--clock") || !strcmp(a, "--batch") || !strcmp(a, "--id");
         if (takes) {
             if (i + 1 >= argc) {
                 fprintf(err, "%s: %s needs a value\n", prog, a);
@@ -119,6 +123,15 @@ static int parse_args(int argc, char **argv, options *o, FILE *err) {
         else if (!strcmp(a, "--smoke")) o->smoke = true;
         else if (!strcmp(a, "--help") || !strcmp(a, "-h")) o->help = true;
         else if (!strcmp(a, "--list")) o->list = true;
+        else if (!strcmp(a, "--untimed-ref")) o->untimed_ref = true;
+        else if (!strcmp(a, "--id")) {
+            if (!*val || strlen(val) >= sizeof ((mj_bench_workload *)0)->id) {
+                fprintf(err, "%s: --id wants a name of 1 to %zu characters, got '%s'\n", prog,
+                        sizeof ((mj_bench_workload *)0)->id - 1, val);
+                return 2;
+            }
+            o->id = val;
+        }
         else if (!strcmp(a, "--clock")) {
             if (strcmp(val, "wall") && strcmp(val, "cpu")) {
                 fprintf(err, "%s: --clock wants 'wall' or 'cpu', got '%s'\n", prog, val);
@@ -684,7 +697,7 @@ static int run_model(const options *o, const char *prog, FILE *out, FILE *err) {
         goto done;
     }
     const char *base = strrchr(o->model, '/');
-    base = base ? base + 1 : o->model;
+    base = o->id ? o->id : base ? base + 1 : o->model;
     char cpu[256];
     cpu_name(cpu, sizeof cpu);
     const char *llvm_cpu = mj_jit_cpu_name(jit);
@@ -703,6 +716,7 @@ static int run_model(const options *o, const char *prog, FILE *out, FILE *err) {
             rc = 1;
             break;
         }
+        if (o->untimed_ref) mj_bench_setup_time_reference(s, false);
         for (int v = 0; v < mj_bench_variant_count(s); v++)
             if (mj_bench_variant_compile_ms(s, v) >= 0)
                 fprintf(err, "[%s] %s compiled in %.1f ms\n", base, mj_bench_variant_name(s, v),

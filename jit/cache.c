@@ -15,6 +15,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define MJ_SHA_NI 1
+#endif
+
 #include <llvm-c/BitWriter.h>
 #include <llvm-c/Error.h>
 #include <llvm-c/LLJIT.h>
@@ -65,6 +70,54 @@ static void sha_block(uint32_t h[8], const uint8_t *p) {
     h[0] += a, h[1] += b, h[2] += c, h[3] += d, h[4] += e, h[5] += f, h[6] += g, h[7] += hh;
 }
 
+#ifdef MJ_SHA_NI
+/* The same compression with the x86 SHA extensions: a frozen model's key
+ * hashes its weights and a hit checksums its entry, tens of MB for a BERT
+ * layer, which the portable code does at 60-150 MB/s and these instructions
+ * at over 1 GB/s. State layout and message schedule as in Intel's white paper
+ * "Intel SHA Extensions" (2013). */
+__attribute__((target("sha,sse4.1,ssse3"))) static void sha_blocks_ni(uint32_t h[8], const uint8_t *p,
+                                                                     size_t nblocks) {
+    const __m128i bswap = _mm_set_epi64x(0x0c0d0e0f08090a0bLL, 0x0405060700010203LL);
+    __m128i tmp = _mm_shuffle_epi32(_mm_loadu_si128((const __m128i *)&h[0]), 0xB1); /* CDAB */
+    __m128i st1 = _mm_shuffle_epi32(_mm_loadu_si128((const __m128i *)&h[4]), 0x1B); /* EFGH */
+    __m128i st0 = _mm_alignr_epi8(tmp, st1, 8);                                      /* ABEF */
+    st1 = _mm_blend_epi16(st1, tmp, 0xF0);                                           /* CDGH */
+    for (; nblocks > 0; nblocks--, p += 64) {
+        __m128i save0 = st0, save1 = st1, m[4];
+        for (int i = 0; i < 16; i++) {
+            if (i < 4) {
+                m[i] = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(p + 16 * i)), bswap);
+            } else { /* W[t] from W[t-16], W[t-15], W[t-7], W[t-2], four at a time */
+                __m128i t = _mm_sha256msg1_epu32(m[i % 4], m[(i + 1) % 4]);
+                t = _mm_add_epi32(t, _mm_alignr_epi8(m[(i + 3) % 4], m[(i + 2) % 4], 4));
+                m[i % 4] = _mm_sha256msg2_epu32(t, m[(i + 3) % 4]);
+            }
+            __m128i wk = _mm_add_epi32(m[i % 4], _mm_loadu_si128((const __m128i *)&K256[4 * i]));
+            st1 = _mm_sha256rnds2_epu32(st1, st0, wk);
+            st0 = _mm_sha256rnds2_epu32(st0, st1, _mm_shuffle_epi32(wk, 0x0E));
+        }
+        st0 = _mm_add_epi32(st0, save0);
+        st1 = _mm_add_epi32(st1, save1);
+    }
+    tmp = _mm_shuffle_epi32(st0, 0x1B);                                  /* FEBA */
+    st1 = _mm_shuffle_epi32(st1, 0xB1);                                  /* DCHG */
+    _mm_storeu_si128((__m128i *)&h[0], _mm_blend_epi16(tmp, st1, 0xF0)); /* DCBA */
+    _mm_storeu_si128((__m128i *)&h[4], _mm_alignr_epi8(st1, tmp, 8));    /* HGFE */
+}
+#endif
+
+/* nblocks 64-byte blocks: the SHA extensions where the CPU has them. */
+static void sha_blocks(uint32_t h[8], const uint8_t *p, size_t nblocks) {
+#ifdef MJ_SHA_NI
+    if (__builtin_cpu_supports("sha") && __builtin_cpu_supports("sse4.1")) {
+        sha_blocks_ni(h, p, nblocks);
+        return;
+    }
+#endif
+    for (; nblocks > 0; nblocks--, p += 64) sha_block(h, p);
+}
+
 void mj_sha256_init(mj_sha256 *s) {
     static const uint32_t h0[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
                                    0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
@@ -83,10 +136,12 @@ void mj_sha256_update(mj_sha256 *s, const void *data, size_t n) {
         p += take;
         n -= take;
         if (s->n < 64) return;
-        sha_block(s->h, s->buf);
+        sha_blocks(s->h, s->buf, 1);
         s->n = 0;
     }
-    for (; n >= 64; p += 64, n -= 64) sha_block(s->h, p);
+    sha_blocks(s->h, p, n / 64);
+    p += n / 64 * 64;
+    n %= 64;
     memcpy(s->buf, p, n);
     s->n = n;
 }

@@ -429,6 +429,69 @@ Test(bench, user_model_setup_matches_eager, .init = setup_jit, .fini = teardown_
     mj_module_free(m);
 }
 
+/* A user's graph with two inputs (a BERT-style layer and its attention
+ * mask, exported from PyTorch): every variant against the interpreter run
+ * here on the setup's inputs, exact ones bit for bit, at two batches. */
+Test(bench, user_model_with_two_inputs, .init = setup_jit, .fini = teardown_jit) {
+    mj_graph *g = NULL, *ref_g = NULL;
+    const char *path = MJ_SOURCE_ROOT "/tests/fixtures/export_bert_layer.safetensors";
+    OK(mj_graph_load(path, &g));
+    OK(mj_graph_load(path, &ref_g));
+    mj_bench_setup *s = NULL;
+    OK(mj_bench_setup_from_graph("T", "bert", g, 2, 1, 5, jit, &s));
+    cr_assert_eq(mj_bench_setup_input_count(s), 2);
+    cr_expect_null(mj_bench_setup_input_at(s, 2));
+    cr_assert_eq(mj_bench_variant_count(s), 4);
+    for (int64_t batch = 2; batch <= 5; batch += 3) {
+        if (batch != 2) OK(mj_bench_setup_set_batch(s, batch));
+        const mj_tensor *in[2] = {mj_bench_setup_input_at(s, 0), mj_bench_setup_input_at(s, 1)};
+        cr_assert_eq(mj_tensor_shape(in[1])[0], batch);
+        mj_tensor *ref = NULL;
+        OK(mj_graph_run_n(ref_g, 2, in, 1, &ref));
+        for (int i = 0; i < 4; i++) {
+            mj_tensor *y = NULL;
+            OK(mj_bench_variant_output(s, i, &y));
+            mj_compare c = mj_tensor_compare(y, ref, 1e-4, 1e-4);
+            cr_expect(mj_bench_variant_exact(s, i) ? c.bit_identical : c.close, "%s at batch %lld",
+                      mj_bench_variant_name(s, i), (long long)batch);
+            mj_tensor_release(y);
+        }
+        mj_tensor_release(ref);
+        cr_expect_eq(mj_bench_check(s), MJ_OK, "%s", mj_last_error());
+    }
+    mj_bench_setup_free(s);
+    mj_graph_free(ref_g);
+    mj_graph_free(g);
+}
+
+/* --id names the model in the JSON; --untimed-ref checks against the
+ * interpreter without timing it, so its row is absent. */
+Test(bench, program_id_and_untimed_reference) {
+    const char *argv[] = {"maskjit-bench", MJ_SOURCE_ROOT "/tests/fixtures/export_bert_layer.safetensors",
+                          "--id", "bert", "--untimed-ref", "--batch", "2", "--threads", "1",
+                          "--reps", "1", "--min-ms", "0.5", "--json"};
+    run_out r = run_bench(14, argv);
+    cr_assert_eq(r.rc, 0, "rc %d, stderr: %s", r.rc, r.err);
+    cr_expect(strstr(r.err, "checking 4 variants against interp"), "%s", r.err);
+    json_error_t je;
+    json_t *root = json_loads(r.out, 0, &je);
+    cr_assert_not_null(root, "not JSON (%s): %s", je.text, r.out);
+    json_t *w = json_array_get(json_object_get(root, "workloads"), 0);
+    cr_assert_not_null(w);
+    cr_expect_str_eq(json_string_value(json_object_get(w, "id")), "bert");
+    json_t *rs = json_object_get(w, "results");
+    cr_assert_eq(json_array_size(rs), 3);
+    for (size_t k = 0; k < 3; k++)
+        cr_expect_str_neq(json_string_value(json_object_get(json_array_get(rs, k), "variant")), "interp");
+    json_decref(root);
+    run_free(&r);
+    const char *badid[] = {"b", "mut", "--id", "a-name-far-too-long"};
+    r = run_bench(4, badid);
+    cr_expect_eq(r.rc, 2);
+    cr_expect(strstr(r.err, "--id wants a name of 1 to 15 characters"), "%s", r.err);
+    run_free(&r);
+}
+
 /* `maskjit bench MODEL`: a saved trace at two batches, as JSON. */
 Test(bench, program_times_a_saved_trace) {
     char path[] = "/tmp/mj-bench-model-XXXXXX";

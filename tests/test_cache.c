@@ -51,6 +51,23 @@ Test(cache, sha256_fips_180_2_vectors) {
     cr_assert_str_eq(hex, "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0");
 }
 
+/* Long runs of whole blocks in one update (the path a frozen model's weights
+ * take, on the SHA extensions where the CPU has them): FIPS 180-2's
+ * two-block message and the million 'a' in one piece. */
+Test(cache, sha256_long_updates) {
+    char hex[65];
+    const char *m896 = "abcdefghbcdefghicdefghijdefghijkefghijklfghijklmghijklmnhijklmnoijklmnop"
+                       "jklmnopqklmnopqrlmnopqrsmnopqrstnopqrstu";
+    hex_of(m896, strlen(m896), hex);
+    cr_assert_str_eq(hex, "cf5b16a778af8380036ce59e7b0492370b249b11e8f07a51afac45037afee9d1");
+    char *a = malloc(1000000);
+    cr_assert_not_null(a);
+    memset(a, 'a', 1000000);
+    hex_of(a, 1000000, hex);
+    free(a);
+    cr_assert_str_eq(hex, "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0");
+}
+
 /* ---- graphs ----------------------------------------------------------------- */
 
 /* input [B,8] -> linear_act(w [8,8] const, b [8] const) {act} */
