@@ -390,8 +390,10 @@ Test(export, cli_check_names_a_node_whose_pytorch_value_is_perturbed, .timeout =
     check_names_node(keys, 2, pruned);
 }
 
-/* Between maskjit's own paths, without PyTorch: a test-only fault makes
- * compiled code add 0.5 to every layer_norm value. The softmax after it
+/* Between maskjit's own paths, without PyTorch: a test-only fault
+ * (MASKJIT_TEST_FAULT, which the CLI reads once at startup and hands to
+ * its JIT: jit/jit_test.h) makes compiled code add 0.5 to every
+ * layer_norm value. The softmax after it
  * hides most of the shift, yet the exact paths are not bit-identical, and
  * check names the layer_norm node against the interpreter; the same in
  * --json. */

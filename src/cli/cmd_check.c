@@ -8,6 +8,7 @@
 #include "check_locate.h"
 #include "check_verdict.h"
 #include "cli.h"
+#include "jit/jit_test.h"
 
 enum { PATH_EAGER, PATH_TRACED, PATH_EXACT, PATH_FAST, PATH_FROZEN, N_PATHS };
 static const char *const path_names[N_PATHS] = {"eager", "traced", "compiled-exact",
@@ -254,6 +255,10 @@ int cmd_check(int argc, char **argv) {
     if ((rc = cli_model_trace("check", &cm)) != CLI_OK) goto done;
     if (mj_jit_new(&jit) != MJ_OK) {
         rc = cli_mj_error("check", "starting the JIT");
+        goto done;
+    }
+    if (cli_test_fault && mj_jit_inject_fault(jit, cli_test_fault) != MJ_OK) {
+        rc = cli_mj_error("check", "MASKJIT_TEST_FAULT");
         goto done;
     }
     for (int p = PATH_EXACT; p <= PATH_FROZEN; p++) {
