@@ -101,10 +101,11 @@ double mj_bench_variant_compile_ms(const mj_bench_setup *s, int i);
 /* One forward call of variant i on the setup's input; the output in *out. */
 mj_status mj_bench_variant_output(mj_bench_setup *s, int i, mj_tensor **out);
 
-/* The tolerances used for the non-exact variants (fast mode, peers):
- * |a - e| <= rtol*|e| + atol*max(1, max|e|), with
- * rtol = MJ_RTOL_F32*sqrt(K), atol = MJ_ATOL_F32*sqrt(K), K the longest sum. */
-void mj_bench_tolerance(const mj_bench_setup *s, double *rtol, double *atol);
+/* The tolerances used for the non-exact variants (fast mode, peers)
+ * against the reference output ref: |a - e| <= rtol*|e| + atol, fast
+ * mode's bound (mj_fast_tolerance) with K the sum of the layers'
+ * in_features. */
+void mj_bench_tolerance(const mj_bench_setup *s, const mj_tensor *ref, double *rtol, double *atol);
 
 /* Runs every variant once and compares with eager (exact ones bit for bit).
  * MJ_ERR_MISMATCH naming every failing variant. */

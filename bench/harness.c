@@ -584,10 +584,12 @@ mj_status mj_bench_variant_output(mj_bench_setup *s, int i, mj_tensor **out) {
     return MJ_OK;
 }
 
-void mj_bench_tolerance(const mj_bench_setup *s, double *rtol, double *atol) {
-    double k = sqrt((double)(s->sum_k > 0 ? s->sum_k : 1));
-    if (rtol) *rtol = MJ_RTOL_F32 * k;
-    if (atol) *atol = MJ_ATOL_F32 * k;
+void mj_bench_tolerance(const mj_bench_setup *s, const mj_tensor *ref, double *rtol, double *atol) {
+    /* fast mode's bound (ir/tolerance.c) with K the sum of every layer's
+     * in_features: the peers' errors add up layer after layer */
+    mj_tolerance t = mj_fast_tolerance(s->sum_k, mj_tolerance_scale(ref));
+    if (rtol) *rtol = t.rtol;
+    if (atol) *atol = t.atol;
 }
 
 mj_status mj_bench_check(mj_bench_setup *s) {
@@ -595,13 +597,8 @@ mj_status mj_bench_check(mj_bench_setup *s) {
     mj_tensor *ref = NULL;
     MJ_TRY(mj_bench_variant_output(s, 0, &ref)); /* the reference: eager, or the interpreter */
     MJ_ASSERT(s->v[0].kind == V_EAGER || s->v[0].kind == V_INTERP);
-    double rtol, atol;
-    mj_bench_tolerance(s, &rtol, &atol);
-    double maxabs = 0;
-    const float *rd = mj_tensor_data(ref);
-    for (int64_t i = 0; i < mj_tensor_numel(ref); i++)
-        if (fabs(rd[i]) > maxabs) maxabs = fabs(rd[i]);
-    double atol_eff = atol * (maxabs > 1 ? maxabs : 1);
+    double rtol, atol_eff;
+    mj_bench_tolerance(s, ref, &rtol, &atol_eff);
 
     char msg[2048] = "";
     size_t used = 0;

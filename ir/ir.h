@@ -192,6 +192,16 @@ int mj_reduce_dim(const mj_node *n, int rank);
  * in the shortest form that reads back to the same float. */
 void mj_attrs_format(mj_op op, const mj_attrs *a, char *buf, size_t size);
 
+/* Fast mode's tolerance (public: mj_fast_tolerance, maskjit/graph.h;
+ * ir/tolerance.c). The length of the sum node `id` does itself
+ * (linear/matmul: in_features; sum/mean/softmax/log_softmax/layer_norm:
+ * the reduced dim; else 1), B counting as `batch`. */
+int64_t mj_node_sum_length(const mj_graph *g, int32_t id, int64_t batch);
+/* The longest such sum on any path into `id` (itself included). */
+int64_t mj_graph_sum_length(const mj_graph *g, int32_t id, int64_t batch);
+/* Mean |x| over the finite elements of t (0 if none). */
+double mj_tolerance_scale(const mj_tensor *t);
+
 /* Scalar definitions shared by the eager kernels, the interpreter and the
  * JIT's reference (src/ops.c): a unary elementwise op (not an activation
  * of mj_act) with its attributes, and a binary one. */

@@ -1038,7 +1038,7 @@ static mj_status build_object(const aot *a, const target *t, const char *need, L
 
     char fname[128];
     snprintf(fname, sizeof fname, "%s.body", e.name);
-    mj_lower_options lo = {.numeric = a->o->numeric, .fname = fname};
+    mj_lower_options lo = {.numeric = a->o->numeric, .fname = fname, .fault = MJ_OP_COUNT};
     if (!a->live) {
         lo.baked = a->leaf_data;
         lo.baked_numel = a->numel;

@@ -432,7 +432,7 @@ static void warn(mj_compiled *c, const char *fmt, ...) {
 static mj_status build_and_add(mj_compiled *c, prologue *pr) {
     const char *fname = "mj_body_main";
     char key[65];
-    char *dir = mj_test_fault_op() == MJ_OP_COUNT ? mj_cache_dir(&c->opts) : NULL; /* a fault is never cached */
+    char *dir = c->jit->fault == MJ_OP_COUNT ? mj_cache_dir(&c->opts) : NULL; /* a fault is never cached */
     mj_cache_target tg = {.cpu = c->jit->cpu, .features = c->jit->features};
     if (dir && mj_cache_key(c->g, &c->opts, &tg, key) != MJ_OK) {
         free(dir); /* no key, no cache: compile as usual */
@@ -468,7 +468,7 @@ static mj_status build_and_add(mj_compiled *c, prologue *pr) {
     }
 
     int64_t *numel = NULL;
-    mj_lower_options lo = {.numeric = c->opts.numeric, .fname = fname};
+    mj_lower_options lo = {.numeric = c->opts.numeric, .fname = fname, .fault = c->jit->fault};
     if (c->opts.frozen) {
         numel = mj_alloc_array((size_t)c->plan.n_leaves + 1, sizeof *numel);
         if (!numel) {

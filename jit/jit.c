@@ -16,6 +16,7 @@
 #include <llvm-c/Transforms/PassBuilder.h>
 
 #include "jit_internal.h"
+#include "jit_test.h"
 
 static pthread_once_t llvm_once = PTHREAD_ONCE_INIT;
 static bool llvm_init_ok;
@@ -177,6 +178,7 @@ mj_status mj_jit_new(mj_jit **out) {
     if (!llvm_init_ok) return mj_fail(MJ_ERR_BACKEND, "LLVM has no native target for this host");
     mj_jit *jit = mj_alloc(sizeof *jit);
     if (!jit) return MJ_ERR_NOMEM;
+    jit->fault = MJ_OP_COUNT;
     /* Test hook: MASKJIT_JIT_FEATURES replaces the host's feature string
      * (e.g. "-avx512f" variants to emit AVX2 code on an AVX-512 host, as
      * under valgrind); the CPU becomes a generic one so that its own
@@ -324,4 +326,17 @@ mj_status mj_jit_dump(mj_jit *jit, const char *bitcode, size_t size, const char 
     LLVMDisposeModule(m);
     LLVMContextDispose(ctx);
     return s;
+}
+
+mj_status mj_jit_inject_fault(mj_jit *jit, const char *op_name) {
+    if (!jit) return mj_fail(MJ_ERR_INVALID, "mj_jit_inject_fault: NULL JIT");
+    mj_op op = MJ_OP_COUNT;
+    if (op_name && *op_name) {
+        op = mj_op_from_name(op_name, strlen(op_name));
+        if (op == MJ_OP_COUNT) return mj_fail(MJ_ERR_INVALID, "fault injection: no op '%s'", op_name);
+    }
+    pthread_mutex_lock(&jit->mu); /* compiles read it under the same lock */
+    jit->fault = op;
+    pthread_mutex_unlock(&jit->mu);
+    return MJ_OK;
 }

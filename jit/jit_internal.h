@@ -28,6 +28,7 @@ struct mj_jit {
     char *triple;
     pthread_mutex_t mu; /* serialises compiles, dumps and code removal */
     uint64_t next_id;   /* unique symbol names: mj_body_<id> */
+    mj_op fault;        /* test-only (jit_test.h); MJ_OP_COUNT: none */
 };
 
 /* One buffer the body reads that no input influences: a prologue value,
@@ -84,6 +85,9 @@ typedef struct mj_lower_options {
      * (n_leaves entries, numel floats each); NULL in live mode. */
     const float *const *baked;
     const int64_t *baked_numel;
+    /* Test-only fault injection (mj_jit_inject_fault, jit_test.h): each
+     * node of this op gets 0.5 added to its value; MJ_OP_COUNT: none. */
+    mj_op fault;
 } mj_lower_options;
 
 /* Emits `void fname(const float *const *leaves, const float *const *x,
@@ -98,12 +102,6 @@ typedef struct mj_lower_options {
  * element is still computed by one thread in the same order. */
 mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan *p,
                         const mj_lower_options *o);
-/* Test-only fault injection: MASKJIT_TEST_FAULT=<op name> (e.g.
- * layer_norm) makes compiled code add 0.5 to every element each node of
- * that op computes (in the general lowering: not sparse or small-chain
- * linear layers), so the tests can see `maskjit check` name the node.
- * MJ_OP_COUNT when unset. Such compiles bypass the compile cache. */
-mj_op mj_test_fault_op(void);
 /* Does node i split its output columns in column mode (a packed linear
  * layer that is neither a small chain's nor a sparse one)? */
 bool mj_body_splits_columns(const mj_body_plan *p, int32_t i);

@@ -1099,12 +1099,8 @@ static LLVMValueRef leaf_ptr(lw *w, int32_t i) {
     return v;
 }
 
-mj_op mj_test_fault_op(void) {
-    const char *e = getenv("MASKJIT_TEST_FAULT");
-    return e && *e ? mj_op_from_name(e, strlen(e)) : MJ_OP_COUNT;
-}
-
-/* The fault of mj_test_fault_op: node i's value + 0.5, element by element. */
+/* The test-only fault of mj_lower_options: node i's value + 0.5, element
+ * by element. */
 static void emit_fault(lw *w, int32_t i) {
     const mj_type *t = &w->p->g->nodes[i].type;
     loop l = loop_begin(w, dims_product(w, t, 0, t->rank));
@@ -1114,7 +1110,7 @@ static void emit_fault(lw *w, int32_t i) {
 
 mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan *p,
                         const mj_lower_options *o) {
-    const mj_op fault = mj_test_fault_op();
+    const mj_op fault = o->fault;
     const mj_graph *g = p->g;
     lw w = {.p = p, .o = o};
     mj_emit_init(&w.e, m, o->numeric == MJ_NUMERIC_FAST, p->vw, false);

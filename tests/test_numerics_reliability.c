@@ -678,3 +678,89 @@ Test(numerics_rel, check_treats_any_nan_as_equal_for_exact_paths) {
     free(w);
     free(mask);
 }
+
+/* ---- 3. fast mode's tolerance (mj_graph_output_tolerance) ------------------ */
+
+static mj_tensor *scaled(const mj_tensor *t, double f) {
+    mj_tensor *r = NULL;
+    OK(mj_tensor_clone(&r, t));
+    float *p = mj_tensor_data_mut(r);
+    for (int64_t i = 0; i < mj_tensor_numel(r); i++) p[i] = (float)(p[i] * f);
+    return r;
+}
+
+/* A sum of K = 16384 terms (about 1 each, as after a softmax or a
+ * positive activation): fast mode vectorises it (a reassociation), and its
+ * correct result is further from the interpreter's than the old fixed
+ * rtol 1.3e-6 / atol 1e-5 allow (that tolerance failed correct code); it
+ * is within the bound that grows with K. Dropping 2% of the terms (a real
+ * fault, e.g. a wrong mask) is still outside the bound. */
+Test(numerics_rel, fast_tolerance_grows_with_the_sum_length) {
+    const int64_t k = 16384;
+    mj_graph *g = NULL;
+    OK(mj_graph_parse("maskjit-ir 1\n%0 = input \"x\" : f32[B,16384]\n"
+                      "%1 = sum %0 {dim=-1, keepdim=true} : f32[B,1]\nreturn %1\n",
+                      &g));
+    mj_compiled *c = compile(g, false, MJ_NUMERIC_FAST);
+    mj_rng rng;
+    mj_rng_seed(&rng, 11);
+    int64_t shape[2] = {3, k};
+    mj_tensor *x = NULL, *want = NULL, *got = NULL, *off = NULL;
+    OK(mj_tensor_randn(&x, 2, shape, &rng));
+    float *p = mj_tensor_data_mut(x);
+    for (int64_t i = 0; i < 3 * k; i++) p[i] = 1.0f + 0.25f * p[i];
+    OK(mj_graph_run(g, x, &want));
+    OK(mj_compiled_run(c, x, &got));
+    mj_tolerance t;
+    OK(mj_graph_output_tolerance(g, 0, 3, want, &t));
+    cr_assert_eq(t.sum_len, k);
+    mj_compare old = mj_tensor_compare(got, want, MJ_RTOL_F32, MJ_ATOL_F32);
+    mj_compare now = mj_tensor_compare(got, want, t.rtol, t.atol);
+    cr_log_info("K %lld: max abs %.3g, rtol %.3g, atol %.3g", (long long)k, now.max_abs, t.rtol, t.atol);
+    cr_assert(!old.close, "the old fixed tolerance should have failed fast mode here (max abs %g)", old.max_abs);
+    cr_assert(now.close, "fast mode outside its bound: max abs %g, rtol %g, atol %g", now.max_abs, t.rtol, t.atol);
+    /* the last 2% of the terms left out */
+    for (int64_t r = 0; r < 3; r++)
+        for (int64_t j = k - k / 50; j < k; j++) p[r * k + j] = 0;
+    OK(mj_compiled_run(c, x, &off));
+    mj_compare f = mj_tensor_compare(off, want, t.rtol, t.atol);
+    cr_assert(!f.close, "a 2%% fault passed the bound (max abs %g)", f.max_abs);
+    mj_tensor_release(x);
+    mj_tensor_release(want);
+    mj_tensor_release(got);
+    mj_tensor_release(off);
+    mj_compiled_free(c);
+    mj_graph_free(g);
+}
+
+/* Small outputs: the old atol 1e-5 passed a result 5% off when every
+ * output is about 1e-4; the bound scales with the output and fails it,
+ * while fast mode's own result still passes. */
+Test(numerics_rel, fast_tolerance_scales_with_the_output) {
+    mj_module *m = masked_model("mlp:16,8:act=none:bias=0");
+    mj_graph *g = trace(m, 16);
+    mj_compiled *c = compile(g, false, MJ_NUMERIC_FAST);
+    mj_rng rng;
+    mj_rng_seed(&rng, 12);
+    int64_t shape[2] = {5, 16};
+    mj_tensor *x0 = NULL, *want = NULL, *got = NULL;
+    OK(mj_tensor_randn(&x0, 2, shape, &rng));
+    mj_tensor *x = scaled(x0, 1e-4);
+    OK(mj_graph_run(g, x, &want));
+    OK(mj_compiled_run(c, x, &got));
+    mj_tolerance t;
+    OK(mj_graph_output_tolerance(g, 0, 5, want, &t));
+    cr_assert(t.scale > 0 && t.scale < 1e-3, "mean |y| %g", t.scale);
+    cr_assert(mj_tensor_compare(got, want, t.rtol, t.atol).close);
+    mj_tensor *wrong = scaled(want, 1.05);
+    cr_assert(mj_tensor_compare(wrong, want, MJ_RTOL_F32, MJ_ATOL_F32).close, "the old fixed tolerance passes it");
+    cr_assert(!mj_tensor_compare(wrong, want, t.rtol, t.atol).close, "5%% off passed the bound");
+    mj_tensor_release(x0);
+    mj_tensor_release(x);
+    mj_tensor_release(wrong);
+    mj_tensor_release(want);
+    mj_tensor_release(got);
+    mj_compiled_free(c);
+    mj_graph_free(g);
+    mj_module_free(m);
+}

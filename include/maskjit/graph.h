@@ -68,6 +68,27 @@ int64_t mj_graph_input_dim(const mj_graph *g, int i, int d); /* -1 = batch */
 int mj_graph_output_rank(const mj_graph *g, int i);
 int64_t mj_graph_output_dim(const mj_graph *g, int i, int d);
 
+/* ---- fast mode's tolerance (docs/numerics.md, "How close fast mode is") -
+ * Reassociating a sum of K products moves it by at most about
+ * sqrt(K) u sum|x_k w_k| with high probability (u = 2^-24). The summands
+ * are estimated from the result: |y_e| when they do not cancel, sqrt(K)
+ * times the output's mean |y| when they do. Element e passes when
+ *     |got_e - ref_e| <= rtol |ref_e| + atol,
+ *     rtol = max(C sqrt(K) u, MJ_RTOL_F32),  atol = C K u mean|ref|,
+ * C = MJ_TOL_C (a few chained layers, FMA contraction), K the longest sum
+ * on any path from the inputs to the value. Use with mj_tensor_compare. */
+#define MJ_TOL_C 8.0
+typedef struct mj_tolerance {
+    double rtol, atol;
+    int64_t sum_len; /* K                                  */
+    double scale;    /* mean |ref| over its finite elements */
+} mj_tolerance;
+mj_tolerance mj_fast_tolerance(int64_t sum_len, double scale);
+/* The tolerance for output i of g at this batch, against ref (that
+ * output's reference value). */
+mj_status mj_graph_output_tolerance(const mj_graph *g, int i, int64_t batch, const mj_tensor *ref,
+                                    mj_tolerance *out);
+
 /* ---- text form, verification, DOT -------------------------------------- */
 mj_status mj_graph_print(const mj_graph *g, FILE *f);
 /* Malloc'd text; caller frees. NULL on allocation failure. */

@@ -4,10 +4,12 @@
  *   "mut"          the seed's ModelUnderTest with bias: linear -> seq.0 -> seq.1,
  *                  all Linear(16, 16); weights 1, 2, 3 and biases 10, 20, 30
  *   "mut-nobias"   the same without biases
- *   "mlp:IN,H1,...,OUT[:act=relu|gelu|gelu_tanh|sigmoid|tanh|none][:bias=0|1]"
+ *   "mlp:IN,H1,...,OUT[:act=NAME][:bias=0|1]"
  *                  nn.Sequential of Linear layers with the activation between
  *                  them (none after the last), named like PyTorch: "0.weight",
- *                  "2.weight", ... (default act=relu, bias=1; seeded init)
+ *                  "2.weight", ... (default act=relu, bias=1; seeded init).
+ *                  NAME is any name of maskjit/acts.def (mj_act_parse; the
+ *                  table is the one list, so it is not repeated here).
  */
 #ifndef MASKJIT_MODELS_H
 #define MASKJIT_MODELS_H

@@ -142,12 +142,14 @@ mj_status check_locate(check_locator *l, mj_jit *jit, const mj_compile_options *
     for (int k = 0; k < l->n && s == MJ_OK && !w->found; k++) {
         const mj_tensor *want = suffix ? pytorch_value(l, l->ids[k], suffix) : ref[k];
         if (!want) continue;
-        mj_compare cmp = mj_tensor_compare(got[k], want, rtol, atol);
+        int64_t batch = n_in > 0 && mj_tensor_rank(x[0]) >= 1 ? mj_tensor_dim(x[0], 0) : 1;
+        mj_tolerance t = check_tolerance(l->exposed, k, batch, want, rtol, atol);
+        mj_compare cmp = mj_tensor_compare(got[k], want, t.rtol, t.atol);
         bool same = exact ? check_exact_equal(got[k], want, NULL) : cmp.same_shape && cmp.close;
         if (same) continue;
         describe_node(l, k, w);
         w->bits = cmp.same_shape && cmp.close;
-        if (cmp.same_shape) worst(got[k], want, rtol, atol, &w->max_abs, &w->tol);
+        if (cmp.same_shape) worst(got[k], want, t.rtol, t.atol, &w->max_abs, &w->tol);
         else w->max_abs = INFINITY;
     }
     if (s == MJ_OK && !w->found)

@@ -39,8 +39,8 @@ bool check_locator_has_pytorch(const check_locator *l, const char *suffix);
  * graph with o) on x with every op node as an output, and compares node
  * by node, in graph order, with PyTorch's stored values (suffix non-NULL)
  * or with the interpreter's (suffix NULL): bit for bit when exact, else
- * within rtol/atol as check compares outputs. Fills *w; MJ_OK unless a run
- * or compile failed. */
+ * within check_tolerance of each node (rtol/atol < 0: not given) as check
+ * compares outputs. Fills *w; MJ_OK unless a run or compile failed. */
 mj_status check_locate(check_locator *l, mj_jit *jit, const mj_compile_options *o, int n_in,
                        const mj_tensor *const *x, const char *suffix, bool exact, double rtol,
                        double atol, check_where *w);

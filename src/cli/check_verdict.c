@@ -34,3 +34,14 @@ bool check_verdict(const check_tally *t, int n, bool *ok) {
     }
     return pass;
 }
+
+mj_tolerance check_tolerance(const mj_graph *g, int out, int64_t batch, const mj_tensor *ref, double rtol,
+                             double atol) {
+    mj_tolerance t;
+    /* fails only for an output or batch out of range, which the callers
+     * never pass; the strictest bound then */
+    if (mj_graph_output_tolerance(g, out, batch, ref, &t) != MJ_OK) t = mj_fast_tolerance(1, 0);
+    if (rtol >= 0) t.rtol = rtol;
+    if (atol >= 0) t.atol = atol;
+    return t;
+}

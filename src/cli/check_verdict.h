@@ -24,6 +24,13 @@ typedef struct check_tally {
  * -1 if none (or if the shapes differ). */
 bool check_exact_equal(const mj_tensor *got, const mj_tensor *want, int64_t *first);
 
+/* The tolerance a non-exact comparison of output `out` of g uses: the
+ * user's rtol / atol where given (>= 0), else fast mode's bound for that
+ * output at this batch against ref (mj_graph_output_tolerance,
+ * docs/numerics.md). */
+mj_tolerance check_tolerance(const mj_graph *g, int out, int64_t batch, const mj_tensor *ref, double rtol,
+                             double atol);
+
 /* A path that did not run is ok; else it must meet its own standard and be
  * close to `expected` when there is one. */
 bool check_path_ok(const check_tally *t);

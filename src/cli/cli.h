@@ -124,6 +124,10 @@ int cli_forward_n(const char *cmd, cli_model *cm, cli_mode mode, mj_jit *jit,
                   mj_tensor **y);
 
 /* ---- subcommands ----------------------------------------------------------- */
+/* Test-only: $MASKJIT_TEST_FAULT, read once by main (NULL if unset); the
+ * commands that compare paths pass it to their JIT (jit/jit_test.h). */
+extern const char *cli_test_fault;
+
 int cmd_demo(int argc, char **argv);
 int cmd_run(int argc, char **argv);
 int cmd_ir(int argc, char **argv);

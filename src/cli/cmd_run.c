@@ -3,9 +3,15 @@
 
 #include "cli.h"
 
+/* The activation names come from maskjit/acts.def, so the help cannot
+ * miss one. */
+#define MJ_ACT(id, name, torch_class, ir_op) " " name
 static const char RUN_DETAILS[] =
     "MODEL is a saved trace file (maskjit trace -o FILE) or a spec:\n"
-    "  mut | mut-nobias | mlp:IN,H1,...,OUT[:act=relu|gelu|gelu_tanh|sigmoid|tanh|silu|none][:bias=0|1]\n"
+    "  mut | mut-nobias | mlp:IN,H1,...,OUT[:act=NAME][:bias=0|1]\n"
+    "  NAME (default relu):"
+#include "maskjit/acts.def"
+    "\n"
     "Weights load from plain (linear.weight) or parametrized\n"
     "(linear.parametrizations.weight.original) keys, not both; masks under\n"
     "<mod>.parametrizations.weight.0.mask or <mod>.parametrizations.bias.0.mask are\n"
@@ -18,6 +24,7 @@ static const char RUN_DETAILS[] =
     "names given with --input-name, once per input in order; random inputs take\n"
     "their shapes from the trace. The output is written as tensor 'output'\n"
     "(several: 'output.0', 'output.1', ...) with --out, or summarised on stdout.\n";
+#undef MJ_ACT
 
 int cli_parse_mode(const char *cmd, const char *text, cli_mode *mode) {
     if (strcmp(text, "eager") == 0) *mode = MODE_EAGER;

@@ -1,5 +1,6 @@
 /* maskjit command-line tool: dispatches to the subcommands in src/cli/. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cli.h"
@@ -29,8 +30,13 @@ static void usage(FILE *f) {
     fprintf(f, "\nMODEL: mut | mut-nobias | mlp:IN,H1,...,OUT[:act=NAME][:bias=0|1] | a saved trace file\n");
 }
 
+const char *cli_test_fault;
+
 int main(int argc, char **argv) {
     int rc = 2;
+    /* the tests' fault injection (tests/test_export.c): read here, once, so
+     * that the library reads no environment for it */
+    cli_test_fault = getenv("MASKJIT_TEST_FAULT");
     if (argc < 2) {
         usage(stderr);
     } else if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||

@@ -1,0 +1,18 @@
+/* Test-only hooks of the JIT, apart from jit_internal.h so that a caller
+ * needs no LLVM headers: the CLI sets them once, from its environment at
+ * startup (src/cli/main.c); the library itself reads no environment for
+ * them. */
+#ifndef MJ_JIT_TEST_H
+#define MJ_JIT_TEST_H
+
+#include "maskjit/jit.h"
+
+/* Fault injection: every later compile by jit adds 0.5 to each element
+ * that a node of op `op_name` (e.g. "layer_norm") computes (in the general
+ * lowering: not sparse or small-chain linear layers), so the tests can see
+ * `maskjit check` name the node. NULL or "" turns it off. Such compiles
+ * bypass the compile cache (neither read nor written). MJ_ERR_INVALID for
+ * a name that is no op. */
+mj_status mj_jit_inject_fault(mj_jit *jit, const char *op_name);
+
+#endif
