@@ -31,7 +31,7 @@
 
 #include "ir/ir.h"
 #include "maskjit.h"
-#include "src/cli/check_verdict.h"
+#include "cli/check_verdict.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

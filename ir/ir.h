@@ -15,7 +15,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "../src/internal.h"
+#include "src/core/internal.h"
 
 #define MJ_DIM_BATCH INT64_C(-1)
 /* cat takes up to 8 operands; every other op at most 3 */

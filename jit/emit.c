@@ -6,7 +6,7 @@
 #define MJ_EMIT_CTX(c) (c) /* the short forms, on the mj_emit itself */
 #include "emit.h"
 
-#include "../src/internal.h"
+#include "src/core/internal.h"
 
 void mj_emit_init(mj_emit *e, LLVMModuleRef m, bool fast, int vw, bool loop_hints) {
     memset(e, 0, sizeof *e);

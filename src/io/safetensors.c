@@ -17,7 +17,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "src/core/internal.h"
 
 #define ST_HEADER_LIMIT (UINT64_C(100) * 1000 * 1000) /* 100 MB, as the reference loader */
 #define ST_CHUNK 65536                                /* conversion buffer, bytes */

@@ -16,8 +16,8 @@
 #include <stdarg.h>
 #include <string.h>
 
-#include "../ir/ir_core.h"
-#include "internal.h"
+#include "ir/ir_core.h"
+#include "src/core/internal.h"
 
 /* ---- uid -> int32 map (open addressing, linear probing) ----------------- */
 typedef struct uid_map {
