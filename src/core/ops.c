@@ -12,7 +12,7 @@
 #include <math.h>
 #include <string.h>
 
-#include "ir/ir.h"
+#include "op.h"
 #include "internal.h"
 
 #define SHAPE(buf, t) mj_shape_str(buf, sizeof buf, (t)->rank, (t)->shape)
