@@ -1,5 +1,5 @@
 /* The reference interpreter: evaluates a graph node by node with the eager
- * kernels of src/ops.c, so its results are bit-identical to eager mode. */
+ * kernels of src/core/ops.c, so its results are bit-identical to eager mode. */
 #include <string.h>
 
 #include "ir_core.h"

@@ -42,7 +42,7 @@ typedef struct mj_node {
     int32_t operands[MJ_MAX_OPERANDS];
     mj_type type;
     mj_act act;         /* LINEAR_ACT only                                       */
-    mj_attrs attrs;     /* the ops of ir/attrs.c; zero otherwise                 */
+    mj_attrs attrs;     /* the ops of src/core/attrs.c; zero otherwise                 */
     mj_shape_attrs sa;  /* PERMUTE, TRANSPOSE, SLICE, CAT                         */
     char *name;         /* INPUT, PARAM, CONST                                    */
     mj_tensor *tensor;  /* PARAM: bound tensor (NULL = unbound); CONST: its data */

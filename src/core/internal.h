@@ -88,7 +88,7 @@ const char *mj_parametrization_buffer_name(const mj_parametrization *p, int i);
 mj_tensor *mj_parametrization_buffer_at(const mj_parametrization *p, int i);
 bool mj_parametrization_buffer_persistent(const mj_parametrization *p, int i);
 
-/* ---- files the user names (src/outfile.c) ---------------------------------
+/* ---- files the user names (src/io/outfile.c) ---------------------------------
  * open, write..., then commit (or abort). A regular file or a new name is
  * written to a temporary file next to it and renamed over it (symlinks
  * followed; a replaced file keeps its permission bits, a new one gets

@@ -7,7 +7,7 @@
  *
  * Loading streams the data section straight into the tensors (F32) or
  * through a small conversion buffer (F16, BF16, F64): a large file is never
- * held twice in memory. Saving goes through src/outfile.c: atomic (temp
+ * held twice in memory. Saving goes through src/io/outfile.c: atomic (temp
  * file, fsync, rename) for files, written through for FIFOs and devices. */
 #include <errno.h>
 #include <fcntl.h>
