@@ -16,7 +16,7 @@
 
 #include "bench/peers.h"
 #include "ir/ir.h"
-#include "src/internal.h"
+#include "src/core/internal.h"
 
 /* Whether mj_compile_options.threads > 1 makes the compiled code use more
  * threads (it does: a per-model pool splits the batch), so W6 runs 1 and 2. */

@@ -11,7 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "src/internal.h"
+#include "src/core/internal.h"
 
 #ifdef MJ_HAVE_OPENBLAS
 #include <cblas.h>

@@ -15,7 +15,7 @@
 #include <jansson.h>
 
 #include "bench/peers.h"
-#include "src/internal.h"
+#include "src/core/internal.h"
 
 static long peak_rss_kb(void) {
     struct rusage ru;

@@ -1,7 +1,7 @@
 /* libFuzzer harness: differential testing of the five ways to run a graph.
  *
  * The input bytes drive a generator of random *valid* graphs over the ops
- * of ir/ops.def (built with mj_graph_add_op_full, so every graph passes the
+ * of src/core/ops.def (built with mj_graph_add_op_full, so every graph passes the
  * verifier: a refusal is a bug of this generator and aborts as such), with
  * random shapes (ranks 1-4, broadcasts, B moved by permute/reshape),
  * attributes, masked linear layers recorded as the tracer does
@@ -35,7 +35,7 @@
 
 #include "ir/ir.h"
 #include "maskjit.h"
-#include "src/cli/check_verdict.h"
+#include "cli/check_verdict.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

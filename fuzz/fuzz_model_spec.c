@@ -8,7 +8,7 @@
  * a parser bug, so specs whose widths (as far as a crude scan can tell) ask
  * for more than MAX_WEIGHTS are skipped; invalid widths (> 65536, overflow)
  * still reach the parser, which rejects them before allocating anything.
- * The total-size limit (2^28, src/models.c) is tested in tests/test_reliability.c. */
+ * The total-size limit (2^28, src/nn/models.c) is tested in tests/test_reliability.c. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>

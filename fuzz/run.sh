@@ -43,7 +43,7 @@ mkdir -p "$out/artifacts"
 # only src/ and ir/, which never call into jit/ (so no LLVM headers or
 # libraries). fuzz_graph_diff also links jit/ (against the system LLVM,
 # which is not instrumented) and the verdict of `maskjit check`.
-lib_sources=$(ls src/*.c ir/*.c)
+lib_sources=$(ls src/*/*.c ir/*.c)
 jit_sources=$(ls jit/*.c)
 llvm_config=${FUZZ_LLVM_CONFIG:-llvm-config-19}
 # jit/cache.c names the build by its code id (the harness turns the cache off)
@@ -77,7 +77,7 @@ ldlibs="$(pkg-config --libs jansson) -lm -lpthread"
         objs="$objs $o"
     done
     jit_objs=""
-    for s in $jit_sources src/cli/check_verdict.c; do
+    for s in $jit_sources cli/check_verdict.c; do
         o="obj/${s//\//_}.o"
         echo "build $o: cc $root/$s"
         echo "  extra = -fsanitize=fuzzer-no-link -I$root/$out" $($llvm_config --cflags)

@@ -1,8 +1,9 @@
 /* The reference interpreter: evaluates a graph node by node with the eager
- * kernels of src/ops.c, so its results are bit-identical to eager mode. */
+ * kernels of src/core/ops.c, so its results are bit-identical to eager mode. */
 #include <string.h>
 
 #include "ir_core.h"
+#include "src/core/observer.h"
 
 /* The batch size of a value of type t held in tensor v (-1 if t has no B). */
 static int64_t batch_of(const mj_type *t, const mj_tensor *v) {
@@ -134,7 +135,12 @@ mj_status mj_interp_node(const mj_graph *g, const mj_node *n, const mj_tensor *c
         int32_t a = n->operands[i];
         if (a >= 0 && a < g->n_nodes) batch = batch_of(&g->nodes[a].type, operands[i]);
     }
-    return eval_node(n, operands, batch, out);
+    /* An internal call (folding, the JIT's prologue): the kernels compute a
+     * node of a graph, not an op of a forward an observer watches. */
+    const mj_op_observer *saved = mj_observer_suspend();
+    mj_status s = eval_node(n, operands, batch, out);
+    mj_observer_resume(saved);
+    return s;
 }
 
 /* Checks input tensor v against the input node's type and fixes *batch. */
@@ -169,7 +175,7 @@ mj_status mj_interp_run(const mj_graph *g, int n_in, const mj_tensor *const *in,
     if (!g || !out || (n_in > 0 && !in)) return mj_fail(MJ_ERR_INVALID, "mj_interp_run: NULL argument");
     /* Some kernels (expand) are not eager ops the tracer records, so the
      * trace would hold part of the result as a const: refused instead. */
-    if (mj_trace_active())
+    if (mj_observer())
         return mj_fail(MJ_ERR_STATE, "cannot run a graph inside a trace: the interpreter's result would be "
                                      "recorded partly as constants; call the module's forward inside the "
                                      "trace instead");

@@ -15,63 +15,14 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "../src/internal.h"
+#include "src/core/internal.h"
+#include "src/core/op.h"
 
 #define MJ_DIM_BATCH INT64_C(-1)
 /* cat takes up to 8 operands; every other op at most 3 */
 #define MJ_MAX_OPERANDS 8
 /* Graph size limit: a guard against hostile IR files. */
 #define MJ_MAX_NODES 1000000
-
-enum {
-    MJ_OPF_LEAF = 1 << 0,        /* no operands; has a name             */
-    MJ_OPF_ELEMENTWISE = 1 << 1, /* NumPy broadcasting, same dtype      */
-    MJ_OPF_COMMUTATIVE = 1 << 2, /* bitwise commutative (CSE may swap)  */
-    MJ_OPF_ACTIVATION = 1 << 3,  /* unary, mj_op_info.act is its act    */
-    MJ_OPF_ACT_ATTR = 1 << 4,    /* carries an {act=...} attribute      */
-    MJ_OPF_REDUCE = 1 << 5,      /* works along attrs.dim: rows of that dim interact */
-};
-
-typedef enum mj_op {
-#define MJ_OP(e, text, lo, hi, flags, act) MJ_OP_##e,
-#include "ops.def"
-#undef MJ_OP
-    MJ_OP_COUNT
-} mj_op;
-
-typedef struct mj_op_info {
-    const char *name;
-    int8_t min_operands, max_operands;
-    uint32_t flags;
-    mj_act act; /* for MJ_OPF_ACTIVATION ops */
-} mj_op_info;
-
-extern const mj_op_info mj_op_table[MJ_OP_COUNT];
-
-/* Case labels of the op families that switches treat alike. Switches over
- * mj_op list every op (these families and the rest) with no default, so a
- * new row of ops.def fails to build (-Wswitch) until each switch places it;
- * mj_op_families_agree checks these lists against the table's flags. */
-#define MJ_CASE_ACT_OPS                                                                              \
-    case MJ_OP_RELU: case MJ_OP_GELU: case MJ_OP_GELU_TANH: case MJ_OP_SIGMOID: case MJ_OP_TANH:    \
-    case MJ_OP_SILU
-#define MJ_CASE_UNARY_MATH_OPS /* unary elementwise, not an mj_act */                               \
-    case MJ_OP_NEG: case MJ_OP_EXP: case MJ_OP_LOG: case MJ_OP_SQRT: case MJ_OP_RSQRT: case MJ_OP_POW: \
-    case MJ_OP_LEAKY_RELU: case MJ_OP_ELU: case MJ_OP_HARDTANH: case MJ_OP_SOFTPLUS
-#define MJ_CASE_BINARY_OPS /* binary elementwise with broadcasting */                               \
-    case MJ_OP_ADD: case MJ_OP_SUB: case MJ_OP_MUL: case MJ_OP_DIV: case MJ_OP_MAXIMUM: case MJ_OP_MINIMUM
-#define MJ_CASE_LEAF_OPS case MJ_OP_INPUT: case MJ_OP_PARAM: case MJ_OP_CONST
-#define MJ_CASE_OTHER_OPS /* neither leaf nor elementwise: each its own lowering */                 \
-    case MJ_OP_MATMUL: case MJ_OP_LINEAR: case MJ_OP_LINEAR_ACT: case MJ_OP_EXPAND: case MJ_OP_TRANSPOSE: \
-    case MJ_OP_RESHAPE: case MJ_OP_SUM: case MJ_OP_MEAN: case MJ_OP_SOFTMAX: case MJ_OP_LOG_SOFTMAX:       \
-    case MJ_OP_LAYER_NORM: case MJ_OP_PERMUTE: case MJ_OP_SLICE: case MJ_OP_CAT
-/* Whether the families above match ops.def's flags (ELEMENTWISE, ACTIVATION,
- * LEAF): a test calls it. */
-bool mj_op_families_agree(void);
-/* MJ_OP_COUNT if no such op. */
-mj_op mj_op_from_name(const char *name, size_t len);
-/* The unary op of an activation (MJ_OP_COUNT for MJ_ACT_NONE). */
-mj_op mj_op_for_act(mj_act act);
 
 typedef struct mj_type {
     int rank;
@@ -85,34 +36,13 @@ const char *mj_type_str(char *buf, size_t size, const mj_type *t);
 /* Concrete shape for a given batch size. */
 void mj_type_shape(const mj_type *t, int64_t batch, int64_t *shape);
 
-/* Attributes of the math ops (ir/attrs.c has each op's names, kinds and
- * defaults; the text form is `{name=value, ...}` in that order). dim is
- * as written (-rank..rank-1; mj_attr_dim normalises it); f holds the op's
- * float attributes in its schema order. Ops without attributes keep all
- * zero. */
-#define MJ_MAX_FATTRS 2
-typedef struct mj_attrs {
-    int32_t dim;
-    bool keepdim;
-    float f[MJ_MAX_FATTRS];
-} mj_attrs;
-/* Attributes of the shape ops (docs/IR.md), stored normalised (dims
- * non-negative); all zero for every other op, so nodes compare bytewise. */
-typedef struct mj_shape_attrs {
-    int8_t perm[MJ_MAX_RANK]; /* PERMUTE: output dim d is operand dim perm[d]   */
-    int8_t dim0, dim1;        /* TRANSPOSE: the dims swapped, dim0 < dim1       */
-    int8_t dim;               /* SLICE, CAT: along this dim                      */
-    int8_t zero_;             /* always 0: no padding, so memcmp compares nodes  */
-    int64_t start, end;       /* SLICE: [start, end), 0 <= start <= end <= size  */
-} mj_shape_attrs;
-
 typedef struct mj_node {
     mj_op op;
     int n_operands;
     int32_t operands[MJ_MAX_OPERANDS];
     mj_type type;
     mj_act act;         /* LINEAR_ACT only                                       */
-    mj_attrs attrs;     /* the ops of ir/attrs.c; zero otherwise                 */
+    mj_attrs attrs;     /* the ops of src/core/attrs.c; zero otherwise                 */
     mj_shape_attrs sa;  /* PERMUTE, TRANSPOSE, SLICE, CAT                         */
     char *name;         /* INPUT, PARAM, CONST                                    */
     mj_tensor *tensor;  /* PARAM: bound tensor (NULL = unbound); CONST: its data */
@@ -169,28 +99,10 @@ mj_status mj_infer_type_attrs(const mj_graph *g, mj_op op, int n, const int32_t 
 mj_status mj_infer_type_full(const mj_graph *g, mj_op op, int n, const int32_t *operands, mj_act act,
                              const mj_attrs *attrs, mj_shape_attrs *sa, const mj_type *declared, mj_type *out);
 
-/* ---- attributes (ir/attrs.c) --------------------------------------------- */
-typedef enum mj_attr_kind { MJ_ATTR_DIM, MJ_ATTR_KEEPDIM, MJ_ATTR_FLOAT } mj_attr_kind;
-typedef struct mj_attr_spec {
-    const char *name;
-    mj_attr_kind kind;
-    int slot;        /* MJ_ATTR_FLOAT: index in mj_attrs.f                    */
-    bool required;   /* no default: the text form must give it                */
-    float def;       /* default (keepdim: 0 or 1)                             */
-} mj_attr_spec;
-/* The op's attributes in text order; *n = 0 for ops without. */
-const mj_attr_spec *mj_op_attrs(mj_op op, int *n);
-/* The op's default attributes (all zero for ops without). */
-mj_attrs mj_attrs_default(mj_op op);
-bool mj_attrs_equal(const mj_attrs *a, const mj_attrs *b); /* bitwise floats */
-/* attrs.dim normalised to 0..rank-1, or -1 if outside -rank..rank-1. */
-int mj_attr_dim(const mj_attrs *a, int rank);
+/* ---- attributes of a node (ir/type.c) --------------------------------- */
 /* The dim an MJ_OPF_REDUCE node works along, for an operand of this rank
  * (layer_norm: the last). */
 int mj_reduce_dim(const mj_node *n, int rank);
-/* " {dim=-1, keepdim=true}" for the op's attributes ("" without); floats
- * in the shortest form that reads back to the same float. */
-void mj_attrs_format(mj_op op, const mj_attrs *a, char *buf, size_t size);
 
 /* Fast mode's tolerance (public: mj_fast_tolerance, maskjit/graph.h;
  * ir/tolerance.c). The length of the sum node `id` does itself
@@ -201,12 +113,6 @@ int64_t mj_node_sum_length(const mj_graph *g, int32_t id, int64_t batch);
 int64_t mj_graph_sum_length(const mj_graph *g, int32_t id, int64_t batch);
 /* Mean |x| over the finite elements of t (0 if none). */
 double mj_tolerance_scale(const mj_tensor *t);
-
-/* Scalar definitions shared by the eager kernels, the interpreter and the
- * JIT's reference (src/ops.c): a unary elementwise op (not an activation
- * of mj_act) with its attributes, and a binary one. */
-float mj_unary_apply(mj_op op, const mj_attrs *a, float x);
-float mj_binary_apply(mj_op op, float a, float b);
 
 /* Drops nodes with keep[i] == false and renumbers operands and outputs
  * (keep must include every operand of every kept node and every output). */

@@ -416,7 +416,7 @@ static size_t value_token(parser *p, char *tok, size_t size) {
 }
 
 /* ["{" name "=" value ("," name "=" value)* "}"]: {act=...} on the ops that
- * take it, the op's attributes of ir/attrs.c otherwise (each at most once,
+ * take it, the op's attributes of src/core/attrs.c otherwise (each at most once,
  * the required ones present, the others defaulting to PyTorch's). */
 static mj_status parse_attrs(parser *p, mj_op op, mj_act *act, mj_attrs *attrs) {
     const mj_op_info *info = &mj_op_table[op];
@@ -630,7 +630,7 @@ static mj_status parse_op(parser *p, mj_op op, int op_line, int op_col) {
     mj_shape_attrs sa;
     memset(&sa, 0, sizeof sa);
     /* Each op parses its own attributes: the shape ops theirs (mj_node.sa),
-     * every other op {act=...} and those of ir/attrs.c (mj_node.attrs). */
+     * every other op {act=...} and those of src/core/attrs.c (mj_node.attrs). */
     if (is_shape_attr_op(op)) {
         bool has_act = false;
         unsigned seen = 0; /* shape attributes given, bit per key */

@@ -33,7 +33,7 @@
 #include <llvm-c/TargetMachine.h>
 #include <llvm-c/Transforms/PassBuilder.h>
 
-#include "../src/internal.h"
+#include "src/core/internal.h"
 #include "jit_internal.h"
 
 extern char **environ;

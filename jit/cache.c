@@ -26,7 +26,7 @@
 #include <llvm-c/TargetMachine.h>
 #include <llvm-c/Transforms/PassBuilder.h>
 
-#include "../src/internal.h"
+#include "src/core/internal.h"
 #include "jit_internal.h"
 #include "maskjit.h"
 

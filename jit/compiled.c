@@ -8,6 +8,7 @@
 
 #include "cache.h"
 #include "jit_internal.h"
+#include "src/core/observer.h"
 
 typedef struct prologue prologue;
 typedef struct pool pool;
@@ -923,7 +924,7 @@ mj_status mj_compiled_run_raw_n(mj_compiled *c, int n_in, const float *const *x,
         if (!x[i]) return mj_fail(MJ_ERR_INVALID, "compiled graph: input %d is NULL", i);
     for (int j = 0; j < n_out; j++)
         if (!y[j]) return mj_fail(MJ_ERR_INVALID, "compiled graph: output %d is NULL", j);
-    if (mj_trace_active()) return refuse_in_trace();
+    if (mj_observer()) return refuse_in_trace();
     if (batch < 1) {
         char ts[96];
         return mj_fail(MJ_ERR_SHAPE, "compiled graph: batch is %lld but must be >= 1 (input %s)", (long long)batch,
@@ -946,7 +947,7 @@ mj_status mj_compiled_run_raw(mj_compiled *c, const float *x, int64_t batch, flo
         return mj_fail(MJ_ERR_INVALID,
                        "mj_compiled_run_raw: the graph has %d inputs and %d outputs; use mj_compiled_run_raw_n",
                        c->n_in, c->n_out);
-    if (mj_trace_active()) return refuse_in_trace();
+    if (mj_observer()) return refuse_in_trace();
     if (batch < 1) {
         char ts[96];
         return mj_fail(MJ_ERR_SHAPE, "compiled graph: batch is %lld but must be >= 1 (input %s)", (long long)batch,
@@ -962,7 +963,7 @@ mj_status mj_compiled_run_n(mj_compiled *c, int n_in, const mj_tensor *const *x,
     if (!c || (n_in > 0 && !x) || (n_out > 0 && !y))
         return mj_fail(MJ_ERR_INVALID, "mj_compiled_run_n: %s is NULL",
                        !c ? "the compiled graph" : (n_in > 0 && !x) ? "x" : "the output array");
-    if (mj_trace_active()) return refuse_in_trace();
+    if (mj_observer()) return refuse_in_trace();
     if (n_in != c->n_in || n_out != c->n_out)
         return mj_fail(MJ_ERR_INVALID, "compiled graph: it takes %d inputs and gives %d outputs, called with %d and %d",
                        c->n_in, c->n_out, n_in, n_out);

@@ -6,7 +6,7 @@
 #define MJ_EMIT_CTX(c) (c) /* the short forms, on the mj_emit itself */
 #include "emit.h"
 
-#include "../src/internal.h"
+#include "src/core/internal.h"
 
 void mj_emit_init(mj_emit *e, LLVMModuleRef m, bool fast, int vw, bool loop_hints) {
     memset(e, 0, sizeof *e);
@@ -188,7 +188,7 @@ LLVMValueRef mj_emit_call_libm2(mj_emit *e, const char *name, LLVMValueRef x, LL
     return libm_call(e, LLVMFunctionType(e->f32, two, 2, 0), libm(e, name, 2), args, 2);
 }
 
-/* mj_act_apply (src/ops.c), operation for operation. */
+/* mj_act_apply (src/core/ops.c), operation for operation. */
 LLVMValueRef mj_emit_act(mj_emit *e, mj_act act, LLVMValueRef x) {
     switch (act) {
     case MJ_ACT_NONE: return x;

@@ -11,7 +11,7 @@
  *   - libm functions (erff, expf, tanhf, logf, ...) are the process's: exact
  *     calls are marked nobuiltin so LLVM neither folds them nor substitutes
  *     its own approximation; the activation formulas are mj_act_apply's
- *     (src/ops.c) operation for operation;
+ *     (src/core/ops.c) operation for operation;
  *   - lanes whose value does not matter are poison (never undef).
  *
  * A lowering keeps its own state struct with an `mj_emit e` member; the short

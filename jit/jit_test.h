@@ -1,6 +1,6 @@
 /* Test-only hooks of the JIT, apart from jit_internal.h so that a caller
  * needs no LLVM headers: the CLI sets them once, from its environment at
- * startup (src/cli/main.c); the library itself reads no environment for
+ * startup (cli/main.c); the library itself reads no environment for
  * them. */
 #ifndef MJ_JIT_TEST_H
 #define MJ_JIT_TEST_H

@@ -10,7 +10,7 @@
  * several compile to the same code.
  *
  * Exact mode emits, per output element, the float operations of the eager
- * kernels (src/ops.c) in the same order; only the loops around them differ.
+ * kernels (src/core/ops.c) in the same order; only the loops around them differ.
  * Linear layers with a prologue weight are explicit vector code over the
  * panel-packed weight (vectors across output columns and rows, never across
  * k): chains of small layers become one straight-line kernel per group of
@@ -195,7 +195,7 @@ static LLVMValueRef dims_product(lw *w, const mj_type *t, int from, int to) {
     return n;
 }
 
-/* ---- the math of transformers: scalar definitions (src/ops.c) ------------ */
+/* ---- the math of transformers: scalar definitions (src/core/ops.c) ------------ */
 
 /* mj_unary_apply, operation for operation (both sides of a ?: are
  * computed and one selected: the same value). */
@@ -526,7 +526,7 @@ static void emit_copy(lw *w, LLVMValueRef dst, LLVMValueRef src, LLVMValueRef n)
 
 /* ---- reductions and normalisations ----------------------------------------
  * Plain loops, one line (or row) at a time, each doing the float operations
- * of its eager kernel (src/ops.c) in the same order; accumulators live in
+ * of its eager kernel (src/core/ops.c) in the same order; accumulators live in
  * entry-block allocas that LLVM promotes to registers. Fast mode's flags let
  * LLVM vectorise the sums. */
 

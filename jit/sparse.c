@@ -25,7 +25,7 @@
 
 #include <llvm-c/TargetMachine.h>
 
-#include "../src/internal.h"
+#include "src/core/internal.h"
 #include "emit.h"
 
 /* Chunks are at most this many rows (4 x 16 lanes): the scratch size does

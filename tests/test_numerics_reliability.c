@@ -24,7 +24,7 @@
 
 #include "ir/ir.h"
 #include "maskjit.h"
-#include "src/cli/check_verdict.h"
+#include "cli/check_verdict.h"
 #include "test_util.h"
 
 MJT_JIT_FIXTURE

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Second command of the README, and what CI runs: the whole test suite.
 #
+#   0. the layer rules of docs/design.md (tools/check_layers.sh): includes
+#      before the build, calls between the library's objects after it
 #   1. build (gcc, debugoptimized, -Wall -Wextra -Werror) and run the Criterion suite
 #   2. the same suite built with AddressSanitizer + UBSan (LeakSanitizer on)
 #   3. libFuzzer smoke runs of the file/text parsers (clang-19), bounded in time
@@ -39,9 +41,14 @@ run_criterion() {
     return "$rc"
 }
 
+step "include direction (tools/check_layers.sh)"
+tools/check_layers.sh || failed_steps+=("layers")
+
 step "1/5 build + Criterion suite"
 if [ ! -d build ]; then meson setup build -Dwerror=true >/dev/null || exit 1; fi
 if ninja -C build; then
+    # the calls too, now that the library's objects exist
+    tools/check_layers.sh build || failed_steps+=("layer-calls")
     run_criterion build/tests/maskjit-tests || failed_steps+=("suite")
 else
     failed_steps+=("build")

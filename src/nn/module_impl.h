@@ -3,7 +3,7 @@
 #ifndef MJ_MODULE_IMPL_H
 #define MJ_MODULE_IMPL_H
 
-#include "internal.h"
+#include "src/core/internal.h"
 
 typedef struct mj_named_tensor {
     char *name;

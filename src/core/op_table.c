@@ -1,7 +1,7 @@
-/* The op table (generated from ops.def) and mj_type helpers. */
+/* The op table (generated from ops.def) and its lookups. */
 #include <string.h>
 
-#include "ir.h"
+#include "op.h"
 
 const mj_op_info mj_op_table[MJ_OP_COUNT] = {
 #define MJ_OP(e, text, lo, hi, flags, act) [MJ_OP_##e] = {text, lo, hi, flags, act},
@@ -49,37 +49,4 @@ mj_op mj_op_for_act(mj_act act) {
     /* ops.def names the activation of each activation op: the tables agree */
     MJ_ASSERT(op == MJ_OP_COUNT || ((mj_op_table[op].flags & MJ_OPF_ACTIVATION) && mj_op_table[op].act == act));
     return op;
-}
-
-bool mj_type_equal(const mj_type *a, const mj_type *b) {
-    if (a->rank != b->rank) return false;
-    for (int i = 0; i < a->rank; i++)
-        if (a->dims[i] != b->dims[i]) return false;
-    return true;
-}
-
-bool mj_type_has_batch(const mj_type *t) {
-    for (int i = 0; i < t->rank; i++)
-        if (t->dims[i] == MJ_DIM_BATCH) return true;
-    return false;
-}
-
-const char *mj_type_str(char *buf, size_t size, const mj_type *t) {
-    if (!buf || size == 0) return buf;
-    size_t pos = 0;
-    int n = snprintf(buf, size, "f32[");
-    if (n > 0) pos = (size_t)n;
-    for (int i = 0; i < t->rank && i < MJ_MAX_RANK && pos < size; i++) {
-        if (t->dims[i] == MJ_DIM_BATCH)
-            n = snprintf(buf + pos, size - pos, "%sB", i ? "," : "");
-        else
-            n = snprintf(buf + pos, size - pos, "%s%lld", i ? "," : "", (long long)t->dims[i]);
-        if (n > 0) pos += (size_t)n;
-    }
-    if (pos < size) snprintf(buf + pos, size - pos, "]");
-    return buf;
-}
-
-void mj_type_shape(const mj_type *t, int64_t batch, int64_t *shape) {
-    for (int i = 0; i < t->rank; i++) shape[i] = t->dims[i] == MJ_DIM_BATCH ? batch : t->dims[i];
 }

@@ -5,7 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "ir.h"
+#include "op.h"
 
 #define DIM_REQ {"dim", MJ_ATTR_DIM, 0, true, 0.0f}
 #define KEEPDIM {"keepdim", MJ_ATTR_KEEPDIM, 0, false, 0.0f}
@@ -92,8 +92,4 @@ void mj_attrs_format(mj_op op, const mj_attrs *a, char *buf, size_t size) {
         int k = snprintf(buf + pos, size - pos, "%s%s=%s%s", i ? ", " : " {", s[i].name, v, i == n - 1 ? "}" : "");
         if (k > 0) pos += (size_t)k;
     }
-}
-
-int mj_reduce_dim(const mj_node *n, int rank) {
-    return n->op == MJ_OP_LAYER_NORM ? rank - 1 : mj_attr_dim(&n->attrs, rank);
 }

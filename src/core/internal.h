@@ -75,37 +75,12 @@ static inline mj_tensor *mj_own_result(const mj_tensor *x, int refs_before, mj_t
 mj_status mj_tensor_new_uninit(mj_tensor **out, int rank, const int64_t *shape);
 bool mj_shape_equal(int ra, const int64_t *a, int rb, const int64_t *b);
 
-/* Tracing hooks (src/tracer.c). An eager op calls mj_trace_active() and,
- * when a trace is recording on this thread, mj_trace_record() after it
- * computed its output. */
 /* The activations but none, in maskjit/acts.def's order ("relu, gelu, ...,
  * silu"): the one list that error messages print. */
 #define MJ_ACT_LIST_MAX 128
 void mj_act_list(char *buf, size_t size);
 
-struct mj_tracer;
-struct mj_tracer *mj_trace_active(void);
-/* ir op + act attribute; returns an error if the op cannot be recorded
- * (e.g. it would not generalise over the batch). */
-mj_status mj_trace_record(int op, int n_in, const mj_tensor *const *in, mj_act act,
-                          const mj_tensor *out);
-/* The public data accessors report a read (or a mutable access) of a traced
- * value by user code: the tracer records a TracerWarning. Library code reads
- * t->data directly, so only user code triggers it. */
-void mj_trace_note_data_access(const mj_tensor *t, bool write);
-/* The same with the op's attributes (struct mj_attrs of ir/ir.h; NULL =
- * the op's defaults). */
-struct mj_attrs;
-mj_status mj_trace_record_attrs(int op, int n_in, const mj_tensor *const *in, mj_act act,
-                                const struct mj_attrs *attrs, const mj_tensor *out);
-/* The same for ops with shape attributes (ir/ir.h mj_shape_attrs). */
-struct mj_shape_attrs;
-mj_status mj_trace_record_sa(int op, int n_in, const mj_tensor *const *in, mj_act act,
-                             const struct mj_shape_attrs *sa, const mj_tensor *out);
-/* Both kinds (either may be NULL: the defaults). */
-mj_status mj_trace_record_full(int op, int n_in, const mj_tensor *const *in, mj_act act,
-                               const struct mj_attrs *attrs, const struct mj_shape_attrs *sa,
-                               const mj_tensor *out);
+/* Eager ops report themselves to an observer (the tracer): observer.h. */
 
 /* Internal access to a parametrization's buffers (for module.c / state dicts) */
 int mj_parametrization_buffer_count(const mj_parametrization *p);
@@ -113,7 +88,7 @@ const char *mj_parametrization_buffer_name(const mj_parametrization *p, int i);
 mj_tensor *mj_parametrization_buffer_at(const mj_parametrization *p, int i);
 bool mj_parametrization_buffer_persistent(const mj_parametrization *p, int i);
 
-/* ---- files the user names (src/outfile.c) ---------------------------------
+/* ---- files the user names (src/io/outfile.c) ---------------------------------
  * open, write..., then commit (or abort). A regular file or a new name is
  * written to a temporary file next to it and renamed over it (symlinks
  * followed; a replaced file keeps its permission bits, a new one gets

@@ -1,4 +1,4 @@
-/* maskjit command-line tool: dispatches to the subcommands in src/cli/. */
+/* maskjit command-line tool: dispatches to the subcommands in cli/. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

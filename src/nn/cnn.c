@@ -9,6 +9,7 @@
 
 #include "maskjit/cnn.h"
 #include "module_impl.h"
+#include "src/core/observer.h"
 
 #define SHAPE(buf, t) mj_shape_str(buf, sizeof buf, (t)->rank, (t)->shape)
 
@@ -98,7 +99,7 @@ mj_status mj_conv2d(mj_tensor **out, const mj_tensor *x, const mj_tensor *w, con
                        "input %s with padding %lldx%lld", (long long)KH, (long long)KW,
                        (long long)p->dilation[0], (long long)p->dilation[1], SHAPE(sx, x),
                        (long long)p->padding[0], (long long)p->padding[1]);
-    if (mj_trace_active()) return refuse_in_trace("conv2d");
+    if (mj_observer()) return refuse_in_trace("conv2d");
     const int64_t shape[4] = {N, O, OH, OW};
     mj_tensor *y;
     MJ_TRY(mj_tensor_new_uninit(&y, 4, shape));
@@ -125,7 +126,7 @@ mj_status mj_batch_norm(mj_tensor **out, const mj_tensor *x, const mj_tensor *me
         return mj_fail(MJ_ERR_SHAPE, "batch_norm: input %s has %lld channels; mean, var, weight "
                        "and bias must be [%lld]", SHAPE(sx, x), (long long)C, (long long)C);
     if (!(eps >= 0.0f)) return mj_fail(MJ_ERR_INVALID, "batch_norm: eps %g must be >= 0", (double)eps);
-    if (mj_trace_active()) return refuse_in_trace("batch_norm");
+    if (mj_observer()) return refuse_in_trace("batch_norm");
     mj_tensor *y;
     MJ_TRY(mj_tensor_new_uninit(&y, x->rank, x->shape));
     int64_t inner = 1;
@@ -173,7 +174,7 @@ static mj_status pool_begin(const char *op, mj_tensor **out, const mj_tensor *x,
                             mj_tensor **y) {
     if (!out || !k || !s || !p) return mj_fail(MJ_ERR_INVALID, "%s: NULL output or window", op);
     MJ_TRY(pool_geometry(op, x, k, s, p, oh, ow));
-    if (mj_trace_active()) return refuse_in_trace(op);
+    if (mj_observer()) return refuse_in_trace(op);
     const int64_t shape[4] = {x->shape[0], x->shape[1], *oh, *ow};
     return mj_tensor_new_uninit(y, 4, shape);
 }
@@ -252,7 +253,7 @@ mj_status mj_adaptive_avg_pool2d(mj_tensor **out, const mj_tensor *x, int64_t oh
     int64_t NC = x->shape[0] * x->shape[1], H = x->shape[2], W = x->shape[3];
     if (H < 1 || W < 1)
         return mj_fail(MJ_ERR_SHAPE, "adaptive_avg_pool2d: input %s is empty", SHAPE(sx, x));
-    if (mj_trace_active()) return refuse_in_trace("adaptive_avg_pool2d");
+    if (mj_observer()) return refuse_in_trace("adaptive_avg_pool2d");
     const int64_t shape[4] = {x->shape[0], x->shape[1], oh_n, ow_n};
     mj_tensor *y;
     MJ_TRY(mj_tensor_new_uninit(&y, 4, shape));

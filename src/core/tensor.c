@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "internal.h"
+#include "observer.h"
 
 /* Tensor identities: unique for the process lifetime so the tracer can map
  * tensors to graph values without being fooled by reused addresses. */
@@ -197,13 +198,13 @@ int64_t mj_tensor_numel(const mj_tensor *t) { return t ? t->numel : 0; }
  * trace notices it (library code reads t->data and never warns). */
 const float *mj_tensor_data(const mj_tensor *t) {
     if (!t) return NULL;
-    if (mj_trace_active()) mj_trace_note_data_access(t, false);
+    mj_observe_data_access(t, false);
     return t->data;
 }
 
 float *mj_tensor_data_mut(mj_tensor *t) {
     if (!t) return NULL;
-    if (mj_trace_active()) mj_trace_note_data_access(t, true);
+    mj_observe_data_access(t, true);
     mj_tensor_touch(t);
     return t->data;
 }
@@ -261,7 +262,7 @@ void mj_tensor_print(FILE *f, const mj_tensor *t, const char *name) {
     }
     char shape[96];
     mj_shape_str(shape, sizeof shape, t->rank, t->shape);
-    if (mj_trace_active()) mj_trace_note_data_access(t, false);
+    mj_observe_data_access(t, false);
     fprintf(f, "%s%stensor(shape=%s\n", name ? name : "", name ? " = " : "", shape);
     int64_t cols = t->shape[t->rank - 1];
     int64_t rows = cols ? t->numel / cols : 0;
@@ -281,9 +282,8 @@ void mj_tensor_print(FILE *f, const mj_tensor *t, const char *name) {
 /* A comparison hands C a decision about the data: inside a trace it is a
  * read like mj_tensor_data. */
 static void note_reads(const mj_tensor *a, const mj_tensor *b) {
-    if (!mj_trace_active()) return;
-    mj_trace_note_data_access(a, false);
-    mj_trace_note_data_access(b, false);
+    mj_observe_data_access(a, false);
+    mj_observe_data_access(b, false);
 }
 
 mj_compare mj_tensor_compare(const mj_tensor *actual, const mj_tensor *expected, double rtol,

@@ -12,7 +12,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "../../bench/bench.h"
+#include "bench/bench.h"
 #include "cli.h"
 
 /* Writes the path of an executable maskjit-bench into buf, or returns false. */

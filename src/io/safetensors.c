@@ -7,7 +7,7 @@
  *
  * Loading streams the data section straight into the tensors (F32) or
  * through a small conversion buffer (F16, BF16, F64): a large file is never
- * held twice in memory. Saving goes through src/outfile.c: atomic (temp
+ * held twice in memory. Saving goes through src/io/outfile.c: atomic (temp
  * file, fsync, rename) for files, written through for FIFOs and devices. */
 #include <errno.h>
 #include <fcntl.h>
@@ -17,7 +17,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "src/core/internal.h"
 
 #define ST_HEADER_LIMIT (UINT64_C(100) * 1000 * 1000) /* 100 MB, as the reference loader */
 #define ST_CHUNK 65536                                /* conversion buffer, bytes */

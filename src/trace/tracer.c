@@ -1,8 +1,8 @@
 /* The tracer: torch.jit.trace for maskjit modules.
  *
- * mj_trace_module installs a tracer for the calling thread and runs the
- * module's forward on the example. Every eager op (src/ops.c) reports itself
- * through mj_trace_record once it has computed its output; the tracer maps
+ * mj_trace_module installs a tracer, as the observer of the calling thread
+ * (src/core/observer.h), and runs the module's forward on the example. Every
+ * eager op reports itself to the observer once it has computed its output; the tracer maps
  * tensor uids to graph values:
  *   - the example is the `input` node, its dim 0 the symbolic batch B;
  *   - a parameter or buffer of the module tree becomes a `param` node named
@@ -16,8 +16,9 @@
 #include <stdarg.h>
 #include <string.h>
 
-#include "../ir/ir_core.h"
-#include "internal.h"
+#include "ir/ir_core.h"
+#include "src/core/internal.h"
+#include "src/core/observer.h"
 
 /* ---- uid -> int32 map (open addressing, linear probing) ----------------- */
 typedef struct uid_map {
@@ -98,13 +99,19 @@ struct mj_tracer {
     bool busy;             /* inside the tracer: ignore nested reports   */
     mj_status error;       /* first recording error (sticky)              */
     char error_msg[1024];
+    mj_op_observer observer; /* installed while forward runs; ctx = this */
 };
 
-/* The one justified piece of mutable static state: the trace recording on
- * this thread (eager ops have no other way to find it). */
-static _Thread_local struct mj_tracer *tls_tracer;
+static mj_status on_op(void *ctx, mj_op op, int n_in, const mj_tensor *const *in, mj_act act,
+                       const mj_attrs *attrs, const mj_shape_attrs *sa, const mj_tensor *out);
+static mj_status on_alias(void *ctx, const mj_tensor *in, const mj_tensor *out);
+static void on_data_access(void *ctx, const mj_tensor *x, bool write);
 
-struct mj_tracer *mj_trace_active(void) { return tls_tracer; }
+/* The tracer recording on this thread: the observer if it is a tracer's. */
+static struct mj_tracer *active_tracer(void) {
+    const mj_op_observer *o = mj_observer();
+    return o && o->op == on_op ? o->ctx : NULL;
+}
 
 static mj_status tracer_fail(struct mj_tracer *t, mj_status s) {
     if (t->error == MJ_OK) {
@@ -155,16 +162,17 @@ static int reshape_batch_dim(const mj_type *in, const mj_tensor *out, int64_t ba
     return -1;
 }
 
-static mj_status record(struct mj_tracer *t, int op, int n_in, const mj_tensor *const *in,
+/* op == MJ_OP_COUNT: out is an alias or copy of in[0] (on_alias). */
+static mj_status record(struct mj_tracer *t, mj_op op, int n_in, const mj_tensor *const *in,
                         mj_act act, const mj_attrs *attrs, const mj_shape_attrs *sa, const mj_tensor *out) {
-    MJ_ASSERT(op == -1 || (op >= 0 && op < MJ_OP_COUNT));
+    MJ_ASSERT((unsigned)op <= MJ_OP_COUNT);
     MJ_ASSERT(n_in >= 1 && n_in <= MJ_MAX_OPERANDS && in && out);
     int32_t ids[MJ_MAX_OPERANDS];
     for (int i = 0; i < n_in; i++) {
         MJ_ASSERT(in[i]);
         MJ_TRY(tracer_value(t, in[i], &ids[i]));
     }
-    if (op == -1) /* out is an alias or copy of in[0] */
+    if (op == MJ_OP_COUNT) /* out is an alias or copy of in[0] */
         return uid_map_put(&t->values, out->uid, ids[0]);
 
     const char *opname = mj_op_table[op].name;
@@ -186,7 +194,7 @@ static mj_status record(struct mj_tracer *t, int op, int n_in, const mj_tensor *
         decl = &declared;
     }
     int32_t id;
-    mj_status s = mj_graph_add_op_full(t->g, (mj_op)op, n_in, ids, act, attrs, sa, decl, &id);
+    mj_status s = mj_graph_add_op_full(t->g, op, n_in, ids, act, attrs, sa, decl, &id);
     if (s == MJ_ERR_SHAPE || s == MJ_ERR_INVALID)
         return mj_fail_prefix(s, "%s: the trace would not generalise over the batch dim B "
                                  "(traced at batch %lld)",
@@ -206,25 +214,9 @@ static mj_status record(struct mj_tracer *t, int op, int n_in, const mj_tensor *
     return uid_map_put(&t->values, out->uid, id);
 }
 
-mj_status mj_trace_record(int op, int n_in, const mj_tensor *const *in, mj_act act,
-                          const mj_tensor *out) {
-    return mj_trace_record_full(op, n_in, in, act, NULL, NULL, out);
-}
-
-mj_status mj_trace_record_attrs(int op, int n_in, const mj_tensor *const *in, mj_act act,
-                                const mj_attrs *attrs, const mj_tensor *out) {
-    return mj_trace_record_full(op, n_in, in, act, attrs, NULL, out);
-}
-
-mj_status mj_trace_record_sa(int op, int n_in, const mj_tensor *const *in, mj_act act, const mj_shape_attrs *sa,
-                             const mj_tensor *out) {
-    return mj_trace_record_full(op, n_in, in, act, NULL, sa, out);
-}
-
-mj_status mj_trace_record_full(int op, int n_in, const mj_tensor *const *in, mj_act act, const mj_attrs *attrs,
-                               const mj_shape_attrs *sa, const mj_tensor *out) {
-    struct mj_tracer *t = tls_tracer;
-    if (!t || t->busy) return MJ_OK;
+static mj_status record_checked(struct mj_tracer *t, mj_op op, int n_in, const mj_tensor *const *in, mj_act act,
+                                const mj_attrs *attrs, const mj_shape_attrs *sa, const mj_tensor *out) {
+    if (t->busy) return MJ_OK;
     if (t->error != MJ_OK) return mj_fail(t->error, "%s", t->error_msg);
     t->busy = true;
     mj_status s = record(t, op, n_in, in, act, attrs, sa, out);
@@ -233,13 +225,22 @@ mj_status mj_trace_record_full(int op, int n_in, const mj_tensor *const *in, mj_
     return s;
 }
 
+static mj_status on_op(void *ctx, mj_op op, int n_in, const mj_tensor *const *in, mj_act act,
+                       const mj_attrs *attrs, const mj_shape_attrs *sa, const mj_tensor *out) {
+    return record_checked(ctx, op, n_in, in, act, attrs, sa, out);
+}
+
+static mj_status on_alias(void *ctx, const mj_tensor *in, const mj_tensor *out) {
+    return record_checked(ctx, MJ_OP_COUNT, 1, &in, MJ_ACT_NONE, NULL, NULL, out);
+}
+
 /* Keys of t->warned for parameters (by their index in t->named, whether or
  * not forward used them yet); other values are keyed by graph value id. */
 #define PARAM_KEY (UINT64_C(1) << 40)
 
-void mj_trace_note_data_access(const mj_tensor *x, bool write) {
-    struct mj_tracer *t = tls_tracer;
-    if (!t || t->busy || !x || t->error != MJ_OK) return;
+static void on_data_access(void *ctx, const mj_tensor *x, bool write) {
+    struct mj_tracer *t = ctx;
+    if (t->busy || !x || t->error != MJ_OK) return;
     int32_t id = -1, pi = -1;
     uint64_t key;
     if (uid_map_get(&t->params, x->uid, &pi)) {
@@ -333,9 +334,10 @@ static mj_status trace_run(struct mj_tracer *t, mj_module *m, int n_in, const mj
 
     int n_out = mj_module_output_count(m);
     mj_tensor *y[MJ_MODULE_MAX_IO] = {0};
-    tls_tracer = t;
+    t->observer = (mj_op_observer){.ctx = t, .op = on_op, .alias = on_alias, .data_access = on_data_access};
+    const mj_op_observer *prev = mj_observer_install(&t->observer);
     mj_status s = mj_module_forward_n(m, n_in, examples, n_out, y);
-    tls_tracer = NULL;
+    mj_observer_install(prev);
     if (s == MJ_OK && t->error != MJ_OK) /* an op swallowed a recording error */
         s = mj_fail(t->error, "%s", t->error_msg);
     t->busy = true;
@@ -353,7 +355,7 @@ mj_status mj_trace_module_n(mj_module *m, int n_in, const mj_tensor *const *exam
                             mj_graph **out) {
     if (!m || !examples || !out || n_in < 1)
         return mj_fail(MJ_ERR_INVALID, "tracing: module, examples and out must not be NULL (and n_in >= 1)");
-    if (tls_tracer)
+    if (active_tracer())
         return mj_fail(MJ_ERR_STATE,
                        "tracing: a trace is already recording on this thread (nested tracing)");
     if (n_in != mj_module_input_count(m))
@@ -390,7 +392,6 @@ mj_status mj_trace_module_n(mj_module *m, int n_in, const mj_tensor *const *exam
 
     struct mj_tracer t = {.batch = examples[0]->shape[0]};
     mj_status s = trace_run(&t, m, n_in, examples, names);
-    tls_tracer = NULL;
     if (s != MJ_OK) {
         mj_graph_free(t.g);
         tracer_free(&t);
@@ -413,7 +414,7 @@ mj_status mj_graph_check(mj_graph *g, mj_module *m, int n_inputs,
                          const mj_tensor *const *inputs, mj_check_result *results) {
     if (!g || !m || n_inputs < 0 || (n_inputs > 0 && !inputs))
         return mj_fail(MJ_ERR_INVALID, "check: graph, module and inputs must not be NULL");
-    if (tls_tracer)
+    if (active_tracer())
         return mj_fail(MJ_ERR_STATE, "check: cannot check while a trace is recording");
     for (int i = 0; i < n_inputs; i++)
         if (!inputs[i]) return mj_fail(MJ_ERR_INVALID, "check: input %d is NULL", i);
@@ -455,7 +456,7 @@ mj_status mj_graph_check_n(mj_graph *g, mj_module *m, int n_sets, int n_in, cons
                            mj_check_result *results) {
     if (!g || !m || n_sets < 0 || n_in < 1 || (n_sets > 0 && !inputs))
         return mj_fail(MJ_ERR_INVALID, "check: graph, module and inputs must not be NULL");
-    if (tls_tracer) return mj_fail(MJ_ERR_STATE, "check: cannot check while a trace is recording");
+    if (active_tracer()) return mj_fail(MJ_ERR_STATE, "check: cannot check while a trace is recording");
     int n_out = mj_graph_output_count(g);
     if (n_in != mj_graph_input_count(g) || n_in != mj_module_input_count(m) || n_out != mj_module_output_count(m))
         return mj_fail(MJ_ERR_INVALID,

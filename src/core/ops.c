@@ -6,49 +6,57 @@
  * mj_act_apply. The interpreter calls these kernels and the JIT's exact mode
  * emits the same operations, which is what makes them bit-identical.
  *
- * Each op, when a trace is recording on this thread, reports itself to the
- * tracer after computing its output (src/tracer.c).
+ * Each op reports itself to the thread's observer (src/core/observer.h:
+ * the tracer, while one records) after computing its output.
  */
 #include <math.h>
 #include <string.h>
 
-#include "../ir/ir.h"
 #include "internal.h"
+#include "observer.h"
+#include "op.h"
 
 #define SHAPE(buf, t) mj_shape_str(buf, sizeof buf, (t)->rank, (t)->shape)
 
 /* finish() for an op with shape attributes. */
-static mj_status finish_sa(mj_tensor **out, mj_tensor *y, int op, int n, const mj_tensor *const *in,
+static mj_status finish_sa(mj_tensor **out, mj_tensor *y, mj_op op, int n, const mj_tensor *const *in,
                            const mj_shape_attrs *sa) {
-    if (mj_trace_active()) {
-        mj_status s = mj_trace_record_sa(op, n, in, MJ_ACT_NONE, sa, y);
-        if (s != MJ_OK) {
-            mj_tensor_release(y);
-            return s;
-        }
+    mj_status s = mj_observe_op(op, n, in, MJ_ACT_NONE, NULL, sa, y);
+    if (s != MJ_OK) {
+        mj_tensor_release(y);
+        return s;
     }
     *out = y;
     return MJ_OK;
 }
 
-/* Hands `out` to the caller after the tracer (if any) has recorded it
+/* Hands `out` to the caller after the observer (if any) has seen it
  * (with the op's attributes; NULL: none). */
-static mj_status finish_attrs(mj_tensor **out, mj_tensor *y, int op, int n, const mj_tensor *const *in,
+static mj_status finish_attrs(mj_tensor **out, mj_tensor *y, mj_op op, int n, const mj_tensor *const *in,
                               mj_act act, const mj_attrs *attrs) {
-    if (mj_trace_active()) {
-        mj_status s = mj_trace_record_attrs(op, n, in, act, attrs, y);
-        if (s != MJ_OK) {
-            mj_tensor_release(y);
-            return s;
-        }
+    mj_status s = mj_observe_op(op, n, in, act, attrs, NULL, y);
+    if (s != MJ_OK) {
+        mj_tensor_release(y);
+        return s;
     }
     *out = y;
     return MJ_OK;
 }
 
-static mj_status finish(mj_tensor **out, mj_tensor *y, int op, int n, const mj_tensor *const *in,
+static mj_status finish(mj_tensor **out, mj_tensor *y, mj_op op, int n, const mj_tensor *const *in,
                         mj_act act) {
     return finish_attrs(out, y, op, n, in, act, NULL);
+}
+
+/* finish() for a result that is in's value under a new tensor. */
+static mj_status finish_alias(mj_tensor **out, mj_tensor *y, const mj_tensor *in) {
+    mj_status s = mj_observe_alias(in, y);
+    if (s != MJ_OK) {
+        mj_tensor_release(y);
+        return s;
+    }
+    *out = y;
+    return MJ_OK;
 }
 
 static mj_status check_args(const char *op, mj_tensor **out, const mj_tensor *a,
@@ -117,8 +125,8 @@ mj_status mj_activation(mj_tensor **out, mj_act act, const mj_tensor *x) {
     MJ_TRY(mj_tensor_new_uninit(&y, x->rank, x->shape));
     for (int64_t i = 0; i < x->numel; i++) y->data[i] = mj_act_apply(act, x->data[i]);
     /* Identity records as an alias of its input: the graph has no copy op. */
-    int op = act == MJ_ACT_NONE ? -1 : (int)mj_op_for_act(act);
-    return finish(out, y, op, 1, &x, MJ_ACT_NONE);
+    if (act == MJ_ACT_NONE) return finish_alias(out, y, x);
+    return finish(out, y, mj_op_for_act(act), 1, &x, MJ_ACT_NONE);
 }
 
 mj_status mj_relu(mj_tensor **out, const mj_tensor *x) { return mj_activation(out, MJ_ACT_RELU, x); }
@@ -652,7 +660,7 @@ mj_status mj_transpose_dims(mj_tensor **out, const mj_tensor *x, int dim0, int d
     if (d0 == d1) { /* nothing moves: a copy, recorded as an alias of x */
         mj_tensor *y;
         MJ_TRY(mj_tensor_clone(&y, x));
-        return finish(out, y, -1, 1, &x, MJ_ACT_NONE);
+        return finish_alias(out, y, x);
     }
     int perm[MJ_MAX_RANK] = {0, 1, 2, 3};
     perm[d0] = d1;

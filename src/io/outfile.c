@@ -20,7 +20,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "src/core/internal.h"
 
 #define OUT_MAX_LINK_HOPS 40 /* as the kernel's own limit (ELOOP) */
 
