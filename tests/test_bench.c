@@ -392,8 +392,7 @@ Test(bench, cli_loads_no_peer_library) {
  * own eager forward on the setup's input (exact ones bit for bit), at the
  * traced batch and at others. */
 Test(bench, user_model_setup_matches_eager, .init = setup_jit, .fini = teardown_jit) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 3);
+    mj_rng rng = mjt_rng(3);
     mj_module *m = NULL;
     OK(mj_model_from_spec("mlp:8,16,4:act=relu", &rng, &m));
     OK(mj_model_apply_masks(m, NULL, 0.5, &rng));
@@ -498,8 +497,7 @@ Test(bench, program_times_a_saved_trace) {
     int fd = mkstemp(path);
     cr_assert(fd >= 0);
     close(fd);
-    mj_rng rng;
-    mj_rng_seed(&rng, 4);
+    mj_rng rng = mjt_rng(4);
     mj_module *m = NULL;
     OK(mj_model_from_spec("mlp:8,16,4:act=relu", &rng, &m));
     mj_tensor *ones = NULL;

@@ -72,8 +72,7 @@ Test(modules, linear_init_draws_weight_then_bias_from_rng) {
 }
 
 Test(modules, linear_forward_matches_naive_loop) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 1);
+    mj_rng rng = mjt_rng(1);
     for (int bias = 0; bias < 2; bias++) {
         mj_module *lin;
         OK(mj_linear_new(&lin, 7, 4, bias, &rng));
@@ -101,8 +100,7 @@ Test(modules, linear_forward_matches_naive_loop) {
 /* ---- Sequential and activations ------------------------------------------- */
 
 Test(modules, sequential_chains_children) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 2);
+    mj_rng rng = mjt_rng(2);
     mj_module *mods[3];
     OK(mj_linear_new(&mods[0], 4, 6, true, &rng));
     OK(mj_activation_module_new(&mods[1], MJ_ACT_TANH));
@@ -162,8 +160,7 @@ Test(modules, activations_match_pytorch_repr_and_kernel) {
         {MJ_ACT_NONE, "Identity", "Identity()\n"},
     };
     cr_assert_eq(sizeof cases / sizeof cases[0], MJ_ACT_COUNT, "a case per activation");
-    mj_rng rng;
-    mj_rng_seed(&rng, 3);
+    mj_rng rng = mjt_rng(3);
     mj_tensor *x = randn2(2, 5, &rng);
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
         mj_module *m;
@@ -211,8 +208,7 @@ Test(modules, user_module_names_and_errors) {
     OK(mj_module_new(&u, "MyNet", double_forward, malloc(8), free_counter));
     cr_assert_str_eq(mj_module_type(u), "MyNet");
     cr_assert_not_null(mj_module_user(u));
-    mj_rng rng;
-    mj_rng_seed(&rng, 4);
+    mj_rng rng = mjt_rng(4);
     mj_module *a, *b;
     OK(mj_linear_new(&a, 2, 2, true, &rng));
     OK(mj_linear_new(&b, 2, 2, true, &rng));
@@ -308,8 +304,7 @@ Test(modules, walk_is_depth_first_with_dotted_paths) {
 /* ---- models ------------------------------------------------------------- */
 
 Test(modules, model_under_test_forward_matches_naive_loop) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 5);
+    mj_rng rng = mjt_rng(5);
     for (int bias = 0; bias < 2; bias++) {
         mj_module *m;
         OK(mj_model_under_test_new(&m, bias));
@@ -337,8 +332,7 @@ Test(modules, model_under_test_forward_matches_naive_loop) {
 }
 
 Test(modules, mlp_spec_builds_pytorch_names_and_shapes) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 6);
+    mj_rng rng = mjt_rng(6);
     mj_module *m;
     OK(mj_model_from_spec("mlp:4,8,2", &rng, &m));
     /* PyTorch: [('0.weight', (8, 4)), ('0.bias', (8,)), ('2.weight', (2, 8)), ('2.bias', (2,))] */
@@ -403,8 +397,7 @@ Test(modules, mlp_spec_builds_pytorch_names_and_shapes) {
 }
 
 Test(modules, bad_specs_are_format_errors_quoting_the_bad_part) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 7);
+    mj_rng rng = mjt_rng(7);
     const struct {
         const char *spec, *needle;
     } cases[] = {

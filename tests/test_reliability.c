@@ -40,14 +40,7 @@ extern char **environ;
 #define MASKJIT_BIN MJ_BUILD_ROOT "/maskjit"
 
 /* ---- helpers ---------------------------------------------------------------- */
-static char *tmpdir; /* the suite's scratch directory */
-
-static void make_tmpdir(void) { tmpdir = mjt_temp_dir("mj-rel"); }
-
-static void remove_tmpdir(void) {
-    mjt_rm_rf(tmpdir);
-    free(tmpdir);
-}
+MJT_TMPDIR_FIXTURE("mj-rel")
 
 /* No per-test timeouts: they would override --timeout, which tools/valgrind.sh
  * raises (a JIT compile takes a minute under valgrind on a loaded machine). */
@@ -60,46 +53,7 @@ static char *tmp_path(const char *name) {
     return p;
 }
 
-static unsigned char *read_all(const char *path, size_t *n) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    unsigned char *b = NULL;
-    size_t len = 0, cap = 0;
-    for (;;) {
-        if (len == cap) {
-            cap = cap ? 2 * cap : 65536;
-            b = realloc(b, cap + 1);
-            cr_assert_not_null(b);
-        }
-        size_t got = fread(b + len, 1, cap - len, f);
-        if (got == 0) break;
-        len += got;
-    }
-    fclose(f);
-    b[len] = 0; /* texts are read with this too */
-    *n = len;
-    return b;
-}
-
-static void write_all(const char *path, const void *bytes, size_t n) {
-    FILE *f = fopen(path, "wb");
-    cr_assert_not_null(f, "%s: %s", path, strerror(errno));
-    cr_assert_eq(fwrite(bytes, 1, n, f), n);
-    cr_assert_eq(fclose(f), 0);
-}
-
 /* Files in tmpdir whose name starts with prefix (temporaries of a save). */
-static int count_prefixed(const char *prefix) {
-    DIR *dir = opendir(tmpdir);
-    cr_assert_not_null(dir);
-    int n = 0;
-    struct dirent *e;
-    while ((e = readdir(dir)))
-        if (strncmp(e->d_name, prefix, strlen(prefix)) == 0) n++;
-    closedir(dir);
-    return n;
-}
-
 static void assert_error(mj_status got, mj_status want, const char *needle) {
     cr_assert_eq(got, want, "got %s, want %s (message: %s)", mj_status_name(got),
                  mj_status_name(want), mj_last_error());
@@ -154,8 +108,7 @@ static void check_ir_text(const char *text, const char *what) {
 }
 
 static void check_spec(const char *spec, const char *what) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 1);
+    mj_rng rng = mjt_rng(1);
     mj_module *m = NULL;
     mj_clear_error();
     if (mj_model_from_spec(spec, &rng, &m) != MJ_OK) {
@@ -181,7 +134,7 @@ Test(reliability, fuzz_seed_corpora_replay) {
             char p[1024];
             snprintf(p, sizeof p, "%s/%s", dpath, e->d_name);
             size_t len;
-            unsigned char *b = read_all(p, &len);
+            unsigned char *b = mjt_read_file(p, &len);
             cr_assert_not_null(b, "%s", p);
             if (k == 0) check_safetensors_bytes(b, len, p);
             else if (k == 1) check_ir_text((const char *)b, p);
@@ -202,8 +155,7 @@ Test(reliability, fuzz_seed_corpora_replay) {
  * reproducer's shape at a size that fits a test builds exactly the layers
  * it names. */
 Test(reliability, fuzz_spec_large_widths_build_what_they_name) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 1);
+    mj_rng rng = mjt_rng(1);
     mj_module *m;
     OK(mj_model_from_spec("mlp:16,651,655", &rng, &m));
     mj_tensor_dict *p;
@@ -221,8 +173,7 @@ Test(reliability, fuzz_spec_large_widths_build_what_they_name) {
  * 16 GiB) allocated and filled until memory ran out. Now MJ_ERR_LIMIT
  * before any allocation. */
 Test(reliability, spec_total_weight_limit) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 1);
+    mj_rng rng = mjt_rng(1);
     mj_module *m = NULL;
     assert_error(mj_model_from_spec("mlp:65536,65536", &rng, &m), MJ_ERR_LIMIT, "exceed the limit");
     cr_assert_not_null(strstr(mj_last_error(), "4295032832 parameters"), "%s", mj_last_error());
@@ -265,8 +216,7 @@ Test(reliability, tensor_shape_overflow_and_rank) {
     cr_assert_null(t);
     mj_tensor_release(x);
 
-    mj_rng rng;
-    mj_rng_seed(&rng, 0);
+    mj_rng rng = mjt_rng(0);
     mj_module *m = NULL;
     assert_error(mj_linear_new(&m, INT64_C(1) << 21, INT64_C(1) << 20, true, &rng), MJ_ERR_LIMIT,
                  "2^40");
@@ -346,8 +296,7 @@ Test(reliability, ir_two_million_nodes_hit_the_limit) {
 }
 
 Test(reliability, spec_overflowing_widths_and_layers) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 0);
+    mj_rng rng = mjt_rng(0);
     mj_module *m = NULL;
     assert_error(mj_model_from_spec("mlp:65537,4", &rng, &m), MJ_ERR_FORMAT, "between 1 and 65536");
     assert_error(mj_model_from_spec("mlp:4,99999999999999999999999999", &rng, &m), MJ_ERR_FORMAT,
@@ -387,7 +336,7 @@ Test(reliability, safetensors_header_cap_and_size_overflow) {
     assert_error(mj_safetensors_parse(b, sizeof b, &d), MJ_ERR_LIMIT, "100 MB");
     /* the same through a file */
     char *p = tmp_path("cap.safetensors");
-    write_all(p, b, sizeof b);
+    mjt_write_file(p, b, sizeof b);
     assert_error(mj_safetensors_load(p, &d), MJ_ERR_LIMIT, "100 MB");
     free(p);
     /* a shape whose byte size wraps uint64: 2^62 elements * 4 bytes */
@@ -436,13 +385,13 @@ Test(reliability, safetensors_save_failing_midway_in_child_keeps_old_file) {
     mj_tensor_dict *old = dict1("w", 1000, 1.0f), *big = dict1("w", 200000, 2.0f); /* 800 KB */
     OK(mj_safetensors_save(path, old));
     size_t n0, n1;
-    unsigned char *before = read_all(path, &n0);
+    unsigned char *before = mjt_read_file(path, &n0);
     int rc = save_in_limited_child(save_dict, path, big);
     cr_assert_eq(rc, 0, "child: save under RLIMIT_FSIZE did not fail with MJ_ERR_IO/EFBIG (rc %d)", rc);
-    unsigned char *after = read_all(path, &n1);
+    unsigned char *after = mjt_read_file(path, &n1);
     cr_assert_eq(n1, n0);
     cr_assert_eq(memcmp(before, after, n0), 0, "the previous file changed");
-    cr_assert_eq(count_prefixed("st.safetensors.tmp"), 0, "a temporary file was left behind");
+    cr_assert_eq(mjt_count_entries(tmpdir, "st.safetensors.tmp*"), 0, "a temporary file was left behind");
     /* still loads, to the old values */
     mj_tensor_dict *back;
     OK(mj_safetensors_load(path, &back));
@@ -474,13 +423,13 @@ Test(reliability, graph_save_failing_midway_in_child_keeps_old_file) {
     mj_graph *old = graph_with_weight(100, 1.0f), *big = graph_with_weight(200000, 3.0f);
     OK(mj_graph_save(old, path));
     size_t n0, n1;
-    unsigned char *before = read_all(path, &n0);
+    unsigned char *before = mjt_read_file(path, &n0);
     int rc = save_in_limited_child(save_graph, path, big);
     cr_assert_eq(rc, 0, "child: graph save under RLIMIT_FSIZE did not fail cleanly (rc %d)", rc);
-    unsigned char *after = read_all(path, &n1);
+    unsigned char *after = mjt_read_file(path, &n1);
     cr_assert_eq(n1, n0);
     cr_assert_eq(memcmp(before, after, n0), 0, "the previous file changed");
-    cr_assert_eq(count_prefixed("g.mjtrace.tmp"), 0, "a temporary file was left behind");
+    cr_assert_eq(mjt_count_entries(tmpdir, "g.mjtrace.tmp*"), 0, "a temporary file was left behind");
     mj_graph *back;
     OK(mj_graph_load(path, &back));
     cr_assert_eq(mj_graph_input_dim(back, 0, 1), 100);
@@ -504,7 +453,7 @@ Test(reliability, save_killed_by_sigkill_never_tears_the_file) {
     OK(mj_safetensors_save(pa, a));
     OK(mj_safetensors_save(pb, b));
     size_t na, nb;
-    unsigned char *ba = read_all(pa, &na), *bb = read_all(pb, &nb);
+    unsigned char *ba = mjt_read_file(pa, &na), *bb = mjt_read_file(pb, &nb);
     cr_assert_eq(na, nb);
     OK(mj_safetensors_save(path, a));
     struct timespec seed_ts;
@@ -527,7 +476,7 @@ Test(reliability, save_killed_by_sigkill_never_tears_the_file) {
         cr_assert(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL,
                   "the saving child stopped by itself (status %d)", status);
         size_t n;
-        unsigned char *now = read_all(path, &n);
+        unsigned char *now = mjt_read_file(path, &n);
         cr_assert_not_null(now);
         cr_assert_eq(n, na, "round %d: the file has %zu bytes, a version has %zu", round, n, na);
         bool is_a = memcmp(now, ba, n) == 0, is_b = memcmp(now, bb, n) == 0;
@@ -535,7 +484,7 @@ Test(reliability, save_killed_by_sigkill_never_tears_the_file) {
         saw_b += is_b;
         free(now);
         /* the killed save's temporary, if it had one: at most one */
-        cr_assert_leq(count_prefixed("kill.safetensors.tmp"), 1);
+        cr_assert_leq(mjt_count_entries(tmpdir, "kill.safetensors.tmp*"), 1);
         DIR *dir = opendir(tmpdir);
         struct dirent *e;
         while ((e = readdir(dir)))
@@ -637,8 +586,7 @@ static void snapshot_free(snapshot *s) {
 
 /* mlp:4,3,2 with random FakeSparsity masks on both weights. */
 static mj_module *masked_mlp(void) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 21);
+    mj_rng rng = mjt_rng(21);
     mj_module *m;
     OK(mj_model_from_spec("mlp:4,3,2:act=tanh", &rng, &m));
     OK(mj_model_apply_masks(m, NULL, 0.5, &rng));
@@ -865,8 +813,7 @@ Test(reliability, remove_and_set_failures_change_nothing) {
 }
 
 Test(reliability, apply_masks_failure_registers_nothing) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 3);
+    mj_rng rng = mjt_rng(3);
     mj_module *m;
     OK(mj_model_from_spec("mlp:4,3,2", &rng, &m));
     snapshot s = take(m);
@@ -926,8 +873,7 @@ static mj_graph *trace_of(mj_module *m, int64_t in) {
 /* One compiled model (live mode), 8 threads calling it with their own
  * inputs; each result must equal eager bit for bit (exact mode). */
 Test(reliability, eight_threads_call_one_compiled_model) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 31);
+    mj_rng rng = mjt_rng(31);
     mj_module *m;
     OK(mj_model_from_spec("mlp:32,48,8:act=gelu", &rng, &m));
     OK(mj_model_apply_masks(m, NULL, 0.5, &rng));
@@ -975,8 +921,7 @@ static void *own_main(void *p) {
     int64_t in = 8 + a->index;
     snprintf(spec, sizeof spec, "mlp:%lld,%d,%d:act=%s", (long long)in, 12 + a->index, 5,
              acts[a->index % 4]);
-    mj_rng rng;
-    mj_rng_seed(&rng, 100 + (uint64_t)a->index);
+    mj_rng rng = mjt_rng(100 + (uint64_t)a->index);
     mj_module *m = NULL;
     mj_graph *g = NULL;
     mj_compiled *c = NULL;
@@ -1058,8 +1003,7 @@ static void *read_main(void *p) {
  * (no parametrize cache active) and the interpreter on one graph, from 8
  * threads at once, against single-threaded results. */
 Test(reliability, eight_threads_read_one_module_and_graph) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 41);
+    mj_rng rng = mjt_rng(41);
     mj_module *m;
     OK(mj_model_from_spec("mlp:12,20,6:act=sigmoid", &rng, &m));
     OK(mj_model_apply_masks(m, NULL, 0.5, &rng));
@@ -1235,8 +1179,8 @@ Test(reliability, cli_bad_files_fail_with_a_message) {
     /* a header length that runs past the end, then garbage */
     unsigned char junk[64];
     for (int i = 0; i < 64; i++) junk[i] = (unsigned char)(i * 37 + 11);
-    write_all(corrupt, junk, sizeof junk);
-    write_all(empty, "", 0);
+    mjt_write_file(corrupt, junk, sizeof junk);
+    mjt_write_file(empty, "", 0);
     /* the seed model's weights, minus one tensor / with one of the wrong shape */
     mj_module *m;
     OK(mj_model_under_test_new(&m, true));

@@ -51,8 +51,7 @@ static void assert_close(const mj_tensor *a, const mj_tensor *e) {
 }
 
 Test(seed, masking_logic) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 1);
+    mj_rng rng = mjt_rng(1);
     mj_module *model;
     OK(mj_linear_new(&model, 16, 16, false, &rng));
     mj_tensor *eye = eye16();
@@ -144,8 +143,7 @@ Test(seed, bias_model_with_identity_masks) {
     const char *mods[3] = {"linear", "seq.0", "seq.1"};
     for (int i = 0; i < 3; i++) register_mask(at(model, mods[i]), eye16());
 
-    mj_rng rng;
-    mj_rng_seed(&rng, 7);
+    mj_rng rng = mjt_rng(7);
     mj_tensor *x = randn(3, 16, &rng), *y;
     OK(mj_module_forward(model, x, &y));
 

@@ -115,8 +115,7 @@ static mj_tensor_dict *check_fixture(const char *name, const char *want_spec, in
     cr_assert_str_eq(mj_tensor_dict_get_meta(file, "maskjit.generator"), "tools/make_fixtures.py");
     cr_assert_not_null(mj_tensor_dict_get_meta(file, "torch.version"));
 
-    mj_rng rng;
-    mj_rng_seed(&rng, 1234); /* init only: every weight is overwritten below */
+    mj_rng rng = mjt_rng(1234); /* init only: every weight is overwritten below */
     mj_module *m;
     cr_assert_eq(mj_model_from_spec(spec, &rng, &m), MJ_OK, "%s: %s", spec, mj_last_error());
     /* the file's mask keys register the masks; its other keys are ignored */
