@@ -15,6 +15,7 @@
 #include "model_gen.h"
 #include "test_graph_util.h"
 #include "test_util.h"
+#include "thread_util.h"
 
 MJT_JIT_FIXTURE
 
@@ -551,25 +552,13 @@ Test(jit, compile_and_free_many_graphs_does_not_grow) {
                  after_all - after_first, n - half);
 }
 
-typedef struct thread_arg {
-    mj_compiled *c;
-    const mj_tensor *x, *want;
-    int iters;
-    int bad;
-} thread_arg;
-
-static void *thread_main(void *p) {
-    thread_arg *a = p;
-    for (int i = 0; i < a->iters; i++) {
-        mj_tensor *y;
-        if (mj_compiled_run(a->c, a->x, &y) != MJ_OK) {
-            a->bad++;
-            continue;
-        }
-        if (!mj_tensor_equal(y, a->want)) a->bad++;
-        mj_tensor_release(y);
-    }
-    return NULL;
+/* n callers of c on x (iters calls each) must all get want. */
+static void assert_callers_agree(mj_compiled *c, mj_tensor *x, mj_tensor *want, int n, int iters) {
+    mjt_call_arg args[8];
+    cr_assert_leq(n, 8);
+    for (int i = 0; i < n; i++) args[i] = (mjt_call_arg){.c = c, .x = x, .want = want, .kind = MJT_CALL_COMPILED, .iters = iters};
+    cr_assert(mjt_run_threads(n, mjt_call_main, args, sizeof *args), "pthread_create failed");
+    for (int i = 0; i < n; i++) cr_assert_eq(args[i].bad, 0, "thread %d: %d bad results (%s)", i, args[i].bad, args[i].err);
 }
 
 Test(jit, eight_threads_share_one_compiled_model) {
@@ -584,16 +573,7 @@ Test(jit, eight_threads_share_one_compiled_model) {
     OK(mj_tensor_randn(&x, 2, xs, &rng));
     cr_assert_eq(mj_compiled_run(c, x, &want), MJ_OK); /* single-threaded reference */
     check_model(c, m, x, mjt_modes[0], "mlp");
-    pthread_t th[8];
-    thread_arg args[8];
-    for (int i = 0; i < 8; i++) {
-        args[i] = (thread_arg){.c = c, .x = x, .want = want, .iters = scaled(500)};
-        cr_assert_eq(pthread_create(&th[i], NULL, thread_main, &args[i]), 0);
-    }
-    for (int i = 0; i < 8; i++) {
-        pthread_join(th[i], NULL);
-        cr_assert_eq(args[i].bad, 0, "thread %d: %d bad results", i, args[i].bad);
-    }
+    assert_callers_agree(c, x, want, 8, scaled(500));
     mj_tensor_release(x);
     mj_tensor_release(want);
     mj_compiled_free(c);
@@ -895,16 +875,7 @@ Test(jit, threads_pool_shared_by_concurrent_callers) {
     mj_tensor *x, *want;
     OK(mj_tensor_randn(&x, 2, xs, &rng));
     OK(mj_module_forward(m, x, &want));
-    pthread_t th[4];
-    thread_arg args[4];
-    for (int i = 0; i < 4; i++) {
-        args[i] = (thread_arg){.c = c, .x = x, .want = want, .iters = scaled(100)};
-        cr_assert_eq(pthread_create(&th[i], NULL, thread_main, &args[i]), 0);
-    }
-    for (int i = 0; i < 4; i++) {
-        pthread_join(th[i], NULL);
-        cr_assert_eq(args[i].bad, 0, "thread %d: %d bad results", i, args[i].bad);
-    }
+    assert_callers_agree(c, x, want, 4, scaled(100));
     mj_tensor_release(x);
     mj_tensor_release(want);
     mj_compiled_free(c);

@@ -33,6 +33,7 @@
 
 #include "maskjit.h"
 #include "test_util.h"
+#include "thread_util.h"
 
 extern char **environ;
 
@@ -836,38 +837,16 @@ Test(reliability, apply_masks_failure_registers_nothing) {
     mj_module_free(m);
 }
 
-/* ---- threads ------------------------------------------------------------------ */
+/* ---- threads (the harness is tests/thread_util.h, shared with tools/tsan_stress.c) */
 
-typedef struct run_arg {
-    mj_compiled *c;
-    mj_tensor *x, *want;
-    int iters, bad;
-    char err[256];
-} run_arg;
-
-static void *run_main(void *p) {
-    run_arg *a = p;
-    for (int i = 0; i < a->iters; i++) {
-        mj_tensor *y = NULL;
-        if (mj_compiled_run(a->c, a->x, &y) != MJ_OK) {
-            snprintf(a->err, sizeof a->err, "%s", mj_last_error());
-            a->bad++;
-            continue;
-        }
-        if (!mj_tensor_equal(y, a->want)) a->bad++;
-        mj_tensor_release(y);
+/* T callers of one shared model; each result must equal eager bit for bit. */
+static void assert_callers_agree(mjt_call_arg *args, int n) {
+    cr_assert(mjt_run_threads(n, mjt_call_main, args, sizeof *args), "pthread_create failed");
+    for (int i = 0; i < n; i++) {
+        cr_assert_eq(args[i].bad, 0, "thread %d: %d bad results (%s)", i, args[i].bad, args[i].err);
+        mj_tensor_release(args[i].x);
+        mj_tensor_release(args[i].want);
     }
-    return NULL;
-}
-
-static mj_graph *trace_of(mj_module *m, int64_t in) {
-    mj_tensor *ex;
-    int64_t shape[2] = {3, in};
-    if (mj_tensor_ones(&ex, 2, shape) != MJ_OK) return NULL;
-    mj_graph *g = NULL;
-    mj_status s = mj_trace_module(m, ex, &g);
-    mj_tensor_release(ex);
-    return s == MJ_OK ? g : NULL;
 }
 
 /* One compiled model (live mode), 8 threads calling it with their own
@@ -877,126 +856,38 @@ Test(reliability, eight_threads_call_one_compiled_model) {
     mj_module *m;
     OK(mj_model_from_spec("mlp:32,48,8:act=gelu", &rng, &m));
     OK(mj_model_apply_masks(m, NULL, 0.5, &rng));
-    mj_graph *g = trace_of(m, 32);
+    mj_graph *g = mjt_trace_ones(m, 32);
     cr_assert_not_null(g, "%s", mj_last_error());
     mj_jit *jit;
     OK(mj_jit_new(&jit));
     mj_compiled *c;
     OK(mj_jit_compile(jit, g, NULL, &c));
     enum { T = 8 };
-    pthread_t th[T];
-    run_arg args[T];
+    mjt_call_arg args[T];
     for (int i = 0; i < T; i++) {
         int64_t xs[2] = {1 + i, 32};
-        args[i] = (run_arg){.c = c, .iters = 200};
+        args[i] = (mjt_call_arg){.c = c, .kind = MJT_CALL_COMPILED, .iters = 200};
         OK(mj_tensor_randn(&args[i].x, 2, xs, &rng));
-        cr_assert_eq(mj_module_forward(m, args[i].x, &args[i].want), MJ_OK); /* eager reference */
+        OK(mj_module_forward(m, args[i].x, &args[i].want)); /* eager reference */
     }
-    for (int i = 0; i < T; i++) cr_assert_eq(pthread_create(&th[i], NULL, run_main, &args[i]), 0);
-    for (int i = 0; i < T; i++) pthread_join(th[i], NULL);
-    for (int i = 0; i < T; i++) {
-        cr_assert_eq(args[i].bad, 0, "thread %d: %d bad results (%s)", i, args[i].bad, args[i].err);
-        mj_tensor_release(args[i].x);
-        mj_tensor_release(args[i].want);
-    }
+    assert_callers_agree(args, T);
     mj_compiled_free(c);
     mj_jit_free(jit);
     mj_graph_free(g);
     mj_module_free(m);
 }
 
-typedef struct own_arg {
-    mj_jit *jit;
-    int index;
-    int ok;
-    char err[512];
-} own_arg;
-
-/* Builds, masks, traces and compiles its own model on the shared JIT, then
- * checks compiled == eager and traced == eager on its own input. */
-static void *own_main(void *p) {
-    own_arg *a = p;
-    static const char *const acts[] = {"relu", "gelu", "tanh", "sigmoid"};
-    char spec[96];
-    int64_t in = 8 + a->index;
-    snprintf(spec, sizeof spec, "mlp:%lld,%d,%d:act=%s", (long long)in, 12 + a->index, 5,
-             acts[a->index % 4]);
-    mj_rng rng = mjt_rng(100 + (uint64_t)a->index);
-    mj_module *m = NULL;
-    mj_graph *g = NULL;
-    mj_compiled *c = NULL;
-    mj_jit *own_jit = NULL;
-    mj_tensor *x = NULL, *want = NULL, *got = NULL, *traced = NULL;
-    mj_compile_options o;
-    mj_compile_options_init(&o);
-    o.frozen = a->index % 2 == 1;
-    int64_t xs[2] = {4, in};
-    const char *step = "spec";
-    if (mj_model_from_spec(spec, &rng, &m) != MJ_OK) goto out;
-    step = "masks";
-    if (mj_model_apply_masks(m, NULL, 0.6, &rng) != MJ_OK) goto out;
-    step = "trace";
-    if (!(g = trace_of(m, in))) goto out;
-    step = "compile";
-    /* every fourth thread makes its own JIT: concurrent mj_jit_new too */
-    if (a->index % 4 == 3 && mj_jit_new(&own_jit) != MJ_OK) goto out;
-    if (mj_jit_compile(own_jit ? own_jit : a->jit, g, &o, &c) != MJ_OK) goto out;
-    step = "run";
-    if (mj_tensor_randn(&x, 2, xs, &rng) != MJ_OK || mj_module_forward(m, x, &want) != MJ_OK ||
-        mj_compiled_run(c, x, &got) != MJ_OK || mj_graph_run(g, x, &traced) != MJ_OK)
-        goto out;
-    step = "compare";
-    if (!mj_tensor_equal(got, want) || !mj_tensor_equal(traced, want)) {
-        snprintf(a->err, sizeof a->err, "%s: results differ from eager", spec);
-        goto done;
-    }
-    a->ok = 1;
-    goto done;
-out:
-    snprintf(a->err, sizeof a->err, "%s: %s: %s", spec, step, mj_last_error());
-done:
-    mj_tensor_release(x);
-    mj_tensor_release(want);
-    mj_tensor_release(got);
-    mj_tensor_release(traced);
-    mj_compiled_free(c);
-    mj_jit_free(own_jit);
-    mj_graph_free(g);
-    mj_module_free(m);
-    return NULL;
-}
-
+/* Each thread builds, masks, traces and compiles its own model on the shared
+ * JIT, then checks compiled == eager and traced == eager on its own input. */
 Test(reliability, eight_threads_trace_and_compile_their_own_models) {
     mj_jit *jit;
     OK(mj_jit_new(&jit));
     enum { T = 8 };
-    pthread_t th[T];
-    own_arg args[T];
-    for (int i = 0; i < T; i++) {
-        args[i] = (own_arg){.jit = jit, .index = i};
-        cr_assert_eq(pthread_create(&th[i], NULL, own_main, &args[i]), 0);
-    }
-    for (int i = 0; i < T; i++) pthread_join(th[i], NULL);
+    mjt_own_arg args[T];
+    for (int i = 0; i < T; i++) args[i] = (mjt_own_arg){.jit = jit, .index = i};
+    cr_assert(mjt_run_threads(T, mjt_own_main, args, sizeof *args), "pthread_create failed");
     for (int i = 0; i < T; i++) cr_assert(args[i].ok, "thread %d: %s", i, args[i].err);
     mj_jit_free(jit);
-}
-
-typedef struct read_arg {
-    mj_module *m;
-    mj_graph *g;
-    mj_tensor *x, *want;
-    int bad;
-} read_arg;
-
-static void *read_main(void *p) {
-    read_arg *a = p;
-    for (int i = 0; i < 100; i++) {
-        mj_tensor *y = NULL;
-        mj_status s = (i & 1) ? mj_graph_run(a->g, a->x, &y) : mj_module_forward(a->m, a->x, &y);
-        if (s != MJ_OK || !mj_tensor_equal(y, a->want)) a->bad++;
-        mj_tensor_release(y);
-    }
-    return NULL;
 }
 
 /* Read-only sharing (docs/threads.md): eager forward of one masked module
@@ -1007,58 +898,27 @@ Test(reliability, eight_threads_read_one_module_and_graph) {
     mj_module *m;
     OK(mj_model_from_spec("mlp:12,20,6:act=sigmoid", &rng, &m));
     OK(mj_model_apply_masks(m, NULL, 0.5, &rng));
-    mj_graph *g = trace_of(m, 12);
+    mj_graph *g = mjt_trace_ones(m, 12);
     cr_assert_not_null(g, "%s", mj_last_error());
     enum { T = 8 };
-    pthread_t th[T];
-    read_arg args[T];
+    mjt_call_arg args[T];
     for (int i = 0; i < T; i++) {
         int64_t xs[2] = {2 + i, 12};
-        args[i] = (read_arg){.m = m, .g = g};
+        args[i] = (mjt_call_arg){.m = m, .g = g, .kind = MJT_CALL_READ, .iters = 100};
         OK(mj_tensor_randn(&args[i].x, 2, xs, &rng));
         OK(mj_module_forward(m, args[i].x, &args[i].want));
     }
-    for (int i = 0; i < T; i++) cr_assert_eq(pthread_create(&th[i], NULL, read_main, &args[i]), 0);
-    for (int i = 0; i < T; i++) pthread_join(th[i], NULL);
-    for (int i = 0; i < T; i++) {
-        cr_assert_eq(args[i].bad, 0, "thread %d: %d bad results", i, args[i].bad);
-        mj_tensor_release(args[i].x);
-        mj_tensor_release(args[i].want);
-    }
+    assert_callers_agree(args, T);
     mj_graph_free(g);
     mj_module_free(m);
 }
 
-typedef struct err_arg {
-    int index, bad;
-} err_arg;
-
 /* Each thread fails with its own values and must read back its own message. */
-static void *err_main(void *p) {
-    err_arg *a = p;
-    char want[64];
-    for (int i = 0; i < 2000; i++) {
-        int64_t shape[2] = {a->index + 1, -(int64_t)(i + 1)};
-        mj_tensor *t;
-        if (mj_tensor_zeros(&t, 2, shape) != MJ_ERR_INVALID) {
-            a->bad++;
-            continue;
-        }
-        snprintf(want, sizeof want, "(%lld)", (long long)shape[1]);
-        if (!strstr(mj_last_error(), want)) a->bad++;
-    }
-    return NULL;
-}
-
 Test(reliability, error_messages_are_per_thread) {
     enum { T = 8 };
-    pthread_t th[T];
-    err_arg args[T];
-    for (int i = 0; i < T; i++) {
-        args[i] = (err_arg){.index = i};
-        cr_assert_eq(pthread_create(&th[i], NULL, err_main, &args[i]), 0);
-    }
-    for (int i = 0; i < T; i++) pthread_join(th[i], NULL);
+    mjt_err_arg args[T];
+    for (int i = 0; i < T; i++) args[i] = (mjt_err_arg){.index = i};
+    cr_assert(mjt_run_threads(T, mjt_err_main, args, sizeof *args), "pthread_create failed");
     for (int i = 0; i < T; i++) cr_assert_eq(args[i].bad, 0, "thread %d read another's message", i);
 }
 
