@@ -213,14 +213,23 @@ static void run_free(run_out *r) {
     free(r->err);
 }
 
+/* A --json run that must succeed, with err_needle (unless NULL) in its
+ * stderr: its parsed output (the caller decrefs it and frees *r). */
+static json_t *run_bench_json(int argc, const char **argv, const char *err_needle, run_out *r) {
+    *r = run_bench(argc, argv);
+    cr_assert_eq(r->rc, 0, "rc %d, stderr: %s", r->rc, r->err);
+    if (err_needle) cr_expect(strstr(r->err, err_needle), "%s", r->err);
+    json_error_t je;
+    json_t *root = json_loads(r->out, 0, &je);
+    cr_assert_not_null(root, "not JSON (%s): %s", je.text, r->out);
+    return root;
+}
+
 Test(bench, program_json_w1) {
     const char *argv[] = {"maskjit-bench", "--workloads", "w1", "--reps", "2", "--min-ms", "0.5",
                           "--json"};
-    run_out r = run_bench(8, argv);
-    cr_assert_eq(r.rc, 0, "rc %d, stderr: %s", r.rc, r.err);
-    json_error_t je;
-    json_t *root = json_loads(r.out, 0, &je);
-    cr_assert_not_null(root, "not JSON (%s): %s", je.text, r.out);
+    run_out r;
+    json_t *root = run_bench_json(8, argv, NULL, &r);
     cr_expect(json_is_string(json_object_get(root, "cpu")));
     json_t *wls = json_object_get(root, "workloads");
     cr_assert_eq(json_array_size(wls), 1);
@@ -469,12 +478,8 @@ Test(bench, program_id_and_untimed_reference) {
     const char *argv[] = {"maskjit-bench", MJ_SOURCE_ROOT "/tests/fixtures/export_bert_layer.safetensors",
                           "--id", "bert", "--untimed-ref", "--batch", "2", "--threads", "1",
                           "--reps", "1", "--min-ms", "0.5", "--json"};
-    run_out r = run_bench(14, argv);
-    cr_assert_eq(r.rc, 0, "rc %d, stderr: %s", r.rc, r.err);
-    cr_expect(strstr(r.err, "checking 4 variants against interp"), "%s", r.err);
-    json_error_t je;
-    json_t *root = json_loads(r.out, 0, &je);
-    cr_assert_not_null(root, "not JSON (%s): %s", je.text, r.out);
+    run_out r;
+    json_t *root = run_bench_json(14, argv, "checking 4 variants against interp", &r);
     json_t *w = json_array_get(json_object_get(root, "workloads"), 0);
     cr_assert_not_null(w);
     cr_expect_str_eq(json_string_value(json_object_get(w, "id")), "bert");
@@ -507,12 +512,8 @@ Test(bench, program_times_a_saved_trace) {
     OK(mj_graph_save(g, path));
     const char *argv[] = {"maskjit-bench", path, "--batch", "1,3", "--threads", "1", "--reps", "1",
                           "--min-ms", "0.5", "--json"};
-    run_out r = run_bench(11, argv);
-    cr_assert_eq(r.rc, 0, "rc %d, stderr: %s", r.rc, r.err);
-    cr_expect(strstr(r.err, "checking 4 variants against interp"), "%s", r.err);
-    json_error_t je;
-    json_t *root = json_loads(r.out, 0, &je);
-    cr_assert_not_null(root, "not JSON (%s): %s", je.text, r.out);
+    run_out r;
+    json_t *root = run_bench_json(11, argv, "checking 4 variants against interp", &r);
     json_t *wls = json_object_get(root, "workloads");
     cr_assert_eq(json_array_size(wls), 2);
     for (size_t i = 0; i < 2; i++) {
