@@ -281,15 +281,7 @@ typedef struct aot {
 } aot;
 
 static void aot_free(aot *a) {
-    if (a->g) {
-        if (a->vals)
-            for (int32_t i = 0; i < a->g->n_nodes; i++) mj_tensor_release(a->vals[i]);
-        if (a->packed)
-            for (int32_t i = 0; i < a->plan.n_leaves; i++) free(a->packed[i]);
-    }
-    free(a->vals);
-    free(a->packed);
-    free(a->leaf_data);
+    if (a->g) mj_prologue_release(a->g, &a->plan, a->vals, a->packed, a->leaf_data); /* made after a->g */
     free(a->numel);
     free(a->slot_coef);
     free(a->slot_pow);
@@ -365,22 +357,8 @@ static mj_status prologue(aot *a) {
         goto out;
     }
     if ((s = mj_prologue_eval(g, needed, a->vals, "aot")) != MJ_OK) goto out;
-    for (int32_t i = 0; i < a->plan.n_leaves; i++) {
-        const mj_leaf *lf = &a->plan.leaves[i];
-        const mj_tensor *v = a->vals[lf->node];
-        a->numel[i] = v->numel;
-        if (a->g->nodes[lf->node].op == MJ_OP_PARAM && a->live) {
-            a->leaf_data[i] = NULL;
-        } else if (lf->packed) {
-            if (!(a->packed[i] = mj_prologue_pack(v, a->plan.panel))) {
-                s = MJ_ERR_NOMEM;
-                goto out;
-            }
-            a->leaf_data[i] = a->packed[i];
-        } else {
-            a->leaf_data[i] = v->data;
-        }
-    }
+    for (int32_t i = 0; i < a->plan.n_leaves; i++) a->numel[i] = a->vals[a->plan.leaves[i].node]->numel;
+    s = mj_prologue_leaves(g, &a->plan, a->vals, a->live, a->packed, a->leaf_data);
 out:
     free(needed);
     return s;

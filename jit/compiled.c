@@ -68,14 +68,36 @@ struct prologue {
     prologue *next;     /* retired list */
 };
 
+mj_status mj_prologue_leaves(const mj_graph *g, const mj_body_plan *p, mj_tensor *const *vals, bool params_live,
+                             float **packed, const float **leaf_data) {
+    for (int32_t i = 0; i < p->n_leaves; i++) {
+        const mj_leaf *lf = &p->leaves[i];
+        const mj_tensor *v = vals[lf->node];
+        if (params_live && g->nodes[lf->node].op == MJ_OP_PARAM) {
+            leaf_data[i] = NULL;
+        } else if (lf->packed) {
+            if (!(packed[i] = mj_prologue_pack(v, p->panel))) return MJ_ERR_NOMEM;
+            leaf_data[i] = packed[i];
+        } else {
+            leaf_data[i] = v->data;
+        }
+    }
+    return MJ_OK;
+}
+
+void mj_prologue_release(const mj_graph *g, const mj_body_plan *p, mj_tensor **vals, float **packed,
+                         const float **leaf_data) {
+    if (vals)
+        for (int32_t i = 0; i < g->n_nodes; i++) mj_tensor_release(vals[i]);
+    if (packed)
+        for (int32_t i = 0; i < p->n_leaves; i++) free(packed[i]);
+    free(vals);
+    free(packed);
+    free(leaf_data);
+}
+
 static void prologue_free(const mj_compiled *c, prologue *pr) {
-    if (pr->vals)
-        for (int32_t i = 0; i < c->g->n_nodes; i++) mj_tensor_release(pr->vals[i]);
-    if (pr->packed)
-        for (int32_t i = 0; i < c->plan.n_leaves; i++) free(pr->packed[i]);
-    free(pr->vals);
-    free(pr->packed);
-    free(pr->leaf_data);
+    mj_prologue_release(c->g, &c->plan, pr->vals, pr->packed, pr->leaf_data);
     free(pr->versions);
     memset(pr, 0, sizeof *pr);
 }
@@ -131,19 +153,7 @@ static mj_status prologue_compute(const mj_compiled *c, prologue *pr) {
         goto fail;
     }
     if ((s = mj_prologue_eval(g, c->needed, pr->vals, "jit")) != MJ_OK) goto fail;
-    for (int32_t i = 0; i < c->plan.n_leaves; i++) {
-        const mj_leaf *lf = &c->plan.leaves[i];
-        const mj_tensor *v = pr->vals[lf->node];
-        if (lf->packed) {
-            if (!(pr->packed[i] = mj_prologue_pack(v, c->plan.panel))) {
-                s = MJ_ERR_NOMEM;
-                goto fail;
-            }
-            pr->leaf_data[i] = pr->packed[i];
-        } else {
-            pr->leaf_data[i] = v->data;
-        }
-    }
+    if ((s = mj_prologue_leaves(g, &c->plan, pr->vals, false, pr->packed, pr->leaf_data)) != MJ_OK) goto fail;
     /* Keep only the values the body reads in place. */
     for (int32_t i = 0; i < g->n_nodes; i++) {
         if (pr->vals[i] && c->plan.leaf_plain[i] < 0) {

@@ -133,6 +133,15 @@ typedef void (*mj_body_fn)(const float *const *leaves, const float *const *x, fl
 bool *mj_prologue_needed(const mj_graph *g, const mj_body_plan *p);
 mj_status mj_prologue_eval(const mj_graph *g, const bool *needed, mj_tensor **vals, const char *who);
 float *mj_prologue_pack(const mj_tensor *w, int64_t panel);
+/* The leaves' buffers from the values: packed ones packed (into packed[i]),
+ * the others the value's data; NULL for params when params_live (the
+ * caller reads them at run time). */
+mj_status mj_prologue_leaves(const mj_graph *g, const mj_body_plan *p, mj_tensor *const *vals, bool params_live,
+                             float **packed, const float **leaf_data);
+/* Frees what the functions above made for g and p: vals (and their
+ * references), packed (per leaf) and leaf_data; any may be NULL. */
+void mj_prologue_release(const mj_graph *g, const mj_body_plan *p, mj_tensor **vals, float **packed,
+                         const float **leaf_data);
 
 /* What compiled bodies need of a graph's nodes: every input has the batch
  * B as its first dim and only there; every param and const is bound.
