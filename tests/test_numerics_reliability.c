@@ -57,20 +57,8 @@ static int64_t first_exact_mismatch(const mj_tensor *got, const mj_tensor *want)
 
 /* ---- models ---------------------------------------------------------------- */
 
-/* Overwrites the tensor named key (a parameter or buffer, PyTorch's name)
- * with data, through mj_tensor_data_mut (which bumps its version). */
-static void set_tensor(mj_module *m, const char *key, const float *data) {
-    mj_tensor_dict *p = NULL, *b = NULL;
-    OK(mj_module_named_parameters(m, &p));
-    OK(mj_module_named_buffers(m, &b));
-    mj_tensor *t = mj_tensor_dict_get(p, key);
-    if (!t) t = mj_tensor_dict_get(b, key);
-    cr_assert_not_null(t, "no tensor '%s'", key);
-    memcpy(mj_tensor_data_mut(t), data, (size_t)mj_tensor_numel(t) * sizeof(float));
-    mj_tensor_dict_free(p);
-    mj_tensor_dict_free(b);
-}
-
+/* The tensor named key (a parameter or buffer, PyTorch's name): a new
+ * reference. */
 static mj_tensor *tensor_of(mj_module *m, const char *key) {
     mj_tensor_dict *p = NULL, *b = NULL;
     OK(mj_module_named_parameters(m, &p));
@@ -82,6 +70,14 @@ static mj_tensor *tensor_of(mj_module *m, const char *key) {
     mj_tensor_dict_free(p);
     mj_tensor_dict_free(b);
     return t;
+}
+
+/* Overwrites the tensor named key with data, through mj_tensor_data_mut
+ * (which bumps its version). */
+static void set_tensor(mj_module *m, const char *key, const float *data) {
+    mj_tensor *t = tensor_of(m, key);
+    memcpy(mj_tensor_data_mut(t), data, (size_t)mj_tensor_numel(t) * sizeof(float));
+    mj_tensor_release(t);
 }
 
 /* The model a spec names, with FakeSparsity masks of all ones registered on

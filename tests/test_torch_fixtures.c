@@ -6,6 +6,7 @@
  * exact, frozen and fast, and compares each with PyTorch's output at
  * torch.testing.assert_close's float32 tolerances. */
 #include <criterion/criterion.h>
+#include <criterion/parameterized.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -163,24 +164,29 @@ Test(torch_fixtures, mut_identity_masks) {
     mj_tensor_dict_free(f);
 }
 
-Test(torch_fixtures, mut_random) { mj_tensor_dict_free(check_fixture("mut_random", "mut", 0)); }
-Test(torch_fixtures, mut_nobias) {
-    mj_tensor_dict_free(check_fixture("mut_nobias", "mut-nobias", 0));
+/* The fixtures checked with nothing more than check_fixture: one test per
+ * row (the parameter is the row's index, so no pointer crosses into the
+ * test's process). */
+static const struct {
+    const char *fixture, *spec;
+} plain_fixtures[] = {
+    {"mut_random", "mut"},
+    {"mut_nobias", "mut-nobias"},
+    {"mlp_relu", "mlp:16,32,8:act=relu"},
+    {"mlp_gelu", "mlp:16,32,8:act=gelu"},
+    {"mlp_gelu_tanh", "mlp:16,32,8:act=gelu_tanh"},
+    {"mlp_tanh", "mlp:16,32,8:act=tanh"},
+    {"mlp_sigmoid", "mlp:16,32,8:act=sigmoid"},
+};
+
+ParameterizedTestParameters(torch_fixtures, plain) {
+    static int rows[] = {0, 1, 2, 3, 4, 5, 6}; /* in the image: the test's process sees them too */
+    _Static_assert(sizeof rows / sizeof *rows == sizeof plain_fixtures / sizeof *plain_fixtures, "a row each");
+    return cr_make_param_array(int, rows, sizeof rows / sizeof *rows);
 }
-Test(torch_fixtures, mlp_relu) {
-    mj_tensor_dict_free(check_fixture("mlp_relu", "mlp:16,32,8:act=relu", 0));
-}
-Test(torch_fixtures, mlp_gelu) {
-    mj_tensor_dict_free(check_fixture("mlp_gelu", "mlp:16,32,8:act=gelu", 0));
-}
-Test(torch_fixtures, mlp_gelu_tanh) {
-    mj_tensor_dict_free(check_fixture("mlp_gelu_tanh", "mlp:16,32,8:act=gelu_tanh", 0));
-}
-Test(torch_fixtures, mlp_tanh) {
-    mj_tensor_dict_free(check_fixture("mlp_tanh", "mlp:16,32,8:act=tanh", 0));
-}
-Test(torch_fixtures, mlp_sigmoid) {
-    mj_tensor_dict_free(check_fixture("mlp_sigmoid", "mlp:16,32,8:act=sigmoid", 0));
+
+ParameterizedTest(int *row, torch_fixtures, plain) {
+    mj_tensor_dict_free(check_fixture(plain_fixtures[*row].fixture, plain_fixtures[*row].spec, 0));
 }
 Test(torch_fixtures, mlp_structured_row_mask) {
     mj_tensor_dict *f = check_fixture("mlp_structured", "mlp:8,8:act=none:bias=0", 1);
