@@ -169,6 +169,16 @@ Test(reliability, fuzz_spec_large_widths_build_what_they_name) {
     mj_module_free(m);
 }
 
+/* "mlp:W,W,...,W" with n widths W (malloc'd). */
+static char *mlp_spec(int w, int n) {
+    size_t cap = 8 + (size_t)n * 12;
+    char *spec = malloc(cap);
+    cr_assert_not_null(spec);
+    size_t len = (size_t)snprintf(spec, cap, "mlp:%d", w);
+    for (int i = 1; i < n; i++) len += (size_t)snprintf(spec + len, cap - len, ",%d", w);
+    return spec;
+}
+
 /* Finding 1's real gap, fixed in src/models.c (be915e3, by its owner): a
  * spec's total size had no limit, so "mlp:65536,65536" (4 Gi weights,
  * 16 GiB) allocated and filled until memory ran out. Now MJ_ERR_LIMIT
@@ -181,11 +191,7 @@ Test(reliability, spec_total_weight_limit) {
     /* one over 2^28 by the bias alone */
     assert_error(mj_model_from_spec("mlp:16384,16384", &rng, &m), MJ_ERR_LIMIT, "268451840 parameters");
     /* 1024 layers of 65536: the sum of products must not overflow either */
-    size_t cap = 8 + 1025 * 6 + 1;
-    char *spec = malloc(cap);
-    cr_assert_not_null(spec);
-    size_t n = (size_t)snprintf(spec, cap, "mlp:65536");
-    for (int i = 0; i < 1024; i++) n += (size_t)snprintf(spec + n, cap - n, ",65536");
+    char *spec = mlp_spec(65536, 1025);
     mj_status s = mj_model_from_spec(spec, &rng, &m);
     cr_assert_eq(s, MJ_ERR_LIMIT, "%s: %s", mj_status_name(s), mj_last_error());
     free(spec);
@@ -309,11 +315,7 @@ Test(reliability, spec_overflowing_widths_and_layers) {
     assert_error(mj_model_from_spec("mlp:4", &rng, &m), MJ_ERR_FORMAT, "at least 2 widths");
     assert_error(mj_model_from_spec("mlp:4,,4", &rng, &m), MJ_ERR_FORMAT, "empty width");
     /* 1026 widths = 1025 layers */
-    size_t cap = 8 + 1026 * 2 + 1;
-    char *spec = malloc(cap);
-    cr_assert_not_null(spec);
-    size_t n = (size_t)snprintf(spec, cap, "mlp:1");
-    for (int i = 1; i < 1026; i++) n += (size_t)snprintf(spec + n, cap - n, ",1");
+    char *spec = mlp_spec(1, 1026);
     /* Found by this test: the message used to quote the whole 2 KB spec and
      * lose the reason; specs are now quoted up to 160 characters. */
     assert_error(mj_model_from_spec(spec, &rng, &m), MJ_ERR_FORMAT, "more than 1024 layers");
@@ -381,25 +383,32 @@ static int save_in_limited_child(save_fn save, const char *path, void *what) {
 static mj_status save_dict(const char *path, void *d) { return mj_safetensors_save(path, d); }
 static mj_status save_graph(const char *path, void *g) { return mj_graph_save(g, path); }
 
-Test(reliability, safetensors_save_failing_midway_in_child_keeps_old_file) {
-    char *path = tmp_path("st.safetensors");
-    mj_tensor_dict *old = dict1("w", 1000, 1.0f), *big = dict1("w", 200000, 2.0f); /* 800 KB */
-    OK(mj_safetensors_save(path, old));
+/* save(path, big) fails midway in a child (RLIMIT_FSIZE): the file at path
+ * keeps its bytes and no temporary (tmp_pattern) is left behind. */
+static void assert_failed_save_keeps_file(save_fn save, const char *path, void *big,
+                                          const char *tmp_pattern) {
     size_t n0, n1;
     unsigned char *before = mjt_read_file(path, &n0);
-    int rc = save_in_limited_child(save_dict, path, big);
+    int rc = save_in_limited_child(save, path, big);
     cr_assert_eq(rc, 0, "child: save under RLIMIT_FSIZE did not fail with MJ_ERR_IO/EFBIG (rc %d)", rc);
     unsigned char *after = mjt_read_file(path, &n1);
     cr_assert_eq(n1, n0);
     cr_assert_eq(memcmp(before, after, n0), 0, "the previous file changed");
-    cr_assert_eq(mjt_count_entries(tmpdir, "st.safetensors.tmp*"), 0, "a temporary file was left behind");
+    cr_assert_eq(mjt_count_entries(tmpdir, tmp_pattern), 0, "a temporary file was left behind");
+    free(before);
+    free(after);
+}
+
+Test(reliability, safetensors_save_failing_midway_in_child_keeps_old_file) {
+    char *path = tmp_path("st.safetensors");
+    mj_tensor_dict *old = dict1("w", 1000, 1.0f), *big = dict1("w", 200000, 2.0f); /* 800 KB */
+    OK(mj_safetensors_save(path, old));
+    assert_failed_save_keeps_file(save_dict, path, big, "st.safetensors.tmp*");
     /* still loads, to the old values */
     mj_tensor_dict *back;
     OK(mj_safetensors_load(path, &back));
     cr_assert(mj_tensor_equal(mj_tensor_dict_get(back, "w"), mj_tensor_dict_get(old, "w")));
     mj_tensor_dict_free(back);
-    free(before);
-    free(after);
     free(path);
     mj_tensor_dict_free(old);
     mj_tensor_dict_free(big);
@@ -423,20 +432,11 @@ Test(reliability, graph_save_failing_midway_in_child_keeps_old_file) {
     char *path = tmp_path("g.mjtrace");
     mj_graph *old = graph_with_weight(100, 1.0f), *big = graph_with_weight(200000, 3.0f);
     OK(mj_graph_save(old, path));
-    size_t n0, n1;
-    unsigned char *before = mjt_read_file(path, &n0);
-    int rc = save_in_limited_child(save_graph, path, big);
-    cr_assert_eq(rc, 0, "child: graph save under RLIMIT_FSIZE did not fail cleanly (rc %d)", rc);
-    unsigned char *after = mjt_read_file(path, &n1);
-    cr_assert_eq(n1, n0);
-    cr_assert_eq(memcmp(before, after, n0), 0, "the previous file changed");
-    cr_assert_eq(mjt_count_entries(tmpdir, "g.mjtrace.tmp*"), 0, "a temporary file was left behind");
+    assert_failed_save_keeps_file(save_graph, path, big, "g.mjtrace.tmp*");
     mj_graph *back;
     OK(mj_graph_load(path, &back));
     cr_assert_eq(mj_graph_input_dim(back, 0, 1), 100);
     mj_graph_free(back);
-    free(before);
-    free(after);
     free(path);
     mj_graph_free(old);
     mj_graph_free(big);
@@ -849,15 +849,22 @@ static void assert_callers_agree(mjt_call_arg *args, int n) {
     }
 }
 
+/* The model of spec masked at density 0.5, and in *g its trace on ones(3, in). */
+static mj_module *half_masked(const char *spec, int64_t in, mj_rng *rng, mj_graph **g) {
+    mj_module *m;
+    OK(mj_model_from_spec(spec, rng, &m));
+    OK(mj_model_apply_masks(m, NULL, 0.5, rng));
+    *g = mjt_trace_ones(m, in);
+    cr_assert_not_null(*g, "%s", mj_last_error());
+    return m;
+}
+
 /* One compiled model (live mode), 8 threads calling it with their own
  * inputs; each result must equal eager bit for bit (exact mode). */
 Test(reliability, eight_threads_call_one_compiled_model) {
     mj_rng rng = mjt_rng(31);
-    mj_module *m;
-    OK(mj_model_from_spec("mlp:32,48,8:act=gelu", &rng, &m));
-    OK(mj_model_apply_masks(m, NULL, 0.5, &rng));
-    mj_graph *g = mjt_trace_ones(m, 32);
-    cr_assert_not_null(g, "%s", mj_last_error());
+    mj_graph *g;
+    mj_module *m = half_masked("mlp:32,48,8:act=gelu", 32, &rng, &g);
     mj_jit *jit;
     OK(mj_jit_new(&jit));
     mj_compiled *c;
@@ -895,11 +902,8 @@ Test(reliability, eight_threads_trace_and_compile_their_own_models) {
  * threads at once, against single-threaded results. */
 Test(reliability, eight_threads_read_one_module_and_graph) {
     mj_rng rng = mjt_rng(41);
-    mj_module *m;
-    OK(mj_model_from_spec("mlp:12,20,6:act=sigmoid", &rng, &m));
-    OK(mj_model_apply_masks(m, NULL, 0.5, &rng));
-    mj_graph *g = mjt_trace_ones(m, 12);
-    cr_assert_not_null(g, "%s", mj_last_error());
+    mj_graph *g;
+    mj_module *m = half_masked("mlp:12,20,6:act=sigmoid", 12, &rng, &g);
     enum { T = 8 };
     mjt_call_arg args[T];
     for (int i = 0; i < T; i++) {
