@@ -95,6 +95,29 @@ static mj_graph *new_graph(void) {
 }
 
 static void out(mj_graph *g, int32_t id) { cr_assert_eq(mj_graph_add_output(g, id), MJ_OK, "%s", mj_last_error()); }
+static double check_model(mj_compiled *c, mj_module *m, const mj_tensor *x, mjt_mode md, const char *what);
+
+/* y = o(x, w) (with act) for x: f32[B,16] and a random param w of type wt. */
+static mj_graph *x_w_graph(mj_op o, mj_act act, mj_type wt, mj_rng *rng) {
+    mj_graph *g = new_graph();
+    int32_t x = input(g, ty(2, B, 16, 0));
+    int32_t w = leaf(g, MJ_OP_PARAM, "w", wt, rng);
+    out(g, op(g, o, 2, x, w, -1, act, NULL));
+    return g;
+}
+
+/* c against eager m (check_model) at each of the n batches, on inputs
+ * f32[batch, in] from rng. */
+static void check_batches(mj_compiled *c, mj_module *m, int64_t in, const int64_t *batches, size_t n, mjt_mode md,
+                          const char *what, mj_rng *rng) {
+    for (size_t bi = 0; bi < n; bi++) {
+        int64_t xs[2] = {batches[bi], in};
+        mj_tensor *x;
+        OK(mj_tensor_randn(&x, 2, xs, rng));
+        check_model(c, m, x, md, what);
+        mj_tensor_release(x);
+    }
+}
 
 /* ---- per op ------------------------------------------------------------- */
 
@@ -144,15 +167,12 @@ Test(jit, op_linear_with_input_dependent_weight) {
 
 Test(jit, op_matmul_param_and_batch_inner_dim) {
     mj_rng rng = mjt_rng(5);
-    mj_graph *g = new_graph();
-    int32_t x = input(g, ty(2, B, 16, 0));
-    int32_t w = leaf(g, MJ_OP_PARAM, "w", ty(2, 16, 9, 0), &rng);
-    out(g, op(g, MJ_OP_MATMUL, 2, x, w, -1, MJ_ACT_NONE, NULL));
+    mj_graph *g = x_w_graph(MJ_OP_MATMUL, MJ_ACT_NONE, ty(2, 16, 9, 0), &rng);
     check_graph_all_modes(g, "matmul x w", &rng);
 
     /* x^T @ x: the inner dim is the batch */
     g = new_graph();
-    x = input(g, ty(2, B, 7, 0));
+    int32_t x = input(g, ty(2, B, 7, 0));
     int32_t t = op(g, MJ_OP_TRANSPOSE, 1, x, -1, -1, MJ_ACT_NONE, NULL);
     out(g, op(g, MJ_OP_MATMUL, 2, t, x, -1, MJ_ACT_NONE, NULL));
     check_graph_all_modes(g, "matmul x^T x", &rng);
@@ -445,10 +465,7 @@ Test(jit, live_mode_sees_weight_and_mask_changes_frozen_does_not) {
 
 Test(jit, shape_guards_reject_bad_calls_with_messages) {
     mj_rng rng = mjt_rng(11);
-    mj_graph *g = new_graph();
-    int32_t x = input(g, ty(2, B, 16, 0));
-    int32_t w = leaf(g, MJ_OP_PARAM, "w", ty(2, 8, 16, 0), &rng);
-    out(g, op(g, MJ_OP_LINEAR, 2, x, w, -1, MJ_ACT_NONE, NULL));
+    mj_graph *g = x_w_graph(MJ_OP_LINEAR, MJ_ACT_NONE, ty(2, 8, 16, 0), &rng);
     mj_compiled *c = mjt_compile(jit, g, mjt_modes[0]);
 
     mj_tensor *bad, *y = NULL;
@@ -594,10 +611,7 @@ static char *dump(mj_compiled *c, const char *what) {
 
 Test(jit, dump_ir_and_asm) {
     mj_rng rng = mjt_rng(14);
-    mj_graph *g = new_graph();
-    int32_t x = input(g, ty(2, B, 16, 0));
-    int32_t w = leaf(g, MJ_OP_PARAM, "w", ty(2, 16, 16, 0), &rng);
-    out(g, op(g, MJ_OP_LINEAR_ACT, 2, x, w, -1, MJ_ACT_SIGMOID, NULL));
+    mj_graph *g = x_w_graph(MJ_OP_LINEAR_ACT, MJ_ACT_SIGMOID, ty(2, 16, 16, 0), &rng);
     mj_compiled *c = mjt_compile(jit, g, mjt_modes[0]);
     char *ir = dump(c, "ir");
     cr_assert(strstr(ir, "define") && strstr(ir, "mj_body_"), "%.300s", ir);
@@ -687,13 +701,7 @@ Test(jit, kernels_fused_chains_equal_eager) {
         mj_graph *g = trace(m, 2, ex);
         for (int mi = 0; mi < 4; mi++) {
             mj_compiled *c = mjt_compile(jit, g, mjt_modes[mi]);
-            for (size_t bi = 0; bi < sizeof batches / sizeof *batches; bi++) {
-                int64_t xs[2] = {batches[bi], in};
-                mj_tensor *x;
-                OK(mj_tensor_randn(&x, 2, xs, &rng));
-                check_model(c, m, x, mjt_modes[mi], specs[si]);
-                mj_tensor_release(x);
-            }
+            check_batches(c, m, in, batches, sizeof batches / sizeof *batches, mjt_modes[mi], specs[si], &rng);
             mj_compiled_free(c);
         }
         mj_graph_free(g);
@@ -912,13 +920,7 @@ Test(jit, avx2_code_path_via_forced_features) {
                 cr_assert(strstr(ir, ".sparse"), "%s (%s): expected the sparse kernel", specs[si], mjt_modes[mi].name);
             free(ir);
             static const int64_t batches[] = {1, 7, 40};
-            for (int bi = 0; bi < 3; bi++) {
-                int64_t xs[2] = {batches[bi], in};
-                mj_tensor *x;
-                OK(mj_tensor_randn(&x, 2, xs, &rng));
-                check_model(c, m, x, mjt_modes[mi], specs[si]);
-                mj_tensor_release(x);
-            }
+            check_batches(c, m, in, batches, 3, mjt_modes[mi], specs[si], &rng);
             mj_compiled_free(c);
         }
         mj_graph_free(g);
