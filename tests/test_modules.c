@@ -16,13 +16,6 @@ static mj_tensor *get(mj_module *m, const char *name) {
     return t;
 }
 
-static mj_tensor *randn2(int64_t r, int64_t c, mj_rng *rng) {
-    mj_tensor *t;
-    int64_t s[2] = {r, c};
-    OK(mj_tensor_randn(&t, 2, s, rng));
-    return t;
-}
-
 /* y[i][o] = sum_k x[i][k] * w[o][k] + b[o], ascending k from +0 with one
  * rounding per term (fmaf), as docs/numerics.md defines (naive). */
 static void naive_linear(const float *x, const float *w, const float *b, float *y, int n,
@@ -76,7 +69,7 @@ Test(modules, linear_forward_matches_naive_loop) {
     for (int bias = 0; bias < 2; bias++) {
         mj_module *lin;
         OK(mj_linear_new(&lin, 7, 4, bias, &rng));
-        mj_tensor *x = randn2(3, 7, &rng), *y, *w = get(lin, "weight"), *b = NULL;
+        mj_tensor *x = mjt_randn2(3, 7, &rng), *y, *w = get(lin, "weight"), *b = NULL;
         if (bias) b = get(lin, "bias");
         OK(mj_module_forward(lin, x, &y));
         float ref[12];
@@ -86,7 +79,7 @@ Test(modules, linear_forward_matches_naive_loop) {
         cr_assert_eq(mj_tensor_dim(y, 1), 4);
         for (int i = 0; i < 12; i++) cr_assert_eq(mj_tensor_data(y)[i], ref[i], "y[%d]", i);
         mj_tensor_release(y);
-        mj_tensor *x8 = randn2(3, 8, &rng);
+        mj_tensor *x8 = mjt_randn2(3, 8, &rng);
         FAILS(mj_module_forward(lin, x8, &y), MJ_ERR_SHAPE, "x has shape [3, 8]");
         cr_assert(strstr(mj_last_error(), "[4, 7]"), "%s", mj_last_error());
         mj_tensor_release(x8);
@@ -120,7 +113,7 @@ Test(modules, sequential_chains_children) {
     cr_assert_null(mj_module_find(seq, ".0"));
     cr_assert_null(mj_module_child_at(seq, 3, NULL));
 
-    mj_tensor *x = randn2(2, 4, &rng), *y;
+    mj_tensor *x = mjt_randn2(2, 4, &rng), *y;
     OK(mj_module_forward(seq, x, &y));
     mj_tensor *w0 = get(mods[0], "weight"), *b0 = get(mods[0], "bias"), *w2 = get(mods[2], "weight");
     float h[12], t[12], ref[4];
@@ -130,7 +123,7 @@ Test(modules, sequential_chains_children) {
     for (int i = 0; i < 4; i++) cr_assert_eq(mj_tensor_data(y)[i], ref[i], "y[%d]", i);
 
     /* a child's error names the child */
-    mj_tensor *bad = randn2(2, 5, &rng), *yy;
+    mj_tensor *bad = mjt_randn2(2, 5, &rng), *yy;
     FAILS(mj_module_forward(seq, bad, &yy), MJ_ERR_SHAPE, "child '0'");
     mj_tensor_release(bad);
 
@@ -161,7 +154,7 @@ Test(modules, activations_match_pytorch_repr_and_kernel) {
     };
     cr_assert_eq(sizeof cases / sizeof cases[0], MJ_ACT_COUNT, "a case per activation");
     mj_rng rng = mjt_rng(3);
-    mj_tensor *x = randn2(2, 5, &rng);
+    mj_tensor *x = mjt_randn2(2, 5, &rng);
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
         mj_module *m;
         OK(mj_activation_module_new(&m, cases[c].act));
@@ -309,7 +302,7 @@ Test(modules, model_under_test_forward_matches_naive_loop) {
         mj_module *m;
         OK(mj_model_under_test_new(&m, bias));
         cr_assert_str_eq(mj_module_type(m), "ModelUnderTest");
-        mj_tensor *x = randn2(3, 16, &rng), *y;
+        mj_tensor *x = mjt_randn2(3, 16, &rng), *y;
         OK(mj_module_forward(m, x, &y));
         float h[48], next[48], w[256], b[16];
         memcpy(h, mj_tensor_data(x), sizeof h);

@@ -21,13 +21,6 @@ static mj_tensor *zeros(int64_t r, int64_t c) {
     return t;
 }
 
-static mj_tensor *randn(int64_t r, int64_t c, mj_rng *rng) {
-    mj_tensor *t;
-    int64_t shape[2] = {r, c};
-    OK(mj_tensor_randn(&t, 2, shape, rng));
-    return t;
-}
-
 /* register_parametrization(mod, "weight", FakeSparsity(mask)); releases our mask ref. */
 static void register_mask(mj_module *mod, mj_tensor *mask) {
     mj_parametrization *p;
@@ -56,7 +49,7 @@ Test(seed, masking_logic) {
     OK(mj_linear_new(&model, 16, 16, false, &rng));
     mj_tensor *eye = eye16();
     OK(mj_module_set(model, "weight", eye)); /* model.weight = nn.Parameter(torch.eye(16)) */
-    mj_tensor *x = randn(3, 16, &rng), *ref, *y;
+    mj_tensor *x = mjt_randn2(3, 16, &rng), *ref, *y;
     OK(mj_matmul(&ref, x, eye)); /* torch.mm(x, torch.eye(16)) */
     OK(mj_module_forward(model, x, &y));
     assert_close(y, ref);
@@ -66,7 +59,7 @@ Test(seed, masking_logic) {
 
     register_mask(model, zeros(16, 16));
 
-    x = randn(3, 16, &rng);
+    x = mjt_randn2(3, 16, &rng);
     OK(mj_module_forward(model, x, &y));
     mj_tensor *z = zeros(3, 16);
     assert_close(y, z); /* torch.zeros(3, 16) == model(x) */
@@ -144,7 +137,7 @@ Test(seed, bias_model_with_identity_masks) {
     for (int i = 0; i < 3; i++) register_mask(at(model, mods[i]), eye16());
 
     mj_rng rng = mjt_rng(7);
-    mj_tensor *x = randn(3, 16, &rng), *y;
+    mj_tensor *x = mjt_randn2(3, 16, &rng), *y;
     OK(mj_module_forward(model, x, &y));
 
     float h[3][16], next[3][16];

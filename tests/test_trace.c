@@ -16,13 +16,6 @@
 #include "model_gen.h"
 #include "test_util.h"
 
-static mj_tensor *randn2(mj_rng *rng, int64_t rows, int64_t cols) {
-    int64_t shape[2] = {rows, cols};
-    mj_tensor *t = NULL;
-    OK(mj_tensor_randn(&t, 2, shape, rng));
-    return t;
-}
-
 static mj_tensor *full2(int64_t rows, int64_t cols, float v) {
     int64_t shape[2] = {rows, cols};
     mj_tensor *t = NULL;
@@ -77,7 +70,7 @@ Test(trace, seed_jit_trace) {
     mj_graph *g = trace_at(model, 3, 16);
 
     mj_rng rng = mjt_rng(20240229);
-    mj_tensor *x = randn2(&rng, 3, 16);
+    mj_tensor *x = mjt_randn2(3, 16, &rng);
     mj_tensor *y = assert_replay(g, model, x, "seed");
     /* Independent reference: with eye masks each layer scales by its weight
      * (1, 2, 3); the off-diagonal products are +-0 and leave the sum alone. */
@@ -136,7 +129,7 @@ Test(trace, live_parameters) {
     mj_module *model = seed_model();
     mj_graph *g = trace_at(model, 3, 16);
     mj_rng rng = mjt_rng(7);
-    mj_tensor *x = randn2(&rng, 3, 16);
+    mj_tensor *x = mjt_randn2(3, 16, &rng);
     mj_tensor *before = assert_replay(g, model, x, "before");
 
     mj_module *seq0 = mj_module_find(model, "seq.0");
@@ -184,7 +177,7 @@ Test(trace, generalises_over_batch) {
     mj_graph *g = trace_at(model, 3, 16);
     static const int64_t batches[] = {1, 5, 64, 1000};
     for (int i = 0; i < 4; i++) {
-        mj_tensor *x = randn2(&rng, batches[i], 16);
+        mj_tensor *x = mjt_randn2(batches[i], 16, &rng);
         mj_tensor_release(assert_replay(g, model, x, "batch"));
         mj_tensor_release(x);
     }
@@ -260,7 +253,7 @@ Test(trace, check_inputs) {
     mj_module *model = seed_model();
     mj_graph *g = trace_at(model, 3, 16);
     mj_rng rng = mjt_rng(5);
-    const mj_tensor *ins[3] = {randn2(&rng, 1, 16), randn2(&rng, 4, 16), randn2(&rng, 9, 16)};
+    const mj_tensor *ins[3] = {mjt_randn2(1, 16, &rng), mjt_randn2(4, 16, &rng), mjt_randn2(9, 16, &rng)};
     mj_check_result r[3];
     memset(r, 0xff, sizeof r);
     OK(mj_graph_check(g, model, 3, ins, r));
@@ -282,7 +275,7 @@ Test(trace, check_inputs_reports_a_mismatch) {
     mj_tensor *h = NULL;
     mj_graph *g = NULL;
     for (int tries = 0; tries < 100 && !g; tries++) {
-        mj_tensor *x = randn2(&rng, 2, 4);
+        mj_tensor *x = mjt_randn2(2, 4, &rng);
         OK(mj_module_forward(mj_module_child(m, "lin"), x, &h));
         if (mj_tensor_data(h)[0] > 0) {
             OK(mj_trace_module(m, x, &g));
@@ -296,7 +289,7 @@ Test(trace, check_inputs_reports_a_mismatch) {
     /* Input 1 takes the other branch: out[0] = -(out[0] of pos) - bias... find one. */
     mj_tensor *neg = NULL;
     for (int tries = 0; tries < 1000 && !neg; tries++) {
-        mj_tensor *x = randn2(&rng, 2, 4);
+        mj_tensor *x = mjt_randn2(2, 4, &rng);
         OK(mj_module_forward(mj_module_child(m, "lin"), x, &h));
         if (mj_tensor_data(h)[0] <= 0) neg = mj_tensor_retain(x);
         mj_tensor_release(h);
@@ -358,7 +351,7 @@ Test(trace, untraced_tensors_become_consts) {
     /* Changing the untraced tensor later does not change the trace. */
     mj_tensor_data_mut(u->scale)[0] = 8.0f;
     mj_rng rng = mjt_rng(1);
-    mj_tensor *x = randn2(&rng, 5, 4), *y = NULL;
+    mj_tensor *x = mjt_randn2(5, 4, &rng), *y = NULL;
     OK(mj_graph_run(g, x, &y));
     const float *xd = mj_tensor_data(x), *yd = mj_tensor_data(y);
     for (int i = 0; i < 20; i++)
@@ -499,7 +492,7 @@ Test(trace, reshape_keeping_the_batch) {
     mj_graph *g = trace_at(m, 3, 4);
     mj_rng rng = mjt_rng(4);
     for (int64_t b = 1; b <= 7; b += 3) {
-        mj_tensor *x = randn2(&rng, b, 4);
+        mj_tensor *x = mjt_randn2(b, 4, &rng);
         mj_tensor_release(assert_replay(g, m, x, "split"));
         mj_tensor_release(x);
     }
@@ -515,7 +508,7 @@ Test(trace, identity_model) {
     cr_assert_eq(g->n_nodes, 1);
     cr_assert_eq(g->outputs[0], 0);
     mj_rng rng = mjt_rng(8);
-    mj_tensor *x = randn2(&rng, 4, 3);
+    mj_tensor *x = mjt_randn2(4, 3, &rng);
     mj_tensor_release(assert_replay(g, m, x, "identity"));
     mj_tensor_release(x);
     mj_graph_free(g);

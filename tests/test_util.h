@@ -40,6 +40,13 @@ static inline mj_rng mjt_rng(uint64_t seed) {
     return r;
 }
 
+/* A new f32[r, c] of normal samples from rng. */
+static inline mj_tensor *mjt_randn2(int64_t r, int64_t c, mj_rng *rng) {
+    mj_tensor *t = NULL;
+    OK(mj_tensor_randn(&t, 2, (int64_t[]){r, c}, rng));
+    return t;
+}
+
 /* At file scope: the `jit` of a suite whose tests compile, with the setup
  * and teardown to pass to TestSuite (one JIT per test process). */
 #define MJT_JIT_FIXTURE                                                                    \
