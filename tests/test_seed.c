@@ -8,6 +8,9 @@
 #include "maskjit.h"
 #include "test_util.h"
 
+/* The model under test's three masked layers, by PyTorch name. */
+static const char *const mods[3] = {"linear", "seq.0", "seq.1"};
+
 static mj_tensor *eye16(void) {
     mj_tensor *t;
     OK(mj_tensor_eye(&t, 16));
@@ -73,7 +76,6 @@ Test(seed, masking_logic) {
 Test(seed, weights_parametrized) {
     mj_module *model;
     OK(mj_model_under_test_new(&model, false));
-    const char *mods[3] = {"linear", "seq.0", "seq.1"};
 
     /* assert not hasattr(model.<mod>, "parametrizations") */
     for (int i = 0; i < 3; i++) cr_assert(!mj_is_parametrized(at(model, mods[i]), NULL));
@@ -90,7 +92,6 @@ Test(seed, weights_parametrized) {
 }
 
 Test(seed, state_dict_preserved) {
-    const char *mods[3] = {"linear", "seq.0", "seq.1"};
     mj_module *model_save;
     OK(mj_model_under_test_new(&model_save, false));
     for (int i = 0; i < 3; i++) register_mask(at(model_save, mods[i]), eye16());
@@ -133,7 +134,6 @@ Test(seed, state_dict_preserved) {
 Test(seed, bias_model_with_identity_masks) {
     mj_module *model;
     OK(mj_model_under_test_new(&model, true));
-    const char *mods[3] = {"linear", "seq.0", "seq.1"};
     for (int i = 0; i < 3; i++) register_mask(at(model, mods[i]), eye16());
 
     mj_rng rng = mjt_rng(7);
