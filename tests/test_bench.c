@@ -213,6 +213,14 @@ static void run_free(run_out *r) {
     free(r->err);
 }
 
+/* A run of the argc arguments that must exit with rc, needle in its stderr. */
+static void expect_bench_error(const char **argv, int argc, int rc, const char *needle) {
+    run_out r = run_bench(argc, argv);
+    cr_expect_eq(r.rc, rc, "%s: rc %d", needle, r.rc);
+    cr_expect(strstr(r.err, needle), "%s", r.err);
+    run_free(&r);
+}
+
 /* A --json run that must succeed, with err_needle (unless NULL) in its
  * stderr: its parsed output (the caller decrefs it and frees *r). */
 static json_t *run_bench_json(int argc, const char **argv, const char *err_needle, run_out *r) {
@@ -489,11 +497,7 @@ Test(bench, program_id_and_untimed_reference) {
         cr_expect_str_neq(json_string_value(json_object_get(json_array_get(rs, k), "variant")), "interp");
     json_decref(root);
     run_free(&r);
-    const char *badid[] = {"b", "mut", "--id", "a-name-far-too-long"};
-    r = run_bench(4, badid);
-    cr_expect_eq(r.rc, 2);
-    cr_expect(strstr(r.err, "--id wants a name of 1 to 15 characters"), "%s", r.err);
-    run_free(&r);
+    expect_bench_error((const char *[]){"b", "mut", "--id", "a-name-far-too-long"}, 4, 2, "--id wants a name of 1 to 15 characters");
 }
 
 /* `maskjit bench MODEL`: a saved trace at two batches, as JSON. */
@@ -533,19 +537,7 @@ Test(bench, program_times_a_saved_trace) {
     mj_module_free(m);
 
     /* errors: a bad MODEL fails with the reason; --batch needs a MODEL or W6 */
-    const char *missing[] = {"b", "/nonexistent/model.mjt"};
-    r = run_bench(2, missing);
-    cr_expect_eq(r.rc, 1);
-    cr_expect(strstr(r.err, "neither a file nor a model spec"), "%s", r.err);
-    run_free(&r);
-    const char *nomodel[] = {"b", "--workloads", "W1,W2", "--batch", "4"};
-    r = run_bench(5, nomodel);
-    cr_expect_eq(r.rc, 2);
-    cr_expect(strstr(r.err, "--batch goes with a MODEL"), "%s", r.err);
-    run_free(&r);
-    const char *badbatch[] = {"b", "mut", "--batch", "0"};
-    r = run_bench(4, badbatch);
-    cr_expect_eq(r.rc, 2);
-    cr_expect(strstr(r.err, "--batch wants batches"), "%s", r.err);
-    run_free(&r);
+    expect_bench_error((const char *[]){"b", "/nonexistent/model.mjt"}, 2, 1, "neither a file nor a model spec");
+    expect_bench_error((const char *[]){"b", "--workloads", "W1,W2", "--batch", "4"}, 5, 2, "--batch goes with a MODEL");
+    expect_bench_error((const char *[]){"b", "mut", "--batch", "0"}, 4, 2, "--batch wants batches");
 }

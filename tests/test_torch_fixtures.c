@@ -6,7 +6,6 @@
  * exact, frozen and fast, and compares each with PyTorch's output at
  * torch.testing.assert_close's float32 tolerances. */
 #include <criterion/criterion.h>
-#include <criterion/parameterized.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -164,30 +163,18 @@ Test(torch_fixtures, mut_identity_masks) {
     mj_tensor_dict_free(f);
 }
 
-/* The fixtures checked with nothing more than check_fixture: one test per
- * row (the parameter is the row's index, so no pointer crosses into the
- * test's process). */
-static const struct {
-    const char *fixture, *spec;
-} plain_fixtures[] = {
-    {"mut_random", "mut"},
-    {"mut_nobias", "mut-nobias"},
-    {"mlp_relu", "mlp:16,32,8:act=relu"},
-    {"mlp_gelu", "mlp:16,32,8:act=gelu"},
-    {"mlp_gelu_tanh", "mlp:16,32,8:act=gelu_tanh"},
-    {"mlp_tanh", "mlp:16,32,8:act=tanh"},
-    {"mlp_sigmoid", "mlp:16,32,8:act=sigmoid"},
-};
-
-ParameterizedTestParameters(torch_fixtures, plain) {
-    static int rows[] = {0, 1, 2, 3, 4, 5, 6}; /* in the image: the test's process sees them too */
-    _Static_assert(sizeof rows / sizeof *rows == sizeof plain_fixtures / sizeof *plain_fixtures, "a row each");
-    return cr_make_param_array(int, rows, sizeof rows / sizeof *rows);
-}
-
-ParameterizedTest(int *row, torch_fixtures, plain) {
-    mj_tensor_dict_free(check_fixture(plain_fixtures[*row].fixture, plain_fixtures[*row].spec, 0));
-}
+/* The fixtures checked with nothing more than check_fixture: fixture
+ * tests/fixtures/NAME.safetensors against the model of spec. */
+#define PLAIN_FIXTURE(name, spec) \
+    Test(torch_fixtures, name) { mj_tensor_dict_free(check_fixture(#name, spec, 0)); }
+PLAIN_FIXTURE(mut_random, "mut")
+PLAIN_FIXTURE(mut_nobias, "mut-nobias")
+PLAIN_FIXTURE(mlp_relu, "mlp:16,32,8:act=relu")
+PLAIN_FIXTURE(mlp_gelu, "mlp:16,32,8:act=gelu")
+PLAIN_FIXTURE(mlp_gelu_tanh, "mlp:16,32,8:act=gelu_tanh")
+PLAIN_FIXTURE(mlp_tanh, "mlp:16,32,8:act=tanh")
+PLAIN_FIXTURE(mlp_sigmoid, "mlp:16,32,8:act=sigmoid")
+#undef PLAIN_FIXTURE
 Test(torch_fixtures, mlp_structured_row_mask) {
     mj_tensor_dict *f = check_fixture("mlp_structured", "mlp:8,8:act=none:bias=0", 1);
     /* a pruned row gives a zero output column in PyTorch's result */
