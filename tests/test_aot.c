@@ -240,8 +240,7 @@ static void check_model_mode(const char *spec, double density, const char *cpu, 
     co.frozen = true;
     co.numeric = mode;
     co.use_cache = false;
-    mj_compiled *c;
-    OK(mj_jit_compile(jit, g, &co, &c));
+    mj_compiled *c = mjt_compile_with(jit, g, &co);
     const int64_t batches[] = {1, 3, 17};
     for (int bi = 0; bi < 3; bi++) {
         mj_tensor *x = randn(batches[bi], in, 100 + (uint64_t)bi), *y;
@@ -543,8 +542,7 @@ static mj_tensor *jit_live(const mj_graph *g, const mj_tensor *x) {
     mj_compile_options co;
     mj_compile_options_init(&co);
     co.use_cache = false;
-    mj_compiled *c;
-    OK(mj_jit_compile(jit, g, &co, &c));
+    mj_compiled *c = mjt_compile_with(jit, g, &co);
     mj_tensor *y;
     OK(mj_compiled_run(c, x, &y));
     mj_compiled_free(c);
@@ -657,8 +655,7 @@ static void check_fixture(const char *name) {
     mj_compile_options_init(&co);
     co.frozen = true;
     co.use_cache = false;
-    mj_compiled *c;
-    OK(mj_jit_compile(jit, g, &co, &c));
+    mj_compiled *c = mjt_compile_with(jit, g, &co);
     int checked = 0;
     for (int i = 0; i < mj_tensor_dict_size(file); i++) {
         const char *key = mj_tensor_dict_key(file, i);

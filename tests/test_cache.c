@@ -212,8 +212,7 @@ static mj_compile_stats compile_run(mj_jit *jit, mj_graph *g, const char *dir, b
     o.cache_dir = dir;
     o.use_cache = use;
     o.frozen = frozen;
-    mj_compiled *c;
-    OK(mj_jit_compile(jit, g, &o, &c));
+    mj_compiled *c = mjt_compile_with(jit, g, &o);
     mj_tensor *x = input(5), *y, *want;
     OK(mj_compiled_run(c, x, &y));
     OK(mj_graph_run(g, x, &want));

@@ -418,8 +418,7 @@ static mj_compile_stats compile_graph(mj_jit *jit, mj_graph *g, const char *dir)
     mj_compile_options_init(&o);
     o.cache_dir = dir;
     o.frozen = true;
-    mj_compiled *c;
-    OK(mj_jit_compile(jit, g, &o, &c));
+    mj_compiled *c = mjt_compile_with(jit, g, &o);
     mj_compile_stats st = *mj_compiled_stats(c);
     mj_compiled_free(c);
     return st;

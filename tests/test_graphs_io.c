@@ -890,8 +890,7 @@ Test(graphs_io, cache_keys_several_outputs) {
         mj_compile_options_init(&o);
         o.cache_dir = dir;
         o.threads = 1;
-        mj_compiled *c = NULL;
-        OK(mj_jit_compile(jit, g, &o, &c));
+        mj_compiled *c = mjt_compile_with(jit, g, &o);
         cr_assert_eq(mj_compiled_stats(c)->cache_hit, hits[t], "compile %d: cache hit %d", t,
                      (int)mj_compiled_stats(c)->cache_hit);
         mj_tensor *x[2] = {0}, *want[2] = {0}, *got[2] = {0};

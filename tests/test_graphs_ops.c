@@ -978,8 +978,7 @@ Test(graphs_ops, threads_keep_the_bits) {
     mj_compile_options o;
     mj_compile_options_init(&o);
     o.threads = 2;
-    mj_compiled *c = NULL;
-    OK(mj_jit_compile(jit, g, &o, &c));
+    mj_compiled *c = mjt_compile_with(jit, g, &o);
     static const int64_t batches[] = {1, 3, 64};
     for (int bi = 0; bi < 3; bi++) {
         int64_t s[2] = {batches[bi], 256};

@@ -357,8 +357,7 @@ Test(jit, perf_profiling_layer_runs_the_same_code) {
         mj_compile_options_init(&o);
         o.frozen = mjt_modes[mi].frozen;
         o.use_cache = false; /* a cache hit would skip the listener */
-        mj_compiled *c = NULL;
-        OK(mj_jit_compile(pj, g, &o, &c));
+        mj_compiled *c = mjt_compile_with(pj, g, &o);
         mj_tensor *x;
         OK(mj_tensor_randn(&x, 2, ex, &rng));
         check_model(c, m, x, mjt_modes[mi], "seed model through the perf layer");

@@ -116,8 +116,7 @@ static mj_compiled *compile(const mj_graph *g, bool frozen, mj_numeric_mode nume
     o.numeric = numeric;
     o.threads = 1;
     o.use_cache = false; /* test the compiler, not a cached object */
-    mj_compiled *c = NULL;
-    OK(mj_jit_compile(jit, g, &o, &c));
+    mj_compiled *c = mjt_compile_with(jit, g, &o);
     return c;
 }
 

@@ -867,8 +867,7 @@ Test(reliability, eight_threads_call_one_compiled_model) {
     mj_module *m = half_masked("mlp:32,48,8:act=gelu", 32, &rng, &g);
     mj_jit *jit;
     OK(mj_jit_new(&jit));
-    mj_compiled *c;
-    OK(mj_jit_compile(jit, g, NULL, &c));
+    mj_compiled *c = mjt_compile_with(jit, g, NULL);
     enum { T = 8 };
     mjt_call_arg args[T];
     for (int i = 0; i < T; i++) {
@@ -930,8 +929,7 @@ Test(reliability, compiled_batch_overflow_is_a_limit_error) {
     mj_graph *g = graph_with_weight(16, 1.0f);
     mj_jit *jit;
     OK(mj_jit_new(&jit));
-    mj_compiled *c;
-    OK(mj_jit_compile(jit, g, NULL, &c));
+    mj_compiled *c = mjt_compile_with(jit, g, NULL);
     float x[4] = {0}, y[4];
     /* batch * 16 overflows int64 / exceeds 2^40: refused before any access */
     assert_error(mj_compiled_run_raw(c, x, INT64_MAX / 2, y, 4), MJ_ERR_LIMIT, "too large");

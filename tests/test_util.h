@@ -94,6 +94,14 @@ static inline mj_compiled *mjt_compile(mj_jit *jit, const mj_graph *g, mjt_mode 
     return c;
 }
 
+/* g compiled with the options o (NULL: the defaults); must succeed. */
+static inline mj_compiled *mjt_compile_with(mj_jit *jit, const mj_graph *g, const mj_compile_options *o) {
+    mj_compiled *c = NULL;
+    mj_status s = mj_jit_compile(jit, g, o, &c);
+    cr_assert_eq(s, MJ_OK, "compile: %s: %s", mj_status_name(s), mj_last_error());
+    return c;
+}
+
 /* A module's print (mj_module_print) as a malloc'd string. */
 static inline char *mjt_module_str(const mj_module *m) {
     char *buf = NULL;
