@@ -170,10 +170,8 @@ Test(trace, live_parameters) {
 
 /* Traced at batch 3, replayed at other batches. */
 Test(trace, generalises_over_batch) {
-    mj_module *model = NULL;
-    OK(mj_model_under_test_new(&model, true));
     mj_rng rng = mjt_rng(11);
-    OK(mj_model_apply_masks(model, NULL, 0.5, &rng));
+    mj_module *model = mjt_half_masked_mut(&rng);
     mj_graph *g = trace_at(model, 3, 16);
     static const int64_t batches[] = {1, 5, 64, 1000};
     for (int i = 0; i < 4; i++) {

@@ -172,10 +172,8 @@ static void assert_traces_without_warnings(mj_module *m, int64_t rows, int64_t c
 }
 
 Test(trace_rel, library_reads_do_not_warn) {
-    mj_module *m = NULL;
-    OK(mj_model_under_test_new(&m, true));
     mj_rng rng = mjt_rng(2);
-    OK(mj_model_apply_masks(m, NULL, 0.5, &rng));
+    mj_module *m = mjt_half_masked_mut(&rng);
     assert_traces_without_warnings(m, 3, 16);
     /* Linear(4, 3) then a Linear(3, 2) made (and its weights read) inside forward */
     assert_traces_without_warnings(wrap_linear("BuildsInside", builds_inside, NULL), 2, 4);

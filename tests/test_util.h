@@ -47,6 +47,15 @@ static inline mj_tensor *mjt_randn2(int64_t r, int64_t c, mj_rng *rng) {
     return t;
 }
 
+/* The model under test (mj_model_under_test_new, with biases) masked at
+ * density 0.5 with rng. */
+static inline mj_module *mjt_half_masked_mut(mj_rng *rng) {
+    mj_module *m = NULL;
+    OK(mj_model_under_test_new(&m, true));
+    OK(mj_model_apply_masks(m, NULL, 0.5, rng));
+    return m;
+}
+
 /* At file scope: the `jit` of a suite whose tests compile, with the setup
  * and teardown to pass to TestSuite (one JIT per test process). */
 #define MJT_JIT_FIXTURE                                                                    \
