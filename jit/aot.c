@@ -281,15 +281,7 @@ typedef struct aot {
 } aot;
 
 static void aot_free(aot *a) {
-    if (a->g) {
-        if (a->vals)
-            for (int32_t i = 0; i < a->g->n_nodes; i++) mj_tensor_release(a->vals[i]);
-        if (a->packed)
-            for (int32_t i = 0; i < a->plan.n_leaves; i++) free(a->packed[i]);
-    }
-    free(a->vals);
-    free(a->packed);
-    free(a->leaf_data);
+    if (a->g) mj_prologue_release(a->g, &a->plan, a->vals, a->packed, a->leaf_data); /* made after a->g */
     free(a->numel);
     free(a->slot_coef);
     free(a->slot_pow);
@@ -354,7 +346,7 @@ static bool batch_fits(const aot *a, int64_t b) {
  * (read at run time: data NULL here) and consts (baked). */
 static mj_status prologue(aot *a) {
     const mj_graph *g = a->g;
-    bool *needed = mj_alloc_array((size_t)g->n_nodes + 1, sizeof *needed);
+    bool *needed = mj_prologue_needed(g, &a->plan);
     a->vals = mj_alloc_array((size_t)g->n_nodes + 1, sizeof *a->vals);
     a->packed = mj_alloc_array((size_t)a->plan.n_leaves + 1, sizeof *a->packed);
     a->leaf_data = mj_alloc_array((size_t)a->plan.n_leaves + 1, sizeof *a->leaf_data);
@@ -364,42 +356,9 @@ static mj_status prologue(aot *a) {
         s = MJ_ERR_NOMEM;
         goto out;
     }
-    for (int32_t i = 0; i < a->plan.n_leaves; i++) needed[a->plan.leaves[i].node] = true;
-    for (int32_t i = g->n_nodes - 1; i >= 0; i--)
-        if (needed[i])
-            for (int k = 0; k < g->nodes[i].n_operands; k++) needed[g->nodes[i].operands[k]] = true;
-    for (int32_t i = 0; i < g->n_nodes; i++) {
-        if (!needed[i]) continue;
-        const mj_node *n = &g->nodes[i];
-        if (n->op == MJ_OP_PARAM || n->op == MJ_OP_CONST) {
-            a->vals[i] = mj_tensor_retain(n->tensor);
-            continue;
-        }
-        const mj_tensor *ops[MJ_MAX_OPERANDS];
-        for (int k = 0; k < n->n_operands; k++) ops[k] = a->vals[n->operands[k]];
-        if ((s = mj_interp_node(g, n, ops, &a->vals[i])) != MJ_OK) {
-            mj_fail_prefix(s, "aot: computing the prologue value %%%d (%s)", (int)i, mj_op_table[n->op].name);
-            goto out;
-        }
-    }
-    for (int32_t i = 0; i < a->plan.n_leaves; i++) {
-        const mj_leaf *lf = &a->plan.leaves[i];
-        const mj_tensor *v = a->vals[lf->node];
-        a->numel[i] = v->numel;
-        if (a->g->nodes[lf->node].op == MJ_OP_PARAM && a->live) {
-            a->leaf_data[i] = NULL;
-        } else if (lf->packed) {
-            int64_t N = v->shape[0], K = v->shape[1];
-            if (!(a->packed[i] = mj_alloc_array((size_t)(N * K) + 1, sizeof(float)))) {
-                s = MJ_ERR_NOMEM;
-                goto out;
-            }
-            mj_pack_panels(v->data, N, K, a->plan.panel, a->packed[i]);
-            a->leaf_data[i] = a->packed[i];
-        } else {
-            a->leaf_data[i] = v->data;
-        }
-    }
+    if ((s = mj_prologue_eval(g, needed, a->vals, "aot")) != MJ_OK) goto out;
+    for (int32_t i = 0; i < a->plan.n_leaves; i++) a->numel[i] = a->vals[a->plan.leaves[i].node]->numel;
+    s = mj_prologue_leaves(g, &a->plan, a->vals, a->live, a->packed, a->leaf_data);
 out:
     free(needed);
     return s;

@@ -69,25 +69,75 @@ struct prologue {
     prologue *next;     /* retired list */
 };
 
+mj_status mj_prologue_leaves(const mj_graph *g, const mj_body_plan *p, mj_tensor *const *vals, bool params_live,
+                             float **packed, const float **leaf_data) {
+    for (int32_t i = 0; i < p->n_leaves; i++) {
+        const mj_leaf *lf = &p->leaves[i];
+        const mj_tensor *v = vals[lf->node];
+        if (params_live && g->nodes[lf->node].op == MJ_OP_PARAM) {
+            leaf_data[i] = NULL;
+        } else if (lf->packed) {
+            if (!(packed[i] = mj_prologue_pack(v, p->panel))) return MJ_ERR_NOMEM;
+            leaf_data[i] = packed[i];
+        } else {
+            leaf_data[i] = v->data;
+        }
+    }
+    return MJ_OK;
+}
+
+void mj_prologue_release(const mj_graph *g, const mj_body_plan *p, mj_tensor **vals, float **packed,
+                         const float **leaf_data) {
+    if (vals)
+        for (int32_t i = 0; i < g->n_nodes; i++) mj_tensor_release(vals[i]);
+    if (packed)
+        for (int32_t i = 0; i < p->n_leaves; i++) free(packed[i]);
+    free(vals);
+    free(packed);
+    free(leaf_data);
+}
+
 static void prologue_free(const mj_compiled *c, prologue *pr) {
-    if (pr->vals)
-        for (int32_t i = 0; i < c->g->n_nodes; i++) mj_tensor_release(pr->vals[i]);
-    if (pr->packed)
-        for (int32_t i = 0; i < c->plan.n_leaves; i++) free(pr->packed[i]);
-    free(pr->vals);
-    free(pr->packed);
-    free(pr->leaf_data);
+    mj_prologue_release(c->g, &c->plan, pr->vals, pr->packed, pr->leaf_data);
     free(pr->versions);
     memset(pr, 0, sizeof *pr);
 }
 
 /* W[N][K] -> the panels the linear kernels stream (mj_pack_panels) */
-static float *pack_transposed(const mj_compiled *c, const mj_tensor *w) {
+float *mj_prologue_pack(const mj_tensor *w, int64_t panel) {
     int64_t N = w->shape[0], K = w->shape[1];
     float *t = mj_alloc_array((size_t)(N * K) + 1, sizeof *t);
     if (!t) return NULL;
-    mj_pack_panels(w->data, N, K, c->plan.panel, t);
+    mj_pack_panels(w->data, N, K, panel, t);
     return t;
+}
+
+bool *mj_prologue_needed(const mj_graph *g, const mj_body_plan *p) {
+    bool *needed = mj_alloc_array((size_t)g->n_nodes + 1, sizeof *needed);
+    if (!needed) return NULL;
+    for (int32_t i = 0; i < p->n_leaves; i++) needed[p->leaves[i].node] = true;
+    for (int32_t i = g->n_nodes - 1; i >= 0; i--)
+        if (needed[i])
+            for (int k = 0; k < g->nodes[i].n_operands; k++) needed[g->nodes[i].operands[k]] = true;
+    return needed;
+}
+
+mj_status mj_prologue_eval(const mj_graph *g, const bool *needed, mj_tensor **vals, const char *who) {
+    for (int32_t i = 0; i < g->n_nodes; i++) {
+        if (!needed[i]) continue;
+        const mj_node *n = &g->nodes[i];
+        if (n->op == MJ_OP_PARAM || n->op == MJ_OP_CONST) {
+            MJ_ASSERT(n->tensor); /* mj_jit_check_nodes */
+            vals[i] = mj_tensor_retain(n->tensor);
+            continue;
+        }
+        const mj_tensor *ops[MJ_MAX_OPERANDS];
+        for (int k = 0; k < n->n_operands; k++) ops[k] = vals[n->operands[k]];
+        mj_status s = mj_interp_node(g, n, ops, &vals[i]);
+        if (s != MJ_OK)
+            return mj_fail_prefix(s, "%s: computing the prologue value %%%d (%s)", who, (int)i, mj_op_table[n->op].name);
+    }
+    return MJ_OK;
 }
 
 /* Computes every needed prologue value with the interpreter's kernels
@@ -103,35 +153,8 @@ static mj_status prologue_compute(const mj_compiled *c, prologue *pr) {
         s = MJ_ERR_NOMEM;
         goto fail;
     }
-    for (int32_t i = 0; i < g->n_nodes; i++) {
-        if (!c->needed[i]) continue;
-        const mj_node *n = &g->nodes[i];
-        if (n->op == MJ_OP_PARAM || n->op == MJ_OP_CONST) {
-            MJ_ASSERT(n->tensor); /* checked at compile time */
-            pr->vals[i] = mj_tensor_retain(n->tensor);
-            continue;
-        }
-        const mj_tensor *ops[MJ_MAX_OPERANDS];
-        for (int k = 0; k < n->n_operands; k++) ops[k] = pr->vals[n->operands[k]];
-        s = mj_interp_node(g, n, ops, &pr->vals[i]);
-        if (s != MJ_OK) {
-            mj_fail_prefix(s, "jit: computing the prologue value %%%d (%s)", (int)i, mj_op_table[n->op].name);
-            goto fail;
-        }
-    }
-    for (int32_t i = 0; i < c->plan.n_leaves; i++) {
-        const mj_leaf *lf = &c->plan.leaves[i];
-        const mj_tensor *v = pr->vals[lf->node];
-        if (lf->packed) {
-            if (!(pr->packed[i] = pack_transposed(c, v))) {
-                s = MJ_ERR_NOMEM;
-                goto fail;
-            }
-            pr->leaf_data[i] = pr->packed[i];
-        } else {
-            pr->leaf_data[i] = v->data;
-        }
-    }
+    if ((s = mj_prologue_eval(g, c->needed, pr->vals, "jit")) != MJ_OK) goto fail;
+    if ((s = mj_prologue_leaves(g, &c->plan, pr->vals, false, pr->packed, pr->leaf_data)) != MJ_OK) goto fail;
     /* Keep only the values the body reads in place. */
     for (int32_t i = 0; i < g->n_nodes; i++) {
         if (pr->vals[i] && c->plan.leaf_plain[i] < 0) {
@@ -579,19 +602,15 @@ mj_status mj_jit_compile(mj_jit *jit, const mj_graph *g, const mj_compile_option
     c->plan.vw = mj_features_vector_width(jit->features);
     c->plan.nr = c->plan.vw == 16 ? 4 : 2;
     c->plan.panel = (int64_t)c->plan.nr * c->plan.vw;
-    c->needed = mj_alloc_array((size_t)c->g->n_nodes + 1, sizeof *c->needed);
+    c->needed = mj_prologue_needed(c->g, &c->plan);
     c->param_versions = mj_alloc_array((size_t)c->g->n_nodes + 1, sizeof *c->param_versions);
     if (!c->needed || !c->param_versions) {
         s = MJ_ERR_NOMEM;
         goto fail;
     }
-    for (int32_t i = 0; i < c->plan.n_leaves; i++) c->needed[c->plan.leaves[i].node] = true;
-    for (int32_t i = c->g->n_nodes - 1; i >= 0; i--) {
-        if (!c->needed[i]) continue;
-        const mj_node *n = &c->g->nodes[i];
-        for (int k = 0; k < n->n_operands; k++) c->needed[n->operands[k]] = true;
-        if (n->op == MJ_OP_PARAM) c->param_versions[c->n_params++] = &n->tensor->version;
-    }
+    for (int32_t i = c->g->n_nodes - 1; i >= 0; i--)
+        if (c->needed[i] && c->g->nodes[i].op == MJ_OP_PARAM)
+            c->param_versions[c->n_params++] = &c->g->nodes[i].tensor->version;
     if (opts.frozen) {
         if ((s = prologue_compute(c, &pr)) != MJ_OK) goto fail;
         if ((s = build_and_add(c, &pr)) != MJ_OK) goto fail;

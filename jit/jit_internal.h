@@ -121,6 +121,26 @@ struct mj_body_sync {
 typedef void (*mj_body_fn)(const float *const *leaves, const float *const *x, float *const *y, int64_t batch,
                            float *scratch, int64_t tid, int64_t nth, mj_body_sync *sync);
 
+/* The prologue, shared by the JIT (compiled.c) and AOT (aot.c), which
+ * must compute it the same way: the nodes some leaf of p depends on
+ * (malloc'd flags, NULL when out of memory); their values into vals (one
+ * per node, NULL where not computed), with the interpreter's kernels
+ * (bit-identical to eager), messages starting with who; a weight W[N][K]
+ * packed into the panels the linear kernels stream (malloc'd, NULL when
+ * out of memory). */
+bool *mj_prologue_needed(const mj_graph *g, const mj_body_plan *p);
+mj_status mj_prologue_eval(const mj_graph *g, const bool *needed, mj_tensor **vals, const char *who);
+float *mj_prologue_pack(const mj_tensor *w, int64_t panel);
+/* The leaves' buffers from the values: packed ones packed (into packed[i]),
+ * the others the value's data; NULL for params when params_live (the
+ * caller reads them at run time). */
+mj_status mj_prologue_leaves(const mj_graph *g, const mj_body_plan *p, mj_tensor *const *vals, bool params_live,
+                             float **packed, const float **leaf_data);
+/* Frees what the functions above made for g and p: vals (and their
+ * references), packed (per leaf) and leaf_data; any may be NULL. */
+void mj_prologue_release(const mj_graph *g, const mj_body_plan *p, mj_tensor **vals, float **packed,
+                         const float **leaf_data);
+
 /* What compiled bodies need of a graph's nodes: every input has the batch
  * B as its first dim and only there; every param and const is bound.
  * Messages start with who ("jit", "aot"). */

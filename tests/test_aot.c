@@ -173,8 +173,7 @@ static void assert_no_llvm(const char *exe) {
 }
 
 static mj_tensor *randn(int64_t batch, int64_t in, uint64_t seed) {
-    mj_rng rng;
-    mj_rng_seed(&rng, seed);
+    mj_rng rng = mjt_rng(seed);
     int64_t shape[2] = {batch, in};
     mj_tensor *x;
     OK(mj_tensor_randn(&x, 2, shape, &rng));
@@ -193,8 +192,7 @@ static int64_t in_width(const mj_graph *g) {
 }
 
 static mj_graph *trace_model(const char *spec, double density, mj_module **mod) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 7);
+    mj_rng rng = mjt_rng(7);
     OK(mj_model_from_spec(spec, &rng, mod));
     if (density < 1) OK(mj_model_apply_masks(*mod, NULL, density, &rng));
     int64_t in = mj_linear_in_features(*mod);
@@ -242,8 +240,7 @@ static void check_model_mode(const char *spec, double density, const char *cpu, 
     co.frozen = true;
     co.numeric = mode;
     co.use_cache = false;
-    mj_compiled *c;
-    OK(mj_jit_compile(jit, g, &co, &c));
+    mj_compiled *c = mjt_compile_with(jit, g, &co);
     const int64_t batches[] = {1, 3, 17};
     for (int bi = 0; bi < 3; bi++) {
         mj_tensor *x = randn(batches[bi], in, 100 + (uint64_t)bi), *y;
@@ -364,19 +361,6 @@ Test(aot, bad_calls_return_codes) {
     rm_rf(dir);
 }
 
-static char *slurp(const char *path, size_t *n) {
-    FILE *f = fopen(path, "rb");
-    cr_assert(f, "open %s", path);
-    fseek(f, 0, SEEK_END);
-    long len = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)len + 1);
-    cr_assert_eq(fread(buf, 1, (size_t)len, f), (size_t)len);
-    fclose(f);
-    *n = (size_t)len;
-    return buf;
-}
-
 /* Same graph and options, twice, into different directories: same bytes. */
 Test(aot, output_is_deterministic) {
     mj_module *mod;
@@ -396,7 +380,7 @@ Test(aot, output_is_deterministic) {
         snprintf(p1, sizeof p1, "%s/det.%s", d1, ext[i]);
         snprintf(p2, sizeof p2, "%s/det.%s", d2, ext[i]);
         size_t n1, n2;
-        char *a = slurp(p1, &n1), *b = slurp(p2, &n2);
+        char *a = mjt_read_file(p1, &n1), *b = mjt_read_file(p2, &n2);
         cr_assert(n1 == n2 && memcmp(a, b, n1) == 0, "det.%s differs between two runs", ext[i]);
         cr_assert_null(memmem(a, n1, d1, strlen(d1)), "det.%s holds the output path", ext[i]);
         free(a);
@@ -406,17 +390,6 @@ Test(aot, output_is_deterministic) {
     mj_module_free(mod);
     rm_rf(d1);
     rm_rf(d2);
-}
-
-static int count_entries(const char *dir) {
-    DIR *d = opendir(dir);
-    cr_assert(d);
-    int n = 0;
-    struct dirent *e;
-    while ((e = readdir(d)))
-        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) n++;
-    closedir(d);
-    return n;
 }
 
 Test(aot, bad_arguments_fail_and_write_nothing) {
@@ -439,7 +412,7 @@ Test(aot, bad_arguments_fail_and_write_nothing) {
     o.features = "avx2";
     FAILS(mj_aot_compile(g, &o, dir), MJ_ERR_INVALID, "\"avx2\" is not +FEATURE or -FEATURE");
     o.features = NULL;
-    cr_assert_eq(count_entries(dir), 0, "a failed compile wrote into %s", dir);
+    cr_assert_eq(mjt_count_entries(dir, "*"), 0, "a failed compile wrote into %s", dir);
     char file[1100];
     snprintf(file, sizeof file, "%s/plain", dir);
     FILE *f = fopen(file, "w");
@@ -447,7 +420,7 @@ Test(aot, bad_arguments_fail_and_write_nothing) {
     fclose(f);
     FAILS(mj_aot_compile(g, &o, file), MJ_ERR_IO, "is not a directory");
     size_t n;
-    char *text = slurp(file, &n);
+    char *text = mjt_read_file(file, &n);
     cr_assert(n == 4 && memcmp(text, "keep", 4) == 0);
     free(text);
     mj_graph_free(g);
@@ -569,8 +542,7 @@ static mj_tensor *jit_live(const mj_graph *g, const mj_tensor *x) {
     mj_compile_options co;
     mj_compile_options_init(&co);
     co.use_cache = false;
-    mj_compiled *c;
-    OK(mj_jit_compile(jit, g, &co, &c));
+    mj_compiled *c = mjt_compile_with(jit, g, &co);
     mj_tensor *y;
     OK(mj_compiled_run(c, x, &y));
     mj_compiled_free(c);
@@ -619,8 +591,7 @@ Test(aot, live_masked_mlp_binds_weights_by_name) {
     write_params(dir, m1);
     compare_live(dir, g1, 16, "live, first weights");
 
-    mj_rng rng;
-    mj_rng_seed(&rng, 99);
+    mj_rng rng = mjt_rng(99);
     OK(mj_model_from_spec(spec, &rng, &m2));
     OK(mj_model_apply_masks(m2, NULL, 0.3, &rng));
     int64_t shape[2] = {3, 16};
@@ -684,8 +655,7 @@ static void check_fixture(const char *name) {
     mj_compile_options_init(&co);
     co.frozen = true;
     co.use_cache = false;
-    mj_compiled *c;
-    OK(mj_jit_compile(jit, g, &co, &c));
+    mj_compiled *c = mjt_compile_with(jit, g, &co);
     int checked = 0;
     for (int i = 0; i < mj_tensor_dict_size(file); i++) {
         const char *key = mj_tensor_dict_key(file, i);

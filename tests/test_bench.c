@@ -213,14 +213,31 @@ static void run_free(run_out *r) {
     free(r->err);
 }
 
+/* A run of the argc arguments that must exit with rc, needle in its stderr. */
+static void expect_bench_error(const char **argv, int argc, int rc, const char *needle) {
+    run_out r = run_bench(argc, argv);
+    cr_expect_eq(r.rc, rc, "%s: rc %d", needle, r.rc);
+    cr_expect(strstr(r.err, needle), "%s", r.err);
+    run_free(&r);
+}
+
+/* A --json run that must succeed, with err_needle (unless NULL) in its
+ * stderr: its parsed output (the caller decrefs it and frees *r). */
+static json_t *run_bench_json(int argc, const char **argv, const char *err_needle, run_out *r) {
+    *r = run_bench(argc, argv);
+    cr_assert_eq(r->rc, 0, "rc %d, stderr: %s", r->rc, r->err);
+    if (err_needle) cr_expect(strstr(r->err, err_needle), "%s", r->err);
+    json_error_t je;
+    json_t *root = json_loads(r->out, 0, &je);
+    cr_assert_not_null(root, "not JSON (%s): %s", je.text, r->out);
+    return root;
+}
+
 Test(bench, program_json_w1) {
     const char *argv[] = {"maskjit-bench", "--workloads", "w1", "--reps", "2", "--min-ms", "0.5",
                           "--json"};
-    run_out r = run_bench(8, argv);
-    cr_assert_eq(r.rc, 0, "rc %d, stderr: %s", r.rc, r.err);
-    json_error_t je;
-    json_t *root = json_loads(r.out, 0, &je);
-    cr_assert_not_null(root, "not JSON (%s): %s", je.text, r.out);
+    run_out r;
+    json_t *root = run_bench_json(8, argv, NULL, &r);
     cr_expect(json_is_string(json_object_get(root, "cpu")));
     json_t *wls = json_object_get(root, "workloads");
     cr_assert_eq(json_array_size(wls), 1);
@@ -392,8 +409,7 @@ Test(bench, cli_loads_no_peer_library) {
  * own eager forward on the setup's input (exact ones bit for bit), at the
  * traced batch and at others. */
 Test(bench, user_model_setup_matches_eager, .init = setup_jit, .fini = teardown_jit) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 3);
+    mj_rng rng = mjt_rng(3);
     mj_module *m = NULL;
     OK(mj_model_from_spec("mlp:8,16,4:act=relu", &rng, &m));
     OK(mj_model_apply_masks(m, NULL, 0.5, &rng));
@@ -470,12 +486,8 @@ Test(bench, program_id_and_untimed_reference) {
     const char *argv[] = {"maskjit-bench", MJ_SOURCE_ROOT "/tests/fixtures/export_bert_layer.safetensors",
                           "--id", "bert", "--untimed-ref", "--batch", "2", "--threads", "1",
                           "--reps", "1", "--min-ms", "0.5", "--json"};
-    run_out r = run_bench(14, argv);
-    cr_assert_eq(r.rc, 0, "rc %d, stderr: %s", r.rc, r.err);
-    cr_expect(strstr(r.err, "checking 4 variants against interp"), "%s", r.err);
-    json_error_t je;
-    json_t *root = json_loads(r.out, 0, &je);
-    cr_assert_not_null(root, "not JSON (%s): %s", je.text, r.out);
+    run_out r;
+    json_t *root = run_bench_json(14, argv, "checking 4 variants against interp", &r);
     json_t *w = json_array_get(json_object_get(root, "workloads"), 0);
     cr_assert_not_null(w);
     cr_expect_str_eq(json_string_value(json_object_get(w, "id")), "bert");
@@ -485,11 +497,7 @@ Test(bench, program_id_and_untimed_reference) {
         cr_expect_str_neq(json_string_value(json_object_get(json_array_get(rs, k), "variant")), "interp");
     json_decref(root);
     run_free(&r);
-    const char *badid[] = {"b", "mut", "--id", "a-name-far-too-long"};
-    r = run_bench(4, badid);
-    cr_expect_eq(r.rc, 2);
-    cr_expect(strstr(r.err, "--id wants a name of 1 to 15 characters"), "%s", r.err);
-    run_free(&r);
+    expect_bench_error((const char *[]){"b", "mut", "--id", "a-name-far-too-long"}, 4, 2, "--id wants a name of 1 to 15 characters");
 }
 
 /* `maskjit bench MODEL`: a saved trace at two batches, as JSON. */
@@ -498,8 +506,7 @@ Test(bench, program_times_a_saved_trace) {
     int fd = mkstemp(path);
     cr_assert(fd >= 0);
     close(fd);
-    mj_rng rng;
-    mj_rng_seed(&rng, 4);
+    mj_rng rng = mjt_rng(4);
     mj_module *m = NULL;
     OK(mj_model_from_spec("mlp:8,16,4:act=relu", &rng, &m));
     mj_tensor *ones = NULL;
@@ -509,12 +516,8 @@ Test(bench, program_times_a_saved_trace) {
     OK(mj_graph_save(g, path));
     const char *argv[] = {"maskjit-bench", path, "--batch", "1,3", "--threads", "1", "--reps", "1",
                           "--min-ms", "0.5", "--json"};
-    run_out r = run_bench(11, argv);
-    cr_assert_eq(r.rc, 0, "rc %d, stderr: %s", r.rc, r.err);
-    cr_expect(strstr(r.err, "checking 4 variants against interp"), "%s", r.err);
-    json_error_t je;
-    json_t *root = json_loads(r.out, 0, &je);
-    cr_assert_not_null(root, "not JSON (%s): %s", je.text, r.out);
+    run_out r;
+    json_t *root = run_bench_json(11, argv, "checking 4 variants against interp", &r);
     json_t *wls = json_object_get(root, "workloads");
     cr_assert_eq(json_array_size(wls), 2);
     for (size_t i = 0; i < 2; i++) {
@@ -534,19 +537,7 @@ Test(bench, program_times_a_saved_trace) {
     mj_module_free(m);
 
     /* errors: a bad MODEL fails with the reason; --batch needs a MODEL or W6 */
-    const char *missing[] = {"b", "/nonexistent/model.mjt"};
-    r = run_bench(2, missing);
-    cr_expect_eq(r.rc, 1);
-    cr_expect(strstr(r.err, "neither a file nor a model spec"), "%s", r.err);
-    run_free(&r);
-    const char *nomodel[] = {"b", "--workloads", "W1,W2", "--batch", "4"};
-    r = run_bench(5, nomodel);
-    cr_expect_eq(r.rc, 2);
-    cr_expect(strstr(r.err, "--batch goes with a MODEL"), "%s", r.err);
-    run_free(&r);
-    const char *badbatch[] = {"b", "mut", "--batch", "0"};
-    r = run_bench(4, badbatch);
-    cr_expect_eq(r.rc, 2);
-    cr_expect(strstr(r.err, "--batch wants batches"), "%s", r.err);
-    run_free(&r);
+    expect_bench_error((const char *[]){"b", "/nonexistent/model.mjt"}, 2, 1, "neither a file nor a model spec");
+    expect_bench_error((const char *[]){"b", "--workloads", "W1,W2", "--batch", "4"}, 5, 2, "--batch goes with a MODEL");
+    expect_bench_error((const char *[]){"b", "mut", "--batch", "0"}, 4, 2, "--batch wants batches");
 }

@@ -102,26 +102,6 @@ static uint64_t entry_bytes(const char *dir) {
     return total;
 }
 
-static char *read_bytes(const char *path, size_t *n) {
-    FILE *f = fopen(path, "rb");
-    cr_assert(f, "%s: %s", path, strerror(errno));
-    fseek(f, 0, SEEK_END);
-    long len = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)len + 1);
-    cr_assert_eq(fread(buf, 1, (size_t)len, f), (size_t)len);
-    fclose(f);
-    *n = (size_t)len;
-    return buf;
-}
-
-static void write_bytes(const char *path, const void *data, size_t n) {
-    FILE *f = fopen(path, "wb");
-    cr_assert(f, "%s: %s", path, strerror(errno));
-    cr_assert_eq(fwrite(data, 1, n, f), n);
-    cr_assert_eq(fclose(f), 0);
-}
-
 /* ---- models ----------------------------------------------------------------- */
 
 typedef struct model {
@@ -132,8 +112,7 @@ typedef struct model {
 
 static model model_new(const char *spec, uint64_t seed) {
     model md;
-    mj_rng rng;
-    mj_rng_seed(&rng, seed);
+    mj_rng rng = mjt_rng(seed);
     OK(mj_model_from_spec(spec, &rng, &md.m));
     mj_tensor *ones;
     OK(mj_tensor_ones(&ones, 2, (int64_t[]){3, 16}));
@@ -216,7 +195,7 @@ Test(cache_rel, bit_flips_anywhere_are_caught_and_rebuilt, .timeout = 600) {
         cr_assert(!st.cache_hit);
         char *path = only_entry(dir);
         size_t n;
-        char *orig = read_bytes(path, &n);
+        char *orig = mjt_read_file(path, &n);
         /* the first and last bytes, the first header bytes, and seeded
          * random offsets over the whole file */
         size_t offs[16] = {0, 1, 9, 17, 40, 70, n - 1};
@@ -229,14 +208,14 @@ Test(cache_rel, bit_flips_anywhere_are_caught_and_rebuilt, .timeout = 600) {
             char *bad = malloc(n);
             memcpy(bad, orig, n);
             bad[offs[i]] ^= (char)(1u << (offs[i] * 5 % 8));
-            write_bytes(path, bad, n);
+            mjt_write_file(path, bad, n);
             free(bad);
             st = compile_check(jit, &md, dir, frozen);
             cr_assert(!st.cache_hit, "frozen %d: a flipped bit at offset %zu of %zu is no hit", frozen, offs[i], n);
             cr_assert(strstr(st.warning, "bad entry"), "frozen %d offset %zu: warning '%s'", frozen, offs[i],
                       st.warning);
             size_t n2;
-            char *now = read_bytes(path, &n2);
+            char *now = mjt_read_file(path, &n2);
             cr_assert(n2 == n && memcmp(now, orig, n) == 0, "frozen %d offset %zu: the entry is rebuilt", frozen,
                       offs[i]);
             free(now);
@@ -268,14 +247,14 @@ Test(cache_rel, another_graphs_entry_is_not_linked, .timeout = 300) {
         compile_check(jit, &b, db, frozen);
         char *pa = only_entry(da), *pb = only_entry(db);
         size_t na, nb;
-        char *ea = read_bytes(pa, &na), *eb = read_bytes(pb, &nb);
+        char *ea = mjt_read_file(pa, &na), *eb = mjt_read_file(pb, &nb);
         cr_assert(na != nb || memcmp(ea, eb, na) != 0, "two different entries");
-        write_bytes(pa, eb, nb);
+        mjt_write_file(pa, eb, nb);
         mj_compile_stats st = compile_check(jit, &a, da, frozen);
         cr_assert(!st.cache_hit, "case %d: another graph's entry is no hit", k);
         cr_assert(strstr(st.warning, "bad entry"), "case %d: %s", k, st.warning);
         size_t n2;
-        char *now = read_bytes(pa, &n2);
+        char *now = mjt_read_file(pa, &n2);
         cr_assert(n2 == na && memcmp(now, ea, na) == 0, "case %d: rebuilt", k);
         free(now);
         cr_assert(compile_check(jit, &a, da, frozen).cache_hit);
@@ -357,7 +336,7 @@ Test(cache_rel, symlink_at_the_entry_name_is_not_followed, .timeout = 120) {
     compile_check(jit, &b, other, true);
     char *pa = only_entry(dir), *pb = only_entry(other);
     size_t nb;
-    char *eb = read_bytes(pb, &nb);
+    char *eb = mjt_read_file(pb, &nb);
     /* a's entry name points at b's (valid, other key) entry */
     cr_assert_eq(unlink(pa), 0);
     cr_assert_eq(symlink(pb, pa), 0);
@@ -367,7 +346,7 @@ Test(cache_rel, symlink_at_the_entry_name_is_not_followed, .timeout = 120) {
     cr_assert_eq(lstat(pa, &sb), 0);
     cr_assert(S_ISREG(sb.st_mode), "the link was replaced, not written through");
     size_t n2;
-    char *now = read_bytes(pb, &n2);
+    char *now = mjt_read_file(pb, &n2);
     cr_assert(n2 == nb && memcmp(now, eb, nb) == 0, "the link's target is untouched");
     free(now);
     free(eb);
@@ -439,8 +418,7 @@ static mj_compile_stats compile_graph(mj_jit *jit, mj_graph *g, const char *dir)
     mj_compile_options_init(&o);
     o.cache_dir = dir;
     o.frozen = true;
-    mj_compiled *c;
-    OK(mj_jit_compile(jit, g, &o, &c));
+    mj_compiled *c = mjt_compile_with(jit, g, &o);
     mj_compile_stats st = *mj_compiled_stats(c);
     mj_compiled_free(c);
     return st;
@@ -586,7 +564,7 @@ static void fake_file(const char *dir, const char *name, size_t n, time_t age) {
     char p[1024];
     snprintf(p, sizeof p, "%s/%s", dir, name);
     char *z = calloc(1, n + 1);
-    write_bytes(p, z, n);
+    mjt_write_file(p, z, n);
     free(z);
     struct timespec ts[2];
     clock_gettime(CLOCK_REALTIME, &ts[0]);

@@ -25,8 +25,7 @@ static char *tmp_path(const char *name) {
 /* run --out writes what eager computes for the same weights and input. */
 Test(cli, run_modes_write_eager_output, .timeout = 60) {
     char *in = tmp_path("in.safetensors"), *out = tmp_path("out.safetensors");
-    mj_rng rng;
-    mj_rng_seed(&rng, 11);
+    mj_rng rng = mjt_rng(11);
     mj_tensor *x;
     mj_tensor_randn(&x, 2, (int64_t[]){4, 16}, &rng);
     mj_tensor_dict *d;
@@ -36,8 +35,7 @@ Test(cli, run_modes_write_eager_output, .timeout = 60) {
     mj_tensor_dict_free(d);
     /* Reference: the same model built by the library (spec + seed 5). */
     mj_module *m;
-    mj_rng init;
-    mj_rng_seed(&init, 5);
+    mj_rng init = mjt_rng(5);
     OK(mj_model_from_spec("mlp:16,24,8:act=tanh", &init, &m));
     mj_tensor *want;
     OK(mj_module_forward(m, x, &want));

@@ -283,8 +283,7 @@ Test(files, out_to_dev_stdout, .timeout = 60) {
     mj_tensor *want = NULL;
     {
         mj_module *m;
-        mj_rng r;
-        mj_rng_seed(&r, 2);
+        mj_rng r = mjt_rng(2);
         OK(mj_model_from_spec("mlp:4,3", &r, &m));
         mj_rng_seed(&r, 3); /* the CLI's random input: seed + 1 */
         mj_tensor *x;
@@ -605,8 +604,7 @@ Test(files, bias_mask_is_applied_by_the_cli, .timeout = 120) {
  * later change of the mask and of the bias. */
 Test(files, bias_mask_in_live_and_frozen_modes, .timeout = 120) {
     mj_module *m;
-    mj_rng r;
-    mj_rng_seed(&r, 0);
+    mj_rng r = mjt_rng(0);
     OK(mj_model_from_spec("mlp:4,3:act=none", &r, &m));
     mj_tensor_dict *sd;
     OK(mj_tensor_dict_new(&sd));
@@ -698,8 +696,7 @@ Test(files, unusable_mask_keys_are_refused_by_name) {
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         mj_module *m;
-        mj_rng r;
-        mj_rng_seed(&r, 0);
+        mj_rng r = mjt_rng(0);
         OK(mj_model_from_spec("mlp:4,3,2", &r, &m));
         mj_tensor_dict *masks;
         OK(mj_tensor_dict_new(&masks));
@@ -715,8 +712,7 @@ Test(files, unusable_mask_keys_are_refused_by_name) {
     /* a bias mask of the wrong shape: a shape error naming it, nothing registered */
     {
         mj_module *m;
-        mj_rng r;
-        mj_rng_seed(&r, 0);
+        mj_rng r = mjt_rng(0);
         OK(mj_model_from_spec("mlp:4,3", &r, &m));
         mj_tensor_dict *masks;
         OK(mj_tensor_dict_new(&masks));
@@ -731,8 +727,7 @@ Test(files, unusable_mask_keys_are_refused_by_name) {
     }
     /* a bias mask on a model without biases */
     mj_module *m;
-    mj_rng r;
-    mj_rng_seed(&r, 0);
+    mj_rng r = mjt_rng(0);
     OK(mj_model_from_spec("mlp:4,3:bias=0", &r, &m));
     mj_tensor_dict *masks;
     OK(mj_tensor_dict_new(&masks));

@@ -133,8 +133,7 @@ static mj_graph *check_everywhere(mj_module *m, int n_in, mj_tensor *const *exam
     static const int64_t batches[] = {1, 3, 8, 17};
     for (size_t bi = 0; bi < sizeof batches / sizeof batches[0]; bi++) {
         int64_t batch = batches[bi];
-        mj_rng rng;
-        mj_rng_seed(&rng, seed * 1000 + (uint64_t)batch);
+        mj_rng rng = mjt_rng(seed * 1000 + (uint64_t)batch);
         mj_tensor *x[MAX_IO] = {0}, *eager[MAX_IO] = {0}, *got[MAX_IO] = {0};
         graph_inputs(g, batch, &rng, x);
         OK(mj_module_forward_n(m, n_in, (const mj_tensor *const *)x, n_out, eager));
@@ -204,8 +203,7 @@ static mj_module *two_io_model(mj_rng *rng) {
 }
 
 Test(graphs_io, two_inputs_two_outputs_every_mode) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 1);
+    mj_rng rng = mjt_rng(1);
     mj_module *m = two_io_model(&rng);
     mj_tensor *ex[2] = {randn(&rng, 2, 3, 512, 0, 0), randn(&rng, 2, 3, 24, 0, 0)};
     mj_graph *g = check_everywhere(m, 2, ex, 1);
@@ -273,8 +271,7 @@ Test(graphs_io, two_inputs_two_outputs_every_mode) {
 }
 
 Test(graphs_io, run_n_argument_errors) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 2);
+    mj_rng rng = mjt_rng(2);
     mj_module *m = two_io_model(&rng);
     mj_tensor *ex[2] = {randn(&rng, 2, 3, 512, 0, 0), randn(&rng, 2, 3, 24, 0, 0)};
     mj_graph *g = NULL;
@@ -341,8 +338,7 @@ Test(graphs_io, compiled_outputs_alias_inputs_and_each_other) {
         "return %5, %1, %5, %3, %0\n";
     mj_graph *g = NULL;
     OK(mj_graph_parse(text, &g));
-    mj_rng rng;
-    mj_rng_seed(&rng, 3);
+    mj_rng rng = mjt_rng(3);
     for (int v = 0; v < N_VARIANTS; v++) {
         mj_compiled *c = compile(g, &variants[v]);
         for (int64_t batch = 1; batch <= 17; batch += 8) {
@@ -376,8 +372,7 @@ static void save_tensors(const char *path, int n, const char *const *names, mj_t
 }
 
 Test(graphs_io, cli_runs_two_input_two_output_traces, .timeout = 120) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 5);
+    mj_rng rng = mjt_rng(5);
     mj_module *m = two_io_model(&rng);
     mj_tensor *ex[2] = {randn(&rng, 2, 3, 512, 0, 0), randn(&rng, 2, 3, 24, 0, 0)};
     mj_graph *g = NULL;
@@ -449,8 +444,7 @@ static mj_status tokens_forward(mj_module *self, const mj_tensor *x, mj_tensor *
 }
 
 Test(graphs_io, token_mlp_rank3_every_mode_and_cli, .timeout = 120) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 6);
+    mj_rng rng = mjt_rng(6);
     mj_module *m;
     OK(mj_module_new(&m, "TokenMLP", tokens_forward, NULL, NULL));
     OK(mj_module_add_child(m, "fc1", masked_linear(32, 96, true, 0.4, &rng)));
@@ -535,8 +529,7 @@ static void check_matmul_naive(mj_rng *rng, int ra, const int64_t *sa, int rb, c
 }
 
 Test(graphs_io, eager_shape_ops_match_naive_loops) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 7);
+    mj_rng rng = mjt_rng(7);
     check_matmul_naive(&rng, 4, (int64_t[]){2, 3, 4, 5}, 4, (int64_t[]){2, 3, 5, 6});
     check_matmul_naive(&rng, 4, (int64_t[]){2, 3, 4, 5}, 3, (int64_t[]){3, 5, 2});
     check_matmul_naive(&rng, 3, (int64_t[]){3, 4, 5}, 2, (int64_t[]){5, 7});
@@ -664,8 +657,7 @@ static mj_status split_forward(mj_module *self, const mj_tensor *x, mj_tensor **
 }
 
 Test(graphs_io, batched_matmul_and_transpose_every_mode) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 8);
+    mj_rng rng = mjt_rng(8);
     mj_module *m;
     OK(mj_module_new(&m, "Bmm", bmm_forward, NULL, NULL));
     mj_tensor *w2 = randn(&rng, 2, 6, 5, 0, 0), *w3 = randn(&rng, 3, 4, 5, 3, 0);
@@ -684,8 +676,7 @@ Test(graphs_io, batched_matmul_and_transpose_every_mode) {
 }
 
 Test(graphs_io, permute_transpose_reshape_every_mode) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 9);
+    mj_rng rng = mjt_rng(9);
     mj_module *m;
     OK(mj_module_new_n(&m, "Permute", 2, 3, permute_forward, NULL, NULL));
     mj_tensor *ex[2] = {randn(&rng, 4, 3, 6, 2, 4), randn(&rng, 3, 3, 5, 7, 0)};
@@ -701,8 +692,7 @@ Test(graphs_io, permute_transpose_reshape_every_mode) {
 }
 
 Test(graphs_io, chunk_split_slice_cat_every_mode) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 10);
+    mj_rng rng = mjt_rng(10);
     mj_module *m;
     OK(mj_module_new(&m, "Split", split_forward, NULL, NULL));
     mj_tensor *ex = randn(&rng, 3, 3, 5, 12, 0);
@@ -756,8 +746,7 @@ static mj_status attn_forward(mj_module *self, const mj_tensor *x, mj_tensor **y
 }
 
 Test(graphs_io, self_attention_masked_projections_every_mode) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 11);
+    mj_rng rng = mjt_rng(11);
     static attn_cfg cfg = {4, 24};
     mj_module *m;
     OK(mj_module_new(&m, "SelfAttention", attn_forward, &cfg, NULL));
@@ -827,8 +816,7 @@ Test(graphs_io, cse_keeps_different_slices_and_merges_equal_ones) {
                           "%7 = cat %4, %5, %6 {dim=1} : f32[B,9,4]\n"
                           "return %7\n",
                       &g));
-    mj_rng rng;
-    mj_rng_seed(&rng, 12);
+    mj_rng rng = mjt_rng(12);
     mj_tensor *x[1], *want[1], *got[1];
     graph_inputs(g, 3, &rng, x);
     OK(mj_graph_run_n(g, 1, (const mj_tensor *const *)x, 1, want));
@@ -859,8 +847,7 @@ static mj_status chunk_batch_forward(mj_module *self, const mj_tensor *x, mj_ten
 }
 
 Test(graphs_io, tracing_refuses_ops_that_do_not_generalise_over_the_batch) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 13);
+    mj_rng rng = mjt_rng(13);
     mj_tensor *ex = randn(&rng, 3, 4, 4, 6, 0);
     mj_module *m;
     mj_graph *g = NULL;
@@ -895,8 +882,7 @@ Test(graphs_io, cache_keys_several_outputs) {
                             "return %3, %2\n";
     const char *texts[3] = {a, a, b};
     const bool hits[3] = {false, true, false};
-    mj_rng rng;
-    mj_rng_seed(&rng, 14);
+    mj_rng rng = mjt_rng(14);
     for (int t = 0; t < 3; t++) {
         mj_graph *g = NULL;
         OK(mj_graph_parse(texts[t], &g));
@@ -904,8 +890,7 @@ Test(graphs_io, cache_keys_several_outputs) {
         mj_compile_options_init(&o);
         o.cache_dir = dir;
         o.threads = 1;
-        mj_compiled *c = NULL;
-        OK(mj_jit_compile(jit, g, &o, &c));
+        mj_compiled *c = mjt_compile_with(jit, g, &o);
         cr_assert_eq(mj_compiled_stats(c)->cache_hit, hits[t], "compile %d: cache hit %d", t,
                      (int)mj_compiled_stats(c)->cache_hit);
         mj_tensor *x[2] = {0}, *want[2] = {0}, *got[2] = {0};
@@ -936,8 +921,7 @@ static mj_status scale_forward(mj_module *self, int n_in, const mj_tensor *const
 }
 
 Test(graphs_io, rank1_input_every_mode) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 15);
+    mj_rng rng = mjt_rng(15);
     mj_module *m;
     OK(mj_module_new_n(&m, "Scale", 2, 1, scale_forward, NULL, NULL));
     OK(mj_module_add_child(m, "fc", masked_linear(8, 5, true, 0.5, &rng)));

@@ -119,8 +119,7 @@ static const struct {
 #define N_UNARIES (int)(sizeof unaries / sizeof unaries[0])
 
 Test(graphs_ops, eager_unary_ops_are_the_documented_formulas) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 1);
+    mj_rng rng = mjt_rng(1);
     int64_t n = 300;
     mj_tensor *x = randn(1, &n, &rng);
     float *X = mj_tensor_data_mut(x);
@@ -162,8 +161,7 @@ Test(graphs_ops, eager_unary_ops_are_the_documented_formulas) {
 }
 
 Test(graphs_ops, eager_activations_match_pytorch_formulas_in_double) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 2);
+    mj_rng rng = mjt_rng(2);
     int64_t n = 257;
     mj_tensor *x = randn(1, &n, &rng);
     const float *X = mj_tensor_data(x);
@@ -194,8 +192,7 @@ Test(graphs_ops, eager_activations_match_pytorch_formulas_in_double) {
 }
 
 Test(graphs_ops, eager_binary_ops_and_scalars) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 3);
+    mj_rng rng = mjt_rng(3);
     int64_t sa[2] = {N_SPECIALS, N_SPECIALS}, sb[1] = {N_SPECIALS};
     mj_tensor *a = randn(2, sa, &rng), *b = randn(1, sb, &rng);
     float *A = mj_tensor_data_mut(a), *Bd = mj_tensor_data_mut(b);
@@ -252,8 +249,7 @@ static float at4(const float *x, const int64_t *s, int64_t i0, int64_t i1, int64
 }
 
 Test(graphs_ops, eager_reductions_and_softmax_are_the_documented_loops) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 4);
+    mj_rng rng = mjt_rng(4);
     int64_t s[4] = {2, 3, 5, 4};
     mj_tensor *x = randn(4, s, &rng);
     sprinkle(x);
@@ -316,8 +312,7 @@ Test(graphs_ops, eager_reductions_and_softmax_are_the_documented_loops) {
 }
 
 Test(graphs_ops, softmax_is_stable_and_close_to_double) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 5);
+    mj_rng rng = mjt_rng(5);
     int64_t s[2] = {4, 33};
     mj_tensor *x = randn(2, s, &rng);
     float *X = mj_tensor_data_mut(x);
@@ -345,8 +340,7 @@ Test(graphs_ops, softmax_is_stable_and_close_to_double) {
 }
 
 Test(graphs_ops, eager_layer_norm_is_pytorchs) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 6);
+    mj_rng rng = mjt_rng(6);
     int64_t s[3] = {3, 2, 24}, n = 24;
     mj_tensor *x = randn(3, s, &rng), *w = randn(1, &n, &rng), *b = randn(1, &n, &rng);
     const float *X = mj_tensor_data(x), *W = mj_tensor_data(w), *Bb = mj_tensor_data(b);
@@ -475,8 +469,7 @@ static mj_attrs attrs_of(mj_op op, int dim, bool keepdim, float f0, float f1) {
 }
 
 Test(graphs_ops, every_unary_op_in_every_mode) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 10);
+    mj_rng rng = mjt_rng(10);
     for (int u = 0; u < N_UNARIES; u++) {
         mj_graph *g = new_graph();
         int32_t x = input(g, ty(3, B, 3, 20));
@@ -495,8 +488,7 @@ Test(graphs_ops, every_unary_op_in_every_mode) {
 }
 
 Test(graphs_ops, every_binary_op_in_every_mode_with_broadcasting_and_scalars) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 11);
+    mj_rng rng = mjt_rng(11);
     static const mj_op bins[] = {MJ_OP_DIV, MJ_OP_MAXIMUM, MJ_OP_MINIMUM};
     for (size_t k = 0; k < 3; k++) {
         /* x op x, x op row (a param), scalar const op result */
@@ -512,8 +504,7 @@ Test(graphs_ops, every_binary_op_in_every_mode_with_broadcasting_and_scalars) {
 }
 
 Test(graphs_ops, reductions_and_normalisations_in_every_mode) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 12);
+    mj_rng rng = mjt_rng(12);
     static const mj_op ops[] = {MJ_OP_SUM, MJ_OP_MEAN, MJ_OP_SOFTMAX, MJ_OP_LOG_SOFTMAX};
     for (size_t k = 0; k < 4; k++)
         for (int dim = -3; dim < 3; dim++)
@@ -622,8 +613,7 @@ Test(graphs_ops, scalars_trace_as_one_element_consts) {
     mj_module *m = NULL;
     OK(mj_module_new(&m, "Scaled", scaled_forward, NULL, NULL));
     int64_t s[2] = {3, 4};
-    mj_rng rng;
-    mj_rng_seed(&rng, 13);
+    mj_rng rng = mjt_rng(13);
     mj_tensor *x = randn(2, s, &rng);
     mj_graph *g = NULL;
     OK(mj_trace_module(m, x, &g));
@@ -685,8 +675,7 @@ Test(graphs_ops, modules_mirror_torch_nn) {
     free(buf);
     /* Flatten is a reshape, Dropout and Identity trace to nothing */
     int64_t s[3] = {2, 2, 4};
-    mj_rng rng;
-    mj_rng_seed(&rng, 14);
+    mj_rng rng = mjt_rng(14);
     mj_tensor *x = randn(3, s, &rng);
     mj_graph *g = NULL;
     OK(mj_trace_module(seq, x, &g));
@@ -872,8 +861,7 @@ static void check_model(mj_module *m, int64_t d, bool expect_sparse, const char 
 }
 
 Test(graphs_ops, llama_mlp_with_rmsnorm_and_silu_gate_in_every_mode) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 20);
+    mj_rng rng = mjt_rng(20);
     mj_module *m = llama_mlp(96, 256, 0.2f, &rng);
     check_model(m, 96, true, "LLaMA MLP", &rng);
     mj_module_free(m);
@@ -885,8 +873,7 @@ Test(graphs_ops, llama_mlp_with_rmsnorm_and_silu_gate_in_every_mode) {
 }
 
 Test(graphs_ops, residual_mlp_with_layer_norm_in_every_mode) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 22);
+    mj_rng rng = mjt_rng(22);
     mj_module *m = residual_mlp(80, 200, 0.25f, &rng);
     check_model(m, 80, true, "residual MLP", &rng);
     mj_module_free(m);
@@ -895,8 +882,7 @@ Test(graphs_ops, residual_mlp_with_layer_norm_in_every_mode) {
 /* A parameter changed after compiling shows up in live mode (layer_norm's
  * weight is read in place). */
 Test(graphs_ops, live_mode_sees_new_layer_norm_weights) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 23);
+    mj_rng rng = mjt_rng(23);
     mj_module *ln = NULL;
     OK(mj_layer_norm_new(&ln, 12, 1e-5f, true, true));
     int64_t s[2] = {5, 12};
@@ -921,8 +907,7 @@ Test(graphs_ops, live_mode_sees_new_layer_norm_weights) {
 }
 
 Test(graphs_ops, silu_models_from_specs_fuse_into_linear_act) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 24);
+    mj_rng rng = mjt_rng(24);
     mj_module *m = NULL;
     OK(mj_model_from_spec("mlp:12,100,12:act=silu", &rng, &m));
     int64_t s[2] = {2, 12};
@@ -943,8 +928,7 @@ Test(graphs_ops, silu_models_from_specs_fuse_into_linear_act) {
 /* fold evaluates the new ops with the eager kernels; cse tells attributes
  * apart; simplify keeps them. */
 Test(graphs_ops, passes_know_the_attributes) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 25);
+    mj_rng rng = mjt_rng(25);
     mj_graph *g = new_graph();
     int32_t x = input(g, ty(2, B, 6, 0));
     int32_t c = leaf(g, MJ_OP_CONST, "c", ty(2, 4, 6, 0), &rng);
@@ -985,8 +969,7 @@ Test(graphs_ops, passes_know_the_attributes) {
  * columns (few rows; the other ops on one thread between barriers): still
  * eager's bits. */
 Test(graphs_ops, threads_keep_the_bits) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 26);
+    mj_rng rng = mjt_rng(26);
     mj_module *m = llama_mlp(256, 1024, 0.6f, &rng);
     int64_t es[2] = {3, 256};
     mj_tensor *ex = randn(2, es, &rng);
@@ -996,8 +979,7 @@ Test(graphs_ops, threads_keep_the_bits) {
     mj_compile_options o;
     mj_compile_options_init(&o);
     o.threads = 2;
-    mj_compiled *c = NULL;
-    OK(mj_jit_compile(jit, g, &o, &c));
+    mj_compiled *c = mjt_compile_with(jit, g, &o);
     static const int64_t batches[] = {1, 3, 64};
     for (int bi = 0; bi < 3; bi++) {
         int64_t s[2] = {batches[bi], 256};

@@ -21,8 +21,7 @@ static mj_graph *parse_ok(const char *text) {
 }
 
 static mj_tensor *randn(int rank, const int64_t *shape, uint64_t seed) {
-    mj_rng rng;
-    mj_rng_seed(&rng, seed);
+    mj_rng rng = mjt_rng(seed);
     mj_tensor *t;
     OK(mj_tensor_randn(&t, rank, shape, &rng));
     return t;

@@ -15,6 +15,7 @@
 #include "model_gen.h"
 #include "test_graph_util.h"
 #include "test_util.h"
+#include "thread_util.h"
 
 MJT_JIT_FIXTURE
 
@@ -94,12 +95,34 @@ static mj_graph *new_graph(void) {
 }
 
 static void out(mj_graph *g, int32_t id) { cr_assert_eq(mj_graph_add_output(g, id), MJ_OK, "%s", mj_last_error()); }
+static double check_model(mj_compiled *c, mj_module *m, const mj_tensor *x, mjt_mode md, const char *what);
+
+/* y = o(x, w) (with act) for x: f32[B,16] and a random param w of type wt. */
+static mj_graph *x_w_graph(mj_op o, mj_act act, mj_type wt, mj_rng *rng) {
+    mj_graph *g = new_graph();
+    int32_t x = input(g, ty(2, B, 16, 0));
+    int32_t w = leaf(g, MJ_OP_PARAM, "w", wt, rng);
+    out(g, op(g, o, 2, x, w, -1, act, NULL));
+    return g;
+}
+
+/* c against eager m (check_model) at each of the n batches, on inputs
+ * f32[batch, in] from rng. */
+static void check_batches(mj_compiled *c, mj_module *m, int64_t in, const int64_t *batches, size_t n, mjt_mode md,
+                          const char *what, mj_rng *rng) {
+    for (size_t bi = 0; bi < n; bi++) {
+        int64_t xs[2] = {batches[bi], in};
+        mj_tensor *x;
+        OK(mj_tensor_randn(&x, 2, xs, rng));
+        check_model(c, m, x, md, what);
+        mj_tensor_release(x);
+    }
+}
 
 /* ---- per op ------------------------------------------------------------- */
 
 Test(jit, op_linear_with_and_without_bias) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 1);
+    mj_rng rng = mjt_rng(1);
     for (int bias = 0; bias < 2; bias++) {
         mj_graph *g = new_graph();
         int32_t x = input(g, ty(2, B, 16, 0));
@@ -111,8 +134,7 @@ Test(jit, op_linear_with_and_without_bias) {
 }
 
 Test(jit, op_linear_rank3_input_and_wide_layer) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 2);
+    mj_rng rng = mjt_rng(2);
     mj_graph *g = new_graph();
     int32_t x = input(g, ty(3, B, 5, 70));
     int32_t w = leaf(g, MJ_OP_PARAM, "w", ty(2, 133, 70, 0), &rng);
@@ -122,8 +144,7 @@ Test(jit, op_linear_rank3_input_and_wide_layer) {
 }
 
 Test(jit, op_linear_act_every_activation) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 3);
+    mj_rng rng = mjt_rng(3);
     for (mj_act a = MJ_ACT_RELU; a < MJ_ACT_COUNT; a++) {
         mj_graph *g = new_graph();
         int32_t x = input(g, ty(2, B, 24, 0));
@@ -136,8 +157,7 @@ Test(jit, op_linear_act_every_activation) {
 
 /* A weight computed from the input is read in place ([out][in]). */
 Test(jit, op_linear_with_input_dependent_weight) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 4);
+    mj_rng rng = mjt_rng(4);
     mj_graph *g = new_graph();
     int32_t x = input(g, ty(2, B, 16, 0));
     int32_t r = op(g, MJ_OP_RELU, 1, x, -1, -1, MJ_ACT_NONE, NULL);
@@ -146,25 +166,20 @@ Test(jit, op_linear_with_input_dependent_weight) {
 }
 
 Test(jit, op_matmul_param_and_batch_inner_dim) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 5);
-    mj_graph *g = new_graph();
-    int32_t x = input(g, ty(2, B, 16, 0));
-    int32_t w = leaf(g, MJ_OP_PARAM, "w", ty(2, 16, 9, 0), &rng);
-    out(g, op(g, MJ_OP_MATMUL, 2, x, w, -1, MJ_ACT_NONE, NULL));
+    mj_rng rng = mjt_rng(5);
+    mj_graph *g = x_w_graph(MJ_OP_MATMUL, MJ_ACT_NONE, ty(2, 16, 9, 0), &rng);
     check_graph_all_modes(g, "matmul x w", &rng);
 
     /* x^T @ x: the inner dim is the batch */
     g = new_graph();
-    x = input(g, ty(2, B, 7, 0));
+    int32_t x = input(g, ty(2, B, 7, 0));
     int32_t t = op(g, MJ_OP_TRANSPOSE, 1, x, -1, -1, MJ_ACT_NONE, NULL);
     out(g, op(g, MJ_OP_MATMUL, 2, t, x, -1, MJ_ACT_NONE, NULL));
     check_graph_all_modes(g, "matmul x^T x", &rng);
 }
 
 Test(jit, op_elementwise_with_broadcasting) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 6);
+    mj_rng rng = mjt_rng(6);
     const mj_op ops_[3] = {MJ_OP_ADD, MJ_OP_SUB, MJ_OP_MUL};
     for (int i = 0; i < 3; i++) {
         /* same shape, a row vector, a [4,1] column against [B,4,5], and a param on the left */
@@ -181,8 +196,7 @@ Test(jit, op_elementwise_with_broadcasting) {
 }
 
 Test(jit, op_activations) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 7);
+    mj_rng rng = mjt_rng(7);
     const mj_op acts[5] = {MJ_OP_RELU, MJ_OP_GELU, MJ_OP_GELU_TANH, MJ_OP_SIGMOID, MJ_OP_TANH};
     for (int i = 0; i < 5; i++) {
         mj_graph *g = new_graph();
@@ -219,8 +233,7 @@ Test(jit, activations_special_values_bitwise) {
 }
 
 Test(jit, op_transpose_reshape_expand) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 8);
+    mj_rng rng = mjt_rng(8);
     mj_graph *g = new_graph();
     int32_t x = input(g, ty(2, B, 8, 0));
     out(g, op(g, MJ_OP_TRANSPOSE, 1, x, -1, -1, MJ_ACT_NONE, NULL));
@@ -298,8 +311,7 @@ static double check_model(mj_compiled *c, mj_module *m, const mj_tensor *x, mjt_
 
 /* The seed's test_jit_trace, through the compiled path. */
 Test(jit, seed_model_trace_compiled_equals_eager) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 9);
+    mj_rng rng = mjt_rng(9);
     int64_t ex[2] = {3, 16};
     for (int bias = 0; bias < 2; bias++) {
         mj_module *m = seed_model(bias);
@@ -336,8 +348,7 @@ Test(jit, perf_profiling_layer_runs_the_same_code) {
     mj_status s = mj_jit_new(&pj);
     unsetenv("MASKJIT_PERF");
     OK(s);
-    mj_rng rng;
-    mj_rng_seed(&rng, 30);
+    mj_rng rng = mjt_rng(30);
     int64_t ex[2] = {3, 16};
     mj_module *m = seed_model(1);
     mj_graph *g = trace(m, 2, ex);
@@ -346,8 +357,7 @@ Test(jit, perf_profiling_layer_runs_the_same_code) {
         mj_compile_options_init(&o);
         o.frozen = mjt_modes[mi].frozen;
         o.use_cache = false; /* a cache hit would skip the listener */
-        mj_compiled *c = NULL;
-        OK(mj_jit_compile(pj, g, &o, &c));
+        mj_compiled *c = mjt_compile_with(pj, g, &o);
         mj_tensor *x;
         OK(mj_tensor_randn(&x, 2, ex, &rng));
         check_model(c, m, x, mjt_modes[mi], "seed model through the perf layer");
@@ -366,8 +376,7 @@ Test(jit, perf_profiling_layer_runs_the_same_code) {
 }
 
 Test(jit, random_models_equal_eager) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 2024);
+    mj_rng rng = mjt_rng(2024);
     int n_models = scaled(60);
     static const int64_t batches[] = {1, 4, 33};
     double max_fast = 0;
@@ -406,8 +415,7 @@ Test(jit, random_models_equal_eager) {
 /* Live: a weight and a mask changed after compiling are honoured; frozen
  * keeps the values it was compiled with. */
 Test(jit, live_mode_sees_weight_and_mask_changes_frozen_does_not) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 10);
+    mj_rng rng = mjt_rng(10);
     int64_t ex[2] = {3, 16};
     mj_module *m = seed_model(true);
     mj_graph *g = trace(m, 2, ex);
@@ -455,12 +463,8 @@ Test(jit, live_mode_sees_weight_and_mask_changes_frozen_does_not) {
 /* ---- guards ---------------------------------------------------------------- */
 
 Test(jit, shape_guards_reject_bad_calls_with_messages) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 11);
-    mj_graph *g = new_graph();
-    int32_t x = input(g, ty(2, B, 16, 0));
-    int32_t w = leaf(g, MJ_OP_PARAM, "w", ty(2, 8, 16, 0), &rng);
-    out(g, op(g, MJ_OP_LINEAR, 2, x, w, -1, MJ_ACT_NONE, NULL));
+    mj_rng rng = mjt_rng(11);
+    mj_graph *g = x_w_graph(MJ_OP_LINEAR, MJ_ACT_NONE, ty(2, 8, 16, 0), &rng);
     mj_compiled *c = mjt_compile(jit, g, mjt_modes[0]);
 
     mj_tensor *bad, *y = NULL;
@@ -519,8 +523,6 @@ Test(jit, compile_rejects_bad_graphs_and_options) {
     cr_assert_null(c);
     mj_graph_free(g);
     /* bad options */
-    mj_rng rng;
-    mj_rng_seed(&rng, 1);
     g = new_graph();
     x = input(g, ty(2, B, 4, 0));
     out(g, op(g, MJ_OP_RELU, 1, x, -1, -1, MJ_ACT_NONE, NULL));
@@ -544,8 +546,7 @@ static long rss_kb(void) {
 }
 
 Test(jit, compile_and_free_many_graphs_does_not_grow) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 12);
+    mj_rng rng = mjt_rng(12);
     int n = scaled(1000), half = n / 2;
     long after_first = 0;
     for (int i = 0; i < n; i++) {
@@ -567,30 +568,17 @@ Test(jit, compile_and_free_many_graphs_does_not_grow) {
                  after_all - after_first, n - half);
 }
 
-typedef struct thread_arg {
-    mj_compiled *c;
-    const mj_tensor *x, *want;
-    int iters;
-    int bad;
-} thread_arg;
-
-static void *thread_main(void *p) {
-    thread_arg *a = p;
-    for (int i = 0; i < a->iters; i++) {
-        mj_tensor *y;
-        if (mj_compiled_run(a->c, a->x, &y) != MJ_OK) {
-            a->bad++;
-            continue;
-        }
-        if (!mj_tensor_equal(y, a->want)) a->bad++;
-        mj_tensor_release(y);
-    }
-    return NULL;
+/* n callers of c on x (iters calls each) must all get want. */
+static void assert_callers_agree(mj_compiled *c, mj_tensor *x, mj_tensor *want, int n, int iters) {
+    mjt_call_arg args[8];
+    cr_assert_leq(n, 8);
+    for (int i = 0; i < n; i++) args[i] = (mjt_call_arg){.c = c, .x = x, .want = want, .kind = MJT_CALL_COMPILED, .iters = iters};
+    cr_assert(mjt_run_threads(n, mjt_call_main, args, sizeof *args), "pthread_create failed");
+    for (int i = 0; i < n; i++) cr_assert_eq(args[i].bad, 0, "thread %d: %d bad results (%s)", i, args[i].bad, args[i].err);
 }
 
 Test(jit, eight_threads_share_one_compiled_model) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 13);
+    mj_rng rng = mjt_rng(13);
     mj_module *m;
     OK(mj_model_from_spec("mlp:64,96,96,10:act=gelu", &rng, &m));
     OK(mj_model_apply_masks(m, NULL, 0.5, &rng));
@@ -601,16 +589,7 @@ Test(jit, eight_threads_share_one_compiled_model) {
     OK(mj_tensor_randn(&x, 2, xs, &rng));
     cr_assert_eq(mj_compiled_run(c, x, &want), MJ_OK); /* single-threaded reference */
     check_model(c, m, x, mjt_modes[0], "mlp");
-    pthread_t th[8];
-    thread_arg args[8];
-    for (int i = 0; i < 8; i++) {
-        args[i] = (thread_arg){.c = c, .x = x, .want = want, .iters = scaled(500)};
-        cr_assert_eq(pthread_create(&th[i], NULL, thread_main, &args[i]), 0);
-    }
-    for (int i = 0; i < 8; i++) {
-        pthread_join(th[i], NULL);
-        cr_assert_eq(args[i].bad, 0, "thread %d: %d bad results", i, args[i].bad);
-    }
+    assert_callers_agree(c, x, want, 8, scaled(500));
     mj_tensor_release(x);
     mj_tensor_release(want);
     mj_compiled_free(c);
@@ -630,12 +609,8 @@ static char *dump(mj_compiled *c, const char *what) {
 }
 
 Test(jit, dump_ir_and_asm) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 14);
-    mj_graph *g = new_graph();
-    int32_t x = input(g, ty(2, B, 16, 0));
-    int32_t w = leaf(g, MJ_OP_PARAM, "w", ty(2, 16, 16, 0), &rng);
-    out(g, op(g, MJ_OP_LINEAR_ACT, 2, x, w, -1, MJ_ACT_SIGMOID, NULL));
+    mj_rng rng = mjt_rng(14);
+    mj_graph *g = x_w_graph(MJ_OP_LINEAR_ACT, MJ_ACT_SIGMOID, ty(2, 16, 16, 0), &rng);
     mj_compiled *c = mjt_compile(jit, g, mjt_modes[0]);
     char *ir = dump(c, "ir");
     cr_assert(strstr(ir, "define") && strstr(ir, "mj_body_"), "%.300s", ir);
@@ -667,8 +642,7 @@ Test(jit, dump_ir_and_asm) {
  * GEMM micro-kernels with partial panels and vectors, and k blocking
  * (K = 1000). */
 Test(jit, kernels_tile_edges_against_interpreter) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 15);
+    mj_rng rng = mjt_rng(15);
     /* {20, 9000}: x rows so long that batch 33 spans two of the GEMM's
      * row blocks (sized from the L2 cache) on any L2 up to 3 MiB */
     static const int64_t shapes[][2] = {{1, 1},      {15, 17},    {33, 15},    {16, 64},  {17, 300},
@@ -715,8 +689,7 @@ Test(jit, kernels_tile_edges_against_interpreter) {
 /* A chain of small layers (one fused kernel) and a chain mixing small and
  * wide layers, traced from a model, at odd batches. */
 Test(jit, kernels_fused_chains_equal_eager) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 16);
+    mj_rng rng = mjt_rng(16);
     static const char *specs[] = {"mlp:16,16,16,16", "mlp:7,33,9,64,5:act=gelu", "mlp:20,100,20,70:act=relu"};
     static const int64_t batches[] = {1, 2, 3, 4, 17, 33};
     for (int si = 0; si < 3; si++) {
@@ -727,13 +700,7 @@ Test(jit, kernels_fused_chains_equal_eager) {
         mj_graph *g = trace(m, 2, ex);
         for (int mi = 0; mi < 4; mi++) {
             mj_compiled *c = mjt_compile(jit, g, mjt_modes[mi]);
-            for (size_t bi = 0; bi < sizeof batches / sizeof *batches; bi++) {
-                int64_t xs[2] = {batches[bi], in};
-                mj_tensor *x;
-                OK(mj_tensor_randn(&x, 2, xs, &rng));
-                check_model(c, m, x, mjt_modes[mi], specs[si]);
-                mj_tensor_release(x);
-            }
+            check_batches(c, m, in, batches, sizeof batches / sizeof *batches, mjt_modes[mi], specs[si], &rng);
             mj_compiled_free(c);
         }
         mj_graph_free(g);
@@ -746,8 +713,7 @@ Test(jit, kernels_fused_chains_equal_eager) {
  * K of 12 (one vector), 20 and 32 (two), rows left with no weight at all
  * (density 0.1 at K = 12), the seed's identity masks. */
 Test(jit, frozen_small_layers_skip_zero_weights_per_lane) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 21);
+    mj_rng rng = mjt_rng(21);
     static const struct {
         const char *spec;
         double density;
@@ -802,8 +768,7 @@ static mj_compiled *compile_threads(mj_jit *j, const mj_graph *g, mjt_mode m, in
  * (jit/lower.c, jit/compiled.c). Same bits as one thread and as eager, for
  * dense, sparse-frozen and small layers mixed, at 2 and 4 threads. */
 Test(jit, column_split_threads_are_bit_identical, .timeout = 120) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 23);
+    mj_rng rng = mjt_rng(23);
     static const struct {
         const char *spec;
         double density;
@@ -851,8 +816,7 @@ Test(jit, column_split_threads_are_bit_identical, .timeout = 120) {
  * interpreter in exact mode), at batches around the split points; a live
  * weight change is seen by the pooled calls too. */
 Test(jit, threads_are_bit_identical_to_one_thread) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 17);
+    mj_rng rng = mjt_rng(17);
     mj_module *m;
     OK(mj_model_from_spec("mlp:256,300,256:act=relu", &rng, &m));
     OK(mj_model_apply_masks(m, NULL, 0.5, &rng));
@@ -909,8 +873,7 @@ Test(jit, threads_are_bit_identical_to_one_thread) {
 /* Many callers on one pooled compiled model: one uses the pool, the others
  * run on their own threads; every result is right. */
 Test(jit, threads_pool_shared_by_concurrent_callers) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 18);
+    mj_rng rng = mjt_rng(18);
     mj_module *m;
     OK(mj_model_from_spec("mlp:128,128,128:act=tanh", &rng, &m));
     int64_t ex[2] = {2, 128}, xs[2] = {150, 128};
@@ -919,16 +882,7 @@ Test(jit, threads_pool_shared_by_concurrent_callers) {
     mj_tensor *x, *want;
     OK(mj_tensor_randn(&x, 2, xs, &rng));
     OK(mj_module_forward(m, x, &want));
-    pthread_t th[4];
-    thread_arg args[4];
-    for (int i = 0; i < 4; i++) {
-        args[i] = (thread_arg){.c = c, .x = x, .want = want, .iters = scaled(100)};
-        cr_assert_eq(pthread_create(&th[i], NULL, thread_main, &args[i]), 0);
-    }
-    for (int i = 0; i < 4; i++) {
-        pthread_join(th[i], NULL);
-        cr_assert_eq(args[i].bad, 0, "thread %d: %d bad results", i, args[i].bad);
-    }
+    assert_callers_agree(c, x, want, 4, scaled(100));
     mj_tensor_release(x);
     mj_tensor_release(want);
     mj_compiled_free(c);
@@ -942,8 +896,7 @@ Test(jit, avx2_code_path_via_forced_features) {
     cr_assert_eq(setenv("MASKJIT_JIT_FEATURES", "+avx,+avx2,+fma,+f16c,+bmi,+bmi2,+popcnt,+sse4.2,-avx512f", 1), 0);
     mj_jit *j2;
     OK(mj_jit_new(&j2));
-    mj_rng rng;
-    mj_rng_seed(&rng, 19);
+    mj_rng rng = mjt_rng(19);
     /* the third is masked at 10%: its frozen layers go to the sparse kernel,
      * which must follow the JIT's target too */
     static const char *specs[] = {"mlp:16,16,16,16", "mlp:100,130,33:act=gelu", "mlp:128,160,96:act=relu"};
@@ -966,13 +919,7 @@ Test(jit, avx2_code_path_via_forced_features) {
                 cr_assert(strstr(ir, ".sparse"), "%s (%s): expected the sparse kernel", specs[si], mjt_modes[mi].name);
             free(ir);
             static const int64_t batches[] = {1, 7, 40};
-            for (int bi = 0; bi < 3; bi++) {
-                int64_t xs[2] = {batches[bi], in};
-                mj_tensor *x;
-                OK(mj_tensor_randn(&x, 2, xs, &rng));
-                check_model(c, m, x, mjt_modes[mi], specs[si]);
-                mj_tensor_release(x);
-            }
+            check_batches(c, m, in, batches, 3, mjt_modes[mi], specs[si], &rng);
             mj_compiled_free(c);
         }
         mj_graph_free(g);

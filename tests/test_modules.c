@@ -16,13 +16,6 @@ static mj_tensor *get(mj_module *m, const char *name) {
     return t;
 }
 
-static mj_tensor *randn2(int64_t r, int64_t c, mj_rng *rng) {
-    mj_tensor *t;
-    int64_t s[2] = {r, c};
-    OK(mj_tensor_randn(&t, 2, s, rng));
-    return t;
-}
-
 /* y[i][o] = sum_k x[i][k] * w[o][k] + b[o], ascending k from +0 with one
  * rounding per term (fmaf), as docs/numerics.md defines (naive). */
 static void naive_linear(const float *x, const float *w, const float *b, float *y, int n,
@@ -72,12 +65,11 @@ Test(modules, linear_init_draws_weight_then_bias_from_rng) {
 }
 
 Test(modules, linear_forward_matches_naive_loop) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 1);
+    mj_rng rng = mjt_rng(1);
     for (int bias = 0; bias < 2; bias++) {
         mj_module *lin;
         OK(mj_linear_new(&lin, 7, 4, bias, &rng));
-        mj_tensor *x = randn2(3, 7, &rng), *y, *w = get(lin, "weight"), *b = NULL;
+        mj_tensor *x = mjt_randn2(3, 7, &rng), *y, *w = get(lin, "weight"), *b = NULL;
         if (bias) b = get(lin, "bias");
         OK(mj_module_forward(lin, x, &y));
         float ref[12];
@@ -87,7 +79,7 @@ Test(modules, linear_forward_matches_naive_loop) {
         cr_assert_eq(mj_tensor_dim(y, 1), 4);
         for (int i = 0; i < 12; i++) cr_assert_eq(mj_tensor_data(y)[i], ref[i], "y[%d]", i);
         mj_tensor_release(y);
-        mj_tensor *x8 = randn2(3, 8, &rng);
+        mj_tensor *x8 = mjt_randn2(3, 8, &rng);
         FAILS(mj_module_forward(lin, x8, &y), MJ_ERR_SHAPE, "x has shape [3, 8]");
         cr_assert(strstr(mj_last_error(), "[4, 7]"), "%s", mj_last_error());
         mj_tensor_release(x8);
@@ -101,8 +93,7 @@ Test(modules, linear_forward_matches_naive_loop) {
 /* ---- Sequential and activations ------------------------------------------- */
 
 Test(modules, sequential_chains_children) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 2);
+    mj_rng rng = mjt_rng(2);
     mj_module *mods[3];
     OK(mj_linear_new(&mods[0], 4, 6, true, &rng));
     OK(mj_activation_module_new(&mods[1], MJ_ACT_TANH));
@@ -122,7 +113,7 @@ Test(modules, sequential_chains_children) {
     cr_assert_null(mj_module_find(seq, ".0"));
     cr_assert_null(mj_module_child_at(seq, 3, NULL));
 
-    mj_tensor *x = randn2(2, 4, &rng), *y;
+    mj_tensor *x = mjt_randn2(2, 4, &rng), *y;
     OK(mj_module_forward(seq, x, &y));
     mj_tensor *w0 = get(mods[0], "weight"), *b0 = get(mods[0], "bias"), *w2 = get(mods[2], "weight");
     float h[12], t[12], ref[4];
@@ -132,7 +123,7 @@ Test(modules, sequential_chains_children) {
     for (int i = 0; i < 4; i++) cr_assert_eq(mj_tensor_data(y)[i], ref[i], "y[%d]", i);
 
     /* a child's error names the child */
-    mj_tensor *bad = randn2(2, 5, &rng), *yy;
+    mj_tensor *bad = mjt_randn2(2, 5, &rng), *yy;
     FAILS(mj_module_forward(seq, bad, &yy), MJ_ERR_SHAPE, "child '0'");
     mj_tensor_release(bad);
 
@@ -162,9 +153,8 @@ Test(modules, activations_match_pytorch_repr_and_kernel) {
         {MJ_ACT_NONE, "Identity", "Identity()\n"},
     };
     cr_assert_eq(sizeof cases / sizeof cases[0], MJ_ACT_COUNT, "a case per activation");
-    mj_rng rng;
-    mj_rng_seed(&rng, 3);
-    mj_tensor *x = randn2(2, 5, &rng);
+    mj_rng rng = mjt_rng(3);
+    mj_tensor *x = mjt_randn2(2, 5, &rng);
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
         mj_module *m;
         OK(mj_activation_module_new(&m, cases[c].act));
@@ -211,8 +201,7 @@ Test(modules, user_module_names_and_errors) {
     OK(mj_module_new(&u, "MyNet", double_forward, malloc(8), free_counter));
     cr_assert_str_eq(mj_module_type(u), "MyNet");
     cr_assert_not_null(mj_module_user(u));
-    mj_rng rng;
-    mj_rng_seed(&rng, 4);
+    mj_rng rng = mjt_rng(4);
     mj_module *a, *b;
     OK(mj_linear_new(&a, 2, 2, true, &rng));
     OK(mj_linear_new(&b, 2, 2, true, &rng));
@@ -308,13 +297,12 @@ Test(modules, walk_is_depth_first_with_dotted_paths) {
 /* ---- models ------------------------------------------------------------- */
 
 Test(modules, model_under_test_forward_matches_naive_loop) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 5);
+    mj_rng rng = mjt_rng(5);
     for (int bias = 0; bias < 2; bias++) {
         mj_module *m;
         OK(mj_model_under_test_new(&m, bias));
         cr_assert_str_eq(mj_module_type(m), "ModelUnderTest");
-        mj_tensor *x = randn2(3, 16, &rng), *y;
+        mj_tensor *x = mjt_randn2(3, 16, &rng), *y;
         OK(mj_module_forward(m, x, &y));
         float h[48], next[48], w[256], b[16];
         memcpy(h, mj_tensor_data(x), sizeof h);
@@ -337,8 +325,7 @@ Test(modules, model_under_test_forward_matches_naive_loop) {
 }
 
 Test(modules, mlp_spec_builds_pytorch_names_and_shapes) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 6);
+    mj_rng rng = mjt_rng(6);
     mj_module *m;
     OK(mj_model_from_spec("mlp:4,8,2", &rng, &m));
     /* PyTorch: [('0.weight', (8, 4)), ('0.bias', (8,)), ('2.weight', (2, 8)), ('2.bias', (2,))] */
@@ -403,8 +390,7 @@ Test(modules, mlp_spec_builds_pytorch_names_and_shapes) {
 }
 
 Test(modules, bad_specs_are_format_errors_quoting_the_bad_part) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 7);
+    mj_rng rng = mjt_rng(7);
     const struct {
         const char *spec, *needle;
     } cases[] = {

@@ -57,20 +57,8 @@ static int64_t first_exact_mismatch(const mj_tensor *got, const mj_tensor *want)
 
 /* ---- models ---------------------------------------------------------------- */
 
-/* Overwrites the tensor named key (a parameter or buffer, PyTorch's name)
- * with data, through mj_tensor_data_mut (which bumps its version). */
-static void set_tensor(mj_module *m, const char *key, const float *data) {
-    mj_tensor_dict *p = NULL, *b = NULL;
-    OK(mj_module_named_parameters(m, &p));
-    OK(mj_module_named_buffers(m, &b));
-    mj_tensor *t = mj_tensor_dict_get(p, key);
-    if (!t) t = mj_tensor_dict_get(b, key);
-    cr_assert_not_null(t, "no tensor '%s'", key);
-    memcpy(mj_tensor_data_mut(t), data, (size_t)mj_tensor_numel(t) * sizeof(float));
-    mj_tensor_dict_free(p);
-    mj_tensor_dict_free(b);
-}
-
+/* The tensor named key (a parameter or buffer, PyTorch's name): a new
+ * reference. */
 static mj_tensor *tensor_of(mj_module *m, const char *key) {
     mj_tensor_dict *p = NULL, *b = NULL;
     OK(mj_module_named_parameters(m, &p));
@@ -84,11 +72,18 @@ static mj_tensor *tensor_of(mj_module *m, const char *key) {
     return t;
 }
 
+/* Overwrites the tensor named key with data, through mj_tensor_data_mut
+ * (which bumps its version). */
+static void set_tensor(mj_module *m, const char *key, const float *data) {
+    mj_tensor *t = tensor_of(m, key);
+    memcpy(mj_tensor_data_mut(t), data, (size_t)mj_tensor_numel(t) * sizeof(float));
+    mj_tensor_release(t);
+}
+
 /* The model a spec names, with FakeSparsity masks of all ones registered on
  * every weight (so "N.parametrizations.weight.0.mask" exists to be set). */
 static mj_module *masked_model(const char *spec) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 5);
+    mj_rng rng = mjt_rng(5);
     mj_module *m = NULL;
     OK(mj_model_from_spec(spec, &rng, &m));
     OK(mj_model_apply_masks(m, NULL, 0.999999, &rng));
@@ -121,8 +116,7 @@ static mj_compiled *compile(const mj_graph *g, bool frozen, mj_numeric_mode nume
     o.numeric = numeric;
     o.threads = 1;
     o.use_cache = false; /* test the compiler, not a cached object */
-    mj_compiled *c = NULL;
-    OK(mj_jit_compile(jit, g, &o, &c));
+    mj_compiled *c = mjt_compile_with(jit, g, &o);
     return c;
 }
 
@@ -183,8 +177,7 @@ Test(numerics_rel, zero_mask_over_nan_weight_is_nan_on_every_path) {
  * NaN. Every path must agree with eager: exact paths per exact mode's rule,
  * fast paths within tolerance with NaN in the same places. */
 static void check_planted(const char *spec, int n_layers, const int64_t *widths, double density) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 77);
+    mj_rng rng = mjt_rng(77);
     mj_module *m = NULL;
     OK(mj_model_from_spec(spec, &rng, &m));
     OK(mj_model_apply_masks(m, NULL, density, &rng));
@@ -253,8 +246,7 @@ Test(numerics_rel, zero_mask_over_nan_and_inf_in_every_kernel) {
  * change the live compiled output must equal eager's again, and differ from
  * the output before the change (so the change was seen). */
 static void follow_every_param(const char *spec, int64_t in, double density, bool fast) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 11);
+    mj_rng rng = mjt_rng(11);
     mj_module *m = NULL;
     OK(mj_model_from_spec(spec, &rng, &m));
     if (density < 1) OK(mj_model_apply_masks(m, NULL, density, &rng));
@@ -357,8 +349,7 @@ static mj_graph *random_graph(mj_rng *rng, int *n_swapped_subs) {
 /* cse must leave every output bitwise as the interpreter computed it
  * before, on random graphs where sub(a, b) and sub(b, a) sit side by side. */
 Test(numerics_rel, cse_on_random_graphs_with_sub_keeps_the_outputs) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 0xc5e);
+    mj_rng rng = mjt_rng(0xc5e);
     int swapped = 0, merged = 0;
     for (int trial = 0; trial < 200; trial++) {
         mj_graph *g = random_graph(&rng, &swapped), *ref = NULL;
@@ -483,8 +474,7 @@ Test(numerics_rel, check_verdict_needs_every_path_and_exact_bits) {
  * where eager does and eager's bits everywhere else; which NaN is not
  * asked. */
 static void check_two_nans(const char *spec, int64_t in, int64_t out, double density) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 3);
+    mj_rng rng = mjt_rng(3);
     mj_module *m = NULL;
     OK(mj_model_from_spec(spec, &rng, &m));
     OK(mj_model_apply_masks(m, NULL, density, &rng));

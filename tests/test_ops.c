@@ -50,8 +50,7 @@ Test(ops, matmul_and_linear_hand_worked) {
  * for bit. */
 static float (*volatile ref_fmaf)(float, float, float) = fmaf;
 Test(ops, linear_follows_documented_summation_order) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 7);
+    mj_rng rng = mjt_rng(7);
     int64_t xs[3] = {2, 3, 37}, ws[2] = {19, 37}, bs[1] = {19};
     mj_tensor *x, *w, *b, *y;
     mj_tensor_randn(&x, 3, xs, &rng);
@@ -139,8 +138,7 @@ Test(ops, broadcasting_like_numpy) {
 }
 
 Test(ops, activations_match_double_precision_formulas) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 3);
+    mj_rng rng = mjt_rng(3);
     int64_t n[1] = {257};
     mj_tensor *x;
     mj_tensor_randn(&x, 1, n, &rng);

@@ -90,8 +90,7 @@ static void assert_keys(const mj_tensor_dict *d, const char *const *keys, int n)
 }
 
 static mj_module *linear(int64_t in, int64_t out, bool bias, uint64_t seed) {
-    mj_rng rng;
-    mj_rng_seed(&rng, seed);
+    mj_rng rng = mjt_rng(seed);
     mj_module *m;
     OK(mj_linear_new(&m, in, out, bias, &rng));
     return m;
@@ -100,8 +99,7 @@ static mj_module *linear(int64_t in, int64_t out, bool bias, uint64_t seed) {
 /* ---- chains --------------------------------------------------------------- */
 
 Test(parametrize, chain_mask_then_scale) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 3);
+    mj_rng rng = mjt_rng(3);
     mj_module *lin = linear(4, 3, true, 11);
     mj_tensor *w_obj = get(lin, "weight");
     mj_tensor *w0 = clone(w_obj);
@@ -139,8 +137,7 @@ Test(parametrize, chain_mask_then_scale) {
 }
 
 Test(parametrize, order_of_registration_matters) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 5);
+    mj_rng rng = mjt_rng(5);
     mj_module *a = linear(4, 3, false, 1), *b = linear(4, 3, false, 1);
     mj_tensor *w = get(a, "weight");
     mj_tensor *mask = random_mask(3, 4, &rng);
@@ -167,8 +164,7 @@ Test(parametrize, order_of_registration_matters) {
 }
 
 Test(parametrize, remove_leave_parametrized_bakes_value_into_original_object) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 9);
+    mj_rng rng = mjt_rng(9);
     mj_module *lin = linear(4, 3, true, 2);
     mj_tensor *w_obj = get(lin, "weight");
     mj_tensor *w0 = clone(w_obj);
@@ -205,8 +201,7 @@ Test(parametrize, remove_leave_parametrized_bakes_value_into_original_object) {
 }
 
 Test(parametrize, remove_not_leave_parametrized_restores_original) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 10);
+    mj_rng rng = mjt_rng(10);
     mj_module *lin = linear(4, 3, false, 3);
     mj_tensor *w0 = get(lin, "weight");
     mj_tensor *copy = clone(w0);
@@ -263,8 +258,7 @@ Test(parametrize, right_inverse_at_registration_and_assignment) {
 }
 
 Test(parametrize, assignment_through_fake_sparsity_is_refused) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 12);
+    mj_rng rng = mjt_rng(12);
     mj_module *lin = linear(4, 3, false, 5);
     mj_tensor *mask = random_mask(3, 4, &rng);
     OK(mj_register_parametrization(lin, "weight", new_mask(mask)));

@@ -22,21 +22,8 @@
 #define MJ_SOURCE_ROOT "."
 #endif
 
-static char *read_text(const char *path) {
-    FILE *f = fopen(path, "rb");
-    cr_assert_not_null(f, "cannot open %s", path);
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *s = malloc((size_t)n + 1);
-    cr_assert_eq(fread(s, 1, (size_t)n, f), (size_t)n);
-    s[n] = '\0';
-    fclose(f);
-    return s;
-}
-
 static mj_graph *parse_file(const char *path) {
-    char *text = read_text(path);
+    char *text = mjt_read_file(path, NULL);
     mj_graph *g = NULL;
     mj_status s = mj_graph_parse(text, &g);
     cr_assert_eq(s, MJ_OK, "%s: %s", path, mj_last_error());
@@ -97,7 +84,7 @@ static void run_golden(const char *name) {
     snprintf(before_path, sizeof before_path, "%s/tests/ir/%s.before.mjir", MJ_SOURCE_ROOT, name);
     snprintf(after_path, sizeof after_path, "%s/tests/ir/%s.after.mjir", MJ_SOURCE_ROOT, name);
 
-    char *text = read_text(before_path);
+    char *text = mjt_read_file(before_path, NULL);
     const char *tag = "# passes: ";
     cr_assert(strncmp(text, tag, strlen(tag)) == 0, "%s: first line must be '# passes: ...'",
               before_path);
@@ -108,8 +95,7 @@ static void run_golden(const char *name) {
     passes[len] = '\0';
     free(text);
 
-    mj_rng rng;
-    mj_rng_seed(&rng, 0x901d);
+    mj_rng rng = mjt_rng(0x901d);
     mj_graph *g = parse_file(before_path);
     bind_random(g, &rng);
     mj_graph *ref = NULL;
@@ -179,8 +165,7 @@ Test(passes, every_golden_file_is_listed) {
 static const char *const pass_names[] = {"dce", "cse", "fold", "simplify", "fuse", "default"};
 
 static void passes_on_random_models(bool frozen) {
-    mj_rng rng;
-    mj_rng_seed(&rng, frozen ? 0xf202e : 0x11fe);
+    mj_rng rng = mjt_rng(frozen ? 0xf202e : 0x11fe);
     for (int k = 0; k < 16; k++) {
         mjt_model_spec spec;
         mjt_random_spec(&rng, 40, &spec);
@@ -216,8 +201,7 @@ Test(passes, each_pass_on_frozen_random_models) { passes_on_random_models(true);
 /* A frozen model with an all-ones mask ends up as the plain linear. */
 Test(passes, frozen_ones_mask_disappears) {
     mj_module *m = NULL;
-    mj_rng rng;
-    mj_rng_seed(&rng, 3);
+    mj_rng rng = mjt_rng(3);
     OK(mj_model_under_test_new(&m, true));
     OK(mj_model_apply_masks(m, NULL, 0.5, &rng)); /* density < 1: masks registered */
     /* ... then make every mask all ones */
@@ -345,8 +329,7 @@ Test(passes, fold_needs_frozen_params) {
                       "%4 = add %0, %3 : f32[B,2]\n"
                       "return %4\n",
                       &g));
-    mj_rng rng;
-    mj_rng_seed(&rng, 12);
+    mj_rng rng = mjt_rng(12);
     bind_random(g, &rng);
     mj_graph *ref = NULL;
     OK(mj_graph_clone(g, &ref));

@@ -33,6 +33,7 @@
 
 #include "maskjit.h"
 #include "test_util.h"
+#include "thread_util.h"
 
 extern char **environ;
 
@@ -40,14 +41,7 @@ extern char **environ;
 #define MASKJIT_BIN MJ_BUILD_ROOT "/maskjit"
 
 /* ---- helpers ---------------------------------------------------------------- */
-static char *tmpdir; /* the suite's scratch directory */
-
-static void make_tmpdir(void) { tmpdir = mjt_temp_dir("mj-rel"); }
-
-static void remove_tmpdir(void) {
-    mjt_rm_rf(tmpdir);
-    free(tmpdir);
-}
+MJT_TMPDIR_FIXTURE("mj-rel")
 
 /* No per-test timeouts: they would override --timeout, which tools/valgrind.sh
  * raises (a JIT compile takes a minute under valgrind on a loaded machine). */
@@ -60,46 +54,7 @@ static char *tmp_path(const char *name) {
     return p;
 }
 
-static unsigned char *read_all(const char *path, size_t *n) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    unsigned char *b = NULL;
-    size_t len = 0, cap = 0;
-    for (;;) {
-        if (len == cap) {
-            cap = cap ? 2 * cap : 65536;
-            b = realloc(b, cap + 1);
-            cr_assert_not_null(b);
-        }
-        size_t got = fread(b + len, 1, cap - len, f);
-        if (got == 0) break;
-        len += got;
-    }
-    fclose(f);
-    b[len] = 0; /* texts are read with this too */
-    *n = len;
-    return b;
-}
-
-static void write_all(const char *path, const void *bytes, size_t n) {
-    FILE *f = fopen(path, "wb");
-    cr_assert_not_null(f, "%s: %s", path, strerror(errno));
-    cr_assert_eq(fwrite(bytes, 1, n, f), n);
-    cr_assert_eq(fclose(f), 0);
-}
-
 /* Files in tmpdir whose name starts with prefix (temporaries of a save). */
-static int count_prefixed(const char *prefix) {
-    DIR *dir = opendir(tmpdir);
-    cr_assert_not_null(dir);
-    int n = 0;
-    struct dirent *e;
-    while ((e = readdir(dir)))
-        if (strncmp(e->d_name, prefix, strlen(prefix)) == 0) n++;
-    closedir(dir);
-    return n;
-}
-
 static void assert_error(mj_status got, mj_status want, const char *needle) {
     cr_assert_eq(got, want, "got %s, want %s (message: %s)", mj_status_name(got),
                  mj_status_name(want), mj_last_error());
@@ -154,8 +109,7 @@ static void check_ir_text(const char *text, const char *what) {
 }
 
 static void check_spec(const char *spec, const char *what) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 1);
+    mj_rng rng = mjt_rng(1);
     mj_module *m = NULL;
     mj_clear_error();
     if (mj_model_from_spec(spec, &rng, &m) != MJ_OK) {
@@ -181,7 +135,7 @@ Test(reliability, fuzz_seed_corpora_replay) {
             char p[1024];
             snprintf(p, sizeof p, "%s/%s", dpath, e->d_name);
             size_t len;
-            unsigned char *b = read_all(p, &len);
+            unsigned char *b = mjt_read_file(p, &len);
             cr_assert_not_null(b, "%s", p);
             if (k == 0) check_safetensors_bytes(b, len, p);
             else if (k == 1) check_ir_text((const char *)b, p);
@@ -202,8 +156,7 @@ Test(reliability, fuzz_seed_corpora_replay) {
  * reproducer's shape at a size that fits a test builds exactly the layers
  * it names. */
 Test(reliability, fuzz_spec_large_widths_build_what_they_name) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 1);
+    mj_rng rng = mjt_rng(1);
     mj_module *m;
     OK(mj_model_from_spec("mlp:16,651,655", &rng, &m));
     mj_tensor_dict *p;
@@ -216,24 +169,29 @@ Test(reliability, fuzz_spec_large_widths_build_what_they_name) {
     mj_module_free(m);
 }
 
+/* "mlp:W,W,...,W" with n widths W (malloc'd). */
+static char *mlp_spec(int w, int n) {
+    size_t cap = 8 + (size_t)n * 12;
+    char *spec = malloc(cap);
+    cr_assert_not_null(spec);
+    size_t len = (size_t)snprintf(spec, cap, "mlp:%d", w);
+    for (int i = 1; i < n; i++) len += (size_t)snprintf(spec + len, cap - len, ",%d", w);
+    return spec;
+}
+
 /* Finding 1's real gap, fixed in src/models.c (be915e3, by its owner): a
  * spec's total size had no limit, so "mlp:65536,65536" (4 Gi weights,
  * 16 GiB) allocated and filled until memory ran out. Now MJ_ERR_LIMIT
  * before any allocation. */
 Test(reliability, spec_total_weight_limit) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 1);
+    mj_rng rng = mjt_rng(1);
     mj_module *m = NULL;
     assert_error(mj_model_from_spec("mlp:65536,65536", &rng, &m), MJ_ERR_LIMIT, "exceed the limit");
     cr_assert_not_null(strstr(mj_last_error(), "4295032832 parameters"), "%s", mj_last_error());
     /* one over 2^28 by the bias alone */
     assert_error(mj_model_from_spec("mlp:16384,16384", &rng, &m), MJ_ERR_LIMIT, "268451840 parameters");
     /* 1024 layers of 65536: the sum of products must not overflow either */
-    size_t cap = 8 + 1025 * 6 + 1;
-    char *spec = malloc(cap);
-    cr_assert_not_null(spec);
-    size_t n = (size_t)snprintf(spec, cap, "mlp:65536");
-    for (int i = 0; i < 1024; i++) n += (size_t)snprintf(spec + n, cap - n, ",65536");
+    char *spec = mlp_spec(65536, 1025);
     mj_status s = mj_model_from_spec(spec, &rng, &m);
     cr_assert_eq(s, MJ_ERR_LIMIT, "%s: %s", mj_status_name(s), mj_last_error());
     free(spec);
@@ -265,8 +223,7 @@ Test(reliability, tensor_shape_overflow_and_rank) {
     cr_assert_null(t);
     mj_tensor_release(x);
 
-    mj_rng rng;
-    mj_rng_seed(&rng, 0);
+    mj_rng rng = mjt_rng(0);
     mj_module *m = NULL;
     assert_error(mj_linear_new(&m, INT64_C(1) << 21, INT64_C(1) << 20, true, &rng), MJ_ERR_LIMIT,
                  "2^40");
@@ -346,8 +303,7 @@ Test(reliability, ir_two_million_nodes_hit_the_limit) {
 }
 
 Test(reliability, spec_overflowing_widths_and_layers) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 0);
+    mj_rng rng = mjt_rng(0);
     mj_module *m = NULL;
     assert_error(mj_model_from_spec("mlp:65537,4", &rng, &m), MJ_ERR_FORMAT, "between 1 and 65536");
     assert_error(mj_model_from_spec("mlp:4,99999999999999999999999999", &rng, &m), MJ_ERR_FORMAT,
@@ -359,11 +315,7 @@ Test(reliability, spec_overflowing_widths_and_layers) {
     assert_error(mj_model_from_spec("mlp:4", &rng, &m), MJ_ERR_FORMAT, "at least 2 widths");
     assert_error(mj_model_from_spec("mlp:4,,4", &rng, &m), MJ_ERR_FORMAT, "empty width");
     /* 1026 widths = 1025 layers */
-    size_t cap = 8 + 1026 * 2 + 1;
-    char *spec = malloc(cap);
-    cr_assert_not_null(spec);
-    size_t n = (size_t)snprintf(spec, cap, "mlp:1");
-    for (int i = 1; i < 1026; i++) n += (size_t)snprintf(spec + n, cap - n, ",1");
+    char *spec = mlp_spec(1, 1026);
     /* Found by this test: the message used to quote the whole 2 KB spec and
      * lose the reason; specs are now quoted up to 160 characters. */
     assert_error(mj_model_from_spec(spec, &rng, &m), MJ_ERR_FORMAT, "more than 1024 layers");
@@ -387,7 +339,7 @@ Test(reliability, safetensors_header_cap_and_size_overflow) {
     assert_error(mj_safetensors_parse(b, sizeof b, &d), MJ_ERR_LIMIT, "100 MB");
     /* the same through a file */
     char *p = tmp_path("cap.safetensors");
-    write_all(p, b, sizeof b);
+    mjt_write_file(p, b, sizeof b);
     assert_error(mj_safetensors_load(p, &d), MJ_ERR_LIMIT, "100 MB");
     free(p);
     /* a shape whose byte size wraps uint64: 2^62 elements * 4 bytes */
@@ -431,25 +383,32 @@ static int save_in_limited_child(save_fn save, const char *path, void *what) {
 static mj_status save_dict(const char *path, void *d) { return mj_safetensors_save(path, d); }
 static mj_status save_graph(const char *path, void *g) { return mj_graph_save(g, path); }
 
+/* save(path, big) fails midway in a child (RLIMIT_FSIZE): the file at path
+ * keeps its bytes and no temporary (tmp_pattern) is left behind. */
+static void assert_failed_save_keeps_file(save_fn save, const char *path, void *big,
+                                          const char *tmp_pattern) {
+    size_t n0, n1;
+    unsigned char *before = mjt_read_file(path, &n0);
+    int rc = save_in_limited_child(save, path, big);
+    cr_assert_eq(rc, 0, "child: save under RLIMIT_FSIZE did not fail with MJ_ERR_IO/EFBIG (rc %d)", rc);
+    unsigned char *after = mjt_read_file(path, &n1);
+    cr_assert_eq(n1, n0);
+    cr_assert_eq(memcmp(before, after, n0), 0, "the previous file changed");
+    cr_assert_eq(mjt_count_entries(tmpdir, tmp_pattern), 0, "a temporary file was left behind");
+    free(before);
+    free(after);
+}
+
 Test(reliability, safetensors_save_failing_midway_in_child_keeps_old_file) {
     char *path = tmp_path("st.safetensors");
     mj_tensor_dict *old = dict1("w", 1000, 1.0f), *big = dict1("w", 200000, 2.0f); /* 800 KB */
     OK(mj_safetensors_save(path, old));
-    size_t n0, n1;
-    unsigned char *before = read_all(path, &n0);
-    int rc = save_in_limited_child(save_dict, path, big);
-    cr_assert_eq(rc, 0, "child: save under RLIMIT_FSIZE did not fail with MJ_ERR_IO/EFBIG (rc %d)", rc);
-    unsigned char *after = read_all(path, &n1);
-    cr_assert_eq(n1, n0);
-    cr_assert_eq(memcmp(before, after, n0), 0, "the previous file changed");
-    cr_assert_eq(count_prefixed("st.safetensors.tmp"), 0, "a temporary file was left behind");
+    assert_failed_save_keeps_file(save_dict, path, big, "st.safetensors.tmp*");
     /* still loads, to the old values */
     mj_tensor_dict *back;
     OK(mj_safetensors_load(path, &back));
     cr_assert(mj_tensor_equal(mj_tensor_dict_get(back, "w"), mj_tensor_dict_get(old, "w")));
     mj_tensor_dict_free(back);
-    free(before);
-    free(after);
     free(path);
     mj_tensor_dict_free(old);
     mj_tensor_dict_free(big);
@@ -473,20 +432,11 @@ Test(reliability, graph_save_failing_midway_in_child_keeps_old_file) {
     char *path = tmp_path("g.mjtrace");
     mj_graph *old = graph_with_weight(100, 1.0f), *big = graph_with_weight(200000, 3.0f);
     OK(mj_graph_save(old, path));
-    size_t n0, n1;
-    unsigned char *before = read_all(path, &n0);
-    int rc = save_in_limited_child(save_graph, path, big);
-    cr_assert_eq(rc, 0, "child: graph save under RLIMIT_FSIZE did not fail cleanly (rc %d)", rc);
-    unsigned char *after = read_all(path, &n1);
-    cr_assert_eq(n1, n0);
-    cr_assert_eq(memcmp(before, after, n0), 0, "the previous file changed");
-    cr_assert_eq(count_prefixed("g.mjtrace.tmp"), 0, "a temporary file was left behind");
+    assert_failed_save_keeps_file(save_graph, path, big, "g.mjtrace.tmp*");
     mj_graph *back;
     OK(mj_graph_load(path, &back));
     cr_assert_eq(mj_graph_input_dim(back, 0, 1), 100);
     mj_graph_free(back);
-    free(before);
-    free(after);
     free(path);
     mj_graph_free(old);
     mj_graph_free(big);
@@ -504,7 +454,7 @@ Test(reliability, save_killed_by_sigkill_never_tears_the_file) {
     OK(mj_safetensors_save(pa, a));
     OK(mj_safetensors_save(pb, b));
     size_t na, nb;
-    unsigned char *ba = read_all(pa, &na), *bb = read_all(pb, &nb);
+    unsigned char *ba = mjt_read_file(pa, &na), *bb = mjt_read_file(pb, &nb);
     cr_assert_eq(na, nb);
     OK(mj_safetensors_save(path, a));
     struct timespec seed_ts;
@@ -527,7 +477,7 @@ Test(reliability, save_killed_by_sigkill_never_tears_the_file) {
         cr_assert(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL,
                   "the saving child stopped by itself (status %d)", status);
         size_t n;
-        unsigned char *now = read_all(path, &n);
+        unsigned char *now = mjt_read_file(path, &n);
         cr_assert_not_null(now);
         cr_assert_eq(n, na, "round %d: the file has %zu bytes, a version has %zu", round, n, na);
         bool is_a = memcmp(now, ba, n) == 0, is_b = memcmp(now, bb, n) == 0;
@@ -535,7 +485,7 @@ Test(reliability, save_killed_by_sigkill_never_tears_the_file) {
         saw_b += is_b;
         free(now);
         /* the killed save's temporary, if it had one: at most one */
-        cr_assert_leq(count_prefixed("kill.safetensors.tmp"), 1);
+        cr_assert_leq(mjt_count_entries(tmpdir, "kill.safetensors.tmp*"), 1);
         DIR *dir = opendir(tmpdir);
         struct dirent *e;
         while ((e = readdir(dir)))
@@ -637,8 +587,7 @@ static void snapshot_free(snapshot *s) {
 
 /* mlp:4,3,2 with random FakeSparsity masks on both weights. */
 static mj_module *masked_mlp(void) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 21);
+    mj_rng rng = mjt_rng(21);
     mj_module *m;
     OK(mj_model_from_spec("mlp:4,3,2:act=tanh", &rng, &m));
     OK(mj_model_apply_masks(m, NULL, 0.5, &rng));
@@ -865,8 +814,7 @@ Test(reliability, remove_and_set_failures_change_nothing) {
 }
 
 Test(reliability, apply_masks_failure_registers_nothing) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 3);
+    mj_rng rng = mjt_rng(3);
     mj_module *m;
     OK(mj_model_from_spec("mlp:4,3,2", &rng, &m));
     snapshot s = take(m);
@@ -889,232 +837,91 @@ Test(reliability, apply_masks_failure_registers_nothing) {
     mj_module_free(m);
 }
 
-/* ---- threads ------------------------------------------------------------------ */
+/* ---- threads (the harness is tests/thread_util.h, shared with tools/tsan_stress.c) */
 
-typedef struct run_arg {
-    mj_compiled *c;
-    mj_tensor *x, *want;
-    int iters, bad;
-    char err[256];
-} run_arg;
-
-static void *run_main(void *p) {
-    run_arg *a = p;
-    for (int i = 0; i < a->iters; i++) {
-        mj_tensor *y = NULL;
-        if (mj_compiled_run(a->c, a->x, &y) != MJ_OK) {
-            snprintf(a->err, sizeof a->err, "%s", mj_last_error());
-            a->bad++;
-            continue;
-        }
-        if (!mj_tensor_equal(y, a->want)) a->bad++;
-        mj_tensor_release(y);
+/* T callers of one shared model; each result must equal eager bit for bit. */
+static void assert_callers_agree(mjt_call_arg *args, int n) {
+    cr_assert(mjt_run_threads(n, mjt_call_main, args, sizeof *args), "pthread_create failed");
+    for (int i = 0; i < n; i++) {
+        cr_assert_eq(args[i].bad, 0, "thread %d: %d bad results (%s)", i, args[i].bad, args[i].err);
+        mj_tensor_release(args[i].x);
+        mj_tensor_release(args[i].want);
     }
-    return NULL;
 }
 
-static mj_graph *trace_of(mj_module *m, int64_t in) {
-    mj_tensor *ex;
-    int64_t shape[2] = {3, in};
-    if (mj_tensor_ones(&ex, 2, shape) != MJ_OK) return NULL;
-    mj_graph *g = NULL;
-    mj_status s = mj_trace_module(m, ex, &g);
-    mj_tensor_release(ex);
-    return s == MJ_OK ? g : NULL;
+/* The model of spec masked at density 0.5, and in *g its trace on ones(3, in). */
+static mj_module *half_masked(const char *spec, int64_t in, mj_rng *rng, mj_graph **g) {
+    mj_module *m;
+    OK(mj_model_from_spec(spec, rng, &m));
+    OK(mj_model_apply_masks(m, NULL, 0.5, rng));
+    *g = mjt_trace_ones(m, in);
+    cr_assert_not_null(*g, "%s", mj_last_error());
+    return m;
 }
 
 /* One compiled model (live mode), 8 threads calling it with their own
  * inputs; each result must equal eager bit for bit (exact mode). */
 Test(reliability, eight_threads_call_one_compiled_model) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 31);
-    mj_module *m;
-    OK(mj_model_from_spec("mlp:32,48,8:act=gelu", &rng, &m));
-    OK(mj_model_apply_masks(m, NULL, 0.5, &rng));
-    mj_graph *g = trace_of(m, 32);
-    cr_assert_not_null(g, "%s", mj_last_error());
+    mj_rng rng = mjt_rng(31);
+    mj_graph *g;
+    mj_module *m = half_masked("mlp:32,48,8:act=gelu", 32, &rng, &g);
     mj_jit *jit;
     OK(mj_jit_new(&jit));
-    mj_compiled *c;
-    OK(mj_jit_compile(jit, g, NULL, &c));
+    mj_compiled *c = mjt_compile_with(jit, g, NULL);
     enum { T = 8 };
-    pthread_t th[T];
-    run_arg args[T];
+    mjt_call_arg args[T];
     for (int i = 0; i < T; i++) {
         int64_t xs[2] = {1 + i, 32};
-        args[i] = (run_arg){.c = c, .iters = 200};
+        args[i] = (mjt_call_arg){.c = c, .kind = MJT_CALL_COMPILED, .iters = 200};
         OK(mj_tensor_randn(&args[i].x, 2, xs, &rng));
-        cr_assert_eq(mj_module_forward(m, args[i].x, &args[i].want), MJ_OK); /* eager reference */
+        OK(mj_module_forward(m, args[i].x, &args[i].want)); /* eager reference */
     }
-    for (int i = 0; i < T; i++) cr_assert_eq(pthread_create(&th[i], NULL, run_main, &args[i]), 0);
-    for (int i = 0; i < T; i++) pthread_join(th[i], NULL);
-    for (int i = 0; i < T; i++) {
-        cr_assert_eq(args[i].bad, 0, "thread %d: %d bad results (%s)", i, args[i].bad, args[i].err);
-        mj_tensor_release(args[i].x);
-        mj_tensor_release(args[i].want);
-    }
+    assert_callers_agree(args, T);
     mj_compiled_free(c);
     mj_jit_free(jit);
     mj_graph_free(g);
     mj_module_free(m);
 }
 
-typedef struct own_arg {
-    mj_jit *jit;
-    int index;
-    int ok;
-    char err[512];
-} own_arg;
-
-/* Builds, masks, traces and compiles its own model on the shared JIT, then
- * checks compiled == eager and traced == eager on its own input. */
-static void *own_main(void *p) {
-    own_arg *a = p;
-    static const char *const acts[] = {"relu", "gelu", "tanh", "sigmoid"};
-    char spec[96];
-    int64_t in = 8 + a->index;
-    snprintf(spec, sizeof spec, "mlp:%lld,%d,%d:act=%s", (long long)in, 12 + a->index, 5,
-             acts[a->index % 4]);
-    mj_rng rng;
-    mj_rng_seed(&rng, 100 + (uint64_t)a->index);
-    mj_module *m = NULL;
-    mj_graph *g = NULL;
-    mj_compiled *c = NULL;
-    mj_jit *own_jit = NULL;
-    mj_tensor *x = NULL, *want = NULL, *got = NULL, *traced = NULL;
-    mj_compile_options o;
-    mj_compile_options_init(&o);
-    o.frozen = a->index % 2 == 1;
-    int64_t xs[2] = {4, in};
-    const char *step = "spec";
-    if (mj_model_from_spec(spec, &rng, &m) != MJ_OK) goto out;
-    step = "masks";
-    if (mj_model_apply_masks(m, NULL, 0.6, &rng) != MJ_OK) goto out;
-    step = "trace";
-    if (!(g = trace_of(m, in))) goto out;
-    step = "compile";
-    /* every fourth thread makes its own JIT: concurrent mj_jit_new too */
-    if (a->index % 4 == 3 && mj_jit_new(&own_jit) != MJ_OK) goto out;
-    if (mj_jit_compile(own_jit ? own_jit : a->jit, g, &o, &c) != MJ_OK) goto out;
-    step = "run";
-    if (mj_tensor_randn(&x, 2, xs, &rng) != MJ_OK || mj_module_forward(m, x, &want) != MJ_OK ||
-        mj_compiled_run(c, x, &got) != MJ_OK || mj_graph_run(g, x, &traced) != MJ_OK)
-        goto out;
-    step = "compare";
-    if (!mj_tensor_equal(got, want) || !mj_tensor_equal(traced, want)) {
-        snprintf(a->err, sizeof a->err, "%s: results differ from eager", spec);
-        goto done;
-    }
-    a->ok = 1;
-    goto done;
-out:
-    snprintf(a->err, sizeof a->err, "%s: %s: %s", spec, step, mj_last_error());
-done:
-    mj_tensor_release(x);
-    mj_tensor_release(want);
-    mj_tensor_release(got);
-    mj_tensor_release(traced);
-    mj_compiled_free(c);
-    mj_jit_free(own_jit);
-    mj_graph_free(g);
-    mj_module_free(m);
-    return NULL;
-}
-
+/* Each thread builds, masks, traces and compiles its own model on the shared
+ * JIT, then checks compiled == eager and traced == eager on its own input. */
 Test(reliability, eight_threads_trace_and_compile_their_own_models) {
     mj_jit *jit;
     OK(mj_jit_new(&jit));
     enum { T = 8 };
-    pthread_t th[T];
-    own_arg args[T];
-    for (int i = 0; i < T; i++) {
-        args[i] = (own_arg){.jit = jit, .index = i};
-        cr_assert_eq(pthread_create(&th[i], NULL, own_main, &args[i]), 0);
-    }
-    for (int i = 0; i < T; i++) pthread_join(th[i], NULL);
+    mjt_own_arg args[T];
+    for (int i = 0; i < T; i++) args[i] = (mjt_own_arg){.jit = jit, .index = i};
+    cr_assert(mjt_run_threads(T, mjt_own_main, args, sizeof *args), "pthread_create failed");
     for (int i = 0; i < T; i++) cr_assert(args[i].ok, "thread %d: %s", i, args[i].err);
     mj_jit_free(jit);
-}
-
-typedef struct read_arg {
-    mj_module *m;
-    mj_graph *g;
-    mj_tensor *x, *want;
-    int bad;
-} read_arg;
-
-static void *read_main(void *p) {
-    read_arg *a = p;
-    for (int i = 0; i < 100; i++) {
-        mj_tensor *y = NULL;
-        mj_status s = (i & 1) ? mj_graph_run(a->g, a->x, &y) : mj_module_forward(a->m, a->x, &y);
-        if (s != MJ_OK || !mj_tensor_equal(y, a->want)) a->bad++;
-        mj_tensor_release(y);
-    }
-    return NULL;
 }
 
 /* Read-only sharing (docs/threads.md): eager forward of one masked module
  * (no parametrize cache active) and the interpreter on one graph, from 8
  * threads at once, against single-threaded results. */
 Test(reliability, eight_threads_read_one_module_and_graph) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 41);
-    mj_module *m;
-    OK(mj_model_from_spec("mlp:12,20,6:act=sigmoid", &rng, &m));
-    OK(mj_model_apply_masks(m, NULL, 0.5, &rng));
-    mj_graph *g = trace_of(m, 12);
-    cr_assert_not_null(g, "%s", mj_last_error());
+    mj_rng rng = mjt_rng(41);
+    mj_graph *g;
+    mj_module *m = half_masked("mlp:12,20,6:act=sigmoid", 12, &rng, &g);
     enum { T = 8 };
-    pthread_t th[T];
-    read_arg args[T];
+    mjt_call_arg args[T];
     for (int i = 0; i < T; i++) {
         int64_t xs[2] = {2 + i, 12};
-        args[i] = (read_arg){.m = m, .g = g};
+        args[i] = (mjt_call_arg){.m = m, .g = g, .kind = MJT_CALL_READ, .iters = 100};
         OK(mj_tensor_randn(&args[i].x, 2, xs, &rng));
         OK(mj_module_forward(m, args[i].x, &args[i].want));
     }
-    for (int i = 0; i < T; i++) cr_assert_eq(pthread_create(&th[i], NULL, read_main, &args[i]), 0);
-    for (int i = 0; i < T; i++) pthread_join(th[i], NULL);
-    for (int i = 0; i < T; i++) {
-        cr_assert_eq(args[i].bad, 0, "thread %d: %d bad results", i, args[i].bad);
-        mj_tensor_release(args[i].x);
-        mj_tensor_release(args[i].want);
-    }
+    assert_callers_agree(args, T);
     mj_graph_free(g);
     mj_module_free(m);
 }
 
-typedef struct err_arg {
-    int index, bad;
-} err_arg;
-
 /* Each thread fails with its own values and must read back its own message. */
-static void *err_main(void *p) {
-    err_arg *a = p;
-    char want[64];
-    for (int i = 0; i < 2000; i++) {
-        int64_t shape[2] = {a->index + 1, -(int64_t)(i + 1)};
-        mj_tensor *t;
-        if (mj_tensor_zeros(&t, 2, shape) != MJ_ERR_INVALID) {
-            a->bad++;
-            continue;
-        }
-        snprintf(want, sizeof want, "(%lld)", (long long)shape[1]);
-        if (!strstr(mj_last_error(), want)) a->bad++;
-    }
-    return NULL;
-}
-
 Test(reliability, error_messages_are_per_thread) {
     enum { T = 8 };
-    pthread_t th[T];
-    err_arg args[T];
-    for (int i = 0; i < T; i++) {
-        args[i] = (err_arg){.index = i};
-        cr_assert_eq(pthread_create(&th[i], NULL, err_main, &args[i]), 0);
-    }
-    for (int i = 0; i < T; i++) pthread_join(th[i], NULL);
+    mjt_err_arg args[T];
+    for (int i = 0; i < T; i++) args[i] = (mjt_err_arg){.index = i};
+    cr_assert(mjt_run_threads(T, mjt_err_main, args, sizeof *args), "pthread_create failed");
     for (int i = 0; i < T; i++) cr_assert_eq(args[i].bad, 0, "thread %d read another's message", i);
 }
 
@@ -1122,8 +929,7 @@ Test(reliability, compiled_batch_overflow_is_a_limit_error) {
     mj_graph *g = graph_with_weight(16, 1.0f);
     mj_jit *jit;
     OK(mj_jit_new(&jit));
-    mj_compiled *c;
-    OK(mj_jit_compile(jit, g, NULL, &c));
+    mj_compiled *c = mjt_compile_with(jit, g, NULL);
     float x[4] = {0}, y[4];
     /* batch * 16 overflows int64 / exceeds 2^40: refused before any access */
     assert_error(mj_compiled_run_raw(c, x, INT64_MAX / 2, y, 4), MJ_ERR_LIMIT, "too large");
@@ -1235,8 +1041,8 @@ Test(reliability, cli_bad_files_fail_with_a_message) {
     /* a header length that runs past the end, then garbage */
     unsigned char junk[64];
     for (int i = 0; i < 64; i++) junk[i] = (unsigned char)(i * 37 + 11);
-    write_all(corrupt, junk, sizeof junk);
-    write_all(empty, "", 0);
+    mjt_write_file(corrupt, junk, sizeof junk);
+    mjt_write_file(empty, "", 0);
     /* the seed model's weights, minus one tensor / with one of the wrong shape */
     mj_module *m;
     OK(mj_model_under_test_new(&m, true));

@@ -20,14 +20,7 @@
 #define FIXTURES MJ_SOURCE_ROOT "/tests/fixtures"
 
 /* ---- helpers ---------------------------------------------------------------- */
-static char *tmpdir; /* the suite's scratch directory */
-
-static void make_tmpdir(void) { tmpdir = mjt_temp_dir("mj-st"); }
-
-static void remove_tmpdir(void) {
-    mjt_rm_rf(tmpdir);
-    free(tmpdir);
-}
+MJT_TMPDIR_FIXTURE("mj-st")
 
 TestSuite(safetensors, .init = make_tmpdir, .fini = remove_tmpdir);
 
@@ -40,26 +33,6 @@ static unsigned char *build(const char *header, const void *data, size_t data_le
     for (int i = 0; i < 8; i++) b[i] = (unsigned char)((uint64_t)hl >> (8 * i));
     memcpy(b + 8, header, hl);
     if (data_len) memcpy(b + 8 + hl, data, data_len);
-    return b;
-}
-
-static void write_file(const char *path, const void *bytes, size_t n) {
-    FILE *f = fopen(path, "wb");
-    cr_assert_not_null(f);
-    cr_assert_eq(fwrite(bytes, 1, n, f), n);
-    cr_assert_eq(fclose(f), 0);
-}
-
-static unsigned char *read_file(const char *path, size_t *n) {
-    FILE *f = fopen(path, "rb");
-    cr_assert_not_null(f, "cannot open %s", path);
-    fseek(f, 0, SEEK_END);
-    long len = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    unsigned char *b = malloc((size_t)len + 1);
-    cr_assert_eq(fread(b, 1, (size_t)len, f), (size_t)len);
-    fclose(f);
-    *n = (size_t)len;
     return b;
 }
 
@@ -85,7 +58,7 @@ static void expect_bad(const char *header, const void *data, size_t data_len, mj
     cr_assert_eq(d, sentinel);
 
     const char *path = tmp_path("bad.safetensors");
-    write_file(path, b, size);
+    mjt_write_file(path, b, size);
     s = mj_safetensors_load(path, &d);
     cr_assert_eq(s, want, "load: got %s, want %s: %s", mj_status_name(s), mj_status_name(want),
                  mj_last_error());
@@ -165,7 +138,7 @@ Test(safetensors, round_trip_shapes_metadata_order_bits) {
     /* the bytes follow the format independently of our loader: 8-aligned
      * header, then the tensors' raw little-endian floats in dict order */
     size_t n;
-    unsigned char *raw = read_file(path, &n);
+    unsigned char *raw = mjt_read_file(path, &n);
     uint64_t hl = 0;
     for (int i = 7; i >= 0; i--) hl = (hl << 8) | raw[i];
     cr_assert_eq(hl % 8, 0, "header length %llu is not a multiple of 8", (unsigned long long)hl);
@@ -251,7 +224,7 @@ Test(safetensors, bad_too_short) {
     cr_assert_eq(mj_safetensors_parse(b, sizeof b, &d), MJ_ERR_FORMAT);
     cr_assert_not_null(strstr(mj_last_error(), "too few for the 8-byte header length"));
     const char *path = tmp_path("short.safetensors");
-    write_file(path, b, sizeof b);
+    mjt_write_file(path, b, sizeof b);
     cr_assert_eq(mj_safetensors_load(path, &d), MJ_ERR_FORMAT);
     cr_assert_not_null(strstr(mj_last_error(), "has 5 bytes"), "%s", mj_last_error());
     cr_assert_null(d);
@@ -281,7 +254,7 @@ Test(safetensors, bad_header_length_past_eof) {
     cr_assert_not_null(strstr(mj_last_error(), "header length 9 runs past the end of the file"),
                        "%s", mj_last_error());
     const char *path = tmp_path("eof.safetensors");
-    write_file(path, b, sizeof b);
+    mjt_write_file(path, b, sizeof b);
     cr_assert_eq(mj_safetensors_load(path, &d), MJ_ERR_FORMAT);
     cr_assert_not_null(strstr(mj_last_error(), "runs past the end"));
     cr_assert_null(d);
@@ -523,7 +496,7 @@ Test(safetensors, f16_all_65536_patterns_streamed) {
     unsigned char *b =
         build("{" ENTRY("h", "F16", "[2,65536]", "[0,262144]") "}", data, 2 * n, &size);
     const char *path = tmp_path("f16.safetensors");
-    write_file(path, b, size);
+    mjt_write_file(path, b, size);
     mj_tensor_dict *d;
     OK(mj_safetensors_load(path, &d));
     const float *got = mj_tensor_data(mj_tensor_dict_get(d, "h"));
@@ -632,17 +605,6 @@ static mj_tensor_dict *dict_of(int64_t n, float base) {
     return d;
 }
 
-static int count_tmp_files(void) {
-    DIR *dir = opendir(tmpdir);
-    cr_assert_not_null(dir);
-    int n = 0;
-    struct dirent *e;
-    while ((e = readdir(dir)))
-        if (strstr(e->d_name, ".tmp.")) n++;
-    closedir(dir);
-    return n;
-}
-
 Test(safetensors, save_into_missing_directory) {
     mj_tensor_dict *d = dict_of(4, 0.0f);
     char path[256];
@@ -661,7 +623,7 @@ Test(safetensors, save_failing_midway_keeps_old_file) {
     mj_tensor_dict *old = dict_of(1000, 1.0f), *big = dict_of(100000, 7.0f);
     OK(mj_safetensors_save(path, old));
     size_t n0;
-    unsigned char *before = read_file(path, &n0);
+    unsigned char *before = mjt_read_file(path, &n0);
 
     /* a 64 KiB file size limit makes the 400 KB write fail with EFBIG
      * (SIGXFSZ ignored so the process survives) */
@@ -682,17 +644,17 @@ Test(safetensors, save_failing_midway_keeps_old_file) {
     cr_assert_not_null(strstr(msg, "File too large"), "%s", msg);
     cr_assert_not_null(strstr(msg, path), "%s", msg);
     size_t n1;
-    unsigned char *after = read_file(path, &n1);
+    unsigned char *after = mjt_read_file(path, &n1);
     cr_assert_eq(n1, n0);
     cr_assert_eq(memcmp(before, after, n0), 0, "the old file changed");
-    cr_assert_eq(count_tmp_files(), 0, "a temporary file was left behind");
+    cr_assert_eq(mjt_count_entries(tmpdir, "*.tmp.*"), 0, "a temporary file was left behind");
 
     /* and once the limit is gone the same save replaces the file */
     OK(mj_safetensors_save(path, big));
     mj_tensor_dict *back;
     OK(mj_safetensors_load(path, &back));
     cr_assert(mj_tensor_equal(mj_tensor_dict_get(back, "w"), mj_tensor_dict_get(big, "w")));
-    cr_assert_eq(count_tmp_files(), 0);
+    cr_assert_eq(mjt_count_entries(tmpdir, "*.tmp.*"), 0);
     struct stat st;
     cr_assert_eq(stat(path, &st), 0);
     mode_t um = umask(0); /* read the umask: a new file is 0666 & ~umask and keeps it */
@@ -714,7 +676,7 @@ Test(safetensors, save_refuses_metadata_name) {
                        mj_last_error());
     struct stat st;
     cr_assert_neq(stat(path, &st), 0);
-    cr_assert_eq(count_tmp_files(), 0);
+    cr_assert_eq(mjt_count_entries(tmpdir, "*.tmp.*"), 0);
     mj_tensor_dict_free(d);
 }
 

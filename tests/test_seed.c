@@ -8,6 +8,9 @@
 #include "maskjit.h"
 #include "test_util.h"
 
+/* The model under test's three masked layers, by PyTorch name. */
+static const char *const mods[3] = {"linear", "seq.0", "seq.1"};
+
 static mj_tensor *eye16(void) {
     mj_tensor *t;
     OK(mj_tensor_eye(&t, 16));
@@ -18,13 +21,6 @@ static mj_tensor *zeros(int64_t r, int64_t c) {
     mj_tensor *t;
     int64_t shape[2] = {r, c};
     OK(mj_tensor_zeros(&t, 2, shape));
-    return t;
-}
-
-static mj_tensor *randn(int64_t r, int64_t c, mj_rng *rng) {
-    mj_tensor *t;
-    int64_t shape[2] = {r, c};
-    OK(mj_tensor_randn(&t, 2, shape, rng));
     return t;
 }
 
@@ -51,13 +47,12 @@ static void assert_close(const mj_tensor *a, const mj_tensor *e) {
 }
 
 Test(seed, masking_logic) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 1);
+    mj_rng rng = mjt_rng(1);
     mj_module *model;
     OK(mj_linear_new(&model, 16, 16, false, &rng));
     mj_tensor *eye = eye16();
     OK(mj_module_set(model, "weight", eye)); /* model.weight = nn.Parameter(torch.eye(16)) */
-    mj_tensor *x = randn(3, 16, &rng), *ref, *y;
+    mj_tensor *x = mjt_randn2(3, 16, &rng), *ref, *y;
     OK(mj_matmul(&ref, x, eye)); /* torch.mm(x, torch.eye(16)) */
     OK(mj_module_forward(model, x, &y));
     assert_close(y, ref);
@@ -67,7 +62,7 @@ Test(seed, masking_logic) {
 
     register_mask(model, zeros(16, 16));
 
-    x = randn(3, 16, &rng);
+    x = mjt_randn2(3, 16, &rng);
     OK(mj_module_forward(model, x, &y));
     mj_tensor *z = zeros(3, 16);
     assert_close(y, z); /* torch.zeros(3, 16) == model(x) */
@@ -81,7 +76,6 @@ Test(seed, masking_logic) {
 Test(seed, weights_parametrized) {
     mj_module *model;
     OK(mj_model_under_test_new(&model, false));
-    const char *mods[3] = {"linear", "seq.0", "seq.1"};
 
     /* assert not hasattr(model.<mod>, "parametrizations") */
     for (int i = 0; i < 3; i++) cr_assert(!mj_is_parametrized(at(model, mods[i]), NULL));
@@ -98,7 +92,6 @@ Test(seed, weights_parametrized) {
 }
 
 Test(seed, state_dict_preserved) {
-    const char *mods[3] = {"linear", "seq.0", "seq.1"};
     mj_module *model_save;
     OK(mj_model_under_test_new(&model_save, false));
     for (int i = 0; i < 3; i++) register_mask(at(model_save, mods[i]), eye16());
@@ -141,12 +134,10 @@ Test(seed, state_dict_preserved) {
 Test(seed, bias_model_with_identity_masks) {
     mj_module *model;
     OK(mj_model_under_test_new(&model, true));
-    const char *mods[3] = {"linear", "seq.0", "seq.1"};
     for (int i = 0; i < 3; i++) register_mask(at(model, mods[i]), eye16());
 
-    mj_rng rng;
-    mj_rng_seed(&rng, 7);
-    mj_tensor *x = randn(3, 16, &rng), *y;
+    mj_rng rng = mjt_rng(7);
+    mj_tensor *x = mjt_randn2(3, 16, &rng), *y;
     OK(mj_module_forward(model, x, &y));
 
     float h[3][16], next[3][16];

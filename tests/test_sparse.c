@@ -152,8 +152,7 @@ typedef enum { MASK_RANDOM, MASK_ROWS, MASK_BLOCK4, MASK_COLS, MASK_BLOCK4_HOLES
 /* randn weight times a 0/1 mask of the given density (the eager masked
  * weight, as FakeSparsity computes it: w * mask) */
 static mj_tensor *masked_weight(int64_t out, int64_t in, double density, mask_kind kind, uint64_t seed) {
-    mj_rng rng;
-    mj_rng_seed(&rng, seed);
+    mj_rng rng = mjt_rng(seed);
     int64_t shape[2] = {out, in};
     mj_tensor *w, *mask, *wm;
     OK(mj_tensor_randn(&w, 2, shape, &rng));
@@ -196,8 +195,7 @@ static mj_tensor *reference(const mj_tensor *x, const mj_tensor *w, const mj_ten
 /* huge: include values whose sums overflow (exact mode only: in fast mode a
  * different summation order may turn inf - inf into NaN or not) */
 static mj_tensor *rand_input(int64_t batch, int64_t in, uint64_t seed, bool huge) {
-    mj_rng rng;
-    mj_rng_seed(&rng, seed);
+    mj_rng rng = mjt_rng(seed);
     int64_t shape[2] = {batch, in};
     mj_tensor *x;
     OK(mj_tensor_randn(&x, 2, shape, &rng));
@@ -216,8 +214,7 @@ static void check_case(int64_t out, int64_t in, double density, mask_kind kind, 
     mj_tensor *w = masked_weight(out, in, density, kind, seed);
     mj_tensor *b = NULL;
     if (bias) {
-        mj_rng rng;
-        mj_rng_seed(&rng, seed + 1);
+        mj_rng rng = mjt_rng(seed + 1);
         int64_t bs[1] = {out};
         OK(mj_tensor_randn(&b, 1, bs, &rng));
     }
@@ -308,8 +305,7 @@ Test(sparse, all_zero_rows_are_bias_only) {
     (void)shape;
     harness h;
     harness_init(&h, w, b, out, in, MJ_ACT_SIGMOID, false);
-    mj_rng rng;
-    mj_rng_seed(&rng, 5);
+    mj_rng rng = mjt_rng(5);
     int64_t xs[2] = {5, in};
     mj_tensor *x;
     OK(mj_tensor_randn(&x, 2, xs, &rng));

@@ -88,8 +88,7 @@ Test(tensor, generator_matches_reference_algorithm) {
     /* splitmix64 from state 0: published first outputs */
     const uint64_t sm[4] = {0xe220a8397b1dcdafULL, 0x6e789e6aa1b965f4ULL, 0x06c45d188009454fULL,
                             0xf88bb8a8724c81ecULL};
-    mj_rng r;
-    mj_rng_seed(&r, 0);
+    mj_rng r = mjt_rng(0);
     for (int i = 0; i < 4; i++) cr_assert_eq(r.s[i], sm[i], "state word %d", i);
     /* One xoshiro256** step written out independently. */
     uint64_t s[4] = {sm[0], sm[1], sm[2], sm[3]};

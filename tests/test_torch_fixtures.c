@@ -115,8 +115,7 @@ static mj_tensor_dict *check_fixture(const char *name, const char *want_spec, in
     cr_assert_str_eq(mj_tensor_dict_get_meta(file, "maskjit.generator"), "tools/make_fixtures.py");
     cr_assert_not_null(mj_tensor_dict_get_meta(file, "torch.version"));
 
-    mj_rng rng;
-    mj_rng_seed(&rng, 1234); /* init only: every weight is overwritten below */
+    mj_rng rng = mjt_rng(1234); /* init only: every weight is overwritten below */
     mj_module *m;
     cr_assert_eq(mj_model_from_spec(spec, &rng, &m), MJ_OK, "%s: %s", spec, mj_last_error());
     /* the file's mask keys register the masks; its other keys are ignored */
@@ -164,25 +163,18 @@ Test(torch_fixtures, mut_identity_masks) {
     mj_tensor_dict_free(f);
 }
 
-Test(torch_fixtures, mut_random) { mj_tensor_dict_free(check_fixture("mut_random", "mut", 0)); }
-Test(torch_fixtures, mut_nobias) {
-    mj_tensor_dict_free(check_fixture("mut_nobias", "mut-nobias", 0));
-}
-Test(torch_fixtures, mlp_relu) {
-    mj_tensor_dict_free(check_fixture("mlp_relu", "mlp:16,32,8:act=relu", 0));
-}
-Test(torch_fixtures, mlp_gelu) {
-    mj_tensor_dict_free(check_fixture("mlp_gelu", "mlp:16,32,8:act=gelu", 0));
-}
-Test(torch_fixtures, mlp_gelu_tanh) {
-    mj_tensor_dict_free(check_fixture("mlp_gelu_tanh", "mlp:16,32,8:act=gelu_tanh", 0));
-}
-Test(torch_fixtures, mlp_tanh) {
-    mj_tensor_dict_free(check_fixture("mlp_tanh", "mlp:16,32,8:act=tanh", 0));
-}
-Test(torch_fixtures, mlp_sigmoid) {
-    mj_tensor_dict_free(check_fixture("mlp_sigmoid", "mlp:16,32,8:act=sigmoid", 0));
-}
+/* The fixtures checked with nothing more than check_fixture: fixture
+ * tests/fixtures/NAME.safetensors against the model of spec. */
+#define PLAIN_FIXTURE(name, spec) \
+    Test(torch_fixtures, name) { mj_tensor_dict_free(check_fixture(#name, spec, 0)); }
+PLAIN_FIXTURE(mut_random, "mut")
+PLAIN_FIXTURE(mut_nobias, "mut-nobias")
+PLAIN_FIXTURE(mlp_relu, "mlp:16,32,8:act=relu")
+PLAIN_FIXTURE(mlp_gelu, "mlp:16,32,8:act=gelu")
+PLAIN_FIXTURE(mlp_gelu_tanh, "mlp:16,32,8:act=gelu_tanh")
+PLAIN_FIXTURE(mlp_tanh, "mlp:16,32,8:act=tanh")
+PLAIN_FIXTURE(mlp_sigmoid, "mlp:16,32,8:act=sigmoid")
+#undef PLAIN_FIXTURE
 Test(torch_fixtures, mlp_structured_row_mask) {
     mj_tensor_dict *f = check_fixture("mlp_structured", "mlp:8,8:act=none:bias=0", 1);
     /* a pruned row gives a zero output column in PyTorch's result */

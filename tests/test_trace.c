@@ -16,13 +16,6 @@
 #include "model_gen.h"
 #include "test_util.h"
 
-static mj_tensor *randn2(mj_rng *rng, int64_t rows, int64_t cols) {
-    int64_t shape[2] = {rows, cols};
-    mj_tensor *t = NULL;
-    OK(mj_tensor_randn(&t, 2, shape, rng));
-    return t;
-}
-
 static mj_tensor *full2(int64_t rows, int64_t cols, float v) {
     int64_t shape[2] = {rows, cols};
     mj_tensor *t = NULL;
@@ -76,9 +69,8 @@ Test(trace, seed_jit_trace) {
     mj_module *model = seed_model();
     mj_graph *g = trace_at(model, 3, 16);
 
-    mj_rng rng;
-    mj_rng_seed(&rng, 20240229);
-    mj_tensor *x = randn2(&rng, 3, 16);
+    mj_rng rng = mjt_rng(20240229);
+    mj_tensor *x = mjt_randn2(3, 16, &rng);
     mj_tensor *y = assert_replay(g, model, x, "seed");
     /* Independent reference: with eye masks each layer scales by its weight
      * (1, 2, 3); the off-diagonal products are +-0 and leave the sum alone. */
@@ -136,9 +128,8 @@ Test(trace, mask_multiply_in_graph) {
 Test(trace, live_parameters) {
     mj_module *model = seed_model();
     mj_graph *g = trace_at(model, 3, 16);
-    mj_rng rng;
-    mj_rng_seed(&rng, 7);
-    mj_tensor *x = randn2(&rng, 3, 16);
+    mj_rng rng = mjt_rng(7);
+    mj_tensor *x = mjt_randn2(3, 16, &rng);
     mj_tensor *before = assert_replay(g, model, x, "before");
 
     mj_module *seq0 = mj_module_find(model, "seq.0");
@@ -179,15 +170,12 @@ Test(trace, live_parameters) {
 
 /* Traced at batch 3, replayed at other batches. */
 Test(trace, generalises_over_batch) {
-    mj_module *model = NULL;
-    OK(mj_model_under_test_new(&model, true));
-    mj_rng rng;
-    mj_rng_seed(&rng, 11);
-    OK(mj_model_apply_masks(model, NULL, 0.5, &rng));
+    mj_rng rng = mjt_rng(11);
+    mj_module *model = mjt_half_masked_mut(&rng);
     mj_graph *g = trace_at(model, 3, 16);
     static const int64_t batches[] = {1, 5, 64, 1000};
     for (int i = 0; i < 4; i++) {
-        mj_tensor *x = randn2(&rng, batches[i], 16);
+        mj_tensor *x = mjt_randn2(batches[i], 16, &rng);
         mj_tensor_release(assert_replay(g, model, x, "batch"));
         mj_tensor_release(x);
     }
@@ -228,8 +216,7 @@ static mj_status peeking_forward(mj_module *self, const mj_tensor *x, mj_tensor 
 }
 
 static mj_module *wrap_linear(const char *type, mj_forward_fn fwd, int64_t in, int64_t out) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 3);
+    mj_rng rng = mjt_rng(3);
     mj_module *m = NULL, *lin = NULL;
     OK(mj_module_new(&m, type, fwd, NULL, NULL));
     OK(mj_linear_new(&lin, in, out, true, &rng));
@@ -263,9 +250,8 @@ static mj_status branching_forward(mj_module *self, const mj_tensor *x, mj_tenso
 Test(trace, check_inputs) {
     mj_module *model = seed_model();
     mj_graph *g = trace_at(model, 3, 16);
-    mj_rng rng;
-    mj_rng_seed(&rng, 5);
-    const mj_tensor *ins[3] = {randn2(&rng, 1, 16), randn2(&rng, 4, 16), randn2(&rng, 9, 16)};
+    mj_rng rng = mjt_rng(5);
+    const mj_tensor *ins[3] = {mjt_randn2(1, 16, &rng), mjt_randn2(4, 16, &rng), mjt_randn2(9, 16, &rng)};
     mj_check_result r[3];
     memset(r, 0xff, sizeof r);
     OK(mj_graph_check(g, model, 3, ins, r));
@@ -283,12 +269,11 @@ Test(trace, check_inputs_reports_a_mismatch) {
     mj_module *m = wrap_linear("Branching", branching_forward, 4, 3);
     mj_tensor *pos = NULL;
     /* Trace where the first output is positive: relu is recorded. */
-    mj_rng rng;
-    mj_rng_seed(&rng, 9);
+    mj_rng rng = mjt_rng(9);
     mj_tensor *h = NULL;
     mj_graph *g = NULL;
     for (int tries = 0; tries < 100 && !g; tries++) {
-        mj_tensor *x = randn2(&rng, 2, 4);
+        mj_tensor *x = mjt_randn2(2, 4, &rng);
         OK(mj_module_forward(mj_module_child(m, "lin"), x, &h));
         if (mj_tensor_data(h)[0] > 0) {
             OK(mj_trace_module(m, x, &g));
@@ -302,7 +287,7 @@ Test(trace, check_inputs_reports_a_mismatch) {
     /* Input 1 takes the other branch: out[0] = -(out[0] of pos) - bias... find one. */
     mj_tensor *neg = NULL;
     for (int tries = 0; tries < 1000 && !neg; tries++) {
-        mj_tensor *x = randn2(&rng, 2, 4);
+        mj_tensor *x = mjt_randn2(2, 4, &rng);
         OK(mj_module_forward(mj_module_child(m, "lin"), x, &h));
         if (mj_tensor_data(h)[0] <= 0) neg = mj_tensor_retain(x);
         mj_tensor_release(h);
@@ -363,9 +348,8 @@ Test(trace, untraced_tensors_become_consts) {
 
     /* Changing the untraced tensor later does not change the trace. */
     mj_tensor_data_mut(u->scale)[0] = 8.0f;
-    mj_rng rng;
-    mj_rng_seed(&rng, 1);
-    mj_tensor *x = randn2(&rng, 5, 4), *y = NULL;
+    mj_rng rng = mjt_rng(1);
+    mj_tensor *x = mjt_randn2(5, 4, &rng), *y = NULL;
     OK(mj_graph_run(g, x, &y));
     const float *xd = mj_tensor_data(x), *yd = mj_tensor_data(y);
     for (int i = 0; i < 20; i++)
@@ -405,8 +389,7 @@ Test(trace, nested_tracing_is_refused) {
     mj_status *inner = malloc(sizeof *inner);
     *inner = MJ_OK;
     mj_module *m = NULL, *lin = NULL;
-    mj_rng rng;
-    mj_rng_seed(&rng, 2);
+    mj_rng rng = mjt_rng(2);
     OK(mj_module_new(&m, "Nested", nested_forward, inner, free));
     OK(mj_linear_new(&lin, 4, 2, false, &rng));
     OK(mj_module_add_child(m, "lin", lin));
@@ -505,10 +488,9 @@ Test(trace, reshape_keeping_the_batch) {
     mj_module *m = NULL;
     OK(mj_module_new(&m, "Split", split_forward, NULL, NULL));
     mj_graph *g = trace_at(m, 3, 4);
-    mj_rng rng;
-    mj_rng_seed(&rng, 4);
+    mj_rng rng = mjt_rng(4);
     for (int64_t b = 1; b <= 7; b += 3) {
-        mj_tensor *x = randn2(&rng, b, 4);
+        mj_tensor *x = mjt_randn2(b, 4, &rng);
         mj_tensor_release(assert_replay(g, m, x, "split"));
         mj_tensor_release(x);
     }
@@ -523,9 +505,8 @@ Test(trace, identity_model) {
     mj_graph *g = trace_at(m, 2, 3);
     cr_assert_eq(g->n_nodes, 1);
     cr_assert_eq(g->outputs[0], 0);
-    mj_rng rng;
-    mj_rng_seed(&rng, 8);
-    mj_tensor *x = randn2(&rng, 4, 3);
+    mj_rng rng = mjt_rng(8);
+    mj_tensor *x = mjt_randn2(4, 3, &rng);
     mj_tensor_release(assert_replay(g, m, x, "identity"));
     mj_tensor_release(x);
     mj_graph_free(g);
@@ -559,8 +540,7 @@ Test(trace, random_models, .timeout = 120) {
     char path[128];
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
 
-    mj_rng rng;
-    mj_rng_seed(&rng, 0x7261636572ULL);
+    mj_rng rng = mjt_rng(0x7261636572ULL);
     bool acts[MJ_ACT_COUNT] = {0}, dens[4] = {0}, structured = false, user = false, bias[2] = {0};
     int depths[7] = {0};
     int n_models = 0, n_expand = 0, n_fused = 0, n_mask_gone = 0;
@@ -679,8 +659,7 @@ typedef struct trace_job {
 
 static void *trace_thread(void *arg) {
     trace_job *job = arg;
-    mj_rng rng;
-    mj_rng_seed(&rng, job->seed);
+    mj_rng rng = mjt_rng(job->seed);
     for (int k = 0; k < 20; k++) {
         mjt_model_spec spec;
         mjt_random_spec(&rng, 32, &spec);

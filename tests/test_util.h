@@ -4,6 +4,8 @@
 
 #include <criterion/criterion.h>
 #include <dirent.h>
+#include <errno.h>
+#include <fnmatch.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -31,6 +33,29 @@
                   needle);                                                                 \
     } while (0)
 
+/* A generator seeded with seed: `mj_rng rng = mjt_rng(7);`. */
+static inline mj_rng mjt_rng(uint64_t seed) {
+    mj_rng r;
+    mj_rng_seed(&r, seed);
+    return r;
+}
+
+/* A new f32[r, c] of normal samples from rng. */
+static inline mj_tensor *mjt_randn2(int64_t r, int64_t c, mj_rng *rng) {
+    mj_tensor *t = NULL;
+    OK(mj_tensor_randn(&t, 2, (int64_t[]){r, c}, rng));
+    return t;
+}
+
+/* The model under test (mj_model_under_test_new, with biases) masked at
+ * density 0.5 with rng. */
+static inline mj_module *mjt_half_masked_mut(mj_rng *rng) {
+    mj_module *m = NULL;
+    OK(mj_model_under_test_new(&m, true));
+    OK(mj_model_apply_masks(m, NULL, 0.5, rng));
+    return m;
+}
+
 /* At file scope: the `jit` of a suite whose tests compile, with the setup
  * and teardown to pass to TestSuite (one JIT per test process). */
 #define MJT_JIT_FIXTURE                                                                    \
@@ -40,6 +65,17 @@
         mj_jit_free(jit);                                                                  \
         jit = NULL;                                                                        \
         mj_llvm_shutdown(); /* each test runs in its own process */                        \
+    }
+
+/* At file scope: `tmpdir`, the suite's scratch directory /tmp/<prefix>-XXXXXX,
+ * with the init and fini to pass to TestSuite (made before the suite's tests,
+ * removed with everything in it after them). */
+#define MJT_TMPDIR_FIXTURE(prefix)                                                         \
+    static char *tmpdir;                                                                   \
+    static void make_tmpdir(void) { tmpdir = mjt_temp_dir(prefix); }                       \
+    static void remove_tmpdir(void) {                                                      \
+        mjt_rm_rf(tmpdir);                                                                 \
+        free(tmpdir);                                                                      \
     }
 
 /* The four ways to compile a graph (numeric mode x live/frozen). */
@@ -64,6 +100,14 @@ static inline mj_compiled *mjt_compile(mj_jit *jit, const mj_graph *g, mjt_mode 
     mj_compiled *c = NULL;
     mj_status s = mj_jit_compile(jit, g, &o, &c);
     cr_assert_eq(s, MJ_OK, "compile (%s): %s: %s", m.name, mj_status_name(s), mj_last_error());
+    return c;
+}
+
+/* g compiled with the options o (NULL: the defaults); must succeed. */
+static inline mj_compiled *mjt_compile_with(mj_jit *jit, const mj_graph *g, const mj_compile_options *o) {
+    mj_compiled *c = NULL;
+    mj_status s = mj_jit_compile(jit, g, o, &c);
+    cr_assert_eq(s, MJ_OK, "compile: %s: %s", mj_status_name(s), mj_last_error());
     return c;
 }
 
@@ -116,6 +160,50 @@ static inline void mjt_rm_rf(const char *dir) {
         closedir(d);
     }
     rmdir(dir);
+}
+
+/* The bytes of the file path (malloc'd, with a NUL after them so that texts
+ * can be read as strings); their count in *n when n is not NULL. */
+static inline void *mjt_read_file(const char *path, size_t *n) {
+    FILE *f = fopen(path, "rb");
+    cr_assert_not_null(f, "cannot open %s: %s", path, strerror(errno));
+    char *b = NULL;
+    size_t len = 0, cap = 0;
+    for (;;) {
+        if (len == cap) {
+            cap = cap ? 2 * cap : 65536;
+            b = realloc(b, cap + 1);
+            cr_assert_not_null(b);
+        }
+        size_t got = fread(b + len, 1, cap - len, f);
+        if (got == 0) break;
+        len += got;
+    }
+    fclose(f);
+    b[len] = 0;
+    if (n) *n = len;
+    return b;
+}
+
+/* Writes the n bytes at data to path (created or truncated). */
+static inline void mjt_write_file(const char *path, const void *data, size_t n) {
+    FILE *f = fopen(path, "wb");
+    cr_assert_not_null(f, "%s: %s", path, strerror(errno));
+    cr_assert_eq(fwrite(data, 1, n, f), n);
+    cr_assert_eq(fclose(f), 0);
+}
+
+/* Entries of dir, other than . and .., whose name matches the shell pattern
+ * (fnmatch); dir must exist. */
+static inline int mjt_count_entries(const char *dir, const char *pattern) {
+    DIR *d = opendir(dir);
+    cr_assert_not_null(d, "opendir %s: %s", dir, strerror(errno));
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)))
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..") && fnmatch(pattern, e->d_name, 0) == 0) n++;
+    closedir(d);
+    return n;
 }
 
 /* Runs a shell command line; returns its exit status (128 + the signal if
