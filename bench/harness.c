@@ -425,7 +425,7 @@ static void count_graph_work(const mj_graph *g, double *macs, int64_t *sum_k) {
     *sum_k = 0;
     for (int32_t i = 0; i < g->n_nodes; i++) {
         const mj_node *n = &g->nodes[i];
-        if (n->op != MJ_OP_LINEAR && n->op != MJ_OP_LINEAR_ACT && n->op != MJ_OP_MATMUL) continue;
+        if (!mj_op_is_linear(n->op) && n->op != MJ_OP_MATMUL) continue;
         const mj_type *a = &g->nodes[n->operands[0]].type, *y = &n->type;
         int64_t k = a->dims[a->rank - 1];
         double rows_out = 1; /* output elements per batch row */

@@ -325,7 +325,8 @@ static bool gen_layer_norm(gen *G, int32_t x) {
 }
 
 /* linear / linear_act, the weight a param or `mul(weight, mask)` as the
- * tracer records a pruned layer, with or without a bias. */
+ * tracer records a pruned layer, with or without a bias, often followed by
+ * a residual add. */
 static bool gen_linear(gen *G, int32_t x) {
     const mj_type tv = *ty(G, x), *t = &tv; /* a copy: adding nodes moves them */
     int64_t k = t->dims[t->rank - 1];
@@ -348,7 +349,25 @@ static bool gen_linear(gen *G, int32_t x) {
         o[no++] = leaf(G, MJ_OP_PARAM, &bt, NULL);
     }
     mj_act act = (mj_act)take(G, MJ_ACT_COUNT);
-    push(G, add(G, act == MJ_ACT_NONE ? MJ_OP_LINEAR : MJ_OP_LINEAR_ACT, no, o, act, NULL, NULL, NULL));
+    int32_t l = add(G, act == MJ_ACT_NONE ? MJ_OP_LINEAR : MJ_OP_LINEAR_ACT, no, o, act, NULL, NULL, NULL);
+    /* Often a residual add, as transformer sublayers end: x + linear(x) when
+     * the layer keeps the width, else the newest value of the result's type
+     * (r on either side). The compiled paths fuse it into the linear's
+     * epilogue (linear_add); keeping the linear in the pool too sometimes
+     * gives it a second use, which must not fuse. */
+    if (take(G, 2)) {
+        int32_t r = -1;
+        if (mj_type_equal(t, ty(G, l))) r = x;
+        for (int i = G->n_pool - 1; i >= 0 && r < 0; i--)
+            if (mj_type_equal(ty(G, G->pool[i]), ty(G, l))) r = G->pool[i];
+        if (r >= 0) {
+            bool r_first = take(G, 2);
+            int32_t s2[2] = {r_first ? r : l, r_first ? l : r};
+            if (take(G, 4) == 0) push(G, l);
+            l = add(G, MJ_OP_ADD, 2, s2, MJ_ACT_NONE, NULL, NULL, NULL);
+        }
+    }
+    push(G, l);
     return true;
 }
 
@@ -662,7 +681,7 @@ static void ill_conditioned(const mj_graph *g, int64_t batch, mj_tensor *const *
 static bool frozen_exception(const mj_graph *g, const bool *input_free, mj_tensor *const *val) {
     for (int32_t i = 0; i < g->n_nodes; i++) {
         const mj_node *n = &g->nodes[i];
-        if (n->op != MJ_OP_LINEAR && n->op != MJ_OP_LINEAR_ACT && n->op != MJ_OP_MATMUL) continue;
+        if (!mj_op_is_linear(n->op) && n->op != MJ_OP_MATMUL) continue;
         if (input_free[n->operands[1]] && has_zero(val[n->operands[1]]) && !all_finite(val[n->operands[0]]))
             return true;
     }

@@ -56,9 +56,12 @@ static mj_status shape_err(mj_op op, const char *what, const mj_type *a, const m
     return mj_fail(MJ_ERR_SHAPE, "%s: %s %s", mj_op_table[op].name, what, sa);
 }
 
-/* linear / linear_act: x[..., in] w[out,in] b[out]? -> [..., out] */
+/* linear / linear_act: x[..., in] w[out,in] b[out]? -> [..., out];
+ * linear_add / linear_act_add: the same, then r of exactly that type (no
+ * broadcasting: the fused epilogue reads r like y). */
 static mj_status infer_linear(mj_op op, int n, const mj_type *const *t, mj_type *out) {
     const mj_type *x = t[0], *w = t[1];
+    if (mj_op_has_residual(op)) n--;
     if (w->rank != 2) return shape_err(op, "weight must be rank 2, got", w, NULL);
     if (!dim_match(x->dims[x->rank - 1], w->dims[1]))
         return shape_err(op, "in_features differ: x", x, w);
@@ -69,6 +72,8 @@ static mj_status infer_linear(mj_op op, int n, const mj_type *const *t, mj_type 
     }
     *out = *x;
     out->dims[x->rank - 1] = w->dims[0];
+    if (mj_op_has_residual(op) && !mj_type_equal(t[n], out))
+        return shape_err(op, "residual does not have the result's type: residual", t[n], out);
     return MJ_OK;
 }
 
@@ -300,6 +305,8 @@ mj_status mj_infer_type_full(const mj_graph *g, mj_op op, int n, const int32_t *
         break;
     case MJ_OP_LINEAR:
     case MJ_OP_LINEAR_ACT:
+    case MJ_OP_LINEAR_ADD:
+    case MJ_OP_LINEAR_ACT_ADD:
         MJ_TRY(infer_linear(op, n, t, &r));
         break;
     case MJ_OP_EXPAND:

@@ -54,6 +54,18 @@ static mj_status eval_node(const mj_node *n, const mj_tensor *const *v, int64_t 
         mj_tensor_release(t);
         return s;
     }
+    case MJ_OP_LINEAR_ADD:
+    case MJ_OP_LINEAR_ACT_ADD: { /* the separate ops, one rounding each */
+        mj_tensor *t, *a = NULL;
+        int nl = MJ_LINEAR_N_OPS(n);
+        MJ_TRY(mj_linear(&t, v[0], v[1], nl == 3 ? v[2] : NULL));
+        mj_status s = MJ_OK;
+        if (n->op == MJ_OP_LINEAR_ACT_ADD) s = mj_activation(&a, n->act, t);
+        if (s == MJ_OK) s = mj_add(out, a ? a : t, v[nl]);
+        mj_tensor_release(a);
+        mj_tensor_release(t);
+        return s;
+    }
     case MJ_OP_EXPAND:
         return eval_expand(n, v[0], n->n_operands == 2 ? v[1] : NULL, out);
     case MJ_OP_ADD:

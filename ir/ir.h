@@ -19,7 +19,7 @@
 #include "src/core/op.h"
 
 #define MJ_DIM_BATCH INT64_C(-1)
-/* cat takes up to 8 operands; every other op at most 3 */
+/* cat takes up to 8 operands; linear_add / linear_act_add 4; every other op at most 3 */
 #define MJ_MAX_OPERANDS 8
 /* Graph size limit: a guard against hostile IR files. */
 #define MJ_MAX_NODES 1000000
@@ -41,7 +41,7 @@ typedef struct mj_node {
     int n_operands;
     int32_t operands[MJ_MAX_OPERANDS];
     mj_type type;
-    mj_act act;         /* LINEAR_ACT only                                       */
+    mj_act act;         /* LINEAR_ACT and LINEAR_ACT_ADD only                    */
     mj_attrs attrs;     /* the ops of src/core/attrs.c; zero otherwise                 */
     mj_shape_attrs sa;  /* PERMUTE, TRANSPOSE, SLICE, CAT                         */
     char *name;         /* INPUT, PARAM, CONST                                    */

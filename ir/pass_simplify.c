@@ -8,8 +8,9 @@
  *      the eager kernel (so each zero has the product's sign). Only then:
  *      0 * nan and 0 * inf are NaN, and a param (or a value made from one)
  *      may hold either, so a zero mask over it keeps its mul.
- *  - linear / linear_act / matmul whose weight is a const of all zeros
- *      -> expand(x[, b]) (then the activation for linear_act). Each sum is
+ *  - linear / linear_act / linear_add / linear_act_add / matmul whose weight
+ *      is a const of all zeros -> expand(x[, b]) (then the activation, then
+ *      the add of the residual, as the op has them). Each sum is
  *      +0.0f + x[k]*0 ... = +0.0f when every x[k] is finite (an inf or NaN
  *      input would make it NaN: the one documented exception, see
  *      docs/numerics.md), then + b: what expand computes.
@@ -94,20 +95,24 @@ static mj_status emit(const mj_graph *g, mj_graph *ng, int32_t i, const int32_t 
             return s;
         }
     }
-    if ((n->op == MJ_OP_LINEAR || n->op == MJ_OP_LINEAR_ACT ||
+    if ((mj_op_is_linear(n->op) ||
          (n->op == MJ_OP_MATMUL && ng->nodes[ops[1]].type.rank == 2)) && /* not batched */
         is_zeros(&ng->nodes[ops[1]])) {
-        int32_t e, args[2] = {ops[0], n->n_operands == 3 ? ops[2] : -1};
+        bool has_bias = n->op != MJ_OP_MATMUL && MJ_LINEAR_BIAS(n) >= 0;
+        int32_t e, args[2] = {ops[0], has_bias ? ops[2] : -1};
         /* Without a bias the width comes from the declared type: the old
-         * node's (an activation keeps the type). */
-        MJ_TRY(mj_graph_add_op(ng, MJ_OP_EXPAND, n->n_operands == 3 ? 2 : 1, args, MJ_ACT_NONE,
-                               n->n_operands == 3 ? NULL : &n->type, &e));
+         * node's (an activation and a residual keep the type). */
+        MJ_TRY(mj_graph_add_op(ng, MJ_OP_EXPAND, has_bias ? 2 : 1, args, MJ_ACT_NONE, has_bias ? NULL : &n->type,
+                               &e));
         *changed = true;
-        if (n->op != MJ_OP_LINEAR_ACT) {
+        mj_act act = n->op == MJ_OP_MATMUL ? MJ_ACT_NONE : MJ_LINEAR_ACT(n);
+        if (act != MJ_ACT_NONE) MJ_TRY(mj_graph_add_op(ng, mj_op_for_act(act), 1, &e, MJ_ACT_NONE, &n->type, &e));
+        if (n->op == MJ_OP_MATMUL || !mj_op_has_residual(n->op)) {
             *to = e;
             return MJ_OK;
         }
-        return mj_graph_add_op(ng, mj_op_for_act(n->act), 1, &e, MJ_ACT_NONE, &n->type, to);
+        int32_t sum[2] = {e, ops[n->n_operands - 1]};
+        return mj_graph_add_op(ng, MJ_OP_ADD, 2, sum, MJ_ACT_NONE, &n->type, to);
     }
     return mj_graph_add_op_full(ng, n->op, n->n_operands, ops, n->act, &n->attrs, &n->sa, &n->type, to);
 }

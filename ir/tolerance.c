@@ -14,6 +14,8 @@ int64_t mj_node_sum_length(const mj_graph *g, int32_t id, int64_t batch) {
     switch (n->op) {
     case MJ_OP_LINEAR:
     case MJ_OP_LINEAR_ACT:
+    case MJ_OP_LINEAR_ADD:
+    case MJ_OP_LINEAR_ACT_ADD:
     case MJ_OP_MATMUL: k = x->dims[x->rank - 1]; break;
     default:
         if (mj_op_table[n->op].flags & MJ_OPF_REDUCE) k = x->dims[mj_reduce_dim(n, x->rank)];

@@ -700,8 +700,10 @@ static mj_status runtime_init(mj_compiled *c) {
         if (n->op == MJ_OP_SLICE || n->op == MJ_OP_CAT || n->op == MJ_OP_TRANSPOSE || n->op == MJ_OP_PERMUTE)
             for (int k = 0; k < n->n_operands; k++)
                 rows_ok = rows_ok && b_at_dim0_only(&g->nodes[n->operands[k]].type);
-        if (n->op == MJ_OP_LINEAR || n->op == MJ_OP_LINEAR_ACT || (n->op == MJ_OP_MATMUL && n->type.rank == 2)) {
-            for (int k = 1; k < n->n_operands; k++) rows_ok = rows_ok && c->input_free[n->operands[k]];
+        if (mj_op_is_linear(n->op) || (n->op == MJ_OP_MATMUL && n->type.rank == 2)) {
+            /* weight and bias; a residual has the node's type, checked above */
+            int n_wb = n->op == MJ_OP_MATMUL ? n->n_operands : MJ_LINEAR_N_OPS(n);
+            for (int k = 1; k < n_wb; k++) rows_ok = rows_ok && c->input_free[n->operands[k]];
             int64_t xr = type_row(&g->nodes[n->operands[0]].type);
             int64_t K = g->nodes[n->operands[0]].type.dims[g->nodes[n->operands[0]].type.rank - 1];
             int64_t N = n->type.dims[n->type.rank - 1];

@@ -158,7 +158,9 @@ static inline double mj_ms_since(double t0) { return (mj_now_seconds() - t0) * 1
 
 /* The new-PM pipeline for a lowered module: a cheap clean-up when the body
  * is explicit vector code (module flag MJ_FLAG_EXPLICIT), else default<O2>.
- * MASKJIT_JIT_PASSES overrides (measurements). */
+ * A fused residual (linear_add) counts as the loop it replaced, so fusing
+ * never changes the pipeline (jit/lower.c). MASKJIT_JIT_PASSES overrides
+ * (measurements; not part of the compile cache's key). */
 #define MJ_FLAG_EXPLICIT "maskjit.explicit"
 const char *mj_jit_pipeline(LLVMModuleRef m);
 /* Frees a compiled module's code. */

@@ -9,7 +9,8 @@
  *      ascending k (two rows at once hide the add latency; the longer row's
  *      extra nonzeros follow on their own), then + b[j], then the activation,
  *      stored to yT[j][c];
- *   3. transpose yT back into y.
+ *   3. transpose yT back into y (adding the residual there, if any: as y is
+ *      stored, so in y's row-major layout, after the activation).
  * Each output element therefore sees exactly eager's operations in eager's
  * order minus the products with zero weights. The nonzeros, indices, group
  * table and bias are private constant globals of the module. Weights pruned
@@ -230,10 +231,11 @@ typedef struct sb {
     mj_emit e; /* builder, types, mode, vector width (emit.h) */
     mj_act act;
     const plan *p;
-    LLVMValueRef x, y, batch, xT, yT;
+    LLVMValueRef x, y, batch, xT, yT, res; /* res: NULL, or the residual (y's layout) */
     LLVMValueRef g_meta, g_pidx, g_pw, g_tidx, g_tw, g_bias, g_colmap;
     LLVMValueRef acc[2][4]; /* allocas: per group row, per vector of the chunk */
     LLVMValueRef tile;      /* the vw x vw transpose */
+    LLVMValueRef tile_out;  /* the same for yT -> y, + the residual if there is one */
 } sb;
 
 /* relu and none run on whole vectors; the libm activations afterwards, one
@@ -242,12 +244,15 @@ static bool act_is_vector(mj_act a) { return a == MJ_ACT_NONE || a == MJ_ACT_REL
 
 /* A vw x vw tile: row t of the source (vw floats at src + t*sstride) becomes
  * column t of the destination (row t at dst + t*dstride). log2(vw) stages;
- * stage h swaps the off-diagonal h x h blocks of every 2h x 2h block. */
-static LLVMValueRef tile_fn(sb *s, const char *name) {
+ * stage h swaps the off-diagonal h x h blocks of every 2h x 2h block. With
+ * add, a fifth argument res (same stride as dst) is added to each row
+ * before it is stored. */
+static LLVMValueRef tile_fn(sb *s, const char *name, bool add_res) {
     char fname[256];
-    snprintf(fname, sizeof fname, "%s.tile", name);
-    LLVMTypeRef params[4] = {s->e.ptr, s->e.i64, s->e.ptr, s->e.i64};
-    LLVMValueRef fn = LLVMAddFunction(s->e.m, fname, LLVMFunctionType(LLVMVoidTypeInContext(s->e.ctx), params, 4, 0));
+    snprintf(fname, sizeof fname, "%s.tile%s", name, add_res ? ".add" : "");
+    LLVMTypeRef params[5] = {s->e.ptr, s->e.i64, s->e.ptr, s->e.i64, s->e.ptr};
+    LLVMValueRef fn = LLVMAddFunction(s->e.m, fname,
+                                      LLVMFunctionType(LLVMVoidTypeInContext(s->e.ctx), params, add_res ? 5 : 4, 0));
     LLVMSetLinkage(fn, LLVMPrivateLinkage);
     /* one copy, called per tile: inlining 10 copies of 64 shuffles only
      * costs compile time */
@@ -287,17 +292,24 @@ static LLVMValueRef tile_fn(sb *s, const char *name) {
             r[i + h] = b;
         }
     }
-    for (int t = 0; t < n; t++) vst(s, r[t], dst, mul(s, ci(s, t), ds), 4);
+    for (int t = 0; t < n; t++) {
+        if (add_res) r[t] = fadd(s, r[t], vld(s, LLVMGetParam(fn, 4), mul(s, ci(s, t), ds), 4));
+        vst(s, r[t], dst, mul(s, ci(s, t), ds), 4);
+    }
     LLVMBuildRetVoid(s->e.b);
     LLVMDisposeBuilder(s->e.b);
     s->e.b = saved;
     return fn;
 }
 
-static void tile_transpose(sb *s, LLVMValueRef src, LLVMValueRef sstride, LLVMValueRef dst, LLVMValueRef dstride) {
-    LLVMTypeRef params[4] = {s->e.ptr, s->e.i64, s->e.ptr, s->e.i64};
-    LLVMValueRef args[4] = {src, sstride, dst, dstride};
-    LLVMBuildCall2(s->e.b, LLVMFunctionType(LLVMVoidTypeInContext(s->e.ctx), params, 4, 0), s->tile, args, 4, "");
+/* res NULL: the plain transpose (s->tile); else s->tile_out, adding res */
+static void tile_transpose(sb *s, LLVMValueRef src, LLVMValueRef sstride, LLVMValueRef dst, LLVMValueRef dstride,
+                           LLVMValueRef res) {
+    LLVMTypeRef params[5] = {s->e.ptr, s->e.i64, s->e.ptr, s->e.i64, s->e.ptr};
+    LLVMValueRef args[5] = {src, sstride, dst, dstride, res};
+    unsigned n = res ? 5 : 4;
+    LLVMBuildCall2(s->e.b, LLVMFunctionType(LLVMVoidTypeInContext(s->e.ctx), params, n, 0), res ? s->tile_out : s->tile,
+                   args, n, "");
 }
 
 static LLVMValueRef const_array(sb *s, const char *name, const char *suffix, LLVMTypeRef elt, const void *data,
@@ -323,7 +335,7 @@ static void emit_transpose_in(sb *s, int C, LLVMValueRef i0, LLVMValueRef valid,
         for (int c0 = 0; c0 < C; c0 += s->e.vw) {
             LLVMValueRef src = at(s, s->x, add(s, mul(s, add(s, i0, ci(s, c0)), in), lk.iv));
             LLVMValueRef dst = at(s, s->xT, add(s, mul(s, lk.iv, Cv), ci(s, c0)));
-            tile_transpose(s, src, in, dst, Cv);
+            tile_transpose(s, src, in, dst, Cv, NULL);
         }
         loop_end(s, &lk);
         if (kfull < p->in) {
@@ -355,7 +367,7 @@ static void emit_transpose_in(sb *s, int C, LLVMValueRef i0, LLVMValueRef valid,
     if (p->identity) if_end(s, f.end);
 }
 
-/* y[i0 + c][j] = yT[j][c] for c < valid. */
+/* y[i0 + c][j] = yT[j][c] (+ res[i0 + c][j]) for c < valid. */
 static void emit_transpose_out(sb *s, int C, LLVMValueRef i0, LLVMValueRef valid, bool full) {
     const plan *p = s->p;
     LLVMValueRef out = ci(s, p->out), Cv = ci(s, C);
@@ -365,15 +377,17 @@ static void emit_transpose_out(sb *s, int C, LLVMValueRef i0, LLVMValueRef valid
     loop lj = loop_range(s, ci(s, 0), ci(s, jfull), s->e.vw);
     for (int c0 = 0; c0 < C; c0 += s->e.vw) {
         LLVMValueRef src = at(s, s->yT, add(s, mul(s, lj.iv, Cv), ci(s, c0)));
-        LLVMValueRef dst = at(s, s->y, add(s, mul(s, add(s, i0, ci(s, c0)), out), lj.iv));
-        tile_transpose(s, src, Cv, dst, out);
+        LLVMValueRef off = add(s, mul(s, add(s, i0, ci(s, c0)), out), lj.iv);
+        tile_transpose(s, src, Cv, at(s, s->y, off), out, s->res ? at(s, s->res, off) : NULL);
     }
     loop_end(s, &lj);
     if (jfull < p->out) {
         loop lr = loop_range(s, ci(s, jfull), out, 1);
         loop lc = loop_range(s, ci(s, 0), Cv, 1);
         LLVMValueRef v = ld(s, s->e.f32, s->yT, add(s, mul(s, lr.iv, Cv), lc.iv));
-        store(s, v, s->y, add(s, mul(s, add(s, i0, lc.iv), out), lr.iv));
+        LLVMValueRef off = add(s, mul(s, add(s, i0, lc.iv), out), lr.iv);
+        if (s->res) v = fadd(s, v, ld(s, s->e.f32, s->res, off));
+        store(s, v, s->y, off);
         loop_end(s, &lc);
         loop_end(s, &lr);
     }
@@ -381,8 +395,11 @@ static void emit_transpose_out(sb *s, int C, LLVMValueRef i0, LLVMValueRef valid
     if_else(s, &f);
     loop lc = loop_range(s, ci(s, 0), valid, 1);
     LLVMValueRef yrow = at(s, s->y, mul(s, add(s, i0, lc.iv), out));
+    LLVMValueRef rrow = s->res ? at(s, s->res, mul(s, add(s, i0, lc.iv), out)) : NULL;
     loop lr = loop_range(s, ci(s, 0), out, 1);
-    store(s, ld(s, s->e.f32, s->yT, add(s, mul(s, lr.iv, Cv), lc.iv)), yrow, lr.iv);
+    LLVMValueRef v = ld(s, s->e.f32, s->yT, add(s, mul(s, lr.iv, Cv), lc.iv));
+    if (rrow) v = fadd(s, v, ld(s, s->e.f32, rrow, lr.iv));
+    store(s, v, yrow, lr.iv);
     loop_end(s, &lr);
     loop_end(s, &lc);
     if_end(s, f.end);
@@ -495,7 +512,7 @@ static void emit_chunk(sb *s, int C, LLVMValueRef i0, LLVMValueRef valid, bool f
 }
 
 LLVMValueRef mj_sparse_emit_linear(LLVMModuleRef M, const char *name, const float *w, const float *b,
-                                   int64_t out, int64_t in, mj_act act, bool fast, int vw) {
+                                   int64_t out, int64_t in, mj_act act, bool residual, bool fast, int vw) {
     if (!M || !name || !w || out <= 0 || in <= 0 || out > INT32_MAX || in > INT32_MAX ||
         (unsigned)act >= MJ_ACT_COUNT || (vw != 4 && vw != 8 && vw != 16))
         return NULL;
@@ -503,8 +520,8 @@ LLVMValueRef mj_sparse_emit_linear(LLVMModuleRef M, const char *name, const floa
     if (!plan_build(&p, w, out, in, vw)) return NULL;
     sb s = {.act = act, .p = &p};
     mj_emit_init(&s.e, M, fast, vw, true);
-    LLVMTypeRef params[4] = {s.e.ptr, s.e.ptr, s.e.i64, s.e.ptr};
-    s.e.fn = LLVMAddFunction(M, name, LLVMFunctionType(LLVMVoidTypeInContext(s.e.ctx), params, 4, 0));
+    LLVMTypeRef params[5] = {s.e.ptr, s.e.ptr, s.e.i64, s.e.ptr, s.e.ptr};
+    s.e.fn = LLVMAddFunction(M, name, LLVMFunctionType(LLVMVoidTypeInContext(s.e.ctx), params, 5, 0));
     unsigned noalias = LLVMGetEnumAttributeKindForName("noalias", 7);
     LLVMAddAttributeAtIndex(s.e.fn, 2, LLVMCreateEnumAttribute(s.e.ctx, noalias, 0)); /* y */
     LLVMAddAttributeAtIndex(s.e.fn, 4, LLVMCreateEnumAttribute(s.e.ctx, noalias, 0)); /* scratch */
@@ -526,7 +543,8 @@ LLVMValueRef mj_sparse_emit_linear(LLVMModuleRef M, const char *name, const floa
     s.g_bias = b ? const_array(&s, name, "bias", s.e.f32, b, out) : NULL;
     s.g_colmap = p.identity ? NULL : const_array(&s, name, "colmap", s.e.i32, p.colmap, p.ncols);
 
-    s.tile = tile_fn(&s, name);
+    s.tile = tile_fn(&s, name, false);
+    s.tile_out = residual ? tile_fn(&s, name, true) : s.tile;
     s.e.b = LLVMCreateBuilderInContext(s.e.ctx);
     LLVMPositionBuilderAtEnd(s.e.b, LLVMAppendBasicBlockInContext(s.e.ctx, s.e.fn, "entry"));
     for (int r = 0; r < 2; r++)
@@ -535,6 +553,7 @@ LLVMValueRef mj_sparse_emit_linear(LLVMModuleRef M, const char *name, const floa
     s.y = LLVMGetParam(s.e.fn, 1);
     s.batch = LLVMGetParam(s.e.fn, 2);
     LLVMValueRef scratch = LLVMGetParam(s.e.fn, 3);
+    s.res = residual ? LLVMGetParam(s.e.fn, 4) : NULL;
     int C1 = 4 * s.e.vw;
     MJ_ASSERT(C1 <= MAX_CHUNK);
     s.xT = scratch;

@@ -36,15 +36,17 @@ bool mj_sparse_profitable(const float *w, int64_t out, int64_t in);
 int64_t mj_sparse_scratch_floats(int64_t in, int64_t out, int64_t batch);
 
 /* Emits into M (in M's context):
- *   void name(const float *x, float *y, int64_t batch, float *scratch)
+ *   void name(const float *x, float *y, int64_t batch, float *scratch,
+ *             const float *res)
  * x row-major [batch][in], y [batch][out], any batch >= 1, x and y do not
- * overlap; y = act(x . w^T + b). w is [out][in] row-major, b is [out] or
+ * overlap; y = act(x . w^T + b), then + res (residual: res [batch][out],
+ * not overlapping y; else res is ignored), each step rounded to float. w is [out][in] row-major, b is [out] or
  * NULL. The data of w and b is copied into the module. Returns the function,
  * or NULL if out of memory. vw (4, 8 or 16 floats) is the vector width of
  * the JIT's target (mj_body_plan.vw), so forced features (an AVX2 target on
  * an AVX-512 host) shape this code as they shape the rest. */
 LLVMValueRef mj_sparse_emit_linear(LLVMModuleRef M, const char *name, const float *w,
                                    const float *b /* NULL = no bias */, int64_t out, int64_t in,
-                                   mj_act act, bool fast, int vw);
+                                   mj_act act, bool residual, bool fast, int vw);
 
 #endif

@@ -445,3 +445,77 @@ Test(export, residual_layernorm_mlp_runs_in_every_mode, .timeout = 60) {
 Test(export, two_inputs_two_outputs_run_in_every_mode, .timeout = 60) {
     check_fixture("export_two_in_two_out");
 }
+
+static int count_str(const char *s, const char *needle) {
+    int n = 0;
+    for (const char *p = s; (p = strstr(p, needle)); p += strlen(needle)) n++;
+    return n;
+}
+
+/* The transformer fixtures with the residual adds fused into their linear
+ * layers' epilogues (the default) and unfused (MASKJIT_FUSE_RESIDUAL=0),
+ * at every stored batch (3, 1, 17) and in every mode: exact paths give the
+ * same bits both ways, fast paths agree within PyTorch's tolerance. The
+ * graphs must fuse: BERT's attention output and FFN output, ViT's two
+ * residual branches, the residual MLP's and the LLaMA MLP's one. */
+Test(export, residual_adds_fused_equal_unfused_in_transformer_fixtures, .timeout = 240) {
+    static const struct {
+        const char *name;
+        int fused;
+    } fx[] = {{"export_bert_layer", 2}, {"export_vit_block", 2}, {"export_residual_layernorm", 1},
+              {"export_llama_mlp", 1}};
+    mj_jit *jit;
+    OK(mj_jit_new(&jit));
+    for (size_t f = 0; f < sizeof fx / sizeof *fx; f++) {
+        char *path = fixture_path(fx[f].name);
+        mj_tensor_dict *file;
+        OK(mj_safetensors_load(path, &file));
+        mj_graph *g, *opt;
+        OK(mj_graph_load(path, &g));
+        OK(mj_graph_clone(g, &opt));
+        OK(mj_graph_optimize(opt, "cse,fuse,dce"));
+        char *text = mj_graph_to_string(opt);
+        int n = count_str(text, "= linear_add ") + count_str(text, "= linear_act_add ");
+        cr_assert_eq(n, fx[f].fused, "%s: %d residual adds fused, want %d:\n%s", fx[f].name, n, fx[f].fused, text);
+        free(text);
+        mj_graph_free(opt);
+        int n_in = mj_graph_input_count(g), n_out = mj_graph_output_count(g);
+        mj_compiled *fused[N_COMPILED], *unfused[N_COMPILED];
+        compile_paths(jit, g, fused);
+        cr_assert_eq(setenv("MASKJIT_FUSE_RESIDUAL", "0", 1), 0);
+        compile_paths(jit, g, unfused);
+        cr_assert_eq(unsetenv("MASKJIT_FUSE_RESIDUAL"), 0);
+        static const char *const batches[] = {"3", "1", "17"};
+        for (int bi = 0; bi < 3; bi++) {
+            char suffix[32] = "";
+            if (bi > 0) snprintf(suffix, sizeof suffix, ".batch%s", batches[bi]);
+            const mj_tensor *xs[4];
+            for (int i = 0; i < n_in; i++) xs[i] = stored(file, "input", n_in, i, suffix);
+            for (int p = 0; p < N_COMPILED; p++) {
+                mj_tensor *a[4] = {0}, *b[4] = {0};
+                OK(mj_compiled_run_n(fused[p], n_in, xs, n_out, a));
+                OK(mj_compiled_run_n(unfused[p], n_in, xs, n_out, b));
+                for (int j = 0; j < n_out; j++) {
+                    if (p < 2) {
+                        cr_assert(mj_tensor_equal(a[j], b[j]), "%s %s batch %s output %d: fused != unfused",
+                                  fx[f].name, paths[p], batches[bi], j);
+                    } else {
+                        mj_compare e = mj_tensor_compare(a[j], b[j], MJ_RTOL_F32, MJ_ATOL_F32);
+                        cr_assert(e.close, "%s %s batch %s output %d: fused vs unfused max abs %g", fx[f].name,
+                                  paths[p], batches[bi], j, e.max_abs);
+                    }
+                    mj_tensor_release(a[j]);
+                    mj_tensor_release(b[j]);
+                }
+            }
+        }
+        for (int p = 0; p < N_COMPILED; p++) {
+            mj_compiled_free(fused[p]);
+            mj_compiled_free(unfused[p]);
+        }
+        mj_graph_free(g);
+        mj_tensor_dict_free(file);
+        free(path);
+    }
+    mj_jit_free(jit);
+}

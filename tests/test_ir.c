@@ -72,6 +72,20 @@ static mj_tensor *eager(const mj_node *n, mj_tensor **v, int64_t batch) {
         s = mj_activation(&y, n->act, t);
         mj_tensor_release(t);
         break;
+    case MJ_OP_LINEAR_ADD:
+    case MJ_OP_LINEAR_ACT_ADD: { /* linear, the activation, then + r (the last operand) */
+        const mj_tensor *r = v[n->operands[n->n_operands - 1]];
+        OK(mj_linear(&t, a, b, n->n_operands == 4 ? c : NULL));
+        if (n->op == MJ_OP_LINEAR_ACT_ADD) {
+            mj_tensor *u;
+            OK(mj_activation(&u, n->act, t));
+            mj_tensor_release(t);
+            t = u;
+        }
+        s = mj_add(&y, t, r);
+        mj_tensor_release(t);
+        break;
+    }
     case MJ_OP_EXPAND: {
         /* expand = linear with an all-zero weight */
         int64_t ws[2] = {n->type.dims[n->type.rank - 1], mj_tensor_dim(a, -1)};
@@ -229,6 +243,17 @@ static const char *const op_graphs[] = {
     "%6 = param \"b\" : f32[8]\n"
     "%7 = linear_act %5, %1, %6 {act=relu} : f32[B,8]\n"
     "return %7\n",
+    /* residual layers: linear_add and linear_act_add, with and without bias,
+     * rank-3 input (r has the result's type) */
+    "maskjit-ir 1\n"
+    "%0 = input \"x\" : f32[B,3,8]\n"
+    "%1 = param \"w\" : f32[8,8]\n"
+    "%2 = param \"b\" : f32[8]\n"
+    "%3 = linear_add %0, %1, %2, %0 : f32[B,3,8]\n"
+    "%4 = linear_act_add %3, %1, %0 {act=gelu} : f32[B,3,8]\n"
+    "%5 = linear_act_add %4, %1, %2, %3 {act=silu} : f32[B,3,8]\n"
+    "%6 = linear_add %5, %1, %4 : f32[B,3,8]\n"
+    "return %6\n",
     /* expand with and without bias */
     "maskjit-ir 1\n"
     "%0 = input \"x\" : f32[B,8]\n"
@@ -430,6 +455,13 @@ static const bad_case bad_cases[] = {
     {HDR X "%1 = param \"w\" : f32[4,4]\n%2 = linear_act %0, %1 {act=none} : f32[B,4]\nreturn %2\n", "4:29:",
      "(relu, gelu, gelu_tanh, sigmoid, tanh, silu), found 'none'"}, /* the list is maskjit/acts.def's */
     {HDR X "%1 = param \"w\" : f32[4,4]\n%2 = linear_act %0, %1 : f32[B,4]\nreturn %2\n", "4:24:",
+     "an {act=...} attribute"},
+    /* linear_add: r last, exactly the result's type (no broadcasting) */
+    {HDR X "%1 = param \"w\" : f32[4,4]\n%2 = param \"b\" : f32[4]\n%3 = linear_add %0, %1, %2 : f32[B,4]\nreturn %3\n",
+     "5:30:", "linear_add: residual does not have the result's type: residual f32[4] with f32[B,4]"},
+    {HDR X "%1 = param \"w\" : f32[4,4]\n%2 = linear_add %0, %1 : f32[B,4]\nreturn %2\n", "4:24:",
+     "at least 3 operands"},
+    {HDR X "%1 = param \"w\" : f32[4,4]\n%2 = linear_act_add %0, %1, %0 : f32[B,4]\nreturn %2\n", "4:32:",
      "an {act=...} attribute"},
     {HDR X "%1 = param \"w\" : f32[4]\n%2 = param \"w\" : f32[4]\nreturn %0\n", "4:12:", "duplicate param name \"w\""},
     {HDR X "return %0\n%1 = relu %0 : f32[B,4]\n", "4:1:", "end of input after 'return'"}, /* garbage after return */

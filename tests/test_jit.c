@@ -927,3 +927,119 @@ Test(jit, avx2_code_path_via_forced_features) {
     }
     mj_jit_free(j2);
 }
+
+/* ---- the residual epilogue (linear_add / linear_act_add) ------------------- */
+
+/* Params get randn values, every weight ("w*") zeroed outside the given
+ * density (frozen: the sparse kernel for layers wider than 64). */
+static void bind_random_params(mj_graph *g, double density, mj_rng *rng) {
+    for (int32_t i = 0; i < g->n_nodes; i++) {
+        mj_node *n = &g->nodes[i];
+        if (n->op != MJ_OP_PARAM) continue;
+        mj_tensor *t;
+        OK(mj_tensor_randn(&t, n->type.rank, n->type.dims, rng));
+        if (n->name[0] == 'w') {
+            float *d = mj_tensor_data_mut(t);
+            for (int64_t k = 0; k < mj_tensor_numel(t); k++)
+                if (mj_rng_uniform(rng) >= density) d[k] = 0.0f;
+        }
+        mj_tensor_release(n->tensor);
+        n->tensor = t;
+    }
+}
+
+static int count_op(const mj_graph *g, mj_op op) {
+    int n = 0;
+    for (int32_t i = 0; i < g->n_nodes; i++) n += g->nodes[i].op == op;
+    return n;
+}
+
+static mj_compiled *compile_fused(const mj_graph *g, mjt_mode m, bool fused) {
+    if (!fused) cr_assert_eq(setenv("MASKJIT_FUSE_RESIDUAL", "0", 1), 0);
+    mj_compiled *c = mjt_compile(jit, g, m);
+    cr_assert_eq(unsetenv("MASKJIT_FUSE_RESIDUAL"), 0);
+    return c;
+}
+
+/* Residual layers compiled with the add fused into the linear's epilogue
+ * and without (MASKJIT_FUSE_RESIDUAL=0), every mode, batches 1, 3 and 17:
+ * fused exact == unfused exact == interpreter bit for bit, fast within
+ * tolerance. The graphs reach every kernel kind: the small fused chain
+ * (with a residual computed after the chain's first layer, which must end
+ * the chain), the GEMM micro-kernels (full and tail panels), the frozen
+ * sparse kernel (density 0.2) and the scalar loops of an input-dependent
+ * weight. */
+Test(jit, residual_add_fused_equals_unfused_every_kernel_and_mode) {
+    mj_rng rng;
+    mj_rng_seed(&rng, 31);
+    static const struct {
+        const char *text;
+        double density;
+        int fused; /* linear_add + linear_act_add nodes after "cse,fuse,dce" */
+    } cases[] = {
+        /* x + l2(gelu(l1(x))); relu(l3(h)) + h; then a small layer whose
+         * residual (%11) comes after the first layer of its chain (%10) */
+        {"maskjit-ir 1\n%0 = input \"x\" : f32[B,16]\n"
+         "%1 = param \"w1\" : f32[40,16]\n%2 = param \"b1\" : f32[40]\n%3 = param \"w2\" : f32[16,40]\n"
+         "%4 = param \"b2\" : f32[16]\n%5 = param \"w3\" : f32[16,16]\n"
+         "%6 = linear %0, %1, %2 : f32[B,40]\n%7 = gelu %6 : f32[B,40]\n%8 = linear %7, %3, %4 : f32[B,16]\n"
+         "%9 = add %0, %8 : f32[B,16]\n%10 = linear %9, %5 : f32[B,16]\n%11 = mul %9, %9 : f32[B,16]\n"
+         "%12 = linear %10, %5 : f32[B,16]\n%13 = add %12, %11 : f32[B,16]\n"
+         "%14 = linear %13, %5, %4 : f32[B,16]\n%15 = relu %14 : f32[B,16]\n%16 = add %15, %13 : f32[B,16]\n"
+         "return %16\n",
+         1.0, 3},
+        /* wide: GEMM live, sparse frozen; N = 200 is 3 full panels and a tail */
+        {"maskjit-ir 1\n%0 = input \"x\" : f32[B,200]\n"
+         "%1 = param \"w1\" : f32[300,200]\n%2 = param \"b1\" : f32[300]\n%3 = param \"w2\" : f32[200,300]\n"
+         "%4 = param \"b2\" : f32[200]\n%5 = param \"w3\" : f32[200,200]\n"
+         "%6 = linear %0, %1, %2 : f32[B,300]\n%7 = gelu %6 : f32[B,300]\n%8 = linear %7, %3, %4 : f32[B,200]\n"
+         "%9 = add %8, %0 : f32[B,200]\n%10 = linear %9, %5 : f32[B,200]\n%11 = tanh %10 : f32[B,200]\n"
+         "%12 = add %9, %11 : f32[B,200]\nreturn %12\n",
+         0.2, 2},
+        /* the weight from the input (a sum over the batch): scalar i, j, k loops */
+        {"maskjit-ir 1\n%0 = input \"x\" : f32[B,16]\n%1 = sum %0 {dim=0} : f32[16]\n"
+         "%2 = reshape %1 : f32[4,4]\n%3 = slice %0 {dim=1, start=0, end=4} : f32[B,4]\n"
+         "%4 = param \"b\" : f32[4]\n%5 = linear %3, %2, %4 : f32[B,4]\n%6 = add %5, %3 : f32[B,4]\n"
+         "return %6\n",
+         1.0, 1},
+    };
+    static const int64_t batches[] = {1, 3, 17};
+    for (size_t ci = 0; ci < sizeof cases / sizeof *cases; ci++) {
+        mj_graph *g = NULL;
+        cr_assert_eq(mj_graph_parse(cases[ci].text, &g), MJ_OK, "case %zu: %s", ci, mj_last_error());
+        bind_random_params(g, cases[ci].density, &rng);
+        mj_graph *f = NULL;
+        OK(mj_graph_clone(g, &f));
+        OK(mj_graph_optimize(f, "cse,fuse,dce"));
+        cr_assert_eq(count_op(f, MJ_OP_LINEAR_ADD) + count_op(f, MJ_OP_LINEAR_ACT_ADD), cases[ci].fused,
+                     "case %zu fuses %d residual adds:\n%s", ci, cases[ci].fused, mj_graph_to_string(f));
+        mj_graph_free(f);
+        for (int mi = 0; mi < 4; mi++) {
+            mj_compiled *cf = compile_fused(g, mjt_modes[mi], true), *cu = compile_fused(g, mjt_modes[mi], false);
+            for (size_t bi = 0; bi < sizeof batches / sizeof *batches; bi++) {
+                mj_tensor *x = randn_input(g, batches[bi], &rng), *want, *got, *unf;
+                OK(mj_graph_run(g, x, &want));
+                OK(mj_compiled_run(cf, x, &got));
+                OK(mj_compiled_run(cu, x, &unf));
+                char what[96];
+                snprintf(what, sizeof what, "residual case %zu batch %lld", ci, (long long)batches[bi]);
+                if (mjt_modes[mi].numeric == MJ_NUMERIC_EXACT) {
+                    check_result(got, want, mjt_modes[mi], what);
+                    cr_assert(mj_tensor_equal(got, unf), "%s (%s): fused != unfused", what, mjt_modes[mi].name);
+                } else { /* sums of up to 300 terms reordered */
+                    mj_compare cmp = mj_tensor_compare(got, want, MJ_RTOL_F32 * 20, MJ_ATOL_F32 * 20);
+                    char desc[256];
+                    mj_compare_describe(&cmp, got, want, desc, sizeof desc);
+                    cr_assert(cmp.close, "%s (%s): not close: %s", what, mjt_modes[mi].name, desc);
+                }
+                mj_tensor_release(x);
+                mj_tensor_release(want);
+                mj_tensor_release(got);
+                mj_tensor_release(unf);
+            }
+            mj_compiled_free(cf);
+            mj_compiled_free(cu);
+        }
+        mj_graph_free(g);
+    }
+}

@@ -139,6 +139,9 @@ GOLDEN(simplify_noop)
 GOLDEN(fuse_linear_act)
 GOLDEN(fuse_chain)
 GOLDEN(fuse_two_uses)
+GOLDEN(fuse_residual)
+GOLDEN(fuse_residual_no)
+GOLDEN(simplify_zero_linear_add)
 GOLDEN(default_masked_mlp)
 
 /* Every before file has a test above (a new golden file must be listed). */
@@ -149,7 +152,7 @@ Test(passes, every_golden_file_is_listed) {
         "simplify_zero_mask", "simplify_zero_linear_act", "simplify_zero_matmul",
         "simplify_noop", "fuse_linear_act", "fuse_chain", "fuse_two_uses",
         "default_masked_mlp", "simplify_zero_mask_nan", "simplify_zero_mask_signs",
-        "simplify_minus_one_mask"};
+        "simplify_minus_one_mask", "fuse_residual", "fuse_residual_no", "simplify_zero_linear_add"};
     char cmd[600];
     snprintf(cmd, sizeof cmd, "ls %s/tests/ir/ | grep -c '\\.before\\.mjir$'", MJ_SOURCE_ROOT);
     FILE *p = popen(cmd, "r");

@@ -21,12 +21,13 @@
 #include "maskjit.h"
 #include "test_util.h"
 
-typedef void (*sparse_fn)(const float *x, float *y, int64_t batch, float *scratch);
+typedef void (*sparse_fn)(const float *x, float *y, int64_t batch, float *scratch, const float *res);
 
 typedef struct harness {
     LLVMOrcResourceTrackerRef rt;
     sparse_fn fn;
     int64_t out, in;
+    bool residual;
 } harness;
 
 /* One LLJIT per test (Criterion runs each test in its own process); each
@@ -58,12 +59,13 @@ static LLVMTargetMachineRef host_tm(void) {
 }
 
 /* Emit, optimise with O3 (as jit/jit.c does), JIT, look up. */
-static void harness_init(harness *h, const float *w, const float *b, int64_t out, int64_t in, mj_act act,
-                         bool fast) {
+static void harness_init_r(harness *h, const float *w, const float *b, int64_t out, int64_t in, mj_act act,
+                           bool residual, bool fast) {
     LLVMInitializeNativeTarget();
     LLVMInitializeNativeAsmPrinter();
     h->out = out;
     h->in = in;
+    h->residual = residual;
     LLVMOrcThreadSafeContextRef tsc = LLVMOrcCreateNewThreadSafeContext();
     LLVMContextRef ctx = LLVMOrcThreadSafeContextGetContext(tsc);
     LLVMModuleRef m = LLVMModuleCreateWithNameInContext("sparse_test", ctx);
@@ -72,7 +74,7 @@ static void harness_init(harness *h, const float *w, const float *b, int64_t out
     char *feat = LLVMGetHostCPUFeatures(); /* the harness compiles for the host */
     int vw = mj_features_vector_width(feat);
     LLVMDisposeMessage(feat);
-    LLVMValueRef f = mj_sparse_emit_linear(m, name, w, b, out, in, act, fast, vw);
+    LLVMValueRef f = mj_sparse_emit_linear(m, name, w, b, out, in, act, residual, fast, vw);
     cr_assert(f != NULL, "emit failed");
     char *msg = NULL;
     cr_assert(!LLVMVerifyModule(m, LLVMReturnStatusAction, &msg), "invalid IR: %s", msg);
@@ -115,6 +117,11 @@ static void harness_init(harness *h, const float *w, const float *b, int64_t out
     h->fn = (sparse_fn)(uintptr_t)addr;
 }
 
+static void harness_init(harness *h, const float *w, const float *b, int64_t out, int64_t in, mj_act act,
+                         bool fast) {
+    harness_init_r(h, w, b, out, in, act, false, fast);
+}
+
 static void harness_free(harness *h) {
     LLVMErrorRef err = LLVMOrcResourceTrackerRemove(h->rt);
     if (err) LLVMConsumeError(err);
@@ -123,9 +130,10 @@ static void harness_free(harness *h) {
 
 #define CANARY 0x7fc0dead
 
-/* Runs the kernel on x [batch, in] into a fresh tensor, checking that
- * neither y nor the scratch is written past its end. */
-static mj_tensor *harness_run(const harness *h, const mj_tensor *x) {
+/* Runs the kernel on x [batch, in] (+ res [batch, out] for a residual
+ * kernel) into a fresh tensor, checking that neither y nor the scratch is
+ * written past its end. */
+static mj_tensor *harness_run_r(const harness *h, const mj_tensor *x, const mj_tensor *res) {
     int64_t batch = mj_tensor_dim(x, 0);
     int64_t ns = mj_sparse_scratch_floats(h->in, h->out, batch);
     cr_assert(ns >= 0);
@@ -136,7 +144,8 @@ static mj_tensor *harness_run(const harness *h, const mj_tensor *x) {
     float *y = malloc(((size_t)(batch * h->out) + 16) * sizeof(float));
     uint32_t *yc = (uint32_t *)y;
     for (int64_t i = 0; i < batch * h->out + 16; i++) yc[i] = CANARY;
-    h->fn(mj_tensor_data(x), y, batch, scratch);
+    cr_assert_eq(h->residual, res != NULL);
+    h->fn(mj_tensor_data(x), y, batch, scratch, res ? mj_tensor_data(res) : NULL);
     for (size_t i = (size_t)ns; i < sbytes / 4; i++) cr_assert_eq(sc[i], CANARY, "scratch overrun at %zu", i);
     for (int64_t i = batch * h->out; i < batch * h->out + 16; i++) cr_assert_eq(yc[i], CANARY, "y overrun");
     mj_tensor *t;
@@ -146,6 +155,8 @@ static mj_tensor *harness_run(const harness *h, const mj_tensor *x) {
     free(scratch);
     return t;
 }
+
+static mj_tensor *harness_run(const harness *h, const mj_tensor *x) { return harness_run_r(h, x, NULL); }
 
 typedef enum { MASK_RANDOM, MASK_ROWS, MASK_BLOCK4, MASK_COLS, MASK_BLOCK4_HOLES } mask_kind;
 
@@ -207,9 +218,11 @@ static mj_tensor *rand_input(int64_t batch, int64_t in, uint64_t seed, bool huge
     return x;
 }
 
-/* Compile once, check every batch: exact must be bitwise equal. */
-static void check_case(int64_t out, int64_t in, double density, mask_kind kind, bool bias, mj_act act, bool fast,
-                       const int64_t *batches, int nb) {
+/* Compile once, check every batch: exact must be bitwise equal. With
+ * residual, the reference adds a random [batch, out] tensor after the
+ * activation (eager mj_add), as linear_add / linear_act_add define it. */
+static void check_case_r(int64_t out, int64_t in, double density, mask_kind kind, bool bias, mj_act act,
+                         bool residual, bool fast, const int64_t *batches, int nb) {
     uint64_t seed = (uint64_t)(out * 1000003 + in * 7 + (int64_t)(density * 1000) + kind * 13 + act);
     mj_tensor *w = masked_weight(out, in, density, kind, seed);
     mj_tensor *b = NULL;
@@ -219,11 +232,19 @@ static void check_case(int64_t out, int64_t in, double density, mask_kind kind, 
         OK(mj_tensor_randn(&b, 1, bs, &rng));
     }
     harness h;
-    harness_init(&h, mj_tensor_data(w), b ? mj_tensor_data(b) : NULL, out, in, act, fast);
+    harness_init_r(&h, mj_tensor_data(w), b ? mj_tensor_data(b) : NULL, out, in, act, residual, fast);
     for (int i = 0; i < nb; i++) {
         mj_tensor *x = rand_input(batches[i], in, seed + 2 + (uint64_t)i, !fast);
-        mj_tensor *want = reference(x, w, b, act);
-        mj_tensor *got = harness_run(&h, x);
+        mj_tensor *want = reference(x, w, b, act), *res = NULL;
+        if (residual) {
+            mj_tensor *sum;
+            res = rand_input(batches[i], out, seed + 99 + (uint64_t)i, false);
+            OK(mj_add(&sum, want, res));
+            mj_tensor_release(want);
+            want = sum;
+        }
+        mj_tensor *got = harness_run_r(&h, x, res);
+        mj_tensor_release(res);
         char buf[256];
         if (fast) {
             mj_compare c = mj_tensor_compare(got, want, 1e-4, 1e-3);
@@ -243,6 +264,11 @@ static void check_case(int64_t out, int64_t in, double density, mask_kind kind, 
     harness_free(&h);
     mj_tensor_release(w);
     mj_tensor_release(b);
+}
+
+static void check_case(int64_t out, int64_t in, double density, mask_kind kind, bool bias, mj_act act, bool fast,
+                       const int64_t *batches, int nb) {
+    check_case_r(out, in, density, kind, bias, act, false, fast, batches, nb);
 }
 
 static const double densities[] = {0.0, 0.01, 0.1, 0.5, 1.0};
@@ -350,11 +376,25 @@ Test(sparse, emit_rejects_bad_arguments) {
     LLVMContextRef ctx = LLVMContextCreate();
     LLVMModuleRef m = LLVMModuleCreateWithNameInContext("bad", ctx);
     float w[4] = {1, 0, 0, 1};
-    cr_assert_null(mj_sparse_emit_linear(m, "f", w, NULL, 0, 2, MJ_ACT_NONE, false, 8));
-    cr_assert_null(mj_sparse_emit_linear(m, "f", NULL, NULL, 2, 2, MJ_ACT_NONE, false, 8));
-    cr_assert_null(mj_sparse_emit_linear(m, "f", w, NULL, 2, 2, MJ_ACT_COUNT, false, 8));
-    cr_assert_null(mj_sparse_emit_linear(m, "f", w, NULL, 2, 2, MJ_ACT_NONE, false, 5));
+    cr_assert_null(mj_sparse_emit_linear(m, "f", w, NULL, 0, 2, MJ_ACT_NONE, false, false, 8));
+    cr_assert_null(mj_sparse_emit_linear(m, "f", NULL, NULL, 2, 2, MJ_ACT_NONE, false, false, 8));
+    cr_assert_null(mj_sparse_emit_linear(m, "f", w, NULL, 2, 2, MJ_ACT_COUNT, false, false, 8));
+    cr_assert_null(mj_sparse_emit_linear(m, "f", w, NULL, 2, 2, MJ_ACT_NONE, false, false, 5));
     cr_assert_null(LLVMGetNamedFunction(m, "f"));
     LLVMDisposeModule(m);
     LLVMContextDispose(ctx);
+}
+
+/* The residual epilogue (linear_add / linear_act_add): added after the
+ * activation as y is transposed back, in the full tiles, the tail columns
+ * and the partial chunk; bit-identical in exact mode. */
+Test(sparse, residual_add_after_activation_every_path) {
+    int64_t shapes[][2] = {{1, 1}, {7, 13}, {100, 70}, {129, 256}};
+    for (int s = 0; s < 4; s++)
+        for (int f = 0; f < 2; f++)
+            for (int a = 0; a < 3; a++) {
+                mj_act act = a == 0 ? MJ_ACT_NONE : a == 1 ? MJ_ACT_RELU : MJ_ACT_GELU;
+                check_case_r(shapes[s][0], shapes[s][1], s == 3 ? 0.1 : 0.3, s == 2 ? MASK_BLOCK4 : MASK_RANDOM,
+                             (s + a) % 2 == 0, act, true, f == 1, all_batches, 7);
+            }
 }

@@ -52,7 +52,23 @@ extern const mj_op_info mj_op_table[MJ_OP_COUNT];
 #define MJ_CASE_OTHER_OPS /* neither leaf nor elementwise: each its own lowering */                 \
     case MJ_OP_MATMUL: case MJ_OP_LINEAR: case MJ_OP_LINEAR_ACT: case MJ_OP_EXPAND: case MJ_OP_TRANSPOSE: \
     case MJ_OP_RESHAPE: case MJ_OP_SUM: case MJ_OP_MEAN: case MJ_OP_SOFTMAX: case MJ_OP_LOG_SOFTMAX:       \
-    case MJ_OP_LAYER_NORM: case MJ_OP_PERMUTE: case MJ_OP_SLICE: case MJ_OP_CAT
+    case MJ_OP_LAYER_NORM: case MJ_OP_PERMUTE: case MJ_OP_SLICE: case MJ_OP_CAT: case MJ_OP_LINEAR_ADD:     \
+    case MJ_OP_LINEAR_ACT_ADD
+/* The linear family: linear x, w[, b]; linear_act (+ act); linear_add and
+ * linear_act_add (+ a residual r of the result's type, the last operand):
+ *   y = act(linear(x, w, b)) + r
+ * each step rounded to float as the separate ops would (docs/numerics.md). */
+static inline bool mj_op_is_linear(int op) {
+    return op == MJ_OP_LINEAR || op == MJ_OP_LINEAR_ACT || op == MJ_OP_LINEAR_ADD || op == MJ_OP_LINEAR_ACT_ADD;
+}
+static inline bool mj_op_has_residual(int op) { return op == MJ_OP_LINEAR_ADD || op == MJ_OP_LINEAR_ACT_ADD; }
+/* Operands of the linear itself (x, w[, b]): without the residual. */
+#define MJ_LINEAR_N_OPS(n) ((n)->n_operands - (mj_op_has_residual((n)->op) ? 1 : 0))
+/* The bias / residual operand of a linear-family node, or -1. */
+#define MJ_LINEAR_BIAS(n) (MJ_LINEAR_N_OPS(n) == 3 ? (n)->operands[2] : -1)
+#define MJ_LINEAR_RES(n) (mj_op_has_residual((n)->op) ? (n)->operands[(n)->n_operands - 1] : -1)
+#define MJ_LINEAR_ACT(n) \
+    ((n)->op == MJ_OP_LINEAR_ACT || (n)->op == MJ_OP_LINEAR_ACT_ADD ? (n)->act : MJ_ACT_NONE)
 /* Whether the families above match ops.def's flags (ELEMENTWISE, ACTIVATION,
  * LEAF): a test calls it. */
 bool mj_op_families_agree(void);
