@@ -79,24 +79,20 @@ Test(cnn_jit, small_cnn_and_mobilenet_block_in_every_mode) {
     mj_module_free(mb);
 }
 
-/* Eager's NaNs: NaN and inf inputs meet zero (masked) weights, and an
- * original NaN or inf under a zero mask makes a NaN weight, which reaches
- * the padded positions too. Exact live is bitwise eager; exact frozen skips
- * zero weights (docs/numerics.md: exact for finite inputs), so it agrees
- * wherever eager is finite, and keeps every NaN that a NaN weight makes. */
-Test(cnn_jit, non_finite_values_under_zero_masks) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 33);
-    mjc_geometry geo = {.stride = 1, .pad = 1, .dil = 1, .groups = 1, .k = 3};
-    mj_module *m = mjc_conv_module(&geo, &rng);
-    mj_module *pool = NULL;
-    OK(mj_max_pool2d_new(&pool, (int64_t[]){3, 3}, (int64_t[]){2, 2}, (int64_t[]){1, 1}));
-    mj_tensor *x = mjc_randn(4, (int64_t[]){3, MJC_GEO_C, MJC_GEO_H, MJC_GEO_W}, &rng);
+static void non_finite_input(mj_tensor *x) {
     float *xd = mj_tensor_data_mut(x);
     xd[5] = NAN;
     xd[70] = INFINITY;
     xd[200] = -INFINITY;
     xd[333] = NAN;
+}
+
+static void non_finite_conv(int stride, mj_rng *rng) {
+    mjc_geometry geo = {.stride = stride, .pad = 1, .dil = 1, .groups = 1, .k = 3};
+    mj_module *m = mjc_conv_module(&geo, rng);
+    int64_t OH = (MJC_GEO_H - 1) / stride + 1, OW = (MJC_GEO_W - 1) / stride + 1;
+    mj_tensor *x = mjc_randn(4, (int64_t[]){3, MJC_GEO_C, MJC_GEO_H, MJC_GEO_W}, rng);
+    non_finite_input(x);
     for (int frozen_nan_weight = 0; frozen_nan_weight < 2; frozen_nan_weight++) {
         if (frozen_nan_weight) { /* the original under a zero of the mask (channel 1 is all zero) */
             mj_tensor_dict *ps = NULL;
@@ -120,21 +116,40 @@ Test(cnn_jit, non_finite_values_under_zero_masks) {
             for (int64_t i = 0; i < mj_tensor_numel(want); i++) {
                 nan_b += isnan(b[i]);
                 if (k == 0 || isfinite(b[i]))
-                    cr_expect(memcmp(&a[i], &b[i], 4) == 0, "%s, NaN weight %d: element %lld: %g vs eager %g",
-                              mjt_modes[k].name, frozen_nan_weight, (long long)i, (double)a[i], (double)b[i]);
+                    cr_expect(memcmp(&a[i], &b[i], 4) == 0, "stride %d, %s, NaN weight %d: element %lld: %g vs eager %g",
+                              stride, mjt_modes[k].name, frozen_nan_weight, (long long)i, (double)a[i], (double)b[i]);
             }
             cr_expect_gt(nan_b, 0);
             if (frozen_nan_weight) /* the whole of output channel 1, padding included */
                 for (int64_t n = 0; n < 3; n++)
-                    for (int64_t i = 0; i < MJC_GEO_H * MJC_GEO_W; i++)
-                        cr_expect(isnan(a[(n * MJC_GEO_O + 1) * MJC_GEO_H * MJC_GEO_W + i]), "%s: element %lld",
-                                  mjt_modes[k].name, (long long)i);
+                    for (int64_t i = 0; i < OH * OW; i++)
+                        cr_expect(isnan(a[(n * MJC_GEO_O + 1) * OH * OW + i]), "stride %d, %s: element %lld",
+                                  stride, mjt_modes[k].name, (long long)i);
             mj_tensor_release(got);
             mj_compiled_free(c);
         }
         mj_graph_free(g);
         mj_tensor_release(want);
     }
+    mj_tensor_release(x);
+    mj_module_free(m);
+}
+
+/* Eager's NaNs: NaN and inf inputs meet zero (masked) weights, and an
+ * original NaN or inf under a zero mask makes a NaN weight, which reaches
+ * the padded positions too. Exact live is bitwise eager; exact frozen may
+ * skip zero weights (the tap table; docs/numerics.md: exact for finite
+ * inputs), so it agrees wherever eager is finite, and keeps every NaN that
+ * a NaN weight makes. */
+Test(cnn_jit, non_finite_values_under_zero_masks) {
+    mj_rng rng;
+    mj_rng_seed(&rng, 33);
+    for (int stride = 1; stride <= 2; stride++) /* frozen: the register tile, then the tap table */
+        non_finite_conv(stride, &rng);
+    mj_module *pool = NULL;
+    OK(mj_max_pool2d_new(&pool, (int64_t[]){3, 3}, (int64_t[]){2, 2}, (int64_t[]){1, 1}));
+    mj_tensor *x = mjc_randn(4, (int64_t[]){3, MJC_GEO_C, MJC_GEO_H, MJC_GEO_W}, &rng);
+    non_finite_input(x);
     /* max pool: NaN wins, the first one of the window (eager stops there) */
     mj_graph *g = NULL;
     OK(mj_trace_module(pool, x, &g));
@@ -151,32 +166,56 @@ Test(cnn_jit, non_finite_values_under_zero_masks) {
     mj_tensor_release(want);
     mj_graph_free(g);
     mj_tensor_release(x);
-    mj_module_free(m);
     mj_module_free(pool);
 }
 
-/* Frozen, a conv's taps come from a table of its nonzero weights; live, the
- * weight is read at run time. */
-Test(cnn_jit, frozen_conv_uses_a_tap_table) {
+/* Frozen, a conv with stride 2 along W, or one below 10% density, takes its
+ * taps from a table of its nonzero weights; a denser one with stride 1 and
+ * every live one read the weight. Each way is bit for bit eager. */
+Test(cnn_jit, frozen_conv_uses_a_tap_table_when_sparse_or_strided) {
     mj_rng rng;
     mj_rng_seed(&rng, 34);
-    mjc_geometry geo = {.stride = 1, .pad = 1, .dil = 1, .groups = 1, .k = 3};
-    mj_module *m = mjc_conv_module(&geo, &rng);
-    mj_tensor *x = mjc_randn(4, (int64_t[]){1, MJC_GEO_C, MJC_GEO_H, MJC_GEO_W}, &rng);
-    mj_graph *g = NULL;
-    OK(mj_trace_module(m, x, &g));
-    for (int k = 0; k < 2; k++) {
-        mj_compiled *c = mjt_compile(jit, g, mjt_modes[k]);
-        char *buf = NULL;
-        size_t len = 0;
-        FILE *f = open_memstream(&buf, &len);
-        OK(mj_compiled_dump(c, "ir", f));
-        fclose(f);
-        cr_expect_eq(strstr(buf, ".taps.start") != NULL, mjt_modes[k].frozen, "%s", mjt_modes[k].name);
-        free(buf);
-        mj_compiled_free(c);
+    for (int kind = 0; kind < 3; kind++) { /* stride 1 at 40%, stride 2 at 40%, stride 1 at 2% */
+        mjc_geometry geo = {.stride = kind == 1 ? 2 : 1, .pad = 1, .dil = 1, .groups = 1, .k = 3};
+        mj_module *m = mjc_conv_module(&geo, &rng);
+        if (kind == 2) { /* a sparser mask: 2 taps per output channel */
+            mj_tensor *mask = NULL;
+            OK(mj_tensor_zeros(&mask, 4, (int64_t[]){MJC_GEO_O, MJC_GEO_C, 3, 3}));
+            for (int64_t o = 0; o < MJC_GEO_O; o++) {
+                mj_tensor_data_mut(mask)[o * MJC_GEO_C * 9 + (o * 5) % 36] = 1.0f;
+                mj_tensor_data_mut(mask)[o * MJC_GEO_C * 9 + (o * 11 + 3) % 36] = 1.0f;
+            }
+            mj_tensor_dict *bufs = NULL;
+            OK(mj_module_named_buffers(m, &bufs));
+            mj_tensor *cur = mj_tensor_dict_get(bufs, "parametrizations.weight.0.mask");
+            cr_assert_not_null(cur);
+            memcpy(mj_tensor_data_mut(cur), mj_tensor_data(mask), sizeof(float) * MJC_GEO_O * MJC_GEO_C * 9);
+            mj_tensor_dict_free(bufs);
+            mj_tensor_release(mask);
+        }
+        mj_tensor *x = mjc_randn(4, (int64_t[]){3, MJC_GEO_C, MJC_GEO_H, MJC_GEO_W}, &rng), *want = NULL;
+        OK(mj_module_forward(m, x, &want));
+        mj_graph *g = NULL;
+        OK(mj_trace_module(m, x, &g));
+        for (int k = 0; k < 2; k++) {
+            mj_compiled *c = mjt_compile(jit, g, mjt_modes[k]);
+            char *buf = NULL;
+            size_t len = 0;
+            FILE *f = open_memstream(&buf, &len);
+            OK(mj_compiled_dump(c, "ir", f));
+            fclose(f);
+            cr_expect_eq(strstr(buf, ".taps.start") != NULL, mjt_modes[k].frozen && kind > 0, "%s, kind %d",
+                         mjt_modes[k].name, kind);
+            free(buf);
+            mj_tensor *got = NULL;
+            OK(mj_compiled_run(c, x, &got));
+            cr_expect(mj_tensor_equal(got, want), "%s, kind %d", mjt_modes[k].name, kind);
+            mj_tensor_release(got);
+            mj_compiled_free(c);
+        }
+        mj_graph_free(g);
+        mj_tensor_release(x);
+        mj_tensor_release(want);
+        mj_module_free(m);
     }
-    mj_graph_free(g);
-    mj_tensor_release(x);
-    mj_module_free(m);
 }

@@ -6,6 +6,7 @@
 #ifndef MJT_TEST_CNN_MODELS_H
 #define MJT_TEST_CNN_MODELS_H
 
+#include <math.h>
 #include <stdio.h>
 
 #include "maskjit.h"
