@@ -234,5 +234,7 @@ mj_status mj_pass_cse(mj_graph *g);
 mj_status mj_pass_fold(mj_graph *g);
 mj_status mj_pass_simplify(mj_graph *g);
 mj_status mj_pass_fuse(mj_graph *g);
+/* Not in the default pipeline (it changes rounding): frozen fast mode only. */
+mj_status mj_pass_fold_bn(mj_graph *g);
 
 #endif

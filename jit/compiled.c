@@ -552,6 +552,8 @@ mj_status mj_jit_compile(mj_jit *jit, const mj_graph *g, const mj_compile_option
     if (s != MJ_OK) goto fail;
     if (opts.frozen) {
         if ((s = mj_graph_freeze(c->g)) != MJ_OK || (s = mj_graph_optimize(c->g, "default")) != MJ_OK) goto fail;
+        /* batch norm into the conv before it: other rounding, fast mode only */
+        if (opts.numeric == MJ_NUMERIC_FAST && (s = mj_graph_optimize(c->g, "fold_bn,dce")) != MJ_OK) goto fail;
     } else {
         if ((s = mj_graph_optimize(c->g, "cse,fuse,dce")) != MJ_OK) goto fail;
     }

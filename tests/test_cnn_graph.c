@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ir/ir.h"
 #include "maskjit.h"
 #include "test_cnn_models.h"
 #include "test_util.h"
@@ -256,3 +257,44 @@ Test(cnn_graph, cli_runs_a_saved_cnn_trace_on_a_rank4_input, .timeout = 60) {
     mj_module_free(cnn);
 }
 
+
+/* fold_bn (frozen fast mode only) folds each batch_norm into its conv: the
+ * graph keeps no batch_norm, computes within tolerance of eager, and the
+ * masked zeros of the weights stay zeros. Live params are left alone. */
+Test(cnn_graph, fold_bn_folds_batch_norm_into_the_conv) {
+    mj_rng rng;
+    mj_rng_seed(&rng, 27);
+    mj_module *mb = mjc_mobilenet_block(&rng);
+    mj_tensor *x = mjc_randn(4, (int64_t[]){5, 8, 9, 7}, &rng), *want = NULL, *got = NULL;
+    mj_graph *g = NULL, *live = NULL;
+    OK(mj_trace_module(mb, x, &g));
+    OK(mj_graph_clone(g, &live));
+    OK(mj_graph_optimize(live, "fold_bn"));
+    char *text = mj_graph_to_string(live);
+    cr_expect(strstr(text, "batch_norm"), "params are not folded:\n%s", text);
+    free(text);
+    OK(mj_graph_freeze(g));
+    OK(mj_graph_optimize(g, NULL));
+    OK(mj_graph_optimize(g, "fold_bn,dce"));
+    text = mj_graph_to_string(g);
+    cr_expect(!strstr(text, "batch_norm"), "%s", text);
+    cr_expect(strstr(text, "fold_bn.weight"), "%s", text);
+    free(text);
+    int zeros = 0;
+    for (int i = 0; i < g->n_nodes; i++)
+        if (g->nodes[i].op == MJ_OP_CONST && strstr(g->nodes[i].name, "fold_bn.weight"))
+            for (int64_t k = 0; k < g->nodes[i].tensor->numel; k++) zeros += g->nodes[i].tensor->data[k] == 0.0f;
+    cr_expect_gt(zeros, 0, "the masks survive");
+    OK(mj_module_forward(mb, x, &want));
+    OK(mj_graph_run(g, x, &got));
+    mj_compare cmp = mj_tensor_compare(got, want, 1e-5, 1e-5);
+    char msg[256];
+    mj_compare_describe(&cmp, got, want, msg, sizeof msg);
+    cr_expect(cmp.close, "%s", msg);
+    mj_tensor_release(want);
+    mj_tensor_release(got);
+    mj_tensor_release(x);
+    mj_graph_free(g);
+    mj_graph_free(live);
+    mj_module_free(mb);
+}

@@ -94,7 +94,8 @@ mj_status mj_graph_bind(mj_graph *g, const mj_tensor_dict *d);
  * current value. */
 mj_status mj_graph_freeze(mj_graph *g);
 /* Runs passes by name, comma separated, in order: "dce", "cse", "fold",
- * "simplify", "fuse"; NULL or "default" = "simplify,fold,simplify,cse,fuse,dce".
+ * "simplify", "fuse", "fold_bn" (batch norm into the conv before it: changes
+ * rounding, so not in the default); NULL or "default" = "simplify,fold,simplify,cse,fuse,dce".
  * The graph is verified after each pass. */
 mj_status mj_graph_optimize(mj_graph *g, const char *passes);
 
