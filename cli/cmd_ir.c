@@ -42,7 +42,7 @@ int cmd_ir(int argc, char **argv) {
         {"--weights", OPT_STRING, &a.weights, "safetensors file with the model's tensors"},
         {"--frozen", OPT_FLAG, &a.frozen, "turn parameters into constants (torch.jit.freeze)"},
         {"--passes", OPT_STRING, &a.passes,
-         "run passes: default, or a list of dce,cse,fold,simplify,fuse"},
+         "run passes: default, or a list of dce,cse,fold,simplify,fuse,fold_bn"},
         {"--dot", OPT_FLAG, &dot, "print Graphviz DOT instead of the text form"},
         {"--seed", OPT_RANGED, &a.seed, "seed of the default init (default 0)"},
     };

@@ -4,8 +4,8 @@
  * of src/core/ops.def (built with mj_graph_add_op_full, so every graph passes the
  * verifier: a refusal is a bug of this generator and aborts as such), with
  * random shapes (ranks 1-4, broadcasts, B moved by permute/reshape),
- * attributes, masked linear layers recorded as the tracer does
- * (`mul(param, param)`), masks of any density, batch 1-33, and NaN, +-inf,
+ * attributes, masked linear layers and convolutions recorded as the
+ * tracer does (`mul(param, param)`), the CNN ops on rank-4 values, masks of any density, batch 1-33, and NaN, +-inf,
  * +-0 and denormals in inputs and weights. Each graph runs on the
  * interpreter (the reference), and compiled exact live, exact frozen, fast
  * live and fast frozen:
@@ -529,10 +529,100 @@ static bool gen_expand(gen *G, int32_t x) {
     return true;
 }
 
+/* The CNN ops on an [N, C, H, W] value (C, H, W concrete): a conv2d
+ * whose weight is masked as the tracer records it (a 2-D mask reshaped),
+ * groups 1, C or a divisor, batch_norm, the pools. */
+static bool gen_cnn(gen *G, int32_t x) {
+    const mj_type tv = *ty(G, x), *t = &tv; /* a copy: adding nodes moves them */
+    if (t->rank != 4) return false;
+    for (int d = 1; d < 4; d++)
+        if (t->dims[d] == MJ_DIM_BATCH) return false;
+    int64_t C = t->dims[1], H = t->dims[2], W = t->dims[3];
+    mj_attrs a = {0};
+    mj_type r = *t;
+    int32_t o[5];
+    mj_op op;
+    unsigned kind = take(G, 5);
+    if (kind == 0 || kind == 1) {
+        op = MJ_OP_CONV2D;
+        int64_t G0 = take(G, 3) == 0 ? C : 1, k = 1 + take(G, 3);
+        if (G0 == 1 && C % 2 == 0 && take(G, 3) == 0) G0 = 2;
+        int64_t O = G0 * (1 + take(G, 3)), cg = C / G0;
+        a = mj_attrs_default(op);
+        for (int i = 0; i < 2; i++) {
+            a.i[MJ_CONV_STRIDE + i] = 1 + (int32_t)take(G, 2);
+            a.i[MJ_CONV_PADDING + i] = (int32_t)take(G, 2);
+            a.i[MJ_CONV_DILATION + i] = 1 + (int32_t)take(G, 2);
+        }
+        a.i[MJ_CONV_GROUPS] = (int32_t)G0;
+        int64_t len[2] = {H, W};
+        for (int i = 0; i < 2; i++) {
+            int64_t out = (len[i] + 2 * a.i[MJ_CONV_PADDING + i] - a.i[MJ_CONV_DILATION + i] * (k - 1) - 1) /
+                              a.i[MJ_CONV_STRIDE + i] + 1;
+            if (len[i] + 2 * a.i[MJ_CONV_PADDING + i] < a.i[MJ_CONV_DILATION + i] * (k - 1) + 1) return false;
+            r.dims[2 + i] = out;
+        }
+        r.dims[1] = O;
+        if (!fits(&r)) return false;
+        int64_t wd[4] = {O, cg, k, k};
+        mj_type wt = mk(4, wd);
+        int32_t w = leaf(G, MJ_OP_PARAM, &wt, NULL);
+        if (take(G, 4)) {
+            int32_t m2 = mask(G, O, cg * k * k);
+            int32_t m4 = add(G, MJ_OP_RESHAPE, 1, &m2, MJ_ACT_NONE, NULL, NULL, &wt);
+            int32_t mo[2] = {w, m4};
+            w = add(G, MJ_OP_MUL, 2, mo, MJ_ACT_NONE, NULL, NULL, NULL);
+        }
+        o[0] = x;
+        o[1] = w;
+        int n = 2;
+        if (take(G, 2)) {
+            mj_type bt = mk(1, &O);
+            o[n++] = leaf(G, MJ_OP_PARAM, &bt, NULL);
+        }
+        push(G, add(G, op, n, o, MJ_ACT_NONE, &a, NULL, NULL));
+        return true;
+    }
+    if (kind == 2) {
+        mj_type ct = mk(1, &C);
+        int n = 3 + (int)take(G, 3);
+        o[0] = x;
+        for (int k = 1; k < n; k++) o[k] = leaf(G, MJ_OP_PARAM, &ct, NULL);
+        a = mj_attrs_default(MJ_OP_BATCH_NORM);
+        if (take(G, 2)) a.f[0] = 1e-3f;
+        push(G, add(G, MJ_OP_BATCH_NORM, n, o, MJ_ACT_NONE, &a, NULL, NULL));
+        return true;
+    }
+    if (kind == 3) {
+        op = take(G, 2) ? MJ_OP_MAX_POOL2D : MJ_OP_AVG_POOL2D;
+        a = mj_attrs_default(op);
+        int64_t len[2] = {H, W};
+        for (int i = 0; i < 2; i++) {
+            int32_t k = 1 + (int32_t)take(G, 3), st = 1 + (int32_t)take(G, 2), pd = (int32_t)take(G, (unsigned)(k / 2 + 1));
+            if (len[i] + 2 * pd < k) return false;
+            a.i[MJ_POOL_KERNEL + i] = k;
+            a.i[MJ_POOL_STRIDE + i] = st;
+            a.i[MJ_POOL_PADDING + i] = pd;
+            r.dims[2 + i] = (len[i] + 2 * pd - k) / st + 1;
+        }
+        if (op == MJ_OP_AVG_POOL2D) a.i[MJ_POOL_COUNT_PAD] = (int32_t)take(G, 2);
+    } else {
+        op = MJ_OP_ADAPTIVE_AVG_POOL2D;
+        a = mj_attrs_default(op);
+        a.i[0] = 1 + (int32_t)take(G, 3);
+        a.i[1] = 1 + (int32_t)take(G, 5);
+        r.dims[2] = a.i[0];
+        r.dims[3] = a.i[1];
+    }
+    if (!fits(&r)) return false;
+    push(G, add(G, op, 1, &x, MJ_ACT_NONE, &a, NULL, NULL));
+    return true;
+}
+
 /* One op on a value of the pool; false if that kind does not fit it. */
 static bool gen_op(gen *G) {
     int32_t x = pick(G), id;
-    switch (take(G, 14)) {
+    switch (take(G, 15)) {
     case 0:
     case 1: return gen_binary(G, x);
     case 2:
@@ -550,6 +640,7 @@ static bool gen_op(gen *G) {
         return true;
     case 11: return gen_reshape(G, x);
     case 12: return gen_slice_or_cat(G, x, take(G, 2));
+    case 13: return gen_cnn(G, x);
     default: return gen_expand(G, x);
     }
 }
@@ -676,12 +767,13 @@ static void ill_conditioned(const mj_graph *g, int64_t batch, mj_tensor *const *
     }
 }
 
-/* The documented exception of frozen exact mode: a linear or matmul whose
- * weight depends on no input, holds a zero, and meets a non-finite input. */
+/* The documented exception of frozen exact mode: a linear, matmul or
+ * conv2d whose weight depends on no input, holds a zero, and meets a
+ * non-finite input. */
 static bool frozen_exception(const mj_graph *g, const bool *input_free, mj_tensor *const *val) {
     for (int32_t i = 0; i < g->n_nodes; i++) {
         const mj_node *n = &g->nodes[i];
-        if (!mj_op_is_linear(n->op) && n->op != MJ_OP_MATMUL) continue;
+        if (!mj_op_is_linear(n->op) && n->op != MJ_OP_MATMUL && n->op != MJ_OP_CONV2D) continue;
         if (input_free[n->operands[1]] && has_zero(val[n->operands[1]]) && !all_finite(val[n->operands[0]]))
             return true;
     }

@@ -19,7 +19,7 @@
 #include "src/core/op.h"
 
 #define MJ_DIM_BATCH INT64_C(-1)
-/* cat takes up to 8 operands; linear_add / linear_act_add 4; every other op at most 3 */
+/* cat takes up to 8 operands; linear_add / linear_act_add 4, batch_norm 5; every other op at most 3 */
 #define MJ_MAX_OPERANDS 8
 /* Graph size limit: a guard against hostile IR files. */
 #define MJ_MAX_NODES 1000000
@@ -138,5 +138,7 @@ mj_status mj_pass_cse(mj_graph *g);
 mj_status mj_pass_fold(mj_graph *g);
 mj_status mj_pass_simplify(mj_graph *g);
 mj_status mj_pass_fuse(mj_graph *g);
+/* Not in the default pipeline (it changes rounding): frozen fast mode only. */
+mj_status mj_pass_fold_bn(mj_graph *g);
 
 #endif

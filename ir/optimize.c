@@ -15,7 +15,7 @@ typedef struct pass {
 
 static const pass passes[] = {
     {"dce", mj_pass_dce},   {"cse", mj_pass_cse},   {"fold", mj_pass_fold},
-    {"simplify", mj_pass_simplify}, {"fuse", mj_pass_fuse},
+    {"simplify", mj_pass_simplify}, {"fuse", mj_pass_fuse}, {"fold_bn", mj_pass_fold_bn},
 };
 enum { N_PASSES = sizeof passes / sizeof passes[0], MAX_PIPELINE = 64 };
 
@@ -38,7 +38,7 @@ static mj_status parse_pipeline(const char *spec, int *idx, int *n) {
         if (found < 0)
             return mj_fail(MJ_ERR_INVALID,
                            "optimize: unknown pass '%.*s' in \"%s\" (valid passes: dce, cse, fold, "
-                           "simplify, fuse; or \"default\" = " DEFAULT_PIPELINE ")",
+                           "simplify, fuse, fold_bn; or \"default\" = " DEFAULT_PIPELINE ")",
                            (int)(len > 64 ? 64 : len), p, spec);
         if (*n >= MAX_PIPELINE)
             return mj_fail(MJ_ERR_LIMIT, "optimize: more than %d passes in \"%s\"", MAX_PIPELINE,

@@ -17,6 +17,13 @@ int64_t mj_node_sum_length(const mj_graph *g, int32_t id, int64_t batch) {
     case MJ_OP_LINEAR_ADD:
     case MJ_OP_LINEAR_ACT_ADD:
     case MJ_OP_MATMUL: k = x->dims[x->rank - 1]; break;
+    case MJ_OP_CONV2D: { /* in_channels / groups * kh * kw */
+        const mj_type *w = &g->nodes[n->operands[1]].type;
+        k = w->dims[1] * w->dims[2] * w->dims[3];
+        break;
+    }
+    case MJ_OP_AVG_POOL2D:
+    case MJ_OP_ADAPTIVE_AVG_POOL2D: k = x->dims[2] * x->dims[3]; break; /* at most the window */
     default:
         if (mj_op_table[n->op].flags & MJ_OPF_REDUCE) k = x->dims[mj_reduce_dim(n, x->rank)];
         break;

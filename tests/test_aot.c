@@ -16,6 +16,7 @@
 
 #include "jit/aot.h"
 #include "maskjit.h"
+#include "test_cnn_models.h"
 #include "test_util.h"
 
 static const char *const BIN = MJ_BUILD_ROOT "/maskjit";
@@ -689,4 +690,54 @@ Test(aot, pytorch_exported_traces_match_jit_bit_for_bit) {
     check_fixture("export_fakesparsity");
     check_fixture("export_llama_mlp");          /* RMSNorm, SiLU gate */
     check_fixture("export_residual_layernorm"); /* LayerNorm, LeakyReLU, softmax */
+}
+
+/* A pruned CNN (conv, batch norm, pools, linear: jit/lower_cnn.c) ahead of
+ * time, frozen, against the JIT exact frozen at batches 1, 3 and 17. */
+Test(aot, pruned_cnn_matches_jit_bit_for_bit) {
+    mj_rng rng;
+    mj_rng_seed(&rng, 41);
+    mj_module *cnn = mjc_small_cnn(&rng);
+    mj_tensor *ex = mjc_randn(4, (int64_t[]){2, 3, 13, 11}, &rng);
+    mj_graph *g = NULL;
+    OK(mj_trace_module(cnn, ex, &g));
+    char dir[1024];
+    temp_dir(dir, sizeof dir);
+    mj_aot_options o;
+    mj_aot_options_init(&o);
+    o.name = "m";
+    o.frozen = true;
+    OK(mj_aot_compile(g, &o, dir));
+    build_driver(dir, "m");
+    mj_jit *jit;
+    OK(mj_jit_new(&jit));
+    mj_compile_options co;
+    mj_compile_options_init(&co);
+    co.frozen = true;
+    co.use_cache = false;
+    mj_compiled *c;
+    OK(mj_jit_compile(jit, g, &co, &c));
+    for (int bi = 0; bi < 3; bi++) {
+        int64_t batch = (int64_t[]){1, 3, 17}[bi];
+        mj_tensor *x = mjc_randn(4, (int64_t[]){batch, 3, 13, 11}, &rng), *y = NULL, *want = NULL;
+        OK(mj_compiled_run(c, x, &y));
+        OK(mj_module_forward(cnn, x, &want));
+        cr_expect(mj_tensor_equal(y, want), "JIT exact frozen vs eager at batch %lld", (long long)batch);
+        size_t n = (size_t)mj_tensor_numel(y);
+        float *got = calloc(n, sizeof *got);
+        char msg[1024];
+        int rc = run_driver(dir, x, got, n, msg, sizeof msg);
+        cr_assert_eq(rc, 0, "batch %lld: driver exit %d: %s", (long long)batch, rc, msg);
+        cr_expect(memcmp(got, mj_tensor_data(y), n * 4) == 0, "AOT vs JIT at batch %lld", (long long)batch);
+        free(got);
+        mj_tensor_release(x);
+        mj_tensor_release(y);
+        mj_tensor_release(want);
+    }
+    mj_compiled_free(c);
+    mj_jit_free(jit);
+    mj_graph_free(g);
+    mj_tensor_release(ex);
+    mj_module_free(cnn);
+    rm_rf(dir);
 }

@@ -117,7 +117,8 @@ mj_status mj_graph_freeze(mj_graph *g);
 /* Runs passes by name, comma separated, in order: "dce", "cse", "fold",
  * "simplify", "fuse" (a linear and its single-use activation -> linear_act,
  * then a linear/linear_act and its single-use residual add -> linear_add /
- * linear_act_add; docs/IR.md); NULL or "default" =
+ * linear_act_add; docs/IR.md), "fold_bn" (batch norm into the conv before
+ * it: changes rounding, so not in the default); NULL or "default" =
  * "simplify,fold,simplify,cse,fuse,dce".
  * The graph is verified after each pass. */
 mj_status mj_graph_optimize(mj_graph *g, const char *passes);

@@ -54,6 +54,9 @@ extern const mj_op_info mj_op_table[MJ_OP_COUNT];
     case MJ_OP_RESHAPE: case MJ_OP_SUM: case MJ_OP_MEAN: case MJ_OP_SOFTMAX: case MJ_OP_LOG_SOFTMAX:       \
     case MJ_OP_LAYER_NORM: case MJ_OP_PERMUTE: case MJ_OP_SLICE: case MJ_OP_CAT: case MJ_OP_LINEAR_ADD:     \
     case MJ_OP_LINEAR_ACT_ADD
+#define MJ_CASE_CNN_OPS /* NCHW layers of CNNs: window ops with integer attributes */               \
+    case MJ_OP_CONV2D: case MJ_OP_BATCH_NORM: case MJ_OP_MAX_POOL2D: case MJ_OP_AVG_POOL2D:           \
+    case MJ_OP_ADAPTIVE_AVG_POOL2D
 /* The linear family: linear x, w[, b]; linear_act (+ act); linear_add and
  * linear_act_add (+ a residual r of the result's type, the last operand):
  *   y = act(linear(x, w, b)) + r
@@ -70,7 +73,7 @@ static inline bool mj_op_has_residual(int op) { return op == MJ_OP_LINEAR_ADD ||
 #define MJ_LINEAR_ACT(n) \
     ((n)->op == MJ_OP_LINEAR_ACT || (n)->op == MJ_OP_LINEAR_ACT_ADD ? (n)->act : MJ_ACT_NONE)
 /* Whether the families above match ops.def's flags (ELEMENTWISE, ACTIVATION,
- * LEAF): a test calls it. */
+ * LEAF; CNN ops: none of them, and each has attributes): a test calls it. */
 bool mj_op_families_agree(void);
 /* MJ_OP_COUNT if no such op. */
 mj_op mj_op_from_name(const char *name, size_t len);
@@ -83,10 +86,12 @@ mj_op mj_op_for_act(mj_act act);
  * float attributes in its schema order. Ops without attributes keep all
  * zero. */
 #define MJ_MAX_FATTRS 2
+#define MJ_MAX_IATTRS 8
 typedef struct mj_attrs {
     int32_t dim;
     bool keepdim;
     float f[MJ_MAX_FATTRS];
+    int32_t i[MJ_MAX_IATTRS]; /* integer, pair and bool attributes (CNN ops), by slot */
 } mj_attrs;
 /* Attributes of the shape ops (docs/IR.md), stored normalised (dims
  * non-negative); all zero for every other op, so nodes compare bytewise. */
@@ -99,13 +104,20 @@ typedef struct mj_shape_attrs {
 } mj_shape_attrs;
 
 /* ---- attributes (attrs.c) --------------------------------------------- */
-typedef enum mj_attr_kind { MJ_ATTR_DIM, MJ_ATTR_KEEPDIM, MJ_ATTR_FLOAT } mj_attr_kind;
+/* INT: one int in i[slot]; PAIR: [H, W] in i[slot], i[slot + 1], printed
+ * "[1,1]" like permute's perm; BOOL: 0 or 1 in i[slot], printed true/false.
+ * Integers are 0..MJ_ATTR_INT_MAX (the eager kernels' limit, 2^20). */
+typedef enum mj_attr_kind { MJ_ATTR_DIM, MJ_ATTR_KEEPDIM, MJ_ATTR_FLOAT, MJ_ATTR_INT, MJ_ATTR_PAIR, MJ_ATTR_BOOL } mj_attr_kind;
+#define MJ_ATTR_INT_MAX (1 << 20)
+/* Slots in mj_attrs.i of the CNN ops (adaptive_avg_pool2d: size at 0). */
+enum { MJ_CONV_STRIDE = 0, MJ_CONV_PADDING = 2, MJ_CONV_DILATION = 4, MJ_CONV_GROUPS = 6 };
+enum { MJ_POOL_KERNEL = 0, MJ_POOL_STRIDE = 2, MJ_POOL_PADDING = 4, MJ_POOL_COUNT_PAD = 6 };
 typedef struct mj_attr_spec {
     const char *name;
     mj_attr_kind kind;
-    int slot;        /* MJ_ATTR_FLOAT: index in mj_attrs.f                    */
+    int slot;        /* FLOAT: index in mj_attrs.f; INT, PAIR, BOOL: in mj_attrs.i */
     bool required;   /* no default: the text form must give it                */
-    float def;       /* default (keepdim: 0 or 1)                             */
+    float def;       /* default (keepdim, bool: 0 or 1; pair: both entries)   */
 } mj_attr_spec;
 /* The op's attributes in text order; *n = 0 for ops without. */
 const mj_attr_spec *mj_op_attrs(mj_op op, int *n);
