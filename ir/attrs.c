@@ -20,6 +20,20 @@ static const mj_attr_spec a_softplus[] = {{"beta", MJ_ATTR_FLOAT, 0, false, 1.0f
 static const mj_attr_spec a_reduce[] = {DIM_REQ, KEEPDIM};
 static const mj_attr_spec a_softmax[] = {DIM_REQ};
 static const mj_attr_spec a_layer_norm[] = {{"eps", MJ_ATTR_FLOAT, 0, false, 1e-5f}};
+/* the CNN ops: torch.nn's defaults; slots are the MJ_CONV_* / MJ_POOL_* of ir.h */
+static const mj_attr_spec a_conv2d[] = {{"stride", MJ_ATTR_PAIR, MJ_CONV_STRIDE, false, 1.0f},
+                                        {"padding", MJ_ATTR_PAIR, MJ_CONV_PADDING, false, 0.0f},
+                                        {"dilation", MJ_ATTR_PAIR, MJ_CONV_DILATION, false, 1.0f},
+                                        {"groups", MJ_ATTR_INT, MJ_CONV_GROUPS, false, 1.0f}};
+static const mj_attr_spec a_batch_norm[] = {{"eps", MJ_ATTR_FLOAT, 0, false, 1e-5f}};
+static const mj_attr_spec a_max_pool[] = {{"kernel", MJ_ATTR_PAIR, MJ_POOL_KERNEL, true, 0.0f},
+                                          {"stride", MJ_ATTR_PAIR, MJ_POOL_STRIDE, true, 0.0f},
+                                          {"padding", MJ_ATTR_PAIR, MJ_POOL_PADDING, false, 0.0f}};
+static const mj_attr_spec a_avg_pool[] = {{"kernel", MJ_ATTR_PAIR, MJ_POOL_KERNEL, true, 0.0f},
+                                          {"stride", MJ_ATTR_PAIR, MJ_POOL_STRIDE, true, 0.0f},
+                                          {"padding", MJ_ATTR_PAIR, MJ_POOL_PADDING, false, 0.0f},
+                                          {"count_include_pad", MJ_ATTR_BOOL, MJ_POOL_COUNT_PAD, false, 1.0f}};
+static const mj_attr_spec a_adaptive[] = {{"size", MJ_ATTR_PAIR, 0, true, 0.0f}};
 
 #define N(a) (int)(sizeof a / sizeof a[0])
 
@@ -35,6 +49,11 @@ const mj_attr_spec *mj_op_attrs(mj_op op, int *n) {
     case MJ_OP_SOFTMAX:
     case MJ_OP_LOG_SOFTMAX: *n = N(a_softmax); return a_softmax;
     case MJ_OP_LAYER_NORM: *n = N(a_layer_norm); return a_layer_norm;
+    case MJ_OP_CONV2D: *n = N(a_conv2d); return a_conv2d;
+    case MJ_OP_BATCH_NORM: *n = N(a_batch_norm); return a_batch_norm;
+    case MJ_OP_MAX_POOL2D: *n = N(a_max_pool); return a_max_pool;
+    case MJ_OP_AVG_POOL2D: *n = N(a_avg_pool); return a_avg_pool;
+    case MJ_OP_ADAPTIVE_AVG_POOL2D: *n = N(a_adaptive); return a_adaptive;
     default: *n = 0; return NULL; /* a subset: every other op takes no attributes */
     }
 }
@@ -47,13 +66,15 @@ mj_attrs mj_attrs_default(mj_op op) {
     for (int i = 0; i < n; i++) {
         if (s[i].kind == MJ_ATTR_FLOAT) a.f[s[i].slot] = s[i].def;
         else if (s[i].kind == MJ_ATTR_KEEPDIM) a.keepdim = s[i].def != 0.0f;
+        else if (s[i].kind == MJ_ATTR_INT || s[i].kind == MJ_ATTR_BOOL) a.i[s[i].slot] = (int32_t)s[i].def;
+        else if (s[i].kind == MJ_ATTR_PAIR) a.i[s[i].slot] = a.i[s[i].slot + 1] = (int32_t)s[i].def;
     }
     return a;
 }
 
 bool mj_attrs_equal(const mj_attrs *a, const mj_attrs *b) {
     if (a->dim != b->dim || a->keepdim != b->keepdim) return false;
-    return memcmp(a->f, b->f, sizeof a->f) == 0;
+    return memcmp(a->f, b->f, sizeof a->f) == 0 && memcmp(a->i, b->i, sizeof a->i) == 0;
 }
 
 int mj_attr_dim(const mj_attrs *a, int rank) {
@@ -88,6 +109,9 @@ void mj_attrs_format(mj_op op, const mj_attrs *a, char *buf, size_t size) {
         case MJ_ATTR_DIM: snprintf(v, sizeof v, "%d", (int)a->dim); break;
         case MJ_ATTR_KEEPDIM: snprintf(v, sizeof v, "%s", a->keepdim ? "true" : "false"); break;
         case MJ_ATTR_FLOAT: format_float(v, sizeof v, a->f[s[i].slot]); break;
+        case MJ_ATTR_INT: snprintf(v, sizeof v, "%d", (int)a->i[s[i].slot]); break;
+        case MJ_ATTR_PAIR: snprintf(v, sizeof v, "[%d,%d]", (int)a->i[s[i].slot], (int)a->i[s[i].slot + 1]); break;
+        case MJ_ATTR_BOOL: snprintf(v, sizeof v, "%s", a->i[s[i].slot] ? "true" : "false"); break;
         }
         int k = snprintf(buf + pos, size - pos, "%s%s=%s%s", i ? ", " : " {", s[i].name, v, i == n - 1 ? "}" : "");
         if (k > 0) pos += (size_t)k;

@@ -1,5 +1,6 @@
 /* Graph building, shape inference, graph surgery helpers, and the public
  * lifetime / inspection / bind / freeze functions of maskjit/graph.h. */
+#include <math.h>
 #include <stdarg.h>
 #include <string.h>
 
@@ -101,9 +102,114 @@ static mj_status check_attrs(mj_op op, const mj_attrs *a, const mj_type *x) {
         for (int i = 0; i < na; i++) used = used || (spec[i].kind == MJ_ATTR_FLOAT && spec[i].slot == k);
         if (!used && a->f[k] != 0.0f) return mj_fail(MJ_ERR_INVALID, "%s: stray float attribute %d", name, k);
     }
+    unsigned iused = 0;
+    for (int i = 0; i < na; i++) {
+        if (spec[i].kind == MJ_ATTR_INT || spec[i].kind == MJ_ATTR_BOOL) iused |= 1u << spec[i].slot;
+        if (spec[i].kind == MJ_ATTR_PAIR) iused |= 3u << spec[i].slot;
+    }
+    for (int k = 0; k < MJ_MAX_IATTRS; k++) {
+        if (!(iused >> k & 1u) && a->i[k] != 0) return mj_fail(MJ_ERR_INVALID, "%s: stray integer attribute %d", name, k);
+        if (a->i[k] < 0 || a->i[k] > MJ_ATTR_INT_MAX)
+            return mj_fail(MJ_ERR_INVALID, "%s: integer attribute %d is %d, outside 0..%d", name, k, (int)a->i[k],
+                           MJ_ATTR_INT_MAX);
+    }
+    for (int i = 0; i < na; i++)
+        if (spec[i].kind == MJ_ATTR_BOOL && a->i[spec[i].slot] > 1)
+            return mj_fail(MJ_ERR_INVALID, "%s: %s is %d (must be 0 or 1)", name, spec[i].name, (int)a->i[spec[i].slot]);
     if (op == MJ_OP_HARDTANH && !(a->f[0] <= a->f[1]))
         return mj_fail(MJ_ERR_INVALID, "hardtanh: min %g must not be greater than max %g", (double)a->f[0],
                        (double)a->f[1]);
+    return MJ_OK;
+}
+
+/* Output length of a window sweep (< 1: the window does not fit), as the
+ * eager kernels of src/cnn.c compute it. */
+static int64_t window_out(int64_t in, int64_t k, int64_t s, int64_t p, int64_t d) {
+    return (in + 2 * p - d * (k - 1) - 1) / s + 1;
+}
+
+/* x must be [N, C, H, W] (N may be B; C, H, W concrete). */
+static mj_status check_nchw(mj_op op, const mj_type *x) {
+    if (x->rank != 4) return shape_err(op, "input must be 4-D [N, C, H, W], got", x, NULL);
+    for (int d = 1; d < 4; d++)
+        if (x->dims[d] == MJ_DIM_BATCH) return shape_err(op, "only dim 0 of the input may be the batch B, got", x, NULL);
+    return MJ_OK;
+}
+
+/* The CNN ops (attributes checked against the table already). */
+static mj_status infer_cnn(mj_op op, int n, const mj_type *const *t, const mj_attrs *a, mj_type *r) {
+    const mj_type *x = t[0];
+    const char *name = mj_op_table[op].name;
+    char b1[96], b2[96];
+    if (op == MJ_OP_BATCH_NORM) {
+        if (x->rank < 2) return shape_err(op, "input needs a channel dim (rank >= 2), got", x, NULL);
+        for (int d = 1; d < x->rank; d++)
+            if (x->dims[d] == MJ_DIM_BATCH) return shape_err(op, "only dim 0 of the input may be the batch B, got", x, NULL);
+        static const char *const what[5] = {"", "mean", "var", "weight", "bias"};
+        for (int k = 1; k < n; k++)
+            if (t[k]->rank != 1 || t[k]->dims[0] != x->dims[1])
+                return mj_fail(MJ_ERR_SHAPE, "batch_norm: %s %s does not fit the %lld channels of %s", what[k],
+                               mj_type_str(b1, sizeof b1, t[k]), (long long)x->dims[1], mj_type_str(b2, sizeof b2, x));
+        if (!(a->f[0] >= 0.0f) || isinf(a->f[0]))
+            return mj_fail(MJ_ERR_INVALID, "batch_norm: eps %g must be finite and >= 0", (double)a->f[0]);
+        *r = *x;
+        return MJ_OK;
+    }
+    MJ_TRY(check_nchw(op, x));
+    int64_t H = x->dims[2], W = x->dims[3];
+    *r = *x;
+    if (op == MJ_OP_ADAPTIVE_AVG_POOL2D) {
+        if (a->i[0] < 1 || a->i[1] < 1)
+            return mj_fail(MJ_ERR_INVALID, "adaptive_avg_pool2d: size=[%d,%d] must be >= 1", (int)a->i[0], (int)a->i[1]);
+        if (H < 1 || W < 1) return shape_err(op, "input is empty:", x, NULL);
+        r->dims[2] = a->i[0];
+        r->dims[3] = a->i[1];
+        return MJ_OK;
+    }
+    int64_t oh, ow;
+    if (op == MJ_OP_CONV2D) {
+        const mj_type *w = t[1];
+        const int32_t *st = &a->i[MJ_CONV_STRIDE], *pd = &a->i[MJ_CONV_PADDING], *dl = &a->i[MJ_CONV_DILATION];
+        int64_t G = a->i[MJ_CONV_GROUPS];
+        if (st[0] < 1 || st[1] < 1 || dl[0] < 1 || dl[1] < 1 || G < 1)
+            return mj_fail(MJ_ERR_INVALID, "conv2d: stride=[%d,%d], dilation=[%d,%d] and groups=%d must be >= 1",
+                           (int)st[0], (int)st[1], (int)dl[0], (int)dl[1], (int)G);
+        if (w->rank != 4) return shape_err(op, "weight must be 4-D [out, in/groups, kh, kw], got", w, NULL);
+        for (int d = 0; d < 4; d++)
+            if (w->dims[d] == MJ_DIM_BATCH) return shape_err(op, "weight must have concrete dims, got", w, NULL);
+        int64_t C = x->dims[1], O = w->dims[0];
+        if (w->dims[1] * G != C || O % G)
+            return mj_fail(MJ_ERR_SHAPE, "conv2d: input %s, weight %s and groups=%lld do not fit (need in channels = "
+                           "weight dim 1 * groups, out channels divisible by groups)", mj_type_str(b1, sizeof b1, x),
+                           mj_type_str(b2, sizeof b2, w), (long long)G);
+        if (n == 3 && (t[2]->rank != 1 || t[2]->dims[0] != O))
+            return shape_err(op, "bias does not fit the weight: bias", t[2], w);
+        if (w->dims[2] < 1 || w->dims[3] < 1) return shape_err(op, "kernel is empty: weight", w, NULL);
+        oh = window_out(H, w->dims[2], st[0], pd[0], dl[0]);
+        ow = window_out(W, w->dims[3], st[1], pd[1], dl[1]);
+        if (oh < 1 || ow < 1)
+            return mj_fail(MJ_ERR_SHAPE, "conv2d: kernel %lldx%lld (dilation [%d,%d], padding [%d,%d]) does not fit "
+                           "input %s", (long long)w->dims[2], (long long)w->dims[3], (int)dl[0], (int)dl[1],
+                           (int)pd[0], (int)pd[1], mj_type_str(b1, sizeof b1, x));
+        r->dims[1] = O;
+    } else { /* max_pool2d, avg_pool2d */
+        const int32_t *k = &a->i[MJ_POOL_KERNEL], *st = &a->i[MJ_POOL_STRIDE], *pd = &a->i[MJ_POOL_PADDING];
+        for (int i = 0; i < 2; i++) {
+            if (k[i] < 1 || st[i] < 1)
+                return mj_fail(MJ_ERR_INVALID, "%s: kernel=[%d,%d] and stride=[%d,%d] must be >= 1", name, (int)k[0],
+                               (int)k[1], (int)st[0], (int)st[1]);
+            if (2 * pd[i] > k[i])
+                return mj_fail(MJ_ERR_INVALID, "%s: padding=[%d,%d] must be at most half the kernel [%d,%d] (as in "
+                               "PyTorch)", name, (int)pd[0], (int)pd[1], (int)k[0], (int)k[1]);
+        }
+        oh = window_out(H, k[0], st[0], pd[0], 1);
+        ow = window_out(W, k[1], st[1], pd[1], 1);
+        if (oh < 1 || ow < 1)
+            return mj_fail(MJ_ERR_SHAPE, "%s: window %dx%d does not fit input %s", name, (int)k[0], (int)k[1],
+                           mj_type_str(b1, sizeof b1, x));
+    }
+    r->dims[2] = oh;
+    r->dims[3] = ow;
     return MJ_OK;
 }
 
@@ -363,6 +469,9 @@ mj_status mj_infer_type_full(const mj_graph *g, mj_op op, int n, const int32_t *
         r = *t[0];
         break;
     }
+    MJ_CASE_CNN_OPS:
+        MJ_TRY(infer_cnn(op, n, t, attrs, &r));
+        break;
     MJ_CASE_UNARY_MATH_OPS:
     MJ_CASE_ACT_OPS:
         r = *t[0];

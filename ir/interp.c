@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "ir_core.h"
+#include "maskjit/cnn.h"
 
 /* The batch size of a value of type t held in tensor v (-1 if t has no B). */
 static int64_t batch_of(const mj_type *t, const mj_tensor *v) {
@@ -116,6 +117,33 @@ static mj_status eval_node(const mj_node *n, const mj_tensor *const *v, int64_t 
         return mj_layer_norm(out, v[0], n->n_operands >= 2 ? v[1] : NULL, n->n_operands == 3 ? v[2] : NULL,
                              n->attrs.f[0]);
     MJ_CASE_ACT_OPS: return mj_activation(out, info->act, v[0]);
+    /* the layers of CNNs (src/cnn.c) */
+    case MJ_OP_CONV2D: {
+        mj_conv2d_params p;
+        for (int i = 0; i < 2; i++) {
+            p.stride[i] = n->attrs.i[MJ_CONV_STRIDE + i];
+            p.padding[i] = n->attrs.i[MJ_CONV_PADDING + i];
+            p.dilation[i] = n->attrs.i[MJ_CONV_DILATION + i];
+        }
+        p.groups = n->attrs.i[MJ_CONV_GROUPS];
+        return mj_conv2d(out, v[0], v[1], n->n_operands == 3 ? v[2] : NULL, &p);
+    }
+    case MJ_OP_BATCH_NORM:
+        return mj_batch_norm(out, v[0], v[1], v[2], n->n_operands >= 4 ? v[3] : NULL,
+                             n->n_operands == 5 ? v[4] : NULL, n->attrs.f[0]);
+    case MJ_OP_MAX_POOL2D:
+    case MJ_OP_AVG_POOL2D: {
+        int64_t k[2], st[2], pd[2];
+        for (int i = 0; i < 2; i++) {
+            k[i] = n->attrs.i[MJ_POOL_KERNEL + i];
+            st[i] = n->attrs.i[MJ_POOL_STRIDE + i];
+            pd[i] = n->attrs.i[MJ_POOL_PADDING + i];
+        }
+        if (n->op == MJ_OP_MAX_POOL2D) return mj_max_pool2d(out, v[0], k, st, pd);
+        return mj_avg_pool2d(out, v[0], k, st, pd, n->attrs.i[MJ_POOL_COUNT_PAD] != 0);
+    }
+    case MJ_OP_ADAPTIVE_AVG_POOL2D:
+        return mj_adaptive_avg_pool2d(out, v[0], n->attrs.i[0], n->attrs.i[1]);
     case MJ_OP_COUNT: break;
     }
     MJ_ASSERT(!"not an op (the graph is verified)");

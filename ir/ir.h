@@ -18,7 +18,7 @@
 #include "../src/internal.h"
 
 #define MJ_DIM_BATCH INT64_C(-1)
-/* cat takes up to 8 operands; every other op at most 3 */
+/* cat takes up to 8 operands, batch_norm 5; every other op at most 3 */
 #define MJ_MAX_OPERANDS 8
 /* Graph size limit: a guard against hostile IR files. */
 #define MJ_MAX_NODES 1000000
@@ -65,8 +65,11 @@ extern const mj_op_info mj_op_table[MJ_OP_COUNT];
     case MJ_OP_MATMUL: case MJ_OP_LINEAR: case MJ_OP_LINEAR_ACT: case MJ_OP_EXPAND: case MJ_OP_TRANSPOSE: \
     case MJ_OP_RESHAPE: case MJ_OP_SUM: case MJ_OP_MEAN: case MJ_OP_SOFTMAX: case MJ_OP_LOG_SOFTMAX:       \
     case MJ_OP_LAYER_NORM: case MJ_OP_PERMUTE: case MJ_OP_SLICE: case MJ_OP_CAT
+#define MJ_CASE_CNN_OPS /* NCHW layers of CNNs: window ops with integer attributes */               \
+    case MJ_OP_CONV2D: case MJ_OP_BATCH_NORM: case MJ_OP_MAX_POOL2D: case MJ_OP_AVG_POOL2D:           \
+    case MJ_OP_ADAPTIVE_AVG_POOL2D
 /* Whether the families above match ops.def's flags (ELEMENTWISE, ACTIVATION,
- * LEAF): a test calls it. */
+ * LEAF; CNN ops: none of them, and each has attributes): a test calls it. */
 bool mj_op_families_agree(void);
 /* MJ_OP_COUNT if no such op. */
 mj_op mj_op_from_name(const char *name, size_t len);
@@ -91,10 +94,12 @@ void mj_type_shape(const mj_type *t, int64_t batch, int64_t *shape);
  * float attributes in its schema order. Ops without attributes keep all
  * zero. */
 #define MJ_MAX_FATTRS 2
+#define MJ_MAX_IATTRS 8
 typedef struct mj_attrs {
     int32_t dim;
     bool keepdim;
     float f[MJ_MAX_FATTRS];
+    int32_t i[MJ_MAX_IATTRS]; /* integer, pair and bool attributes (CNN ops), by slot */
 } mj_attrs;
 /* Attributes of the shape ops (docs/IR.md), stored normalised (dims
  * non-negative); all zero for every other op, so nodes compare bytewise. */
@@ -170,13 +175,20 @@ mj_status mj_infer_type_full(const mj_graph *g, mj_op op, int n, const int32_t *
                              const mj_attrs *attrs, mj_shape_attrs *sa, const mj_type *declared, mj_type *out);
 
 /* ---- attributes (ir/attrs.c) --------------------------------------------- */
-typedef enum mj_attr_kind { MJ_ATTR_DIM, MJ_ATTR_KEEPDIM, MJ_ATTR_FLOAT } mj_attr_kind;
+/* INT: one int in i[slot]; PAIR: [H, W] in i[slot], i[slot + 1], printed
+ * "[1,1]" like permute's perm; BOOL: 0 or 1 in i[slot], printed true/false.
+ * Integers are 0..MJ_ATTR_INT_MAX (the eager kernels' limit, 2^20). */
+typedef enum mj_attr_kind { MJ_ATTR_DIM, MJ_ATTR_KEEPDIM, MJ_ATTR_FLOAT, MJ_ATTR_INT, MJ_ATTR_PAIR, MJ_ATTR_BOOL } mj_attr_kind;
+#define MJ_ATTR_INT_MAX (1 << 20)
+/* Slots in mj_attrs.i of the CNN ops (adaptive_avg_pool2d: size at 0). */
+enum { MJ_CONV_STRIDE = 0, MJ_CONV_PADDING = 2, MJ_CONV_DILATION = 4, MJ_CONV_GROUPS = 6 };
+enum { MJ_POOL_KERNEL = 0, MJ_POOL_STRIDE = 2, MJ_POOL_PADDING = 4, MJ_POOL_COUNT_PAD = 6 };
 typedef struct mj_attr_spec {
     const char *name;
     mj_attr_kind kind;
-    int slot;        /* MJ_ATTR_FLOAT: index in mj_attrs.f                    */
+    int slot;        /* FLOAT: index in mj_attrs.f; INT, PAIR, BOOL: in mj_attrs.i */
     bool required;   /* no default: the text form must give it                */
-    float def;       /* default (keepdim: 0 or 1)                             */
+    float def;       /* default (keepdim, bool: 0 or 1; pair: both entries)   */
 } mj_attr_spec;
 /* The op's attributes in text order; *n = 0 for ops without. */
 const mj_attr_spec *mj_op_attrs(mj_op op, int *n);

@@ -30,6 +30,11 @@ bool mj_op_families_agree(void) {
         MJ_CASE_LEAF_OPS: want = MJ_OPF_LEAF; break;
         MJ_CASE_OTHER_OPS:
         case MJ_OP_COUNT: break;
+        MJ_CASE_CNN_OPS: {
+            int na;
+            if (!mj_op_attrs((mj_op)i, &na) || na == 0) return false;
+            break;
+        }
         }
         if ((info->flags & (MJ_OPF_ELEMENTWISE | MJ_OPF_ACTIVATION | MJ_OPF_LEAF)) != want) return false;
         if (arity >= 0 && (info->min_operands != arity || info->max_operands != arity)) return false;

@@ -456,6 +456,34 @@ static mj_status parse_attrs(parser *p, mj_op op, mj_act *act, mj_attrs *attrs) 
             MJ_TRY(expect_char(p, '=', "'='"));
             skip_blanks(p);
             int vl = p->line, vc = p->col;
+            if (!is_act && (spec[which].kind == MJ_ATTR_PAIR || spec[which].kind == MJ_ATTR_INT)) {
+                /* "[h,w]" or an integer, each 0..2^20 (the ranges the ops take are checked with the types) */
+                seen[which] = true;
+                int64_t v0, v1;
+                int32_t *slot = &attrs->i[spec[which].slot];
+                if (spec[which].kind == MJ_ATTR_INT) {
+                    MJ_TRY(parse_uint(p, MJ_ATTR_INT_MAX, "an integer attribute", &v0));
+                    slot[0] = (int32_t)v0;
+                } else {
+                    MJ_TRY(expect_char(p, '[', "'[' starting a pair [h,w]"));
+                    skip_blanks(p);
+                    MJ_TRY(parse_uint(p, MJ_ATTR_INT_MAX, "an entry of a pair [h,w]", &v0));
+                    MJ_TRY(expect_char(p, ',', "',' in a pair [h,w]"));
+                    skip_blanks(p);
+                    MJ_TRY(parse_uint(p, MJ_ATTR_INT_MAX, "an entry of a pair [h,w]", &v1));
+                    MJ_TRY(expect_char(p, ']', "']' ending a pair [h,w]"));
+                    slot[0] = (int32_t)v0;
+                    slot[1] = (int32_t)v1;
+                }
+                skip_blanks(p);
+                if (peek(p) == '}') {
+                    advance(p);
+                    break;
+                }
+                if (peek(p) != ',') return expected(p, "',' or '}' in attributes");
+                advance(p);
+                continue;
+            }
             char tok[64];
             size_t vlen = value_token(p, tok, sizeof tok);
             if (vlen == 0) return expected(p, "an attribute value");
@@ -477,10 +505,14 @@ static mj_status parse_attrs(parser *p, mj_op op, mj_act *act, mj_attrs *attrs) 
                     break;
                 }
                 case MJ_ATTR_KEEPDIM:
+                case MJ_ATTR_BOOL:
                     if (strcmp(tok, "true") != 0 && strcmp(tok, "false") != 0)
                         return err_at(p, vl, vc, "expected true or false, found '%s'", tok);
-                    attrs->keepdim = tok[0] == 't';
+                    if (spec[which].kind == MJ_ATTR_BOOL) attrs->i[spec[which].slot] = tok[0] == 't';
+                    else attrs->keepdim = tok[0] == 't';
                     break;
+                case MJ_ATTR_INT:
+                case MJ_ATTR_PAIR: MJ_ASSERT(!"parsed above"); break;
                 case MJ_ATTR_FLOAT: {
                     float f = strtof_l(tok, &end, p->c_loc);
                     if (end != tok + vlen) return err_at(p, vl, vc, "expected a number, found '%s'", tok);

@@ -236,6 +236,7 @@ static LLVMValueRef emit_unary(lw *w, const mj_node *n, LLVMValueRef x) {
     MJ_CASE_LEAF_OPS:
     MJ_CASE_BINARY_OPS:
     MJ_CASE_OTHER_OPS:
+    MJ_CASE_CNN_OPS:
     case MJ_OP_COUNT: break;
     }
     MJ_ASSERT(!"not a unary elementwise op");
@@ -1310,6 +1311,10 @@ mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan 
         MJ_CASE_BINARY_OPS:
         MJ_CASE_UNARY_MATH_OPS:
         MJ_CASE_ACT_OPS: emit_elementwise(&w, i); break;
+        MJ_CASE_CNN_OPS:
+            s = mj_fail(MJ_ERR_UNSUPPORTED, "jit: %s (a CNN layer) cannot be compiled yet; run the graph with the "
+                        "interpreter", mj_op_table[n->op].name);
+            break;
         /* leaves and aliases never get here (skipped above) */
         MJ_CASE_LEAF_OPS:
         case MJ_OP_RESHAPE:

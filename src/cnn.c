@@ -1,20 +1,41 @@
 /* The layers of CNNs in eager C (maskjit/cnn.h): the reference kernels of
  * conv2d, eval batch norm and pooling, and their torch.nn modules. The
  * orders of operations are the reference (docs/numerics.md, "CNN layers").
- * The IR does not know these ops yet: inside a trace they refuse with a
- * message rather than record a graph that would miss them. */
+ * Inside a trace each kernel records its IR op (ir/ops.def) after it has
+ * computed its output, like the ops of src/ops.c. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "../ir/ir.h"
 #include "maskjit/cnn.h"
 #include "module_impl.h"
 
 #define SHAPE(buf, t) mj_shape_str(buf, sizeof buf, (t)->rank, (t)->shape)
 
-static mj_status refuse_in_trace(const char *op) {
-    return mj_fail(MJ_ERR_UNSUPPORTED,
-                   "%s: CNN layers run eagerly but cannot be traced or compiled yet", op);
+/* Hands y to the caller once the tracer (if any) has recorded it. */
+static mj_status finish(mj_tensor **out, mj_tensor *y, mj_op op, int n, const mj_tensor *const *in,
+                        const mj_attrs *a) {
+    if (mj_trace_active()) {
+        mj_status s = mj_trace_record_attrs((int)op, n, in, MJ_ACT_NONE, a, y);
+        if (s != MJ_OK) {
+            mj_tensor_release(y);
+            return s;
+        }
+    }
+    *out = y;
+    return MJ_OK;
+}
+
+/* The attributes of a pooling op. */
+static mj_attrs pool_attrs(mj_op op, const int64_t k[2], const int64_t s[2], const int64_t p[2]) {
+    mj_attrs a = mj_attrs_default(op);
+    for (int i = 0; i < 2; i++) {
+        a.i[MJ_POOL_KERNEL + i] = (int32_t)k[i];
+        a.i[MJ_POOL_STRIDE + i] = (int32_t)s[i];
+        a.i[MJ_POOL_PADDING + i] = (int32_t)p[i];
+    }
+    return a;
 }
 
 void mj_conv2d_params_init(mj_conv2d_params *p) {
@@ -98,13 +119,19 @@ mj_status mj_conv2d(mj_tensor **out, const mj_tensor *x, const mj_tensor *w, con
                        "input %s with padding %lldx%lld", (long long)KH, (long long)KW,
                        (long long)p->dilation[0], (long long)p->dilation[1], SHAPE(sx, x),
                        (long long)p->padding[0], (long long)p->padding[1]);
-    if (mj_trace_active()) return refuse_in_trace("conv2d");
     const int64_t shape[4] = {N, O, OH, OW};
     mj_tensor *y;
     MJ_TRY(mj_tensor_new_uninit(&y, 4, shape));
     conv2d_kernel(x->data, w->data, b ? b->data : NULL, y->data, N, C, H, Wd, O, KH, KW, OH, OW, p);
-    *out = y;
-    return MJ_OK;
+    mj_attrs a = mj_attrs_default(MJ_OP_CONV2D);
+    for (int i = 0; i < 2; i++) {
+        a.i[MJ_CONV_STRIDE + i] = (int32_t)p->stride[i];
+        a.i[MJ_CONV_PADDING + i] = (int32_t)p->padding[i];
+        a.i[MJ_CONV_DILATION + i] = (int32_t)p->dilation[i];
+    }
+    a.i[MJ_CONV_GROUPS] = (int32_t)G; /* <= C, which the IR's checks bound */
+    const mj_tensor *in[3] = {x, w, b};
+    return finish(out, y, MJ_OP_CONV2D, b ? 3 : 2, in, &a);
 }
 
 static bool is_channel_vector(const mj_tensor *t, int64_t c) {
@@ -125,7 +152,9 @@ mj_status mj_batch_norm(mj_tensor **out, const mj_tensor *x, const mj_tensor *me
         return mj_fail(MJ_ERR_SHAPE, "batch_norm: input %s has %lld channels; mean, var, weight "
                        "and bias must be [%lld]", SHAPE(sx, x), (long long)C, (long long)C);
     if (!(eps >= 0.0f)) return mj_fail(MJ_ERR_INVALID, "batch_norm: eps %g must be >= 0", (double)eps);
-    if (mj_trace_active()) return refuse_in_trace("batch_norm");
+    if (bias && !weight && mj_trace_active()) /* the IR's operands are positional */
+        return mj_fail(MJ_ERR_UNSUPPORTED, "batch_norm: a bias without a weight cannot be traced (pass a weight "
+                       "of ones)");
     mj_tensor *y;
     MJ_TRY(mj_tensor_new_uninit(&y, x->rank, x->shape));
     int64_t inner = 1;
@@ -140,8 +169,10 @@ mj_status mj_batch_norm(mj_tensor **out, const mj_tensor *x, const mj_tensor *me
             for (int64_t i = 0; i < inner; i++) ys[i] = fmaf(xs[i], alpha, beta);
         }
     }
-    *out = y;
-    return MJ_OK;
+    mj_attrs a = mj_attrs_default(MJ_OP_BATCH_NORM);
+    a.f[0] = eps;
+    const mj_tensor *in[5] = {x, mean, var, weight, bias};
+    return finish(out, y, MJ_OP_BATCH_NORM, bias ? 5 : weight ? 4 : 3, in, &a);
 }
 
 /* Validates a pooling window; fills OH, OW. */
@@ -173,7 +204,6 @@ static mj_status pool_begin(const char *op, mj_tensor **out, const mj_tensor *x,
                             mj_tensor **y) {
     if (!out || !k || !s || !p) return mj_fail(MJ_ERR_INVALID, "%s: NULL output or window", op);
     MJ_TRY(pool_geometry(op, x, k, s, p, oh, ow));
-    if (mj_trace_active()) return refuse_in_trace(op);
     const int64_t shape[4] = {x->shape[0], x->shape[1], *oh, *ow};
     return mj_tensor_new_uninit(y, 4, shape);
 }
@@ -204,8 +234,8 @@ mj_status mj_max_pool2d(mj_tensor **out, const mj_tensor *x, const int64_t kerne
                 y->data[(nc * OH + oh) * OW + ow] = m;
             }
     }
-    *out = y;
-    return MJ_OK;
+    mj_attrs a = pool_attrs(MJ_OP_MAX_POOL2D, kernel, stride, padding);
+    return finish(out, y, MJ_OP_MAX_POOL2D, 1, &x, &a);
 }
 
 mj_status mj_avg_pool2d(mj_tensor **out, const mj_tensor *x, const int64_t kernel[2],
@@ -236,8 +266,9 @@ mj_status mj_avg_pool2d(mj_tensor **out, const mj_tensor *x, const int64_t kerne
                 y->data[(nc * OH + oh) * OW + ow] = sum / (float)div;
             }
     }
-    *out = y;
-    return MJ_OK;
+    mj_attrs a = pool_attrs(MJ_OP_AVG_POOL2D, kernel, stride, padding);
+    a.i[MJ_POOL_COUNT_PAD] = count_include_pad;
+    return finish(out, y, MJ_OP_AVG_POOL2D, 1, &x, &a);
 }
 
 mj_status mj_adaptive_avg_pool2d(mj_tensor **out, const mj_tensor *x, int64_t oh_n, int64_t ow_n) {
@@ -252,7 +283,6 @@ mj_status mj_adaptive_avg_pool2d(mj_tensor **out, const mj_tensor *x, int64_t oh
     int64_t NC = x->shape[0] * x->shape[1], H = x->shape[2], W = x->shape[3];
     if (H < 1 || W < 1)
         return mj_fail(MJ_ERR_SHAPE, "adaptive_avg_pool2d: input %s is empty", SHAPE(sx, x));
-    if (mj_trace_active()) return refuse_in_trace("adaptive_avg_pool2d");
     const int64_t shape[4] = {x->shape[0], x->shape[1], oh_n, ow_n};
     mj_tensor *y;
     MJ_TRY(mj_tensor_new_uninit(&y, 4, shape));
@@ -269,8 +299,10 @@ mj_status mj_adaptive_avg_pool2d(mj_tensor **out, const mj_tensor *x, int64_t oh
             }
         }
     }
-    *out = y;
-    return MJ_OK;
+    mj_attrs a = mj_attrs_default(MJ_OP_ADAPTIVE_AVG_POOL2D);
+    a.i[0] = (int32_t)oh_n;
+    a.i[1] = (int32_t)ow_n;
+    return finish(out, y, MJ_OP_ADAPTIVE_AVG_POOL2D, 1, &x, &a);
 }
 
 /* ---- modules ------------------------------------------------------------- */

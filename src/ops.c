@@ -247,6 +247,7 @@ float mj_binary_apply(mj_op op, float a, float b) {
     MJ_CASE_UNARY_MATH_OPS:
     MJ_CASE_ACT_OPS:
     MJ_CASE_OTHER_OPS:
+    MJ_CASE_CNN_OPS:
     case MJ_OP_COUNT: break;
     }
     MJ_ASSERT(!"not a binary elementwise op");
@@ -425,6 +426,7 @@ float mj_unary_apply(mj_op op, const mj_attrs *a, float x) {
     MJ_CASE_LEAF_OPS:
     MJ_CASE_BINARY_OPS:
     MJ_CASE_OTHER_OPS:
+    MJ_CASE_CNN_OPS:
     case MJ_OP_COUNT: break;
     }
     MJ_ASSERT(!"not a unary elementwise op");

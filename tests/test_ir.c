@@ -128,6 +128,24 @@ static mj_tensor *eager(const mj_node *n, mj_tensor **v, int64_t batch) {
     case MJ_OP_SOFTMAX: s = mj_softmax(&y, a, n->attrs.dim); break;
     case MJ_OP_LOG_SOFTMAX: s = mj_log_softmax(&y, a, n->attrs.dim); break;
     case MJ_OP_LAYER_NORM: s = mj_layer_norm(&y, a, b, c, n->attrs.f[0]); break;
+    case MJ_OP_CONV2D: {
+        const int32_t *i = n->attrs.i;
+        mj_conv2d_params p = {{i[0], i[1]}, {i[2], i[3]}, {i[4], i[5]}, i[6]};
+        s = mj_conv2d(&y, a, b, c, &p);
+        break;
+    }
+    case MJ_OP_BATCH_NORM:
+        s = mj_batch_norm(&y, a, b, c, n->n_operands > 3 ? v[n->operands[3]] : NULL,
+                          n->n_operands > 4 ? v[n->operands[4]] : NULL, n->attrs.f[0]);
+        break;
+    case MJ_OP_MAX_POOL2D:
+    case MJ_OP_AVG_POOL2D: {
+        const int32_t *i = n->attrs.i;
+        int64_t k[2] = {i[0], i[1]}, st[2] = {i[2], i[3]}, pd[2] = {i[4], i[5]};
+        s = n->op == MJ_OP_MAX_POOL2D ? mj_max_pool2d(&y, a, k, st, pd) : mj_avg_pool2d(&y, a, k, st, pd, i[6]);
+        break;
+    }
+    case MJ_OP_ADAPTIVE_AVG_POOL2D: s = mj_adaptive_avg_pool2d(&y, a, n->attrs.i[0], n->attrs.i[1]); break;
     default: cr_assert_fail("no reference for op %d", (int)n->op); return NULL;
     }
     cr_assert_eq(s, MJ_OK, "eager: %s", mj_last_error());
@@ -308,6 +326,23 @@ static const char *const op_graphs[] = {
     "%25 = add %24, %16 : f32[B,3,8]\n"
     "%26 = pow %25 {exponent=0.5} : f32[B,3,8]\n"
     "return %26\n",
+    /* the layers of CNNs, every attribute given */
+    "maskjit-ir 1\n"
+    "%0 = input \"x\" : f32[B,4,7,9]\n"
+    "%1 = param \"w\" : f32[6,2,3,3]\n"
+    "%2 = param \"b\" : f32[6]\n"
+    "%3 = conv2d %0, %1, %2 {stride=[2,1], padding=[1,0], dilation=[1,2], groups=2} : f32[B,6,4,5]\n"
+    "%4 = param \"mean\" : f32[6]\n"
+    "%5 = param \"var\" : f32[6]\n"
+    "%6 = batch_norm %3, %4, %5, %2, %4 {eps=0.001} : f32[B,6,4,5]\n"
+    "%7 = batch_norm %6, %4, %5 {eps=1e-05} : f32[B,6,4,5]\n"
+    "%8 = max_pool2d %7 {kernel=[3,2], stride=[1,2], padding=[1,1]} : f32[B,6,4,3]\n"
+    "%9 = avg_pool2d %8 {kernel=[2,3], stride=[1,1], padding=[1,1], count_include_pad=false} : f32[B,6,5,3]\n"
+    "%10 = avg_pool2d %9 {kernel=[2,2], stride=[2,1], padding=[1,0], count_include_pad=true} : f32[B,6,3,2]\n"
+    "%11 = adaptive_avg_pool2d %10 {size=[2,3]} : f32[B,6,2,3]\n"
+    "%12 = param \"w1\" : f32[3,6,1,1]\n"
+    "%13 = conv2d %11, %12 {stride=[1,1], padding=[0,0], dilation=[1,1], groups=1} : f32[B,3,2,3]\n"
+    "return %13\n",
 };
 
 Test(ir, every_op_round_trips_and_matches_eager) {
