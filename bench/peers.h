@@ -70,4 +70,17 @@ mj_status mj_peer_conv_new(mj_peer_kind k, int n_layers, const mj_peer_conv_laye
 const float *mj_peer_conv_run(mj_peer_conv *p, const float *x);
 void mj_peer_conv_free(mj_peer_conv *p);
 
+/* The chain a graph computes (params bound): frozen and folded, then read as
+ * conv2d [batch_norm] [relu] [add of the input] [relu], ... from one [B, C, H,
+ * W] input to one output, BatchNorm folded into the layer before it. The
+ * layers own their weights. MJ_ERR_UNSUPPORTED with the reason when the
+ * graph is anything else. */
+typedef struct mj_peer_conv_chain {
+    int n;
+    mj_peer_conv_layer *layers;
+    int64_t h, w; /* the input's spatial size */
+} mj_peer_conv_chain;
+mj_status mj_peer_conv_chain_from_graph(const mj_graph *g, mj_peer_conv_chain *out);
+void mj_peer_conv_chain_free(mj_peer_conv_chain *c);
+
 #endif

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ir/ir.h"
 #include "src/internal.h"
 
 #ifdef MJ_HAVE_ONEDNN
@@ -407,4 +408,113 @@ const float *mj_peer_conv_run(mj_peer_conv *p, const float *x) {
     (void)x;
     if (p->vzeroupper) __asm__ volatile("vzeroupper" ::: "memory");
     return p->y;
+}
+
+/* ---- the chain a graph computes ----------------------------------------- */
+static const float *const_data(const mj_graph *g, int32_t id, int64_t numel) {
+    const mj_node *n = &g->nodes[id];
+    if (n->op != MJ_OP_CONST || !n->tensor || mj_tensor_numel(n->tensor) != numel) return NULL;
+    return mj_tensor_data(n->tensor);
+}
+
+static mj_status not_a_chain(const char *why, const mj_node *n) {
+    return mj_fail(MJ_ERR_UNSUPPORTED, "the convolution peers run chains of conv2d [batch_norm] "
+                   "[relu] with a residual of the input; this graph has %s%s", why,
+                   n ? mj_op_table[n->op].name : "");
+}
+
+void mj_peer_conv_chain_free(mj_peer_conv_chain *c) {
+    if (!c) return;
+    for (int i = 0; i < c->n; i++) {
+        free((void *)c->layers[i].w);
+        free((void *)c->layers[i].b);
+    }
+    free(c->layers);
+    memset(c, 0, sizeof *c);
+}
+
+/* Reads the frozen, folded graph node by node: each conv2d starts a layer,
+ * batch_norm folds into its weights and bias (w * s, (b - mean) * s + beta
+ * with s = gamma / sqrt(var + eps), as deployments fold it), relu and an add
+ * of the graph's input set the layer's flags. */
+static mj_status read_chain(const mj_graph *g, mj_peer_conv_chain *c) {
+    int32_t x = -1, cur = -1;
+    for (int32_t i = 0; i < g->n_nodes; i++) {
+        const mj_node *n = &g->nodes[i];
+        if (n->op == MJ_OP_CONST) continue;
+        if (n->op == MJ_OP_INPUT) {
+            if (x >= 0) return not_a_chain("two inputs", NULL);
+            if (n->type.rank != 4) return not_a_chain("an input that is not [B, C, H, W]", NULL);
+            x = cur = i;
+            c->h = n->type.dims[2];
+            c->w = n->type.dims[3];
+            continue;
+        }
+        if (n->op == MJ_OP_PARAM) return not_a_chain("an unfolded param", NULL);
+        mj_peer_conv_layer *l = c->n ? &c->layers[c->n - 1] : NULL;
+        bool on_cur = n->n_operands >= 1 && n->operands[0] == cur;
+        if (n->op == MJ_OP_CONV2D && on_cur) {
+            const mj_type *wt = &g->nodes[n->operands[1]].type;
+            mj_peer_conv_layer *grown = realloc(c->layers, (size_t)(c->n + 1) * sizeof *grown);
+            if (!grown) return mj_fail(MJ_ERR_NOMEM, "peer conv: out of memory");
+            c->layers = grown;
+            l = &c->layers[c->n++];
+            memset(l, 0, sizeof *l);
+            const int32_t *a = n->attrs.i;
+            *l = (mj_peer_conv_layer){.in_c = g->nodes[cur].type.dims[1], .out_c = wt->dims[0],
+                                      .kh = wt->dims[2], .kw = wt->dims[3],
+                                      .stride = {a[MJ_CONV_STRIDE], a[MJ_CONV_STRIDE + 1]},
+                                      .padding = {a[MJ_CONV_PADDING], a[MJ_CONV_PADDING + 1]},
+                                      .dilation = {a[MJ_CONV_DILATION], a[MJ_CONV_DILATION + 1]},
+                                      .groups = a[MJ_CONV_GROUPS]};
+            int64_t wn = l->out_c * wt->dims[1] * l->kh * l->kw;
+            const float *w = const_data(g, n->operands[1], wn);
+            const float *b = n->n_operands > 2 ? const_data(g, n->operands[2], l->out_c) : NULL;
+            if (!w || (n->n_operands > 2 && !b)) return not_a_chain("a conv2d weight that is not constant", NULL);
+            float *wc = malloc((size_t)wn * sizeof *wc), *bc = calloc((size_t)l->out_c, sizeof *bc);
+            l->w = wc;
+            l->b = bc;
+            if (!wc || !bc) return mj_fail(MJ_ERR_NOMEM, "peer conv: out of memory");
+            memcpy(wc, w, (size_t)wn * sizeof *wc);
+            if (b) memcpy(bc, b, (size_t)l->out_c * sizeof *bc);
+        } else if (n->op == MJ_OP_BATCH_NORM && on_cur && l && !l->relu && !l->add_input) {
+            int64_t oc = l->out_c, per = l->in_c / l->groups * l->kh * l->kw;
+            const float *p[4] = {NULL, NULL, NULL, NULL}; /* mean, var, gamma, beta */
+            for (int k = 1; k < n->n_operands; k++)
+                if (!(p[k - 1] = const_data(g, n->operands[k], oc)))
+                    return not_a_chain("a batch_norm with non-constant statistics", NULL);
+            float *w = (float *)l->w, *b = (float *)l->b;
+            for (int64_t o = 0; o < oc; o++) {
+                double s = (p[2] ? p[2][o] : 1.0) / sqrt((double)p[1][o] + (double)n->attrs.f[0]);
+                for (int64_t k = 0; k < per; k++) w[o * per + k] = (float)(w[o * per + k] * s);
+                b[o] = (float)(((double)b[o] - p[0][o]) * s + (p[3] ? p[3][o] : 0.0));
+            }
+        } else if (n->op == MJ_OP_RELU && on_cur && l && !l->relu_after_add) {
+            if (l->add_input) l->relu_after_add = true;
+            else if (!l->relu) l->relu = true;
+            else return not_a_chain("two relus in a row", NULL);
+        } else if (n->op == MJ_OP_ADD && l && !l->add_input &&
+                   ((n->operands[0] == cur && n->operands[1] == x) ||
+                    (n->operands[1] == cur && n->operands[0] == x))) {
+            l->add_input = true;
+        } else {
+            return not_a_chain("", n);
+        }
+        cur = i;
+    }
+    if (!c->n || g->n_outputs != 1 || g->outputs[0] != cur)
+        return not_a_chain("no conv2d, or an output that is not the chain's end", NULL);
+    return MJ_OK;
+}
+
+mj_status mj_peer_conv_chain_from_graph(const mj_graph *g, mj_peer_conv_chain *out) {
+    memset(out, 0, sizeof *out);
+    mj_graph *f = NULL;
+    mj_status st = mj_graph_clone(g, &f);
+    if (st == MJ_OK) st = mj_graph_freeze(f);
+    if (st == MJ_OK) st = mj_graph_optimize(f, "simplify,fold,simplify,cse,dce");
+    if (st == MJ_OK) st = read_chain(f, out);
+    if (st != MJ_OK) mj_peer_conv_chain_free(out);
+    mj_graph_free(f);
+    return st;
 }

@@ -630,3 +630,64 @@ Test(bench, conv_peers_match_eager_conv_chains) {
     mj_tensor *all[] = {x, w1, w2, wd, b1, h, r, c2, s, block, ys, yd};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) mj_tensor_release(all[i]);
 }
+
+/* A traced CNN block (conv-BN-ReLU-conv-BN) benchmarks with the convolution
+ * peers, BN folded into their weights, and they agree with the interpreter;
+ * a CNN that is not a conv chain (a pool in it) runs without peers and says
+ * why. */
+Test(bench, cnn_user_model_gets_conv_peers, .init = setup_jit, .fini = teardown_jit) {
+    mj_rng rng;
+    mj_rng_seed(&rng, 6);
+    mj_conv2d_params same;
+    mj_conv2d_params_init(&same);
+    same.padding[0] = same.padding[1] = 1;
+    const int64_t k3[2] = {3, 3}, k2[2] = {2, 2};
+    mj_module *mods[5];
+    OK(mj_conv2d_new(&mods[0], 4, 6, k3, &same, true, &rng));
+    OK(mj_batch_norm2d_new(&mods[1], 6, 1e-5f));
+    OK(mj_activation_module_new(&mods[2], MJ_ACT_RELU));
+    OK(mj_conv2d_new(&mods[3], 6, 4, k3, &same, false, &rng));
+    OK(mj_batch_norm2d_new(&mods[4], 4, 1e-5f));
+    /* statistics that are not the defaults, so folding them matters */
+    mj_tensor *stat;
+    OK(mj_tensor_randn(&stat, 1, (int64_t[]){6}, &rng));
+    OK(mj_module_set(mods[1], "running_mean", stat));
+    OK(mj_module_set(mods[1], "bias", stat));
+    mj_tensor_release(stat);
+    OK(mj_tensor_rand(&stat, 1, (int64_t[]){6}, &rng));
+    OK(mj_module_set(mods[1], "running_var", stat));
+    mj_tensor_release(stat);
+    mj_module *chain;
+    OK(mj_sequential_new(&chain, 5, mods));
+    mj_tensor *x;
+    OK(mj_tensor_randn(&x, 4, (int64_t[]){2, 4, 7, 5}, &rng));
+    mj_graph *g;
+    OK(mj_trace_module(chain, x, &g));
+    mj_bench_setup *s;
+    OK(mj_bench_setup_from_graph("C", "cnn", g, 2, 1, 7, jit, &s));
+    int npeers = 0;
+    for (int i = 0; i < mj_bench_variant_count(s); i++) npeers += mj_bench_variant_is_peer(s, i);
+    cr_expect_eq(npeers, mj_peer_built(MJ_PEER_ONEDNN) + mj_peer_built(MJ_PEER_XNNPACK));
+    cr_assert_eq(mj_bench_check(s), MJ_OK, "%s", mj_last_error());
+    OK(mj_bench_setup_set_batch(s, 3));
+    cr_assert_eq(mj_bench_check(s), MJ_OK, "%s", mj_last_error());
+    mj_bench_setup_free(s);
+    mj_graph_free(g);
+
+    mj_module *pool, *pooled, *two[2] = {chain, NULL};
+    OK(mj_max_pool2d_new(&pool, k2, NULL, NULL));
+    two[1] = pool;
+    OK(mj_sequential_new(&pooled, 2, two));
+    OK(mj_trace_module(pooled, x, &g));
+    OK(mj_bench_setup_from_graph("P", "cnn+pool", g, 2, 1, 7, jit, &s));
+    for (int i = 0; i < mj_bench_variant_count(s); i++) cr_expect(!mj_bench_variant_is_peer(s, i));
+    if (mj_peer_built(MJ_PEER_ONEDNN)) {
+        cr_assert_gt(mj_bench_setup_skipped_count(s), 0);
+        cr_expect(strstr(mj_bench_setup_skipped(s, 0), "max_pool2d"), "%s", mj_bench_setup_skipped(s, 0));
+    }
+    cr_assert_eq(mj_bench_check(s), MJ_OK, "%s", mj_last_error());
+    mj_bench_setup_free(s);
+    mj_graph_free(g);
+    mj_module_free(pooled);
+    mj_tensor_release(x);
+}
