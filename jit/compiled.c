@@ -687,6 +687,12 @@ static mj_status runtime_init(mj_compiled *c) {
             int64_t N = n->type.dims[n->type.rank - 1];
             if (xr > 0 && K > 0 && N > 0) c->row_flops += 2.0 * (double)xr * (double)N;
         }
+        if (n->op == MJ_OP_CONV2D || n->op == MJ_OP_BATCH_NORM) { /* weights and statistics: one for every row */
+            for (int k = 1; k < n->n_operands; k++) rows_ok = rows_ok && c->input_free[n->operands[k]];
+            const mj_type *wt = &g->nodes[n->operands[1]].type;
+            if (n->op == MJ_OP_CONV2D)
+                c->row_flops += 2.0 * (double)type_row(&n->type) * (double)(wt->dims[1] * wt->dims[2] * wt->dims[3]);
+        }
         c->row_independent = c->row_independent && rows_ok;
         if (!c->plan.has_slot[i]) continue;
         if (b_at_dim0_only(&n->type)) {

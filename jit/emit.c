@@ -93,6 +93,17 @@ LLVMValueRef mj_emit_muladd(mj_emit *e, LLVMValueRef acc, LLVMValueRef a, LLVMVa
 
 /* ---- control flow ---------------------------------------------------------- */
 
+LLVMValueRef mj_emit_entry_alloca(mj_emit *e, LLVMTypeRef t) {
+    LLVMBuilderRef b = LLVMCreateBuilderInContext(e->ctx);
+    LLVMBasicBlockRef entry = LLVMGetEntryBasicBlock(e->fn);
+    LLVMValueRef first = LLVMGetFirstInstruction(entry);
+    if (first) LLVMPositionBuilderBefore(b, first);
+    else LLVMPositionBuilderAtEnd(b, entry);
+    LLVMValueRef a = LLVMBuildAlloca(b, t, "acc");
+    LLVMDisposeBuilder(b);
+    return a;
+}
+
 mj_loop mj_emit_loop_begin(mj_emit *e, LLVMValueRef from, LLVMValueRef to, int64_t step) {
     mj_loop l;
     LLVMBasicBlockRef pre = LLVMGetInsertBlock(e->b);

@@ -72,6 +72,9 @@ LLVMValueRef mj_emit_muladd(mj_emit *e, LLVMValueRef acc, LLVMValueRef a, LLVMVa
 LLVMValueRef mj_emit_intrinsic(mj_emit *e, const char *name, LLVMTypeRef *tys, size_t n, LLVMTypeRef *fty);
 LLVMValueRef mj_emit_add_attr(mj_emit *e, LLVMValueRef fn, unsigned idx, const char *name);
 
+/* A t-typed slot in the function's entry block (accumulators: LLVM promotes
+ * them to registers). */
+LLVMValueRef mj_emit_entry_alloca(mj_emit *e, LLVMTypeRef t);
 mj_loop mj_emit_loop_begin(mj_emit *e, LLVMValueRef from, LLVMValueRef to, int64_t step);
 void mj_emit_loop_end(mj_emit *e, mj_loop *l);
 LLVMBasicBlockRef mj_emit_if_begin(mj_emit *e, LLVMValueRef cond); /* if (cond) { ...: the join block */
@@ -119,6 +122,7 @@ typedef mj_ifelse ifb;
 #define intrinsic(c, name, tys, n, fty) mj_emit_intrinsic(MJ_EMIT_CTX(c), (name), (tys), (n), (fty))
 #define add_attr(c, fn, idx, name) mj_emit_add_attr(MJ_EMIT_CTX(c), (fn), (idx), (name))
 /* for (iv = 0; iv < n; iv++) */
+#define entry_alloca(c) mj_emit_entry_alloca(MJ_EMIT_CTX(c), MJ_EMIT_CTX(c)->f32)
 #define loop_begin(c, n) mj_emit_loop_begin(MJ_EMIT_CTX(c), mj_emit_ci(MJ_EMIT_CTX(c), 0), (n), 1)
 #define loop_range(c, from, to, step) mj_emit_loop_begin(MJ_EMIT_CTX(c), (from), (to), (step))
 #define loop_end(c, l) mj_emit_loop_end(MJ_EMIT_CTX(c), (l))

@@ -26,6 +26,7 @@
 
 #include "jit_internal.h"
 #include "emit.h"
+#include "lower_cnn.h"
 
 /* ---- the plan ------------------------------------------------------------ */
 
@@ -530,17 +531,6 @@ static void emit_copy(lw *w, LLVMValueRef dst, LLVMValueRef src, LLVMValueRef n)
  * of its eager kernel (src/ops.c) in the same order; accumulators live in
  * entry-block allocas that LLVM promotes to registers. Fast mode's flags let
  * LLVM vectorise the sums. */
-
-static LLVMValueRef entry_alloca(lw *w) {
-    LLVMBuilderRef b = LLVMCreateBuilderInContext(w->e.ctx);
-    LLVMBasicBlockRef entry = LLVMGetEntryBasicBlock(w->e.fn);
-    LLVMValueRef first = LLVMGetFirstInstruction(entry);
-    if (first) LLVMPositionBuilderBefore(b, first);
-    else LLVMPositionBuilderAtEnd(b, entry);
-    LLVMValueRef a = LLVMBuildAlloca(b, w->e.f32, "acc");
-    LLVMDisposeBuilder(b);
-    return a;
-}
 
 static LLVMValueRef ld_acc(lw *w, LLVMValueRef a) { return LLVMBuildLoad2(w->e.b, w->e.f32, a, ""); }
 static void st_acc(lw *w, LLVMValueRef a, LLVMValueRef v) { LLVMBuildStore(w->e.b, v, a); }
@@ -1311,10 +1301,17 @@ mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan 
         MJ_CASE_BINARY_OPS:
         MJ_CASE_UNARY_MATH_OPS:
         MJ_CASE_ACT_OPS: emit_elementwise(&w, i); break;
-        MJ_CASE_CNN_OPS:
-            s = mj_fail(MJ_ERR_UNSUPPORTED, "jit: %s (a CNN layer) cannot be compiled yet; run the graph with the "
-                        "interpreter", mj_op_table[n->op].name);
+        MJ_CASE_CNN_OPS: {
+            w.loops = true;
+            char prefix[96];
+            snprintf(prefix, sizeof prefix, "%s.cnn%d", o->fname, (int)i);
+            mj_cnn_lowering cl = {.e = &w.e, .g = g, .id = i, .y = w.buf[i], .batch = w.batch, .prefix = prefix};
+            for (int k = 0; k < n->n_operands; k++) cl.ops[k] = w.buf[n->operands[k]];
+            int32_t wl = n->op == MJ_OP_CONV2D ? p->leaf_plain[n->operands[1]] : -1;
+            if (o->baked && wl >= 0) cl.conv_weight = o->baked[wl]; /* frozen: the mask is known */
+            s = mj_lower_cnn(&cl);
             break;
+        }
         /* leaves and aliases never get here (skipped above) */
         MJ_CASE_LEAF_OPS:
         case MJ_OP_RESHAPE:

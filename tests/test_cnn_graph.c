@@ -256,24 +256,3 @@ Test(cnn_graph, cli_runs_a_saved_cnn_trace_on_a_rank4_input, .timeout = 60) {
     mj_module_free(cnn);
 }
 
-/* Until the JIT lowers the CNN ops, compiling one is refused with a message. */
-Test(cnn_graph, jit_refuses_cnn_ops_with_a_message) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 26);
-    mj_module *cnn = mjc_small_cnn(&rng);
-    mj_tensor *x = mjc_randn(4, (int64_t[]){1, 3, 13, 11}, &rng);
-    mj_graph *g = NULL;
-    OK(mj_trace_module(cnn, x, &g));
-    mj_jit *jit = NULL;
-    OK(mj_jit_new(&jit));
-    mj_compile_options o;
-    mj_compile_options_init(&o);
-    mj_compiled *c = NULL;
-    FAILS(mj_jit_compile(jit, g, &o, &c), MJ_ERR_UNSUPPORTED, "cannot be compiled yet");
-    cr_expect_null(c);
-    mj_jit_free(jit);
-    mj_llvm_shutdown();
-    mj_graph_free(g);
-    mj_tensor_release(x);
-    mj_module_free(cnn);
-}

@@ -1,0 +1,294 @@
+/* The CNN ops lowered to LLVM IR (see lower_cnn.h). Every output element
+ * gets the float operations of its eager kernel (src/cnn.c,
+ * docs/numerics.md "CNN layers") in the same order; the loops around them
+ * differ so that LLVM can vectorise across output positions, never across
+ * a reduction.
+ *
+ * conv2d: per image and output channel, the output plane is the
+ * accumulator. It starts at +0.0f; then for each tap (c, kh, kw) in eager's
+ * order, every output element does acc = fmaf(x, w, acc) with its input
+ * element; the inner loop runs along a row of output positions (vectorised,
+ * each lane its own element). Positions whose input is padding multiply 0:
+ * with a finite weight that step leaves acc unchanged (acc is never -0:
+ * docs/numerics.md), so only a weight that is NaN or inf takes the loop over
+ * padded positions. Frozen, the taps come from a table that leaves out zero
+ * weights, the contract of the frozen linear layers (exact for finite
+ * inputs), and a channel without taps is its bias. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MJ_EMIT_CTX(c) (c) /* the short forms, on the mj_emit itself */
+#include "lower_cnn.h"
+
+#include "jit_internal.h"
+
+static LLVMValueRef dimv(const mj_cnn_lowering *c, int64_t d) { return d == MJ_DIM_BATCH ? c->batch : ci(c->e, d); }
+static LLVMValueRef isub(mj_emit *e, LLVMValueRef a, LLVMValueRef b) { return LLVMBuildNSWSub(e->b, a, b, ""); }
+static LLVMValueRef idiv(mj_emit *e, LLVMValueRef a, int64_t b) { return LLVMBuildSDiv(e->b, a, ci(e, b), ""); }
+static LLVMValueRef irem(mj_emit *e, LLVMValueRef a, int64_t b) { return LLVMBuildSRem(e->b, a, ci(e, b), ""); }
+static LLVMValueRef imin(mj_emit *e, LLVMValueRef a, LLVMValueRef b) {
+    return LLVMBuildSelect(e->b, LLVMBuildICmp(e->b, LLVMIntSLT, a, b, ""), a, b, "");
+}
+static LLVMValueRef imax(mj_emit *e, LLVMValueRef a, LLVMValueRef b) {
+    return LLVMBuildSelect(e->b, LLVMBuildICmp(e->b, LLVMIntSGT, a, b, ""), a, b, "");
+}
+
+/* Output positions q in [*lo, *hi) read input q*s + off inside [0, len);
+ * out positions in all. */
+static void valid_range(mj_emit *e, LLVMValueRef off, int64_t s, int64_t len, int64_t out, LLVMValueRef *lo,
+                        LLVMValueRef *hi) {
+    LLVMValueRef zero = ci(e, 0), lim = ci(e, out);
+    LLVMValueRef neg = LLVMBuildICmp(e->b, LLVMIntSLT, off, zero, "");
+    LLVMValueRef first = LLVMBuildSelect(e->b, neg, idiv(e, add(e, isub(e, zero, off), ci(e, s - 1)), s), zero, "");
+    *lo = imin(e, first, lim);
+    LLVMValueRef num = isub(e, ci(e, len - 1), off);
+    LLVMValueRef end = LLVMBuildSelect(e->b, LLVMBuildICmp(e->b, LLVMIntSLT, num, zero, ""), zero,
+                                       add(e, idiv(e, num, s), ci(e, 1)), "");
+    *hi = imax(e, imin(e, end, lim), *lo);
+}
+
+/* The frozen tap table of a conv weight [O, cg, KH, KW]: per output channel
+ * its nonzero weights (NaN and inf are nonzero) in eager's order, as
+ * (index c*KH*KW + kh*KW + kw, value); start[o] .. start[o + 1]. */
+typedef struct taps {
+    int32_t *start, *idx;
+    float *val;
+    int64_t n;
+} taps;
+
+static bool build_taps(const float *w, int64_t O, int64_t per, taps *t) {
+    int64_t nz = 0;
+    for (int64_t i = 0; i < O * per; i++) nz += w[i] != 0.0f || isnan(w[i]);
+    MJ_ASSERT(nz < INT32_MAX && per < INT32_MAX); /* frozen weights are far smaller (mj_jit_check_memory) */
+    t->start = malloc((size_t)(O + 1) * sizeof *t->start);
+    t->idx = malloc((size_t)(nz + 1) * sizeof *t->idx);
+    t->val = malloc((size_t)(nz + 1) * sizeof *t->val);
+    if (!t->start || !t->idx || !t->val) return false;
+    t->n = 0;
+    for (int64_t o = 0; o < O; o++) {
+        t->start[o] = (int32_t)t->n;
+        for (int64_t k = 0; k < per; k++) {
+            float v = w[o * per + k];
+            if (v == 0.0f && !isnan(v)) continue;
+            t->idx[t->n] = (int32_t)k;
+            t->val[t->n++] = v;
+        }
+    }
+    t->start[O] = (int32_t)t->n;
+    t->idx[t->n] = 0; /* the tables are never empty */
+    t->val[t->n] = 0.0f;
+    return true;
+}
+
+static void free_taps(taps *t) {
+    free(t->start);
+    free(t->idx);
+    free(t->val);
+}
+
+static LLVMValueRef table(const mj_cnn_lowering *c, const char *what, const void *data, size_t bytes) {
+    char name[160];
+    snprintf(name, sizeof name, "%s.%s", c->prefix, what);
+    return mj_llvm_const_bytes(c->e->m, c->e->ctx, name, data, bytes);
+}
+
+static LLVMValueRef fma_at(mj_emit *e, LLVMValueRef yr, LLVMValueRef q, LLVMValueRef xv, LLVMValueRef wv) {
+    return vmuladd(e, load(e, yr, q), xv, wv);
+}
+
+static bool lower_conv(const mj_cnn_lowering *c) {
+    mj_emit *e = c->e;
+    const mj_node *n = &c->g->nodes[c->id];
+    const mj_type *xt = &c->g->nodes[n->operands[0]].type, *wt = &c->g->nodes[n->operands[1]].type;
+    const int32_t *a = n->attrs.i;
+    int64_t C = xt->dims[1], H = xt->dims[2], W = xt->dims[3];
+    int64_t O = wt->dims[0], cg = wt->dims[1], KH = wt->dims[2], KW = wt->dims[3];
+    int64_t sh = a[MJ_CONV_STRIDE], sw = a[MJ_CONV_STRIDE + 1], ph = a[MJ_CONV_PADDING], pw = a[MJ_CONV_PADDING + 1];
+    int64_t dh = a[MJ_CONV_DILATION], dw = a[MJ_CONV_DILATION + 1], og = O / a[MJ_CONV_GROUPS];
+    int64_t OH = n->type.dims[2], OW = n->type.dims[3], KK = KH * KW, per = cg * KK, plane = OH * OW;
+    LLVMValueRef x = c->ops[0], w = c->ops[1], b = n->n_operands == 3 ? c->ops[2] : NULL, y = c->y;
+
+    taps t = {0};
+    LLVMValueRef tstart = NULL, tidx = NULL, tval = NULL;
+    if (c->conv_weight) {
+        if (!build_taps(c->conv_weight, O, per, &t)) {
+            free_taps(&t);
+            return false;
+        }
+        tstart = table(c, "taps.start", t.start, (size_t)(O + 1) * sizeof *t.start);
+        tidx = table(c, "taps.idx", t.idx, (size_t)(t.n + 1) * sizeof *t.idx);
+        tval = table(c, "taps.val", t.val, (size_t)(t.n + 1) * sizeof *t.val);
+        free_taps(&t);
+    }
+    LLVMTypeRef fabs_ty;
+    LLVMValueRef fabs_fn = intrinsic(e, "llvm.fabs", &e->f32, 1, &fabs_ty);
+
+    loop ln = loop_begin(e, dimv(c, xt->dims[0]));
+    loop lo = loop_begin(e, ci(e, O));
+    LLVMValueRef o = lo.iv;
+    LLVMValueRef xg = at(e, x, mul(e, add(e, mul(e, ln.iv, ci(e, C)), mul(e, idiv(e, o, og), ci(e, cg))), ci(e, H * W)));
+    LLVMValueRef yp = at(e, y, mul(e, add(e, mul(e, ln.iv, ci(e, O)), o), ci(e, plane)));
+    loop lz = loop_begin(e, ci(e, plane));
+    store(e, cf(e, 0.0f), yp, lz.iv);
+    loop_end(e, &lz);
+
+    LLVMValueRef t0 = ci(e, 0), t1 = ci(e, per);
+    if (tstart) {
+        t0 = LLVMBuildSExt(e->b, ld(e, e->i32, tstart, o), e->i64, "");
+        t1 = LLVMBuildSExt(e->b, ld(e, e->i32, tstart, add(e, o, ci(e, 1))), e->i64, "");
+    }
+    loop lt = loop_range(e, t0, t1, 1);
+    LLVMValueRef idx = tidx ? LLVMBuildSExt(e->b, ld(e, e->i32, tidx, lt.iv), e->i64, "") : lt.iv;
+    LLVMValueRef wv = tval ? load(e, tval, lt.iv) : load(e, w, add(e, mul(e, o, ci(e, per)), lt.iv));
+    LLVMValueRef r = irem(e, idx, KK);
+    LLVMValueRef xc = at(e, xg, mul(e, idiv(e, idx, KK), ci(e, H * W)));
+    LLVMValueRef offh = isub(e, mul(e, idiv(e, r, KW), ci(e, dh)), ci(e, ph));
+    LLVMValueRef offw = isub(e, mul(e, irem(e, r, KW), ci(e, dw)), ci(e, pw));
+    LLVMValueRef oh_lo, oh_hi, ow_lo, ow_hi;
+    valid_range(e, offh, sh, H, OH, &oh_lo, &oh_hi);
+    valid_range(e, offw, sw, W, OW, &ow_lo, &ow_hi);
+
+    /* a NaN or inf weight: padded positions get fmaf(0, w, acc) (NaN) */
+    LLVMValueRef aw = LLVMBuildCall2(e->b, fabs_ty, fabs_fn, &wv, 1, "");
+    LLVMValueRef finite = LLVMBuildFCmp(e->b, LLVMRealOLT, aw, cf(e, INFINITY), "");
+    LLVMBasicBlockRef fin_end = if_begin(e, LLVMBuildNot(e->b, finite, ""));
+    {
+        loop lh = loop_begin(e, ci(e, OH));
+        LLVMValueRef hin = LLVMBuildAnd(e->b, LLVMBuildICmp(e->b, LLVMIntSGE, lh.iv, oh_lo, ""),
+                                        LLVMBuildICmp(e->b, LLVMIntSLT, lh.iv, oh_hi, ""), "");
+        LLVMValueRef yr = at(e, yp, mul(e, lh.iv, ci(e, OW)));
+        loop lw = loop_begin(e, ci(e, OW));
+        LLVMValueRef in = LLVMBuildAnd(e->b, hin,
+                                       LLVMBuildAnd(e->b, LLVMBuildICmp(e->b, LLVMIntSGE, lw.iv, ow_lo, ""),
+                                                    LLVMBuildICmp(e->b, LLVMIntSLT, lw.iv, ow_hi, ""), ""),
+                                       "");
+        LLVMBasicBlockRef pad_end = if_begin(e, LLVMBuildNot(e->b, in, ""));
+        store(e, fma_at(e, yr, lw.iv, cf(e, 0.0f), wv), yr, lw.iv);
+        if_end(e, pad_end);
+        loop_end(e, &lw);
+        loop_end(e, &lh);
+    }
+    if_end(e, fin_end);
+    /* the positions that read the input */
+    loop lh = loop_range(e, oh_lo, oh_hi, 1);
+    LLVMValueRef xr = at(e, xc, mul(e, add(e, mul(e, lh.iv, ci(e, sh)), offh), ci(e, W)));
+    LLVMValueRef yr = at(e, yp, mul(e, lh.iv, ci(e, OW)));
+    loop lw = loop_range(e, ow_lo, ow_hi, 1);
+    LLVMValueRef xv = load(e, xr, add(e, mul(e, lw.iv, ci(e, sw)), offw));
+    store(e, fma_at(e, yr, lw.iv, xv, wv), yr, lw.iv);
+    loop_end(e, &lw);
+    loop_end(e, &lh);
+    loop_end(e, &lt);
+
+    if (b) {
+        LLVMValueRef bv = load(e, b, o);
+        loop lb = loop_begin(e, ci(e, plane));
+        store(e, fadd(e, load(e, yp, lb.iv), bv), yp, lb.iv);
+        loop_end(e, &lb);
+    }
+    loop_end(e, &lo);
+    loop_end(e, &ln);
+    return true;
+}
+
+/* per channel alpha = w / sqrtf(var + eps), beta = b - mean * alpha (1 and
+ * 0.0f without w, b), then y = fmaf(x, alpha, beta) */
+static void lower_batch_norm(const mj_cnn_lowering *c) {
+    mj_emit *e = c->e;
+    const mj_node *n = &c->g->nodes[c->id];
+    const mj_type *xt = &c->g->nodes[n->operands[0]].type;
+    int64_t C = xt->dims[1], inner = 1;
+    for (int d = 2; d < xt->rank; d++) inner *= xt->dims[d];
+    LLVMValueRef x = c->ops[0], mean = c->ops[1], var = c->ops[2];
+    LLVMValueRef wt = n->n_operands >= 4 ? c->ops[3] : NULL, bs = n->n_operands == 5 ? c->ops[4] : NULL;
+    loop lc = loop_begin(e, ci(e, C));
+    LLVMValueRef sd = call_libm(e, "sqrtf", fadd(e, load(e, var, lc.iv), cf(e, n->attrs.f[0])));
+    LLVMValueRef alpha = fdiv(e, wt ? load(e, wt, lc.iv) : cf(e, 1.0f), sd);
+    LLVMValueRef beta = fsub(e, bs ? load(e, bs, lc.iv) : cf(e, 0.0f), fmul(e, load(e, mean, lc.iv), alpha));
+    loop ln = loop_begin(e, dimv(c, xt->dims[0]));
+    LLVMValueRef base = mul(e, add(e, mul(e, ln.iv, ci(e, C)), lc.iv), ci(e, inner));
+    LLVMValueRef xs = at(e, x, base), ys = at(e, c->y, base);
+    loop li = loop_begin(e, ci(e, inner));
+    store(e, vmuladd(e, beta, load(e, xs, li.iv), alpha), ys, li.iv);
+    loop_end(e, &li);
+    loop_end(e, &ln);
+    loop_end(e, &lc);
+}
+
+/* The pools: per image and channel plane, per output position, a window
+ * [h0, h1) x [w0, w1) of in-bounds rows and columns, walked in row order. */
+static void lower_pool(const mj_cnn_lowering *c) {
+    mj_emit *e = c->e;
+    const mj_node *n = &c->g->nodes[c->id];
+    const mj_type *xt = &c->g->nodes[n->operands[0]].type;
+    const int32_t *a = n->attrs.i;
+    int64_t H = xt->dims[2], W = xt->dims[3], OH = n->type.dims[2], OW = n->type.dims[3];
+    LLVMValueRef NC = mul(e, dimv(c, xt->dims[0]), ci(e, xt->dims[1]));
+    LLVMValueRef acc = entry_alloca(e);
+    loop lp = loop_begin(e, NC);
+    LLVMValueRef xs = at(e, c->ops[0], mul(e, lp.iv, ci(e, H * W)));
+    LLVMValueRef ys = at(e, c->y, mul(e, lp.iv, ci(e, OH * OW)));
+    loop lh = loop_begin(e, ci(e, OH));
+    loop lw = loop_begin(e, ci(e, OW));
+    LLVMValueRef h0, h1, w0, w1, divisor = NULL;
+    if (n->op == MJ_OP_ADAPTIVE_AVG_POOL2D) { /* [floor(i*H/OH), ceil((i+1)*H/OH)) */
+        h0 = idiv(e, mul(e, lh.iv, ci(e, H)), OH);
+        h1 = idiv(e, add(e, mul(e, add(e, lh.iv, ci(e, 1)), ci(e, H)), ci(e, OH - 1)), OH);
+        w0 = idiv(e, mul(e, lw.iv, ci(e, W)), OW);
+        w1 = idiv(e, add(e, mul(e, add(e, lw.iv, ci(e, 1)), ci(e, W)), ci(e, OW - 1)), OW);
+    } else {
+        int64_t kh = a[MJ_POOL_KERNEL], kw = a[MJ_POOL_KERNEL + 1], ph = a[MJ_POOL_PADDING], pw = a[MJ_POOL_PADDING + 1];
+        h0 = isub(e, mul(e, lh.iv, ci(e, a[MJ_POOL_STRIDE])), ci(e, ph));
+        w0 = isub(e, mul(e, lw.iv, ci(e, a[MJ_POOL_STRIDE + 1])), ci(e, pw));
+        h1 = imin(e, add(e, h0, ci(e, kh)), ci(e, H + ph));
+        w1 = imin(e, add(e, w0, ci(e, kw)), ci(e, W + pw));
+        if (n->op == MJ_OP_AVG_POOL2D && a[MJ_POOL_COUNT_PAD]) divisor = mul(e, isub(e, h1, h0), isub(e, w1, w0));
+        h0 = imax(e, h0, ci(e, 0));
+        w0 = imax(e, w0, ci(e, 0));
+        h1 = imin(e, h1, ci(e, H));
+        w1 = imin(e, w1, ci(e, W));
+    }
+    bool is_max = n->op == MJ_OP_MAX_POOL2D;
+    store(e, cf(e, is_max ? -INFINITY : 0.0f), acc, ci(e, 0));
+    loop li = loop_range(e, h0, h1, 1);
+    LLVMValueRef xr = at(e, xs, mul(e, li.iv, ci(e, W)));
+    loop lj = loop_range(e, w0, w1, 1);
+    LLVMValueRef v = load(e, xr, lj.iv), m = load(e, acc, ci(e, 0));
+    if (is_max) { /* if (v > m || isnan(v)) m = v; the first NaN ends the window (eager breaks) */
+        LLVMValueRef take = LLVMBuildOr(e->b, LLVMBuildFCmp(e->b, LLVMRealOGT, v, m, ""),
+                                        LLVMBuildFCmp(e->b, LLVMRealUNO, v, v, ""), "");
+        take = LLVMBuildAnd(e->b, take, LLVMBuildFCmp(e->b, LLVMRealORD, m, m, ""), "");
+        store(e, LLVMBuildSelect(e->b, take, v, m, ""), acc, ci(e, 0));
+    } else {
+        store(e, fadd(e, m, v), acc, ci(e, 0));
+    }
+    loop_end(e, &lj);
+    loop_end(e, &li);
+    LLVMValueRef res = load(e, acc, ci(e, 0));
+    if (!is_max) {
+        if (!divisor) divisor = mul(e, isub(e, h1, h0), isub(e, w1, w0));
+        res = fdiv(e, res, LLVMBuildSIToFP(e->b, divisor, e->f32, ""));
+    }
+    store(e, res, ys, add(e, mul(e, lh.iv, ci(e, OW)), lw.iv));
+    loop_end(e, &lw);
+    loop_end(e, &lh);
+    loop_end(e, &lp);
+}
+
+mj_status mj_lower_cnn(const mj_cnn_lowering *c) {
+    switch (c->g->nodes[c->id].op) {
+    case MJ_OP_CONV2D: return lower_conv(c) ? MJ_OK : MJ_ERR_NOMEM;
+    case MJ_OP_BATCH_NORM: lower_batch_norm(c); return MJ_OK;
+    case MJ_OP_MAX_POOL2D:
+    case MJ_OP_AVG_POOL2D:
+    case MJ_OP_ADAPTIVE_AVG_POOL2D: lower_pool(c); return MJ_OK;
+    MJ_CASE_LEAF_OPS:
+    MJ_CASE_ACT_OPS:
+    MJ_CASE_UNARY_MATH_OPS:
+    MJ_CASE_BINARY_OPS:
+    MJ_CASE_OTHER_OPS:
+    case MJ_OP_COUNT: break;
+    }
+    MJ_ASSERT(!"not a CNN op");
+}
