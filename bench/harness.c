@@ -48,6 +48,7 @@ typedef struct variant {
     mj_compiled *compiled;
     double compile_ms;
     mj_peer *peer;
+    mj_peer_conv *conv_peer; /* a peer of a conv chain (user models) */
 } variant;
 
 struct mj_bench_setup {
@@ -68,6 +69,8 @@ struct mj_bench_setup {
     mj_peer_layer *layers;      /* masked dense weights for the peers (owned copies) */
     mj_tensor **layer_tensors;  /* the tensors behind layers[].w / .b                 */
     bool peers_expressible;
+    bool conv_chain;            /* a user model the convolution peers can run          */
+    mj_peer_conv_chain chain;
     char peer_note[256];        /* why peers were skipped, if they were              */
     double sum_in_out;          /* multiply-adds per batch row over Linear layers    */
     int64_t sum_k;              /* sum of in_features (tolerance scale)              */
@@ -247,7 +250,9 @@ void mj_bench_setup_free(mj_bench_setup *s) {
     for (int i = 0; i < s->nv; i++) {
         mj_compiled_free(s->v[i].compiled);
         mj_peer_free(s->v[i].peer);
+        mj_peer_conv_free(s->v[i].conv_peer);
     }
+    mj_peer_conv_chain_free(&s->chain);
     if (s->layer_tensors)
         for (int i = 0; i < 2 * s->n_layers; i++) mj_tensor_release(s->layer_tensors[i]);
     free(s->layer_tensors);
@@ -336,11 +341,20 @@ static void build_peers(mj_bench_setup *s) {
             if (s->v[i].kind == kind) idx = i;
         if (idx >= 0) {
             mj_peer_free(s->v[idx].peer);
+            mj_peer_conv_free(s->v[idx].conv_peer);
             s->v[idx].peer = NULL;
+            s->v[idx].conv_peer = NULL;
         }
         if (!mj_peer_built((mj_peer_kind)k)) continue;
         mj_peer *p = NULL;
-        if (!s->peers_expressible) {
+        mj_peer_conv *cp = NULL;
+        if (s->conv_chain) {
+            if (mj_peer_conv_new((mj_peer_kind)k, s->chain.n, s->chain.layers, s->batch, s->chain.h,
+                                 s->chain.w, s->w.threads, &cp) != MJ_OK) {
+                if (idx < 0) note_skip(s, "%s: %.200s", mj_peer_name((mj_peer_kind)k), mj_last_error());
+                mj_clear_error();
+            }
+        } else if (!s->peers_expressible) {
             if (idx < 0) note_skip(s, "%s: %.200s", mj_peer_name((mj_peer_kind)k), s->peer_note);
         } else if (mj_peer_new((mj_peer_kind)k, s->n_layers, s->layers, s->batch, s->w.threads,
                                &p) != MJ_OK) {
@@ -348,20 +362,22 @@ static void build_peers(mj_bench_setup *s) {
             mj_clear_error();
         }
         if (idx >= 0) {
-            if (p) {
+            if (p || cp) {
                 s->v[idx].peer = p;
+                s->v[idx].conv_peer = cp;
             } else {
                 /* drop the variant: shift the rest down */
                 memmove(&s->v[idx], &s->v[idx + 1], (size_t)(s->nv - idx - 1) * sizeof s->v[0]);
                 s->nv--;
             }
-        } else if (p) {
+        } else if (p || cp) {
             variant *v = &s->v[s->nv++];
             memset(v, 0, sizeof *v);
             v->kind = kind;
             v->timed = true;
             v->compile_ms = -1;
             v->peer = p;
+            v->conv_peer = cp;
         }
     }
 }
@@ -425,9 +441,11 @@ static void count_graph_work(const mj_graph *g, double *macs, int64_t *sum_k) {
     *sum_k = 0;
     for (int32_t i = 0; i < g->n_nodes; i++) {
         const mj_node *n = &g->nodes[i];
-        if (!mj_op_is_linear(n->op) && n->op != MJ_OP_MATMUL) continue;
-        const mj_type *a = &g->nodes[n->operands[0]].type, *y = &n->type;
-        int64_t k = a->dims[a->rank - 1];
+        bool conv = n->op == MJ_OP_CONV2D;
+        if (!mj_op_is_linear(n->op) && n->op != MJ_OP_MATMUL && !conv) continue;
+        const mj_type *a = &g->nodes[n->operands[0]].type, *y = &n->type, *w = &g->nodes[n->operands[1]].type;
+        /* a conv's sum per output element: in_channels / groups * kh * kw */
+        int64_t k = conv ? w->dims[1] * w->dims[2] * w->dims[3] : a->dims[a->rank - 1];
         double rows_out = 1; /* output elements per batch row */
         for (int d = 0; d < y->rank; d++)
             if (y->dims[d] != MJ_DIM_BATCH) rows_out *= (double)y->dims[d];
@@ -467,6 +485,14 @@ mj_status mj_bench_setup_from_graph(const char *id, const char *description, con
     s->peers_expressible = false;
     snprintf(s->peer_note, sizeof s->peer_note, "a user model has no peer");
     count_graph_work(g, &s->sum_in_out, &s->sum_k);
+    /* A chain of convolutions (a CNN block) has the convolution peers. */
+    bool has_conv = false;
+    for (int32_t i = 0; i < g->n_nodes; i++) has_conv |= g->nodes[i].op == MJ_OP_CONV2D;
+    if (has_conv) {
+        if (mj_peer_conv_chain_from_graph(g, &s->chain) == MJ_OK) s->conv_chain = true;
+        else snprintf(s->peer_note, sizeof s->peer_note, "%.250s", mj_last_error());
+        mj_clear_error();
+    }
     mj_status st;
     double t0 = mj_now_seconds();
     if ((st = mj_graph_clone(g, &s->trace)) != MJ_OK) goto fail;
@@ -479,6 +505,10 @@ mj_status mj_bench_setup_from_graph(const char *id, const char *description, con
     v->compile_ms = -1;
     for (int k = V_EXACT; k <= V_FROZEN; k++)
         if ((st = compile_variant(s, s->trace, k)) != MJ_OK) goto fail;
+    if (s->conv_chain) build_peers(s);
+    else if (has_conv)
+        for (int k = 0; k < MJ_PEER_COUNT; k++)
+            if (mj_peer_built((mj_peer_kind)k)) note_skip(s, "%s: %.200s", mj_peer_name((mj_peer_kind)k), s->peer_note);
     *out = s;
     return MJ_OK;
 fail:
@@ -493,7 +523,7 @@ mj_status mj_bench_setup_set_batch(mj_bench_setup *s, int64_t batch) {
         return mj_fail(MJ_ERR_INVALID, "bench: batch %lld must be >= 1", (long long)batch);
     MJ_TRY(make_input(s, batch));
     s->w.batch = batch;
-    if (s->model) build_peers(s);
+    if (s->model || s->conv_chain) build_peers(s);
     return MJ_OK;
 }
 
@@ -518,7 +548,7 @@ bool mj_bench_variant_exact(const mj_bench_setup *s, int i) {
     return i >= 0 && i < s->nv && s->v[i].exact;
 }
 bool mj_bench_variant_is_peer(const mj_bench_setup *s, int i) {
-    return i >= 0 && i < s->nv && s->v[i].peer != NULL;
+    return i >= 0 && i < s->nv && (s->v[i].peer != NULL || s->v[i].conv_peer != NULL);
 }
 bool mj_bench_jit_threads(void) { return MJ_BENCH_JIT_THREADS; }
 const mj_bench_workload *mj_bench_setup_workload(const mj_bench_setup *s) { return &s->w; }
@@ -533,6 +563,10 @@ double mj_bench_variant_compile_ms(const mj_bench_setup *s, int i) {
 }
 
 /* ---- running ------------------------------------------------------------ */
+
+static const float *peer_run(variant *v, const float *x) {
+    return v->conv_peer ? mj_peer_conv_run(v->conv_peer, x) : mj_peer_run(v->peer, x);
+}
 
 /* The compiled variant's call on the setup's inputs, into ybuf. */
 static mj_status run_compiled(mj_bench_setup *s, variant *v) {
@@ -555,7 +589,7 @@ static mj_status run_once(mj_bench_setup *s, variant *v) {
     case V_EXACT:
     case V_FAST:
     case V_FROZEN: st = run_compiled(s, v); break;
-    default: (void)mj_peer_run(v->peer, mj_tensor_data(s->x[0])); break;
+    default: (void)peer_run(v, mj_tensor_data(s->x[0])); break;
     }
     mj_tensor_release(y);
     return st;
@@ -578,7 +612,7 @@ mj_status mj_bench_variant_output(mj_bench_setup *s, int i, mj_tensor **out) {
         st = run_compiled(s, v);
         if (st == MJ_OK) st = mj_tensor_from_data(out, s->y_rank, shape, s->ybuf);
         break;
-    default: st = mj_tensor_from_data(out, s->y_rank, shape, mj_peer_run(v->peer, mj_tensor_data(s->x[0]))); break;
+    default: st = mj_tensor_from_data(out, s->y_rank, shape, peer_run(v, mj_tensor_data(s->x[0]))); break;
     }
     if (st != MJ_OK) return mj_fail_prefix(st, "%s: %s", s->w.id, variant_names[v->kind]);
     return MJ_OK;

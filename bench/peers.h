@@ -48,4 +48,39 @@ mj_status mj_peer_new(mj_peer_kind k, int n_layers, const mj_peer_layer *layers,
 const float *mj_peer_run(mj_peer *p, const float *x);
 void mj_peer_free(mj_peer *p);
 
+/* ---- convolutions (peers_conv.c) -------------------------------------------
+ * A chain of 2-D convolutions as a deployed pruned CNN block: each layer
+ * y = conv(x, w) + b, then ReLU if relu, then + the chain's input if
+ * add_input (same shape), then ReLU if relu_after_add. BatchNorm is folded
+ * into w and b by the caller, as users of these libraries deploy it. NCHW in
+ * and out. oneDNN and XNNPACK only, one thread. */
+typedef struct mj_peer_conv_layer {
+    int64_t in_c, out_c, kh, kw;
+    int64_t stride[2], padding[2], dilation[2], groups;
+    const float *w; /* [out_c][in_c/groups][kh][kw], borrowed until mj_peer_conv_new returns */
+    const float *b; /* [out_c] or NULL; borrowed for the peer's lifetime (oneDNN) */
+    bool relu, add_input, relu_after_add;
+} mj_peer_conv_layer;
+
+typedef struct mj_peer_conv mj_peer_conv;
+
+mj_status mj_peer_conv_new(mj_peer_kind k, int n_layers, const mj_peer_conv_layer *layers,
+                           int64_t batch, int64_t h, int64_t w, int threads, mj_peer_conv **out);
+/* x is [batch][c][h][w]; returns the peer's own NCHW output buffer. */
+const float *mj_peer_conv_run(mj_peer_conv *p, const float *x);
+void mj_peer_conv_free(mj_peer_conv *p);
+
+/* The chain a graph computes (params bound): frozen and folded, then read as
+ * conv2d [batch_norm] [relu] [add of the input] [relu], ... from one [B, C, H,
+ * W] input to one output, BatchNorm folded into the layer before it. The
+ * layers own their weights. MJ_ERR_UNSUPPORTED with the reason when the
+ * graph is anything else. */
+typedef struct mj_peer_conv_chain {
+    int n;
+    mj_peer_conv_layer *layers;
+    int64_t h, w; /* the input's spatial size */
+} mj_peer_conv_chain;
+mj_status mj_peer_conv_chain_from_graph(const mj_graph *g, mj_peer_conv_chain *out);
+void mj_peer_conv_chain_free(mj_peer_conv_chain *c);
+
 #endif

@@ -541,3 +541,144 @@ Test(bench, program_times_a_saved_trace) {
     expect_bench_error((const char *[]){"b", "--workloads", "W1,W2", "--batch", "4"}, 5, 2, "--batch goes with a MODEL");
     expect_bench_error((const char *[]){"b", "mut", "--batch", "0"}, 4, 2, "--batch wants batches");
 }
+
+/* The convolution peers compute what maskjit's eager ops compute on a
+ * ResNet-style chain (conv-relu, conv + input, relu), a strided dilated conv
+ * and a depthwise one (within float32 tolerance: they sum in their own
+ * order); peers without a convolution say so. */
+Test(bench, conv_peers_match_eager_conv_chains) {
+    mj_rng rng;
+    mj_rng_seed(&rng, 5);
+    const int64_t N = 2, C = 8, H = 9, W = 7;
+    const int64_t xs[4] = {N, C, H, W}, ws[4] = {C, C, 3, 3}, dws[4] = {C, 1, 3, 3}, bs[1] = {C};
+    mj_tensor *x, *w1, *w2, *wd, *b1;
+    OK(mj_tensor_randn(&x, 4, xs, &rng));
+    OK(mj_tensor_randn(&w1, 4, ws, &rng));
+    OK(mj_tensor_randn(&w2, 4, ws, &rng));
+    OK(mj_tensor_randn(&wd, 4, dws, &rng));
+    OK(mj_tensor_randn(&b1, 1, bs, &rng));
+    mj_conv2d_params same, strided, depthwise;
+    mj_conv2d_params_init(&same);
+    same.padding[0] = same.padding[1] = 1;
+    strided = same;
+    strided.stride[0] = 2;
+    strided.dilation[1] = 2;
+    strided.padding[1] = 2;
+    depthwise = same;
+    depthwise.groups = C;
+    /* eager: relu(conv(relu(conv(x, w1) + b1), w2) + x), and the other two */
+    mj_tensor *h, *r, *c2, *s, *block, *ys, *yd;
+    OK(mj_conv2d(&h, x, w1, b1, &same));
+    OK(mj_relu(&r, h));
+    OK(mj_conv2d(&c2, r, w2, NULL, &same));
+    OK(mj_add(&s, c2, x));
+    OK(mj_relu(&block, s));
+    OK(mj_conv2d(&ys, x, w1, b1, &strided));
+    OK(mj_conv2d(&yd, x, wd, NULL, &depthwise));
+    const mj_peer_conv_layer base = {.in_c = C, .out_c = C, .kh = 3, .kw = 3, .stride = {1, 1},
+                                     .padding = {1, 1}, .dilation = {1, 1}, .groups = 1};
+    mj_peer_conv_layer chain[2] = {base, base}, one = base, dw = base;
+    chain[0].w = mj_tensor_data(w1);
+    chain[0].b = mj_tensor_data(b1);
+    chain[0].relu = true;
+    chain[1].w = mj_tensor_data(w2);
+    chain[1].add_input = chain[1].relu_after_add = true;
+    one.w = mj_tensor_data(w1);
+    one.b = mj_tensor_data(b1);
+    one.stride[0] = 2;
+    one.dilation[1] = 2;
+    one.padding[1] = 2;
+    dw.w = mj_tensor_data(wd);
+    dw.groups = C;
+    const struct {
+        const char *what;
+        int n;
+        const mj_peer_conv_layer *layers;
+        const mj_tensor *want;
+    } cases[] = {{"residual block", 2, chain, block}, {"strided dilated", 1, &one, ys},
+                 {"depthwise", 1, &dw, yd}};
+    for (int k = 0; k < MJ_PEER_COUNT; k++) {
+        for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+            mj_peer_conv *p;
+            mj_status st = mj_peer_conv_new((mj_peer_kind)k, cases[i].n, cases[i].layers, N, H, W, 1, &p);
+            bool conv_peer = k == MJ_PEER_ONEDNN || k == MJ_PEER_XNNPACK;
+            if (!conv_peer || !mj_peer_built((mj_peer_kind)k)) {
+                cr_expect_eq(st, MJ_ERR_UNSUPPORTED, "%s", mj_peer_name((mj_peer_kind)k));
+                continue;
+            }
+            cr_assert_eq(st, MJ_OK, "%s %s: %s", mj_peer_name((mj_peer_kind)k), cases[i].what,
+                         mj_last_error());
+            const float *y = mj_peer_conv_run(p, mj_tensor_data(x));
+            y = mj_peer_conv_run(p, mj_tensor_data(x)); /* twice: set-up state is reused */
+            const float *want = mj_tensor_data(cases[i].want);
+            for (int64_t j = 0; j < mj_tensor_numel(cases[i].want); j++)
+                cr_assert(fabsf(y[j] - want[j]) <= 1e-4f * (1.0f + fabsf(want[j])),
+                          "%s %s: element %lld is %g, eager %g", mj_peer_name((mj_peer_kind)k),
+                          cases[i].what, (long long)j, y[j], want[j]);
+            mj_peer_conv_free(p);
+        }
+    }
+    mj_tensor *all[] = {x, w1, w2, wd, b1, h, r, c2, s, block, ys, yd};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) mj_tensor_release(all[i]);
+}
+
+/* A traced CNN block (conv-BN-ReLU-conv-BN) benchmarks with the convolution
+ * peers, BN folded into their weights, and they agree with the interpreter;
+ * a CNN that is not a conv chain (a pool in it) runs without peers and says
+ * why. */
+Test(bench, cnn_user_model_gets_conv_peers, .init = setup_jit, .fini = teardown_jit) {
+    mj_rng rng;
+    mj_rng_seed(&rng, 6);
+    mj_conv2d_params same;
+    mj_conv2d_params_init(&same);
+    same.padding[0] = same.padding[1] = 1;
+    const int64_t k3[2] = {3, 3}, k2[2] = {2, 2};
+    mj_module *mods[5];
+    OK(mj_conv2d_new(&mods[0], 4, 6, k3, &same, true, &rng));
+    OK(mj_batch_norm2d_new(&mods[1], 6, 1e-5f));
+    OK(mj_activation_module_new(&mods[2], MJ_ACT_RELU));
+    OK(mj_conv2d_new(&mods[3], 6, 4, k3, &same, false, &rng));
+    OK(mj_batch_norm2d_new(&mods[4], 4, 1e-5f));
+    /* statistics that are not the defaults, so folding them matters */
+    mj_tensor *stat;
+    OK(mj_tensor_randn(&stat, 1, (int64_t[]){6}, &rng));
+    OK(mj_module_set(mods[1], "running_mean", stat));
+    OK(mj_module_set(mods[1], "bias", stat));
+    mj_tensor_release(stat);
+    OK(mj_tensor_rand(&stat, 1, (int64_t[]){6}, &rng));
+    OK(mj_module_set(mods[1], "running_var", stat));
+    mj_tensor_release(stat);
+    mj_module *chain;
+    OK(mj_sequential_new(&chain, 5, mods));
+    mj_tensor *x;
+    OK(mj_tensor_randn(&x, 4, (int64_t[]){2, 4, 7, 5}, &rng));
+    mj_graph *g;
+    OK(mj_trace_module(chain, x, &g));
+    mj_bench_setup *s;
+    OK(mj_bench_setup_from_graph("C", "cnn", g, 2, 1, 7, jit, &s));
+    int npeers = 0;
+    for (int i = 0; i < mj_bench_variant_count(s); i++) npeers += mj_bench_variant_is_peer(s, i);
+    cr_expect_eq(npeers, mj_peer_built(MJ_PEER_ONEDNN) + mj_peer_built(MJ_PEER_XNNPACK));
+    cr_assert_eq(mj_bench_check(s), MJ_OK, "%s", mj_last_error());
+    OK(mj_bench_setup_set_batch(s, 3));
+    cr_assert_eq(mj_bench_check(s), MJ_OK, "%s", mj_last_error());
+    mj_bench_setup_free(s);
+    mj_graph_free(g);
+
+    mj_module *pool, *pooled, *two[2] = {chain, NULL};
+    OK(mj_max_pool2d_new(&pool, k2, NULL, NULL));
+    two[1] = pool;
+    OK(mj_sequential_new(&pooled, 2, two));
+    OK(mj_trace_module(pooled, x, &g));
+    OK(mj_bench_setup_from_graph("P", "cnn+pool", g, 2, 1, 7, jit, &s));
+    for (int i = 0; i < mj_bench_variant_count(s); i++) cr_expect(!mj_bench_variant_is_peer(s, i));
+    if (mj_peer_built(MJ_PEER_ONEDNN)) {
+        cr_assert_gt(mj_bench_setup_skipped_count(s), 0);
+        cr_expect(strstr(mj_bench_setup_skipped(s, 0), "max_pool2d"), "%s", mj_bench_setup_skipped(s, 0));
+    }
+    cr_assert_eq(mj_bench_check(s), MJ_OK, "%s", mj_last_error());
+    mj_bench_setup_free(s);
+    mj_graph_free(g);
+    mj_module_free(pooled);
+    mj_tensor_release(x);
+}

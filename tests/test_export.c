@@ -140,6 +140,12 @@ Test(export, residual_runs_in_every_mode, .timeout = 60) {
     check_fixture("export_residual");
 }
 
+/* A pruned CNN (FakeSparsity and prune masks on convs, BatchNorm, pools, a
+ * depthwise dilated conv, a residual), stored at batches 3, 1 and 17. */
+Test(export, pruned_cnn_runs_in_every_mode, .timeout = 120) {
+    check_fixture_at("export_cnn", "3,1,17", false);
+}
+
 Test(export, fakesparsity_runs_in_every_mode, .timeout = 60) {
     check_fixture("export_fakesparsity");
 }
@@ -251,7 +257,7 @@ Test(export, cli_check_passes_on_every_fixture, .timeout = 240) {
                                         "export_fakesparsity", "export_heads",
                                         "export_llama_mlp", "export_residual_layernorm",
                                         "export_bert_layer", "export_vit_block",
-                                        "export_two_in_two_out"};
+                                        "export_two_in_two_out", "export_cnn"};
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
         char *path = fixture_path(names[i]), *out;
         int rc = run_check(&out, path);

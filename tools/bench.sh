@@ -25,6 +25,11 @@
 # interpreter (the reference, timed in the first round only: it is slow) and
 # compiled exact, fast (live, dense) and frozen.
 #
+# W8 (a pruned ResNet basic block: two 3x3 convs 64->64 at 56x56 with BN, ReLU
+# and the residual, 80% unstructured conv masks) runs the same way at batch 1,
+# from $BUILD_DIR/w8/W8.safetensors (tools/bench_torch.py --export-w8):
+#   tools/bench.sh --torch --workloads W8 --clock cpu
+#
 # BUILD_DIR picks the build directory (default: build).
 set -eu
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -68,6 +73,11 @@ for w in $(echo "$workloads" | tr ',' ' '); do
             echo "writing the W7 trace files into $build/w7 (once; a few minutes)" >&2
             $py "$root/tools/bench_torch.py" --export-w7 "$build/w7" --maskjit "$build/maskjit" >&2
         fi ;;
+    W8)
+        if [ ! -f "$build/w8/W8.safetensors" ]; then
+            echo "writing the W8 trace file into $build/w8 (once)" >&2
+            $py "$root/tools/bench_torch.py" --export-w8 "$build/w8" --maskjit "$build/maskjit" >&2
+        fi ;;
     esac
 done
 log=$(mktemp)
@@ -81,6 +91,10 @@ while [ "$r" -le "$rounds" ]; do
         W7|W7b4)
             ref=; [ "$r" -gt 1 ] && ref=--untimed-ref
             peer_env "$exe" "$build/w7/$w.safetensors" --id "$w" --batch 1,8 --threads 1 $ref \
+                --reps 1 --min-ms "$min_ms" --clock "$clock" --json 2>/dev/null | compact >>"$log" ;;
+        W8)
+            ref=; [ "$r" -gt 1 ] && ref=--untimed-ref
+            peer_env "$exe" "$build/w8/W8.safetensors" --id W8 --batch 1 --threads 1 $ref \
                 --reps 1 --min-ms "$min_ms" --clock "$clock" --json 2>/dev/null | compact >>"$log" ;;
         *) peer_env "$exe" --workloads "$w" --reps 1 --min-ms "$min_ms" --clock "$clock" --json 2>/dev/null | compact >>"$log" ;;
         esac

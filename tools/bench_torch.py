@@ -4,6 +4,7 @@
     /usr/bin/python3 tools/bench_torch.py --workloads W1,W3 [--reps 1] [--min-ms 25] [--json]
     /usr/bin/python3 tools/bench_torch.py --merge ROUNDS.jsonl   # what tools/bench.sh --torch prints
     /usr/bin/python3 tools/bench_torch.py --export-w7 DIR        # W7's trace files for maskjit-bench
+    /usr/bin/python3 tools/bench_torch.py --export-w8 DIR        # W8's trace file for maskjit-bench
 
 W1-W5 are the MLPs that maskjit-bench builds (bench/README.md): the same
 shapes, batch and mask density and kind, with PyTorch's own random weights
@@ -13,6 +14,10 @@ mask as a second input) with masks of density 0.1 on its six Linear weights,
 unstructured (W7) or in 1x4 blocks (W7b4), at batch 1 and 8: --export-w7
 writes the same model (same seed) as maskjit trace files, which
 `maskjit-bench FILE` times, so both sides run identical weights and masks.
+W8 is a pruned ResNet basic block: 3x3 conv 64->64 at 56x56, BatchNorm,
+ReLU, again, plus the residual and a ReLU, batch 1, both conv weights
+masked at density 0.2 (80% unstructured, FakeSparsity); --export-w8 writes
+it as DIR/W8.safetensors the same way.
 One thread (torch.set_num_threads(1)), under torch.no_grad(). Variants:
   torch-eager   the model as users run it: Linear layers with FakeSparsity
                 parametrizations, the mask multiplied in on every call
@@ -43,6 +48,10 @@ WORKLOADS = {
 W7 = {"W7": "random", "W7b4": "block1x4"}
 W7_DIMS = dict(d=768, heads=12, ffn=3072)
 W7_SEQ, W7_DENSITY, W7_BATCHES, W7_SEED = 128, 0.1, (1, 8), 7
+
+
+# W8: a ResNet basic block, as torchvision's BasicBlock (no downsample).
+W8_CHANNELS, W8_SIZE, W8_DENSITY, W8_BATCHES, W8_SEED = 64, 56, 0.2, (1,), 8
 
 
 def mask_linear(lin, kind, density, gen):
@@ -105,6 +114,54 @@ def build_w7(wid):
     return model.eval()
 
 
+def build_w8():
+    """The W8 block (seeded weights, masks and BN statistics), eval mode."""
+    import torch
+    from torch import nn
+    torch.manual_seed(W8_SEED)
+    gen = torch.Generator().manual_seed(W8_SEED)
+    c = W8_CHANNELS
+
+    class BasicBlock(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = nn.Conv2d(c, c, 3, padding=1, bias=False)
+            self.bn1 = nn.BatchNorm2d(c)
+            self.conv2 = nn.Conv2d(c, c, 3, padding=1, bias=False)
+            self.bn2 = nn.BatchNorm2d(c)
+
+        def forward(self, x):
+            h = torch.relu(self.bn1(self.conv1(x)))
+            return torch.relu(self.bn2(self.conv2(h)) + x)
+
+    model = BasicBlock()
+    for conv, bn in ((model.conv1, model.bn1), (model.conv2, model.bn2)):
+        mask_linear(conv, "random", W8_DENSITY, gen)
+        bn.running_mean.copy_(torch.randn(c, generator=gen) * 0.1)
+        bn.running_var.copy_(torch.rand(c, generator=gen) + 0.5)
+    return model.eval()
+
+
+def w8_inputs(batch, gen):
+    import torch
+    return (torch.randn(batch, W8_CHANNELS, W8_SIZE, W8_SIZE, generator=gen),)
+
+
+def export_w8(out_dir, maskjit):
+    """Writes DIR/W8.safetensors, checked against PyTorch by the exporter."""
+    import torch
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import export_torch
+    os.makedirs(out_dir, exist_ok=True)
+    gen = torch.Generator().manual_seed(W8_SEED + 1)
+    path = os.path.join(out_dir, "W8.safetensors")
+    export_torch.export(build_w8(), w8_inputs(W8_BATCHES[-1], gen), path, batches=W8_BATCHES[:-1],
+                        seed=W8_SEED, generator="tools/bench_torch.py", maskjit=maskjit,
+                        log=lambda *a: print(*a, file=sys.stderr))
+    print(path)
+    return 0
+
+
 def export_w7(out_dir, maskjit):
     """Writes DIR/W7.safetensors and DIR/W7b4.safetensors (maskjit trace files,
     checked against PyTorch at batches 1 and 8 by the exporter)."""
@@ -144,11 +201,15 @@ def run(args):
     torch.set_num_threads(1)
     out = {"peer": "pytorch", "torch": torch.__version__, "threads": 1, "workloads": []}
     for wid in args.workloads.split(","):
-        if wid not in WORKLOADS and wid not in W7:
+        if wid not in WORKLOADS and wid not in W7 and wid != "W8":
             print(f"bench_torch.py: unknown workload '{wid}' (known: "
-                  f"{', '.join(list(WORKLOADS) + list(W7))})", file=sys.stderr)
+                  f"{', '.join(list(WORKLOADS) + list(W7) + ['W8'])})", file=sys.stderr)
             return 2
-        if wid in W7:
+        if wid == "W8":
+            model = build_w8()
+            gen = torch.Generator().manual_seed(W8_SEED + 2)
+            cases = [(w8_inputs(b, gen), b) for b in W8_BATCHES]
+        elif wid in W7:
             model = build_w7(wid)
             gen = torch.Generator().manual_seed(W7_SEED + 2)
             cases = [(w7_inputs(b, gen), b) for b in W7_BATCHES]
@@ -160,7 +221,7 @@ def run(args):
             for xs, batch in cases:
                 ref = model(*xs)
                 got = frozen(*xs)
-                if not torch.allclose(ref, got, rtol=1e-4, atol=1e-4 if wid in W7 else 1e-5):
+                if not torch.allclose(ref, got, rtol=1e-4, atol=1e-5 if wid in WORKLOADS else 1e-4):
                     print(f"bench_torch.py: {wid}: frozen differs from eager at batch {batch}",
                           file=sys.stderr)
                     return 1
@@ -226,13 +287,16 @@ def main(argv=None):
                     help="wall time, or process CPU time (robust on a loaded machine, one thread)")
     ap.add_argument("--merge", metavar="ROUNDS.jsonl")
     ap.add_argument("--export-w7", metavar="DIR", help="write W7's maskjit trace files into DIR")
+    ap.add_argument("--export-w8", metavar="DIR", help="write W8's maskjit trace file into DIR")
     ap.add_argument("--maskjit", metavar="PATH", default="auto",
-                    help="with --export-w7: the maskjit binary that checks the files")
+                    help="with --export-w7/--export-w8: the maskjit binary that checks the files")
     args = ap.parse_args(argv)
     if args.merge:
         return merge(args.merge)
     if args.export_w7:
         return export_w7(args.export_w7, args.maskjit)
+    if args.export_w8:
+        return export_w8(args.export_w8, args.maskjit)
     if args.reps < 1 or not args.min_ms > 0:
         ap.error("--reps wants >= 1 and --min-ms > 0")
     if args.clock == "cpu":

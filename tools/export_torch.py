@@ -890,6 +890,164 @@ def _layer_norm(cx, node, ins):
     return [cx.b.op("layer_norm", ops, x.shape, attrs=[("eps", float(_const_arg(cx, ins[4], "eps")))])]
 
 
+def _pair(cx, v, what, length=2):
+    """An int or an int[1|2] of the trace as [a, b] (PyTorch's _pair)."""
+    v = _const_arg(cx, v, what)
+    if isinstance(v, bool) or not isinstance(v, (int, list)) or \
+            (isinstance(v, list) and (len(v) not in (1, length) or
+                                      not all(isinstance(e, int) and not isinstance(e, bool) for e in v))):
+        raise ExportError(f"unsupported: {cx.b.where()}: {what} = {v!r}; maskjit takes one or two ints")
+    v = [v] if isinstance(v, int) else v
+    return [int(v[0]), int(v[-1])]
+
+
+def _rank4(cx, x, what):
+    if len(x.shape) != 4 or x.shape[0] != B or B in x.shape[1:]:
+        raise ExportError(f"unsupported: {cx.b.where()}: {what} of {_shape_str(x.shape)}; maskjit's "
+                          "CNN ops take [B, C, H, W] with the batch in dim 0")
+
+
+def _window_out(cx, size, k, s, p, d, what):
+    n = (size + 2 * p - d * (k - 1) - 1) // s + 1
+    if s < 1 or p < 0 or d < 1 or k < 1 or n < 1:
+        raise ExportError(f"{cx.b.where()}: {what}: window {k} (stride {s}, padding {p}, dilation {d}) "
+                          f"does not fit a size of {size}")
+    return n
+
+
+def _conv(cx, x, w, bias, stride, padding, dilation, groups):
+    _rank4(cx, x, "conv2d")
+    if len(w.shape) != 4 or B in w.shape:
+        raise ExportError(f"{cx.b.where()}: conv weight {_shape_str(w.shape)} is not [out, in/groups, kh, kw]")
+    if groups < 1 or x.shape[1] != w.shape[1] * groups or w.shape[0] % groups:
+        raise ExportError(f"{cx.b.where()}: conv2d of {_shape_str(x.shape)} with weight "
+                          f"{_shape_str(w.shape)} and groups {groups}")
+    ops = [x, w]
+    if bias is not None:
+        b = _tensor(cx, bias, "bias")
+        if b.shape != (w.shape[0],):
+            raise ExportError(f"{cx.b.where()}: bias {_shape_str(b.shape)} is not [{w.shape[0]}]")
+        ops.append(b)
+    oh = _window_out(cx, x.shape[2], w.shape[2], stride[0], padding[0], dilation[0], "conv2d")
+    ow = _window_out(cx, x.shape[3], w.shape[3], stride[1], padding[1], dilation[1], "conv2d")
+    attrs = [("stride", stride), ("padding", padding), ("dilation", dilation), ("groups", groups)]
+    return [cx.b.op("conv2d", ops, (B, w.shape[0], oh, ow), attrs=attrs)]
+
+
+def _padding_arg(cx, v):
+    if isinstance(v, str):
+        raise ExportError(f"unsupported: {cx.b.where()}: padding={v!r}; give the padding as numbers")
+    return _pair(cx, v, "padding")
+
+
+def _convolution(cx, node, ins):
+    # aten::_convolution(x, w, b, stride, padding, dilation, transposed, output_padding, groups, ...)
+    if _const_arg(cx, ins[6], "transposed"):
+        raise ExportError(f"unsupported: {cx.b.where()}: transposed convolution")
+    w = _tensor(cx, ins[1], "weight")
+    if len(w.shape) != 4:
+        raise ExportError(f"unsupported: {cx.b.where()}: a convolution with weight "
+                          f"{_shape_str(w.shape)}; maskjit has 2-D convolutions (Conv2d)")
+    return _conv(cx, _tensor(cx, ins[0]), w, ins[2], _pair(cx, ins[3], "stride"),
+                 _padding_arg(cx, ins[4]), _pair(cx, ins[5], "dilation"), _const_arg(cx, ins[8], "groups"))
+
+
+def _convolution_mode(cx, node, ins):
+    # aten::_convolution_mode(x, w, b, stride, padding: str, dilation, groups): padding="same"/"valid"
+    w = _tensor(cx, ins[1], "weight")
+    mode = _const_arg(cx, ins[4], "padding")
+    if len(w.shape) != 4:
+        raise ExportError(f"unsupported: {cx.b.where()}: a convolution with weight "
+                          f"{_shape_str(w.shape)}; maskjit has 2-D convolutions (Conv2d)")
+    stride, dilation = _pair(cx, ins[3], "stride"), _pair(cx, ins[5], "dilation")
+    if mode == "valid":
+        padding = [0, 0]
+    else:
+        total = [dilation[i] * (w.shape[2 + i] - 1) for i in range(2)]
+        if mode != "same" or stride != [1, 1] or any(t % 2 for t in total):
+            raise ExportError(f"unsupported: {cx.b.where()}: padding={mode!r} with kernel "
+                              f"{list(w.shape[2:])}, stride {stride}, dilation {dilation}; maskjit pads "
+                              "both sides equally (give the padding as numbers)")
+        padding = [t // 2 for t in total]
+    return _conv(cx, _tensor(cx, ins[0]), w, ins[2], stride, padding, dilation,
+                 _const_arg(cx, ins[6], "groups"))
+
+
+def _conv2d(cx, node, ins):
+    # aten::conv2d(x, w, b, stride, padding, dilation, groups)
+    return _conv(cx, _tensor(cx, ins[0]), _tensor(cx, ins[1], "weight"), ins[2], _pair(cx, ins[3], "stride"),
+                 _padding_arg(cx, ins[4]), _pair(cx, ins[5], "dilation"), _const_arg(cx, ins[6], "groups"))
+
+
+def _batch_norm(cx, node, ins):
+    # aten::batch_norm(x, weight, bias, running_mean, running_var, training, momentum, eps, cudnn)
+    x = _tensor(cx, ins[0])
+    _rank4(cx, x, "batch_norm")
+    if _const_arg(cx, ins[5], "training") is not False:
+        raise ExportError(f"{cx.b.where()}: batch_norm in training mode (call model.eval())")
+    if ins[3] is None or ins[4] is None:
+        raise ExportError(f"unsupported: {cx.b.where()}: batch_norm without running statistics "
+                          "(track_running_stats=False)")
+    c = (x.shape[1],)
+    ops = [x, _tensor(cx, ins[3], "running_mean"), _tensor(cx, ins[4], "running_var")]
+    w, b = ins[1], ins[2]
+    if w is not None:
+        ops.append(_tensor(cx, w, "weight"))
+        if b is not None:
+            ops.append(_tensor(cx, b, "bias"))
+    elif b is not None:
+        raise ExportError(f"unsupported: {cx.b.where()}: batch_norm with a bias but no weight")
+    for o in ops[1:]:
+        if o.shape != c:
+            raise ExportError(f"{cx.b.where()}: batch_norm parameter {_shape_str(o.shape)} is not "
+                              f"[{c[0]}]")
+    return [cx.b.op("batch_norm", ops, x.shape, attrs=[("eps", float(_const_arg(cx, ins[7], "eps")))])]
+
+
+def _pool(opname):
+    def emit(cx, node, ins):
+        # max_pool2d(x, kernel, stride, padding, dilation, ceil_mode)
+        # avg_pool2d(x, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override)
+        x = _tensor(cx, ins[0])
+        _rank4(cx, x, opname)
+        k = _pair(cx, ins[1], "kernel_size")
+        st = _const_arg(cx, ins[2], "stride")
+        s = k if st is None or st == [] else _pair(cx, st, "stride")
+        p = _pair(cx, ins[3], "padding")
+        if opname == "max_pool2d":
+            if _pair(cx, ins[4], "dilation") != [1, 1]:
+                raise ExportError(f"unsupported: {cx.b.where()}: max_pool2d with dilation")
+            ceil = _const_arg(cx, ins[5], "ceil_mode")
+        else:
+            ceil = _const_arg(cx, ins[4], "ceil_mode")
+            if len(ins) > 6 and ins[6] is not None:
+                raise ExportError(f"unsupported: {cx.b.where()}: avg_pool2d with divisor_override")
+        if ceil:
+            raise ExportError(f"unsupported: {cx.b.where()}: {opname} with ceil_mode=True")
+        if p[0] * 2 > k[0] or p[1] * 2 > k[1]:
+            raise ExportError(f"{cx.b.where()}: {opname}: padding {p} is more than half the kernel {k}")
+        oh = _window_out(cx, x.shape[2], k[0], s[0], p[0], 1, opname)
+        ow = _window_out(cx, x.shape[3], k[1], s[1], p[1], 1, opname)
+        attrs = [("kernel", k), ("stride", s), ("padding", p)]
+        if opname == "avg_pool2d":
+            attrs.append(("count_include_pad", bool(_const_arg(cx, ins[5], "count_include_pad"))))
+        return [cx.b.op(opname, [x], x.shape[:2] + (oh, ow), attrs=attrs)]
+    return emit
+
+
+def _adaptive_avg_pool2d(cx, node, ins):
+    x = _tensor(cx, ins[0])
+    _rank4(cx, x, "adaptive_avg_pool2d")
+    size = _const_arg(cx, ins[1], "output_size")
+    size = [size, size] if isinstance(size, int) else list(size)
+    if len(size) == 1:
+        size = size * 2
+    size = [x.shape[2 + i] if v is None else v for i, v in enumerate(size)]
+    if len(size) != 2 or any(not isinstance(v, int) or v < 1 for v in size):
+        raise ExportError(f"unsupported: {cx.b.where()}: adaptive_avg_pool2d to {size!r}")
+    return [cx.b.op("adaptive_avg_pool2d", [x], x.shape[:2] + tuple(size), attrs=[("size", size)])]
+
+
 OPS = {
     "aten::linear": _linear,
     "aten::matmul": _matmul,
@@ -923,12 +1081,20 @@ OPS = {
     "aten::leaky_relu": _attr_unary("leaky_relu", ["slope"], [0.01]),
     "aten::elu": _elu,
     "aten::hardtanh": _attr_unary("hardtanh", ["min", "max"], [-1.0, 1.0]),
+    "aten::relu6": lambda cx, node, ins: _attr_unary("hardtanh", ["min", "max"])(cx, node, [ins[0], 0.0, 6.0]),
     "aten::softplus": _attr_unary("softplus", ["beta", "threshold"], [1.0, 20.0]),
     "aten::sum": _reduce("sum"),
     "aten::mean": _reduce("mean"),
     "aten::softmax": _softmax("softmax"),
     "aten::log_softmax": _softmax("log_softmax"),
     "aten::layer_norm": _layer_norm,
+    "aten::_convolution": _convolution,
+    "aten::conv2d": _conv2d,
+    "aten::_convolution_mode": _convolution_mode,
+    "aten::batch_norm": _batch_norm,
+    "aten::max_pool2d": _pool("max_pool2d"),
+    "aten::avg_pool2d": _pool("avg_pool2d"),
+    "aten::adaptive_avg_pool2d": _adaptive_avg_pool2d,
     "aten::dropout": _dropout,
     "aten::feature_dropout": _dropout,
     "aten::alpha_dropout": _dropout,
@@ -951,7 +1117,7 @@ OPS = {
 }
 # In-place forms: the same op; the mutated tensor is rebound to the result.
 INPLACE = {k + "_": v for k, v in OPS.items()
-           if k in ("aten::add", "aten::sub", "aten::mul", "aten::relu", "aten::sigmoid",
+           if k in ("aten::add", "aten::sub", "aten::mul", "aten::relu", "aten::sigmoid", "aten::hardtanh", "aten::relu6",
                     "aten::tanh", "aten::dropout")}
 # Ops whose result shares storage with their first input (for in-place checks).
 _ALIASING = {"aten::view", "aten::reshape", "aten::flatten", "aten::unsqueeze", "aten::t",
@@ -1122,6 +1288,17 @@ _REF_ATTR_OPS = {
     "log_softmax": lambda a, t: torch.log_softmax(a[0], int(t["dim"])),
     "layer_norm": lambda a, t: F.layer_norm(a[0], a[0].shape[-1:], a[1] if len(a) > 1 else None,
                                             a[2] if len(a) > 2 else None, t.get("eps", 1e-5)),
+    "conv2d": lambda a, t: F.conv2d(a[0], a[1], a[2] if len(a) > 2 else None, t.get("stride", [1, 1]),
+                                    t.get("padding", [0, 0]), t.get("dilation", [1, 1]),
+                                    int(t.get("groups", 1))),
+    "batch_norm": lambda a, t: F.batch_norm(a[0], a[1], a[2], a[3] if len(a) > 3 else None,
+                                            a[4] if len(a) > 4 else None, False, 0.0, t.get("eps", 1e-5)),
+    "max_pool2d": lambda a, t: F.max_pool2d(a[0], t["kernel"], t.get("stride", t["kernel"]),
+                                            t.get("padding", [0, 0])),
+    "avg_pool2d": lambda a, t: F.avg_pool2d(a[0], t["kernel"], t.get("stride", t["kernel"]),
+                                            t.get("padding", [0, 0]),
+                                            count_include_pad=bool(t.get("count_include_pad", True))),
+    "adaptive_avg_pool2d": lambda a, t: F.adaptive_avg_pool2d(a[0], t["size"]),
 }
 
 

@@ -233,6 +233,34 @@ class TwoInTwoOut(nn.Module):
 T_BATCH, T_OPTIONS = 3, dict(batches=(1, 17))
 
 
+class PrunedCNN(nn.Module):
+    """A small CNN as people prune them: conv-bn-relu-pool twice (ReLU6 in
+    place, as MobileNets write it), a MobileNet-style residual block
+    (pointwise, depthwise with stride 1, pointwise), global pooling and a
+    linear head."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 16, 3, stride=2, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(16)
+        self.pool = nn.MaxPool2d(2)
+        self.expand = nn.Conv2d(16, 32, 1)
+        self.depthwise = nn.Conv2d(32, 32, 3, padding=2, dilation=2, groups=32)
+        self.project = nn.Conv2d(32, 16, 1)
+        self.avg = nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False)
+        self.gap = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x):
+        h = self.pool(torch.relu(self.bn1(self.conv1(x))))
+        h = nn.functional.relu6(self.bn2(self.conv2(h)), inplace=True)
+        r = self.project(nn.functional.relu6(self.depthwise(torch.relu(self.expand(h)))))
+        h = self.avg(h + r)
+        return self.head(torch.flatten(self.gap(h), 1))
+
+
 def trace_fixtures():
     """(name, model, example inputs, checked by the CLI while writing?, export
     options) for export_torch.export without a spec; options default to
@@ -318,6 +346,26 @@ def trace_fixtures():
         prune.l1_unstructured(lin, "weight", amount=0.8)
     out.append(("export_vit_block", vit, torch.randn(T_BATCH, 6, 32, generator=gen), True,
                 T_OPTIONS))
+
+    # A pruned CNN: FakeSparsity masks (torch.ao's parametrization) on two
+    # convs, torch.nn.utils.prune on two others and on the head, and
+    # BatchNorm with running statistics that are not the defaults.
+    torch.manual_seed(39)
+    gen = torch.Generator().manual_seed(39)
+    cnn = PrunedCNN()
+    for bn in (cnn.bn1, cnn.bn2):
+        bn.running_mean.copy_(torch.randn(bn.num_features, generator=gen) * 0.1)
+        bn.running_var.copy_(torch.rand(bn.num_features, generator=gen) + 0.5)
+        bn.weight.data.copy_(torch.rand(bn.num_features, generator=gen) + 0.5)
+        bn.bias.data.copy_(torch.randn(bn.num_features, generator=gen) * 0.1)
+    for conv, density in ((cnn.conv2, 0.3), (cnn.expand, 0.2)):
+        parametrize.register_parametrization(
+            conv, "weight", export_torch.FakeSparsity(export_torch.random_mask(
+                tuple(conv.weight.shape), density, gen)))
+    for m in (cnn.depthwise, cnn.project, cnn.head):
+        prune.l1_unstructured(m, "weight", amount=0.7)
+    cnn.eval()
+    out.append(("export_cnn", cnn, torch.randn(T_BATCH, 3, 12, 12, generator=gen), True, T_OPTIONS))
     return out
 
 

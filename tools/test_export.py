@@ -24,7 +24,7 @@ except ImportError:
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import export_torch as et  # noqa: E402
-from make_fixtures import BertLayer, LlamaMLP, ResidualLayerNorm, ViTBlock  # noqa: E402
+from make_fixtures import BertLayer, LlamaMLP, PrunedCNN, ResidualLayerNorm, ViTBlock  # noqa: E402
 import safetensors_io  # noqa: E402
 
 MASKJIT = et.find_maskjit()
@@ -168,6 +168,46 @@ class ExportTest(unittest.TestCase):
         _, meta = safetensors_io.load(self.path())
         for op in ("slice", "transpose", "matmul", "softmax"):
             self.assertIn(op, meta["maskjit.ir"])
+        self.assert_maskjit_passed()
+
+    # ---- CNNs ---------------------------------------------------------------
+    def test_pruned_cnn_exports_and_checks(self):
+        torch.manual_seed(5)
+        model = PrunedCNN()
+        for conv in (model.conv1, model.expand):
+            prune.l1_unstructured(conv, "weight", amount=0.8)
+        parametrize.register_parametrization(
+            model.project, "weight",
+            et.FakeSparsity(et.random_mask(tuple(model.project.weight.shape), 0.2, torch.Generator())))
+        self.export(model.eval(), torch.randn(2, 3, 12, 12))
+        _, meta = safetensors_io.load(self.path())
+        for op in ("conv2d", "batch_norm", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d",
+                   "groups=32", 'param "conv1.weight_mask"', 'param "project.parametrizations.weight.0.mask"'):
+            self.assertIn(op, meta["maskjit.ir"])
+        self.assert_maskjit_passed()
+
+    def test_cnn_options_maskjit_lacks_are_refused_by_name(self):
+        x = torch.randn(2, 4, 9, 9)
+        cases = [
+            (nn.MaxPool2d(2, ceil_mode=True), "max_pool2d with ceil_mode=True"),
+            (nn.AvgPool2d(2, divisor_override=3), "avg_pool2d with divisor_override"),
+            (nn.MaxPool2d(3, dilation=2), "max_pool2d with dilation"),
+            (nn.ConvTranspose2d(4, 4, 3), "unsupported: aten::"),
+            (nn.Conv2d(4, 4, 4, padding="same"), "padding='same' with kernel [4, 4]"),
+        ]
+        for module, needle in cases:
+            with self.subTest(module=repr(module)):
+                self.assert_refused(module, x, needle)
+        self.assert_refused(nn.Conv1d(4, 4, 3), torch.randn(2, 4, 9), "2-D convolutions")
+
+    def test_conv_padding_same_and_valid_export_as_numbers(self):
+        torch.manual_seed(6)
+        model = nn.Sequential(nn.Conv2d(3, 4, 3, padding="same", dilation=2),
+                              nn.Conv2d(4, 2, (1, 3), padding="valid"))
+        self.export(model, torch.randn(2, 3, 7, 9))
+        _, meta = safetensors_io.load(self.path())
+        self.assertIn("padding=[2,2]", meta["maskjit.ir"])
+        self.assertIn("padding=[0,0]", meta["maskjit.ir"])
         self.assert_maskjit_passed()
 
     # ---- spec= ------------------------------------------------------------
