@@ -740,7 +740,8 @@ static int edge_operand(const mj_node *n) {
     }
 }
 
-/* ill[i]: node i's value is ill-conditioned for fast mode. A
+/* ill[i]: node i's value is ill-conditioned for fast mode. A sum with a
+ * term beyond 1e18 may overflow in one order only (below). A
  * domain-restricted op whose operand has an element within fast mode's
  * tolerance of the edge (or of its replays' spread) may give NaN, inf or
  * a far-off value for a legitimately different rounding: mean(layer_norm
@@ -754,6 +755,15 @@ static void ill_conditioned(const mj_graph *g, int64_t batch, mj_tensor *const *
         ill[i] = false;
         if (mj_op_table[n->op].flags & MJ_OPF_LEAF) continue;
         for (int o = 0; o < n->n_operands; o++) ill[i] = ill[i] || ill[n->operands[o]];
+        /* A sum over terms near the float range's end overflows in some
+         * orders and not in others (3e38 + 3e38 - 3e38): fast mode may
+         * reorder it, so such a sum is judged in the exact paths only. */
+        if (!ill[i] && mj_node_sum_length(g, i, batch) > 1)
+            for (int o = 0; o < n->n_operands && !ill[i]; o++) {
+                const float *v = mj_tensor_data(val[n->operands[o]]);
+                for (int64_t e = 0; e < mj_tensor_numel(val[n->operands[o]]) && !ill[i]; e++)
+                    ill[i] = isfinite(v[e]) && fabsf(v[e]) > 1e18f; /* squares and products overflow */
+            }
         int k = edge_operand(n);
         if (ill[i] || k < 0) continue;
         int32_t x = n->operands[k];
