@@ -29,3 +29,14 @@ void mj_observe_data_access(const mj_tensor *t, bool write) {
     const mj_op_observer *o = tls_observer;
     if (o && o->data_access) o->data_access(o->ctx, t, write);
 }
+
+mj_status mj_observe_result(mj_tensor **out, mj_tensor *y, mj_op op, int n_in, const mj_tensor *const *in,
+                            mj_act act, const mj_attrs *attrs, const mj_shape_attrs *sa) {
+    mj_status s = mj_observe_op(op, n_in, in, act, attrs, sa, y);
+    if (s != MJ_OK) {
+        mj_tensor_release(y);
+        return s;
+    }
+    *out = y;
+    return MJ_OK;
+}

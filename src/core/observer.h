@@ -44,6 +44,10 @@ static inline void mj_observer_resume(const mj_op_observer *saved) { mj_observer
 mj_status mj_observe_op(mj_op op, int n_in, const mj_tensor *const *in, mj_act act, const mj_attrs *attrs,
                         const mj_shape_attrs *sa, const mj_tensor *out);
 mj_status mj_observe_alias(const mj_tensor *in, const mj_tensor *out);
+/* How a kernel hands its new result y to the caller: the observer sees the
+ * op, then *out = y; if the observer fails, y is released and *out kept. */
+mj_status mj_observe_result(mj_tensor **out, mj_tensor *y, mj_op op, int n_in, const mj_tensor *const *in,
+                            mj_act act, const mj_attrs *attrs, const mj_shape_attrs *sa);
 void mj_observe_data_access(const mj_tensor *t, bool write);
 
 #endif

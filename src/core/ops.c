@@ -21,26 +21,14 @@
 /* finish() for an op with shape attributes. */
 static mj_status finish_sa(mj_tensor **out, mj_tensor *y, mj_op op, int n, const mj_tensor *const *in,
                            const mj_shape_attrs *sa) {
-    mj_status s = mj_observe_op(op, n, in, MJ_ACT_NONE, NULL, sa, y);
-    if (s != MJ_OK) {
-        mj_tensor_release(y);
-        return s;
-    }
-    *out = y;
-    return MJ_OK;
+    return mj_observe_result(out, y, op, n, in, MJ_ACT_NONE, NULL, sa);
 }
 
 /* Hands `out` to the caller after the observer (if any) has seen it
  * (with the op's attributes; NULL: none). */
 static mj_status finish_attrs(mj_tensor **out, mj_tensor *y, mj_op op, int n, const mj_tensor *const *in,
                               mj_act act, const mj_attrs *attrs) {
-    mj_status s = mj_observe_op(op, n, in, act, attrs, NULL, y);
-    if (s != MJ_OK) {
-        mj_tensor_release(y);
-        return s;
-    }
-    *out = y;
-    return MJ_OK;
+    return mj_observe_result(out, y, op, n, in, act, attrs, NULL);
 }
 
 static mj_status finish(mj_tensor **out, mj_tensor *y, mj_op op, int n, const mj_tensor *const *in,

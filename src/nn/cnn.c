@@ -17,13 +17,7 @@
 /* Hands y to the caller once the observer (the tracer, if any) has seen it. */
 static mj_status finish(mj_tensor **out, mj_tensor *y, mj_op op, int n, const mj_tensor *const *in,
                         const mj_attrs *a) {
-    mj_status s = mj_observe_op(op, n, in, MJ_ACT_NONE, a, NULL, y);
-    if (s != MJ_OK) {
-        mj_tensor_release(y);
-        return s;
-    }
-    *out = y;
-    return MJ_OK;
+    return mj_observe_result(out, y, op, n, in, MJ_ACT_NONE, a, NULL);
 }
 
 /* The attributes of a pooling op. */
