@@ -564,8 +564,15 @@ Test(jit, compile_and_free_many_graphs_does_not_grow) {
     }
     long after_all = rss_kb();
     cr_log_info("RSS after %d compiles: %ld KB, after %d: %ld KB", half, after_first, n, after_all);
+#ifndef __SANITIZE_ADDRESS__
     cr_assert_lt(after_all - after_first, 4096, "RSS grew by %ld KB over the last %d compiles",
                  after_all - after_first, n - half);
+#else
+    /* ASan's quarantine keeps freed blocks out of reuse until it holds
+     * 256 MB, so RSS grows there by design (5-10 MB over these compiles in
+     * a fresh CI run); under ASan, LeakSanitizer is the leak check. */
+    (void)after_first;
+#endif
 }
 
 /* n callers of c on x (iters calls each) must all get want. */
