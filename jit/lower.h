@@ -1,0 +1,53 @@
+/* Internal to the lowering (jit/lower*.c): the state one body's lowering
+ * carries from op to op, and the emitters the driver (lower.c) calls. */
+#ifndef MJ_JIT_LOWER_H
+#define MJ_JIT_LOWER_H
+
+#include "jit_internal.h"
+#include "emit.h"
+
+/* ---- the lowering's state -------------------------------------------------- */
+
+typedef struct lw {
+    mj_emit e; /* builder, types, mode (emit.h); e.fn is the inner function */
+    LLVMValueRef leaves, batch, scratch;
+    LLVMValueRef *x, *y;  /* per input / output: its pointer (arguments)      */
+    LLVMValueRef y_sync; /* what the barrier passes as y (see emit_barrier) */
+    LLVMValueRef tid, nth, sync; /* column mode (see mj_lower_body) */
+    LLVMValueRef *buf; /* per node: pointer to its float storage */
+    const mj_body_plan *p;
+    const mj_lower_options *o;
+    int n_kernels; /* micro-kernel functions emitted so far (names) */
+    bool loops;    /* emitted scalar loops that want the loop vectoriser */
+} lw;
+
+static inline LLVMValueRef dimv(lw *w, int64_t d) { return d == MJ_DIM_BATCH ? w->batch : ci(w, d); }
+
+/* numel of type t dims [from, to) */
+static inline LLVMValueRef dims_product(lw *w, const mj_type *t, int from, int to) {
+    LLVMValueRef n = ci(w, 1);
+    for (int d = from; d < to; d++) n = mul(w, n, dimv(w, t->dims[d]));
+    return n;
+}
+
+/* Vectors per row of a GEMM micro-kernel (lower_gemm.c); a small chain's
+ * layer is at most this many vectors wide (lower_small.c). */
+#define MK_MAX_VECS 8
+
+/* The emitters of the ops (one file per kind), called by the driver
+ * (lower.c), each at the node's place in the body. */
+void mj_lw_emit_elementwise(lw *w, int32_t id); /* lower_scalar.c */
+void mj_lw_emit_expand(lw *w, int32_t id);
+void mj_lw_emit_linear(lw *w, int32_t id); /* lower_gemm.c */
+void mj_lw_emit_matmul(lw *w, int32_t id);
+void mj_lw_emit_permute(lw *w, int32_t id); /* lower_layout.c */
+void mj_lw_emit_slice(lw *w, int32_t id);
+void mj_lw_emit_cat(lw *w, int32_t id);
+void mj_lw_emit_copy(lw *w, LLVMValueRef dst, LLVMValueRef src, LLVMValueRef n);
+void mj_lw_emit_along(lw *w, int32_t id); /* lower_reduce.c */
+void mj_lw_emit_layer_norm(lw *w, int32_t id);
+/* Is node id a layer of a small chain (lower_small.c)? */
+bool mj_lw_small_linear(const mj_body_plan *p, int32_t id);
+void mj_lw_emit_small_chain(lw *w, const int32_t *ids, int n_ids);
+
+#endif

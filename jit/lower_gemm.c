@@ -1,0 +1,354 @@
+/* Lowering of linear and matmul: the scalar dot loops, and for linear layers
+ * with a packed prologue weight the register-tiled vector micro-kernels. */
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "lower.h"
+
+/* y[M,N] = x[M,K] . W  with W[k][j] at W + k*wsk + j*wsj; then + b[j], then
+ * act, then + res[i][j] (res NULL: none). Each y element: +0.0f, then y = fmaf(x, w, y) for k ascending (vmuladd),
+ * then + b: the order of mj_linear / mj_matmul (batched: per matrix). With a contiguous j (wsj == 1) the loops
+ * run i, k, j with the output row as accumulator; otherwise i, j, k. */
+static void emit_dot(lw *w, LLVMValueRef y, LLVMValueRef x, LLVMValueRef W, LLVMValueRef M,
+                     LLVMValueRef K, LLVMValueRef N, LLVMValueRef wsk, LLVMValueRef wsj, bool j_contig,
+                     LLVMValueRef bias, mj_act act, LLVMValueRef res) {
+    w->loops = true;
+    loop li = loop_begin(w, M);
+    LLVMValueRef yrow = at(w, y, mul(w, li.iv, N));
+    LLVMValueRef rrow = res ? at(w, res, mul(w, li.iv, N)) : NULL;
+    LLVMValueRef xrow = at(w, x, mul(w, li.iv, K));
+    if (j_contig) {
+        loop lj = loop_begin(w, N);
+        store(w, cf(w, 0.0f), yrow, lj.iv);
+        loop_end(w, &lj);
+        loop lk = loop_begin(w, K);
+        LLVMValueRef xv = load(w, xrow, lk.iv);
+        LLVMValueRef wrow = at(w, W, mul(w, lk.iv, wsk));
+        lj = loop_begin(w, N);
+        store(w, vmuladd(w, load(w, yrow, lj.iv), xv, load(w, wrow, lj.iv)), yrow, lj.iv);
+        loop_end(w, &lj);
+        loop_end(w, &lk);
+        if (bias || act != MJ_ACT_NONE || res) {
+            lj = loop_begin(w, N);
+            LLVMValueRef v = load(w, yrow, lj.iv);
+            if (bias) v = fadd(w, v, load(w, bias, lj.iv));
+            v = emit_act(w, act, v);
+            if (res) v = fadd(w, v, load(w, rrow, lj.iv));
+            store(w, v, yrow, lj.iv);
+            loop_end(w, &lj);
+        }
+    } else {
+        loop lj = loop_begin(w, N);
+        LLVMValueRef wcol = at(w, W, mul(w, lj.iv, wsj));
+        store(w, cf(w, 0.0f), yrow, lj.iv);
+        loop lk = loop_begin(w, K);
+        store(w, vmuladd(w, load(w, yrow, lj.iv), load(w, xrow, lk.iv), load(w, wcol, mul(w, lk.iv, wsk))),
+              yrow, lj.iv);
+        loop_end(w, &lk);
+        LLVMValueRef v = load(w, yrow, lj.iv);
+        if (bias) v = fadd(w, v, load(w, bias, lj.iv));
+        v = emit_act(w, act, v);
+        if (res) v = fadd(w, v, load(w, rrow, lj.iv));
+        store(w, v, yrow, lj.iv);
+        loop_end(w, &lj);
+    }
+    loop_end(w, &li);
+}
+
+static void emit_gemm(lw *w, LLVMValueRef y, LLVMValueRef x, LLVMValueRef Wp, LLVMValueRef M, int64_t K,
+                      int64_t N, LLVMValueRef bias, mj_act act, LLVMValueRef res);
+
+void mj_lw_emit_linear(lw *w, int32_t id) {
+    const mj_graph *g = w->p->g;
+    const mj_node *n = &g->nodes[id];
+    const mj_type *xt = &g->nodes[n->operands[0]].type, *wt = &g->nodes[n->operands[1]].type;
+    LLVMValueRef K = dimv(w, wt->dims[1]), N = dimv(w, wt->dims[0]);
+    LLVMValueRef M = dims_product(w, xt, 0, xt->rank - 1);
+    LLVMValueRef bias = MJ_LINEAR_BIAS(n) >= 0 ? w->buf[MJ_LINEAR_BIAS(n)] : NULL;
+    LLVMValueRef res = MJ_LINEAR_RES(n) >= 0 ? w->buf[MJ_LINEAR_RES(n)] : NULL;
+    mj_act act = MJ_LINEAR_ACT(n);
+    /* a prologue weight is read from its packed [in][out] leaf */
+    LLVMValueRef Wp = NULL;
+    if (w->p->input_free[n->operands[1]]) {
+        int32_t packed = w->p->leaf_packed[n->operands[1]];
+        MJ_ASSERT(packed >= 0);
+        Wp = w->buf[(size_t)g->n_nodes + 1 + (size_t)packed];
+    }
+    if (Wp && wt->dims[0] >= 1 && wt->dims[1] >= 1)
+        emit_gemm(w, w->buf[id], w->buf[n->operands[0]], Wp, M, wt->dims[1], wt->dims[0], bias, act, res);
+    else if (Wp)
+        emit_dot(w, w->buf[id], w->buf[n->operands[0]], Wp, M, K, N, N, ci(w, 1), true, bias, act, res);
+    else /* a weight computed from the input: read it in place, [out][in] */
+        emit_dot(w, w->buf[id], w->buf[n->operands[0]], w->buf[n->operands[1]], M, K, N, ci(w, 1), K, false,
+                 bias, act, res);
+}
+
+/* matmul a[..., M, K] @ b[..., K, N]: per matrix of the (broadcast) batch
+ * dims, emit_dot's i, k, j order, each element +0.0f then + a*b for k
+ * ascending, as mj_matmul. */
+void mj_lw_emit_matmul(lw *w, int32_t id) {
+    w->loops = true;
+    const mj_graph *g = w->p->g;
+    const mj_node *n = &g->nodes[id];
+    const mj_type *ta = &g->nodes[n->operands[0]].type, *tb = &g->nodes[n->operands[1]].type, *to = &n->type;
+    LLVMValueRef M = dimv(w, ta->dims[ta->rank - 2]), K = dimv(w, ta->dims[ta->rank - 1]);
+    LLVMValueRef N = dimv(w, tb->dims[tb->rank - 1]);
+    int nb = to->rank - 2;
+    /* per output batch dim: strides of a, b (0 where broadcast) and y */
+    LLVMValueRef sa[2], sb[2], sy[2], ea = mul(w, M, K), eb = mul(w, K, N), ey = mul(w, M, N);
+    for (int d = nb - 1; d >= 0; d--) {
+        int da = d - (nb - (ta->rank - 2)), db = d - (nb - (tb->rank - 2));
+        sy[d] = ey;
+        ey = mul(w, ey, dimv(w, to->dims[d]));
+        sa[d] = da >= 0 && ta->dims[da] == to->dims[d] ? ea : ci(w, 0);
+        if (da >= 0) ea = mul(w, ea, dimv(w, ta->dims[da]));
+        sb[d] = db >= 0 && tb->dims[db] == to->dims[d] ? eb : ci(w, 0);
+        if (db >= 0) eb = mul(w, eb, dimv(w, tb->dims[db]));
+    }
+    loop lb[2];
+    LLVMValueRef oa = ci(w, 0), ob = ci(w, 0), oy = ci(w, 0);
+    for (int d = 0; d < nb; d++) {
+        lb[d] = loop_begin(w, dimv(w, to->dims[d]));
+        oa = add(w, oa, mul(w, lb[d].iv, sa[d]));
+        ob = add(w, ob, mul(w, lb[d].iv, sb[d]));
+        oy = add(w, oy, mul(w, lb[d].iv, sy[d]));
+    }
+    emit_dot(w, at(w, w->buf[id], oy), at(w, w->buf[n->operands[0]], oa), at(w, w->buf[n->operands[1]], ob), M, K,
+             N, N, ci(w, 1), true, NULL, MJ_ACT_NONE, NULL);
+    for (int d = nb - 1; d >= 0; d--) loop_end(w, &lb[d]);
+}
+
+/* ---- vector kernels for linear layers with a packed weight ----------------
+ *
+ * The packed weight is in column panels (mj_pack_panels): panel p holds
+ * columns j0 = p*P .. j0+pw as [K][pw]. A micro-kernel keeps rows x vectors
+ * accumulators in registers across a block of k and streams the panel: per k
+ * it loads the panel's vectors once, broadcasts x[i][k] per row and does
+ * acc = fma(x, w, acc) (exact: k ascending per element, so every element
+ * sees eager's fmaf chain in eager's order; fast: fmuladd). Partial
+ * vectors (pw not a multiple of the width) use masked loads and stores. */
+
+#define MK_MAX_ROWS MJ_MK_MAX_ROWS
+
+/* void mk(const float *x, int64 xs, const float *wp, float *y, int64 ys,
+ *         int64 kc, i1 first, i1 last, const float *bias, const float *res)
+ * rows rows of x (stride xs) times the panel block wp ([kc][pw]) into
+ * y (stride ys): first -> start from +0.0f, else from y; last -> + bias,
+ * the activation, + res (the residual, read like y: stride ys). */
+#define MK_NPARAMS 10
+static LLVMTypeRef mk_type(lw *w) {
+    LLVMTypeRef i1 = LLVMInt1TypeInContext(w->e.ctx);
+    LLVMTypeRef pt[MK_NPARAMS] = {w->e.ptr, w->e.i64, w->e.ptr, w->e.ptr, w->e.i64,
+                                  w->e.i64, i1,       i1,       w->e.ptr, w->e.ptr};
+    return LLVMFunctionType(LLVMVoidTypeInContext(w->e.ctx), pt, MK_NPARAMS, 0);
+}
+
+static LLVMValueRef emit_microkernel(lw *w, int rows, int pw, bool has_bias, mj_act act, bool has_res) {
+    static const char *const pnames[MK_NPARAMS] = {"x", "xs", "wp", "y", "ys", "kc", "first", "last", "bias", "res"};
+    LLVMTypeRef fty = mk_type(w);
+    char name[96];
+    snprintf(name, sizeof name, "%s.mk%d", w->o->fname, w->n_kernels++);
+    LLVMValueRef fn = LLVMAddFunction(w->e.m, name, fty);
+    LLVMSetLinkage(fn, LLVMInternalLinkage);
+    add_attr(w, fn, LLVMAttributeFunctionIndex, "nounwind");
+    add_attr(w, fn, LLVMAttributeFunctionIndex, "noinline");
+    add_attr(w, fn, 4, "noalias"); /* y */
+    LLVMValueRef P[MK_NPARAMS];
+    for (int i = 0; i < MK_NPARAMS; i++) {
+        P[i] = LLVMGetParam(fn, (unsigned)i);
+        LLVMSetValueName2(P[i], pnames[i], strlen(pnames[i]));
+    }
+    LLVMBasicBlockRef saved = LLVMGetInsertBlock(w->e.b);
+    LLVMValueRef saved_fn = w->e.fn;
+    w->e.fn = fn;
+
+    int vw = w->p->vw, nv = (pw + vw - 1) / vw;
+    int lanes[MK_MAX_VECS];
+    for (int v = 0; v < nv; v++) lanes[v] = pw - v * vw < vw ? pw - v * vw : vw;
+    LLVMBasicBlockRef entry = LLVMAppendBasicBlockInContext(w->e.ctx, fn, "entry");
+    LLVMBasicBlockRef bload = LLVMAppendBasicBlockInContext(w->e.ctx, fn, "load");
+    LLVMBasicBlockRef pre = LLVMAppendBasicBlockInContext(w->e.ctx, fn, "pre");
+    LLVMBasicBlockRef body = LLVMAppendBasicBlockInContext(w->e.ctx, fn, "k");
+    LLVMBasicBlockRef exit = LLVMAppendBasicBlockInContext(w->e.ctx, fn, "exit");
+    LLVMBasicBlockRef epi = LLVMAppendBasicBlockInContext(w->e.ctx, fn, "epilogue");
+    LLVMBasicBlockRef plain = LLVMAppendBasicBlockInContext(w->e.ctx, fn, "store");
+
+    LLVMPositionBuilderAtEnd(w->e.b, entry);
+    LLVMValueRef yrow[MK_MAX_ROWS], xrow[MK_MAX_ROWS];
+    for (int r = 0; r < rows; r++) {
+        yrow[r] = at(w, P[3], mul(w, ci(w, r), P[4]));
+        xrow[r] = at(w, P[0], mul(w, ci(w, r), P[1]));
+    }
+    LLVMBuildCondBr(w->e.b, P[6], pre, bload);
+    LLVMPositionBuilderAtEnd(w->e.b, bload);
+    LLVMValueRef loaded[MK_MAX_ROWS][MK_MAX_VECS];
+    for (int r = 0; r < rows; r++)
+        for (int v = 0; v < nv; v++) loaded[r][v] = vload(w, at(w, yrow[r], ci(w, v * vw)), lanes[v]);
+    LLVMBuildBr(w->e.b, pre);
+
+    LLVMPositionBuilderAtEnd(w->e.b, pre);
+    LLVMValueRef init[MK_MAX_ROWS][MK_MAX_VECS];
+    LLVMBasicBlockRef from[2] = {entry, bload};
+    for (int r = 0; r < rows; r++)
+        for (int v = 0; v < nv; v++) {
+            init[r][v] = LLVMBuildPhi(w->e.b, w->e.vt, "");
+            LLVMValueRef in[2] = {LLVMConstNull(w->e.vt), loaded[r][v]};
+            LLVMAddIncoming(init[r][v], in, from, 2);
+        }
+    LLVMBuildBr(w->e.b, body);
+
+    /* do { ... } while (++k < kc): kc >= 1 */
+    LLVMPositionBuilderAtEnd(w->e.b, body);
+    LLVMValueRef k = LLVMBuildPhi(w->e.b, w->e.i64, "k");
+    LLVMValueRef acc[MK_MAX_ROWS][MK_MAX_VECS], nacc[MK_MAX_ROWS][MK_MAX_VECS];
+    for (int r = 0; r < rows; r++)
+        for (int v = 0; v < nv; v++) acc[r][v] = LLVMBuildPhi(w->e.b, w->e.vt, "acc");
+    LLVMValueRef wrow = at(w, P[2], mul(w, k, ci(w, pw)));
+    LLVMValueRef wv[MK_MAX_VECS];
+    for (int v = 0; v < nv; v++) wv[v] = vload(w, at(w, wrow, ci(w, v * vw)), lanes[v]);
+    for (int r = 0; r < rows; r++) {
+        LLVMValueRef xb = vsplat(w, load(w, xrow[r], k));
+        for (int v = 0; v < nv; v++) nacc[r][v] = vmuladd(w, acc[r][v], xb, wv[v]);
+    }
+    LLVMValueRef k1 = LLVMBuildNSWAdd(w->e.b, k, ci(w, 1), "");
+    LLVMBuildCondBr(w->e.b, LLVMBuildICmp(w->e.b, LLVMIntSLT, k1, P[5], ""), body, exit);
+    LLVMValueRef zero = ci(w, 0);
+    LLVMAddIncoming(k, &zero, &pre, 1);
+    LLVMAddIncoming(k, &k1, &body, 1);
+    for (int r = 0; r < rows; r++)
+        for (int v = 0; v < nv; v++) {
+            LLVMAddIncoming(acc[r][v], &init[r][v], &pre, 1);
+            LLVMAddIncoming(acc[r][v], &nacc[r][v], &body, 1);
+        }
+
+    LLVMPositionBuilderAtEnd(w->e.b, exit);
+    LLVMBuildCondBr(w->e.b, P[7], epi, plain);
+    LLVMPositionBuilderAtEnd(w->e.b, epi);
+    LLVMValueRef bv[MK_MAX_VECS];
+    if (has_bias)
+        for (int v = 0; v < nv; v++) bv[v] = vload(w, at(w, P[8], ci(w, v * vw)), lanes[v]);
+    for (int r = 0; r < rows; r++) {
+        LLVMValueRef rrow = has_res ? at(w, P[9], mul(w, ci(w, r), P[4])) : NULL;
+        for (int v = 0; v < nv; v++) {
+            LLVMValueRef e = nacc[r][v];
+            if (has_bias) e = fadd(w, e, bv[v]);
+            e = emit_act_vec(w, act, e, lanes[v]);
+            if (has_res) e = fadd(w, e, vload(w, at(w, rrow, ci(w, v * vw)), lanes[v]));
+            vstore(w, e, at(w, yrow[r], ci(w, v * vw)), lanes[v]);
+        }
+    }
+    LLVMBuildRetVoid(w->e.b);
+    LLVMPositionBuilderAtEnd(w->e.b, plain);
+    for (int r = 0; r < rows; r++)
+        for (int v = 0; v < nv; v++) vstore(w, nacc[r][v], at(w, yrow[r], ci(w, v * vw)), lanes[v]);
+    LLVMBuildRetVoid(w->e.b);
+
+    w->e.fn = saved_fn;
+    LLVMPositionBuilderAtEnd(w->e.b, saved);
+    return fn;
+}
+
+static const int mk_rows[4] = {6, 4, 2, 1};
+
+/* Rows [0, M) of one panel block: 6 at a time, then 4, 2, 1 for the rest. */
+static void emit_rows(lw *w, LLVMValueRef const mk[4], LLVMValueRef x, int64_t K, LLVMValueRef wp, LLVMValueRef y,
+                      int64_t N, LLVMValueRef M, LLVMValueRef kc, LLVMValueRef first, LLVMValueRef last,
+                      LLVMValueRef bias, LLVMValueRef res) {
+    LLVMTypeRef fty = mk_type(w);
+    LLVMValueRef bp = bias ? bias : LLVMConstNull(w->e.ptr);
+    LLVMValueRef null = LLVMConstNull(w->e.ptr);
+    LLVMValueRef blocks = LLVMBuildSDiv(w->e.b, M, ci(w, 6), "");
+    loop lb = loop_begin(w, blocks);
+    LLVMValueRef i0 = mul(w, lb.iv, ci(w, 6));
+    LLVMValueRef args[MK_NPARAMS] = {at(w, x, mul(w, i0, ci(w, K))), ci(w, K), wp, at(w, y, mul(w, i0, ci(w, N))),
+                                     ci(w, N), kc, first, last, bp, res ? at(w, res, mul(w, i0, ci(w, N))) : null};
+    LLVMBuildCall2(w->e.b, fty, mk[0], args, MK_NPARAMS, "");
+    loop_end(w, &lb);
+    LLVMValueRef done = mul(w, blocks, ci(w, 6));
+    LLVMValueRef rem = LLVMBuildSub(w->e.b, M, done, "");
+    for (int t = 1; t < 4; t++) {
+        int r = mk_rows[t];
+        LLVMBasicBlockRef end = if_begin(w, LLVMBuildICmp(w->e.b, LLVMIntNE, LLVMBuildAnd(w->e.b, rem, ci(w, r), ""),
+                                                          ci(w, 0), ""));
+        /* rows before this piece: done + (rem & bigger pieces) */
+        LLVMValueRef row = add(w, done, LLVMBuildAnd(w->e.b, rem, ci(w, ~(int64_t)(2 * r - 1)), ""));
+        LLVMValueRef a[MK_NPARAMS] = {at(w, x, mul(w, row, ci(w, K))), ci(w, K), wp, at(w, y, mul(w, row, ci(w, N))),
+                                      ci(w, N), kc, first, last, bp, res ? at(w, res, mul(w, row, ci(w, N))) : null};
+        LLVMBuildCall2(w->e.b, fty, mk[t], a, MK_NPARAMS, "");
+        if_end(w, end);
+    }
+}
+
+/* Rows of x per row block: the block's x[rows][K] stays within half the
+ * per-core L2 while every panel of W passes over it. Without the blocks, a
+ * batch whose x outgrows L2 is re-read from L3 once per panel, with 4 KiB
+ * row strides the prefetchers follow badly (1024 wide: batch 512 and up ran
+ * at 0.6-0.75x of batch 64-256 on a 2 MiB-L2 core). */
+static int64_t gemm_row_block(int64_t K) {
+    long l2 = sysconf(_SC_LEVEL2_CACHE_SIZE); /* 0 or -1 when unknown */
+    if (l2 < 256 * 1024 || l2 > 64 * 1024 * 1024) l2 = 1024 * 1024;
+    int64_t mc = (int64_t)l2 / 2 / (K * 4) / MK_MAX_ROWS * MK_MAX_ROWS; /* so no block is empty */
+    return mc < 4 * MK_MAX_ROWS ? 4 * MK_MAX_ROWS : mc;
+}
+
+/* y[M][N] = act(x[M][K] . W^T + b) + res over the packed panels Wp. */
+static void emit_gemm(lw *w, LLVMValueRef y, LLVMValueRef x, LLVMValueRef Wp, LLVMValueRef M, int64_t K,
+                      int64_t N, LLVMValueRef bias, mj_act act, LLVMValueRef res) {
+    int64_t P = w->p->panel;
+    /* k blocks keep the panel block in L1 (~32 KB) */
+    int64_t KC = 32768 / (P * 4);
+    if (KC < 16) KC = 16;
+    if (K <= KC + KC / 2) KC = K;
+    int64_t nkb = (K + KC - 1) / KC;
+    int64_t nfull = N / P, tail = N % P;
+    LLVMValueRef mk[2][4];
+    for (int part = 0; part < 2; part++)
+        if (part == 0 ? nfull : tail)
+            for (int t = 0; t < 4; t++)
+                mk[part][t] = emit_microkernel(w, mk_rows[t], (int)(part == 0 ? P : tail), bias != NULL, act,
+                                               res != NULL);
+    /* Row blocks of at most MC rows (one block when x fits): nblk equal
+     * blocks, each a multiple of the 6-row kernel but the last. */
+    int64_t MC = gemm_row_block(K);
+    LLVMValueRef nblk = LLVMBuildSDiv(w->e.b, add(w, M, ci(w, MC - 1)), ci(w, MC), "");
+    LLVMValueRef per = LLVMBuildSDiv(w->e.b, add(w, M, LLVMBuildSub(w->e.b, nblk, ci(w, 1), "")), nblk, "");
+    per = mul(w, LLVMBuildSDiv(w->e.b, add(w, per, ci(w, MK_MAX_ROWS - 1)), ci(w, MK_MAX_ROWS), ""), ci(w, MK_MAX_ROWS));
+    loop lr = loop_begin(w, nblk);
+    LLVMValueRef r0 = mul(w, lr.iv, per), left = LLVMBuildSub(w->e.b, M, r0, "");
+    LLVMValueRef rows = LLVMBuildSelect(w->e.b, LLVMBuildICmp(w->e.b, LLVMIntSLT, left, per, ""), left, per, "");
+    LLVMValueRef xb = at(w, x, mul(w, r0, ci(w, K))), yb = at(w, y, mul(w, r0, ci(w, N)));
+    LLVMValueRef rb = res ? at(w, res, mul(w, r0, ci(w, N))) : NULL;
+    for (int part = 0; part < 2; part++) {
+        int64_t np = part == 0 ? nfull : (tail ? 1 : 0);
+        if (np == 0) continue;
+        int pw = (int)(part == 0 ? P : tail);
+        /* column mode: thread tid takes full panels [np*tid/nth, np*(tid+1)/nth),
+         * the last thread the narrow tail panel */
+        LLVMValueRef lo = ci(w, 0), cnt;
+        if (part == 0) {
+            lo = LLVMBuildSDiv(w->e.b, mul(w, ci(w, np), w->tid), w->nth, "");
+            LLVMValueRef hi = LLVMBuildSDiv(w->e.b, mul(w, ci(w, np), add(w, w->tid, ci(w, 1))), w->nth, "");
+            cnt = LLVMBuildSub(w->e.b, hi, lo, "");
+        } else {
+            LLVMValueRef last_thread = LLVMBuildICmp(w->e.b, LLVMIntEQ, w->tid, LLVMBuildSub(w->e.b, w->nth, ci(w, 1), ""), "");
+            cnt = LLVMBuildSelect(w->e.b, last_thread, ci(w, 1), ci(w, 0), "");
+        }
+        loop lp = loop_begin(w, cnt);
+        LLVMValueRef j0 = add(w, mul(w, add(w, lo, lp.iv), ci(w, P)), ci(w, part == 0 ? 0 : nfull * P));
+        LLVMValueRef panel = at(w, Wp, mul(w, j0, ci(w, K)));
+        LLVMValueRef ycol = at(w, yb, j0);
+        LLVMValueRef bcol = bias ? at(w, bias, j0) : NULL;
+        LLVMValueRef rcol = res ? at(w, rb, j0) : NULL;
+        loop lk = loop_begin(w, ci(w, nkb));
+        LLVMValueRef k0 = mul(w, lk.iv, ci(w, KC));
+        LLVMValueRef last = LLVMBuildICmp(w->e.b, LLVMIntEQ, lk.iv, ci(w, nkb - 1), "");
+        LLVMValueRef kc = LLVMBuildSelect(w->e.b, last, ci(w, K - (nkb - 1) * KC), ci(w, KC), "");
+        LLVMValueRef first = LLVMBuildICmp(w->e.b, LLVMIntEQ, lk.iv, ci(w, 0), "");
+        emit_rows(w, mk[part], at(w, xb, k0), K, at(w, panel, mul(w, k0, ci(w, pw))), ycol, N, rows, kc, first,
+                  last, bcol, rcol);
+        loop_end(w, &lk);
+        loop_end(w, &lp);
+    }
+    loop_end(w, &lr);
+}

@@ -1,0 +1,154 @@
+/* The lowering's plan of a split graph (jit_internal.h: mj_body_plan): which
+ * values are leaves (prologue buffers, packed or plain), which nodes own
+ * scratch, which outputs are written in place, which linear layers go to the
+ * sparse kernels; and the scratch a body needs at a batch. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "jit_internal.h"
+
+/* ---- the plan ------------------------------------------------------------ */
+
+/* Reshape is an alias of its operand's storage: follow the chain. */
+static int32_t alias_root(const mj_graph *g, const bool *input_free, int32_t v) {
+    while (!input_free[v] && g->nodes[v].op == MJ_OP_RESHAPE) v = g->nodes[v].operands[0];
+    return v;
+}
+
+int mj_features_vector_width(const char *features) {
+    if (features && strstr(features, "+avx512f")) return 16;
+    if (features && strstr(features, "+avx")) return 8;
+    return 4;
+}
+
+void mj_pack_panels(const float *w, int64_t N, int64_t K, int64_t P, float *out) {
+    for (int64_t j0 = 0; j0 < N; j0 += P) {
+        int64_t pw = N - j0 < P ? N - j0 : P;
+        float *panel = out + K * j0;
+        for (int64_t jj = 0; jj < pw; jj++)
+            for (int64_t k = 0; k < K; k++) panel[k * pw + jj] = w[(j0 + jj) * K + k];
+    }
+}
+
+/* A frozen linear layer whose weight (and bias) are constants, sparse enough
+ * for jit/sparse.c to beat the dense kernel. */
+static bool use_sparse(const mj_graph *g, const bool *input_free, const mj_node *n, bool frozen) {
+    if (!frozen || !mj_op_is_linear(n->op) || input_free[n - g->nodes]) return false;
+    const mj_node *w = &g->nodes[n->operands[1]];
+    if (w->op != MJ_OP_CONST || !w->tensor || w->type.rank != 2) return false;
+    /* small layers: the fused straight-line kernels are faster than any
+     * sparse bookkeeping (transposes, index tables) */
+    if (w->type.dims[0] <= 64 && w->type.dims[1] <= 64) return false;
+    int32_t b = MJ_LINEAR_BIAS(n);
+    if (b >= 0 && (g->nodes[b].op != MJ_OP_CONST || !g->nodes[b].tensor)) return false;
+    return mj_sparse_profitable(w->tensor->data, w->type.dims[0], w->type.dims[1]);
+}
+
+mj_status mj_body_plan_build(const mj_graph *g, const bool *input_free, bool frozen, mj_body_plan *p) {
+    memset(p, 0, sizeof *p);
+    p->g = g;
+    p->input_free = input_free;
+    p->frozen = frozen;
+    size_t n = (size_t)g->n_nodes + 1;
+    p->n_in = mj_graph_input_count(g);
+    p->n_out = g->n_outputs;
+    p->leaf_plain = mj_alloc_array(n, sizeof *p->leaf_plain);
+    p->leaf_packed = mj_alloc_array(n, sizeof *p->leaf_packed);
+    p->leaves = mj_alloc_array(2 * n + (size_t)p->n_out, sizeof *p->leaves);
+    p->has_slot = mj_alloc_array(n, sizeof *p->has_slot);
+    p->sparse = mj_alloc_array(n, sizeof *p->sparse);
+    p->in_nodes = mj_alloc_array((size_t)p->n_in + 1, sizeof *p->in_nodes);
+    p->out_nodes = mj_alloc_array((size_t)p->n_out + 1, sizeof *p->out_nodes);
+    p->out_root = mj_alloc_array((size_t)p->n_out + 1, sizeof *p->out_root);
+    p->root_of = mj_alloc_array(n, sizeof *p->root_of);
+    if (!p->leaf_plain || !p->leaf_packed || !p->leaves || !p->has_slot || !p->sparse || !p->in_nodes ||
+        !p->out_nodes || !p->out_root || !p->root_of) {
+        mj_body_plan_free(p);
+        return MJ_ERR_NOMEM;
+    }
+    int32_t k_in = 0;
+    for (int32_t i = 0; i < g->n_nodes; i++) {
+        p->leaf_plain[i] = p->leaf_packed[i] = p->root_of[i] = -1;
+        p->sparse[i] = use_sparse(g, input_free, &g->nodes[i], frozen);
+        if (g->nodes[i].op == MJ_OP_INPUT) p->in_nodes[k_in++] = i;
+    }
+    for (int32_t j = 0; j < p->n_out; j++) p->out_nodes[j] = g->outputs[j];
+    p->vw = 16;
+    p->nr = 4;
+    p->panel = 64;
+
+    /* Leaves: prologue values that a body node (or an output) reads. */
+    for (int32_t i = 0; i < g->n_nodes + p->n_out; i++) {
+        bool is_out = i >= g->n_nodes;
+        if (!is_out && input_free[i]) continue;
+        int n_ops = is_out ? 1 : g->nodes[i].n_operands;
+        for (int k = 0; k < n_ops; k++) {
+            /* a sparse layer's weight and bias live in its kernel */
+            if (!is_out && p->sparse[i] && (k == 1 || g->nodes[i].operands[k] == MJ_LINEAR_BIAS(&g->nodes[i])))
+                continue;
+            int32_t a = is_out ? p->out_nodes[i - g->n_nodes] : g->nodes[i].operands[k];
+            if (!input_free[a]) continue;
+            mj_op op = is_out ? MJ_OP_COUNT : g->nodes[i].op;
+            bool packed = mj_op_is_linear(op) && k == 1;
+            int32_t *slot = packed ? &p->leaf_packed[a] : &p->leaf_plain[a];
+            if (*slot >= 0) continue;
+            *slot = p->n_leaves;
+            p->leaves[p->n_leaves++] = (mj_leaf){.node = a, .packed = packed};
+        }
+    }
+    /* Storage: every computing body node gets a scratch slice, except those
+     * an output aliases, which write y[j] directly (one output per node: a
+     * value returned twice is copied the second time). */
+    for (int32_t j = 0; j < p->n_out; j++) {
+        int32_t root = alias_root(g, input_free, p->out_nodes[j]);
+        bool direct = !input_free[root] && g->nodes[root].op != MJ_OP_INPUT && p->root_of[root] < 0;
+        p->out_root[j] = direct ? root : -1;
+        if (direct) p->root_of[root] = j;
+    }
+    for (int32_t i = 0; i < g->n_nodes; i++) {
+        const mj_node *nd = &g->nodes[i];
+        p->has_slot[i] = !input_free[i] && nd->op != MJ_OP_INPUT && nd->op != MJ_OP_RESHAPE && p->root_of[i] < 0;
+    }
+    return MJ_OK;
+}
+
+void mj_body_plan_free(mj_body_plan *p) {
+    free(p->leaf_plain);
+    free(p->leaf_packed);
+    free(p->leaves);
+    free(p->has_slot);
+    free(p->sparse);
+    free(p->in_nodes);
+    free(p->out_nodes);
+    free(p->out_root);
+    free(p->root_of);
+    memset(p, 0, sizeof *p);
+}
+
+/* Slices start on 16-float (64-byte) boundaries. */
+static int64_t round16(int64_t n) { return (n + 15) & ~INT64_C(15); }
+
+mj_status mj_body_scratch_floats(const mj_body_plan *p, int64_t batch, int64_t *out) {
+    int64_t total = 0;
+    for (int32_t i = 0; i < p->g->n_nodes; i++) {
+        if (!p->has_slot[i]) continue;
+        int64_t shape[MJ_MAX_RANK], n;
+        mj_type_shape(&p->g->nodes[i].type, batch, shape);
+        if (mj_shape_numel(p->g->nodes[i].type.rank, shape, &n) != MJ_OK || n > MJ_MAX_NUMEL ||
+            __builtin_add_overflow(total, round16(n), &total) || total > MJ_MAX_NUMEL)
+            return mj_fail(MJ_ERR_LIMIT, "batch %lld: the intermediate values need more than 2^40 floats",
+                           (long long)batch);
+    }
+    /* one region shared by the sparse layers (they run one after another) */
+    int64_t sp = 0;
+    for (int32_t i = 0; i < p->g->n_nodes; i++) {
+        if (!p->sparse[i]) continue;
+        const mj_type *wt = &p->g->nodes[p->g->nodes[i].operands[1]].type;
+        int64_t f = mj_sparse_scratch_floats(wt->dims[1], wt->dims[0], batch);
+        if (f > sp) sp = f;
+    }
+    if (sp > MJ_MAX_NUMEL || __builtin_add_overflow(total, round16(sp), &total) || total > MJ_MAX_NUMEL)
+        return mj_fail(MJ_ERR_LIMIT, "batch %lld: the sparse kernels' scratch is too large", (long long)batch);
+    *out = total;
+    return MJ_OK;
+}
