@@ -1,0 +1,342 @@
+/* The call path of a compiled graph: shape guards, live-parameter refresh,
+ * scratch, rows or columns over the thread pool, and the public run and dump
+ * functions. */
+#include <string.h>
+
+#include "compiled.h"
+#include "src/core/observer.h"
+
+/* Work (FLOP) below which a call stays on the caller's thread: waking the
+ * pool costs tens of microseconds. */
+#define PAR_MIN_FLOPS 4e6
+
+static void leave(mj_compiled *c) {
+    if (atomic_fetch_sub(&c->readers, 1) == 1 && atomic_load(&c->has_retired) &&
+        pthread_mutex_trylock(&c->refresh_mu) == 0) {
+        mj_compiled_reclaim(c);
+        pthread_mutex_unlock(&c->refresh_mu);
+    }
+}
+
+static int64_t scratch_for(const mj_compiled *c, int64_t rows) {
+    return rows * c->scratch_row + c->scratch_fixed + (c->has_sparse ? mj_compiled_sparse_floats(c, rows) : 0);
+}
+
+/* A 64-byte aligned buffer of at least n floats; its capacity in buf[-16]. */
+static float *scratch_alloc(int64_t n) {
+    size_t bytes = ((size_t)(n + 16) * sizeof(float) + 63) & ~(size_t)63;
+    float *b = aligned_alloc(64, bytes);
+    if (!b) return NULL;
+    memcpy(b, &n, sizeof n);
+    return b + 16;
+}
+static int64_t scratch_cap(const float *b) {
+    int64_t n;
+    memcpy(&n, b - 16, sizeof n);
+    return n;
+}
+
+/* Splits the call over the pool: the rows between the threads, or, in
+ * column mode (few rows, wide layers), every thread the whole batch with
+ * its share of each wide layer's output columns (mj_lower_body). False if
+ * the pool is busy or out of memory (the caller then runs the call itself). */
+static bool run_parallel(mj_compiled *c, const float *const *leaves, const float *const *x, int64_t batch,
+                         float *const *y, bool columns) {
+    pool *p = c->pool;
+    if (pthread_mutex_trylock(&p->busy) != 0) return false;
+    int np = columns || batch >= p->n ? p->n : (int)batch;
+    for (int t = 0; t < np; t++) {
+        int64_t r0 = columns ? 0 : batch * t / np, r1 = columns ? batch : batch * (t + 1) / np;
+        part *pt = &p->parts[t];
+        int64_t need = columns && t > 0 ? 0 : scratch_for(c, r1 - r0);
+        if (need > 0 && (!pt->scratch || pt->cap < need)) {
+            free(pt->scratch ? pt->scratch - 16 : NULL);
+            pt->scratch = scratch_alloc(need);
+            pt->cap = pt->scratch ? need : 0;
+            if (!pt->scratch) {
+                pthread_mutex_unlock(&p->busy);
+                return false;
+            }
+        }
+        for (int i = 0; i < c->n_in; i++) pt->x[i] = x[i] + r0 * c->in_rows[i];
+        for (int j = 0; j < c->n_out; j++) pt->y[j] = y[j] + r0 * c->out_rows[j];
+        pt->rows = r1 - r0;
+        pt->use = columns ? p->parts[0].scratch : pt->scratch;
+        pt->tid = columns ? t : 0;
+        pt->nth = columns ? np : 1;
+    }
+    p->sync.n = np;
+    pthread_mutex_lock(&p->mu);
+    p->n_parts = np;
+    p->leaves = leaves;
+    p->pending = np - 1;
+    p->gen++;
+    pthread_cond_broadcast(&p->work);
+    pthread_mutex_unlock(&p->mu);
+    const part *p0 = &p->parts[0];
+    c->fn(leaves, (const float *const *)p0->x, p0->y, p0->rows, p0->use, p0->tid, p0->nth, &p->sync);
+    pthread_mutex_lock(&p->mu);
+    while (p->pending > 0) pthread_cond_wait(&p->done, &p->mu);
+    pthread_mutex_unlock(&p->mu);
+    pthread_mutex_unlock(&p->busy);
+    return true;
+}
+
+/* Sizes the slow way (any graph), with the errors for too large a batch. */
+static mj_status sizes_general(const mj_compiled *c, int64_t batch, int64_t *in_numel, int64_t *out_numel,
+                               int64_t *scratch_n) {
+    for (int k = 0; k < c->n_in + c->n_out; k++) {
+        const mj_type *t = k < c->n_in ? &c->in_types[k] : &c->out_types[k - c->n_in];
+        int64_t shape[MJ_MAX_RANK];
+        mj_type_shape(t, batch, shape);
+        if (mj_shape_numel(t->rank, shape, k < c->n_in ? &in_numel[k] : &out_numel[k - c->n_in]) != MJ_OK)
+            return mj_fail(MJ_ERR_LIMIT, "compiled graph: batch %lld is too large", (long long)batch);
+    }
+    return mj_body_scratch_floats(&c->plan, batch, scratch_n);
+}
+
+static bool overlap(const void *a, int64_t na, const void *b, int64_t nb) {
+    uintptr_t x = (uintptr_t)a, y = (uintptr_t)b;
+    return na > 0 && nb > 0 && x < y + (uintptr_t)nb * sizeof(float) && y < x + (uintptr_t)na * sizeof(float);
+}
+
+/* Sizes of up to this many inputs and outputs live on the stack of a call. */
+#define IO_STACK 16
+
+static inline mj_status run_checked(mj_compiled *c, const float *const *x, int64_t batch, float *const *y,
+                             const int64_t *y_numel, int64_t *in_numel, int64_t *out_numel) {
+    int64_t scratch_n;
+    /* fast path: B x fixed rows, small enough that nothing overflows */
+    bool fast = c->batch_linear && batch <= (INT64_C(1) << 20);
+    if (fast) {
+        for (int i = 0; i < c->n_in; i++) fast = fast && (in_numel[i] = batch * c->in_rows[i]) <= MJ_MAX_NUMEL;
+        for (int j = 0; j < c->n_out; j++) fast = fast && (out_numel[j] = batch * c->out_rows[j]) <= MJ_MAX_NUMEL;
+        scratch_n = scratch_for(c, batch);
+        fast = fast && scratch_n <= MJ_MAX_NUMEL;
+    }
+    if (!fast) MJ_TRY(sizes_general(c, batch, in_numel, out_numel, &scratch_n));
+    for (int j = 0; j < c->n_out; j++) {
+        if (y_numel[j] >= out_numel[j]) continue;
+        char os[96];
+        int64_t out_shape[MJ_MAX_RANK];
+        mj_type_shape(&c->out_types[j], batch, out_shape);
+        if (c->n_out == 1)
+            return mj_fail(MJ_ERR_SHAPE, "compiled graph: y has room for %lld floats but the output %s needs %lld",
+                           (long long)y_numel[j], mj_shape_str(os, sizeof os, c->out_types[j].rank, out_shape),
+                           (long long)out_numel[j]);
+        return mj_fail(MJ_ERR_SHAPE, "compiled graph: y[%d] has room for %lld floats but output %d %s needs %lld", j,
+                       (long long)y_numel[j], j, mj_shape_str(os, sizeof os, c->out_types[j].rank, out_shape),
+                       (long long)out_numel[j]);
+    }
+    for (int j = 0; j < c->n_out; j++) {
+        for (int i = 0; i < c->n_in; i++)
+            if (overlap(x[i], in_numel[i], y[j], out_numel[j])) {
+                if (c->n_in == 1 && c->n_out == 1) return mj_fail(MJ_ERR_INVALID, "compiled graph: x and y overlap");
+                return mj_fail(MJ_ERR_INVALID, "compiled graph: input %d and output %d overlap", i, j);
+            }
+        for (int k = 0; k < j; k++)
+            if (overlap(y[k], out_numel[k], y[j], out_numel[j]))
+                return mj_fail(MJ_ERR_INVALID, "compiled graph: outputs %d and %d overlap", k, j);
+    }
+
+    /* Live: enter, then check the snapshot's versions; a stale snapshot is
+     * replaced (refresh) and the call retries. Frozen: nothing to check. */
+    prologue *pr = NULL;
+    if (!c->opts.frozen) {
+        for (;;) {
+            atomic_fetch_add(&c->readers, 1);
+            pr = atomic_load(&c->cur);
+            if (!mj_compiled_stale(c, pr)) break;
+            leave(c);
+            MJ_TRY(mj_compiled_refresh(c));
+        }
+    }
+    const float *const *leaves = pr ? pr->leaf_data : NULL;
+    if (c->pool && (double)batch * c->row_flops >= PAR_MIN_FLOPS) {
+        /* Few rows per thread and a layer with a panel of columns per
+         * thread: split the columns instead of rows. Split by rows, every
+         * thread streams all of each weight for its few rows (narrow
+         * micro-kernels, weight traffic per FLOP ~ 1/rows); split by
+         * columns, each streams its share of the weights for every row, at
+         * the price of a barrier per op, while the other ops run on thread 0.
+         * So: below 6 rows per thread always; below 4 full micro-kernels
+         * per thread when every op splits its columns (nothing waits on
+         * thread 0). */
+        int64_t per_thread = c->all_columns ? 4 * MJ_MK_MAX_ROWS : MJ_MK_MAX_ROWS;
+        bool columns = batch < per_thread * c->pool->n && c->col_panels >= c->pool->n;
+        if ((columns || batch >= 2) && run_parallel(c, leaves, x, batch, y, columns)) {
+            if (pr) leave(c);
+            return MJ_OK;
+        }
+    }
+    /* Scratch (reentrant): on the stack when small, else the cached buffer
+     * if no other call holds it, else a fresh one. */
+    _Alignas(64) float stack_buf[2048];
+    float *scratch = stack_buf, *heap = NULL;
+    if (scratch_n > (int64_t)(sizeof stack_buf / sizeof *stack_buf)) {
+        heap = atomic_exchange(&c->spare, NULL);
+        if (heap && scratch_cap(heap) < scratch_n) {
+            free(heap - 16);
+            heap = NULL;
+        }
+        if (!heap && !(heap = scratch_alloc(scratch_n))) {
+            if (pr) leave(c);
+            return mj_fail(MJ_ERR_NOMEM, "compiled graph: out of memory for %lld floats of scratch",
+                           (long long)scratch_n);
+        }
+        scratch = heap;
+    }
+    c->fn(leaves, x, y, batch, scratch, 0, 1, NULL);
+    if (pr) leave(c);
+    if (heap) {
+        float *old = atomic_exchange(&c->spare, heap);
+        if (old) free(old - 16);
+    }
+    return MJ_OK;
+}
+
+/* The trace cannot see into native code: its output would become a const
+ * of this one call's values. Refused rather than recorded wrongly. */
+static mj_status refuse_in_trace(void) {
+    return mj_fail(MJ_ERR_STATE, "cannot run a compiled graph inside a trace: the trace cannot record "
+                                 "what the native code computes, so its output would become a constant; "
+                                 "call the module's forward inside the trace instead");
+}
+
+mj_status mj_compiled_run_raw_n(mj_compiled *c, int n_in, const float *const *x, int64_t batch, int n_out,
+                                float *const *y, const int64_t *y_numel) {
+    if (!c || (n_in > 0 && !x) || (n_out > 0 && (!y || !y_numel)))
+        return mj_fail(MJ_ERR_INVALID, "mj_compiled_run_raw_n: %s is NULL",
+                       !c ? "the compiled graph" : (n_in > 0 && !x) ? "x" : !y ? "y" : "y_numel");
+    if (n_in != c->n_in || n_out != c->n_out)
+        return mj_fail(MJ_ERR_INVALID, "compiled graph: it takes %d inputs and gives %d outputs, called with %d and %d",
+                       c->n_in, c->n_out, n_in, n_out);
+    for (int i = 0; i < n_in; i++)
+        if (!x[i]) return mj_fail(MJ_ERR_INVALID, "compiled graph: input %d is NULL", i);
+    for (int j = 0; j < n_out; j++)
+        if (!y[j]) return mj_fail(MJ_ERR_INVALID, "compiled graph: output %d is NULL", j);
+    if (mj_observer()) return refuse_in_trace();
+    if (batch < 1) {
+        char ts[96];
+        return mj_fail(MJ_ERR_SHAPE, "compiled graph: batch is %lld but must be >= 1 (input %s)", (long long)batch,
+                       mj_type_str(ts, sizeof ts, &c->in_types[0]));
+    }
+    int64_t stack[2 * IO_STACK], *numel = stack;
+    if (n_in > IO_STACK || n_out > IO_STACK) {
+        numel = mj_alloc_array((size_t)n_in + (size_t)n_out, sizeof *numel);
+        if (!numel) return MJ_ERR_NOMEM;
+    }
+    mj_status s = run_checked(c, x, batch, y, y_numel, numel, numel + n_in);
+    if (numel != stack) free(numel);
+    return s;
+}
+
+mj_status mj_compiled_run_raw(mj_compiled *c, const float *x, int64_t batch, float *y, int64_t y_numel) {
+    if (!c || !x || !y)
+        return mj_fail(MJ_ERR_INVALID, "mj_compiled_run_raw: %s is NULL", !c ? "the compiled graph" : !x ? "x" : "y");
+    if (c->n_in != 1 || c->n_out != 1)
+        return mj_fail(MJ_ERR_INVALID,
+                       "mj_compiled_run_raw: the graph has %d inputs and %d outputs; use mj_compiled_run_raw_n",
+                       c->n_in, c->n_out);
+    if (mj_observer()) return refuse_in_trace();
+    if (batch < 1) {
+        char ts[96];
+        return mj_fail(MJ_ERR_SHAPE, "compiled graph: batch is %lld but must be >= 1 (input %s)", (long long)batch,
+                       mj_type_str(ts, sizeof ts, &c->in_types[0]));
+    }
+    /* straight to the call: this is the path of small models, where every
+     * nanosecond of the wrapper shows */
+    int64_t in_numel, out_numel;
+    return run_checked(c, &x, batch, &y, &y_numel, &in_numel, &out_numel);
+}
+
+mj_status mj_compiled_run_n(mj_compiled *c, int n_in, const mj_tensor *const *x, int n_out, mj_tensor **y) {
+    if (!c || (n_in > 0 && !x) || (n_out > 0 && !y))
+        return mj_fail(MJ_ERR_INVALID, "mj_compiled_run_n: %s is NULL",
+                       !c ? "the compiled graph" : (n_in > 0 && !x) ? "x" : "the output array");
+    if (mj_observer()) return refuse_in_trace();
+    if (n_in != c->n_in || n_out != c->n_out)
+        return mj_fail(MJ_ERR_INVALID, "compiled graph: it takes %d inputs and gives %d outputs, called with %d and %d",
+                       c->n_in, c->n_out, n_in, n_out);
+    char want[96], got[96];
+    int64_t batch = -1;
+    for (int i = 0; i < n_in; i++) {
+        const mj_tensor *t = x[i];
+        const mj_type *ty = &c->in_types[i];
+        if (!t) return mj_fail(MJ_ERR_INVALID, "compiled graph: input %d is NULL", i);
+        bool ok = t->rank == ty->rank;
+        for (int d = 1; ok && d < t->rank; d++) ok = t->shape[d] == ty->dims[d];
+        if (!ok) {
+            if (n_in == 1)
+                return mj_fail(MJ_ERR_SHAPE, "compiled graph: x has shape %s but the graph takes %s",
+                               mj_shape_str(got, sizeof got, t->rank, t->shape), mj_type_str(want, sizeof want, ty));
+            return mj_fail(MJ_ERR_SHAPE, "compiled graph: input %d has shape %s but the graph takes %s", i,
+                           mj_shape_str(got, sizeof got, t->rank, t->shape), mj_type_str(want, sizeof want, ty));
+        }
+        if (t->shape[0] < 1 && n_in == 1)
+            return mj_fail(MJ_ERR_SHAPE, "compiled graph: x has shape %s; the batch (dim 0) must be >= 1 for %s",
+                           mj_shape_str(got, sizeof got, t->rank, t->shape), mj_type_str(want, sizeof want, ty));
+        if (t->shape[0] < 1)
+            return mj_fail(MJ_ERR_SHAPE, "compiled graph: input %d has shape %s; the batch (dim 0) must be >= 1 for %s",
+                           i, mj_shape_str(got, sizeof got, t->rank, t->shape), mj_type_str(want, sizeof want, ty));
+        if (batch >= 0 && t->shape[0] != batch)
+            return mj_fail(MJ_ERR_SHAPE,
+                           "compiled graph: input %d has shape %s but input 0 has batch %lld (inputs share the batch B)",
+                           i, mj_shape_str(got, sizeof got, t->rank, t->shape), (long long)batch);
+        batch = t->shape[0];
+    }
+    mj_tensor *stack_t[IO_STACK], **outs = stack_t;
+    const float *stack_x[IO_STACK], **xd = stack_x;
+    float *stack_y[IO_STACK], **yd = stack_y;
+    int64_t stack_n[IO_STACK], *yn = stack_n;
+    bool heap = n_in > IO_STACK || n_out > IO_STACK;
+    if (heap) {
+        outs = mj_alloc_array((size_t)n_out + 1, sizeof *outs);
+        xd = mj_alloc_array((size_t)n_in + 1, sizeof *xd);
+        yd = mj_alloc_array((size_t)n_out + 1, sizeof *yd);
+        yn = mj_alloc_array((size_t)n_out + 1, sizeof *yn);
+    }
+    mj_status s = outs && xd && yd && yn ? MJ_OK : MJ_ERR_NOMEM;
+    int made = 0;
+    for (int j = 0; j < n_out && s == MJ_OK; j++) {
+        int64_t shape[MJ_MAX_RANK];
+        mj_type_shape(&c->out_types[j], batch, shape);
+        if ((s = mj_tensor_new_uninit(&outs[j], c->out_types[j].rank, shape)) != MJ_OK) break;
+        made++;
+        yd[j] = outs[j]->data;
+        yn[j] = outs[j]->numel;
+    }
+    for (int i = 0; i < n_in && s == MJ_OK; i++) xd[i] = x[i]->data;
+    if (s == MJ_OK) s = mj_compiled_run_raw_n(c, n_in, xd, batch, n_out, yd, yn);
+    for (int j = 0; j < made; j++) {
+        if (s == MJ_OK) y[j] = outs[j];
+        else mj_tensor_release(outs[j]);
+    }
+    if (heap) {
+        free(outs);
+        free(xd);
+        free(yd);
+        free(yn);
+    }
+    return s;
+}
+
+mj_status mj_compiled_run(mj_compiled *c, const mj_tensor *x, mj_tensor **y) {
+    if (!c || !x || !y)
+        return mj_fail(MJ_ERR_INVALID, "mj_compiled_run: %s is NULL",
+                       !c ? "the compiled graph" : !x ? "x" : "the output pointer");
+    if (c->n_in != 1 || c->n_out != 1)
+        return mj_fail(MJ_ERR_INVALID, "mj_compiled_run: the graph has %d inputs and %d outputs; use mj_compiled_run_n",
+                       c->n_in, c->n_out);
+    return mj_compiled_run_n(c, 1, &x, 1, y);
+}
+
+int mj_compiled_input_count(const mj_compiled *c) { return c ? c->n_in : 0; }
+int mj_compiled_output_count(const mj_compiled *c) { return c ? c->n_out : 0; }
+
+mj_status mj_compiled_dump(mj_compiled *c, const char *what, FILE *f) {
+    if (!c || !what || !f) return mj_fail(MJ_ERR_INVALID, "mj_compiled_dump: NULL argument");
+    if (strcmp(what, "ir") == 0 || strcmp(what, "asm") == 0)
+        return mj_jit_dump(c->jit, c->bitcode, c->bitcode_size, what, f);
+    return mj_fail(MJ_ERR_INVALID, "mj_compiled_dump: unknown dump \"%s\" (use \"ir\" or \"asm\")", what);
+}

@@ -1,0 +1,122 @@
+/* The persistent thread pool of a compiled graph: workers, and column
+ * mode's barrier. */
+#include <sched.h>
+#include <stdlib.h>
+
+#include "compiled.h"
+
+/* ---- threads ------------------------------------------------------------- */
+
+typedef struct worker_arg {
+    pool *p;
+    int idx;
+} worker_arg;
+
+static void *worker_main(void *arg) {
+    pool *p = ((worker_arg *)arg)->p;
+    int idx = ((worker_arg *)arg)->idx;
+    free(arg);
+    uint64_t seen = 0;
+    pthread_mutex_lock(&p->mu);
+    for (;;) {
+        while (!p->quit && p->gen == seen) pthread_cond_wait(&p->work, &p->mu);
+        if (p->quit) break;
+        seen = p->gen;
+        bool mine = idx < p->n_parts;
+        part pt = mine ? p->parts[idx] : (part){0};
+        const float *const *leaves = p->leaves;
+        pthread_mutex_unlock(&p->mu);
+        if (mine) p->c->fn(leaves, (const float *const *)pt.x, pt.y, pt.rows, pt.use, pt.tid, pt.nth, &p->sync);
+        pthread_mutex_lock(&p->mu);
+        if (mine && --p->pending == 0) pthread_cond_signal(&p->done);
+    }
+    pthread_mutex_unlock(&p->mu);
+    return NULL;
+}
+
+/* The column-mode barrier (mj_body_sync): the last thread to arrive
+ * starts the next phase; the others spin on it, yielding now and then (a
+ * VM may have descheduled the thread they wait for). acq_rel on arrival
+ * and release/acquire on the phase make each op's writes visible to the
+ * next op on every thread. */
+static void sync_wait(mj_body_sync *s, void *y, void *scratch) {
+    (void)y, (void)scratch;
+    unsigned phase = atomic_load_explicit(&s->phase, memory_order_acquire);
+    if (atomic_fetch_add_explicit(&s->arrived, 1, memory_order_acq_rel) == s->n - 1) {
+        atomic_store_explicit(&s->arrived, 0, memory_order_relaxed);
+        atomic_store_explicit(&s->phase, phase + 1, memory_order_release);
+        return;
+    }
+    for (unsigned i = 1; atomic_load_explicit(&s->phase, memory_order_acquire) == phase; i++) {
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+        if (i % 1024 == 0) sched_yield();
+    }
+}
+
+void mj_compiled_pool_free(pool *p) {
+    if (!p) return;
+    pthread_mutex_lock(&p->mu);
+    p->quit = true;
+    pthread_cond_broadcast(&p->work);
+    pthread_mutex_unlock(&p->mu);
+    for (int i = 0; i < p->started; i++) pthread_join(p->th[i], NULL);
+    if (p->parts)
+        for (int i = 0; i < p->n; i++) {
+            if (p->parts[i].scratch) free(p->parts[i].scratch - 16);
+            free(p->parts[i].x);
+            free(p->parts[i].y);
+        }
+    free(p->parts);
+    free(p->th);
+    pthread_mutex_destroy(&p->busy);
+    pthread_mutex_destroy(&p->mu);
+    pthread_cond_destroy(&p->work);
+    pthread_cond_destroy(&p->done);
+    free(p);
+}
+
+mj_status mj_compiled_pool_new(mj_compiled *c, int n, pool **out) {
+    pool *p = mj_alloc(sizeof *p);
+    if (!p) return MJ_ERR_NOMEM;
+    p->c = c;
+    p->n = n;
+    p->sync.wait = sync_wait;
+    p->th = mj_alloc_array((size_t)n, sizeof *p->th);
+    p->parts = mj_alloc_array((size_t)n, sizeof *p->parts);
+    bool ok = p->th && p->parts;
+    for (int i = 0; ok && i < n; i++) {
+        p->parts[i].x = mj_alloc_array((size_t)c->n_in, sizeof *p->parts[i].x);
+        p->parts[i].y = mj_alloc_array((size_t)c->n_out, sizeof *p->parts[i].y);
+        ok = p->parts[i].x && p->parts[i].y;
+    }
+    if (!ok || pthread_mutex_init(&p->busy, NULL) || pthread_mutex_init(&p->mu, NULL) ||
+        pthread_cond_init(&p->work, NULL) || pthread_cond_init(&p->done, NULL)) {
+        if (p->parts)
+            for (int i = 0; i < n; i++) {
+                free(p->parts[i].x);
+                free(p->parts[i].y);
+            }
+        free(p->th);
+        free(p->parts);
+        free(p);
+        return mj_fail(MJ_ERR_NOMEM, "jit: cannot create a thread pool of %d threads", n);
+    }
+    for (int i = 1; i < n; i++) {
+        worker_arg *a = mj_alloc(sizeof *a);
+        if (!a) break;
+        *a = (worker_arg){p, i};
+        if (pthread_create(&p->th[p->started], NULL, worker_main, a) != 0) {
+            free(a);
+            break;
+        }
+        p->started++;
+    }
+    if (p->started != n - 1) {
+        mj_compiled_pool_free(p);
+        return mj_fail(MJ_ERR_NOMEM, "jit: cannot start %d worker threads", n - 1);
+    }
+    *out = p;
+    return MJ_OK;
+}
