@@ -101,6 +101,9 @@ mj_status mj_cache_store(const char *dir, const char *hex, const void *obj, size
 /* Deletes <dir>/<hex>.mjc (a bad entry). */
 void mj_cache_remove(const char *dir, const char *hex);
 
+/* Are the n characters of s lowercase hex digits? (cache_store.c) */
+bool mj_cache_all_hex(const char *s, size_t n);
+
 /* ---- usage, eviction (maskjit cache) ------------------------------------------ */
 
 /* Only regular files whose names are maskjit's count and are ever removed:
