@@ -15,7 +15,10 @@
  * order minus the products with zero weights. The nonzeros, indices, group
  * table and bias are private constant globals of the module. Weights pruned
  * in aligned 1x4 blocks are stored as runs of 4 columns (one index, four
- * weights), which cuts the index loads and loop trips by four. */
+ * weights), which cuts the index loads and loop trips by four.
+ *
+ * This file emits the code; sparse_plan.c decides when the kernel pays off
+ * and preprocesses the weight (sparse_plan.h). */
 #include "sparse.h"
 #include "jit_internal.h"
 
@@ -28,202 +31,7 @@
 
 #include "src/core/internal.h"
 #include "emit.h"
-
-/* Chunks are at most this many rows (4 x 16 lanes): the scratch size does
- * not depend on the vector width. */
-#define MAX_CHUNK 64
-
-/* Below this density the sparse kernel beats the dense compiled kernel (and
- * OpenBLAS) at batch 64, widths 256 and 1024: see docs/numerics.md. */
-#define SPARSE_CROSSOVER_DENSITY 0.5
-
-bool mj_sparse_profitable(const float *w, int64_t out, int64_t in) {
-    if (!w || out <= 0 || in <= 0 || out > INT32_MAX || in > INT32_MAX) return false;
-    int64_t nnz = 0, empty_rows = 0;
-    for (int64_t j = 0; j < out; j++) {
-        int64_t r = 0;
-        for (int64_t k = 0; k < in; k++) r += w[j * in + k] != 0.0f;
-        nnz += r;
-        empty_rows += r == 0;
-    }
-    double density = (double)nnz / ((double)out * (double)in);
-    /* dropped rows (row masks) save their whole dot products */
-    return density < SPARSE_CROSSOVER_DENSITY || empty_rows * 4 >= out;
-}
-
-int64_t mj_sparse_scratch_floats(int64_t in, int64_t out, int64_t batch) {
-    (void)batch; /* chunks are fixed-size: the scratch does not grow with it */
-    if (in < 0 || out < 0) return 0;
-    /* xT [in][C], then yT [out rounded up to even][C] at a 16-float boundary */
-    return (in + out + 1) * MAX_CHUNK + 16;
-}
-
-/* ---- the weight, preprocessed -------------------------------------------- */
-
-typedef struct plan {
-    int64_t out, in;
-    int32_t ncols;   /* columns some nonzero uses */
-    int32_t *colmap; /* compact column -> k */
-    bool identity;   /* colmap is k -> k (no column dropped) */
-    /* Entries are runs of `run` consecutive columns (1, or 4 for weights
-     * pruned in aligned 1x4 blocks): pidx/tidx hold a run's first column,
-     * pw/tw its `run` weights. */
-    int run;
-    int32_t n_groups; /* row pairs (2g, 2g+1); an odd last row pairs with a dummy */
-    int32_t kb;       /* compact columns per k-block */
-    int32_t n_kblocks;
-    /* per k-block, per group: pair start, pair end, tail-a start, end,
-     * tail-b start, end */
-    int32_t *meta;
-    int32_t *pidx; /* pairs: first compact columns of rows 2g and 2g+1's runs, interleaved */
-    float *pw;
-    int64_t n_pairs;
-    int32_t *tidx; /* a row's nonzeros of the block beyond its partner's count */
-    float *tw;
-    int64_t n_tail;
-} plan;
-
-static void plan_free(plan *p) {
-    free(p->colmap);
-    free(p->meta);
-    free(p->pidx);
-    free(p->pw);
-    free(p->tidx);
-    free(p->tw);
-}
-
-/* Compact columns per k-block: the chunk's slice of xT (kb rows of C1
- * floats) fills the L1 data cache while every row's nonzeros in it are
- * consumed; the accumulators go back to yT between blocks. Measured on
- * Zen 5 (48 KiB L1d), 1024 wide, batch 64, 10% density: 128-256 columns
- * (32-64 KiB) alike, 2048 (the whole layer, in L2) 10-35% slower. */
-static int32_t kblock_cols(int vw) {
-    long l1 = sysconf(_SC_LEVEL1_DCACHE_SIZE); /* 0 or -1 when unknown */
-    if (l1 < 16 * 1024 || l1 > 1024 * 1024) l1 = 32 * 1024;
-    return (int32_t)(l1 / (4 * (4 * vw)));
-}
-
-/* Run size for W: 4 when the nonzeros sit in aligned groups of 4 columns
- * (1x4 block masks) so that covering whole groups adds few zero weights,
- * else 1. A zero inside a kept group costs a product with a zero weight,
- * which eager computes too (exact for finite inputs, docs/numerics.md). */
-static int choose_run(const float *w, int64_t out, int64_t in, int64_t nnz) {
-    if (in % 4 != 0 || nnz == 0) return 1;
-    int64_t covered = 0;
-    for (int64_t j = 0; j < out; j++)
-        for (int64_t k = 0; k < in; k += 4) {
-            const float *g = w + j * in + k;
-            covered += 4 * (g[0] != 0.0f || g[1] != 0.0f || g[2] != 0.0f || g[3] != 0.0f);
-        }
-    return covered * 4 <= nnz * 5 ? 4 : 1; /* at most 25% padding */
-}
-
-/* Does row wr have a nonzero in the run starting at compact column c? */
-static bool run_used(const plan *p, const float *wr, int32_t c) {
-    for (int q = 0; q < p->run; q++)
-        if (wr[p->identity ? c + q : p->colmap[c + q]] != 0.0f) return true;
-    return false;
-}
-
-static void put_run(const plan *p, const float *wr, int32_t c, int32_t *idx, float *wv) {
-    *idx = c;
-    for (int q = 0; q < p->run; q++) wv[q] = wr[p->identity ? c + q : p->colmap[c + q]];
-}
-
-static bool plan_build(plan *p, const float *w, int64_t out, int64_t in, int vw) {
-    memset(p, 0, sizeof *p);
-    p->out = out;
-    p->in = in;
-    int32_t *kc = mj_alloc_array((size_t)in + 1, sizeof *kc);
-    int64_t nnz = 0;
-    bool ok = kc != NULL;
-    if (!ok) goto done;
-    for (int64_t k = 0; k < in; k++) kc[k] = -1;
-    for (int64_t j = 0; j < out; j++)
-        for (int64_t k = 0; k < in; k++)
-            if (w[j * in + k] != 0.0f) {
-                kc[k] = 0;
-                nnz++;
-            }
-    p->run = choose_run(w, out, in, nnz);
-    int32_t nc = 0;
-    for (int64_t k = 0; k < in; k++) nc += kc[k] == 0;
-    /* Drop unused columns only when it saves a real share of the transpose:
-     * the identity layout takes the fast tiled transpose. Runs need it. */
-    p->identity = p->run > 1 || (int64_t)nc * 4 > in * 3;
-    if (p->identity) {
-        nc = (int32_t)in;
-        for (int64_t k = 0; k < in; k++) kc[k] = (int32_t)k;
-    } else {
-        p->colmap = mj_alloc_array((size_t)nc + 1, sizeof *p->colmap);
-        if (!(ok = p->colmap != NULL)) goto done;
-        int32_t c = 0;
-        for (int64_t k = 0; k < in; k++)
-            if (kc[k] == 0) {
-                p->colmap[c] = (int32_t)k;
-                kc[k] = c++;
-            }
-    }
-    p->ncols = nc;
-    p->kb = kblock_cols(vw) / 4 * 4; /* whole runs per block */
-    p->n_kblocks = nc ? (nc + p->kb - 1) / p->kb : 1;
-    p->n_groups = (int32_t)((out + 1) / 2);
-    size_t cap = (size_t)nnz + 1; /* entries: every used run holds a nonzero */
-    p->meta = mj_alloc_array((size_t)p->n_kblocks * (size_t)p->n_groups * 6 + 1, sizeof *p->meta);
-    p->pidx = mj_alloc_array(cap, sizeof *p->pidx);
-    p->pw = mj_alloc_array(cap * (size_t)p->run, sizeof *p->pw);
-    p->tidx = mj_alloc_array(cap, sizeof *p->tidx);
-    p->tw = mj_alloc_array(cap * (size_t)p->run, sizeof *p->tw);
-    if (!(ok = p->meta && p->pidx && p->pw && p->tidx && p->tw)) goto done;
-    /* a row's runs of the block, in ascending k (kc is increasing in k) */
-    int R = p->run;
-    int64_t entries = 0;
-    for (int32_t blk = 0; blk < p->n_kblocks; blk++) {
-        int32_t c0 = blk * p->kb, c1 = c0 + p->kb < nc ? c0 + p->kb : nc;
-        for (int32_t g = 0; g < p->n_groups; g++) {
-            int64_t ja = 2 * (int64_t)g, jb = ja + 1;
-            const float *wa = w + ja * in, *wb = jb < out ? w + jb * in : NULL;
-            int32_t *m = &p->meta[((size_t)blk * (size_t)p->n_groups + (size_t)g) * 6];
-            int64_t na = 0, nb = 0;
-            for (int32_t c = c0; c < c1; c += R) {
-                na += run_used(p, wa, c);
-                nb += wb && run_used(p, wb, c);
-            }
-            int64_t np = na < nb ? na : nb;
-            m[0] = (int32_t)(p->n_pairs / 2);
-            int32_t a = c0, b = c0;
-            for (int64_t i = 0; i < np; i++) {
-                while (!run_used(p, wa, a)) a += R;
-                while (!run_used(p, wb, b)) b += R;
-                put_run(p, wa, a, &p->pidx[p->n_pairs], &p->pw[p->n_pairs * R]);
-                p->n_pairs++;
-                put_run(p, wb, b, &p->pidx[p->n_pairs], &p->pw[p->n_pairs * R]);
-                p->n_pairs++;
-                a += R;
-                b += R;
-            }
-            m[1] = (int32_t)(p->n_pairs / 2);
-            for (int r = 0; r < 2; r++) {
-                const float *wr = r ? wb : wa;
-                int32_t c = r ? b : a;
-                m[2 + 2 * r] = (int32_t)p->n_tail;
-                for (int64_t i = np; i < (r ? nb : na); i++) {
-                    while (!run_used(p, wr, c)) c += R;
-                    put_run(p, wr, c, &p->tidx[p->n_tail], &p->tw[p->n_tail * R]);
-                    p->n_tail++;
-                    c += R;
-                }
-                m[3 + 2 * r] = (int32_t)p->n_tail;
-            }
-            entries += na + nb;
-        }
-    }
-    MJ_ASSERT(p->n_pairs + p->n_tail == entries && entries <= nnz && (R > 1 || entries == nnz));
-done:
-    free(kc);
-    if (!ok) plan_free(p);
-    return ok;
-}
+#include "sparse_plan.h"
 
 /* ---- the emitter's state --------------------------------------------------- */
 
@@ -517,7 +325,7 @@ LLVMValueRef mj_sparse_emit_linear(LLVMModuleRef M, const char *name, const floa
         (unsigned)act >= MJ_ACT_COUNT || (vw != 4 && vw != 8 && vw != 16))
         return NULL;
     plan p;
-    if (!plan_build(&p, w, out, in, vw)) return NULL;
+    if (!mj_sparse_plan_build(&p, w, out, in, vw)) return NULL;
     sb s = {.act = act, .p = &p};
     mj_emit_init(&s.e, M, fast, vw, true);
     LLVMTypeRef params[5] = {s.e.ptr, s.e.ptr, s.e.i64, s.e.ptr, s.e.ptr};
@@ -573,6 +381,6 @@ LLVMValueRef mj_sparse_emit_linear(LLVMModuleRef M, const char *name, const floa
     loop_end(&s, &l2);
     LLVMBuildRetVoid(s.e.b);
     LLVMDisposeBuilder(s.e.b);
-    plan_free(&p);
+    mj_sparse_plan_free(&p);
     return s.e.fn;
 }
