@@ -1,6 +1,6 @@
 /* maskjit cache stats|clear|prune: look at and trim the compile cache
  * (docs/cache.md). Only maskjit's own files in the directory are counted or
- * removed (jit/cache.c decides by name and file type). */
+ * removed (jit/cache_evict.c decides by name and file type). */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>

@@ -46,7 +46,7 @@ mkdir -p "$out/artifacts"
 lib_sources=$(ls src/*/*.c ir/*.c)
 jit_sources=$(ls jit/*.c)
 llvm_config=${FUZZ_LLVM_CONFIG:-llvm-config-19}
-# jit/cache.c names the build by its code id (the harness turns the cache off)
+# jit/cache_key.c names the build by its code id (the harness turns the cache off)
 tools/code_id.sh "$out/code_id.new.h" $lib_sources $jit_sources include/maskjit/*.h
 cmp -s "$out/code_id.new.h" "$out/code_id.h" || mv "$out/code_id.new.h" "$out/code_id.h"
 rm -f "$out/code_id.new.h"

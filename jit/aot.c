@@ -1,5 +1,5 @@
 /* Ahead-of-time compilation: the JIT's compile path (the same graph passes,
- * plan, prologue and lowering as jit/compiled.c, so frozen code is the
+ * plan, prologue and lowering as jit/compile.c, so frozen code is the
  * JIT's), written to an object file for a chosen target instead of linked
  * into this process, plus a public wrapper emitted into the same module:
  *

@@ -22,7 +22,7 @@ void mj_aot_free(aot *a) {
     memset(a, 0, sizeof *a);
 }
 
-/* What the body supports (as jit/compiled.c's check, plus rank <= 4 for the
+/* What the body supports (as jit/compile.c's check, plus rank <= 4 for the
  * header's dims arrays). */
 static mj_status check_graph(const mj_graph *g) {
     if (g->n_outputs != 1 || mj_graph_input_count(g) != 1)
@@ -70,7 +70,7 @@ static bool batch_fits(const aot *a, int64_t b) {
 }
 
 /* Interprets the prologue (the kernels eager uses) and packs the leaves, as
- * jit/compiled.c does for a frozen compile. Live, the leaves are params
+ * jit/compile.c does for a frozen compile. Live, the leaves are params
  * (read at run time: data NULL here) and consts (baked). */
 static mj_status prologue(aot *a) {
     const mj_graph *g = a->g;

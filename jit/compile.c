@@ -85,7 +85,7 @@ static void warn(mj_compiled *c, const char *fmt, ...) {
 }
 
 /* Lower, optimise, emit an object file, link it, with the compile cache
- * (jit/cache.c, docs/cache.md) in front: a hit skips IR, optimisation and
+ * (jit/cache_*.c, docs/cache.md) in front: a hit skips IR, optimisation and
  * codegen. Each compiled graph links into its own JITDylib, so the body
  * keeps one fixed name and one cached object can be loaded any number of
  * times in a process. */

@@ -1,6 +1,7 @@
 /* Internal to the LLVM backend (jit/): the JIT instance, the lowering plan
- * shared by lower.c (IR -> LLVM IR) and compiled.c (runtime), and the
- * compiled object. */
+ * shared by the lowering (lower*.c: IR -> LLVM IR) and the compiled graph
+ * (compile.c, compiled_run.c: runtime), and the body's calling convention.
+ * The compiled object itself is in compiled.h. */
 #ifndef MJ_JIT_INTERNAL_H
 #define MJ_JIT_INTERNAL_H
 
@@ -39,7 +40,7 @@ typedef struct mj_leaf {
     bool packed;
 } mj_leaf;
 
-/* What lower.c needs to know about the split graph. */
+/* What the lowering needs to know about the split graph (lower_plan.c). */
 typedef struct mj_body_plan {
     const mj_graph *g;
     const bool *input_free;    /* per node: depends on no input (prologue)    */
@@ -121,7 +122,7 @@ struct mj_body_sync {
 typedef void (*mj_body_fn)(const float *const *leaves, const float *const *x, float *const *y, int64_t batch,
                            float *scratch, int64_t tid, int64_t nth, mj_body_sync *sync);
 
-/* The prologue, shared by the JIT (compiled.c) and AOT (aot.c), which
+/* The prologue (prologue.c), shared by the JIT and AOT (aot_graph.c), which
  * must compute it the same way: the nodes some leaf of p depends on
  * (malloc'd flags, NULL when out of memory); their values into vals (one
  * per node, NULL where not computed), with the interpreter's kernels
@@ -150,9 +151,9 @@ mj_status mj_jit_check_nodes(const mj_graph *g, const char *who);
  * included), O3 code generation, with this relocation model and code model. */
 mj_status mj_jit_target_machine(const mj_jit *jit, LLVMRelocMode reloc, LLVMCodeModel model,
                                 LLVMTargetMachineRef *out);
-/* Rows per micro-kernel call of the GEMM (lower.c). The runtime splits the
+/* Rows per micro-kernel call of the GEMM (lower_gemm.c). The runtime splits the
  * output columns between threads instead of the rows when each thread would
- * get fewer rows than this (compiled.c): one constant, so they agree. */
+ * get fewer rows than this (compiled_run.c): one constant, so they agree. */
 #define MJ_MK_MAX_ROWS 6
 static inline double mj_ms_since(double t0) { return (mj_now_seconds() - t0) * 1e3; }
 

@@ -1,4 +1,4 @@
-/* jit/cache.c: SHA-256 against FIPS 180-2 vectors, the key's inputs, entry
+/* jit/cache_*.c and jit/sha256.c: SHA-256 against FIPS 180-2 vectors, the key's inputs, entry
  * round trips, and the cache through mj_jit_compile (hits bit-identical to
  * the interpreter, corrupt entries repaired, off switches, racing
  * processes, an unwritable directory). Hostile entries, the size cap and

@@ -739,7 +739,7 @@ Test(jit, frozen_small_layers_skip_zero_weights_per_lane) {
         cr_assert(f);
         OK(mj_compiled_dump(c, "ir", f));
         fclose(f);
-        /* the steps' shuffles are named "lanes" (jit/lower.c); the form
+        /* the steps' shuffles are named "lanes" (jit/lower_small.c); the form
          * takes K up to two vectors: 32 with AVX-512, 16 with AVX2 */
         int vw = strstr(ir, "<16 x float>") ? 16 : strstr(ir, "<8 x float>") ? 8 : 4;
         bool want = in <= 2 * vw;
@@ -772,7 +772,7 @@ static mj_compiled *compile_threads(mj_jit *j, const mj_graph *g, mjt_mode m, in
 
 /* Column mode: at fewer than 6 rows per thread, wide layers split their
  * output columns between the pool's threads, which meet after every op
- * (jit/lower.c, jit/compiled.c). Same bits as one thread and as eager, for
+ * (jit/lower.c, jit/compiled_run.c). Same bits as one thread and as eager, for
  * dense, sparse-frozen and small layers mixed, at 2 and 4 threads. */
 Test(jit, column_split_threads_are_bit_identical, .timeout = 120) {
     mj_rng rng = mjt_rng(23);

@@ -20,7 +20,7 @@
 # LLVM itself is not instrumented: its locks are pthread mutexes, which TSan
 # intercepts, so the happens-before edges through them are still seen.
 # Neither is the JIT-compiled code: TSan sees the pool and the column-mode
-# barrier (jit/compiled.c), while a missing barrier in the generated code
+# barrier (jit/thread_pool.c), while a missing barrier in the generated code
 # would show as a result that differs from eager.
 set -uo pipefail
 cd "$(dirname "$0")/.."

@@ -44,7 +44,7 @@ static mj_tensor *randn(int64_t batch, int64_t in, uint64_t seed) {
 
 /* ---- 1. one compiled model, 8 callers ---------------------------------- */
 /* pool > 1: the model's own pool splits the calls of a model wide enough to
- * pass PAR_MIN_FLOPS (jit/compiled.c): by rows at 24+ rows (6 per thread),
+ * pass PAR_MIN_FLOPS (jit/compiled_run.c): by rows at 24+ rows (6 per thread),
  * by output columns (threads meeting at a barrier after each op) below. */
 static void shared_calls(mj_jit *jit, bool frozen, mjt_call_kind kind, int pool, bool columns, const char *name) {
     int64_t in = pool > 1 ? 256 : 32;
