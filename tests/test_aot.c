@@ -105,7 +105,7 @@ static const char DRIVER[] =
     "    free(x); free(y);\n    return 0;\n}\n";
 
 /* dir/drv from the driver, dir/NAME.h and dir/NAME.o: plain cc, -lm only. */
-static void build_driver_opt(const char *dir, const char *name, const char *cflags) {
+static void build_driver(const char *dir, const char *name, const char *cflags) {
     char path[1100], cmd[9000];
     snprintf(path, sizeof path, "%s/drv.c", dir);
     FILE *f = fopen(path, "w");
@@ -118,8 +118,6 @@ static void build_driver_opt(const char *dir, const char *name, const char *cfla
     int rc = run(cmd, out, sizeof out);
     cr_assert_eq(rc, 0, "%s:\n%s", cmd, out);
 }
-
-static void build_driver(const char *dir, const char *name) { build_driver_opt(dir, name, ""); }
 
 /* Runs dir/drv on x (batch rows) and returns its exit code; y filled on 0. */
 static int run_driver(const char *dir, const mj_tensor *x, float *y, size_t y_numel, char *msg, size_t msg_n) {
@@ -173,12 +171,10 @@ static void assert_no_llvm(const char *exe) {
     cr_assert_null(strstr(out, "pthread"), "%s", out);
 }
 
+
 static mj_tensor *randn(int64_t batch, int64_t in, uint64_t seed) {
     mj_rng rng = mjt_rng(seed);
-    int64_t shape[2] = {batch, in};
-    mj_tensor *x;
-    OK(mj_tensor_randn(&x, 2, shape, &rng));
-    return x;
+    return mjt_randn2(batch, in, &rng);
 }
 
 /* The graph's input width (dim 1 of [B, in]). */
@@ -211,60 +207,103 @@ static mj_graph *trace_model(const char *spec, double density, mj_module **mod) 
     return g;
 }
 
+/* The options of an object named "m" (the defaults otherwise: frozen). */
+static mj_aot_options aot_m(void) {
+    mj_aot_options o;
+    mj_aot_options_init(&o);
+    o.name = "m";
+    return o;
+}
+
+/* g ahead of time with o into a fresh dir (o->name must be "m"), and the
+ * driver built against it with cflags. */
+static void aot_build(const mj_graph *g, const mj_aot_options *o, const char *cflags, char *dir, size_t n) {
+    temp_dir(dir, n);
+    OK(mj_aot_compile(g, o, dir));
+    build_driver(dir, "m", cflags);
+}
+
+/* The test's graph, module and directory freed. */
+static void done(mj_graph *g, mj_module *mod, const char *dir) {
+    mj_graph_free(g);
+    mj_module_free(mod);
+    rm_rf(dir);
+}
+
+/* The AOT's reference: g compiled by a JIT of its own, without the cache. */
+typedef struct jit_ref {
+    mj_jit *jit;
+    mj_compiled *c;
+} jit_ref;
+
+static jit_ref jit_ref_new(const mj_graph *g, bool frozen, mj_numeric_mode mode) {
+    jit_ref r;
+    OK(mj_jit_new(&r.jit));
+    mj_compile_options co;
+    mj_compile_options_init(&co);
+    co.frozen = frozen;
+    co.numeric = mode;
+    co.use_cache = false;
+    r.c = mjt_compile_with(r.jit, g, &co);
+    return r;
+}
+
+static void jit_ref_free(jit_ref r) {
+    mj_compiled_free(r.c);
+    mj_jit_free(r.jit);
+}
+
+/* The driver in dir, run on x, writes y (the JIT's output) bit for bit;
+ * what names the case in a failure. */
+static void assert_driver_gives(const char *dir, const mj_tensor *x, const mj_tensor *y, const char *what) {
+    size_t n = (size_t)mj_tensor_numel(y);
+    float *got = calloc(n, sizeof *got);
+    char msg[1024];
+    int rc = run_driver(dir, x, got, n, msg, sizeof msg);
+    cr_assert_eq(rc, 0, "%s: driver exit %d: %s", what, rc, msg);
+    for (size_t i = 0; i < n; i++)
+        cr_assert(memcmp(&got[i], &mj_tensor_data(y)[i], 4) == 0, "%s: y[%zu] AOT %a, JIT %a", what, i,
+                  (double)got[i], (double)mj_tensor_data(y)[i]);
+    free(got);
+}
+
+/* At batches 1, 3 and 17 (inputs randn [batch, in] seeded seed + i): the
+ * driver in dir against the JIT's ref. */
+static void compare_batches(const char *dir, jit_ref ref, int64_t in, uint64_t seed, const char *what) {
+    const int64_t batches[] = {1, 3, 17};
+    for (int bi = 0; bi < 3; bi++) {
+        mj_tensor *x = randn(batches[bi], in, seed + (uint64_t)bi), *y;
+        OK(mj_compiled_run(ref.c, x, &y));
+        char label[512];
+        snprintf(label, sizeof label, "%s batch %lld", what, (long long)batches[bi]);
+        assert_driver_gives(dir, x, y, label);
+        mj_tensor_release(x);
+        mj_tensor_release(y);
+    }
+}
+
 /* AOT (target cpu, features) vs the JIT exact frozen at batches 1, 3, 17. */
 static void check_model_mode(const char *spec, double density, const char *cpu, const char *features,
                              mj_numeric_mode mode) {
     mj_module *mod;
     mj_graph *g = trace_model(spec, density, &mod);
-    int64_t in = in_width(g);
-    char dir[1024];
-    temp_dir(dir, sizeof dir);
-    mj_aot_options o;
-    mj_aot_options_init(&o);
-    o.name = "m";
+    mj_aot_options o = aot_m();
     o.target_cpu = cpu;
     o.features = features;
     o.description = spec;
     o.numeric = mode;
-    OK(mj_aot_compile(g, &o, dir));
-    char obj[1100], exe[1100];
+    char dir[1024], obj[1100], exe[1100];
+    aot_build(g, &o, "", dir, sizeof dir);
     snprintf(obj, sizeof obj, "%s/m.o", dir);
     snprintf(exe, sizeof exe, "%s/drv", dir);
     assert_only_libc(obj);
-    build_driver(dir, "m");
     assert_no_llvm(exe);
-
-    mj_jit *jit;
-    OK(mj_jit_new(&jit));
-    mj_compile_options co;
-    mj_compile_options_init(&co);
-    co.frozen = true;
-    co.numeric = mode;
-    co.use_cache = false;
-    mj_compiled *c = mjt_compile_with(jit, g, &co);
-    const int64_t batches[] = {1, 3, 17};
-    for (int bi = 0; bi < 3; bi++) {
-        mj_tensor *x = randn(batches[bi], in, 100 + (uint64_t)bi), *y;
-        OK(mj_compiled_run(c, x, &y));
-        size_t n = (size_t)mj_tensor_numel(y);
-        float *got = calloc(n, sizeof *got);
-        char msg[1024];
-        int rc = run_driver(dir, x, got, n, msg, sizeof msg);
-        cr_assert_eq(rc, 0, "%s batch %lld: driver exit %d: %s", spec, (long long)batches[bi], rc, msg);
-        for (size_t i = 0; i < n; i++)
-            cr_assert(memcmp(&got[i], &mj_tensor_data(y)[i], 4) == 0,
-                      "%s (%s%s) batch %lld: y[%zu] AOT %a, JIT %a", spec, cpu ? cpu : "host",
-                      features ? features : "", (long long)batches[bi], i, (double)got[i],
-                      (double)mj_tensor_data(y)[i]);
-        free(got);
-        mj_tensor_release(x);
-        mj_tensor_release(y);
-    }
-    mj_compiled_free(c);
-    mj_jit_free(jit);
-    mj_graph_free(g);
-    mj_module_free(mod);
-    rm_rf(dir);
+    jit_ref ref = jit_ref_new(g, true, mode);
+    char what[512];
+    snprintf(what, sizeof what, "%s (%s%s)", spec, cpu ? cpu : "host", features ? features : "");
+    compare_batches(dir, ref, in_width(g), 100, what);
+    jit_ref_free(ref);
+    done(g, mod, dir);
 }
 
 static void check_model(const char *spec, double density, const char *cpu, const char *features) {
@@ -312,14 +351,10 @@ Test(aot, refuses_a_cpu_without_the_target_features) {
     if (host_has_flag("amx_tile")) cr_skip_test("this host has AMX: no missing feature to test with");
     mj_module *mod;
     mj_graph *g = trace_model("mut", 1, &mod);
-    char dir[1024];
-    temp_dir(dir, sizeof dir);
-    mj_aot_options o;
-    mj_aot_options_init(&o);
-    o.name = "m";
+    mj_aot_options o = aot_m();
     o.features = "+amx-tile";
-    OK(mj_aot_compile(g, &o, dir));
-    build_driver(dir, "m");
+    char dir[1024];
+    aot_build(g, &o, "", dir, sizeof dir);
     mj_tensor *x = randn(3, 16, 1);
     float y[48];
     char msg[2048];
@@ -332,21 +367,15 @@ Test(aot, refuses_a_cpu_without_the_target_features) {
     run(hdr, text, sizeof text);
     cr_assert(strstr(text, "amx-tile"), "the header records the needed features:\n%s", text);
     mj_tensor_release(x);
-    mj_graph_free(g);
-    mj_module_free(mod);
-    rm_rf(dir);
+    done(g, mod, dir);
 }
 
 Test(aot, bad_calls_return_codes) {
     mj_module *mod;
     mj_graph *g = trace_model("mut", 1, &mod);
+    mj_aot_options o = aot_m();
     char dir[1024];
-    temp_dir(dir, sizeof dir);
-    mj_aot_options o;
-    mj_aot_options_init(&o);
-    o.name = "m";
-    OK(mj_aot_compile(g, &o, dir));
-    build_driver(dir, "m");
+    aot_build(g, &o, "", dir, sizeof dir);
     char cmd[4400], out[1024];
     snprintf(cmd, sizeof cmd, "'%s/drv' errors", dir);
     cr_assert_eq(run(cmd, out, sizeof out), 0);
@@ -354,12 +383,10 @@ Test(aot, bad_calls_return_codes) {
     snprintf(want, sizeof want, "%d %d %d %d %d %d\n", MJ_AOT_ERR_BATCH, MJ_AOT_ERR_BATCH, MJ_AOT_ERR_NULL,
              MJ_AOT_ERR_NULL, MJ_AOT_ERR_OVERLAP, MJ_AOT_ERR_BATCH);
     cr_assert(strncmp(out, want, strlen(want)) == 0, "got %s want %s", out, want);
-    cr_assert(strstr(out, "m: batch must be between 1 and "), "%s", out);
-    cr_assert(strstr(out, "m: an input buffer overlaps an output buffer"), "%s", out);
-    cr_assert(strstr(out, "m: unknown error code"), "%s", out);
-    mj_graph_free(g);
-    mj_module_free(mod);
-    rm_rf(dir);
+    const char *says[] = {"m: batch must be between 1 and ", "m: an input buffer overlaps an output buffer",
+                          "m: unknown error code"};
+    for (int i = 0; i < 3; i++) cr_assert(strstr(out, says[i]), "%s", out);
+    done(g, mod, dir);
 }
 
 /* Same graph and options, twice, into different directories: same bytes. */
@@ -369,8 +396,7 @@ Test(aot, output_is_deterministic) {
     char d1[1024], d2[1024];
     temp_dir(d1, sizeof d1);
     temp_dir(d2, sizeof d2);
-    mj_aot_options o;
-    mj_aot_options_init(&o);
+    mj_aot_options o = aot_m();
     o.name = "det";
     o.target_cpu = "x86-64-v3";
     OK(mj_aot_compile(g, &o, d1));
@@ -387,9 +413,7 @@ Test(aot, output_is_deterministic) {
         free(a);
         free(b);
     }
-    mj_graph_free(g);
-    mj_module_free(mod);
-    rm_rf(d1);
+    done(g, mod, d1);
     rm_rf(d2);
 }
 
@@ -398,35 +422,36 @@ Test(aot, bad_arguments_fail_and_write_nothing) {
     mj_graph *g = trace_model("mut", 1, &mod);
     char dir[1024];
     temp_dir(dir, sizeof dir);
-    mj_aot_options o;
-    mj_aot_options_init(&o);
-    o.name = "1bad";
-    FAILS(mj_aot_compile(g, &o, dir), MJ_ERR_INVALID, "name \"1bad\" is not a C identifier");
-    o.name = "../evil";
-    FAILS(mj_aot_compile(g, &o, dir), MJ_ERR_INVALID, "not a C identifier");
-    o.name = "m";
-    o.target_cpu = "pentium";
-    FAILS(mj_aot_compile(g, &o, dir), MJ_ERR_INVALID, "unknown target CPU \"pentium\"");
-    o.target_cpu = "x86-64-v3";
-    o.features = "+frobnicate";
-    FAILS(mj_aot_compile(g, &o, dir), MJ_ERR_UNSUPPORTED, "feature \"frobnicate\" cannot be checked");
-    o.features = "avx2";
-    FAILS(mj_aot_compile(g, &o, dir), MJ_ERR_INVALID, "\"avx2\" is not +FEATURE or -FEATURE");
+    /* each case: the options after the change, the status and message */
+    static const struct {
+        const char *name, *cpu, *features;
+        mj_status status;
+        const char *says;
+    } cases[] = {
+        {"1bad", NULL, NULL, MJ_ERR_INVALID, "name \"1bad\" is not a C identifier"},
+        {"../evil", NULL, NULL, MJ_ERR_INVALID, "not a C identifier"},
+        {"m", "pentium", NULL, MJ_ERR_INVALID, "unknown target CPU \"pentium\""},
+        {"m", "x86-64-v3", "+frobnicate", MJ_ERR_UNSUPPORTED, "feature \"frobnicate\" cannot be checked"},
+        {"m", "x86-64-v3", "avx2", MJ_ERR_INVALID, "\"avx2\" is not +FEATURE or -FEATURE"},
+    };
+    mj_aot_options o = aot_m();
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        o.name = cases[i].name;
+        o.target_cpu = cases[i].cpu;
+        o.features = cases[i].features;
+        FAILS(mj_aot_compile(g, &o, dir), cases[i].status, cases[i].says);
+    }
     o.features = NULL;
     cr_assert_eq(mjt_count_entries(dir, "*"), 0, "a failed compile wrote into %s", dir);
     char file[1100];
     snprintf(file, sizeof file, "%s/plain", dir);
-    FILE *f = fopen(file, "w");
-    fputs("keep", f);
-    fclose(f);
+    mjt_write_file(file, "keep", 4);
     FAILS(mj_aot_compile(g, &o, file), MJ_ERR_IO, "is not a directory");
     size_t n;
     char *text = mjt_read_file(file, &n);
     cr_assert(n == 4 && memcmp(text, "keep", 4) == 0);
     free(text);
-    mj_graph_free(g);
-    mj_module_free(mod);
-    rm_rf(dir);
+    done(g, mod, dir);
 }
 
 /* The CLI: errors, files written, --shared gives a loadable .so
@@ -462,17 +487,14 @@ Test(aot, cli_writes_object_header_and_shared_library) {
     mj_module *mod;
     mj_graph *g = trace_model("mut", 1, &mod);
     mj_tensor *xt, *yt;
-    int64_t shape[2] = {1, 16};
-    OK(mj_tensor_ones(&xt, 2, shape));
+    OK(mj_tensor_ones(&xt, 2, (int64_t[]){1, 16}));
     OK(mj_module_forward(mod, xt, &yt));
     cr_assert(memcmp(y, mj_tensor_data(yt), sizeof y) == 0, "mut.so differs from eager: %g vs %g", (double)y[0],
               (double)mj_tensor_data(yt)[0]);
     dlclose(h);
     mj_tensor_release(xt);
     mj_tensor_release(yt);
-    mj_graph_free(g);
-    mj_module_free(mod);
-    rm_rf(dir);
+    done(g, mod, dir);
 }
 
 /* examples/aot (built by meson: maskjit trace, maskjit aot, cc): its
@@ -495,10 +517,7 @@ Test(aot, example_program_matches_maskjit_run) {
         snprintf(cmd, sizeof cmd, "'%s' run '%s' --mode compiled --input '%s' --out '%s' 2>&1", BIN, trace, in, outp);
         char msg[4096];
         cr_assert_eq(run(cmd, msg, sizeof msg), 0, "%s: %s", cmd, msg);
-        mj_tensor_dict *d;
-        OK(mj_safetensors_load(outp, &d));
-        const mj_tensor *y = mj_tensor_dict_get(d, "output");
-        cr_assert(y);
+        mj_tensor *y = mjt_load_tensor(outp, "output");
         cr_assert_eq(mj_tensor_shape(y)[0], batches[bi]);
         char *p = printed;
         for (int64_t i = 0; i < mj_tensor_numel(y); i++) {
@@ -509,7 +528,7 @@ Test(aot, example_program_matches_maskjit_run) {
                       (long long)batches[bi], (long long)i, (double)v, (double)mj_tensor_data(y)[i]);
             p = end;
         }
-        mj_tensor_dict_free(d);
+        mj_tensor_release(y);
     }
     rm_rf(dir);
 }
@@ -536,38 +555,13 @@ static void write_params(const char *dir, mj_module *mod) {
     mj_tensor_dict_free(sd);
 }
 
-/* y of the JIT, live exact, for the graph g at x. */
-static mj_tensor *jit_live(const mj_graph *g, const mj_tensor *x) {
-    mj_jit *jit;
-    OK(mj_jit_new(&jit));
-    mj_compile_options co;
-    mj_compile_options_init(&co);
-    co.use_cache = false;
-    mj_compiled *c = mjt_compile_with(jit, g, &co);
-    mj_tensor *y;
-    OK(mj_compiled_run(c, x, &y));
-    mj_compiled_free(c);
-    mj_jit_free(jit);
-    return y;
-}
-
-static void compare_live(const char *dir, const mj_graph *g, int64_t in, const char *what) {
-    const int64_t batches[] = {1, 3, 17};
-    for (int bi = 0; bi < 3; bi++) {
-        mj_tensor *x = randn(batches[bi], in, 200 + (uint64_t)bi);
-        mj_tensor *y = jit_live(g, x);
-        size_t n = (size_t)mj_tensor_numel(y);
-        float *got = calloc(n, sizeof *got);
-        char msg[1024];
-        int rc = run_driver(dir, x, got, n, msg, sizeof msg);
-        cr_assert_eq(rc, 0, "%s batch %lld: driver exit %d: %s", what, (long long)batches[bi], rc, msg);
-        for (size_t i = 0; i < n; i++)
-            cr_assert(memcmp(&got[i], &mj_tensor_data(y)[i], 4) == 0, "%s batch %lld: y[%zu] AOT %a, JIT %a", what,
-                      (long long)batches[bi], i, (double)got[i], (double)mj_tensor_data(y)[i]);
-        free(got);
-        mj_tensor_release(x);
-        mj_tensor_release(y);
-    }
+/* The live driver in dir with mod's weights against the JIT live exact
+ * for g, at batches 1, 3 and 17. */
+static void compare_live(const char *dir, mj_module *mod, const mj_graph *g, const char *what) {
+    write_params(dir, mod);
+    jit_ref ref = jit_ref_new(g, false, MJ_NUMERIC_EXACT);
+    compare_batches(dir, ref, in_width(g), 200, what);
+    jit_ref_free(ref);
 }
 
 /* Live: weights and masks bound by name at run time (NAME_bind and
@@ -578,36 +572,26 @@ Test(aot, live_masked_mlp_binds_weights_by_name) {
     const char *spec = "mlp:16,48,8:act=gelu";
     mj_module *m1, *m2;
     mj_graph *g1 = trace_model(spec, 0.5, &m1);
-    char dir[1024];
-    temp_dir(dir, sizeof dir);
-    mj_aot_options o;
-    mj_aot_options_init(&o);
-    o.name = "m";
+    mj_aot_options o = aot_m();
     o.frozen = false;
-    OK(mj_aot_compile(g1, &o, dir));
-    char obj[1100];
+    char dir[1024], obj[1100];
+    aot_build(g1, &o, "-DLIVE", dir, sizeof dir);
     snprintf(obj, sizeof obj, "%s/m.o", dir);
     assert_only_libc(obj);
-    build_driver_opt(dir, "m", "-DLIVE");
-    write_params(dir, m1);
-    compare_live(dir, g1, 16, "live, first weights");
+    compare_live(dir, m1, g1, "live, first weights");
 
     mj_rng rng = mjt_rng(99);
     OK(mj_model_from_spec(spec, &rng, &m2));
     OK(mj_model_apply_masks(m2, NULL, 0.3, &rng));
-    int64_t shape[2] = {3, 16};
     mj_tensor *ex;
-    OK(mj_tensor_ones(&ex, 2, shape));
+    OK(mj_tensor_ones(&ex, 2, (int64_t[]){3, 16}));
     mj_graph *g2;
     OK(mj_trace_module(m2, ex, &g2));
     mj_tensor_release(ex);
-    write_params(dir, m2);
-    compare_live(dir, g2, 16, "live, other weights");
-    mj_graph_free(g1);
+    compare_live(dir, m2, g2, "live, other weights");
     mj_graph_free(g2);
-    mj_module_free(m1);
     mj_module_free(m2);
-    rm_rf(dir);
+    done(g1, m1, dir);
 }
 
 /* Live on an unmasked model (weights packed at run time) and on a
@@ -615,20 +599,13 @@ Test(aot, live_masked_mlp_binds_weights_by_name) {
 Test(aot, live_plain_mlp_on_x86_64_v3) {
     mj_module *m;
     mj_graph *g = trace_model("mlp:24,40,40,6:act=tanh", 1, &m);
-    char dir[1024];
-    temp_dir(dir, sizeof dir);
-    mj_aot_options o;
-    mj_aot_options_init(&o);
-    o.name = "m";
+    mj_aot_options o = aot_m();
     o.frozen = false;
     o.target_cpu = "x86-64-v3";
-    OK(mj_aot_compile(g, &o, dir));
-    build_driver_opt(dir, "m", "-DLIVE");
-    write_params(dir, m);
-    compare_live(dir, g, 24, "live plain");
-    mj_graph_free(g);
-    mj_module_free(m);
-    rm_rf(dir);
+    char dir[1024];
+    aot_build(g, &o, "-DLIVE", dir, sizeof dir);
+    compare_live(dir, m, g, "live plain");
+    done(g, m, dir);
 }
 
 /* Trace files exported from PyTorch models (tools/export_torch.py;
@@ -642,46 +619,28 @@ static void check_fixture(const char *name) {
     OK(mj_graph_load(path, &g));
     mj_tensor_dict *file;
     OK(mj_safetensors_load(path, &file));
-    char dir[1024];
-    temp_dir(dir, sizeof dir);
-    mj_aot_options o;
-    mj_aot_options_init(&o);
-    o.name = "m";
+    mj_aot_options o = aot_m();
     o.description = name;
-    OK(mj_aot_compile(g, &o, dir));
-    build_driver(dir, "m");
-    mj_jit *jit;
-    OK(mj_jit_new(&jit));
-    mj_compile_options co;
-    mj_compile_options_init(&co);
-    co.frozen = true;
-    co.use_cache = false;
-    mj_compiled *c = mjt_compile_with(jit, g, &co);
+    char dir[1024];
+    aot_build(g, &o, "", dir, sizeof dir);
+    jit_ref ref = jit_ref_new(g, true, MJ_NUMERIC_EXACT);
     int checked = 0;
     for (int i = 0; i < mj_tensor_dict_size(file); i++) {
         const char *key = mj_tensor_dict_key(file, i);
         if (strcmp(key, "input") != 0 && strncmp(key, "input.batch", 11) != 0) continue;
         const mj_tensor *x = mj_tensor_dict_value(file, i);
         mj_tensor *y;
-        OK(mj_compiled_run(c, x, &y));
-        size_t n = (size_t)mj_tensor_numel(y);
-        float *got = calloc(n, sizeof *got);
-        char msg[1024];
-        int rc = run_driver(dir, x, got, n, msg, sizeof msg);
-        cr_assert_eq(rc, 0, "%s %s: driver exit %d: %s", name, key, rc, msg);
-        for (size_t k = 0; k < n; k++)
-            cr_assert(memcmp(&got[k], &mj_tensor_data(y)[k], 4) == 0, "%s %s: y[%zu] AOT %a, JIT %a", name, key, k,
-                      (double)got[k], (double)mj_tensor_data(y)[k]);
-        free(got);
+        OK(mj_compiled_run(ref.c, x, &y));
+        char what[512];
+        snprintf(what, sizeof what, "%s %s", name, key);
+        assert_driver_gives(dir, x, y, what);
         mj_tensor_release(y);
         checked++;
     }
     cr_assert_geq(checked, 1, "%s holds no input", name);
-    mj_compiled_free(c);
-    mj_jit_free(jit);
+    jit_ref_free(ref);
     mj_tensor_dict_free(file);
-    mj_graph_free(g);
-    rm_rf(dir);
+    done(g, NULL, dir);
 }
 
 Test(aot, pytorch_exported_traces_match_jit_bit_for_bit) {
@@ -695,49 +654,29 @@ Test(aot, pytorch_exported_traces_match_jit_bit_for_bit) {
 /* A pruned CNN (conv, batch norm, pools, linear: jit/lower_cnn.c) ahead of
  * time, frozen, against the JIT exact frozen at batches 1, 3 and 17. */
 Test(aot, pruned_cnn_matches_jit_bit_for_bit) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 41);
+    mj_rng rng = mjt_rng(41);
     mj_module *cnn = mjc_small_cnn(&rng);
     mj_tensor *ex = mjc_randn(4, (int64_t[]){2, 3, 13, 11}, &rng);
     mj_graph *g = NULL;
     OK(mj_trace_module(cnn, ex, &g));
+    mj_aot_options o = aot_m();
     char dir[1024];
-    temp_dir(dir, sizeof dir);
-    mj_aot_options o;
-    mj_aot_options_init(&o);
-    o.name = "m";
-    o.frozen = true;
-    OK(mj_aot_compile(g, &o, dir));
-    build_driver(dir, "m");
-    mj_jit *jit;
-    OK(mj_jit_new(&jit));
-    mj_compile_options co;
-    mj_compile_options_init(&co);
-    co.frozen = true;
-    co.use_cache = false;
-    mj_compiled *c;
-    OK(mj_jit_compile(jit, g, &co, &c));
+    aot_build(g, &o, "", dir, sizeof dir);
+    jit_ref ref = jit_ref_new(g, true, MJ_NUMERIC_EXACT);
     for (int bi = 0; bi < 3; bi++) {
         int64_t batch = (int64_t[]){1, 3, 17}[bi];
         mj_tensor *x = mjc_randn(4, (int64_t[]){batch, 3, 13, 11}, &rng), *y = NULL, *want = NULL;
-        OK(mj_compiled_run(c, x, &y));
+        OK(mj_compiled_run(ref.c, x, &y));
         OK(mj_module_forward(cnn, x, &want));
         cr_expect(mj_tensor_equal(y, want), "JIT exact frozen vs eager at batch %lld", (long long)batch);
-        size_t n = (size_t)mj_tensor_numel(y);
-        float *got = calloc(n, sizeof *got);
-        char msg[1024];
-        int rc = run_driver(dir, x, got, n, msg, sizeof msg);
-        cr_assert_eq(rc, 0, "batch %lld: driver exit %d: %s", (long long)batch, rc, msg);
-        cr_expect(memcmp(got, mj_tensor_data(y), n * 4) == 0, "AOT vs JIT at batch %lld", (long long)batch);
-        free(got);
+        char what[64];
+        snprintf(what, sizeof what, "batch %lld", (long long)batch);
+        assert_driver_gives(dir, x, y, what);
         mj_tensor_release(x);
         mj_tensor_release(y);
         mj_tensor_release(want);
     }
-    mj_compiled_free(c);
-    mj_jit_free(jit);
-    mj_graph_free(g);
+    jit_ref_free(ref);
     mj_tensor_release(ex);
-    mj_module_free(cnn);
-    rm_rf(dir);
+    done(g, cnn, dir);
 }
