@@ -72,6 +72,47 @@ static void assert_bits_any_nan(const mj_tensor *got, const mj_tensor *want, con
     }
 }
 
+/* What computes an output: a compiled graph, a module's forward or a
+ * graph's interpreter (the first one set). */
+typedef struct runner {
+    mj_compiled *c;
+    mj_module *m;
+    mj_graph *g;
+} runner;
+
+static mj_tensor *run_on(runner r, const mj_tensor *x) {
+    mj_tensor *y = NULL;
+    if (r.c) OK(mj_compiled_run(r.c, x, &y));
+    else if (r.m) OK(mj_module_forward(r.m, x, &y));
+    else OK(mj_graph_run(r.g, x, &y));
+    return y;
+}
+
+/* got and want give the same bits at x. */
+static void assert_same_bits(runner got, runner want, const mj_tensor *x, const char *what) {
+    mj_tensor *a = run_on(got, x), *b = run_on(want, x);
+    assert_bits(a, b, what);
+    mj_tensor_release(a);
+    mj_tensor_release(b);
+}
+
+/* m traced on a randn example of shape s (rank r), which stays in *ex
+ * when ex is not NULL. */
+static mj_graph *trace_randn(mj_module *m, int rank, const int64_t *s, mj_rng *rng, mj_tensor **ex) {
+    mj_tensor *x = randn(rank, s, rng);
+    mj_graph *g = NULL;
+    OK(mj_trace_module(m, x, &g));
+    if (ex) *ex = x;
+    else mj_tensor_release(x);
+    return g;
+}
+
+static void assert_graph_text(const mj_graph *g, const char *want) {
+    char *p = mj_graph_to_string(g);
+    cr_assert_str_eq(p, want);
+    free(p);
+}
+
 /* ---- eager kernels against naive loops (the documented order) ------------- */
 
 static float naive_unary(mj_op op, float x, float p0, float p1) {
@@ -612,21 +653,15 @@ static mj_status scaled_forward(mj_module *self, const mj_tensor *x, mj_tensor *
 Test(graphs_ops, scalars_trace_as_one_element_consts) {
     mj_module *m = NULL;
     OK(mj_module_new(&m, "Scaled", scaled_forward, NULL, NULL));
-    int64_t s[2] = {3, 4};
     mj_rng rng = mjt_rng(13);
-    mj_tensor *x = randn(2, s, &rng);
-    mj_graph *g = NULL;
-    OK(mj_trace_module(m, x, &g));
-    char *p = mj_graph_to_string(g);
-    cr_assert_str_eq(p, "maskjit-ir 1\n"
-                        "%0 = input \"input\" : f32[B,4]\n"
-                        "%1 = const \"const.0\" : f32[1] = [0x1p+3]\n"
-                        "%2 = div %0, %1 : f32[B,4]\n"
-                        "%3 = softmax %2 {dim=-1} : f32[B,4]\n"
-                        "return %3\n");
-    free(p);
+    mj_graph *g = trace_randn(m, 2, (int64_t[]){3, 4}, &rng, NULL);
+    assert_graph_text(g, "maskjit-ir 1\n"
+                         "%0 = input \"input\" : f32[B,4]\n"
+                         "%1 = const \"const.0\" : f32[1] = [0x1p+3]\n"
+                         "%2 = div %0, %1 : f32[B,4]\n"
+                         "%3 = softmax %2 {dim=-1} : f32[B,4]\n"
+                         "return %3\n");
     mj_graph_free(g);
-    mj_tensor_release(x);
     mj_module_free(m);
 }
 
@@ -658,11 +693,7 @@ Test(graphs_ops, modules_mirror_torch_nn) {
     mj_module *children[7] = {fl, ln, lr, dr, si, id, sm};
     mj_module *seq = NULL;
     OK(mj_sequential_new(&seq, 7, children));
-    char *buf = NULL;
-    size_t len = 0;
-    FILE *f = open_memstream(&buf, &len);
-    mj_module_print(f, seq);
-    fclose(f);
+    char *buf = mjt_module_str(seq);
     cr_assert_str_eq(buf, "Sequential(\n"
                           "  (0): Flatten(start_dim=1, end_dim=-1)\n"
                           "  (1): LayerNorm((8,), eps=1e-05, elementwise_affine=True)\n"
@@ -674,29 +705,20 @@ Test(graphs_ops, modules_mirror_torch_nn) {
                           ")\n");
     free(buf);
     /* Flatten is a reshape, Dropout and Identity trace to nothing */
-    int64_t s[3] = {2, 2, 4};
     mj_rng rng = mjt_rng(14);
-    mj_tensor *x = randn(3, s, &rng);
-    mj_graph *g = NULL;
-    OK(mj_trace_module(seq, x, &g));
-    char *p = mj_graph_to_string(g);
-    cr_assert_str_eq(p, "maskjit-ir 1\n"
-                        "%0 = input \"input\" : f32[B,2,4]\n"
-                        "%1 = reshape %0 : f32[B,8]\n"
-                        "%2 = param \"1.weight\" : f32[8]\n"
-                        "%3 = param \"1.bias\" : f32[8]\n"
-                        "%4 = layer_norm %1, %2, %3 {eps=1e-05} : f32[B,8]\n"
-                        "%5 = leaky_relu %4 {slope=0.01} : f32[B,8]\n"
-                        "%6 = silu %5 : f32[B,8]\n"
-                        "%7 = softmax %6 {dim=-1} : f32[B,8]\n"
-                        "return %7\n");
-    free(p);
-    mj_tensor *y = NULL, *yg = NULL;
-    OK(mj_module_forward(seq, x, &y));
-    OK(mj_graph_run(g, x, &yg));
-    assert_bits(yg, y, "traced Sequential");
-    mj_tensor_release(y);
-    mj_tensor_release(yg);
+    mj_tensor *x = NULL, *y = NULL;
+    mj_graph *g = trace_randn(seq, 3, (int64_t[]){2, 2, 4}, &rng, &x);
+    assert_graph_text(g, "maskjit-ir 1\n"
+                         "%0 = input \"input\" : f32[B,2,4]\n"
+                         "%1 = reshape %0 : f32[B,8]\n"
+                         "%2 = param \"1.weight\" : f32[8]\n"
+                         "%3 = param \"1.bias\" : f32[8]\n"
+                         "%4 = layer_norm %1, %2, %3 {eps=1e-05} : f32[B,8]\n"
+                         "%5 = leaky_relu %4 {slope=0.01} : f32[B,8]\n"
+                         "%6 = silu %5 : f32[B,8]\n"
+                         "%7 = softmax %6 {dim=-1} : f32[B,8]\n"
+                         "return %7\n");
+    assert_same_bits((runner){.g = g}, (runner){.m = seq}, x, "traced Sequential");
     mj_graph_free(g);
     /* errors name the values */
     mj_module *bad = NULL;
@@ -821,11 +843,7 @@ static bool uses_sparse_kernel(mj_compiled *c) {
  * 3 and 17: exact bit for bit, fast within tolerance; frozen layers must
  * use the sparse kernel when expect_sparse. */
 static void check_model(mj_module *m, int64_t d, bool expect_sparse, const char *what, mj_rng *rng) {
-    int64_t es[2] = {3, d};
-    mj_tensor *ex = randn(2, es, rng);
-    mj_graph *g = NULL;
-    OK(mj_trace_module(m, ex, &g));
-    mj_tensor_release(ex);
+    mj_graph *g = trace_randn(m, 2, (int64_t[]){3, d}, rng, NULL);
     static const int64_t batches[] = {1, 3, 17};
     for (int mi = 0; mi < 4; mi++) {
         mj_compiled *c = mjt_compile(jit, g, mjt_modes[mi]);
@@ -833,50 +851,46 @@ static void check_model(mj_module *m, int64_t d, bool expect_sparse, const char 
             cr_assert(uses_sparse_kernel(c), "%s (%s): the masked layers do not use the sparse kernel", what,
                       mjt_modes[mi].name);
         for (int bi = 0; bi < 3; bi++) {
-            int64_t s[2] = {batches[bi], d};
-            mj_tensor *x = randn(2, s, rng), *want = NULL, *got = NULL, *interp = NULL;
-            OK(mj_module_forward(m, x, &want));
-            OK(mj_graph_run(g, x, &interp));
-            assert_bits(interp, want, "interpreter vs eager");
-            OK(mj_compiled_run(c, x, &got));
+            mj_tensor *x = randn(2, (int64_t[]){batches[bi], d}, rng);
+            assert_same_bits((runner){.g = g}, (runner){.m = m}, x, "interpreter vs eager");
             char label[128];
             snprintf(label, sizeof label, "%s (%s, batch %lld)", what, mjt_modes[mi].name, (long long)batches[bi]);
             if (mjt_modes[mi].numeric == MJ_NUMERIC_EXACT) {
-                assert_bits(got, want, label);
+                assert_same_bits((runner){.c = c}, (runner){.m = m}, x, label);
             } else {
+                mj_tensor *got = run_on((runner){.c = c}, x), *want = run_on((runner){.m = m}, x);
                 mj_compare cmp = mj_tensor_compare(got, want, 1e-4, 1e-4);
                 char desc[256];
                 mj_compare_describe(&cmp, got, want, desc, sizeof desc);
                 cr_assert(cmp.close, "%s: not close: %s", label, desc);
                 cr_log_info("%s: max abs error %.3g", label, cmp.max_abs);
+                mj_tensor_release(want);
+                mj_tensor_release(got);
             }
             mj_tensor_release(x);
-            mj_tensor_release(want);
-            mj_tensor_release(got);
-            mj_tensor_release(interp);
         }
         mj_compiled_free(c);
     }
     mj_graph_free(g);
 }
 
-Test(graphs_ops, llama_mlp_with_rmsnorm_and_silu_gate_in_every_mode) {
-    mj_rng rng = mjt_rng(20);
-    mj_module *m = llama_mlp(96, 256, 0.2f, &rng);
-    check_model(m, 96, true, "LLaMA MLP", &rng);
-    mj_module_free(m);
-    /* small layers: the fused straight-line kernels */
-    mj_rng_seed(&rng, 21);
-    m = llama_mlp(16, 40, 0.5f, &rng);
-    check_model(m, 16, false, "small LLaMA MLP", &rng);
+/* check_model on make(d, hidden, density) built from the seed. */
+static void check_built_model(mj_module *(*make)(int64_t, int64_t, float, mj_rng *), int64_t d, int64_t hidden,
+                              float density, uint64_t seed, bool expect_sparse, const char *what) {
+    mj_rng rng = mjt_rng(seed);
+    mj_module *m = make(d, hidden, density, &rng);
+    check_model(m, d, expect_sparse, what, &rng);
     mj_module_free(m);
 }
 
+Test(graphs_ops, llama_mlp_with_rmsnorm_and_silu_gate_in_every_mode) {
+    check_built_model(llama_mlp, 96, 256, 0.2f, 20, true, "LLaMA MLP");
+    /* small layers: the fused straight-line kernels */
+    check_built_model(llama_mlp, 16, 40, 0.5f, 21, false, "small LLaMA MLP");
+}
+
 Test(graphs_ops, residual_mlp_with_layer_norm_in_every_mode) {
-    mj_rng rng = mjt_rng(22);
-    mj_module *m = residual_mlp(80, 200, 0.25f, &rng);
-    check_model(m, 80, true, "residual MLP", &rng);
-    mj_module_free(m);
+    check_built_model(residual_mlp, 80, 200, 0.25f, 22, true, "residual MLP");
 }
 
 /* A parameter changed after compiling shows up in live mode (layer_norm's
@@ -885,21 +899,14 @@ Test(graphs_ops, live_mode_sees_new_layer_norm_weights) {
     mj_rng rng = mjt_rng(23);
     mj_module *ln = NULL;
     OK(mj_layer_norm_new(&ln, 12, 1e-5f, true, true));
-    int64_t s[2] = {5, 12};
-    mj_tensor *x = randn(2, s, &rng);
-    mj_graph *g = NULL;
-    OK(mj_trace_module(ln, x, &g));
+    mj_tensor *x = NULL;
+    mj_graph *g = trace_randn(ln, 2, (int64_t[]){5, 12}, &rng, &x);
     mj_compiled *c = mjt_compile(jit, g, mjt_modes[0]);
     mj_tensor *w = NULL;
     OK(mj_module_get(ln, "weight", &w));
     mj_tensor_data_mut(w)[3] = 2.5f;
     mj_tensor_release(w);
-    mj_tensor *want = NULL, *got = NULL;
-    OK(mj_module_forward(ln, x, &want));
-    OK(mj_compiled_run(c, x, &got));
-    assert_bits(got, want, "live layer_norm after a weight change");
-    mj_tensor_release(want);
-    mj_tensor_release(got);
+    assert_same_bits((runner){.c = c}, (runner){.m = ln}, x, "live layer_norm after a weight change");
     mj_tensor_release(x);
     mj_compiled_free(c);
     mj_graph_free(g);
@@ -910,16 +917,12 @@ Test(graphs_ops, silu_models_from_specs_fuse_into_linear_act) {
     mj_rng rng = mjt_rng(24);
     mj_module *m = NULL;
     OK(mj_model_from_spec("mlp:12,100,12:act=silu", &rng, &m));
-    int64_t s[2] = {2, 12};
-    mj_tensor *x = randn(2, s, &rng);
-    mj_graph *g = NULL;
-    OK(mj_trace_module(m, x, &g));
+    mj_graph *g = trace_randn(m, 2, (int64_t[]){2, 12}, &rng, NULL);
     OK(mj_graph_optimize(g, "default"));
     char *p = mj_graph_to_string(g);
     cr_assert(strstr(p, "{act=silu}"), "%s", p);
     free(p);
     mj_graph_free(g);
-    mj_tensor_release(x);
     check_model(m, 12, false, "mlp act=silu", &rng);
     mj_module_free(m);
     FAILS(mj_model_from_spec("mlp:4,4:act=swish", &rng, &m), MJ_ERR_FORMAT, "tanh, silu or none");
@@ -953,14 +956,9 @@ Test(graphs_ops, passes_know_the_attributes) {
                         "%5 = add %3, %3 : f32[B,6]\n"),
               "%s", p);
     free(p);
-    int64_t s[2] = {5, 6};
-    mj_tensor *in = randn(2, s, &rng), *want = NULL, *got = NULL;
-    OK(mj_graph_run(orig, in, &want));
-    OK(mj_graph_run(g, in, &got));
-    assert_bits(got, want, "optimised graph");
+    mj_tensor *in = randn(2, (int64_t[]){5, 6}, &rng);
+    assert_same_bits((runner){.g = g}, (runner){.g = orig}, in, "optimised graph");
     mj_tensor_release(in);
-    mj_tensor_release(want);
-    mj_tensor_release(got);
     mj_graph_free(orig);
     mj_graph_free(g);
 }
@@ -971,25 +969,16 @@ Test(graphs_ops, passes_know_the_attributes) {
 Test(graphs_ops, threads_keep_the_bits) {
     mj_rng rng = mjt_rng(26);
     mj_module *m = llama_mlp(256, 1024, 0.6f, &rng);
-    int64_t es[2] = {3, 256};
-    mj_tensor *ex = randn(2, es, &rng);
-    mj_graph *g = NULL;
-    OK(mj_trace_module(m, ex, &g));
-    mj_tensor_release(ex);
+    mj_graph *g = trace_randn(m, 2, (int64_t[]){3, 256}, &rng, NULL);
     mj_compile_options o;
     mj_compile_options_init(&o);
     o.threads = 2;
     mj_compiled *c = mjt_compile_with(jit, g, &o);
     static const int64_t batches[] = {1, 3, 64};
     for (int bi = 0; bi < 3; bi++) {
-        int64_t s[2] = {batches[bi], 256};
-        mj_tensor *x = randn(2, s, &rng), *want = NULL, *got = NULL;
-        OK(mj_module_forward(m, x, &want));
-        OK(mj_compiled_run(c, x, &got));
-        assert_bits(got, want, "LLaMA MLP on 2 threads");
+        mj_tensor *x = randn(2, (int64_t[]){batches[bi], 256}, &rng);
+        assert_same_bits((runner){.c = c}, (runner){.m = m}, x, "LLaMA MLP on 2 threads");
         mj_tensor_release(x);
-        mj_tensor_release(want);
-        mj_tensor_release(got);
     }
     mj_compiled_free(c);
     /* a softmax over the batch dim: rows meet, so they stay on one thread */
@@ -999,14 +988,9 @@ Test(graphs_ops, threads_keep_the_bits) {
     mj_attrs a = attrs_of(MJ_OP_SOFTMAX, 0, false, 0, 0);
     OK(mj_graph_add_output(g2, node(g2, MJ_OP_SOFTMAX, 1, node(g2, MJ_OP_LINEAR, 2, x, w, -1, NULL), -1, -1, &a)));
     OK(mj_jit_compile(jit, g2, &o, &c));
-    int64_t s[2] = {40, 700};
-    mj_tensor *xin = randn(2, s, &rng), *want = NULL, *got = NULL;
-    OK(mj_graph_run(g2, xin, &want));
-    OK(mj_compiled_run(c, xin, &got));
-    assert_bits(got, want, "softmax over the batch on 2 threads");
+    mj_tensor *xin = randn(2, (int64_t[]){40, 700}, &rng);
+    assert_same_bits((runner){.c = c}, (runner){.g = g2}, xin, "softmax over the batch on 2 threads");
     mj_tensor_release(xin);
-    mj_tensor_release(want);
-    mj_tensor_release(got);
     mj_compiled_free(c);
     mj_graph_free(g2);
     mj_graph_free(g);
