@@ -27,25 +27,28 @@ static const char *const BIN = MJ_BUILD_ROOT "/maskjit";
 
 /* ---- helpers ---------------------------------------------------------------- */
 
-/* A fresh directory for one test; removed by rm_dir. */
-static char *make_dir(void) {
-    char *d = malloc(64);
-    snprintf(d, 64, "/tmp/mj-files-XXXXXX");
-    cr_assert_not_null(mkdtemp(d), "mkdtemp: %s", strerror(errno));
-    return d;
+/* Each test's scratch directory (the suite's init makes it, its fini
+ * removes it) and the paths in it that at() handed out (the fini frees them). */
+static char *dir;
+static char *paths[16];
+static int n_paths;
+
+static void make_dir(void) { dir = mjt_temp_dir("mj-files"); }
+
+static void rm_dir(void) {
+    mjt_rm_rf(dir);
+    free(dir);
+    while (n_paths > 0) free(paths[--n_paths]);
 }
 
-static void rm_dir(char *d) {
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", d);
-    cr_assert_eq(system(cmd), 0);
-    free(d);
-}
+TestSuite(files, .init = make_dir, .fini = rm_dir);
 
-static char *join(const char *dir, const char *name) {
+/* dir/name */
+static char *at(const char *name) {
+    cr_assert_lt(n_paths, 16);
     char *p = malloc(strlen(dir) + strlen(name) + 2);
     sprintf(p, "%s/%s", dir, name);
-    return p;
+    return paths[n_paths++] = p;
 }
 
 /* Runs a shell command line; returns its exit status, its stdout in *out
@@ -107,19 +110,39 @@ static mode_t mode_of(const char *path) {
     return st.st_mode & 07777;
 }
 
+/* path itself (not what it links to) is of the kind S_IFLNK, S_IFREG, ... */
+static void assert_kind(const char *path, mode_t kind) {
+    struct stat st;
+    cr_assert_eq(lstat(path, &st), 0, "lstat %s: %s", path, strerror(errno));
+    cr_assert_eq(st.st_mode & S_IFMT, kind, "%s is of the kind %o, not %o (it was replaced)", path,
+                 (unsigned)(st.st_mode & S_IFMT), (unsigned)kind);
+}
+
+/* `maskjit ARGS` exits with rc and, when needle is not NULL, says needle. */
+static void cli_expect(int rc, const char *needle, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void cli_expect(int rc, const char *needle, const char *fmt, ...) {
+    char args[3000], *out;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(args, sizeof args, fmt, ap);
+    va_end(ap);
+    int got = cli(&out, "%s", args);
+    cr_assert_eq(got, rc, "maskjit %s -> %d: %s", args, got, out);
+    if (needle) cr_assert(strstr(out, needle), "maskjit %s: %s", args, out);
+    free(out);
+}
+
 /* ---- symlinks ------------------------------------------------------------- */
 
 /* The link stays a link to the same name; the target gets the new content. */
 Test(files, out_through_a_symlink_replaces_the_target, .timeout = 60) {
-    char *dir = make_dir(), *target = join(dir, "target.safetensors"),
-         *link = join(dir, "link.safetensors");
+    char *target = at("target.safetensors"),
+         *link = at("link.safetensors");
     mj_tensor_dict *a = dict_of(4, 1.0f), *b = dict_of(4, 100.0f);
     OK(mj_safetensors_save(target, a));
     cr_assert_eq(symlink("target.safetensors", link), 0);
     OK(mj_safetensors_save(link, b));
-    struct stat st;
-    cr_assert_eq(lstat(link, &st), 0);
-    cr_assert(S_ISLNK(st.st_mode), "the symlink was replaced by a regular file");
+    assert_kind(link, S_IFLNK);
     char buf[256];
     ssize_t n = readlink(link, buf, sizeof buf - 1);
     cr_assert_gt(n, 0);
@@ -129,94 +152,71 @@ Test(files, out_through_a_symlink_replaces_the_target, .timeout = 60) {
     cr_assert_eq(count_tmp(dir), 0);
 
     /* The CLI's --out and -o go the same way. */
-    char *out;
-    cr_assert_eq(cli(&out, "run mlp:4,3 --out %s", link), 0, "%s", out);
-    free(out);
-    cr_assert_eq(lstat(link, &st), 0);
-    cr_assert(S_ISLNK(st.st_mode));
+    cli_expect(0, NULL, "run mlp:4,3 --out %s", link);
+    assert_kind(link, S_IFLNK);
     mj_tensor_dict *d;
     OK(mj_safetensors_load(target, &d));
     cr_assert_not_null(mj_tensor_dict_get(d, "output"));
     mj_tensor_dict_free(d);
-    cr_assert_eq(cli(&out, "trace mlp:4,3 -o %s", link), 0, "%s", out);
-    free(out);
-    cr_assert_eq(lstat(link, &st), 0);
-    cr_assert(S_ISLNK(st.st_mode));
+    cli_expect(0, NULL, "trace mlp:4,3 -o %s", link);
+    assert_kind(link, S_IFLNK);
     mj_graph *g;
     OK(mj_graph_load(target, &g));
     mj_graph_free(g);
 
     /* A link whose target does not exist yet: the target is created. */
-    char *sub = join(dir, "sub"), *dangling = join(dir, "dangling"),
-         *made = join(dir, "sub/made.safetensors");
+    char *sub = at("sub"), *dangling = at("dangling"),
+         *made = at("sub/made.safetensors");
     cr_assert_eq(mkdir(sub, 0755), 0);
     cr_assert_eq(symlink("sub/made.safetensors", dangling), 0);
     OK(mj_safetensors_save(dangling, a));
-    cr_assert_eq(lstat(dangling, &st), 0);
-    cr_assert(S_ISLNK(st.st_mode));
+    assert_kind(dangling, S_IFLNK);
     cr_assert(file_holds(made, a));
     cr_assert_eq(count_tmp(dir), 0);
     cr_assert_eq(count_tmp(sub), 0);
 
     /* A chain of links, the last one absolute. */
-    char *l2 = join(dir, "l2"), *l3 = join(dir, "l3");
+    char *l2 = at("l2"), *l3 = at("l3");
     cr_assert_eq(symlink(target, l2), 0);
     cr_assert_eq(symlink("l2", l3), 0);
     OK(mj_safetensors_save(l3, a));
     cr_assert(file_holds(target, a));
-    cr_assert_eq(lstat(l2, &st), 0);
-    cr_assert(S_ISLNK(st.st_mode));
-    cr_assert_eq(lstat(l3, &st), 0);
-    cr_assert(S_ISLNK(st.st_mode));
+    assert_kind(l2, S_IFLNK);
+    assert_kind(l3, S_IFLNK);
 
     /* A loop is an error that names the path, and changes nothing. */
-    char *loop1 = join(dir, "loop1"), *loop2 = join(dir, "loop2");
+    char *loop1 = at("loop1"), *loop2 = at("loop2");
     cr_assert_eq(symlink("loop2", loop1), 0);
     cr_assert_eq(symlink("loop1", loop2), 0);
     FAILS(mj_safetensors_save(loop1, a), MJ_ERR_IO, loop1);
-    cr_assert_eq(lstat(loop1, &st), 0);
-    cr_assert(S_ISLNK(st.st_mode));
+    assert_kind(loop1, S_IFLNK);
     cr_assert_eq(count_tmp(dir), 0);
 
-    free(loop1), free(loop2), free(l2), free(l3), free(sub), free(dangling), free(made);
     mj_tensor_dict_free(a);
     mj_tensor_dict_free(b);
-    free(target);
-    free(link);
-    rm_dir(dir);
 }
 
 /* ---- FIFOs, devices, sockets, directories ------------------------------------ */
 
 /* No reader: an error at once (O_NONBLOCK open), never a hang; the FIFO stays. */
 Test(files, out_to_a_fifo_without_reader_fails_promptly, .timeout = 30) {
-    char *dir = make_dir(), *fifo = join(dir, "pipe");
+    char *fifo = at("pipe");
     cr_assert_eq(mkfifo(fifo, 0644), 0);
     mj_tensor_dict *a = dict_of(4, 1.0f);
     FAILS(mj_safetensors_save(fifo, a), MJ_ERR_IO, "no reader");
     cr_assert(strstr(mj_last_error(), fifo), "%s", mj_last_error());
-    struct stat st;
-    cr_assert_eq(lstat(fifo, &st), 0);
-    cr_assert(S_ISFIFO(st.st_mode), "the FIFO was replaced");
+    assert_kind(fifo, S_IFIFO);
     cr_assert_eq(count_tmp(dir), 0);
 
-    char *out;
-    cr_assert_eq(cli(&out, "run mlp:4,3 --out %s", fifo), 1, "%s", out);
-    cr_assert(strstr(out, "no reader"), "%s", out);
-    free(out);
-    cr_assert_eq(cli(&out, "trace mlp:4,3 -o %s", fifo), 1, "%s", out);
-    cr_assert(strstr(out, "no reader"), "%s", out);
-    free(out);
-    cr_assert_eq(lstat(fifo, &st), 0);
-    cr_assert(S_ISFIFO(st.st_mode));
+    cli_expect(1, "no reader", "run mlp:4,3 --out %s", fifo);
+    cli_expect(1, "no reader", "trace mlp:4,3 -o %s", fifo);
+    assert_kind(fifo, S_IFIFO);
     mj_tensor_dict_free(a);
-    free(fifo);
-    rm_dir(dir);
 }
 
 /* With a reader, the bytes go through the FIFO and parse back. */
 Test(files, out_to_a_fifo_with_reader_writes_through, .timeout = 30) {
-    char *dir = make_dir(), *fifo = join(dir, "pipe");
+    char *fifo = at("pipe");
     cr_assert_eq(mkfifo(fifo, 0600), 0);
     int rfd = open(fifo, O_RDONLY | O_NONBLOCK);
     cr_assert_geq(rfd, 0);
@@ -230,13 +230,9 @@ Test(files, out_to_a_fifo_with_reader_writes_through, .timeout = 30) {
     OK(mj_safetensors_parse(buf, (size_t)n, &back));
     cr_assert(mj_tensor_equal(mj_tensor_dict_get(back, "w"), mj_tensor_dict_get(a, "w")));
     mj_tensor_dict_free(back);
-    struct stat st;
-    cr_assert_eq(lstat(fifo, &st), 0);
-    cr_assert(S_ISFIFO(st.st_mode));
+    assert_kind(fifo, S_IFIFO);
     cr_assert_eq(count_tmp(dir), 0);
     mj_tensor_dict_free(a);
-    free(fifo);
-    rm_dir(dir);
 }
 
 static void *close_later(void *arg) {
@@ -248,7 +244,7 @@ static void *close_later(void *arg) {
 /* A reader that goes away mid-write: an error, not a SIGPIPE that kills the
  * process (the test runs in its own process: a signal would show as a crash). */
 Test(files, out_to_a_fifo_whose_reader_leaves, .timeout = 30) {
-    char *dir = make_dir(), *fifo = join(dir, "pipe");
+    char *fifo = at("pipe");
     cr_assert_eq(mkfifo(fifo, 0600), 0);
     int rfd = open(fifo, O_RDONLY | O_NONBLOCK);
     cr_assert_geq(rfd, 0);
@@ -257,12 +253,8 @@ Test(files, out_to_a_fifo_whose_reader_leaves, .timeout = 30) {
     cr_assert_eq(pthread_create(&th, NULL, close_later, &rfd), 0);
     FAILS(mj_safetensors_save(fifo, big), MJ_ERR_IO, "reader went away");
     pthread_join(th, NULL);
-    struct stat st;
-    cr_assert_eq(lstat(fifo, &st), 0);
-    cr_assert(S_ISFIFO(st.st_mode));
+    assert_kind(fifo, S_IFIFO);
     mj_tensor_dict_free(big);
-    free(fifo);
-    rm_dir(dir);
 }
 
 /* --out /dev/stdout: the safetensors bytes on stdout, whether stdout is a
@@ -270,7 +262,7 @@ Test(files, out_to_a_fifo_whose_reader_leaves, .timeout = 30) {
  * uses its own link to /proc/self/fd/1 (what /dev/stdout is), so a broken
  * save can only replace that link, never the system's /dev/stdout. */
 Test(files, out_to_dev_stdout, .timeout = 60) {
-    char *dir = make_dir(), *stdout_link = join(dir, "stdout");
+    char *stdout_link = at("stdout");
     cr_assert_eq(symlink("/proc/self/fd/1", stdout_link), 0);
     char *out;
     size_t len;
@@ -294,11 +286,9 @@ Test(files, out_to_dev_stdout, .timeout = 60) {
     }
     cr_assert(mj_tensor_equal(mj_tensor_dict_get(piped, "output"), want));
     mj_tensor_dict_free(piped);
-    struct stat st;
-    cr_assert_eq(lstat(stdout_link, &st), 0);
-    cr_assert(S_ISLNK(st.st_mode));
+    assert_kind(stdout_link, S_IFLNK);
 
-    char *file = join(dir, "stdout.safetensors");
+    char *file = at("stdout.safetensors");
     cr_assert_eq(sh(NULL, NULL, "NO_COLOR=1 %s run mlp:4,3 --seed 2 --out %s > %s", BIN, stdout_link,
                     file),
                  0);
@@ -306,61 +296,44 @@ Test(files, out_to_dev_stdout, .timeout = 60) {
     OK(mj_safetensors_load(file, &d));
     cr_assert(mj_tensor_equal(mj_tensor_dict_get(d, "output"), want));
     mj_tensor_dict_free(d);
-    cr_assert_eq(lstat(stdout_link, &st), 0);
-    cr_assert(S_ISLNK(st.st_mode));
+    assert_kind(stdout_link, S_IFLNK);
     cr_assert_eq(count_tmp(dir), 0);
     mj_tensor_release(want);
-    free(file);
-    free(stdout_link);
-    rm_dir(dir);
 }
 
 /* A character device is written through and stays a device. Uses a null
  * device made in a temporary directory (root only), never the real /dev/null. */
 Test(files, out_to_a_char_device_writes_through, .timeout = 60) {
-    char *dir = make_dir(), *null = join(dir, "null");
+    char *null = at("null");
     if (mknod(null, S_IFCHR | 0666, makedev(1, 3)) != 0) {
         cr_log_warn("mknod: %s; skipping the device part", strerror(errno));
-        free(null);
-        rm_dir(dir);
         return;
     }
     mj_tensor_dict *a = dict_of(4, 1.0f);
     OK(mj_safetensors_save(null, a));
+    assert_kind(null, S_IFCHR);
     struct stat st;
     cr_assert_eq(lstat(null, &st), 0);
-    cr_assert(S_ISCHR(st.st_mode), "the device was replaced by a regular file");
     cr_assert_eq(st.st_rdev, makedev(1, 3));
-    char *out;
-    cr_assert_eq(cli(&out, "run mlp:4,3 --out %s", null), 0, "%s", out);
-    free(out);
-    cr_assert_eq(cli(&out, "trace mlp:4,3 -o %s", null), 0, "%s", out);
-    free(out);
+    cli_expect(0, NULL, "run mlp:4,3 --out %s", null);
+    cli_expect(0, NULL, "trace mlp:4,3 -o %s", null);
     /* and through a symlink to it */
-    char *link = join(dir, "nul-link");
+    char *link = at("nul-link");
     cr_assert_eq(symlink(null, link), 0);
-    cr_assert_eq(cli(&out, "run mlp:4,3 --out %s", link), 0, "%s", out);
-    free(out);
-    cr_assert_eq(lstat(null, &st), 0);
-    cr_assert(S_ISCHR(st.st_mode));
-    cr_assert_eq(lstat(link, &st), 0);
-    cr_assert(S_ISLNK(st.st_mode));
+    cli_expect(0, NULL, "run mlp:4,3 --out %s", link);
+    assert_kind(null, S_IFCHR);
+    assert_kind(link, S_IFLNK);
     cr_assert_eq(count_tmp(dir), 0);
     mj_tensor_dict_free(a);
-    free(link);
-    free(null);
-    rm_dir(dir);
 }
 
 Test(files, out_to_a_directory_or_socket_is_refused, .timeout = 30) {
-    char *dir = make_dir(), *sub = join(dir, "sub"), *sock = join(dir, "sock");
+    char *sub = at("sub"), *sock = at("sock");
     cr_assert_eq(mkdir(sub, 0755), 0);
     mj_tensor_dict *a = dict_of(4, 1.0f);
     FAILS(mj_safetensors_save(sub, a), MJ_ERR_IO, "is a directory");
     cr_assert(strstr(mj_last_error(), sub), "%s", mj_last_error());
-    struct stat st;
-    cr_assert_eq(lstat(sub, &st), 0);
-    cr_assert(S_ISDIR(st.st_mode));
+    assert_kind(sub, S_IFDIR);
 
     int fd = socket(AF_UNIX, SOCK_STREAM, 0);
     cr_assert_geq(fd, 0);
@@ -368,26 +341,19 @@ Test(files, out_to_a_directory_or_socket_is_refused, .timeout = 30) {
     snprintf(addr.sun_path, sizeof addr.sun_path, "%s", sock);
     cr_assert_eq(bind(fd, (struct sockaddr *)&addr, sizeof addr), 0, "%s", strerror(errno));
     FAILS(mj_safetensors_save(sock, a), MJ_ERR_IO, "socket");
-    cr_assert_eq(lstat(sock, &st), 0);
-    cr_assert(S_ISSOCK(st.st_mode), "the socket was replaced");
+    assert_kind(sock, S_IFSOCK);
     close(fd);
 
-    char *out;
-    cr_assert_eq(cli(&out, "run mlp:4,3 --out %s", sub), 1, "%s", out);
-    cr_assert(strstr(out, "is a directory"), "%s", out);
-    free(out);
+    cli_expect(1, "is a directory", "run mlp:4,3 --out %s", sub);
     cr_assert_eq(count_tmp(dir), 0);
     cr_assert_eq(count_tmp(sub), 0);
     mj_tensor_dict_free(a);
-    free(sub);
-    free(sock);
-    rm_dir(dir);
 }
 
 /* ---- file modes ------------------------------------------------------------ */
 
 Test(files, replaced_file_keeps_its_mode, .timeout = 60) {
-    char *dir = make_dir(), *path = join(dir, "m.safetensors");
+    char *path = at("m.safetensors");
     mj_tensor_dict *a = dict_of(4, 1.0f), *b = dict_of(4, 2.0f);
     const mode_t modes[] = {0600, 0640, 0604, 0755};
     for (int i = 0; i < 4; i++) {
@@ -409,38 +375,31 @@ Test(files, replaced_file_keeps_its_mode, .timeout = 60) {
     }
     /* the CLI too */
     cr_assert_eq(chmod(path, 0600), 0);
-    char *out;
-    cr_assert_eq(cli(&out, "run mlp:4,3 --out %s", path), 0, "%s", out);
-    free(out);
+    cli_expect(0, NULL, "run mlp:4,3 --out %s", path);
     cr_assert_eq(mode_of(path), 0600);
-    cr_assert_eq(cli(&out, "trace mlp:4,3 -o %s", path), 0, "%s", out);
-    free(out);
+    cli_expect(0, NULL, "trace mlp:4,3 -o %s", path);
     cr_assert_eq(mode_of(path), 0600);
     mj_tensor_dict_free(a);
     mj_tensor_dict_free(b);
-    free(path);
-    rm_dir(dir);
 }
 
 /* A new file gets 0666 & ~umask, like any file a program creates. */
 Test(files, new_file_follows_the_umask, .timeout = 60) {
-    char *dir = make_dir();
     mj_tensor_dict *a = dict_of(4, 1.0f);
     const mode_t masks[] = {077, 022, 027, 002};
     mode_t old = umask(022);
     for (int i = 0; i < 4; i++) {
         char name[32];
         snprintf(name, sizeof name, "new%d.safetensors", i);
-        char *path = join(dir, name);
+        char *path = at(name);
         umask(masks[i]);
         OK(mj_safetensors_save(path, a));
         umask(022);
         cr_assert_eq(mode_of(path), 0666 & ~masks[i], "umask %03o: mode %o", (unsigned)masks[i],
                      (unsigned)mode_of(path));
-        free(path);
     }
     umask(old);
-    char *out, *t = join(dir, "trace.safetensors"), *r = join(dir, "run.safetensors");
+    char *out, *t = at("trace.safetensors"), *r = at("run.safetensors");
     cr_assert_eq(sh(&out, NULL, "umask 077 && %s trace mlp:4,3 -o %s 2>&1", BIN, t), 0, "%s", out);
     free(out);
     cr_assert_eq(mode_of(t), 0600);
@@ -448,9 +407,6 @@ Test(files, new_file_follows_the_umask, .timeout = 60) {
     free(out);
     cr_assert_eq(mode_of(r), 0644);
     mj_tensor_dict_free(a);
-    free(t);
-    free(r);
-    rm_dir(dir);
 }
 
 /* ---- numeric flags ----------------------------------------------------------- */
@@ -472,9 +428,7 @@ Test(files, threads_out_of_range_is_a_usage_error, .timeout = 120) {
         expect_usage("--threads", "run mlp:4,3 --mode compiled %s '%s'", bad[i]);
     }
     expect_usage("--threads", "run mlp:4,3 --mode compiled %s=%s", "4294967297");
-    char *out;
-    cr_assert_eq(cli(&out, "run mlp:4,3 --mode compiled --threads 2"), 0, "%s", out);
-    free(out);
+    cli_expect(0, NULL, "run mlp:4,3 --mode compiled --threads 2");
 }
 
 Test(files, every_numeric_flag_has_limits, .timeout = 300) {
@@ -501,12 +455,8 @@ Test(files, every_numeric_flag_has_limits, .timeout = 300) {
         expect_usage("--atol", "check mlp:4,3 %s '%s'", tols[i]);
     }
     /* the largest accepted values still work */
-    char *out;
-    cr_assert_eq(cli(&out, "run mlp:4,3 --seed 9223372036854775807 --batch 2"), 0, "%s", out);
-    free(out);
-    cr_assert_eq(cli(&out, "check mlp:4,3 --inputs 2 --rtol 0.5 --atol 1e-3 --batch 5"), 0, "%s",
-                 out);
-    free(out);
+    cli_expect(0, NULL, "run mlp:4,3 --seed 9223372036854775807 --batch 2");
+    cli_expect(0, NULL, "check mlp:4,3 --inputs 2 --rtol 0.5 --atol 1e-3 --batch 5");
 }
 
 /* ---- mask keys ----------------------------------------------------------------- */
@@ -558,22 +508,20 @@ static void assert_output(const char *path, const float want[6]) {
 
 /* A bias mask in a weights file is applied in every CLI mode. */
 Test(files, bias_mask_is_applied_by_the_cli, .timeout = 120) {
-    char *dir = make_dir(), *wf = join(dir, "w.safetensors"), *in = join(dir, "in.safetensors"),
-         *out_path = join(dir, "out.safetensors"), *wf2 = join(dir, "w2.safetensors");
+    char *wf = at("w.safetensors"), *in = at("in.safetensors"),
+         *out_path = at("out.safetensors"), *wf2 = at("w2.safetensors");
+    const char *files[] = {wf, wf2};
+    /* the bias under its plain key, then under its parametrized key */
+    const char *bias_keys[] = {"0.bias", "0.parametrizations.bias.original"};
     mj_tensor_dict *d;
-    OK(mj_tensor_dict_new(&d));
-    put(d, "0.weight", mat(3, 4, W));
-    put(d, "0.bias", vec(3, B));
-    put(d, "0.parametrizations.bias.0.mask", vec(3, BMASK));
-    OK(mj_safetensors_save(wf, d));
-    mj_tensor_dict_free(d);
-    /* the same with the bias under its parametrized key */
-    OK(mj_tensor_dict_new(&d));
-    put(d, "0.weight", mat(3, 4, W));
-    put(d, "0.parametrizations.bias.original", vec(3, B));
-    put(d, "0.parametrizations.bias.0.mask", vec(3, BMASK));
-    OK(mj_safetensors_save(wf2, d));
-    mj_tensor_dict_free(d);
+    for (int f = 0; f < 2; f++) {
+        OK(mj_tensor_dict_new(&d));
+        put(d, "0.weight", mat(3, 4, W));
+        put(d, bias_keys[f], vec(3, B));
+        put(d, "0.parametrizations.bias.0.mask", vec(3, BMASK));
+        OK(mj_safetensors_save(files[f], d));
+        mj_tensor_dict_free(d);
+    }
     OK(mj_tensor_dict_new(&d));
     put(d, "input", mat(2, 4, X));
     OK(mj_safetensors_save(in, d));
@@ -582,7 +530,6 @@ Test(files, bias_mask_is_applied_by_the_cli, .timeout = 120) {
     float want[6];
     naive(NULL, BMASK, want);
     const char *modes[] = {"eager", "traced", "compiled", "compiled --frozen", "compiled --fast"};
-    const char *files[] = {wf, wf2};
     for (int f = 0; f < 2; f++)
         for (int i = 0; i < 5; i++) {
             char *out;
@@ -592,11 +539,7 @@ Test(files, bias_mask_is_applied_by_the_cli, .timeout = 120) {
             free(out);
             assert_output(out_path, want);
         }
-    char *out;
-    cr_assert_eq(cli(&out, "check mlp:4,3:act=none --weights %s --input %s", wf, in), 0, "%s", out);
-    free(out);
-    free(wf), free(wf2), free(in), free(out_path);
-    rm_dir(dir);
+    cli_expect(0, NULL, "check mlp:4,3:act=none --weights %s --input %s", wf, in);
 }
 
 /* Library: a bias mask registers FakeSparsity on the bias; eager, traced,
@@ -625,34 +568,33 @@ Test(files, bias_mask_in_live_and_frozen_modes, .timeout = 120) {
 
     float want[6];
     naive(WMASK, BMASK, want);
-    mj_tensor *x = mat(2, 4, X), *wt = mat(2, 3, want), *y;
-    OK(mj_module_forward(m, x, &y));
-    cr_assert(mj_tensor_equal(y, wt), "eager");
-    mj_tensor_release(y);
+    mj_tensor *x = mat(2, 4, X), *wt = mat(2, 3, want);
+/* call, which sets y_, gives exactly want */
+#define GIVES(call, want, what)                                                                                        \
+    do {                                                                                                               \
+        mj_tensor *y_ = NULL;                                                                                          \
+        OK(call);                                                                                                      \
+        cr_assert(mj_tensor_equal(y_, want), what);                                                                    \
+        mj_tensor_release(y_);                                                                                         \
+    } while (0)
+    GIVES(mj_module_forward(m, x, &y_), wt, "eager");
     mj_graph *g;
     mj_tensor *ex;
     OK(mj_tensor_ones(&ex, 2, (int64_t[]){3, 4}));
     OK(mj_trace_module(m, ex, &g));
     mj_tensor_release(ex);
-    OK(mj_graph_run(g, x, &y));
-    cr_assert(mj_tensor_equal(y, wt), "traced");
-    mj_tensor_release(y);
+    GIVES(mj_graph_run(g, x, &y_), wt, "traced");
     mj_jit *jit;
     OK(mj_jit_new(&jit));
-    mj_compiled *live, *frozen;
     mj_compile_options o;
     mj_compile_options_init(&o);
     o.use_cache = false;
     o.threads = 1;
-    OK(mj_jit_compile(jit, g, &o, &live));
+    mj_compiled *live = mjt_compile_with(jit, g, &o);
     o.frozen = true;
-    OK(mj_jit_compile(jit, g, &o, &frozen));
-    OK(mj_compiled_run(live, x, &y));
-    cr_assert(mj_tensor_equal(y, wt), "compiled live");
-    mj_tensor_release(y);
-    OK(mj_compiled_run(frozen, x, &y));
-    cr_assert(mj_tensor_equal(y, wt), "compiled frozen");
-    mj_tensor_release(y);
+    mj_compiled *frozen = mjt_compile_with(jit, g, &o);
+    GIVES(mj_compiled_run(live, x, &y_), wt, "compiled live");
+    GIVES(mj_compiled_run(frozen, x, &y_), wt, "compiled frozen");
 
     /* Live mode follows a new bias mask; frozen keeps the old numbers. */
     mj_parametrization *bp = mj_module_parametrization(lin, "bias", 0);
@@ -663,15 +605,10 @@ Test(files, bias_mask_in_live_and_frozen_modes, .timeout = 120) {
     float want2[6];
     naive(WMASK, BMASK2, want2);
     mj_tensor *wt2 = mat(2, 3, want2);
-    OK(mj_module_forward(m, x, &y));
-    cr_assert(mj_tensor_equal(y, wt2), "eager after the mask change");
-    mj_tensor_release(y);
-    OK(mj_compiled_run(live, x, &y));
-    cr_assert(mj_tensor_equal(y, wt2), "live mode missed the new bias mask");
-    mj_tensor_release(y);
-    OK(mj_compiled_run(frozen, x, &y));
-    cr_assert(mj_tensor_equal(y, wt), "frozen mode changed");
-    mj_tensor_release(y);
+    GIVES(mj_module_forward(m, x, &y_), wt2, "eager after the mask change");
+    GIVES(mj_compiled_run(live, x, &y_), wt2, "live mode missed the new bias mask");
+    GIVES(mj_compiled_run(frozen, x, &y_), wt, "frozen mode changed");
+#undef GIVES
 
     mj_compiled_free(live);
     mj_compiled_free(frozen);
@@ -685,61 +622,49 @@ Test(files, bias_mask_in_live_and_frozen_modes, .timeout = 120) {
 
 /* Mask keys that fit no Linear parameter are refused by name, and change nothing. */
 Test(files, unusable_mask_keys_are_refused_by_name) {
-    const char *bad[] = {
-        "0.parametrizations.weight.1.mask", /* index past the chain */
-        "0.parametrizations.bias.1.mask",
-        "5.parametrizations.weight.0.mask", /* no such layer */
-        "1.parametrizations.bias.0.mask",   /* the activation has no bias */
-        "0.parametrizations.scale.0.mask",  /* no such parameter */
-        "parametrizations.weight.0.mask",   /* the root is no Linear */
-        "0.parametrizations.weight.x.mask",
+    static const char *const bias_mask = "0.parametrizations.bias.0.mask";
+    /* each: the model, whether a good weight mask comes too, the bad key,
+     * its mask's length, the error */
+    static const struct {
+        const char *spec;
+        bool weight_mask;
+        const char *key;
+        int64_t n;
+        mj_status status;
+        const char *needle;
+    } cases[] = {
+        {"mlp:4,3,2", true, "0.parametrizations.weight.1.mask", 3, MJ_ERR_KEY, NULL}, /* index past the chain */
+        {"mlp:4,3,2", true, "0.parametrizations.bias.1.mask", 3, MJ_ERR_KEY, NULL},
+        {"mlp:4,3,2", true, "5.parametrizations.weight.0.mask", 3, MJ_ERR_KEY, NULL}, /* no such layer */
+        {"mlp:4,3,2", true, "1.parametrizations.bias.0.mask", 3, MJ_ERR_KEY, NULL}, /* the activation has no bias */
+        {"mlp:4,3,2", true, "0.parametrizations.scale.0.mask", 3, MJ_ERR_KEY, NULL}, /* no such parameter */
+        {"mlp:4,3,2", true, "parametrizations.weight.0.mask", 3, MJ_ERR_KEY, NULL},  /* the root is no Linear */
+        {"mlp:4,3,2", true, "0.parametrizations.weight.x.mask", 3, MJ_ERR_KEY, NULL},
+        /* a bias mask of the wrong shape: a shape error naming it */
+        {"mlp:4,3", true, bias_mask, 4, MJ_ERR_SHAPE, "'0.parametrizations.bias.0.mask' has shape [4]"},
+        /* a bias mask on a model without biases */
+        {"mlp:4,3:bias=0", false, bias_mask, 3, MJ_ERR_KEY, NULL},
     };
-    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    const float ones[12] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         mj_module *m;
         mj_rng r = mjt_rng(0);
-        OK(mj_model_from_spec("mlp:4,3,2", &r, &m));
+        OK(mj_model_from_spec(cases[i].spec, &r, &m));
         mj_tensor_dict *masks;
         OK(mj_tensor_dict_new(&masks));
-        const float ones[12] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
-        put(masks, "0.parametrizations.weight.0.mask", mat(3, 4, ones));
-        put(masks, bad[i], vec(3, ones));
-        FAILS(mj_model_apply_masks(m, masks, 1.0, NULL), MJ_ERR_KEY, bad[i]);
-        cr_assert(!mj_is_parametrized(mj_module_find(m, "0"), NULL), "%s: a mask was registered",
-                  bad[i]);
+        if (cases[i].weight_mask) put(masks, "0.parametrizations.weight.0.mask", mat(3, 4, ones));
+        put(masks, cases[i].key, vec(cases[i].n, ones));
+        FAILS(mj_model_apply_masks(m, masks, 1.0, NULL), cases[i].status,
+              cases[i].needle ? cases[i].needle : cases[i].key);
+        cr_assert(!mj_is_parametrized(mj_module_find(m, "0"), NULL), "%s: a mask was registered", cases[i].key);
         mj_tensor_dict_free(masks);
         mj_module_free(m);
     }
-    /* a bias mask of the wrong shape: a shape error naming it, nothing registered */
-    {
-        mj_module *m;
-        mj_rng r = mjt_rng(0);
-        OK(mj_model_from_spec("mlp:4,3", &r, &m));
-        mj_tensor_dict *masks;
-        OK(mj_tensor_dict_new(&masks));
-        const float ones[12] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
-        put(masks, "0.parametrizations.weight.0.mask", mat(3, 4, ones));
-        put(masks, "0.parametrizations.bias.0.mask", vec(4, ones));
-        FAILS(mj_model_apply_masks(m, masks, 1.0, NULL), MJ_ERR_SHAPE,
-              "'0.parametrizations.bias.0.mask' has shape [4]");
-        cr_assert(!mj_is_parametrized(mj_module_find(m, "0"), NULL));
-        mj_tensor_dict_free(masks);
-        mj_module_free(m);
-    }
-    /* a bias mask on a model without biases */
-    mj_module *m;
-    mj_rng r = mjt_rng(0);
-    OK(mj_model_from_spec("mlp:4,3:bias=0", &r, &m));
-    mj_tensor_dict *masks;
-    OK(mj_tensor_dict_new(&masks));
-    put(masks, "0.parametrizations.bias.0.mask", vec(3, BMASK));
-    FAILS(mj_model_apply_masks(m, masks, 1.0, NULL), MJ_ERR_KEY, "0.parametrizations.bias.0.mask");
-    mj_tensor_dict_free(masks);
-    mj_module_free(m);
 }
 
 /* One tensor under two keys: an error naming both. */
 Test(files, two_keys_for_one_tensor_are_refused, .timeout = 60) {
-    char *dir = make_dir(), *wf = join(dir, "w.safetensors");
+    char *wf = at("w.safetensors");
     struct {
         const char *a, *b;
         bool bias_mask;
@@ -766,8 +691,6 @@ Test(files, two_keys_for_one_tensor_are_refused, .timeout = 60) {
         cr_assert(strstr(out, cases[c].a) && strstr(out, cases[c].b), "case %d: %s", c, out);
         free(out);
     }
-    free(wf);
-    rm_dir(dir);
 }
 
 /* ---- state dicts of parametrized buffers ------------------------------------------ */
