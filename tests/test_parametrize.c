@@ -96,27 +96,64 @@ static mj_module *linear(int64_t in, int64_t out, bool bias, uint64_t seed) {
     return m;
 }
 
+/* A Linear(4, 3) from seed whose weight gets a random FakeSparsity mask
+ * (drawn from rng), then ops. */
+typedef struct masked {
+    mj_module *lin;
+    mj_tensor *w_obj; /* the weight's tensor object before (a reference) */
+    mj_tensor *w0;    /* a copy of its values before */
+    mj_tensor *mask;
+} masked;
+
+static masked mask_then(const mj_parametrization_ops *ops, bool bias, uint64_t seed, mj_rng *rng) {
+    masked m;
+    m.lin = linear(4, 3, bias, seed);
+    m.w_obj = get(m.lin, "weight");
+    m.w0 = clone(m.w_obj);
+    m.mask = random_mask(3, 4, rng);
+    OK(mj_register_parametrization(m.lin, "weight", new_mask(m.mask)));
+    OK(mj_register_parametrization(m.lin, "weight", new_param(ops, NULL)));
+    return m;
+}
+
+static void masked_free(masked m) {
+    mj_tensor_release(m.w_obj);
+    mj_tensor_release(m.w0);
+    mj_tensor_release(m.mask);
+    mj_module_free(m.lin);
+}
+
+/* Which names of a module assert_names lists. */
+enum names { PARAMETERS, BUFFERS, STATE_DICT, STATE_DICT_WITH_MASKS };
+
+/* m's names of the kind which are keys, in this order. */
+static void assert_names(mj_module *m, enum names which, const char *const *keys, int n) {
+    mj_tensor_dict *d;
+    switch (which) {
+    case PARAMETERS: OK(mj_module_named_parameters(m, &d)); break;
+    case BUFFERS: OK(mj_module_named_buffers(m, &d)); break;
+    default: OK(mj_module_state_dict(m, which == STATE_DICT_WITH_MASKS, &d)); break;
+    }
+    assert_keys(d, keys, n);
+    mj_tensor_dict_free(d);
+}
+
 /* ---- chains --------------------------------------------------------------- */
 
 Test(parametrize, chain_mask_then_scale) {
     mj_rng rng = mjt_rng(3);
-    mj_module *lin = linear(4, 3, true, 11);
-    mj_tensor *w_obj = get(lin, "weight");
-    mj_tensor *w0 = clone(w_obj);
-    mj_tensor_release(w_obj);
-    mj_tensor *mask = random_mask(3, 4, &rng);
-    OK(mj_register_parametrization(lin, "weight", new_mask(mask)));
-    OK(mj_register_parametrization(lin, "weight", new_param(&scale_ops, NULL)));
+    masked mk = mask_then(&scale_ops, true, 11, &rng);
+    mj_module *lin = mk.lin;
     cr_assert_eq(mj_parametrization_count(lin, "weight"), 2);
     cr_assert_str_eq(mj_parametrization_type(mj_module_parametrization(lin, "weight", 0)),
                      "FakeSparsity");
     cr_assert_str_eq(mj_parametrization_type(mj_module_parametrization(lin, "weight", 1)), "Scale");
 
     mj_tensor *v = get(lin, "weight");
-    const float *w = mj_tensor_data(w0), *mk = mj_tensor_data(mask), *vd = mj_tensor_data(v);
-    for (int i = 0; i < 12; i++) cr_assert_eq(vd[i], 2.0f * (mk[i] * w[i]), "element %d", i);
+    const float *w = mj_tensor_data(mk.w0), *md = mj_tensor_data(mk.mask), *vd = mj_tensor_data(v);
+    for (int i = 0; i < 12; i++) cr_assert_eq(vd[i], 2.0f * (md[i] * w[i]), "element %d", i);
     /* the original is untouched (FakeSparsity has no right_inverse) */
-    cr_assert(mj_tensor_equal(mj_module_original(lin, "weight"), w0));
+    cr_assert(mj_tensor_equal(mj_module_original(lin, "weight"), mk.w0));
 
     /* forward uses the parametrized value: eager linear with v as reference */
     mj_tensor *x, *y, *ref;
@@ -131,9 +168,7 @@ Test(parametrize, chain_mask_then_scale) {
     mj_tensor_release(y);
     mj_tensor_release(ref);
     mj_tensor_release(v);
-    mj_tensor_release(mask);
-    mj_tensor_release(w0);
-    mj_module_free(lin);
+    masked_free(mk);
 }
 
 Test(parametrize, order_of_registration_matters) {
@@ -165,28 +200,21 @@ Test(parametrize, order_of_registration_matters) {
 
 Test(parametrize, remove_leave_parametrized_bakes_value_into_original_object) {
     mj_rng rng = mjt_rng(9);
-    mj_module *lin = linear(4, 3, true, 2);
-    mj_tensor *w_obj = get(lin, "weight");
-    mj_tensor *w0 = clone(w_obj);
-    mj_tensor *mask = random_mask(3, 4, &rng);
-    OK(mj_register_parametrization(lin, "weight", new_mask(mask)));
-    OK(mj_register_parametrization(lin, "weight", new_param(&scale_ops, NULL)));
-    cr_assert_eq(mj_module_original(lin, "weight"), w_obj, "identity kept at registration");
+    masked mk = mask_then(&scale_ops, true, 2, &rng);
+    mj_module *lin = mk.lin;
+    cr_assert_eq(mj_module_original(lin, "weight"), mk.w_obj, "identity kept at registration");
 
     OK(mj_remove_parametrizations(lin, "weight", true));
     cr_assert(!mj_is_parametrized(lin, "weight"));
     cr_assert(!mj_is_parametrized(lin, NULL));
     cr_assert_null(mj_module_original(lin, "weight"));
     mj_tensor *v = get(lin, "weight");
-    cr_assert_eq(v, w_obj, "the original object is the plain parameter again");
+    cr_assert_eq(v, mk.w_obj, "the original object is the plain parameter again");
     for (int i = 0; i < 12; i++)
-        cr_assert_eq(mj_tensor_data(v)[i], 2.0f * (mj_tensor_data(mask)[i] * mj_tensor_data(w0)[i]));
+        cr_assert_eq(mj_tensor_data(v)[i], 2.0f * (mj_tensor_data(mk.mask)[i] * mj_tensor_data(mk.w0)[i]));
     /* PyTorch re-registers the tensor: named_parameters gives ['bias', 'weight'] */
-    mj_tensor_dict *d;
-    OK(mj_module_named_parameters(lin, &d));
     const char *keys[] = {"bias", "weight"};
-    assert_keys(d, keys, 2);
-    mj_tensor_dict_free(d);
+    assert_names(lin, PARAMETERS, keys, 2);
     char *repr = mjt_module_str(lin);
     cr_assert_str_eq(repr, "Linear(in_features=4, out_features=3, bias=True)\n");
     free(repr);
@@ -194,29 +222,18 @@ Test(parametrize, remove_leave_parametrized_bakes_value_into_original_object) {
     FAILS(mj_remove_parametrizations(lin, "weight", true), MJ_ERR_KEY,
           "no parametrization on 'weight'");
     mj_tensor_release(v);
-    mj_tensor_release(w_obj);
-    mj_tensor_release(w0);
-    mj_tensor_release(mask);
-    mj_module_free(lin);
+    masked_free(mk);
 }
 
 Test(parametrize, remove_not_leave_parametrized_restores_original) {
     mj_rng rng = mjt_rng(10);
-    mj_module *lin = linear(4, 3, false, 3);
-    mj_tensor *w0 = get(lin, "weight");
-    mj_tensor *copy = clone(w0);
-    mj_tensor *mask = random_mask(3, 4, &rng);
-    OK(mj_register_parametrization(lin, "weight", new_mask(mask)));
-    OK(mj_register_parametrization(lin, "weight", new_param(&add1_ops, NULL)));
-    OK(mj_remove_parametrizations(lin, "weight", false));
-    mj_tensor *v = get(lin, "weight");
-    cr_assert_eq(v, w0);
-    cr_assert(mj_tensor_equal(v, copy));
+    masked mk = mask_then(&add1_ops, false, 3, &rng);
+    OK(mj_remove_parametrizations(mk.lin, "weight", false));
+    mj_tensor *v = get(mk.lin, "weight");
+    cr_assert_eq(v, mk.w_obj);
+    cr_assert(mj_tensor_equal(v, mk.w0));
     mj_tensor_release(v);
-    mj_tensor_release(w0);
-    mj_tensor_release(copy);
-    mj_tensor_release(mask);
-    mj_module_free(lin);
+    masked_free(mk);
 }
 
 /* ---- assignment ----------------------------------------------------------- */
@@ -259,10 +276,8 @@ Test(parametrize, right_inverse_at_registration_and_assignment) {
 
 Test(parametrize, assignment_through_fake_sparsity_is_refused) {
     mj_rng rng = mjt_rng(12);
-    mj_module *lin = linear(4, 3, false, 5);
-    mj_tensor *mask = random_mask(3, 4, &rng);
-    OK(mj_register_parametrization(lin, "weight", new_mask(mask)));
-    OK(mj_register_parametrization(lin, "weight", new_param(&scale_ops, NULL)));
+    masked mk = mask_then(&scale_ops, false, 5, &rng);
+    mj_module *lin = mk.lin;
     mj_tensor *before = clone(mj_module_original(lin, "weight"));
     mj_tensor *value;
     int64_t shape[2] = {3, 4};
@@ -290,8 +305,7 @@ Test(parametrize, assignment_through_fake_sparsity_is_refused) {
 
     mj_tensor_release(value);
     mj_tensor_release(before);
-    mj_tensor_release(mask);
-    mj_module_free(lin);
+    masked_free(mk);
 }
 
 /* ---- cached mode ---------------------------------------------------------- */
@@ -370,13 +384,9 @@ Test(parametrize, seed_model_names_match_pytorch) {
     const char *buffers[] = {"linear.parametrizations.weight.0.mask",
                              "seq.0.parametrizations.weight.0.mask",
                              "seq.1.parametrizations.weight.0.mask"};
-    OK(mj_module_named_buffers(m, &d));
-    assert_keys(d, buffers, 3);
-    mj_tensor_dict_free(d);
+    assert_names(m, BUFFERS, buffers, 3);
 
-    OK(mj_module_state_dict(m, false, &d));
-    assert_keys(d, params, 6); /* PyTorch's state_dict keys equal the parameter list here */
-    mj_tensor_dict_free(d);
+    assert_names(m, STATE_DICT, params, 6); /* PyTorch's state_dict keys equal the parameter list here */
 
     /* With the masks: PyTorch's order when FakeSparsity does not hide them. */
     const char *with_masks[] = {
@@ -385,54 +395,25 @@ Test(parametrize, seed_model_names_match_pytorch) {
         "seq.0.parametrizations.weight.original", "seq.0.parametrizations.weight.0.mask",
         "seq.1.bias", "seq.1.parametrizations.weight.original",
         "seq.1.parametrizations.weight.0.mask"};
-    OK(mj_module_state_dict(m, true, &d));
-    assert_keys(d, with_masks, 9);
-    mj_tensor_dict_free(d);
+    assert_names(m, STATE_DICT_WITH_MASKS, with_masks, 9);
     mj_module_free(m);
 
     m = seed_model_with_masks(false);
     const char *nobias[] = {"linear.parametrizations.weight.original",
                             "seq.0.parametrizations.weight.original",
                             "seq.1.parametrizations.weight.original"};
-    OK(mj_module_state_dict(m, false, &d));
-    assert_keys(d, nobias, 3);
-    mj_tensor_dict_free(d);
+    assert_names(m, STATE_DICT, nobias, 3);
     mj_module_free(m);
 }
 
+/* tests/fixtures/seed_model_repr.txt: PyTorch 1.13's repr of
+ * tools/export_torch.py's ModelUnderTest with a FakeSparsity on each weight. */
 Test(parametrize, seed_model_repr_matches_pytorch) {
     mj_module *m = seed_model_with_masks(true);
     char *s = mjt_module_str(m);
-    const char *torch_repr =
-        "ModelUnderTest(\n"
-        "  (linear): ParametrizedLinear(\n"
-        "    in_features=16, out_features=16, bias=True\n"
-        "    (parametrizations): ModuleDict(\n"
-        "      (weight): ParametrizationList(\n"
-        "        (0): FakeSparsity()\n"
-        "      )\n"
-        "    )\n"
-        "  )\n"
-        "  (seq): Sequential(\n"
-        "    (0): ParametrizedLinear(\n"
-        "      in_features=16, out_features=16, bias=True\n"
-        "      (parametrizations): ModuleDict(\n"
-        "        (weight): ParametrizationList(\n"
-        "          (0): FakeSparsity()\n"
-        "        )\n"
-        "      )\n"
-        "    )\n"
-        "    (1): ParametrizedLinear(\n"
-        "      in_features=16, out_features=16, bias=True\n"
-        "      (parametrizations): ModuleDict(\n"
-        "        (weight): ParametrizationList(\n"
-        "          (0): FakeSparsity()\n"
-        "        )\n"
-        "      )\n"
-        "    )\n"
-        "  )\n"
-        ")\n";
+    char *torch_repr = mjt_read_file(MJ_SOURCE_ROOT "/tests/fixtures/seed_model_repr.txt", NULL);
     cr_assert_str_eq(s, torch_repr);
+    free(torch_repr);
     free(s);
     mj_module_free(m);
 
@@ -474,17 +455,12 @@ Test(parametrize, parametrizations_sit_among_children_like_pytorch) {
     OK(mj_register_parametrization(u, "w", new_mask(w)));
     OK(mj_module_add_child(u, "sub2", linear(2, 2, true, 2)));
 
-    mj_tensor_dict *d;
-    OK(mj_module_named_parameters(u, &d));
     const char *params[] = {"sub.weight", "sub.bias", "parametrizations.w.original", "sub2.weight",
                             "sub2.bias"};
-    assert_keys(d, params, 5);
-    mj_tensor_dict_free(d);
-    OK(mj_module_state_dict(u, false, &d));
+    assert_names(u, PARAMETERS, params, 5);
     const char *sd[] = {"b", "sub.weight", "sub.bias", "parametrizations.w.original",
                         "sub2.weight", "sub2.bias"};
-    assert_keys(d, sd, 6);
-    mj_tensor_dict_free(d);
+    assert_names(u, STATE_DICT, sd, 6);
     char *r = mjt_module_str(u);
     cr_assert_str_eq(r, "ParametrizedU(\n"
                         "  (sub): Linear(in_features=2, out_features=2, bias=True)\n"
@@ -509,14 +485,9 @@ Test(parametrize, parametrized_buffer_stays_a_buffer) {
     OK(mj_tensor_full(&t, 2, s2, 3.0f));
     OK(mj_module_add_buffer(u, "buf", t, true));
     OK(mj_register_parametrization(u, "buf", new_param(&add1_ops, NULL)));
-    mj_tensor_dict *d;
-    OK(mj_module_named_buffers(u, &d));
     const char *keys[] = {"parametrizations.buf.original"};
-    assert_keys(d, keys, 1);
-    mj_tensor_dict_free(d);
-    OK(mj_module_named_parameters(u, &d));
-    cr_assert_eq(mj_tensor_dict_size(d), 0);
-    mj_tensor_dict_free(d);
+    assert_names(u, BUFFERS, keys, 1);
+    assert_names(u, PARAMETERS, NULL, 0);
     mj_tensor *v = get(u, "buf");
     for (int i = 0; i < 6; i++) cr_assert_eq(mj_tensor_data(v)[i], 4.0f);
     mj_tensor_release(v);
@@ -579,11 +550,8 @@ Test(parametrize, mismatched_mask_is_refused_and_changes_nothing) {
     cr_assert_eq(after, w, "the weight is still the plain parameter");
     cr_assert(mj_tensor_equal(after, w0));
     mj_tensor_release(after);
-    mj_tensor_dict *d;
-    OK(mj_module_named_parameters(lin, &d));
     const char *keys[] = {"weight", "bias"};
-    assert_keys(d, keys, 2);
-    mj_tensor_dict_free(d);
+    assert_names(lin, PARAMETERS, keys, 2);
 
     /* p was not consumed: the caller still owns it and can use it elsewhere */
     mj_module *l44 = linear(4, 4, false, 13);
