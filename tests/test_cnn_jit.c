@@ -19,23 +19,18 @@ TestSuite(cnn_jit, .init = setup, .fini = teardown, .timeout = 300);
  * MJ_ATOL_F32 in fast mode. */
 static void check_compiled(mj_module *m, const int64_t *chw, mjt_mode md, mj_rng *rng, const char *what) {
     mj_tensor *x0 = mjc_randn(4, (int64_t[]){2, chw[0], chw[1], chw[2]}, rng);
-    mj_graph *g = NULL;
-    OK(mj_trace_module(m, x0, &g));
+    mj_graph *g = mjt_trace(m, x0);
     mj_compiled *c = mjt_compile(jit, g, md);
     for (int bi = 0; bi < 3; bi++) {
         int64_t batch = (int64_t[]){1, 3, 17}[bi];
-        mj_tensor *x = mjc_randn(4, (int64_t[]){batch, chw[0], chw[1], chw[2]}, rng), *want = NULL, *got = NULL;
-        OK(mj_module_forward(m, x, &want));
-        OK(mj_compiled_run(c, x, &got));
-        if (md.numeric == MJ_NUMERIC_EXACT) {
+        mj_tensor *x = mjc_randn(4, (int64_t[]){batch, chw[0], chw[1], chw[2]}, rng);
+        mj_tensor *want = mjt_forward(m, x), *got = mjt_run(c, x);
+        if (md.numeric == MJ_NUMERIC_EXACT)
             cr_expect(mj_tensor_equal(got, want), "%s (%s): differs from eager at batch %lld", what, md.name,
                       (long long)batch);
-        } else {
-            mj_compare cmp = mj_tensor_compare(got, want, MJ_RTOL_F32, MJ_ATOL_F32);
-            char msg[256];
-            mj_compare_describe(&cmp, got, want, msg, sizeof msg);
-            cr_expect(cmp.close, "%s (%s) at batch %lld: %s", what, md.name, (long long)batch, msg);
-        }
+        else
+            MJT_EXPECT_CLOSE(got, want, MJ_RTOL_F32, MJ_ATOL_F32, "%s (%s) at batch %lld", what, md.name,
+                             (long long)batch);
         mj_tensor_release(x);
         mj_tensor_release(want);
         mj_tensor_release(got);
@@ -46,8 +41,7 @@ static void check_compiled(mj_module *m, const int64_t *chw, mjt_mode md, mj_rng
 }
 
 static void every_geometry(mjt_mode md) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 31);
+    mj_rng rng = mjt_rng(31);
     int cases = 0;
     for (int gi = 0; gi < MJC_N_GEOMETRIES; gi++) {
         mjc_geometry geo = mjc_geometry_at(gi);
@@ -68,8 +62,7 @@ Test(cnn_jit, every_conv_geometry_fast_live) { every_geometry(mjt_modes[2]); }
 Test(cnn_jit, every_conv_geometry_fast_frozen) { every_geometry(mjt_modes[3]); }
 
 Test(cnn_jit, small_cnn_and_mobilenet_block_in_every_mode) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 32);
+    mj_rng rng = mjt_rng(32);
     mj_module *cnn = mjc_small_cnn(&rng), *mb = mjc_mobilenet_block(&rng);
     for (int k = 0; k < 4; k++) {
         check_compiled(cnn, (int64_t[]){3, 13, 11}, mjt_modes[k], &rng, "small CNN");
@@ -103,14 +96,10 @@ static void non_finite_conv(int stride, mj_rng *rng) {
             mj_tensor_data_mut(orig)[1 * MJC_GEO_C * 9 + 0] = INFINITY;
             mj_tensor_dict_free(ps);
         }
-        mj_tensor *want = NULL;
-        OK(mj_module_forward(m, x, &want));
-        mj_graph *g = NULL;
-        OK(mj_trace_module(m, x, &g));
+        mj_tensor *want = mjt_forward(m, x);
+        mj_graph *g = mjt_trace(m, x);
         for (int k = 0; k < 2; k++) {
-            mj_compiled *c = mjt_compile(jit, g, mjt_modes[k]);
-            mj_tensor *got = NULL;
-            OK(mj_compiled_run(c, x, &got));
+            mj_tensor *got = mjt_compile_run(jit, g, mjt_modes[k], x);
             const float *a = mj_tensor_data(got), *b = mj_tensor_data(want);
             int64_t nan_b = 0;
             for (int64_t i = 0; i < mj_tensor_numel(want); i++) {
@@ -126,7 +115,6 @@ static void non_finite_conv(int stride, mj_rng *rng) {
                         cr_expect(isnan(a[(n * MJC_GEO_O + 1) * OH * OW + i]), "stride %d, %s: element %lld",
                                   stride, mjt_modes[k].name, (long long)i);
             mj_tensor_release(got);
-            mj_compiled_free(c);
         }
         mj_graph_free(g);
         mj_tensor_release(want);
@@ -142,8 +130,7 @@ static void non_finite_conv(int stride, mj_rng *rng) {
  * inputs), so it agrees wherever eager is finite, and keeps every NaN that
  * a NaN weight makes. */
 Test(cnn_jit, non_finite_values_under_zero_masks) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 33);
+    mj_rng rng = mjt_rng(33);
     for (int stride = 1; stride <= 2; stride++) /* frozen: the register tile, then the tap table */
         non_finite_conv(stride, &rng);
     mj_module *pool = NULL;
@@ -151,17 +138,12 @@ Test(cnn_jit, non_finite_values_under_zero_masks) {
     mj_tensor *x = mjc_randn(4, (int64_t[]){3, MJC_GEO_C, MJC_GEO_H, MJC_GEO_W}, &rng);
     non_finite_input(x);
     /* max pool: NaN wins, the first one of the window (eager stops there) */
-    mj_graph *g = NULL;
-    OK(mj_trace_module(pool, x, &g));
-    mj_tensor *want = NULL;
-    OK(mj_module_forward(pool, x, &want));
+    mj_graph *g = mjt_trace(pool, x);
+    mj_tensor *want = mjt_forward(pool, x);
     for (int k = 0; k < 4; k++) {
-        mj_compiled *c = mjt_compile(jit, g, mjt_modes[k]);
-        mj_tensor *got = NULL;
-        OK(mj_compiled_run(c, x, &got));
+        mj_tensor *got = mjt_compile_run(jit, g, mjt_modes[k], x);
         cr_expect(mj_tensor_equal(got, want), "max_pool2d (%s)", mjt_modes[k].name);
         mj_tensor_release(got);
-        mj_compiled_free(c);
     }
     mj_tensor_release(want);
     mj_graph_free(g);
@@ -173,8 +155,7 @@ Test(cnn_jit, non_finite_values_under_zero_masks) {
  * taps from a table of its nonzero weights; a denser one with stride 1 and
  * every live one read the weight. Each way is bit for bit eager. */
 Test(cnn_jit, frozen_conv_uses_a_tap_table_when_sparse_or_strided) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 34);
+    mj_rng rng = mjt_rng(34);
     for (int kind = 0; kind < 3; kind++) { /* stride 1 at 40%, stride 2 at 40%, stride 1 at 2% */
         mjc_geometry geo = {.stride = kind == 1 ? 2 : 1, .pad = 1, .dil = 1, .groups = 1, .k = 3};
         mj_module *m = mjc_conv_module(&geo, &rng);
@@ -193,22 +174,14 @@ Test(cnn_jit, frozen_conv_uses_a_tap_table_when_sparse_or_strided) {
             mj_tensor_dict_free(bufs);
             mj_tensor_release(mask);
         }
-        mj_tensor *x = mjc_randn(4, (int64_t[]){3, MJC_GEO_C, MJC_GEO_H, MJC_GEO_W}, &rng), *want = NULL;
-        OK(mj_module_forward(m, x, &want));
-        mj_graph *g = NULL;
-        OK(mj_trace_module(m, x, &g));
+        mj_tensor *x = mjc_randn(4, (int64_t[]){3, MJC_GEO_C, MJC_GEO_H, MJC_GEO_W}, &rng);
+        mj_tensor *want = mjt_forward(m, x);
+        mj_graph *g = mjt_trace(m, x);
         for (int k = 0; k < 2; k++) {
             mj_compiled *c = mjt_compile(jit, g, mjt_modes[k]);
-            char *buf = NULL;
-            size_t len = 0;
-            FILE *f = open_memstream(&buf, &len);
-            OK(mj_compiled_dump(c, "ir", f));
-            fclose(f);
-            cr_expect_eq(strstr(buf, ".taps.start") != NULL, mjt_modes[k].frozen && kind > 0, "%s, kind %d",
+            cr_expect_eq(mjt_ir_has(c, ".taps.start"), mjt_modes[k].frozen && kind > 0, "%s, kind %d",
                          mjt_modes[k].name, kind);
-            free(buf);
-            mj_tensor *got = NULL;
-            OK(mj_compiled_run(c, x, &got));
+            mj_tensor *got = mjt_run(c, x);
             cr_expect(mj_tensor_equal(got, want), "%s, kind %d", mjt_modes[k].name, kind);
             mj_tensor_release(got);
             mj_compiled_free(c);

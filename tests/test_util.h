@@ -111,6 +111,74 @@ static inline mj_compiled *mjt_compile_with(mj_jit *jit, const mj_graph *g, cons
     return c;
 }
 
+/* m traced on the example x; must succeed. */
+static inline mj_graph *mjt_trace(mj_module *m, const mj_tensor *x) {
+    mj_graph *g = NULL;
+    OK(mj_trace_module(m, x, &g));
+    return g;
+}
+
+/* m's eager output at x (a reference the caller releases). */
+static inline mj_tensor *mjt_forward(mj_module *m, const mj_tensor *x) {
+    mj_tensor *y = NULL;
+    OK(mj_module_forward(m, x, &y));
+    return y;
+}
+
+/* Whether g's interpreter gives m's eager output at x, bit for bit. */
+static inline bool mjt_replays_eager(mj_graph *g, mj_module *m, const mj_tensor *x) {
+    mj_tensor *want = mjt_forward(m, x), *got = NULL;
+    OK(mj_graph_run(g, x, &got));
+    bool same = mj_tensor_equal(got, want);
+    mj_tensor_release(got);
+    mj_tensor_release(want);
+    return same;
+}
+
+/* c's output at x (a reference the caller releases). */
+static inline mj_tensor *mjt_run(mj_compiled *c, const mj_tensor *x) {
+    mj_tensor *y = NULL;
+    OK(mj_compiled_run(c, x, &y));
+    return y;
+}
+
+/* g compiled in mode m and run once at x: the output. */
+static inline mj_tensor *mjt_compile_run(mj_jit *jit, const mj_graph *g, mjt_mode m, const mj_tensor *x) {
+    mj_compiled *c = mjt_compile(jit, g, m);
+    mj_tensor *y = mjt_run(c, x);
+    mj_compiled_free(c);
+    return y;
+}
+
+/* c's dump of kind what (mj_compiled_dump: "ir", "asm", ...) as a malloc'd string. */
+static inline char *mjt_dump(mj_compiled *c, const char *what) {
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    cr_assert_not_null(f);
+    OK(mj_compiled_dump(c, what, f));
+    fclose(f);
+    return buf;
+}
+
+/* c's LLVM IR holds needle (e.g. ".sparse": a layer uses the sparse kernel). */
+static inline bool mjt_ir_has(mj_compiled *c, const char *needle) {
+    char *ir = mjt_dump(c, "ir");
+    bool has = strstr(ir, needle) != NULL;
+    free(ir);
+    return has;
+}
+
+/* got is within (rtol, atol) of want; what (printf-style) names the case. */
+#define MJT_EXPECT_CLOSE(got, want, rtol, atol, ...)                                       \
+    do {                                                                                   \
+        mj_compare cmp_ = mj_tensor_compare(got, want, rtol, atol);                        \
+        char desc_[256], what_[256];                                                       \
+        mj_compare_describe(&cmp_, got, want, desc_, sizeof desc_);                        \
+        snprintf(what_, sizeof what_, __VA_ARGS__);                                        \
+        cr_expect(cmp_.close, "%s: not close: %s", what_, desc_);                          \
+    } while (0)
+
 /* A module's print (mj_module_print) as a malloc'd string. */
 static inline char *mjt_module_str(const mj_module *m) {
     char *buf = NULL;
