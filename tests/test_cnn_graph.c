@@ -19,22 +19,17 @@
  * eager at batches 1, 3 and 17. Returns the plain trace. */
 static mj_graph *trace_and_replay(mj_module *m, const int64_t *chw, mj_rng *rng, const char *what) {
     mj_tensor *x0 = mjc_randn(4, (int64_t[]){2, chw[0], chw[1], chw[2]}, rng);
-    mj_graph *g = NULL, *opt = NULL;
-    OK(mj_trace_module(m, x0, &g));
+    mj_graph *g = mjt_trace(m, x0), *opt = NULL;
     cr_expect_eq(mj_graph_warning_count(g), 0, "%s: %s", what, mj_graph_warning_count(g) ? mj_graph_warning(g, 0) : "");
     OK(mj_graph_clone(g, &opt));
     OK(mj_graph_optimize(opt, NULL));
     for (int bi = 0; bi < 3; bi++) {
         int64_t batch = (int64_t[]){1, 3, 17}[bi];
-        mj_tensor *x = mjc_randn(4, (int64_t[]){batch, chw[0], chw[1], chw[2]}, rng), *want = NULL, *got = NULL;
-        OK(mj_module_forward(m, x, &want));
-        OK(mj_graph_run(g, x, &got));
-        cr_expect(mj_tensor_equal(got, want), "%s: interpreter differs from eager at batch %lld", what, (long long)batch);
-        mj_tensor_release(got);
-        OK(mj_graph_run(opt, x, &got));
-        cr_expect(mj_tensor_equal(got, want), "%s: optimised interpreter differs at batch %lld", what, (long long)batch);
-        mj_tensor_release(got);
-        mj_tensor_release(want);
+        mj_tensor *x = mjc_randn(4, (int64_t[]){batch, chw[0], chw[1], chw[2]}, rng);
+        cr_expect(mjt_replays_eager(g, m, x), "%s: interpreter differs from eager at batch %lld", what,
+                  (long long)batch);
+        cr_expect(mjt_replays_eager(opt, m, x), "%s: optimised interpreter differs at batch %lld", what,
+                  (long long)batch);
         mj_tensor_release(x);
     }
     mj_graph_free(opt);
@@ -43,8 +38,7 @@ static mj_graph *trace_and_replay(mj_module *m, const int64_t *chw, mj_rng *rng,
 }
 
 Test(cnn_graph, every_conv_geometry_traces_and_replays_bit_identically) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 21);
+    mj_rng rng = mjt_rng(21);
     int cases = 0;
     for (int gi = 0; gi < MJC_N_GEOMETRIES; gi++) {
         mjc_geometry geo = mjc_geometry_at(gi);
@@ -65,8 +59,7 @@ Test(cnn_graph, every_conv_geometry_traces_and_replays_bit_identically) {
 }
 
 Test(cnn_graph, small_pruned_cnn_and_mobilenet_block_replay_bit_identically) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 22);
+    mj_rng rng = mjt_rng(22);
     mj_module *cnn = mjc_small_cnn(&rng), *mb = mjc_mobilenet_block(&rng);
     mj_graph *g = trace_and_replay(cnn, (int64_t[]){3, 13, 11}, &rng, "small CNN");
     char *text = mj_graph_to_string(g);
@@ -88,19 +81,16 @@ Test(cnn_graph, small_pruned_cnn_and_mobilenet_block_replay_bit_identically) {
 /* Printing, parsing and printing again gives the same bytes; so does
  * saving and loading, and the loaded trace computes the same. */
 Test(cnn_graph, text_form_round_trips_and_traces_save_and_load) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 23);
+    mj_rng rng = mjt_rng(23);
     mj_module *cnn = mjc_small_cnn(&rng);
     mj_tensor *x = mjc_randn(4, (int64_t[]){3, 3, 13, 11}, &rng);
-    mj_graph *g = NULL, *p = NULL, *l = NULL;
-    OK(mj_trace_module(cnn, x, &g));
+    mj_graph *g = mjt_trace(cnn, x), *p = NULL, *l = NULL;
     char *text = mj_graph_to_string(g);
-    cr_expect(strstr(text, "{stride=[1,1], padding=[1,1], dilation=[1,1], groups=1}"), "%s", text);
-    cr_expect(strstr(text, "{kernel=[2,2], stride=[2,2], padding=[0,0]}"), "%s", text);
-    cr_expect(strstr(text, "{kernel=[3,3], stride=[2,2], padding=[1,1], count_include_pad=false}"), "%s", text);
-    cr_expect(strstr(text, "adaptive_avg_pool2d %"), "%s", text);
-    cr_expect(strstr(text, "{size=[1,1]}"), "%s", text);
-    cr_expect(strstr(text, "{eps=0.001}"), "%s", text);
+    const char *attrs[] = {"{stride=[1,1], padding=[1,1], dilation=[1,1], groups=1}",
+                           "{kernel=[2,2], stride=[2,2], padding=[0,0]}",
+                           "{kernel=[3,3], stride=[2,2], padding=[1,1], count_include_pad=false}",
+                           "adaptive_avg_pool2d %", "{size=[1,1]}", "{eps=0.001}"};
+    for (size_t i = 0; i < sizeof attrs / sizeof attrs[0]; i++) cr_expect(strstr(text, attrs[i]), "%s", text);
     OK(mj_graph_parse(text, &p));
     char *again = mj_graph_to_string(p);
     cr_expect_str_eq(again, text);
@@ -110,12 +100,7 @@ Test(cnn_graph, text_form_round_trips_and_traces_save_and_load) {
     OK(mj_graph_load(path, &l));
     char *loaded = mj_graph_to_string(l);
     cr_expect_str_eq(loaded, text);
-    mj_tensor *want = NULL, *got = NULL;
-    OK(mj_module_forward(cnn, x, &want));
-    OK(mj_graph_run(l, x, &got));
-    cr_expect(mj_tensor_equal(got, want));
-    mj_tensor_release(want);
-    mj_tensor_release(got);
+    cr_expect(mjt_replays_eager(l, cnn, x));
     free(text);
     free(again);
     free(loaded);
@@ -182,8 +167,7 @@ Test(cnn_graph, bad_attributes_and_shapes_are_refused_with_a_message) {
         cr_expect_null(g);
     }
     /* a bias without a weight is no positional operand list: eager runs it, a trace refuses */
-    mj_rng rng;
-    mj_rng_seed(&rng, 3);
+    mj_rng rng = mjt_rng(3);
     mj_module *m = NULL;
     OK(mj_module_new(&m, "BiasOnlyNorm", bias_only_bn_forward, NULL, NULL));
     mj_tensor *x = mjc_randn(4, (int64_t[]){1, 2, 3, 3}, &rng), *c = NULL, *y = NULL;
@@ -202,25 +186,18 @@ Test(cnn_graph, bad_attributes_and_shapes_are_refused_with_a_message) {
 /* A pruned conv traced with its parametrization: live, the mask stays an
  * operand (mul); frozen, the zeros are constants in the weight. */
 Test(cnn_graph, masked_conv_weight_traces_as_the_parametrization) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 24);
+    mj_rng rng = mjt_rng(24);
     mjc_geometry geo = {.stride = 1, .pad = 1, .dil = 1, .groups = 1, .k = 3};
     mj_module *m = mjc_conv_module(&geo, &rng);
     mj_tensor *x = mjc_randn(4, (int64_t[]){2, MJC_GEO_C, MJC_GEO_H, MJC_GEO_W}, &rng);
-    mj_graph *g = NULL;
-    OK(mj_trace_module(m, x, &g));
+    mj_graph *g = mjt_trace(m, x);
     char *text = mj_graph_to_string(g);
     cr_expect(strstr(text, "param \"parametrizations.weight.original\""), "%s", text);
     cr_expect(strstr(text, "parametrizations.weight.0.mask"), "%s", text);
     free(text);
     OK(mj_graph_freeze(g));
     OK(mj_graph_optimize(g, NULL));
-    mj_tensor *want = NULL, *got = NULL;
-    OK(mj_module_forward(m, x, &want));
-    OK(mj_graph_run(g, x, &got));
-    cr_expect(mj_tensor_equal(got, want));
-    mj_tensor_release(want);
-    mj_tensor_release(got);
+    cr_expect(mjt_replays_eager(g, m, x));
     mj_tensor_release(x);
     mj_graph_free(g);
     mj_module_free(m);
@@ -228,13 +205,11 @@ Test(cnn_graph, masked_conv_weight_traces_as_the_parametrization) {
 
 /* `maskjit run` replays a saved CNN trace on a rank-4 input file. */
 Test(cnn_graph, cli_runs_a_saved_cnn_trace_on_a_rank4_input, .timeout = 60) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 25);
+    mj_rng rng = mjt_rng(25);
     mj_module *cnn = mjc_small_cnn(&rng);
-    mj_tensor *x = mjc_randn(4, (int64_t[]){3, 3, 13, 11}, &rng), *want = NULL;
-    mj_graph *g = NULL;
-    OK(mj_trace_module(cnn, x, &g));
-    OK(mj_module_forward(cnn, x, &want));
+    mj_tensor *x = mjc_randn(4, (int64_t[]){3, 3, 13, 11}, &rng);
+    mj_graph *g = mjt_trace(cnn, x);
+    mj_tensor *want = mjt_forward(cnn, x);
     char *dir = mjt_temp_dir("cnn_cli"), trace[512], in[512], out[512];
     snprintf(trace, sizeof trace, "%s/trace.safetensors", dir);
     snprintf(in, sizeof in, "%s/in.safetensors", dir);
@@ -262,12 +237,10 @@ Test(cnn_graph, cli_runs_a_saved_cnn_trace_on_a_rank4_input, .timeout = 60) {
  * graph keeps no batch_norm, computes within tolerance of eager, and the
  * masked zeros of the weights stay zeros. Live params are left alone. */
 Test(cnn_graph, fold_bn_folds_batch_norm_into_the_conv) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 27);
+    mj_rng rng = mjt_rng(27);
     mj_module *mb = mjc_mobilenet_block(&rng);
-    mj_tensor *x = mjc_randn(4, (int64_t[]){5, 8, 9, 7}, &rng), *want = NULL, *got = NULL;
-    mj_graph *g = NULL, *live = NULL;
-    OK(mj_trace_module(mb, x, &g));
+    mj_tensor *x = mjc_randn(4, (int64_t[]){5, 8, 9, 7}, &rng), *got = NULL;
+    mj_graph *g = mjt_trace(mb, x), *live = NULL;
     OK(mj_graph_clone(g, &live));
     OK(mj_graph_optimize(live, "fold_bn"));
     char *text = mj_graph_to_string(live);
@@ -285,12 +258,9 @@ Test(cnn_graph, fold_bn_folds_batch_norm_into_the_conv) {
         if (g->nodes[i].op == MJ_OP_CONST && strstr(g->nodes[i].name, "fold_bn.weight"))
             for (int64_t k = 0; k < g->nodes[i].tensor->numel; k++) zeros += g->nodes[i].tensor->data[k] == 0.0f;
     cr_expect_gt(zeros, 0, "the masks survive");
-    OK(mj_module_forward(mb, x, &want));
+    mj_tensor *want = mjt_forward(mb, x);
     OK(mj_graph_run(g, x, &got));
-    mj_compare cmp = mj_tensor_compare(got, want, 1e-5, 1e-5);
-    char msg[256];
-    mj_compare_describe(&cmp, got, want, msg, sizeof msg);
-    cr_expect(cmp.close, "%s", msg);
+    MJT_EXPECT_CLOSE(got, want, 1e-5, 1e-5, "folded graph vs eager");
     mj_tensor_release(want);
     mj_tensor_release(got);
     mj_tensor_release(x);
