@@ -23,17 +23,25 @@ static long vm_size_bytes(void) {
     return pages < 0 ? -1 : pages * sysconf(_SC_PAGESIZE);
 }
 
-int main(int argc, char **argv) {
-    if (argc != 5) return 2;
+/* SPEC traced on a random [3, in] input; NULL on failure. The module and
+ * the input stay alive: the process ends soon. */
+static mj_graph *trace_spec(const char *spec, int64_t in) {
     mj_rng rng;
     mj_rng_seed(&rng, 0);
     mj_module *m = NULL;
     mj_tensor *x = NULL;
     mj_graph *g = NULL;
+    if (mj_model_from_spec(spec, &rng, &m) || mj_tensor_randn(&x, 2, (int64_t[]){3, in}, &rng) ||
+        mj_trace_module(m, x, &g))
+        return NULL;
+    return g;
+}
+
+int main(int argc, char **argv) {
+    if (argc != 5) return 2;
+    mj_graph *g = trace_spec(argv[1], atoll(argv[2]));
     mj_jit *jit = NULL;
-    int64_t shape[2] = {3, atoll(argv[2])};
-    if (mj_model_from_spec(argv[1], &rng, &m) || mj_tensor_randn(&x, 2, shape, &rng) ||
-        mj_trace_module(m, x, &g) || mj_jit_new(&jit)) {
+    if (!g || mj_jit_new(&jit)) {
         fprintf(stderr, "limit child: setup: %s\n", mj_last_error());
         return 2;
     }

@@ -44,17 +44,22 @@ static void jit_fini(void) {
 
 TestSuite(sparse, .fini = jit_fini);
 
-static LLVMTargetMachineRef host_tm(void) {
+/* The host's target machine; m gets its triple and data layout. */
+static LLVMTargetMachineRef host_tm(LLVMModuleRef m) {
     char *triple = LLVMGetDefaultTargetTriple(), *cpu = LLVMGetHostCPUName(), *feat = LLVMGetHostCPUFeatures();
     LLVMTargetRef t;
     char *err = NULL;
     cr_assert(!LLVMGetTargetFromTriple(triple, &t, &err), "%s", err ? err : "");
     LLVMTargetMachineRef tm = LLVMCreateTargetMachine(t, triple, cpu, feat, LLVMCodeGenLevelAggressive,
                                                       LLVMRelocDefault, LLVMCodeModelJITDefault);
+    cr_assert(tm);
+    LLVMSetTarget(m, triple);
+    LLVMTargetDataRef td = LLVMCreateTargetDataLayout(tm);
+    LLVMSetModuleDataLayout(m, td);
+    LLVMDisposeTargetData(td);
     LLVMDisposeMessage(triple);
     LLVMDisposeMessage(cpu);
     LLVMDisposeMessage(feat);
-    cr_assert(tm);
     return tm;
 }
 
@@ -80,13 +85,7 @@ static void harness_init_r(harness *h, const float *w, const float *b, int64_t o
     cr_assert(!LLVMVerifyModule(m, LLVMReturnStatusAction, &msg), "invalid IR: %s", msg);
     LLVMDisposeMessage(msg);
 
-    LLVMTargetMachineRef tm = host_tm();
-    char *triple = LLVMGetTargetMachineTriple(tm);
-    LLVMSetTarget(m, triple);
-    LLVMDisposeMessage(triple);
-    LLVMTargetDataRef td = LLVMCreateTargetDataLayout(tm);
-    LLVMSetModuleDataLayout(m, td);
-    LLVMDisposeTargetData(td);
+    LLVMTargetMachineRef tm = host_tm(m);
     LLVMPassBuilderOptionsRef po = LLVMCreatePassBuilderOptions();
     LLVMErrorRef err = LLVMRunPasses(m, "default<O3>", tm, po);
     LLVMDisposePassBuilderOptions(po);
