@@ -223,6 +223,20 @@ static void aot_build(const mj_graph *g, const mj_aot_options *o, const char *cf
     build_driver(dir, "m", cflags);
 }
 
+/* A model traced and compiled ahead of time into dir, with its driver. */
+typedef struct built {
+    mj_module *mod;
+    mj_graph *g;
+    char dir[1024];
+} built;
+
+/* spec (masked at density when below 1) traced, compiled with o, the
+ * driver built with cflags. */
+static void build_model(built *b, const char *spec, double density, const mj_aot_options *o, const char *cflags) {
+    b->g = trace_model(spec, density, &b->mod);
+    aot_build(b->g, o, cflags, b->dir, sizeof b->dir);
+}
+
 /* The test's graph, module and directory freed. */
 static void done(mj_graph *g, mj_module *mod, const char *dir) {
     mj_graph_free(g);
@@ -285,25 +299,24 @@ static void compare_batches(const char *dir, jit_ref ref, int64_t in, uint64_t s
 /* AOT (target cpu, features) vs the JIT exact frozen at batches 1, 3, 17. */
 static void check_model_mode(const char *spec, double density, const char *cpu, const char *features,
                              mj_numeric_mode mode) {
-    mj_module *mod;
-    mj_graph *g = trace_model(spec, density, &mod);
     mj_aot_options o = aot_m();
     o.target_cpu = cpu;
     o.features = features;
     o.description = spec;
     o.numeric = mode;
-    char dir[1024], obj[1100], exe[1100];
-    aot_build(g, &o, "", dir, sizeof dir);
-    snprintf(obj, sizeof obj, "%s/m.o", dir);
-    snprintf(exe, sizeof exe, "%s/drv", dir);
+    built b;
+    build_model(&b, spec, density, &o, "");
+    char obj[1100], exe[1100];
+    snprintf(obj, sizeof obj, "%s/m.o", b.dir);
+    snprintf(exe, sizeof exe, "%s/drv", b.dir);
     assert_only_libc(obj);
     assert_no_llvm(exe);
-    jit_ref ref = jit_ref_new(g, true, mode);
+    jit_ref ref = jit_ref_new(b.g, true, mode);
     char what[512];
     snprintf(what, sizeof what, "%s (%s%s)", spec, cpu ? cpu : "host", features ? features : "");
-    compare_batches(dir, ref, in_width(g), 100, what);
+    compare_batches(b.dir, ref, in_width(b.g), 100, what);
     jit_ref_free(ref);
-    done(g, mod, dir);
+    done(b.g, b.mod, b.dir);
 }
 
 static void check_model(const char *spec, double density, const char *cpu, const char *features) {
@@ -349,35 +362,31 @@ static bool host_has_flag(const char *flag) {
  * and a message, and writes nothing. */
 Test(aot, refuses_a_cpu_without_the_target_features) {
     if (host_has_flag("amx_tile")) cr_skip_test("this host has AMX: no missing feature to test with");
-    mj_module *mod;
-    mj_graph *g = trace_model("mut", 1, &mod);
     mj_aot_options o = aot_m();
     o.features = "+amx-tile";
-    char dir[1024];
-    aot_build(g, &o, "", dir, sizeof dir);
+    built b;
+    build_model(&b, "mut", 1, &o, "");
     mj_tensor *x = randn(3, 16, 1);
     float y[48];
     char msg[2048];
-    int rc = run_driver(dir, x, y, 48, msg, sizeof msg);
+    int rc = run_driver(b.dir, x, y, 48, msg, sizeof msg);
     cr_assert_eq(rc, MJ_AOT_ERR_CPU, "exit %d: %s", rc, msg);
     cr_assert(strstr(msg, "m: this CPU lacks a feature the code was compiled for"), "%s", msg);
     cr_assert(strstr(msg, "amx-tile"), "%s", msg);
     char hdr[1100], text[16384];
-    snprintf(hdr, sizeof hdr, "cat '%s/m.h'", dir);
+    snprintf(hdr, sizeof hdr, "cat '%s/m.h'", b.dir);
     run(hdr, text, sizeof text);
     cr_assert(strstr(text, "amx-tile"), "the header records the needed features:\n%s", text);
     mj_tensor_release(x);
-    done(g, mod, dir);
+    done(b.g, b.mod, b.dir);
 }
 
 Test(aot, bad_calls_return_codes) {
-    mj_module *mod;
-    mj_graph *g = trace_model("mut", 1, &mod);
     mj_aot_options o = aot_m();
-    char dir[1024];
-    aot_build(g, &o, "", dir, sizeof dir);
+    built b;
+    build_model(&b, "mut", 1, &o, "");
     char cmd[4400], out[1024];
-    snprintf(cmd, sizeof cmd, "'%s/drv' errors", dir);
+    snprintf(cmd, sizeof cmd, "'%s/drv' errors", b.dir);
     cr_assert_eq(run(cmd, out, sizeof out), 0);
     char want[64];
     snprintf(want, sizeof want, "%d %d %d %d %d %d\n", MJ_AOT_ERR_BATCH, MJ_AOT_ERR_BATCH, MJ_AOT_ERR_NULL,
@@ -386,7 +395,7 @@ Test(aot, bad_calls_return_codes) {
     const char *says[] = {"m: batch must be between 1 and ", "m: an input buffer overlaps an output buffer",
                           "m: unknown error code"};
     for (int i = 0; i < 3; i++) cr_assert(strstr(out, says[i]), "%s", out);
-    done(g, mod, dir);
+    done(b.g, b.mod, b.dir);
 }
 
 /* Same graph and options, twice, into different directories: same bytes. */
@@ -570,16 +579,16 @@ static void compare_live(const char *dir, mj_module *mod, const mj_graph *g, con
  * other model's outputs, so nothing was baked in. */
 Test(aot, live_masked_mlp_binds_weights_by_name) {
     const char *spec = "mlp:16,48,8:act=gelu";
-    mj_module *m1, *m2;
-    mj_graph *g1 = trace_model(spec, 0.5, &m1);
     mj_aot_options o = aot_m();
     o.frozen = false;
-    char dir[1024], obj[1100];
-    aot_build(g1, &o, "-DLIVE", dir, sizeof dir);
-    snprintf(obj, sizeof obj, "%s/m.o", dir);
+    built b;
+    build_model(&b, spec, 0.5, &o, "-DLIVE");
+    char obj[1100];
+    snprintf(obj, sizeof obj, "%s/m.o", b.dir);
     assert_only_libc(obj);
-    compare_live(dir, m1, g1, "live, first weights");
+    compare_live(b.dir, b.mod, b.g, "live, first weights");
 
+    mj_module *m2;
     mj_rng rng = mjt_rng(99);
     OK(mj_model_from_spec(spec, &rng, &m2));
     OK(mj_model_apply_masks(m2, NULL, 0.3, &rng));
@@ -588,24 +597,22 @@ Test(aot, live_masked_mlp_binds_weights_by_name) {
     mj_graph *g2;
     OK(mj_trace_module(m2, ex, &g2));
     mj_tensor_release(ex);
-    compare_live(dir, m2, g2, "live, other weights");
+    compare_live(b.dir, m2, g2, "live, other weights");
     mj_graph_free(g2);
     mj_module_free(m2);
-    done(g1, m1, dir);
+    done(b.g, b.mod, b.dir);
 }
 
 /* Live on an unmasked model (weights packed at run time) and on a
  * shipping target. */
 Test(aot, live_plain_mlp_on_x86_64_v3) {
-    mj_module *m;
-    mj_graph *g = trace_model("mlp:24,40,40,6:act=tanh", 1, &m);
     mj_aot_options o = aot_m();
     o.frozen = false;
     o.target_cpu = "x86-64-v3";
-    char dir[1024];
-    aot_build(g, &o, "-DLIVE", dir, sizeof dir);
-    compare_live(dir, m, g, "live plain");
-    done(g, m, dir);
+    built b;
+    build_model(&b, "mlp:24,40,40,6:act=tanh", 1, &o, "-DLIVE");
+    compare_live(b.dir, b.mod, b.g, "live plain");
+    done(b.g, b.mod, b.dir);
 }
 
 /* Trace files exported from PyTorch models (tools/export_torch.py;
