@@ -33,6 +33,19 @@
                   needle);                                                                 \
     } while (0)
 
+/* Releases each tensor listed (NULLs allowed): MJT_RELEASE(x, y, want). */
+#define MJT_RELEASE(...)                                                                   \
+    mjt_release_n((mj_tensor *[]){__VA_ARGS__}, sizeof((mj_tensor *[]){__VA_ARGS__}) / sizeof(mj_tensor *))
+static inline void mjt_release_n(mj_tensor *const *t, size_t n) {
+    for (size_t i = 0; i < n; i++) mj_tensor_release(t[i]);
+}
+
+/* Frees each malloc'd pointer listed: MJT_FREE(path, text). */
+#define MJT_FREE(...) mjt_free_n((void *[]){__VA_ARGS__}, sizeof((void *[]){__VA_ARGS__}) / sizeof(void *))
+static inline void mjt_free_n(void *const *p, size_t n) {
+    for (size_t i = 0; i < n; i++) free(p[i]);
+}
+
 /* A generator seeded with seed: `mj_rng rng = mjt_rng(7);`. */
 static inline mj_rng mjt_rng(uint64_t seed) {
     mj_rng r;
@@ -109,6 +122,15 @@ static inline mj_compiled *mjt_compile_with(mj_jit *jit, const mj_graph *g, cons
     mj_status s = mj_jit_compile(jit, g, o, &c);
     cr_assert_eq(s, MJ_OK, "compile: %s: %s", mj_status_name(s), mj_last_error());
     return c;
+}
+
+/* The model of spec (mj_model_from_spec) built from rng, masked at density
+ * (mj_model_apply_masks) when density is below 1. */
+static inline mj_module *mjt_model(const char *spec, double density, mj_rng *rng) {
+    mj_module *m = NULL;
+    OK(mj_model_from_spec(spec, rng, &m));
+    if (density < 1) OK(mj_model_apply_masks(m, NULL, density, rng));
+    return m;
 }
 
 /* m traced on the example x; must succeed. */
@@ -228,6 +250,12 @@ static inline void mjt_rm_rf(const char *dir) {
         closedir(d);
     }
     rmdir(dir);
+}
+
+/* Removes a directory from mjt_temp_dir with everything in it, and frees its name. */
+static inline void mjt_rm_temp(char *dir) {
+    mjt_rm_rf(dir);
+    free(dir);
 }
 
 /* The bytes of the file path (malloc'd, with a NUL after them so that texts
