@@ -56,6 +56,23 @@ static void make_leaves(mj_graph *g, int64_t batch, uint64_t seed, mj_tensor **i
     }
 }
 
+/* The ops whose kernel takes just the one or two operands. */
+static const struct {
+    mj_op op;
+    mj_status (*kernel)(mj_tensor **, const mj_tensor *);
+} unary_kernels[] = {
+    {MJ_OP_RELU, mj_relu}, {MJ_OP_GELU, mj_gelu}, {MJ_OP_GELU_TANH, mj_gelu_tanh}, {MJ_OP_SIGMOID, mj_sigmoid},
+    {MJ_OP_TANH, mj_tanh}, {MJ_OP_NEG, mj_neg}, {MJ_OP_EXP, mj_exp}, {MJ_OP_LOG, mj_log},
+    {MJ_OP_SQRT, mj_sqrt}, {MJ_OP_RSQRT, mj_rsqrt}, {MJ_OP_SILU, mj_silu},
+};
+static const struct {
+    mj_op op;
+    mj_status (*kernel)(mj_tensor **, const mj_tensor *, const mj_tensor *);
+} binary_kernels[] = {
+    {MJ_OP_MATMUL, mj_matmul}, {MJ_OP_ADD, mj_add}, {MJ_OP_SUB, mj_sub}, {MJ_OP_MUL, mj_mul},
+    {MJ_OP_DIV, mj_div}, {MJ_OP_MAXIMUM, mj_maximum}, {MJ_OP_MINIMUM, mj_minimum},
+};
+
 /* Eager reference for one node (written independently of interp.c). */
 static mj_tensor *eager(const mj_node *n, mj_tensor **v, int64_t batch) {
     mj_tensor *y = NULL, *t = NULL;
@@ -63,8 +80,17 @@ static mj_tensor *eager(const mj_node *n, mj_tensor **v, int64_t batch) {
     const mj_tensor *a = n->n_operands > 0 ? v[n->operands[0]] : NULL;
     const mj_tensor *b = n->n_operands > 1 ? v[n->operands[1]] : NULL;
     const mj_tensor *c = n->n_operands > 2 ? v[n->operands[2]] : NULL;
+    for (size_t k = 0; k < sizeof unary_kernels / sizeof unary_kernels[0]; k++)
+        if (unary_kernels[k].op == n->op) {
+            OK(unary_kernels[k].kernel(&y, a));
+            return y;
+        }
+    for (size_t k = 0; k < sizeof binary_kernels / sizeof binary_kernels[0]; k++)
+        if (binary_kernels[k].op == n->op) {
+            OK(binary_kernels[k].kernel(&y, a, b));
+            return y;
+        }
     switch (n->op) {
-    case MJ_OP_MATMUL: s = mj_matmul(&y, a, b); break;
     case MJ_OP_LINEAR: s = mj_linear(&y, a, b, c); break;
     case MJ_OP_LINEAR_ACT:
         s = mj_linear(&t, a, b, c);
@@ -95,14 +121,6 @@ static mj_tensor *eager(const mj_node *n, mj_tensor **v, int64_t batch) {
         mj_tensor_release(w);
         break;
     }
-    case MJ_OP_ADD: s = mj_add(&y, a, b); break;
-    case MJ_OP_SUB: s = mj_sub(&y, a, b); break;
-    case MJ_OP_MUL: s = mj_mul(&y, a, b); break;
-    case MJ_OP_RELU: s = mj_relu(&y, a); break;
-    case MJ_OP_GELU: s = mj_gelu(&y, a); break;
-    case MJ_OP_GELU_TANH: s = mj_gelu_tanh(&y, a); break;
-    case MJ_OP_SIGMOID: s = mj_sigmoid(&y, a); break;
-    case MJ_OP_TANH: s = mj_tanh(&y, a); break;
     case MJ_OP_TRANSPOSE: s = mj_transpose_dims(&y, a, n->sa.dim0, n->sa.dim1); break;
     case MJ_OP_PERMUTE: {
         int perm[MJ_MAX_RANK] = {n->sa.perm[0], n->sa.perm[1], n->sa.perm[2], n->sa.perm[3]};
@@ -122,16 +140,7 @@ static mj_tensor *eager(const mj_node *n, mj_tensor **v, int64_t batch) {
         s = mj_reshape(&y, a, n->type.rank, shape);
         break;
     }
-    case MJ_OP_DIV: s = mj_div(&y, a, b); break;
-    case MJ_OP_MAXIMUM: s = mj_maximum(&y, a, b); break;
-    case MJ_OP_MINIMUM: s = mj_minimum(&y, a, b); break;
-    case MJ_OP_NEG: s = mj_neg(&y, a); break;
-    case MJ_OP_EXP: s = mj_exp(&y, a); break;
-    case MJ_OP_LOG: s = mj_log(&y, a); break;
-    case MJ_OP_SQRT: s = mj_sqrt(&y, a); break;
-    case MJ_OP_RSQRT: s = mj_rsqrt(&y, a); break;
     case MJ_OP_POW: s = mj_pow_scalar(&y, a, n->attrs.f[0]); break;
-    case MJ_OP_SILU: s = mj_silu(&y, a); break;
     case MJ_OP_LEAKY_RELU: s = mj_leaky_relu(&y, a, n->attrs.f[0]); break;
     case MJ_OP_ELU: s = mj_elu(&y, a, n->attrs.f[0]); break;
     case MJ_OP_HARDTANH: s = mj_hardtanh(&y, a, n->attrs.f[0], n->attrs.f[1]); break;
@@ -175,8 +184,7 @@ static uint64_t check_graph_text(const char *text) {
     mj_graph *g2 = parse_ok(p1);
     char *p2 = mj_graph_to_string(g2);
     cr_assert_str_eq(p1, p2);
-    free(p1);
-    free(p2);
+    MJT_FREE(p1, p2);
     mj_graph_free(g2);
     OK(mj_graph_verify(g));
 
@@ -205,8 +213,7 @@ static uint64_t check_graph_text(const char *text) {
         }
         for (int32_t i = 0; i < g->n_nodes; i++) mj_tensor_release(owned[i]);
         for (int i = 0; i < n_in; i++) mj_tensor_release(ins[i]);
-        free(owned);
-        free(vals);
+        MJT_FREE(owned, vals);
     }
     mj_graph_free(g);
     return used;
@@ -419,8 +426,7 @@ Test(ir, const_data_inline_exact) {
     }
     char *text2 = mj_graph_to_string(g2);
     cr_assert_str_eq(text, text2);
-    free(text);
-    free(text2);
+    MJT_FREE(text, text2);
     mj_graph_free(g);
     mj_graph_free(g2);
     mj_tensor_release(t);
@@ -453,10 +459,7 @@ Test(ir, big_const_not_inline_and_comments) {
     OK(mj_add(&ref, x, b));
     cr_assert(mj_tensor_equal(y, ref));
     free(p);
-    mj_tensor_release(ref);
-    mj_tensor_release(y);
-    mj_tensor_release(x);
-    mj_tensor_release(b);
+    MJT_RELEASE(ref, y, x, b);
     mj_tensor_dict_free(d);
     mj_graph_free(g);
 }
@@ -726,11 +729,7 @@ Test(ir, interpreter_input_errors) {
     cr_assert(strstr(mj_last_error(), "expected f32[B,4], got NULL"), "%s", mj_last_error());
     cr_assert_null(y);
     OK(mj_graph_run(g, ins[0], &y));
-    mj_tensor_release(y);
-    mj_tensor_release(xb);
-    mj_tensor_release(x0);
-    mj_tensor_release(x1);
-    mj_tensor_release(ins[0]);
+    MJT_RELEASE(y, xb, x0, x1, ins[0]);
     mj_graph_free(g);
 }
 
@@ -760,8 +759,7 @@ Test(ir, bind_freeze_clone) {
     OK(mj_graph_clone(g, &c));
     char *p1 = mj_graph_to_string(g), *p2 = mj_graph_to_string(c);
     cr_assert_str_eq(p1, p2);
-    free(p1);
-    free(p2);
+    MJT_FREE(p1, p2);
 
     int64_t xs[2] = {5, 4};
     mj_tensor *x = randn(2, xs, 4), *y0, *y1, *y2;
@@ -787,13 +785,7 @@ Test(ir, bind_freeze_clone) {
     mj_tensor_release(y3);
     mj_graph_free(c2);
 
-    mj_tensor_release(y0);
-    mj_tensor_release(y1);
-    mj_tensor_release(y2);
-    mj_tensor_release(x);
-    mj_tensor_release(w);
-    mj_tensor_release(v);
-    mj_tensor_release(bad);
+    MJT_RELEASE(y0, y1, y2, x, w, v, bad);
     mj_tensor_dict_free(d);
     mj_graph_free(c);
     mj_graph_free(g);
@@ -873,15 +865,13 @@ Test(ir, save_load_round_trip) {
     OK(mj_graph_load(path, &l));
     char *a = mj_graph_to_string(g), *b = mj_graph_to_string(l);
     cr_assert_str_eq(a, b);
-    free(a);
-    free(b);
+    MJT_FREE(a, b);
     mj_tensor *o1[3], *o2[3];
     OK(mj_interp_run(g, 1, (const mj_tensor *const *)ins, 3, o1));
     OK(mj_interp_run(l, 1, (const mj_tensor *const *)ins, 3, o2));
     for (int i = 0; i < 3; i++) {
         cr_assert(mj_tensor_equal(o1[i], o2[i]), "output %d", i);
-        mj_tensor_release(o1[i]);
-        mj_tensor_release(o2[i]);
+        MJT_RELEASE(o1[i], o2[i]);
     }
     /* a plain safetensors file without the IR is refused clearly */
     mj_tensor_dict *d;
