@@ -159,8 +159,7 @@ Test(cache, store_and_load_round_trip) {
     cr_assert(strstr(why, "another key"), "%s", why);
     mj_cache_remove(sub, hex);
     cr_assert_eq(mj_cache_load(sub, hex, &e, why, sizeof why), MJ_CACHE_MISS);
-    mjt_rm_rf(dir);
-    free(dir);
+    mjt_rm_temp(dir);
 }
 
 Test(cache, directory_choice_and_off_switches) {
@@ -197,10 +196,7 @@ Test(cache, directory_choice_and_off_switches) {
 
 static mj_tensor *input(int64_t batch) {
     mj_rng rng = mjt_rng(42);
-    int64_t shape[2] = {batch, 8};
-    mj_tensor *x;
-    OK(mj_tensor_randn(&x, 2, shape, &rng));
-    return x;
+    return mjt_randn2(batch, 8, &rng);
 }
 
 /* compiles g with the cache in dir, runs it, checks the output against the
@@ -219,8 +215,7 @@ static mj_compile_stats compile_run(mj_jit *jit, mj_graph *g, const char *dir, b
     cr_assert(mj_tensor_equal(y, want), "compiled output differs from the interpreter");
     mj_compile_stats st = *mj_compiled_stats(c);
     mj_compiled_free(c);
-    mj_tensor_release(x);
-    mj_tensor_release(want);
+    MJT_RELEASE(x, want);
     if (y_out) *y_out = y;
     else mj_tensor_release(y);
     return st;
@@ -265,17 +260,12 @@ Test(cache, hit_is_bit_identical_and_skips_the_compile) {
         free(buf);
         mj_compiled_free(c1);
         mj_compiled_free(c2);
-        mj_tensor_release(x);
-        mj_tensor_release(y1);
-        mj_tensor_release(y2);
-        mj_tensor_release(y3);
-        mj_tensor_release(y4);
+        MJT_RELEASE(x, y1, y2, y3, y4);
         mj_graph_free(g);
     }
     cr_assert_eq(mjt_count_entries(dir, "*.mjc"), 2, "live and frozen: two entries");
     mj_jit_free(jit);
-    mjt_rm_rf(dir);
-    free(dir);
+    mjt_rm_temp(dir);
 }
 
 static char *only_entry(const char *dir) {
@@ -322,8 +312,7 @@ Test(cache, corrupt_entry_falls_back_and_repairs) {
     free(path);
     mj_graph_free(g);
     mj_jit_free(jit);
-    mjt_rm_rf(dir);
-    free(dir);
+    mjt_rm_temp(dir);
 }
 
 Test(cache, off_switch_writes_nothing) {
@@ -343,8 +332,7 @@ Test(cache, off_switch_writes_nothing) {
     cr_assert_eq(mjt_count_entries(dir, "*.mjc"), 1);
     mj_graph_free(g);
     mj_jit_free(jit);
-    mjt_rm_rf(dir);
-    free(dir);
+    mjt_rm_temp(dir);
 }
 
 Test(cache, unwritable_directory_compiles_anyway) {
@@ -362,8 +350,7 @@ Test(cache, unwritable_directory_compiles_anyway) {
     cr_assert(strstr(s.warning, "cache") && strstr(s.warning, under), "%s", s.warning);
     mj_graph_free(g);
     mj_jit_free(jit);
-    mjt_rm_rf(dir);
-    free(dir);
+    mjt_rm_temp(dir);
 }
 
 Test(cache, two_processes_race_on_one_entry) {
@@ -419,6 +406,5 @@ Test(cache, two_processes_race_on_one_entry) {
     cr_assert(s.cache_hit);
     mj_jit_free(jit);
     mj_graph_free(g);
-    mjt_rm_rf(dir);
-    free(dir);
+    mjt_rm_temp(dir);
 }

@@ -77,9 +77,7 @@ static void check_graph_all_modes(mj_graph *g, const char *what, mj_rng *rng) {
             cr_assert_eq(s, MJ_OK, "%s (%s): run: %s", what, mjt_modes[mi].name, mj_last_error());
             double e = check_result(got, want, mjt_modes[mi], what);
             if (e > max_err) max_err = e;
-            mj_tensor_release(x);
-            mj_tensor_release(want);
-            mj_tensor_release(got);
+            MJT_RELEASE(x, want, got);
         }
         if (mjt_modes[mi].numeric == MJ_NUMERIC_FAST)
             cr_log_info("%s (%s): max abs error %.3g", what, mjt_modes[mi].name, max_err);
@@ -111,9 +109,7 @@ static mj_graph *x_w_graph(mj_op o, mj_act act, mj_type wt, mj_rng *rng) {
 static void check_batches(mj_compiled *c, mj_module *m, int64_t in, const int64_t *batches, size_t n, mjt_mode md,
                           const char *what, mj_rng *rng) {
     for (size_t bi = 0; bi < n; bi++) {
-        int64_t xs[2] = {batches[bi], in};
-        mj_tensor *x;
-        OK(mj_tensor_randn(&x, 2, xs, rng));
+        mj_tensor *x = mjt_randn2(batches[bi], in, rng);
         check_model(c, m, x, md, what);
         mj_tensor_release(x);
     }
@@ -224,8 +220,7 @@ Test(jit, activations_special_values_bitwise) {
         OK(mj_compiled_run(c, x, &got));
         OK(mj_activation(&want, mj_op_table[acts[i]].act, x));
         check_result(got, want, mjt_modes[0], mj_op_table[acts[i]].name);
-        mj_tensor_release(got);
-        mj_tensor_release(want);
+        MJT_RELEASE(got, want);
         mj_compiled_free(c);
         mj_graph_free(g);
     }
@@ -304,9 +299,16 @@ static double check_model(mj_compiled *c, mj_module *m, const mj_tensor *x, mjt_
     OK(mj_module_forward(m, x, &want));
     cr_assert_eq(mj_compiled_run(c, x, &got), MJ_OK, "%s (%s): %s", what, md.name, mj_last_error());
     double e = check_result(got, want, md, what);
-    mj_tensor_release(want);
-    mj_tensor_release(got);
+    MJT_RELEASE(want, got);
     return e;
+}
+
+/* check_model at a randn input of shape shape2 (rank 2) from rng. */
+static void check_model_randn(mj_compiled *c, mj_module *m, const int64_t *shape2, mj_rng *rng, mjt_mode md,
+                              const char *what) {
+    mj_tensor *x = mjt_randn2(shape2[0], shape2[1], rng);
+    check_model(c, m, x, md, what);
+    mj_tensor_release(x);
 }
 
 /* The seed's test_jit_trace, through the compiled path. */
@@ -325,10 +327,7 @@ Test(jit, seed_model_trace_compiled_equals_eager) {
             /* the total covers the parts (and a cache hit's lookup) */
             cr_assert(st->total_ms > 0 && st->total_ms >= st->ir_ms + st->optimize_ms + st->codegen_ms,
                       "total %.3f ms < parts", st->total_ms);
-            mj_tensor *x;
-            OK(mj_tensor_randn(&x, 2, ex, &rng));
-            check_model(c, m, x, mjt_modes[mi], bias ? "seed model with bias" : "seed model");
-            mj_tensor_release(x);
+            check_model_randn(c, m, ex, &rng, mjt_modes[mi], bias ? "seed model with bias" : "seed model");
             mj_compiled_free(c);
         }
         mj_graph_free(g);
@@ -358,10 +357,7 @@ Test(jit, perf_profiling_layer_runs_the_same_code) {
         o.frozen = mjt_modes[mi].frozen;
         o.use_cache = false; /* a cache hit would skip the listener */
         mj_compiled *c = mjt_compile_with(pj, g, &o);
-        mj_tensor *x;
-        OK(mj_tensor_randn(&x, 2, ex, &rng));
-        check_model(c, m, x, mjt_modes[mi], "seed model through the perf layer");
-        mj_tensor_release(x);
+        check_model_randn(c, m, ex, &rng, mjt_modes[mi], "seed model through the perf layer");
         mj_compiled_free(c);
     }
     mj_graph_free(g);
@@ -450,10 +446,7 @@ Test(jit, live_mode_sees_weight_and_mask_changes_frozen_does_not) {
     mj_tensor *fz;
     OK(mj_compiled_run(frozen, x, &fz));
     cr_assert(mj_tensor_equal(fz, before), "frozen must keep the compiled-in values");
-    mj_tensor_release(fz);
-    mj_tensor_release(now);
-    mj_tensor_release(before);
-    mj_tensor_release(x);
+    MJT_RELEASE(fz, now, before, x);
     mj_compiled_free(live);
     mj_compiled_free(frozen);
     mj_graph_free(g);
@@ -586,9 +579,7 @@ static void assert_callers_agree(mj_compiled *c, mj_tensor *x, mj_tensor *want, 
 
 Test(jit, eight_threads_share_one_compiled_model) {
     mj_rng rng = mjt_rng(13);
-    mj_module *m;
-    OK(mj_model_from_spec("mlp:64,96,96,10:act=gelu", &rng, &m));
-    OK(mj_model_apply_masks(m, NULL, 0.5, &rng));
+    mj_module *m = mjt_model("mlp:64,96,96,10:act=gelu", 0.5, &rng);
     int64_t ex[2] = {2, 64}, xs[2] = {7, 64};
     mj_graph *g = trace(m, 2, ex);
     mj_compiled *c = mjt_compile(jit, g, mjt_modes[0]);
@@ -597,8 +588,7 @@ Test(jit, eight_threads_share_one_compiled_model) {
     cr_assert_eq(mj_compiled_run(c, x, &want), MJ_OK); /* single-threaded reference */
     check_model(c, m, x, mjt_modes[0], "mlp");
     assert_callers_agree(c, x, want, 8, scaled(500));
-    mj_tensor_release(x);
-    mj_tensor_release(want);
+    MJT_RELEASE(x, want);
     mj_compiled_free(c);
     mj_graph_free(g);
     mj_module_free(m);
@@ -630,8 +620,7 @@ Test(jit, dump_ir_and_asm) {
     char *as = dump(c, "asm");
     cr_assert(strstr(as, "mj_body_") && strstr(as, "ret"), "%.300s", as);
     cr_assert(strstr(as, "vfmadd") || strstr(as, "fmaf"), "expected FMA instructions or libm's fmaf");
-    free(ir);
-    free(as);
+    MJT_FREE(ir, as);
     mj_compiled_free(c);
     /* fast mode may contract */
     c = mjt_compile(jit, g, mjt_modes[2]);
@@ -683,9 +672,7 @@ Test(jit, kernels_tile_edges_against_interpreter) {
                     mj_compare_describe(&cmp, got, want, desc, sizeof desc);
                     cr_assert(cmp.close, "%s (%s): not close: %s", what, mjt_modes[mi].name, desc);
                 }
-                mj_tensor_release(xin);
-                mj_tensor_release(want);
-                mj_tensor_release(got);
+                MJT_RELEASE(xin, want, got);
             }
             mj_compiled_free(c);
         }
@@ -700,9 +687,7 @@ Test(jit, kernels_fused_chains_equal_eager) {
     static const char *specs[] = {"mlp:16,16,16,16", "mlp:7,33,9,64,5:act=gelu", "mlp:20,100,20,70:act=relu"};
     static const int64_t batches[] = {1, 2, 3, 4, 17, 33};
     for (int si = 0; si < 3; si++) {
-        mj_module *m;
-        OK(mj_model_from_spec(specs[si], &rng, &m));
-        OK(mj_model_apply_masks(m, NULL, 0.5, &rng));
+        mj_module *m = mjt_model(specs[si], 0.5, &rng);
         int64_t in = atoi(specs[si] + 4), ex[2] = {3, in};
         mj_graph *g = trace(m, 2, ex);
         for (int mi = 0; mi < 4; mi++) {
@@ -727,8 +712,7 @@ Test(jit, frozen_small_layers_skip_zero_weights_per_lane) {
     } cases[] = {{"mlp:12,16,12:act=relu", 0.1}, {"mlp:20,40,20,3:act=tanh", 0.3}, {"mlp:32,64,32", 0.5}};
     static const int64_t batches[] = {1, 3, 17};
     for (size_t ci = 0; ci < sizeof cases / sizeof *cases; ci++) {
-        mj_module *m;
-        OK(mj_model_from_spec(cases[ci].spec, &rng, &m));
+        mj_module *m = mjt_model(cases[ci].spec, 1, &rng);
         OK(mj_model_apply_masks(m, NULL, cases[ci].density, &rng));
         int64_t in = atoi(cases[ci].spec + 4), ex[2] = {3, in};
         mj_graph *g = trace(m, 2, ex);
@@ -765,6 +749,30 @@ static mj_compiled *compile_threads(mj_jit *j, const mj_graph *g, mjt_mode m, in
     return c;
 }
 
+/* g compiled in mode md at 1, 2 and 4 threads (into c[0..2]); at each of
+ * the n batches (inputs randn [batch, in] from rng) the three give the same
+ * bits, and live ones m's eager bits too (check_model). */
+static void assert_threads_agree(mj_compiled *c[3], const mj_graph *g, mj_module *m, mjt_mode md, int64_t in,
+                                 const int64_t *batches, size_t n, mj_rng *rng, const char *what) {
+    for (int t = 0; t < 3; t++) c[t] = compile_threads(jit, g, md, 1 << t);
+    for (size_t bi = 0; bi < n; bi++) {
+        int64_t xs[2] = {batches[bi], in};
+        mj_tensor *x, *y[3];
+        OK(mj_tensor_randn(&x, 2, xs, rng));
+        for (int t = 0; t < 3; t++) OK(mj_compiled_run(c[t], x, &y[t]));
+        for (int t = 1; t < 3; t++)
+            cr_assert(mj_tensor_equal(y[0], y[t]), "%s %s batch %lld: %d threads differ", what, md.name,
+                      (long long)xs[0], 1 << t);
+        if (!md.frozen) check_model(c[2], m, x, md, what);
+        mj_tensor_release(x);
+        for (int t = 0; t < 3; t++) mj_tensor_release(y[t]);
+    }
+}
+
+static void free_threads(mj_compiled *c[3]) {
+    for (int t = 0; t < 3; t++) mj_compiled_free(c[t]);
+}
+
 /* Column mode: at fewer than 6 rows per thread, wide layers split their
  * output columns between the pool's threads, which meet after every op
  * (jit/lower.c, jit/compiled_run.c). Same bits as one thread and as eager, for
@@ -778,36 +786,14 @@ Test(jit, column_split_threads_are_bit_identical, .timeout = 120) {
     /* 40: columns too when every op splits them (below 24 rows per thread) */
     static const int64_t batches[] = {1, 2, 5, 11, 40};
     for (size_t mi_ = 0; mi_ < sizeof models / sizeof *models; mi_++) {
-        mj_module *m;
-        OK(mj_model_from_spec(models[mi_].spec, &rng, &m));
-        if (models[mi_].density < 1)
-            OK(mj_model_apply_masks(m, NULL, models[mi_].density, &rng));
+        mj_module *m = mjt_model(models[mi_].spec, models[mi_].density, &rng);
         int64_t in = atoi(models[mi_].spec + 4), ex[2] = {2, in};
         mj_graph *g = trace(m, 2, ex);
         for (int mi = 0; mi < 4; mi++) {
-            mj_compiled *c1 = compile_threads(jit, g, mjt_modes[mi], 1);
-            mj_compiled *c2 = compile_threads(jit, g, mjt_modes[mi], 2);
-            mj_compiled *c4 = compile_threads(jit, g, mjt_modes[mi], 4);
-            for (size_t bi = 0; bi < sizeof batches / sizeof *batches; bi++) {
-                int64_t xs[2] = {batches[bi], in};
-                mj_tensor *x, *y1, *y2, *y4;
-                OK(mj_tensor_randn(&x, 2, xs, &rng));
-                OK(mj_compiled_run(c1, x, &y1));
-                OK(mj_compiled_run(c2, x, &y2));
-                OK(mj_compiled_run(c4, x, &y4));
-                cr_assert(mj_tensor_equal(y1, y2), "%s %s batch %lld: 2 threads differ", models[mi_].spec,
-                          mjt_modes[mi].name, (long long)xs[0]);
-                cr_assert(mj_tensor_equal(y1, y4), "%s %s batch %lld: 4 threads differ", models[mi_].spec,
-                          mjt_modes[mi].name, (long long)xs[0]);
-                if (!mjt_modes[mi].frozen) check_model(c4, m, x, mjt_modes[mi], models[mi_].spec);
-                mj_tensor_release(x);
-                mj_tensor_release(y1);
-                mj_tensor_release(y2);
-                mj_tensor_release(y4);
-            }
-            mj_compiled_free(c1);
-            mj_compiled_free(c2);
-            mj_compiled_free(c4);
+            mj_compiled *c[3];
+            assert_threads_agree(c, g, m, mjt_modes[mi], in, batches, sizeof batches / sizeof *batches, &rng,
+                                 models[mi_].spec);
+            free_threads(c);
         }
         mj_graph_free(g);
         mj_module_free(m);
@@ -819,31 +805,14 @@ Test(jit, column_split_threads_are_bit_identical, .timeout = 120) {
  * weight change is seen by the pooled calls too. */
 Test(jit, threads_are_bit_identical_to_one_thread) {
     mj_rng rng = mjt_rng(17);
-    mj_module *m;
-    OK(mj_model_from_spec("mlp:256,300,256:act=relu", &rng, &m));
-    OK(mj_model_apply_masks(m, NULL, 0.5, &rng));
+    mj_module *m = mjt_model("mlp:256,300,256:act=relu", 0.5, &rng);
     int64_t ex[2] = {2, 256};
     mj_graph *g = trace(m, 2, ex);
     static const int64_t batches[] = {1, 2, 3, 64, 65, 333};
     for (int mi = 0; mi < 4; mi++) {
-        mj_compiled *c1 = compile_threads(jit, g, mjt_modes[mi], 1);
-        mj_compiled *c2 = compile_threads(jit, g, mjt_modes[mi], 2);
-        mj_compiled *c4 = compile_threads(jit, g, mjt_modes[mi], 4);
-        for (size_t bi = 0; bi < sizeof batches / sizeof *batches; bi++) {
-            int64_t xs[2] = {batches[bi], 256};
-            mj_tensor *x, *y1, *y2, *y4;
-            OK(mj_tensor_randn(&x, 2, xs, &rng));
-            OK(mj_compiled_run(c1, x, &y1));
-            OK(mj_compiled_run(c2, x, &y2));
-            OK(mj_compiled_run(c4, x, &y4));
-            cr_assert(mj_tensor_equal(y1, y2), "%s batch %lld: 2 threads differ", mjt_modes[mi].name, (long long)xs[0]);
-            cr_assert(mj_tensor_equal(y1, y4), "%s batch %lld: 4 threads differ", mjt_modes[mi].name, (long long)xs[0]);
-            if (!mjt_modes[mi].frozen) check_model(c4, m, x, mjt_modes[mi], "4 threads");
-            mj_tensor_release(x);
-            mj_tensor_release(y1);
-            mj_tensor_release(y2);
-            mj_tensor_release(y4);
-        }
+        mj_compiled *c[3];
+        assert_threads_agree(c, g, m, mjt_modes[mi], 256, batches, sizeof batches / sizeof *batches, &rng,
+                             "4 threads");
         if (mi == 0) { /* live: change a weight, the pooled call sees it */
             mj_module *lin = mj_module_find(m, "0");
             cr_assert(lin && mj_module_original(lin, "weight"));
@@ -852,21 +821,15 @@ Test(jit, threads_are_bit_identical_to_one_thread) {
             int64_t xs[2] = {200, 256};
             mj_tensor *x;
             OK(mj_tensor_randn(&x, 2, xs, &rng));
-            check_model(c4, m, x, mjt_modes[0], "4 threads after a weight change");
-            check_model(c1, m, x, mjt_modes[0], "1 thread after a weight change");
+            check_model(c[2], m, x, mjt_modes[0], "4 threads after a weight change");
+            check_model(c[0], m, x, mjt_modes[0], "1 thread after a weight change");
             mj_tensor_release(x);
         }
-        mj_compiled_free(c1);
-        mj_compiled_free(c2);
-        mj_compiled_free(c4);
+        free_threads(c);
     }
     /* threads = 0: every core */
     mj_compiled *c0 = compile_threads(jit, g, mjt_modes[0], 0);
-    int64_t xs[2] = {100, 256};
-    mj_tensor *x;
-    OK(mj_tensor_randn(&x, 2, xs, &rng));
-    check_model(c0, m, x, mjt_modes[0], "threads 0");
-    mj_tensor_release(x);
+    check_model_randn(c0, m, (int64_t[]){100, 256}, &rng, mjt_modes[0], "threads 0");
     mj_compiled_free(c0);
     mj_graph_free(g);
     mj_module_free(m);
@@ -876,8 +839,7 @@ Test(jit, threads_are_bit_identical_to_one_thread) {
  * run on their own threads; every result is right. */
 Test(jit, threads_pool_shared_by_concurrent_callers) {
     mj_rng rng = mjt_rng(18);
-    mj_module *m;
-    OK(mj_model_from_spec("mlp:128,128,128:act=tanh", &rng, &m));
+    mj_module *m = mjt_model("mlp:128,128,128:act=tanh", 1, &rng);
     int64_t ex[2] = {2, 128}, xs[2] = {150, 128};
     mj_graph *g = trace(m, 2, ex);
     mj_compiled *c = compile_threads(jit, g, mjt_modes[0], 2);
@@ -885,8 +847,7 @@ Test(jit, threads_pool_shared_by_concurrent_callers) {
     OK(mj_tensor_randn(&x, 2, xs, &rng));
     OK(mj_module_forward(m, x, &want));
     assert_callers_agree(c, x, want, 4, scaled(100));
-    mj_tensor_release(x);
-    mj_tensor_release(want);
+    MJT_RELEASE(x, want);
     mj_compiled_free(c);
     mj_graph_free(g);
     mj_module_free(m);
@@ -903,8 +864,7 @@ Test(jit, avx2_code_path_via_forced_features) {
      * which must follow the JIT's target too */
     static const char *specs[] = {"mlp:16,16,16,16", "mlp:100,130,33:act=gelu", "mlp:128,160,96:act=relu"};
     for (int si = 0; si < 3; si++) {
-        mj_module *m;
-        OK(mj_model_from_spec(specs[si], &rng, &m));
+        mj_module *m = mjt_model(specs[si], 1, &rng);
         if (si == 2) cr_assert_eq(mj_model_apply_masks(m, NULL, 0.1, &rng), MJ_OK, "%s", mj_last_error());
         int64_t in = atoi(specs[si] + 4), ex[2] = {3, in};
         mj_graph *g = trace(m, 2, ex);
@@ -1034,10 +994,7 @@ Test(jit, residual_add_fused_equals_unfused_every_kernel_and_mode) {
                     mj_compare_describe(&cmp, got, want, desc, sizeof desc);
                     cr_assert(cmp.close, "%s (%s): not close: %s", what, mjt_modes[mi].name, desc);
                 }
-                mj_tensor_release(x);
-                mj_tensor_release(want);
-                mj_tensor_release(got);
-                mj_tensor_release(unf);
+                MJT_RELEASE(x, want, got, unf);
             }
             mj_compiled_free(cf);
             mj_compiled_free(cu);
