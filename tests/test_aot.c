@@ -291,8 +291,7 @@ static void compare_batches(const char *dir, jit_ref ref, int64_t in, uint64_t s
         char label[512];
         snprintf(label, sizeof label, "%s batch %lld", what, (long long)batches[bi]);
         assert_driver_gives(dir, x, y, label);
-        mj_tensor_release(x);
-        mj_tensor_release(y);
+        MJT_RELEASE(x, y);
     }
 }
 
@@ -419,8 +418,7 @@ Test(aot, output_is_deterministic) {
         char *a = mjt_read_file(p1, &n1), *b = mjt_read_file(p2, &n2);
         cr_assert(n1 == n2 && memcmp(a, b, n1) == 0, "det.%s differs between two runs", ext[i]);
         cr_assert_null(memmem(a, n1, d1, strlen(d1)), "det.%s holds the output path", ext[i]);
-        free(a);
-        free(b);
+        MJT_FREE(a, b);
     }
     done(g, mod, d1);
     rm_rf(d2);
@@ -501,8 +499,7 @@ Test(aot, cli_writes_object_header_and_shared_library) {
     cr_assert(memcmp(y, mj_tensor_data(yt), sizeof y) == 0, "mut.so differs from eager: %g vs %g", (double)y[0],
               (double)mj_tensor_data(yt)[0]);
     dlclose(h);
-    mj_tensor_release(xt);
-    mj_tensor_release(yt);
+    MJT_RELEASE(xt, yt);
     done(g, mod, dir);
 }
 
@@ -679,9 +676,7 @@ Test(aot, pruned_cnn_matches_jit_bit_for_bit) {
         char what[64];
         snprintf(what, sizeof what, "batch %lld", (long long)batch);
         assert_driver_gives(dir, x, y, what);
-        mj_tensor_release(x);
-        mj_tensor_release(y);
-        mj_tensor_release(want);
+        MJT_RELEASE(x, y, want);
     }
     jit_ref_free(ref);
     mj_tensor_release(ex);

@@ -209,8 +209,7 @@ static run_out run_bench(int argc, const char **argv) {
 }
 
 static void run_free(run_out *r) {
-    free(r->out);
-    free(r->err);
+    MJT_FREE(r->out, r->err);
 }
 
 /* A run of the argc arguments that must exit with rc, needle in its stderr. */

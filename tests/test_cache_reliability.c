@@ -125,8 +125,7 @@ static model model_new(const char *spec, uint64_t seed) {
 }
 
 static void model_free(model *md) {
-    mj_tensor_release(md->x);
-    mj_tensor_release(md->want);
+    MJT_RELEASE(md->x, md->want);
     mj_graph_free(md->g);
     mj_module_free(md->m);
 }
@@ -176,8 +175,7 @@ static mj_graph *big_const_graph(int k, int n, uint32_t seed, int64_t tweak_at) 
     OK(mj_tensor_dict_set(d, "b", b));
     OK(mj_graph_bind(g, d));
     mj_tensor_dict_free(d);
-    mj_tensor_release(w);
-    mj_tensor_release(b);
+    MJT_RELEASE(w, b);
     return g;
 }
 
@@ -222,13 +220,11 @@ Test(cache_rel, bit_flips_anywhere_are_caught_and_rebuilt, .timeout = 600) {
         }
         st = compile_check(jit, &md, dir, frozen);
         cr_assert(st.cache_hit, "the rebuilt entry hits");
-        free(orig);
-        free(path);
+        MJT_FREE(orig, path);
     }
     model_free(&md);
     mj_jit_free(jit);
-    mjt_rm_rf(dir);
-    free(dir);
+    mjt_rm_temp(dir);
 }
 
 /* Another graph's entry copied over this graph's entry name: the same
@@ -258,16 +254,11 @@ Test(cache_rel, another_graphs_entry_is_not_linked, .timeout = 300) {
         cr_assert(n2 == na && memcmp(now, ea, na) == 0, "case %d: rebuilt", k);
         free(now);
         cr_assert(compile_check(jit, &a, da, frozen).cache_hit);
-        free(ea);
-        free(eb);
-        free(pa);
-        free(pb);
+        MJT_FREE(ea, eb, pa, pb);
         model_free(&a);
         model_free(&b);
-        mjt_rm_rf(da);
-        mjt_rm_rf(db);
-        free(da);
-        free(db);
+        mjt_rm_temp(da);
+        mjt_rm_temp(db);
     }
     mj_jit_free(jit);
 }
@@ -323,8 +314,7 @@ Test(cache_rel, fifo_at_the_entry_name_does_not_hang, .timeout = 120) {
     free(path);
     model_free(&md);
     mj_jit_free(jit);
-    mjt_rm_rf(dir);
-    free(dir);
+    mjt_rm_temp(dir);
 }
 
 Test(cache_rel, symlink_at_the_entry_name_is_not_followed, .timeout = 120) {
@@ -348,17 +338,12 @@ Test(cache_rel, symlink_at_the_entry_name_is_not_followed, .timeout = 120) {
     size_t n2;
     char *now = mjt_read_file(pb, &n2);
     cr_assert(n2 == nb && memcmp(now, eb, nb) == 0, "the link's target is untouched");
-    free(now);
-    free(eb);
-    free(pa);
-    free(pb);
+    MJT_FREE(now, eb, pa, pb);
     model_free(&a);
     model_free(&b);
     mj_jit_free(jit);
-    mjt_rm_rf(dir);
-    mjt_rm_rf(other);
-    free(dir);
-    free(other);
+    mjt_rm_temp(dir);
+    mjt_rm_temp(other);
 }
 
 /* ---- a private directory -------------------------------------------------------- */
@@ -395,8 +380,7 @@ Test(cache_rel, directory_is_created_private_and_entries_are_not_shared, .timeou
     free(path);
     model_free(&md);
     mj_jit_free(jit);
-    mjt_rm_rf(top);
-    free(top);
+    mjt_rm_temp(top);
 }
 
 /* ---- the size cap ------------------------------------------------------------------ */
@@ -477,8 +461,7 @@ Test(cache_rel, small_cap_evicts_least_recently_used, .timeout = 600) {
     }
     mj_jit_free(jit);
     unsetenv("MASKJIT_CACHE_MAX_MB");
-    mjt_rm_rf(dir);
-    free(dir);
+    mjt_rm_temp(dir);
 }
 
 Test(cache_rel, bad_max_mb_falls_back_with_a_warning, .timeout = 120) {
@@ -513,8 +496,7 @@ Test(cache_rel, bad_max_mb_falls_back_with_a_warning, .timeout = 120) {
     unsetenv("MASKJIT_CACHE_MAX_MB");
     model_free(&md);
     mj_jit_free(jit);
-    mjt_rm_rf(dir);
-    free(dir);
+    mjt_rm_temp(dir);
 }
 
 /* ---- the key ------------------------------------------------------------------------ */
@@ -525,8 +507,7 @@ Test(cache_rel, key_covers_bytes_of_large_consts) {
     mj_graph *a = big_const_graph(16, 16, 1, -1), *b = big_const_graph(16, 16, 1, 200);
     char *ta = mj_graph_to_string(a), *tb = mj_graph_to_string(b);
     cr_assert_str_eq(ta, tb, "the IR text does not show the const's data");
-    free(ta);
-    free(tb);
+    MJT_FREE(ta, tb);
     mj_compile_options o;
     mj_compile_options_init(&o);
     mj_cache_target t = {.cpu = "znver5", .features = "+avx512f"};
@@ -668,8 +649,7 @@ Test(cache_rel, cli_stats_and_clear_count_only_maskjit_files, .timeout = 300) {
     model_free(&a);
     model_free(&b);
     mj_jit_free(jit);
-    mjt_rm_rf(dir);
-    free(dir);
+    mjt_rm_temp(dir);
 }
 
 Test(cache_rel, cli_prune_keeps_the_newest_under_the_cap) {
@@ -701,6 +681,5 @@ Test(cache_rel, cli_prune_keeps_the_newest_under_the_cap) {
     free_entries(entries(dir, &n));
     cr_assert_eq(n, 0, "--max-mb 0 keeps nothing");
     cr_assert(exists(dir, "big-user-file.o"));
-    mjt_rm_rf(dir);
-    free(dir);
+    mjt_rm_temp(dir);
 }

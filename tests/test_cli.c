@@ -53,14 +53,11 @@ Test(cli, run_modes_write_eager_output, .timeout = 60) {
                            "compiled --fast --out %s", in, out), 0);
     mj_tensor *fast = mjt_load_tensor(out, "output");
     cr_assert(mj_tensor_allclose(fast, want, MJ_RTOL_F32, MJ_ATOL_F32));
-    mj_tensor_release(fast);
-    mj_tensor_release(want);
-    mj_tensor_release(x);
+    MJT_RELEASE(fast, want, x);
     mj_module_free(m);
     unlink(in);
     unlink(out);
-    free(in);
-    free(out);
+    MJT_FREE(in, out);
 }
 
 /* A saved trace replays without model code, and equals the model's eager output. */
@@ -81,15 +78,13 @@ Test(cli, trace_then_replay_matches_fixture, .timeout = 60) {
         char msg[256];
         mj_compare_describe(&c, y, expected, msg, sizeof msg);
         cr_assert(c.close, "replay vs PyTorch: %s", msg);
-        mj_tensor_release(y);
-        mj_tensor_release(expected);
+        MJT_RELEASE(y, expected);
     }
     /* Eager needs model code: refused for a trace, with exit 2. */
     cr_assert_eq(run_maskjit(NULL, "run %s --mode eager", trace), 2);
     unlink(trace);
     unlink(out);
-    free(trace);
-    free(out);
+    MJT_FREE(trace, out);
 }
 
 /* check passes on PyTorch's exports and fails (exit 1) when expected is wrong. */

@@ -93,9 +93,7 @@ Test(cnn, conv2d_every_geometry_matches_the_naive_loop) {
                             mj_tensor_release(y);
                             cases++;
                         }
-                        mj_tensor_release(x);
-                        mj_tensor_release(w);
-                        mj_tensor_release(b);
+                        MJT_RELEASE(x, w, b);
                     }
     cr_expect_geq(cases, 80);
 }
@@ -111,9 +109,7 @@ Test(cnn, conv2d_padding_multiplies_zeros_in) {
     p.padding[0] = p.padding[1] = 1;
     OK(mj_conv2d(&y, x, w, NULL, &p));
     cr_expect(isnan(mj_tensor_data(y)[0]));
-    mj_tensor_release(x);
-    mj_tensor_release(w);
-    mj_tensor_release(y);
+    MJT_RELEASE(x, w, y);
 }
 
 static mj_tensor_dict *fixture(void) {
@@ -290,8 +286,7 @@ Test(cnn, small_pruned_cnn_matches_pytorch_at_every_batch) {
         for (int64_t i = 0; i < batch; i++)
             cr_expect_eq(memcmp(mj_tensor_data(yb) + i * 5, mj_tensor_data(y) + (i % 3) * 5, 20), 0,
                          "batch %lld row %lld", (long long)batch, (long long)i);
-        mj_tensor_release(xb);
-        mj_tensor_release(yb);
+        MJT_RELEASE(xb, yb);
     }
     mj_tensor_release(y);
     mj_tensor_dict_free(sd);
@@ -338,11 +333,7 @@ Test(cnn, conv2d_module_keys_init_and_mask) {
     OK(mj_module_forward(m, x, &y));
     OK(mj_conv2d(&ref, x, masked, b, &p));
     cr_expect(mj_tensor_equal(y, ref));
-    mj_tensor_release(mask);
-    mj_tensor_release(masked);
-    mj_tensor_release(x);
-    mj_tensor_release(y);
-    mj_tensor_release(ref);
+    MJT_RELEASE(mask, masked, x, y, ref);
     mj_tensor_dict_free(sd);
     mj_module_free(m);
 }
@@ -372,8 +363,5 @@ Test(cnn, bad_arguments_fail_with_a_message) {
     cr_expect_null(y);
     cr_expect_null(m);
     /* traces of the layers: test_cnn_graph.c */
-    mj_tensor_release(x);
-    mj_tensor_release(x3);
-    mj_tensor_release(w);
-    mj_tensor_release(w2);
+    MJT_RELEASE(x, x3, w, w2);
 }

@@ -37,6 +37,13 @@ static mj_graph *trace_and_replay(mj_module *m, const int64_t *chw, mj_rng *rng,
     return g;
 }
 
+/* g's text form holds each of the n needles. */
+static void expect_text_has(const mj_graph *g, const char *const *needles, size_t n) {
+    char *text = mj_graph_to_string(g);
+    for (size_t i = 0; i < n; i++) cr_expect(strstr(text, needles[i]), "%s:\n%s", needles[i], text);
+    free(text);
+}
+
 Test(cnn_graph, every_conv_geometry_traces_and_replays_bit_identically) {
     mj_rng rng = mjt_rng(21);
     int cases = 0;
@@ -62,17 +69,12 @@ Test(cnn_graph, small_pruned_cnn_and_mobilenet_block_replay_bit_identically) {
     mj_rng rng = mjt_rng(22);
     mj_module *cnn = mjc_small_cnn(&rng), *mb = mjc_mobilenet_block(&rng);
     mj_graph *g = trace_and_replay(cnn, (int64_t[]){3, 13, 11}, &rng, "small CNN");
-    char *text = mj_graph_to_string(g);
     const char *ops[] = {"conv2d", "batch_norm", "relu", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d",
                          "reshape", "linear"};
-    for (size_t i = 0; i < sizeof ops / sizeof ops[0]; i++) cr_expect(strstr(text, ops[i]), "%s:\n%s", ops[i], text);
-    free(text);
+    expect_text_has(g, ops, sizeof ops / sizeof ops[0]);
     mj_graph_free(g);
     g = trace_and_replay(mb, (int64_t[]){8, 9, 7}, &rng, "MobileNet block");
-    text = mj_graph_to_string(g);
-    cr_expect(strstr(text, "groups=16"), "%s", text);
-    cr_expect(strstr(text, "add"), "%s", text);
-    free(text);
+    expect_text_has(g, (const char *[]){"groups=16", "add"}, 2);
     mj_graph_free(g);
     mj_module_free(cnn);
     mj_module_free(mb);
@@ -101,14 +103,11 @@ Test(cnn_graph, text_form_round_trips_and_traces_save_and_load) {
     char *loaded = mj_graph_to_string(l);
     cr_expect_str_eq(loaded, text);
     cr_expect(mjt_replays_eager(l, cnn, x));
-    free(text);
-    free(again);
-    free(loaded);
+    MJT_FREE(text, again, loaded);
     mj_graph_free(g);
     mj_graph_free(p);
     mj_graph_free(l);
-    mjt_rm_rf(dir);
-    free(dir);
+    mjt_rm_temp(dir);
     mj_tensor_release(x);
     mj_module_free(cnn);
 }
@@ -177,9 +176,7 @@ Test(cnn_graph, bad_attributes_and_shapes_are_refused_with_a_message) {
     mj_graph *g = NULL;
     FAILS(mj_trace_module(m, x, &g), MJ_ERR_UNSUPPORTED, "a bias without a weight cannot be traced");
     cr_expect_null(g);
-    mj_tensor_release(y);
-    mj_tensor_release(x);
-    mj_tensor_release(c);
+    MJT_RELEASE(y, x, c);
     mj_module_free(m);
 }
 
@@ -224,11 +221,9 @@ Test(cnn_graph, cli_runs_a_saved_cnn_trace_on_a_rank4_input, .timeout = 60) {
     cr_expect(mj_tensor_equal(y, want));
     mj_tensor_release(y);
     mj_tensor_dict_free(d);
-    mjt_rm_rf(dir);
-    free(dir);
+    mjt_rm_temp(dir);
     mj_graph_free(g);
-    mj_tensor_release(x);
-    mj_tensor_release(want);
+    MJT_RELEASE(x, want);
     mj_module_free(cnn);
 }
 
@@ -261,9 +256,7 @@ Test(cnn_graph, fold_bn_folds_batch_norm_into_the_conv) {
     mj_tensor *want = mjt_forward(mb, x);
     OK(mj_graph_run(g, x, &got));
     MJT_EXPECT_CLOSE(got, want, 1e-5, 1e-5, "folded graph vs eager");
-    mj_tensor_release(want);
-    mj_tensor_release(got);
-    mj_tensor_release(x);
+    MJT_RELEASE(want, got, x);
     mj_graph_free(g);
     mj_graph_free(live);
     mj_module_free(mb);

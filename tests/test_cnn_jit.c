@@ -31,9 +31,7 @@ static void check_compiled(mj_module *m, const int64_t *chw, mjt_mode md, mj_rng
         else
             MJT_EXPECT_CLOSE(got, want, MJ_RTOL_F32, MJ_ATOL_F32, "%s (%s) at batch %lld", what, md.name,
                              (long long)batch);
-        mj_tensor_release(x);
-        mj_tensor_release(want);
-        mj_tensor_release(got);
+        MJT_RELEASE(x, want, got);
     }
     mj_compiled_free(c);
     mj_graph_free(g);
@@ -187,8 +185,7 @@ Test(cnn_jit, frozen_conv_uses_a_tap_table_when_sparse_or_strided) {
             mj_compiled_free(c);
         }
         mj_graph_free(g);
-        mj_tensor_release(x);
-        mj_tensor_release(want);
+        MJT_RELEASE(x, want);
         mj_module_free(m);
     }
 }

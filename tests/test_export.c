@@ -234,9 +234,7 @@ Test(export, live_mode_sees_mask_edits_frozen_does_not, .timeout = 60) {
     }
     mj_compare f = mj_tensor_compare(y_frozen, expected, MJ_RTOL_F32, MJ_ATOL_F32);
     cr_assert(f.close, "the frozen compile saw a later mask edit: max abs %g", f.max_abs);
-    mj_tensor_release(y_live);
-    mj_tensor_release(y_frozen);
-    mj_tensor_release(y_ref);
+    MJT_RELEASE(y_live, y_frozen, y_ref);
     mj_compiled_free(live);
     mj_compiled_free(frozen);
     mj_jit_free(jit);
@@ -265,8 +263,7 @@ Test(export, cli_check_passes_on_every_fixture, .timeout = 240) {
         cr_assert(strstr(out, "7 input(s)"), "%s: not 3 stored + 4 random inputs:\n%s", names[i], out);
         cr_assert(strstr(out, "PASS") && !strstr(out, "MISMATCH") && !strstr(out, "divergence"),
                   "%s", out);
-        free(out);
-        free(path);
+        MJT_FREE(out, path);
     }
 }
 
@@ -368,8 +365,7 @@ static void check_names_node(const char *const *keys, int n_keys, int want) {
     }
     cr_assert_eq(named, 4, "every path names the node:\n%s", out);
     free(out);
-    mjt_rm_rf(dir);
-    free(dir);
+    mjt_rm_temp(dir);
     mj_tensor_dict_free(d);
     free(path);
 }
@@ -510,8 +506,7 @@ Test(export, residual_adds_fused_equal_unfused_in_transformer_fixtures, .timeout
                         cr_assert(e.close, "%s %s batch %s output %d: fused vs unfused max abs %g", fx[f].name,
                                   paths[p], batches[bi], j, e.max_abs);
                     }
-                    mj_tensor_release(a[j]);
-                    mj_tensor_release(b[j]);
+                    MJT_RELEASE(a[j], b[j]);
                 }
             }
         }

@@ -36,8 +36,7 @@ static int n_paths;
 static void make_dir(void) { dir = mjt_temp_dir("mj-files"); }
 
 static void rm_dir(void) {
-    mjt_rm_rf(dir);
-    free(dir);
+    mjt_rm_temp(dir);
     while (n_paths > 0) free(paths[--n_paths]);
 }
 
@@ -614,9 +613,7 @@ Test(files, bias_mask_in_live_and_frozen_modes, .timeout = 120) {
     mj_compiled_free(frozen);
     mj_jit_free(jit);
     mj_graph_free(g);
-    mj_tensor_release(x);
-    mj_tensor_release(wt);
-    mj_tensor_release(wt2);
+    MJT_RELEASE(x, wt, wt2);
     mj_module_free(m);
 }
 
@@ -707,8 +704,7 @@ static mj_module *module_with_buffers(void) {
     mj_tensor *a = vec(3, B), *b = vec(3, BMASK);
     OK(mj_module_add_buffer(m, "kept", a, true));
     OK(mj_module_add_buffer(m, "scratch", b, false));
-    mj_tensor_release(a);
-    mj_tensor_release(b);
+    MJT_RELEASE(a, b);
     return m;
 }
 
@@ -783,7 +779,6 @@ Test(files, state_dict_of_parametrized_buffers) {
     const char *after[] = {"scratch", "kept"};
     assert_keys(sd, after, 2, "state_dict after remove");
     mj_tensor_dict_free(sd);
-    mj_tensor_release(kept);
-    mj_tensor_release(scratch);
+    MJT_RELEASE(kept, scratch);
     mj_module_free(m);
 }

@@ -431,8 +431,7 @@ static mj_status tokens_forward(mj_module *self, const mj_tensor *x, mj_tensor *
     mj_tensor *h = fwd(self, "fc1", x), *r;
     OK(mj_gelu(&r, h));
     *y = fwd(self, "fc2", r);
-    mj_tensor_release(h);
-    mj_tensor_release(r);
+    MJT_RELEASE(h, r);
     return MJ_OK;
 }
 
@@ -464,9 +463,7 @@ Test(graphs_io, token_mlp_rank3_every_mode_and_cli, .timeout = 120) {
     unlink(trace);
     unlink(in);
     unlink(out);
-    mj_tensor_release(x);
-    mj_tensor_release(want);
-    mj_tensor_release(ex);
+    MJT_RELEASE(x, want, ex);
     mj_graph_free(g);
     mj_module_free(m);
 }
@@ -516,9 +513,7 @@ static void check_matmul_naive(mj_rng *rng, int ra, const int64_t *sa, int rb, c
         float got = mj_tensor_data(y)[flat(ry, sy, idx)];
         cr_assert(memcmp(&acc, &got, 4) == 0, "matmul element differs: %g vs %g", (double)got, (double)acc);
     } while (next_index(ry, sy, idx));
-    mj_tensor_release(a);
-    mj_tensor_release(b);
-    mj_tensor_release(y);
+    MJT_RELEASE(a, b, y);
 }
 
 Test(graphs_io, eager_shape_ops_match_naive_loops) {
@@ -589,8 +584,7 @@ Test(graphs_io, eager_shape_ops_match_naive_loops) {
     mj_tensor_release(y);
     mj_tensor *z = randn(&rng, 2, 3, 4, 0, 0);
     FAILS(mj_matmul(&y, x, z), MJ_ERR_SHAPE, "[2, 3, 4, 5] by [3, 4]");
-    mj_tensor_release(z);
-    mj_tensor_release(x);
+    MJT_RELEASE(z, x);
 }
 
 /* ---- each shape op traced and compiled ------------------------------------------- */
@@ -662,9 +656,7 @@ Test(graphs_io, batched_matmul_and_transpose_every_mode) {
     cr_assert(strstr(text, "= transpose %0 : f32[B,4,8,6]") && strstr(text, "matmul"), "%s", text);
     free(text);
     mj_graph_free(g);
-    mj_tensor_release(ex);
-    mj_tensor_release(w2);
-    mj_tensor_release(w3);
+    MJT_RELEASE(ex, w2, w3);
     mj_module_free(m);
 }
 
@@ -914,8 +906,7 @@ static mj_status scale_forward(mj_module *self, int n_in, const mj_tensor *const
     mj_tensor *s, *h = fwd(self, "fc", x[0]);
     OK(mj_reshape(&s, x[1], 2, (int64_t[]){mj_tensor_dim(x[1], 0), 1}));
     OK(mj_mul(&y[0], h, s));
-    mj_tensor_release(s);
-    mj_tensor_release(h);
+    MJT_RELEASE(s, h);
     return MJ_OK;
 }
 
@@ -956,8 +947,7 @@ Test(graphs_io, shape_and_math_attributes_round_trip_together) {
     char *t2 = mj_graph_to_string(back);
     cr_assert_str_eq(t1, t2);
     OK(mj_graph_verify(back));
-    free(t2);
-    free(t1);
+    MJT_FREE(t2, t1);
     mj_graph_free(back);
     /* a shape attribute on a math op, and the reverse, are refused */
     FAILS(mj_graph_parse("maskjit-ir 1\n%0 = input \"x\" : f32[B,4]\n%1 = sum %0 {start=0} : f32[B]\nreturn %1\n", &back),

@@ -92,8 +92,7 @@ static mj_tensor *run_on(runner r, const mj_tensor *x) {
 static void assert_same_bits(runner got, runner want, const mj_tensor *x, const char *what) {
     mj_tensor *a = run_on(got, x), *b = run_on(want, x);
     assert_bits(a, b, what);
-    mj_tensor_release(a);
-    mj_tensor_release(b);
+    MJT_RELEASE(a, b);
 }
 
 /* m traced on a randn example of shape s (rank r), which stays in *ex
@@ -275,12 +274,7 @@ Test(graphs_ops, eager_binary_ops_and_scalars) {
     FAILS(mj_div(&y, a, c), MJ_ERR_SHAPE, "div: shapes [16, 16] and [3] cannot be broadcast");
     FAILS(mj_hardtanh(&y, a, 1.0f, -1.0f), MJ_ERR_INVALID, "min_val 1 must not be greater than max_val -1");
     cr_assert_null(y);
-    mj_tensor_release(c);
-    mj_tensor_release(a);
-    mj_tensor_release(b);
-    mj_tensor_release(d);
-    mj_tensor_release(mx);
-    mj_tensor_release(mn);
+    MJT_RELEASE(c, a, b, d, mx, mn);
 }
 
 /* Naive sum / mean / softmax / log_softmax along dim d of a [2,3,5,4] tensor,
@@ -335,11 +329,7 @@ Test(graphs_ops, eager_reductions_and_softmax_are_the_documented_loops) {
                             cr_assert(same_bits(mj_tensor_data(lsm)[flat], (v - m) - logf(es)));
                         }
                     }
-        mj_tensor_release(sum);
-        mj_tensor_release(mean);
-        mj_tensor_release(meank);
-        mj_tensor_release(sm);
-        mj_tensor_release(lsm);
+        MJT_RELEASE(sum, mean, meank, sm, lsm);
     }
     mj_tensor *y = NULL;
     FAILS(mj_softmax(&y, x, 4), MJ_ERR_SHAPE, "softmax: dim 4 is out of range for shape [2, 3, 5, 4] (expected -4..3)");
@@ -375,9 +365,7 @@ Test(graphs_ops, softmax_is_stable_and_close_to_double) {
         }
         cr_assert(fabs(total - 1.0) < 1e-5);
     }
-    mj_tensor_release(sm);
-    mj_tensor_release(lsm);
-    mj_tensor_release(x);
+    MJT_RELEASE(sm, lsm, x);
 }
 
 Test(graphs_ops, eager_layer_norm_is_pytorchs) {
@@ -424,10 +412,7 @@ Test(graphs_ops, eager_layer_norm_is_pytorchs) {
           "layer_norm: weight has shape [23] but x has shape [3, 2, 24] (need [24])");
     FAILS(mj_layer_norm(&y, x, NULL, b, 1e-5f), MJ_ERR_INVALID, "a bias needs a weight");
     cr_assert_null(y);
-    mj_tensor_release(w23);
-    mj_tensor_release(x);
-    mj_tensor_release(w);
-    mj_tensor_release(b);
+    MJT_RELEASE(w23, x, w, b);
 }
 
 /* ---- every op through the interpreter and the JIT -------------------------- */
@@ -476,9 +461,7 @@ static void check_all_modes(mj_graph *g, const char *what, mj_rng *rng) {
                     cr_assert(cmp.close, "%s: not close: %s", label, desc);
                     if (cmp.max_abs > max_err) max_err = cmp.max_abs;
                 }
-                mj_tensor_release(x);
-                mj_tensor_release(want);
-                mj_tensor_release(got);
+                MJT_RELEASE(x, want, got);
             }
         if (!exact) cr_log_info("%s (%s): max abs error %.3g", what, mjt_modes[mi].name, max_err);
         mj_compiled_free(c);
@@ -800,8 +783,7 @@ static mj_status residual_forward(mj_module *self, const mj_tensor *x, mj_tensor
     mj_status s = mj_module_forward(mj_module_child(self, "mlp"), x, &a);
     if (s == MJ_OK) s = mj_add(&b, x, a);
     if (s == MJ_OK) s = mj_module_forward(mj_module_child(self, "head"), b, y);
-    mj_tensor_release(a);
-    mj_tensor_release(b);
+    MJT_RELEASE(a, b);
     return s;
 }
 
@@ -853,8 +835,7 @@ static void check_model(mj_module *m, int64_t d, bool expect_sparse, const char 
                 mj_compare_describe(&cmp, got, want, desc, sizeof desc);
                 cr_assert(cmp.close, "%s: not close: %s", label, desc);
                 cr_log_info("%s: max abs error %.3g", label, cmp.max_abs);
-                mj_tensor_release(want);
-                mj_tensor_release(got);
+                MJT_RELEASE(want, got);
             }
             mj_tensor_release(x);
         }
@@ -1012,8 +993,7 @@ Test(graphs_ops, eager_ops_match_pytorch) {
     OK(mj_neg(&nx, x));
     OK(mj_maximum(&ax, x, nx));
     OK(mj_add_scalar(&a, ax, 0.1f));
-    mj_tensor_release(nx);
-    mj_tensor_release(ax);
+    MJT_RELEASE(nx, ax);
 #define R(name, expr)                                                                                                  \
     do {                                                                                                               \
         mj_tensor *r_ = NULL;                                                                                          \
@@ -1046,8 +1026,7 @@ Test(graphs_ops, eager_ops_match_pytorch) {
     R("relu6", mj_relu6(&r_, x4));
     R("softplus", mj_softplus(&r_, x10, 1.0f, 20.0f));
     R("softplus2.5", mj_softplus(&r_, x, 2.0f, 5.0f));
-    mj_tensor_release(x4);
-    mj_tensor_release(x10);
+    MJT_RELEASE(x4, x10);
     R("layer_norm", mj_layer_norm(&r_, x, NULL, NULL, 1e-5f));
     R("layer_norm.affine", mj_layer_norm(&r_, x, w, b, 1e-5f));
     for (int dim = 0; dim < 3; dim++) {

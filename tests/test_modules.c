@@ -56,8 +56,7 @@ Test(modules, linear_init_draws_weight_then_bias_from_rng) {
     }
     /* both generators have drawn the same count */
     cr_assert_eq(mj_rng_next(&rng), mj_rng_next(&ref));
-    mj_tensor_release(w);
-    mj_tensor_release(b);
+    MJT_RELEASE(w, b);
     mj_module_free(lin);
 
     FAILS(mj_linear_new(&lin, 0, 3, true, &rng), MJ_ERR_INVALID, "in_features (0)");
@@ -82,10 +81,7 @@ Test(modules, linear_forward_matches_naive_loop) {
         mj_tensor *x8 = mjt_randn2(3, 8, &rng);
         FAILS(mj_module_forward(lin, x8, &y), MJ_ERR_SHAPE, "x has shape [3, 8]");
         cr_assert(strstr(mj_last_error(), "[4, 7]"), "%s", mj_last_error());
-        mj_tensor_release(x8);
-        mj_tensor_release(x);
-        mj_tensor_release(w);
-        mj_tensor_release(b);
+        MJT_RELEASE(x8, x, w, b);
         mj_module_free(lin);
     }
 }
@@ -127,11 +123,7 @@ Test(modules, sequential_chains_children) {
     FAILS(mj_module_forward(seq, bad, &yy), MJ_ERR_SHAPE, "child '0'");
     mj_tensor_release(bad);
 
-    mj_tensor_release(x);
-    mj_tensor_release(y);
-    mj_tensor_release(w0);
-    mj_tensor_release(b0);
-    mj_tensor_release(w2);
+    MJT_RELEASE(x, y, w0, b0, w2);
 
     /* a module that already belongs to another is refused; nothing is taken */
     mj_module *again;
@@ -244,8 +236,7 @@ Test(modules, user_module_names_and_errors) {
     mj_tensor *y;
     OK(mj_module_forward(u, t, &y));
     cr_assert_eq(mj_tensor_data(y)[2], 2.0f);
-    mj_tensor_release(y);
-    mj_tensor_release(t);
+    MJT_RELEASE(y, t);
 
     char *r = mjt_module_str(u);
     cr_assert_str_eq(r, "MyNet(\n"
@@ -318,8 +309,7 @@ Test(modules, model_under_test_forward_matches_naive_loop) {
         cr_assert_eq(mj_tensor_dict_size(d), bias ? 6 : 3);
         cr_assert_str_eq(mj_tensor_dict_key(d, 0), bias ? "linear.weight" : "linear.weight");
         mj_tensor_dict_free(d);
-        mj_tensor_release(x);
-        mj_tensor_release(y);
+        MJT_RELEASE(x, y);
         mj_module_free(m);
     }
 }
@@ -474,7 +464,6 @@ Test(modules, apply_masks_from_dict_and_random) {
     FAILS(mj_model_apply_masks(m, masks, 1.0, NULL), MJ_ERR_KEY, "'seq.7.parametrizations.weight.0.mask'");
     for (int i = 0; i < 3; i++) cr_assert(!mj_is_parametrized(mj_module_find(m, mods[i]), NULL));
     mj_module_free(m);
-    mj_tensor_release(bad);
-    mj_tensor_release(eye);
+    MJT_RELEASE(bad, eye);
     mj_tensor_dict_free(masks);
 }

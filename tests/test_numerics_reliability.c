@@ -196,8 +196,7 @@ static void check_planted(const char *spec, int n_layers, const int64_t *widths,
         int64_t row = out - 1; /* a row masked off entirely, over a NaN */
         for (int64_t k = 0; k < in; k++) mask[row * in + k] = 0.0f;
         w[row * in + in / 2] = bits_f(0xffc00000u);
-        mj_tensor_release(wt);
-        mj_tensor_release(mt);
+        MJT_RELEASE(wt, mt);
     }
     mj_tensor *x = NULL;
     OK(mj_tensor_randn(&x, 2, (int64_t[]){5, widths[0]}, &rng));
@@ -282,16 +281,14 @@ static void follow_every_param(const char *spec, int64_t in, double density, boo
                 cr_assert_eq(bad, -1, "%s: after changing %s, element %lld is %g, eager %g", spec, key, (long long)bad,
                              mj_tensor_data(got)[bad < 0 ? 0 : bad], mj_tensor_data(want)[bad < 0 ? 0 : bad]);
             }
-            mj_tensor_release(got);
-            mj_tensor_release(before);
+            MJT_RELEASE(got, before);
             before = want;
             changed++;
         }
     cr_assert_geq(changed, 3, "%s: only %d tensors", spec, changed);
     mj_tensor_dict_free(all[0]);
     mj_tensor_dict_free(all[1]);
-    mj_tensor_release(before);
-    mj_tensor_release(x);
+    MJT_RELEASE(before, x);
     mj_compiled_free(c);
     mj_graph_free(g);
     mj_module_free(m);
@@ -367,8 +364,7 @@ Test(numerics_rel, cse_on_random_graphs_with_sub_keeps_the_outputs) {
                 cr_assert(false, "trial %d, output %d changed by cse:\n--- before\n%s--- after\n%s", trial, o,
                           before, after);
             }
-            mj_tensor_release(a[o]);
-            mj_tensor_release(b[o]);
+            MJT_RELEASE(a[o], b[o]);
         }
         mj_tensor_release(x);
         mj_graph_free(ref);
@@ -421,9 +417,7 @@ Test(numerics_rel, exact_rule_ignores_nan_bits_only) {
     }
     mj_tensor *short_ = vec(5, base);
     cr_assert(!check_exact_equal(short_, a, &first) && first == -1, "shapes differ");
-    mj_tensor_release(short_);
-    mj_tensor_release(b);
-    mj_tensor_release(a);
+    MJT_RELEASE(short_, b, a);
 }
 
 /* The verdict: an exact path must be exact (close is not enough), any
@@ -489,8 +483,7 @@ static void check_two_nans(const char *spec, int64_t in, int64_t out, double den
         w[j * in] = bits_f(0xffc00000u);
         w[j * in + 1] = bits_f(0x7fc00001u);
     }
-    mj_tensor_release(wt);
-    mj_tensor_release(mt);
+    MJT_RELEASE(wt, mt);
     mj_tensor *x = NULL;
     OK(mj_tensor_randn(&x, 2, (int64_t[]){4, in}, &rng));
     float *xd = mj_tensor_data_mut(x);
@@ -614,9 +607,7 @@ static int check_cli(int64_t in, int64_t out, const float *w, const float *mask,
                      (long long)out, wpath, xpath, extra);
     unlink(wpath);
     unlink(xpath);
-    free(wpath);
-    free(xpath);
-    free(bias);
+    MJT_FREE(wpath, xpath, bias);
     return rc;
 }
 
@@ -664,9 +655,7 @@ Test(numerics_rel, check_treats_any_nan_as_equal_for_exact_paths) {
                   text);
     if (differ == 0) cr_log_warn("no exact path changed the NaN's bits here: the NaN rule went untested");
     json_decref(root);
-    free(text);
-    free(w);
-    free(mask);
+    MJT_FREE(text, w, mask);
 }
 
 /* ---- 3. fast mode's tolerance (mj_graph_output_tolerance) ------------------ */
@@ -715,10 +704,7 @@ Test(numerics_rel, fast_tolerance_grows_with_the_sum_length) {
     OK(mj_compiled_run(c, x, &off));
     mj_compare f = mj_tensor_compare(off, want, t.rtol, t.atol);
     cr_assert(!f.close, "a 2%% fault passed the bound (max abs %g)", f.max_abs);
-    mj_tensor_release(x);
-    mj_tensor_release(want);
-    mj_tensor_release(got);
-    mj_tensor_release(off);
+    MJT_RELEASE(x, want, got, off);
     mj_compiled_free(c);
     mj_graph_free(g);
 }
@@ -745,11 +731,7 @@ Test(numerics_rel, fast_tolerance_scales_with_the_output) {
     mj_tensor *wrong = scaled(want, 1.05);
     cr_assert(mj_tensor_compare(wrong, want, MJ_RTOL_F32, MJ_ATOL_F32).close, "the old fixed tolerance passes it");
     cr_assert(!mj_tensor_compare(wrong, want, t.rtol, t.atol).close, "5%% off passed the bound");
-    mj_tensor_release(x0);
-    mj_tensor_release(x);
-    mj_tensor_release(wrong);
-    mj_tensor_release(want);
-    mj_tensor_release(got);
+    MJT_RELEASE(x0, x, wrong, want, got);
     mj_compiled_free(c);
     mj_graph_free(g);
     mj_module_free(m);

@@ -38,10 +38,7 @@ Test(ops, matmul_and_linear_hand_worked) {
     OK(mj_linear(&Y, A, B, NULL));
     const float want3[4] = {17, 23, 39, 53};
     cr_assert_arr_eq(mj_tensor_data(Y), want3, sizeof want3);
-    mj_tensor_release(Y);
-    mj_tensor_release(A);
-    mj_tensor_release(B);
-    mj_tensor_release(bb);
+    MJT_RELEASE(Y, A, B, bb);
 }
 
 /* The documented order: acc = +0.0f, then acc = fmaf(x, w, acc) for k
@@ -77,10 +74,7 @@ Test(ops, linear_follows_documented_summation_order) {
             if (fabs(ref) > 1e-3) max_rel = fmax(max_rel, fabs(got - ref) / fabs(ref));
         }
     cr_assert_lt(max_rel, 1e-4, "float32 result close to the double reference");
-    mj_tensor_release(x);
-    mj_tensor_release(w);
-    mj_tensor_release(b);
-    mj_tensor_release(y);
+    MJT_RELEASE(x, w, b, y);
 }
 
 Test(ops, shape_errors_name_both_shapes) {
@@ -108,9 +102,7 @@ Test(ops, shape_errors_name_both_shapes) {
     cr_assert_eq(mj_reshape(&y, a, 2, two_infer), MJ_ERR_INVALID);
     cr_assert_eq(mj_transpose(&y, bb), MJ_ERR_SHAPE);
     cr_assert_null(y);
-    mj_tensor_release(a);
-    mj_tensor_release(b);
-    mj_tensor_release(bb);
+    MJT_RELEASE(a, b, bb);
 }
 
 Test(ops, broadcasting_like_numpy) {
@@ -130,11 +122,7 @@ Test(ops, broadcasting_like_numpy) {
     cr_assert_eq(mj_tensor_dim(Y, 0), 2);
     const float w3[6] = {-90, -80, -70, -190, -180, -170};
     cr_assert_arr_eq(mj_tensor_data(Y), w3, sizeof w3);
-    mj_tensor_release(Y);
-    mj_tensor_release(M);
-    mj_tensor_release(R);
-    mj_tensor_release(R2);
-    mj_tensor_release(C);
+    MJT_RELEASE(Y, M, R, R2, C);
 }
 
 Test(ops, activations_match_double_precision_formulas) {
@@ -173,9 +161,7 @@ Test(ops, activations_match_double_precision_formulas) {
     mj_tensor *t = tensor1(1, nan_in), *r;
     OK(mj_relu(&r, t));
     cr_assert(isnan(mj_tensor_data(r)[0]), "relu propagates NaN like torch");
-    mj_tensor_release(r);
-    mj_tensor_release(t);
-    mj_tensor_release(x);
+    MJT_RELEASE(r, t, x);
     mj_act parsed;
     OK(mj_act_parse("gelu_tanh", &parsed));
     cr_assert_eq(parsed, MJ_ACT_GELU_TANH);
@@ -194,7 +180,5 @@ Test(ops, transpose_and_reshape) {
     OK(mj_reshape(&R, M, 3, s));
     cr_assert_eq(mj_tensor_dim(R, 1), 2);
     cr_assert_arr_eq(mj_tensor_data(R), m, sizeof m);
-    mj_tensor_release(M);
-    mj_tensor_release(T);
-    mj_tensor_release(R);
+    MJT_RELEASE(M, T, R);
 }

@@ -96,8 +96,8 @@ static mj_module *linear(int64_t in, int64_t out, bool bias, uint64_t seed) {
     return m;
 }
 
-/* A Linear(4, 3) from seed whose weight gets a random FakeSparsity mask
- * (drawn from rng), then ops. */
+/* A Linear(4, 3) from seed (plain_linear); mask_then gives its weight a
+ * random FakeSparsity mask (drawn from rng), then ops. */
 typedef struct masked {
     mj_module *lin;
     mj_tensor *w_obj; /* the weight's tensor object before (a reference) */
@@ -105,11 +105,15 @@ typedef struct masked {
     mj_tensor *mask;
 } masked;
 
-static masked mask_then(const mj_parametrization_ops *ops, bool bias, uint64_t seed, mj_rng *rng) {
-    masked m;
-    m.lin = linear(4, 3, bias, seed);
+static masked plain_linear(bool bias, uint64_t seed) {
+    masked m = {.lin = linear(4, 3, bias, seed)};
     m.w_obj = get(m.lin, "weight");
     m.w0 = clone(m.w_obj);
+    return m;
+}
+
+static masked mask_then(const mj_parametrization_ops *ops, bool bias, uint64_t seed, mj_rng *rng) {
+    masked m = plain_linear(bias, seed);
     m.mask = random_mask(3, 4, rng);
     OK(mj_register_parametrization(m.lin, "weight", new_mask(m.mask)));
     OK(mj_register_parametrization(m.lin, "weight", new_param(ops, NULL)));
@@ -117,9 +121,7 @@ static masked mask_then(const mj_parametrization_ops *ops, bool bias, uint64_t s
 }
 
 static void masked_free(masked m) {
-    mj_tensor_release(m.w_obj);
-    mj_tensor_release(m.w0);
-    mj_tensor_release(m.mask);
+    MJT_RELEASE(m.w_obj, m.w0, m.mask);
     mj_module_free(m.lin);
 }
 
@@ -163,11 +165,7 @@ Test(parametrize, chain_mask_then_scale) {
     mj_tensor *b = get(lin, "bias");
     OK(mj_linear(&ref, x, v, b));
     cr_assert(mj_tensor_equal(y, ref));
-    mj_tensor_release(b);
-    mj_tensor_release(x);
-    mj_tensor_release(y);
-    mj_tensor_release(ref);
-    mj_tensor_release(v);
+    MJT_RELEASE(b, x, y, ref, v);
     masked_free(mk);
 }
 
@@ -190,10 +188,7 @@ Test(parametrize, order_of_registration_matters) {
         differ |= mj_tensor_data(va)[i] != mj_tensor_data(vb)[i];
     }
     cr_assert(differ, "the two orders must give different values");
-    mj_tensor_release(va);
-    mj_tensor_release(vb);
-    mj_tensor_release(w);
-    mj_tensor_release(mask);
+    MJT_RELEASE(va, vb, w, mask);
     mj_module_free(a);
     mj_module_free(b);
 }
@@ -239,9 +234,9 @@ Test(parametrize, remove_not_leave_parametrized_restores_original) {
 /* ---- assignment ----------------------------------------------------------- */
 
 Test(parametrize, right_inverse_at_registration_and_assignment) {
-    mj_module *lin = linear(4, 3, false, 4);
-    mj_tensor *w_obj = get(lin, "weight");
-    mj_tensor *w0 = clone(w_obj);
+    masked pl = plain_linear(false, 4);
+    mj_module *lin = pl.lin;
+    mj_tensor *w_obj = pl.w_obj, *w0 = pl.w0;
     OK(mj_register_parametrization(lin, "weight", new_param(&scale_ops, NULL)));
     /* original = right_inverse(W) = 0.5 W, in the same tensor object */
     cr_assert_eq(mj_module_original(lin, "weight"), w_obj);
@@ -266,12 +261,8 @@ Test(parametrize, right_inverse_at_registration_and_assignment) {
     mj_tensor *before = clone(w_obj);
     FAILS(mj_module_set(lin, "weight", x), MJ_ERR_SHAPE, "[12]");
     cr_assert(mj_tensor_equal(w_obj, before));
-    mj_tensor_release(before);
-    mj_tensor_release(x);
-    mj_tensor_release(x2);
-    mj_tensor_release(w_obj);
-    mj_tensor_release(w0);
-    mj_module_free(lin);
+    MJT_RELEASE(before, x, x2);
+    masked_free(pl);
 }
 
 Test(parametrize, assignment_through_fake_sparsity_is_refused) {
@@ -298,13 +289,10 @@ Test(parametrize, assignment_through_fake_sparsity_is_refused) {
     cr_assert(mj_tensor_equal(b_now, bias_value));
     FAILS(mj_module_set(plain, "bias", value), MJ_ERR_SHAPE, "[3, 4]");
     FAILS(mj_module_set(plain, "nope", value), MJ_ERR_KEY, "'nope'");
-    mj_tensor_release(b_now);
-    mj_tensor_release(b_obj);
-    mj_tensor_release(bias_value);
+    MJT_RELEASE(b_now, b_obj, bias_value);
     mj_module_free(plain);
 
-    mj_tensor_release(value);
-    mj_tensor_release(before);
+    MJT_RELEASE(value, before);
     masked_free(mk);
 }
 
@@ -321,8 +309,7 @@ Test(parametrize, cached_mode_computes_once) {
     mj_tensor *a = get(lin, "weight"), *b = get(lin, "weight");
     cr_assert_eq(calls, 2, "uncached: every read computes");
     cr_assert(!mj_parametrize_is_cached(seq));
-    mj_tensor_release(a);
-    mj_tensor_release(b);
+    MJT_RELEASE(a, b);
 
     OK(mj_parametrize_cache_begin(seq));
     cr_assert(mj_parametrize_is_cached(seq));
@@ -336,9 +323,7 @@ Test(parametrize, cached_mode_computes_once) {
     OK(mj_module_forward(seq, x, &y));
     cr_assert_eq(calls, 1, "cached: computed once, got %d calls", calls);
     cr_assert_eq(a, b, "the cached tensor is returned");
-    mj_tensor_release(a);
-    mj_tensor_release(b);
-    mj_tensor_release(y);
+    MJT_RELEASE(a, b, y);
     mj_parametrize_cache_end(seq);
     cr_assert(!mj_parametrize_is_cached(seq));
     cr_assert(!mj_parametrize_is_cached(lin));
@@ -413,8 +398,7 @@ Test(parametrize, seed_model_repr_matches_pytorch) {
     char *s = mjt_module_str(m);
     char *torch_repr = mjt_read_file(MJ_SOURCE_ROOT "/tests/fixtures/seed_model_repr.txt", NULL);
     cr_assert_str_eq(s, torch_repr);
-    free(torch_repr);
-    free(s);
+    MJT_FREE(torch_repr, s);
     mj_module_free(m);
 
     /* two parametrizations in one list */
@@ -472,8 +456,7 @@ Test(parametrize, parametrizations_sit_among_children_like_pytorch) {
                         "  (sub2): Linear(in_features=2, out_features=2, bias=True)\n"
                         ")\n");
     free(r);
-    mj_tensor_release(w);
-    mj_tensor_release(b);
+    MJT_RELEASE(w, b);
     mj_module_free(u);
 }
 
@@ -490,17 +473,16 @@ Test(parametrize, parametrized_buffer_stays_a_buffer) {
     assert_names(u, PARAMETERS, NULL, 0);
     mj_tensor *v = get(u, "buf");
     for (int i = 0; i < 6; i++) cr_assert_eq(mj_tensor_data(v)[i], 4.0f);
-    mj_tensor_release(v);
-    mj_tensor_release(t);
+    MJT_RELEASE(v, t);
     mj_module_free(u);
 }
 
 /* ---- FakeStructuredSparsity ------------------------------------------------ */
 
 Test(parametrize, structured_row_mask) {
-    mj_module *lin = linear(4, 3, false, 9);
-    mj_tensor *w = get(lin, "weight");
-    mj_tensor *w0 = clone(w);
+    masked pl = plain_linear(false, 9);
+    mj_module *lin = pl.lin;
+    const mj_tensor *w0 = pl.w0;
     const float rows[3] = {1.0f, 0.0f, 1.0f};
     int64_t rs[1] = {3};
     mj_tensor *row;
@@ -525,20 +507,17 @@ Test(parametrize, structured_row_mask) {
     int64_t s2[2] = {3, 1};
     OK(mj_tensor_ones(&m2, 2, s2));
     FAILS(mj_fake_structured_sparsity_new(&p, m2), MJ_ERR_SHAPE, "[3, 1]");
-    mj_tensor_release(m2);
-    mj_tensor_release(row);
-    mj_tensor_release(w);
-    mj_tensor_release(w0);
+    MJT_RELEASE(m2, row);
     mj_module_free(other);
-    mj_module_free(lin);
+    masked_free(pl);
 }
 
 /* ---- error paths ---------------------------------------------------------- */
 
 Test(parametrize, mismatched_mask_is_refused_and_changes_nothing) {
-    mj_module *lin = linear(4, 3, true, 12);
-    mj_tensor *w = get(lin, "weight");
-    mj_tensor *w0 = clone(w);
+    masked pl = plain_linear(true, 12);
+    mj_module *lin = pl.lin;
+    mj_tensor *w = pl.w_obj, *w0 = pl.w0;
     mj_tensor *mask;
     int64_t s44[2] = {4, 4};
     OK(mj_tensor_ones(&mask, 2, s44));
@@ -578,10 +557,7 @@ Test(parametrize, mismatched_mask_is_refused_and_changes_nothing) {
     cr_assert_eq(mj_parametrization_count(lin, "weight"), 1);
     mj_parametrization_free(p);
 
-    mj_tensor_release(ones34);
-    mj_tensor_release(mask);
-    mj_tensor_release(w);
-    mj_tensor_release(w0);
+    MJT_RELEASE(ones34, mask);
     mj_module_free(l44);
-    mj_module_free(lin);
+    masked_free(pl);
 }

@@ -72,8 +72,7 @@ static void assert_same_outputs(const mj_graph *a, const mj_graph *b, mj_rng *rn
             mj_compare_describe(&c, ob[o], oa[o], buf, sizeof buf);
             cr_assert(mj_tensor_equal(ob[o], oa[o]), "%s: output %d at batch %lld: %s", what, o,
                       (long long)batches[bi], buf);
-            mj_tensor_release(oa[o]);
-            mj_tensor_release(ob[o]);
+            MJT_RELEASE(oa[o], ob[o]);
         }
         for (int i = 0; i < n_in; i++) mj_tensor_release(ins[i]);
     }
@@ -107,8 +106,7 @@ static void run_golden(const char *name) {
     char *got_text = mj_graph_to_string(g), *want_text = mj_graph_to_string(want);
     cr_assert_str_eq(got_text, want_text, "%s after \"%s\":\n--- got\n%s--- expected\n%s", name,
                      passes, got_text, want_text);
-    free(got_text);
-    free(want_text);
+    MJT_FREE(got_text, want_text);
     mj_graph_free(want);
 
     assert_same_outputs(ref, g, &rng, name);
@@ -290,9 +288,7 @@ Test(passes, default_and_null_are_the_default_pipeline) {
     cr_assert_eq(d->nodes[2].op, MJ_OP_LINEAR_ACT);
     cr_assert_eq(d->nodes[2].act, MJ_ACT_RELU);
     mj_graph_free(d);
-    free(ta);
-    free(tb);
-    free(tc);
+    MJT_FREE(ta, tb, tc);
     mj_graph_free(a);
     mj_graph_free(b);
     mj_graph_free(c);

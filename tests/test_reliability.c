@@ -102,8 +102,7 @@ static void check_ir_text(const char *text, const char *what) {
     cr_assert_eq(mj_graph_parse(p1, &g2), MJ_OK, "%s: re-parse: %s\n%s", what, mj_last_error(), p1);
     char *p2 = mj_graph_to_string(g2);
     cr_assert_str_eq(p1, p2, "%s: print(parse(print(g))) differs", what);
-    free(p1);
-    free(p2);
+    MJT_FREE(p1, p2);
     mj_graph_free(g);
     mj_graph_free(g2);
 }
@@ -395,8 +394,7 @@ static void assert_failed_save_keeps_file(save_fn save, const char *path, void *
     cr_assert_eq(n1, n0);
     cr_assert_eq(memcmp(before, after, n0), 0, "the previous file changed");
     cr_assert_eq(mjt_count_entries(tmpdir, tmp_pattern), 0, "a temporary file was left behind");
-    free(before);
-    free(after);
+    MJT_FREE(before, after);
 }
 
 Test(reliability, safetensors_save_failing_midway_in_child_keeps_old_file) {
@@ -497,11 +495,7 @@ Test(reliability, save_killed_by_sigkill_never_tears_the_file) {
         closedir(dir);
     }
     (void)saw_b; /* timing decides how many rounds saw b; either version is correct */
-    free(ba);
-    free(bb);
-    free(pa);
-    free(pb);
-    free(path);
+    MJT_FREE(ba, bb, pa, pb, path);
     mj_tensor_dict_free(a);
     mj_tensor_dict_free(b);
 }
@@ -675,8 +669,7 @@ Test(reliability, load_state_dict_failures_change_nothing) {
     assert_error(mj_module_load_state_dict(m, good, false, NULL), MJ_ERR_SHAPE, last);
     assert_unchanged(m, &s, "shape mismatch (non-strict)");
     OK(mj_tensor_dict_set(good, last, keep));
-    mj_tensor_release(keep);
-    mj_tensor_release(wrong);
+    MJT_RELEASE(keep, wrong);
 
     /* 2. strict and a key missing */
     mj_tensor *b0 = mj_tensor_retain(mj_tensor_dict_get(good, "2.bias"));
@@ -807,8 +800,7 @@ Test(reliability, remove_and_set_failures_change_nothing) {
     OK(mj_module_set(l0, "bias", b));
     const float *o = mj_tensor_data(mj_module_original(l0, "bias"));
     for (int i = 0; i < 3; i++) cr_assert_eq(o[i], 2.0f);
-    mj_tensor_release(b);
-    mj_tensor_release(b4);
+    MJT_RELEASE(b, b4);
     snapshot_free(&s);
     mj_module_free(m);
 }
@@ -830,8 +822,7 @@ Test(reliability, apply_masks_failure_registers_nothing) {
     assert_error(mj_model_apply_masks(m, masks, 1.0, &rng), MJ_ERR_SHAPE, "[3, 2]");
     assert_unchanged(m, &s, "apply_masks");
     cr_assert(!mj_is_parametrized(mj_module_find(m, "0"), NULL));
-    mj_tensor_release(m0);
-    mj_tensor_release(m2);
+    MJT_RELEASE(m0, m2);
     mj_tensor_dict_free(masks);
     snapshot_free(&s);
     mj_module_free(m);
@@ -844,8 +835,7 @@ static void assert_callers_agree(mjt_call_arg *args, int n) {
     cr_assert(mjt_run_threads(n, mjt_call_main, args, sizeof *args), "pthread_create failed");
     for (int i = 0; i < n; i++) {
         cr_assert_eq(args[i].bad, 0, "thread %d: %d bad results (%s)", i, args[i].bad, args[i].err);
-        mj_tensor_release(args[i].x);
-        mj_tensor_release(args[i].want);
+        MJT_RELEASE(args[i].x, args[i].want);
     }
 }
 
@@ -1072,12 +1062,8 @@ Test(reliability, cli_bad_files_fail_with_a_message) {
     CLI_EXPECT(1, "exceeds the limit", "run", corrupt);
     cr_assert_eq(cases, 10);
 
-    mj_tensor_release(keep);
-    mj_tensor_release(wrong);
+    MJT_RELEASE(keep, wrong);
     mj_tensor_dict_free(sd);
     mj_module_free(m);
-    free(corrupt);
-    free(partial);
-    free(shaped);
-    free(empty);
+    MJT_FREE(corrupt, partial, shaped, empty);
 }

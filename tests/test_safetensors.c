@@ -470,8 +470,7 @@ Test(safetensors, f16_all_65536_patterns_streamed) {
     cr_assert_eq(bad, 0, "%zu of %zu halves differ, first 0x%04zx: got %a want %a", bad, n,
                  first & 0xffff, (double)got[first], (double)ref_half((uint16_t)(first & 0xffff)));
     mj_tensor_dict_free(d);
-    free(b);
-    free(data);
+    MJT_FREE(b, data);
 }
 
 Test(safetensors, bf16_known_patterns) {
@@ -622,8 +621,7 @@ Test(safetensors, save_failing_midway_keeps_old_file) {
     umask(um);
     cr_assert_eq(st.st_mode & 0777, 0666 & ~um);
     mj_tensor_dict_free(back);
-    free(before);
-    free(after);
+    MJT_FREE(before, after);
     mj_tensor_dict_free(old);
     mj_tensor_dict_free(big);
 }

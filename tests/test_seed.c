@@ -56,9 +56,7 @@ Test(seed, masking_logic) {
     OK(mj_matmul(&ref, x, eye)); /* torch.mm(x, torch.eye(16)) */
     OK(mj_module_forward(model, x, &y));
     assert_close(y, ref);
-    mj_tensor_release(x);
-    mj_tensor_release(ref);
-    mj_tensor_release(y);
+    MJT_RELEASE(x, ref, y);
 
     register_mask(model, zeros(16, 16));
 
@@ -66,10 +64,7 @@ Test(seed, masking_logic) {
     OK(mj_module_forward(model, x, &y));
     mj_tensor *z = zeros(3, 16);
     assert_close(y, z); /* torch.zeros(3, 16) == model(x) */
-    mj_tensor_release(z);
-    mj_tensor_release(x);
-    mj_tensor_release(y);
-    mj_tensor_release(eye);
+    MJT_RELEASE(z, x, y, eye);
     mj_module_free(model);
 }
 
@@ -156,8 +151,6 @@ Test(seed, bias_model_with_identity_masks) {
     int64_t shape[2] = {3, 16};
     OK(mj_tensor_from_data(&ref, 2, shape, &h[0][0]));
     assert_close(y, ref);
-    mj_tensor_release(ref);
-    mj_tensor_release(x);
-    mj_tensor_release(y);
+    MJT_RELEASE(ref, x, y);
     mj_module_free(model);
 }

@@ -150,8 +150,7 @@ static mj_tensor *harness_run_r(const harness *h, const mj_tensor *x, const mj_t
     mj_tensor *t;
     int64_t shape[2] = {batch, h->out};
     OK(mj_tensor_from_data(&t, 2, shape, y));
-    free(y);
-    free(scratch);
+    MJT_FREE(y, scratch);
     return t;
 }
 
@@ -189,8 +188,7 @@ static mj_tensor *masked_weight(int64_t out, int64_t in, double density, mask_ki
         }
     }
     OK(mj_mul(&wm, w, mask));
-    mj_tensor_release(w);
-    mj_tensor_release(mask);
+    MJT_RELEASE(w, mask);
     return wm;
 }
 
@@ -206,9 +204,7 @@ static mj_tensor *reference(const mj_tensor *x, const mj_tensor *w, const mj_ten
  * different summation order may turn inf - inf into NaN or not) */
 static mj_tensor *rand_input(int64_t batch, int64_t in, uint64_t seed, bool huge) {
     mj_rng rng = mjt_rng(seed);
-    int64_t shape[2] = {batch, in};
-    mj_tensor *x;
-    OK(mj_tensor_randn(&x, 2, shape, &rng));
+    mj_tensor *x = mjt_randn2(batch, in, &rng);
     /* a few special finite values: signed zeros, denormals, large values */
     float *d = mj_tensor_data_mut(x);
     static const float special[] = {0.0f, -0.0f, 1e-40f, -1e-40f, 3e38f, -3e38f, 1e20f, 88.0f, -88.0f, 10.0f};
@@ -256,13 +252,10 @@ static void check_case_r(int64_t out, int64_t in, double density, mask_kind kind
             cr_assert(false, "exact %lldx%lld density %g kind %d act %s bias %d batch %lld not bit-identical: %s",
                     (long long)out, (long long)in, density, kind, mj_act_name(act), bias, (long long)batches[i], buf);
         }
-        mj_tensor_release(x);
-        mj_tensor_release(want);
-        mj_tensor_release(got);
+        MJT_RELEASE(x, want, got);
     }
     harness_free(&h);
-    mj_tensor_release(w);
-    mj_tensor_release(b);
+    MJT_RELEASE(w, b);
 }
 
 static void check_case(int64_t out, int64_t in, double density, mask_kind kind, bool bias, mj_act act, bool fast,
@@ -331,9 +324,7 @@ Test(sparse, all_zero_rows_are_bias_only) {
     harness h;
     harness_init(&h, w, b, out, in, MJ_ACT_SIGMOID, false);
     mj_rng rng = mjt_rng(5);
-    int64_t xs[2] = {5, in};
-    mj_tensor *x;
-    OK(mj_tensor_randn(&x, 2, xs, &rng));
+    mj_tensor *x = mjt_randn2(5, in, &rng);
     mj_tensor *y = harness_run(&h, x);
     const float *X = mj_tensor_data(x), *Y = mj_tensor_data(y);
     for (int64_t i = 0; i < 5; i++)
@@ -344,8 +335,7 @@ Test(sparse, all_zero_rows_are_bias_only) {
             float got = Y[i * out + j];
             cr_assert(memcmp(&got, &want, 4) == 0, "[%lld][%lld]: %a vs %a", (long long)i, (long long)j, got, want);
         }
-    mj_tensor_release(x);
-    mj_tensor_release(y);
+    MJT_RELEASE(x, y);
     harness_free(&h);
 }
 
@@ -366,9 +356,7 @@ Test(sparse, profitable) {
     cr_assert(mj_sparse_profitable(mj_tensor_data(rows), n, n));
     cr_assert(!mj_sparse_profitable(NULL, n, n));
     cr_assert(!mj_sparse_profitable(mj_tensor_data(dense), 0, n));
-    mj_tensor_release(dense);
-    mj_tensor_release(sparse);
-    mj_tensor_release(rows);
+    MJT_RELEASE(dense, sparse, rows);
 }
 
 Test(sparse, emit_rejects_bad_arguments) {

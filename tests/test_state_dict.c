@@ -40,9 +40,7 @@ Test(state_dict, dict_is_ordered_and_retains) {
     cr_assert_null(mj_tensor_dict_key(d, 3));
     cr_assert_null(mj_tensor_dict_value(d, -1));
     /* the dict holds its own references */
-    mj_tensor_release(a);
-    mj_tensor_release(b);
-    mj_tensor_release(c);
+    MJT_RELEASE(a, b, c);
     cr_assert_eq(mj_tensor_data(mj_tensor_dict_get(d, "z"))[1], 1.0f);
     OK(mj_tensor_dict_remove(d, "z"));
     cr_assert_eq(mj_tensor_dict_size(d), 2);
@@ -150,8 +148,7 @@ Test(state_dict, strict_load_reports_and_refuses) {
     mj_load_report_free(&r);
 
     mj_tensor_dict_free(psd);
-    mj_tensor_release(bias_before);
-    mj_tensor_release(b7);
+    MJT_RELEASE(bias_before, b7);
     mj_tensor_dict_free(before);
     mj_tensor_dict_free(sd);
     mj_module_free(plain);
@@ -248,9 +245,7 @@ Test(state_dict, load_refreshes_cached_values) {
     OK(mj_module_get(lin, "weight", &w2));
     cr_assert_eq(mj_tensor_data(w2)[0], 5.0f, "mask 1 * loaded 5");
     mj_parametrize_cache_end(m);
-    mj_tensor_release(w1);
-    mj_tensor_release(w2);
-    mj_tensor_release(five);
+    MJT_RELEASE(w1, w2, five);
     mj_tensor_dict_free(sd);
     mj_module_free(m);
 }
@@ -299,6 +294,5 @@ Test(state_dict, dict_index_matches_naive_reference) {
     cr_assert_str_eq(mj_tensor_dict_get_meta(d, "m2999"), "2999");
     cr_assert_str_eq(mj_tensor_dict_meta_key(d, 5), "m5");
     mj_tensor_dict_free(d);
-    mj_tensor_release(a);
-    mj_tensor_release(b);
+    MJT_RELEASE(a, b);
 }

@@ -26,11 +26,7 @@ Test(tensor, constructors_fill_as_documented) {
     cr_assert_eq(mj_tensor_dim(z, 0), 2);
     cr_assert_eq(mj_tensor_dim(z, -1), 3);
     cr_assert_eq(mj_tensor_numel(z), 6);
-    mj_tensor_release(z);
-    mj_tensor_release(o);
-    mj_tensor_release(f);
-    mj_tensor_release(e);
-    mj_tensor_release(a);
+    MJT_RELEASE(z, o, f, e, a);
 }
 
 Test(tensor, bad_shapes_are_errors_with_messages) {
@@ -75,9 +71,7 @@ Test(tensor, clone_copy_wrap_and_versions) {
     mj_tensor_retain(w);
     mj_tensor_release(w); /* still one reference */
     cr_assert_eq(mj_tensor_numel(w), 4);
-    mj_tensor_release(w);
-    mj_tensor_release(c);
-    mj_tensor_release(d);
+    MJT_RELEASE(w, c, d);
     cr_assert_eq(buf[3], 4.0f, "releasing a wrapped tensor leaves the buffer alone");
 }
 
@@ -137,10 +131,7 @@ Test(tensor, compare_reports_errors_and_first_mismatch) {
     mj_tensor_from_data(&p, 1, one, big);
     mj_tensor_from_data(&q, 1, one, big2);
     cr_assert(mj_tensor_allclose(p, q, MJ_RTOL_F32, MJ_ATOL_F32), "0.5 <= 1e-5 + 1.3e-6*1e6");
-    mj_tensor_release(a);
-    mj_tensor_release(b);
-    mj_tensor_release(p);
-    mj_tensor_release(q);
+    MJT_RELEASE(a, b, p, q);
 }
 
 Test(tensor, compare_treats_nan_and_inf_like_torch) {
@@ -152,9 +143,7 @@ Test(tensor, compare_treats_nan_and_inf_like_torch) {
     mj_tensor_from_data(&c, 1, n, z);
     cr_assert(mj_tensor_allclose(a, b, MJ_RTOL_F32, MJ_ATOL_F32));
     cr_assert(!mj_tensor_allclose(a, c, MJ_RTOL_F32, MJ_ATOL_F32));
-    mj_tensor_release(a);
-    mj_tensor_release(b);
-    mj_tensor_release(c);
+    MJT_RELEASE(a, b, c);
 }
 
 Test(tensor, print_is_readable) {

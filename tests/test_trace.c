@@ -50,6 +50,12 @@ static mj_graph *trace_at(mj_module *m, int64_t batch, int64_t features) {
     return g;
 }
 
+/* The seed model (in *model) traced at ones(3, 16), as the seed's test did. */
+static mj_graph *traced_seed(mj_module **model) {
+    *model = seed_model();
+    return trace_at(*model, 3, 16);
+}
+
 /* eager(m, x) and run(g, x) must be bit-identical; returns eager's result. */
 static mj_tensor *assert_replay(mj_graph *g, mj_module *m, const mj_tensor *x, const char *what) {
     mj_tensor *y = NULL, *y_hat = NULL;
@@ -66,8 +72,8 @@ static mj_tensor *assert_replay(mj_graph *g, mj_module *m, const mj_tensor *x, c
 
 /* The seed: trace on ones(3, 16), compare on randn(3, 16). */
 Test(trace, seed_jit_trace) {
-    mj_module *model = seed_model();
-    mj_graph *g = trace_at(model, 3, 16);
+    mj_module *model;
+    mj_graph *g = traced_seed(&model);
 
     mj_rng rng = mjt_rng(20240229);
     mj_tensor *x = mjt_randn2(3, 16, &rng);
@@ -85,8 +91,7 @@ Test(trace, seed_jit_trace) {
     cr_assert_eq(mj_graph_input_dim(g, 0, 1), 16);
     cr_assert_eq(mj_graph_warning_count(g), 0);
     OK(mj_graph_verify(g));
-    mj_tensor_release(x);
-    mj_tensor_release(y);
+    MJT_RELEASE(x, y);
     mj_graph_free(g);
     mj_module_free(model);
 }
@@ -95,8 +100,8 @@ static const mj_node *find_leaf(const mj_graph *g, int32_t id) { return &g->node
 
 /* The parametrization is traced, not baked: mul(mask, original) of two params. */
 Test(trace, mask_multiply_in_graph) {
-    mj_module *model = seed_model();
-    mj_graph *g = trace_at(model, 3, 16);
+    mj_module *model;
+    mj_graph *g = traced_seed(&model);
     static const char *const mods[3] = {"linear", "seq.0", "seq.1"};
     for (int k = 0; k < 3; k++) {
         char mask[96], orig[96];
@@ -126,8 +131,8 @@ Test(trace, mask_multiply_in_graph) {
 
 /* A weight and a mask changed after tracing are seen by the trace. */
 Test(trace, live_parameters) {
-    mj_module *model = seed_model();
-    mj_graph *g = trace_at(model, 3, 16);
+    mj_module *model;
+    mj_graph *g = traced_seed(&model);
     mj_rng rng = mjt_rng(7);
     mj_tensor *x = mjt_randn2(3, 16, &rng);
     mj_tensor *before = assert_replay(g, model, x, "before");
@@ -161,9 +166,7 @@ Test(trace, live_parameters) {
                       (double)ad[r * 16 + j], (double)want);
         }
     }
-    mj_tensor_release(x);
-    mj_tensor_release(before);
-    mj_tensor_release(after);
+    MJT_RELEASE(x, before, after);
     mj_graph_free(g);
     mj_module_free(model);
 }
@@ -184,8 +187,8 @@ Test(trace, generalises_over_batch) {
 }
 
 Test(trace, wrong_feature_size_is_an_error) {
-    mj_module *model = seed_model();
-    mj_graph *g = trace_at(model, 3, 16);
+    mj_module *model;
+    mj_graph *g = traced_seed(&model);
     mj_tensor *x = full2(3, 15, 1.0f), *y = NULL;
     mj_status s = mj_graph_run(g, x, &y);
     cr_assert_eq(s, MJ_ERR_SHAPE, "%s", mj_status_name(s));
@@ -248,8 +251,8 @@ static mj_status branching_forward(mj_module *self, const mj_tensor *x, mj_tenso
 }
 
 Test(trace, check_inputs) {
-    mj_module *model = seed_model();
-    mj_graph *g = trace_at(model, 3, 16);
+    mj_module *model;
+    mj_graph *g = traced_seed(&model);
     mj_rng rng = mjt_rng(5);
     const mj_tensor *ins[3] = {mjt_randn2(1, 16, &rng), mjt_randn2(4, 16, &rng), mjt_randn2(9, 16, &rng)};
     mj_check_result r[3];
@@ -279,8 +282,7 @@ Test(trace, check_inputs_reports_a_mismatch) {
             OK(mj_trace_module(m, x, &g));
             pos = mj_tensor_retain(x);
         }
-        mj_tensor_release(h);
-        mj_tensor_release(x);
+        MJT_RELEASE(h, x);
     }
     cr_assert_not_null(g);
     cr_assert_eq(mj_graph_warning_count(g), 1, "the branch read traced data");
@@ -290,8 +292,7 @@ Test(trace, check_inputs_reports_a_mismatch) {
         mj_tensor *x = mjt_randn2(2, 4, &rng);
         OK(mj_module_forward(mj_module_child(m, "lin"), x, &h));
         if (mj_tensor_data(h)[0] <= 0) neg = mj_tensor_retain(x);
-        mj_tensor_release(h);
-        mj_tensor_release(x);
+        MJT_RELEASE(h, x);
     }
     cr_assert_not_null(neg);
     const mj_tensor *ins[2] = {pos, neg};
@@ -303,8 +304,7 @@ Test(trace, check_inputs_reports_a_mismatch) {
     cr_assert(r[0].bit_identical);
     cr_assert_not(r[1].bit_identical);
     cr_assert_gt(r[1].max_abs, 0.0);
-    mj_tensor_release(pos);
-    mj_tensor_release(neg);
+    MJT_RELEASE(pos, neg);
     mj_graph_free(g);
     mj_module_free(m);
 }
@@ -321,8 +321,7 @@ static mj_status scaled_forward(mj_module *self, const mj_tensor *x, mj_tensor *
     mj_status s = mj_tensor_full(&two, 1, &n, 2.0f);
     if (s == MJ_OK) s = mj_mul(&h, x, two);
     if (s == MJ_OK) s = mj_mul(y, h, u->scale);
-    mj_tensor_release(h);
-    mj_tensor_release(two);
+    MJT_RELEASE(h, two);
     return s;
 }
 
@@ -354,8 +353,7 @@ Test(trace, untraced_tensors_become_consts) {
     const float *xd = mj_tensor_data(x), *yd = mj_tensor_data(y);
     for (int i = 0; i < 20; i++)
         cr_assert(yd[i] == (xd[i] * 2.0f) * 0.5f, "y[%d] = %a", i, (double)yd[i]);
-    mj_tensor_release(x);
-    mj_tensor_release(y);
+    MJT_RELEASE(x, y);
     mj_graph_free(g);
     mj_module_free(m);
 }
@@ -418,8 +416,7 @@ Test(trace, argument_errors) {
     cr_assert(strstr(mj_last_error(), "generalise over the batch") && strstr(mj_last_error(), "f32[B]"),
               "message: %s", mj_last_error());
     cr_assert_null(g);
-    mj_tensor_release(flat);
-    mj_tensor_release(ex);
+    MJT_RELEASE(flat, ex);
     mj_module_free(model);
 }
 
@@ -529,8 +526,7 @@ static void assert_graph_matches(mj_graph *g, mj_module *m, const mj_tensor *con
             cr_assert_fail("%s [%s] at batch %lld: not bit-identical to eager: %s\n%s", what,
                            spec, (long long)mj_tensor_dim(xs[i], 0), buf, text);
         }
-        mj_tensor_release(y);
-        mj_tensor_release(y_hat);
+        MJT_RELEASE(y, y_hat);
     }
 }
 
@@ -626,8 +622,8 @@ Test(trace, random_models, .timeout = 120) {
 }
 
 Test(trace, check_argument_errors) {
-    mj_module *model = seed_model();
-    mj_graph *g = trace_at(model, 3, 16);
+    mj_module *model;
+    mj_graph *g = traced_seed(&model);
     mj_tensor *x = full2(2, 16, 1.0f);
     const mj_tensor *ins[1] = {x};
     cr_assert_eq(mj_graph_check(NULL, model, 1, ins, NULL), MJ_ERR_INVALID);
@@ -643,8 +639,7 @@ Test(trace, check_argument_errors) {
     mj_status s = mj_graph_check(g, model, 2, ins2, NULL);
     cr_assert_eq(s, MJ_ERR_SHAPE, "%s", mj_status_name(s));
     cr_assert(strstr(mj_last_error(), "input 1"), "message: %s", mj_last_error());
-    mj_tensor_release(bad);
-    mj_tensor_release(x);
+    MJT_RELEASE(bad, x);
     mj_graph_free(g);
     mj_module_free(model);
 }
@@ -672,9 +667,7 @@ static void *trace_thread(void *arg) {
         if (job->status == MJ_OK) job->status = mj_module_forward(m, x, &y);
         if (job->status == MJ_OK) job->status = mj_graph_run(g, x, &y_hat);
         job->same = job->status == MJ_OK && mj_tensor_equal(y, y_hat);
-        mj_tensor_release(x);
-        mj_tensor_release(y);
-        mj_tensor_release(y_hat);
+        MJT_RELEASE(x, y, y_hat);
         mj_graph_free(g);
         mj_module_free(m);
         if (!job->same) break;

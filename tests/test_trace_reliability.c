@@ -73,8 +73,7 @@ Test(trace_rel, branching_on_the_input_warns) {
     const mj_tensor *ins[1] = {neg};
     FAILS(mj_graph_check(g, m, 1, ins, NULL), MJ_ERR_MISMATCH, "not bit-identical");
     mj_graph_free(g);
-    mj_tensor_release(pos);
-    mj_tensor_release(neg);
+    MJT_RELEASE(pos, neg);
     mj_module_free(m);
 }
 
@@ -139,8 +138,7 @@ Test(trace_rel, writing_a_buffer_from_c_warns) {
     cr_assert_eq(mj_graph_warning_count(g), 1);
     cr_assert(has_warning(g, "writing to the data of buffer 'scale'", "does not see the write"));
     mj_graph_free(g);
-    mj_tensor_release(x);
-    mj_tensor_release(scale);
+    MJT_RELEASE(x, scale);
     mj_module_free(m);
 }
 
@@ -227,8 +225,7 @@ Test(trace_rel, running_a_compiled_graph_or_the_interpreter_inside_a_trace_is_re
         OK(mj_module_forward(outer, x, &y));
         OK(mj_module_forward(lin, x, &ref));
         cr_assert(mj_tensor_equal(y, ref), "how %d", r.how);
-        mj_tensor_release(y);
-        mj_tensor_release(ref);
+        MJT_RELEASE(y, ref);
         /* inside: refused, the output would be a constant */
         mj_graph *tg = NULL;
         FAILS(mj_trace_module(outer, x, &tg), MJ_ERR_STATE, "inside a trace");
