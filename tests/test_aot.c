@@ -200,8 +200,7 @@ static mj_graph *trace_model(const char *spec, double density, mj_module **mod) 
     int64_t shape[2] = {3, in};
     mj_tensor *ex;
     OK(mj_tensor_ones(&ex, 2, shape));
-    mj_graph *g;
-    OK(mj_trace_module(*mod, ex, &g));
+    mj_graph *g = mjt_trace(*mod, ex);
     mj_tensor_release(ex);
     cr_assert_eq(in_width(g), in);
     return g;
@@ -239,8 +238,7 @@ static void build_model(built *b, const char *spec, double density, const mj_aot
 
 /* The test's graph, module and directory freed. */
 static void done(mj_graph *g, mj_module *mod, const char *dir) {
-    mj_graph_free(g);
-    mj_module_free(mod);
+    mjt_free_traced(g, mod);
     rm_rf(dir);
 }
 
@@ -591,12 +589,10 @@ Test(aot, live_masked_mlp_binds_weights_by_name) {
     OK(mj_model_apply_masks(m2, NULL, 0.3, &rng));
     mj_tensor *ex;
     OK(mj_tensor_ones(&ex, 2, (int64_t[]){3, 16}));
-    mj_graph *g2;
-    OK(mj_trace_module(m2, ex, &g2));
+    mj_graph *g2 = mjt_trace(m2, ex);
     mj_tensor_release(ex);
     compare_live(b.dir, m2, g2, "live, other weights");
-    mj_graph_free(g2);
-    mj_module_free(m2);
+    mjt_free_traced(g2, m2);
     done(b.g, b.mod, b.dir);
 }
 
@@ -661,8 +657,7 @@ Test(aot, pruned_cnn_matches_jit_bit_for_bit) {
     mj_rng rng = mjt_rng(41);
     mj_module *cnn = mjc_small_cnn(&rng);
     mj_tensor *ex = mjc_randn(4, (int64_t[]){2, 3, 13, 11}, &rng);
-    mj_graph *g = NULL;
-    OK(mj_trace_module(cnn, ex, &g));
+    mj_graph *g = mjt_trace(cnn, ex);
     mj_aot_options o = aot_m();
     char dir[1024];
     aot_build(g, &o, "", dir, sizeof dir);

@@ -414,8 +414,7 @@ Test(bench, user_model_setup_matches_eager, .init = setup_jit, .fini = teardown_
     OK(mj_model_apply_masks(m, NULL, 0.5, &rng));
     mj_tensor *ones = NULL;
     OK(mj_tensor_ones(&ones, 2, (int64_t[]){2, 8}));
-    mj_graph *g = NULL;
-    OK(mj_trace_module(m, ones, &g));
+    mj_graph *g = mjt_trace(m, ones);
     mj_bench_setup *s = NULL;
     OK(mj_bench_setup_from_graph("T", "test", g, 3, 1, 5, jit, &s));
     cr_expect_null(mj_bench_setup_model(s));
@@ -439,9 +438,8 @@ Test(bench, user_model_setup_matches_eager, .init = setup_jit, .fini = teardown_
         cr_expect(fabs(mj_bench_setup_flops(s) - 2.0 * (double)batch * (8 * 16 + 16 * 4)) < 1e-9);
     }
     mj_bench_setup_free(s);
-    mj_graph_free(g);
     mj_tensor_release(ones);
-    mj_module_free(m);
+    mjt_free_traced(g, m);
 }
 
 /* A user's graph with two inputs (a BERT-style layer and its attention
@@ -510,8 +508,7 @@ Test(bench, program_times_a_saved_trace) {
     OK(mj_model_from_spec("mlp:8,16,4:act=relu", &rng, &m));
     mj_tensor *ones = NULL;
     OK(mj_tensor_ones(&ones, 2, (int64_t[]){1, 8}));
-    mj_graph *g = NULL;
-    OK(mj_trace_module(m, ones, &g));
+    mj_graph *g = mjt_trace(m, ones);
     OK(mj_graph_save(g, path));
     const char *argv[] = {"maskjit-bench", path, "--batch", "1,3", "--threads", "1", "--reps", "1",
                           "--min-ms", "0.5", "--json"};
@@ -531,9 +528,8 @@ Test(bench, program_times_a_saved_trace) {
     json_decref(root);
     run_free(&r);
     unlink(path);
-    mj_graph_free(g);
     mj_tensor_release(ones);
-    mj_module_free(m);
+    mjt_free_traced(g, m);
 
     /* errors: a bad MODEL fails with the reason; --batch needs a MODEL or W6 */
     expect_bench_error((const char *[]){"b", "/nonexistent/model.mjt"}, 2, 1, "neither a file nor a model spec");
@@ -651,8 +647,7 @@ Test(bench, cnn_user_model_gets_conv_peers, .init = setup_jit, .fini = teardown_
     OK(mj_sequential_new(&chain, 5, mods));
     mj_tensor *x;
     OK(mj_tensor_randn(&x, 4, (int64_t[]){2, 4, 7, 5}, &rng));
-    mj_graph *g;
-    OK(mj_trace_module(chain, x, &g));
+    mj_graph *g = mjt_trace(chain, x);
     mj_bench_setup *s;
     OK(mj_bench_setup_from_graph("C", "cnn", g, 2, 1, 7, jit, &s));
     int npeers = 0;
@@ -677,7 +672,6 @@ Test(bench, cnn_user_model_gets_conv_peers, .init = setup_jit, .fini = teardown_
     }
     cr_assert_eq(mj_bench_check(s), MJ_OK, "%s", mj_last_error());
     mj_bench_setup_free(s);
-    mj_graph_free(g);
-    mj_module_free(pooled);
+    mjt_free_traced(g, pooled);
     mj_tensor_release(x);
 }

@@ -58,8 +58,7 @@ Test(cnn_graph, every_conv_geometry_traces_and_replays_bit_identically) {
         cr_expect(strstr(text, "conv2d"), "%s:\n%s", what, text);
         cr_expect(strstr(text, "mul"), "%s: the mask is an op of the trace:\n%s", what, text);
         free(text);
-        mj_graph_free(g);
-        mj_module_free(m);
+        mjt_free_traced(g, m);
         cases++;
     }
     cr_expect_geq(cases, 40);
@@ -75,8 +74,7 @@ Test(cnn_graph, small_pruned_cnn_and_mobilenet_block_replay_bit_identically) {
     mj_graph_free(g);
     g = trace_and_replay(mb, (int64_t[]){8, 9, 7}, &rng, "MobileNet block");
     expect_text_has(g, (const char *[]){"groups=16", "add"}, 2);
-    mj_graph_free(g);
-    mj_module_free(cnn);
+    mjt_free_traced(g, cnn);
     mj_module_free(mb);
 }
 
@@ -196,8 +194,7 @@ Test(cnn_graph, masked_conv_weight_traces_as_the_parametrization) {
     OK(mj_graph_optimize(g, NULL));
     cr_expect(mjt_replays_eager(g, m, x));
     mj_tensor_release(x);
-    mj_graph_free(g);
-    mj_module_free(m);
+    mjt_free_traced(g, m);
 }
 
 /* `maskjit run` replays a saved CNN trace on a rank-4 input file. */
@@ -222,9 +219,8 @@ Test(cnn_graph, cli_runs_a_saved_cnn_trace_on_a_rank4_input, .timeout = 60) {
     mj_tensor_release(y);
     mj_tensor_dict_free(d);
     mjt_rm_temp(dir);
-    mj_graph_free(g);
     MJT_RELEASE(x, want);
-    mj_module_free(cnn);
+    mjt_free_traced(g, cnn);
 }
 
 
@@ -258,6 +254,5 @@ Test(cnn_graph, fold_bn_folds_batch_norm_into_the_conv) {
     MJT_EXPECT_CLOSE(got, want, 1e-5, 1e-5, "folded graph vs eager");
     MJT_RELEASE(want, got, x);
     mj_graph_free(g);
-    mj_graph_free(live);
-    mj_module_free(mb);
+    mjt_free_traced(live, mb);
 }

@@ -144,9 +144,8 @@ Test(cnn_jit, non_finite_values_under_zero_masks) {
         mj_tensor_release(got);
     }
     mj_tensor_release(want);
-    mj_graph_free(g);
     mj_tensor_release(x);
-    mj_module_free(pool);
+    mjt_free_traced(g, pool);
 }
 
 /* Frozen, a conv with stride 2 along W, or one below 10% density, takes its
@@ -184,8 +183,7 @@ Test(cnn_jit, frozen_conv_uses_a_tap_table_when_sparse_or_strided) {
             mj_tensor_release(got);
             mj_compiled_free(c);
         }
-        mj_graph_free(g);
         MJT_RELEASE(x, want);
-        mj_module_free(m);
+        mjt_free_traced(g, m);
     }
 }

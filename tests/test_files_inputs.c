@@ -612,9 +612,8 @@ Test(files, bias_mask_in_live_and_frozen_modes, .timeout = 120) {
     mj_compiled_free(live);
     mj_compiled_free(frozen);
     mj_jit_free(jit);
-    mj_graph_free(g);
     MJT_RELEASE(x, wt, wt2);
-    mj_module_free(m);
+    mjt_free_traced(g, m);
 }
 
 /* Mask keys that fit no Linear parameter are refused by name, and change nothing. */

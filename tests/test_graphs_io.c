@@ -259,8 +259,7 @@ Test(graphs_io, two_inputs_two_outputs_every_mode) {
     mj_graph_free(back);
     release_all(x, 2);
     release_all(ex, 2);
-    mj_graph_free(g);
-    mj_module_free(m);
+    mjt_free_traced(g, m);
 }
 
 Test(graphs_io, run_n_argument_errors) {
@@ -312,8 +311,7 @@ Test(graphs_io, run_n_argument_errors) {
     mj_graph_free(named);
     mj_compiled_free(c);
     release_all(ex, 2);
-    mj_graph_free(g);
-    mj_module_free(m);
+    mjt_free_traced(g, m);
 }
 
 /* Graph-level corner cases through the compiler: an output that is an
@@ -422,8 +420,7 @@ Test(graphs_io, cli_runs_two_input_two_output_traces, .timeout = 120) {
     release_all(x, 2);
     release_all(want, 2);
     release_all(ex, 2);
-    mj_graph_free(g);
-    mj_module_free(m);
+    mjt_free_traced(g, m);
 }
 
 /* A token-wise MLP on [B, seq, d]: the CLI takes rank-3 inputs. */
@@ -464,8 +461,7 @@ Test(graphs_io, token_mlp_rank3_every_mode_and_cli, .timeout = 120) {
     unlink(in);
     unlink(out);
     MJT_RELEASE(x, want, ex);
-    mj_graph_free(g);
-    mj_module_free(m);
+    mjt_free_traced(g, m);
 }
 
 /* ---- eager shape kernels against naive loops --------------------------------------- */
@@ -655,9 +651,8 @@ Test(graphs_io, batched_matmul_and_transpose_every_mode) {
     char *text = mj_graph_to_string(g);
     cr_assert(strstr(text, "= transpose %0 : f32[B,4,8,6]") && strstr(text, "matmul"), "%s", text);
     free(text);
-    mj_graph_free(g);
     MJT_RELEASE(ex, w2, w3);
-    mj_module_free(m);
+    mjt_free_traced(g, m);
 }
 
 Test(graphs_io, permute_transpose_reshape_every_mode) {
@@ -686,9 +681,8 @@ Test(graphs_io, chunk_split_slice_cat_every_mode) {
     cr_assert(strstr(text, "slice %0 {dim=2, start=4, end=8} : f32[B,5,4]"), "%s", text);
     cr_assert(strstr(text, "{dim=2} : f32[B,5,12]") && strstr(text, "{dim=1} : f32[B,8,12]"), "%s", text);
     free(text);
-    mj_graph_free(g);
     mj_tensor_release(ex);
-    mj_module_free(m);
+    mjt_free_traced(g, m);
 }
 
 /* ---- a self-attention block (no softmax) from masked projections ---------------
@@ -746,9 +740,8 @@ Test(graphs_io, self_attention_masked_projections_every_mode) {
                   strstr(text, "linear") && strstr(text, "parametrizations.weight.0.mask"),
               "%s", text);
     free(text);
-    mj_graph_free(g);
     mj_tensor_release(ex);
-    mj_module_free(m);
+    mjt_free_traced(g, m);
 }
 
 /* ---- text form, verifier, passes and tracer errors for the shape ops ---------- */

@@ -99,8 +99,7 @@ static void assert_same_bits(runner got, runner want, const mj_tensor *x, const 
  * when ex is not NULL. */
 static mj_graph *trace_randn(mj_module *m, int rank, const int64_t *s, mj_rng *rng, mj_tensor **ex) {
     mj_tensor *x = randn(rank, s, rng);
-    mj_graph *g = NULL;
-    OK(mj_trace_module(m, x, &g));
+    mj_graph *g = mjt_trace(m, x);
     if (ex) *ex = x;
     else mj_tensor_release(x);
     return g;
@@ -644,8 +643,7 @@ Test(graphs_ops, scalars_trace_as_one_element_consts) {
                          "%2 = div %0, %1 : f32[B,4]\n"
                          "%3 = softmax %2 {dim=-1} : f32[B,4]\n"
                          "return %3\n");
-    mj_graph_free(g);
-    mj_module_free(m);
+    mjt_free_traced(g, m);
 }
 
 Test(graphs_ops, modules_mirror_torch_nn) {
@@ -879,8 +877,7 @@ Test(graphs_ops, live_mode_sees_new_layer_norm_weights) {
     assert_same_bits((runner){.c = c}, (runner){.m = ln}, x, "live layer_norm after a weight change");
     mj_tensor_release(x);
     mj_compiled_free(c);
-    mj_graph_free(g);
-    mj_module_free(ln);
+    mjt_free_traced(g, ln);
 }
 
 Test(graphs_ops, silu_models_from_specs_fuse_into_linear_act) {
@@ -963,8 +960,7 @@ Test(graphs_ops, threads_keep_the_bits) {
     mj_tensor_release(xin);
     mj_compiled_free(c);
     mj_graph_free(g2);
-    mj_graph_free(g);
-    mj_module_free(m);
+    mjt_free_traced(g, m);
 }
 
 /* ---- against PyTorch (tests/fixtures/ops.safetensors, tools/make_ops_fixtures.py) */
@@ -1059,8 +1055,7 @@ Test(graphs_ops, eager_ops_match_pytorch) {
     OK(mj_tensor_dict_set(sd, "weight", w));
     OK(mj_tensor_dict_set(sd, "bias", b));
     OK(mj_module_load_state_dict(ln, sd, true, NULL));
-    mj_tensor *r = NULL;
-    OK(mj_module_forward(ln, x, &r));
+    mj_tensor *r = mjt_forward(ln, x);
     close_to_torch(r, d, "layer_norm.affine");
     mj_tensor_dict_free(sd);
     mj_module_free(ln);

@@ -330,8 +330,7 @@ Test(jit, seed_model_trace_compiled_equals_eager) {
             check_model_randn(c, m, ex, &rng, mjt_modes[mi], bias ? "seed model with bias" : "seed model");
             mj_compiled_free(c);
         }
-        mj_graph_free(g);
-        mj_module_free(m);
+        mjt_free_traced(g, m);
     }
 }
 
@@ -360,8 +359,7 @@ Test(jit, perf_profiling_layer_runs_the_same_code) {
         check_model_randn(c, m, ex, &rng, mjt_modes[mi], "seed model through the perf layer");
         mj_compiled_free(c);
     }
-    mj_graph_free(g);
-    mj_module_free(m);
+    mjt_free_traced(g, m);
     mj_jit_free(pj);
     char cmd[128];
     snprintf(cmd, sizeof cmd, "find %s -name 'jit-*.dump' | grep -q .", dir);
@@ -402,8 +400,7 @@ Test(jit, random_models_equal_eager) {
             }
             mj_compiled_free(c);
         }
-        mj_graph_free(g);
-        mj_module_free(m);
+        mjt_free_traced(g, m);
     }
     cr_log_info("random models: %d, fast mode max abs error %.3g", n_models, max_fast);
 }
@@ -440,8 +437,7 @@ Test(jit, live_mode_sees_weight_and_mask_changes_frozen_does_not) {
     mj_tensor_dict_free(params);
     check_model(live, m, x, mjt_modes[0], "live after a bias change");
 
-    mj_tensor *now;
-    OK(mj_module_forward(m, x, &now));
+    mj_tensor *now = mjt_forward(m, x);
     cr_assert(!mj_tensor_equal(now, before), "the changes must change the output");
     mj_tensor *fz;
     OK(mj_compiled_run(frozen, x, &fz));
@@ -449,8 +445,7 @@ Test(jit, live_mode_sees_weight_and_mask_changes_frozen_does_not) {
     MJT_RELEASE(fz, now, before, x);
     mj_compiled_free(live);
     mj_compiled_free(frozen);
-    mj_graph_free(g);
-    mj_module_free(m);
+    mjt_free_traced(g, m);
 }
 
 /* ---- guards ---------------------------------------------------------------- */
@@ -590,8 +585,7 @@ Test(jit, eight_threads_share_one_compiled_model) {
     assert_callers_agree(c, x, want, 8, scaled(500));
     MJT_RELEASE(x, want);
     mj_compiled_free(c);
-    mj_graph_free(g);
-    mj_module_free(m);
+    mjt_free_traced(g, m);
 }
 
 static char *dump(mj_compiled *c, const char *what) {
@@ -695,8 +689,7 @@ Test(jit, kernels_fused_chains_equal_eager) {
             check_batches(c, m, in, batches, sizeof batches / sizeof *batches, mjt_modes[mi], specs[si], &rng);
             mj_compiled_free(c);
         }
-        mj_graph_free(g);
-        mj_module_free(m);
+        mjt_free_traced(g, m);
     }
 }
 
@@ -733,8 +726,7 @@ Test(jit, frozen_small_layers_skip_zero_weights_per_lane) {
             mj_tensor_release(x);
         }
         mj_compiled_free(c);
-        mj_graph_free(g);
-        mj_module_free(m);
+        mjt_free_traced(g, m);
     }
 }
 
@@ -795,8 +787,7 @@ Test(jit, column_split_threads_are_bit_identical, .timeout = 120) {
                                  models[mi_].spec);
             free_threads(c);
         }
-        mj_graph_free(g);
-        mj_module_free(m);
+        mjt_free_traced(g, m);
     }
 }
 
@@ -831,8 +822,7 @@ Test(jit, threads_are_bit_identical_to_one_thread) {
     mj_compiled *c0 = compile_threads(jit, g, mjt_modes[0], 0);
     check_model_randn(c0, m, (int64_t[]){100, 256}, &rng, mjt_modes[0], "threads 0");
     mj_compiled_free(c0);
-    mj_graph_free(g);
-    mj_module_free(m);
+    mjt_free_traced(g, m);
 }
 
 /* Many callers on one pooled compiled model: one uses the pool, the others
@@ -849,8 +839,7 @@ Test(jit, threads_pool_shared_by_concurrent_callers) {
     assert_callers_agree(c, x, want, 4, scaled(100));
     MJT_RELEASE(x, want);
     mj_compiled_free(c);
-    mj_graph_free(g);
-    mj_module_free(m);
+    mjt_free_traced(g, m);
 }
 
 /* MASKJIT_JIT_FEATURES forces AVX2 code (as under valgrind): 256-bit
@@ -884,8 +873,7 @@ Test(jit, avx2_code_path_via_forced_features) {
             check_batches(c, m, in, batches, 3, mjt_modes[mi], specs[si], &rng);
             mj_compiled_free(c);
         }
-        mj_graph_free(g);
-        mj_module_free(m);
+        mjt_free_traced(g, m);
     }
     mj_jit_free(j2);
 }

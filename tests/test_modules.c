@@ -157,8 +157,7 @@ Test(modules, activations_match_pytorch_repr_and_kernel) {
         char *r = mjt_module_str(m);
         cr_assert_str_eq(r, cases[c].repr);
         free(r);
-        mj_tensor *y;
-        OK(mj_module_forward(m, x, &y));
+        mj_tensor *y = mjt_forward(m, x);
         for (int i = 0; i < 10; i++)
             cr_assert_eq(mj_tensor_data(y)[i], mj_act_apply(cases[c].act, mj_tensor_data(x)[i]));
         mj_tensor_release(y);
@@ -233,8 +232,7 @@ Test(modules, user_module_names_and_errors) {
     cr_assert_null(mj_tensor_dict_get(d, "stats"));
     mj_tensor_dict_free(d);
 
-    mj_tensor *y;
-    OK(mj_module_forward(u, t, &y));
+    mj_tensor *y = mjt_forward(u, t);
     cr_assert_eq(mj_tensor_data(y)[2], 2.0f);
     MJT_RELEASE(y, t);
 

@@ -103,8 +103,7 @@ static mj_graph *trace(mj_module *m, int64_t in) {
     mj_tensor *ex = NULL;
     int64_t shape[2] = {3, in};
     OK(mj_tensor_ones(&ex, 2, shape));
-    mj_graph *g = NULL;
-    OK(mj_trace_module(m, ex, &g));
+    mj_graph *g = mjt_trace(m, ex);
     mj_tensor_release(ex);
     return g;
 }
@@ -290,8 +289,7 @@ static void follow_every_param(const char *spec, int64_t in, double density, boo
     mj_tensor_dict_free(all[1]);
     MJT_RELEASE(before, x);
     mj_compiled_free(c);
-    mj_graph_free(g);
-    mj_module_free(m);
+    mjt_free_traced(g, m);
 }
 
 Test(numerics_rel, live_follows_a_change_to_every_parameter) {
@@ -733,6 +731,5 @@ Test(numerics_rel, fast_tolerance_scales_with_the_output) {
     cr_assert(!mj_tensor_compare(wrong, want, t.rtol, t.atol).close, "5%% off passed the bound");
     MJT_RELEASE(x0, x, wrong, want, got);
     mj_compiled_free(c);
-    mj_graph_free(g);
-    mj_module_free(m);
+    mjt_free_traced(g, m);
 }

@@ -174,8 +174,7 @@ static void passes_on_random_models(bool frozen) {
         OK(mjt_build_model(&spec, &rng, &m));
         mj_tensor *ex = NULL;
         OK(mjt_random_input(&spec, 2, &rng, &ex));
-        mj_graph *g = NULL;
-        OK(mj_trace_module(m, ex, &g));
+        mj_graph *g = mjt_trace(m, ex);
         mj_tensor_release(ex);
         if (frozen) OK(mj_graph_freeze(g));
         for (size_t p = 0; p < sizeof pass_names / sizeof *pass_names; p++) {
@@ -191,8 +190,7 @@ static void passes_on_random_models(bool frozen) {
             assert_same_outputs(g, h, &rng, what);
             mj_graph_free(h);
         }
-        mj_graph_free(g);
-        mj_module_free(m);
+        mjt_free_traced(g, m);
     }
 }
 
@@ -216,8 +214,7 @@ Test(passes, frozen_ones_mask_disappears) {
     int64_t shape[2] = {3, 16};
     mj_tensor *ex = NULL;
     OK(mj_tensor_ones(&ex, 2, shape));
-    mj_graph *g = NULL;
-    OK(mj_trace_module(m, ex, &g));
+    mj_graph *g = mjt_trace(m, ex);
     mj_graph *ref = NULL;
     OK(mj_graph_clone(g, &ref));
     OK(mj_graph_freeze(g));
@@ -229,9 +226,8 @@ Test(passes, frozen_ones_mask_disappears) {
     free(text);
     assert_same_outputs(ref, g, &rng, "frozen ones");
     mj_graph_free(ref);
-    mj_graph_free(g);
     mj_tensor_release(ex);
-    mj_module_free(m);
+    mjt_free_traced(g, m);
 }
 
 /* ---- the pipeline ------------------------------------------------------------ */

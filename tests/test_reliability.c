@@ -869,8 +869,7 @@ Test(reliability, eight_threads_call_one_compiled_model) {
     assert_callers_agree(args, T);
     mj_compiled_free(c);
     mj_jit_free(jit);
-    mj_graph_free(g);
-    mj_module_free(m);
+    mjt_free_traced(g, m);
 }
 
 /* Each thread builds, masks, traces and compiles its own model on the shared
@@ -902,8 +901,7 @@ Test(reliability, eight_threads_read_one_module_and_graph) {
         OK(mj_module_forward(m, args[i].x, &args[i].want));
     }
     assert_callers_agree(args, T);
-    mj_graph_free(g);
-    mj_module_free(m);
+    mjt_free_traced(g, m);
 }
 
 /* Each thread fails with its own values and must read back its own message. */

@@ -137,8 +137,7 @@ static mj_tensor_dict *check_fixture(const char *name, const char *want_spec, in
     const mj_tensor *expected = mj_tensor_dict_get(file, "expected");
     cr_assert_not_null(x);
     cr_assert_not_null(expected);
-    mj_tensor *y;
-    OK(mj_module_forward(m, x, &y));
+    mj_tensor *y = mjt_forward(m, x);
     mj_compare c = mj_tensor_compare(y, expected, MJ_RTOL_F32, MJ_ATOL_F32);
     char desc[512];
     mj_compare_describe(&c, y, expected, desc, sizeof desc);

@@ -44,8 +44,7 @@ static mj_module *seed_model(void) {
 
 static mj_graph *trace_at(mj_module *m, int64_t batch, int64_t features) {
     mj_tensor *example = full2(batch, features, 1.0f);
-    mj_graph *g = NULL;
-    OK(mj_trace_module(m, example, &g));
+    mj_graph *g = mjt_trace(m, example);
     mj_tensor_release(example);
     return g;
 }
@@ -92,8 +91,7 @@ Test(trace, seed_jit_trace) {
     cr_assert_eq(mj_graph_warning_count(g), 0);
     OK(mj_graph_verify(g));
     MJT_RELEASE(x, y);
-    mj_graph_free(g);
-    mj_module_free(model);
+    mjt_free_traced(g, model);
 }
 
 static const mj_node *find_leaf(const mj_graph *g, int32_t id) { return &g->nodes[id]; }
@@ -125,8 +123,7 @@ Test(trace, mask_multiply_in_graph) {
         cr_assert_geq(id, 0);
         cr_assert_eq(g->nodes[id].tensor, mj_module_original(lin, "weight"));
     }
-    mj_graph_free(g);
-    mj_module_free(model);
+    mjt_free_traced(g, model);
 }
 
 /* A weight and a mask changed after tracing are seen by the trace. */
@@ -167,8 +164,7 @@ Test(trace, live_parameters) {
         }
     }
     MJT_RELEASE(x, before, after);
-    mj_graph_free(g);
-    mj_module_free(model);
+    mjt_free_traced(g, model);
 }
 
 /* Traced at batch 3, replayed at other batches. */
@@ -182,8 +178,7 @@ Test(trace, generalises_over_batch) {
         mj_tensor_release(assert_replay(g, model, x, "batch"));
         mj_tensor_release(x);
     }
-    mj_graph_free(g);
-    mj_module_free(model);
+    mjt_free_traced(g, model);
 }
 
 Test(trace, wrong_feature_size_is_an_error) {
@@ -196,8 +191,7 @@ Test(trace, wrong_feature_size_is_an_error) {
     cr_assert(strstr(mj_last_error(), "f32[B,16]") && strstr(mj_last_error(), "[3, 15]"),
               "message: %s", mj_last_error());
     mj_tensor_release(x);
-    mj_graph_free(g);
-    mj_module_free(model);
+    mjt_free_traced(g, model);
 }
 
 /* ---- user modules for the special cases ---------------------------------- */
@@ -236,8 +230,7 @@ Test(trace, tracer_warning_on_data_read) {
     cr_assert(strstr(w, "TracerWarning") && strstr(w, "traced value %3") &&
                   strstr(w, "might not generalize"),
               "warning: %s", w);
-    mj_graph_free(g);
-    mj_module_free(m);
+    mjt_free_traced(g, m);
 }
 
 /* Branches on data: the trace records one branch (as torch.jit.trace). */
@@ -264,8 +257,7 @@ Test(trace, check_inputs) {
         cr_assert_eq(r[i].max_rel, 0.0);
         mj_tensor_release((mj_tensor *)ins[i]);
     }
-    mj_graph_free(g);
-    mj_module_free(model);
+    mjt_free_traced(g, model);
 }
 
 Test(trace, check_inputs_reports_a_mismatch) {
@@ -305,8 +297,7 @@ Test(trace, check_inputs_reports_a_mismatch) {
     cr_assert_not(r[1].bit_identical);
     cr_assert_gt(r[1].max_abs, 0.0);
     MJT_RELEASE(pos, neg);
-    mj_graph_free(g);
-    mj_module_free(m);
+    mjt_free_traced(g, m);
 }
 
 /* Tensors made in C during forward become consts (copies, as in torch.jit.trace). */
@@ -354,8 +345,7 @@ Test(trace, untraced_tensors_become_consts) {
     for (int i = 0; i < 20; i++)
         cr_assert(yd[i] == (xd[i] * 2.0f) * 0.5f, "y[%d] = %a", i, (double)yd[i]);
     MJT_RELEASE(x, y);
-    mj_graph_free(g);
-    mj_module_free(m);
+    mjt_free_traced(g, m);
 }
 
 Test(trace, refused_while_cached) {
@@ -370,9 +360,8 @@ Test(trace, refused_while_cached) {
               "message: %s", mj_last_error());
     mj_parametrize_cache_end(model);
     OK(mj_trace_module(model, ex, &g)); /* fine once the cache is closed */
-    mj_graph_free(g);
     mj_tensor_release(ex);
-    mj_module_free(model);
+    mjt_free_traced(g, model);
 }
 
 static mj_status nested_forward(mj_module *self, const mj_tensor *x, mj_tensor **y) {
@@ -396,8 +385,7 @@ Test(trace, nested_tracing_is_refused) {
     mj_graph_free(g);
     /* The outer trace is unaffected and the thread is free again. */
     mj_graph *g2 = trace_at(lin, 2, 4);
-    mj_graph_free(g2);
-    mj_module_free(m);
+    mjt_free_traced(g2, m);
 }
 
 Test(trace, argument_errors) {
@@ -433,8 +421,7 @@ Test(trace, forward_error_is_returned) {
               "message: %s", mj_last_error());
     mj_tensor_release(ex);
     g = trace_at(model, 3, 16);
-    mj_graph_free(g);
-    mj_module_free(model);
+    mjt_free_traced(g, model);
 }
 
 /* Ops that tie the graph to the traced batch are refused. */
@@ -491,8 +478,7 @@ Test(trace, reshape_keeping_the_batch) {
         mj_tensor_release(assert_replay(g, m, x, "split"));
         mj_tensor_release(x);
     }
-    mj_graph_free(g);
-    mj_module_free(m);
+    mjt_free_traced(g, m);
 }
 
 /* Identity records as an alias: the graph output is the input itself. */
@@ -506,8 +492,7 @@ Test(trace, identity_model) {
     mj_tensor *x = mjt_randn2(4, 3, &rng);
     mj_tensor_release(assert_replay(g, m, x, "identity"));
     mj_tensor_release(x);
-    mj_graph_free(g);
-    mj_module_free(m);
+    mjt_free_traced(g, m);
 }
 
 /* ---- random models --------------------------------------------------------- */
@@ -609,8 +594,7 @@ Test(trace, random_models, .timeout = 120) {
         mj_graph_free(frozen);
         mj_graph_free(opt);
         mj_graph_free(loaded);
-        mj_graph_free(g);
-        mj_module_free(m);
+        mjt_free_traced(g, m);
     }
     cr_assert_lt(n_models, 200, "the specs did not cover every activation/density/option");
     /* The passes had something to do: zero masks became expands, linears fused. */
@@ -640,8 +624,7 @@ Test(trace, check_argument_errors) {
     cr_assert_eq(s, MJ_ERR_SHAPE, "%s", mj_status_name(s));
     cr_assert(strstr(mj_last_error(), "input 1"), "message: %s", mj_last_error());
     MJT_RELEASE(bad, x);
-    mj_graph_free(g);
-    mj_module_free(model);
+    mjt_free_traced(g, model);
 }
 
 /* The active tracer is per thread: concurrent traces do not see each
@@ -668,8 +651,7 @@ static void *trace_thread(void *arg) {
         if (job->status == MJ_OK) job->status = mj_graph_run(g, x, &y_hat);
         job->same = job->status == MJ_OK && mj_tensor_equal(y, y_hat);
         MJT_RELEASE(x, y, y_hat);
-        mj_graph_free(g);
-        mj_module_free(m);
+        mjt_free_traced(g, m);
         if (!job->same) break;
     }
     return NULL;

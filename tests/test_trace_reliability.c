@@ -64,17 +64,15 @@ static mj_status branch_on_input(mj_module *self, const mj_tensor *x, mj_tensor 
 Test(trace_rel, branching_on_the_input_warns) {
     mj_module *m = user_module("BranchOnInput", branch_on_input, NULL);
     mj_tensor *pos = full2(2, 4, 1.0f), *neg = full2(2, 4, -1.0f);
-    mj_graph *g = NULL;
-    OK(mj_trace_module(m, pos, &g));
+    mj_graph *g = mjt_trace(m, pos);
     dump_warnings(g);
     cr_assert_eq(mj_graph_warning_count(g), 1, "got %d warnings", mj_graph_warning_count(g));
     cr_assert(has_warning(g, "the input", "might not generalize"), "%s", mj_graph_warning(g, 0));
     /* The warning is right: the trace replays relu for an input that takes tanh. */
     const mj_tensor *ins[1] = {neg};
     FAILS(mj_graph_check(g, m, 1, ins, NULL), MJ_ERR_MISMATCH, "not bit-identical");
-    mj_graph_free(g);
     MJT_RELEASE(pos, neg);
-    mj_module_free(m);
+    mjt_free_traced(g, m);
 }
 
 /* Reads the input twice (mutably too), a parameter, an intermediate, and a
@@ -103,16 +101,14 @@ static mj_status reads_everything(mj_module *self, const mj_tensor *x, mj_tensor
 Test(trace_rel, reads_of_input_param_and_intermediate_warn_once_each) {
     mj_module *m = wrap_linear("ReadsEverything", reads_everything, NULL);
     mj_tensor *x = full2(2, 4, 0.5f);
-    mj_graph *g = NULL;
-    OK(mj_trace_module(m, x, &g));
+    mj_graph *g = mjt_trace(m, x);
     dump_warnings(g);
     cr_assert_eq(mj_graph_warning_count(g), 3, "got %d warnings", mj_graph_warning_count(g));
     cr_assert(has_warning(g, "the input", NULL));
     cr_assert(has_warning(g, "parameter 'lin.weight'", NULL));
     cr_assert(has_warning(g, "traced value %", NULL));
-    mj_graph_free(g);
     mj_tensor_release(x);
-    mj_module_free(m);
+    mjt_free_traced(g, m);
 }
 
 /* Writes into its buffer from C: the trace does not see the write. */
@@ -132,14 +128,12 @@ Test(trace_rel, writing_a_buffer_from_c_warns) {
     OK(mj_tensor_ones(&scale, 1, (int64_t[]){4}));
     OK(mj_module_add_buffer(m, "scale", scale, true));
     mj_tensor *x = full2(2, 4, 1.0f);
-    mj_graph *g = NULL;
-    OK(mj_trace_module(m, x, &g));
+    mj_graph *g = mjt_trace(m, x);
     dump_warnings(g);
     cr_assert_eq(mj_graph_warning_count(g), 1);
     cr_assert(has_warning(g, "writing to the data of buffer 'scale'", "does not see the write"));
-    mj_graph_free(g);
     MJT_RELEASE(x, scale);
-    mj_module_free(m);
+    mjt_free_traced(g, m);
 }
 
 /* The library's own reads (eager kernels, parametrizations, the tracer's
@@ -160,13 +154,11 @@ static mj_status builds_inside(mj_module *self, const mj_tensor *x, mj_tensor **
 /* Tracing m on ones(rows, cols) gives no warning; frees m. */
 static void assert_traces_without_warnings(mj_module *m, int64_t rows, int64_t cols) {
     mj_tensor *x = full2(rows, cols, 1.0f);
-    mj_graph *g = NULL;
-    OK(mj_trace_module(m, x, &g));
+    mj_graph *g = mjt_trace(m, x);
     dump_warnings(g);
     cr_assert_eq(mj_graph_warning_count(g), 0);
-    mj_graph_free(g);
     mj_tensor_release(x);
-    mj_module_free(m);
+    mjt_free_traced(g, m);
 }
 
 Test(trace_rel, library_reads_do_not_warn) {
@@ -208,8 +200,7 @@ Test(trace_rel, running_a_compiled_graph_or_the_interpreter_inside_a_trace_is_re
     mj_module *lin = NULL;
     OK(mj_linear_new(&lin, 4, 3, true, &rng));
     mj_tensor *x = full2(2, 4, 0.25f);
-    mj_graph *g = NULL;
-    OK(mj_trace_module(lin, x, &g));
+    mj_graph *g = mjt_trace(lin, x);
     mj_jit *jit = NULL;
     OK(mj_jit_new(&jit));
     mj_compile_options o;
@@ -238,9 +229,8 @@ Test(trace_rel, running_a_compiled_graph_or_the_interpreter_inside_a_trace_is_re
     mj_module_free(outer);
     mj_compiled_free(r.compiled);
     mj_jit_free(jit);
-    mj_graph_free(g);
     mj_tensor_release(x);
-    mj_module_free(lin);
+    mjt_free_traced(g, lin);
 }
 
 /* ---- identity forwards: `return X` ----------------------------------------- */
@@ -340,13 +330,11 @@ Test(trace_rel, identity_module_forward_keeps_the_callers_tensor) {
         mj_module *relu = NULL, *seq = NULL;
         OK(mj_activation_module_new(&relu, MJ_ACT_RELU));
         OK(mj_sequential_new(&seq, 2, (mj_module *[]){id, relu}));
-        mj_graph *g = NULL;
-        OK(mj_trace_module(seq, x, &g));
+        mj_graph *g = mjt_trace(seq, x);
         OK(mj_graph_run(g, x, &y));
         cr_assert(mj_tensor_equal(y, x));
         mj_tensor_release(y);
-        mj_graph_free(g);
-        mj_module_free(seq);
+        mjt_free_traced(g, seq);
         mj_tensor_release(x);
     }
 }

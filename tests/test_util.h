@@ -133,6 +133,12 @@ static inline mj_module *mjt_model(const char *spec, double density, mj_rng *rng
     return m;
 }
 
+/* Frees a test's graph and then its module (either may be NULL). */
+static inline void mjt_free_traced(mj_graph *g, mj_module *m) {
+    mj_graph_free(g);
+    mj_module_free(m);
+}
+
 /* m traced on the example x; must succeed. */
 static inline mj_graph *mjt_trace(mj_module *m, const mj_tensor *x) {
     mj_graph *g = NULL;
