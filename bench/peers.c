@@ -400,15 +400,14 @@ mj_status mj_peer_new(mj_peer_kind k, int n_layers, const mj_peer_layer *layers,
 #ifdef MJ_HAVE_XNNPACK
     if (k == MJ_PEER_XNNPACK) st = xnnpack_init(p);
 #endif
-    if (st != MJ_OK) {
-        mj_peer_free(p);
-        return st;
-    }
+    if (st != MJ_OK) goto fail;
     *out = p;
     return MJ_OK;
 nomem:
+    st = mj_fail(MJ_ERR_NOMEM, "peer %s: out of memory", mj_peer_name(k));
+fail:
     mj_peer_free(p);
-    return mj_fail(MJ_ERR_NOMEM, "peer %s: out of memory", mj_peer_name(k));
+    return st;
 }
 
 /* The epilogue every peer runs after its GEMM: y = act(y + b). Cloned per
