@@ -164,30 +164,26 @@ static bool same_shape(const mj_tensor *a, const mj_tensor *b) {
                           mj_tensor_shape(b));
 }
 
-/* p(x) with the result's presence checked; a new reference in *y. */
-static mj_status run_forward(mj_parametrization *p, const mj_tensor *x, mj_tensor **y) {
+/* p(x), or with inverse p's right_inverse(x), with the result's presence
+ * checked; a new reference in *y. */
+static mj_status run_param(mj_parametrization *p, bool inverse, const mj_tensor *x, mj_tensor **y) {
     mj_tensor *r = NULL;
     int refs = mj_tensor_refs(x);
-    MJ_TRY(p->ops->forward(p, x, &r));
+    MJ_TRY((inverse ? p->ops->right_inverse : p->ops->forward)(p, x, &r));
     r = mj_own_result(x, refs, r);
     if (!r)
-        return mj_fail(MJ_ERR_INVALID, "parametrization %s returned MJ_OK but no tensor",
-                       p->ops->type_name);
+        return mj_fail(MJ_ERR_INVALID, "%sparametrization %s returned MJ_OK but no tensor",
+                       inverse ? "right_inverse of " : "", p->ops->type_name);
     *y = r;
     return MJ_OK;
 }
 
+static mj_status run_forward(mj_parametrization *p, const mj_tensor *x, mj_tensor **y) {
+    return run_param(p, false, x, y);
+}
+
 static mj_status run_inverse(mj_parametrization *p, const mj_tensor *y, mj_tensor **x) {
-    mj_tensor *r = NULL;
-    int refs = mj_tensor_refs(y);
-    MJ_TRY(p->ops->right_inverse(p, y, &r));
-    r = mj_own_result(y, refs, r);
-    if (!r)
-        return mj_fail(MJ_ERR_INVALID,
-                       "right_inverse of parametrization %s returned MJ_OK but no tensor",
-                       p->ops->type_name);
-    *x = r;
-    return MJ_OK;
+    return run_param(p, true, y, x);
 }
 
 mj_status mj_param_entry_compute(mj_param_entry *e, mj_tensor **out) {
