@@ -119,6 +119,9 @@ typedef enum mj_collect_what {
 } mj_collect_what;
 mj_status mj_module_collect(mj_module *m, mj_collect_what what, bool include_masks,
                             mj_tensor_dict *d);
+/* The same into a new dict (*out); fn names the public call in errors. */
+mj_status mj_module_collect_new(const char *fn, mj_module *m, mj_collect_what what, bool include_masks,
+                                mj_tensor_dict **out);
 
 /* A valid local name: non-empty, no '.'. what = "child", "parameter", ... */
 mj_status mj_check_local_name(const char *name, const char *what);
