@@ -4,14 +4,12 @@
  * pass of bias + activation; oneDNN and XNNPACK fuse what they can (bias
  * always, the activation where they have it) and leave the rest to the same
  * epilogue. */
-#include "bench/peers.h"
+#include "bench/peers_internal.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-#include "src/core/internal.h"
 
 #ifdef MJ_HAVE_OPENBLAS
 #include <cblas.h>
@@ -20,7 +18,6 @@
 #include <libxsmm.h>
 #endif
 #ifdef MJ_HAVE_ONEDNN
-#include <oneapi/dnnl/dnnl.h>
 /* Debian's oneDNN runs on OpenMP (libgomp): its thread count is OpenMP's. */
 void omp_set_num_threads(int n);
 #endif
@@ -144,11 +141,7 @@ void mj_peer_free(mj_peer *p) {
     for (int i = 0; p->layers && i < p->n; i++) {
         peer_layer *l = &p->layers[i];
 #ifdef MJ_HAVE_ONEDNN
-        if (l->ip) dnnl_primitive_destroy(l->ip);
-        if (l->src) dnnl_memory_destroy(l->src);
-        if (l->wei) dnnl_memory_destroy(l->wei);
-        if (l->bias) dnnl_memory_destroy(l->bias);
-        if (l->dst) dnnl_memory_destroy(l->dst);
+        mj_peer_dnnl_destroy(l->ip, 4, (dnnl_memory_t[]){l->src, l->wei, l->bias, l->dst});
 #endif
 #ifdef MJ_HAVE_XNNPACK
         if (l->fc) xnn_delete_operator(l->fc);
@@ -157,8 +150,7 @@ void mj_peer_free(mj_peer *p) {
         free(l->b);
     }
 #ifdef MJ_HAVE_ONEDNN
-    if (p->stream) dnnl_stream_destroy(p->stream);
-    if (p->engine) dnnl_engine_destroy(p->engine);
+    mj_peer_dnnl_stop(p->engine, p->stream);
 #endif
 #ifdef MJ_HAVE_XNNPACK
     if (p->pool) pthreadpool_destroy(p->pool);
@@ -185,15 +177,47 @@ static bool onednn_act(mj_act act, dnnl_alg_kind_t *alg) {
     return false;
 }
 
-#define DNNL_TRY(call)                                                                      \
-    do {                                                                                    \
-        dnnl_status_t ds_ = (call);                                                         \
-        if (ds_ != dnnl_success) {                                                          \
-            st = mj_fail(MJ_ERR_UNSUPPORTED, "peer onednn: %s failed (status %d)", #call,   \
-                         (int)ds_);                                                         \
-            goto done;                                                                      \
-        }                                                                                   \
-    } while (0)
+mj_status mj_peer_dnnl_start(const char *prefix, dnnl_engine_t *engine, dnnl_stream_t *stream) {
+    mj_status st = MJ_OK;
+    MJ_DNNL_TRY(prefix, dnnl_engine_create(engine, dnnl_cpu, 0));
+    MJ_DNNL_TRY(prefix, dnnl_stream_create(stream, *engine, dnnl_stream_default_flags));
+done:
+    return st;
+}
+
+void mj_peer_dnnl_stop(dnnl_engine_t engine, dnnl_stream_t stream) {
+    if (stream) dnnl_stream_destroy(stream);
+    if (engine) dnnl_engine_destroy(engine);
+}
+
+mj_status mj_peer_dnnl_weights(const char *prefix, dnnl_engine_t engine, dnnl_stream_t stream,
+                               const dnnl_memory_desc_t *user_md, const float *data,
+                               const dnnl_memory_desc_t *md, dnnl_memory_t *wei) {
+    mj_status st = MJ_OK;
+    dnnl_memory_t user_w = NULL;
+    dnnl_primitive_desc_t rpd = NULL;
+    dnnl_primitive_t reorder = NULL;
+    MJ_DNNL_TRY(prefix, dnnl_memory_create(wei, md, engine, DNNL_MEMORY_ALLOCATE));
+    MJ_DNNL_TRY(prefix, dnnl_memory_create(&user_w, user_md, engine, (void *)data));
+    MJ_DNNL_TRY(prefix, dnnl_reorder_primitive_desc_create(&rpd, user_md, engine, md, engine, NULL));
+    MJ_DNNL_TRY(prefix, dnnl_primitive_create(&reorder, rpd));
+    dnnl_exec_arg_t rargs[2] = {{DNNL_ARG_FROM, user_w}, {DNNL_ARG_TO, *wei}};
+    MJ_DNNL_TRY(prefix, dnnl_primitive_execute(reorder, stream, 2, rargs));
+    MJ_DNNL_TRY(prefix, dnnl_stream_wait(stream));
+done:
+    if (reorder) dnnl_primitive_destroy(reorder);
+    if (rpd) dnnl_primitive_desc_destroy(rpd);
+    if (user_w) dnnl_memory_destroy(user_w);
+    return st;
+}
+
+void mj_peer_dnnl_destroy(dnnl_primitive_t prim, int n, const dnnl_memory_t *mem) {
+    if (prim) dnnl_primitive_destroy(prim);
+    for (int i = 0; i < n; i++)
+        if (mem[i]) dnnl_memory_destroy(mem[i]);
+}
+
+#define DNNL_TRY(call) MJ_DNNL_TRY("peer onednn", call)
 
 /* One inner-product primitive per layer, y = act(x · wᵀ + b), with the
  * weights reordered once (here, outside any timing) into the layout the
@@ -204,9 +228,7 @@ static mj_status onednn_layer(mj_peer *p, peer_layer *l) {
     dnnl_inner_product_desc_t ipd;
     dnnl_post_ops_t po = NULL;
     dnnl_primitive_attr_t attr = NULL;
-    dnnl_primitive_desc_t pd = NULL, rpd = NULL;
-    dnnl_primitive_t reorder = NULL;
-    dnnl_memory_t user_w = NULL;
+    dnnl_primitive_desc_t pd = NULL;
     const dnnl_dims_t src_dims = {p->batch, l->in}, wei_dims = {l->out, l->in},
                       bias_dims = {l->out}, dst_dims = {p->batch, l->out};
     DNNL_TRY(dnnl_memory_desc_init_by_tag(&src_md, 2, src_dims, dnnl_f32, dnnl_ab));
@@ -226,22 +248,14 @@ static mj_status onednn_layer(mj_peer *p, peer_layer *l) {
     }
     DNNL_TRY(dnnl_primitive_desc_create(&pd, &ipd, attr, p->engine, NULL));
     const dnnl_memory_desc_t *wei_md = dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
-    DNNL_TRY(dnnl_memory_create(&l->wei, wei_md, p->engine, DNNL_MEMORY_ALLOCATE));
-    DNNL_TRY(dnnl_memory_create(&user_w, &wei_user, p->engine, l->w));
-    DNNL_TRY(dnnl_reorder_primitive_desc_create(&rpd, &wei_user, p->engine, wei_md, p->engine, NULL));
-    DNNL_TRY(dnnl_primitive_create(&reorder, rpd));
-    dnnl_exec_arg_t rargs[2] = {{DNNL_ARG_FROM, user_w}, {DNNL_ARG_TO, l->wei}};
-    DNNL_TRY(dnnl_primitive_execute(reorder, p->stream, 2, rargs));
-    DNNL_TRY(dnnl_stream_wait(p->stream));
+    st = mj_peer_dnnl_weights("peer onednn", p->engine, p->stream, &wei_user, l->w, wei_md, &l->wei);
+    if (st != MJ_OK) goto done;
     if (l->b) DNNL_TRY(dnnl_memory_create(&l->bias, &bias_md, p->engine, l->b));
     /* src and dst point at the ping-pong buffers; run() sets the handles */
     DNNL_TRY(dnnl_memory_create(&l->src, &src_md, p->engine, DNNL_MEMORY_NONE));
     DNNL_TRY(dnnl_memory_create(&l->dst, &dst_md, p->engine, DNNL_MEMORY_NONE));
     DNNL_TRY(dnnl_primitive_create(&l->ip, pd));
 done:
-    if (reorder) dnnl_primitive_destroy(reorder);
-    if (rpd) dnnl_primitive_desc_destroy(rpd);
-    if (user_w) dnnl_memory_destroy(user_w);
     if (pd) dnnl_primitive_desc_destroy(pd);
     if (attr) dnnl_primitive_attr_destroy(attr);
     if (po) dnnl_post_ops_destroy(po);
@@ -249,11 +263,8 @@ done:
 }
 
 static mj_status onednn_init(mj_peer *p) {
-    mj_status st = MJ_OK;
-    DNNL_TRY(dnnl_engine_create(&p->engine, dnnl_cpu, 0));
-    DNNL_TRY(dnnl_stream_create(&p->stream, p->engine, dnnl_stream_default_flags));
+    mj_status st = mj_peer_dnnl_start("peer onednn", &p->engine, &p->stream);
     for (int i = 0; i < p->n && st == MJ_OK; i++) st = onednn_layer(p, &p->layers[i]);
-done:
     return st;
 }
 #undef DNNL_TRY
@@ -389,15 +400,14 @@ mj_status mj_peer_new(mj_peer_kind k, int n_layers, const mj_peer_layer *layers,
 #ifdef MJ_HAVE_XNNPACK
     if (k == MJ_PEER_XNNPACK) st = xnnpack_init(p);
 #endif
-    if (st != MJ_OK) {
-        mj_peer_free(p);
-        return st;
-    }
+    if (st != MJ_OK) goto fail;
     *out = p;
     return MJ_OK;
 nomem:
+    st = mj_fail(MJ_ERR_NOMEM, "peer %s: out of memory", mj_peer_name(k));
+fail:
     mj_peer_free(p);
-    return mj_fail(MJ_ERR_NOMEM, "peer %s: out of memory", mj_peer_name(k));
+    return st;
 }
 
 /* The epilogue every peer runs after its GEMM: y = act(y + b). Cloned per

@@ -6,7 +6,7 @@
  * library's preferred layout (oneDNN's blocked nChw16c-like format, XNNPACK's
  * NHWC) is reached by a reorder inside the timed call, as a user holding NCHW
  * tensors pays it. Weights are reordered once, outside any timing. */
-#include "bench/peers.h"
+#include "bench/peers_internal.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -14,11 +14,7 @@
 #include <string.h>
 
 #include "ir/ir.h"
-#include "src/core/internal.h"
 
-#ifdef MJ_HAVE_ONEDNN
-#include <oneapi/dnnl/dnnl.h>
-#endif
 #ifdef MJ_HAVE_XNNPACK
 #include <pthreadpool.h>
 #include <xnnpack.h>
@@ -66,10 +62,7 @@ void mj_peer_conv_free(mj_peer_conv *p) {
     for (int i = 0; p->layers && i < p->n; i++) {
         conv_layer *l = &p->layers[i];
 #ifdef MJ_HAVE_ONEDNN
-        if (l->conv) dnnl_primitive_destroy(l->conv);
-        if (l->wei) dnnl_memory_destroy(l->wei);
-        if (l->bias) dnnl_memory_destroy(l->bias);
-        if (l->dst) dnnl_memory_destroy(l->dst);
+        mj_peer_dnnl_destroy(l->conv, 3, (dnnl_memory_t[]){l->wei, l->bias, l->dst});
 #endif
 #ifdef MJ_HAVE_XNNPACK
         if (l->op) xnn_delete_operator(l->op);
@@ -80,13 +73,9 @@ void mj_peer_conv_free(mj_peer_conv *p) {
         (void)l;
     }
 #ifdef MJ_HAVE_ONEDNN
-    if (p->x_reorder) dnnl_primitive_destroy(p->x_reorder);
-    if (p->y_reorder) dnnl_primitive_destroy(p->y_reorder);
-    if (p->user_x) dnnl_memory_destroy(p->user_x);
-    if (p->x) dnnl_memory_destroy(p->x);
-    if (p->user_y) dnnl_memory_destroy(p->user_y);
-    if (p->stream) dnnl_stream_destroy(p->stream);
-    if (p->engine) dnnl_engine_destroy(p->engine);
+    mj_peer_dnnl_destroy(p->x_reorder, 2, (dnnl_memory_t[]){p->user_x, p->x});
+    mj_peer_dnnl_destroy(p->y_reorder, 1, &p->user_y);
+    mj_peer_dnnl_stop(p->engine, p->stream);
 #endif
 #ifdef MJ_HAVE_XNNPACK
     if (p->pool) pthreadpool_destroy(p->pool);
@@ -98,15 +87,7 @@ void mj_peer_conv_free(mj_peer_conv *p) {
 }
 
 #ifdef MJ_HAVE_ONEDNN
-#define DNNL_TRY(call)                                                                      \
-    do {                                                                                    \
-        dnnl_status_t ds_ = (call);                                                         \
-        if (ds_ != dnnl_success) {                                                          \
-            st = mj_fail(MJ_ERR_UNSUPPORTED, "peer onednn conv: %s failed (status %d)", #call, \
-                         (int)ds_);                                                         \
-            goto done;                                                                      \
-        }                                                                                   \
-    } while (0)
+#define DNNL_TRY(call) MJ_DNNL_TRY("peer onednn conv", call)
 
 /* The conv descriptor of layer l with the given src/dst descriptors. */
 static dnnl_status_t conv_desc(dnnl_convolution_desc_t *cd, const conv_layer *l,
@@ -129,14 +110,11 @@ static mj_status onednn_conv_init(mj_peer_conv *p) {
     dnnl_primitive_desc_t pd = NULL, rpd = NULL;
     dnnl_primitive_attr_t attr = NULL;
     dnnl_post_ops_t po = NULL;
-    dnnl_memory_t user_w = NULL;
-    dnnl_primitive_t reorder = NULL;
     dnnl_memory_desc_t act_md; /* the layout of activations between layers */
     dnnl_memory_desc_t in_md;  /* the chain's input in the first layer's layout */
     memset(&act_md, 0, sizeof act_md);
     memset(&in_md, 0, sizeof in_md);
-    DNNL_TRY(dnnl_engine_create(&p->engine, dnnl_cpu, 0));
-    DNNL_TRY(dnnl_stream_create(&p->stream, p->engine, dnnl_stream_default_flags));
+    if ((st = mj_peer_dnnl_start("peer onednn conv", &p->engine, &p->stream)) != MJ_OK) goto done;
     for (int i = 0; i < p->n; i++) {
         conv_layer *l = &p->layers[i];
         int64_t g = l->c.groups, cg = l->c.in_c / g, og = l->c.out_c / g;
@@ -178,19 +156,8 @@ static mj_status onednn_conv_init(mj_peer_conv *p) {
         DNNL_TRY(conv_desc(&cd, l, &src_md, &wei_any, l->c.b ? &bias_md : NULL, &dst_md));
         DNNL_TRY(dnnl_primitive_desc_create(&pd, &cd, attr, p->engine, NULL));
         const dnnl_memory_desc_t *wei_md = dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
-        DNNL_TRY(dnnl_memory_create(&l->wei, wei_md, p->engine, DNNL_MEMORY_ALLOCATE));
-        DNNL_TRY(dnnl_memory_create(&user_w, &wei_user, p->engine, (void *)l->c.w));
-        DNNL_TRY(dnnl_reorder_primitive_desc_create(&rpd, &wei_user, p->engine, wei_md, p->engine, NULL));
-        DNNL_TRY(dnnl_primitive_create(&reorder, rpd));
-        dnnl_exec_arg_t rargs[2] = {{DNNL_ARG_FROM, user_w}, {DNNL_ARG_TO, l->wei}};
-        DNNL_TRY(dnnl_primitive_execute(reorder, p->stream, 2, rargs));
-        DNNL_TRY(dnnl_stream_wait(p->stream));
-        dnnl_primitive_destroy(reorder);
-        reorder = NULL;
-        dnnl_primitive_desc_destroy(rpd);
-        rpd = NULL;
-        dnnl_memory_destroy(user_w);
-        user_w = NULL;
+        st = mj_peer_dnnl_weights("peer onednn conv", p->engine, p->stream, &wei_user, l->c.w, wei_md, &l->wei);
+        if (st != MJ_OK) goto done;
         if (l->c.b) DNNL_TRY(dnnl_memory_create(&l->bias, &bias_md, p->engine, (void *)l->c.b));
         DNNL_TRY(dnnl_memory_create(&l->dst, &dst_md, p->engine, DNNL_MEMORY_ALLOCATE));
         DNNL_TRY(dnnl_primitive_create(&l->conv, pd));
@@ -223,9 +190,7 @@ static mj_status onednn_conv_init(mj_peer_conv *p) {
         }
     }
 done:
-    if (reorder) dnnl_primitive_destroy(reorder);
     if (rpd) dnnl_primitive_desc_destroy(rpd);
-    if (user_w) dnnl_memory_destroy(user_w);
     if (pd) dnnl_primitive_desc_destroy(pd);
     if (attr) dnnl_primitive_attr_destroy(attr);
     if (po) dnnl_post_ops_destroy(po);

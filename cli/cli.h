@@ -53,6 +53,12 @@ typedef struct cli_command {
  * or CLI_USAGE (message printed to stderr). */
 int cli_parse(const cli_command *cmd, int argc, char **argv, const cli_opt *opts, int n_opts,
               const char **pos, int max_pos, int *n_pos, const char *details);
+/* cli_parse for a command taking exactly one MODEL (model not NULL) or no
+ * positional argument (model NULL). Returns true to go on; false with *rc
+ * the command's exit code: CLI_OK after --help, else a usage error (printed). */
+bool cli_parse_args(const cli_command *cmd, int argc, char **argv, const cli_opt *opts, int n_opts,
+                    const char *details, const char **model, int *rc);
+#define CLI_N_OPTS(opts) ((int)(sizeof(opts) / sizeof((opts)[0])))
 void cli_print_usage(FILE *f, const cli_command *cmd, const cli_opt *opts, int n_opts,
                      const char *details);
 

@@ -37,11 +37,9 @@ int cmd_aot(int argc, char **argv) {
         {"--weights", OPT_STRING, &weights, "safetensors file with the model's tensors"},
         {"--seed", OPT_INT, &seed, "seed of the default init (default 0)"},
     };
-    const char *pos[1];
-    int n_pos;
-    int rc = cli_parse(&cmd, argc, argv, opts, (int)(sizeof opts / sizeof opts[0]), pos, 1, &n_pos, AOT_DETAILS);
-    if (rc != CLI_OK) return rc == CLI_HELP ? CLI_OK : rc;
-    if (n_pos != 1) return cli_error("aot", CLI_USAGE, "missing MODEL (see maskjit aot --help)");
+    const char *model;
+    int rc;
+    if (!cli_parse_args(&cmd, argc, argv, opts, CLI_N_OPTS(opts), AOT_DETAILS, &model, &rc)) return rc;
     if (!out) return cli_error("aot", CLI_USAGE, "missing -o DIR (the output directory)");
     if (exact && fast) return cli_error("aot", CLI_USAGE, "--exact and --fast exclude each other");
     mj_aot_options o;
@@ -53,12 +51,12 @@ int cmd_aot(int argc, char **argv) {
     o.features = features;
     o.shared = shared;
     /* the file name, not its path: the header's bytes must not depend on where the build is */
-    const char *slash = strrchr(pos[0], '/');
-    o.description = slash ? slash + 1 : pos[0];
+    const char *slash = strrchr(model, '/');
+    o.description = slash ? slash + 1 : model;
     cli_model cm;
-    if ((rc = cli_model_load("aot", pos[0], weights, (uint64_t)seed, &cm)) != CLI_OK) return rc;
+    if ((rc = cli_model_load("aot", model, weights, (uint64_t)seed, &cm)) != CLI_OK) return rc;
     if ((rc = cli_model_trace("aot", &cm)) == CLI_OK) {
-        if (mj_aot_compile(cm.graph, &o, out) != MJ_OK) rc = cli_mj_error("aot", pos[0]);
+        if (mj_aot_compile(cm.graph, &o, out) != MJ_OK) rc = cli_mj_error("aot", model);
         else printf("maskjit aot: wrote %s/%s.o and %s/%s.h%s\n", out, name, out, name, shared ? " (and .so)" : "");
     }
     cli_model_free(&cm);

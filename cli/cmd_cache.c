@@ -54,10 +54,8 @@ static int sub_stats(int argc, char **argv) {
                                     NULL};
     const char *dir_opt = NULL;
     const cli_opt opts[] = {{"--dir", OPT_STRING, &dir_opt, "the cache directory (default: see above)"}};
-    const char *pos[1];
-    int n_pos;
-    int rc = cli_parse(&cmd, argc, argv, opts, 1, pos, 0, &n_pos, DIR_DETAILS);
-    if (rc != CLI_OK) return rc == CLI_HELP ? CLI_OK : rc;
+    int rc;
+    if (!cli_parse_args(&cmd, argc, argv, opts, CLI_N_OPTS(opts), DIR_DETAILS, NULL, &rc)) return rc;
     uint64_t cap;
     if (mj_cache_max_bytes(&cap) != MJ_OK) return cli_error(cmd.name, CLI_USAGE, "%s", mj_last_error());
     char *dir = cache_dir(cmd.name, dir_opt);
@@ -103,10 +101,8 @@ static int sub_clear(int argc, char **argv) {
                                     "Remove every entry of the compile cache (compiles rebuild them).", NULL};
     const char *dir_opt = NULL;
     const cli_opt opts[] = {{"--dir", OPT_STRING, &dir_opt, "the cache directory (default: see above)"}};
-    const char *pos[1];
-    int n_pos;
-    int rc = cli_parse(&cmd, argc, argv, opts, 1, pos, 0, &n_pos, DIR_DETAILS);
-    if (rc != CLI_OK) return rc == CLI_HELP ? CLI_OK : rc;
+    int rc;
+    if (!cli_parse_args(&cmd, argc, argv, opts, CLI_N_OPTS(opts), DIR_DETAILS, NULL, &rc)) return rc;
     char *dir = cache_dir(cmd.name, dir_opt);
     if (!dir) return CLI_USAGE;
     mj_cache_usage r;
@@ -128,10 +124,8 @@ static int sub_prune(int argc, char **argv) {
         {"--max-mb", OPT_INT, &max_mb, "keep at most N MiB of entries"},
         {"--dir", OPT_STRING, &dir_opt, "the cache directory (default: see above)"},
     };
-    const char *pos[1];
-    int n_pos;
-    int rc = cli_parse(&cmd, argc, argv, opts, 2, pos, 0, &n_pos, DIR_DETAILS);
-    if (rc != CLI_OK) return rc == CLI_HELP ? CLI_OK : rc;
+    int rc;
+    if (!cli_parse_args(&cmd, argc, argv, opts, CLI_N_OPTS(opts), DIR_DETAILS, NULL, &rc)) return rc;
     uint64_t max;
     if (max_mb >= 0) {
         max = (uint64_t)max_mb << 20; /* cli_parse bounds N by 2^40 */

@@ -185,16 +185,13 @@ int cmd_check(int argc, char **argv) {
         {"--seed", OPT_RANGED, &seed, "seed of default init and random inputs (default 0)"},
         {"--json", OPT_FLAG, &json, "print one JSON object instead of the table"},
     };
-    const char *pos[1];
-    int n_pos;
-    int rc = cli_parse(&cmd, argc, argv, opts, (int)(sizeof opts / sizeof opts[0]), pos, 1, &n_pos,
-                       NULL);
-    if (rc != CLI_OK) return rc == CLI_HELP ? CLI_OK : rc;
-    if (n_pos != 1) return cli_error("check", CLI_USAGE, "missing MODEL (see maskjit check --help)");
+    const char *model;
+    int rc;
+    if (!cli_parse_args(&cmd, argc, argv, opts, CLI_N_OPTS(opts), NULL, &model, &rc)) return rc;
     int64_t n_random = inputs.value, batch = batch_opt.value;
 
     cli_model cm;
-    if ((rc = cli_model_load("check", pos[0], weights, (uint64_t)seed.value, &cm)) != CLI_OK)
+    if ((rc = cli_model_load("check", model, weights, (uint64_t)seed.value, &cm)) != CLI_OK)
         return rc;
     mj_tensor *given[CLI_MAX_STRINGS] = {0}, *expected[CLI_MAX_STRINGS] = {0};
     bool has_given = false;
@@ -208,7 +205,7 @@ int cmd_check(int argc, char **argv) {
     int n_inputs = 0;
     if (n_in > CLI_MAX_STRINGS || n_out > CLI_MAX_STRINGS) {
         rc = cli_error("check", CLI_FAIL, "%s has %d inputs and %d outputs; the CLI handles at most %d each",
-                       pos[0], n_in, n_out, CLI_MAX_STRINGS);
+                       model, n_in, n_out, CLI_MAX_STRINGS);
         n_in = 0;
         goto done;
     }
@@ -363,7 +360,7 @@ int cmd_check(int argc, char **argv) {
             if (res[p].located) json_object_set_new(o, "first_divergence", where_json(&res[p]));
             json_array_append_new(paths, o);
         }
-        json_t *root = json_pack("{s:s, s:s, s:i, s:I, s:f, s:f, s:o, s:b}", "model", pos[0],
+        json_t *root = json_pack("{s:s, s:s, s:i, s:I, s:f, s:f, s:o, s:b}", "model", model,
                                  "reference", path_names[ref_path], "inputs", n_inputs, "batch",
                                  (json_int_t)batch, "rtol", shown.rtol, "atol", shown.atol, "paths",
                                  paths, "pass", pass);
@@ -376,7 +373,7 @@ int cmd_check(int argc, char **argv) {
         json_decref(root);
     } else {
         bool color = cli_use_color(stdout);
-        printf("maskjit check %s: %d input(s), batch %lld, reference %s, rtol %.3g, atol %.3g", pos[0],
+        printf("maskjit check %s: %d input(s), batch %lld, reference %s, rtol %.3g, atol %.3g", model,
                n_inputs, (long long)batch, path_names[ref_path], shown.rtol, shown.atol);
         if (rtol < 0 || atol < 0)
             printf(" (fast-mode bound; shown for the output with the longest sum, %lld, mean |ref| %.3g)",

@@ -50,10 +50,8 @@ int cmd_demo(int argc, char **argv) {
     const cli_opt opts[] = {
         {"--no-timing", OPT_FLAG, &no_timing, "skip the timing (faster, deterministic output)"},
     };
-    const char *pos[1];
-    int n_pos;
-    int rc = cli_parse(&cmd, argc, argv, opts, 1, pos, 0, &n_pos, NULL);
-    if (rc != CLI_OK) return rc == CLI_HELP ? CLI_OK : rc;
+    int rc;
+    if (!cli_parse_args(&cmd, argc, argv, opts, CLI_N_OPTS(opts), NULL, NULL, &rc)) return rc;
 
     mj_module *m = NULL;
     mj_tensor_dict *sd = NULL;

@@ -46,14 +46,11 @@ int cmd_ir(int argc, char **argv) {
         {"--dot", OPT_FLAG, &dot, "print Graphviz DOT instead of the text form"},
         {"--seed", OPT_RANGED, &a.seed, "seed of the default init (default 0)"},
     };
-    const char *pos[1];
-    int n_pos;
-    int rc = cli_parse(&cmd, argc, argv, opts, (int)(sizeof opts / sizeof opts[0]), pos, 1, &n_pos,
-                       MODEL_DETAILS);
-    if (rc != CLI_OK) return rc == CLI_HELP ? CLI_OK : rc;
-    if (n_pos != 1) return cli_error("ir", CLI_USAGE, "missing MODEL (see maskjit ir --help)");
+    const char *model;
+    int rc;
+    if (!cli_parse_args(&cmd, argc, argv, opts, CLI_N_OPTS(opts), MODEL_DETAILS, &model, &rc)) return rc;
     cli_model cm;
-    if ((rc = prepare_graph("ir", pos[0], &a, &cm)) != CLI_OK) return rc;
+    if ((rc = prepare_graph("ir", model, &a, &cm)) != CLI_OK) return rc;
     mj_status s = dot ? mj_graph_write_dot(cm.graph, stdout) : mj_graph_print(cm.graph, stdout);
     for (int i = 0; i < mj_graph_warning_count(cm.graph); i++)
         fprintf(stderr, "%s\n", mj_graph_warning(cm.graph, i));
@@ -76,15 +73,12 @@ int cmd_trace(int argc, char **argv) {
         {"--passes", OPT_STRING, &a.passes, "run passes before saving (default or a list)"},
         {"--seed", OPT_RANGED, &a.seed, "seed of the default init (default 0)"},
     };
-    const char *pos[1];
-    int n_pos;
-    int rc = cli_parse(&cmd, argc, argv, opts, (int)(sizeof opts / sizeof opts[0]), pos, 1, &n_pos,
-                       MODEL_DETAILS);
-    if (rc != CLI_OK) return rc == CLI_HELP ? CLI_OK : rc;
-    if (n_pos != 1) return cli_error("trace", CLI_USAGE, "missing MODEL (see maskjit trace --help)");
+    const char *model;
+    int rc;
+    if (!cli_parse_args(&cmd, argc, argv, opts, CLI_N_OPTS(opts), MODEL_DETAILS, &model, &rc)) return rc;
     if (!out) return cli_error("trace", CLI_USAGE, "missing -o FILE");
     cli_model cm;
-    if ((rc = prepare_graph("trace", pos[0], &a, &cm)) != CLI_OK) return rc;
+    if ((rc = prepare_graph("trace", model, &a, &cm)) != CLI_OK) return rc;
     if (mj_graph_save(cm.graph, out) != MJ_OK) {
         rc = cli_mj_error("trace", "saving");
     } else {
@@ -108,16 +102,13 @@ int cmd_asm(int argc, char **argv) {
         {"--asm", OPT_FLAG, &asm_only, "only the assembly"},
         {"--seed", OPT_RANGED, &a.seed, "seed of the default init (default 0)"},
     };
-    const char *pos[1];
-    int n_pos;
-    int rc = cli_parse(&cmd, argc, argv, opts, (int)(sizeof opts / sizeof opts[0]), pos, 1, &n_pos,
-                       MODEL_DETAILS);
-    if (rc != CLI_OK) return rc == CLI_HELP ? CLI_OK : rc;
-    if (n_pos != 1) return cli_error("asm", CLI_USAGE, "missing MODEL (see maskjit asm --help)");
+    const char *model;
+    int rc;
+    if (!cli_parse_args(&cmd, argc, argv, opts, CLI_N_OPTS(opts), MODEL_DETAILS, &model, &rc)) return rc;
     bool frozen = a.frozen;
     a.frozen = false; /* the compiler freezes itself */
     cli_model cm;
-    if ((rc = prepare_graph("asm", pos[0], &a, &cm)) != CLI_OK) return rc;
+    if ((rc = prepare_graph("asm", model, &a, &cm)) != CLI_OK) return rc;
     mj_jit *jit = NULL;
     mj_compiled *c = NULL;
     mj_compile_options o;

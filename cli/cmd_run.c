@@ -57,12 +57,9 @@ int cmd_run(int argc, char **argv) {
         {"--batch", OPT_RANGED, &batch, "batch of the random input (default 3)"},
         {"--seed", OPT_RANGED, &seed, "seed of default init and random input (default 0)"},
     };
-    const char *pos[1];
-    int n_pos;
-    int rc = cli_parse(&cmd, argc, argv, opts, (int)(sizeof opts / sizeof opts[0]), pos, 1, &n_pos,
-                       RUN_DETAILS);
-    if (rc != CLI_OK) return rc == CLI_HELP ? CLI_OK : rc;
-    if (n_pos != 1) return cli_error("run", CLI_USAGE, "missing MODEL (see maskjit run --help)");
+    const char *model;
+    int rc;
+    if (!cli_parse_args(&cmd, argc, argv, opts, CLI_N_OPTS(opts), RUN_DETAILS, &model, &rc)) return rc;
     if (exact && fast) return cli_error("run", CLI_USAGE, "--exact and --fast exclude each other");
     cli_mode mode;
     if ((rc = cli_parse_mode("run", mode_text, &mode)) != CLI_OK) return rc;
@@ -70,12 +67,12 @@ int cmd_run(int argc, char **argv) {
         return cli_error("run", CLI_USAGE, "--exact/--fast/--frozen apply to --mode compiled");
 
     cli_model cm;
-    if ((rc = cli_model_load("run", pos[0], weights, (uint64_t)seed.value, &cm)) != CLI_OK) return rc;
+    if ((rc = cli_model_load("run", model, weights, (uint64_t)seed.value, &cm)) != CLI_OK) return rc;
     mj_tensor *x[CLI_MAX_STRINGS] = {0}, *y[CLI_MAX_STRINGS] = {0};
     int n_in = cli_model_input_count(&cm), n_out = cli_model_output_count(&cm);
     mj_jit *jit = NULL;
     if (n_in > CLI_MAX_STRINGS || n_out > CLI_MAX_STRINGS) {
-        rc = cli_error("run", CLI_FAIL, "%s has %d inputs and %d outputs; the CLI handles at most %d each", pos[0],
+        rc = cli_error("run", CLI_FAIL, "%s has %d inputs and %d outputs; the CLI handles at most %d each", model,
                        n_in, n_out, CLI_MAX_STRINGS);
         n_in = n_out = 0;
         goto done;

@@ -111,6 +111,23 @@ int cli_parse(const cli_command *cmd, int argc, char **argv, const cli_opt *opts
     return CLI_OK;
 }
 
+bool cli_parse_args(const cli_command *cmd, int argc, char **argv, const cli_opt *opts, int n_opts,
+                    const char *details, const char **model, int *rc) {
+    const char *pos[1];
+    int n_pos;
+    *rc = cli_parse(cmd, argc, argv, opts, n_opts, pos, model ? 1 : 0, &n_pos, details);
+    if (*rc != CLI_OK) {
+        if (*rc == CLI_HELP) *rc = CLI_OK;
+        return false;
+    }
+    if (model && n_pos != 1) {
+        *rc = cli_error(cmd->name, CLI_USAGE, "missing MODEL (see maskjit %s --help)", cmd->name);
+        return false;
+    }
+    if (model) *model = pos[0];
+    return true;
+}
+
 int cli_error(const char *cmd, int code, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);

@@ -69,12 +69,8 @@ static mj_status eval_node(const mj_node *n, const mj_tensor *const *v, int64_t 
     }
     case MJ_OP_EXPAND:
         return eval_expand(n, v[0], n->n_operands == 2 ? v[1] : NULL, out);
-    case MJ_OP_ADD:
-        return mj_add(out, v[0], v[1]);
-    case MJ_OP_SUB:
-        return mj_sub(out, v[0], v[1]);
-    case MJ_OP_MUL:
-        return mj_mul(out, v[0], v[1]);
+    MJ_CASE_BINARY_OPS:
+        return mj_binary_op(out, v[0], v[1], n->op);
     case MJ_OP_TRANSPOSE:
         return mj_transpose_dims(out, v[0], n->sa.dim0, n->sa.dim1);
     case MJ_OP_PERMUTE: {
@@ -92,12 +88,6 @@ static mj_status eval_node(const mj_node *n, const mj_tensor *const *v, int64_t 
         return mj_reshape(out, v[0], n->type.rank, shape);
     }
     /* the math of transformers */
-    case MJ_OP_DIV:
-        return mj_div(out, v[0], v[1]);
-    case MJ_OP_MAXIMUM:
-        return mj_maximum(out, v[0], v[1]);
-    case MJ_OP_MINIMUM:
-        return mj_minimum(out, v[0], v[1]);
     case MJ_OP_NEG:
         return mj_neg(out, v[0]);
     case MJ_OP_EXP:

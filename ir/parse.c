@@ -125,6 +125,51 @@ static mj_status parse_ident(parser *p, size_t *start, size_t *len) {
     return MJ_OK;
 }
 
+/* After a list item: at `close`, consumes it and sets *end; at ',',
+ * consumes it (*end false); else "expected <what>". */
+static mj_status list_next(parser *p, char close, const char *what, bool *end) {
+    skip_blanks(p);
+    *end = peek(p) == close;
+    if (!*end && peek(p) != ',') return expected(p, what);
+    advance(p);
+    return MJ_OK;
+}
+
+/* The text [start, start + len) as a C string in buf, cut to size - 1
+ * bytes; true when it was cut. */
+static bool copy_token(const parser *p, size_t start, size_t len, char *buf, size_t size) {
+    size_t k = len < size - 1 ? len : size - 1;
+    memcpy(buf, p->s + start, k);
+    buf[k] = '\0';
+    return k < len;
+}
+
+/* A token of an attribute value or a number (letters, digits and . + - _):
+ * its length; tok holds at most size - 1 bytes of it. */
+static size_t value_token(parser *p, char *tok, size_t size) {
+    skip_blanks(p);
+    size_t start = p->pos;
+    while (isalnum((unsigned char)peek(p)) || peek(p) == '.' || peek(p) == '+' || peek(p) == '-' || peek(p) == '_')
+        advance(p);
+    size_t len = p->pos - start;
+    copy_token(p, start, len, tok, size);
+    return len;
+}
+
+/* An attribute name (at *line, *col) into buf, cut to size - 1 bytes (*cut
+ * tells, when not NULL). */
+static mj_status parse_attr_name(parser *p, char *buf, size_t size, int *line, int *col, bool *cut) {
+    size_t st, len;
+    skip_blanks(p);
+    *line = p->line;
+    *col = p->col;
+    parse_ident(p, &st, &len);
+    if (len == 0) return expected(p, "an attribute name");
+    bool c = copy_token(p, st, len, buf, size);
+    if (cut) *cut = c;
+    return MJ_OK;
+}
+
 /* "name" with \" and \\ escapes, printable ASCII; malloc'd. */
 static mj_status parse_string(parser *p, char **out) {
     skip_blanks(p);
@@ -193,13 +238,9 @@ static mj_status parse_type(parser *p, mj_type *t, bool allow_batch) {
             MJ_TRY(parse_uint(p, MJ_MAX_NUMEL, "a dim (a size or B)", &d));
             t->dims[t->rank++] = d;
         }
-        skip_blanks(p);
-        if (peek(p) == ']') {
-            advance(p);
-            break;
-        }
-        if (peek(p) != ',') return expected(p, "',' or ']' in a type");
-        advance(p);
+        bool end;
+        MJ_TRY(list_next(p, ']', "',' or ']' in a type", &end));
+        if (end) break;
     }
     if (mj_type_check(t, allow_batch, "type") != MJ_OK) {
         char msg[512];
@@ -225,11 +266,8 @@ static mj_status parse_data(parser *p, float **out, int64_t *count) {
     for (;;) {
         skip_blanks(p);
         int line = p->line, col = p->col;
-        size_t start = p->pos;
-        while (isalnum((unsigned char)peek(p)) || peek(p) == '.' || peek(p) == '+' || peek(p) == '-' || peek(p) == '_')
-            advance(p);
-        size_t len = p->pos - start;
         char tok[64];
+        size_t len = value_token(p, tok, sizeof tok);
         if (len == 0) {
             s = expected(p, "a number");
             break;
@@ -238,8 +276,6 @@ static mj_status parse_data(parser *p, float **out, int64_t *count) {
             s = err_at(p, line, col, "number is longer than %zu characters", sizeof tok - 1);
             break;
         }
-        memcpy(tok, p->s + start, len);
-        tok[len] = '\0';
         char *end = NULL;
         float f = strtof_l(tok, &end, p->c_loc);
         if (end != tok + len) {
@@ -252,16 +288,8 @@ static mj_status parse_data(parser *p, float **out, int64_t *count) {
         }
         if ((s = mj_grow((void **)&v, &cap, n + 1, sizeof *v)) != MJ_OK) break;
         v[n++] = f;
-        skip_blanks(p);
-        if (peek(p) == ']') {
-            advance(p);
-            break;
-        }
-        if (peek(p) != ',') {
-            s = expected(p, "',' or ']' in const data");
-            break;
-        }
-        advance(p);
+        bool last;
+        if ((s = list_next(p, ']', "',' or ']' in const data", &last)) != MJ_OK || last) break;
     }
     if (s != MJ_OK) {
         free(v);
@@ -402,19 +430,6 @@ out:
     return s;
 }
 
-/* A token of an attribute value: letters, digits and . + - _ */
-static size_t value_token(parser *p, char *tok, size_t size) {
-    skip_blanks(p);
-    size_t start = p->pos;
-    while (isalnum((unsigned char)peek(p)) || peek(p) == '.' || peek(p) == '+' || peek(p) == '-' || peek(p) == '_')
-        advance(p);
-    size_t len = p->pos - start;
-    size_t k = len < size - 1 ? len : size - 1;
-    memcpy(tok, p->s + start, k);
-    tok[k] = '\0';
-    return len;
-}
-
 /* ["{" name "=" value ("," name "=" value)* "}"]: {act=...} on the ops that
  * take it, the op's attributes of src/core/attrs.c otherwise (each at most once,
  * the required ones present, the others defaulting to PyTorch's). */
@@ -430,19 +445,15 @@ static mj_status parse_attrs(parser *p, mj_op op, mj_act *act, mj_attrs *attrs) 
             return err_at(p, al, ac, "%s takes no {act=...} or other attributes, found '{'", info->name);
         advance(p);
         for (;;) {
-            size_t st, len;
-            skip_blanks(p);
-            int nl = p->line, nc = p->col;
-            parse_ident(p, &st, &len);
-            if (len == 0) return expected(p, "an attribute name");
             char name[32];
-            size_t k = len < sizeof name - 1 ? len : sizeof name - 1;
-            memcpy(name, p->s + st, k);
-            name[k] = '\0';
+            int nl, nc;
+            bool cut;
+            MJ_TRY(parse_attr_name(p, name, sizeof name, &nl, &nc, &cut));
+            /* a cut name (31 characters or more) matches none */
             int which = -1;
             for (int i = 0; i < na; i++)
-                if (strlen(spec[i].name) == len && memcmp(spec[i].name, p->s + st, len) == 0) which = i;
-            bool is_act = (info->flags & MJ_OPF_ACT_ATTR) && len == 3 && memcmp(p->s + st, "act", 3) == 0;
+                if (!cut && strcmp(spec[i].name, name) == 0) which = i;
+            bool is_act = (info->flags & MJ_OPF_ACT_ATTR) && strcmp(name, "act") == 0;
             if (which < 0 && !is_act) {
                 char names[160] = "";
                 size_t o = 0;
@@ -450,7 +461,7 @@ static mj_status parse_attrs(parser *p, mj_op op, mj_act *act, mj_attrs *attrs) 
                 for (int i = 0; i < na && o < sizeof names; i++)
                     o += (size_t)snprintf(names + o, sizeof names - o, "%s%s", o ? ", " : "", spec[i].name);
                 return err_at(p, nl, nc, "%s has no attribute '%s%s' (its attributes: %s)", info->name, name,
-                              len > k ? "..." : "", names);
+                              cut ? "..." : "", names);
             }
             if (is_act ? seen_act : seen[which]) return err_at(p, nl, nc, "attribute '%s' is given twice", name);
             MJ_TRY(expect_char(p, '=', "'='"));
@@ -475,13 +486,9 @@ static mj_status parse_attrs(parser *p, mj_op op, mj_act *act, mj_attrs *attrs) 
                     slot[0] = (int32_t)v0;
                     slot[1] = (int32_t)v1;
                 }
-                skip_blanks(p);
-                if (peek(p) == '}') {
-                    advance(p);
-                    break;
-                }
-                if (peek(p) != ',') return expected(p, "',' or '}' in attributes");
-                advance(p);
+                bool end;
+                MJ_TRY(list_next(p, '}', "',' or '}' in attributes", &end));
+                if (end) break;
                 continue;
             }
             char tok[64];
@@ -521,13 +528,9 @@ static mj_status parse_attrs(parser *p, mj_op op, mj_act *act, mj_attrs *attrs) 
                 }
                 }
             }
-            skip_blanks(p);
-            if (peek(p) == '}') {
-                advance(p);
-                break;
-            }
-            if (peek(p) != ',') return expected(p, "',' or '}' in attributes");
-            advance(p);
+            bool end;
+            MJ_TRY(list_next(p, '}', "',' or '}' in attributes", &end));
+            if (end) break;
         }
     }
     if ((info->flags & MJ_OPF_ACT_ATTR) && !seen_act) return expected(p, "an {act=...} attribute");
@@ -674,15 +677,9 @@ static mj_status parse_op(parser *p, mj_op op, int op_line, int op_col) {
             ac = bc;
             advance(p);
             for (;;) {
-                size_t st, len;
-                skip_blanks(p);
-                int kl = p->line, kc = p->col;
-                parse_ident(p, &st, &len);
-                if (len == 0) return expected(p, "an attribute name");
                 char key[16];
-                if (len >= sizeof key) len = sizeof key - 1;
-                memcpy(key, p->s + st, len);
-                key[len] = '\0';
+                int kl, kc;
+                MJ_TRY(parse_attr_name(p, key, sizeof key, &kl, &kc, NULL));
                 MJ_TRY(expect_char(p, '=', "'='"));
                 skip_blanks(p);
                 if (strcmp(key, "act") == 0) {
@@ -691,12 +688,11 @@ static mj_status parse_op(parser *p, mj_op op, int op_line, int op_col) {
                     if (has_act) return err_at(p, kl, kc, "attribute 'act' given twice");
                     has_act = true;
                     int nl = p->line, nc = p->col;
+                    size_t st, len;
                     parse_ident(p, &st, &len);
                     char an[32];
                     if (len == 0) return expected(p, "an activation name");
-                    if (len >= sizeof an) len = sizeof an - 1;
-                    memcpy(an, p->s + st, len);
-                    an[len] = '\0';
+                    copy_token(p, st, len, an, sizeof an);
                     if (mj_act_parse(an, &act) != MJ_OK || act == MJ_ACT_NONE)
                         return bad_act(p, nl, nc, an);
                 } else {
@@ -753,10 +749,8 @@ static mj_status parse_node(parser *p) {
     mj_op op = mj_op_from_name(p->s + st, len);
     if (op == MJ_OP_COUNT) {
         char nm[40];
-        size_t k = len < sizeof nm - 1 ? len : sizeof nm - 1;
-        memcpy(nm, p->s + st, k);
-        nm[k] = '\0';
-        return err_at(p, ol, oc, "expected an op name, found unknown op '%s%s'", nm, len > k ? "..." : "");
+        bool cut = copy_token(p, st, len, nm, sizeof nm);
+        return err_at(p, ol, oc, "expected an op name, found unknown op '%s%s'", nm, cut ? "..." : "");
     }
     if (mj_op_table[op].flags & MJ_OPF_LEAF) return parse_leaf(p, op);
     return parse_op(p, op, ol, oc);

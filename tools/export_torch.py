@@ -333,8 +333,9 @@ def _ir_name(name):
     return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _broadcast(a, b, what):
-    """NumPy broadcast of two IR shapes, as docs/IR.md defines it with B."""
+def _broadcast(a, b, what, batch_dims=False):
+    """NumPy broadcast of two IR shapes, as docs/IR.md defines it with B (B
+    only with B or 1); batch_dims: the shapes are a matmul's leading dims."""
     out = []
     for i in range(1, max(len(a), len(b)) + 1):
         x = a[-i] if i <= len(a) else 1
@@ -343,6 +344,8 @@ def _broadcast(a, b, what):
             out.append(x)
         elif x == 1:
             out.append(y)
+        elif batch_dims:
+            raise ExportError(f"{what}: cannot broadcast batch dims {_shape_str(a)} and {_shape_str(b)}")
         else:
             raise ExportError(f"{what}: cannot broadcast {_shape_str(a)} with {_shape_str(b)}")
     return tuple(reversed(out))
@@ -523,6 +526,17 @@ def _dropout(cx, node, ins):
     return [ins[0]]
 
 
+def _weight_bias(cx, x, w, bias):
+    """The operands x, w and, if given, the bias ([out], out = w.shape[0])."""
+    ops = [x, w]
+    if bias is not None:
+        b = _tensor(cx, bias, "bias")
+        if b.shape != (w.shape[0],):
+            raise ExportError(f"{cx.b.where()}: bias {_shape_str(b.shape)} is not [{w.shape[0]}]")
+        ops.append(b)
+    return ops
+
+
 def _linear(cx, node, ins):
     x, w = _tensor(cx, ins[0]), _tensor(cx, ins[1], "weight")
     bias = ins[2] if len(ins) > 2 else None
@@ -530,28 +544,8 @@ def _linear(cx, node, ins):
         raise ExportError(f"{cx.b.where()}: weight {_shape_str(w.shape)} is not [out, in]")
     if x.shape[-1] != w.shape[1]:
         raise ExportError(f"{cx.b.where()}: input {_shape_str(x.shape)} vs weight {_shape_str(w.shape)}")
-    ops = [x, w]
-    if bias is not None:
-        b = _tensor(cx, bias, "bias")
-        if b.shape != (w.shape[0],):
-            raise ExportError(f"{cx.b.where()}: bias {_shape_str(b.shape)} is not [{w.shape[0]}]")
-        ops.append(b)
+    ops = _weight_bias(cx, x, w, bias)
     return [cx.b.op("linear", ops, x.shape[:-1] + (w.shape[0],))]
-
-
-def _bcast_batch(a, b, where):
-    """Broadcast of leading (batch) dims, as NumPy (B only with B or 1)."""
-    out = []
-    for i in range(max(len(a), len(b))):
-        x = a[len(a) - 1 - i] if i < len(a) else 1
-        y = b[len(b) - 1 - i] if i < len(b) else 1
-        if x == y or y == 1:
-            out.append(x)
-        elif x == 1:
-            out.append(y)
-        else:
-            raise ExportError(f"{where}: cannot broadcast batch dims {_shape_str(a)} and {_shape_str(b)}")
-    return tuple(reversed(out))
 
 
 def _matmul(cx, node, ins):
@@ -561,7 +555,7 @@ def _matmul(cx, node, ins):
                           f"{_shape_str(b.shape)}; maskjit's matmul takes ranks 2-4")
     if a.shape[-1] != b.shape[-2] or a.shape[-1] == B or b.shape[-1] == B:
         raise ExportError(f"{cx.b.where()}: matmul {_shape_str(a.shape)} x {_shape_str(b.shape)}")
-    lead = _bcast_batch(a.shape[:-2], b.shape[:-2], cx.b.where())
+    lead = _broadcast(a.shape[:-2], b.shape[:-2], cx.b.where(), batch_dims=True)
     return [cx.b.op("matmul", [a, b], lead + (a.shape[-2], b.shape[-1]))]
 
 
@@ -612,12 +606,18 @@ def _slices(cx, x, dim, sizes):
     return out
 
 
+def _split_size(cx, x, dim, verb):
+    """The size of the dim that chunk or split cuts (never the batch)."""
+    size = x.shape[dim % len(x.shape)]
+    if size == B:
+        raise ExportError(f"unsupported: {cx.b.where()}: {verb} the batch dim")
+    return size
+
+
 def _chunk(cx, node, ins):
     x = _tensor(cx, ins[0])
     n, dim = _const_arg(cx, ins[1], "chunks"), _const_arg(cx, ins[2], "dim")
-    size = x.shape[dim % len(x.shape)]
-    if size == B:
-        raise ExportError(f"unsupported: {cx.b.where()}: chunks the batch dim")
+    size = _split_size(cx, x, dim, "chunks")
     step = -(-size // n)
     sizes = [min(step, size - i) for i in range(0, size, step)]
     return [_slices(cx, x, dim, sizes)]
@@ -626,9 +626,7 @@ def _chunk(cx, node, ins):
 def _split(cx, node, ins):
     x = _tensor(cx, ins[0])
     arg, dim = _const_arg(cx, ins[1], "split_size"), _const_arg(cx, ins[2], "dim")
-    size = x.shape[dim % len(x.shape)]
-    if size == B:
-        raise ExportError(f"unsupported: {cx.b.where()}: splits the batch dim")
+    size = _split_size(cx, x, dim, "splits")
     sizes = list(arg) if isinstance(arg, list) else [min(arg, size - i) for i in range(0, size, arg)]
     return [_slices(cx, x, dim, sizes)]
 
@@ -872,6 +870,17 @@ def _softmax(opname):
     return emit
 
 
+def _affine_operands(cx, ops, w, b, opname):
+    """Appends the optional weight and bias of a norm to ops: a bias only
+    after a weight (the IR's optional operands are positional)."""
+    if w is not None:
+        ops.append(_tensor(cx, w, "weight"))
+        if b is not None:
+            ops.append(_tensor(cx, b, "bias"))
+    elif b is not None:
+        raise ExportError(f"unsupported: {cx.b.where()}: {opname} with a bias but no weight")
+
+
 def _layer_norm(cx, node, ins):
     # aten::layer_norm(x, normalized_shape, weight, bias, eps, cudnn_enable)
     x = _tensor(cx, ins[0])
@@ -880,13 +889,7 @@ def _layer_norm(cx, node, ins):
         raise ExportError(f"unsupported: {cx.b.where()}: layer_norm over {ns!r} of "
                           f"{_shape_str(x.shape)}; maskjit normalises the last dim only")
     ops = [x]
-    w, b = ins[2], ins[3]
-    if w is not None:
-        ops.append(_tensor(cx, w, "weight"))
-        if b is not None:
-            ops.append(_tensor(cx, b, "bias"))
-    elif b is not None:
-        raise ExportError(f"unsupported: {cx.b.where()}: layer_norm with a bias but no weight")
+    _affine_operands(cx, ops, ins[2], ins[3], "layer_norm")
     return [cx.b.op("layer_norm", ops, x.shape, attrs=[("eps", float(_const_arg(cx, ins[4], "eps")))])]
 
 
@@ -922,12 +925,7 @@ def _conv(cx, x, w, bias, stride, padding, dilation, groups):
     if groups < 1 or x.shape[1] != w.shape[1] * groups or w.shape[0] % groups:
         raise ExportError(f"{cx.b.where()}: conv2d of {_shape_str(x.shape)} with weight "
                           f"{_shape_str(w.shape)} and groups {groups}")
-    ops = [x, w]
-    if bias is not None:
-        b = _tensor(cx, bias, "bias")
-        if b.shape != (w.shape[0],):
-            raise ExportError(f"{cx.b.where()}: bias {_shape_str(b.shape)} is not [{w.shape[0]}]")
-        ops.append(b)
+    ops = _weight_bias(cx, x, w, bias)
     oh = _window_out(cx, x.shape[2], w.shape[2], stride[0], padding[0], dilation[0], "conv2d")
     ow = _window_out(cx, x.shape[3], w.shape[3], stride[1], padding[1], dilation[1], "conv2d")
     attrs = [("stride", stride), ("padding", padding), ("dilation", dilation), ("groups", groups)]
@@ -990,13 +988,7 @@ def _batch_norm(cx, node, ins):
                           "(track_running_stats=False)")
     c = (x.shape[1],)
     ops = [x, _tensor(cx, ins[3], "running_mean"), _tensor(cx, ins[4], "running_var")]
-    w, b = ins[1], ins[2]
-    if w is not None:
-        ops.append(_tensor(cx, w, "weight"))
-        if b is not None:
-            ops.append(_tensor(cx, b, "bias"))
-    elif b is not None:
-        raise ExportError(f"unsupported: {cx.b.where()}: batch_norm with a bias but no weight")
+    _affine_operands(cx, ops, ins[1], ins[2], "batch_norm")
     for o in ops[1:]:
         if o.shape != c:
             raise ExportError(f"{cx.b.where()}: batch_norm parameter {_shape_str(o.shape)} is not "

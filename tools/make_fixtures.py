@@ -261,6 +261,18 @@ class PrunedCNN(nn.Module):
         return self.head(torch.flatten(self.gap(h), 1))
 
 
+def _seeded(seed):
+    """Seeds torch's global generator (the modules' init) and returns a
+    generator for inputs and masks, both at seed."""
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def _l1_prune(modules, amount):
+    for m in modules:
+        prune.l1_unstructured(m, "weight", amount=amount)
+
+
 def trace_fixtures():
     """(name, model, example inputs, checked by the CLI while writing?, export
     options) for export_torch.export without a spec; options default to
@@ -269,8 +281,7 @@ def trace_fixtures():
     # nn.Sequential with Flatten (of a [batch, 4, 4] input), Dropout, LeakyReLU,
     # a bias-free layer pruned with torch.nn.utils.prune.l1_unstructured and a
     # final Sigmoid; it stores PyTorch's value of every node (intermediates).
-    torch.manual_seed(30)
-    gen = torch.Generator().manual_seed(30)
+    gen = _seeded(30)
     seq = nn.Sequential(nn.Flatten(), nn.Linear(16, 32), nn.Dropout(0.25), nn.LeakyReLU(0.1),
                         nn.Linear(32, 16, bias=False), nn.LeakyReLU(0.2), nn.Linear(16, 8),
                         nn.Sigmoid())
@@ -278,8 +289,7 @@ def trace_fixtures():
     out.append(("export_sequential_prune", seq, torch.randn(BATCH, 4, 4, generator=gen), True,
                 dict(intermediates=True)))
 
-    torch.manual_seed(31)
-    gen = torch.Generator().manual_seed(31)
+    gen = _seeded(31)
     res = ResidualMLP()
     prune.random_unstructured(res.fc2, "weight", amount=0.5)
     export_torch.prune_random(nn.Sequential(res.fc1, res.head), 0.5, gen)
@@ -287,8 +297,7 @@ def trace_fixtures():
 
     # torch.ao pruning: WeightNormSparsifier's FakeSparsity masks, and a
     # FakeStructuredSparsity row mask on the last layer.
-    torch.manual_seed(32)
-    gen = torch.Generator().manual_seed(32)
+    gen = _seeded(32)
     mlp = nn.Sequential(nn.Linear(16, 32), nn.GELU(), nn.Linear(32, 32), nn.Tanh(),
                         nn.Linear(32, 8))
     export_torch.prune_weight_norm(nn.Sequential(mlp[0], mlp[2]), 0.5)
@@ -297,61 +306,49 @@ def trace_fixtures():
                                          export_torch.FakeStructuredSparsity(row_mask))
     out.append(("export_fakesparsity", mlp, torch.randn(BATCH, 16, generator=gen), True, {}))
 
-    torch.manual_seed(33)
-    gen = torch.Generator().manual_seed(33)
+    gen = _seeded(33)
     heads = SplitHeads()
     export_torch.prune_random(nn.Sequential(heads.query), 0.5, gen)
     out.append(("export_heads", heads, torch.randn(BATCH, 3, 8, generator=gen), False, {}))
 
     # Two inputs, two outputs, each output reading both inputs.
-    torch.manual_seed(38)
-    gen = torch.Generator().manual_seed(38)
+    gen = _seeded(38)
     two = TwoInTwoOut()
-    for lin in (two.fx, two.fz, two.head_a):
-        prune.l1_unstructured(lin, "weight", amount=0.5)
+    _l1_prune((two.fx, two.fz, two.head_a), 0.5)
     out.append(("export_two_in_two_out", two, (torch.randn(BATCH, 12, generator=gen),
                                                torch.randn(BATCH, 6, generator=gen)), True, {}))
 
     # transformer-era blocks, pruned with torch.nn.utils.prune
-    torch.manual_seed(34)
-    gen = torch.Generator().manual_seed(34)
+    gen = _seeded(34)
     llama = LlamaMLP()
-    for lin in (llama.gate, llama.up, llama.down):
-        prune.l1_unstructured(lin, "weight", amount=0.7)
+    _l1_prune((llama.gate, llama.up, llama.down), 0.7)
     out.append(("export_llama_mlp", llama, torch.randn(T_BATCH, 16, generator=gen), True,
                 T_OPTIONS))
 
-    torch.manual_seed(35)
-    gen = torch.Generator().manual_seed(35)
+    gen = _seeded(35)
     rln = ResidualLayerNorm()
-    for lin in (rln.fc1, rln.fc2):
-        prune.l1_unstructured(lin, "weight", amount=0.6)
+    _l1_prune((rln.fc1, rln.fc2), 0.6)
     out.append(("export_residual_layernorm", rln, torch.randn(T_BATCH, 16, generator=gen), True,
                 T_OPTIONS))
 
-    torch.manual_seed(36)
-    gen = torch.Generator().manual_seed(36)
+    gen = _seeded(36)
     bert = BertLayer()
-    for lin in (bert.query, bert.key, bert.value, bert.attn_out, bert.inter, bert.out):
-        prune.l1_unstructured(lin, "weight", amount=0.8)
+    _l1_prune((bert.query, bert.key, bert.value, bert.attn_out, bert.inter, bert.out), 0.8)
     mask = torch.zeros(T_BATCH, 1, 1, 6).masked_fill(
         torch.rand(T_BATCH, 1, 1, 6, generator=gen) < 0.3, -10000.0)
     out.append(("export_bert_layer", bert, (torch.randn(T_BATCH, 6, 32, generator=gen), mask), True,
                 T_OPTIONS))
 
-    torch.manual_seed(37)
-    gen = torch.Generator().manual_seed(37)
+    gen = _seeded(37)
     vit = ViTBlock()
-    for lin in (vit.qkv, vit.proj, vit.fc1, vit.fc2):
-        prune.l1_unstructured(lin, "weight", amount=0.8)
+    _l1_prune((vit.qkv, vit.proj, vit.fc1, vit.fc2), 0.8)
     out.append(("export_vit_block", vit, torch.randn(T_BATCH, 6, 32, generator=gen), True,
                 T_OPTIONS))
 
     # A pruned CNN: FakeSparsity masks (torch.ao's parametrization) on two
     # convs, torch.nn.utils.prune on two others and on the head, and
     # BatchNorm with running statistics that are not the defaults.
-    torch.manual_seed(39)
-    gen = torch.Generator().manual_seed(39)
+    gen = _seeded(39)
     cnn = PrunedCNN()
     for bn in (cnn.bn1, cnn.bn2):
         bn.running_mean.copy_(torch.randn(bn.num_features, generator=gen) * 0.1)
@@ -362,8 +359,7 @@ def trace_fixtures():
         parametrize.register_parametrization(
             conv, "weight", export_torch.FakeSparsity(export_torch.random_mask(
                 tuple(conv.weight.shape), density, gen)))
-    for m in (cnn.depthwise, cnn.project, cnn.head):
-        prune.l1_unstructured(m, "weight", amount=0.7)
+    _l1_prune((cnn.depthwise, cnn.project, cnn.head), 0.7)
     cnn.eval()
     out.append(("export_cnn", cnn, torch.randn(T_BATCH, 3, 12, 12, generator=gen), True, T_OPTIONS))
     return out

@@ -135,5 +135,8 @@ void mj_attrs_format(mj_op op, const mj_attrs *a, char *buf, size_t size);
  * of mj_act) with its attributes, and a binary one. */
 float mj_unary_apply(mj_op op, const mj_attrs *a, float x);
 float mj_binary_apply(mj_op op, float a, float b);
+/* The eager kernel of a binary elementwise op (MJ_CASE_BINARY_OPS), as
+ * mj_add, mj_sub, ... call it. */
+mj_status mj_binary_op(mj_tensor **out, const mj_tensor *a, const mj_tensor *b, mj_op op);
 
 #endif

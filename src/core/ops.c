@@ -249,7 +249,7 @@ float mj_binary_apply(mj_op op, float a, float b) {
     MJ_ASSERT(!"not a binary elementwise op");
 }
 
-static mj_status binary(mj_tensor **out, const mj_tensor *a, const mj_tensor *b, mj_op kind) {
+mj_status mj_binary_op(mj_tensor **out, const mj_tensor *a, const mj_tensor *b, mj_op kind) {
     const char *opname = mj_op_table[kind].name;
     MJ_TRY(check_args(opname, out, a, b));
     /* NumPy broadcasting: align right, a dim of 1 stretches. */
@@ -308,15 +308,9 @@ static mj_status binary(mj_tensor **out, const mj_tensor *a, const mj_tensor *b,
     return finish(out, y, (int)kind, 2, in, MJ_ACT_NONE);
 }
 
-mj_status mj_add(mj_tensor **out, const mj_tensor *a, const mj_tensor *b) {
-    return binary(out, a, b, MJ_OP_ADD);
-}
-mj_status mj_sub(mj_tensor **out, const mj_tensor *a, const mj_tensor *b) {
-    return binary(out, a, b, MJ_OP_SUB);
-}
-mj_status mj_mul(mj_tensor **out, const mj_tensor *a, const mj_tensor *b) {
-    return binary(out, a, b, MJ_OP_MUL);
-}
+mj_status mj_add(mj_tensor **out, const mj_tensor *a, const mj_tensor *b) { return mj_binary_op(out, a, b, MJ_OP_ADD); }
+mj_status mj_sub(mj_tensor **out, const mj_tensor *a, const mj_tensor *b) { return mj_binary_op(out, a, b, MJ_OP_SUB); }
+mj_status mj_mul(mj_tensor **out, const mj_tensor *a, const mj_tensor *b) { return mj_binary_op(out, a, b, MJ_OP_MUL); }
 
 /* ---- layout ------------------------------------------------------------- */
 mj_status mj_transpose(mj_tensor **out, const mj_tensor *x) {
@@ -369,15 +363,9 @@ mj_status mj_reshape(mj_tensor **out, const mj_tensor *x, int rank, const int64_
  * Each kernel's order of operations is written in docs/numerics.md; the
  * JIT's exact mode emits the same sequence (jit/lower.c). */
 
-mj_status mj_div(mj_tensor **out, const mj_tensor *a, const mj_tensor *b) {
-    return binary(out, a, b, MJ_OP_DIV);
-}
-mj_status mj_maximum(mj_tensor **out, const mj_tensor *a, const mj_tensor *b) {
-    return binary(out, a, b, MJ_OP_MAXIMUM);
-}
-mj_status mj_minimum(mj_tensor **out, const mj_tensor *a, const mj_tensor *b) {
-    return binary(out, a, b, MJ_OP_MINIMUM);
-}
+mj_status mj_div(mj_tensor **out, const mj_tensor *a, const mj_tensor *b) { return mj_binary_op(out, a, b, MJ_OP_DIV); }
+mj_status mj_maximum(mj_tensor **out, const mj_tensor *a, const mj_tensor *b) { return mj_binary_op(out, a, b, MJ_OP_MAXIMUM); }
+mj_status mj_minimum(mj_tensor **out, const mj_tensor *a, const mj_tensor *b) { return mj_binary_op(out, a, b, MJ_OP_MINIMUM); }
 
 /* x op s with s as a one-element tensor: traced, it is a const f32[1]. */
 static mj_status with_scalar(mj_tensor **out, const mj_tensor *x, float s, mj_op kind) {
@@ -385,7 +373,7 @@ static mj_status with_scalar(mj_tensor **out, const mj_tensor *x, float s, mj_op
     const int64_t one = 1;
     mj_tensor *c;
     MJ_TRY(mj_tensor_full(&c, 1, &one, s));
-    mj_status st = binary(out, x, c, kind);
+    mj_status st = mj_binary_op(out, x, c, kind);
     mj_tensor_release(c);
     return st;
 }

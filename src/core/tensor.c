@@ -116,22 +116,22 @@ mj_status mj_tensor_arange(mj_tensor **out, int64_t n) {
     return MJ_OK;
 }
 
-mj_status mj_tensor_rand(mj_tensor **out, int rank, const int64_t *shape, mj_rng *rng) {
-    if (!rng) return mj_fail(MJ_ERR_INVALID, "rand: generator is NULL");
+/* rand (U[0, 1)) or, normal, randn. */
+static mj_status tensor_random(mj_tensor **out, int rank, const int64_t *shape, mj_rng *rng, bool normal) {
+    if (!rng) return mj_fail(MJ_ERR_INVALID, "%s: generator is NULL", normal ? "randn" : "rand");
     mj_tensor *t;
     MJ_TRY(tensor_alloc(&t, rank, shape, NULL, false));
-    for (int64_t i = 0; i < t->numel; i++) t->data[i] = mj_rng_uniform(rng);
+    for (int64_t i = 0; i < t->numel; i++) t->data[i] = normal ? mj_rng_normal(rng) : mj_rng_uniform(rng);
     *out = t;
     return MJ_OK;
 }
 
+mj_status mj_tensor_rand(mj_tensor **out, int rank, const int64_t *shape, mj_rng *rng) {
+    return tensor_random(out, rank, shape, rng, false);
+}
+
 mj_status mj_tensor_randn(mj_tensor **out, int rank, const int64_t *shape, mj_rng *rng) {
-    if (!rng) return mj_fail(MJ_ERR_INVALID, "randn: generator is NULL");
-    mj_tensor *t;
-    MJ_TRY(tensor_alloc(&t, rank, shape, NULL, false));
-    for (int64_t i = 0; i < t->numel; i++) t->data[i] = mj_rng_normal(rng);
-    *out = t;
-    return MJ_OK;
+    return tensor_random(out, rank, shape, rng, true);
 }
 
 mj_status mj_tensor_from_data(mj_tensor **out, int rank, const int64_t *shape, const float *data) {

@@ -38,6 +38,27 @@ mj_status mj_fill_uniform(int rank, const int64_t *shape, float bound, mj_rng *r
     return MJ_OK;
 }
 
+mj_status mj_module_add_uniform(mj_module *m, int wrank, const int64_t *wshape, bool bias, float bound,
+                                mj_rng *rng) {
+    mj_tensor *w = NULL, *b = NULL;
+    mj_status s = mj_fill_uniform(wrank, wshape, bound, rng, &w);
+    if (s == MJ_OK) s = mj_module_add_parameter(m, "weight", w);
+    if (s == MJ_OK && bias) s = mj_fill_uniform(1, &wshape[0], bound, rng, &b);
+    if (s == MJ_OK && bias) s = mj_module_add_parameter(m, "bias", b);
+    mj_tensor_release(w);
+    mj_tensor_release(b);
+    return s;
+}
+
+mj_status mj_module_finish(mj_module *m, mj_status s, mj_module **out) {
+    if (s != MJ_OK) {
+        mj_module_free(m);
+        return s;
+    }
+    *out = m;
+    return MJ_OK;
+}
+
 mj_status mj_linear_new(mj_module **out, int64_t in_features, int64_t out_features, bool bias,
                         mj_rng *rng) {
     if (!out || !rng)
@@ -57,19 +78,7 @@ mj_status mj_linear_new(mj_module **out, int64_t in_features, int64_t out_featur
     /* torch.nn.Linear.reset_parameters: kaiming_uniform(a=sqrt(5)) on the
      * weight and the bias both reduce to U(-1/sqrt(in), 1/sqrt(in)). */
     float bound = (float)(1.0 / sqrt((double)in_features));
-    mj_tensor *w = NULL, *b = NULL;
-    mj_status s = mj_fill_uniform(2, wshape, bound, rng, &w);
-    if (s == MJ_OK) s = mj_module_add_parameter(m, "weight", w);
-    if (s == MJ_OK && bias) s = mj_fill_uniform(1, &out_features, bound, rng, &b);
-    if (s == MJ_OK && bias) s = mj_module_add_parameter(m, "bias", b);
-    mj_tensor_release(w);
-    mj_tensor_release(b);
-    if (s != MJ_OK) {
-        mj_module_free(m);
-        return s;
-    }
-    *out = m;
-    return MJ_OK;
+    return mj_module_finish(m, mj_module_add_uniform(m, 2, wshape, bias, bound, rng), out);
 }
 
 /* ---- Sequential --------------------------------------------------------- */
@@ -211,12 +220,7 @@ mj_status mj_layer_norm_new(mj_module **out, int64_t n, float eps, bool elementw
     }
     mj_tensor_release(w);
     mj_tensor_release(b);
-    if (s != MJ_OK) {
-        mj_module_free(m);
-        return s;
-    }
-    *out = m;
-    return MJ_OK;
+    return mj_module_finish(m, s, out);
 }
 
 static mj_status softmax_forward(mj_module *self, const mj_tensor *x, mj_tensor **y) {

@@ -349,20 +349,9 @@ mj_status mj_conv2d_new(mj_module **out, int64_t in_ch, int64_t out_ch, const in
     MJ_TRY(mj_shape_numel(4, wshape, &numel));
     float bound = (float)(1.0 / sqrt((double)(in_ch / G * kernel[0] * kernel[1])));
     mj_module *m = NULL;
-    mj_tensor *w = NULL, *b = NULL;
     mj_status s = new_module(&m, "Conv2d", conv_forward, &cfg);
-    if (s == MJ_OK) s = mj_fill_uniform(4, wshape, bound, rng, &w);
-    if (s == MJ_OK) s = mj_module_add_parameter(m, "weight", w);
-    if (s == MJ_OK && bias) s = mj_fill_uniform(1, &out_ch, bound, rng, &b);
-    if (s == MJ_OK && bias) s = mj_module_add_parameter(m, "bias", b);
-    mj_tensor_release(w);
-    mj_tensor_release(b);
-    if (s != MJ_OK) {
-        mj_module_free(m);
-        return s;
-    }
-    *out = m;
-    return MJ_OK;
+    if (s == MJ_OK) s = mj_module_add_uniform(m, 4, wshape, bias, bound, rng);
+    return mj_module_finish(m, s, out);
 }
 
 static mj_status bn_forward(mj_module *self, const mj_tensor *x, mj_tensor **y) {
@@ -398,12 +387,7 @@ mj_status mj_batch_norm2d_new(mj_module **out, int64_t num_features, float eps) 
     if (s == MJ_OK) s = mj_module_add_buffer(m, "running_mean", t[2], true);
     if (s == MJ_OK) s = mj_module_add_buffer(m, "running_var", t[3], true);
     for (int i = 0; i < 4; i++) mj_tensor_release(t[i]);
-    if (s != MJ_OK) {
-        mj_module_free(m);
-        return s;
-    }
-    *out = m;
-    return MJ_OK;
+    return mj_module_finish(m, s, out);
 }
 
 static mj_status maxpool_forward(mj_module *self, const mj_tensor *x, mj_tensor **y) {

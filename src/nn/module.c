@@ -428,12 +428,12 @@ mj_status mj_module_collect(mj_module *m, mj_collect_what what, bool include_mas
     return collect_rec(m, "", what, include_masks, d);
 }
 
-static mj_status named(mj_module *m, mj_collect_what what, mj_tensor_dict **out,
-                       const char *fn) {
+mj_status mj_module_collect_new(const char *fn, mj_module *m, mj_collect_what what, bool include_masks,
+                                mj_tensor_dict **out) {
     if (!m || !out) return mj_fail(MJ_ERR_INVALID, "%s: %s is NULL", fn, !m ? "module" : "out");
     mj_tensor_dict *d;
     MJ_TRY(mj_tensor_dict_new(&d));
-    mj_status s = mj_module_collect(m, what, false, d);
+    mj_status s = mj_module_collect(m, what, include_masks, d);
     if (s != MJ_OK) {
         mj_tensor_dict_free(d);
         return s;
@@ -443,11 +443,11 @@ static mj_status named(mj_module *m, mj_collect_what what, mj_tensor_dict **out,
 }
 
 mj_status mj_module_named_parameters(mj_module *m, mj_tensor_dict **out) {
-    return named(m, MJ_COLLECT_PARAMS, out, "mj_module_named_parameters");
+    return mj_module_collect_new("mj_module_named_parameters", m, MJ_COLLECT_PARAMS, false, out);
 }
 
 mj_status mj_module_named_buffers(mj_module *m, mj_tensor_dict **out) {
-    return named(m, MJ_COLLECT_BUFFERS, out, "mj_module_named_buffers");
+    return mj_module_collect_new("mj_module_named_buffers", m, MJ_COLLECT_BUFFERS, false, out);
 }
 
 /* ---- repr (torch.nn.Module.__repr__) -------------------------------------

@@ -84,6 +84,13 @@ struct mj_module {
 /* A new tensor of U(-bound, bound) draws in order (torch's init of Linear
  * and Conv2d weights and biases). */
 mj_status mj_fill_uniform(int rank, const int64_t *shape, float bound, mj_rng *rng, mj_tensor **out);
+/* torch's reset_parameters of Linear and Conv2d: adds "weight" (wshape) and,
+ * with bias, "bias" ([wshape[0]]), both U(-bound, bound), drawn in that order. */
+mj_status mj_module_add_uniform(mj_module *m, int wrank, const int64_t *wshape, bool bias, float bound,
+                                mj_rng *rng);
+/* The end of a built-in module's constructor: on MJ_OK hands m to *out,
+ * else frees m (NULL allowed) and returns s. */
+mj_status mj_module_finish(mj_module *m, mj_status s, mj_module **out);
 
 /* Allocates an empty module (no validation of the name). */
 mj_status mj_module_alloc(mj_module **out, const char *type_name, mj_module_kind kind,
@@ -112,6 +119,9 @@ typedef enum mj_collect_what {
 } mj_collect_what;
 mj_status mj_module_collect(mj_module *m, mj_collect_what what, bool include_masks,
                             mj_tensor_dict *d);
+/* The same into a new dict (*out); fn names the public call in errors. */
+mj_status mj_module_collect_new(const char *fn, mj_module *m, mj_collect_what what, bool include_masks,
+                                mj_tensor_dict **out);
 
 /* A valid local name: non-empty, no '.'. what = "child", "parameter", ... */
 mj_status mj_check_local_name(const char *name, const char *what);

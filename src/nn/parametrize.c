@@ -164,30 +164,38 @@ static bool same_shape(const mj_tensor *a, const mj_tensor *b) {
                           mj_tensor_shape(b));
 }
 
-/* p(x) with the result's presence checked; a new reference in *y. */
-static mj_status run_forward(mj_parametrization *p, const mj_tensor *x, mj_tensor **y) {
+/* At registering pt on m.name: MJ_ERR_SHAPE unless got keeps value's shape
+ * (what: the step that made got). */
+static mj_status check_kept_shape(const mj_tensor *got, const mj_tensor *value, const char *pt,
+                                  const mj_module *m, const char *name, const char *what) {
+    if (same_shape(got, value)) return MJ_OK;
+    char vs[96], gs[96];
+    return mj_fail(MJ_ERR_SHAPE, "registering %s on %s.%s: %s changes the shape from %s to %s", pt,
+                   m->type_name, name, what,
+                   mj_shape_str(vs, sizeof vs, mj_tensor_rank(value), mj_tensor_shape(value)),
+                   mj_shape_str(gs, sizeof gs, mj_tensor_rank(got), mj_tensor_shape(got)));
+}
+
+/* p(x), or with inverse p's right_inverse(x), with the result's presence
+ * checked; a new reference in *y. */
+static mj_status run_param(mj_parametrization *p, bool inverse, const mj_tensor *x, mj_tensor **y) {
     mj_tensor *r = NULL;
     int refs = mj_tensor_refs(x);
-    MJ_TRY(p->ops->forward(p, x, &r));
+    MJ_TRY((inverse ? p->ops->right_inverse : p->ops->forward)(p, x, &r));
     r = mj_own_result(x, refs, r);
     if (!r)
-        return mj_fail(MJ_ERR_INVALID, "parametrization %s returned MJ_OK but no tensor",
-                       p->ops->type_name);
+        return mj_fail(MJ_ERR_INVALID, "%sparametrization %s returned MJ_OK but no tensor",
+                       inverse ? "right_inverse of " : "", p->ops->type_name);
     *y = r;
     return MJ_OK;
 }
 
+static mj_status run_forward(mj_parametrization *p, const mj_tensor *x, mj_tensor **y) {
+    return run_param(p, false, x, y);
+}
+
 static mj_status run_inverse(mj_parametrization *p, const mj_tensor *y, mj_tensor **x) {
-    mj_tensor *r = NULL;
-    int refs = mj_tensor_refs(y);
-    MJ_TRY(p->ops->right_inverse(p, y, &r));
-    r = mj_own_result(y, refs, r);
-    if (!r)
-        return mj_fail(MJ_ERR_INVALID,
-                       "right_inverse of parametrization %s returned MJ_OK but no tensor",
-                       p->ops->type_name);
-    *x = r;
-    return MJ_OK;
+    return run_param(p, true, y, x);
 }
 
 mj_status mj_param_entry_compute(mj_param_entry *e, mj_tensor **out) {
@@ -311,40 +319,23 @@ mj_status mj_register_parametrization(mj_module *m, const char *name, mj_paramet
         s = mj_param_entry_compute(e, &value);
     else
         value = mj_tensor_retain(nt->t);
-    char vs[96], os[96];
     if (s == MJ_OK && !e && p->ops->right_inverse) {
         /* First registration: original = right_inverse(value). */
         s = run_inverse(p, value, &orig_new);
-        if (s == MJ_OK && !same_shape(orig_new, value))
-            s = mj_fail(MJ_ERR_SHAPE,
-                        "registering %s on %s.%s: right_inverse changes the shape from %s to %s",
-                        pt, m->type_name, name,
-                        mj_shape_str(vs, sizeof vs, mj_tensor_rank(value), mj_tensor_shape(value)),
-                        mj_shape_str(os, sizeof os, mj_tensor_rank(orig_new),
-                                     mj_tensor_shape(orig_new)));
+        if (s == MJ_OK) s = check_kept_shape(orig_new, value, pt, m, name, "right_inverse");
     }
     if (s == MJ_OK) {
         s = run_forward(p, orig_new ? orig_new : value, &y);
         if (s != MJ_OK)
             s = mj_fail_prefix(s, "registering %s on %s.%s", pt, m->type_name, name);
-        else if (!same_shape(y, value))
-            s = mj_fail(MJ_ERR_SHAPE,
-                        "registering %s on %s.%s: the parametrization changes the shape from %s "
-                        "to %s",
-                        pt, m->type_name, name,
-                        mj_shape_str(vs, sizeof vs, mj_tensor_rank(value), mj_tensor_shape(value)),
-                        mj_shape_str(os, sizeof os, mj_tensor_rank(y), mj_tensor_shape(y)));
+        else
+            s = check_kept_shape(y, value, pt, m, name, "the parametrization");
     }
     if (s == MJ_OK && e && p->ops->right_inverse) {
         /* Appending: right_inverse must map back into the same space. */
         mj_tensor *z = NULL;
         s = run_inverse(p, y, &z);
-        if (s == MJ_OK && !same_shape(z, value))
-            s = mj_fail(MJ_ERR_SHAPE,
-                        "registering %s on %s.%s: right_inverse changes the shape from %s to %s",
-                        pt, m->type_name, name,
-                        mj_shape_str(vs, sizeof vs, mj_tensor_rank(value), mj_tensor_shape(value)),
-                        mj_shape_str(os, sizeof os, mj_tensor_rank(z), mj_tensor_shape(z)));
+        if (s == MJ_OK) s = check_kept_shape(z, value, pt, m, name, "right_inverse");
         mj_tensor_release(z);
     }
     mj_tensor_release(y);

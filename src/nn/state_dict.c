@@ -4,17 +4,7 @@
 #include "module_impl.h"
 
 mj_status mj_module_state_dict(mj_module *m, bool include_masks, mj_tensor_dict **out) {
-    if (!m || !out)
-        return mj_fail(MJ_ERR_INVALID, "mj_module_state_dict: %s is NULL", !m ? "module" : "out");
-    mj_tensor_dict *d;
-    MJ_TRY(mj_tensor_dict_new(&d));
-    mj_status s = mj_module_collect(m, MJ_COLLECT_STATE, include_masks, d);
-    if (s != MJ_OK) {
-        mj_tensor_dict_free(d);
-        return s;
-    }
-    *out = d;
-    return MJ_OK;
+    return mj_module_collect_new("mj_module_state_dict", m, MJ_COLLECT_STATE, include_masks, out);
 }
 
 void mj_load_report_free(mj_load_report *r) {

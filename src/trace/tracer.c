@@ -410,6 +410,27 @@ mj_status mj_trace_module(mj_module *m, const mj_tensor *example, mj_graph **out
 }
 
 /* ---- check_inputs ------------------------------------------------------- */
+/* Stores the result of input (set) i; *bad keeps the first that is not
+ * bit-identical. */
+static void check_record(mj_check_result *results, int i, mj_check_result r, int *bad,
+                         mj_check_result *bad_r) {
+    if (results) results[i] = r;
+    if (!r.bit_identical && *bad < 0) {
+        *bad = i;
+        *bad_r = r;
+    }
+}
+
+/* MJ_ERR_MISMATCH naming the first failing input (what: "input" or "input
+ * set"), else MJ_OK. */
+static mj_status check_verdict(const char *what, int bad, mj_check_result r) {
+    if (bad < 0) return MJ_OK;
+    return mj_fail(MJ_ERR_MISMATCH,
+                   "check: %s %d: the traced graph is not bit-identical to eager "
+                   "(max abs error %g, max rel error %g)",
+                   what, bad, r.max_abs, r.max_rel);
+}
+
 mj_status mj_graph_check(mj_graph *g, mj_module *m, int n_inputs,
                          const mj_tensor *const *inputs, mj_check_result *results) {
     if (!g || !m || n_inputs < 0 || (n_inputs > 0 && !inputs))
@@ -434,20 +455,11 @@ mj_status mj_graph_check(mj_graph *g, mj_module *m, int n_inputs,
         mj_check_result r = {.max_abs = c.max_abs, .max_rel = c.max_rel,
                              .bit_identical = c.bit_identical};
         if (!c.same_shape) r.max_abs = r.max_rel = INFINITY;
-        if (results) results[i] = r;
-        if (!r.bit_identical && bad < 0) {
-            bad = i;
-            bad_r = r;
-        }
+        check_record(results, i, r, &bad, &bad_r);
         mj_tensor_release(eager);
         mj_tensor_release(traced);
     }
-    if (bad >= 0)
-        return mj_fail(MJ_ERR_MISMATCH,
-                       "check: input %d: the traced graph is not bit-identical to eager "
-                       "(max abs error %g, max rel error %g)",
-                       bad, bad_r.max_abs, bad_r.max_rel);
-    return MJ_OK;
+    return check_verdict("input", bad, bad_r);
 }
 
 /* check_inputs for several inputs and outputs: set s is inputs[s*n_in ..
@@ -485,16 +497,7 @@ mj_status mj_graph_check_n(mj_graph *g, mj_module *m, int n_sets, int n_in, cons
             mj_tensor_release(eager[j]);
             mj_tensor_release(traced[j]);
         }
-        if (results) results[s] = r;
-        if (!r.bit_identical && bad < 0) {
-            bad = s;
-            bad_r = r;
-        }
+        check_record(results, s, r, &bad, &bad_r);
     }
-    if (bad >= 0)
-        return mj_fail(MJ_ERR_MISMATCH,
-                       "check: input set %d: the traced graph is not bit-identical to eager "
-                       "(max abs error %g, max rel error %g)",
-                       bad, bad_r.max_abs, bad_r.max_rel);
-    return MJ_OK;
+    return check_verdict("input set", bad, bad_r);
 }
