@@ -48,7 +48,7 @@ void mj_lw_emit_along(lw *w, int32_t id) {
         LLVMValueRef m = ld_acc(w, mx);
         st_acc(w, acc, cf(w, 0.0f));
         li = loop_begin(w, N);
-        LLVMValueRef e = call_libm(w, "expf", fsub(w, load(w, x, LINE_AT(li.iv)), m));
+        LLVMValueRef e = emit_expf(w, fsub(w, load(w, x, LINE_AT(li.iv)), m));
         if (n->op == MJ_OP_SOFTMAX) store(w, e, y, LINE_AT(li.iv));
         st_acc(w, acc, fadd(w, ld_acc(w, acc), e));
         loop_end(w, &li);
