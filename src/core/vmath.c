@@ -29,6 +29,7 @@ __attribute__((always_inline)) static inline float expf_seq(float x) {
     float s = fmaf(nf, MJ_EXPF_NEG_LN2_HI, xc);
     s = fmaf(nf, MJ_EXPF_NEG_LN2_LO, s);
     float p = P[MJ_EXPF_NP - 1];
+#pragma GCC unroll 8
     for (int i = MJ_EXPF_NP - 2; i >= 0; i--) p = fmaf(p, s, P[i]);
     float u = 1.0f + fmaf(s * s, p, s);
     int32_t n = (int32_t)nf;
@@ -47,9 +48,11 @@ __attribute__((target_clones("fma", "default"))) float mj_erff(float x) {
     float a = float_of(bits_of(x) & 0x7fffffffu);
     float z = a * a;
     float p = A[MJ_ERFF_NA - 1];
+#pragma GCC unroll 8
     for (int i = MJ_ERFF_NA - 2; i >= 0; i--) p = fmaf(p, z, A[i]);
     float small = fmaf(p, a, a);
     float q = B[MJ_ERFF_NB - 1];
+#pragma GCC unroll 8
     for (int i = MJ_ERFF_NB - 2; i >= 0; i--) q = fmaf(q, a, B[i]);
     float big = 1.0f - expf_seq(-q);
     float r = a < MJ_ERFF_SPLIT ? small : big;
