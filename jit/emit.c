@@ -1,4 +1,5 @@
 /* The shared LLVM builder helpers (see emit.h for the exact-mode contract). */
+#include <math.h>
 #include <string.h>
 
 #include <llvm-c/DebugInfo.h>
@@ -7,6 +8,7 @@
 #include "emit.h"
 
 #include "src/core/internal.h"
+#include "src/core/vmath.h"
 
 void mj_emit_init(mj_emit *e, LLVMModuleRef m, bool fast, int vw, bool loop_hints) {
     memset(e, 0, sizeof *e);
@@ -199,39 +201,123 @@ LLVMValueRef mj_emit_call_libm2(mj_emit *e, const char *name, LLVMValueRef x, LL
     return libm_call(e, LLVMFunctionType(e->f32, two, 2, 0), libm(e, name, 2), args, 2);
 }
 
-/* mj_act_apply (src/core/ops.c), operation for operation. */
+/* ---- maskjit's expf and erff (src/core/vmath.h), on scalars or vectors ----- */
+
+/* A float constant of type t (float or a vector of floats: splatted). */
+static LLVMValueRef splat_const(LLVMTypeRef t, LLVMValueRef s) {
+    if (LLVMGetTypeKind(t) != LLVMVectorTypeKind) return s;
+    unsigned n = LLVMGetVectorSize(t);
+    LLVMValueRef el[64];
+    MJ_ASSERT(n <= 64);
+    for (unsigned i = 0; i < n; i++) el[i] = s;
+    return LLVMConstVector(el, n);
+}
+LLVMValueRef mj_emit_kf(mj_emit *e, LLVMTypeRef t, float v) { return splat_const(t, cf(e, v)); }
+static LLVMTypeRef int_like(mj_emit *e, LLVMTypeRef t) {
+    return LLVMGetTypeKind(t) == LLVMVectorTypeKind ? LLVMVectorType(e->i32, LLVMGetVectorSize(t)) : e->i32;
+}
+static LLVMValueRef ki(mj_emit *e, LLVMTypeRef t, uint32_t v) {
+    return splat_const(int_like(e, t), LLVMConstInt(e->i32, v, 0));
+}
+
+/* The sequences carry no fast-math flags in either mode: reassociation
+ * would undo the rounding trick of the range reduction. vmath.c's fmaf is
+ * llvm.fma; fast mode may use fmuladd (an FMA where the target has one). */
+static LLVMValueRef vm_fma(mj_emit *e, LLVMValueRef a, LLVMValueRef b, LLVMValueRef c) {
+    LLVMTypeRef t = LLVMTypeOf(a), fty;
+    LLVMValueRef fn = intrinsic(e, e->fast ? "llvm.fmuladd" : "llvm.fma", &t, 1, &fty);
+    LLVMValueRef args[3] = {a, b, c};
+    return LLVMBuildCall2(e->b, fty, fn, args, 3, "");
+}
+static LLVMValueRef vm_sel(mj_emit *e, LLVMRealPredicate p, LLVMValueRef a, LLVMValueRef b, LLVMValueRef t,
+                           LLVMValueRef f) {
+    return LLVMBuildSelect(e->b, LLVMBuildFCmp(e->b, p, a, b, ""), t, f, "");
+}
+/* 2^k for k in [-126, 127]: the bits (k + 127) << 23 */
+static LLVMValueRef vm_pow2i(mj_emit *e, LLVMTypeRef t, LLVMValueRef k) {
+    LLVMValueRef b = LLVMBuildShl(e->b, LLVMBuildAdd(e->b, k, ki(e, t, 127), ""), ki(e, t, 23), "");
+    return LLVMBuildBitCast(e->b, b, t, "");
+}
+
+LLVMValueRef mj_emit_expf(mj_emit *e, LLVMValueRef x) {
+    static const float P[MJ_EXPF_NP] = MJ_EXPF_P;
+    LLVMTypeRef t = LLVMTypeOf(x);
+    LLVMBuilderRef b = e->b;
+    LLVMValueRef hi = mj_emit_kf(e, t, MJ_EXPF_HI), lo = mj_emit_kf(e, t, MJ_EXPF_LO);
+    LLVMValueRef shift = mj_emit_kf(e, t, MJ_EXPF_SHIFT);
+    LLVMValueRef xc = vm_sel(e, LLVMRealOLT, x, hi, x, hi);
+    xc = vm_sel(e, LLVMRealOGT, xc, lo, xc, lo);
+    LLVMValueRef kf = vm_fma(e, xc, mj_emit_kf(e, t, MJ_EXPF_LOG2E), shift);
+    LLVMValueRef nf = LLVMBuildFSub(b, kf, shift, "");
+    LLVMValueRef s = vm_fma(e, nf, mj_emit_kf(e, t, MJ_EXPF_NEG_LN2_HI), xc);
+    s = vm_fma(e, nf, mj_emit_kf(e, t, MJ_EXPF_NEG_LN2_LO), s);
+    LLVMValueRef p = mj_emit_kf(e, t, P[MJ_EXPF_NP - 1]);
+    for (int i = MJ_EXPF_NP - 2; i >= 0; i--) p = vm_fma(e, p, s, mj_emit_kf(e, t, P[i]));
+    LLVMValueRef u = LLVMBuildFAdd(b, mj_emit_kf(e, t, 1.0f), vm_fma(e, LLVMBuildFMul(b, s, s, ""), p, s), "");
+    LLVMValueRef n = LLVMBuildFPToSI(b, nf, int_like(e, t), ""); /* |nf| <= 150: in range */
+    LLVMValueRef n1 = LLVMBuildSDiv(b, n, ki(e, t, 2), ""), n2 = LLVMBuildSub(b, n, n1, "");
+    LLVMValueRef r = LLVMBuildFMul(b, LLVMBuildFMul(b, u, vm_pow2i(e, t, n1), ""), vm_pow2i(e, t, n2), "");
+    r = vm_sel(e, LLVMRealOGT, x, hi, mj_emit_kf(e, t, INFINITY), r);
+    r = vm_sel(e, LLVMRealOLT, x, lo, mj_emit_kf(e, t, 0.0f), r);
+    return vm_sel(e, LLVMRealUNO, x, x, x, r);
+}
+
+LLVMValueRef mj_emit_erff(mj_emit *e, LLVMValueRef x) {
+    static const float A[MJ_ERFF_NA] = MJ_ERFF_A, B[MJ_ERFF_NB] = MJ_ERFF_B;
+    LLVMTypeRef t = LLVMTypeOf(x);
+    LLVMBuilderRef b = e->b;
+    LLVMValueRef xb = LLVMBuildBitCast(b, x, int_like(e, t), "");
+    LLVMValueRef sign = LLVMBuildAnd(b, xb, ki(e, t, 0x80000000u), "");
+    LLVMValueRef a = LLVMBuildBitCast(b, LLVMBuildAnd(b, xb, ki(e, t, 0x7fffffffu), ""), t, "");
+    LLVMValueRef z = LLVMBuildFMul(b, a, a, "");
+    LLVMValueRef p = mj_emit_kf(e, t, A[MJ_ERFF_NA - 1]);
+    for (int i = MJ_ERFF_NA - 2; i >= 0; i--) p = vm_fma(e, p, z, mj_emit_kf(e, t, A[i]));
+    LLVMValueRef small = vm_fma(e, p, a, a);
+    LLVMValueRef q = mj_emit_kf(e, t, B[MJ_ERFF_NB - 1]);
+    for (int i = MJ_ERFF_NB - 2; i >= 0; i--) q = vm_fma(e, q, a, mj_emit_kf(e, t, B[i]));
+    LLVMValueRef big = LLVMBuildFSub(b, mj_emit_kf(e, t, 1.0f), mj_emit_expf(e, LLVMBuildFNeg(b, q, "")), "");
+    LLVMValueRef r = vm_sel(e, LLVMRealOLT, a, mj_emit_kf(e, t, MJ_ERFF_SPLIT), small, big);
+    r = vm_sel(e, LLVMRealOGE, a, mj_emit_kf(e, t, MJ_ERFF_ONE_AT), mj_emit_kf(e, t, 1.0f), r);
+    r = vm_sel(e, LLVMRealUNO, a, a, a, r);
+    LLVMValueRef rb = LLVMBuildOr(b, LLVMBuildBitCast(b, r, int_like(e, t), ""), sign, "");
+    return LLVMBuildBitCast(b, rb, t, "");
+}
+
+bool mj_act_calls_libm(mj_act act) { return act == MJ_ACT_TANH || act == MJ_ACT_GELU_TANH; }
+
+/* mj_act_apply (src/core/ops.c), operation for operation, on a float or a
+ * vector of floats. */
 LLVMValueRef mj_emit_act(mj_emit *e, mj_act act, LLVMValueRef x) {
+    LLVMTypeRef t = LLVMTypeOf(x);
+#define K(v) mj_emit_kf(e, t, (v))
     switch (act) {
     case MJ_ACT_NONE: return x;
     case MJ_ACT_RELU: /* x < 0.0f ? 0.0f : x */
-        return LLVMBuildSelect(e->b, LLVMBuildFCmp(e->b, LLVMRealOLT, x, cf(e, 0.0f), ""), cf(e, 0.0f), x, "");
-    case MJ_ACT_GELU: /* 0.5f * x * (1.0f + erff(x * 0.70710678118654752440f)) */
-        return fmul(e, fmul(e, cf(e, 0.5f), x),
-                    fadd(e, cf(e, 1.0f), call_libm(e, "erff", fmul(e, x, cf(e, 0.70710678118654752440f)))));
+        return LLVMBuildSelect(e->b, LLVMBuildFCmp(e->b, LLVMRealOLT, x, K(0.0f), ""), K(0.0f), x, "");
+    case MJ_ACT_GELU: /* 0.5f * x * (1.0f + mj_erff(x * 0.70710678118654752440f)) */
+        return fmul(e, fmul(e, K(0.5f), x), fadd(e, K(1.0f), mj_emit_erff(e, fmul(e, x, K(0.70710678118654752440f)))));
     case MJ_ACT_GELU_TANH: {
         /* 0.5f * x * (1.0f + tanhf(0.79788456080286535588f * (x + 0.044715f * x * x * x))) */
-        LLVMValueRef cube = fmul(e, fmul(e, fmul(e, cf(e, 0.044715f), x), x), x);
-        LLVMValueRef inner = fmul(e, cf(e, 0.79788456080286535588f), fadd(e, x, cube));
-        return fmul(e, fmul(e, cf(e, 0.5f), x), fadd(e, cf(e, 1.0f), call_libm(e, "tanhf", inner)));
+        MJ_ASSERT(t == e->f32); /* libm: one lane at a time (mj_emit_act_vec) */
+        LLVMValueRef cube = fmul(e, fmul(e, fmul(e, K(0.044715f), x), x), x);
+        LLVMValueRef inner = fmul(e, K(0.79788456080286535588f), fadd(e, x, cube));
+        return fmul(e, fmul(e, K(0.5f), x), fadd(e, K(1.0f), call_libm(e, "tanhf", inner)));
     }
-    case MJ_ACT_SIGMOID: /* 1.0f / (1.0f + expf(-x)) */
-        return fdiv(e, cf(e, 1.0f),
-                    fadd(e, cf(e, 1.0f), call_libm(e, "expf", fpflags(e, LLVMBuildFNeg(e->b, x, "")))));
-    case MJ_ACT_TANH: return call_libm(e, "tanhf", x);
-    case MJ_ACT_SILU: /* x / (1.0f + expf(-x)) */
-        return fdiv(e, x, fadd(e, cf(e, 1.0f), call_libm(e, "expf", fpflags(e, LLVMBuildFNeg(e->b, x, "")))));
+    case MJ_ACT_SIGMOID: /* 1.0f / (1.0f + mj_expf(-x)) */
+        return fdiv(e, K(1.0f), fadd(e, K(1.0f), mj_emit_expf(e, fpflags(e, LLVMBuildFNeg(e->b, x, "")))));
+    case MJ_ACT_TANH: MJ_ASSERT(t == e->f32); return call_libm(e, "tanhf", x);
+    case MJ_ACT_SILU: /* x / (1.0f + mj_expf(-x)) */
+        return fdiv(e, x, fadd(e, K(1.0f), mj_emit_expf(e, fpflags(e, LLVMBuildFNeg(e->b, x, "")))));
     case MJ_ACT_COUNT: break;
     }
+#undef K
     MJ_ASSERT(!"unknown activation");
 }
 
-/* The activation on the first `lanes` lanes of v (others are don't-care). */
+/* The activation on the first `lanes` lanes of v (others are don't-care):
+ * whole vectors, but one lane at a time for those that call libm. */
 LLVMValueRef mj_emit_act_vec(mj_emit *e, mj_act act, LLVMValueRef v, int lanes) {
-    if (act == MJ_ACT_NONE) return v;
-    if (act == MJ_ACT_RELU) { /* x < 0.0f ? 0.0f : x, lane by lane */
-        LLVMValueRef z = LLVMConstNull(e->vt);
-        return LLVMBuildSelect(e->b, LLVMBuildFCmp(e->b, LLVMRealOLT, v, z, ""), z, v, "");
-    }
+    if (!mj_act_calls_libm(act)) return mj_emit_act(e, act, v);
     for (int l = 0; l < lanes; l++) { /* libm per lane, as eager */
         LLVMValueRef x = mj_emit_act(e, act, LLVMBuildExtractElement(e->b, v, ci(e, l), ""));
         v = LLVMBuildInsertElement(e->b, v, x, ci(e, l), "");

@@ -8,10 +8,13 @@
  *     contracts a*b+c into an FMA nor reassociates; an fmaf of eager's is
  *     llvm.fma (one rounding), never fmuladd. Fast mode sets contract,
  *     reassoc, nsz and arcp (not nnan/ninf: NaN and Inf keep their meaning);
- *   - libm functions (erff, expf, tanhf, logf, ...) are the process's: exact
- *     calls are marked nobuiltin so LLVM neither folds them nor substitutes
- *     its own approximation; the activation formulas are mj_act_apply's
- *     (src/core/ops.c) operation for operation;
+ *   - exp and erf are maskjit's own (src/core/vmath.h: mj_expf, mj_erff),
+ *     emitted as the same float operations on scalars or vectors
+ *     (mj_emit_expf, mj_emit_erff); the other libm functions (tanhf, logf,
+ *     ...) are the process's: exact calls are marked nobuiltin so LLVM
+ *     neither folds them nor substitutes its own approximation; the
+ *     activation formulas are mj_act_apply's (src/core/ops.c) operation for
+ *     operation;
  *   - lanes whose value does not matter are poison (never undef).
  *
  * A lowering keeps its own state struct with an `mj_emit e` member; the short
@@ -85,7 +88,14 @@ void mj_emit_else(mj_emit *e, const mj_ifelse *f);
 LLVMValueRef mj_emit_libm(mj_emit *e, const char *name, int arity); /* declared once per module */
 LLVMValueRef mj_emit_call_libm(mj_emit *e, const char *name, LLVMValueRef x);
 LLVMValueRef mj_emit_call_libm2(mj_emit *e, const char *name, LLVMValueRef x, LLVMValueRef y);
-LLVMValueRef mj_emit_act(mj_emit *e, mj_act act, LLVMValueRef x);
+/* mj_expf / mj_erff of src/core/vmath.c on a float or a vector of floats */
+LLVMValueRef mj_emit_expf(mj_emit *e, LLVMValueRef x);
+LLVMValueRef mj_emit_erff(mj_emit *e, LLVMValueRef x);
+LLVMValueRef mj_emit_kf(mj_emit *e, LLVMTypeRef t, float v); /* a float constant of type t (splatted) */
+/* tanh and gelu_tanh call libm (per lane on vectors); the others are
+ * float operations that run on whole vectors */
+bool mj_act_calls_libm(mj_act act);
+LLVMValueRef mj_emit_act(mj_emit *e, mj_act act, LLVMValueRef x); /* x: a float or, without libm, a vector */
 LLVMValueRef mj_emit_act_vec(mj_emit *e, mj_act act, LLVMValueRef v, int lanes);
 
 LLVMValueRef mj_emit_splat(mj_emit *e, LLVMValueRef s);
@@ -132,6 +142,8 @@ typedef mj_ifelse ifb;
 #define if_else(c, f) mj_emit_else(MJ_EMIT_CTX(c), (f))
 #define libm(c, name, arity) mj_emit_libm(MJ_EMIT_CTX(c), (name), (arity))
 #define call_libm(c, name, x) mj_emit_call_libm(MJ_EMIT_CTX(c), (name), (x))
+#define emit_expf(c, x) mj_emit_expf(MJ_EMIT_CTX(c), (x))
+#define emit_erff(c, x) mj_emit_erff(MJ_EMIT_CTX(c), (x))
 #define call_libm2(c, name, x, y) mj_emit_call_libm2(MJ_EMIT_CTX(c), (name), (x), (y))
 #define emit_act(c, act, x) mj_emit_act(MJ_EMIT_CTX(c), (act), (x))
 #define emit_act_vec(c, act, v, lanes) mj_emit_act_vec(MJ_EMIT_CTX(c), (act), (v), (lanes))

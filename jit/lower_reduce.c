@@ -48,9 +48,14 @@ void mj_lw_emit_along(lw *w, int32_t id) {
         LLVMValueRef m = ld_acc(w, mx);
         st_acc(w, acc, cf(w, 0.0f));
         li = loop_begin(w, N);
-        LLVMValueRef e = call_libm(w, "expf", fsub(w, load(w, x, LINE_AT(li.iv)), m));
-        if (n->op == MJ_OP_SOFTMAX) store(w, e, y, LINE_AT(li.iv));
-        st_acc(w, acc, fadd(w, ld_acc(w, acc), e));
+        if (n->op == MJ_OP_SOFTMAX) { /* y[i] = e[i] (a loop LLVM vectorises), then the sum in order */
+            store(w, emit_expf(w, fsub(w, load(w, x, LINE_AT(li.iv)), m)), y, LINE_AT(li.iv));
+            loop_end(w, &li);
+            li = loop_begin(w, N);
+            st_acc(w, acc, fadd(w, ld_acc(w, acc), load(w, y, LINE_AT(li.iv))));
+        } else { /* the last loop reads x again: e[i] is not stored */
+            st_acc(w, acc, fadd(w, ld_acc(w, acc), emit_expf(w, fsub(w, load(w, x, LINE_AT(li.iv)), m))));
+        }
         loop_end(w, &li);
         LLVMValueRef sum = ld_acc(w, acc);
         if (n->op == MJ_OP_SOFTMAX) { /* y[i] / sum: a division, as eager */

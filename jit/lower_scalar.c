@@ -12,7 +12,7 @@ static LLVMValueRef emit_unary(lw *w, const mj_node *n, LLVMValueRef x) {
     LLVMValueRef one = cf(w, 1.0f), zero = cf(w, 0.0f);
     switch (n->op) {
     case MJ_OP_NEG: return fpflags(w, LLVMBuildFNeg(w->e.b, x, ""));
-    case MJ_OP_EXP: return call_libm(w, "expf", x);
+    case MJ_OP_EXP: return emit_expf(w, x);
     case MJ_OP_LOG: return call_libm(w, "logf", x);
     case MJ_OP_SQRT: return call_libm(w, "sqrtf", x);
     case MJ_OP_RSQRT: return fdiv(w, one, call_libm(w, "sqrtf", x));
@@ -36,7 +36,7 @@ static LLVMValueRef emit_unary(lw *w, const mj_node *n, LLVMValueRef x) {
                    sel(w, LLVMRealOGT, x, cf(w, a->f[1]), cf(w, a->f[1]), x));
     case MJ_OP_SOFTPLUS: { /* x * beta > threshold ? x : log1pf(expf(x * beta)) / beta */
         LLVMValueRef t = fmul(w, x, cf(w, a->f[0]));
-        LLVMValueRef soft = fdiv(w, call_libm(w, "log1pf", call_libm(w, "expf", t)), cf(w, a->f[0]));
+        LLVMValueRef soft = fdiv(w, call_libm(w, "log1pf", emit_expf(w, t)), cf(w, a->f[0]));
         return sel(w, LLVMRealOGT, t, cf(w, a->f[1]), x, soft);
     }
     MJ_CASE_ACT_OPS: return emit_act(w, mj_op_table[n->op].act, x);

@@ -46,9 +46,9 @@ typedef struct sb {
     LLVMValueRef tile_out;  /* the same for yT -> y, + the residual if there is one */
 } sb;
 
-/* relu and none run on whole vectors; the libm activations afterwards, one
- * element at a time (see emit_chunk). */
-static bool act_is_vector(mj_act a) { return a == MJ_ACT_NONE || a == MJ_ACT_RELU; }
+/* Activations without libm calls run on whole vectors; tanh and gelu_tanh
+ * afterwards, one element at a time (see emit_chunk). */
+static bool act_is_vector(mj_act a) { return !mj_act_calls_libm(a); }
 
 /* A vw x vw tile: row t of the source (vw floats at src + t*sstride) becomes
  * column t of the destination (row t at dst + t*dstride). log2(vw) stages;
@@ -297,9 +297,9 @@ static void emit_chunk(sb *s, int C, LLVMValueRef i0, LLVMValueRef valid, bool f
     loop_end(s, &lg);
     loop_end(s, &lb);
 
-    /* + b[j], then the activation: relu in vectors, the libm ones one
-     * element at a time */
-    if (s->g_bias || s->act == MJ_ACT_RELU) {
+    /* + b[j], then the activation: in vectors, the libm ones one element
+     * at a time */
+    if (s->g_bias || (s->act != MJ_ACT_NONE && act_is_vector(s->act))) {
         loop lj = loop_range(s, ci(s, 0), ci(s, p->out), 1);
         LLVMValueRef row = at(s, s->yT, mul(s, lj.iv, ci(s, C)));
         LLVMValueRef bv = s->g_bias ? vsplat(s, ld(s, s->e.f32, s->g_bias, lj.iv)) : NULL;

@@ -15,6 +15,7 @@
 #include "internal.h"
 #include "observer.h"
 #include "op.h"
+#include "vmath.h"
 
 #define SHAPE(buf, t) mj_shape_str(buf, sizeof buf, (t)->rank, (t)->shape)
 
@@ -94,12 +95,12 @@ float mj_act_apply(mj_act act, float x) {
     switch (act) {
     case MJ_ACT_NONE: return x;
     case MJ_ACT_RELU: return x < 0.0f ? 0.0f : x; /* NaN passes through */
-    case MJ_ACT_GELU: return 0.5f * x * (1.0f + erff(x * 0.70710678118654752440f));
+    case MJ_ACT_GELU: return 0.5f * x * (1.0f + mj_erff(x * 0.70710678118654752440f));
     case MJ_ACT_GELU_TANH:
         return 0.5f * x * (1.0f + tanhf(0.79788456080286535588f * (x + 0.044715f * x * x * x)));
-    case MJ_ACT_SIGMOID: return 1.0f / (1.0f + expf(-x));
+    case MJ_ACT_SIGMOID: return 1.0f / (1.0f + mj_expf(-x));
     case MJ_ACT_TANH: return tanhf(x);
-    case MJ_ACT_SILU: return x / (1.0f + expf(-x));
+    case MJ_ACT_SILU: return x / (1.0f + mj_expf(-x));
     case MJ_ACT_COUNT: break;
     }
     MJ_ASSERT(!"unknown activation");
@@ -387,7 +388,7 @@ mj_status mj_div_scalar(mj_tensor **out, const mj_tensor *x, float s) { return w
 float mj_unary_apply(mj_op op, const mj_attrs *a, float x) {
     switch (op) {
     case MJ_OP_NEG: return -x;
-    case MJ_OP_EXP: return expf(x);
+    case MJ_OP_EXP: return mj_expf(x);
     case MJ_OP_LOG: return logf(x);
     case MJ_OP_SQRT: return sqrtf(x);
     case MJ_OP_RSQRT: return 1.0f / sqrtf(x);
@@ -405,7 +406,7 @@ float mj_unary_apply(mj_op op, const mj_attrs *a, float x) {
     case MJ_OP_LEAKY_RELU: return x > 0.0f ? x : x * a->f[0];
     case MJ_OP_ELU: return x > 0.0f ? x : expm1f(x) * a->f[0];
     case MJ_OP_HARDTANH: return x < a->f[0] ? a->f[0] : x > a->f[1] ? a->f[1] : x;
-    case MJ_OP_SOFTPLUS: return x * a->f[0] > a->f[1] ? x : log1pf(expf(x * a->f[0])) / a->f[0];
+    case MJ_OP_SOFTPLUS: return x * a->f[0] > a->f[1] ? x : log1pf(mj_expf(x * a->f[0])) / a->f[0];
     MJ_CASE_ACT_OPS: return mj_act_apply(mj_op_table[op].act, x);
     MJ_CASE_LEAF_OPS:
     MJ_CASE_BINARY_OPS:
@@ -532,13 +533,13 @@ static mj_status softmax_any(mj_tensor **out, const mj_tensor *x, int dim, mj_op
             float sum = 0.0f;
             if (op == MJ_OP_SOFTMAX) {
                 for (int64_t i = 0; i < l.n; i++) {
-                    float e = expf(in[i * st] - m);
+                    float e = mj_expf(in[i * st] - m);
                     yo[i * st] = e;
                     sum = sum + e;
                 }
                 for (int64_t i = 0; i < l.n; i++) yo[i * st] = yo[i * st] / sum;
             } else {
-                for (int64_t i = 0; i < l.n; i++) sum = sum + expf(in[i * st] - m);
+                for (int64_t i = 0; i < l.n; i++) sum = sum + mj_expf(in[i * st] - m);
                 float ls = logf(sum);
                 for (int64_t i = 0; i < l.n; i++) yo[i * st] = (in[i * st] - m) - ls;
             }

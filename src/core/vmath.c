@@ -1,0 +1,62 @@
+/* maskjit's expf and erff (vmath.h has the sequences and the constants). */
+#include "vmath.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+static uint32_t bits_of(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return u;
+}
+static float float_of(uint32_t u) {
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+/* 2^k for -126 <= k <= 127 */
+static float pow2i(int32_t k) { return float_of((uint32_t)(k + 127) << 23); }
+
+/* The clones choose how fmaf is computed (the instruction, or libm's
+ * correctly rounded software fmaf on CPUs without FMA): the same bits. */
+__attribute__((always_inline)) static inline float expf_seq(float x) {
+    static const float P[MJ_EXPF_NP] = MJ_EXPF_P;
+    float xc = x < MJ_EXPF_HI ? x : MJ_EXPF_HI;
+    xc = xc > MJ_EXPF_LO ? xc : MJ_EXPF_LO;
+    float kf = fmaf(xc, MJ_EXPF_LOG2E, MJ_EXPF_SHIFT);
+    float nf = kf - MJ_EXPF_SHIFT;
+    float s = fmaf(nf, MJ_EXPF_NEG_LN2_HI, xc);
+    s = fmaf(nf, MJ_EXPF_NEG_LN2_LO, s);
+    float p = P[MJ_EXPF_NP - 1];
+#pragma GCC unroll 8
+    for (int i = MJ_EXPF_NP - 2; i >= 0; i--) p = fmaf(p, s, P[i]);
+    float u = 1.0f + fmaf(s * s, p, s);
+    int32_t n = (int32_t)nf;
+    int32_t n1 = n / 2, n2 = n - n1;
+    float r = u * pow2i(n1) * pow2i(n2);
+    r = x > MJ_EXPF_HI ? INFINITY : r;
+    r = x < MJ_EXPF_LO ? 0.0f : r;
+    return isnan(x) ? x : r;
+}
+
+__attribute__((target_clones("fma", "default"))) float mj_expf(float x) { return expf_seq(x); }
+
+__attribute__((target_clones("fma", "default"))) float mj_erff(float x) {
+    static const float A[MJ_ERFF_NA] = MJ_ERFF_A, B[MJ_ERFF_NB] = MJ_ERFF_B;
+    uint32_t sign = bits_of(x) & 0x80000000u;
+    float a = float_of(bits_of(x) & 0x7fffffffu);
+    float z = a * a;
+    float p = A[MJ_ERFF_NA - 1];
+#pragma GCC unroll 8
+    for (int i = MJ_ERFF_NA - 2; i >= 0; i--) p = fmaf(p, z, A[i]);
+    float small = fmaf(p, a, a);
+    float q = B[MJ_ERFF_NB - 1];
+#pragma GCC unroll 8
+    for (int i = MJ_ERFF_NB - 2; i >= 0; i--) q = fmaf(q, a, B[i]);
+    float big = 1.0f - expf_seq(-q);
+    float r = a < MJ_ERFF_SPLIT ? small : big;
+    r = a >= MJ_ERFF_ONE_AT ? 1.0f : r;
+    r = isnan(a) ? a : r; /* x's own NaN, not one the sequence made */
+    return float_of(bits_of(r) | sign);
+}
