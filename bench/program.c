@@ -429,8 +429,14 @@ static void print_w6_matrix(FILE *out, const wl_result *res, int n) {
 
 static json_t *num_or_null(double v) { return isfinite(v) ? json_real(v) : json_null(); }
 
+/* What a non-exact variant is checked against (mj_bench_tolerance). */
+#define TOLERANCE_RULE                                                                         \
+    "fast mode's bound (docs/numerics.md): |a-e| <= rtol*|e| + atol, "                           \
+    "rtol = max(8*sqrt(K)*u, 1.3e-6), atol = 8*K*u*mean|e|, u = 2^-24, "                        \
+    "K = the summed reduction lengths"
+
 static void write_json(FILE *out, const wl_result *res, int n, const options *o, const char *cpu,
-                       const char *llvm_cpu, double rtol, double atol) {
+                       const char *llvm_cpu) {
     json_t *root = json_object();
     json_object_set_new(root, "cpu", json_string(cpu));
     json_object_set_new(root, "llvm_cpu", json_string(llvm_cpu));
@@ -445,11 +451,8 @@ static void write_json(FILE *out, const wl_result *res, int n, const options *o,
                             json_string(mj_peer_info((mj_peer_kind)k)));
     json_object_set_new(root, "peers", peers);
     json_object_set_new(root, "tolerance",
-                        json_pack("{s:s,s:f,s:f}", "rule",
-                                  "exact variants bit-identical; others |a-e| <= rtol*|e| + "
-                                  "atol*max(1,max|e|), rtol = MJ_RTOL_F32*sqrt(K), atol = "
-                                  "MJ_ATOL_F32*sqrt(K), K = sum of in_features",
-                                  "rtol_per_sqrt_k", rtol, "atol_per_sqrt_k", atol));
+                        json_pack("{s:s}", "rule",
+                                  "exact variants bit-identical; others within " TOLERANCE_RULE));
     json_t *wls = json_array();
     for (int i = 0; i < n; i++) {
         const wl_result *wr = &res[i];
@@ -740,13 +743,12 @@ static int run_model(const options *o, const char *prog, FILE *out, FILE *err) {
                 for (int v = 0; v < res[i].n_rows; v++)
                     res[i].rows[v].ratio = res[j].rows[0].r.median_ns / res[i].rows[v].r.median_ns;
     if (rc == 0) {
-        if (o->json) write_json(out, res, n_res, o, cpu, llvm_cpu ? llvm_cpu : "?", MJ_RTOL_F32, MJ_ATOL_F32);
+        if (o->json) write_json(out, res, n_res, o, cpu, llvm_cpu ? llvm_cpu : "?");
         else if (o->csv) write_csv(out, res, n_res);
         else
             fprintf(out, "\ncorrectness: every variant checked against the interpreter before "
                          "timing; compiled-exact/compiled-frozen bit-identical, compiled-fast within "
-                         "rtol %.3g*sqrt(K), atol %.3g*sqrt(K)*max(1,max|y|), K = summed reduction "
-                         "lengths\n", MJ_RTOL_F32, MJ_ATOL_F32);
+                         TOLERANCE_RULE "\n");
     }
 done:
     free(res);
@@ -837,16 +839,14 @@ int mj_bench_run(int argc, char **argv, FILE *out, FILE *err) {
         mj_bench_setup_free(s);
     }
     if (rc == 0) {
-        double rtol = MJ_RTOL_F32, atol = MJ_ATOL_F32;
-        if (o.json) write_json(out, res, n_res, &o, cpu, llvm_cpu ? llvm_cpu : "?", rtol, atol);
+        if (o.json) write_json(out, res, n_res, &o, cpu, llvm_cpu ? llvm_cpu : "?");
         else if (o.csv) write_csv(out, res, n_res);
         else {
             print_w6_matrix(out, res, n_res);
             fprintf(out, "\ncorrectness: every variant checked against eager before timing; "
                          "interp/compiled-exact/compiled-frozen bit-identical, compiled-fast and "
-                         "peers within rtol %.3g*sqrt(K), atol %.3g*sqrt(K)*max(1,max|y|), K = sum "
-                         "of in_features\n",
-                    MJ_RTOL_F32, MJ_ATOL_F32);
+                         "peers within " TOLERANCE_RULE " (for the peers, K sums every layer's "
+                         "in_features)\n");
         }
         fflush(out);
         if (o.plot) rc = write_plot(o.plot, res, n_res, err);
