@@ -226,6 +226,7 @@ static bool lower_conv(const mj_cnn_lowering *c) {
     int64_t dh = a[MJ_CONV_DILATION], dw = a[MJ_CONV_DILATION + 1], og = O / a[MJ_CONV_GROUPS];
     int64_t OH = n->type.dims[2], OW = n->type.dims[3], KK = KH * KW, per = cg * KK, plane = OH * OW;
     LLVMValueRef x = c->ops[0], w = c->ops[1], b = n->n_operands == 3 ? c->ops[2] : NULL, y = c->y;
+    if (mj_conv_sparse_wanted(c)) return mj_lower_conv_sparse(c);
     if (sw == 1 && (!c->conv_weight || dense_enough(c->conv_weight, O * per))) {
         lower_conv_tiled(c);
         return true;
