@@ -247,7 +247,7 @@ static bool ir_has(mj_compiled *c, const char *what) {
  * channel 1 none, against eager at batches 1 and 3, frozen exact bit for
  * bit (and frozen fast within tolerance). Returns whether the frozen exact
  * compile took the sparse tap table. */
-static bool check_sparse_conv(const sconv_case *k, double density, mj_rng *rng) {
+static bool check_sparse_conv(mj_jit *j, const sconv_case *k, double density, mj_rng *rng) {
     mj_conv2d_params p;
     mj_conv2d_params_init(&p);
     p.stride[0] = k->sh;
@@ -276,8 +276,18 @@ static bool check_sparse_conv(const sconv_case *k, double density, mj_rng *rng) 
              (long long)k->sw, (long long)k->pad, (long long)k->dil, (long long)k->groups, k->bias ? " bias" : "",
              density);
     for (int md = 1; md < 4; md += 2) { /* exact frozen, fast frozen */
-        mj_compiled *c = mjt_compile(jit, g, mjt_modes[md]);
+        mj_compiled *c = mjt_compile(j, g, mjt_modes[md]);
         if (md == 1) sparse = ir_has(c, ".staps.start");
+        if (j != jit) { /* forced AVX2: 8-wide code only */
+            cr_expect(!ir_has(c, "<16 x float>"), "%s: 16-wide vectors for an 8-wide target", what);
+            char *buf = NULL;
+            size_t len = 0;
+            FILE *f = open_memstream(&buf, &len);
+            OK(mj_compiled_dump(c, "asm", f));
+            fclose(f);
+            cr_expect(strstr(buf, "ymm") && !strstr(buf, "zmm"), "%s: expected AVX2 code only", what);
+            free(buf);
+        }
         for (int64_t batch = 1; batch <= 3; batch += 2) {
             mj_tensor *x = mjc_randn(4, (int64_t[]){batch, k->C, k->H, k->W}, rng), *want = NULL, *got = NULL;
             OK(mj_module_forward(m, x, &want));
@@ -333,11 +343,27 @@ Test(cnn_jit, frozen_sparse_conv_is_eager_bit_for_bit) {
     int n_sparse = 0;
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
         for (size_t d = 0; d < sizeof densities / sizeof densities[0]; d++) {
-            bool sparse = check_sparse_conv(&cases[i], densities[d], &rng);
+            bool sparse = check_sparse_conv(jit, &cases[i], densities[d], &rng);
             if (cases[i].sw == 1 && densities[d] > 0.0 && densities[d] <= 0.2) /* 0: folded to its bias */
                 cr_expect(sparse, "case %zu at density %g: not the sparse tap table", i, densities[d]);
             if (cases[i].sw != 1) cr_expect(!sparse, "case %zu: stride 2 along W took the sparse tap table", i);
             n_sparse += sparse;
         }
     cr_expect_geq(n_sparse, 24);
+}
+
+/* MASKJIT_JIT_FEATURES forcing AVX2: the sparse conv's tiles are 8 wide. */
+Test(cnn_jit, frozen_sparse_conv_follows_the_jit_target) {
+    cr_assert_eq(setenv("MASKJIT_JIT_FEATURES", "+avx,+avx2,+fma,+f16c,+bmi,+bmi2,+popcnt,+sse4.2,-avx512f", 1), 0);
+    mj_jit *j2 = NULL;
+    OK(mj_jit_new(&j2));
+    mj_rng rng;
+    mj_rng_seed(&rng, 36);
+    const sconv_case cases[] = {
+        {.C = 16, .O = 16, .H = 20, .W = 37, .k = 3, .sh = 1, .sw = 1, .pad = 1, .dil = 1, .groups = 1, .bias = true},
+        {.C = 6, .O = 6, .H = 11, .W = 13, .k = 3, .sh = 2, .sw = 1, .pad = 1, .dil = 1, .groups = 1, .bias = false},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        cr_expect(check_sparse_conv(j2, &cases[i], 0.2, &rng), "case %zu: not the sparse tap table", i);
+    mj_jit_free(j2);
 }
