@@ -17,8 +17,12 @@
  * from a table (offset, weight) per output channel in eager's order, zero
  * weights left out (NaN and inf are kept), so each lane's fmaf chain is
  * eager's without the zero steps: the frozen contract (exact for finite
- * inputs). A NaN or inf weight meets the padding's 0.0f as in eager. The
- * tile is stored to a row buffer, then each row is copied out with + b[o].
+ * inputs). A NaN or inf weight meets the padding's 0.0f as in eager.
+ *
+ * The input channels run in blocks whose rows under a tile fit L1: per
+ * block, per tile, every output channel runs the block's taps, its partial
+ * sums kept in a row buffer per output channel (Wp apart, as the run)
+ * between blocks. Then each row is copied out with + b[o].
  *
  * The tile's width and the choice between this and the dense tile of
  * lower_cnn.c come from the measurements in mj_conv_sparse_wanted. */
