@@ -22,7 +22,8 @@
  * The input channels run in blocks whose rows under a tile fit L1: per
  * block, per tile, every output channel runs the block's taps, its partial
  * sums kept in a row buffer per output channel (Wp apart, as the run)
- * between blocks. Then each row is copied out with + b[o].
+ * between blocks. Then each row is copied out with + b[o]. The output
+ * channels run in blocks too, so that their row buffers stay small.
  *
  * The tile's width and the choice between this and the dense tile of
  * lower_cnn.c come from the measurements in mj_conv_sparse_wanted. */
@@ -78,9 +79,17 @@ static int64_t channel_block(const geom *q) {
 static int64_t padded_floats(const geom *q) { return round16(q->C * q->Hp * q->Wp + q->Wp + SPARSE_TILE_MAX); }
 static int64_t rows_floats(const geom *q) { return round16(q->OH * q->Wp + SPARSE_TILE_MAX); }
 
+/* Output channels per block: their row buffers take at most 256 KiB, so
+ * that they and the padded input can stay in L2 (a block reads the input
+ * again). */
+static int64_t out_block(const geom *q) {
+    int64_t ob = (256 << 10) / (rows_floats(q) * (int64_t)sizeof(float));
+    return ob < 1 ? 1 : ob > q->O ? q->O : ob;
+}
+
 int64_t mj_conv_sparse_scratch_floats(const mj_graph *g, int32_t id) {
     geom q;
-    return geometry(g, id, &q) ? padded_floats(&q) + q.O * rows_floats(&q) : 0;
+    return geometry(g, id, &q) ? padded_floats(&q) + out_block(&q) * rows_floats(&q) : 0;
 }
 
 /* Tile width in vectors: 12 accumulators, the broadcast weight and room
@@ -245,28 +254,33 @@ bool mj_lower_conv_sparse(const mj_cnn_lowering *c) {
         if_end(e, f.end);
         loop_end(e, &lr);
     }
-    /* per channel block, tile and output channel: the block's taps */
+    /* per block of output channels, per block of input channels, tile and
+     * output channel: the block's taps */
+    int64_t OB = out_block(&q);
+    loop lob = loop_range(e, ci(e, 0), ci(e, q.O), OB);
+    LLVMValueRef o_end = add(e, lob.iv, ci(e, OB));
+    o_end = LLVMBuildSelect(e->b, LLVMBuildICmp(e->b, LLVMIntSLT, o_end, ci(e, q.O), ""), o_end, ci(e, q.O), "");
     loop lb = loop_begin(e, ci(e, nb));
     LLVMValueRef first = LLVMBuildICmp(e->b, LLVMIntEQ, lb.iv, ci(e, 0), "");
     loop lrun = loop_begin(e, ci(e, nrun));
     LLVMValueRef xr = at(e, xpad, mul(e, lrun.iv, ci(e, q.sh * q.Wp)));
     loop lq = loop_range(e, ci(e, 0), ci(e, ntile * T), T);
-    loop lo = loop_begin(e, ci(e, q.O));
+    loop lo = loop_range(e, lob.iv, o_end, 1);
     LLVMValueRef si = add(e, mul(e, lo.iv, ci(e, nb + 1)), lb.iv);
     LLVMValueRef t0 = LLVMBuildSExt(e->b, ld(e, e->i32, tstart, si), e->i64, "");
     LLVMValueRef t1 = LLVMBuildSExt(e->b, ld(e, e->i32, tstart, add(e, si, ci(e, 1))), e->i64, "");
-    LLVMValueRef rr = at(e, rows, add(e, mul(e, lo.iv, ci(e, RF)), mul(e, lrun.iv, ci(e, q.Wp))));
+    LLVMValueRef rr = at(e, rows, add(e, mul(e, isub(e, lo.iv, lob.iv), ci(e, RF)), mul(e, lrun.iv, ci(e, q.Wp))));
     tile(c, acc, V, ttap, t0, t1, xr, rr, lq.iv, first);
     loop_end(e, &lo);
     loop_end(e, &lq);
     loop_end(e, &lrun);
     loop_end(e, &lb);
-    /* the rows out, + b[o] */
-    lo = loop_begin(e, ci(e, q.O));
+    /* the block's rows out, + b[o] */
+    lo = loop_range(e, lob.iv, o_end, 1);
     LLVMValueRef bv = bias ? load(e, bias, lo.iv) : NULL;
     LLVMValueRef yp = at(e, c->y, mul(e, add(e, mul(e, ln.iv, ci(e, q.O)), lo.iv), ci(e, q.OH * q.OW)));
     loop lh = loop_begin(e, ci(e, q.OH));
-    LLVMValueRef src = at(e, rows, add(e, mul(e, lo.iv, ci(e, RF)), mul(e, lh.iv, ci(e, q.Wp))));
+    LLVMValueRef src = at(e, rows, add(e, mul(e, isub(e, lo.iv, lob.iv), ci(e, RF)), mul(e, lh.iv, ci(e, q.Wp))));
     LLVMValueRef dst = at(e, yp, mul(e, lh.iv, ci(e, q.OW)));
     loop lw = loop_begin(e, ci(e, q.OW));
     LLVMValueRef v = load(e, src, lw.iv);
@@ -274,6 +288,7 @@ bool mj_lower_conv_sparse(const mj_cnn_lowering *c) {
     loop_end(e, &lw);
     loop_end(e, &lh);
     loop_end(e, &lo);
+    loop_end(e, &lob);
     loop_end(e, &ln);
     return true;
 }
