@@ -292,6 +292,7 @@ int64_t mj_compiled_sparse_floats(const mj_compiled *c, int64_t rows) {
         int64_t f = mj_sparse_scratch_floats(wt->dims[1], wt->dims[0], rows);
         if (f > sp) sp = f;
     }
+    sp += mj_body_conv_scratch_floats(&c->plan); /* as mj_body_scratch_floats */
     return sp ? sp + 16 : 0;
 }
 
@@ -358,7 +359,7 @@ static mj_status runtime_init(mj_compiled *c) {
             c->batch_linear = c->row_independent = false;
         }
     }
-    c->has_sparse = false;
+    c->has_sparse = mj_body_conv_scratch_floats(&c->plan) > 0;
     c->all_columns = true;
     for (int32_t i = 0; i < g->n_nodes; i++) {
         const mj_node *n = &g->nodes[i];

@@ -78,6 +78,9 @@ void mj_body_plan_free(mj_body_plan *p);
 /* Floats of scratch the body needs at this batch (slices rounded up to 16
  * floats so each starts 64-byte aligned). MJ_ERR_LIMIT on overflow. */
 mj_status mj_body_scratch_floats(const mj_body_plan *p, int64_t batch, int64_t *out);
+/* Of that, the frozen sparse convs' part (jit/lower_conv_sparse.c; they run
+ * one image at a time, so it does not grow with the batch). */
+int64_t mj_body_conv_scratch_floats(const mj_body_plan *p);
 
 typedef struct mj_lower_options {
     mj_numeric_mode numeric;

@@ -308,6 +308,7 @@ mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan 
             for (int k = 0; k < n->n_operands; k++) cl.ops[k] = w.buf[n->operands[k]];
             int32_t wl = n->op == MJ_OP_CONV2D ? p->leaf_plain[n->operands[1]] : -1;
             if (o->baked && wl >= 0) cl.conv_weight = o->baked[wl]; /* frozen: the mask is known */
+            if (p->frozen) cl.scratch = sparse_scratch;
             s = mj_lower_cnn(&cl);
             break;
         }

@@ -15,8 +15,9 @@
  * weights, the contract of the frozen linear layers (exact for finite
  * inputs), and a channel without taps is its bias.
  *
- * With stride 1 along W (live, or frozen at 10% density or more) a register
- * tile replaces the plane accumulator: see lower_conv_tiled. */
+ * With stride 1 along W a register tile replaces the plane accumulator
+ * (see lower_conv_tiled); frozen, when the nonzero taps are cheaper than
+ * the tile, jit/lower_conv_sparse.c runs them instead. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -100,10 +101,11 @@ static LLVMValueRef fma_at(mj_emit *e, LLVMValueRef yr, LLVMValueRef q, LLVMValu
     return vmuladd(e, load(e, yr, q), xv, wv);
 }
 
-/* Frozen: at or above this density the register tile (which multiplies the
- * zeros too, as eager does) beats the tap table (3x3 64->64 at 56x56, one
- * thread: at 20% density tile 10-12 ms, taps 15 ms; at 5% tile ~9 ms, taps
- * 6.5 ms). */
+/* Frozen, when jit/lower_conv_sparse.c does not take the conv (it has no
+ * scratch, or offsets beyond int32): at or above this density the register
+ * tile (which multiplies the zeros too, as eager does) beats the tap table
+ * (3x3 64->64 at 56x56, one thread: at 20% density tile 10-12 ms, taps
+ * 15 ms; at 5% tile ~9 ms, taps 6.5 ms). */
 #define TILE_MIN_DENSITY 0.1
 
 static bool dense_enough(const float *w, int64_t n) {
@@ -226,6 +228,7 @@ static bool lower_conv(const mj_cnn_lowering *c) {
     int64_t dh = a[MJ_CONV_DILATION], dw = a[MJ_CONV_DILATION + 1], og = O / a[MJ_CONV_GROUPS];
     int64_t OH = n->type.dims[2], OW = n->type.dims[3], KK = KH * KW, per = cg * KK, plane = OH * OW;
     LLVMValueRef x = c->ops[0], w = c->ops[1], b = n->n_operands == 3 ? c->ops[2] : NULL, y = c->y;
+    if (mj_conv_sparse_wanted(c)) return mj_lower_conv_sparse(c);
     if (sw == 1 && (!c->conv_weight || dense_enough(c->conv_weight, O * per))) {
         lower_conv_tiled(c);
         return true;

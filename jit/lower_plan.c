@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "jit_internal.h"
+#include "lower_cnn.h"
 
 /* ---- the plan ------------------------------------------------------------ */
 
@@ -128,6 +129,15 @@ void mj_body_plan_free(mj_body_plan *p) {
 /* Slices start on 16-float (64-byte) boundaries. */
 static int64_t round16(int64_t n) { return (n + 15) & ~INT64_C(15); }
 
+int64_t mj_body_conv_scratch_floats(const mj_body_plan *p) {
+    int64_t sp = 0;
+    for (int32_t i = 0; i < p->g->n_nodes && p->frozen; i++) {
+        int64_t f = p->input_free[i] ? 0 : mj_conv_sparse_scratch_floats(p->g, i);
+        if (f > sp) sp = f;
+    }
+    return sp;
+}
+
 mj_status mj_body_scratch_floats(const mj_body_plan *p, int64_t batch, int64_t *out) {
     int64_t total = 0;
     for (int32_t i = 0; i < p->g->n_nodes; i++) {
@@ -147,6 +157,9 @@ mj_status mj_body_scratch_floats(const mj_body_plan *p, int64_t batch, int64_t *
         int64_t f = mj_sparse_scratch_floats(wt->dims[1], wt->dims[0], batch);
         if (f > sp) sp = f;
     }
+    /* and by the frozen sparse convs: added, not the max, so that the
+     * total stays a fixed part plus the batch's (jit/aot_graph.c's formula) */
+    sp += mj_body_conv_scratch_floats(p);
     if (sp > MJ_MAX_NUMEL || __builtin_add_overflow(total, round16(sp), &total) || total > MJ_MAX_NUMEL)
         return mj_fail(MJ_ERR_LIMIT, "batch %lld: the sparse kernels' scratch is too large", (long long)batch);
     *out = total;

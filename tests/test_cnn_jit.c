@@ -148,9 +148,11 @@ Test(cnn_jit, non_finite_values_under_zero_masks) {
     mjt_free_traced(g, pool);
 }
 
-/* Frozen, a conv with stride 2 along W, or one below 10% density, takes its
- * taps from a table of its nonzero weights; a denser one with stride 1 and
- * every live one read the weight. Each way is bit for bit eager. */
+/* Frozen, a conv with stride 1 along W takes its taps from a table of its
+ * nonzero weights when that is cheaper than the dense tile (at 40% and 2%
+ * density here: jit/lower_conv_sparse.c), one with stride 2 along W from
+ * the plane accumulator's table; every live one reads the weight. Each way
+ * is bit for bit eager. */
 Test(cnn_jit, frozen_conv_uses_a_tap_table_when_sparse_or_strided) {
     mj_rng rng = mjt_rng(34);
     for (int kind = 0; kind < 3; kind++) { /* stride 1 at 40%, stride 2 at 40%, stride 1 at 2% */
@@ -176,8 +178,11 @@ Test(cnn_jit, frozen_conv_uses_a_tap_table_when_sparse_or_strided) {
         mj_graph *g = mjt_trace(m, x);
         for (int k = 0; k < 2; k++) {
             mj_compiled *c = mjt_compile(jit, g, mjt_modes[k]);
-            cr_expect_eq(mjt_ir_has(c, ".taps.start"), mjt_modes[k].frozen && kind > 0, "%s, kind %d",
-                         mjt_modes[k].name, kind);
+            bool frozen = mjt_modes[k].frozen;
+            cr_expect_eq(mjt_ir_has(c, ".staps.start"), frozen && kind != 1, "%s, kind %d", mjt_modes[k].name,
+                         kind);
+            cr_expect_eq(mjt_ir_has(c, ".taps.start"), frozen && kind == 1, "%s, kind %d", mjt_modes[k].name,
+                         kind);
             mj_tensor *got = mjt_run(c, x);
             cr_expect(mj_tensor_equal(got, want), "%s, kind %d", mjt_modes[k].name, kind);
             mj_tensor_release(got);
@@ -186,4 +191,134 @@ Test(cnn_jit, frozen_conv_uses_a_tap_table_when_sparse_or_strided) {
         MJT_RELEASE(x, want);
         mjt_free_traced(g, m);
     }
+}
+
+/* ---- the frozen sparse conv (jit/lower_conv_sparse.c) ------------------- */
+
+typedef struct sconv_case {
+    int64_t C, O, H, W, k, sh, sw, pad, dil, groups;
+    bool bias;
+} sconv_case;
+
+/* A conv of case k whose mask keeps about `density` of the weights, output
+ * channel 1 none, against eager at batches 1 and 3, frozen exact bit for
+ * bit (and frozen fast within tolerance). Returns whether the frozen exact
+ * compile took the sparse tap table. */
+static bool check_sparse_conv(mj_jit *j, const sconv_case *k, double density, mj_rng *rng) {
+    mj_conv2d_params p;
+    mj_conv2d_params_init(&p);
+    p.stride[0] = k->sh;
+    p.stride[1] = k->sw;
+    p.padding[0] = p.padding[1] = k->pad;
+    p.dilation[0] = p.dilation[1] = k->dil;
+    p.groups = k->groups;
+    mj_module *m = NULL;
+    OK(mj_conv2d_new(&m, k->C, k->O, (int64_t[]){k->k, k->k}, &p, k->bias, rng));
+    int64_t per = k->C / k->groups * k->k * k->k;
+    mj_tensor *mask = NULL;
+    OK(mj_tensor_zeros(&mask, 4, (int64_t[]){k->O, k->C / k->groups, k->k, k->k}));
+    for (int64_t i = 0; i < k->O * per; i++)
+        mj_tensor_data_mut(mask)[i] = i / per != 1 && mj_rng_uniform(rng) < density ? 1.0f : 0.0f;
+    mj_parametrization *fs = NULL;
+    OK(mj_fake_sparsity_new(&fs, mask));
+    OK(mj_register_parametrization(m, "weight", fs));
+    mj_tensor_release(mask);
+    mj_tensor *x0 = mjc_randn(4, (int64_t[]){2, k->C, k->H, k->W}, rng);
+    mj_graph *g = NULL;
+    OK(mj_trace_module(m, x0, &g));
+    bool sparse = false;
+    char what[160];
+    snprintf(what, sizeof what, "%lld->%lld %lldx%lld k%lld stride %lldx%lld pad %lld dil %lld groups %lld%s, density %g",
+             (long long)k->C, (long long)k->O, (long long)k->H, (long long)k->W, (long long)k->k, (long long)k->sh,
+             (long long)k->sw, (long long)k->pad, (long long)k->dil, (long long)k->groups, k->bias ? " bias" : "",
+             density);
+    for (int md = 1; md < 4; md += 2) { /* exact frozen, fast frozen */
+        mj_compiled *c = mjt_compile(j, g, mjt_modes[md]);
+        if (md == 1) sparse = mjt_ir_has(c, ".staps.start");
+        if (j != jit) { /* forced AVX2: 8-wide code only */
+            cr_expect(!mjt_ir_has(c, "<16 x float>"), "%s: 16-wide vectors for an 8-wide target", what);
+            char *asm_text = mjt_dump(c, "asm");
+            cr_expect(strstr(asm_text, "ymm") && !strstr(asm_text, "zmm"), "%s: expected AVX2 code only", what);
+            free(asm_text);
+        }
+        for (int64_t batch = 1; batch <= 3; batch += 2) {
+            mj_tensor *x = mjc_randn(4, (int64_t[]){batch, k->C, k->H, k->W}, rng), *want = NULL, *got = NULL;
+            OK(mj_module_forward(m, x, &want));
+            OK(mj_compiled_run(c, x, &got));
+            if (md == 1) {
+                cr_expect(mj_tensor_equal(got, want), "%s, batch %lld: frozen exact differs from eager", what,
+                          (long long)batch);
+            } else {
+                mj_compare cmp = mj_tensor_compare(got, want, MJ_RTOL_F32, MJ_ATOL_F32);
+                char msg[256];
+                mj_compare_describe(&cmp, got, want, msg, sizeof msg);
+                cr_expect(cmp.close, "%s, batch %lld (fast frozen): %s", what, (long long)batch, msg);
+            }
+            /* channel 1 has no taps: its plane is the bias (or +0.0f) */
+            const float *y = mj_tensor_data(got);
+            int64_t plane = mj_tensor_dim(got, 2) * mj_tensor_dim(got, 3);
+            for (int64_t n = 0; n < batch; n++)
+                for (int64_t i = 0; i < plane; i++)
+                    cr_expect(y[(n * k->O + 1) * plane + i] == y[(n * k->O + 1) * plane] &&
+                                  !signbit(y[(n * k->O + 1) * plane + i]) == !signbit(y[(n * k->O + 1) * plane]),
+                              "%s: channel 1 is not constant", what);
+            mj_tensor_release(x);
+            mj_tensor_release(want);
+            mj_tensor_release(got);
+        }
+        mj_compiled_free(c);
+    }
+    mj_graph_free(g);
+    mj_tensor_release(x0);
+    mj_module_free(m);
+    return sparse;
+}
+
+/* Stride 1 along W (2 along H in one case), padding 0 to 2, dilation 2,
+ * groups (depthwise too), kernels 1, 3 and 5, odd sizes, several tiles,
+ * blocks of input and of output channels, at densities 0 to 1: bit for bit
+ * eager; at 5% and 20% always by the sparse tap table. */
+Test(cnn_jit, frozen_sparse_conv_is_eager_bit_for_bit) {
+    const sconv_case cases[] = {
+        {.C = 4, .O = 8, .H = 7, .W = 9, .k = 3, .sh = 1, .sw = 1, .pad = 1, .dil = 1, .groups = 1, .bias = true},
+        {.C = 6, .O = 6, .H = 11, .W = 13, .k = 3, .sh = 2, .sw = 1, .pad = 1, .dil = 1, .groups = 1, .bias = false},
+        {.C = 4, .O = 8, .H = 9, .W = 10, .k = 3, .sh = 1, .sw = 1, .pad = 2, .dil = 2, .groups = 2, .bias = true},
+        {.C = 8, .O = 8, .H = 9, .W = 7, .k = 3, .sh = 1, .sw = 1, .pad = 1, .dil = 1, .groups = 8, .bias = true},
+        {.C = 3, .O = 5, .H = 5, .W = 17, .k = 1, .sh = 1, .sw = 1, .pad = 0, .dil = 1, .groups = 1, .bias = false},
+        {.C = 4, .O = 4, .H = 8, .W = 8, .k = 5, .sh = 1, .sw = 1, .pad = 2, .dil = 1, .groups = 1, .bias = true},
+        {.C = 40, .O = 6, .H = 9, .W = 10, .k = 3, .sh = 1, .sw = 1, .pad = 1, .dil = 1, .groups = 1, .bias = true},
+        {.C = 16, .O = 16, .H = 20, .W = 37, .k = 3, .sh = 1, .sw = 1, .pad = 1, .dil = 1, .groups = 1, .bias = false},
+        {.C = 4, .O = 6, .H = 9, .W = 11, .k = 3, .sh = 1, .sw = 2, .pad = 1, .dil = 1, .groups = 1, .bias = true},
+        /* two blocks of output channels (43 and 29) */
+        {.C = 4, .O = 72, .H = 30, .W = 40, .k = 3, .sh = 1, .sw = 1, .pad = 1, .dil = 1, .groups = 1, .bias = true},
+    };
+    const double densities[] = {0.0, 0.05, 0.2, 0.5, 1.0};
+    mj_rng rng;
+    mj_rng_seed(&rng, 35);
+    int n_sparse = 0;
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        for (size_t d = 0; d < sizeof densities / sizeof densities[0]; d++) {
+            bool sparse = check_sparse_conv(jit, &cases[i], densities[d], &rng);
+            if (cases[i].sw == 1 && densities[d] > 0.0 && densities[d] <= 0.2) /* 0: folded to its bias */
+                cr_expect(sparse, "case %zu at density %g: not the sparse tap table", i, densities[d]);
+            if (cases[i].sw != 1) cr_expect(!sparse, "case %zu: stride 2 along W took the sparse tap table", i);
+            n_sparse += sparse;
+        }
+    cr_expect_geq(n_sparse, 27);
+}
+
+/* MASKJIT_JIT_FEATURES forcing AVX2: the sparse conv's tiles are 8 wide. */
+Test(cnn_jit, frozen_sparse_conv_follows_the_jit_target) {
+    cr_assert_eq(setenv("MASKJIT_JIT_FEATURES", "+avx,+avx2,+fma,+f16c,+bmi,+bmi2,+popcnt,+sse4.2,-avx512f", 1), 0);
+    mj_jit *j2 = NULL;
+    OK(mj_jit_new(&j2));
+    mj_rng rng;
+    mj_rng_seed(&rng, 36);
+    const sconv_case cases[] = {
+        {.C = 16, .O = 16, .H = 20, .W = 37, .k = 3, .sh = 1, .sw = 1, .pad = 1, .dil = 1, .groups = 1, .bias = true},
+        {.C = 6, .O = 6, .H = 11, .W = 13, .k = 3, .sh = 2, .sw = 1, .pad = 1, .dil = 1, .groups = 1, .bias = false},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        cr_expect(check_sparse_conv(j2, &cases[i], 0.2, &rng), "case %zu: not the sparse tap table", i);
+    mj_jit_free(j2);
 }
