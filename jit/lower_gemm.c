@@ -6,6 +6,17 @@
 
 #include "lower.h"
 
+/* y[j] = act(y[j] + b[j]) + r[j], each part where given: the epilogue of
+ * mj_linear's order, shared by both loop orders of emit_dot. */
+static void dot_epilogue(lw *w, LLVMValueRef yrow, LLVMValueRef j, LLVMValueRef bias, mj_act act,
+                         LLVMValueRef rrow) {
+    LLVMValueRef v = load(w, yrow, j);
+    if (bias) v = fadd(w, v, load(w, bias, j));
+    v = emit_act(w, act, v);
+    if (rrow) v = fadd(w, v, load(w, rrow, j));
+    store(w, v, yrow, j);
+}
+
 /* y[M,N] = x[M,K] . W  with W[k][j] at W + k*wsk + j*wsj; then + b[j], then
  * act, then + res[i][j] (res NULL: none). Each y element: +0.0f, then y = fmaf(x, w, y) for k ascending (vmuladd),
  * then + b: the order of mj_linear / mj_matmul (batched: per matrix). With a contiguous j (wsj == 1) the loops
@@ -31,11 +42,7 @@ static void emit_dot(lw *w, LLVMValueRef y, LLVMValueRef x, LLVMValueRef W, LLVM
         loop_end(w, &lk);
         if (bias || act != MJ_ACT_NONE || res) {
             lj = loop_begin(w, N);
-            LLVMValueRef v = load(w, yrow, lj.iv);
-            if (bias) v = fadd(w, v, load(w, bias, lj.iv));
-            v = emit_act(w, act, v);
-            if (res) v = fadd(w, v, load(w, rrow, lj.iv));
-            store(w, v, yrow, lj.iv);
+            dot_epilogue(w, yrow, lj.iv, bias, act, rrow);
             loop_end(w, &lj);
         }
     } else {
@@ -46,11 +53,7 @@ static void emit_dot(lw *w, LLVMValueRef y, LLVMValueRef x, LLVMValueRef W, LLVM
         store(w, vmuladd(w, load(w, yrow, lj.iv), load(w, xrow, lk.iv), load(w, wcol, mul(w, lk.iv, wsk))),
               yrow, lj.iv);
         loop_end(w, &lk);
-        LLVMValueRef v = load(w, yrow, lj.iv);
-        if (bias) v = fadd(w, v, load(w, bias, lj.iv));
-        v = emit_act(w, act, v);
-        if (res) v = fadd(w, v, load(w, rrow, lj.iv));
-        store(w, v, yrow, lj.iv);
+        dot_epilogue(w, yrow, lj.iv, bias, act, rrow);
         loop_end(w, &lj);
     }
     loop_end(w, &li);

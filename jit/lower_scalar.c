@@ -41,11 +41,7 @@ static LLVMValueRef emit_unary(lw *w, const mj_node *n, LLVMValueRef x) {
     }
     MJ_CASE_ACT_OPS: return emit_act(w, mj_op_table[n->op].act, x);
     /* not unary elementwise: mj_lw_emit_elementwise never passes these */
-    MJ_CASE_LEAF_OPS:
-    MJ_CASE_BINARY_OPS:
-    MJ_CASE_OTHER_OPS:
-    MJ_CASE_CNN_OPS:
-    case MJ_OP_COUNT: break;
+    MJ_CASE_NOT_UNARY_OPS: break;
     }
     MJ_ASSERT(!"not a unary elementwise op");
 }

@@ -57,6 +57,10 @@ extern const mj_op_info mj_op_table[MJ_OP_COUNT];
 #define MJ_CASE_CNN_OPS /* NCHW layers of CNNs: window ops with integer attributes */               \
     case MJ_OP_CONV2D: case MJ_OP_BATCH_NORM: case MJ_OP_MAX_POOL2D: case MJ_OP_AVG_POOL2D:           \
     case MJ_OP_ADAPTIVE_AVG_POOL2D
+/* Every op a unary elementwise switch (eager's and the JIT's) does not
+ * take: the two must agree, so they name one list. */
+#define MJ_CASE_NOT_UNARY_OPS                                                                        \
+    MJ_CASE_LEAF_OPS: MJ_CASE_BINARY_OPS: MJ_CASE_OTHER_OPS: MJ_CASE_CNN_OPS: case MJ_OP_COUNT
 /* The linear family: linear x, w[, b]; linear_act (+ act); linear_add and
  * linear_act_add (+ a residual r of the result's type, the last operand):
  *   y = act(linear(x, w, b)) + r

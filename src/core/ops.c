@@ -408,11 +408,7 @@ float mj_unary_apply(mj_op op, const mj_attrs *a, float x) {
     case MJ_OP_HARDTANH: return x < a->f[0] ? a->f[0] : x > a->f[1] ? a->f[1] : x;
     case MJ_OP_SOFTPLUS: return x * a->f[0] > a->f[1] ? x : log1pf(mj_expf(x * a->f[0])) / a->f[0];
     MJ_CASE_ACT_OPS: return mj_act_apply(mj_op_table[op].act, x);
-    MJ_CASE_LEAF_OPS:
-    MJ_CASE_BINARY_OPS:
-    MJ_CASE_OTHER_OPS:
-    MJ_CASE_CNN_OPS:
-    case MJ_OP_COUNT: break;
+    MJ_CASE_NOT_UNARY_OPS: break;
     }
     MJ_ASSERT(!"not a unary elementwise op");
 }
