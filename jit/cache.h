@@ -48,10 +48,12 @@ void mj_sha256_hex(const uint8_t digest[32], char hex[65]);
 typedef struct mj_cache_target {
     const char *cpu;      /* LLVMGetHostCPUName */
     const char *features; /* LLVMGetHostCPUFeatures */
+    const char *passes;   /* the JIT's pipeline override, or NULL */
 } mj_cache_target;
 
 /* hex = SHA-256 over: a tag and MJ_CACHE_FORMAT, the maskjit and LLVM
- * versions, the CPU name and features, the options that change code
+ * versions, the CPU name and features, the JIT's pipeline override (if
+ * any), the options that change code
  * (numeric mode, frozen, threads), the graph's printed IR, and the data
  * bytes of every const (frozen weights; params are read at run time). Each
  * part is length-prefixed, so no two different inputs share a stream. */

@@ -36,6 +36,7 @@ mj_status mj_cache_key(const mj_graph *g, const mj_compile_options *o, const mj_
     part_i64(&s, (int64_t)maj * 1000000 + (int64_t)min * 1000 + patch);
     part_str(&s, t->cpu);
     part_str(&s, t->features);
+    part_str(&s, t->passes ? t->passes : "");
     part_i64(&s, (int64_t)o->numeric);
     part_i64(&s, o->frozen);
     part_i64(&s, o->threads);

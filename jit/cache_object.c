@@ -37,7 +37,7 @@ mj_status mj_cache_codegen(mj_jit *jit, LLVMOrcThreadSafeContextRef tsc, LLVMMod
 
     double t0 = mj_now_seconds();
     LLVMPassBuilderOptionsRef po = LLVMCreatePassBuilderOptions();
-    LLVMErrorRef err = LLVMRunPasses(m, mj_jit_pipeline(m), tm, po);
+    LLVMErrorRef err = LLVMRunPasses(m, jit->passes ? jit->passes : mj_jit_pipeline(m), tm, po);
     LLVMDisposePassBuilderOptions(po);
     stats->optimize_ms = mj_ms_since(t0);
     if (err) {

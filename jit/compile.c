@@ -93,7 +93,7 @@ static mj_status build_and_add(mj_compiled *c, prologue *pr) {
     const char *fname = "mj_body_main";
     char key[65];
     char *dir = c->jit->fault == MJ_OP_COUNT ? mj_cache_dir(&c->opts) : NULL; /* a fault is never cached */
-    mj_cache_target tg = {.cpu = c->jit->cpu, .features = c->jit->features};
+    mj_cache_target tg = {.cpu = c->jit->cpu, .features = c->jit->features, .passes = c->jit->passes};
     if (dir && mj_cache_key(c->g, &c->opts, &tg, key) != MJ_OK) {
         free(dir); /* no key, no cache: compile as usual */
         dir = NULL;

@@ -195,6 +195,13 @@ mj_status mj_jit_new(mj_jit **out) {
     }
     jit->triple = LLVMGetDefaultTargetTriple();
     mj_status s;
+    /* for measuring pipelines: read once here, so that the cache key can
+     * name the pipeline the JIT's code was optimised with */
+    const char *passes = getenv("MASKJIT_JIT_PASSES");
+    if (passes && *passes && !(jit->passes = mj_strdup(passes))) {
+        s = MJ_ERR_NOMEM;
+        goto fail;
+    }
     LLVMTargetMachineRef jtm = NULL;
     if ((s = host_tm(jit, &jit->tm)) != MJ_OK || (s = host_tm(jit, &jtm)) != MJ_OK) goto fail;
 
@@ -234,6 +241,7 @@ fail:
     LLVMDisposeMessage(jit->cpu);
     LLVMDisposeMessage(jit->features);
     LLVMDisposeMessage(jit->triple);
+    free(jit->passes);
     free(jit);
     return s;
 }
@@ -246,6 +254,7 @@ void mj_jit_free(mj_jit *jit) {
     LLVMDisposeMessage(jit->cpu);
     LLVMDisposeMessage(jit->features);
     LLVMDisposeMessage(jit->triple);
+    free(jit->passes);
     pthread_mutex_destroy(&jit->mu);
     free(jit);
 }
@@ -258,8 +267,6 @@ void mj_llvm_shutdown(void) {
 }
 
 const char *mj_jit_pipeline(LLVMModuleRef m) {
-    const char *env = getenv("MASKJIT_JIT_PASSES"); /* for measuring pipelines */
-    if (env && *env) return env;
     /* Explicit vector kernels only: they need clean-up, not loop
      * optimisation (O2/O3 cost 3-10x more here and change nothing). */
     if (LLVMGetModuleFlag(m, MJ_FLAG_EXPLICIT, strlen(MJ_FLAG_EXPLICIT)))

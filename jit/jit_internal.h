@@ -27,6 +27,10 @@ struct mj_jit {
     char *cpu;      /* LLVMGetHostCPUName, disposed with LLVMDisposeMessage */
     char *features; /* LLVMGetHostCPUFeatures */
     char *triple;
+    /* MASKJIT_JIT_PASSES when the JIT was created (malloc'd), or NULL: a
+     * pipeline that replaces mj_jit_pipeline's, for measuring pipelines;
+     * part of the compile cache's key (it changes the code). */
+    char *passes;
     pthread_mutex_t mu; /* serialises compiles, dumps and code removal */
     uint64_t next_id;   /* unique symbol names: mj_body_<id> */
     mj_op fault;        /* test-only (jit_test.h); MJ_OP_COUNT: none */
@@ -160,8 +164,9 @@ static inline double mj_ms_since(double t0) { return (mj_now_seconds() - t0) * 1
 /* The new-PM pipeline for a lowered module: a cheap clean-up when the body
  * is explicit vector code (module flag MJ_FLAG_EXPLICIT), else default<O2>.
  * A fused residual (linear_add) counts as the loop it replaced, so fusing
- * never changes the pipeline (jit/lower.c). MASKJIT_JIT_PASSES overrides
- * (measurements; not part of the compile cache's key). */
+ * never changes the pipeline (jit/lower.c). A JIT's passes (set from
+ * MASKJIT_JIT_PASSES) replace it; the environment is read by mj_jit_new
+ * only. */
 #define MJ_FLAG_EXPLICIT "maskjit.explicit"
 const char *mj_jit_pipeline(LLVMModuleRef m);
 /* Frees a compiled module's code. */

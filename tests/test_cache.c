@@ -121,6 +121,11 @@ Test(cache, key_changes_with_each_component) {
         key_of(other[i].g, other[i].mode, other[i].frozen, other[i].cpu, k2);
         cr_assert_str_neq(k, k2, "%s", other[i].what);
     }
+    mj_compile_options o;
+    mj_compile_options_init(&o);
+    mj_cache_target t = {.cpu = "znver5", .features = "+avx2,+fma", .passes = "default<O1>"};
+    OK(mj_cache_key(g, &o, &t, k2));
+    cr_assert_str_neq(k, k2, "a pipeline override");
     mj_graph_free(g);
     mj_graph_free(same);
     mj_graph_free(other_ir);
@@ -274,6 +279,34 @@ Test(cache, hit_is_bit_identical_and_skips_the_compile) {
     }
     cr_assert_eq(mjt_count_entries(dir, "*.mjc"), 2, "live and frozen: two entries");
     mj_jit_free(jit);
+    mjt_rm_rf(dir);
+    free(dir);
+}
+
+/* MASKJIT_JIT_PASSES (a JIT's pipeline override, for measurements) changes
+ * the code, so a JIT created under it must not reuse the entries of a JIT
+ * without it, nor the other way round. */
+Test(cache, pipeline_override_gets_its_own_entries) {
+    char *dir = mjt_temp_dir("maskjit-cache-test");
+    unsetenv("MASKJIT_JIT_PASSES");
+    mj_jit *plain;
+    OK(mj_jit_new(&plain));
+    cr_assert_eq(setenv("MASKJIT_JIT_PASSES", "default<O1>", 1), 0);
+    mj_jit *o1;
+    mj_status s = mj_jit_new(&o1);
+    unsetenv("MASKJIT_JIT_PASSES");
+    OK(s);
+    for (int frozen = 0; frozen < 2; frozen++) {
+        mj_graph *g = small_graph("relu", 0.5f);
+        cr_assert(!compile_run(plain, g, dir, true, frozen, NULL).cache_hit);
+        cr_assert(!compile_run(o1, g, dir, true, frozen, NULL).cache_hit, "another pipeline, another entry");
+        cr_assert(compile_run(o1, g, dir, true, frozen, NULL).cache_hit);
+        cr_assert(compile_run(plain, g, dir, true, frozen, NULL).cache_hit);
+        mj_graph_free(g);
+    }
+    cr_assert_eq(mjt_count_entries(dir, "*.mjc"), 4);
+    mj_jit_free(plain);
+    mj_jit_free(o1);
     mjt_rm_rf(dir);
     free(dir);
 }
