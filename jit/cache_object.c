@@ -36,14 +36,9 @@ mj_status mj_cache_codegen(mj_jit *jit, LLVMOrcThreadSafeContextRef tsc, LLVMMod
     LLVMDisposeTargetData(td);
 
     double t0 = mj_now_seconds();
-    LLVMPassBuilderOptionsRef po = LLVMCreatePassBuilderOptions();
-    LLVMErrorRef err = LLVMRunPasses(m, jit->passes ? jit->passes : mj_jit_pipeline(m), tm, po);
-    LLVMDisposePassBuilderOptions(po);
+    s = mj_jit_optimize(m, tm, jit->passes, "optimising");
     stats->optimize_ms = mj_ms_since(t0);
-    if (err) {
-        s = mj_jit_llvm_error(err, "optimising");
-        goto out;
-    }
+    if (s != MJ_OK) goto out;
     LLVMMemoryBufferRef bc = LLVMWriteBitcodeToMemoryBuffer(m);
     if (bc) {
         size_t n = LLVMGetBufferSize(bc);

@@ -266,14 +266,6 @@ void mj_llvm_shutdown(void) {
     LLVMShutdown();
 }
 
-const char *mj_jit_pipeline(LLVMModuleRef m) {
-    /* Explicit vector kernels only: they need clean-up, not loop
-     * optimisation (O2/O3 cost 3-10x more here and change nothing). */
-    if (LLVMGetModuleFlag(m, MJ_FLAG_EXPLICIT, strlen(MJ_FLAG_EXPLICIT)))
-        return "always-inline,function(sroa,early-cse,instcombine<no-verify-fixpoint>,simplifycfg)";
-    return "default<O2>"; /* scalar loops for the loop and SLP vectorisers */
-}
-
 void mj_rt_discard(LLVMOrcResourceTrackerRef rt) {
     if (!rt) return;
     LLVMErrorRef err = LLVMOrcResourceTrackerRemove(rt);

@@ -169,6 +169,15 @@ static inline double mj_ms_since(double t0) { return (mj_now_seconds() - t0) * 1
  * only. */
 #define MJ_FLAG_EXPLICIT "maskjit.explicit"
 const char *mj_jit_pipeline(LLVMModuleRef m);
+/* A function attribute: fn is explicit vector code (jit/sparse.c) and gets
+ * the clean-up pipeline even in a module that needs default<O2> for its
+ * loops (jit/pipeline.c). */
+#define MJ_ATTR_EXPLICIT "maskjit.explicit"
+void mj_mark_explicit(LLVMValueRef fn);
+/* Runs the passes on m for tm: passes (a JIT's override) if not NULL, else
+ * mj_jit_pipeline's, with functions marked explicit held to the clean-up
+ * pipeline. Errors are MJ_ERR_BACKEND "what: <LLVM's message>". */
+mj_status mj_jit_optimize(LLVMModuleRef m, LLVMTargetMachineRef tm, const char *passes, const char *what);
 /* Frees a compiled module's code. */
 void mj_jit_remove(mj_jit *jit, LLVMOrcResourceTrackerRef rt);
 /* Removes a tracker's code and releases it (caller holds the JIT mutex or
