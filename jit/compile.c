@@ -63,6 +63,22 @@ mj_status mj_jit_check_nodes(const mj_graph *g, const char *who) {
     return MJ_OK;
 }
 
+mj_status mj_unshare_consts(mj_graph *frozen, const mj_graph *user) {
+    for (int32_t i = 0; i < frozen->n_nodes; i++) {
+        mj_node *n = &frozen->nodes[i];
+        if (n->op != MJ_OP_CONST || !n->tensor) continue;
+        bool shared = false;
+        for (int32_t k = 0; k < user->n_nodes && !shared; k++)
+            shared = user->nodes[k].op == MJ_OP_PARAM && user->nodes[k].tensor == n->tensor;
+        if (!shared) continue;
+        mj_tensor *copy;
+        MJ_TRY(mj_tensor_clone(&copy, n->tensor));
+        mj_tensor_release(n->tensor);
+        n->tensor = copy;
+    }
+    return MJ_OK;
+}
+
 static mj_status check_graph(const mj_graph *g) {
     MJ_TRY(mj_graph_verify(g));
     return mj_jit_check_nodes(g, "jit");
@@ -211,7 +227,9 @@ mj_status mj_jit_compile(mj_jit *jit, const mj_graph *g, const mj_compile_option
     mj_status s = mj_graph_clone(g, &c->g);
     if (s != MJ_OK) goto fail;
     if (opts.frozen) {
-        if ((s = mj_graph_freeze(c->g)) != MJ_OK || (s = mj_graph_optimize(c->g, "default")) != MJ_OK) goto fail;
+        if ((s = mj_graph_freeze_as(c->g, false)) != MJ_OK || (s = mj_graph_optimize(c->g, "default")) != MJ_OK ||
+            (s = mj_unshare_consts(c->g, g)) != MJ_OK)
+            goto fail;
         /* batch norm into the conv before it: other rounding, fast mode only */
         if (opts.numeric == MJ_NUMERIC_FAST && (s = mj_graph_optimize(c->g, "fold_bn,dce")) != MJ_OK) goto fail;
     } else {

@@ -178,6 +178,12 @@ void mj_mark_explicit(LLVMValueRef fn);
  * mj_jit_pipeline's, with functions marked explicit held to the clean-up
  * pipeline. Errors are MJ_ERR_BACKEND "what: <LLVM's message>". */
 mj_status mj_jit_optimize(LLVMModuleRef m, LLVMTargetMachineRef tm, const char *passes, const char *what);
+/* Frozen compiles freeze their private clone of the user's graph without
+ * copying the parameters (mj_graph_freeze_as), since the graph passes
+ * replace the big masked weights anyway; this then copies every const of
+ * frozen still sharing a param tensor of user, so that later writes to the
+ * user's parameters never reach the compiled graph. */
+mj_status mj_unshare_consts(mj_graph *frozen, const mj_graph *user);
 /* Frees a compiled module's code. */
 void mj_jit_remove(mj_jit *jit, LLVMOrcResourceTrackerRef rt);
 /* Removes a tracker's code and releases it (caller holds the JIT mutex or
