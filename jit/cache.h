@@ -144,11 +144,12 @@ mj_status mj_cache_clear(const char *dir, mj_cache_usage *removed);
 
 typedef struct mj_jit mj_jit;
 
-/* Optimises m (mj_jit_pipeline) for the JIT's target, keeps it as bitcode (for dumps)
- * and emits an object file (position independent, small code model: what
- * the JIT's linker expects). Takes ownership of tsc and m. */
+/* Optimises m (mj_jit_optimize) for the JIT's target and emits an object
+ * file (position independent, small code model: what the JIT's linker
+ * expects). No bitcode is kept: dumps lower again (mj_compiled_dump).
+ * Takes ownership of tsc and m. */
 mj_status mj_cache_codegen(mj_jit *jit, LLVMOrcThreadSafeContextRef tsc, LLVMModuleRef m, LLVMMemoryBufferRef *obj,
-                           char **bitcode, size_t *bitcode_size, mj_compile_stats *stats);
+                           mj_compile_stats *stats);
 /* Adds the object (taking the buffer) under a new resource tracker to a
  * JITDylib of its own (fname is defined once per JITDylib, so the same
  * object can be loaded any number of times in a process) and looks fname

@@ -36,7 +36,6 @@ void mj_compiled_free(mj_compiled *c) {
     free(c->out_types);
     free(c->in_rows);
     free(c->out_rows);
-    free(c->bitcode);
     mj_graph_free(c->g);
     pthread_mutex_destroy(&c->refresh_mu);
     free(c);
@@ -100,6 +99,41 @@ static void warn(mj_compiled *c, const char *fmt, ...) {
     va_end(ap);
 }
 
+mj_status mj_compiled_lower(const mj_compiled *c, const prologue *pr, LLVMOrcThreadSafeContextRef *tsc,
+                            LLVMModuleRef *m) {
+    int64_t *numel = NULL;
+    mj_lower_options lo = {.numeric = c->opts.numeric, .fname = "mj_body_main", .fault = c->jit->fault};
+    if (c->opts.frozen) {
+        numel = mj_alloc_array((size_t)c->plan.n_leaves + 1, sizeof *numel);
+        if (!numel) return MJ_ERR_NOMEM;
+        for (int32_t i = 0; i < c->plan.n_leaves; i++) {
+            /* prologue values have no batch dim: input-free */
+            const mj_type *t = &c->g->nodes[c->plan.leaves[i].node].type;
+            int64_t shape[MJ_MAX_RANK];
+            mj_type_shape(t, 1, shape);
+            mj_status s = mj_shape_numel(t->rank, shape, &numel[i]);
+            if (s != MJ_OK) {
+                free(numel);
+                return s;
+            }
+        }
+        lo.baked = pr->leaf_data;
+        lo.baked_numel = numel;
+    }
+    *tsc = LLVMOrcCreateNewThreadSafeContext();
+    LLVMContextRef ctx = LLVMOrcThreadSafeContextGetContext(*tsc);
+    *m = LLVMModuleCreateWithNameInContext("maskjit", ctx);
+    mj_status s = mj_lower_body(ctx, *m, &c->plan, &lo);
+    free(numel);
+    if (s != MJ_OK) {
+        LLVMDisposeModule(*m);
+        LLVMOrcDisposeThreadSafeContext(*tsc);
+        *m = NULL;
+        *tsc = NULL;
+    }
+    return s;
+}
+
 /* Lower, optimise, emit an object file, link it, with the compile cache
  * (jit/cache_*.c, docs/cache.md) in front: a hit skips IR, optimisation and
  * codegen. Each compiled graph links into its own JITDylib, so the body
@@ -125,14 +159,12 @@ static mj_status build_and_add(mj_compiled *c, prologue *pr) {
         if (r == MJ_CACHE_FOUND) {
             s = mj_cache_link(c->jit, e.obj, fname, &c->rt, &addr); /* takes obj */
             e.obj = NULL;
+            mj_cache_entry_dispose(&e); /* bitcode, if any: dumps lower again */
             if (s == MJ_OK) {
                 c->stats.cache_hit = true;
-                c->bitcode = e.bitcode; /* for dumps */
-                c->bitcode_size = e.bitcode_size;
                 c->stats.codegen_ms = (mj_now_seconds() - t0) * 1e3;
                 goto done;
             }
-            mj_cache_entry_dispose(&e);
             snprintf(why, sizeof why, "%s", mj_last_error());
         }
         if (r != MJ_CACHE_MISS) {
@@ -143,48 +175,19 @@ static mj_status build_and_add(mj_compiled *c, prologue *pr) {
         }
     }
 
-    int64_t *numel = NULL;
-    mj_lower_options lo = {.numeric = c->opts.numeric, .fname = fname, .fault = c->jit->fault};
-    if (c->opts.frozen) {
-        numel = mj_alloc_array((size_t)c->plan.n_leaves + 1, sizeof *numel);
-        if (!numel) {
-            s = MJ_ERR_NOMEM;
-            goto done;
-        }
-        for (int32_t i = 0; i < c->plan.n_leaves; i++) {
-            /* prologue values have no batch dim: input-free */
-            const mj_type *t = &c->g->nodes[c->plan.leaves[i].node].type;
-            int64_t shape[MJ_MAX_RANK];
-            mj_type_shape(t, 1, shape);
-            if ((s = mj_shape_numel(t->rank, shape, &numel[i])) != MJ_OK) {
-                free(numel);
-                goto done;
-            }
-        }
-        lo.baked = pr->leaf_data;
-        lo.baked_numel = numel;
-    }
-
     double t0 = mj_now_seconds();
-    LLVMOrcThreadSafeContextRef tsc = LLVMOrcCreateNewThreadSafeContext();
-    LLVMContextRef ctx = LLVMOrcThreadSafeContextGetContext(tsc);
-    LLVMModuleRef m = LLVMModuleCreateWithNameInContext("maskjit", ctx);
-    s = mj_lower_body(ctx, m, &c->plan, &lo);
-    free(numel);
+    LLVMOrcThreadSafeContextRef tsc;
+    LLVMModuleRef m;
+    s = mj_compiled_lower(c, pr, &tsc, &m);
     c->stats.ir_ms = (mj_now_seconds() - t0) * 1e3;
-    if (s != MJ_OK) {
-        LLVMDisposeModule(m);
-        LLVMOrcDisposeThreadSafeContext(tsc);
-        goto done;
-    }
-    /* takes tsc and m */
-    if ((s = mj_cache_codegen(c->jit, tsc, m, &obj, &c->bitcode, &c->bitcode_size, &c->stats)) != MJ_OK) goto done;
+    if (s != MJ_OK) goto done;
+    /* takes tsc and m; no bitcode (dumps lower again: mj_compiled_dump) */
+    if ((s = mj_cache_codegen(c->jit, tsc, m, &obj, &c->stats)) != MJ_OK) goto done;
     if (dir) {
         /* not fatal: the code is compiled, only the cache misses out */
         uint64_t cap;
         if (mj_cache_max_bytes(&cap) != MJ_OK) warn(c, "%s; using %d", mj_last_error(), MJ_CACHE_DEFAULT_MAX_MB);
-        if (mj_cache_store(dir, key, LLVMGetBufferStart(obj), LLVMGetBufferSize(obj), c->bitcode, c->bitcode_size,
-                           cap) != MJ_OK)
+        if (mj_cache_store(dir, key, LLVMGetBufferStart(obj), LLVMGetBufferSize(obj), NULL, 0, cap) != MJ_OK)
             warn(c, "%s", mj_last_error());
     }
     t0 = mj_now_seconds();

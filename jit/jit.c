@@ -10,8 +10,6 @@
 #include <llvm-c/ErrorHandling.h>
 #include <llvm-c/ExecutionEngine.h>
 #include <llvm-c/OrcEE.h>
-#include <llvm-c/BitReader.h>
-#include <llvm-c/BitWriter.h>
 #include <llvm-c/Target.h>
 #include <llvm-c/Transforms/PassBuilder.h>
 
@@ -292,28 +290,25 @@ LLVMValueRef mj_llvm_const_bytes(LLVMModuleRef m, LLVMContextRef ctx, const char
     return gv;
 }
 
-mj_status mj_jit_dump(mj_jit *jit, const char *bitcode, size_t size, const char *what, FILE *f) {
-    mj_status s = MJ_OK;
-    LLVMContextRef ctx = LLVMContextCreate();
-    LLVMMemoryBufferRef buf = LLVMCreateMemoryBufferWithMemoryRange(bitcode, size, "maskjit", 0);
-    LLVMModuleRef m = NULL;
-    if (LLVMParseBitcodeInContext2(ctx, buf, &m)) {
-        LLVMDisposeMemoryBuffer(buf);
-        LLVMContextDispose(ctx);
-        return mj_fail(MJ_ERR_BACKEND, "re-reading the compiled module's bitcode failed");
-    }
-    LLVMDisposeMemoryBuffer(buf);
-    if (strcmp(what, "ir") == 0) {
+mj_status mj_jit_dump(mj_jit *jit, LLVMModuleRef m, const char *what, FILE *f) {
+    /* the target and passes of a compile (mj_cache_codegen) */
+    LLVMTargetMachineRef tm;
+    MJ_TRY(mj_jit_target_machine(jit, LLVMRelocPIC, LLVMCodeModelSmall, &tm));
+    char *triple = LLVMGetTargetMachineTriple(tm);
+    LLVMSetTarget(m, triple);
+    LLVMDisposeMessage(triple);
+    LLVMTargetDataRef td = LLVMCreateTargetDataLayout(tm);
+    LLVMSetModuleDataLayout(m, td);
+    LLVMDisposeTargetData(td);
+    mj_status s = mj_jit_optimize(m, tm, jit->passes, "optimising");
+    if (s == MJ_OK && strcmp(what, "ir") == 0) {
         char *text = LLVMPrintModuleToString(m);
         if (fputs(text, f) < 0) s = mj_fail(MJ_ERR_IO, "writing the LLVM IR failed");
         LLVMDisposeMessage(text);
-    } else {
+    } else if (s == MJ_OK) {
         char *msg = NULL;
         LLVMMemoryBufferRef out = NULL;
-        pthread_mutex_lock(&jit->mu);
-        LLVMBool failed = LLVMTargetMachineEmitToMemoryBuffer(jit->tm, m, LLVMAssemblyFile, &msg, &out);
-        pthread_mutex_unlock(&jit->mu);
-        if (failed) {
+        if (LLVMTargetMachineEmitToMemoryBuffer(tm, m, LLVMAssemblyFile, &msg, &out)) {
             s = mj_fail(MJ_ERR_BACKEND, "emitting assembly: %s", msg ? msg : "");
             LLVMDisposeMessage(msg);
         } else {
@@ -322,8 +317,7 @@ mj_status mj_jit_dump(mj_jit *jit, const char *bitcode, size_t size, const char 
             LLVMDisposeMemoryBuffer(out);
         }
     }
-    LLVMDisposeModule(m);
-    LLVMContextDispose(ctx);
+    LLVMDisposeTargetMachine(tm);
     return s;
 }
 

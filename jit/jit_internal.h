@@ -192,8 +192,9 @@ void mj_rt_discard(LLVMOrcResourceTrackerRef rt);
 /* A private, unnamed_addr, 64-byte aligned constant global holding bytes. */
 LLVMValueRef mj_llvm_const_bytes(LLVMModuleRef m, LLVMContextRef ctx, const char *name,
                                  const void *data, size_t bytes);
-/* The kept bitcode as LLVM IR text (what="ir") or host assembly ("asm"). */
-mj_status mj_jit_dump(mj_jit *jit, const char *bitcode, size_t size, const char *what, FILE *f);
+/* Optimises m as a compile does and writes it as LLVM IR text (what="ir")
+ * or host assembly ("asm"); m stays the caller's. */
+mj_status mj_jit_dump(mj_jit *jit, LLVMModuleRef m, const char *what, FILE *f);
 /* Turns an LLVMErrorRef into MJ_ERR_BACKEND with "what: <LLVM's message>". */
 mj_status mj_jit_llvm_error(LLVMErrorRef err, const char *what);
 /* MJ_ERR_LIMIT when compiling g would likely exhaust the process's address
