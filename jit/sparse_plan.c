@@ -19,8 +19,16 @@ bool mj_sparse_profitable(const float *w, int64_t out, int64_t in) {
     if (!w || out <= 0 || in <= 0 || out > INT32_MAX || in > INT32_MAX) return false;
     int64_t nnz = 0, empty_rows = 0;
     for (int64_t j = 0; j < out; j++) {
+        /* 8 independent counts the compiler vectorises: a cache hit of a
+         * frozen BERT layer scans its 28 MB of weights here */
+        const float *wr = w + j * in;
+        uint32_t c8[8] = {0};
+        int64_t k = 0;
+        for (; k + 8 <= in; k += 8)
+            for (int q = 0; q < 8; q++) c8[q] += wr[k + q] != 0.0f;
         int64_t r = 0;
-        for (int64_t k = 0; k < in; k++) r += w[j * in + k] != 0.0f;
+        for (; k < in; k++) r += wr[k] != 0.0f;
+        for (int q = 0; q < 8; q++) r += c8[q];
         nnz += r;
         empty_rows += r == 0;
     }
