@@ -201,7 +201,7 @@ mj_status mj_jit_new(mj_jit **out) {
         goto fail;
     }
     LLVMTargetMachineRef jtm = NULL;
-    if ((s = host_tm(jit, &jit->tm)) != MJ_OK || (s = host_tm(jit, &jtm)) != MJ_OK) goto fail;
+    if ((s = host_tm(jit, &jtm)) != MJ_OK) goto fail;
 
     LLVMOrcLLJITBuilderRef builder = LLVMOrcCreateLLJITBuilder();
     /* takes ownership of jtm, and the builder takes the JTMB */
@@ -235,7 +235,6 @@ mj_status mj_jit_new(mj_jit **out) {
 fail:
     if (jtm) LLVMDisposeTargetMachine(jtm);
     if (jit->lljit) LLVMOrcDisposeLLJIT(jit->lljit);
-    if (jit->tm) LLVMDisposeTargetMachine(jit->tm);
     LLVMDisposeMessage(jit->cpu);
     LLVMDisposeMessage(jit->features);
     LLVMDisposeMessage(jit->triple);
@@ -248,7 +247,6 @@ void mj_jit_free(mj_jit *jit) {
     if (!jit) return;
     LLVMErrorRef err = LLVMOrcDisposeLLJIT(jit->lljit);
     if (err) LLVMConsumeError(err);
-    LLVMDisposeTargetMachine(jit->tm);
     LLVMDisposeMessage(jit->cpu);
     LLVMDisposeMessage(jit->features);
     LLVMDisposeMessage(jit->triple);

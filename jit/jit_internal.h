@@ -21,9 +21,6 @@
 
 struct mj_jit {
     LLVMOrcLLJITRef lljit;
-    /* A second target machine for the host, ours (LLJIT owns the one it got):
-     * the O3 pipeline and "asm" dumps use it; guarded by mu. */
-    LLVMTargetMachineRef tm;
     char *cpu;      /* LLVMGetHostCPUName, disposed with LLVMDisposeMessage */
     char *features; /* LLVMGetHostCPUFeatures */
     char *triple;
@@ -31,7 +28,7 @@ struct mj_jit {
      * pipeline that replaces mj_jit_pipeline's, for measuring pipelines;
      * part of the compile cache's key (it changes the code). */
     char *passes;
-    pthread_mutex_t mu; /* serialises compiles, dumps and code removal */
+    pthread_mutex_t mu; /* serialises linking into JITDylibs and code removal */
     uint64_t next_id;   /* unique symbol names: mj_body_<id> */
     mj_op fault;        /* test-only (jit_test.h); MJ_OP_COUNT: none */
 };
