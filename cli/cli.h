@@ -124,10 +124,18 @@ int cli_parse_mode(const char *cmd, const char *text, cli_mode *mode);
  * NULL for eager/traced). */
 int cli_forward(const char *cmd, cli_model *cm, cli_mode mode, mj_jit *jit,
                 const mj_compile_options *o, const mj_tensor *x, mj_tensor **y);
-/* The same with the model's n_in inputs and n_out outputs. */
+/* What a compile took: the library's statistics (wall clock) and the
+ * process CPU time of mj_jit_compile (on a loaded machine the wall clock
+ * mostly measures the other jobs). */
+typedef struct cli_compile_info {
+    mj_compile_stats stats;
+    double cpu_ms;
+} cli_compile_info;
+/* The same with the model's n_in inputs and n_out outputs; info (may be
+ * NULL) receives what the compile took in compiled mode. */
 int cli_forward_n(const char *cmd, cli_model *cm, cli_mode mode, mj_jit *jit,
                   const mj_compile_options *o, int n_in, const mj_tensor *const *x, int n_out,
-                  mj_tensor **y);
+                  mj_tensor **y, cli_compile_info *info);
 
 /* ---- subcommands ----------------------------------------------------------- */
 /* Test-only: $MASKJIT_TEST_FAULT, read once by main (NULL if unset); the
@@ -146,5 +154,7 @@ int cmd_aot(int argc, char **argv);
 
 /* Median wall time in ns of fn(ctx) over rounds (each round sized ~min_ms). */
 double cli_time_ns(int (*fn)(void *), void *ctx, int rounds, double min_ms);
+/* CPU time of the process (every thread) in ms. */
+double cli_cpu_ms(void);
 
 #endif

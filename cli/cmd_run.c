@@ -39,7 +39,7 @@ int cmd_run(int argc, char **argv) {
                                     "Run one forward call and print or save the output.", NULL};
     const char *weights = NULL, *input = NULL, *mode_text = "eager", *out_path = NULL;
     cli_strings input_names = {0};
-    bool exact = false, fast = false, frozen = false;
+    bool exact = false, fast = false, frozen = false, show_stats = false;
     /* threads 0: not given (all cores) */
     cli_int batch = {3, 1, CLI_MAX_BATCH}, seed = {0, 0, CLI_MAX_SEED},
             threads = {0, 1, CLI_MAX_THREADS};
@@ -53,6 +53,7 @@ int cmd_run(int argc, char **argv) {
         {"--fast", OPT_FLAG, &fast, "compiled: allow FMA and reassociation"},
         {"--frozen", OPT_FLAG, &frozen, "compiled: bake parameters in as constants"},
         {"--threads", OPT_RANGED, &threads, "compiled: threads, 1..1024 (default: all cores)"},
+        {"--stats", OPT_FLAG, &show_stats, "compiled: print the compile's times on stderr"},
         {"--out", OPT_STRING, &out_path, "write the output as tensor 'output' to this file"},
         {"--batch", OPT_RANGED, &batch, "batch of the random input (default 3)"},
         {"--seed", OPT_RANGED, &seed, "seed of default init and random input (default 0)"},
@@ -63,8 +64,8 @@ int cmd_run(int argc, char **argv) {
     if (exact && fast) return cli_error("run", CLI_USAGE, "--exact and --fast exclude each other");
     cli_mode mode;
     if ((rc = cli_parse_mode("run", mode_text, &mode)) != CLI_OK) return rc;
-    if (mode != MODE_COMPILED && (fast || frozen || exact))
-        return cli_error("run", CLI_USAGE, "--exact/--fast/--frozen apply to --mode compiled");
+    if (mode != MODE_COMPILED && (fast || frozen || exact || show_stats))
+        return cli_error("run", CLI_USAGE, "--exact/--fast/--frozen/--stats apply to --mode compiled");
 
     cli_model cm;
     if ((rc = cli_model_load("run", model, weights, (uint64_t)seed.value, &cm)) != CLI_OK) return rc;
@@ -88,8 +89,16 @@ int cmd_run(int argc, char **argv) {
         rc = cli_mj_error("run", "starting the JIT");
         goto done;
     }
-    if ((rc = cli_forward_n("run", &cm, mode, jit, &o, n_in, (const mj_tensor *const *)x, n_out, y)) != CLI_OK)
+    cli_compile_info ci;
+    if ((rc = cli_forward_n("run", &cm, mode, jit, &o, n_in, (const mj_tensor *const *)x, n_out, y, &ci)) != CLI_OK)
         goto done;
+    if (show_stats) {
+        const mj_compile_stats *cs = &ci.stats;
+        fprintf(stderr, "compile: %.1f ms (IR %.1f ms, optimise %.1f ms, codegen %.1f ms)%s, CPU time %.1f ms\n",
+                cs->total_ms, cs->ir_ms, cs->optimize_ms, cs->codegen_ms, cs->cache_hit ? " (cache hit)" : "",
+                ci.cpu_ms);
+        if (cs->warning[0]) fprintf(stderr, "compile warning: %s\n", cs->warning);
+    }
     if (out_path) {
         mj_tensor_dict *d = NULL;
         mj_status s = mj_tensor_dict_new(&d);

@@ -329,12 +329,12 @@ int cli_model_inputs(const char *cmd, cli_model *cm, const char *path, const cli
 
 int cli_forward(const char *cmd, cli_model *cm, cli_mode mode, mj_jit *jit,
                 const mj_compile_options *o, const mj_tensor *x, mj_tensor **y) {
-    return cli_forward_n(cmd, cm, mode, jit, o, 1, &x, 1, y);
+    return cli_forward_n(cmd, cm, mode, jit, o, 1, &x, 1, y, NULL);
 }
 
 int cli_forward_n(const char *cmd, cli_model *cm, cli_mode mode, mj_jit *jit,
                   const mj_compile_options *o, int n_in, const mj_tensor *const *x, int n_out,
-                  mj_tensor **y) {
+                  mj_tensor **y, cli_compile_info *info) {
     switch (mode) {
     case MODE_EAGER:
         if (!cm->module)
@@ -354,7 +354,12 @@ int cli_forward_n(const char *cmd, cli_model *cm, cli_mode mode, mj_jit *jit,
         int rc = cli_model_trace(cmd, cm);
         if (rc != CLI_OK) return rc;
         mj_compiled *c;
+        double t0 = cli_cpu_ms();
         if (mj_jit_compile(jit, cm->graph, o, &c) != MJ_OK) return cli_mj_error(cmd, "compiling");
+        if (info) {
+            info->cpu_ms = cli_cpu_ms() - t0;
+            info->stats = *mj_compiled_stats(c);
+        }
         mj_status s = mj_compiled_run_n(c, n_in, x, n_out, y);
         mj_compiled_free(c);
         if (s != MJ_OK) return cli_mj_error(cmd, "compiled forward");

@@ -814,7 +814,9 @@ mj_status mj_graph_bind(mj_graph *g, const mj_tensor_dict *d) {
     return MJ_OK;
 }
 
-mj_status mj_graph_freeze(mj_graph *g) {
+mj_status mj_graph_freeze(mj_graph *g) { return mj_graph_freeze_as(g, true); }
+
+mj_status mj_graph_freeze_as(mj_graph *g, bool copy) {
     if (!g) return mj_fail(MJ_ERR_INVALID, "mj_graph_freeze: graph is NULL");
     int32_t n_params = 0;
     for (int32_t i = 0; i < g->n_nodes; i++) {
@@ -835,7 +837,8 @@ mj_status mj_graph_freeze(mj_graph *g) {
     mj_status s = MJ_OK;
     for (int32_t i = 0; i < g->n_nodes && s == MJ_OK; i++)
         if (g->nodes[i].op == MJ_OP_PARAM) {
-            s = mj_tensor_clone(&copies[k], g->nodes[i].tensor);
+            if (copy) s = mj_tensor_clone(&copies[k], g->nodes[i].tensor);
+            else copies[k] = mj_tensor_retain(g->nodes[i].tensor);
             if (s == MJ_OK) k++;
         }
     if (s != MJ_OK) {

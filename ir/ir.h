@@ -81,6 +81,11 @@ mj_status mj_graph_add_op_full(mj_graph *g, mj_op op, int n, const int32_t *oper
 mj_status mj_graph_add_output(mj_graph *g, int32_t id);
 mj_status mj_graph_add_warning(mj_graph *g, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
+/* mj_graph_freeze, with copy false: the consts share the params' tensors
+ * (retained, not copied). For a private graph whose passes replace most
+ * frozen weights anyway (mask * weight folds into a new tensor): the caller
+ * copies what is still shared before anyone could write to it. */
+mj_status mj_graph_freeze_as(mj_graph *g, bool copy);
 /* Index of the leaf with that name, or -1. */
 int32_t mj_graph_find_leaf(const mj_graph *g, mj_op op, const char *name);
 

@@ -78,13 +78,7 @@ mj_status mj_aot_build_object(const aot *a, const target *t, const char *need, L
         lo.baked_numel = a->numel;
     }
     if ((s = mj_lower_body(e.ctx, e.m, &a->plan, &lo)) != MJ_OK) goto out;
-    LLVMPassBuilderOptionsRef po = LLVMCreatePassBuilderOptions();
-    LLVMErrorRef err = LLVMRunPasses(e.m, mj_jit_pipeline(e.m), tm, po);
-    LLVMDisposePassBuilderOptions(po);
-    if (err) {
-        s = mj_jit_llvm_error(err, "aot: optimising");
-        goto out;
-    }
+    if ((s = mj_jit_optimize(e.m, tm, NULL, "aot: optimising")) != MJ_OK) goto out;
     /* Only NAME_* is exported: what the lowering defined becomes internal,
      * after the JIT's pipeline (which would drop an unused internal body). */
     for (LLVMValueRef f = LLVMGetFirstFunction(e.m); f; f = LLVMGetNextFunction(f))

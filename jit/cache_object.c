@@ -1,11 +1,10 @@
 /* The object-file compile path the compile cache needs: codegen of a
- * lowered module to an object (kept as bitcode for dumps), and linking an
+ * lowered module to an object, and linking an
  * object into a per-graph JITDylib. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include <llvm-c/BitWriter.h>
 #include <llvm-c/Error.h>
 #include <llvm-c/LLJIT.h>
 #include <llvm-c/TargetMachine.h>
@@ -18,10 +17,8 @@
 /* ---- object code -------------------------------------------------------------- */
 
 mj_status mj_cache_codegen(mj_jit *jit, LLVMOrcThreadSafeContextRef tsc, LLVMModuleRef m, LLVMMemoryBufferRef *obj,
-                           char **bitcode, size_t *bitcode_size, mj_compile_stats *stats) {
+                           mj_compile_stats *stats) {
     *obj = NULL;
-    *bitcode = NULL;
-    *bitcode_size = 0;
     mj_status s = MJ_OK;
     char *msg = NULL;
     LLVMTargetMachineRef tm = NULL;
@@ -36,27 +33,9 @@ mj_status mj_cache_codegen(mj_jit *jit, LLVMOrcThreadSafeContextRef tsc, LLVMMod
     LLVMDisposeTargetData(td);
 
     double t0 = mj_now_seconds();
-    LLVMPassBuilderOptionsRef po = LLVMCreatePassBuilderOptions();
-    LLVMErrorRef err = LLVMRunPasses(m, mj_jit_pipeline(m), tm, po);
-    LLVMDisposePassBuilderOptions(po);
+    s = mj_jit_optimize(m, tm, jit->passes, "optimising");
     stats->optimize_ms = mj_ms_since(t0);
-    if (err) {
-        s = mj_jit_llvm_error(err, "optimising");
-        goto out;
-    }
-    LLVMMemoryBufferRef bc = LLVMWriteBitcodeToMemoryBuffer(m);
-    if (bc) {
-        size_t n = LLVMGetBufferSize(bc);
-        if ((*bitcode = mj_alloc(n + 1))) {
-            memcpy(*bitcode, LLVMGetBufferStart(bc), n);
-            *bitcode_size = n;
-        }
-        LLVMDisposeMemoryBuffer(bc);
-    }
-    if (!*bitcode) {
-        s = MJ_ERR_NOMEM;
-        goto out;
-    }
+    if (s != MJ_OK) goto out;
     t0 = mj_now_seconds();
     if (LLVMTargetMachineEmitToMemoryBuffer(tm, m, LLVMObjectFile, &msg, obj)) {
         s = mj_fail(MJ_ERR_BACKEND, "emitting the object file: %s", msg ? msg : "");
@@ -65,11 +44,6 @@ mj_status mj_cache_codegen(mj_jit *jit, LLVMOrcThreadSafeContextRef tsc, LLVMMod
     }
     stats->codegen_ms = mj_ms_since(t0);
 out:
-    if (s != MJ_OK) {
-        free(*bitcode);
-        *bitcode = NULL;
-        *bitcode_size = 0;
-    }
     if (tm) LLVMDisposeTargetMachine(tm);
     LLVMDisposeModule(m);
     LLVMOrcDisposeThreadSafeContext(tsc);

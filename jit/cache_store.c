@@ -68,9 +68,23 @@ mj_status mj_cache_max_bytes(uint64_t *bytes) {
 /* The header of an entry (docs/cache.md), little-endian:
  *   0  magic "MJCACHE\0"      8  format (u32)     12  zero (u32)
  *  16  key digest (32)       48  object bytes (u64)  56  bitcode bytes (u64)
- *  64  SHA-256 of header bytes 0..63, the object, then the bitcode
+ *  64  SHA-256 of header bytes 0..63 and the digests of the object and the bitcode
  *  96  the object, then the bitcode */
 enum { HDR = 96, HDR_SUM = 64 };
+
+/* SHA-256 of header bytes 0..63 and the mj_fasthash128 digests of the
+ * object and of the bitcode: the header's bytes 64..95. */
+static void entry_checksum(const uint8_t *h, const void *obj, size_t on, const void *bc, size_t bn,
+                           uint8_t sum[32]) {
+    uint8_t d[32];
+    mj_fasthash128(obj, on, d);
+    mj_fasthash128(bn ? bc : "", bn, d + 16);
+    mj_sha256 s;
+    mj_sha256_init(&s);
+    mj_sha256_update(&s, h, HDR_SUM);
+    mj_sha256_update(&s, d, sizeof d);
+    mj_sha256_final(&s, sum);
+}
 static const char MAGIC[8] = {'M', 'J', 'C', 'A', 'C', 'H', 'E', '\0'};
 
 static void put_u32(uint8_t *p, uint32_t v) {
@@ -196,12 +210,8 @@ mj_cache_lookup mj_cache_load(const char *dir, const char *hex, mj_cache_entry *
         bad(why, why_size, payload ? "truncated while reading" : "out of memory");
         goto out;
     }
-    mj_sha256 s;
     uint8_t sum[32];
-    mj_sha256_init(&s);
-    mj_sha256_update(&s, h, HDR_SUM);
-    mj_sha256_update(&s, payload, (size_t)(on + bn));
-    mj_sha256_final(&s, sum);
+    entry_checksum(h, payload, (size_t)on, payload + on, (size_t)bn, sum);
     if (memcmp(sum, h + HDR_SUM, 32) != 0) {
         bad(why, why_size, "checksum mismatch");
         goto out;
@@ -279,12 +289,7 @@ mj_status mj_cache_store(const char *dir, const char *hex, const void *obj, size
     key_bytes(hex, h + 16);
     put_u64(h + 48, obj_size);
     put_u64(h + 56, bitcode_size);
-    mj_sha256 s;
-    mj_sha256_init(&s);
-    mj_sha256_update(&s, h, HDR_SUM);
-    mj_sha256_update(&s, obj, obj_size);
-    if (bitcode_size) mj_sha256_update(&s, bitcode, bitcode_size);
-    mj_sha256_final(&s, h + HDR_SUM);
+    entry_checksum(h, obj, obj_size, bitcode, bitcode_size, h + HDR_SUM);
 
     if (!make_dirs(dir))
         return mj_fail(MJ_ERR_IO, "cache: cannot create the directory %s: %s", dir, strerror(errno));

@@ -36,7 +36,6 @@ void mj_compiled_free(mj_compiled *c) {
     free(c->out_types);
     free(c->in_rows);
     free(c->out_rows);
-    free(c->bitcode);
     mj_graph_free(c->g);
     pthread_mutex_destroy(&c->refresh_mu);
     free(c);
@@ -63,6 +62,22 @@ mj_status mj_jit_check_nodes(const mj_graph *g, const char *who) {
     return MJ_OK;
 }
 
+mj_status mj_unshare_consts(mj_graph *frozen, const mj_graph *user) {
+    for (int32_t i = 0; i < frozen->n_nodes; i++) {
+        mj_node *n = &frozen->nodes[i];
+        if (n->op != MJ_OP_CONST || !n->tensor) continue;
+        bool shared = false;
+        for (int32_t k = 0; k < user->n_nodes && !shared; k++)
+            shared = user->nodes[k].op == MJ_OP_PARAM && user->nodes[k].tensor == n->tensor;
+        if (!shared) continue;
+        mj_tensor *copy;
+        MJ_TRY(mj_tensor_clone(&copy, n->tensor));
+        mj_tensor_release(n->tensor);
+        n->tensor = copy;
+    }
+    return MJ_OK;
+}
+
 static mj_status check_graph(const mj_graph *g) {
     MJ_TRY(mj_graph_verify(g));
     return mj_jit_check_nodes(g, "jit");
@@ -84,6 +99,41 @@ static void warn(mj_compiled *c, const char *fmt, ...) {
     va_end(ap);
 }
 
+mj_status mj_compiled_lower(const mj_compiled *c, const prologue *pr, LLVMOrcThreadSafeContextRef *tsc,
+                            LLVMModuleRef *m) {
+    int64_t *numel = NULL;
+    mj_lower_options lo = {.numeric = c->opts.numeric, .fname = "mj_body_main", .fault = c->jit->fault};
+    if (c->opts.frozen) {
+        numel = mj_alloc_array((size_t)c->plan.n_leaves + 1, sizeof *numel);
+        if (!numel) return MJ_ERR_NOMEM;
+        for (int32_t i = 0; i < c->plan.n_leaves; i++) {
+            /* prologue values have no batch dim: input-free */
+            const mj_type *t = &c->g->nodes[c->plan.leaves[i].node].type;
+            int64_t shape[MJ_MAX_RANK];
+            mj_type_shape(t, 1, shape);
+            mj_status s = mj_shape_numel(t->rank, shape, &numel[i]);
+            if (s != MJ_OK) {
+                free(numel);
+                return s;
+            }
+        }
+        lo.baked = pr->leaf_data;
+        lo.baked_numel = numel;
+    }
+    *tsc = LLVMOrcCreateNewThreadSafeContext();
+    LLVMContextRef ctx = LLVMOrcThreadSafeContextGetContext(*tsc);
+    *m = LLVMModuleCreateWithNameInContext("maskjit", ctx);
+    mj_status s = mj_lower_body(ctx, *m, &c->plan, &lo);
+    free(numel);
+    if (s != MJ_OK) {
+        LLVMDisposeModule(*m);
+        LLVMOrcDisposeThreadSafeContext(*tsc);
+        *m = NULL;
+        *tsc = NULL;
+    }
+    return s;
+}
+
 /* Lower, optimise, emit an object file, link it, with the compile cache
  * (jit/cache_*.c, docs/cache.md) in front: a hit skips IR, optimisation and
  * codegen. Each compiled graph links into its own JITDylib, so the body
@@ -93,7 +143,7 @@ static mj_status build_and_add(mj_compiled *c, prologue *pr) {
     const char *fname = "mj_body_main";
     char key[65];
     char *dir = c->jit->fault == MJ_OP_COUNT ? mj_cache_dir(&c->opts) : NULL; /* a fault is never cached */
-    mj_cache_target tg = {.cpu = c->jit->cpu, .features = c->jit->features};
+    mj_cache_target tg = {.cpu = c->jit->cpu, .features = c->jit->features, .passes = c->jit->passes};
     if (dir && mj_cache_key(c->g, &c->opts, &tg, key) != MJ_OK) {
         free(dir); /* no key, no cache: compile as usual */
         dir = NULL;
@@ -109,14 +159,12 @@ static mj_status build_and_add(mj_compiled *c, prologue *pr) {
         if (r == MJ_CACHE_FOUND) {
             s = mj_cache_link(c->jit, e.obj, fname, &c->rt, &addr); /* takes obj */
             e.obj = NULL;
+            mj_cache_entry_dispose(&e); /* bitcode, if any: dumps lower again */
             if (s == MJ_OK) {
                 c->stats.cache_hit = true;
-                c->bitcode = e.bitcode; /* for dumps */
-                c->bitcode_size = e.bitcode_size;
                 c->stats.codegen_ms = (mj_now_seconds() - t0) * 1e3;
                 goto done;
             }
-            mj_cache_entry_dispose(&e);
             snprintf(why, sizeof why, "%s", mj_last_error());
         }
         if (r != MJ_CACHE_MISS) {
@@ -127,48 +175,19 @@ static mj_status build_and_add(mj_compiled *c, prologue *pr) {
         }
     }
 
-    int64_t *numel = NULL;
-    mj_lower_options lo = {.numeric = c->opts.numeric, .fname = fname, .fault = c->jit->fault};
-    if (c->opts.frozen) {
-        numel = mj_alloc_array((size_t)c->plan.n_leaves + 1, sizeof *numel);
-        if (!numel) {
-            s = MJ_ERR_NOMEM;
-            goto done;
-        }
-        for (int32_t i = 0; i < c->plan.n_leaves; i++) {
-            /* prologue values have no batch dim: input-free */
-            const mj_type *t = &c->g->nodes[c->plan.leaves[i].node].type;
-            int64_t shape[MJ_MAX_RANK];
-            mj_type_shape(t, 1, shape);
-            if ((s = mj_shape_numel(t->rank, shape, &numel[i])) != MJ_OK) {
-                free(numel);
-                goto done;
-            }
-        }
-        lo.baked = pr->leaf_data;
-        lo.baked_numel = numel;
-    }
-
     double t0 = mj_now_seconds();
-    LLVMOrcThreadSafeContextRef tsc = LLVMOrcCreateNewThreadSafeContext();
-    LLVMContextRef ctx = LLVMOrcThreadSafeContextGetContext(tsc);
-    LLVMModuleRef m = LLVMModuleCreateWithNameInContext("maskjit", ctx);
-    s = mj_lower_body(ctx, m, &c->plan, &lo);
-    free(numel);
+    LLVMOrcThreadSafeContextRef tsc;
+    LLVMModuleRef m;
+    s = mj_compiled_lower(c, pr, &tsc, &m);
     c->stats.ir_ms = (mj_now_seconds() - t0) * 1e3;
-    if (s != MJ_OK) {
-        LLVMDisposeModule(m);
-        LLVMOrcDisposeThreadSafeContext(tsc);
-        goto done;
-    }
-    /* takes tsc and m */
-    if ((s = mj_cache_codegen(c->jit, tsc, m, &obj, &c->bitcode, &c->bitcode_size, &c->stats)) != MJ_OK) goto done;
+    if (s != MJ_OK) goto done;
+    /* takes tsc and m; no bitcode (dumps lower again: mj_compiled_dump) */
+    if ((s = mj_cache_codegen(c->jit, tsc, m, &obj, &c->stats)) != MJ_OK) goto done;
     if (dir) {
         /* not fatal: the code is compiled, only the cache misses out */
         uint64_t cap;
         if (mj_cache_max_bytes(&cap) != MJ_OK) warn(c, "%s; using %d", mj_last_error(), MJ_CACHE_DEFAULT_MAX_MB);
-        if (mj_cache_store(dir, key, LLVMGetBufferStart(obj), LLVMGetBufferSize(obj), c->bitcode, c->bitcode_size,
-                           cap) != MJ_OK)
+        if (mj_cache_store(dir, key, LLVMGetBufferStart(obj), LLVMGetBufferSize(obj), NULL, 0, cap) != MJ_OK)
             warn(c, "%s", mj_last_error());
     }
     t0 = mj_now_seconds();
@@ -211,7 +230,9 @@ mj_status mj_jit_compile(mj_jit *jit, const mj_graph *g, const mj_compile_option
     mj_status s = mj_graph_clone(g, &c->g);
     if (s != MJ_OK) goto fail;
     if (opts.frozen) {
-        if ((s = mj_graph_freeze(c->g)) != MJ_OK || (s = mj_graph_optimize(c->g, "default")) != MJ_OK) goto fail;
+        if ((s = mj_graph_freeze_as(c->g, false)) != MJ_OK || (s = mj_graph_optimize(c->g, "default")) != MJ_OK ||
+            (s = mj_unshare_consts(c->g, g)) != MJ_OK)
+            goto fail;
         /* batch norm into the conv before it: other rounding, fast mode only */
         if (opts.numeric == MJ_NUMERIC_FAST && (s = mj_graph_optimize(c->g, "fold_bn,dce")) != MJ_OK) goto fail;
     } else {

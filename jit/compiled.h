@@ -21,8 +21,6 @@ struct mj_compiled {
     mj_compile_stats stats;
     LLVMOrcResourceTrackerRef rt;
     mj_body_fn fn;
-    char *bitcode; /* the optimised module, for dumps */
-    size_t bitcode_size;
     int n_in, n_out;
     mj_type *in_types, *out_types; /* per input / output */
 
@@ -95,6 +93,10 @@ struct pool {
     mj_body_sync sync; /* column mode's barrier */
 };
 
+/* compile.c: the body's LLVM module, in a new context (*tsc); frozen: pr
+ * holds the prologue's leaves that are baked in. */
+mj_status mj_compiled_lower(const mj_compiled *c, const prologue *pr, LLVMOrcThreadSafeContextRef *tsc,
+                            LLVMModuleRef *m);
 /* prologue.c */
 void mj_compiled_prologue_free(const mj_compiled *c, prologue *pr);
 /* Computes every needed prologue value with the interpreter's kernels

@@ -336,7 +336,21 @@ int mj_compiled_output_count(const mj_compiled *c) { return c ? c->n_out : 0; }
 
 mj_status mj_compiled_dump(mj_compiled *c, const char *what, FILE *f) {
     if (!c || !what || !f) return mj_fail(MJ_ERR_INVALID, "mj_compiled_dump: NULL argument");
-    if (strcmp(what, "ir") == 0 || strcmp(what, "asm") == 0)
-        return mj_jit_dump(c->jit, c->bitcode, c->bitcode_size, what, f);
+    if (strcmp(what, "ir") == 0 || strcmp(what, "asm") == 0) {
+        /* Lowered again, as the compile did (the lowering is deterministic):
+         * keeping the module's bitcode cost every compile its writing
+         * (~70 ms for the W7 BERT layer) and doubled cache entries. */
+        prologue pr = {0};
+        if (c->opts.frozen) MJ_TRY(mj_compiled_prologue_compute(c, &pr));
+        LLVMOrcThreadSafeContextRef tsc;
+        LLVMModuleRef m;
+        mj_status s = mj_compiled_lower(c, c->opts.frozen ? &pr : NULL, &tsc, &m);
+        if (c->opts.frozen) mj_compiled_prologue_free(c, &pr);
+        if (s != MJ_OK) return s;
+        s = mj_jit_dump(c->jit, m, what, f);
+        LLVMDisposeModule(m);
+        LLVMOrcDisposeThreadSafeContext(tsc);
+        return s;
+    }
     return mj_fail(MJ_ERR_INVALID, "mj_compiled_dump: unknown dump \"%s\" (use \"ir\" or \"asm\")", what);
 }

@@ -10,8 +10,6 @@
 #include <llvm-c/ErrorHandling.h>
 #include <llvm-c/ExecutionEngine.h>
 #include <llvm-c/OrcEE.h>
-#include <llvm-c/BitReader.h>
-#include <llvm-c/BitWriter.h>
 #include <llvm-c/Target.h>
 #include <llvm-c/Transforms/PassBuilder.h>
 
@@ -195,8 +193,15 @@ mj_status mj_jit_new(mj_jit **out) {
     }
     jit->triple = LLVMGetDefaultTargetTriple();
     mj_status s;
+    /* for measuring pipelines: read once here, so that the cache key can
+     * name the pipeline the JIT's code was optimised with */
+    const char *passes = getenv("MASKJIT_JIT_PASSES");
+    if (passes && *passes && !(jit->passes = mj_strdup(passes))) {
+        s = MJ_ERR_NOMEM;
+        goto fail;
+    }
     LLVMTargetMachineRef jtm = NULL;
-    if ((s = host_tm(jit, &jit->tm)) != MJ_OK || (s = host_tm(jit, &jtm)) != MJ_OK) goto fail;
+    if ((s = host_tm(jit, &jtm)) != MJ_OK) goto fail;
 
     LLVMOrcLLJITBuilderRef builder = LLVMOrcCreateLLJITBuilder();
     /* takes ownership of jtm, and the builder takes the JTMB */
@@ -230,10 +235,10 @@ mj_status mj_jit_new(mj_jit **out) {
 fail:
     if (jtm) LLVMDisposeTargetMachine(jtm);
     if (jit->lljit) LLVMOrcDisposeLLJIT(jit->lljit);
-    if (jit->tm) LLVMDisposeTargetMachine(jit->tm);
     LLVMDisposeMessage(jit->cpu);
     LLVMDisposeMessage(jit->features);
     LLVMDisposeMessage(jit->triple);
+    free(jit->passes);
     free(jit);
     return s;
 }
@@ -242,10 +247,10 @@ void mj_jit_free(mj_jit *jit) {
     if (!jit) return;
     LLVMErrorRef err = LLVMOrcDisposeLLJIT(jit->lljit);
     if (err) LLVMConsumeError(err);
-    LLVMDisposeTargetMachine(jit->tm);
     LLVMDisposeMessage(jit->cpu);
     LLVMDisposeMessage(jit->features);
     LLVMDisposeMessage(jit->triple);
+    free(jit->passes);
     pthread_mutex_destroy(&jit->mu);
     free(jit);
 }
@@ -255,16 +260,6 @@ const char *mj_jit_cpu_name(const mj_jit *jit) { return jit ? jit->cpu : ""; }
 void mj_llvm_shutdown(void) {
     llvm_down = true;
     LLVMShutdown();
-}
-
-const char *mj_jit_pipeline(LLVMModuleRef m) {
-    const char *env = getenv("MASKJIT_JIT_PASSES"); /* for measuring pipelines */
-    if (env && *env) return env;
-    /* Explicit vector kernels only: they need clean-up, not loop
-     * optimisation (O2/O3 cost 3-10x more here and change nothing). */
-    if (LLVMGetModuleFlag(m, MJ_FLAG_EXPLICIT, strlen(MJ_FLAG_EXPLICIT)))
-        return "always-inline,function(sroa,early-cse,instcombine<no-verify-fixpoint>,simplifycfg)";
-    return "default<O2>"; /* scalar loops for the loop and SLP vectorisers */
 }
 
 void mj_rt_discard(LLVMOrcResourceTrackerRef rt) {
@@ -293,28 +288,25 @@ LLVMValueRef mj_llvm_const_bytes(LLVMModuleRef m, LLVMContextRef ctx, const char
     return gv;
 }
 
-mj_status mj_jit_dump(mj_jit *jit, const char *bitcode, size_t size, const char *what, FILE *f) {
-    mj_status s = MJ_OK;
-    LLVMContextRef ctx = LLVMContextCreate();
-    LLVMMemoryBufferRef buf = LLVMCreateMemoryBufferWithMemoryRange(bitcode, size, "maskjit", 0);
-    LLVMModuleRef m = NULL;
-    if (LLVMParseBitcodeInContext2(ctx, buf, &m)) {
-        LLVMDisposeMemoryBuffer(buf);
-        LLVMContextDispose(ctx);
-        return mj_fail(MJ_ERR_BACKEND, "re-reading the compiled module's bitcode failed");
-    }
-    LLVMDisposeMemoryBuffer(buf);
-    if (strcmp(what, "ir") == 0) {
+mj_status mj_jit_dump(mj_jit *jit, LLVMModuleRef m, const char *what, FILE *f) {
+    /* the target and passes of a compile (mj_cache_codegen) */
+    LLVMTargetMachineRef tm;
+    MJ_TRY(mj_jit_target_machine(jit, LLVMRelocPIC, LLVMCodeModelSmall, &tm));
+    char *triple = LLVMGetTargetMachineTriple(tm);
+    LLVMSetTarget(m, triple);
+    LLVMDisposeMessage(triple);
+    LLVMTargetDataRef td = LLVMCreateTargetDataLayout(tm);
+    LLVMSetModuleDataLayout(m, td);
+    LLVMDisposeTargetData(td);
+    mj_status s = mj_jit_optimize(m, tm, jit->passes, "optimising");
+    if (s == MJ_OK && strcmp(what, "ir") == 0) {
         char *text = LLVMPrintModuleToString(m);
         if (fputs(text, f) < 0) s = mj_fail(MJ_ERR_IO, "writing the LLVM IR failed");
         LLVMDisposeMessage(text);
-    } else {
+    } else if (s == MJ_OK) {
         char *msg = NULL;
         LLVMMemoryBufferRef out = NULL;
-        pthread_mutex_lock(&jit->mu);
-        LLVMBool failed = LLVMTargetMachineEmitToMemoryBuffer(jit->tm, m, LLVMAssemblyFile, &msg, &out);
-        pthread_mutex_unlock(&jit->mu);
-        if (failed) {
+        if (LLVMTargetMachineEmitToMemoryBuffer(tm, m, LLVMAssemblyFile, &msg, &out)) {
             s = mj_fail(MJ_ERR_BACKEND, "emitting assembly: %s", msg ? msg : "");
             LLVMDisposeMessage(msg);
         } else {
@@ -323,8 +315,7 @@ mj_status mj_jit_dump(mj_jit *jit, const char *bitcode, size_t size, const char 
             LLVMDisposeMemoryBuffer(out);
         }
     }
-    LLVMDisposeModule(m);
-    LLVMContextDispose(ctx);
+    LLVMDisposeTargetMachine(tm);
     return s;
 }
 

@@ -21,13 +21,14 @@
 
 struct mj_jit {
     LLVMOrcLLJITRef lljit;
-    /* A second target machine for the host, ours (LLJIT owns the one it got):
-     * the O3 pipeline and "asm" dumps use it; guarded by mu. */
-    LLVMTargetMachineRef tm;
     char *cpu;      /* LLVMGetHostCPUName, disposed with LLVMDisposeMessage */
     char *features; /* LLVMGetHostCPUFeatures */
     char *triple;
-    pthread_mutex_t mu; /* serialises compiles, dumps and code removal */
+    /* MASKJIT_JIT_PASSES when the JIT was created (malloc'd), or NULL: a
+     * pipeline that replaces mj_jit_pipeline's, for measuring pipelines;
+     * part of the compile cache's key (it changes the code). */
+    char *passes;
+    pthread_mutex_t mu; /* serialises linking into JITDylibs and code removal */
     uint64_t next_id;   /* unique symbol names: mj_body_<id> */
     mj_op fault;        /* test-only (jit_test.h); MJ_OP_COUNT: none */
 };
@@ -163,10 +164,26 @@ static inline double mj_ms_since(double t0) { return (mj_now_seconds() - t0) * 1
 /* The new-PM pipeline for a lowered module: a cheap clean-up when the body
  * is explicit vector code (module flag MJ_FLAG_EXPLICIT), else default<O2>.
  * A fused residual (linear_add) counts as the loop it replaced, so fusing
- * never changes the pipeline (jit/lower.c). MASKJIT_JIT_PASSES overrides
- * (measurements; not part of the compile cache's key). */
+ * never changes the pipeline (jit/lower.c). A JIT's passes (set from
+ * MASKJIT_JIT_PASSES) replace it; the environment is read by mj_jit_new
+ * only. */
 #define MJ_FLAG_EXPLICIT "maskjit.explicit"
 const char *mj_jit_pipeline(LLVMModuleRef m);
+/* A function attribute: fn is explicit vector code (jit/sparse.c) and gets
+ * the clean-up pipeline even in a module that needs default<O2> for its
+ * loops (jit/pipeline.c). */
+#define MJ_ATTR_EXPLICIT "maskjit.explicit"
+void mj_mark_explicit(LLVMValueRef fn);
+/* Runs the passes on m for tm: passes (a JIT's override) if not NULL, else
+ * mj_jit_pipeline's, with functions marked explicit held to the clean-up
+ * pipeline. Errors are MJ_ERR_BACKEND "what: <LLVM's message>". */
+mj_status mj_jit_optimize(LLVMModuleRef m, LLVMTargetMachineRef tm, const char *passes, const char *what);
+/* Frozen compiles freeze their private clone of the user's graph without
+ * copying the parameters (mj_graph_freeze_as), since the graph passes
+ * replace the big masked weights anyway; this then copies every const of
+ * frozen still sharing a param tensor of user, so that later writes to the
+ * user's parameters never reach the compiled graph. */
+mj_status mj_unshare_consts(mj_graph *frozen, const mj_graph *user);
 /* Frees a compiled module's code. */
 void mj_jit_remove(mj_jit *jit, LLVMOrcResourceTrackerRef rt);
 /* Removes a tracker's code and releases it (caller holds the JIT mutex or
@@ -175,8 +192,9 @@ void mj_rt_discard(LLVMOrcResourceTrackerRef rt);
 /* A private, unnamed_addr, 64-byte aligned constant global holding bytes. */
 LLVMValueRef mj_llvm_const_bytes(LLVMModuleRef m, LLVMContextRef ctx, const char *name,
                                  const void *data, size_t bytes);
-/* The kept bitcode as LLVM IR text (what="ir") or host assembly ("asm"). */
-mj_status mj_jit_dump(mj_jit *jit, const char *bitcode, size_t size, const char *what, FILE *f);
+/* Optimises m as a compile does and writes it as LLVM IR text (what="ir")
+ * or host assembly ("asm"); m stays the caller's. */
+mj_status mj_jit_dump(mj_jit *jit, LLVMModuleRef m, const char *what, FILE *f);
 /* Turns an LLVMErrorRef into MJ_ERR_BACKEND with "what: <LLVM's message>". */
 mj_status mj_jit_llvm_error(LLVMErrorRef err, const char *what);
 /* MJ_ERR_LIMIT when compiling g would likely exhaust the process's address

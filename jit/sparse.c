@@ -62,6 +62,7 @@ static LLVMValueRef tile_fn(sb *s, const char *name, bool add_res) {
     LLVMValueRef fn = LLVMAddFunction(s->e.m, fname,
                                       LLVMFunctionType(LLVMVoidTypeInContext(s->e.ctx), params, add_res ? 5 : 4, 0));
     LLVMSetLinkage(fn, LLVMPrivateLinkage);
+    mj_mark_explicit(fn);
     /* one copy, called per tile: inlining 10 copies of 64 shuffles only
      * costs compile time */
     const char *attrs[] = {"noinline", "nounwind"};
@@ -335,6 +336,7 @@ LLVMValueRef mj_sparse_emit_linear(LLVMModuleRef M, const char *name, const floa
     LLVMAddAttributeAtIndex(s.e.fn, 4, LLVMCreateEnumAttribute(s.e.ctx, noalias, 0)); /* scratch */
     unsigned nounwind = LLVMGetEnumAttributeKindForName("nounwind", 8);
     LLVMAddAttributeAtIndex(s.e.fn, LLVMAttributeFunctionIndex, LLVMCreateEnumAttribute(s.e.ctx, nounwind, 0));
+    mj_mark_explicit(s.e.fn); /* clean-up passes only: jit/pipeline.c */
     /* Keep our explicit vw-wide vectors whole even where the CPU's tuning
      * prefers narrower ones for auto-vectorised code. */
     char width[16];

@@ -19,8 +19,16 @@ bool mj_sparse_profitable(const float *w, int64_t out, int64_t in) {
     if (!w || out <= 0 || in <= 0 || out > INT32_MAX || in > INT32_MAX) return false;
     int64_t nnz = 0, empty_rows = 0;
     for (int64_t j = 0; j < out; j++) {
+        /* 8 independent counts the compiler vectorises: a cache hit of a
+         * frozen BERT layer scans its 28 MB of weights here */
+        const float *wr = w + j * in;
+        uint32_t c8[8] = {0};
+        int64_t k = 0;
+        for (; k + 8 <= in; k += 8)
+            for (int q = 0; q < 8; q++) c8[q] += wr[k + q] != 0.0f;
         int64_t r = 0;
-        for (int64_t k = 0; k < in; k++) r += w[j * in + k] != 0.0f;
+        for (; k < in; k++) r += wr[k] != 0.0f;
+        for (int q = 0; q < 8; q++) r += c8[q];
         nnz += r;
         empty_rows += r == 0;
     }
@@ -130,50 +138,68 @@ bool mj_sparse_plan_build(plan *p, const float *w, int64_t out, int64_t in, int 
     p->tidx = mj_alloc_array(cap, sizeof *p->tidx);
     p->tw = mj_alloc_array(cap * (size_t)p->run, sizeof *p->tw);
     if (!(ok = p->meta && p->pidx && p->pw && p->tidx && p->tw)) goto done;
-    /* a row's runs of the block, in ascending k (kc is increasing in k) */
+    /* Every row's used runs (first compact columns, ascending), found in one
+     * scan of the weight: the blocks and groups below walk these lists with
+     * a cursor per row instead of rescanning the weight's rows twice per
+     * block (~100 ms of a frozen BERT layer's compile). Every used run
+     * holds a nonzero, so nnz bounds the lists. */
     int R = p->run;
+    int64_t *rs = mj_alloc_array((size_t)out + 1, sizeof *rs), *at = mj_alloc_array((size_t)out + 1, sizeof *at);
+    int32_t *rc = mj_alloc_array(cap, sizeof *rc);
+    if (!(ok = rs && at && rc)) goto lists;
+    int64_t e = 0;
+    for (int64_t j = 0; j < out; j++) {
+        rs[j] = at[j] = e;
+        const float *wr = w + j * in;
+        if (R == 1 && p->identity) { /* the common case, without run_used's lookups */
+            for (int32_t c = 0; c < nc; c++)
+                if (wr[c] != 0.0f) rc[e++] = c;
+        } else {
+            for (int32_t c = 0; c < nc; c += R)
+                if (run_used(p, wr, c)) rc[e++] = c;
+        }
+    }
+    rs[out] = e;
     int64_t entries = 0;
     for (int32_t blk = 0; blk < p->n_kblocks; blk++) {
-        int32_t c0 = blk * p->kb, c1 = c0 + p->kb < nc ? c0 + p->kb : nc;
+        int32_t c1 = blk * p->kb + p->kb < nc ? blk * p->kb + p->kb : nc;
         for (int32_t g = 0; g < p->n_groups; g++) {
             int64_t ja = 2 * (int64_t)g, jb = ja + 1;
             const float *wa = w + ja * in, *wb = jb < out ? w + jb * in : NULL;
             int32_t *m = &p->meta[((size_t)blk * (size_t)p->n_groups + (size_t)g) * 6];
-            int64_t na = 0, nb = 0;
-            for (int32_t c = c0; c < c1; c += R) {
-                na += run_used(p, wa, c);
-                nb += wb && run_used(p, wb, c);
-            }
-            int64_t np = na < nb ? na : nb;
+            /* the rows' runs in this block: [a0, a1) and [b0, b1) of rc */
+            int64_t a0 = at[ja], a1 = a0, b0 = wb ? at[jb] : 0, b1 = b0;
+            while (a1 < rs[ja + 1] && rc[a1] < c1) a1++;
+            while (wb && b1 < rs[jb + 1] && rc[b1] < c1) b1++;
+            int64_t na = a1 - a0, nb = b1 - b0, np = na < nb ? na : nb;
             m[0] = (int32_t)(p->n_pairs / 2);
-            int32_t a = c0, b = c0;
             for (int64_t i = 0; i < np; i++) {
-                while (!run_used(p, wa, a)) a += R;
-                while (!run_used(p, wb, b)) b += R;
-                put_run(p, wa, a, &p->pidx[p->n_pairs], &p->pw[p->n_pairs * R]);
+                put_run(p, wa, rc[a0 + i], &p->pidx[p->n_pairs], &p->pw[p->n_pairs * R]);
                 p->n_pairs++;
-                put_run(p, wb, b, &p->pidx[p->n_pairs], &p->pw[p->n_pairs * R]);
+                put_run(p, wb, rc[b0 + i], &p->pidx[p->n_pairs], &p->pw[p->n_pairs * R]);
                 p->n_pairs++;
-                a += R;
-                b += R;
             }
             m[1] = (int32_t)(p->n_pairs / 2);
             for (int r = 0; r < 2; r++) {
                 const float *wr = r ? wb : wa;
-                int32_t c = r ? b : a;
+                int64_t r0 = r ? b0 : a0;
                 m[2 + 2 * r] = (int32_t)p->n_tail;
                 for (int64_t i = np; i < (r ? nb : na); i++) {
-                    while (!run_used(p, wr, c)) c += R;
-                    put_run(p, wr, c, &p->tidx[p->n_tail], &p->tw[p->n_tail * R]);
+                    put_run(p, wr, rc[r0 + i], &p->tidx[p->n_tail], &p->tw[p->n_tail * R]);
                     p->n_tail++;
-                    c += R;
                 }
                 m[3 + 2 * r] = (int32_t)p->n_tail;
             }
             entries += na + nb;
+            at[ja] = a1;
+            if (wb) at[jb] = b1;
         }
     }
-    MJ_ASSERT(p->n_pairs + p->n_tail == entries && entries <= nnz && (R > 1 || entries == nnz));
+    MJ_ASSERT(p->n_pairs + p->n_tail == entries && entries == e && entries <= nnz && (R > 1 || entries == nnz));
+lists:
+    free(rs);
+    free(at);
+    free(rc);
 done:
     free(kc);
     if (!ok) mj_sparse_plan_free(p);

@@ -71,6 +71,42 @@ Test(cache, sha256_long_updates) {
 /* ---- graphs ----------------------------------------------------------------- */
 
 /* input [B,8] -> linear_act(w [8,8] const, b [8] const) {act} */
+/* xxHash's own XXH64 values (libxxhash 0.8.1) for bytes (i * 131 + 7) & 255:
+ * every tail length path (8, 4, 1 bytes) and whole 32-byte stripes. */
+Test(cache, xxh64_reference_vectors) {
+    static const struct {
+        size_t n;
+        uint64_t seed0, seed1; /* seeds 0 and 0x9E3779B97F4A7C15 */
+    } v[] = {
+        {0, 0xef46db3751d8e999u, 0xc4349fc93c010000u},   {1, 0xa96c7f0ce858bbb7u, 0x585882422a6165e7u},
+        {3, 0xbed43740ee6332bbu, 0x45fa1406538fa168u},   {4, 0xfa212ae44b3bb23du, 0xa65107f22943365au},
+        {7, 0x2744460dd675d2c0u, 0xc9b637e2c4599de2u},   {8, 0x994b676b71ce94ddu, 0xce592d5f53e192ecu},
+        {31, 0x6711d55e306b5d8fu, 0x24c4e99ab0404b5eu},  {32, 0x07f7b8e3bc5d6e25u, 0x046e99bbda1a814bu},
+        {33, 0x09f85eeb4e1cbe9fu, 0xd7fe2bfee6e4cdedu},  {63, 0xb7c9968c066cb6a5u, 0xbd457f9ea47180c8u},
+        {64, 0x50d4159a0411632eu, 0xa768f350a8e4fcf6u},  {100, 0x9ddada11d3dc2d8fu, 0x35546bd9a4779ae4u},
+        {1000, 0x0bf0bdbcc82eb373u, 0x3ecb5d7b5e7c64cfu},
+    };
+    uint8_t msg[1001];
+    for (int i = 0; i < 1001; i++) msg[i] = (uint8_t)((i * 131 + 7) & 255);
+    for (size_t i = 0; i < sizeof v / sizeof *v; i++) {
+        cr_assert_eq(mj_xxh64(msg, v[i].n, 0), v[i].seed0, "n %zu", v[i].n);
+        cr_assert_eq(mj_xxh64(msg, v[i].n, UINT64_C(0x9E3779B97F4A7C15)), v[i].seed1, "n %zu", v[i].n);
+        /* the one-pass 128-bit digest is both, little-endian; from an odd address too */
+        uint8_t d[16], moved[1001 + 1];
+        memcpy(moved + 1, msg, v[i].n);
+        for (int k = 0; k < 2; k++) {
+            mj_fasthash128(k ? moved + 1 : msg, v[i].n, d);
+            uint64_t a = 0, b = 0;
+            for (int j = 0; j < 8; j++) {
+                a |= (uint64_t)d[j] << (8 * j);
+                b |= (uint64_t)d[8 + j] << (8 * j);
+            }
+            cr_assert_eq(a, v[i].seed0, "n %zu", v[i].n);
+            cr_assert_eq(b, v[i].seed1, "n %zu", v[i].n);
+        }
+    }
+}
+
 static mj_graph *small_graph(const char *act, float w0) {
     char text[4096];
     int n = snprintf(text, sizeof text,
@@ -121,6 +157,11 @@ Test(cache, key_changes_with_each_component) {
         key_of(other[i].g, other[i].mode, other[i].frozen, other[i].cpu, k2);
         cr_assert_str_neq(k, k2, "%s", other[i].what);
     }
+    mj_compile_options o;
+    mj_compile_options_init(&o);
+    mj_cache_target t = {.cpu = "znver5", .features = "+avx2,+fma", .passes = "default<O1>"};
+    OK(mj_cache_key(g, &o, &t, k2));
+    cr_assert_str_neq(k, k2, "a pipeline override");
     mj_graph_free(g);
     mj_graph_free(same);
     mj_graph_free(other_ir);
@@ -266,6 +307,126 @@ Test(cache, hit_is_bit_identical_and_skips_the_compile) {
     cr_assert_eq(mjt_count_entries(dir, "*.mjc"), 2, "live and frozen: two entries");
     mj_jit_free(jit);
     mjt_rm_temp(dir);
+}
+
+/* MASKJIT_JIT_PASSES (a JIT's pipeline override, for measurements) changes
+ * the code, so a JIT created under it must not reuse the entries of a JIT
+ * without it, nor the other way round. */
+Test(cache, pipeline_override_gets_its_own_entries) {
+    char *dir = mjt_temp_dir("maskjit-cache-test");
+    unsetenv("MASKJIT_JIT_PASSES");
+    mj_jit *plain;
+    OK(mj_jit_new(&plain));
+    cr_assert_eq(setenv("MASKJIT_JIT_PASSES", "default<O1>", 1), 0);
+    mj_jit *o1;
+    mj_status s = mj_jit_new(&o1);
+    unsetenv("MASKJIT_JIT_PASSES");
+    OK(s);
+    for (int frozen = 0; frozen < 2; frozen++) {
+        mj_graph *g = small_graph("relu", 0.5f);
+        cr_assert(!compile_run(plain, g, dir, true, frozen, NULL).cache_hit);
+        cr_assert(!compile_run(o1, g, dir, true, frozen, NULL).cache_hit, "another pipeline, another entry");
+        cr_assert(compile_run(o1, g, dir, true, frozen, NULL).cache_hit);
+        cr_assert(compile_run(plain, g, dir, true, frozen, NULL).cache_hit);
+        mj_graph_free(g);
+    }
+    cr_assert_eq(mjt_count_entries(dir, "*.mjc"), 4);
+    mj_jit_free(plain);
+    mj_jit_free(o1);
+    mjt_rm_rf(dir);
+    free(dir);
+}
+
+/* A masked 16x16 linear layer with params w, mask, b: the weights are over
+ * 64 elements, so the IR text shows no data and only the key's digest of the
+ * frozen consts tells two weights apart. */
+static mj_graph *masked_graph(mj_tensor **w, mj_tensor **mask) {
+    mj_graph *g;
+    OK(mj_graph_parse("maskjit-ir 1\n%0 = input \"x\" : f32[B,16]\n%1 = param \"w\" : f32[16,16]\n"
+                      "%2 = param \"mask\" : f32[16,16]\n%3 = mul %2, %1 : f32[16,16]\n"
+                      "%4 = param \"b\" : f32[16]\n%5 = linear %0, %3, %4 : f32[B,16]\nreturn %5\n",
+                      &g));
+    mj_rng rng = mjt_rng(3);
+    int64_t ws[2] = {16, 16}, bs[1] = {16};
+    mj_tensor *b;
+    OK(mj_tensor_randn(w, 2, ws, &rng));
+    OK(mj_tensor_randn(&b, 1, bs, &rng));
+    OK(mj_tensor_zeros(mask, 2, ws));
+    float *m = mj_tensor_data_mut(*mask);
+    for (int i = 0; i < 256; i++) m[i] = (i * 7) % 10 < 3 ? 1.0f : 0.0f;
+    mj_tensor_dict *d;
+    OK(mj_tensor_dict_new(&d));
+    OK(mj_tensor_dict_set(d, "w", *w));
+    OK(mj_tensor_dict_set(d, "mask", *mask));
+    OK(mj_tensor_dict_set(d, "b", b));
+    OK(mj_graph_bind(g, d));
+    mj_tensor_dict_free(d);
+    mj_tensor_release(b);
+    return g;
+}
+
+static mj_tensor *run16(mj_compiled *c, mj_graph *g) {
+    mj_rng rng = mjt_rng(9);
+    int64_t shape[2] = {5, 16};
+    mj_tensor *x, *y, *want;
+    OK(mj_tensor_randn(&x, 2, shape, &rng));
+    OK(mj_compiled_run(c, x, &y));
+    if (g) {
+        OK(mj_graph_run(g, x, &want));
+        cr_assert(mj_tensor_equal(y, want), "compiled output differs from the interpreter");
+        mj_tensor_release(want);
+    }
+    mj_tensor_release(x);
+    return y;
+}
+
+/* Frozen: one changed weight or mask element is another entry, and a
+ * compiled graph keeps the weights it was compiled with when the
+ * parameters change afterwards. */
+Test(cache, frozen_weight_or_mask_change_misses) {
+    char *dir = mjt_temp_dir("maskjit-cache-test");
+    mj_jit *jit;
+    OK(mj_jit_new(&jit));
+    mj_tensor *w, *mask;
+    mj_graph *g = masked_graph(&w, &mask);
+    mj_compile_options o;
+    mj_compile_options_init(&o);
+    o.cache_dir = dir;
+    o.frozen = true;
+    mj_compiled *c0 = mjt_compile_with(jit, g, &o), *c;
+    cr_assert(!mj_compiled_stats(c0)->cache_hit);
+    mj_tensor *y0 = run16(c0, g);
+    c = mjt_compile_with(jit, g, &o);
+    cr_assert(mj_compiled_stats(c)->cache_hit, "the same weights hit");
+    mj_compiled_free(c);
+    /* the last weight under the mask, then a mask element that was 0 */
+    int kept = 255;
+    while (mj_tensor_data(mask)[kept] == 0.0f) kept--;
+    mj_tensor_data_mut(w)[kept] += 0.5f;
+    c = mjt_compile_with(jit, g, &o);
+    cr_assert(!mj_compiled_stats(c)->cache_hit, "a changed weight misses");
+    mj_tensor_release(run16(c, g));
+    mj_compiled_free(c);
+    float *mm = mj_tensor_data_mut(mask);
+    cr_assert_eq(mm[254], 0.0f);
+    mm[254] = 1.0f;
+    c = mjt_compile_with(jit, g, &o);
+    cr_assert(!mj_compiled_stats(c)->cache_hit, "a changed mask misses");
+    mj_tensor_release(run16(c, g));
+    mj_compiled_free(c);
+    /* the first compile still computes with the weights it froze */
+    mj_tensor *y0_again = run16(c0, NULL);
+    cr_assert(mj_tensor_equal(y0, y0_again), "a frozen compile follows later parameter writes");
+    mj_tensor_release(y0);
+    mj_tensor_release(y0_again);
+    mj_compiled_free(c0);
+    cr_assert_eq(mjt_count_entries(dir, "*.mjc"), 3);
+    mj_tensor_release(w);
+    mj_tensor_release(mask);
+    mj_graph_free(g);
+    mj_jit_free(jit);
+    mjt_rm_rf(dir);
+    free(dir);
 }
 
 static char *only_entry(const char *dir) {
