@@ -63,12 +63,7 @@ mj_status mj_aot_build_object(const aot *a, const target *t, const char *need, L
     e.i32 = LLVMInt32TypeInContext(e.ctx);
     e.i64 = LLVMInt64TypeInContext(e.ctx);
     e.ptr = LLVMPointerTypeInContext(e.ctx, 0);
-    char *triple = LLVMGetTargetMachineTriple(tm);
-    LLVMSetTarget(e.m, triple);
-    LLVMDisposeMessage(triple);
-    LLVMTargetDataRef td = LLVMCreateTargetDataLayout(tm);
-    LLVMSetModuleDataLayout(e.m, td);
-    LLVMDisposeTargetData(td);
+    mj_jit_set_module_target(e.m, tm);
 
     char fname[128];
     snprintf(fname, sizeof fname, "%s.body", e.name);

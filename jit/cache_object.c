@@ -25,12 +25,7 @@ mj_status mj_cache_codegen(mj_jit *jit, LLVMOrcThreadSafeContextRef tsc, LLVMMod
     /* Our own machine (per compile, so no lock): PIC and the small code
      * model, as LLJIT configures its own for its JITLink linker. */
     if ((s = mj_jit_target_machine(jit, LLVMRelocPIC, LLVMCodeModelSmall, &tm)) != MJ_OK) goto out;
-    char *triple = LLVMGetTargetMachineTriple(tm);
-    LLVMSetTarget(m, triple);
-    LLVMDisposeMessage(triple);
-    LLVMTargetDataRef td = LLVMCreateTargetDataLayout(tm);
-    LLVMSetModuleDataLayout(m, td);
-    LLVMDisposeTargetData(td);
+    mj_jit_set_module_target(m, tm);
 
     double t0 = mj_now_seconds();
     s = mj_jit_optimize(m, tm, jit->passes, "optimising");

@@ -17,23 +17,17 @@
 
 static inline uint64_t rotl(uint64_t x, int r) { return (x << r) | (x >> (64 - r)); }
 
-/* little-endian loads (memcpy: any alignment) */
-static inline uint64_t rd64(const uint8_t *p) {
-    uint64_t v;
-    memcpy(&v, p, 8);
+/* the n (4 or 8) bytes at p as a little-endian number (memcpy: any alignment) */
+static inline uint64_t rd_le(const uint8_t *p, size_t n) {
+    uint64_t v = 0;
+    memcpy(&v, p, n);
 #if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-    v = __builtin_bswap64(v);
+    v = __builtin_bswap64(v); /* the n bytes were the high end */
 #endif
     return v;
 }
-static inline uint32_t rd32(const uint8_t *p) {
-    uint32_t v;
-    memcpy(&v, p, 4);
-#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-    v = __builtin_bswap32(v);
-#endif
-    return v;
-}
+static inline uint64_t rd64(const uint8_t *p) { return rd_le(p, 8); }
+static inline uint32_t rd32(const uint8_t *p) { return (uint32_t)rd_le(p, 4); }
 
 static inline uint64_t round64(uint64_t acc, uint64_t in) { return rotl(acc + in * P2, 31) * P1; }
 static inline uint64_t merge64(uint64_t h, uint64_t v) { return (h ^ round64(0, v)) * P1 + P4; }

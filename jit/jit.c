@@ -288,16 +288,20 @@ LLVMValueRef mj_llvm_const_bytes(LLVMModuleRef m, LLVMContextRef ctx, const char
     return gv;
 }
 
-mj_status mj_jit_dump(mj_jit *jit, LLVMModuleRef m, const char *what, FILE *f) {
-    /* the target and passes of a compile (mj_cache_codegen) */
-    LLVMTargetMachineRef tm;
-    MJ_TRY(mj_jit_target_machine(jit, LLVMRelocPIC, LLVMCodeModelSmall, &tm));
+void mj_jit_set_module_target(LLVMModuleRef m, LLVMTargetMachineRef tm) {
     char *triple = LLVMGetTargetMachineTriple(tm);
     LLVMSetTarget(m, triple);
     LLVMDisposeMessage(triple);
     LLVMTargetDataRef td = LLVMCreateTargetDataLayout(tm);
     LLVMSetModuleDataLayout(m, td);
     LLVMDisposeTargetData(td);
+}
+
+mj_status mj_jit_dump(mj_jit *jit, LLVMModuleRef m, const char *what, FILE *f) {
+    /* the target and passes of a compile (mj_cache_codegen) */
+    LLVMTargetMachineRef tm;
+    MJ_TRY(mj_jit_target_machine(jit, LLVMRelocPIC, LLVMCodeModelSmall, &tm));
+    mj_jit_set_module_target(m, tm);
     mj_status s = mj_jit_optimize(m, tm, jit->passes, "optimising");
     if (s == MJ_OK && strcmp(what, "ir") == 0) {
         char *text = LLVMPrintModuleToString(m);

@@ -155,6 +155,8 @@ mj_status mj_jit_check_nodes(const mj_graph *g, const char *who);
  * included), O3 code generation, with this relocation model and code model. */
 mj_status mj_jit_target_machine(const mj_jit *jit, LLVMRelocMode reloc, LLVMCodeModel model,
                                 LLVMTargetMachineRef *out);
+/* Gives module m tm's triple and data layout, as code generation needs. */
+void mj_jit_set_module_target(LLVMModuleRef m, LLVMTargetMachineRef tm);
 /* Rows per micro-kernel call of the GEMM (lower_gemm.c). The runtime splits the
  * output columns between threads instead of the rows when each thread would
  * get fewer rows than this (compiled_run.c): one constant, so they agree. */
