@@ -31,17 +31,6 @@ MJT_JIT_FIXTURE
 
 TestSuite(numerics_rel, .init = setup, .fini = teardown, .timeout = 300);
 
-static float bits_f(uint32_t u) {
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
-static uint32_t f_bits(float f) {
-    uint32_t u;
-    memcpy(&u, &f, sizeof u);
-    return u;
-}
-
 /* Exact mode's promise: same shape, and each element either NaN in both or
  * the same 32 bits. Returns the first element that breaks it, -1 if none. */
 static int64_t first_exact_mismatch(const mj_tensor *got, const mj_tensor *want) {
@@ -50,7 +39,7 @@ static int64_t first_exact_mismatch(const mj_tensor *got, const mj_tensor *want)
     const float *a = mj_tensor_data(got), *b = mj_tensor_data(want);
     for (int64_t i = 0; i < mj_tensor_numel(got); i++) {
         if (isnan(a[i]) && isnan(b[i])) continue;
-        if (f_bits(a[i]) != f_bits(b[i])) return i;
+        if (mjt_f32_bits(a[i]) != mjt_f32_bits(b[i])) return i;
     }
     return -1;
 }
@@ -158,11 +147,11 @@ Test(numerics_rel, zero_mask_over_nan_weight_is_nan_on_every_path) {
     mj_tensor *ys[N_P] = {0};
     run_all(m, 2, x, ys);
     cr_assert(isnan(mj_tensor_data(ys[P_EAGER])[0]), "eager y[0] = %g", mj_tensor_data(ys[P_EAGER])[0]);
-    cr_assert_eq(f_bits(mj_tensor_data(ys[P_EAGER])[1]), f_bits(0.25f));
+    cr_assert_eq(mjt_f32_bits(mj_tensor_data(ys[P_EAGER])[1]), mjt_f32_bits(0.25f));
     for (int p = 1; p < N_P; p++) {
         const float *y = mj_tensor_data(ys[p]);
         cr_assert(isnan(y[0]), "%s: y[0] = %g, want NaN (0 * nan)", p_names[p], y[0]);
-        cr_assert_eq(f_bits(y[1]), f_bits(0.25f), "%s: y[1] = %g, want 0.25", p_names[p], y[1]);
+        cr_assert_eq(mjt_f32_bits(y[1]), mjt_f32_bits(0.25f), "%s: y[1] = %g, want 0.25", p_names[p], y[1]);
     }
     release_all(ys);
     mj_tensor_release(x);
@@ -190,11 +179,11 @@ static void check_planted(const char *spec, int n_layers, const int64_t *widths,
         static const uint32_t poison[3] = {0x7fc00000u, 0x7f800000u, 0xff800000u}; /* nan, inf, -inf */
         int planted = 0;
         for (int64_t e = (l * 5) % 7; e < in * out && planted < 6; e += in / 2 + 3)
-            if (mask[e] == 0.0f) w[e] = bits_f(poison[planted++ % 3]);
+            if (mask[e] == 0.0f) w[e] = mjt_bits_f32(poison[planted++ % 3]);
         cr_assert_gt(planted, 0, "%s layer %d: no masked-off weight to poison", spec, l);
         int64_t row = out - 1; /* a row masked off entirely, over a NaN */
         for (int64_t k = 0; k < in; k++) mask[row * in + k] = 0.0f;
-        w[row * in + in / 2] = bits_f(0xffc00000u);
+        w[row * in + in / 2] = mjt_bits_f32(0xffc00000u);
         MJT_RELEASE(wt, mt);
     }
     mj_tensor *x = NULL;
@@ -216,8 +205,8 @@ static void check_planted(const char *spec, int n_layers, const int64_t *widths,
             int64_t bad = first_exact_mismatch(ys[p], ys[P_EAGER]);
             cr_assert_eq(bad, -1, "%s density %g, %s: element %lld is %g (%08x), eager %g (%08x)", spec, density,
                          p_names[p], (long long)bad, mj_tensor_data(ys[p])[bad < 0 ? 0 : bad],
-                         f_bits(mj_tensor_data(ys[p])[bad < 0 ? 0 : bad]), ye[bad < 0 ? 0 : bad],
-                         f_bits(ye[bad < 0 ? 0 : bad]));
+                         mjt_f32_bits(mj_tensor_data(ys[p])[bad < 0 ? 0 : bad]), ye[bad < 0 ? 0 : bad],
+                         mjt_f32_bits(ye[bad < 0 ? 0 : bad]));
         }
     }
     release_all(ys);
@@ -377,7 +366,7 @@ Test(numerics_rel, cse_on_random_graphs_with_sub_keeps_the_outputs) {
 
 static mj_tensor *vec(int64_t n, const uint32_t *bits) {
     float *f = malloc((size_t)n * sizeof *f);
-    for (int64_t i = 0; i < n; i++) f[i] = bits_f(bits[i]);
+    for (int64_t i = 0; i < n; i++) f[i] = mjt_bits_f32(bits[i]);
     mj_tensor *t = NULL;
     OK(mj_tensor_from_data(&t, 1, &n, f));
     free(f);
@@ -478,16 +467,16 @@ static void check_two_nans(const char *spec, int64_t in, int64_t out, double den
     for (int64_t j = 0; j < out; j++) {
         mask[j * in] = mask[j * in + 1] = 1.0f;
         if (j % 2) continue;
-        w[j * in] = bits_f(0xffc00000u);
-        w[j * in + 1] = bits_f(0x7fc00001u);
+        w[j * in] = mjt_bits_f32(0xffc00000u);
+        w[j * in + 1] = mjt_bits_f32(0x7fc00001u);
     }
     MJT_RELEASE(wt, mt);
     mj_tensor *x = NULL;
     OK(mj_tensor_randn(&x, 2, (int64_t[]){4, in}, &rng));
     float *xd = mj_tensor_data_mut(x);
     for (int64_t i = 0; i < 4; i += 2) { /* even rows: +NaN, then -NaN with a payload */
-        xd[i * in] = bits_f(0x7fc00000u);
-        xd[i * in + 1] = bits_f(0xffc00abcu);
+        xd[i * in] = mjt_bits_f32(0x7fc00000u);
+        xd[i * in + 1] = mjt_bits_f32(0xffc00abcu);
     }
     mj_tensor *ys[N_P] = {0};
     run_all(m, in, x, ys);
@@ -497,7 +486,7 @@ static void check_two_nans(const char *spec, int64_t in, int64_t out, double den
         if (p == P_LIVE_FAST || p == P_FROZEN_FAST) continue;
         int64_t bad = first_exact_mismatch(ys[p], ys[P_EAGER]);
         cr_assert_eq(bad, -1, "%s, %s: element %lld is %08x, eager %08x", spec, p_names[p], (long long)bad,
-                     f_bits(mj_tensor_data(ys[p])[bad < 0 ? 0 : bad]), f_bits(ye[bad < 0 ? 0 : bad]));
+                     mjt_f32_bits(mj_tensor_data(ys[p])[bad < 0 ? 0 : bad]), mjt_f32_bits(ye[bad < 0 ? 0 : bad]));
     }
     release_all(ys);
     mj_tensor_release(x);
@@ -633,9 +622,9 @@ Test(numerics_rel, check_treats_any_nan_as_equal_for_exact_paths) {
         w[i] = (float)(i % 7) * 0.125f - 0.25f;
         mask[i] = 1.0f;
     }
-    for (int j = 0; j < OUT; j++) w[j * IN] = bits_f(0xffc00000u);
+    for (int j = 0; j < OUT; j++) w[j * IN] = mjt_bits_f32(0xffc00000u);
     for (int k = 0; k < IN; k++) x[k] = 1.0f;
-    x[0] = bits_f(0x7fc00000u);
+    x[0] = mjt_bits_f32(0x7fc00000u);
     char *text;
     int rc = check_cli(IN, OUT, w, mask, x, &text, "--json");
     json_t *root = parse_json(text);

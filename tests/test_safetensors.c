@@ -81,25 +81,13 @@ static mj_tensor_dict *parse_ok(const char *header, const void *data, size_t dat
     return d;
 }
 
-static uint32_t f32_bits(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    return u;
-}
-
 static void assert_same_float(float got, float want, const char *what, int i) {
     if (isnan(want)) {
         cr_assert(isnan(got), "%s[%d]: got %a, want nan", what, i, (double)got);
         return;
     }
-    cr_assert_eq(f32_bits(got), f32_bits(want), "%s[%d]: got %a (0x%08x), want %a (0x%08x)", what, i,
-                 (double)got, f32_bits(got), (double)want, f32_bits(want));
-}
-
-static float bits_f32(uint32_t u) {
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
+    cr_assert_eq(mjt_f32_bits(got), mjt_f32_bits(want), "%s[%d]: got %a (0x%08x), want %a (0x%08x)", what, i,
+                 (double)got, mjt_f32_bits(got), (double)want, mjt_f32_bits(want));
 }
 
 /* ---- round trip ------------------------------------------------------------- */
@@ -110,14 +98,14 @@ static mj_tensor *filled(int rank, const int64_t *shape, uint32_t seed) {
     uint32_t x = seed;
     for (int64_t i = 0; i < mj_tensor_numel(t); i++) {
         x = x * 1664525u + 1013904223u;
-        p[i] = bits_f32(x); /* arbitrary bit patterns: denormals, nans, infs */
+        p[i] = mjt_bits_f32(x); /* arbitrary bit patterns: denormals, nans, infs */
     }
     /* the special values the brief asks for, at fixed places */
     if (mj_tensor_numel(t) > 0) p[0] = -0.0f;
     if (mj_tensor_numel(t) > 3) {
         p[1] = INFINITY;
         p[2] = -INFINITY;
-        p[3] = bits_f32(0x7fc01234u); /* a nan with a payload */
+        p[3] = mjt_bits_f32(0x7fc01234u); /* a nan with a payload */
     }
     return t;
 }
@@ -464,7 +452,7 @@ Test(safetensors, f16_all_65536_patterns_streamed) {
     size_t bad = 0, first = 0;
     for (size_t i = 0; i < n; i++) {
         float want = ref_half((uint16_t)(i & 0xffff));
-        bool ok = isnan(want) ? isnan(got[i]) : f32_bits(got[i]) == f32_bits(want);
+        bool ok = isnan(want) ? isnan(got[i]) : mjt_f32_bits(got[i]) == mjt_f32_bits(want);
         if (!ok && bad++ == 0) first = i;
     }
     cr_assert_eq(bad, 0, "%zu of %zu halves differ, first 0x%04zx: got %a want %a", bad, n,

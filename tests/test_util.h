@@ -47,6 +47,18 @@ static inline void mjt_free_n(void *const *p, size_t n) {
 }
 
 /* A generator seeded with seed: `mj_rng rng = mjt_rng(7);`. */
+/* a float's bits and back (memcpy: no aliasing questions) */
+static inline uint32_t mjt_f32_bits(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return u;
+}
+static inline float mjt_bits_f32(uint32_t u) {
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
 static inline mj_rng mjt_rng(uint64_t seed) {
     mj_rng r;
     mj_rng_seed(&r, seed);

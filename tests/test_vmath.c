@@ -20,17 +20,6 @@ MJT_JIT_FIXTURE
 
 TestSuite(vmath, .init = setup, .fini = teardown, .timeout = 600);
 
-static float float_of(uint32_t u) {
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
-static uint32_t bits_of(float f) {
-    uint32_t u;
-    memcpy(&u, &f, sizeof u);
-    return u;
-}
-
 /* |got - ref| in units of the float ulp at ref (2^-149 below FLT_MIN);
  * results beyond FLT_MAX must be inf (HUGE_VAL when got is not). */
 static double ulp_error(float got, double ref) {
@@ -56,29 +45,29 @@ Test(vmath, reference_within_ulps_of_double) {
             if (pass == 0) u = (uint32_t)(i * 97);
             else {
                 uint64_t c = i / (2 * 8193), r = i % (2 * 8193); /* both signs of each */
-                u = bits_of(centres[c]) + (uint32_t)(r / 2) - 4096;
+                u = mjt_f32_bits(centres[c]) + (uint32_t)(r / 2) - 4096;
                 if (r % 2) u ^= 0x80000000u;
             }
-            float x = float_of(u);
+            float x = mjt_bits_f32(u);
             if (!isfinite(x)) continue;
             double e = ulp_error(mj_expf(x), exp((double)x)), r = ulp_error(mj_erff(x), erf((double)x));
             if (e > max_e) max_e = e, at_e = u;
             if (r > max_r) max_r = r, at_r = u;
         }
     }
-    cr_log_info("expf: max %.3f ulp at %a; erff: max %.3f ulp at %a", max_e, (double)float_of(at_e), max_r,
-                (double)float_of(at_r));
-    cr_assert(max_e <= 1.5, "expf: %.3f ulp at %a", max_e, (double)float_of(at_e));
-    cr_assert(max_r <= 1.5, "erff: %.3f ulp at %a", max_r, (double)float_of(at_r));
+    cr_log_info("expf: max %.3f ulp at %a; erff: max %.3f ulp at %a", max_e, (double)mjt_bits_f32(at_e), max_r,
+                (double)mjt_bits_f32(at_r));
+    cr_assert(max_e <= 1.5, "expf: %.3f ulp at %a", max_e, (double)mjt_bits_f32(at_e));
+    cr_assert(max_r <= 1.5, "erff: %.3f ulp at %a", max_r, (double)mjt_bits_f32(at_r));
 }
 
 Test(vmath, special_values) {
-    cr_assert_eq(bits_of(mj_expf(0.0f)), bits_of(1.0f));
-    cr_assert_eq(bits_of(mj_expf(-0.0f)), bits_of(1.0f));
-    cr_assert_eq(bits_of(mj_expf(-INFINITY)), bits_of(0.0f));
-    cr_assert_eq(bits_of(mj_expf(INFINITY)), bits_of(INFINITY));
-    cr_assert_eq(bits_of(mj_expf(NAN)), bits_of(NAN), "NaN in, the same NaN out");
-    cr_assert_eq(bits_of(mj_expf(-NAN)), bits_of(-NAN));
+    cr_assert_eq(mjt_f32_bits(mj_expf(0.0f)), mjt_f32_bits(1.0f));
+    cr_assert_eq(mjt_f32_bits(mj_expf(-0.0f)), mjt_f32_bits(1.0f));
+    cr_assert_eq(mjt_f32_bits(mj_expf(-INFINITY)), mjt_f32_bits(0.0f));
+    cr_assert_eq(mjt_f32_bits(mj_expf(INFINITY)), mjt_f32_bits(INFINITY));
+    cr_assert_eq(mjt_f32_bits(mj_expf(NAN)), mjt_f32_bits(NAN), "NaN in, the same NaN out");
+    cr_assert_eq(mjt_f32_bits(mj_expf(-NAN)), mjt_f32_bits(-NAN));
     /* the largest argument with a finite result, and the next float */
     cr_assert(isfinite(mj_expf(88.72283172607421875f)) && mj_expf(88.72283172607421875f) > 3.4e38f);
     cr_assert(isinf(mj_expf(nextafterf(88.72283172607421875f, 100.0f))));
@@ -86,27 +75,27 @@ Test(vmath, special_values) {
     /* denormal results, rounded once: e^-100 = 3.72e-44 = 26.55 * 2^-149 */
     cr_assert_eq(mj_expf(-100.0f), 27 * 0x1p-149f);
     cr_assert_eq(mj_expf(-103.27892990343184f), 0x1p-149f, "e^x = 2^-149 exactly");
-    cr_assert_eq(bits_of(mj_expf(-104.0f)), 0u, "below 2^-150: +0");
-    cr_assert_eq(bits_of(mj_expf(-1e30f)), 0u);
+    cr_assert_eq(mjt_f32_bits(mj_expf(-104.0f)), 0u, "below 2^-150: +0");
+    cr_assert_eq(mjt_f32_bits(mj_expf(-1e30f)), 0u);
     cr_assert_eq(mj_expf(1.0f), 2.71828182845904523536f);
     for (int k = -126; k <= 127; k++) /* e^(k ln 2) within an ulp of 2^k */
         cr_assert(ulp_error(mj_expf((float)k * 0.693147180559945f), exp((double)((float)k * 0.693147180559945f))) <= 1.0,
                   "k %d", k);
 
-    cr_assert_eq(bits_of(mj_erff(0.0f)), 0u);
-    cr_assert_eq(bits_of(mj_erff(-0.0f)), 0x80000000u);
+    cr_assert_eq(mjt_f32_bits(mj_erff(0.0f)), 0u);
+    cr_assert_eq(mjt_f32_bits(mj_erff(-0.0f)), 0x80000000u);
     cr_assert_eq(mj_erff(INFINITY), 1.0f);
     cr_assert_eq(mj_erff(-INFINITY), -1.0f);
     cr_assert_eq(mj_erff(FLT_MAX), 1.0f);
     cr_assert_eq(mj_erff(4.0f), 1.0f);
     cr_assert_eq(mj_erff(3.9f), (float)erf(3.9));
-    cr_assert_eq(bits_of(mj_erff(NAN)), bits_of(NAN), "NaN in, the same NaN out");
-    cr_assert_eq(bits_of(mj_erff(-NAN)), bits_of(-NAN));
+    cr_assert_eq(mjt_f32_bits(mj_erff(NAN)), mjt_f32_bits(NAN), "NaN in, the same NaN out");
+    cr_assert_eq(mjt_f32_bits(mj_erff(-NAN)), mjt_f32_bits(-NAN));
     cr_assert_eq(mj_erff(0x1p-149f), 0x1p-149f, "erf(x) = 1.128 x: rounds back to the smallest denormal");
     mj_rng rng = mjt_rng(41);
     for (int i = 0; i < 100000; i++) { /* odd, exactly */
-        float x = float_of((uint32_t)(mj_rng_uniform(&rng) * 0x7f800000));
-        cr_assert_eq(bits_of(mj_erff(-x)), bits_of(mj_erff(x)) ^ 0x80000000u, "x %a", (double)x);
+        float x = mjt_bits_f32((uint32_t)(mj_rng_uniform(&rng) * 0x7f800000));
+        cr_assert_eq(mjt_f32_bits(mj_erff(-x)), mjt_f32_bits(mj_erff(x)) ^ 0x80000000u, "x %a", (double)x);
     }
 }
 
@@ -134,7 +123,7 @@ static mj_tensor *edge_input(int64_t rows, int64_t cols, bool finite, mj_rng *rn
         else if (i % 3 == 0) d[i] = (float)(mj_rng_uniform(rng) * 240.0 - 120.0);
         else if (i % 3 == 1) d[i] = (float)(mj_rng_uniform(rng) * 16.0 - 8.0);
         else {
-            float v = float_of((uint32_t)(mj_rng_uniform(rng) * 4294967295.0));
+            float v = mjt_bits_f32((uint32_t)(mj_rng_uniform(rng) * 4294967295.0));
             d[i] = isfinite(v) ? v : 1.5f;
         }
     }
@@ -147,7 +136,7 @@ static void check_same(const mj_tensor *got, const mj_tensor *want, mjt_mode m, 
     const float *a = mj_tensor_data(got), *b = mj_tensor_data(want);
     if (m.numeric == MJ_NUMERIC_EXACT) {
         for (int64_t i = 0; i < mj_tensor_numel(got); i++)
-            cr_assert(bits_of(a[i]) == bits_of(b[i]) || (isnan(a[i]) && isnan(b[i])),
+            cr_assert(mjt_f32_bits(a[i]) == mjt_f32_bits(b[i]) || (isnan(a[i]) && isnan(b[i])),
                       "%s (%s): element %lld is %a, want %a", what, m.name, (long long)i, (double)a[i], (double)b[i]);
     } else {
         mj_compare c = mj_tensor_compare(got, want, MJ_RTOL_F32, MJ_ATOL_F32);
