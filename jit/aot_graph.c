@@ -10,12 +10,7 @@
 
 void mj_aot_free(aot *a) {
     if (a->g) mj_prologue_release(a->g, &a->plan, a->vals, a->packed, a->leaf_data); /* made after a->g */
-    free(a->numel);
-    free(a->slot_coef);
-    free(a->slot_pow);
-    free(a->param_node);
-    free(a->leaf_param);
-    free(a->pack_off);
+    MJ_FREE_ALL(a->numel, a->slot_coef, a->slot_pow, a->param_node, a->leaf_param, a->pack_off);
     mj_body_plan_free(&a->plan);
     free(a->input_free);
     mj_graph_free(a->g);

@@ -29,13 +29,8 @@ void mj_compiled_free(mj_compiled *c) {
     float *sp = atomic_load(&c->spare);
     if (sp) free(sp - 16);
     mj_body_plan_free(&c->plan);
-    free(c->input_free);
-    free(c->needed);
-    free(c->param_versions);
-    free(c->in_types);
-    free(c->out_types);
-    free(c->in_rows);
-    free(c->out_rows);
+    MJ_FREE_ALL(c->input_free, c->needed, c->param_versions, c->in_types, c->out_types, c->in_rows,
+                c->out_rows);
     mj_graph_free(c->g);
     pthread_mutex_destroy(&c->refresh_mu);
     free(c);

@@ -114,15 +114,8 @@ mj_status mj_body_plan_build(const mj_graph *g, const bool *input_free, bool fro
 }
 
 void mj_body_plan_free(mj_body_plan *p) {
-    free(p->leaf_plain);
-    free(p->leaf_packed);
-    free(p->leaves);
-    free(p->has_slot);
-    free(p->sparse);
-    free(p->in_nodes);
-    free(p->out_nodes);
-    free(p->out_root);
-    free(p->root_of);
+    MJ_FREE_ALL(p->leaf_plain, p->leaf_packed, p->leaves, p->has_slot, p->sparse, p->in_nodes,
+                p->out_nodes, p->out_root, p->root_of);
     memset(p, 0, sizeof *p);
 }
 

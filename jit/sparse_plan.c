@@ -47,12 +47,7 @@ int64_t mj_sparse_scratch_floats(int64_t in, int64_t out, int64_t batch) {
 /* ---- the weight, preprocessed -------------------------------------------- */
 
 void mj_sparse_plan_free(plan *p) {
-    free(p->colmap);
-    free(p->meta);
-    free(p->pidx);
-    free(p->pw);
-    free(p->tidx);
-    free(p->tw);
+    MJ_FREE_ALL(p->colmap, p->meta, p->pidx, p->pw, p->tidx, p->tw);
 }
 
 /* Compact columns per k-block: the chunk's slice of xT (kb rows of C1

@@ -45,6 +45,11 @@ _Noreturn void mj_assert_fail(const char *what, const char *file, int line);
 /* ---- allocation (NULL on failure, message set) --------------------------- */
 void *mj_alloc(size_t size);             /* zeroed */
 void *mj_alloc_array(size_t n, size_t elem); /* zeroed, overflow checked */
+/* Frees each malloc'd pointer listed (NULLs allowed): MJ_FREE_ALL(p->a, p->b). */
+#define MJ_FREE_ALL(...) mj_free_n((void *[]){__VA_ARGS__}, sizeof((void *[]){__VA_ARGS__}) / sizeof(void *))
+static inline void mj_free_n(void *const *p, size_t n) {
+    for (size_t i = 0; i < n; i++) free(p[i]);
+}
 char *mj_strdup(const char *s);
 /* Grows *ptr (array of elem-size items, capacity *cap) to hold need items. */
 mj_status mj_grow(void **ptr, int32_t *cap, int32_t need, size_t elem);

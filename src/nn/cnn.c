@@ -201,67 +201,66 @@ static mj_status pool_begin(const char *op, mj_tensor **out, const mj_tensor *x,
     return mj_tensor_new_uninit(y, 4, shape);
 }
 
-mj_status mj_max_pool2d(mj_tensor **out, const mj_tensor *x, const int64_t kernel[2],
-                        const int64_t stride[2], const int64_t padding[2]) {
-    int64_t OH, OW;
+/* Output (oh, ow)'s window clipped to the input: rows [r[0], r[1]), columns
+ * [r[2], r[3]), walked in row order by both pools. Returns its size clipped
+ * to the padded input only: PyTorch's avg_pool2d divisor with padding. */
+static int64_t pool_window(int64_t oh, int64_t ow, const int64_t kernel[2], const int64_t stride[2],
+                           const int64_t padding[2], int64_t H, int64_t W, int64_t r[4]) {
+    int64_t h0 = oh * stride[0] - padding[0], w0 = ow * stride[1] - padding[1];
+    int64_t h1 = h0 + kernel[0] < H + padding[0] ? h0 + kernel[0] : H + padding[0];
+    int64_t w1 = w0 + kernel[1] < W + padding[1] ? w0 + kernel[1] : W + padding[1];
+    int64_t pool = (h1 - h0) * (w1 - w0);
+    r[0] = h0 < 0 ? 0 : h0;
+    r[1] = h1 > H ? H : h1;
+    r[2] = w0 < 0 ? 0 : w0;
+    r[3] = w1 > W ? W : w1;
+    return pool;
+}
+
+/* Both pools: one walk over the windows, the reduction per op. */
+static mj_status pool2d(mj_op op, mj_tensor **out, const mj_tensor *x, const int64_t kernel[2],
+                        const int64_t stride[2], const int64_t padding[2], bool count_include_pad) {
+    int64_t OH = 0, OW = 0; /* set by pool_begin; GCC cannot see it through the op table name */
     mj_tensor *y;
-    MJ_TRY(pool_begin("max_pool2d", out, x, kernel, stride, padding, &OH, &OW, &y));
+    MJ_TRY(pool_begin(mj_op_table[op].name, out, x, kernel, stride, padding, &OH, &OW, &y));
     int64_t NC = x->shape[0] * x->shape[1], H = x->shape[2], W = x->shape[3];
     for (int64_t nc = 0; nc < NC; nc++) {
         const float *xs = x->data + nc * H * W;
         for (int64_t oh = 0; oh < OH; oh++)
             for (int64_t ow = 0; ow < OW; ow++) {
-                float m = -INFINITY;
-                for (int64_t kh = 0; kh < kernel[0]; kh++) {
-                    int64_t ih = oh * stride[0] - padding[0] + kh;
-                    if (ih < 0 || ih >= H) continue;
-                    for (int64_t kw = 0; kw < kernel[1]; kw++) {
-                        int64_t iw = ow * stride[1] - padding[1] + kw;
-                        if (iw < 0 || iw >= W) continue;
-                        float v = xs[ih * W + iw];
-                        if (v > m || isnan(v)) m = v;
-                        if (isnan(m)) break;
-                    }
-                    if (isnan(m)) break;
+                int64_t r[4], pool = pool_window(oh, ow, kernel, stride, padding, H, W, r);
+                float v;
+                if (op == MJ_OP_MAX_POOL2D) { /* NaN wins: the first one, where eager stops */
+                    v = -INFINITY;
+                    for (int64_t ih = r[0]; ih < r[1] && !isnan(v); ih++)
+                        for (int64_t iw = r[2]; iw < r[3]; iw++) {
+                            float e = xs[ih * W + iw];
+                            if (e > v || isnan(e)) v = e;
+                            if (isnan(v)) break;
+                        }
+                } else {
+                    float sum = 0.0f;
+                    for (int64_t ih = r[0]; ih < r[1]; ih++)
+                        for (int64_t iw = r[2]; iw < r[3]; iw++) sum = sum + xs[ih * W + iw];
+                    int64_t div = count_include_pad ? pool : (r[1] - r[0]) * (r[3] - r[2]);
+                    v = sum / (float)div;
                 }
-                y->data[(nc * OH + oh) * OW + ow] = m;
+                y->data[(nc * OH + oh) * OW + ow] = v;
             }
     }
-    mj_attrs a = pool_attrs(MJ_OP_MAX_POOL2D, kernel, stride, padding);
-    return finish(out, y, MJ_OP_MAX_POOL2D, 1, &x, &a);
+    mj_attrs a = pool_attrs(op, kernel, stride, padding);
+    if (op == MJ_OP_AVG_POOL2D) a.i[MJ_POOL_COUNT_PAD] = count_include_pad;
+    return finish(out, y, op, 1, &x, &a);
+}
+
+mj_status mj_max_pool2d(mj_tensor **out, const mj_tensor *x, const int64_t kernel[2],
+                        const int64_t stride[2], const int64_t padding[2]) {
+    return pool2d(MJ_OP_MAX_POOL2D, out, x, kernel, stride, padding, false);
 }
 
 mj_status mj_avg_pool2d(mj_tensor **out, const mj_tensor *x, const int64_t kernel[2],
                         const int64_t stride[2], const int64_t padding[2], bool count_include_pad) {
-    int64_t OH, OW;
-    mj_tensor *y;
-    MJ_TRY(pool_begin("avg_pool2d", out, x, kernel, stride, padding, &OH, &OW, &y));
-    int64_t NC = x->shape[0] * x->shape[1], H = x->shape[2], W = x->shape[3];
-    for (int64_t nc = 0; nc < NC; nc++) {
-        const float *xs = x->data + nc * H * W;
-        for (int64_t oh = 0; oh < OH; oh++)
-            for (int64_t ow = 0; ow < OW; ow++) {
-                /* PyTorch's avg_pool2d: the window clipped to the padded
-                 * input gives the divisor with padding, clipped to the
-                 * input the one without */
-                int64_t h0 = oh * stride[0] - padding[0], w0 = ow * stride[1] - padding[1];
-                int64_t h1 = h0 + kernel[0] < H + padding[0] ? h0 + kernel[0] : H + padding[0];
-                int64_t w1 = w0 + kernel[1] < W + padding[1] ? w0 + kernel[1] : W + padding[1];
-                int64_t pool = (h1 - h0) * (w1 - w0);
-                if (h0 < 0) h0 = 0;
-                if (w0 < 0) w0 = 0;
-                if (h1 > H) h1 = H;
-                if (w1 > W) w1 = W;
-                float sum = 0.0f;
-                for (int64_t ih = h0; ih < h1; ih++)
-                    for (int64_t iw = w0; iw < w1; iw++) sum = sum + xs[ih * W + iw];
-                int64_t div = count_include_pad ? pool : (h1 - h0) * (w1 - w0);
-                y->data[(nc * OH + oh) * OW + ow] = sum / (float)div;
-            }
-    }
-    mj_attrs a = pool_attrs(MJ_OP_AVG_POOL2D, kernel, stride, padding);
-    a.i[MJ_POOL_COUNT_PAD] = count_include_pad;
-    return finish(out, y, MJ_OP_AVG_POOL2D, 1, &x, &a);
+    return pool2d(MJ_OP_AVG_POOL2D, out, x, kernel, stride, padding, count_include_pad);
 }
 
 mj_status mj_adaptive_avg_pool2d(mj_tensor **out, const mj_tensor *x, int64_t oh_n, int64_t ow_n) {
