@@ -530,8 +530,10 @@ Test(cache_rel, key_covers_bytes_of_large_consts) {
 static long long field(const char *text, const char *key) {
     char k[64];
     snprintf(k, sizeof k, "\n%s:", key);
-    char *t = malloc(strlen(text) + 2);
-    sprintf(t, "\n%s", text);
+    size_t len = strlen(text) + 2;
+    char *t = malloc(len);
+    cr_assert(t);
+    snprintf(t, len, "\n%s", text);
     const char *p = strstr(t, k);
     long long v = p ? strtoll(p + strlen(k), NULL, 10) : -1;
     free(t);
