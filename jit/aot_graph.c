@@ -46,12 +46,10 @@ static int64_t poly_at(int64_t coef, int pow, int64_t b) {
     return v;
 }
 
-static int64_t round16(int64_t n) { return (n + 15) & ~INT64_C(15); }
-
 /* The wrapper's scratch formula at batch b (b <= max_batch). */
 static int64_t scratch_formula(const aot *a, int64_t b) {
     int64_t total = a->scratch_fixed;
-    for (int32_t i = 0; i < a->n_slots; i++) total += round16(poly_at(a->slot_coef[i], a->slot_pow[i], b));
+    for (int32_t i = 0; i < a->n_slots; i++) total += mj_round16(poly_at(a->slot_coef[i], a->slot_pow[i], b));
     return total;
 }
 
@@ -137,7 +135,7 @@ mj_status mj_aot_prepare(const mj_graph *g0, const mj_aot_options *o, const targ
                 if (a->param_node[k] == a->plan.leaves[l].node) a->leaf_param[l] = k;
             if (a->leaf_param[l] >= 0 && a->plan.leaves[l].packed) {
                 a->pack_off[l] = a->pack_floats;
-                a->pack_floats += round16(a->numel[l]);
+                a->pack_floats += mj_round16(a->numel[l]);
                 if (a->pack_floats > MJ_MAX_NUMEL)
                     return mj_fail(MJ_ERR_LIMIT, "aot: the weights need more than 2^40 floats");
             }

@@ -155,6 +155,12 @@ mj_status mj_jit_check_nodes(const mj_graph *g, const char *who);
  * included), O3 code generation, with this relocation model and code model. */
 mj_status mj_jit_target_machine(const mj_jit *jit, LLVMRelocMode reloc, LLVMCodeModel model,
                                 LLVMTargetMachineRef *out);
+/* Scratch slices start on 16-float (64-byte) boundaries. */
+static inline int64_t mj_round16(int64_t n) { return (n + 15) & ~INT64_C(15); }
+/* How many of w[0..n) are not +-0 (NaN counts): in 8 independent lanes the
+ * compiler vectorises, since a frozen compile or cache hit scans every
+ * weight (jit/sparse_plan.c). */
+int64_t mj_count_nonzero(const float *w, int64_t n);
 /* Gives module m tm's triple and data layout, as code generation needs. */
 void mj_jit_set_module_target(LLVMModuleRef m, LLVMTargetMachineRef tm);
 /* Rows per micro-kernel call of the GEMM (lower_gemm.c). The runtime splits the

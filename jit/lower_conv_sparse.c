@@ -62,8 +62,6 @@ static bool geometry(const mj_graph *g, int32_t id, geom *q) {
     return q->C * q->Hp * q->Wp + q->Wp + SPARSE_TILE_MAX < INT32_MAX;
 }
 
-static int64_t round16(int64_t n) { return (n + 15) & ~INT64_C(15); }
-
 /* Input channels per block: the taps of a block, for every output channel,
  * run over one tile of positions before the next block, so the block's
  * input rows under the tile (at most T/Wp + 2 + (KH - 1)*dh rows of Wp
@@ -76,8 +74,8 @@ static int64_t channel_block(const geom *q) {
 
 /* The padded input (C*Hp*Wp, then the tile's overrun: see the bound in
  * lower) and the row buffers (the partial sums), one per output channel. */
-static int64_t padded_floats(const geom *q) { return round16(q->C * q->Hp * q->Wp + q->Wp + SPARSE_TILE_MAX); }
-static int64_t rows_floats(const geom *q) { return round16(q->OH * q->Wp + SPARSE_TILE_MAX); }
+static int64_t padded_floats(const geom *q) { return mj_round16(q->C * q->Hp * q->Wp + q->Wp + SPARSE_TILE_MAX); }
+static int64_t rows_floats(const geom *q) { return mj_round16(q->OH * q->Wp + SPARSE_TILE_MAX); }
 
 /* Output channels per block: their row buffers take at most 256 KiB, so
  * that they and the padded input can stay in L2 (a block reads the input
@@ -101,12 +99,6 @@ static int tile_vectors(int vw, int64_t run) {
     return need < 12 ? (int)need : 12;
 }
 
-static int64_t count_nonzero(const float *w, int64_t n) {
-    int64_t nz = 0;
-    for (int64_t i = 0; i < n; i++) nz += w[i] != 0.0f || isnan(w[i]);
-    return nz;
-}
-
 /* A vector fma here costs about 1.4 of the dense tile's (which loads each
  * input vector once for 8 output channels): frozen 3x3 convs, one thread,
  * AVX-512 (Xeon, LLVM rocketlake), sparse / dense time at density d:
@@ -120,7 +112,7 @@ bool mj_conv_sparse_wanted(const mj_cnn_lowering *c) {
     geom q;
     if (!c->conv_weight || !c->scratch || !geometry(c->g, c->id, &q)) return false;
     int64_t per = q.cg * q.KH * q.KW, vw = c->e->vw;
-    double nz = (double)count_nonzero(c->conv_weight, q.O * per);
+    double nz = (double)mj_count_nonzero(c->conv_weight, q.O * per);
     /* vector fmas of the dense tile and of this one (the columns between
      * rows and the tiles' round-up included) */
     double dense = (double)(q.O * per) * (double)(q.OH * ((q.OW + vw - 1) / vw));
@@ -140,7 +132,7 @@ static LLVMValueRef table(const mj_cnn_lowering *c, const char *what, const void
  * float bits), eager's order. */
 static bool build_taps(const float *w, const geom *q, int64_t cb, int32_t **start_out, int32_t **tap_out,
                        int64_t *n_out) {
-    int64_t KK = q->KH * q->KW, per = q->cg * KK, nz = count_nonzero(w, q->O * per), nb = (q->cg + cb - 1) / cb;
+    int64_t KK = q->KH * q->KW, per = q->cg * KK, nz = mj_count_nonzero(w, q->O * per), nb = (q->cg + cb - 1) / cb;
     MJ_ASSERT(nz < INT32_MAX / 2);
     int32_t *start = malloc((size_t)(q->O * (nb + 1)) * sizeof *start);
     int32_t *tap = malloc((size_t)(2 * nz + 2) * sizeof *tap);

@@ -119,9 +119,6 @@ void mj_body_plan_free(mj_body_plan *p) {
     memset(p, 0, sizeof *p);
 }
 
-/* Slices start on 16-float (64-byte) boundaries. */
-static int64_t round16(int64_t n) { return (n + 15) & ~INT64_C(15); }
-
 int64_t mj_body_conv_scratch_floats(const mj_body_plan *p) {
     int64_t sp = 0;
     for (int32_t i = 0; i < p->g->n_nodes && p->frozen; i++) {
@@ -138,7 +135,7 @@ mj_status mj_body_scratch_floats(const mj_body_plan *p, int64_t batch, int64_t *
         int64_t shape[MJ_MAX_RANK], n;
         mj_type_shape(&p->g->nodes[i].type, batch, shape);
         if (mj_shape_numel(p->g->nodes[i].type.rank, shape, &n) != MJ_OK || n > MJ_MAX_NUMEL ||
-            __builtin_add_overflow(total, round16(n), &total) || total > MJ_MAX_NUMEL)
+            __builtin_add_overflow(total, mj_round16(n), &total) || total > MJ_MAX_NUMEL)
             return mj_fail(MJ_ERR_LIMIT, "batch %lld: the intermediate values need more than 2^40 floats",
                            (long long)batch);
     }
@@ -153,7 +150,7 @@ mj_status mj_body_scratch_floats(const mj_body_plan *p, int64_t batch, int64_t *
     /* and by the frozen sparse convs: added, not the max, so that the
      * total stays a fixed part plus the batch's (jit/aot_graph.c's formula) */
     sp += mj_body_conv_scratch_floats(p);
-    if (sp > MJ_MAX_NUMEL || __builtin_add_overflow(total, round16(sp), &total) || total > MJ_MAX_NUMEL)
+    if (sp > MJ_MAX_NUMEL || __builtin_add_overflow(total, mj_round16(sp), &total) || total > MJ_MAX_NUMEL)
         return mj_fail(MJ_ERR_LIMIT, "batch %lld: the sparse kernels' scratch is too large", (long long)batch);
     *out = total;
     return MJ_OK;

@@ -15,20 +15,23 @@
  * OpenBLAS) at batch 64, widths 256 and 1024: see docs/numerics.md. */
 #define SPARSE_CROSSOVER_DENSITY 0.5
 
+int64_t mj_count_nonzero(const float *w, int64_t n) {
+    /* a cache hit of a frozen BERT layer scans its 28 MB of weights here */
+    uint32_t c8[8] = {0};
+    int64_t k = 0;
+    for (; k + 8 <= n; k += 8)
+        for (int q = 0; q < 8; q++) c8[q] += w[k + q] != 0.0f;
+    int64_t r = 0;
+    for (; k < n; k++) r += w[k] != 0.0f;
+    for (int q = 0; q < 8; q++) r += c8[q];
+    return r;
+}
+
 bool mj_sparse_profitable(const float *w, int64_t out, int64_t in) {
     if (!w || out <= 0 || in <= 0 || out > INT32_MAX || in > INT32_MAX) return false;
     int64_t nnz = 0, empty_rows = 0;
     for (int64_t j = 0; j < out; j++) {
-        /* 8 independent counts the compiler vectorises: a cache hit of a
-         * frozen BERT layer scans its 28 MB of weights here */
-        const float *wr = w + j * in;
-        uint32_t c8[8] = {0};
-        int64_t k = 0;
-        for (; k + 8 <= in; k += 8)
-            for (int q = 0; q < 8; q++) c8[q] += wr[k + q] != 0.0f;
-        int64_t r = 0;
-        for (; k < in; k++) r += wr[k] != 0.0f;
-        for (int q = 0; q < 8; q++) r += c8[q];
+        int64_t r = mj_count_nonzero(w + j * in, in);
         nnz += r;
         empty_rows += r == 0;
     }
