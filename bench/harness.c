@@ -667,11 +667,33 @@ mj_status mj_bench_check(mj_bench_setup *s) {
     return MJ_OK;
 }
 
+/* At threads > 1, after each timed block, wait until no thread of this
+ * process burns CPU any more. The peers' pools spin after a call before
+ * they sleep (OpenBLAS up to 2^28 cycles; XNNPACK's pthreadpool and
+ * OpenMP's millions of iterations, some yielding), and on a 2-core machine
+ * the next variant would share its cores with them: maskjit's 2-thread W6
+ * cells ran at half speed after XNNPACK. maskjit's own workers sleep as
+ * soon as a call ends. Measured, not guessed: the process's CPU time must
+ * stop growing (under 1 ms in a 20 ms window), for at most 3 s. */
+static void settle_after(const mj_bench_setup *s) {
+    if (s->w.threads < 2) return;
+    struct timespec nap = {0, 20000000L};
+    for (int i = 0; i < 150; i++) {
+        struct timespec a, b, t = nap;
+        clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &a);
+        while (nanosleep(&t, &t) != 0 && errno == EINTR) {}
+        clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &b);
+        if ((double)(b.tv_sec - a.tv_sec) + 1e-9 * (double)(b.tv_nsec - a.tv_nsec) < 1e-3) return;
+    }
+}
+
 static mj_status time_runs(mj_bench_setup *s, variant *v, int64_t n, double *ns) {
     double t0 = now_ns();
-    for (int64_t i = 0; i < n; i++) MJ_TRY(run_once(s, v));
+    mj_status st = MJ_OK;
+    for (int64_t i = 0; i < n && st == MJ_OK; i++) st = run_once(s, v);
     *ns = now_ns() - t0;
-    return MJ_OK;
+    settle_after(s);
+    return st;
 }
 
 mj_status mj_bench_measure(mj_bench_setup *s, int reps, double min_ms, mj_bench_result *results) {

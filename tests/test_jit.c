@@ -776,8 +776,9 @@ Test(jit, column_split_threads_are_bit_identical, .timeout = 120) {
         const char *spec;
         double density;
     } models[] = {{"mlp:1024,1024,1024:act=gelu", 1.0}, {"mlp:512,2048,520,16,8:act=relu", 0.2}};
-    /* 40: columns too when every op splits them (below 24 rows per thread) */
-    static const int64_t batches[] = {1, 2, 5, 11, 40};
+    /* 40 and 90: columns too when every op splits them (below 48 rows per
+     * thread) */
+    static const int64_t batches[] = {1, 2, 5, 11, 40, 90};
     for (size_t mi_ = 0; mi_ < sizeof models / sizeof *models; mi_++) {
         mj_module *m = mjt_model(models[mi_].spec, models[mi_].density, &rng);
         int64_t in = atoi(models[mi_].spec + 4), ex[2] = {2, in};
