@@ -124,6 +124,13 @@ typedef struct mj_bench_result {
  * time (robust on an oversubscribed machine; meaningful at 1 thread only). */
 void mj_bench_use_cpu_clock(bool cpu);
 
+/* How much faster n threads of independent arithmetic (no memory, no
+ * sharing) run than one, now: n on an idle machine with n free cores. On a
+ * shared or virtual machine it tells what the host gives a multi-threaded
+ * cell at the moment it is timed (seen between 0.9 and 2.0 for 2 threads on
+ * a 2-vCPU VM within minutes). */
+double mj_bench_thread_ceiling(int n);
+
 /* Times the variants interleaved: reps rounds, each running every variant
  * for iters calls sized to about min_ms. results has one entry per variant. */
 mj_status mj_bench_measure(mj_bench_setup *s, int reps, double min_ms, mj_bench_result *results);

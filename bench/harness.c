@@ -6,6 +6,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
@@ -685,6 +686,56 @@ static void settle_after(const mj_bench_setup *s) {
         clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &b);
         if ((double)(b.tv_sec - a.tv_sec) + 1e-9 * (double)(b.tv_nsec - a.tv_nsec) < 1e-3) return;
     }
+}
+
+/* mj_bench_thread_ceiling's load: 8 independent multiply-add chains,
+ * register-bound, the same work on every thread. */
+typedef struct ceiling_arg {
+    int64_t iters;
+    volatile float out; /* read by no one: volatile keeps the loop */
+} ceiling_arg;
+
+static void *ceiling_work(void *arg) {
+    ceiling_arg *a = arg;
+    float x[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+    for (int64_t n = 0; n < a->iters; n++)
+        for (int i = 0; i < 8; i++) x[i] = x[i] * 0.9999999f + 1e-7f;
+    a->out = x[0] + x[1] + x[2] + x[3] + x[4] + x[5] + x[6] + x[7];
+    return NULL;
+}
+
+static double wall_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e9 + (double)ts.tv_nsec;
+}
+
+static double ceiling_wall(int n, int64_t iters) {
+    pthread_t th[64];
+    ceiling_arg args[64];
+    int started = 0;
+    double t0 = wall_ns();
+    for (int i = 1; i < n; i++) {
+        args[i].iters = iters;
+        if (pthread_create(&th[started], NULL, ceiling_work, &args[i]) != 0) break;
+        started++;
+    }
+    args[0].iters = iters;
+    ceiling_work(&args[0]);
+    for (int i = 0; i < started; i++) pthread_join(th[i], NULL);
+    double el = wall_ns() - t0;
+    return started == n - 1 ? el : NAN;
+}
+
+double mj_bench_thread_ceiling(int n) {
+    if (n < 2) return 1;
+    if (n > 64) n = 64;
+    int64_t iters = 1 << 16;
+    while (ceiling_wall(1, iters) < 10e6 && iters < (INT64_C(1) << 28)) iters *= 2;
+    double r[3];
+    for (int k = 0; k < 3; k++) r[k] = n * ceiling_wall(1, iters) / ceiling_wall(n, iters);
+    qsort(r, 3, sizeof *r, cmp_double);
+    return r[1];
 }
 
 static mj_status time_runs(mj_bench_setup *s, variant *v, int64_t n, double *ns) {

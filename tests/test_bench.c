@@ -147,6 +147,15 @@ Test(bench, measure_reports_consistent_numbers, .init = setup_jit, .fini = teard
     mj_bench_setup_free(s);
 }
 
+/* The host check: 1 at one thread; a speed-up, not a time, at two (1.0
+ * on a machine that gives the second thread nothing, 2.0 on two free
+ * cores; the bounds leave room for a loaded CI machine). */
+Test(bench, thread_ceiling_is_a_speedup) {
+    cr_expect_eq(mj_bench_thread_ceiling(1), 1.0);
+    double c = mj_bench_thread_ceiling(2);
+    cr_expect(isfinite(c) && c > 0.25 && c < 2.5, "2 threads ran %gx one", c);
+}
+
 /* Changing the live weights after setup: interp and live compiled code
  * follow, the frozen code and the peers (copies) do not; the check must
  * name them. */
