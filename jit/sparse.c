@@ -4,11 +4,13 @@
  * widths, then 1 vector width for the rest of the batch):
  *   1. transpose the chunk into scratch: xT[kc][c] for the columns any
  *      nonzero uses (kc compact), rows past the batch zero-padded;
- *   2. for each group of (up to) two output rows j: vector accumulators over
- *      the chunk, +0.0f, then acc + xT[k]*w for the row's nonzeros in
- *      ascending k (two rows at once hide the add latency; the longer row's
- *      extra nonzeros follow on their own), then + b[j], then the activation,
- *      stored to yT[j][c];
+ *   2. for each k-block (columns that fit the L1 cache), for each group of
+ *      (up to) two output rows j: vector accumulators over the chunk, +0.0f
+ *      in the first block, else reloaded from yT[j][c]; then acc + xT[k]*w
+ *      for the row's nonzeros of the block in ascending k (two rows at once
+ *      hide the add latency; the longer row's extra nonzeros follow on their
+ *      own); after the last block + b[j], then the activation (in registers;
+ *      libm ones in a pass over yT), stored to yT[j][c];
  *   3. transpose yT back into y (adding the residual there, if any: as y is
  *      stored, so in y's row-major layout, after the activation).
  * Each output element therefore sees exactly eager's operations in eager's
@@ -255,32 +257,62 @@ static LLVMValueRef kidx(sb *s, LLVMValueRef table, LLVMValueRef i) {
     return LLVMBuildSExt(s->e.b, ld(s, s->e.i32, table, i), s->e.i64, "");
 }
 
+/* acc[r] = +0.0f (every accumulator starts there, as acc = 0.0f in eager) */
+static void emit_acc_zero(sb *s, int r, int nv) {
+    for (int v = 0; v < nv; v++) LLVMBuildStore(s->e.b, LLVMConstNull(s->e.vt), s->acc[r][v]);
+}
+
+/* After the last k-block: acc[r] + b[j], then a vector activation, in
+ * registers, as the accumulators are stored (the dummy row of an odd out
+ * reads b[out - 1]; it is never copied into y). */
+static void emit_acc_finish(sb *s, int r, int nv, LLVMValueRef j) {
+    LLVMValueRef bv = NULL;
+    if (s->g_bias) {
+        LLVMValueRef last = ci(s, s->p->out - 1);
+        LLVMValueRef jj = LLVMBuildSelect(s->e.b, LLVMBuildICmp(s->e.b, LLVMIntSGT, j, last, ""), last, j, "");
+        bv = vsplat(s, ld(s, s->e.f32, s->g_bias, jj));
+    }
+    for (int v = 0; v < nv; v++) {
+        LLVMValueRef a = LLVMBuildLoad2(s->e.b, s->e.vt, s->acc[r][v], "");
+        if (bv) a = fadd(s, a, bv);
+        if (s->act != MJ_ACT_NONE && act_is_vector(s->act)) a = emit_act_vec(s, s->act, a, s->e.vw);
+        LLVMBuildStore(s->e.b, a, s->acc[r][v]);
+    }
+}
+
 static void emit_chunk(sb *s, int C, LLVMValueRef i0, LLVMValueRef valid, bool full) {
     const plan *p = s->p;
     int nv = C / s->e.vw;
-    int64_t rows = 2 * (int64_t)p->n_groups; /* yT rows: out rounded up to even */
-    unsigned va = (unsigned)s->e.vw * 4;
     emit_transpose_in(s, C, i0, valid, full);
-    /* yT = +0.0f: every accumulator starts there, as acc = 0.0f in eager */
-    loop lz = loop_range(s, ci(s, 0), ci(s, rows * C), s->e.vw);
-    vst(s, LLVMConstNull(s->e.vt), s->yT, lz.iv, va);
-    loop_end(s, &lz);
 
+    /* Per k-block, per pair of rows: the accumulators start at +0.0f in the
+     * first block and come back from yT in the others; after the last block
+     * they get the bias and a vector activation before they go to yT. So yT
+     * is written once per block, never zeroed or re-read for the epilogue. */
     loop lb = loop_range(s, ci(s, 0), ci(s, p->n_kblocks), 1);
+    LLVMValueRef first = LLVMBuildICmp(s->e.b, LLVMIntEQ, lb.iv, ci(s, 0), "");
+    LLVMValueRef lastb = LLVMBuildICmp(s->e.b, LLVMIntEQ, lb.iv, ci(s, p->n_kblocks - 1), "");
+    LLVMValueRef middle = LLVMBuildNot(s->e.b, LLVMBuildOr(s->e.b, first, lastb, ""), "");
     loop lg = loop_range(s, ci(s, 0), ci(s, p->n_groups), 1);
     LLVMValueRef mb = mul(s, add(s, mul(s, lb.iv, ci(s, p->n_groups)), lg.iv), ci(s, 6));
     LLVMValueRef ps = meta(s, mb, 0), pe = meta(s, mb, 1), as = meta(s, mb, 2), ae = meta(s, mb, 3),
                  bs = meta(s, mb, 4), be = meta(s, mb, 5);
-    /* nothing of these two rows in this block (dropped rows, sparse blocks): skip */
+    /* nothing of these two rows in a middle block (dropped rows, sparse
+     * blocks): yT already holds their sums */
     LLVMValueRef none = LLVMBuildAnd(
         s->e.b, LLVMBuildICmp(s->e.b, LLVMIntEQ, ps, pe, ""),
         LLVMBuildAnd(s->e.b, LLVMBuildICmp(s->e.b, LLVMIntEQ, as, ae, ""), LLVMBuildICmp(s->e.b, LLVMIntEQ, bs, be, ""), ""),
         "");
-    ifb f = ifelse_begin(s, none);
+    ifb f = ifelse_begin(s, LLVMBuildAnd(s->e.b, none, middle, ""));
     if_else(s, &f);
     LLVMValueRef ja = mul(s, lg.iv, ci(s, 2)), jb = add(s, ja, ci(s, 1));
+    ifb fz = ifelse_begin(s, first);
+    emit_acc_zero(s, 0, nv);
+    emit_acc_zero(s, 1, nv);
+    if_else(s, &fz);
     emit_acc_move(s, 0, nv, C, ja, true);
     emit_acc_move(s, 1, nv, C, jb, true);
+    if_end(s, fz.end);
     loop lp = loop_range(s, ps, pe, 1);
     LLVMValueRef i2 = mul(s, lp.iv, ci(s, 2)), i2b = add(s, i2, ci(s, 1));
     emit_run(s, 0, nv, C, s->g_pidx, s->g_pw, i2);
@@ -292,26 +324,19 @@ static void emit_chunk(sb *s, int C, LLVMValueRef i0, LLVMValueRef valid, bool f
     lt = loop_range(s, bs, be, 1);
     emit_run(s, 1, nv, C, s->g_tidx, s->g_tw, lt.iv);
     loop_end(s, &lt);
+    if (s->g_bias || (s->act != MJ_ACT_NONE && act_is_vector(s->act))) {
+        LLVMBasicBlockRef fin = if_begin(s, lastb);
+        emit_acc_finish(s, 0, nv, ja);
+        emit_acc_finish(s, 1, nv, jb);
+        if_end(s, fin);
+    }
     emit_acc_move(s, 0, nv, C, ja, false);
     emit_acc_move(s, 1, nv, C, jb, false);
     if_end(s, f.end);
     loop_end(s, &lg);
     loop_end(s, &lb);
 
-    /* + b[j], then the activation: in vectors, the libm ones one element
-     * at a time */
-    if (s->g_bias || (s->act != MJ_ACT_NONE && act_is_vector(s->act))) {
-        loop lj = loop_range(s, ci(s, 0), ci(s, p->out), 1);
-        LLVMValueRef row = at(s, s->yT, mul(s, lj.iv, ci(s, C)));
-        LLVMValueRef bv = s->g_bias ? vsplat(s, ld(s, s->e.f32, s->g_bias, lj.iv)) : NULL;
-        for (int v = 0; v < nv; v++) {
-            LLVMValueRef idx = ci(s, (int64_t)v * s->e.vw);
-            LLVMValueRef a = vld(s, row, idx, va);
-            if (bv) a = fadd(s, a, bv);
-            vst(s, act_is_vector(s->act) ? emit_act_vec(s, s->act, a, s->e.vw) : a, row, idx, va);
-        }
-        loop_end(s, &lj);
-    }
+    /* the activations that call libm, one element at a time */
     if (!act_is_vector(s->act)) {
         loop le = loop_range(s, ci(s, 0), ci(s, p->out * C), 1);
         store(s, emit_act(s, s->act, ld(s, s->e.f32, s->yT, le.iv)), s->yT, le.iv);

@@ -44,9 +44,20 @@ static void jit_fini(void) {
 
 TestSuite(sparse, .fini = jit_fini);
 
-/* The host's target machine; m gets its triple and data layout. */
+/* NULL: kernels are compiled for the host's features; else for these (a
+ * test that sets them compiles every kernel of its process that way: the
+ * LLJIT takes the first kernel's target machine), and the kernel's assembly
+ * must have ymm registers and no zmm. */
+static const char *g_features;
+#define AVX2_FEATURES "+avx,+avx2,+fma,+f16c,+bmi,+bmi2,+popcnt,+sse4.2,-avx512f"
+
+static char *target_features(void) {
+    return g_features ? LLVMCreateMessage(g_features) : LLVMGetHostCPUFeatures();
+}
+
+/* The host's target machine (g_features); m gets its triple and data layout. */
 static LLVMTargetMachineRef host_tm(LLVMModuleRef m) {
-    char *triple = LLVMGetDefaultTargetTriple(), *cpu = LLVMGetHostCPUName(), *feat = LLVMGetHostCPUFeatures();
+    char *triple = LLVMGetDefaultTargetTriple(), *cpu = LLVMGetHostCPUName(), *feat = target_features();
     LLVMTargetRef t;
     char *err = NULL;
     cr_assert(!LLVMGetTargetFromTriple(triple, &t, &err), "%s", err ? err : "");
@@ -76,7 +87,7 @@ static void harness_init_r(harness *h, const float *w, const float *b, int64_t o
     LLVMModuleRef m = LLVMModuleCreateWithNameInContext("sparse_test", ctx);
     char name[32];
     snprintf(name, sizeof name, "sparse_lin%d", g_count++);
-    char *feat = LLVMGetHostCPUFeatures(); /* the harness compiles for the host */
+    char *feat = target_features(); /* the harness compiles for the host (or g_features) */
     int vw = mj_features_vector_width(feat);
     LLVMDisposeMessage(feat);
     LLVMValueRef f = mj_sparse_emit_linear(m, name, w, b, out, in, act, residual, fast, vw);
@@ -90,6 +101,18 @@ static void harness_init_r(harness *h, const float *w, const float *b, int64_t o
     LLVMErrorRef err = LLVMRunPasses(m, "default<O3>", tm, po);
     LLVMDisposePassBuilderOptions(po);
     cr_assert(!err);
+    if (g_features) {
+        LLVMMemoryBufferRef buf = NULL;
+        char *emsg = NULL;
+        cr_assert(!LLVMTargetMachineEmitToMemoryBuffer(tm, m, LLVMAssemblyFile, &emsg, &buf), "%s", emsg ? emsg : "");
+        size_t n = LLVMGetBufferSize(buf);
+        char *as = malloc(n + 1);
+        memcpy(as, LLVMGetBufferStart(buf), n);
+        as[n] = 0;
+        LLVMDisposeMemoryBuffer(buf);
+        cr_assert(strstr(as, "ymm") && !strstr(as, "zmm"), "%s: expected AVX2 code only", name);
+        free(as);
+    }
 
     if (!g_jit) {
         LLVMOrcLLJITBuilderRef builder = LLVMOrcCreateLLJITBuilder();
@@ -384,4 +407,40 @@ Test(sparse, residual_add_after_activation_every_path) {
                 check_case_r(shapes[s][0], shapes[s][1], s == 3 ? 0.1 : 0.3, s == 2 ? MASK_BLOCK4 : MASK_RANDOM,
                              (s + a) % 2 == 0, act, true, f == 1, all_batches, 7);
             }
+}
+
+/* Batches 1..13 (every partial vector of a chunk, with AVX-512 and AVX2)
+ * and 128 (two whole chunks of 4 vectors, W7's sequence at batch 1), odd
+ * widths, the densities around W7's 10%, 1x4 blocks, with and without bias,
+ * activations with and without libm, the residual: bit-identical to eager.
+ * The widths 300 and 1030 give several k-blocks, so the accumulators go
+ * through yT between blocks and get bias and activation after the last. */
+static void check_rows_table(void) {
+    static const int64_t batches[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 128};
+    static const double dens[] = {0.0, 0.05, 0.1, 0.5, 1.0};
+    static const struct {
+        int64_t out, in;
+        mask_kind kind;
+    } shapes[] = {{1, 3, MASK_RANDOM}, {13, 7, MASK_RANDOM}, {33, 300, MASK_RANDOM}, {67, 1030, MASK_RANDOM},
+                  {31, 260, MASK_BLOCK4}, {20, 1032, MASK_BLOCK4_HOLES}};
+    static const mj_act acts[] = {MJ_ACT_NONE, MJ_ACT_RELU, MJ_ACT_GELU, MJ_ACT_TANH};
+    int n = 0;
+    for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++)
+        for (int d = 0; d < 5; d++, n++) {
+            mj_act act = acts[n % 4];
+            check_case_r(shapes[si].out, shapes[si].in, dens[d], shapes[si].kind, n % 2 == 0, act, n % 3 == 1, false,
+                         batches, 14);
+        }
+}
+
+Test(sparse, rows_1_to_13_and_128_odd_widths_densities, .timeout = 600) { check_rows_table(); }
+
+/* The same table with AVX2 forced (8-wide vectors, 32-row chunks): the
+ * kernel follows the vector width it is given and uses no zmm register. */
+Test(sparse, rows_table_with_avx2_forced, .timeout = 600) {
+    g_features = AVX2_FEATURES;
+    char *f = target_features();
+    cr_assert_eq(mj_features_vector_width(f), 8);
+    LLVMDisposeMessage(f);
+    check_rows_table();
 }
