@@ -635,9 +635,12 @@ Test(jit, dump_ir_and_asm) {
 Test(jit, kernels_tile_edges_against_interpreter) {
     mj_rng rng = mjt_rng(15);
     /* {20, 9000}: x rows so long that batch 33 spans two of the GEMM's
-     * row blocks (sized from the L2 cache) on any L2 up to 3 MiB */
-    static const int64_t shapes[][2] = {{1, 1},      {15, 17},    {33, 15},    {16, 64},  {17, 300},
-                                        {1000, 33}, {65, 1000}, {130, 129}, {20, 9000}};
+     * row blocks (sized from the L2 cache) on any L2 up to 3 MiB; {65, 1000},
+     * {70, 1957}, {5, 3072} and {20, 9000} are cut into k chunks of unequal
+     * counts of k blocks (sized from L1 and L2) on caches of 32-48 KiB and
+     * 1-2 MiB, the last block short */
+    static const int64_t shapes[][2] = {{1, 1},     {15, 17},   {33, 15},   {16, 64},   {17, 300},  {1000, 33},
+                                        {65, 1000}, {130, 129}, {70, 1957}, {5, 3072}, {20, 9000}};
     static const int64_t batches[] = {1, 15, 17, 33, 1000};
     int n_shapes = (int)(sizeof shapes / sizeof *shapes);
     for (int si = 0; si < n_shapes; si++) {
