@@ -59,8 +59,8 @@ static void emit_dot(lw *w, LLVMValueRef y, LLVMValueRef x, LLVMValueRef W, LLVM
     loop_end(w, &li);
 }
 
-static void emit_gemm(lw *w, LLVMValueRef y, LLVMValueRef x, LLVMValueRef Wp, LLVMValueRef M, int64_t K,
-                      int64_t N, LLVMValueRef bias, mj_act act, LLVMValueRef res);
+static void emit_gemm(lw *w, LLVMValueRef y, LLVMValueRef x, LLVMValueRef W, bool plain, bool split,
+                      LLVMValueRef M, int64_t K, int64_t N, LLVMValueRef bias, mj_act act, LLVMValueRef res);
 
 void mj_lw_emit_linear(lw *w, int32_t id) {
     const mj_graph *g = w->p->g;
@@ -79,7 +79,8 @@ void mj_lw_emit_linear(lw *w, int32_t id) {
         Wp = w->buf[(size_t)g->n_nodes + 1 + (size_t)packed];
     }
     if (Wp && wt->dims[0] >= 1 && wt->dims[1] >= 1)
-        emit_gemm(w, w->buf[id], w->buf[n->operands[0]], Wp, M, wt->dims[1], wt->dims[0], bias, act, res);
+        emit_gemm(w, w->buf[id], w->buf[n->operands[0]], Wp, false, true, M, wt->dims[1], wt->dims[0], bias, act,
+                  res);
     else if (Wp)
         emit_dot(w, w->buf[id], w->buf[n->operands[0]], Wp, M, K, N, N, ci(w, 1), true, bias, act, res);
     else /* a weight computed from the input: read it in place, [out][in] */
@@ -88,15 +89,17 @@ void mj_lw_emit_linear(lw *w, int32_t id) {
 }
 
 /* matmul a[..., M, K] @ b[..., K, N]: per matrix of the (broadcast) batch
- * dims, emit_dot's i, k, j order, each element +0.0f then + a*b for k
- * ascending, as mj_matmul. */
+ * dims, each element +0.0f then + a*b for k ascending, as mj_matmul. With K
+ * and N known the register-tiled micro-kernels read b's rows in place (the
+ * attention's QK^T and PV: a loop with the output row in memory ran them at
+ * a third of the kernels' rate); otherwise emit_dot's i, k, j order. */
 void mj_lw_emit_matmul(lw *w, int32_t id) {
     w->loops = true;
     const mj_graph *g = w->p->g;
     const mj_node *n = &g->nodes[id];
     const mj_type *ta = &g->nodes[n->operands[0]].type, *tb = &g->nodes[n->operands[1]].type, *to = &n->type;
-    LLVMValueRef M = dimv(w, ta->dims[ta->rank - 2]), K = dimv(w, ta->dims[ta->rank - 1]);
-    LLVMValueRef N = dimv(w, tb->dims[tb->rank - 1]);
+    int64_t Kd = ta->dims[ta->rank - 1], Nd = tb->dims[tb->rank - 1];
+    LLVMValueRef M = dimv(w, ta->dims[ta->rank - 2]), K = dimv(w, Kd), N = dimv(w, Nd);
     int nb = to->rank - 2;
     /* per output batch dim: strides of a, b (0 where broadcast) and y */
     LLVMValueRef sa[2], sb[2], sy[2], ea = mul(w, M, K), eb = mul(w, K, N), ey = mul(w, M, N);
@@ -117,15 +120,20 @@ void mj_lw_emit_matmul(lw *w, int32_t id) {
         ob = add(w, ob, mul(w, lb[d].iv, sb[d]));
         oy = add(w, oy, mul(w, lb[d].iv, sy[d]));
     }
-    emit_dot(w, at(w, w->buf[id], oy), at(w, w->buf[n->operands[0]], oa), at(w, w->buf[n->operands[1]], ob), M, K,
-             N, N, ci(w, 1), true, NULL, MJ_ACT_NONE, NULL);
+    LLVMValueRef y = at(w, w->buf[id], oy), a = at(w, w->buf[n->operands[0]], oa);
+    LLVMValueRef b = at(w, w->buf[n->operands[1]], ob);
+    if (Kd >= 1 && Nd >= 1) /* matmul runs on thread 0 alone: no column split */
+        emit_gemm(w, y, a, b, true, false, M, Kd, Nd, NULL, MJ_ACT_NONE, NULL);
+    else
+        emit_dot(w, y, a, b, M, K, N, N, ci(w, 1), true, NULL, MJ_ACT_NONE, NULL);
     for (int d = nb - 1; d >= 0; d--) loop_end(w, &lb[d]);
 }
 
-/* ---- vector kernels for linear layers with a packed weight ----------------
+/* ---- vector kernels for linear layers and matmul ---------------------------
  *
  * The packed weight is in column panels (mj_pack_panels): panel p holds
- * columns j0 = p*P .. j0+pw as [K][pw]. A micro-kernel keeps rows x vectors
+ * columns j0 = p*P .. j0+pw as [K][pw]; a matmul's b[K][N] is read in place,
+ * the same panel with row stride N. A micro-kernel keeps rows x vectors
  * accumulators in registers across a block of k and streams the panel: per k
  * it loads the panel's vectors once, broadcasts x[i][k] per row and does
  * acc = fma(x, w, acc) (exact: k ascending per element, so every element
@@ -136,7 +144,7 @@ void mj_lw_emit_matmul(lw *w, int32_t id) {
 
 /* void mk(const float *x, int64 xs, const float *wp, float *y, int64 ys,
  *         int64 kc, i1 first, i1 last, const float *bias, const float *res)
- * rows rows of x (stride xs) times the panel block wp ([kc][pw]) into
+ * rows rows of x (stride xs) times the panel block wp ([kc][pw], rows ws apart) into
  * y (stride ys): first -> start from +0.0f, else from y; last -> + bias,
  * the activation, + res (the residual, read like y: stride ys). */
 #define MK_NPARAMS 10
@@ -147,7 +155,7 @@ static LLVMTypeRef mk_type(lw *w) {
     return LLVMFunctionType(LLVMVoidTypeInContext(w->e.ctx), pt, MK_NPARAMS, 0);
 }
 
-static LLVMValueRef emit_microkernel(lw *w, int rows, int pw, bool has_bias, mj_act act, bool has_res) {
+static LLVMValueRef emit_microkernel(lw *w, int rows, int pw, int64_t ws, bool has_bias, mj_act act, bool has_res) {
     static const char *const pnames[MK_NPARAMS] = {"x", "xs", "wp", "y", "ys", "kc", "first", "last", "bias", "res"};
     LLVMTypeRef fty = mk_type(w);
     char name[96];
@@ -207,7 +215,7 @@ static LLVMValueRef emit_microkernel(lw *w, int rows, int pw, bool has_bias, mj_
     LLVMValueRef acc[MK_MAX_ROWS][MK_MAX_VECS], nacc[MK_MAX_ROWS][MK_MAX_VECS];
     for (int r = 0; r < rows; r++)
         for (int v = 0; v < nv; v++) acc[r][v] = LLVMBuildPhi(w->e.b, w->e.vt, "acc");
-    LLVMValueRef wrow = at(w, P[2], mul(w, k, ci(w, pw)));
+    LLVMValueRef wrow = at(w, P[2], mul(w, k, ci(w, ws)));
     LLVMValueRef wv[MK_MAX_VECS];
     for (int v = 0; v < nv; v++) wv[v] = vload(w, at(w, wrow, ci(w, v * vw)), lanes[v]);
     for (int r = 0; r < rows; r++) {
@@ -288,20 +296,37 @@ static void emit_rows(lw *w, LLVMValueRef const mk[4], LLVMValueRef x, int64_t K
  * batch whose x outgrows L2 is re-read from L3 once per panel, with 4 KiB
  * row strides the prefetchers follow badly (1024 wide: batch 512 and up ran
  * at 0.6-0.75x of batch 64-256 on a 2 MiB-L2 core). */
-static int64_t gemm_row_block(int64_t K) {
+static int64_t l2_bytes(void) {
     long l2 = sysconf(_SC_LEVEL2_CACHE_SIZE); /* 0 or -1 when unknown */
-    if (l2 < 256 * 1024 || l2 > 64 * 1024 * 1024) l2 = 1024 * 1024;
-    int64_t mc = (int64_t)l2 / 2 / (K * 4) / MK_MAX_ROWS * MK_MAX_ROWS; /* so no block is empty */
+    return l2 < 256 * 1024 || l2 > 64 * 1024 * 1024 ? 1024 * 1024 : (int64_t)l2;
+}
+
+static int64_t gemm_row_block(int64_t K) {
+    int64_t mc = l2_bytes() / 2 / (K * 4) / MK_MAX_ROWS * MK_MAX_ROWS; /* so no block is empty */
     return mc < 4 * MK_MAX_ROWS ? 4 * MK_MAX_ROWS : mc;
 }
 
-/* y[M][N] = act(x[M][K] . W^T + b) + res over the packed panels Wp. */
-static void emit_gemm(lw *w, LLVMValueRef y, LLVMValueRef x, LLVMValueRef Wp, LLVMValueRef M, int64_t K,
-                      int64_t N, LLVMValueRef bias, mj_act act, LLVMValueRef res) {
+/* k per block: the panel's [KC][P] block fills half the L1 data cache; the
+ * other half holds the lines of the x rows and the y tile. Rows whose stride
+ * is a multiple of 4 KiB (K or N of 1024, 3072, ...) map to the same L1 sets
+ * as every 4 KiB of the panel block, and a block filling the whole cache was
+ * evicted by them: BERT's FFN down-projection (K = 3072) ran ~28% slower per
+ * flop than its 768-wide layers with a 32 KiB block on a 48 KiB L1, ~15% with
+ * half the L1. */
+static int64_t gemm_k_block(int64_t P) {
+    long l1 = sysconf(_SC_LEVEL1_DCACHE_SIZE); /* 0 or -1 when unknown */
+    if (l1 < 16 * 1024 || l1 > 1024 * 1024) l1 = 32 * 1024;
+    int64_t kc = (int64_t)l1 / 2 / (P * 4) / 8 * 8;
+    return kc < 16 ? 16 : kc;
+}
+
+/* y[M][N] = act(x[M][K] . W + b) + res, W the packed panels (plain: a
+ * row-major [K][N] read in place). split: column mode, each thread takes its
+ * share of the panels (else one thread does them all). */
+static void emit_gemm(lw *w, LLVMValueRef y, LLVMValueRef x, LLVMValueRef W, bool plain, bool split,
+                      LLVMValueRef M, int64_t K, int64_t N, LLVMValueRef bias, mj_act act, LLVMValueRef res) {
     int64_t P = w->p->panel;
-    /* k blocks keep the panel block in L1 (~32 KB) */
-    int64_t KC = 32768 / (P * 4);
-    if (KC < 16) KC = 16;
+    int64_t KC = gemm_k_block(P);
     if (K <= KC + KC / 2) KC = K;
     int64_t nkb = (K + KC - 1) / KC;
     int64_t nfull = N / P, tail = N % P;
@@ -309,11 +334,22 @@ static void emit_gemm(lw *w, LLVMValueRef y, LLVMValueRef x, LLVMValueRef Wp, LL
     for (int part = 0; part < 2; part++)
         if (part == 0 ? nfull : tail)
             for (int t = 0; t < 4; t++)
-                mk[part][t] = emit_microkernel(w, mk_rows[t], (int)(part == 0 ? P : tail), bias != NULL, act,
-                                               res != NULL);
+                mk[part][t] = emit_microkernel(w, mk_rows[t], (int)(part == 0 ? P : tail),
+                                               plain ? N : (part == 0 ? P : tail), bias != NULL, act, res != NULL);
+    /* Long rows are cut into k chunks of bpc blocks, the loop inside the
+     * row blocks, so that a row block of x[MC][chunk] in half the L2 still has ~256 rows:
+     * every panel block is reused by MC/6 tiles after its first fetch. With
+     * whole rows of K = 3072 a row block had 84 rows and BERT's FFN
+     * down-projection ran ~15% slower per flop than its 768-wide layers.
+     * y carries each element's sum from chunk to chunk: still one chain in
+     * ascending k. */
+    int64_t bpc = l2_bytes() / 2 / (256 * 4) / KC;
+    if (bpc < 1) bpc = 1;
+    int64_t nch = (nkb + bpc - 1) / bpc;
+    bpc = (nkb + nch - 1) / nch;
+    int64_t MC = gemm_row_block(nch == 1 ? K : bpc * KC);
     /* Row blocks of at most MC rows (one block when x fits): nblk equal
      * blocks, each a multiple of the 6-row kernel but the last. */
-    int64_t MC = gemm_row_block(K);
     LLVMValueRef nblk = LLVMBuildSDiv(w->e.b, add(w, M, ci(w, MC - 1)), ci(w, MC), "");
     LLVMValueRef per = LLVMBuildSDiv(w->e.b, add(w, M, LLVMBuildSub(w->e.b, nblk, ci(w, 1), "")), nblk, "");
     per = mul(w, LLVMBuildSDiv(w->e.b, add(w, per, ci(w, MK_MAX_ROWS - 1)), ci(w, MK_MAX_ROWS), ""), ci(w, MK_MAX_ROWS));
@@ -322,14 +358,21 @@ static void emit_gemm(lw *w, LLVMValueRef y, LLVMValueRef x, LLVMValueRef Wp, LL
     LLVMValueRef rows = LLVMBuildSelect(w->e.b, LLVMBuildICmp(w->e.b, LLVMIntSLT, left, per, ""), left, per, "");
     LLVMValueRef xb = at(w, x, mul(w, r0, ci(w, K))), yb = at(w, y, mul(w, r0, ci(w, N)));
     LLVMValueRef rb = res ? at(w, res, mul(w, r0, ci(w, N))) : NULL;
+    loop lc = loop_begin(w, ci(w, nch));
+    LLVMValueRef kb0 = mul(w, lc.iv, ci(w, bpc)); /* the chunk's first k block */
+    LLVMValueRef left_kb = LLVMBuildSub(w->e.b, ci(w, nkb), kb0, "");
+    LLVMValueRef nkc = LLVMBuildSelect(w->e.b, LLVMBuildICmp(w->e.b, LLVMIntSLT, left_kb, ci(w, bpc), ""), left_kb,
+                                       ci(w, bpc), "");
     for (int part = 0; part < 2; part++) {
         int64_t np = part == 0 ? nfull : (tail ? 1 : 0);
         if (np == 0) continue;
-        int pw = (int)(part == 0 ? P : tail);
+        int64_t ws = plain ? N : (part == 0 ? P : tail); /* panel row stride */
         /* column mode: thread tid takes full panels [np*tid/nth, np*(tid+1)/nth),
          * the last thread the narrow tail panel */
         LLVMValueRef lo = ci(w, 0), cnt;
-        if (part == 0) {
+        if (!split) {
+            cnt = ci(w, np);
+        } else if (part == 0) {
             lo = LLVMBuildSDiv(w->e.b, mul(w, ci(w, np), w->tid), w->nth, "");
             LLVMValueRef hi = LLVMBuildSDiv(w->e.b, mul(w, ci(w, np), add(w, w->tid, ci(w, 1))), w->nth, "");
             cnt = LLVMBuildSub(w->e.b, hi, lo, "");
@@ -339,19 +382,21 @@ static void emit_gemm(lw *w, LLVMValueRef y, LLVMValueRef x, LLVMValueRef Wp, LL
         }
         loop lp = loop_begin(w, cnt);
         LLVMValueRef j0 = add(w, mul(w, add(w, lo, lp.iv), ci(w, P)), ci(w, part == 0 ? 0 : nfull * P));
-        LLVMValueRef panel = at(w, Wp, mul(w, j0, ci(w, K)));
+        LLVMValueRef panel = plain ? at(w, W, j0) : at(w, W, mul(w, j0, ci(w, K)));
         LLVMValueRef ycol = at(w, yb, j0);
         LLVMValueRef bcol = bias ? at(w, bias, j0) : NULL;
         LLVMValueRef rcol = res ? at(w, rb, j0) : NULL;
-        loop lk = loop_begin(w, ci(w, nkb));
-        LLVMValueRef k0 = mul(w, lk.iv, ci(w, KC));
-        LLVMValueRef last = LLVMBuildICmp(w->e.b, LLVMIntEQ, lk.iv, ci(w, nkb - 1), "");
+        loop lk = loop_begin(w, nkc);
+        LLVMValueRef kb = add(w, kb0, lk.iv);
+        LLVMValueRef k0 = mul(w, kb, ci(w, KC));
+        LLVMValueRef last = LLVMBuildICmp(w->e.b, LLVMIntEQ, kb, ci(w, nkb - 1), "");
         LLVMValueRef kc = LLVMBuildSelect(w->e.b, last, ci(w, K - (nkb - 1) * KC), ci(w, KC), "");
-        LLVMValueRef first = LLVMBuildICmp(w->e.b, LLVMIntEQ, lk.iv, ci(w, 0), "");
-        emit_rows(w, mk[part], at(w, xb, k0), K, at(w, panel, mul(w, k0, ci(w, pw))), ycol, N, rows, kc, first,
+        LLVMValueRef first = LLVMBuildICmp(w->e.b, LLVMIntEQ, kb, ci(w, 0), "");
+        emit_rows(w, mk[part], at(w, xb, k0), K, at(w, panel, mul(w, k0, ci(w, ws))), ycol, N, rows, kc, first,
                   last, bcol, rcol);
         loop_end(w, &lk);
         loop_end(w, &lp);
     }
+    loop_end(w, &lc);
     loop_end(w, &lr);
 }

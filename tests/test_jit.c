@@ -635,9 +635,12 @@ Test(jit, dump_ir_and_asm) {
 Test(jit, kernels_tile_edges_against_interpreter) {
     mj_rng rng = mjt_rng(15);
     /* {20, 9000}: x rows so long that batch 33 spans two of the GEMM's
-     * row blocks (sized from the L2 cache) on any L2 up to 3 MiB */
-    static const int64_t shapes[][2] = {{1, 1},      {15, 17},    {33, 15},    {16, 64},  {17, 300},
-                                        {1000, 33}, {65, 1000}, {130, 129}, {20, 9000}};
+     * row blocks (sized from the L2 cache) on any L2 up to 3 MiB; {65, 1000},
+     * {70, 1957}, {5, 3072} and {20, 9000} are cut into k chunks of unequal
+     * counts of k blocks (sized from L1 and L2) on caches of 32-48 KiB and
+     * 1-2 MiB, the last block short */
+    static const int64_t shapes[][2] = {{1, 1},     {15, 17},   {33, 15},   {16, 64},   {17, 300},  {1000, 33},
+                                        {65, 1000}, {130, 129}, {70, 1957}, {5, 3072}, {20, 9000}};
     static const int64_t batches[] = {1, 15, 17, 33, 1000};
     int n_shapes = (int)(sizeof shapes / sizeof *shapes);
     for (int si = 0; si < n_shapes; si++) {
@@ -661,6 +664,60 @@ Test(jit, kernels_tile_edges_against_interpreter) {
                 if (mjt_modes[mi].numeric == MJ_NUMERIC_EXACT) {
                     check_result(got, want, mjt_modes[mi], what);
                 } else { /* K-term sums reordered and fused: error grows like sqrt(K) */
+                    double f = sqrt((double)K);
+                    mj_compare cmp = mj_tensor_compare(got, want, MJ_RTOL_F32 * f, MJ_ATOL_F32 * f);
+                    char desc[256];
+                    mj_compare_describe(&cmp, got, want, desc, sizeof desc);
+                    cr_assert(cmp.close, "%s (%s): not close: %s", what, mjt_modes[mi].name, desc);
+                }
+                MJT_RELEASE(xin, want, got);
+            }
+            mj_compiled_free(c);
+        }
+        mj_graph_free(g);
+    }
+}
+
+/* matmul through the register-tiled micro-kernels (b read in place, in
+ * panels of 64 columns, rows 6/4/2/1 at a time), exact bit for bit: x[B, K]
+ * @ w[K, N] puts the batch in the rows (1..13, 128, 1000), and x[B, 3, M, K]
+ * @ x^T the attention's shape (batched, M a constant, N = M). */
+Test(jit, kernels_matmul_tiles_against_interpreter) {
+    mj_rng rng = mjt_rng(16);
+    static const int64_t kn[][2] = {{1, 1}, {7, 5}, {64, 128}, {33, 70}, {300, 129}, {17, 64}};
+    static const int64_t batches[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 128, 1000};
+    static const int64_t mk[][2] = {{128, 64}, {13, 9}, {70, 3}};
+    int n_kn = (int)(sizeof kn / sizeof *kn), n_mk = (int)(sizeof mk / sizeof *mk);
+    for (int si = 0; si < n_kn + n_mk; si++) {
+        mj_graph *g = new_graph();
+        int64_t K;
+        if (si < n_kn) {
+            K = kn[si][0];
+            int32_t x = input(g, ty(2, B, K, 0));
+            int32_t w = leaf(g, MJ_OP_PARAM, "w", ty(2, K, kn[si][1], 0), &rng);
+            out(g, op(g, MJ_OP_MATMUL, 2, x, w, -1, MJ_ACT_NONE, NULL));
+        } else {
+            int64_t M = mk[si - n_kn][0];
+            K = mk[si - n_kn][1];
+            mj_type xt = ty(3, B, 3, M);
+            xt.rank = 4;
+            xt.dims[3] = K;
+            int32_t x = input(g, xt);
+            int32_t t = op(g, MJ_OP_TRANSPOSE, 1, x, -1, -1, MJ_ACT_NONE, NULL);
+            out(g, op(g, MJ_OP_MATMUL, 2, x, t, -1, MJ_ACT_NONE, NULL));
+        }
+        for (int mi = 0; mi < 4; mi++) {
+            mj_compiled *c = mjt_compile(jit, g, mjt_modes[mi]);
+            for (size_t bi = 0; bi < sizeof batches / sizeof *batches; bi++) {
+                if (si >= n_kn && batches[bi] > 13 && batches[bi] != 128) continue;
+                mj_tensor *xin = randn_input(g, batches[bi], &rng), *want, *got;
+                OK(mj_graph_run(g, xin, &want));
+                OK(mj_compiled_run(c, xin, &got));
+                char what[96];
+                snprintf(what, sizeof what, "matmul shape %d batch %lld", si, (long long)batches[bi]);
+                if (mjt_modes[mi].numeric == MJ_NUMERIC_EXACT) {
+                    check_result(got, want, mjt_modes[mi], what);
+                } else {
                     double f = sqrt((double)K);
                     mj_compare cmp = mj_tensor_compare(got, want, MJ_RTOL_F32 * f, MJ_ATOL_F32 * f);
                     char desc[256];
