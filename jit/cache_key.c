@@ -1,6 +1,7 @@
 /* The compile cache's key: a SHA-256 of everything that decides the code
  * (docs/cache.md). */
 #include <string.h>
+#include <unistd.h>
 
 #include "cache.h"
 #include "code_id.h" /* MJ_CODE_ID, generated at build time */
@@ -36,6 +37,10 @@ mj_status mj_cache_key(const mj_graph *g, const mj_compile_options *o, const mj_
     part_i64(&s, (int64_t)maj * 1000000 + (int64_t)min * 1000 + patch);
     part_str(&s, t->cpu);
     part_str(&s, t->features);
+    /* the GEMM's blocking follows the caches (lower_gemm.c): speed only,
+     * never the bits, but an entry should be the code this machine gets */
+    part_i64(&s, sysconf(_SC_LEVEL1_DCACHE_SIZE));
+    part_i64(&s, sysconf(_SC_LEVEL2_CACHE_SIZE));
     part_str(&s, t->passes ? t->passes : "");
     part_i64(&s, (int64_t)o->numeric);
     part_i64(&s, o->frozen);
