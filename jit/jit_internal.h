@@ -63,6 +63,11 @@ typedef struct mj_body_plan {
     int64_t panel;
     bool *sparse;              /* per linear node: emitted by jit/sparse.c     */
     bool frozen;               /* constant weights may shape the code          */
+    int32_t *fused_by;         /* per node: the conv2d whose store computes it
+                                  (its tail: batch_norm, activations, a
+                                  residual add), or -1                         */
+    int32_t *conv_out;         /* per conv2d: the node whose storage it writes
+                                  (the last of its tail, or itself)            */
 } mj_body_plan;
 
 /* Packs W[N][K] into column panels of width P: panel p (columns

@@ -267,16 +267,20 @@ bool mj_lower_conv_sparse(const mj_cnn_lowering *c) {
     loop_end(e, &lq);
     loop_end(e, &lrun);
     loop_end(e, &lb);
-    /* the block's rows out, + b[o] */
+    /* the block's rows out, + b[o], then the conv's tail */
     lo = loop_range(e, lob.iv, o_end, 1);
     LLVMValueRef bv = bias ? load(e, bias, lo.iv) : NULL;
-    LLVMValueRef yp = at(e, c->y, mul(e, add(e, mul(e, ln.iv, ci(e, q.O)), lo.iv), ci(e, q.OH * q.OW)));
+    mj_conv_coefs k;
+    mj_conv_tail_coefs(c, lo.iv, &k);
+    LLVMValueRef ybase = mul(e, add(e, mul(e, ln.iv, ci(e, q.O)), lo.iv), ci(e, q.OH * q.OW));
     loop lh = loop_begin(e, ci(e, q.OH));
     LLVMValueRef src = at(e, rows, add(e, mul(e, isub(e, lo.iv, lob.iv), ci(e, RF)), mul(e, lh.iv, ci(e, q.Wp))));
-    LLVMValueRef dst = at(e, yp, mul(e, lh.iv, ci(e, q.OW)));
+    LLVMValueRef drow = add(e, ybase, mul(e, lh.iv, ci(e, q.OW)));
+    LLVMValueRef dst = at(e, c->y, drow);
     loop lw = loop_begin(e, ci(e, q.OW));
     LLVMValueRef v = load(e, src, lw.iv);
-    store(e, bv ? fadd(e, v, bv) : v, dst, lw.iv);
+    if (bv) v = fadd(e, v, bv);
+    store(e, mj_conv_tail_apply(c, &k, v, add(e, drow, lw.iv), 0), dst, lw.iv);
     loop_end(e, &lw);
     loop_end(e, &lh);
     loop_end(e, &lo);

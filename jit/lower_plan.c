@@ -45,6 +45,45 @@ static bool use_sparse(const mj_graph *g, const bool *input_free, const mj_node 
     return mj_sparse_profitable(w->tensor->data, w->type.dims[0], w->type.dims[1]);
 }
 
+/* The tail of conv2d node c: while its value has one use (and is not an
+ * output), that use joins if the conv's store can compute it: batch_norm of
+ * it (statistics input-free), an activation of it, or an add of it and a
+ * value r of the same type that exists before the conv runs (an input, a
+ * prologue value, or an earlier node that is stored). Each step is the
+ * separate op's float operations in its order, so the values are the same
+ * bits; the values in between are never stored. */
+static void plan_conv_tail(const mj_graph *g, const bool *input_free, const int32_t *uses, mj_body_plan *p,
+                           int32_t c) {
+    int32_t cur = c, n_tail = 0;
+    for (;;) {
+        bool is_out = false;
+        for (int32_t j = 0; j < p->n_out; j++) is_out = is_out || p->out_nodes[j] == cur;
+        if (is_out || uses[cur] != 1 || n_tail == MJ_CONV_TAIL_MAX) break;
+        int32_t u = -1; /* its one user */
+        for (int32_t i = cur + 1; i < g->n_nodes && u < 0; i++)
+            for (int k = 0; k < g->nodes[i].n_operands; k++)
+                if (g->nodes[i].operands[k] == cur) u = i;
+        if (u < 0) break;
+        const mj_node *n = &g->nodes[u];
+        bool ok = false;
+        if (n->op == MJ_OP_BATCH_NORM) {
+            ok = n->operands[0] == cur;
+            for (int k = 1; k < n->n_operands; k++) ok = ok && input_free[n->operands[k]];
+        } else if (mj_op_table[n->op].flags & MJ_OPF_ACTIVATION) {
+            ok = true;
+        } else if (n->op == MJ_OP_ADD) {
+            int32_t r = n->operands[0] == cur ? n->operands[1] : n->operands[0];
+            ok = r != cur && mj_type_equal(&g->nodes[r].type, &n->type) && mj_type_equal(&g->nodes[cur].type, &n->type) &&
+                 (input_free[r] || (r < c && p->fused_by[r] < 0));
+        }
+        if (!ok) break;
+        p->fused_by[u] = c;
+        cur = u;
+        n_tail++;
+    }
+    p->conv_out[c] = cur;
+}
+
 mj_status mj_body_plan_build(const mj_graph *g, const bool *input_free, bool frozen, mj_body_plan *p) {
     memset(p, 0, sizeof *p);
     p->g = g;
@@ -62,18 +101,25 @@ mj_status mj_body_plan_build(const mj_graph *g, const bool *input_free, bool fro
     p->out_nodes = mj_alloc_array((size_t)p->n_out + 1, sizeof *p->out_nodes);
     p->out_root = mj_alloc_array((size_t)p->n_out + 1, sizeof *p->out_root);
     p->root_of = mj_alloc_array(n, sizeof *p->root_of);
+    p->fused_by = mj_alloc_array(n, sizeof *p->fused_by);
+    p->conv_out = mj_alloc_array(n, sizeof *p->conv_out);
+    int32_t *uses = mj_graph_use_counts(g);
     if (!p->leaf_plain || !p->leaf_packed || !p->leaves || !p->has_slot || !p->sparse || !p->in_nodes ||
-        !p->out_nodes || !p->out_root || !p->root_of) {
+        !p->out_nodes || !p->out_root || !p->root_of || !p->fused_by || !p->conv_out || !uses) {
+        free(uses);
         mj_body_plan_free(p);
         return MJ_ERR_NOMEM;
     }
     int32_t k_in = 0;
     for (int32_t i = 0; i < g->n_nodes; i++) {
-        p->leaf_plain[i] = p->leaf_packed[i] = p->root_of[i] = -1;
+        p->leaf_plain[i] = p->leaf_packed[i] = p->root_of[i] = p->fused_by[i] = p->conv_out[i] = -1;
         p->sparse[i] = use_sparse(g, input_free, &g->nodes[i], frozen);
         if (g->nodes[i].op == MJ_OP_INPUT) p->in_nodes[k_in++] = i;
     }
     for (int32_t j = 0; j < p->n_out; j++) p->out_nodes[j] = g->outputs[j];
+    for (int32_t i = 0; i < g->n_nodes; i++)
+        if (g->nodes[i].op == MJ_OP_CONV2D && !input_free[i]) plan_conv_tail(g, input_free, uses, p, i);
+    free(uses);
     p->vw = 16;
     p->nr = 4;
     p->panel = 64;
@@ -110,12 +156,16 @@ mj_status mj_body_plan_build(const mj_graph *g, const bool *input_free, bool fro
         const mj_node *nd = &g->nodes[i];
         p->has_slot[i] = !input_free[i] && nd->op != MJ_OP_INPUT && nd->op != MJ_OP_RESHAPE && p->root_of[i] < 0;
     }
+    /* a conv with a tail writes its last node's storage; the rest are never stored */
+    for (int32_t i = 0; i < g->n_nodes; i++)
+        if (p->fused_by[i] >= 0 && p->conv_out[p->fused_by[i]] != i) p->has_slot[i] = false;
+        else if (p->conv_out[i] >= 0 && p->conv_out[i] != i) p->has_slot[i] = false;
     return MJ_OK;
 }
 
 void mj_body_plan_free(mj_body_plan *p) {
     MJ_FREE_ALL(p->leaf_plain, p->leaf_packed, p->leaves, p->has_slot, p->sparse, p->in_nodes,
-                p->out_nodes, p->out_root, p->root_of);
+                p->out_nodes, p->out_root, p->root_of, p->fused_by, p->conv_out);
     memset(p, 0, sizeof *p);
 }
 
