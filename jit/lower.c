@@ -228,6 +228,9 @@ mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan 
         else if (p->has_slot[i]) {
             w.buf[i] = at(&w, w.scratch, off);
             LLVMValueRef sz = dims_product(&w, &n->type, 0, n->type.rank);
+            int64_t per, over = mj_body_padded_floats(p, i, &per);
+            if (per >= 0) /* padded for a conv: per image, and the overrun */
+                sz = add(&w, mul(&w, dims_product(&w, &n->type, 0, 1), ci(&w, per)), ci(&w, over));
             off = add(&w, off, LLVMBuildAnd(w.e.b, add(&w, sz, ci(&w, 15)), ci(&w, ~INT64_C(15)), ""));
         }
     }
@@ -337,6 +340,16 @@ mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan 
             int32_t wl = n->op == MJ_OP_CONV2D ? p->leaf_plain[n->operands[1]] : -1;
             if (o->baked && wl >= 0) cl.conv_weight = o->baked[wl]; /* frozen: the mask is known */
             if (p->frozen) cl.scratch = sparse_scratch;
+            if (n->op == MJ_OP_CONV2D) { /* frozen sparse convs: values stored padded */
+                int32_t next = p->padded_by[p->conv_out[i]];
+                cl.x_padded = p->padded_by[n->operands[0]] >= 0;
+                if (next >= 0) {
+                    cl.pad_y[0] = g->nodes[next].attrs.i[MJ_CONV_PADDING];
+                    cl.pad_y[1] = g->nodes[next].attrs.i[MJ_CONV_PADDING + 1];
+                }
+                /* both sides were planned for the sparse tap table */
+                MJ_ASSERT(!(cl.x_padded || next >= 0) || mj_conv_sparse_wanted(&cl));
+            }
             s = mj_lower_cnn(&cl);
             break;
         }

@@ -36,6 +36,11 @@ typedef struct mj_cnn_lowering {
     int n_tail;
     mj_conv_step tail[MJ_CONV_TAIL_MAX];
     bool fault;               /* test-only: + 0.5 on the conv's own value      */
+    /* frozen sparse conv2d: x is stored zero-padded for it (its borders
+     * still to be zeroed); y is stored zero-padded with pad_y[0..1] rows and
+     * columns around each plane (0: plain) for the next conv */
+    bool x_padded;
+    int64_t pad_y[2];
 } mj_cnn_lowering;
 
 /* The conv's store: per output channel o (an i64 value) the tail's
@@ -58,6 +63,14 @@ mj_status mj_lower_cnn(const mj_cnn_lowering *c);
  * (false: out of memory). */
 int64_t mj_conv_sparse_scratch_floats(const mj_graph *g, int32_t id);
 bool mj_conv_sparse_wanted(const mj_cnn_lowering *c);
+/* The same choice from the graph: node id with the frozen weight w, for
+ * vectors of vw floats (a frozen lowering has the scratch). */
+bool mj_conv_sparse_takes(const mj_graph *g, int32_t id, const float *w, int vw);
+/* The storage of node id's input when the producer writes it zero-padded
+ * for the sparse conv id (the plan's padded_by): per_image floats per
+ * image (C planes of Hp x Wp), plus the returned floats once after the
+ * last image (the tiles' overrun; a multiple of 16). */
+int64_t mj_conv_sparse_padded_floats(const mj_graph *g, int32_t id, int64_t *per_image);
 bool mj_lower_conv_sparse(const mj_cnn_lowering *c);
 
 #endif

@@ -85,6 +85,13 @@ static int64_t out_block(const geom *q) {
     return ob < 1 ? 1 : ob > q->O ? q->O : ob;
 }
 
+int64_t mj_conv_sparse_padded_floats(const mj_graph *g, int32_t id, int64_t *per_image) {
+    geom q;
+    MJ_ASSERT(geometry(g, id, &q));
+    *per_image = q.C * q.Hp * q.Wp;
+    return mj_round16(q.Wp + SPARSE_TILE_MAX);
+}
+
 int64_t mj_conv_sparse_scratch_floats(const mj_graph *g, int32_t id) {
     geom q;
     return geometry(g, id, &q) ? padded_floats(&q) + out_block(&q) * rows_floats(&q) : 0;
@@ -109,14 +116,18 @@ static int tile_vectors(int vw, int64_t run) {
 #define SPARSE_FMA_COST 1.4
 
 bool mj_conv_sparse_wanted(const mj_cnn_lowering *c) {
+    return c->conv_weight && c->scratch && mj_conv_sparse_takes(c->g, c->id, c->conv_weight, c->e->vw);
+}
+
+bool mj_conv_sparse_takes(const mj_graph *g, int32_t id, const float *w, int vw) {
     geom q;
-    if (!c->conv_weight || !c->scratch || !geometry(c->g, c->id, &q)) return false;
-    int64_t per = q.cg * q.KH * q.KW, vw = c->e->vw;
-    double nz = (double)mj_count_nonzero(c->conv_weight, q.O * per);
+    if (!geometry(g, id, &q)) return false;
+    int64_t per = q.cg * q.KH * q.KW;
+    double nz = (double)mj_count_nonzero(w, q.O * per);
     /* vector fmas of the dense tile and of this one (the columns between
      * rows and the tiles' round-up included) */
     double dense = (double)(q.O * per) * (double)(q.OH * ((q.OW + vw - 1) / vw));
-    int64_t run = q.sh == 1 ? q.OH * q.Wp : q.OW, T = tile_vectors(c->e->vw, run) * vw;
+    int64_t run = q.sh == 1 ? q.OH * q.Wp : q.OW, T = tile_vectors(vw, run) * vw;
     double sparse = nz * (double)((q.sh == 1 ? 1 : q.OH) * ((run + T - 1) / T) * (T / vw));
     return SPARSE_FMA_COST * sparse <= dense;
 }
@@ -213,20 +224,30 @@ bool mj_lower_conv_sparse(const mj_cnn_lowering *c) {
      * C*Hp*Wp + Wp + T. A row buffer takes (nrun - 1)*Wp + ntile*T <=
      * OH*Wp + T. */
     LLVMValueRef xpad = c->scratch, rows = at(e, c->scratch, ci(e, padded_floats(&q)));
+    int64_t planes = q.C * q.Hp * q.Wp, N = c->g->nodes[n->operands[0]].type.dims[0];
+    LLVMValueRef nimg = N == MJ_DIM_BATCH ? c->batch : ci(e, N);
     LLVMValueRef acc[16];
     for (int v = 0; v < V; v++) acc[v] = mj_emit_entry_alloca(e, e->vt);
     LLVMValueRef bias = n->n_operands == 3 ? c->ops[2] : NULL;
 
-    /* the overrun: zeros (the tiles' dropped columns read it) */
+    /* the overrun: zeros (the tiles' dropped columns read it); when x is
+     * stored padded for this conv, after its last image */
     LLVMValueRef zero8 = LLVMConstInt(LLVMInt8TypeInContext(e->ctx), 0, 0);
-    int64_t planes = q.C * q.Hp * q.Wp;
-    LLVMBuildMemSet(e->b, at(e, xpad, ci(e, planes)), zero8, ci(e, (padded_floats(&q) - planes) * 4), 4);
+    if (c->x_padded) {
+        int64_t per;
+        int64_t over = mj_conv_sparse_padded_floats(c->g, c->id, &per);
+        MJ_ASSERT(per == planes);
+        LLVMBuildMemSet(e->b, at(e, c->ops[0], mul(e, nimg, ci(e, planes))), zero8, ci(e, over * 4), 4);
+    } else {
+        LLVMBuildMemSet(e->b, at(e, xpad, ci(e, planes)), zero8, ci(e, (padded_floats(&q) - planes) * 4), 4);
+    }
 
-    int64_t N = c->g->nodes[n->operands[0]].type.dims[0];
-    loop ln = loop_begin(e, N == MJ_DIM_BATCH ? c->batch : ci(e, N));
+    loop ln = loop_begin(e, nimg);
+    if (c->x_padded) xpad = at(e, c->ops[0], mul(e, ln.iv, ci(e, planes)));
     { /* the image into the padded planes, row by row: a padding row is
        * zeros, an input row gets zeros left and right (the scratch is
-       * shared, so the zeros are written on every call) */
+       * shared, so the zeros are written on every call); x stored padded
+       * has its rows in place already, only the zeros are written */
         loop lr = loop_begin(e, ci(e, q.C * q.Hp));
         LLVMValueRef ch = LLVMBuildSDiv(e->b, lr.iv, ci(e, q.Hp), "");
         LLVMValueRef h = isub(e, LLVMBuildSRem(e->b, lr.iv, ci(e, q.Hp), ""), ci(e, q.ph));
@@ -240,7 +261,7 @@ bool mj_lower_conv_sparse(const mj_cnn_lowering *c) {
             LLVMBuildMemSet(e->b, dst, zero8, ci(e, q.pw * 4), 4);
             LLVMBuildMemSet(e->b, at(e, dst, ci(e, q.pw + q.W)), zero8, ci(e, q.pw * 4), 4);
         }
-        LLVMBuildMemCpy(e->b, at(e, dst, ci(e, q.pw)), 4, src, 4, ci(e, q.W * 4));
+        if (!c->x_padded) LLVMBuildMemCpy(e->b, at(e, dst, ci(e, q.pw)), 4, src, 4, ci(e, q.W * 4));
         if_else(e, &f);
         LLVMBuildMemSet(e->b, dst, zero8, ci(e, q.Wp * 4), 4);
         if_end(e, f.end);
@@ -276,7 +297,13 @@ bool mj_lower_conv_sparse(const mj_cnn_lowering *c) {
     loop lh = loop_begin(e, ci(e, q.OH));
     LLVMValueRef src = at(e, rows, add(e, mul(e, isub(e, lo.iv, lob.iv), ci(e, RF)), mul(e, lh.iv, ci(e, q.Wp))));
     LLVMValueRef drow = add(e, ybase, mul(e, lh.iv, ci(e, q.OW)));
-    LLVMValueRef dst = at(e, c->y, drow);
+    /* stored padded for the next conv: its planes are (OH + 2py) x (OW + 2px) */
+    int64_t py = c->pad_y[0], px = c->pad_y[1], HPy = q.OH + 2 * py, WPy = q.OW + 2 * px;
+    LLVMValueRef dst = at(e, c->y, py || px ? add(e, mul(e, add(e, mul(e, add(e, mul(e, ln.iv, ci(e, q.O)), lo.iv), ci(e, HPy)),
+                                                                  add(e, lh.iv, ci(e, py))),
+                                                          ci(e, WPy)),
+                                                  ci(e, px))
+                                          : drow);
     loop lw = loop_begin(e, ci(e, q.OW));
     LLVMValueRef v = load(e, src, lw.iv);
     if (bv) v = fadd(e, v, bv);
