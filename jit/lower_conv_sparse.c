@@ -175,8 +175,55 @@ static bool build_taps(const float *w, const geom *q, int64_t cb, int32_t **star
 
 /* One tile: positions [q0, q0 + V*vw) of the run at xr (input) and rr (row
  * buffer), taps [t0, t1). */
+/* The last block's tile straight into y stored padded for the next conv
+ * (its rows Wp apart, as the run): run position q is y's plane at q + the
+ * padding before row 0. Lanes past the run are not stored; the columns
+ * between rows land on y's padding, which the next conv zeroes before it
+ * reads (as it zeroes all of it). */
+typedef struct direct {
+    LLVMValueRef last, dst, bias, o; /* in the last block; dst: y's plane + the padding before row 0 */
+    int64_t run;
+} direct;
+
+/* <vw x i32> of s */
+static LLVMValueRef splat_i32(mj_emit *e, LLVMValueRef s) {
+    LLVMTypeRef t = LLVMVectorType(e->i32, (unsigned)e->vw);
+    LLVMValueRef v = LLVMBuildInsertElement(e->b, LLVMGetPoison(t), s, ci(e, 0), "");
+    return LLVMBuildShuffleVector(e->b, v, LLVMGetPoison(t), LLVMConstNull(t), "");
+}
+
+static LLVMValueRef k_i32(mj_emit *e, int64_t v) {
+    LLVMValueRef k[64];
+    for (int l = 0; l < e->vw; l++) k[l] = LLVMConstInt(e->i32, (unsigned long long)v, 0);
+    return LLVMConstVector(k, (unsigned)e->vw);
+}
+
+static void tile_direct(const mj_cnn_lowering *c, LLVMValueRef *acc, int V, const direct *d, LLVMValueRef q0) {
+    mj_emit *e = c->e;
+    mj_conv_coefs k;
+    mj_conv_tail_coefs(c, d->o, &k);
+    LLVMValueRef bv = d->bias ? vsplat(e, load(e, d->bias, d->o)) : NULL;
+    LLVMValueRef lanes[64];
+    for (int l = 0; l < e->vw; l++) lanes[l] = LLVMConstInt(e->i32, (unsigned long long)l, 0);
+    LLVMValueRef lane = LLVMConstVector(lanes, (unsigned)e->vw);
+    LLVMValueRef q32 = LLVMBuildTrunc(e->b, q0, e->i32, ""); /* positions < 2^31: the tap offsets' bound */
+    for (int v = 0; v < V; v++) {
+        LLVMValueRef val = LLVMBuildLoad2(e->b, e->vt, acc[v], "");
+        if (bv) val = fadd(e, val, bv);
+        val = mj_conv_tail_apply(c, &k, val, NULL, e->vw);
+        LLVMValueRef qs = LLVMBuildAdd(e->b, q32, LLVMConstInt(e->i32, (unsigned long long)v * (unsigned)e->vw, 0), "");
+        LLVMValueRef qv = LLVMBuildAdd(e->b, splat_i32(e, qs), lane, "");
+        LLVMValueRef in_run = LLVMBuildICmp(e->b, LLVMIntULT, qv, k_i32(e, d->run), "");
+        LLVMTypeRef mty[2] = {e->vt, e->ptr}, fty;
+        LLVMValueRef fn = intrinsic(e, "llvm.masked.store", mty, 2, &fty);
+        LLVMValueRef args[4] = {val, at(e, d->dst, add(e, q0, ci(e, (int64_t)v * e->vw))), LLVMConstInt(e->i32, 4, 0), in_run};
+        LLVMBuildCall2(e->b, fty, fn, args, 4, "");
+    }
+}
+
 static void tile(const mj_cnn_lowering *c, LLVMValueRef *acc, int V, LLVMValueRef taps, LLVMValueRef t0,
-                 LLVMValueRef t1, LLVMValueRef xr, LLVMValueRef rr, LLVMValueRef q0, LLVMValueRef first) {
+                 LLVMValueRef t1, LLVMValueRef xr, LLVMValueRef rr, LLVMValueRef q0, LLVMValueRef first,
+                 const direct *d) {
     mj_emit *e = c->e;
     /* +0.0f in the first block, else the sum so far */
     ifb f = ifelse_begin(e, first);
@@ -195,8 +242,15 @@ static void tile(const mj_cnn_lowering *c, LLVMValueRef *acc, int V, LLVMValueRe
         LLVMBuildStore(e->b, vmuladd(e, a, xv, wv), acc[v]);
     }
     loop_end(e, &lt);
+    ifb f2 = {0};
+    if (d) {
+        f2 = ifelse_begin(e, d->last);
+        tile_direct(c, acc, V, d, q0);
+        if_else(e, &f2);
+    }
     for (int v = 0; v < V; v++)
         vst(e, LLVMBuildLoad2(e->b, e->vt, acc[v], ""), rr, add(e, q0, ci(e, (int64_t)v * e->vw)), 4);
+    if (d) if_end(e, f2.end);
 }
 
 bool mj_lower_conv_sparse(const mj_cnn_lowering *c) {
@@ -283,13 +337,27 @@ bool mj_lower_conv_sparse(const mj_cnn_lowering *c) {
     LLVMValueRef t0 = LLVMBuildSExt(e->b, ld(e, e->i32, tstart, si), e->i64, "");
     LLVMValueRef t1 = LLVMBuildSExt(e->b, ld(e, e->i32, tstart, add(e, si, ci(e, 1))), e->i64, "");
     LLVMValueRef rr = at(e, rows, add(e, mul(e, isub(e, lo.iv, lob.iv), ci(e, RF)), mul(e, lrun.iv, ci(e, q.Wp))));
-    tile(c, acc, V, ttap, t0, t1, xr, rr, lq.iv, first);
+    /* y stored padded for the next conv with rows as long as the run's,
+     * and no residual to read in y's own layout: the last block's tiles
+     * store y themselves, so no rows go out after it */
+    int64_t py = c->pad_y[0], px = c->pad_y[1], HPy = q.OH + 2 * py, WPy = q.OW + 2 * px;
+    bool has_add = false;
+    for (int k = 0; k < c->n_tail; k++) has_add = has_add || c->tail[k].op == MJ_OP_ADD;
+    bool direct_out = (py || px) && q.sh == 1 && WPy == q.Wp && !has_add;
+    direct d = {0};
+    if (direct_out) {
+        d = (direct){.last = LLVMBuildICmp(e->b, LLVMIntEQ, lb.iv, ci(e, nb - 1), ""), .bias = bias, .o = lo.iv,
+                     .run = run,
+                     .dst = at(e, c->y, add(e, mul(e, add(e, mul(e, ln.iv, ci(e, q.O)), lo.iv), ci(e, HPy * WPy)),
+                                            ci(e, py * WPy + px)))};
+    }
+    tile(c, acc, V, ttap, t0, t1, xr, rr, lq.iv, first, direct_out ? &d : NULL);
     loop_end(e, &lo);
     loop_end(e, &lq);
     loop_end(e, &lrun);
     loop_end(e, &lb);
     /* the block's rows out, + b[o], then the conv's tail */
-    lo = loop_range(e, lob.iv, o_end, 1);
+    lo = loop_range(e, lob.iv, direct_out ? lob.iv : o_end, 1);
     LLVMValueRef bv = bias ? load(e, bias, lo.iv) : NULL;
     mj_conv_coefs k;
     mj_conv_tail_coefs(c, lo.iv, &k);
@@ -298,7 +366,6 @@ bool mj_lower_conv_sparse(const mj_cnn_lowering *c) {
     LLVMValueRef src = at(e, rows, add(e, mul(e, isub(e, lo.iv, lob.iv), ci(e, RF)), mul(e, lh.iv, ci(e, q.Wp))));
     LLVMValueRef drow = add(e, ybase, mul(e, lh.iv, ci(e, q.OW)));
     /* stored padded for the next conv: its planes are (OH + 2py) x (OW + 2px) */
-    int64_t py = c->pad_y[0], px = c->pad_y[1], HPy = q.OH + 2 * py, WPy = q.OW + 2 * px;
     LLVMValueRef dst = at(e, c->y, py || px ? add(e, mul(e, add(e, mul(e, add(e, mul(e, ln.iv, ci(e, q.O)), lo.iv), ci(e, HPy)),
                                                                   add(e, lh.iv, ci(e, py))),
                                                           ci(e, WPy)),
