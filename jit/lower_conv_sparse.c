@@ -173,8 +173,6 @@ static bool build_taps(const float *w, const geom *q, int64_t cb, int32_t **star
     return true;
 }
 
-/* One tile: positions [q0, q0 + V*vw) of the run at xr (input) and rr (row
- * buffer), taps [t0, t1). */
 /* The last block's tile straight into y stored padded for the next conv
  * (its rows Wp apart, as the run): run position q is y's plane at q + the
  * padding before row 0. Lanes past the run are not stored; the columns
@@ -221,6 +219,8 @@ static void tile_direct(const mj_cnn_lowering *c, LLVMValueRef *acc, int V, cons
     }
 }
 
+/* One tile: positions [q0, q0 + V*vw) of the run at xr (input) and rr (row
+ * buffer), taps [t0, t1); with d, the last block stores y (tile_direct). */
 static void tile(const mj_cnn_lowering *c, LLVMValueRef *acc, int V, LLVMValueRef taps, LLVMValueRef t0,
                  LLVMValueRef t1, LLVMValueRef xr, LLVMValueRef rr, LLVMValueRef q0, LLVMValueRef first,
                  const direct *d) {
