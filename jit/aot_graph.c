@@ -115,10 +115,7 @@ mj_status mj_aot_prepare(const mj_graph *g0, const mj_aot_options *o, const targ
     } else if (!(a->input_free = mj_graph_input_free(a->g))) {
         return MJ_ERR_NOMEM;
     }
-    MJ_TRY(mj_body_plan_build(a->g, a->input_free, !a->live, &a->plan));
-    a->plan.vw = mj_features_vector_width(t->features);
-    a->plan.nr = a->plan.vw == 16 ? 4 : 2;
-    a->plan.panel = (int64_t)a->plan.nr * a->plan.vw;
+    MJ_TRY(mj_body_plan_build(a->g, a->input_free, !a->live, mj_features_vector_width(t->features), &a->plan));
     MJ_TRY(prologue(a));
     if (a->live) {
         a->param_node = mj_alloc_array((size_t)a->plan.n_leaves + 1, sizeof *a->param_node);
@@ -149,7 +146,12 @@ mj_status mj_aot_prepare(const mj_graph *g0, const mj_aot_options *o, const targ
     if (!a->slot_coef || !a->slot_pow) return MJ_ERR_NOMEM;
     for (int32_t i = 0; i < a->g->n_nodes; i++) {
         if (!a->plan.has_slot[i]) continue;
-        mj_aot_type_poly(&a->g->nodes[i].type, &a->slot_coef[a->n_slots], &a->slot_pow[a->n_slots]);
+        const mj_type *ty = &a->g->nodes[i].type;
+        mj_aot_type_poly(ty, &a->slot_coef[a->n_slots], &a->slot_pow[a->n_slots]);
+        int64_t per;
+        mj_body_padded_floats(&a->plan, i, &per); /* padded planes: the overrun goes to scratch_fixed */
+        if (per >= 0)
+            a->slot_coef[a->n_slots] = (ty->dims[0] == MJ_DIM_BATCH ? 1 : ty->dims[0]) * per;
         a->n_slots++;
     }
     int64_t s1;

@@ -252,10 +252,8 @@ mj_status mj_jit_compile(mj_jit *jit, const mj_graph *g, const mj_compile_option
         s = MJ_ERR_NOMEM;
         goto fail;
     }
-    if ((s = mj_body_plan_build(c->g, c->input_free, opts.frozen, &c->plan)) != MJ_OK) goto fail;
-    c->plan.vw = mj_features_vector_width(jit->features);
-    c->plan.nr = c->plan.vw == 16 ? 4 : 2;
-    c->plan.panel = (int64_t)c->plan.nr * c->plan.vw;
+    s = mj_body_plan_build(c->g, c->input_free, opts.frozen, mj_features_vector_width(jit->features), &c->plan);
+    if (s != MJ_OK) goto fail;
     c->needed = mj_prologue_needed(c->g, &c->plan);
     c->param_versions = mj_alloc_array((size_t)c->g->n_nodes + 1, sizeof *c->param_versions);
     if (!c->needed || !c->param_versions) {
@@ -368,9 +366,10 @@ static mj_status runtime_init(mj_compiled *c) {
         }
         c->row_independent = c->row_independent && rows_ok;
         if (!c->plan.has_slot[i]) continue;
-        if (b_at_dim0_only(&n->type)) {
-            c->scratch_row += type_row(&n->type);
-            c->scratch_fixed += 16;
+        if (b_at_dim0_only(&n->type)) { /* a value stored padded for a conv: its row is the padded planes */
+            int64_t per, over = mj_body_padded_floats(&c->plan, i, &per);
+            c->scratch_row += per >= 0 ? per : type_row(&n->type);
+            c->scratch_fixed += 16 + over;
         } else {
             c->batch_linear = c->row_independent = false;
         }

@@ -56,13 +56,21 @@ typedef struct mj_body_plan {
     int32_t *out_root;         /* per output: node whose slice is y[j] itself,
                                   or -1 (copied at the end)                    */
     int32_t *root_of;          /* per node: the output it writes, or -1        */
-    /* Code shape, set by the compiler from the JIT's target before lowering:
+    /* Code shape, from the JIT's target:
      * vw floats per vector (16 AVX-512, 8 AVX2, 4 otherwise), packed linear
      * weights in panels of panel = nr*vw output columns (see mj_pack_panels). */
     int vw, nr;
     int64_t panel;
     bool *sparse;              /* per linear node: emitted by jit/sparse.c     */
     bool frozen;               /* constant weights may shape the code          */
+    int32_t *fused_by;         /* per node: the conv2d whose store computes it
+                                  (its tail: batch_norm, activations, a
+                                  residual add), or -1                         */
+    int32_t *conv_out;         /* per conv2d: the node whose storage it writes
+                                  (the last of its tail, or itself)            */
+    int32_t *padded_by;        /* per node: stored zero-padded as the input of
+                                  this frozen sparse conv (its only readers are
+                                  such convs; a sparse conv writes it), or -1  */
 } mj_body_plan;
 
 /* Packs W[N][K] into column panels of width P: panel p (columns
@@ -74,7 +82,10 @@ int mj_features_vector_width(const char *features);
 
 /* Builds the plan for a graph whose input_free flags are known (allocates
  * the arrays; mj_body_plan_free releases them). */
-mj_status mj_body_plan_build(const mj_graph *g, const bool *input_free, bool frozen, mj_body_plan *p);
+mj_status mj_body_plan_build(const mj_graph *g, const bool *input_free, bool frozen, int vw, mj_body_plan *p);
+/* A slot of padded_by >= 0 holds per_image floats per image of its batch
+ * dim plus the returned floats once; 0 (per_image -1) for other nodes. */
+int64_t mj_body_padded_floats(const mj_body_plan *p, int32_t i, int64_t *per_image);
 void mj_body_plan_free(mj_body_plan *p);
 /* Floats of scratch the body needs at this batch (slices rounded up to 16
  * floats so each starts 64-byte aligned). MJ_ERR_LIMIT on overflow. */

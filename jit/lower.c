@@ -89,6 +89,28 @@ static void emit_fault(lw *w, int32_t i) {
     loop_end(w, &l);
 }
 
+/* The steps of conv i's tail (the plan's), from their nodes. */
+static void conv_tail(const lw *w, int32_t i, mj_cnn_lowering *cl) {
+    const mj_graph *g = w->p->g;
+    int32_t cur = i;
+    for (int32_t j = i + 1; j < g->n_nodes; j++) {
+        if (w->p->fused_by[j] != i) continue;
+        const mj_node *n = &g->nodes[j];
+        MJ_ASSERT(cl->n_tail < MJ_CONV_TAIL_MAX);
+        mj_conv_step *st = &cl->tail[cl->n_tail++];
+        *st = (mj_conv_step){.op = n->op, .fault = n->op == w->o->fault};
+        if (n->op == MJ_OP_BATCH_NORM) {
+            for (int k = 1; k < n->n_operands; k++) st->p[k - 1] = w->buf[n->operands[k]];
+            st->eps = n->attrs.f[0];
+        } else if (n->op == MJ_OP_ADD) {
+            st->r_first = n->operands[1] == cur;
+            st->p[0] = w->buf[n->operands[st->r_first ? 0 : 1]];
+        }
+        cur = j;
+    }
+    MJ_ASSERT(cur == w->p->conv_out[i]);
+}
+
 mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan *p,
                         const mj_lower_options *o) {
     const mj_op fault = o->fault;
@@ -206,6 +228,9 @@ mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan 
         else if (p->has_slot[i]) {
             w.buf[i] = at(&w, w.scratch, off);
             LLVMValueRef sz = dims_product(&w, &n->type, 0, n->type.rank);
+            int64_t per, over = mj_body_padded_floats(p, i, &per);
+            if (per >= 0) /* padded for a conv: per image, and the overrun */
+                sz = add(&w, mul(&w, dims_product(&w, &n->type, 0, 1), ci(&w, per)), ci(&w, over));
             off = add(&w, off, LLVMBuildAnd(w.e.b, add(&w, sz, ci(&w, 15)), ci(&w, ~INT64_C(15)), ""));
         }
     }
@@ -230,7 +255,8 @@ mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan 
         if (!p->input_free[i] && mj_op_has_residual(g->nodes[i].op)) w.loops = true;
     for (int32_t i = 0; i < g->n_nodes && s == MJ_OK; i++) {
         const mj_node *n = &g->nodes[i];
-        if (p->input_free[i] || n->op == MJ_OP_INPUT || done[i]) continue;
+        /* a conv's tail is computed in the conv's store */
+        if (p->input_free[i] || n->op == MJ_OP_INPUT || done[i] || p->fused_by[i] >= 0) continue;
         if (n->op == MJ_OP_RESHAPE) { /* an alias: no code */
             w.buf[i] = w.buf[n->operands[0]];
             continue;
@@ -306,9 +332,24 @@ mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan 
             snprintf(prefix, sizeof prefix, "%s.cnn%d", o->fname, (int)i);
             mj_cnn_lowering cl = {.e = &w.e, .g = g, .id = i, .y = w.buf[i], .batch = w.batch, .prefix = prefix};
             for (int k = 0; k < n->n_operands; k++) cl.ops[k] = w.buf[n->operands[k]];
+            if (n->op == MJ_OP_CONV2D && p->conv_out[i] != i) {
+                conv_tail(&w, i, &cl);
+                cl.y = w.buf[p->conv_out[i]];
+                cl.fault = n->op == fault;
+            }
             int32_t wl = n->op == MJ_OP_CONV2D ? p->leaf_plain[n->operands[1]] : -1;
             if (o->baked && wl >= 0) cl.conv_weight = o->baked[wl]; /* frozen: the mask is known */
             if (p->frozen) cl.scratch = sparse_scratch;
+            if (n->op == MJ_OP_CONV2D) { /* frozen sparse convs: values stored padded */
+                int32_t next = p->padded_by[p->conv_out[i]];
+                cl.x_padded = p->padded_by[n->operands[0]] >= 0;
+                if (next >= 0) {
+                    cl.pad_y[0] = g->nodes[next].attrs.i[MJ_CONV_PADDING];
+                    cl.pad_y[1] = g->nodes[next].attrs.i[MJ_CONV_PADDING + 1];
+                }
+                /* both sides were planned for the sparse tap table */
+                MJ_ASSERT(!(cl.x_padded || next >= 0) || mj_conv_sparse_wanted(&cl));
+            }
             s = mj_lower_cnn(&cl);
             break;
         }
@@ -319,7 +360,7 @@ mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan 
             break;
         case MJ_OP_COUNT: MJ_ASSERT(!"not an op (the graph is verified)");
         }
-        if (s == MJ_OK && n->op == fault) emit_fault(&w, i);
+        if (s == MJ_OK && n->op == fault && !(n->op == MJ_OP_CONV2D && p->conv_out[i] != i)) emit_fault(&w, i);
         if (first_only) if_end(&w, first_only);
         emit_barrier(&w);
     }

@@ -17,7 +17,12 @@
  *
  * With stride 1 along W a register tile replaces the plane accumulator
  * (see lower_conv_tiled); frozen, when the nonzero taps are cheaper than
- * the tile, jit/lower_conv_sparse.c runs them instead. */
+ * the tile, jit/lower_conv_sparse.c runs them instead.
+ *
+ * Each way's store (value + b[o]) then runs the conv's tail (the plan's:
+ * batch_norm, activations, a residual add; mj_conv_tail_apply), each step
+ * the separate op's operations, so that BN, ReLU and the residual of a
+ * ResNet block cost no passes over memory. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -101,6 +106,41 @@ static LLVMValueRef fma_at(mj_emit *e, LLVMValueRef yr, LLVMValueRef q, LLVMValu
     return vmuladd(e, load(e, yr, q), xv, wv);
 }
 
+/* batch_norm's per-channel values, as eager: alpha = w / sqrtf(var + eps),
+ * beta = b - mean * alpha (1 and 0.0f without w, b); y = fmaf(x, alpha, beta) */
+static void bn_coefs(mj_emit *e, const LLVMValueRef *p, float eps, LLVMValueRef ch, LLVMValueRef *alpha,
+                     LLVMValueRef *beta) {
+    LLVMValueRef sd = call_libm(e, "sqrtf", fadd(e, load(e, p[1], ch), cf(e, eps)));
+    *alpha = fdiv(e, p[2] ? load(e, p[2], ch) : cf(e, 1.0f), sd);
+    *beta = fsub(e, p[3] ? load(e, p[3], ch) : cf(e, 0.0f), fmul(e, load(e, p[0], ch), *alpha));
+}
+
+void mj_conv_tail_coefs(const mj_cnn_lowering *c, LLVMValueRef o, mj_conv_coefs *k) {
+    for (int s = 0; s < c->n_tail; s++)
+        if (c->tail[s].op == MJ_OP_BATCH_NORM) bn_coefs(c->e, c->tail[s].p, c->tail[s].eps, o, &k->alpha[s], &k->beta[s]);
+}
+
+LLVMValueRef mj_conv_tail_apply(const mj_cnn_lowering *c, const mj_conv_coefs *k, LLVMValueRef v, LLVMValueRef idx,
+                                int lanes) {
+    mj_emit *e = c->e;
+    LLVMValueRef half = lanes ? vsplat(e, cf(e, 0.5f)) : cf(e, 0.5f);
+    if (c->fault) v = fadd(e, v, half);
+    for (int s = 0; s < c->n_tail; s++) {
+        const mj_conv_step *st = &c->tail[s];
+        if (st->op == MJ_OP_BATCH_NORM) {
+            v = lanes ? vmuladd(e, vsplat(e, k->beta[s]), v, vsplat(e, k->alpha[s])) : vmuladd(e, k->beta[s], v, k->alpha[s]);
+        } else if (st->op == MJ_OP_ADD) {
+            LLVMValueRef r = lanes ? vload(e, at(e, st->p[0], idx), lanes) : load(e, st->p[0], idx);
+            v = st->r_first ? fadd(e, r, v) : fadd(e, v, r);
+        } else {
+            mj_act act = mj_op_table[st->op].act;
+            v = lanes ? emit_act_vec(e, act, v, lanes) : emit_act(e, act, v);
+        }
+        if (st->fault) v = fadd(e, v, half);
+    }
+    return v;
+}
+
 /* Frozen, when jit/lower_conv_sparse.c does not take the conv (it has no
  * scratch, or offsets beyond int32): at or above this density the register
  * tile (which multiplies the zeros too, as eager does) beats the tap table
@@ -124,7 +164,8 @@ static bool dense_enough(const float *w, int64_t n) {
 typedef struct tile {
     const mj_cnn_lowering *c;
     int64_t H, W, cg, KH, KW, OB, sh, ph, pw, dh, dw;
-    LLVMValueRef acc[8], lane_idx, wo, xg, yrow[8], oh, b;
+    LLVMValueRef acc[8], lane_idx, wo, xg, yrow[8], yidx[8], oh, b;
+    mj_conv_coefs k[8]; /* the tail's, per output channel of the tile */
 } tile;
 
 static LLVMValueRef splat_i64(mj_emit *e, LLVMValueRef s) {
@@ -173,6 +214,7 @@ static void tile_body(tile *t, LLVMValueRef ow0, int lanes) {
     for (int j = 0; j < t->OB; j++) {
         LLVMValueRef v = LLVMBuildLoad2(e->b, e->vt, t->acc[j], "");
         if (t->b) v = fadd(e, v, vsplat(e, load(e, t->b, ci(e, j))));
+        v = mj_conv_tail_apply(t->c, &t->k[j], v, add(e, t->yidx[j], ow0), lanes);
         vstore(e, v, at(e, t->yrow[j], ow0), lanes);
     }
 }
@@ -200,11 +242,14 @@ static void lower_conv_tiled(const mj_cnn_lowering *c) {
               mul(e, add(e, mul(e, ln.iv, ci(e, C)), mul(e, idiv(e, lo.iv, og), ci(e, t.cg))), ci(e, t.H * t.W)));
     t.wo = at(e, c->ops[1], mul(e, lo.iv, ci(e, per)));
     t.b = bias ? at(e, bias, lo.iv) : NULL;
+    for (int j = 0; j < t.OB; j++) mj_conv_tail_coefs(c, add(e, lo.iv, ci(e, j)), &t.k[j]);
     loop lh = loop_begin(e, ci(e, OH));
     t.oh = lh.iv;
-    for (int j = 0; j < t.OB; j++)
-        t.yrow[j] = at(e, c->y, mul(e, add(e, mul(e, add(e, mul(e, ln.iv, ci(e, O)), add(e, lo.iv, ci(e, j))), ci(e, OH)), lh.iv),
-                                    ci(e, OW)));
+    for (int j = 0; j < t.OB; j++) {
+        t.yidx[j] = mul(e, add(e, mul(e, add(e, mul(e, ln.iv, ci(e, O)), add(e, lo.iv, ci(e, j))), ci(e, OH)), lh.iv),
+                        ci(e, OW));
+        t.yrow[j] = at(e, c->y, t.yidx[j]);
+    }
     int64_t full = OW / e->vw * e->vw;
     if (full > 0) {
         loop lw = loop_range(e, ci(e, 0), ci(e, full), e->vw);
@@ -306,10 +351,15 @@ static bool lower_conv(const mj_cnn_lowering *c) {
     loop_end(e, &lh);
     loop_end(e, &lt);
 
-    if (b) {
-        LLVMValueRef bv = load(e, b, o);
+    if (b || c->n_tail || c->fault) { /* + b[o], then the tail */
+        LLVMValueRef bv = b ? load(e, b, o) : NULL;
+        mj_conv_coefs k;
+        mj_conv_tail_coefs(c, o, &k);
+        LLVMValueRef base = mul(e, add(e, mul(e, ln.iv, ci(e, O)), o), ci(e, plane));
         loop lb = loop_begin(e, ci(e, plane));
-        store(e, fadd(e, load(e, yp, lb.iv), bv), yp, lb.iv);
+        LLVMValueRef v = load(e, yp, lb.iv);
+        if (bv) v = fadd(e, v, bv);
+        store(e, mj_conv_tail_apply(c, &k, v, add(e, base, lb.iv), 0), yp, lb.iv);
         loop_end(e, &lb);
     }
     loop_end(e, &lo);
@@ -317,8 +367,7 @@ static bool lower_conv(const mj_cnn_lowering *c) {
     return true;
 }
 
-/* per channel alpha = w / sqrtf(var + eps), beta = b - mean * alpha (1 and
- * 0.0f without w, b), then y = fmaf(x, alpha, beta) */
+/* per channel alpha and beta (bn_coefs), then y = fmaf(x, alpha, beta) */
 static void lower_batch_norm(const mj_cnn_lowering *c) {
     mj_emit *e = c->e;
     const mj_node *n = &c->g->nodes[c->id];
@@ -328,9 +377,8 @@ static void lower_batch_norm(const mj_cnn_lowering *c) {
     LLVMValueRef x = c->ops[0], mean = c->ops[1], var = c->ops[2];
     LLVMValueRef wt = n->n_operands >= 4 ? c->ops[3] : NULL, bs = n->n_operands == 5 ? c->ops[4] : NULL;
     loop lc = loop_begin(e, ci(e, C));
-    LLVMValueRef sd = call_libm(e, "sqrtf", fadd(e, load(e, var, lc.iv), cf(e, n->attrs.f[0])));
-    LLVMValueRef alpha = fdiv(e, wt ? load(e, wt, lc.iv) : cf(e, 1.0f), sd);
-    LLVMValueRef beta = fsub(e, bs ? load(e, bs, lc.iv) : cf(e, 0.0f), fmul(e, load(e, mean, lc.iv), alpha));
+    LLVMValueRef p[4] = {mean, var, wt, bs}, alpha, beta;
+    bn_coefs(e, p, n->attrs.f[0], lc.iv, &alpha, &beta);
     loop ln = loop_begin(e, dimv(c, xt->dims[0]));
     LLVMValueRef base = mul(e, add(e, mul(e, ln.iv, ci(e, C)), lc.iv), ci(e, inner));
     LLVMValueRef xs = at(e, x, base), ys = at(e, c->y, base);

@@ -8,6 +8,18 @@
 #include "../ir/ir.h"
 #include "emit.h"
 
+/* The elementwise ops a conv2d computes in its store, in graph order (the
+ * plan's tail of the conv: jit/lower_plan.c), each on the value so far. */
+enum { MJ_CONV_TAIL_MAX = 6 };
+typedef struct mj_conv_step {
+    mj_op op;          /* MJ_OP_BATCH_NORM, an activation or MJ_OP_ADD     */
+    LLVMValueRef p[4]; /* batch_norm: mean, var, weight, bias (NULL: none);
+                          add: p[0] the other operand, of the output's type */
+    float eps;         /* batch_norm                                        */
+    bool r_first;      /* add: the other operand is the add's first         */
+    bool fault;        /* test-only (jit_test.h): + 0.5 after this step     */
+} mj_conv_step;
+
 typedef struct mj_cnn_lowering {
     mj_emit *e;               /* builder at the op's place in the body         */
     const mj_graph *g;
@@ -20,7 +32,27 @@ typedef struct mj_cnn_lowering {
     const char *prefix;       /* unique name prefix for the op's tables        */
     LLVMValueRef scratch;     /* frozen conv2d: mj_conv_sparse_scratch_floats
                                  floats of its own (NULL: none)                */
+    /* conv2d: its tail; y is then the last step's storage */
+    int n_tail;
+    mj_conv_step tail[MJ_CONV_TAIL_MAX];
+    bool fault;               /* test-only: + 0.5 on the conv's own value      */
+    /* frozen sparse conv2d: x is stored zero-padded for it (its borders
+     * still to be zeroed); y is stored zero-padded with pad_y[0..1] rows and
+     * columns around each plane (0: plain) for the next conv */
+    bool x_padded;
+    int64_t pad_y[2];
 } mj_cnn_lowering;
+
+/* The conv's store: per output channel o (an i64 value) the tail's
+ * per-channel values (batch_norm's alpha and beta, as eager computes them),
+ * then per element (or vector of lanes elements: lanes >= 1) of the conv's
+ * value v (bias added) at element index idx of the output, the tail. */
+typedef struct mj_conv_coefs {
+    LLVMValueRef alpha[MJ_CONV_TAIL_MAX], beta[MJ_CONV_TAIL_MAX];
+} mj_conv_coefs;
+void mj_conv_tail_coefs(const mj_cnn_lowering *c, LLVMValueRef o, mj_conv_coefs *k);
+LLVMValueRef mj_conv_tail_apply(const mj_cnn_lowering *c, const mj_conv_coefs *k, LLVMValueRef v, LLVMValueRef idx,
+                                int lanes);
 
 /* MJ_ERR_NOMEM if the frozen tables cannot be built. */
 mj_status mj_lower_cnn(const mj_cnn_lowering *c);
@@ -31,6 +63,14 @@ mj_status mj_lower_cnn(const mj_cnn_lowering *c);
  * (false: out of memory). */
 int64_t mj_conv_sparse_scratch_floats(const mj_graph *g, int32_t id);
 bool mj_conv_sparse_wanted(const mj_cnn_lowering *c);
+/* The same choice from the graph: node id with the frozen weight w, for
+ * vectors of vw floats (a frozen lowering has the scratch). */
+bool mj_conv_sparse_takes(const mj_graph *g, int32_t id, const float *w, int vw);
+/* The storage of node id's input when the producer writes it zero-padded
+ * for the sparse conv id (the plan's padded_by): per_image floats per
+ * image (C planes of Hp x Wp), plus the returned floats once after the
+ * last image (the tiles' overrun; a multiple of 16). */
+int64_t mj_conv_sparse_padded_floats(const mj_graph *g, int32_t id, int64_t *per_image);
 bool mj_lower_conv_sparse(const mj_cnn_lowering *c);
 
 #endif

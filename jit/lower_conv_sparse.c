@@ -85,6 +85,13 @@ static int64_t out_block(const geom *q) {
     return ob < 1 ? 1 : ob > q->O ? q->O : ob;
 }
 
+int64_t mj_conv_sparse_padded_floats(const mj_graph *g, int32_t id, int64_t *per_image) {
+    geom q;
+    MJ_ASSERT(geometry(g, id, &q));
+    *per_image = q.C * q.Hp * q.Wp;
+    return mj_round16(q.Wp + SPARSE_TILE_MAX);
+}
+
 int64_t mj_conv_sparse_scratch_floats(const mj_graph *g, int32_t id) {
     geom q;
     return geometry(g, id, &q) ? padded_floats(&q) + out_block(&q) * rows_floats(&q) : 0;
@@ -109,14 +116,18 @@ static int tile_vectors(int vw, int64_t run) {
 #define SPARSE_FMA_COST 1.4
 
 bool mj_conv_sparse_wanted(const mj_cnn_lowering *c) {
+    return c->conv_weight && c->scratch && mj_conv_sparse_takes(c->g, c->id, c->conv_weight, c->e->vw);
+}
+
+bool mj_conv_sparse_takes(const mj_graph *g, int32_t id, const float *w, int vw) {
     geom q;
-    if (!c->conv_weight || !c->scratch || !geometry(c->g, c->id, &q)) return false;
-    int64_t per = q.cg * q.KH * q.KW, vw = c->e->vw;
-    double nz = (double)mj_count_nonzero(c->conv_weight, q.O * per);
+    if (!geometry(g, id, &q)) return false;
+    int64_t per = q.cg * q.KH * q.KW;
+    double nz = (double)mj_count_nonzero(w, q.O * per);
     /* vector fmas of the dense tile and of this one (the columns between
      * rows and the tiles' round-up included) */
     double dense = (double)(q.O * per) * (double)(q.OH * ((q.OW + vw - 1) / vw));
-    int64_t run = q.sh == 1 ? q.OH * q.Wp : q.OW, T = tile_vectors(c->e->vw, run) * vw;
+    int64_t run = q.sh == 1 ? q.OH * q.Wp : q.OW, T = tile_vectors(vw, run) * vw;
     double sparse = nz * (double)((q.sh == 1 ? 1 : q.OH) * ((run + T - 1) / T) * (T / vw));
     return SPARSE_FMA_COST * sparse <= dense;
 }
@@ -162,10 +173,57 @@ static bool build_taps(const float *w, const geom *q, int64_t cb, int32_t **star
     return true;
 }
 
+/* The last block's tile straight into y stored padded for the next conv
+ * (its rows Wp apart, as the run): run position q is y's plane at q + the
+ * padding before row 0. Lanes past the run are not stored; the columns
+ * between rows land on y's padding, which the next conv zeroes before it
+ * reads (as it zeroes all of it). */
+typedef struct direct {
+    LLVMValueRef last, dst, bias, o; /* in the last block; dst: y's plane + the padding before row 0 */
+    int64_t run;
+} direct;
+
+/* <vw x i32> of s */
+static LLVMValueRef splat_i32(mj_emit *e, LLVMValueRef s) {
+    LLVMTypeRef t = LLVMVectorType(e->i32, (unsigned)e->vw);
+    LLVMValueRef v = LLVMBuildInsertElement(e->b, LLVMGetPoison(t), s, ci(e, 0), "");
+    return LLVMBuildShuffleVector(e->b, v, LLVMGetPoison(t), LLVMConstNull(t), "");
+}
+
+static LLVMValueRef k_i32(mj_emit *e, int64_t v) {
+    LLVMValueRef k[64];
+    for (int l = 0; l < e->vw; l++) k[l] = LLVMConstInt(e->i32, (unsigned long long)v, 0);
+    return LLVMConstVector(k, (unsigned)e->vw);
+}
+
+static void tile_direct(const mj_cnn_lowering *c, LLVMValueRef *acc, int V, const direct *d, LLVMValueRef q0) {
+    mj_emit *e = c->e;
+    mj_conv_coefs k;
+    mj_conv_tail_coefs(c, d->o, &k);
+    LLVMValueRef bv = d->bias ? vsplat(e, load(e, d->bias, d->o)) : NULL;
+    LLVMValueRef lanes[64];
+    for (int l = 0; l < e->vw; l++) lanes[l] = LLVMConstInt(e->i32, (unsigned long long)l, 0);
+    LLVMValueRef lane = LLVMConstVector(lanes, (unsigned)e->vw);
+    LLVMValueRef q32 = LLVMBuildTrunc(e->b, q0, e->i32, ""); /* positions < 2^31: the tap offsets' bound */
+    for (int v = 0; v < V; v++) {
+        LLVMValueRef val = LLVMBuildLoad2(e->b, e->vt, acc[v], "");
+        if (bv) val = fadd(e, val, bv);
+        val = mj_conv_tail_apply(c, &k, val, NULL, e->vw);
+        LLVMValueRef qs = LLVMBuildAdd(e->b, q32, LLVMConstInt(e->i32, (unsigned long long)v * (unsigned)e->vw, 0), "");
+        LLVMValueRef qv = LLVMBuildAdd(e->b, splat_i32(e, qs), lane, "");
+        LLVMValueRef in_run = LLVMBuildICmp(e->b, LLVMIntULT, qv, k_i32(e, d->run), "");
+        LLVMTypeRef mty[2] = {e->vt, e->ptr}, fty;
+        LLVMValueRef fn = intrinsic(e, "llvm.masked.store", mty, 2, &fty);
+        LLVMValueRef args[4] = {val, at(e, d->dst, add(e, q0, ci(e, (int64_t)v * e->vw))), LLVMConstInt(e->i32, 4, 0), in_run};
+        LLVMBuildCall2(e->b, fty, fn, args, 4, "");
+    }
+}
+
 /* One tile: positions [q0, q0 + V*vw) of the run at xr (input) and rr (row
- * buffer), taps [t0, t1). */
+ * buffer), taps [t0, t1); with d, the last block stores y (tile_direct). */
 static void tile(const mj_cnn_lowering *c, LLVMValueRef *acc, int V, LLVMValueRef taps, LLVMValueRef t0,
-                 LLVMValueRef t1, LLVMValueRef xr, LLVMValueRef rr, LLVMValueRef q0, LLVMValueRef first) {
+                 LLVMValueRef t1, LLVMValueRef xr, LLVMValueRef rr, LLVMValueRef q0, LLVMValueRef first,
+                 const direct *d) {
     mj_emit *e = c->e;
     /* +0.0f in the first block, else the sum so far */
     ifb f = ifelse_begin(e, first);
@@ -184,8 +242,15 @@ static void tile(const mj_cnn_lowering *c, LLVMValueRef *acc, int V, LLVMValueRe
         LLVMBuildStore(e->b, vmuladd(e, a, xv, wv), acc[v]);
     }
     loop_end(e, &lt);
+    ifb f2 = {0};
+    if (d) {
+        f2 = ifelse_begin(e, d->last);
+        tile_direct(c, acc, V, d, q0);
+        if_else(e, &f2);
+    }
     for (int v = 0; v < V; v++)
         vst(e, LLVMBuildLoad2(e->b, e->vt, acc[v], ""), rr, add(e, q0, ci(e, (int64_t)v * e->vw)), 4);
+    if (d) if_end(e, f2.end);
 }
 
 bool mj_lower_conv_sparse(const mj_cnn_lowering *c) {
@@ -213,20 +278,30 @@ bool mj_lower_conv_sparse(const mj_cnn_lowering *c) {
      * C*Hp*Wp + Wp + T. A row buffer takes (nrun - 1)*Wp + ntile*T <=
      * OH*Wp + T. */
     LLVMValueRef xpad = c->scratch, rows = at(e, c->scratch, ci(e, padded_floats(&q)));
+    int64_t planes = q.C * q.Hp * q.Wp, N = c->g->nodes[n->operands[0]].type.dims[0];
+    LLVMValueRef nimg = N == MJ_DIM_BATCH ? c->batch : ci(e, N);
     LLVMValueRef acc[16];
     for (int v = 0; v < V; v++) acc[v] = mj_emit_entry_alloca(e, e->vt);
     LLVMValueRef bias = n->n_operands == 3 ? c->ops[2] : NULL;
 
-    /* the overrun: zeros (the tiles' dropped columns read it) */
+    /* the overrun: zeros (the tiles' dropped columns read it); when x is
+     * stored padded for this conv, after its last image */
     LLVMValueRef zero8 = LLVMConstInt(LLVMInt8TypeInContext(e->ctx), 0, 0);
-    int64_t planes = q.C * q.Hp * q.Wp;
-    LLVMBuildMemSet(e->b, at(e, xpad, ci(e, planes)), zero8, ci(e, (padded_floats(&q) - planes) * 4), 4);
+    if (c->x_padded) {
+        int64_t per;
+        int64_t over = mj_conv_sparse_padded_floats(c->g, c->id, &per);
+        MJ_ASSERT(per == planes);
+        LLVMBuildMemSet(e->b, at(e, c->ops[0], mul(e, nimg, ci(e, planes))), zero8, ci(e, over * 4), 4);
+    } else {
+        LLVMBuildMemSet(e->b, at(e, xpad, ci(e, planes)), zero8, ci(e, (padded_floats(&q) - planes) * 4), 4);
+    }
 
-    int64_t N = c->g->nodes[n->operands[0]].type.dims[0];
-    loop ln = loop_begin(e, N == MJ_DIM_BATCH ? c->batch : ci(e, N));
+    loop ln = loop_begin(e, nimg);
+    if (c->x_padded) xpad = at(e, c->ops[0], mul(e, ln.iv, ci(e, planes)));
     { /* the image into the padded planes, row by row: a padding row is
        * zeros, an input row gets zeros left and right (the scratch is
-       * shared, so the zeros are written on every call) */
+       * shared, so the zeros are written on every call); x stored padded
+       * has its rows in place already, only the zeros are written */
         loop lr = loop_begin(e, ci(e, q.C * q.Hp));
         LLVMValueRef ch = LLVMBuildSDiv(e->b, lr.iv, ci(e, q.Hp), "");
         LLVMValueRef h = isub(e, LLVMBuildSRem(e->b, lr.iv, ci(e, q.Hp), ""), ci(e, q.ph));
@@ -240,7 +315,7 @@ bool mj_lower_conv_sparse(const mj_cnn_lowering *c) {
             LLVMBuildMemSet(e->b, dst, zero8, ci(e, q.pw * 4), 4);
             LLVMBuildMemSet(e->b, at(e, dst, ci(e, q.pw + q.W)), zero8, ci(e, q.pw * 4), 4);
         }
-        LLVMBuildMemCpy(e->b, at(e, dst, ci(e, q.pw)), 4, src, 4, ci(e, q.W * 4));
+        if (!c->x_padded) LLVMBuildMemCpy(e->b, at(e, dst, ci(e, q.pw)), 4, src, 4, ci(e, q.W * 4));
         if_else(e, &f);
         LLVMBuildMemSet(e->b, dst, zero8, ci(e, q.Wp * 4), 4);
         if_end(e, f.end);
@@ -262,21 +337,44 @@ bool mj_lower_conv_sparse(const mj_cnn_lowering *c) {
     LLVMValueRef t0 = LLVMBuildSExt(e->b, ld(e, e->i32, tstart, si), e->i64, "");
     LLVMValueRef t1 = LLVMBuildSExt(e->b, ld(e, e->i32, tstart, add(e, si, ci(e, 1))), e->i64, "");
     LLVMValueRef rr = at(e, rows, add(e, mul(e, isub(e, lo.iv, lob.iv), ci(e, RF)), mul(e, lrun.iv, ci(e, q.Wp))));
-    tile(c, acc, V, ttap, t0, t1, xr, rr, lq.iv, first);
+    /* y stored padded for the next conv with rows as long as the run's,
+     * and no residual to read in y's own layout: the last block's tiles
+     * store y themselves, so no rows go out after it */
+    int64_t py = c->pad_y[0], px = c->pad_y[1], HPy = q.OH + 2 * py, WPy = q.OW + 2 * px;
+    bool has_add = false;
+    for (int k = 0; k < c->n_tail; k++) has_add = has_add || c->tail[k].op == MJ_OP_ADD;
+    bool direct_out = (py || px) && q.sh == 1 && WPy == q.Wp && !has_add;
+    direct d = {0};
+    if (direct_out) {
+        d = (direct){.last = LLVMBuildICmp(e->b, LLVMIntEQ, lb.iv, ci(e, nb - 1), ""), .bias = bias, .o = lo.iv,
+                     .run = run,
+                     .dst = at(e, c->y, add(e, mul(e, add(e, mul(e, ln.iv, ci(e, q.O)), lo.iv), ci(e, HPy * WPy)),
+                                            ci(e, py * WPy + px)))};
+    }
+    tile(c, acc, V, ttap, t0, t1, xr, rr, lq.iv, first, direct_out ? &d : NULL);
     loop_end(e, &lo);
     loop_end(e, &lq);
     loop_end(e, &lrun);
     loop_end(e, &lb);
-    /* the block's rows out, + b[o] */
-    lo = loop_range(e, lob.iv, o_end, 1);
+    /* the block's rows out, + b[o], then the conv's tail */
+    lo = loop_range(e, lob.iv, direct_out ? lob.iv : o_end, 1);
     LLVMValueRef bv = bias ? load(e, bias, lo.iv) : NULL;
-    LLVMValueRef yp = at(e, c->y, mul(e, add(e, mul(e, ln.iv, ci(e, q.O)), lo.iv), ci(e, q.OH * q.OW)));
+    mj_conv_coefs k;
+    mj_conv_tail_coefs(c, lo.iv, &k);
+    LLVMValueRef ybase = mul(e, add(e, mul(e, ln.iv, ci(e, q.O)), lo.iv), ci(e, q.OH * q.OW));
     loop lh = loop_begin(e, ci(e, q.OH));
     LLVMValueRef src = at(e, rows, add(e, mul(e, isub(e, lo.iv, lob.iv), ci(e, RF)), mul(e, lh.iv, ci(e, q.Wp))));
-    LLVMValueRef dst = at(e, yp, mul(e, lh.iv, ci(e, q.OW)));
+    LLVMValueRef drow = add(e, ybase, mul(e, lh.iv, ci(e, q.OW)));
+    /* stored padded for the next conv: its planes are (OH + 2py) x (OW + 2px) */
+    LLVMValueRef dst = at(e, c->y, py || px ? add(e, mul(e, add(e, mul(e, add(e, mul(e, ln.iv, ci(e, q.O)), lo.iv), ci(e, HPy)),
+                                                                  add(e, lh.iv, ci(e, py))),
+                                                          ci(e, WPy)),
+                                                  ci(e, px))
+                                          : drow);
     loop lw = loop_begin(e, ci(e, q.OW));
     LLVMValueRef v = load(e, src, lw.iv);
-    store(e, bv ? fadd(e, v, bv) : v, dst, lw.iv);
+    if (bv) v = fadd(e, v, bv);
+    store(e, mj_conv_tail_apply(c, &k, v, add(e, drow, lw.iv), 0), dst, lw.iv);
     loop_end(e, &lw);
     loop_end(e, &lh);
     loop_end(e, &lo);

@@ -45,7 +45,80 @@ static bool use_sparse(const mj_graph *g, const bool *input_free, const mj_node 
     return mj_sparse_profitable(w->tensor->data, w->type.dims[0], w->type.dims[1]);
 }
 
-mj_status mj_body_plan_build(const mj_graph *g, const bool *input_free, bool frozen, mj_body_plan *p) {
+/* The tail of conv2d node c: while its value has one use (and is not an
+ * output), that use joins if the conv's store can compute it: batch_norm of
+ * it (statistics input-free), an activation of it, or an add of it and a
+ * value r of the same type that exists before the conv runs (an input, a
+ * prologue value, or an earlier node that is stored). Each step is the
+ * separate op's float operations in its order, so the values are the same
+ * bits; the values in between are never stored. */
+static void plan_conv_tail(const mj_graph *g, const bool *input_free, const int32_t *uses, mj_body_plan *p,
+                           int32_t c) {
+    int32_t cur = c, n_tail = 0;
+    for (;;) {
+        bool is_out = false;
+        for (int32_t j = 0; j < p->n_out; j++) is_out = is_out || p->out_nodes[j] == cur;
+        if (is_out || uses[cur] != 1 || n_tail == MJ_CONV_TAIL_MAX) break;
+        int32_t u = -1; /* its one user */
+        for (int32_t i = cur + 1; i < g->n_nodes && u < 0; i++)
+            for (int k = 0; k < g->nodes[i].n_operands; k++)
+                if (g->nodes[i].operands[k] == cur) u = i;
+        if (u < 0) break;
+        const mj_node *n = &g->nodes[u];
+        bool ok = false;
+        if (n->op == MJ_OP_BATCH_NORM) {
+            ok = n->operands[0] == cur;
+            for (int k = 1; k < n->n_operands; k++) ok = ok && input_free[n->operands[k]];
+        } else if (mj_op_table[n->op].flags & MJ_OPF_ACTIVATION) {
+            ok = true;
+        } else if (n->op == MJ_OP_ADD) {
+            int32_t r = n->operands[0] == cur ? n->operands[1] : n->operands[0];
+            ok = r != cur && mj_type_equal(&g->nodes[r].type, &n->type) && mj_type_equal(&g->nodes[cur].type, &n->type) &&
+                 (input_free[r] || (r < c && p->fused_by[r] < 0));
+        }
+        if (!ok) break;
+        p->fused_by[u] = c;
+        cur = u;
+        n_tail++;
+    }
+    p->conv_out[c] = cur;
+}
+
+/* Does frozen conv i take the sparse tap table (jit/lower_conv_sparse.c)?
+ * The lowering makes the same choice from the same weight. */
+static bool sparse_conv(const mj_graph *g, const bool *input_free, int32_t i, int vw) {
+    const mj_node *n = &g->nodes[i];
+    if (n->op != MJ_OP_CONV2D || input_free[i]) return false;
+    const mj_node *w = &g->nodes[n->operands[1]];
+    return w->op == MJ_OP_CONST && w->tensor && mj_conv_sparse_takes(g, i, w->tensor->data, vw);
+}
+
+/* The value v that sparse conv c stores: if every reader is a sparse conv
+ * reading it as x, all with the same padding, v is stored zero-padded as
+ * they read it, and the first of them need not copy it (one layout: the
+ * same padding). */
+static void plan_padded(const mj_graph *g, const bool *input_free, mj_body_plan *p, int32_t c) {
+    int32_t v = p->conv_out[c], first = -1;
+    if (!p->has_slot[v] || !sparse_conv(g, input_free, c, p->vw)) return;
+    for (int32_t j = 0; j < p->n_out; j++)
+        if (p->out_nodes[j] == v) return;
+    for (int32_t u = v + 1; u < g->n_nodes; u++)
+        for (int k = 0; k < g->nodes[u].n_operands; k++) {
+            if (g->nodes[u].operands[k] != v) continue;
+            if (k != 0 || !sparse_conv(g, input_free, u, p->vw)) return;
+            if (first < 0) first = u;
+            const int32_t *a = g->nodes[u].attrs.i, *a0 = g->nodes[first].attrs.i;
+            if (a[MJ_CONV_PADDING] != a0[MJ_CONV_PADDING] || a[MJ_CONV_PADDING + 1] != a0[MJ_CONV_PADDING + 1]) return;
+        }
+    p->padded_by[v] = first;
+}
+
+int64_t mj_body_padded_floats(const mj_body_plan *p, int32_t i, int64_t *per_image) {
+    *per_image = -1;
+    return p->padded_by[i] < 0 ? 0 : mj_conv_sparse_padded_floats(p->g, p->padded_by[i], per_image);
+}
+
+mj_status mj_body_plan_build(const mj_graph *g, const bool *input_free, bool frozen, int vw, mj_body_plan *p) {
     memset(p, 0, sizeof *p);
     p->g = g;
     p->input_free = input_free;
@@ -62,21 +135,29 @@ mj_status mj_body_plan_build(const mj_graph *g, const bool *input_free, bool fro
     p->out_nodes = mj_alloc_array((size_t)p->n_out + 1, sizeof *p->out_nodes);
     p->out_root = mj_alloc_array((size_t)p->n_out + 1, sizeof *p->out_root);
     p->root_of = mj_alloc_array(n, sizeof *p->root_of);
+    p->fused_by = mj_alloc_array(n, sizeof *p->fused_by);
+    p->conv_out = mj_alloc_array(n, sizeof *p->conv_out);
+    p->padded_by = mj_alloc_array(n, sizeof *p->padded_by);
+    int32_t *uses = mj_graph_use_counts(g);
     if (!p->leaf_plain || !p->leaf_packed || !p->leaves || !p->has_slot || !p->sparse || !p->in_nodes ||
-        !p->out_nodes || !p->out_root || !p->root_of) {
+        !p->out_nodes || !p->out_root || !p->root_of || !p->fused_by || !p->conv_out || !p->padded_by || !uses) {
+        free(uses);
         mj_body_plan_free(p);
         return MJ_ERR_NOMEM;
     }
     int32_t k_in = 0;
     for (int32_t i = 0; i < g->n_nodes; i++) {
-        p->leaf_plain[i] = p->leaf_packed[i] = p->root_of[i] = -1;
+        p->leaf_plain[i] = p->leaf_packed[i] = p->root_of[i] = p->fused_by[i] = p->conv_out[i] = p->padded_by[i] = -1;
         p->sparse[i] = use_sparse(g, input_free, &g->nodes[i], frozen);
         if (g->nodes[i].op == MJ_OP_INPUT) p->in_nodes[k_in++] = i;
     }
     for (int32_t j = 0; j < p->n_out; j++) p->out_nodes[j] = g->outputs[j];
-    p->vw = 16;
-    p->nr = 4;
-    p->panel = 64;
+    for (int32_t i = 0; i < g->n_nodes; i++)
+        if (g->nodes[i].op == MJ_OP_CONV2D && !input_free[i]) plan_conv_tail(g, input_free, uses, p, i);
+    free(uses);
+    p->vw = vw;
+    p->nr = vw == 16 ? 4 : 2;
+    p->panel = (int64_t)p->nr * vw;
 
     /* Leaves: prologue values that a body node (or an output) reads. */
     for (int32_t i = 0; i < g->n_nodes + p->n_out; i++) {
@@ -110,12 +191,18 @@ mj_status mj_body_plan_build(const mj_graph *g, const bool *input_free, bool fro
         const mj_node *nd = &g->nodes[i];
         p->has_slot[i] = !input_free[i] && nd->op != MJ_OP_INPUT && nd->op != MJ_OP_RESHAPE && p->root_of[i] < 0;
     }
+    /* a conv with a tail writes its last node's storage; the rest are never stored */
+    for (int32_t i = 0; i < g->n_nodes; i++)
+        if (p->fused_by[i] >= 0 && p->conv_out[p->fused_by[i]] != i) p->has_slot[i] = false;
+        else if (p->conv_out[i] >= 0 && p->conv_out[i] != i) p->has_slot[i] = false;
+    for (int32_t i = 0; i < g->n_nodes && frozen; i++)
+        if (p->conv_out[i] >= 0) plan_padded(g, input_free, p, i);
     return MJ_OK;
 }
 
 void mj_body_plan_free(mj_body_plan *p) {
     MJ_FREE_ALL(p->leaf_plain, p->leaf_packed, p->leaves, p->has_slot, p->sparse, p->in_nodes,
-                p->out_nodes, p->out_root, p->root_of);
+                p->out_nodes, p->out_root, p->root_of, p->fused_by, p->conv_out, p->padded_by);
     memset(p, 0, sizeof *p);
 }
 
@@ -132,10 +219,14 @@ mj_status mj_body_scratch_floats(const mj_body_plan *p, int64_t batch, int64_t *
     int64_t total = 0;
     for (int32_t i = 0; i < p->g->n_nodes; i++) {
         if (!p->has_slot[i]) continue;
-        int64_t shape[MJ_MAX_RANK], n;
+        int64_t shape[MJ_MAX_RANK], n, per, over = mj_body_padded_floats(p, i, &per);
         mj_type_shape(&p->g->nodes[i].type, batch, shape);
-        if (mj_shape_numel(p->g->nodes[i].type.rank, shape, &n) != MJ_OK || n > MJ_MAX_NUMEL ||
-            __builtin_add_overflow(total, mj_round16(n), &total) || total > MJ_MAX_NUMEL)
+        if (per >= 0) { /* padded for a conv: [N, per] and the overrun */
+            shape[1] = per;
+            shape[2] = shape[3] = 1;
+        }
+        bool ok = mj_shape_numel(p->g->nodes[i].type.rank, shape, &n) == MJ_OK && n <= MJ_MAX_NUMEL - over;
+        if (!ok || __builtin_add_overflow(total, mj_round16(n + over), &total) || total > MJ_MAX_NUMEL)
             return mj_fail(MJ_ERR_LIMIT, "batch %lld: the intermediate values need more than 2^40 floats",
                            (long long)batch);
     }
