@@ -628,6 +628,20 @@ Test(jit, dump_ir_and_asm) {
 
 /* ---- vector kernels: tile edges, threads, AVX2 ------------------------------ */
 
+
+/* Exact: bit for bit (check_result). Fast: K-term sums reordered and
+ * fused, so the error grows like sqrt(K). */
+static void check_k_sum(const mj_tensor *got, const mj_tensor *want, mjt_mode m, const char *what, int64_t K) {
+    if (m.numeric == MJ_NUMERIC_EXACT) {
+        check_result(got, want, m, what);
+        return;
+    }
+    double f = sqrt((double)K);
+    mj_compare cmp = mj_tensor_compare(got, want, MJ_RTOL_F32 * f, MJ_ATOL_F32 * f);
+    char desc[256];
+    mj_compare_describe(&cmp, got, want, desc, sizeof desc);
+    cr_assert(cmp.close, "%s (%s): not close: %s", what, m.name, desc);
+}
 /* linear(+bias, act) of every (N, K) against the interpreter at batches that
  * are not multiples of any tile: the fused small kernels (<= 64 wide), the
  * GEMM micro-kernels with partial panels and vectors, and k blocking
@@ -661,15 +675,7 @@ Test(jit, kernels_tile_edges_against_interpreter) {
                 char what[96];
                 snprintf(what, sizeof what, "linear %lldx%lld batch %lld", (long long)N, (long long)K,
                          (long long)batches[bi]);
-                if (mjt_modes[mi].numeric == MJ_NUMERIC_EXACT) {
-                    check_result(got, want, mjt_modes[mi], what);
-                } else { /* K-term sums reordered and fused: error grows like sqrt(K) */
-                    double f = sqrt((double)K);
-                    mj_compare cmp = mj_tensor_compare(got, want, MJ_RTOL_F32 * f, MJ_ATOL_F32 * f);
-                    char desc[256];
-                    mj_compare_describe(&cmp, got, want, desc, sizeof desc);
-                    cr_assert(cmp.close, "%s (%s): not close: %s", what, mjt_modes[mi].name, desc);
-                }
+                check_k_sum(got, want, mjt_modes[mi], what, K);
                 MJT_RELEASE(xin, want, got);
             }
             mj_compiled_free(c);
@@ -715,15 +721,7 @@ Test(jit, kernels_matmul_tiles_against_interpreter) {
                 OK(mj_compiled_run(c, xin, &got));
                 char what[96];
                 snprintf(what, sizeof what, "matmul shape %d batch %lld", si, (long long)batches[bi]);
-                if (mjt_modes[mi].numeric == MJ_NUMERIC_EXACT) {
-                    check_result(got, want, mjt_modes[mi], what);
-                } else {
-                    double f = sqrt((double)K);
-                    mj_compare cmp = mj_tensor_compare(got, want, MJ_RTOL_F32 * f, MJ_ATOL_F32 * f);
-                    char desc[256];
-                    mj_compare_describe(&cmp, got, want, desc, sizeof desc);
-                    cr_assert(cmp.close, "%s (%s): not close: %s", what, mjt_modes[mi].name, desc);
-                }
+                check_k_sum(got, want, mjt_modes[mi], what, K);
                 MJT_RELEASE(xin, want, got);
             }
             mj_compiled_free(c);
