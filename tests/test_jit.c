@@ -629,19 +629,36 @@ Test(jit, dump_ir_and_asm) {
 /* ---- vector kernels: tile edges, threads, AVX2 ------------------------------ */
 
 
-/* Exact: bit for bit (check_result). Fast: K-term sums reordered and
- * fused, so the error grows like sqrt(K). */
-static void check_k_sum(const mj_tensor *got, const mj_tensor *want, mjt_mode m, const char *what, int64_t K) {
-    if (m.numeric == MJ_NUMERIC_EXACT) {
-        check_result(got, want, m, what);
-        return;
+/* g compiled in every mode against the interpreter at each batch up to
+ * max_batch. Exact: bit for bit (check_result). Fast: K-term sums reordered
+ * and fused, so the error grows like sqrt(K). */
+static void check_kernels_at_batches(mj_graph *g, int64_t K, const int64_t *batches, size_t n_batches,
+                                     int64_t max_batch, const char *what, mj_rng *rng) {
+    for (int mi = 0; mi < 4; mi++) {
+        mjt_mode m = mjt_modes[mi];
+        mj_compiled *c = mjt_compile(jit, g, m);
+        for (size_t bi = 0; bi < n_batches; bi++) {
+            if (batches[bi] > max_batch) continue;
+            mj_tensor *xin = randn_input(g, batches[bi], rng), *want, *got;
+            OK(mj_graph_run(g, xin, &want));
+            OK(mj_compiled_run(c, xin, &got));
+            char at[160];
+            snprintf(at, sizeof at, "%s batch %lld", what, (long long)batches[bi]);
+            if (m.numeric == MJ_NUMERIC_EXACT) {
+                check_result(got, want, m, at);
+            } else {
+                double f = sqrt((double)K);
+                mj_compare cmp = mj_tensor_compare(got, want, MJ_RTOL_F32 * f, MJ_ATOL_F32 * f);
+                char desc[256];
+                mj_compare_describe(&cmp, got, want, desc, sizeof desc);
+                cr_assert(cmp.close, "%s (%s): not close: %s", at, m.name, desc);
+            }
+            MJT_RELEASE(xin, want, got);
+        }
+        mj_compiled_free(c);
     }
-    double f = sqrt((double)K);
-    mj_compare cmp = mj_tensor_compare(got, want, MJ_RTOL_F32 * f, MJ_ATOL_F32 * f);
-    char desc[256];
-    mj_compare_describe(&cmp, got, want, desc, sizeof desc);
-    cr_assert(cmp.close, "%s (%s): not close: %s", what, m.name, desc);
 }
+
 /* linear(+bias, act) of every (N, K) against the interpreter at batches that
  * are not multiples of any tile: the fused small kernels (<= 64 wide), the
  * GEMM micro-kernels with partial panels and vectors, and k blocking
@@ -665,21 +682,10 @@ Test(jit, kernels_tile_edges_against_interpreter) {
         int32_t b = leaf(g, MJ_OP_PARAM, "b", ty(1, N, 0, 0), &rng);
         mj_act act = si % 2 ? MJ_ACT_RELU : (si % 4 == 0 ? MJ_ACT_SIGMOID : MJ_ACT_NONE);
         out(g, op(g, act == MJ_ACT_NONE ? MJ_OP_LINEAR : MJ_OP_LINEAR_ACT, 3, x, w, b, act, NULL));
-        for (int mi = 0; mi < 4; mi++) {
-            mj_compiled *c = mjt_compile(jit, g, mjt_modes[mi]);
-            for (size_t bi = 0; bi < sizeof batches / sizeof *batches; bi++) {
-                if (batches[bi] * N * K > scaled(70000000)) continue;
-                mj_tensor *xin = randn_input(g, batches[bi], &rng), *want, *got;
-                OK(mj_graph_run(g, xin, &want));
-                OK(mj_compiled_run(c, xin, &got));
-                char what[96];
-                snprintf(what, sizeof what, "linear %lldx%lld batch %lld", (long long)N, (long long)K,
-                         (long long)batches[bi]);
-                check_k_sum(got, want, mjt_modes[mi], what, K);
-                MJT_RELEASE(xin, want, got);
-            }
-            mj_compiled_free(c);
-        }
+        char what[96];
+        snprintf(what, sizeof what, "linear %lldx%lld", (long long)N, (long long)K);
+        check_kernels_at_batches(g, K, batches, sizeof batches / sizeof *batches, scaled(70000000) / (N * K),
+                                 what, &rng);
         mj_graph_free(g);
     }
 }
@@ -694,6 +700,7 @@ Test(jit, kernels_matmul_tiles_against_interpreter) {
     static const int64_t batches[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 128, 1000};
     static const int64_t mk[][2] = {{128, 64}, {13, 9}, {70, 3}};
     int n_kn = (int)(sizeof kn / sizeof *kn), n_mk = (int)(sizeof mk / sizeof *mk);
+    size_t n_b = sizeof batches / sizeof *batches;
     for (int si = 0; si < n_kn + n_mk; si++) {
         mj_graph *g = new_graph();
         int64_t K;
@@ -712,20 +719,10 @@ Test(jit, kernels_matmul_tiles_against_interpreter) {
             int32_t t = op(g, MJ_OP_TRANSPOSE, 1, x, -1, -1, MJ_ACT_NONE, NULL);
             out(g, op(g, MJ_OP_MATMUL, 2, x, t, -1, MJ_ACT_NONE, NULL));
         }
-        for (int mi = 0; mi < 4; mi++) {
-            mj_compiled *c = mjt_compile(jit, g, mjt_modes[mi]);
-            for (size_t bi = 0; bi < sizeof batches / sizeof *batches; bi++) {
-                if (si >= n_kn && batches[bi] > 13 && batches[bi] != 128) continue;
-                mj_tensor *xin = randn_input(g, batches[bi], &rng), *want, *got;
-                OK(mj_graph_run(g, xin, &want));
-                OK(mj_compiled_run(c, xin, &got));
-                char what[96];
-                snprintf(what, sizeof what, "matmul shape %d batch %lld", si, (long long)batches[bi]);
-                check_k_sum(got, want, mjt_modes[mi], what, K);
-                MJT_RELEASE(xin, want, got);
-            }
-            mj_compiled_free(c);
-        }
+        char what[96];
+        snprintf(what, sizeof what, "matmul shape %d", si);
+        /* the attention's shapes at batches 1..13 and 128 */
+        check_kernels_at_batches(g, K, batches, si < n_kn ? n_b : n_b - 1, INT64_MAX, what, &rng);
         mj_graph_free(g);
     }
 }
