@@ -94,11 +94,13 @@ void mj_bench_use_cpu_clock(bool cpu) {
     bench_clock = cpu ? CLOCK_PROCESS_CPUTIME_ID : CLOCK_MONOTONIC;
 }
 
-static double now_ns(void) {
+static double clock_ns(clockid_t id) {
     struct timespec ts;
-    clock_gettime(bench_clock, &ts);
+    clock_gettime(id, &ts);
     return (double)ts.tv_sec * 1e9 + (double)ts.tv_nsec;
 }
+
+static double now_ns(void) { return clock_ns(bench_clock); }
 
 static int cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
@@ -680,11 +682,10 @@ static void settle_after(const mj_bench_setup *s) {
     if (s->w.threads < 2) return;
     struct timespec nap = {0, 20000000L};
     for (int i = 0; i < 150; i++) {
-        struct timespec a, b, t = nap;
-        clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &a);
+        struct timespec t = nap;
+        double cpu0 = clock_ns(CLOCK_PROCESS_CPUTIME_ID);
         while (nanosleep(&t, &t) != 0 && errno == EINTR) {}
-        clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &b);
-        if ((double)(b.tv_sec - a.tv_sec) + 1e-9 * (double)(b.tv_nsec - a.tv_nsec) < 1e-3) return;
+        if (clock_ns(CLOCK_PROCESS_CPUTIME_ID) - cpu0 < 1e6) return;
     }
 }
 
@@ -704,17 +705,11 @@ static void *ceiling_work(void *arg) {
     return NULL;
 }
 
-static double wall_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e9 + (double)ts.tv_nsec;
-}
-
 static double ceiling_wall(int n, int64_t iters) {
     pthread_t th[64];
     ceiling_arg args[64];
     int started = 0;
-    double t0 = wall_ns();
+    double t0 = clock_ns(CLOCK_MONOTONIC);
     for (int i = 1; i < n; i++) {
         args[i].iters = iters;
         if (pthread_create(&th[started], NULL, ceiling_work, &args[i]) != 0) break;
@@ -723,7 +718,7 @@ static double ceiling_wall(int n, int64_t iters) {
     args[0].iters = iters;
     ceiling_work(&args[0]);
     for (int i = 0; i < started; i++) pthread_join(th[i], NULL);
-    double el = wall_ns() - t0;
+    double el = clock_ns(CLOCK_MONOTONIC) - t0;
     return started == n - 1 ? el : NAN;
 }
 
