@@ -143,20 +143,34 @@ void mj_lw_emit_matmul(lw *w, int32_t id) {
 #define MK_MAX_ROWS MJ_MK_MAX_ROWS
 
 /* void mk(const float *x, int64 xs, const float *wp, float *y, int64 ys,
- *         int64 kc, i1 first, i1 last, const float *bias, const float *res)
+ *         int64 kc, i1 first, i1 last, const float *bias, const float *res,
+ *         const float *pf)
  * rows rows of x (stride xs) times the panel block wp ([kc][pw], rows ws apart) into
  * y (stride ys): first -> start from +0.0f, else from y; last -> + bias,
- * the activation, + res (the residual, read like y: stride ys). */
-#define MK_NPARAMS 10
+ * the activation, + res (the residual, read like y: stride ys). Per k it
+ * also prefetches pf + k*ws towards L2 (see emit_rows). */
+#define MK_NPARAMS 11
 static LLVMTypeRef mk_type(lw *w) {
     LLVMTypeRef i1 = LLVMInt1TypeInContext(w->e.ctx);
-    LLVMTypeRef pt[MK_NPARAMS] = {w->e.ptr, w->e.i64, w->e.ptr, w->e.ptr, w->e.i64,
-                                  w->e.i64, i1,       i1,       w->e.ptr, w->e.ptr};
+    LLVMTypeRef pt[MK_NPARAMS] = {w->e.ptr, w->e.i64, w->e.ptr, w->e.ptr, w->e.i64, w->e.i64,
+                                  i1,       i1,       w->e.ptr, w->e.ptr, w->e.ptr};
     return LLVMFunctionType(LLVMVoidTypeInContext(w->e.ctx), pt, MK_NPARAMS, 0);
 }
 
+/* A read prefetch of base + idx floats into L2 (locality 2). The address
+ * may lie past the weight's end (the block after the last one): prefetches
+ * never fault, and the GEP is not inbounds so the address is not poison. */
+static void emit_prefetch_l2(lw *w, LLVMValueRef base, LLVMValueRef idx) {
+    LLVMTypeRef fty;
+    LLVMValueRef fn = mj_emit_intrinsic(&w->e, "llvm.prefetch", &w->e.ptr, 1, &fty);
+    LLVMValueRef args[4] = {LLVMBuildGEP2(w->e.b, w->e.f32, base, &idx, 1, ""), LLVMConstInt(w->e.i32, 0, 0),
+                            LLVMConstInt(w->e.i32, 2, 0), LLVMConstInt(w->e.i32, 1, 0)};
+    LLVMBuildCall2(w->e.b, fty, fn, args, 4, "");
+}
+
 static LLVMValueRef emit_microkernel(lw *w, int rows, int pw, int64_t ws, bool has_bias, mj_act act, bool has_res) {
-    static const char *const pnames[MK_NPARAMS] = {"x", "xs", "wp", "y", "ys", "kc", "first", "last", "bias", "res"};
+    static const char *const pnames[MK_NPARAMS] = {"x",     "xs",   "wp",   "y",   "ys", "kc",
+                                                   "first", "last", "bias", "res", "pf"};
     LLVMTypeRef fty = mk_type(w);
     char name[96];
     snprintf(name, sizeof name, "%s.mk%d", w->o->fname, w->n_kernels++);
@@ -222,6 +236,7 @@ static LLVMValueRef emit_microkernel(lw *w, int rows, int pw, int64_t ws, bool h
         LLVMValueRef xb = vsplat(w, load(w, xrow[r], k));
         for (int v = 0; v < nv; v++) nacc[r][v] = vmuladd(w, acc[r][v], xb, wv[v]);
     }
+    emit_prefetch_l2(w, P[10], mul(w, k, ci(w, ws)));
     LLVMValueRef k1 = LLVMBuildNSWAdd(w->e.b, k, ci(w, 1), "");
     LLVMBuildCondBr(w->e.b, LLVMBuildICmp(w->e.b, LLVMIntSLT, k1, P[5], ""), body, exit);
     LLVMValueRef zero = ci(w, 0);
@@ -262,10 +277,29 @@ static LLVMValueRef emit_microkernel(lw *w, int rows, int pw, int64_t ws, bool h
 
 static const int mk_rows[4] = {6, 4, 2, 1};
 
-/* Rows [0, M) of one panel block: 6 at a time, then 4, 2, 1 for the rest. */
+/* Floats per cache line (64 bytes when unknown). */
+static int64_t line_floats(void) {
+    long b = sysconf(_SC_LEVEL1_DCACHE_LINESIZE); /* 0 or -1 when unknown */
+    return b < 16 || b > 1024 ? 16 : (int64_t)b / 4;
+}
+
+/* The prefetch pointer of tile t: line t % lines of every row of the next
+ * panel block (next, rows as the micro-kernel's ws apart), so that the
+ * first `lines` tiles of a block bring the whole next block towards L2 while
+ * they compute, one line per k. W is streamed from L3 once per row block
+ * (a 1024x1024 layer is 4 MiB), and a block the hardware prefetchers had
+ * not fetched stalled the first tile on it: W3 (batch 64) ran ~4% faster. */
+static LLVMValueRef tile_prefetch(lw *w, LLVMValueRef next, LLVMValueRef t, int64_t lines) {
+    LLVMValueRef line = LLVMBuildSRem(w->e.b, t, ci(w, lines), "");
+    LLVMValueRef idx = mul(w, line, ci(w, line_floats()));
+    return LLVMBuildGEP2(w->e.b, w->e.f32, next, &idx, 1, "");
+}
+
+/* Rows [0, M) of one panel block: 6 at a time, then 4, 2, 1 for the rest;
+ * each tile prefetches its share of the next block (tile_prefetch). */
 static void emit_rows(lw *w, LLVMValueRef const mk[4], LLVMValueRef x, int64_t K, LLVMValueRef wp, LLVMValueRef y,
                       int64_t N, LLVMValueRef M, LLVMValueRef kc, LLVMValueRef first, LLVMValueRef last,
-                      LLVMValueRef bias, LLVMValueRef res) {
+                      LLVMValueRef bias, LLVMValueRef res, LLVMValueRef next, int64_t lines) {
     LLVMTypeRef fty = mk_type(w);
     LLVMValueRef bp = bias ? bias : LLVMConstNull(w->e.ptr);
     LLVMValueRef null = LLVMConstNull(w->e.ptr);
@@ -273,7 +307,8 @@ static void emit_rows(lw *w, LLVMValueRef const mk[4], LLVMValueRef x, int64_t K
     loop lb = loop_begin(w, blocks);
     LLVMValueRef i0 = mul(w, lb.iv, ci(w, 6));
     LLVMValueRef args[MK_NPARAMS] = {at(w, x, mul(w, i0, ci(w, K))), ci(w, K), wp, at(w, y, mul(w, i0, ci(w, N))),
-                                     ci(w, N), kc, first, last, bp, res ? at(w, res, mul(w, i0, ci(w, N))) : null};
+                                     ci(w, N), kc, first, last, bp, res ? at(w, res, mul(w, i0, ci(w, N))) : null,
+                                     tile_prefetch(w, next, lb.iv, lines)};
     LLVMBuildCall2(w->e.b, fty, mk[0], args, MK_NPARAMS, "");
     loop_end(w, &lb);
     LLVMValueRef done = mul(w, blocks, ci(w, 6));
@@ -285,7 +320,8 @@ static void emit_rows(lw *w, LLVMValueRef const mk[4], LLVMValueRef x, int64_t K
         /* rows before this piece: done + (rem & bigger pieces) */
         LLVMValueRef row = add(w, done, LLVMBuildAnd(w->e.b, rem, ci(w, ~(int64_t)(2 * r - 1)), ""));
         LLVMValueRef a[MK_NPARAMS] = {at(w, x, mul(w, row, ci(w, K))), ci(w, K), wp, at(w, y, mul(w, row, ci(w, N))),
-                                      ci(w, N), kc, first, last, bp, res ? at(w, res, mul(w, row, ci(w, N))) : null};
+                                      ci(w, N), kc, first, last, bp, res ? at(w, res, mul(w, row, ci(w, N))) : null,
+                                      tile_prefetch(w, next, add(w, blocks, ci(w, t)), lines)};
         LLVMBuildCall2(w->e.b, fty, mk[t], a, MK_NPARAMS, "");
         if_end(w, end);
     }
@@ -348,9 +384,20 @@ static void emit_gemm(lw *w, LLVMValueRef y, LLVMValueRef x, LLVMValueRef W, boo
     int64_t nch = (nkb + bpc - 1) / bpc;
     bpc = (nkb + nch - 1) / nch;
     int64_t MC = gemm_row_block(nch == 1 ? K : bpc * KC);
+    LLVMValueRef MCv = ci(w, MC), bpcv = ci(w, bpc), nchv = ci(w, nch);
+    if (nch > 1) {
+        /* Rows that fit one row block of whole rows need no chunks: each
+         * chunk after the first re-reads y from L2 and restarts the
+         * prefetch stream. W3 (1024 wide, batch 64) ran ~3.5% faster. */
+        int64_t MW = gemm_row_block(K);
+        LLVMValueRef whole = LLVMBuildICmp(w->e.b, LLVMIntSLE, M, ci(w, MW), "");
+        MCv = LLVMBuildSelect(w->e.b, whole, ci(w, MW), MCv, "");
+        bpcv = LLVMBuildSelect(w->e.b, whole, ci(w, nkb), bpcv, "");
+        nchv = LLVMBuildSelect(w->e.b, whole, ci(w, 1), nchv, "");
+    }
     /* Row blocks of at most MC rows (one block when x fits): nblk equal
      * blocks, each a multiple of the 6-row kernel but the last. */
-    LLVMValueRef nblk = LLVMBuildSDiv(w->e.b, add(w, M, ci(w, MC - 1)), ci(w, MC), "");
+    LLVMValueRef nblk = LLVMBuildSDiv(w->e.b, add(w, M, LLVMBuildSub(w->e.b, MCv, ci(w, 1), "")), MCv, "");
     LLVMValueRef per = LLVMBuildSDiv(w->e.b, add(w, M, LLVMBuildSub(w->e.b, nblk, ci(w, 1), "")), nblk, "");
     per = mul(w, LLVMBuildSDiv(w->e.b, add(w, per, ci(w, MK_MAX_ROWS - 1)), ci(w, MK_MAX_ROWS), ""), ci(w, MK_MAX_ROWS));
     loop lr = loop_begin(w, nblk);
@@ -358,11 +405,10 @@ static void emit_gemm(lw *w, LLVMValueRef y, LLVMValueRef x, LLVMValueRef W, boo
     LLVMValueRef rows = LLVMBuildSelect(w->e.b, LLVMBuildICmp(w->e.b, LLVMIntSLT, left, per, ""), left, per, "");
     LLVMValueRef xb = at(w, x, mul(w, r0, ci(w, K))), yb = at(w, y, mul(w, r0, ci(w, N)));
     LLVMValueRef rb = res ? at(w, res, mul(w, r0, ci(w, N))) : NULL;
-    loop lc = loop_begin(w, ci(w, nch));
-    LLVMValueRef kb0 = mul(w, lc.iv, ci(w, bpc)); /* the chunk's first k block */
+    loop lc = loop_begin(w, nchv);
+    LLVMValueRef kb0 = mul(w, lc.iv, bpcv); /* the chunk's first k block */
     LLVMValueRef left_kb = LLVMBuildSub(w->e.b, ci(w, nkb), kb0, "");
-    LLVMValueRef nkc = LLVMBuildSelect(w->e.b, LLVMBuildICmp(w->e.b, LLVMIntSLT, left_kb, ci(w, bpc), ""), left_kb,
-                                       ci(w, bpc), "");
+    LLVMValueRef nkc = LLVMBuildSelect(w->e.b, LLVMBuildICmp(w->e.b, LLVMIntSLT, left_kb, bpcv, ""), left_kb, bpcv, "");
     for (int part = 0; part < 2; part++) {
         int64_t np = part == 0 ? nfull : (tail ? 1 : 0);
         if (np == 0) continue;
@@ -392,8 +438,14 @@ static void emit_gemm(lw *w, LLVMValueRef y, LLVMValueRef x, LLVMValueRef W, boo
         LLVMValueRef last = LLVMBuildICmp(w->e.b, LLVMIntEQ, kb, ci(w, nkb - 1), "");
         LLVMValueRef kc = LLVMBuildSelect(w->e.b, last, ci(w, K - (nkb - 1) * KC), ci(w, KC), "");
         LLVMValueRef first = LLVMBuildICmp(w->e.b, LLVMIntEQ, kb, ci(w, 0), "");
-        emit_rows(w, mk[part], at(w, xb, k0), K, at(w, panel, mul(w, k0, ci(w, ws))), ycol, N, rows, kc, first,
-                  last, bcol, rcol);
+        int64_t pw = part == 0 ? P : tail;
+        LLVMValueRef wblk = at(w, panel, mul(w, k0, ci(w, ws)));
+        /* the block after this one: the next k block, or the next panel's first after the last (packed panels
+         * are contiguous), or past W's end */
+        LLVMValueRef off = mul(w, kc, ci(w, ws));
+        LLVMValueRef next = LLVMBuildGEP2(w->e.b, w->e.f32, wblk, &off, 1, "");
+        emit_rows(w, mk[part], at(w, xb, k0), K, wblk, ycol, N, rows, kc, first, last, bcol, rcol, next,
+                  (pw + line_floats() - 1) / line_floats());
         loop_end(w, &lk);
         loop_end(w, &lp);
     }

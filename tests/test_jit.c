@@ -661,17 +661,21 @@ static void check_kernels_at_batches(mj_graph *g, int64_t K, const int64_t *batc
 
 /* linear(+bias, act) of every (N, K) against the interpreter at batches that
  * are not multiples of any tile: the fused small kernels (<= 64 wide), the
- * GEMM micro-kernels with partial panels and vectors, and k blocking
- * (K = 1000). */
+ * GEMM micro-kernels with partial panels and vectors, k blocking
+ * (K = 1000), and a packed weight of more than 2 MiB (520x1024, in the
+ * memory offered to huge pages). */
 Test(jit, kernels_tile_edges_against_interpreter) {
     mj_rng rng = mjt_rng(15);
     /* {20, 9000}: x rows so long that batch 33 spans two of the GEMM's
      * row blocks (sized from the L2 cache) on any L2 up to 3 MiB; {65, 1000},
      * {70, 1957}, {5, 3072} and {20, 9000} are cut into k chunks of unequal
      * counts of k blocks (sized from L1 and L2) on caches of 32-48 KiB and
-     * 1-2 MiB, the last block short */
-    static const int64_t shapes[][2] = {{1, 1},     {15, 17},   {33, 15},   {16, 64},   {17, 300},  {1000, 33},
-                                        {65, 1000}, {130, 129}, {70, 1957}, {5, 3072}, {20, 9000}};
+     * 1-2 MiB, the last block short, when the batch is more rows than one
+     * row block of whole rows holds (batch 1000; 33 at K = 9000), and run
+     * whole rows in one chunk below that (batches 1-17) */
+    static const int64_t shapes[][2] = {{1, 1},     {15, 17},   {33, 15},  {16, 64},   {17, 300},
+                                        {1000, 33}, {65, 1000}, {130, 129}, {70, 1957}, {5, 3072},
+                                        {20, 9000}, {520, 1024}};
     static const int64_t batches[] = {1, 15, 17, 33, 1000};
     int n_shapes = (int)(sizeof shapes / sizeof *shapes);
     for (int si = 0; si < n_shapes; si++) {
