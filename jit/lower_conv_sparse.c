@@ -220,7 +220,44 @@ static bool build_taps(const float *w, const geom *q, int64_t cb, int32_t **star
 typedef struct direct {
     LLVMValueRef dst, bias, o; /* dst: y's plane + the padding before row 0 */
     int64_t run;
+    /* plain: y in its own layout (aligned, stride 1): each vector lies in
+     * one row (Wp and the tile's start are multiples of vw), its lanes
+     * before OW go to y's row at element ybase + oh*OW + ow, where the
+     * tail's residual is read too */
+    bool plain;
+    LLVMValueRef ybase;
+    int64_t Wp, OH, OW;
 } direct;
+
+static void tile_plain(const mj_cnn_lowering *c, LLVMValueRef *acc, int V, const direct *d, LLVMValueRef q0) {
+    mj_emit *e = c->e;
+    mj_conv_coefs k;
+    mj_conv_tail_coefs(c, d->o, &k);
+    LLVMValueRef bv = d->bias ? vsplat(e, load(e, d->bias, d->o)) : NULL;
+    int part = (int)(d->OW % e->vw);
+    for (int v = 0; v < V; v++) {
+        LLVMValueRef qv = add(e, q0, ci(e, (int64_t)v * e->vw));
+        LLVMValueRef oh = LLVMBuildUDiv(e->b, qv, ci(e, d->Wp), ""), ow = LLVMBuildURem(e->b, qv, ci(e, d->Wp), "");
+        LLVMValueRef idx = add(e, d->ybase, add(e, mul(e, oh, ci(e, d->OW)), ow));
+        LLVMValueRef in_rows = LLVMBuildICmp(e->b, LLVMIntULT, oh, ci(e, d->OH), "");
+        LLVMValueRef full = LLVMBuildICmp(e->b, LLVMIntSLE, ow, ci(e, d->OW - e->vw), "");
+        ifb f = ifelse_begin(e, LLVMBuildAnd(e->b, in_rows, full, ""));
+        LLVMValueRef val = LLVMBuildLoad2(e->b, e->vt, acc[v], "");
+        if (bv) val = fadd(e, val, bv);
+        vstore(e, mj_conv_tail_apply(c, &k, val, idx, e->vw), at(e, c->y, idx), e->vw);
+        if_else(e, &f);
+        if (part) { /* the row's last OW % vw lanes */
+            LLVMValueRef last = LLVMBuildICmp(e->b, LLVMIntEQ, ow, ci(e, d->OW - part), "");
+            ifb g = ifelse_begin(e, LLVMBuildAnd(e->b, in_rows, last, ""));
+            val = LLVMBuildLoad2(e->b, e->vt, acc[v], "");
+            if (bv) val = fadd(e, val, bv);
+            vstore(e, mj_conv_tail_apply(c, &k, val, idx, part), at(e, c->y, idx), part);
+            if_else(e, &g);
+            if_end(e, g.end);
+        }
+        if_end(e, f.end);
+    }
+}
 
 /* <vw x i32> of s */
 static LLVMValueRef splat_i32(mj_emit *e, LLVMValueRef s) {
@@ -290,7 +327,9 @@ static void tile(const mj_cnn_lowering *c, LLVMValueRef *acc, int V, LLVMValueRe
     }
     loop_end(e, &lt);
     ifb fl = ifelse_begin(e, last);
-    if (d) {
+    if (d && d->plain) {
+        tile_plain(c, acc, V, d, q0);
+    } else if (d) {
         tile_direct(c, acc, V, d, q0);
     } else {
         for (int v = 0; v < V; v++)
@@ -384,6 +423,8 @@ bool mj_lower_conv_sparse(const mj_cnn_lowering *c) {
      * and no residual to read in y's own layout: the last block's tiles
      * store y themselves, so no rows go out after it */
     bool direct_out = (py || px) && q.sh == 1 && WPy == q.Wp && !has_add;
+    /* y in its own layout, aligned rows: the tiles store it too */
+    bool plain_out = !py && !px && q.sh == 1 && q.aligned && q.Wp % e->vw == 0;
     loop lrun = loop_begin(e, ci(e, nrun));
     LLVMValueRef xr = mul(e, lrun.iv, ci(e, q.sh * q.Wp));
     loop lq = loop_range(e, ci(e, 0), ci(e, ntile * T), T);
@@ -414,19 +455,22 @@ bool mj_lower_conv_sparse(const mj_cnn_lowering *c) {
     LLVMValueRef part = at(e, parts, mul(e, lo.iv, ci(e, SPARSE_TILE_MAX)));
     LLVMValueRef rr = at(e, rows, add(e, mul(e, lo.iv, ci(e, RF)), mul(e, lrun.iv, ci(e, q.Wp))));
     direct d = {0};
-    if (direct_out) {
+    if (plain_out) {
+        d = (direct){.bias = bias, .o = lo.iv, .plain = true, .Wp = q.Wp, .OH = q.OH, .OW = q.OW,
+                     .ybase = mul(e, add(e, mul(e, ln.iv, ci(e, q.O)), lo.iv), ci(e, q.OH * q.OW))};
+    } else if (direct_out) {
         d = (direct){.bias = bias, .o = lo.iv, .run = run,
                      .dst = at(e, c->y, add(e, mul(e, add(e, mul(e, ln.iv, ci(e, q.O)), lo.iv), ci(e, HPy * WPy)),
                                             ci(e, py * WPy + px)))};
     }
     tile(c, acc, V, ttap, t0, t1, at(e, xpad, add(e, xr, lq.iv)), q.ns > 1 ? cp : NULL, part, rr, lq.iv, first, last,
-         direct_out ? &d : NULL);
+         direct_out || plain_out ? &d : NULL);
     loop_end(e, &lo);
     loop_end(e, &lb);
     loop_end(e, &lq);
     loop_end(e, &lrun);
     /* the rows out, + b[o], then the conv's tail */
-    lo = loop_begin(e, ci(e, direct_out ? 0 : q.O));
+    lo = loop_begin(e, ci(e, direct_out || plain_out ? 0 : q.O));
     LLVMValueRef bv = bias ? load(e, bias, lo.iv) : NULL;
     mj_conv_coefs k;
     mj_conv_tail_coefs(c, lo.iv, &k);
