@@ -34,7 +34,8 @@
  * block's taps, its partial sums kept per output channel between blocks.
  * The last block's sums go into a row buffer per output channel (Wp
  * apart, as the run), copied out at the end with + b[o] and the conv's
- * tail, or straight into y when y is stored padded for the next conv.
+ * tail, or straight into y when y is stored padded for the next conv or,
+ * aligned with stride 1, in its own layout (tile_plain, tile_direct).
  *
  * The tile's width and the choice between this and the dense tile of
  * lower_cnn.c come from the measurements in mj_conv_sparse_wanted. */
