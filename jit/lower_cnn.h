@@ -68,8 +68,9 @@ bool mj_conv_sparse_wanted(const mj_cnn_lowering *c);
 bool mj_conv_sparse_takes(const mj_graph *g, int32_t id, const float *w, int vw);
 /* The storage of node id's input when the producer writes it zero-padded
  * for the sparse conv id (the plan's padded_by): per_image floats per
- * image (C planes of Hp x Wp), plus the returned floats once after the
- * last image (the tiles' overrun; a multiple of 16). */
+ * image (C planes of Hp rows Wp apart, Wp >= W + 2pw as that conv lays
+ * them out), plus the returned floats once after the last image (the
+ * tiles' overrun; a multiple of 16). */
 int64_t mj_conv_sparse_padded_floats(const mj_graph *g, int32_t id, int64_t *per_image);
 bool mj_lower_conv_sparse(const mj_cnn_lowering *c);
 

@@ -3,8 +3,8 @@
  * lower_cnn.h, docs/numerics.md "CNN layers").
  *
  * Per image the input is copied once into the scratch, each channel plane
- * padded to Hp x Wp (H + 2ph, W + 2pw) with zeros, so that the tap (c, kh,
- * kw) of output position (oh, ow) reads element
+ * padded to Hp x Wp (H + 2ph rows, rows Wp >= W + 2pw apart) with zeros,
+ * so that the tap (c, kh, kw) of output position (oh, ow) reads element
  *   oh*sh*Wp + ow + off,  off = c'*Hp*Wp + kh*dh*Wp + kw*dw   (c' the input
  * channel, its group's included): always in bounds, 0.0f where eager reads
  * padding. With stride 1 along H the output rows, laid out Wp apart, make
@@ -19,11 +19,23 @@
  * eager's without the zero steps: the frozen contract (exact for finite
  * inputs). A NaN or inf weight meets the padding's 0.0f as in eager.
  *
- * The input channels run in blocks whose rows under a tile fit L1: per
- * block, per tile, every output channel runs the block's taps, its partial
- * sums kept in a row buffer per output channel (Wp apart, as the run)
- * between blocks. Then each row is copied out with + b[o]. The output
- * channels run in blocks too, so that their row buffers stay small.
+ * One load per fma makes the loop load-bound, and a vector load at an
+ * offset that is not a multiple of 16 floats splits a cache line: such
+ * loads ran at half the rate of aligned ones. So where it costs at most a
+ * quarter more columns, Wp is a multiple of 16 ("aligned"): a tap's
+ * offset is then kw*dw mod 16 floats past a multiple of 16. The taps
+ * with shift 0 read the padded input; for each other shift, each tile
+ * copies the rows it reads (of the current block of input channels) from
+ * the position + shift into a small buffer, where those taps read whole
+ * aligned vectors. The floats read are the same.
+ *
+ * Per tile, the input channels run in blocks whose rows under the tile
+ * (and their copies) fit L1: per block, every output channel runs the
+ * block's taps, its partial sums kept per output channel between blocks.
+ * The last block's sums go into a row buffer per output channel (Wp
+ * apart, as the run), copied out at the end with + b[o] and the conv's
+ * tail, or straight into y when y is stored padded for the next conv or,
+ * aligned with stride 1, in its own layout (tile_plain, tile_direct).
  *
  * The tile's width and the choice between this and the dense tile of
  * lower_cnn.c come from the measurements in mj_conv_sparse_wanted. */
@@ -43,7 +55,25 @@ static LLVMValueRef isub(mj_emit *e, LLVMValueRef a, LLVMValueRef b) { return LL
 
 typedef struct geom {
     int64_t C, H, W, O, cg, og, KH, KW, sh, ph, pw, dh, dw, OH, OW, Hp, Wp;
+    /* aligned: Wp is a multiple of 16 and a block's copy has a version per
+     * shift of a tap within 16 floats (kw*dw mod 16): shift[k] of version
+     * k (ns of them), so that every tap reads whole aligned vectors.
+     * Unaligned: one version, shift 0. */
+    bool aligned;
+    int ns;
+    int shift[16];
+    int64_t S;  /* floats of a version of one channel's rows under a tile */
+    int64_t cb; /* input channels per block */
 } geom;
+
+/* The row stride of the padded planes for rows of Wu = W + 2pw floats:
+ * rounded up to 16 floats (64 bytes) when that adds at most a quarter
+ * (the columns past Wu are computed and dropped), which makes every load
+ * of the tap loop aligned (see the header); else Wu itself. */
+static int64_t row_stride(int64_t Wu) {
+    int64_t r = mj_round16(Wu);
+    return r * 4 <= Wu * 5 ? r : Wu;
+}
 
 static bool geometry(const mj_graph *g, int32_t id, geom *q) {
     const mj_node *n = &g->nodes[id];
@@ -57,44 +87,47 @@ static bool geometry(const mj_graph *g, int32_t id, geom *q) {
                 .OH = n->type.dims[2], .OW = n->type.dims[3]};
     q->og = q->O / a[MJ_CONV_GROUPS];
     q->Hp = q->H + 2 * q->ph;
-    q->Wp = q->W + 2 * q->pw;
-    /* the tap offsets are int32 */
-    return q->C * q->Hp * q->Wp + q->Wp + SPARSE_TILE_MAX < INT32_MAX;
+    q->Wp = row_stride(q->W + 2 * q->pw);
+    q->aligned = q->Wp % 16 == 0;
+    q->ns = 1;
+    q->shift[0] = 0;
+    for (int64_t kw = 0; q->aligned && kw < q->KW; kw++) {
+        int sft = (int)(kw * q->dw % 16), k = 0;
+        while (k < q->ns && q->shift[k] != sft) k++;
+        if (k == q->ns) q->shift[q->ns++] = sft;
+    }
+    q->S = mj_round16(SPARSE_TILE_MAX + (q->KH - 1) * q->dh * q->Wp + (q->KW - 1) * q->dw);
+    /* Input channels per block: the block's rows under a tile (every
+     * group's channels of the block: the padded input's and the ns - 1
+     * shifted copies) stay in L1 while every output channel runs its taps
+     * of the block over the tile: about 40 KiB of them (3x3 64->64 at
+     * 56x56, AVX-512: 24, 40, 64 and 96 KiB ran within 10% of each other,
+     * 40 the fastest). */
+    int64_t G = q->C / q->cg, per = G * q->ns * q->S * (int64_t)sizeof(float);
+    q->cb = (40 << 10) / per;
+    q->cb = q->cb < 1 ? 1 : q->cb > q->cg ? q->cg : q->cb;
+    /* the offsets (input and copy) are int32 */
+    return q->C * q->Hp * q->Wp + q->Wp + SPARSE_TILE_MAX + 32 < INT32_MAX && G * q->cb * q->ns * q->S < INT32_MAX / 2;
 }
 
-/* Input channels per block: the taps of a block, for every output channel,
- * run over one tile of positions before the next block, so the block's
- * input rows under the tile (at most T/Wp + 2 + (KH - 1)*dh rows of Wp
- * floats per channel) stay in L1: about 24 KiB of them. */
-static int64_t channel_block(const geom *q) {
-    int64_t rows = SPARSE_TILE_MAX / q->Wp + 2 + (q->KH - 1) * q->dh, per = rows * q->Wp * (int64_t)sizeof(float);
-    int64_t cb = (24 << 10) / per;
-    return cb < 1 ? 1 : cb > q->cg ? q->cg : cb;
-}
-
-/* The padded input (C*Hp*Wp, then the tile's overrun: see the bound in
- * lower) and the row buffers (the partial sums), one per output channel. */
-static int64_t padded_floats(const geom *q) { return mj_round16(q->C * q->Hp * q->Wp + q->Wp + SPARSE_TILE_MAX); }
+/* The scratch: the padded input (C*Hp*Wp, then the overrun the copies
+ * read: see the bound in lower), the block's copy, the partial sums of a
+ * tile per output channel (between blocks) and the rows of the conv's
+ * value per output channel (OH*Wp, as the run), read out at the end. */
+static int64_t padded_floats(const geom *q) { return mj_round16(q->C * q->Hp * q->Wp + q->Wp + SPARSE_TILE_MAX + 32); }
+static int64_t copy_floats(const geom *q) { return mj_round16((q->C / q->cg) * q->cb * (q->ns - 1) * q->S); }
 static int64_t rows_floats(const geom *q) { return mj_round16(q->OH * q->Wp + SPARSE_TILE_MAX); }
-
-/* Output channels per block: their row buffers take at most 256 KiB, so
- * that they and the padded input can stay in L2 (a block reads the input
- * again). */
-static int64_t out_block(const geom *q) {
-    int64_t ob = (256 << 10) / (rows_floats(q) * (int64_t)sizeof(float));
-    return ob < 1 ? 1 : ob > q->O ? q->O : ob;
-}
 
 int64_t mj_conv_sparse_padded_floats(const mj_graph *g, int32_t id, int64_t *per_image) {
     geom q;
     MJ_ASSERT(geometry(g, id, &q));
     *per_image = q.C * q.Hp * q.Wp;
-    return mj_round16(q.Wp + SPARSE_TILE_MAX);
+    return mj_round16(padded_floats(&q) - q.C * q.Hp * q.Wp);
 }
 
 int64_t mj_conv_sparse_scratch_floats(const mj_graph *g, int32_t id) {
     geom q;
-    return geometry(g, id, &q) ? padded_floats(&q) + out_block(&q) * rows_floats(&q) : 0;
+    return geometry(g, id, &q) ? padded_floats(&q) + copy_floats(&q) + q.O * (SPARSE_TILE_MAX + rows_floats(&q)) : 0;
 }
 
 /* Tile width in vectors: 12 accumulators, the broadcast weight and room
@@ -140,7 +173,9 @@ static LLVMValueRef table(const mj_cnn_lowering *c, const char *what, const void
 
 /* Output channel o's taps of channel block b are start[o*(nb + 1) + b] ..
  * start[o*(nb + 1) + b + 1] of tap[]: pairs (offset as int32, weight as
- * float bits), eager's order. */
+ * float bits), eager's order. The offset is into the block's copy: the
+ * version of its channel (its group's and its own place in the block)
+ * for the tap's shift, at the tap's offset in the plane less the shift. */
 static bool build_taps(const float *w, const geom *q, int64_t cb, int32_t **start_out, int32_t **tap_out,
                        int64_t *n_out) {
     int64_t KK = q->KH * q->KW, per = q->cg * KK, nz = mj_count_nonzero(w, q->O * per), nb = (q->cg + cb - 1) / cb;
@@ -159,8 +194,13 @@ static bool build_taps(const float *w, const geom *q, int64_t cb, int32_t **star
             if (k % (cb * KK) == 0) start[o * (nb + 1) + k / (cb * KK)] = (int32_t)n;
             float v = w[o * per + k];
             if (v == 0.0f && !isnan(v)) continue;
-            int64_t ch = c0 + k / KK, kh = k / q->KW % q->KH, kw = k % q->KW;
-            tap[2 * n] = (int32_t)((ch * q->Hp + kh * q->dh) * q->Wp + kw * q->dw);
+            int64_t ch = k / KK, kh = k / q->KW % q->KH, kw = k % q->KW, slot = c0 / q->cg * cb + ch % cb;
+            int sft = q->aligned ? (int)(kw * q->dw % 16) : 0, ver = 0;
+            while (q->shift[ver] != sft) ver++;
+            MJ_ASSERT(ver < q->ns);
+            int64_t in = kh * q->dh * q->Wp + kw * q->dw - sft;
+            tap[2 * n] = ver == 0 ? (int32_t)((c0 + ch) * q->Hp * q->Wp + in) /* the padded input itself */
+                                  : (int32_t)(((slot * (q->ns - 1) + ver - 1) * q->S + in) | 1);
             memcpy(&tap[2 * n + 1], &v, sizeof v);
             n++;
         }
@@ -179,9 +219,46 @@ static bool build_taps(const float *w, const geom *q, int64_t cb, int32_t **star
  * between rows land on y's padding, which the next conv zeroes before it
  * reads (as it zeroes all of it). */
 typedef struct direct {
-    LLVMValueRef last, dst, bias, o; /* in the last block; dst: y's plane + the padding before row 0 */
+    LLVMValueRef dst, bias, o; /* dst: y's plane + the padding before row 0 */
     int64_t run;
+    /* plain: y in its own layout (aligned, stride 1): each vector lies in
+     * one row (Wp and the tile's start are multiples of vw), its lanes
+     * before OW go to y's row at element ybase + oh*OW + ow, where the
+     * tail's residual is read too */
+    bool plain;
+    LLVMValueRef ybase;
+    int64_t Wp, OH, OW;
 } direct;
+
+static void tile_plain(const mj_cnn_lowering *c, LLVMValueRef *acc, int V, const direct *d, LLVMValueRef q0) {
+    mj_emit *e = c->e;
+    mj_conv_coefs k;
+    mj_conv_tail_coefs(c, d->o, &k);
+    LLVMValueRef bv = d->bias ? vsplat(e, load(e, d->bias, d->o)) : NULL;
+    int part = (int)(d->OW % e->vw);
+    for (int v = 0; v < V; v++) {
+        LLVMValueRef qv = add(e, q0, ci(e, (int64_t)v * e->vw));
+        LLVMValueRef oh = LLVMBuildUDiv(e->b, qv, ci(e, d->Wp), ""), ow = LLVMBuildURem(e->b, qv, ci(e, d->Wp), "");
+        LLVMValueRef idx = add(e, d->ybase, add(e, mul(e, oh, ci(e, d->OW)), ow));
+        LLVMValueRef in_rows = LLVMBuildICmp(e->b, LLVMIntULT, oh, ci(e, d->OH), "");
+        LLVMValueRef full = LLVMBuildICmp(e->b, LLVMIntSLE, ow, ci(e, d->OW - e->vw), "");
+        ifb f = ifelse_begin(e, LLVMBuildAnd(e->b, in_rows, full, ""));
+        LLVMValueRef val = LLVMBuildLoad2(e->b, e->vt, acc[v], "");
+        if (bv) val = fadd(e, val, bv);
+        vstore(e, mj_conv_tail_apply(c, &k, val, idx, e->vw), at(e, c->y, idx), e->vw);
+        if_else(e, &f);
+        if (part) { /* the row's last OW % vw lanes */
+            LLVMValueRef last = LLVMBuildICmp(e->b, LLVMIntEQ, ow, ci(e, d->OW - part), "");
+            ifb g = ifelse_begin(e, LLVMBuildAnd(e->b, in_rows, last, ""));
+            val = LLVMBuildLoad2(e->b, e->vt, acc[v], "");
+            if (bv) val = fadd(e, val, bv);
+            vstore(e, mj_conv_tail_apply(c, &k, val, idx, part), at(e, c->y, idx), part);
+            if_else(e, &g);
+            if_end(e, g.end);
+        }
+        if_end(e, f.end);
+    }
+}
 
 /* <vw x i32> of s */
 static LLVMValueRef splat_i32(mj_emit *e, LLVMValueRef s) {
@@ -219,38 +296,49 @@ static void tile_direct(const mj_cnn_lowering *c, LLVMValueRef *acc, int V, cons
     }
 }
 
-/* One tile: positions [q0, q0 + V*vw) of the run at xr (input) and rr (row
- * buffer), taps [t0, t1); with d, the last block stores y (tile_direct). */
+/* One tile: positions [q0, q0 + V*vw) of the run, taps [t0, t1) at xr
+ * (the padded input at the tile) or, aligned, at the block's copy cp
+ * for odd offsets (the offset less its low 4 bits); the partial sums in part between blocks (first: none
+ * yet; last: the last block), the last block's into rr (the output
+ * channel's rows at the run) or, with d, y itself (tile_direct). */
 static void tile(const mj_cnn_lowering *c, LLVMValueRef *acc, int V, LLVMValueRef taps, LLVMValueRef t0,
-                 LLVMValueRef t1, LLVMValueRef xr, LLVMValueRef rr, LLVMValueRef q0, LLVMValueRef first,
-                 const direct *d) {
+                 LLVMValueRef t1, LLVMValueRef xr, LLVMValueRef cp, LLVMValueRef part, LLVMValueRef rr,
+                 LLVMValueRef q0, LLVMValueRef first, LLVMValueRef last, const direct *d) {
     mj_emit *e = c->e;
     /* +0.0f in the first block, else the sum so far */
     ifb f = ifelse_begin(e, first);
     for (int v = 0; v < V; v++) LLVMBuildStore(e->b, LLVMConstNull(e->vt), acc[v]);
     if_else(e, &f);
-    for (int v = 0; v < V; v++) LLVMBuildStore(e->b, vld(e, rr, add(e, q0, ci(e, (int64_t)v * e->vw)), 4), acc[v]);
+    for (int v = 0; v < V; v++) LLVMBuildStore(e->b, vld(e, part, ci(e, (int64_t)v * e->vw), 4), acc[v]);
     if_end(e, f.end);
     loop lt = loop_range(e, t0, t1, 1);
     LLVMValueRef k2 = mul(e, lt.iv, ci(e, 2));
     LLVMValueRef off = LLVMBuildSExt(e->b, ld(e, e->i32, taps, k2), e->i64, "");
     LLVMValueRef wv = vsplat(e, load(e, taps, add(e, k2, ci(e, 1))));
-    LLVMValueRef xp = at(e, xr, add(e, q0, off));
+    LLVMValueRef xp = at(e, xr, off);
+    if (cp) { /* aligned: odd offsets are into the copy, the low bits dropped */
+        LLVMValueRef in_copy = LLVMBuildTrunc(e->b, off, LLVMInt1TypeInContext(e->ctx), "");
+        LLVMValueRef base = LLVMBuildSelect(e->b, in_copy, cp, xr, "");
+        xp = at(e, base, LLVMBuildAnd(e->b, off, ci(e, ~INT64_C(15)), ""));
+    }
     for (int v = 0; v < V; v++) {
         LLVMValueRef xv = vld(e, xp, ci(e, (int64_t)v * e->vw), 4);
         LLVMValueRef a = LLVMBuildLoad2(e->b, e->vt, acc[v], "");
         LLVMBuildStore(e->b, vmuladd(e, a, xv, wv), acc[v]);
     }
     loop_end(e, &lt);
-    ifb f2 = {0};
-    if (d) {
-        f2 = ifelse_begin(e, d->last);
+    ifb fl = ifelse_begin(e, last);
+    if (d && d->plain) {
+        tile_plain(c, acc, V, d, q0);
+    } else if (d) {
         tile_direct(c, acc, V, d, q0);
-        if_else(e, &f2);
+    } else {
+        for (int v = 0; v < V; v++)
+            vst(e, LLVMBuildLoad2(e->b, e->vt, acc[v], ""), rr, add(e, q0, ci(e, (int64_t)v * e->vw)), 4);
     }
-    for (int v = 0; v < V; v++)
-        vst(e, LLVMBuildLoad2(e->b, e->vt, acc[v], ""), rr, add(e, q0, ci(e, (int64_t)v * e->vw)), 4);
-    if (d) if_end(e, f2.end);
+    if_else(e, &fl);
+    for (int v = 0; v < V; v++) vst(e, LLVMBuildLoad2(e->b, e->vt, acc[v], ""), part, ci(e, (int64_t)v * e->vw), 4);
+    if_end(e, fl.end);
 }
 
 bool mj_lower_conv_sparse(const mj_cnn_lowering *c) {
@@ -258,7 +346,7 @@ bool mj_lower_conv_sparse(const mj_cnn_lowering *c) {
     const mj_node *n = &c->g->nodes[c->id];
     geom q;
     MJ_ASSERT(geometry(c->g, c->id, &q));
-    int64_t cb = channel_block(&q), nb = (q.cg + cb - 1) / cb;
+    int64_t cb = q.cb, nb = (q.cg + cb - 1) / cb, G = q.C / q.cg;
     int32_t *start = NULL, *tap = NULL;
     int64_t nt = 0;
     if (!build_taps(c->conv_weight, &q, cb, &start, &tap, &nt)) return false;
@@ -272,12 +360,18 @@ bool mj_lower_conv_sparse(const mj_cnn_lowering *c) {
     int V = tile_vectors(e->vw, run);
     int64_t T = (int64_t)V * e->vw, ntile = (run + T - 1) / T, RF = rows_floats(&q);
     MJ_ASSERT(T <= SPARSE_TILE_MAX);
-    /* Bounds (the scratch's): a tile reads below (run's start) + ntile*T +
-     * off <= OH*Wp + T + (C - 1)*Hp*Wp + (KH - 1)*dh*Wp + (KW - 1)*dw, and
-     * (OH - 1)*sh + (KH - 1)*dh < Hp, OW + (KW - 1)*dw = Wp: below
-     * C*Hp*Wp + Wp + T. A row buffer takes (nrun - 1)*Wp + ntile*T <=
-     * OH*Wp + T. */
-    LLVMValueRef xpad = c->scratch, rows = at(e, c->scratch, ci(e, padded_floats(&q)));
+    /* Bounds: the tile at q0 of run r reads, per channel of the block,
+     * positions r*sh*Wp + q0 + [0, T + (KH - 1)*dh*Wp + (KW - 1)*dw) of
+     * its plane: the block's copy holds them (S floats per version,
+     * version k the positions + shift[k], a tap reading its version at
+     * its offset less the shift: a multiple of 16 when aligned). The last
+     * of them is below OH*Wp + T + (KH - 1)*dh*Wp + (KW - 1)*dw, and
+     * (OH - 1)*sh + (KH - 1)*dh < Hp, OW + (KW - 1)*dw = W + 2pw <= Wp: a
+     * copy reads the padded input below C*Hp*Wp + Wp + T + 16 + 15. A row
+     * buffer takes (nrun - 1)*Wp + ntile*T <= OH*Wp + T. */
+    int64_t PF = padded_floats(&q), CF = copy_floats(&q);
+    LLVMValueRef xpad = c->scratch, cp = at(e, c->scratch, ci(e, PF));
+    LLVMValueRef parts = at(e, c->scratch, ci(e, PF + CF)), rows = at(e, parts, ci(e, q.O * SPARSE_TILE_MAX));
     int64_t planes = q.C * q.Hp * q.Wp, N = c->g->nodes[n->operands[0]].type.dims[0];
     LLVMValueRef nimg = N == MJ_DIM_BATCH ? c->batch : ci(e, N);
     LLVMValueRef acc[16];
@@ -293,7 +387,7 @@ bool mj_lower_conv_sparse(const mj_cnn_lowering *c) {
         MJ_ASSERT(per == planes);
         LLVMBuildMemSet(e->b, at(e, c->ops[0], mul(e, nimg, ci(e, planes))), zero8, ci(e, over * 4), 4);
     } else {
-        LLVMBuildMemSet(e->b, at(e, xpad, ci(e, planes)), zero8, ci(e, (padded_floats(&q) - planes) * 4), 4);
+        LLVMBuildMemSet(e->b, at(e, xpad, ci(e, planes)), zero8, ci(e, (PF - planes) * 4), 4);
     }
 
     loop ln = loop_begin(e, nimg);
@@ -311,61 +405,81 @@ bool mj_lower_conv_sparse(const mj_cnn_lowering *c) {
         ifb f = ifelse_begin(e, inside);
         LLVMValueRef src = at(e, c->ops[0], mul(e, add(e, mul(e, add(e, mul(e, ln.iv, ci(e, q.C)), ch), ci(e, q.H)), h),
                                                 ci(e, q.W)));
-        if (q.pw > 0) {
-            LLVMBuildMemSet(e->b, dst, zero8, ci(e, q.pw * 4), 4);
-            LLVMBuildMemSet(e->b, at(e, dst, ci(e, q.pw + q.W)), zero8, ci(e, q.pw * 4), 4);
-        }
+        if (q.pw > 0) LLVMBuildMemSet(e->b, dst, zero8, ci(e, q.pw * 4), 4);
+        if (q.Wp > q.pw + q.W)
+            LLVMBuildMemSet(e->b, at(e, dst, ci(e, q.pw + q.W)), zero8, ci(e, (q.Wp - q.pw - q.W) * 4), 4);
         if (!c->x_padded) LLVMBuildMemCpy(e->b, at(e, dst, ci(e, q.pw)), 4, src, 4, ci(e, q.W * 4));
         if_else(e, &f);
         LLVMBuildMemSet(e->b, dst, zero8, ci(e, q.Wp * 4), 4);
         if_end(e, f.end);
         loop_end(e, &lr);
     }
-    /* per block of output channels, per block of input channels, tile and
-     * output channel: the block's taps */
-    int64_t OB = out_block(&q);
-    loop lob = loop_range(e, ci(e, 0), ci(e, q.O), OB);
-    LLVMValueRef o_end = add(e, lob.iv, ci(e, OB));
-    o_end = LLVMBuildSelect(e->b, LLVMBuildICmp(e->b, LLVMIntSLT, o_end, ci(e, q.O), ""), o_end, ci(e, q.O), "");
-    loop lb = loop_begin(e, ci(e, nb));
-    LLVMValueRef first = LLVMBuildICmp(e->b, LLVMIntEQ, lb.iv, ci(e, 0), "");
-    loop lrun = loop_begin(e, ci(e, nrun));
-    LLVMValueRef xr = at(e, xpad, mul(e, lrun.iv, ci(e, q.sh * q.Wp)));
-    loop lq = loop_range(e, ci(e, 0), ci(e, ntile * T), T);
-    loop lo = loop_range(e, lob.iv, o_end, 1);
-    LLVMValueRef si = add(e, mul(e, lo.iv, ci(e, nb + 1)), lb.iv);
-    LLVMValueRef t0 = LLVMBuildSExt(e->b, ld(e, e->i32, tstart, si), e->i64, "");
-    LLVMValueRef t1 = LLVMBuildSExt(e->b, ld(e, e->i32, tstart, add(e, si, ci(e, 1))), e->i64, "");
-    LLVMValueRef rr = at(e, rows, add(e, mul(e, isub(e, lo.iv, lob.iv), ci(e, RF)), mul(e, lrun.iv, ci(e, q.Wp))));
+    /* per tile, per block of input channels: the block's copy, then every
+     * output channel's taps of the block */
+    int64_t py = c->pad_y[0], px = c->pad_y[1], HPy = q.OH + 2 * py,
+            WPy = row_stride(q.OW + 2 * px); /* the next conv's Hp x Wp */
+    bool has_add = false;
+    for (int k = 0; k < c->n_tail; k++) has_add = has_add || c->tail[k].op == MJ_OP_ADD;
     /* y stored padded for the next conv with rows as long as the run's,
      * and no residual to read in y's own layout: the last block's tiles
      * store y themselves, so no rows go out after it */
-    int64_t py = c->pad_y[0], px = c->pad_y[1], HPy = q.OH + 2 * py, WPy = q.OW + 2 * px;
-    bool has_add = false;
-    for (int k = 0; k < c->n_tail; k++) has_add = has_add || c->tail[k].op == MJ_OP_ADD;
     bool direct_out = (py || px) && q.sh == 1 && WPy == q.Wp && !has_add;
+    /* y in its own layout, aligned rows: the tiles store it too */
+    bool plain_out = !py && !px && q.sh == 1 && q.aligned && q.Wp % e->vw == 0;
+    loop lrun = loop_begin(e, ci(e, nrun));
+    LLVMValueRef xr = mul(e, lrun.iv, ci(e, q.sh * q.Wp));
+    loop lq = loop_range(e, ci(e, 0), ci(e, ntile * T), T);
+    loop lb = loop_begin(e, ci(e, nb));
+    LLVMValueRef first = LLVMBuildICmp(e->b, LLVMIntEQ, lb.iv, ci(e, 0), "");
+    LLVMValueRef last = LLVMBuildICmp(e->b, LLVMIntEQ, lb.iv, ci(e, nb - 1), "");
+    if (q.ns > 1) { /* the copy: channel j of group g's block in slot g*cb + j, version k >= 1
+       * from the position + shift[k] */
+        LLVMValueRef cnt = isub(e, ci(e, q.cg), mul(e, lb.iv, ci(e, cb)));
+        cnt = LLVMBuildSelect(e->b, LLVMBuildICmp(e->b, LLVMIntSLT, cnt, ci(e, cb), ""), cnt, ci(e, cb), "");
+        loop lg = loop_begin(e, ci(e, G));
+        loop lj = loop_begin(e, cnt);
+        LLVMValueRef chn = add(e, add(e, mul(e, lg.iv, ci(e, q.cg)), mul(e, lb.iv, ci(e, cb))), lj.iv);
+        LLVMValueRef src = at(e, xpad, add(e, mul(e, chn, ci(e, q.Hp * q.Wp)), add(e, xr, lq.iv)));
+        LLVMValueRef dst = at(e, cp, mul(e, add(e, mul(e, lg.iv, ci(e, cb)), lj.iv), ci(e, (q.ns - 1) * q.S)));
+        int64_t len = mj_round16(T + (q.KH - 1) * q.dh * q.Wp + (q.KW - 1) * q.dw);
+        MJ_ASSERT(len <= q.S);
+        for (int k = 1; k < q.ns; k++)
+            LLVMBuildMemCpy(e->b, at(e, dst, ci(e, (k - 1) * q.S)), 4, at(e, src, ci(e, q.shift[k])), 4,
+                            ci(e, len * 4));
+        loop_end(e, &lj);
+        loop_end(e, &lg);
+    }
+    loop lo = loop_begin(e, ci(e, q.O));
+    LLVMValueRef si = add(e, mul(e, lo.iv, ci(e, nb + 1)), lb.iv);
+    LLVMValueRef t0 = LLVMBuildSExt(e->b, ld(e, e->i32, tstart, si), e->i64, "");
+    LLVMValueRef t1 = LLVMBuildSExt(e->b, ld(e, e->i32, tstart, add(e, si, ci(e, 1))), e->i64, "");
+    LLVMValueRef part = at(e, parts, mul(e, lo.iv, ci(e, SPARSE_TILE_MAX)));
+    LLVMValueRef rr = at(e, rows, add(e, mul(e, lo.iv, ci(e, RF)), mul(e, lrun.iv, ci(e, q.Wp))));
     direct d = {0};
-    if (direct_out) {
-        d = (direct){.last = LLVMBuildICmp(e->b, LLVMIntEQ, lb.iv, ci(e, nb - 1), ""), .bias = bias, .o = lo.iv,
-                     .run = run,
+    if (plain_out) {
+        d = (direct){.bias = bias, .o = lo.iv, .plain = true, .Wp = q.Wp, .OH = q.OH, .OW = q.OW,
+                     .ybase = mul(e, add(e, mul(e, ln.iv, ci(e, q.O)), lo.iv), ci(e, q.OH * q.OW))};
+    } else if (direct_out) {
+        d = (direct){.bias = bias, .o = lo.iv, .run = run,
                      .dst = at(e, c->y, add(e, mul(e, add(e, mul(e, ln.iv, ci(e, q.O)), lo.iv), ci(e, HPy * WPy)),
                                             ci(e, py * WPy + px)))};
     }
-    tile(c, acc, V, ttap, t0, t1, xr, rr, lq.iv, first, direct_out ? &d : NULL);
+    tile(c, acc, V, ttap, t0, t1, at(e, xpad, add(e, xr, lq.iv)), q.ns > 1 ? cp : NULL, part, rr, lq.iv, first, last,
+         direct_out || plain_out ? &d : NULL);
     loop_end(e, &lo);
+    loop_end(e, &lb);
     loop_end(e, &lq);
     loop_end(e, &lrun);
-    loop_end(e, &lb);
-    /* the block's rows out, + b[o], then the conv's tail */
-    lo = loop_range(e, lob.iv, direct_out ? lob.iv : o_end, 1);
+    /* the rows out, + b[o], then the conv's tail */
+    lo = loop_begin(e, ci(e, direct_out || plain_out ? 0 : q.O));
     LLVMValueRef bv = bias ? load(e, bias, lo.iv) : NULL;
     mj_conv_coefs k;
     mj_conv_tail_coefs(c, lo.iv, &k);
     LLVMValueRef ybase = mul(e, add(e, mul(e, ln.iv, ci(e, q.O)), lo.iv), ci(e, q.OH * q.OW));
     loop lh = loop_begin(e, ci(e, q.OH));
-    LLVMValueRef src = at(e, rows, add(e, mul(e, isub(e, lo.iv, lob.iv), ci(e, RF)), mul(e, lh.iv, ci(e, q.Wp))));
+    LLVMValueRef src = at(e, rows, add(e, mul(e, lo.iv, ci(e, RF)), mul(e, lh.iv, ci(e, q.Wp))));
     LLVMValueRef drow = add(e, ybase, mul(e, lh.iv, ci(e, q.OW)));
-    /* stored padded for the next conv: its planes are (OH + 2py) x (OW + 2px) */
+    /* stored padded for the next conv: its planes are (OH + 2py) x WPy */
     LLVMValueRef dst = at(e, c->y, py || px ? add(e, mul(e, add(e, mul(e, add(e, mul(e, ln.iv, ci(e, q.O)), lo.iv), ci(e, HPy)),
                                                                   add(e, lh.iv, ci(e, py))),
                                                           ci(e, WPy)),
@@ -378,7 +492,6 @@ bool mj_lower_conv_sparse(const mj_cnn_lowering *c) {
     loop_end(e, &lw);
     loop_end(e, &lh);
     loop_end(e, &lo);
-    loop_end(e, &lob);
     loop_end(e, &ln);
     return true;
 }
