@@ -202,10 +202,16 @@ bool mj_sparse_plan_build(plan *p, const float *w, int64_t out, int64_t in, int 
         p->rows[q] = q < out ? ord[q].j : (int32_t)out; /* out: the dummy row */
     /* Per group a stream of items: tuple t takes entry t of each row (t <
      * the shortest row's count), then each row's further entries alone, row
-     * by row. The blocks take the stream in order, each up to the first
-     * item with a column past the block (a tuple's columns can lie in
-     * different blocks: it goes to the last of them), so each row's entries
-     * stay in ascending k across the blocks. */
+     * by row. Each k-block takes an equal share of a group's tuples, the
+     * last block also the entries alone: a group's tuple loop then runs
+     * the same trip count in every block but the last, and groups of
+     * similar counts sit next to each other, so the loop's exit branch is
+     * mostly predicted (ending each block at the block's column boundary
+     * instead, a random trip count per group and block, measured 2.5-5%
+     * slower at 1024x1024, 3072x768 and 768x3072). With nonzeros spread
+     * evenly over k, a share is about the block's columns; any split keeps
+     * each row's entries in ascending k, as the blocks take the stream in
+     * order. */
     int64_t entries = 0;
     for (int32_t blk = 0; blk < p->n_kblocks; blk++) {
         for (int32_t g = 0; g < p->n_groups; g++) {
@@ -221,18 +227,15 @@ bool mj_sparse_plan_build(plan *p, const float *w, int64_t out, int64_t in, int 
             }
             int32_t *m = &p->meta[((size_t)blk * (size_t)p->n_groups + (size_t)g) * (size_t)META(GR)];
             struct cursor c = cur[g];
+            int64_t tg = (np + p->n_kblocks - 1) / p->n_kblocks; /* tuples per block */
             m[0] = (int32_t)(p->n_pairs / GR);
-            for (; c.r < 0 && c.t < np; c.t++) {
-                int32_t col = 0;
-                for (int r = 0; r < GR; r++) col = cr[r][c.t] > col ? cr[r][c.t] : col;
-                if (col / p->kb > blk) break;
+            for (; c.r < 0 && c.t < np && c.t < (blk + 1) * tg; c.t++)
                 for (int r = 0; r < GR; r++) {
                     put_run(p, wr[r], cr[r][c.t], &p->pidx[p->n_pairs], &p->pw[p->n_pairs * R]);
                     p->n_pairs++;
                 }
-            }
             m[1] = (int32_t)(p->n_pairs / GR);
-            if (c.r < 0 && c.t == np) c.r = 0;
+            if (c.r < 0 && c.t == np && blk == p->n_kblocks - 1) c.r = 0;
             for (int r = 0; r < GR; r++) {
                 m[2 + 2 * r] = (int32_t)p->n_tail;
                 for (; c.r == r; c.t++) {
@@ -241,7 +244,6 @@ bool mj_sparse_plan_build(plan *p, const float *w, int64_t out, int64_t in, int 
                         c.t = np - 1;
                         continue;
                     }
-                    if (cr[r][c.t] / p->kb > blk) break;
                     put_run(p, wr[r], cr[r][c.t], &p->tidx[p->n_tail], &p->tw[p->n_tail * R]);
                     p->n_tail++;
                 }
