@@ -4,22 +4,24 @@
  * widths, then 1 vector width for the rest of the batch):
  *   1. transpose the chunk into scratch: xT[kc][c] for the columns any
  *      nonzero uses (kc compact), rows past the batch zero-padded;
- *   2. for each k-block (columns that fit the L1 cache), for each group of
+ *   2. for each k-block (a share of each group's nonzeros, about the
+ *      columns that fit the L1 cache: sparse_plan.c), for each group of
  *      two output rows j (rows of (nearly) equal nonzero counts, any two:
  *      the plan sorts them): vector accumulators over the chunk, +0.0f in
  *      the first block, else reloaded from yT[j][c]; then acc + xT[k]*w
  *      for the rows' nonzeros in ascending k, the two rows' t-th nonzeros
  *      together (two rows at once hide the add latency; the longer row's
- *      extra nonzeros follow on their own, mostly in its last block); after
+ *      extra nonzeros follow on their own, in the last block); after
  *      the last block + b[j], then the activation (in registers; libm ones
  *      in a pass over yT), stored to yT[j][c];
  *   3. transpose yT back into y (adding the residual there, if any: as y is
  *      stored, so in y's row-major layout, after the activation).
  * Each output element therefore sees exactly eager's operations in eager's
  * order minus the products with zero weights. The nonzeros, indices, group
- * tables (rows, and per k-block their ranges of entries) and bias are private constant globals of the module. Weights pruned
- * in aligned 1x4 blocks are stored as runs of 4 columns (one index, four
- * weights), which cuts the index loads and loop trips by four.
+ * tables (rows, and per k-block their ranges of entries) and bias are
+ * private constant globals of the module. Weights pruned in aligned 1x4
+ * blocks are stored as runs of 4 columns (one index, four weights), which
+ * cuts the index loads and loop trips by four.
  *
  * This file emits the code; sparse_plan.c decides when the kernel pays off
  * and preprocesses the weight (sparse_plan.h). */
