@@ -4,20 +4,24 @@
  * widths, then 1 vector width for the rest of the batch):
  *   1. transpose the chunk into scratch: xT[kc][c] for the columns any
  *      nonzero uses (kc compact), rows past the batch zero-padded;
- *   2. for each k-block (columns that fit the L1 cache), for each group of
- *      (up to) two output rows j: vector accumulators over the chunk, +0.0f
- *      in the first block, else reloaded from yT[j][c]; then acc + xT[k]*w
- *      for the row's nonzeros of the block in ascending k (two rows at once
- *      hide the add latency; the longer row's extra nonzeros follow on their
- *      own); after the last block + b[j], then the activation (in registers;
- *      libm ones in a pass over yT), stored to yT[j][c];
+ *   2. for each k-block (a share of each group's nonzeros, about the
+ *      columns that fit the L1 cache: sparse_plan.c), for each group of
+ *      two output rows j (rows of (nearly) equal nonzero counts, any two:
+ *      the plan sorts them): vector accumulators over the chunk, +0.0f in
+ *      the first block, else reloaded from yT[j][c]; then acc + xT[k]*w
+ *      for the rows' nonzeros in ascending k, the two rows' t-th nonzeros
+ *      together (two rows at once hide the add latency; the longer row's
+ *      extra nonzeros follow on their own, in the last block); after
+ *      the last block + b[j], then the activation (in registers; libm ones
+ *      in a pass over yT), stored to yT[j][c];
  *   3. transpose yT back into y (adding the residual there, if any: as y is
  *      stored, so in y's row-major layout, after the activation).
  * Each output element therefore sees exactly eager's operations in eager's
  * order minus the products with zero weights. The nonzeros, indices, group
- * table and bias are private constant globals of the module. Weights pruned
- * in aligned 1x4 blocks are stored as runs of 4 columns (one index, four
- * weights), which cuts the index loads and loop trips by four.
+ * tables (rows, and per k-block their ranges of entries) and bias are
+ * private constant globals of the module. Weights pruned in aligned 1x4
+ * blocks are stored as runs of 4 columns (one index, four weights), which
+ * cuts the index loads and loop trips by four.
  *
  * This file emits the code; sparse_plan.c decides when the kernel pays off
  * and preprocesses the weight (sparse_plan.h). */
@@ -42,8 +46,8 @@ typedef struct sb {
     mj_act act;
     const plan *p;
     LLVMValueRef x, y, batch, xT, yT, res; /* res: NULL, or the residual (y's layout) */
-    LLVMValueRef g_meta, g_pidx, g_pw, g_tidx, g_tw, g_bias, g_colmap;
-    LLVMValueRef acc[2][4]; /* allocas: per group row, per vector of the chunk */
+    LLVMValueRef g_meta, g_rows, g_pidx, g_pw, g_tidx, g_tw, g_bias, g_colmap;
+    LLVMValueRef acc[MAX_GROUP][4]; /* allocas: per group row, per vector of the chunk */
     LLVMValueRef tile;      /* the vw x vw transpose */
     LLVMValueRef tile_out;  /* the same for yT -> y, + the residual if there is one */
 } sb;
@@ -216,9 +220,29 @@ static void emit_transpose_out(sb *s, int C, LLVMValueRef i0, LLVMValueRef valid
     if_end(s, f.end);
 }
 
+/* p itself, through an empty inline asm that codegen cannot see into. x86
+ * folds an add of two registers into the loads that use it ((base,index)
+ * addressing), and an FMA with such a memory operand is unlaminated into two
+ * micro-ops at rename: 8 extra per pair of terms, which made the pair loop
+ * rename-bound (~29 micro-ops for 8 FMAs at 6 per cycle) instead of
+ * FMA-bound. An opaque row pointer leaves the FMAs (base+displacement).
+ * The same keeps the tables' addresses in registers instead of a movabs per
+ * use in the loops. */
+static LLVMValueRef opaque(sb *s, LLVMValueRef p) {
+    LLVMTypeRef fty = LLVMFunctionType(s->e.ptr, &s->e.ptr, 1, 0);
+    LLVMValueRef asm_ = LLVMGetInlineAsm(fty, "", 0, "=r,0", 4, 0, 0, LLVMInlineAsmDialectATT, 0);
+    LLVMValueRef call = LLVMBuildCall2(s->e.b, fty, asm_, &p, 1, "");
+    /* no memory access: loads around it stay free to move */
+    LLVMAddCallSiteAttribute(call, LLVMAttributeFunctionIndex,
+                             LLVMCreateEnumAttribute(s->e.ctx, LLVMGetEnumAttributeKindForName("memory", 6), 0));
+    LLVMAddCallSiteAttribute(call, LLVMAttributeFunctionIndex,
+                             LLVMCreateEnumAttribute(s->e.ctx, LLVMGetEnumAttributeKindForName("nounwind", 8), 0));
+    return call;
+}
+
 /* acc[r][v] = acc[r][v] + xT[k][v*vw ..] * w  for one nonzero */
 static void emit_term(sb *s, int r, int nv, int C, LLVMValueRef kc, LLVMValueRef w) {
-    LLVMValueRef row = at(s, s->xT, mul(s, kc, ci(s, C)));
+    LLVMValueRef row = opaque(s, at(s, s->xT, mul(s, kc, ci(s, C))));
     LLVMValueRef wv = vsplat(s, w);
     for (int v = 0; v < nv; v++) {
         LLVMValueRef a = LLVMBuildLoad2(s->e.b, s->e.vt, s->acc[r][v], "");
@@ -294,44 +318,39 @@ static void emit_chunk(sb *s, int C, LLVMValueRef i0, LLVMValueRef valid, bool f
     LLVMValueRef lastb = LLVMBuildICmp(s->e.b, LLVMIntEQ, lb.iv, ci(s, p->n_kblocks - 1), "");
     LLVMValueRef middle = LLVMBuildNot(s->e.b, LLVMBuildOr(s->e.b, first, lastb, ""), "");
     loop lg = loop_range(s, ci(s, 0), ci(s, p->n_groups), 1);
-    LLVMValueRef mb = mul(s, add(s, mul(s, lb.iv, ci(s, p->n_groups)), lg.iv), ci(s, 6));
-    LLVMValueRef ps = meta(s, mb, 0), pe = meta(s, mb, 1), as = meta(s, mb, 2), ae = meta(s, mb, 3),
-                 bs = meta(s, mb, 4), be = meta(s, mb, 5);
-    /* nothing of these two rows in a middle block (dropped rows, sparse
+    int GR = p->gr;
+    LLVMValueRef mb = mul(s, add(s, mul(s, lb.iv, ci(s, p->n_groups)), lg.iv), ci(s, META(GR)));
+    LLVMValueRef ms[META(MAX_GROUP)];
+    for (int q = 0; q < META(GR); q++) ms[q] = meta(s, mb, q);
+    /* nothing of these rows in a middle block (dropped rows, sparse
      * blocks): yT already holds their sums */
-    LLVMValueRef none = LLVMBuildAnd(
-        s->e.b, LLVMBuildICmp(s->e.b, LLVMIntEQ, ps, pe, ""),
-        LLVMBuildAnd(s->e.b, LLVMBuildICmp(s->e.b, LLVMIntEQ, as, ae, ""), LLVMBuildICmp(s->e.b, LLVMIntEQ, bs, be, ""), ""),
-        "");
+    LLVMValueRef none = LLVMBuildICmp(s->e.b, LLVMIntEQ, ms[0], ms[1], "");
+    for (int r = 0; r < GR; r++)
+        none = LLVMBuildAnd(s->e.b, none, LLVMBuildICmp(s->e.b, LLVMIntEQ, ms[2 + 2 * r], ms[3 + 2 * r], ""), "");
     ifb f = ifelse_begin(s, LLVMBuildAnd(s->e.b, none, middle, ""));
     if_else(s, &f);
-    LLVMValueRef ja = mul(s, lg.iv, ci(s, 2)), jb = add(s, ja, ci(s, 1));
+    LLVMValueRef g0 = mul(s, lg.iv, ci(s, GR)), j[MAX_GROUP];
+    for (int r = 0; r < GR; r++) j[r] = kidx(s, s->g_rows, add(s, g0, ci(s, r)));
     ifb fz = ifelse_begin(s, first);
-    emit_acc_zero(s, 0, nv);
-    emit_acc_zero(s, 1, nv);
+    for (int r = 0; r < GR; r++) emit_acc_zero(s, r, nv);
     if_else(s, &fz);
-    emit_acc_move(s, 0, nv, C, ja, true);
-    emit_acc_move(s, 1, nv, C, jb, true);
+    for (int r = 0; r < GR; r++) emit_acc_move(s, r, nv, C, j[r], true);
     if_end(s, fz.end);
-    loop lp = loop_range(s, ps, pe, 1);
-    LLVMValueRef i2 = mul(s, lp.iv, ci(s, 2)), i2b = add(s, i2, ci(s, 1));
-    emit_run(s, 0, nv, C, s->g_pidx, s->g_pw, i2);
-    emit_run(s, 1, nv, C, s->g_pidx, s->g_pw, i2b);
+    loop lp = loop_range(s, ms[0], ms[1], 1);
+    LLVMValueRef it = mul(s, lp.iv, ci(s, GR));
+    for (int r = 0; r < GR; r++) emit_run(s, r, nv, C, s->g_pidx, s->g_pw, add(s, it, ci(s, r)));
     loop_end(s, &lp);
-    loop lt = loop_range(s, as, ae, 1);
-    emit_run(s, 0, nv, C, s->g_tidx, s->g_tw, lt.iv);
-    loop_end(s, &lt);
-    lt = loop_range(s, bs, be, 1);
-    emit_run(s, 1, nv, C, s->g_tidx, s->g_tw, lt.iv);
-    loop_end(s, &lt);
+    for (int r = 0; r < GR; r++) {
+        loop lt = loop_range(s, ms[2 + 2 * r], ms[3 + 2 * r], 1);
+        emit_run(s, r, nv, C, s->g_tidx, s->g_tw, lt.iv);
+        loop_end(s, &lt);
+    }
     if (s->g_bias || (s->act != MJ_ACT_NONE && act_is_vector(s->act))) {
         LLVMBasicBlockRef fin = if_begin(s, lastb);
-        emit_acc_finish(s, 0, nv, ja);
-        emit_acc_finish(s, 1, nv, jb);
+        for (int r = 0; r < GR; r++) emit_acc_finish(s, r, nv, j[r]);
         if_end(s, fin);
     }
-    emit_acc_move(s, 0, nv, C, ja, false);
-    emit_acc_move(s, 1, nv, C, jb, false);
+    for (int r = 0; r < GR; r++) emit_acc_move(s, r, nv, C, j[r], false);
     if_end(s, f.end);
     loop_end(s, &lg);
     loop_end(s, &lb);
@@ -370,7 +389,8 @@ LLVMValueRef mj_sparse_emit_linear(LLVMModuleRef M, const char *name, const floa
                             LLVMCreateStringAttribute(s.e.ctx, "min-legal-vector-width", 22, width,
                                                       (unsigned)strlen(width)));
 
-    s.g_meta = const_array(&s, name, "meta", s.e.i32, p.meta, (int64_t)p.n_kblocks * p.n_groups * 6);
+    s.g_meta = const_array(&s, name, "meta", s.e.i32, p.meta, (int64_t)p.n_kblocks * p.n_groups * META(p.gr));
+    s.g_rows = const_array(&s, name, "rows", s.e.i32, p.rows, (int64_t)p.n_groups * p.gr);
     s.g_pidx = const_array(&s, name, "pidx", s.e.i32, p.pidx, p.n_pairs);
     s.g_pw = const_array(&s, name, "pw", s.e.f32, p.pw, p.n_pairs * p.run);
     s.g_tidx = const_array(&s, name, "tidx", s.e.i32, p.tidx, p.n_tail);
@@ -382,7 +402,7 @@ LLVMValueRef mj_sparse_emit_linear(LLVMModuleRef M, const char *name, const floa
     s.tile_out = residual ? tile_fn(&s, name, true) : s.tile;
     s.e.b = LLVMCreateBuilderInContext(s.e.ctx);
     LLVMPositionBuilderAtEnd(s.e.b, LLVMAppendBasicBlockInContext(s.e.ctx, s.e.fn, "entry"));
-    for (int r = 0; r < 2; r++)
+    for (int r = 0; r < p.gr; r++)
         for (int v = 0; v < 4; v++) s.acc[r][v] = LLVMBuildAlloca(s.e.b, s.e.vt, "acc");
     s.x = LLVMGetParam(s.e.fn, 0);
     s.y = LLVMGetParam(s.e.fn, 1);

@@ -9,6 +9,9 @@
 /* Chunks are at most this many rows (4 x 16 lanes): the scratch size does
  * not depend on the vector width. */
 #define MAX_CHUNK 64
+#define MAX_GROUP 4
+/* meta ints per k-block and group: tuples, then each row's own entries */
+#define META(gr) (2 + 2 * (gr))
 
 typedef struct plan {
     int64_t out, in;
@@ -19,16 +22,18 @@ typedef struct plan {
      * pruned in aligned 1x4 blocks): pidx/tidx hold a run's first column,
      * pw/tw its `run` weights. */
     int run;
-    int32_t n_groups; /* row pairs (2g, 2g+1); an odd last row pairs with a dummy */
+    int gr;           /* rows per group: 2, or 4 (MAX_GROUP) */
+    int32_t n_groups; /* groups of gr rows; dummy rows fill the last one */
+    int32_t *rows;    /* group g: rows[gr*g .. gr*g + gr-1] (out: the dummy row) */
     int32_t kb;       /* compact columns per k-block */
     int32_t n_kblocks;
-    /* per k-block, per group: pair start, pair end, tail-a start, end,
-     * tail-b start, end */
+    /* per k-block, per group (META(gr) ints): tuple start, tuple end, then
+     * per row of the group its own entries' start and end in tidx */
     int32_t *meta;
-    int32_t *pidx; /* pairs: first compact columns of rows 2g and 2g+1's runs, interleaved */
+    int32_t *pidx; /* tuples: first compact columns of the group's rows' runs, interleaved */
     float *pw;
-    int64_t n_pairs;
-    int32_t *tidx; /* a row's nonzeros of the block beyond its partner's count */
+    int64_t n_pairs; /* entries in tuples (gr per tuple) */
+    int32_t *tidx; /* a row's entries beyond the shortest row of its group's count */
     float *tw;
     int64_t n_tail;
 } plan;

@@ -179,7 +179,7 @@ static mj_tensor *harness_run_r(const harness *h, const mj_tensor *x, const mj_t
 
 static mj_tensor *harness_run(const harness *h, const mj_tensor *x) { return harness_run_r(h, x, NULL); }
 
-typedef enum { MASK_RANDOM, MASK_ROWS, MASK_BLOCK4, MASK_COLS, MASK_BLOCK4_HOLES } mask_kind;
+typedef enum { MASK_RANDOM, MASK_ROWS, MASK_BLOCK4, MASK_COLS, MASK_BLOCK4_HOLES, MASK_RAMP } mask_kind;
 
 /* randn weight times a 0/1 mask of the given density (the eager masked
  * weight, as FakeSparsity computes it: w * mask) */
@@ -205,6 +205,9 @@ static mj_tensor *masked_weight(int64_t out, int64_t in, double density, mask_ki
                 on = row_on && !(k % 4 == 2 && mj_rng_uniform(&rng) < 0.125);
                 break;
             case MASK_COLS: on = k % 3 == 0 && mj_rng_uniform(&rng) < density; break;
+            case MASK_RAMP: /* row j at density * (j % 7) / 3, its nonzeros in the first (j % 3 + 1) thirds */
+                on = k * 3 < in * (j % 3 + 1) && mj_rng_uniform(&rng) < density * (double)(j % 7) / 3;
+                break;
             default: on = mj_rng_uniform(&rng) < density;
             }
             md[j * in + k] = on ? 1.0f : 0.0f;
@@ -331,6 +334,20 @@ Test(sparse, row_masks_block_masks_dropped_columns) {
         check_case(96, 1024, 0.2, MASK_BLOCK4_HOLES, bias, MJ_ACT_RELU, true, b, 4);
         check_case(256, 256, 0.3, MASK_COLS, bias, MJ_ACT_RELU, false, b, 4);
         check_case(33, 100, 0.3, MASK_COLS, bias, MJ_ACT_SIGMOID, false, b, 4);
+    }
+}
+
+/* The kernel groups rows by their nonzero counts, not by index, and a
+ * group's t-th nonzeros go together, so a group's rows reach a k-block's
+ * columns at different times: rows of very different counts (empty ones
+ * too) whose nonzeros end at different k, over several k-blocks. */
+Test(sparse, rows_of_unequal_counts_grouped_by_count) {
+    static const int64_t b[] = {1, 17, 64, 65};
+    for (int bias = 0; bias < 2; bias++) {
+        check_case(37, 1000, 0.3, MASK_RAMP, bias, MJ_ACT_RELU, false, b, 4);
+        check_case(64, 2048, 0.05, MASK_RAMP, bias, MJ_ACT_NONE, false, b, 4);
+        check_case(13, 777, 0.6, MASK_RAMP, bias, MJ_ACT_GELU, false, b, 4);
+        check_case(40, 1024, 0.3, MASK_RAMP, bias, MJ_ACT_TANH, true, b, 4);
     }
 }
 
