@@ -230,6 +230,16 @@ typedef struct direct {
     int64_t Wp, OH, OW;
 } direct;
 
+/* The first n lanes of accumulator a, + bias and the conv's tail, into y
+ * at element idx (where the tail's residual is read too). */
+static void store_lanes(const mj_cnn_lowering *c, const mj_conv_coefs *k, LLVMValueRef a, LLVMValueRef bv,
+                        LLVMValueRef idx, int n) {
+    mj_emit *e = c->e;
+    LLVMValueRef val = LLVMBuildLoad2(e->b, e->vt, a, "");
+    if (bv) val = fadd(e, val, bv);
+    vstore(e, mj_conv_tail_apply(c, k, val, idx, n), at(e, c->y, idx), n);
+}
+
 static void tile_plain(const mj_cnn_lowering *c, LLVMValueRef *acc, int V, const direct *d, LLVMValueRef q0) {
     mj_emit *e = c->e;
     mj_conv_coefs k;
@@ -243,16 +253,12 @@ static void tile_plain(const mj_cnn_lowering *c, LLVMValueRef *acc, int V, const
         LLVMValueRef in_rows = LLVMBuildICmp(e->b, LLVMIntULT, oh, ci(e, d->OH), "");
         LLVMValueRef full = LLVMBuildICmp(e->b, LLVMIntSLE, ow, ci(e, d->OW - e->vw), "");
         ifb f = ifelse_begin(e, LLVMBuildAnd(e->b, in_rows, full, ""));
-        LLVMValueRef val = LLVMBuildLoad2(e->b, e->vt, acc[v], "");
-        if (bv) val = fadd(e, val, bv);
-        vstore(e, mj_conv_tail_apply(c, &k, val, idx, e->vw), at(e, c->y, idx), e->vw);
+        store_lanes(c, &k, acc[v], bv, idx, e->vw);
         if_else(e, &f);
         if (part) { /* the row's last OW % vw lanes */
             LLVMValueRef last = LLVMBuildICmp(e->b, LLVMIntEQ, ow, ci(e, d->OW - part), "");
             ifb g = ifelse_begin(e, LLVMBuildAnd(e->b, in_rows, last, ""));
-            val = LLVMBuildLoad2(e->b, e->vt, acc[v], "");
-            if (bv) val = fadd(e, val, bv);
-            vstore(e, mj_conv_tail_apply(c, &k, val, idx, part), at(e, c->y, idx), part);
+            store_lanes(c, &k, acc[v], bv, idx, part);
             if_else(e, &g);
             if_end(e, g.end);
         }
