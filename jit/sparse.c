@@ -225,9 +225,7 @@ static void emit_transpose_out(sb *s, int C, LLVMValueRef i0, LLVMValueRef valid
  * addressing), and an FMA with such a memory operand is unlaminated into two
  * micro-ops at rename: 8 extra per pair of terms, which made the pair loop
  * rename-bound (~29 micro-ops for 8 FMAs at 6 per cycle) instead of
- * FMA-bound. An opaque row pointer leaves the FMAs (base+displacement).
- * The same keeps the tables' addresses in registers instead of a movabs per
- * use in the loops. */
+ * FMA-bound. An opaque row pointer leaves the FMAs (base+displacement). */
 static LLVMValueRef opaque(sb *s, LLVMValueRef p) {
     LLVMTypeRef fty = LLVMFunctionType(s->e.ptr, &s->e.ptr, 1, 0);
     LLVMValueRef asm_ = LLVMGetInlineAsm(fty, "", 0, "=r,0", 4, 0, 0, LLVMInlineAsmDialectATT, 0);
