@@ -18,8 +18,9 @@
 #include <libxsmm.h>
 #endif
 #ifdef MJ_HAVE_ONEDNN
-/* Debian's oneDNN runs on OpenMP (libgomp): its thread count is OpenMP's. */
-void omp_set_num_threads(int n);
+/* Debian's oneDNN runs on OpenMP (libgomp): its thread count is OpenMP's
+ * (omp_set_num_threads: peers_internal.h). */
+int omp_get_max_threads(void);
 #endif
 #ifdef MJ_HAVE_XNNPACK
 #include <pthreadpool.h>
@@ -70,6 +71,14 @@ const char *mj_peer_name(mj_peer_kind k) {
     case MJ_PEER_XNNPACK: return "xnnpack";
     default: return "?";
     }
+}
+
+int mj_peer_openmp_threads(void) {
+#ifdef MJ_HAVE_ONEDNN
+    return omp_get_max_threads();
+#else
+    return 0;
+#endif
 }
 
 bool mj_peer_built(mj_peer_kind k) {
@@ -263,6 +272,7 @@ done:
 }
 
 static mj_status onednn_init(mj_peer *p) {
+    omp_set_num_threads(p->threads); /* before the primitives: see peers_internal.h */
     mj_status st = mj_peer_dnnl_start("peer onednn", &p->engine, &p->stream);
     for (int i = 0; i < p->n && st == MJ_OK; i++) st = onednn_layer(p, &p->layers[i]);
     return st;
@@ -431,12 +441,10 @@ static void bias_act(float *y, int64_t m, int64_t n, const float *b, mj_act act)
     }
 }
 
-/* The libraries' thread counts are process-wide: set them only on change. */
+/* The libraries' thread counts are process-wide. OpenBLAS's: set only on
+ * change (setting it may start or stop its threads). */
 #ifdef MJ_HAVE_OPENBLAS
 static int openblas_threads_set = 0;
-#endif
-#ifdef MJ_HAVE_ONEDNN
-static int omp_threads_set = 0;
 #endif
 
 const float *mj_peer_run(mj_peer *p, const float *x) {
@@ -450,10 +458,9 @@ const float *mj_peer_run(mj_peer *p, const float *x) {
     }
 #endif
 #ifdef MJ_HAVE_ONEDNN
-    if (p->kind == MJ_PEER_ONEDNN && omp_threads_set != p->threads) {
-        omp_set_num_threads(p->threads);
-        omp_threads_set = p->threads;
-    }
+    /* the primitives keep the count they were made with; this sets it for
+     * anything oneDNN runs outside them */
+    if (p->kind == MJ_PEER_ONEDNN) omp_set_num_threads(p->threads);
 #endif
     for (int i = 0; i < p->n; i++) {
         peer_layer *l = &p->layers[i];

@@ -47,6 +47,9 @@ mj_status mj_peer_new(mj_peer_kind k, int n_layers, const mj_peer_layer *layers,
  * [batch][layers[n-1].out], valid until the next run or free. */
 const float *mj_peer_run(mj_peer *p, const float *x);
 void mj_peer_free(mj_peer *p);
+/* OpenMP's thread count now, the count oneDNN's primitives are made with
+ * (0 when oneDNN is not built). */
+int mj_peer_openmp_threads(void);
 
 /* ---- convolutions (peers_conv.c) -------------------------------------------
  * A chain of 2-D convolutions as a deployed pruned CNN block: each layer

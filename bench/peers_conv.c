@@ -114,6 +114,7 @@ static mj_status onednn_conv_init(mj_peer_conv *p) {
     dnnl_memory_desc_t in_md;  /* the chain's input in the first layer's layout */
     memset(&act_md, 0, sizeof act_md);
     memset(&in_md, 0, sizeof in_md);
+    omp_set_num_threads(1); /* before the primitives: see peers_internal.h */
     if ((st = mj_peer_dnnl_start("peer onednn conv", &p->engine, &p->stream)) != MJ_OK) goto done;
     for (int i = 0; i < p->n; i++) {
         conv_layer *l = &p->layers[i];

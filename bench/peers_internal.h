@@ -23,6 +23,11 @@
         }                                                                                             \
     } while (0)
 
+/* oneDNN makes each primitive for OpenMP's thread count at the time it is
+ * created and runs it on that many threads whatever the count is later: a
+ * peer sets omp_set_num_threads(its threads) before it makes any. */
+void omp_set_num_threads(int n);
+
 /* A CPU engine and its stream; errors name prefix. */
 mj_status mj_peer_dnnl_start(const char *prefix, dnnl_engine_t *engine, dnnl_stream_t *stream);
 void mj_peer_dnnl_stop(dnnl_engine_t engine, dnnl_stream_t stream);

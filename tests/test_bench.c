@@ -626,6 +626,43 @@ Test(bench, conv_peers_match_eager_conv_chains) {
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) mj_tensor_release(all[i]);
 }
 
+/* oneDNN fixes a primitive's thread count when the primitive is created,
+ * from OpenMP's count at that moment; setting the count only when a peer
+ * runs timed a "1 thread" peer made after a 2-thread one on two cores (and
+ * the reverse on one). Each oneDNN peer, linear or conv, is made with its
+ * own count. */
+Test(bench, onednn_peers_are_made_for_their_thread_count) {
+    if (!mj_peer_built(MJ_PEER_ONEDNN)) return;
+    mj_rng rng;
+    mj_rng_seed(&rng, 9);
+    const int64_t ws[2] = {16, 16}, cs[4] = {4, 4, 3, 3};
+    mj_tensor *w, *cw;
+    OK(mj_tensor_randn(&w, 2, ws, &rng));
+    OK(mj_tensor_randn(&cw, 4, cs, &rng));
+    const mj_peer_layer layer = {.in = 16, .out = 16, .w = mj_tensor_data(w)};
+    const mj_peer_conv_layer conv = {.in_c = 4, .out_c = 4, .kh = 3, .kw = 3, .stride = {1, 1},
+                                     .padding = {1, 1}, .dilation = {1, 1}, .groups = 1,
+                                     .w = mj_tensor_data(cw)};
+    const int order[] = {2, 1, 2, 1};
+    for (size_t i = 0; i < sizeof order / sizeof order[0]; i++) {
+        mj_peer *p;
+        OK(mj_peer_new(MJ_PEER_ONEDNN, 1, &layer, 8, order[i], &p));
+        cr_expect_eq(mj_peer_openmp_threads(), order[i], "a %d-thread linear peer was made for %d", order[i],
+                     mj_peer_openmp_threads());
+        mj_peer_free(p);
+        if (order[i] != 1) continue; /* the conv peers are one-thread only */
+        mj_peer *q;
+        OK(mj_peer_new(MJ_PEER_ONEDNN, 1, &layer, 8, 2, &q)); /* OpenMP at 2 again */
+        mj_peer_free(q);
+        mj_peer_conv *c;
+        OK(mj_peer_conv_new(MJ_PEER_ONEDNN, 1, &conv, 1, 5, 5, 1, &c));
+        cr_expect_eq(mj_peer_openmp_threads(), 1, "the conv peer was made for %d threads", mj_peer_openmp_threads());
+        mj_peer_conv_free(c);
+    }
+    mj_tensor_release(w);
+    mj_tensor_release(cw);
+}
+
 /* A traced CNN block (conv-BN-ReLU-conv-BN) benchmarks with the convolution
  * peers, BN folded into their weights, and they agree with the interpreter;
  * a CNN that is not a conv chain (a pool in it) runs without peers and says
