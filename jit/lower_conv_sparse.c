@@ -37,8 +37,9 @@
  * tail, or straight into y when y is stored padded for the next conv or,
  * aligned with stride 1, in its own layout (tile_plain, tile_direct).
  *
- * The tile's width and the choice between this and the dense tile of
- * lower_cnn.c come from the measurements in mj_conv_sparse_wanted. */
+ * The tile's width (tile_vectors) and the choice between this and the
+ * dense tile of lower_cnn.c (SPARSE_FMA_COST) come from measurements,
+ * quoted where they are used. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -133,8 +134,9 @@ int64_t mj_conv_sparse_scratch_floats(const mj_graph *g, int32_t id) {
 /* Tile width in vectors: 12 accumulators, the broadcast weight and room
  * for a loaded vector fit 16 registers (AVX2); AVX-512's 32 take 16, which
  * spreads each tap's two table loads and loop step over more fmas; no
- * wider than the run. (3x3 64->64 at 56x56, 20% density, AVX-512, calls
- * interleaved: 16 vectors ran 7% faster than 12, 24 no faster than 16.) */
+ * wider than the run. (W8's two 3x3 64->64 at 56x56, 20% density,
+ * AVX-512, calls interleaved in one process: 16 vectors ran 2 to 3% faster
+ * than 12, 24 no faster than 16.) */
 static int tile_vectors(int vw, int64_t run) {
     int64_t need = (run + vw - 1) / vw, most = vw == 16 ? 16 : 12;
     return need < most ? (int)need : (int)most;
