@@ -37,8 +37,9 @@
  * tail, or straight into y when y is stored padded for the next conv or,
  * aligned with stride 1, in its own layout (tile_plain, tile_direct).
  *
- * The tile's width and the choice between this and the dense tile of
- * lower_cnn.c come from the measurements in mj_conv_sparse_wanted. */
+ * The tile's width (tile_vectors) and the choice between this and the
+ * dense tile of lower_cnn.c (SPARSE_FMA_COST) come from measurements,
+ * quoted where they are used. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -131,22 +132,32 @@ int64_t mj_conv_sparse_scratch_floats(const mj_graph *g, int32_t id) {
 }
 
 /* Tile width in vectors: 12 accumulators, the broadcast weight and room
- * for a loaded vector fit even 16 registers (AVX2); no wider than the run.
- * (3x3 64->64 at 56x56, 20% density, AVX-512: 8, 12 and 16 vectors ran
- * within the machine's noise of each other.) */
+ * for a loaded vector fit 16 registers (AVX2); AVX-512's 32 take 16, which
+ * spreads each tap's two table loads and loop step over more fmas; no
+ * wider than the run. (W8's two 3x3 64->64 at 56x56, 20% density,
+ * AVX-512, calls interleaved in one process: 16 vectors ran 2 to 3% faster
+ * than 12, 24 no faster than 16.) */
 static int tile_vectors(int vw, int64_t run) {
-    int64_t need = (run + vw - 1) / vw;
-    return need < 12 ? (int)need : 12;
+    int64_t need = (run + vw - 1) / vw, most = vw == 16 ? 16 : 12;
+    return need < most ? (int)need : (int)most;
 }
 
-/* A vector fma here costs about 1.4 of the dense tile's (which loads each
- * input vector once for 8 output channels): frozen 3x3 convs, one thread,
- * AVX-512 (Xeon, LLVM rocketlake), sparse / dense time at density d:
- * 64->64 at 56x56: 0.05 0.39 / 1.30 ms (the older tap table), 0.2 1.13 /
- * 3.45, 0.5 3.03 / 5.22, 0.65 2.71 / 3.24, 0.8 3.50 / 3.39, 1.0 4.88 /
- * 3.53; 256->256 at 14x14: 0.3 2.03 / 3.18, 0.5 3.67 / 3.35, 0.8 5.65 /
- * 3.59. Per vector fma that is 1.24 to 1.52 times the dense tile's. */
-#define SPARSE_FMA_COST 1.4
+/* A vector fma here costs about as much as one of the dense tile's (which
+ * loads each input vector once for 8 output channels, but whose rows are
+ * masked loads): frozen 3x3 convs, one thread, the two compiled in one
+ * process with their calls interleaved, time sparse / dense at density d
+ * and, dividing by the ratio of their vector fmas, the cost per fma:
+ * AVX-512 (Xeon, LLVM rocketlake; dense 5.1 ms): 64->64 at 56x56, d 0.2
+ * 0.25 (1.25), 0.5 0.51 (1.02), 0.65 0.62 (0.95), 0.8 0.77 (0.96), 0.9
+ * 0.85 (0.94), 1.0 0.93 (0.93); 256->256 at 14x14, d 0.3 0.31 (1.03), 0.5
+ * 0.54 (1.08), 0.65 0.68 (1.05), 0.8 0.81 (1.01). AVX2 forced (8 wide,
+ * 16% more fmas than dense for 64->64, 29% for 256->256): 64->64 d 0.65
+ * 0.69 (0.92), 0.8 0.81 (0.87), 0.9 0.90 (0.86), 1.0 1.14 (0.98);
+ * 256->256 d 0.8 1.10 (1.07). 1.1 is above every cost measured from d 0.5
+ * up, so where it picks this the sparse conv measured faster (at 3x3
+ * 64->64 on 56x56 up to d 0.9). (The earlier 1.4 was measured against
+ * a dense 64->64 timed at 3.4 to 3.5 ms; it takes 5.1 ms here now.) */
+#define SPARSE_FMA_COST 1.1
 
 bool mj_conv_sparse_wanted(const mj_cnn_lowering *c) {
     return c->conv_weight && c->scratch && mj_conv_sparse_takes(c->g, c->id, c->conv_weight, c->e->vw);
@@ -380,7 +391,7 @@ bool mj_lower_conv_sparse(const mj_cnn_lowering *c) {
     LLVMValueRef parts = at(e, c->scratch, ci(e, PF + CF)), rows = at(e, parts, ci(e, q.O * SPARSE_TILE_MAX));
     int64_t planes = q.C * q.Hp * q.Wp, N = c->g->nodes[n->operands[0]].type.dims[0];
     LLVMValueRef nimg = N == MJ_DIM_BATCH ? c->batch : ci(e, N);
-    LLVMValueRef acc[16];
+    LLVMValueRef acc[SPARSE_TILE_MAX / 8];
     for (int v = 0; v < V; v++) acc[v] = mj_emit_entry_alloca(e, e->vt);
     LLVMValueRef bias = n->n_operands == 3 ? c->ops[2] : NULL;
 

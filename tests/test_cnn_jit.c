@@ -322,6 +322,32 @@ Test(cnn_jit, frozen_sparse_conv_is_eager_bit_for_bit) {
     cr_expect_geq(n_sparse, 27);
 }
 
+/* The crossover (SPARSE_FMA_COST, jit/lower_conv_sparse.c): a vector fma
+ * of the tap table measured about as costly as one of the dense tile's, so
+ * a 3x3 conv whose table has as many vector fmas per tap as the dense tile
+ * (rows 32 apart for 30 columns, 24 rows: whole tiles 8 and 16 wide) takes
+ * the table at 85% density (80% with channel 1 empty), bit for bit eager,
+ * and the dense tile with every weight nonzero. */
+Test(cnn_jit, frozen_sparse_conv_up_to_the_measured_crossover) {
+    mj_rng rng;
+    mj_rng_seed(&rng, 37);
+    const sconv_case k = {.C = 16, .O = 16, .H = 24, .W = 30, .k = 3, .sh = 1, .sw = 1, .pad = 1, .dil = 1,
+                          .groups = 1, .bias = true};
+    cr_expect(check_sparse_conv(jit, &k, 0.85, &rng), "density 0.85: not the sparse tap table");
+    mj_conv2d_params p;
+    mj_conv2d_params_init(&p);
+    p.padding[0] = p.padding[1] = 1;
+    mj_module *m = NULL;
+    OK(mj_conv2d_new(&m, k.C, k.O, (int64_t[]){3, 3}, &p, true, &rng));
+    mj_tensor *x = mjc_randn(4, (int64_t[]){1, k.C, k.H, k.W}, &rng);
+    mj_graph *g = mjt_trace(m, x);
+    mj_compiled *c = mjt_compile(jit, g, mjt_modes[1]);
+    cr_expect(!mjt_ir_has(c, ".staps.start"), "every weight nonzero: the sparse tap table");
+    mj_compiled_free(c);
+    mj_tensor_release(x);
+    mjt_free_traced(g, m);
+}
+
 /* MASKJIT_JIT_FEATURES forcing AVX2: the sparse conv's tiles are 8 wide. */
 Test(cnn_jit, frozen_sparse_conv_follows_the_jit_target) {
     cr_assert_eq(setenv("MASKJIT_JIT_FEATURES", "+avx,+avx2,+fma,+f16c,+bmi,+bmi2,+popcnt,+sse4.2,-avx512f", 1), 0);
