@@ -299,13 +299,8 @@ static int64_t type_row(const mj_type *t) {
 }
 
 int64_t mj_compiled_sparse_floats(const mj_compiled *c, int64_t rows) {
-    int64_t sp = 0;
-    for (int32_t i = 0; i < c->g->n_nodes; i++) {
-        if (!c->plan.sparse[i]) continue;
-        const mj_type *wt = &c->g->nodes[c->g->nodes[i].operands[1]].type;
-        int64_t f = mj_sparse_scratch_floats(wt->dims[1], wt->dims[0], rows);
-        if (f > sp) sp = f;
-    }
+    (void)rows; /* fixed-size chunks */
+    int64_t sp = mj_body_sparse_linear_floats(&c->plan);
     sp += mj_body_conv_scratch_floats(&c->plan); /* as mj_body_scratch_floats */
     return sp ? sp + 16 : 0;
 }

@@ -62,6 +62,9 @@ typedef struct mj_body_plan {
     int vw, nr;
     int64_t panel;
     bool *sparse;              /* per linear node: emitted by jit/sparse.c     */
+    int32_t *sparse_next;      /* per sparse node: the next layer of its chain
+                                  (one function, jit/sparse.c; the value in
+                                  between is never stored), or -1             */
     bool frozen;               /* constant weights may shape the code          */
     int32_t *fused_by;         /* per node: the conv2d whose store computes it
                                   (its tail: batch_norm, activations, a
@@ -90,6 +93,9 @@ void mj_body_plan_free(mj_body_plan *p);
 /* Floats of scratch the body needs at this batch (slices rounded up to 16
  * floats so each starts 64-byte aligned). MJ_ERR_LIMIT on overflow. */
 mj_status mj_body_scratch_floats(const mj_body_plan *p, int64_t batch, int64_t *out);
+/* Of that, the sparse linear layers' part (jit/sparse.c; one region that
+ * every chain of them uses in turn, fixed-size chunks: not the batch's). */
+int64_t mj_body_sparse_linear_floats(const mj_body_plan *p);
 /* Of that, the frozen sparse convs' part (jit/lower_conv_sparse.c; they run
  * one image at a time, so it does not grow with the batch). */
 int64_t mj_body_conv_scratch_floats(const mj_body_plan *p);

@@ -286,21 +286,37 @@ mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan 
             emit_barrier(&w);
             continue;
         }
-        if (p->sparse[i]) {
-            const mj_node *wn = &g->nodes[n->operands[1]];
-            const float *bd = MJ_LINEAR_BIAS(n) >= 0 ? g->nodes[MJ_LINEAR_BIAS(n)].tensor->data : NULL;
+        if (p->sparse[i]) { /* i and the chain it heads (lower_plan.c), one function */
+            mj_sparse_layer *sl = mj_alloc_array((size_t)g->n_nodes + 1, sizeof *sl);
+            if (!sl) {
+                s = MJ_ERR_NOMEM;
+                break;
+            }
+            int nl = 0;
+            int32_t last = i;
+            for (int32_t j = i; j >= 0; j = p->sparse_next[j]) {
+                const mj_node *nj = &g->nodes[j], *wn = &g->nodes[nj->operands[1]];
+                int32_t b = MJ_LINEAR_BIAS(nj);
+                sl[nl++] = (mj_sparse_layer){.w = wn->tensor->data,
+                                             .b = b >= 0 ? g->nodes[b].tensor->data : NULL,
+                                             .out = wn->type.dims[0],
+                                             .in = wn->type.dims[1],
+                                             .act = MJ_LINEAR_ACT(nj)};
+                done[j] = true;
+                last = j;
+            }
             char name[96];
             snprintf(name, sizeof name, "%s.sparse%d", o->fname, (int)i);
-            LLVMValueRef sf = mj_sparse_emit_linear(m, name, wn->tensor->data, bd, wn->type.dims[0], wn->type.dims[1],
-                                                    MJ_LINEAR_ACT(n), MJ_LINEAR_RES(n) >= 0, w.e.fast, p->vw);
+            int32_t res = MJ_LINEAR_RES(&g->nodes[last]);
+            LLVMValueRef sf = mj_sparse_emit_chain(m, name, sl, nl, res >= 0, w.e.fast, p->vw);
+            free(sl);
             if (!sf) {
                 s = MJ_ERR_NOMEM;
                 break;
             }
             const mj_type *xt = &g->nodes[n->operands[0]].type;
             LLVMTypeRef spt[5] = {w.e.ptr, w.e.ptr, w.e.i64, w.e.ptr, w.e.ptr};
-            int32_t res = MJ_LINEAR_RES(n);
-            LLVMValueRef args[5] = {w.buf[n->operands[0]], w.buf[i], dims_product(&w, xt, 0, xt->rank - 1),
+            LLVMValueRef args[5] = {w.buf[n->operands[0]], w.buf[last], dims_product(&w, xt, 0, xt->rank - 1),
                                     sparse_scratch, res >= 0 ? w.buf[res] : LLVMConstNull(w.e.ptr)};
             LLVMBuildCall2(w.e.b, LLVMFunctionType(LLVMVoidTypeInContext(ctx), spt, 5, 0), sf, args, 5, "");
             if_end(&w, first_only);

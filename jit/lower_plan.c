@@ -1,7 +1,8 @@
 /* The lowering's plan of a split graph (jit_internal.h: mj_body_plan): which
  * values are leaves (prologue buffers, packed or plain), which nodes own
  * scratch, which outputs are written in place, which linear layers go to the
- * sparse kernels; and the scratch a body needs at a batch. */
+ * sparse kernels and which of those run as one chain; and the scratch a body
+ * needs at a batch. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -113,6 +114,44 @@ static void plan_padded(const mj_graph *g, const bool *input_free, mj_body_plan 
     p->padded_by[v] = first;
 }
 
+static bool is_output(const mj_body_plan *p, int32_t v) {
+    for (int32_t j = 0; j < p->n_out; j++)
+        if (p->out_nodes[j] == v) return true;
+    return false;
+}
+
+/* Chains of sparse linear layers (p->sparse_next), by the rule of the small
+ * chains (jit/lower.c): while the last layer's value has one user, is no
+ * output and no output's storage, and that user is a sparse layer reading
+ * it as x, the user joins. The chain runs at its first layer's place, so a
+ * later layer's residual must exist by then; only the last layer may have
+ * a residual of its own (it is added as y is stored). */
+static void plan_sparse_chains(const mj_graph *g, const bool *input_free, const int32_t *uses, mj_body_plan *p) {
+    for (int32_t i = 0; i < g->n_nodes; i++) p->sparse_next[i] = -1;
+    bool *inner = mj_alloc_array((size_t)g->n_nodes + 1, sizeof *inner);
+    if (!inner) return; /* out of memory: every layer on its own, still correct */
+    for (int32_t head = 0; head < g->n_nodes; head++) {
+        if (!p->sparse[head] || inner[head]) continue;
+        for (int32_t last = head;;) {
+            if (uses[last] != 1 || p->root_of[last] >= 0 || is_output(p, last) ||
+                MJ_LINEAR_RES(&g->nodes[last]) >= 0)
+                break;
+            int32_t next = -1;
+            for (int32_t u = last + 1; u < g->n_nodes && next < 0; u++)
+                for (int k = 0; k < g->nodes[u].n_operands; k++)
+                    if (g->nodes[u].operands[k] == last && !input_free[u]) next = k == 0 ? u : INT32_MAX;
+            if (next < 0 || next == INT32_MAX || !p->sparse[next]) break;
+            int32_t res = MJ_LINEAR_RES(&g->nodes[next]);
+            if (res >= head && !input_free[res]) break;
+            p->sparse_next[last] = next;
+            inner[next] = true;
+            p->has_slot[last] = false; /* lives only in the chain's scratch */
+            last = next;
+        }
+    }
+    free(inner);
+}
+
 int64_t mj_body_padded_floats(const mj_body_plan *p, int32_t i, int64_t *per_image) {
     *per_image = -1;
     return p->padded_by[i] < 0 ? 0 : mj_conv_sparse_padded_floats(p->g, p->padded_by[i], per_image);
@@ -131,6 +170,7 @@ mj_status mj_body_plan_build(const mj_graph *g, const bool *input_free, bool fro
     p->leaves = mj_alloc_array(2 * n + (size_t)p->n_out, sizeof *p->leaves);
     p->has_slot = mj_alloc_array(n, sizeof *p->has_slot);
     p->sparse = mj_alloc_array(n, sizeof *p->sparse);
+    p->sparse_next = mj_alloc_array(n, sizeof *p->sparse_next);
     p->in_nodes = mj_alloc_array((size_t)p->n_in + 1, sizeof *p->in_nodes);
     p->out_nodes = mj_alloc_array((size_t)p->n_out + 1, sizeof *p->out_nodes);
     p->out_root = mj_alloc_array((size_t)p->n_out + 1, sizeof *p->out_root);
@@ -139,7 +179,7 @@ mj_status mj_body_plan_build(const mj_graph *g, const bool *input_free, bool fro
     p->conv_out = mj_alloc_array(n, sizeof *p->conv_out);
     p->padded_by = mj_alloc_array(n, sizeof *p->padded_by);
     int32_t *uses = mj_graph_use_counts(g);
-    if (!p->leaf_plain || !p->leaf_packed || !p->leaves || !p->has_slot || !p->sparse || !p->in_nodes ||
+    if (!p->leaf_plain || !p->leaf_packed || !p->leaves || !p->has_slot || !p->sparse || !p->sparse_next || !p->in_nodes ||
         !p->out_nodes || !p->out_root || !p->root_of || !p->fused_by || !p->conv_out || !p->padded_by || !uses) {
         free(uses);
         mj_body_plan_free(p);
@@ -154,7 +194,6 @@ mj_status mj_body_plan_build(const mj_graph *g, const bool *input_free, bool fro
     for (int32_t j = 0; j < p->n_out; j++) p->out_nodes[j] = g->outputs[j];
     for (int32_t i = 0; i < g->n_nodes; i++)
         if (g->nodes[i].op == MJ_OP_CONV2D && !input_free[i]) plan_conv_tail(g, input_free, uses, p, i);
-    free(uses);
     p->vw = vw;
     p->nr = vw == 16 ? 4 : 2;
     p->panel = (int64_t)p->nr * vw;
@@ -197,11 +236,13 @@ mj_status mj_body_plan_build(const mj_graph *g, const bool *input_free, bool fro
         else if (p->conv_out[i] >= 0 && p->conv_out[i] != i) p->has_slot[i] = false;
     for (int32_t i = 0; i < g->n_nodes && frozen; i++)
         if (p->conv_out[i] >= 0) plan_padded(g, input_free, p, i);
+    plan_sparse_chains(g, input_free, uses, p);
+    free(uses);
     return MJ_OK;
 }
 
 void mj_body_plan_free(mj_body_plan *p) {
-    MJ_FREE_ALL(p->leaf_plain, p->leaf_packed, p->leaves, p->has_slot, p->sparse, p->in_nodes,
+    MJ_FREE_ALL(p->leaf_plain, p->leaf_packed, p->leaves, p->has_slot, p->sparse, p->sparse_next, p->in_nodes,
                 p->out_nodes, p->out_root, p->root_of, p->fused_by, p->conv_out, p->padded_by);
     memset(p, 0, sizeof *p);
 }
@@ -210,6 +251,25 @@ int64_t mj_body_conv_scratch_floats(const mj_body_plan *p) {
     int64_t sp = 0;
     for (int32_t i = 0; i < p->g->n_nodes && p->frozen; i++) {
         int64_t f = p->input_free[i] ? 0 : mj_conv_sparse_scratch_floats(p->g, i);
+        if (f > sp) sp = f;
+    }
+    return sp;
+}
+
+int64_t mj_body_sparse_linear_floats(const mj_body_plan *p) {
+    const mj_graph *g = p->g;
+    int64_t sp = 0;
+    for (int32_t i = 0; i < g->n_nodes; i++) {
+        if (!p->sparse[i]) continue;
+        /* the chain from i on (a later layer of a chain asks no more than
+         * its head: its x is a yT the head already counts) */
+        int64_t in = g->nodes[g->nodes[i].operands[1]].type.dims[1], maxout = 0;
+        int n = 0;
+        for (int32_t j = i; j >= 0; j = p->sparse_next[j], n++) {
+            int64_t out = g->nodes[g->nodes[j].operands[1]].type.dims[0];
+            maxout = out > maxout ? out : maxout;
+        }
+        int64_t f = mj_sparse_chain_scratch_floats(in, maxout, n);
         if (f > sp) sp = f;
     }
     return sp;
@@ -231,13 +291,7 @@ mj_status mj_body_scratch_floats(const mj_body_plan *p, int64_t batch, int64_t *
                            (long long)batch);
     }
     /* one region shared by the sparse layers (they run one after another) */
-    int64_t sp = 0;
-    for (int32_t i = 0; i < p->g->n_nodes; i++) {
-        if (!p->sparse[i]) continue;
-        const mj_type *wt = &p->g->nodes[p->g->nodes[i].operands[1]].type;
-        int64_t f = mj_sparse_scratch_floats(wt->dims[1], wt->dims[0], batch);
-        if (f > sp) sp = f;
-    }
+    int64_t sp = mj_body_sparse_linear_floats(p);
     /* and by the frozen sparse convs: added, not the max, so that the
      * total stays a fixed part plus the batch's (jit/aot_graph.c's formula) */
     sp += mj_body_conv_scratch_floats(p);

@@ -16,6 +16,14 @@
  *      in a pass over yT), stored to yT[j][c];
  *   3. transpose yT back into y (adding the residual there, if any: as y is
  *      stored, so in y's row-major layout, after the activation).
+ * A chain of layers (each the next one's x, its only reader) is one
+ * function: step 1 for the first layer, step 2 for each layer in turn with
+ * the previous layer's yT as its xT (so a later layer indexes xT by its full
+ * input column k: an identity column map; the padding lanes past the batch
+ * carry harmless finite values that nothing stores), step 3 for the last.
+ * The yT of consecutive layers alternate between two scratch regions. The
+ * values in between never reach memory in row-major form: two transposes
+ * per chunk for the whole chain instead of two per layer.
  * Each output element therefore sees exactly eager's operations in eager's
  * order minus the products with zero weights. The nonzeros, indices, group
  * tables (rows, and per k-block their ranges of entries) and bias are
@@ -41,16 +49,44 @@
 
 /* ---- the emitter's state --------------------------------------------------- */
 
+/* One layer of a chain: its plan, tables and scratch regions. */
+typedef struct sl {
+    plan p;
+    mj_act act;
+    LLVMValueRef g_meta, g_rows, g_pidx, g_pw, g_tidx, g_tw, g_bias, g_colmap;
+    LLVMValueRef xT, yT; /* its input (the layer before's yT) and output */
+} sl;
+
 typedef struct sb {
     mj_emit e; /* builder, types, mode, vector width (emit.h) */
+    /* the layer being emitted (use_layer): */
     mj_act act;
     const plan *p;
-    LLVMValueRef x, y, batch, xT, yT, res; /* res: NULL, or the residual (y's layout) */
+    LLVMValueRef xT, yT;
     LLVMValueRef g_meta, g_rows, g_pidx, g_pw, g_tidx, g_tw, g_bias, g_colmap;
+    sl *L;
+    int n; /* layers */
+    LLVMValueRef x, y, batch, res; /* res: NULL, or the residual (y's layout) */
     LLVMValueRef acc[MAX_GROUP][4]; /* allocas: per group row, per vector of the chunk */
     LLVMValueRef tile;      /* the vw x vw transpose */
     LLVMValueRef tile_out;  /* the same for yT -> y, + the residual if there is one */
 } sb;
+
+static void use_layer(sb *s, int l) {
+    sl *L = &s->L[l];
+    s->act = L->act;
+    s->p = &L->p;
+    s->xT = L->xT;
+    s->yT = L->yT;
+    s->g_meta = L->g_meta;
+    s->g_rows = L->g_rows;
+    s->g_pidx = L->g_pidx;
+    s->g_pw = L->g_pw;
+    s->g_tidx = L->g_tidx;
+    s->g_tw = L->g_tw;
+    s->g_bias = L->g_bias;
+    s->g_colmap = L->g_colmap;
+}
 
 /* Activations without libm calls run on whole vectors; tanh and gelu_tanh
  * afterwards, one element at a time (see emit_chunk). */
@@ -129,7 +165,7 @@ static void tile_transpose(sb *s, LLVMValueRef src, LLVMValueRef sstride, LLVMVa
 
 static LLVMValueRef const_array(sb *s, const char *name, const char *suffix, LLVMTypeRef elt, const void *data,
                                 int64_t n) {
-    char gname[256];
+    char gname[320]; /* a layer name (< 256) and a suffix */
     snprintf(gname, sizeof gname, "%s.%s", name, suffix);
     (void)elt; /* every table holds 4-byte elements (float or int32) */
     return mj_llvm_const_bytes(s->e.m, s->e.ctx, gname, data, (size_t)n * 4);
@@ -302,10 +338,10 @@ static void emit_acc_finish(sb *s, int r, int nv, LLVMValueRef j) {
     }
 }
 
-static void emit_chunk(sb *s, int C, LLVMValueRef i0, LLVMValueRef valid, bool full) {
+/* One layer over the chunk: xT -> yT, with the bias and activation. */
+static void emit_layer(sb *s, int C) {
     const plan *p = s->p;
     int nv = C / s->e.vw;
-    emit_transpose_in(s, C, i0, valid, full);
 
     /* Per k-block, per pair of rows: the accumulators start at +0.0f in the
      * first block and come back from yT in the others; after the last block
@@ -359,17 +395,51 @@ static void emit_chunk(sb *s, int C, LLVMValueRef i0, LLVMValueRef valid, bool f
         store(s, emit_act(s, s->act, ld(s, s->e.f32, s->yT, le.iv)), s->yT, le.iv);
         loop_end(s, &le);
     }
+}
+
+/* The chain over a chunk: the first layer's x in, every layer, the last
+ * layer's yT out. */
+static void emit_chunk(sb *s, int C, LLVMValueRef i0, LLVMValueRef valid, bool full) {
+    use_layer(s, 0);
+    emit_transpose_in(s, C, i0, valid, full);
+    for (int l = 0; l < s->n; l++) {
+        use_layer(s, l);
+        emit_layer(s, C);
+    }
     emit_transpose_out(s, C, i0, valid, full);
 }
 
 LLVMValueRef mj_sparse_emit_linear(LLVMModuleRef M, const char *name, const float *w, const float *b,
                                    int64_t out, int64_t in, mj_act act, bool residual, bool fast, int vw) {
-    if (!M || !name || !w || out <= 0 || in <= 0 || out > INT32_MAX || in > INT32_MAX ||
-        (unsigned)act >= MJ_ACT_COUNT || (vw != 4 && vw != 8 && vw != 16))
-        return NULL;
-    plan p;
-    if (!mj_sparse_plan_build(&p, w, out, in, vw)) return NULL;
-    sb s = {.act = act, .p = &p};
+    mj_sparse_layer l = {.w = w, .b = b, .out = out, .in = in, .act = act};
+    return mj_sparse_emit_chain(M, name, &l, 1, residual, fast, vw);
+}
+
+static void free_layers(sl *L, int n) {
+    for (int l = 0; l < n; l++) mj_sparse_plan_free(&L[l].p);
+    free(L);
+}
+
+LLVMValueRef mj_sparse_emit_chain(LLVMModuleRef M, const char *name, const mj_sparse_layer *layers, int n,
+                                  bool residual, bool fast, int vw) {
+    if (!M || !name || !layers || n < 1 || (vw != 4 && vw != 8 && vw != 16)) return NULL;
+    for (int l = 0; l < n; l++) {
+        const mj_sparse_layer *a = &layers[l];
+        if (!a->w || a->out <= 0 || a->in <= 0 || a->out > INT32_MAX || a->in > INT32_MAX ||
+            (unsigned)a->act >= MJ_ACT_COUNT || (l > 0 && a->in != layers[l - 1].out))
+            return NULL;
+    }
+    sl *L = mj_alloc_array((size_t)n, sizeof *L);
+    if (!L) return NULL;
+    for (int l = 0; l < n; l++) {
+        /* inside the chain xT is the layer before's yT: row k is column k */
+        if (!mj_sparse_plan_build(&L[l].p, layers[l].w, layers[l].out, layers[l].in, vw, l > 0)) {
+            free_layers(L, l);
+            return NULL;
+        }
+        L[l].act = layers[l].act;
+    }
+    sb s = {.L = L, .n = n};
     mj_emit_init(&s.e, M, fast, vw, true);
     LLVMTypeRef params[5] = {s.e.ptr, s.e.ptr, s.e.i64, s.e.ptr, s.e.ptr};
     s.e.fn = LLVMAddFunction(M, name, LLVMFunctionType(LLVMVoidTypeInContext(s.e.ctx), params, 5, 0));
@@ -387,20 +457,28 @@ LLVMValueRef mj_sparse_emit_linear(LLVMModuleRef M, const char *name, const floa
                             LLVMCreateStringAttribute(s.e.ctx, "min-legal-vector-width", 22, width,
                                                       (unsigned)strlen(width)));
 
-    s.g_meta = const_array(&s, name, "meta", s.e.i32, p.meta, (int64_t)p.n_kblocks * p.n_groups * META(p.gr));
-    s.g_rows = const_array(&s, name, "rows", s.e.i32, p.rows, (int64_t)p.n_groups * p.gr);
-    s.g_pidx = const_array(&s, name, "pidx", s.e.i32, p.pidx, p.n_pairs);
-    s.g_pw = const_array(&s, name, "pw", s.e.f32, p.pw, p.n_pairs * p.run);
-    s.g_tidx = const_array(&s, name, "tidx", s.e.i32, p.tidx, p.n_tail);
-    s.g_tw = const_array(&s, name, "tw", s.e.f32, p.tw, p.n_tail * p.run);
-    s.g_bias = b ? const_array(&s, name, "bias", s.e.f32, b, out) : NULL;
-    s.g_colmap = p.identity ? NULL : const_array(&s, name, "colmap", s.e.i32, p.colmap, p.ncols);
+    for (int l = 0; l < n; l++) {
+        sl *a = &L[l];
+        const plan *p = &a->p;
+        char lname[256];
+        /* one layer keeps the names it always had */
+        if (n == 1) snprintf(lname, sizeof lname, "%s", name);
+        else snprintf(lname, sizeof lname, "%s.l%d", name, l);
+        a->g_meta = const_array(&s, lname, "meta", s.e.i32, p->meta, (int64_t)p->n_kblocks * p->n_groups * META(p->gr));
+        a->g_rows = const_array(&s, lname, "rows", s.e.i32, p->rows, (int64_t)p->n_groups * p->gr);
+        a->g_pidx = const_array(&s, lname, "pidx", s.e.i32, p->pidx, p->n_pairs);
+        a->g_pw = const_array(&s, lname, "pw", s.e.f32, p->pw, p->n_pairs * p->run);
+        a->g_tidx = const_array(&s, lname, "tidx", s.e.i32, p->tidx, p->n_tail);
+        a->g_tw = const_array(&s, lname, "tw", s.e.f32, p->tw, p->n_tail * p->run);
+        a->g_bias = layers[l].b ? const_array(&s, lname, "bias", s.e.f32, layers[l].b, p->out) : NULL;
+        a->g_colmap = p->identity ? NULL : const_array(&s, lname, "colmap", s.e.i32, p->colmap, p->ncols);
+    }
 
     s.tile = tile_fn(&s, name, false);
     s.tile_out = residual ? tile_fn(&s, name, true) : s.tile;
     s.e.b = LLVMCreateBuilderInContext(s.e.ctx);
     LLVMPositionBuilderAtEnd(s.e.b, LLVMAppendBasicBlockInContext(s.e.ctx, s.e.fn, "entry"));
-    for (int r = 0; r < p.gr; r++)
+    for (int r = 0; r < MAX_GROUP; r++)
         for (int v = 0; v < 4; v++) s.acc[r][v] = LLVMBuildAlloca(s.e.b, s.e.vt, "acc");
     s.x = LLVMGetParam(s.e.fn, 0);
     s.y = LLVMGetParam(s.e.fn, 1);
@@ -409,8 +487,17 @@ LLVMValueRef mj_sparse_emit_linear(LLVMModuleRef M, const char *name, const floa
     s.res = residual ? LLVMGetParam(s.e.fn, 4) : NULL;
     int C1 = 4 * s.e.vw;
     MJ_ASSERT(C1 <= MAX_CHUNK);
-    s.xT = scratch;
-    s.yT = at(&s, scratch, ci(&s, ((int64_t)p.ncols * C1 + 15) & ~INT64_C(15)));
+    /* the first layer's xT, then its yT; a chain's further layers take two
+     * yT regions in turn (mj_sparse_chain_scratch_floats) */
+    int64_t maxout = 0;
+    for (int l = 0; l < n; l++) maxout = layers[l].out > maxout ? layers[l].out : maxout;
+    LLVMValueRef region[2];
+    region[0] = at(&s, scratch, ci(&s, ((int64_t)L[0].p.ncols * C1 + 15) & ~INT64_C(15)));
+    region[1] = at(&s, region[0], ci(&s, (maxout + 1) * C1));
+    for (int l = 0; l < n; l++) {
+        L[l].xT = l == 0 ? scratch : L[l - 1].yT;
+        L[l].yT = region[l % 2];
+    }
 
     /* whole chunks of 4 vectors, then one vector at a time (the last one
      * partial) */
@@ -426,6 +513,6 @@ LLVMValueRef mj_sparse_emit_linear(LLVMModuleRef M, const char *name, const floa
     loop_end(&s, &l2);
     LLVMBuildRetVoid(s.e.b);
     LLVMDisposeBuilder(s.e.b);
-    mj_sparse_plan_free(&p);
+    free_layers(L, n);
     return s.e.fn;
 }

@@ -14,6 +14,12 @@
  * unchanged; with an inf or NaN input eager gives NaN where x*0 was skipped).
  * Fast (fast=true) may contract to FMA.
  *
+ * A chain of such layers (each the only reader of the one before, as its
+ * x) is emitted as one function: the first layer's x is transposed in, each
+ * later layer reads the previous layer's transposed output yT as its xT (by
+ * full column k), and only the last layer's yT is transposed out; the
+ * values in between never reach row-major memory.
+ *
  * Used by the lowering (jit/lower.c) for frozen linear layers when
  * mj_sparse_profitable says so. */
 #ifndef MJ_JIT_SPARSE_H
@@ -31,9 +37,19 @@
  * worth dropping). */
 bool mj_sparse_profitable(const float *w, int64_t out, int64_t in);
 
+/* One layer of a chain: w [out][in] row-major, b [out] or NULL, then act. */
+typedef struct mj_sparse_layer {
+    const float *w, *b;
+    int64_t out, in;
+    mj_act act;
+} mj_sparse_layer;
+
 /* Floats of scratch the emitted function needs for this batch (>= 0; the
  * caller passes a 64-byte aligned buffer of at least that many floats). */
 int64_t mj_sparse_scratch_floats(int64_t in, int64_t out, int64_t batch);
+/* The same for a chain of n_layers >= 1 layers, the first one in wide,
+ * none more than max_out wide (any batch: chunks are fixed-size). */
+int64_t mj_sparse_chain_scratch_floats(int64_t in, int64_t max_out, int n_layers);
 
 /* Emits into M (in M's context):
  *   void name(const float *x, float *y, int64_t batch, float *scratch,
@@ -48,5 +64,13 @@ int64_t mj_sparse_scratch_floats(int64_t in, int64_t out, int64_t batch);
 LLVMValueRef mj_sparse_emit_linear(LLVMModuleRef M, const char *name, const float *w,
                                    const float *b /* NULL = no bias */, int64_t out, int64_t in,
                                    mj_act act, bool residual, bool fast, int vw);
+/* The same function for a chain of n >= 1 layers: layer l+1 takes layer l's
+ * output as x (layers[l+1].in == layers[l].out), x is the first layer's
+ * input, y (+ res, if residual) the last layer's output; the values in
+ * between are not stored anywhere the caller sees. Every output element is
+ * bit-identical to running the layers one by one (mj_sparse_emit_linear).
+ * NULL if out of memory or the layers do not fit together. */
+LLVMValueRef mj_sparse_emit_chain(LLVMModuleRef M, const char *name, const mj_sparse_layer *layers, int n,
+                                  bool residual, bool fast, int vw);
 
 #endif

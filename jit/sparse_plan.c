@@ -42,9 +42,16 @@ bool mj_sparse_profitable(const float *w, int64_t out, int64_t in) {
 
 int64_t mj_sparse_scratch_floats(int64_t in, int64_t out, int64_t batch) {
     (void)batch; /* chunks are fixed-size: the scratch does not grow with it */
-    if (in < 0 || out < 0) return 0;
-    /* xT [in][C], then yT [out rounded up to even][C] at a 16-float boundary */
-    return (in + out + 1) * MAX_CHUNK + 16;
+    return mj_sparse_chain_scratch_floats(in, out, 1);
+}
+
+int64_t mj_sparse_chain_scratch_floats(int64_t in, int64_t max_out, int n_layers) {
+    if (in < 0 || max_out < 0 || n_layers < 1) return 0;
+    /* the first layer's xT [in][C], then a yT [out rounded up to even][C]
+     * at a 16-float boundary: one region (one layer), or two that the
+     * layers take in turn (each reads the one the layer before wrote);
+     * (max_out + 1) * MAX_CHUNK is a multiple of 16 floats */
+    return (in + (n_layers > 1 ? 2 : 1) * (max_out + 1)) * MAX_CHUNK + 16;
 }
 
 /* ---- the weight, preprocessed -------------------------------------------- */
@@ -121,7 +128,7 @@ struct cursor {
     int r;     /* -1: tuples; r: row r's own entries; gr: done */
 };
 
-bool mj_sparse_plan_build(plan *p, const float *w, int64_t out, int64_t in, int vw) {
+bool mj_sparse_plan_build(plan *p, const float *w, int64_t out, int64_t in, int vw, bool full_k) {
     memset(p, 0, sizeof *p);
     p->out = out;
     p->in = in;
@@ -141,7 +148,7 @@ bool mj_sparse_plan_build(plan *p, const float *w, int64_t out, int64_t in, int 
     for (int64_t k = 0; k < in; k++) nc += kc[k] == 0;
     /* Drop unused columns only when it saves a real share of the transpose:
      * the identity layout takes the fast tiled transpose. Runs need it. */
-    p->identity = p->run > 1 || (int64_t)nc * 4 > in * 3;
+    p->identity = full_k || p->run > 1 || (int64_t)nc * 4 > in * 3;
     if (p->identity) {
         nc = (int32_t)in;
         for (int64_t k = 0; k < in; k++) kc[k] = (int32_t)k;

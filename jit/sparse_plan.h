@@ -39,7 +39,9 @@ typedef struct plan {
 } plan;
 
 void mj_sparse_plan_free(plan *p);
-/* Preprocesses w[out][in] for vector width vw; false when out of memory. */
-bool mj_sparse_plan_build(plan *p, const float *w, int64_t out, int64_t in, int vw);
+/* Preprocesses w[out][in] for vector width vw; false when out of memory.
+ * full_k: keep every column (identity colmap), as a layer inside a chain
+ * needs: its xT is the previous layer's yT, one row per input column. */
+bool mj_sparse_plan_build(plan *p, const float *w, int64_t out, int64_t in, int vw, bool full_k);
 
 #endif

@@ -1048,3 +1048,102 @@ Test(jit, residual_add_fused_equals_unfused_every_kernel_and_mode) {
         mj_graph_free(g);
     }
 }
+
+/* ---- chains of frozen sparse layers ------------------------------------------ */
+
+/* Frozen sparse layers that feed one another run as one function per chain
+ * (jit/sparse.c, lower_plan.c): only the first layer's x is transposed in,
+ * only the last layer's y out. Three layers of 200 -> 161 -> 120 -> 200 (161:
+ * an odd width, a dummy row in the chain's scratch) with relu, gelu_tanh and
+ * the input as the last layer's residual, masked to 20%, and a third of the
+ * first and of the second layer's input columns unused (each would drop
+ * them on its own; inside the chain the second must read its input by full
+ * column). Each case names the chains it must form (".l1" a chain of two
+ * layers, ".l2" of three), then every mode at batches around the chunk sizes
+ * against the interpreter (the eager kernels): bit for bit in exact mode. */
+Test(jit, sparse_chains_bit_identical_and_only_where_allowed) {
+    mj_rng rng;
+    mj_rng_seed(&rng, 47);
+#define SC_HEAD                                                                                                       \
+    "maskjit-ir 1\n%0 = input \"x\" : f32[B,200]\n"                                                                  \
+    "%1 = param \"w1\" : f32[161,200]\n%2 = param \"b1\" : f32[161]\n%3 = param \"w2\" : f32[120,161]\n"             \
+    "%4 = param \"b2\" : f32[120]\n%5 = param \"w3\" : f32[200,120]\n%6 = param \"w4\" : f32[200,120]\n"
+    static const struct {
+        const char *text;
+        bool l1, l2; /* a chain of at least two layers, of three */
+        int n_out;
+    } cases[] = {
+        /* all three: relu(l1 x), gelu_tanh(l2 .), l3 . + x */
+        {SC_HEAD "%7 = linear %0, %1, %2 : f32[B,161]\n%8 = relu %7 : f32[B,161]\n"
+                 "%9 = linear %8, %3, %4 : f32[B,120]\n%10 = gelu_tanh %9 : f32[B,120]\n"
+                 "%11 = linear %10, %5 : f32[B,200]\n%12 = add %11, %0 : f32[B,200]\nreturn %12\n",
+         true, true, 1},
+        /* the second layer's value is also an output: the chain ends there */
+        {SC_HEAD "%7 = linear %0, %1, %2 : f32[B,161]\n%8 = relu %7 : f32[B,161]\n"
+                 "%9 = linear %8, %3, %4 : f32[B,120]\n%10 = gelu_tanh %9 : f32[B,120]\n"
+                 "%11 = linear %10, %5 : f32[B,200]\n%12 = add %11, %0 : f32[B,200]\nreturn %12, %10\n",
+         true, false, 2},
+        /* the second layer's value has two readers: stored, no chain past it */
+        {SC_HEAD "%7 = linear %0, %1, %2 : f32[B,161]\n%8 = relu %7 : f32[B,161]\n"
+                 "%9 = linear %8, %3, %4 : f32[B,120]\n%10 = gelu_tanh %9 : f32[B,120]\n"
+                 "%11 = linear %10, %5 : f32[B,200]\n%12 = linear %10, %6 : f32[B,200]\n"
+                 "%13 = add %11, %12 : f32[B,200]\nreturn %13\n",
+         true, false, 1},
+        /* the last layer's residual is computed after the chain's first
+         * layer: it cannot join (the chain runs at the first layer's place) */
+        {SC_HEAD "%7 = linear %0, %1, %2 : f32[B,161]\n%8 = relu %7 : f32[B,161]\n%9 = tanh %0 : f32[B,200]\n"
+                 "%10 = linear %8, %3, %4 : f32[B,120]\n%11 = gelu_tanh %10 : f32[B,120]\n"
+                 "%12 = linear %11, %5 : f32[B,200]\n%13 = add %12, %9 : f32[B,200]\nreturn %13\n",
+         true, false, 1},
+    };
+#undef SC_HEAD
+    static const int64_t batches[] = {1, 17, 64, 100, 130};
+    for (size_t ci = 0; ci < sizeof cases / sizeof *cases; ci++) {
+        mj_graph *g = NULL;
+        cr_assert_eq(mj_graph_parse(cases[ci].text, &g), MJ_OK, "case %zu: %s", ci, mj_last_error());
+        bind_random_params(g, 0.2, &rng);
+        for (int32_t i = 0; i < g->n_nodes; i++) { /* unused input columns: k % 3 == 0 of w1, == 1 of w2 */
+            const mj_node *n = &g->nodes[i];
+            if (n->op != MJ_OP_PARAM) continue;
+            int drop = strcmp(n->name, "w1") == 0 ? 0 : strcmp(n->name, "w2") == 0 ? 1 : -1;
+            if (drop < 0) continue;
+            float *d = mj_tensor_data_mut(n->tensor);
+            for (int64_t j = 0; j < n->type.dims[0]; j++)
+                for (int64_t k = drop; k < n->type.dims[1]; k += 3) d[j * n->type.dims[1] + k] = 0.0f;
+        }
+        for (int mi = 0; mi < 4; mi++) {
+            mj_compiled *c = mjt_compile(jit, g, mjt_modes[mi]);
+            if (mjt_modes[mi].frozen) {
+                cr_assert(mjt_ir_has(c, ".sparse"), "case %zu (%s): no sparse layer", ci, mjt_modes[mi].name);
+                cr_assert_eq(mjt_ir_has(c, ".l1.meta"), cases[ci].l1, "case %zu (%s): a chain of two %s", ci,
+                             mjt_modes[mi].name, cases[ci].l1 ? "expected" : "not allowed");
+                cr_assert_eq(mjt_ir_has(c, ".l2.meta"), cases[ci].l2, "case %zu (%s): a chain of three %s", ci,
+                             mjt_modes[mi].name, cases[ci].l2 ? "expected" : "not allowed");
+            }
+            for (size_t bi = 0; bi < sizeof batches / sizeof *batches; bi++) {
+                mj_tensor *x = randn_input(g, batches[bi], &rng), *want[2] = {0}, *got[2] = {0};
+                const mj_tensor *xs[1] = {x};
+                int no = cases[ci].n_out;
+                OK(mj_graph_run_n(g, 1, xs, no, want));
+                OK(mj_compiled_run_n(c, 1, xs, no, got));
+                for (int j = 0; j < no; j++) {
+                    char what[96];
+                    snprintf(what, sizeof what, "chain case %zu batch %lld output %d", ci, (long long)batches[bi], j);
+                    if (mjt_modes[mi].numeric == MJ_NUMERIC_EXACT) {
+                        check_result(got[j], want[j], mjt_modes[mi], what);
+                    } else { /* sums reordered */
+                        mj_compare cmp = mj_tensor_compare(got[j], want[j], MJ_RTOL_F32 * 20, MJ_ATOL_F32 * 20);
+                        char desc[256];
+                        mj_compare_describe(&cmp, got[j], want[j], desc, sizeof desc);
+                        cr_assert(cmp.close, "%s (%s): not close: %s", what, mjt_modes[mi].name, desc);
+                    }
+                    mj_tensor_release(want[j]);
+                    mj_tensor_release(got[j]);
+                }
+                mj_tensor_release(x);
+            }
+            mj_compiled_free(c);
+        }
+        mj_graph_free(g);
+    }
+}
