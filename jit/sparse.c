@@ -59,11 +59,7 @@ typedef struct sl {
 
 typedef struct sb {
     mj_emit e; /* builder, types, mode, vector width (emit.h) */
-    /* the layer being emitted (use_layer): */
-    mj_act act;
-    const plan *p;
-    LLVMValueRef xT, yT;
-    LLVMValueRef g_meta, g_rows, g_pidx, g_pw, g_tidx, g_tw, g_bias, g_colmap;
+    const sl *l; /* the layer being emitted */
     sl *L;
     int n; /* layers */
     LLVMValueRef x, y, batch, res; /* res: NULL, or the residual (y's layout) */
@@ -71,22 +67,6 @@ typedef struct sb {
     LLVMValueRef tile;      /* the vw x vw transpose */
     LLVMValueRef tile_out;  /* the same for yT -> y, + the residual if there is one */
 } sb;
-
-static void use_layer(sb *s, int l) {
-    sl *L = &s->L[l];
-    s->act = L->act;
-    s->p = &L->p;
-    s->xT = L->xT;
-    s->yT = L->yT;
-    s->g_meta = L->g_meta;
-    s->g_rows = L->g_rows;
-    s->g_pidx = L->g_pidx;
-    s->g_pw = L->g_pw;
-    s->g_tidx = L->g_tidx;
-    s->g_tw = L->g_tw;
-    s->g_bias = L->g_bias;
-    s->g_colmap = L->g_colmap;
-}
 
 /* Activations without libm calls run on whole vectors; tanh and gelu_tanh
  * afterwards, one element at a time (see emit_chunk). */
@@ -175,7 +155,7 @@ static LLVMValueRef const_array(sb *s, const char *name, const char *suffix, LLV
 
 /* xT[kc][c] = x[i0 + c][colmap[kc]] for c < valid, 0 beyond. */
 static void emit_transpose_in(sb *s, int C, LLVMValueRef i0, LLVMValueRef valid, bool full) {
-    const plan *p = s->p;
+    const plan *p = &s->l->p;
     LLVMValueRef in = ci(s, p->in), Cv = ci(s, C);
     ifb f = {0};
     if (p->identity) {
@@ -185,7 +165,7 @@ static void emit_transpose_in(sb *s, int C, LLVMValueRef i0, LLVMValueRef valid,
         loop lk = loop_range(s, ci(s, 0), ci(s, kfull), s->e.vw);
         for (int c0 = 0; c0 < C; c0 += s->e.vw) {
             LLVMValueRef src = at(s, s->x, add(s, mul(s, add(s, i0, ci(s, c0)), in), lk.iv));
-            LLVMValueRef dst = at(s, s->xT, add(s, mul(s, lk.iv, Cv), ci(s, c0)));
+            LLVMValueRef dst = at(s, s->l->xT, add(s, mul(s, lk.iv, Cv), ci(s, c0)));
             tile_transpose(s, src, in, dst, Cv, NULL);
         }
         loop_end(s, &lk);
@@ -193,7 +173,7 @@ static void emit_transpose_in(sb *s, int C, LLVMValueRef i0, LLVMValueRef valid,
             loop lr = loop_range(s, ci(s, kfull), in, 1);
             loop lc = loop_range(s, ci(s, 0), Cv, 1);
             LLVMValueRef v = ld(s, s->e.f32, s->x, add(s, mul(s, add(s, i0, lc.iv), in), lr.iv));
-            store(s, v, s->xT, add(s, mul(s, lr.iv, Cv), lc.iv));
+            store(s, v, s->l->xT, add(s, mul(s, lr.iv, Cv), lc.iv));
             loop_end(s, &lc);
             loop_end(s, &lr);
         }
@@ -205,14 +185,14 @@ static void emit_transpose_in(sb *s, int C, LLVMValueRef i0, LLVMValueRef valid,
     loop lc = loop_range(s, ci(s, 0), valid, 1);
     LLVMValueRef xrow = at(s, s->x, mul(s, add(s, i0, lc.iv), in));
     loop lk = loop_range(s, ci(s, 0), nc, 1);
-    LLVMValueRef k = p->identity ? lk.iv : LLVMBuildSExt(s->e.b, ld(s, s->e.i32, s->g_colmap, lk.iv), s->e.i64, "");
-    store(s, ld(s, s->e.f32, xrow, k), s->xT, add(s, mul(s, lk.iv, Cv), lc.iv));
+    LLVMValueRef k = p->identity ? lk.iv : LLVMBuildSExt(s->e.b, ld(s, s->e.i32, s->l->g_colmap, lk.iv), s->e.i64, "");
+    store(s, ld(s, s->e.f32, xrow, k), s->l->xT, add(s, mul(s, lk.iv, Cv), lc.iv));
     loop_end(s, &lk);
     loop_end(s, &lc);
     /* padding rows: zeros, so the lanes past the batch compute harmless values */
     lc = loop_range(s, valid, Cv, 1);
     lk = loop_range(s, ci(s, 0), nc, 1);
-    store(s, cf(s, 0.0f), s->xT, add(s, mul(s, lk.iv, Cv), lc.iv));
+    store(s, cf(s, 0.0f), s->l->xT, add(s, mul(s, lk.iv, Cv), lc.iv));
     loop_end(s, &lk);
     loop_end(s, &lc);
     if (p->identity) if_end(s, f.end);
@@ -220,14 +200,14 @@ static void emit_transpose_in(sb *s, int C, LLVMValueRef i0, LLVMValueRef valid,
 
 /* y[i0 + c][j] = yT[j][c] (+ res[i0 + c][j]) for c < valid. */
 static void emit_transpose_out(sb *s, int C, LLVMValueRef i0, LLVMValueRef valid, bool full) {
-    const plan *p = s->p;
+    const plan *p = &s->l->p;
     LLVMValueRef out = ci(s, p->out), Cv = ci(s, C);
     ifb f = {0};
     if (!full) f = ifelse_begin(s, LLVMBuildICmp(s->e.b, LLVMIntEQ, valid, Cv, ""));
     int64_t jfull = p->out / s->e.vw * s->e.vw;
     loop lj = loop_range(s, ci(s, 0), ci(s, jfull), s->e.vw);
     for (int c0 = 0; c0 < C; c0 += s->e.vw) {
-        LLVMValueRef src = at(s, s->yT, add(s, mul(s, lj.iv, Cv), ci(s, c0)));
+        LLVMValueRef src = at(s, s->l->yT, add(s, mul(s, lj.iv, Cv), ci(s, c0)));
         LLVMValueRef off = add(s, mul(s, add(s, i0, ci(s, c0)), out), lj.iv);
         tile_transpose(s, src, Cv, at(s, s->y, off), out, s->res ? at(s, s->res, off) : NULL);
     }
@@ -235,7 +215,7 @@ static void emit_transpose_out(sb *s, int C, LLVMValueRef i0, LLVMValueRef valid
     if (jfull < p->out) {
         loop lr = loop_range(s, ci(s, jfull), out, 1);
         loop lc = loop_range(s, ci(s, 0), Cv, 1);
-        LLVMValueRef v = ld(s, s->e.f32, s->yT, add(s, mul(s, lr.iv, Cv), lc.iv));
+        LLVMValueRef v = ld(s, s->e.f32, s->l->yT, add(s, mul(s, lr.iv, Cv), lc.iv));
         LLVMValueRef off = add(s, mul(s, add(s, i0, lc.iv), out), lr.iv);
         if (s->res) v = fadd(s, v, ld(s, s->e.f32, s->res, off));
         store(s, v, s->y, off);
@@ -248,7 +228,7 @@ static void emit_transpose_out(sb *s, int C, LLVMValueRef i0, LLVMValueRef valid
     LLVMValueRef yrow = at(s, s->y, mul(s, add(s, i0, lc.iv), out));
     LLVMValueRef rrow = s->res ? at(s, s->res, mul(s, add(s, i0, lc.iv), out)) : NULL;
     loop lr = loop_range(s, ci(s, 0), out, 1);
-    LLVMValueRef v = ld(s, s->e.f32, s->yT, add(s, mul(s, lr.iv, Cv), lc.iv));
+    LLVMValueRef v = ld(s, s->e.f32, s->l->yT, add(s, mul(s, lr.iv, Cv), lc.iv));
     if (rrow) v = fadd(s, v, ld(s, s->e.f32, rrow, lr.iv));
     store(s, v, yrow, lr.iv);
     loop_end(s, &lr);
@@ -276,7 +256,7 @@ static LLVMValueRef opaque(sb *s, LLVMValueRef p) {
 
 /* acc[r][v] = acc[r][v] + xT[k][v*vw ..] * w  for one nonzero */
 static void emit_term(sb *s, int r, int nv, int C, LLVMValueRef kc, LLVMValueRef w) {
-    LLVMValueRef row = opaque(s, at(s, s->xT, mul(s, kc, ci(s, C))));
+    LLVMValueRef row = opaque(s, at(s, s->l->xT, mul(s, kc, ci(s, C))));
     LLVMValueRef wv = vsplat(s, w);
     for (int v = 0; v < nv; v++) {
         LLVMValueRef a = LLVMBuildLoad2(s->e.b, s->e.vt, s->acc[r][v], "");
@@ -291,14 +271,14 @@ static LLVMValueRef kidx(sb *s, LLVMValueRef table, LLVMValueRef i);
  * kc, kc+1, ... in ascending order. */
 static void emit_run(sb *s, int r, int nv, int C, LLVMValueRef idx_table, LLVMValueRef w_table, LLVMValueRef i) {
     LLVMValueRef kc = kidx(s, idx_table, i);
-    LLVMValueRef w0 = mul(s, i, ci(s, s->p->run));
-    for (int q = 0; q < s->p->run; q++)
+    LLVMValueRef w0 = mul(s, i, ci(s, s->l->p.run));
+    for (int q = 0; q < s->l->p.run; q++)
         emit_term(s, r, nv, C, add(s, kc, ci(s, q)), ld(s, s->e.f32, w_table, add(s, w0, ci(s, q))));
 }
 
 /* acc[r] <-> yT row j */
 static void emit_acc_move(sb *s, int r, int nv, int C, LLVMValueRef j, bool load) {
-    LLVMValueRef row = at(s, s->yT, mul(s, j, ci(s, C)));
+    LLVMValueRef row = at(s, s->l->yT, mul(s, j, ci(s, C)));
     for (int v = 0; v < nv; v++) {
         LLVMValueRef idx = ci(s, (int64_t)v * s->e.vw);
         if (load) LLVMBuildStore(s->e.b, vld(s, row, idx, (unsigned)s->e.vw * 4), s->acc[r][v]);
@@ -307,7 +287,7 @@ static void emit_acc_move(sb *s, int r, int nv, int C, LLVMValueRef j, bool load
 }
 
 static LLVMValueRef meta(sb *s, LLVMValueRef base, int field) {
-    LLVMValueRef v = ld(s, s->e.i32, s->g_meta, add(s, base, ci(s, field)));
+    LLVMValueRef v = ld(s, s->e.i32, s->l->g_meta, add(s, base, ci(s, field)));
     return LLVMBuildSExt(s->e.b, v, s->e.i64, "");
 }
 
@@ -325,22 +305,22 @@ static void emit_acc_zero(sb *s, int r, int nv) {
  * reads b[out - 1]; it is never copied into y). */
 static void emit_acc_finish(sb *s, int r, int nv, LLVMValueRef j) {
     LLVMValueRef bv = NULL;
-    if (s->g_bias) {
-        LLVMValueRef last = ci(s, s->p->out - 1);
+    if (s->l->g_bias) {
+        LLVMValueRef last = ci(s, s->l->p.out - 1);
         LLVMValueRef jj = LLVMBuildSelect(s->e.b, LLVMBuildICmp(s->e.b, LLVMIntSGT, j, last, ""), last, j, "");
-        bv = vsplat(s, ld(s, s->e.f32, s->g_bias, jj));
+        bv = vsplat(s, ld(s, s->e.f32, s->l->g_bias, jj));
     }
     for (int v = 0; v < nv; v++) {
         LLVMValueRef a = LLVMBuildLoad2(s->e.b, s->e.vt, s->acc[r][v], "");
         if (bv) a = fadd(s, a, bv);
-        if (s->act != MJ_ACT_NONE && act_is_vector(s->act)) a = emit_act_vec(s, s->act, a, s->e.vw);
+        if (s->l->act != MJ_ACT_NONE && act_is_vector(s->l->act)) a = emit_act_vec(s, s->l->act, a, s->e.vw);
         LLVMBuildStore(s->e.b, a, s->acc[r][v]);
     }
 }
 
 /* One layer over the chunk: xT -> yT, with the bias and activation. */
 static void emit_layer(sb *s, int C) {
-    const plan *p = s->p;
+    const plan *p = &s->l->p;
     int nv = C / s->e.vw;
 
     /* Per k-block, per pair of rows: the accumulators start at +0.0f in the
@@ -364,7 +344,7 @@ static void emit_layer(sb *s, int C) {
     ifb f = ifelse_begin(s, LLVMBuildAnd(s->e.b, none, middle, ""));
     if_else(s, &f);
     LLVMValueRef g0 = mul(s, lg.iv, ci(s, GR)), j[MAX_GROUP];
-    for (int r = 0; r < GR; r++) j[r] = kidx(s, s->g_rows, add(s, g0, ci(s, r)));
+    for (int r = 0; r < GR; r++) j[r] = kidx(s, s->l->g_rows, add(s, g0, ci(s, r)));
     ifb fz = ifelse_begin(s, first);
     for (int r = 0; r < GR; r++) emit_acc_zero(s, r, nv);
     if_else(s, &fz);
@@ -372,14 +352,14 @@ static void emit_layer(sb *s, int C) {
     if_end(s, fz.end);
     loop lp = loop_range(s, ms[0], ms[1], 1);
     LLVMValueRef it = mul(s, lp.iv, ci(s, GR));
-    for (int r = 0; r < GR; r++) emit_run(s, r, nv, C, s->g_pidx, s->g_pw, add(s, it, ci(s, r)));
+    for (int r = 0; r < GR; r++) emit_run(s, r, nv, C, s->l->g_pidx, s->l->g_pw, add(s, it, ci(s, r)));
     loop_end(s, &lp);
     for (int r = 0; r < GR; r++) {
         loop lt = loop_range(s, ms[2 + 2 * r], ms[3 + 2 * r], 1);
-        emit_run(s, r, nv, C, s->g_tidx, s->g_tw, lt.iv);
+        emit_run(s, r, nv, C, s->l->g_tidx, s->l->g_tw, lt.iv);
         loop_end(s, &lt);
     }
-    if (s->g_bias || (s->act != MJ_ACT_NONE && act_is_vector(s->act))) {
+    if (s->l->g_bias || (s->l->act != MJ_ACT_NONE && act_is_vector(s->l->act))) {
         LLVMBasicBlockRef fin = if_begin(s, lastb);
         for (int r = 0; r < GR; r++) emit_acc_finish(s, r, nv, j[r]);
         if_end(s, fin);
@@ -390,9 +370,9 @@ static void emit_layer(sb *s, int C) {
     loop_end(s, &lb);
 
     /* the activations that call libm, one element at a time */
-    if (!act_is_vector(s->act)) {
+    if (!act_is_vector(s->l->act)) {
         loop le = loop_range(s, ci(s, 0), ci(s, p->out * C), 1);
-        store(s, emit_act(s, s->act, ld(s, s->e.f32, s->yT, le.iv)), s->yT, le.iv);
+        store(s, emit_act(s, s->l->act, ld(s, s->e.f32, s->l->yT, le.iv)), s->l->yT, le.iv);
         loop_end(s, &le);
     }
 }
@@ -400,10 +380,10 @@ static void emit_layer(sb *s, int C) {
 /* The chain over a chunk: the first layer's x in, every layer, the last
  * layer's yT out. */
 static void emit_chunk(sb *s, int C, LLVMValueRef i0, LLVMValueRef valid, bool full) {
-    use_layer(s, 0);
+    s->l = &s->L[0];
     emit_transpose_in(s, C, i0, valid, full);
     for (int l = 0; l < s->n; l++) {
-        use_layer(s, l);
+        s->l = &s->L[l];
         emit_layer(s, C);
     }
     emit_transpose_out(s, C, i0, valid, full);
