@@ -90,6 +90,13 @@ mj_status mj_body_plan_build(const mj_graph *g, const bool *input_free, bool fro
  * dim plus the returned floats once; 0 (per_image -1) for other nodes. */
 int64_t mj_body_padded_floats(const mj_body_plan *p, int32_t i, int64_t *per_image);
 void mj_body_plan_free(mj_body_plan *p);
+/* The layer that extends a chain (head .. last) of layers run as one piece
+ * of code at head's place (jit/lower.c's small layers, the sparse chains):
+ * the one user of last's value (uses: per node, outputs counted), reading it
+ * as x, when that value is no output and no output's storage and the user's
+ * residual, if any, exists before head. -1 if none; the caller checks that
+ * the user is a layer of the chain's kind. */
+int32_t mj_body_chain_next(const mj_body_plan *p, const int32_t *uses, int32_t head, int32_t last);
 /* Floats of scratch the body needs at this batch (slices rounded up to 16
  * floats so each starts 64-byte aligned). MJ_ERR_LIMIT on overflow. */
 mj_status mj_body_scratch_floats(const mj_body_plan *p, int64_t batch, int64_t *out);

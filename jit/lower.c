@@ -43,12 +43,6 @@ bool mj_body_splits_columns(const mj_body_plan *p, int32_t i) {
     return p->input_free[n->operands[1]] && wt->dims[0] >= 1 && wt->dims[1] >= 1;
 }
 
-static bool is_output(const mj_body_plan *p, int32_t id) {
-    for (int32_t j = 0; j < p->n_out; j++)
-        if (p->out_nodes[j] == id) return true;
-    return false;
-}
-
 /* if (tid == 0) { ... } (if_end closes it) */
 static LLVMBasicBlockRef if_first_thread(lw *w) {
     return if_begin(w, LLVMBuildICmp(w->e.b, LLVMIntEQ, w->tid, ci(w, 0), ""));
@@ -269,15 +263,8 @@ mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan 
             int nc = 0;
             chain[nc++] = i;
             for (;;) { /* extend while the last layer's one user is a small layer reading it as x */
-                int32_t last = chain[nc - 1], next = -1;
-                if (users[last] != 1 || p->root_of[last] >= 0 || is_output(p, last)) break;
-                for (int32_t u = last + 1; u < g->n_nodes && next < 0; u++)
-                    for (int k = 0; k < g->nodes[u].n_operands; k++)
-                        if (g->nodes[u].operands[k] == last && !p->input_free[u]) next = k == 0 ? u : INT32_MAX;
-                if (next < 0 || next == INT32_MAX || !mj_lw_small_linear(p, next)) break;
-                /* the chain runs at the first layer's place: a residual must be ready by then */
-                int32_t res = MJ_LINEAR_RES(&g->nodes[next]);
-                if (res >= chain[0] && !p->input_free[res]) break;
+                int32_t next = mj_body_chain_next(p, users, chain[0], chain[nc - 1]);
+                if (next < 0 || !mj_lw_small_linear(p, next)) break;
                 chain[nc++] = next;
             }
             for (int c = 0; c < nc; c++) done[chain[c]] = true;

@@ -120,29 +120,32 @@ static bool is_output(const mj_body_plan *p, int32_t v) {
     return false;
 }
 
+int32_t mj_body_chain_next(const mj_body_plan *p, const int32_t *uses, int32_t head, int32_t last) {
+    const mj_graph *g = p->g;
+    if (uses[last] != 1 || p->root_of[last] >= 0 || is_output(p, last)) return -1;
+    int32_t next = -1;
+    for (int32_t u = last + 1; u < g->n_nodes && next < 0; u++)
+        for (int k = 0; k < g->nodes[u].n_operands; k++)
+            if (g->nodes[u].operands[k] == last && !p->input_free[u]) next = k == 0 ? u : INT32_MAX;
+    if (next < 0 || next == INT32_MAX) return -1;
+    /* the chain runs at its first layer's place: a residual must be ready by then */
+    int32_t res = MJ_LINEAR_RES(&g->nodes[next]);
+    return res >= head && !p->input_free[res] ? -1 : next;
+}
+
 /* Chains of sparse linear layers (p->sparse_next), by the rule of the small
- * chains (jit/lower.c): while the last layer's value has one user, is no
- * output and no output's storage, and that user is a sparse layer reading
- * it as x, the user joins. The chain runs at its first layer's place, so a
- * later layer's residual must exist by then; only the last layer may have
- * a residual of its own (it is added as y is stored). */
-static void plan_sparse_chains(const mj_graph *g, const bool *input_free, const int32_t *uses, mj_body_plan *p) {
+ * chains (mj_body_chain_next); only the last layer may have a residual of
+ * its own (it is added as y is stored). */
+static void plan_sparse_chains(const mj_graph *g, const int32_t *uses, mj_body_plan *p) {
     for (int32_t i = 0; i < g->n_nodes; i++) p->sparse_next[i] = -1;
     bool *inner = mj_alloc_array((size_t)g->n_nodes + 1, sizeof *inner);
     if (!inner) return; /* out of memory: every layer on its own, still correct */
     for (int32_t head = 0; head < g->n_nodes; head++) {
         if (!p->sparse[head] || inner[head]) continue;
         for (int32_t last = head;;) {
-            if (uses[last] != 1 || p->root_of[last] >= 0 || is_output(p, last) ||
-                MJ_LINEAR_RES(&g->nodes[last]) >= 0)
-                break;
-            int32_t next = -1;
-            for (int32_t u = last + 1; u < g->n_nodes && next < 0; u++)
-                for (int k = 0; k < g->nodes[u].n_operands; k++)
-                    if (g->nodes[u].operands[k] == last && !input_free[u]) next = k == 0 ? u : INT32_MAX;
-            if (next < 0 || next == INT32_MAX || !p->sparse[next]) break;
-            int32_t res = MJ_LINEAR_RES(&g->nodes[next]);
-            if (res >= head && !input_free[res]) break;
+            if (MJ_LINEAR_RES(&g->nodes[last]) >= 0) break;
+            int32_t next = mj_body_chain_next(p, uses, head, last);
+            if (next < 0 || !p->sparse[next]) break;
             p->sparse_next[last] = next;
             inner[next] = true;
             p->has_slot[last] = false; /* lives only in the chain's scratch */
@@ -236,7 +239,7 @@ mj_status mj_body_plan_build(const mj_graph *g, const bool *input_free, bool fro
         else if (p->conv_out[i] >= 0 && p->conv_out[i] != i) p->has_slot[i] = false;
     for (int32_t i = 0; i < g->n_nodes && frozen; i++)
         if (p->conv_out[i] >= 0) plan_padded(g, input_free, p, i);
-    plan_sparse_chains(g, input_free, uses, p);
+    plan_sparse_chains(g, uses, p);
     free(uses);
     return MJ_OK;
 }
