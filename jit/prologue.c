@@ -5,7 +5,6 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 
 #include "compiled.h"
 
@@ -45,31 +44,10 @@ void mj_compiled_prologue_free(const mj_compiled *c, prologue *pr) {
     memset(pr, 0, sizeof *pr);
 }
 
-/* Room for n floats of packed weight. From 2 MiB on, in 2 MiB-aligned
- * memory offered to transparent huge pages (where the kernel's policy is
- * madvise): the GEMM streams every panel of a weight once per row block,
- * and with 4 KiB pages a 4 MiB weight spans 1024 pages, more than the
- * first-level TLB holds and each a stop for the hardware prefetchers.
- * W3 (three 1024x1024 layers, batch 64) ran ~5% faster. Freed by free(). */
-static float *pack_alloc(size_t n) {
-    const size_t huge = (size_t)2 << 20;
-    if (n <= SIZE_MAX / sizeof(float) - huge && n * sizeof(float) >= huge) {
-        size_t bytes = (n * sizeof(float) + huge - 1) / huge * huge;
-        float *t = aligned_alloc(huge, bytes);
-        if (t) {
-#ifdef MADV_HUGEPAGE
-            (void)madvise(t, bytes, MADV_HUGEPAGE); /* advice only: 4 KiB pages if refused */
-#endif
-            return t;
-        }
-    }
-    return mj_alloc_array(n + 1, sizeof(float));
-}
-
 /* W[N][K] -> the panels the linear kernels stream (mj_pack_panels) */
 float *mj_prologue_pack(const mj_tensor *w, int64_t panel) {
     int64_t N = w->shape[0], K = w->shape[1];
-    float *t = pack_alloc((size_t)(N * K));
+    float *t = mj_alloc_big((size_t)(N * K) * sizeof(float), false); /* huge pages: the GEMM streams it */
     if (!t) return NULL;
     mj_pack_panels(w->data, N, K, panel, t);
     return t;

@@ -29,6 +29,39 @@ Test(tensor, constructors_fill_as_documented) {
     MJT_RELEASE(z, o, f, e, a);
 }
 
+/* Large tensors take another allocator (huge pages, not calloc): zeros must
+ * still be zeros where the memory was used before, and the whole tensor
+ * is writable. */
+Test(tensor, large_tensors_zeroed_and_whole) {
+    int64_t shape[2] = {3, (1 << 20) + 5}; /* 12 MiB and a bit: not a multiple of 2 MiB */
+    mj_tensor *f[2], *z[2], *big;
+    /* glibc serves large blocks by mmap (zeroed by the kernel) until a freed
+     * one raises its threshold. After this they come from the heap, which
+     * keeps two freed 12 MiB blocks (under its trim threshold) and hands the
+     * memory of f back to z as it was. */
+    int64_t big_shape[1] = {6 << 20};
+    OK(mj_tensor_full(&big, 1, big_shape, 1.0f));
+    mj_tensor_release(big);
+    for (int round = 0; round < 4; round++) {
+        for (int i = 0; i < 2; i++) {
+            OK(mj_tensor_full(&f[i], 2, shape, -1.0f));
+            const float *d = mj_tensor_data(f[i]);
+            cr_assert_eq(d[0], -1.0f);
+            cr_assert_eq(d[mj_tensor_numel(f[i]) - 1], -1.0f);
+        }
+        for (int i = 0; i < 2; i++) mj_tensor_release(f[i]); /* dirty memory for the zeros */
+        for (int i = 0; i < 2; i++) {
+            OK(mj_tensor_zeros(&z[i], 2, shape));
+            const float *zd = mj_tensor_data(z[i]);
+            int64_t nonzero = 0;
+            for (int64_t k = 0; k < mj_tensor_numel(z[i]); k++) nonzero += zd[k] != 0.0f;
+            cr_assert_eq(nonzero, 0, "round %d: %lld nonzero floats in a large zeros tensor", round,
+                         (long long)nonzero);
+        }
+        for (int i = 0; i < 2; i++) mj_tensor_release(z[i]);
+    }
+}
+
 Test(tensor, bad_shapes_are_errors_with_messages) {
     mj_tensor *t = (mj_tensor *)0x1;
     int64_t neg[2] = {2, -1};

@@ -45,6 +45,8 @@ _Noreturn void mj_assert_fail(const char *what, const char *file, int line);
 /* ---- allocation (NULL on failure, message set) --------------------------- */
 void *mj_alloc(size_t size);             /* zeroed */
 void *mj_alloc_array(size_t n, size_t elem); /* zeroed, overflow checked */
+/* malloc (zeroed if asked), on huge pages when large; free() frees it. */
+void *mj_alloc_big(size_t bytes, bool zero);
 /* Frees each malloc'd pointer listed (NULLs allowed): MJ_FREE_ALL(p->a, p->b). */
 #define MJ_FREE_ALL(...) mj_free_n((void *[]){__VA_ARGS__}, sizeof((void *[]){__VA_ARGS__}) / sizeof(void *))
 static inline void mj_free_n(void *const *p, size_t n) {

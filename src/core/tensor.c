@@ -60,8 +60,7 @@ static mj_status tensor_alloc(mj_tensor **out, int rank, const int64_t *shape, f
     if (borrowed) {
         t->data = borrowed;
     } else {
-        size_t bytes = (size_t)numel * sizeof(float);
-        t->data = zero ? calloc(1, bytes ? bytes : 1) : malloc(bytes ? bytes : 1);
+        t->data = mj_alloc_big((size_t)numel * sizeof(float), zero); /* numel is bounded */
         if (!t->data) {
             free(t);
             return mj_fail(MJ_ERR_NOMEM, "out of memory allocating a tensor of %lld floats",
