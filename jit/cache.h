@@ -92,9 +92,10 @@ typedef enum mj_cache_lookup {
 } mj_cache_lookup;
 
 typedef struct mj_cache_entry {
-    LLVMMemoryBufferRef obj; /* the object file */
-    char *bitcode;           /* malloc'd, for dumps */
+    LLVMMemoryBufferRef obj; /* the object file, a view of payload */
+    char *bitcode;           /* in payload, for dumps */
     size_t bitcode_size;
+    char *payload; /* object and bitcode as read; freed by mj_cache_entry_dispose */
 } mj_cache_entry;
 
 /* Reads <dir>/<hex>.mjc and verifies it (magic, format, this key, sizes,

@@ -205,7 +205,9 @@ mj_cache_lookup mj_cache_load(const char *dir, const char *hex, mj_cache_entry *
             (unsigned long long)on, (unsigned long long)bn, HDR);
         goto out;
     }
-    payload = malloc((size_t)(on + bn));
+    /* huge pages: a frozen model's entry holds its weights (6 MB for a
+     * BERT layer), and one fault per 4 KiB page was a third of the read */
+    payload = mj_alloc_big((size_t)(on + bn), false);
     if (!payload || !read_full(fd, payload, (size_t)(on + bn))) {
         bad(why, why_size, payload ? "truncated while reading" : "out of memory");
         goto out;
@@ -218,13 +220,15 @@ mj_cache_lookup mj_cache_load(const char *dir, const char *hex, mj_cache_entry *
     }
     /* a hit is a use: the eviction order is by modification time */
     (void)futimens(fd, NULL);
-    out->obj = LLVMCreateMemoryBufferWithMemoryRangeCopy(payload, (size_t)on, "maskjit-cache");
+    /* the object stays in the payload, no copy: linking reads it before
+     * mj_cache_entry_dispose frees the payload */
+    out->obj = LLVMCreateMemoryBufferWithMemoryRange(payload, (size_t)on, "maskjit-cache", false);
     if (!out->obj) {
         bad(why, why_size, "out of memory");
         goto out;
     }
-    memmove(payload, payload + on, (size_t)bn);
-    out->bitcode = payload;
+    out->payload = payload;
+    out->bitcode = bn ? payload + on : NULL;
     out->bitcode_size = (size_t)bn;
     payload = NULL;
     r = MJ_CACHE_FOUND;
@@ -237,7 +241,7 @@ out:
 
 void mj_cache_entry_dispose(mj_cache_entry *e) {
     if (e->obj) LLVMDisposeMemoryBuffer(e->obj);
-    free(e->bitcode);
+    free(e->payload);
     memset(e, 0, sizeof *e);
 }
 
