@@ -381,6 +381,7 @@ static mj_status runtime_init(mj_compiled *c) {
             if (panels > c->col_panels) c->col_panels = panels;
         }
     }
+    c->sparse_rows = mj_body_sparse_rows_per_item(&c->plan);
     int threads = c->opts.threads;
     if (threads == 0) {
         long n = sysconf(_SC_NPROCESSORS_ONLN);

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "compiled.h"
+#include "sparse.h"
 #include "src/core/observer.h"
 
 /* Work (FLOP) below which a call stays on the caller's thread: waking the
@@ -18,8 +19,11 @@ static void leave(mj_compiled *c) {
     }
 }
 
-static int64_t scratch_for(const mj_compiled *c, int64_t rows) {
-    return rows * c->scratch_row + c->scratch_fixed + (c->has_sparse ? mj_compiled_sparse_floats(c, rows) : 0);
+/* for a call of rows on nth threads in column mode (else nth = 1): each
+ * thread's share of the sparse linear layers has a region of its own */
+static int64_t scratch_for(const mj_compiled *c, int64_t rows, int nth) {
+    return rows * c->scratch_row + c->scratch_fixed + (c->has_sparse ? mj_compiled_sparse_floats(c, rows) : 0) +
+           (nth - 1) * mj_body_sparse_thread_stride(&c->plan);
 }
 
 /* A 64-byte aligned buffer of at least n floats; its capacity in buf[-16]. */
@@ -48,7 +52,7 @@ static bool run_parallel(mj_compiled *c, const float *const *leaves, const float
     for (int t = 0; t < np; t++) {
         int64_t r0 = columns ? 0 : batch * t / np, r1 = columns ? batch : batch * (t + 1) / np;
         part *pt = &p->parts[t];
-        int64_t need = columns && t > 0 ? 0 : scratch_for(c, r1 - r0);
+        int64_t need = columns && t > 0 ? 0 : scratch_for(c, r1 - r0, columns ? np : 1);
         if (need > 0 && (!pt->scratch || pt->cap < need)) {
             free(pt->scratch ? pt->scratch - 16 : NULL);
             pt->scratch = scratch_alloc(need);
@@ -111,7 +115,7 @@ static inline mj_status run_checked(mj_compiled *c, const float *const *x, int64
     if (fast) {
         for (int i = 0; i < c->n_in; i++) fast = fast && (in_numel[i] = batch * c->in_rows[i]) <= MJ_MAX_NUMEL;
         for (int j = 0; j < c->n_out; j++) fast = fast && (out_numel[j] = batch * c->out_rows[j]) <= MJ_MAX_NUMEL;
-        scratch_n = scratch_for(c, batch);
+        scratch_n = scratch_for(c, batch, 1);
         fast = fast && scratch_n <= MJ_MAX_NUMEL;
     }
     if (!fast) MJ_TRY(sizes_general(c, batch, in_numel, out_numel, &scratch_n));
@@ -168,11 +172,20 @@ static inline mj_status run_checked(mj_compiled *c, const float *const *x, int64
          * 1.75x. */
         int64_t per_thread = c->all_columns ? 8 * MJ_MK_MAX_ROWS : MJ_MK_MAX_ROWS;
         bool columns = batch < per_thread * c->pool->n && c->col_panels >= c->pool->n;
+        /* Fewer batch items than threads, but sparse linear layers with a
+         * chunk of rows for each thread (a transformer's sequence): they
+         * split their rows, the rest runs on thread 0. A frozen 90%-masked
+         * BERT layer at batch 1 (its sparse layers ~75% of the time) ran on
+         * one thread before. */
+        int64_t chunk = mj_sparse_chunk_rows(c->plan.vw);
+        columns = columns || (batch < c->pool->n && batch * c->sparse_rows >= chunk * c->pool->n);
         if ((columns || batch >= 2) && run_parallel(c, leaves, x, batch, y, columns)) {
+            atomic_store_explicit(&c->last_split, columns ? 2 : 1, memory_order_relaxed);
             if (pr) leave(c);
             return MJ_OK;
         }
     }
+    atomic_store_explicit(&c->last_split, 0, memory_order_relaxed);
     /* Scratch (reentrant): on the stack when small, else the cached buffer
      * if no other call holds it, else a fresh one. */
     _Alignas(64) float stack_buf[2048];
@@ -357,4 +370,8 @@ mj_status mj_compiled_dump(mj_compiled *c, const char *what, FILE *f) {
         return s;
     }
     return mj_fail(MJ_ERR_INVALID, "mj_compiled_dump: unknown dump \"%s\" (use \"ir\" or \"asm\")", what);
+}
+
+int mj_compiled_last_split(const mj_compiled *c) {
+    return atomic_load_explicit(&((mj_compiled *)c)->last_split, memory_order_relaxed);
 }

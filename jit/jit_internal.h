@@ -103,6 +103,13 @@ mj_status mj_body_scratch_floats(const mj_body_plan *p, int64_t batch, int64_t *
 /* Of that, the sparse linear layers' part (jit/sparse.c; one region that
  * every chain of them uses in turn, fixed-size chunks: not the batch's). */
 int64_t mj_body_sparse_linear_floats(const mj_body_plan *p);
+/* In column mode every thread runs its share of each sparse linear layer's
+ * rows in a region of its own, thread tid's this many floats times tid past
+ * thread 0's: a call on nth threads needs (nth - 1) times it more scratch. */
+int64_t mj_body_sparse_thread_stride(const mj_body_plan *p);
+/* The fewest rows a sparse linear layer has per batch item (128 for a layer
+ * on [B, 128, 768]; 1 for [B, 768]); 0 without such layers. */
+int64_t mj_body_sparse_rows_per_item(const mj_body_plan *p);
 /* Of that, the frozen sparse convs' part (jit/lower_conv_sparse.c; they run
  * one image at a time, so it does not grow with the batch). */
 int64_t mj_body_conv_scratch_floats(const mj_body_plan *p);

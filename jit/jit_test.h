@@ -15,4 +15,9 @@
  * a name that is no op. */
 mj_status mj_jit_inject_fault(mj_jit *jit, const char *op_name);
 
+/* How c's last call ran: 0 on the calling thread alone, 1 its rows split
+ * over the pool, 2 in column mode (each wide layer's columns, each sparse
+ * layer's rows). With concurrent calls, one of theirs. */
+int mj_compiled_last_split(const mj_compiled *c);
+
 #endif

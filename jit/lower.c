@@ -255,10 +255,11 @@ mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan 
             w.buf[i] = w.buf[n->operands[0]];
             continue;
         }
-        /* column mode: packed linear layers split their columns, anything
-         * else runs on thread 0; everyone meets after each op */
+        /* column mode: packed linear layers split their columns, sparse
+         * linear layers their rows, anything else runs on thread 0;
+         * everyone meets after each op */
         LLVMBasicBlockRef first_only = NULL;
-        if (!mj_body_splits_columns(p, i)) first_only = if_first_thread(&w);
+        if (!mj_body_splits_columns(p, i) && !p->sparse[i]) first_only = if_first_thread(&w);
         if (mj_lw_small_linear(p, i)) {
             int nc = 0;
             chain[nc++] = i;
@@ -301,12 +302,23 @@ mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan 
                 s = MJ_ERR_NOMEM;
                 break;
             }
+            /* thread tid of nth: whole chunks [n*tid/nth, n*(tid+1)/nth) of
+             * the rows, in its own scratch region (one thread: all rows) */
             const mj_type *xt = &g->nodes[n->operands[0]].type;
+            LLVMValueRef rows = dims_product(&w, xt, 0, xt->rank - 1), C = ci(&w, mj_sparse_chunk_rows(p->vw));
+            LLVMValueRef chunks = LLVMBuildSDiv(w.e.b, add(&w, rows, ci(&w, mj_sparse_chunk_rows(p->vw) - 1)), C, "");
+            LLVMValueRef r0 = mul(&w, LLVMBuildSDiv(w.e.b, mul(&w, chunks, w.tid), w.nth, ""), C);
+            LLVMValueRef r1 = mul(&w, LLVMBuildSDiv(w.e.b, mul(&w, chunks, add(&w, w.tid, ci(&w, 1))), w.nth, ""), C);
+            r0 = LLVMBuildSelect(w.e.b, LLVMBuildICmp(w.e.b, LLVMIntSLT, r0, rows, ""), r0, rows, "");
+            r1 = LLVMBuildSelect(w.e.b, LLVMBuildICmp(w.e.b, LLVMIntSLT, r1, rows, ""), r1, rows, "");
+            int64_t in = g->nodes[n->operands[1]].type.dims[1], out = g->nodes[last].type.dims[g->nodes[last].type.rank - 1];
+            LLVMValueRef yoff = mul(&w, r0, ci(&w, out));
             LLVMTypeRef spt[5] = {w.e.ptr, w.e.ptr, w.e.i64, w.e.ptr, w.e.ptr};
-            LLVMValueRef args[5] = {w.buf[n->operands[0]], w.buf[last], dims_product(&w, xt, 0, xt->rank - 1),
-                                    sparse_scratch, res >= 0 ? w.buf[res] : LLVMConstNull(w.e.ptr)};
+            LLVMValueRef args[5] = {at(&w, w.buf[n->operands[0]], mul(&w, r0, ci(&w, in))), at(&w, w.buf[last], yoff),
+                                    LLVMBuildSub(w.e.b, r1, r0, ""),
+                                    at(&w, sparse_scratch, mul(&w, w.tid, ci(&w, mj_body_sparse_thread_stride(p)))),
+                                    res >= 0 ? at(&w, w.buf[res], yoff) : LLVMConstNull(w.e.ptr)};
             LLVMBuildCall2(w.e.b, LLVMFunctionType(LLVMVoidTypeInContext(ctx), spt, 5, 0), sf, args, 5, "");
-            if_end(&w, first_only);
             emit_barrier(&w);
             continue;
         }

@@ -278,6 +278,25 @@ int64_t mj_body_sparse_linear_floats(const mj_body_plan *p) {
     return sp;
 }
 
+int64_t mj_body_sparse_thread_stride(const mj_body_plan *p) { return mj_round16(mj_body_sparse_linear_floats(p)); }
+
+int64_t mj_body_sparse_rows_per_item(const mj_body_plan *p) {
+    const mj_graph *g = p->g;
+    int64_t fewest = 0;
+    for (int32_t i = 0; i < g->n_nodes; i++) {
+        if (!p->sparse[i]) continue;
+        const mj_type *t = &g->nodes[g->nodes[i].operands[0]].type;
+        if (t->dims[0] != MJ_DIM_BATCH) return 0; /* not split by batch items: no figure */
+        int64_t rows = 1;
+        for (int d = 1; d < t->rank - 1; d++) {
+            if (t->dims[d] == MJ_DIM_BATCH) return 0;
+            rows *= t->dims[d];
+        }
+        if (fewest == 0 || rows < fewest) fewest = rows;
+    }
+    return fewest;
+}
+
 mj_status mj_body_scratch_floats(const mj_body_plan *p, int64_t batch, int64_t *out) {
     int64_t total = 0;
     for (int32_t i = 0; i < p->g->n_nodes; i++) {

@@ -465,7 +465,7 @@ LLVMValueRef mj_sparse_emit_chain(LLVMModuleRef M, const char *name, const mj_sp
     s.batch = LLVMGetParam(s.e.fn, 2);
     LLVMValueRef scratch = LLVMGetParam(s.e.fn, 3);
     s.res = residual ? LLVMGetParam(s.e.fn, 4) : NULL;
-    int C1 = 4 * s.e.vw;
+    int C1 = (int)mj_sparse_chunk_rows(s.e.vw);
     MJ_ASSERT(C1 <= MAX_CHUNK);
     /* the first layer's xT, then its yT; a chain's further layers take two
      * yT regions in turn (mj_sparse_chain_scratch_floats) */

@@ -51,6 +51,12 @@ int64_t mj_sparse_scratch_floats(int64_t in, int64_t out, int64_t batch);
  * none more than max_out wide (any batch: chunks are fixed-size). */
 int64_t mj_sparse_chain_scratch_floats(int64_t in, int64_t max_out, int n_layers);
 
+/* Rows per chunk of the emitted functions (4 vectors of vw floats). Rows
+ * are independent lanes, so any split of a call's rows gives the same bits;
+ * threads split at these boundaries (jit/lower.c), so that no thread runs
+ * more partial chunks than the whole call would. */
+static inline int64_t mj_sparse_chunk_rows(int vw) { return 4 * (int64_t)vw; }
+
 /* Emits into M (in M's context):
  *   void name(const float *x, float *y, int64_t batch, float *scratch,
  *             const float *res)

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "../ir/ir.h"
+#include "../jit/jit_test.h"
 #include "maskjit.h"
 #include "model_gen.h"
 #include "test_graph_util.h"
@@ -1146,4 +1147,54 @@ Test(jit, sparse_chains_bit_identical_and_only_where_allowed) {
         }
         mj_graph_free(g);
     }
+}
+
+/* Fewer batch items than threads, but a sequence of rows per item: the
+ * sparse linear layers split their rows (whole chunks) between the pool's
+ * threads, each in a scratch region of its own, and the ops between them
+ * (softmax here) run on thread 0 (jit/lower.c, jit/compiled_run.c). 200
+ * rows an item: 4 chunks of 64 (7 of 32 with AVX2), shared 1/1/2 by three
+ * threads, the last one partial. Same bits at 1, 2 and 3 threads, and as
+ * the interpreter in exact mode. */
+Test(jit, sparse_rows_split_over_threads_bit_identical, .timeout = 120) {
+    mj_rng rng;
+    mj_rng_seed(&rng, 53);
+    static const char text[] =
+        "maskjit-ir 1\n%0 = input \"x\" : f32[B,200,200]\n"
+        "%1 = param \"w1\" : f32[161,200]\n%2 = param \"b1\" : f32[161]\n%3 = param \"w2\" : f32[200,161]\n"
+        "%4 = param \"w3\" : f32[96,200]\n"
+        "%5 = linear %0, %1, %2 : f32[B,200,161]\n%6 = relu %5 : f32[B,200,161]\n"
+        "%7 = linear %6, %3 : f32[B,200,200]\n%8 = add %7, %0 : f32[B,200,200]\n"
+        "%9 = softmax %8 {dim=-1} : f32[B,200,200]\n%10 = linear %9, %4 : f32[B,200,96]\nreturn %10\n";
+    mj_graph *g = NULL;
+    cr_assert_eq(mj_graph_parse(text, &g), MJ_OK, "%s", mj_last_error());
+    bind_random_params(g, 0.2, &rng);
+    for (int mi = 0; mi < 4; mi++) {
+        if (!mjt_modes[mi].frozen) continue;
+        mj_compiled *c[3];
+        for (int t = 0; t < 3; t++) c[t] = compile_threads(jit, g, mjt_modes[mi], t + 1);
+        cr_assert(mjt_ir_has(c[0], ".sparse"), "%s: no sparse layer", mjt_modes[mi].name);
+        for (int64_t batch = 1; batch <= 2; batch++) {
+            mj_tensor *x = randn_input(g, batch, &rng), *want, *got[3];
+            OK(mj_graph_run(g, x, &want));
+            for (int t = 0; t < 3; t++) {
+                OK(mj_compiled_run(c[t], x, &got[t]));
+                /* 2 threads at batch 2 split the items; else columns */
+                int want_split = t == 0 ? 0 : t == 1 && batch == 2 ? 1 : 2;
+                cr_assert_eq(mj_compiled_last_split(c[t]), want_split, "%s batch %lld, %d threads: split %d",
+                             mjt_modes[mi].name, (long long)batch, t + 1, mj_compiled_last_split(c[t]));
+            }
+            char what[64];
+            snprintf(what, sizeof what, "batch %lld, 1 thread", (long long)batch);
+            check_result(got[0], want, mjt_modes[mi], what);
+            for (int t = 1; t < 3; t++)
+                cr_assert(mj_tensor_equal(got[t], got[0]), "%s batch %lld: %d threads differ from one",
+                          mjt_modes[mi].name, (long long)batch, t + 1);
+            mj_tensor_release(x);
+            mj_tensor_release(want);
+            for (int t = 0; t < 3; t++) mj_tensor_release(got[t]);
+        }
+        for (int t = 0; t < 3; t++) mj_compiled_free(c[t]);
+    }
+    mj_graph_free(g);
 }
