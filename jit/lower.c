@@ -256,10 +256,10 @@ mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan 
             continue;
         }
         /* column mode: packed linear layers split their columns, sparse
-         * linear layers their rows, anything else runs on thread 0;
-         * everyone meets after each op */
+         * linear layers their rows, matmuls their batch of matrices,
+         * anything else runs on thread 0; everyone meets after each op */
         LLVMBasicBlockRef first_only = NULL;
-        if (!mj_body_splits_columns(p, i) && !p->sparse[i]) first_only = if_first_thread(&w);
+        if (!mj_body_splits_columns(p, i) && !p->sparse[i] && n->op != MJ_OP_MATMUL) first_only = if_first_thread(&w);
         if (mj_lw_small_linear(p, i)) {
             int nc = 0;
             chain[nc++] = i;
@@ -375,7 +375,16 @@ mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan 
             break;
         case MJ_OP_COUNT: MJ_ASSERT(!"not an op (the graph is verified)");
         }
-        if (s == MJ_OK && n->op == fault && !(n->op == MJ_OP_CONV2D && p->conv_out[i] != i)) emit_fault(&w, i);
+        if (s == MJ_OK && n->op == fault && !(n->op == MJ_OP_CONV2D && p->conv_out[i] != i)) {
+            if (first_only) {
+                emit_fault(&w, i);
+            } else { /* every thread computed a part: once, after them all */
+                emit_barrier(&w);
+                LLVMBasicBlockRef once = if_first_thread(&w);
+                emit_fault(&w, i);
+                if_end(&w, once);
+            }
+        }
         if (first_only) if_end(&w, first_only);
         emit_barrier(&w);
     }

@@ -112,21 +112,30 @@ void mj_lw_emit_matmul(lw *w, int32_t id) {
         sb[d] = db >= 0 && tb->dims[db] == to->dims[d] ? eb : ci(w, 0);
         if (db >= 0) eb = mul(w, eb, dimv(w, tb->dims[db]));
     }
-    loop lb[2];
-    LLVMValueRef oa = ci(w, 0), ob = ci(w, 0), oy = ci(w, 0);
-    for (int d = 0; d < nb; d++) {
-        lb[d] = loop_begin(w, dimv(w, to->dims[d]));
-        oa = add(w, oa, mul(w, lb[d].iv, sa[d]));
-        ob = add(w, ob, mul(w, lb[d].iv, sb[d]));
-        oy = add(w, oy, mul(w, lb[d].iv, sy[d]));
+    /* The matrices of the batch as one range; in column mode thread tid
+     * of nth takes [n*tid/nth, n*(tid+1)/nth) of them (attention's heads),
+     * each matrix whole: the same bits as one thread. */
+    LLVMValueRef count = ci(w, 1);
+    for (int d = 0; d < nb; d++) count = mul(w, count, dimv(w, to->dims[d]));
+    LLVMValueRef lo = LLVMBuildSDiv(w->e.b, mul(w, count, w->tid), w->nth, "");
+    LLVMValueRef hi = LLVMBuildSDiv(w->e.b, mul(w, count, add(w, w->tid, ci(w, 1))), w->nth, "");
+    loop lm = loop_begin(w, LLVMBuildSub(w->e.b, hi, lo, ""));
+    LLVMValueRef f = add(w, lo, lm.iv), oa = ci(w, 0), ob = ci(w, 0), oy = ci(w, 0);
+    for (int d = nb - 1; d >= 0; d--) { /* f's index along output batch dim d */
+        LLVMValueRef dim = dimv(w, to->dims[d]);
+        LLVMValueRef i = LLVMBuildSRem(w->e.b, f, dim, "");
+        f = LLVMBuildSDiv(w->e.b, f, dim, "");
+        oa = add(w, oa, mul(w, i, sa[d]));
+        ob = add(w, ob, mul(w, i, sb[d]));
+        oy = add(w, oy, mul(w, i, sy[d]));
     }
     LLVMValueRef y = at(w, w->buf[id], oy), a = at(w, w->buf[n->operands[0]], oa);
     LLVMValueRef b = at(w, w->buf[n->operands[1]], ob);
-    if (Kd >= 1 && Nd >= 1) /* matmul runs on thread 0 alone: no column split */
+    if (Kd >= 1 && Nd >= 1) /* each matrix on one thread: no column split */
         emit_gemm(w, y, a, b, true, false, M, Kd, Nd, NULL, MJ_ACT_NONE, NULL);
     else
         emit_dot(w, y, a, b, M, K, N, N, ci(w, 1), true, NULL, MJ_ACT_NONE, NULL);
-    for (int d = nb - 1; d >= 0; d--) loop_end(w, &lb[d]);
+    loop_end(w, &lm);
 }
 
 /* ---- vector kernels for linear layers and matmul ---------------------------

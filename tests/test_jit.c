@@ -1151,50 +1151,94 @@ Test(jit, sparse_chains_bit_identical_and_only_where_allowed) {
 
 /* Fewer batch items than threads, but a sequence of rows per item: the
  * sparse linear layers split their rows (whole chunks) between the pool's
- * threads, each in a scratch region of its own, and the ops between them
- * (softmax here) run on thread 0 (jit/lower.c, jit/compiled_run.c). 200
- * rows an item: 4 chunks of 64 (7 of 32 with AVX2), shared 1/1/2 by three
- * threads, the last one partial. Same bits at 1, 2 and 3 threads, and as
- * the interpreter in exact mode. */
-Test(jit, sparse_rows_split_over_threads_bit_identical, .timeout = 120) {
-    mj_rng rng;
-    mj_rng_seed(&rng, 53);
-    static const char text[] =
+ * threads, each in a scratch region of its own, a matmul its matrices (4
+ * heads an item), and the ops between them (softmax here) run on thread 0
+ * (jit/lower.c, jit/compiled_run.c). 200 rows an item: 4 chunks of 64 (7 of
+ * 32 with AVX2), shared 1/1/2 by three threads, the last one partial. Same
+ * bits at 1, 2 and 3 threads, and as the interpreter in exact mode; live,
+ * the same graph with dense layers splitting their columns. */
+static const char split_graph_text[] =
         "maskjit-ir 1\n%0 = input \"x\" : f32[B,200,200]\n"
         "%1 = param \"w1\" : f32[161,200]\n%2 = param \"b1\" : f32[161]\n%3 = param \"w2\" : f32[200,161]\n"
         "%4 = param \"w3\" : f32[96,200]\n"
         "%5 = linear %0, %1, %2 : f32[B,200,161]\n%6 = relu %5 : f32[B,200,161]\n"
         "%7 = linear %6, %3 : f32[B,200,200]\n%8 = add %7, %0 : f32[B,200,200]\n"
-        "%9 = softmax %8 {dim=-1} : f32[B,200,200]\n%10 = linear %9, %4 : f32[B,200,96]\nreturn %10\n";
+        "%9 = softmax %8 {dim=-1} : f32[B,200,200]\n%10 = linear %9, %4 : f32[B,200,96]\n"
+        "%11 = reshape %8 : f32[B,200,4,50]\n%12 = permute %11 {perm=[0,2,1,3]} : f32[B,4,200,50]\n"
+        "%13 = transpose %12 : f32[B,4,50,200]\n%14 = matmul %12, %13 : f32[B,4,200,200]\nreturn %10, %14\n";
+
+Test(jit, sparse_rows_split_over_threads_bit_identical, .timeout = 120) {
+    mj_rng rng;
+    mj_rng_seed(&rng, 53);
     mj_graph *g = NULL;
-    cr_assert_eq(mj_graph_parse(text, &g), MJ_OK, "%s", mj_last_error());
+    cr_assert_eq(mj_graph_parse(split_graph_text, &g), MJ_OK, "%s", mj_last_error());
     bind_random_params(g, 0.2, &rng);
     for (int mi = 0; mi < 4; mi++) {
-        if (!mjt_modes[mi].frozen) continue;
+        bool frozen = mjt_modes[mi].frozen;
         mj_compiled *c[3];
         for (int t = 0; t < 3; t++) c[t] = compile_threads(jit, g, mjt_modes[mi], t + 1);
-        cr_assert(mjt_ir_has(c[0], ".sparse"), "%s: no sparse layer", mjt_modes[mi].name);
+        cr_assert_eq(mjt_ir_has(c[0], ".sparse"), frozen, "%s: sparse layers only when frozen", mjt_modes[mi].name);
         for (int64_t batch = 1; batch <= 2; batch++) {
-            mj_tensor *x = randn_input(g, batch, &rng), *want, *got[3];
-            OK(mj_graph_run(g, x, &want));
+            mj_tensor *x = randn_input(g, batch, &rng), *want[2], *got[3][2];
+            const mj_tensor *xs[1] = {x};
+            OK(mj_graph_run_n(g, 1, xs, 2, want));
             for (int t = 0; t < 3; t++) {
-                OK(mj_compiled_run(c[t], x, &got[t]));
-                /* 2 threads at batch 2 split the items; else columns */
-                int want_split = t == 0 ? 0 : t == 1 && batch == 2 ? 1 : 2;
+                OK(mj_compiled_run_n(c[t], 1, xs, 2, got[t]));
+                /* frozen, 2 threads at batch 2 split the items; else
+                 * columns (live: dense layers of 3 panels) */
+                int want_split = t == 0 ? 0 : frozen && t == 1 && batch == 2 ? 1 : 2;
                 cr_assert_eq(mj_compiled_last_split(c[t]), want_split, "%s batch %lld, %d threads: split %d",
                              mjt_modes[mi].name, (long long)batch, t + 1, mj_compiled_last_split(c[t]));
             }
-            char what[64];
-            snprintf(what, sizeof what, "batch %lld, 1 thread", (long long)batch);
-            check_result(got[0], want, mjt_modes[mi], what);
-            for (int t = 1; t < 3; t++)
-                cr_assert(mj_tensor_equal(got[t], got[0]), "%s batch %lld: %d threads differ from one",
-                          mjt_modes[mi].name, (long long)batch, t + 1);
+            for (int j = 0; j < 2; j++) {
+                char what[64];
+                snprintf(what, sizeof what, "batch %lld, 1 thread, output %d", (long long)batch, j);
+                check_result(got[0][j], want[j], mjt_modes[mi], what);
+                for (int t = 1; t < 3; t++)
+                    cr_assert(mj_tensor_equal(got[t][j], got[0][j]), "%s batch %lld output %d: %d threads differ from one",
+                              mjt_modes[mi].name, (long long)batch, j, t + 1);
+            }
             mj_tensor_release(x);
-            mj_tensor_release(want);
-            for (int t = 0; t < 3; t++) mj_tensor_release(got[t]);
+            for (int j = 0; j < 2; j++) {
+                mj_tensor_release(want[j]);
+                for (int t = 0; t < 3; t++) mj_tensor_release(got[t][j]);
+            }
         }
         for (int t = 0; t < 3; t++) mj_compiled_free(c[t]);
+    }
+    mj_graph_free(g);
+}
+
+/* The test-only fault (jit/jit_test.h) adds 0.5 to each element of its op
+ * once, also when the op's work is split between threads (matmul's
+ * matrices, a dense layer's columns): after them all, on one thread. */
+Test(jit, injected_fault_once_per_element_when_split, .timeout = 120) {
+    mj_rng rng;
+    mj_rng_seed(&rng, 59);
+    mj_graph *g = NULL;
+    cr_assert_eq(mj_graph_parse(split_graph_text, &g), MJ_OK, "%s", mj_last_error());
+    bind_random_params(g, 0.2, &rng);
+    static const char *const ops[] = {"matmul", "linear"};
+    for (int oi = 0; oi < 2; oi++) {
+        mj_jit *fj;
+        OK(mj_jit_new(&fj));
+        OK(mj_jit_inject_fault(fj, ops[oi]));
+        mj_compiled *c[2];
+        for (int t = 0; t < 2; t++) c[t] = compile_threads(fj, g, mjt_modes[0], t + 1);
+        mj_tensor *x = randn_input(g, 1, &rng), *got[2][2];
+        const mj_tensor *xs[1] = {x};
+        for (int t = 0; t < 2; t++) OK(mj_compiled_run_n(c[t], 1, xs, 2, got[t]));
+        cr_assert_eq(mj_compiled_last_split(c[1]), 2, "%s: 2 threads in column mode", ops[oi]);
+        for (int j = 0; j < 2; j++)
+            cr_assert(mj_tensor_equal(got[1][j], got[0][j]), "fault in %s, output %d: 2 threads differ from one",
+                      ops[oi], j);
+        mj_tensor_release(x);
+        for (int t = 0; t < 2; t++) {
+            mj_tensor_release(got[t][0]);
+            mj_tensor_release(got[t][1]);
+            mj_compiled_free(c[t]);
+        }
+        mj_jit_free(fj);
     }
     mj_graph_free(g);
 }
