@@ -82,6 +82,10 @@ typedef struct mj_body_plan {
 void mj_pack_panels(const float *w, int64_t N, int64_t K, int64_t P, float *out);
 /* Vector width in floats for a feature string (the JIT's). */
 int mj_features_vector_width(const char *features);
+/* A cache size of this host in bytes (sysconf's name: _SC_LEVEL1_DCACHE_SIZE,
+ * _SC_LEVEL2_CACHE_SIZE, _SC_LEVEL1_DCACHE_LINESIZE), or fallback where the
+ * system does not know it or reports a value outside [lo, hi]. */
+int64_t mj_host_cache_bytes(int name, int64_t lo, int64_t hi, int64_t fallback);
 
 /* Builds the plan for a graph whose input_free flags are known (allocates
  * the arrays; mj_body_plan_free releases them). */

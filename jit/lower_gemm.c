@@ -287,10 +287,7 @@ static LLVMValueRef emit_microkernel(lw *w, int rows, int pw, int64_t ws, bool h
 static const int mk_rows[4] = {6, 4, 2, 1};
 
 /* Floats per cache line (64 bytes when unknown). */
-static int64_t line_floats(void) {
-    long b = sysconf(_SC_LEVEL1_DCACHE_LINESIZE); /* 0 or -1 when unknown */
-    return b < 16 || b > 1024 ? 16 : (int64_t)b / 4;
-}
+static int64_t line_floats(void) { return mj_host_cache_bytes(_SC_LEVEL1_DCACHE_LINESIZE, 16, 1024, 64) / 4; }
 
 /* The prefetch pointer of tile t: line t % lines of every row of the next
  * panel block (next, rows as the micro-kernel's ws apart), so that the
@@ -341,10 +338,7 @@ static void emit_rows(lw *w, LLVMValueRef const mk[4], LLVMValueRef x, int64_t K
  * batch whose x outgrows L2 is re-read from L3 once per panel, with 4 KiB
  * row strides the prefetchers follow badly (1024 wide: batch 512 and up ran
  * at 0.6-0.75x of batch 64-256 on a 2 MiB-L2 core). */
-static int64_t l2_bytes(void) {
-    long l2 = sysconf(_SC_LEVEL2_CACHE_SIZE); /* 0 or -1 when unknown */
-    return l2 < 256 * 1024 || l2 > 64 * 1024 * 1024 ? 1024 * 1024 : (int64_t)l2;
-}
+static int64_t l2_bytes(void) { return mj_host_cache_bytes(_SC_LEVEL2_CACHE_SIZE, 256 << 10, 64 << 20, 1 << 20); }
 
 static int64_t gemm_row_block(int64_t K) {
     int64_t mc = l2_bytes() / 2 / (K * 4) / MK_MAX_ROWS * MK_MAX_ROWS; /* so no block is empty */
@@ -359,9 +353,8 @@ static int64_t gemm_row_block(int64_t K) {
  * flop than its 768-wide layers with a 32 KiB block on a 48 KiB L1, ~15% with
  * half the L1. */
 static int64_t gemm_k_block(int64_t P) {
-    long l1 = sysconf(_SC_LEVEL1_DCACHE_SIZE); /* 0 or -1 when unknown */
-    if (l1 < 16 * 1024 || l1 > 1024 * 1024) l1 = 32 * 1024;
-    int64_t kc = (int64_t)l1 / 2 / (P * 4) / 8 * 8;
+    int64_t l1 = mj_host_cache_bytes(_SC_LEVEL1_DCACHE_SIZE, 16 << 10, 1 << 20, 32 << 10);
+    int64_t kc = l1 / 2 / (P * 4) / 8 * 8;
     return kc < 16 ? 16 : kc;
 }
 

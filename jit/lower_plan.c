@@ -5,6 +5,7 @@
  * needs at a batch. */
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "jit_internal.h"
 #include "lower_cnn.h"
@@ -21,6 +22,11 @@ int mj_features_vector_width(const char *features) {
     if (features && strstr(features, "+avx512f")) return 16;
     if (features && strstr(features, "+avx")) return 8;
     return 4;
+}
+
+int64_t mj_host_cache_bytes(int name, int64_t lo, int64_t hi, int64_t fallback) {
+    long v = sysconf(name); /* 0 or -1 when unknown */
+    return v < lo || v > hi ? fallback : (int64_t)v;
 }
 
 void mj_pack_panels(const float *w, int64_t N, int64_t K, int64_t P, float *out) {
