@@ -1167,12 +1167,18 @@ static const char split_graph_text[] =
         "%11 = reshape %8 : f32[B,200,4,50]\n%12 = permute %11 {perm=[0,2,1,3]} : f32[B,4,200,50]\n"
         "%13 = transpose %12 : f32[B,4,50,200]\n%14 = matmul %12, %13 : f32[B,4,200,200]\nreturn %10, %14\n";
 
+/* that graph, its weights at density 0.2 */
+static mj_graph *split_graph(mj_rng *rng) {
+    mj_graph *g = NULL;
+    cr_assert_eq(mj_graph_parse(split_graph_text, &g), MJ_OK, "%s", mj_last_error());
+    bind_random_params(g, 0.2, rng);
+    return g;
+}
+
 Test(jit, sparse_rows_split_over_threads_bit_identical, .timeout = 120) {
     mj_rng rng;
     mj_rng_seed(&rng, 53);
-    mj_graph *g = NULL;
-    cr_assert_eq(mj_graph_parse(split_graph_text, &g), MJ_OK, "%s", mj_last_error());
-    bind_random_params(g, 0.2, &rng);
+    mj_graph *g = split_graph(&rng);
     for (int mi = 0; mi < 4; mi++) {
         bool frozen = mjt_modes[mi].frozen;
         mj_compiled *c[3];
@@ -1215,9 +1221,7 @@ Test(jit, sparse_rows_split_over_threads_bit_identical, .timeout = 120) {
 Test(jit, injected_fault_once_per_element_when_split, .timeout = 120) {
     mj_rng rng;
     mj_rng_seed(&rng, 59);
-    mj_graph *g = NULL;
-    cr_assert_eq(mj_graph_parse(split_graph_text, &g), MJ_OK, "%s", mj_last_error());
-    bind_random_params(g, 0.2, &rng);
+    mj_graph *g = split_graph(&rng);
     static const char *const ops[] = {"matmul", "linear"};
     for (int oi = 0; oi < 2; oi++) {
         mj_jit *fj;
