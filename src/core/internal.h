@@ -44,6 +44,22 @@ _Noreturn void mj_assert_fail(const char *what, const char *file, int line);
 
 /* ---- allocation (NULL on failure, message set) --------------------------- */
 void *mj_alloc(size_t size);             /* zeroed */
+/* A function cloned for CPUs with and without FMA (an ifunc picks one at
+ * load time); both clones compute the same bits, fmaf being exact either
+ * way. Not under ThreadSanitizer: it instruments the ifunc's resolver, which
+ * then runs before the sanitizer is set up and crashes the program at load
+ * (tools/tsan.sh); there the default clone alone runs. */
+#if defined(__SANITIZE_THREAD__)
+#define MJ_FMA_CLONES
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define MJ_FMA_CLONES
+#endif
+#endif
+#ifndef MJ_FMA_CLONES
+#define MJ_FMA_CLONES __attribute__((target_clones("fma", "default")))
+#endif
+
 void *mj_alloc_array(size_t n, size_t elem); /* zeroed, overflow checked */
 /* malloc (zeroed if asked), on huge pages when large; free() frees it. */
 void *mj_alloc_big(size_t bytes, bool zero);

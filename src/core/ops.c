@@ -136,7 +136,7 @@ mj_status mj_silu(mj_tensor **out, const mj_tensor *x) { return mj_activation(ou
  * code reproduces it bit for bit with FMA instructions at full speed. The
  * clones only choose how fmaf is computed (the instruction, or libm's exact
  * software fmaf on CPUs without FMA): the results are the same. */
-__attribute__((target_clones("fma", "default")))
+MJ_FMA_CLONES
 static void linear_kernel(const float *X, const float *W, const float *B, float *Y, int64_t rows,
                           int64_t in_f, int64_t out_f) {
     for (int64_t i = 0; i < rows; i++) {
@@ -148,7 +148,7 @@ static void linear_kernel(const float *X, const float *W, const float *B, float 
     }
 }
 
-__attribute__((target_clones("fma", "default")))
+MJ_FMA_CLONES
 static void matmul_kernel(const float *A, const float *B, float *Y, int64_t m, int64_t k, int64_t n) {
     for (int64_t i = 0; i < m; i++) {
         for (int64_t j = 0; j < n; j++) {

@@ -1,5 +1,6 @@
 /* maskjit's expf and erff (vmath.h has the sequences and the constants). */
 #include "vmath.h"
+#include "internal.h"
 
 #include <math.h>
 #include <stdint.h>
@@ -40,9 +41,9 @@ __attribute__((always_inline)) static inline float expf_seq(float x) {
     return isnan(x) ? x : r;
 }
 
-__attribute__((target_clones("fma", "default"))) float mj_expf(float x) { return expf_seq(x); }
+MJ_FMA_CLONES float mj_expf(float x) { return expf_seq(x); }
 
-__attribute__((target_clones("fma", "default"))) float mj_erff(float x) {
+MJ_FMA_CLONES float mj_erff(float x) {
     static const float A[MJ_ERFF_NA] = MJ_ERFF_A, B[MJ_ERFF_NB] = MJ_ERFF_B;
     uint32_t sign = bits_of(x) & 0x80000000u;
     float a = float_of(bits_of(x) & 0x7fffffffu);

@@ -50,7 +50,7 @@ static int64_t window_out(int64_t in, int64_t k, int64_t s, int64_t p, int64_t d
  * acc = fmaf(x, w, acc) with x = 0.0f where the window reads padding (as
  * im2col does: a NaN or inf weight there still gives NaN), then acc + b.
  * Cloned like the linear kernel: fmaf is the instruction or libm's. */
-__attribute__((target_clones("fma", "default")))
+MJ_FMA_CLONES
 static void conv2d_kernel(const float *X, const float *W, const float *B, float *Y, int64_t N,
                           int64_t C, int64_t H, int64_t Wd, int64_t O, int64_t KH, int64_t KW,
                           int64_t OH, int64_t OW, const mj_conv2d_params *p) {
