@@ -30,6 +30,18 @@ static inline LLVMValueRef dims_product(lw *w, const mj_type *t, int from, int t
     return n;
 }
 
+/* Thread tid's share of n independent items in column mode (one thread:
+ * all): [*lo, *lo + *count) with lo = n*tid/nth. */
+static inline void thread_share(lw *w, LLVMValueRef n, LLVMValueRef *lo, LLVMValueRef *count) {
+    *lo = LLVMBuildSDiv(w->e.b, mul(w, n, w->tid), w->nth, "");
+    LLVMValueRef hi = LLVMBuildSDiv(w->e.b, mul(w, n, add(w, w->tid, ci(w, 1))), w->nth, "");
+    *count = LLVMBuildSub(w->e.b, hi, *lo, "");
+}
+
+/* Does op i split its rows between the threads in column mode (row-wise
+ * along its last dim: layer_norm, softmax, ... of every row)? */
+bool mj_lw_splits_rows(const mj_body_plan *p, int32_t i); /* lower_reduce.c */
+
 /* Vectors per row of a GEMM micro-kernel (lower_gemm.c); a small chain's
  * layer is at most this many vectors wide (lower_small.c). */
 #define MK_MAX_VECS 8

@@ -117,9 +117,9 @@ void mj_lw_emit_matmul(lw *w, int32_t id) {
      * each matrix whole: the same bits as one thread. */
     LLVMValueRef count = ci(w, 1);
     for (int d = 0; d < nb; d++) count = mul(w, count, dimv(w, to->dims[d]));
-    LLVMValueRef lo = LLVMBuildSDiv(w->e.b, mul(w, count, w->tid), w->nth, "");
-    LLVMValueRef hi = LLVMBuildSDiv(w->e.b, mul(w, count, add(w, w->tid, ci(w, 1))), w->nth, "");
-    loop lm = loop_begin(w, LLVMBuildSub(w->e.b, hi, lo, ""));
+    LLVMValueRef lo, mine;
+    thread_share(w, count, &lo, &mine);
+    loop lm = loop_begin(w, mine);
     LLVMValueRef f = add(w, lo, lm.iv), oa = ci(w, 0), ob = ci(w, 0), oy = ci(w, 0);
     for (int d = nb - 1; d >= 0; d--) { /* f's index along output batch dim d */
         LLVMValueRef dim = dimv(w, to->dims[d]);

@@ -84,6 +84,26 @@ static void emit_lines(lw *w, mj_op op, LLVMValueRef x, LLVMValueRef y, int R, L
 }
 
 /* sum / mean / softmax / log_softmax along dim d of x: lines [outer][n][inner] */
+/* Column mode: thread tid's share [*g0, *g0 + *mine) of the groups of R
+ * rows, and *left, the rows past the last group (done one at a time) for
+ * the last thread, else 0. Every row is in the same kind of group as with
+ * one thread: fast mode may sum a lone row in another order than a row of a
+ * group, and its bits must not depend on the thread count. */
+static void thread_rows(lw *w, LLVMValueRef groups, int R, LLVMValueRef rows, LLVMValueRef *g0, LLVMValueRef *mine,
+                        LLVMValueRef *left) {
+    thread_share(w, groups, g0, mine);
+    LLVMValueRef last = LLVMBuildICmp(w->e.b, LLVMIntEQ, w->tid, LLVMBuildSub(w->e.b, w->nth, ci(w, 1), ""), "");
+    *left = LLVMBuildSelect(w->e.b, last, LLVMBuildSub(w->e.b, rows, mul(w, groups, ci(w, R)), ""), ci(w, 0), "");
+}
+
+bool mj_lw_splits_rows(const mj_body_plan *p, int32_t i) {
+    const mj_node *n = &p->g->nodes[i];
+    if (n->op == MJ_OP_LAYER_NORM) return true;
+    if (n->op != MJ_OP_SUM && n->op != MJ_OP_MEAN && n->op != MJ_OP_SOFTMAX && n->op != MJ_OP_LOG_SOFTMAX) return false;
+    const mj_type *xt = &p->g->nodes[n->operands[0]].type;
+    return mj_reduce_dim(n, xt->rank) == xt->rank - 1;
+}
+
 void mj_lw_emit_along(lw *w, int32_t id) {
     w->loops = true;
     const mj_graph *g = w->p->g;
@@ -99,17 +119,18 @@ void mj_lw_emit_along(lw *w, int32_t id) {
         mx[r] = entry_alloca(w);
     }
     if (d == xt->rank - 1) { /* lines are rows: LINES_R at a time, then one at a time */
-        LLVMValueRef groups = LLVMBuildSDiv(w->e.b, outer, ci(w, LINES_R), "");
-        loop lg = loop_begin(w, groups);
+        LLVMValueRef groups = LLVMBuildSDiv(w->e.b, outer, ci(w, LINES_R), ""), g0, mine, left;
+        thread_rows(w, groups, LINES_R, outer, &g0, &mine, &left);
+        loop lg = loop_begin(w, mine);
         LLVMValueRef base[LINES_R], yo[LINES_R];
         for (int r = 0; r < LINES_R; r++) {
-            yo[r] = add(w, mul(w, lg.iv, ci(w, LINES_R)), ci(w, r));
+            yo[r] = add(w, mul(w, add(w, g0, lg.iv), ci(w, LINES_R)), ci(w, r));
             base[r] = mul(w, yo[r], N);
         }
         emit_lines(w, n->op, x, y, LINES_R, base, ci(w, 1), yo, N, acc, mx);
         loop_end(w, &lg);
         LLVMValueRef done = mul(w, groups, ci(w, LINES_R));
-        loop lr = loop_begin(w, LLVMBuildSub(w->e.b, outer, done, ""));
+        loop lr = loop_begin(w, left);
         LLVMValueRef row = add(w, done, lr.iv), b0 = mul(w, row, N);
         emit_lines(w, n->op, x, y, 1, &b0, ci(w, 1), &row, N, acc, mx);
         loop_end(w, &lr);
@@ -174,17 +195,18 @@ void mj_lw_emit_layer_norm(lw *w, int32_t id) {
         acc[r] = entry_alloca(w);
         sq[r] = entry_alloca(w);
     }
-    LLVMValueRef groups = LLVMBuildSDiv(w->e.b, rows, ci(w, LN_R), "");
-    loop lg = loop_begin(w, groups);
+    LLVMValueRef groups = LLVMBuildSDiv(w->e.b, rows, ci(w, LN_R), ""), g0, mine, left;
+    thread_rows(w, groups, LN_R, rows, &g0, &mine, &left);
+    loop lg = loop_begin(w, mine);
     for (int r = 0; r < LN_R; r++) {
-        LLVMValueRef row = add(w, mul(w, lg.iv, ci(w, LN_R)), ci(w, r));
+        LLVMValueRef row = add(w, mul(w, add(w, g0, lg.iv), ci(w, LN_R)), ci(w, r));
         xr[r] = at(w, x, mul(w, row, N));
         yr[r] = at(w, y, mul(w, row, N));
     }
     emit_ln_rows(w, n, LN_R, xr, yr, N, wt, bs, acc, sq);
     loop_end(w, &lg);
     LLVMValueRef done = mul(w, groups, ci(w, LN_R));
-    loop lr = loop_begin(w, LLVMBuildSub(w->e.b, rows, done, ""));
+    loop lr = loop_begin(w, left);
     LLVMValueRef row = add(w, done, lr.iv);
     xr[0] = at(w, x, mul(w, row, N));
     yr[0] = at(w, y, mul(w, row, N));

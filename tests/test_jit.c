@@ -1152,20 +1152,22 @@ Test(jit, sparse_chains_bit_identical_and_only_where_allowed) {
 /* Fewer batch items than threads, but a sequence of rows per item: the
  * sparse linear layers split their rows (whole chunks) between the pool's
  * threads, each in a scratch region of its own, a matmul its matrices (4
- * heads an item), and the ops between them (softmax here) run on thread 0
- * (jit/lower.c, jit/compiled_run.c). 200 rows an item: 4 chunks of 64 (7 of
+ * heads an item), softmax and layer_norm their rows, and the other ops
+ * (add, permute, transpose) run on thread 0 (jit/lower.c,
+ * jit/compiled_run.c). 200 rows an item: 4 chunks of 64 (7 of
  * 32 with AVX2), shared 1/1/2 by three threads, the last one partial. Same
  * bits at 1, 2 and 3 threads, and as the interpreter in exact mode; live,
  * the same graph with dense layers splitting their columns. */
 static const char split_graph_text[] =
         "maskjit-ir 1\n%0 = input \"x\" : f32[B,200,200]\n"
         "%1 = param \"w1\" : f32[161,200]\n%2 = param \"b1\" : f32[161]\n%3 = param \"w2\" : f32[200,161]\n"
-        "%4 = param \"w3\" : f32[96,200]\n"
-        "%5 = linear %0, %1, %2 : f32[B,200,161]\n%6 = relu %5 : f32[B,200,161]\n"
-        "%7 = linear %6, %3 : f32[B,200,200]\n%8 = add %7, %0 : f32[B,200,200]\n"
-        "%9 = softmax %8 {dim=-1} : f32[B,200,200]\n%10 = linear %9, %4 : f32[B,200,96]\n"
-        "%11 = reshape %8 : f32[B,200,4,50]\n%12 = permute %11 {perm=[0,2,1,3]} : f32[B,4,200,50]\n"
-        "%13 = transpose %12 : f32[B,4,50,200]\n%14 = matmul %12, %13 : f32[B,4,200,200]\nreturn %10, %14\n";
+        "%4 = param \"w3\" : f32[96,200]\n%5 = param \"g\" : f32[200]\n%6 = param \"beta\" : f32[200]\n"
+        "%7 = linear %0, %1, %2 : f32[B,200,161]\n%8 = relu %7 : f32[B,200,161]\n"
+        "%9 = linear %8, %3 : f32[B,200,200]\n%10 = add %9, %0 : f32[B,200,200]\n"
+        "%11 = layer_norm %10, %5, %6 {eps=1e-05} : f32[B,200,200]\n"
+        "%12 = softmax %11 {dim=-1} : f32[B,200,200]\n%13 = linear %12, %4 : f32[B,200,96]\n"
+        "%14 = reshape %10 : f32[B,200,4,50]\n%15 = permute %14 {perm=[0,2,1,3]} : f32[B,4,200,50]\n"
+        "%16 = transpose %15 : f32[B,4,50,200]\n%17 = matmul %15, %16 : f32[B,4,200,200]\nreturn %13, %17\n";
 
 /* that graph, its weights at density 0.2 */
 static mj_graph *split_graph(mj_rng *rng) {
