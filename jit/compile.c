@@ -298,12 +298,6 @@ static int64_t type_row(const mj_type *t) {
     return mj_shape_numel(t->rank, shape, &n) == MJ_OK ? n : -1;
 }
 
-int64_t mj_compiled_sparse_floats(const mj_compiled *c, int64_t rows) {
-    (void)rows; /* fixed-size chunks */
-    int64_t sp = mj_body_sparse_linear_floats(&c->plan);
-    sp += mj_body_conv_scratch_floats(&c->plan); /* as mj_body_scratch_floats */
-    return sp ? sp + 16 : 0;
-}
 
 /* What the call path needs, computed once. */
 static mj_status runtime_init(mj_compiled *c) {
@@ -369,11 +363,14 @@ static mj_status runtime_init(mj_compiled *c) {
             c->batch_linear = c->row_independent = false;
         }
     }
-    c->has_sparse = mj_body_conv_scratch_floats(&c->plan) > 0;
+    /* the sparse kernels' region (fixed-size chunks: not the batch's), as
+     * mj_body_scratch_floats counts it, and in column mode one per thread */
+    int64_t sp = mj_body_sparse_linear_floats(&c->plan) + mj_body_conv_scratch_floats(&c->plan);
+    if (sp) c->scratch_fixed += sp + 16;
+    c->sparse_stride = mj_body_sparse_thread_stride(&c->plan);
     c->all_columns = true;
     for (int32_t i = 0; i < g->n_nodes; i++) {
         const mj_node *n = &g->nodes[i];
-        c->has_sparse = c->has_sparse || c->plan.sparse[i];
         if (!c->input_free[i] && n->op != MJ_OP_INPUT && n->op != MJ_OP_RESHAPE)
             c->all_columns = c->all_columns && mj_body_splits_columns(&c->plan, i);
         if (!c->input_free[i] && mj_body_splits_columns(&c->plan, i)) {

@@ -43,8 +43,8 @@ struct mj_compiled {
      * outputs and every scratch slice are B x a fixed row). */
     bool batch_linear;
     int64_t *in_rows, *out_rows; /* per input / output: floats per row */
-    int64_t scratch_row, scratch_fixed;
-    bool has_sparse;
+    int64_t scratch_row, scratch_fixed; /* fixed: the sparse kernels' region too */
+    int64_t sparse_stride; /* more per thread in column mode (mj_body_sparse_thread_stride) */
     _Atomic(float *) spare; /* a cached scratch buffer, size in spare[-16] */
     /* Threads: rows split over a pool when every row is independent. */
     bool row_independent;
@@ -116,8 +116,5 @@ mj_status mj_compiled_refresh(mj_compiled *c);
 /* thread_pool.c */
 void mj_compiled_pool_free(pool *p);
 mj_status mj_compiled_pool_new(mj_compiled *c, int n, pool **out);
-
-/* compile.c: scratch floats of the sparse kernels at rows rows */
-int64_t mj_compiled_sparse_floats(const mj_compiled *c, int64_t rows);
 
 #endif

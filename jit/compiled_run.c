@@ -22,8 +22,7 @@ static void leave(mj_compiled *c) {
 /* for a call of rows on nth threads in column mode (else nth = 1): each
  * thread's share of the sparse linear layers has a region of its own */
 static int64_t scratch_for(const mj_compiled *c, int64_t rows, int nth) {
-    return rows * c->scratch_row + c->scratch_fixed + (c->has_sparse ? mj_compiled_sparse_floats(c, rows) : 0) +
-           (nth - 1) * mj_body_sparse_thread_stride(&c->plan);
+    return rows * c->scratch_row + c->scratch_fixed + (nth - 1) * c->sparse_stride;
 }
 
 /* A 64-byte aligned buffer of at least n floats; its capacity in buf[-16]. */
