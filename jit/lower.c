@@ -304,13 +304,13 @@ mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan 
                 s = MJ_ERR_NOMEM;
                 break;
             }
-            /* thread tid of nth: whole chunks [n*tid/nth, n*(tid+1)/nth) of
-             * the rows, in its own scratch region (one thread: all rows) */
+            /* this thread's share of the chunks of rows, in its own scratch
+             * region (one thread: all rows) */
             const mj_type *xt = &g->nodes[n->operands[0]].type;
-            LLVMValueRef rows = dims_product(&w, xt, 0, xt->rank - 1), C = ci(&w, mj_sparse_chunk_rows(p->vw));
-            LLVMValueRef chunks = LLVMBuildSDiv(w.e.b, add(&w, rows, ci(&w, mj_sparse_chunk_rows(p->vw) - 1)), C, "");
-            LLVMValueRef r0 = mul(&w, LLVMBuildSDiv(w.e.b, mul(&w, chunks, w.tid), w.nth, ""), C);
-            LLVMValueRef r1 = mul(&w, LLVMBuildSDiv(w.e.b, mul(&w, chunks, add(&w, w.tid, ci(&w, 1))), w.nth, ""), C);
+            int64_t chunk = mj_sparse_chunk_rows(p->vw);
+            LLVMValueRef rows = dims_product(&w, xt, 0, xt->rank - 1), C = ci(&w, chunk), c0, cn;
+            thread_share(&w, LLVMBuildSDiv(w.e.b, add(&w, rows, ci(&w, chunk - 1)), C, ""), &c0, &cn);
+            LLVMValueRef r0 = mul(&w, c0, C), r1 = mul(&w, add(&w, c0, cn), C);
             r0 = LLVMBuildSelect(w.e.b, LLVMBuildICmp(w.e.b, LLVMIntSLT, r0, rows, ""), r0, rows, "");
             r1 = LLVMBuildSelect(w.e.b, LLVMBuildICmp(w.e.b, LLVMIntSLT, r1, rows, ""), r1, rows, "");
             int64_t in = g->nodes[n->operands[1]].type.dims[1], out = g->nodes[last].type.dims[g->nodes[last].type.rank - 1];

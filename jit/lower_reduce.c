@@ -83,7 +83,6 @@ static void emit_lines(lw *w, mj_op op, LLVMValueRef x, LLVMValueRef y, int R, L
 #undef LINE_AT
 }
 
-/* sum / mean / softmax / log_softmax along dim d of x: lines [outer][n][inner] */
 /* Column mode: thread tid's share [*g0, *g0 + *mine) of the groups of R
  * rows, and *left, the rows past the last group (done one at a time) for
  * the last thread, else 0. Every row is in the same kind of group as with
@@ -104,6 +103,7 @@ bool mj_lw_splits_rows(const mj_body_plan *p, int32_t i) {
     return mj_reduce_dim(n, xt->rank) == xt->rank - 1;
 }
 
+/* sum / mean / softmax / log_softmax along dim d of x: lines [outer][n][inner] */
 void mj_lw_emit_along(lw *w, int32_t id) {
     w->loops = true;
     const mj_graph *g = w->p->g;

@@ -71,7 +71,7 @@ void mj_sparse_plan_free(plan *p) {
  * and 15%. */
 static int32_t kblock_cols(int vw) {
     int64_t l1 = mj_host_cache_bytes(_SC_LEVEL1_DCACHE_SIZE, 16 << 10, 1 << 20, 32 << 10);
-    return (int32_t)(l1 / (4 * (4 * vw)));
+    return (int32_t)(l1 / (4 * mj_sparse_chunk_rows(vw)));
 }
 
 /* Run size for W: 4 when the nonzeros sit in aligned groups of 4 columns
