@@ -42,8 +42,7 @@ _Noreturn void mj_assert_fail(const char *what, const char *file, int line);
         if (mj_try_s_ != MJ_OK) return mj_try_s_;                                    \
     } while (0)
 
-/* ---- allocation (NULL on failure, message set) --------------------------- */
-void *mj_alloc(size_t size);             /* zeroed */
+/* ---- kernels cloned per CPU ------------------------------------------------ */
 /* A function cloned for CPUs with and without FMA (an ifunc picks one at
  * load time); both clones compute the same bits, fmaf being exact either
  * way. Not under ThreadSanitizer: it instruments the ifunc's resolver, which
@@ -60,6 +59,8 @@ void *mj_alloc(size_t size);             /* zeroed */
 #define MJ_FMA_CLONES __attribute__((target_clones("fma", "default")))
 #endif
 
+/* ---- allocation (NULL on failure, message set) --------------------------- */
+void *mj_alloc(size_t size);             /* zeroed */
 void *mj_alloc_array(size_t n, size_t elem); /* zeroed, overflow checked */
 /* malloc (zeroed if asked), on huge pages when large; free() frees it. */
 void *mj_alloc_big(size_t bytes, bool zero);

@@ -1,7 +1,7 @@
 /* Errors, allocation and small helpers shared by the whole library. */
 #include <stdarg.h>
-#include <sys/mman.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
 
 #include "internal.h"
