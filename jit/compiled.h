@@ -85,8 +85,8 @@ struct pool {
     pthread_mutex_t busy; /* one call at a time */
     pthread_mutex_t mu;
     pthread_cond_t work, done;
-    uint64_t gen;    /* bumped per call */
-    int pending;     /* workers still running this call */
+    _Atomic uint64_t gen; /* bumped per call (under mu: workers may sleep on it) */
+    atomic_int pending;   /* workers still running this call */
     bool quit;
     int n_parts;     /* this call */
     const float *const *leaves;
@@ -115,6 +115,8 @@ mj_status mj_compiled_refresh(mj_compiled *c);
 
 /* thread_pool.c */
 void mj_compiled_pool_free(pool *p);
+/* Spins a short while for *v to reach 0; false if it has not (then sleep). */
+bool mj_pool_spin_until_zero(atomic_int *v);
 mj_status mj_compiled_pool_new(mj_compiled *c, int n, pool **out);
 
 #endif

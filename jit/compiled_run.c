@@ -72,15 +72,17 @@ static bool run_parallel(mj_compiled *c, const float *const *leaves, const float
     pthread_mutex_lock(&p->mu);
     p->n_parts = np;
     p->leaves = leaves;
-    p->pending = np - 1;
-    p->gen++;
+    atomic_store(&p->pending, np - 1);
+    atomic_fetch_add(&p->gen, 1);
     pthread_cond_broadcast(&p->work);
     pthread_mutex_unlock(&p->mu);
     const part *p0 = &p->parts[0];
     c->fn(leaves, (const float *const *)p0->x, p0->y, p0->rows, p0->use, p0->tid, p0->nth, &p->sync);
-    pthread_mutex_lock(&p->mu);
-    while (p->pending > 0) pthread_cond_wait(&p->done, &p->mu);
-    pthread_mutex_unlock(&p->mu);
+    if (!mj_pool_spin_until_zero(&p->pending)) {
+        pthread_mutex_lock(&p->mu);
+        while (atomic_load(&p->pending) > 0) pthread_cond_wait(&p->done, &p->mu);
+        pthread_mutex_unlock(&p->mu);
+    }
     pthread_mutex_unlock(&p->busy);
     return true;
 }

@@ -884,6 +884,31 @@ Test(jit, threads_are_bit_identical_to_one_thread) {
     mjt_free_traced(g, m);
 }
 
+/* The pool's threads spin a while between calls, then sleep: calls that
+ * come back to back, after a short gap and after a long one (both sides
+ * asleep) all use the pool and are right; a lost wake-up hangs here. */
+Test(jit, pool_calls_after_idle_gaps_are_right, .timeout = 120) {
+    mj_rng rng = mjt_rng(23);
+    mj_module *m = mjt_model("mlp:128,128,128:act=tanh", 1, &rng);
+    int64_t ex[2] = {2, 128}, xs[2] = {150, 128};
+    mj_graph *g = trace(m, 2, ex);
+    mj_compiled *c = compile_threads(jit, g, mjt_modes[0], 2);
+    mj_tensor *x;
+    OK(mj_tensor_randn(&x, 2, xs, &rng));
+    static const long gaps_us[] = {0, 0, 50, 3000, 0, 20000, 3000, 0};
+    for (size_t i = 0; i < sizeof gaps_us / sizeof *gaps_us; i++) {
+        struct timespec nap = {0, gaps_us[i] * 1000};
+        while (nanosleep(&nap, &nap) != 0) {}
+        char what[64];
+        snprintf(what, sizeof what, "call %zu after %ld us idle", i, gaps_us[i]);
+        check_model(c, m, x, mjt_modes[0], what);
+        cr_assert_eq(mj_compiled_last_split(c), 1, "%s: the pool split the rows", what);
+    }
+    mj_tensor_release(x);
+    mj_compiled_free(c);
+    mjt_free_traced(g, m);
+}
+
 /* Many callers on one pooled compiled model: one uses the pool, the others
  * run on their own threads; every result is right. */
 Test(jit, threads_pool_shared_by_concurrent_callers) {
