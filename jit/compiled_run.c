@@ -69,6 +69,7 @@ static bool run_parallel(mj_compiled *c, const float *const *leaves, const float
         pt->nth = columns ? np : 1;
     }
     p->sync.n = np;
+    atomic_store_explicit(&p->sync.next, 0, memory_order_relaxed);
     pthread_mutex_lock(&p->mu);
     p->n_parts = np;
     p->leaves = leaves;

@@ -137,7 +137,7 @@ typedef struct mj_lower_options {
  * (tid 0, sync unused) one
  * call computes everything. With nth > 1, nth threads make the same call
  * on the same buffers with tid 0..nth-1 (column mode): each packed linear
- * layer's panels of output columns are split between them, every other op
+ * layer's panels of output columns are claimed by them (sync->claim), every other op
  * runs on thread 0, and all meet at sync->wait after each op. Every output
  * element is still computed by one thread in the same order. */
 mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan *p,
@@ -153,6 +153,11 @@ struct mj_body_sync {
      * array of their pointers) and scratch tells LLVM the call may write
      * them (they are noalias arguments of the body) */
     void (*wait)(mj_body_sync *sync, void *y, void *scratch);
+    /* second member (loaded by the generated code too): the next n items
+     * of the current op's shared work, from `next`, which every barrier
+     * and every call start at 0 */
+    int64_t (*claim)(mj_body_sync *sync, int64_t n);
+    atomic_llong next;
     atomic_int arrived;
     atomic_uint phase;
     int n;

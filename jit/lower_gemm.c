@@ -358,9 +358,61 @@ static int64_t gemm_k_block(int64_t P) {
     return kc < 16 ? 16 : kc;
 }
 
+/* Column mode (nth > 1): the threads claim panels one at a time from the
+ * op's shared counter (sync->claim) until none is left, so that a thread
+ * the host slows down (a VM's vCPU sharing its core) does fewer instead of
+ * holding the others at the barrier. Each claimed panel: all M rows, k
+ * blocks in ascending order, by the one thread that claimed it, so every
+ * element is computed as with one thread. Panels outermost: a panel's
+ * blocks are read once from memory and x (few rows here) stays in L2. */
+static void emit_claimed_panels(lw *w, LLVMValueRef mk[2][4], LLVMValueRef y, LLVMValueRef x, LLVMValueRef W,
+                                LLVMValueRef M, int64_t K, int64_t N, int64_t P, int64_t KC, LLVMValueRef bias,
+                                LLVMValueRef res) {
+    int64_t nkb = (K + KC - 1) / KC, nfull = N / P, tail = N % P;
+    LLVMValueRef total = ci(w, nfull + (tail ? 1 : 0));
+    LLVMBasicBlockRef header = LLVMAppendBasicBlockInContext(w->e.ctx, w->e.fn, "claim");
+    LLVMBasicBlockRef body = LLVMAppendBasicBlockInContext(w->e.ctx, w->e.fn, "claimed");
+    LLVMBasicBlockRef exit = LLVMAppendBasicBlockInContext(w->e.ctx, w->e.fn, "claimed.end");
+    LLVMBuildBr(w->e.b, header);
+    LLVMPositionBuilderAtEnd(w->e.b, header);
+    /* claim is the sync's second member (jit_internal.h) */
+    LLVMValueRef off = ci(w, (int64_t)sizeof(void *));
+    LLVMValueRef slot = LLVMBuildGEP2(w->e.b, LLVMInt8TypeInContext(w->e.ctx), w->sync, &off, 1, "");
+    LLVMValueRef fp = LLVMBuildLoad2(w->e.b, w->e.ptr, slot, "claim");
+    LLVMTypeRef pt[2] = {w->e.ptr, w->e.i64};
+    LLVMValueRef args[2] = {w->sync, ci(w, 1)};
+    LLVMValueRef idx = LLVMBuildCall2(w->e.b, LLVMFunctionType(w->e.i64, pt, 2, 0), fp, args, 2, "panel");
+    LLVMBuildCondBr(w->e.b, LLVMBuildICmp(w->e.b, LLVMIntSLT, idx, total, ""), body, exit);
+    LLVMPositionBuilderAtEnd(w->e.b, body);
+    LLVMValueRef j0 = mul(w, idx, ci(w, P));
+    LLVMValueRef panel = at(w, W, mul(w, j0, ci(w, K)));
+    LLVMValueRef ycol = at(w, y, j0), bcol = bias ? at(w, bias, j0) : NULL, rcol = res ? at(w, res, j0) : NULL;
+    for (int part = 0; part < 2; part++) {
+        if (part == 0 ? !nfull : !tail) continue;
+        LLVMBasicBlockRef end = NULL;
+        if (tail && nfull) /* the narrow tail panel is the last index */
+            end = if_begin(w, LLVMBuildICmp(w->e.b, part == 0 ? LLVMIntSLT : LLVMIntEQ, idx, ci(w, nfull), ""));
+        int64_t pw = part == 0 ? P : tail;
+        loop lk = loop_begin(w, ci(w, nkb));
+        LLVMValueRef k0 = mul(w, lk.iv, ci(w, KC));
+        LLVMValueRef last = LLVMBuildICmp(w->e.b, LLVMIntEQ, lk.iv, ci(w, nkb - 1), "");
+        LLVMValueRef kc = LLVMBuildSelect(w->e.b, last, ci(w, K - (nkb - 1) * KC), ci(w, KC), "");
+        LLVMValueRef first = LLVMBuildICmp(w->e.b, LLVMIntEQ, lk.iv, ci(w, 0), "");
+        LLVMValueRef wblk = at(w, panel, mul(w, k0, ci(w, pw)));
+        LLVMValueRef noff = mul(w, kc, ci(w, pw));
+        LLVMValueRef next = LLVMBuildGEP2(w->e.b, w->e.f32, wblk, &noff, 1, "");
+        emit_rows(w, mk[part], at(w, x, k0), K, wblk, ycol, N, M, kc, first, last, bcol, rcol, next,
+                  (pw + line_floats() - 1) / line_floats());
+        loop_end(w, &lk);
+        if (end) if_end(w, end);
+    }
+    LLVMBuildBr(w->e.b, header);
+    LLVMPositionBuilderAtEnd(w->e.b, exit);
+}
+
 /* y[M][N] = act(x[M][K] . W + b) + res, W the packed panels (plain: a
- * row-major [K][N] read in place). split: column mode, each thread takes its
- * share of the panels (else one thread does them all). */
+ * row-major [K][N] read in place). split: in column mode the threads claim
+ * the panels (emit_claimed_panels); else one thread does them all. */
 static void emit_gemm(lw *w, LLVMValueRef y, LLVMValueRef x, LLVMValueRef W, bool plain, bool split,
                       LLVMValueRef M, int64_t K, int64_t N, LLVMValueRef bias, mj_act act, LLVMValueRef res) {
     int64_t P = w->p->panel;
@@ -374,6 +426,12 @@ static void emit_gemm(lw *w, LLVMValueRef y, LLVMValueRef x, LLVMValueRef W, boo
             for (int t = 0; t < 4; t++)
                 mk[part][t] = emit_microkernel(w, mk_rows[t], (int)(part == 0 ? P : tail),
                                                plain ? N : (part == 0 ? P : tail), bias != NULL, act, res != NULL);
+    ifb claimed = {0};
+    if (split) { /* column mode: claimed panels (a call on one thread: the loops below) */
+        claimed = ifelse_begin(w, LLVMBuildICmp(w->e.b, LLVMIntSGT, w->nth, ci(w, 1), ""));
+        emit_claimed_panels(w, mk, y, x, W, M, K, N, P, KC, bias, res);
+        if_else(w, &claimed);
+    }
     /* Long rows are cut into k chunks of bpc blocks, the loop inside the
      * row blocks, so that a row block of x[MC][chunk] in half the L2 still has ~256 rows:
      * every panel block is reused by MC/6 tiles after its first fetch. With
@@ -415,21 +473,8 @@ static void emit_gemm(lw *w, LLVMValueRef y, LLVMValueRef x, LLVMValueRef W, boo
         int64_t np = part == 0 ? nfull : (tail ? 1 : 0);
         if (np == 0) continue;
         int64_t ws = plain ? N : (part == 0 ? P : tail); /* panel row stride */
-        /* column mode: thread tid takes full panels [np*tid/nth, np*(tid+1)/nth),
-         * the last thread the narrow tail panel */
-        LLVMValueRef lo = ci(w, 0), cnt;
-        if (!split) {
-            cnt = ci(w, np);
-        } else if (part == 0) {
-            lo = LLVMBuildSDiv(w->e.b, mul(w, ci(w, np), w->tid), w->nth, "");
-            LLVMValueRef hi = LLVMBuildSDiv(w->e.b, mul(w, ci(w, np), add(w, w->tid, ci(w, 1))), w->nth, "");
-            cnt = LLVMBuildSub(w->e.b, hi, lo, "");
-        } else {
-            LLVMValueRef last_thread = LLVMBuildICmp(w->e.b, LLVMIntEQ, w->tid, LLVMBuildSub(w->e.b, w->nth, ci(w, 1), ""), "");
-            cnt = LLVMBuildSelect(w->e.b, last_thread, ci(w, 1), ci(w, 0), "");
-        }
-        loop lp = loop_begin(w, cnt);
-        LLVMValueRef j0 = add(w, mul(w, add(w, lo, lp.iv), ci(w, P)), ci(w, part == 0 ? 0 : nfull * P));
+        loop lp = loop_begin(w, ci(w, np));
+        LLVMValueRef j0 = add(w, mul(w, lp.iv, ci(w, P)), ci(w, part == 0 ? 0 : nfull * P));
         LLVMValueRef panel = plain ? at(w, W, j0) : at(w, W, mul(w, j0, ci(w, K)));
         LLVMValueRef ycol = at(w, yb, j0);
         LLVMValueRef bcol = bias ? at(w, bias, j0) : NULL;
@@ -453,4 +498,5 @@ static void emit_gemm(lw *w, LLVMValueRef y, LLVMValueRef x, LLVMValueRef W, boo
     }
     loop_end(w, &lc);
     loop_end(w, &lr);
+    if (split) if_end(w, claimed.end);
 }

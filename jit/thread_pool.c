@@ -93,6 +93,7 @@ static void sync_wait(mj_body_sync *s, void *y, void *scratch) {
     unsigned phase = atomic_load_explicit(&s->phase, memory_order_acquire);
     if (atomic_fetch_add_explicit(&s->arrived, 1, memory_order_acq_rel) == s->n - 1) {
         atomic_store_explicit(&s->arrived, 0, memory_order_relaxed);
+        atomic_store_explicit(&s->next, 0, memory_order_relaxed);
         atomic_store_explicit(&s->phase, phase + 1, memory_order_release);
         return;
     }
@@ -100,6 +101,11 @@ static void sync_wait(mj_body_sync *s, void *y, void *scratch) {
         cpu_relax();
         if (i % 1024 == 0) sched_yield();
     }
+}
+
+/* Relaxed: the barrier after the op orders the work itself. */
+static int64_t sync_claim(mj_body_sync *s, int64_t n) {
+    return atomic_fetch_add_explicit(&s->next, n, memory_order_relaxed);
 }
 
 void mj_compiled_pool_free(pool *p) {
@@ -130,6 +136,7 @@ mj_status mj_compiled_pool_new(mj_compiled *c, int n, pool **out) {
     p->c = c;
     p->n = n;
     p->sync.wait = sync_wait;
+    p->sync.claim = sync_claim;
     p->th = mj_alloc_array((size_t)n, sizeof *p->th);
     p->parts = mj_alloc_array((size_t)n, sizeof *p->parts);
     bool ok = p->th && p->parts;
