@@ -304,23 +304,33 @@ mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan 
                 s = MJ_ERR_NOMEM;
                 break;
             }
-            /* this thread's share of the chunks of rows, in its own scratch
-             * region (one thread: all rows) */
+            /* column mode: the threads claim the chunks of rows one at a
+             * time (as the panels of a dense layer, emit_claimed_panels),
+             * each in its own scratch region; one thread: all rows */
             const mj_type *xt = &g->nodes[n->operands[0]].type;
             int64_t chunk = mj_sparse_chunk_rows(p->vw);
-            LLVMValueRef rows = dims_product(&w, xt, 0, xt->rank - 1), C = ci(&w, chunk), c0, cn;
-            thread_share(&w, LLVMBuildSDiv(w.e.b, add(&w, rows, ci(&w, chunk - 1)), C, ""), &c0, &cn);
-            LLVMValueRef r0 = mul(&w, c0, C), r1 = mul(&w, add(&w, c0, cn), C);
-            r0 = LLVMBuildSelect(w.e.b, LLVMBuildICmp(w.e.b, LLVMIntSLT, r0, rows, ""), r0, rows, "");
-            r1 = LLVMBuildSelect(w.e.b, LLVMBuildICmp(w.e.b, LLVMIntSLT, r1, rows, ""), r1, rows, "");
             int64_t in = g->nodes[n->operands[1]].type.dims[1], out = g->nodes[last].type.dims[g->nodes[last].type.rank - 1];
-            LLVMValueRef yoff = mul(&w, r0, ci(&w, out));
+            LLVMValueRef rows = dims_product(&w, xt, 0, xt->rank - 1), C = ci(&w, chunk);
             LLVMTypeRef spt[5] = {w.e.ptr, w.e.ptr, w.e.i64, w.e.ptr, w.e.ptr};
+            LLVMTypeRef sft = LLVMFunctionType(LLVMVoidTypeInContext(ctx), spt, 5, 0);
+            ifb split = ifelse_begin(&w, LLVMBuildICmp(w.e.b, LLVMIntSGT, w.nth, ci(&w, 1), ""));
+            LLVMValueRef nchunks = LLVMBuildSDiv(w.e.b, add(&w, rows, ci(&w, chunk - 1)), C, "");
+            LLVMValueRef scr = at(&w, sparse_scratch, mul(&w, w.tid, ci(&w, mj_body_sparse_thread_stride(p))));
+            LLVMValueRef r0;
+            claim_loop more = mj_lw_claim_begin(&w, nchunks, &r0);
+            r0 = mul(&w, r0, C);
+            LLVMValueRef left = LLVMBuildSub(w.e.b, rows, r0, "");
+            LLVMValueRef nr = LLVMBuildSelect(w.e.b, LLVMBuildICmp(w.e.b, LLVMIntSLT, left, C, ""), left, C, "");
+            LLVMValueRef yoff = mul(&w, r0, ci(&w, out));
             LLVMValueRef args[5] = {at(&w, w.buf[n->operands[0]], mul(&w, r0, ci(&w, in))), at(&w, w.buf[last], yoff),
-                                    LLVMBuildSub(w.e.b, r1, r0, ""),
-                                    at(&w, sparse_scratch, mul(&w, w.tid, ci(&w, mj_body_sparse_thread_stride(p)))),
-                                    res >= 0 ? at(&w, w.buf[res], yoff) : LLVMConstNull(w.e.ptr)};
-            LLVMBuildCall2(w.e.b, LLVMFunctionType(LLVMVoidTypeInContext(ctx), spt, 5, 0), sf, args, 5, "");
+                                    nr, scr, res >= 0 ? at(&w, w.buf[res], yoff) : LLVMConstNull(w.e.ptr)};
+            LLVMBuildCall2(w.e.b, sft, sf, args, 5, "");
+            mj_lw_claim_end(&w, &more);
+            if_else(&w, &split);
+            LLVMValueRef all[5] = {w.buf[n->operands[0]], w.buf[last], rows, sparse_scratch,
+                                   res >= 0 ? w.buf[res] : LLVMConstNull(w.e.ptr)};
+            LLVMBuildCall2(w.e.b, sft, sf, all, 5, "");
+            if_end(&w, split.end);
             emit_barrier(&w);
             continue;
         }

@@ -38,6 +38,17 @@ static inline void thread_share(lw *w, LLVMValueRef n, LLVMValueRef *lo, LLVMVal
     *count = LLVMBuildSub(w->e.b, hi, *lo, "");
 }
 
+/* Column mode's shared work (nth > 1): while ((*item = sync->claim(sync,
+ * 1)) < n) { body }. mj_lw_claim_begin emits the claim and the test and
+ * leaves the builder in the body; mj_lw_claim_end closes the loop. The
+ * threads take items until none is left, so a thread the host slows down
+ * does fewer (lower_gemm.c). */
+typedef struct claim_loop {
+    LLVMBasicBlockRef header, exit;
+} claim_loop;
+claim_loop mj_lw_claim_begin(lw *w, LLVMValueRef n, LLVMValueRef *item);
+void mj_lw_claim_end(lw *w, const claim_loop *l);
+
 /* Does op i split its rows between the threads in column mode (row-wise
  * along its last dim: layer_norm, softmax, ... of every row)? */
 bool mj_lw_splits_rows(const mj_body_plan *p, int32_t i); /* lower_reduce.c */

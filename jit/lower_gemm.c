@@ -358,10 +358,33 @@ static int64_t gemm_k_block(int64_t P) {
     return kc < 16 ? 16 : kc;
 }
 
-/* Column mode (nth > 1): the threads claim panels one at a time from the
- * op's shared counter (sync->claim) until none is left, so that a thread
- * the host slows down (a VM's vCPU sharing its core) does fewer instead of
- * holding the others at the barrier. Each claimed panel: all M rows, k
+claim_loop mj_lw_claim_begin(lw *w, LLVMValueRef n, LLVMValueRef *item) {
+    claim_loop l = {LLVMAppendBasicBlockInContext(w->e.ctx, w->e.fn, "claim"),
+                    LLVMAppendBasicBlockInContext(w->e.ctx, w->e.fn, "claimed.end")};
+    LLVMBasicBlockRef body = LLVMAppendBasicBlockInContext(w->e.ctx, w->e.fn, "claimed");
+    LLVMBuildBr(w->e.b, l.header);
+    LLVMPositionBuilderAtEnd(w->e.b, l.header);
+    /* claim is the sync's second member (jit_internal.h) */
+    LLVMValueRef off = ci(w, (int64_t)sizeof(void *));
+    LLVMValueRef slot = LLVMBuildGEP2(w->e.b, LLVMInt8TypeInContext(w->e.ctx), w->sync, &off, 1, "");
+    LLVMValueRef fp = LLVMBuildLoad2(w->e.b, w->e.ptr, slot, "claim");
+    LLVMTypeRef pt[2] = {w->e.ptr, w->e.i64};
+    LLVMValueRef args[2] = {w->sync, ci(w, 1)};
+    *item = LLVMBuildCall2(w->e.b, LLVMFunctionType(w->e.i64, pt, 2, 0), fp, args, 2, "item");
+    LLVMBuildCondBr(w->e.b, LLVMBuildICmp(w->e.b, LLVMIntSLT, *item, n, ""), body, l.exit);
+    LLVMPositionBuilderAtEnd(w->e.b, body);
+    return l;
+}
+
+void mj_lw_claim_end(lw *w, const claim_loop *l) {
+    LLVMBuildBr(w->e.b, l->header);
+    LLVMPositionBuilderAtEnd(w->e.b, l->exit);
+}
+
+/* Column mode (nth > 1): the threads claim panels one at a time
+ * (mj_lw_claim_begin): a thread the host slows down (a VM's vCPU sharing
+ * its core) does fewer instead of holding the others at the barrier after
+ * the op. Each claimed panel: all M rows, k
  * blocks in ascending order, by the one thread that claimed it, so every
  * element is computed as with one thread. Panels outermost: a panel's
  * blocks are read once from memory and x (few rows here) stays in L2. */
@@ -369,21 +392,8 @@ static void emit_claimed_panels(lw *w, LLVMValueRef mk[2][4], LLVMValueRef y, LL
                                 LLVMValueRef M, int64_t K, int64_t N, int64_t P, int64_t KC, LLVMValueRef bias,
                                 LLVMValueRef res) {
     int64_t nkb = (K + KC - 1) / KC, nfull = N / P, tail = N % P;
-    LLVMValueRef total = ci(w, nfull + (tail ? 1 : 0));
-    LLVMBasicBlockRef header = LLVMAppendBasicBlockInContext(w->e.ctx, w->e.fn, "claim");
-    LLVMBasicBlockRef body = LLVMAppendBasicBlockInContext(w->e.ctx, w->e.fn, "claimed");
-    LLVMBasicBlockRef exit = LLVMAppendBasicBlockInContext(w->e.ctx, w->e.fn, "claimed.end");
-    LLVMBuildBr(w->e.b, header);
-    LLVMPositionBuilderAtEnd(w->e.b, header);
-    /* claim is the sync's second member (jit_internal.h) */
-    LLVMValueRef off = ci(w, (int64_t)sizeof(void *));
-    LLVMValueRef slot = LLVMBuildGEP2(w->e.b, LLVMInt8TypeInContext(w->e.ctx), w->sync, &off, 1, "");
-    LLVMValueRef fp = LLVMBuildLoad2(w->e.b, w->e.ptr, slot, "claim");
-    LLVMTypeRef pt[2] = {w->e.ptr, w->e.i64};
-    LLVMValueRef args[2] = {w->sync, ci(w, 1)};
-    LLVMValueRef idx = LLVMBuildCall2(w->e.b, LLVMFunctionType(w->e.i64, pt, 2, 0), fp, args, 2, "panel");
-    LLVMBuildCondBr(w->e.b, LLVMBuildICmp(w->e.b, LLVMIntSLT, idx, total, ""), body, exit);
-    LLVMPositionBuilderAtEnd(w->e.b, body);
+    LLVMValueRef idx;
+    claim_loop cl = mj_lw_claim_begin(w, ci(w, nfull + (tail ? 1 : 0)), &idx);
     LLVMValueRef j0 = mul(w, idx, ci(w, P));
     LLVMValueRef panel = at(w, W, mul(w, j0, ci(w, K)));
     LLVMValueRef ycol = at(w, y, j0), bcol = bias ? at(w, bias, j0) : NULL, rcol = res ? at(w, res, j0) : NULL;
@@ -406,8 +416,7 @@ static void emit_claimed_panels(lw *w, LLVMValueRef mk[2][4], LLVMValueRef y, LL
         loop_end(w, &lk);
         if (end) if_end(w, end);
     }
-    LLVMBuildBr(w->e.b, header);
-    LLVMPositionBuilderAtEnd(w->e.b, exit);
+    mj_lw_claim_end(w, &cl);
 }
 
 /* y[M][N] = act(x[M][K] . W + b) + res, W the packed panels (plain: a
