@@ -58,8 +58,9 @@ typedef struct mj_body_plan {
     int32_t *root_of;          /* per node: the output it writes, or -1        */
     /* Code shape, from the JIT's target:
      * vw floats per vector (16 AVX-512, 8 AVX2, 4 otherwise), packed linear
-     * weights in panels of panel = nr*vw output columns (see mj_pack_panels). */
-    int vw, nr;
+     * weights in panels of panel = nr*vw output columns (see mj_pack_panels);
+     * vregs vector registers (32 with AVX-512, 16 with AVX2). */
+    int vw, nr, vregs;
     int64_t panel;
     bool *sparse;              /* per linear node: emitted by jit/sparse.c     */
     int32_t *sparse_next;      /* per sparse node: the next layer of its chain

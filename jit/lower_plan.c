@@ -204,7 +204,8 @@ mj_status mj_body_plan_build(const mj_graph *g, const bool *input_free, bool fro
     for (int32_t i = 0; i < g->n_nodes; i++)
         if (g->nodes[i].op == MJ_OP_CONV2D && !input_free[i]) plan_conv_tail(g, input_free, uses, p, i);
     p->vw = vw;
-    p->nr = vw == 16 ? 4 : 2;
+    p->vregs = vw == 16 ? 32 : 16;
+    p->nr = p->vregs == 32 ? 4 : 2; /* 6 rows x nr vectors of sums, nr of w, one of x */
     p->panel = (int64_t)p->nr * vw;
 
     /* Leaves: prologue values that a body node (or an output) reads. */

@@ -117,10 +117,15 @@ static void small_layer(lw *w, int32_t id, int rows, LLVMValueRef const *row, LL
                 }
         }
     } else {
-        /* Fast mode may reassociate: the sum over k runs in FAST_SPLIT chains
-         * (k mod FAST_SPLIT) added pairwise at the end, so the FMA latency of
-         * one long chain no longer bounds a small layer. */
-        int split = w->e.fast && K >= 2 * FAST_SPLIT ? FAST_SPLIT : 1;
+        /* Fast mode may reassociate: the sum over k runs in `split` chains
+         * (k mod split) added pairwise at the end, so the FMA latency of
+         * one long chain no longer bounds a small layer; as many chains as
+         * the vector registers hold with the weights and x. Four on AVX2's
+         * 16 registers spilled the 16-wide seed model (3 rows x 2 vectors):
+         * fast ran 1.3x slower than exact (Zen 3). */
+        int split = 1;
+        while (w->e.fast && split < FAST_SPLIT && K >= 4 * split && rows * nv * 2 * split + nv + 1 <= w->p->vregs)
+            split *= 2;
         LLVMValueRef part[FAST_SPLIT][SMALL_ROWS][MK_MAX_VECS];
         for (int i = 0; i < split; i++)
             for (int r = 0; r < rows; r++)
