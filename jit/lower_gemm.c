@@ -381,6 +381,25 @@ void mj_lw_claim_end(lw *w, const claim_loop *l) {
     LLVMPositionBuilderAtEnd(w->e.b, l->exit);
 }
 
+/* k block kb of a panel (pw columns, rows ws apart, KC k's a block but the
+ * last) over rows [0, M) of x: emit_rows with the block after it as the
+ * prefetch target (the next k block, or the next panel's first after the
+ * last: packed panels are contiguous; or past W's end). */
+static void emit_panel_block(lw *w, LLVMValueRef const mk[4], LLVMValueRef kb, int64_t K, int64_t KC,
+                             LLVMValueRef panel, int64_t ws, int64_t pw, LLVMValueRef x, LLVMValueRef y, int64_t N,
+                             LLVMValueRef M, LLVMValueRef bias, LLVMValueRef res) {
+    int64_t nkb = (K + KC - 1) / KC;
+    LLVMValueRef k0 = mul(w, kb, ci(w, KC));
+    LLVMValueRef last = LLVMBuildICmp(w->e.b, LLVMIntEQ, kb, ci(w, nkb - 1), "");
+    LLVMValueRef kc = LLVMBuildSelect(w->e.b, last, ci(w, K - (nkb - 1) * KC), ci(w, KC), "");
+    LLVMValueRef first = LLVMBuildICmp(w->e.b, LLVMIntEQ, kb, ci(w, 0), "");
+    LLVMValueRef wblk = at(w, panel, mul(w, k0, ci(w, ws)));
+    LLVMValueRef off = mul(w, kc, ci(w, ws));
+    LLVMValueRef next = LLVMBuildGEP2(w->e.b, w->e.f32, wblk, &off, 1, "");
+    emit_rows(w, mk, at(w, x, k0), K, wblk, y, N, M, kc, first, last, bias, res, next,
+              (pw + line_floats() - 1) / line_floats());
+}
+
 /* Column mode (nth > 1): the threads claim panels one at a time
  * (mj_lw_claim_begin): a thread the host slows down (a VM's vCPU sharing
  * its core) does fewer instead of holding the others at the barrier after
@@ -404,15 +423,7 @@ static void emit_claimed_panels(lw *w, LLVMValueRef mk[2][4], LLVMValueRef y, LL
             end = if_begin(w, LLVMBuildICmp(w->e.b, part == 0 ? LLVMIntSLT : LLVMIntEQ, idx, ci(w, nfull), ""));
         int64_t pw = part == 0 ? P : tail;
         loop lk = loop_begin(w, ci(w, nkb));
-        LLVMValueRef k0 = mul(w, lk.iv, ci(w, KC));
-        LLVMValueRef last = LLVMBuildICmp(w->e.b, LLVMIntEQ, lk.iv, ci(w, nkb - 1), "");
-        LLVMValueRef kc = LLVMBuildSelect(w->e.b, last, ci(w, K - (nkb - 1) * KC), ci(w, KC), "");
-        LLVMValueRef first = LLVMBuildICmp(w->e.b, LLVMIntEQ, lk.iv, ci(w, 0), "");
-        LLVMValueRef wblk = at(w, panel, mul(w, k0, ci(w, pw)));
-        LLVMValueRef noff = mul(w, kc, ci(w, pw));
-        LLVMValueRef next = LLVMBuildGEP2(w->e.b, w->e.f32, wblk, &noff, 1, "");
-        emit_rows(w, mk[part], at(w, x, k0), K, wblk, ycol, N, M, kc, first, last, bcol, rcol, next,
-                  (pw + line_floats() - 1) / line_floats());
+        emit_panel_block(w, mk[part], lk.iv, K, KC, panel, pw, pw, x, ycol, N, M, bcol, rcol);
         loop_end(w, &lk);
         if (end) if_end(w, end);
     }
@@ -489,19 +500,8 @@ static void emit_gemm(lw *w, LLVMValueRef y, LLVMValueRef x, LLVMValueRef W, boo
         LLVMValueRef bcol = bias ? at(w, bias, j0) : NULL;
         LLVMValueRef rcol = res ? at(w, rb, j0) : NULL;
         loop lk = loop_begin(w, nkc);
-        LLVMValueRef kb = add(w, kb0, lk.iv);
-        LLVMValueRef k0 = mul(w, kb, ci(w, KC));
-        LLVMValueRef last = LLVMBuildICmp(w->e.b, LLVMIntEQ, kb, ci(w, nkb - 1), "");
-        LLVMValueRef kc = LLVMBuildSelect(w->e.b, last, ci(w, K - (nkb - 1) * KC), ci(w, KC), "");
-        LLVMValueRef first = LLVMBuildICmp(w->e.b, LLVMIntEQ, kb, ci(w, 0), "");
-        int64_t pw = part == 0 ? P : tail;
-        LLVMValueRef wblk = at(w, panel, mul(w, k0, ci(w, ws)));
-        /* the block after this one: the next k block, or the next panel's first after the last (packed panels
-         * are contiguous), or past W's end */
-        LLVMValueRef off = mul(w, kc, ci(w, ws));
-        LLVMValueRef next = LLVMBuildGEP2(w->e.b, w->e.f32, wblk, &off, 1, "");
-        emit_rows(w, mk[part], at(w, xb, k0), K, wblk, ycol, N, rows, kc, first, last, bcol, rcol, next,
-                  (pw + line_floats() - 1) / line_floats());
+        emit_panel_block(w, mk[part], add(w, kb0, lk.iv), K, KC, panel, ws, part == 0 ? P : tail, xb, ycol, N, rows,
+                         bcol, rcol);
         loop_end(w, &lk);
         loop_end(w, &lp);
     }
