@@ -11,6 +11,8 @@
 #     then with a 4-thread pool splitting each call's rows,   = reliability/eight_threads_call_one_compiled_model,
 #     then its columns, live and frozen)                        jit/eight_threads_share_one_compiled_model,
 #                                                               jit/column_split_threads_are_bit_identical
+#   - 8 threads call a frozen sparse model on one 256-row     = jit/sparse_rows_split_over_threads_bit_identical
+#     sequence (its pool's threads claim chunks of rows)
 #   - 8 threads: eager forward of one module + interpreter    = reliability/eight_threads_read_one_module_and_graph
 #   - 8 threads trace + compile their own models on one JIT   = reliability/eight_threads_trace_and_compile_their_own_models,
 #     (two of them on their own JIT)                            trace/concurrent_traces_on_threads

@@ -79,6 +79,47 @@ static void shared_calls(mj_jit *jit, bool frozen, mjt_call_kind kind, int pool,
     mj_module_free(m);
 }
 
+/* ---- 1b. a frozen sparse model on a sequence, batch 1 ----------------- */
+/* One item of 256 rows (a transformer's sequence): fewer items than the
+ * pool's threads, so its sparse layers hand out chunks of rows by claim
+ * (jit/lower.c), while other callers find the pool busy and run alone. */
+static void sequence_calls(mj_jit *jit, const char *name) {
+    mj_module *m = model("mlp:96,256,96:act=relu", 37, 0.1);
+    int64_t shape[3] = {1, 256, 96};
+    mj_tensor *ex = NULL;
+    mj_graph *g = NULL;
+    if (m && mj_tensor_ones(&ex, 3, shape) == MJ_OK && mj_trace_module(m, ex, &g) != MJ_OK) g = NULL;
+    mj_tensor_release(ex);
+    mj_compile_options o;
+    mj_compile_options_init(&o);
+    o.frozen = true;
+    o.threads = 4;
+    mj_compiled *c = NULL;
+    if (!g || mj_jit_compile(jit, g, &o, &c) != MJ_OK) {
+        fail(name, mj_last_error());
+        mj_graph_free(g);
+        mj_module_free(m);
+        return;
+    }
+    mjt_call_arg args[T];
+    for (int i = 0; i < T; i++) {
+        mj_rng rng;
+        mj_rng_seed(&rng, 70 + (uint64_t)i);
+        args[i] = (mjt_call_arg){.c = c, .m = m, .g = g, .kind = MJT_CALL_COMPILED, .iters = 40};
+        mj_tensor_randn(&args[i].x, 3, shape, &rng);
+        mj_module_forward(m, args[i].x, &args[i].want);
+    }
+    if (!mjt_run_threads(T, mjt_call_main, args, sizeof *args)) fail(name, "pthread_create failed");
+    for (int i = 0; i < T; i++) {
+        if (args[i].bad) fail(name, "a thread got a result that differs from eager");
+        mj_tensor_release(args[i].x);
+        mj_tensor_release(args[i].want);
+    }
+    mj_compiled_free(c);
+    mj_graph_free(g);
+    mj_module_free(m);
+}
+
 /* ---- 2. each thread its own model: trace + compile on a shared JIT -------- */
 static void own_models(mj_jit *jit) {
     mjt_own_arg args[T];
@@ -115,6 +156,7 @@ int main(void) {
         {"8 threads call one compiled model with a 4-thread pool splitting rows (live)", 5},
         {"8 threads call one compiled model with a 4-thread pool splitting columns (live)", 6},
         {"8 threads call one compiled model with a 4-thread pool splitting columns (frozen)", 7},
+        {"8 threads call one frozen sparse model on a 256-row sequence, its 4-thread pool claiming rows", 8},
     };
     for (size_t i = 0; i < sizeof scenarios / sizeof scenarios[0]; i++) {
         int before = failures;
@@ -125,6 +167,7 @@ int main(void) {
         case 5: shared_calls(jit, false, MJT_CALL_COMPILED, 4, false, scenarios[i].name); break;
         case 6: shared_calls(jit, false, MJT_CALL_COMPILED, 4, true, scenarios[i].name); break;
         case 7: shared_calls(jit, true, MJT_CALL_COMPILED, 4, true, scenarios[i].name); break;
+        case 8: sequence_calls(jit, scenarios[i].name); break;
         case 3: own_models(jit); break;
         case 4: error_messages(); break;
         }
