@@ -174,8 +174,13 @@ static LLVMValueRef splat_i64(mj_emit *e, LLVMValueRef s) {
     return LLVMBuildShuffleVector(e->b, v, LLVMGetPoison(vi64), LLVMConstNull(LLVMVectorType(e->i32, (unsigned)e->vw)), "");
 }
 
-/* The tile at output positions [ow0, ow0 + lanes) of row oh. */
-static void tile_body(tile *t, LLVMValueRef ow0, int lanes) {
+/* The tile at output positions [ow0, ow0 + lanes) of row oh. interior: the
+ * caller knows every tap's lanes lie inside the row (no padding along W),
+ * so a tap loads the row's vector as it is (or zeros when its input row is
+ * padding): the same floats as the masked load, without building a lane
+ * mask per tap from 64-bit lane indices. On AVX2 (Zen 3) that mask was
+ * most of the loop, which also spilled. */
+static void tile_body(tile *t, LLVMValueRef ow0, int lanes, bool interior) {
     mj_emit *e = t->c->e;
     LLVMTypeRef i1 = LLVMInt1TypeInContext(e->ctx), vi1 = LLVMVectorType(i1, (unsigned)e->vw);
     LLVMTypeRef mty[2] = {e->vt, e->ptr}, mfty;
@@ -194,14 +199,19 @@ static void tile_body(tile *t, LLVMValueRef ow0, int lanes) {
     LLVMValueRef wtap = add(e, mul(e, lc.iv, ci(e, KK)), mul(e, lkh.iv, ci(e, t->KW)));
     loop lkw = loop_begin(e, ci(e, t->KW));
     LLVMValueRef iw0 = add(e, isub(e, ow0, ci(e, t->pw)), mul(e, lkw.iv, ci(e, t->dw)));
-    LLVMValueRef iw = LLVMBuildAdd(e->b, splat_i64(e, iw0), t->lane_idx, "");
-    LLVMValueRef m = LLVMBuildAnd(e->b, LLVMBuildICmp(e->b, LLVMIntSGE, iw, splat_i64(e, ci(e, 0)), ""),
-                                  LLVMBuildICmp(e->b, LLVMIntSLT, iw, splat_i64(e, ci(e, t->W)), ""), "");
-    m = LLVMBuildAnd(e->b, m, hmask, "");
     /* the row pointer may sit before the row (padding lanes are off): no inbounds */
     LLVMValueRef ptr = LLVMBuildGEP2(e->b, e->f32, xr, &iw0, 1, "");
-    LLVMValueRef args[4] = {ptr, LLVMConstInt(e->i32, 4, 0), m, LLVMConstNull(e->vt)};
-    LLVMValueRef xv = LLVMBuildCall2(e->b, mfty, mload, args, 4, "");
+    LLVMValueRef xv;
+    if (interior) {
+        xv = LLVMBuildSelect(e->b, hvalid, vload(e, ptr, lanes), LLVMConstNull(e->vt), "");
+    } else {
+        LLVMValueRef iw = LLVMBuildAdd(e->b, splat_i64(e, iw0), t->lane_idx, "");
+        LLVMValueRef m = LLVMBuildAnd(e->b, LLVMBuildICmp(e->b, LLVMIntSGE, iw, splat_i64(e, ci(e, 0)), ""),
+                                      LLVMBuildICmp(e->b, LLVMIntSLT, iw, splat_i64(e, ci(e, t->W)), ""), "");
+        m = LLVMBuildAnd(e->b, m, hmask, "");
+        LLVMValueRef args[4] = {ptr, LLVMConstInt(e->i32, 4, 0), m, LLVMConstNull(e->vt)};
+        xv = LLVMBuildCall2(e->b, mfty, mload, args, 4, "");
+    }
     LLVMValueRef widx = add(e, wtap, lkw.iv);
     for (int j = 0; j < t->OB; j++) {
         LLVMValueRef wv = vsplat(e, load(e, t->wo, add(e, widx, ci(e, j * per))));
@@ -253,10 +263,19 @@ static void lower_conv_tiled(const mj_cnn_lowering *c) {
     int64_t full = OW / e->vw * e->vw;
     if (full > 0) {
         loop lw = loop_range(e, ci(e, 0), ci(e, full), e->vw);
-        tile_body(&t, lw.iv, e->vw);
+        /* every tap's lanes [ow0 - pw, ow0 - pw + vw - 1 + (KW-1)*dw] inside [0, W) */
+        LLVMValueRef lo = isub(e, lw.iv, ci(e, t.pw));
+        LLVMValueRef hi = add(e, lo, ci(e, e->vw - 1 + (t.KW - 1) * t.dw));
+        LLVMValueRef inside = LLVMBuildAnd(e->b, LLVMBuildICmp(e->b, LLVMIntSGE, lo, ci(e, 0), ""),
+                                           LLVMBuildICmp(e->b, LLVMIntSLT, hi, ci(e, t.W), ""), "");
+        ifb f = ifelse_begin(e, inside);
+        tile_body(&t, lw.iv, e->vw, true);
+        if_else(e, &f);
+        tile_body(&t, lw.iv, e->vw, false);
+        if_end(e, f.end);
         loop_end(e, &lw);
     }
-    if (OW > full) tile_body(&t, ci(e, full), (int)(OW - full));
+    if (OW > full) tile_body(&t, ci(e, full), (int)(OW - full), false);
     loop_end(e, &lh);
     loop_end(e, &lo);
     loop_end(e, &ln);
