@@ -42,6 +42,20 @@ static mj_tensor *randn(int64_t batch, int64_t in, uint64_t seed) {
     return x;
 }
 
+/* Runs the T callers, checks them, and frees their inputs, the compiled
+ * model, the graph and the module they share. */
+static void run_callers(mjt_call_arg *args, const char *name) {
+    if (!mjt_run_threads(T, mjt_call_main, args, sizeof *args)) fail(name, "pthread_create failed");
+    for (int i = 0; i < T; i++) {
+        if (args[i].bad) fail(name, "a thread got a result that differs from eager");
+        mj_tensor_release(args[i].x);
+        mj_tensor_release(args[i].want);
+    }
+    mj_compiled_free(args[0].c);
+    mj_graph_free(args[0].g);
+    mj_module_free(args[0].m);
+}
+
 /* ---- 1. one compiled model, 8 callers ---------------------------------- */
 /* pool > 1: the model's own pool splits the calls of a model wide enough to
  * pass PAR_MIN_FLOPS (jit/compiled_run.c): by rows at 24+ rows (6 per thread),
@@ -68,15 +82,7 @@ static void shared_calls(mj_jit *jit, bool frozen, mjt_call_kind kind, int pool,
                                  .x = randn(batch, in, 50 + (uint64_t)i)};
         mj_module_forward(m, args[i].x, &args[i].want);
     }
-    if (!mjt_run_threads(T, mjt_call_main, args, sizeof *args)) fail(name, "pthread_create failed");
-    for (int i = 0; i < T; i++) {
-        if (args[i].bad) fail(name, "a thread got a result that differs from eager");
-        mj_tensor_release(args[i].x);
-        mj_tensor_release(args[i].want);
-    }
-    mj_compiled_free(c);
-    mj_graph_free(g);
-    mj_module_free(m);
+    run_callers(args, name);
 }
 
 /* ---- 1b. a frozen sparse model on a sequence, batch 1 ----------------- */
@@ -109,15 +115,7 @@ static void sequence_calls(mj_jit *jit, const char *name) {
         mj_tensor_randn(&args[i].x, 3, shape, &rng);
         mj_module_forward(m, args[i].x, &args[i].want);
     }
-    if (!mjt_run_threads(T, mjt_call_main, args, sizeof *args)) fail(name, "pthread_create failed");
-    for (int i = 0; i < T; i++) {
-        if (args[i].bad) fail(name, "a thread got a result that differs from eager");
-        mj_tensor_release(args[i].x);
-        mj_tensor_release(args[i].want);
-    }
-    mj_compiled_free(c);
-    mj_graph_free(g);
-    mj_module_free(m);
+    run_callers(args, name);
 }
 
 /* ---- 2. each thread its own model: trace + compile on a shared JIT -------- */
