@@ -317,7 +317,7 @@ mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan 
             LLVMValueRef nchunks = LLVMBuildSDiv(w.e.b, add(&w, rows, ci(&w, chunk - 1)), C, "");
             LLVMValueRef scr = at(&w, sparse_scratch, mul(&w, w.tid, ci(&w, mj_body_sparse_thread_stride(p))));
             LLVMValueRef r0;
-            claim_loop more = mj_lw_claim_begin(&w, nchunks, &r0);
+            claim_loop more = mj_lw_claim_begin(&w, nchunks, &r0, false);
             r0 = mul(&w, r0, C);
             LLVMValueRef left = LLVMBuildSub(w.e.b, rows, r0, "");
             LLVMValueRef nr = LLVMBuildSelect(w.e.b, LLVMBuildICmp(w.e.b, LLVMIntSLT, left, C, ""), left, C, "");

@@ -42,11 +42,12 @@ static inline void thread_share(lw *w, LLVMValueRef n, LLVMValueRef *lo, LLVMVal
  * 1)) < n) { body }. mj_lw_claim_begin emits the claim and the test and
  * leaves the builder in the body; mj_lw_claim_end closes the loop. The
  * threads take items until none is left, so a thread the host slows down
- * does fewer (lower_gemm.c). */
+ * does fewer (lower_gemm.c). solo: with nth == 1 the thread counts the
+ * items 0, 1, ... itself (else the caller must not reach it then). */
 typedef struct claim_loop {
     LLVMBasicBlockRef header, exit;
 } claim_loop;
-claim_loop mj_lw_claim_begin(lw *w, LLVMValueRef n, LLVMValueRef *item);
+claim_loop mj_lw_claim_begin(lw *w, LLVMValueRef n, LLVMValueRef *item, bool solo);
 void mj_lw_claim_end(lw *w, const claim_loop *l);
 
 /* Does op i split its rows between the threads in column mode (row-wise

@@ -112,15 +112,14 @@ void mj_lw_emit_matmul(lw *w, int32_t id) {
         sb[d] = db >= 0 && tb->dims[db] == to->dims[d] ? eb : ci(w, 0);
         if (db >= 0) eb = mul(w, eb, dimv(w, tb->dims[db]));
     }
-    /* The matrices of the batch as one range; in column mode thread tid
-     * of nth takes [n*tid/nth, n*(tid+1)/nth) of them (attention's heads),
-     * each matrix whole: the same bits as one thread. */
+    /* The matrices of the batch as one range; in column mode the threads
+     * claim them one at a time (attention's heads), each matrix whole: the
+     * same bits as one thread. */
     LLVMValueRef count = ci(w, 1);
     for (int d = 0; d < nb; d++) count = mul(w, count, dimv(w, to->dims[d]));
-    LLVMValueRef lo, mine;
-    thread_share(w, count, &lo, &mine);
-    loop lm = loop_begin(w, mine);
-    LLVMValueRef f = add(w, lo, lm.iv), oa = ci(w, 0), ob = ci(w, 0), oy = ci(w, 0);
+    LLVMValueRef f;
+    claim_loop lm = mj_lw_claim_begin(w, count, &f, true);
+    LLVMValueRef oa = ci(w, 0), ob = ci(w, 0), oy = ci(w, 0);
     for (int d = nb - 1; d >= 0; d--) { /* f's index along output batch dim d */
         LLVMValueRef dim = dimv(w, to->dims[d]);
         LLVMValueRef i = LLVMBuildSRem(w->e.b, f, dim, "");
@@ -135,7 +134,7 @@ void mj_lw_emit_matmul(lw *w, int32_t id) {
         emit_gemm(w, y, a, b, true, false, M, Kd, Nd, NULL, MJ_ACT_NONE, NULL);
     else
         emit_dot(w, y, a, b, M, K, N, N, ci(w, 1), true, NULL, MJ_ACT_NONE, NULL);
-    loop_end(w, &lm);
+    mj_lw_claim_end(w, &lm);
 }
 
 /* ---- vector kernels for linear layers and matmul ---------------------------
@@ -358,12 +357,25 @@ static int64_t gemm_k_block(int64_t P) {
     return kc < 16 ? 16 : kc;
 }
 
-claim_loop mj_lw_claim_begin(lw *w, LLVMValueRef n, LLVMValueRef *item) {
+claim_loop mj_lw_claim_begin(lw *w, LLVMValueRef n, LLVMValueRef *item, bool solo) {
     claim_loop l = {LLVMAppendBasicBlockInContext(w->e.ctx, w->e.fn, "claim"),
                     LLVMAppendBasicBlockInContext(w->e.ctx, w->e.fn, "claimed.end")};
+    LLVMValueRef counter = NULL;
+    if (solo) {
+        counter = mj_emit_entry_alloca(&w->e, w->e.i64);
+        LLVMBuildStore(w->e.b, ci(w, 0), counter);
+    }
     LLVMBasicBlockRef body = LLVMAppendBasicBlockInContext(w->e.ctx, w->e.fn, "claimed");
     LLVMBuildBr(w->e.b, l.header);
     LLVMPositionBuilderAtEnd(w->e.b, l.header);
+    LLVMBasicBlockRef shared = l.header, own = NULL, join = NULL;
+    if (solo) { /* one thread: count the items itself (sync may be NULL) */
+        shared = LLVMAppendBasicBlockInContext(w->e.ctx, w->e.fn, "claim.shared");
+        own = LLVMAppendBasicBlockInContext(w->e.ctx, w->e.fn, "claim.own");
+        join = LLVMAppendBasicBlockInContext(w->e.ctx, w->e.fn, "claim.join");
+        LLVMBuildCondBr(w->e.b, LLVMBuildICmp(w->e.b, LLVMIntSGT, w->nth, ci(w, 1), ""), shared, own);
+        LLVMPositionBuilderAtEnd(w->e.b, shared);
+    }
     /* claim is the sync's second member (jit_internal.h) */
     LLVMValueRef off = ci(w, (int64_t)sizeof(void *));
     LLVMValueRef slot = LLVMBuildGEP2(w->e.b, LLVMInt8TypeInContext(w->e.ctx), w->sync, &off, 1, "");
@@ -371,6 +383,19 @@ claim_loop mj_lw_claim_begin(lw *w, LLVMValueRef n, LLVMValueRef *item) {
     LLVMTypeRef pt[2] = {w->e.ptr, w->e.i64};
     LLVMValueRef args[2] = {w->sync, ci(w, 1)};
     *item = LLVMBuildCall2(w->e.b, LLVMFunctionType(w->e.i64, pt, 2, 0), fp, args, 2, "item");
+    if (solo) {
+        LLVMValueRef claimed = *item;
+        LLVMBuildBr(w->e.b, join);
+        LLVMPositionBuilderAtEnd(w->e.b, own);
+        LLVMValueRef mine = LLVMBuildLoad2(w->e.b, w->e.i64, counter, "");
+        LLVMBuildStore(w->e.b, add(w, mine, ci(w, 1)), counter);
+        LLVMBuildBr(w->e.b, join);
+        LLVMPositionBuilderAtEnd(w->e.b, join);
+        *item = LLVMBuildPhi(w->e.b, w->e.i64, "item");
+        LLVMValueRef vals[2] = {claimed, mine};
+        LLVMBasicBlockRef from[2] = {shared, own};
+        LLVMAddIncoming(*item, vals, from, 2);
+    }
     LLVMBuildCondBr(w->e.b, LLVMBuildICmp(w->e.b, LLVMIntSLT, *item, n, ""), body, l.exit);
     LLVMPositionBuilderAtEnd(w->e.b, body);
     return l;
@@ -412,7 +437,7 @@ static void emit_claimed_panels(lw *w, LLVMValueRef mk[2][4], LLVMValueRef y, LL
                                 LLVMValueRef res) {
     int64_t nkb = (K + KC - 1) / KC, nfull = N / P, tail = N % P;
     LLVMValueRef idx;
-    claim_loop cl = mj_lw_claim_begin(w, ci(w, nfull + (tail ? 1 : 0)), &idx);
+    claim_loop cl = mj_lw_claim_begin(w, ci(w, nfull + (tail ? 1 : 0)), &idx, false);
     LLVMValueRef j0 = mul(w, idx, ci(w, P));
     LLVMValueRef panel = at(w, W, mul(w, j0, ci(w, K)));
     LLVMValueRef ycol = at(w, y, j0), bcol = bias ? at(w, bias, j0) : NULL, rcol = res ? at(w, res, j0) : NULL;
