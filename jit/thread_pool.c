@@ -35,23 +35,31 @@ static inline void cpu_relax(void) {
 #endif
 }
 
-/* Spins while *v == old, for at most SPIN_NS; true if it changed. */
+/* One spin-wait's budget: spin_more pauses once and says whether the wait
+ * may go on (the clock is read every 64 pauses). */
+typedef struct spin {
+    int64_t t0;
+    unsigned i;
+} spin;
+
+static spin spin_start(void) { return (spin){now_ns(), 0}; }
+
+static bool spin_more(spin *s) {
+    cpu_relax();
+    return ++s->i % 64 != 0 || now_ns() - s->t0 <= SPIN_NS;
+}
+
+/* Spins while *v == old, within the budget; true if it changed. */
 static bool spin_while_equal(_Atomic uint64_t *v, uint64_t old) {
-    int64_t t0 = now_ns();
-    for (unsigned i = 1;; i++) {
-        if (atomic_load_explicit(v, memory_order_acquire) != old) return true;
-        cpu_relax();
-        if (i % 64 == 0 && now_ns() - t0 > SPIN_NS) return false;
-    }
+    for (spin s = spin_start(); atomic_load_explicit(v, memory_order_acquire) == old;)
+        if (!spin_more(&s)) return false;
+    return true;
 }
 
 bool mj_pool_spin_until_zero(atomic_int *v) {
-    int64_t t0 = now_ns();
-    for (unsigned i = 1;; i++) {
-        if (atomic_load_explicit(v, memory_order_acquire) == 0) return true;
-        cpu_relax();
-        if (i % 64 == 0 && now_ns() - t0 > SPIN_NS) return false;
-    }
+    for (spin s = spin_start(); atomic_load_explicit(v, memory_order_acquire) != 0;)
+        if (!spin_more(&s)) return false;
+    return true;
 }
 
 static void *worker_main(void *arg) {
