@@ -51,7 +51,7 @@ static LLVMBasicBlockRef if_first_thread(lw *w) {
 /* if (nth > 1) sync->wait(sync, y, scratch): y is the output, or with
  * several the array of their pointers */
 static void emit_barrier(lw *w) {
-    LLVMBasicBlockRef end = if_begin(w, LLVMBuildICmp(w->e.b, LLVMIntSGT, w->nth, ci(w, 1), ""));
+    LLVMBasicBlockRef end = if_begin(w, several_threads(w));
     LLVMValueRef fp = LLVMBuildLoad2(w->e.b, w->e.ptr, w->sync, "wait");
     LLVMTypeRef pt[3] = {w->e.ptr, w->e.ptr, w->e.ptr};
     LLVMValueRef args[3] = {w->sync, w->y_sync, w->scratch};
@@ -313,7 +313,7 @@ mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan 
             LLVMValueRef rows = dims_product(&w, xt, 0, xt->rank - 1), C = ci(&w, chunk);
             LLVMTypeRef spt[5] = {w.e.ptr, w.e.ptr, w.e.i64, w.e.ptr, w.e.ptr};
             LLVMTypeRef sft = LLVMFunctionType(LLVMVoidTypeInContext(ctx), spt, 5, 0);
-            ifb split = ifelse_begin(&w, LLVMBuildICmp(w.e.b, LLVMIntSGT, w.nth, ci(&w, 1), ""));
+            ifb split = ifelse_begin(&w, several_threads(&w));
             LLVMValueRef nchunks = LLVMBuildSDiv(w.e.b, add(&w, rows, ci(&w, chunk - 1)), C, "");
             LLVMValueRef scr = at(&w, sparse_scratch, mul(&w, w.tid, ci(&w, mj_body_sparse_thread_stride(p))));
             LLVMValueRef r0;

@@ -30,6 +30,10 @@ static inline LLVMValueRef dims_product(lw *w, const mj_type *t, int from, int t
     return n;
 }
 
+/* nth > 1: this call is one of column mode's threads (else it computes
+ * everything alone, and sync may be NULL). */
+static inline LLVMValueRef several_threads(lw *w) { return LLVMBuildICmp(w->e.b, LLVMIntSGT, w->nth, ci(w, 1), ""); }
+
 /* Thread tid's share of n independent items in column mode (one thread:
  * all): [*lo, *lo + *count) with lo = n*tid/nth. */
 static inline void thread_share(lw *w, LLVMValueRef n, LLVMValueRef *lo, LLVMValueRef *count) {

@@ -194,8 +194,10 @@ static void tile_body(tile *t, LLVMValueRef ow0, int lanes, bool interior) {
     LLVMValueRef hvalid = LLVMBuildAnd(e->b, LLVMBuildICmp(e->b, LLVMIntSGE, ih, ci(e, 0), ""),
                                        LLVMBuildICmp(e->b, LLVMIntSLT, ih, ci(e, t->H), ""), "");
     LLVMValueRef xr = at(e, xc, mul(e, LLVMBuildSelect(e->b, hvalid, ih, ci(e, 0), ""), ci(e, t->W)));
-    LLVMValueRef hmask = LLVMBuildAnd(e->b, lane_mask(e, lanes),
-                                      LLVMBuildSelect(e->b, hvalid, LLVMConstAllOnes(vi1), LLVMConstNull(vi1), ""), "");
+    LLVMValueRef hmask = interior ? NULL /* not needed: whole-vector loads */
+                                  : LLVMBuildAnd(e->b, lane_mask(e, lanes),
+                                                 LLVMBuildSelect(e->b, hvalid, LLVMConstAllOnes(vi1), LLVMConstNull(vi1), ""),
+                                                 "");
     LLVMValueRef wtap = add(e, mul(e, lc.iv, ci(e, KK)), mul(e, lkh.iv, ci(e, t->KW)));
     loop lkw = loop_begin(e, ci(e, t->KW));
     LLVMValueRef iw0 = add(e, isub(e, ow0, ci(e, t->pw)), mul(e, lkw.iv, ci(e, t->dw)));

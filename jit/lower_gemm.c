@@ -373,7 +373,7 @@ claim_loop mj_lw_claim_begin(lw *w, LLVMValueRef n, LLVMValueRef *item, bool sol
         shared = LLVMAppendBasicBlockInContext(w->e.ctx, w->e.fn, "claim.shared");
         own = LLVMAppendBasicBlockInContext(w->e.ctx, w->e.fn, "claim.own");
         join = LLVMAppendBasicBlockInContext(w->e.ctx, w->e.fn, "claim.join");
-        LLVMBuildCondBr(w->e.b, LLVMBuildICmp(w->e.b, LLVMIntSGT, w->nth, ci(w, 1), ""), shared, own);
+        LLVMBuildCondBr(w->e.b, several_threads(w), shared, own);
         LLVMPositionBuilderAtEnd(w->e.b, shared);
     }
     /* claim is the sync's second member (jit_internal.h) */
@@ -471,9 +471,10 @@ static void emit_gemm(lw *w, LLVMValueRef y, LLVMValueRef x, LLVMValueRef W, boo
             for (int t = 0; t < 4; t++)
                 mk[part][t] = emit_microkernel(w, mk_rows[t], (int)(part == 0 ? P : tail),
                                                plain ? N : (part == 0 ? P : tail), bias != NULL, act, res != NULL);
+    MJ_ASSERT(!split || !plain); /* claimed panels are packed ones */
     ifb claimed = {0};
     if (split) { /* column mode: claimed panels (a call on one thread: the loops below) */
-        claimed = ifelse_begin(w, LLVMBuildICmp(w->e.b, LLVMIntSGT, w->nth, ci(w, 1), ""));
+        claimed = ifelse_begin(w, several_threads(w));
         emit_claimed_panels(w, mk, y, x, W, M, K, N, P, KC, bias, res);
         if_else(w, &claimed);
     }
