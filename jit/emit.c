@@ -373,3 +373,75 @@ LLVMValueRef mj_emit_vld(mj_emit *e, LLVMValueRef base, LLVMValueRef idx, unsign
 void mj_emit_vst(mj_emit *e, LLVMValueRef v, LLVMValueRef base, LLVMValueRef idx, unsigned align) {
     LLVMSetAlignment(LLVMBuildStore(e->b, v, at(e, base, idx)), align);
 }
+
+/* ---- column mode's threads (emit.h) ---------------------------------------- */
+
+LLVMValueRef mj_emit_several_threads(mj_emit *e, const mj_emit_team *t) {
+    return LLVMBuildICmp(e->b, LLVMIntSGT, t->nth, ci(e, 1), "");
+}
+
+void mj_emit_barrier(mj_emit *e, const mj_emit_team *t) {
+    LLVMBasicBlockRef end = if_begin(e, mj_emit_several_threads(e, t));
+    /* wait is the sync's first member (jit_internal.h); passing y and the
+     * scratch tells LLVM the call may write them */
+    LLVMValueRef fp = LLVMBuildLoad2(e->b, e->ptr, t->sync, "wait");
+    LLVMTypeRef pt[3] = {e->ptr, e->ptr, e->ptr};
+    LLVMValueRef args[3] = {t->sync, t->y_sync, t->scratch};
+    LLVMBuildCall2(e->b, LLVMFunctionType(LLVMVoidTypeInContext(e->ctx), pt, 3, 0), fp, args, 3, "");
+    if_end(e, end);
+}
+
+void mj_emit_share(mj_emit *e, const mj_emit_team *t, LLVMValueRef n, LLVMValueRef *lo, LLVMValueRef *count) {
+    *lo = LLVMBuildSDiv(e->b, mul(e, n, t->tid), t->nth, "");
+    LLVMValueRef hi = LLVMBuildSDiv(e->b, mul(e, n, add(e, t->tid, ci(e, 1))), t->nth, "");
+    *count = LLVMBuildSub(e->b, hi, *lo, "");
+}
+
+mj_claim_loop mj_emit_claim_begin(mj_emit *e, const mj_emit_team *t, LLVMValueRef n, LLVMValueRef *item, bool solo) {
+    mj_claim_loop l = {LLVMAppendBasicBlockInContext(e->ctx, e->fn, "claim"),
+                       LLVMAppendBasicBlockInContext(e->ctx, e->fn, "claimed.end")};
+    LLVMValueRef counter = NULL;
+    if (solo) {
+        counter = mj_emit_entry_alloca(e, e->i64);
+        LLVMBuildStore(e->b, ci(e, 0), counter);
+    }
+    LLVMBasicBlockRef body = LLVMAppendBasicBlockInContext(e->ctx, e->fn, "claimed");
+    LLVMBuildBr(e->b, l.header);
+    LLVMPositionBuilderAtEnd(e->b, l.header);
+    LLVMBasicBlockRef shared = l.header, own = NULL, join = NULL;
+    if (solo) { /* one thread: count the items itself (sync may be NULL) */
+        shared = LLVMAppendBasicBlockInContext(e->ctx, e->fn, "claim.shared");
+        own = LLVMAppendBasicBlockInContext(e->ctx, e->fn, "claim.own");
+        join = LLVMAppendBasicBlockInContext(e->ctx, e->fn, "claim.join");
+        LLVMBuildCondBr(e->b, mj_emit_several_threads(e, t), shared, own);
+        LLVMPositionBuilderAtEnd(e->b, shared);
+    }
+    /* claim is the sync's second member (jit_internal.h) */
+    LLVMValueRef off = ci(e, (int64_t)sizeof(void *));
+    LLVMValueRef slot = LLVMBuildGEP2(e->b, LLVMInt8TypeInContext(e->ctx), t->sync, &off, 1, "");
+    LLVMValueRef fp = LLVMBuildLoad2(e->b, e->ptr, slot, "claim");
+    LLVMTypeRef pt[2] = {e->ptr, e->i64};
+    LLVMValueRef args[2] = {t->sync, ci(e, 1)};
+    *item = LLVMBuildCall2(e->b, LLVMFunctionType(e->i64, pt, 2, 0), fp, args, 2, "item");
+    if (solo) {
+        LLVMValueRef claimed = *item;
+        LLVMBuildBr(e->b, join);
+        LLVMPositionBuilderAtEnd(e->b, own);
+        LLVMValueRef mine = LLVMBuildLoad2(e->b, e->i64, counter, "");
+        LLVMBuildStore(e->b, add(e, mine, ci(e, 1)), counter);
+        LLVMBuildBr(e->b, join);
+        LLVMPositionBuilderAtEnd(e->b, join);
+        *item = LLVMBuildPhi(e->b, e->i64, "item");
+        LLVMValueRef vals[2] = {claimed, mine};
+        LLVMBasicBlockRef from[2] = {shared, own};
+        LLVMAddIncoming(*item, vals, from, 2);
+    }
+    LLVMBuildCondBr(e->b, LLVMBuildICmp(e->b, LLVMIntSLT, *item, n, ""), body, l.exit);
+    LLVMPositionBuilderAtEnd(e->b, body);
+    return l;
+}
+
+void mj_emit_claim_end(mj_emit *e, const mj_claim_loop *l) {
+    LLVMBuildBr(e->b, l->header);
+    LLVMPositionBuilderAtEnd(e->b, l->exit);
+}

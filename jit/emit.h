@@ -105,6 +105,38 @@ void mj_emit_vstore(mj_emit *e, LLVMValueRef v, LLVMValueRef ptr, int lanes);
 LLVMValueRef mj_emit_vld(mj_emit *e, LLVMValueRef base, LLVMValueRef idx, unsigned align);
 void mj_emit_vst(mj_emit *e, LLVMValueRef v, LLVMValueRef base, LLVMValueRef idx, unsigned align);
 
+/* ---- column mode's threads ----------------------------------------------
+ * A graph body is called by nth threads at once with tid 0..nth-1
+ * (jit_internal.h: mj_lower_body); nth == 1 computes everything alone and
+ * sync may be NULL. These emit the team's run-time tests, its barrier and
+ * its shared work, for every lowering that splits an op between them. */
+typedef struct mj_emit_team {
+    LLVMValueRef tid, nth, sync; /* the body's arguments */
+    LLVMValueRef y_sync, scratch; /* what the barrier passes (mj_emit_barrier) */
+} mj_emit_team;
+
+/* nth > 1 (an i1) */
+LLVMValueRef mj_emit_several_threads(mj_emit *e, const mj_emit_team *t);
+/* if (nth > 1) sync->wait(sync, y_sync, scratch): every thread's writes
+ * before it are seen by every thread after it */
+void mj_emit_barrier(mj_emit *e, const mj_emit_team *t);
+/* Thread tid's share of n independent items: [*lo, *lo + *count) with
+ * lo = n*tid/nth (one thread: all of them). */
+void mj_emit_share(mj_emit *e, const mj_emit_team *t, LLVMValueRef n, LLVMValueRef *lo, LLVMValueRef *count);
+/* Shared work: while ((*item = sync->claim(sync, 1)) < n) { body }.
+ * mj_emit_claim_begin emits the claim and the test and leaves the builder
+ * in the body; mj_emit_claim_end closes the loop. The threads take items
+ * until none is left, so a thread the host slows down does fewer. The
+ * counter starts at 0 at every call and after every barrier, so one op's
+ * claims must be separated from the next's by a barrier. solo: with
+ * nth == 1 the thread counts the items 0, 1, ... itself (else the caller
+ * must not reach it then). */
+typedef struct mj_claim_loop {
+    LLVMBasicBlockRef header, exit;
+} mj_claim_loop;
+mj_claim_loop mj_emit_claim_begin(mj_emit *e, const mj_emit_team *t, LLVMValueRef n, LLVMValueRef *item, bool solo);
+void mj_emit_claim_end(mj_emit *e, const mj_claim_loop *l);
+
 /* ---- short forms, on a lowering's state `c` that has an `mj_emit e` ------ */
 #ifndef MJ_EMIT_CTX
 #define MJ_EMIT_CTX(c) (&(c)->e)

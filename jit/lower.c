@@ -45,19 +45,10 @@ bool mj_body_splits_columns(const mj_body_plan *p, int32_t i) {
 
 /* if (tid == 0) { ... } (if_end closes it) */
 static LLVMBasicBlockRef if_first_thread(lw *w) {
-    return if_begin(w, LLVMBuildICmp(w->e.b, LLVMIntEQ, w->tid, ci(w, 0), ""));
+    return if_begin(w, LLVMBuildICmp(w->e.b, LLVMIntEQ, w->team.tid, ci(w, 0), ""));
 }
 
-/* if (nth > 1) sync->wait(sync, y, scratch): y is the output, or with
- * several the array of their pointers */
-static void emit_barrier(lw *w) {
-    LLVMBasicBlockRef end = if_begin(w, several_threads(w));
-    LLVMValueRef fp = LLVMBuildLoad2(w->e.b, w->e.ptr, w->sync, "wait");
-    LLVMTypeRef pt[3] = {w->e.ptr, w->e.ptr, w->e.ptr};
-    LLVMValueRef args[3] = {w->sync, w->y_sync, w->scratch};
-    LLVMBuildCall2(w->e.b, LLVMFunctionType(LLVMVoidTypeInContext(w->e.ctx), pt, 3, 0), fp, args, 3, "");
-    if_end(w, end);
-}
+static void emit_barrier(lw *w) { mj_emit_barrier(&w->e, &w->team); }
 
 /* Pointer to leaf i: a baked constant (frozen) or leaves[i] (live). */
 static LLVMValueRef leaf_ptr(lw *w, int32_t i) {
@@ -152,9 +143,10 @@ mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan 
     for (int j = 0; j < p->n_out; j++) w.y[j] = LLVMGetParam(w.e.fn, (unsigned)ai++);
     w.batch = LLVMGetParam(w.e.fn, (unsigned)ai++);
     w.scratch = LLVMGetParam(w.e.fn, (unsigned)ai++);
-    w.tid = LLVMGetParam(w.e.fn, (unsigned)ai++);
-    w.nth = LLVMGetParam(w.e.fn, (unsigned)ai++);
-    w.sync = LLVMGetParam(w.e.fn, (unsigned)ai++);
+    w.team.tid = LLVMGetParam(w.e.fn, (unsigned)ai++);
+    w.team.nth = LLVMGetParam(w.e.fn, (unsigned)ai++);
+    w.team.sync = LLVMGetParam(w.e.fn, (unsigned)ai++);
+    w.team.scratch = w.scratch;
     w.e.b = LLVMCreateBuilderInContext(ctx);
 
     /* the entry point: load the pointers, call the inner function */
@@ -189,13 +181,13 @@ mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan 
     free(params);
     LLVMPositionBuilderAtEnd(w.e.b, LLVMAppendBasicBlockInContext(ctx, w.e.fn, "entry"));
     if (p->n_out == 1) {
-        w.y_sync = w.y[0];
-    } else { /* the barrier gets every output pointer (see emit_barrier) */
+        w.team.y_sync = w.y[0];
+    } else { /* the barrier gets every output pointer (see mj_emit_barrier) */
         LLVMTypeRef arr = LLVMArrayType2(w.e.ptr, (uint64_t)p->n_out);
-        w.y_sync = LLVMBuildAlloca(w.e.b, arr, "ys");
+        w.team.y_sync = LLVMBuildAlloca(w.e.b, arr, "ys");
         for (int j = 0; j < p->n_out; j++) {
             LLVMValueRef idx = LLVMConstInt(w.e.i64, (unsigned long long)j, 0);
-            LLVMBuildStore(w.e.b, w.y[j], LLVMBuildInBoundsGEP2(w.e.b, w.e.ptr, w.y_sync, &idx, 1, ""));
+            LLVMBuildStore(w.e.b, w.y[j], LLVMBuildInBoundsGEP2(w.e.b, w.e.ptr, w.team.y_sync, &idx, 1, ""));
         }
     }
 
@@ -315,9 +307,9 @@ mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan 
             LLVMTypeRef sft = LLVMFunctionType(LLVMVoidTypeInContext(ctx), spt, 5, 0);
             ifb split = ifelse_begin(&w, several_threads(&w));
             LLVMValueRef nchunks = LLVMBuildSDiv(w.e.b, add(&w, rows, ci(&w, chunk - 1)), C, "");
-            LLVMValueRef scr = at(&w, sparse_scratch, mul(&w, w.tid, ci(&w, mj_body_sparse_thread_stride(p))));
+            LLVMValueRef scr = at(&w, sparse_scratch, mul(&w, w.team.tid, ci(&w, mj_body_sparse_thread_stride(p))));
             LLVMValueRef r0;
-            claim_loop more = mj_lw_claim_begin(&w, nchunks, &r0, false);
+            mj_claim_loop more = mj_emit_claim_begin(&w.e, &w.team, nchunks, &r0, false);
             r0 = mul(&w, r0, C);
             LLVMValueRef left = LLVMBuildSub(w.e.b, rows, r0, "");
             LLVMValueRef nr = LLVMBuildSelect(w.e.b, LLVMBuildICmp(w.e.b, LLVMIntSLT, left, C, ""), left, C, "");
@@ -325,7 +317,7 @@ mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan 
             LLVMValueRef args[5] = {at(&w, w.buf[n->operands[0]], mul(&w, r0, ci(&w, in))), at(&w, w.buf[last], yoff),
                                     nr, scr, res >= 0 ? at(&w, w.buf[res], yoff) : LLVMConstNull(w.e.ptr)};
             LLVMBuildCall2(w.e.b, sft, sf, args, 5, "");
-            mj_lw_claim_end(&w, &more);
+            mj_emit_claim_end(&w.e, &more);
             if_else(&w, &split);
             LLVMValueRef all[5] = {w.buf[n->operands[0]], w.buf[last], rows, sparse_scratch,
                                    res >= 0 ? w.buf[res] : LLVMConstNull(w.e.ptr)};

@@ -12,8 +12,7 @@ typedef struct lw {
     mj_emit e; /* builder, types, mode (emit.h); e.fn is the inner function */
     LLVMValueRef leaves, batch, scratch;
     LLVMValueRef *x, *y;  /* per input / output: its pointer (arguments)      */
-    LLVMValueRef y_sync; /* what the barrier passes as y (see emit_barrier) */
-    LLVMValueRef tid, nth, sync; /* column mode (see mj_lower_body) */
+    mj_emit_team team; /* column mode's threads (see mj_lower_body) */
     LLVMValueRef *buf; /* per node: pointer to its float storage */
     const mj_body_plan *p;
     const mj_lower_options *o;
@@ -32,27 +31,7 @@ static inline LLVMValueRef dims_product(lw *w, const mj_type *t, int from, int t
 
 /* nth > 1: this call is one of column mode's threads (else it computes
  * everything alone, and sync may be NULL). */
-static inline LLVMValueRef several_threads(lw *w) { return LLVMBuildICmp(w->e.b, LLVMIntSGT, w->nth, ci(w, 1), ""); }
-
-/* Thread tid's share of n independent items in column mode (one thread:
- * all): [*lo, *lo + *count) with lo = n*tid/nth. */
-static inline void thread_share(lw *w, LLVMValueRef n, LLVMValueRef *lo, LLVMValueRef *count) {
-    *lo = LLVMBuildSDiv(w->e.b, mul(w, n, w->tid), w->nth, "");
-    LLVMValueRef hi = LLVMBuildSDiv(w->e.b, mul(w, n, add(w, w->tid, ci(w, 1))), w->nth, "");
-    *count = LLVMBuildSub(w->e.b, hi, *lo, "");
-}
-
-/* Column mode's shared work (nth > 1): while ((*item = sync->claim(sync,
- * 1)) < n) { body }. mj_lw_claim_begin emits the claim and the test and
- * leaves the builder in the body; mj_lw_claim_end closes the loop. The
- * threads take items until none is left, so a thread the host slows down
- * does fewer (lower_gemm.c). solo: with nth == 1 the thread counts the
- * items 0, 1, ... itself (else the caller must not reach it then). */
-typedef struct claim_loop {
-    LLVMBasicBlockRef header, exit;
-} claim_loop;
-claim_loop mj_lw_claim_begin(lw *w, LLVMValueRef n, LLVMValueRef *item, bool solo);
-void mj_lw_claim_end(lw *w, const claim_loop *l);
+static inline LLVMValueRef several_threads(lw *w) { return mj_emit_several_threads(&w->e, &w->team); }
 
 /* Does op i split its rows between the threads in column mode (row-wise
  * along its last dim: layer_norm, softmax, ... of every row)? */

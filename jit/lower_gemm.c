@@ -118,7 +118,7 @@ void mj_lw_emit_matmul(lw *w, int32_t id) {
     LLVMValueRef count = ci(w, 1);
     for (int d = 0; d < nb; d++) count = mul(w, count, dimv(w, to->dims[d]));
     LLVMValueRef f;
-    claim_loop lm = mj_lw_claim_begin(w, count, &f, true);
+    mj_claim_loop lm = mj_emit_claim_begin(&w->e, &w->team, count, &f, true);
     LLVMValueRef oa = ci(w, 0), ob = ci(w, 0), oy = ci(w, 0);
     for (int d = nb - 1; d >= 0; d--) { /* f's index along output batch dim d */
         LLVMValueRef dim = dimv(w, to->dims[d]);
@@ -134,7 +134,7 @@ void mj_lw_emit_matmul(lw *w, int32_t id) {
         emit_gemm(w, y, a, b, true, false, M, Kd, Nd, NULL, MJ_ACT_NONE, NULL);
     else
         emit_dot(w, y, a, b, M, K, N, N, ci(w, 1), true, NULL, MJ_ACT_NONE, NULL);
-    mj_lw_claim_end(w, &lm);
+    mj_emit_claim_end(&w->e, &lm);
 }
 
 /* ---- vector kernels for linear layers and matmul ---------------------------
@@ -357,55 +357,6 @@ static int64_t gemm_k_block(int64_t P) {
     return kc < 16 ? 16 : kc;
 }
 
-claim_loop mj_lw_claim_begin(lw *w, LLVMValueRef n, LLVMValueRef *item, bool solo) {
-    claim_loop l = {LLVMAppendBasicBlockInContext(w->e.ctx, w->e.fn, "claim"),
-                    LLVMAppendBasicBlockInContext(w->e.ctx, w->e.fn, "claimed.end")};
-    LLVMValueRef counter = NULL;
-    if (solo) {
-        counter = mj_emit_entry_alloca(&w->e, w->e.i64);
-        LLVMBuildStore(w->e.b, ci(w, 0), counter);
-    }
-    LLVMBasicBlockRef body = LLVMAppendBasicBlockInContext(w->e.ctx, w->e.fn, "claimed");
-    LLVMBuildBr(w->e.b, l.header);
-    LLVMPositionBuilderAtEnd(w->e.b, l.header);
-    LLVMBasicBlockRef shared = l.header, own = NULL, join = NULL;
-    if (solo) { /* one thread: count the items itself (sync may be NULL) */
-        shared = LLVMAppendBasicBlockInContext(w->e.ctx, w->e.fn, "claim.shared");
-        own = LLVMAppendBasicBlockInContext(w->e.ctx, w->e.fn, "claim.own");
-        join = LLVMAppendBasicBlockInContext(w->e.ctx, w->e.fn, "claim.join");
-        LLVMBuildCondBr(w->e.b, several_threads(w), shared, own);
-        LLVMPositionBuilderAtEnd(w->e.b, shared);
-    }
-    /* claim is the sync's second member (jit_internal.h) */
-    LLVMValueRef off = ci(w, (int64_t)sizeof(void *));
-    LLVMValueRef slot = LLVMBuildGEP2(w->e.b, LLVMInt8TypeInContext(w->e.ctx), w->sync, &off, 1, "");
-    LLVMValueRef fp = LLVMBuildLoad2(w->e.b, w->e.ptr, slot, "claim");
-    LLVMTypeRef pt[2] = {w->e.ptr, w->e.i64};
-    LLVMValueRef args[2] = {w->sync, ci(w, 1)};
-    *item = LLVMBuildCall2(w->e.b, LLVMFunctionType(w->e.i64, pt, 2, 0), fp, args, 2, "item");
-    if (solo) {
-        LLVMValueRef claimed = *item;
-        LLVMBuildBr(w->e.b, join);
-        LLVMPositionBuilderAtEnd(w->e.b, own);
-        LLVMValueRef mine = LLVMBuildLoad2(w->e.b, w->e.i64, counter, "");
-        LLVMBuildStore(w->e.b, add(w, mine, ci(w, 1)), counter);
-        LLVMBuildBr(w->e.b, join);
-        LLVMPositionBuilderAtEnd(w->e.b, join);
-        *item = LLVMBuildPhi(w->e.b, w->e.i64, "item");
-        LLVMValueRef vals[2] = {claimed, mine};
-        LLVMBasicBlockRef from[2] = {shared, own};
-        LLVMAddIncoming(*item, vals, from, 2);
-    }
-    LLVMBuildCondBr(w->e.b, LLVMBuildICmp(w->e.b, LLVMIntSLT, *item, n, ""), body, l.exit);
-    LLVMPositionBuilderAtEnd(w->e.b, body);
-    return l;
-}
-
-void mj_lw_claim_end(lw *w, const claim_loop *l) {
-    LLVMBuildBr(w->e.b, l->header);
-    LLVMPositionBuilderAtEnd(w->e.b, l->exit);
-}
-
 /* k block kb of a panel (pw columns, rows ws apart, KC k's a block but the
  * last) over rows [0, M) of x: emit_rows with the block after it as the
  * prefetch target (the next k block, or the next panel's first after the
@@ -426,7 +377,7 @@ static void emit_panel_block(lw *w, LLVMValueRef const mk[4], LLVMValueRef kb, i
 }
 
 /* Column mode (nth > 1): the threads claim panels one at a time
- * (mj_lw_claim_begin): a thread the host slows down (a VM's vCPU sharing
+ * (mj_emit_claim_begin): a thread the host slows down (a VM's vCPU sharing
  * its core) does fewer instead of holding the others at the barrier after
  * the op. Each claimed panel: all M rows, k
  * blocks in ascending order, by the one thread that claimed it, so every
@@ -437,7 +388,7 @@ static void emit_claimed_panels(lw *w, LLVMValueRef mk[2][4], LLVMValueRef y, LL
                                 LLVMValueRef res) {
     int64_t nkb = (K + KC - 1) / KC, nfull = N / P, tail = N % P;
     LLVMValueRef idx;
-    claim_loop cl = mj_lw_claim_begin(w, ci(w, nfull + (tail ? 1 : 0)), &idx, false);
+    mj_claim_loop cl = mj_emit_claim_begin(&w->e, &w->team, ci(w, nfull + (tail ? 1 : 0)), &idx, false);
     LLVMValueRef j0 = mul(w, idx, ci(w, P));
     LLVMValueRef panel = at(w, W, mul(w, j0, ci(w, K)));
     LLVMValueRef ycol = at(w, y, j0), bcol = bias ? at(w, bias, j0) : NULL, rcol = res ? at(w, res, j0) : NULL;
@@ -452,7 +403,7 @@ static void emit_claimed_panels(lw *w, LLVMValueRef mk[2][4], LLVMValueRef y, LL
         loop_end(w, &lk);
         if (end) if_end(w, end);
     }
-    mj_lw_claim_end(w, &cl);
+    mj_emit_claim_end(&w->e, &cl);
 }
 
 /* y[M][N] = act(x[M][K] . W + b) + res, W the packed panels (plain: a

@@ -90,8 +90,8 @@ static void emit_lines(lw *w, mj_op op, LLVMValueRef x, LLVMValueRef y, int R, L
  * group, and its bits must not depend on the thread count. */
 static void thread_rows(lw *w, LLVMValueRef groups, int R, LLVMValueRef rows, LLVMValueRef *g0, LLVMValueRef *mine,
                         LLVMValueRef *left) {
-    thread_share(w, groups, g0, mine);
-    LLVMValueRef last = LLVMBuildICmp(w->e.b, LLVMIntEQ, w->tid, LLVMBuildSub(w->e.b, w->nth, ci(w, 1), ""), "");
+    mj_emit_share(&w->e, &w->team, groups, g0, mine);
+    LLVMValueRef last = LLVMBuildICmp(w->e.b, LLVMIntEQ, w->team.tid, LLVMBuildSub(w->e.b, w->team.nth, ci(w, 1), ""), "");
     *left = LLVMBuildSelect(w->e.b, last, LLVMBuildSub(w->e.b, rows, mul(w, groups, ci(w, R)), ""), ci(w, 0), "");
 }
 
