@@ -75,6 +75,9 @@ typedef struct mj_body_plan {
     int32_t *padded_by;        /* per node: stored zero-padded as the input of
                                   this frozen sparse conv (its only readers are
                                   such convs; a sparse conv writes it), or -1  */
+    bool *conv_sparse;         /* per conv2d: frozen, from the table of its
+                                  nonzero taps (jit/lower_conv_sparse.c), which
+                                  column mode's threads share                  */
 } mj_body_plan;
 
 /* Packs W[N][K] into column panels of width P: panel p (columns
@@ -109,8 +112,9 @@ mj_status mj_body_scratch_floats(const mj_body_plan *p, int64_t batch, int64_t *
  * every chain of them uses in turn, fixed-size chunks: not the batch's). */
 int64_t mj_body_sparse_linear_floats(const mj_body_plan *p);
 /* In column mode every thread runs its share of each sparse linear layer's
- * rows in a region of its own, thread tid's this many floats times tid past
- * thread 0's: a call on nth threads needs (nth - 1) times it more scratch. */
+ * rows, and of each sparse conv's tiles, in a region of its own, thread
+ * tid's this many floats times tid past thread 0's: a call on nth threads
+ * needs (nth - 1) times it more scratch. */
 int64_t mj_body_sparse_thread_stride(const mj_body_plan *p);
 /* The fewest rows a sparse linear layer has per batch item (128 for a layer
  * on [B, 128, 768]; 1 for [B, 768]); 0 without such layers. */
@@ -118,6 +122,8 @@ int64_t mj_body_sparse_rows_per_item(const mj_body_plan *p);
 /* Of that, the frozen sparse convs' part (jit/lower_conv_sparse.c; they run
  * one image at a time, so it does not grow with the batch). */
 int64_t mj_body_conv_scratch_floats(const mj_body_plan *p);
+/* Does the body have a conv that column mode's threads share? */
+bool mj_body_has_sparse_conv(const mj_body_plan *p);
 
 typedef struct mj_lower_options {
     mj_numeric_mode numeric;

@@ -249,10 +249,11 @@ mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan 
         }
         /* column mode: packed linear layers split their columns, sparse
          * linear layers and row-wise ops (softmax, layer_norm) their rows,
-         * matmuls their batch of matrices, anything else runs on thread 0;
-         * everyone meets after each op */
+         * matmuls their batch of matrices, sparse convs their tiles,
+         * anything else runs on thread 0; everyone meets after each op */
         LLVMBasicBlockRef first_only = NULL;
-        if (!mj_body_splits_columns(p, i) && !p->sparse[i] && n->op != MJ_OP_MATMUL && !mj_lw_splits_rows(p, i))
+        if (!mj_body_splits_columns(p, i) && !p->sparse[i] && n->op != MJ_OP_MATMUL && !mj_lw_splits_rows(p, i) &&
+            !(p->frozen && p->conv_sparse[i]))
             first_only = if_first_thread(&w);
         if (mj_lw_small_linear(p, i)) {
             int nc = 0;
@@ -349,7 +350,8 @@ mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan 
             w.loops = true;
             char prefix[96];
             snprintf(prefix, sizeof prefix, "%s.cnn%d", o->fname, (int)i);
-            mj_cnn_lowering cl = {.e = &w.e, .g = g, .id = i, .y = w.buf[i], .batch = w.batch, .prefix = prefix};
+            mj_cnn_lowering cl = {.e = &w.e, .g = g, .id = i, .y = w.buf[i], .batch = w.batch, .prefix = prefix,
+                                  .team = &w.team, .thread_stride = mj_body_sparse_thread_stride(p)};
             for (int k = 0; k < n->n_operands; k++) cl.ops[k] = w.buf[n->operands[k]];
             if (n->op == MJ_OP_CONV2D && p->conv_out[i] != i) {
                 conv_tail(&w, i, &cl);
@@ -366,8 +368,10 @@ mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan 
                     cl.pad_y[0] = g->nodes[next].attrs.i[MJ_CONV_PADDING];
                     cl.pad_y[1] = g->nodes[next].attrs.i[MJ_CONV_PADDING + 1];
                 }
-                /* both sides were planned for the sparse tap table */
-                MJ_ASSERT(!(cl.x_padded || next >= 0) || mj_conv_sparse_wanted(&cl));
+                /* the plan chose the sparse tap table as the lowering does
+                 * (it shares the work between the threads, and values
+                 * are stored padded for it) */
+                MJ_ASSERT(mj_conv_sparse_wanted(&cl) == (p->frozen && p->conv_sparse[i]));
             }
             s = mj_lower_cnn(&cl);
             break;

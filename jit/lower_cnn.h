@@ -41,6 +41,12 @@ typedef struct mj_cnn_lowering {
      * columns around each plane (0: plain) for the next conv */
     bool x_padded;
     int64_t pad_y[2];
+    /* column mode's threads: a frozen sparse conv2d shares its work
+     * between them (the others run on thread 0 alone); each has
+     * mj_conv_sparse_thread_floats of its own, thread_stride apart after
+     * the conv's shared part of the scratch */
+    const mj_emit_team *team;
+    int64_t thread_stride;
 } mj_cnn_lowering;
 
 /* The conv's store: per output channel o (an i64 value) the tail's
@@ -62,6 +68,8 @@ mj_status mj_lower_cnn(const mj_cnn_lowering *c);
  * node); whether it beats lower_cnn.c's dense tile for c; the lowering
  * (false: out of memory). */
 int64_t mj_conv_sparse_scratch_floats(const mj_graph *g, int32_t id);
+/* Of that, what each thread sharing the conv's tiles needs of its own. */
+int64_t mj_conv_sparse_thread_floats(const mj_graph *g, int32_t id);
 bool mj_conv_sparse_wanted(const mj_cnn_lowering *c);
 /* The same choice from the graph: node id with the frozen weight w, for
  * vectors of vw floats (a frozen lowering has the scratch). */

@@ -37,6 +37,14 @@
  * tail, or straight into y when y is stored padded for the next conv or,
  * aligned with stride 1, in its own layout (tile_plain, tile_direct).
  *
+ * In column mode (fewer images than threads) the threads share the conv:
+ * each copies its share of the padded rows, then, after a barrier, they
+ * claim tiles one at a time (each tile's copy and partial sums in the
+ * claiming thread's own region, see mj_cnn_lowering), then, after another
+ * barrier, output channels' rows to read out. A tile writes only its own
+ * positions, and each element is one thread's with its taps in the same
+ * order: the bits do not depend on the thread count.
+ *
  * The tile's width (tile_vectors) and the choice between this and the
  * dense tile of lower_cnn.c (SPARSE_FMA_COST) come from measurements,
  * quoted where they are used. */
@@ -112,9 +120,10 @@ static bool geometry(const mj_graph *g, int32_t id, geom *q) {
 }
 
 /* The scratch: the padded input (C*Hp*Wp, then the overrun the copies
- * read: see the bound in lower), the block's copy, the partial sums of a
- * tile per output channel (between blocks) and the rows of the conv's
- * value per output channel (OH*Wp, as the run), read out at the end. */
+ * read: see the bound in lower), the rows of the conv's value per output
+ * channel (OH*Wp, as the run), read out at the end, and then what each
+ * thread working on tiles has of its own: the block's copy and the
+ * partial sums of a tile per output channel (between blocks). */
 static int64_t padded_floats(const geom *q) { return mj_round16(q->C * q->Hp * q->Wp + q->Wp + SPARSE_TILE_MAX + 32); }
 static int64_t copy_floats(const geom *q) { return mj_round16((q->C / q->cg) * q->cb * (q->ns - 1) * q->S); }
 static int64_t rows_floats(const geom *q) { return mj_round16(q->OH * q->Wp + SPARSE_TILE_MAX); }
@@ -124,6 +133,11 @@ int64_t mj_conv_sparse_padded_floats(const mj_graph *g, int32_t id, int64_t *per
     MJ_ASSERT(geometry(g, id, &q));
     *per_image = q.C * q.Hp * q.Wp;
     return mj_round16(padded_floats(&q) - q.C * q.Hp * q.Wp);
+}
+
+int64_t mj_conv_sparse_thread_floats(const mj_graph *g, int32_t id) {
+    geom q;
+    return geometry(g, id, &q) ? copy_floats(&q) + q.O * SPARSE_TILE_MAX : 0;
 }
 
 int64_t mj_conv_sparse_scratch_floats(const mj_graph *g, int32_t id) {
@@ -387,8 +401,11 @@ bool mj_lower_conv_sparse(const mj_cnn_lowering *c) {
      * copy reads the padded input below C*Hp*Wp + Wp + T + 16 + 15. A row
      * buffer takes (nrun - 1)*Wp + ntile*T <= OH*Wp + T. */
     int64_t PF = padded_floats(&q), CF = copy_floats(&q);
-    LLVMValueRef xpad = c->scratch, cp = at(e, c->scratch, ci(e, PF));
-    LLVMValueRef parts = at(e, c->scratch, ci(e, PF + CF)), rows = at(e, parts, ci(e, q.O * SPARSE_TILE_MAX));
+    const mj_emit_team *team = c->team;
+    MJ_ASSERT(c->thread_stride >= CF + q.O * SPARSE_TILE_MAX);
+    LLVMValueRef xpad = c->scratch, rows = at(e, c->scratch, ci(e, PF));
+    LLVMValueRef cp = at(e, rows, add(e, ci(e, q.O * RF), mul(e, team->tid, ci(e, c->thread_stride))));
+    LLVMValueRef parts = at(e, cp, ci(e, CF));
     int64_t planes = q.C * q.Hp * q.Wp, N = c->g->nodes[n->operands[0]].type.dims[0];
     LLVMValueRef nimg = N == MJ_DIM_BATCH ? c->batch : ci(e, N);
     LLVMValueRef acc[SPARSE_TILE_MAX / 8];
@@ -398,6 +415,7 @@ bool mj_lower_conv_sparse(const mj_cnn_lowering *c) {
     /* the overrun: zeros (the tiles' dropped columns read it); when x is
      * stored padded for this conv, after its last image */
     LLVMValueRef zero8 = LLVMConstInt(LLVMInt8TypeInContext(e->ctx), 0, 0);
+    LLVMBasicBlockRef first_thread = if_begin(e, LLVMBuildICmp(e->b, LLVMIntEQ, team->tid, ci(e, 0), ""));
     if (c->x_padded) {
         int64_t per;
         int64_t over = mj_conv_sparse_padded_floats(c->g, c->id, &per);
@@ -406,6 +424,7 @@ bool mj_lower_conv_sparse(const mj_cnn_lowering *c) {
     } else {
         LLVMBuildMemSet(e->b, at(e, xpad, ci(e, planes)), zero8, ci(e, (PF - planes) * 4), 4);
     }
+    if_end(e, first_thread);
 
     loop ln = loop_begin(e, nimg);
     if (c->x_padded) xpad = at(e, c->ops[0], mul(e, ln.iv, ci(e, planes)));
@@ -413,7 +432,9 @@ bool mj_lower_conv_sparse(const mj_cnn_lowering *c) {
        * zeros, an input row gets zeros left and right (the scratch is
        * shared, so the zeros are written on every call); x stored padded
        * has its rows in place already, only the zeros are written */
-        loop lr = loop_begin(e, ci(e, q.C * q.Hp));
+        LLVMValueRef r0, nr;
+        mj_emit_share(e, team, ci(e, q.C * q.Hp), &r0, &nr);
+        loop lr = loop_range(e, r0, add(e, r0, nr), 1);
         LLVMValueRef ch = LLVMBuildSDiv(e->b, lr.iv, ci(e, q.Hp), "");
         LLVMValueRef h = isub(e, LLVMBuildSRem(e->b, lr.iv, ci(e, q.Hp), ""), ci(e, q.ph));
         LLVMValueRef dst = at(e, xpad, mul(e, lr.iv, ci(e, q.Wp)));
@@ -431,6 +452,7 @@ bool mj_lower_conv_sparse(const mj_cnn_lowering *c) {
         if_end(e, f.end);
         loop_end(e, &lr);
     }
+    mj_emit_barrier(e, team);
     /* per tile, per block of input channels: the block's copy, then every
      * output channel's taps of the block */
     int64_t py = c->pad_y[0], px = c->pad_y[1], HPy = q.OH + 2 * py,
@@ -443,9 +465,11 @@ bool mj_lower_conv_sparse(const mj_cnn_lowering *c) {
     bool direct_out = (py || px) && q.sh == 1 && WPy == q.Wp && !has_add;
     /* y in its own layout, aligned rows: the tiles store it too */
     bool plain_out = !py && !px && q.sh == 1 && q.aligned && q.Wp % e->vw == 0;
-    loop lrun = loop_begin(e, ci(e, nrun));
-    LLVMValueRef xr = mul(e, lrun.iv, ci(e, q.sh * q.Wp));
-    loop lq = loop_range(e, ci(e, 0), ci(e, ntile * T), T);
+    LLVMValueRef item;
+    mj_claim_loop lt = mj_emit_claim_begin(e, team, ci(e, nrun * ntile), &item, true);
+    LLVMValueRef runi = LLVMBuildSDiv(e->b, item, ci(e, ntile), "");
+    LLVMValueRef q0 = mul(e, LLVMBuildSRem(e->b, item, ci(e, ntile), ""), ci(e, T));
+    LLVMValueRef xr = mul(e, runi, ci(e, q.sh * q.Wp));
     loop lb = loop_begin(e, ci(e, nb));
     LLVMValueRef first = LLVMBuildICmp(e->b, LLVMIntEQ, lb.iv, ci(e, 0), "");
     LLVMValueRef last = LLVMBuildICmp(e->b, LLVMIntEQ, lb.iv, ci(e, nb - 1), "");
@@ -456,7 +480,7 @@ bool mj_lower_conv_sparse(const mj_cnn_lowering *c) {
         loop lg = loop_begin(e, ci(e, G));
         loop lj = loop_begin(e, cnt);
         LLVMValueRef chn = add(e, add(e, mul(e, lg.iv, ci(e, q.cg)), mul(e, lb.iv, ci(e, cb))), lj.iv);
-        LLVMValueRef src = at(e, xpad, add(e, mul(e, chn, ci(e, q.Hp * q.Wp)), add(e, xr, lq.iv)));
+        LLVMValueRef src = at(e, xpad, add(e, mul(e, chn, ci(e, q.Hp * q.Wp)), add(e, xr, q0)));
         LLVMValueRef dst = at(e, cp, mul(e, add(e, mul(e, lg.iv, ci(e, cb)), lj.iv), ci(e, (q.ns - 1) * q.S)));
         int64_t len = mj_round16(T + (q.KH - 1) * q.dh * q.Wp + (q.KW - 1) * q.dw);
         MJ_ASSERT(len <= q.S);
@@ -471,7 +495,7 @@ bool mj_lower_conv_sparse(const mj_cnn_lowering *c) {
     LLVMValueRef t0 = LLVMBuildSExt(e->b, ld(e, e->i32, tstart, si), e->i64, "");
     LLVMValueRef t1 = LLVMBuildSExt(e->b, ld(e, e->i32, tstart, add(e, si, ci(e, 1))), e->i64, "");
     LLVMValueRef part = at(e, parts, mul(e, lo.iv, ci(e, SPARSE_TILE_MAX)));
-    LLVMValueRef rr = at(e, rows, add(e, mul(e, lo.iv, ci(e, RF)), mul(e, lrun.iv, ci(e, q.Wp))));
+    LLVMValueRef rr = at(e, rows, add(e, mul(e, lo.iv, ci(e, RF)), mul(e, runi, ci(e, q.Wp))));
     direct d = {0};
     if (plain_out) {
         d = (direct){.bias = bias, .o = lo.iv, .plain = true, .Wp = q.Wp, .OH = q.OH, .OW = q.OW,
@@ -481,34 +505,38 @@ bool mj_lower_conv_sparse(const mj_cnn_lowering *c) {
                      .dst = at(e, c->y, add(e, mul(e, add(e, mul(e, ln.iv, ci(e, q.O)), lo.iv), ci(e, HPy * WPy)),
                                             ci(e, py * WPy + px)))};
     }
-    tile(c, acc, V, ttap, t0, t1, at(e, xpad, add(e, xr, lq.iv)), q.ns > 1 ? cp : NULL, part, rr, lq.iv, first, last,
+    tile(c, acc, V, ttap, t0, t1, at(e, xpad, add(e, xr, q0)), q.ns > 1 ? cp : NULL, part, rr, q0, first, last,
          direct_out || plain_out ? &d : NULL);
     loop_end(e, &lo);
     loop_end(e, &lb);
-    loop_end(e, &lq);
-    loop_end(e, &lrun);
-    /* the rows out, + b[o], then the conv's tail */
-    lo = loop_begin(e, ci(e, direct_out || plain_out ? 0 : q.O));
-    LLVMValueRef bv = bias ? load(e, bias, lo.iv) : NULL;
-    mj_conv_coefs k;
-    mj_conv_tail_coefs(c, lo.iv, &k);
-    LLVMValueRef ybase = mul(e, add(e, mul(e, ln.iv, ci(e, q.O)), lo.iv), ci(e, q.OH * q.OW));
-    loop lh = loop_begin(e, ci(e, q.OH));
-    LLVMValueRef src = at(e, rows, add(e, mul(e, lo.iv, ci(e, RF)), mul(e, lh.iv, ci(e, q.Wp))));
-    LLVMValueRef drow = add(e, ybase, mul(e, lh.iv, ci(e, q.OW)));
-    /* stored padded for the next conv: its planes are (OH + 2py) x WPy */
-    LLVMValueRef dst = at(e, c->y, py || px ? add(e, mul(e, add(e, mul(e, add(e, mul(e, ln.iv, ci(e, q.O)), lo.iv), ci(e, HPy)),
-                                                                  add(e, lh.iv, ci(e, py))),
-                                                          ci(e, WPy)),
-                                                  ci(e, px))
-                                          : drow);
-    loop lw = loop_begin(e, ci(e, q.OW));
-    LLVMValueRef v = load(e, src, lw.iv);
-    if (bv) v = fadd(e, v, bv);
-    store(e, mj_conv_tail_apply(c, &k, v, add(e, drow, lw.iv), 0), dst, lw.iv);
-    loop_end(e, &lw);
-    loop_end(e, &lh);
-    loop_end(e, &lo);
+    mj_emit_claim_end(e, &lt);
+    if (!direct_out && !plain_out) { /* the rows out, + b[o], then the conv's tail */
+        mj_emit_barrier(e, team);
+        LLVMValueRef o;
+        mj_claim_loop lc = mj_emit_claim_begin(e, team, ci(e, q.O), &o, true);
+        LLVMValueRef bv = bias ? load(e, bias, o) : NULL;
+        mj_conv_coefs k;
+        mj_conv_tail_coefs(c, o, &k);
+        LLVMValueRef ybase = mul(e, add(e, mul(e, ln.iv, ci(e, q.O)), o), ci(e, q.OH * q.OW));
+        loop lh = loop_begin(e, ci(e, q.OH));
+        LLVMValueRef src = at(e, rows, add(e, mul(e, o, ci(e, RF)), mul(e, lh.iv, ci(e, q.Wp))));
+        LLVMValueRef drow = add(e, ybase, mul(e, lh.iv, ci(e, q.OW)));
+        /* stored padded for the next conv: its planes are (OH + 2py) x WPy */
+        LLVMValueRef dst = at(e, c->y, py || px ? add(e, mul(e, add(e, mul(e, add(e, mul(e, ln.iv, ci(e, q.O)), o), ci(e, HPy)),
+                                                                      add(e, lh.iv, ci(e, py))),
+                                                              ci(e, WPy)),
+                                                      ci(e, px))
+                                              : drow);
+        loop lw = loop_begin(e, ci(e, q.OW));
+        LLVMValueRef v = load(e, src, lw.iv);
+        if (bv) v = fadd(e, v, bv);
+        store(e, mj_conv_tail_apply(c, &k, v, add(e, drow, lw.iv), 0), dst, lw.iv);
+        loop_end(e, &lw);
+        loop_end(e, &lh);
+        mj_emit_claim_end(e, &lc);
+    }
+    /* the next image's copy overwrites what this one's tiles read */
+    mj_emit_barrier(e, team);
     loop_end(e, &ln);
     return true;
 }

@@ -106,7 +106,7 @@ static bool sparse_conv(const mj_graph *g, const bool *input_free, int32_t i, in
  * same padding). */
 static void plan_padded(const mj_graph *g, const bool *input_free, mj_body_plan *p, int32_t c) {
     int32_t v = p->conv_out[c], first = -1;
-    if (!p->has_slot[v] || !sparse_conv(g, input_free, c, p->vw)) return;
+    if (!p->has_slot[v] || !p->conv_sparse[c]) return;
     for (int32_t j = 0; j < p->n_out; j++)
         if (p->out_nodes[j] == v) return;
     for (int32_t u = v + 1; u < g->n_nodes; u++)
@@ -187,9 +187,11 @@ mj_status mj_body_plan_build(const mj_graph *g, const bool *input_free, bool fro
     p->fused_by = mj_alloc_array(n, sizeof *p->fused_by);
     p->conv_out = mj_alloc_array(n, sizeof *p->conv_out);
     p->padded_by = mj_alloc_array(n, sizeof *p->padded_by);
+    p->conv_sparse = mj_alloc_array(n, sizeof *p->conv_sparse);
     int32_t *uses = mj_graph_use_counts(g);
     if (!p->leaf_plain || !p->leaf_packed || !p->leaves || !p->has_slot || !p->sparse || !p->sparse_next || !p->in_nodes ||
-        !p->out_nodes || !p->out_root || !p->root_of || !p->fused_by || !p->conv_out || !p->padded_by || !uses) {
+        !p->out_nodes || !p->out_root || !p->root_of || !p->fused_by || !p->conv_out || !p->padded_by || !p->conv_sparse ||
+        !uses) {
         free(uses);
         mj_body_plan_free(p);
         return MJ_ERR_NOMEM;
@@ -244,8 +246,10 @@ mj_status mj_body_plan_build(const mj_graph *g, const bool *input_free, bool fro
     for (int32_t i = 0; i < g->n_nodes; i++)
         if (p->fused_by[i] >= 0 && p->conv_out[p->fused_by[i]] != i) p->has_slot[i] = false;
         else if (p->conv_out[i] >= 0 && p->conv_out[i] != i) p->has_slot[i] = false;
-    for (int32_t i = 0; i < g->n_nodes && frozen; i++)
+    for (int32_t i = 0; i < g->n_nodes && frozen; i++) {
+        p->conv_sparse[i] = sparse_conv(g, input_free, i, vw);
         if (p->conv_out[i] >= 0) plan_padded(g, input_free, p, i);
+    }
     plan_sparse_chains(g, uses, p);
     free(uses);
     return MJ_OK;
@@ -253,7 +257,7 @@ mj_status mj_body_plan_build(const mj_graph *g, const bool *input_free, bool fro
 
 void mj_body_plan_free(mj_body_plan *p) {
     MJ_FREE_ALL(p->leaf_plain, p->leaf_packed, p->leaves, p->has_slot, p->sparse, p->sparse_next, p->in_nodes,
-                p->out_nodes, p->out_root, p->root_of, p->fused_by, p->conv_out, p->padded_by);
+                p->out_nodes, p->out_root, p->root_of, p->fused_by, p->conv_out, p->padded_by, p->conv_sparse);
     memset(p, 0, sizeof *p);
 }
 
@@ -285,7 +289,20 @@ int64_t mj_body_sparse_linear_floats(const mj_body_plan *p) {
     return sp;
 }
 
-int64_t mj_body_sparse_thread_stride(const mj_body_plan *p) { return mj_round16(mj_body_sparse_linear_floats(p)); }
+int64_t mj_body_sparse_thread_stride(const mj_body_plan *p) {
+    int64_t st = mj_round16(mj_body_sparse_linear_floats(p));
+    for (int32_t i = 0; i < p->g->n_nodes; i++) {
+        int64_t f = p->conv_sparse[i] ? mj_round16(mj_conv_sparse_thread_floats(p->g, i)) : 0;
+        if (f > st) st = f;
+    }
+    return st;
+}
+
+bool mj_body_has_sparse_conv(const mj_body_plan *p) {
+    for (int32_t i = 0; i < p->g->n_nodes; i++)
+        if (p->conv_sparse[i]) return true;
+    return false;
+}
 
 int64_t mj_body_sparse_rows_per_item(const mj_body_plan *p) {
     const mj_graph *g = p->g;

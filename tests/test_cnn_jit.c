@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "jit/jit_test.h"
 #include "maskjit.h"
 #include "test_cnn_models.h"
 #include "test_util.h"
@@ -204,7 +205,7 @@ typedef struct sconv_case {
  * channel 1 none, against eager at batches 1 and 3, frozen exact bit for
  * bit (and frozen fast within tolerance). Returns whether the frozen exact
  * compile took the sparse tap table. */
-static bool check_sparse_conv(mj_jit *j, const sconv_case *k, double density, mj_rng *rng) {
+static mj_module *masked_sconv(const sconv_case *k, double density, mj_rng *rng) {
     mj_conv2d_params p;
     mj_conv2d_params_init(&p);
     p.stride[0] = k->sh;
@@ -223,6 +224,11 @@ static bool check_sparse_conv(mj_jit *j, const sconv_case *k, double density, mj
     OK(mj_fake_sparsity_new(&fs, mask));
     OK(mj_register_parametrization(m, "weight", fs));
     mj_tensor_release(mask);
+    return m;
+}
+
+static bool check_sparse_conv(mj_jit *j, const sconv_case *k, double density, mj_rng *rng) {
+    mj_module *m = masked_sconv(k, density, rng);
     mj_tensor *x0 = mjc_randn(4, (int64_t[]){2, k->C, k->H, k->W}, rng);
     mj_graph *g = NULL;
     OK(mj_trace_module(m, x0, &g));
@@ -346,6 +352,51 @@ Test(cnn_jit, frozen_sparse_conv_up_to_the_measured_crossover) {
     mj_compiled_free(c);
     mj_tensor_release(x);
     mjt_free_traced(g, m);
+}
+
+/* Column mode (fewer images than threads): the threads share a sparse
+ * conv's padding copy, claim its tiles and its output channels' rows, each
+ * with its own copies and partial sums. Every output element is still one
+ * thread's, its taps in the same order: at 2 and 3 threads, batches 1 and
+ * 2 (2 threads at batch 2 split the images instead), bit for bit eager.
+ * Cases: rows aligned (the tiles store y), stride 2 along H (a run per
+ * row), unaligned rows with two groups (the rows go out per channel);
+ * each above the pool's minimum work per call. */
+Test(cnn_jit, frozen_sparse_conv_shared_by_threads_bit_identical) {
+    mj_rng rng;
+    mj_rng_seed(&rng, 38);
+    const sconv_case cases[] = {
+        {.C = 16, .O = 16, .H = 32, .W = 40, .k = 3, .sh = 1, .sw = 1, .pad = 1, .dil = 1, .groups = 1, .bias = true},
+        {.C = 24, .O = 16, .H = 48, .W = 30, .k = 3, .sh = 2, .sw = 1, .pad = 1, .dil = 1, .groups = 1, .bias = false},
+        {.C = 32, .O = 32, .H = 60, .W = 15, .k = 3, .sh = 1, .sw = 1, .pad = 1, .dil = 1, .groups = 2, .bias = true},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const sconv_case *k = &cases[i];
+        mj_module *m = masked_sconv(k, 0.2, &rng);
+        mj_tensor *x0 = mjc_randn(4, (int64_t[]){1, k->C, k->H, k->W}, &rng);
+        mj_graph *g = mjt_trace(m, x0);
+        for (int threads = 2; threads <= 3; threads++) {
+            mj_compile_options o;
+            mj_compile_options_init(&o);
+            o.frozen = true;
+            o.threads = threads;
+            mj_compiled *c = mjt_compile_with(jit, g, &o);
+            cr_expect(mjt_ir_has(c, ".staps.start"), "case %zu: not the sparse tap table", i);
+            for (int64_t batch = 1; batch <= 2; batch++) {
+                mj_tensor *x = mjc_randn(4, (int64_t[]){batch, k->C, k->H, k->W}, &rng);
+                mj_tensor *want = mjt_forward(m, x), *got = mjt_run(c, x);
+                int split = batch < threads ? 2 : 1;
+                cr_expect_eq(mj_compiled_last_split(c), split, "case %zu, %d threads, batch %lld: split %d, not %d", i,
+                             threads, (long long)batch, mj_compiled_last_split(c), split);
+                cr_expect(mj_tensor_equal(got, want), "case %zu, %d threads, batch %lld: differs from eager", i,
+                          threads, (long long)batch);
+                MJT_RELEASE(x, want, got);
+            }
+            mj_compiled_free(c);
+        }
+        mj_tensor_release(x0);
+        mjt_free_traced(g, m);
+    }
 }
 
 /* MASKJIT_JIT_FEATURES forcing AVX2: the sparse conv's tiles are 8 wide. */

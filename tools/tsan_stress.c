@@ -118,6 +118,67 @@ static void sequence_calls(mj_jit *jit, const char *name) {
     run_callers(args, name);
 }
 
+/* ---- 1c. a frozen pruned conv block, batch 1 -------------------------- */
+/* conv -> relu -> conv, 16 -> 16 channels at 32x32, 80% of each conv's
+ * weights masked: fewer images than the pool's threads, so they share each
+ * sparse conv (the padding copy, the tiles and rows by claim, jit/
+ * lower_conv_sparse.c), the first storing its value padded for the second. */
+static mj_module *masked_conv(mj_rng *rng) {
+    mj_conv2d_params p;
+    mj_conv2d_params_init(&p);
+    p.padding[0] = p.padding[1] = 1;
+    mj_module *m = NULL;
+    mj_tensor *mask = NULL;
+    mj_parametrization *fs = NULL;
+    if (mj_conv2d_new(&m, 16, 16, (int64_t[]){3, 3}, &p, true, rng) != MJ_OK ||
+        mj_tensor_zeros(&mask, 4, (int64_t[]){16, 16, 3, 3}) != MJ_OK) {
+        mj_module_free(m);
+        return NULL;
+    }
+    for (int64_t i = 0; i < 16 * 16 * 9; i++) mj_tensor_data_mut(mask)[i] = mj_rng_uniform(rng) < 0.2 ? 1.0f : 0.0f;
+    if (mj_fake_sparsity_new(&fs, mask) != MJ_OK || mj_register_parametrization(m, "weight", fs) != MJ_OK) {
+        mj_module_free(m);
+        m = NULL;
+    }
+    mj_tensor_release(mask);
+    return m;
+}
+
+static void conv_calls(mj_jit *jit, const char *name) {
+    mj_rng rng;
+    mj_rng_seed(&rng, 41);
+    mj_module *parts[3] = {masked_conv(&rng), NULL, masked_conv(&rng)}, *m = NULL;
+    if (parts[0] && parts[2] && mj_activation_module_new(&parts[1], MJ_ACT_RELU) == MJ_OK &&
+        mj_sequential_new(&m, 3, parts) != MJ_OK)
+        m = NULL;
+    int64_t shape[4] = {1, 16, 32, 32};
+    mj_tensor *ex = NULL;
+    mj_graph *g = NULL;
+    if (m && mj_tensor_ones(&ex, 4, shape) == MJ_OK && mj_trace_module(m, ex, &g) != MJ_OK) g = NULL;
+    mj_tensor_release(ex);
+    mj_compile_options o;
+    mj_compile_options_init(&o);
+    o.frozen = true;
+    o.threads = 3;
+    mj_compiled *c = NULL;
+    if (!g || mj_jit_compile(jit, g, &o, &c) != MJ_OK) {
+        fail(name, m ? mj_last_error() : "could not build the model");
+        mj_graph_free(g);
+        if (m) mj_module_free(m);
+        else
+            for (int i = 0; i < 3; i++) mj_module_free(parts[i]);
+        return;
+    }
+    mjt_call_arg args[T];
+    for (int i = 0; i < T; i++) {
+        mj_rng_seed(&rng, 80 + (uint64_t)i);
+        args[i] = (mjt_call_arg){.c = c, .m = m, .g = g, .kind = MJT_CALL_COMPILED, .iters = 20};
+        mj_tensor_randn(&args[i].x, 4, shape, &rng);
+        mj_module_forward(m, args[i].x, &args[i].want);
+    }
+    run_callers(args, name);
+}
+
 /* ---- 2. each thread its own model: trace + compile on a shared JIT -------- */
 static void own_models(mj_jit *jit) {
     mjt_own_arg args[T];
@@ -155,6 +216,7 @@ int main(void) {
         {"8 threads call one compiled model with a 4-thread pool splitting columns (live)", 6},
         {"8 threads call one compiled model with a 4-thread pool splitting columns (frozen)", 7},
         {"8 threads call one frozen sparse model on a 256-row sequence, its 4-thread pool claiming rows", 8},
+        {"8 threads call one frozen pruned conv block at batch 1, its 3-thread pool sharing the convs", 9},
     };
     for (size_t i = 0; i < sizeof scenarios / sizeof scenarios[0]; i++) {
         int before = failures;
@@ -166,6 +228,7 @@ int main(void) {
         case 6: shared_calls(jit, false, MJT_CALL_COMPILED, 4, true, scenarios[i].name); break;
         case 7: shared_calls(jit, true, MJT_CALL_COMPILED, 4, true, scenarios[i].name); break;
         case 8: sequence_calls(jit, scenarios[i].name); break;
+        case 9: conv_calls(jit, scenarios[i].name); break;
         case 3: own_models(jit); break;
         case 4: error_messages(); break;
         }
