@@ -145,14 +145,16 @@ int64_t mj_conv_sparse_scratch_floats(const mj_graph *g, int32_t id) {
     return geometry(g, id, &q) ? padded_floats(&q) + copy_floats(&q) + q.O * (SPARSE_TILE_MAX + rows_floats(&q)) : 0;
 }
 
-/* Tile width in vectors: 12 accumulators, the broadcast weight and room
- * for a loaded vector fit 16 registers (AVX2); AVX-512's 32 take 16, which
- * spreads each tap's two table loads and loop step over more fmas; no
- * wider than the run. (W8's two 3x3 64->64 at 56x56, 20% density,
- * AVX-512, calls interleaved in one process: 16 vectors ran 2 to 3% faster
- * than 12, 24 no faster than 16.) */
+/* Tile width in vectors: with AVX2's 16 registers, 14 accumulators and
+ * the broadcast weight, one spare (the fmas take their input from memory);
+ * AVX-512's 32 take 16, which spreads each tap's two table loads and loop
+ * step over more fmas; no wider than the run. (W8's two 3x3 64->64 at
+ * 56x56, 20% density, calls interleaved in one process. AVX-512 (Xeon):
+ * 16 vectors ran 2 to 3% faster than 12, 24 no faster than 16. AVX2 (Zen
+ * 3): 14 and 15 ran 4% faster than 12, 13 2%, 10 and 8 2% and 6% slower,
+ * 16 spilled: 35% slower.) */
 static int tile_vectors(int vw, int64_t run) {
-    int64_t need = (run + vw - 1) / vw, most = vw == 16 ? 16 : 12;
+    int64_t need = (run + vw - 1) / vw, most = vw == 16 ? 16 : 14;
     return need < most ? (int)need : (int)most;
 }
 
