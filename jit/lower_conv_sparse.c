@@ -12,8 +12,10 @@
  * ow >= OW between rows are computed and dropped. Stride > 1 along H runs
  * each row by itself.
  *
- * The register tile is V vectors of that run: per tap one broadcast weight
- * and V loads and fmas, each lane its own output element. The taps come
+ * The register tile is V vectors of that run (consecutive, or whole
+ * output rows when that skips the columns between rows: tiles_of): per
+ * tap one broadcast weight and V loads and fmas, each lane its own output
+ * element. The taps come
  * from a table (offset, weight) per output channel in eager's order, zero
  * weights left out (NaN and inf are kept), so each lane's fmaf chain is
  * eager's without the zero steps: the frozen contract (exact for finite
@@ -45,7 +47,7 @@
  * positions, and each element is one thread's with its taps in the same
  * order: the bits do not depend on the thread count.
  *
- * The tile's width (tile_vectors) and the choice between this and the
+ * The tile's width and shape (tiles_of) and the choice between this and the
  * dense tile of lower_cnn.c (SPARSE_FMA_COST) come from measurements,
  * quoted where they are used. */
 #include <math.h>
@@ -153,9 +155,42 @@ int64_t mj_conv_sparse_scratch_floats(const mj_graph *g, int32_t id) {
  * 16 vectors ran 2 to 3% faster than 12, 24 no faster than 16. AVX2 (Zen
  * 3): 14 and 15 ran 4% faster than 12, 13 2%, 10 and 8 2% and 6% slower,
  * 16 spilled: 35% slower.) */
-static int tile_vectors(int vw, int64_t run) {
-    int64_t need = (run + vw - 1) / vw, most = vw == 16 ? 16 : 14;
-    return need < most ? (int)need : (int)most;
+static int most_vectors(int vw) { return vw == 16 ? 16 : 14; }
+
+/* The tiles: nrun runs (one flat run of all output rows, Wp apart, when
+ * the stride along H is 1, else one per row) of ntile tiles, tile k of a
+ * run at position k*span. A tile is V vectors, vector v at position
+ * off[v] of the tile: flat, V consecutive vectors; by rows, `rows` output
+ * rows of vr vectors each. A flat run also computes the Wp - OW columns
+ * between rows; by rows, a row is rounded up to whole vectors instead
+ * (56 wide, AVX2: 7 vectors, 56 columns where the flat run computes 64),
+ * at the price of fewer fmas per tap when the row's vectors do not fill
+ * the tile. Each tap's two table loads and loop step cost about two
+ * fmas: the tiling with the fewest fmas plus that wins, flat on a tie. */
+typedef struct tiling {
+    int V, rows;
+    int64_t nrun, run, span, ntile;
+    int64_t off[SPARSE_TILE_MAX / 8];
+} tiling;
+
+static tiling tiles_of(const geom *q, int vw) {
+    tiling t = {.nrun = q->sh == 1 ? 1 : q->OH, .run = q->sh == 1 ? q->OH * q->Wp : q->OW};
+    int64_t most = most_vectors(vw), need = (t.run + vw - 1) / vw;
+    t.V = (int)(need < most ? need : most);
+    t.span = (int64_t)t.V * vw;
+    t.ntile = (t.run + t.span - 1) / t.span;
+    for (int v = 0; v < t.V; v++) t.off[v] = (int64_t)v * vw;
+    int64_t vr = (q->OW + vw - 1) / vw, r = vr > 0 ? most / vr : 0;
+    /* whole rows per tile, dividing OH, within the scratch's tile bound */
+    while (r > 0 && (q->OH % r || r * q->Wp > SPARSE_TILE_MAX)) r--;
+    if (q->sh == 1 && r > 0 && vr * vw < q->Wp && q->OH / r * (r * vr + 2) < t.ntile * (t.V + 2)) {
+        t.V = (int)(r * vr);
+        t.rows = (int)r;
+        t.span = r * q->Wp;
+        t.ntile = q->OH / r;
+        for (int v = 0; v < t.V; v++) t.off[v] = v / vr * q->Wp + v % vr * vw;
+    }
+    return t;
 }
 
 /* A vector fma here costs about as much as one of the dense tile's (which
@@ -187,8 +222,8 @@ bool mj_conv_sparse_takes(const mj_graph *g, int32_t id, const float *w, int vw)
     /* vector fmas of the dense tile and of this one (the columns between
      * rows and the tiles' round-up included) */
     double dense = (double)(q.O * per) * (double)(q.OH * ((q.OW + vw - 1) / vw));
-    int64_t run = q.sh == 1 ? q.OH * q.Wp : q.OW, T = tile_vectors(vw, run) * vw;
-    double sparse = nz * (double)((q.sh == 1 ? 1 : q.OH) * ((run + T - 1) / T) * (T / vw));
+    tiling t = tiles_of(&q, vw);
+    double sparse = nz * (double)(t.nrun * t.ntile * t.V);
     return SPARSE_FMA_COST * sparse <= dense;
 }
 
@@ -247,6 +282,7 @@ static bool build_taps(const float *w, const geom *q, int64_t cb, int32_t **star
  * reads (as it zeroes all of it). */
 typedef struct direct {
     LLVMValueRef dst, bias, o; /* dst: y's plane + the padding before row 0 */
+    const int64_t *off;        /* the tile's vectors (tiling) */
     int64_t run;
     /* plain: y in its own layout (aligned, stride 1): each vector lies in
      * one row (Wp and the tile's start are multiples of vw), its lanes
@@ -274,7 +310,7 @@ static void tile_plain(const mj_cnn_lowering *c, LLVMValueRef *acc, int V, const
     LLVMValueRef bv = d->bias ? vsplat(e, load(e, d->bias, d->o)) : NULL;
     int part = (int)(d->OW % e->vw);
     for (int v = 0; v < V; v++) {
-        LLVMValueRef qv = add(e, q0, ci(e, (int64_t)v * e->vw));
+        LLVMValueRef qv = add(e, q0, ci(e, d->off[v]));
         LLVMValueRef oh = LLVMBuildUDiv(e->b, qv, ci(e, d->Wp), ""), ow = LLVMBuildURem(e->b, qv, ci(e, d->Wp), "");
         LLVMValueRef idx = add(e, d->ybase, add(e, mul(e, oh, ci(e, d->OW)), ow));
         LLVMValueRef in_rows = LLVMBuildICmp(e->b, LLVMIntULT, oh, ci(e, d->OH), "");
@@ -319,22 +355,22 @@ static void tile_direct(const mj_cnn_lowering *c, LLVMValueRef *acc, int V, cons
         LLVMValueRef val = LLVMBuildLoad2(e->b, e->vt, acc[v], "");
         if (bv) val = fadd(e, val, bv);
         val = mj_conv_tail_apply(c, &k, val, NULL, e->vw);
-        LLVMValueRef qs = LLVMBuildAdd(e->b, q32, LLVMConstInt(e->i32, (unsigned long long)v * (unsigned)e->vw, 0), "");
+        LLVMValueRef qs = LLVMBuildAdd(e->b, q32, LLVMConstInt(e->i32, (unsigned long long)d->off[v], 0), "");
         LLVMValueRef qv = LLVMBuildAdd(e->b, splat_i32(e, qs), lane, "");
         LLVMValueRef in_run = LLVMBuildICmp(e->b, LLVMIntULT, qv, k_i32(e, d->run), "");
         LLVMTypeRef mty[2] = {e->vt, e->ptr}, fty;
         LLVMValueRef fn = intrinsic(e, "llvm.masked.store", mty, 2, &fty);
-        LLVMValueRef args[4] = {val, at(e, d->dst, add(e, q0, ci(e, (int64_t)v * e->vw))), LLVMConstInt(e->i32, 4, 0), in_run};
+        LLVMValueRef args[4] = {val, at(e, d->dst, add(e, q0, ci(e, d->off[v]))), LLVMConstInt(e->i32, 4, 0), in_run};
         LLVMBuildCall2(e->b, fty, fn, args, 4, "");
     }
 }
 
-/* One tile: positions [q0, q0 + V*vw) of the run, taps [t0, t1) at xr
+/* One tile: V vectors at positions q0 + voff[v] of the run, taps [t0, t1) at xr
  * (the padded input at the tile) or, aligned, at the block's copy cp
  * for odd offsets (the offset less its low 4 bits); the partial sums in part between blocks (first: none
  * yet; last: the last block), the last block's into rr (the output
  * channel's rows at the run) or, with d, y itself (tile_direct). */
-static void tile(const mj_cnn_lowering *c, LLVMValueRef *acc, int V, LLVMValueRef taps, LLVMValueRef t0,
+static void tile(const mj_cnn_lowering *c, LLVMValueRef *acc, int V, const int64_t *voff, LLVMValueRef taps, LLVMValueRef t0,
                  LLVMValueRef t1, LLVMValueRef xr, LLVMValueRef cp, LLVMValueRef part, LLVMValueRef rr,
                  LLVMValueRef q0, LLVMValueRef first, LLVMValueRef last, const direct *d) {
     mj_emit *e = c->e;
@@ -355,7 +391,7 @@ static void tile(const mj_cnn_lowering *c, LLVMValueRef *acc, int V, LLVMValueRe
         xp = at(e, base, LLVMBuildAnd(e->b, off, ci(e, ~INT64_C(15)), ""));
     }
     for (int v = 0; v < V; v++) {
-        LLVMValueRef xv = vld(e, xp, ci(e, (int64_t)v * e->vw), 4);
+        LLVMValueRef xv = vld(e, xp, ci(e, voff[v]), 4);
         LLVMValueRef a = LLVMBuildLoad2(e->b, e->vt, acc[v], "");
         LLVMBuildStore(e->b, vmuladd(e, a, xv, wv), acc[v]);
     }
@@ -367,7 +403,7 @@ static void tile(const mj_cnn_lowering *c, LLVMValueRef *acc, int V, LLVMValueRe
         tile_direct(c, acc, V, d, q0);
     } else {
         for (int v = 0; v < V; v++)
-            vst(e, LLVMBuildLoad2(e->b, e->vt, acc[v], ""), rr, add(e, q0, ci(e, (int64_t)v * e->vw)), 4);
+            vst(e, LLVMBuildLoad2(e->b, e->vt, acc[v], ""), rr, add(e, q0, ci(e, voff[v])), 4);
     }
     if_else(e, &fl);
     for (int v = 0; v < V; v++) vst(e, LLVMBuildLoad2(e->b, e->vt, acc[v], ""), part, ci(e, (int64_t)v * e->vw), 4);
@@ -388,20 +424,20 @@ bool mj_lower_conv_sparse(const mj_cnn_lowering *c) {
     free(start);
     free(tap);
 
-    /* rows: one flat run (stride 1 along H) or one run per output row */
-    int64_t nrun = q.sh == 1 ? 1 : q.OH, run = q.sh == 1 ? q.OH * q.Wp : q.OW;
-    int V = tile_vectors(e->vw, run);
-    int64_t T = (int64_t)V * e->vw, ntile = (run + T - 1) / T, RF = rows_floats(&q);
-    MJ_ASSERT(T <= SPARSE_TILE_MAX);
+    tiling tl = tiles_of(&q, e->vw);
+    int V = tl.V;
+    int64_t T = tl.span, nrun = tl.nrun, ntile = tl.ntile, RF = rows_floats(&q);
+    MJ_ASSERT(T <= SPARSE_TILE_MAX && (int64_t)V * e->vw <= SPARSE_TILE_MAX);
     /* Bounds: the tile at q0 of run r reads, per channel of the block,
      * positions r*sh*Wp + q0 + [0, T + (KH - 1)*dh*Wp + (KW - 1)*dw) of
-     * its plane: the block's copy holds them (S floats per version,
-     * version k the positions + shift[k], a tap reading its version at
-     * its offset less the shift: a multiple of 16 when aligned). The last
-     * of them is below OH*Wp + T + (KH - 1)*dh*Wp + (KW - 1)*dw, and
-     * (OH - 1)*sh + (KH - 1)*dh < Hp, OW + (KW - 1)*dw = W + 2pw <= Wp: a
-     * copy reads the padded input below C*Hp*Wp + Wp + T + 16 + 15. A row
-     * buffer takes (nrun - 1)*Wp + ntile*T <= OH*Wp + T. */
+     * its plane (T its span): the block's copy holds them (S floats per
+     * version, version k the positions + shift[k], a tap reading its
+     * version at its offset less the shift: a multiple of 16 when
+     * aligned). The last of them is below OH*Wp + T + (KH - 1)*dh*Wp +
+     * (KW - 1)*dw, and (OH - 1)*sh + (KH - 1)*dh < Hp, OW + (KW - 1)*dw =
+     * W + 2pw <= Wp: a copy reads the padded input below C*Hp*Wp + Wp + T
+     * + 16 + 15. A row buffer takes (nrun - 1)*Wp + ntile*T <= OH*Wp + T
+     * (by rows: OH*Wp). */
     int64_t PF = padded_floats(&q), CF = copy_floats(&q);
     const mj_emit_team *team = c->team;
     MJ_ASSERT(c->thread_stride >= CF + q.O * SPARSE_TILE_MAX);
@@ -500,14 +536,14 @@ bool mj_lower_conv_sparse(const mj_cnn_lowering *c) {
     LLVMValueRef rr = at(e, rows, add(e, mul(e, lo.iv, ci(e, RF)), mul(e, runi, ci(e, q.Wp))));
     direct d = {0};
     if (plain_out) {
-        d = (direct){.bias = bias, .o = lo.iv, .plain = true, .Wp = q.Wp, .OH = q.OH, .OW = q.OW,
+        d = (direct){.bias = bias, .o = lo.iv, .off = tl.off, .plain = true, .Wp = q.Wp, .OH = q.OH, .OW = q.OW,
                      .ybase = mul(e, add(e, mul(e, ln.iv, ci(e, q.O)), lo.iv), ci(e, q.OH * q.OW))};
     } else if (direct_out) {
-        d = (direct){.bias = bias, .o = lo.iv, .run = run,
+        d = (direct){.bias = bias, .o = lo.iv, .off = tl.off, .run = tl.run,
                      .dst = at(e, c->y, add(e, mul(e, add(e, mul(e, ln.iv, ci(e, q.O)), lo.iv), ci(e, HPy * WPy)),
                                             ci(e, py * WPy + px)))};
     }
-    tile(c, acc, V, ttap, t0, t1, at(e, xpad, add(e, xr, q0)), q.ns > 1 ? cp : NULL, part, rr, q0, first, last,
+    tile(c, acc, V, tl.off, ttap, t0, t1, at(e, xpad, add(e, xr, q0)), q.ns > 1 ? cp : NULL, part, rr, q0, first, last,
          direct_out || plain_out ? &d : NULL);
     loop_end(e, &lo);
     loop_end(e, &lb);
