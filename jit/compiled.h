@@ -52,7 +52,7 @@ struct mj_compiled {
     double row_flops;
     int64_t col_panels; /* full column panels of the widest packed linear layer */
     bool all_columns;   /* every op of the body splits its columns (an MLP of wide layers) */
-    bool sparse_convs;  /* frozen convs whose tiles column mode's threads share */
+    bool shared_convs;  /* convs whose work column mode's threads share */
     int64_t sparse_rows; /* the fewest rows a sparse linear layer has per batch item (0: none) */
     _Atomic int last_split; /* how the last call ran (mj_compiled_last_split, for the tests) */
     pool *pool;

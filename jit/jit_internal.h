@@ -76,8 +76,10 @@ typedef struct mj_body_plan {
                                   this frozen sparse conv (its only readers are
                                   such convs; a sparse conv writes it), or -1  */
     bool *conv_sparse;         /* per conv2d: frozen, from the table of its
-                                  nonzero taps (jit/lower_conv_sparse.c), which
-                                  column mode's threads share                  */
+                                  nonzero taps (jit/lower_conv_sparse.c)       */
+    bool *conv_shared;         /* per conv2d: split between column mode's
+                                  threads (the tap table or the register tile
+                                  of jit/lower_cnn.c)                          */
 } mj_body_plan;
 
 /* Packs W[N][K] into column panels of width P: panel p (columns
@@ -123,7 +125,7 @@ int64_t mj_body_sparse_rows_per_item(const mj_body_plan *p);
  * one image at a time, so it does not grow with the batch). */
 int64_t mj_body_conv_scratch_floats(const mj_body_plan *p);
 /* Does the body have a conv that column mode's threads share? */
-bool mj_body_has_sparse_conv(const mj_body_plan *p);
+bool mj_body_has_shared_conv(const mj_body_plan *p);
 
 typedef struct mj_lower_options {
     mj_numeric_mode numeric;

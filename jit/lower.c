@@ -249,11 +249,12 @@ mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan 
         }
         /* column mode: packed linear layers split their columns, sparse
          * linear layers and row-wise ops (softmax, layer_norm) their rows,
-         * matmuls their batch of matrices, sparse convs their tiles,
-         * anything else runs on thread 0; everyone meets after each op */
+         * matmuls their batch of matrices, convs their tiles or rows
+         * (conv_shared), anything else runs on thread 0; everyone meets
+         * after each op */
         LLVMBasicBlockRef first_only = NULL;
         if (!mj_body_splits_columns(p, i) && !p->sparse[i] && n->op != MJ_OP_MATMUL && !mj_lw_splits_rows(p, i) &&
-            !(p->frozen && p->conv_sparse[i]))
+            !p->conv_shared[i])
             first_only = if_first_thread(&w);
         if (mj_lw_small_linear(p, i)) {
             int nc = 0;

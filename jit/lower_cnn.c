@@ -154,6 +154,16 @@ static bool dense_enough(const float *w, int64_t n) {
     return (double)nz >= TILE_MIN_DENSITY * (double)n;
 }
 
+mj_conv_lowering mj_conv_lowering_of(const mj_graph *g, int32_t id, const float *w, bool scratch, int vw) {
+    const mj_node *n = &g->nodes[id];
+    MJ_ASSERT(n->op == MJ_OP_CONV2D);
+    if (w && scratch && mj_conv_sparse_takes(g, id, w, vw)) return MJ_CONV_SPARSE;
+    const mj_type *wt = &g->nodes[n->operands[1]].type;
+    int64_t numel = wt->dims[0] * wt->dims[1] * wt->dims[2] * wt->dims[3];
+    if (n->attrs.i[MJ_CONV_STRIDE + 1] == 1 && (!w || dense_enough(w, numel))) return MJ_CONV_TILED;
+    return MJ_CONV_PLANES;
+}
+
 /* ---- conv2d with stride 1 along W: a register tile --------------------
  * OB output channels (of one group) x one vector of output positions of a
  * row stay in registers while the taps run in eager's order: per tap one
@@ -248,18 +258,20 @@ static void lower_conv_tiled(const mj_cnn_lowering *c) {
     t.lane_idx = LLVMConstVector(lanes_c, (unsigned)e->vw);
     LLVMValueRef bias = n->n_operands == 3 ? c->ops[2] : NULL;
 
-    loop ln = loop_begin(e, dimv(c, xt->dims[0]));
-    loop lo = loop_range(e, ci(e, 0), ci(e, O), t.OB);
-    t.xg = at(e, c->ops[0],
-              mul(e, add(e, mul(e, ln.iv, ci(e, C)), mul(e, idiv(e, lo.iv, og), ci(e, t.cg))), ci(e, t.H * t.W)));
-    t.wo = at(e, c->ops[1], mul(e, lo.iv, ci(e, per)));
-    t.b = bias ? at(e, bias, lo.iv) : NULL;
-    for (int j = 0; j < t.OB; j++) mj_conv_tail_coefs(c, add(e, lo.iv, ci(e, j)), &t.k[j]);
-    loop lh = loop_begin(e, ci(e, OH));
-    t.oh = lh.iv;
+    /* items (image, group of OB output channels, output row), in the
+     * order of the loops they replace; in column mode the threads claim
+     * them (each writes its own rows), one thread counts them itself */
+    int64_t groups = O / t.OB;
+    LLVMValueRef item;
+    mj_claim_loop li = mj_emit_claim_begin(e, c->team, mul(e, dimv(c, xt->dims[0]), ci(e, groups * OH)), &item, true);
+    LLVMValueRef img = idiv(e, item, groups * OH), o0 = mul(e, irem(e, idiv(e, item, OH), groups), ci(e, t.OB));
+    t.oh = irem(e, item, OH);
+    t.xg = at(e, c->ops[0], mul(e, add(e, mul(e, img, ci(e, C)), mul(e, idiv(e, o0, og), ci(e, t.cg))), ci(e, t.H * t.W)));
+    t.wo = at(e, c->ops[1], mul(e, o0, ci(e, per)));
+    t.b = bias ? at(e, bias, o0) : NULL;
+    for (int j = 0; j < t.OB; j++) mj_conv_tail_coefs(c, add(e, o0, ci(e, j)), &t.k[j]);
     for (int j = 0; j < t.OB; j++) {
-        t.yidx[j] = mul(e, add(e, mul(e, add(e, mul(e, ln.iv, ci(e, O)), add(e, lo.iv, ci(e, j))), ci(e, OH)), lh.iv),
-                        ci(e, OW));
+        t.yidx[j] = mul(e, add(e, mul(e, add(e, mul(e, img, ci(e, O)), add(e, o0, ci(e, j))), ci(e, OH)), t.oh), ci(e, OW));
         t.yrow[j] = at(e, c->y, t.yidx[j]);
     }
     int64_t full = OW / e->vw * e->vw;
@@ -278,9 +290,7 @@ static void lower_conv_tiled(const mj_cnn_lowering *c) {
         loop_end(e, &lw);
     }
     if (OW > full) tile_body(&t, ci(e, full), (int)(OW - full), false);
-    loop_end(e, &lh);
-    loop_end(e, &lo);
-    loop_end(e, &ln);
+    mj_emit_claim_end(e, &li);
 }
 
 static bool lower_conv(const mj_cnn_lowering *c) {
@@ -294,10 +304,10 @@ static bool lower_conv(const mj_cnn_lowering *c) {
     int64_t dh = a[MJ_CONV_DILATION], dw = a[MJ_CONV_DILATION + 1], og = O / a[MJ_CONV_GROUPS];
     int64_t OH = n->type.dims[2], OW = n->type.dims[3], KK = KH * KW, per = cg * KK, plane = OH * OW;
     LLVMValueRef x = c->ops[0], w = c->ops[1], b = n->n_operands == 3 ? c->ops[2] : NULL, y = c->y;
-    if (mj_conv_sparse_wanted(c)) return mj_lower_conv_sparse(c);
-    if (sw == 1 && (!c->conv_weight || dense_enough(c->conv_weight, O * per))) {
-        lower_conv_tiled(c);
-        return true;
+    switch (mj_conv_lowering_of(c->g, c->id, c->conv_weight, c->scratch != NULL, e->vw)) {
+    case MJ_CONV_SPARSE: return mj_lower_conv_sparse(c);
+    case MJ_CONV_TILED: lower_conv_tiled(c); return true;
+    case MJ_CONV_PLANES: break;
     }
 
     taps t = {0};

@@ -91,13 +91,20 @@ static void plan_conv_tail(const mj_graph *g, const bool *input_free, const int3
     p->conv_out[c] = cur;
 }
 
-/* Does frozen conv i take the sparse tap table (jit/lower_conv_sparse.c)?
- * The lowering makes the same choice from the same weight. */
-static bool sparse_conv(const mj_graph *g, const bool *input_free, int32_t i, int vw) {
+/* How body conv i is lowered (jit/lower_cnn.c), or -1 if i is none: the
+ * lowering makes the same choice from the same weight, which it sees
+ * when frozen. */
+static int conv_lowering(const mj_graph *g, const bool *input_free, int32_t i, bool frozen, int vw) {
     const mj_node *n = &g->nodes[i];
-    if (n->op != MJ_OP_CONV2D || input_free[i]) return false;
+    if (n->op != MJ_OP_CONV2D || input_free[i]) return -1;
     const mj_node *w = &g->nodes[n->operands[1]];
-    return w->op == MJ_OP_CONST && w->tensor && mj_conv_sparse_takes(g, i, w->tensor->data, vw);
+    const float *wd = frozen && w->op == MJ_OP_CONST && w->tensor ? w->tensor->data : NULL;
+    return (int)mj_conv_lowering_of(g, i, wd, frozen, vw);
+}
+
+/* Does frozen conv i take the sparse tap table (jit/lower_conv_sparse.c)? */
+static bool sparse_conv(const mj_graph *g, const bool *input_free, int32_t i, int vw) {
+    return conv_lowering(g, input_free, i, true, vw) == MJ_CONV_SPARSE;
 }
 
 /* The value v that sparse conv c stores: if every reader is a sparse conv
@@ -188,10 +195,11 @@ mj_status mj_body_plan_build(const mj_graph *g, const bool *input_free, bool fro
     p->conv_out = mj_alloc_array(n, sizeof *p->conv_out);
     p->padded_by = mj_alloc_array(n, sizeof *p->padded_by);
     p->conv_sparse = mj_alloc_array(n, sizeof *p->conv_sparse);
+    p->conv_shared = mj_alloc_array(n, sizeof *p->conv_shared);
     int32_t *uses = mj_graph_use_counts(g);
     if (!p->leaf_plain || !p->leaf_packed || !p->leaves || !p->has_slot || !p->sparse || !p->sparse_next || !p->in_nodes ||
         !p->out_nodes || !p->out_root || !p->root_of || !p->fused_by || !p->conv_out || !p->padded_by || !p->conv_sparse ||
-        !uses) {
+        !p->conv_shared || !uses) {
         free(uses);
         mj_body_plan_free(p);
         return MJ_ERR_NOMEM;
@@ -246,9 +254,11 @@ mj_status mj_body_plan_build(const mj_graph *g, const bool *input_free, bool fro
     for (int32_t i = 0; i < g->n_nodes; i++)
         if (p->fused_by[i] >= 0 && p->conv_out[p->fused_by[i]] != i) p->has_slot[i] = false;
         else if (p->conv_out[i] >= 0 && p->conv_out[i] != i) p->has_slot[i] = false;
-    for (int32_t i = 0; i < g->n_nodes && frozen; i++) {
-        p->conv_sparse[i] = sparse_conv(g, input_free, i, vw);
-        if (p->conv_out[i] >= 0) plan_padded(g, input_free, p, i);
+    for (int32_t i = 0; i < g->n_nodes; i++) {
+        int how = conv_lowering(g, input_free, i, frozen, vw);
+        p->conv_sparse[i] = how == MJ_CONV_SPARSE;
+        p->conv_shared[i] = how == MJ_CONV_SPARSE || how == MJ_CONV_TILED;
+        if (frozen && p->conv_out[i] >= 0) plan_padded(g, input_free, p, i);
     }
     plan_sparse_chains(g, uses, p);
     free(uses);
@@ -257,7 +267,8 @@ mj_status mj_body_plan_build(const mj_graph *g, const bool *input_free, bool fro
 
 void mj_body_plan_free(mj_body_plan *p) {
     MJ_FREE_ALL(p->leaf_plain, p->leaf_packed, p->leaves, p->has_slot, p->sparse, p->sparse_next, p->in_nodes,
-                p->out_nodes, p->out_root, p->root_of, p->fused_by, p->conv_out, p->padded_by, p->conv_sparse);
+                p->out_nodes, p->out_root, p->root_of, p->fused_by, p->conv_out, p->padded_by, p->conv_sparse,
+                p->conv_shared);
     memset(p, 0, sizeof *p);
 }
 
@@ -298,9 +309,9 @@ int64_t mj_body_sparse_thread_stride(const mj_body_plan *p) {
     return st;
 }
 
-bool mj_body_has_sparse_conv(const mj_body_plan *p) {
+bool mj_body_has_shared_conv(const mj_body_plan *p) {
     for (int32_t i = 0; i < p->g->n_nodes; i++)
-        if (p->conv_sparse[i]) return true;
+        if (p->conv_shared[i]) return true;
     return false;
 }
 

@@ -354,15 +354,17 @@ Test(cnn_jit, frozen_sparse_conv_up_to_the_measured_crossover) {
     mjt_free_traced(g, m);
 }
 
-/* Column mode (fewer images than threads): the threads share a sparse
- * conv's padding copy, claim its tiles and its output channels' rows, each
- * with its own copies and partial sums. Every output element is still one
- * thread's, its taps in the same order: at 2 and 3 threads, batches 1 and
- * 2 (2 threads at batch 2 split the images instead), bit for bit eager.
- * Cases: rows aligned (the tiles store y), stride 2 along H (a run per
- * row), unaligned rows with two groups (the rows go out per channel);
- * each above the pool's minimum work per call. */
-Test(cnn_jit, frozen_sparse_conv_shared_by_threads_bit_identical) {
+/* Column mode (fewer images than threads): the threads share a conv.
+ * Frozen sparse (the tap table): they split its padding copy, claim its
+ * tiles and its output channels' rows, each with its own copies and
+ * partial sums; live (the register tile): they claim its rows of output
+ * channel groups. Every output element is still one thread's, its taps in
+ * the same order: at 2 and 3 threads, batches 1 and 2 (2 threads at batch
+ * 2 split the images instead), the bits of one thread, and in exact mode
+ * eager's. Cases: rows aligned (the tiles store y), stride 2 along H (a
+ * run per row), unaligned rows with two groups (the rows go out per
+ * channel); each above the pool's minimum work per call. */
+Test(cnn_jit, convs_shared_by_threads_bit_identical) {
     mj_rng rng;
     mj_rng_seed(&rng, 38);
     const sconv_case cases[] = {
@@ -370,29 +372,42 @@ Test(cnn_jit, frozen_sparse_conv_shared_by_threads_bit_identical) {
         {.C = 24, .O = 16, .H = 48, .W = 30, .k = 3, .sh = 2, .sw = 1, .pad = 1, .dil = 1, .groups = 1, .bias = false},
         {.C = 32, .O = 32, .H = 60, .W = 15, .k = 3, .sh = 1, .sw = 1, .pad = 1, .dil = 1, .groups = 2, .bias = true},
     };
+    const int modes[] = {1, 0, 2}; /* exact frozen (sparse), exact live, fast live (register tile) */
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         const sconv_case *k = &cases[i];
         mj_module *m = masked_sconv(k, 0.2, &rng);
         mj_tensor *x0 = mjc_randn(4, (int64_t[]){1, k->C, k->H, k->W}, &rng);
         mj_graph *g = mjt_trace(m, x0);
-        for (int threads = 2; threads <= 3; threads++) {
-            mj_compile_options o;
-            mj_compile_options_init(&o);
-            o.frozen = true;
-            o.threads = threads;
-            mj_compiled *c = mjt_compile_with(jit, g, &o);
-            cr_expect(mjt_ir_has(c, ".staps.start"), "case %zu: not the sparse tap table", i);
+        for (size_t mi = 0; mi < sizeof modes / sizeof modes[0]; mi++) {
+            mjt_mode md = mjt_modes[modes[mi]];
+            mj_compiled *c[3];
+            for (int t = 0; t < 3; t++) {
+                mj_compile_options o;
+                mj_compile_options_init(&o);
+                o.numeric = md.numeric;
+                o.frozen = md.frozen;
+                o.threads = t + 1;
+                c[t] = mjt_compile_with(jit, g, &o);
+            }
+            cr_expect_eq(mjt_ir_has(c[0], ".staps.start"), md.frozen, "case %zu (%s): sparse tap table %d", i,
+                         md.name, md.frozen);
             for (int64_t batch = 1; batch <= 2; batch++) {
                 mj_tensor *x = mjc_randn(4, (int64_t[]){batch, k->C, k->H, k->W}, &rng);
-                mj_tensor *want = mjt_forward(m, x), *got = mjt_run(c, x);
-                int split = batch < threads ? 2 : 1;
-                cr_expect_eq(mj_compiled_last_split(c), split, "case %zu, %d threads, batch %lld: split %d, not %d", i,
-                             threads, (long long)batch, mj_compiled_last_split(c), split);
-                cr_expect(mj_tensor_equal(got, want), "case %zu, %d threads, batch %lld: differs from eager", i,
-                          threads, (long long)batch);
-                MJT_RELEASE(x, want, got);
+                mj_tensor *want = mjt_forward(m, x), *got[3];
+                for (int t = 0; t < 3; t++) {
+                    got[t] = mjt_run(c[t], x);
+                    int split = t == 0 ? 0 : batch < t + 1 ? 2 : 1;
+                    cr_expect_eq(mj_compiled_last_split(c[t]), split, "case %zu (%s), %d threads, batch %lld: split %d, not %d",
+                                 i, md.name, t + 1, (long long)batch, mj_compiled_last_split(c[t]), split);
+                    cr_expect(mj_tensor_equal(got[t], got[0]), "case %zu (%s), %d threads, batch %lld: differs from one thread",
+                              i, md.name, t + 1, (long long)batch);
+                }
+                if (md.numeric == MJ_NUMERIC_EXACT)
+                    cr_expect(mj_tensor_equal(got[0], want), "case %zu (%s), batch %lld: differs from eager", i, md.name,
+                              (long long)batch);
+                MJT_RELEASE(x, want, got[0], got[1], got[2]);
             }
-            mj_compiled_free(c);
+            for (int t = 0; t < 3; t++) mj_compiled_free(c[t]);
         }
         mj_tensor_release(x0);
         mjt_free_traced(g, m);

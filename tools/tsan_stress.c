@@ -118,11 +118,12 @@ static void sequence_calls(mj_jit *jit, const char *name) {
     run_callers(args, name);
 }
 
-/* ---- 1c. a frozen pruned conv block, batch 1 -------------------------- */
+/* ---- 1c. a pruned conv block, batch 1 -------------------------------- */
 /* conv -> relu -> conv, 16 -> 16 channels at 32x32, 80% of each conv's
  * weights masked: fewer images than the pool's threads, so they share each
- * sparse conv (the padding copy, the tiles and rows by claim, jit/
- * lower_conv_sparse.c), the first storing its value padded for the second. */
+ * conv. Frozen: the tap table's padding copy, tiles and rows by claim
+ * (jit/lower_conv_sparse.c), the first conv storing its value padded for
+ * the second; live: the register tile's rows by claim (jit/lower_cnn.c). */
 static mj_module *masked_conv(mj_rng *rng) {
     mj_conv2d_params p;
     mj_conv2d_params_init(&p);
@@ -144,7 +145,7 @@ static mj_module *masked_conv(mj_rng *rng) {
     return m;
 }
 
-static void conv_calls(mj_jit *jit, const char *name) {
+static void conv_calls(mj_jit *jit, bool frozen, const char *name) {
     mj_rng rng;
     mj_rng_seed(&rng, 41);
     mj_module *parts[3] = {masked_conv(&rng), NULL, masked_conv(&rng)}, *m = NULL;
@@ -158,7 +159,7 @@ static void conv_calls(mj_jit *jit, const char *name) {
     mj_tensor_release(ex);
     mj_compile_options o;
     mj_compile_options_init(&o);
-    o.frozen = true;
+    o.frozen = frozen;
     o.threads = 3;
     mj_compiled *c = NULL;
     if (!g || mj_jit_compile(jit, g, &o, &c) != MJ_OK) {
@@ -217,6 +218,7 @@ int main(void) {
         {"8 threads call one compiled model with a 4-thread pool splitting columns (frozen)", 7},
         {"8 threads call one frozen sparse model on a 256-row sequence, its 4-thread pool claiming rows", 8},
         {"8 threads call one frozen pruned conv block at batch 1, its 3-thread pool sharing the convs", 9},
+        {"8 threads call one pruned conv block (live) at batch 1, its 3-thread pool sharing the convs", 10},
     };
     for (size_t i = 0; i < sizeof scenarios / sizeof scenarios[0]; i++) {
         int before = failures;
@@ -228,7 +230,8 @@ int main(void) {
         case 6: shared_calls(jit, false, MJT_CALL_COMPILED, 4, true, scenarios[i].name); break;
         case 7: shared_calls(jit, true, MJT_CALL_COMPILED, 4, true, scenarios[i].name); break;
         case 8: sequence_calls(jit, scenarios[i].name); break;
-        case 9: conv_calls(jit, scenarios[i].name); break;
+        case 9: conv_calls(jit, true, scenarios[i].name); break;
+        case 10: conv_calls(jit, false, scenarios[i].name); break;
         case 3: own_models(jit); break;
         case 4: error_messages(); break;
         }
