@@ -56,7 +56,8 @@ int mj_peer_openmp_threads(void);
  * y = conv(x, w) + b, then ReLU if relu, then + the chain's input if
  * add_input (same shape), then ReLU if relu_after_add. BatchNorm is folded
  * into w and b by the caller, as users of these libraries deploy it. NCHW in
- * and out. oneDNN and XNNPACK only, one thread. */
+ * and out. oneDNN (OpenMP threads) and XNNPACK (its pthreadpool) only, on
+ * `threads` threads. */
 typedef struct mj_peer_conv_layer {
     int64_t in_c, out_c, kh, kw;
     int64_t stride[2], padding[2], dilation[2], groups;

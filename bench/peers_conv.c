@@ -39,6 +39,7 @@ struct mj_peer_conv {
     int n;
     conv_layer *layers;
     int64_t batch, c, h, w; /* the chain's input */
+    int threads;
     float *y;               /* NCHW output of the last layer */
     bool vzeroupper;
 #ifdef MJ_HAVE_ONEDNN
@@ -114,7 +115,7 @@ static mj_status onednn_conv_init(mj_peer_conv *p) {
     dnnl_memory_desc_t in_md;  /* the chain's input in the first layer's layout */
     memset(&act_md, 0, sizeof act_md);
     memset(&in_md, 0, sizeof in_md);
-    omp_set_num_threads(1); /* before the primitives: see peers_internal.h */
+    omp_set_num_threads(p->threads); /* before the primitives: see peers_internal.h */
     if ((st = mj_peer_dnnl_start("peer onednn conv", &p->engine, &p->stream)) != MJ_OK) goto done;
     for (int i = 0; i < p->n; i++) {
         conv_layer *l = &p->layers[i];
@@ -233,6 +234,8 @@ static mj_status xnnpack_conv_init(mj_peer_conv *p) {
         return mj_fail(MJ_ERR_UNSUPPORTED, "peer xnnpack conv: xnn_initialize failed");
     if (!(p->x_nhwc = malloc((size_t)(p->batch * p->c * p->h * p->w) * sizeof(float))))
         return mj_fail(MJ_ERR_NOMEM, "peer xnnpack conv: out of memory");
+    if (p->threads > 1 && !(p->pool = pthreadpool_create((size_t)p->threads)))
+        return mj_fail(MJ_ERR_NOMEM, "peer xnnpack conv: cannot create %d threads", p->threads);
     const float *in = p->x_nhwc;
     for (int i = 0; i < p->n; i++) {
         conv_layer *l = &p->layers[i];
@@ -309,11 +312,9 @@ mj_status mj_peer_conv_new(mj_peer_kind k, int n_layers, const mj_peer_conv_laye
     if (!mj_peer_built(k))
         return mj_fail(MJ_ERR_UNSUPPORTED, "peer %s: not built (library not found at build time)",
                        mj_peer_name(k));
-    if (threads != 1)
-        return mj_fail(MJ_ERR_UNSUPPORTED, "peer %s conv: measured at one thread only", mj_peer_name(k));
-    if (batch < 1 || h < 1 || w < 1)
-        return mj_fail(MJ_ERR_INVALID, "peer conv: batch %lld and size %lldx%lld must be >= 1",
-                       (long long)batch, (long long)h, (long long)w);
+    if (batch < 1 || h < 1 || w < 1 || threads < 1)
+        return mj_fail(MJ_ERR_INVALID, "peer conv: batch %lld, size %lldx%lld and threads %d must be >= 1",
+                       (long long)batch, (long long)h, (long long)w, threads);
     mj_peer_conv *p = calloc(1, sizeof *p);
     if (!p || !(p->layers = calloc((size_t)n_layers, sizeof *p->layers))) {
         free(p);
@@ -322,6 +323,7 @@ mj_status mj_peer_conv_new(mj_peer_kind k, int n_layers, const mj_peer_conv_laye
     p->kind = k;
     p->n = n_layers;
     p->batch = batch;
+    p->threads = threads;
     p->c = layers[0].in_c;
     p->h = h;
     p->w = w;

@@ -602,9 +602,11 @@ Test(bench, conv_peers_match_eager_conv_chains) {
     } cases[] = {{"residual block", 2, chain, block}, {"strided dilated", 1, &one, ys},
                  {"depthwise", 1, &dw, yd}};
     for (int k = 0; k < MJ_PEER_COUNT; k++) {
-        for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        for (size_t ci = 0; ci < 2 * (sizeof cases / sizeof cases[0]); ci++) {
             mj_peer_conv *p;
-            mj_status st = mj_peer_conv_new((mj_peer_kind)k, cases[i].n, cases[i].layers, N, H, W, 1, &p);
+            size_t i = ci / 2;
+            int threads = (int)(ci % 2) + 1; /* each case at 1 and 2 threads */
+            mj_status st = mj_peer_conv_new((mj_peer_kind)k, cases[i].n, cases[i].layers, N, H, W, threads, &p);
             bool conv_peer = k == MJ_PEER_ONEDNN || k == MJ_PEER_XNNPACK;
             if (!conv_peer || !mj_peer_built((mj_peer_kind)k)) {
                 cr_expect_eq(st, MJ_ERR_UNSUPPORTED, "%s", mj_peer_name((mj_peer_kind)k));
@@ -617,8 +619,8 @@ Test(bench, conv_peers_match_eager_conv_chains) {
             const float *want = mj_tensor_data(cases[i].want);
             for (int64_t j = 0; j < mj_tensor_numel(cases[i].want); j++)
                 cr_assert(fabsf(y[j] - want[j]) <= 1e-4f * (1.0f + fabsf(want[j])),
-                          "%s %s: element %lld is %g, eager %g", mj_peer_name((mj_peer_kind)k),
-                          cases[i].what, (long long)j, y[j], want[j]);
+                          "%s %s, %d threads: element %lld is %g, eager %g", mj_peer_name((mj_peer_kind)k),
+                          cases[i].what, threads, (long long)j, y[j], want[j]);
             mj_peer_conv_free(p);
         }
     }
@@ -650,13 +652,13 @@ Test(bench, onednn_peers_are_made_for_their_thread_count) {
         cr_expect_eq(mj_peer_openmp_threads(), order[i], "a %d-thread linear peer was made for %d", order[i],
                      mj_peer_openmp_threads());
         mj_peer_free(p);
-        if (order[i] != 1) continue; /* the conv peers are one-thread only */
         mj_peer *q;
-        OK(mj_peer_new(MJ_PEER_ONEDNN, 1, &layer, 8, 2, &q)); /* OpenMP at 2 again */
+        OK(mj_peer_new(MJ_PEER_ONEDNN, 1, &layer, 8, 3 - order[i], &q)); /* OpenMP at the other count */
         mj_peer_free(q);
         mj_peer_conv *c;
-        OK(mj_peer_conv_new(MJ_PEER_ONEDNN, 1, &conv, 1, 5, 5, 1, &c));
-        cr_expect_eq(mj_peer_openmp_threads(), 1, "the conv peer was made for %d threads", mj_peer_openmp_threads());
+        OK(mj_peer_conv_new(MJ_PEER_ONEDNN, 1, &conv, 1, 5, 5, order[i], &c));
+        cr_expect_eq(mj_peer_openmp_threads(), order[i], "a %d-thread conv peer was made for %d", order[i],
+                     mj_peer_openmp_threads());
         mj_peer_conv_free(c);
     }
     mj_tensor_release(w);
