@@ -369,10 +369,11 @@ mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan 
                     cl.pad_y[0] = g->nodes[next].attrs.i[MJ_CONV_PADDING];
                     cl.pad_y[1] = g->nodes[next].attrs.i[MJ_CONV_PADDING + 1];
                 }
-                /* the plan chose the sparse tap table as the lowering does
-                 * (it shares the work between the threads, and values
-                 * are stored padded for it) */
-                MJ_ASSERT(mj_conv_sparse_wanted(&cl) == (p->frozen && p->conv_sparse[i]));
+                /* the plan chose the lowering the conv gets (which convs
+                 * share their work between the threads, which values are
+                 * stored padded for the tap table) */
+                mj_conv_lowering how = mj_conv_lowering_of(g, i, cl.conv_weight, cl.scratch != NULL, p->vw);
+                MJ_ASSERT((how == MJ_CONV_SPARSE) == p->conv_sparse[i] && (how != MJ_CONV_PLANES) == p->conv_shared[i]);
             }
             s = mj_lower_cnn(&cl);
             break;

@@ -75,14 +75,12 @@ mj_conv_lowering mj_conv_lowering_of(const mj_graph *g, int32_t id, const float 
 
 /* Frozen conv2d with stride 1 along W from a table of its nonzero taps
  * (jit/lower_conv_sparse.c). The scratch it needs (0: never used for this
- * node); whether it beats lower_cnn.c's dense tile for c; the lowering
- * (false: out of memory). */
+ * node); of that, what each thread sharing the conv's tiles needs of its
+ * own; whether it beats lower_cnn.c's dense tile for node id with the
+ * frozen weight w, for vectors of vw floats (mj_conv_lowering_of asks);
+ * the lowering (false: out of memory). */
 int64_t mj_conv_sparse_scratch_floats(const mj_graph *g, int32_t id);
-/* Of that, what each thread sharing the conv's tiles needs of its own. */
 int64_t mj_conv_sparse_thread_floats(const mj_graph *g, int32_t id);
-bool mj_conv_sparse_wanted(const mj_cnn_lowering *c);
-/* The same choice from the graph: node id with the frozen weight w, for
- * vectors of vw floats (a frozen lowering has the scratch). */
 bool mj_conv_sparse_takes(const mj_graph *g, int32_t id, const float *w, int vw);
 /* The storage of node id's input when the producer writes it zero-padded
  * for the sparse conv id (the plan's padded_by): per_image floats per

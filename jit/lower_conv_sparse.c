@@ -160,7 +160,7 @@ static int most_vectors(int vw) { return vw == 16 ? 16 : 14; }
 /* The tiles: nrun runs (one flat run of all output rows, Wp apart, when
  * the stride along H is 1, else one per row) of ntile tiles, tile k of a
  * run at position k*span. A tile is V vectors, vector v at position
- * off[v] of the tile: flat, V consecutive vectors; by rows, `rows` output
+ * off[v] of the tile: flat, V consecutive vectors; by rows, r output
  * rows of vr vectors each. A flat run also computes the Wp - OW columns
  * between rows; by rows, a row is rounded up to whole vectors instead
  * (56 wide, AVX2: 7 vectors, 56 columns where the flat run computes 64),
@@ -168,7 +168,7 @@ static int most_vectors(int vw) { return vw == 16 ? 16 : 14; }
  * the tile. Each tap's two table loads and loop step cost about two
  * fmas: the tiling with the fewest fmas plus that wins, flat on a tie. */
 typedef struct tiling {
-    int V, rows;
+    int V;
     int64_t nrun, run, span, ntile;
     int64_t off[SPARSE_TILE_MAX / 8];
 } tiling;
@@ -185,7 +185,6 @@ static tiling tiles_of(const geom *q, int vw) {
     while (r > 0 && (q->OH % r || r * q->Wp > SPARSE_TILE_MAX)) r--;
     if (q->sh == 1 && r > 0 && vr * vw < q->Wp && q->OH / r * (r * vr + 2) < t.ntile * (t.V + 2)) {
         t.V = (int)(r * vr);
-        t.rows = (int)r;
         t.span = r * q->Wp;
         t.ntile = q->OH / r;
         for (int v = 0; v < t.V; v++) t.off[v] = v / vr * q->Wp + v % vr * vw;
@@ -209,10 +208,6 @@ static tiling tiles_of(const geom *q, int vw) {
  * 64->64 on 56x56 up to d 0.9). (The earlier 1.4 was measured against
  * a dense 64->64 timed at 3.4 to 3.5 ms; it takes 5.1 ms here now.) */
 #define SPARSE_FMA_COST 1.1
-
-bool mj_conv_sparse_wanted(const mj_cnn_lowering *c) {
-    return c->conv_weight && c->scratch && mj_conv_sparse_takes(c->g, c->id, c->conv_weight, c->e->vw);
-}
 
 bool mj_conv_sparse_takes(const mj_graph *g, int32_t id, const float *w, int vw) {
     geom q;
