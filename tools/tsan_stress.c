@@ -85,24 +85,22 @@ static void shared_calls(mj_jit *jit, bool frozen, mjt_call_kind kind, int pool,
     run_callers(args, name);
 }
 
-/* ---- 1b. a frozen sparse model on a sequence, batch 1 ----------------- */
-/* One item of 256 rows (a transformer's sequence): fewer items than the
- * pool's threads, so its sparse layers hand out chunks of rows by claim
- * (jit/lower.c), while other callers find the pool busy and run alone. */
-static void sequence_calls(mj_jit *jit, const char *name) {
-    mj_module *m = model("mlp:96,256,96:act=relu", 37, 0.1);
-    int64_t shape[3] = {1, 256, 96};
+/* Traces m on one item of the given shape, compiles it (frozen or live)
+ * with a pool of `threads`, and runs the T callers on their own items of
+ * that shape; takes m (NULL: the model could not be built). */
+static void one_item_calls(mj_jit *jit, mj_module *m, int rank, const int64_t *shape, bool frozen, int threads,
+                           int iters, uint64_t seed, const char *name) {
     mj_tensor *ex = NULL;
     mj_graph *g = NULL;
-    if (m && mj_tensor_ones(&ex, 3, shape) == MJ_OK && mj_trace_module(m, ex, &g) != MJ_OK) g = NULL;
+    if (m && mj_tensor_ones(&ex, rank, shape) == MJ_OK && mj_trace_module(m, ex, &g) != MJ_OK) g = NULL;
     mj_tensor_release(ex);
     mj_compile_options o;
     mj_compile_options_init(&o);
-    o.frozen = true;
-    o.threads = 4;
+    o.frozen = frozen;
+    o.threads = threads;
     mj_compiled *c = NULL;
     if (!g || mj_jit_compile(jit, g, &o, &c) != MJ_OK) {
-        fail(name, mj_last_error());
+        fail(name, m ? mj_last_error() : "could not build the model");
         mj_graph_free(g);
         mj_module_free(m);
         return;
@@ -110,12 +108,21 @@ static void sequence_calls(mj_jit *jit, const char *name) {
     mjt_call_arg args[T];
     for (int i = 0; i < T; i++) {
         mj_rng rng;
-        mj_rng_seed(&rng, 70 + (uint64_t)i);
-        args[i] = (mjt_call_arg){.c = c, .m = m, .g = g, .kind = MJT_CALL_COMPILED, .iters = 40};
-        mj_tensor_randn(&args[i].x, 3, shape, &rng);
+        mj_rng_seed(&rng, seed + (uint64_t)i);
+        args[i] = (mjt_call_arg){.c = c, .m = m, .g = g, .kind = MJT_CALL_COMPILED, .iters = iters};
+        mj_tensor_randn(&args[i].x, rank, shape, &rng);
         mj_module_forward(m, args[i].x, &args[i].want);
     }
     run_callers(args, name);
+}
+
+/* ---- 1b. a frozen sparse model on a sequence, batch 1 ----------------- */
+/* One item of 256 rows (a transformer's sequence): fewer items than the
+ * pool's threads, so its sparse layers hand out chunks of rows by claim
+ * (jit/lower.c), while other callers find the pool busy and run alone. */
+static void sequence_calls(mj_jit *jit, const char *name) {
+    const int64_t shape[3] = {1, 256, 96};
+    one_item_calls(jit, model("mlp:96,256,96:act=relu", 37, 0.1), 3, shape, true, 4, 40, 70, name);
 }
 
 /* ---- 1c. a pruned conv block, batch 1 -------------------------------- */
@@ -149,35 +156,13 @@ static void conv_calls(mj_jit *jit, bool frozen, const char *name) {
     mj_rng rng;
     mj_rng_seed(&rng, 41);
     mj_module *parts[3] = {masked_conv(&rng), NULL, masked_conv(&rng)}, *m = NULL;
-    if (parts[0] && parts[2] && mj_activation_module_new(&parts[1], MJ_ACT_RELU) == MJ_OK &&
-        mj_sequential_new(&m, 3, parts) != MJ_OK)
+    if (!parts[0] || !parts[2] || mj_activation_module_new(&parts[1], MJ_ACT_RELU) != MJ_OK ||
+        mj_sequential_new(&m, 3, parts) != MJ_OK) {
+        for (int i = 0; i < 3; i++) mj_module_free(parts[i]);
         m = NULL;
-    int64_t shape[4] = {1, 16, 32, 32};
-    mj_tensor *ex = NULL;
-    mj_graph *g = NULL;
-    if (m && mj_tensor_ones(&ex, 4, shape) == MJ_OK && mj_trace_module(m, ex, &g) != MJ_OK) g = NULL;
-    mj_tensor_release(ex);
-    mj_compile_options o;
-    mj_compile_options_init(&o);
-    o.frozen = frozen;
-    o.threads = 3;
-    mj_compiled *c = NULL;
-    if (!g || mj_jit_compile(jit, g, &o, &c) != MJ_OK) {
-        fail(name, m ? mj_last_error() : "could not build the model");
-        mj_graph_free(g);
-        if (m) mj_module_free(m);
-        else
-            for (int i = 0; i < 3; i++) mj_module_free(parts[i]);
-        return;
     }
-    mjt_call_arg args[T];
-    for (int i = 0; i < T; i++) {
-        mj_rng_seed(&rng, 80 + (uint64_t)i);
-        args[i] = (mjt_call_arg){.c = c, .m = m, .g = g, .kind = MJT_CALL_COMPILED, .iters = 20};
-        mj_tensor_randn(&args[i].x, 4, shape, &rng);
-        mj_module_forward(m, args[i].x, &args[i].want);
-    }
-    run_callers(args, name);
+    const int64_t shape[4] = {1, 16, 32, 32};
+    one_item_calls(jit, m, 4, shape, frozen, 3, 20, 80, name);
 }
 
 /* ---- 2. each thread its own model: trace + compile on a shared JIT -------- */
