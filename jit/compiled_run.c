@@ -181,9 +181,10 @@ static inline mj_status run_checked(mj_compiled *c, const float *const *x, int64
          * one thread before. */
         int64_t chunk = mj_sparse_chunk_rows(c->plan.vw);
         columns = columns || (batch < c->pool->n && batch * c->sparse_rows >= chunk * c->pool->n);
-        /* Fewer images than threads and convs that share their work (the
-         * tap table's tiles, the register tile's rows): a ResNet block at
-         * batch 1 ran on one thread before; other ops run on thread 0. */
+        /* Fewer images than threads and convs, which share their work (the
+         * tap table's tiles, the register tile's rows, planes): a ResNet
+         * block at batch 1 ran on one thread before; the other ops run on
+         * thread 0. */
         columns = columns || (batch < c->pool->n && c->shared_convs);
         if ((columns || batch >= 2) && run_parallel(c, leaves, x, batch, y, columns)) {
             atomic_store_explicit(&c->last_split, columns ? 2 : 1, memory_order_relaxed);

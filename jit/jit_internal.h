@@ -77,9 +77,8 @@ typedef struct mj_body_plan {
                                   such convs; a sparse conv writes it), or -1  */
     bool *conv_sparse;         /* per conv2d: frozen, from the table of its
                                   nonzero taps (jit/lower_conv_sparse.c)       */
-    bool *conv_shared;         /* per conv2d: split between column mode's
-                                  threads (the tap table or the register tile
-                                  of jit/lower_cnn.c)                          */
+    bool *conv_shared;         /* per conv2d of the body: split between
+                                  column mode's threads (jit/lower_cnn.c)      */
 } mj_body_plan;
 
 /* Packs W[N][K] into column panels of width P: panel p (columns

@@ -249,9 +249,9 @@ mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan 
         }
         /* column mode: packed linear layers split their columns, sparse
          * linear layers and row-wise ops (softmax, layer_norm) their rows,
-         * matmuls their batch of matrices, convs their tiles or rows
-         * (conv_shared), anything else runs on thread 0; everyone meets
-         * after each op */
+         * matmuls their batch of matrices, convs their tiles, rows or
+         * planes (conv_shared), anything else runs on thread 0; everyone
+         * meets after each op */
         LLVMBasicBlockRef first_only = NULL;
         if (!mj_body_splits_columns(p, i) && !p->sparse[i] && n->op != MJ_OP_MATMUL && !mj_lw_splits_rows(p, i) &&
             !p->conv_shared[i])
@@ -373,7 +373,7 @@ mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan 
                  * share their work between the threads, which values are
                  * stored padded for the tap table) */
                 mj_conv_lowering how = mj_conv_lowering_of(g, i, cl.conv_weight, cl.scratch != NULL, p->vw);
-                MJ_ASSERT((how == MJ_CONV_SPARSE) == p->conv_sparse[i] && (how != MJ_CONV_PLANES) == p->conv_shared[i]);
+                MJ_ASSERT((how == MJ_CONV_SPARSE) == p->conv_sparse[i] && p->conv_shared[i]);
             }
             s = mj_lower_cnn(&cl);
             break;

@@ -325,11 +325,14 @@ static bool lower_conv(const mj_cnn_lowering *c) {
     LLVMTypeRef fabs_ty;
     LLVMValueRef fabs_fn = intrinsic(e, "llvm.fabs", &e->f32, 1, &fabs_ty);
 
-    loop ln = loop_begin(e, dimv(c, xt->dims[0]));
-    loop lo = loop_begin(e, ci(e, O));
-    LLVMValueRef o = lo.iv;
-    LLVMValueRef xg = at(e, x, mul(e, add(e, mul(e, ln.iv, ci(e, C)), mul(e, idiv(e, o, og), ci(e, cg))), ci(e, H * W)));
-    LLVMValueRef yp = at(e, y, mul(e, add(e, mul(e, ln.iv, ci(e, O)), o), ci(e, plane)));
+    /* items (image, output channel): one plane each, in the order of the
+     * loops they replace; in column mode the threads claim them, one
+     * thread counts them itself */
+    LLVMValueRef item;
+    mj_claim_loop li = mj_emit_claim_begin(e, c->team, mul(e, dimv(c, xt->dims[0]), ci(e, O)), &item, true);
+    LLVMValueRef img = idiv(e, item, O), o = irem(e, item, O);
+    LLVMValueRef xg = at(e, x, mul(e, add(e, mul(e, img, ci(e, C)), mul(e, idiv(e, o, og), ci(e, cg))), ci(e, H * W)));
+    LLVMValueRef yp = at(e, y, mul(e, add(e, mul(e, img, ci(e, O)), o), ci(e, plane)));
     loop lz = loop_begin(e, ci(e, plane));
     store(e, cf(e, 0.0f), yp, lz.iv);
     loop_end(e, &lz);
@@ -386,15 +389,14 @@ static bool lower_conv(const mj_cnn_lowering *c) {
         LLVMValueRef bv = b ? load(e, b, o) : NULL;
         mj_conv_coefs k;
         mj_conv_tail_coefs(c, o, &k);
-        LLVMValueRef base = mul(e, add(e, mul(e, ln.iv, ci(e, O)), o), ci(e, plane));
+        LLVMValueRef base = mul(e, add(e, mul(e, img, ci(e, O)), o), ci(e, plane));
         loop lb = loop_begin(e, ci(e, plane));
         LLVMValueRef v = load(e, yp, lb.iv);
         if (bv) v = fadd(e, v, bv);
         store(e, mj_conv_tail_apply(c, &k, v, add(e, base, lb.iv), 0), yp, lb.iv);
         loop_end(e, &lb);
     }
-    loop_end(e, &lo);
-    loop_end(e, &ln);
+    mj_emit_claim_end(e, &li);
     return true;
 }
 

@@ -41,11 +41,10 @@ typedef struct mj_cnn_lowering {
      * columns around each plane (0: plain) for the next conv */
     bool x_padded;
     int64_t pad_y[2];
-    /* column mode's threads: a conv2d from the tap table or the register
-     * tile shares its work between them (the others run on thread 0
-     * alone); with the tap table each has mj_conv_sparse_thread_floats of
-     * its own, thread_stride apart after the conv's shared part of the
-     * scratch */
+    /* column mode's threads: a conv2d shares its work between them (the
+     * other CNN ops run on thread 0 alone); with the tap table each has
+     * mj_conv_sparse_thread_floats of its own, thread_stride apart after
+     * the conv's shared part of the scratch */
     const mj_emit_team *team;
     int64_t thread_stride;
 } mj_cnn_lowering;
@@ -68,8 +67,8 @@ mj_status mj_lower_cnn(const mj_cnn_lowering *c);
  * whether the body has the sparse scratch (frozen): from the table of its
  * nonzero taps (jit/lower_conv_sparse.c), as a register tile of output
  * channels times a vector of a row (stride 1 along W), or per output
- * plane. The first two share their work between column mode's threads;
- * the plan (jit/lower_plan.c) asks this too. */
+ * plane. Each shares its work between column mode's threads; the plan
+ * (jit/lower_plan.c) asks this too. */
 typedef enum mj_conv_lowering { MJ_CONV_SPARSE, MJ_CONV_TILED, MJ_CONV_PLANES } mj_conv_lowering;
 mj_conv_lowering mj_conv_lowering_of(const mj_graph *g, int32_t id, const float *w, bool scratch, int vw);
 

@@ -257,7 +257,7 @@ mj_status mj_body_plan_build(const mj_graph *g, const bool *input_free, bool fro
     for (int32_t i = 0; i < g->n_nodes; i++) {
         int how = conv_lowering(g, input_free, i, frozen, vw);
         p->conv_sparse[i] = how == MJ_CONV_SPARSE;
-        p->conv_shared[i] = how == MJ_CONV_SPARSE || how == MJ_CONV_TILED;
+        p->conv_shared[i] = how >= 0; /* every lowering splits its items */
         if (frozen && p->conv_out[i] >= 0) plan_padded(g, input_free, p, i);
     }
     plan_sparse_chains(g, uses, p);
