@@ -379,7 +379,7 @@ static mj_status runtime_init(mj_compiled *c) {
         }
     }
     c->sparse_rows = mj_body_sparse_rows_per_item(&c->plan);
-    c->shared_convs = mj_body_has_shared_conv(&c->plan);
+    c->shared_convs = mj_body_has_conv(&c->plan);
     int threads = c->opts.threads;
     if (threads == 0) {
         long n = sysconf(_SC_NPROCESSORS_ONLN);

@@ -75,10 +75,10 @@ typedef struct mj_body_plan {
     int32_t *padded_by;        /* per node: stored zero-padded as the input of
                                   this frozen sparse conv (its only readers are
                                   such convs; a sparse conv writes it), or -1  */
-    bool *conv_sparse;         /* per conv2d: frozen, from the table of its
-                                  nonzero taps (jit/lower_conv_sparse.c)       */
-    bool *conv_shared;         /* per conv2d of the body: split between
-                                  column mode's threads (jit/lower_cnn.c)      */
+    int8_t *conv_how;          /* per conv2d of the body: how it is lowered
+                                  (mj_conv_lowering, jit/lower_cnn.h; each way
+                                  splits its work between column mode's
+                                  threads), or -1                              */
 } mj_body_plan;
 
 /* Packs W[N][K] into column panels of width P: panel p (columns
@@ -123,8 +123,8 @@ int64_t mj_body_sparse_rows_per_item(const mj_body_plan *p);
 /* Of that, the frozen sparse convs' part (jit/lower_conv_sparse.c; they run
  * one image at a time, so it does not grow with the batch). */
 int64_t mj_body_conv_scratch_floats(const mj_body_plan *p);
-/* Does the body have a conv that column mode's threads share? */
-bool mj_body_has_shared_conv(const mj_body_plan *p);
+/* Does the body have a conv (whose work column mode's threads share)? */
+bool mj_body_has_conv(const mj_body_plan *p);
 
 typedef struct mj_lower_options {
     mj_numeric_mode numeric;

@@ -221,6 +221,8 @@ mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan 
         }
     }
     LLVMValueRef sparse_scratch = at(&w, w.scratch, off);
+    /* column mode: each thread's region of it, this far apart */
+    int64_t thread_stride = mj_body_sparse_thread_stride(p);
     /* users per node, to find chains of small layers */
     int32_t *users = mj_alloc_array((size_t)g->n_nodes + 1, sizeof *users);
     int32_t *chain = mj_alloc_array((size_t)g->n_nodes + 1, sizeof *chain);
@@ -250,11 +252,11 @@ mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan 
         /* column mode: packed linear layers split their columns, sparse
          * linear layers and row-wise ops (softmax, layer_norm) their rows,
          * matmuls their batch of matrices, convs their tiles, rows or
-         * planes (conv_shared), anything else runs on thread 0; everyone
-         * meets after each op */
+         * planes (the plan's conv_how), anything else runs on thread 0;
+         * everyone meets after each op */
         LLVMBasicBlockRef first_only = NULL;
         if (!mj_body_splits_columns(p, i) && !p->sparse[i] && n->op != MJ_OP_MATMUL && !mj_lw_splits_rows(p, i) &&
-            !p->conv_shared[i])
+            n->op != MJ_OP_CONV2D)
             first_only = if_first_thread(&w);
         if (mj_lw_small_linear(p, i)) {
             int nc = 0;
@@ -309,7 +311,7 @@ mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan 
             LLVMTypeRef sft = LLVMFunctionType(LLVMVoidTypeInContext(ctx), spt, 5, 0);
             ifb split = ifelse_begin(&w, several_threads(&w));
             LLVMValueRef nchunks = LLVMBuildSDiv(w.e.b, add(&w, rows, ci(&w, chunk - 1)), C, "");
-            LLVMValueRef scr = at(&w, sparse_scratch, mul(&w, w.team.tid, ci(&w, mj_body_sparse_thread_stride(p))));
+            LLVMValueRef scr = at(&w, sparse_scratch, mul(&w, w.team.tid, ci(&w, thread_stride)));
             LLVMValueRef r0;
             mj_claim_loop more = mj_emit_claim_begin(&w.e, &w.team, nchunks, &r0, false);
             r0 = mul(&w, r0, C);
@@ -352,7 +354,7 @@ mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan 
             char prefix[96];
             snprintf(prefix, sizeof prefix, "%s.cnn%d", o->fname, (int)i);
             mj_cnn_lowering cl = {.e = &w.e, .g = g, .id = i, .y = w.buf[i], .batch = w.batch, .prefix = prefix,
-                                  .team = &w.team, .thread_stride = mj_body_sparse_thread_stride(p)};
+                                  .team = &w.team, .thread_stride = thread_stride, .how = p->conv_how[i]};
             for (int k = 0; k < n->n_operands; k++) cl.ops[k] = w.buf[n->operands[k]];
             if (n->op == MJ_OP_CONV2D && p->conv_out[i] != i) {
                 conv_tail(&w, i, &cl);
@@ -369,11 +371,6 @@ mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan 
                     cl.pad_y[0] = g->nodes[next].attrs.i[MJ_CONV_PADDING];
                     cl.pad_y[1] = g->nodes[next].attrs.i[MJ_CONV_PADDING + 1];
                 }
-                /* the plan chose the lowering the conv gets (which convs
-                 * share their work between the threads, which values are
-                 * stored padded for the tap table) */
-                mj_conv_lowering how = mj_conv_lowering_of(g, i, cl.conv_weight, cl.scratch != NULL, p->vw);
-                MJ_ASSERT((how == MJ_CONV_SPARSE) == p->conv_sparse[i] && p->conv_shared[i]);
             }
             s = mj_lower_cnn(&cl);
             break;

@@ -304,8 +304,10 @@ static bool lower_conv(const mj_cnn_lowering *c) {
     int64_t dh = a[MJ_CONV_DILATION], dw = a[MJ_CONV_DILATION + 1], og = O / a[MJ_CONV_GROUPS];
     int64_t OH = n->type.dims[2], OW = n->type.dims[3], KK = KH * KW, per = cg * KK, plane = OH * OW;
     LLVMValueRef x = c->ops[0], w = c->ops[1], b = n->n_operands == 3 ? c->ops[2] : NULL, y = c->y;
-    switch (mj_conv_lowering_of(c->g, c->id, c->conv_weight, c->scratch != NULL, e->vw)) {
-    case MJ_CONV_SPARSE: return mj_lower_conv_sparse(c);
+    switch ((mj_conv_lowering)c->how) {
+    case MJ_CONV_SPARSE:
+        MJ_ASSERT(c->conv_weight && c->scratch); /* the plan saw the frozen weight */
+        return mj_lower_conv_sparse(c);
     case MJ_CONV_TILED: lower_conv_tiled(c); return true;
     case MJ_CONV_PLANES: break;
     }

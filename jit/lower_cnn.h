@@ -47,6 +47,7 @@ typedef struct mj_cnn_lowering {
      * the conv's shared part of the scratch */
     const mj_emit_team *team;
     int64_t thread_stride;
+    int how; /* conv2d: its mj_conv_lowering, the plan's (below) */
 } mj_cnn_lowering;
 
 /* The conv's store: per output channel o (an i64 value) the tail's
@@ -67,8 +68,8 @@ mj_status mj_lower_cnn(const mj_cnn_lowering *c);
  * whether the body has the sparse scratch (frozen): from the table of its
  * nonzero taps (jit/lower_conv_sparse.c), as a register tile of output
  * channels times a vector of a row (stride 1 along W), or per output
- * plane. Each shares its work between column mode's threads; the plan
- * (jit/lower_plan.c) asks this too. */
+ * plane. Each shares its work between column mode's threads. The plan
+ * (jit/lower_plan.c) decides it once; the lowering follows the plan. */
 typedef enum mj_conv_lowering { MJ_CONV_SPARSE, MJ_CONV_TILED, MJ_CONV_PLANES } mj_conv_lowering;
 mj_conv_lowering mj_conv_lowering_of(const mj_graph *g, int32_t id, const float *w, bool scratch, int vw);
 

@@ -91,35 +91,29 @@ static void plan_conv_tail(const mj_graph *g, const bool *input_free, const int3
     p->conv_out[c] = cur;
 }
 
-/* How body conv i is lowered (jit/lower_cnn.c), or -1 if i is none: the
- * lowering makes the same choice from the same weight, which it sees
- * when frozen. */
-static int conv_lowering(const mj_graph *g, const bool *input_free, int32_t i, bool frozen, int vw) {
+/* How body conv i is lowered (jit/lower_cnn.c), or -1 if i is none; the
+ * lowering takes this choice, made from the weight it sees when frozen. */
+static int8_t conv_lowering(const mj_graph *g, const bool *input_free, int32_t i, bool frozen, int vw) {
     const mj_node *n = &g->nodes[i];
     if (n->op != MJ_OP_CONV2D || input_free[i]) return -1;
     const mj_node *w = &g->nodes[n->operands[1]];
     const float *wd = frozen && w->op == MJ_OP_CONST && w->tensor ? w->tensor->data : NULL;
-    return (int)mj_conv_lowering_of(g, i, wd, frozen, vw);
-}
-
-/* Does frozen conv i take the sparse tap table (jit/lower_conv_sparse.c)? */
-static bool sparse_conv(const mj_graph *g, const bool *input_free, int32_t i, int vw) {
-    return conv_lowering(g, input_free, i, true, vw) == MJ_CONV_SPARSE;
+    return (int8_t)mj_conv_lowering_of(g, i, wd, frozen, vw);
 }
 
 /* The value v that sparse conv c stores: if every reader is a sparse conv
  * reading it as x, all with the same padding, v is stored zero-padded as
  * they read it, and the first of them need not copy it (one layout: the
  * same padding). */
-static void plan_padded(const mj_graph *g, const bool *input_free, mj_body_plan *p, int32_t c) {
+static void plan_padded(const mj_graph *g, mj_body_plan *p, int32_t c) {
     int32_t v = p->conv_out[c], first = -1;
-    if (!p->has_slot[v] || !p->conv_sparse[c]) return;
+    if (!p->has_slot[v] || p->conv_how[c] != MJ_CONV_SPARSE) return;
     for (int32_t j = 0; j < p->n_out; j++)
         if (p->out_nodes[j] == v) return;
     for (int32_t u = v + 1; u < g->n_nodes; u++)
         for (int k = 0; k < g->nodes[u].n_operands; k++) {
             if (g->nodes[u].operands[k] != v) continue;
-            if (k != 0 || !sparse_conv(g, input_free, u, p->vw)) return;
+            if (k != 0 || p->conv_how[u] != MJ_CONV_SPARSE) return;
             if (first < 0) first = u;
             const int32_t *a = g->nodes[u].attrs.i, *a0 = g->nodes[first].attrs.i;
             if (a[MJ_CONV_PADDING] != a0[MJ_CONV_PADDING] || a[MJ_CONV_PADDING + 1] != a0[MJ_CONV_PADDING + 1]) return;
@@ -194,12 +188,11 @@ mj_status mj_body_plan_build(const mj_graph *g, const bool *input_free, bool fro
     p->fused_by = mj_alloc_array(n, sizeof *p->fused_by);
     p->conv_out = mj_alloc_array(n, sizeof *p->conv_out);
     p->padded_by = mj_alloc_array(n, sizeof *p->padded_by);
-    p->conv_sparse = mj_alloc_array(n, sizeof *p->conv_sparse);
-    p->conv_shared = mj_alloc_array(n, sizeof *p->conv_shared);
+    p->conv_how = mj_alloc_array(n, sizeof *p->conv_how);
     int32_t *uses = mj_graph_use_counts(g);
     if (!p->leaf_plain || !p->leaf_packed || !p->leaves || !p->has_slot || !p->sparse || !p->sparse_next || !p->in_nodes ||
-        !p->out_nodes || !p->out_root || !p->root_of || !p->fused_by || !p->conv_out || !p->padded_by || !p->conv_sparse ||
-        !p->conv_shared || !uses) {
+        !p->out_nodes || !p->out_root || !p->root_of || !p->fused_by || !p->conv_out || !p->padded_by || !p->conv_how ||
+        !uses) {
         free(uses);
         mj_body_plan_free(p);
         return MJ_ERR_NOMEM;
@@ -254,12 +247,9 @@ mj_status mj_body_plan_build(const mj_graph *g, const bool *input_free, bool fro
     for (int32_t i = 0; i < g->n_nodes; i++)
         if (p->fused_by[i] >= 0 && p->conv_out[p->fused_by[i]] != i) p->has_slot[i] = false;
         else if (p->conv_out[i] >= 0 && p->conv_out[i] != i) p->has_slot[i] = false;
-    for (int32_t i = 0; i < g->n_nodes; i++) {
-        int how = conv_lowering(g, input_free, i, frozen, vw);
-        p->conv_sparse[i] = how == MJ_CONV_SPARSE;
-        p->conv_shared[i] = how >= 0; /* every lowering splits its items */
-        if (frozen && p->conv_out[i] >= 0) plan_padded(g, input_free, p, i);
-    }
+    for (int32_t i = 0; i < g->n_nodes; i++) p->conv_how[i] = conv_lowering(g, input_free, i, frozen, vw);
+    for (int32_t i = 0; i < g->n_nodes && frozen; i++)
+        if (p->conv_out[i] >= 0) plan_padded(g, p, i);
     plan_sparse_chains(g, uses, p);
     free(uses);
     return MJ_OK;
@@ -267,8 +257,7 @@ mj_status mj_body_plan_build(const mj_graph *g, const bool *input_free, bool fro
 
 void mj_body_plan_free(mj_body_plan *p) {
     MJ_FREE_ALL(p->leaf_plain, p->leaf_packed, p->leaves, p->has_slot, p->sparse, p->sparse_next, p->in_nodes,
-                p->out_nodes, p->out_root, p->root_of, p->fused_by, p->conv_out, p->padded_by, p->conv_sparse,
-                p->conv_shared);
+                p->out_nodes, p->out_root, p->root_of, p->fused_by, p->conv_out, p->padded_by, p->conv_how);
     memset(p, 0, sizeof *p);
 }
 
@@ -303,15 +292,15 @@ int64_t mj_body_sparse_linear_floats(const mj_body_plan *p) {
 int64_t mj_body_sparse_thread_stride(const mj_body_plan *p) {
     int64_t st = mj_round16(mj_body_sparse_linear_floats(p));
     for (int32_t i = 0; i < p->g->n_nodes; i++) {
-        int64_t f = p->conv_sparse[i] ? mj_round16(mj_conv_sparse_thread_floats(p->g, i)) : 0;
+        int64_t f = p->conv_how[i] == MJ_CONV_SPARSE ? mj_round16(mj_conv_sparse_thread_floats(p->g, i)) : 0;
         if (f > st) st = f;
     }
     return st;
 }
 
-bool mj_body_has_shared_conv(const mj_body_plan *p) {
+bool mj_body_has_conv(const mj_body_plan *p) {
     for (int32_t i = 0; i < p->g->n_nodes; i++)
-        if (p->conv_shared[i]) return true;
+        if (p->conv_how[i] >= 0) return true;
     return false;
 }
 
