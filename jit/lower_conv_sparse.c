@@ -568,8 +568,11 @@ bool mj_lower_conv_sparse(const mj_cnn_lowering *c) {
         loop_end(e, &lh);
         mj_emit_claim_end(e, &lc);
     }
-    /* the next image's copy overwrites what this one's tiles read */
+    /* the next image's copy overwrites what this one's tiles read (after
+     * the last image, the body's barrier after the op serves) */
+    LLVMBasicBlockRef more = if_begin(e, LLVMBuildICmp(e->b, LLVMIntSLT, add(e, ln.iv, ci(e, 1)), nimg, ""));
     mj_emit_barrier(e, team);
+    if_end(e, more);
     loop_end(e, &ln);
     return true;
 }
