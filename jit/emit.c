@@ -262,6 +262,24 @@ LLVMValueRef mj_emit_expf(mj_emit *e, LLVMValueRef x) {
     return vm_sel(e, LLVMRealUNO, x, x, x, r);
 }
 
+/* vmath.c's expf_band: mj_expf's sequence for erff's large branch only */
+static LLVMValueRef vm_expf_band(mj_emit *e, LLVMValueRef x) {
+    static const float P[MJ_EXPF_NP] = MJ_EXPF_P;
+    LLVMTypeRef t = LLVMTypeOf(x);
+    LLVMBuilderRef b = e->b;
+    LLVMValueRef shift = mj_emit_kf(e, t, MJ_EXPF_SHIFT);
+    LLVMValueRef kf = vm_fma(e, x, mj_emit_kf(e, t, MJ_EXPF_LOG2E), shift);
+    LLVMValueRef nf = LLVMBuildFSub(b, kf, shift, "");
+    LLVMValueRef s = vm_fma(e, nf, mj_emit_kf(e, t, MJ_EXPF_NEG_LN2_HI), x);
+    s = vm_fma(e, nf, mj_emit_kf(e, t, MJ_EXPF_NEG_LN2_LO), s);
+    LLVMValueRef p = mj_emit_kf(e, t, P[MJ_EXPF_NP - 1]);
+    for (int i = MJ_EXPF_NP - 2; i >= 0; i--) p = vm_fma(e, p, s, mj_emit_kf(e, t, P[i]));
+    LLVMValueRef u = LLVMBuildFAdd(b, mj_emit_kf(e, t, 1.0f), vm_fma(e, LLVMBuildFMul(b, s, s, ""), p, s), "");
+    LLVMValueRef kb = LLVMBuildBitCast(b, kf, int_like(e, t), "");
+    LLVMValueRef p2 = LLVMBuildShl(b, LLVMBuildAdd(b, kb, ki(e, t, 127u - MJ_EXPF_SHIFT_BITS), ""), ki(e, t, 23), "");
+    return LLVMBuildFMul(b, u, LLVMBuildBitCast(b, p2, t, ""), "");
+}
+
 LLVMValueRef mj_emit_erff(mj_emit *e, LLVMValueRef x) {
     static const float A[MJ_ERFF_NA] = MJ_ERFF_A, B[MJ_ERFF_NB] = MJ_ERFF_B;
     LLVMTypeRef t = LLVMTypeOf(x);
@@ -275,7 +293,7 @@ LLVMValueRef mj_emit_erff(mj_emit *e, LLVMValueRef x) {
     LLVMValueRef small = vm_fma(e, p, a, a);
     LLVMValueRef q = mj_emit_kf(e, t, B[MJ_ERFF_NB - 1]);
     for (int i = MJ_ERFF_NB - 2; i >= 0; i--) q = vm_fma(e, q, a, mj_emit_kf(e, t, B[i]));
-    LLVMValueRef big = LLVMBuildFSub(b, mj_emit_kf(e, t, 1.0f), mj_emit_expf(e, LLVMBuildFNeg(b, q, "")), "");
+    LLVMValueRef big = LLVMBuildFSub(b, mj_emit_kf(e, t, 1.0f), vm_expf_band(e, LLVMBuildFNeg(b, q, "")), "");
     LLVMValueRef r = vm_sel(e, LLVMRealOLT, a, mj_emit_kf(e, t, MJ_ERFF_SPLIT), small, big);
     r = vm_sel(e, LLVMRealOGE, a, mj_emit_kf(e, t, MJ_ERFF_ONE_AT), mj_emit_kf(e, t, 1.0f), r);
     r = vm_sel(e, LLVMRealUNO, a, a, a, r);

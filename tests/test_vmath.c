@@ -99,6 +99,23 @@ Test(vmath, special_values) {
     }
 }
 
+/* erff's large branch takes 1 - e^-Q(a) with an exp that skips mj_expf's
+ * clamps, special cases and split scaling (vmath.h: they never act on the
+ * arguments that branch sees). The claim, on every float a of the branch:
+ * the result is the one mj_expf itself gives there, bit for bit. */
+Test(vmath, erff_large_branch_is_mj_expf_bit_for_bit) {
+    static const float coef[MJ_ERFF_NB] = MJ_ERFF_B;
+    uint32_t from = mjt_f32_bits(MJ_ERFF_SPLIT), to = mjt_f32_bits(MJ_ERFF_ONE_AT);
+    for (uint32_t u = from; u < to; u++) {
+        float a = mjt_bits_f32(u), q = coef[MJ_ERFF_NB - 1];
+        for (int i = MJ_ERFF_NB - 2; i >= 0; i--) q = fmaf(q, a, coef[i]);
+        float want = 1.0f - mj_expf(-q);
+        float got = mj_erff(a);
+        if (mjt_f32_bits(got) != mjt_f32_bits(want))
+            cr_assert_fail("erf(%a) is %a, with mj_expf %a", (double)a, (double)got, (double)want);
+    }
+}
+
 /* ---- compiled code against the reference ------------------------------------ */
 
 /* Arguments that reach every part of the sequences: zeros, denormals, the
