@@ -318,6 +318,27 @@ static void emit_acc_finish(sb *s, int r, int nv, LLVMValueRef j) {
     }
 }
 
+/* The next group's yT rows, towards L1 while this group runs: the group
+ * loads them as it starts (stores them, in the first block), and the rows
+ * of a block's groups are a stream from L2 the hardware does not foresee
+ * (the plan orders rows by their counts). The table of rows has one group
+ * of dummy rows more (sparse_plan.h), which the last group reads. About 4%
+ * of a BERT feed-forward chain on AVX2. */
+static void emit_prefetch_next_rows(sb *s, LLVMValueRef g, int C) {
+    LLVMTypeRef fty;
+    LLVMValueRef fn = intrinsic(s, "llvm.prefetch", &s->e.ptr, 1, &fty);
+    LLVMValueRef next = mul(s, add(s, g, ci(s, 1)), ci(s, s->l->p.gr));
+    for (int r = 0; r < s->l->p.gr; r++) {
+        LLVMValueRef row = at(s, s->l->yT, mul(s, kidx(s, s->l->g_rows, add(s, next, ci(s, r))), ci(s, C)));
+        for (int line = 0; line < C * 4 / 64; line++) {
+            /* for writing, locality 3 (keep in all levels), data */
+            LLVMValueRef args[4] = {at(s, row, ci(s, line * 16)), LLVMConstInt(s->e.i32, 1, 0),
+                                    LLVMConstInt(s->e.i32, 3, 0), LLVMConstInt(s->e.i32, 1, 0)};
+            LLVMBuildCall2(s->e.b, fty, fn, args, 4, "");
+        }
+    }
+}
+
 /* One layer over the chunk: xT -> yT, with the bias and activation. */
 static void emit_layer(sb *s, int C) {
     const plan *p = &s->l->p;
@@ -345,6 +366,7 @@ static void emit_layer(sb *s, int C) {
     if_else(s, &f);
     LLVMValueRef g0 = mul(s, lg.iv, ci(s, GR)), j[MAX_GROUP];
     for (int r = 0; r < GR; r++) j[r] = kidx(s, s->l->g_rows, add(s, g0, ci(s, r)));
+    emit_prefetch_next_rows(s, lg.iv, C);
     ifb fz = ifelse_begin(s, first);
     for (int r = 0; r < GR; r++) emit_acc_zero(s, r, nv);
     if_else(s, &fz);
@@ -445,7 +467,7 @@ LLVMValueRef mj_sparse_emit_chain(LLVMModuleRef M, const char *name, const mj_sp
         if (n == 1) snprintf(lname, sizeof lname, "%s", name);
         else snprintf(lname, sizeof lname, "%s.l%d", name, l);
         a->g_meta = const_array(&s, lname, "meta", s.e.i32, p->meta, (int64_t)p->n_kblocks * p->n_groups * META(p->gr));
-        a->g_rows = const_array(&s, lname, "rows", s.e.i32, p->rows, (int64_t)p->n_groups * p->gr);
+        a->g_rows = const_array(&s, lname, "rows", s.e.i32, p->rows, ((int64_t)p->n_groups + 1) * p->gr);
         a->g_pidx = const_array(&s, lname, "pidx", s.e.i32, p->pidx, p->n_pairs);
         a->g_pw = const_array(&s, lname, "pw", s.e.f32, p->pw, p->n_pairs * p->run);
         a->g_tidx = const_array(&s, lname, "tidx", s.e.i32, p->tidx, p->n_tail);

@@ -224,13 +224,13 @@ bool mj_sparse_plan_build(plan *p, const float *w, int64_t out, int64_t in, int 
     int GR = p->gr;
     ord = mj_alloc_array((size_t)out + 1, sizeof *ord);
     cur = mj_alloc_array((size_t)p->n_groups + 1, sizeof *cur);
-    p->rows = mj_alloc_array((size_t)p->n_groups * (size_t)GR + 1, sizeof *p->rows);
+    p->rows = mj_alloc_array(((size_t)p->n_groups + 1) * (size_t)GR, sizeof *p->rows);
     if (!(ok = ord && cur && p->rows)) goto lists;
     for (int64_t j = 0; j < out; j++) ord[j] = (rowkey){rs[j + 1] - rs[j], (int32_t)j};
     for (int64_t j0 = 0; j0 < out; j0 += SORT_WINDOW)
         qsort(ord + j0, (size_t)(out - j0 < SORT_WINDOW ? out - j0 : SORT_WINDOW), sizeof *ord, by_count);
     for (int32_t g = 0; g < p->n_groups; g++) cur[g].r = -1;
-    for (int64_t q = 0; q < (int64_t)p->n_groups * GR; q++)
+    for (int64_t q = 0; q < ((int64_t)p->n_groups + 1) * GR; q++)
         p->rows[q] = q < out ? ord[q].j : (int32_t)out; /* out: the dummy row */
     /* Per group a stream of items: tuple t takes entry t of each row (t <
      * the shortest row's count), then each row's further entries alone, row

@@ -24,7 +24,8 @@ typedef struct plan {
     int run;
     int gr;           /* rows per group: 2, or 4 (MAX_GROUP) */
     int32_t n_groups; /* groups of gr rows; dummy rows fill the last one */
-    int32_t *rows;    /* group g: rows[gr*g .. gr*g + gr-1] (out: the dummy row) */
+    int32_t *rows;    /* group g: rows[gr*g .. gr*g + gr-1] (out: the dummy row), then
+                       * one group more of dummy rows (the emitter reads one group ahead) */
     int32_t kb;       /* compact columns per k-block */
     int32_t n_kblocks;
     /* per k-block, per group (META(gr) ints): tuple start, tuple end, then
