@@ -274,43 +274,58 @@ static LLVMValueRef kidx(sb *s, LLVMValueRef table, LLVMValueRef i);
 
 /* The terms of entry i of an index/weight table pair: its run of columns
  * kc, kc+1, ... in ascending order. */
+static void splat_loaded(sb *s, LLVMValueRef at_w, int n, LLVMValueRef *wv);
+
 static void emit_run(sb *s, int r, int nv, int C, LLVMValueRef idx_table, LLVMValueRef w_table, LLVMValueRef i) {
     LLVMValueRef kc = kidx(s, idx_table, i);
     LLVMValueRef w0 = mul(s, i, ci(s, s->l->p.run));
+    if (s->l->p.run == 4 && s->e.vw == 8) { /* as emit_pair: one load, four splats */
+        LLVMValueRef wv[4];
+        splat_loaded(s, at(s, w_table, w0), 4, wv);
+        for (int q = 0; q < 4; q++) emit_term(s, r, nv, C, add(s, kc, ci(s, q)), wv[q]);
+        return;
+    }
     for (int q = 0; q < s->l->p.run; q++)
         emit_term(s, r, nv, C, add(s, kc, ci(s, q)), vsplat(s, ld(s, s->e.f32, w_table, add(s, w0, ci(s, q)))));
 }
 
-/* A pair of single columns (one per row of the group; 1x4 runs keep their
- * broadcasts), its two weights in one 8-byte load, each splat by shuffles
- * in registers, instead of a broadcast load each. With 8-lane vectors the
- * pair loop is bound by its vector loads (every FMA reads its xT vector
- * from memory: 8 of them and 2 broadcasts per pair, at two vector loads a
- * cycle on Zen 3), and the shuffles use a port the FMAs leave free (Zen 3:
- * the third FP pipe; Intel's AVX2 cores: port 5): 768-3072-768 at 90%
- * masks, batch 128, 2.45 -> 2.34 ms on Zen 3. Not with 16 lanes: there
- * Intel's second FMA unit shares port 5 with the shuffles, and it is not
- * measured. */
+/* Weights loaded together and splat by shuffles in registers, instead of
+ * a broadcast load each: a pair of single columns (one per row of the
+ * group) in one 8-byte load, a 1x4 run's four weights in one 16-byte load.
+ * With 8-lane vectors the pair loop is bound by its vector loads (every
+ * FMA reads its xT vector from memory: 8 of them and 2 broadcasts per
+ * pair, at two vector loads a cycle on Zen 3), and the shuffles use a port
+ * the FMAs leave free (Zen 3: the third FP pipe; Intel's AVX2 cores: port
+ * 5). On Zen 3, variants in one process: a 768-3072-768 chain at 90% masks,
+ * batch 128, 2.45 -> 2.34 ms; W7b4 (1x4 blocks) 5.53 -> 5.31 ms. Not with
+ * 16 lanes: there Intel's second FMA unit shares port 5 with the shuffles,
+ * and it is not measured. */
 static bool pair_weights_in_registers(const sb *s) {
     return s->l->p.run == 1 && s->l->p.gr == 2 && s->e.vw == 8;
 }
 
-/* The loaded pair goes through an empty asm, which keeps LLVM from folding
- * load and shuffles back into two broadcast loads. */
-static void emit_pair(sb *s, int nv, int C, LLVMValueRef it) {
-    int GR = s->l->p.gr;
-    MJ_ASSERT(GR == 2);
-    LLVMTypeRef gt = LLVMVectorType(s->e.f32, (unsigned)GR), dt = LLVMDoubleTypeInContext(s->e.ctx);
-    LLVMValueRef wl = LLVMBuildLoad2(s->e.b, dt, at(s, s->l->g_pw, it), "");
+/* wv[r] = splat of at_w[r], r < n (2 or 4), from one load. The loaded
+ * value goes through an empty asm, which keeps LLVM from folding load and
+ * shuffles back into n broadcast loads. */
+static void splat_loaded(sb *s, LLVMValueRef at_w, int n, LLVMValueRef *wv) {
+    MJ_ASSERT(n == 2 || n == 4);
+    LLVMTypeRef gt = LLVMVectorType(s->e.f32, (unsigned)n);
+    LLVMTypeRef lt = n == 2 ? LLVMDoubleTypeInContext(s->e.ctx) : gt;
+    LLVMValueRef wl = LLVMBuildLoad2(s->e.b, lt, at_w, "");
     LLVMSetAlignment(wl, 4);
-    LLVMValueRef wd = through_asm(s, wl, "=x,0"); /* an SSE register */
-    LLVMValueRef w = LLVMBuildBitCast(s->e.b, wd, gt, "");
-    for (int r = 0; r < GR; r++) {
+    LLVMValueRef w = LLVMBuildBitCast(s->e.b, through_asm(s, wl, "=x,0"), gt, ""); /* an SSE register */
+    for (int r = 0; r < n; r++) {
         LLVMValueRef lane[16];
         for (int l = 0; l < s->e.vw; l++) lane[l] = LLVMConstInt(s->e.i32, (unsigned long long)r, 0);
-        LLVMValueRef wv = LLVMBuildShuffleVector(s->e.b, w, LLVMGetUndef(gt), LLVMConstVector(lane, (unsigned)s->e.vw), "");
-        emit_term(s, r, nv, C, kidx(s, s->l->g_pidx, add(s, it, ci(s, r))), wv);
+        wv[r] = LLVMBuildShuffleVector(s->e.b, w, LLVMGetUndef(gt), LLVMConstVector(lane, (unsigned)s->e.vw), "");
     }
+}
+
+static void emit_pair(sb *s, int nv, int C, LLVMValueRef it) {
+    MJ_ASSERT(s->l->p.gr == 2);
+    LLVMValueRef wv[2];
+    splat_loaded(s, at(s, s->l->g_pw, it), 2, wv);
+    for (int r = 0; r < 2; r++) emit_term(s, r, nv, C, kidx(s, s->l->g_pidx, add(s, it, ci(s, r))), wv[r]);
 }
 
 /* acc[r] <-> yT row j */
