@@ -239,21 +239,29 @@ static LLVMValueRef vm_pow2i(mj_emit *e, LLVMTypeRef t, LLVMValueRef k) {
     return LLVMBuildBitCast(e->b, b, t, "");
 }
 
-LLVMValueRef mj_emit_expf(mj_emit *e, LLVMValueRef x) {
+/* vmath.c's expf_poly: u = e^s, and *kf = SHIFT + n */
+static LLVMValueRef vm_expf_poly(mj_emit *e, LLVMValueRef x, LLVMValueRef *kf) {
     static const float P[MJ_EXPF_NP] = MJ_EXPF_P;
     LLVMTypeRef t = LLVMTypeOf(x);
     LLVMBuilderRef b = e->b;
-    LLVMValueRef hi = mj_emit_kf(e, t, MJ_EXPF_HI), lo = mj_emit_kf(e, t, MJ_EXPF_LO);
     LLVMValueRef shift = mj_emit_kf(e, t, MJ_EXPF_SHIFT);
-    LLVMValueRef xc = vm_sel(e, LLVMRealOLT, x, hi, x, hi);
-    xc = vm_sel(e, LLVMRealOGT, xc, lo, xc, lo);
-    LLVMValueRef kf = vm_fma(e, xc, mj_emit_kf(e, t, MJ_EXPF_LOG2E), shift);
-    LLVMValueRef nf = LLVMBuildFSub(b, kf, shift, "");
-    LLVMValueRef s = vm_fma(e, nf, mj_emit_kf(e, t, MJ_EXPF_NEG_LN2_HI), xc);
+    *kf = vm_fma(e, x, mj_emit_kf(e, t, MJ_EXPF_LOG2E), shift);
+    LLVMValueRef nf = LLVMBuildFSub(b, *kf, shift, "");
+    LLVMValueRef s = vm_fma(e, nf, mj_emit_kf(e, t, MJ_EXPF_NEG_LN2_HI), x);
     s = vm_fma(e, nf, mj_emit_kf(e, t, MJ_EXPF_NEG_LN2_LO), s);
     LLVMValueRef p = mj_emit_kf(e, t, P[MJ_EXPF_NP - 1]);
     for (int i = MJ_EXPF_NP - 2; i >= 0; i--) p = vm_fma(e, p, s, mj_emit_kf(e, t, P[i]));
-    LLVMValueRef u = LLVMBuildFAdd(b, mj_emit_kf(e, t, 1.0f), vm_fma(e, LLVMBuildFMul(b, s, s, ""), p, s), "");
+    return LLVMBuildFAdd(b, mj_emit_kf(e, t, 1.0f), vm_fma(e, LLVMBuildFMul(b, s, s, ""), p, s), "");
+}
+
+LLVMValueRef mj_emit_expf(mj_emit *e, LLVMValueRef x) {
+    LLVMTypeRef t = LLVMTypeOf(x);
+    LLVMBuilderRef b = e->b;
+    LLVMValueRef hi = mj_emit_kf(e, t, MJ_EXPF_HI), lo = mj_emit_kf(e, t, MJ_EXPF_LO);
+    LLVMValueRef xc = vm_sel(e, LLVMRealOLT, x, hi, x, hi);
+    xc = vm_sel(e, LLVMRealOGT, xc, lo, xc, lo);
+    LLVMValueRef kf, u = vm_expf_poly(e, xc, &kf);
+    LLVMValueRef nf = LLVMBuildFSub(b, kf, mj_emit_kf(e, t, MJ_EXPF_SHIFT), "");
     LLVMValueRef n = LLVMBuildFPToSI(b, nf, int_like(e, t), ""); /* |nf| <= 150: in range */
     LLVMValueRef n1 = LLVMBuildSDiv(b, n, ki(e, t, 2), ""), n2 = LLVMBuildSub(b, n, n1, "");
     LLVMValueRef r = LLVMBuildFMul(b, LLVMBuildFMul(b, u, vm_pow2i(e, t, n1), ""), vm_pow2i(e, t, n2), "");
@@ -264,17 +272,9 @@ LLVMValueRef mj_emit_expf(mj_emit *e, LLVMValueRef x) {
 
 /* vmath.c's expf_band: mj_expf's sequence for erff's large branch only */
 static LLVMValueRef vm_expf_band(mj_emit *e, LLVMValueRef x) {
-    static const float P[MJ_EXPF_NP] = MJ_EXPF_P;
     LLVMTypeRef t = LLVMTypeOf(x);
     LLVMBuilderRef b = e->b;
-    LLVMValueRef shift = mj_emit_kf(e, t, MJ_EXPF_SHIFT);
-    LLVMValueRef kf = vm_fma(e, x, mj_emit_kf(e, t, MJ_EXPF_LOG2E), shift);
-    LLVMValueRef nf = LLVMBuildFSub(b, kf, shift, "");
-    LLVMValueRef s = vm_fma(e, nf, mj_emit_kf(e, t, MJ_EXPF_NEG_LN2_HI), x);
-    s = vm_fma(e, nf, mj_emit_kf(e, t, MJ_EXPF_NEG_LN2_LO), s);
-    LLVMValueRef p = mj_emit_kf(e, t, P[MJ_EXPF_NP - 1]);
-    for (int i = MJ_EXPF_NP - 2; i >= 0; i--) p = vm_fma(e, p, s, mj_emit_kf(e, t, P[i]));
-    LLVMValueRef u = LLVMBuildFAdd(b, mj_emit_kf(e, t, 1.0f), vm_fma(e, LLVMBuildFMul(b, s, s, ""), p, s), "");
+    LLVMValueRef kf, u = vm_expf_poly(e, x, &kf);
     LLVMValueRef kb = LLVMBuildBitCast(b, kf, int_like(e, t), "");
     LLVMValueRef p2 = LLVMBuildShl(b, LLVMBuildAdd(b, kb, ki(e, t, 127u - MJ_EXPF_SHIFT_BITS), ""), ki(e, t, 23), "");
     return LLVMBuildFMul(b, u, LLVMBuildBitCast(b, p2, t, ""), "");

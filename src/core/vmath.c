@@ -21,19 +21,26 @@ static float pow2i(int32_t k) { return float_of((uint32_t)(k + 127) << 23); }
 
 /* The clones choose how fmaf is computed (the instruction, or libm's
  * correctly rounded software fmaf on CPUs without FMA): the same bits. */
-__attribute__((always_inline)) static inline float expf_seq(float x) {
+
+/* e^x's reduction and polynomial for an x in range: u = e^s, and kf =
+ * SHIFT + n (x = n ln2 + s) */
+__attribute__((always_inline)) static inline float expf_poly(float x, float *kf) {
     static const float P[MJ_EXPF_NP] = MJ_EXPF_P;
-    float xc = x < MJ_EXPF_HI ? x : MJ_EXPF_HI;
-    xc = xc > MJ_EXPF_LO ? xc : MJ_EXPF_LO;
-    float kf = fmaf(xc, MJ_EXPF_LOG2E, MJ_EXPF_SHIFT);
-    float nf = kf - MJ_EXPF_SHIFT;
-    float s = fmaf(nf, MJ_EXPF_NEG_LN2_HI, xc);
+    *kf = fmaf(x, MJ_EXPF_LOG2E, MJ_EXPF_SHIFT);
+    float nf = *kf - MJ_EXPF_SHIFT;
+    float s = fmaf(nf, MJ_EXPF_NEG_LN2_HI, x);
     s = fmaf(nf, MJ_EXPF_NEG_LN2_LO, s);
     float p = P[MJ_EXPF_NP - 1];
 #pragma GCC unroll 8
     for (int i = MJ_EXPF_NP - 2; i >= 0; i--) p = fmaf(p, s, P[i]);
-    float u = 1.0f + fmaf(s * s, p, s);
-    int32_t n = (int32_t)nf;
+    return 1.0f + fmaf(s * s, p, s);
+}
+
+__attribute__((always_inline)) static inline float expf_seq(float x) {
+    float xc = x < MJ_EXPF_HI ? x : MJ_EXPF_HI;
+    xc = xc > MJ_EXPF_LO ? xc : MJ_EXPF_LO;
+    float kf, u = expf_poly(xc, &kf);
+    int32_t n = (int32_t)(kf - MJ_EXPF_SHIFT);
     int32_t n1 = n / 2, n2 = n - n1;
     float r = u * pow2i(n1) * pow2i(n2);
     r = x > MJ_EXPF_HI ? INFINITY : r;
@@ -45,15 +52,7 @@ MJ_FMA_CLONES float mj_expf(float x) { return expf_seq(x); }
 
 /* erff's e(x) (vmath.h): expf_seq for x in [-18, -1.64], fewer steps */
 __attribute__((always_inline)) static inline float expf_band(float x) {
-    static const float P[MJ_EXPF_NP] = MJ_EXPF_P;
-    float kf = fmaf(x, MJ_EXPF_LOG2E, MJ_EXPF_SHIFT);
-    float nf = kf - MJ_EXPF_SHIFT;
-    float s = fmaf(nf, MJ_EXPF_NEG_LN2_HI, x);
-    s = fmaf(nf, MJ_EXPF_NEG_LN2_LO, s);
-    float p = P[MJ_EXPF_NP - 1];
-#pragma GCC unroll 8
-    for (int i = MJ_EXPF_NP - 2; i >= 0; i--) p = fmaf(p, s, P[i]);
-    float u = 1.0f + fmaf(s * s, p, s);
+    float kf, u = expf_poly(x, &kf);
     return u * float_of((bits_of(kf) + (127u - MJ_EXPF_SHIFT_BITS)) << 23);
 }
 
