@@ -272,10 +272,10 @@ static void emit_term(sb *s, int r, int nv, int C, LLVMValueRef kc, LLVMValueRef
 
 static LLVMValueRef kidx(sb *s, LLVMValueRef table, LLVMValueRef i);
 
-/* The terms of entry i of an index/weight table pair: its run of columns
- * kc, kc+1, ... in ascending order. */
 static void splat_loaded(sb *s, LLVMValueRef at_w, int n, LLVMValueRef *wv);
 
+/* The terms of entry i of an index/weight table pair: its run of columns
+ * kc, kc+1, ... in ascending order. */
 static void emit_run(sb *s, int r, int nv, int C, LLVMValueRef idx_table, LLVMValueRef w_table, LLVMValueRef i) {
     LLVMValueRef kc = kidx(s, idx_table, i);
     LLVMValueRef w0 = mul(s, i, ci(s, s->l->p.run));
