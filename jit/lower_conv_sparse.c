@@ -277,7 +277,6 @@ static bool build_taps(const float *w, const geom *q, int64_t cb, int32_t **star
  * reads (as it zeroes all of it). */
 typedef struct direct {
     LLVMValueRef dst, bias, o; /* dst: y's plane + the padding before row 0 */
-    const int64_t *off;        /* the tile's vectors (tiling) */
     int64_t run;
     /* plain: y in its own layout (aligned, stride 1): each vector lies in
      * one row (Wp and the tile's start are multiples of vw), its lanes
@@ -298,14 +297,15 @@ static void store_lanes(const mj_cnn_lowering *c, const mj_conv_coefs *k, LLVMVa
     vstore(e, mj_conv_tail_apply(c, k, val, idx, n), at(e, c->y, idx), n);
 }
 
-static void tile_plain(const mj_cnn_lowering *c, LLVMValueRef *acc, int V, const direct *d, LLVMValueRef q0) {
+static void tile_plain(const mj_cnn_lowering *c, LLVMValueRef *acc, int V, const int64_t *voff, const direct *d,
+                       LLVMValueRef q0) {
     mj_emit *e = c->e;
     mj_conv_coefs k;
     mj_conv_tail_coefs(c, d->o, &k);
     LLVMValueRef bv = d->bias ? vsplat(e, load(e, d->bias, d->o)) : NULL;
     int part = (int)(d->OW % e->vw);
     for (int v = 0; v < V; v++) {
-        LLVMValueRef qv = add(e, q0, ci(e, d->off[v]));
+        LLVMValueRef qv = add(e, q0, ci(e, voff[v]));
         LLVMValueRef oh = LLVMBuildUDiv(e->b, qv, ci(e, d->Wp), ""), ow = LLVMBuildURem(e->b, qv, ci(e, d->Wp), "");
         LLVMValueRef idx = add(e, d->ybase, add(e, mul(e, oh, ci(e, d->OW)), ow));
         LLVMValueRef in_rows = LLVMBuildICmp(e->b, LLVMIntULT, oh, ci(e, d->OH), "");
@@ -337,7 +337,8 @@ static LLVMValueRef k_i32(mj_emit *e, int64_t v) {
     return LLVMConstVector(k, (unsigned)e->vw);
 }
 
-static void tile_direct(const mj_cnn_lowering *c, LLVMValueRef *acc, int V, const direct *d, LLVMValueRef q0) {
+static void tile_direct(const mj_cnn_lowering *c, LLVMValueRef *acc, int V, const int64_t *voff, const direct *d,
+                        LLVMValueRef q0) {
     mj_emit *e = c->e;
     mj_conv_coefs k;
     mj_conv_tail_coefs(c, d->o, &k);
@@ -350,12 +351,12 @@ static void tile_direct(const mj_cnn_lowering *c, LLVMValueRef *acc, int V, cons
         LLVMValueRef val = LLVMBuildLoad2(e->b, e->vt, acc[v], "");
         if (bv) val = fadd(e, val, bv);
         val = mj_conv_tail_apply(c, &k, val, NULL, e->vw);
-        LLVMValueRef qs = LLVMBuildAdd(e->b, q32, LLVMConstInt(e->i32, (unsigned long long)d->off[v], 0), "");
+        LLVMValueRef qs = LLVMBuildAdd(e->b, q32, LLVMConstInt(e->i32, (unsigned long long)voff[v], 0), "");
         LLVMValueRef qv = LLVMBuildAdd(e->b, splat_i32(e, qs), lane, "");
         LLVMValueRef in_run = LLVMBuildICmp(e->b, LLVMIntULT, qv, k_i32(e, d->run), "");
         LLVMTypeRef mty[2] = {e->vt, e->ptr}, fty;
         LLVMValueRef fn = intrinsic(e, "llvm.masked.store", mty, 2, &fty);
-        LLVMValueRef args[4] = {val, at(e, d->dst, add(e, q0, ci(e, d->off[v]))), LLVMConstInt(e->i32, 4, 0), in_run};
+        LLVMValueRef args[4] = {val, at(e, d->dst, add(e, q0, ci(e, voff[v]))), LLVMConstInt(e->i32, 4, 0), in_run};
         LLVMBuildCall2(e->b, fty, fn, args, 4, "");
     }
 }
@@ -393,9 +394,9 @@ static void tile(const mj_cnn_lowering *c, LLVMValueRef *acc, int V, const int64
     loop_end(e, &lt);
     ifb fl = ifelse_begin(e, last);
     if (d && d->plain) {
-        tile_plain(c, acc, V, d, q0);
+        tile_plain(c, acc, V, voff, d, q0);
     } else if (d) {
-        tile_direct(c, acc, V, d, q0);
+        tile_direct(c, acc, V, voff, d, q0);
     } else {
         for (int v = 0; v < V; v++)
             vst(e, LLVMBuildLoad2(e->b, e->vt, acc[v], ""), rr, add(e, q0, ci(e, voff[v])), 4);
@@ -531,10 +532,10 @@ bool mj_lower_conv_sparse(const mj_cnn_lowering *c) {
     LLVMValueRef rr = at(e, rows, add(e, mul(e, lo.iv, ci(e, RF)), mul(e, runi, ci(e, q.Wp))));
     direct d = {0};
     if (plain_out) {
-        d = (direct){.bias = bias, .o = lo.iv, .off = tl.off, .plain = true, .Wp = q.Wp, .OH = q.OH, .OW = q.OW,
+        d = (direct){.bias = bias, .o = lo.iv, .plain = true, .Wp = q.Wp, .OH = q.OH, .OW = q.OW,
                      .ybase = mul(e, add(e, mul(e, ln.iv, ci(e, q.O)), lo.iv), ci(e, q.OH * q.OW))};
     } else if (direct_out) {
-        d = (direct){.bias = bias, .o = lo.iv, .off = tl.off, .run = tl.run,
+        d = (direct){.bias = bias, .o = lo.iv, .run = tl.run,
                      .dst = at(e, c->y, add(e, mul(e, add(e, mul(e, ln.iv, ci(e, q.O)), lo.iv), ci(e, HPy * WPy)),
                                             ci(e, py * WPy + px)))};
     }
