@@ -274,21 +274,6 @@ static LLVMValueRef kidx(sb *s, LLVMValueRef table, LLVMValueRef i);
 
 static void splat_loaded(sb *s, LLVMValueRef at_w, int n, LLVMValueRef *wv);
 
-/* The terms of entry i of an index/weight table pair: its run of columns
- * kc, kc+1, ... in ascending order. */
-static void emit_run(sb *s, int r, int nv, int C, LLVMValueRef idx_table, LLVMValueRef w_table, LLVMValueRef i) {
-    LLVMValueRef kc = kidx(s, idx_table, i);
-    LLVMValueRef w0 = mul(s, i, ci(s, s->l->p.run));
-    if (s->l->p.run == 4 && s->e.vw == 8) { /* as emit_pair: one load, four splats */
-        LLVMValueRef wv[4];
-        splat_loaded(s, at(s, w_table, w0), 4, wv);
-        for (int q = 0; q < 4; q++) emit_term(s, r, nv, C, add(s, kc, ci(s, q)), wv[q]);
-        return;
-    }
-    for (int q = 0; q < s->l->p.run; q++)
-        emit_term(s, r, nv, C, add(s, kc, ci(s, q)), vsplat(s, ld(s, s->e.f32, w_table, add(s, w0, ci(s, q)))));
-}
-
 /* Weights loaded together and splat by shuffles in registers, instead of
  * a broadcast load each: a pair of single columns (one per row of the
  * group) in one 8-byte load, a 1x4 run's four weights in one 16-byte load.
@@ -300,8 +285,21 @@ static void emit_run(sb *s, int r, int nv, int C, LLVMValueRef idx_table, LLVMVa
  * batch 128, 2.45 -> 2.34 ms; W7b4 (1x4 blocks) 5.53 -> 5.31 ms. Not with
  * 16 lanes: there Intel's second FMA unit shares port 5 with the shuffles,
  * and it is not measured. */
-static bool pair_weights_in_registers(const sb *s) {
-    return s->l->p.run == 1 && s->l->p.gr == 2 && s->e.vw == 8;
+static bool weights_in_registers(const sb *s) { return s->e.vw == 8; }
+
+/* The terms of entry i of an index/weight table pair: its run of columns
+ * kc, kc+1, ... in ascending order. */
+static void emit_run(sb *s, int r, int nv, int C, LLVMValueRef idx_table, LLVMValueRef w_table, LLVMValueRef i) {
+    LLVMValueRef kc = kidx(s, idx_table, i);
+    LLVMValueRef w0 = mul(s, i, ci(s, s->l->p.run));
+    if (s->l->p.run == 4 && weights_in_registers(s)) { /* one load, four splats */
+        LLVMValueRef wv[4];
+        splat_loaded(s, at(s, w_table, w0), 4, wv);
+        for (int q = 0; q < 4; q++) emit_term(s, r, nv, C, add(s, kc, ci(s, q)), wv[q]);
+        return;
+    }
+    for (int q = 0; q < s->l->p.run; q++)
+        emit_term(s, r, nv, C, add(s, kc, ci(s, q)), vsplat(s, ld(s, s->e.f32, w_table, add(s, w0, ci(s, q)))));
 }
 
 /* wv[r] = splat of at_w[r], r < n (2 or 4), from one load. The loaded
@@ -426,7 +424,7 @@ static void emit_layer(sb *s, int C) {
     if_end(s, fz.end);
     loop lp = loop_range(s, ms[0], ms[1], 1);
     LLVMValueRef it = mul(s, lp.iv, ci(s, GR));
-    if (pair_weights_in_registers(s)) emit_pair(s, nv, C, it);
+    if (s->l->p.run == 1 && GR == 2 && weights_in_registers(s)) emit_pair(s, nv, C, it);
     else
         for (int r = 0; r < GR; r++) emit_run(s, r, nv, C, s->l->g_pidx, s->l->g_pw, add(s, it, ci(s, r)));
     loop_end(s, &lp);
