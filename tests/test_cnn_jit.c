@@ -358,10 +358,10 @@ Test(cnn_jit, frozen_sparse_conv_up_to_the_measured_crossover) {
  * Frozen sparse (the tap table): they split its padding copy, claim its
  * tiles and its output channels' rows, each with its own copies and
  * partial sums; live (the register tile): they claim its rows of output
- * channel groups; stride 2 along W (per plane): they claim its planes. Every output element is still one thread's, its taps in
- * the same order: at 2 and 3 threads, batches 1 and 2 (2 threads at batch
- * 2 split the images instead), the bits of one thread, and in exact mode
- * eager's. Cases: rows aligned (the tiles store y), stride 2 along H (a
+ * channel groups; stride 2 along W (per plane): they claim its planes.
+ * Every output element is still one thread's, its taps in the same order:
+ * at 2 and 3 threads, batches 1 and 2 (2 threads at batch 2 split the
+ * images instead), the bits of one thread, and in exact mode eager's. Cases: rows aligned (the tiles store y), stride 2 along H (a
  * run per row), unaligned rows with two groups (the rows go out per
  * channel), stride 2 along W; each above the pool's minimum work per
  * call. */
@@ -401,10 +401,12 @@ Test(cnn_jit, convs_shared_by_threads_bit_identical) {
                 for (int t = 0; t < 3; t++) {
                     got[t] = mjt_run(c[t], x);
                     int split = t == 0 ? 0 : batch < t + 1 ? 2 : 1;
-                    cr_expect_eq(mj_compiled_last_split(c[t]), split, "case %zu (%s), %d threads, batch %lld: split %d, not %d",
-                                 i, md.name, t + 1, (long long)batch, mj_compiled_last_split(c[t]), split);
-                    cr_expect(mj_tensor_equal(got[t], got[0]), "case %zu (%s), %d threads, batch %lld: differs from one thread",
-                              i, md.name, t + 1, (long long)batch);
+                    cr_expect_eq(mj_compiled_last_split(c[t]), split,
+                                 "case %zu (%s), %d threads, batch %lld: split %d, not %d", i, md.name, t + 1,
+                                 (long long)batch, mj_compiled_last_split(c[t]), split);
+                    cr_expect(mj_tensor_equal(got[t], got[0]),
+                              "case %zu (%s), %d threads, batch %lld: differs from one thread", i, md.name, t + 1,
+                              (long long)batch);
                 }
                 if (md.numeric == MJ_NUMERIC_EXACT)
                     cr_expect(mj_tensor_equal(got[0], want), "case %zu (%s), batch %lld: differs from eager", i, md.name,
