@@ -695,13 +695,15 @@ Test(jit, kernels_tile_edges_against_interpreter) {
     }
 }
 
-/* matmul through the register-tiled micro-kernels (b read in place, in
- * panels of 64 columns, rows 6/4/2/1 at a time), exact bit for bit: x[B, K]
- * @ w[K, N] puts the batch in the rows (1..13, 128, 1000), and x[B, 3, M, K]
- * @ x^T the attention's shape (batched, M a constant, N = M). */
+/* matmul through the register-tiled micro-kernels (b in panels of a few
+ * vectors, copied to a contiguous buffer when b is wider than one, rows
+ * 6/4/2/1 at a time), exact bit for bit: x[B, K] @ w[K, N] puts the batch
+ * in the rows (1..13, 128, 1000; K = 1000 at batch 1000 cuts the rows into
+ * k chunks, each copied on its own), and x[B, 3, M, K] @ x^T the
+ * attention's shape (batched, M a constant, N = M). */
 Test(jit, kernels_matmul_tiles_against_interpreter) {
     mj_rng rng = mjt_rng(16);
-    static const int64_t kn[][2] = {{1, 1}, {7, 5}, {64, 128}, {33, 70}, {300, 129}, {17, 64}};
+    static const int64_t kn[][2] = {{1, 1}, {7, 5}, {64, 128}, {33, 70}, {300, 129}, {17, 64}, {1000, 40}};
     static const int64_t batches[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 128, 1000};
     static const int64_t mk[][2] = {{128, 64}, {13, 9}, {70, 3}};
     int n_kn = (int)(sizeof kn / sizeof *kn), n_mk = (int)(sizeof mk / sizeof *mk);
