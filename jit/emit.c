@@ -270,8 +270,11 @@ LLVMValueRef mj_emit_expf(mj_emit *e, LLVMValueRef x) {
     return vm_sel(e, LLVMRealUNO, x, x, x, r);
 }
 
-/* vmath.c's expf_band: mj_expf's sequence for erff's large branch only */
-static LLVMValueRef vm_expf_band(mj_emit *e, LLVMValueRef x) {
+/* vmath.c's expf_band: mj_expf's bits for erff's large branch, and for
+ * any x in [MJ_EXPF_BAND_LO, MJ_EXPF_BAND_HI] (vmath.h): there the clamps
+ * and special cases never act and x log2(e) is in [-125.6, 127.0], so n =
+ * kf - SHIFT is in [-126, 127] and 2^n comes from kf's bits. */
+LLVMValueRef mj_emit_expf_band(mj_emit *e, LLVMValueRef x) {
     LLVMTypeRef t = LLVMTypeOf(x);
     LLVMBuilderRef b = e->b;
     LLVMValueRef kf, u = vm_expf_poly(e, x, &kf);
@@ -293,7 +296,7 @@ LLVMValueRef mj_emit_erff(mj_emit *e, LLVMValueRef x) {
     LLVMValueRef small = vm_fma(e, p, a, a);
     LLVMValueRef q = mj_emit_kf(e, t, B[MJ_ERFF_NB - 1]);
     for (int i = MJ_ERFF_NB - 2; i >= 0; i--) q = vm_fma(e, q, a, mj_emit_kf(e, t, B[i]));
-    LLVMValueRef big = LLVMBuildFSub(b, mj_emit_kf(e, t, 1.0f), vm_expf_band(e, LLVMBuildFNeg(b, q, "")), "");
+    LLVMValueRef big = LLVMBuildFSub(b, mj_emit_kf(e, t, 1.0f), mj_emit_expf_band(e, LLVMBuildFNeg(b, q, "")), "");
     LLVMValueRef r = vm_sel(e, LLVMRealOLT, a, mj_emit_kf(e, t, MJ_ERFF_SPLIT), small, big);
     r = vm_sel(e, LLVMRealOGE, a, mj_emit_kf(e, t, MJ_ERFF_ONE_AT), mj_emit_kf(e, t, 1.0f), r);
     r = vm_sel(e, LLVMRealUNO, a, a, a, r);

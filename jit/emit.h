@@ -91,6 +91,9 @@ LLVMValueRef mj_emit_call_libm2(mj_emit *e, const char *name, LLVMValueRef x, LL
 /* mj_expf / mj_erff of src/core/vmath.c on a float or a vector of floats */
 LLVMValueRef mj_emit_expf(mj_emit *e, LLVMValueRef x);
 LLVMValueRef mj_emit_erff(mj_emit *e, LLVMValueRef x);
+/* mj_expf's bits for x in [MJ_EXPF_BAND_LO, MJ_EXPF_BAND_HI] only
+ * (src/core/vmath.h); the caller checks the range */
+LLVMValueRef mj_emit_expf_band(mj_emit *e, LLVMValueRef x);
 LLVMValueRef mj_emit_kf(mj_emit *e, LLVMTypeRef t, float v); /* a float constant of type t (splatted) */
 /* tanh and gelu_tanh call libm (per lane on vectors); the others are
  * float operations that run on whole vectors */

@@ -235,6 +235,55 @@ static void check_ops(mj_jit *j) {
 
 Test(vmath, compiled_bitwise_in_every_mode) { check_ops(jit); }
 
+/* Compiled softmax takes exp's short form for blocks whose x - max lie in
+ * its band (emit.h: MJ_EXPF_BAND_LO up) and the whole sequence elsewhere.
+ * Rows whose max is 0, so that x - max = x: every float in the ulps around
+ * the band's low end and down to where 2^n leaves the normal floats, the
+ * points where n steps, and random x of the band and of [-104, 0]; 8 rows
+ * a group and a lone row after them, widths of whole 8-float blocks, one
+ * block and a tail, a tail only. Bit for bit against eager. */
+Test(vmath, softmax_band_exp_is_mj_expf_bit_for_bit) {
+    mj_rng rng = mjt_rng(7);
+    static const int64_t widths[] = {64, 13, 5};
+    for (size_t wi = 0; wi < sizeof widths / sizeof *widths; wi++) {
+        int64_t n = widths[wi], rows = 8 * 512 + 1, shape[2] = {rows, n};
+        mj_tensor *x;
+        OK(mj_tensor_zeros(&x, 2, shape));
+        float *d = mj_tensor_data_mut(x);
+        /* from 4096 ulps above -87 down to about -88.5, where 2^n of the
+         * short form would no longer be a normal float */
+        int64_t quarter = rows * n / 4;
+        uint32_t edge = mjt_f32_bits(MJ_EXPF_BAND_LO) - 4096, step = (uint32_t)(1 + 200000 / quarter);
+        for (int64_t i = 0; i < rows * n; i++) {
+            if (i % n == 0) continue; /* the row's max, 0 */
+            if (i < quarter) {
+                d[i] = mjt_bits_f32(edge);
+                edge += step;
+            } else if (i % 3 == 0) {
+                d[i] = (float)(mj_rng_uniform(&rng) * -104.0);
+            } else if (i % 3 == 1) { /* within 2 ulps of -(k + 1/2) ln 2, where n steps */
+                int k = (int)(mj_rng_uniform(&rng) * 125.0);
+                float v = (float)(-(k + 0.5) * 0.6931471805599453);
+                d[i] = mjt_bits_f32(mjt_f32_bits(v) + (uint32_t)(int)(mj_rng_uniform(&rng) * 5.0) - 2u);
+            } else {
+                d[i] = (float)(mj_rng_uniform(&rng) * MJ_EXPF_BAND_LO);
+            }
+        }
+        mj_graph *g;
+        OK(mj_graph_new(&g));
+        int32_t in = input(g, ty(2, B, n, 0)), id;
+        mj_attrs a = mj_attrs_default(MJ_OP_SOFTMAX);
+        a.dim = 1;
+        OK(mj_graph_add_op_attrs(g, MJ_OP_SOFTMAX, 1, &in, MJ_ACT_NONE, &a, NULL, &id));
+        OK(mj_graph_add_output(g, id));
+        char what[64];
+        snprintf(what, sizeof what, "softmax of %lld near exp's band", (long long)n);
+        check_all_modes(jit, g, x, what);
+        mj_graph_free(g);
+        mj_tensor_release(x);
+    }
+}
+
 Test(vmath, compiled_bitwise_with_avx2_forced) {
     cr_assert_eq(setenv("MASKJIT_JIT_FEATURES", "+avx,+avx2,+fma,+f16c,+bmi,+bmi2,+popcnt,+sse4.2,-avx512f", 1), 0);
     mj_jit *j2;

@@ -32,6 +32,12 @@
 /* (e^s - 1 - s) / s^2 on [-ln2/2, ln2/2], weighted to minimise the relative error of e^s */
 #define MJ_EXPF_P {0x1.fffffcp-2f, 0x1.555490p-3f, 0x1.5558fcp-5f, 0x1.123b8ap-7f, 0x1.6a2174p-10f}
 #define MJ_EXPF_NP 5
+/* The band where exp's short form (no clamps or special cases, r = u * 2^n
+ * in one product: jit/emit.c's mj_emit_expf_band) gives r's bits: there n
+ * is in [-126, 127], 2^n a normal float, and u * 2^n the same exact product
+ * as (u * 2^n1) * 2^n2, rounded once. */
+#define MJ_EXPF_BAND_LO (-87.0f)
+#define MJ_EXPF_BAND_HI 88.0f
 
 /* erff(x), on a = |x| (the sign bit cleared):
  *   z = a * a;  p = A[6];  p = fmaf(p, z, A[i]) for i = 5..0;  small = fmaf(p, a, a)
