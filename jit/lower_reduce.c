@@ -146,6 +146,21 @@ static void transpose8(lw *w, LLVMValueRef v[SM_LANES]) {
     }
 }
 
+/* sums (lane r: row r's sum so far) += the columns of the 8x8 block v
+ * (v[r]: row r's 8 floats), in column order: v is transposed in place */
+static void add_columns8(lw *w, LLVMValueRef v[SM_LANES], LLVMValueRef sums) {
+    transpose8(w, v);
+    LLVMValueRef sv = LLVMBuildLoad2(w->e.b, v8(w), sums, "");
+    for (int c = 0; c < SM_LANES; c++) sv = fadd(w, sv, v[c]);
+    LLVMBuildStore(w->e.b, sv, sums);
+}
+
+/* acc[r] = lane r of sums */
+static void lanes_to(lw *w, LLVMValueRef sums, LLVMValueRef const *acc) {
+    LLVMValueRef sv = LLVMBuildLoad2(w->e.b, v8(w), sums, "");
+    for (int r = 0; r < SM_LANES; r++) st_acc(w, acc[r], LLVMBuildExtractElement(w->e.b, sv, ci(w, r), ""));
+}
+
 /* softmax of the 8 rows at x + base[r] (N >= 1 floats each) into y at the
  * same offsets; acc and mx: a float alloca per row. */
 static void emit_softmax8(lw *w, LLVMValueRef x, LLVMValueRef y, LLVMValueRef const *base, LLVMValueRef N,
@@ -188,7 +203,7 @@ static void emit_softmax8(lw *w, LLVMValueRef x, LLVMValueRef y, LLVMValueRef co
     LLVMBuildStore(w->e.b, LLVMConstNull(v8(w)), sums);
     lb = loop_begin(w, nb);
     j = mul(w, lb.iv, ci(w, SM_LANES));
-    LLVMValueRef e[SM_LANES], d[SM_LANES], sv, inband = NULL;
+    LLVMValueRef e[SM_LANES], d[SM_LANES], inband = NULL;
     for (int r = 0; r < SM_LANES; r++) {
         d[r] = fsub(w, load8(w, x, add(w, base[r], j)), ms[r]);
         LLVMValueRef ok = LLVMBuildFCmp(w->e.b, LLVMRealOGE, d[r], mj_emit_kf(&w->e, v8(w), MJ_EXPF_BAND_LO), "");
@@ -218,13 +233,9 @@ static void emit_softmax8(lw *w, LLVMValueRef x, LLVMValueRef y, LLVMValueRef co
         LLVMAddIncoming(e[r], in, from, 2);
     }
     for (int r = 0; r < SM_LANES; r++) store8(w, e[r], y, add(w, base[r], j));
-    transpose8(w, e);
-    sv = LLVMBuildLoad2(w->e.b, v8(w), sums, "");
-    for (int c = 0; c < SM_LANES; c++) sv = fadd(w, sv, e[c]);
-    LLVMBuildStore(w->e.b, sv, sums);
+    add_columns8(w, e, sums);
     loop_end(w, &lb);
-    sv = LLVMBuildLoad2(w->e.b, v8(w), sums, "");
-    for (int r = 0; r < SM_LANES; r++) st_acc(w, acc[r], LLVMBuildExtractElement(w->e.b, sv, ci(w, r), ""));
+    lanes_to(w, sums, acc);
     lt = loop_range(w, vend, N, 1);
     for (int r = 0; r < SM_LANES; r++) {
         LLVMValueRef ev = emit_expf(w, fsub(w, load(w, x, add(w, base[r], lt.iv)), m[r]));
@@ -304,8 +315,8 @@ void mj_lw_emit_along(lw *w, int32_t id) {
     loop_end(w, &lo);
 }
 
-/* layer_norm of R rows side by side (their sums are R chains in flight,
- * as emit_lines): mean, biased variance, rstd = 1/sqrtf(var + eps),
+/* layer_norm of R rows side by side (the rows after emit_ln8's groups, one
+ * at a time): mean, biased variance, rstd = 1/sqrtf(var + eps),
  * (x - mean) * rstd [* w] [+ b], per row in the reference's order. */
 static void emit_ln_rows(lw *w, const mj_node *n, int R, LLVMValueRef const *xr, LLVMValueRef const *yr,
                          LLVMValueRef N, LLVMValueRef wt, LLVMValueRef bs, LLVMValueRef const *acc,
@@ -337,8 +348,59 @@ static void emit_ln_rows(lw *w, const mj_node *n, int R, LLVMValueRef const *xr,
     }
 }
 
-/* layer_norm over the last dim, LN_R rows at a time, then one at a time */
-#define LN_R 4
+/* The two sums of layer_norm for 8 rows, in 8-float blocks transposed in
+ * registers (as softmax's: emit_softmax8), each row's in its order; the
+ * columns past the blocks one at a time. Then emit_ln_rows' last loops. */
+static void emit_ln8(lw *w, const mj_node *n, LLVMValueRef const *xr, LLVMValueRef const *yr, LLVMValueRef N,
+                     LLVMValueRef wt, LLVMValueRef bs, LLVMValueRef const *acc, LLVMValueRef const *sq) {
+    LLVMValueRef nb = LLVMBuildSDiv(w->e.b, N, ci(w, SM_LANES), ""), vend = mul(w, nb, ci(w, SM_LANES));
+    LLVMValueRef sums = mj_emit_entry_alloca(&w->e, v8(w)), v[SM_LANES];
+    LLVMBuildStore(w->e.b, LLVMConstNull(v8(w)), sums);
+    loop lb = loop_begin(w, nb);
+    LLVMValueRef j = mul(w, lb.iv, ci(w, SM_LANES));
+    for (int r = 0; r < SM_LANES; r++) v[r] = load8(w, xr[r], j);
+    add_columns8(w, v, sums);
+    loop_end(w, &lb);
+    lanes_to(w, sums, acc);
+    loop lt = loop_range(w, vend, N, 1);
+    for (int r = 0; r < SM_LANES; r++) st_acc(w, acc[r], fadd(w, ld_acc(w, acc[r]), load(w, xr[r], lt.iv)));
+    loop_end(w, &lt);
+    LLVMValueRef nf = count_f(w, N), mean[SM_LANES], meanv[SM_LANES];
+    for (int r = 0; r < SM_LANES; r++) {
+        mean[r] = fdiv(w, ld_acc(w, acc[r]), nf);
+        meanv[r] = splat8(w, mean[r]);
+    }
+    LLVMBuildStore(w->e.b, LLVMConstNull(v8(w)), sums);
+    lb = loop_begin(w, nb);
+    j = mul(w, lb.iv, ci(w, SM_LANES));
+    for (int r = 0; r < SM_LANES; r++) {
+        LLVMValueRef dv = fsub(w, load8(w, xr[r], j), meanv[r]);
+        v[r] = fmul(w, dv, dv);
+    }
+    add_columns8(w, v, sums);
+    loop_end(w, &lb);
+    lanes_to(w, sums, sq);
+    lt = loop_range(w, vend, N, 1);
+    for (int r = 0; r < SM_LANES; r++) {
+        LLVMValueRef dv = fsub(w, load(w, xr[r], lt.iv), mean[r]);
+        st_acc(w, sq[r], fadd(w, ld_acc(w, sq[r]), fmul(w, dv, dv)));
+    }
+    loop_end(w, &lt);
+    for (int r = 0; r < SM_LANES; r++) {
+        LLVMValueRef var_eps = fadd(w, fdiv(w, ld_acc(w, sq[r]), nf), cf(w, n->attrs.f[0]));
+        LLVMValueRef rstd = fdiv(w, cf(w, 1.0f), call_libm(w, "sqrtf", var_eps));
+        loop lj = loop_begin(w, N);
+        LLVMValueRef y = fmul(w, fsub(w, load(w, xr[r], lj.iv), mean[r]), rstd);
+        if (wt) y = fmul(w, y, load(w, wt, lj.iv));
+        if (bs) y = fadd(w, y, load(w, bs, lj.iv));
+        store(w, y, yr[r], lj.iv);
+        loop_end(w, &lj);
+    }
+}
+
+/* layer_norm over the last dim, LN_R rows at a time (emit_ln8), then one
+ * at a time */
+#define LN_R SM_LANES
 void mj_lw_emit_layer_norm(lw *w, int32_t id) {
     w->loops = true;
     const mj_graph *g = w->p->g;
@@ -361,7 +423,7 @@ void mj_lw_emit_layer_norm(lw *w, int32_t id) {
         xr[r] = at(w, x, mul(w, row, N));
         yr[r] = at(w, y, mul(w, row, N));
     }
-    emit_ln_rows(w, n, LN_R, xr, yr, N, wt, bs, acc, sq);
+    emit_ln8(w, n, xr, yr, N, wt, bs, acc, sq);
     loop_end(w, &lg);
     LLVMValueRef done = mul(w, groups, ci(w, LN_R));
     loop lr = loop_begin(w, left);

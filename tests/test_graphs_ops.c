@@ -542,14 +542,29 @@ Test(graphs_ops, reductions_and_normalisations_in_every_mode) {
                 snprintf(what, sizeof what, "%s dim %d keepdim %d", mj_op_table[ops[k]].name, dim, keep);
                 check_all_modes(g, what, &rng);
             }
-    for (int n_ops = 1; n_ops <= 3; n_ops++) {
-        mj_graph *g = new_graph();
-        int32_t x = input(g, ty(3, B, 2, 48));
-        int32_t w = leaf(g, MJ_OP_PARAM, "ln.weight", ty(1, 48, 0, 0), &rng);
-        int32_t b = leaf(g, MJ_OP_PARAM, "ln.bias", ty(1, 48, 0, 0), &rng);
-        mj_attrs a = attrs_of(MJ_OP_LAYER_NORM, 0, false, 1e-5f, 0);
-        OK(mj_graph_add_output(g, node(g, MJ_OP_LAYER_NORM, n_ops, x, w, b, &a)));
-        check_all_modes(g, "layer_norm", &rng);
+    /* rows in groups of 8 (8-float blocks, then a tail) and lone rows:
+     * widths of whole blocks, blocks and a tail, a tail only */
+    static const int64_t widths[] = {48, 13, 5};
+    for (size_t wi = 0; wi < 3; wi++) {
+        int64_t n = widths[wi];
+        for (int n_ops = 1; n_ops <= 3; n_ops++) {
+            mj_graph *g = new_graph();
+            int32_t x = input(g, ty(3, B, 2, n));
+            int32_t w = leaf(g, MJ_OP_PARAM, "ln.weight", ty(1, n, 0, 0), &rng);
+            int32_t b = leaf(g, MJ_OP_PARAM, "ln.bias", ty(1, n, 0, 0), &rng);
+            mj_attrs a = attrs_of(MJ_OP_LAYER_NORM, 0, false, 1e-5f, 0);
+            OK(mj_graph_add_output(g, node(g, MJ_OP_LAYER_NORM, n_ops, x, w, b, &a)));
+            check_all_modes(g, "layer_norm", &rng);
+        }
+        for (size_t k = 2; k < 4 && n != 48; k++) { /* softmax, log_softmax: 24 wide above */
+            mj_graph *g = new_graph();
+            int32_t x = input(g, ty(3, B, 5, n));
+            mj_attrs a = attrs_of(ops[k], -1, false, 0, 0);
+            OK(mj_graph_add_output(g, node(g, ops[k], 1, x, -1, -1, &a)));
+            char what[64];
+            snprintf(what, sizeof what, "%s over %lld", mj_op_table[ops[k]].name, (long long)n);
+            check_all_modes(g, what, &rng);
+        }
     }
 }
 
