@@ -67,11 +67,14 @@ typedef struct mj_body_plan {
                                   (one function, jit/sparse.c; the value in
                                   between is never stored), or -1             */
     bool frozen;               /* constant weights may shape the code          */
-    int32_t *fused_by;         /* per node: the conv2d whose store computes it
-                                  (its tail: batch_norm, activations, a
-                                  residual add), or -1                         */
-    int32_t *conv_out;         /* per conv2d: the node whose storage it writes
-                                  (the last of its tail, or itself)            */
+    int32_t *fused_by;         /* per node: the conv2d or matmul whose store
+                                  computes it (its tail: batch_norm,
+                                  activations, a residual add; a matmul's: a
+                                  division by a scalar, an add of a row), or
+                                  -1                                           */
+    int32_t *tail_out;         /* per conv2d and matmul: the node whose
+                                  storage it writes (the last of its tail, or
+                                  itself); -1 for other nodes                  */
     int32_t *padded_by;        /* per node: stored zero-padded as the input of
                                   this frozen sparse conv (its only readers are
                                   such convs; a sparse conv writes it), or -1  */

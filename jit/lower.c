@@ -93,7 +93,7 @@ static void conv_tail(const lw *w, int32_t i, mj_cnn_lowering *cl) {
         }
         cur = j;
     }
-    MJ_ASSERT(cur == w->p->conv_out[i]);
+    MJ_ASSERT(cur == w->p->tail_out[i]);
 }
 
 mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan *p,
@@ -243,7 +243,7 @@ mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan 
         if (!p->input_free[i] && mj_op_has_residual(g->nodes[i].op)) w.loops = true;
     for (int32_t i = 0; i < g->n_nodes && s == MJ_OK; i++) {
         const mj_node *n = &g->nodes[i];
-        /* a conv's tail is computed in the conv's store */
+        /* a conv's or matmul's tail is computed in its store */
         if (p->input_free[i] || n->op == MJ_OP_INPUT || done[i] || p->fused_by[i] >= 0) continue;
         if (n->op == MJ_OP_RESHAPE) { /* an alias: no code */
             w.buf[i] = w.buf[n->operands[0]];
@@ -356,16 +356,16 @@ mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan 
             mj_cnn_lowering cl = {.e = &w.e, .g = g, .id = i, .y = w.buf[i], .batch = w.batch, .prefix = prefix,
                                   .team = &w.team, .thread_stride = thread_stride, .how = p->conv_how[i]};
             for (int k = 0; k < n->n_operands; k++) cl.ops[k] = w.buf[n->operands[k]];
-            if (n->op == MJ_OP_CONV2D && p->conv_out[i] != i) {
+            if (n->op == MJ_OP_CONV2D && p->tail_out[i] != i) {
                 conv_tail(&w, i, &cl);
-                cl.y = w.buf[p->conv_out[i]];
+                cl.y = w.buf[p->tail_out[i]];
                 cl.fault = n->op == fault;
             }
             int32_t wl = n->op == MJ_OP_CONV2D ? p->leaf_plain[n->operands[1]] : -1;
             if (o->baked && wl >= 0) cl.conv_weight = o->baked[wl]; /* frozen: the mask is known */
             if (p->frozen) cl.scratch = sparse_scratch;
             if (n->op == MJ_OP_CONV2D) { /* frozen sparse convs: values stored padded */
-                int32_t next = p->padded_by[p->conv_out[i]];
+                int32_t next = p->padded_by[p->tail_out[i]];
                 cl.x_padded = p->padded_by[n->operands[0]] >= 0;
                 if (next >= 0) {
                     cl.pad_y[0] = g->nodes[next].attrs.i[MJ_CONV_PADDING];
@@ -382,7 +382,9 @@ mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan 
             break;
         case MJ_OP_COUNT: MJ_ASSERT(!"not an op (the graph is verified)");
         }
-        if (s == MJ_OK && n->op == fault && !(n->op == MJ_OP_CONV2D && p->conv_out[i] != i)) {
+        /* a conv's or matmul's tail applies the faults in its store */
+        bool has_tail = p->tail_out[i] >= 0 && p->tail_out[i] != i;
+        if (s == MJ_OK && n->op == fault && !has_tail) {
             if (first_only) {
                 emit_fault(&w, i);
             } else { /* every thread computed a part: once, after them all */

@@ -59,8 +59,14 @@ static void emit_dot(lw *w, LLVMValueRef y, LLVMValueRef x, LLVMValueRef W, LLVM
     loop_end(w, &li);
 }
 
+/* A matmul's tail in its epilogue (lower_plan.c): y = acc / *dv (dv not
+ * NULL), then + the row at bias; faults: the test-only +0.5 after the
+ * matmul (MK_FAULT_MM), the division, the add. */
+enum { MK_FAULT_MM = 1, MK_FAULT_DIV = 2, MK_FAULT_ADD = 4 };
+
 static void emit_gemm(lw *w, LLVMValueRef y, LLVMValueRef x, LLVMValueRef W, bool plain, bool split,
-                      LLVMValueRef M, int64_t K, int64_t N, LLVMValueRef bias, mj_act act, LLVMValueRef res);
+                      LLVMValueRef M, int64_t K, int64_t N, LLVMValueRef bias, mj_act act, LLVMValueRef res,
+                      LLVMValueRef dv, int faults);
 
 void mj_lw_emit_linear(lw *w, int32_t id) {
     const mj_graph *g = w->p->g;
@@ -80,7 +86,7 @@ void mj_lw_emit_linear(lw *w, int32_t id) {
     }
     if (Wp && wt->dims[0] >= 1 && wt->dims[1] >= 1)
         emit_gemm(w, w->buf[id], w->buf[n->operands[0]], Wp, false, true, M, wt->dims[1], wt->dims[0], bias, act,
-                  res);
+                  res, NULL, 0);
     else if (Wp)
         emit_dot(w, w->buf[id], w->buf[n->operands[0]], Wp, M, K, N, N, ci(w, 1), true, bias, act, res);
     else /* a weight computed from the input: read it in place, [out][in] */
@@ -112,6 +118,38 @@ void mj_lw_emit_matmul(lw *w, int32_t id) {
         sb[d] = db >= 0 && tb->dims[db] == to->dims[d] ? eb : ci(w, 0);
         if (db >= 0) eb = mul(w, eb, dimv(w, tb->dims[db]));
     }
+    /* The tail the epilogue computes (lower_plan.c's plan_matmul_tail): the
+     * divisor, and the row added, with its strides per output batch dim (0
+     * where broadcast) */
+    LLVMValueRef dv = NULL, sr[2] = {NULL, NULL};
+    int32_t row = -1, cur = id;
+    int faults = n->op == w->o->fault && w->p->tail_out[id] != id ? MK_FAULT_MM : 0;
+    for (int32_t j = id + 1; j < g->n_nodes; j++) {
+        if (w->p->fused_by[j] != id) continue;
+        const mj_node *t = &g->nodes[j];
+        if (t->op == MJ_OP_DIV) {
+            dv = w->buf[t->operands[1]];
+            faults |= t->op == w->o->fault ? MK_FAULT_DIV : 0;
+        } else {
+            MJ_ASSERT(t->op == MJ_OP_ADD);
+            row = t->operands[0] == cur ? t->operands[1] : t->operands[0];
+            faults |= t->op == w->o->fault ? MK_FAULT_ADD : 0;
+        }
+        cur = j;
+    }
+    MJ_ASSERT(cur == w->p->tail_out[id]);
+    if (row >= 0) {
+        const mj_type *tr = &g->nodes[row].type;
+        LLVMValueRef er = ci(w, 1), st[MJ_MAX_RANK];
+        for (int d = tr->rank - 1; d >= 0; d--) {
+            st[d] = er;
+            er = mul(w, er, dimv(w, tr->dims[d]));
+        }
+        for (int d = 0; d < nb; d++) {
+            int dr = d - (to->rank - tr->rank);
+            sr[d] = dr >= 0 && tr->dims[dr] != 1 ? st[dr] : ci(w, 0);
+        }
+    }
     /* The matrices of the batch as one range; in column mode the threads
      * claim them one at a time (attention's heads), each matrix whole: the
      * same bits as one thread. */
@@ -119,7 +157,7 @@ void mj_lw_emit_matmul(lw *w, int32_t id) {
     for (int d = 0; d < nb; d++) count = mul(w, count, dimv(w, to->dims[d]));
     LLVMValueRef f;
     mj_claim_loop lm = mj_emit_claim_begin(&w->e, &w->team, count, &f, true);
-    LLVMValueRef oa = ci(w, 0), ob = ci(w, 0), oy = ci(w, 0);
+    LLVMValueRef oa = ci(w, 0), ob = ci(w, 0), oy = ci(w, 0), orow = ci(w, 0);
     for (int d = nb - 1; d >= 0; d--) { /* f's index along output batch dim d */
         LLVMValueRef dim = dimv(w, to->dims[d]);
         LLVMValueRef i = LLVMBuildSRem(w->e.b, f, dim, "");
@@ -127,13 +165,17 @@ void mj_lw_emit_matmul(lw *w, int32_t id) {
         oa = add(w, oa, mul(w, i, sa[d]));
         ob = add(w, ob, mul(w, i, sb[d]));
         oy = add(w, oy, mul(w, i, sy[d]));
+        if (row >= 0) orow = add(w, orow, mul(w, i, sr[d]));
     }
-    LLVMValueRef y = at(w, w->buf[id], oy), a = at(w, w->buf[n->operands[0]], oa);
+    LLVMValueRef y = at(w, w->buf[w->p->tail_out[id]], oy), a = at(w, w->buf[n->operands[0]], oa);
     LLVMValueRef b = at(w, w->buf[n->operands[1]], ob);
-    if (Kd >= 1 && Nd >= 1) /* each matrix on one thread: no column split */
-        emit_gemm(w, y, a, b, true, false, M, Kd, Nd, NULL, MJ_ACT_NONE, NULL);
-    else
+    if (Kd >= 1 && Nd >= 1) { /* each matrix on one thread: no column split */
+        LLVMValueRef rowp = row >= 0 ? at(w, w->buf[row], orow) : NULL;
+        emit_gemm(w, y, a, b, true, false, M, Kd, Nd, rowp, MJ_ACT_NONE, NULL, dv, faults);
+    } else {
+        MJ_ASSERT(w->p->tail_out[id] == id);
         emit_dot(w, y, a, b, M, K, N, N, ci(w, 1), true, NULL, MJ_ACT_NONE, NULL);
+    }
     mj_emit_claim_end(&w->e, &lm);
 }
 
@@ -141,7 +183,8 @@ void mj_lw_emit_matmul(lw *w, int32_t id) {
  *
  * The packed weight is in column panels (mj_pack_panels): panel p holds
  * columns j0 = p*P .. j0+pw as [K][pw]; a matmul's b[K][N] is read in place,
- * the same panel with row stride N. A micro-kernel keeps rows x vectors
+ * the same panel with row stride N, or from a contiguous copy of the panel
+ * when b is wider than one (emit_gemm). A micro-kernel keeps rows x vectors
  * accumulators in registers across a block of k and streams the panel: per k
  * it loads the panel's vectors once, broadcasts x[i][k] per row and does
  * acc = fma(x, w, acc) (exact: k ascending per element, so every element
@@ -153,16 +196,17 @@ void mj_lw_emit_matmul(lw *w, int32_t id) {
 
 /* void mk(const float *x, int64 xs, const float *wp, float *y, int64 ys,
  *         int64 kc, i1 first, i1 last, const float *bias, const float *res,
- *         const float *pf)
+ *         const float *pf, const float *dv)
  * rows rows of x (stride xs) times the panel block wp ([kc][pw], rows ws apart) into
- * y (stride ys): first -> start from +0.0f, else from y; last -> + bias,
- * the activation, + res (the residual, read like y: stride ys). Per k it
- * also prefetches pf + k*ws towards L2 (see emit_rows). */
-#define MK_NPARAMS 11
+ * y (stride ys): first -> start from +0.0f, else from y; last -> / *dv (a
+ * matmul's tail), + bias, the activation, + res (the residual, read like y:
+ * stride ys). Per k it also prefetches pf + k*ws towards L2 (see
+ * emit_rows). */
+#define MK_NPARAMS 12
 static LLVMTypeRef mk_type(lw *w) {
     LLVMTypeRef i1 = LLVMInt1TypeInContext(w->e.ctx);
     LLVMTypeRef pt[MK_NPARAMS] = {w->e.ptr, w->e.i64, w->e.ptr, w->e.ptr, w->e.i64, w->e.i64,
-                                  i1,       i1,       w->e.ptr, w->e.ptr, w->e.ptr};
+                                  i1,       i1,       w->e.ptr, w->e.ptr, w->e.ptr, w->e.ptr};
     return LLVMFunctionType(LLVMVoidTypeInContext(w->e.ctx), pt, MK_NPARAMS, 0);
 }
 
@@ -177,9 +221,10 @@ static void emit_prefetch_l2(lw *w, LLVMValueRef base, LLVMValueRef idx) {
     LLVMBuildCall2(w->e.b, fty, fn, args, 4, "");
 }
 
-static LLVMValueRef emit_microkernel(lw *w, int rows, int pw, int64_t ws, bool has_bias, mj_act act, bool has_res) {
+static LLVMValueRef emit_microkernel(lw *w, int rows, int pw, int64_t ws, bool has_bias, mj_act act, bool has_res,
+                                     bool has_div, int faults) {
     static const char *const pnames[MK_NPARAMS] = {"x",     "xs",   "wp",   "y",   "ys", "kc",
-                                                   "first", "last", "bias", "res", "pf"};
+                                                   "first", "last", "bias", "res", "pf", "dv"};
     LLVMTypeRef fty = mk_type(w);
     char name[96];
     snprintf(name, sizeof name, "%s.mk%d", w->o->fname, w->n_kernels++);
@@ -263,11 +308,16 @@ static LLVMValueRef emit_microkernel(lw *w, int rows, int pw, int64_t ws, bool h
     LLVMValueRef bv[MK_MAX_VECS];
     if (has_bias)
         for (int v = 0; v < nv; v++) bv[v] = vload(w, at(w, P[8], ci(w, v * vw)), lanes[v]);
+    LLVMValueRef dvv = has_div ? vsplat(w, load(w, P[11], ci(w, 0))) : NULL, half = vsplat(w, cf(w, 0.5f));
     for (int r = 0; r < rows; r++) {
         LLVMValueRef rrow = has_res ? at(w, P[9], mul(w, ci(w, r), P[4])) : NULL;
         for (int v = 0; v < nv; v++) {
             LLVMValueRef e = nacc[r][v];
+            if (faults & MK_FAULT_MM) e = fadd(w, e, half);
+            if (has_div) e = fdiv(w, e, dvv);
+            if (faults & MK_FAULT_DIV) e = fadd(w, e, half);
             if (has_bias) e = fadd(w, e, bv[v]);
+            if (faults & MK_FAULT_ADD) e = fadd(w, e, half);
             e = emit_act_vec(w, act, e, lanes[v]);
             if (has_res) e = fadd(w, e, vload(w, at(w, rrow, ci(w, v * vw)), lanes[v]));
             vstore(w, e, at(w, yrow[r], ci(w, v * vw)), lanes[v]);
@@ -305,7 +355,7 @@ static LLVMValueRef tile_prefetch(lw *w, LLVMValueRef next, LLVMValueRef t, int6
  * each tile prefetches its share of the next block (tile_prefetch). */
 static void emit_rows(lw *w, LLVMValueRef const mk[4], LLVMValueRef x, int64_t K, LLVMValueRef wp, LLVMValueRef y,
                       int64_t N, LLVMValueRef M, LLVMValueRef kc, LLVMValueRef first, LLVMValueRef last,
-                      LLVMValueRef bias, LLVMValueRef res, LLVMValueRef next, int64_t lines) {
+                      LLVMValueRef bias, LLVMValueRef res, LLVMValueRef dv, LLVMValueRef next, int64_t lines) {
     LLVMTypeRef fty = mk_type(w);
     LLVMValueRef bp = bias ? bias : LLVMConstNull(w->e.ptr);
     LLVMValueRef null = LLVMConstNull(w->e.ptr);
@@ -314,7 +364,7 @@ static void emit_rows(lw *w, LLVMValueRef const mk[4], LLVMValueRef x, int64_t K
     LLVMValueRef i0 = mul(w, lb.iv, ci(w, 6));
     LLVMValueRef args[MK_NPARAMS] = {at(w, x, mul(w, i0, ci(w, K))), ci(w, K), wp, at(w, y, mul(w, i0, ci(w, N))),
                                      ci(w, N), kc, first, last, bp, res ? at(w, res, mul(w, i0, ci(w, N))) : null,
-                                     tile_prefetch(w, next, lb.iv, lines)};
+                                     tile_prefetch(w, next, lb.iv, lines), dv ? dv : null};
     LLVMBuildCall2(w->e.b, fty, mk[0], args, MK_NPARAMS, "");
     loop_end(w, &lb);
     LLVMValueRef done = mul(w, blocks, ci(w, 6));
@@ -327,7 +377,7 @@ static void emit_rows(lw *w, LLVMValueRef const mk[4], LLVMValueRef x, int64_t K
         LLVMValueRef row = add(w, done, LLVMBuildAnd(w->e.b, rem, ci(w, ~(int64_t)(2 * r - 1)), ""));
         LLVMValueRef a[MK_NPARAMS] = {at(w, x, mul(w, row, ci(w, K))), ci(w, K), wp, at(w, y, mul(w, row, ci(w, N))),
                                       ci(w, N), kc, first, last, bp, res ? at(w, res, mul(w, row, ci(w, N))) : null,
-                                      tile_prefetch(w, next, add(w, blocks, ci(w, t)), lines)};
+                                      tile_prefetch(w, next, add(w, blocks, ci(w, t)), lines), dv ? dv : null};
         LLVMBuildCall2(w->e.b, fty, mk[t], a, MK_NPARAMS, "");
         if_end(w, end);
     }
@@ -364,7 +414,7 @@ static int64_t gemm_k_block(int64_t P) {
  * last: packed panels are contiguous; or past W's end). */
 static void emit_panel_block(lw *w, LLVMValueRef const mk[4], LLVMValueRef kb, int64_t K, int64_t KC,
                              LLVMValueRef panel, int64_t ws, int64_t pw, LLVMValueRef x, LLVMValueRef y, int64_t N,
-                             LLVMValueRef M, LLVMValueRef bias, LLVMValueRef res) {
+                             LLVMValueRef M, LLVMValueRef bias, LLVMValueRef res, LLVMValueRef dv) {
     int64_t nkb = (K + KC - 1) / KC;
     LLVMValueRef k0 = mul(w, kb, ci(w, KC));
     LLVMValueRef last = LLVMBuildICmp(w->e.b, LLVMIntEQ, kb, ci(w, nkb - 1), "");
@@ -373,7 +423,7 @@ static void emit_panel_block(lw *w, LLVMValueRef const mk[4], LLVMValueRef kb, i
     LLVMValueRef wblk = at(w, panel, mul(w, k0, ci(w, ws)));
     LLVMValueRef off = mul(w, kc, ci(w, ws));
     LLVMValueRef next = LLVMBuildGEP2(w->e.b, w->e.f32, wblk, &off, 1, "");
-    emit_rows(w, mk, at(w, x, k0), K, wblk, y, N, M, kc, first, last, bias, res, next,
+    emit_rows(w, mk, at(w, x, k0), K, wblk, y, N, M, kc, first, last, bias, res, dv, next,
               (pw + line_floats() - 1) / line_floats());
 }
 
@@ -400,7 +450,7 @@ static void emit_claimed_panels(lw *w, LLVMValueRef mk[2][4], LLVMValueRef y, LL
             end = if_begin(w, LLVMBuildICmp(w->e.b, part == 0 ? LLVMIntSLT : LLVMIntEQ, idx, ci(w, nfull), ""));
         int64_t pw = part == 0 ? P : tail;
         loop lk = loop_begin(w, ci(w, nkb));
-        emit_panel_block(w, mk[part], lk.iv, K, KC, panel, pw, pw, x, ycol, N, M, bcol, rcol);
+        emit_panel_block(w, mk[part], lk.iv, K, KC, panel, pw, pw, x, ycol, N, M, bcol, rcol, NULL);
         loop_end(w, &lk);
         if (end) if_end(w, end);
     }
@@ -411,7 +461,8 @@ static void emit_claimed_panels(lw *w, LLVMValueRef mk[2][4], LLVMValueRef y, LL
  * row-major [K][N] read in place). split: in column mode the threads claim
  * the panels (emit_claimed_panels); else one thread does them all. */
 static void emit_gemm(lw *w, LLVMValueRef y, LLVMValueRef x, LLVMValueRef W, bool plain, bool split,
-                      LLVMValueRef M, int64_t K, int64_t N, LLVMValueRef bias, mj_act act, LLVMValueRef res) {
+                      LLVMValueRef M, int64_t K, int64_t N, LLVMValueRef bias, mj_act act, LLVMValueRef res,
+                      LLVMValueRef dv, int faults) {
     int64_t P = w->p->panel;
     /* A matmul's b read in place has rows N floats apart: with N a multiple
      * of 128 floats (attention: 64 or 128) a panel's lines fall into an
@@ -433,8 +484,9 @@ static void emit_gemm(lw *w, LLVMValueRef y, LLVMValueRef x, LLVMValueRef W, boo
             for (int t = 0; t < 4; t++)
                 mk[part][t] = emit_microkernel(w, mk_rows[t], (int)(part == 0 ? P : tail),
                                                plain && !pack ? N : (part == 0 ? P : tail), bias != NULL, act,
-                                               res != NULL);
+                                               res != NULL, dv != NULL, faults);
     MJ_ASSERT(!split || !plain); /* claimed panels are packed ones */
+    MJ_ASSERT(!split || !dv);
     ifb claimed = {0};
     if (split) { /* column mode: claimed panels (a call on one thread: the loops below) */
         claimed = ifelse_begin(w, several_threads(w));
@@ -506,7 +558,7 @@ static void emit_gemm(lw *w, LLVMValueRef y, LLVMValueRef x, LLVMValueRef W, boo
         LLVMValueRef rcol = res ? at(w, rb, j0) : NULL;
         loop lk = loop_begin(w, nkc);
         emit_panel_block(w, mk[part], add(w, kb0, lk.iv), K, KC, panel, ws, pw, xb, ycol, N, rows,
-                         bcol, rcol);
+                         bcol, rcol, dv);
         loop_end(w, &lk);
         loop_end(w, &lp);
     }

@@ -88,7 +88,66 @@ static void plan_conv_tail(const mj_graph *g, const bool *input_free, const int3
         cur = u;
         n_tail++;
     }
-    p->conv_out[c] = cur;
+    p->tail_out[c] = cur;
+}
+
+/* The single user of node v, or -1 (none, several, or v is an output). */
+static int32_t only_user(const mj_graph *g, const int32_t *uses, const mj_body_plan *p, int32_t v) {
+    for (int32_t j = 0; j < p->n_out; j++)
+        if (p->out_nodes[j] == v) return -1;
+    if (uses[v] != 1) return -1;
+    for (int32_t i = v + 1; i < g->n_nodes; i++)
+        for (int k = 0; k < g->nodes[i].n_operands; k++)
+            if (g->nodes[i].operands[k] == v) return i;
+    return -1;
+}
+
+/* Whether r, added to a value of type t, is a row broadcast over t's
+ * matrices: [..., 1, N] with t's N, each leading dim t's or 1. */
+static bool is_row_of(const mj_type *r, const mj_type *t) {
+    if (r->rank < 1 || r->rank > t->rank || r->dims[r->rank - 1] != t->dims[t->rank - 1]) return false;
+    if (r->rank >= 2 && r->dims[r->rank - 2] != 1) return false;
+    for (int d = 0; d < r->rank - 2; d++) {
+        int64_t rd = r->dims[d], td = t->dims[d + t->rank - r->rank];
+        if (rd != 1 && rd != td) return false;
+    }
+    return true;
+}
+
+/* The tail of matmul m on the micro-kernels (K and N known), which its
+ * epilogue computes as it stores: a division of its value by a scalar (an
+ * input-free value of one element), then an add of a row broadcast over
+ * its matrices (is_row_of; input-free, an input or a value computed
+ * before m), each while the value before has one use and is not an output.
+ * Each step is the separate op's operation on each element: the same bits.
+ * The attention's scores, QK^T / sqrt(d) + mask, are stored once instead of
+ * three times. */
+static void plan_matmul_tail(const mj_graph *g, const bool *input_free, const int32_t *uses, mj_body_plan *p,
+                             int32_t m) {
+    const mj_node *mm = &g->nodes[m];
+    const mj_type *ta = &g->nodes[mm->operands[0]].type, *tb = &g->nodes[mm->operands[1]].type;
+    p->tail_out[m] = m;
+    if (ta->dims[ta->rank - 1] < 1 || tb->dims[tb->rank - 1] < 1 || mm->type.rank < 2) return;
+    int32_t cur = m, u = only_user(g, uses, p, cur);
+    if (u >= 0 && g->nodes[u].op == MJ_OP_DIV && g->nodes[u].operands[0] == cur) {
+        int32_t s = g->nodes[u].operands[1];
+        int64_t numel = 1;
+        for (int d = 0; d < g->nodes[s].type.rank; d++) numel *= g->nodes[s].type.dims[d];
+        if (s != cur && input_free[s] && numel == 1 && mj_type_equal(&g->nodes[u].type, &mm->type)) {
+            p->fused_by[u] = m;
+            cur = u;
+            u = only_user(g, uses, p, cur);
+        }
+    }
+    if (u >= 0 && g->nodes[u].op == MJ_OP_ADD) {
+        int32_t r = g->nodes[u].operands[0] == cur ? g->nodes[u].operands[1] : g->nodes[u].operands[0];
+        bool ready = input_free[r] || g->nodes[r].op == MJ_OP_INPUT || (r < m && p->fused_by[r] < 0);
+        if (r != cur && ready && is_row_of(&g->nodes[r].type, &mm->type) && mj_type_equal(&g->nodes[u].type, &mm->type)) {
+            p->fused_by[u] = m;
+            cur = u;
+        }
+    }
+    p->tail_out[m] = cur;
 }
 
 /* How body conv i is lowered (jit/lower_cnn.c), or -1 if i is none; the
@@ -106,7 +165,7 @@ static int8_t conv_lowering(const mj_graph *g, const bool *input_free, int32_t i
  * they read it, and the first of them need not copy it (one layout: the
  * same padding). */
 static void plan_padded(const mj_graph *g, mj_body_plan *p, int32_t c) {
-    int32_t v = p->conv_out[c], first = -1;
+    int32_t v = p->tail_out[c], first = -1;
     if (!p->has_slot[v] || p->conv_how[c] != MJ_CONV_SPARSE) return;
     for (int32_t j = 0; j < p->n_out; j++)
         if (p->out_nodes[j] == v) return;
@@ -186,12 +245,12 @@ mj_status mj_body_plan_build(const mj_graph *g, const bool *input_free, bool fro
     p->out_root = mj_alloc_array((size_t)p->n_out + 1, sizeof *p->out_root);
     p->root_of = mj_alloc_array(n, sizeof *p->root_of);
     p->fused_by = mj_alloc_array(n, sizeof *p->fused_by);
-    p->conv_out = mj_alloc_array(n, sizeof *p->conv_out);
+    p->tail_out = mj_alloc_array(n, sizeof *p->tail_out);
     p->padded_by = mj_alloc_array(n, sizeof *p->padded_by);
     p->conv_how = mj_alloc_array(n, sizeof *p->conv_how);
     int32_t *uses = mj_graph_use_counts(g);
     if (!p->leaf_plain || !p->leaf_packed || !p->leaves || !p->has_slot || !p->sparse || !p->sparse_next || !p->in_nodes ||
-        !p->out_nodes || !p->out_root || !p->root_of || !p->fused_by || !p->conv_out || !p->padded_by || !p->conv_how ||
+        !p->out_nodes || !p->out_root || !p->root_of || !p->fused_by || !p->tail_out || !p->padded_by || !p->conv_how ||
         !uses) {
         free(uses);
         mj_body_plan_free(p);
@@ -199,13 +258,14 @@ mj_status mj_body_plan_build(const mj_graph *g, const bool *input_free, bool fro
     }
     int32_t k_in = 0;
     for (int32_t i = 0; i < g->n_nodes; i++) {
-        p->leaf_plain[i] = p->leaf_packed[i] = p->root_of[i] = p->fused_by[i] = p->conv_out[i] = p->padded_by[i] = -1;
+        p->leaf_plain[i] = p->leaf_packed[i] = p->root_of[i] = p->fused_by[i] = p->tail_out[i] = p->padded_by[i] = -1;
         p->sparse[i] = use_sparse(g, input_free, &g->nodes[i], frozen);
         if (g->nodes[i].op == MJ_OP_INPUT) p->in_nodes[k_in++] = i;
     }
     for (int32_t j = 0; j < p->n_out; j++) p->out_nodes[j] = g->outputs[j];
     for (int32_t i = 0; i < g->n_nodes; i++)
         if (g->nodes[i].op == MJ_OP_CONV2D && !input_free[i]) plan_conv_tail(g, input_free, uses, p, i);
+        else if (g->nodes[i].op == MJ_OP_MATMUL && !input_free[i]) plan_matmul_tail(g, input_free, uses, p, i);
     p->vw = vw;
     p->vregs = vw == 16 ? 32 : 16;
     p->nr = p->vregs == 32 ? 4 : 2; /* 6 rows x nr vectors of sums, nr of w, one of x */
@@ -245,11 +305,11 @@ mj_status mj_body_plan_build(const mj_graph *g, const bool *input_free, bool fro
     }
     /* a conv with a tail writes its last node's storage; the rest are never stored */
     for (int32_t i = 0; i < g->n_nodes; i++)
-        if (p->fused_by[i] >= 0 && p->conv_out[p->fused_by[i]] != i) p->has_slot[i] = false;
-        else if (p->conv_out[i] >= 0 && p->conv_out[i] != i) p->has_slot[i] = false;
+        if (p->fused_by[i] >= 0 && p->tail_out[p->fused_by[i]] != i) p->has_slot[i] = false;
+        else if (p->tail_out[i] >= 0 && p->tail_out[i] != i) p->has_slot[i] = false;
     for (int32_t i = 0; i < g->n_nodes; i++) p->conv_how[i] = conv_lowering(g, input_free, i, frozen, vw);
     for (int32_t i = 0; i < g->n_nodes && frozen; i++)
-        if (p->conv_out[i] >= 0) plan_padded(g, p, i);
+        if (g->nodes[i].op == MJ_OP_CONV2D && p->tail_out[i] >= 0) plan_padded(g, p, i);
     plan_sparse_chains(g, uses, p);
     free(uses);
     return MJ_OK;
@@ -257,7 +317,7 @@ mj_status mj_body_plan_build(const mj_graph *g, const bool *input_free, bool fro
 
 void mj_body_plan_free(mj_body_plan *p) {
     MJ_FREE_ALL(p->leaf_plain, p->leaf_packed, p->leaves, p->has_slot, p->sparse, p->sparse_next, p->in_nodes,
-                p->out_nodes, p->out_root, p->root_of, p->fused_by, p->conv_out, p->padded_by, p->conv_how);
+                p->out_nodes, p->out_root, p->root_of, p->fused_by, p->tail_out, p->padded_by, p->conv_how);
     memset(p, 0, sizeof *p);
 }
 

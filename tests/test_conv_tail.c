@@ -297,7 +297,7 @@ Test(conv_tail, residual_block_is_one_conv_writing_the_output) {
         cr_expect_eq(pl.p.fused_by[bn], conv, "frozen %d: batch_norm is its own op", frozen);
         cr_expect_eq(pl.p.fused_by[add], conv, "frozen %d: the residual add is its own op", frozen);
         cr_expect_eq(pl.p.fused_by[relu], conv, "frozen %d: relu is its own op", frozen);
-        cr_expect_eq(pl.p.conv_out[conv], relu);
+        cr_expect_eq(pl.p.tail_out[conv], relu);
         cr_expect_eq(g->outputs[0], relu);
         for (int32_t i = 0; i < g->n_nodes; i++) /* the output is y itself: no scratch at all */
             cr_expect(!pl.p.has_slot[i], "frozen %d: %%%d (%s) has scratch", frozen, i, mj_op_table[g->nodes[i].op].name);
@@ -316,10 +316,10 @@ Test(conv_tail, tail_stops_where_the_store_cannot_compute_it) {
     int32_t relu = nth_node(g, pl.input_free, MJ_OP_RELU, 0);
     cr_assert(conv >= 0 && bn > conv && proj > bn && add > proj && relu > add);
     cr_expect_eq(pl.p.fused_by[bn], conv);
-    cr_expect_eq(pl.p.conv_out[conv], bn);
+    cr_expect_eq(pl.p.tail_out[conv], bn);
     cr_expect(pl.p.has_slot[bn] && !pl.p.has_slot[conv]);
     cr_expect_eq(pl.p.fused_by[add], -1, "the add needs proj, computed after the conv");
-    cr_expect_eq(pl.p.conv_out[proj], proj);
+    cr_expect_eq(pl.p.tail_out[proj], proj);
     cr_expect_eq(pl.p.fused_by[relu], -1);
     planned_free(&pl);
 
@@ -336,7 +336,7 @@ Test(conv_tail, tail_stops_where_the_store_cannot_compute_it) {
     mj_body_plan p;
     OK(mj_body_plan_build(g2, inf, true, 16, &p));
     cr_expect_eq(p.fused_by[3], -1);
-    cr_expect_eq(p.conv_out[2], 2);
+    cr_expect_eq(p.tail_out[2], 2);
     mj_body_plan_free(&p);
     free(inf);
     mj_graph_free(g2);

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "../ir/ir.h"
+#include "../jit/jit_internal.h"
 #include "../jit/jit_test.h"
 #include "maskjit.h"
 #include "model_gen.h"
@@ -1240,6 +1241,97 @@ Test(jit, sparse_rows_split_over_threads_bit_identical, .timeout = 120) {
             }
         }
         for (int t = 0; t < 3; t++) mj_compiled_free(c[t]);
+    }
+    mj_graph_free(g);
+}
+
+/* A matmul's tail in its store (jit/lower_plan.c): scores = q k^T / c +
+ * row, as attention's scores with their mask, is one matmul writing the
+ * add's value; the division and the add have no storage. Then the same bits
+ * as the interpreter, in every mode, at 1 and 2 threads (the matrices are
+ * claimed one at a time, each with its own row of the mask), with -inf and
+ * -10000 in the mask and special values in q; and the test-only fault in
+ * the division or the add still reaches their elements. */
+static const char tail_text[] =
+    "maskjit-ir 1\n%0 = input \"q\" : f32[B,3,20,8]\n%1 = input \"mask\" : f32[B,1,1,20]\n"
+    "%2 = transpose %0 : f32[B,3,8,20]\n%3 = matmul %0, %2 : f32[B,3,20,20]\n"
+    "%4 = const \"c\" : f32[1] = [0x1.8p+1]\n%5 = div %3, %4 : f32[B,3,20,20]\n"
+    "%6 = add %1, %5 : f32[B,3,20,20]\n%7 = softmax %6 {dim=-1} : f32[B,3,20,20]\nreturn %7, %6\n";
+
+static void tail_inputs(int64_t batch, bool special, mj_rng *rng, mj_tensor *x[2]) {
+    OK(mj_tensor_randn(&x[0], 4, (int64_t[]){batch, 3, 20, 8}, rng));
+    OK(mj_tensor_zeros(&x[1], 4, (int64_t[]){batch, 1, 1, 20}));
+    float *m = mj_tensor_data_mut(x[1]), *q = mj_tensor_data_mut(x[0]);
+    for (int64_t i = 0; i < batch * 20; i++) m[i] = i % 7 == 3 ? -INFINITY : i % 5 == 1 ? -10000.0f : 0.0f;
+    if (special) {
+        q[5] = NAN;
+        q[200] = INFINITY;
+        q[333] = 1e30f;
+    }
+}
+
+Test(jit, matmul_tail_is_stored_by_the_matmul_bit_for_bit, .timeout = 120) {
+    mj_rng rng = mjt_rng(61);
+    mj_graph *g = NULL;
+    cr_assert_eq(mj_graph_parse(tail_text, &g), MJ_OK, "%s", mj_last_error());
+    bool *inf = mj_graph_input_free(g);
+    mj_body_plan p;
+    OK(mj_body_plan_build(g, inf, false, 8, &p));
+    cr_expect_eq(p.fused_by[5], 3, "the division joins the matmul");
+    cr_expect_eq(p.fused_by[6], 3, "the add of the mask's row joins it");
+    cr_expect_eq(p.tail_out[3], 6);
+    cr_expect(!p.has_slot[3] && !p.has_slot[5], "no storage between");
+    mj_body_plan_free(&p);
+    free(inf);
+    for (int mi = 0; mi < 4; mi++) {
+        mj_compiled *c[2];
+        for (int t = 0; t < 2; t++) c[t] = compile_threads(jit, g, mjt_modes[mi], t + 1);
+        for (int64_t batch = 1; batch <= 3; batch += 2)
+            for (int special = 0; special < 2; special++) {
+                mj_tensor *x[2], *want[2], *got[2][2];
+                tail_inputs(batch, special, &rng, x);
+                OK(mj_graph_run_n(g, 2, (const mj_tensor *const *)x, 2, want));
+                for (int t = 0; t < 2; t++) {
+                    OK(mj_compiled_run_n(c[t], 2, (const mj_tensor *const *)x, 2, got[t]));
+                    for (int j = 0; j < 2; j++) {
+                        char what[96];
+                        snprintf(what, sizeof what, "batch %lld%s, %d threads, output %d", (long long)batch,
+                                 special ? " (special)" : "", t + 1, j);
+                        if (special && mjt_modes[mi].numeric == MJ_NUMERIC_EXACT) {
+                            const float *a = mj_tensor_data(got[t][j]), *b = mj_tensor_data(want[j]);
+                            for (int64_t i = 0; i < mj_tensor_numel(want[j]); i++)
+                                cr_assert(mjt_f32_bits(a[i]) == mjt_f32_bits(b[i]) || (isnan(a[i]) && isnan(b[i])),
+                                          "%s (%s): element %lld is %a, want %a", what, mjt_modes[mi].name,
+                                          (long long)i, (double)a[i], (double)b[i]);
+                        } else if (!special) {
+                            check_result(got[t][j], want[j], mjt_modes[mi], what);
+                        }
+                    }
+                }
+                for (int j = 0; j < 2; j++) MJT_RELEASE(x[j], want[j], got[0][j], got[1][j]);
+            }
+        for (int t = 0; t < 2; t++) mj_compiled_free(c[t]);
+    }
+    /* the fault of the division or the add lands on each element once */
+    static const char *const ops[] = {"div", "add", "matmul"};
+    for (int oi = 0; oi < 3; oi++) {
+        mj_jit *fj;
+        OK(mj_jit_new(&fj));
+        OK(mj_jit_inject_fault(fj, ops[oi]));
+        mj_compiled *c = compile_threads(fj, g, mjt_modes[0], 1);
+        mj_tensor *x[2], *want[2], *got[2];
+        tail_inputs(1, false, &rng, x);
+        OK(mj_graph_run_n(g, 2, (const mj_tensor *const *)x, 2, want));
+        OK(mj_compiled_run_n(c, 2, (const mj_tensor *const *)x, 2, got));
+        const float *a = mj_tensor_data(got[1]), *b = mj_tensor_data(want[1]);
+        double scale = oi == 2 ? 1.0 / 3.0 : 1.0; /* the matmul's +0.5 is divided by c */
+        for (int64_t i = 0; i < mj_tensor_numel(got[1]); i++)
+            if (isfinite(b[i]))
+                cr_assert(fabs(a[i] - b[i] - 0.5 * scale) < 1e-3, "fault in %s: element %lld is %g, want %g + %g",
+                          ops[oi], (long long)i, (double)a[i], (double)b[i], 0.5 * scale);
+        for (int j = 0; j < 2; j++) MJT_RELEASE(x[j], want[j], got[j]);
+        mj_compiled_free(c);
+        mj_jit_free(fj);
     }
     mj_graph_free(g);
 }
