@@ -75,6 +75,13 @@ typedef struct mj_body_plan {
     int32_t *tail_out;         /* per conv2d and matmul: the node whose
                                   storage it writes (the last of its tail, or
                                   itself); -1 for other nodes                  */
+    int32_t *attn_pv;          /* per matmul: the matmul of the softmax of its
+                                  value (attention's P V) that runs in its
+                                  loop over matrices, one matrix at a time
+                                  through both and the softmax between
+                                  (mj_lw_emit_attention), or -1                */
+    int32_t *attn_in;          /* per softmax and matmul run that way: the
+                                  matmul whose loop runs it, or -1             */
     int32_t *padded_by;        /* per node: stored zero-padded as the input of
                                   this frozen sparse conv (its only readers are
                                   such convs; a sparse conv writes it), or -1  */

@@ -243,8 +243,10 @@ mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan 
         if (!p->input_free[i] && mj_op_has_residual(g->nodes[i].op)) w.loops = true;
     for (int32_t i = 0; i < g->n_nodes && s == MJ_OK; i++) {
         const mj_node *n = &g->nodes[i];
-        /* a conv's or matmul's tail is computed in its store */
-        if (p->input_free[i] || n->op == MJ_OP_INPUT || done[i] || p->fused_by[i] >= 0) continue;
+        /* a conv's or matmul's tail is computed in its store; attention's
+         * softmax and second matmul in the first matmul's loop */
+        if (p->input_free[i] || n->op == MJ_OP_INPUT || done[i] || p->fused_by[i] >= 0 || p->attn_in[i] >= 0)
+            continue;
         if (n->op == MJ_OP_RESHAPE) { /* an alias: no code */
             w.buf[i] = w.buf[n->operands[0]];
             continue;
@@ -331,7 +333,10 @@ mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan 
             continue;
         }
         switch (n->op) {
-        case MJ_OP_MATMUL: mj_lw_emit_matmul(&w, i); break;
+        case MJ_OP_MATMUL:
+            if (p->attn_pv[i] >= 0) mj_lw_emit_attention(&w, i);
+            else mj_lw_emit_matmul(&w, i);
+            break;
         case MJ_OP_LINEAR:
         case MJ_OP_LINEAR_ACT:
         case MJ_OP_LINEAR_ADD:
@@ -382,8 +387,9 @@ mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan 
             break;
         case MJ_OP_COUNT: MJ_ASSERT(!"not an op (the graph is verified)");
         }
-        /* a conv's or matmul's tail applies the faults in its store */
-        bool has_tail = p->tail_out[i] >= 0 && p->tail_out[i] != i;
+        /* a conv's or matmul's tail applies the faults in its store, and
+         * attention per matrix */
+        bool has_tail = (p->tail_out[i] >= 0 && p->tail_out[i] != i) || p->attn_pv[i] >= 0;
         if (s == MJ_OK && n->op == fault && !has_tail) {
             if (first_only) {
                 emit_fault(&w, i);

@@ -47,12 +47,14 @@ void mj_lw_emit_elementwise(lw *w, int32_t id); /* lower_scalar.c */
 void mj_lw_emit_expand(lw *w, int32_t id);
 void mj_lw_emit_linear(lw *w, int32_t id); /* lower_gemm.c */
 void mj_lw_emit_matmul(lw *w, int32_t id);
+void mj_lw_emit_attention(lw *w, int32_t id);
 void mj_lw_emit_permute(lw *w, int32_t id); /* lower_layout.c */
 void mj_lw_emit_slice(lw *w, int32_t id);
 void mj_lw_emit_cat(lw *w, int32_t id);
 void mj_lw_emit_copy(lw *w, LLVMValueRef dst, LLVMValueRef src, LLVMValueRef n);
 void mj_lw_emit_along(lw *w, int32_t id); /* lower_reduce.c */
 void mj_lw_emit_layer_norm(lw *w, int32_t id);
+void mj_lw_emit_softmax_rows(lw *w, LLVMValueRef x, LLVMValueRef y, LLVMValueRef rows, LLVMValueRef N);
 /* Is node id a layer of a small chain (lower_small.c)? */
 bool mj_lw_small_linear(const mj_body_plan *p, int32_t id);
 void mj_lw_emit_small_chain(lw *w, const int32_t *ids, int n_ids);

@@ -99,47 +99,56 @@ void mj_lw_emit_linear(lw *w, int32_t id) {
  * and N known the register-tiled micro-kernels read b's rows in place (the
  * attention's QK^T and PV: a loop with the output row in memory ran them at
  * a third of the kernels' rate); otherwise emit_dot's i, k, j order. */
-void mj_lw_emit_matmul(lw *w, int32_t id) {
-    w->loops = true;
+/* A matmul's work outside its loop over matrices: the per-dim strides and
+ * its tail (matmul_setup), then per matrix (matmul_one). */
+typedef struct mm_setup {
+    int32_t id, row; /* row: the tail's added row, or -1 */
+    int nb, faults;
+    int64_t Kd, Nd;
+    LLVMValueRef M, K, N, count, dv;
+    LLVMValueRef sa[2], sb[2], sy[2], sr[2]; /* per output batch dim (0 where broadcast) */
+} mm_setup;
+
+static void matmul_setup(lw *w, int32_t id, mm_setup *m) {
     const mj_graph *g = w->p->g;
     const mj_node *n = &g->nodes[id];
     const mj_type *ta = &g->nodes[n->operands[0]].type, *tb = &g->nodes[n->operands[1]].type, *to = &n->type;
-    int64_t Kd = ta->dims[ta->rank - 1], Nd = tb->dims[tb->rank - 1];
-    LLVMValueRef M = dimv(w, ta->dims[ta->rank - 2]), K = dimv(w, Kd), N = dimv(w, Nd);
-    int nb = to->rank - 2;
+    *m = (mm_setup){.id = id, .row = -1, .nb = to->rank - 2};
+    m->Kd = ta->dims[ta->rank - 1], m->Nd = tb->dims[tb->rank - 1];
+    m->M = dimv(w, ta->dims[ta->rank - 2]), m->K = dimv(w, m->Kd), m->N = dimv(w, m->Nd);
+    int nb = m->nb;
     /* per output batch dim: strides of a, b (0 where broadcast) and y */
-    LLVMValueRef sa[2], sb[2], sy[2], ea = mul(w, M, K), eb = mul(w, K, N), ey = mul(w, M, N);
+    LLVMValueRef ea = mul(w, m->M, m->K), eb = mul(w, m->K, m->N), ey = mul(w, m->M, m->N);
     for (int d = nb - 1; d >= 0; d--) {
         int da = d - (nb - (ta->rank - 2)), db = d - (nb - (tb->rank - 2));
-        sy[d] = ey;
+        m->sy[d] = ey;
         ey = mul(w, ey, dimv(w, to->dims[d]));
-        sa[d] = da >= 0 && ta->dims[da] == to->dims[d] ? ea : ci(w, 0);
+        m->sa[d] = da >= 0 && ta->dims[da] == to->dims[d] ? ea : ci(w, 0);
         if (da >= 0) ea = mul(w, ea, dimv(w, ta->dims[da]));
-        sb[d] = db >= 0 && tb->dims[db] == to->dims[d] ? eb : ci(w, 0);
+        m->sb[d] = db >= 0 && tb->dims[db] == to->dims[d] ? eb : ci(w, 0);
         if (db >= 0) eb = mul(w, eb, dimv(w, tb->dims[db]));
     }
     /* The tail the epilogue computes (lower_plan.c's plan_matmul_tail): the
      * divisor, and the row added, with its strides per output batch dim (0
      * where broadcast) */
-    LLVMValueRef dv = NULL, sr[2] = {NULL, NULL};
-    int32_t row = -1, cur = id;
-    int faults = n->op == w->o->fault && w->p->tail_out[id] != id ? MK_FAULT_MM : 0;
+    int32_t cur = id;
+    m->faults = n->op == w->o->fault && w->p->tail_out[id] != id ? MK_FAULT_MM : 0;
     for (int32_t j = id + 1; j < g->n_nodes; j++) {
         if (w->p->fused_by[j] != id) continue;
         const mj_node *t = &g->nodes[j];
         if (t->op == MJ_OP_DIV) {
-            dv = w->buf[t->operands[1]];
-            faults |= t->op == w->o->fault ? MK_FAULT_DIV : 0;
+            m->dv = w->buf[t->operands[1]];
+            m->faults |= t->op == w->o->fault ? MK_FAULT_DIV : 0;
         } else {
             MJ_ASSERT(t->op == MJ_OP_ADD);
-            row = t->operands[0] == cur ? t->operands[1] : t->operands[0];
-            faults |= t->op == w->o->fault ? MK_FAULT_ADD : 0;
+            m->row = t->operands[0] == cur ? t->operands[1] : t->operands[0];
+            m->faults |= t->op == w->o->fault ? MK_FAULT_ADD : 0;
         }
         cur = j;
     }
     MJ_ASSERT(cur == w->p->tail_out[id]);
-    if (row >= 0) {
-        const mj_type *tr = &g->nodes[row].type;
+    if (m->row >= 0) {
+        const mj_type *tr = &g->nodes[m->row].type;
         LLVMValueRef er = ci(w, 1), st[MJ_MAX_RANK];
         for (int d = tr->rank - 1; d >= 0; d--) {
             st[d] = er;
@@ -147,35 +156,84 @@ void mj_lw_emit_matmul(lw *w, int32_t id) {
         }
         for (int d = 0; d < nb; d++) {
             int dr = d - (to->rank - tr->rank);
-            sr[d] = dr >= 0 && tr->dims[dr] != 1 ? st[dr] : ci(w, 0);
+            m->sr[d] = dr >= 0 && tr->dims[dr] != 1 ? st[dr] : ci(w, 0);
         }
     }
+    m->count = ci(w, 1);
+    for (int d = 0; d < nb; d++) m->count = mul(w, m->count, dimv(w, to->dims[d]));
+}
+
+/* Matrix f of the batch; returns where its output (the tail's last value)
+ * starts. */
+static LLVMValueRef matmul_one(lw *w, const mm_setup *m, LLVMValueRef f) {
+    const mj_graph *g = w->p->g;
+    const mj_node *n = &g->nodes[m->id];
+    LLVMValueRef oa = ci(w, 0), ob = ci(w, 0), oy = ci(w, 0), orow = ci(w, 0);
+    for (int d = m->nb - 1; d >= 0; d--) { /* f's index along output batch dim d */
+        LLVMValueRef dim = dimv(w, n->type.dims[d]);
+        LLVMValueRef i = LLVMBuildSRem(w->e.b, f, dim, "");
+        f = LLVMBuildSDiv(w->e.b, f, dim, "");
+        oa = add(w, oa, mul(w, i, m->sa[d]));
+        ob = add(w, ob, mul(w, i, m->sb[d]));
+        oy = add(w, oy, mul(w, i, m->sy[d]));
+        if (m->row >= 0) orow = add(w, orow, mul(w, i, m->sr[d]));
+    }
+    LLVMValueRef y = at(w, w->buf[w->p->tail_out[m->id]], oy), a = at(w, w->buf[n->operands[0]], oa);
+    LLVMValueRef b = at(w, w->buf[n->operands[1]], ob);
+    if (m->Kd >= 1 && m->Nd >= 1) { /* each matrix on one thread: no column split */
+        LLVMValueRef rowp = m->row >= 0 ? at(w, w->buf[m->row], orow) : NULL;
+        emit_gemm(w, y, a, b, true, false, m->M, m->Kd, m->Nd, rowp, MJ_ACT_NONE, NULL, m->dv, m->faults);
+    } else {
+        MJ_ASSERT(w->p->tail_out[m->id] == m->id);
+        emit_dot(w, y, a, b, m->M, m->K, m->N, m->N, ci(w, 1), true, NULL, MJ_ACT_NONE, NULL);
+    }
+    return y;
+}
+
+void mj_lw_emit_matmul(lw *w, int32_t id) {
+    w->loops = true;
+    mm_setup m;
+    matmul_setup(w, id, &m);
     /* The matrices of the batch as one range; in column mode the threads
      * claim them one at a time (attention's heads), each matrix whole: the
      * same bits as one thread. */
-    LLVMValueRef count = ci(w, 1);
-    for (int d = 0; d < nb; d++) count = mul(w, count, dimv(w, to->dims[d]));
     LLVMValueRef f;
-    mj_claim_loop lm = mj_emit_claim_begin(&w->e, &w->team, count, &f, true);
-    LLVMValueRef oa = ci(w, 0), ob = ci(w, 0), oy = ci(w, 0), orow = ci(w, 0);
-    for (int d = nb - 1; d >= 0; d--) { /* f's index along output batch dim d */
-        LLVMValueRef dim = dimv(w, to->dims[d]);
-        LLVMValueRef i = LLVMBuildSRem(w->e.b, f, dim, "");
-        f = LLVMBuildSDiv(w->e.b, f, dim, "");
-        oa = add(w, oa, mul(w, i, sa[d]));
-        ob = add(w, ob, mul(w, i, sb[d]));
-        oy = add(w, oy, mul(w, i, sy[d]));
-        if (row >= 0) orow = add(w, orow, mul(w, i, sr[d]));
-    }
-    LLVMValueRef y = at(w, w->buf[w->p->tail_out[id]], oy), a = at(w, w->buf[n->operands[0]], oa);
-    LLVMValueRef b = at(w, w->buf[n->operands[1]], ob);
-    if (Kd >= 1 && Nd >= 1) { /* each matrix on one thread: no column split */
-        LLVMValueRef rowp = row >= 0 ? at(w, w->buf[row], orow) : NULL;
-        emit_gemm(w, y, a, b, true, false, M, Kd, Nd, rowp, MJ_ACT_NONE, NULL, dv, faults);
-    } else {
-        MJ_ASSERT(w->p->tail_out[id] == id);
-        emit_dot(w, y, a, b, M, K, N, N, ci(w, 1), true, NULL, MJ_ACT_NONE, NULL);
-    }
+    mj_claim_loop lm = mj_emit_claim_begin(&w->e, &w->team, m.count, &f, true);
+    matmul_one(w, &m, f);
+    mj_emit_claim_end(&w->e, &lm);
+}
+
+/* The test-only fault (jit_test.h) on n floats at p */
+static void fault_range(lw *w, LLVMValueRef p, LLVMValueRef n) {
+    loop l = loop_begin(w, n);
+    store(w, LLVMBuildFAdd(w->e.b, load(w, p, l.iv), cf(w, 0.5f), ""), p, l.iv);
+    loop_end(w, &l);
+}
+
+/* Attention's scores and their use, one matrix at a time (lower_plan.c's
+ * plan_attention): per matrix f, matmul id (and its tail), the softmax of
+ * its rows, then the matmul of those rows. Each is the op's own code on
+ * the matrix, so the bits are those of the ops one after another; a
+ * matrix's scores are still in the cache when the softmax and the second
+ * matmul read them (BERT-base at batch 8: 6 MiB of scores, which went to
+ * memory and back twice). */
+void mj_lw_emit_attention(lw *w, int32_t id) {
+    w->loops = true;
+    const mj_graph *g = w->p->g;
+    int32_t pv = w->p->attn_pv[id], sm = g->nodes[pv].operands[0];
+    mm_setup m1, m2;
+    matmul_setup(w, id, &m1);
+    matmul_setup(w, pv, &m2);
+    mj_op fault = w->o->fault;
+    LLVMValueRef mn = mul(w, m1.M, m1.N), f;
+    mj_claim_loop lm = mj_emit_claim_begin(&w->e, &w->team, m1.count, &f, true);
+    LLVMValueRef scores = matmul_one(w, &m1, f);
+    if (fault == MJ_OP_MATMUL && w->p->tail_out[id] == id) fault_range(w, scores, mn);
+    LLVMValueRef probs = at(w, w->buf[sm], mul(w, f, mn));
+    mj_lw_emit_softmax_rows(w, scores, probs, m1.M, m1.N);
+    if (fault == MJ_OP_SOFTMAX) fault_range(w, probs, mn);
+    LLVMValueRef out = matmul_one(w, &m2, f);
+    if (fault == MJ_OP_MATMUL && w->p->tail_out[pv] == pv) fault_range(w, out, mul(w, m2.M, m2.N));
     mj_emit_claim_end(&w->e, &lm);
 }
 

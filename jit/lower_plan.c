@@ -3,7 +3,6 @@
  * scratch, which outputs are written in place, which linear layers go to the
  * sparse kernels and which of those run as one chain; and the scratch a body
  * needs at a batch. */
-#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -150,6 +149,37 @@ static void plan_matmul_tail(const mj_graph *g, const bool *input_free, const in
     p->tail_out[m] = cur;
 }
 
+/* Whether matmul m runs on the micro-kernels (K and N known) */
+static bool matmul_on_kernels(const mj_graph *g, int32_t m) {
+    const mj_node *n = &g->nodes[m];
+    const mj_type *ta = &g->nodes[n->operands[0]].type, *tb = &g->nodes[n->operands[1]].type;
+    return n->type.rank >= 2 && ta->dims[ta->rank - 1] >= 1 && tb->dims[tb->rank - 1] >= 1;
+}
+
+/* Attention: matmul a (with its tail), the softmax s of its value over the
+ * last dim, and a matmul v of s, each value used only by the next and none
+ * an output, v's matrices those of a (the same batch dims) and its other
+ * operand ready before a: then a's loop over matrices runs all three, one
+ * matrix at a time (mj_lw_emit_attention). */
+static void plan_attention(const mj_graph *g, const bool *input_free, const int32_t *uses, mj_body_plan *p,
+                           int32_t a) {
+    if (!matmul_on_kernels(g, a)) return;
+    int32_t t = p->tail_out[a], s = only_user(g, uses, p, t);
+    if (s < 0 || g->nodes[s].op != MJ_OP_SOFTMAX || g->nodes[s].operands[0] != t) return;
+    const mj_type *tt = &g->nodes[t].type;
+    if (mj_reduce_dim(&g->nodes[s], tt->rank) != tt->rank - 1) return;
+    int32_t v = only_user(g, uses, p, s);
+    if (v < 0 || g->nodes[v].op != MJ_OP_MATMUL || g->nodes[v].operands[0] != s || !matmul_on_kernels(g, v)) return;
+    int32_t b = g->nodes[v].operands[1];
+    if (b == s || !(input_free[b] || g->nodes[b].op == MJ_OP_INPUT || (b < a && p->fused_by[b] < 0))) return;
+    const mj_type *tv = &g->nodes[v].type;
+    if (tv->rank != tt->rank) return;
+    for (int d = 0; d < tt->rank - 2; d++)
+        if (tv->dims[d] != tt->dims[d]) return;
+    p->attn_pv[a] = v;
+    p->attn_in[s] = p->attn_in[v] = a;
+}
+
 /* How body conv i is lowered (jit/lower_cnn.c), or -1 if i is none; the
  * lowering takes this choice, made from the weight it sees when frozen. */
 static int8_t conv_lowering(const mj_graph *g, const bool *input_free, int32_t i, bool frozen, int vw) {
@@ -247,10 +277,12 @@ mj_status mj_body_plan_build(const mj_graph *g, const bool *input_free, bool fro
     p->fused_by = mj_alloc_array(n, sizeof *p->fused_by);
     p->tail_out = mj_alloc_array(n, sizeof *p->tail_out);
     p->padded_by = mj_alloc_array(n, sizeof *p->padded_by);
+    p->attn_pv = mj_alloc_array(n, sizeof *p->attn_pv);
+    p->attn_in = mj_alloc_array(n, sizeof *p->attn_in);
     p->conv_how = mj_alloc_array(n, sizeof *p->conv_how);
     int32_t *uses = mj_graph_use_counts(g);
     if (!p->leaf_plain || !p->leaf_packed || !p->leaves || !p->has_slot || !p->sparse || !p->sparse_next || !p->in_nodes ||
-        !p->out_nodes || !p->out_root || !p->root_of || !p->fused_by || !p->tail_out || !p->padded_by || !p->conv_how ||
+        !p->out_nodes || !p->out_root || !p->root_of || !p->fused_by || !p->tail_out || !p->padded_by || !p->conv_how || !p->attn_pv || !p->attn_in ||
         !uses) {
         free(uses);
         mj_body_plan_free(p);
@@ -259,6 +291,7 @@ mj_status mj_body_plan_build(const mj_graph *g, const bool *input_free, bool fro
     int32_t k_in = 0;
     for (int32_t i = 0; i < g->n_nodes; i++) {
         p->leaf_plain[i] = p->leaf_packed[i] = p->root_of[i] = p->fused_by[i] = p->tail_out[i] = p->padded_by[i] = -1;
+        p->attn_pv[i] = p->attn_in[i] = -1;
         p->sparse[i] = use_sparse(g, input_free, &g->nodes[i], frozen);
         if (g->nodes[i].op == MJ_OP_INPUT) p->in_nodes[k_in++] = i;
     }
@@ -266,6 +299,9 @@ mj_status mj_body_plan_build(const mj_graph *g, const bool *input_free, bool fro
     for (int32_t i = 0; i < g->n_nodes; i++)
         if (g->nodes[i].op == MJ_OP_CONV2D && !input_free[i]) plan_conv_tail(g, input_free, uses, p, i);
         else if (g->nodes[i].op == MJ_OP_MATMUL && !input_free[i]) plan_matmul_tail(g, input_free, uses, p, i);
+    for (int32_t i = 0; i < g->n_nodes; i++)
+        if (g->nodes[i].op == MJ_OP_MATMUL && !input_free[i] && p->attn_in[i] < 0)
+            plan_attention(g, input_free, uses, p, i);
     p->vw = vw;
     p->vregs = vw == 16 ? 32 : 16;
     p->nr = p->vregs == 32 ? 4 : 2; /* 6 rows x nr vectors of sums, nr of w, one of x */
@@ -317,7 +353,8 @@ mj_status mj_body_plan_build(const mj_graph *g, const bool *input_free, bool fro
 
 void mj_body_plan_free(mj_body_plan *p) {
     MJ_FREE_ALL(p->leaf_plain, p->leaf_packed, p->leaves, p->has_slot, p->sparse, p->sparse_next, p->in_nodes,
-                p->out_nodes, p->out_root, p->root_of, p->fused_by, p->tail_out, p->padded_by, p->conv_how);
+                p->out_nodes, p->out_root, p->root_of, p->fused_by, p->tail_out, p->padded_by, p->conv_how,
+                p->attn_pv, p->attn_in);
     memset(p, 0, sizeof *p);
 }
 

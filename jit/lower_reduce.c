@@ -271,6 +271,26 @@ bool mj_lw_splits_rows(const mj_body_plan *p, int32_t i) {
     return mj_reduce_dim(n, xt->rank) == xt->rank - 1;
 }
 
+/* softmax over rows [0, rows) of N floats at x into y, on the calling
+ * thread: groups of 8 rows (emit_softmax8), then one row at a time, as
+ * mj_lw_emit_along's (attention's matrices, one at a time: lower_gemm.c) */
+void mj_lw_emit_softmax_rows(lw *w, LLVMValueRef x, LLVMValueRef y, LLVMValueRef rows, LLVMValueRef N) {
+    LLVMValueRef acc[LINES_R], mx[LINES_R], base[LINES_R];
+    for (int r = 0; r < LINES_R; r++) {
+        acc[r] = entry_alloca(w);
+        mx[r] = entry_alloca(w);
+    }
+    LLVMValueRef groups = LLVMBuildSDiv(w->e.b, rows, ci(w, LINES_R), "");
+    loop lg = loop_begin(w, groups);
+    for (int r = 0; r < LINES_R; r++) base[r] = mul(w, add(w, mul(w, lg.iv, ci(w, LINES_R)), ci(w, r)), N);
+    emit_softmax8(w, x, y, base, N, acc, mx);
+    loop_end(w, &lg);
+    loop lr = loop_range(w, mul(w, groups, ci(w, LINES_R)), rows, 1);
+    LLVMValueRef b0 = mul(w, lr.iv, N);
+    emit_lines(w, MJ_OP_SOFTMAX, x, y, 1, &b0, ci(w, 1), &lr.iv, N, acc, mx);
+    loop_end(w, &lr);
+}
+
 /* sum / mean / softmax / log_softmax along dim d of x: lines [outer][n][inner] */
 void mj_lw_emit_along(lw *w, int32_t id) {
     w->loops = true;

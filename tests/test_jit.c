@@ -1336,6 +1336,98 @@ Test(jit, matmul_tail_is_stored_by_the_matmul_bit_for_bit, .timeout = 120) {
     mj_graph_free(g);
 }
 
+/* Attention one matrix at a time (jit/lower_plan.c, plan_attention): the
+ * scores' matmul (with its tail, or without), their softmax and the matmul
+ * of the softmax run in one loop over the matrices. 20 rows a matrix: two
+ * groups of 8 rows and 4 more per matrix, where the softmax over all rows
+ * made groups across matrices. The same bits as the interpreter in exact
+ * mode, within fast mode's bound, at 1 and 2 threads; and the test-only
+ * faults of the softmax and the matmuls land once per element: the
+ * reference is the graph with an add of 0.5 after each faulted op, which
+ * the plan does not fuse. */
+#define ATTN_HDR "maskjit-ir 1\n%0 = input \"q\" : f32[B,3,20,8]\n%1 = transpose %0 : f32[B,3,8,20]\n"
+static const char *const attn_texts[][3] = {
+    {ATTN_HDR "%2 = matmul %0, %1 : f32[B,3,20,20]\n%3 = const \"c\" : f32[1] = [0x1.8p+1]\n"
+              "%4 = div %2, %3 : f32[B,3,20,20]\n%5 = softmax %4 {dim=-1} : f32[B,3,20,20]\n"
+              "%6 = matmul %5, %0 : f32[B,3,20,8]\nreturn %6\n",
+     /* the softmax's fault */
+     ATTN_HDR "%2 = matmul %0, %1 : f32[B,3,20,20]\n%3 = const \"c\" : f32[1] = [0x1.8p+1]\n"
+              "%4 = div %2, %3 : f32[B,3,20,20]\n%5 = softmax %4 {dim=-1} : f32[B,3,20,20]\n"
+              "%6 = const \"h\" : f32[1] = [0x1p-1]\n%7 = add %5, %6 : f32[B,3,20,20]\n"
+              "%8 = matmul %7, %0 : f32[B,3,20,8]\nreturn %8\n",
+     /* the matmuls' faults: the first one's before its division */
+     ATTN_HDR "%2 = matmul %0, %1 : f32[B,3,20,20]\n%3 = const \"h\" : f32[1] = [0x1p-1]\n"
+              "%4 = add %2, %3 : f32[B,3,20,20]\n%5 = const \"c\" : f32[1] = [0x1.8p+1]\n"
+              "%6 = div %4, %5 : f32[B,3,20,20]\n%7 = softmax %6 {dim=-1} : f32[B,3,20,20]\n"
+              "%8 = matmul %7, %0 : f32[B,3,20,8]\n%9 = add %8, %3 : f32[B,3,20,8]\nreturn %9\n"},
+    {ATTN_HDR "%2 = matmul %0, %1 : f32[B,3,20,20]\n%3 = softmax %2 {dim=-1} : f32[B,3,20,20]\n"
+              "%4 = matmul %3, %0 : f32[B,3,20,8]\nreturn %4\n",
+     ATTN_HDR "%2 = matmul %0, %1 : f32[B,3,20,20]\n%3 = softmax %2 {dim=-1} : f32[B,3,20,20]\n"
+              "%4 = const \"h\" : f32[1] = [0x1p-1]\n%5 = add %3, %4 : f32[B,3,20,20]\n"
+              "%6 = matmul %5, %0 : f32[B,3,20,8]\nreturn %6\n",
+     ATTN_HDR "%2 = matmul %0, %1 : f32[B,3,20,20]\n%3 = const \"h\" : f32[1] = [0x1p-1]\n"
+              "%4 = add %2, %3 : f32[B,3,20,20]\n%5 = softmax %4 {dim=-1} : f32[B,3,20,20]\n"
+              "%6 = matmul %5, %0 : f32[B,3,20,8]\n%7 = add %6, %3 : f32[B,3,20,8]\nreturn %7\n"},
+};
+
+static mj_graph *parsed(const char *text) {
+    mj_graph *g = NULL;
+    cr_assert_eq(mj_graph_parse(text, &g), MJ_OK, "%s", mj_last_error());
+    return g;
+}
+
+Test(jit, attention_runs_one_matrix_at_a_time_bit_for_bit, .timeout = 120) {
+    mj_rng rng = mjt_rng(63);
+    for (int k = 0; k < 2; k++) {
+        mj_graph *g = parsed(attn_texts[k][0]);
+        bool *inf = mj_graph_input_free(g);
+        mj_body_plan p;
+        OK(mj_body_plan_build(g, inf, false, 8, &p));
+        int32_t a = 2, s = k == 0 ? 5 : 3, v = k == 0 ? 6 : 4;
+        cr_expect_eq(p.attn_pv[a], v, "form %d: the second matmul runs in the first's loop", k);
+        cr_expect(p.attn_in[s] == a && p.attn_in[v] == a, "form %d", k);
+        mj_body_plan_free(&p);
+        free(inf);
+        for (int mi = 0; mi < 4; mi++) {
+            mj_compiled *c[2];
+            for (int t = 0; t < 2; t++) c[t] = compile_threads(jit, g, mjt_modes[mi], t + 1);
+            for (int64_t batch = 1; batch <= 3; batch += 2) {
+                mj_tensor *x = randn_input(g, batch, &rng), *want, *got[2];
+                OK(mj_graph_run(g, x, &want));
+                for (int t = 0; t < 2; t++) {
+                    OK(mj_compiled_run(c[t], x, &got[t]));
+                    char what[64];
+                    snprintf(what, sizeof what, "form %d, batch %lld, %d threads", k, (long long)batch, t + 1);
+                    check_result(got[t], want, mjt_modes[mi], what);
+                }
+                cr_assert(mj_tensor_equal(got[0], got[1]), "form %d (%s): 2 threads differ from one", k,
+                          mjt_modes[mi].name);
+                MJT_RELEASE(x, want, got[0], got[1]);
+            }
+            for (int t = 0; t < 2; t++) mj_compiled_free(c[t]);
+        }
+        static const char *const faults[] = {"softmax", "matmul"};
+        for (int fi = 0; fi < 2; fi++) {
+            mj_graph *ref = parsed(attn_texts[k][1 + fi]);
+            mj_jit *fj;
+            OK(mj_jit_new(&fj));
+            OK(mj_jit_inject_fault(fj, faults[fi]));
+            mj_compiled *c = compile_threads(fj, g, mjt_modes[0], 2);
+            mj_tensor *x = randn_input(g, 3, &rng), *want, *got;
+            OK(mj_graph_run(ref, x, &want));
+            OK(mj_compiled_run(c, x, &got));
+            char what[64];
+            snprintf(what, sizeof what, "form %d, fault in %s", k, faults[fi]);
+            check_result(got, want, mjt_modes[0], what);
+            MJT_RELEASE(x, want, got);
+            mj_compiled_free(c);
+            mj_jit_free(fj);
+            mj_graph_free(ref);
+        }
+        mj_graph_free(g);
+    }
+}
+
 /* The test-only fault (jit/jit_test.h) adds 0.5 to each element of its op
  * once, also when the op's work is split between threads (matmul's
  * matrices, a dense layer's columns): after them all, on one thread. */
