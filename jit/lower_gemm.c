@@ -94,11 +94,6 @@ void mj_lw_emit_linear(lw *w, int32_t id) {
                  bias, act, res);
 }
 
-/* matmul a[..., M, K] @ b[..., K, N]: per matrix of the (broadcast) batch
- * dims, each element +0.0f then + a*b for k ascending, as mj_matmul. With K
- * and N known the register-tiled micro-kernels read b's rows in place (the
- * attention's QK^T and PV: a loop with the output row in memory ran them at
- * a third of the kernels' rate); otherwise emit_dot's i, k, j order. */
 /* A matmul's work outside its loop over matrices: the per-dim strides and
  * its tail (matmul_setup), then per matrix (matmul_one). */
 typedef struct mm_setup {
@@ -190,6 +185,11 @@ static LLVMValueRef matmul_one(lw *w, const mm_setup *m, LLVMValueRef f) {
     return y;
 }
 
+/* matmul a[..., M, K] @ b[..., K, N]: per matrix of the (broadcast) batch
+ * dims, each element +0.0f then + a*b for k ascending, as mj_matmul. With K
+ * and N known the register-tiled micro-kernels read b's rows as panels (the
+ * attention's QK^T and PV: a loop with the output row in memory ran them at
+ * a third of the kernels' rate); otherwise emit_dot's i, k, j order. */
 void mj_lw_emit_matmul(lw *w, int32_t id) {
     w->loops = true;
     mm_setup m;

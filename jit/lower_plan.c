@@ -3,6 +3,7 @@
  * scratch, which outputs are written in place, which linear layers go to the
  * sparse kernels and which of those run as one chain; and the scratch a body
  * needs at a batch. */
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -113,6 +114,13 @@ static bool is_row_of(const mj_type *r, const mj_type *t) {
     return true;
 }
 
+/* Whether matmul m runs on the micro-kernels (K and N known) */
+static bool matmul_on_kernels(const mj_graph *g, int32_t m) {
+    const mj_node *n = &g->nodes[m];
+    const mj_type *ta = &g->nodes[n->operands[0]].type, *tb = &g->nodes[n->operands[1]].type;
+    return n->type.rank >= 2 && ta->dims[ta->rank - 1] >= 1 && tb->dims[tb->rank - 1] >= 1;
+}
+
 /* The tail of matmul m on the micro-kernels (K and N known), which its
  * epilogue computes as it stores: a division of its value by a scalar (an
  * input-free value of one element), then an add of a row broadcast over
@@ -124,9 +132,8 @@ static bool is_row_of(const mj_type *r, const mj_type *t) {
 static void plan_matmul_tail(const mj_graph *g, const bool *input_free, const int32_t *uses, mj_body_plan *p,
                              int32_t m) {
     const mj_node *mm = &g->nodes[m];
-    const mj_type *ta = &g->nodes[mm->operands[0]].type, *tb = &g->nodes[mm->operands[1]].type;
     p->tail_out[m] = m;
-    if (ta->dims[ta->rank - 1] < 1 || tb->dims[tb->rank - 1] < 1 || mm->type.rank < 2) return;
+    if (!matmul_on_kernels(g, m)) return;
     int32_t cur = m, u = only_user(g, uses, p, cur);
     if (u >= 0 && g->nodes[u].op == MJ_OP_DIV && g->nodes[u].operands[0] == cur) {
         int32_t s = g->nodes[u].operands[1];
@@ -141,19 +148,13 @@ static void plan_matmul_tail(const mj_graph *g, const bool *input_free, const in
     if (u >= 0 && g->nodes[u].op == MJ_OP_ADD) {
         int32_t r = g->nodes[u].operands[0] == cur ? g->nodes[u].operands[1] : g->nodes[u].operands[0];
         bool ready = input_free[r] || g->nodes[r].op == MJ_OP_INPUT || (r < m && p->fused_by[r] < 0);
-        if (r != cur && ready && is_row_of(&g->nodes[r].type, &mm->type) && mj_type_equal(&g->nodes[u].type, &mm->type)) {
+        if (r != cur && ready && is_row_of(&g->nodes[r].type, &mm->type) &&
+            mj_type_equal(&g->nodes[u].type, &mm->type)) {
             p->fused_by[u] = m;
             cur = u;
         }
     }
     p->tail_out[m] = cur;
-}
-
-/* Whether matmul m runs on the micro-kernels (K and N known) */
-static bool matmul_on_kernels(const mj_graph *g, int32_t m) {
-    const mj_node *n = &g->nodes[m];
-    const mj_type *ta = &g->nodes[n->operands[0]].type, *tb = &g->nodes[n->operands[1]].type;
-    return n->type.rank >= 2 && ta->dims[ta->rank - 1] >= 1 && tb->dims[tb->rank - 1] >= 1;
 }
 
 /* Attention: matmul a (with its tail), the softmax s of its value over the
@@ -282,8 +283,8 @@ mj_status mj_body_plan_build(const mj_graph *g, const bool *input_free, bool fro
     p->conv_how = mj_alloc_array(n, sizeof *p->conv_how);
     int32_t *uses = mj_graph_use_counts(g);
     if (!p->leaf_plain || !p->leaf_packed || !p->leaves || !p->has_slot || !p->sparse || !p->sparse_next || !p->in_nodes ||
-        !p->out_nodes || !p->out_root || !p->root_of || !p->fused_by || !p->tail_out || !p->padded_by || !p->conv_how || !p->attn_pv || !p->attn_in ||
-        !uses) {
+        !p->out_nodes || !p->out_root || !p->root_of || !p->fused_by || !p->tail_out || !p->padded_by || !p->conv_how ||
+        !p->attn_pv || !p->attn_in || !uses) {
         free(uses);
         mj_body_plan_free(p);
         return MJ_ERR_NOMEM;

@@ -93,9 +93,10 @@ static void emit_lines(lw *w, mj_op op, LLVMValueRef x, LLVMValueRef y, int R, L
  * e[0] + e[1] + ... in eager's order). The max may pick the other of two
  * equal zeros than eager's scan (a NaN is never larger in either, and a
  * NaN x[0] stays the max in both): x - m and then exp give the same bits
- * either way. log_softmax, which returns x - m itself, keeps the scan. A block whose x - m are all in exp's band (not
- * below -87: the usual case) takes exp's shorter form (mj_emit_expf_band),
- * the same bits. BERT's scores, [12, 128, 128], one thread: 228 -> 124 us. */
+ * either way. log_softmax, which returns x - m itself, keeps the scan.
+ * A block whose x - m are all in exp's band (not below -87: the usual
+ * case) takes exp's shorter form (mj_emit_expf_band), the same bits.
+ * BERT's scores, [12, 128, 128], one thread: 228 -> 124 us. */
 #define SM_LANES 8
 _Static_assert(SM_LANES == LINES_R, "softmax's groups are emit_along's");
 
