@@ -336,6 +336,24 @@ void mj_lw_emit_along(lw *w, int32_t id) {
     loop_end(w, &lo);
 }
 
+/* layer_norm's last step for R rows, their means and sums of squares
+ * known: rstd = 1/sqrtf(var + eps), then (x - mean) * rstd [* w] [+ b] */
+static void emit_ln_out(lw *w, const mj_node *n, int R, LLVMValueRef const *xr, LLVMValueRef const *yr,
+                        LLVMValueRef N, LLVMValueRef wt, LLVMValueRef bs, LLVMValueRef const *mean,
+                        LLVMValueRef const *sq) {
+    LLVMValueRef nf = count_f(w, N);
+    for (int r = 0; r < R; r++) {
+        LLVMValueRef var_eps = fadd(w, fdiv(w, ld_acc(w, sq[r]), nf), cf(w, n->attrs.f[0]));
+        LLVMValueRef rstd = fdiv(w, cf(w, 1.0f), call_libm(w, "sqrtf", var_eps));
+        loop lj = loop_begin(w, N);
+        LLVMValueRef v = fmul(w, fsub(w, load(w, xr[r], lj.iv), mean[r]), rstd);
+        if (wt) v = fmul(w, v, load(w, wt, lj.iv));
+        if (bs) v = fadd(w, v, load(w, bs, lj.iv));
+        store(w, v, yr[r], lj.iv);
+        loop_end(w, &lj);
+    }
+}
+
 /* layer_norm of R rows side by side (the rows after emit_ln8's groups, one
  * at a time): mean, biased variance, rstd = 1/sqrtf(var + eps),
  * (x - mean) * rstd [* w] [+ b], per row in the reference's order. */
@@ -357,16 +375,7 @@ static void emit_ln_rows(lw *w, const mj_node *n, int R, LLVMValueRef const *xr,
         st_acc(w, sq[r], fadd(w, ld_acc(w, sq[r]), fmul(w, dv, dv)));
     }
     loop_end(w, &lj);
-    for (int r = 0; r < R; r++) {
-        LLVMValueRef var_eps = fadd(w, fdiv(w, ld_acc(w, sq[r]), nf), cf(w, n->attrs.f[0]));
-        LLVMValueRef rstd = fdiv(w, cf(w, 1.0f), call_libm(w, "sqrtf", var_eps));
-        lj = loop_begin(w, N);
-        LLVMValueRef v = fmul(w, fsub(w, load(w, xr[r], lj.iv), mean[r]), rstd);
-        if (wt) v = fmul(w, v, load(w, wt, lj.iv));
-        if (bs) v = fadd(w, v, load(w, bs, lj.iv));
-        store(w, v, yr[r], lj.iv);
-        loop_end(w, &lj);
-    }
+    emit_ln_out(w, n, R, xr, yr, N, wt, bs, mean, sq);
 }
 
 /* The two sums of layer_norm for 8 rows, in 8-float blocks transposed in
@@ -407,16 +416,7 @@ static void emit_ln8(lw *w, const mj_node *n, LLVMValueRef const *xr, LLVMValueR
         st_acc(w, sq[r], fadd(w, ld_acc(w, sq[r]), fmul(w, dv, dv)));
     }
     loop_end(w, &lt);
-    for (int r = 0; r < SM_LANES; r++) {
-        LLVMValueRef var_eps = fadd(w, fdiv(w, ld_acc(w, sq[r]), nf), cf(w, n->attrs.f[0]));
-        LLVMValueRef rstd = fdiv(w, cf(w, 1.0f), call_libm(w, "sqrtf", var_eps));
-        loop lj = loop_begin(w, N);
-        LLVMValueRef y = fmul(w, fsub(w, load(w, xr[r], lj.iv), mean[r]), rstd);
-        if (wt) y = fmul(w, y, load(w, wt, lj.iv));
-        if (bs) y = fadd(w, y, load(w, bs, lj.iv));
-        store(w, y, yr[r], lj.iv);
-        loop_end(w, &lj);
-    }
+    emit_ln_out(w, n, SM_LANES, xr, yr, N, wt, bs, mean, sq);
 }
 
 /* layer_norm over the last dim, LN_R rows at a time (emit_ln8), then one
