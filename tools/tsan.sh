@@ -13,6 +13,9 @@
 #                                                               jit/column_split_threads_are_bit_identical
 #   - 8 threads call a frozen sparse model on one 256-row     = jit/sparse_rows_split_over_threads_bit_identical
 #     sequence (its pool's threads claim chunks of rows)
+#   - 8 threads call a pruned conv block (frozen, live) and   = conv_tail/basic_block_shared_by_threads_is_eager_bit_for_bit,
+#     an attention of 8 heads at batch 1 (their pools share     jit/attention_runs_one_matrix_at_a_time_bit_for_bit
+#     the convs, claim the heads)
 #   - 8 threads: eager forward of one module + interpreter    = reliability/eight_threads_read_one_module_and_graph
 #   - 8 threads trace + compile their own models on one JIT   = reliability/eight_threads_trace_and_compile_their_own_models,
 #     (two of them on their own JIT)                            trace/concurrent_traces_on_threads

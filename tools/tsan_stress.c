@@ -125,6 +125,42 @@ static void sequence_calls(mj_jit *jit, const char *name) {
     one_item_calls(jit, model("mlp:96,256,96:act=relu", 37, 0.1), 3, shape, true, 4, 40, 70, name);
 }
 
+/* ---- 1d. attention, batch 1 -------------------------------------------- */
+/* softmax(q q^T / c) q over 8 heads of one item: fewer items than the
+ * pool's threads, so they claim the heads, each running a head's matmul,
+ * softmax and second matmul (mj_lw_emit_attention, jit/lower_gemm.c). */
+static void attention_calls(mj_jit *jit, const char *name) {
+    static const char text[] = "maskjit-ir 1\n%0 = input \"q\" : f32[B,8,128,64]\n"
+                               "%1 = transpose %0 : f32[B,8,64,128]\n%2 = matmul %0, %1 : f32[B,8,128,128]\n"
+                               "%3 = const \"c\" : f32[1] = [0x1p+3]\n%4 = div %2, %3 : f32[B,8,128,128]\n"
+                               "%5 = softmax %4 {dim=-1} : f32[B,8,128,128]\n"
+                               "%6 = matmul %5, %0 : f32[B,8,128,64]\nreturn %6\n";
+    mj_graph *g = NULL;
+    if (mj_graph_parse(text, &g) != MJ_OK) {
+        fail(name, mj_last_error());
+        return;
+    }
+    mj_compile_options o;
+    mj_compile_options_init(&o);
+    o.threads = 4;
+    mj_compiled *c = NULL;
+    if (mj_jit_compile(jit, g, &o, &c) != MJ_OK) {
+        fail(name, mj_last_error());
+        mj_graph_free(g);
+        return;
+    }
+    const int64_t shape[4] = {1, 8, 128, 64};
+    mjt_call_arg args[T];
+    for (int i = 0; i < T; i++) {
+        mj_rng rng;
+        mj_rng_seed(&rng, 90 + (uint64_t)i);
+        args[i] = (mjt_call_arg){.c = c, .g = g, .kind = MJT_CALL_COMPILED, .iters = 10};
+        mj_tensor_randn(&args[i].x, 4, shape, &rng);
+        mj_graph_run(g, args[i].x, &args[i].want);
+    }
+    run_callers(args, name);
+}
+
 /* ---- 1c. a pruned conv block, batch 1 -------------------------------- */
 /* conv -> relu -> conv, 16 -> 16 channels at 32x32, 80% of each conv's
  * weights masked: fewer images than the pool's threads, so they share each
@@ -204,6 +240,7 @@ int main(void) {
         {"8 threads call one frozen sparse model on a 256-row sequence, its 4-thread pool claiming rows", 8},
         {"8 threads call one frozen pruned conv block at batch 1, its 3-thread pool sharing the convs", 9},
         {"8 threads call one pruned conv block (live) at batch 1, its 3-thread pool sharing the convs", 10},
+        {"8 threads call one compiled attention at batch 1, its 4-thread pool claiming the heads", 11},
     };
     for (size_t i = 0; i < sizeof scenarios / sizeof scenarios[0]; i++) {
         int before = failures;
@@ -217,6 +254,7 @@ int main(void) {
         case 8: sequence_calls(jit, scenarios[i].name); break;
         case 9: conv_calls(jit, true, scenarios[i].name); break;
         case 10: conv_calls(jit, false, scenarios[i].name); break;
+        case 11: attention_calls(jit, scenarios[i].name); break;
         case 3: own_models(jit); break;
         case 4: error_messages(); break;
         }
