@@ -109,6 +109,9 @@ mj_status mj_body_plan_build(const mj_graph *g, const bool *input_free, bool fro
  * dim plus the returned floats once; 0 (per_image -1) for other nodes. */
 int64_t mj_body_padded_floats(const mj_body_plan *p, int32_t i, int64_t *per_image);
 void mj_body_plan_free(mj_body_plan *p);
+/* Whether matmul node m runs on the register-tiled micro-kernels (its K
+ * and N known): only those take a tail or run attention's loop. */
+bool mj_body_matmul_on_kernels(const mj_graph *g, int32_t m);
 /* The layer that extends a chain (head .. last) of layers run as one piece
  * of code at head's place (jit/lower.c's small layers, the sparse chains):
  * the one user of last's value (uses: per node, outputs counted), reading it

@@ -65,13 +65,16 @@ static LLVMValueRef leaf_ptr(lw *w, int32_t i) {
     return v;
 }
 
-/* The test-only fault of mj_lower_options: node i's value + 0.5, element
- * by element. */
+void mj_lw_emit_fault_range(lw *w, LLVMValueRef p, LLVMValueRef n) {
+    loop l = loop_begin(w, n);
+    store(w, LLVMBuildFAdd(w->e.b, load(w, p, l.iv), cf(w, 0.5f), ""), p, l.iv);
+    loop_end(w, &l);
+}
+
+/* The test-only fault of mj_lower_options on node i's whole value */
 static void emit_fault(lw *w, int32_t i) {
     const mj_type *t = &w->p->g->nodes[i].type;
-    loop l = loop_begin(w, dims_product(w, t, 0, t->rank));
-    store(w, LLVMBuildFAdd(w->e.b, load(w, w->buf[i], l.iv), cf(w, 0.5f), ""), w->buf[i], l.iv);
-    loop_end(w, &l);
+    mj_lw_emit_fault_range(w, w->buf[i], dims_product(w, t, 0, t->rank));
 }
 
 /* The steps of conv i's tail (the plan's), from their nodes. */
@@ -389,8 +392,8 @@ mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan 
         }
         /* a conv's or matmul's tail applies the faults in its store, and
          * attention per matrix */
-        bool has_tail = (p->tail_out[i] >= 0 && p->tail_out[i] != i) || p->attn_pv[i] >= 0;
-        if (s == MJ_OK && n->op == fault && !has_tail) {
+        bool faults_inside = (p->tail_out[i] >= 0 && p->tail_out[i] != i) || p->attn_pv[i] >= 0;
+        if (s == MJ_OK && n->op == fault && !faults_inside) {
             if (first_only) {
                 emit_fault(&w, i);
             } else { /* every thread computed a part: once, after them all */

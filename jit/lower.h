@@ -37,6 +37,10 @@ static inline LLVMValueRef several_threads(lw *w) { return mj_emit_several_threa
  * along its last dim: layer_norm, softmax, ... of every row)? */
 bool mj_lw_splits_rows(const mj_body_plan *p, int32_t i); /* lower_reduce.c */
 
+/* The test-only fault of mj_lower_options (jit_test.h): + 0.5 on the n
+ * floats at p, element by element (lower.c) */
+void mj_lw_emit_fault_range(lw *w, LLVMValueRef p, LLVMValueRef n);
+
 /* Vectors per row of a GEMM micro-kernel (lower_gemm.c); a small chain's
  * layer is at most this many vectors wide (lower_small.c). */
 #define MK_MAX_VECS 8

@@ -175,7 +175,7 @@ static LLVMValueRef matmul_one(lw *w, const mm_setup *m, LLVMValueRef f) {
     }
     LLVMValueRef y = at(w, w->buf[w->p->tail_out[m->id]], oy), a = at(w, w->buf[n->operands[0]], oa);
     LLVMValueRef b = at(w, w->buf[n->operands[1]], ob);
-    if (m->Kd >= 1 && m->Nd >= 1) { /* each matrix on one thread: no column split */
+    if (mj_body_matmul_on_kernels(g, m->id)) { /* each matrix on one thread: no column split */
         LLVMValueRef rowp = m->row >= 0 ? at(w, w->buf[m->row], orow) : NULL;
         emit_gemm(w, y, a, b, true, false, m->M, m->Kd, m->Nd, rowp, MJ_ACT_NONE, NULL, m->dv, m->faults);
     } else {
@@ -203,13 +203,6 @@ void mj_lw_emit_matmul(lw *w, int32_t id) {
     mj_emit_claim_end(&w->e, &lm);
 }
 
-/* The test-only fault (jit_test.h) on n floats at p */
-static void fault_range(lw *w, LLVMValueRef p, LLVMValueRef n) {
-    loop l = loop_begin(w, n);
-    store(w, LLVMBuildFAdd(w->e.b, load(w, p, l.iv), cf(w, 0.5f), ""), p, l.iv);
-    loop_end(w, &l);
-}
-
 /* Attention's scores and their use, one matrix at a time (lower_plan.c's
  * plan_attention): per matrix f, matmul id (and its tail), the softmax of
  * its rows, then the matmul of those rows. Each is the op's own code on
@@ -228,12 +221,13 @@ void mj_lw_emit_attention(lw *w, int32_t id) {
     LLVMValueRef mn = mul(w, m1.M, m1.N), f;
     mj_claim_loop lm = mj_emit_claim_begin(&w->e, &w->team, m1.count, &f, true);
     LLVMValueRef scores = matmul_one(w, &m1, f);
-    if (fault == MJ_OP_MATMUL && w->p->tail_out[id] == id) fault_range(w, scores, mn);
+    if (fault == MJ_OP_MATMUL && w->p->tail_out[id] == id) mj_lw_emit_fault_range(w, scores, mn);
     LLVMValueRef probs = at(w, w->buf[sm], mul(w, f, mn));
     mj_lw_emit_softmax_rows(w, scores, probs, m1.M, m1.N);
-    if (fault == MJ_OP_SOFTMAX) fault_range(w, probs, mn);
+    if (fault == MJ_OP_SOFTMAX) mj_lw_emit_fault_range(w, probs, mn);
     LLVMValueRef out = matmul_one(w, &m2, f);
-    if (fault == MJ_OP_MATMUL && w->p->tail_out[pv] == pv) fault_range(w, out, mul(w, m2.M, m2.N));
+    if (fault == MJ_OP_MATMUL && w->p->tail_out[pv] == pv)
+        mj_lw_emit_fault_range(w, out, mul(w, m2.M, m2.N));
     mj_emit_claim_end(&w->e, &lm);
 }
 

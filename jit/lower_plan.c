@@ -52,6 +52,21 @@ static bool use_sparse(const mj_graph *g, const bool *input_free, const mj_node 
     return mj_sparse_profitable(w->tensor->data, w->type.dims[0], w->type.dims[1]);
 }
 
+static bool is_output(const mj_body_plan *p, int32_t v) {
+    for (int32_t j = 0; j < p->n_out; j++)
+        if (p->out_nodes[j] == v) return true;
+    return false;
+}
+
+/* The single user of node v, or -1 (none, several, or v is an output). */
+static int32_t only_user(const mj_graph *g, const int32_t *uses, const mj_body_plan *p, int32_t v) {
+    if (is_output(p, v) || uses[v] != 1) return -1;
+    for (int32_t i = v + 1; i < g->n_nodes; i++)
+        for (int k = 0; k < g->nodes[i].n_operands; k++)
+            if (g->nodes[i].operands[k] == v) return i;
+    return -1;
+}
+
 /* The tail of conv2d node c: while its value has one use (and is not an
  * output), that use joins if the conv's store can compute it: batch_norm of
  * it (statistics input-free), an activation of it, or an add of it and a
@@ -63,13 +78,7 @@ static void plan_conv_tail(const mj_graph *g, const bool *input_free, const int3
                            int32_t c) {
     int32_t cur = c, n_tail = 0;
     for (;;) {
-        bool is_out = false;
-        for (int32_t j = 0; j < p->n_out; j++) is_out = is_out || p->out_nodes[j] == cur;
-        if (is_out || uses[cur] != 1 || n_tail == MJ_CONV_TAIL_MAX) break;
-        int32_t u = -1; /* its one user */
-        for (int32_t i = cur + 1; i < g->n_nodes && u < 0; i++)
-            for (int k = 0; k < g->nodes[i].n_operands; k++)
-                if (g->nodes[i].operands[k] == cur) u = i;
+        int32_t u = n_tail < MJ_CONV_TAIL_MAX ? only_user(g, uses, p, cur) : -1;
         if (u < 0) break;
         const mj_node *n = &g->nodes[u];
         bool ok = false;
@@ -91,15 +100,11 @@ static void plan_conv_tail(const mj_graph *g, const bool *input_free, const int3
     p->tail_out[c] = cur;
 }
 
-/* The single user of node v, or -1 (none, several, or v is an output). */
-static int32_t only_user(const mj_graph *g, const int32_t *uses, const mj_body_plan *p, int32_t v) {
-    for (int32_t j = 0; j < p->n_out; j++)
-        if (p->out_nodes[j] == v) return -1;
-    if (uses[v] != 1) return -1;
-    for (int32_t i = v + 1; i < g->n_nodes; i++)
-        for (int k = 0; k < g->nodes[i].n_operands; k++)
-            if (g->nodes[i].operands[k] == v) return i;
-    return -1;
+/* Whether the value r can be read where matmul m's loop runs: input-free,
+ * an input, or a node before m that has its own storage (not computed in
+ * another op's store). */
+static bool ready_at(const mj_graph *g, const bool *input_free, const mj_body_plan *p, int32_t r, int32_t m) {
+    return input_free[r] || g->nodes[r].op == MJ_OP_INPUT || (r < m && p->fused_by[r] < 0);
 }
 
 /* Whether r, added to a value of type t, is a row broadcast over t's
@@ -114,8 +119,7 @@ static bool is_row_of(const mj_type *r, const mj_type *t) {
     return true;
 }
 
-/* Whether matmul m runs on the micro-kernels (K and N known) */
-static bool matmul_on_kernels(const mj_graph *g, int32_t m) {
+bool mj_body_matmul_on_kernels(const mj_graph *g, int32_t m) {
     const mj_node *n = &g->nodes[m];
     const mj_type *ta = &g->nodes[n->operands[0]].type, *tb = &g->nodes[n->operands[1]].type;
     return n->type.rank >= 2 && ta->dims[ta->rank - 1] >= 1 && tb->dims[tb->rank - 1] >= 1;
@@ -133,7 +137,7 @@ static void plan_matmul_tail(const mj_graph *g, const bool *input_free, const in
                              int32_t m) {
     const mj_node *mm = &g->nodes[m];
     p->tail_out[m] = m;
-    if (!matmul_on_kernels(g, m)) return;
+    if (!mj_body_matmul_on_kernels(g, m)) return;
     int32_t cur = m, u = only_user(g, uses, p, cur);
     if (u >= 0 && g->nodes[u].op == MJ_OP_DIV && g->nodes[u].operands[0] == cur) {
         int32_t s = g->nodes[u].operands[1];
@@ -147,8 +151,7 @@ static void plan_matmul_tail(const mj_graph *g, const bool *input_free, const in
     }
     if (u >= 0 && g->nodes[u].op == MJ_OP_ADD) {
         int32_t r = g->nodes[u].operands[0] == cur ? g->nodes[u].operands[1] : g->nodes[u].operands[0];
-        bool ready = input_free[r] || g->nodes[r].op == MJ_OP_INPUT || (r < m && p->fused_by[r] < 0);
-        if (r != cur && ready && is_row_of(&g->nodes[r].type, &mm->type) &&
+        if (r != cur && ready_at(g, input_free, p, r, m) && is_row_of(&g->nodes[r].type, &mm->type) &&
             mj_type_equal(&g->nodes[u].type, &mm->type)) {
             p->fused_by[u] = m;
             cur = u;
@@ -164,15 +167,16 @@ static void plan_matmul_tail(const mj_graph *g, const bool *input_free, const in
  * matrix at a time (mj_lw_emit_attention). */
 static void plan_attention(const mj_graph *g, const bool *input_free, const int32_t *uses, mj_body_plan *p,
                            int32_t a) {
-    if (!matmul_on_kernels(g, a)) return;
+    if (!mj_body_matmul_on_kernels(g, a)) return;
     int32_t t = p->tail_out[a], s = only_user(g, uses, p, t);
     if (s < 0 || g->nodes[s].op != MJ_OP_SOFTMAX || g->nodes[s].operands[0] != t) return;
     const mj_type *tt = &g->nodes[t].type;
     if (mj_reduce_dim(&g->nodes[s], tt->rank) != tt->rank - 1) return;
     int32_t v = only_user(g, uses, p, s);
-    if (v < 0 || g->nodes[v].op != MJ_OP_MATMUL || g->nodes[v].operands[0] != s || !matmul_on_kernels(g, v)) return;
+    if (v < 0 || g->nodes[v].op != MJ_OP_MATMUL || g->nodes[v].operands[0] != s) return;
+    if (!mj_body_matmul_on_kernels(g, v)) return;
     int32_t b = g->nodes[v].operands[1];
-    if (b == s || !(input_free[b] || g->nodes[b].op == MJ_OP_INPUT || (b < a && p->fused_by[b] < 0))) return;
+    if (b == s || !ready_at(g, input_free, p, b, a)) return;
     const mj_type *tv = &g->nodes[v].type;
     if (tv->rank != tt->rank) return;
     for (int d = 0; d < tt->rank - 2; d++)
@@ -209,12 +213,6 @@ static void plan_padded(const mj_graph *g, mj_body_plan *p, int32_t c) {
             if (a[MJ_CONV_PADDING] != a0[MJ_CONV_PADDING] || a[MJ_CONV_PADDING + 1] != a0[MJ_CONV_PADDING + 1]) return;
         }
     p->padded_by[v] = first;
-}
-
-static bool is_output(const mj_body_plan *p, int32_t v) {
-    for (int32_t j = 0; j < p->n_out; j++)
-        if (p->out_nodes[j] == v) return true;
-    return false;
 }
 
 int32_t mj_body_chain_next(const mj_body_plan *p, const int32_t *uses, int32_t head, int32_t last) {
