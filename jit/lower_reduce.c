@@ -272,24 +272,45 @@ bool mj_lw_splits_rows(const mj_body_plan *p, int32_t i) {
     return mj_reduce_dim(n, xt->rank) == xt->rank - 1;
 }
 
-/* softmax over rows [0, rows) of N floats at x into y, on the calling
- * thread: groups of 8 rows (emit_softmax8), then one row at a time, as
- * mj_lw_emit_along's (attention's matrices, one at a time: lower_gemm.c) */
-void mj_lw_emit_softmax_rows(lw *w, LLVMValueRef x, LLVMValueRef y, LLVMValueRef rows, LLVMValueRef N) {
-    LLVMValueRef acc[LINES_R], mx[LINES_R], base[LINES_R];
+/* op over rows of N floats at x (reductions: one float per row at y):
+ * groups [g0, g0 + mine) of LINES_R rows side by side (softmax: in blocks,
+ * emit_softmax8), then `left` rows one at a time from row groups * LINES_R;
+ * acc and mx: LINES_R float allocas */
+static void emit_row_groups(lw *w, mj_op op, LLVMValueRef x, LLVMValueRef y, LLVMValueRef N, LLVMValueRef g0,
+                            LLVMValueRef mine, LLVMValueRef groups, LLVMValueRef left, LLVMValueRef const *acc,
+                            LLVMValueRef const *mx) {
+    loop lg = loop_begin(w, mine);
+    LLVMValueRef base[LINES_R], yo[LINES_R];
+    for (int r = 0; r < LINES_R; r++) {
+        yo[r] = add(w, mul(w, add(w, g0, lg.iv), ci(w, LINES_R)), ci(w, r));
+        base[r] = mul(w, yo[r], N);
+    }
+    if (op == MJ_OP_SOFTMAX) emit_softmax8(w, x, y, base, N, acc, mx);
+    else emit_lines(w, op, x, y, LINES_R, base, ci(w, 1), yo, N, acc, mx);
+    loop_end(w, &lg);
+    LLVMValueRef done = mul(w, groups, ci(w, LINES_R));
+    loop lr = loop_begin(w, left);
+    LLVMValueRef row = add(w, done, lr.iv), b0 = mul(w, row, N);
+    emit_lines(w, op, x, y, 1, &b0, ci(w, 1), &row, N, acc, mx);
+    loop_end(w, &lr);
+}
+
+static void line_allocas(lw *w, LLVMValueRef *acc, LLVMValueRef *mx) {
     for (int r = 0; r < LINES_R; r++) {
         acc[r] = entry_alloca(w);
         mx[r] = entry_alloca(w);
     }
+}
+
+/* softmax over rows [0, rows) of N floats at x into y, every row on the
+ * calling thread, grouped as mj_lw_emit_along groups them (attention's
+ * matrices, one at a time: lower_gemm.c) */
+void mj_lw_emit_softmax_rows(lw *w, LLVMValueRef x, LLVMValueRef y, LLVMValueRef rows, LLVMValueRef N) {
+    LLVMValueRef acc[LINES_R], mx[LINES_R];
+    line_allocas(w, acc, mx);
     LLVMValueRef groups = LLVMBuildSDiv(w->e.b, rows, ci(w, LINES_R), "");
-    loop lg = loop_begin(w, groups);
-    for (int r = 0; r < LINES_R; r++) base[r] = mul(w, add(w, mul(w, lg.iv, ci(w, LINES_R)), ci(w, r)), N);
-    emit_softmax8(w, x, y, base, N, acc, mx);
-    loop_end(w, &lg);
-    loop lr = loop_range(w, mul(w, groups, ci(w, LINES_R)), rows, 1);
-    LLVMValueRef b0 = mul(w, lr.iv, N);
-    emit_lines(w, MJ_OP_SOFTMAX, x, y, 1, &b0, ci(w, 1), &lr.iv, N, acc, mx);
-    loop_end(w, &lr);
+    LLVMValueRef left = LLVMBuildSub(w->e.b, rows, mul(w, groups, ci(w, LINES_R)), "");
+    emit_row_groups(w, MJ_OP_SOFTMAX, x, y, N, ci(w, 0), groups, groups, left, acc, mx);
 }
 
 /* sum / mean / softmax / log_softmax along dim d of x: lines [outer][n][inner] */
@@ -303,27 +324,11 @@ void mj_lw_emit_along(lw *w, int32_t id) {
     LLVMValueRef outer = dims_product(w, xt, 0, d), N = dimv(w, xt->dims[d]);
     LLVMValueRef x = w->buf[n->operands[0]], y = w->buf[id];
     LLVMValueRef acc[LINES_R], mx[LINES_R];
-    for (int r = 0; r < LINES_R; r++) {
-        acc[r] = entry_alloca(w);
-        mx[r] = entry_alloca(w);
-    }
+    line_allocas(w, acc, mx);
     if (d == xt->rank - 1) { /* lines are rows: LINES_R at a time, then one at a time */
         LLVMValueRef groups = LLVMBuildSDiv(w->e.b, outer, ci(w, LINES_R), ""), g0, mine, left;
         thread_rows(w, groups, LINES_R, outer, &g0, &mine, &left);
-        loop lg = loop_begin(w, mine);
-        LLVMValueRef base[LINES_R], yo[LINES_R];
-        for (int r = 0; r < LINES_R; r++) {
-            yo[r] = add(w, mul(w, add(w, g0, lg.iv), ci(w, LINES_R)), ci(w, r));
-            base[r] = mul(w, yo[r], N);
-        }
-        if (n->op == MJ_OP_SOFTMAX) emit_softmax8(w, x, y, base, N, acc, mx);
-        else emit_lines(w, n->op, x, y, LINES_R, base, ci(w, 1), yo, N, acc, mx);
-        loop_end(w, &lg);
-        LLVMValueRef done = mul(w, groups, ci(w, LINES_R));
-        loop lr = loop_begin(w, left);
-        LLVMValueRef row = add(w, done, lr.iv), b0 = mul(w, row, N);
-        emit_lines(w, n->op, x, y, 1, &b0, ci(w, 1), &row, N, acc, mx);
-        loop_end(w, &lr);
+        emit_row_groups(w, n->op, x, y, N, g0, mine, groups, left, acc, mx);
         return;
     }
     LLVMValueRef inner = dims_product(w, xt, d + 1, xt->rank);
