@@ -356,15 +356,15 @@ Test(cnn_jit, frozen_sparse_conv_up_to_the_measured_crossover) {
 
 /* Column mode (fewer images than threads): the threads share a conv.
  * Frozen sparse (the tap table): they split its padding copy, claim its
- * tiles and its output channels' rows, each with its own copies and
- * partial sums; live (the register tile): they claim its rows of output
- * channel groups; stride 2 along W (per plane): they claim its planes.
- * Every output element is still one thread's, its taps in the same order:
- * at 2 and 3 threads, batches 1 and 2 (2 threads at batch 2 split the
- * images instead), the bits of one thread, and in exact mode eager's. Cases: rows aligned (the tiles store y), stride 2 along H (a
- * run per row), unaligned rows with two groups (the rows go out per
- * channel), stride 2 along W; each above the pool's minimum work per
- * call. */
+ * tiles and its output channels' rows, each with its own copies and partial
+ * sums; live (the register tile): they claim its rows of output channel
+ * groups; stride 2 along W (per plane): they claim its planes. Every output
+ * element is still one thread's, its taps in the same order: at 2 and 3
+ * threads, batches 1 and 2 (2 threads at batch 2 split the images instead),
+ * the bits of one thread, and in exact mode eager's. Cases: rows aligned
+ * (the tiles store y), stride 2 along H (a run per row), unaligned rows with
+ * two groups (the rows go out per channel), stride 2 along W; each above the
+ * pool's minimum work per call. */
 Test(cnn_jit, convs_shared_by_threads_bit_identical) {
     mj_rng rng;
     mj_rng_seed(&rng, 38);

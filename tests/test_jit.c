@@ -1258,6 +1258,12 @@ static const char tail_text[] =
     "%4 = const \"c\" : f32[1] = [0x1.8p+1]\n%5 = div %3, %4 : f32[B,3,20,20]\n"
     "%6 = add %1, %5 : f32[B,3,20,20]\n%7 = softmax %6 {dim=-1} : f32[B,3,20,20]\nreturn %7, %6\n";
 
+static mj_graph *parsed(const char *text) {
+    mj_graph *g = NULL;
+    cr_assert_eq(mj_graph_parse(text, &g), MJ_OK, "%s", mj_last_error());
+    return g;
+}
+
 static void tail_inputs(int64_t batch, bool special, mj_rng *rng, mj_tensor *x[2]) {
     OK(mj_tensor_randn(&x[0], 4, (int64_t[]){batch, 3, 20, 8}, rng));
     OK(mj_tensor_zeros(&x[1], 4, (int64_t[]){batch, 1, 1, 20}));
@@ -1272,8 +1278,7 @@ static void tail_inputs(int64_t batch, bool special, mj_rng *rng, mj_tensor *x[2
 
 Test(jit, matmul_tail_is_stored_by_the_matmul_bit_for_bit, .timeout = 120) {
     mj_rng rng = mjt_rng(61);
-    mj_graph *g = NULL;
-    cr_assert_eq(mj_graph_parse(tail_text, &g), MJ_OK, "%s", mj_last_error());
+    mj_graph *g = parsed(tail_text);
     bool *inf = mj_graph_input_free(g);
     mj_body_plan p;
     OK(mj_body_plan_build(g, inf, false, 8, &p));
@@ -1369,12 +1374,6 @@ static const char *const attn_texts[][3] = {
               "%4 = add %2, %3 : f32[B,3,20,20]\n%5 = softmax %4 {dim=-1} : f32[B,3,20,20]\n"
               "%6 = matmul %5, %0 : f32[B,3,20,8]\n%7 = add %6, %3 : f32[B,3,20,8]\nreturn %7\n"},
 };
-
-static mj_graph *parsed(const char *text) {
-    mj_graph *g = NULL;
-    cr_assert_eq(mj_graph_parse(text, &g), MJ_OK, "%s", mj_last_error());
-    return g;
-}
 
 Test(jit, attention_runs_one_matrix_at_a_time_bit_for_bit, .timeout = 120) {
     mj_rng rng = mjt_rng(63);

@@ -50,7 +50,9 @@ __attribute__((always_inline)) static inline float expf_seq(float x) {
 
 MJ_FMA_CLONES float mj_expf(float x) { return expf_seq(x); }
 
-/* erff's e(x) (vmath.h): expf_seq for x in [-18, -1.64], fewer steps */
+/* erff's e(x) (vmath.h): expf_seq for x in [-18, -1.64], fewer steps; the
+ * same holds on [MJ_EXPF_BAND_LO, MJ_EXPF_BAND_HI], which the JIT's copy
+ * also serves (jit/emit.c) */
 __attribute__((always_inline)) static inline float expf_band(float x) {
     float kf, u = expf_poly(x, &kf);
     return u * float_of((bits_of(kf) + (127u - MJ_EXPF_SHIFT_BITS)) << 23);
