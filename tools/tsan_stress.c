@@ -85,22 +85,19 @@ static void shared_calls(mj_jit *jit, bool frozen, mjt_call_kind kind, int pool,
     run_callers(args, name);
 }
 
-/* Traces m on one item of the given shape, compiles it (frozen or live)
- * with a pool of `threads`, and runs the T callers on their own items of
- * that shape; takes m (NULL: the model could not be built). */
-static void one_item_calls(mj_jit *jit, mj_module *m, int rank, const int64_t *shape, bool frozen, int threads,
-                           int iters, uint64_t seed, const char *name) {
-    mj_tensor *ex = NULL;
-    mj_graph *g = NULL;
-    if (m && mj_tensor_ones(&ex, rank, shape) == MJ_OK && mj_trace_module(m, ex, &g) != MJ_OK) g = NULL;
-    mj_tensor_release(ex);
+/* Compiles g (frozen or live) with a pool of `threads` and runs the T
+ * callers on their own items of the given shape, each checked against m's
+ * forward (the model g was traced from) or, without m, the interpreter;
+ * takes m and g (g NULL: failed to build, `why` says how). */
+static void graph_calls(mj_jit *jit, mj_module *m, mj_graph *g, const char *why, int rank, const int64_t *shape,
+                        bool frozen, int threads, int iters, uint64_t seed, const char *name) {
     mj_compile_options o;
     mj_compile_options_init(&o);
     o.frozen = frozen;
     o.threads = threads;
     mj_compiled *c = NULL;
     if (!g || mj_jit_compile(jit, g, &o, &c) != MJ_OK) {
-        fail(name, m ? mj_last_error() : "could not build the model");
+        fail(name, g ? mj_last_error() : why);
         mj_graph_free(g);
         mj_module_free(m);
         return;
@@ -111,9 +108,22 @@ static void one_item_calls(mj_jit *jit, mj_module *m, int rank, const int64_t *s
         mj_rng_seed(&rng, seed + (uint64_t)i);
         args[i] = (mjt_call_arg){.c = c, .m = m, .g = g, .kind = MJT_CALL_COMPILED, .iters = iters};
         mj_tensor_randn(&args[i].x, rank, shape, &rng);
-        mj_module_forward(m, args[i].x, &args[i].want);
+        if (m) mj_module_forward(m, args[i].x, &args[i].want);
+        else mj_graph_run(g, args[i].x, &args[i].want);
     }
     run_callers(args, name);
+}
+
+/* Traces m on one item of the given shape, then graph_calls; takes m
+ * (NULL: the model could not be built). */
+static void one_item_calls(mj_jit *jit, mj_module *m, int rank, const int64_t *shape, bool frozen, int threads,
+                           int iters, uint64_t seed, const char *name) {
+    mj_tensor *ex = NULL;
+    mj_graph *g = NULL;
+    if (m && mj_tensor_ones(&ex, rank, shape) == MJ_OK && mj_trace_module(m, ex, &g) != MJ_OK) g = NULL;
+    mj_tensor_release(ex);
+    graph_calls(jit, m, g, m ? mj_last_error() : "could not build the model", rank, shape, frozen, threads, iters,
+                seed, name);
 }
 
 /* ---- 1b. a frozen sparse model on a sequence, batch 1 ----------------- */
@@ -123,42 +133,6 @@ static void one_item_calls(mj_jit *jit, mj_module *m, int rank, const int64_t *s
 static void sequence_calls(mj_jit *jit, const char *name) {
     const int64_t shape[3] = {1, 256, 96};
     one_item_calls(jit, model("mlp:96,256,96:act=relu", 37, 0.1), 3, shape, true, 4, 40, 70, name);
-}
-
-/* ---- 1d. attention, batch 1 -------------------------------------------- */
-/* softmax(q q^T / c) q over 8 heads of one item: fewer items than the
- * pool's threads, so they claim the heads, each running a head's matmul,
- * softmax and second matmul (mj_lw_emit_attention, jit/lower_gemm.c). */
-static void attention_calls(mj_jit *jit, const char *name) {
-    static const char text[] = "maskjit-ir 1\n%0 = input \"q\" : f32[B,8,128,64]\n"
-                               "%1 = transpose %0 : f32[B,8,64,128]\n%2 = matmul %0, %1 : f32[B,8,128,128]\n"
-                               "%3 = const \"c\" : f32[1] = [0x1p+3]\n%4 = div %2, %3 : f32[B,8,128,128]\n"
-                               "%5 = softmax %4 {dim=-1} : f32[B,8,128,128]\n"
-                               "%6 = matmul %5, %0 : f32[B,8,128,64]\nreturn %6\n";
-    mj_graph *g = NULL;
-    if (mj_graph_parse(text, &g) != MJ_OK) {
-        fail(name, mj_last_error());
-        return;
-    }
-    mj_compile_options o;
-    mj_compile_options_init(&o);
-    o.threads = 4;
-    mj_compiled *c = NULL;
-    if (mj_jit_compile(jit, g, &o, &c) != MJ_OK) {
-        fail(name, mj_last_error());
-        mj_graph_free(g);
-        return;
-    }
-    const int64_t shape[4] = {1, 8, 128, 64};
-    mjt_call_arg args[T];
-    for (int i = 0; i < T; i++) {
-        mj_rng rng;
-        mj_rng_seed(&rng, 90 + (uint64_t)i);
-        args[i] = (mjt_call_arg){.c = c, .g = g, .kind = MJT_CALL_COMPILED, .iters = 10};
-        mj_tensor_randn(&args[i].x, 4, shape, &rng);
-        mj_graph_run(g, args[i].x, &args[i].want);
-    }
-    run_callers(args, name);
 }
 
 /* ---- 1c. a pruned conv block, batch 1 -------------------------------- */
@@ -199,6 +173,22 @@ static void conv_calls(mj_jit *jit, bool frozen, const char *name) {
     }
     const int64_t shape[4] = {1, 16, 32, 32};
     one_item_calls(jit, m, 4, shape, frozen, 3, 20, 80, name);
+}
+
+/* ---- 1d. attention, batch 1 -------------------------------------------- */
+/* softmax(q q^T / c) q over 8 heads of one item: fewer items than the
+ * pool's threads, so they claim the heads, each running a head's matmul,
+ * softmax and second matmul (mj_lw_emit_attention, jit/lower_gemm.c). */
+static void attention_calls(mj_jit *jit, const char *name) {
+    static const char text[] = "maskjit-ir 1\n%0 = input \"q\" : f32[B,8,128,64]\n"
+                               "%1 = transpose %0 : f32[B,8,64,128]\n%2 = matmul %0, %1 : f32[B,8,128,128]\n"
+                               "%3 = const \"c\" : f32[1] = [0x1p+3]\n%4 = div %2, %3 : f32[B,8,128,128]\n"
+                               "%5 = softmax %4 {dim=-1} : f32[B,8,128,128]\n"
+                               "%6 = matmul %5, %0 : f32[B,8,128,64]\nreturn %6\n";
+    mj_graph *g = NULL;
+    if (mj_graph_parse(text, &g) != MJ_OK) g = NULL;
+    const int64_t shape[4] = {1, 8, 128, 64};
+    graph_calls(jit, NULL, g, mj_last_error(), 4, shape, false, 4, 10, 90, name);
 }
 
 /* ---- 2. each thread its own model: trace + compile on a shared JIT -------- */
