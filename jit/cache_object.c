@@ -105,8 +105,8 @@ static mj_status free_dylib(mj_jit *jit, const char *fname, LLVMOrcJITDylibRef *
             return MJ_OK;
         }
         jd = LLVMOrcExecutionSessionCreateBareJITDylib(es, name);
-        /* erff, expf, tanhf (and memset/memcpy) resolve to the process's
-         * libm and libc, the ones the eager kernels call */
+        /* tanhf, logf (and memset/memcpy) resolve to the process's libm
+         * and libc, the ones the eager kernels call */
         LLVMOrcDefinitionGeneratorRef gen;
         LLVMErrorRef err = LLVMOrcCreateDynamicLibrarySearchGeneratorForProcess(
             &gen, LLVMOrcLLJITGetGlobalPrefix(jit->lljit), NULL, NULL);

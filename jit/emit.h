@@ -8,9 +8,9 @@
  *     contracts a*b+c into an FMA nor reassociates; an fmaf of eager's is
  *     llvm.fma (one rounding), never fmuladd. Fast mode sets contract,
  *     reassoc, nsz and arcp (not nnan/ninf: NaN and Inf keep their meaning);
- *   - exp and erf are maskjit's own (src/core/vmath.h: mj_expf, mj_erff),
+ *   - exp and gelu are maskjit's own (src/core/vmath.h: mj_expf, mj_geluf),
  *     emitted as the same float operations on scalars or vectors
- *     (mj_emit_expf, mj_emit_erff); the other libm functions (tanhf, logf,
+ *     (mj_emit_expf, mj_emit_geluf); the other libm functions (tanhf, logf,
  *     ...) are the process's: exact calls are marked nobuiltin so LLVM
  *     neither folds them nor substitutes its own approximation; the
  *     activation formulas are mj_act_apply's (src/core/ops.c) operation for
@@ -88,9 +88,9 @@ void mj_emit_else(mj_emit *e, const mj_ifelse *f);
 LLVMValueRef mj_emit_libm(mj_emit *e, const char *name, int arity); /* declared once per module */
 LLVMValueRef mj_emit_call_libm(mj_emit *e, const char *name, LLVMValueRef x);
 LLVMValueRef mj_emit_call_libm2(mj_emit *e, const char *name, LLVMValueRef x, LLVMValueRef y);
-/* mj_expf / mj_erff of src/core/vmath.c on a float or a vector of floats */
+/* mj_expf / mj_geluf of src/core/vmath.c on a float or a vector of floats */
 LLVMValueRef mj_emit_expf(mj_emit *e, LLVMValueRef x);
-LLVMValueRef mj_emit_erff(mj_emit *e, LLVMValueRef x);
+LLVMValueRef mj_emit_geluf(mj_emit *e, LLVMValueRef x);
 /* mj_expf's bits for x in [MJ_EXPF_BAND_LO, MJ_EXPF_BAND_HI] only
  * (src/core/vmath.h); the caller checks the range */
 LLVMValueRef mj_emit_expf_band(mj_emit *e, LLVMValueRef x);
@@ -178,7 +178,6 @@ typedef mj_ifelse ifb;
 #define libm(c, name, arity) mj_emit_libm(MJ_EMIT_CTX(c), (name), (arity))
 #define call_libm(c, name, x) mj_emit_call_libm(MJ_EMIT_CTX(c), (name), (x))
 #define emit_expf(c, x) mj_emit_expf(MJ_EMIT_CTX(c), (x))
-#define emit_erff(c, x) mj_emit_erff(MJ_EMIT_CTX(c), (x))
 #define call_libm2(c, name, x, y) mj_emit_call_libm2(MJ_EMIT_CTX(c), (name), (x), (y))
 #define emit_act(c, act, x) mj_emit_act(MJ_EMIT_CTX(c), (act), (x))
 #define emit_act_vec(c, act, v, lanes) mj_emit_act_vec(MJ_EMIT_CTX(c), (act), (v), (lanes))

@@ -217,7 +217,7 @@ mj_status mj_jit_new(mj_jit **out) {
         s = mj_jit_llvm_error(err, "creating the LLJIT");
         goto fail;
     }
-    /* erff, expf, tanhf resolve to the libm the eager kernels use. */
+    /* tanhf, logf, ... resolve to the libm the eager kernels use. */
     LLVMOrcDefinitionGeneratorRef gen;
     err = LLVMOrcCreateDynamicLibrarySearchGeneratorForProcess(
         &gen, LLVMOrcLLJITGetGlobalPrefix(jit->lljit), NULL, NULL);

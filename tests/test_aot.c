@@ -146,7 +146,7 @@ static int run_driver(const char *dir, const mj_tensor *x, float *y, size_t y_nu
 }
 
 /* nm -u: only C library and libm symbols may stay undefined (not expf or
- * erff: exp and erf are maskjit's own, inline). */
+ * erff: exp and gelu are maskjit's own, inline). */
 static void assert_only_libc(const char *path) {
     static const char *const allowed[] = {"aligned_alloc", "free", "malloc", "memcpy", "memset", "memmove",
                                           "tanhf", "logf", "sqrtf", "exp2f", "fmaf", "strcmp"};

@@ -95,7 +95,7 @@ float mj_act_apply(mj_act act, float x) {
     switch (act) {
     case MJ_ACT_NONE: return x;
     case MJ_ACT_RELU: return x < 0.0f ? 0.0f : x; /* NaN passes through */
-    case MJ_ACT_GELU: return 0.5f * x * (1.0f + mj_erff(x * 0.70710678118654752440f));
+    case MJ_ACT_GELU: return mj_geluf(x);
     case MJ_ACT_GELU_TANH:
         return 0.5f * x * (1.0f + tanhf(0.79788456080286535588f * (x + 0.044715f * x * x * x)));
     case MJ_ACT_SIGMOID: return 1.0f / (1.0f + mj_expf(-x));

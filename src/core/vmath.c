@@ -1,4 +1,4 @@
-/* maskjit's expf and erff (vmath.h has the sequences and the constants). */
+/* maskjit's expf and gelu (vmath.h has the sequences and the constants). */
 #include "vmath.h"
 #include "internal.h"
 
@@ -50,29 +50,20 @@ __attribute__((always_inline)) static inline float expf_seq(float x) {
 
 MJ_FMA_CLONES float mj_expf(float x) { return expf_seq(x); }
 
-/* erff's e(x) (vmath.h): expf_seq for x in [-18, -1.64], fewer steps; the
- * same holds on [MJ_EXPF_BAND_LO, MJ_EXPF_BAND_HI], which the JIT's copy
- * also serves (jit/emit.c) */
-__attribute__((always_inline)) static inline float expf_band(float x) {
-    float kf, u = expf_poly(x, &kf);
-    return u * float_of((bits_of(kf) + (127u - MJ_EXPF_SHIFT_BITS)) << 23);
-}
-
-MJ_FMA_CLONES float mj_erff(float x) {
-    static const float A[MJ_ERFF_NA] = MJ_ERFF_A, B[MJ_ERFF_NB] = MJ_ERFF_B;
-    uint32_t sign = bits_of(x) & 0x80000000u;
+/* vmath.h gives the sequence and why */
+MJ_FMA_CLONES float mj_geluf(float x) {
+    static const float G[MJ_GELU_NG] = MJ_GELU_G, E[MJ_GELU_NE] = MJ_GELU_E;
     float a = float_of(bits_of(x) & 0x7fffffffu);
-    float z = a * a;
-    float p = A[MJ_ERFF_NA - 1];
+    float q = G[MJ_GELU_NG - 1];
+#pragma GCC unroll 16
+    for (int i = MJ_GELU_NG - 2; i >= 0; i--) q = fmaf(q, a, G[i]);
+    float kf = q + MJ_EXPF_SHIFT;
+    float f = (kf - MJ_EXPF_SHIFT) - q;
+    float p = E[MJ_GELU_NE - 1];
 #pragma GCC unroll 8
-    for (int i = MJ_ERFF_NA - 2; i >= 0; i--) p = fmaf(p, z, A[i]);
-    float small = fmaf(p, a, a);
-    float q = B[MJ_ERFF_NB - 1];
-#pragma GCC unroll 8
-    for (int i = MJ_ERFF_NB - 2; i >= 0; i--) q = fmaf(q, a, B[i]);
-    float big = 1.0f - expf_band(-q);
-    float r = a < MJ_ERFF_SPLIT ? small : big;
-    r = a >= MJ_ERFF_ONE_AT ? 1.0f : r;
-    r = isnan(a) ? a : r; /* x's own NaN, not one the sequence made */
-    return float_of(bits_of(r) | sign);
+    for (int i = MJ_GELU_NE - 2; i >= 0; i--) p = fmaf(p, f, E[i]);
+    float h = p * float_of((127u + MJ_EXPF_SHIFT_BITS - bits_of(kf)) << 23);
+    h = a >= MJ_GELU_T ? 0.0f : h;
+    float phi = bits_of(x) >> 31 ? h : 1.0f - h;
+    return isnan(x) ? x : x * phi;
 }

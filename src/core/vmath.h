@@ -1,4 +1,4 @@
-/* maskjit's own expf and erff: the reference definitions that eager, the
+/* maskjit's own expf and gelu: the reference definitions that eager, the
  * interpreter and compiled code (jit/emit.c, the same sequence on vectors)
  * all compute, bit for bit, independent of the libm version. Each is a fixed
  * sequence of float operations: range reduction, a polynomial in fmaf, the
@@ -6,7 +6,7 @@
  * cases (no branches, so the vector form is the same operations lane by
  * lane). The constants are here so that both sides read one copy; the
  * sequence itself is written in vmath.c and, operation for operation, in
- * jit/emit.c (mj_emit_expf, mj_emit_erff). docs/numerics.md gives the
+ * jit/emit.c (mj_emit_expf, mj_emit_geluf). docs/numerics.md gives the
  * accuracy. */
 #ifndef MJ_CORE_VMATH_H
 #define MJ_CORE_VMATH_H
@@ -39,35 +39,34 @@
 #define MJ_EXPF_BAND_LO (-87.0f)
 #define MJ_EXPF_BAND_HI 88.0f
 
-/* erff(x), on a = |x| (the sign bit cleared):
- *   z = a * a;  p = A[6];  p = fmaf(p, z, A[i]) for i = 5..0;  small = fmaf(p, a, a)
- *                                          (erf(a) = a + a P(a^2) for a < SPLIT)
- *   q = B[6];   q = fmaf(q, a, B[i]) for i = 5..0;  big = 1.0f - e(-q)
- *                                          (erf(a) = 1 - e^-Q(a) for SPLIT <= a < 4)
- *   e(x) is mj_expf's sequence without what cannot act on the arguments
- *   this branch keeps (SPLIT <= a < 4: x in [-18, -1.64]): no clamps or
- *   special cases, and 2^n as one product, as u * 2^n is a normal float
- *   there, exact either way. 2^n's bits come from kf's (kf = SHIFT + n
- *   exactly, so its bits are SHIFT_BITS + n): no float-to-int conversion,
- *   which lanes the selects throw away (NaN, huge a) could overflow. The
- *   same bits as mj_expf on every float of the branch (tests/test_vmath.c),
- *   at about two thirds of the operations.
- *   r = a < SPLIT ? small : big;  r = a >= 4.0f ? 1.0f : r;  r = a is NaN ? a : r
- *   result: r with the sign bit of x (erf(-x) = -erf(x), erf(-0) = -0, erf(NaN) = x itself) */
-#define MJ_ERFF_SPLIT 0x1.d8p-1f /* 0.921875 */
-#define MJ_ERFF_ONE_AT 4.0f      /* erf(a) rounds to 1.0f from a = 3.92 on */
-/* (erf(a) - a) / a as a polynomial in a^2 on [0, SPLIT], relative error */
-#define MJ_ERFF_A                                                                                        \
-    {0x1.06eba8p-3f, -0x1.812744p-2f, 0x1.ce2e20p-4f, -0x1.b8107cp-6f, 0x1.54dad8p-8f, -0x1.aae984p-11f, \
-     0x1.5f113cp-14f}
-#define MJ_ERFF_NA 7
-/* -log(erfc(a)) on [SPLIT, 4], weighted by erfc(a) / erf(a) (the error it makes in erf) */
-#define MJ_ERFF_B                                                                                      \
-    {0x1.a0615cp-13f, 0x1.20ae92p+0f, 0x1.463f5ep-1f, 0x1.a9a1d4p-4f, -0x1.6c0716p-6f, 0x1.8e9a78p-9f, \
-     -0x1.9a754ep-13f}
-#define MJ_ERFF_NB 7
+/* gelu(x) = x Phi(x) (Phi: the standard normal CDF), on a = |x|:
+ *   q = G[10];  q = fmaf(q, a, G[i]) for i = 9..0      (q = -log2 Phi(-a), in [1, 27])
+ *   kf = q + SHIFT;  nf = kf - SHIFT;  f = nf - q      (nf = round(q) = n; f in [-1/2, 1/2],
+ *                                                       exact: nf and q are within a factor 2)
+ *   p = E[6];  p = fmaf(p, f, E[i]) for i = 5..0       (2^f)
+ *   h = p * 2^-n                                        (Phi(-a) = 2^-q; 2^-n's bits come from
+ *                                                       kf's, (127 + SHIFT_BITS - bits(kf)) << 23:
+ *                                                       n in [1, 27], so the product is exact)
+ *   h = a >= T ? 0.0f : h                               (Phi(-a) < 1e-8 there: gelu(x) is x or -0)
+ *   phi = x's sign bit set ? h : 1.0f - h              (Phi(x) = 1 - Phi(-x))
+ *   result: x * phi;  x is NaN ? x : result            (-inf gives NaN, inf times 0, as
+ *                                                       PyTorch's erf form does)
+ * One exponential of a polynomial instead of erf's two branches: 31
+ * vector operations where 0.5 x (1 + erf(x / sqrt 2)) took 42, and the
+ * negative tail keeps its relative accuracy (1 + erf(x / sqrt 2) cancels
+ * there). */
+#define MJ_GELU_T 5.65625f /* about 4 sqrt 2: where 1 + erf(x / sqrt 2) is 0 in float too */
+/* -log2(Phi(-a)) on [0, T], minimax in units of q's own ulp (weighted
+ * towards small a, where most activations are) */
+#define MJ_GELU_G                                                                                        \
+    {0x1p+0f,          0x1.26aedep+0f,  0x1.d63aa0p-2f, 0x1.ade90ap-5f,  -0x1.cadff6p-8f, 0x1.6f691ap-15f, \
+     0x1.0fd61ap-12f, -0x1.28cce6p-14f, 0x1.50ba12p-17f, -0x1.a0db68p-21f, 0x1.bb5cf6p-26f}
+#define MJ_GELU_NG 11
+/* 2^f on [-1/2, 1/2], minimax relative error (0.86 ulp after rounding) */
+#define MJ_GELU_E {0x1p+0f, 0x1.62e430p-1f, 0x1.ebfbdcp-3f, 0x1.c6aee8p-5f, 0x1.3b2d4cp-7f, 0x1.5f3e54p-10f, 0x1.41fbbcp-13f}
+#define MJ_GELU_NE 7
 
 float mj_expf(float x);
-float mj_erff(float x);
+float mj_geluf(float x);
 
 #endif
