@@ -255,7 +255,8 @@ Test(export, cli_check_passes_on_every_fixture, .timeout = 240) {
                                         "export_fakesparsity", "export_heads",
                                         "export_llama_mlp", "export_residual_layernorm",
                                         "export_bert_layer", "export_vit_block",
-                                        "export_two_in_two_out", "export_cnn"};
+                                        "export_two_in_two_out", "export_cnn",
+                                        "export_torch_encoder"};
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
         char *path = fixture_path(names[i]), *out;
         int rc = run_check(&out, path);
@@ -434,6 +435,15 @@ Test(export, bert_layer_with_attention_mask_input_runs_in_every_mode, .timeout =
 
 Test(export, vit_block_with_fused_qkv_chunk_runs_in_every_mode, .timeout = 120) {
     check_fixture_at("export_vit_block", "3,1,17", true); /* qkv 32 -> 96, fc1 32 -> 128 */
+}
+
+/* PyTorch's own nn.TransformerEncoder (two layers, GELU) with a float key
+ * padding mask as a second input, every weight pruned with
+ * torch.nn.utils.prune (MultiheadAttention's packed in_proj_weight and its
+ * out_proj too), exported through the exporter's batch-first form of
+ * multi-head attention. */
+Test(export, torch_transformer_encoder_with_padding_mask_runs_in_every_mode, .timeout = 120) {
+    check_fixture_at("export_torch_encoder", "3,1,17", true); /* in_proj 32 -> 96 */
 }
 
 Test(export, llama_mlp_with_rmsnorm_and_silu_gate_runs_in_every_mode, .timeout = 60) {

@@ -26,7 +26,11 @@ tensors under PyTorch's state-dict names). It holds:
     "model.py:41"), so that `maskjit check` names the first node that
     diverges (see export()).
 The batch (dim 0 of every input) becomes B; sizes read from x.shape stay
-B-relative. An op maskjit lacks, or a graph that cannot work at any batch,
+B-relative. nn.MultiheadAttention (and nn.TransformerEncoderLayer /
+nn.TransformerEncoder on it) is traced with grad on, off PyTorch's fused
+inference kernels, in a form that keeps the heads as their own dim
+(_mha_batch_first); prune'd weights are traced as mask * orig wherever
+they are read (_pruned_as_properties). An op maskjit lacks, or a graph that cannot work at any batch,
 is refused with the reason, the op, the module path and the source line.
 
 With spec= (e.g. "mlp:16,32,8:act=relu"), the file is instead a spec file
@@ -50,8 +54,10 @@ Command line:
     # --structured: FakeStructuredSparsity row masks instead of unstructured masks
 """
 import argparse
+import contextlib
 import importlib.util
 import json
+import math
 import os
 import re
 import shutil
@@ -64,6 +70,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
+from torch.nn.utils import prune
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import safetensors_io  # noqa: E402
@@ -1450,6 +1457,109 @@ def _pruned_layers(model):
     return out
 
 
+@contextlib.contextmanager
+def _pruned_as_properties(model):
+    """While tracing, each torch.nn.utils.prune'd tensor is a property that
+    computes `mask * orig` (the pruning method's own apply_mask) on every
+    read, as parametrize does. prune keeps the product as a plain attribute
+    that a forward pre-hook refreshes, so a module whose weight another one
+    reads without calling it (nn.MultiheadAttention's out_proj) would put a
+    stale product into the trace as a constant; and the masks would be lost."""
+    saved = []
+    try:
+        for _, mod, name in _pruned_layers(model):
+            hooks = [h for h in mod._forward_pre_hooks.values()
+                     if isinstance(h, prune.BasePruningMethod) and h._tensor_name == name]
+            if len(hooks) != 1 or name not in mod.__dict__:
+                continue  # not prune's own reparametrization: traced as it is
+            saved.append((mod, mod.__class__, dict(mod._forward_pre_hooks), name, mod.__dict__[name]))
+            for k in [k for k, h in mod._forward_pre_hooks.items() if h is hooks[0]]:
+                del mod._forward_pre_hooks[k]
+            del mod.__dict__[name]
+            cls = mod.__class__
+            mod.__class__ = type(cls.__name__, (cls,),
+                                 {name: property(lambda self, h=hooks[0]: h.apply_mask(self))})
+        yield
+    finally:
+        for mod, cls, hooks, name, value in reversed(saved):
+            mod.__class__ = cls
+            mod._forward_pre_hooks.clear()
+            mod._forward_pre_hooks.update(hooks)
+            mod.__dict__[name] = value
+
+
+def _mha_batch_first(query, key, value, embed_dim_to_check, num_heads, in_proj_weight,
+                     in_proj_bias, bias_k, bias_v, add_zero_attn, dropout_p, out_proj_weight,
+                     out_proj_bias, training=True, key_padding_mask=None, need_weights=True,
+                     attn_mask=None, use_separate_proj_weight=False, q_proj_weight=None,
+                     k_proj_weight=None, v_proj_weight=None, static_k=None, static_v=None,
+                     average_attn_weights=True):
+    """F.multi_head_attention_forward's inference computation, traced in
+    place of PyTorch's: the same projections, scaling, masks, softmax and
+    output projection, but the heads as a dim of their own ([B, H, S, d])
+    where PyTorch folds them into the batch ([B*H, S, d]), which a maskjit
+    type cannot hold (its batch is a whole dim). The file is still checked
+    against the model's own outputs."""
+    why = None
+    if bias_k is not None or bias_v is not None:
+        why = "add_bias_kv=True"
+    elif add_zero_attn:
+        why = "add_zero_attn=True"
+    elif static_k is not None or static_v is not None:
+        why = "static_k or static_v"
+    elif training and dropout_p > 0:
+        why = "dropout in training mode"
+    elif query.dim() != 3:
+        why = f"an unbatched input of rank {query.dim()}"
+    elif attn_mask is not None and not attn_mask.is_floating_point():
+        why = "a bool attn_mask (give a float mask of 0 and -inf instead)"
+    elif attn_mask is not None and attn_mask.dim() != 2:
+        why = f"a {attn_mask.dim()}-D attn_mask (maskjit takes a 2-D [target, source] one)"
+    elif key_padding_mask is not None and not key_padding_mask.is_floating_point():
+        why = "a bool key_padding_mask (give a float mask of 0 and -inf instead)"
+    elif key_padding_mask is not None and attn_mask is not None:
+        why = "both attn_mask and key_padding_mask"
+    if why:
+        raise ExportError(f"unsupported: nn.MultiheadAttention with {why}")
+    tgt_len, bsz, embed_dim = query.shape
+    head_dim = embed_dim_to_check // num_heads  # a Python int: the scale is a constant
+    if not use_separate_proj_weight:
+        q, k, v = F._in_projection_packed(query, key, value, in_proj_weight, in_proj_bias)
+    else:
+        b_q, b_k, b_v = (None, None, None) if in_proj_bias is None else in_proj_bias.chunk(3)
+        q, k, v = F._in_projection(query, key, value, q_proj_weight, k_proj_weight,
+                                   v_proj_weight, b_q, b_k, b_v)
+    src_len = k.shape[0]
+    # [S, B, E] -> [B, H, S, d]
+    q = q.transpose(0, 1).reshape(bsz, tgt_len, num_heads, head_dim).transpose(1, 2)
+    k = k.transpose(0, 1).reshape(bsz, src_len, num_heads, head_dim).transpose(1, 2)
+    v = v.transpose(0, 1).reshape(bsz, src_len, num_heads, head_dim).transpose(1, 2)
+    weights = torch.matmul(q / math.sqrt(head_dim), k.transpose(-2, -1))
+    if attn_mask is not None:
+        weights = weights + attn_mask
+    if key_padding_mask is not None:
+        weights = weights + key_padding_mask.reshape(bsz, 1, 1, src_len)
+    weights = F.softmax(weights, dim=-1)
+    out = torch.matmul(weights, v).transpose(1, 2).reshape(bsz, tgt_len, embed_dim_to_check)
+    out = F.linear(out, out_proj_weight, out_proj_bias).transpose(0, 1)
+    if not need_weights:
+        return out, None
+    return out, weights.sum(dim=1) / num_heads if average_attn_weights else weights
+
+
+@contextlib.contextmanager
+def _traceable_attention():
+    """nn.MultiheadAttention (and the transformer layers built on it) calls
+    F.multi_head_attention_forward at call time: while tracing, that is
+    _mha_batch_first."""
+    saved = F.multi_head_attention_forward
+    F.multi_head_attention_forward = _mha_batch_first
+    try:
+        yield
+    finally:
+        F.multi_head_attention_forward = saved
+
+
 def _prune_renames(model):
     """Spec files spell a prune'd weight as maskjit's parametrized keys:
     {"a.weight_orig": "a.parametrizations.weight.original", "a.weight_mask": ""}."""
@@ -1524,7 +1634,10 @@ def _trace(model, inputs, check_sets=None):
     """torch.jit.trace. Without check_sets: refuses a trace torch warns may
     not generalise. With them: retraces at those inputs (torch's check_inputs)
     and refuses a graph that changes with them."""
-    with warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings(record=True) as caught, torch.enable_grad(), _traceable_attention():
+        # with grad on: PyTorch's fused inference kernels of its transformer
+        # modules (aten::_transformer_encoder_layer_fwd and the like) are
+        # skipped for their plain ops, which maskjit has
         warnings.simplefilter("always")
         try:
             if check_sets:
@@ -1534,6 +1647,8 @@ def _trace(model, inputs, check_sets=None):
             first = [l.strip() for l in str(e).strip().split("\n") if l.strip()]
             raise ExportError("the traced graph changes with the input (torch.jit.trace's check "
                               "at the other batch sizes): " + " ".join(first[:6])) from None
+        except ExportError:
+            raise
         except Exception as e:  # noqa: BLE001 - any failure of tracing is the reason
             raise ExportError(f"torch.jit.trace failed: {type(e).__name__}: {e}") from None
     for w in caught:
@@ -1583,19 +1698,42 @@ def export(model, example_inputs, path, spec=None, batches=(1, 5), seed=0,
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
+        # with grad on, as the trace: PyTorch's fused inference paths of its
+        # transformer modules (taken under no_grad) give padded positions
+        # other values than the modules' own math, which the graph computes
+        with torch.enable_grad(), _pruned_as_properties(model):
             expected = [_outputs(model(*inputs))]
             traced = _trace(model, inputs)
             state = {k: v for k, v in model.state_dict().items()}
-            text, graph_tensors, (origins, sources), out_shapes = _translate(
-                model, traced, inputs, _names("input", len(inputs)), state)
+            try:
+                text, graph_tensors, (origins, sources), out_shapes = _translate(
+                    model, traced, inputs, _names("input", len(inputs)), state)
+            except ExportError as e:
+                seq_first = [p for p, m in model.named_modules()
+                             if isinstance(m, nn.MultiheadAttention) and not m.batch_first]
+                if not seq_first:
+                    raise
+                raise ExportError(f"{e}; note: {seq_first[0] or 'the model'} has batch_first=False, "
+                                  "so its inputs are [sequence, batch, ...], but maskjit's batch is "
+                                  "dim 0 of every input: build it with batch_first=True (the same "
+                                  "weights) to export it") from None
             for xs, b in sets[1:]:
                 try:
                     expected.append(_outputs(model(*xs)))
                 except Exception as e:  # noqa: BLE001 - the model's own failure is the reason
                     raise ExportError(f"the model fails on a random input at batch {b}: "
                                       f"{type(e).__name__}: {e}") from None
-            _trace(model, inputs, [xs for xs, _ in sets[1:]])
+            try:
+                _trace(model, inputs, [xs for xs, _ in sets[1:]])
+            except ExportError as e:
+                # torch's check compares its graphs node by node, and flags
+                # modules that read a child's parameters before calling it
+                # (nn.TransformerEncoderLayer) for the order of those reads;
+                # what maskjit needs is that the graph it gets does not change
+                for xs, b in sets[1:]:
+                    other = _translate(model, _trace(model, xs), xs, _names("input", len(xs)), state)[0]
+                    if other != text:
+                        raise e from None
     finally:
         model.train(was_training)
     if len(out_shapes) != len(expected[0]):

@@ -198,6 +198,20 @@ class BertLayer(nn.Module):
         return self.ln2(h + self.drop(self.out(nn.functional.gelu(self.inter(h)))))
 
 
+class TorchEncoder(nn.Module):
+    """PyTorch's nn.TransformerEncoder as people use it: batch first, a
+    padding mask (float: 0 keeps a key, -inf drops it) per sequence."""
+
+    def __init__(self):
+        super().__init__()
+        layer = nn.TransformerEncoderLayer(d_model=32, nhead=4, dim_feedforward=64,
+                                           activation="gelu", batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, num_layers=2)
+
+    def forward(self, x, pad):
+        return self.encoder(x, src_key_padding_mask=pad)
+
+
 class ViTBlock(nn.Module):
     """Pre-norm ViT block with a fused qkv projection split by chunk."""
 
@@ -344,6 +358,21 @@ def trace_fixtures():
     _l1_prune((vit.qkv, vit.proj, vit.fc1, vit.fc2), 0.8)
     out.append(("export_vit_block", vit, torch.randn(T_BATCH, 6, 32, generator=gen), True,
                 T_OPTIONS))
+
+    # PyTorch's own nn.TransformerEncoder (two post-norm layers, GELU) with
+    # a float key padding mask as a second input; every weight pruned,
+    # MultiheadAttention's packed in_proj_weight and its out_proj included
+    gen = _seeded(38)
+    torch.manual_seed(38)
+    encoder = TorchEncoder()
+    for layer in encoder.encoder.layers:
+        _l1_prune((layer.linear1, layer.linear2, layer.self_attn.out_proj), 0.8)
+        prune.l1_unstructured(layer.self_attn, "in_proj_weight", amount=0.8)
+    pad = torch.zeros(T_BATCH, 6).masked_fill(torch.rand(T_BATCH, 6, generator=gen) < 0.3,
+                                              float("-inf"))
+    pad[:, 0] = 0.0  # no row without a key
+    out.append(("export_torch_encoder", encoder, (torch.randn(T_BATCH, 6, 32, generator=gen), pad),
+                True, T_OPTIONS))
 
     # A pruned CNN: FakeSparsity masks (torch.ao's parametrization) on two
     # convs, torch.nn.utils.prune on two others and on the head, and

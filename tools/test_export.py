@@ -168,6 +168,83 @@ class ExportTest(unittest.TestCase):
         self.assert_in_ir("slice", "transpose", "matmul", "softmax")
         self.assert_maskjit_passed()
 
+    # ---- PyTorch's own transformer modules ---------------------------------
+    def encoder_layer(self, **kw):
+        torch.manual_seed(6)
+        return self.pruned_layer(nn.TransformerEncoderLayer(
+            d_model=32, nhead=4, dim_feedforward=64, dropout=0.1, batch_first=True, **kw))
+
+    @staticmethod
+    def pruned_layer(layer):
+        prune.l1_unstructured(layer.linear1, "weight", amount=0.8)
+        prune.l1_unstructured(layer.linear2, "weight", amount=0.8)
+        prune.random_unstructured(layer.self_attn, "in_proj_weight", amount=0.8)
+        # read by MultiheadAttention without calling out_proj: its pruned
+        # weight must still be traced as mask * orig
+        prune.l1_unstructured(layer.self_attn.out_proj, "weight", amount=0.8)
+        return layer
+
+    def test_pruned_transformer_encoder_layer_exports_and_checks(self):
+        for kw in ({}, {"activation": "gelu", "norm_first": True}):
+            with self.subTest(**kw):
+                self.export(self.encoder_layer(**kw), torch.randn(2, 7, 32))
+                self.assert_in_ir('param "self_attn.out_proj.weight_mask"',
+                                  'param "self_attn.in_proj_weight_mask"',
+                                  'param "linear1.weight_mask"', "softmax", ": f32[B,4,7,8]")
+                self.assert_maskjit_passed()
+
+    def test_transformer_encoder_with_a_float_padding_mask_input_exports_and_checks(self):
+        class Padded(nn.Module):
+            def __init__(self):
+                super().__init__()
+                torch.manual_seed(8)
+                layer = nn.TransformerEncoderLayer(d_model=32, nhead=4, dim_feedforward=64,
+                                                   batch_first=True)
+                self.encoder = nn.TransformerEncoder(layer, num_layers=2)  # copies of layer
+                for each in self.encoder.layers:
+                    ExportTest.pruned_layer(each)
+
+            def forward(self, x, pad):
+                return self.encoder(x, src_key_padding_mask=pad)
+
+        pad = torch.zeros(2, 7)
+        pad[0, 5:] = float("-inf")
+        self.export(Padded(), (torch.randn(2, 7, 32), pad))
+        self.assert_in_ir('param "encoder.layers.1.self_attn.out_proj.weight_mask"',
+                          'input "input.1" : f32[B,7]')
+        self.assert_maskjit_passed()
+
+    def test_multihead_cross_attention_with_its_weights_exports_and_checks(self):
+        class Cross(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.attn = nn.MultiheadAttention(32, 4, batch_first=True, kdim=16, vdim=16)
+                self.register_buffer("causal", torch.triu(torch.full((7, 5), float("-inf")), 1))
+
+            def forward(self, x, memory):
+                return self.attn(x, memory, memory, attn_mask=self.causal)
+
+        torch.manual_seed(7)
+        self.export(Cross(), (torch.randn(2, 7, 32), torch.randn(2, 5, 16)))
+        self.assert_in_ir(": f32[B,4,7,5]", 'param "attn.q_proj_weight"')
+        self.assert_maskjit_passed()
+
+    def test_multihead_attention_maskjit_cannot_hold_is_refused_with_the_reason(self):
+        class Bool(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.attn = nn.MultiheadAttention(32, 4, batch_first=True)
+                self.register_buffer("causal", torch.triu(torch.ones(7, 7, dtype=torch.bool), 1))
+
+            def forward(self, x):
+                return self.attn(x, x, x, attn_mask=self.causal, need_weights=False)[0]
+
+        self.assert_refused(Bool(), torch.randn(2, 7, 32),
+                            "nn.MultiheadAttention with a bool attn_mask", maskjit=None)
+        seq_first = nn.TransformerEncoderLayer(d_model=32, nhead=4, dim_feedforward=64)
+        self.assert_refused(seq_first, torch.randn(7, 2, 32), "self_attn has batch_first=False",
+                            "build it with batch_first=True", maskjit=None)
+
     # ---- CNNs ---------------------------------------------------------------
     def test_pruned_cnn_exports_and_checks(self):
         torch.manual_seed(5)
