@@ -17,14 +17,9 @@ void mj_aot_free(aot *a) {
     memset(a, 0, sizeof *a);
 }
 
-/* What the body supports (as jit/compile.c's check, plus rank <= 4 for the
- * header's dims arrays). */
-static mj_status check_graph(const mj_graph *g) {
-    if (g->n_outputs != 1 || mj_graph_input_count(g) != 1)
-        return mj_fail(MJ_ERR_UNSUPPORTED, "aot: the graph has %d inputs and %d outputs; only 1 and 1 are supported",
-                       mj_graph_input_count(g), (int)g->n_outputs);
-    return mj_jit_check_nodes(g, "aot");
-}
+/* What the body supports (as jit/compile.c's check; rank <= 4 for the
+ * header's dims arrays is checked after the passes). */
+static mj_status check_graph(const mj_graph *g) { return mj_jit_check_nodes(g, "aot"); }
 
 /* coef * B^pow for a type (coef: the concrete dims' product). */
 void mj_aot_type_poly(const mj_type *t, int64_t *coef, int *pow) {
@@ -54,11 +49,13 @@ static int64_t scratch_formula(const aot *a, int64_t b) {
 }
 
 static bool batch_fits(const aot *a, int64_t b) {
-    int64_t in_c, out_c, n;
-    int in_p, out_p;
-    mj_aot_type_poly(&a->g->nodes[a->in_node].type, &in_c, &in_p);
-    mj_aot_type_poly(&a->g->nodes[a->out_node].type, &out_c, &out_p);
-    if (poly_at(in_c, in_p, b) < 0 || poly_at(out_c, out_p, b) < 0) return false;
+    int64_t c, n;
+    int p;
+    for (int32_t i = 0; i < a->plan.n_in + a->plan.n_out; i++) {
+        int32_t v = i < a->plan.n_in ? a->plan.in_nodes[i] : a->plan.out_nodes[i - a->plan.n_in];
+        mj_aot_type_poly(&a->g->nodes[v].type, &c, &p);
+        if (poly_at(c, p, b) < 0) return false;
+    }
     return mj_body_scratch_floats(&a->plan, b, &n) == MJ_OK && n + a->pack_floats <= MJ_MAX_NUMEL;
 }
 
@@ -98,9 +95,6 @@ mj_status mj_aot_prepare(const mj_graph *g0, const mj_aot_options *o, const targ
         MJ_TRY(mj_graph_optimize(a->g, "cse,fuse,dce"));
     }
     MJ_TRY(check_graph(a->g));
-    for (int32_t i = 0; i < a->g->n_nodes; i++)
-        if (a->g->nodes[i].op == MJ_OP_INPUT) a->in_node = i;
-    a->out_node = a->g->outputs[0];
     for (int32_t i = 0; i < a->g->n_nodes; i++) {
         if (a->g->nodes[i].type.rank > 4)
             return mj_fail(MJ_ERR_UNSUPPORTED, "aot: value %%%d has rank %d; the header describes ranks up to 4",

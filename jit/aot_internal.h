@@ -76,7 +76,6 @@ typedef struct aot {
     float **packed;
     const float **leaf_data;
     int64_t *numel;
-    int32_t in_node, out_node;
     int64_t max_batch;
     /* scratch floats = sum over slots of round16(coef * B^pow) + fixed */
     int32_t n_slots;
@@ -142,7 +141,7 @@ LLVMValueRef mj_aot_emit_core(emit *e, LLVMValueRef body, LLVMValueRef check, LL
 void mj_aot_emit_live_api(emit *e, LLVMValueRef core);
 mj_status mj_aot_emit_strerror(emit *e, const char *need);
 /* const int NAME_<what>_rank[1]; const int64_t NAME_<what>_dims[1][4] */
-void mj_aot_emit_shape_tables(emit *e, const char *what, const mj_type *t);
+void mj_aot_emit_shape_tables(emit *e, const char *what, const int32_t *nodes, int32_t n);
 
 /* aot_header.c: the header's text (malloc'd, *len bytes) */
 char *mj_aot_header_text(const aot *a, const target *t, const char *need, size_t *len);

@@ -115,8 +115,8 @@ mj_status mj_aot_build_object(const aot *a, const target *t, const char *need, L
     LLVMValueRef core = mj_aot_emit_core(&e, body, check, consts);
     if (a->live) mj_aot_emit_live_api(&e, core);
     mj_aot_emit_strerror(&e, need);
-    mj_aot_emit_shape_tables(&e, "input", &a->g->nodes[a->in_node].type);
-    mj_aot_emit_shape_tables(&e, "output", &a->g->nodes[a->out_node].type);
+    mj_aot_emit_shape_tables(&e, "input", a->plan.in_nodes, a->plan.n_in);
+    mj_aot_emit_shape_tables(&e, "output", a->plan.out_nodes, a->plan.n_out);
     LLVMDisposeBuilder(e.b);
     if (LLVMVerifyModule(e.m, LLVMReturnStatusAction, &msg)) {
         s = mj_fail(MJ_ERR_BACKEND, "aot: the generated LLVM IR is invalid: %s", msg ? msg : "");

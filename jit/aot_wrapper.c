@@ -109,29 +109,46 @@ LLVMValueRef mj_aot_emit_core(emit *e, LLVMValueRef body, LLVMValueRef check, LL
             LLVMBuildOr(e->b, LLVMBuildICmp(e->b, LLVMIntEQ, inputs, null, ""),
                         LLVMBuildICmp(e->b, LLVMIntEQ, outputs, null, ""), ""),
             MJ_AOT_ERR_NULL);
-    LLVMValueRef x = LLVMBuildLoad2(e->b, e->ptr, inputs, "x");
-    LLVMValueRef y = LLVMBuildLoad2(e->b, e->ptr, outputs, "y");
-    fail_if(e, fn,
-            LLVMBuildOr(e->b, LLVMBuildICmp(e->b, LLVMIntEQ, x, null, ""), LLVMBuildICmp(e->b, LLVMIntEQ, y, null, ""),
-                        ""),
-            MJ_AOT_ERR_NULL);
+    /* every buffer: its address and byte count at this batch, the inputs
+     * first (the body's order: graph order) */
+    int32_t n_in = a->plan.n_in, n_io = a->plan.n_in + a->plan.n_out;
+    LLVMValueRef *at = mj_alloc_array((size_t)n_io, sizeof *at), *bytes_of = mj_alloc_array((size_t)n_io, sizeof *bytes_of);
+    MJ_ASSERT(at && bytes_of); /* a few pointers */
+    LLVMValueRef any_null = LLVMConstInt(e->i1, 0, 0);
+    for (int32_t i = 0; i < n_io; i++) {
+        bool in = i < n_in;
+        LLVMValueRef idx = c64(e, in ? i : i - n_in);
+        LLVMValueRef ptr = LLVMBuildLoad2(e->b, e->ptr, LLVMBuildInBoundsGEP2(e->b, e->ptr, in ? inputs : outputs, &idx, 1, ""),
+                                          in ? "x" : "y");
+        any_null = LLVMBuildOr(e->b, any_null, LLVMBuildICmp(e->b, LLVMIntEQ, ptr, null, ""), "");
+        at[i] = LLVMBuildPtrToInt(e->b, ptr, e->i64, "");
+    }
+    fail_if(e, fn, any_null, MJ_AOT_ERR_NULL);
     fail_if(e, fn,
             LLVMBuildOr(e->b, LLVMBuildICmp(e->b, LLVMIntSLT, batch, c64(e, 1), ""),
                         LLVMBuildICmp(e->b, LLVMIntSGT, batch, c64(e, a->max_batch), ""), ""),
             MJ_AOT_ERR_BATCH);
-    /* x and y must not overlap (the body's y is noalias) */
-    int64_t c;
-    int p;
-    mj_aot_type_poly(&a->g->nodes[a->in_node].type, &c, &p);
-    LLVMValueRef in_bytes = poly(e, c * 4, p, batch);
-    mj_aot_type_poly(&a->g->nodes[a->out_node].type, &c, &p);
-    LLVMValueRef out_bytes = poly(e, c * 4, p, batch);
-    LLVMValueRef xi = LLVMBuildPtrToInt(e->b, x, e->i64, ""), yi = LLVMBuildPtrToInt(e->b, y, e->i64, "");
-    LLVMValueRef ov = LLVMBuildAnd(e->b, LLVMBuildICmp(e->b, LLVMIntULT, xi, LLVMBuildAdd(e->b, yi, out_bytes, ""), ""),
-                                   LLVMBuildICmp(e->b, LLVMIntULT, yi, LLVMBuildAdd(e->b, xi, in_bytes, ""), ""), "");
-    LLVMValueRef nonempty = LLVMBuildAnd(e->b, LLVMBuildICmp(e->b, LLVMIntNE, in_bytes, c64(e, 0), ""),
-                                         LLVMBuildICmp(e->b, LLVMIntNE, out_bytes, c64(e, 0), ""), "");
-    fail_if(e, fn, LLVMBuildAnd(e->b, ov, nonempty, ""), MJ_AOT_ERR_OVERLAP);
+    for (int32_t i = 0; i < n_io; i++) {
+        int64_t c;
+        int p;
+        mj_aot_type_poly(&a->g->nodes[i < n_in ? a->plan.in_nodes[i] : a->plan.out_nodes[i - n_in]].type, &c, &p);
+        bytes_of[i] = poly(e, c * 4, p, batch);
+    }
+    /* no output may overlap an input or another output (the body's outputs
+     * are noalias); inputs may share memory */
+    LLVMValueRef any_ov = LLVMConstInt(e->i1, 0, 0);
+    for (int32_t j = n_in; j < n_io; j++)
+        for (int32_t i = 0; i < j; i++) {
+            LLVMValueRef ov = LLVMBuildAnd(
+                e->b, LLVMBuildICmp(e->b, LLVMIntULT, at[i], LLVMBuildAdd(e->b, at[j], bytes_of[j], ""), ""),
+                LLVMBuildICmp(e->b, LLVMIntULT, at[j], LLVMBuildAdd(e->b, at[i], bytes_of[i], ""), ""), "");
+            LLVMValueRef nonempty = LLVMBuildAnd(e->b, LLVMBuildICmp(e->b, LLVMIntNE, bytes_of[i], c64(e, 0), ""),
+                                                 LLVMBuildICmp(e->b, LLVMIntNE, bytes_of[j], c64(e, 0), ""), "");
+            any_ov = LLVMBuildOr(e->b, any_ov, LLVMBuildAnd(e->b, ov, nonempty, ""), "");
+        }
+    fail_if(e, fn, any_ov, MJ_AOT_ERR_OVERLAP);
+    free(at);
+    free(bytes_of);
     /* live: every param bound */
     LLVMValueRef *pv = NULL;
     if (a->live && a->n_params > 0) {
@@ -199,8 +216,8 @@ LLVMValueRef mj_aot_emit_core(emit *e, LLVMValueRef body, LLVMValueRef check, LL
         leaves_arg = leaves;
     }
     free(pv);
-    /* the body takes arrays of input and output pointers (one of each here:
-     * check_graph); the caller's arrays are those, checked above */
+    /* the body takes arrays of input and output pointers: the caller's,
+     * checked above */
     LLVMValueRef args[8] = {leaves_arg, inputs, outputs, batch, fptr(e, base, c64(e, a->pack_floats)), c64(e, 0), c64(e, 1), null};
     LLVMBuildCall2(e->b, LLVMGlobalGetValueType(body), body, args, 8, "");
     LLVMBasicBlockRef do_free = LLVMAppendBasicBlockInContext(e->ctx, fn, "free");
@@ -373,18 +390,25 @@ mj_status mj_aot_emit_strerror(emit *e, const char *need) {
 #pragma GCC diagnostic pop
 
 /* const int NAME_<what>_rank[1]; const int64_t NAME_<what>_dims[1][4] (-1 = B, 0 = unused) */
-void mj_aot_emit_shape_tables(emit *e, const char *what, const mj_type *t) {
+void mj_aot_emit_shape_tables(emit *e, const char *what, const int32_t *nodes, int32_t n) {
     char nm[160];
     snprintf(nm, sizeof nm, "%s_%s_rank", e->name, what);
-    LLVMValueRef r = c32(e, (uint32_t)t->rank);
-    LLVMValueRef rank = LLVMConstArray2(e->i32, &r, 1);
+    LLVMValueRef *r = mj_alloc_array((size_t)n + 1, sizeof *r), *rows = mj_alloc_array((size_t)n + 1, sizeof *rows);
+    MJ_ASSERT(r && rows); /* a few pointers */
+    for (int32_t k = 0; k < n; k++) {
+        const mj_type *t = &e->a->g->nodes[nodes[k]].type;
+        r[k] = c32(e, (uint32_t)t->rank);
+        LLVMValueRef d[4];
+        for (int i = 0; i < 4; i++) d[i] = c64(e, i >= t->rank ? 0 : t->dims[i] == MJ_DIM_BATCH ? -1 : t->dims[i]);
+        rows[k] = LLVMConstArray2(e->i64, d, 4);
+    }
+    LLVMValueRef rank = LLVMConstArray2(e->i32, r, (uint64_t)n);
     LLVMValueRef gv = LLVMAddGlobal(e->m, LLVMTypeOf(rank), nm);
     LLVMSetInitializer(gv, rank);
     LLVMSetGlobalConstant(gv, 1);
-    LLVMValueRef d[4];
-    for (int i = 0; i < 4; i++) d[i] = c64(e, i >= t->rank ? 0 : t->dims[i] == MJ_DIM_BATCH ? -1 : t->dims[i]);
-    LLVMValueRef row = LLVMConstArray2(e->i64, d, 4);
-    LLVMValueRef dims = LLVMConstArray2(LLVMTypeOf(row), &row, 1);
+    LLVMValueRef dims = LLVMConstArray2(LLVMArrayType2(e->i64, 4), rows, (uint64_t)n);
+    free(r);
+    free(rows);
     snprintf(nm, sizeof nm, "%s_%s_dims", e->name, what);
     gv = LLVMAddGlobal(e->m, LLVMTypeOf(dims), nm);
     LLVMSetInitializer(gv, dims);

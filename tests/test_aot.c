@@ -678,3 +678,133 @@ Test(aot, pruned_cnn_matches_jit_bit_for_bit) {
     mj_tensor_release(ex);
     done(g, cnn, dir);
 }
+
+/* ---- several inputs and outputs ------------------------------------------- */
+
+/* drv BATCH IN_0 .. IN_n-1 OUT_0 .. OUT_m-1 (float files), or drv errors:
+ * the return codes of calls with a NULL input pointer and with two outputs
+ * that overlap, one line. */
+static const char MULTI_DRIVER[] =
+    "#include <stdio.h>\n#include <stdlib.h>\n#include <string.h>\n#include \"%1$s.h\"\n"
+    "static int64_t numel(const int64_t *d, int rank, int64_t b) {\n"
+    "    int64_t n = 1;\n    for (int i = 0; i < rank; i++) n *= d[i] < 0 ? b : d[i];\n    return n;\n}\n"
+    "int main(int argc, char **argv) {\n"
+    "    const float *in[%1$s_NUM_INPUTS];\n    float *out[%1$s_NUM_OUTPUTS];\n"
+    "    if (argc == 2 && !strcmp(argv[1], \"errors\")) {\n"
+    "        static float buf[1 << 20];\n"
+    "        for (int i = 0; i < %1$s_NUM_INPUTS; i++) in[i] = buf;\n"
+    "        for (int j = 0; j < %1$s_NUM_OUTPUTS; j++) out[j] = buf + (1 << 19);\n"
+    "        if (%1$s_NUM_OUTPUTS == 1) out[0] = buf; /* over input 0 */\n"
+    "        in[%1$s_NUM_INPUTS - 1] = NULL;\n        int null_rc = %1$s_run(1, in, out);\n"
+    "        in[%1$s_NUM_INPUTS - 1] = buf;\n        int overlap_rc = %1$s_run(1, in, out);\n"
+    "        printf(\"%%d %%d\\n\", null_rc, overlap_rc);\n        return 0;\n    }\n"
+    "    if (argc != 2 + %1$s_NUM_INPUTS + %1$s_NUM_OUTPUTS) return 100;\n"
+    "    int64_t b = atoll(argv[1]);\n"
+    "    for (int i = 0; i < %1$s_NUM_INPUTS; i++) {\n"
+    "        int64_t n = numel(%1$s_input_dims[i], %1$s_input_rank[i], b);\n"
+    "        float *x = malloc((size_t)n * 4);\n        FILE *f = fopen(argv[2 + i], \"rb\");\n"
+    "        if (!x || !f || fread(x, 4, (size_t)n, f) != (size_t)n) return 101;\n"
+    "        fclose(f);\n        in[i] = x;\n    }\n"
+    "    for (int j = 0; j < %1$s_NUM_OUTPUTS; j++)\n"
+    "        if (!(out[j] = malloc((size_t)numel(%1$s_output_dims[j], %1$s_output_rank[j], b) * 4))) return 102;\n"
+    "    int rc = %1$s_run(b, in, out);\n"
+    "    if (rc) { printf(\"%%s\\n\", %1$s_strerror(rc)); return rc; }\n"
+    "    for (int j = 0; j < %1$s_NUM_OUTPUTS; j++) {\n"
+    "        int64_t n = numel(%1$s_output_dims[j], %1$s_output_rank[j], b);\n"
+    "        FILE *f = fopen(argv[2 + %1$s_NUM_INPUTS + j], \"wb\");\n"
+    "        if (!f || fwrite(out[j], 4, (size_t)n, f) != (size_t)n) return 103;\n"
+    "        fclose(f);\n        free(out[j]);\n    }\n"
+    "    for (int i = 0; i < %1$s_NUM_INPUTS; i++) free((void *)in[i]);\n"
+    "    return 0;\n}\n";
+
+/* A fixture with several inputs (or outputs) ahead of time, frozen: its
+ * header's tables, the error codes of bad calls, and at every stored batch
+ * each output bit for bit against the JIT exact frozen. */
+static void check_fixture_multi(const char *name, int n_in, int n_out) {
+    char path[512];
+    snprintf(path, sizeof path, MJ_SOURCE_ROOT "/tests/fixtures/%s.safetensors", name);
+    mj_graph *g;
+    OK(mj_graph_load(path, &g));
+    cr_assert_eq(mj_graph_input_count(g), n_in);
+    cr_assert_eq(mj_graph_output_count(g), n_out);
+    mj_tensor_dict *file;
+    OK(mj_safetensors_load(path, &file));
+    mj_aot_options o = aot_m();
+    o.description = name;
+    char dir[1024], cmd[9000], out[8192], file_path[1100];
+    temp_dir(dir, sizeof dir);
+    OK(mj_aot_compile(g, &o, dir));
+    snprintf(file_path, sizeof file_path, "%s/drv.c", dir);
+    FILE *f = fopen(file_path, "w");
+    cr_assert(f);
+    fprintf(f, MULTI_DRIVER, "m");
+    fclose(f);
+    snprintf(cmd, sizeof cmd, "cc -std=c17 -Wall -Wextra -Werror -o '%s/drv' '%s/drv.c' '%s/m.o' -lm 2>&1", dir, dir, dir);
+    cr_assert_eq(run(cmd, out, sizeof out), 0, "%s:\n%s", cmd, out);
+    snprintf(file_path, sizeof file_path, "%s/m.h", dir);
+    size_t header_len;
+    char *header = mjt_read_file(file_path, &header_len);
+    char want[128];
+    snprintf(want, sizeof want, "m_NUM_INPUTS = %d, m_NUM_OUTPUTS = %d", n_in, n_out);
+    cr_assert(strstr(header, want), "%s not in:\n%s", want, header);
+    cr_assert(strstr(header, "input 1 \""), "%s", header);
+    free(header);
+    snprintf(cmd, sizeof cmd, "'%s/drv' errors", dir);
+    cr_assert_eq(run(cmd, out, sizeof out), 0, "%s: %s", cmd, out);
+    char codes[32];
+    snprintf(codes, sizeof codes, "%d %d\n", MJ_AOT_ERR_NULL, MJ_AOT_ERR_OVERLAP);
+    cr_assert_str_eq(out, codes, "a NULL input; outputs over each other (one output: over an input)");
+
+    jit_ref ref = jit_ref_new(g, true, MJ_NUMERIC_EXACT);
+    const char *suffixes[] = {"", ".batch1", ".batch5", ".batch6", ".batch17"};
+    int checked = 0;
+    for (size_t si = 0; si < sizeof suffixes / sizeof *suffixes; si++) {
+        const mj_tensor *xs[4];
+        char key[64];
+        snprintf(key, sizeof key, "input.0%s", suffixes[si]);
+        if (!mj_tensor_dict_get(file, key)) continue;
+        int len = snprintf(cmd, sizeof cmd, "'%s/drv' %lld", dir, (long long)mj_tensor_shape(mj_tensor_dict_get(file, key))[0]);
+        for (int i = 0; i < n_in; i++) {
+            snprintf(key, sizeof key, "input.%d%s", i, suffixes[si]);
+            xs[i] = mj_tensor_dict_get(file, key);
+            cr_assert_not_null(xs[i], "%s: no %s", name, key);
+            snprintf(file_path, sizeof file_path, "%s/x%d.bin", dir, i);
+            f = fopen(file_path, "wb");
+            cr_assert(f);
+            fwrite(mj_tensor_data(xs[i]), 4, (size_t)mj_tensor_numel(xs[i]), f);
+            fclose(f);
+            len += snprintf(cmd + len, sizeof cmd - (size_t)len, " '%s'", file_path);
+        }
+        for (int j = 0; j < n_out; j++)
+            len += snprintf(cmd + len, sizeof cmd - (size_t)len, " '%s/y%d.bin'", dir, j);
+        cr_assert_eq(run(cmd, out, sizeof out), 0, "%s: %s", cmd, out);
+        mj_tensor *ys[4] = {0};
+        OK(mj_compiled_run_n(ref.c, n_in, xs, n_out, ys));
+        for (int j = 0; j < n_out; j++) {
+            size_t n = (size_t)mj_tensor_numel(ys[j]);
+            float *got = calloc(n, sizeof *got);
+            snprintf(file_path, sizeof file_path, "%s/y%d.bin", dir, j);
+            f = fopen(file_path, "rb");
+            cr_assert(f && fread(got, 4, n, f) == n, "%s: output %d short", name, j);
+            fclose(f);
+            for (size_t k = 0; k < n; k++)
+                cr_assert(memcmp(&got[k], &mj_tensor_data(ys[j])[k], 4) == 0, "%s%s output %d [%zu]: AOT %a, JIT %a",
+                          name, suffixes[si], j, k, (double)got[k], (double)mj_tensor_data(ys[j])[k]);
+            free(got);
+            mj_tensor_release(ys[j]);
+        }
+        checked++;
+    }
+    cr_assert_geq(checked, 2, "%s: stored batches", name);
+    jit_ref_free(ref);
+    mj_tensor_dict_free(file);
+    done(g, NULL, dir);
+}
+
+/* Two inputs and two outputs; a BERT layer with its attention mask as a
+ * second input; PyTorch's nn.TransformerEncoder with a padding mask input. */
+Test(aot, several_inputs_and_outputs_match_jit_bit_for_bit, .timeout = 240) {
+    check_fixture_multi("export_two_in_two_out", 2, 2);
+    check_fixture_multi("export_bert_layer", 2, 1);
+    check_fixture_multi("export_torch_encoder", 2, 1);
+}
