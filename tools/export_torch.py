@@ -111,6 +111,7 @@ ACTIVATIONS = {
     "gelu_tanh": lambda: nn.GELU(approximate="tanh"),
     "sigmoid": lambda: nn.Sigmoid(),
     "tanh": lambda: nn.Tanh(),
+    "silu": lambda: nn.SiLU(),
     "none": lambda: nn.Identity(),
 }
 
@@ -661,6 +662,46 @@ def _slice(cx, node, ins):
     return [cx.b.op("slice", [x], tuple(shape), attrs=[("dim", d), ("start", start), ("end", end)])]
 
 
+def _select(cx, node, ins):
+    # aten::select(x, dim, index): x[:, i] is a one-wide slice without its dim
+    x = _tensor(cx, ins[0])
+    d = _const_arg(cx, ins[1], "dim") % len(x.shape)
+    if x.shape[d] == B:
+        raise ExportError(f"unsupported: {cx.b.where()}: indexes the batch dim")
+    size, i = x.shape[d], _const_arg(cx, ins[2], "index")
+    if not -size <= i < size:
+        raise ExportError(f"{cx.b.where()}: index {i} out of range for dim {d} of size {size}")
+    i %= size
+    shape = list(x.shape)
+    shape[d] = 1
+    y = x if size == 1 else cx.b.op("slice", [x], tuple(shape),
+                                    attrs=[("dim", d), ("start", i), ("end", i + 1)])
+    del shape[d]
+    return [_reshape_to(cx, y, [_Sym(1) if v == B else v for v in shape])]
+
+
+def _squeeze(cx, node, ins):
+    # aten::squeeze(x) or (x, dim): drops size-1 dims (never the batch)
+    x = _tensor(cx, ins[0])
+    if len(ins) > 1:
+        d = _const_arg(cx, ins[1], "dim") % max(len(x.shape), 1)
+        drop = [d] if x.shape[d] == 1 else []
+    else:
+        drop = [d for d, v in enumerate(x.shape) if v == 1]
+    return [_reshape_to(cx, x, [_Sym(1) if v == B else v for d, v in enumerate(x.shape)
+                                if d not in drop])]
+
+
+def _clamp(cx, node, ins):
+    # aten::clamp(x, min, max): max(x, min) then min(., max), as PyTorch's kernel
+    x = _tensor(cx, ins[0])
+    for opname, bound in (("maximum", ins[1]), ("minimum", ins[2])):
+        if bound is not None:
+            c = _tensor(cx, float(_const_arg(cx, bound, opname)) if not isinstance(bound, _T) else bound)
+            x = cx.b.op(opname, [x, c], _broadcast(x.shape, c.shape, cx.b.where()))
+    return [x]
+
+
 def _cat(cx, node, ins):
     xs = [_tensor(cx, v) for v in ins[0]]
     d = _const_arg(cx, ins[1], "dim") % len(xs[0].shape)
@@ -848,11 +889,25 @@ def _reduce(opname):
         # aten::sum/mean(x, dims, keepdim, dtype)
         x = _tensor(cx, ins[0])
         dims = ins[1] if len(ins) > 1 else None
+        keep = bool(_const_arg(cx, ins[2], "keepdim")) if len(ins) > 2 else False
+        if isinstance(dims, list) and len(dims) > 1:
+            # neighbouring dims (x.mean((2, 3)): global average pooling) are
+            # one dim of their product, reduced as PyTorch does: one sum
+            # over all their elements, then one division
+            ds = sorted({_const_arg(cx, v, "dim") % len(x.shape) for v in dims})
+            if ds != list(range(ds[0], ds[0] + len(ds))) or any(x.shape[v] == B for v in ds):
+                raise ExportError(f"unsupported: {cx.b.where()}: {opname} over dims {dims!r}; maskjit "
+                                  "reduces one dim, or neighbouring dims other than the batch")
+            sym = [_Sym(1) if v == B else v for v in x.shape]
+            merged = sym[:ds[0]] + [_numel(x.shape[ds[0]:ds[-1] + 1])] + sym[ds[-1] + 1:]
+            y = emit(cx, node, [_reshape_to(cx, x, merged), [ds[0]], keep] + list(ins[3:]))[0]
+            if keep:
+                y = _reshape_to(cx, y, sym[:ds[0]] + [1] * len(ds) + sym[ds[-1] + 1:])
+            return [y]
         if dims is None or (isinstance(dims, list) and len(dims) != 1):
             raise ExportError(f"unsupported: {cx.b.where()}: {opname} over dims {dims!r}; maskjit "
                               "reduces one dim at a time")
         d = _const_arg(cx, dims[0] if isinstance(dims, list) else dims, "dim")
-        keep = bool(_const_arg(cx, ins[2], "keepdim")) if len(ins) > 2 else False
         if len(ins) > 3 and ins[3] is not None and ins[3] != _FLOAT32:
             raise ExportError(f"{cx.b.where()}: {opname} to dtype code {ins[3]}")
         r = len(x.shape)
@@ -1060,6 +1115,9 @@ OPS = {
     "aten::split_with_sizes": _split,
     "aten::slice": _slice,
     "aten::cat": _cat,
+    "aten::select": _select,
+    "aten::squeeze": _squeeze,
+    "aten::clamp": _clamp,
     "aten::add": _binary("add"),
     "aten::sub": _binary("sub"),
     "aten::rsub": _binary("sub", reverse=True),
@@ -1702,7 +1760,18 @@ def export(model, example_inputs, path, spec=None, batches=(1, 5), seed=0,
         # transformer modules (taken under no_grad) give padded positions
         # other values than the modules' own math, which the graph computes
         with torch.enable_grad(), _pruned_as_properties(model):
-            expected = [_outputs(model(*inputs))]
+            try:
+                expected = [_outputs(model(*inputs))]
+            except ExportError:
+                raise
+            except Exception as e:  # noqa: BLE001 - the model's own failure is the reason
+                hint = ""
+                if any(isinstance(m, nn.Embedding) for m in model.modules()):
+                    hint = ("; nn.Embedding takes integer indices, and maskjit's inputs are float32: "
+                            "export the model from the embedding's output on")
+                shapes = ", ".join(_shape_str(tuple(x.shape)) for x in inputs)
+                raise ExportError(f"the model fails on the example input ({shapes}): "
+                                  f"{type(e).__name__}: {e}{hint}") from None
             traced = _trace(model, inputs)
             state = {k: v for k, v in model.state_dict().items()}
             try:
@@ -1912,6 +1981,12 @@ def main(argv=None):
                     help="check against PyTorch only, not with `maskjit check`")
     ap.add_argument("-o", "--output", required=True)
     args = ap.parse_args(argv)
+    # before the export's work: where the file goes must be able to take it
+    out_dir = os.path.dirname(os.path.abspath(args.output))
+    if os.path.isdir(args.output):
+        ap.error(f"-o {args.output}: is a directory (give a file name)")
+    if not os.path.isdir(out_dir):
+        ap.error(f"-o {args.output}: no directory {out_dir}")
     maskjit = None if args.no_maskjit_check else (args.maskjit or "auto")
     try:
         batches = [int(b) for b in args.batches.split(",") if b]

@@ -7,6 +7,7 @@ Prints a skip line and exits 0 when PyTorch is absent. Without build/maskjit
 (or $MASKJIT) the files are checked against PyTorch only, and the tests that
 need `maskjit check` say they skipped it. Last line: "export: N passed, M failed".
 """
+import contextlib
 import inspect
 import io
 import os
@@ -245,6 +246,31 @@ class ExportTest(unittest.TestCase):
         self.assert_refused(seq_first, torch.randn(7, 2, 32), "self_attn has batch_first=False",
                             "build it with batch_first=True", maskjit=None)
 
+    def test_indexing_squeeze_clamp_and_pooling_over_two_dims_export_and_check(self):
+        class Ops(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.conv = nn.Conv2d(3, 4, 3, padding=1)
+                self.fc = nn.Linear(4, 4)
+
+            def forward(self, x):
+                y = self.conv(x)
+                pooled = y.mean((2, 3))                               # global average pool
+                kept = y.sum(dim=(-1, -2), keepdim=True).squeeze(-1).squeeze(-1)
+                seq = self.fc(y.flatten(2).transpose(1, 2))           # [B, 36, 4]
+                first = seq[:, 0]                                     # the CLS token
+                return torch.clamp(first, -0.2, 0.3) + pooled.clamp(min=0.0) + kept.clamp(max=1.0)
+
+        torch.manual_seed(9)
+        self.export(Ops(), torch.randn(2, 3, 6, 6))
+        self.assert_in_ir("mean", "slice", "maximum", "minimum", ": f32[B,4,36]")
+        self.assert_maskjit_passed()
+
+    def test_embedding_is_refused_with_what_to_do(self):
+        model = nn.Sequential(nn.Embedding(10, 8), nn.Linear(8, 2))
+        self.assert_refused(model, torch.zeros(2, 5), "nn.Embedding takes integer indices",
+                            "the model fails on the example input (f32[2,5])", maskjit=None)
+
     # ---- CNNs ---------------------------------------------------------------
     def test_pruned_cnn_exports_and_checks(self):
         torch.manual_seed(5)
@@ -292,6 +318,12 @@ class ExportTest(unittest.TestCase):
                             spec="mlp:16,32,8:act=relu:bias=0")
         self.assert_refused(model, x, "size mismatch", spec="mlp:16,32,4")
         self.assert_refused(model, x, "not an mlp spec", spec="nonsense")
+
+    def test_spec_with_silu_exports_and_checks(self):
+        torch.manual_seed(1)
+        model = et.build_model("mlp:16,32,8:act=silu")
+        self.export(model, torch.randn(4, 16), spec="mlp:16,32,8:act=silu")
+        self.assert_maskjit_passed()
 
     def test_refused_export_leaves_an_existing_file_alone(self):
         with open(self.path(), "wb") as f:
@@ -440,6 +472,16 @@ class ExportTest(unittest.TestCase):
         self.assertEqual(et.main(["--module", f"{src}:bad", "--inputs", "3x6", "-o", bad] + extra), 1)
         self.assertFalse(os.path.exists(bad))
         self.assertEqual(et.main(["--module", f"{src}:nope", "--inputs", "3x6", "-o", bad]), 1)
+        # where the file cannot go is a usage error, before the export's work
+        for target in (self.dir.name, os.path.join(self.dir.name, "no", "such.safetensors")):
+            with self.assertRaises(SystemExit) as cm, \
+                    contextlib.redirect_stderr(io.StringIO()) as err:
+                et.main(["--module", f"{src}:make", "--inputs", "3x6", "-o", target])
+            self.assertEqual(cm.exception.code, 2)
+            self.assertIn(f"-o {target}:", err.getvalue())
+        # the model's own failure on the example input, as a reason
+        self.assertEqual(et.main(["--module", f"{src}:make", "--inputs", "3x7", "-o", bad]), 1)
+        self.assertFalse(os.path.exists(bad))
 
 
 if __name__ == "__main__":
