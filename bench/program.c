@@ -184,7 +184,9 @@ static int parse_args(int argc, char **argv, options *o, FILE *err) {
                 int64_t v;
                 if (wl) {
                     if ((t[0] != 'W' && t[0] != 'w') || !parse_i64(t + 1, 1, 6, &v)) {
-                        fprintf(err, "%s: unknown workload '%s' (known: W1, W2, W3, W4, W5, W6)\n",
+                        fprintf(err, "%s: unknown workload '%s' (known: W1, W2, W3, W4, W5, W6; the whole "
+                                "models W7, W7b4 and W8 run with PyTorch beside them: tools/bench.sh --torch "
+                                "--workloads W7)\n",
                                 prog, t);
                         return 2;
                     }
@@ -693,6 +695,14 @@ static mj_status load_model_graph(const char *model, uint64_t seed, mj_graph **g
 /* `maskjit bench MODEL`: every batch x thread count, checked, timed, reported. */
 static int run_model(const options *o, const char *prog, FILE *out, FILE *err) {
     mj_graph *g = NULL;
+    struct stat st;
+    bool exists = stat(o->model, &st) == 0;
+    if (exists ? !S_ISREG(st.st_mode) : strchr(o->model, '/') || strchr(o->model, '.')) {
+        /* a path (specs have no '/' or '.') that names no file: the caller's mistake */
+        fprintf(err, "%s: MODEL '%s': %s\n", prog, o->model,
+                exists ? (S_ISDIR(st.st_mode) ? "a directory, not a file" : "not a regular file") : strerror(errno));
+        return 2;
+    }
     if (load_model_graph(o->model, o->seed, &g) != MJ_OK) {
         fprintf(err, "%s: %s\n", prog, mj_last_error());
         return 1;

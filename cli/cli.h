@@ -79,6 +79,8 @@ typedef struct cli_model {
                           /* hold input/expected (and .batchN sets)           */
     int64_t in_features;
     const char *name;     /* as given */
+    bool random_inputs;   /* cli_model_inputs: seeded random ones even where */
+                          /* an export stores its input (run --batch N)       */
 } cli_model;
 
 /* MODEL is a saved trace file, an export from tools/export_torch.py (its

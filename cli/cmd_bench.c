@@ -37,7 +37,7 @@ int cmd_bench(int argc, char **argv) {
     if (find_bench_program(path, sizeof path)) {
         char **args = calloc((size_t)argc + 1, sizeof *args);
         if (args) {
-            args[0] = path;
+            args[0] = (char *)"maskjit bench"; /* its messages' prefix, as every command's */
             for (int i = 1; i < argc; i++) args[i] = argv[i];
             fflush(NULL);
             execv(path, args);

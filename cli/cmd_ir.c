@@ -24,8 +24,11 @@ static int prepare_graph(const char *cmd, const char *model, const graph_args *a
         rc = cli_mj_error(cmd, "--frozen");
         goto fail;
     }
-    if (a->passes && mj_graph_optimize(cm->graph, a->passes) != MJ_OK) {
-        rc = cli_mj_error(cmd, "--passes");
+    mj_status s = a->passes ? mj_graph_optimize(cm->graph, a->passes) : MJ_OK;
+    if (s != MJ_OK) {
+        /* on a loaded (verified) graph, invalid is the pipeline text itself */
+        rc = s == MJ_ERR_INVALID ? cli_error(cmd, CLI_USAGE, "--passes: %s", mj_last_error())
+                                 : cli_mj_error(cmd, "--passes");
         goto fail;
     }
     return CLI_OK;

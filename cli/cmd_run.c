@@ -17,8 +17,9 @@ static const char RUN_DETAILS[] =
     "<mod>.parametrizations.weight.0.mask or <mod>.parametrizations.bias.0.mask are\n"
     "registered as FakeSparsity (a mask key that fits no Linear weight or bias is\n"
     "an error). Other tensors in the file (input, expected, ...) are ignored.\n"
-    "Without --weights the seeded default init is used; without --input a seeded\n"
-    "randn [batch, in] input.\n"
+    "Without --weights the seeded default init is used. Without --input: the\n"
+    "input an export stores, or, with --batch (or none stored), a seeded randn\n"
+    "[batch, in] input. A saved trace runs traced unless --mode says otherwise.\n"
     "A saved trace may have several inputs of rank 1-4 (batch first): --input\n"
     "reads them by their names in the trace (`maskjit ir` shows them), or by the\n"
     "names given with --input-name, once per input in order; random inputs take\n"
@@ -37,38 +38,50 @@ int cli_parse_mode(const char *cmd, const char *text, cli_mode *mode) {
 int cmd_run(int argc, char **argv) {
     static const cli_command cmd = {"run", "MODEL [options]",
                                     "Run one forward call and print or save the output.", NULL};
-    const char *weights = NULL, *input = NULL, *mode_text = "eager", *out_path = NULL;
+    const char *weights = NULL, *input = NULL, *mode_text = NULL, *out_path = NULL;
     cli_strings input_names = {0};
     bool exact = false, fast = false, frozen = false, show_stats = false;
     /* threads 0: not given (all cores) */
-    cli_int batch = {3, 1, CLI_MAX_BATCH}, seed = {0, 0, CLI_MAX_SEED},
+    /* batch -1: not given (3, or the input an export stores) */
+    cli_int batch = {-1, 1, CLI_MAX_BATCH}, seed = {0, 0, CLI_MAX_SEED},
             threads = {0, 1, CLI_MAX_THREADS};
     const cli_opt opts[] = {
         {"--weights", OPT_STRING, &weights, "safetensors file with the model's tensors"},
         {"--input", OPT_STRING, &input, "safetensors file holding the input tensor"},
         {"--input-name", OPT_STRINGS, &input_names,
          "name of the input tensor (default: the model's input name, e.g. input); once per input"},
-        {"--mode", OPT_STRING, &mode_text, "eager | traced | compiled (default eager)"},
+        {"--mode", OPT_STRING, &mode_text, "eager | traced | compiled (default eager; traced for a saved trace)"},
         {"--exact", OPT_FLAG, &exact, "compiled: bit-identical to eager (default)"},
         {"--fast", OPT_FLAG, &fast, "compiled: allow FMA and reassociation"},
         {"--frozen", OPT_FLAG, &frozen, "compiled: bake parameters in as constants"},
         {"--threads", OPT_RANGED, &threads, "compiled: threads, 1..1024 (default: all cores)"},
         {"--stats", OPT_FLAG, &show_stats, "compiled: print the compile's times on stderr"},
         {"--out", OPT_STRING, &out_path, "write the output as tensor 'output' to this file"},
-        {"--batch", OPT_RANGED, &batch, "batch of the random input (default 3)"},
+        {"--batch", OPT_RANGED, &batch,
+         "batch of a seeded random input (default 3; an export's stored input unless given)"},
         {"--seed", OPT_RANGED, &seed, "seed of default init and random input (default 0)"},
     };
     const char *model;
     int rc;
     if (!cli_parse_args(&cmd, argc, argv, opts, CLI_N_OPTS(opts), RUN_DETAILS, &model, &rc)) return rc;
     if (exact && fast) return cli_error("run", CLI_USAGE, "--exact and --fast exclude each other");
-    cli_mode mode;
-    if ((rc = cli_parse_mode("run", mode_text, &mode)) != CLI_OK) return rc;
-    if (mode != MODE_COMPILED && (fast || frozen || exact || show_stats))
+    cli_mode mode = MODE_EAGER;
+    if (mode_text && (rc = cli_parse_mode("run", mode_text, &mode)) != CLI_OK) return rc;
+    if (mode_text && mode != MODE_COMPILED && (fast || frozen || exact || show_stats))
         return cli_error("run", CLI_USAGE, "--exact/--fast/--frozen/--stats apply to --mode compiled");
 
     cli_model cm;
     if ((rc = cli_model_load("run", model, weights, (uint64_t)seed.value, &cm)) != CLI_OK) return rc;
+    if (!mode_text) { /* a saved trace has no code to run eagerly: replay it */
+        mode_text = cm.module ? "eager" : "traced";
+        mode = cm.module ? MODE_EAGER : MODE_TRACED;
+        if (fast || frozen || exact || show_stats) {
+            cli_model_free(&cm);
+            return cli_error("run", CLI_USAGE, "--exact/--fast/--frozen/--stats apply to --mode compiled");
+        }
+    }
+    cm.random_inputs = batch.value != -1 && !input;
+    if (batch.value == -1) batch.value = 3;
     mj_tensor *x[CLI_MAX_STRINGS] = {0}, *y[CLI_MAX_STRINGS] = {0};
     int n_in = cli_model_input_count(&cm), n_out = cli_model_output_count(&cm);
     mj_jit *jit = NULL;

@@ -1,5 +1,6 @@
 /* Loading what the subcommands work on: a model (spec or saved trace) with
  * its weights and masks, and input tensors. */
+#include <errno.h>
 #include <string.h>
 #include <sys/stat.h>
 
@@ -85,8 +86,19 @@ static int load_weights(const char *cmd, cli_model *cm, mj_rng *rng) {
         if (!t) t = t_alt;
         if (!t && is_parametrization_buffer(key)) t = mj_tensor_dict_value(want, i); /* the model's */
         if (!t) {
-            cli_error(cmd, CLI_FAIL, "the weights file has no tensor '%s'%s%s%s", key,
-                      has_alt ? " (nor '" : "", has_alt ? alt : "", has_alt ? "')" : "");
+            /* torch.nn.utils.prune's state dict: '<mod>.weight_orig' and '<mod>.weight_mask' */
+            const char *plain = !param_segment(key) ? key : has_alt ? alt : NULL;
+            char orig[520] = "";
+            if (plain) snprintf(orig, sizeof orig, "%s_orig", plain);
+            if (plain && mj_tensor_dict_get(cm->file, orig))
+                cli_error(cmd, CLI_FAIL,
+                          "the weights file holds torch.nn.utils.prune's '%s' (and its mask), not '%s': "
+                          "export the pruned model with tools/export_torch.py, which keeps the masks, or "
+                          "save the state dict after prune.remove",
+                          orig, plain);
+            else
+                cli_error(cmd, CLI_FAIL, "the weights file has no tensor '%s'%s%s%s", key,
+                          has_alt ? " (nor '" : "", has_alt ? alt : "", has_alt ? "')" : "");
             goto done;
         }
         if (mj_tensor_dict_set(load, key, t) != MJ_OK) {
@@ -182,6 +194,15 @@ int cli_model_load(const char *cmd, const char *model, const char *weights, uint
         }
         if (mj_graph_input_rank(out->graph, 0) >= 2) out->in_features = mj_graph_input_dim(out->graph, 0, 1);
         return CLI_OK;
+    }
+    /* Not a regular file: a spec, unless it names a path (specs have no
+     * '/' and no '.'), which then gets the file's own error. */
+    struct stat st;
+    if (strchr(model, '/') || strchr(model, '.') || stat(model, &st) == 0) {
+        if (stat(model, &st) != 0)
+            return cli_error(cmd, CLI_USAGE, "MODEL '%s': %s", model, strerror(errno));
+        return cli_error(cmd, CLI_USAGE, "MODEL '%s' is not a regular file (%s)", model,
+                         S_ISDIR(st.st_mode) ? "a directory" : "a device, FIFO or socket");
     }
     int rc = model_from_spec(cmd, model, seed, out);
     if (rc != CLI_OK) return rc;
@@ -308,7 +329,7 @@ int cli_model_inputs(const char *cmd, cli_model *cm, const char *path, const cli
             rc = cli_load_input(cmd, path, name, &x[i], &d);
             if (rc == CLI_OK && !file) file = d;
             else mj_tensor_dict_free(d);
-        } else if (cm->exported && mj_tensor_dict_get(cm->file, name)) {
+        } else if (cm->exported && !cm->random_inputs && mj_tensor_dict_get(cm->file, name)) {
             x[i] = mj_tensor_retain(mj_tensor_dict_get(cm->file, name)); /* the export's input */
         } else {
             rc = random_input_i(cmd, cm, i, batch, seed + (uint64_t)i * 1000003u, &x[i]);

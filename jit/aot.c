@@ -165,22 +165,39 @@ static void llvm_init(void) {
               LLVMInitializeNativeAsmParser() == 0;
 }
 
-mj_status mj_aot_compile(const mj_graph *g, const mj_aot_options *opts, const char *dir) {
-    if (!g || !dir) return mj_fail(MJ_ERR_INVALID, "mj_aot_compile: %s is NULL", !g ? "the graph" : "dir");
+/* o's own checks, and the target it names (t, to free) */
+static mj_status options_target(const mj_aot_options *o, target *t) {
+    if (!is_identifier(o->name))
+        return mj_fail(MJ_ERR_INVALID, "aot: name \"%.80s\" is not a C identifier of at most 64 characters", o->name);
+    if ((unsigned)o->numeric > MJ_NUMERIC_FAST)
+        return mj_fail(MJ_ERR_INVALID, "aot: unknown numeric mode %d", (int)o->numeric);
+    pthread_once(&llvm_once, llvm_init);
+    if (!llvm_ok) return mj_fail(MJ_ERR_BACKEND, "LLVM has no native target for this host");
+    return mj_aot_target_init(o, t);
+}
+
+static mj_aot_options options_or_defaults(const mj_aot_options *opts) {
     mj_aot_options o;
     if (opts) o = *opts;
     else mj_aot_options_init(&o);
     if (!o.name) o.name = "model";
-    if (!is_identifier(o.name))
-        return mj_fail(MJ_ERR_INVALID, "aot: name \"%.80s\" is not a C identifier of at most 64 characters", o.name);
-    if ((unsigned)o.numeric > MJ_NUMERIC_FAST)
-        return mj_fail(MJ_ERR_INVALID, "aot: unknown numeric mode %d", (int)o.numeric);
-    if (!*dir) return mj_fail(MJ_ERR_INVALID, "aot: the output directory is empty");
-    pthread_once(&llvm_once, llvm_init);
-    if (!llvm_ok) return mj_fail(MJ_ERR_BACKEND, "LLVM has no native target for this host");
+    return o;
+}
 
+mj_status mj_aot_options_check(const mj_aot_options *opts) {
+    mj_aot_options o = options_or_defaults(opts);
     target t;
-    MJ_TRY(mj_aot_target_init(&o, &t));
+    MJ_TRY(options_target(&o, &t));
+    mj_aot_target_free(&t);
+    return MJ_OK;
+}
+
+mj_status mj_aot_compile(const mj_graph *g, const mj_aot_options *opts, const char *dir) {
+    if (!g || !dir) return mj_fail(MJ_ERR_INVALID, "mj_aot_compile: %s is NULL", !g ? "the graph" : "dir");
+    mj_aot_options o = options_or_defaults(opts);
+    if (!*dir) return mj_fail(MJ_ERR_INVALID, "aot: the output directory is empty");
+    target t;
+    MJ_TRY(options_target(&o, &t));
     aot a;
     LLVMMemoryBufferRef obj = NULL;
     char *need = NULL, *hdr = NULL;

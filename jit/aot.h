@@ -35,13 +35,18 @@ void mj_aot_options_init(mj_aot_options *o);
  * Creates DIR if its parent exists. Same graph and options, same bytes. */
 mj_status mj_aot_compile(const mj_graph *g, const mj_aot_options *o, const char *dir);
 
+/* The checks mj_aot_compile makes of o alone (name, numeric mode, target
+ * CPU and features), without a graph: MJ_OK, or the error it would fail
+ * with. For front ends that tell bad arguments from bad models. */
+mj_status mj_aot_options_check(const mj_aot_options *o);
+
 /* NAME_run's return codes (also in the generated header). */
 enum {
     MJ_AOT_OK = 0,
     MJ_AOT_ERR_CPU = 1,      /* the CPU lacks a feature the code was compiled for */
     MJ_AOT_ERR_NULL = 2,     /* inputs, outputs or one of their pointers is NULL  */
     MJ_AOT_ERR_BATCH = 3,    /* batch < 1 or > NAME_MAX_BATCH                     */
-    MJ_AOT_ERR_OVERLAP = 4,  /* an input and an output buffer overlap             */
+    MJ_AOT_ERR_OVERLAP = 4,  /* an output overlaps an input or another output     */
     MJ_AOT_ERR_NOMEM = 5,    /* no memory for the intermediate values             */
     MJ_AOT_ERR_KEY = 6,      /* NAME_bind: no parameter of that name              */
     MJ_AOT_ERR_UNBOUND = 7,  /* live: a parameter is not bound (or NULL)          */

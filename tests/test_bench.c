@@ -541,7 +541,8 @@ Test(bench, program_times_a_saved_trace) {
     mjt_free_traced(g, m);
 
     /* errors: a bad MODEL fails with the reason; --batch needs a MODEL or W6 */
-    expect_bench_error((const char *[]){"b", "/nonexistent/model.mjt"}, 2, 1, "neither a file nor a model spec");
+    expect_bench_error((const char *[]){"b", "/nonexistent/model.mjt"}, 2, 2, "MODEL '/nonexistent/model.mjt': No such file");
+    expect_bench_error((const char *[]){"b", "nonexistent"}, 2, 1, "neither a file nor a model spec");
     expect_bench_error((const char *[]){"b", "--workloads", "W1,W2", "--batch", "4"}, 5, 2, "--batch goes with a MODEL");
     expect_bench_error((const char *[]){"b", "mut", "--batch", "0"}, 4, 2, "--batch wants batches");
 }

@@ -59,6 +59,35 @@ Test(cli, run_modes_write_eager_output, .timeout = 60) {
     MJT_FREE(in, out);
 }
 
+/* A saved trace runs traced by default (it has no code for eager mode);
+ * an export's stored input is used unless --batch asks for another batch. */
+Test(cli, run_on_a_trace_defaults_to_traced_and_batch_picks_a_random_input, .timeout = 60) {
+    char *out = tmp_path("trace-out.safetensors"), *fx = malloc(512);
+    snprintf(fx, 512, "%s/export_residual.safetensors", FIXTURES);
+    mj_tensor_dict *file;
+    OK(mj_safetensors_load(fx, &file));
+    const mj_tensor *stored = mj_tensor_dict_get(file, "input");
+    cr_assert_not_null(stored);
+    cr_assert_eq(run_maskjit(NULL, "run %s --out %s", fx, out), 0);
+    mj_tensor *got = mjt_load_tensor(out, "output");
+    cr_assert(mj_tensor_equal(got, mj_tensor_dict_get(file, "expected")) ||
+                  mj_tensor_allclose(got, mj_tensor_dict_get(file, "expected"), 1e-5, 1e-5),
+              "the stored input's output");
+    mj_tensor_release(got);
+    cr_assert_eq(run_maskjit(NULL, "run %s --batch 7 --out %s", fx, out), 0);
+    got = mjt_load_tensor(out, "output");
+    cr_assert_eq(mj_tensor_shape(got)[0], 7);
+    cr_assert_neq(mj_tensor_shape(mj_tensor_dict_get(file, "input"))[0], 7);
+    mj_tensor_release(got);
+    char *err = NULL;
+    cr_assert_eq(mjt_maskjit(&err, true, "run %s --mode eager", fx), 2);
+    cr_assert_not_null(strstr(err, "eager mode needs the model's code"), "%s", err);
+    free(err);
+    mj_tensor_dict_free(file);
+    unlink(out);
+    MJT_FREE(out, fx);
+}
+
 /* A saved trace replays without model code, and equals the model's eager output. */
 Test(cli, trace_then_replay_matches_fixture, .timeout = 60) {
     char fixture[512], *trace = tmp_path("trace.safetensors"), *out = tmp_path("y.safetensors");

@@ -1015,10 +1015,26 @@ Test(reliability, cli_bad_arguments_exit_2_with_a_message) {
                "--exact", "--fast");
     CLI_EXPECT(2, "unexpected argument 'extra'", "run", "mut", "extra");
     CLI_EXPECT(2, "missing MODEL", "run");
-    CLI_EXPECT(2, "neither a file nor a model spec", "run", "/nonexistent/model.safetensors");
+    CLI_EXPECT(2, "neither a file nor a model spec", "run", "nonexistent");
+    /* a path (specs have no '/' or '.') gets the file's own error */
+    CLI_EXPECT(2, "MODEL '/nonexistent/model.safetensors': No such file or directory", "run",
+               "/nonexistent/model.safetensors");
+    CLI_EXPECT(2, "MODEL 'model.safetensors': No such file or directory", "check", "model.safetensors");
+    CLI_EXPECT(2, "is not a regular file (a directory)", "run", "/tmp");
     CLI_EXPECT(2, "between 1 and 65536", "run", "mlp:4,99999999999");
     CLI_EXPECT(2, "unknown activation", "ir", "mlp:4,4:act=swish");
-    cr_assert_eq(cases, 20);
+    CLI_EXPECT(2, "--passes: optimize: unknown pass 'bogus'", "ir", "mut", "--passes", "bogus");
+    /* aot's own arguments, before the model is even read */
+    CLI_EXPECT(2, "maskjit aot: name \"bad name\" is not a C identifier", "aot", "/nonexistent/m.safetensors",
+               "-o", "/nonexistent/dir", "--name", "bad name");
+    CLI_EXPECT(2, "unknown target CPU \"pentium\"", "aot", "mut", "-o", "/nonexistent/dir", "--target-cpu",
+               "pentium");
+    CLI_EXPECT(2, "feature \"foo\" cannot be checked at run time", "aot", "mut", "-o", "/nonexistent/dir",
+               "--features", "+foo");
+    CLI_EXPECT(2, "maskjit bench: MODEL '/nonexistent/m.safetensors': No such file", "bench",
+               "/nonexistent/m.safetensors");
+    CLI_EXPECT(2, "tools/bench.sh --torch --workloads W7", "bench", "--workloads", "W7");
+    cr_assert_eq(cases, 29);
 }
 
 /* Bad data files: a message and exit 1 (the model could not run). */
@@ -1046,6 +1062,17 @@ Test(reliability, cli_bad_files_fail_with_a_message) {
     OK(mj_tensor_zeros(&wrong, 2, ws));
     OK(mj_tensor_dict_set(sd, "seq.0.weight", wrong));
     OK(mj_safetensors_save(shaped, sd));
+    /* a torch.nn.utils.prune state dict: 'linear.weight_orig' and '_mask' */
+    char *pruned = tmp_path("pruned.safetensors");
+    mj_tensor_dict *pd;
+    OK(mj_module_state_dict(m, false, &pd));
+    mj_tensor *w = mj_tensor_retain(mj_tensor_dict_get(pd, "linear.weight"));
+    OK(mj_tensor_dict_remove(pd, "linear.weight"));
+    OK(mj_tensor_dict_set(pd, "linear.weight_orig", w));
+    OK(mj_tensor_dict_set(pd, "linear.weight_mask", w));
+    OK(mj_safetensors_save(pruned, pd));
+    mj_tensor_release(w);
+    mj_tensor_dict_free(pd);
 
     CLI_EXPECT(1, "cannot open", "run", "mut", "--weights", "/nonexistent/w.safetensors");
     CLI_EXPECT(1, "exceeds the limit", "run", "mut", "--weights", corrupt);
@@ -1058,7 +1085,11 @@ Test(reliability, cli_bad_files_fail_with_a_message) {
     CLI_EXPECT(1, "has no tensor 'input'", "run", "mut", "--input", partial);
     /* a corrupt file given as MODEL */
     CLI_EXPECT(1, "exceeds the limit", "run", corrupt);
-    cr_assert_eq(cases, 10);
+    CLI_EXPECT(1, "holds torch.nn.utils.prune's 'linear.weight_orig' (and its mask), not 'linear.weight'", "run",
+               "mut", "--weights", pruned);
+    cr_assert_eq(cases, 11);
+    unlink(pruned);
+    free(pruned);
 
     MJT_RELEASE(keep, wrong);
     mj_tensor_dict_free(sd);
