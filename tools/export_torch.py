@@ -1713,8 +1713,14 @@ def _trace(model, inputs, check_sets=None):
         # PyTorch's own code (and FakeStructuredSparsity here) warns on shape
         # asserts of params; what it cannot see in the user's code is the
         # real risk, and retracing at other batch sizes checks the rest.
+        # A tensor turned into a Python number (`/ math.sqrt(d)` with d from
+        # x.shape) is a constant of the trace: the retrace at other batch
+        # sizes, on other random inputs, refuses it if it came from the
+        # batch or the data. A Python bool decides control flow, which the
+        # retrace may not reach: refused here.
         where = os.path.abspath(w.filename)
-        if issubclass(w.category, torch.jit.TracerWarning) and \
+        number = re.match(r"Converting a tensor to a Python (float|integer|index|number)", str(w.message))
+        if issubclass(w.category, torch.jit.TracerWarning) and not number and \
                 not where.startswith(_TORCH_DIR + os.sep) and where != os.path.abspath(__file__):
             raise ExportError(f"the trace may not generalise to other inputs: "
                               f"{os.path.basename(w.filename)}:{w.lineno}: {w.message}")

@@ -10,6 +10,7 @@ need `maskjit check` say they skipped it. Last line: "export: N passed, M failed
 import contextlib
 import inspect
 import io
+import math
 import os
 import sys
 import tempfile
@@ -401,6 +402,26 @@ class ExportTest(unittest.TestCase):
     def test_batch_merged_with_another_dim_is_refused(self):
         self.assert_refused(Heads(merge_batch=True).eval(), torch.randn(3, 5, 8),
                             "mixes the batch with other dims", maskjit=None)
+
+    def test_python_numbers_from_sizes_export_and_from_data_are_refused(self):
+        class Scaled(nn.Module):
+            def __init__(self, from_data=False):
+                super().__init__()
+                self.fc = nn.Linear(8, 8)
+                self.from_data = from_data
+
+            def forward(self, x):
+                d = x.shape[-1]  # a tensor while tracing: math.sqrt turns it into a number
+                scale = float(x.abs().max()) if self.from_data else math.sqrt(d)
+                return self.fc(x) / scale
+
+        torch.manual_seed(10)
+        self.export(Scaled(), torch.randn(3, 5, 8))
+        self.assert_in_ir("div")
+        self.assert_maskjit_passed()
+        os.remove(self.path())
+        self.assert_refused(Scaled(from_data=True), torch.randn(3, 5, 8),
+                            "the traced graph changes with the input", maskjit=None)
 
     def test_value_dependent_control_flow_is_refused(self):
         line = line_of(DataDependent.forward, "x.sum() > 0")
