@@ -714,6 +714,24 @@ def _cat(cx, node, ins):
     return [cx.b.op("cat", xs, tuple(shape), attrs=[("dim", d)])]
 
 
+def _stack(cx, node, ins):
+    # aten::stack(xs, dim): each x with a new size-1 dim, then cat
+    xs = [_tensor(cx, v) for v in ins[0]]
+    d = _const_arg(cx, ins[1], "dim") % (len(xs[0].shape) + 1)
+    ys = []
+    for x in xs:
+        sizes = [_Sym(1) if v == B else v for v in x.shape]
+        sizes.insert(d, 1)
+        ys.append(_reshape_to(cx, x, sizes))
+    return _cat(cx, node, [ys, d])
+
+
+def _abs(cx, node, ins):
+    # |x| as maximum(x, -x): maskjit's maximum gives +0 for -0 and keeps NaN
+    x = _tensor(cx, ins[0])
+    return [cx.b.op("maximum", [x, cx.b.op("neg", [x], x.shape)], x.shape)]
+
+
 def _binary(opname, reverse=False):
     def emit(cx, node, ins):
         a, b = ins[0], ins[1]
@@ -994,6 +1012,27 @@ def _conv(cx, x, w, bias, stride, padding, dilation, groups):
     return [cx.b.op("conv2d", ops, (B, w.shape[0], oh, ow), attrs=attrs)]
 
 
+def _conv1d(cx, x, w, bias, stride, padding, dilation, groups):
+    """Conv1d as a conv2d over one row: x [B, C, L] as [B, C, 1, L], the
+    weight [O, C/g, K] as [O, C/g, 1, K]; each output element sees the same
+    products in the same order."""
+    if len(x.shape) != 3 or x.shape[0] != B:
+        raise ExportError(f"{cx.b.where()}: conv1d of {_shape_str(x.shape)}; maskjit takes [B, C, L]")
+    one = []
+    for v, what in ((stride, "stride"), (padding, "padding"), (dilation, "dilation")):
+        v = _const_arg(cx, v, what)
+        if isinstance(v, str):
+            raise ExportError(f"unsupported: {cx.b.where()}: padding={v!r}; give the padding as a number")
+        v = v if isinstance(v, list) else [v]
+        if len(v) != 1 or not isinstance(v[0], int) or isinstance(v[0], bool):
+            raise ExportError(f"unsupported: {cx.b.where()}: conv1d {what} = {v!r}")
+        one.append(v[0])
+    x4 = _reshape_to(cx, x, [_Sym(1), x.shape[1], 1, x.shape[2]])
+    w4 = _reshape_to(cx, w, [w.shape[0], w.shape[1], 1, w.shape[2]])
+    y = _conv(cx, x4, w4, bias, [1, one[0]], [0, one[1]], [1, one[2]], groups)[0]
+    return [_reshape_to(cx, y, [_Sym(1), y.shape[1], y.shape[3]])]
+
+
 def _padding_arg(cx, v):
     if isinstance(v, str):
         raise ExportError(f"unsupported: {cx.b.where()}: padding={v!r}; give the padding as numbers")
@@ -1005,9 +1044,12 @@ def _convolution(cx, node, ins):
     if _const_arg(cx, ins[6], "transposed"):
         raise ExportError(f"unsupported: {cx.b.where()}: transposed convolution")
     w = _tensor(cx, ins[1], "weight")
+    if len(w.shape) == 3:
+        return _conv1d(cx, _tensor(cx, ins[0]), w, ins[2], ins[3], ins[4], ins[5],
+                       _const_arg(cx, ins[8], "groups"))
     if len(w.shape) != 4:
         raise ExportError(f"unsupported: {cx.b.where()}: a convolution with weight "
-                          f"{_shape_str(w.shape)}; maskjit has 2-D convolutions (Conv2d)")
+                          f"{_shape_str(w.shape)}; maskjit has 1-D and 2-D convolutions (Conv1d, Conv2d)")
     return _conv(cx, _tensor(cx, ins[0]), w, ins[2], _pair(cx, ins[3], "stride"),
                  _padding_arg(cx, ins[4]), _pair(cx, ins[5], "dilation"), _const_arg(cx, ins[8], "groups"))
 
@@ -1033,6 +1075,12 @@ def _convolution_mode(cx, node, ins):
                  _const_arg(cx, ins[6], "groups"))
 
 
+def _conv1d_op(cx, node, ins):
+    # aten::conv1d(x, w, b, stride, padding, dilation, groups)
+    return _conv1d(cx, _tensor(cx, ins[0]), _tensor(cx, ins[1], "weight"), ins[2], ins[3], ins[4], ins[5],
+                   _const_arg(cx, ins[6], "groups"))
+
+
 def _conv2d(cx, node, ins):
     # aten::conv2d(x, w, b, stride, padding, dilation, groups)
     return _conv(cx, _tensor(cx, ins[0]), _tensor(cx, ins[1], "weight"), ins[2], _pair(cx, ins[3], "stride"),
@@ -1042,6 +1090,11 @@ def _conv2d(cx, node, ins):
 def _batch_norm(cx, node, ins):
     # aten::batch_norm(x, weight, bias, running_mean, running_var, training, momentum, eps, cudnn)
     x = _tensor(cx, ins[0])
+    if len(x.shape) in (2, 3) and x.shape[0] == B and B not in x.shape[1:]:
+        # BatchNorm1d over [B, C] or [B, C, L]: per channel, as over [B, C, L, 1]
+        x4 = _reshape_to(cx, x, [_Sym(1), x.shape[1], x.shape[2] if len(x.shape) == 3 else 1, 1])
+        y = _batch_norm(cx, node, [x4] + list(ins[1:]))[0]
+        return [_reshape_to(cx, y, [_Sym(1)] + list(x.shape[1:]))]
     _rank4(cx, x, "batch_norm")
     if _const_arg(cx, ins[5], "training") is not False:
         raise ExportError(f"{cx.b.where()}: batch_norm in training mode (call model.eval())")
@@ -1115,6 +1168,8 @@ OPS = {
     "aten::split_with_sizes": _split,
     "aten::slice": _slice,
     "aten::cat": _cat,
+    "aten::stack": _stack,
+    "aten::abs": _abs,
     "aten::select": _select,
     "aten::squeeze": _squeeze,
     "aten::clamp": _clamp,
@@ -1147,6 +1202,7 @@ OPS = {
     "aten::layer_norm": _layer_norm,
     "aten::_convolution": _convolution,
     "aten::conv2d": _conv2d,
+    "aten::conv1d": _conv1d_op,
     "aten::_convolution_mode": _convolution_mode,
     "aten::batch_norm": _batch_norm,
     "aten::max_pool2d": _pool("max_pool2d"),

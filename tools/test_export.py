@@ -267,6 +267,31 @@ class ExportTest(unittest.TestCase):
         self.assert_in_ir("mean", "slice", "maximum", "minimum", ": f32[B,4,36]")
         self.assert_maskjit_passed()
 
+    def test_conv1d_batchnorm1d_stack_and_abs_export_and_check(self):
+        class Audio(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.conv = nn.Conv1d(4, 8, 3, padding=1)
+                self.bn = nn.BatchNorm1d(8)
+                self.down = nn.Conv1d(8, 8, 5, stride=2, groups=2)
+                self.fc = nn.Linear(8, 6)
+                self.bn_fc = nn.BatchNorm1d(6)
+                for bn in (self.bn, self.bn_fc):
+                    bn.running_mean.uniform_(-0.2, 0.2)
+                    bn.running_var.uniform_(0.5, 1.5)
+
+            def forward(self, x):
+                y = self.down(torch.relu(self.bn(self.conv(x))))
+                h = self.bn_fc(self.fc(y.mean(-1)))
+                return torch.stack([h, h.abs()], dim=1)
+
+        torch.manual_seed(11)
+        model = Audio()
+        prune.l1_unstructured(model.conv, "weight", amount=0.6)
+        self.export(model.eval(), torch.randn(3, 4, 20))
+        self.assert_in_ir("conv2d", "batch_norm", "maximum", "cat", 'param "conv.weight_mask"')
+        self.assert_maskjit_passed()
+
     def test_embedding_is_refused_with_what_to_do(self):
         model = nn.Sequential(nn.Embedding(10, 8), nn.Linear(8, 2))
         self.assert_refused(model, torch.zeros(2, 5), "nn.Embedding takes integer indices",
