@@ -1058,6 +1058,17 @@ def _convolution_mode(cx, node, ins):
     # aten::_convolution_mode(x, w, b, stride, padding: str, dilation, groups): padding="same"/"valid"
     w = _tensor(cx, ins[1], "weight")
     mode = _const_arg(cx, ins[4], "padding")
+    if len(w.shape) == 3:  # Conv1d
+        stride, dilation = _const_arg(cx, ins[3], "stride"), _const_arg(cx, ins[5], "dilation")
+        s1 = stride[0] if isinstance(stride, list) else stride
+        d1 = dilation[0] if isinstance(dilation, list) else dilation
+        total = d1 * (w.shape[2] - 1)
+        if mode != "valid" and (mode != "same" or s1 != 1 or total % 2):
+            raise ExportError(f"unsupported: {cx.b.where()}: padding={mode!r} with kernel "
+                              f"{list(w.shape[2:])}, stride {s1}, dilation {d1}; maskjit pads "
+                              "both sides equally (give the padding as a number)")
+        return _conv1d(cx, _tensor(cx, ins[0]), w, ins[2], s1, 0 if mode == "valid" else total // 2, d1,
+                       _const_arg(cx, ins[6], "groups"))
     if len(w.shape) != 4:
         raise ExportError(f"unsupported: {cx.b.where()}: a convolution with weight "
                           f"{_shape_str(w.shape)}; maskjit has 2-D convolutions (Conv2d)")

@@ -271,7 +271,7 @@ class ExportTest(unittest.TestCase):
         class Audio(nn.Module):
             def __init__(self):
                 super().__init__()
-                self.conv = nn.Conv1d(4, 8, 3, padding=1)
+                self.conv = nn.Conv1d(4, 8, 3, padding="same")
                 self.bn = nn.BatchNorm1d(8)
                 self.down = nn.Conv1d(8, 8, 5, stride=2, groups=2)
                 self.fc = nn.Linear(8, 6)
@@ -323,7 +323,8 @@ class ExportTest(unittest.TestCase):
         for module, needle in cases:
             with self.subTest(module=repr(module)):
                 self.assert_refused(module, x, needle)
-        self.assert_refused(nn.Conv1d(4, 4, 3), torch.randn(2, 4, 9), "2-D convolutions")
+        self.assert_refused(nn.Conv1d(4, 4, 4, padding="same"), torch.randn(2, 4, 9),
+                            "padding='same' with kernel [4], stride 1")
 
     def test_conv_padding_same_and_valid_export_as_numbers(self):
         torch.manual_seed(6)
