@@ -389,7 +389,8 @@ mj_status mj_aot_emit_strerror(emit *e, const char *need) {
 }
 #pragma GCC diagnostic pop
 
-/* const int NAME_<what>_rank[1]; const int64_t NAME_<what>_dims[1][4] (-1 = B, 0 = unused) */
+/* const int NAME_<what>_rank[n]; const int64_t NAME_<what>_dims[n][4] (-1 = B, 0 = unused), one row
+ * per input (or output) in the body's order */
 void mj_aot_emit_shape_tables(emit *e, const char *what, const int32_t *nodes, int32_t n) {
     char nm[160];
     snprintf(nm, sizeof nm, "%s_%s_rank", e->name, what);
