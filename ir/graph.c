@@ -684,12 +684,35 @@ void mj_graph_replace_uses(mj_graph *g, int32_t from, int32_t to) {
         if (g->outputs[i] == from) g->outputs[i] = to;
 }
 
+bool *mj_graph_live(const mj_graph *g) {
+    bool *live = mj_alloc_array((size_t)g->n_nodes + 1, sizeof *live);
+    if (!live) return NULL;
+    for (int32_t i = 0; i < g->n_outputs; i++) live[g->outputs[i]] = true;
+    /* Operands precede their users (SSA order): one backward sweep suffices. */
+    for (int32_t i = g->n_nodes - 1; i >= 0; i--) {
+        const mj_node *n = &g->nodes[i];
+        if (n->op == MJ_OP_INPUT) live[i] = true;
+        if (live[i])
+            for (int k = 0; k < n->n_operands; k++) live[n->operands[k]] = true;
+    }
+    return live;
+}
+
 int32_t *mj_graph_use_counts(const mj_graph *g) {
     int32_t *c = mj_alloc_array((size_t)g->n_nodes + 1, sizeof *c);
-    if (!c) return NULL;
-    for (int32_t i = 0; i < g->n_nodes; i++)
-        for (int k = 0; k < g->nodes[i].n_operands; k++) c[g->nodes[i].operands[k]]++;
+    bool *live = mj_graph_live(g);
+    if (!c || !live) {
+        free(c);
+        free(live);
+        return NULL;
+    }
+    /* only live users count: simplify leaves the nodes it bypasses for dce,
+     * and their uses must not keep a fusion from happening before it */
     for (int32_t i = 0; i < g->n_outputs; i++) c[g->outputs[i]]++;
+    for (int32_t i = 0; i < g->n_nodes; i++)
+        if (live[i])
+            for (int k = 0; k < g->nodes[i].n_operands; k++) c[g->nodes[i].operands[k]]++;
+    free(live);
     return c;
 }
 

@@ -124,8 +124,12 @@ double mj_tolerance_scale(const mj_tensor *t);
 mj_status mj_graph_compact(mj_graph *g, const bool *keep);
 /* Replaces every use of value `from` (operands and outputs) by `to`. */
 void mj_graph_replace_uses(mj_graph *g, int32_t from, int32_t to);
-/* Number of uses of each value (operands + outputs); caller frees. */
+/* Number of uses of each value (operands of the nodes that reach an output,
+ * and outputs): a dead node's uses do not count. Caller frees. */
 int32_t *mj_graph_use_counts(const mj_graph *g);
+/* Per node: does a graph output depend on it (inputs always do: they are
+ * the graph's signature)? Caller frees. */
+bool *mj_graph_live(const mj_graph *g);
 /* true for nodes whose value depends on no input (params and consts only). */
 bool *mj_graph_input_free(const mj_graph *g);
 

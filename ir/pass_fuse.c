@@ -78,7 +78,16 @@ mj_status mj_pass_fuse(mj_graph *g) {
         keep[l] = false;
         fused = true;
     }
-    mj_status s = fused ? mj_graph_compact(g, keep) : MJ_OK;
+    mj_status s = MJ_OK;
+    if (fused) {
+        /* dead nodes go too: one may still name a linear that was fused
+         * (simplify bypasses nodes and leaves them for dce) */
+        bool *live = mj_graph_live(g);
+        if (!live) s = MJ_ERR_NOMEM;
+        for (int32_t i = 0; i < g->n_nodes && live; i++) keep[i] = keep[i] && live[i];
+        free(live);
+        if (s == MJ_OK) s = mj_graph_compact(g, keep);
+    }
     free(uses);
     free(keep);
     return s;

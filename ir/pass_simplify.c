@@ -14,6 +14,11 @@
  *      +0.0f + x[k]*0 ... = +0.0f when every x[k] is finite (an inf or NaN
  *      input would make it NaN: the one documented exception, see
  *      docs/numerics.md), then + b: what expand computes.
+ *  - transpose(transpose(x)) swapping the same two dims -> x: data movement
+ *      only. PyTorch's seq-first attention code transposes its batch-first
+ *      input and output, and the exporter's batch-first form of it
+ *      transposes back: the copies go, and a residual add after the output
+ *      projection can fuse into it again.
  *
  * Rewrites look at the rewritten operands, so a zero mask that turns the
  * weight into a zero const also turns its linear into an expand in the same
@@ -60,6 +65,13 @@ static bool name_taken(const mj_graph *a, const mj_graph *b, const char *name) {
     return false;
 }
 
+/* The two dims a transpose swaps, dim0 < dim1 (dim0 == dim1 in the node:
+ * the last two). */
+static void swapped_dims(const mj_node *n, int *d0, int *d1) {
+    *d0 = n->sa.dim0 == n->sa.dim1 ? n->type.rank - 2 : n->sa.dim0;
+    *d1 = n->sa.dim0 == n->sa.dim1 ? n->type.rank - 1 : n->sa.dim1;
+}
+
 /* Emits old node i into ng with rewrites; *to receives its new value. */
 static mj_status emit(const mj_graph *g, mj_graph *ng, int32_t i, const int32_t *map,
                       int32_t *to, bool *changed) {
@@ -93,6 +105,17 @@ static mj_status emit(const mj_graph *g, mj_graph *ng, int32_t i, const int32_t 
             mj_tensor_release(z);
             *changed = true;
             return s;
+        }
+    }
+    if (n->op == MJ_OP_TRANSPOSE && ng->nodes[ops[0]].op == MJ_OP_TRANSPOSE) {
+        const mj_node *inner = &ng->nodes[ops[0]];
+        int a0, a1, b0, b1;
+        swapped_dims(n, &a0, &a1);
+        swapped_dims(inner, &b0, &b1);
+        if (a0 == b0 && a1 == b1 && mj_type_equal(&n->type, &ng->nodes[inner->operands[0]].type)) {
+            *to = inner->operands[0];
+            *changed = true;
+            return MJ_OK;
         }
     }
     if ((mj_op_is_linear(n->op) ||

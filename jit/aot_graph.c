@@ -92,7 +92,7 @@ mj_status mj_aot_prepare(const mj_graph *g0, const mj_aot_options *o, const targ
         MJ_TRY(mj_graph_freeze(a->g));
         MJ_TRY(mj_graph_optimize(a->g, "default"));
     } else {
-        MJ_TRY(mj_graph_optimize(a->g, "cse,fuse,dce"));
+        MJ_TRY(mj_graph_optimize(a->g, "simplify,cse,fuse,dce"));
     }
     MJ_TRY(check_graph(a->g));
     for (int32_t i = 0; i < a->g->n_nodes; i++) {

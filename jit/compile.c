@@ -231,7 +231,7 @@ mj_status mj_jit_compile(mj_jit *jit, const mj_graph *g, const mj_compile_option
         /* batch norm into the conv before it: other rounding, fast mode only */
         if (opts.numeric == MJ_NUMERIC_FAST && (s = mj_graph_optimize(c->g, "fold_bn,dce")) != MJ_OK) goto fail;
     } else {
-        if ((s = mj_graph_optimize(c->g, "cse,fuse,dce")) != MJ_OK) goto fail;
+        if ((s = mj_graph_optimize(c->g, "simplify,cse,fuse,dce")) != MJ_OK) goto fail;
     }
     if ((s = check_graph(c->g)) != MJ_OK) goto fail;
     c->n_in = mj_graph_input_count(c->g);

@@ -115,9 +115,11 @@ mj_status mj_graph_bind(mj_graph *g, const mj_tensor_dict *d);
  * current value. */
 mj_status mj_graph_freeze(mj_graph *g);
 /* Runs passes by name, comma separated, in order: "dce", "cse", "fold",
- * "simplify", "fuse" (a linear and its single-use activation -> linear_act,
- * then a linear/linear_act and its single-use residual add -> linear_add /
- * linear_act_add; docs/IR.md), "fold_bn" (batch norm into the conv before
+ * "simplify" (bit-exact rewrites: masks of ones, zero consts, a transpose
+ * of a transpose over the same dims; ir/pass_simplify.c), "fuse" (a linear
+ * and its single-use activation -> linear_act, then a linear/linear_act and
+ * its single-use residual add -> linear_add / linear_act_add; uses by dead
+ * nodes do not count, and fuse drops those nodes; docs/IR.md), "fold_bn" (batch norm into the conv before
  * it: changes rounding, so not in the default); NULL or "default" =
  * "simplify,fold,simplify,cse,fuse,dce".
  * The graph is verified after each pass. */
