@@ -443,7 +443,7 @@ Test(export, vit_block_with_fused_qkv_chunk_runs_in_every_mode, .timeout = 120) 
  * out_proj too), exported through the exporter's batch-first form of
  * multi-head attention. */
 Test(export, torch_transformer_encoder_with_padding_mask_runs_in_every_mode, .timeout = 120) {
-    check_fixture_at("export_torch_encoder", "3,1,17", true); /* in_proj 32 -> 96 */
+    check_fixture_at("export_torch_encoder", "3,1,17", false); /* 32-wide layers */
 }
 
 Test(export, llama_mlp_with_rmsnorm_and_silu_gate_runs_in_every_mode, .timeout = 60) {

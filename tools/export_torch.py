@@ -1648,17 +1648,28 @@ def _mha_batch_first(query, key, value, embed_dim_to_check, num_heads, in_proj_w
         raise ExportError(f"unsupported: nn.MultiheadAttention with {why}")
     tgt_len, bsz, embed_dim = query.shape
     head_dim = embed_dim_to_check // num_heads  # a Python int: the scale is a constant
+    # nn.MultiheadAttention made its batch-first inputs seq-first; back to
+    # batch first before the projections (maskjit's simplify pass removes
+    # the two transposes)
+    q_in = query.transpose(0, 1)
+    k_in = q_in if key is query else key.transpose(0, 1)
+    v_in = k_in if value is key else value.transpose(0, 1)
     if not use_separate_proj_weight:
-        q, k, v = F._in_projection_packed(query, key, value, in_proj_weight, in_proj_bias)
+        # the packed [3E, E] projection as three [E, E] ones (row slices of
+        # the weight, which frozen mode folds): each output element is the
+        # same dot product, and no slices of a [B, S, 3E] result are copied
+        w_q, w_k, w_v = in_proj_weight.chunk(3)
+        b_q, b_k, b_v = (None, None, None) if in_proj_bias is None else in_proj_bias.chunk(3)
+        q, k, v = F.linear(q_in, w_q, b_q), F.linear(k_in, w_k, b_k), F.linear(v_in, w_v, b_v)
     else:
         b_q, b_k, b_v = (None, None, None) if in_proj_bias is None else in_proj_bias.chunk(3)
-        q, k, v = F._in_projection(query, key, value, q_proj_weight, k_proj_weight,
+        q, k, v = F._in_projection(q_in, k_in, v_in, q_proj_weight, k_proj_weight,
                                    v_proj_weight, b_q, b_k, b_v)
-    src_len = k.shape[0]
-    # [S, B, E] -> [B, H, S, d]
-    q = q.transpose(0, 1).reshape(bsz, tgt_len, num_heads, head_dim).transpose(1, 2)
-    k = k.transpose(0, 1).reshape(bsz, src_len, num_heads, head_dim).transpose(1, 2)
-    v = v.transpose(0, 1).reshape(bsz, src_len, num_heads, head_dim).transpose(1, 2)
+    src_len = k.shape[1]
+    # [B, S, E] -> [B, H, S, d]
+    q = q.reshape(bsz, tgt_len, num_heads, head_dim).transpose(1, 2)
+    k = k.reshape(bsz, src_len, num_heads, head_dim).transpose(1, 2)
+    v = v.reshape(bsz, src_len, num_heads, head_dim).transpose(1, 2)
     weights = torch.matmul(q / math.sqrt(head_dim), k.transpose(-2, -1))
     if attn_mask is not None:
         weights = weights + attn_mask
