@@ -698,6 +698,18 @@ static const char MULTI_DRIVER[] =
     "        in[%1$s_NUM_INPUTS - 1] = NULL;\n        int null_rc = %1$s_run(1, in, out);\n"
     "        in[%1$s_NUM_INPUTS - 1] = buf;\n        int overlap_rc = %1$s_run(1, in, out);\n"
     "        printf(\"%%d %%d\\n\", null_rc, overlap_rc);\n        return 0;\n    }\n"
+    "#ifdef LIVE\n"
+    "    if (argc == 2 && !strcmp(argv[1], \"names\")) {\n"
+    "        for (int k = 0; k < %1$s_NUM_PARAMS; k++) printf(\"%%s\\n\", %1$s_param_names[k]);\n"
+    "        return 0;\n    }\n"
+    "    FILE *pf = fopen(argv[--argc], \"rb\"); /* the params, in %1$s_param_names order */\n"
+    "    if (!pf) return 104;\n"
+    "    for (int k = 0; k < %1$s_NUM_PARAMS; k++) {\n"
+    "        int64_t n = numel(%1$s_param_dims[k], %1$s_param_rank[k], 1);\n"
+    "        float *p = malloc((size_t)n * 4);\n"
+    "        if (!p || fread(p, 4, (size_t)n, pf) != (size_t)n || %1$s_bind(%1$s_param_names[k], p)) return 105;\n"
+    "    }\n    fclose(pf);\n"
+    "#endif\n"
     "    if (argc != 2 + %1$s_NUM_INPUTS + %1$s_NUM_OUTPUTS) return 100;\n"
     "    int64_t b = atoll(argv[1]);\n"
     "    for (int i = 0; i < %1$s_NUM_INPUTS; i++) {\n"
@@ -720,7 +732,7 @@ static const char MULTI_DRIVER[] =
 /* A fixture with several inputs (or outputs) ahead of time, frozen: its
  * header's tables, the error codes of bad calls, and at every stored batch
  * each output bit for bit against the JIT exact frozen. */
-static void check_fixture_multi(const char *name, int n_in, int n_out) {
+static void check_fixture_multi(const char *name, int n_in, int n_out, bool live) {
     char path[512];
     snprintf(path, sizeof path, MJ_SOURCE_ROOT "/tests/fixtures/%s.safetensors", name);
     mj_graph *g;
@@ -731,6 +743,7 @@ static void check_fixture_multi(const char *name, int n_in, int n_out) {
     OK(mj_safetensors_load(path, &file));
     mj_aot_options o = aot_m();
     o.description = name;
+    o.frozen = !live;
     char dir[1024], cmd[9000], out[8192], file_path[1100];
     temp_dir(dir, sizeof dir);
     OK(mj_aot_compile(g, &o, dir));
@@ -739,8 +752,26 @@ static void check_fixture_multi(const char *name, int n_in, int n_out) {
     cr_assert(f);
     fprintf(f, MULTI_DRIVER, "m");
     fclose(f);
-    snprintf(cmd, sizeof cmd, "cc -std=c17 -Wall -Wextra -Werror -o '%s/drv' '%s/drv.c' '%s/m.o' -lm 2>&1", dir, dir, dir);
+    snprintf(cmd, sizeof cmd, "cc -std=c17 -Wall -Wextra -Werror %s -o '%s/drv' '%s/drv.c' '%s/m.o' -lm 2>&1",
+             live ? "-DLIVE" : "", dir, dir, dir);
     cr_assert_eq(run(cmd, out, sizeof out), 0, "%s:\n%s", cmd, out);
+    char params[1100] = "";
+    if (live) { /* the file's tensors under the header's parameter names, in its order */
+        snprintf(cmd, sizeof cmd, "'%s/drv' names", dir);
+        cr_assert_eq(run(cmd, out, sizeof out), 0, "%s: %s", cmd, out);
+        snprintf(params, sizeof params, "%s/params.bin", dir);
+        f = fopen(params, "wb");
+        cr_assert(f);
+        int bound = 0;
+        for (char *save = NULL, *line = strtok_r(out, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+            const mj_tensor *t = mj_tensor_dict_get(file, line);
+            cr_assert_not_null(t, "%s: no tensor '%s' for the live object", name, line);
+            fwrite(mj_tensor_data(t), 4, (size_t)mj_tensor_numel(t), f);
+            bound++;
+        }
+        fclose(f);
+        cr_assert_geq(bound, 1, "%s: a live object without params", name);
+    }
     snprintf(file_path, sizeof file_path, "%s/m.h", dir);
     size_t header_len;
     char *header = mjt_read_file(file_path, &header_len);
@@ -749,13 +780,13 @@ static void check_fixture_multi(const char *name, int n_in, int n_out) {
     cr_assert(strstr(header, want), "%s not in:\n%s", want, header);
     cr_assert(strstr(header, "input 1 \""), "%s", header);
     free(header);
-    snprintf(cmd, sizeof cmd, "'%s/drv' errors", dir);
+    snprintf(cmd, sizeof cmd, "'%s/drv' errors", dir); /* live: unbound, checked after these */
     cr_assert_eq(run(cmd, out, sizeof out), 0, "%s: %s", cmd, out);
     char codes[32];
     snprintf(codes, sizeof codes, "%d %d\n", MJ_AOT_ERR_NULL, MJ_AOT_ERR_OVERLAP);
     cr_assert_str_eq(out, codes, "a NULL input; outputs over each other (one output: over an input)");
 
-    jit_ref ref = jit_ref_new(g, true, MJ_NUMERIC_EXACT);
+    jit_ref ref = jit_ref_new(g, !live, MJ_NUMERIC_EXACT);
     const char *suffixes[] = {"", ".batch1", ".batch5", ".batch6", ".batch17"};
     int checked = 0;
     for (size_t si = 0; si < sizeof suffixes / sizeof *suffixes; si++) {
@@ -777,6 +808,7 @@ static void check_fixture_multi(const char *name, int n_in, int n_out) {
         }
         for (int j = 0; j < n_out; j++)
             len += snprintf(cmd + len, sizeof cmd - (size_t)len, " '%s/y%d.bin'", dir, j);
+        if (live) len += snprintf(cmd + len, sizeof cmd - (size_t)len, " '%s'", params);
         cr_assert_eq(run(cmd, out, sizeof out), 0, "%s: %s", cmd, out);
         mj_tensor *ys[4] = {0};
         OK(mj_compiled_run_n(ref.c, n_in, xs, n_out, ys));
@@ -804,7 +836,14 @@ static void check_fixture_multi(const char *name, int n_in, int n_out) {
 /* Two inputs and two outputs; a BERT layer with its attention mask as a
  * second input; PyTorch's nn.TransformerEncoder with a padding mask input. */
 Test(aot, several_inputs_and_outputs_match_jit_bit_for_bit, .timeout = 240) {
-    check_fixture_multi("export_two_in_two_out", 2, 2);
-    check_fixture_multi("export_bert_layer", 2, 1);
-    check_fixture_multi("export_torch_encoder", 2, 1);
+    check_fixture_multi("export_two_in_two_out", 2, 2, false);
+    check_fixture_multi("export_bert_layer", 2, 1, false);
+    check_fixture_multi("export_torch_encoder", 2, 1, false);
+}
+
+/* The same live: the weights bound by name at run time, against the JIT's
+ * live exact mode. */
+Test(aot, several_inputs_and_outputs_live_match_jit_bit_for_bit, .timeout = 240) {
+    check_fixture_multi("export_two_in_two_out", 2, 2, true);
+    check_fixture_multi("export_bert_layer", 2, 1, true);
 }
