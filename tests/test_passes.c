@@ -142,6 +142,7 @@ GOLDEN(fuse_residual_no)
 GOLDEN(simplify_zero_linear_add)
 GOLDEN(simplify_transpose_pairs)
 GOLDEN(fuse_dead_users)
+GOLDEN(fold_bn_dead_user)
 GOLDEN(default_masked_mlp)
 
 /* Every before file has a test above (a new golden file must be listed). */
@@ -153,7 +154,7 @@ Test(passes, every_golden_file_is_listed) {
         "simplify_noop", "fuse_linear_act", "fuse_chain", "fuse_two_uses",
         "default_masked_mlp", "simplify_zero_mask_nan", "simplify_zero_mask_signs",
         "simplify_minus_one_mask", "fuse_residual", "fuse_residual_no", "simplify_zero_linear_add",
-        "simplify_transpose_pairs", "fuse_dead_users"};
+        "simplify_transpose_pairs", "fuse_dead_users", "fold_bn_dead_user"};
     char cmd[600];
     snprintf(cmd, sizeof cmd, "ls %s/tests/ir/ | grep -c '\\.before\\.mjir$'", MJ_SOURCE_ROOT);
     FILE *p = popen(cmd, "r");
