@@ -53,8 +53,10 @@ int cmd_aot(int argc, char **argv) {
     /* the file name, not its path: the header's bytes must not depend on where the build is */
     const char *slash = strrchr(model, '/');
     o.description = slash ? slash + 1 : model;
-    if (mj_aot_options_check(&o) != MJ_OK) /* the arguments' own errors: before the model's */
-        return cli_error("aot", CLI_USAGE, "%s", strncmp(mj_last_error(), "aot: ", 5) ? mj_last_error() : mj_last_error() + 5);
+    mj_status checked = mj_aot_options_check(&o); /* the arguments' own errors: before the model's */
+    if (checked != MJ_OK)
+        return cli_error("aot", checked == MJ_ERR_BACKEND ? CLI_FAIL : CLI_USAGE, "%s",
+                         strncmp(mj_last_error(), "aot: ", 5) ? mj_last_error() : mj_last_error() + 5);
     cli_model cm;
     if ((rc = cli_model_load("aot", model, weights, (uint64_t)seed, &cm)) != CLI_OK) return rc;
     if ((rc = cli_model_trace("aot", &cm)) == CLI_OK) {
