@@ -726,6 +726,37 @@ def _stack(cx, node, ins):
     return _cat(cx, node, [ys, d])
 
 
+def _expand(cx, node, ins):
+    # aten::expand(x, sizes, implicit): x * ones of the broadcast shape,
+    # which is x exactly (x * 1.0f == x, NaN and -0 included)
+    x = _tensor(cx, ins[0])
+    sizes = _const_arg(cx, ins[1], "size") if not isinstance(ins[1], list) else ins[1]
+    if not isinstance(sizes, list) or len(sizes) < len(x.shape):
+        raise ExportError(f"{cx.b.where()}: expand to {sizes!r}")
+    lead = len(sizes) - len(x.shape)
+    target, ones = [], []
+    for i, s in enumerate(sizes):
+        have = x.shape[i - lead] if i >= lead else None
+        if isinstance(s, _Sym) or (s == -1 and have == B):
+            if have != B:
+                raise ExportError(f"unsupported: {cx.b.where()}: expands {_shape_str(x.shape)} to the batch "
+                                  "dim; maskjit types get B from an input")
+            target.append(B)
+            ones.append(1)
+        elif s == -1:
+            target.append(have)
+            ones.append(1)
+        elif isinstance(s, int) and not isinstance(s, bool) and (have is None or have in (1, s)):
+            target.append(s)
+            ones.append(s if have != s else 1)
+        else:
+            raise ExportError(f"{cx.b.where()}: expand {_shape_str(x.shape)} to {sizes!r}")
+    if tuple(target) == x.shape:
+        return [x]
+    one = cx.b.const(torch.ones(ones))
+    return [cx.b.op("mul", [x, one], _broadcast(x.shape, one.shape, cx.b.where()))]
+
+
 def _abs(cx, node, ins):
     # |x| as maximum(x, -x): maskjit's maximum gives +0 for -0 and keeps NaN
     x = _tensor(cx, ins[0])
@@ -1181,6 +1212,7 @@ OPS = {
     "aten::cat": _cat,
     "aten::stack": _stack,
     "aten::abs": _abs,
+    "aten::expand": _expand,
     "aten::select": _select,
     "aten::squeeze": _squeeze,
     "aten::clamp": _clamp,

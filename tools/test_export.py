@@ -292,6 +292,26 @@ class ExportTest(unittest.TestCase):
         self.assert_in_ir("conv2d", "batch_norm", "maximum", "cat", 'param "conv.weight_mask"')
         self.assert_maskjit_passed()
 
+    def test_expand_exports_as_a_product_with_ones(self):
+        class Masked(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.q = nn.Linear(8, 8)
+
+            def forward(self, x, pad):  # x [B, S, 8], pad [B, S]: 0 or -inf
+                b, s, _ = x.shape
+                q = self.q(x).reshape(b, s, 2, 4).transpose(1, 2)          # [B, 2, S, 4]
+                scores = q @ q.transpose(-1, -2)                           # [B, 2, S, S]
+                bias = pad[:, None, None, :].expand(-1, 2, s, -1)          # [B, 2, S, S]
+                return torch.softmax(scores + bias, dim=-1)
+
+        torch.manual_seed(12)
+        pad = torch.zeros(3, 5)
+        pad[1, 3:] = float("-inf")
+        self.export(Masked(), (torch.randn(3, 5, 8), pad))
+        self.assert_in_ir("mul", ": f32[B,2,5,5]")
+        self.assert_maskjit_passed()
+
     def test_embedding_is_refused_with_what_to_do(self):
         model = nn.Sequential(nn.Embedding(10, 8), nn.Linear(8, 2))
         self.assert_refused(model, torch.zeros(2, 5), "nn.Embedding takes integer indices",
