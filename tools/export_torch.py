@@ -324,6 +324,11 @@ class _Sym:
         return "B" if self.coef == 1 else f"{self.coef}*B"
 
 
+def _sizes(shape):
+    """A value's shape as the trace reads it from x.shape (B as _Sym(1)), for _reshape_to."""
+    return [_Sym(1) if d == B else d for d in shape]
+
+
 class _Mod:
     """A module (or a parametrization container) reached by prim::GetAttr."""
 
@@ -677,7 +682,7 @@ def _select(cx, node, ins):
     y = x if size == 1 else cx.b.op("slice", [x], tuple(shape),
                                     attrs=[("dim", d), ("start", i), ("end", i + 1)])
     del shape[d]
-    return [_reshape_to(cx, y, [_Sym(1) if v == B else v for v in shape])]
+    return [_reshape_to(cx, y, _sizes(shape))]
 
 
 def _squeeze(cx, node, ins):
@@ -688,8 +693,7 @@ def _squeeze(cx, node, ins):
         drop = [d] if x.shape[d] == 1 else []
     else:
         drop = [d for d, v in enumerate(x.shape) if v == 1]
-    return [_reshape_to(cx, x, [_Sym(1) if v == B else v for d, v in enumerate(x.shape)
-                                if d not in drop])]
+    return [_reshape_to(cx, x, [v for d, v in enumerate(_sizes(x.shape)) if d not in drop])]
 
 
 def _clamp(cx, node, ins):
@@ -718,12 +722,7 @@ def _stack(cx, node, ins):
     # aten::stack(xs, dim): each x with a new size-1 dim, then cat
     xs = [_tensor(cx, v) for v in ins[0]]
     d = _const_arg(cx, ins[1], "dim") % (len(xs[0].shape) + 1)
-    ys = []
-    for x in xs:
-        sizes = [_Sym(1) if v == B else v for v in x.shape]
-        sizes.insert(d, 1)
-        ys.append(_reshape_to(cx, x, sizes))
-    return _cat(cx, node, [ys, d])
+    return _cat(cx, node, [[_unsqueeze(cx, node, [x, d])[0] for x in xs], d])
 
 
 def _expand(cx, node, ins):
@@ -853,22 +852,21 @@ def _flatten(cx, node, ins):
                           f"({_shape_str(x.shape)}, dims {s}..{e}); maskjit types have B only as "
                           "a whole dim")
     mid = B if B in merged else _numel(merged)
-    sizes = [_Sym(1) if d == B else d for d in x.shape[:s]] + [_Sym(1) if mid == B else mid] + \
-        [_Sym(1) if d == B else d for d in x.shape[e + 1:]]
+    sizes = _sizes(x.shape[:s]) + _sizes([mid]) + _sizes(x.shape[e + 1:])
     return [_reshape_to(cx, x, sizes)]
 
 
 def _unsqueeze(cx, node, ins):
     x = _tensor(cx, ins[0])
     d = _const_arg(cx, ins[1], "dim") % (len(x.shape) + 1)
-    sizes = [_Sym(1) if v == B else v for v in x.shape]
+    sizes = _sizes(x.shape)
     sizes.insert(d, 1)
     return [_reshape_to(cx, x, sizes)]
 
 
 def _size(cx, node, ins):
     x = _tensor(cx, ins[0])
-    dims = [_Sym(1) if d == B else d for d in x.shape]
+    dims = _sizes(x.shape)
     if len(ins) == 1:
         return [dims]
     return [dims[_const_arg(cx, ins[1], "dim") % len(dims)]]
@@ -947,7 +945,7 @@ def _reduce(opname):
             if ds != list(range(ds[0], ds[0] + len(ds))) or any(x.shape[v] == B for v in ds):
                 raise ExportError(f"unsupported: {cx.b.where()}: {opname} over dims {dims!r}; maskjit "
                                   "reduces one dim, or neighbouring dims other than the batch")
-            sym = [_Sym(1) if v == B else v for v in x.shape]
+            sym = _sizes(x.shape)
             merged = sym[:ds[0]] + [_numel(x.shape[ds[0]:ds[-1] + 1])] + sym[ds[-1] + 1:]
             y = emit(cx, node, [_reshape_to(cx, x, merged), [ds[0]], keep] + list(ins[3:]))[0]
             if keep:
