@@ -127,6 +127,11 @@ void mj_graph_replace_uses(mj_graph *g, int32_t from, int32_t to);
 /* Number of uses of each value (operands of the nodes that reach an output,
  * and outputs): a dead node's uses do not count. Caller frees. */
 int32_t *mj_graph_use_counts(const mj_graph *g);
+/* Whether node i reaches an output, read off those counts: an input always
+ * does, any other node when something live uses it. */
+static inline bool mj_uses_live(const mj_graph *g, const int32_t *uses, int32_t i) {
+    return uses[i] > 0 || g->nodes[i].op == MJ_OP_INPUT;
+}
 /* Per node: does a graph output depend on it (inputs always do: they are
  * the graph's signature)? Caller frees. */
 bool *mj_graph_live(const mj_graph *g);

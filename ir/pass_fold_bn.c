@@ -62,16 +62,15 @@ mj_status mj_pass_fold_bn(mj_graph *g) {
     /* uses count from live nodes only: a dead batch_norm must not take a
      * conv whose one live user is another node */
     int32_t *uses = mj_graph_use_counts(g);
-    bool *live = mj_graph_live(g);
     int32_t *fold = mj_alloc_array((size_t)g->n_nodes + 1, sizeof *fold); /* conv -> its batch_norm */
     int32_t *map = mj_alloc_array((size_t)g->n_nodes + 1, sizeof *map);
     mj_graph *ng = NULL;
-    mj_status s = uses && live && fold && map ? mj_graph_new(&ng) : MJ_ERR_NOMEM;
+    mj_status s = uses && fold && map ? mj_graph_new(&ng) : MJ_ERR_NOMEM;
     bool changed = false;
     for (int32_t i = 0; i < g->n_nodes && s == MJ_OK; i++) fold[i] = -1;
     for (int32_t i = 0; i < g->n_nodes && s == MJ_OK; i++) {
         const mj_node *n = &g->nodes[i];
-        if (n->op != MJ_OP_BATCH_NORM || !live[i]) continue;
+        if (n->op != MJ_OP_BATCH_NORM || !mj_uses_live(g, uses, i)) continue;
         int32_t c = n->operands[0];
         const mj_node *conv = &g->nodes[c];
         bool ok = conv->op == MJ_OP_CONV2D && uses[c] == 1 && is_const(g, conv->operands[1]) &&
@@ -96,7 +95,7 @@ mj_status mj_pass_fold_bn(mj_graph *g) {
     }
     for (int32_t i = 0; i < g->n_outputs && s == MJ_OK; i++) s = mj_graph_add_output(ng, map[g->outputs[i]]);
     for (int32_t i = 0; i < g->n_warnings && s == MJ_OK; i++) s = mj_graph_add_warning(ng, "%s", g->warnings[i]);
-    MJ_FREE_ALL(uses, live, fold, map);
+    MJ_FREE_ALL(uses, fold, map);
     if (s != MJ_OK || !changed) {
         mj_graph_free(ng);
         return s;

@@ -39,17 +39,16 @@ mj_status mj_pass_fuse(mj_graph *g) {
      * bypasses for dce), so only a live node may absorb a linear: a dead
      * activation whose linear has one live user elsewhere must not take it. */
     int32_t *uses = mj_graph_use_counts(g);
-    bool *live = mj_graph_live(g);
     bool *keep = mj_alloc_array((size_t)g->n_nodes + 1, sizeof *keep);
-    if (!uses || !live || !keep) {
-        MJ_FREE_ALL(uses, live, keep);
+    if (!uses || !keep) {
+        MJ_FREE_ALL(uses, keep);
         return MJ_ERR_NOMEM;
     }
     bool fused = false;
     for (int32_t i = 0; i < g->n_nodes; i++) keep[i] = true;
     for (int32_t i = 0; i < g->n_nodes; i++) {
         mj_node *n = &g->nodes[i];
-        if (!live[i] || !(mj_op_table[n->op].flags & MJ_OPF_ACTIVATION)) continue;
+        if (!mj_uses_live(g, uses, i) || !(mj_op_table[n->op].flags & MJ_OPF_ACTIVATION)) continue;
         int32_t l = n->operands[0];
         mj_node *lin = &g->nodes[l];
         if (lin->op != MJ_OP_LINEAR || uses[l] != 1) continue;
@@ -68,7 +67,7 @@ mj_status mj_pass_fuse(mj_graph *g) {
     bool residual = residual_fusion_on();
     for (int32_t i = 0; i < g->n_nodes && residual; i++) {
         mj_node *n = &g->nodes[i];
-        if (n->op != MJ_OP_ADD || !keep[i] || !live[i]) continue;
+        if (n->op != MJ_OP_ADD || !keep[i] || !mj_uses_live(g, uses, i)) continue;
         int k = residual_side(g, uses, n);
         if (k < 0) continue;
         int32_t l = n->operands[k], r = n->operands[1 - k];
@@ -84,9 +83,9 @@ mj_status mj_pass_fuse(mj_graph *g) {
     mj_status s = MJ_OK;
     if (fused) {
         /* dead nodes go too: one may still name a linear that was fused */
-        for (int32_t i = 0; i < g->n_nodes; i++) keep[i] = keep[i] && live[i];
+        for (int32_t i = 0; i < g->n_nodes; i++) keep[i] = keep[i] && mj_uses_live(g, uses, i);
         s = mj_graph_compact(g, keep);
     }
-    MJ_FREE_ALL(uses, live, keep);
+    MJ_FREE_ALL(uses, keep);
     return s;
 }
