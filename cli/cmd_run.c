@@ -67,7 +67,8 @@ int cmd_run(int argc, char **argv) {
     if (exact && fast) return cli_error("run", CLI_USAGE, "--exact and --fast exclude each other");
     cli_mode mode = MODE_EAGER;
     if (mode_text && (rc = cli_parse_mode("run", mode_text, &mode)) != CLI_OK) return rc;
-    if (mode_text && mode != MODE_COMPILED && (fast || frozen || exact || show_stats))
+    /* without --mode: eager, or traced for a saved trace; never compiled */
+    if ((!mode_text || mode != MODE_COMPILED) && (fast || frozen || exact || show_stats))
         return cli_error("run", CLI_USAGE, "--exact/--fast/--frozen/--stats apply to --mode compiled");
 
     cli_model cm;
@@ -75,10 +76,6 @@ int cmd_run(int argc, char **argv) {
     if (!mode_text) { /* a saved trace has no code to run eagerly: replay it */
         mode_text = cm.module ? "eager" : "traced";
         mode = cm.module ? MODE_EAGER : MODE_TRACED;
-        if (fast || frozen || exact || show_stats) {
-            cli_model_free(&cm);
-            return cli_error("run", CLI_USAGE, "--exact/--fast/--frozen/--stats apply to --mode compiled");
-        }
     }
     cm.random_inputs = batch.value != -1 && !input;
     if (batch.value == -1) batch.value = 3;

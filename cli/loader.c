@@ -198,9 +198,9 @@ int cli_model_load(const char *cmd, const char *model, const char *weights, uint
     /* Not a regular file: a spec, unless it names a path (specs have no
      * '/' and no '.'), which then gets the file's own error. */
     struct stat st;
-    if (strchr(model, '/') || strchr(model, '.') || stat(model, &st) == 0) {
-        if (stat(model, &st) != 0)
-            return cli_error(cmd, CLI_USAGE, "MODEL '%s': %s", model, strerror(errno));
+    bool exists = stat(model, &st) == 0;
+    if (exists || strchr(model, '/') || strchr(model, '.')) {
+        if (!exists) return cli_error(cmd, CLI_USAGE, "MODEL '%s': %s", model, strerror(errno));
         return cli_error(cmd, CLI_USAGE, "MODEL '%s' is not a regular file (%s)", model,
                          S_ISDIR(st.st_mode) ? "a directory" : "a device, FIFO or socket");
     }
