@@ -376,6 +376,7 @@ mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan 
                 int32_t next = p->padded_by[p->tail_out[i]];
                 cl.x_padded = p->padded_by[n->operands[0]] >= 0;
                 if (next >= 0) {
+                    cl.y_padded = true;
                     cl.pad_y[0] = g->nodes[next].attrs.i[MJ_CONV_PADDING];
                     cl.pad_y[1] = g->nodes[next].attrs.i[MJ_CONV_PADDING + 1];
                 }

@@ -37,9 +37,11 @@ typedef struct mj_cnn_lowering {
     mj_conv_step tail[MJ_CONV_TAIL_MAX];
     bool fault;               /* test-only: + 0.5 on the conv's own value      */
     /* frozen sparse conv2d: x is stored zero-padded for it (its borders
-     * still to be zeroed); y is stored zero-padded with pad_y[0..1] rows and
-     * columns around each plane (0: plain) for the next conv */
-    bool x_padded;
+     * still to be zeroed); y_padded: y is stored in the next conv's padded
+     * layout, pad_y[0..1] rows and columns around each plane and rows as
+     * long as that conv's (longer than OW + 2 pad_y[1] where it rounds them
+     * up: so also with no padding) */
+    bool x_padded, y_padded;
     int64_t pad_y[2];
     /* column mode's threads: a conv2d shares its work between them (the
      * other CNN ops run on thread 0 alone); with the tap table each has

@@ -496,9 +496,9 @@ bool mj_lower_conv_sparse(const mj_cnn_lowering *c) {
     /* y stored padded for the next conv with rows as long as the run's,
      * and no residual to read in y's own layout: the last block's tiles
      * store y themselves, so no rows go out after it */
-    bool direct_out = (py || px) && q.sh == 1 && WPy == q.Wp && !has_add;
+    bool direct_out = c->y_padded && q.sh == 1 && WPy == q.Wp && !has_add;
     /* y in its own layout, aligned rows: the tiles store it too */
-    bool plain_out = !py && !px && q.sh == 1 && q.aligned && q.Wp % e->vw == 0;
+    bool plain_out = !c->y_padded && q.sh == 1 && q.aligned && q.Wp % e->vw == 0;
     LLVMValueRef item;
     mj_claim_loop lt = mj_emit_claim_begin(e, team, ci(e, nrun * ntile), &item, true);
     LLVMValueRef runi = LLVMBuildSDiv(e->b, item, ci(e, ntile), "");
@@ -556,7 +556,7 @@ bool mj_lower_conv_sparse(const mj_cnn_lowering *c) {
         LLVMValueRef src = at(e, rows, add(e, mul(e, o, ci(e, RF)), mul(e, lh.iv, ci(e, q.Wp))));
         LLVMValueRef drow = add(e, ybase, mul(e, lh.iv, ci(e, q.OW)));
         /* stored padded for the next conv: its planes are (OH + 2py) x WPy */
-        LLVMValueRef dst = at(e, c->y, py || px ? add(e, mul(e, add(e, mul(e, add(e, mul(e, ln.iv, ci(e, q.O)), o), ci(e, HPy)),
+        LLVMValueRef dst = at(e, c->y, c->y_padded ? add(e, mul(e, add(e, mul(e, add(e, mul(e, ln.iv, ci(e, q.O)), o), ci(e, HPy)),
                                                                       add(e, lh.iv, ci(e, py))),
                                                               ci(e, WPy)),
                                                       ci(e, px))

@@ -150,6 +150,10 @@ static const geo geos[] = {
     {.C = 6, .O = 6, .H = 10, .W = 7, .k = 3, .stride = 1, .pad = 0, .bias = false},
     {.C = 16, .O = 16, .H = 20, .W = 37, .k = 3, .stride = 1, .pad = 1, .bias = true},
     {.C = 4, .O = 12, .H = 8, .W = 8, .k = 1, .stride = 1, .pad = 0, .bias = true},
+    /* 1x1 convs whose zero padding is none but whose stored planes still
+     * have longer rows (28 -> 32): the second conv reads the first's value
+     * in that layout (MobileNet's and ResNet-50's pointwise convs) */
+    {.C = 8, .O = 8, .H = 6, .W = 28, .k = 1, .stride = 1, .pad = 0, .bias = false},
 };
 enum { N_GEOS = sizeof geos / sizeof geos[0] };
 
