@@ -706,6 +706,20 @@ def _clamp(cx, node, ins):
     return [x]
 
 
+def _hard(kind):
+    # PyTorch's kernels: hardsigmoid min(max(x + 3, 0), 6) / 6, hardswish
+    # x * min(max(x + 3, 0), 6) / 6, each step rounded as here (bit for bit)
+    def emit(cx, node, ins):
+        x = _tensor(cx, ins[0])
+        t = cx.b.op("add", [x, _tensor(cx, 3.0)], x.shape)
+        t = cx.b.op("maximum", [t, _tensor(cx, 0.0)], x.shape)
+        t = cx.b.op("minimum", [t, _tensor(cx, 6.0)], x.shape)
+        if kind == "hardswish":
+            t = cx.b.op("mul", [x, t], x.shape)
+        return [cx.b.op("div", [t, _tensor(cx, 6.0)], x.shape)]
+    return emit
+
+
 def _cat(cx, node, ins):
     xs = [_tensor(cx, v) for v in ins[0]]
     d = _const_arg(cx, ins[1], "dim") % len(xs[0].shape)
@@ -1234,6 +1248,8 @@ OPS = {
     "aten::leaky_relu": _attr_unary("leaky_relu", ["slope"], [0.01]),
     "aten::elu": _elu,
     "aten::hardtanh": _attr_unary("hardtanh", ["min", "max"], [-1.0, 1.0]),
+    "aten::hardswish": _hard("hardswish"),
+    "aten::hardsigmoid": _hard("hardsigmoid"),
     "aten::relu6": lambda cx, node, ins: _attr_unary("hardtanh", ["min", "max"])(cx, node, [ins[0], 0.0, 6.0]),
     "aten::softplus": _attr_unary("softplus", ["beta", "threshold"], [1.0, 20.0]),
     "aten::sum": _reduce("sum"),
@@ -1272,7 +1288,8 @@ OPS = {
 # In-place forms: the same op; the mutated tensor is rebound to the result.
 INPLACE = {k + "_": v for k, v in OPS.items()
            if k in ("aten::add", "aten::sub", "aten::mul", "aten::relu", "aten::sigmoid", "aten::hardtanh", "aten::relu6",
-                    "aten::tanh", "aten::dropout")}
+                    "aten::tanh", "aten::dropout", "aten::silu", "aten::hardswish", "aten::hardsigmoid",
+                    "aten::leaky_relu", "aten::elu", "aten::clamp")}
 # Ops whose result shares storage with their first input (for in-place checks).
 _ALIASING = {"aten::view", "aten::reshape", "aten::flatten", "aten::unsqueeze", "aten::t",
              "aten::transpose", "aten::permute", "aten::contiguous", "aten::detach",

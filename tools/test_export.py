@@ -12,6 +12,7 @@ import inspect
 import io
 import math
 import os
+import subprocess
 import sys
 import tempfile
 import unittest
@@ -47,7 +48,7 @@ class Encoder(nn.Module):
     def __init__(self):
         super().__init__()
         self.fc = nn.Linear(8, 8)
-        self.act = nn.Hardswish()  # not in maskjit's op set
+        self.act = nn.Mish()  # not in maskjit's op set
 
     def forward(self, x):
         return self.act(self.fc(x))  # the unsupported op's call site
@@ -331,6 +332,49 @@ class ExportTest(unittest.TestCase):
                           "groups=32", 'param "conv1.weight_mask"', 'param "project.parametrizations.weight.0.mask"')
         self.assert_maskjit_passed()
 
+    def test_mobilenet_v3_block_with_in_place_activations_exports_and_checks(self):
+        # torchvision's MobileNetV3 and EfficientNet blocks: pointwise convs
+        # back to back at a width of 28 (frozen, the first stores its value
+        # in the second's row layout), hardswish and SiLU in place, a
+        # squeeze-excitation gate through hardsigmoid
+        class Block(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.expand = nn.Conv2d(8, 32, 1, bias=False)
+                self.act = nn.Hardswish(inplace=True)
+                self.dw = nn.Conv2d(32, 32, 3, padding=1, groups=32)
+                self.fc1, self.fc2 = nn.Conv2d(32, 8, 1), nn.Conv2d(8, 32, 1)
+                self.project = nn.Conv2d(32, 16, 1, bias=False)
+                self.mix = nn.Conv2d(16, 16, 1)
+                self.silu = nn.SiLU(inplace=True)
+
+            def forward(self, x):
+                h = self.dw(self.act(self.expand(x)))
+                gate = torch.nn.functional.hardsigmoid(self.fc2(torch.relu(self.fc1(h.mean((2, 3), keepdim=True)))))
+                return self.silu(self.mix(self.project(h * gate)))
+
+        torch.manual_seed(13)
+        model = Block()
+        for conv in (model.expand, model.project, model.mix):
+            prune.l1_unstructured(conv, "weight", amount=0.8)
+        self.export(model.eval(), torch.randn(2, 8, 28, 28))
+        self.assert_in_ir("maximum", "minimum", "div", "silu", 'param "project.weight_mask"')
+        self.assert_maskjit_passed()
+
+    def test_hardswish_and_hardsigmoid_are_pytorch_bit_for_bit(self):
+        x = torch.cat([torch.randn(4, 997) * 4, torch.tensor([[-3.0, 3.0, 0.0, -0.0] * 249 + [2.9999998]])])
+        model = nn.Sequential(nn.Hardswish(), nn.Hardsigmoid())
+        self.export(model, x)
+        self.assert_maskjit_passed()
+        if not MASKJIT:
+            self.skipTest("no maskjit binary: the bits are checked with maskjit run")
+        out = self.path("run.safetensors")
+        r = subprocess.run([MASKJIT, "run", self.path(), "--out", out], capture_output=True, text=True)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        got = safetensors_io.load(out)[0]["output"]
+        want = torch.nn.functional.hardsigmoid(torch.nn.functional.hardswish(x))
+        self.assertTrue(torch.equal(got.view(torch.int32), want.view(torch.int32)))
+
     def test_cnn_options_maskjit_lacks_are_refused_by_name(self):
         x = torch.randn(2, 4, 9, 9)
         cases = [
@@ -395,16 +439,16 @@ class ExportTest(unittest.TestCase):
     def test_unsupported_op_names_op_module_and_source_line(self):
         line = line_of(Encoder.forward, "the unsupported op's call site")
         self.assert_refused(WithEncoder().eval(), torch.randn(3, 8),
-                            "unsupported: aten::hardswish at encoder.act (Hardswish), "
+                            "unsupported: aten::mish at encoder.act (Mish), "
                             f"test_export.py:{line}")
 
     def test_unsupported_functional_op_at_the_root(self):
         class Root(nn.Module):
             def forward(self, x):
-                return torch.nn.functional.hardswish(x)
-        line = line_of(Root.forward, "hardswish(")
+                return torch.nn.functional.mish(x)
+        line = line_of(Root.forward, "mish(")
         self.assert_refused(Root(), torch.randn(2, 4),
-                            f"unsupported: aten::hardswish at <root> (Root), test_export.py:{line}")
+                            f"unsupported: aten::mish at <root> (Root), test_export.py:{line}")
 
     def test_pruned_models_export_and_check(self):
         model = pruned_mlp()
@@ -524,7 +568,7 @@ class ExportTest(unittest.TestCase):
                     "    prune.random_unstructured(m[0], 'weight', amount=0.5)\n"
                     "    return m\n"
                     "def bad():\n"
-                    "    return nn.Sequential(nn.Linear(6, 6), nn.Hardswish())\n")
+                    "    return nn.Sequential(nn.Linear(6, 6), nn.Mish())\n")
         out = self.path("cli.safetensors")
         extra = [] if MASKJIT else ["--no-maskjit-check"]
         self.assertEqual(et.main(["--module", f"{src}:make", "--inputs", "3x6", "-o", out] + extra), 0)
