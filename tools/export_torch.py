@@ -725,11 +725,16 @@ def _cat(cx, node, ins):
     d = _const_arg(cx, ins[1], "dim") % len(xs[0].shape)
     if len(xs) == 1:
         return [xs[0]]
-    if len(xs) > 8 or any(x.shape[d] == B for x in xs):
+    if any(x.shape[d] == B for x in xs):
         raise ExportError(f"unsupported: {cx.b.where()}: cat of {len(xs)} tensors along dim {d}")
-    shape = list(xs[0].shape)
-    shape[d] = sum(x.shape[d] for x in xs)
-    return [cx.b.op("cat", xs, tuple(shape), attrs=[("dim", d)])]
+    # an IR cat takes up to 8 operands: more (DenseNet's layers) nest, the
+    # first 8 in one cat (which cse shares between layers that begin alike)
+    while len(xs) > 1:
+        part, xs = xs[:8], xs[8:]
+        shape = list(part[0].shape)
+        shape[d] = sum(x.shape[d] for x in part)
+        xs.insert(0, cx.b.op("cat", part, tuple(shape), attrs=[("dim", d)]))
+    return [xs[0]]
 
 
 def _stack(cx, node, ins):

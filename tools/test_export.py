@@ -361,6 +361,25 @@ class ExportTest(unittest.TestCase):
         self.assert_in_ir("maximum", "minimum", "div", "silu", 'param "project.weight_mask"')
         self.assert_maskjit_passed()
 
+    def test_dense_block_concatenating_many_tensors_exports_and_checks(self):
+        class Dense(nn.Module):  # DenseNet: each layer reads the cat of all before it
+            def __init__(self):
+                super().__init__()
+                self.layers = nn.ModuleList(nn.Conv2d(4 + 2 * i, 2, 3, padding=1) for i in range(11))
+
+            def forward(self, x):
+                feats = [x]
+                for conv in self.layers:
+                    feats.append(torch.relu(conv(torch.cat(feats, 1))))
+                return torch.cat(feats, 1)
+
+        torch.manual_seed(14)
+        model = Dense()
+        prune.l1_unstructured(model.layers[9], "weight", amount=0.7)
+        self.export(model.eval(), torch.randn(2, 4, 6, 6))
+        self.assert_in_ir("cat", ": f32[B,26,6,6]")
+        self.assert_maskjit_passed()
+
     def test_hardswish_and_hardsigmoid_are_pytorch_bit_for_bit(self):
         x = torch.cat([torch.randn(4, 997) * 4, torch.tensor([[-3.0, 3.0, 0.0, -0.0] * 249 + [2.9999998]])])
         model = nn.Sequential(nn.Hardswish(), nn.Hardsigmoid())
