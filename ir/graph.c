@@ -126,12 +126,6 @@ static mj_status check_attrs(mj_op op, const mj_attrs *a, const mj_type *x) {
     return MJ_OK;
 }
 
-/* Output length of a window sweep (< 1: the window does not fit), as the
- * eager kernels of src/nn/cnn.c compute it. */
-static int64_t window_out(int64_t in, int64_t k, int64_t s, int64_t p, int64_t d) {
-    return (in + 2 * p - d * (k - 1) - 1) / s + 1;
-}
-
 /* x must be [N, C, H, W] (N may be B; C, H, W concrete). */
 static mj_status check_nchw(mj_op op, const mj_type *x) {
     if (x->rank != 4) return shape_err(op, "input must be 4-D [N, C, H, W], got", x, NULL);
@@ -189,8 +183,8 @@ static mj_status infer_cnn(mj_op op, int n, const mj_type *const *t, const mj_at
         if (n == 3 && (t[2]->rank != 1 || t[2]->dims[0] != O))
             return shape_err(op, "bias does not fit the weight: bias", t[2], w);
         if (w->dims[2] < 1 || w->dims[3] < 1) return shape_err(op, "kernel is empty: weight", w, NULL);
-        oh = window_out(H, w->dims[2], st[0], pd[0], dl[0]);
-        ow = window_out(W, w->dims[3], st[1], pd[1], dl[1]);
+        oh = mj_window_out(H, w->dims[2], st[0], pd[0], dl[0], false);
+        ow = mj_window_out(W, w->dims[3], st[1], pd[1], dl[1], false);
         if (oh < 1 || ow < 1)
             return mj_fail(MJ_ERR_SHAPE, "conv2d: kernel %lldx%lld (dilation [%d,%d], padding [%d,%d]) does not fit "
                            "input %s", (long long)w->dims[2], (long long)w->dims[3], (int)dl[0], (int)dl[1],
@@ -206,8 +200,8 @@ static mj_status infer_cnn(mj_op op, int n, const mj_type *const *t, const mj_at
                 return mj_fail(MJ_ERR_INVALID, "%s: padding=[%d,%d] must be at most half the kernel [%d,%d] (as in "
                                "PyTorch)", name, (int)pd[0], (int)pd[1], (int)k[0], (int)k[1]);
         }
-        oh = window_out(H, k[0], st[0], pd[0], 1);
-        ow = window_out(W, k[1], st[1], pd[1], 1);
+        oh = mj_window_out(H, k[0], st[0], pd[0], 1, a->i[MJ_POOL_CEIL] != 0);
+        ow = mj_window_out(W, k[1], st[1], pd[1], 1, a->i[MJ_POOL_CEIL] != 0);
         if (oh < 1 || ow < 1)
             return mj_fail(MJ_ERR_SHAPE, "%s: window %dx%d does not fit input %s", name, (int)k[0], (int)k[1],
                            mj_type_str(b1, sizeof b1, x));

@@ -136,14 +136,15 @@ static mj_status eval_node(const mj_node *n, const mj_tensor *const *v, int64_t 
                              n->n_operands == 5 ? v[4] : NULL, n->attrs.f[0]);
     case MJ_OP_MAX_POOL2D:
     case MJ_OP_AVG_POOL2D: {
-        int64_t k[2], st[2], pd[2];
+        mj_pool2d_params p = {.max = n->op == MJ_OP_MAX_POOL2D,
+                              .ceil_mode = n->attrs.i[MJ_POOL_CEIL] != 0,
+                              .count_include_pad = n->attrs.i[MJ_POOL_COUNT_PAD] != 0};
         for (int i = 0; i < 2; i++) {
-            k[i] = n->attrs.i[MJ_POOL_KERNEL + i];
-            st[i] = n->attrs.i[MJ_POOL_STRIDE + i];
-            pd[i] = n->attrs.i[MJ_POOL_PADDING + i];
+            p.kernel[i] = n->attrs.i[MJ_POOL_KERNEL + i];
+            p.stride[i] = n->attrs.i[MJ_POOL_STRIDE + i];
+            p.padding[i] = n->attrs.i[MJ_POOL_PADDING + i];
         }
-        if (n->op == MJ_OP_MAX_POOL2D) return mj_max_pool2d(out, v[0], k, st, pd);
-        return mj_avg_pool2d(out, v[0], k, st, pd, n->attrs.i[MJ_POOL_COUNT_PAD] != 0);
+        return mj_pool2d(out, v[0], &p);
     }
     case MJ_OP_ADAPTIVE_AVG_POOL2D:
         return mj_adaptive_avg_pool2d(out, v[0], n->attrs.i[0], n->attrs.i[1]);

@@ -176,6 +176,42 @@ Test(cnn, batch_norm_matches_pytorch_and_its_formula) {
     mj_tensor_dict_free(d);
 }
 
+/* ceil_mode, against values worked out by hand: x = 0..24 as [1,1,5,5],
+ * 2x2 windows with stride 2 give 3x3 (2x2 without ceil_mode); the last
+ * row and column of windows hang over the edge and are clipped, and
+ * avg_pool2d divides by what lies inside the (unpadded) input. Padding 1
+ * on 5 with ceil would start a fourth window at the padding's end: PyTorch
+ * drops it, so 3. */
+Test(cnn, pools_with_ceil_mode_clip_the_windows_that_hang_over) {
+    mj_tensor *x = NULL, *y = NULL;
+    OK(mj_tensor_zeros(&x, 4, (int64_t[]){1, 1, 5, 5}));
+    for (int i = 0; i < 25; i++) mj_tensor_data_mut(x)[i] = (float)i;
+    mj_pool2d_params p = {.max = true, .kernel = {2, 2}, .stride = {2, 2}, .ceil_mode = true};
+    const float want_max[9] = {6, 8, 9, 16, 18, 19, 21, 23, 24};
+    const float want_avg[9] = {3, 5, 6.5f, 13, 15, 16.5f, 20.5f, 22.5f, 24};
+    for (int max = 1; max >= 0; max--) {
+        p.max = max;
+        p.count_include_pad = true;
+        OK(mj_pool2d(&y, x, &p));
+        cr_assert(mj_tensor_dim(y, 2) == 3 && mj_tensor_dim(y, 3) == 3, "%s: %lldx%lld", max ? "max" : "avg",
+                  (long long)mj_tensor_dim(y, 2), (long long)mj_tensor_dim(y, 3));
+        for (int i = 0; i < 9; i++)
+            cr_expect_eq(mj_tensor_data(y)[i], (max ? want_max : want_avg)[i], "%s [%d]: %g", max ? "max" : "avg", i,
+                         (double)mj_tensor_data(y)[i]);
+        mj_tensor_release(y);
+    }
+    p.ceil_mode = false;
+    OK(mj_pool2d(&y, x, &p));
+    cr_expect(mj_tensor_dim(y, 2) == 2 && mj_tensor_dim(y, 3) == 2);
+    mj_tensor_release(y);
+    p = (mj_pool2d_params){.max = true, .kernel = {2, 2}, .stride = {2, 2}, .padding = {1, 1}, .ceil_mode = true};
+    OK(mj_pool2d(&y, x, &p));
+    cr_expect(mj_tensor_dim(y, 2) == 3 && mj_tensor_dim(y, 3) == 3, "%lldx%lld", (long long)mj_tensor_dim(y, 2),
+              (long long)mj_tensor_dim(y, 3));
+    cr_expect_eq(mj_tensor_data(y)[8], 24.0f);
+    MJT_RELEASE(x, y);
+}
+
 Test(cnn, pools_match_pytorch) {
     mj_tensor_dict *d = fixture();
     const int64_t k[2] = {3, 3}, s[2] = {2, 2}, p[2] = {1, 1};

@@ -122,6 +122,47 @@ static void non_finite_conv(int stride, mj_rng *rng) {
     mj_module_free(m);
 }
 
+/* Pools with ceil_mode (windows that hang over the input's end, clipped),
+ * from their text form, in every mode against the interpreter: exact and
+ * frozen bit for bit, fast within tolerance; NaN and inf inputs too. */
+Test(cnn_jit, pools_with_ceil_mode_in_every_mode) {
+    const char *text = "maskjit-ir 1\n"
+                       "%0 = input \"x\" : f32[B,3,12,13]\n"
+                       "%1 = max_pool2d %0 {kernel=[3,3], stride=[2,2], padding=[0,0], ceil_mode=true} : f32[B,3,6,6]\n"
+                       "%2 = avg_pool2d %1 {kernel=[3,3], stride=[2,2], padding=[1,1], count_include_pad=false, "
+                       "ceil_mode=true} : f32[B,3,4,4]\n"
+                       "%3 = avg_pool2d %2 {kernel=[2,2], stride=[2,2], padding=[1,1], count_include_pad=true, "
+                       "ceil_mode=true} : f32[B,3,3,3]\n"
+                       "return %3, %1\n";
+    mj_graph *g = NULL;
+    OK(mj_graph_parse(text, &g));
+    char *printed = mj_graph_to_string(g);
+    cr_expect_str_eq(printed, text, "ceil_mode is printed where it is true");
+    free(printed);
+    mj_rng rng = mjt_rng(34);
+    for (int k = 0; k < 4; k++) {
+        mj_compiled *c = mjt_compile(jit, g, mjt_modes[k]);
+        for (int64_t batch = 1; batch <= 3; batch += 2) {
+            mj_tensor *x = mjc_randn(4, (int64_t[]){batch, 3, 12, 13}, &rng);
+            if (batch == 3) non_finite_input(x);
+            mj_tensor *want[2] = {0}, *got[2] = {0};
+            OK(mj_graph_run_n(g, 1, (const mj_tensor *const *)&x, 2, want));
+            OK(mj_compiled_run_n(c, 1, (const mj_tensor *const *)&x, 2, got));
+            for (int o = 0; o < 2; o++) {
+                if (mjt_modes[k].numeric == MJ_NUMERIC_EXACT || o == 1)
+                    cr_expect(mj_tensor_equal(got[o], want[o]), "output %d (%s, batch %lld)", o, mjt_modes[k].name,
+                              (long long)batch);
+                else if (batch == 1)
+                    MJT_EXPECT_CLOSE(got[o], want[o], MJ_RTOL_F32, MJ_ATOL_F32, "output %d (%s)", o, mjt_modes[k].name);
+                MJT_RELEASE(want[o], got[o]);
+            }
+            mj_tensor_release(x);
+        }
+        mj_compiled_free(c);
+    }
+    mj_graph_free(g);
+}
+
 /* Eager's NaNs: NaN and inf inputs meet zero (masked) weights, and an
  * original NaN or inf under a zero mask makes a NaN weight, which reaches
  * the padded positions too. Exact live is bitwise eager; exact frozen may

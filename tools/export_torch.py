@@ -1038,8 +1038,12 @@ def _rank4(cx, x, what):
                           "CNN ops take [B, C, H, W] with the batch in dim 0")
 
 
-def _window_out(cx, size, k, s, p, d, what):
-    n = (size + 2 * p - d * (k - 1) - 1) // s + 1
+def _window_out(cx, size, k, s, p, d, what, ceil=False):
+    # PyTorch's: with ceil_mode the size rounds up, but the last window
+    # starts inside the input or its left padding
+    n = (size + 2 * p - d * (k - 1) - 1 + (s - 1 if ceil else 0)) // s + 1
+    if ceil and (n - 1) * s >= size + p:
+        n -= 1
     if s < 1 or p < 0 or d < 1 or k < 1 or n < 1:
         raise ExportError(f"{cx.b.where()}: {what}: window {k} (stride {s}, padding {p}, dilation {d}) "
                           f"does not fit a size of {size}")
@@ -1188,15 +1192,15 @@ def _pool(opname):
             ceil = _const_arg(cx, ins[4], "ceil_mode")
             if len(ins) > 6 and ins[6] is not None:
                 raise ExportError(f"unsupported: {cx.b.where()}: avg_pool2d with divisor_override")
-        if ceil:
-            raise ExportError(f"unsupported: {cx.b.where()}: {opname} with ceil_mode=True")
         if p[0] * 2 > k[0] or p[1] * 2 > k[1]:
             raise ExportError(f"{cx.b.where()}: {opname}: padding {p} is more than half the kernel {k}")
-        oh = _window_out(cx, x.shape[2], k[0], s[0], p[0], 1, opname)
-        ow = _window_out(cx, x.shape[3], k[1], s[1], p[1], 1, opname)
+        oh = _window_out(cx, x.shape[2], k[0], s[0], p[0], 1, opname, bool(ceil))
+        ow = _window_out(cx, x.shape[3], k[1], s[1], p[1], 1, opname, bool(ceil))
         attrs = [("kernel", k), ("stride", s), ("padding", p)]
         if opname == "avg_pool2d":
             attrs.append(("count_include_pad", bool(_const_arg(cx, ins[5], "count_include_pad"))))
+        if ceil:
+            attrs.append(("ceil_mode", True))
         return [cx.b.op(opname, [x], x.shape[:2] + (oh, ow), attrs=attrs)]
     return emit
 
@@ -1470,9 +1474,9 @@ _REF_ATTR_OPS = {
     "batch_norm": lambda a, t: F.batch_norm(a[0], a[1], a[2], a[3] if len(a) > 3 else None,
                                             a[4] if len(a) > 4 else None, False, 0.0, t.get("eps", 1e-5)),
     "max_pool2d": lambda a, t: F.max_pool2d(a[0], t["kernel"], t.get("stride", t["kernel"]),
-                                            t.get("padding", [0, 0])),
+                                            t.get("padding", [0, 0]), ceil_mode=bool(t.get("ceil_mode", False))),
     "avg_pool2d": lambda a, t: F.avg_pool2d(a[0], t["kernel"], t.get("stride", t["kernel"]),
-                                            t.get("padding", [0, 0]),
+                                            t.get("padding", [0, 0]), ceil_mode=bool(t.get("ceil_mode", False)),
                                             count_include_pad=bool(t.get("count_include_pad", True))),
     "adaptive_avg_pool2d": lambda a, t: F.adaptive_avg_pool2d(a[0], t["size"]),
 }

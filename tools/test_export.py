@@ -394,10 +394,33 @@ class ExportTest(unittest.TestCase):
         want = torch.nn.functional.hardsigmoid(torch.nn.functional.hardswish(x))
         self.assertTrue(torch.equal(got.view(torch.int32), want.view(torch.int32)))
 
+    def test_pools_with_ceil_mode_export_and_check(self):
+        # SqueezeNet and GoogLeNet: windows that hang over the input's end
+        F = torch.nn.functional
+
+        class Pools(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.conv = nn.Conv2d(3, 8, 3)
+                self.conv2 = nn.Conv2d(8, 8, 1)
+
+            def forward(self, x):                                  # [B, 3, 14, 15]
+                y = F.max_pool2d(self.conv(x), 3, 2, ceil_mode=True)   # 12x13 -> 6x6 (floor: 5x6)
+                a = F.avg_pool2d(y, 2, 2, ceil_mode=True)              # 6x6 -> 3x3
+                b = F.avg_pool2d(y, 3, 2, 1, ceil_mode=True, count_include_pad=False)  # 6x6 -> 4x4
+                c = F.max_pool2d(self.conv2(y), 2, 2, 1, ceil_mode=True)  # padding and ceil: 4x4
+                return a.flatten(1), b.flatten(1) + c.flatten(1)
+
+        torch.manual_seed(15)
+        model = Pools()
+        prune.l1_unstructured(model.conv2, "weight", amount=0.8)
+        self.export(model.eval(), torch.randn(2, 3, 14, 15))
+        self.assert_in_ir("ceil_mode=true", ": f32[B,8,6,6]", ": f32[B,8,3,3]", ": f32[B,8,4,4]")
+        self.assert_maskjit_passed()
+
     def test_cnn_options_maskjit_lacks_are_refused_by_name(self):
         x = torch.randn(2, 4, 9, 9)
         cases = [
-            (nn.MaxPool2d(2, ceil_mode=True), "max_pool2d with ceil_mode=True"),
             (nn.AvgPool2d(2, divisor_override=3), "avg_pool2d with divisor_override"),
             (nn.MaxPool2d(3, dilation=2), "max_pool2d with dilation"),
             (nn.ConvTranspose2d(4, 4, 3), "unsupported: aten::"),

@@ -45,6 +45,17 @@ mj_status mj_max_pool2d(mj_tensor **out, const mj_tensor *x, const int64_t kerne
 /* Mean over each window; count_include_pad as torch's (default true). */
 mj_status mj_avg_pool2d(mj_tensor **out, const mj_tensor *x, const int64_t kernel[2],
                         const int64_t stride[2], const int64_t padding[2], bool count_include_pad);
+/* Either pool with every option of F.max_pool2d / F.avg_pool2d that maskjit
+ * has: ceil_mode as PyTorch's (the output size rounds up; the last window
+ * may hang over the input's end but starts inside it or its left padding;
+ * windows are clipped to the input, avg_pool2d's divisor with padding to
+ * the padded input). count_include_pad: avg_pool2d only. */
+typedef struct mj_pool2d_params {
+    bool max; /* max_pool2d, else avg_pool2d */
+    int64_t kernel[2], stride[2], padding[2];
+    bool ceil_mode, count_include_pad;
+} mj_pool2d_params;
+mj_status mj_pool2d(mj_tensor **out, const mj_tensor *x, const mj_pool2d_params *p);
 /* PyTorch's adaptive windows: rows [floor(i*H/OH), ceil((i+1)*H/OH)). */
 mj_status mj_adaptive_avg_pool2d(mj_tensor **out, const mj_tensor *x, int64_t oh, int64_t ow);
 

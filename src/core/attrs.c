@@ -7,33 +7,35 @@
 
 #include "op.h"
 
-#define DIM_REQ {"dim", MJ_ATTR_DIM, 0, true, 0.0f}
-#define KEEPDIM {"keepdim", MJ_ATTR_KEEPDIM, 0, false, 0.0f}
+#define DIM_REQ {"dim", MJ_ATTR_DIM, 0, true, 0.0f, false}
+#define KEEPDIM {"keepdim", MJ_ATTR_KEEPDIM, 0, false, 0.0f, false}
 
-static const mj_attr_spec a_pow[] = {{"exponent", MJ_ATTR_FLOAT, 0, true, 0.0f}};
-static const mj_attr_spec a_leaky[] = {{"slope", MJ_ATTR_FLOAT, 0, false, 0.01f}};
-static const mj_attr_spec a_elu[] = {{"alpha", MJ_ATTR_FLOAT, 0, false, 1.0f}};
-static const mj_attr_spec a_hardtanh[] = {{"min", MJ_ATTR_FLOAT, 0, false, -1.0f},
-                                          {"max", MJ_ATTR_FLOAT, 1, false, 1.0f}};
-static const mj_attr_spec a_softplus[] = {{"beta", MJ_ATTR_FLOAT, 0, false, 1.0f},
-                                          {"threshold", MJ_ATTR_FLOAT, 1, false, 20.0f}};
+static const mj_attr_spec a_pow[] = {{"exponent", MJ_ATTR_FLOAT, 0, true, 0.0f, false}};
+static const mj_attr_spec a_leaky[] = {{"slope", MJ_ATTR_FLOAT, 0, false, 0.01f, false}};
+static const mj_attr_spec a_elu[] = {{"alpha", MJ_ATTR_FLOAT, 0, false, 1.0f, false}};
+static const mj_attr_spec a_hardtanh[] = {{"min", MJ_ATTR_FLOAT, 0, false, -1.0f, false},
+                                          {"max", MJ_ATTR_FLOAT, 1, false, 1.0f, false}};
+static const mj_attr_spec a_softplus[] = {{"beta", MJ_ATTR_FLOAT, 0, false, 1.0f, false},
+                                          {"threshold", MJ_ATTR_FLOAT, 1, false, 20.0f, false}};
 static const mj_attr_spec a_reduce[] = {DIM_REQ, KEEPDIM};
 static const mj_attr_spec a_softmax[] = {DIM_REQ};
-static const mj_attr_spec a_layer_norm[] = {{"eps", MJ_ATTR_FLOAT, 0, false, 1e-5f}};
+static const mj_attr_spec a_layer_norm[] = {{"eps", MJ_ATTR_FLOAT, 0, false, 1e-5f, false}};
 /* the CNN ops: torch.nn's defaults; slots are the MJ_CONV_* / MJ_POOL_* of ir.h */
-static const mj_attr_spec a_conv2d[] = {{"stride", MJ_ATTR_PAIR, MJ_CONV_STRIDE, false, 1.0f},
-                                        {"padding", MJ_ATTR_PAIR, MJ_CONV_PADDING, false, 0.0f},
-                                        {"dilation", MJ_ATTR_PAIR, MJ_CONV_DILATION, false, 1.0f},
-                                        {"groups", MJ_ATTR_INT, MJ_CONV_GROUPS, false, 1.0f}};
-static const mj_attr_spec a_batch_norm[] = {{"eps", MJ_ATTR_FLOAT, 0, false, 1e-5f}};
-static const mj_attr_spec a_max_pool[] = {{"kernel", MJ_ATTR_PAIR, MJ_POOL_KERNEL, true, 0.0f},
-                                          {"stride", MJ_ATTR_PAIR, MJ_POOL_STRIDE, true, 0.0f},
-                                          {"padding", MJ_ATTR_PAIR, MJ_POOL_PADDING, false, 0.0f}};
-static const mj_attr_spec a_avg_pool[] = {{"kernel", MJ_ATTR_PAIR, MJ_POOL_KERNEL, true, 0.0f},
-                                          {"stride", MJ_ATTR_PAIR, MJ_POOL_STRIDE, true, 0.0f},
-                                          {"padding", MJ_ATTR_PAIR, MJ_POOL_PADDING, false, 0.0f},
-                                          {"count_include_pad", MJ_ATTR_BOOL, MJ_POOL_COUNT_PAD, false, 1.0f}};
-static const mj_attr_spec a_adaptive[] = {{"size", MJ_ATTR_PAIR, 0, true, 0.0f}};
+static const mj_attr_spec a_conv2d[] = {{"stride", MJ_ATTR_PAIR, MJ_CONV_STRIDE, false, 1.0f, false},
+                                        {"padding", MJ_ATTR_PAIR, MJ_CONV_PADDING, false, 0.0f, false},
+                                        {"dilation", MJ_ATTR_PAIR, MJ_CONV_DILATION, false, 1.0f, false},
+                                        {"groups", MJ_ATTR_INT, MJ_CONV_GROUPS, false, 1.0f, false}};
+static const mj_attr_spec a_batch_norm[] = {{"eps", MJ_ATTR_FLOAT, 0, false, 1e-5f, false}};
+static const mj_attr_spec a_max_pool[] = {{"kernel", MJ_ATTR_PAIR, MJ_POOL_KERNEL, true, 0.0f, false},
+                                          {"stride", MJ_ATTR_PAIR, MJ_POOL_STRIDE, true, 0.0f, false},
+                                          {"padding", MJ_ATTR_PAIR, MJ_POOL_PADDING, false, 0.0f, false},
+                                          {"ceil_mode", MJ_ATTR_BOOL, MJ_POOL_CEIL, false, 0.0f, true}};
+static const mj_attr_spec a_avg_pool[] = {{"kernel", MJ_ATTR_PAIR, MJ_POOL_KERNEL, true, 0.0f, false},
+                                          {"stride", MJ_ATTR_PAIR, MJ_POOL_STRIDE, true, 0.0f, false},
+                                          {"padding", MJ_ATTR_PAIR, MJ_POOL_PADDING, false, 0.0f, false},
+                                          {"count_include_pad", MJ_ATTR_BOOL, MJ_POOL_COUNT_PAD, false, 1.0f, false},
+                                          {"ceil_mode", MJ_ATTR_BOOL, MJ_POOL_CEIL, false, 0.0f, true}};
+static const mj_attr_spec a_adaptive[] = {{"size", MJ_ATTR_PAIR, 0, true, 0.0f, false}};
 
 #define N(a) (int)(sizeof a / sizeof a[0])
 
@@ -104,6 +106,7 @@ void mj_attrs_format(mj_op op, const mj_attrs *a, char *buf, size_t size) {
     size_t pos = 0;
     buf[0] = '\0';
     for (int i = 0; i < n && pos < size; i++) {
+        if (s[i].quiet && s[i].kind == MJ_ATTR_BOOL && a->i[s[i].slot] == (int32_t)s[i].def) continue;
         char v[48];
         switch (s[i].kind) {
         case MJ_ATTR_DIM: snprintf(v, sizeof v, "%d", (int)a->dim); break;
@@ -113,7 +116,8 @@ void mj_attrs_format(mj_op op, const mj_attrs *a, char *buf, size_t size) {
         case MJ_ATTR_PAIR: snprintf(v, sizeof v, "[%d,%d]", (int)a->i[s[i].slot], (int)a->i[s[i].slot + 1]); break;
         case MJ_ATTR_BOOL: snprintf(v, sizeof v, "%s", a->i[s[i].slot] ? "true" : "false"); break;
         }
-        int k = snprintf(buf + pos, size - pos, "%s%s=%s%s", i ? ", " : " {", s[i].name, v, i == n - 1 ? "}" : "");
+        int k = snprintf(buf + pos, size - pos, "%s%s=%s", pos ? ", " : " {", s[i].name, v);
         if (k > 0) pos += (size_t)k;
     }
+    if (pos && pos < size) snprintf(buf + pos, size - pos, "}");
 }

@@ -115,13 +115,25 @@ typedef enum mj_attr_kind { MJ_ATTR_DIM, MJ_ATTR_KEEPDIM, MJ_ATTR_FLOAT, MJ_ATTR
 #define MJ_ATTR_INT_MAX (1 << 20)
 /* Slots in mj_attrs.i of the CNN ops (adaptive_avg_pool2d: size at 0). */
 enum { MJ_CONV_STRIDE = 0, MJ_CONV_PADDING = 2, MJ_CONV_DILATION = 4, MJ_CONV_GROUPS = 6 };
-enum { MJ_POOL_KERNEL = 0, MJ_POOL_STRIDE = 2, MJ_POOL_PADDING = 4, MJ_POOL_COUNT_PAD = 6 };
+enum { MJ_POOL_KERNEL = 0, MJ_POOL_STRIDE = 2, MJ_POOL_PADDING = 4, MJ_POOL_COUNT_PAD = 6, MJ_POOL_CEIL = 7 };
+/* Output length of a window sweep (< 1: the window does not fit), as
+ * PyTorch computes it; ceil (pools' ceil_mode) rounds up, but the last
+ * window must start inside the input or its left padding. */
+static inline int64_t mj_window_out(int64_t in, int64_t k, int64_t s, int64_t p, int64_t d, bool ceil) {
+    int64_t span = in + 2 * p - d * (k - 1) - 1;
+    if (span < 0) return 0;
+    int64_t out = (span + (ceil ? s - 1 : 0)) / s + 1;
+    if (ceil && (out - 1) * s >= in + p) out--;
+    return out;
+}
 typedef struct mj_attr_spec {
     const char *name;
     mj_attr_kind kind;
     int slot;        /* FLOAT: index in mj_attrs.f; INT, PAIR, BOOL: in mj_attrs.i */
     bool required;   /* no default: the text form must give it                */
     float def;       /* default (keepdim, bool: 0 or 1; pair: both entries)   */
+    bool quiet;      /* printed only when not the default (an attribute added
+                        later: older texts, files and goldens stay the same)  */
 } mj_attr_spec;
 /* The op's attributes in text order; *n = 0 for ops without. */
 const mj_attr_spec *mj_op_attrs(mj_op op, int *n);

@@ -41,10 +41,6 @@ void mj_conv2d_params_init(mj_conv2d_params *p) {
     p->groups = 1;
 }
 
-/* Output length of a window sweep; < 1 when the window does not fit. */
-static int64_t window_out(int64_t in, int64_t k, int64_t s, int64_t p, int64_t d) {
-    return (in + 2 * p - d * (k - 1) - 1) / s + 1;
-}
 
 /* Each output element: acc = +0.0f, then for c, kh, kw ascending
  * acc = fmaf(x, w, acc) with x = 0.0f where the window reads padding (as
@@ -105,8 +101,8 @@ mj_status mj_conv2d(mj_tensor **out, const mj_tensor *x, const mj_tensor *w, con
     if (b && (b->rank != 1 || b->shape[0] != O))
         return mj_fail(MJ_ERR_SHAPE, "conv2d: bias %s does not match weight %s (need [%lld])",
                        SHAPE(sb, b), SHAPE(sw, w), (long long)O);
-    int64_t OH = window_out(H, KH, p->stride[0], p->padding[0], p->dilation[0]);
-    int64_t OW = window_out(Wd, KW, p->stride[1], p->padding[1], p->dilation[1]);
+    int64_t OH = mj_window_out(H, KH, p->stride[0], p->padding[0], p->dilation[0], false);
+    int64_t OW = mj_window_out(Wd, KW, p->stride[1], p->padding[1], p->dilation[1], false);
     if (OH < 1 || OW < 1 || KH < 1 || KW < 1)
         return mj_fail(MJ_ERR_SHAPE, "conv2d: kernel %lldx%lld (dilation %lldx%lld) does not fit "
                        "input %s with padding %lldx%lld", (long long)KH, (long long)KW,
@@ -170,7 +166,7 @@ mj_status mj_batch_norm(mj_tensor **out, const mj_tensor *x, const mj_tensor *me
 
 /* Validates a pooling window; fills OH, OW. */
 static mj_status pool_geometry(const char *op, const mj_tensor *x, const int64_t k[2],
-                               const int64_t s[2], const int64_t p[2], int64_t *oh, int64_t *ow) {
+                               const int64_t s[2], const int64_t p[2], bool ceil, int64_t *oh, int64_t *ow) {
     char sx[64];
     if (!x || x->rank != 4)
         return mj_fail(MJ_ERR_SHAPE, "%s: input %s must be 4-D [N, C, H, W]", op,
@@ -183,8 +179,8 @@ static mj_status pool_geometry(const char *op, const mj_tensor *x, const int64_t
             return mj_fail(MJ_ERR_INVALID, "%s: padding %lld must be at most half the kernel %lld "
                            "(as in PyTorch)", op, (long long)p[i], (long long)k[i]);
     }
-    *oh = window_out(x->shape[2], k[0], s[0], p[0], 1);
-    *ow = window_out(x->shape[3], k[1], s[1], p[1], 1);
+    *oh = mj_window_out(x->shape[2], k[0], s[0], p[0], 1, ceil);
+    *ow = mj_window_out(x->shape[3], k[1], s[1], p[1], 1, ceil);
     if (*oh < 1 || *ow < 1)
         return mj_fail(MJ_ERR_SHAPE, "%s: window %lldx%lld does not fit input %s", op,
                        (long long)k[0], (long long)k[1], SHAPE(sx, x));
@@ -193,10 +189,10 @@ static mj_status pool_geometry(const char *op, const mj_tensor *x, const int64_t
 
 /* Checks a pooling call and allocates its output [N, C, OH, OW]. */
 static mj_status pool_begin(const char *op, mj_tensor **out, const mj_tensor *x, const int64_t k[2],
-                            const int64_t s[2], const int64_t p[2], int64_t *oh, int64_t *ow,
+                            const int64_t s[2], const int64_t p[2], bool ceil, int64_t *oh, int64_t *ow,
                             mj_tensor **y) {
     if (!out || !k || !s || !p) return mj_fail(MJ_ERR_INVALID, "%s: NULL output or window", op);
-    MJ_TRY(pool_geometry(op, x, k, s, p, oh, ow));
+    MJ_TRY(pool_geometry(op, x, k, s, p, ceil, oh, ow));
     const int64_t shape[4] = {x->shape[0], x->shape[1], *oh, *ow};
     return mj_tensor_new_uninit(y, 4, shape);
 }
@@ -217,12 +213,14 @@ static int64_t pool_window(int64_t oh, int64_t ow, const int64_t kernel[2], cons
     return pool;
 }
 
-/* Both pools: one walk over the windows, the reduction per op. */
+/* Both pools: one walk over the windows, the reduction per op. With
+ * ceil, the last windows may hang over the input's end (and its padding):
+ * they are clipped like the others. */
 static mj_status pool2d(mj_op op, mj_tensor **out, const mj_tensor *x, const int64_t kernel[2],
-                        const int64_t stride[2], const int64_t padding[2], bool count_include_pad) {
+                        const int64_t stride[2], const int64_t padding[2], bool count_include_pad, bool ceil) {
     int64_t OH = 0, OW = 0; /* set by pool_begin; GCC cannot see it through the op table name */
     mj_tensor *y;
-    MJ_TRY(pool_begin(mj_op_table[op].name, out, x, kernel, stride, padding, &OH, &OW, &y));
+    MJ_TRY(pool_begin(mj_op_table[op].name, out, x, kernel, stride, padding, ceil, &OH, &OW, &y));
     int64_t NC = x->shape[0] * x->shape[1], H = x->shape[2], W = x->shape[3];
     for (int64_t nc = 0; nc < NC; nc++) {
         const float *xs = x->data + nc * H * W;
@@ -250,17 +248,24 @@ static mj_status pool2d(mj_op op, mj_tensor **out, const mj_tensor *x, const int
     }
     mj_attrs a = pool_attrs(op, kernel, stride, padding);
     if (op == MJ_OP_AVG_POOL2D) a.i[MJ_POOL_COUNT_PAD] = count_include_pad;
+    a.i[MJ_POOL_CEIL] = ceil;
     return finish(out, y, op, 1, &x, &a);
+}
+
+mj_status mj_pool2d(mj_tensor **out, const mj_tensor *x, const mj_pool2d_params *p) {
+    if (!p) return mj_fail(MJ_ERR_INVALID, "pool2d: NULL parameters");
+    return pool2d(p->max ? MJ_OP_MAX_POOL2D : MJ_OP_AVG_POOL2D, out, x, p->kernel, p->stride, p->padding,
+                  !p->max && p->count_include_pad, p->ceil_mode);
 }
 
 mj_status mj_max_pool2d(mj_tensor **out, const mj_tensor *x, const int64_t kernel[2],
                         const int64_t stride[2], const int64_t padding[2]) {
-    return pool2d(MJ_OP_MAX_POOL2D, out, x, kernel, stride, padding, false);
+    return pool2d(MJ_OP_MAX_POOL2D, out, x, kernel, stride, padding, false, false);
 }
 
 mj_status mj_avg_pool2d(mj_tensor **out, const mj_tensor *x, const int64_t kernel[2],
                         const int64_t stride[2], const int64_t padding[2], bool count_include_pad) {
-    return pool2d(MJ_OP_AVG_POOL2D, out, x, kernel, stride, padding, count_include_pad);
+    return pool2d(MJ_OP_AVG_POOL2D, out, x, kernel, stride, padding, count_include_pad, false);
 }
 
 mj_status mj_adaptive_avg_pool2d(mj_tensor **out, const mj_tensor *x, int64_t oh_n, int64_t ow_n) {
