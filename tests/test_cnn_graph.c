@@ -145,6 +145,11 @@ Test(cnn_graph, bad_attributes_and_shapes_are_refused_with_a_message) {
         {"%3 = max_pool2d %0 {kernel=[2,2]}", "needs the attribute {stride=...}", MJ_ERR_FORMAT},
         {"%3 = max_pool2d %0 {kernel=[2,2], stride=[2,2], padding=[2,0]}", "at most half", MJ_ERR_FORMAT},
         {"%3 = max_pool2d %0 {kernel=[9,1], stride=[1,1]}", "does not fit", MJ_ERR_FORMAT},
+        /* 8 rows over 7 with stride 2: C's truncating division made this one window */
+        {"%3 = max_pool2d %0 {kernel=[8,1], stride=[2,1], padding=[0,0], ceil_mode=true}", "does not fit",
+         MJ_ERR_FORMAT},
+        {"%3 = avg_pool2d %0 {kernel=[8,1], stride=[2,1]}", "does not fit", MJ_ERR_FORMAT},
+        {"%3 = avg_pool2d %0 {kernel=[2,2], stride=[2,2], ceil_mode=yes}", "true or false", MJ_ERR_FORMAT},
         {"%3 = avg_pool2d %0 {kernel=[2,2], stride=[0,2]}", "must be >= 1", MJ_ERR_FORMAT},
         {"%3 = avg_pool2d %0 {kernel=[2,2], stride=[2,2], count_include_pad=1}", "true or false", MJ_ERR_FORMAT},
         {"%3 = adaptive_avg_pool2d %0 {size=[0,1]}", "must be >= 1", MJ_ERR_FORMAT},
