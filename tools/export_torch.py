@@ -308,10 +308,15 @@ B = "B"  # the symbolic batch dim in shapes
 
 
 class _T:
-    """A tensor value of the IR being built: its id and shape (ints and B)."""
+    """A tensor value of the IR being built: its id and shape (ints and B).
+    logical: a view of rank > 4 that PyTorch holds for a moment (ShuffleNet's
+    channel shuffle: view to [B, g, C/g, H, W], transpose(1, 2), view back);
+    the IR value merges its dims from 3 on, and only reshapes, transposes
+    and permutes of the first three dims and identities may read it."""
 
-    def __init__(self, vid, shape):
+    def __init__(self, vid, shape, logical=None):
         self.id, self.shape = vid, tuple(shape)
+        self.logical = tuple(logical) if logical else None
 
 
 class _Sym:
@@ -573,10 +578,17 @@ def _matmul(cx, node, ins):
 
 
 def _transpose_dims(cx, x, d0, d1):
-    r = len(x.shape)
+    r = len(x.logical or x.shape)
     d0, d1 = sorted((d0 % r, d1 % r))
     if d0 == d1:
         return [x]
+    if x.logical:
+        if d1 >= MAX_RANK - 1:
+            raise _wide_error(cx, x)
+        logical = list(x.logical)
+        logical[d0], logical[d1] = logical[d1], logical[d0]
+        y = _transpose_dims(cx, _T(x.id, x.shape), d0, d1)[0]
+        return [_T(y.id, y.shape, logical)]
     shape = list(x.shape)
     shape[d0], shape[d1] = shape[d1], shape[d0]
     return [cx.b.op("transpose", [x], tuple(shape), attrs=[("dim0", d0), ("dim1", d1)])]
@@ -594,9 +606,15 @@ def _transpose(cx, node, ins):
 
 def _permute(cx, node, ins):
     x = _tensor(cx, ins[0])
-    dims = [_const_arg(cx, d, "dim") % len(x.shape) for d in ins[1]]
-    if dims == list(range(len(x.shape))):
+    r = len(x.logical or x.shape)
+    dims = [_const_arg(cx, d, "dim") % r for d in ins[1]]
+    if dims == list(range(r)):
         return [x]
+    if x.logical:
+        if dims[MAX_RANK - 1:] != list(range(MAX_RANK - 1, r)):
+            raise _wide_error(cx, x)
+        y = _permute(cx, node, [_T(x.id, x.shape), dims[:MAX_RANK - 1] + [MAX_RANK - 1]])[0]
+        return [_T(y.id, y.shape, tuple(x.logical[d] for d in dims))]
     shape = tuple(x.shape[d] for d in dims)
     return [cx.b.op("permute", [x], shape, attrs=[("perm", dims)])]
 
@@ -815,8 +833,16 @@ def _numel(shape):
     return n
 
 
+def _wide_error(cx, x):
+    return ExportError(f"{cx.b.where()}: a value of rank {len(x.logical)} ({_shape_str(x.logical)}); "
+                       f"maskjit tensors have rank 1-{MAX_RANK}, and a view of higher rank may only be "
+                       f"reshaped, or have its first {MAX_RANK - 1} dims transposed")
+
+
 def _reshape_to(cx, x, sizes):
-    """x reshaped to sizes (ints, B as _Sym(1), -1): the batch must stay a whole dim."""
+    """x reshaped to sizes (ints, B as _Sym(1), -1): the batch must stay a whole dim.
+    More than 4 sizes, the batch among the first 3: a logical view (_T)."""
+    xshape = x.logical or x.shape
     out, infer = [], None
     for i, s in enumerate(sizes):
         if isinstance(s, _Sym):
@@ -832,7 +858,7 @@ def _reshape_to(cx, x, sizes):
             out.append(s)
         else:
             raise ExportError(f"{cx.b.where()}: size {s!r} at dim {i}")
-    n_in, c_in = x.shape.count(B), _numel([d for d in x.shape if d != B])
+    n_in, c_in = xshape.count(B), _numel([d for d in xshape if d != B])
     n_out, c_out = out.count(B), _numel([d for d in out if d not in (B, -1)])
     if infer is not None:
         if n_in == n_out + 1 and c_out == c_in:
@@ -842,16 +868,22 @@ def _reshape_to(cx, x, sizes):
         else:
             raise ExportError(
                 f"{cx.b.where()}: -1 in {sizes} would be a multiple of the batch "
-                f"(input {_shape_str(x.shape)}); maskjit types have B only as a whole dim")
+                f"(input {_shape_str(xshape)}); maskjit types have B only as a whole dim")
     if n_in != out.count(B):
         raise ExportError(
-            f"{cx.b.where()}: reshapes {_shape_str(x.shape)} to {_shape_str(out)}: the batch "
+            f"{cx.b.where()}: reshapes {_shape_str(xshape)} to {_shape_str(out)}: the batch "
             f"size was baked into the trace as a constant (trace-time batch {cx.batch}); take "
             "sizes from x.shape or use -1 so the graph works at any batch")
     if _numel([d for d in out if d != B]) != c_in:
-        raise ExportError(f"{cx.b.where()}: reshape {_shape_str(x.shape)} to {_shape_str(out)}")
+        raise ExportError(f"{cx.b.where()}: reshape {_shape_str(xshape)} to {_shape_str(out)}")
     out = tuple(out)
-    return x if out == x.shape else cx.b.op("reshape", [x], out)
+    if len(out) > MAX_RANK and B not in out[MAX_RANK - 1:]:
+        ir = out[:MAX_RANK - 1] + (_numel(out[MAX_RANK - 1:]),)
+        y = _T(x.id, x.shape) if ir == x.shape else cx.b.op("reshape", [x], ir)
+        return _T(y.id, y.shape, out)
+    if out == x.shape:
+        return _T(x.id, x.shape) if x.logical else x
+    return cx.b.op("reshape", [x], out)
 
 
 def _view(cx, node, ins):
@@ -1299,6 +1331,9 @@ INPLACE = {k + "_": v for k, v in OPS.items()
            if k in ("aten::add", "aten::sub", "aten::mul", "aten::relu", "aten::sigmoid", "aten::hardtanh", "aten::relu6",
                     "aten::tanh", "aten::dropout", "aten::silu", "aten::hardswish", "aten::hardsigmoid",
                     "aten::leaky_relu", "aten::elu", "aten::clamp")}
+# Ops that may read a logical view of rank > 4 (_T.logical).
+_LOGICAL_OK = {"aten::view", "aten::reshape", "aten::transpose", "aten::permute", "aten::contiguous",
+               "aten::clone", "aten::detach", "aten::alias"}
 # Ops whose result shares storage with their first input (for in-place checks).
 _ALIASING = {"aten::view", "aten::reshape", "aten::flatten", "aten::unsqueeze", "aten::t",
              "aten::transpose", "aten::permute", "aten::contiguous", "aten::detach",
@@ -1389,6 +1424,11 @@ def _translate(model, traced, inputs, input_names, state):
         emit = OPS.get(kind) or INPLACE.get(kind)
         if emit is None:
             raise ExportError(f"unsupported: {_describe(model, node)}")
+        if kind not in _LOGICAL_OK:
+            for v in ins:
+                for item in (v if isinstance(v, list) else [v]):
+                    if isinstance(item, _T) and item.logical:
+                        raise _wide_error(cx, item)
         outs = emit(cx, node, ins)
         if kind in INPLACE:
             _check_inplace(bld, node, env, alias_root, values, order)
@@ -1407,6 +1447,8 @@ def _translate(model, traced, inputs, input_names, state):
         for item in (v if isinstance(v, list) else [v]):
             if not isinstance(item, _T):
                 raise ExportError(f"the model returns {item!r}; maskjit graphs return tensors")
+            if item.logical:
+                raise _wide_error(cx, item)
             outs.append(item)
     return bld.text(outs), bld.tensors, (bld.origins, bld.sources), [o.shape for o in outs]
 

@@ -418,6 +418,41 @@ class ExportTest(unittest.TestCase):
         self.assert_in_ir("ceil_mode=true", ": f32[B,8,6,6]", ": f32[B,8,3,3]", ": f32[B,8,4,4]")
         self.assert_maskjit_passed()
 
+    def test_channel_shuffle_through_a_rank_5_view_exports_and_checks(self):
+        class Shuffle(nn.Module):  # ShuffleNet: view to rank 5, swap the groups, view back
+            def __init__(self):
+                super().__init__()
+                self.conv = nn.Conv2d(6, 6, 1)
+
+            def forward(self, x):
+                b, c, h, w = x.shape
+                y = self.conv(x).view(b, 2, c // 2, h, w).transpose(1, 2).contiguous().view(b, -1, h, w)
+                z = x.reshape(b, 3, 2, h, w).permute(0, 2, 1, 3, 4).reshape(b, c, h, w)
+                return y + z
+
+        torch.manual_seed(16)
+        model = Shuffle()
+        prune.l1_unstructured(model.conv, "weight", amount=0.5)
+        self.export(model.eval(), torch.randn(2, 6, 5, 7))
+        self.assert_in_ir(": f32[B,2,3,35]", ": f32[B,3,2,35]", "permute", ": f32[B,6,5,7]")
+        self.assert_maskjit_passed()
+
+    def test_rank_5_views_beyond_reshapes_and_leading_transposes_are_refused(self):
+        class Wide(nn.Module):
+            def __init__(self, tail):
+                super().__init__()
+                self.tail = tail
+
+            def forward(self, x):
+                b, c, h, w = x.shape
+                return self.tail(x.view(b, 2, c // 2, h, w))
+
+        x = torch.randn(2, 6, 5, 7)
+        for tail in (lambda v: v.sum(3).flatten(1), lambda v: v.transpose(3, 4).reshape(v.shape[0], -1),
+                     lambda v: v * 2, lambda v: v):
+            with self.subTest():
+                self.assert_refused(Wide(tail), x, "a value of rank 5 (f32[B,2,3,5,7])", "maskjit tensors have rank 1-4")
+
     def test_cnn_options_maskjit_lacks_are_refused_by_name(self):
         x = torch.randn(2, 4, 9, 9)
         cases = [
