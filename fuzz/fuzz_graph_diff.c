@@ -597,13 +597,15 @@ static bool gen_cnn(gen *G, int32_t x) {
         op = take(G, 2) ? MJ_OP_MAX_POOL2D : MJ_OP_AVG_POOL2D;
         a = mj_attrs_default(op);
         int64_t len[2] = {H, W};
+        bool ceil = take(G, 2); /* windows that hang over the end */
+        a.i[MJ_POOL_CEIL] = ceil;
         for (int i = 0; i < 2; i++) {
             int32_t k = 1 + (int32_t)take(G, 3), st = 1 + (int32_t)take(G, 2), pd = (int32_t)take(G, (unsigned)(k / 2 + 1));
             if (len[i] + 2 * pd < k) return false;
             a.i[MJ_POOL_KERNEL + i] = k;
             a.i[MJ_POOL_STRIDE + i] = st;
             a.i[MJ_POOL_PADDING + i] = pd;
-            r.dims[2 + i] = (len[i] + 2 * pd - k) / st + 1;
+            r.dims[2 + i] = mj_window_out(len[i], k, st, pd, 1, ceil);
         }
         if (op == MJ_OP_AVG_POOL2D) a.i[MJ_POOL_COUNT_PAD] = (int32_t)take(G, 2);
     } else {
