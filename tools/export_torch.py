@@ -411,7 +411,9 @@ class _Builder:
         return _describe(self.model, self.node) if self.node is not None else "export"
 
     def input(self, name, shape):
-        return self._add(f"input {_ir_name(name)}", shape)
+        t = self._add(f"input {_ir_name(name)}", shape)
+        self.first_input = getattr(self, "first_input", None) or t
+        return t
 
     def param(self, key, tensor):
         if key not in self.params:
@@ -770,6 +772,9 @@ def _expand(cx, node, ins):
     if not isinstance(sizes, list) or len(sizes) < len(x.shape):
         raise ExportError(f"{cx.b.where()}: expand to {sizes!r}")
     lead = len(sizes) - len(x.shape)
+    if B not in x.shape and len(sizes) >= 1 and (isinstance(sizes[0], _Sym) and sizes[0].coef == 1) and \
+            (lead == 1 or (lead == 0 and x.shape[0] == 1)):
+        return [_expand_to_batch(cx, x, sizes[1:])]
     target, ones = [], []
     for i, s in enumerate(sizes):
         have = x.shape[i - lead] if i >= lead else None
@@ -791,6 +796,28 @@ def _expand(cx, node, ins):
         return [x]
     one = cx.b.const(torch.ones(ones))
     return [cx.b.op("mul", [x, one], _broadcast(x.shape, one.shape, cx.b.where()))]
+
+
+def _expand_to_batch(cx, x, rest):
+    # a value without the batch (ViT's class token [1, 1, d]) repeated for
+    # every item: the IR's expand over an input viewed as [B, 1, n] gives
+    # [B, 1, numel] of 0.0f + x (x exactly, but -0 becomes +0), then the shape
+    tail = x.shape[1:] if len(x.shape) == len(rest) + 1 else x.shape
+    shape = []
+    for s, have in zip(rest, tail):
+        if s == -1 or s == have:
+            shape.append(have)
+        elif have == 1 and isinstance(s, int) and not isinstance(s, bool) and s >= 1:
+            raise ExportError(f"unsupported: {cx.b.where()}: expands {_shape_str(x.shape)} to the batch "
+                              "and along another dim at once")
+        else:
+            raise ExportError(f"{cx.b.where()}: expand {_shape_str(x.shape)} to {[B] + list(rest)!r}")
+    inp = cx.b.first_input
+    flat = _reshape_to(cx, x, [_numel(x.shape)])
+    n_in = _numel([d for d in inp.shape if d != B])
+    per_item = _reshape_to(cx, inp, [_Sym(1), 1, n_in])
+    y = cx.b.op("expand", [per_item, flat], (B, 1, _numel(x.shape)))
+    return _reshape_to(cx, y, [_Sym(1)] + shape)
 
 
 def _abs(cx, node, ins):
@@ -1570,6 +1597,9 @@ def reference_run(text, tensors, inputs, every_value=False):
                 v = tensors[name]
         elif op == "reshape":
             v = vals[int(re.search(r"%(\d+)", rest).group(1))].reshape(shape)
+        elif op == "expand":  # 0.0f + b[j] over x's leading dims
+            ids = [int(i) for i in re.findall(r"%(\d+)", rest)]
+            v = torch.zeros(shape) + (vals[ids[1]] if len(ids) > 1 else 0.0)
         elif op in _REF_OPS:
             v = _REF_OPS[op]([vals[int(i)] for i in re.findall(r"%(\d+)", rest)])
         elif op in _REF_ATTR_OPS:

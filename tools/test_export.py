@@ -313,6 +313,40 @@ class ExportTest(unittest.TestCase):
         self.assert_in_ir("mul", ": f32[B,2,5,5]")
         self.assert_maskjit_passed()
 
+    def test_vit_class_token_expanded_to_the_batch_exports_and_checks(self):
+        class TinyViT(nn.Module):  # torchvision's VisionTransformer in small
+            def __init__(self):
+                super().__init__()
+                self.proj = nn.Conv2d(3, 16, 4, stride=4)
+                self.class_token = nn.Parameter(torch.randn(1, 1, 16))
+                self.pos = nn.Parameter(torch.randn(1, 5, 16))
+                self.encoder = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True)
+                self.head = nn.Linear(16, 3)
+
+            def forward(self, x):
+                x = self.proj(x).flatten(2).transpose(1, 2)                 # [B, 4, 16]
+                token = self.class_token.expand(x.shape[0], -1, -1)  # [B, 1, 16]
+                x = self.encoder(torch.cat([token, x], dim=1) + self.pos)
+                return self.head(x[:, 0])
+
+        torch.manual_seed(17)
+        model = TinyViT()
+        prune.l1_unstructured(model.encoder.linear1, "weight", amount=0.8)
+        self.export(model.eval(), torch.randn(2, 3, 8, 8))
+        self.assert_in_ir("expand", ": f32[B,1,16]")
+        self.assert_maskjit_passed()
+
+        class Tokens(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.token = nn.Parameter(torch.randn(1, 1, 16))
+
+            def forward(self, x):  # x [B, 3, 16]
+                return x + self.token.expand(x.shape[0], 3, -1)
+
+        os.remove(self.path())
+        self.assert_refused(Tokens(), torch.randn(2, 3, 16), "to the batch and along another dim")
+
     def test_embedding_is_refused_with_what_to_do(self):
         model = nn.Sequential(nn.Embedding(10, 8), nn.Linear(8, 2))
         self.assert_refused(model, torch.zeros(2, 5), "nn.Embedding takes integer indices",
