@@ -377,6 +377,7 @@ class _Builder:
         self.state = state          # key -> tensor: every param/buffer to store
         self.lines = []
         self.params = {}            # key -> _T
+        self.first_input = None     # _T: where a value expanded to the batch gets B
         self.consts = 0
         self.tensors = {}           # name -> float32 tensor for params and large consts
         self.origins = {}           # "%id" -> module path
@@ -412,7 +413,7 @@ class _Builder:
 
     def input(self, name, shape):
         t = self._add(f"input {_ir_name(name)}", shape)
-        self.first_input = getattr(self, "first_input", None) or t
+        self.first_input = self.first_input or t
         return t
 
     def param(self, key, tensor):

@@ -41,7 +41,6 @@ void mj_conv2d_params_init(mj_conv2d_params *p) {
     p->groups = 1;
 }
 
-
 /* Each output element: acc = +0.0f, then for c, kh, kw ascending
  * acc = fmaf(x, w, acc) with x = 0.0f where the window reads padding (as
  * im2col does: a NaN or inf weight there still gives NaN), then acc + b.
