@@ -163,6 +163,35 @@ Test(cnn_jit, pools_with_ceil_mode_in_every_mode) {
     mj_graph_free(g);
 }
 
+/* MaxPool2d and AvgPool2d modules with ceil_mode: traced with the
+ * attribute, replayed and compiled in every mode as eager computes them. */
+Test(cnn_jit, pool_modules_with_ceil_mode_trace_and_compile) {
+    mj_rng rng = mjt_rng(35);
+    for (int max = 0; max < 2; max++) {
+        mj_pool2d_params p = {.max = max, .kernel = {3, 2}, .stride = {2, 2}, .padding = {1, 0}, .ceil_mode = true,
+                              .count_include_pad = true};
+        mj_module *m = NULL;
+        OK(mj_pool2d_new(&m, &p));
+        mj_tensor *x = mjc_randn(4, (int64_t[]){2, 3, 6, 7}, &rng), *direct = NULL;
+        OK(mj_pool2d(&direct, x, &p));
+        mj_tensor *want = mjt_forward(m, x);
+        cr_expect(mj_tensor_equal(want, direct) && mj_tensor_dim(want, 2) == 4 && mj_tensor_dim(want, 3) == 4,
+                  "%s module: %lldx%lld", max ? "max" : "avg", (long long)mj_tensor_dim(want, 2),
+                  (long long)mj_tensor_dim(want, 3));
+        mj_graph *g = mjt_trace(m, x);
+        char *text = mj_graph_to_string(g);
+        cr_expect(strstr(text, "ceil_mode=true"), "%s", text);
+        free(text);
+        for (int k = 0; k < 4; k++) {
+            mj_tensor *got = mjt_compile_run(jit, g, mjt_modes[k], x);
+            cr_expect(mj_tensor_equal(got, want), "%s (%s)", max ? "max" : "avg", mjt_modes[k].name);
+            mj_tensor_release(got);
+        }
+        MJT_RELEASE(x, direct, want);
+        mjt_free_traced(g, m);
+    }
+}
+
 /* Eager's NaNs: NaN and inf inputs meet zero (masked) weights, and an
  * original NaN or inf under a zero mask makes a NaN weight, which reaches
  * the padded positions too. Exact live is bitwise eager; exact frozen may

@@ -77,6 +77,9 @@ mj_status mj_max_pool2d_new(mj_module **out, const int64_t kernel[2], const int6
                             const int64_t padding[2]);
 mj_status mj_avg_pool2d_new(mj_module **out, const int64_t kernel[2], const int64_t stride[2],
                             const int64_t padding[2], bool count_include_pad);
+/* MaxPool2d or AvgPool2d with every option mj_pool2d has (ceil_mode);
+ * the stride is p->stride, written out */
+mj_status mj_pool2d_new(mj_module **out, const mj_pool2d_params *p);
 mj_status mj_adaptive_avg_pool2d_new(mj_module **out, int64_t oh, int64_t ow);
 
 #ifdef __cplusplus

@@ -307,7 +307,7 @@ typedef struct cnn_cfg {
     mj_conv2d_params conv;
     int64_t kernel[2], stride[2], padding[2];
     int64_t out_hw[2];
-    bool count_include_pad;
+    bool count_include_pad, ceil_mode;
     float eps;
 } cnn_cfg;
 
@@ -393,14 +393,23 @@ mj_status mj_batch_norm2d_new(mj_module **out, int64_t num_features, float eps) 
     return mj_module_finish(m, s, out);
 }
 
-static mj_status maxpool_forward(mj_module *self, const mj_tensor *x, mj_tensor **y) {
+static mj_status pool_forward(mj_module *self, const mj_tensor *x, mj_tensor **y, bool max) {
     const cnn_cfg *c = mj_module_user(self);
-    return mj_max_pool2d(y, x, c->kernel, c->stride, c->padding);
+    mj_pool2d_params p = {.max = max, .ceil_mode = c->ceil_mode, .count_include_pad = c->count_include_pad};
+    for (int i = 0; i < 2; i++) {
+        p.kernel[i] = c->kernel[i];
+        p.stride[i] = c->stride[i];
+        p.padding[i] = c->padding[i];
+    }
+    return mj_pool2d(y, x, &p);
+}
+
+static mj_status maxpool_forward(mj_module *self, const mj_tensor *x, mj_tensor **y) {
+    return pool_forward(self, x, y, true);
 }
 
 static mj_status avgpool_forward(mj_module *self, const mj_tensor *x, mj_tensor **y) {
-    const cnn_cfg *c = mj_module_user(self);
-    return mj_avg_pool2d(y, x, c->kernel, c->stride, c->padding, c->count_include_pad);
+    return pool_forward(self, x, y, false);
 }
 
 static mj_status adaptive_forward(mj_module *self, const mj_tensor *x, mj_tensor **y) {
@@ -430,6 +439,14 @@ mj_status mj_max_pool2d_new(mj_module **out, const int64_t kernel[2], const int6
     cnn_cfg cfg = {0};
     MJ_TRY(pool_cfg("MaxPool2d", kernel, stride, padding, &cfg));
     return new_module(out, "MaxPool2d", maxpool_forward, &cfg);
+}
+
+mj_status mj_pool2d_new(mj_module **out, const mj_pool2d_params *p) {
+    const char *type = p && p->max ? "MaxPool2d" : "AvgPool2d";
+    if (!out || !p) return mj_fail(MJ_ERR_INVALID, "%s: out or parameters NULL", type);
+    cnn_cfg cfg = {.count_include_pad = !p->max && p->count_include_pad, .ceil_mode = p->ceil_mode};
+    MJ_TRY(pool_cfg(type, p->kernel, p->stride, p->padding, &cfg));
+    return new_module(out, type, p->max ? maxpool_forward : avgpool_forward, &cfg);
 }
 
 mj_status mj_avg_pool2d_new(mj_module **out, const int64_t kernel[2], const int64_t stride[2],
