@@ -257,14 +257,6 @@ int64_t mj_body_padded_floats(const mj_body_plan *p, int32_t i, int64_t *per_ima
 
 mj_status mj_body_plan_build(const mj_graph *g, const bool *input_free, bool frozen, int vw, mj_body_plan *p) {
     memset(p, 0, sizeof *p);
-    {   /* every node reaches an output (the compile's pipelines end with
-         * dce): the fusion decisions below count live users only, and a dead
-         * reader of a fused value would be lowered without it */
-        bool *live = mj_graph_live(g);
-        if (!live) return MJ_ERR_NOMEM;
-        for (int32_t i = 0; i < g->n_nodes; i++) MJ_ASSERT(live[i]);
-        free(live);
-    }
     p->g = g;
     p->input_free = input_free;
     p->frozen = frozen;
@@ -295,6 +287,10 @@ mj_status mj_body_plan_build(const mj_graph *g, const bool *input_free, bool fro
         mj_body_plan_free(p);
         return MJ_ERR_NOMEM;
     }
+    /* every node reaches an output (the compile's pipelines end with dce):
+     * the fusion decisions below count live users only, and a dead reader
+     * of a fused value would be lowered without it */
+    for (int32_t i = 0; i < g->n_nodes; i++) MJ_ASSERT(mj_uses_live(g, uses, i));
     int32_t k_in = 0;
     for (int32_t i = 0; i < g->n_nodes; i++) {
         p->leaf_plain[i] = p->leaf_packed[i] = p->root_of[i] = p->fused_by[i] = p->tail_out[i] = p->padded_by[i] = -1;
