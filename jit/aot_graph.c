@@ -109,7 +109,8 @@ mj_status mj_aot_prepare(const mj_graph *g0, const mj_aot_options *o, const targ
     } else if (!(a->input_free = mj_graph_input_free(a->g))) {
         return MJ_ERR_NOMEM;
     }
-    MJ_TRY(mj_body_plan_build(a->g, a->input_free, !a->live, mj_features_vector_width(t->features), &a->plan));
+    MJ_TRY(mj_body_plan_build(a->g, a->input_free, !a->live, mj_features_vector_width(t->features), MJ_OP_COUNT,
+                                      &a->plan));
     MJ_TRY(prologue(a));
     if (a->live) {
         a->param_node = mj_alloc_array((size_t)a->plan.n_leaves + 1, sizeof *a->param_node);

@@ -252,7 +252,8 @@ mj_status mj_jit_compile(mj_jit *jit, const mj_graph *g, const mj_compile_option
         s = MJ_ERR_NOMEM;
         goto fail;
     }
-    s = mj_body_plan_build(c->g, c->input_free, opts.frozen, mj_features_vector_width(jit->features), &c->plan);
+    s = mj_body_plan_build(c->g, c->input_free, opts.frozen, mj_features_vector_width(jit->features),
+                           jit->fault, &c->plan);
     if (s != MJ_OK) goto fail;
     c->needed = mj_prologue_needed(c->g, &c->plan);
     c->param_versions = mj_alloc_array((size_t)c->g->n_nodes + 1, sizeof *c->param_versions);

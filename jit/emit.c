@@ -404,6 +404,27 @@ LLVMValueRef mj_emit_vload(mj_emit *e, LLVMValueRef ptr, int lanes) {
     return LLVMBuildCall2(e->b, fty, fn, args, 4, "");
 }
 
+void mj_emit_transpose_tile(mj_emit *e, LLVMValueRef *r) {
+    int n = e->vw;
+    for (int h = 1; h < n; h *= 2) {
+        LLVMValueRef ma[16], mb[16];
+        for (int c = 0; c < n; c++) {
+            /* new[i][c]   = c&h ? r[i+h][c-h] : r[i][c]
+             * new[i+h][c] = c&h ? r[i+h][c]   : r[i][c+h] */
+            ma[c] = LLVMConstInt(e->i32, (unsigned long long)((c & h) ? n + c - h : c), 0);
+            mb[c] = LLVMConstInt(e->i32, (unsigned long long)((c & h) ? n + c : c + h), 0);
+        }
+        LLVMValueRef MA = LLVMConstVector(ma, (unsigned)n), MB = LLVMConstVector(mb, (unsigned)n);
+        for (int i = 0; i < n; i++) {
+            if (i & h) continue;
+            LLVMValueRef a = LLVMBuildShuffleVector(e->b, r[i], r[i + h], MA, "");
+            LLVMValueRef b = LLVMBuildShuffleVector(e->b, r[i], r[i + h], MB, "");
+            r[i] = a;
+            r[i + h] = b;
+        }
+    }
+}
+
 void mj_emit_vstore(mj_emit *e, LLVMValueRef v, LLVMValueRef ptr, int lanes) {
     if (lanes == e->vw) {
         LLVMSetAlignment(LLVMBuildStore(e->b, v, ptr), 4);

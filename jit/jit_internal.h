@@ -85,11 +85,25 @@ typedef struct mj_body_plan {
     int32_t *padded_by;        /* per node: stored zero-padded as the input of
                                   this frozen sparse conv (its only readers are
                                   such convs; a sparse conv writes it), or -1  */
+    int32_t *view_base;        /* per permute or transpose that only matmuls
+                                  (and such views) read: the node whose
+                                  storage they read it from in place, with
+                                  view_dim's strides; it has no storage and
+                                  no code of its own. Else -1               */
+    int8_t *view_dim;          /* [node * MJ_MAX_RANK + d]: for a view, the
+                                  dim of its base that its dim d walks       */
     int8_t *conv_how;          /* per conv2d of the body: how it is lowered
                                   (mj_conv_lowering, jit/lower_cnn.h; each way
                                   splits its work between column mode's
                                   threads), or -1                              */
 } mj_body_plan;
+
+/* The operand dim that each dim of a permute or transpose node walks. */
+void mj_node_perm(const mj_node *n, int *perm);
+
+/* A matmul's b panel copied for the micro-kernels is at most this many
+ * floats (K x the panel width; lower_gemm.c). */
+#define MJ_GEMM_PACK_MAX_FLOATS (16 << 10)
 
 /* Packs W[N][K] into column panels of width P: panel p (columns
  * j0 = p*P .. min(N, j0+P), width pw) is [K][pw] at offset K*j0. With P >= N
@@ -104,7 +118,10 @@ int64_t mj_host_cache_bytes(int name, int64_t lo, int64_t hi, int64_t fallback);
 
 /* Builds the plan for a graph whose input_free flags are known (allocates
  * the arrays; mj_body_plan_free releases them). */
-mj_status mj_body_plan_build(const mj_graph *g, const bool *input_free, bool frozen, int vw, mj_body_plan *p);
+/* fault: the test-only fault's op (MJ_OP_COUNT for none), which must keep
+ * its code: its nodes are never views. */
+mj_status mj_body_plan_build(const mj_graph *g, const bool *input_free, bool frozen, int vw, mj_op fault,
+                             mj_body_plan *p);
 /* A slot of padded_by >= 0 holds per_image floats per image of its batch
  * dim plus the returned floats once; 0 (per_image -1) for other nodes. */
 int64_t mj_body_padded_floats(const mj_body_plan *p, int32_t i, int64_t *per_image);

@@ -248,7 +248,8 @@ mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan 
         const mj_node *n = &g->nodes[i];
         /* a conv's or matmul's tail is computed in its store; attention's
          * softmax and second matmul in the first matmul's loop */
-        if (p->input_free[i] || n->op == MJ_OP_INPUT || done[i] || p->fused_by[i] >= 0 || p->attn_in[i] >= 0)
+        if (p->input_free[i] || n->op == MJ_OP_INPUT || done[i] || p->fused_by[i] >= 0 || p->attn_in[i] >= 0 ||
+            p->view_base[i] >= 0) /* a view: its matmuls read its base */
             continue;
         if (n->op == MJ_OP_RESHAPE) { /* an alias: no code */
             w.buf[i] = w.buf[n->operands[0]];

@@ -64,9 +64,16 @@ static void emit_dot(lw *w, LLVMValueRef y, LLVMValueRef x, LLVMValueRef W, LLVM
  * matmul (MK_FAULT_MM), the division, the add. */
 enum { MK_FAULT_MM = 1, MK_FAULT_DIV = 2, MK_FAULT_ADD = 4 };
 
+/* x's rows are xs floats apart; a matmul's b (plain) has rows ldb floats
+ * apart, or with btrans its columns (b[k][n] at n*ldb + k). */
+typedef struct gemm_layout {
+    int64_t xs, ldb, ys; /* ys: y's rows (a matmul storing into a permute's layout) */
+    bool btrans;
+} gemm_layout;
+
 static void emit_gemm(lw *w, LLVMValueRef y, LLVMValueRef x, LLVMValueRef W, bool plain, bool split,
                       LLVMValueRef M, int64_t K, int64_t N, LLVMValueRef bias, mj_act act, LLVMValueRef res,
-                      LLVMValueRef dv, int faults);
+                      LLVMValueRef dv, int faults, gemm_layout lay);
 
 void mj_lw_emit_linear(lw *w, int32_t id) {
     const mj_graph *g = w->p->g;
@@ -86,7 +93,7 @@ void mj_lw_emit_linear(lw *w, int32_t id) {
     }
     if (Wp && wt->dims[0] >= 1 && wt->dims[1] >= 1)
         emit_gemm(w, w->buf[id], w->buf[n->operands[0]], Wp, false, true, M, wt->dims[1], wt->dims[0], bias, act,
-                  res, NULL, 0);
+                  res, NULL, 0, (gemm_layout){.xs = wt->dims[1], .ys = wt->dims[0]});
     else if (Wp)
         emit_dot(w, w->buf[id], w->buf[n->operands[0]], Wp, M, K, N, N, ci(w, 1), true, bias, act, res);
     else /* a weight computed from the input: read it in place, [out][in] */
@@ -102,7 +109,38 @@ typedef struct mm_setup {
     int64_t Kd, Nd;
     LLVMValueRef M, K, N, count, dv;
     LLVMValueRef sa[2], sb[2], sy[2], sr[2]; /* per output batch dim (0 where broadcast) */
+    LLVMValueRef abuf, bbuf;                 /* a's and b's storage (a view's: its base's) */
+    gemm_layout lay;
 } mm_setup;
+
+/* Where operand v lives: its storage, or for a view (lower_plan.c's
+ * plan_views) its base's; st[d] the stride of v's dim d there, and cs[d]
+ * the same as a constant (-1 where it depends on the batch). */
+static void row_major(lw *w, const mj_type *t, LLVMValueRef *st, int64_t *cs) {
+    LLVMValueRef s = ci(w, 1);
+    int64_t c = 1;
+    for (int d = t->rank - 1; d >= 0; d--) {
+        st[d] = s;
+        cs[d] = c;
+        s = mul(w, s, dimv(w, t->dims[d]));
+        c = c < 0 || t->dims[d] < 0 ? -1 : c * t->dims[d];
+    }
+}
+
+static LLVMValueRef operand_layout(lw *w, int32_t v, LLVMValueRef *st, int64_t *cs) {
+    const mj_body_plan *p = w->p;
+    int32_t base = p->view_base[v] >= 0 ? p->view_base[v] : v;
+    const mj_type *t = &p->g->nodes[v].type, *bt = &p->g->nodes[base].type;
+    LLVMValueRef bs[MJ_MAX_RANK];
+    int64_t bc[MJ_MAX_RANK];
+    row_major(w, bt, bs, bc);
+    for (int d = 0; d < t->rank; d++) {
+        int e = p->view_base[v] >= 0 ? p->view_dim[(size_t)v * MJ_MAX_RANK + d] : d;
+        st[d] = bs[e];
+        cs[d] = bc[e];
+    }
+    return w->buf[base];
+}
 
 static void matmul_setup(lw *w, int32_t id, mm_setup *m) {
     const mj_graph *g = w->p->g;
@@ -112,28 +150,45 @@ static void matmul_setup(lw *w, int32_t id, mm_setup *m) {
     m->Kd = ta->dims[ta->rank - 1], m->Nd = tb->dims[tb->rank - 1];
     m->M = dimv(w, ta->dims[ta->rank - 2]), m->K = dimv(w, m->Kd), m->N = dimv(w, m->Nd);
     int nb = m->nb;
-    /* per output batch dim: strides of a, b (0 where broadcast) and y */
-    LLVMValueRef ea = mul(w, m->M, m->K), eb = mul(w, m->K, m->N), ey = mul(w, m->M, m->N);
+    /* per output batch dim: strides of a and b (0 where broadcast) */
+    LLVMValueRef sta[MJ_MAX_RANK], stb[MJ_MAX_RANK];
+    int64_t ca[MJ_MAX_RANK], cb[MJ_MAX_RANK];
+    m->abuf = operand_layout(w, n->operands[0], sta, ca);
+    m->bbuf = operand_layout(w, n->operands[1], stb, cb);
     for (int d = nb - 1; d >= 0; d--) {
         int da = d - (nb - (ta->rank - 2)), db = d - (nb - (tb->rank - 2));
-        m->sy[d] = ey;
-        ey = mul(w, ey, dimv(w, to->dims[d]));
-        m->sa[d] = da >= 0 && ta->dims[da] == to->dims[d] ? ea : ci(w, 0);
-        if (da >= 0) ea = mul(w, ea, dimv(w, ta->dims[da]));
-        m->sb[d] = db >= 0 && tb->dims[db] == to->dims[d] ? eb : ci(w, 0);
-        if (db >= 0) eb = mul(w, eb, dimv(w, tb->dims[db]));
+        m->sa[d] = da >= 0 && ta->dims[da] == to->dims[d] ? sta[da] : ci(w, 0);
+        m->sb[d] = db >= 0 && tb->dims[db] == to->dims[d] ? stb[db] : ci(w, 0);
     }
+    /* a's rows, b's rows or columns (plan_views checked them) */
+    m->lay.xs = ca[ta->rank - 2];
+    m->lay.btrans = cb[tb->rank - 1] != 1;
+    m->lay.ldb = m->lay.btrans ? cb[tb->rank - 1] : cb[tb->rank - 2];
     /* The tail the epilogue computes (lower_plan.c's plan_matmul_tail): the
      * divisor, and the row added, with its strides per output batch dim (0
      * where broadcast) */
     int32_t cur = id;
     m->faults = n->op == w->o->fault && w->p->tail_out[id] != id ? MK_FAULT_MM : 0;
+    LLVMValueRef sty[MJ_MAX_RANK];
+    int64_t cy[MJ_MAX_RANK];
+    row_major(w, to, sty, cy);
     for (int32_t j = id + 1; j < g->n_nodes; j++) {
         if (w->p->fused_by[j] != id) continue;
         const mj_node *t = &g->nodes[j];
         if (t->op == MJ_OP_DIV) {
             m->dv = w->buf[t->operands[1]];
             m->faults |= t->op == w->o->fault ? MK_FAULT_DIV : 0;
+        } else if (t->op == MJ_OP_PERMUTE || t->op == MJ_OP_TRANSPOSE) {
+            /* the store puts each row where the permute would (its last dim stays last) */
+            LLVMValueRef bs[MJ_MAX_RANK];
+            int64_t bc[MJ_MAX_RANK];
+            int perm[MJ_MAX_RANK];
+            row_major(w, &t->type, bs, bc);
+            mj_node_perm(t, perm);
+            for (int d = 0; d < t->type.rank; d++) {
+                sty[perm[d]] = bs[d];
+                cy[perm[d]] = bc[d];
+            }
         } else {
             MJ_ASSERT(t->op == MJ_OP_ADD);
             m->row = t->operands[0] == cur ? t->operands[1] : t->operands[0];
@@ -142,6 +197,9 @@ static void matmul_setup(lw *w, int32_t id, mm_setup *m) {
         cur = j;
     }
     MJ_ASSERT(cur == w->p->tail_out[id]);
+    for (int d = 0; d < nb; d++) m->sy[d] = sty[d];
+    m->lay.ys = cy[to->rank - 2];
+    MJ_ASSERT(m->lay.ys > 0 && cy[to->rank - 1] == 1);
     if (m->row >= 0) {
         const mj_type *tr = &g->nodes[m->row].type;
         LLVMValueRef er = ci(w, 1), st[MJ_MAX_RANK];
@@ -173,13 +231,14 @@ static LLVMValueRef matmul_one(lw *w, const mm_setup *m, LLVMValueRef f) {
         oy = add(w, oy, mul(w, i, m->sy[d]));
         if (m->row >= 0) orow = add(w, orow, mul(w, i, m->sr[d]));
     }
-    LLVMValueRef y = at(w, w->buf[w->p->tail_out[m->id]], oy), a = at(w, w->buf[n->operands[0]], oa);
-    LLVMValueRef b = at(w, w->buf[n->operands[1]], ob);
+    LLVMValueRef y = at(w, w->buf[w->p->tail_out[m->id]], oy), a = at(w, m->abuf, oa);
+    LLVMValueRef b = at(w, m->bbuf, ob);
     if (mj_body_matmul_on_kernels(g, m->id)) { /* each matrix on one thread: no column split */
         LLVMValueRef rowp = m->row >= 0 ? at(w, w->buf[m->row], orow) : NULL;
-        emit_gemm(w, y, a, b, true, false, m->M, m->Kd, m->Nd, rowp, MJ_ACT_NONE, NULL, m->dv, m->faults);
+        emit_gemm(w, y, a, b, true, false, m->M, m->Kd, m->Nd, rowp, MJ_ACT_NONE, NULL, m->dv, m->faults, m->lay);
     } else {
         MJ_ASSERT(w->p->tail_out[m->id] == m->id);
+        MJ_ASSERT(w->p->view_base[n->operands[0]] < 0 && w->p->view_base[n->operands[1]] < 0);
         emit_dot(w, y, a, b, m->M, m->K, m->N, m->N, ci(w, 1), true, NULL, MJ_ACT_NONE, NULL);
     }
     return y;
@@ -244,7 +303,6 @@ void mj_lw_emit_attention(lw *w, int32_t id) {
  * vectors (pw not a multiple of the width) use masked loads and stores. */
 
 #define MK_MAX_ROWS MJ_MK_MAX_ROWS
-#define GEMM_PACK_MAX_FLOATS (16 << 10) /* emit_gemm's copy of a matmul's panel */
 
 /* void mk(const float *x, int64 xs, const float *wp, float *y, int64 ys,
  *         int64 kc, i1 first, i1 last, const float *bias, const float *res,
@@ -405,7 +463,7 @@ static LLVMValueRef tile_prefetch(lw *w, LLVMValueRef next, LLVMValueRef t, int6
 
 /* Rows [0, M) of one panel block: 6 at a time, then 4, 2, 1 for the rest;
  * each tile prefetches its share of the next block (tile_prefetch). */
-static void emit_rows(lw *w, LLVMValueRef const mk[4], LLVMValueRef x, int64_t K, LLVMValueRef wp, LLVMValueRef y,
+static void emit_rows(lw *w, LLVMValueRef const mk[4], LLVMValueRef x, int64_t xs, LLVMValueRef wp, LLVMValueRef y,
                       int64_t N, LLVMValueRef M, LLVMValueRef kc, LLVMValueRef first, LLVMValueRef last,
                       LLVMValueRef bias, LLVMValueRef res, LLVMValueRef dv, LLVMValueRef next, int64_t lines) {
     LLVMTypeRef fty = mk_type(w);
@@ -414,7 +472,7 @@ static void emit_rows(lw *w, LLVMValueRef const mk[4], LLVMValueRef x, int64_t K
     LLVMValueRef blocks = LLVMBuildSDiv(w->e.b, M, ci(w, 6), "");
     loop lb = loop_begin(w, blocks);
     LLVMValueRef i0 = mul(w, lb.iv, ci(w, 6));
-    LLVMValueRef args[MK_NPARAMS] = {at(w, x, mul(w, i0, ci(w, K))), ci(w, K), wp, at(w, y, mul(w, i0, ci(w, N))),
+    LLVMValueRef args[MK_NPARAMS] = {at(w, x, mul(w, i0, ci(w, xs))), ci(w, xs), wp, at(w, y, mul(w, i0, ci(w, N))),
                                      ci(w, N), kc, first, last, bp, res ? at(w, res, mul(w, i0, ci(w, N))) : null,
                                      tile_prefetch(w, next, lb.iv, lines), dv ? dv : null};
     LLVMBuildCall2(w->e.b, fty, mk[0], args, MK_NPARAMS, "");
@@ -427,7 +485,7 @@ static void emit_rows(lw *w, LLVMValueRef const mk[4], LLVMValueRef x, int64_t K
                                                           ci(w, 0), ""));
         /* rows before this piece: done + (rem & bigger pieces) */
         LLVMValueRef row = add(w, done, LLVMBuildAnd(w->e.b, rem, ci(w, ~(int64_t)(2 * r - 1)), ""));
-        LLVMValueRef a[MK_NPARAMS] = {at(w, x, mul(w, row, ci(w, K))), ci(w, K), wp, at(w, y, mul(w, row, ci(w, N))),
+        LLVMValueRef a[MK_NPARAMS] = {at(w, x, mul(w, row, ci(w, xs))), ci(w, xs), wp, at(w, y, mul(w, row, ci(w, N))),
                                       ci(w, N), kc, first, last, bp, res ? at(w, res, mul(w, row, ci(w, N))) : null,
                                       tile_prefetch(w, next, add(w, blocks, ci(w, t)), lines), dv ? dv : null};
         LLVMBuildCall2(w->e.b, fty, mk[t], a, MK_NPARAMS, "");
@@ -465,7 +523,8 @@ static int64_t gemm_k_block(int64_t P) {
  * prefetch target (the next k block, or the next panel's first after the
  * last: packed panels are contiguous; or past W's end). */
 static void emit_panel_block(lw *w, LLVMValueRef const mk[4], LLVMValueRef kb, int64_t K, int64_t KC,
-                             LLVMValueRef panel, int64_t ws, int64_t pw, LLVMValueRef x, LLVMValueRef y, int64_t N,
+                             LLVMValueRef panel, int64_t ws, int64_t pw, LLVMValueRef x, int64_t xs, LLVMValueRef y,
+                             int64_t N,
                              LLVMValueRef M, LLVMValueRef bias, LLVMValueRef res, LLVMValueRef dv) {
     int64_t nkb = (K + KC - 1) / KC;
     LLVMValueRef k0 = mul(w, kb, ci(w, KC));
@@ -475,7 +534,7 @@ static void emit_panel_block(lw *w, LLVMValueRef const mk[4], LLVMValueRef kb, i
     LLVMValueRef wblk = at(w, panel, mul(w, k0, ci(w, ws)));
     LLVMValueRef off = mul(w, kc, ci(w, ws));
     LLVMValueRef next = LLVMBuildGEP2(w->e.b, w->e.f32, wblk, &off, 1, "");
-    emit_rows(w, mk, at(w, x, k0), K, wblk, y, N, M, kc, first, last, bias, res, dv, next,
+    emit_rows(w, mk, at(w, x, k0), xs, wblk, y, N, M, kc, first, last, bias, res, dv, next,
               (pw + line_floats() - 1) / line_floats());
 }
 
@@ -502,11 +561,47 @@ static void emit_claimed_panels(lw *w, LLVMValueRef mk[2][4], LLVMValueRef y, LL
             end = if_begin(w, LLVMBuildICmp(w->e.b, part == 0 ? LLVMIntSLT : LLVMIntEQ, idx, ci(w, nfull), ""));
         int64_t pw = part == 0 ? P : tail;
         loop lk = loop_begin(w, ci(w, nkb));
-        emit_panel_block(w, mk[part], lk.iv, K, KC, panel, pw, pw, x, ycol, N, M, bcol, rcol, NULL);
+        emit_panel_block(w, mk[part], lk.iv, K, KC, panel, pw, pw, x, K, ycol, N, M, bcol, rcol, NULL);
         loop_end(w, &lk);
         if (end) if_end(w, end);
     }
     mj_emit_claim_end(&w->e, &cl);
+}
+
+/* The rows k0 .. k0+kn of a transposed b's panel into pbuf ([k][pw]):
+ * b[k][j] is src[j*ldb + k]. vw x vw tiles transposed in registers (a
+ * vectorised loop of single floats became scatters, microcoded on AVX-512
+ * cores), single floats for the edges. */
+static void pack_transposed(lw *w, LLVMValueRef src, int64_t ldb, LLVMValueRef pbuf, int64_t pw, LLVMValueRef k0,
+                            LLVMValueRef kn) {
+    int vw = w->p->vw;
+    int64_t jfull = pw / vw * vw;
+    LLVMValueRef kfull = LLVMBuildAnd(w->e.b, kn, ci(w, ~(int64_t)(vw - 1)), "");
+    LLVMValueRef ldbv = ci(w, ldb), pwv = ci(w, pw);
+    if (jfull) {
+        loop lj = loop_begin(w, ci(w, jfull / vw));
+        loop lk = loop_begin(w, LLVMBuildSDiv(w->e.b, kfull, ci(w, vw), ""));
+        LLVMValueRef j = mul(w, lj.iv, ci(w, vw)), k = add(w, k0, mul(w, lk.iv, ci(w, vw)));
+        LLVMValueRef r[16];
+        for (int t = 0; t < vw; t++) r[t] = vload(w, at(w, src, add(w, mul(w, add(w, j, ci(w, t)), ldbv), k)), vw);
+        mj_emit_transpose_tile(&w->e, r);
+        for (int t = 0; t < vw; t++) vstore(w, r[t], at(w, pbuf, add(w, mul(w, add(w, k, ci(w, t)), pwv), j)), vw);
+        loop_end(w, &lk);
+        loop_end(w, &lj);
+    }
+    /* the edges: rows past kfull for every column, columns past jfull */
+    for (int part = 0; part < 2; part++) {
+        if (part == 1 && jfull == pw) break;
+        LLVMValueRef kfrom = part == 0 ? kfull : ci(w, 0), kto = part == 0 ? kn : kfull;
+        int64_t jfrom = part == 0 ? 0 : jfull;
+        loop lj = loop_begin(w, ci(w, pw - jfrom));
+        LLVMValueRef j = add(w, lj.iv, ci(w, jfrom));
+        loop lk = loop_begin(w, LLVMBuildSub(w->e.b, kto, kfrom, ""));
+        LLVMValueRef k = add(w, k0, add(w, kfrom, lk.iv));
+        store(w, load(w, src, add(w, mul(w, j, ldbv), k)), pbuf, add(w, mul(w, k, pwv), j));
+        loop_end(w, &lk);
+        loop_end(w, &lj);
+    }
 }
 
 /* y[M][N] = act(x[M][K] . W + b) + res, W the packed panels (plain: a
@@ -514,7 +609,7 @@ static void emit_claimed_panels(lw *w, LLVMValueRef mk[2][4], LLVMValueRef y, LL
  * the panels (emit_claimed_panels); else one thread does them all. */
 static void emit_gemm(lw *w, LLVMValueRef y, LLVMValueRef x, LLVMValueRef W, bool plain, bool split,
                       LLVMValueRef M, int64_t K, int64_t N, LLVMValueRef bias, mj_act act, LLVMValueRef res,
-                      LLVMValueRef dv, int faults) {
+                      LLVMValueRef dv, int faults, gemm_layout lay) {
     int64_t P = w->p->panel;
     /* A matmul's b read in place has rows N floats apart: with N a multiple
      * of 128 floats (attention: 64 or 128) a panel's lines fall into an
@@ -522,8 +617,12 @@ static void emit_gemm(lw *w, LLVMValueRef y, LLVMValueRef x, LLVMValueRef W, boo
      * evicted itself between the tiles that reuse it. Copied into a
      * contiguous [K][pw] buffer (per panel, on the stack) they spread over
      * every set: the attention's matmuls (BERT-base, batch 1) took ~30%
-     * less time, the layer ~4%. The buffer is at most 64 KiB of stack. */
-    bool pack = plain && N > P && K * P <= GEMM_PACK_MAX_FLOATS;
+     * less time, the layer ~4%. The buffer is at most 64 KiB of stack.
+     * A view's b (a head of [.., seq, heads * d]) has rows 768 floats apart
+     * and worse sets, and a transposed one must be copied anyway. */
+    bool strided = plain && (lay.btrans || lay.ldb != N);
+    bool pack = plain && (N > P || strided) && K * P <= MJ_GEMM_PACK_MAX_FLOATS;
+    MJ_ASSERT(pack || !lay.btrans);
     LLVMValueRef pbuf = pack ? mj_emit_entry_alloca(&w->e, LLVMArrayType2(w->e.f32, (uint64_t)(K * P))) : NULL;
     if (pbuf) LLVMSetAlignment(pbuf, 64);
     int64_t KC = gemm_k_block(P);
@@ -535,7 +634,7 @@ static void emit_gemm(lw *w, LLVMValueRef y, LLVMValueRef x, LLVMValueRef W, boo
         if (part == 0 ? nfull : tail)
             for (int t = 0; t < 4; t++)
                 mk[part][t] = emit_microkernel(w, mk_rows[t], (int)(part == 0 ? P : tail),
-                                               plain && !pack ? N : (part == 0 ? P : tail), bias != NULL, act,
+                                               plain && !pack ? lay.ldb : (part == 0 ? P : tail), bias != NULL, act,
                                                res != NULL, dv != NULL, faults);
     MJ_ASSERT(!split || !plain); /* claimed panels are packed ones */
     MJ_ASSERT(!split || !dv);
@@ -576,8 +675,8 @@ static void emit_gemm(lw *w, LLVMValueRef y, LLVMValueRef x, LLVMValueRef W, boo
     loop lr = loop_begin(w, nblk);
     LLVMValueRef r0 = mul(w, lr.iv, per), left = LLVMBuildSub(w->e.b, M, r0, "");
     LLVMValueRef rows = LLVMBuildSelect(w->e.b, LLVMBuildICmp(w->e.b, LLVMIntSLT, left, per, ""), left, per, "");
-    LLVMValueRef xb = at(w, x, mul(w, r0, ci(w, K))), yb = at(w, y, mul(w, r0, ci(w, N)));
-    LLVMValueRef rb = res ? at(w, res, mul(w, r0, ci(w, N))) : NULL;
+    LLVMValueRef xb = at(w, x, mul(w, r0, ci(w, lay.xs))), yb = at(w, y, mul(w, r0, ci(w, lay.ys)));
+    LLVMValueRef rb = res ? at(w, res, mul(w, r0, ci(w, lay.ys))) : NULL;
     loop lc = loop_begin(w, nchv);
     LLVMValueRef kb0 = mul(w, lc.iv, bpcv); /* the chunk's first k block */
     LLVMValueRef left_kb = LLVMBuildSub(w->e.b, ci(w, nkb), kb0, "");
@@ -586,30 +685,34 @@ static void emit_gemm(lw *w, LLVMValueRef y, LLVMValueRef x, LLVMValueRef W, boo
         int64_t np = part == 0 ? nfull : (tail ? 1 : 0);
         if (np == 0) continue;
         int64_t pw = part == 0 ? P : tail;
-        int64_t ws = plain && !pack ? N : pw; /* panel row stride */
+        int64_t ws = plain && !pack ? lay.ldb : pw; /* panel row stride */
         loop lp = loop_begin(w, ci(w, np));
         LLVMValueRef j0 = add(w, mul(w, lp.iv, ci(w, P)), ci(w, part == 0 ? 0 : nfull * P));
-        LLVMValueRef panel = plain ? at(w, W, j0) : at(w, W, mul(w, j0, ci(w, K)));
+        LLVMValueRef panel = !plain ? at(w, W, mul(w, j0, ci(w, K))) : at(w, W, lay.btrans ? mul(w, j0, ci(w, lay.ldb)) : j0);
         if (pack) { /* the chunk's rows of the panel, [k][pw] (pack's comment) */
             LLVMValueRef k0 = mul(w, kb0, ci(w, KC));
             LLVMValueRef kn = LLVMBuildSub(w->e.b, ci(w, K), k0, "");
             LLVMValueRef kspan = mul(w, nkc, ci(w, KC));
             kn = LLVMBuildSelect(w->e.b, LLVMBuildICmp(w->e.b, LLVMIntSLT, kspan, kn, ""), kspan, kn, "");
-            loop lq = loop_begin(w, kn);
-            LLVMValueRef src = at(w, panel, mul(w, add(w, k0, lq.iv), ci(w, N)));
-            LLVMValueRef dst = at(w, pbuf, mul(w, add(w, k0, lq.iv), ci(w, pw)));
-            for (int64_t v = 0; v * w->p->vw < pw; v++) {
-                int lanes = (int)(pw - v * w->p->vw < w->p->vw ? pw - v * w->p->vw : w->p->vw);
-                vstore(w, vload(w, at(w, src, ci(w, v * w->p->vw)), lanes), at(w, dst, ci(w, v * w->p->vw)), lanes);
+            if (lay.btrans) pack_transposed(w, panel, lay.ldb, pbuf, pw, k0, kn);
+            else {
+                loop lq = loop_begin(w, kn);
+                LLVMValueRef src = at(w, panel, mul(w, add(w, k0, lq.iv), ci(w, lay.ldb)));
+                LLVMValueRef dst = at(w, pbuf, mul(w, add(w, k0, lq.iv), ci(w, pw)));
+                for (int64_t v = 0; v * w->p->vw < pw; v++) {
+                    int lanes = (int)(pw - v * w->p->vw < w->p->vw ? pw - v * w->p->vw : w->p->vw);
+                    vstore(w, vload(w, at(w, src, ci(w, v * w->p->vw)), lanes), at(w, dst, ci(w, v * w->p->vw)),
+                           lanes);
+                }
+                loop_end(w, &lq);
             }
-            loop_end(w, &lq);
             panel = pbuf;
         }
         LLVMValueRef ycol = at(w, yb, j0);
         LLVMValueRef bcol = bias ? at(w, bias, j0) : NULL;
         LLVMValueRef rcol = res ? at(w, rb, j0) : NULL;
         loop lk = loop_begin(w, nkc);
-        emit_panel_block(w, mk[part], add(w, kb0, lk.iv), K, KC, panel, ws, pw, xb, ycol, N, rows,
+        emit_panel_block(w, mk[part], add(w, kb0, lk.iv), K, KC, panel, ws, pw, xb, lay.xs, ycol, lay.ys, rows,
                          bcol, rcol, dv);
         loop_end(w, &lk);
         loop_end(w, &lp);

@@ -9,11 +9,7 @@ void mj_lw_emit_permute(lw *w, int32_t id) {
     const mj_node *n = &g->nodes[id];
     const mj_type *t = &g->nodes[n->operands[0]].type, *to = &n->type;
     int perm[MJ_MAX_RANK];
-    for (int d = 0; d < t->rank; d++) perm[d] = n->op == MJ_OP_PERMUTE ? n->sa.perm[d] : d;
-    if (n->op == MJ_OP_TRANSPOSE) {
-        perm[n->sa.dim0] = n->sa.dim1;
-        perm[n->sa.dim1] = n->sa.dim0;
-    }
+    mj_node_perm(n, perm);
     LLVMValueRef xs[MJ_MAX_RANK], s = ci(w, 1);
     for (int d = t->rank - 1; d >= 0; d--) {
         xs[d] = s;

@@ -101,28 +101,11 @@ static LLVMValueRef tile_fn(sb *s, const char *name, bool add_res) {
     LLVMValueRef src = LLVMGetParam(fn, 0), ss = LLVMGetParam(fn, 1), dst = LLVMGetParam(fn, 2),
                  ds = LLVMGetParam(fn, 3);
     /* row t of the source (vw floats at src + t*ss) becomes column t of the
-     * destination (row t at dst + t*ds). log2(vw) stages; stage h swaps the
-     * off-diagonal h x h blocks of every 2h x 2h block. */
+     * destination (row t at dst + t*ds) */
     int n = s->e.vw;
     LLVMValueRef r[16];
     for (int t = 0; t < n; t++) r[t] = vld(s, src, mul(s, ci(s, t), ss), 4);
-    for (int h = 1; h < n; h *= 2) {
-        LLVMValueRef ma[16], mb[16];
-        for (int c = 0; c < n; c++) {
-            /* new[i][c]   = c&h ? r[i+h][c-h] : r[i][c]
-             * new[i+h][c] = c&h ? r[i+h][c]   : r[i][c+h] */
-            ma[c] = LLVMConstInt(s->e.i32, (unsigned long long)((c & h) ? n + c - h : c), 0);
-            mb[c] = LLVMConstInt(s->e.i32, (unsigned long long)((c & h) ? n + c : c + h), 0);
-        }
-        LLVMValueRef MA = LLVMConstVector(ma, (unsigned)n), MB = LLVMConstVector(mb, (unsigned)n);
-        for (int i = 0; i < n; i++) {
-            if (i & h) continue;
-            LLVMValueRef a = LLVMBuildShuffleVector(s->e.b, r[i], r[i + h], MA, "");
-            LLVMValueRef b = LLVMBuildShuffleVector(s->e.b, r[i], r[i + h], MB, "");
-            r[i] = a;
-            r[i + h] = b;
-        }
-    }
+    mj_emit_transpose_tile(&s->e, r);
     for (int t = 0; t < n; t++) {
         if (add_res) r[t] = fadd(s, r[t], vld(s, LLVMGetParam(fn, 4), mul(s, ci(s, t), ds), 4));
         vst(s, r[t], dst, mul(s, ci(s, t), ds), 4);

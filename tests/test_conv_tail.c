@@ -266,7 +266,7 @@ static planned plan_of(int f, const geo *g, bool frozen, mj_rng *rng) {
     }
     pl.input_free = mj_graph_input_free(pl.g);
     cr_assert_not_null(pl.input_free);
-    OK(mj_body_plan_build(pl.g, pl.input_free, frozen, 16, &pl.p));
+    OK(mj_body_plan_build(pl.g, pl.input_free, frozen, 16, MJ_OP_COUNT, &pl.p));
     mj_tensor_release(x0);
     mj_module_free(m);
     return pl;
@@ -338,7 +338,7 @@ Test(conv_tail, tail_stops_where_the_store_cannot_compute_it) {
     OK(mj_graph_parse(text, &g2));
     bool *inf = mj_graph_input_free(g2);
     mj_body_plan p;
-    OK(mj_body_plan_build(g2, inf, true, 16, &p));
+    OK(mj_body_plan_build(g2, inf, true, 16, MJ_OP_COUNT, &p));
     cr_expect_eq(p.fused_by[3], -1);
     cr_expect_eq(p.tail_out[2], 2);
     mj_body_plan_free(&p);

@@ -1283,7 +1283,7 @@ Test(jit, matmul_tail_is_stored_by_the_matmul_bit_for_bit, .timeout = 120) {
     mj_graph *g = parsed(tail_text);
     bool *inf = mj_graph_input_free(g);
     mj_body_plan p;
-    OK(mj_body_plan_build(g, inf, false, 8, &p));
+    OK(mj_body_plan_build(g, inf, false, 8, MJ_OP_COUNT, &p));
     cr_expect_eq(p.fused_by[5], 3, "the division joins the matmul");
     cr_expect_eq(p.fused_by[6], 3, "the add of the mask's row joins it");
     cr_expect_eq(p.tail_out[3], 6);
@@ -1343,6 +1343,102 @@ Test(jit, matmul_tail_is_stored_by_the_matmul_bit_for_bit, .timeout = 120) {
     mj_graph_free(g);
 }
 
+/* Permutes and transposes that only matmuls read are views: each matmul
+ * reads its operand in the permute's source (a's rows and b's rows
+ * strided, a transposed b copied per panel through register tiles), with no
+ * copy in between (jit/lower_plan.c, plan_views). Heads of [B, seq, heads,
+ * d] as attention makes them: Q and V by permute, K^T a transpose of a
+ * permute (a view of a view); a permute also read by an add, and a matmul
+ * whose a is transposed, keep their copies. Sequences of 37 and 20 and
+ * head sizes of 32 and 24 put whole register tiles and edges in the
+ * transposed panels on 8- and 16-wide targets. The same bits as the
+ * interpreter in exact mode, within fast mode's bound, at 1 and 2 threads
+ * and with AVX2 forced; and a fault on permute (a view keeps the code of
+ * the faulted op) still lands on its value. */
+static void views_text(char *t, size_t n, int seq, int heads, int d) {
+    snprintf(t, n,
+             "maskjit-ir 1\n%%0 = input \"x\" : f32[B,%d,%d,%d]\n%%1 = input \"y\" : f32[B,%d,%d,%d]\n"
+             "%%2 = permute %%0 {perm=[0,2,1,3]} : f32[B,%d,%d,%d]\n"
+             "%%3 = permute %%1 {perm=[0,2,1,3]} : f32[B,%d,%d,%d]\n"
+             "%%4 = transpose %%3 : f32[B,%d,%d,%d]\n%%5 = matmul %%2, %%4 : f32[B,%d,%d,%d]\n"
+             "%%6 = softmax %%5 {dim=-1} : f32[B,%d,%d,%d]\n%%7 = matmul %%6, %%3 : f32[B,%d,%d,%d]\n"
+             "%%8 = permute %%7 {perm=[0,2,1,3]} : f32[B,%d,%d,%d]\n%%9 = transpose %%2 : f32[B,%d,%d,%d]\n"
+             "%%10 = matmul %%9, %%2 : f32[B,%d,%d,%d]\n%%11 = add %%2, %%2 : f32[B,%d,%d,%d]\n"
+             "%%12 = add %%8, %%0 : f32[B,%d,%d,%d]\nreturn %%12, %%10, %%11\n",
+             seq, heads, d, seq, heads, d, heads, seq, d, heads, seq, d, heads, d, seq, heads, seq, seq, heads, seq,
+             seq, heads, seq, d, seq, heads, d, heads, d, seq, heads, d, d, heads, seq, d, seq, heads, d);
+}
+
+Test(jit, permutes_read_by_matmuls_are_views_bit_for_bit, .timeout = 300) {
+    mj_rng rng = mjt_rng(62);
+    cr_assert_eq(setenv("MASKJIT_JIT_FEATURES", "+avx,+avx2,+fma,+f16c,+bmi,+bmi2,+popcnt,+sse4.2,-avx512f", 1), 0);
+    mj_jit *avx2;
+    OK(mj_jit_new(&avx2));
+    unsetenv("MASKJIT_JIT_FEATURES");
+    static const int geo[][3] = {{37, 2, 32}, {20, 3, 24}};
+    for (int gi = 0; gi < 2; gi++) {
+        char text[1024];
+        views_text(text, sizeof text, geo[gi][0], geo[gi][1], geo[gi][2]);
+        mj_graph *g = parsed(text);
+        bool *inf = mj_graph_input_free(g);
+        mj_body_plan p;
+        OK(mj_body_plan_build(g, inf, false, 16, MJ_OP_COUNT, &p));
+        cr_expect_eq(p.view_base[3], 1, "V's heads: a view of y");
+        cr_expect_eq(p.view_base[4], 1, "K^T: a view of a view of y");
+        static const int8_t kt[4] = {0, 2, 3, 1};
+        cr_expect(memcmp(&p.view_dim[4 * MJ_MAX_RANK], kt, 4) == 0, "K^T walks y's dims 0, 2, 3, 1");
+        cr_expect(!p.has_slot[3] && !p.has_slot[4], "views have no storage");
+        cr_expect_eq(p.view_base[2], -1, "Q's heads are read by an add too: copied");
+        cr_expect_eq(p.view_base[9], -1, "a transposed a: copied");
+        cr_expect(p.fused_by[8] == 7 && p.tail_out[7] == 8 && !p.has_slot[7], "P V stores its rows as %%8 puts them");
+        mj_body_plan_free(&p);
+        OK(mj_body_plan_build(g, inf, false, 16, MJ_OP_PERMUTE, &p));
+        cr_expect_eq(p.view_base[3], -1, "the faulted op keeps its code");
+        mj_body_plan_free(&p);
+        free(inf);
+        for (int ji = 0; ji < 2; ji++)
+            for (int mi = 0; mi < 4; mi++) {
+                mj_compiled *c[2];
+                for (int t = 0; t < 2; t++) c[t] = compile_threads(ji ? avx2 : jit, g, mjt_modes[mi], t + 1);
+                for (int64_t batch = 1; batch <= 3; batch += 2) {
+                    mj_tensor *x[2], *want[3], *got[3];
+                    for (int k = 0; k < 2; k++)
+                        OK(mj_tensor_randn(&x[k], 4, (int64_t[]){batch, geo[gi][0], geo[gi][1], geo[gi][2]}, &rng));
+                    OK(mj_graph_run_n(g, 2, (const mj_tensor *const *)x, 3, want));
+                    for (int t = 0; t < 2; t++) {
+                        OK(mj_compiled_run_n(c[t], 2, (const mj_tensor *const *)x, 3, got));
+                        for (int j = 0; j < 3; j++) {
+                            char what[128];
+                            snprintf(what, sizeof what, "seq %d, d %d, %s, batch %lld, %d threads, output %d",
+                                     geo[gi][0], geo[gi][2], ji ? "AVX2" : "host", (long long)batch, t + 1, j);
+                            check_result(got[j], want[j], mjt_modes[mi], what);
+                            mj_tensor_release(got[j]);
+                        }
+                    }
+                    MJT_RELEASE(x[0], x[1], want[0], want[1], want[2]);
+                }
+                for (int t = 0; t < 2; t++) mj_compiled_free(c[t]);
+            }
+        /* a fault on permute: + 0.5 on the heads of y that V's matmul reads */
+        mj_jit *fj;
+        OK(mj_jit_new(&fj));
+        OK(mj_jit_inject_fault(fj, "permute"));
+        mj_compiled *c = compile_threads(fj, g, mjt_modes[0], 1);
+        mj_tensor *x[2], *want[3], *got[3];
+        for (int k = 0; k < 2; k++)
+            OK(mj_tensor_randn(&x[k], 4, (int64_t[]){1, geo[gi][0], geo[gi][1], geo[gi][2]}, &rng));
+        OK(mj_graph_run_n(g, 2, (const mj_tensor *const *)x, 3, want));
+        OK(mj_compiled_run_n(c, 2, (const mj_tensor *const *)x, 3, got));
+        mj_compare cmp = mj_tensor_compare(got[0], want[0], 0, 0);
+        cr_expect(cmp.max_abs > 0.4, "the permute's fault reached the output (max abs %g)", cmp.max_abs);
+        MJT_RELEASE(x[0], x[1], want[0], want[1], want[2], got[0], got[1], got[2]);
+        mj_compiled_free(c);
+        mj_jit_free(fj);
+        mj_graph_free(g);
+    }
+    mj_jit_free(avx2);
+}
+
 /* Attention one matrix at a time (jit/lower_plan.c, plan_attention): the
  * scores' matmul (with its tail, or without), their softmax and the matmul
  * of the softmax run in one loop over the matrices. 20 rows a matrix: two
@@ -1383,7 +1479,7 @@ Test(jit, attention_runs_one_matrix_at_a_time_bit_for_bit, .timeout = 120) {
         mj_graph *g = parsed(attn_texts[k][0]);
         bool *inf = mj_graph_input_free(g);
         mj_body_plan p;
-        OK(mj_body_plan_build(g, inf, false, 8, &p));
+        OK(mj_body_plan_build(g, inf, false, 8, MJ_OP_COUNT, &p));
         int32_t a = 2, s = k == 0 ? 5 : 3, v = k == 0 ? 6 : 4;
         cr_expect_eq(p.attn_pv[a], v, "form %d: the second matmul runs in the first's loop", k);
         cr_expect(p.attn_in[s] == a && p.attn_in[v] == a, "form %d", k);
