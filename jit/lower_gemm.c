@@ -505,16 +505,23 @@ static int64_t gemm_row_block(int64_t K) {
     return mc < 4 * MK_MAX_ROWS ? 4 * MK_MAX_ROWS : mc;
 }
 
-/* k per block: the panel's [KC][P] block fills half the L1 data cache; the
- * other half holds the lines of the x rows and the y tile. Rows whose stride
- * is a multiple of 4 KiB (K or N of 1024, 3072, ...) map to the same L1 sets
- * as every 4 KiB of the panel block, and a block filling the whole cache was
- * evicted by them: BERT's FFN down-projection (K = 3072) ran ~28% slower per
- * flop than its 768-wide layers with a 32 KiB block on a 48 KiB L1, ~15% with
- * half the L1. */
+/* k per block: the panel's [KC][P] block is twice the L1 data cache, so it
+ * streams from L2 (a 6-row tile reads nr of its vectors per 6*nr FMAs,
+ * which L2 keeps up with), and the block boundaries, where each tile's
+ * sums are stored and reloaded and the micro-kernel restarts, are rare. At
+ * most the k chunk of emit_gemm (~256 rows of x in half the L2), so that
+ * long rows keep their row blocks. On Zen 4 (32 KiB L1d, 1 MiB L2; 1024-wide
+ * layers, one thread) blocks of half the L1 (64 k) ran at 104-106 GFLOP/s
+ * from batch 8 to 1024, twice the L1 (256 k) at 111-114, and 512 and 1024
+ * alike; AVX2 code on the same core likewise (256 -> 1024 k: 105 -> 113).
+ * (Earlier, with half the L1 the rule: on Zen 5 a block filling the whole
+ * 48 KiB L1 was evicted by x rows 4 KiB apart, and BERT's FFN
+ * down-projection ran ~28% slower per flop; blocks larger than the L1 do not
+ * try to stay in it.) */
 static int64_t gemm_k_block(int64_t P) {
     int64_t l1 = mj_host_cache_bytes(_SC_LEVEL1_DCACHE_SIZE, 16 << 10, 1 << 20, 32 << 10);
-    int64_t kc = l1 / 2 / (P * 4) / 8 * 8;
+    int64_t kc = 2 * l1 / (P * 4) / 8 * 8, chunk = l2_bytes() / 2 / (256 * 4) / 8 * 8;
+    if (kc > chunk) kc = chunk;
     return kc < 16 ? 16 : kc;
 }
 
