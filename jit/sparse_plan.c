@@ -165,7 +165,13 @@ bool mj_sparse_plan_build(plan *p, const float *w, int64_t out, int64_t in, int 
             }
     }
     p->ncols = nc;
-    p->kb = kblock_cols(vw) / 4 * 4; /* whole runs per block */
+    /* whole runs per block; runs of 4 columns take blocks twice as wide:
+     * each row has a quarter of the entries per column, so a block's group
+     * loop had ~3 trips per row for the sums it stores and reloads (W7b4,
+     * 1x4 blocks at 10% on Zen 4, two builds alternating: batch 1
+     * 3.92-3.97 -> 3.81-3.84 ms, batch 8 33.7-34.0 -> 33.0-33.3 ms; W5
+     * 0.69 ms either way) */
+    p->kb = kblock_cols(vw) * (p->run == 4 ? 2 : 1) / 4 * 4;
     p->n_kblocks = nc ? (nc + p->kb - 1) / p->kb : 1;
     /* Two rows a group: 8 accumulators of 4 vectors. Four rows (16
      * accumulators, which AVX-512's 32 registers hold) measured 1-4% slower
