@@ -113,9 +113,8 @@ typedef struct mm_setup {
     gemm_layout lay;
 } mm_setup;
 
-/* Where operand v lives: its storage, or for a view (lower_plan.c's
- * plan_views) its base's; st[d] the stride of v's dim d there, and cs[d]
- * the same as a constant (-1 where it depends on the batch). */
+/* st[d]: the stride of dim d in a row-major buffer of t; cs[d] the same as
+ * a constant (-1 where it depends on the batch). */
 static void row_major(lw *w, const mj_type *t, LLVMValueRef *st, int64_t *cs) {
     LLVMValueRef s = ci(w, 1);
     int64_t c = 1;
@@ -127,6 +126,8 @@ static void row_major(lw *w, const mj_type *t, LLVMValueRef *st, int64_t *cs) {
     }
 }
 
+/* Where operand v lives: its storage, or for a view (lower_plan.c's
+ * plan_views) its base's; st[d] and cs[d] the stride of v's dim d there. */
 static LLVMValueRef operand_layout(lw *w, int32_t v, LLVMValueRef *st, int64_t *cs) {
     const mj_body_plan *p = w->p;
     int32_t base = p->view_base[v] >= 0 ? p->view_base[v] : v;
@@ -198,8 +199,8 @@ static void matmul_setup(lw *w, int32_t id, mm_setup *m) {
     }
     MJ_ASSERT(cur == w->p->tail_out[id]);
     for (int d = 0; d < nb; d++) m->sy[d] = sty[d];
-    m->lay.ys = cy[to->rank - 2];
-    MJ_ASSERT(m->lay.ys > 0 && cy[to->rank - 1] == 1);
+    m->lay.ys = cy[to->rank - 2]; /* known on the kernels (their N is): -1 where the batch is N */
+    MJ_ASSERT(!mj_body_matmul_on_kernels(g, id) || (m->lay.ys > 0 && cy[to->rank - 1] == 1));
     if (m->row >= 0) {
         const mj_type *tr = &g->nodes[m->row].type;
         LLVMValueRef er = ci(w, 1), st[MJ_MAX_RANK];

@@ -1439,6 +1439,28 @@ Test(jit, permutes_read_by_matmuls_are_views_bit_for_bit, .timeout = 300) {
     mj_jit_free(avx2);
 }
 
+/* A matmul whose N is the batch ([B, 4] @ [4, B]) runs the scalar loops,
+ * not the kernels: its transposed b is copied, and its store has no row
+ * stride known at compile time. */
+Test(jit, matmul_with_the_batch_as_n_compiles_in_every_mode) {
+    mj_graph *g = parsed("maskjit-ir 1\n%0 = input \"x\" : f32[B,4]\n%1 = transpose %0 : f32[4,B]\n"
+                         "%2 = matmul %0, %1 : f32[B,B]\nreturn %2\n");
+    mj_rng rng = mjt_rng(63);
+    for (int mi = 0; mi < 4; mi++) {
+        mj_compiled *c = compile_threads(jit, g, mjt_modes[mi], 1);
+        for (int64_t batch = 1; batch <= 5; batch += 4) {
+            mj_tensor *x = NULL, *want = NULL, *got = NULL;
+            OK(mj_tensor_randn(&x, 2, (int64_t[]){batch, 4}, &rng));
+            OK(mj_graph_run(g, x, &want));
+            OK(mj_compiled_run(c, x, &got));
+            check_result(got, want, mjt_modes[mi], "[B, 4] @ [4, B]");
+            MJT_RELEASE(x, want, got);
+        }
+        mj_compiled_free(c);
+    }
+    mj_graph_free(g);
+}
+
 /* Attention one matrix at a time (jit/lower_plan.c, plan_attention): the
  * scores' matmul (with its tail, or without), their softmax and the matmul
  * of the softmax run in one loop over the matrices. 20 rows a matrix: two
