@@ -106,11 +106,11 @@ LLVMValueRef mj_emit_lane_mask(mj_emit *e, int lanes);
 LLVMValueRef mj_emit_vload(mj_emit *e, LLVMValueRef ptr, int lanes);
 void mj_emit_vstore(mj_emit *e, LLVMValueRef v, LLVMValueRef ptr, int lanes);
 LLVMValueRef mj_emit_vld(mj_emit *e, LLVMValueRef base, LLVMValueRef idx, unsigned align);
+void mj_emit_vst(mj_emit *e, LLVMValueRef v, LLVMValueRef base, LLVMValueRef idx, unsigned align);
 /* r[0..vw) as the rows of a vw x vw tile: transposed in registers, log2(vw)
  * stages of two-vector shuffles (stage h swaps the off-diagonal h x h
  * blocks of every 2h x 2h block). */
 void mj_emit_transpose_tile(mj_emit *e, LLVMValueRef *r);
-void mj_emit_vst(mj_emit *e, LLVMValueRef v, LLVMValueRef base, LLVMValueRef idx, unsigned align);
 
 /* ---- column mode's threads ----------------------------------------------
  * A graph body is called by nth threads at once with tid 0..nth-1

@@ -465,7 +465,7 @@ static LLVMValueRef tile_prefetch(lw *w, LLVMValueRef next, LLVMValueRef t, int6
 /* Rows [0, M) of one panel block: 6 at a time, then 4, 2, 1 for the rest;
  * each tile prefetches its share of the next block (tile_prefetch). */
 static void emit_rows(lw *w, LLVMValueRef const mk[4], LLVMValueRef x, int64_t xs, LLVMValueRef wp, LLVMValueRef y,
-                      int64_t N, LLVMValueRef M, LLVMValueRef kc, LLVMValueRef first, LLVMValueRef last,
+                      int64_t ys, LLVMValueRef M, LLVMValueRef kc, LLVMValueRef first, LLVMValueRef last,
                       LLVMValueRef bias, LLVMValueRef res, LLVMValueRef dv, LLVMValueRef next, int64_t lines) {
     LLVMTypeRef fty = mk_type(w);
     LLVMValueRef bp = bias ? bias : LLVMConstNull(w->e.ptr);
@@ -473,8 +473,8 @@ static void emit_rows(lw *w, LLVMValueRef const mk[4], LLVMValueRef x, int64_t x
     LLVMValueRef blocks = LLVMBuildSDiv(w->e.b, M, ci(w, 6), "");
     loop lb = loop_begin(w, blocks);
     LLVMValueRef i0 = mul(w, lb.iv, ci(w, 6));
-    LLVMValueRef args[MK_NPARAMS] = {at(w, x, mul(w, i0, ci(w, xs))), ci(w, xs), wp, at(w, y, mul(w, i0, ci(w, N))),
-                                     ci(w, N), kc, first, last, bp, res ? at(w, res, mul(w, i0, ci(w, N))) : null,
+    LLVMValueRef args[MK_NPARAMS] = {at(w, x, mul(w, i0, ci(w, xs))), ci(w, xs), wp, at(w, y, mul(w, i0, ci(w, ys))),
+                                     ci(w, ys), kc, first, last, bp, res ? at(w, res, mul(w, i0, ci(w, ys))) : null,
                                      tile_prefetch(w, next, lb.iv, lines), dv ? dv : null};
     LLVMBuildCall2(w->e.b, fty, mk[0], args, MK_NPARAMS, "");
     loop_end(w, &lb);
@@ -486,8 +486,8 @@ static void emit_rows(lw *w, LLVMValueRef const mk[4], LLVMValueRef x, int64_t x
                                                           ci(w, 0), ""));
         /* rows before this piece: done + (rem & bigger pieces) */
         LLVMValueRef row = add(w, done, LLVMBuildAnd(w->e.b, rem, ci(w, ~(int64_t)(2 * r - 1)), ""));
-        LLVMValueRef a[MK_NPARAMS] = {at(w, x, mul(w, row, ci(w, xs))), ci(w, xs), wp, at(w, y, mul(w, row, ci(w, N))),
-                                      ci(w, N), kc, first, last, bp, res ? at(w, res, mul(w, row, ci(w, N))) : null,
+        LLVMValueRef a[MK_NPARAMS] = {at(w, x, mul(w, row, ci(w, xs))), ci(w, xs), wp, at(w, y, mul(w, row, ci(w, ys))),
+                                      ci(w, ys), kc, first, last, bp, res ? at(w, res, mul(w, row, ci(w, ys))) : null,
                                       tile_prefetch(w, next, add(w, blocks, ci(w, t)), lines), dv ? dv : null};
         LLVMBuildCall2(w->e.b, fty, mk[t], a, MK_NPARAMS, "");
         if_end(w, end);
@@ -500,6 +500,11 @@ static void emit_rows(lw *w, LLVMValueRef const mk[4], LLVMValueRef x, int64_t x
  * row strides the prefetchers follow badly (1024 wide: batch 512 and up ran
  * at 0.6-0.75x of batch 64-256 on a 2 MiB-L2 core). */
 static int64_t l2_bytes(void) { return mj_host_cache_bytes(_SC_LEVEL2_CACHE_SIZE, 256 << 10, 64 << 20, 1 << 20); }
+
+/* k per chunk of a long row: ~256 rows of x[MC][chunk] fill half the L2
+ * (emit_gemm cuts long rows into such chunks; gemm_k_block stays within
+ * one). */
+static int64_t gemm_k_chunk(void) { return l2_bytes() / 2 / (256 * 4); }
 
 static int64_t gemm_row_block(int64_t K) {
     int64_t mc = l2_bytes() / 2 / (K * 4) / MK_MAX_ROWS * MK_MAX_ROWS; /* so no block is empty */
@@ -521,7 +526,7 @@ static int64_t gemm_row_block(int64_t K) {
  * try to stay in it.) */
 static int64_t gemm_k_block(int64_t P) {
     int64_t l1 = mj_host_cache_bytes(_SC_LEVEL1_DCACHE_SIZE, 16 << 10, 1 << 20, 32 << 10);
-    int64_t kc = 2 * l1 / (P * 4) / 8 * 8, chunk = l2_bytes() / 2 / (256 * 4) / 8 * 8;
+    int64_t kc = 2 * l1 / (P * 4) / 8 * 8, chunk = gemm_k_chunk() / 8 * 8;
     if (kc > chunk) kc = chunk;
     return kc < 16 ? 16 : kc;
 }
@@ -532,8 +537,7 @@ static int64_t gemm_k_block(int64_t P) {
  * last: packed panels are contiguous; or past W's end). */
 static void emit_panel_block(lw *w, LLVMValueRef const mk[4], LLVMValueRef kb, int64_t K, int64_t KC,
                              LLVMValueRef panel, int64_t ws, int64_t pw, LLVMValueRef x, int64_t xs, LLVMValueRef y,
-                             int64_t N,
-                             LLVMValueRef M, LLVMValueRef bias, LLVMValueRef res, LLVMValueRef dv) {
+                             int64_t ys, LLVMValueRef M, LLVMValueRef bias, LLVMValueRef res, LLVMValueRef dv) {
     int64_t nkb = (K + KC - 1) / KC;
     LLVMValueRef k0 = mul(w, kb, ci(w, KC));
     LLVMValueRef last = LLVMBuildICmp(w->e.b, LLVMIntEQ, kb, ci(w, nkb - 1), "");
@@ -542,7 +546,7 @@ static void emit_panel_block(lw *w, LLVMValueRef const mk[4], LLVMValueRef kb, i
     LLVMValueRef wblk = at(w, panel, mul(w, k0, ci(w, ws)));
     LLVMValueRef off = mul(w, kc, ci(w, ws));
     LLVMValueRef next = LLVMBuildGEP2(w->e.b, w->e.f32, wblk, &off, 1, "");
-    emit_rows(w, mk, at(w, x, k0), xs, wblk, y, N, M, kc, first, last, bias, res, dv, next,
+    emit_rows(w, mk, at(w, x, k0), xs, wblk, y, ys, M, kc, first, last, bias, res, dv, next,
               (pw + line_floats() - 1) / line_floats());
 }
 
@@ -659,7 +663,7 @@ static void emit_gemm(lw *w, LLVMValueRef y, LLVMValueRef x, LLVMValueRef W, boo
      * down-projection ran ~15% slower per flop than its 768-wide layers.
      * y carries each element's sum from chunk to chunk: still one chain in
      * ascending k. */
-    int64_t bpc = l2_bytes() / 2 / (256 * 4) / KC;
+    int64_t bpc = gemm_k_chunk() / KC;
     if (bpc < 1) bpc = 1;
     int64_t nch = (nkb + bpc - 1) / bpc;
     bpc = (nkb + nch - 1) / nch;
@@ -696,7 +700,9 @@ static void emit_gemm(lw *w, LLVMValueRef y, LLVMValueRef x, LLVMValueRef W, boo
         int64_t ws = plain && !pack ? lay.ldb : pw; /* panel row stride */
         loop lp = loop_begin(w, ci(w, np));
         LLVMValueRef j0 = add(w, mul(w, lp.iv, ci(w, P)), ci(w, part == 0 ? 0 : nfull * P));
-        LLVMValueRef panel = !plain ? at(w, W, mul(w, j0, ci(w, K))) : at(w, W, lay.btrans ? mul(w, j0, ci(w, lay.ldb)) : j0);
+        LLVMValueRef panel = !plain      ? at(w, W, mul(w, j0, ci(w, K)))
+                             : lay.btrans ? at(w, W, mul(w, j0, ci(w, lay.ldb))) /* column j0: row j0 of the base */
+                                          : at(w, W, j0);
         if (pack) { /* the chunk's rows of the panel, [k][pw] (pack's comment) */
             LLVMValueRef k0 = mul(w, kb0, ci(w, KC));
             LLVMValueRef kn = LLVMBuildSub(w->e.b, ci(w, K), k0, "");
