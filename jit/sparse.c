@@ -1,7 +1,7 @@
 /* Mask-specialised frozen linear layers (see sparse.h).
  *
- * Layout of the generated code, for a chunk of C rows of x (C = 4 vector
- * widths, then 1 vector width for the rest of the batch):
+ * Layout of the generated code, for a chunk of C rows of x (C = 32 floats,
+ * mj_sparse_chunk_rows, then 1 vector width for the rest of the batch):
  *   1. transpose the chunk into scratch: xT[kc][c] for the columns any
  *      nonzero uses (kc compact), rows past the batch zero-padded;
  *   2. for each k-block (a share of each group's nonzeros, about the
@@ -536,8 +536,7 @@ LLVMValueRef mj_sparse_emit_chain(LLVMModuleRef M, const char *name, const mj_sp
         L[l].yT = region[l % 2];
     }
 
-    /* whole chunks of 4 vectors, then one vector at a time (the last one
-     * partial) */
+    /* whole chunks, then one vector at a time (the last one partial) */
     LLVMValueRef nfull = mul(&s, LLVMBuildSDiv(s.e.b, s.batch, ci(&s, C1), ""), ci(&s, C1));
     loop l1 = loop_range(&s, ci(&s, 0), nfull, C1);
     emit_chunk(&s, C1, l1.iv, ci(&s, C1), true);

@@ -165,18 +165,18 @@ bool mj_sparse_plan_build(plan *p, const float *w, int64_t out, int64_t in, int 
             }
     }
     p->ncols = nc;
-    /* whole runs per block; runs of 4 columns take blocks twice as wide:
-     * each row has a quarter of the entries per column, so a block's group
-     * loop had ~3 trips per row for the sums it stores and reloads (W7b4,
-     * 1x4 blocks at 10% on Zen 4, two builds alternating: batch 1
-     * 3.92-3.97 -> 3.81-3.84 ms, batch 8 33.7-34.0 -> 33.0-33.3 ms; W5
-     * 0.69 ms either way) */
-    p->kb = kblock_cols(vw) * (p->run == 4 ? 2 : 1) / 4 * 4;
+    /* whole runs per block. Runs once took blocks twice as wide (more
+     * trips per row between the sums' stores and reloads), which paid with
+     * chunks of 64 floats; with chunks of 32 the blocks hold twice the
+     * columns anyway, and twice that again measured within 2% either way
+     * (Zen 4: W5 0.62 vs 0.63 ms, W7b4 3.60 vs 3.57 ms at batch 1). */
+    p->kb = kblock_cols(vw) / 4 * 4;
     p->n_kblocks = nc ? (nc + p->kb - 1) / p->kb : 1;
-    /* Two rows a group: 8 accumulators of 4 vectors. Four rows (16
-     * accumulators, which AVX-512's 32 registers hold) measured 1-4% slower
-     * at 1024 and 768 wide, batch 64 and 128 (Sapphire Rapids): the FMA
-     * chains are not what limits the loop. */
+    /* Two rows a group, each with an accumulator per vector of the chunk.
+     * Four rows measured 1-4% slower at 1024 and 768 wide, batch 64 and 128,
+     * with chunks of 4 vectors of 16 (Sapphire Rapids), and the same within
+     * the noise with 2 vectors of 16 (Zen 4): the FMA chains are not what
+     * limits the loop. */
     p->gr = 2;
     p->n_groups = (int32_t)((out + p->gr - 1) / p->gr);
     size_t cap = (size_t)nnz + 1; /* entries: every used run holds a nonzero */

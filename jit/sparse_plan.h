@@ -6,9 +6,9 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-/* Chunks are at most this many rows (4 x 16 lanes): the scratch size does
- * not depend on the vector width. */
-#define MAX_CHUNK 64
+/* Chunks are at most this many rows (mj_sparse_chunk_rows): the scratch
+ * size does not depend on the vector width. */
+#define MAX_CHUNK 32
 #define MAX_GROUP 4
 /* meta ints per k-block and group: tuples, then each row's own entries */
 #define META(gr) (2 + 2 * (gr))
