@@ -260,15 +260,18 @@ static void splat_loaded(sb *s, LLVMValueRef at_w, int n, LLVMValueRef *wv);
 /* Weights loaded together and splat by shuffles in registers, instead of
  * a broadcast load each: a pair of single columns (one per row of the
  * group) in one 8-byte load, a 1x4 run's four weights in one 16-byte load.
- * With 8-lane vectors the pair loop is bound by its vector loads (every
- * FMA reads its xT vector from memory: 8 of them and 2 broadcasts per
- * pair, at two vector loads a cycle on Zen 3), and the shuffles use a port
- * the FMAs leave free (Zen 3: the third FP pipe; Intel's AVX2 cores: port
- * 5). On Zen 3, variants in one process: a 768-3072-768 chain at 90% masks,
- * batch 128, 2.45 -> 2.34 ms; W7b4 (1x4 blocks) 5.53 -> 5.31 ms. Not with
- * 16 lanes: there Intel's second FMA unit shares port 5 with the shuffles,
- * and it is not measured. */
-static bool weights_in_registers(const sb *s) { return s->e.vw == 8; }
+ * The loop is bound by its loads (every FMA reads its xT vector from
+ * memory), and the shuffles use a pipe the FMAs leave free (Zen 3 and
+ * Zen 4: the third FP pipe; Intel's AVX2 cores: port 5). On Zen 3, variants
+ * in one process: a 768-3072-768 chain at 90% masks, batch 128, 2.45 ->
+ * 2.34 ms; W7b4 (1x4 blocks) 5.53 -> 5.31 ms. With 16 lanes (two vectors
+ * per chunk) on Zen 4, alternating builds: 3 x 1024 MLP at 10%, batch 64,
+ * 0.60-0.61 -> 0.57-0.58 ms unstructured and 0.62-0.63 -> 0.56-0.57 ms in
+ * 1x4 blocks; BERT-base layer at 90%, 3.52-3.58 -> 3.40-3.41 ms at batch 1
+ * and 31.2-31.3 -> 29.9-30.0 ms at batch 8 (1x4 blocks: 3.55-3.58 ->
+ * 3.34-3.41 and 30.8-31.2 -> 29.3 ms). Not measured on Intel's AVX-512
+ * cores, whose second FMA unit shares port 5 with the shuffles. */
+static bool weights_in_registers(const sb *s) { return s->e.vw == 8 || s->e.vw == 16; }
 
 /* The terms of entry i of an index/weight table pair: its run of columns
  * kc, kc+1, ... in ascending order. */
@@ -287,16 +290,30 @@ static void emit_run(sb *s, int r, int nv, int C, LLVMValueRef idx_table, LLVMVa
 
 /* wv[r] = splat of at_w[r], r < n (2 or 4), from one load. The loaded
  * value goes through an empty asm, which keeps LLVM from folding load and
- * shuffles back into n broadcast loads. */
+ * shuffles back into n broadcast loads. With 16 lanes the load fills every
+ * 128-bit lane with the n weights (a broadcast load), so that each splat
+ * is one in-lane shuffle: splatting lane r of an SSE register across 16
+ * lanes took two shuffles each (a lane shuffle, then a 64-bit broadcast). */
 static void splat_loaded(sb *s, LLVMValueRef at_w, int n, LLVMValueRef *wv) {
     MJ_ASSERT(n == 2 || n == 4);
     LLVMTypeRef gt = LLVMVectorType(s->e.f32, (unsigned)n);
     LLVMTypeRef lt = n == 2 ? LLVMDoubleTypeInContext(s->e.ctx) : gt;
     LLVMValueRef wl = LLVMBuildLoad2(s->e.b, lt, at_w, "");
     LLVMSetAlignment(wl, 4);
+    LLVMValueRef lane[16];
+    if (s->e.vw == 16) {
+        for (int l = 0; l < 16; l++) lane[l] = LLVMConstInt(s->e.i32, (unsigned long long)(l % n), 0);
+        LLVMValueRef rep = LLVMBuildShuffleVector(s->e.b, LLVMBuildBitCast(s->e.b, wl, gt, ""), LLVMGetUndef(gt),
+                                                  LLVMConstVector(lane, 16), "");
+        LLVMValueRef w = through_asm(s, rep, "=v,0"); /* a zmm register */
+        for (int r = 0; r < n; r++) {
+            for (int l = 0; l < 16; l++) lane[l] = LLVMConstInt(s->e.i32, (unsigned long long)(l / n * n + r), 0);
+            wv[r] = LLVMBuildShuffleVector(s->e.b, w, LLVMGetUndef(s->e.vt), LLVMConstVector(lane, 16), "");
+        }
+        return;
+    }
     LLVMValueRef w = LLVMBuildBitCast(s->e.b, through_asm(s, wl, "=x,0"), gt, ""); /* an SSE register */
     for (int r = 0; r < n; r++) {
-        LLVMValueRef lane[16];
         for (int l = 0; l < s->e.vw; l++) lane[l] = LLVMConstInt(s->e.i32, (unsigned long long)r, 0);
         wv[r] = LLVMBuildShuffleVector(s->e.b, w, LLVMGetUndef(gt), LLVMConstVector(lane, (unsigned)s->e.vw), "");
     }
