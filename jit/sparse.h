@@ -61,9 +61,10 @@ int64_t mj_sparse_chain_scratch_floats(int64_t in, int64_t max_out, int n_layers
  * 0.649-0.663 -> 0.618-0.626 ms, unstructured 0.60 ms either way; BERT-base
  * layer at 90% in 1x4 blocks 3.79-3.82 -> 3.54-3.56 ms at batch 1 and
  * 32.8-33.2 -> 30.9-31.0 ms at batch 8, unstructured 3.59-3.61 -> 3.53-3.58
- * and 31.1-31.3 -> 30.7-30.9 ms. Rows are independent lanes, so any split of a call's rows
- * gives the same bits; threads split at these boundaries (jit/lower.c), so
- * that no thread runs more partial chunks than the whole call would. */
+ * and 31.1-31.3 -> 30.7-30.9 ms. Rows are independent lanes, so any split
+ * of a call's rows gives the same bits; threads split at these boundaries
+ * (jit/lower.c), so that no thread runs more partial chunks than the whole
+ * call would. */
 static inline int64_t mj_sparse_chunk_rows(int vw) { return vw >= 8 ? 32 : 4 * (int64_t)vw; }
 
 /* Emits into M (in M's context):

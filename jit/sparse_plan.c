@@ -68,7 +68,8 @@ void mj_sparse_plan_free(plan *p) {
  * blocks are now equal shares of each row group's nonzeros (below), which
  * for nonzeros spread evenly over k are about these columns; on Sapphire
  * Rapids (48 KiB L1d) 192 columns beat 96, 384 and 1024 by about 8%, 4%
- * and 15%. */
+ * and 15%. (Those were chunks of 64 floats, 256 bytes a column; now 32 on
+ * AVX-512 too, so the same bytes hold twice the columns: sparse.h.) */
 static int32_t kblock_cols(int vw) {
     int64_t l1 = mj_host_cache_bytes(_SC_LEVEL1_DCACHE_SIZE, 16 << 10, 1 << 20, 32 << 10);
     return (int32_t)(l1 / (4 * mj_sparse_chunk_rows(vw)));
