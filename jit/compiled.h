@@ -88,6 +88,8 @@ struct pool {
     pthread_cond_t work, done;
     _Atomic uint64_t gen; /* bumped per call (under mu: workers may sleep on it) */
     atomic_int pending;   /* workers still running this call */
+    atomic_bool caller_sleeps; /* on done: the last worker must signal it */
+    _Atomic int64_t spin_ns;   /* how long a wait spins before it sleeps */
     bool quit;
     int n_parts;     /* this call */
     const float *const *leaves;
@@ -117,7 +119,9 @@ mj_status mj_compiled_refresh(mj_compiled *c);
 /* thread_pool.c */
 void mj_compiled_pool_free(pool *p);
 /* Spins a short while for *v to reach 0; false if it has not (then sleep). */
-bool mj_pool_spin_until_zero(atomic_int *v);
+bool mj_pool_spin_until_zero(const pool *p, atomic_int *v);
+/* Locks mu, spinning a short while before it sleeps on it. */
+void mj_pool_lock(const pool *p, pthread_mutex_t *mu);
 mj_status mj_compiled_pool_new(mj_compiled *c, int n, pool **out);
 
 #endif

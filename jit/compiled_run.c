@@ -70,7 +70,7 @@ static bool run_parallel(mj_compiled *c, const float *const *leaves, const float
     }
     p->sync.n = np;
     atomic_store_explicit(&p->sync.next, 0, memory_order_relaxed);
-    pthread_mutex_lock(&p->mu);
+    mj_pool_lock(p, &p->mu);
     p->n_parts = np;
     p->leaves = leaves;
     atomic_store(&p->pending, np - 1);
@@ -79,9 +79,11 @@ static bool run_parallel(mj_compiled *c, const float *const *leaves, const float
     pthread_mutex_unlock(&p->mu);
     const part *p0 = &p->parts[0];
     c->fn(leaves, (const float *const *)p0->x, p0->y, p0->rows, p0->use, p0->tid, p0->nth, &p->sync);
-    if (!mj_pool_spin_until_zero(&p->pending)) {
+    if (!mj_pool_spin_until_zero(p, &p->pending)) {
         pthread_mutex_lock(&p->mu);
+        atomic_store(&p->caller_sleeps, true);
         while (atomic_load(&p->pending) > 0) pthread_cond_wait(&p->done, &p->mu);
+        atomic_store(&p->caller_sleeps, false);
         pthread_mutex_unlock(&p->mu);
     }
     pthread_mutex_unlock(&p->busy);

@@ -20,4 +20,10 @@ mj_status mj_jit_inject_fault(mj_jit *jit, const char *op_name);
  * layer's rows). With concurrent calls, one of theirs. */
 int mj_compiled_last_split(const mj_compiled *c);
 
+/* How long c's pool threads spin before they sleep, waiting for a call, for
+ * the mutex or for the other threads (default 0.2 ms); 0: they sleep at
+ * once, so the tests reach every sleeping path on every call. No effect
+ * without a pool. */
+void mj_compiled_pool_spin_for_tests(mj_compiled *c, int64_t ns);
+
 #endif

@@ -5,6 +5,7 @@
 #include <time.h>
 
 #include "compiled.h"
+#include "jit_test.h"
 
 /* ---- threads ------------------------------------------------------------- */
 
@@ -42,30 +43,49 @@ static inline void cpu_relax(void) {
  * yields holds the thread it waits for off the CPU until its budget ends,
  * 0.2 ms a wait. */
 typedef struct spin {
-    int64_t t0;
+    int64_t t0, budget_ns;
     unsigned i;
 } spin;
 
-static spin spin_start(void) { return (spin){now_ns(), 0}; }
+static spin spin_start(const pool *p) {
+    return (spin){now_ns(), atomic_load_explicit(&p->spin_ns, memory_order_relaxed), 0};
+}
 
 static bool spin_more(spin *s) {
+    if (s->budget_ns <= 0) return false;
     cpu_relax();
     if (++s->i % 64 != 0) return true;
     sched_yield();
-    return now_ns() - s->t0 <= SPIN_NS;
+    return now_ns() - s->t0 <= s->budget_ns;
 }
 
 /* Spins while *v == old, within the budget; true if it changed. */
-static bool spin_while_equal(_Atomic uint64_t *v, uint64_t old) {
-    for (spin s = spin_start(); atomic_load_explicit(v, memory_order_acquire) == old;)
+static bool spin_while_equal(const pool *p, _Atomic uint64_t *v, uint64_t old) {
+    for (spin s = spin_start(p); atomic_load_explicit(v, memory_order_acquire) == old;)
         if (!spin_more(&s)) return false;
     return true;
 }
 
-bool mj_pool_spin_until_zero(atomic_int *v) {
-    for (spin s = spin_start(); atomic_load_explicit(v, memory_order_acquire) != 0;)
+bool mj_pool_spin_until_zero(const pool *p, atomic_int *v) {
+    for (spin s = spin_start(p); atomic_load_explicit(v, memory_order_acquire) != 0;)
         if (!spin_more(&s)) return false;
     return true;
+}
+
+/* The mutex is held for a few instructions at a time (publishing or reading
+ * a call's parts), so a thread that finds it taken spins instead of
+ * sleeping on it at once: a spinning worker sees a call's gen change while
+ * the caller still holds mu, and glibc's mutex put it to sleep there, to
+ * be woken by the unlock, on 5% of the calls of a 1024-wide MLP at batch 1
+ * (2-vCPU KVM guest, Zen 4). Waking a thread costs a futex and, on a halted
+ * vCPU, an interrupt: the worker then started its share late. */
+void mj_pool_lock(const pool *p, pthread_mutex_t *mu) {
+    if (pthread_mutex_trylock(mu) == 0) return;
+    for (spin s = spin_start(p); pthread_mutex_trylock(mu) != 0;)
+        if (!spin_more(&s)) {
+            pthread_mutex_lock(mu);
+            return;
+        }
 }
 
 static void *worker_main(void *arg) {
@@ -74,8 +94,8 @@ static void *worker_main(void *arg) {
     free(arg);
     uint64_t seen = 0;
     for (;;) {
-        spin_while_equal(&p->gen, seen);
-        pthread_mutex_lock(&p->mu);
+        spin_while_equal(p, &p->gen, seen);
+        mj_pool_lock(p, &p->mu);
         while (!p->quit && atomic_load(&p->gen) == seen) pthread_cond_wait(&p->work, &p->mu);
         if (p->quit) break;
         seen = atomic_load(&p->gen);
@@ -85,9 +105,12 @@ static void *worker_main(void *arg) {
         pthread_mutex_unlock(&p->mu);
         if (!mine) continue;
         p->c->fn(leaves, (const float *const *)pt.x, pt.y, pt.rows, pt.use, pt.tid, pt.nth, &p->sync);
-        /* the caller may be asleep on done: signal under mu, after the
-         * decrement, so that it cannot miss it */
-        if (atomic_fetch_sub(&p->pending, 1) == 1) {
+        /* The caller may be asleep on done: signal under mu, after the
+         * decrement, so that it cannot miss it. It says so before it checks
+         * pending (both sequentially consistent): either it sees this
+         * decrement, or this sees its flag. Locking mu on every call made
+         * the caller's next call wait for it. */
+        if (atomic_fetch_sub(&p->pending, 1) == 1 && atomic_load(&p->caller_sleeps)) {
             pthread_mutex_lock(&p->mu);
             pthread_cond_signal(&p->done);
             pthread_mutex_unlock(&p->mu);
@@ -149,6 +172,7 @@ mj_status mj_compiled_pool_new(mj_compiled *c, int n, pool **out) {
     if (!p) return MJ_ERR_NOMEM;
     p->c = c;
     p->n = n;
+    atomic_init(&p->spin_ns, SPIN_NS);
     p->sync.wait = sync_wait;
     p->sync.claim = sync_claim;
     p->th = mj_alloc_array((size_t)n, sizeof *p->th);
@@ -187,4 +211,8 @@ mj_status mj_compiled_pool_new(mj_compiled *c, int n, pool **out) {
     }
     *out = p;
     return MJ_OK;
+}
+
+void mj_compiled_pool_spin_for_tests(mj_compiled *c, int64_t ns) {
+    if (c && c->pool) atomic_store_explicit(&c->pool->spin_ns, ns, memory_order_relaxed);
 }

@@ -912,6 +912,40 @@ Test(jit, pool_calls_after_idle_gaps_are_right, .timeout = 120) {
     mjt_free_traced(g, m);
 }
 
+/* Pool threads that never spin: every call wakes sleeping workers, and the
+ * caller sleeps until the last of them wakes it. A lost wakeup hangs a
+ * call (the timeout fails the test). Row and column mode, 2 and 3 threads
+ * (1 and 2 workers to finish before the caller may go on). */
+Test(jit, pool_threads_that_sleep_at_once_are_right, .timeout = 120) {
+    mj_rng rng = mjt_rng(29);
+    /* 4 MFLOP at batch 2: enough for the pool to split its columns */
+    mj_module *m = mjt_model("mlp:512,1024,512:act=tanh", 1, &rng);
+    int64_t ex[2] = {2, 512}, rows_shape[2] = {150, 512}, cols_shape[2] = {2, 512};
+    mj_graph *g = trace(m, 2, ex);
+    mj_tensor *x[2], *want[2];
+    OK(mj_tensor_randn(&x[0], 2, rows_shape, &rng));
+    OK(mj_tensor_randn(&x[1], 2, cols_shape, &rng));
+    for (int k = 0; k < 2; k++) OK(mj_module_forward(m, x[k], &want[k]));
+    for (int threads = 2; threads <= 3; threads++) {
+        mj_compiled *c = compile_threads(jit, g, mjt_modes[0], threads);
+        mj_compiled_pool_spin_for_tests(c, 0);
+        for (int i = 0; i < scaled(100); i++)
+            for (int k = 0; k < 2; k++) {
+                char what[80];
+                snprintf(what, sizeof what, "%d threads, call %d, %s", threads, i, k ? "columns" : "rows");
+                mj_tensor *got;
+                cr_assert_eq(mj_compiled_run(c, x[k], &got), MJ_OK, "%s: %s", what, mj_last_error());
+                check_result(got, want[k], mjt_modes[0], what);
+                mj_tensor_release(got);
+                cr_assert_eq(mj_compiled_last_split(c), k ? 2 : 1, "%s: the pool split the %s", what,
+                             k ? "columns" : "rows");
+            }
+        mj_compiled_free(c);
+    }
+    MJT_RELEASE(x[0], x[1], want[0], want[1]);
+    mjt_free_traced(g, m);
+}
+
 /* Many callers on one pooled compiled model: one uses the pool, the others
  * run on their own threads; every result is right. */
 Test(jit, threads_pool_shared_by_concurrent_callers) {

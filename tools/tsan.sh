@@ -16,6 +16,9 @@
 #   - 8 threads call a pruned conv block (frozen, live) and   = conv_tail/basic_block_shared_by_threads_is_eager_bit_for_bit,
 #     an attention of 8 heads at batch 1 (their pools share     jit/attention_runs_one_matrix_at_a_time_bit_for_bit
 #     the convs, claim the heads)
+#   - 8 threads call one model whose 4-thread pool never      = jit/pool_threads_that_sleep_at_once_are_right
+#     spins (rows, then columns): every call wakes sleeping
+#     workers and its caller sleeps until they are done
 #   - 8 threads: eager forward of one module + interpreter    = reliability/eight_threads_read_one_module_and_graph
 #   - 8 threads trace + compile their own models on one JIT   = reliability/eight_threads_trace_and_compile_their_own_models,
 #     (two of them on their own JIT)                            trace/concurrent_traces_on_threads

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "../jit/jit_test.h"
 #include "../tests/thread_util.h"
 #include "maskjit.h"
 
@@ -59,8 +60,11 @@ static void run_callers(mjt_call_arg *args, const char *name) {
 /* ---- 1. one compiled model, 8 callers ---------------------------------- */
 /* pool > 1: the model's own pool splits the calls of a model wide enough to
  * pass PAR_MIN_FLOPS (jit/compiled_run.c): by rows at 24+ rows (6 per thread),
- * by output columns (threads meeting at a barrier after each op) below. */
-static void shared_calls(mj_jit *jit, bool frozen, mjt_call_kind kind, int pool, bool columns, const char *name) {
+ * by output columns (threads meeting at a barrier after each op) below.
+ * sleepy: the pool's threads never spin, so every call wakes sleeping
+ * workers and its caller sleeps until they are done. */
+static void shared_calls(mj_jit *jit, bool frozen, mjt_call_kind kind, int pool, bool columns, bool sleepy,
+                         const char *name) {
     int64_t in = pool > 1 ? 256 : 32;
     mj_module *m = model(pool > 1 ? "mlp:256,1024,256:act=gelu" : "mlp:32,48,8:act=gelu", 31, 0.5);
     mj_graph *g = m ? mjt_trace_ones(m, in) : NULL;
@@ -75,6 +79,7 @@ static void shared_calls(mj_jit *jit, bool frozen, mjt_call_kind kind, int pool,
         mj_module_free(m);
         return;
     }
+    if (sleepy) mj_compiled_pool_spin_for_tests(c, 0);
     mjt_call_arg args[T];
     for (int i = 0; i < T; i++) {
         int64_t batch = pool == 1 ? 1 + i : columns ? 4 + 2 * i : 24 + 16 * i;
@@ -231,20 +236,24 @@ int main(void) {
         {"8 threads call one frozen pruned conv block at batch 1, its 3-thread pool sharing the convs", 9},
         {"8 threads call one pruned conv block (live) at batch 1, its 3-thread pool sharing the convs", 10},
         {"8 threads call one compiled attention at batch 1, its 4-thread pool claiming the heads", 11},
+        {"8 threads call one compiled model with a 4-thread pool that sleeps at once, splitting rows", 12},
+        {"8 threads call one compiled model with a 4-thread pool that sleeps at once, splitting columns", 13},
     };
     for (size_t i = 0; i < sizeof scenarios / sizeof scenarios[0]; i++) {
         int before = failures;
         switch (scenarios[i].id) {
-        case 0: shared_calls(jit, false, MJT_CALL_COMPILED, 1, false, scenarios[i].name); break;
-        case 1: shared_calls(jit, true, MJT_CALL_COMPILED, 1, false, scenarios[i].name); break;
-        case 2: shared_calls(jit, false, MJT_CALL_READ, 1, false, scenarios[i].name); break;
-        case 5: shared_calls(jit, false, MJT_CALL_COMPILED, 4, false, scenarios[i].name); break;
-        case 6: shared_calls(jit, false, MJT_CALL_COMPILED, 4, true, scenarios[i].name); break;
-        case 7: shared_calls(jit, true, MJT_CALL_COMPILED, 4, true, scenarios[i].name); break;
+        case 0: shared_calls(jit, false, MJT_CALL_COMPILED, 1, false, false, scenarios[i].name); break;
+        case 1: shared_calls(jit, true, MJT_CALL_COMPILED, 1, false, false, scenarios[i].name); break;
+        case 2: shared_calls(jit, false, MJT_CALL_READ, 1, false, false, scenarios[i].name); break;
+        case 5: shared_calls(jit, false, MJT_CALL_COMPILED, 4, false, false, scenarios[i].name); break;
+        case 6: shared_calls(jit, false, MJT_CALL_COMPILED, 4, true, false, scenarios[i].name); break;
+        case 7: shared_calls(jit, true, MJT_CALL_COMPILED, 4, true, false, scenarios[i].name); break;
         case 8: sequence_calls(jit, scenarios[i].name); break;
         case 9: conv_calls(jit, true, scenarios[i].name); break;
         case 10: conv_calls(jit, false, scenarios[i].name); break;
         case 11: attention_calls(jit, scenarios[i].name); break;
+        case 12: shared_calls(jit, false, MJT_CALL_COMPILED, 4, false, true, scenarios[i].name); break;
+        case 13: shared_calls(jit, false, MJT_CALL_COMPILED, 4, true, true, scenarios[i].name); break;
         case 3: own_models(jit); break;
         case 4: error_messages(); break;
         }
