@@ -169,8 +169,10 @@ bool mj_sparse_plan_build(plan *p, const float *w, int64_t out, int64_t in, int 
     /* whole runs per block. Runs once took blocks twice as wide (more
      * trips per row between the sums' stores and reloads), which paid with
      * chunks of 64 floats; with chunks of 32 the blocks hold twice the
-     * columns anyway, and twice that again measured within 2% either way
-     * (Zen 4: W5 0.62 vs 0.63 ms, W7b4 3.60 vs 3.57 ms at batch 1). */
+     * columns anyway. Zen 4, weights splat in registers, every layer's
+     * blocks at 0.75x / 1x / 1.5x / 2x: W5 0.58-0.59 / 0.55-0.57 /
+     * 0.57 / 0.58-0.60 ms, W4 0.59-0.60 / 0.57 / 0.56-0.57 / 0.59 ms, W7
+     * at batch 1 3.45-3.48 / 3.35-3.39 / 3.32-3.36 / 3.37-3.39 ms. */
     p->kb = kblock_cols(vw) / 4 * 4;
     p->n_kblocks = nc ? (nc + p->kb - 1) / p->kb : 1;
     /* Two rows a group, each with an accumulator per vector of the chunk.
