@@ -132,8 +132,12 @@ void mj_bench_use_cpu_clock(bool cpu);
 double mj_bench_thread_ceiling(int n);
 
 /* Times the variants interleaved: reps rounds, each running every variant
- * for iters calls sized to about min_ms. results has one entry per variant. */
+ * for iters calls sized to about min_ms. results has one entry per variant.
+ * At threads > 1 each round starts with mj_bench_thread_ceiling. */
 mj_status mj_bench_measure(mj_bench_setup *s, int reps, double min_ms, mj_bench_result *results);
+/* The lowest and highest host check of the last mj_bench_measure (one per
+ * round); NAN at one thread or before a measure. */
+void mj_bench_setup_host_range(const mj_bench_setup *s, double *lo, double *hi);
 
 #ifdef __cplusplus
 }

@@ -82,6 +82,7 @@ struct mj_bench_setup {
     char skipped[V_COUNT][256];
     int n_skipped;
     double trace_ms; /* mj_trace_module of the model, once per workload */
+    double host_lo, host_hi; /* the last measure's host checks, one per round (threads > 1) */
 };
 
 /* ---- small helpers ----------------------------------------------------- */
@@ -395,6 +396,7 @@ mj_status mj_bench_setup_new(const mj_bench_workload *w, mj_jit *jit, mj_bench_s
         return mj_fail(MJ_ERR_INVALID, "bench: %s: density %g is not in [0, 1]", w->id, w->density);
     mj_bench_setup *s = calloc(1, sizeof *s);
     if (!s) return mj_fail(MJ_ERR_NOMEM, "bench: out of memory");
+    s->host_lo = s->host_hi = NAN;
     s->w = *w;
     s->jit = jit;
     leaf_list leaves = {0};
@@ -471,6 +473,7 @@ mj_status mj_bench_setup_from_graph(const char *id, const char *description, con
                        mj_graph_input_count(g), mj_graph_output_count(g), MJ_BENCH_MAX_INPUTS);
     mj_bench_setup *s = calloc(1, sizeof *s);
     if (!s) return mj_fail(MJ_ERR_NOMEM, "bench: out of memory");
+    s->host_lo = s->host_hi = NAN;
     snprintf(s->w.id, sizeof s->w.id, "%s", id);
     snprintf(s->w.description, sizeof s->w.description, "%s (%d nodes)",
              description ? description : id, mj_graph_node_count(g));
@@ -537,6 +540,11 @@ void mj_bench_setup_time_reference(mj_bench_setup *s, bool timed) {
 mj_module *mj_bench_setup_model(mj_bench_setup *s) { return s->model; }
 const mj_tensor *mj_bench_setup_input(const mj_bench_setup *s) { return s->x[0]; }
 int mj_bench_setup_input_count(const mj_bench_setup *s) { return s->n_in; }
+
+void mj_bench_setup_host_range(const mj_bench_setup *s, double *lo, double *hi) {
+    *lo = s ? s->host_lo : NAN;
+    *hi = s ? s->host_hi : NAN;
+}
 const mj_tensor *mj_bench_setup_input_at(const mj_bench_setup *s, int i) {
     return i >= 0 && i < s->n_in ? s->x[i] : NULL;
 }
@@ -774,8 +782,16 @@ mj_status mj_bench_measure(mj_bench_setup *s, int reps, double min_ms, mj_bench_
     double *samples = calloc((size_t)reps * (size_t)s->nv, sizeof *samples);
     if (!samples) return mj_fail(MJ_ERR_NOMEM, "bench: out of memory");
     /* rounds: every variant once per round, start rotating, so drift in the
-     * machine's speed hits all variants alike */
+     * machine's speed hits all variants alike. At threads > 1 each round
+     * starts with the host check: what the host gives that many threads
+     * changes within a cell, and one check before it hid that. */
+    s->host_lo = s->host_hi = NAN;
     for (int r = 0; r < reps; r++) {
+        if (s->w.threads > 1) {
+            double h = mj_bench_thread_ceiling(s->w.threads);
+            if (!(h >= s->host_lo)) s->host_lo = h;
+            if (!(h <= s->host_hi)) s->host_hi = h;
+        }
         for (int j = 0; j < s->nv; j++) {
             int i = (j + r) % s->nv;
             if (!s->v[i].timed || r >= vreps[i]) continue;

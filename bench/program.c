@@ -42,7 +42,7 @@ typedef struct wl_result {
     int n_skipped;
     char skipped[MJ_BENCH_MAX_VARIANTS][256];
     bool vs_reference; /* ratio is against the reference (variant 0), not a peer */
-    double ceiling;    /* threads > 1: mj_bench_thread_ceiling just before timing; else NAN */
+    double ceiling, ceiling_hi; /* threads > 1: the lowest and highest host check of the cell's rounds; else NAN */
 } wl_result;
 
 typedef struct options {
@@ -395,8 +395,9 @@ static void print_table_block(FILE *out, const wl_result *wr) {
     }
     for (int i = 0; i < wr->n_skipped; i++) fprintf(out, "    (skipped) %s\n", wr->skipped[i]);
     if (isfinite(wr->ceiling))
-        fprintf(out, "    host check: %d threads of independent arithmetic ran %.2fx one thread just before "
-                     "(%d.00 = %d free cores)\n", wr->w.threads, wr->ceiling, wr->w.threads, wr->w.threads);
+        fprintf(out, "    host check: %d threads of independent arithmetic ran %.2f-%.2fx one thread before "
+                     "each round (%d.00 = %d free cores)\n", wr->w.threads, wr->ceiling, wr->ceiling_hi,
+                wr->w.threads, wr->w.threads);
 }
 
 /* W6 again as one matrix: GFLOP/s per batch and variant. */
@@ -413,15 +414,16 @@ static void print_w6_matrix(FILE *out, const wl_result *res, int n) {
     }
     if (nn == 0) return;
     fprintf(out, "\nW6 batch scaling, GFLOP/s (best peer ratio in parentheses); host: what the machine gave "
-                 "that many threads of independent arithmetic just before the cell, against one\n");
-    fprintf(out, "    %7s %3s %5s", "batch", "thr", "host");
+                 "that many threads of independent arithmetic against one, lowest-highest of the checks before "
+                 "each round\n");
+    fprintf(out, "    %7s %3s %11s", "batch", "thr", "host");
     for (int k = 0; k < nn; k++) fprintf(out, " %22s", names[k]);
     fprintf(out, "\n");
     for (int i = 0; i < n; i++) {
         if (strcmp(res[i].w.id, "W6")) continue;
-        char host[16] = "-";
-        if (isfinite(res[i].ceiling)) snprintf(host, sizeof host, "%.2fx", res[i].ceiling);
-        fprintf(out, "    %7lld %3d %5s", (long long)res[i].w.batch, res[i].w.threads, host);
+        char host[32] = "-";
+        if (isfinite(res[i].ceiling)) snprintf(host, sizeof host, "%.2f-%.2fx", res[i].ceiling, res[i].ceiling_hi);
+        fprintf(out, "    %7lld %3d %11s", (long long)res[i].w.batch, res[i].w.threads, host);
         for (int k = 0; k < nn; k++) {
             char cell[40] = "-";
             for (int j = 0; j < res[i].n_rows; j++) {
@@ -477,6 +479,7 @@ static void write_json(FILE *out, const wl_result *res, int n, const options *o,
         json_object_set_new(w, "peak_rss_kb", json_integer(wr->rss_kb));
         json_object_set_new(w, "ratio_against", json_string(wr->vs_reference ? "interp" : "best peer"));
         json_object_set_new(w, "host_thread_ceiling", num_or_null(wr->ceiling));
+        json_object_set_new(w, "host_thread_ceiling_max", num_or_null(wr->ceiling_hi));
         json_t *rs = json_array();
         for (int j = 0; j < wr->n_rows; j++) {
             const row *r = &wr->rows[j];
@@ -646,7 +649,6 @@ static int run_one(mj_bench_setup *s, const options *o, wl_result *res, int *n_r
     }
     fprintf(err, "[%s] timing: %d rounds x %d variants, ~%g ms each\n", w->id, o->reps, nv,
             o->min_ms);
-    double ceiling = w->threads > 1 ? mj_bench_thread_ceiling(w->threads) : NAN;
     mj_bench_result r[MJ_BENCH_MAX_VARIANTS];
     if (mj_bench_measure(s, o->reps, o->min_ms, r) != MJ_OK) {
         fprintf(err, "maskjit-bench: %s: timing: %s\n", w->id, mj_last_error());
@@ -654,7 +656,7 @@ static int run_one(mj_bench_setup *s, const options *o, wl_result *res, int *n_r
     }
     wl_result *wr = &res[(*n_res)++];
     fill_result(wr, s, r);
-    wr->ceiling = ceiling;
+    mj_bench_setup_host_range(s, &wr->ceiling, &wr->ceiling_hi);
     if (!o->json && !o->csv && strcmp(w->id, "W6") != 0) {
         print_table_block(out, wr);
         fflush(out);

@@ -156,6 +156,26 @@ Test(bench, thread_ceiling_is_a_speedup) {
     cr_expect(isfinite(c) && c > 0.25 && c < 2.5, "2 threads ran %gx one", c);
 }
 
+/* At two threads each round starts with a host check, and the cell keeps
+ * the lowest and highest; at one thread there is none. */
+Test(bench, measure_checks_the_host_each_round_at_two_threads, .init = setup_jit, .fini = teardown_jit) {
+    mj_bench_result r[16];
+    double lo, hi;
+    for (int threads = 1; threads <= 2; threads++) {
+        mj_bench_workload w = small_workload("mlp:16,24,8:act=relu:bias=1", 5, MJ_BENCH_MASK_RANDOM, 0.5);
+        w.threads = threads;
+        mj_bench_setup *s = NULL;
+        OK(mj_bench_setup_new(&w, jit, &s));
+        mj_bench_setup_host_range(s, &lo, &hi);
+        cr_expect(isnan(lo) && isnan(hi), "before a measure: %g-%g", lo, hi);
+        OK(mj_bench_measure(s, 3, 0.5, r));
+        mj_bench_setup_host_range(s, &lo, &hi);
+        if (threads == 1) cr_expect(isnan(lo) && isnan(hi), "one thread: %g-%g", lo, hi);
+        else cr_expect(lo > 0.25 && lo <= hi && hi < 2.5, "two threads: host %g-%g", lo, hi);
+        mj_bench_setup_free(s);
+    }
+}
+
 /* Changing the live weights after setup: interp and live compiled code
  * follow, the frozen code and the peers (copies) do not; the check must
  * name them. */
