@@ -133,6 +133,17 @@ bool mj_body_matmul_on_kernels(const mj_graph *g, int32_t m) {
     return n->type.rank >= 2 && ta->dims[ta->rank - 1] >= 1 && tb->dims[tb->rank - 1] >= 1;
 }
 
+/* Stride of dim d of t in a row-major buffer of t, if known without the
+ * batch (else -1). */
+static int64_t const_stride(const mj_type *t, int d) {
+    int64_t s = 1;
+    for (int e = d + 1; e < t->rank; e++) {
+        if (t->dims[e] < 0) return -1;
+        s *= t->dims[e];
+    }
+    return s;
+}
+
 /* A permute or transpose u of a matmul's value that keeps its rows (the
  * last dim stays last, so the store writes rows of N floats) with the row
  * stride known without the batch: the matmul can store into u's layout. */
@@ -142,12 +153,10 @@ static bool keeps_rows(const mj_graph *g, int32_t u) {
     if (r < 2 || (n->op != MJ_OP_PERMUTE && n->op != MJ_OP_TRANSPOSE)) return false;
     mj_node_perm(n, perm);
     if (perm[r - 1] != r - 1) return false;
-    /* the row dim's stride in u: the product of u's dims after the one that walks it */
+    /* the row dim's stride in u: that of u's dim that walks it */
     int d = 0;
     while (perm[d] != r - 2) d++;
-    for (int e = d + 1; e < r; e++)
-        if (n->type.dims[e] < 0) return false;
-    return true;
+    return const_stride(&n->type, d) >= 0;
 }
 
 /* The tail of matmul m on the micro-kernels (K and N known), which its
@@ -297,17 +306,6 @@ static bool plain_storage(const mj_graph *g, const mj_body_plan *p, int32_t s) {
     if (g->nodes[s].op == MJ_OP_INPUT) return true;
     if (p->input_free[s]) return p->leaf_plain[s] >= 0;
     return (p->has_slot[s] || p->root_of[s] >= 0) && p->padded_by[s] < 0;
-}
-
-/* Stride of dim d of t in a row-major buffer of t, if known without the
- * batch (else -1). */
-static int64_t const_stride(const mj_type *t, int d) {
-    int64_t s = 1;
-    for (int e = d + 1; e < t->rank; e++) {
-        if (t->dims[e] < 0) return -1;
-        s *= t->dims[e];
-    }
-    return s;
 }
 
 /* Whether matmul m can read the view v (base dims q) as each operand it is:
