@@ -966,9 +966,7 @@ Test(jit, threads_pool_shared_by_concurrent_callers) {
 /* MASKJIT_JIT_FEATURES forces AVX2 code (as under valgrind): 256-bit
  * vectors only, and the same bits as eager. */
 Test(jit, avx2_code_path_via_forced_features) {
-    cr_assert_eq(setenv("MASKJIT_JIT_FEATURES", "+avx,+avx2,+fma,+f16c,+bmi,+bmi2,+popcnt,+sse4.2,-avx512f", 1), 0);
-    mj_jit *j2;
-    OK(mj_jit_new(&j2));
+    mj_jit *j2 = mjt_avx2_jit();
     mj_rng rng = mjt_rng(19);
     /* the third is masked at 10%: its frozen layers go to the sparse kernel,
      * which must follow the JIT's target too */
@@ -1405,10 +1403,7 @@ static void views_text(char *t, size_t n, int seq, int heads, int d) {
 
 Test(jit, permutes_read_by_matmuls_are_views_bit_for_bit, .timeout = 300) {
     mj_rng rng = mjt_rng(62);
-    cr_assert_eq(setenv("MASKJIT_JIT_FEATURES", "+avx,+avx2,+fma,+f16c,+bmi,+bmi2,+popcnt,+sse4.2,-avx512f", 1), 0);
-    mj_jit *avx2;
-    OK(mj_jit_new(&avx2));
-    unsetenv("MASKJIT_JIT_FEATURES");
+    mj_jit *avx2 = mjt_avx2_jit();
     static const int geo[][3] = {{37, 2, 32}, {20, 3, 24}};
     for (int gi = 0; gi < 2; gi++) {
         char text[1024];

@@ -49,7 +49,6 @@ TestSuite(sparse, .fini = jit_fini);
  * LLJIT takes the first kernel's target machine), and the kernel's assembly
  * must have ymm registers and no zmm. */
 static const char *g_features;
-#define AVX2_FEATURES "+avx,+avx2,+fma,+f16c,+bmi,+bmi2,+popcnt,+sse4.2,-avx512f"
 
 static char *target_features(void) {
     return g_features ? LLVMCreateMessage(g_features) : LLVMGetHostCPUFeatures();
@@ -455,7 +454,7 @@ Test(sparse, rows_1_to_13_and_128_odd_widths_densities, .timeout = 600) { check_
 /* The same table with AVX2 forced (8-wide vectors, 32-row chunks): the
  * kernel follows the vector width it is given and uses no zmm register. */
 Test(sparse, rows_table_with_avx2_forced, .timeout = 600) {
-    g_features = AVX2_FEATURES;
+    g_features = MJT_AVX2_FEATURES;
     char *f = target_features();
     cr_assert_eq(mj_features_vector_width(f), 8);
     LLVMDisposeMessage(f);

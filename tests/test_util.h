@@ -359,4 +359,19 @@ static inline int mjt_maskjit(char **out, bool with_stderr, const char *fmt, ...
 }
 #endif
 
+/* Features that make LLVM emit AVX2 code on an AVX-512 host, as under
+ * valgrind (the JIT's test hook MASKJIT_JIT_FEATURES, read by mj_jit_new). */
+#define MJT_AVX2_FEATURES "+avx,+avx2,+fma,+f16c,+bmi,+bmi2,+popcnt,+sse4.2,-avx512f"
+
+/* A JIT that emits AVX2 code whatever the host: the hook is set for its
+ * mj_jit_new only. */
+static inline mj_jit *mjt_avx2_jit(void) {
+    cr_assert_eq(setenv("MASKJIT_JIT_FEATURES", MJT_AVX2_FEATURES, 1), 0);
+    mj_jit *j = NULL;
+    mj_status s = mj_jit_new(&j);
+    unsetenv("MASKJIT_JIT_FEATURES");
+    cr_assert_eq(s, MJ_OK, "mj_jit_new with AVX2 forced: %s", mj_last_error());
+    return j;
+}
+
 #endif
