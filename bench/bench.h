@@ -118,6 +118,10 @@ typedef struct mj_bench_result {
     int reps;           /* rounds taken (3 for variants slower than 1 s/call) */
     double gflops;      /* dense FLOP count / median                         */
     double compile_ms;  /* -1 if not compiled                                */
+    /* threads > 1, compiled variants: the median and the lowest over rounds
+     * of (one-thread time / this time), the same mode compiled for one
+     * thread and timed next to this one in each round; NAN otherwise */
+    double vs_one_thread, vs_one_thread_min;
 } mj_bench_result;
 
 /* Timing clock of this thread's measurements: wall (default) or process CPU

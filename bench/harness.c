@@ -47,6 +47,10 @@ typedef struct variant {
     bool exact;   /* must be bit-identical to eager */
     bool timed;   /* false: built for checking only (single-threaded refs at threads > 1) */
     mj_compiled *compiled;
+    /* threads > 1: the same graph and mode compiled for one thread, timed
+     * back to back with `compiled` in every round, so the speed-up over one
+     * thread is a ratio of neighbours, not of cells minutes apart */
+    mj_compiled *one_thread;
     double compile_ms;
     mj_peer *peer;
     mj_peer_conv *conv_peer; /* a peer of a conv chain (user models) */
@@ -253,6 +257,7 @@ void mj_bench_setup_free(mj_bench_setup *s) {
     if (!s) return;
     for (int i = 0; i < s->nv; i++) {
         mj_compiled_free(s->v[i].compiled);
+        mj_compiled_free(s->v[i].one_thread);
         mj_peer_free(s->v[i].peer);
         mj_peer_conv_free(s->v[i].conv_peer);
     }
@@ -286,11 +291,17 @@ static mj_status compile_variant(mj_bench_setup *s, const mj_graph *g, int kind)
     v->exact = kind != V_FAST;
     v->timed = true;
     mj_status st = mj_jit_compile(s->jit, g, &o, &v->compiled);
+    if (st == MJ_OK) {
+        const mj_compile_stats *cs = mj_compiled_stats(v->compiled);
+        v->compile_ms = cs ? cs->total_ms : -1;
+        s->nv++; /* owned by the setup from here: freed with it on failure */
+        if (s->w.threads > 1) {
+            o.threads = 1;
+            st = mj_jit_compile(s->jit, g, &o, &v->one_thread);
+        }
+    }
     if (st != MJ_OK)
         return mj_fail_prefix(st, "%s: %s: compiling", s->w.id, variant_names[kind]);
-    const mj_compile_stats *cs = mj_compiled_stats(v->compiled);
-    v->compile_ms = cs ? cs->total_ms : -1;
-    s->nv++;
     return MJ_OK;
 }
 
@@ -579,12 +590,12 @@ static const float *peer_run(variant *v, const float *x) {
     return v->conv_peer ? mj_peer_conv_run(v->conv_peer, x) : mj_peer_run(v->peer, x);
 }
 
-/* The compiled variant's call on the setup's inputs, into ybuf. */
-static mj_status run_compiled(mj_bench_setup *s, variant *v) {
+/* A compiled call on the setup's inputs, into ybuf. */
+static mj_status run_compiled(mj_bench_setup *s, mj_compiled *c) {
     const float *xd[MJ_BENCH_MAX_INPUTS];
     for (int i = 0; i < s->n_in; i++) xd[i] = mj_tensor_data(s->x[i]);
     float *y[1] = {s->ybuf};
-    return mj_compiled_run_raw_n(v->compiled, s->n_in, xd, s->batch, 1, y, &s->y_numel);
+    return mj_compiled_run_raw_n(c, s->n_in, xd, s->batch, 1, y, &s->y_numel);
 }
 
 /* One forward call; the output is dropped (eager and interp allocate it,
@@ -599,17 +610,20 @@ static mj_status run_once(mj_bench_setup *s, variant *v) {
         break;
     case V_EXACT:
     case V_FAST:
-    case V_FROZEN: st = run_compiled(s, v); break;
+    case V_FROZEN: st = run_compiled(s, v->compiled); break;
     default: (void)peer_run(v, mj_tensor_data(s->x[0])); break;
     }
     mj_tensor_release(y);
     return st;
 }
 
-mj_status mj_bench_variant_output(mj_bench_setup *s, int i, mj_tensor **out) {
+/* Variant i's output; with one_thread, its one-thread twin's (a compiled
+ * variant at threads > 1). */
+static mj_status output_of(mj_bench_setup *s, int i, bool one_thread, mj_tensor **out) {
     if (!s || !out || i < 0 || i >= s->nv)
         return mj_fail(MJ_ERR_INVALID, "bench: no variant %d (have %d)", i, s ? s->nv : 0);
     variant *v = &s->v[i];
+    MJ_ASSERT(!one_thread || v->one_thread);
     int64_t shape[MJ_MAX_RANK], yn;
     MJ_ASSERT(shape_at(s->y_rank, s->y_dims, s->batch, shape, &yn) && yn == s->y_numel);
     mj_status st;
@@ -620,13 +634,18 @@ mj_status mj_bench_variant_output(mj_bench_setup *s, int i, mj_tensor **out) {
     case V_FAST:
     case V_FROZEN:
         memset(s->ybuf, 0xff, (size_t)s->y_numel * sizeof(float)); /* NaNs: catch unwritten output */
-        st = run_compiled(s, v);
+        st = run_compiled(s, one_thread ? v->one_thread : v->compiled);
         if (st == MJ_OK) st = mj_tensor_from_data(out, s->y_rank, shape, s->ybuf);
         break;
     default: st = mj_tensor_from_data(out, s->y_rank, shape, peer_run(v, mj_tensor_data(s->x[0]))); break;
     }
-    if (st != MJ_OK) return mj_fail_prefix(st, "%s: %s", s->w.id, variant_names[v->kind]);
+    if (st != MJ_OK)
+        return mj_fail_prefix(st, "%s: %s%s", s->w.id, variant_names[v->kind], one_thread ? " (one thread)" : "");
     return MJ_OK;
+}
+
+mj_status mj_bench_variant_output(mj_bench_setup *s, int i, mj_tensor **out) {
+    return output_of(s, i, false, out);
 }
 
 void mj_bench_tolerance(const mj_bench_setup *s, const mj_tensor *ref, double *rtol, double *atol) {
@@ -649,9 +668,13 @@ mj_status mj_bench_check(mj_bench_setup *s) {
     size_t used = 0;
     int n_bad = 0;
     mj_status result = MJ_OK;
-    for (int i = 1; i < s->nv; i++) {
+    /* every variant, then the one-thread twins of the compiled ones */
+    for (int k = 1; k < 2 * s->nv; k++) {
+        int i = k % s->nv;
+        bool one_thread = k >= s->nv;
+        if (i == 0 || (one_thread && !s->v[i].one_thread)) continue;
         mj_tensor *y = NULL;
-        mj_status st = mj_bench_variant_output(s, i, &y);
+        mj_status st = output_of(s, i, one_thread, &y);
         if (st != MJ_OK) {
             mj_tensor_release(ref);
             return st;
@@ -661,8 +684,9 @@ mj_status mj_bench_check(mj_bench_setup *s) {
         if (!ok) {
             char d[512];
             mj_compare_describe(&c, y, ref, d, sizeof d);
-            int n = snprintf(msg + used, sizeof msg - used, "%s%s %s %s (%s)",
+            int n = snprintf(msg + used, sizeof msg - used, "%s%s%s %s %s (%s)",
                              n_bad ? "; " : "", variant_names[s->v[i].kind],
+                             one_thread ? " (one thread)" : "",
                              s->v[i].exact ? "is not bit-identical to" : "is not close to",
                              variant_names[s->v[0].kind], d);
             if (n > 0) used += (size_t)n < sizeof msg - used ? (size_t)n : sizeof msg - used - 1;
@@ -750,18 +774,34 @@ static mj_status time_runs(mj_bench_setup *s, variant *v, int64_t n, double *ns)
     return st;
 }
 
+/* time_runs for a compiled variant's one-thread twin */
+static mj_status time_one_thread(mj_bench_setup *s, variant *v, int64_t n, double *ns) {
+    double t0 = now_ns();
+    mj_status st = MJ_OK;
+    for (int64_t i = 0; i < n && st == MJ_OK; i++) st = run_compiled(s, v->one_thread);
+    *ns = now_ns() - t0;
+    settle_after(s);
+    return st;
+}
+
+static double median_of(double *x, int n) {
+    qsort(x, (size_t)n, sizeof *x, cmp_double);
+    return n % 2 ? x[n / 2] : 0.5 * (x[n / 2 - 1] + x[n / 2]);
+}
+
 mj_status mj_bench_measure(mj_bench_setup *s, int reps, double min_ms, mj_bench_result *results) {
     if (!s || !results || reps < 1 || !(min_ms > 0))
         return mj_fail(MJ_ERR_INVALID, "bench: reps %d must be >= 1 and min_ms %g > 0", reps, min_ms);
     double target = min_ms * 1e6;
-    int64_t iters[V_COUNT];
+    int64_t iters[V_COUNT], iters1[V_COUNT];
     int vreps[V_COUNT];
     /* calibrate: grow the call count until a batch takes a fifth of the target */
     for (int i = 0; i < s->nv; i++) {
         variant *v = &s->v[i];
         results[i] = (mj_bench_result){.median_ns = NAN, .min_ns = NAN, .iters = 0,
-                                       .gflops = NAN, .compile_ms = v->compile_ms};
-        iters[i] = 0;
+                                       .gflops = NAN, .compile_ms = v->compile_ms,
+                                       .vs_one_thread = NAN, .vs_one_thread_min = NAN};
+        iters[i] = iters1[i] = 0;
         vreps[i] = 0;
         if (!v->timed) continue;
         MJ_TRY(run_once(s, v)); /* warm-up */
@@ -775,12 +815,22 @@ mj_status mj_bench_measure(mj_bench_setup *s, int reps, double min_ms, mj_bench_
         }
         double it = ceil((double)n * target / (el > 0 ? el : 1));
         iters[i] = it < 1 ? 1 : it > 1e9 ? (int64_t)1e9 : (int64_t)it;
+        if (v->one_thread) {
+            /* the twin's calls per round: its share of the same target */
+            MJ_TRY(run_compiled(s, v->one_thread)); /* warm-up */
+            double el1;
+            MJ_TRY(time_one_thread(s, v, n, &el1));
+            double it1 = ceil((double)n * target / (el1 > 0 ? el1 : 1));
+            iters1[i] = it1 < 1 ? 1 : it1 > 1e9 ? (int64_t)1e9 : (int64_t)it1;
+        }
         /* a call of over a second (eager at batch 1024) is its own average:
          * three rounds are enough and keep the full run short */
         vreps[i] = el / (double)n > 1e9 && reps > 3 ? 3 : reps;
     }
-    double *samples = calloc((size_t)reps * (size_t)s->nv, sizeof *samples);
+    /* samples, then the rounds' one-thread/threads ratios of the twins */
+    double *samples = calloc(2 * (size_t)reps * (size_t)s->nv, sizeof *samples);
     if (!samples) return mj_fail(MJ_ERR_NOMEM, "bench: out of memory");
+    double *speedups = samples + (size_t)reps * (size_t)s->nv;
     /* rounds: every variant once per round, start rotating, so drift in the
      * machine's speed hits all variants alike. At threads > 1 each round
      * starts with the host check: what the host gives that many threads
@@ -795,13 +845,20 @@ mj_status mj_bench_measure(mj_bench_setup *s, int reps, double min_ms, mj_bench_
         for (int j = 0; j < s->nv; j++) {
             int i = (j + r) % s->nv;
             if (!s->v[i].timed || r >= vreps[i]) continue;
-            double el;
-            mj_status st = time_runs(s, &s->v[i], iters[i], &el);
+            /* a twin runs next to its variant, before it in odd rounds,
+             * so neither order gets the warmer caches every time */
+            variant *v = &s->v[i];
+            bool twin_first = v->one_thread && r % 2;
+            double el, el1 = NAN;
+            mj_status st = twin_first ? time_one_thread(s, v, iters1[i], &el1) : MJ_OK;
+            if (st == MJ_OK) st = time_runs(s, v, iters[i], &el);
+            if (st == MJ_OK && v->one_thread && !twin_first) st = time_one_thread(s, v, iters1[i], &el1);
             if (st != MJ_OK) {
                 free(samples);
                 return st;
             }
             samples[i * reps + r] = el / (double)iters[i];
+            if (v->one_thread) speedups[i * reps + r] = (el1 / (double)iters1[i]) / samples[i * reps + r];
         }
     }
     double flops = mj_bench_setup_flops(s);
@@ -809,8 +866,12 @@ mj_status mj_bench_measure(mj_bench_setup *s, int reps, double min_ms, mj_bench_
         if (!s->v[i].timed) continue;
         double *x = samples + i * reps;
         int nr = vreps[i];
-        qsort(x, (size_t)nr, sizeof *x, cmp_double);
-        double med = nr % 2 ? x[nr / 2] : 0.5 * (x[nr / 2 - 1] + x[nr / 2]);
+        double med = median_of(x, nr);
+        if (s->v[i].one_thread) {
+            double *q = speedups + i * reps;
+            results[i].vs_one_thread = median_of(q, nr);
+            results[i].vs_one_thread_min = q[0];
+        }
         results[i].reps = nr;
         results[i].median_ns = med;
         results[i].min_ns = x[0];

@@ -379,20 +379,27 @@ static void print_table_block(FILE *out, const wl_result *wr) {
     fprintf(out, "    batch %lld, %d thread%s, %.4g MFLOP per forward (dense count), peak RSS %.1f MB\n",
             (long long)wr->w.batch, wr->w.threads, wr->w.threads > 1 ? "s" : "", wr->flops / 1e6,
             wr->rss_kb / 1024.0);
-    fprintf(out, "    %-16s %12s %10s %12s %12s %10s\n", "variant", "median", "GFLOP/s",
-            wr->vs_reference ? "vs interp" : "vs best peer", "compile ms", "calls/round");
+    bool threaded = wr->w.threads > 1;
+    fprintf(out, "    %-16s %12s %10s %12s %12s %10s%s\n", "variant", "median", "GFLOP/s",
+            wr->vs_reference ? "vs interp" : "vs best peer", "compile ms", "calls/round",
+            threaded ? "   vs 1 thread (lowest round)" : "");
     for (int i = 0; i < wr->n_rows; i++) {
         const row *r = &wr->rows[i];
         if (!isfinite(r->r.median_ns)) continue;
-        char t[32], ratio[32], comp[32];
+        char t[32], ratio[32], comp[32], one[48] = "";
         fmt_time(t, sizeof t, r->r.median_ns);
         if (isfinite(r->ratio)) snprintf(ratio, sizeof ratio, "%.3fx", r->ratio);
         else snprintf(ratio, sizeof ratio, "-");
         if (r->r.compile_ms >= 0) snprintf(comp, sizeof comp, "%.1f", r->r.compile_ms);
         else snprintf(comp, sizeof comp, "-");
-        fprintf(out, "    %-16s %12s %10.2f %12s %12s %10lld\n", r->variant, t, r->r.gflops, ratio,
-                comp, (long long)r->r.iters);
+        if (threaded && isfinite(r->r.vs_one_thread))
+            snprintf(one, sizeof one, "   %.2fx (%.2fx)", r->r.vs_one_thread, r->r.vs_one_thread_min);
+        fprintf(out, "    %-16s %12s %10.2f %12s %12s %10lld%s\n", r->variant, t, r->r.gflops, ratio,
+                comp, (long long)r->r.iters, one);
     }
+    if (threaded)
+        fprintf(out, "    vs 1 thread: the same mode compiled for one thread, timed next to this one in "
+                     "every round; the median of the rounds' ratios\n");
     for (int i = 0; i < wr->n_skipped; i++) fprintf(out, "    (skipped) %s\n", wr->skipped[i]);
     if (isfinite(wr->ceiling))
         fprintf(out, "    host check: %d threads of independent arithmetic ran %.2f-%.2fx one thread before "
@@ -433,6 +440,36 @@ static void print_w6_matrix(FILE *out, const wl_result *res, int n) {
                 else snprintf(cell, sizeof cell, "%.2f", r->r.gflops);
             }
             fprintf(out, " %22s", cell);
+        }
+        fprintf(out, "\n");
+    }
+}
+
+/* W6 at threads > 1: each compiled mode's speed-up over its one-thread
+ * twin, timed in the same rounds. */
+static void print_w6_speedups(FILE *out, const wl_result *res, int n) {
+    bool any = false;
+    for (int i = 0; i < n; i++) any |= !strcmp(res[i].w.id, "W6") && res[i].w.threads > 1;
+    if (!any) return;
+    fprintf(out, "\nW6 speed-up over one thread: each round times the mode compiled for one thread next "
+                 "to the threaded one; median of the rounds' ratios (lowest round)\n");
+    fprintf(out, "    %7s %3s %11s", "batch", "thr", "host");
+    const char *modes[] = {"compiled-exact", "compiled-fast", "compiled-frozen"};
+    for (int k = 0; k < 3; k++) fprintf(out, " %18s", modes[k]);
+    fprintf(out, "\n");
+    for (int i = 0; i < n; i++) {
+        if (strcmp(res[i].w.id, "W6") || res[i].w.threads < 2) continue;
+        char host[32] = "-";
+        if (isfinite(res[i].ceiling)) snprintf(host, sizeof host, "%.2f-%.2fx", res[i].ceiling, res[i].ceiling_hi);
+        fprintf(out, "    %7lld %3d %11s", (long long)res[i].w.batch, res[i].w.threads, host);
+        for (int k = 0; k < 3; k++) {
+            char cell[40] = "-";
+            for (int j = 0; j < res[i].n_rows; j++) {
+                const row *r = &res[i].rows[j];
+                if (!strcmp(r->variant, modes[k]) && isfinite(r->r.vs_one_thread))
+                    snprintf(cell, sizeof cell, "%.2fx (%.2fx)", r->r.vs_one_thread, r->r.vs_one_thread_min);
+            }
+            fprintf(out, " %18s", cell);
         }
         fprintf(out, "\n");
     }
@@ -492,6 +529,8 @@ static void write_json(FILE *out, const wl_result *res, int n, const options *o,
             json_object_set_new(jr, "rounds", json_integer(r->r.reps));
             json_object_set_new(jr, "gflops", num_or_null(r->r.gflops));
             json_object_set_new(jr, "ratio_to_best_peer", num_or_null(r->ratio));
+            json_object_set_new(jr, "vs_one_thread", num_or_null(r->r.vs_one_thread));
+            json_object_set_new(jr, "vs_one_thread_min", num_or_null(r->r.vs_one_thread_min));
             json_object_set_new(jr, "compile_ms",
                                 r->r.compile_ms >= 0 ? json_real(r->r.compile_ms) : json_null());
             json_array_append_new(rs, jr);
@@ -510,7 +549,7 @@ static void write_json(FILE *out, const wl_result *res, int n, const options *o,
 
 static void write_csv(FILE *out, const wl_result *res, int n) {
     fprintf(out, "workload,batch,threads,variant,median_ns,min_ns,iters,gflops,ratio_to_best_peer,"
-                 "compile_ms,peak_rss_kb\n");
+                 "compile_ms,peak_rss_kb,vs_one_thread\n");
     for (int i = 0; i < n; i++)
         for (int j = 0; j < res[i].n_rows; j++) {
             const row *r = &res[i].rows[j];
@@ -521,7 +560,9 @@ static void write_csv(FILE *out, const wl_result *res, int n) {
             if (isfinite(r->ratio)) fprintf(out, "%.4f", r->ratio);
             fputc(',', out);
             if (r->r.compile_ms >= 0) fprintf(out, "%.2f", r->r.compile_ms);
-            fprintf(out, ",%ld\n", res[i].rss_kb);
+            fprintf(out, ",%ld,", res[i].rss_kb);
+            if (isfinite(r->r.vs_one_thread)) fprintf(out, "%.4f", r->r.vs_one_thread);
+            fputc('\n', out);
         }
 }
 
@@ -865,6 +906,7 @@ int mj_bench_run(int argc, char **argv, FILE *out, FILE *err) {
         else if (o.csv) write_csv(out, res, n_res);
         else {
             print_w6_matrix(out, res, n_res);
+            print_w6_speedups(out, res, n_res);
             fprintf(out, "\ncorrectness: every variant checked against eager before timing; "
                          "interp/compiled-exact/compiled-frozen bit-identical, compiled-fast and "
                          "peers within " TOLERANCE_RULE " (for the peers, K sums every layer's "

@@ -176,6 +176,33 @@ Test(bench, measure_checks_the_host_each_round_at_two_threads, .init = setup_jit
     }
 }
 
+/* At two threads every compiled mode also runs compiled for one thread,
+ * next to it in each round: the speed-up is a ratio of neighbours. Peers
+ * and one-thread cells have none. */
+Test(bench, measure_times_a_one_thread_twin_at_two_threads, .init = setup_jit, .fini = teardown_jit) {
+    mj_bench_result r[16];
+    for (int threads = 1; threads <= 2; threads++) {
+        mj_bench_workload w = small_workload("mlp:16,24,8:act=relu:bias=1", 5, MJ_BENCH_MASK_RANDOM, 0.5);
+        w.threads = threads;
+        mj_bench_setup *s = NULL;
+        OK(mj_bench_setup_new(&w, jit, &s));
+        OK(mj_bench_check(s));
+        OK(mj_bench_measure(s, 3, 0.5, r));
+        for (int i = 0; i < mj_bench_variant_count(s); i++) {
+            const char *name = mj_bench_variant_name(s, i);
+            bool compiled = !strncmp(name, "compiled-", 9);
+            if (threads == 2 && compiled)
+                cr_expect(r[i].vs_one_thread > 0.05 && r[i].vs_one_thread < 20 &&
+                              r[i].vs_one_thread_min <= r[i].vs_one_thread,
+                          "%s: vs one thread %g (lowest %g)", name, r[i].vs_one_thread, r[i].vs_one_thread_min);
+            else
+                cr_expect(isnan(r[i].vs_one_thread) && isnan(r[i].vs_one_thread_min),
+                          "%s at %d thread(s): vs one thread %g", name, threads, r[i].vs_one_thread);
+        }
+        mj_bench_setup_free(s);
+    }
+}
+
 /* Changing the live weights after setup: interp and live compiled code
  * follow, the frozen code and the peers (copies) do not; the check must
  * name them. */
@@ -193,6 +220,27 @@ Test(bench, check_names_stale_variants, .init = setup_jit, .fini = teardown_jit)
     cr_expect(strstr(msg, "compiled-frozen is not bit-identical to eager"), "%s", msg);
     cr_expect(!strstr(msg, "interp is not"), "%s", msg);
     if (mj_peer_built(MJ_PEER_OPENBLAS)) cr_expect(strstr(msg, "openblas is not close"), "%s", msg);
+    cr_expect(!strstr(msg, "(one thread)"), "one thread has no twins: %s", msg);
+    mj_bench_setup_free(s);
+}
+
+/* At two threads the one-thread twins are checked too: a speed-up over
+ * code that computes something else would mean nothing. */
+Test(bench, check_names_stale_one_thread_twins, .init = setup_jit, .fini = teardown_jit) {
+    mj_bench_workload w = small_workload("mlp:8,8,8:act=relu:bias=1", 4, MJ_BENCH_MASK_RANDOM, 0.5);
+    w.threads = 2;
+    mj_bench_setup *s = NULL;
+    OK(mj_bench_setup_new(&w, jit, &s));
+    OK(mj_bench_check(s));
+    mj_module *lin = mj_module_find(mj_bench_setup_model(s), "0");
+    cr_assert_not_null(lin);
+    float *wd = mj_tensor_data_mut(mj_module_original(lin, "weight"));
+    for (int i = 0; i < 64; i++) wd[i] = wd[i] * 2.0f + 0.5f;
+    cr_assert_eq(mj_bench_check(s), MJ_ERR_MISMATCH);
+    const char *msg = mj_last_error();
+    cr_expect(strstr(msg, "compiled-frozen is not bit-identical to eager"), "%s", msg);
+    cr_expect(strstr(msg, "compiled-frozen (one thread) is not bit-identical to eager"), "%s", msg);
+    cr_expect(!strstr(msg, "compiled-exact (one thread)"), "live code follows the weights: %s", msg);
     mj_bench_setup_free(s);
 }
 
