@@ -67,12 +67,14 @@ struct prologue {
 };
 
 /* A persistent pool per compiled graph: the caller runs part 0 of a call,
- * workers 1..n-1 the other parts (consecutive row ranges). One call uses the
- * pool at a time (busy); a concurrent call runs on its own thread instead. */
+ * workers 1..n-1 the others. Split by rows, the parts are threads that claim
+ * the call's row chunks one at a time; split by columns, each thread runs the
+ * whole batch with its share of each wide op. One call uses the pool at a
+ * time (busy); a concurrent call runs on its own thread instead. */
 typedef struct part {
-    const float **x; /* per input: this part's rows */
+    const float **x; /* per input: this part's rows (rows: of its current chunk) */
     float **y;       /* per output */
-    int64_t rows;
+    int64_t rows;    /* columns: the batch */
     float *scratch; /* the pool's, per part */
     int64_t cap;    /* floats */
     float *use;     /* this call's scratch: its own (rows) or part 0's (columns) */
@@ -96,6 +98,14 @@ struct pool {
     part *parts;
     int started;     /* workers created */
     mj_body_sync sync; /* column mode's barrier */
+    /* row mode: the call's rows in n_chunks near-equal chunks, claimed one
+     * at a time, so a thread the host slows down runs fewer of them */
+    bool by_rows;
+    const float *const *x;
+    float *const *y;
+    int64_t batch;
+    int n_chunks;
+    atomic_int next_chunk;
 };
 
 /* compile.c: the body's LLVM module, in a new context (*tsc); frozen: pr
@@ -123,5 +133,8 @@ bool mj_pool_spin_until_zero(const pool *p, atomic_int *v);
 /* Locks mu, spinning a short while before it sleeps on it. */
 void mj_pool_lock(const pool *p, pthread_mutex_t *mu);
 mj_status mj_compiled_pool_new(mj_compiled *c, int n, pool **out);
+/* Row mode: runs chunks of the pool's current call until none is left, in
+ * part idx's buffers. */
+void mj_pool_run_row_chunks(pool *p, int idx, const float *const *leaves);
 
 #endif

@@ -88,6 +88,21 @@ void mj_pool_lock(const pool *p, pthread_mutex_t *mu) {
         }
 }
 
+/* Relaxed claims: the call's publication under mu ordered its buffers, and
+ * pending's decrement orders the outputs for the caller. */
+void mj_pool_run_row_chunks(pool *p, int idx, const float *const *leaves) {
+    const mj_compiled *c = p->c;
+    part *pt = &p->parts[idx];
+    for (;;) {
+        int k = atomic_fetch_add_explicit(&p->next_chunk, 1, memory_order_relaxed);
+        if (k >= p->n_chunks) return;
+        int64_t r0 = p->batch * k / p->n_chunks, r1 = p->batch * (k + 1) / p->n_chunks;
+        for (int i = 0; i < c->n_in; i++) pt->x[i] = p->x[i] + r0 * c->in_rows[i];
+        for (int j = 0; j < c->n_out; j++) pt->y[j] = p->y[j] + r0 * c->out_rows[j];
+        c->fn(leaves, (const float *const *)pt->x, pt->y, r1 - r0, pt->scratch, 0, 1, &p->sync);
+    }
+}
+
 static void *worker_main(void *arg) {
     pool *p = ((worker_arg *)arg)->p;
     int idx = ((worker_arg *)arg)->idx;
@@ -99,12 +114,13 @@ static void *worker_main(void *arg) {
         while (!p->quit && atomic_load(&p->gen) == seen) pthread_cond_wait(&p->work, &p->mu);
         if (p->quit) break;
         seen = atomic_load(&p->gen);
-        bool mine = idx < p->n_parts;
+        bool mine = idx < p->n_parts, by_rows = p->by_rows;
         part pt = mine ? p->parts[idx] : (part){0};
         const float *const *leaves = p->leaves;
         pthread_mutex_unlock(&p->mu);
         if (!mine) continue;
-        p->c->fn(leaves, (const float *const *)pt.x, pt.y, pt.rows, pt.use, pt.tid, pt.nth, &p->sync);
+        if (by_rows) mj_pool_run_row_chunks(p, idx, leaves);
+        else p->c->fn(leaves, (const float *const *)pt.x, pt.y, pt.rows, pt.use, pt.tid, pt.nth, &p->sync);
         /* The caller may be asleep on done: signal under mu, after the
          * decrement, so that it cannot miss it. It says so before it checks
          * pending (both sequentially consistent): either it sees this

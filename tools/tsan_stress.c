@@ -59,8 +59,9 @@ static void run_callers(mjt_call_arg *args, const char *name) {
 
 /* ---- 1. one compiled model, 8 callers ---------------------------------- */
 /* pool > 1: the model's own pool splits the calls of a model wide enough to
- * pass PAR_MIN_FLOPS (jit/compiled_run.c): by rows at 24+ rows (6 per thread),
- * by output columns (threads meeting at a barrier after each op) below.
+ * pass PAR_MIN_FLOPS (jit/compiled_run.c): by rows at 24+ rows (6 per thread;
+ * from 384, up to 4 chunks a thread, claimed one at a time), by output
+ * columns (threads meeting at a barrier after each op) below.
  * sleepy: the pool's threads never spin, so every call wakes sleeping
  * workers and its caller sleeps until they are done. */
 static void shared_calls(mj_jit *jit, bool frozen, mjt_call_kind kind, int pool, bool columns, bool sleepy,
@@ -82,7 +83,7 @@ static void shared_calls(mj_jit *jit, bool frozen, mjt_call_kind kind, int pool,
     if (sleepy) mj_compiled_pool_spin_for_tests(c, 0);
     mjt_call_arg args[T];
     for (int i = 0; i < T; i++) {
-        int64_t batch = pool == 1 ? 1 + i : columns ? 4 + 2 * i : 24 + 16 * i;
+        int64_t batch = pool == 1 ? 1 + i : columns ? 4 + 2 * i : 24 + 56 * i;
         args[i] = (mjt_call_arg){.c = c, .m = m, .g = g, .kind = kind, .iters = 100,
                                  .x = randn(batch, in, 50 + (uint64_t)i)};
         mj_module_forward(m, args[i].x, &args[i].want);
