@@ -418,6 +418,11 @@ class _Builder:
 
     def param(self, key, tensor):
         if key not in self.params:
+            if tensor.dtype == torch.bool and key.endswith((MASK_SUFFIX, "_mask")):
+                # an N:M sparsifier's mask (WeightNormSparsifier with fewer zeros
+                # per block than the block holds) is bool; mask * weight promotes
+                # it to 0.0/1.0, so the float mask gives the same product
+                tensor = tensor.to(torch.float32)
             t = _as_f32(tensor, key)
             shape = tuple(t.shape) if t.dim() > 0 else (1,)
             owner = key.rsplit(".", 1)[0] if "." in key else ""

@@ -589,6 +589,23 @@ class ExportTest(unittest.TestCase):
         self.assert_in_ir('param "1.parametrizations.weight.0.mask"', 'param "4.weight_mask"')
         self.assert_maskjit_passed()
 
+    def test_n_m_sparsifier_bool_masks_export_and_check(self):
+        # WeightNormSparsifier with zeros_per_block < the block's size (2:4
+        # style) stores a torch.bool mask; mask * weight is the same in float
+        torch.manual_seed(5)
+        model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8))
+        from torch.ao.sparsity import WeightNormSparsifier
+        sp = WeightNormSparsifier(sparsity_level=1.0, sparse_block_shape=(1, 4), zeros_per_block=2)
+        sp.prepare(model, [{"tensor_fqn": "0.weight"}, {"tensor_fqn": "2.weight"}])
+        sp.step()
+        self.assertEqual(model[0].parametrizations.weight[0].mask.dtype, torch.bool)
+        self.export(model.eval(), torch.randn(4, 16))
+        d, _ = safetensors_io.load(self.path())
+        mask = d["0.parametrizations.weight.0.mask"]
+        self.assertEqual(mask.dtype, torch.float32)
+        self.assertEqual(float(mask.sum()), 16 * 32 / 2)
+        self.assert_maskjit_passed()
+
     def test_batch_dependent_view_sizes_become_B(self):
         torch.manual_seed(4)
         self.export(Heads().eval(), torch.randn(3, 5, 8))
