@@ -39,7 +39,7 @@ typedef enum mj_bench_mask {
 } mj_bench_mask;
 
 typedef struct mj_bench_workload {
-    char id[16];           /* "W1" ...                                           */
+    char id[64];           /* "W1" ..., or a model file's name                    */
     char description[160];
     char spec[128];        /* mj_model_from_spec: "mut", "mlp:256,256,256,256"  */
     int64_t batch;

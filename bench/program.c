@@ -101,6 +101,19 @@ static bool parse_i64(const char *s, int64_t lo, int64_t hi, int64_t *out) {
     return true;
 }
 
+/* A comma-separated list without empty items ("1,,2", "2,"): strtok
+ * would skip them and run something other than what was asked. */
+static bool list_has_empty_item(const char *val) {
+    size_t n = strlen(val);
+    return n == 0 || val[0] == ',' || val[n - 1] == ',' || strstr(val, ",,");
+}
+
+static bool seen_before(const int64_t *v, int n, int64_t x) {
+    for (int i = 0; i < n; i++)
+        if (v[i] == x) return true;
+    return false;
+}
+
 static int parse_args(int argc, char **argv, options *o, FILE *err) {
     const char *prog = argc > 0 && argv[0] ? argv[0] : "maskjit-bench";
     memset(o, 0, sizeof *o);
@@ -177,6 +190,10 @@ static int parse_args(int argc, char **argv, options *o, FILE *err) {
                 fprintf(err, "%s: %s: list '%s' is empty or too long\n", prog, a, val);
                 return 2;
             }
+            if (list_has_empty_item(val) && strspn(val, ",") != strlen(val)) {
+                fprintf(err, "%s: %s: an empty item in '%s'\n", prog, a, val);
+                return 2;
+            }
             strcpy(buf, val);
             char *save = NULL;
             int count = 0;
@@ -194,6 +211,12 @@ static int parse_args(int argc, char **argv, options *o, FILE *err) {
                 } else {
                     if (!parse_i64(t, 1, 256, &v)) {
                         fprintf(err, "%s: --threads wants counts in 1..256, got '%s'\n", prog, t);
+                        return 2;
+                    }
+                    int64_t seen[MAX_THREADS_LIST];
+                    for (int k = 0; k < o->n_threads; k++) seen[k] = o->threads[k];
+                    if (seen_before(seen, o->n_threads, v)) {
+                        fprintf(err, "%s: --threads lists %lld twice\n", prog, (long long)v);
                         return 2;
                     }
                     if (o->n_threads >= MAX_THREADS_LIST) {
@@ -215,12 +238,20 @@ static int parse_args(int argc, char **argv, options *o, FILE *err) {
                 fprintf(err, "%s: --batch: list '%s' is empty or too long\n", prog, val);
                 return 2;
             }
+            if (list_has_empty_item(val) && strspn(val, ",") != strlen(val)) {
+                fprintf(err, "%s: --batch: an empty item in '%s'\n", prog, val);
+                return 2;
+            }
             strcpy(buf, val);
             char *save = NULL;
             for (char *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
                 int64_t v;
                 if (!parse_i64(t, 1, 1 << 20, &v)) {
                     fprintf(err, "%s: --batch wants batches in 1..1048576, got '%s'\n", prog, t);
+                    return 2;
+                }
+                if (seen_before(o->batches, o->n_batches, v)) {
+                    fprintf(err, "%s: --batch lists %lld twice\n", prog, (long long)v);
                     return 2;
                 }
                 if (o->n_batches >= MAX_THREADS_LIST) {
@@ -244,6 +275,18 @@ static int parse_args(int argc, char **argv, options *o, FILE *err) {
         fprintf(err, "%s: --json and --csv are exclusive\n", prog);
         return 2;
     }
+    if (o->model) {
+        /* options of the built-in workloads that a MODEL run would ignore */
+        bool wl = false;
+        for (int i = 1; i <= 6; i++) wl |= o->want[i];
+        const char *why = wl ? "--workloads chooses built-in workloads"
+                          : o->plot ? "--plot draws W6's batch scaling"
+                          : o->list ? "--list lists built-in workloads" : NULL;
+        if (why) {
+            fprintf(err, "%s: %s, not a MODEL ('%s')\n", prog, why, o->model);
+            return 2;
+        }
+    }
     if (o->model && o->n_batches == 0) {
         static const int64_t dflt[] = {1, 8, 64};
         for (int i = 0; i < 3; i++) o->batches[o->n_batches++] = dflt[i];
@@ -262,6 +305,11 @@ static int parse_args(int argc, char **argv, options *o, FILE *err) {
         o->threads[o->n_threads++] = 1;
         if (mj_bench_jit_threads()) o->threads[o->n_threads++] = 2;
     }
+    int most = 1;
+    for (int t = 0; t < o->n_threads; t++) most = o->threads[t] > most ? o->threads[t] : most;
+    if (o->cpu_clock && most > 1 && (o->model || o->want[6]) && !o->list && !o->help)
+        fprintf(err, "%s: warning: --clock cpu adds up the CPU time of every thread, so cells at %d threads "
+                     "cannot show a speed-up; time threads with the wall clock\n", prog, most);
     return 0;
 }
 
@@ -769,8 +817,8 @@ static int run_model(const options *o, const char *prog, FILE *out, FILE *err) {
     const char *llvm_cpu = mj_jit_cpu_name(jit);
     if (!o->json && !o->csv)
         fprintf(out, "maskjit bench %s — CPU: %s (LLVM: %s), %d rounds, ~%g ms per variant per "
-                     "round, median reported\n", o->model, cpu, llvm_cpu ? llvm_cpu : "?", o->reps,
-                o->min_ms);
+                     "round, median reported, %s clock\n", o->model, cpu, llvm_cpu ? llvm_cpu : "?", o->reps,
+                o->min_ms, o->cpu_clock ? "process CPU" : "wall");
     int n_res = 0;
     rc = 0;
     for (int t = 0; t < o->n_threads && rc == 0; t++) {

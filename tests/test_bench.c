@@ -367,6 +367,23 @@ Test(bench, program_csv_and_table) {
     run_free(&r);
 }
 
+/* CPU time adds up every thread's: a threaded cell under --clock cpu
+ * cannot show a speed-up, and the run says so before it starts. */
+Test(bench, program_warns_of_the_cpu_clock_with_threads) {
+    const char *argv[] = {"b", "mlp:8,8", "--batch", "1", "--threads", "1,2", "--clock", "cpu",
+                          "--reps", "1", "--min-ms", "0.2"};
+    run_out r = run_bench(12, argv);
+    cr_assert_eq(r.rc, 0, "%s", r.err);
+    cr_expect(strstr(r.err, "warning: --clock cpu adds up the CPU time of every thread"), "%s", r.err);
+    cr_expect(strstr(r.out, "process CPU clock"), "%s", r.out);
+    run_free(&r);
+    argv[5] = "1";
+    r = run_bench(12, argv);
+    cr_assert_eq(r.rc, 0, "%s", r.err);
+    cr_expect(!strstr(r.err, "warning"), "one thread: %s", r.err);
+    run_free(&r);
+}
+
 Test(bench, program_bad_arguments) {
     struct {
         int argc;
@@ -384,6 +401,14 @@ Test(bench, program_bad_arguments) {
         {2, {"b", "--reps"}, "--reps needs a value"},
         {3, {"b", "--json", "--csv"}, "exclusive"},
         {3, {"b", "--plot", "a'b.svg"}, "without quotes"},
+        {3, {"b", "--batch", "1,,2"}, "--batch: an empty item in '1,,2'"},
+        {3, {"b", "--batch", "2,2,"}, "--batch: an empty item in '2,2,'"},
+        {3, {"b", "--batch", "2,4,2"}, "--batch lists 2 twice"},
+        {3, {"b", "--threads", "1,1"}, "--threads lists 1 twice"},
+        {3, {"b", "--workloads", ",W1"}, "--workloads: an empty item"},
+        {4, {"b", "mlp:8,8", "--workloads", "W1"}, "--workloads chooses built-in workloads, not a MODEL"},
+        {4, {"b", "mlp:8,8", "--plot", "x.svg"}, "--plot draws W6's batch scaling, not a MODEL"},
+        {3, {"b", "mlp:8,8", "--list"}, "--list lists built-in workloads, not a MODEL"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         run_out r = run_bench(cases[i].argc, cases[i].argv);
@@ -571,7 +596,8 @@ Test(bench, program_id_and_untimed_reference) {
         cr_expect_str_neq(json_string_value(json_object_get(json_array_get(rs, k), "variant")), "interp");
     json_decref(root);
     run_free(&r);
-    expect_bench_error((const char *[]){"b", "mut", "--id", "a-name-far-too-long"}, 4, 2, "--id wants a name of 1 to 15 characters");
+    expect_bench_error((const char *[]){"b", "mut", "--id", "a-name-far-too-long-for-the-tables-of-the-bench-and-its-json-file"}, 4, 2,
+                       "--id wants a name of 1 to 63 characters");
 }
 
 /* `maskjit bench MODEL`: a saved trace at two batches, as JSON. */
