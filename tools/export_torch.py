@@ -507,6 +507,21 @@ def _describe(model, node):
     return text + (f", {src}" if src else "")
 
 
+def _non_float_attr(model, node, path, t):
+    """The refusal of an integer or bool parameter or buffer, naming the op
+    that reads it (the GetAttr node itself says nothing) and what to do."""
+    users = [u.user for u in node.output().uses() if u.user.kind() != "prim::GetAttr"]
+    text = f"{path} has dtype {t.dtype}; maskjit computes in float32"
+    if users:
+        text += f" (used by {_describe(model, users[0])})"
+        kind = users[0].kind()
+        if kind == "aten::embedding":
+            return text + ": export the model from the embedding's output on"
+    if t.dtype == torch.bool:
+        return text + ": write the mask as 0.0/1.0 floats to multiply by, or as 0/-inf to add"
+    return text
+
+
 # ---- the op table: aten op -> emitter ------------------------------------
 # An emitter gets (ctx, node, ins) with ins the node's inputs resolved to _T
 # (tensor), _Sym/int/float/bool/None/list (trace-time values) or _Mod, and
@@ -1442,6 +1457,9 @@ def _translate(model, traced, inputs, input_names, state):
             name = node.s("name")
             path = f"{mod.path}.{name}" if mod.path else name
             obj = _resolve_attr(mod, name)
+            if isinstance(obj, torch.Tensor) and not obj.is_floating_point() and \
+                    not (obj.dtype == torch.bool and path.endswith((MASK_SUFFIX, "_mask"))):
+                raise ExportError(_non_float_attr(bld.model, node, path, obj))
             if isinstance(obj, torch.Tensor):
                 env[node.output().unique()] = bld.param(path, obj)
             else:

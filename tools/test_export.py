@@ -352,6 +352,33 @@ class ExportTest(unittest.TestCase):
         self.assert_refused(model, torch.zeros(2, 5), "nn.Embedding takes integer indices",
                             "the model fails on the example input (f32[2,5])", maskjit=None)
 
+    def test_non_float_buffers_are_refused_with_the_op_that_uses_them(self):
+        class Keep(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.register_buffer("keep", torch.arange(8) % 2 == 0)
+                self.fc = nn.Linear(8, 8)
+
+            def forward(self, x):
+                return torch.where(self.keep, self.fc(x), x)
+
+        class Positions(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.register_buffer("pos", torch.arange(4))
+                self.emb = nn.Embedding(4, 8)
+
+            def forward(self, x):
+                return x + self.emb(self.pos)
+
+        line = line_of(Keep.forward, "torch.where(")
+        self.assert_refused(Keep().eval(), torch.randn(2, 8), "keep has dtype torch.bool",
+                            f"used by aten::where at <root> (Keep), test_export.py:{line}",
+                            "0.0/1.0 floats")
+        self.assert_refused(Positions().eval(), torch.randn(2, 4, 8), "pos has dtype torch.int64",
+                            "used by aten::embedding at emb (Embedding)",
+                            "export the model from the embedding's output on")
+
     # ---- CNNs ---------------------------------------------------------------
     def test_pruned_cnn_exports_and_checks(self):
         torch.manual_seed(5)
