@@ -1,6 +1,7 @@
 /* maskjit aot: compile a model ahead of time into an object file and a C
  * header that a program links without LLVM or maskjit (jit/aot.c). */
 #include <string.h>
+#include <sys/stat.h>
 
 #include "cli.h"
 #include "jit/aot.h"
@@ -41,6 +42,10 @@ int cmd_aot(int argc, char **argv) {
     int rc;
     if (!cli_parse_args(&cmd, argc, argv, opts, CLI_N_OPTS(opts), AOT_DETAILS, &model, &rc)) return rc;
     if (!out) return cli_error("aot", CLI_USAGE, "missing -o DIR (the output directory)");
+    struct stat st; /* before the compile: a file there is the caller's mistake, and is left alone */
+    if (stat(out, &st) == 0 && !S_ISDIR(st.st_mode))
+        return cli_error("aot", CLI_USAGE, "-o %s: exists and is not a directory (-o names the output directory)",
+                         out);
     if (exact && fast) return cli_error("aot", CLI_USAGE, "--exact and --fast exclude each other");
     mj_aot_options o;
     mj_aot_options_init(&o);

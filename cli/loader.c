@@ -213,6 +213,14 @@ int cli_model_load(const char *cmd, const char *model, const char *weights, uint
             cli_model_free(out);
             return cli_mj_error(cmd, "--weights");
         }
+        if (mj_tensor_dict_get_meta(out->file, "maskjit.ir")) {
+            /* an export or a saved trace: the model is in the file itself */
+            cli_model_free(out);
+            return cli_error(cmd, CLI_USAGE,
+                             "--weights %s is a saved or exported model, not a state dict: give it as MODEL "
+                             "(maskjit %s %s), without the spec",
+                             weights, cmd, weights);
+        }
         rc = load_weights(cmd, out, &rng);
         if (rc != CLI_OK) {
             cli_model_free(out);
