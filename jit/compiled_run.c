@@ -47,8 +47,8 @@ static int64_t scratch_cap(const float *b) {
  * another guest on the core) made its caller wait for all of its share: a
  * 1024-wide MLP at batch 512, two threads beside a busy process pinned to
  * one of two vCPUs, ran 0.95-1.06x one thread in halves and 1.13-1.22x in
- * chunks (1.99-2.01x either way on a quiet host). False if the pool is busy or out of memory (the caller
- * then runs the call itself). */
+ * chunks (1.99-2.01x either way on a quiet host). False if the pool is
+ * busy or out of memory (the caller then runs the call itself). */
 static bool run_parallel(mj_compiled *c, const float *const *leaves, const float *const *x, int64_t batch,
                          float *const *y, bool columns, int64_t min_rows) {
     pool *p = c->pool;
