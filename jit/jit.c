@@ -177,6 +177,7 @@ mj_status mj_jit_new(mj_jit **out) {
     mj_jit *jit = mj_alloc(sizeof *jit);
     if (!jit) return MJ_ERR_NOMEM;
     jit->fault = MJ_OP_COUNT;
+    atomic_init(&jit->refs, 1);
     /* Test hook: MASKJIT_JIT_FEATURES replaces the host's feature string
      * (e.g. "-avx512f" variants to emit AVX2 code on an AVX-512 host, as
      * under valgrind); the CPU becomes a generic one so that its own
@@ -243,8 +244,12 @@ fail:
     return s;
 }
 
-void mj_jit_free(mj_jit *jit) {
-    if (!jit) return;
+void mj_jit_retain(mj_jit *jit) { atomic_fetch_add_explicit(&jit->refs, 1, memory_order_relaxed); }
+
+/* acq_rel: whatever a compiled model's last call wrote happens before the
+ * disposal that another thread's release may run */
+void mj_jit_release(mj_jit *jit) {
+    if (!jit || atomic_fetch_sub_explicit(&jit->refs, 1, memory_order_acq_rel) != 1) return;
     LLVMErrorRef err = LLVMOrcDisposeLLJIT(jit->lljit);
     if (err) LLVMConsumeError(err);
     LLVMDisposeMessage(jit->cpu);
@@ -254,6 +259,8 @@ void mj_jit_free(mj_jit *jit) {
     pthread_mutex_destroy(&jit->mu);
     free(jit);
 }
+
+void mj_jit_free(mj_jit *jit) { mj_jit_release(jit); }
 
 const char *mj_jit_cpu_name(const mj_jit *jit) { return jit ? jit->cpu : ""; }
 

@@ -31,7 +31,13 @@ struct mj_jit {
     pthread_mutex_t mu; /* serialises linking into JITDylibs and code removal */
     uint64_t next_id;   /* unique symbol names: mj_body_<id> */
     mj_op fault;        /* test-only (jit_test.h); MJ_OP_COUNT: none */
+    /* the owner's reference and one per mj_compiled: compiled code lives in
+     * the LLJIT, so the last of them to go disposes of it */
+    atomic_int refs;
 };
+
+void mj_jit_retain(mj_jit *jit);
+void mj_jit_release(mj_jit *jit);
 
 /* One buffer the body reads that no input influences: a prologue value,
  * either as it is or (packed) as the transpose of a linear weight [out,in],

@@ -853,6 +853,53 @@ Test(jit, column_split_threads_are_bit_identical, .timeout = 120) {
     }
 }
 
+/* A compiled model keeps its JIT alive: freeing the JIT first is safe, and
+ * the models run on (the code was removed with the JIT before, and the
+ * next call jumped into unmapped memory). */
+Test(jit, compiled_models_outlive_their_jit) {
+    mj_rng rng = mjt_rng(41);
+    mj_module *m = mjt_model("mlp:64,96,32:act=relu", 0.5, &rng);
+    mj_graph *g = trace(m, 2, (int64_t[]){2, 64});
+    mj_jit *own;
+    OK(mj_jit_new(&own));
+    mj_compiled *c[2];
+    for (int k = 0; k < 2; k++) {
+        mj_compile_options o;
+        mj_compile_options_init(&o);
+        o.frozen = k == 1;
+        o.threads = 2;
+        o.use_cache = false;
+        OK(mj_jit_compile(own, g, &o, &c[k]));
+    }
+    mj_jit_free(own);
+    mj_tensor *x = mjt_randn2(67, 64, &rng), *want = mjt_forward(m, x);
+    for (int k = 0; k < 2; k++) {
+        mj_tensor *y = mjt_run(c[k], x);
+        cr_expect(mj_tensor_equal(y, want), "%s after mj_jit_free: not eager's bits", k ? "frozen" : "live");
+        mj_tensor_release(y);
+        mj_compiled_free(c[k]);
+    }
+    mjt_release_n((mj_tensor *[]){x, want}, 2);
+    mjt_free_traced(g, m);
+}
+
+/* The pool's size is an option, not a resource request: a typo of 100000
+ * threads is refused as one, instead of starting workers until the
+ * process runs out. */
+Test(jit, threads_beyond_the_limit_are_refused) {
+    mj_rng rng = mjt_rng(42);
+    mj_module *m = mjt_model("mlp:16,16", 1, &rng);
+    mj_graph *g = trace(m, 2, (int64_t[]){2, 16});
+    mj_compile_options o;
+    mj_compile_options_init(&o);
+    o.threads = MJ_MAX_THREADS + 1;
+    mj_compiled *c = NULL;
+    cr_expect_eq(mj_jit_compile(jit, g, &o, &c), MJ_ERR_INVALID);
+    cr_expect(strstr(mj_last_error(), "threads is 257 (at most 256)"), "%s", mj_last_error());
+    cr_expect_null(c);
+    mjt_free_traced(g, m);
+}
+
 /* Rows split over 2 and 4 threads give the bits of 1 thread (and of the
  * interpreter in exact mode), at batches around the split points; a live
  * weight change is seen by the pooled calls too. */

@@ -29,10 +29,14 @@ extern "C" {
 
 typedef enum mj_numeric_mode { MJ_NUMERIC_EXACT = 0, MJ_NUMERIC_FAST } mj_numeric_mode;
 
+/* The largest thread count a compiled model's pool takes. */
+#define MJ_MAX_THREADS 256
+
 typedef struct mj_compile_options {
     mj_numeric_mode numeric; /* default exact                                  */
     bool frozen;             /* default false (live)                           */
-    int threads;             /* default 0 = available cores; 1 = one thread    */
+    int threads;             /* default 0 = available cores (at most 64); 1 = one
+                                thread; at most MJ_MAX_THREADS                 */
     bool use_cache;          /* default true                                   */
     const char *cache_dir;   /* NULL = $MASKJIT_CACHE_DIR or XDG cache         */
 } mj_compile_options;
@@ -56,7 +60,9 @@ typedef struct mj_jit mj_jit;
 typedef struct mj_compiled mj_compiled;
 
 mj_status mj_jit_new(mj_jit **out);
-/* Frees the JIT; every mj_compiled from it must be freed first. */
+/* Releases the JIT. A compiled model keeps its JIT alive, so the JIT goes
+ * when it and every mj_compiled from it are freed, in any order; no compile
+ * on it may be running. */
 void mj_jit_free(mj_jit *jit);
 /* Host CPU name and features as LLVM sees them (e.g. "znver5"). */
 const char *mj_jit_cpu_name(const mj_jit *jit);
