@@ -297,7 +297,7 @@ static const struct bad_case bad_cases[] = {
     {"bad_offsets_ill_typed", "{" ENTRY("w", "F32", "[2]", "\"0,8\"") "}", F2, sizeof F2, MJ_ERR_FORMAT,
      "\"data_offsets\" is not a pair"},
     {"bad_rank_5", "{" ENTRY("w", "F32", "[1,1,1,1,2]", "[0,8]") "}", F2, sizeof F2, MJ_ERR_UNSUPPORTED,
-     "tensor 'w' has rank 5; maskjit supports rank 0-4"},
+     "tensor 'w' has rank 5; maskjit supports rank 1-4 (and 0, read as [1])"},
     {"bad_negative_dim", "{" ENTRY("w", "F32", "[2,-2]", "[0,8]") "}", F2, sizeof F2, MJ_ERR_FORMAT,
      "tensor 'w': shape entry 1 is negative (-2)"},
     /* 2^31 * 2^31 * 2^31 * 4 wraps around int64: must be caught, not wrapped */
@@ -621,6 +621,20 @@ Test(safetensors, save_refuses_metadata_name) {
     cr_assert_eq(mj_safetensors_save(path, d), MJ_ERR_INVALID);
     cr_assert_not_null(strstr(mj_last_error(), "may not be named \"__metadata__\""), "%s",
                        mj_last_error());
+    struct stat st;
+    cr_assert_neq(stat(path, &st), 0);
+    cr_assert_eq(mjt_count_entries(tmpdir, "*.tmp.*"), 0);
+    mj_tensor_dict_free(d);
+}
+
+/* The loader refuses a tensor with an empty name, so the saver must not
+ * write one: a file it wrote would not load back. */
+Test(safetensors, save_refuses_an_empty_name) {
+    mj_tensor_dict *d = dict_of(2, 0.0f);
+    OK(mj_tensor_dict_set(d, "", mj_tensor_dict_get(d, "w")));
+    const char *path = tmp_path("empty-name.safetensors");
+    cr_assert_eq(mj_safetensors_save(path, d), MJ_ERR_INVALID);
+    cr_assert_not_null(strstr(mj_last_error(), "a tensor needs a name"), "%s", mj_last_error());
     struct stat st;
     cr_assert_neq(stat(path, &st), 0);
     cr_assert_eq(mjt_count_entries(tmpdir, "*.tmp.*"), 0);

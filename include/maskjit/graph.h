@@ -120,8 +120,11 @@ mj_status mj_graph_freeze(mj_graph *g);
  * and its single-use activation -> linear_act, then a linear/linear_act and
  * its single-use residual add -> linear_add / linear_act_add; uses by dead
  * nodes do not count, and fuse drops those nodes; docs/IR.md), "fold_bn" (batch norm into the conv before
- * it: changes rounding, so not in the default); NULL or "default" =
- * "simplify,fold,simplify,cse,fuse,dce".
+ * it: changes rounding, so not in the default; it needs the conv's and the
+ * norm's parameters as consts, so it folds after mj_graph_freeze and
+ * leaves a live graph as it is; run "dce" after it to drop the old
+ * consts); NULL or "default" = "simplify,fold,simplify,cse,fuse,dce", as
+ * the whole string only (write the passes out to add one to them).
  * The graph is verified after each pass. */
 mj_status mj_graph_optimize(mj_graph *g, const char *passes);
 

@@ -139,7 +139,9 @@ int mj_module_input_count(const mj_module *m);
 int mj_module_output_count(const mj_module *m);
 
 /* Value of a parameter or buffer by local name, parametrizations applied:
- * a new reference in *out. */
+ * a new reference in *out. For a plain parameter or buffer that is the
+ * module's own tensor, not a copy: writing to it changes the model (as in
+ * PyTorch); a parametrized one is computed afresh. */
 mj_status mj_module_get(mj_module *m, const char *name, mj_tensor **out);
 /* Assigns a value: a plain parameter is copied into (shapes must match); a
  * parametrized one goes through every right_inverse in reverse order (error
@@ -203,6 +205,8 @@ int mj_parametrization_count(const mj_module *m, const char *name);
 mj_parametrization *mj_module_parametrization(const mj_module *m, const char *name, int i);
 /* The unparametrized tensor ("parametrizations.<name>.original"); borrowed. */
 mj_tensor *mj_module_original(const mj_module *m, const char *name);
+/* A graph traced (or model compiled) before the removal keeps reading the
+ * tensors it was traced with: trace again after changing the structure. */
 mj_status mj_remove_parametrizations(mj_module *m, const char *name, bool leave_parametrized);
 
 /* parametrize.cached(): while active on a tree, each parametrized value is
@@ -239,7 +243,8 @@ mj_status mj_module_load_state_dict(mj_module *m, const mj_tensor_dict *sd, bool
 
 /* ---- safetensors -------------------------------------------------------- */
 /* F32 native; F16, BF16 and F64 converted to F32 on load; other dtypes are
- * an error. Header capped at 100 MB. */
+ * an error. A 0-dim tensor (shape []) loads as shape [1]: maskjit tensors
+ * have rank 1-4, so it saves back as [1]. Header capped at 100 MB. */
 mj_status mj_safetensors_load(const char *path, mj_tensor_dict **out);
 mj_status mj_safetensors_parse(const void *bytes, size_t size, mj_tensor_dict **out);
 /* Writes F32, keys in dict order, metadata as "__metadata__".

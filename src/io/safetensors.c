@@ -207,7 +207,7 @@ static mj_status st_parse_entry(const char *key, json_t *v, uint64_t data_len, s
     if (!json_is_array(js)) return mj_fail(MJ_ERR_FORMAT, "tensor '%s': \"shape\" is not an array", key);
     size_t rank = json_array_size(js);
     if (rank > MJ_MAX_RANK)
-        return mj_fail(MJ_ERR_UNSUPPORTED, "tensor '%s' has rank %zu; maskjit supports rank 0-%d",
+        return mj_fail(MJ_ERR_UNSUPPORTED, "tensor '%s' has rank %zu; maskjit supports rank 1-%d (and 0, read as [1])",
                        key, rank, MJ_MAX_RANK);
     for (size_t i = 0; i < rank; i++) {
         json_t *jdim = json_array_get(js, i);
@@ -491,6 +491,10 @@ static mj_status st_build_header(const mj_tensor_dict *d, char **out, size_t *le
         const mj_tensor *t = mj_tensor_dict_value(d, i);
         if (strcmp(k, "__metadata__") == 0) {
             s = mj_fail(MJ_ERR_INVALID, "a tensor may not be named \"__metadata__\"");
+            goto fail;
+        }
+        if (!*k) { /* the loader refuses it: the file would not load back */
+            s = mj_fail(MJ_ERR_INVALID, "a tensor needs a name (the dict has one under \"\")");
             goto fail;
         }
         json_t *shape = json_array();
