@@ -57,6 +57,47 @@ static mj_tensor *randn(int rank, const int64_t *shape, mj_rng *rng) {
     return t;
 }
 
+/* mj_module_print shows the CNN layers' arguments as PyTorch's repr does
+ * (the expected text is torch 1.13's print of the same layers; BatchNorm2d
+ * without momentum, which maskjit's eval-only norm does not have). */
+Test(cnn, modules_print_their_arguments_as_pytorch_does) {
+    mj_rng rng = mjt_rng(3);
+    mj_conv2d_params dw, dil;
+    mj_conv2d_params_init(&dw);
+    dw.stride[0] = dw.stride[1] = 2;
+    dw.padding[0] = dw.padding[1] = 1;
+    dw.groups = 8;
+    mj_conv2d_params_init(&dil);
+    dil.dilation[1] = 2;
+    mj_module *l[9];
+    OK(mj_conv2d_new(&l[0], 8, 8, (int64_t[]){3, 3}, &dw, false, &rng));
+    OK(mj_batch_norm2d_new(&l[1], 8, 1e-5f));
+    OK(mj_conv2d_new(&l[2], 8, 16, (int64_t[]){1, 3}, &dil, true, &rng));
+    OK(mj_max_pool2d_new(&l[3], (int64_t[]){2, 2}, NULL, NULL));
+    OK(mj_pool2d_new(&l[4], &(mj_pool2d_params){.max = true, .kernel = {3, 2}, .stride = {1, 1},
+                                                 .padding = {1, 1}, .ceil_mode = true}));
+    OK(mj_avg_pool2d_new(&l[5], (int64_t[]){3, 3}, (int64_t[]){1, 1}, (int64_t[]){1, 1}, true));
+    OK(mj_avg_pool2d_new(&l[6], (int64_t[]){2, 2}, NULL, NULL, false));
+    OK(mj_adaptive_avg_pool2d_new(&l[7], 1, 1));
+    OK(mj_adaptive_avg_pool2d_new(&l[8], 2, 3));
+    mj_module *seq;
+    OK(mj_sequential_new(&seq, 9, l));
+    char *r = mjt_module_str(seq);
+    cr_expect_str_eq(r, "Sequential(\n"
+                        "  (0): Conv2d(8, 8, kernel_size=(3, 3), stride=(2, 2), padding=(1, 1), groups=8, bias=False)\n"
+                        "  (1): BatchNorm2d(8, eps=1e-05, affine=True, track_running_stats=True)\n"
+                        "  (2): Conv2d(8, 16, kernel_size=(1, 3), stride=(1, 1), dilation=(1, 2))\n"
+                        "  (3): MaxPool2d(kernel_size=2, stride=2, padding=0, dilation=1, ceil_mode=False)\n"
+                        "  (4): MaxPool2d(kernel_size=(3, 2), stride=1, padding=1, dilation=1, ceil_mode=True)\n"
+                        "  (5): AvgPool2d(kernel_size=3, stride=1, padding=1)\n"
+                        "  (6): AvgPool2d(kernel_size=2, stride=2, padding=0)\n"
+                        "  (7): AdaptiveAvgPool2d(output_size=1)\n"
+                        "  (8): AdaptiveAvgPool2d(output_size=(2, 3))\n"
+                        ")\n");
+    free(r);
+    mj_module_free(seq);
+}
+
 Test(cnn, conv2d_every_geometry_matches_the_naive_loop) {
     mj_rng rng;
     mj_rng_seed(&rng, 11);

@@ -164,8 +164,7 @@ bool mj_activation_module_act(const mj_module *m, mj_act *out) {
 
 /* ---- the modules of transformer blocks ----------------------------------- */
 
-/* "1e-05" / "0.01" as Python prints these floats (shortest round trip). */
-static void py_float(char *buf, size_t size, float v) {
+void mj_py_float(char *buf, size_t size, float v) {
     for (int prec = 1; prec <= 9; prec++) {
         snprintf(buf, size, "%.*g", prec, (double)v);
         if (strtof(buf, NULL) == v) break;
@@ -207,7 +206,7 @@ mj_status mj_layer_norm_new(mj_module **out, int64_t n, float eps, bool elementw
     m->in_features = m->out_features = n;
     m->fp[0] = eps;
     char e[32];
-    py_float(e, sizeof e, eps);
+    mj_py_float(e, sizeof e, eps);
     snprintf(m->extra_repr, sizeof m->extra_repr, "(%lld,), eps=%s, elementwise_affine=%s", (long long)n, e,
              elementwise_affine ? "True" : "False");
     mj_tensor *w = NULL, *b = NULL;
@@ -251,7 +250,7 @@ mj_status mj_dropout_new(mj_module **out, float p) {
     MJ_TRY(math_alloc(out, &m, "Dropout", dropout_forward));
     m->fp[0] = p;
     char ps[32];
-    py_float(ps, sizeof ps, p);
+    mj_py_float(ps, sizeof ps, p);
     snprintf(m->extra_repr, sizeof m->extra_repr, "p=%s, inplace=False", ps);
     *out = m;
     return MJ_OK;
@@ -276,8 +275,8 @@ static mj_status param_act_new(mj_module **out, const char *name, int which, flo
     m->fp[0] = a;
     m->fp[1] = b;
     char sa[32], sb[32];
-    py_float(sa, sizeof sa, a);
-    py_float(sb, sizeof sb, b);
+    mj_py_float(sa, sizeof sa, a);
+    mj_py_float(sb, sizeof sb, b);
     switch (which) {
     case P_LEAKY: snprintf(m->extra_repr, sizeof m->extra_repr, "negative_slope=%s", sa); break;
     case P_ELU: snprintf(m->extra_repr, sizeof m->extra_repr, "alpha=%s", sa); break;

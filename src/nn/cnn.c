@@ -4,6 +4,7 @@
  * Inside a trace each kernel records its IR op (src/core/ops.def) after it has
  * computed its output, like the ops of src/ops.c. */
 #include <math.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -311,6 +312,43 @@ typedef struct cnn_cfg {
     float eps;
 } cnn_cfg;
 
+/* Appends to m's extra_repr (PyTorch's text for the layer; cut short if
+ * some value is absurdly long, never overrun). */
+static void repr_add(mj_module *m, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void repr_add(mj_module *m, const char *fmt, ...) {
+    size_t used = strlen(m->extra_repr);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(m->extra_repr + used, sizeof m->extra_repr - used, fmt, ap);
+    va_end(ap);
+}
+
+/* A pair as PyTorch prints it: "(3, 3)" for a conv (it stores tuples), and
+ * for the pools, which keep what they were given, "2" when both are equal
+ * (the common way to write them). */
+static void repr_pair(mj_module *m, const char *name, const int64_t v[2], bool as_tuple) {
+    if (!as_tuple && v[0] == v[1]) repr_add(m, "%s=%lld", name, (long long)v[0]);
+    else repr_add(m, "%s=(%lld, %lld)", name, (long long)v[0], (long long)v[1]);
+}
+
+static void conv_repr(mj_module *m, int64_t in_ch, int64_t out_ch, const int64_t kernel[2],
+                      const mj_conv2d_params *p, bool bias) {
+    repr_add(m, "%lld, %lld, ", (long long)in_ch, (long long)out_ch);
+    repr_pair(m, "kernel_size", kernel, true);
+    repr_pair(m, ", stride", p->stride, true);
+    if (p->padding[0] || p->padding[1]) repr_pair(m, ", padding", p->padding, true);
+    if (p->dilation[0] != 1 || p->dilation[1] != 1) repr_pair(m, ", dilation", p->dilation, true);
+    if (p->groups != 1) repr_add(m, ", groups=%lld", (long long)p->groups);
+    if (!bias) repr_add(m, ", bias=False");
+}
+
+static void pool_repr(mj_module *m, const cnn_cfg *c, bool max) {
+    repr_pair(m, "kernel_size", c->kernel, false);
+    repr_pair(m, ", stride", c->stride, false);
+    repr_pair(m, ", padding", c->padding, false);
+    if (max) repr_add(m, ", dilation=1, ceil_mode=%s", c->ceil_mode ? "True" : "False");
+}
+
 static mj_status new_module(mj_module **out, const char *type, mj_forward_fn fwd, const cnn_cfg *cfg) {
     cnn_cfg *c = malloc(sizeof *c);
     if (!c) return mj_fail(MJ_ERR_NOMEM, "%s: out of memory", type);
@@ -353,6 +391,7 @@ mj_status mj_conv2d_new(mj_module **out, int64_t in_ch, int64_t out_ch, const in
     float bound = (float)(1.0 / sqrt((double)(in_ch / G * kernel[0] * kernel[1])));
     mj_module *m = NULL;
     mj_status s = new_module(&m, "Conv2d", conv_forward, &cfg);
+    if (s == MJ_OK) conv_repr(m, in_ch, out_ch, kernel, &cfg.conv, bias);
     if (s == MJ_OK) s = mj_module_add_uniform(m, 4, wshape, bias, bound, rng);
     return mj_module_finish(m, s, out);
 }
@@ -381,6 +420,11 @@ mj_status mj_batch_norm2d_new(mj_module **out, int64_t num_features, float eps) 
     mj_module *m = NULL;
     mj_tensor *t[4] = {NULL};
     mj_status s = new_module(&m, "BatchNorm2d", bn_forward, &cfg);
+    if (s == MJ_OK) { /* PyTorch's, without momentum: an eval-only norm has none */
+        char e[32];
+        mj_py_float(e, sizeof e, eps);
+        repr_add(m, "%lld, eps=%s, affine=True, track_running_stats=True", (long long)num_features, e);
+    }
     if (s == MJ_OK) s = mj_tensor_ones(&t[0], 1, &num_features);
     if (s == MJ_OK) s = mj_tensor_zeros(&t[1], 1, &num_features);
     if (s == MJ_OK) s = mj_tensor_zeros(&t[2], 1, &num_features);
@@ -438,7 +482,9 @@ mj_status mj_max_pool2d_new(mj_module **out, const int64_t kernel[2], const int6
     if (!out) return mj_fail(MJ_ERR_INVALID, "MaxPool2d: out is NULL");
     cnn_cfg cfg = {0};
     MJ_TRY(pool_cfg("MaxPool2d", kernel, stride, padding, &cfg));
-    return new_module(out, "MaxPool2d", maxpool_forward, &cfg);
+    MJ_TRY(new_module(out, "MaxPool2d", maxpool_forward, &cfg));
+    pool_repr(*out, &cfg, true);
+    return MJ_OK;
 }
 
 mj_status mj_pool2d_new(mj_module **out, const mj_pool2d_params *p) {
@@ -446,7 +492,9 @@ mj_status mj_pool2d_new(mj_module **out, const mj_pool2d_params *p) {
     if (!out || !p) return mj_fail(MJ_ERR_INVALID, "%s: out or parameters NULL", type);
     cnn_cfg cfg = {.count_include_pad = !p->max && p->count_include_pad, .ceil_mode = p->ceil_mode};
     MJ_TRY(pool_cfg(type, p->kernel, p->stride, p->padding, &cfg));
-    return new_module(out, type, p->max ? maxpool_forward : avgpool_forward, &cfg);
+    MJ_TRY(new_module(out, type, p->max ? maxpool_forward : avgpool_forward, &cfg));
+    pool_repr(*out, &cfg, p->max);
+    return MJ_OK;
 }
 
 mj_status mj_avg_pool2d_new(mj_module **out, const int64_t kernel[2], const int64_t stride[2],
@@ -454,7 +502,9 @@ mj_status mj_avg_pool2d_new(mj_module **out, const int64_t kernel[2], const int6
     if (!out) return mj_fail(MJ_ERR_INVALID, "AvgPool2d: out is NULL");
     cnn_cfg cfg = {.count_include_pad = count_include_pad};
     MJ_TRY(pool_cfg("AvgPool2d", kernel, stride, padding, &cfg));
-    return new_module(out, "AvgPool2d", avgpool_forward, &cfg);
+    MJ_TRY(new_module(out, "AvgPool2d", avgpool_forward, &cfg));
+    pool_repr(*out, &cfg, false);
+    return MJ_OK;
 }
 
 mj_status mj_adaptive_avg_pool2d_new(mj_module **out, int64_t oh, int64_t ow) {
@@ -463,5 +513,7 @@ mj_status mj_adaptive_avg_pool2d_new(mj_module **out, int64_t oh, int64_t ow) {
         return mj_fail(MJ_ERR_INVALID, "AdaptiveAvgPool2d: output size %lldx%lld must be >= 1",
                        (long long)oh, (long long)ow);
     cnn_cfg cfg = {.out_hw = {oh, ow}};
-    return new_module(out, "AdaptiveAvgPool2d", adaptive_forward, &cfg);
+    MJ_TRY(new_module(out, "AdaptiveAvgPool2d", adaptive_forward, &cfg));
+    repr_pair(*out, "output_size", cfg.out_hw, false);
+    return MJ_OK;
 }

@@ -470,16 +470,14 @@ static void print_extra(FILE *f, const mj_module *m) {
         if (m->act == MJ_ACT_GELU) fputs("approximate='none'", f);
         if (m->act == MJ_ACT_GELU_TANH) fputs("approximate='tanh'", f);
         break;
-    case MJ_KIND_MATH:
+    default: /* MJ_KIND_MATH and the CNN layers set it; others leave it empty */
         fputs(m->extra_repr, f);
-        break;
-    default:
         break;
     }
 }
 
 static bool has_extra(const mj_module *m) {
-    return m->kind == MJ_KIND_LINEAR || (m->kind == MJ_KIND_MATH && m->extra_repr[0]) ||
+    return m->kind == MJ_KIND_LINEAR || m->extra_repr[0] ||
            (m->kind == MJ_KIND_ACTIVATION && (m->act == MJ_ACT_GELU || m->act == MJ_ACT_GELU_TANH));
 }
 

@@ -73,7 +73,7 @@ struct mj_module {
     mj_act act;
     float fp[2];          /* MJ_KIND_MATH: eps, slope, alpha, min/max, beta/threshold, p */
     int ip[2];            /* MJ_KIND_MATH: dim, start_dim/end_dim                        */
-    char extra_repr[96];  /* MJ_KIND_MATH: what PyTorch's extra_repr prints              */
+    char extra_repr[160]; /* what PyTorch's extra_repr prints (MJ_KIND_MATH, CNN layers) */
 
     /* user modules with several inputs/outputs (mj_module_new_n); forward
      * is NULL for them */
@@ -125,5 +125,8 @@ mj_status mj_module_collect_new(const char *fn, mj_module *m, mj_collect_what wh
 
 /* A valid local name: non-empty, no '.'. what = "child", "parameter", ... */
 mj_status mj_check_local_name(const char *name, const char *what);
+
+/* "1e-05" / "0.01" as Python prints these floats (shortest round trip). */
+void mj_py_float(char *buf, size_t size, float v);
 
 #endif
