@@ -203,11 +203,11 @@ Test(bench, measure_times_a_one_thread_twin_at_two_threads, .init = setup_jit, .
     }
 }
 
-/* Changing the live weights after setup: interp and live compiled code
- * follow, the frozen code and the peers (copies) do not; the check must
- * name them. */
-Test(bench, check_names_stale_variants, .init = setup_jit, .fini = teardown_jit) {
+/* A setup whose live weights changed after it was made: its check fails
+ * (the message is mj_last_error()). */
+static mj_bench_setup *setup_with_stale_copies(int threads) {
     mj_bench_workload w = small_workload("mlp:8,8,8:act=relu:bias=1", 4, MJ_BENCH_MASK_RANDOM, 0.5);
+    w.threads = threads;
     mj_bench_setup *s = NULL;
     OK(mj_bench_setup_new(&w, jit, &s));
     OK(mj_bench_check(s));
@@ -216,6 +216,14 @@ Test(bench, check_names_stale_variants, .init = setup_jit, .fini = teardown_jit)
     float *wd = mj_tensor_data_mut(mj_module_original(lin, "weight"));
     for (int i = 0; i < 64; i++) wd[i] = wd[i] * 2.0f + 0.5f;
     cr_assert_eq(mj_bench_check(s), MJ_ERR_MISMATCH);
+    return s;
+}
+
+/* Changing the live weights after setup: interp and live compiled code
+ * follow, the frozen code and the peers (copies) do not; the check must
+ * name them. */
+Test(bench, check_names_stale_variants, .init = setup_jit, .fini = teardown_jit) {
+    mj_bench_setup *s = setup_with_stale_copies(1);
     const char *msg = mj_last_error();
     cr_expect(strstr(msg, "compiled-frozen is not bit-identical to eager"), "%s", msg);
     cr_expect(!strstr(msg, "interp is not"), "%s", msg);
@@ -227,16 +235,7 @@ Test(bench, check_names_stale_variants, .init = setup_jit, .fini = teardown_jit)
 /* At two threads the one-thread twins are checked too: a speed-up over
  * code that computes something else would mean nothing. */
 Test(bench, check_names_stale_one_thread_twins, .init = setup_jit, .fini = teardown_jit) {
-    mj_bench_workload w = small_workload("mlp:8,8,8:act=relu:bias=1", 4, MJ_BENCH_MASK_RANDOM, 0.5);
-    w.threads = 2;
-    mj_bench_setup *s = NULL;
-    OK(mj_bench_setup_new(&w, jit, &s));
-    OK(mj_bench_check(s));
-    mj_module *lin = mj_module_find(mj_bench_setup_model(s), "0");
-    cr_assert_not_null(lin);
-    float *wd = mj_tensor_data_mut(mj_module_original(lin, "weight"));
-    for (int i = 0; i < 64; i++) wd[i] = wd[i] * 2.0f + 0.5f;
-    cr_assert_eq(mj_bench_check(s), MJ_ERR_MISMATCH);
+    mj_bench_setup *s = setup_with_stale_copies(2);
     const char *msg = mj_last_error();
     cr_expect(strstr(msg, "compiled-frozen is not bit-identical to eager"), "%s", msg);
     cr_expect(strstr(msg, "compiled-frozen (one thread) is not bit-identical to eager"), "%s", msg);
