@@ -35,9 +35,8 @@ typedef struct cli_int {
     int64_t value, min, max;
 } cli_int;
 
-/* Limits of the numeric options. Threads: more than the cores only adds
- * contention; batch: the random input is batch x in_features floats. */
-#define CLI_MAX_THREADS 1024
+/* Limits of the numeric options (threads: the library's MJ_MAX_THREADS);
+ * batch: the random input is batch x in_features floats. */
 #define CLI_MAX_BATCH (INT64_C(1) << 20)
 #define CLI_MAX_SEED INT64_MAX
 

@@ -44,7 +44,7 @@ int cmd_run(int argc, char **argv) {
     /* threads 0: not given (all cores) */
     /* batch -1: not given (3, or the input an export stores) */
     cli_int batch = {-1, 1, CLI_MAX_BATCH}, seed = {0, 0, CLI_MAX_SEED},
-            threads = {0, 1, CLI_MAX_THREADS};
+            threads = {0, 1, MJ_MAX_THREADS};
     const cli_opt opts[] = {
         {"--weights", OPT_STRING, &weights, "safetensors file with the model's tensors"},
         {"--input", OPT_STRING, &input, "safetensors file holding the input tensor"},
@@ -54,7 +54,7 @@ int cmd_run(int argc, char **argv) {
         {"--exact", OPT_FLAG, &exact, "compiled: bit-identical to eager (default)"},
         {"--fast", OPT_FLAG, &fast, "compiled: allow FMA and reassociation"},
         {"--frozen", OPT_FLAG, &frozen, "compiled: bake parameters in as constants"},
-        {"--threads", OPT_RANGED, &threads, "compiled: threads, 1..1024 (default: all cores)"},
+        {"--threads", OPT_RANGED, &threads, "compiled: threads, 1..256 (default: all cores)"},
         {"--stats", OPT_FLAG, &show_stats, "compiled: print the compile's times on stderr"},
         {"--out", OPT_STRING, &out_path, "write the output as tensor 'output' to this file"},
         {"--batch", OPT_RANGED, &batch,
@@ -94,7 +94,7 @@ int cmd_run(int argc, char **argv) {
     mj_compile_options_init(&o);
     o.numeric = fast ? MJ_NUMERIC_FAST : MJ_NUMERIC_EXACT;
     o.frozen = frozen;
-    o.threads = (int)threads.value; /* 0 or 1..CLI_MAX_THREADS: fits an int */
+    o.threads = (int)threads.value; /* 0 or 1..MJ_MAX_THREADS: fits an int */
     if (mode == MODE_COMPILED && mj_jit_new(&jit) != MJ_OK) {
         rc = cli_mj_error("run", "starting the JIT");
         goto done;

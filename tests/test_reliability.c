@@ -1032,12 +1032,14 @@ Test(reliability, cli_bad_arguments_exit_2_with_a_message) {
     CLI_EXPECT(2, "feature \"foo\" cannot be checked at run time", "aot", "mut", "-o", "/nonexistent/dir",
                "--features", "+foo");
     CLI_EXPECT(2, "maskjit aot: -o /dev/null: exists and is not a directory", "aot", "mut", "-o", "/dev/null");
+    CLI_EXPECT(2, "--threads needs an integer in 1..256, got '257'", "run", "mut", "--mode", "compiled", "--threads",
+               "257");
     CLI_EXPECT(2, "is a saved or exported model, not a state dict: give it as MODEL", "run", "mlp:16,8",
                "--weights", MJ_SOURCE_ROOT "/tests/fixtures/export_fakesparsity.safetensors");
     CLI_EXPECT(2, "maskjit bench: MODEL '/nonexistent/m.safetensors': No such file", "bench",
                "/nonexistent/m.safetensors");
     CLI_EXPECT(2, "tools/bench.sh --torch --workloads W7", "bench", "--workloads", "W7");
-    cr_assert_eq(cases, 31);
+    cr_assert_eq(cases, 32);
 }
 
 /* Bad data files: a message and exit 1 (the model could not run). */
