@@ -335,7 +335,25 @@ LLVMValueRef mj_emit_geluf(mj_emit *e, LLVMValueRef x) {
     return vm_sel(e, LLVMRealUNO, x, x, x, LLVMBuildFMul(b, x, phi, ""));
 }
 
-bool mj_act_calls_libm(mj_act act) { return act == MJ_ACT_TANH || act == MJ_ACT_GELU_TANH; }
+/* vmath.c's mj_tanhf */
+LLVMValueRef mj_emit_tanhf(mj_emit *e, LLVMValueRef x) {
+    static const float T[MJ_TANH_NT] = MJ_TANH_T;
+    LLVMTypeRef t = LLVMTypeOf(x), it = int_like(e, t);
+    LLVMBuilderRef b = e->b;
+    LLVMValueRef xb = LLVMBuildBitCast(b, x, it, "");
+    LLVMValueRef a = LLVMBuildBitCast(b, LLVMBuildAnd(b, xb, ki(e, t, 0x7fffffffu), ""), t, "");
+    LLVMValueRef z = LLVMBuildFMul(b, a, a, "");
+    LLVMValueRef p = vm_k(e, t, T[MJ_TANH_NT - 1]);
+    for (int i = MJ_TANH_NT - 2; i >= 0; i--) p = vm_fma(e, p, z, vm_k(e, t, T[i]));
+    LLVMValueRef small = vm_fma(e, LLVMBuildFMul(b, a, z, ""), p, a);
+    LLVMValueRef ex = mj_emit_expf(e, LLVMBuildFAdd(b, a, a, ""));
+    LLVMValueRef big = LLVMBuildFSub(
+        b, vm_k(e, t, 1.0f), LLVMBuildFDiv(b, vm_k(e, t, 2.0f), LLVMBuildFAdd(b, ex, vm_k(e, t, 1.0f), ""), ""), "");
+    LLVMValueRef th = vm_sel(e, LLVMRealOLT, a, vm_k(e, t, MJ_TANH_SMALL), small, big);
+    LLVMValueRef sign = LLVMBuildAnd(b, xb, ki(e, t, 0x80000000u), "");
+    LLVMValueRef r = LLVMBuildBitCast(b, LLVMBuildOr(b, LLVMBuildBitCast(b, th, it, ""), sign, ""), t, "");
+    return vm_sel(e, LLVMRealUNO, x, x, x, r);
+}
 
 /* mj_act_apply (src/core/ops.c), operation for operation, on a float or a
  * vector of floats. */
@@ -348,32 +366,20 @@ LLVMValueRef mj_emit_act(mj_emit *e, mj_act act, LLVMValueRef x) {
         return LLVMBuildSelect(e->b, LLVMBuildFCmp(e->b, LLVMRealOLT, x, K(0.0f), ""), K(0.0f), x, "");
     case MJ_ACT_GELU: return mj_emit_geluf(e, x); /* mj_geluf */
     case MJ_ACT_GELU_TANH: {
-        /* 0.5f * x * (1.0f + tanhf(0.79788456080286535588f * (x + 0.044715f * x * x * x))) */
-        MJ_ASSERT(t == e->f32); /* libm: one lane at a time (mj_emit_act_vec) */
+        /* 0.5f * x * (1.0f + mj_tanhf(0.79788456080286535588f * (x + 0.044715f * x * x * x))) */
         LLVMValueRef cube = fmul(e, fmul(e, fmul(e, K(0.044715f), x), x), x);
         LLVMValueRef inner = fmul(e, K(0.79788456080286535588f), fadd(e, x, cube));
-        return fmul(e, fmul(e, K(0.5f), x), fadd(e, K(1.0f), call_libm(e, "tanhf", inner)));
+        return fmul(e, fmul(e, K(0.5f), x), fadd(e, K(1.0f), mj_emit_tanhf(e, inner)));
     }
     case MJ_ACT_SIGMOID: /* 1.0f / (1.0f + mj_expf(-x)) */
         return fdiv(e, K(1.0f), fadd(e, K(1.0f), mj_emit_expf(e, fpflags(e, LLVMBuildFNeg(e->b, x, "")))));
-    case MJ_ACT_TANH: MJ_ASSERT(t == e->f32); return call_libm(e, "tanhf", x);
+    case MJ_ACT_TANH: return mj_emit_tanhf(e, x); /* mj_tanhf */
     case MJ_ACT_SILU: /* x / (1.0f + mj_expf(-x)) */
         return fdiv(e, x, fadd(e, K(1.0f), mj_emit_expf(e, fpflags(e, LLVMBuildFNeg(e->b, x, "")))));
     case MJ_ACT_COUNT: break;
     }
 #undef K
     MJ_ASSERT(!"unknown activation");
-}
-
-/* The activation on the first `lanes` lanes of v (others are don't-care):
- * whole vectors, but one lane at a time for those that call libm. */
-LLVMValueRef mj_emit_act_vec(mj_emit *e, mj_act act, LLVMValueRef v, int lanes) {
-    if (!mj_act_calls_libm(act)) return mj_emit_act(e, act, v);
-    for (int l = 0; l < lanes; l++) { /* libm per lane, as eager */
-        LLVMValueRef x = mj_emit_act(e, act, LLVMBuildExtractElement(e->b, v, ci(e, l), ""));
-        v = LLVMBuildInsertElement(e->b, v, x, ci(e, l), "");
-    }
-    return v;
 }
 
 /* ---- vectors of vw floats -------------------------------------------------- */

@@ -8,9 +8,9 @@
  *     contracts a*b+c into an FMA nor reassociates; an fmaf of eager's is
  *     llvm.fma (one rounding), never fmuladd. Fast mode sets contract,
  *     reassoc, nsz and arcp (not nnan/ninf: NaN and Inf keep their meaning);
- *   - exp and gelu are maskjit's own (src/core/vmath.h: mj_expf, mj_geluf),
- *     emitted as the same float operations on scalars or vectors
- *     (mj_emit_expf, mj_emit_geluf); the other libm functions (tanhf, logf,
+ *   - exp, gelu and tanh are maskjit's own (src/core/vmath.h: mj_expf,
+ *     mj_geluf, mj_tanhf), emitted as the same float operations on scalars
+ *     or vectors (mj_emit_expf, ...); the libm functions (logf,
  *     ...) are the process's: exact calls are marked nobuiltin so LLVM
  *     neither folds them nor substitutes its own approximation; the
  *     activation formulas are mj_act_apply's (src/core/ops.c) operation for
@@ -88,18 +88,16 @@ void mj_emit_else(mj_emit *e, const mj_ifelse *f);
 LLVMValueRef mj_emit_libm(mj_emit *e, const char *name, int arity); /* declared once per module */
 LLVMValueRef mj_emit_call_libm(mj_emit *e, const char *name, LLVMValueRef x);
 LLVMValueRef mj_emit_call_libm2(mj_emit *e, const char *name, LLVMValueRef x, LLVMValueRef y);
-/* mj_expf / mj_geluf of src/core/vmath.c on a float or a vector of floats */
+/* mj_expf / mj_geluf / mj_tanhf of src/core/vmath.c on a float or a vector of floats */
 LLVMValueRef mj_emit_expf(mj_emit *e, LLVMValueRef x);
 LLVMValueRef mj_emit_geluf(mj_emit *e, LLVMValueRef x);
+LLVMValueRef mj_emit_tanhf(mj_emit *e, LLVMValueRef x);
 /* mj_expf's bits for x in [MJ_EXPF_BAND_LO, MJ_EXPF_BAND_HI] only
  * (src/core/vmath.h); the caller checks the range */
 LLVMValueRef mj_emit_expf_band(mj_emit *e, LLVMValueRef x);
 LLVMValueRef mj_emit_kf(mj_emit *e, LLVMTypeRef t, float v); /* a float constant of type t (splatted) */
-/* tanh and gelu_tanh call libm (per lane on vectors); the others are
- * float operations that run on whole vectors */
-bool mj_act_calls_libm(mj_act act);
-LLVMValueRef mj_emit_act(mj_emit *e, mj_act act, LLVMValueRef x); /* x: a float or, without libm, a vector */
-LLVMValueRef mj_emit_act_vec(mj_emit *e, mj_act act, LLVMValueRef v, int lanes);
+/* every activation is float operations: x is a float or a vector of them */
+LLVMValueRef mj_emit_act(mj_emit *e, mj_act act, LLVMValueRef x);
 
 LLVMValueRef mj_emit_splat(mj_emit *e, LLVMValueRef s);
 LLVMValueRef mj_emit_lane_mask(mj_emit *e, int lanes);
@@ -184,7 +182,6 @@ typedef mj_ifelse ifb;
 #define emit_expf(c, x) mj_emit_expf(MJ_EMIT_CTX(c), (x))
 #define call_libm2(c, name, x, y) mj_emit_call_libm2(MJ_EMIT_CTX(c), (name), (x), (y))
 #define emit_act(c, act, x) mj_emit_act(MJ_EMIT_CTX(c), (act), (x))
-#define emit_act_vec(c, act, v, lanes) mj_emit_act_vec(MJ_EMIT_CTX(c), (act), (v), (lanes))
 #define vsplat(c, s) mj_emit_splat(MJ_EMIT_CTX(c), (s))
 #define lane_mask(c, lanes) mj_emit_lane_mask(MJ_EMIT_CTX(c), (lanes))
 #define vload(c, ptr, lanes) mj_emit_vload(MJ_EMIT_CTX(c), (ptr), (lanes))

@@ -125,9 +125,6 @@ mj_status mj_lower_body(LLVMContextRef ctx, LLVMModuleRef m, const mj_body_plan 
     LLVMTypeRef fty = LLVMFunctionType(LLVMVoidTypeInContext(ctx), params, (unsigned)n_args, 0);
     w.e.fn = LLVMAddFunction(m, iname, fty);
     LLVMSetLinkage(w.e.fn, LLVMInternalLinkage);
-    /* the activations' libm function, declared first as it always was (exp
-     * and gelu are float operations: emit.c) */
-    libm(&w, "tanhf", 1);
     /* The outputs and scratch are written only through themselves; inputs
      * and the leaves are read only. The caller guarantees that no output
      * overlaps an input or another output. */

@@ -134,7 +134,7 @@ LLVMValueRef mj_conv_tail_apply(const mj_cnn_lowering *c, const mj_conv_coefs *k
             v = st->r_first ? fadd(e, r, v) : fadd(e, v, r);
         } else {
             mj_act act = mj_op_table[st->op].act;
-            v = lanes ? emit_act_vec(e, act, v, lanes) : emit_act(e, act, v);
+            v = emit_act(e, act, v);
         }
         if (st->fault) v = fadd(e, v, half);
     }

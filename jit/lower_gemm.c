@@ -429,7 +429,7 @@ static LLVMValueRef emit_microkernel(lw *w, int rows, int pw, int64_t ws, bool h
             if (faults & MK_FAULT_DIV) e = fadd(w, e, half);
             if (has_bias) e = fadd(w, e, bv[v]);
             if (faults & MK_FAULT_ADD) e = fadd(w, e, half);
-            e = emit_act_vec(w, act, e, lanes[v]);
+            e = emit_act(w, act, e);
             if (has_res) e = fadd(w, e, vload(w, at(w, rrow, ci(w, v * vw)), lanes[v]));
             vstore(w, e, at(w, yrow[r], ci(w, v * vw)), lanes[v]);
         }

@@ -153,7 +153,7 @@ static void small_layer(lw *w, int32_t id, int rows, LLVMValueRef const *row, LL
         LLVMValueRef bv = bias ? vload(w, at(w, bias, ci(w, (int64_t)v * vw)), lanes[v]) : NULL;
         for (int r = 0; r < rows; r++) {
             if (bv) out[r][v] = fadd(w, out[r][v], bv);
-            out[r][v] = emit_act_vec(w, act, out[r][v], lanes[v]);
+            out[r][v] = emit_act(w, act, out[r][v]);
             if (res)
                 out[r][v] = fadd(w, out[r][v],
                                  vload(w, at(w, res, add(w, mul(w, row[r], ci(w, N)), ci(w, (int64_t)v * vw))), lanes[v]));

@@ -12,8 +12,8 @@
  *      for the rows' nonzeros in ascending k, the two rows' t-th nonzeros
  *      together (two rows at once hide the add latency; the longer row's
  *      extra nonzeros follow on their own, in the last block); after
- *      the last block + b[j], then the activation (in registers; libm ones
- *      in a pass over yT), stored to yT[j][c];
+ *      the last block + b[j], then the activation (in registers), stored
+ *      to yT[j][c];
  *   3. transpose yT back into y (adding the residual there, if any: as y is
  *      stored, so in y's row-major layout, after the activation).
  * A chain of layers (each the next one's x, its only reader) is one
@@ -67,10 +67,6 @@ typedef struct sb {
     LLVMValueRef tile;      /* the vw x vw transpose */
     LLVMValueRef tile_out;  /* the same for yT -> y, + the residual if there is one */
 } sb;
-
-/* Activations without libm calls run on whole vectors; tanh and gelu_tanh
- * afterwards, one element at a time (see emit_chunk). */
-static bool act_is_vector(mj_act a) { return !mj_act_calls_libm(a); }
 
 /* A vw x vw tile: row t of the source (vw floats at src + t*sstride) becomes
  * column t of the destination (row t at dst + t*dstride). log2(vw) stages;
@@ -363,7 +359,7 @@ static void emit_acc_finish(sb *s, int r, int nv, LLVMValueRef j) {
     for (int v = 0; v < nv; v++) {
         LLVMValueRef a = LLVMBuildLoad2(s->e.b, s->e.vt, s->acc[r][v], "");
         if (bv) a = fadd(s, a, bv);
-        if (s->l->act != MJ_ACT_NONE && act_is_vector(s->l->act)) a = emit_act_vec(s, s->l->act, a, s->e.vw);
+        if (s->l->act != MJ_ACT_NONE) a = emit_act(s, s->l->act, a);
         LLVMBuildStore(s->e.b, a, s->acc[r][v]);
     }
 }
@@ -433,7 +429,7 @@ static void emit_layer(sb *s, int C) {
         emit_run(s, r, nv, C, s->l->g_tidx, s->l->g_tw, lt.iv);
         loop_end(s, &lt);
     }
-    if (s->l->g_bias || (s->l->act != MJ_ACT_NONE && act_is_vector(s->l->act))) {
+    if (s->l->g_bias || s->l->act != MJ_ACT_NONE) {
         LLVMBasicBlockRef fin = if_begin(s, lastb);
         for (int r = 0; r < GR; r++) emit_acc_finish(s, r, nv, j[r]);
         if_end(s, fin);
@@ -443,12 +439,6 @@ static void emit_layer(sb *s, int C) {
     loop_end(s, &lg);
     loop_end(s, &lb);
 
-    /* the activations that call libm, one element at a time */
-    if (!act_is_vector(s->l->act)) {
-        loop le = loop_range(s, ci(s, 0), ci(s, p->out * C), 1);
-        store(s, emit_act(s, s->l->act, ld(s, s->e.f32, s->l->yT, le.iv)), s->l->yT, le.iv);
-        loop_end(s, &le);
-    }
 }
 
 /* The chain over a chunk: the first layer's x in, every layer, the last

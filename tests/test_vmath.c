@@ -40,11 +40,11 @@ static double gelu_double(double x) { return x * 0.5 * erfc(-x / sqrt(2.0)); }
  * every 101st float: 2.93 ulp from -1 up, 15.5 on [-3, -1), 53 below
  * (docs/numerics.md). */
 Test(vmath, reference_within_ulps_of_double) {
-    double max_e = 0, max_g[3] = {0};
-    uint32_t at_e = 0, at_g[3] = {0};
+    double max_e = 0, max_g[3] = {0}, max_t = 0;
+    uint32_t at_e = 0, at_g[3] = {0}, at_t = 0;
     static const double bound_g[3] = {3.5, 20.0, 64.0};
     static const float centres[] = {MJ_EXPF_HI, 88.7228394f, -87.336544f, -103.97208f, MJ_EXPF_LO, MJ_GELU_T,
-                                    0x1p-126f,  1.0f,        3.0f,        0x1p-20f};
+                                    0x1p-126f,  1.0f,        3.0f,        0x1p-20f,    MJ_TANH_SMALL, 9.01f};
     for (int pass = 0; pass < 2; pass++) {
         uint64_t n = pass == 0 ? 0x100000000ull / 97 : 2 * 8193 * (sizeof centres / sizeof *centres);
         for (uint64_t i = 0; i < n; i++) {
@@ -59,6 +59,8 @@ Test(vmath, reference_within_ulps_of_double) {
             if (!isfinite(x)) continue;
             double e = ulp_error(mj_expf(x), exp((double)x));
             if (e > max_e) max_e = e, at_e = u;
+            double th = ulp_error(mj_tanhf(x), tanh((double)x));
+            if (th > max_t) max_t = th, at_t = u;
             if (x <= -MJ_GELU_T) continue; /* exactly -0 there (special_values) */
             int range = x >= -1.0f ? 0 : x >= -3.0f ? 1 : 2;
             double g = ulp_error(mj_geluf(x), gelu_double(x));
@@ -69,7 +71,9 @@ Test(vmath, reference_within_ulps_of_double) {
                 "(below)",
                 max_e, (double)mjt_bits_f32(at_e), max_g[0], (double)mjt_bits_f32(at_g[0]), max_g[1],
                 (double)mjt_bits_f32(at_g[1]), max_g[2], (double)mjt_bits_f32(at_g[2]));
+    cr_log_info("tanh: max %.3f ulp at %a", max_t, (double)mjt_bits_f32(at_t));
     cr_assert(max_e <= 1.5, "expf: %.3f ulp at %a", max_e, (double)mjt_bits_f32(at_e));
+    cr_assert(max_t <= 1.6, "tanh: %.3f ulp at %a", max_t, (double)mjt_bits_f32(at_t));
     for (int r = 0; r < 3; r++)
         cr_assert(max_g[r] <= bound_g[r], "gelu: %.3f ulp at %a", max_g[r], (double)mjt_bits_f32(at_g[r]));
 }
@@ -135,6 +139,19 @@ Test(vmath, special_values) {
     cr_assert(ulp_error(mj_geluf(below), gelu_double(below)) <= 64.0, "%a", (double)mj_geluf(below));
     cr_assert_eq(mj_geluf(0x1p-148f), 0x1p-149f, "x / 2 near 0, rounded once");
     cr_assert(ulp_error(mj_geluf(1.0f), gelu_double(1.0)) <= 3.5 && ulp_error(mj_geluf(-1.0f), gelu_double(-1.0)) <= 3.5);
+
+    cr_assert_eq(mjt_f32_bits(mj_tanhf(0.0f)), 0u);
+    cr_assert_eq(mjt_f32_bits(mj_tanhf(-0.0f)), 0x80000000u);
+    cr_assert_eq(mj_tanhf(INFINITY), 1.0f);
+    cr_assert_eq(mj_tanhf(-INFINITY), -1.0f);
+    cr_assert_eq(mj_tanhf(FLT_MAX), 1.0f, "a + a overflows to inf: e^inf = inf, 2 / inf = 0");
+    cr_assert_eq(mj_tanhf(-10.0f), -1.0f);
+    cr_assert_eq(mjt_f32_bits(mj_tanhf(NAN)), mjt_f32_bits(NAN), "NaN in, the same NaN out");
+    cr_assert_eq(mjt_f32_bits(mj_tanhf(-NAN)), mjt_f32_bits(-NAN));
+    cr_assert_eq(mj_tanhf(0x1p-149f), 0x1p-149f, "tanh(x) = x near 0");
+    cr_assert_eq(mj_tanhf(-1e-20f), -1e-20f);
+    for (float x = -9.5f; x <= 9.5f; x += 0.125f) /* odd, and within the bound on a grid */
+        cr_assert(mj_tanhf(-x) == -mj_tanhf(x) && ulp_error(mj_tanhf(x), tanh((double)x)) <= 1.6, "%a", (double)x);
 }
 
 /* ---- compiled code against the reference ------------------------------------ */
@@ -202,8 +219,8 @@ static void check_all_modes(mj_jit *j, mj_graph *g, const mj_tensor *x, const ch
 static void check_ops(mj_jit *j) {
     mj_rng rng = mjt_rng(42);
     /* elementwise (the loop LLVM vectorises), softmax along either dim */
-    static const mj_op ops[] = {MJ_OP_EXP,      MJ_OP_GELU,    MJ_OP_SIGMOID,    MJ_OP_SILU,
-                                MJ_OP_SOFTPLUS, MJ_OP_SOFTMAX, MJ_OP_LOG_SOFTMAX};
+    static const mj_op ops[] = {MJ_OP_EXP,      MJ_OP_GELU,    MJ_OP_SIGMOID,     MJ_OP_SILU,     MJ_OP_TANH,
+                                MJ_OP_GELU_TANH, MJ_OP_SOFTPLUS, MJ_OP_SOFTMAX, MJ_OP_LOG_SOFTMAX};
     mj_tensor *x = edge_input(61, 64, false, &rng);
     for (size_t k = 0; k < sizeof ops / sizeof *ops; k++)
         for (int dim = 0; dim < (ops[k] == MJ_OP_SOFTMAX || ops[k] == MJ_OP_LOG_SOFTMAX ? 2 : 1); dim++) {
@@ -225,7 +242,7 @@ static void check_ops(mj_jit *j) {
      * (16 wide), the wide dense one (live, 128) and the sparse one (frozen,
      * 128: an identity weight is 1/128 dense), whole vectors each; finite
      * inputs, as an inf times a zero weight is NaN */
-    static const mj_act acts[] = {MJ_ACT_GELU, MJ_ACT_SIGMOID, MJ_ACT_SILU};
+    static const mj_act acts[] = {MJ_ACT_GELU, MJ_ACT_SIGMOID, MJ_ACT_SILU, MJ_ACT_TANH, MJ_ACT_GELU_TANH};
     static const int64_t widths[] = {16, 128};
     for (size_t wi = 0; wi < 2; wi++) {
         int64_t n = widths[wi], ws[2] = {n, n};

@@ -97,9 +97,9 @@ float mj_act_apply(mj_act act, float x) {
     case MJ_ACT_RELU: return x < 0.0f ? 0.0f : x; /* NaN passes through */
     case MJ_ACT_GELU: return mj_geluf(x);
     case MJ_ACT_GELU_TANH:
-        return 0.5f * x * (1.0f + tanhf(0.79788456080286535588f * (x + 0.044715f * x * x * x)));
+        return 0.5f * x * (1.0f + mj_tanhf(0.79788456080286535588f * (x + 0.044715f * x * x * x)));
     case MJ_ACT_SIGMOID: return 1.0f / (1.0f + mj_expf(-x));
-    case MJ_ACT_TANH: return tanhf(x);
+    case MJ_ACT_TANH: return mj_tanhf(x);
     case MJ_ACT_SILU: return x / (1.0f + mj_expf(-x));
     case MJ_ACT_COUNT: break;
     }

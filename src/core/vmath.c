@@ -1,4 +1,4 @@
-/* maskjit's expf and gelu (vmath.h has the sequences and the constants). */
+/* maskjit's expf, gelu and tanh (vmath.h has the sequences and the constants). */
 #include "vmath.h"
 #include "internal.h"
 
@@ -66,4 +66,19 @@ MJ_FMA_CLONES float mj_geluf(float x) {
     h = a >= MJ_GELU_T ? 0.0f : h;
     float phi = bits_of(x) >> 31 ? h : 1.0f - h;
     return isnan(x) ? x : x * phi;
+}
+
+/* vmath.h gives the sequence and why */
+MJ_FMA_CLONES float mj_tanhf(float x) {
+    static const float T[MJ_TANH_NT] = MJ_TANH_T;
+    float a = float_of(bits_of(x) & 0x7fffffffu);
+    float z = a * a;
+    float p = T[MJ_TANH_NT - 1];
+#pragma GCC unroll 8
+    for (int i = MJ_TANH_NT - 2; i >= 0; i--) p = fmaf(p, z, T[i]);
+    float small = fmaf(a * z, p, a);
+    float big = 1.0f - 2.0f / (expf_seq(a + a) + 1.0f);
+    float t = a < MJ_TANH_SMALL ? small : big;
+    float r = float_of(bits_of(t) | (bits_of(x) & 0x80000000u));
+    return isnan(x) ? x : r;
 }
