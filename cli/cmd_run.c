@@ -29,7 +29,7 @@ static const char RUN_DETAILS[] =
 
 int cli_parse_mode(const char *cmd, const char *text, cli_mode *mode) {
     if (strcmp(text, "eager") == 0) *mode = MODE_EAGER;
-    else if (strcmp(text, "traced") == 0) *mode = MODE_TRACED;
+    else if (strcmp(text, "traced") == 0 || strcmp(text, "interp") == 0) *mode = MODE_TRACED; /* bench's name */
     else if (strcmp(text, "compiled") == 0) *mode = MODE_COMPILED;
     else return cli_error(cmd, CLI_USAGE, "--mode must be eager, traced or compiled, got '%s'", text);
     return CLI_OK;
@@ -50,7 +50,7 @@ int cmd_run(int argc, char **argv) {
         {"--input", OPT_STRING, &input, "safetensors file holding the input tensor"},
         {"--input-name", OPT_STRINGS, &input_names,
          "name of the input tensor (default: the model's input name, e.g. input); once per input"},
-        {"--mode", OPT_STRING, &mode_text, "eager | traced | compiled (default eager; traced for a saved trace)"},
+        {"--mode", OPT_STRING, &mode_text, "eager | traced (alias interp: the interpreter replays the trace) | compiled (default eager; traced for a saved trace)"},
         {"--exact", OPT_FLAG, &exact, "compiled: bit-identical to eager (default)"},
         {"--fast", OPT_FLAG, &fast, "compiled: allow FMA and reassociation"},
         {"--frozen", OPT_FLAG, &frozen, "compiled: bake parameters in as constants"},

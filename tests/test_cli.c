@@ -38,9 +38,10 @@ Test(cli, run_modes_write_eager_output, .timeout = 60) {
     mj_rng init = mjt_rng(5);
     OK(mj_model_from_spec("mlp:16,24,8:act=tanh", &init, &m));
     mj_tensor *want = mjt_forward(m, x);
-    const char *modes[] = {"--mode eager", "--mode traced", "--mode compiled",
+    /* interp: the bench's name of traced */
+    const char *modes[] = {"--mode eager", "--mode traced", "--mode interp", "--mode compiled",
                            "--mode compiled --frozen", "--mode compiled --exact"};
-    for (int i = 0; i < 5; i++) {
+    for (int i = 0; i < 6; i++) {
         cr_assert_eq(run_maskjit(NULL, "run mlp:16,24,8:act=tanh --seed 5 --input %s --input-name x %s --out %s",
                          in, modes[i], out),
                      0, "%s", modes[i]);
