@@ -177,16 +177,52 @@ LLVMValueRef mj_aot_emit_core(emit *e, LLVMValueRef body, LLVMValueRef check, LL
     LLVMPositionBuilderAtEnd(e->b, on_stack);
     LLVMBuildBr(e->b, join);
 
+    /* The heap scratch is kept for the next call: a buffer of [64-byte
+     * header: its size][scratch] in one global slot, taken and given back
+     * with atomic exchanges, so concurrent calls each have their own (a
+     * call that finds the slot empty allocates). Freed each call, a
+     * scratch beyond malloc's mmap threshold was mapped and faulted in
+     * every time: a frozen MobileNetV2 stack ran 4x slower than in the
+     * JIT, which keeps its scratch too. */
     LLVMPositionBuilderAtEnd(e->b, on_heap);
     LLVMTypeRef aat[2] = {e->i64, e->i64};
     LLVMTypeRef aa_ty = LLVMFunctionType(e->ptr, aat, 2, 0);
     LLVMTypeRef free_ty = LLVMFunctionType(LLVMVoidTypeInContext(e->ctx), &e->ptr, 1, 0);
+    LLVMTypeRef i8 = LLVMInt8TypeInContext(e->ctx);
+    char slot_name[128];
+    snprintf(slot_name, sizeof slot_name, "%s.scratch", e->name);
+    LLVMValueRef slot = LLVMAddGlobal(e->m, e->ptr, slot_name);
+    LLVMSetInitializer(slot, null);
+    LLVMSetLinkage(slot, LLVMInternalLinkage);
     /* aligned_alloc wants a multiple of the alignment */
     LLVMValueRef bytes = LLVMBuildAnd(e->b, LLVMBuildAdd(e->b, LLVMBuildMul(e->b, n, c64(e, 4), ""), c64(e, 63), ""),
                                       c64(e, ~INT64_C(63)), "");
-    LLVMValueRef aargs[2] = {c64(e, 64), bytes};
-    LLVMValueRef buf = LLVMBuildCall2(e->b, aa_ty, libc_fn(e, "aligned_alloc", aa_ty), aargs, 2, "scratch");
-    fail_if(e, fn, LLVMBuildICmp(e->b, LLVMIntEQ, buf, null, ""), MJ_AOT_ERR_NOMEM);
+    LLVMValueRef kept = LLVMBuildAtomicRMW(e->b, LLVMAtomicRMWBinOpXchg, slot, null, LLVMAtomicOrderingAcquireRelease, 0);
+    LLVMBasicBlockRef check_kept = LLVMAppendBasicBlockInContext(e->ctx, fn, "check_kept");
+    LLVMBasicBlockRef drop_kept = LLVMAppendBasicBlockInContext(e->ctx, fn, "drop_kept");
+    LLVMBasicBlockRef alloc = LLVMAppendBasicBlockInContext(e->ctx, fn, "alloc");
+    LLVMBasicBlockRef got = LLVMAppendBasicBlockInContext(e->ctx, fn, "got");
+    LLVMBuildCondBr(e->b, LLVMBuildICmp(e->b, LLVMIntEQ, kept, null, ""), alloc, check_kept);
+    LLVMPositionBuilderAtEnd(e->b, check_kept);
+    LLVMValueRef kept_bytes = LLVMBuildLoad2(e->b, e->i64, kept, "kept_bytes");
+    LLVMBuildCondBr(e->b, LLVMBuildICmp(e->b, LLVMIntSGE, kept_bytes, bytes, ""), got, drop_kept);
+    LLVMPositionBuilderAtEnd(e->b, drop_kept); /* too small for this batch */
+    LLVMBuildCall2(e->b, free_ty, libc_fn(e, "free", free_ty), &kept, 1, "");
+    LLVMBuildBr(e->b, alloc);
+    LLVMPositionBuilderAtEnd(e->b, alloc);
+    LLVMValueRef aargs[2] = {c64(e, 64), LLVMBuildAdd(e->b, bytes, c64(e, 64), "")};
+    LLVMValueRef fresh = LLVMBuildCall2(e->b, aa_ty, libc_fn(e, "aligned_alloc", aa_ty), aargs, 2, "scratch");
+    fail_if(e, fn, LLVMBuildICmp(e->b, LLVMIntEQ, fresh, null, ""), MJ_AOT_ERR_NOMEM);
+    LLVMBuildStore(e->b, bytes, fresh);
+    LLVMBasicBlockRef alloc_ok = LLVMGetInsertBlock(e->b);
+    LLVMBuildBr(e->b, got);
+    LLVMPositionBuilderAtEnd(e->b, got);
+    LLVMValueRef whole = LLVMBuildPhi(e->b, e->ptr, "whole");
+    LLVMValueRef wholes[2] = {kept, fresh};
+    LLVMBasicBlockRef whole_from[2] = {check_kept, alloc_ok};
+    LLVMAddIncoming(whole, wholes, whole_from, 2);
+    LLVMValueRef header = c64(e, 64);
+    LLVMValueRef buf = LLVMBuildInBoundsGEP2(e->b, i8, whole, &header, 1, "scratch");
     LLVMBasicBlockRef heap_ok = LLVMGetInsertBlock(e->b);
     LLVMBuildBr(e->b, join);
 
@@ -223,8 +259,14 @@ LLVMValueRef mj_aot_emit_core(emit *e, LLVMValueRef body, LLVMValueRef check, LL
     LLVMBasicBlockRef do_free = LLVMAppendBasicBlockInContext(e->ctx, fn, "free");
     LLVMBasicBlockRef done = LLVMAppendBasicBlockInContext(e->ctx, fn, "done");
     LLVMBuildCondBr(e->b, LLVMBuildICmp(e->b, LLVMIntEQ, base, stack, ""), done, do_free);
-    LLVMPositionBuilderAtEnd(e->b, do_free);
-    LLVMBuildCall2(e->b, free_ty, libc_fn(e, "free", free_ty), &base, 1, "");
+    LLVMPositionBuilderAtEnd(e->b, do_free); /* give the buffer back; free the one it displaces */
+    LLVMValueRef back = c64(e, -64);
+    LLVMValueRef mine = LLVMBuildInBoundsGEP2(e->b, i8, base, &back, 1, "");
+    LLVMValueRef displaced = LLVMBuildAtomicRMW(e->b, LLVMAtomicRMWBinOpXchg, slot, mine, LLVMAtomicOrderingAcquireRelease, 0);
+    LLVMBasicBlockRef free_displaced = LLVMAppendBasicBlockInContext(e->ctx, fn, "free_displaced");
+    LLVMBuildCondBr(e->b, LLVMBuildICmp(e->b, LLVMIntEQ, displaced, null, ""), done, free_displaced);
+    LLVMPositionBuilderAtEnd(e->b, free_displaced);
+    LLVMBuildCall2(e->b, free_ty, libc_fn(e, "free", free_ty), &displaced, 1, "");
     LLVMBuildBr(e->b, done);
     LLVMPositionBuilderAtEnd(e->b, done);
     LLVMBuildRet(e->b, c32(e, MJ_AOT_OK));

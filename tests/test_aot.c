@@ -54,6 +54,17 @@ static const char DRIVER[] =
     "#include <stdio.h>\n#include <stdlib.h>\n#include <string.h>\n#include \"%1$s.h\"\n"
     "static int64_t numel(const int64_t *d, int rank, int64_t b) {\n"
     "    int64_t n = 1;\n    for (int i = 0; i < rank; i++) n *= d[i] < 0 ? b : d[i];\n    return n;\n}\n"
+    "#ifdef DRV_THREADS\n"
+    "#include <pthread.h>\n"
+    "static const float *g_x, *g_y;\nstatic int64_t g_b, g_row;\n"
+    "static void *worker(void *arg) {\n"
+    "    float *y = malloc((size_t)(g_row * g_b) * 4);\n"
+    "    const float *const in[1] = {g_x};\n    float *const out[1] = {y};\n    long bad = 0;\n"
+    "    for (int i = 0; i < 300; i++) {\n"
+    "        int64_t b = 1 + (i + (long)arg) %% g_b;\n"
+    "        if (%1$s_run(b, in, out) || memcmp(y, g_y, (size_t)(g_row * b) * 4)) bad = 1;\n"
+    "    }\n    free(y);\n    return (void *)bad;\n}\n"
+    "#endif\n"
     "int main(int argc, char **argv) {\n"
     "    if (argc == 2 && !strcmp(argv[1], \"errors\")) {\n"
     "        float *x = calloc(1 << 16, 4), *y = calloc(1 << 16, 4);\n"
@@ -92,6 +103,21 @@ static const char DRIVER[] =
     "    const float *const in[%1$s_NUM_INPUTS] = {x};\n    float *const out[%1$s_NUM_OUTPUTS] = {y};\n"
     "    int rc = %1$s_run(b, in, out);\n"
     "    if (rc) { printf(\"%%s\\n\", %1$s_strerror(rc)); return rc; }\n"
+    "    {   /* the scratch kept between calls: smaller, equal and larger calls give the same rows */\n"
+    "        float *x2 = malloc((size_t)ni * 8), *y2b = malloc((size_t)no * 8);\n"
+    "        memcpy(x2, x, (size_t)ni * 4);\n        memcpy(x2 + ni, x, (size_t)ni * 4);\n"
+    "        const float *const in2[%1$s_NUM_INPUTS] = {x2};\n        float *const out2b[%1$s_NUM_OUTPUTS] = {y2b};\n"
+    "        if (%1$s_run(1, in, out2b) || %1$s_run(b, in, out2b) || memcmp(y, y2b, (size_t)no * 4)) return 110;\n"
+    "        if (%1$s_run(2 * b, in2, out2b) || memcmp(y, y2b, (size_t)no * 4) || memcmp(y, y2b + no, (size_t)no * 4))\n"
+    "            return 111;\n"
+    "        free(x2);\n        free(y2b);\n    }\n"
+    "#ifdef DRV_THREADS\n"
+    "    {   /* four threads at once, batches 1..b each: every row as the first call gave it */\n"
+    "        g_x = x, g_y = y, g_b = b, g_row = no / b;\n        pthread_t th[4];\n        void *bad = NULL;\n"
+    "        for (long t = 0; t < 4; t++)\n            if (pthread_create(&th[t], NULL, worker, (void *)t)) return 112;\n"
+    "        for (int t = 0; t < 4; t++) {\n            void *r;\n            pthread_join(th[t], &r);\n            if (r) bad = r;\n        }\n"
+    "        if (bad) return 113;\n    }\n"
+    "#endif\n"
     "#ifdef LIVE\n"
     "    float *y2 = malloc((size_t)no * 4);\n"
     "    float *const out2[1] = {y2};\n"
@@ -322,6 +348,20 @@ static void check_model(const char *spec, double density, const char *cpu, const
 }
 
 Test(aot, seed_model_matches_jit_bit_for_bit) { check_model("mut", 1, NULL, NULL); }
+
+/* The heap scratch kept between calls, with four threads calling at once
+ * at batches 1..17 (the driver's DRV_THREADS part): every output row as a
+ * single call gave it. */
+Test(aot, kept_scratch_is_right_with_threads_calling_at_once) {
+    mj_aot_options o = aot_m();
+    o.description = "threads";
+    built b;
+    build_model(&b, "mlp:96,160,40:act=gelu", 0.1, &o, "-DDRV_THREADS -pthread");
+    jit_ref ref = jit_ref_new(b.g, true, MJ_NUMERIC_EXACT);
+    compare_batches(b.dir, ref, in_width(b.g), 300, "threads");
+    jit_ref_free(ref);
+    done(b.g, b.mod, b.dir);
+}
 
 Test(aot, masked_mlp_matches_jit_bit_for_bit) { check_model("mlp:16,32,8:act=relu", 0.5, NULL, NULL); }
 
