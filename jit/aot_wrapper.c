@@ -27,6 +27,16 @@ static void fail_if(emit *e, LLVMValueRef fn, LLVMValueRef cond, int code) {
     LLVMPositionBuilderAtEnd(e->b, next);
 }
 
+/* a pointer that is a when control comes from block ba, b from bb */
+static LLVMValueRef phi2(emit *e, const char *name, LLVMValueRef a, LLVMBasicBlockRef ba, LLVMValueRef b,
+                         LLVMBasicBlockRef bb) {
+    LLVMValueRef p = LLVMBuildPhi(e->b, e->ptr, name);
+    LLVMValueRef v[2] = {a, b};
+    LLVMBasicBlockRef from[2] = {ba, bb};
+    LLVMAddIncoming(p, v, from, 2);
+    return p;
+}
+
 #define STACK_FLOATS 2048 /* scratch up to 8 KiB lives on the wrapper's stack */
 
 /* for (iv = 0; iv < n; iv++) { caller's code } */
@@ -217,20 +227,14 @@ LLVMValueRef mj_aot_emit_core(emit *e, LLVMValueRef body, LLVMValueRef check, LL
     LLVMBasicBlockRef alloc_ok = LLVMGetInsertBlock(e->b);
     LLVMBuildBr(e->b, got);
     LLVMPositionBuilderAtEnd(e->b, got);
-    LLVMValueRef whole = LLVMBuildPhi(e->b, e->ptr, "whole");
-    LLVMValueRef wholes[2] = {kept, fresh};
-    LLVMBasicBlockRef whole_from[2] = {check_kept, alloc_ok};
-    LLVMAddIncoming(whole, wholes, whole_from, 2);
+    LLVMValueRef whole = phi2(e, "whole", kept, check_kept, fresh, alloc_ok);
     LLVMValueRef header = c64(e, 64);
     LLVMValueRef buf = LLVMBuildInBoundsGEP2(e->b, i8, whole, &header, 1, "scratch");
     LLVMBasicBlockRef heap_ok = LLVMGetInsertBlock(e->b);
     LLVMBuildBr(e->b, join);
 
     LLVMPositionBuilderAtEnd(e->b, join);
-    LLVMValueRef base = LLVMBuildPhi(e->b, e->ptr, "base");
-    LLVMValueRef bases[2] = {stack, buf};
-    LLVMBasicBlockRef froms[2] = {on_stack, heap_ok};
-    LLVMAddIncoming(base, bases, froms, 2);
+    LLVMValueRef base = phi2(e, "base", stack, on_stack, buf, heap_ok);
     LLVMValueRef leaves_arg = null;
     if (leaves) {
         for (int32_t l = 0; l < nl; l++) {
