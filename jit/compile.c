@@ -33,7 +33,7 @@ void mj_compiled_free(mj_compiled *c) {
                 c->out_rows);
     mj_graph_free(c->g);
     pthread_mutex_destroy(&c->refresh_mu);
-    if (c->holds_jit) mj_jit_release(c->jit);
+    mj_jit_release(c->jit); /* NULL-safe */
     free(c);
 }
 
@@ -207,24 +207,24 @@ mj_status mj_jit_compile(mj_jit *jit, const mj_graph *g, const mj_compile_option
     else mj_compile_options_init(&opts);
     if ((unsigned)opts.numeric > MJ_NUMERIC_FAST)
         return mj_fail(MJ_ERR_INVALID, "mj_jit_compile: unknown numeric mode %d", (int)opts.numeric);
-    if (opts.threads < 0 || opts.threads > MJ_MAX_THREADS)
-        return mj_fail(MJ_ERR_INVALID, "mj_jit_compile: threads is %d (%s %d)", opts.threads,
-                       opts.threads < 0 ? "must be >=" : "at most", opts.threads < 0 ? 0 : MJ_MAX_THREADS);
+    if (opts.threads < 0)
+        return mj_fail(MJ_ERR_INVALID, "mj_jit_compile: threads is %d (must be >= 0)", opts.threads);
+    if (opts.threads > MJ_MAX_THREADS)
+        return mj_fail(MJ_ERR_INVALID, "mj_jit_compile: threads is %d (at most %d)", opts.threads, MJ_MAX_THREADS);
     double t_start = mj_now_seconds();
     MJ_TRY(check_graph(g));
     MJ_TRY(mj_jit_check_memory(g, opts.frozen)); /* before LLVM can run out */
 
     mj_compiled *c = mj_alloc(sizeof *c);
     if (!c) return MJ_ERR_NOMEM;
-    c->jit = jit;
     c->opts = opts;
     c->opts.cache_dir = opts.cache_dir; /* borrowed while compiling (build_and_add); cleared below */
     if (pthread_mutex_init(&c->refresh_mu, NULL) != 0) {
         free(c);
         return mj_fail(MJ_ERR_NOMEM, "jit: cannot create a lock");
     }
-    mj_jit_retain(jit);
-    c->holds_jit = true;
+    mj_jit_retain(jit); /* c->jit is set only with the reference it holds */
+    c->jit = jit;
     prologue pr = {0};
     mj_status s = mj_graph_clone(g, &c->g);
     if (s != MJ_OK) goto fail;

@@ -12,8 +12,7 @@ typedef struct prologue prologue;
 typedef struct pool pool;
 
 struct mj_compiled {
-    mj_jit *jit;
-    bool holds_jit; /* a reference to jit (mj_jit_retain) */
+    mj_jit *jit; /* with a reference held (mj_jit_retain) */
     mj_graph *g; /* the optimised clone */
     bool *input_free;
     bool *needed; /* prologue nodes some leaf depends on */

@@ -438,7 +438,6 @@ static void emit_layer(sb *s, int C) {
     if_end(s, f.end);
     loop_end(s, &lg);
     loop_end(s, &lb);
-
 }
 
 /* The chain over a chunk: the first layer's x in, every layer, the last
