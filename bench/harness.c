@@ -765,23 +765,20 @@ double mj_bench_thread_ceiling(int n) {
     return r[1];
 }
 
-static mj_status time_runs(mj_bench_setup *s, variant *v, int64_t n, double *ns) {
+/* n calls of v, or with one_thread of its one-thread twin */
+static mj_status time_runs(mj_bench_setup *s, variant *v, bool one_thread, int64_t n, double *ns) {
     double t0 = now_ns();
     mj_status st = MJ_OK;
-    for (int64_t i = 0; i < n && st == MJ_OK; i++) st = run_once(s, v);
+    for (int64_t i = 0; i < n && st == MJ_OK; i++) st = one_thread ? run_compiled(s, v->one_thread) : run_once(s, v);
     *ns = now_ns() - t0;
     settle_after(s);
     return st;
 }
 
-/* time_runs for a compiled variant's one-thread twin */
-static mj_status time_one_thread(mj_bench_setup *s, variant *v, int64_t n, double *ns) {
-    double t0 = now_ns();
-    mj_status st = MJ_OK;
-    for (int64_t i = 0; i < n && st == MJ_OK; i++) st = run_compiled(s, v->one_thread);
-    *ns = now_ns() - t0;
-    settle_after(s);
-    return st;
+/* Calls per round: n calls took el ns, a round should take target ns. */
+static int64_t calls_for(int64_t n, double el, double target) {
+    double it = ceil((double)n * target / (el > 0 ? el : 1));
+    return it < 1 ? 1 : it > 1e9 ? (int64_t)1e9 : (int64_t)it;
 }
 
 static double median_of(double *x, int n) {
@@ -808,20 +805,18 @@ mj_status mj_bench_measure(mj_bench_setup *s, int reps, double min_ms, mj_bench_
         int64_t n = 1;
         double el = 0;
         for (;;) {
-            MJ_TRY(time_runs(s, v, n, &el));
+            MJ_TRY(time_runs(s, v, false, n, &el));
             if (el >= target * 0.2 || n >= (INT64_C(1) << 26)) break;
             int64_t grow = el > 0 ? (int64_t)(target * 0.25 / el) + 1 : 100;
             n *= grow < 2 ? 2 : grow > 100 ? 100 : grow;
         }
-        double it = ceil((double)n * target / (el > 0 ? el : 1));
-        iters[i] = it < 1 ? 1 : it > 1e9 ? (int64_t)1e9 : (int64_t)it;
+        iters[i] = calls_for(n, el, target);
         if (v->one_thread) {
             /* the twin's calls per round: its share of the same target */
             MJ_TRY(run_compiled(s, v->one_thread)); /* warm-up */
             double el1;
-            MJ_TRY(time_one_thread(s, v, n, &el1));
-            double it1 = ceil((double)n * target / (el1 > 0 ? el1 : 1));
-            iters1[i] = it1 < 1 ? 1 : it1 > 1e9 ? (int64_t)1e9 : (int64_t)it1;
+            MJ_TRY(time_runs(s, v, true, n, &el1));
+            iters1[i] = calls_for(n, el1, target);
         }
         /* a call of over a second (eager at batch 1024) is its own average:
          * three rounds are enough and keep the full run short */
@@ -850,9 +845,9 @@ mj_status mj_bench_measure(mj_bench_setup *s, int reps, double min_ms, mj_bench_
             variant *v = &s->v[i];
             bool twin_first = v->one_thread && r % 2;
             double el, el1 = NAN;
-            mj_status st = twin_first ? time_one_thread(s, v, iters1[i], &el1) : MJ_OK;
-            if (st == MJ_OK) st = time_runs(s, v, iters[i], &el);
-            if (st == MJ_OK && v->one_thread && !twin_first) st = time_one_thread(s, v, iters1[i], &el1);
+            mj_status st = twin_first ? time_runs(s, v, true, iters1[i], &el1) : MJ_OK;
+            if (st == MJ_OK) st = time_runs(s, v, false, iters[i], &el);
+            if (st == MJ_OK && v->one_thread && !twin_first) st = time_runs(s, v, true, iters1[i], &el1);
             if (st != MJ_OK) {
                 free(samples);
                 return st;
