@@ -15,9 +15,10 @@
  * weights, the contract of the frozen linear layers (exact for finite
  * inputs), and a channel without taps is its bias.
  *
- * With stride 1 along W a register tile replaces the plane accumulator
- * (see lower_conv_tiled); frozen, when the nonzero taps are cheaper than
- * the tile, jit/lower_conv_sparse.c runs them instead.
+ * A register tile replaces the plane accumulator (see lower_conv_tiled)
+ * unless the conv is frozen and sparse: with stride 1 along W,
+ * jit/lower_conv_sparse.c runs the nonzero taps when they are cheaper than
+ * the tile; with other strides, below TILE_MIN_DENSITY the planes run them.
  *
  * Each way's store (value + b[o]) then runs the conv's tail (the plan's:
  * batch_norm, activations, a residual add; mj_conv_tail_apply), each step
@@ -141,11 +142,13 @@ LLVMValueRef mj_conv_tail_apply(const mj_cnn_lowering *c, const mj_conv_coefs *k
     return v;
 }
 
-/* Frozen, when jit/lower_conv_sparse.c does not take the conv (it has no
- * scratch, or offsets beyond int32): at or above this density the register
- * tile (which multiplies the zeros too, as eager does) beats the tap table
- * (3x3 64->64 at 56x56, one thread: at 20% density tile 10-12 ms, taps
- * 15 ms; at 5% tile ~9 ms, taps 6.5 ms). */
+/* Frozen, when jit/lower_conv_sparse.c does not take the conv (stride > 1
+ * along W, no scratch, or offsets beyond int32): at or above this density
+ * the register tile (which multiplies the zeros too, as eager does) beats
+ * the planes' tap table (3x3 64->64 at 56x56, one thread: at 20% density
+ * tile 10-12 ms, taps 15 ms; at 5% tile ~9 ms, taps 6.5 ms. ResNet's 7x7
+ * stride-2 stem, 3->64 at 224x224, AVX-512, at 15%: tile 2.35 ms, taps
+ * 2.44-2.67 ms). */
 #define TILE_MIN_DENSITY 0.1
 
 static bool dense_enough(const float *w, int64_t n) {
@@ -160,21 +163,32 @@ mj_conv_lowering mj_conv_lowering_of(const mj_graph *g, int32_t id, const float 
     if (w && scratch && mj_conv_sparse_takes(g, id, w, vw)) return MJ_CONV_SPARSE;
     const mj_type *wt = &g->nodes[n->operands[1]].type;
     int64_t numel = wt->dims[0] * wt->dims[1] * wt->dims[2] * wt->dims[3];
-    if (n->attrs.i[MJ_CONV_STRIDE + 1] == 1 && (!w || dense_enough(w, numel))) return MJ_CONV_TILED;
+    if (!w || dense_enough(w, numel)) return MJ_CONV_TILED;
     return MJ_CONV_PLANES;
 }
 
-/* ---- conv2d with stride 1 along W: a register tile --------------------
+/* ---- conv2d: a register tile -----------------------------------------
  * OB output channels (of one group) x one vector of output positions of a
- * row stay in registers while the taps run in eager's order: per tap one
- * masked load of the input row (padding lanes load 0.0f, which is eager's
- * x there) and OB fmas with the broadcast weights. Each lane is one output
- * element: the order of its fmaf chain is eager's. */
+ * row stay in registers while the taps run in eager's order: per tap the
+ * input elements of the vector's lanes (padding lanes get 0.0f, which is
+ * eager's x there) and OB fmas with the broadcast weights. Each lane is
+ * one output element: the order of its fmaf chain is eager's.
+ *
+ * With stride sw along W the lanes' inputs are sw floats apart. Inside the
+ * row, sw <= STRIDED_LOAD_MAX loads the sw vectors that span them and
+ * keeps every sw-th float (one shuffle, shared by the OB fmas); at the
+ * row's ends, and for wider strides, a masked gather reads them. (ResNet's
+ * 7x7 stride-2 stem, before this tile: 46 ms one thread, where PyTorch
+ * takes 7.6 ms.) */
+
+/* Widest stride loaded as whole vectors and shuffled: sw vectors per tap
+ * for OB fmas; wider strides gather. */
+#define STRIDED_LOAD_MAX 4
 
 typedef struct tile {
     const mj_cnn_lowering *c;
-    int64_t H, W, cg, KH, KW, OB, sh, ph, pw, dh, dw;
-    LLVMValueRef acc[8], lane_idx, wo, xg, yrow[8], yidx[8], oh, b;
+    int64_t H, W, cg, KH, KW, OB, sh, sw, ph, pw, dh, dw;
+    LLVMValueRef acc[8], wo, xg, yrow[8], yidx[8], oh, b;
     mj_conv_coefs k[8]; /* the tail's, per output channel of the tile */
 } tile;
 
@@ -190,11 +204,72 @@ static LLVMValueRef splat_i64(mj_emit *e, LLVMValueRef s) {
  * padding): the same floats as the masked load, without building a lane
  * mask per tap from 64-bit lane indices. On AVX2 (Zen 3) that mask was
  * most of the loop, which also spilled. */
+/* Lane l (of lanes) of a vector from row xr of W floats: xr[iw0 + l*sw],
+ * or pad where that lies outside [0, W), where l >= lanes or where the
+ * row is padding (hvalid off). interior: the caller knows every lane and
+ * the whole span below lie inside the row and hvalid is on.
+ *
+ * For sw <= STRIDED_LOAD_MAX one load of the sw*vw floats from iw0, then
+ * every sw-th (a shuffle: LLVM splits the load into sw vectors and the
+ * shuffle into permutes). Off the interior that load is masked, which
+ * reads nothing outside the row; the span's valid floats are one range
+ * [lo, hi), so its mask is built from two scalar shifts, not from a
+ * compare per lane (on AVX2 the per-lane 64-bit compares were most of the
+ * conv's loop). Wider strides gather. */
+static LLVMValueRef row_lanes(mj_emit *e, LLVMValueRef xr, LLVMValueRef iw0, int64_t sw, int64_t W, int lanes,
+                              LLVMValueRef hvalid, float pad, bool interior) {
+    LLVMTypeRef i1 = LLVMInt1TypeInContext(e->ctx);
+    /* the row pointer may sit before the row (those lanes are off): no inbounds */
+    LLVMValueRef ptr = LLVMBuildGEP2(e->b, e->f32, xr, &iw0, 1, "");
+    if (sw <= STRIDED_LOAD_MAX) {
+        int64_t n = sw * e->vw;
+        LLVMTypeRef wide = LLVMVectorType(e->f32, (unsigned)n);
+        LLVMValueRef v;
+        if (interior) {
+            v = LLVMBuildLoad2(e->b, wide, ptr, "");
+            LLVMSetAlignment(v, 4);
+        } else {
+            /* floats [lo, hi) of the span: lo = clamp(-iw0), hi = clamp(W - iw0),
+             * hi at most the last lane's float + 1; none on a padding row */
+            LLVMValueRef lo = imin(e, imax(e, LLVMBuildNeg(e->b, iw0, ""), ci(e, 0)), ci(e, n));
+            LLVMValueRef hi = imin(e, imax(e, isub(e, ci(e, W), iw0), ci(e, 0)), ci(e, (lanes - 1) * sw + 1));
+            LLVMValueRef any = LLVMBuildAnd(e->b, hvalid, LLVMBuildICmp(e->b, LLVMIntSLT, lo, hi, ""), "");
+            /* with any: 0 <= lo < hi <= n, so both shifts are below n bits
+             * (else they may not be, and the select drops them) */
+            LLVMTypeRef bits = LLVMIntTypeInContext(e->ctx, (unsigned)n);
+            LLVMValueRef ones = LLVMConstAllOnes(bits);
+            LLVMValueRef below_hi = LLVMBuildLShr(e->b, ones, LLVMBuildTrunc(e->b, isub(e, ci(e, n), hi), bits, ""), "");
+            LLVMValueRef from_lo = LLVMBuildShl(e->b, ones, LLVMBuildTrunc(e->b, lo, bits, ""), "");
+            LLVMValueRef mbits = LLVMBuildSelect(e->b, any, LLVMBuildAnd(e->b, below_hi, from_lo, ""), LLVMConstNull(bits), "");
+            LLVMValueRef m = LLVMBuildBitCast(e->b, mbits, LLVMVectorType(i1, (unsigned)n), "");
+            LLVMValueRef padv[256];
+            for (int64_t l = 0; l < n; l++) padv[l] = cf(e, pad);
+            LLVMTypeRef tys[2] = {wide, e->ptr}, fty;
+            LLVMValueRef fn = intrinsic(e, "llvm.masked.load", tys, 2, &fty);
+            LLVMValueRef args[4] = {ptr, LLVMConstInt(e->i32, 4, 0), m, LLVMConstVector(padv, (unsigned)n)};
+            v = LLVMBuildCall2(e->b, fty, fn, args, 4, "");
+        }
+        if (sw == 1) return v;
+        LLVMValueRef pick[64];
+        for (int l = 0; l < e->vw; l++) pick[l] = LLVMConstInt(e->i32, (unsigned long long)(l * sw), 0);
+        return LLVMBuildShuffleVector(e->b, v, LLVMGetPoison(wide), LLVMConstVector(pick, (unsigned)e->vw), "");
+    }
+    LLVMValueRef idx[64];
+    for (int l = 0; l < e->vw; l++) idx[l] = LLVMConstInt(e->i64, (unsigned long long)(l * sw), 0);
+    LLVMValueRef iw = LLVMBuildAdd(e->b, splat_i64(e, iw0), LLVMConstVector(idx, (unsigned)e->vw), "");
+    LLVMValueRef m = LLVMBuildAnd(e->b, LLVMBuildICmp(e->b, LLVMIntSGE, iw, splat_i64(e, ci(e, 0)), ""),
+                                  LLVMBuildICmp(e->b, LLVMIntSLT, iw, splat_i64(e, ci(e, W)), ""), "");
+    LLVMTypeRef vi1 = LLVMVectorType(i1, (unsigned)e->vw);
+    m = LLVMBuildAnd(e->b, m, lane_mask(e, lanes), "");
+    m = LLVMBuildAnd(e->b, m, LLVMBuildSelect(e->b, hvalid, LLVMConstAllOnes(vi1), LLVMConstNull(vi1), ""), "");
+    LLVMTypeRef tys[2] = {e->vt, LLVMVectorType(e->ptr, (unsigned)e->vw)}, fty;
+    LLVMValueRef fn = intrinsic(e, "llvm.masked.gather", tys, 2, &fty);
+    LLVMValueRef args[4] = {LLVMBuildGEP2(e->b, e->f32, xr, &iw, 1, ""), LLVMConstInt(e->i32, 4, 0), m, vsplat(e, cf(e, pad))};
+    return LLVMBuildCall2(e->b, fty, fn, args, 4, "");
+}
+
 static void tile_body(tile *t, LLVMValueRef ow0, int lanes, bool interior) {
     mj_emit *e = t->c->e;
-    LLVMTypeRef i1 = LLVMInt1TypeInContext(e->ctx), vi1 = LLVMVectorType(i1, (unsigned)e->vw);
-    LLVMTypeRef mty[2] = {e->vt, e->ptr}, mfty;
-    LLVMValueRef mload = intrinsic(e, "llvm.masked.load", mty, 2, &mfty);
     for (int j = 0; j < t->OB; j++) LLVMBuildStore(e->b, LLVMConstNull(e->vt), t->acc[j]);
     int64_t KK = t->KH * t->KW, per = t->cg * KK;
     loop lc = loop_begin(e, ci(e, t->cg));
@@ -204,26 +279,11 @@ static void tile_body(tile *t, LLVMValueRef ow0, int lanes, bool interior) {
     LLVMValueRef hvalid = LLVMBuildAnd(e->b, LLVMBuildICmp(e->b, LLVMIntSGE, ih, ci(e, 0), ""),
                                        LLVMBuildICmp(e->b, LLVMIntSLT, ih, ci(e, t->H), ""), "");
     LLVMValueRef xr = at(e, xc, mul(e, LLVMBuildSelect(e->b, hvalid, ih, ci(e, 0), ""), ci(e, t->W)));
-    LLVMValueRef hmask = interior ? NULL /* not needed: whole-vector loads */
-                                  : LLVMBuildAnd(e->b, lane_mask(e, lanes),
-                                                 LLVMBuildSelect(e->b, hvalid, LLVMConstAllOnes(vi1), LLVMConstNull(vi1), ""),
-                                                 "");
     LLVMValueRef wtap = add(e, mul(e, lc.iv, ci(e, KK)), mul(e, lkh.iv, ci(e, t->KW)));
     loop lkw = loop_begin(e, ci(e, t->KW));
-    LLVMValueRef iw0 = add(e, isub(e, ow0, ci(e, t->pw)), mul(e, lkw.iv, ci(e, t->dw)));
-    /* the row pointer may sit before the row (padding lanes are off): no inbounds */
-    LLVMValueRef ptr = LLVMBuildGEP2(e->b, e->f32, xr, &iw0, 1, "");
-    LLVMValueRef xv;
-    if (interior) {
-        xv = LLVMBuildSelect(e->b, hvalid, vload(e, ptr, lanes), LLVMConstNull(e->vt), "");
-    } else {
-        LLVMValueRef iw = LLVMBuildAdd(e->b, splat_i64(e, iw0), t->lane_idx, "");
-        LLVMValueRef m = LLVMBuildAnd(e->b, LLVMBuildICmp(e->b, LLVMIntSGE, iw, splat_i64(e, ci(e, 0)), ""),
-                                      LLVMBuildICmp(e->b, LLVMIntSLT, iw, splat_i64(e, ci(e, t->W)), ""), "");
-        m = LLVMBuildAnd(e->b, m, hmask, "");
-        LLVMValueRef args[4] = {ptr, LLVMConstInt(e->i32, 4, 0), m, LLVMConstNull(e->vt)};
-        xv = LLVMBuildCall2(e->b, mfty, mload, args, 4, "");
-    }
+    LLVMValueRef iw0 = add(e, isub(e, mul(e, ow0, ci(e, t->sw)), ci(e, t->pw)), mul(e, lkw.iv, ci(e, t->dw)));
+    LLVMValueRef xv = row_lanes(e, xr, iw0, t->sw, t->W, lanes, hvalid, 0.0f, interior);
+    if (interior) xv = LLVMBuildSelect(e->b, hvalid, xv, LLVMConstNull(e->vt), "");
     LLVMValueRef widx = add(e, wtap, lkw.iv);
     for (int j = 0; j < t->OB; j++) {
         LLVMValueRef wv = vsplat(e, load(e, t->wo, add(e, widx, ci(e, j * per))));
@@ -247,15 +307,12 @@ static void lower_conv_tiled(const mj_cnn_lowering *c) {
     const mj_type *xt = &c->g->nodes[n->operands[0]].type, *wt = &c->g->nodes[n->operands[1]].type;
     const int32_t *a = n->attrs.i;
     tile t = {.c = c, .H = xt->dims[2], .W = xt->dims[3], .cg = wt->dims[1], .KH = wt->dims[2], .KW = wt->dims[3],
-              .sh = a[MJ_CONV_STRIDE], .ph = a[MJ_CONV_PADDING], .pw = a[MJ_CONV_PADDING + 1],
+              .sh = a[MJ_CONV_STRIDE], .sw = a[MJ_CONV_STRIDE + 1], .ph = a[MJ_CONV_PADDING], .pw = a[MJ_CONV_PADDING + 1],
               .dh = a[MJ_CONV_DILATION], .dw = a[MJ_CONV_DILATION + 1]};
     int64_t C = xt->dims[1], O = wt->dims[0], og = O / a[MJ_CONV_GROUPS], OH = n->type.dims[2], OW = n->type.dims[3];
     int64_t per = t.cg * t.KH * t.KW;
     t.OB = og % 8 == 0 ? 8 : og % 4 == 0 ? 4 : og % 2 == 0 ? 2 : 1;
     for (int j = 0; j < t.OB; j++) t.acc[j] = mj_emit_entry_alloca(e, e->vt);
-    LLVMValueRef lanes_c[64];
-    for (int l = 0; l < e->vw; l++) lanes_c[l] = LLVMConstInt(e->i64, (unsigned long long)l, 0);
-    t.lane_idx = LLVMConstVector(lanes_c, (unsigned)e->vw);
     LLVMValueRef bias = n->n_operands == 3 ? c->ops[2] : NULL;
 
     /* items (image, group of OB output channels, output row), in the
@@ -277,16 +334,21 @@ static void lower_conv_tiled(const mj_cnn_lowering *c) {
     int64_t full = OW / e->vw * e->vw;
     if (full > 0) {
         loop lw = loop_range(e, ci(e, 0), ci(e, full), e->vw);
-        /* every tap's lanes [ow0 - pw, ow0 - pw + vw - 1 + (KW-1)*dw] inside [0, W) */
-        LLVMValueRef lo = isub(e, lw.iv, ci(e, t.pw));
-        LLVMValueRef hi = add(e, lo, ci(e, e->vw - 1 + (t.KW - 1) * t.dw));
-        LLVMValueRef inside = LLVMBuildAnd(e->b, LLVMBuildICmp(e->b, LLVMIntSGE, lo, ci(e, 0), ""),
-                                           LLVMBuildICmp(e->b, LLVMIntSLT, hi, ci(e, t.W), ""), "");
-        ifb f = ifelse_begin(e, inside);
-        tile_body(&t, lw.iv, e->vw, true);
-        if_else(e, &f);
-        tile_body(&t, lw.iv, e->vw, false);
-        if_end(e, f.end);
+        if (t.sw <= STRIDED_LOAD_MAX) {
+            /* every tap's loads [ow0*sw - pw, ow0*sw - pw + sw*vw - 1 + (KW-1)*dw]
+             * inside [0, W) (the wide load's last sw - 1 floats included) */
+            LLVMValueRef lo = isub(e, mul(e, lw.iv, ci(e, t.sw)), ci(e, t.pw));
+            LLVMValueRef hi = add(e, lo, ci(e, t.sw * e->vw - 1 + (t.KW - 1) * t.dw));
+            LLVMValueRef inside = LLVMBuildAnd(e->b, LLVMBuildICmp(e->b, LLVMIntSGE, lo, ci(e, 0), ""),
+                                               LLVMBuildICmp(e->b, LLVMIntSLT, hi, ci(e, t.W), ""), "");
+            ifb f = ifelse_begin(e, inside);
+            tile_body(&t, lw.iv, e->vw, true);
+            if_else(e, &f);
+            tile_body(&t, lw.iv, e->vw, false);
+            if_end(e, f.end);
+        } else {
+            tile_body(&t, lw.iv, e->vw, false); /* wider strides gather everywhere */
+        }
         loop_end(e, &lw);
     }
     if (OW > full) tile_body(&t, ci(e, full), (int)(OW - full), false);
@@ -426,11 +488,12 @@ static void lower_batch_norm(const mj_cnn_lowering *c) {
 
 /* The pools: per image and channel plane, per output position, a window
  * [h0, h1) x [w0, w1) of in-bounds rows and columns, walked in row order. */
-static void lower_pool(const mj_cnn_lowering *c) {
+/* adaptive_avg_pool2d: per output element its window [floor(i*H/OH),
+ * ceil((i+1)*H/OH)) (and along W), summed in row order, / its size */
+static void lower_adaptive_pool(const mj_cnn_lowering *c) {
     mj_emit *e = c->e;
     const mj_node *n = &c->g->nodes[c->id];
     const mj_type *xt = &c->g->nodes[n->operands[0]].type;
-    const int32_t *a = n->attrs.i;
     int64_t H = xt->dims[2], W = xt->dims[3], OH = n->type.dims[2], OW = n->type.dims[3];
     LLVMValueRef NC = mul(e, dimv(c, xt->dims[0]), ci(e, xt->dims[1]));
     LLVMValueRef acc = entry_alloca(e);
@@ -439,47 +502,122 @@ static void lower_pool(const mj_cnn_lowering *c) {
     LLVMValueRef ys = at(e, c->y, mul(e, lp.iv, ci(e, OH * OW)));
     loop lh = loop_begin(e, ci(e, OH));
     loop lw = loop_begin(e, ci(e, OW));
-    LLVMValueRef h0, h1, w0, w1, divisor = NULL;
-    if (n->op == MJ_OP_ADAPTIVE_AVG_POOL2D) { /* [floor(i*H/OH), ceil((i+1)*H/OH)) */
-        h0 = idiv(e, mul(e, lh.iv, ci(e, H)), OH);
-        h1 = idiv(e, add(e, mul(e, add(e, lh.iv, ci(e, 1)), ci(e, H)), ci(e, OH - 1)), OH);
-        w0 = idiv(e, mul(e, lw.iv, ci(e, W)), OW);
-        w1 = idiv(e, add(e, mul(e, add(e, lw.iv, ci(e, 1)), ci(e, W)), ci(e, OW - 1)), OW);
-    } else {
-        int64_t kh = a[MJ_POOL_KERNEL], kw = a[MJ_POOL_KERNEL + 1], ph = a[MJ_POOL_PADDING], pw = a[MJ_POOL_PADDING + 1];
-        h0 = isub(e, mul(e, lh.iv, ci(e, a[MJ_POOL_STRIDE])), ci(e, ph));
-        w0 = isub(e, mul(e, lw.iv, ci(e, a[MJ_POOL_STRIDE + 1])), ci(e, pw));
-        h1 = imin(e, add(e, h0, ci(e, kh)), ci(e, H + ph));
-        w1 = imin(e, add(e, w0, ci(e, kw)), ci(e, W + pw));
-        if (n->op == MJ_OP_AVG_POOL2D && a[MJ_POOL_COUNT_PAD]) divisor = mul(e, isub(e, h1, h0), isub(e, w1, w0));
-        h0 = imax(e, h0, ci(e, 0));
-        w0 = imax(e, w0, ci(e, 0));
-        h1 = imin(e, h1, ci(e, H));
-        w1 = imin(e, w1, ci(e, W));
-    }
-    bool is_max = n->op == MJ_OP_MAX_POOL2D;
-    store(e, cf(e, is_max ? -INFINITY : 0.0f), acc, ci(e, 0));
+    LLVMValueRef h0 = idiv(e, mul(e, lh.iv, ci(e, H)), OH);
+    LLVMValueRef h1 = idiv(e, add(e, mul(e, add(e, lh.iv, ci(e, 1)), ci(e, H)), ci(e, OH - 1)), OH);
+    LLVMValueRef w0 = idiv(e, mul(e, lw.iv, ci(e, W)), OW);
+    LLVMValueRef w1 = idiv(e, add(e, mul(e, add(e, lw.iv, ci(e, 1)), ci(e, W)), ci(e, OW - 1)), OW);
+    store(e, cf(e, 0.0f), acc, ci(e, 0));
     loop li = loop_range(e, h0, h1, 1);
     LLVMValueRef xr = at(e, xs, mul(e, li.iv, ci(e, W)));
     loop lj = loop_range(e, w0, w1, 1);
-    LLVMValueRef v = load(e, xr, lj.iv), m = load(e, acc, ci(e, 0));
-    if (is_max) { /* if (v > m || isnan(v)) m = v; the first NaN ends the window (eager breaks) */
+    store(e, fadd(e, load(e, acc, ci(e, 0)), load(e, xr, lj.iv)), acc, ci(e, 0));
+    loop_end(e, &lj);
+    loop_end(e, &li);
+    LLVMValueRef divisor = mul(e, isub(e, h1, h0), isub(e, w1, w0));
+    store(e, fdiv(e, load(e, acc, ci(e, 0)), LLVMBuildSIToFP(e->b, divisor, e->f32, "")), ys,
+          add(e, mul(e, lh.iv, ci(e, OW)), lw.iv));
+    loop_end(e, &lw);
+    loop_end(e, &lh);
+    loop_end(e, &lp);
+}
+
+/* ---- max_pool2d and avg_pool2d: a vector of a row's outputs -------------
+ * Each lane is one output element and walks the whole KH x KW window in
+ * eager's row order; a tap outside the input (padding, or past its end
+ * with ceil_mode) reads -inf for max, 0.0f for avg, where eager skips it:
+ * max's step (v > m || isnan(v)) && !isnan(m) then keeps m, and the sum
+ * (from +0.0f, never -0.0f) plus +0.0f is the sum. So each lane's result
+ * is eager's, NaN included (the first NaN stays). The taps' inputs come as
+ * in the conv's tile: whole vectors inside the row, masked loads or
+ * gathers at its ends. */
+typedef struct pool {
+    const mj_cnn_lowering *c;
+    int64_t H, W, OW, KH, KW, sh, sw, ph, pw;
+    bool is_max, count_pad;
+    LLVMValueRef xs, ys, oh;
+} pool;
+
+static void pool_body(const pool *p, LLVMValueRef ow0, int lanes, bool interior) {
+    mj_emit *e = p->c->e;
+    LLVMValueRef pad = vsplat(e, cf(e, p->is_max ? -INFINITY : 0.0f));
+    LLVMValueRef acc = mj_emit_entry_alloca(e, e->vt);
+    LLVMBuildStore(e->b, pad, acc);
+    LLVMValueRef h0 = isub(e, mul(e, p->oh, ci(e, p->sh)), ci(e, p->ph));
+    LLVMValueRef w0 = isub(e, mul(e, ow0, ci(e, p->sw)), ci(e, p->pw));
+    loop lkh = loop_begin(e, ci(e, p->KH));
+    LLVMValueRef ih = add(e, h0, lkh.iv);
+    LLVMValueRef hvalid = LLVMBuildAnd(e->b, LLVMBuildICmp(e->b, LLVMIntSGE, ih, ci(e, 0), ""),
+                                       LLVMBuildICmp(e->b, LLVMIntSLT, ih, ci(e, p->H), ""), "");
+    LLVMValueRef xr = at(e, p->xs, mul(e, LLVMBuildSelect(e->b, hvalid, ih, ci(e, 0), ""), ci(e, p->W)));
+    loop lkw = loop_begin(e, ci(e, p->KW));
+    LLVMValueRef v = row_lanes(e, xr, add(e, w0, lkw.iv), p->sw, p->W, lanes, hvalid, p->is_max ? -INFINITY : 0.0f, interior);
+    if (interior) v = LLVMBuildSelect(e->b, hvalid, v, pad, "");
+    LLVMValueRef m = LLVMBuildLoad2(e->b, e->vt, acc, "");
+    if (p->is_max) {
         LLVMValueRef take = LLVMBuildOr(e->b, LLVMBuildFCmp(e->b, LLVMRealOGT, v, m, ""),
                                         LLVMBuildFCmp(e->b, LLVMRealUNO, v, v, ""), "");
         take = LLVMBuildAnd(e->b, take, LLVMBuildFCmp(e->b, LLVMRealORD, m, m, ""), "");
-        store(e, LLVMBuildSelect(e->b, take, v, m, ""), acc, ci(e, 0));
+        m = LLVMBuildSelect(e->b, take, v, m, "");
     } else {
-        store(e, fadd(e, m, v), acc, ci(e, 0));
+        m = fadd(e, m, v);
     }
-    loop_end(e, &lj);
-    loop_end(e, &li);
-    LLVMValueRef res = load(e, acc, ci(e, 0));
-    if (!is_max) {
-        if (!divisor) divisor = mul(e, isub(e, h1, h0), isub(e, w1, w0));
-        res = fdiv(e, res, LLVMBuildSIToFP(e->b, divisor, e->f32, ""));
+    LLVMBuildStore(e->b, m, acc);
+    loop_end(e, &lkw);
+    loop_end(e, &lkh);
+    LLVMValueRef res = LLVMBuildLoad2(e->b, e->vt, acc, "");
+    if (!p->is_max) { /* eager's divisor (pool_window in src/nn/cnn.c), per lane */
+        LLVMValueRef idx[64];
+        for (int l = 0; l < e->vw; l++) idx[l] = LLVMConstInt(e->i64, (unsigned long long)(l * p->sw), 0);
+        LLVMValueRef lw0 = LLVMBuildAdd(e->b, splat_i64(e, w0), LLVMConstVector(idx, (unsigned)e->vw), "");
+        LLVMValueRef hlo = h0, hhi = imin(e, add(e, h0, ci(e, p->KH)), ci(e, p->H + p->ph));
+        LLVMValueRef wlo = lw0, whi = LLVMBuildAdd(e->b, lw0, splat_i64(e, ci(e, p->KW)), "");
+        LLVMValueRef wcap = splat_i64(e, ci(e, p->count_pad ? p->W + p->pw : p->W));
+        whi = LLVMBuildSelect(e->b, LLVMBuildICmp(e->b, LLVMIntSLT, whi, wcap, ""), whi, wcap, "");
+        if (!p->count_pad) {
+            hlo = imax(e, h0, ci(e, 0));
+            hhi = imin(e, hhi, ci(e, p->H));
+            LLVMValueRef zero = splat_i64(e, ci(e, 0));
+            wlo = LLVMBuildSelect(e->b, LLVMBuildICmp(e->b, LLVMIntSGT, lw0, zero, ""), lw0, zero, "");
+        }
+        LLVMValueRef div = LLVMBuildMul(e->b, splat_i64(e, isub(e, hhi, hlo)), LLVMBuildSub(e->b, whi, wlo, ""), "");
+        res = fdiv(e, res, LLVMBuildSIToFP(e->b, div, e->vt, ""));
     }
-    store(e, res, ys, add(e, mul(e, lh.iv, ci(e, OW)), lw.iv));
-    loop_end(e, &lw);
+    vstore(e, res, at(e, p->ys, add(e, mul(e, p->oh, ci(e, p->OW)), ow0)), lanes);
+}
+static void lower_pool(const mj_cnn_lowering *c) {
+    mj_emit *e = c->e;
+    const mj_node *n = &c->g->nodes[c->id];
+    const mj_type *xt = &c->g->nodes[n->operands[0]].type;
+    const int32_t *a = n->attrs.i;
+    int64_t OH = n->type.dims[2];
+    pool p = {.c = c, .H = xt->dims[2], .W = xt->dims[3], .OW = n->type.dims[3], .KH = a[MJ_POOL_KERNEL],
+              .KW = a[MJ_POOL_KERNEL + 1], .sh = a[MJ_POOL_STRIDE], .sw = a[MJ_POOL_STRIDE + 1],
+              .ph = a[MJ_POOL_PADDING], .pw = a[MJ_POOL_PADDING + 1], .is_max = n->op == MJ_OP_MAX_POOL2D,
+              .count_pad = n->op == MJ_OP_AVG_POOL2D && a[MJ_POOL_COUNT_PAD]};
+    loop lp = loop_begin(e, mul(e, dimv(c, xt->dims[0]), ci(e, xt->dims[1])));
+    p.xs = at(e, c->ops[0], mul(e, lp.iv, ci(e, p.H * p.W)));
+    p.ys = at(e, c->y, mul(e, lp.iv, ci(e, OH * p.OW)));
+    loop lh = loop_begin(e, ci(e, OH));
+    p.oh = lh.iv;
+    int64_t full = p.OW / e->vw * e->vw;
+    if (full > 0) {
+        loop lw = loop_range(e, ci(e, 0), ci(e, full), e->vw);
+        if (p.sw <= STRIDED_LOAD_MAX) { /* as the conv's tile: the wide loads inside the row */
+            LLVMValueRef lo = isub(e, mul(e, lw.iv, ci(e, p.sw)), ci(e, p.pw));
+            LLVMValueRef hi = add(e, lo, ci(e, p.sw * e->vw - 1 + p.KW - 1));
+            LLVMValueRef inside = LLVMBuildAnd(e->b, LLVMBuildICmp(e->b, LLVMIntSGE, lo, ci(e, 0), ""),
+                                               LLVMBuildICmp(e->b, LLVMIntSLT, hi, ci(e, p.W), ""), "");
+            ifb f = ifelse_begin(e, inside);
+            pool_body(&p, lw.iv, e->vw, true);
+            if_else(e, &f);
+            pool_body(&p, lw.iv, e->vw, false);
+            if_end(e, f.end);
+        } else {
+            pool_body(&p, lw.iv, e->vw, false);
+        }
+        loop_end(e, &lw);
+    }
+    if (p.OW > full) pool_body(&p, ci(e, full), (int)(p.OW - full), false);
     loop_end(e, &lh);
     loop_end(e, &lp);
 }
@@ -489,8 +627,8 @@ mj_status mj_lower_cnn(const mj_cnn_lowering *c) {
     case MJ_OP_CONV2D: return lower_conv(c) ? MJ_OK : MJ_ERR_NOMEM;
     case MJ_OP_BATCH_NORM: lower_batch_norm(c); return MJ_OK;
     case MJ_OP_MAX_POOL2D:
-    case MJ_OP_AVG_POOL2D:
-    case MJ_OP_ADAPTIVE_AVG_POOL2D: lower_pool(c); return MJ_OK;
+    case MJ_OP_AVG_POOL2D: lower_pool(c); return MJ_OK;
+    case MJ_OP_ADAPTIVE_AVG_POOL2D: lower_adaptive_pool(c); return MJ_OK;
     MJ_CASE_LEAF_OPS:
     MJ_CASE_ACT_OPS:
     MJ_CASE_UNARY_MATH_OPS:

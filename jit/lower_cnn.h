@@ -69,8 +69,8 @@ mj_status mj_lower_cnn(const mj_cnn_lowering *c);
 /* How conv2d id is lowered, given its frozen weight w (NULL: live) and
  * whether the body has the sparse scratch (frozen): from the table of its
  * nonzero taps (jit/lower_conv_sparse.c), as a register tile of output
- * channels times a vector of a row (stride 1 along W), or per output
- * plane. Each shares its work between column mode's threads. The plan
+ * channels times a vector of a row, or per output plane (frozen, sparse,
+ * with stride > 1 along W). Each shares its work between column mode's threads. The plan
  * (jit/lower_plan.c) decides it once; the lowering follows the plan. */
 typedef enum mj_conv_lowering { MJ_CONV_SPARSE, MJ_CONV_TILED, MJ_CONV_PLANES } mj_conv_lowering;
 mj_conv_lowering mj_conv_lowering_of(const mj_graph *g, int32_t id, const float *w, bool scratch, int vw);

@@ -205,7 +205,7 @@ Test(cnn_jit, pool_modules_with_ceil_mode_trace_and_compile) {
  * a NaN weight makes. */
 Test(cnn_jit, non_finite_values_under_zero_masks) {
     mj_rng rng = mjt_rng(33);
-    for (int stride = 1; stride <= 2; stride++) /* frozen: the register tile, then the tap table */
+    for (int stride = 1; stride <= 2; stride++) /* the register tile, then with strided loads */
         non_finite_conv(stride, &rng);
     mj_module *pool = NULL;
     OK(mj_max_pool2d_new(&pool, (int64_t[]){3, 3}, (int64_t[]){2, 2}, (int64_t[]){1, 1}));
@@ -226,15 +226,17 @@ Test(cnn_jit, non_finite_values_under_zero_masks) {
 
 /* Frozen, a conv with stride 1 along W takes its taps from a table of its
  * nonzero weights when that is cheaper than the dense tile (at 40% and 2%
- * density here: jit/lower_conv_sparse.c), one with stride 2 along W from
- * the plane accumulator's table; every live one reads the weight. Each way
- * is bit for bit eager. */
-Test(cnn_jit, frozen_conv_uses_a_tap_table_when_sparse_or_strided) {
+ * density here: jit/lower_conv_sparse.c); one with stride 2 along W takes
+ * the register tile at 40% and the plane accumulator's table at 2%; every
+ * live one reads the weight. Each way is bit for bit eager. */
+Test(cnn_jit, frozen_conv_uses_a_tap_table_when_sparse) {
     mj_rng rng = mjt_rng(34);
-    for (int kind = 0; kind < 3; kind++) { /* stride 1 at 40%, stride 2 at 40%, stride 1 at 2% */
-        mjc_geometry geo = {.stride = kind == 1 ? 2 : 1, .pad = 1, .dil = 1, .groups = 1, .k = 3};
+    /* stride 1 at 40% (the tap table), stride 2 at 40% (the register tile,
+     * which multiplies the zeros too), stride 1 and 2 at 2% (the taps) */
+    for (int kind = 0; kind < 4; kind++) {
+        mjc_geometry geo = {.stride = kind % 2 ? 2 : 1, .pad = 1, .dil = 1, .groups = 1, .k = 3};
         mj_module *m = mjc_conv_module(&geo, &rng);
-        if (kind == 2) { /* a sparser mask: 2 taps per output channel */
+        if (kind >= 2) { /* a sparser mask: 2 taps per output channel */
             mj_tensor *mask = NULL;
             OK(mj_tensor_zeros(&mask, 4, (int64_t[]){MJC_GEO_O, MJC_GEO_C, 3, 3}));
             for (int64_t o = 0; o < MJC_GEO_O; o++) {
@@ -255,10 +257,9 @@ Test(cnn_jit, frozen_conv_uses_a_tap_table_when_sparse_or_strided) {
         for (int k = 0; k < 2; k++) {
             mj_compiled *c = mjt_compile(jit, g, mjt_modes[k]);
             bool frozen = mjt_modes[k].frozen;
-            cr_expect_eq(mjt_ir_has(c, ".staps.start"), frozen && kind != 1, "%s, kind %d", mjt_modes[k].name,
-                         kind);
-            cr_expect_eq(mjt_ir_has(c, ".taps.start"), frozen && kind == 1, "%s, kind %d", mjt_modes[k].name,
-                         kind);
+            cr_expect_eq(mjt_ir_has(c, ".staps.start"), frozen && geo.stride == 1, "%s, kind %d",
+                         mjt_modes[k].name, kind);
+            cr_expect_eq(mjt_ir_has(c, ".taps.start"), frozen && kind == 3, "%s, kind %d", mjt_modes[k].name, kind);
             mj_tensor *got = mjt_run(c, x);
             cr_expect(mj_tensor_equal(got, want), "%s, kind %d", mjt_modes[k].name, kind);
             mj_tensor_release(got);
@@ -432,9 +433,10 @@ Test(cnn_jit, frozen_sparse_conv_up_to_the_measured_crossover) {
 /* Column mode (fewer images than threads): the threads share a conv.
  * Frozen sparse (the tap table): they split its padding copy, claim its
  * tiles and its output channels' rows, each with its own copies and partial
- * sums; live (the register tile): they claim its rows of output channel
- * groups; stride 2 along W (per plane): they claim its planes. Every output
- * element is still one thread's, its taps in the same order: at 2 and 3
+ * sums; the register tile (live, and frozen with stride 2 along W): they
+ * claim its rows of output channel groups; the planes' tap table (frozen,
+ * stride 2 along W, 5%): they claim its planes. Every output element is
+ * still one thread's, its taps in the same order: at 2 and 3
  * threads, batches 1 and 2 (2 threads at batch 2 split the images instead),
  * the bits of one thread, and in exact mode eager's. Cases: rows aligned
  * (the tiles store y), stride 2 along H (a run per row), unaligned rows with
@@ -447,13 +449,16 @@ Test(cnn_jit, convs_shared_by_threads_bit_identical) {
         {.C = 16, .O = 16, .H = 32, .W = 40, .k = 3, .sh = 1, .sw = 1, .pad = 1, .dil = 1, .groups = 1, .bias = true},
         {.C = 24, .O = 16, .H = 48, .W = 30, .k = 3, .sh = 2, .sw = 1, .pad = 1, .dil = 1, .groups = 1, .bias = false},
         {.C = 32, .O = 32, .H = 60, .W = 15, .k = 3, .sh = 1, .sw = 1, .pad = 1, .dil = 1, .groups = 2, .bias = true},
-        /* stride 2 along W: per output plane in every mode */
+        /* stride 2 along W: the register tile's strided loads, frozen too;
+         * then at 5%, where frozen takes the planes' tap table */
+        {.C = 32, .O = 32, .H = 40, .W = 40, .k = 3, .sh = 1, .sw = 2, .pad = 1, .dil = 1, .groups = 1, .bias = true},
         {.C = 32, .O = 32, .H = 40, .W = 40, .k = 3, .sh = 1, .sw = 2, .pad = 1, .dil = 1, .groups = 1, .bias = true},
     };
+    const double density[] = {0.2, 0.2, 0.2, 0.2, 0.05};
     const int modes[] = {1, 0, 2}; /* exact frozen (sparse), exact live, fast live (register tile) */
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         const sconv_case *k = &cases[i];
-        mj_module *m = masked_sconv(k, 0.2, &rng);
+        mj_module *m = masked_sconv(k, density[i], &rng);
         mj_tensor *x0 = mjc_randn(4, (int64_t[]){1, k->C, k->H, k->W}, &rng);
         mj_graph *g = mjt_trace(m, x0);
         for (size_t mi = 0; mi < sizeof modes / sizeof modes[0]; mi++) {
@@ -467,9 +472,11 @@ Test(cnn_jit, convs_shared_by_threads_bit_identical) {
                 o.threads = t + 1;
                 c[t] = mjt_compile_with(jit, g, &o);
             }
-            bool sparse = md.frozen && k->sw == 1;
+            bool sparse = md.frozen && k->sw == 1, planes = md.frozen && density[i] < 0.1;
             cr_expect_eq(mjt_ir_has(c[0], ".staps.start"), sparse, "case %zu (%s): sparse tap table %d", i, md.name,
                          sparse);
+            cr_expect_eq(mjt_ir_has(c[0], ".taps.start"), planes, "case %zu (%s): planes' tap table %d", i, md.name,
+                         planes);
             for (int64_t batch = 1; batch <= 2; batch++) {
                 mj_tensor *x = mjc_randn(4, (int64_t[]){batch, k->C, k->H, k->W}, &rng);
                 mj_tensor *want = mjt_forward(m, x), *got[3];
@@ -493,6 +500,111 @@ Test(cnn_jit, convs_shared_by_threads_bit_identical) {
         mj_tensor_release(x0);
         mjt_free_traced(g, m);
     }
+}
+
+/* The register tile with stride > 1 along W (jit/lower_cnn.c): strides 2
+ * to 4 load the span of a vector's lanes and shuffle, masked at the row's
+ * ends; wider strides gather. Rows wide enough for whole vectors inside
+ * the row, at its ends and a part vector; padding, dilation, groups, bias,
+ * 30% masks (live and frozen take the tile), batches 1 and 3 (NaN and inf
+ * inputs in 3). Exact live and frozen are eager bit for bit (frozen on
+ * finite inputs: it skips zero weights), fast within tolerance; on the
+ * machine's widest vectors and with AVX2 forced. */
+static void check_strided_conv(mj_jit *j, const sconv_case *k) {
+    mj_rng rng;
+    mj_rng_seed(&rng, 39);
+    mj_module *m = masked_sconv(k, 0.3, &rng);
+    mj_tensor *x0 = mjc_randn(4, (int64_t[]){1, k->C, k->H, k->W}, &rng);
+    mj_graph *g = mjt_trace(m, x0);
+    for (int md = 0; md < 4; md++) {
+        mj_compiled *c = mjt_compile(j, g, mjt_modes[md]);
+        cr_expect(!mjt_ir_has(c, "taps.start"), "stride %lld, k%lld, %s: not the register tile", (long long)k->sw,
+                  (long long)k->k, mjt_modes[md].name);
+        for (int64_t batch = 1; batch <= 3; batch += 2) {
+            mj_tensor *x = mjc_randn(4, (int64_t[]){batch, k->C, k->H, k->W}, &rng);
+            if (batch == 3) non_finite_input(x);
+            mj_tensor *want = mjt_forward(m, x), *got = mjt_run(c, x);
+            if (mjt_modes[md].numeric == MJ_NUMERIC_EXACT && (batch == 1 || !mjt_modes[md].frozen))
+                cr_expect(mj_tensor_equal(got, want), "stride %lld, k%lld, %s, batch %lld: differs from eager",
+                          (long long)k->sw, (long long)k->k, mjt_modes[md].name, (long long)batch);
+            else if (batch == 1)
+                MJT_EXPECT_CLOSE(got, want, MJ_RTOL_F32, MJ_ATOL_F32, "stride %lld, k%lld, %s", (long long)k->sw,
+                                 (long long)k->k, mjt_modes[md].name);
+            MJT_RELEASE(x, want, got);
+        }
+        mj_compiled_free(c);
+    }
+    mj_tensor_release(x0);
+    mjt_free_traced(g, m);
+}
+
+Test(cnn_jit, strided_convs_take_the_register_tile_bit_for_bit) {
+    const sconv_case cases[] = {
+        /* ResNet's stem, narrower: 7x7 stride 2, 50 outputs a row */
+        {.C = 3, .O = 8, .H = 12, .W = 100, .k = 7, .sh = 2, .sw = 2, .pad = 3, .dil = 1, .groups = 1, .bias = false},
+        /* stride 2 along W only, dilation 2, two groups */
+        {.C = 4, .O = 8, .H = 7, .W = 75, .k = 3, .sh = 1, .sw = 2, .pad = 2, .dil = 2, .groups = 2, .bias = true},
+        {.C = 5, .O = 6, .H = 9, .W = 70, .k = 3, .sh = 3, .sw = 3, .pad = 1, .dil = 1, .groups = 1, .bias = true},
+        /* patches: 4x4 stride 4, no padding */
+        {.C = 3, .O = 4, .H = 8, .W = 136, .k = 4, .sh = 4, .sw = 4, .pad = 0, .dil = 1, .groups = 1, .bias = true},
+        /* gathers */
+        {.C = 3, .O = 4, .H = 10, .W = 95, .k = 5, .sh = 5, .sw = 5, .pad = 2, .dil = 1, .groups = 1, .bias = true},
+    };
+    mj_jit *j2 = mjt_avx2_jit();
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        check_strided_conv(jit, &cases[i]);
+        check_strided_conv(j2, &cases[i]);
+    }
+    mj_jit_free(j2);
+}
+
+/* max_pool2d and avg_pool2d on rows wide enough for whole vectors inside
+ * the row (jit/lower_cnn.c): strides 1 to 3 (loads) and 5 (gathers),
+ * padding, ceil_mode, both divisors; in every mode, NaN and inf inputs
+ * too, against the interpreter: exact and frozen bit for bit, fast within
+ * tolerance (its average may divide by a reciprocal); with AVX2 forced. */
+Test(cnn_jit, wide_pools_are_eager_bit_for_bit) {
+    const char *text = "maskjit-ir 1\n"
+                       "%0 = input \"x\" : f32[B,2,9,83]\n"
+                       "%1 = max_pool2d %0 {kernel=[3,3], stride=[2,2], padding=[1,1]} : f32[B,2,5,42]\n"
+                       "%2 = max_pool2d %0 {kernel=[3,3], stride=[1,1], padding=[1,1]} : f32[B,2,9,83]\n"
+                       "%3 = avg_pool2d %0 {kernel=[3,3], stride=[2,3], padding=[1,1], count_include_pad=true, "
+                       "ceil_mode=true} : f32[B,2,5,28]\n"
+                       "%4 = avg_pool2d %0 {kernel=[2,3], stride=[2,2], padding=[1,1], count_include_pad=false, "
+                       "ceil_mode=true} : f32[B,2,5,42]\n"
+                       "%5 = max_pool2d %0 {kernel=[5,5], stride=[5,5], padding=[2,2], ceil_mode=true} : f32[B,2,3,17]\n"
+                       "return %1, %2, %3, %4, %5\n";
+    mj_graph *g = NULL;
+    OK(mj_graph_parse(text, &g));
+    mj_rng rng = mjt_rng(40);
+    mj_jit *j2 = mjt_avx2_jit();
+    for (int k = 0; k < 8; k++) {
+        mjt_mode md = mjt_modes[k % 4];
+        mj_compiled *c = mjt_compile(k < 4 ? jit : j2, g, md);
+        for (int64_t batch = 1; batch <= 3; batch += 2) {
+            mj_tensor *x = mjc_randn(4, (int64_t[]){batch, 2, 9, 83}, &rng);
+            if (batch == 3) {
+                non_finite_input(x);
+                mj_tensor_data_mut(x)[1000] = -NAN;
+            }
+            mj_tensor *want[5] = {0}, *got[5] = {0};
+            OK(mj_graph_run_n(g, 1, (const mj_tensor *const *)&x, 5, want));
+            OK(mj_compiled_run_n(c, 1, (const mj_tensor *const *)&x, 5, got));
+            for (int o = 0; o < 5; o++) {
+                bool is_avg = o == 2 || o == 3;
+                if (md.numeric == MJ_NUMERIC_EXACT || !is_avg)
+                    cr_expect(mj_tensor_equal(got[o], want[o]), "output %d (%s%s, batch %lld)", o, md.name,
+                              k < 4 ? "" : ", AVX2", (long long)batch);
+                else if (batch == 1)
+                    MJT_EXPECT_CLOSE(got[o], want[o], MJ_RTOL_F32, MJ_ATOL_F32, "output %d (%s)", o, md.name);
+                MJT_RELEASE(want[o], got[o]);
+            }
+            mj_tensor_release(x);
+        }
+        mj_compiled_free(c);
+    }
+    mj_jit_free(j2);
+    mj_graph_free(g);
 }
 
 /* MASKJIT_JIT_FEATURES forcing AVX2: the sparse conv's tiles are 8 wide. */
