@@ -88,6 +88,8 @@ void mj_emit_else(mj_emit *e, const mj_ifelse *f);
 LLVMValueRef mj_emit_libm(mj_emit *e, const char *name, int arity); /* declared once per module */
 LLVMValueRef mj_emit_call_libm(mj_emit *e, const char *name, LLVMValueRef x);
 LLVMValueRef mj_emit_call_libm2(mj_emit *e, const char *name, LLVMValueRef x, LLVMValueRef y);
+/* IEEE square root (scalar or vector), the bits of libm's sqrtf, inline */
+LLVMValueRef mj_emit_sqrtf(mj_emit *e, LLVMValueRef x);
 /* mj_expf / mj_geluf / mj_tanhf of src/core/vmath.c on a float or a vector of floats */
 LLVMValueRef mj_emit_expf(mj_emit *e, LLVMValueRef x);
 LLVMValueRef mj_emit_geluf(mj_emit *e, LLVMValueRef x);
@@ -180,6 +182,7 @@ typedef mj_ifelse ifb;
 #define libm(c, name, arity) mj_emit_libm(MJ_EMIT_CTX(c), (name), (arity))
 #define call_libm(c, name, x) mj_emit_call_libm(MJ_EMIT_CTX(c), (name), (x))
 #define emit_expf(c, x) mj_emit_expf(MJ_EMIT_CTX(c), (x))
+#define vsqrt(c, x) mj_emit_sqrtf(MJ_EMIT_CTX(c), (x))
 #define call_libm2(c, name, x, y) mj_emit_call_libm2(MJ_EMIT_CTX(c), (name), (x), (y))
 #define emit_act(c, act, x) mj_emit_act(MJ_EMIT_CTX(c), (act), (x))
 #define vsplat(c, s) mj_emit_splat(MJ_EMIT_CTX(c), (s))

@@ -111,7 +111,7 @@ static LLVMValueRef fma_at(mj_emit *e, LLVMValueRef yr, LLVMValueRef q, LLVMValu
  * beta = b - mean * alpha (1 and 0.0f without w, b); y = fmaf(x, alpha, beta) */
 static void bn_coefs(mj_emit *e, const LLVMValueRef *p, float eps, LLVMValueRef ch, LLVMValueRef *alpha,
                      LLVMValueRef *beta) {
-    LLVMValueRef sd = call_libm(e, "sqrtf", fadd(e, load(e, p[1], ch), cf(e, eps)));
+    LLVMValueRef sd = vsqrt(e, fadd(e, load(e, p[1], ch), cf(e, eps)));
     *alpha = fdiv(e, p[2] ? load(e, p[2], ch) : cf(e, 1.0f), sd);
     *beta = fsub(e, p[3] ? load(e, p[3], ch) : cf(e, 0.0f), fmul(e, load(e, p[0], ch), *alpha));
 }

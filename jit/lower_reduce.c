@@ -349,7 +349,7 @@ static void emit_ln_out(lw *w, const mj_node *n, int R, LLVMValueRef const *xr, 
     LLVMValueRef nf = count_f(w, N);
     for (int r = 0; r < R; r++) {
         LLVMValueRef var_eps = fadd(w, fdiv(w, ld_acc(w, sq[r]), nf), cf(w, n->attrs.f[0]));
-        LLVMValueRef rstd = fdiv(w, cf(w, 1.0f), call_libm(w, "sqrtf", var_eps));
+        LLVMValueRef rstd = fdiv(w, cf(w, 1.0f), vsqrt(w, var_eps));
         loop lj = loop_begin(w, N);
         LLVMValueRef v = fmul(w, fsub(w, load(w, xr[r], lj.iv), mean[r]), rstd);
         if (wt) v = fmul(w, v, load(w, wt, lj.iv));

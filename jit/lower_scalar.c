@@ -14,14 +14,14 @@ static LLVMValueRef emit_unary(lw *w, const mj_node *n, LLVMValueRef x) {
     case MJ_OP_NEG: return fpflags(w, LLVMBuildFNeg(w->e.b, x, ""));
     case MJ_OP_EXP: return emit_expf(w, x);
     case MJ_OP_LOG: return call_libm(w, "logf", x);
-    case MJ_OP_SQRT: return call_libm(w, "sqrtf", x);
-    case MJ_OP_RSQRT: return fdiv(w, one, call_libm(w, "sqrtf", x));
+    case MJ_OP_SQRT: return vsqrt(w, x);
+    case MJ_OP_RSQRT: return fdiv(w, one, vsqrt(w, x));
     case MJ_OP_POW: {
         float e = a->f[0];
         if (e == 2.0f) return fmul(w, x, x);
         if (e == 3.0f) return fmul(w, fmul(w, x, x), x);
-        if (e == 0.5f) return call_libm(w, "sqrtf", x);
-        if (e == -0.5f) return fdiv(w, one, call_libm(w, "sqrtf", x));
+        if (e == 0.5f) return vsqrt(w, x);
+        if (e == -0.5f) return fdiv(w, one, vsqrt(w, x));
         if (e == -1.0f) return fdiv(w, one, x);
         if (e == -2.0f) return fdiv(w, one, fmul(w, x, x));
         if (e == 1.0f) return x;
