@@ -4,23 +4,14 @@
  * differ so that LLVM can vectorise across output positions, never across
  * a reduction.
  *
- * conv2d: per image and output channel, the output plane is the
- * accumulator. It starts at +0.0f; then for each tap (c, kh, kw) in eager's
- * order, every output element does acc = fmaf(x, w, acc) with its input
- * element; the inner loop runs along a row of output positions (vectorised,
- * each lane its own element). Positions whose input is padding multiply 0:
- * with a finite weight that step leaves acc unchanged (acc is never -0:
- * docs/numerics.md), so only a weight that is NaN or inf takes the loop over
- * padded positions. Frozen, the taps come from a table that leaves out zero
- * weights, the contract of the frozen linear layers (exact for finite
- * inputs), and a channel without taps is its bias.
+ * conv2d: a register tile of output channels times a vector of a row's
+ * output positions (lower_conv_tiled), each lane its own output element:
+ * +0.0f, then acc = fmaf(x, w, acc) for each tap (c, kh, kw) in eager's
+ * order, padding lanes reading 0.0f as eager's x. Frozen, when the nonzero
+ * taps cost less than the tile, jit/lower_conv_sparse.c runs them instead
+ * (the contract of the frozen linear layers: exact for finite inputs).
  *
- * A register tile replaces the plane accumulator (see lower_conv_tiled)
- * unless the conv is frozen and sparse: with stride 1 along W,
- * jit/lower_conv_sparse.c runs the nonzero taps when they are cheaper than
- * the tile; with other strides, below TILE_MIN_DENSITY the planes run them.
- *
- * Each way's store (value + b[o]) then runs the conv's tail (the plan's:
+ * Either way's store (value + b[o]) then runs the conv's tail (the plan's:
  * batch_norm, activations, a residual add; mj_conv_tail_apply), each step
  * the separate op's operations, so that BN, ReLU and the residual of a
  * ResNet block cost no passes over memory. */
@@ -42,69 +33,6 @@ static LLVMValueRef imin(mj_emit *e, LLVMValueRef a, LLVMValueRef b) {
 }
 static LLVMValueRef imax(mj_emit *e, LLVMValueRef a, LLVMValueRef b) {
     return LLVMBuildSelect(e->b, LLVMBuildICmp(e->b, LLVMIntSGT, a, b, ""), a, b, "");
-}
-
-/* Output positions q in [*lo, *hi) read input q*s + off inside [0, len);
- * out positions in all. */
-static void valid_range(mj_emit *e, LLVMValueRef off, int64_t s, int64_t len, int64_t out, LLVMValueRef *lo,
-                        LLVMValueRef *hi) {
-    LLVMValueRef zero = ci(e, 0), lim = ci(e, out);
-    LLVMValueRef neg = LLVMBuildICmp(e->b, LLVMIntSLT, off, zero, "");
-    LLVMValueRef first = LLVMBuildSelect(e->b, neg, idiv(e, add(e, isub(e, zero, off), ci(e, s - 1)), s), zero, "");
-    *lo = imin(e, first, lim);
-    LLVMValueRef num = isub(e, ci(e, len - 1), off);
-    LLVMValueRef end = LLVMBuildSelect(e->b, LLVMBuildICmp(e->b, LLVMIntSLT, num, zero, ""), zero,
-                                       add(e, idiv(e, num, s), ci(e, 1)), "");
-    *hi = imax(e, imin(e, end, lim), *lo);
-}
-
-/* The frozen tap table of a conv weight [O, cg, KH, KW]: per output channel
- * its nonzero weights (NaN and inf are nonzero) in eager's order, as
- * (index c*KH*KW + kh*KW + kw, value); start[o] .. start[o + 1]. */
-typedef struct taps {
-    int32_t *start, *idx;
-    float *val;
-    int64_t n;
-} taps;
-
-static bool build_taps(const float *w, int64_t O, int64_t per, taps *t) {
-    int64_t nz = 0;
-    for (int64_t i = 0; i < O * per; i++) nz += w[i] != 0.0f || isnan(w[i]);
-    MJ_ASSERT(nz < INT32_MAX && per < INT32_MAX); /* frozen weights are far smaller (mj_jit_check_memory) */
-    t->start = malloc((size_t)(O + 1) * sizeof *t->start);
-    t->idx = malloc((size_t)(nz + 1) * sizeof *t->idx);
-    t->val = malloc((size_t)(nz + 1) * sizeof *t->val);
-    if (!t->start || !t->idx || !t->val) return false;
-    t->n = 0;
-    for (int64_t o = 0; o < O; o++) {
-        t->start[o] = (int32_t)t->n;
-        for (int64_t k = 0; k < per; k++) {
-            float v = w[o * per + k];
-            if (v == 0.0f && !isnan(v)) continue;
-            t->idx[t->n] = (int32_t)k;
-            t->val[t->n++] = v;
-        }
-    }
-    t->start[O] = (int32_t)t->n;
-    t->idx[t->n] = 0; /* the tables are never empty */
-    t->val[t->n] = 0.0f;
-    return true;
-}
-
-static void free_taps(taps *t) {
-    free(t->start);
-    free(t->idx);
-    free(t->val);
-}
-
-static LLVMValueRef table(const mj_cnn_lowering *c, const char *what, const void *data, size_t bytes) {
-    char name[160];
-    snprintf(name, sizeof name, "%s.%s", c->prefix, what);
-    return mj_llvm_const_bytes(c->e->m, c->e->ctx, name, data, bytes);
-}
-
-static LLVMValueRef fma_at(mj_emit *e, LLVMValueRef yr, LLVMValueRef q, LLVMValueRef xv, LLVMValueRef wv) {
-    return vmuladd(e, load(e, yr, q), xv, wv);
 }
 
 /* batch_norm's per-channel values, as eager: alpha = w / sqrtf(var + eps),
@@ -142,29 +70,13 @@ LLVMValueRef mj_conv_tail_apply(const mj_cnn_lowering *c, const mj_conv_coefs *k
     return v;
 }
 
-/* Frozen, when jit/lower_conv_sparse.c does not take the conv (stride > 1
- * along W, no scratch, or offsets beyond int32): at or above this density
- * the register tile (which multiplies the zeros too, as eager does) beats
- * the planes' tap table (3x3 64->64 at 56x56, one thread: at 20% density
- * tile 10-12 ms, taps 15 ms; at 5% tile ~9 ms, taps 6.5 ms. ResNet's 7x7
- * stride-2 stem, 3->64 at 224x224, AVX-512, at 15%: tile 2.35 ms, taps
- * 2.44-2.67 ms). */
-#define TILE_MIN_DENSITY 0.1
-
-static bool dense_enough(const float *w, int64_t n) {
-    int64_t nz = 0;
-    for (int64_t i = 0; i < n; i++) nz += w[i] != 0.0f || isnan(w[i]);
-    return (double)nz >= TILE_MIN_DENSITY * (double)n;
-}
-
 mj_conv_lowering mj_conv_lowering_of(const mj_graph *g, int32_t id, const float *w, bool scratch, int vw) {
     const mj_node *n = &g->nodes[id];
     MJ_ASSERT(n->op == MJ_OP_CONV2D);
+    /* the tile multiplies the zeros too (as eager does): the sparse conv
+     * when its nonzero taps are cheaper (SPARSE_FMA_COST) */
     if (w && scratch && mj_conv_sparse_takes(g, id, w, vw)) return MJ_CONV_SPARSE;
-    const mj_type *wt = &g->nodes[n->operands[1]].type;
-    int64_t numel = wt->dims[0] * wt->dims[1] * wt->dims[2] * wt->dims[3];
-    if (!w || dense_enough(w, numel)) return MJ_CONV_TILED;
-    return MJ_CONV_PLANES;
+    return MJ_CONV_TILED;
 }
 
 /* ---- conv2d: a register tile -----------------------------------------
@@ -204,20 +116,15 @@ static LLVMValueRef splat_i64(mj_emit *e, LLVMValueRef s) {
  * padding): the same floats as the masked load, without building a lane
  * mask per tap from 64-bit lane indices. On AVX2 (Zen 3) that mask was
  * most of the loop, which also spilled. */
-/* Lane l (of lanes) of a vector from row xr of W floats: xr[iw0 + l*sw],
- * or pad where that lies outside [0, W), where l >= lanes or where the
- * row is padding (hvalid off). interior: the caller knows every lane and
- * the whole span below lie inside the row and hvalid is on.
- *
- * For sw <= STRIDED_LOAD_MAX one load of the sw*vw floats from iw0, then
- * every sw-th (a shuffle: LLVM splits the load into sw vectors and the
- * shuffle into permutes). Off the interior that load is masked, which
- * reads nothing outside the row; the span's valid floats are one range
+/* mj_conv_row_lanes (lower_cnn.h). For sw <= STRIDED_LOAD_MAX: one load
+ * of the sw*vw floats from iw0, then every sw-th (a shuffle: LLVM splits
+ * the load into sw vectors and the shuffle into permutes). Off the
+ * interior that load is masked; the span's valid floats are one range
  * [lo, hi), so its mask is built from two scalar shifts, not from a
  * compare per lane (on AVX2 the per-lane 64-bit compares were most of the
  * conv's loop). Wider strides gather. */
-static LLVMValueRef row_lanes(mj_emit *e, LLVMValueRef xr, LLVMValueRef iw0, int64_t sw, int64_t W, int lanes,
-                              LLVMValueRef hvalid, float pad, bool interior) {
+LLVMValueRef mj_conv_row_lanes(mj_emit *e, LLVMValueRef xr, LLVMValueRef iw0, int64_t sw, int64_t W, int lanes,
+                               LLVMValueRef hvalid, float pad, bool interior) {
     LLVMTypeRef i1 = LLVMInt1TypeInContext(e->ctx);
     /* the row pointer may sit before the row (those lanes are off): no inbounds */
     LLVMValueRef ptr = LLVMBuildGEP2(e->b, e->f32, xr, &iw0, 1, "");
@@ -282,7 +189,7 @@ static void tile_body(tile *t, LLVMValueRef ow0, int lanes, bool interior) {
     LLVMValueRef wtap = add(e, mul(e, lc.iv, ci(e, KK)), mul(e, lkh.iv, ci(e, t->KW)));
     loop lkw = loop_begin(e, ci(e, t->KW));
     LLVMValueRef iw0 = add(e, isub(e, mul(e, ow0, ci(e, t->sw)), ci(e, t->pw)), mul(e, lkw.iv, ci(e, t->dw)));
-    LLVMValueRef xv = row_lanes(e, xr, iw0, t->sw, t->W, lanes, hvalid, 0.0f, interior);
+    LLVMValueRef xv = mj_conv_row_lanes(e, xr, iw0, t->sw, t->W, lanes, hvalid, 0.0f, interior);
     if (interior) xv = LLVMBuildSelect(e->b, hvalid, xv, LLVMConstNull(e->vt), "");
     LLVMValueRef widx = add(e, wtap, lkw.iv);
     for (int j = 0; j < t->OB; j++) {
@@ -356,112 +263,13 @@ static void lower_conv_tiled(const mj_cnn_lowering *c) {
 }
 
 static bool lower_conv(const mj_cnn_lowering *c) {
-    mj_emit *e = c->e;
-    const mj_node *n = &c->g->nodes[c->id];
-    const mj_type *xt = &c->g->nodes[n->operands[0]].type, *wt = &c->g->nodes[n->operands[1]].type;
-    const int32_t *a = n->attrs.i;
-    int64_t C = xt->dims[1], H = xt->dims[2], W = xt->dims[3];
-    int64_t O = wt->dims[0], cg = wt->dims[1], KH = wt->dims[2], KW = wt->dims[3];
-    int64_t sh = a[MJ_CONV_STRIDE], sw = a[MJ_CONV_STRIDE + 1], ph = a[MJ_CONV_PADDING], pw = a[MJ_CONV_PADDING + 1];
-    int64_t dh = a[MJ_CONV_DILATION], dw = a[MJ_CONV_DILATION + 1], og = O / a[MJ_CONV_GROUPS];
-    int64_t OH = n->type.dims[2], OW = n->type.dims[3], KK = KH * KW, per = cg * KK, plane = OH * OW;
-    LLVMValueRef x = c->ops[0], w = c->ops[1], b = n->n_operands == 3 ? c->ops[2] : NULL, y = c->y;
     switch ((mj_conv_lowering)c->how) {
     case MJ_CONV_SPARSE:
         MJ_ASSERT(c->conv_weight && c->scratch); /* the plan saw the frozen weight */
         return mj_lower_conv_sparse(c);
     case MJ_CONV_TILED: lower_conv_tiled(c); return true;
-    case MJ_CONV_PLANES: break;
     }
-
-    taps t = {0};
-    LLVMValueRef tstart = NULL, tidx = NULL, tval = NULL;
-    if (c->conv_weight) {
-        if (!build_taps(c->conv_weight, O, per, &t)) {
-            free_taps(&t);
-            return false;
-        }
-        tstart = table(c, "taps.start", t.start, (size_t)(O + 1) * sizeof *t.start);
-        tidx = table(c, "taps.idx", t.idx, (size_t)(t.n + 1) * sizeof *t.idx);
-        tval = table(c, "taps.val", t.val, (size_t)(t.n + 1) * sizeof *t.val);
-        free_taps(&t);
-    }
-    LLVMTypeRef fabs_ty;
-    LLVMValueRef fabs_fn = intrinsic(e, "llvm.fabs", &e->f32, 1, &fabs_ty);
-
-    /* items (image, output channel): one plane each, in the order of the
-     * loops they replace; in column mode the threads claim them, one
-     * thread counts them itself */
-    LLVMValueRef item;
-    mj_claim_loop li = mj_emit_claim_begin(e, c->team, mul(e, dimv(c, xt->dims[0]), ci(e, O)), &item, true);
-    LLVMValueRef img = idiv(e, item, O), o = irem(e, item, O);
-    LLVMValueRef xg = at(e, x, mul(e, add(e, mul(e, img, ci(e, C)), mul(e, idiv(e, o, og), ci(e, cg))), ci(e, H * W)));
-    LLVMValueRef yp = at(e, y, mul(e, add(e, mul(e, img, ci(e, O)), o), ci(e, plane)));
-    loop lz = loop_begin(e, ci(e, plane));
-    store(e, cf(e, 0.0f), yp, lz.iv);
-    loop_end(e, &lz);
-
-    LLVMValueRef t0 = ci(e, 0), t1 = ci(e, per);
-    if (tstart) {
-        t0 = LLVMBuildSExt(e->b, ld(e, e->i32, tstart, o), e->i64, "");
-        t1 = LLVMBuildSExt(e->b, ld(e, e->i32, tstart, add(e, o, ci(e, 1))), e->i64, "");
-    }
-    loop lt = loop_range(e, t0, t1, 1);
-    LLVMValueRef idx = tidx ? LLVMBuildSExt(e->b, ld(e, e->i32, tidx, lt.iv), e->i64, "") : lt.iv;
-    LLVMValueRef wv = tval ? load(e, tval, lt.iv) : load(e, w, add(e, mul(e, o, ci(e, per)), lt.iv));
-    LLVMValueRef r = irem(e, idx, KK);
-    LLVMValueRef xc = at(e, xg, mul(e, idiv(e, idx, KK), ci(e, H * W)));
-    LLVMValueRef offh = isub(e, mul(e, idiv(e, r, KW), ci(e, dh)), ci(e, ph));
-    LLVMValueRef offw = isub(e, mul(e, irem(e, r, KW), ci(e, dw)), ci(e, pw));
-    LLVMValueRef oh_lo, oh_hi, ow_lo, ow_hi;
-    valid_range(e, offh, sh, H, OH, &oh_lo, &oh_hi);
-    valid_range(e, offw, sw, W, OW, &ow_lo, &ow_hi);
-
-    /* a NaN or inf weight: padded positions get fmaf(0, w, acc) (NaN) */
-    LLVMValueRef aw = LLVMBuildCall2(e->b, fabs_ty, fabs_fn, &wv, 1, "");
-    LLVMValueRef finite = LLVMBuildFCmp(e->b, LLVMRealOLT, aw, cf(e, INFINITY), "");
-    LLVMBasicBlockRef fin_end = if_begin(e, LLVMBuildNot(e->b, finite, ""));
-    {
-        loop lh = loop_begin(e, ci(e, OH));
-        LLVMValueRef hin = LLVMBuildAnd(e->b, LLVMBuildICmp(e->b, LLVMIntSGE, lh.iv, oh_lo, ""),
-                                        LLVMBuildICmp(e->b, LLVMIntSLT, lh.iv, oh_hi, ""), "");
-        LLVMValueRef yr = at(e, yp, mul(e, lh.iv, ci(e, OW)));
-        loop lw = loop_begin(e, ci(e, OW));
-        LLVMValueRef in = LLVMBuildAnd(e->b, hin,
-                                       LLVMBuildAnd(e->b, LLVMBuildICmp(e->b, LLVMIntSGE, lw.iv, ow_lo, ""),
-                                                    LLVMBuildICmp(e->b, LLVMIntSLT, lw.iv, ow_hi, ""), ""),
-                                       "");
-        LLVMBasicBlockRef pad_end = if_begin(e, LLVMBuildNot(e->b, in, ""));
-        store(e, fma_at(e, yr, lw.iv, cf(e, 0.0f), wv), yr, lw.iv);
-        if_end(e, pad_end);
-        loop_end(e, &lw);
-        loop_end(e, &lh);
-    }
-    if_end(e, fin_end);
-    /* the positions that read the input */
-    loop lh = loop_range(e, oh_lo, oh_hi, 1);
-    LLVMValueRef xr = at(e, xc, mul(e, add(e, mul(e, lh.iv, ci(e, sh)), offh), ci(e, W)));
-    LLVMValueRef yr = at(e, yp, mul(e, lh.iv, ci(e, OW)));
-    loop lw = loop_range(e, ow_lo, ow_hi, 1);
-    LLVMValueRef xv = load(e, xr, add(e, mul(e, lw.iv, ci(e, sw)), offw));
-    store(e, fma_at(e, yr, lw.iv, xv, wv), yr, lw.iv);
-    loop_end(e, &lw);
-    loop_end(e, &lh);
-    loop_end(e, &lt);
-
-    if (b || c->n_tail || c->fault) { /* + b[o], then the tail */
-        LLVMValueRef bv = b ? load(e, b, o) : NULL;
-        mj_conv_coefs k;
-        mj_conv_tail_coefs(c, o, &k);
-        LLVMValueRef base = mul(e, add(e, mul(e, img, ci(e, O)), o), ci(e, plane));
-        loop lb = loop_begin(e, ci(e, plane));
-        LLVMValueRef v = load(e, yp, lb.iv);
-        if (bv) v = fadd(e, v, bv);
-        store(e, mj_conv_tail_apply(c, &k, v, add(e, base, lb.iv), 0), yp, lb.iv);
-        loop_end(e, &lb);
-    }
-    mj_emit_claim_end(e, &li);
-    return true;
+    MJ_ASSERT(!"unknown conv lowering");
 }
 
 /* per channel alpha and beta (bn_coefs), then y = fmaf(x, alpha, beta) */
@@ -550,7 +358,7 @@ static void pool_body(const pool *p, LLVMValueRef ow0, int lanes, bool interior)
                                        LLVMBuildICmp(e->b, LLVMIntSLT, ih, ci(e, p->H), ""), "");
     LLVMValueRef xr = at(e, p->xs, mul(e, LLVMBuildSelect(e->b, hvalid, ih, ci(e, 0), ""), ci(e, p->W)));
     loop lkw = loop_begin(e, ci(e, p->KW));
-    LLVMValueRef v = row_lanes(e, xr, add(e, w0, lkw.iv), p->sw, p->W, lanes, hvalid, p->is_max ? -INFINITY : 0.0f, interior);
+    LLVMValueRef v = mj_conv_row_lanes(e, xr, add(e, w0, lkw.iv), p->sw, p->W, lanes, hvalid, p->is_max ? -INFINITY : 0.0f, interior);
     if (interior) v = LLVMBuildSelect(e->b, hvalid, v, pad, "");
     LLVMValueRef m = LLVMBuildLoad2(e->b, e->vt, acc, "");
     if (p->is_max) {

@@ -63,19 +63,27 @@ void mj_conv_tail_coefs(const mj_cnn_lowering *c, LLVMValueRef o, mj_conv_coefs 
 LLVMValueRef mj_conv_tail_apply(const mj_cnn_lowering *c, const mj_conv_coefs *k, LLVMValueRef v, LLVMValueRef idx,
                                 int lanes);
 
+/* Lane l (of lanes <= vw) of a vector from row xr of W floats: xr[iw0 +
+ * l*sw], or pad where that lies outside [0, W), where l >= lanes or where
+ * hvalid (an i1) is off; nothing outside the row is read. interior: the
+ * caller knows every lane and the whole span of sw*vw floats lie inside
+ * the row and hvalid is on (a plain load then). */
+LLVMValueRef mj_conv_row_lanes(mj_emit *e, LLVMValueRef xr, LLVMValueRef iw0, int64_t sw, int64_t W, int lanes,
+                               LLVMValueRef hvalid, float pad, bool interior);
+
 /* MJ_ERR_NOMEM if the frozen tables cannot be built. */
 mj_status mj_lower_cnn(const mj_cnn_lowering *c);
 
 /* How conv2d id is lowered, given its frozen weight w (NULL: live) and
  * whether the body has the sparse scratch (frozen): from the table of its
- * nonzero taps (jit/lower_conv_sparse.c), as a register tile of output
- * channels times a vector of a row, or per output plane (frozen, sparse,
- * with stride > 1 along W). Each shares its work between column mode's threads. The plan
- * (jit/lower_plan.c) decides it once; the lowering follows the plan. */
-typedef enum mj_conv_lowering { MJ_CONV_SPARSE, MJ_CONV_TILED, MJ_CONV_PLANES } mj_conv_lowering;
+ * nonzero taps (jit/lower_conv_sparse.c) or as a register tile of output
+ * channels times a vector of a row. Each shares its work between column
+ * mode's threads. The plan (jit/lower_plan.c) decides it once; the
+ * lowering follows the plan. */
+typedef enum mj_conv_lowering { MJ_CONV_SPARSE, MJ_CONV_TILED } mj_conv_lowering;
 mj_conv_lowering mj_conv_lowering_of(const mj_graph *g, int32_t id, const float *w, bool scratch, int vw);
 
-/* Frozen conv2d with stride 1 along W from a table of its nonzero taps
+/* Frozen conv2d from a table of its nonzero taps
  * (jit/lower_conv_sparse.c). The scratch it needs (0: never used for this
  * node); of that, what each thread sharing the conv's tiles needs of its
  * own; whether it beats lower_cnn.c's dense tile for node id with the

@@ -1,6 +1,6 @@
-/* Frozen conv2d with stride 1 along W, sparse: per output channel a table of
- * its nonzero taps, run over a zero-padded copy of the input (see
- * lower_cnn.h, docs/numerics.md "CNN layers").
+/* Frozen conv2d, sparse: per output channel a table of its nonzero taps,
+ * run over a zero-padded copy of the input (see lower_cnn.h,
+ * docs/numerics.md "CNN layers").
  *
  * Per image the input is copied once into the scratch, each channel plane
  * padded to Hp x Wp (H + 2ph rows, rows Wp >= W + 2pw apart) with zeros,
@@ -11,6 +11,12 @@
  * one flat run of positions q = oh*Wp + ow reading q + off; the columns
  * ow >= OW between rows are computed and dropped. Stride > 1 along H runs
  * each row by itself.
+ *
+ * With stride sw > 1 along W a lane's input is sw floats from its
+ * neighbour's, so the copy stores each padded row as sw phase rows (phase
+ * p: the row's columns p, p + sw, ...; Wph apart, Wp = sw*Wph), and the
+ * tap (c, kh, kw) reads phase kw*dw mod sw from kw*dw / sw on: consecutive
+ * floats again, the same floats eager reads. Each output row is a run.
  *
  * The register tile is V vectors of that run (consecutive, or whole
  * output rows when that skips the columns between rows: tiles_of): per
@@ -24,8 +30,9 @@
  * One load per fma makes the loop load-bound, and a vector load at an
  * offset that is not a multiple of 16 floats splits a cache line: such
  * loads ran at half the rate of aligned ones. So where it costs at most a
- * quarter more columns, Wp is a multiple of 16 ("aligned"): a tap's
- * offset is then kw*dw mod 16 floats past a multiple of 16. The taps
+ * quarter more columns, Wp (each phase row's Wph) is a multiple of 16
+ * ("aligned"): a tap's offset is then its column offset (kw*dw, or kw*dw
+ * / sw in its phase row) mod 16 floats past a multiple of 16. The taps
  * with shift 0 read the padded input; for each other shift, each tile
  * copies the rows it reads (of the current block of input channels) from
  * the position + shift into a small buffer, where those taps read whole
@@ -65,7 +72,13 @@ static LLVMValueRef isub(mj_emit *e, LLVMValueRef a, LLVMValueRef b) { return LL
 #define SPARSE_TILE_MAX 256
 
 typedef struct geom {
-    int64_t C, H, W, O, cg, og, KH, KW, sh, ph, pw, dh, dw, OH, OW, Hp, Wp;
+    int64_t C, H, W, O, cg, og, KH, KW, sh, sw, ph, pw, dh, dw, OH, OW, Hp, Wp;
+    /* stride sw > 1 along W: each padded row is stored as sw phase rows,
+     * phase p holding its columns p, p + sw, ..., Wph apart (Wp = sw*Wph),
+     * so that a tap's lanes read consecutive floats again; sw = 1: one
+     * phase, Wph = Wp */
+    int64_t Wph;
+    int64_t reach; /* a tap's largest offset from its output position */
     /* aligned: Wp is a multiple of 16 and a block's copy has a version per
      * shift of a tap within 16 floats (kw*dw mod 16): shift[k] of version
      * k (ns of them), so that every tap reads whole aligned vectors.
@@ -86,28 +99,35 @@ static int64_t row_stride(int64_t Wu) {
     return r * 4 <= Wu * 5 ? r : Wu;
 }
 
+/* Tap column kw's offset in a padded row from its output position's
+ * column: its phase row (kw*dw mod sw), then kw*dw / sw floats on. */
+static int64_t tap_col(const geom *q, int64_t kw) { return kw * q->dw % q->sw * q->Wph + kw * q->dw / q->sw; }
+
 static bool geometry(const mj_graph *g, int32_t id, geom *q) {
     const mj_node *n = &g->nodes[id];
     if (n->op != MJ_OP_CONV2D) return false;
     const mj_type *xt = &g->nodes[n->operands[0]].type, *wt = &g->nodes[n->operands[1]].type;
     const int32_t *a = n->attrs.i;
-    if (a[MJ_CONV_STRIDE + 1] != 1) return false;
     *q = (geom){.C = xt->dims[1], .H = xt->dims[2], .W = xt->dims[3], .O = wt->dims[0], .cg = wt->dims[1],
-                .KH = wt->dims[2], .KW = wt->dims[3], .sh = a[MJ_CONV_STRIDE], .ph = a[MJ_CONV_PADDING],
-                .pw = a[MJ_CONV_PADDING + 1], .dh = a[MJ_CONV_DILATION], .dw = a[MJ_CONV_DILATION + 1],
-                .OH = n->type.dims[2], .OW = n->type.dims[3]};
+                .KH = wt->dims[2], .KW = wt->dims[3], .sh = a[MJ_CONV_STRIDE], .sw = a[MJ_CONV_STRIDE + 1],
+                .ph = a[MJ_CONV_PADDING], .pw = a[MJ_CONV_PADDING + 1], .dh = a[MJ_CONV_DILATION],
+                .dw = a[MJ_CONV_DILATION + 1], .OH = n->type.dims[2], .OW = n->type.dims[3]};
     q->og = q->O / a[MJ_CONV_GROUPS];
     q->Hp = q->H + 2 * q->ph;
-    q->Wp = row_stride(q->W + 2 * q->pw);
-    q->aligned = q->Wp % 16 == 0;
+    q->Wph = row_stride((q->W + 2 * q->pw + q->sw - 1) / q->sw);
+    q->Wp = q->sw * q->Wph;
+    q->aligned = q->Wph % 16 == 0;
     q->ns = 1;
     q->shift[0] = 0;
     for (int64_t kw = 0; q->aligned && kw < q->KW; kw++) {
-        int sft = (int)(kw * q->dw % 16), k = 0;
+        int sft = (int)(tap_col(q, kw) % 16), k = 0;
         while (k < q->ns && q->shift[k] != sft) k++;
         if (k == q->ns) q->shift[q->ns++] = sft;
     }
-    q->S = mj_round16(SPARSE_TILE_MAX + (q->KH - 1) * q->dh * q->Wp + (q->KW - 1) * q->dw);
+    q->reach = (q->KH - 1) * q->dh * q->Wp + tap_col(q, q->KW - 1);
+    for (int64_t kw = 0; kw < q->KW; kw++)
+        if ((q->KH - 1) * q->dh * q->Wp + tap_col(q, kw) > q->reach) q->reach = (q->KH - 1) * q->dh * q->Wp + tap_col(q, kw);
+    q->S = mj_round16(SPARSE_TILE_MAX + q->reach);
     /* Input channels per block: the block's rows under a tile (every
      * group's channels of the block: the padded input's and the ns - 1
      * shifted copies) stay in L1 while every output channel runs its taps
@@ -174,7 +194,8 @@ typedef struct tiling {
 } tiling;
 
 static tiling tiles_of(const geom *q, int vw) {
-    tiling t = {.nrun = q->sh == 1 ? 1 : q->OH, .run = q->sh == 1 ? q->OH * q->Wp : q->OW};
+    bool flat = q->sh == 1 && q->sw == 1; /* with phase rows, a flat run would compute sw times the columns */
+    tiling t = {.nrun = flat ? 1 : q->OH, .run = flat ? q->OH * q->Wp : q->OW};
     int64_t most = most_vectors(vw), need = (t.run + vw - 1) / vw;
     t.V = (int)(need < most ? need : most);
     t.span = (int64_t)t.V * vw;
@@ -183,7 +204,7 @@ static tiling tiles_of(const geom *q, int vw) {
     int64_t vr = (q->OW + vw - 1) / vw, r = vr > 0 ? most / vr : 0;
     /* whole rows per tile, dividing OH, within the scratch's tile bound */
     while (r > 0 && (q->OH % r || r * q->Wp > SPARSE_TILE_MAX)) r--;
-    if (q->sh == 1 && r > 0 && vr * vw < q->Wp && q->OH / r * (r * vr + 2) < t.ntile * (t.V + 2)) {
+    if (flat && r > 0 && vr * vw < q->Wp && q->OH / r * (r * vr + 2) < t.ntile * (t.V + 2)) {
         t.V = (int)(r * vr);
         t.span = r * q->Wp;
         t.ntile = q->OH / r;
@@ -252,10 +273,10 @@ static bool build_taps(const float *w, const geom *q, int64_t cb, int32_t **star
             float v = w[o * per + k];
             if (v == 0.0f && !isnan(v)) continue;
             int64_t ch = k / KK, kh = k / q->KW % q->KH, kw = k % q->KW, slot = c0 / q->cg * cb + ch % cb;
-            int sft = q->aligned ? (int)(kw * q->dw % 16) : 0, ver = 0;
+            int sft = q->aligned ? (int)(tap_col(q, kw) % 16) : 0, ver = 0;
             while (q->shift[ver] != sft) ver++;
             MJ_ASSERT(ver < q->ns);
-            int64_t in = kh * q->dh * q->Wp + kw * q->dw - sft;
+            int64_t in = kh * q->dh * q->Wp + tap_col(q, kw) - sft;
             tap[2 * n] = ver == 0 ? (int32_t)((c0 + ch) * q->Hp * q->Wp + in) /* the padded input itself */
                                   : (int32_t)(((slot * (q->ns - 1) + ver - 1) * q->S + in) | 1);
             memcpy(&tap[2 * n + 1], &v, sizeof v);
@@ -477,10 +498,30 @@ bool mj_lower_conv_sparse(const mj_cnn_lowering *c) {
         ifb f = ifelse_begin(e, inside);
         LLVMValueRef src = at(e, c->ops[0], mul(e, add(e, mul(e, add(e, mul(e, ln.iv, ci(e, q.C)), ch), ci(e, q.H)), h),
                                                 ci(e, q.W)));
-        if (q.pw > 0) LLVMBuildMemSet(e->b, dst, zero8, ci(e, q.pw * 4), 4);
-        if (q.Wp > q.pw + q.W)
-            LLVMBuildMemSet(e->b, at(e, dst, ci(e, q.pw + q.W)), zero8, ci(e, (q.Wp - q.pw - q.W) * 4), 4);
-        if (!c->x_padded) LLVMBuildMemCpy(e->b, at(e, dst, ci(e, q.pw)), 4, src, 4, ci(e, q.W * 4));
+        if (q.sw > 1) { /* phase row p, float j: padded column j*sw + p */
+            MJ_ASSERT(!c->x_padded); /* the plan stores values padded only for stride 1 along W */
+            LLVMValueRef on = LLVMConstInt(LLVMInt1TypeInContext(e->ctx), 1, 0);
+            int64_t full = q.Wph / e->vw * e->vw;
+            for (int64_t p = 0; p < q.sw; p++) {
+                LLVMValueRef prow = at(e, dst, ci(e, p * q.Wph));
+                if (full > 0) {
+                    loop lj = loop_range(e, ci(e, 0), ci(e, full), e->vw);
+                    LLVMValueRef iw = isub(e, add(e, mul(e, lj.iv, ci(e, q.sw)), ci(e, p)), ci(e, q.pw));
+                    vstore(e, mj_conv_row_lanes(e, src, iw, q.sw, q.W, e->vw, on, 0.0f, false), at(e, prow, lj.iv), e->vw);
+                    loop_end(e, &lj);
+                }
+                if (q.Wph > full) {
+                    int part = (int)(q.Wph - full);
+                    LLVMValueRef iw = ci(e, full * q.sw + p - q.pw);
+                    vstore(e, mj_conv_row_lanes(e, src, iw, q.sw, q.W, part, on, 0.0f, false), at(e, prow, ci(e, full)), part);
+                }
+            }
+        } else {
+            if (q.pw > 0) LLVMBuildMemSet(e->b, dst, zero8, ci(e, q.pw * 4), 4);
+            if (q.Wp > q.pw + q.W)
+                LLVMBuildMemSet(e->b, at(e, dst, ci(e, q.pw + q.W)), zero8, ci(e, (q.Wp - q.pw - q.W) * 4), 4);
+            if (!c->x_padded) LLVMBuildMemCpy(e->b, at(e, dst, ci(e, q.pw)), 4, src, 4, ci(e, q.W * 4));
+        }
         if_else(e, &f);
         LLVMBuildMemSet(e->b, dst, zero8, ci(e, q.Wp * 4), 4);
         if_end(e, f.end);
@@ -496,9 +537,9 @@ bool mj_lower_conv_sparse(const mj_cnn_lowering *c) {
     /* y stored padded for the next conv with rows as long as the run's,
      * and no residual to read in y's own layout: the last block's tiles
      * store y themselves, so no rows go out after it */
-    bool direct_out = c->y_padded && q.sh == 1 && WPy == q.Wp && !has_add;
+    bool direct_out = c->y_padded && q.sh == 1 && q.sw == 1 && WPy == q.Wp && !has_add;
     /* y in its own layout, aligned rows: the tiles store it too */
-    bool plain_out = !c->y_padded && q.sh == 1 && q.aligned && q.Wp % e->vw == 0;
+    bool plain_out = !c->y_padded && q.sh == 1 && q.sw == 1 && q.aligned && q.Wp % e->vw == 0;
     LLVMValueRef item;
     mj_claim_loop lt = mj_emit_claim_begin(e, team, ci(e, nrun * ntile), &item, true);
     LLVMValueRef runi = LLVMBuildSDiv(e->b, item, ci(e, ntile), "");
@@ -516,7 +557,7 @@ bool mj_lower_conv_sparse(const mj_cnn_lowering *c) {
         LLVMValueRef chn = add(e, add(e, mul(e, lg.iv, ci(e, q.cg)), mul(e, lb.iv, ci(e, cb))), lj.iv);
         LLVMValueRef src = at(e, xpad, add(e, mul(e, chn, ci(e, q.Hp * q.Wp)), add(e, xr, q0)));
         LLVMValueRef dst = at(e, cp, mul(e, add(e, mul(e, lg.iv, ci(e, cb)), lj.iv), ci(e, (q.ns - 1) * q.S)));
-        int64_t len = mj_round16(T + (q.KH - 1) * q.dh * q.Wp + (q.KW - 1) * q.dw);
+        int64_t len = mj_round16(T + q.reach);
         MJ_ASSERT(len <= q.S);
         for (int k = 1; k < q.ns; k++)
             LLVMBuildMemCpy(e->b, at(e, dst, ci(e, (k - 1) * q.S)), 4, at(e, src, ci(e, q.shift[k])), 4,

@@ -238,7 +238,7 @@ static int8_t conv_lowering(const mj_graph *g, const bool *input_free, int32_t i
 }
 
 /* The value v that sparse conv c stores: if every reader is a sparse conv
- * reading it as x, all with the same padding, v is stored zero-padded as
+ * reading it as x, all with stride 1 along W and the same padding, v is stored zero-padded as
  * they read it, and the first of them need not copy it (one layout: the
  * same padding). */
 static void plan_padded(const mj_graph *g, mj_body_plan *p, int32_t c) {
@@ -250,8 +250,10 @@ static void plan_padded(const mj_graph *g, mj_body_plan *p, int32_t c) {
         for (int k = 0; k < g->nodes[u].n_operands; k++) {
             if (g->nodes[u].operands[k] != v) continue;
             if (k != 0 || p->conv_how[u] != MJ_CONV_SPARSE) return;
+            const int32_t *a = g->nodes[u].attrs.i;
+            if (a[MJ_CONV_STRIDE + 1] != 1) return; /* it reads phase rows (jit/lower_conv_sparse.c) */
             if (first < 0) first = u;
-            const int32_t *a = g->nodes[u].attrs.i, *a0 = g->nodes[first].attrs.i;
+            const int32_t *a0 = g->nodes[first].attrs.i;
             if (a[MJ_CONV_PADDING] != a0[MJ_CONV_PADDING] || a[MJ_CONV_PADDING + 1] != a0[MJ_CONV_PADDING + 1]) return;
         }
     p->padded_by[v] = first;
