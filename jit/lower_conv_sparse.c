@@ -230,6 +230,18 @@ static tiling tiles_of(const geom *q, int vw) {
  * a dense 64->64 timed at 3.4 to 3.5 ms; it takes 5.1 ms here now.) */
 #define SPARSE_FMA_COST 1.1
 
+/* A vector the copies move (into the padded planes and the shifted
+ * versions) costs about 1.9 of the dense tile's fmas: frozen convs, one
+ * thread, the tap table and the tile forced in turn, AVX-512 (Zen 4, LLVM
+ * znver4), time sparse / dense against the model's (fmas x 1.1 + copied
+ * vectors x c) / dense fmas. Depthwise 3x3 at 15-20% density (where the
+ * copies are most of the table's work): 144 channels at 56x56 stride 1
+ * measured 1.74 (model 1.04 + 0.88 c: c > 1.81 picks the tile), stride 2
+ * 2.15 (c > 0.74), 96 at 112x112 stride 2 2.67 (c > 0.70), 576 at 14x14
+ * 0.75 (c < 1.97 picks the table). Dense convs copy little: 3x3 64->64
+ * at 56x56, 20/50/80%: 0.29/0.65/1.08 (copies 0.7% of the dense fmas). */
+#define SPARSE_COPY_COST 1.9
+
 bool mj_conv_sparse_takes(const mj_graph *g, int32_t id, const float *w, int vw) {
     geom q;
     if (!geometry(g, id, &q)) return false;
@@ -240,7 +252,12 @@ bool mj_conv_sparse_takes(const mj_graph *g, int32_t id, const float *w, int vw)
     double dense = (double)(q.O * per) * (double)(q.OH * ((q.OW + vw - 1) / vw));
     tiling t = tiles_of(&q, vw);
     double sparse = nz * (double)(t.nrun * t.ntile * t.V);
-    return SPARSE_FMA_COST * sparse <= dense;
+    /* vectors copied: the padded input, then per tile each channel's
+     * shifted versions (a depthwise conv has few taps per copied channel) */
+    int64_t len = mj_round16(t.span + q.reach);
+    double copied = (double)(q.C * q.Hp * q.Wp) / vw +
+                    (double)(t.nrun * t.ntile) * (double)q.C * (double)(q.ns - 1) * (double)((len + vw - 1) / vw);
+    return SPARSE_FMA_COST * sparse + SPARSE_COPY_COST * copied <= dense;
 }
 
 static LLVMValueRef table(const mj_cnn_lowering *c, const char *what, const void *data, size_t bytes) {
