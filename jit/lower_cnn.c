@@ -100,6 +100,10 @@ mj_conv_lowering mj_conv_lowering_of(const mj_graph *g, int32_t id, const float 
 typedef struct tile {
     const mj_cnn_lowering *c;
     int64_t H, W, cg, KH, KW, OB, sh, sw, ph, pw, dh, dw;
+    /* rows > 0: the vector holds that many whole output rows from row oh
+     * (a plane narrower than half a vector; stride 1 and W = OW, so lane l
+     * reads the input at the rows' start + l: see rows_lanes) */
+    int64_t rows;
     LLVMValueRef acc[8], wo, xg, yrow[8], yidx[8], oh, b;
     mj_conv_coefs k[8]; /* the tail's, per output channel of the tile */
 } tile;
@@ -175,37 +179,114 @@ LLVMValueRef mj_conv_row_lanes(mj_emit *e, LLVMValueRef xr, LLVMValueRef iw0, in
     return LLVMBuildCall2(e->b, fty, fn, args, 4, "");
 }
 
-static void tile_body(tile *t, LLVMValueRef ow0, int lanes, bool interior) {
+/* Several rows in a vector (tile.rows): lane l is output element (oh + r,
+ * ow), r = l / W, ow = l % W, and its tap reads input row ih + r (ih the
+ * tap's row for oh) at column ow + iw0: element (ih*W + iw0) + l, valid
+ * where both lie inside the input. in_rows (per tap row, lanes < lanes
+ * off) then the columns per tap column: compares of constant lane vectors. */
+static LLVMValueRef lane_consts(mj_emit *e, int64_t div, int64_t mod) {
+    LLVMValueRef k[64];
+    for (int l = 0; l < e->vw; l++)
+        k[l] = LLVMConstInt(e->i32, (unsigned long long)(div ? l / div : l % mod), 0);
+    return LLVMConstVector(k, (unsigned)e->vw);
+}
+
+static LLVMValueRef splat32(mj_emit *e, LLVMValueRef s64) {
+    LLVMTypeRef t = LLVMVectorType(e->i32, (unsigned)e->vw);
+    LLVMValueRef v = LLVMBuildInsertElement(e->b, LLVMGetPoison(t), LLVMBuildTrunc(e->b, s64, e->i32, ""), ci(e, 0), "");
+    return LLVMBuildShuffleVector(e->b, v, LLVMGetPoison(t), LLVMConstNull(t), "");
+}
+
+/* lanes whose row ih + l/W lies in [0, H), and l < lanes */
+static LLVMValueRef rows_in(mj_emit *e, const tile *t, LLVMValueRef ih, int lanes) {
+    LLVMValueRef r = lane_consts(e, t->W, 0);
+    LLVMValueRef m = LLVMBuildAnd(e->b, LLVMBuildICmp(e->b, LLVMIntSGE, r, splat32(e, isub(e, ci(e, 0), ih)), ""),
+                                  LLVMBuildICmp(e->b, LLVMIntSLT, r, splat32(e, isub(e, ci(e, t->H), ih)), ""), "");
+    return LLVMBuildAnd(e->b, m, lane_mask(e, lanes), "");
+}
+
+static LLVMValueRef rows_lanes(mj_emit *e, const tile *t, LLVMValueRef xc, LLVMValueRef ih, LLVMValueRef iw0,
+                               LLVMValueRef in_rows) {
+    LLVMValueRef col = lane_consts(e, 0, t->W);
+    LLVMValueRef m = LLVMBuildAnd(e->b, LLVMBuildICmp(e->b, LLVMIntSGE, col, splat32(e, isub(e, ci(e, 0), iw0)), ""),
+                                  LLVMBuildICmp(e->b, LLVMIntSLT, col, splat32(e, isub(e, ci(e, t->W), iw0)), ""), "");
+    m = LLVMBuildAnd(e->b, m, in_rows, "");
+    LLVMValueRef off = add(e, mul(e, ih, ci(e, t->W)), iw0);
+    /* the start may lie before the plane (its lanes are off): no inbounds */
+    LLVMValueRef ptr = LLVMBuildGEP2(e->b, e->f32, xc, &off, 1, "");
+    LLVMTypeRef tys[2] = {e->vt, e->ptr}, fty;
+    LLVMValueRef fn = intrinsic(e, "llvm.masked.load", tys, 2, &fty);
+    LLVMValueRef args[4] = {ptr, LLVMConstInt(e->i32, 4, 0), m, LLVMConstNull(e->vt)};
+    return LLVMBuildCall2(e->b, fty, fn, args, 4, "");
+}
+
+/* one tap: acc[j] = fmaf(xv, w[o0 + j][widx], acc[j]) */
+static void tile_fmas(tile *t, LLVMValueRef xv, LLVMValueRef widx) {
     mj_emit *e = t->c->e;
-    for (int j = 0; j < t->OB; j++) LLVMBuildStore(e->b, LLVMConstNull(e->vt), t->acc[j]);
-    int64_t KK = t->KH * t->KW, per = t->cg * KK;
-    loop lc = loop_begin(e, ci(e, t->cg));
-    LLVMValueRef xc = at(e, t->xg, mul(e, lc.iv, ci(e, t->H * t->W)));
-    loop lkh = loop_begin(e, ci(e, t->KH));
-    LLVMValueRef ih = add(e, isub(e, mul(e, t->oh, ci(e, t->sh)), ci(e, t->ph)), mul(e, lkh.iv, ci(e, t->dh)));
-    LLVMValueRef hvalid = LLVMBuildAnd(e->b, LLVMBuildICmp(e->b, LLVMIntSGE, ih, ci(e, 0), ""),
-                                       LLVMBuildICmp(e->b, LLVMIntSLT, ih, ci(e, t->H), ""), "");
-    LLVMValueRef xr = at(e, xc, mul(e, LLVMBuildSelect(e->b, hvalid, ih, ci(e, 0), ""), ci(e, t->W)));
-    LLVMValueRef wtap = add(e, mul(e, lc.iv, ci(e, KK)), mul(e, lkh.iv, ci(e, t->KW)));
-    loop lkw = loop_begin(e, ci(e, t->KW));
-    LLVMValueRef iw0 = add(e, isub(e, mul(e, ow0, ci(e, t->sw)), ci(e, t->pw)), mul(e, lkw.iv, ci(e, t->dw)));
-    LLVMValueRef xv = mj_conv_row_lanes(e, xr, iw0, t->sw, t->W, lanes, hvalid, 0.0f, interior);
-    if (interior) xv = LLVMBuildSelect(e->b, hvalid, xv, LLVMConstNull(e->vt), "");
-    LLVMValueRef widx = add(e, wtap, lkw.iv);
+    int64_t per = t->cg * t->KH * t->KW;
     for (int j = 0; j < t->OB; j++) {
         LLVMValueRef wv = vsplat(e, load(e, t->wo, add(e, widx, ci(e, j * per))));
         LLVMValueRef a = LLVMBuildLoad2(e->b, e->vt, t->acc[j], "");
         LLVMBuildStore(e->b, vmuladd(e, a, xv, wv), t->acc[j]);
     }
-    loop_end(e, &lkw);
-    loop_end(e, &lkh);
-    loop_end(e, &lc);
+}
+
+static void tile_body(tile *t, LLVMValueRef ow0, int lanes, bool interior) {
+    mj_emit *e = t->c->e;
+    for (int j = 0; j < t->OB; j++) LLVMBuildStore(e->b, LLVMConstNull(e->vt), t->acc[j]);
+    int64_t KK = t->KH * t->KW;
+    loop lc = loop_begin(e, ci(e, t->cg));
+    LLVMValueRef xc = at(e, t->xg, mul(e, lc.iv, ci(e, t->H * t->W)));
+    if (t->rows) {
+        /* the taps unrolled: their masks depend on (kh, kw) alone, and
+         * LLVM hoists them out of the channel loop */
+        for (int64_t kh = 0; kh < t->KH; kh++) {
+            LLVMValueRef ih = add(e, isub(e, mul(e, t->oh, ci(e, t->sh)), ci(e, t->ph)), ci(e, kh * t->dh));
+            LLVMValueRef in_rows = rows_in(e, t, ih, lanes);
+            for (int64_t kw = 0; kw < t->KW; kw++)
+                tile_fmas(t, rows_lanes(e, t, xc, ih, ci(e, kw * t->dw - t->pw), in_rows),
+                          add(e, mul(e, lc.iv, ci(e, KK)), ci(e, kh * t->KW + kw)));
+        }
+        loop_end(e, &lc);
+    } else {
+        loop lkh = loop_begin(e, ci(e, t->KH));
+        LLVMValueRef ih = add(e, isub(e, mul(e, t->oh, ci(e, t->sh)), ci(e, t->ph)), mul(e, lkh.iv, ci(e, t->dh)));
+        LLVMValueRef hvalid = LLVMBuildAnd(e->b, LLVMBuildICmp(e->b, LLVMIntSGE, ih, ci(e, 0), ""),
+                                           LLVMBuildICmp(e->b, LLVMIntSLT, ih, ci(e, t->H), ""), "");
+        LLVMValueRef xr = at(e, xc, mul(e, LLVMBuildSelect(e->b, hvalid, ih, ci(e, 0), ""), ci(e, t->W)));
+        LLVMValueRef wtap = add(e, mul(e, lc.iv, ci(e, KK)), mul(e, lkh.iv, ci(e, t->KW)));
+        loop lkw = loop_begin(e, ci(e, t->KW));
+        LLVMValueRef iw0 = add(e, isub(e, mul(e, ow0, ci(e, t->sw)), ci(e, t->pw)), mul(e, lkw.iv, ci(e, t->dw)));
+        LLVMValueRef xv = mj_conv_row_lanes(e, xr, iw0, t->sw, t->W, lanes, hvalid, 0.0f, interior);
+        if (interior) xv = LLVMBuildSelect(e->b, hvalid, xv, LLVMConstNull(e->vt), "");
+        tile_fmas(t, xv, add(e, wtap, lkw.iv));
+        loop_end(e, &lkw);
+        loop_end(e, &lkh);
+        loop_end(e, &lc);
+    }
     for (int j = 0; j < t->OB; j++) {
         LLVMValueRef v = LLVMBuildLoad2(e->b, e->vt, t->acc[j], "");
         if (t->b) v = fadd(e, v, vsplat(e, load(e, t->b, ci(e, j))));
         v = mj_conv_tail_apply(t->c, &t->k[j], v, add(e, t->yidx[j], ow0), lanes);
         vstore(e, v, at(e, t->yrow[j], ow0), lanes);
     }
+}
+
+/* A plane narrower than half a vector (7x7: 7 of 16 lanes) puts R whole
+ * rows in a vector, when lane l's input is the rows' input + l: stride 1
+ * and W = OW (3x3 with padding 1, ...). Else 1. */
+static int64_t rows_per_vector(const mj_graph *g, int32_t id, int vw) {
+    const mj_node *n = &g->nodes[id];
+    const int32_t *a = n->attrs.i;
+    int64_t W = g->nodes[n->operands[0]].type.dims[3], OH = n->type.dims[2], OW = n->type.dims[3];
+    if (a[MJ_CONV_STRIDE] != 1 || a[MJ_CONV_STRIDE + 1] != 1 || W != OW || 2 * OW > vw) return 1;
+    return vw / OW < OH ? vw / OW : OH;
+}
+
+int64_t mj_conv_tile_vectors(const mj_graph *g, int32_t id, int vw) {
+    const mj_node *n = &g->nodes[id];
+    int64_t OH = n->type.dims[2], OW = n->type.dims[3], R = rows_per_vector(g, id, vw);
+    return R > 1 ? (OH + R - 1) / R : OH * ((OW + vw - 1) / vw);
 }
 
 static void lower_conv_tiled(const mj_cnn_lowering *c) {
@@ -222,14 +303,18 @@ static void lower_conv_tiled(const mj_cnn_lowering *c) {
     for (int j = 0; j < t.OB; j++) t.acc[j] = mj_emit_entry_alloca(e, e->vt);
     LLVMValueRef bias = n->n_operands == 3 ? c->ops[2] : NULL;
 
-    /* items (image, group of OB output channels, output row), in the
-     * order of the loops they replace; in column mode the threads claim
-     * them (each writes its own rows), one thread counts them itself */
+    int64_t R = rows_per_vector(c->g, c->id, e->vw);
+    int64_t nblk = (OH + R - 1) / R; /* blocks of R rows, the last maybe fewer */
+
+    /* items (image, group of OB output channels, block of output rows),
+     * in the order of the loops they replace; in column mode the threads
+     * claim them (each writes its own rows), one thread counts them itself */
     int64_t groups = O / t.OB;
     LLVMValueRef item;
-    mj_claim_loop li = mj_emit_claim_begin(e, c->team, mul(e, dimv(c, xt->dims[0]), ci(e, groups * OH)), &item, true);
-    LLVMValueRef img = idiv(e, item, groups * OH), o0 = mul(e, irem(e, idiv(e, item, OH), groups), ci(e, t.OB));
-    t.oh = irem(e, item, OH);
+    mj_claim_loop li = mj_emit_claim_begin(e, c->team, mul(e, dimv(c, xt->dims[0]), ci(e, groups * nblk)), &item, true);
+    LLVMValueRef img = idiv(e, item, groups * nblk), o0 = mul(e, irem(e, idiv(e, item, nblk), groups), ci(e, t.OB));
+    LLVMValueRef blk = irem(e, item, nblk);
+    t.oh = mul(e, blk, ci(e, R));
     t.xg = at(e, c->ops[0], mul(e, add(e, mul(e, img, ci(e, C)), mul(e, idiv(e, o0, og), ci(e, t.cg))), ci(e, t.H * t.W)));
     t.wo = at(e, c->ops[1], mul(e, o0, ci(e, per)));
     t.b = bias ? at(e, bias, o0) : NULL;
@@ -237,6 +322,22 @@ static void lower_conv_tiled(const mj_cnn_lowering *c) {
     for (int j = 0; j < t.OB; j++) {
         t.yidx[j] = mul(e, add(e, mul(e, add(e, mul(e, img, ci(e, O)), add(e, o0, ci(e, j))), ci(e, OH)), t.oh), ci(e, OW));
         t.yrow[j] = at(e, c->y, t.yidx[j]);
+    }
+    if (R > 1) {
+        t.rows = R;
+        int64_t last = OH - (nblk - 1) * R;
+        if (last == R) {
+            tile_body(&t, ci(e, 0), (int)(R * OW), false);
+        } else {
+            ifb f = ifelse_begin(e, LLVMBuildICmp(e->b, LLVMIntSLT, blk, ci(e, nblk - 1), ""));
+            tile_body(&t, ci(e, 0), (int)(R * OW), false);
+            if_else(e, &f);
+            t.rows = last;
+            tile_body(&t, ci(e, 0), (int)(last * OW), false);
+            if_end(e, f.end);
+        }
+        mj_emit_claim_end(e, &li);
+        return;
     }
     int64_t full = OW / e->vw * e->vw;
     if (full > 0) {

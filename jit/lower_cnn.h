@@ -63,6 +63,10 @@ void mj_conv_tail_coefs(const mj_cnn_lowering *c, LLVMValueRef o, mj_conv_coefs 
 LLVMValueRef mj_conv_tail_apply(const mj_cnn_lowering *c, const mj_conv_coefs *k, LLVMValueRef v, LLVMValueRef idx,
                                 int lanes);
 
+/* The register tile's vectors per image and output channel of conv2d id
+ * (its cost, in the sparse conv's model). */
+int64_t mj_conv_tile_vectors(const mj_graph *g, int32_t id, int vw);
+
 /* Lane l (of lanes <= vw) of a vector from row xr of W floats: xr[iw0 +
  * l*sw], or pad where that lies outside [0, W), where l >= lanes or where
  * hvalid (an i1) is off; nothing outside the row is read. interior: the

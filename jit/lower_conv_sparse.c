@@ -249,7 +249,7 @@ bool mj_conv_sparse_takes(const mj_graph *g, int32_t id, const float *w, int vw)
     double nz = (double)mj_count_nonzero(w, q.O * per);
     /* vector fmas of the dense tile and of this one (the columns between
      * rows and the tiles' round-up included) */
-    double dense = (double)(q.O * per) * (double)(q.OH * ((q.OW + vw - 1) / vw));
+    double dense = (double)(q.O * per) * (double)mj_conv_tile_vectors(g, id, vw);
     tiling t = tiles_of(&q, vw);
     double sparse = nz * (double)(t.nrun * t.ntile * t.V);
     /* vectors copied: the padded input, then per tile each channel's

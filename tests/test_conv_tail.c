@@ -154,6 +154,9 @@ static const geo geos[] = {
      * have longer rows (28 -> 32): the second conv reads the first's value
      * in that layout (MobileNet's and ResNet-50's pointwise convs) */
     {.C = 8, .O = 8, .H = 6, .W = 28, .k = 1, .stride = 1, .pad = 0, .bias = false},
+    /* a plane narrower than half a vector: two rows in a vector of 16,
+     * the last block one row (ResNet's layer4 at 7x7) */
+    {.C = 8, .O = 8, .H = 7, .W = 7, .k = 3, .stride = 1, .pad = 1, .bias = true},
 };
 enum { N_GEOS = sizeof geos / sizeof geos[0] };
 
