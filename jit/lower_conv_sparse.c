@@ -406,7 +406,7 @@ static void tile_direct(const mj_cnn_lowering *c, LLVMValueRef *acc, int V, cons
  * channel's rows at the run) or, with d, y itself (tile_direct). */
 static void tile(const mj_cnn_lowering *c, LLVMValueRef *acc, int V, const int64_t *voff, LLVMValueRef taps, LLVMValueRef t0,
                  LLVMValueRef t1, LLVMValueRef xr, LLVMValueRef cp, LLVMValueRef part, LLVMValueRef rr,
-                 LLVMValueRef q0, LLVMValueRef first, LLVMValueRef last, const direct *d) {
+                 LLVMValueRef q0, LLVMValueRef first, LLVMValueRef last, const direct *d, int64_t row_run) {
     mj_emit *e = c->e;
     /* +0.0f in the first block, else the sum so far */
     ifb f = ifelse_begin(e, first);
@@ -435,6 +435,23 @@ static void tile(const mj_cnn_lowering *c, LLVMValueRef *acc, int V, const int64
         tile_plain(c, acc, V, voff, d, q0);
     } else if (d) {
         tile_direct(c, acc, V, voff, d, q0);
+    } else if (row_run) {
+        /* a run per output row: only its row_run positions, since the
+         * tile's last vector may reach past the rows' stride into the next
+         * row, another item (another thread's in column mode) */
+        LLVMValueRef lanes[64];
+        for (int l = 0; l < e->vw; l++) lanes[l] = LLVMConstInt(e->i32, (unsigned long long)l, 0);
+        LLVMValueRef q32 = LLVMBuildTrunc(e->b, q0, e->i32, "");
+        LLVMTypeRef mty[2] = {e->vt, e->ptr}, fty;
+        LLVMValueRef fn = intrinsic(e, "llvm.masked.store", mty, 2, &fty);
+        for (int v = 0; v < V; v++) {
+            LLVMValueRef qs = LLVMBuildAdd(e->b, q32, LLVMConstInt(e->i32, (unsigned long long)voff[v], 0), "");
+            LLVMValueRef in_run = LLVMBuildICmp(e->b, LLVMIntULT, LLVMBuildAdd(e->b, splat_i32(e, qs), LLVMConstVector(lanes, (unsigned)e->vw), ""),
+                                                k_i32(e, row_run), "");
+            LLVMValueRef args[4] = {LLVMBuildLoad2(e->b, e->vt, acc[v], ""), at(e, rr, add(e, q0, ci(e, voff[v]))),
+                                    LLVMConstInt(e->i32, 4, 0), in_run};
+            LLVMBuildCall2(e->b, fty, fn, args, 4, "");
+        }
     } else {
         for (int v = 0; v < V; v++)
             vst(e, LLVMBuildLoad2(e->b, e->vt, acc[v], ""), rr, add(e, q0, ci(e, voff[v])), 4);
@@ -598,7 +615,7 @@ bool mj_lower_conv_sparse(const mj_cnn_lowering *c) {
                                             ci(e, py * WPy + px)))};
     }
     tile(c, acc, V, tl.off, ttap, t0, t1, at(e, xpad, add(e, xr, q0)), q.ns > 1 ? cp : NULL, part, rr, q0, first, last,
-         direct_out || plain_out ? &d : NULL);
+         direct_out || plain_out ? &d : NULL, nrun > 1 ? tl.run : 0);
     loop_end(e, &lo);
     loop_end(e, &lb);
     mj_emit_claim_end(e, &lt);

@@ -467,6 +467,12 @@ Test(cnn_jit, convs_shared_by_threads_bit_identical) {
         /* stride 2 along W: the tap table over phase rows, the register
          * tile's strided loads */
         {.C = 32, .O = 32, .H = 40, .W = 40, .k = 3, .sh = 1, .sw = 2, .pad = 1, .dil = 1, .groups = 1, .bias = true},
+        /* a row a run whose tile is wider than the rows are apart: 1x1
+         * stride 2 at 14x14 (rows 14 apart: 7 + 7 phase floats, a tile of
+         * 16), and 3x3 stride 2 along H at 20 wide (rows 22 apart, a tile
+         * of 32 with AVX-512): a tile must not write into the next row */
+        {.C = 256, .O = 256, .H = 14, .W = 14, .k = 1, .sh = 2, .sw = 2, .pad = 0, .dil = 1, .groups = 1, .bias = false},
+        {.C = 32, .O = 32, .H = 40, .W = 20, .k = 3, .sh = 2, .sw = 1, .pad = 1, .dil = 1, .groups = 1, .bias = true},
     };
     const int modes[] = {1, 0, 2}; /* exact frozen (sparse), exact live, fast live (register tile) */
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
