@@ -242,6 +242,11 @@ static tiling tiles_of(const geom *q, int vw) {
  * at 56x56, 20/50/80%: 0.29/0.65/1.08 (copies 0.7% of the dense fmas). */
 #define SPARSE_COPY_COST 1.9
 
+/* The fewest items a conv's threads claim (tiles, or chunks of a tile's
+ * output channels): MobileNetV2's 1x1 convs on 7x7 planes have one tile,
+ * and on two threads frozen MobileNetV2 ran 0.96x one thread. */
+#define SPARSE_MIN_ITEMS 8
+
 bool mj_conv_sparse_takes(const mj_graph *g, int32_t id, const float *w, int vw) {
     geom q;
     if (!geometry(g, id, &q)) return false;
@@ -575,7 +580,21 @@ bool mj_lower_conv_sparse(const mj_cnn_lowering *c) {
     /* y in its own layout, aligned rows: the tiles store it too */
     bool plain_out = !c->y_padded && q.sh == 1 && q.sw == 1 && q.aligned && q.Wp % e->vw == 0;
     LLVMValueRef item;
-    mj_claim_loop lt = mj_emit_claim_begin(e, team, ci(e, nrun * ntile), &item, true);
+    /* Few tiles (a 7x7 plane is one): with several threads each tile's
+     * output channels go in n_oc chunks of at least 8, so that the threads
+     * have at least SPARSE_MIN_ITEMS items to claim; a chunk copies its
+     * tile's shifted rows itself. One thread keeps whole tiles. */
+    int64_t tiles = nrun * ntile, n_oc = 1;
+    if (tiles < SPARSE_MIN_ITEMS) {
+        n_oc = (SPARSE_MIN_ITEMS + tiles - 1) / tiles;
+        if (n_oc > q.O / 8) n_oc = q.O / 8 > 1 ? q.O / 8 : 1;
+    }
+    LLVMValueRef noc = LLVMBuildSelect(e->b, mj_emit_several_threads(e, team), ci(e, n_oc), ci(e, 1), "");
+    mj_claim_loop lt = mj_emit_claim_begin(e, team, mul(e, ci(e, tiles), noc), &item, true);
+    LLVMValueRef oc = LLVMBuildSRem(e->b, item, noc, "");
+    LLVMValueRef o_lo = LLVMBuildSDiv(e->b, mul(e, oc, ci(e, q.O)), noc, "");
+    LLVMValueRef o_hi = LLVMBuildSDiv(e->b, mul(e, add(e, oc, ci(e, 1)), ci(e, q.O)), noc, "");
+    item = LLVMBuildSDiv(e->b, item, noc, "");
     LLVMValueRef runi = LLVMBuildSDiv(e->b, item, ci(e, ntile), "");
     LLVMValueRef q0 = mul(e, LLVMBuildSRem(e->b, item, ci(e, ntile), ""), ci(e, T));
     LLVMValueRef xr = mul(e, runi, ci(e, q.sh * q.Wp));
@@ -599,7 +618,7 @@ bool mj_lower_conv_sparse(const mj_cnn_lowering *c) {
         loop_end(e, &lj);
         loop_end(e, &lg);
     }
-    loop lo = loop_begin(e, ci(e, q.O));
+    loop lo = loop_range(e, o_lo, o_hi, 1);
     LLVMValueRef si = add(e, mul(e, lo.iv, ci(e, nb + 1)), lb.iv);
     LLVMValueRef t0 = LLVMBuildSExt(e->b, ld(e, e->i32, tstart, si), e->i64, "");
     LLVMValueRef t1 = LLVMBuildSExt(e->b, ld(e, e->i32, tstart, add(e, si, ci(e, 1))), e->i64, "");

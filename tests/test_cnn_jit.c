@@ -448,15 +448,16 @@ Test(cnn_jit, frozen_sparse_conv_up_to_the_measured_crossover) {
 
 /* Column mode (fewer images than threads): the threads share a conv.
  * Frozen sparse (the tap table): they split its padding copy, claim its
- * tiles and its output channels' rows, each with its own copies and partial
- * sums; the register tile (live): they claim its rows of output channel
- * groups. Every output element is still one thread's, its taps in the same order: at 2 and 3
- * threads, batches 1 and 2 (2 threads at batch 2 split the images instead),
- * the bits of one thread, and in exact mode eager's. Cases: rows aligned
- * (the tiles store y), stride 2 along H (a run per row), unaligned rows with
- * two groups (the rows go out per channel), stride 2 along W (phase rows,
- * strided loads); each above the
- * pool's minimum work per call. */
+ * tiles (a tile's output channels in chunks where there are few tiles) and
+ * its output channels' rows, each with its own copies and partial sums;
+ * the register tile (live): they claim its rows of output channel groups,
+ * several at a time. Every output element is still one thread's, its taps
+ * in the same order: at 2 and 3 threads, batches 1 and 2 (2 threads at
+ * batch 2 split the images instead), the bits of one thread, and in exact
+ * mode eager's. Cases: rows aligned (the tiles store y), stride 2 along H
+ * (a run per row), unaligned rows with two groups (the rows go out per
+ * channel), stride 2 along W (phase rows, strided loads), a 7x7 plane,
+ * depthwise; each above the pool's minimum work per call. */
 Test(cnn_jit, convs_shared_by_threads_bit_identical) {
     mj_rng rng;
     mj_rng_seed(&rng, 38);
@@ -473,6 +474,8 @@ Test(cnn_jit, convs_shared_by_threads_bit_identical) {
          * of 32 with AVX-512): a tile must not write into the next row */
         {.C = 256, .O = 256, .H = 14, .W = 14, .k = 1, .sh = 2, .sw = 2, .pad = 0, .dil = 1, .groups = 1, .bias = false},
         {.C = 32, .O = 32, .H = 40, .W = 20, .k = 3, .sh = 2, .sw = 1, .pad = 1, .dil = 1, .groups = 1, .bias = true},
+        /* a 7x7 plane, one tile: its output channels in 8 chunks */
+        {.C = 128, .O = 128, .H = 7, .W = 7, .k = 3, .sh = 1, .sw = 1, .pad = 1, .dil = 1, .groups = 1, .bias = true},
         /* depthwise (frozen too: the tile): its rows claimed 57 at a time
          * (36 fmas each), the last claim fewer */
         {.C = 144, .O = 144, .H = 56, .W = 56, .k = 3, .sh = 1, .sw = 1, .pad = 1, .dil = 1, .groups = 144,
