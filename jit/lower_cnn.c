@@ -16,8 +16,6 @@
  * the separate op's operations, so that BN, ReLU and the residual of a
  * ResNet block cost no passes over memory. */
 #include <math.h>
-#include <stdlib.h>
-#include <string.h>
 
 #define MJ_EMIT_CTX(c) (c) /* the short forms, on the mj_emit itself */
 #include "lower_cnn.h"
@@ -294,6 +292,46 @@ int64_t mj_conv_tile_vectors(const mj_graph *g, int32_t id, int vw) {
     return R > 1 ? (OH + R - 1) / R : OH * ((OW + vw - 1) / vw);
 }
 
+/* A depthwise conv (one input channel per output channel, stride 1 along
+ * W): a tile has one output channel, so each tap's fma had a load and a
+ * mask of its own, and one accumulator waited on each fma's latency. Here
+ * nv vectors of a row (from ow0; the last has lanes lanes) run at once:
+ * per tap row, the nv + 1 vectors that span their inputs from ow0 - pw are
+ * loaded once (masked: padding reads 0.0f), and each tap column's vector
+ * is a shuffle of two of them, kw*dw < vw floats on. Each lane's fmaf
+ * chain is eager's, taps in (kh, kw) order. */
+#define DEPTHWISE_VECTORS(vw) ((vw) >= 16 ? 8 : 4) /* AVX2: half the registers */
+
+static void depthwise_body(tile *t, LLVMValueRef ow0, int nv, int lanes) {
+    mj_emit *e = t->c->e;
+    LLVMValueRef acc[8], x[9], pick[64];
+    MJ_ASSERT(nv <= 8);
+    for (int v = 0; v < nv; v++) acc[v] = LLVMConstNull(e->vt);
+    for (int64_t kh = 0; kh < t->KH; kh++) {
+        LLVMValueRef ih = add(e, isub(e, mul(e, t->oh, ci(e, t->sh)), ci(e, t->ph)), ci(e, kh * t->dh));
+        LLVMValueRef hvalid = LLVMBuildAnd(e->b, LLVMBuildICmp(e->b, LLVMIntSGE, ih, ci(e, 0), ""),
+                                           LLVMBuildICmp(e->b, LLVMIntSLT, ih, ci(e, t->H), ""), "");
+        LLVMValueRef xr = at(e, t->xg, mul(e, LLVMBuildSelect(e->b, hvalid, ih, ci(e, 0), ""), ci(e, t->W)));
+        for (int v = 0; v <= nv; v++)
+            x[v] = mj_conv_row_lanes(e, xr, add(e, isub(e, ow0, ci(e, t->pw)), ci(e, (int64_t)v * e->vw)), 1, t->W,
+                                     e->vw, hvalid, 0.0f, false);
+        for (int64_t kw = 0; kw < t->KW; kw++) {
+            for (int l = 0; l < e->vw; l++) pick[l] = LLVMConstInt(e->i32, (unsigned long long)(kw * t->dw + l), 0);
+            LLVMValueRef wv = vsplat(e, load(e, t->wo, ci(e, kh * t->KW + kw)));
+            for (int v = 0; v < nv; v++)
+                acc[v] = vmuladd(e, acc[v],
+                                 LLVMBuildShuffleVector(e->b, x[v], x[v + 1], LLVMConstVector(pick, (unsigned)e->vw), ""), wv);
+        }
+    }
+    for (int v = 0; v < nv; v++) {
+        int n = v == nv - 1 ? lanes : e->vw;
+        LLVMValueRef ow = add(e, ow0, ci(e, (int64_t)v * e->vw)), y = acc[v];
+        if (t->b) y = fadd(e, y, vsplat(e, load(e, t->b, ci(e, 0))));
+        y = mj_conv_tail_apply(t->c, &t->k[0], y, add(e, t->yidx[0], ow), n);
+        vstore(e, y, at(e, t->yrow[0], ow), n);
+    }
+}
+
 static void lower_conv_tiled(const mj_cnn_lowering *c) {
     mj_emit *e = c->e;
     const mj_node *n = &c->g->nodes[c->id];
@@ -309,7 +347,10 @@ static void lower_conv_tiled(const mj_cnn_lowering *c) {
     LLVMValueRef bias = n->n_operands == 3 ? c->ops[2] : NULL;
 
     int64_t R = rows_per_vector(c->g, c->id, e->vw);
-    int64_t nblk = (OH + R - 1) / R; /* blocks of R rows, the last maybe fewer */
+    /* depthwise (depthwise_body): an item is a channel's whole plane, its
+     * batch norm coefficients computed once for all its rows */
+    bool depthwise = R == 1 && t.cg == 1 && og == 1 && t.sw == 1 && (t.KW - 1) * t.dw < e->vw;
+    int64_t nblk = depthwise ? 1 : (OH + R - 1) / R; /* blocks of R rows, the last maybe fewer */
 
     /* items (image, group of OB output channels, block of output rows),
      * in the order of the loops they replace; in column mode the threads
@@ -319,7 +360,7 @@ static void lower_conv_tiled(const mj_cnn_lowering *c) {
      * fmas: a depthwise item (one channel's row) is a few dozen, and a
      * claim each (a call and an atomic add on a line both threads write)
      * made two threads slower than one. */
-    int64_t item_fmas = t.OB * per * (R > 1 ? 1 : (OW + e->vw - 1) / e->vw);
+    int64_t item_fmas = t.OB * per * (R > 1 ? 1 : (OW + e->vw - 1) / e->vw) * (depthwise ? OH : 1);
     int64_t K = item_fmas >= TILE_CLAIM_FMAS ? 1 : (TILE_CLAIM_FMAS + item_fmas - 1) / item_fmas;
     LLVMValueRef n_items = mul(e, dimv(c, xt->dims[0]), ci(e, groups * nblk)), chunk;
     mj_claim_loop li = mj_emit_claim_begin(e, c->team, idiv(e, add(e, n_items, ci(e, K - 1)), K), &chunk, true);
@@ -333,9 +374,31 @@ static void lower_conv_tiled(const mj_cnn_lowering *c) {
     t.wo = at(e, c->ops[1], mul(e, o0, ci(e, per)));
     t.b = bias ? at(e, bias, o0) : NULL;
     for (int j = 0; j < t.OB; j++) mj_conv_tail_coefs(c, add(e, o0, ci(e, j)), &t.k[j]);
+    loop lr = {0};
+    if (depthwise) { /* every row of the channel */
+        lr = loop_begin(e, ci(e, OH));
+        t.oh = lr.iv;
+    }
     for (int j = 0; j < t.OB; j++) {
         t.yidx[j] = mul(e, add(e, mul(e, add(e, mul(e, img, ci(e, O)), add(e, o0, ci(e, j))), ci(e, OH)), t.oh), ci(e, OW));
         t.yrow[j] = at(e, c->y, t.yidx[j]);
+    }
+    if (depthwise) {
+        /* groups of DEPTHWISE_VECTORS vectors, then what is left */
+        int64_t span = DEPTHWISE_VECTORS(e->vw) * e->vw, full = OW / span * span;
+        if (full > 0) {
+            loop lw = loop_range(e, ci(e, 0), ci(e, full), span);
+            depthwise_body(&t, lw.iv, DEPTHWISE_VECTORS(e->vw), e->vw);
+            loop_end(e, &lw);
+        }
+        if (OW > full) {
+            int64_t left = OW - full, nv = (left + e->vw - 1) / e->vw;
+            depthwise_body(&t, ci(e, full), (int)nv, (int)(left - (nv - 1) * e->vw));
+        }
+        loop_end(e, &lr);
+        loop_end(e, &lk);
+        mj_emit_claim_end(e, &li);
+        return;
     }
     if (R > 1) {
         t.rows = R;

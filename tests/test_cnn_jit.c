@@ -612,6 +612,27 @@ Test(cnn_jit, small_planes_put_several_rows_in_a_vector) {
     mj_jit_free(j2);
 }
 
+/* Depthwise convs with stride 1 along W (jit/lower_cnn.c): up to 8
+ * vectors of a row at once, each tap column a shuffle of the row's loaded
+ * vectors; rows with a whole group of vectors and a part, kernels 3 to 7,
+ * dilation 2, stride 2 along H; checked as the strided tile above (live
+ * and frozen, NaN inputs, AVX2 forced: 4 vectors at once). */
+Test(cnn_jit, depthwise_convs_shuffle_their_rows_bit_for_bit) {
+    const sconv_case cases[] = {
+        {.C = 16, .O = 16, .H = 9, .W = 150, .k = 3, .sh = 1, .sw = 1, .pad = 1, .dil = 1, .groups = 16, .bias = true},
+        {.C = 8, .O = 8, .H = 10, .W = 40, .k = 7, .sh = 1, .sw = 1, .pad = 3, .dil = 1, .groups = 8, .bias = false},
+        {.C = 8, .O = 8, .H = 12, .W = 37, .k = 3, .sh = 1, .sw = 1, .pad = 2, .dil = 2, .groups = 8, .bias = true},
+        {.C = 6, .O = 6, .H = 5, .W = 20, .k = 5, .sh = 1, .sw = 1, .pad = 2, .dil = 1, .groups = 6, .bias = true},
+        {.C = 8, .O = 8, .H = 15, .W = 33, .k = 3, .sh = 2, .sw = 1, .pad = 1, .dil = 1, .groups = 8, .bias = false},
+    };
+    mj_jit *j2 = mjt_avx2_jit();
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        check_tile_conv(jit, &cases[i]);
+        check_tile_conv(j2, &cases[i]);
+    }
+    mj_jit_free(j2);
+}
+
 /* max_pool2d and avg_pool2d on rows wide enough for whole vectors inside
  * the row (jit/lower_cnn.c): strides 1 to 3 (loads) and 5 (gathers),
  * padding, ceil_mode, both divisors; in every mode, NaN and inf inputs
