@@ -234,6 +234,17 @@ static void tile_fmas(tile *t, LLVMValueRef xv, LLVMValueRef widx) {
     }
 }
 
+/* Whether every tap's wide load for the vector of outputs from ow0 lies
+ * inside a row of W floats: [ow0*sw - pw, ow0*sw - pw + sw*vw - 1 + reach]
+ * (reach: the last tap's offset, (KW-1)*dw; the wide load's last sw - 1
+ * floats included). */
+static LLVMValueRef row_inside(mj_emit *e, LLVMValueRef ow0, int64_t sw, int64_t pw, int64_t reach, int64_t W) {
+    LLVMValueRef lo = isub(e, mul(e, ow0, ci(e, sw)), ci(e, pw));
+    LLVMValueRef hi = add(e, lo, ci(e, sw * e->vw - 1 + reach));
+    return LLVMBuildAnd(e->b, LLVMBuildICmp(e->b, LLVMIntSGE, lo, ci(e, 0), ""),
+                        LLVMBuildICmp(e->b, LLVMIntSLT, hi, ci(e, W), ""), "");
+}
+
 static void tile_body(tile *t, LLVMValueRef ow0, int lanes, bool interior) {
     mj_emit *e = t->c->e;
     for (int j = 0; j < t->OB; j++) LLVMBuildStore(e->b, LLVMConstNull(e->vt), t->acc[j]);
@@ -421,13 +432,7 @@ static void lower_conv_tiled(const mj_cnn_lowering *c) {
     if (full > 0) {
         loop lw = loop_range(e, ci(e, 0), ci(e, full), e->vw);
         if (t.sw <= STRIDED_LOAD_MAX) {
-            /* every tap's loads [ow0*sw - pw, ow0*sw - pw + sw*vw - 1 + (KW-1)*dw]
-             * inside [0, W) (the wide load's last sw - 1 floats included) */
-            LLVMValueRef lo = isub(e, mul(e, lw.iv, ci(e, t.sw)), ci(e, t.pw));
-            LLVMValueRef hi = add(e, lo, ci(e, t.sw * e->vw - 1 + (t.KW - 1) * t.dw));
-            LLVMValueRef inside = LLVMBuildAnd(e->b, LLVMBuildICmp(e->b, LLVMIntSGE, lo, ci(e, 0), ""),
-                                               LLVMBuildICmp(e->b, LLVMIntSLT, hi, ci(e, t.W), ""), "");
-            ifb f = ifelse_begin(e, inside);
+            ifb f = ifelse_begin(e, row_inside(e, lw.iv, t.sw, t.pw, (t.KW - 1) * t.dw, t.W));
             tile_body(&t, lw.iv, e->vw, true);
             if_else(e, &f);
             tile_body(&t, lw.iv, e->vw, false);
@@ -591,11 +596,7 @@ static void lower_pool(const mj_cnn_lowering *c) {
     if (full > 0) {
         loop lw = loop_range(e, ci(e, 0), ci(e, full), e->vw);
         if (p.sw <= STRIDED_LOAD_MAX) { /* as the conv's tile: the wide loads inside the row */
-            LLVMValueRef lo = isub(e, mul(e, lw.iv, ci(e, p.sw)), ci(e, p.pw));
-            LLVMValueRef hi = add(e, lo, ci(e, p.sw * e->vw - 1 + p.KW - 1));
-            LLVMValueRef inside = LLVMBuildAnd(e->b, LLVMBuildICmp(e->b, LLVMIntSGE, lo, ci(e, 0), ""),
-                                               LLVMBuildICmp(e->b, LLVMIntSLT, hi, ci(e, p.W), ""), "");
-            ifb f = ifelse_begin(e, inside);
+            ifb f = ifelse_begin(e, row_inside(e, lw.iv, p.sw, p.pw, p.KW - 1, p.W));
             pool_body(&p, lw.iv, e->vw, true);
             if_else(e, &f);
             pool_body(&p, lw.iv, e->vw, false);

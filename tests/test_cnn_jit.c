@@ -563,6 +563,17 @@ static void check_tile_conv(mj_jit *j, const sconv_case *k) {
     mjt_free_traced(g, m);
 }
 
+/* check_tile_conv for each case, on the machine's widest vectors and with
+ * AVX2 forced */
+static void check_tile_cases(const sconv_case *cases, size_t n) {
+    mj_jit *j2 = mjt_avx2_jit();
+    for (size_t i = 0; i < n; i++) {
+        check_tile_conv(jit, &cases[i]);
+        check_tile_conv(j2, &cases[i]);
+    }
+    mj_jit_free(j2);
+}
+
 Test(cnn_jit, strided_convs_take_the_register_tile_bit_for_bit) {
     const sconv_case cases[] = {
         /* ResNet's stem, narrower: 7x7 stride 2, 50 outputs a row */
@@ -575,12 +586,7 @@ Test(cnn_jit, strided_convs_take_the_register_tile_bit_for_bit) {
         /* gathers */
         {.C = 3, .O = 16, .H = 10, .W = 95, .k = 5, .sh = 5, .sw = 5, .pad = 2, .dil = 1, .groups = 1, .bias = true},
     };
-    mj_jit *j2 = mjt_avx2_jit();
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        check_tile_conv(jit, &cases[i]);
-        check_tile_conv(j2, &cases[i]);
-    }
-    mj_jit_free(j2);
+    check_tile_cases(cases, sizeof cases / sizeof cases[0]);
 }
 
 /* Planes narrower than half a vector (jit/lower_cnn.c): the register
@@ -604,12 +610,7 @@ Test(cnn_jit, small_planes_put_several_rows_in_a_vector) {
         {.C = 4, .O = 8, .H = 9, .W = 5, .k = 3, .sh = 2, .sw = 1, .pad = 1, .dil = 1, .groups = 1, .bias = true},
         {.C = 4, .O = 8, .H = 6, .W = 9, .k = 3, .sh = 1, .sw = 1, .pad = 0, .dil = 1, .groups = 1, .bias = true},
     };
-    mj_jit *j2 = mjt_avx2_jit();
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        check_tile_conv(jit, &cases[i]);
-        check_tile_conv(j2, &cases[i]);
-    }
-    mj_jit_free(j2);
+    check_tile_cases(cases, sizeof cases / sizeof cases[0]);
 }
 
 /* Depthwise convs with stride 1 along W (jit/lower_cnn.c): up to 8
@@ -625,12 +626,7 @@ Test(cnn_jit, depthwise_convs_shuffle_their_rows_bit_for_bit) {
         {.C = 6, .O = 6, .H = 5, .W = 20, .k = 5, .sh = 1, .sw = 1, .pad = 2, .dil = 1, .groups = 6, .bias = true},
         {.C = 8, .O = 8, .H = 15, .W = 33, .k = 3, .sh = 2, .sw = 1, .pad = 1, .dil = 1, .groups = 8, .bias = false},
     };
-    mj_jit *j2 = mjt_avx2_jit();
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        check_tile_conv(jit, &cases[i]);
-        check_tile_conv(j2, &cases[i]);
-    }
-    mj_jit_free(j2);
+    check_tile_cases(cases, sizeof cases / sizeof cases[0]);
 }
 
 /* max_pool2d and avg_pool2d on rows wide enough for whole vectors inside
