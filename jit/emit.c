@@ -395,10 +395,13 @@ LLVMValueRef mj_emit_act(mj_emit *e, mj_act act, LLVMValueRef x) {
 
 /* ---- vectors of vw floats -------------------------------------------------- */
 
+/* vw lanes of the scalar s, of its type (a float, or an integer for lane
+ * indices and masks) */
 LLVMValueRef mj_emit_splat(mj_emit *e, LLVMValueRef s) {
-    LLVMValueRef v = LLVMBuildInsertElement(e->b, LLVMGetPoison(e->vt), s, ci(e, 0), "");
+    LLVMTypeRef t = LLVMVectorType(LLVMTypeOf(s), (unsigned)e->vw);
+    LLVMValueRef v = LLVMBuildInsertElement(e->b, LLVMGetPoison(t), s, ci(e, 0), "");
     LLVMValueRef mask = LLVMConstNull(LLVMVectorType(e->i32, (unsigned)e->vw));
-    return LLVMBuildShuffleVector(e->b, v, LLVMGetPoison(e->vt), mask, "");
+    return LLVMBuildShuffleVector(e->b, v, LLVMGetPoison(t), mask, "");
 }
 
 LLVMValueRef mj_emit_lane_mask(mj_emit *e, int lanes) {

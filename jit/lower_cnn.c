@@ -84,12 +84,12 @@ mj_conv_lowering mj_conv_lowering_of(const mj_graph *g, int32_t id, const float 
  * eager's x there) and OB fmas with the broadcast weights. Each lane is
  * one output element: the order of its fmaf chain is eager's.
  *
- * With stride sw along W the lanes' inputs are sw floats apart. Inside the
- * row, sw <= STRIDED_LOAD_MAX loads the sw vectors that span them and
- * keeps every sw-th float (one shuffle, shared by the OB fmas); at the
- * row's ends, and for wider strides, a masked gather reads them. (ResNet's
- * 7x7 stride-2 stem, before this tile: 46 ms one thread, where PyTorch
- * takes 7.6 ms.) */
+ * With stride sw along W the lanes' inputs are sw floats apart:
+ * sw <= STRIDED_LOAD_MAX loads the sw vectors that span them and keeps
+ * every sw-th float (one shuffle, shared by the OB fmas), masked at the
+ * row's ends; wider strides gather (mj_conv_row_lanes). (ResNet's 7x7
+ * stride-2 stem, before this tile: 46 ms one thread, where PyTorch takes
+ * 7.6 ms.) */
 
 /* Widest stride loaded as whole vectors and shuffled: sw vectors per tap
  * for OB fmas; wider strides gather. */
@@ -111,18 +111,6 @@ typedef struct tile {
     mj_conv_coefs k[8]; /* the tail's, per output channel of the tile */
 } tile;
 
-static LLVMValueRef splat_i64(mj_emit *e, LLVMValueRef s) {
-    LLVMTypeRef vi64 = LLVMVectorType(e->i64, (unsigned)e->vw);
-    LLVMValueRef v = LLVMBuildInsertElement(e->b, LLVMGetPoison(vi64), s, ci(e, 0), "");
-    return LLVMBuildShuffleVector(e->b, v, LLVMGetPoison(vi64), LLVMConstNull(LLVMVectorType(e->i32, (unsigned)e->vw)), "");
-}
-
-/* The tile at output positions [ow0, ow0 + lanes) of row oh. interior: the
- * caller knows every tap's lanes lie inside the row (no padding along W),
- * so a tap loads the row's vector as it is (or zeros when its input row is
- * padding): the same floats as the masked load, without building a lane
- * mask per tap from 64-bit lane indices. On AVX2 (Zen 3) that mask was
- * most of the loop, which also spilled. */
 /* mj_conv_row_lanes (lower_cnn.h). For sw <= STRIDED_LOAD_MAX: one load
  * of the sw*vw floats from iw0, then every sw-th (a shuffle: LLVM splits
  * the load into sw vectors and the shuffle into permutes). Off the
@@ -170,9 +158,9 @@ LLVMValueRef mj_conv_row_lanes(mj_emit *e, LLVMValueRef xr, LLVMValueRef iw0, in
     }
     LLVMValueRef idx[64];
     for (int l = 0; l < e->vw; l++) idx[l] = LLVMConstInt(e->i64, (unsigned long long)(l * sw), 0);
-    LLVMValueRef iw = LLVMBuildAdd(e->b, splat_i64(e, iw0), LLVMConstVector(idx, (unsigned)e->vw), "");
-    LLVMValueRef m = LLVMBuildAnd(e->b, LLVMBuildICmp(e->b, LLVMIntSGE, iw, splat_i64(e, ci(e, 0)), ""),
-                                  LLVMBuildICmp(e->b, LLVMIntSLT, iw, splat_i64(e, ci(e, W)), ""), "");
+    LLVMValueRef iw = LLVMBuildAdd(e->b, vsplat(e, iw0), LLVMConstVector(idx, (unsigned)e->vw), "");
+    LLVMValueRef m = LLVMBuildAnd(e->b, LLVMBuildICmp(e->b, LLVMIntSGE, iw, vsplat(e, ci(e, 0)), ""),
+                                  LLVMBuildICmp(e->b, LLVMIntSLT, iw, vsplat(e, ci(e, W)), ""), "");
     LLVMTypeRef vi1 = LLVMVectorType(i1, (unsigned)e->vw);
     m = LLVMBuildAnd(e->b, m, lane_mask(e, lanes), "");
     m = LLVMBuildAnd(e->b, m, LLVMBuildSelect(e->b, hvalid, LLVMConstAllOnes(vi1), LLVMConstNull(vi1), ""), "");
@@ -194,11 +182,8 @@ static LLVMValueRef lane_consts(mj_emit *e, int64_t div, int64_t mod) {
     return LLVMConstVector(k, (unsigned)e->vw);
 }
 
-static LLVMValueRef splat32(mj_emit *e, LLVMValueRef s64) {
-    LLVMTypeRef t = LLVMVectorType(e->i32, (unsigned)e->vw);
-    LLVMValueRef v = LLVMBuildInsertElement(e->b, LLVMGetPoison(t), LLVMBuildTrunc(e->b, s64, e->i32, ""), ci(e, 0), "");
-    return LLVMBuildShuffleVector(e->b, v, LLVMGetPoison(t), LLVMConstNull(t), "");
-}
+/* vw lanes of the i64 s as i32 (lane offsets within a plane) */
+static LLVMValueRef splat32(mj_emit *e, LLVMValueRef s) { return vsplat(e, LLVMBuildTrunc(e->b, s, e->i32, "")); }
 
 /* lanes whose row ih + l/W lies in [0, H), and l < lanes */
 static LLVMValueRef rows_in(mj_emit *e, const tile *t, LLVMValueRef ih, int lanes) {
@@ -223,6 +208,25 @@ static LLVMValueRef rows_lanes(mj_emit *e, const tile *t, LLVMValueRef xc, LLVMV
     return LLVMBuildCall2(e->b, fty, fn, args, 4, "");
 }
 
+/* Tap row kh's input row for output row oh: *hvalid whether it lies in
+ * [0, H) (else the returned row is row 0, whose lanes the caller drops) */
+static LLVMValueRef tap_row(const tile *t, LLVMValueRef xc, LLVMValueRef kh, LLVMValueRef *hvalid) {
+    mj_emit *e = t->c->e;
+    LLVMValueRef ih = add(e, isub(e, mul(e, t->oh, ci(e, t->sh)), ci(e, t->ph)), mul(e, kh, ci(e, t->dh)));
+    *hvalid = LLVMBuildAnd(e->b, LLVMBuildICmp(e->b, LLVMIntSGE, ih, ci(e, 0), ""),
+                           LLVMBuildICmp(e->b, LLVMIntSLT, ih, ci(e, t->H), ""), "");
+    return at(e, xc, mul(e, LLVMBuildSelect(e->b, *hvalid, ih, ci(e, 0), ""), ci(e, t->W)));
+}
+
+/* Output channel j's value v at output positions [ow, ow + lanes) of row
+ * oh: + b, the conv's tail, the store */
+static void tile_store(const tile *t, int j, LLVMValueRef v, LLVMValueRef ow, int lanes) {
+    mj_emit *e = t->c->e;
+    if (t->b) v = fadd(e, v, vsplat(e, load(e, t->b, ci(e, j))));
+    v = mj_conv_tail_apply(t->c, &t->k[j], v, add(e, t->yidx[j], ow), lanes);
+    vstore(e, v, at(e, t->yrow[j], ow), lanes);
+}
+
 /* one tap: acc[j] = fmaf(xv, w[o0 + j][widx], acc[j]) */
 static void tile_fmas(tile *t, LLVMValueRef xv, LLVMValueRef widx) {
     mj_emit *e = t->c->e;
@@ -245,6 +249,11 @@ static LLVMValueRef row_inside(mj_emit *e, LLVMValueRef ow0, int64_t sw, int64_t
                         LLVMBuildICmp(e->b, LLVMIntSLT, hi, ci(e, W), ""), "");
 }
 
+/* The tile at output positions [ow0, ow0 + lanes) of row oh (with rows,
+ * its R rows from oh). interior: the caller knows every tap's loads lie
+ * inside the row (no padding along W), so a tap loads the row's floats as
+ * they are (or zeros when its input row is padding): the same floats as
+ * the masked load, without its mask. */
 static void tile_body(tile *t, LLVMValueRef ow0, int lanes, bool interior) {
     mj_emit *e = t->c->e;
     for (int j = 0; j < t->OB; j++) LLVMBuildStore(e->b, LLVMConstNull(e->vt), t->acc[j]);
@@ -264,10 +273,7 @@ static void tile_body(tile *t, LLVMValueRef ow0, int lanes, bool interior) {
         loop_end(e, &lc);
     } else {
         loop lkh = loop_begin(e, ci(e, t->KH));
-        LLVMValueRef ih = add(e, isub(e, mul(e, t->oh, ci(e, t->sh)), ci(e, t->ph)), mul(e, lkh.iv, ci(e, t->dh)));
-        LLVMValueRef hvalid = LLVMBuildAnd(e->b, LLVMBuildICmp(e->b, LLVMIntSGE, ih, ci(e, 0), ""),
-                                           LLVMBuildICmp(e->b, LLVMIntSLT, ih, ci(e, t->H), ""), "");
-        LLVMValueRef xr = at(e, xc, mul(e, LLVMBuildSelect(e->b, hvalid, ih, ci(e, 0), ""), ci(e, t->W)));
+        LLVMValueRef hvalid, xr = tap_row(t, xc, lkh.iv, &hvalid);
         LLVMValueRef wtap = add(e, mul(e, lc.iv, ci(e, KK)), mul(e, lkh.iv, ci(e, t->KW)));
         loop lkw = loop_begin(e, ci(e, t->KW));
         LLVMValueRef iw0 = add(e, isub(e, mul(e, ow0, ci(e, t->sw)), ci(e, t->pw)), mul(e, lkw.iv, ci(e, t->dw)));
@@ -278,12 +284,7 @@ static void tile_body(tile *t, LLVMValueRef ow0, int lanes, bool interior) {
         loop_end(e, &lkh);
         loop_end(e, &lc);
     }
-    for (int j = 0; j < t->OB; j++) {
-        LLVMValueRef v = LLVMBuildLoad2(e->b, e->vt, t->acc[j], "");
-        if (t->b) v = fadd(e, v, vsplat(e, load(e, t->b, ci(e, j))));
-        v = mj_conv_tail_apply(t->c, &t->k[j], v, add(e, t->yidx[j], ow0), lanes);
-        vstore(e, v, at(e, t->yrow[j], ow0), lanes);
-    }
+    for (int j = 0; j < t->OB; j++) tile_store(t, j, LLVMBuildLoad2(e->b, e->vt, t->acc[j], ""), ow0, lanes);
 }
 
 /* A plane narrower than half a vector (7x7: 7 of 16 lanes) puts R whole
@@ -319,10 +320,7 @@ static void depthwise_body(tile *t, LLVMValueRef ow0, int nv, int lanes) {
     MJ_ASSERT(nv <= 8);
     for (int v = 0; v < nv; v++) acc[v] = LLVMConstNull(e->vt);
     for (int64_t kh = 0; kh < t->KH; kh++) {
-        LLVMValueRef ih = add(e, isub(e, mul(e, t->oh, ci(e, t->sh)), ci(e, t->ph)), ci(e, kh * t->dh));
-        LLVMValueRef hvalid = LLVMBuildAnd(e->b, LLVMBuildICmp(e->b, LLVMIntSGE, ih, ci(e, 0), ""),
-                                           LLVMBuildICmp(e->b, LLVMIntSLT, ih, ci(e, t->H), ""), "");
-        LLVMValueRef xr = at(e, t->xg, mul(e, LLVMBuildSelect(e->b, hvalid, ih, ci(e, 0), ""), ci(e, t->W)));
+        LLVMValueRef hvalid, xr = tap_row(t, t->xg, ci(e, kh), &hvalid);
         for (int v = 0; v <= nv; v++)
             x[v] = mj_conv_row_lanes(e, xr, add(e, isub(e, ow0, ci(e, t->pw)), ci(e, (int64_t)v * e->vw)), 1, t->W,
                                      e->vw, hvalid, 0.0f, false);
@@ -334,13 +332,8 @@ static void depthwise_body(tile *t, LLVMValueRef ow0, int nv, int lanes) {
                                  LLVMBuildShuffleVector(e->b, x[v], x[v + 1], LLVMConstVector(pick, (unsigned)e->vw), ""), wv);
         }
     }
-    for (int v = 0; v < nv; v++) {
-        int n = v == nv - 1 ? lanes : e->vw;
-        LLVMValueRef ow = add(e, ow0, ci(e, (int64_t)v * e->vw)), y = acc[v];
-        if (t->b) y = fadd(e, y, vsplat(e, load(e, t->b, ci(e, 0))));
-        y = mj_conv_tail_apply(t->c, &t->k[0], y, add(e, t->yidx[0], ow), n);
-        vstore(e, y, at(e, t->yrow[0], ow), n);
-    }
+    for (int v = 0; v < nv; v++)
+        tile_store(t, 0, acc[v], add(e, ow0, ci(e, (int64_t)v * e->vw)), v == nv - 1 ? lanes : e->vw);
 }
 
 static void lower_conv_tiled(const mj_cnn_lowering *c) {
@@ -407,11 +400,7 @@ static void lower_conv_tiled(const mj_cnn_lowering *c) {
             depthwise_body(&t, ci(e, full), (int)nv, (int)(left - (nv - 1) * e->vw));
         }
         loop_end(e, &lr);
-        loop_end(e, &lk);
-        mj_emit_claim_end(e, &li);
-        return;
-    }
-    if (R > 1) {
+    } else if (R > 1) {
         t.rows = R;
         int64_t last = OH - (nblk - 1) * R;
         if (last == R) {
@@ -424,25 +413,23 @@ static void lower_conv_tiled(const mj_cnn_lowering *c) {
             tile_body(&t, ci(e, 0), (int)(last * OW), false);
             if_end(e, f.end);
         }
-        loop_end(e, &lk);
-        mj_emit_claim_end(e, &li);
-        return;
-    }
-    int64_t full = OW / e->vw * e->vw;
-    if (full > 0) {
-        loop lw = loop_range(e, ci(e, 0), ci(e, full), e->vw);
-        if (t.sw <= STRIDED_LOAD_MAX) {
-            ifb f = ifelse_begin(e, row_inside(e, lw.iv, t.sw, t.pw, (t.KW - 1) * t.dw, t.W));
-            tile_body(&t, lw.iv, e->vw, true);
-            if_else(e, &f);
-            tile_body(&t, lw.iv, e->vw, false);
-            if_end(e, f.end);
-        } else {
-            tile_body(&t, lw.iv, e->vw, false); /* wider strides gather everywhere */
+    } else {
+        int64_t full = OW / e->vw * e->vw;
+        if (full > 0) {
+            loop lw = loop_range(e, ci(e, 0), ci(e, full), e->vw);
+            if (t.sw <= STRIDED_LOAD_MAX) {
+                ifb f = ifelse_begin(e, row_inside(e, lw.iv, t.sw, t.pw, (t.KW - 1) * t.dw, t.W));
+                tile_body(&t, lw.iv, e->vw, true);
+                if_else(e, &f);
+                tile_body(&t, lw.iv, e->vw, false);
+                if_end(e, f.end);
+            } else {
+                tile_body(&t, lw.iv, e->vw, false); /* wider strides gather everywhere */
+            }
+            loop_end(e, &lw);
         }
-        loop_end(e, &lw);
+        if (OW > full) tile_body(&t, ci(e, full), (int)(OW - full), false);
     }
-    if (OW > full) tile_body(&t, ci(e, full), (int)(OW - full), false);
     loop_end(e, &lk);
     mj_emit_claim_end(e, &li);
 }
@@ -479,8 +466,6 @@ static void lower_batch_norm(const mj_cnn_lowering *c) {
     loop_end(e, &lc);
 }
 
-/* The pools: per image and channel plane, per output position, a window
- * [h0, h1) x [w0, w1) of in-bounds rows and columns, walked in row order. */
 /* adaptive_avg_pool2d: per output element its window [floor(i*H/OH),
  * ceil((i+1)*H/OH)) (and along W), summed in row order, / its size */
 static void lower_adaptive_pool(const mj_cnn_lowering *c) {
@@ -561,18 +546,18 @@ static void pool_body(const pool *p, LLVMValueRef ow0, int lanes, bool interior)
     if (!p->is_max) { /* eager's divisor (pool_window in src/nn/cnn.c), per lane */
         LLVMValueRef idx[64];
         for (int l = 0; l < e->vw; l++) idx[l] = LLVMConstInt(e->i64, (unsigned long long)(l * p->sw), 0);
-        LLVMValueRef lw0 = LLVMBuildAdd(e->b, splat_i64(e, w0), LLVMConstVector(idx, (unsigned)e->vw), "");
+        LLVMValueRef lw0 = LLVMBuildAdd(e->b, vsplat(e, w0), LLVMConstVector(idx, (unsigned)e->vw), "");
         LLVMValueRef hlo = h0, hhi = imin(e, add(e, h0, ci(e, p->KH)), ci(e, p->H + p->ph));
-        LLVMValueRef wlo = lw0, whi = LLVMBuildAdd(e->b, lw0, splat_i64(e, ci(e, p->KW)), "");
-        LLVMValueRef wcap = splat_i64(e, ci(e, p->count_pad ? p->W + p->pw : p->W));
+        LLVMValueRef wlo = lw0, whi = LLVMBuildAdd(e->b, lw0, vsplat(e, ci(e, p->KW)), "");
+        LLVMValueRef wcap = vsplat(e, ci(e, p->count_pad ? p->W + p->pw : p->W));
         whi = LLVMBuildSelect(e->b, LLVMBuildICmp(e->b, LLVMIntSLT, whi, wcap, ""), whi, wcap, "");
         if (!p->count_pad) {
             hlo = imax(e, h0, ci(e, 0));
             hhi = imin(e, hhi, ci(e, p->H));
-            LLVMValueRef zero = splat_i64(e, ci(e, 0));
+            LLVMValueRef zero = vsplat(e, ci(e, 0));
             wlo = LLVMBuildSelect(e->b, LLVMBuildICmp(e->b, LLVMIntSGT, lw0, zero, ""), lw0, zero, "");
         }
-        LLVMValueRef div = LLVMBuildMul(e->b, splat_i64(e, isub(e, hhi, hlo)), LLVMBuildSub(e->b, whi, wlo, ""), "");
+        LLVMValueRef div = LLVMBuildMul(e->b, vsplat(e, isub(e, hhi, hlo)), LLVMBuildSub(e->b, whi, wlo, ""), "");
         res = fdiv(e, res, LLVMBuildSIToFP(e->b, div, e->vt, ""));
     }
     vstore(e, res, at(e, p->ys, add(e, mul(e, p->oh, ci(e, p->OW)), ow0)), lanes);

@@ -124,9 +124,9 @@ static bool geometry(const mj_graph *g, int32_t id, geom *q) {
         while (k < q->ns && q->shift[k] != sft) k++;
         if (k == q->ns) q->shift[q->ns++] = sft;
     }
-    q->reach = (q->KH - 1) * q->dh * q->Wp + tap_col(q, q->KW - 1);
-    for (int64_t kw = 0; kw < q->KW; kw++)
-        if ((q->KH - 1) * q->dh * q->Wp + tap_col(q, kw) > q->reach) q->reach = (q->KH - 1) * q->dh * q->Wp + tap_col(q, kw);
+    int64_t col = 0; /* the farthest tap column (phase rows are not in kw order) */
+    for (int64_t kw = 0; kw < q->KW; kw++) col = tap_col(q, kw) > col ? tap_col(q, kw) : col;
+    q->reach = (q->KH - 1) * q->dh * q->Wp + col;
     q->S = mj_round16(SPARSE_TILE_MAX + q->reach);
     /* Input channels per block: the block's rows under a tile (every
      * group's channels of the block: the padded input's and the ns - 1
@@ -367,17 +367,19 @@ static void tile_plain(const mj_cnn_lowering *c, LLVMValueRef *acc, int V, const
     }
 }
 
-/* <vw x i32> of s */
-static LLVMValueRef splat_i32(mj_emit *e, LLVMValueRef s) {
-    LLVMTypeRef t = LLVMVectorType(e->i32, (unsigned)e->vw);
-    LLVMValueRef v = LLVMBuildInsertElement(e->b, LLVMGetPoison(t), s, ci(e, 0), "");
-    return LLVMBuildShuffleVector(e->b, v, LLVMGetPoison(t), LLVMConstNull(t), "");
-}
-
-static LLVMValueRef k_i32(mj_emit *e, int64_t v) {
-    LLVMValueRef k[64];
-    for (int l = 0; l < e->vw; l++) k[l] = LLVMConstInt(e->i32, (unsigned long long)v, 0);
-    return LLVMConstVector(k, (unsigned)e->vw);
+/* val's lanes at run positions q0 + off + l below run, to dst (the run's
+ * position q0 + off); positions < 2^31: the tap offsets' bound */
+static void store_in_run(mj_emit *e, LLVMValueRef val, LLVMValueRef dst, LLVMValueRef q0, int64_t off, int64_t run) {
+    LLVMValueRef lanes[64];
+    for (int l = 0; l < e->vw; l++) lanes[l] = LLVMConstInt(e->i32, (unsigned long long)l, 0);
+    LLVMValueRef qs = LLVMBuildTrunc(e->b, add(e, q0, ci(e, off)), e->i32, "");
+    LLVMValueRef qv = LLVMBuildAdd(e->b, vsplat(e, qs), LLVMConstVector(lanes, (unsigned)e->vw), "");
+    LLVMValueRef in_run =
+        LLVMBuildICmp(e->b, LLVMIntULT, qv, vsplat(e, LLVMConstInt(e->i32, (unsigned long long)run, 0)), "");
+    LLVMTypeRef mty[2] = {e->vt, e->ptr}, fty;
+    LLVMValueRef fn = intrinsic(e, "llvm.masked.store", mty, 2, &fty);
+    LLVMValueRef args[4] = {val, at(e, dst, add(e, q0, ci(e, off))), LLVMConstInt(e->i32, 4, 0), in_run};
+    LLVMBuildCall2(e->b, fty, fn, args, 4, "");
 }
 
 static void tile_direct(const mj_cnn_lowering *c, LLVMValueRef *acc, int V, const int64_t *voff, const direct *d,
@@ -386,21 +388,10 @@ static void tile_direct(const mj_cnn_lowering *c, LLVMValueRef *acc, int V, cons
     mj_conv_coefs k;
     mj_conv_tail_coefs(c, d->o, &k);
     LLVMValueRef bv = d->bias ? vsplat(e, load(e, d->bias, d->o)) : NULL;
-    LLVMValueRef lanes[64];
-    for (int l = 0; l < e->vw; l++) lanes[l] = LLVMConstInt(e->i32, (unsigned long long)l, 0);
-    LLVMValueRef lane = LLVMConstVector(lanes, (unsigned)e->vw);
-    LLVMValueRef q32 = LLVMBuildTrunc(e->b, q0, e->i32, ""); /* positions < 2^31: the tap offsets' bound */
     for (int v = 0; v < V; v++) {
         LLVMValueRef val = LLVMBuildLoad2(e->b, e->vt, acc[v], "");
         if (bv) val = fadd(e, val, bv);
-        val = mj_conv_tail_apply(c, &k, val, NULL, e->vw);
-        LLVMValueRef qs = LLVMBuildAdd(e->b, q32, LLVMConstInt(e->i32, (unsigned long long)voff[v], 0), "");
-        LLVMValueRef qv = LLVMBuildAdd(e->b, splat_i32(e, qs), lane, "");
-        LLVMValueRef in_run = LLVMBuildICmp(e->b, LLVMIntULT, qv, k_i32(e, d->run), "");
-        LLVMTypeRef mty[2] = {e->vt, e->ptr}, fty;
-        LLVMValueRef fn = intrinsic(e, "llvm.masked.store", mty, 2, &fty);
-        LLVMValueRef args[4] = {val, at(e, d->dst, add(e, q0, ci(e, voff[v]))), LLVMConstInt(e->i32, 4, 0), in_run};
-        LLVMBuildCall2(e->b, fty, fn, args, 4, "");
+        store_in_run(e, mj_conv_tail_apply(c, &k, val, NULL, e->vw), d->dst, q0, voff[v], d->run);
     }
 }
 
@@ -444,19 +435,7 @@ static void tile(const mj_cnn_lowering *c, LLVMValueRef *acc, int V, const int64
         /* a run per output row: only its row_run positions, since the
          * tile's last vector may reach past the rows' stride into the next
          * row, another item (another thread's in column mode) */
-        LLVMValueRef lanes[64];
-        for (int l = 0; l < e->vw; l++) lanes[l] = LLVMConstInt(e->i32, (unsigned long long)l, 0);
-        LLVMValueRef q32 = LLVMBuildTrunc(e->b, q0, e->i32, "");
-        LLVMTypeRef mty[2] = {e->vt, e->ptr}, fty;
-        LLVMValueRef fn = intrinsic(e, "llvm.masked.store", mty, 2, &fty);
-        for (int v = 0; v < V; v++) {
-            LLVMValueRef qs = LLVMBuildAdd(e->b, q32, LLVMConstInt(e->i32, (unsigned long long)voff[v], 0), "");
-            LLVMValueRef in_run = LLVMBuildICmp(e->b, LLVMIntULT, LLVMBuildAdd(e->b, splat_i32(e, qs), LLVMConstVector(lanes, (unsigned)e->vw), ""),
-                                                k_i32(e, row_run), "");
-            LLVMValueRef args[4] = {LLVMBuildLoad2(e->b, e->vt, acc[v], ""), at(e, rr, add(e, q0, ci(e, voff[v]))),
-                                    LLVMConstInt(e->i32, 4, 0), in_run};
-            LLVMBuildCall2(e->b, fty, fn, args, 4, "");
-        }
+        for (int v = 0; v < V; v++) store_in_run(e, LLVMBuildLoad2(e->b, e->vt, acc[v], ""), rr, q0, voff[v], row_run);
     } else {
         for (int v = 0; v < V; v++)
             vst(e, LLVMBuildLoad2(e->b, e->vt, acc[v], ""), rr, add(e, q0, ci(e, voff[v])), 4);
