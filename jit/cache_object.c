@@ -105,7 +105,7 @@ static mj_status free_dylib(mj_jit *jit, const char *fname, LLVMOrcJITDylibRef *
             return MJ_OK;
         }
         jd = LLVMOrcExecutionSessionCreateBareJITDylib(es, name);
-        /* logf, sqrtf (and memset/memcpy) resolve to the process's libm
+        /* logf, expm1f, ... (and memset/memcpy) resolve to the process's libm
          * and libc, the ones the eager kernels call */
         LLVMOrcDefinitionGeneratorRef gen;
         LLVMErrorRef err = LLVMOrcCreateDynamicLibrarySearchGeneratorForProcess(

@@ -218,7 +218,7 @@ mj_status mj_jit_new(mj_jit **out) {
         s = mj_jit_llvm_error(err, "creating the LLJIT");
         goto fail;
     }
-    /* logf, sqrtf, ... resolve to the libm the eager kernels use. */
+    /* logf, expm1f, ... resolve to the libm the eager kernels use. */
     LLVMOrcDefinitionGeneratorRef gen;
     err = LLVMOrcCreateDynamicLibrarySearchGeneratorForProcess(
         &gen, LLVMOrcLLJITGetGlobalPrefix(jit->lljit), NULL, NULL);
