@@ -106,6 +106,12 @@ struct pool {
     int64_t batch;
     int n_chunks;
     atomic_int next_chunk;
+    /* the caller's CPU during this call; for the tests
+     * (mj_compiled_pool_placement_for_tests): how many times a worker found
+     * itself on it, how many times one moved off, and where a worker last
+     * ended its share */
+    atomic_int caller_cpu;
+    atomic_int colocated, moves, worker_cpu;
 };
 
 /* compile.c: the body's LLVM module, in a new context (*tsc); frozen: pr

@@ -1,6 +1,7 @@
 /* The call path of a compiled graph: shape guards, live-parameter refresh,
  * scratch, rows or columns over the thread pool, and the public run and dump
  * functions. */
+#include <sched.h>
 #include <string.h>
 
 #include "compiled.h"
@@ -86,6 +87,7 @@ static bool run_parallel(mj_compiled *c, const float *const *leaves, const float
     p->n_chunks = n_chunks;
     atomic_store_explicit(&p->next_chunk, 0, memory_order_relaxed);
     mj_pool_lock(p, &p->mu);
+    atomic_store_explicit(&p->caller_cpu, sched_getcpu(), memory_order_relaxed);
     p->n_parts = np;
     p->leaves = leaves;
     atomic_store(&p->pending, np - 1);

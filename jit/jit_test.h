@@ -26,4 +26,13 @@ int mj_compiled_last_split(const mj_compiled *c);
  * without a pool. */
 void mj_compiled_pool_spin_for_tests(mj_compiled *c, int64_t ns);
 
+/* Where c's pool threads ran: how many times a worker started its share
+ * on its caller's CPU, how many times one then moved to another CPU, and
+ * the CPU a worker last ended its share on (-1 before any; all 0 and -1
+ * without a pool). */
+typedef struct mj_pool_placement {
+    int colocated, moved, worker_cpu;
+} mj_pool_placement;
+mj_pool_placement mj_compiled_pool_placement_for_tests(const mj_compiled *c);
+
 #endif

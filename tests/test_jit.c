@@ -4,6 +4,7 @@
  *
  * MJ_JIT_TEST_SCALE (default 1.0) scales the loop counts down for slow
  * runs (valgrind): e.g. 0.05. */
+#include <sched.h>
 #include <criterion/criterion.h>
 #include <math.h>
 #include <pthread.h>
@@ -990,6 +991,50 @@ Test(jit, pool_threads_that_sleep_at_once_are_right, .timeout = 120) {
         mj_compiled_free(c);
     }
     MJT_RELEASE(x[0], x[1], want[0], want[1]);
+    mjt_free_traced(g, m);
+}
+
+/* A worker that starts its share on its caller's CPU moves to another one
+ * the caller's affinity allows. The test pins itself to the CPU where the
+ * worker ended its last share, so that the next call usually finds the two
+ * together; every time the worker saw that, it must have moved. With one
+ * allowed CPU there is nowhere to go, and nothing moves. */
+Test(jit, pool_worker_moves_off_its_callers_cpu, .timeout = 120) {
+    mj_rng rng = mjt_rng(31);
+    mj_module *m = mjt_model("mlp:256,512,256:act=relu", 1, &rng);
+    int64_t ex[2] = {2, 256}, xs[2] = {150, 256};
+    mj_graph *g = trace(m, 2, ex);
+    mj_compiled *c = compile_threads(jit, g, mjt_modes[0], 2);
+    mj_tensor *x, *want;
+    OK(mj_tensor_randn(&x, 2, xs, &rng));
+    OK(mj_module_forward(m, x, &want));
+    cpu_set_t allowed;
+    cr_assert_eq(sched_getaffinity(0, sizeof allowed, &allowed), 0);
+    mj_pool_placement pl = {0, 0, -1};
+    for (int i = 0; i < 400 && pl.colocated < 3; i++) {
+        mj_tensor *got;
+        cr_assert_eq(mj_compiled_run(c, x, &got), MJ_OK, "%s", mj_last_error());
+        check_result(got, want, mjt_modes[0], "a call beside the worker");
+        mj_tensor_release(got);
+        cr_assert_eq(mj_compiled_last_split(c), 1, "the pool split the rows");
+        pl = mj_compiled_pool_placement_for_tests(c);
+        /* the next call on the worker's CPU, then back to every CPU */
+        cpu_set_t one;
+        CPU_ZERO(&one);
+        CPU_SET(pl.worker_cpu, &one);
+        if (i % 2 == 0 && pl.worker_cpu >= 0) cr_assert_eq(sched_setaffinity(0, sizeof one, &one), 0);
+        else cr_assert_eq(sched_setaffinity(0, sizeof allowed, &allowed), 0);
+    }
+    cr_assert_eq(sched_setaffinity(0, sizeof allowed, &allowed), 0);
+    if (CPU_COUNT(&allowed) < 2) {
+        cr_expect_eq(pl.moved, 0, "one CPU allowed, yet a worker moved %d times", pl.moved);
+    } else {
+        cr_expect(pl.colocated > 0, "the worker never started on the caller's CPU in 400 calls");
+        cr_expect_eq(pl.moved, pl.colocated, "the worker started on its caller's CPU %d times and moved %d",
+                     pl.colocated, pl.moved);
+    }
+    MJT_RELEASE(x, want);
+    mj_compiled_free(c);
     mjt_free_traced(g, m);
 }
 
