@@ -122,6 +122,16 @@ typedef struct mj_bench_result {
      * of (one-thread time / this time), the same mode compiled for one
      * thread and timed next to this one in each round; NAN otherwise */
     double vs_one_thread, vs_one_thread_min;
+    /* threads > 1, compiled variants: each round also runs that many copies
+     * of the one-thread model at once, each on its own thread and output,
+     * for as many calls as the one-thread timing: host_copies is their
+     * calls per second against one copy's (threads = every copy ran at
+     * full speed; 1.0 = the host gave the copies one core's worth), median
+     * and lowest over rounds. vs_host is the round's vs_one_thread divided
+     * by its host_copies: the share of what this host gave independent
+     * copies of the same work that the threaded model got; NAN otherwise */
+    double host_copies, host_copies_min;
+    double vs_host, vs_host_min;
 } mj_bench_result;
 
 /* Timing clock of this thread's measurements: wall (default) or process CPU
@@ -137,7 +147,9 @@ double mj_bench_thread_ceiling(int n);
 
 /* Times the variants interleaved: reps rounds, each running every variant
  * for iters calls sized to about min_ms. results has one entry per variant.
- * At threads > 1 each round starts with mj_bench_thread_ceiling. */
+ * At threads > 1 each round starts with mj_bench_thread_ceiling, and each
+ * compiled variant's turn times its one-thread twin and the twin's copies
+ * (host_copies) next to it. */
 mj_status mj_bench_measure(mj_bench_setup *s, int reps, double min_ms, mj_bench_result *results);
 /* The lowest and highest host check of the last mj_bench_measure (one per
  * round); NAN at one thread or before a measure. */

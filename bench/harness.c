@@ -7,6 +7,8 @@
 #include <errno.h>
 #include <math.h>
 #include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
@@ -775,6 +777,67 @@ static mj_status time_runs(mj_bench_setup *s, variant *v, bool one_thread, int64
     return st;
 }
 
+/* The host check with the work itself: threads copies of v's one-thread
+ * twin, each on its own thread with its own output, n calls each, started
+ * together; *ns is the wall time until the last one ends. The arithmetic
+ * check (mj_bench_thread_ceiling) cannot see a core shared with another
+ * guest: it kept 1.5-2.0x while a 1024-wide MLP, pool or not, got 1.0x in
+ * whole rounds (2-vCPU KVM guest, Zen 4), because its chains wait on
+ * latency where the GEMM fills the FMA ports. */
+typedef struct copy_arg {
+    const mj_bench_setup *s;
+    mj_compiled *c;
+    int64_t n;
+    float *y;
+    atomic_bool *go;
+    mj_status st;
+} copy_arg;
+
+static void *copy_work(void *arg) {
+    copy_arg *a = arg;
+    const mj_bench_setup *s = a->s;
+    const float *xd[MJ_BENCH_MAX_INPUTS];
+    for (int i = 0; i < s->n_in; i++) xd[i] = mj_tensor_data(s->x[i]);
+    float *y[1] = {a->y};
+    int64_t y_numel = s->y_numel;
+    while (!atomic_load(a->go)) sched_yield();
+    a->st = MJ_OK;
+    for (int64_t i = 0; i < a->n && a->st == MJ_OK; i++)
+        a->st = mj_compiled_run_raw_n(a->c, s->n_in, xd, s->batch, 1, y, &y_numel);
+    return NULL;
+}
+
+static mj_status time_copies(mj_bench_setup *s, const variant *v, int64_t n, double *ns) {
+    enum { MAX_COPIES = 64 };
+    int k = s->w.threads < MAX_COPIES ? s->w.threads : MAX_COPIES;
+    copy_arg a[MAX_COPIES];
+    pthread_t th[MAX_COPIES];
+    atomic_bool go = false;
+    int made = 0, started = 0;
+    while (made < k) {
+        a[made] = (copy_arg){s, v->one_thread, n, malloc((size_t)s->y_numel * sizeof(float)), &go, MJ_OK};
+        if (!a[made].y) break;
+        made++;
+    }
+    while (made == k && started < k - 1 && pthread_create(&th[started], NULL, copy_work, &a[started + 1]) == 0)
+        started++;
+    bool ok = made == k && started == k - 1;
+    /* on a failure the started copies run no calls */
+    for (int i = 1; !ok && i <= started; i++) a[i].n = 0;
+    double t0 = now_ns();
+    atomic_store(&go, true);
+    if (ok) copy_work(&a[0]);
+    for (int i = 0; i < started; i++) pthread_join(th[i], NULL);
+    *ns = now_ns() - t0;
+    mj_status st = ok ? MJ_OK : mj_fail(MJ_ERR_NOMEM, "bench: cannot start %d copies for the host check", k);
+    for (int i = 0; i < made; i++) {
+        if (ok && a[i].st != MJ_OK) st = a[i].st;
+        free(a[i].y);
+    }
+    settle_after(s);
+    return st;
+}
+
 /* Calls per round: n calls took el ns, a round should take target ns. */
 static int64_t calls_for(int64_t n, double el, double target) {
     double it = ceil((double)n * target / (el > 0 ? el : 1));
@@ -797,7 +860,9 @@ mj_status mj_bench_measure(mj_bench_setup *s, int reps, double min_ms, mj_bench_
         variant *v = &s->v[i];
         results[i] = (mj_bench_result){.median_ns = NAN, .min_ns = NAN, .iters = 0,
                                        .gflops = NAN, .compile_ms = v->compile_ms,
-                                       .vs_one_thread = NAN, .vs_one_thread_min = NAN};
+                                       .vs_one_thread = NAN, .vs_one_thread_min = NAN,
+                                       .host_copies = NAN, .host_copies_min = NAN,
+                                       .vs_host = NAN, .vs_host_min = NAN};
         iters[i] = iters1[i] = 0;
         vreps[i] = 0;
         if (!v->timed) continue;
@@ -822,10 +887,12 @@ mj_status mj_bench_measure(mj_bench_setup *s, int reps, double min_ms, mj_bench_
          * three rounds are enough and keep the full run short */
         vreps[i] = el / (double)n > 1e9 && reps > 3 ? 3 : reps;
     }
-    /* samples, then the rounds' one-thread/threads ratios of the twins */
-    double *samples = calloc(2 * (size_t)reps * (size_t)s->nv, sizeof *samples);
+    /* samples, then per round the twins' one-thread/threads ratios, the
+     * copies' speed-ups and the ratio of the two */
+    size_t per = (size_t)reps * (size_t)s->nv;
+    double *samples = calloc(4 * per, sizeof *samples);
     if (!samples) return mj_fail(MJ_ERR_NOMEM, "bench: out of memory");
-    double *speedups = samples + (size_t)reps * (size_t)s->nv;
+    double *speedups = samples + per, *copies = samples + 2 * per, *of_host = samples + 3 * per;
     /* rounds: every variant once per round, start rotating, so drift in the
      * machine's speed hits all variants alike. At threads > 1 each round
      * starts with the host check: what the host gives that many threads
@@ -848,12 +915,18 @@ mj_status mj_bench_measure(mj_bench_setup *s, int reps, double min_ms, mj_bench_
             mj_status st = twin_first ? time_runs(s, v, true, iters1[i], &el1) : MJ_OK;
             if (st == MJ_OK) st = time_runs(s, v, false, iters[i], &el);
             if (st == MJ_OK && v->one_thread && !twin_first) st = time_runs(s, v, true, iters1[i], &el1);
+            double elc = NAN;
+            if (st == MJ_OK && v->one_thread) st = time_copies(s, v, iters1[i], &elc);
             if (st != MJ_OK) {
                 free(samples);
                 return st;
             }
             samples[i * reps + r] = el / (double)iters[i];
-            if (v->one_thread) speedups[i * reps + r] = (el1 / (double)iters1[i]) / samples[i * reps + r];
+            if (v->one_thread) {
+                speedups[i * reps + r] = (el1 / (double)iters1[i]) / samples[i * reps + r];
+                copies[i * reps + r] = s->w.threads * el1 / elc;
+                of_host[i * reps + r] = speedups[i * reps + r] / copies[i * reps + r];
+            }
         }
     }
     double flops = mj_bench_setup_flops(s);
@@ -866,6 +939,12 @@ mj_status mj_bench_measure(mj_bench_setup *s, int reps, double min_ms, mj_bench_
             double *q = speedups + i * reps;
             results[i].vs_one_thread = median_of(q, nr);
             results[i].vs_one_thread_min = q[0];
+            q = copies + i * reps;
+            results[i].host_copies = median_of(q, nr);
+            results[i].host_copies_min = q[0];
+            q = of_host + i * reps;
+            results[i].vs_host = median_of(q, nr);
+            results[i].vs_host_min = q[0];
         }
         results[i].reps = nr;
         results[i].median_ns = med;

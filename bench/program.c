@@ -430,24 +430,30 @@ static void print_table_block(FILE *out, const wl_result *wr) {
     bool threaded = wr->w.threads > 1;
     fprintf(out, "    %-16s %12s %10s %12s %12s %10s%s\n", "variant", "median", "GFLOP/s",
             wr->vs_reference ? "vs interp" : "vs best peer", "compile ms", "calls/round",
-            threaded ? "   vs 1 thread (lowest round)" : "");
+            threaded ? "   vs 1 thread (lowest round)   copies (lowest)   vs copies (lowest)" : "");
     for (int i = 0; i < wr->n_rows; i++) {
         const row *r = &wr->rows[i];
         if (!isfinite(r->r.median_ns)) continue;
-        char t[32], ratio[32], comp[32], one[48] = "";
+        char t[32], ratio[32], comp[32], one[128] = "";
         fmt_time(t, sizeof t, r->r.median_ns);
         if (isfinite(r->ratio)) snprintf(ratio, sizeof ratio, "%.3fx", r->ratio);
         else snprintf(ratio, sizeof ratio, "-");
         if (r->r.compile_ms >= 0) snprintf(comp, sizeof comp, "%.1f", r->r.compile_ms);
         else snprintf(comp, sizeof comp, "-");
         if (threaded && isfinite(r->r.vs_one_thread))
-            snprintf(one, sizeof one, "   %.2fx (%.2fx)", r->r.vs_one_thread, r->r.vs_one_thread_min);
+            snprintf(one, sizeof one, "   %13.2fx (%.2fx) %11.2fx (%.2fx) %14.2f (%.2f)", r->r.vs_one_thread,
+                     r->r.vs_one_thread_min, r->r.host_copies, r->r.host_copies_min, r->r.vs_host,
+                     r->r.vs_host_min);
         fprintf(out, "    %-16s %12s %10.2f %12s %12s %10lld%s\n", r->variant, t, r->r.gflops, ratio,
                 comp, (long long)r->r.iters, one);
     }
     if (threaded)
         fprintf(out, "    vs 1 thread: the same mode compiled for one thread, timed next to this one in "
-                     "every round; the median of the rounds' ratios\n");
+                     "every round; the median of the rounds' ratios\n"
+                     "    copies: in the same rounds, %d copies of the one-thread model run at once, each on "
+                     "its own thread: their calls against one copy's (%d.00 = the host gave every copy full "
+                     "speed); vs copies: vs 1 thread / copies, round by round (1.00 = all the host gave)\n",
+                wr->w.threads, wr->w.threads);
     for (int i = 0; i < wr->n_skipped; i++) fprintf(out, "    (skipped) %s\n", wr->skipped[i]);
     if (isfinite(wr->ceiling))
         fprintf(out, "    host check: %d threads of independent arithmetic ran %.2f-%.2fx one thread before "
@@ -523,6 +529,41 @@ static void print_w6_speedups(FILE *out, const wl_result *res, int n) {
     }
 }
 
+/* W6 at threads > 1: each speed-up as a share of what the host gave
+ * copies of the one-thread model in the same rounds. */
+static void print_w6_vs_copies(FILE *out, const wl_result *res, int n) {
+    bool any = false;
+    for (int i = 0; i < n; i++) any |= !strcmp(res[i].w.id, "W6") && res[i].w.threads > 1;
+    if (!any) return;
+    fprintf(out, "\nW6 against the host: copies = that many copies of the one-thread model run at once in the "
+                 "same rounds, their calls against one's, the lowest median of the three modes (lowest round); per mode "
+                 "the speed-up over one thread divided by the copies' in the same round, median (lowest "
+                 "round); 1.00 = all the host gave\n");
+    fprintf(out, "    %7s %3s %15s", "batch", "thr", "copies");
+    const char *modes[] = {"compiled-exact", "compiled-fast", "compiled-frozen"};
+    for (int k = 0; k < 3; k++) fprintf(out, " %18s", modes[k]);
+    fprintf(out, "\n");
+    for (int i = 0; i < n; i++) {
+        if (strcmp(res[i].w.id, "W6") || res[i].w.threads < 2) continue;
+        double lo = NAN, hi = NAN; /* the lowest median, the lowest round */
+        char cells[3][40] = {"-", "-", "-"};
+        for (int j = 0; j < res[i].n_rows; j++) {
+            const row *r = &res[i].rows[j];
+            for (int k = 0; k < 3; k++) {
+                if (strcmp(r->variant, modes[k]) || !isfinite(r->r.vs_host)) continue;
+                snprintf(cells[k], sizeof cells[k], "%.2f (%.2f)", r->r.vs_host, r->r.vs_host_min);
+                if (!(r->r.host_copies >= lo)) lo = r->r.host_copies;
+                if (!(r->r.host_copies_min >= hi)) hi = r->r.host_copies_min;
+            }
+        }
+        char host[32] = "-";
+        if (isfinite(lo)) snprintf(host, sizeof host, "%.2fx (%.2fx)", lo, hi);
+        fprintf(out, "    %7lld %3d %15s", (long long)res[i].w.batch, res[i].w.threads, host);
+        for (int k = 0; k < 3; k++) fprintf(out, " %18s", cells[k]);
+        fprintf(out, "\n");
+    }
+}
+
 static json_t *num_or_null(double v) { return isfinite(v) ? json_real(v) : json_null(); }
 
 /* What a non-exact variant is checked against (mj_bench_tolerance). */
@@ -579,6 +620,10 @@ static void write_json(FILE *out, const wl_result *res, int n, const options *o,
             json_object_set_new(jr, "ratio_to_best_peer", num_or_null(r->ratio));
             json_object_set_new(jr, "vs_one_thread", num_or_null(r->r.vs_one_thread));
             json_object_set_new(jr, "vs_one_thread_min", num_or_null(r->r.vs_one_thread_min));
+            json_object_set_new(jr, "host_copies", num_or_null(r->r.host_copies));
+            json_object_set_new(jr, "host_copies_min", num_or_null(r->r.host_copies_min));
+            json_object_set_new(jr, "vs_host_copies", num_or_null(r->r.vs_host));
+            json_object_set_new(jr, "vs_host_copies_min", num_or_null(r->r.vs_host_min));
             json_object_set_new(jr, "compile_ms",
                                 r->r.compile_ms >= 0 ? json_real(r->r.compile_ms) : json_null());
             json_array_append_new(rs, jr);
@@ -955,6 +1000,7 @@ int mj_bench_run(int argc, char **argv, FILE *out, FILE *err) {
         else {
             print_w6_matrix(out, res, n_res);
             print_w6_speedups(out, res, n_res);
+            print_w6_vs_copies(out, res, n_res);
             fprintf(out, "\ncorrectness: every variant checked against eager before timing; "
                          "interp/compiled-exact/compiled-frozen bit-identical, compiled-fast and "
                          "peers within " TOLERANCE_RULE " (for the peers, K sums every layer's "

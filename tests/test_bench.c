@@ -177,8 +177,10 @@ Test(bench, measure_checks_the_host_each_round_at_two_threads, .init = setup_jit
 }
 
 /* At two threads every compiled mode also runs compiled for one thread,
- * next to it in each round: the speed-up is a ratio of neighbours. Peers
- * and one-thread cells have none. */
+ * next to it in each round: the speed-up is a ratio of neighbours; the
+ * same rounds run two copies of the one-thread model at once (the host
+ * check with the work itself), and the speed-up is also given as a share
+ * of theirs. Peers and one-thread cells have none of these. */
 Test(bench, measure_times_a_one_thread_twin_at_two_threads, .init = setup_jit, .fini = teardown_jit) {
     mj_bench_result r[16];
     for (int threads = 1; threads <= 2; threads++) {
@@ -195,9 +197,18 @@ Test(bench, measure_times_a_one_thread_twin_at_two_threads, .init = setup_jit, .
                 cr_expect(r[i].vs_one_thread > 0.05 && r[i].vs_one_thread < 20 &&
                               r[i].vs_one_thread_min <= r[i].vs_one_thread,
                           "%s: vs one thread %g (lowest %g)", name, r[i].vs_one_thread, r[i].vs_one_thread_min);
-            else
+            if (threads == 2 && compiled) {
+                cr_expect(r[i].host_copies > 0.25 && r[i].host_copies < 2.5 &&
+                              r[i].host_copies_min <= r[i].host_copies,
+                          "%s: copies %g (lowest %g)", name, r[i].host_copies, r[i].host_copies_min);
+                cr_expect(r[i].vs_host > 0.02 && r[i].vs_host < 80 && r[i].vs_host_min <= r[i].vs_host,
+                          "%s: vs copies %g (lowest %g)", name, r[i].vs_host, r[i].vs_host_min);
+            } else {
                 cr_expect(isnan(r[i].vs_one_thread) && isnan(r[i].vs_one_thread_min),
                           "%s at %d thread(s): vs one thread %g", name, threads, r[i].vs_one_thread);
+                cr_expect(isnan(r[i].host_copies) && isnan(r[i].vs_host), "%s at %d thread(s): copies %g, vs %g",
+                          name, threads, r[i].host_copies, r[i].vs_host);
+            }
         }
         mj_bench_setup_free(s);
     }
