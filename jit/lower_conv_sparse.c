@@ -340,6 +340,16 @@ static void store_lanes(const mj_cnn_lowering *c, const mj_conv_coefs *k, LLVMVa
     vstore(e, mj_conv_tail_apply(c, k, val, idx, n), at(e, c->y, idx), n);
 }
 
+/* n lanes of a row of partial sums at src + off, + bias and the conv's
+ * tail (its residual read at element drow + off of y), to dst + off. */
+static void rows_out(const mj_cnn_lowering *c, const mj_conv_coefs *k, LLVMValueRef src, LLVMValueRef dst,
+                     LLVMValueRef drow, LLVMValueRef off, LLVMValueRef bv, int n) {
+    mj_emit *e = c->e;
+    LLVMValueRef v = vload(e, at(e, src, off), n);
+    if (bv) v = fadd(e, v, bv);
+    vstore(e, mj_conv_tail_apply(c, k, v, add(e, drow, off), n), at(e, dst, off), n);
+}
+
 static void tile_plain(const mj_cnn_lowering *c, LLVMValueRef *acc, int V, const int64_t *voff, const direct *d,
                        LLVMValueRef q0) {
     mj_emit *e = c->e;
@@ -634,11 +644,18 @@ bool mj_lower_conv_sparse(const mj_cnn_lowering *c) {
                                                               ci(e, WPy)),
                                                       ci(e, px))
                                               : drow);
-        loop lw = loop_begin(e, ci(e, q.OW));
-        LLVMValueRef v = load(e, src, lw.iv);
-        if (bv) v = fadd(e, v, bv);
-        store(e, mj_conv_tail_apply(c, &k, v, add(e, drow, lw.iv), 0), dst, lw.iv);
-        loop_end(e, &lw);
+        /* whole vectors, then the row's last OW % vw lanes: a scalar loop
+         * here, unrolled over a short row, was vectorised across the rows
+         * with gathers and scatters (a 5x5 depthwise conv with batch norm,
+         * 672 channels at 14x14: 186 us, 65 without the batch norm) */
+        LLVMValueRef bvv = bv ? vsplat(e, bv) : NULL;
+        int64_t nfull = q.OW / e->vw, rest = q.OW % e->vw;
+        if (nfull > 0) {
+            loop lw = loop_begin(e, ci(e, nfull));
+            rows_out(c, &k, src, dst, drow, mul(e, lw.iv, ci(e, e->vw)), bvv, e->vw);
+            loop_end(e, &lw);
+        }
+        if (rest) rows_out(c, &k, src, dst, drow, ci(e, nfull * e->vw), bvv, (int)rest);
         loop_end(e, &lh);
         mj_emit_claim_end(e, &lc);
     }
