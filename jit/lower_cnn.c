@@ -298,6 +298,15 @@ static int64_t rows_per_vector(const mj_graph *g, int32_t id, int vw) {
     return vw / OW < OH ? vw / OW : OH;
 }
 
+bool mj_conv_tile_is_depthwise(const mj_graph *g, int32_t id, int vw) {
+    const mj_node *n = &g->nodes[id];
+    const int32_t *a = n->attrs.i;
+    const mj_type *wt = &g->nodes[n->operands[1]].type;
+    int64_t og = wt->dims[0] / a[MJ_CONV_GROUPS];
+    return rows_per_vector(g, id, vw) == 1 && wt->dims[1] == 1 && og == 1 && a[MJ_CONV_STRIDE + 1] == 1 &&
+           (wt->dims[3] - 1) * a[MJ_CONV_DILATION + 1] < vw;
+}
+
 int64_t mj_conv_tile_vectors(const mj_graph *g, int32_t id, int vw) {
     const mj_node *n = &g->nodes[id];
     int64_t OH = n->type.dims[2], OW = n->type.dims[3], R = rows_per_vector(g, id, vw);
@@ -353,7 +362,7 @@ static void lower_conv_tiled(const mj_cnn_lowering *c) {
     int64_t R = rows_per_vector(c->g, c->id, e->vw);
     /* depthwise (depthwise_body): an item is a channel's whole plane, its
      * batch norm coefficients computed once for all its rows */
-    bool depthwise = R == 1 && t.cg == 1 && og == 1 && t.sw == 1 && (t.KW - 1) * t.dw < e->vw;
+    bool depthwise = mj_conv_tile_is_depthwise(c->g, c->id, e->vw);
     int64_t nblk = depthwise ? 1 : (OH + R - 1) / R; /* blocks of R rows, the last maybe fewer */
 
     /* items (image, group of OB output channels, block of output rows),

@@ -66,6 +66,9 @@ LLVMValueRef mj_conv_tail_apply(const mj_cnn_lowering *c, const mj_conv_coefs *k
 /* The register tile's vectors per image and output channel of conv2d id
  * (its cost, in the sparse conv's model). */
 int64_t mj_conv_tile_vectors(const mj_graph *g, int32_t id, int vw);
+/* Whether the register tile runs conv `id` as a depthwise conv: a row's
+ * vectors loaded once per tap row, a shuffle per tap column. */
+bool mj_conv_tile_is_depthwise(const mj_graph *g, int32_t id, int vw);
 
 /* Lane l (of lanes <= vw) of a vector from row xr of W floats: xr[iw0 +
  * l*sw], or pad where that lies outside [0, W), where l >= lanes or where

@@ -242,6 +242,20 @@ static tiling tiles_of(const geom *q, int vw) {
  * at 56x56, 20/50/80%: 0.29/0.65/1.08 (copies 0.7% of the dense fmas). */
 #define SPARSE_COPY_COST 1.9
 
+/* A vector fma of the depthwise tile (mj_conv_tile_is_depthwise: a row's
+ * vectors loaded once per tap row, then shuffled) costs about 0.7 of the
+ * generic tile's, on which the two costs above were measured: frozen
+ * depthwise convs, one thread, AVX-512 (Zen 4, LLVM znver4), the tile and
+ * the table forced in turn, at density 0.1/0.2/0.35. Measured table/tile
+ * over the model's ratio came out 1.28-1.57 in all eight shapes: 3x3 at
+ * 32x112x112, 144x56x56, 192x28x28, 384x14x14, 576x14x14, 5x5 at
+ * 240x28x28, 480x14x14, 672x14x14. With 1.0 the table took 3x3 convs on
+ * 14x14 and 28x28 planes, 1.4-1.5x slower than the tile there (576x14x14
+ * at 0.2: 53.2 against 34.8 us), and frozen EfficientNet-B0 ran slower
+ * than exact. The 5x5 convs on 14x14 planes still take the table, 2.1-2.4x
+ * faster than the tile at 0.1-0.2. */
+#define DEPTHWISE_TILE_COST 0.7
+
 /* The fewest items a conv's threads claim (tiles, or chunks of a tile's
  * output channels): MobileNetV2's 1x1 convs on 7x7 planes have one tile,
  * and on two threads frozen MobileNetV2 ran 0.96x one thread. */
@@ -254,7 +268,8 @@ bool mj_conv_sparse_takes(const mj_graph *g, int32_t id, const float *w, int vw)
     double nz = (double)mj_count_nonzero(w, q.O * per);
     /* vector fmas of the dense tile and of this one (the columns between
      * rows and the tiles' round-up included) */
-    double dense = (double)(q.O * per) * (double)mj_conv_tile_vectors(g, id, vw);
+    double dense = (double)(q.O * per) * (double)mj_conv_tile_vectors(g, id, vw) *
+                   (mj_conv_tile_is_depthwise(g, id, vw) ? DEPTHWISE_TILE_COST : 1.0);
     tiling t = tiles_of(&q, vw);
     double sparse = nz * (double)(t.nrun * t.ntile * t.V);
     /* vectors copied: the padded input, then per tile each channel's
