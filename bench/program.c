@@ -499,65 +499,44 @@ static void print_w6_matrix(FILE *out, const wl_result *res, int n) {
     }
 }
 
-/* W6 at threads > 1: each compiled mode's speed-up over its one-thread
- * twin, timed in the same rounds. */
-static void print_w6_speedups(FILE *out, const wl_result *res, int n) {
+/* W6 at threads > 1, per compiled mode: the speed-up over its one-thread
+ * twin, timed in the same rounds; with vs_copies, that speed-up as a share
+ * of what the host gave copies of the one-thread model in the same rounds. */
+static void print_w6_threads(FILE *out, const wl_result *res, int n, bool vs_copies) {
     bool any = false;
     for (int i = 0; i < n; i++) any |= !strcmp(res[i].w.id, "W6") && res[i].w.threads > 1;
     if (!any) return;
-    fprintf(out, "\nW6 speed-up over one thread: each round times the mode compiled for one thread next "
-                 "to the threaded one; median of the rounds' ratios (lowest round)\n");
-    fprintf(out, "    %7s %3s %11s", "batch", "thr", "host");
+    if (vs_copies)
+        fprintf(out, "\nW6 against the host: copies = that many copies of the one-thread model run at once in "
+                     "the same rounds, their calls against one's, the lowest median of the three modes (lowest "
+                     "round); per mode the speed-up over one thread divided by the copies' in the same round, "
+                     "median (lowest round); 1.00 = all the host gave\n");
+    else
+        fprintf(out, "\nW6 speed-up over one thread: each round times the mode compiled for one thread next "
+                     "to the threaded one; median of the rounds' ratios (lowest round)\n");
+    fprintf(out, "    %7s %3s %15s", "batch", "thr", vs_copies ? "copies" : "host");
     const char *modes[] = {"compiled-exact", "compiled-fast", "compiled-frozen"};
     for (int k = 0; k < 3; k++) fprintf(out, " %18s", modes[k]);
     fprintf(out, "\n");
     for (int i = 0; i < n; i++) {
         if (strcmp(res[i].w.id, "W6") || res[i].w.threads < 2) continue;
-        char host[32] = "-";
-        if (isfinite(res[i].ceiling)) snprintf(host, sizeof host, "%.2f-%.2fx", res[i].ceiling, res[i].ceiling_hi);
-        fprintf(out, "    %7lld %3d %11s", (long long)res[i].w.batch, res[i].w.threads, host);
-        for (int k = 0; k < 3; k++) {
-            char cell[40] = "-";
-            for (int j = 0; j < res[i].n_rows; j++) {
-                const row *r = &res[i].rows[j];
-                if (!strcmp(r->variant, modes[k]) && isfinite(r->r.vs_one_thread))
-                    snprintf(cell, sizeof cell, "%.2fx (%.2fx)", r->r.vs_one_thread, r->r.vs_one_thread_min);
-            }
-            fprintf(out, " %18s", cell);
-        }
-        fprintf(out, "\n");
-    }
-}
-
-/* W6 at threads > 1: each speed-up as a share of what the host gave
- * copies of the one-thread model in the same rounds. */
-static void print_w6_vs_copies(FILE *out, const wl_result *res, int n) {
-    bool any = false;
-    for (int i = 0; i < n; i++) any |= !strcmp(res[i].w.id, "W6") && res[i].w.threads > 1;
-    if (!any) return;
-    fprintf(out, "\nW6 against the host: copies = that many copies of the one-thread model run at once in the "
-                 "same rounds, their calls against one's, the lowest median of the three modes (lowest round); per mode "
-                 "the speed-up over one thread divided by the copies' in the same round, median (lowest "
-                 "round); 1.00 = all the host gave\n");
-    fprintf(out, "    %7s %3s %15s", "batch", "thr", "copies");
-    const char *modes[] = {"compiled-exact", "compiled-fast", "compiled-frozen"};
-    for (int k = 0; k < 3; k++) fprintf(out, " %18s", modes[k]);
-    fprintf(out, "\n");
-    for (int i = 0; i < n; i++) {
-        if (strcmp(res[i].w.id, "W6") || res[i].w.threads < 2) continue;
-        double lo = NAN, hi = NAN; /* the lowest median, the lowest round */
-        char cells[3][40] = {"-", "-", "-"};
+        double lo = NAN, hi = NAN; /* copies: the lowest median, the lowest round */
+        char cells[3][40] = {"-", "-", "-"}, host[32] = "-";
         for (int j = 0; j < res[i].n_rows; j++) {
-            const row *r = &res[i].rows[j];
+            const mj_bench_result *r = &res[i].rows[j].r;
             for (int k = 0; k < 3; k++) {
-                if (strcmp(r->variant, modes[k]) || !isfinite(r->r.vs_host)) continue;
-                snprintf(cells[k], sizeof cells[k], "%.2f (%.2f)", r->r.vs_host, r->r.vs_host_min);
-                if (!(r->r.host_copies >= lo)) lo = r->r.host_copies;
-                if (!(r->r.host_copies_min >= hi)) hi = r->r.host_copies_min;
+                if (strcmp(res[i].rows[j].variant, modes[k])) continue;
+                double med = vs_copies ? r->vs_host : r->vs_one_thread;
+                double low = vs_copies ? r->vs_host_min : r->vs_one_thread_min;
+                if (!isfinite(med)) continue;
+                snprintf(cells[k], sizeof cells[k], vs_copies ? "%.2f (%.2f)" : "%.2fx (%.2fx)", med, low);
+                if (!(r->host_copies >= lo)) lo = r->host_copies;
+                if (!(r->host_copies_min >= hi)) hi = r->host_copies_min;
             }
         }
-        char host[32] = "-";
-        if (isfinite(lo)) snprintf(host, sizeof host, "%.2fx (%.2fx)", lo, hi);
+        if (vs_copies && isfinite(lo)) snprintf(host, sizeof host, "%.2fx (%.2fx)", lo, hi);
+        if (!vs_copies && isfinite(res[i].ceiling))
+            snprintf(host, sizeof host, "%.2f-%.2fx", res[i].ceiling, res[i].ceiling_hi);
         fprintf(out, "    %7lld %3d %15s", (long long)res[i].w.batch, res[i].w.threads, host);
         for (int k = 0; k < 3; k++) fprintf(out, " %18s", cells[k]);
         fprintf(out, "\n");
@@ -999,8 +978,8 @@ int mj_bench_run(int argc, char **argv, FILE *out, FILE *err) {
         else if (o.csv) write_csv(out, res, n_res);
         else {
             print_w6_matrix(out, res, n_res);
-            print_w6_speedups(out, res, n_res);
-            print_w6_vs_copies(out, res, n_res);
+            print_w6_threads(out, res, n_res, false);
+            print_w6_threads(out, res, n_res, true);
             fprintf(out, "\ncorrectness: every variant checked against eager before timing; "
                          "interp/compiled-exact/compiled-frozen bit-identical, compiled-fast and "
                          "peers within " TOLERANCE_RULE " (for the peers, K sums every layer's "
