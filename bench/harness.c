@@ -807,9 +807,12 @@ static void *copy_work(void *arg) {
     return NULL;
 }
 
+enum { MAX_COPIES = 64 };
+
+static int copies_of(const mj_bench_setup *s) { return s->w.threads < MAX_COPIES ? s->w.threads : MAX_COPIES; }
+
 static mj_status time_copies(mj_bench_setup *s, const variant *v, int64_t n, double *ns) {
-    enum { MAX_COPIES = 64 };
-    int k = s->w.threads < MAX_COPIES ? s->w.threads : MAX_COPIES;
+    int k = copies_of(s);
     copy_arg a[MAX_COPIES];
     pthread_t th[MAX_COPIES];
     atomic_bool go = false;
@@ -924,7 +927,7 @@ mj_status mj_bench_measure(mj_bench_setup *s, int reps, double min_ms, mj_bench_
             samples[i * reps + r] = el / (double)iters[i];
             if (v->one_thread) {
                 speedups[i * reps + r] = (el1 / (double)iters1[i]) / samples[i * reps + r];
-                copies[i * reps + r] = s->w.threads * el1 / elc;
+                copies[i * reps + r] = copies_of(s) * el1 / elc;
                 of_host[i * reps + r] = speedups[i * reps + r] / copies[i * reps + r];
             }
         }

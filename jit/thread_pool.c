@@ -106,8 +106,8 @@ void mj_pool_run_row_chunks(pool *p, int idx, const float *const *leaves) {
 /* A worker that starts its share on its caller's CPU moves off it.
  * The scheduler sometimes wakes a worker there (a third to a half of the
  * calls of the bench's two-thread cells once), and then the two threads
- * share one CPU: on a 2-vCPU KVM guest (Zen 4) a 1024-wide MLP at batch 8
- * ran about ten calls in a row at 3-4x the time of a split call, the worker
+ * share one CPU: on a 2-vCPU KVM guest (Zen 4) a 1024-wide MLP at batch 4
+ * and 8 ran about ten calls in a row at 2.7-3.2x a split call's time, the worker
  * starting 0.2-0.3 ms late, before the load balancer, which leaves threads
  * that just ran where they are, moved one. Excluding the caller's CPU from
  * the worker's affinity moves it at once; the old mask, put back at once,
