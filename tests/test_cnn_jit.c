@@ -71,6 +71,44 @@ Test(cnn_jit, small_cnn_and_mobilenet_block_in_every_mode) {
     mj_module_free(mb);
 }
 
+/* Lines of text that define a function whose name has both parts. */
+static int defined_functions(const char *text, const char *a, const char *b) {
+    int n = 0;
+    for (const char *l = text; l && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL) {
+        const char *end = strchr(l, '\n');
+        size_t len = end ? (size_t)(end - l) : strlen(l);
+        char line[512];
+        if (len >= sizeof line) len = sizeof line - 1;
+        memcpy(line, l, len);
+        line[len] = '\0';
+        n += !strncmp(line, "define ", 7) && strstr(line, a) && strstr(line, b);
+    }
+    return n;
+}
+
+/* Each CNN op is a function of its own, called from the body: one
+ * function for a whole network made LLVM's code generation grow faster
+ * than the code (frozen EfficientNet-B0 compiled in 9.5 s, 3.7 s so). The
+ * small CNN has two convs (their batch norms and activations in their
+ * stores), a max pool and an average pool; live and frozen, bit for bit
+ * eager (small_cnn_and_mobilenet_block_in_every_mode). */
+Test(cnn_jit, every_cnn_op_is_a_function_of_its_own) {
+    mj_rng rng = mjt_rng(33);
+    mj_module *cnn = mjc_small_cnn(&rng);
+    mj_tensor *x = mjc_randn(4, (int64_t[]){2, 3, 13, 11}, &rng);
+    mj_graph *g = mjt_trace(cnn, x);
+    for (int k = 0; k < 2; k++) {
+        mj_compiled *c = mjt_compile(jit, g, mjt_modes[k]);
+        char *ir = mjt_dump(c, "ir");
+        int n = defined_functions(ir, ".cnn", ".op(");
+        cr_expect_geq(n, 4, "%s: %d CNN op functions, expected one per conv and pool", mjt_modes[k].name, n);
+        free(ir);
+        mj_compiled_free(c);
+    }
+    mj_tensor_release(x);
+    mjt_free_traced(g, cnn);
+}
+
 /* NaN and inf at a few elements (those the tensor has) */
 static void non_finite_input(mj_tensor *x) {
     float *xd = mj_tensor_data_mut(x);
