@@ -108,11 +108,14 @@ static void conv_tail(const lw *w, int32_t i, mj_cnn_lowering *cl) {
  * would put a single-use function back. */
 enum { OUTLINE_SLOTS = 13 + 4 * MJ_CONV_TAIL_MAX }; /* y, batch, scratch, the team's 5, 5 operands, the tail's */
 
-static void outline_value(LLVMValueRef *v, LLVMValueRef *vals, int *n) {
-    if (!*v || LLVMIsConstant(*v)) return;
+/* v's parameter index among vals (added if new); -1: no parameter (NULL
+ * or a constant) */
+static int outline_value(LLVMValueRef v, LLVMValueRef *vals, int *n) {
+    if (!v || LLVMIsConstant(v)) return -1;
     for (int k = 0; k < *n; k++)
-        if (vals[k] == *v) return;
-    vals[(*n)++] = *v;
+        if (vals[k] == v) return k;
+    vals[*n] = v;
+    return (*n)++;
 }
 
 static mj_status lower_cnn_outlined(lw *w, mj_cnn_lowering *cl) {
@@ -134,29 +137,22 @@ static mj_status lower_cnn_outlined(lw *w, mj_cnn_lowering *cl) {
     MJ_ASSERT(ns <= OUTLINE_SLOTS);
     LLVMValueRef vals[OUTLINE_SLOTS];
     LLVMTypeRef tys[OUTLINE_SLOTS];
-    int nv = 0;
-    for (int k = 0; k < ns; k++) outline_value(slots[k], vals, &nv);
+    int param[OUTLINE_SLOTS], nv = 0;
+    for (int k = 0; k < ns; k++) param[k] = outline_value(*slots[k], vals, &nv);
     for (int k = 0; k < nv; k++) tys[k] = LLVMTypeOf(vals[k]);
     char name[128];
     snprintf(name, sizeof name, "%s.op", cl->prefix);
     LLVMTypeRef fty = LLVMFunctionType(LLVMVoidTypeInContext(e->ctx), tys, (unsigned)nv, 0);
     LLVMValueRef fn = LLVMAddFunction(e->m, name, fty);
     LLVMSetLinkage(fn, LLVMInternalLinkage);
-    const char *attrs[] = {"nounwind", "noinline"};
-    for (int a = 0; a < 2; a++) {
-        unsigned kind = LLVMGetEnumAttributeKindForName(attrs[a], strlen(attrs[a]));
-        LLVMAddAttributeAtIndex(fn, LLVMAttributeFunctionIndex, LLVMCreateEnumAttribute(e->ctx, kind, 0));
-    }
+    add_attr(w, fn, LLVMAttributeFunctionIndex, "nounwind");
+    add_attr(w, fn, LLVMAttributeFunctionIndex, "noinline");
     /* the call here, the op's code there */
     LLVMBuildCall2(e->b, fty, fn, vals, (unsigned)nv, "");
     LLVMBasicBlockRef resume = LLVMGetInsertBlock(e->b);
     LLVMValueRef body_fn = e->fn;
     for (int k = 0; k < ns; k++)
-        for (int j = 0; *slots[k] && j < nv; j++)
-            if (*slots[k] == vals[j]) {
-                *slots[k] = LLVMGetParam(fn, (unsigned)j);
-                break;
-            }
+        if (param[k] >= 0) *slots[k] = LLVMGetParam(fn, (unsigned)param[k]);
     cl->team = &team;
     e->fn = fn;
     LLVMPositionBuilderAtEnd(e->b, LLVMAppendBasicBlockInContext(e->ctx, fn, "entry"));

@@ -83,10 +83,8 @@ static LLVMValueRef tile_fn(sb *s, const char *name, bool add_res) {
     mj_mark_explicit(fn);
     /* one copy, called per tile: inlining 10 copies of 64 shuffles only
      * costs compile time */
-    const char *attrs[] = {"noinline", "nounwind"};
-    for (int i = 0; i < 2; i++)
-        LLVMAddAttributeAtIndex(fn, LLVMAttributeFunctionIndex,
-                                LLVMCreateEnumAttribute(s->e.ctx, LLVMGetEnumAttributeKindForName(attrs[i], strlen(attrs[i])), 0));
+    add_attr(s, fn, LLVMAttributeFunctionIndex, "noinline");
+    add_attr(s, fn, LLVMAttributeFunctionIndex, "nounwind");
     char width[16];
     snprintf(width, sizeof width, "%d", s->e.vw * 32);
     LLVMAddAttributeAtIndex(fn, LLVMAttributeFunctionIndex,
