@@ -593,12 +593,15 @@ static const float *peer_run(variant *v, const float *x) {
 }
 
 /* A compiled call on the setup's inputs, into ybuf. */
-static mj_status run_compiled(mj_bench_setup *s, mj_compiled *c) {
+/* One call of c on the setup's inputs, its output into out (y_numel floats). */
+static mj_status run_compiled_to(const mj_bench_setup *s, mj_compiled *c, float *out) {
     const float *xd[MJ_BENCH_MAX_INPUTS];
     for (int i = 0; i < s->n_in; i++) xd[i] = mj_tensor_data(s->x[i]);
-    float *y[1] = {s->ybuf};
+    float *y[1] = {out};
     return mj_compiled_run_raw_n(c, s->n_in, xd, s->batch, 1, y, &s->y_numel);
 }
+
+static mj_status run_compiled(mj_bench_setup *s, mj_compiled *c) { return run_compiled_to(s, c, s->ybuf); }
 
 /* One forward call; the output is dropped (eager and interp allocate it,
  * as PyTorch does; compiled and peers write into buffers). */
@@ -795,15 +798,9 @@ typedef struct copy_arg {
 
 static void *copy_work(void *arg) {
     copy_arg *a = arg;
-    const mj_bench_setup *s = a->s;
-    const float *xd[MJ_BENCH_MAX_INPUTS];
-    for (int i = 0; i < s->n_in; i++) xd[i] = mj_tensor_data(s->x[i]);
-    float *y[1] = {a->y};
-    int64_t y_numel = s->y_numel;
     while (!atomic_load(a->go)) sched_yield();
     a->st = MJ_OK;
-    for (int64_t i = 0; i < a->n && a->st == MJ_OK; i++)
-        a->st = mj_compiled_run_raw_n(a->c, s->n_in, xd, s->batch, 1, y, &y_numel);
+    for (int64_t i = 0; i < a->n && a->st == MJ_OK; i++) a->st = run_compiled_to(a->s, a->c, a->y);
     return NULL;
 }
 
